@@ -1,0 +1,156 @@
+/**
+ * PEFT LoRA adapter folders: adapter_config.json and adapter_model.safetensors, in the
+ * layout `peft` saves (tensor names without the adapter name), so adapters load in PEFT.
+ */
+import { mkdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import type { HostTensor, HostTensors } from "../host-tensor.ts";
+import { readJsonObject, writeJson } from "./hf-folder.ts";
+import { CheckpointFormatError, readSafetensors, writeSafetensors } from "./safetensors.ts";
+
+export const ADAPTER_CONFIG_FILE = "adapter_config.json";
+export const ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors";
+
+/** The adapter_config.json fields this runtime relies on; other PEFT fields pass through. */
+export interface LoraAdapterConfig {
+  base_model_name_or_path: string;
+  r: number;
+  lora_alpha: number;
+  lora_dropout: number;
+  /** Module names matched as PEFT does: the key equals a name or ends with "." + name. */
+  target_modules: string[];
+  peft_type: "LORA";
+  task_type: "CAUSAL_LM";
+  bias: "none";
+  [field: string]: unknown;
+}
+
+/** One LoRA pair: A [r, in] and B [out, r] for a module such as "model.layers.0.self_attn.q_proj". */
+export interface LoraPair {
+  module: string;
+  a: HostTensor;
+  b: HostTensor;
+}
+
+export interface PeftAdapterFolder {
+  dir: string;
+  config: LoraAdapterConfig;
+  /** Pairs sorted by module name. */
+  pairs: LoraPair[];
+}
+
+/** The PEFT file name of a module's A or B matrix. */
+export function peftTensorName(module: string, matrix: "A" | "B"): string {
+  return `base_model.model.${module}.lora_${matrix}.weight`;
+}
+
+const PEFT_NAME = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/;
+
+/** A complete config from the fields that vary, with PEFT's defaults for the rest. */
+export function loraAdapterConfig(
+  fields: Pick<LoraAdapterConfig, "base_model_name_or_path" | "r" | "lora_alpha" | "target_modules"> &
+    Partial<LoraAdapterConfig>,
+): LoraAdapterConfig {
+  return validateConfig({
+    lora_dropout: 0,
+    peft_type: "LORA",
+    task_type: "CAUSAL_LM",
+    bias: "none",
+    fan_in_fan_out: false,
+    inference_mode: true,
+    modules_to_save: null,
+    ...fields,
+  });
+}
+
+/** Reads and validates an adapter folder. */
+export async function readPeftFolder(dir: string): Promise<PeftAdapterFolder> {
+  const config = validateConfig(await readJsonObject(join(dir, ADAPTER_CONFIG_FILE)));
+  let tensors: HostTensors;
+  try {
+    ({ tensors } = await readSafetensors(join(dir, ADAPTER_WEIGHTS_FILE)));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") {
+      throw new CheckpointFormatError(`${ADAPTER_WEIGHTS_FILE} is missing`);
+    }
+    if (err instanceof CheckpointFormatError) err.message = `${ADAPTER_WEIGHTS_FILE}: ${err.message}`;
+    throw err;
+  }
+  return { dir, config, pairs: pairsFromTensors(tensors, config) };
+}
+
+/** Writes an adapter folder after validating it as readPeftFolder would. */
+export async function writePeftFolder(dir: string, config: LoraAdapterConfig, pairs: LoraPair[]): Promise<void> {
+  const valid = validateConfig(config);
+  const tensors: HostTensors = new Map();
+  for (const { module, a, b } of pairs) {
+    tensors.set(peftTensorName(module, "A"), a);
+    tensors.set(peftTensorName(module, "B"), b);
+  }
+  pairsFromTensors(tensors, valid);
+  await mkdir(dir, { recursive: true });
+  await writeJson(join(dir, ADAPTER_CONFIG_FILE), valid);
+  await writeFile(join(dir, ADAPTER_WEIGHTS_FILE), writeSafetensors(tensors));
+}
+
+function validateConfig(raw: Record<string, unknown>): LoraAdapterConfig {
+  const fail = (message: string): never => {
+    throw new CheckpointFormatError(`${ADAPTER_CONFIG_FILE}: ${message}`);
+  };
+  if (raw.peft_type !== "LORA") fail(`peft_type is ${JSON.stringify(raw.peft_type)}, expected "LORA"`);
+  if (raw.task_type !== "CAUSAL_LM") fail(`task_type is ${JSON.stringify(raw.task_type)}, expected "CAUSAL_LM"`);
+  if (raw.bias !== "none") fail(`bias is ${JSON.stringify(raw.bias)}; only "none" is supported`);
+  if (typeof raw.base_model_name_or_path !== "string" || raw.base_model_name_or_path === "") {
+    fail("base_model_name_or_path must be a non-empty string");
+  }
+  if (!Number.isInteger(raw.r) || (raw.r as number) <= 0) fail(`r must be a positive integer, got ${JSON.stringify(raw.r)}`);
+  if (typeof raw.lora_alpha !== "number" || !(raw.lora_alpha > 0)) fail(`lora_alpha must be a positive number, got ${JSON.stringify(raw.lora_alpha)}`);
+  if (typeof raw.lora_dropout !== "number" || !(raw.lora_dropout >= 0 && raw.lora_dropout < 1)) {
+    fail(`lora_dropout must be in [0, 1), got ${JSON.stringify(raw.lora_dropout)}`);
+  }
+  // PEFT also accepts a regex string here; this runtime names modules explicitly.
+  const targets = raw.target_modules;
+  if (!Array.isArray(targets) || targets.length === 0 || !targets.every((t) => typeof t === "string" && t !== "")) {
+    fail(`target_modules must be a non-empty list of module names, got ${JSON.stringify(targets)}`);
+  }
+  // Per-module ranks, DoRA and extra saved modules change the tensors this format holds.
+  for (const field of ["rank_pattern", "alpha_pattern"]) {
+    const value = raw[field];
+    if (value !== undefined && value !== null && Object.keys(value as object).length > 0) fail(`${field} is not supported`);
+  }
+  if (raw.use_dora === true) fail("use_dora is not supported");
+  if (Array.isArray(raw.modules_to_save) && raw.modules_to_save.length > 0) fail("modules_to_save is not supported");
+  return raw as LoraAdapterConfig;
+}
+
+function pairsFromTensors(tensors: HostTensors, config: LoraAdapterConfig): LoraPair[] {
+  const byModule = new Map<string, { a?: HostTensor; b?: HostTensor }>();
+  for (const [name, tensor] of tensors) {
+    const match = PEFT_NAME.exec(name);
+    if (!match) throw new CheckpointFormatError(`tensor "${name}" is not a PEFT LoRA weight name`);
+    const [, module, matrix] = match as unknown as [string, string, "A" | "B"];
+    if (!config.target_modules.some((t) => module === t || module.endsWith(`.${t}`))) {
+      throw new CheckpointFormatError(
+        `tensor "${name}": module ${module} is not in target_modules ${JSON.stringify(config.target_modules)}`,
+      );
+    }
+    const pair = byModule.get(module) ?? {};
+    pair[matrix === "A" ? "a" : "b"] = tensor;
+    byModule.set(module, pair);
+  }
+  if (byModule.size === 0) throw new CheckpointFormatError("the adapter has no LoRA weights");
+  const r = config.r;
+  return [...byModule.keys()].sort().map((module) => {
+    const { a, b } = byModule.get(module)!;
+    if (!a || !b) {
+      throw new CheckpointFormatError(`module ${module} has lora_${a ? "A" : "B"} but no lora_${a ? "B" : "A"}`);
+    }
+    if (a.shape.length !== 2 || a.shape[0] !== r) {
+      throw new CheckpointFormatError(`tensor "${peftTensorName(module, "A")}": shape [${a.shape.join(", ")}] is not [r=${r}, in]`);
+    }
+    if (b.shape.length !== 2 || b.shape[1] !== r) {
+      throw new CheckpointFormatError(`tensor "${peftTensorName(module, "B")}": shape [${b.shape.join(", ")}] is not [out, r=${r}]`);
+    }
+    return { module, a, b };
+  });
+}
