@@ -1,0 +1,82 @@
+/**
+ * Chooses the tfjs backend at start (VACCINE_BACKEND=auto|tensorflow-gpu|tensorflow|wasm|cpu).
+ * The native bindings are optional dependencies that need a libtensorflow download, so
+ * they are imported dynamically and their absence is a reason to skip, not a crash.
+ */
+import * as tf from "@tensorflow/tfjs";
+
+export const BACKEND_CHOICES = ["auto", "tensorflow-gpu", "tensorflow", "wasm", "cpu"] as const;
+export type BackendChoice = (typeof BACKEND_CHOICES)[number];
+export type BackendName = Exclude<BackendChoice, "auto">;
+
+export interface BackendSelection {
+  /** The backend in use. */
+  backend: BackendName;
+  /** tfjs's own name for it (tfjs-node and tfjs-node-gpu both register "tensorflow"). */
+  tfBackend: string;
+  /** Backends auto tried first and could not use, with why. */
+  skipped: { name: BackendName; reason: string }[];
+}
+
+const AUTO_ORDER: BackendName[] = ["tensorflow-gpu", "tensorflow", "wasm", "cpu"];
+
+const loaders: Record<BackendName, { tfBackend: string; load: () => Promise<void> }> = {
+  "tensorflow-gpu": { tfBackend: "tensorflow", load: () => importOptional("@tensorflow/tfjs-node-gpu") },
+  tensorflow: { tfBackend: "tensorflow", load: () => importOptional("@tensorflow/tfjs-node") },
+  wasm: { tfBackend: "wasm", load: async () => void (await import("@tensorflow/tfjs-backend-wasm")) },
+  cpu: { tfBackend: "cpu", load: async () => undefined },
+};
+
+const selections = new Map<string, BackendSelection>();
+
+/**
+ * Activates a backend and reports what it chose. Repeated calls with the same choice
+ * return the earlier result without reloading anything, as long as it is still active.
+ */
+export async function selectBackend(
+  choice: string = process.env.VACCINE_BACKEND ?? "auto",
+  log: (line: string) => void = (line) => console.error(line),
+): Promise<BackendSelection> {
+  if (!(BACKEND_CHOICES as readonly string[]).includes(choice)) {
+    throw new Error(`unknown backend ${JSON.stringify(choice)}: valid values are ${BACKEND_CHOICES.join(", ")}`);
+  }
+  const previous = selections.get(choice);
+  if (previous && tf.getBackend() === previous.tfBackend) return previous;
+
+  const skipped: BackendSelection["skipped"] = [];
+  const candidates = choice === "auto" ? AUTO_ORDER : [choice as BackendName];
+  for (const name of candidates) {
+    try {
+      await activate(name);
+    } catch (err) {
+      const reason = err instanceof Error ? err.message : String(err);
+      if (choice !== "auto") throw new Error(`backend "${name}" cannot be used: ${reason}`);
+      skipped.push({ name, reason });
+      continue;
+    }
+    const selection: BackendSelection = { backend: name, tfBackend: loaders[name].tfBackend, skipped };
+    selections.set(choice, selection);
+    const why = skipped.map((s) => `${s.name}: ${s.reason}`).join("; ");
+    log(`tfjs backend: ${name} (${choice === "auto" ? "auto" : "requested"})${why ? `; skipped ${why}` : ""}`);
+    return selection;
+  }
+  // cpu is always registered with @tensorflow/tfjs, so auto cannot get here but by a broken install.
+  throw new Error(`no tfjs backend could be used: ${skipped.map((s) => `${s.name}: ${s.reason}`).join("; ")}`);
+}
+
+async function activate(name: BackendName): Promise<void> {
+  const { tfBackend, load } = loaders[name];
+  await load();
+  if (!(await tf.setBackend(tfBackend))) throw new Error(`tf.setBackend("${tfBackend}") failed to initialise`);
+  await tf.ready();
+}
+
+/** Imports a module whose name TypeScript must not resolve (it is optional and may be absent). */
+async function importOptional(specifier: string): Promise<void> {
+  try {
+    await import(specifier);
+  } catch (err) {
+    const msg = err instanceof Error ? err.message.split("\n")[0] : String(err);
+    throw new Error(`${specifier} is not loadable (${msg})`);
+  }
+}
