@@ -1,0 +1,211 @@
+/**
+ * LoRA adapters with PEFT semantics: for each targeted projection W [out, in],
+ * y = x W^T + dropout(x) A^T B^T * (alpha / r), A [r, in] Kaiming-uniform, B [out, r] zero,
+ * so a fresh adapter changes nothing. Tensor names and adapter_config.json fields follow
+ * PEFT's on-disk format, so adapters move to and from PyTorch unchanged.
+ */
+import * as tf from "@tensorflow/tfjs";
+import type { HostTensors } from "../host-tensor.ts";
+import { Rng } from "../rng.ts";
+import type { LlamaConfig } from "./config.ts";
+import { LINEAR_MODULES, LlamaModel, linearName, linearShape, toHost, type LinearModule } from "./llama.ts";
+
+export interface LoraConfig {
+  r: number;
+  alpha: number;
+  /** Dropout on the adapter's input, active only when training; 0 makes steps deterministic. */
+  dropout: number;
+  targetModules: LinearModule[];
+}
+
+export function validateLoraConfig(c: LoraConfig): void {
+  if (!Number.isInteger(c.r) || c.r <= 0) throw new Error(`LoRA config: r must be a positive integer, got ${c.r}`);
+  if (!Number.isFinite(c.alpha) || c.alpha <= 0) throw new Error(`LoRA config: alpha must be positive, got ${c.alpha}`);
+  if (!(c.dropout >= 0 && c.dropout < 1)) throw new Error(`LoRA config: dropout must be in [0, 1), got ${c.dropout}`);
+  if (c.targetModules.length === 0) throw new Error("LoRA config: targetModules is empty");
+  for (const m of c.targetModules) {
+    if (!(LINEAR_MODULES as readonly string[]).includes(m)) {
+      throw new Error(`LoRA config: unknown target module ${JSON.stringify(m)}; valid: ${LINEAR_MODULES.join(", ")}`);
+    }
+  }
+  if (new Set(c.targetModules).size !== c.targetModules.length) throw new Error("LoRA config: targetModules has duplicates");
+}
+
+/** The adapter_config.json fields PEFT writes; base_model_name_or_path is the caller's. */
+export function peftAdapterConfig(c: LoraConfig): Record<string, unknown> {
+  return {
+    peft_type: "LORA",
+    task_type: "CAUSAL_LM",
+    r: c.r,
+    lora_alpha: c.alpha,
+    lora_dropout: c.dropout,
+    target_modules: [...c.targetModules],
+    bias: "none",
+    fan_in_fan_out: false,
+    inference_mode: true,
+  };
+}
+
+/** Reads the LoRA fields of a PEFT adapter_config.json object. */
+export function parsePeftAdapterConfig(json: unknown): LoraConfig {
+  const raw = (typeof json === "object" && json !== null ? json : {}) as Record<string, unknown>;
+  if (raw.peft_type !== "LORA") throw new Error(`adapter config: peft_type must be "LORA", got ${JSON.stringify(raw.peft_type)}`);
+  if (raw.bias !== undefined && raw.bias !== "none") throw new Error(`adapter config: bias ${JSON.stringify(raw.bias)} is not supported (only "none")`);
+  if (!Array.isArray(raw.target_modules)) throw new Error("adapter config: target_modules must be a list of module names");
+  const c: LoraConfig = {
+    r: raw.r as number,
+    alpha: raw.lora_alpha as number,
+    dropout: (raw.lora_dropout as number | undefined) ?? 0,
+    targetModules: raw.target_modules as LinearModule[],
+  };
+  validateLoraConfig(c);
+  return c;
+}
+
+/** The A and B matrices of one adapted projection. */
+export interface LoraPair {
+  a: tf.Variable; // [r, in]
+  b: tf.Variable; // [out, r]
+}
+
+export class LoraAdapter {
+  readonly modelConfig: LlamaConfig;
+  readonly config: LoraConfig;
+  readonly scaling: number;
+  /** By projection name prefix, e.g. "model.layers.0.self_attn.q_proj". */
+  readonly pairs: Map<string, LoraPair>;
+  private readonly dropoutRng: Rng;
+
+  private constructor(modelConfig: LlamaConfig, config: LoraConfig, pairs: Map<string, LoraPair>, seed: number) {
+    this.modelConfig = modelConfig;
+    this.config = config;
+    this.scaling = config.alpha / config.r;
+    this.pairs = pairs;
+    this.dropoutRng = new Rng(seed ^ 0x5bd1e995);
+  }
+
+  /**
+   * Seeded PEFT init: A ~ U(-bound, bound) as torch's kaiming_uniform_(a=sqrt(5)), i.e.
+   * gain = sqrt(2 / (1 + a^2)), bound = gain * sqrt(3 / fan_in) with fan_in = in; B = 0.
+   * The seed also drives the dropout masks, so a training run is reproducible.
+   */
+  static init(modelConfig: LlamaConfig, config: LoraConfig, seed: number): LoraAdapter {
+    validateLoraConfig(config);
+    const rng = new Rng(seed);
+    const gain = Math.sqrt(2 / (1 + 5));
+    const tensors: HostTensors = new Map();
+    for (const { name, out, inDim } of targets(modelConfig, config)) {
+      const bound = gain * Math.sqrt(3 / inDim);
+      tensors.set(peftName(name, "A"), { shape: [config.r, inDim], data: rng.uniformArray(config.r * inDim, -bound, bound) });
+      tensors.set(peftName(name, "B"), { shape: [out, config.r], data: new Float32Array(out * config.r) });
+    }
+    return LoraAdapter.fromPeftTensors(modelConfig, config, tensors, seed);
+  }
+
+  /** Builds an adapter from PEFT-named tensors; every expected tensor must be present, nothing else. */
+  static fromPeftTensors(modelConfig: LlamaConfig, config: LoraConfig, tensors: HostTensors, seed = 0): LoraAdapter {
+    validateLoraConfig(config);
+    const expected = new Map<string, number[]>();
+    for (const { name, out, inDim } of targets(modelConfig, config)) {
+      expected.set(peftName(name, "A"), [config.r, inDim]);
+      expected.set(peftName(name, "B"), [out, config.r]);
+    }
+    const problems: string[] = [];
+    for (const [name, shape] of expected) {
+      const t = tensors.get(name);
+      if (!t) problems.push(`missing ${name}`);
+      else if (t.shape.length !== shape.length || t.shape.some((x, i) => x !== shape[i]) || t.data.length !== shape[0] * shape[1]) {
+        problems.push(`${name} has shape [${t.shape.join(", ")}], expected [${shape.join(", ")}]`);
+      }
+    }
+    for (const name of tensors.keys()) if (!expected.has(name)) problems.push(`unexpected ${name}`);
+    if (problems.length > 0) throw new Error(`LoRA tensors do not match the configs: ${problems.join("; ")}`);
+    const pairs = new Map<string, LoraPair>();
+    for (const { name } of targets(modelConfig, config)) {
+      const host = (part: "A" | "B") => {
+        const t = tensors.get(peftName(name, part))!;
+        return tf.tidy(() => tf.variable(tf.tensor(t.data, t.shape, "float32"), true));
+      };
+      pairs.set(name, { a: host("A"), b: host("B") });
+    }
+    return new LoraAdapter(modelConfig, config, pairs, seed);
+  }
+
+  /** The trainable adapter weights (A and B of every targeted projection). */
+  get variables(): tf.Variable[] {
+    return [...this.pairs.values()].flatMap((p) => [p.a, p.b]);
+  }
+
+  /**
+   * The adapter's contribution for projection `name` on x2d [N, in], or null when it is
+   * not targeted. Dropout draws a fresh mask per call (seeded from the adapter's stream).
+   */
+  update(name: string, x2d: tf.Tensor2D, training: boolean): tf.Tensor2D | null {
+    const pair = this.pairs.get(name);
+    if (!pair) return null;
+    return tf.tidy(() => {
+      const rate = this.config.dropout;
+      const x = training && rate > 0 ? tf.dropout(x2d, rate, undefined, this.dropoutRng.nextUint32()) : x2d;
+      return tf.matMul(tf.matMul(x, pair.a, false, true), pair.b, false, true).mul(this.scaling) as tf.Tensor2D;
+    });
+  }
+
+  /** Host tensors named as in a PEFT adapter_model.safetensors. */
+  toPeftTensors(): HostTensors {
+    const out: HostTensors = new Map();
+    for (const [name, p] of this.pairs) {
+      out.set(peftName(name, "A"), toHost(p.a));
+      out.set(peftName(name, "B"), toHost(p.b));
+    }
+    return out;
+  }
+
+  dispose(): void {
+    for (const v of this.variables) v.dispose();
+    this.pairs.clear();
+  }
+}
+
+/** PEFT's tensor name for A or B of a projection ("base_model.model." + HF name). */
+export function peftName(linear: string, part: "A" | "B"): string {
+  return `base_model.model.${linear}.lora_${part}.weight`;
+}
+
+/** A new model (a full checkpoint) with W' = W + scaling * B A for every adapted projection. */
+export function mergeLora(model: LlamaModel, adapter: LoraAdapter): LlamaModel {
+  const weights = model.exportWeights();
+  for (const [name, p] of adapter.pairs) {
+    const w = weights.get(`${name}.weight`);
+    if (!w) throw new Error(`mergeLora: the model has no ${name}.weight`);
+    const merged = tf.tidy(() => tf.tensor(w.data, w.shape).add(tf.matMul(p.b, p.a).mul(adapter.scaling)));
+    weights.set(`${name}.weight`, toHost(merged));
+    merged.dispose();
+  }
+  return LlamaModel.fromWeights(model.config, weights);
+}
+
+/**
+ * "Double LoRA": merge an adapter into its base, then start a fresh adapter on the merged
+ * model (the user fine-tuning stage over an aligned model). The caller owns both results.
+ */
+export function stackLora(
+  base: LlamaModel,
+  adapter: LoraAdapter,
+  next: LoraConfig,
+  seed: number,
+): { model: LlamaModel; adapter: LoraAdapter } {
+  const model = mergeLora(base, adapter);
+  return { model, adapter: LoraAdapter.init(model.config, next, seed) };
+}
+
+function targets(c: LlamaConfig, lora: LoraConfig): { name: string; out: number; inDim: number }[] {
+  const list: { name: string; out: number; inDim: number }[] = [];
+  for (let l = 0; l < c.numHiddenLayers; l++) {
+    for (const m of LINEAR_MODULES) {
+      if (!lora.targetModules.includes(m)) continue;
+      const [out, inDim] = linearShape(c, m);
+      list.push({ name: linearName(l, m), out, inDim });
+    }
+  }
+  return list;
+}
