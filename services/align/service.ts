@@ -1,0 +1,42 @@
+import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
+import type { AlignSpec } from "../../gen/vaccine/v1/training_pb.ts";
+import { notImplemented } from "../platform/errors.ts";
+import { jobHandlers } from "../platform/job-handlers.ts";
+import type { ServiceModule } from "../platform/server.ts";
+import { RequestValidator } from "../platform/validate.ts";
+import { checkCheckpointRef, checkDatasetRef, checkLora, checkTraining } from "../platform/validate-training.ts";
+
+export function checkAlignSpec(spec: AlignSpec | undefined): void {
+  const v = new RequestValidator();
+  if (!spec) return v.fail("spec", "is required").check();
+  checkCheckpointRef(v, "spec.base_checkpoint", spec.baseCheckpoint);
+  checkDatasetRef(v, "spec.dataset", spec.dataset);
+  if (spec.method.case === undefined) v.fail("spec.method", "needs sft or vaccine");
+  if (spec.method.case === "vaccine") {
+    v.number("spec.vaccine.rho", spec.method.value.rho, { min: 0 });
+    v.number("spec.vaccine.refresh_every", spec.method.value.refreshEvery, { min: 1, integer: true });
+  }
+  checkLora(v, "spec.lora", spec.lora);
+  checkTraining(v, "spec.training", spec.training);
+  v.check();
+}
+
+/** AlignService: alignment jobs (SFT or Vaccine) over a base checkpoint. */
+export function alignService(): ServiceModule {
+  const jobs = jobHandlers(AlignService.typeName, "Align");
+  return {
+    desc: AlignService,
+    register(router) {
+      router.service(AlignService, {
+        createAlignJob(req) {
+          checkAlignSpec(req.spec);
+          throw notImplemented(`${AlignService.typeName}/CreateAlignJob`);
+        },
+        getAlignJob: jobs.get,
+        listAlignJobs: jobs.list,
+        cancelAlignJob: jobs.cancel,
+        watchAlignJob: jobs.watch,
+      });
+    },
+  };
+}

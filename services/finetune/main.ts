@@ -1,0 +1,4 @@
+// The finetune service alone, as deployed one per pod.
+import { runServices } from "../run.ts";
+
+await runServices(["finetune"]);

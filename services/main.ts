@@ -1,0 +1,4 @@
+// All four services in one process (npm start); VACCINE_SERVICES narrows the set.
+import { runServices } from "./run.ts";
+
+await runServices();

@@ -1,0 +1,64 @@
+import { create, type DescMessage, type MessageInitShape } from "@bufbuild/protobuf";
+import { AnySchema, anyPack } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  BadRequestSchema,
+  ErrorInfoSchema,
+  type BadRequest_FieldViolation,
+} from "../../gen/google/rpc/error_details_pb.ts";
+import { StatusSchema, type Status } from "../../gen/google/rpc/status_pb.ts";
+
+/** The google.rpc.ErrorInfo domain of every error this suite raises. */
+export const ERROR_DOMAIN = "vaccine.v1";
+
+/** ErrorInfo reasons of request validation; other reasons live with the code that raises them. */
+export const Reason = {
+  FIELD_INVALID: "FIELD_INVALID",
+  NOT_IMPLEMENTED: "NOT_IMPLEMENTED",
+} as const;
+
+type Detail = { desc: DescMessage; value: MessageInitShape<DescMessage> };
+
+/**
+ * The one way to build an RPC error: a ConnectError carrying a google.rpc.ErrorInfo
+ * (reason, domain, metadata) and any further details.
+ */
+export function rpcError(
+  code: Code,
+  reason: string,
+  message: string,
+  metadata: Record<string, string> = {},
+  extra: Detail[] = [],
+): ConnectError {
+  const info: Detail = { desc: ErrorInfoSchema, value: { reason, domain: ERROR_DOMAIN, metadata } };
+  return new ConnectError(message, code, undefined, [info, ...extra]);
+}
+
+/** INVALID_ARGUMENT naming every bad field, with a google.rpc.BadRequest detail. */
+export function invalidArgument(
+  violations: Pick<BadRequest_FieldViolation, "field" | "description">[],
+): ConnectError {
+  const message = violations.map((v) => `${v.field}: ${v.description}`).join("; ");
+  return rpcError(
+    Code.InvalidArgument,
+    Reason.FIELD_INVALID,
+    message,
+    { fields: violations.map((v) => v.field).join(",") },
+    [{ desc: BadRequestSchema, value: { fieldViolations: violations } }],
+  );
+}
+
+/** UNIMPLEMENTED for an RPC whose implementation has not landed yet. */
+export function notImplemented(rpc: string): ConnectError {
+  return rpcError(Code.Unimplemented, Reason.NOT_IMPLEMENTED, `${rpc} is not implemented yet`, { rpc });
+}
+
+/** A google.rpc.Status (for Job.error) with the same ErrorInfo the RPC error would carry. */
+export function toStatus(err: ConnectError): Status {
+  const details = err.details.map((d) =>
+    "desc" in d
+      ? anyPack(d.desc, create(d.desc, d.value))
+      : create(AnySchema, { typeUrl: `type.googleapis.com/${d.type}`, value: d.value }),
+  );
+  return create(StatusSchema, { code: err.code, message: err.rawMessage, details });
+}

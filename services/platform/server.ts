@@ -1,0 +1,118 @@
+import http2 from "node:http2";
+import type { AddressInfo } from "node:net";
+import type { DescService } from "@bufbuild/protobuf";
+import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { TracerProvider } from "@opentelemetry/api";
+import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
+import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
+import { HealthRegistry, ServingStatus } from "./health.ts";
+import { silentLogger, type Logger } from "./log.ts";
+import { registerReflection } from "./reflection.ts";
+import { serverTracing } from "./rpc-tracing.ts";
+
+/** One service of the suite as the platform sees it: its contract and how to route it. */
+export interface ServiceModule {
+  desc: DescService;
+  register(router: ConnectRouter): void;
+}
+
+export interface ServerOptions {
+  services: ServiceModule[];
+  host?: string;
+  port?: number;
+  logger?: Logger;
+  tracerProvider?: TracerProvider;
+  interceptors?: Interceptor[];
+  /** Longest wait for shutdown hooks and open calls before sessions are destroyed. */
+  shutdownTimeoutMs?: number;
+}
+
+export interface RunningServer {
+  port: number;
+  /** http://host:port, for clients. */
+  url: string;
+  health: HealthRegistry;
+  /** Work to finish before connections close on shutdown (e.g. checkpoint a training step). */
+  onShutdown(hook: () => Promise<void>): void;
+  /** Idempotent graceful shutdown; see the order in the body. */
+  shutdown(): Promise<void>;
+}
+
+/**
+ * Serves the given services, grpc.health.v1 and server reflection on one HTTP/2 cleartext
+ * port, speaking gRPC, gRPC-Web and Connect (connect-node answers all three).
+ */
+export async function startServer(options: ServerOptions): Promise<RunningServer> {
+  const logger = options.logger ?? silentLogger;
+  const health = new HealthRegistry(options.services.map((s) => s.desc.typeName));
+  const stopping = new AbortController();
+  const hooks: (() => Promise<void>)[] = [];
+
+  const handler = connectNodeAdapter({
+    shutdownSignal: stopping.signal,
+    interceptors: [serverTracing(options.tracerProvider), ...(options.interceptors ?? [])],
+    routes: (router) => {
+      for (const service of options.services) service.register(router);
+      health.register(router);
+      registerReflection(router, [...options.services.map((s) => s.desc), Health, ServerReflection]);
+    },
+  });
+  const server = http2.createServer(handler);
+  const sessions = new Set<http2.Http2Session>();
+  server.on("session", (session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port ?? 0, options.host ?? "127.0.0.1", () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const { address, port } = server.address() as AddressInfo;
+  const host = address.includes(":") ? `[${address}]` : address;
+  health.setAll(ServingStatus.SERVING);
+  logger.info("serving", { address, port, services: options.services.map((s) => s.desc.typeName) });
+
+  let shutdownPromise: Promise<void> | undefined;
+  const shutdown = async () => {
+    const timeoutMs = options.shutdownTimeoutMs ?? 10_000;
+    // 1. Probes and load balancers see NOT_SERVING first, so no new work is routed here.
+    health.setAll(ServingStatus.NOT_SERVING);
+    logger.info("shutting down", { openSessions: sessions.size });
+    // 2. Hooks finish their work (a training step and its checkpoint) within the timeout.
+    await withTimeout(Promise.allSettled(hooks.map((h) => h())), timeoutMs);
+    // 3. Calls still in flight are aborted through connect's shutdown signal.
+    stopping.abort();
+    // 4. No new connections; open sessions close once their streams end, or are destroyed.
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    for (const session of sessions) session.close();
+    if (!(await withTimeout(closed, timeoutMs))) {
+      for (const session of sessions) session.destroy();
+      await closed;
+    }
+    logger.info("stopped");
+  };
+
+  return {
+    port,
+    url: `http://${host}:${port}`,
+    health,
+    onShutdown: (hook) => void hooks.push(hook),
+    shutdown: () => (shutdownPromise ??= shutdown()),
+  };
+}
+
+/** Resolves true when the promise settled in time, false on timeout. */
+async function withTimeout(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  try {
+    return await Promise.race([p.then(() => true as const), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,0 +1,127 @@
+import { metrics, trace, type TracerProvider, type MeterProvider as ApiMeterProvider } from "@opentelemetry/api";
+import { OTLPMetricExporter as OtlpMetricsGrpc } from "@opentelemetry/exporter-metrics-otlp-grpc";
+import { OTLPMetricExporter as OtlpMetricsHttp } from "@opentelemetry/exporter-metrics-otlp-http";
+import { OTLPMetricExporter as OtlpMetricsProto } from "@opentelemetry/exporter-metrics-otlp-proto";
+import { PrometheusExporter } from "@opentelemetry/exporter-prometheus";
+import { OTLPTraceExporter as OtlpTracesGrpc } from "@opentelemetry/exporter-trace-otlp-grpc";
+import { OTLPTraceExporter as OtlpTracesHttp } from "@opentelemetry/exporter-trace-otlp-http";
+import { OTLPTraceExporter as OtlpTracesProto } from "@opentelemetry/exporter-trace-otlp-proto";
+import { defaultResource, detectResources, envDetector, resourceFromAttributes } from "@opentelemetry/resources";
+import {
+  ConsoleMetricExporter,
+  MeterProvider,
+  PeriodicExportingMetricReader,
+  type IMetricReader,
+} from "@opentelemetry/sdk-metrics";
+import {
+  BatchSpanProcessor,
+  ConsoleSpanExporter,
+  NodeTracerProvider,
+  type SpanExporter,
+  type SpanProcessor,
+} from "@opentelemetry/sdk-trace-node";
+import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from "@opentelemetry/semantic-conventions";
+import pkg from "../../package.json" with { type: "json" };
+
+/** The instrumentation scope of every span and metric of the suite. */
+export const SCOPE = "vaccine";
+
+export interface Telemetry {
+  tracerProvider: TracerProvider;
+  meterProvider: ApiMeterProvider;
+  /** Flushes and stops exporters; call on shutdown so the last spans are not lost. */
+  shutdown(): Promise<void>;
+}
+
+export interface TelemetryOptions {
+  serviceName: string;
+  env?: Record<string, string | undefined>;
+  /** Extra processors and readers, e.g. in-memory ones in tests. */
+  spanProcessors?: SpanProcessor[];
+  metricReaders?: IMetricReader[];
+  /** Install as the global providers (the process entrypoint does; tests need not). */
+  global?: boolean;
+}
+
+type Env = Record<string, string | undefined>;
+
+function list(raw: string | undefined): string[] {
+  return (raw ?? "").split(",").map((s) => s.trim()).filter((s) => s && s !== "none");
+}
+
+/** Exporter names: an explicit OTEL_*_EXPORTER wins; else otlp when an endpoint is set; else nothing. */
+function exporterNames(env: Env, signal: "TRACES" | "METRICS"): string[] {
+  const explicit = env[`OTEL_${signal}_EXPORTER`];
+  if (explicit !== undefined) return list(explicit);
+  return env.OTEL_EXPORTER_OTLP_ENDPOINT || env[`OTEL_EXPORTER_OTLP_${signal}_ENDPOINT`] ? ["otlp"] : [];
+}
+
+function otlpProtocol(env: Env, signal: "TRACES" | "METRICS"): string {
+  return env[`OTEL_EXPORTER_OTLP_${signal}_PROTOCOL`] ?? env.OTEL_EXPORTER_OTLP_PROTOCOL ?? "http/protobuf";
+}
+
+function spanExporter(name: string, env: Env): SpanExporter {
+  if (name === "console") return new ConsoleSpanExporter();
+  if (name !== "otlp") throw new Error(`OTEL_TRACES_EXPORTER: unsupported exporter "${name}" (otlp, console, none)`);
+  const protocol = otlpProtocol(env, "TRACES");
+  // The exporters read their endpoint, headers and timeout from the OTEL_EXPORTER_OTLP_* variables.
+  if (protocol === "grpc") return new OtlpTracesGrpc();
+  if (protocol === "http/json") return new OtlpTracesHttp();
+  if (protocol === "http/protobuf") return new OtlpTracesProto();
+  throw new Error(`OTEL_EXPORTER_OTLP_PROTOCOL: unsupported protocol "${protocol}" (grpc, http/protobuf, http/json)`);
+}
+
+function metricReader(name: string, env: Env): IMetricReader {
+  if (name === "prometheus") {
+    return new PrometheusExporter({
+      host: env.OTEL_EXPORTER_PROMETHEUS_HOST ?? "0.0.0.0",
+      port: Number(env.OTEL_EXPORTER_PROMETHEUS_PORT ?? 9464),
+    });
+  }
+  const exportIntervalMillis = Number(env.OTEL_METRIC_EXPORT_INTERVAL ?? 60_000);
+  if (name === "console") return new PeriodicExportingMetricReader({ exporter: new ConsoleMetricExporter(), exportIntervalMillis });
+  if (name !== "otlp") throw new Error(`OTEL_METRICS_EXPORTER: unsupported exporter "${name}" (otlp, prometheus, console, none)`);
+  const protocol = otlpProtocol(env, "METRICS");
+  const exporter =
+    protocol === "grpc" ? new OtlpMetricsGrpc() : protocol === "http/json" ? new OtlpMetricsHttp() : protocol === "http/protobuf" ? new OtlpMetricsProto() : undefined;
+  if (!exporter) throw new Error(`OTEL_EXPORTER_OTLP_PROTOCOL: unsupported protocol "${protocol}" (grpc, http/protobuf, http/json)`);
+  return new PeriodicExportingMetricReader({ exporter, exportIntervalMillis });
+}
+
+/**
+ * Tracer and meter providers for one process. Nothing is exported unless the standard
+ * OTEL_* variables ask for it; OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are honoured.
+ */
+export function setupTelemetry(options: TelemetryOptions): Telemetry {
+  const env = options.env ?? process.env;
+  const resource = defaultResource()
+    .merge(resourceFromAttributes({ [ATTR_SERVICE_NAME]: options.serviceName, [ATTR_SERVICE_VERSION]: pkg.version }))
+    .merge(detectResources({ detectors: [envDetector] }));
+  const tracerProvider = new NodeTracerProvider({
+    resource,
+    spanProcessors: [
+      ...exporterNames(env, "TRACES").map((name) => new BatchSpanProcessor(spanExporter(name, env))),
+      ...(options.spanProcessors ?? []),
+    ],
+  });
+  const meterProvider = new MeterProvider({
+    resource,
+    readers: [...exporterNames(env, "METRICS").map((name) => metricReader(name, env)), ...(options.metricReaders ?? [])],
+  });
+  if (options.global) {
+    // Registers the W3C trace-context propagator and the async-hooks context manager too.
+    tracerProvider.register();
+    metrics.setGlobalMeterProvider(meterProvider);
+  }
+  return {
+    tracerProvider,
+    meterProvider,
+    async shutdown() {
+      await Promise.all([tracerProvider.shutdown(), meterProvider.shutdown()]);
+      if (options.global) {
+        trace.disable();
+        metrics.disable();
+      }
+    },
+  };
+}

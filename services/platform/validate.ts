@@ -1,0 +1,60 @@
+import { invalidArgument } from "./errors.ts";
+
+interface Bounds {
+  min?: number;
+  max?: number;
+  /** Exclusive bounds: the value must be strictly greater / smaller. */
+  above?: number;
+  below?: number;
+  integer?: boolean;
+}
+
+/**
+ * Collects every field violation of a request, then throws one INVALID_ARGUMENT that
+ * names them all (a client fixes its request in one round trip, not one per field).
+ * Field paths are the proto field names as clients see them, e.g. "spec.training.batch_size".
+ */
+export class RequestValidator {
+  private readonly violations: { field: string; description: string }[] = [];
+
+  fail(field: string, description: string): this {
+    this.violations.push({ field, description });
+    return this;
+  }
+
+  /** A message or string field that must be present and non-empty. */
+  required(field: string, value: unknown): this {
+    if (value === undefined || value === null || value === "") this.fail(field, "is required");
+    return this;
+  }
+
+  /** A number within bounds; undefined (an unset optional) passes. NaN and infinities fail. */
+  number(field: string, value: number | undefined, bounds: Bounds = {}): this {
+    if (value === undefined) return this;
+    if (!Number.isFinite(value)) return this.fail(field, `must be a finite number, got ${value}`);
+    if (bounds.integer && !Number.isInteger(value)) return this.fail(field, `must be an integer, got ${value}`);
+    if (bounds.min !== undefined && value < bounds.min) return this.fail(field, `must be >= ${bounds.min}, got ${value}`);
+    if (bounds.max !== undefined && value > bounds.max) return this.fail(field, `must be <= ${bounds.max}, got ${value}`);
+    if (bounds.above !== undefined && value <= bounds.above) return this.fail(field, `must be > ${bounds.above}, got ${value}`);
+    if (bounds.below !== undefined && value >= bounds.below) return this.fail(field, `must be < ${bounds.below}, got ${value}`);
+    return this;
+  }
+
+  /** A list whose length is within bounds. */
+  count(field: string, items: readonly unknown[], bounds: { min?: number; max?: number }): this {
+    if (bounds.min !== undefined && items.length < bounds.min) this.fail(field, `needs at least ${bounds.min} item(s), got ${items.length}`);
+    if (bounds.max !== undefined && items.length > bounds.max) this.fail(field, `allows at most ${bounds.max} item(s), got ${items.length}`);
+    return this;
+  }
+
+  /** A value that must be one of a fixed set. */
+  oneOf(field: string, value: string, allowed: readonly string[]): this {
+    if (!allowed.includes(value)) this.fail(field, `must be one of ${allowed.join(", ")}, got "${value}"`);
+    return this;
+  }
+
+  /** Throws INVALID_ARGUMENT with ErrorInfo and BadRequest when anything failed. */
+  check(): void {
+    if (this.violations.length > 0) throw invalidArgument(this.violations);
+  }
+}

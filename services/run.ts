@@ -1,0 +1,39 @@
+import { loadConfig, ConfigError, type ServiceName } from "./platform/config.ts";
+import { createLogger } from "./platform/log.ts";
+import { startServer } from "./platform/server.ts";
+import { setupTelemetry } from "./platform/telemetry.ts";
+import { SERVICES } from "./suite.ts";
+
+/**
+ * A service process: configuration from the environment, telemetry, the server, and a
+ * graceful exit 0 on SIGTERM or SIGINT. `only` fixes the services (one per entrypoint);
+ * without it VACCINE_SERVICES decides.
+ */
+export async function runServices(only?: ServiceName[]): Promise<void> {
+  let config;
+  try {
+    config = loadConfig();
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(err.message + "\n");
+    process.exit(2);
+  }
+  const names = only ?? config.services;
+  const logger = createLogger(config.logLevel);
+  const telemetry = setupTelemetry({ serviceName: `vaccine-${names.join("-")}`, global: true });
+  const server = await startServer({
+    services: names.map((n) => SERVICES[n]()),
+    host: config.host,
+    port: config.port,
+    logger,
+    shutdownTimeoutMs: config.shutdownTimeoutMs,
+  });
+  const stop = async (signal: string) => {
+    logger.info("signal received", { signal });
+    await server.shutdown();
+    await telemetry.shutdown();
+    process.exit(0);
+  };
+  process.once("SIGTERM", () => void stop("SIGTERM"));
+  process.once("SIGINT", () => void stop("SIGINT"));
+}
