@@ -112,7 +112,8 @@ describe.each(["cpu", "wasm"])("gradients on %s", (backend) => {
   it("keeps tf.memory().numTensors flat over training steps (full, LoRA, deltas, two-pass)", () => {
     const adapter = LoraAdapter.init(model.config, { r: 2, alpha: 4, dropout: 0.1, targetModules: ["q_proj", "v_proj", "down_proj"] }, 1);
     // One optimizer per variable list: tfjs's Adam keys its slots by position in the list.
-    let optimizer = tf.train.adam(1e-3);
+    // (Typed as the base class: AdamOptimizer's own applyGradients signature rejects variableGrads' map.)
+    let optimizer: tf.Optimizer = tf.train.adam(1e-3);
     const deltas = [0, 1].map(() => tf.randomNormal([B, T, D], 0, 0.1, "float32", 3));
     const step = (kind: string) => {
       tf.tidy(() => {
@@ -163,7 +164,7 @@ describe.each(["cpu", "wasm"])("gradients on %s", (backend) => {
     const optimizer = tf.train.adam(1e-2);
     const loss = () => causalLmLoss(m.forward(ids, mask).logits, labels);
     const first = tf.tidy(() => loss().dataSync()[0]);
-    for (let i = 0; i < 30; i++) tf.tidy(() => optimizer.minimize(loss, false, m.trainableVariables));
+    for (let i = 0; i < 30; i++) tf.tidy(() => void optimizer.minimize(loss, false, m.trainableVariables));
     const last = tf.tidy(() => loss().dataSync()[0]);
     expect(last).toBeLessThan(first * 0.5);
     optimizer.dispose();
