@@ -1,0 +1,81 @@
+/**
+ * Turns examples into padded id matrices for causal-LM training, as the reference does:
+ * sequence = [bos] + prompt + output + eos, right padding, loss on response tokens only.
+ * Plain arrays (not tensors) so any backend can wrap them.
+ */
+import type { Tokenizer } from "../tokenizer.ts";
+import { formatPrompt, type Example } from "./template.ts";
+
+/** Label of positions the loss ignores (PyTorch's ignore_index). */
+export const IGNORE_INDEX = -100;
+
+export interface CollateOptions {
+  /** Longest sequence kept, special tokens included (default 200, the reference's). */
+  maxLength?: number;
+  /**
+   * "response": labels on output tokens and eos only (fine-tuning, alignment);
+   * "all": labels on every real token of an example (pre-training).
+   * A plain string is a text document and is fully labelled in both modes.
+   */
+  mode?: "response" | "all";
+}
+
+export interface Batch {
+  /** Row-major [batch, seqLen]. */
+  inputIds: Int32Array;
+  attentionMask: Int32Array;
+  /** Token id where the loss applies, IGNORE_INDEX elsewhere; not shifted (the loss shifts). */
+  labels: Int32Array;
+  batch: number;
+  seqLen: number;
+  /** Rows left with no labelled token because the prompt alone filled maxLength. */
+  unsupervised: number;
+  /** Rows cut at maxLength. */
+  truncated: number;
+}
+
+/**
+ * Collates a batch. Truncation cuts from the right at maxLength, so a long output loses
+ * its tail and its eos. When the prompt alone reaches maxLength the row is kept (so
+ * batch rows still match the examples) with every label IGNORE_INDEX: it contributes
+ * nothing to the loss and is counted in `unsupervised`.
+ */
+export function collate(items: ReadonlyArray<Example | string>, tokenizer: Tokenizer, opts: CollateOptions = {}): Batch {
+  const maxLength = opts.maxLength ?? 200;
+  const mode = opts.mode ?? "response";
+  if (!Number.isInteger(maxLength) || maxLength < 1) throw new RangeError(`maxLength must be a positive integer, got ${maxLength}`);
+  if (items.length === 0) throw new RangeError("cannot collate an empty batch");
+  const bos = tokenizer.addBos && tokenizer.bosId !== null ? [tokenizer.bosId] : [];
+
+  let truncated = 0;
+  let unsupervised = 0;
+  const rows = items.map((item) => {
+    const [prefix, target] =
+      typeof item === "string"
+        ? [bos, [...tokenizer.encode(item), tokenizer.eosId]]
+        : [[...bos, ...tokenizer.encode(formatPrompt(item))], [...tokenizer.encode(item.output), tokenizer.eosId]];
+    const supervisedFrom = typeof item === "string" || mode === "all" ? 0 : prefix.length;
+    let ids = [...prefix, ...target];
+    if (ids.length > maxLength) {
+      ids = ids.slice(0, maxLength);
+      truncated++;
+    }
+    if (ids.length <= supervisedFrom) unsupervised++;
+    return { ids, supervisedFrom };
+  });
+
+  const seqLen = Math.max(...rows.map((r) => r.ids.length));
+  const batch = rows.length;
+  const inputIds = new Int32Array(batch * seqLen).fill(tokenizer.padId);
+  const attentionMask = new Int32Array(batch * seqLen);
+  const labels = new Int32Array(batch * seqLen).fill(IGNORE_INDEX);
+  rows.forEach(({ ids, supervisedFrom }, b) => {
+    const base = b * seqLen;
+    ids.forEach((id, t) => {
+      inputIds[base + t] = id;
+      attentionMask[base + t] = 1;
+      if (t >= supervisedFrom) labels[base + t] = id;
+    });
+  });
+  return { inputIds, attentionMask, labels, batch, seqLen, unsupervised, truncated };
+}
