@@ -1,5 +1,8 @@
 import { defineConfig } from "vitest/config";
 
+// .ci/run sets VACCINE_TEST_REPORT to collect a JSON report for its closing line.
+const report = process.env.VACCINE_TEST_REPORT;
+
 export default defineConfig({
   test: {
     include: ["tests/**/*.test.ts"],
@@ -7,5 +10,7 @@ export default defineConfig({
     maxWorkers: 2,
     testTimeout: 120_000,
     hookTimeout: 60_000,
+    reporters: report ? ["default", "json"] : ["default"],
+    outputFile: report ? { json: report } : undefined,
   },
 });

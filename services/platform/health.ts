@@ -70,7 +70,11 @@ export class HealthRegistry {
           last = status;
           yield create(HealthCheckResponseSchema, { status });
         }
-        await new Promise<void>((resolve) => (wake = resolve));
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          // A change or an abort may have come while the stream was suspended at the yield.
+          if (ctx.signal.aborted || (this.statuses.get(service) ?? ServingStatus.SERVICE_UNKNOWN) !== last) resolve();
+        });
       }
     } finally {
       this.watchers.delete(waker);

@@ -1,5 +1,6 @@
+import http from "node:http";
 import http2 from "node:http2";
-import type { AddressInfo } from "node:net";
+import net, { type AddressInfo } from "node:net";
 import type { DescService } from "@bufbuild/protobuf";
 import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
@@ -40,8 +41,9 @@ export interface RunningServer {
 }
 
 /**
- * Serves the given services, grpc.health.v1 and server reflection on one HTTP/2 cleartext
- * port, speaking gRPC, gRPC-Web and Connect (connect-node answers all three).
+ * Serves the given services, grpc.health.v1 and server reflection on one cleartext port,
+ * speaking gRPC, gRPC-Web and Connect (connect-node answers all three). HTTP/2 (prior
+ * knowledge) and HTTP/1.1 share the port, so plain curl works as well as gRPC clients.
  */
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const logger = options.logger ?? silentLogger;
@@ -58,11 +60,26 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       registerReflection(router, [...options.services.map((s) => s.desc), Health, ServerReflection]);
     },
   });
-  const server = http2.createServer(handler);
+  const h2 = http2.createServer(handler);
+  const h1 = http.createServer(handler);
   const sessions = new Set<http2.Http2Session>();
-  server.on("session", (session) => {
+  h2.on("session", (session) => {
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
+  });
+  // An HTTP/2 client opens with the connection preface "PRI * HTTP/2.0"; anything else is HTTP/1.
+  const server = net.createServer((socket) => {
+    socket.once("data", (first) => {
+      socket.pause();
+      socket.unshift(first);
+      if (first.subarray(0, 3).toString("latin1") === "PRI") {
+        // http2 takes the bytes already read from the socket's buffer, then reads natively.
+        h2.emit("connection", socket);
+      } else {
+        h1.emit("connection", socket);
+        socket.resume();
+      }
+    });
   });
 
   await new Promise<void>((resolve, reject) => {
@@ -88,10 +105,15 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     // 3. Calls still in flight are aborted through connect's shutdown signal.
     stopping.abort();
     // 4. No new connections; open sessions close once their streams end, or are destroyed.
-    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    const closed = Promise.all([
+      new Promise<void>((resolve) => server.close(() => resolve())),
+      new Promise<void>((resolve) => h1.close(() => resolve())),
+    ]);
     for (const session of sessions) session.close();
+    h1.closeIdleConnections();
     if (!(await withTimeout(closed, timeoutMs))) {
       for (const session of sessions) session.destroy();
+      h1.closeAllConnections();
       await closed;
     }
     logger.info("stopped");

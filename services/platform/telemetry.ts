@@ -50,7 +50,7 @@ function list(raw: string | undefined): string[] {
 }
 
 /** Exporter names: an explicit OTEL_*_EXPORTER wins; else otlp when an endpoint is set; else nothing. */
-function exporterNames(env: Env, signal: "TRACES" | "METRICS"): string[] {
+export function exporterNames(env: Env, signal: "TRACES" | "METRICS"): string[] {
   const explicit = env[`OTEL_${signal}_EXPORTER`];
   if (explicit !== undefined) return list(explicit);
   return env.OTEL_EXPORTER_OTLP_ENDPOINT || env[`OTEL_EXPORTER_OTLP_${signal}_ENDPOINT`] ? ["otlp"] : [];

@@ -1,0 +1,42 @@
+import { readFileSync } from "node:fs";
+import { describe, expect, it } from "vitest";
+import { ConfigError, loadConfig, VARIABLES } from "../../services/platform/config.ts";
+
+describe("configuration", () => {
+  it("has documented defaults", () => {
+    expect(loadConfig({})).toEqual({
+      host: "127.0.0.1",
+      port: 50051,
+      services: ["align", "finetune", "embed", "score"],
+      backend: "auto",
+      storeRoot: ".data/store",
+      shutdownTimeoutMs: 10000,
+      logLevel: "info",
+    });
+  });
+
+  it("parses values and rejects bad ones all at once, naming each variable", () => {
+    expect(loadConfig({ VACCINE_SERVICES: "embed, score,embed", VACCINE_PORT: "0" })).toMatchObject({
+      services: ["embed", "score"],
+      port: 0,
+    });
+    let err: unknown;
+    try {
+      loadConfig({ VACCINE_PORT: "80a", VACCINE_BACKEND: "tpu", VACCINE_LOG_LEVEL: "loud" });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ConfigError);
+    const msg = (err as Error).message;
+    expect(msg).toContain('VACCINE_PORT="80a"');
+    expect(msg).toContain('VACCINE_BACKEND="tpu" is invalid: expected one of auto, tensorflow-gpu, tensorflow, wasm, cpu');
+    expect(msg).toContain('VACCINE_LOG_LEVEL="loud"');
+  });
+
+  it("matches the README's configuration table", () => {
+    const readme = readFileSync("README.md", "utf8");
+    for (const v of VARIABLES) {
+      expect(readme).toContain(`| \`${v.name}\` | \`${v.default}\` | ${v.description} |`);
+    }
+  });
+});

@@ -1,0 +1,105 @@
+// Contract tests through connect's in-memory transport: the handlers without a network.
+import { create } from "@bufbuild/protobuf";
+import { Code, createClient, createRouterTransport } from "@connectrpc/connect";
+import { describe, expect, it } from "vitest";
+import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
+import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
+import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
+import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
+import { AlignSpecSchema } from "../../gen/vaccine/v1/training_pb.ts";
+import { SERVICES } from "../../services/suite.ts";
+import { rpcFailure } from "../helpers/errors.ts";
+
+const transport = createRouterTransport((router) => {
+  for (const make of Object.values(SERVICES)) make().register(router);
+});
+const align = createClient(AlignService, transport);
+const fineTune = createClient(FineTuneService, transport);
+const embed = createClient(EmbedService, transport);
+const score = createClient(ScoreService, transport);
+
+const ref = { uri: "store://checkpoints/x", digest: "sha256:" + "a".repeat(64) };
+const validSpec = () =>
+  create(AlignSpecSchema, {
+    baseCheckpoint: ref,
+    dataset: { source: { case: "builtin", value: { name: "alignment" } } },
+    method: { case: "vaccine", value: { rho: 2 } },
+  });
+
+describe("request validation", () => {
+  it("rejects a negative page_size with ErrorInfo and BadRequest naming the field", async () => {
+    const e = await rpcFailure(() => align.listAlignJobs({ pageSize: -1 }));
+    expect(e.code).toBe(Code.InvalidArgument);
+    expect(e.info?.reason).toBe("FIELD_INVALID");
+    expect(e.info?.domain).toBe("vaccine.v1");
+    expect(e.badRequest?.fieldViolations.map((v) => v.field)).toEqual(["page_size"]);
+  });
+
+  it("rejects non-finite numbers and names every bad field at once", async () => {
+    const spec = validSpec();
+    spec.method = { case: "vaccine", value: { $typeName: "vaccine.v1.VaccineMethod", rho: Number.NaN } };
+    spec.training = { $typeName: "vaccine.v1.TrainingConfig", learningRate: Infinity, batchSize: 0 } as never;
+    const e = await rpcFailure(() => align.createAlignJob({ spec }));
+    expect(e.code).toBe(Code.InvalidArgument);
+    expect(e.badRequest?.fieldViolations.map((v) => v.field)).toEqual([
+      "spec.vaccine.rho",
+      "spec.training.learning_rate",
+      "spec.training.batch_size",
+    ]);
+    expect(e.message).toContain("finite");
+  });
+
+  it("checks the method, rho, LoRA targets and digests", async () => {
+    const spec = validSpec();
+    spec.method = { case: "vaccine", value: { $typeName: "vaccine.v1.VaccineMethod", rho: -0.5 } };
+    spec.lora = { $typeName: "vaccine.v1.LoraConfig", rank: 0, targetModules: ["qkv"] } as never;
+    spec.baseCheckpoint = { ...ref, $typeName: "vaccine.v1.CheckpointRef", digest: "md5:1" };
+    const e = await rpcFailure(() => align.createAlignJob({ spec }));
+    expect(e.badRequest?.fieldViolations.map((v) => v.field)).toEqual([
+      "spec.base_checkpoint.digest",
+      "spec.vaccine.rho",
+      "spec.lora.rank",
+      "spec.lora.target_modules[0]",
+    ]);
+    const missing = await rpcFailure(() => align.createAlignJob({}));
+    expect(missing.badRequest?.fieldViolations[0].field).toBe("spec");
+  });
+
+  it("validates fine-tuning mixtures and scoring settings", async () => {
+    const ft = await rpcFailure(() =>
+      fineTune.createFineTuneJob({
+        spec: {
+          alignedCheckpoint: ref,
+          dataset: { source: { case: "builtin", value: { name: "sst2-mix", harmfulRatio: 1.5 } } },
+        },
+      }),
+    );
+    expect(ft.badRequest?.fieldViolations.map((v) => v.field)).toEqual(["spec.dataset.builtin.harmful_ratio"]);
+    const gen = await rpcFailure(() =>
+      score.generate({ checkpoint: ref, prompts: [{ instruction: "hi" }], decoding: { case: "sampled", value: { topP: 0 } } }),
+    );
+    expect(gen.badRequest?.fieldViolations.map((v) => v.field)).toEqual(["sampled.top_p"]);
+    const emb = await rpcFailure(() => embed.embed({ checkpoint: ref, texts: [] }));
+    expect(emb.badRequest?.fieldViolations.map((v) => v.field)).toEqual(["texts"]);
+  });
+});
+
+describe("RPCs not built yet", () => {
+  it("answer UNIMPLEMENTED naming the RPC, never invented data", async () => {
+    const e = await rpcFailure(() => align.createAlignJob({ spec: validSpec() }));
+    expect(e.code).toBe(Code.Unimplemented);
+    expect(e.message).toContain("vaccine.v1.AlignService/CreateAlignJob");
+    expect(e.info?.reason).toBe("NOT_IMPLEMENTED");
+    const list = await rpcFailure(() => fineTune.listFineTuneJobs({ pageSize: 10 }));
+    expect(list.message).toContain("ListFineTuneJobs");
+    const watch = await rpcFailure(async () => {
+      for await (const _ of align.watchAlignJob({ jobId: "j1" })) void _;
+    });
+    expect(watch.message).toContain("WatchAlignJob");
+    const harm = await rpcFailure(async () => {
+      for await (const _ of score.scoreHarmfulness({ checkpoint: ref })) void _;
+    });
+    expect(harm.code).toBe(Code.Unimplemented);
+    expect(harm.message).toContain("ScoreHarmfulness");
+  });
+});

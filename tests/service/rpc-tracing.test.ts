@@ -1,0 +1,100 @@
+// Server and client interceptors produce one span per RPC, joined by W3C trace context.
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { SpanKind, SpanStatusCode } from "@opentelemetry/api";
+import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
+import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
+import { clientTracing } from "../../services/platform/rpc-tracing.ts";
+import type { RunningServer } from "../../services/platform/server.ts";
+import { exporterNames, setupTelemetry, type Telemetry } from "../../services/platform/telemetry.ts";
+import { startSuite } from "../helpers/server.ts";
+
+const exporter = new InMemorySpanExporter();
+let telemetry: Telemetry;
+let server: RunningServer;
+beforeAll(async () => {
+  telemetry = setupTelemetry({ serviceName: "test", env: {}, spanProcessors: [new SimpleSpanProcessor(exporter)] });
+  server = await startSuite({ tracerProvider: telemetry.tracerProvider });
+});
+afterAll(async () => {
+  await server.shutdown();
+  await telemetry.shutdown();
+});
+
+const client = <T extends typeof Health | typeof AlignService>(svc: T) =>
+  createClient(svc, createGrpcTransport({ baseUrl: server.url, interceptors: [clientTracing(telemetry.tracerProvider)] }));
+
+describe("RPC spans", () => {
+  it("a successful call gives a CLIENT span and its SERVER child with RPC attributes", async () => {
+    exporter.reset();
+    await client(Health).check({ service: "" });
+    const spans = exporter.getFinishedSpans();
+    const serverSpan = spans.find((s) => s.kind === SpanKind.SERVER)!;
+    const clientSpan = spans.find((s) => s.kind === SpanKind.CLIENT)!;
+    expect(serverSpan.name).toBe("grpc.health.v1.Health/Check");
+    expect(serverSpan.attributes).toMatchObject({
+      "rpc.system.name": "grpc",
+      "rpc.method": "grpc.health.v1.Health/Check",
+      "rpc.status_code": "OK",
+    });
+    expect(clientSpan.attributes).toMatchObject({ "server.address": "127.0.0.1", "server.port": server.port });
+    expect(serverSpan.spanContext().traceId).toBe(clientSpan.spanContext().traceId);
+    expect(serverSpan.parentSpanContext?.spanId).toBe(clientSpan.spanContext().spanId);
+  });
+
+  it("a failed call records the status name and an error status", async () => {
+    exporter.reset();
+    await expect(client(AlignService).listAlignJobs({ pageSize: -1 })).rejects.toThrow();
+    const serverSpan = exporter.getFinishedSpans().find((s) => s.kind === SpanKind.SERVER)!;
+    expect(serverSpan.attributes["rpc.status_code"]).toBe("INVALID_ARGUMENT");
+    expect(serverSpan.attributes["error.type"]).toBe("INVALID_ARGUMENT");
+    expect(serverSpan.status.code).toBe(SpanStatusCode.ERROR);
+  });
+
+  it("a streaming call's span ends when the stream ends", async () => {
+    exporter.reset();
+    const abort = new AbortController();
+    const stream = client(Health).watch({ service: "" }, { signal: abort.signal });
+    for await (const _ of stream) break;
+    abort.abort();
+    await new Promise((r) => setTimeout(r, 100));
+    const serverSpan = exporter.getFinishedSpans().find((s) => s.kind === SpanKind.SERVER);
+    expect(serverSpan?.name).toBe("grpc.health.v1.Health/Watch");
+  });
+});
+
+describe("telemetry setup", () => {
+  it("exports nothing unless the OTEL_* variables ask", () => {
+    expect(exporterNames({}, "TRACES")).toEqual([]);
+    expect(exporterNames({}, "METRICS")).toEqual([]);
+    expect(exporterNames({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://127.0.0.1:4318" }, "TRACES")).toEqual(["otlp"]);
+    expect(exporterNames({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "http://127.0.0.1:4318" }, "METRICS")).toEqual([]);
+    expect(exporterNames({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://x", OTEL_TRACES_EXPORTER: "none" }, "TRACES")).toEqual([]);
+    expect(exporterNames({ OTEL_METRICS_EXPORTER: "prometheus,otlp" }, "METRICS")).toEqual(["prometheus", "otlp"]);
+  });
+
+  it("names the service, and OTEL_SERVICE_NAME overrides it", () => {
+    const serviceName = (env: Record<string, string>) => {
+      const exp = new InMemorySpanExporter();
+      const t = setupTelemetry({ serviceName: "vaccine-align", env, spanProcessors: [new SimpleSpanProcessor(exp)] });
+      t.tracerProvider.getTracer("t").startSpan("x").end();
+      return exp.getFinishedSpans()[0].resource.attributes["service.name"];
+    };
+    expect(serviceName({})).toBe("vaccine-align");
+    process.env.OTEL_SERVICE_NAME = "custom";
+    try {
+      expect(serviceName({})).toBe("custom");
+    } finally {
+      delete process.env.OTEL_SERVICE_NAME;
+    }
+  });
+
+  it("rejects an unknown exporter with a message naming the variable", () => {
+    expect(() => setupTelemetry({ serviceName: "x", env: { OTEL_TRACES_EXPORTER: "zipkin" } })).toThrow(/OTEL_TRACES_EXPORTER/);
+    expect(() =>
+      setupTelemetry({ serviceName: "x", env: { OTEL_TRACES_EXPORTER: "otlp", OTEL_EXPORTER_OTLP_PROTOCOL: "carrier-pigeon" } }),
+    ).toThrow(/OTEL_EXPORTER_OTLP_PROTOCOL/);
+  });
+});

@@ -1,0 +1,60 @@
+// The process entrypoints: start, serve, and stop gracefully on SIGTERM.
+import { spawnSync } from "node:child_process";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { describe, expect, it } from "vitest";
+import { Health, HealthCheckResponse_ServingStatus as S } from "../../gen/grpc/health/v1/health_pb.ts";
+import { startProcess } from "../helpers/process.ts";
+
+describe("SIGTERM", () => {
+  it("turns health NOT_SERVING first, ends open streams, and exits 0 within 5 s", async () => {
+    const proc = await startProcess("services/main.ts");
+    const health = createClient(Health, createGrpcTransport({ baseUrl: `http://127.0.0.1:${proc.port}` }));
+    expect((await health.check({ service: "" })).status).toBe(S.SERVING);
+
+    const seen: S[] = [];
+    let streamError: unknown;
+    const watching = (async () => {
+      try {
+        for await (const r of health.watch({ service: "vaccine.v1.AlignService" })) {
+          seen.push(r.status);
+          if (seen.length === 1) proc.child.kill("SIGTERM");
+        }
+      } catch (err) {
+        streamError = err;
+      }
+    })();
+    const sentAt = Date.now();
+    const { code, at } = await proc.exited;
+    await watching;
+    expect(code).toBe(0);
+    expect(at - sentAt).toBeLessThan(5000);
+    expect(seen).toEqual([S.SERVING, S.NOT_SERVING]);
+    // The in-flight Watch was ended cleanly by the server, not cut when sessions were destroyed.
+    expect(streamError).toBeUndefined();
+    const order = proc.log().split("\n").filter(Boolean).map((l) => JSON.parse(l).msg);
+    expect(order.slice(-3)).toEqual(["signal received", "shutting down", "stopped"]);
+  });
+
+  it("a single-service entrypoint serves only its service", async () => {
+    const proc = await startProcess("services/embed/main.ts");
+    const health = createClient(Health, createGrpcTransport({ baseUrl: `http://127.0.0.1:${proc.port}` }));
+    const { statuses } = await health.list({});
+    expect(Object.keys(statuses).sort()).toEqual(["", "vaccine.v1.EmbedService"]);
+    proc.child.kill("SIGTERM");
+    expect((await proc.exited).code).toBe(0);
+  });
+});
+
+describe("bad configuration", () => {
+  it("exits 2 with a message naming every bad variable", () => {
+    const res = spawnSync(process.execPath, ["--import", "tsx", "services/main.ts"], {
+      env: { ...process.env, VACCINE_PORT: "99999", VACCINE_SERVICES: "align,bogus" },
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+    expect(res.status).toBe(2);
+    expect(res.stderr).toContain('VACCINE_PORT="99999" is invalid: expected an integer from 0 to 65535');
+    expect(res.stderr).toContain('VACCINE_SERVICES="align,bogus" is invalid');
+  });
+});
