@@ -8,7 +8,7 @@ import * as tf from "@tensorflow/tfjs";
 import type { HostTensors } from "../host-tensor.ts";
 import { Rng } from "../rng.ts";
 import type { LlamaConfig } from "./config.ts";
-import { LINEAR_MODULES, LlamaModel, linearName, linearShape, toHost, type LinearModule } from "./llama.ts";
+import { LINEAR_MODULES, LlamaModel, linearName, linearShape, linearT, toHost, type LinearModule } from "./llama.ts";
 
 export interface LoraConfig {
   r: number;
@@ -146,7 +146,7 @@ export class LoraAdapter {
     return tf.tidy(() => {
       const rate = this.config.dropout;
       const x = training && rate > 0 ? tf.dropout(x2d, rate, undefined, this.dropoutRng.nextUint32()) : x2d;
-      return tf.matMul(tf.matMul(x, pair.a, false, true), pair.b, false, true).mul(this.scaling) as tf.Tensor2D;
+      return linearT(linearT(x, pair.a), pair.b).mul(this.scaling) as tf.Tensor2D;
     });
   }
 
