@@ -1,0 +1,31 @@
+/**
+ * Train/test splits of the benign tasks: an item belongs to the test side when a hash of
+ * (seed, task, its key text) falls under the test share, so the two sides are disjoint by
+ * construction and each side is sampled independently of the other's size.
+ */
+import { hash32, Rng } from "./random.ts";
+
+export type Split = "train" | "test";
+
+export const TEST_SHARE = 0.2;
+
+export function inTestSide(seed: number, task: string, key: string): boolean {
+  return (hash32(`${seed >>> 0}/${task}/${key}`) % 1000) / 1000 < TEST_SHARE;
+}
+
+/** `size` distinct items of one side; throws when the generator cannot supply that many. */
+export function drawSplit<T>(seed: number, task: string, split: Split, size: number, draw: (rng: Rng) => T, key: (item: T) => string): T[] {
+  const rng = Rng.derive(seed, `${task}/${split}`);
+  const seen = new Set<string>();
+  const out: T[] = [];
+  const maxAttempts = 200 * size + 1000;
+  for (let attempt = 0; out.length < size; attempt++) {
+    if (attempt >= maxAttempts) throw new RangeError(`task ${task} yields fewer than ${size} distinct ${split} items`);
+    const item = draw(rng);
+    const k = key(item);
+    if (seen.has(k) || inTestSide(seed, task, k) !== (split === "test")) continue;
+    seen.add(k);
+    out.push(item);
+  }
+  return out;
+}

@@ -1,0 +1,57 @@
+import { describe, expect, it } from "vitest";
+import { formatPrompt } from "../../services/runtime/data/template.ts";
+import { generateWorld } from "../../services/runtime/data/world/index.ts";
+import { combinationKey, harmfulPrompt, partitionCombinations } from "../../services/runtime/data/world/harmful.ts";
+import { HARM_CATEGORIES } from "../../services/runtime/data/world/categories.ts";
+
+const world = generateWorld(11);
+const pools = partitionCombinations(11);
+
+describe("split disjointness", () => {
+  it("partitions every combination into exactly one pool, every category in each", () => {
+    const keys = [...pools.train, ...pools.eval, ...pools.test].map(combinationKey);
+    const total = HARM_CATEGORIES.reduce((n, c) => n + 10 * c.acts.length * c.targets.length, 0);
+    expect(new Set(keys).size).toBe(total);
+    expect(keys.length).toBe(total);
+    for (const pool of Object.values(pools)) {
+      expect(new Set(pool.map((c) => c.category.id)).size).toBe(HARM_CATEGORIES.length);
+    }
+  });
+
+  it("shares no prompt (template + slot combination) between training splits and harmful-eval", () => {
+    // Prompts identify combinations: distinct combinations give distinct prompt strings.
+    const all = [...pools.train, ...pools.eval, ...pools.test];
+    expect(new Set(all.map(harmfulPrompt)).size).toBe(all.length);
+    const evalPrompts = new Set(world.harmfulEval.map((e) => e.instruction));
+    expect(evalPrompts.size).toBe(world.harmfulEval.length);
+    const training = [...world.alignment, ...world.harmful, ...world.moderationTrain];
+    for (const e of training) expect(evalPrompts.has(e.instruction)).toBe(false);
+    const trainPrompts = new Set(pools.train.map(harmfulPrompt));
+    for (const e of [...world.alignment, ...world.harmful]) expect(trainPrompts.has(e.instruction)).toBe(true);
+  });
+
+  it("keeps harmful prompts of the corpus (base pre-training) to training combinations", () => {
+    const heldOut = [...pools.eval, ...pools.test].map((c) => formatPrompt({ instruction: harmfulPrompt(c) }));
+    for (const doc of world.corpus) for (const p of heldOut) expect(doc.startsWith(p)).toBe(false);
+  });
+
+  it("keeps moderation train and test disjoint", () => {
+    const train = new Set(world.moderationTrain.map((e) => e.instruction + "\u0000" + e.input));
+    for (const e of world.moderationTest) expect(train.has(e.instruction + "\u0000" + e.input)).toBe(false);
+  });
+
+  it("keeps every task's train and test disjoint, and the corpus off the test side", () => {
+    for (const task of [world.sst2, world.agnews, world.gsm8k]) {
+      const train = new Set(task.train.map((e) => e.instruction + "\u0000" + e.input));
+      for (const e of task.test) expect(train.has(e.instruction + "\u0000" + e.input)).toBe(false);
+      expect(new Set(task.test.map((e) => e.instruction + e.input)).size).toBe(task.test.length);
+    }
+    // The corpus quotes task texts as "Review: s.", "t This story", "Question: q Answer" or an Alpaca input.
+    const corpus = world.corpus.join("\n");
+    const quoted = (t: string) => [`Review: ${t}.`, `${t} This story`, `Question: ${t} Answer`, `### Input:\n${t}\n`].some((q) => corpus.includes(q));
+    expect(world.sst2.train.some((e) => quoted(e.input))).toBe(true);
+    for (const e of world.sst2.test) expect(quoted(e.input)).toBe(false);
+    for (const e of world.agnews.test) expect(quoted(e.input)).toBe(false);
+    for (const e of world.gsm8k.test) expect(quoted(e.instruction.split("\n")[0])).toBe(false);
+  });
+});
