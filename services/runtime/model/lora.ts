@@ -74,7 +74,7 @@ export class LoraAdapter {
   readonly scaling: number;
   /** By projection name prefix, e.g. "model.layers.0.self_attn.q_proj". */
   readonly pairs: Map<string, LoraPair>;
-  private readonly dropoutRng: Rng;
+  private dropoutRng: Rng;
 
   private constructor(modelConfig: LlamaConfig, config: LoraConfig, pairs: Map<string, LoraPair>, seed: number) {
     this.modelConfig = modelConfig;
@@ -129,6 +129,14 @@ export class LoraAdapter {
       pairs.set(name, { a: host("A"), b: host("B") });
     }
     return new LoraAdapter(modelConfig, config, pairs, seed);
+  }
+
+  /**
+   * Restarts the dropout stream from a seed. The training loop reseeds at every step from
+   * (run seed, step), so a resumed run draws the same masks as an uninterrupted one.
+   */
+  reseedDropout(seed: number): void {
+    this.dropoutRng = new Rng(seed);
   }
 
   /** The trainable adapter weights (A and B of every targeted projection). */

@@ -1,0 +1,190 @@
+/**
+ * The training loop shared by pre-training, alignment (SFT or Vaccine) and user
+ * fine-tuning: seeded data order, collation, a step function (step.ts), global-norm
+ * clipping, AdamW with linear warm-up and cosine decay, and per-step metrics. One loop;
+ * methods differ only in their step function.
+ */
+import * as tf from "@tensorflow/tfjs";
+import { collate } from "../data/collate.ts";
+import type { Example } from "../data/template.ts";
+import type { HostTensors } from "../host-tensor.ts";
+import type { LlamaModel } from "../model/llama.ts";
+import type { LoraAdapter } from "../model/lora.ts";
+import type { Tokenizer } from "../tokenizer.ts";
+import { AdamW, clipByGlobalNorm } from "./adamw.ts";
+import { batchAt, batchesPerEpoch } from "./batches.ts";
+import { learningRateAt } from "./schedule.ts";
+import type { PhaseRunner, StepFunction, TrainBatch } from "./step.ts";
+
+export interface TrainOptions {
+  learningRate: number;
+  /** Passes over the data; used when maxSteps is not set. */
+  epochs?: number;
+  maxSteps?: number;
+  batchSize: number;
+  maxSequenceLength: number;
+  warmupRatio: number;
+  weightDecay: number;
+  gradClip: number;
+  seed: number;
+  /** "response": loss on answers only (alignment, fine-tuning); "all": every token (pre-training). */
+  mode?: "response" | "all";
+}
+
+export interface StepMetrics {
+  /** 1-based number of the step just taken. */
+  step: number;
+  totalSteps: number;
+  epoch: number;
+  loss: number;
+  gradNorm: number;
+  perturbationNorm: number;
+  learningRate: number;
+  tokens: number;
+  stepMs: number;
+  perturbationMs: number;
+  updateMs: number;
+}
+
+/** A loss that is NaN or infinite: training has diverged and must stop, not write garbage. */
+export class TrainingDivergedError extends Error {
+  readonly reason = "LOSS_NOT_FINITE";
+  constructor(readonly step: number, readonly loss: number) {
+    super(`training diverged: the loss at step ${step} is ${loss}`);
+  }
+}
+
+export interface TrainerInit {
+  model: LlamaModel;
+  /** Train this adapter only; without it every model weight is trained. */
+  lora?: LoraAdapter;
+  data: ReadonlyArray<Example | string>;
+  tokenizer: Tokenizer;
+  options: TrainOptions;
+  stepFn: StepFunction;
+}
+
+/** What a resumable training checkpoint holds besides the trained weights. */
+export interface TrainerState {
+  step: number;
+  optimizer: HostTensors;
+  stepState: HostTensors;
+}
+
+export class Trainer {
+  readonly totalSteps: number;
+  /** 0-based index of the next step. */
+  step = 0;
+  readonly params: Map<string, tf.Variable>;
+  private readonly optimizer: AdamW;
+
+  constructor(private readonly init: TrainerInit) {
+    const { model, lora, data, options } = init;
+    if (data.length === 0) throw new RangeError("training data is empty");
+    const perEpoch = batchesPerEpoch(data.length, options.batchSize);
+    this.totalSteps = options.maxSteps ?? (options.epochs ?? 1) * perEpoch;
+    if (!(this.totalSteps >= 1)) throw new RangeError(`training needs at least one step, got ${this.totalSteps}`);
+    if (lora) {
+      this.params = new Map();
+      for (const [name, pair] of lora.pairs) {
+        this.params.set(`${name}.lora_A.weight`, pair.a);
+        this.params.set(`${name}.lora_B.weight`, pair.b);
+      }
+    } else {
+      this.params = new Map(model.weights);
+    }
+    for (const v of this.params.values()) v.trainable = true;
+    // HF Trainer exempts norm weights from decay; LoRA matrices all decay.
+    this.optimizer = new AdamW(this.params, { weightDecay: options.weightDecay, decays: (n) => !n.endsWith("norm.weight") });
+  }
+
+  get done(): boolean {
+    return this.step >= this.totalSteps;
+  }
+
+  /** Runs the next step and returns its metrics; throws TrainingDivergedError on a non-finite loss. */
+  runStep(phase: PhaseRunner = (_, fn) => fn()): StepMetrics {
+    const { model, lora, data, tokenizer, options, stepFn } = this.init;
+    const step = this.step;
+    const started = performance.now();
+    const { epoch, indices } = batchAt(data.length, options.batchSize, options.seed, step);
+    const batch = toTensors(collate(indices.map((i) => data[i]), tokenizer, { maxLength: options.maxSequenceLength, mode: options.mode }));
+    lora?.reseedDropout((Math.imul(options.seed >>> 0, 0x85ebca6b) ^ (step + 1)) >>> 0);
+    const timings = { perturbation: 0, update: 0 };
+    const timed: PhaseRunner = (name, fn) =>
+      phase(name, () => {
+        const t0 = performance.now();
+        try {
+          return fn();
+        } finally {
+          timings[name] += performance.now() - t0;
+        }
+      });
+    const learningRate = learningRateAt(step, this.totalSteps, options.learningRate, options.warmupRatio);
+    let out;
+    try {
+      out = stepFn.run({ model, lora, params: this.params, batch, step, phase: timed });
+    } finally {
+      disposeBatch(batch);
+    }
+    const grads = out.grads;
+    try {
+      if (!Number.isFinite(out.loss)) throw new TrainingDivergedError(step + 1, out.loss);
+      const gradNorm = clipByGlobalNorm(grads, options.gradClip);
+      if (!Number.isFinite(gradNorm)) throw new TrainingDivergedError(step + 1, gradNorm);
+      timed("update", () => this.optimizer.apply(grads, learningRate));
+      this.step++;
+      const perEpoch = batchesPerEpoch(data.length, options.batchSize);
+      return {
+        step: this.step,
+        totalSteps: this.totalSteps,
+        epoch: epoch + ((step % perEpoch) + 1) / perEpoch,
+        loss: out.loss,
+        gradNorm,
+        perturbationNorm: out.perturbationNorm,
+        learningRate,
+        tokens: batch.tokens,
+        stepMs: performance.now() - started,
+        perturbationMs: timings.perturbation,
+        updateMs: timings.update,
+      };
+    } finally {
+      for (const g of grads.values()) g.dispose();
+    }
+  }
+
+  /** Optimizer moments, step and the step function's own state, for a training checkpoint. */
+  exportState(): TrainerState {
+    return { step: this.step, optimizer: this.optimizer.exportState(), stepState: this.init.stepFn.exportState?.() ?? new Map() };
+  }
+
+  /** Continues from a checkpoint written by exportState (the weights are restored by the caller). */
+  importState(state: TrainerState): void {
+    if (state.step > this.totalSteps) throw new RangeError(`training state is at step ${state.step}, past the ${this.totalSteps} planned`);
+    this.optimizer.importState(state.optimizer, state.step);
+    this.init.stepFn.importState?.(state.stepState);
+    this.step = state.step;
+  }
+
+  dispose(): void {
+    this.optimizer.dispose();
+    this.init.stepFn.dispose?.();
+  }
+}
+
+function toTensors(b: ReturnType<typeof collate>): TrainBatch {
+  let tokens = 0;
+  for (let i = 0; i < b.batch; i++) for (let j = 1; j < b.seqLen; j++) if (b.labels[i * b.seqLen + j] !== -100) tokens++;
+  return {
+    inputIds: tf.tensor2d(b.inputIds, [b.batch, b.seqLen], "int32"),
+    attentionMask: tf.tensor2d(b.attentionMask, [b.batch, b.seqLen], "int32"),
+    labels: tf.tensor2d(b.labels, [b.batch, b.seqLen], "int32"),
+    tokens,
+  };
+}
+
+function disposeBatch(b: TrainBatch): void {
+  b.inputIds.dispose();
+  b.attentionMask.dispose();
+  b.labels.dispose();
+}

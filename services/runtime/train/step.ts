@@ -1,0 +1,85 @@
+/**
+ * What one training step computes, apart from the optimizer: a loss and the gradients of
+ * the trainable parameters. The SFT step and the Vaccine step implement this; the loop
+ * (loop.ts) clips, updates and reports, the same for both.
+ */
+import * as tf from "@tensorflow/tfjs";
+import type { HostTensors } from "../host-tensor.ts";
+import type { LlamaModel } from "../model/llama.ts";
+import type { LoraAdapter } from "../model/lora.ts";
+import { causalLmLoss } from "../model/loss.ts";
+
+/** A collated batch as tensors; tokens = supervised (labelled, shifted) positions. */
+export interface TrainBatch {
+  inputIds: tf.Tensor2D;
+  attentionMask: tf.Tensor2D;
+  labels: tf.Tensor2D;
+  tokens: number;
+}
+
+/** Runs a named part of a step; the job layer wraps each in a span, tests just call fn. */
+export type PhaseRunner = <T>(name: "perturbation" | "update", fn: () => T) => T;
+
+export interface StepInput {
+  model: LlamaModel;
+  lora?: LoraAdapter;
+  /** The trainable parameters by name (LoRA A/B, or every model weight). */
+  params: Map<string, tf.Variable>;
+  batch: TrainBatch;
+  /** 0-based index of this step. */
+  step: number;
+  phase: PhaseRunner;
+}
+
+export interface StepOutput {
+  /** The training loss the step's update was computed from. */
+  loss: number;
+  /** Gradients by parameter name; the loop disposes them. */
+  grads: Map<string, tf.Tensor>;
+  /** Global norm of the perturbation applied (0 without one). */
+  perturbationNorm: number;
+}
+
+export interface StepFunction {
+  readonly name: string;
+  run(input: StepInput): StepOutput;
+  /** State that must survive a resume (Vaccine's reused perturbation), as host tensors. */
+  exportState?(): HostTensors;
+  importState?(state: HostTensors): void;
+  dispose?(): void;
+}
+
+/**
+ * Loss and parameter gradients of the batch under optional per-layer deltas. Runs inside
+ * tidy so that an exception (a NaN check, a shape error) does not leak the intermediates
+ * tf.variableGrads would otherwise keep.
+ */
+export function lossAndGrads(
+  input: StepInput,
+  deltas?: tf.Tensor[],
+): { loss: number; grads: Map<string, tf.Tensor> } {
+  const { model, lora, params, batch } = input;
+  const names = [...params.keys()];
+  const vars = names.map((n) => params.get(n)!);
+  const { value, grads } = tf.tidy(() =>
+    tf.variableGrads(() => {
+      const { logits } = model.forward(batch.inputIds, batch.attentionMask, { lora, deltas, training: true });
+      return causalLmLoss(logits, batch.labels);
+    }, vars),
+  );
+  const byName = new Map<string, tf.Tensor>();
+  names.forEach((n, i) => byName.set(n, grads[vars[i].name]));
+  const loss = value.dataSync()[0];
+  value.dispose();
+  return { loss, grads: byName };
+}
+
+/** Supervised fine-tuning: one forward/backward pass, no perturbation. */
+export class SftStep implements StepFunction {
+  readonly name = "sft";
+
+  run(input: StepInput): StepOutput {
+    const { loss, grads } = input.phase("update", () => lossAndGrads(input));
+    return { loss, grads, perturbationNorm: 0 };
+  }
+}
