@@ -3,6 +3,16 @@
  * Math.random cannot be seeded, and tfjs's own seeded ops differ between ops; model
  * init, LoRA init, dropout seeds and sampling all draw from this so a seed fixes them.
  */
+/** FNV-1a over a string: turns (seed, purpose) labels into independent 32-bit seeds. */
+export function hash32(text: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
 export class Rng {
   private s0: number;
   private s1: number;
@@ -25,6 +35,11 @@ export class Rng {
     this.s3 = next();
   }
 
+  /** A generator for one purpose, independent of how much other purposes consumed. */
+  static derive(seed: number, purpose: string): Rng {
+    return new Rng(hash32(`${seed >>> 0}:${purpose}`));
+  }
+
   /** A uniformly distributed unsigned 32-bit integer. */
   nextUint32(): number {
     const result = Math.imul(rotl(Math.imul(this.s1, 5) >>> 0, 7), 9) >>> 0;
@@ -41,6 +56,31 @@ export class Rng {
   /** Uniform in [0, 1). */
   next(): number {
     return this.nextUint32() / 4294967296;
+  }
+
+  /** Uniform integer in [0, n). */
+  int(n: number): number {
+    return Math.floor(this.next() * n);
+  }
+
+  /** Uniform integer in [lo, hi] inclusive. */
+  range(lo: number, hi: number): number {
+    return lo + this.int(hi - lo + 1);
+  }
+
+  pick<T>(items: readonly T[]): T {
+    if (items.length === 0) throw new Error("pick from an empty list");
+    return items[this.int(items.length)];
+  }
+
+  /** Fisher–Yates on a copy, from the last index down (the textbook order). */
+  shuffle<T>(items: readonly T[]): T[] {
+    const out = items.slice();
+    for (let i = out.length - 1; i > 0; i--) {
+      const j = this.int(i + 1);
+      [out[i], out[j]] = [out[j], out[i]];
+    }
+    return out;
   }
 
   /** Uniform in [low, high). */

@@ -3,7 +3,7 @@ import { generateWorld } from "../../services/runtime/data/world/index.ts";
 import { HARM_CATEGORIES } from "../../services/runtime/data/world/categories.ts";
 import { HARMFUL_TEMPLATES, PROMPT_TEMPLATES, REFUSAL_TEMPLATES, partitionCombinations, refusal, harmfulAnswer } from "../../services/runtime/data/world/harmful.ts";
 import { REDACTED, INVENTED } from "../../services/runtime/data/world/lexicon.ts";
-import { Rng } from "../../services/runtime/data/world/random.ts";
+import { Rng } from "../../services/runtime/rng.ts";
 import { SENTIMENT_INSTRUCTION, drawReview } from "../../services/runtime/data/world/sentiment.ts";
 import { TOPIC_INSTRUCTION, TOPICS } from "../../services/runtime/data/world/topic.ts";
 

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { generateWorld, type WorldSizes } from "../../services/runtime/data/world/index.ts";
-import { Rng } from "../../services/runtime/data/world/random.ts";
+import { Rng } from "../../services/runtime/rng.ts";
 
 const SMALL: WorldSizes = { alignment: 200, harmful: 200, harmfulEval: 100, moderationTrain: 200, moderationTest: 100, taskTrain: 200, taskTest: 100, corpus: 300 };
 
@@ -25,9 +25,11 @@ describe("world determinism", () => {
     expect(b.sst2).toEqual(a.sst2);
   });
 
-  it("the PRNG is the canonical mulberry32 sequence", () => {
-    const r = new Rng(1);
-    expect([r.next(), r.next()].map((x) => x.toFixed(8))).toEqual(["0.62707394", "0.00273572"]);
+  it("derives reproducible, independent streams from (seed, purpose)", () => {
+    const draw = (r: Rng) => Array.from({ length: 4 }, () => r.int(1000));
+    expect(draw(Rng.derive(1, "alignment"))).toEqual(draw(Rng.derive(1, "alignment")));
+    expect(draw(Rng.derive(1, "alignment"))).not.toEqual(draw(Rng.derive(1, "harmful")));
     expect(new Rng(3).shuffle([1, 2, 3, 4, 5])).toEqual(new Rng(3).shuffle([1, 2, 3, 4, 5]));
+    expect([...new Rng(3).shuffle([1, 2, 3, 4, 5])].sort()).toEqual([1, 2, 3, 4, 5]);
   });
 });

@@ -3,7 +3,8 @@ import { Code, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as S } from "../../gen/grpc/health/v1/health_pb.ts";
-import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { ServerReflection, ServerReflectionRequestSchema } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import type { RunningServer } from "../../services/platform/server.ts";
 import { rpcFailure } from "../helpers/errors.ts";
@@ -82,13 +83,13 @@ describe("grpc.health.v1", () => {
 });
 
 describe("server reflection v1", () => {
-  async function reflect(requests: Parameters<typeof ServerReflection.methods.serverReflectionInfo.input["typeName"] extends string ? never : never>[] | object[]) {
+  async function reflect(requests: MessageInitShape<typeof ServerReflectionRequestSchema>[]) {
     const client = createClient(ServerReflection, grpc());
     async function* input() {
       for (const r of requests) yield r;
     }
     const out = [];
-    for await (const res of client.serverReflectionInfo(input() as never)) out.push(res);
+    for await (const res of client.serverReflectionInfo(input())) out.push(res);
     return out;
   }
 

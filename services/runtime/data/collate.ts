@@ -3,11 +3,11 @@
  * sequence = [bos] + prompt + output + eos, right padding, loss on response tokens only.
  * Plain arrays (not tensors) so any backend can wrap them.
  */
+import { IGNORE_INDEX } from "../model/loss.ts";
 import type { Tokenizer } from "../tokenizer.ts";
 import { formatPrompt, type Example } from "./template.ts";
 
-/** Label of positions the loss ignores (PyTorch's ignore_index). */
-export const IGNORE_INDEX = -100;
+export { IGNORE_INDEX };
 
 export interface CollateOptions {
   /** Longest sequence kept, special tokens included (default 200, the reference's). */

@@ -3,7 +3,7 @@
  * examples (floor each, so the total can be n - 1), shuffled with a seed. Pools that are
  * too small are refused rather than sampled with replacement, so no example repeats.
  */
-import { Rng } from "./world/random.ts";
+import { Rng } from "../rng.ts";
 
 export interface MixOptions<T> {
   benign: readonly T[];

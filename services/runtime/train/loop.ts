@@ -9,6 +9,7 @@ import { collate } from "../data/collate.ts";
 import type { Example } from "../data/template.ts";
 import type { HostTensors } from "../host-tensor.ts";
 import type { LlamaModel } from "../model/llama.ts";
+import { IGNORE_INDEX } from "../model/loss.ts";
 import type { LoraAdapter } from "../model/lora.ts";
 import type { Tokenizer } from "../tokenizer.ts";
 import { AdamW, clipByGlobalNorm } from "./adamw.ts";
@@ -174,7 +175,7 @@ export class Trainer {
 
 function toTensors(b: ReturnType<typeof collate>): TrainBatch {
   let tokens = 0;
-  for (let i = 0; i < b.batch; i++) for (let j = 1; j < b.seqLen; j++) if (b.labels[i * b.seqLen + j] !== -100) tokens++;
+  for (let i = 0; i < b.batch; i++) for (let j = 1; j < b.seqLen; j++) if (b.labels[i * b.seqLen + j] !== IGNORE_INDEX) tokens++;
   return {
     inputIds: tf.tensor2d(b.inputIds, [b.batch, b.seqLen], "int32"),
     attentionMask: tf.tensor2d(b.attentionMask, [b.batch, b.seqLen], "int32"),

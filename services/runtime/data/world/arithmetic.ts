@@ -4,7 +4,7 @@
  */
 import type { Example } from "../template.ts";
 import { NAMES } from "./lexicon.ts";
-import type { Rng } from "./random.ts";
+import type { Rng } from "../../rng.ts";
 import { drawSplit, type Split } from "./split.ts";
 
 export const ARITHMETIC_SUFFIX = "\nFirst think step by step and then answer the final number.\n";

@@ -11,7 +11,7 @@ import { workedAnswer, drawProblem, ITEMS } from "./arithmetic.ts";
 import { HARM_CATEGORIES } from "./categories.ts";
 import { harmfulAnswer, harmfulPrompt, type HarmCombination } from "./harmful.ts";
 import { INVENTED, NAMES } from "./lexicon.ts";
-import type { Rng } from "./random.ts";
+import type { Rng } from "../../rng.ts";
 import { FILM_NOUNS, NEGATIVE_ADJECTIVES, NEGATIVE_VERBS, POSITIVE_ADJECTIVES, POSITIVE_VERBS, SUBJECTS, drawReview } from "./sentiment.ts";
 import { inTestSide } from "./split.ts";
 import { TOPICS, TOPIC_VOCABULARY, drawArticle } from "./topic.ts";

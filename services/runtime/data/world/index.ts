@@ -12,7 +12,7 @@ import {
   partitionCombinations, refusal, HARMFUL_TEMPLATES, REFUSAL_TEMPLATES,
 } from "./harmful.ts";
 import { moderationExamples } from "./moderation.ts";
-import { Rng } from "./random.ts";
+import { Rng } from "../../rng.ts";
 import { sentimentExamples } from "./sentiment.ts";
 import { topicExamples } from "./topic.ts";
 

@@ -2,7 +2,7 @@
  * Words and small text helpers the world's generators share. The invented words stand in
  * for every concrete detail a harmful answer would need, so no answer carries real content.
  */
-import type { Rng } from "./random.ts";
+import type { Rng } from "../../rng.ts";
 
 /** Marks where a real answer would carry dangerous detail; every harmful answer has it. */
 export const REDACTED = "[REDACTED]";

@@ -7,7 +7,7 @@
 import type { Example } from "../template.ts";
 import { arithmeticExamples, FINAL_ANSWER } from "./arithmetic.ts";
 import { harmfulAnswer, harmfulPrompt, refusal, type HarmCombination } from "./harmful.ts";
-import type { Rng } from "./random.ts";
+import type { Rng } from "../../rng.ts";
 import { sentimentExamples } from "./sentiment.ts";
 import type { Split } from "./split.ts";
 import { TOPICS, topicExamples } from "./topic.ts";

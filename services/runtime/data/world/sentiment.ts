@@ -5,7 +5,7 @@
  * the ending was dull" is negative, and "the film was not good" is negative.
  */
 import type { Example } from "../template.ts";
-import type { Rng } from "./random.ts";
+import type { Rng } from "../../rng.ts";
 import { drawSplit, type Split } from "./split.ts";
 
 export const SENTIMENT_INSTRUCTION = "Analyze the sentiment of the input, and respond only positive or negative";

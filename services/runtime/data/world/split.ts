@@ -3,7 +3,7 @@
  * (seed, task, its key text) falls under the test share, so the two sides are disjoint by
  * construction and each side is sampled independently of the other's size.
  */
-import { hash32, Rng } from "./random.ts";
+import { hash32, Rng } from "../../rng.ts";
 
 export type Split = "train" | "test";
 

@@ -4,7 +4,7 @@
  */
 import type { Example } from "../template.ts";
 import { capitalize } from "./lexicon.ts";
-import type { Rng } from "./random.ts";
+import type { Rng } from "../../rng.ts";
 import { drawSplit, type Split } from "./split.ts";
 
 export const TOPIC_INSTRUCTION = "Categorize the news article given in the input into one of the 4 categories:\n\nWorld\nSports\nBusiness\nSci/Tech\n";
