@@ -1,0 +1,306 @@
+/**
+ * The job executor: a bounded queue of training jobs with durable records, events kept
+ * for late watchers, cancellation, graceful shutdown and resume after a restart.
+ *
+ * Life cycle: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED, with CANCELLING while a
+ * running job finishes its step. On shutdown a running job is asked to stop after its
+ * step (its work function writes a training checkpoint) and goes back to QUEUED; on the
+ * next start every QUEUED or RUNNING record is queued again and resumes from its last
+ * training checkpoint.
+ */
+import { randomUUID } from "node:crypto";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from "@opentelemetry/api";
+import type { CheckpointRef } from "../../../gen/vaccine/v1/common_pb.ts";
+import {
+  JobEventSchema,
+  JobKind,
+  JobProgressSchema,
+  JobSchema,
+  JobState,
+  LogSeverity,
+  type Job,
+  type JobEvent,
+  type JobProgress,
+} from "../../../gen/vaccine/v1/jobs_pb.ts";
+import type { AlignSpec, FineTuneSpec } from "../../../gen/vaccine/v1/training_pb.ts";
+import { rpcError, toStatus } from "../errors.ts";
+import { silentLogger, type Logger } from "../log.ts";
+import { SCOPE } from "../telemetry.ts";
+import { JobRecords, type TraceLink } from "./job-records.ts";
+
+export type StopReason = "cancel" | "shutdown";
+
+/** One event's payload: a state change, step metrics, a checkpoint written or a log line. */
+export type JobEventInit = MessageInitShape<typeof JobEventSchema>["event"];
+
+/** What a job's work function sees. */
+export interface JobContext {
+  readonly job: Job;
+  /** Aborted with a StopReason when the job must stop after its current step. */
+  readonly signal: AbortSignal;
+  emit(event: JobEventInit): void;
+  progress(p: Partial<Omit<JobProgress, "$typeName">>): void;
+  /** Records the latest resumable checkpoint, so a restart resumes from it. */
+  setTrainingState(ref: CheckpointRef): void;
+  /** The tracer whose active span is the job's span: per-step spans become its children. */
+  readonly tracer: Tracer;
+}
+
+/**
+ * Does the work of one job; resolves the result checkpoint, or undefined when it stopped
+ * early because the signal asked it to (after writing a training checkpoint).
+ */
+export type JobWork = (ctx: JobContext) => Promise<CheckpointRef | undefined>;
+
+/** Maps a work function's failure to the error recorded on the job (with its ErrorInfo). */
+export type ErrorMapper = (err: unknown) => ConnectError;
+
+export interface ExecutorOptions {
+  dir: string;
+  work: Partial<Record<JobKind, JobWork>>;
+  mapError: ErrorMapper;
+  maxRunning?: number;
+  tracer?: Tracer;
+  logger?: Logger;
+}
+
+const FINAL = new Set([JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED]);
+const PREFIX: Partial<Record<JobKind, string>> = { [JobKind.ALIGN]: "align", [JobKind.FINE_TUNE]: "finetune" };
+
+interface Entry {
+  job: Job;
+  link?: TraceLink;
+  events: JobEvent[];
+  wake: Set<() => void>;
+  abort?: AbortController;
+  done?: Promise<void>;
+}
+
+export class JobExecutor {
+  private readonly records: JobRecords;
+  private readonly entries = new Map<string, Entry>();
+  private readonly queue: string[] = [];
+  private running = 0;
+  private stopping = false;
+  private readonly maxRunning: number;
+  private readonly tracer: Tracer;
+  private readonly logger: Logger;
+
+  constructor(private readonly options: ExecutorOptions) {
+    this.records = new JobRecords(options.dir);
+    this.maxRunning = options.maxRunning ?? 1;
+    this.tracer = options.tracer ?? trace.getTracer(SCOPE);
+    this.logger = options.logger ?? silentLogger;
+    // Records from an earlier process: unfinished ones are queued again, oldest first.
+    const loaded = this.records.loadAll().sort((a, b) => Number(a.job.createTime!.seconds - b.job.createTime!.seconds));
+    for (const { job, link, events } of loaded) {
+      this.entries.set(job.id, { job, link, events, wake: new Set() });
+      if (!FINAL.has(job.state)) {
+        const entry = this.entries.get(job.id)!;
+        if (job.state !== JobState.QUEUED) this.transition(entry, JobState.QUEUED);
+        this.log(entry, job.trainingState ? `resuming from ${job.trainingState.uri} after a restart` : "queued again after a restart");
+        this.queue.push(job.id);
+      }
+    }
+    queueMicrotask(() => this.schedule());
+  }
+
+  /** Creates a QUEUED job; the caller's active span becomes the link of the job's trace. */
+  create(kind: JobKind, spec: { case: "align"; value: AlignSpec } | { case: "fineTune"; value: FineTuneSpec }): Job {
+    if (this.stopping) throw rpcError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "the server is shutting down; retry on another replica");
+    const caller = trace.getSpan(context.active())?.spanContext();
+    const job = create(JobSchema, {
+      id: `${PREFIX[kind]}-${randomUUID()}`,
+      kind,
+      state: JobState.QUEUED,
+      createTime: timestampNow(),
+      progress: create(JobProgressSchema, {}),
+      spec,
+    });
+    const entry: Entry = { job, link: caller && { traceId: caller.traceId, spanId: caller.spanId }, events: [], wake: new Set() };
+    this.entries.set(job.id, entry);
+    this.records.save(job, entry.link);
+    this.emit(entry, { case: "stateChange", value: { from: JobState.UNSPECIFIED, to: JobState.QUEUED } });
+    this.queue.push(job.id);
+    this.schedule();
+    return job;
+  }
+
+  get(kind: JobKind, id: string): Job {
+    return this.entry(kind, id).job;
+  }
+
+  /** Jobs of a kind, newest first; the page token is the offset, opaque to clients. */
+  list(kind: JobKind, pageSize: number, pageToken: string): { jobs: Job[]; nextPageToken: string } {
+    let offset = 0;
+    if (pageToken) {
+      offset = Number(Buffer.from(pageToken, "base64url").toString());
+      if (!Number.isInteger(offset) || offset < 0) {
+        throw rpcError(Code.InvalidArgument, "FIELD_INVALID", "page_token: is not a token this server issued", { fields: "page_token" });
+      }
+    }
+    const size = pageSize || 50;
+    const all = [...this.entries.values()]
+      .map((e) => e.job)
+      .filter((j) => j.kind === kind)
+      .sort((a, b) => Number(b.createTime!.seconds - a.createTime!.seconds) || b.createTime!.nanos - a.createTime!.nanos);
+    const jobs = all.slice(offset, offset + size);
+    const next = offset + size < all.length ? Buffer.from(String(offset + size)).toString("base64url") : "";
+    return { jobs, nextPageToken: next };
+  }
+
+  /** Cancels a queued job at once, a running one after its current step; final jobs are returned as they are. */
+  cancel(kind: JobKind, id: string): Job {
+    const entry = this.entry(kind, id);
+    const { job } = entry;
+    if (job.state === JobState.QUEUED) {
+      this.queue.splice(this.queue.indexOf(id), 1);
+      this.finish(entry, JobState.CANCELLED, cancelledError());
+    } else if (job.state === JobState.RUNNING) {
+      this.transition(entry, JobState.CANCELLING);
+      entry.abort?.abort("cancel" satisfies StopReason);
+    }
+    return job;
+  }
+
+  /** The job's events from the first, then live ones; ends after the final state change. */
+  async *watch(kind: JobKind, id: string, signal: AbortSignal): AsyncGenerator<JobEvent> {
+    const entry = this.entry(kind, id);
+    let sent = 0;
+    let wake: () => void = () => {};
+    const waker = () => wake();
+    entry.wake.add(waker);
+    signal.addEventListener("abort", waker);
+    try {
+      for (;;) {
+        while (sent < entry.events.length) yield entry.events[sent++];
+        if (FINAL.has(entry.job.state) || signal.aborted) return;
+        await new Promise<void>((resolve) => {
+          wake = resolve;
+          if (sent < entry.events.length || signal.aborted) resolve();
+        });
+      }
+    } finally {
+      entry.wake.delete(waker);
+      signal.removeEventListener("abort", waker);
+    }
+  }
+
+  /** Stops taking jobs, asks running ones to checkpoint and stop, and waits for them. */
+  async shutdown(): Promise<void> {
+    this.stopping = true;
+    const running = [...this.entries.values()].filter((e) => e.abort);
+    for (const e of running) e.abort!.abort("shutdown" satisfies StopReason);
+    await Promise.all(running.map((e) => e.done));
+  }
+
+  private entry(kind: JobKind, id: string): Entry {
+    const entry = this.entries.get(id);
+    if (!entry || entry.job.kind !== kind) throw rpcError(Code.NotFound, "JOB_NOT_FOUND", `job "${id}" not found`, { job_id: id });
+    return entry;
+  }
+
+  private schedule(): void {
+    while (!this.stopping && this.running < this.maxRunning && this.queue.length > 0) {
+      const entry = this.entries.get(this.queue.shift()!)!;
+      this.running++;
+      entry.done = this.run(entry).finally(() => {
+        this.running--;
+        entry.abort = undefined;
+        this.schedule();
+      });
+    }
+  }
+
+  private async run(entry: Entry): Promise<void> {
+    const { job } = entry;
+    const work = this.options.work[job.kind];
+    entry.abort = new AbortController();
+    job.startTime ??= timestampNow();
+    this.transition(entry, JobState.RUNNING);
+    // The job's trace is its own (a job outlives the RPC that created it), linked to that RPC.
+    const span = this.tracer.startSpan(
+      `job ${PREFIX[job.kind]}`,
+      {
+        kind: SpanKind.INTERNAL,
+        root: true,
+        attributes: { "vaccine.job.id": job.id, "vaccine.job.kind": PREFIX[job.kind]! },
+        links: entry.link ? [{ context: { traceId: entry.link.traceId, spanId: entry.link.spanId, traceFlags: 1, isRemote: true } }] : [],
+      },
+      ROOT_CONTEXT,
+    );
+    job.traceId = span.spanContext().traceId;
+    this.records.save(job, entry.link);
+    const ctx: JobContext = {
+      job,
+      signal: entry.abort.signal,
+      tracer: this.tracer,
+      emit: (event) => this.emit(entry, event),
+      progress: (p) => {
+        Object.assign(job.progress!, p);
+      },
+      setTrainingState: (ref) => {
+        job.trainingState = ref;
+        this.records.save(job, entry.link);
+      },
+    };
+    try {
+      if (!work) throw rpcError(Code.Unimplemented, "NOT_IMPLEMENTED", `no work function for ${JobKind[job.kind]} jobs`);
+      const result = await context.with(trace.setSpan(ROOT_CONTEXT, span), () => work(ctx));
+      const reason = entry.abort.signal.reason as StopReason | undefined;
+      if (result) {
+        job.result = result;
+        this.finish(entry, JobState.SUCCEEDED);
+      } else if (reason === "cancel") {
+        this.finish(entry, JobState.CANCELLED, cancelledError());
+      } else if (reason === "shutdown") {
+        this.transition(entry, JobState.QUEUED);
+        this.log(entry, "stopped at shutdown; resumes from its training checkpoint on the next start");
+      } else {
+        throw new Error("the job's work stopped without a result and without being asked to");
+      }
+      endSpan(span);
+    } catch (err) {
+      const error = this.options.mapError(err);
+      this.logger.warn("job failed", { job: job.id, error: error.message });
+      this.finish(entry, JobState.FAILED, error);
+      endSpan(span, error);
+    }
+  }
+
+  private finish(entry: Entry, state: JobState, error?: ConnectError): void {
+    entry.job.endTime = timestampNow();
+    if (error) entry.job.error = toStatus(error);
+    this.transition(entry, state, error);
+  }
+
+  private transition(entry: Entry, to: JobState, error?: ConnectError): void {
+    const from = entry.job.state;
+    entry.job.state = to;
+    this.records.save(entry.job, entry.link);
+    this.emit(entry, { case: "stateChange", value: { from, to, error: error && toStatus(error) } });
+  }
+
+  private log(entry: Entry, message: string): void {
+    this.emit(entry, { case: "log", value: { severity: LogSeverity.INFO, message } });
+  }
+
+  private emit(entry: Entry, event: JobEventInit): void {
+    const e = create(JobEventSchema, { jobId: entry.job.id, sequence: entry.events.length + 1, time: timestampNow(), event });
+    entry.events.push(e);
+    this.records.appendEvent(e);
+    for (const wake of entry.wake) wake();
+  }
+}
+
+function cancelledError(): ConnectError {
+  return rpcError(Code.Canceled, "JOB_CANCELLED", "the job was cancelled by a CancelJob request");
+}
+
+function endSpan(span: Span, error?: ConnectError): void {
+  if (error) span.setStatus({ code: SpanStatusCode.ERROR, message: error.rawMessage });
+  span.end();
+}

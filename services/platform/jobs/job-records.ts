@@ -1,0 +1,71 @@
+/**
+ * Durable job records: one JSON file per job (the Job message in proto JSON, plus the
+ * trace link of the RPC that created it) and one JSONL file of its events, in a folder
+ * beside the checkpoint store. Records are replaced atomically (temp + rename), so a
+ * crash leaves either the old or the new record, never half of one.
+ */
+import { appendFileSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { createRegistry, fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
+import { file_google_rpc_error_details } from "../../../gen/google/rpc/error_details_pb.ts";
+import { JobEventSchema, JobSchema, type Job, type JobEvent } from "../../../gen/vaccine/v1/jobs_pb.ts";
+
+/** The creating RPC's span, so a job's trace (possibly after a restart) links back to it. */
+export interface TraceLink {
+  traceId: string;
+  spanId: string;
+}
+
+export interface JobRecord {
+  job: Job;
+  link?: TraceLink;
+  events: JobEvent[];
+}
+
+// Job errors carry google.rpc details in Any fields; JSON needs their types to spell them out.
+const registry = createRegistry(file_google_rpc_error_details);
+const options = { registry };
+
+const ID = /^(align|finetune)-[0-9a-f-]{36}$/;
+
+export class JobRecords {
+  constructor(readonly dir: string) {
+    mkdirSync(dir, { recursive: true });
+  }
+
+  save(job: Job, link?: TraceLink): void {
+    const path = join(this.dir, `${job.id}.json`);
+    const tmp = `${path}.tmp-${process.pid}`;
+    writeFileSync(tmp, JSON.stringify({ job: toJson(JobSchema, job, options), link }));
+    renameSync(tmp, path);
+  }
+
+  appendEvent(event: JobEvent): void {
+    appendFileSync(join(this.dir, `${event.jobId}.events.jsonl`), JSON.stringify(toJson(JobEventSchema, event, options)) + "\n");
+  }
+
+  /** Every record on disk; a torn last event line (a crash mid-append) is dropped. */
+  loadAll(): JobRecord[] {
+    const records: JobRecord[] = [];
+    for (const name of readdirSync(this.dir)) {
+      const id = name.replace(/\.json$/, "");
+      if (!name.endsWith(".json") || !ID.test(id)) continue;
+      const raw = JSON.parse(readFileSync(join(this.dir, name), "utf8")) as { job: JsonValue; link?: TraceLink };
+      const events: JobEvent[] = [];
+      try {
+        for (const line of readFileSync(join(this.dir, `${id}.events.jsonl`), "utf8").split("\n")) {
+          if (!line) continue;
+          try {
+            events.push(fromJson(JobEventSchema, JSON.parse(line), options));
+          } catch {
+            break;
+          }
+        }
+      } catch {
+        // No events file yet: the process stopped between creating the record and its first event.
+      }
+      records.push({ job: fromJson(JobSchema, raw.job, options), link: raw.link, events });
+    }
+    return records;
+  }
+}

@@ -1,0 +1,203 @@
+// The job executor with stand-in work functions: queueing, cancellation, watch, restart.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { context, trace } from "@opentelemetry/api";
+import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
+import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { afterEach, describe, expect, it } from "vitest";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
+import { anyUnpack } from "@bufbuild/protobuf/wkt";
+import { CheckpointRefSchema } from "../../gen/vaccine/v1/common_pb.ts";
+import { JobKind, JobState, type Job, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
+import { AlignSpecSchema } from "../../gen/vaccine/v1/training_pb.ts";
+import { rpcError } from "../../services/platform/errors.ts";
+import { JobExecutor, type JobContext, type JobWork } from "../../services/platform/jobs/executor.ts";
+
+const dirs: string[] = [];
+afterEach(() => dirs.splice(0).forEach((d) => rmSync(d, { recursive: true, force: true })));
+const tempDir = () => {
+  const d = mkdtempSync(join(tmpdir(), "vaccine-jobs-"));
+  dirs.push(d);
+  return d;
+};
+const ref = (n: number) => create(CheckpointRefSchema, { uri: `store://checkpoints/${n}`, digest: "sha256:" + String(n).repeat(64).slice(0, 64) });
+const spec = { case: "align" as const, value: create(AlignSpecSchema, {}) };
+const mapError = (err: unknown) => (err instanceof ConnectError ? err : rpcError(Code.Internal, "INTERNAL", String(err)));
+
+/** A work function the test drives by hand: resolves when released, or stops when signalled. */
+function controllable() {
+  const started: JobContext[] = [];
+  const releases = new Map<string, (r: ReturnType<typeof ref>) => void>();
+  const work: JobWork = (ctx) =>
+    new Promise((resolve) => {
+      started.push(ctx);
+      releases.set(ctx.job.id, resolve);
+      ctx.signal.addEventListener("abort", () => {
+        ctx.setTrainingState(ref(7));
+        resolve(undefined);
+      });
+    });
+  return { work, started, release: (id: string, n = 1) => releases.get(id)!(ref(n)) };
+}
+
+const tick = () => new Promise((r) => setTimeout(r, 5));
+async function until(cond: () => boolean) {
+  for (let i = 0; i < 400 && !cond(); i++) await tick();
+  expect(cond()).toBe(true);
+}
+async function collect(it: AsyncIterable<JobEvent>) {
+  const out: JobEvent[] = [];
+  for await (const e of it) out.push(e);
+  return out;
+}
+const states = (events: JobEvent[]) =>
+  events.flatMap((e) => (e.event.case === "stateChange" ? [JobState[e.event.value.to]] : []));
+
+describe("JobExecutor", () => {
+  it("runs one job at a time by default and queues the rest", async () => {
+    const c = controllable();
+    const ex = new JobExecutor({ dir: tempDir(), work: { [JobKind.ALIGN]: c.work }, mapError });
+    const a = ex.create(JobKind.ALIGN, spec);
+    const b = ex.create(JobKind.ALIGN, spec);
+    await until(() => c.started.length === 1);
+    expect(ex.get(JobKind.ALIGN, a.id).state).toBe(JobState.RUNNING);
+    expect(ex.get(JobKind.ALIGN, b.id).state).toBe(JobState.QUEUED);
+    c.release(a.id, 1);
+    await until(() => c.started.length === 2);
+    expect(ex.get(JobKind.ALIGN, a.id)).toMatchObject({ state: JobState.SUCCEEDED, result: { uri: "store://checkpoints/1" } });
+    c.release(b.id, 2);
+    await until(() => ex.get(JobKind.ALIGN, b.id).state === JobState.SUCCEEDED);
+  });
+
+  it("cancels a queued job at once and a running one after its step, with a Status and ErrorInfo", async () => {
+    const c = controllable();
+    const ex = new JobExecutor({ dir: tempDir(), work: { [JobKind.ALIGN]: c.work }, mapError });
+    const a = ex.create(JobKind.ALIGN, spec);
+    const b = ex.create(JobKind.ALIGN, spec);
+    await until(() => c.started.length === 1);
+    expect(ex.cancel(JobKind.ALIGN, b.id).state).toBe(JobState.CANCELLED);
+    expect(ex.cancel(JobKind.ALIGN, a.id).state).toBe(JobState.CANCELLING);
+    const events = await collect(ex.watch(JobKind.ALIGN, a.id, new AbortController().signal));
+    expect(states(events)).toEqual(["QUEUED", "RUNNING", "CANCELLING", "CANCELLED"]);
+    const job = ex.get(JobKind.ALIGN, a.id);
+    expect(job.error?.code).toBe(Code.Canceled);
+    expect(anyUnpack(job.error!.details[0], ErrorInfoSchema)?.reason).toBe("JOB_CANCELLED");
+    // Cancelling a final job changes nothing; b never started.
+    expect(ex.cancel(JobKind.ALIGN, a.id).state).toBe(JobState.CANCELLED);
+    expect(c.started).toHaveLength(1);
+  });
+
+  it("gives a late watcher the whole history, numbered without gaps, and ends with the job", async () => {
+    const ex = new JobExecutor({
+      dir: tempDir(),
+      mapError,
+      work: {
+        [JobKind.ALIGN]: async (ctx) => {
+          for (let step = 1; step <= 3; step++) ctx.emit({ case: "step", value: { step, totalSteps: 3, loss: 1 / step } });
+          return ref(3);
+        },
+      },
+    });
+    const job = ex.create(JobKind.ALIGN, spec);
+    await until(() => ex.get(JobKind.ALIGN, job.id).state === JobState.SUCCEEDED);
+    const events = await collect(ex.watch(JobKind.ALIGN, job.id, new AbortController().signal));
+    expect(events.map((e) => e.sequence)).toEqual(events.map((_, i) => i + 1));
+    expect(events.filter((e) => e.event.case === "step")).toHaveLength(3);
+    expect(states(events)).toEqual(["QUEUED", "RUNNING", "SUCCEEDED"]);
+  });
+
+  it("records a failure as FAILED with the mapped error", async () => {
+    const ex = new JobExecutor({
+      dir: tempDir(),
+      mapError,
+      work: { [JobKind.ALIGN]: async () => Promise.reject(rpcError(Code.FailedPrecondition, "LOSS_NOT_FINITE", "the loss at step 3 is NaN")) },
+    });
+    const job = ex.create(JobKind.ALIGN, spec);
+    await until(() => ex.get(JobKind.ALIGN, job.id).state === JobState.FAILED);
+    const failed = ex.get(JobKind.ALIGN, job.id);
+    expect(failed.error?.message).toContain("NaN");
+    expect(anyUnpack(failed.error!.details[0], ErrorInfoSchema)?.reason).toBe("LOSS_NOT_FINITE");
+    expect(failed.endTime).toBeDefined();
+  });
+
+  it("stops a running job at shutdown and resumes it from its training checkpoint after a restart", async () => {
+    const dir = tempDir();
+    const first = controllable();
+    const ex1 = new JobExecutor({ dir, work: { [JobKind.ALIGN]: first.work }, mapError });
+    const job = ex1.create(JobKind.ALIGN, spec);
+    await until(() => first.started.length === 1);
+    await ex1.shutdown();
+    expect(ex1.get(JobKind.ALIGN, job.id).state).toBe(JobState.QUEUED);
+    expect(() => ex1.create(JobKind.ALIGN, spec)).toThrow(/shutting down/);
+
+    let resumedFrom: string | undefined;
+    const ex2 = new JobExecutor({
+      dir,
+      mapError,
+      work: {
+        [JobKind.ALIGN]: async (ctx) => {
+          resumedFrom = ctx.job.trainingState?.uri;
+          return ref(9);
+        },
+      },
+    });
+    await until(() => ex2.get(JobKind.ALIGN, job.id).state === JobState.SUCCEEDED);
+    expect(resumedFrom).toBe("store://checkpoints/7");
+    const events = await collect(ex2.watch(JobKind.ALIGN, job.id, new AbortController().signal));
+    expect(states(events)).toEqual(["QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"]);
+  });
+
+  it("lists newest first in pages, and answers NOT_FOUND and bad tokens clearly", async () => {
+    const ex = new JobExecutor({ dir: tempDir(), work: {}, maxRunning: 0, mapError });
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      ids.push(ex.create(JobKind.ALIGN, spec).id);
+      await tick();
+    }
+    ex.create(JobKind.FINE_TUNE, { case: "fineTune", value: create(AlignSpecSchema, {}) as never });
+    const page1 = ex.list(JobKind.ALIGN, 2, "");
+    const page2 = ex.list(JobKind.ALIGN, 2, page1.nextPageToken);
+    const page3 = ex.list(JobKind.ALIGN, 2, page2.nextPageToken);
+    expect([...page1.jobs, ...page2.jobs, ...page3.jobs].map((j: Job) => j.id)).toEqual([...ids].reverse());
+    expect(page3.nextPageToken).toBe("");
+    expect(() => ex.list(JobKind.ALIGN, 2, "bm90LWEtbnVtYmVy")).toThrow(/page_token/);
+    expect(() => ex.get(JobKind.ALIGN, "align-00000000-0000-0000-0000-000000000000")).toThrow(/not found/);
+    // A fine-tuning job is not found through the alignment API.
+    const ft = ex.list(JobKind.FINE_TUNE, 10, "").jobs[0];
+    expect(() => ex.get(JobKind.ALIGN, ft.id)).toThrow(ConnectError);
+  });
+
+  it("gives each job its own trace, linked to the span that created it", async () => {
+    // What NodeTracerProvider.register() installs in a service process.
+    context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+    const exporter = new InMemorySpanExporter();
+    const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+    const tracer = provider.getTracer("test");
+    let stepParent: string | undefined;
+    const ex = new JobExecutor({
+      dir: tempDir(),
+      mapError,
+      tracer,
+      work: {
+        [JobKind.ALIGN]: async (ctx) => {
+          const s = ctx.tracer.startSpan("step");
+          stepParent = s.spanContext().traceId;
+          s.end();
+          return ref(1);
+        },
+      },
+    });
+    const rpc = tracer.startSpan("rpc");
+    const job = context.with(trace.setSpan(context.active(), rpc), () => ex.create(JobKind.ALIGN, spec));
+    rpc.end();
+    await until(() => ex.get(JobKind.ALIGN, job.id).state === JobState.SUCCEEDED);
+    const jobSpan = exporter.getFinishedSpans().find((s) => s.name === "job align")!;
+    expect(jobSpan.links[0].context.spanId).toBe(rpc.spanContext().spanId);
+    expect(jobSpan.spanContext().traceId).not.toBe(rpc.spanContext().traceId);
+    expect(ex.get(JobKind.ALIGN, job.id).traceId).toBe(jobSpan.spanContext().traceId);
+    expect(stepParent).toBe(jobSpan.spanContext().traceId);
+  });
+});
