@@ -1,0 +1,169 @@
+/**
+ * A cache of loaded models (or anything costly to load), keyed by checkpoint digest:
+ * least-recently-used eviction within a byte budget, one load per key at a time.
+ *
+ * - An entry larger than the whole budget is loaded and returned but not kept; the cache
+ *   never disposes it, so its caller owns it.
+ * - get() returns a value that a later load may evict and dispose. To hold a model across
+ *   awaits (a generation, an RPC), use use() or acquire(): pinned entries are never evicted,
+ *   even if that takes the cache over budget until they are released.
+ */
+
+export interface ModelCacheOptions<T> {
+  budgetBytes: number;
+  /** Frees an evicted value (e.g. disposes its tensors). */
+  dispose?: (value: T, key: string) => void | Promise<void>;
+  /** Told about dispose failures, which never fail the get that caused the eviction. */
+  onDisposeError?: (error: unknown, key: string) => void;
+}
+
+/** A pinned value: not evicted until released. Release exactly once. */
+export interface Lease<T> {
+  readonly value: T;
+  release(): void;
+}
+
+interface Entry<T> {
+  key: string;
+  value: T;
+  bytes: number;
+  pins: number;
+  /** cached: in the LRU; dropped: removed while pinned, disposed on last release; unkept: over budget. */
+  state: "cached" | "dropped" | "disposed" | "unkept";
+}
+
+export class ModelCache<T> {
+  /** Map order is the LRU order: the first entry is the least recently used. */
+  private readonly entries = new Map<string, Entry<T>>();
+  private readonly loading = new Map<string, Promise<Entry<T>>>();
+  private used = 0;
+
+  constructor(private readonly options: ModelCacheOptions<T>) {
+    if (!(options.budgetBytes >= 0)) throw new RangeError(`budgetBytes must be non-negative, got ${options.budgetBytes}`);
+  }
+
+  /** The cached value, or load() it (once, however many callers ask at the same time). */
+  async get(key: string, bytes: number, load: () => Promise<T>): Promise<T> {
+    return (await this.obtain(key, bytes, load, false)).value;
+  }
+
+  /** Like get(), pinned until release(). */
+  async acquire(key: string, bytes: number, load: () => Promise<T>): Promise<Lease<T>> {
+    const entry = await this.obtain(key, bytes, load, true);
+    let released = false;
+    return {
+      value: entry.value,
+      release: () => {
+        if (released) return;
+        released = true;
+        this.unpin(entry);
+      },
+    };
+  }
+
+  /** Runs fn with the value pinned. */
+  async use<R>(key: string, bytes: number, load: () => Promise<T>, fn: (value: T) => R | Promise<R>): Promise<R> {
+    const lease = await this.acquire(key, bytes, load);
+    try {
+      return await fn(lease.value);
+    } finally {
+      lease.release();
+    }
+  }
+
+  has(key: string): boolean {
+    return this.entries.has(key);
+  }
+
+  /** Cached keys, least recently used first. */
+  keys(): string[] {
+    return [...this.entries.keys()];
+  }
+
+  get usedBytes(): number {
+    return this.used;
+  }
+
+  /** Removes an entry; it is disposed now, or on its last release if pinned. */
+  delete(key: string): boolean {
+    const entry = this.entries.get(key);
+    if (!entry) return false;
+    this.evict(entry);
+    return true;
+  }
+
+  /** Removes every entry (e.g. at shutdown). */
+  clear(): void {
+    for (const entry of [...this.entries.values()]) this.evict(entry);
+  }
+
+  private async obtain(key: string, bytes: number, load: () => Promise<T>, pin: boolean): Promise<Entry<T>> {
+    if (!(Number.isFinite(bytes) && bytes >= 0)) throw new RangeError(`bytes must be a non-negative number, got ${bytes}`);
+    for (;;) {
+      const cached = this.entries.get(key);
+      if (cached) {
+        this.entries.delete(key);
+        this.entries.set(key, cached);
+        if (pin) cached.pins++;
+        return cached;
+      }
+      let pending = this.loading.get(key);
+      if (!pending) {
+        pending = this.load(key, bytes, load);
+        this.loading.set(key, pending);
+      }
+      const entry = await pending;
+      // Evicted by another load before this caller resumed: load it again.
+      if (entry.state === "disposed") continue;
+      if (pin) entry.pins++;
+      return entry;
+    }
+  }
+
+  private async load(key: string, bytes: number, load: () => Promise<T>): Promise<Entry<T>> {
+    try {
+      const entry: Entry<T> = { key, value: await load(), bytes, pins: 0, state: "unkept" };
+      if (bytes <= this.options.budgetBytes) {
+        entry.state = "cached";
+        this.entries.set(key, entry);
+        this.used += bytes;
+        this.trim(entry);
+      }
+      return entry;
+    } finally {
+      this.loading.delete(key);
+    }
+  }
+
+  /** Evicts unpinned entries, least recent first, until within budget; never `keep`. */
+  private trim(keep?: Entry<T>): void {
+    for (const entry of [...this.entries.values()]) {
+      if (this.used <= this.options.budgetBytes) return;
+      if (entry !== keep && entry.pins === 0) this.evict(entry);
+    }
+  }
+
+  private evict(entry: Entry<T>): void {
+    this.entries.delete(entry.key);
+    this.used -= entry.bytes;
+    entry.state = "dropped";
+    if (entry.pins === 0) this.dispose(entry);
+  }
+
+  private unpin(entry: Entry<T>): void {
+    entry.pins--;
+    if (entry.pins > 0) return;
+    if (entry.state === "dropped") this.dispose(entry);
+    else if (entry.state === "cached") this.trim();
+  }
+
+  private dispose(entry: Entry<T>): void {
+    entry.state = "disposed";
+    const report = (error: unknown) => this.options.onDisposeError?.(error, entry.key);
+    try {
+      void Promise.resolve(this.options.dispose?.(entry.value, entry.key)).catch(report);
+    } catch (error) {
+      report(error);
+    }
+  }
+}

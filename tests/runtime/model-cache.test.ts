@@ -1,0 +1,161 @@
+import { describe, expect, it } from "vitest";
+import { ModelCache } from "../../services/runtime/model-cache.ts";
+
+interface Model {
+  name: string;
+}
+
+/** A cache whose loads and disposals are recorded. */
+function harness(budgetBytes: number) {
+  const loads: string[] = [];
+  const disposed: string[] = [];
+  const cache = new ModelCache<Model>({ budgetBytes, dispose: (m) => void disposed.push(m.name) });
+  const loader = (name: string) => async () => {
+    loads.push(name);
+    return { name };
+  };
+  const get = (name: string, bytes: number) => cache.get(name, bytes, loader(name));
+  return { cache, loads, disposed, loader, get };
+}
+
+describe("ModelCache", () => {
+  it("evicts the least recently used entry when over budget", async () => {
+    const { cache, disposed, get } = harness(30);
+    await get("a", 10);
+    await get("b", 10);
+    await get("c", 10);
+    await get("a", 10); // a is now the most recent
+    expect(cache.keys()).toEqual(["b", "c", "a"]);
+    await get("d", 10);
+    expect(disposed).toEqual(["b"]);
+    expect(cache.keys()).toEqual(["c", "a", "d"]);
+    expect(cache.usedBytes).toBe(30);
+  });
+
+  it("evicts as many entries as the budget needs", async () => {
+    const { cache, disposed, get } = harness(30);
+    await get("a", 10);
+    await get("b", 10);
+    await get("c", 6);
+    await get("big", 25);
+    expect(disposed).toEqual(["a", "b", "c"]);
+    expect(cache.keys()).toEqual(["big"]);
+    expect(cache.usedBytes).toBe(25);
+  });
+
+  it("serves hits without loading again", async () => {
+    const { loads, get } = harness(100);
+    const first = await get("a", 10);
+    expect(await get("a", 10)).toBe(first);
+    expect(loads).toEqual(["a"]);
+  });
+
+  it("loads but does not keep an entry larger than the budget", async () => {
+    const { cache, loads, disposed, get } = harness(30);
+    await get("a", 10);
+    const huge = await get("huge", 31);
+    expect(huge.name).toBe("huge");
+    expect(cache.has("huge")).toBe(false);
+    expect(cache.keys()).toEqual(["a"]); // nothing evicted for it
+    expect(disposed).toEqual([]);
+    await get("huge", 31);
+    expect(loads).toEqual(["a", "huge", "huge"]);
+  });
+
+  it("loads once for concurrent gets of the same key", async () => {
+    const cache = new ModelCache<Model>({ budgetBytes: 100 });
+    let calls = 0;
+    let finish!: () => void;
+    const gate = new Promise<void>((resolve) => (finish = resolve));
+    const load = async () => {
+      calls++;
+      await gate;
+      return { name: "a" };
+    };
+    const pending = [cache.get("a", 10, load), cache.get("a", 10, load), cache.get("a", 10, load)];
+    finish();
+    const values = await Promise.all(pending);
+    expect(calls).toBe(1);
+    expect(new Set(values).size).toBe(1);
+  });
+
+  it("shares a load failure with every waiter and retries afterwards", async () => {
+    const cache = new ModelCache<Model>({ budgetBytes: 100 });
+    let calls = 0;
+    const failing = async (): Promise<Model> => {
+      calls++;
+      throw new Error("corrupt checkpoint");
+    };
+    const results = await Promise.allSettled([cache.get("a", 10, failing), cache.get("a", 10, failing)]);
+    expect(results.map((r) => r.status)).toEqual(["rejected", "rejected"]);
+    expect(calls).toBe(1);
+    expect(cache.has("a")).toBe(false);
+    expect((await cache.get("a", 10, async () => ({ name: "ok" }))).name).toBe("ok");
+  });
+
+  it("disposes on delete and clear", async () => {
+    const { cache, disposed, get } = harness(100);
+    await get("a", 10);
+    await get("b", 10);
+    expect(cache.delete("a")).toBe(true);
+    expect(cache.delete("a")).toBe(false);
+    cache.clear();
+    expect(disposed).toEqual(["a", "b"]);
+    expect(cache.usedBytes).toBe(0);
+  });
+
+  it("never evicts a pinned entry and trims once it is released", async () => {
+    const { cache, disposed, loader, get } = harness(20);
+    const lease = await cache.acquire("a", 10, loader("a"));
+    await get("b", 10);
+    await get("c", 10); // evicts b: a is pinned
+    expect(disposed).toEqual(["b"]);
+    await get("d", 10); // evicts c; a still pinned, so over budget
+    expect(cache.keys()).toEqual(["a", "d"]);
+    await get("e", 10);
+    expect(disposed).toEqual(["b", "c", "d"]);
+    expect(cache.usedBytes).toBe(20);
+    lease.release();
+    lease.release(); // a second release is harmless
+    expect(cache.keys()).toEqual(["a", "e"]);
+
+    const seen = await cache.use("f", 15, loader("f"), async (m) => {
+      await get("g", 10); // over budget while f is pinned
+      expect(disposed).not.toContain("f");
+      return m.name;
+    });
+    expect(seen).toBe("f");
+    expect(disposed).toContain("f"); // trimmed once released: g is the most recent
+    expect(cache.usedBytes).toBeLessThanOrEqual(20);
+  });
+
+  it("disposes an entry deleted while pinned only on release", async () => {
+    const { cache, disposed, loader } = harness(100);
+    const lease = await cache.acquire("a", 10, loader("a"));
+    cache.delete("a");
+    expect(disposed).toEqual([]);
+    lease.release();
+    expect(disposed).toEqual(["a"]);
+  });
+
+  it("reports dispose failures without failing the get", async () => {
+    const errors: string[] = [];
+    const cache = new ModelCache<Model>({
+      budgetBytes: 10,
+      dispose: () => {
+        throw new Error("dispose failed");
+      },
+      onDisposeError: (err, key) => errors.push(`${key}: ${(err as Error).message}`),
+    });
+    await cache.get("a", 10, async () => ({ name: "a" }));
+    await cache.get("b", 10, async () => ({ name: "b" }));
+    expect(errors).toEqual(["a: dispose failed"]);
+    expect(cache.keys()).toEqual(["b"]);
+  });
+
+  it("refuses invalid sizes", async () => {
+    const cache = new ModelCache<Model>({ budgetBytes: 10 });
+    await expect(cache.get("a", -1, async () => ({ name: "a" }))).rejects.toThrow(RangeError);
+    expect(() => new ModelCache<Model>({ budgetBytes: NaN })).toThrow(RangeError);
+  });
+});
