@@ -5,8 +5,8 @@ import type { LlamaModel } from "../../services/runtime/model/llama.ts";
 import {
   LoraAdapter,
   mergeLora,
-  parsePeftAdapterConfig,
-  peftAdapterConfig,
+  fromPeftConfig,
+  toPeftConfig,
   stackLora,
   type LoraConfig,
 } from "../../services/runtime/model/lora.ts";
@@ -108,9 +108,9 @@ describe("LoRA (PEFT semantics)", () => {
       "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight",
       "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight",
     ]);
-    const json = peftAdapterConfig(cfg);
-    expect(json).toMatchObject({ peft_type: "LORA", task_type: "CAUSAL_LM", bias: "none", r: 2, lora_alpha: 1, lora_dropout: 0.1, target_modules: ["q_proj", "up_proj"] });
-    const back = LoraAdapter.fromPeftTensors(model.config, parsePeftAdapterConfig(JSON.parse(JSON.stringify(json))), tensors);
+    const json = toPeftConfig(cfg, "store://checkpoints/base");
+    expect(json).toMatchObject({ base_model_name_or_path: "store://checkpoints/base", peft_type: "LORA", task_type: "CAUSAL_LM", bias: "none", r: 2, lora_alpha: 1, lora_dropout: 0.1, target_modules: ["q_proj", "up_proj"] });
+    const back = LoraAdapter.fromPeftTensors(model.config, fromPeftConfig(JSON.parse(JSON.stringify(json))), tensors);
     expect(maxAbsDiff(logits(model, rows, back), logits(model, rows, a))).toBe(0);
     back.dispose();
 

@@ -5,6 +5,7 @@
  * PEFT's on-disk format, so adapters move to and from PyTorch unchanged.
  */
 import * as tf from "@tensorflow/tfjs";
+import { loraAdapterConfig, peftTensorName, type LoraAdapterConfig } from "../checkpoint/peft-folder.ts";
 import type { HostTensors } from "../host-tensor.ts";
 import { Rng } from "../rng.ts";
 import type { LlamaConfig } from "./config.ts";
@@ -31,32 +32,24 @@ export function validateLoraConfig(c: LoraConfig): void {
   if (new Set(c.targetModules).size !== c.targetModules.length) throw new Error("LoRA config: targetModules has duplicates");
 }
 
-/** The adapter_config.json fields PEFT writes; base_model_name_or_path is the caller's. */
-export function peftAdapterConfig(c: LoraConfig): Record<string, unknown> {
-  return {
-    peft_type: "LORA",
-    task_type: "CAUSAL_LM",
+/** The adapter_config.json of an adapter over `baseModel` (a path or a store URI). */
+export function toPeftConfig(c: LoraConfig, baseModel: string): LoraAdapterConfig {
+  return loraAdapterConfig({
+    base_model_name_or_path: baseModel,
     r: c.r,
     lora_alpha: c.alpha,
     lora_dropout: c.dropout,
     target_modules: [...c.targetModules],
-    bias: "none",
-    fan_in_fan_out: false,
-    inference_mode: true,
-  };
+  });
 }
 
-/** Reads the LoRA fields of a PEFT adapter_config.json object. */
-export function parsePeftAdapterConfig(json: unknown): LoraConfig {
-  const raw = (typeof json === "object" && json !== null ? json : {}) as Record<string, unknown>;
-  if (raw.peft_type !== "LORA") throw new Error(`adapter config: peft_type must be "LORA", got ${JSON.stringify(raw.peft_type)}`);
-  if (raw.bias !== undefined && raw.bias !== "none") throw new Error(`adapter config: bias ${JSON.stringify(raw.bias)} is not supported (only "none")`);
-  if (!Array.isArray(raw.target_modules)) throw new Error("adapter config: target_modules must be a list of module names");
+/** The LoRA settings of a (format-validated) adapter_config.json. */
+export function fromPeftConfig(config: LoraAdapterConfig): LoraConfig {
   const c: LoraConfig = {
-    r: raw.r as number,
-    alpha: raw.lora_alpha as number,
-    dropout: (raw.lora_dropout as number | undefined) ?? 0,
-    targetModules: raw.target_modules as LinearModule[],
+    r: config.r,
+    alpha: config.lora_alpha,
+    dropout: config.lora_dropout,
+    targetModules: config.target_modules as LinearModule[],
   };
   validateLoraConfig(c);
   return c;
@@ -96,8 +89,8 @@ export class LoraAdapter {
     const tensors: HostTensors = new Map();
     for (const { name, out, inDim } of targets(modelConfig, config)) {
       const bound = gain * Math.sqrt(3 / inDim);
-      tensors.set(peftName(name, "A"), { shape: [config.r, inDim], data: rng.uniformArray(config.r * inDim, -bound, bound) });
-      tensors.set(peftName(name, "B"), { shape: [out, config.r], data: new Float32Array(out * config.r) });
+      tensors.set(peftTensorName(name, "A"), { shape: [config.r, inDim], data: rng.uniformArray(config.r * inDim, -bound, bound) });
+      tensors.set(peftTensorName(name, "B"), { shape: [out, config.r], data: new Float32Array(out * config.r) });
     }
     return LoraAdapter.fromPeftTensors(modelConfig, config, tensors, seed);
   }
@@ -107,8 +100,8 @@ export class LoraAdapter {
     validateLoraConfig(config);
     const expected = new Map<string, number[]>();
     for (const { name, out, inDim } of targets(modelConfig, config)) {
-      expected.set(peftName(name, "A"), [config.r, inDim]);
-      expected.set(peftName(name, "B"), [out, config.r]);
+      expected.set(peftTensorName(name, "A"), [config.r, inDim]);
+      expected.set(peftTensorName(name, "B"), [out, config.r]);
     }
     const problems: string[] = [];
     for (const [name, shape] of expected) {
@@ -123,7 +116,7 @@ export class LoraAdapter {
     const pairs = new Map<string, LoraPair>();
     for (const { name } of targets(modelConfig, config)) {
       const host = (part: "A" | "B") => {
-        const t = tensors.get(peftName(name, part))!;
+        const t = tensors.get(peftTensorName(name, part))!;
         return tf.tidy(() => tf.variable(tf.tensor(t.data, t.shape, "float32"), true));
       };
       pairs.set(name, { a: host("A"), b: host("B") });
@@ -162,8 +155,8 @@ export class LoraAdapter {
   toPeftTensors(): HostTensors {
     const out: HostTensors = new Map();
     for (const [name, p] of this.pairs) {
-      out.set(peftName(name, "A"), toHost(p.a));
-      out.set(peftName(name, "B"), toHost(p.b));
+      out.set(peftTensorName(name, "A"), toHost(p.a));
+      out.set(peftTensorName(name, "B"), toHost(p.b));
     }
     return out;
   }
@@ -172,11 +165,6 @@ export class LoraAdapter {
     for (const v of this.variables) v.dispose();
     this.pairs.clear();
   }
-}
-
-/** PEFT's tensor name for A or B of a projection ("base_model.model." + HF name). */
-export function peftName(linear: string, part: "A" | "B"): string {
-  return `base_model.model.${linear}.lora_${part}.weight`;
 }
 
 /** A new model (a full checkpoint) with W' = W + scaling * B A for every adapted projection. */
