@@ -1,0 +1,82 @@
+/**
+ * Checkpoints from the store as runnable models, following lineage: a model checkpoint is
+ * a Hugging Face folder; an adapter checkpoint is a PEFT folder whose manifest names its
+ * parent (meta.parent), itself a model or an adapter. Loading an adapter loads its
+ * parent with every ancestor adapter merged ("double LoRA"), then applies the adapter.
+ */
+import { readHfFolder } from "../checkpoint/hf-folder.ts";
+import { peftTensorName, readPeftFolder } from "../checkpoint/peft-folder.ts";
+import { CheckpointFormatError } from "../checkpoint/safetensors.ts";
+import type { HostTensors } from "../host-tensor.ts";
+import { parseLlamaConfig } from "../model/config.ts";
+import { LlamaModel } from "../model/llama.ts";
+import { fromPeftConfig, LoraAdapter, mergeLora } from "../model/lora.ts";
+import type { CheckpointManifest } from "../store/manifest.ts";
+import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
+import { loadTokenizer, type Tokenizer } from "../tokenizer.ts";
+
+/** Manifest kinds this runtime writes and reads. */
+export const KIND = { model: "model", adapter: "adapter", trainingState: "training-state" } as const;
+
+export interface LoadedCheckpoint {
+  ref: CheckpointRef;
+  manifest: CheckpointManifest;
+  /** A full model: the base, or the parent with all ancestor adapters merged. */
+  model: LlamaModel;
+  /** This checkpoint's own adapter, unmerged; absent for a model checkpoint. */
+  adapter?: LoraAdapter;
+  tokenizer: Tokenizer;
+  /** From the root model to this checkpoint. */
+  lineage: CheckpointRef[];
+  dispose(): void;
+}
+
+/** The parent ref an adapter manifest names. */
+export function parentOf(manifest: CheckpointManifest): CheckpointRef {
+  const parent = manifest.meta.parent as Partial<CheckpointRef> | undefined;
+  if (typeof parent?.uri !== "string" || typeof parent?.digest !== "string") {
+    throw new CheckpointFormatError(`an ${manifest.kind} checkpoint must name its parent in meta.parent {uri, digest}`);
+  }
+  return { uri: parent.uri, digest: parent.digest };
+}
+
+/** Loads a checkpoint; `merged` folds its own adapter into the model too. */
+export async function loadCheckpoint(store: CheckpointStore, ref: CheckpointRef, opts: { merged?: boolean } = {}): Promise<LoadedCheckpoint> {
+  const { dir, manifest } = await store.get(ref);
+  if (manifest.kind === KIND.model) {
+    const folder = await readHfFolder(dir);
+    const model = LlamaModel.fromWeights(parseLlamaConfig(folder.config), folder.tensors);
+    const tokenizer = loadTokenizer(dir);
+    return { ref, manifest, model, tokenizer, lineage: [ref], dispose: () => model.dispose() };
+  }
+  if (manifest.kind !== KIND.adapter) {
+    throw new CheckpointFormatError(`checkpoint ${ref.uri} is a ${manifest.kind}, not a model or an adapter`);
+  }
+  const parent = await loadCheckpoint(store, parentOf(manifest), { merged: true });
+  const folder = await readPeftFolder(dir);
+  const tensors: HostTensors = new Map();
+  const adapter = (() => {
+    try {
+      const config = fromPeftConfig(folder.config);
+      for (const p of folder.pairs) {
+        tensors.set(peftTensorName(p.module, "A"), p.a);
+        tensors.set(peftTensorName(p.module, "B"), p.b);
+      }
+      return LoraAdapter.fromPeftTensors(parent.model.config, config, tensors);
+    } catch (err) {
+      parent.dispose();
+      throw new CheckpointFormatError(`adapter ${ref.uri} does not fit its parent: ${(err as Error).message}`);
+    }
+  })();
+  const lineage = [...parent.lineage, ref];
+  if (!opts.merged) {
+    return {
+      ref, manifest, model: parent.model, adapter, tokenizer: parent.tokenizer, lineage,
+      dispose: () => (adapter.dispose(), parent.dispose()),
+    };
+  }
+  const model = mergeLora(parent.model, adapter);
+  adapter.dispose();
+  parent.dispose();
+  return { ref, manifest, model, tokenizer: parent.tokenizer, lineage, dispose: () => model.dispose() };
+}

@@ -1,0 +1,97 @@
+/**
+ * Alignment and user fine-tuning as one procedure: train a new LoRA adapter over a
+ * checkpoint (a base model, or an aligned adapter merged into its base: "double LoRA")
+ * with the SFT or the Vaccine step, writing resumable training states on the way and a
+ * PEFT adapter checkpoint that names its parent at the end.
+ */
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Example } from "../data/template.ts";
+import { LoraAdapter, type LoraConfig } from "../model/lora.ts";
+import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
+import { Trainer, type StepMetrics, type TrainOptions } from "../train/loop.ts";
+import { SftStep, type PhaseRunner, type StepFunction } from "../train/step.ts";
+import { VaccineStep } from "../train/vaccine-step.ts";
+import { KIND, loadCheckpoint } from "./load.ts";
+import { restoreTrainingState, saveTrainingState, writeAdapterFolder } from "./training-state.ts";
+
+export type AlignmentMethod = { kind: "sft" } | { kind: "vaccine"; rho: number; refreshEvery: number };
+
+export interface AdapterTrainingSpec {
+  /** What the adapter is trained over: a base model or an aligned checkpoint. */
+  parent: CheckpointRef;
+  data: Example[];
+  method: AlignmentMethod;
+  lora: LoraConfig;
+  training: TrainOptions;
+  /** Write a training state every this many steps (and when stopped early). */
+  checkpointEvery: number;
+  /** Extra lineage written into the result's manifest (e.g. the job id). */
+  meta?: Record<string, unknown>;
+}
+
+export interface TrainingRunHooks {
+  /** Stop after the current step, write a training state, resolve undefined. */
+  signal?: AbortSignal;
+  /** A training state of this same run to continue from. */
+  resumeFrom?: CheckpointRef;
+  /** Wraps each whole step (the job layer opens a span around it). */
+  step?: (run: () => StepMetrics) => StepMetrics;
+  phase?: PhaseRunner;
+  onStep?: (metrics: StepMetrics) => void;
+  onCheckpoint?: (ref: CheckpointRef, kind: "training-state" | "result", step: number) => void;
+  onLog?: (message: string) => void;
+}
+
+function stepFunction(method: AlignmentMethod): StepFunction {
+  return method.kind === "sft" ? new SftStep() : new VaccineStep(method.rho, method.refreshEvery);
+}
+
+/** Trains the adapter; resolves its checkpoint, or undefined when stopped by the signal. */
+export async function trainAdapter(store: CheckpointStore, spec: AdapterTrainingSpec, hooks: TrainingRunHooks = {}): Promise<CheckpointRef | undefined> {
+  const parent = await loadCheckpoint(store, spec.parent, { merged: true });
+  const adapter = LoraAdapter.init(parent.model.config, spec.lora, spec.training.seed);
+  const trainer = new Trainer({ model: parent.model, lora: adapter, data: spec.data, tokenizer: parent.tokenizer, options: spec.training, stepFn: stepFunction(spec.method) });
+  // Identifies the run: a training state resumes only the run that wrote it.
+  const plan = { parent: spec.parent, method: spec.method, lora: spec.lora, training: spec.training, examples: spec.data.length };
+  const checkpoint = async () => {
+    const ref = await saveTrainingState(store, trainer, adapter, spec.parent, plan);
+    hooks.onCheckpoint?.(ref, "training-state", trainer.step);
+    return ref;
+  };
+  try {
+    if (hooks.resumeFrom) {
+      const step = await restoreTrainingState(store, hooks.resumeFrom, trainer, adapter, plan);
+      hooks.onLog?.(`resumed at step ${step} of ${trainer.totalSteps} from ${hooks.resumeFrom.uri}`);
+    }
+    const wrap = hooks.step ?? ((run) => run());
+    while (!trainer.done) {
+      if (hooks.signal?.aborted) {
+        await checkpoint();
+        return undefined;
+      }
+      const metrics = wrap(() => trainer.runStep(hooks.phase));
+      hooks.onStep?.(metrics);
+      if (metrics.step % spec.checkpointEvery === 0 && !trainer.done) await checkpoint();
+      // Training is synchronous tensor work: yield so RPCs (Cancel, Watch) are served between steps.
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    const dir = await mkdtemp(join(tmpdir(), "vaccine-adapter-"));
+    try {
+      await writeAdapterFolder(dir, adapter, spec.parent);
+      const ref = await store.put(dir, {
+        kind: KIND.adapter,
+        meta: { parent: spec.parent, method: spec.method, steps: trainer.totalSteps, ...spec.meta },
+      });
+      hooks.onCheckpoint?.(ref, "result", trainer.step);
+      return ref;
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  } finally {
+    trainer.dispose();
+    adapter.dispose();
+    parent.dispose();
+  }
+}

@@ -1,0 +1,43 @@
+/** A local checkpoint store in a temp folder holding the tiny-world model as a base checkpoint. */
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { writeHfFolder } from "../../services/runtime/checkpoint/hf-folder.ts";
+import { toHfConfigJson } from "../../services/runtime/model/config.ts";
+import type { LlamaModel } from "../../services/runtime/model/llama.ts";
+import { KIND } from "../../services/runtime/pipeline/load.ts";
+import { LocalCheckpointStore } from "../../services/runtime/store/local-store.ts";
+import type { CheckpointRef } from "../../services/runtime/store/store.ts";
+import { buildWordTokenizer, wordTokenizerConfig } from "../../services/runtime/tokenizer.ts";
+import { formatPrompt } from "../../services/runtime/data/template.ts";
+import { EXAMPLES, tinyTokenizer, tinyWorldModel } from "./tiny-world.ts";
+
+export interface TinyStore {
+  root: string;
+  store: LocalCheckpointStore;
+  base: CheckpointRef;
+  cleanup(): void;
+}
+
+/** Writes a model as a Hugging Face folder with the tiny-world tokenizer and puts it in the store. */
+export async function putModel(store: LocalCheckpointStore, model: LlamaModel): Promise<CheckpointRef> {
+  const dir = mkdtempSync(join(tmpdir(), "vaccine-model-"));
+  try {
+    const out = join(dir, "model");
+    await writeHfFolder(out, { config: toHfConfigJson(model.config), tensors: model.exportWeights() });
+    writeFileSync(join(out, "tokenizer.json"), JSON.stringify(buildWordTokenizer(EXAMPLES.flatMap((e) => [formatPrompt(e), e.output]))));
+    writeFileSync(join(out, "tokenizer_config.json"), JSON.stringify(wordTokenizerConfig()));
+    return await store.put(out, { kind: KIND.model, meta: { name: "tiny-world" } });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export async function tinyStore(seed = 0): Promise<TinyStore> {
+  const root = mkdtempSync(join(tmpdir(), "vaccine-store-"));
+  const store = new LocalCheckpointStore(root);
+  const model = tinyWorldModel(tinyTokenizer(), seed);
+  const base = await putModel(store, model);
+  model.dispose();
+  return { root, store, base, cleanup: () => rmSync(root, { recursive: true, force: true }) };
+}
