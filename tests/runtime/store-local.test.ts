@@ -135,6 +135,7 @@ describe("LocalCheckpointStore", () => {
     const src = await sourceFolder();
     await symlink(await tempDir(), join(src, "linked-dir"));
     await expect(store.put(src, { kind: "model" })).rejects.toThrow(/symlink to a folder/);
+    await expect(store.put(join(root, ".."), { kind: "model" })).rejects.toThrow(/contains the store's own folder/);
   });
 
   it("detects a corrupted, missing or extra file", async () => {

@@ -22,6 +22,11 @@ export async function stageFolder(srcDir: string, destDir: string): Promise<Reco
   const info = await stat(srcDir).catch(() => undefined);
   if (!info?.isDirectory()) throw new InvalidCheckpointSourceError(`${srcDir} is not a readable folder`);
   await mkdir(destDir, { recursive: true });
+  // Storing a folder that holds the store itself would copy the copy forever.
+  const [realSrc, realDest] = await Promise.all([realpath(srcDir), realpath(destDir)]);
+  if (realDest.startsWith(realSrc + sep)) {
+    throw new InvalidCheckpointSourceError(`${srcDir} contains the store's own folder ${destDir}`);
+  }
   const files: Record<string, ManifestFile> = {};
   await copyTree(srcDir, destDir, "", files);
   return files;

@@ -144,12 +144,16 @@ export class S3CheckpointStore implements CheckpointStore {
         }
       }
       await writeSynced(join(staging, MANIFEST_FILE), encodeManifest(manifest));
-      await this.commitToCache(staging, hex);
+      if (await this.commitToCache(staging, hex)) {
+        // Verified while downloading; later gets re-verify the cache entry.
+        return { dir: await realpath(join(await this.root(), CHECKPOINTS, hex, FILES)), manifest };
+      }
     } finally {
       await rm(staging, { recursive: true, force: true });
     }
-    // Verified while downloading; later gets re-verify the cache entry.
-    return { dir: await realpath(join(await this.root(), CHECKPOINTS, hex, FILES)), manifest };
+    const concurrent = await this.cachedCheckout(hex);
+    if (!concurrent) throw new CheckpointIntegrityError(`checkpoint ${ref.uri}: a concurrent cache entry did not verify`);
+    return concurrent;
   }
 
   async exists(ref: CheckpointRef): Promise<boolean> {
@@ -230,9 +234,11 @@ export class S3CheckpointStore implements CheckpointStore {
   private async cachedCheckout(hex: string): Promise<CheckpointCheckout | undefined> {
     const root = await this.root();
     const dir = join(root, CHECKPOINTS, hex);
-    const bytes = await readFile(join(dir, MANIFEST_FILE)).catch(() => undefined);
-    if (!bytes) return undefined;
     try {
+      const bytes = await readFile(join(dir, MANIFEST_FILE)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code === "ENOENT") throw new CheckpointIntegrityError(`cache entry ${hex} has no manifest`);
+        throw err;
+      });
       const manifest = decodeManifest(bytes, hex);
       return { dir: await verifyFolder(join(dir, FILES), manifest, root), manifest };
     } catch (err) {
@@ -242,13 +248,18 @@ export class S3CheckpointStore implements CheckpointStore {
     }
   }
 
-  private async commitToCache(staging: string, hex: string): Promise<void> {
+  /** Renames a complete staging folder into the cache; false if an entry was already there. */
+  private async commitToCache(staging: string, hex: string): Promise<boolean> {
     const checkpoints = join(await this.root(), CHECKPOINTS);
     await mkdir(checkpoints, { recursive: true });
-    // A concurrent get or put may have committed the same entry first: same bytes.
-    await rename(staging, join(checkpoints, hex)).catch((err: NodeJS.ErrnoException) => {
-      if (err.code !== "ENOTEMPTY" && err.code !== "EEXIST") throw err;
-    });
+    try {
+      await rename(staging, join(checkpoints, hex));
+      return true;
+    } catch (err) {
+      // A concurrent get or put committed the entry first.
+      if ((err as NodeJS.ErrnoException).code === "ENOTEMPTY" || (err as NodeJS.ErrnoException).code === "EEXIST") return false;
+      throw err;
+    }
   }
 
   private async newStaging(): Promise<string> {
