@@ -71,7 +71,7 @@ describe("Vaccine step", () => {
   it("eps has global norm rho and is the normalised gradient of the loss w.r.t. the attention outputs", () => {
     const { model, adapter } = setup(1);
     const batch = batchOf();
-    const input: StepInput = { model, lora: adapter, params: new Map(), batch, step: 0, phase: (_, fn) => fn() };
+    const input: StepInput = { model, lora: adapter, params: new Map(), batch, step: 0, phase: (_, fn) => fn(), update: () => 0 };
     const rho = 0.7;
     const eps = computePerturbation(input, rho);
     const norm = Math.sqrt(eps.reduce((s, e) => s + tf.tidy(() => e.square().sum().dataSync()[0]), 0));

@@ -122,36 +122,38 @@ export class Trainer {
         }
       });
     const learningRate = learningRateAt(step, this.totalSteps, options.learningRate, options.warmupRatio);
+    const update = (loss: number, grads: Map<string, tf.Tensor>): number => {
+      try {
+        if (!Number.isFinite(loss)) throw new TrainingDivergedError(step + 1, loss);
+        const norm = clipByGlobalNorm(grads, options.gradClip);
+        if (!Number.isFinite(norm)) throw new TrainingDivergedError(step + 1, norm);
+        this.optimizer.apply(grads, learningRate);
+        return norm;
+      } finally {
+        for (const g of grads.values()) g.dispose();
+      }
+    };
     let out;
     try {
-      out = stepFn.run({ model, lora, params: this.params, batch, step, phase: timed });
+      out = stepFn.run({ model, lora, params: this.params, batch, step, phase: timed, update });
     } finally {
       disposeBatch(batch);
     }
-    const grads = out.grads;
-    try {
-      if (!Number.isFinite(out.loss)) throw new TrainingDivergedError(step + 1, out.loss);
-      const gradNorm = clipByGlobalNorm(grads, options.gradClip);
-      if (!Number.isFinite(gradNorm)) throw new TrainingDivergedError(step + 1, gradNorm);
-      timed("update", () => this.optimizer.apply(grads, learningRate));
-      this.step++;
-      const perEpoch = batchesPerEpoch(data.length, options.batchSize);
-      return {
-        step: this.step,
-        totalSteps: this.totalSteps,
-        epoch: epoch + ((step % perEpoch) + 1) / perEpoch,
-        loss: out.loss,
-        gradNorm,
-        perturbationNorm: out.perturbationNorm,
-        learningRate,
-        tokens: batch.tokens,
-        stepMs: performance.now() - started,
-        perturbationMs: timings.perturbation,
-        updateMs: timings.update,
-      };
-    } finally {
-      for (const g of grads.values()) g.dispose();
-    }
+    this.step++;
+    const perEpoch = batchesPerEpoch(data.length, options.batchSize);
+    return {
+      step: this.step,
+      totalSteps: this.totalSteps,
+      epoch: epoch + ((step % perEpoch) + 1) / perEpoch,
+      loss: out.loss,
+      gradNorm: out.gradNorm,
+      perturbationNorm: out.perturbationNorm,
+      learningRate,
+      tokens: batch.tokens,
+      stepMs: performance.now() - started,
+      perturbationMs: timings.perturbation,
+      updateMs: timings.update,
+    };
   }
 
   /** Optimizer moments, step and the step function's own state, for a training checkpoint. */

@@ -1,7 +1,7 @@
 /**
- * What one training step computes, apart from the optimizer: a loss and the gradients of
- * the trainable parameters. The SFT step and the Vaccine step implement this; the loop
- * (loop.ts) clips, updates and reports, the same for both.
+ * What one training step computes: a loss and the gradients of the trainable parameters,
+ * handed to the loop's update (non-finite check, clipping, AdamW), the same for every
+ * method. The SFT step and the Vaccine step implement this.
  */
 import * as tf from "@tensorflow/tfjs";
 import type { HostTensors } from "../host-tensor.ts";
@@ -29,13 +29,18 @@ export interface StepInput {
   /** 0-based index of this step. */
   step: number;
   phase: PhaseRunner;
+  /**
+   * Applies the gradients (it takes ownership of them) and returns their norm before
+   * clipping; throws TrainingDivergedError on a non-finite loss or gradient.
+   */
+  update(loss: number, grads: Map<string, tf.Tensor>): number;
 }
 
 export interface StepOutput {
   /** The training loss the step's update was computed from. */
   loss: number;
-  /** Gradients by parameter name; the loop disposes them. */
-  grads: Map<string, tf.Tensor>;
+  /** Global norm of the weight gradient before clipping. */
+  gradNorm: number;
   /** Global norm of the perturbation applied (0 without one). */
   perturbationNorm: number;
 }
@@ -79,7 +84,9 @@ export class SftStep implements StepFunction {
   readonly name = "sft";
 
   run(input: StepInput): StepOutput {
-    const { loss, grads } = input.phase("update", () => lossAndGrads(input));
-    return { loss, grads, perturbationNorm: 0 };
+    return input.phase("update", () => {
+      const { loss, grads } = lossAndGrads(input);
+      return { loss, gradNorm: input.update(loss, grads), perturbationNorm: 0 };
+    });
   }
 }

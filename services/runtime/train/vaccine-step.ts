@@ -7,6 +7,8 @@
  *           eps_l = rho * g_l / (G + 1e-7)
  *   pass 2  grads = d loss(delta = eps) / d (trainable weights)   -> clip, AdamW (loop.ts)
  *
+ * The "perturbation" phase is pass 1; the "update" phase is pass 2 and the optimizer step.
+ *
  * Pass 1 differentiates with respect to the deltas only, so no weight gradient is
  * computed there. rho = 0 gives eps = 0 and hence exactly the SFT update. With
  * refreshEvery = tau > 1 (accelerated Vaccine) eps is recomputed every tau steps and
@@ -76,8 +78,10 @@ export class VaccineStep implements StepFunction {
     const deltas = this.eps.map((e) => fitTo(e, b, t));
     try {
       const perturbationNorm = globalNorm(deltas);
-      const { loss, grads } = input.phase("update", () => lossAndGrads(input, deltas));
-      return { loss, grads, perturbationNorm };
+      return input.phase("update", () => {
+        const { loss, grads } = lossAndGrads(input, deltas);
+        return { loss, gradNorm: input.update(loss, grads), perturbationNorm };
+      });
     } finally {
       deltas.forEach((d) => d.dispose());
     }
