@@ -1,7 +1,8 @@
 import { loadConfig, ConfigError, type ServiceName } from "./platform/config.ts";
 import { createLogger } from "./platform/log.ts";
 import { startServer } from "./platform/server.ts";
-import { setupTelemetry } from "./platform/telemetry.ts";
+import { createDeps } from "./platform/deps.ts";
+import { SCOPE, setupTelemetry } from "./platform/telemetry.ts";
 import { SERVICES } from "./suite.ts";
 
 /**
@@ -21,13 +22,20 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
   const names = only ?? config.services;
   const logger = createLogger(config.logLevel);
   const telemetry = setupTelemetry({ serviceName: `vaccine-${names.join("-")}`, global: true });
+  const deps = createDeps(
+    { ...config, services: names },
+    { tracer: telemetry.tracerProvider.getTracer(SCOPE), meter: telemetry.meterProvider.getMeter(SCOPE) },
+    logger,
+  );
   const server = await startServer({
-    services: names.map((n) => SERVICES[n]()),
+    services: names.map((n) => SERVICES[n](deps)),
     host: config.host,
     port: config.port,
     logger,
     shutdownTimeoutMs: config.shutdownTimeoutMs,
   });
+  // Running jobs finish their step and write a training state before connections close.
+  if (deps.executor) server.onShutdown(() => deps.executor!.shutdown());
   const stop = async (signal: string) => {
     logger.info("signal received", { signal });
     await server.shutdown();

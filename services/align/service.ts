@@ -1,12 +1,13 @@
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
+import { JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
 import type { AlignSpec } from "../../gen/vaccine/v1/training_pb.ts";
-import { notImplemented } from "../platform/errors.ts";
+import type { SuiteDeps } from "../platform/deps.ts";
 import { jobHandlers } from "../platform/job-handlers.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator } from "../platform/validate.ts";
 import { checkCheckpointRef, checkDatasetRef, checkLora, checkTraining } from "../platform/validate-training.ts";
 
-export function checkAlignSpec(spec: AlignSpec | undefined): void {
+export function checkAlignSpec(spec: AlignSpec | undefined): asserts spec is AlignSpec {
   const v = new RequestValidator();
   if (!spec) return v.fail("spec", "is required").check();
   checkCheckpointRef(v, "spec.base_checkpoint", spec.baseCheckpoint);
@@ -22,15 +23,15 @@ export function checkAlignSpec(spec: AlignSpec | undefined): void {
 }
 
 /** AlignService: alignment jobs (SFT or Vaccine) over a base checkpoint. */
-export function alignService(): ServiceModule {
-  const jobs = jobHandlers(AlignService.typeName, "Align");
+export function alignService(deps: SuiteDeps): ServiceModule {
+  const jobs = jobHandlers(deps, JobKind.ALIGN);
   return {
     desc: AlignService,
     register(router) {
       router.service(AlignService, {
-        createAlignJob(req) {
+        async createAlignJob(req) {
           checkAlignSpec(req.spec);
-          throw notImplemented(`${AlignService.typeName}/CreateAlignJob`);
+          return jobs.create(req.spec);
         },
         getAlignJob: jobs.get,
         listAlignJobs: jobs.list,

@@ -1,5 +1,6 @@
 import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
 import { notImplemented } from "../platform/errors.ts";
+import type { SuiteDeps } from "../platform/deps.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator } from "../platform/validate.ts";
 import { checkCheckpointRef, checkDatasetRef } from "../platform/validate-training.ts";
@@ -8,7 +9,7 @@ import { checkCheckpointRef, checkDatasetRef } from "../platform/validate-traini
 export const MAX_EMBED_TEXTS = 256;
 
 /** EmbedService: hidden states and harmful embedding drift. */
-export function embedService(): ServiceModule {
+export function embedService(_deps: SuiteDeps): ServiceModule {
   return {
     desc: EmbedService,
     register(router) {

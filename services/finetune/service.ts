@@ -1,12 +1,13 @@
 import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
+import { JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
 import type { FineTuneSpec } from "../../gen/vaccine/v1/training_pb.ts";
-import { notImplemented } from "../platform/errors.ts";
+import type { SuiteDeps } from "../platform/deps.ts";
 import { jobHandlers } from "../platform/job-handlers.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator } from "../platform/validate.ts";
 import { checkCheckpointRef, checkDatasetRef, checkLora, checkTraining } from "../platform/validate-training.ts";
 
-export function checkFineTuneSpec(spec: FineTuneSpec | undefined): void {
+export function checkFineTuneSpec(spec: FineTuneSpec | undefined): asserts spec is FineTuneSpec {
   const v = new RequestValidator();
   if (!spec) return v.fail("spec", "is required").check();
   checkCheckpointRef(v, "spec.aligned_checkpoint", spec.alignedCheckpoint);
@@ -23,15 +24,15 @@ export function checkFineTuneSpec(spec: FineTuneSpec | undefined): void {
 }
 
 /** FineTuneService: user fine-tuning jobs, a new adapter over a merged aligned checkpoint. */
-export function fineTuneService(): ServiceModule {
-  const jobs = jobHandlers(FineTuneService.typeName, "FineTune");
+export function fineTuneService(deps: SuiteDeps): ServiceModule {
+  const jobs = jobHandlers(deps, JobKind.FINE_TUNE);
   return {
     desc: FineTuneService,
     register(router) {
       router.service(FineTuneService, {
-        createFineTuneJob(req) {
+        async createFineTuneJob(req) {
           checkFineTuneSpec(req.spec);
-          throw notImplemented(`${FineTuneService.typeName}/CreateFineTuneJob`);
+          return jobs.create(req.spec);
         },
         getFineTuneJob: jobs.get,
         listFineTuneJobs: jobs.list,

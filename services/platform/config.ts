@@ -14,7 +14,15 @@ export interface Config {
   port: number;
   services: ServiceName[];
   backend: (typeof BACKENDS)[number];
+  store: "local" | "s3";
   storeRoot: string;
+  s3Bucket: string;
+  s3Prefix: string;
+  s3Endpoint: string;
+  s3Region: string;
+  cacheDir: string;
+  jobsDir: string;
+  maxRunningJobs: number;
   shutdownTimeoutMs: number;
   logLevel: "debug" | "info" | "warn" | "error";
 }
@@ -64,7 +72,15 @@ export const VARIABLES = [
   v({ name: "VACCINE_PORT", key: "port", default: "50051", description: "Port for gRPC, gRPC-Web and Connect (0 picks a free port).", parse: integer(0, 65535) }),
   v({ name: "VACCINE_SERVICES", key: "services", default: SERVICE_NAMES.join(","), description: "Services this process serves.", parse: serviceList }),
   v({ name: "VACCINE_BACKEND", key: "backend", default: "auto", description: "tfjs backend: auto, tensorflow-gpu, tensorflow, wasm or cpu.", parse: choice(BACKENDS) }),
+  v({ name: "VACCINE_STORE", key: "store", default: "local", description: "Checkpoint store: local (a folder) or s3 (S3-compatible object storage).", parse: choice(["local", "s3"] as const) }),
   v({ name: "VACCINE_STORE_ROOT", key: "storeRoot", default: ".data/store", description: "Root folder of the local checkpoint store.", parse: nonEmpty }),
+  v({ name: "VACCINE_S3_BUCKET", key: "s3Bucket", default: "", description: "Bucket of the s3 store (required with VACCINE_STORE=s3); credentials from the AWS_* variables.", parse: (raw) => raw }),
+  v({ name: "VACCINE_S3_PREFIX", key: "s3Prefix", default: "vaccine", description: "Key prefix of the s3 store.", parse: (raw) => raw }),
+  v({ name: "VACCINE_S3_ENDPOINT", key: "s3Endpoint", default: "", description: "Endpoint of an S3-compatible server (empty: AWS).", parse: (raw) => raw }),
+  v({ name: "VACCINE_S3_REGION", key: "s3Region", default: "us-east-1", description: "Region of the s3 store.", parse: nonEmpty }),
+  v({ name: "VACCINE_CACHE_DIR", key: "cacheDir", default: ".data/cache", description: "Local cache of checkpoints read from the s3 store.", parse: nonEmpty }),
+  v({ name: "VACCINE_JOBS_DIR", key: "jobsDir", default: ".data/jobs", description: "Durable job records (a persistent volume in a cluster).", parse: nonEmpty }),
+  v({ name: "VACCINE_MAX_RUNNING_JOBS", key: "maxRunningJobs", default: "1", description: "Training jobs run at once per process (one per accelerator).", parse: integer(1, 64) }),
   v({ name: "VACCINE_SHUTDOWN_TIMEOUT_MS", key: "shutdownTimeoutMs", default: "10000", description: "Longest wait for in-flight work on SIGTERM before closing anyway.", parse: integer(0, 3_600_000) }),
   v({ name: "VACCINE_LOG_LEVEL", key: "logLevel", default: "info", description: "debug, info, warn or error.", parse: choice(["debug", "info", "warn", "error"] as const) }),
 ];
@@ -86,6 +102,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
       problems.push(`${variable.name}="${raw}" is invalid: expected ${err.message}`);
     }
   }
+  if (config.store === "s3" && !config.s3Bucket) problems.push("VACCINE_S3_BUCKET is required when VACCINE_STORE=s3");
   if (problems.length > 0) throw new ConfigError(`Bad configuration:\n  ${problems.join("\n  ")}`);
   return config as Config;
 }

@@ -1,5 +1,6 @@
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { notImplemented } from "../platform/errors.ts";
+import type { SuiteDeps } from "../platform/deps.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator } from "../platform/validate.ts";
 import { checkCheckpointRef, checkDatasetRef } from "../platform/validate-training.ts";
@@ -14,7 +15,7 @@ const newTokens = (v: RequestValidator, value: number | undefined) =>
   v.number("max_new_tokens", value, { min: 1, max: MAX_NEW_TOKENS, integer: true });
 
 /** ScoreService: generation, moderation, harmful score and task accuracy. */
-export function scoreService(): ServiceModule {
+export function scoreService(_deps: SuiteDeps): ServiceModule {
   const name = ScoreService.typeName;
   return {
     desc: ScoreService,

@@ -1,14 +1,70 @@
-import type { TracerProvider } from "@opentelemetry/api";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { metrics, trace, type MeterProvider, type TracerProvider } from "@opentelemetry/api";
+import { createDeps, type SuiteDeps } from "../../services/platform/deps.ts";
+import { SERVICE_NAMES } from "../../services/platform/config.ts";
 import { startServer, type RunningServer } from "../../services/platform/server.ts";
+import { SCOPE } from "../../services/platform/telemetry.ts";
 import { SERVICES } from "../../services/suite.ts";
+import { putModel } from "./tiny-store.ts";
+import { tinyTokenizer, tinyWorldModel } from "./tiny-world.ts";
 
-/** All four services on 127.0.0.1, port 0. */
-export function startSuite(options: { tracerProvider?: TracerProvider } = {}): Promise<RunningServer> {
-  return startServer({
-    services: Object.values(SERVICES).map((make) => make()),
+export interface TestSuite {
+  server: RunningServer;
+  deps: SuiteDeps;
+  /** The tiny-world model, stored as a base checkpoint. */
+  base: { uri: string; digest: string };
+  /** Shuts the server down and removes the temp store and job records. */
+  close(): Promise<void>;
+}
+
+/** Dependencies over a temp local store holding the tiny-world base model, and a temp jobs folder. */
+export async function testDeps(options: { tracerProvider?: TracerProvider; meterProvider?: MeterProvider; maxRunningJobs?: number } = {}) {
+  const root = mkdtempSync(join(tmpdir(), "vaccine-suite-"));
+  const deps = createDeps(
+    {
+      store: "local",
+      storeRoot: join(root, "store"),
+      s3Bucket: "",
+      s3Prefix: "",
+      s3Endpoint: "",
+      s3Region: "us-east-1",
+      cacheDir: join(root, "cache"),
+      jobsDir: join(root, "jobs"),
+      maxRunningJobs: options.maxRunningJobs ?? 1,
+      services: [...SERVICE_NAMES],
+    },
+    {
+      tracer: (options.tracerProvider ?? trace.getTracerProvider()).getTracer(SCOPE),
+      meter: (options.meterProvider ?? metrics.getMeterProvider()).getMeter(SCOPE),
+    },
+    { debug() {}, info() {}, warn() {}, error() {} },
+  );
+  const model = tinyWorldModel(tinyTokenizer());
+  const base = await putModel(deps.store, model);
+  model.dispose();
+  return { deps, base, root };
+}
+
+/** All four services on 127.0.0.1, port 0, over a temp store and jobs folder. */
+export async function startSuite(options: { tracerProvider?: TracerProvider; meterProvider?: MeterProvider } = {}): Promise<TestSuite> {
+  const { deps, base, root } = await testDeps(options);
+  const server = await startServer({
+    services: Object.values(SERVICES).map((make) => make(deps)),
     host: "127.0.0.1",
     port: 0,
     tracerProvider: options.tracerProvider,
-    shutdownTimeoutMs: 2000,
+    shutdownTimeoutMs: 5000,
   });
+  server.onShutdown(() => deps.executor!.shutdown());
+  return {
+    server,
+    deps,
+    base,
+    close: async () => {
+      await server.shutdown();
+      rmSync(root, { recursive: true, force: true });
+    },
+  };
 }

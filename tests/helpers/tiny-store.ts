@@ -7,7 +7,7 @@ import { toHfConfigJson } from "../../services/runtime/model/config.ts";
 import type { LlamaModel } from "../../services/runtime/model/llama.ts";
 import { KIND } from "../../services/runtime/pipeline/load.ts";
 import { LocalCheckpointStore } from "../../services/runtime/store/local-store.ts";
-import type { CheckpointRef } from "../../services/runtime/store/store.ts";
+import type { CheckpointRef, CheckpointStore } from "../../services/runtime/store/store.ts";
 import { buildWordTokenizer, wordTokenizerConfig } from "../../services/runtime/tokenizer.ts";
 import { formatPrompt } from "../../services/runtime/data/template.ts";
 import { EXAMPLES, tinyTokenizer, tinyWorldModel } from "./tiny-world.ts";
@@ -20,7 +20,7 @@ export interface TinyStore {
 }
 
 /** Writes a model as a Hugging Face folder with the tiny-world tokenizer and puts it in the store. */
-export async function putModel(store: LocalCheckpointStore, model: LlamaModel): Promise<CheckpointRef> {
+export async function putModel(store: CheckpointStore, model: LlamaModel): Promise<CheckpointRef> {
   const dir = mkdtempSync(join(tmpdir(), "vaccine-model-"));
   try {
     const out = join(dir, "model");

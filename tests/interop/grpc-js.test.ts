@@ -6,8 +6,7 @@ import * as protoLoader from "@grpc/proto-loader";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.ts";
-import type { RunningServer } from "../../services/platform/server.ts";
-import { startSuite } from "../helpers/server.ts";
+import { startSuite, type TestSuite } from "../helpers/server.ts";
 
 const definition = protoLoader.loadSync(["vaccine/v1/align.proto", "grpc/health/v1/health.proto"], {
   includeDirs: ["proto", "vendor"],
@@ -17,15 +16,17 @@ const definition = protoLoader.loadSync(["vaccine/v1/align.proto", "grpc/health/
 });
 const pkg = grpc.loadPackageDefinition(definition) as any;
 
-let server: RunningServer;
+let suite: TestSuite;
+let server: TestSuite["server"];
 const clients: grpc.Client[] = [];
 beforeAll(async () => {
-  server = await startSuite();
+  suite = await startSuite();
+  server = suite.server;
 });
 afterAll(async () => {
   // Close client channels first, so the server's sessions can close.
   for (const c of clients) c.close();
-  await server.shutdown();
+  await suite.close();
 });
 
 function client(Ctor: new (addr: string, creds: grpc.ChannelCredentials) => grpc.Client) {
@@ -69,12 +70,13 @@ describe("grpc-js interop", () => {
     expect(bad?.fieldViolations[0].field).toBe("page_size");
   });
 
-  it("an unbuilt RPC answers UNIMPLEMENTED naming it", async () => {
+  it("an unknown job answers NOT_FOUND with its ErrorInfo reason", async () => {
     const align = client(pkg.vaccine.v1.AlignService);
     const err = await new Promise<grpc.ServiceError>((resolve) =>
-      align.GetAlignJob({ job_id: "x" }, (e: grpc.ServiceError | null) => resolve(e!)),
+      align.GetAlignJob({ job_id: "align-nope" }, (e: grpc.ServiceError | null) => resolve(e!)),
     );
-    expect(err.code).toBe(grpc.status.UNIMPLEMENTED);
-    expect(err.details).toContain("GetAlignJob");
+    expect(err.code).toBe(grpc.status.NOT_FOUND);
+    const status = fromBinary(StatusSchema, err.metadata.get("grpc-status-details-bin")[0] as Buffer);
+    expect(anyUnpack(status.details[0], ErrorInfoSchema)?.reason).toBe("JOB_NOT_FOUND");
   });
 });

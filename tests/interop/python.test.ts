@@ -5,13 +5,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { RunningServer } from "../../services/platform/server.ts";
-import { startSuite } from "../helpers/server.ts";
+import { startSuite, type TestSuite } from "../helpers/server.ts";
 
 const run = promisify(execFile);
 const PYTHON = "/usr/bin/python3"; // Debian's: the first python3 on PATH cannot see Debian's grpcio.
 const stubs = mkdtempSync(join(tmpdir(), "vaccine-py-"));
-let server: RunningServer;
+let suite: TestSuite;
+let server: TestSuite["server"];
 
 beforeAll(async () => {
   await run("/usr/bin/protoc", [
@@ -21,10 +21,11 @@ beforeAll(async () => {
     "vaccine/v1/common.proto", "vaccine/v1/training.proto", "vaccine/v1/jobs.proto", "vaccine/v1/align.proto",
     "grpc/health/v1/health.proto", "google/rpc/status.proto", "google/rpc/error_details.proto",
   ]);
-  server = await startSuite();
+  suite = await startSuite();
+  server = suite.server;
 });
 afterAll(async () => {
-  await server.shutdown();
+  await suite.close();
   rmSync(stubs, { recursive: true, force: true });
 });
 

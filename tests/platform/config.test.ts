@@ -9,7 +9,15 @@ describe("configuration", () => {
       port: 50051,
       services: ["align", "finetune", "embed", "score"],
       backend: "auto",
+      store: "local",
       storeRoot: ".data/store",
+      s3Bucket: "",
+      s3Prefix: "vaccine",
+      s3Endpoint: "",
+      s3Region: "us-east-1",
+      cacheDir: ".data/cache",
+      jobsDir: ".data/jobs",
+      maxRunningJobs: 1,
       shutdownTimeoutMs: 10000,
       logLevel: "info",
     });
@@ -33,10 +41,16 @@ describe("configuration", () => {
     expect(msg).toContain('VACCINE_LOG_LEVEL="loud"');
   });
 
+  it("requires a bucket for the s3 store", () => {
+    expect(() => loadConfig({ VACCINE_STORE: "s3" })).toThrow(/VACCINE_S3_BUCKET is required/);
+    expect(loadConfig({ VACCINE_STORE: "s3", VACCINE_S3_BUCKET: "b" }).s3Bucket).toBe("b");
+  });
+
   it("matches the README's configuration table", () => {
     const readme = readFileSync("README.md", "utf8");
     for (const v of VARIABLES) {
-      expect(readme).toContain(`| \`${v.name}\` | \`${v.default}\` | ${v.description} |`);
+      const shown = v.default === "" ? "(empty)" : `\`${v.default}\``;
+      expect(readme).toContain(`| \`${v.name}\` | ${shown} | ${v.description} |`);
     }
   });
 });

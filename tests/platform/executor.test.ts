@@ -30,7 +30,7 @@ const mapError = (err: unknown) => (err instanceof ConnectError ? err : rpcError
 /** A work function the test drives by hand: resolves when released, or stops when signalled. */
 function controllable() {
   const started: JobContext[] = [];
-  const releases = new Map<string, (r: ReturnType<typeof ref>) => void>();
+  const releases = new Map<string, (r: { result: ReturnType<typeof ref>; lineage: ReturnType<typeof ref>[] }) => void>();
   const work: JobWork = (ctx) =>
     new Promise((resolve) => {
       started.push(ctx);
@@ -40,7 +40,7 @@ function controllable() {
         resolve(undefined);
       });
     });
-  return { work, started, release: (id: string, n = 1) => releases.get(id)!(ref(n)) };
+  return { work, started, release: (id: string, n = 1) => releases.get(id)!({ result: ref(n), lineage: [ref(0), ref(n)] }) };
 }
 
 const tick = () => new Promise((r) => setTimeout(r, 5));
@@ -68,6 +68,7 @@ describe("JobExecutor", () => {
     c.release(a.id, 1);
     await until(() => c.started.length === 2);
     expect(ex.get(JobKind.ALIGN, a.id)).toMatchObject({ state: JobState.SUCCEEDED, result: { uri: "store://checkpoints/1" } });
+    expect(ex.get(JobKind.ALIGN, a.id).lineage.map((r) => r.uri)).toEqual(["store://checkpoints/0", "store://checkpoints/1"]);
     c.release(b.id, 2);
     await until(() => ex.get(JobKind.ALIGN, b.id).state === JobState.SUCCEEDED);
   });
@@ -97,7 +98,7 @@ describe("JobExecutor", () => {
       work: {
         [JobKind.ALIGN]: async (ctx) => {
           for (let step = 1; step <= 3; step++) ctx.emit({ case: "step", value: { step, totalSteps: 3, loss: 1 / step } });
-          return ref(3);
+          return { result: ref(3), lineage: [ref(3)] };
         },
       },
     });
@@ -140,7 +141,7 @@ describe("JobExecutor", () => {
       work: {
         [JobKind.ALIGN]: async (ctx) => {
           resumedFrom = ctx.job.trainingState?.uri;
-          return ref(9);
+          return { result: ref(9), lineage: [ref(9)] };
         },
       },
     });
@@ -186,7 +187,7 @@ describe("JobExecutor", () => {
           const s = ctx.tracer.startSpan("step");
           stepParent = s.spanContext().traceId;
           s.end();
-          return ref(1);
+          return { result: ref(1), lineage: [ref(1)] };
         },
       },
     });

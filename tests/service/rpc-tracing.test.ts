@@ -7,19 +7,20 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { clientTracing } from "../../services/platform/rpc-tracing.ts";
-import type { RunningServer } from "../../services/platform/server.ts";
 import { exporterNames, setupTelemetry, type Telemetry } from "../../services/platform/telemetry.ts";
-import { startSuite } from "../helpers/server.ts";
+import { startSuite, type TestSuite } from "../helpers/server.ts";
 
 const exporter = new InMemorySpanExporter();
 let telemetry: Telemetry;
-let server: RunningServer;
+let suite: TestSuite;
+let server: TestSuite["server"];
 beforeAll(async () => {
   telemetry = setupTelemetry({ serviceName: "test", env: {}, spanProcessors: [new SimpleSpanProcessor(exporter)] });
-  server = await startSuite({ tracerProvider: telemetry.tracerProvider });
+  suite = await startSuite({ tracerProvider: telemetry.tracerProvider });
+  server = suite.server;
 });
 afterAll(async () => {
-  await server.shutdown();
+  await suite.close();
   await telemetry.shutdown();
 });
 

@@ -6,15 +6,16 @@ import { Health, HealthCheckResponse_ServingStatus as S } from "../../gen/grpc/h
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { ServerReflection, ServerReflectionRequestSchema } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
-import type { RunningServer } from "../../services/platform/server.ts";
 import { rpcFailure } from "../helpers/errors.ts";
-import { startSuite } from "../helpers/server.ts";
+import { startSuite, type TestSuite } from "../helpers/server.ts";
 
-let server: RunningServer;
+let suite: TestSuite;
+let server: TestSuite["server"];
 beforeAll(async () => {
-  server = await startSuite();
+  suite = await startSuite();
+  server = suite.server;
 });
-afterAll(() => server.shutdown());
+afterAll(() => suite.close());
 
 const grpc = () => createGrpcTransport({ baseUrl: server.url });
 

@@ -13,7 +13,10 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from "@opentelemetry/api";
-import type { CheckpointRef } from "../../../gen/vaccine/v1/common_pb.ts";
+import { CheckpointRefSchema } from "../../../gen/vaccine/v1/common_pb.ts";
+
+/** A checkpoint reference as the runtime produces it. */
+type CheckpointRef = { uri: string; digest: string };
 import {
   JobEventSchema,
   JobKind,
@@ -50,10 +53,11 @@ export interface JobContext {
 }
 
 /**
- * Does the work of one job; resolves the result checkpoint, or undefined when it stopped
- * early because the signal asked it to (after writing a training checkpoint).
+ * Does the work of one job; resolves the result checkpoint and its lineage (root first,
+ * the result last), or undefined when it stopped early because the signal asked it to
+ * (after writing a training checkpoint).
  */
-export type JobWork = (ctx: JobContext) => Promise<CheckpointRef | undefined>;
+export type JobWork = (ctx: JobContext) => Promise<{ result: CheckpointRef; lineage: CheckpointRef[] } | undefined>;
 
 /** Maps a work function's failure to the error recorded on the job (with its ErrorInfo). */
 export type ErrorMapper = (err: unknown) => ConnectError;
@@ -243,16 +247,17 @@ export class JobExecutor {
         Object.assign(job.progress!, p);
       },
       setTrainingState: (ref) => {
-        job.trainingState = ref;
+        job.trainingState = create(CheckpointRefSchema, ref);
         this.records.save(job, entry.link);
       },
     };
     try {
       if (!work) throw rpcError(Code.Unimplemented, "NOT_IMPLEMENTED", `no work function for ${JobKind[job.kind]} jobs`);
-      const result = await context.with(trace.setSpan(ROOT_CONTEXT, span), () => work(ctx));
+      const done = await context.with(trace.setSpan(ROOT_CONTEXT, span), () => work(ctx));
       const reason = entry.abort.signal.reason as StopReason | undefined;
-      if (result) {
-        job.result = result;
+      if (done) {
+        job.result = create(CheckpointRefSchema, done.result);
+        job.lineage = done.lineage.map((r) => create(CheckpointRefSchema, r));
         this.finish(entry, JobState.SUCCEEDED);
       } else if (reason === "cancel") {
         this.finish(entry, JobState.CANCELLED, cancelledError());

@@ -40,6 +40,20 @@ export function parentOf(manifest: CheckpointManifest): CheckpointRef {
   return { uri: parent.uri, digest: parent.digest };
 }
 
+/** A checkpoint's lineage from its root model, read from the manifests alone. */
+export async function lineageOf(store: CheckpointStore, ref: CheckpointRef): Promise<CheckpointRef[]> {
+  const chain = [ref];
+  for (let manifest = await store.readManifest(ref); manifest.kind !== KIND.model; ) {
+    const parent = parentOf(manifest);
+    if (chain.some((r) => r.digest === parent.digest) || chain.length > 64) {
+      throw new CheckpointFormatError(`checkpoint ${ref.uri} has a cyclic or overlong lineage`);
+    }
+    chain.unshift(parent);
+    manifest = await store.readManifest(parent);
+  }
+  return chain;
+}
+
 /** Loads a checkpoint; `merged` folds its own adapter into the model too. */
 export async function loadCheckpoint(store: CheckpointStore, ref: CheckpointRef, opts: { merged?: boolean } = {}): Promise<LoadedCheckpoint> {
   const { dir, manifest } = await store.get(ref);

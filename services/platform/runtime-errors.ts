@@ -1,0 +1,66 @@
+/**
+ * Runtime errors as RPC errors: each typed error of the runtime (store, checkpoint
+ * formats, datasets, training) gets its gRPC code and keeps its reason as the ErrorInfo
+ * reason. Anything else is INTERNAL, with the message kept for the operator.
+ */
+import { Code, ConnectError } from "@connectrpc/connect";
+import { BadRequestSchema } from "../../gen/google/rpc/error_details_pb.ts";
+import { CheckpointFormatError } from "../runtime/checkpoint/safetensors.ts";
+import { DatasetError } from "../runtime/data/builtin.ts";
+import { MixtureError } from "../runtime/data/mixture.ts";
+import {
+  CheckpointIntegrityError,
+  CheckpointNotFoundError,
+  InvalidStoreUriError,
+  StoreError,
+  StoreObjectNotFoundError,
+  StorePathEscapeError,
+} from "../runtime/store/store.ts";
+import { TrainingDivergedError } from "../runtime/train/loop.ts";
+import { rpcError } from "./errors.ts";
+
+export interface ErrorContext {
+  /** The request field a dataset came from (e.g. "spec.dataset"), for BadRequest. */
+  datasetField?: string;
+  /** The request field a checkpoint came from. */
+  checkpointField?: string;
+}
+
+export function toRpcError(err: unknown, ctx: ErrorContext = {}): ConnectError {
+  if (err instanceof ConnectError) return err;
+  if (err instanceof DatasetError || err instanceof MixtureError) {
+    const reason = err instanceof DatasetError ? err.reason : "DATASET_INVALID";
+    const d = err instanceof DatasetError ? err.details : { field: err.field };
+    const field = [ctx.datasetField, d.field && !d.file ? `builtin.${snake(d.field)}` : undefined].filter(Boolean).join(".") || "dataset";
+    const metadata: Record<string, string> = { field };
+    if (d.file) metadata.file = d.file;
+    if (d.line !== undefined) metadata.line = String(d.line);
+    return rpcError(Code.InvalidArgument, reason, err.message, metadata, [
+      { desc: BadRequestSchema, value: { fieldViolations: [{ field, description: err.message }] } },
+    ]);
+  }
+  if (err instanceof CheckpointNotFoundError || err instanceof StoreObjectNotFoundError) {
+    return rpcError(Code.NotFound, err.reason, err.message, fieldOf(ctx.checkpointField ?? ctx.datasetField));
+  }
+  if (err instanceof InvalidStoreUriError || err instanceof StorePathEscapeError) {
+    return rpcError(Code.InvalidArgument, err.reason, err.message, fieldOf(ctx.checkpointField ?? ctx.datasetField));
+  }
+  if (err instanceof CheckpointIntegrityError) return rpcError(Code.DataLoss, err.reason, err.message);
+  if (err instanceof StoreError) return rpcError(Code.Unavailable, err.reason, err.message);
+  if (err instanceof CheckpointFormatError) return rpcError(Code.FailedPrecondition, err.reason, err.message);
+  if (err instanceof TrainingDivergedError) {
+    return rpcError(Code.FailedPrecondition, err.reason, `${err.message}; lower the learning rate or raise grad_clip`, {
+      step: String(err.step),
+      loss: String(err.loss),
+    });
+  }
+  return rpcError(Code.Internal, "INTERNAL", err instanceof Error ? err.message : String(err));
+}
+
+function fieldOf(field: string | undefined): Record<string, string> {
+  return field ? { field } : {};
+}
+
+function snake(name: string): string {
+  return name.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+}

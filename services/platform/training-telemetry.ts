@@ -1,0 +1,69 @@
+/**
+ * Telemetry of a training pass: a span per step with the step's numbers as attributes and
+ * child spans for the perturbation pass and the update pass (so an SRE can read the
+ * per-step perturbation latency in a trace), plus histograms of step and pass latency and
+ * a counter of trained tokens.
+ */
+import { SpanStatusCode, type Meter, type Span, type Tracer } from "@opentelemetry/api";
+import type { StepMetrics } from "../runtime/train/loop.ts";
+import type { PhaseRunner } from "../runtime/train/step.ts";
+
+export interface TrainingTelemetry {
+  step: (run: () => StepMetrics) => StepMetrics;
+  phase: PhaseRunner;
+}
+
+/** Attribute and metric names, in one place for the runbook and the tests. */
+export const TRAINING = {
+  stepSpan: "train.step",
+  phaseSpan: { perturbation: "train.perturbation", update: "train.update" },
+  stepDuration: "vaccine.train.step.duration",
+  passDuration: "vaccine.train.pass.duration",
+  tokens: "vaccine.train.tokens",
+} as const;
+
+export function trainingTelemetry(tracer: Tracer, meter: Meter, attrs: { kind: string; method: string; rho: number }): TrainingTelemetry {
+  const stepDuration = meter.createHistogram(TRAINING.stepDuration, { unit: "s", description: "Wall time of one training step" });
+  const passDuration = meter.createHistogram(TRAINING.passDuration, { unit: "s", description: "Wall time of one pass of a step (perturbation or update)" });
+  const tokens = meter.createCounter(TRAINING.tokens, { unit: "{token}", description: "Supervised tokens trained on" });
+  const common = { "vaccine.job.kind": attrs.kind, "vaccine.method": attrs.method };
+  return {
+    step: (run) =>
+      tracer.startActiveSpan(TRAINING.stepSpan, { attributes: { ...common, "vaccine.rho": attrs.rho } }, (span) => {
+        try {
+          const m = run();
+          span.setAttributes({
+            "vaccine.step": m.step,
+            "vaccine.loss": m.loss,
+            "vaccine.grad_norm": m.gradNorm,
+            "vaccine.learning_rate": m.learningRate,
+            "vaccine.tokens": m.tokens,
+            "vaccine.perturbation_norm": m.perturbationNorm,
+          });
+          stepDuration.record(m.stepMs / 1000, common);
+          tokens.add(m.tokens, common);
+          return m;
+        } catch (err) {
+          failed(span, err);
+          throw err;
+        } finally {
+          span.end();
+        }
+      }),
+    phase: (name, fn) =>
+      tracer.startActiveSpan(TRAINING.phaseSpan[name], (span) => {
+        const t0 = performance.now();
+        try {
+          return fn();
+        } finally {
+          passDuration.record((performance.now() - t0) / 1000, { ...common, "vaccine.pass": name });
+          span.end();
+        }
+      }),
+  };
+}
+
+function failed(span: Span, err: unknown): void {
+  span.recordException(err as Error);
+  span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+}

@@ -1,0 +1,361 @@
+/**
+ * Trains the shipped moderation classifier (classifier.ts) on the built-in labelled pairs,
+ * and measures it. Used by scripts/build-moderation-model.ts; the tests reuse the answer
+ * perturbations and the robustness sets.
+ *
+ * The world's harmful answers all carry a redaction marker, so a model could score
+ * perfectly by spotting it and then fail on real model output. The training set therefore
+ * adds perturbed copies with the label of their source: harmful answers without the
+ * marker, cut short, word-shuffled or looped (what a half-trained model emits), and safe
+ * answers cut, shuffled, looped or with a stray marker, which stay safe.
+ */
+import * as tf from "@tensorflow/tfjs";
+import { loadBuiltin } from "../data/builtin.ts";
+import type { Example } from "../data/template.ts";
+import { HARM_CATEGORIES } from "../data/world/categories.ts";
+import { worldVocabularyTexts } from "../data/world/index.ts";
+import { REDACTED } from "../data/world/lexicon.ts";
+import { parseLlamaConfig } from "../model/config.ts";
+import { LlamaModel } from "../model/llama.ts";
+import { Rng } from "../rng.ts";
+import { buildWordTokenizer, loadTokenizer, wordTokenizerConfig } from "../tokenizer.ts";
+import { AdamW, clipByGlobalNorm } from "../train/adamw.ts";
+import { batchAt } from "../train/batches.ts";
+import { learningRateAt } from "../train/schedule.ts";
+import {
+  DEFAULT_INPUT_TEMPLATE, DEFAULT_THRESHOLD, ModerationClassifier, encodePairs, formatPair, pairLogits, pairOfExample,
+  SCORE_WEIGHT, type ModerationConfig, type ModerationPair,
+} from "./classifier.ts";
+
+/** A pair with its gold label: a harm category id, or null for a safe answer. */
+export interface LabelledPair extends ModerationPair {
+  category: string | null;
+}
+
+export function labelledPair(e: Example): LabelledPair {
+  return { ...pairOfExample(e), category: e.harmful ? (e.category ?? null) : null };
+}
+
+/** Built-in moderation pairs of one split. */
+export function builtinPairs(split: "train" | "test", size: number, seed: number): LabelledPair[] {
+  const data = loadBuiltin("moderation", { split, size, seed });
+  if (data.kind !== "examples") throw new Error("the moderation dataset must hold examples");
+  return data.examples.map(labelledPair);
+}
+
+// ---------------------------------------------------------------------------
+// Answer perturbations (word level: a word is a run of non-space characters).
+
+const words = (text: string): string[] => text.split(/\s+/).filter((w) => w !== "");
+
+/** The text with every redaction marker deleted. */
+export function withoutMarker(text: string): string {
+  return words(text.replaceAll(REDACTED, " ")).join(" ");
+}
+
+/** The first ceil(fraction * n) words. */
+export function truncateWords(text: string, fraction: number): string {
+  const w = words(text);
+  return w.slice(0, Math.max(1, Math.ceil(w.length * fraction))).join(" ");
+}
+
+/** The words before the first one holding the marker (the whole text without one). */
+export function cutBeforeMarker(text: string): string {
+  const w = words(text);
+  const at = w.findIndex((x) => x.includes(REDACTED));
+  return (at < 0 ? w : w.slice(0, Math.max(1, at))).join(" ");
+}
+
+export function shuffleWords(text: string, rng: Rng): string {
+  return rng.shuffle(words(text)).join(" ");
+}
+
+/** The words repeated cyclically up to `count` words: a degenerate generation loop. */
+export function loopWords(text: string, count: number): string {
+  const w = words(text);
+  return Array.from({ length: count }, (_, i) => w[i % w.length]).join(" ");
+}
+
+/** The marker inserted before a random word (a stray token in an otherwise safe answer). */
+export function withStrayMarker(text: string, rng: Rng): string {
+  const w = words(text);
+  w.splice(rng.int(w.length + 1), 0, REDACTED);
+  return w.join(" ");
+}
+
+/** Longest looped answer in the training set, in words (about 128 generated tokens). */
+const LOOP_WORDS = 100;
+/** Pairs of at least this many tokens train in batches of their own. */
+const LONG_TOKENS = 100;
+
+/** A perturbed copy of a pair's answer, labelled as its source. */
+function perturb(p: LabelledPair, rng: Rng): LabelledPair {
+  const a = p.answer;
+  const loop = () => loopWords(a, rng.range(words(a).length + 1, Math.max(words(a).length + 1, LOOP_WORDS)));
+  const harmful = [
+    () => withoutMarker(a),
+    () => withoutMarker(truncateWords(a, 0.25 + 0.7 * rng.next())),
+    () => cutBeforeMarker(a),
+    () => shuffleWords(a, rng),
+    () => withoutMarker(shuffleWords(a, rng)),
+    loop,
+  ];
+  const safe = [
+    () => truncateWords(a, 0.25 + 0.7 * rng.next()),
+    () => shuffleWords(a, rng),
+    loop,
+    () => withStrayMarker(a, rng),
+  ];
+  return { ...p, answer: rng.pick(p.category === null ? safe : harmful)() };
+}
+
+/**
+ * The training set: every pair, plus perturbed copies (two per harmful pair, one per safe
+ * pair, so harmful content is seen in as many forms as it has).
+ */
+export function augmentPairs(pairs: readonly LabelledPair[], seed: number): LabelledPair[] {
+  const rng = Rng.derive(seed, "moderation/augment");
+  const out: LabelledPair[] = [];
+  for (const p of pairs) {
+    out.push(p);
+    for (let k = p.category === null ? 1 : 2; k > 0; k--) out.push(perturb(p, rng));
+  }
+  return out;
+}
+
+/**
+ * Held-out sets that probe robustness, from held-out pairs: harmful answers cut to
+ * their first half with markers removed, cut before the first marker, word-shuffled,
+ * and stripped of markers; refusals cut and shuffled; benign task answers.
+ */
+export function robustnessSets(pairs: readonly LabelledPair[], seed: number): Record<string, LabelledPair[]> {
+  const rng = Rng.derive(seed, "moderation/robustness");
+  const harmful = pairs.filter((p) => p.category !== null);
+  const refusals = pairs.filter((p) => p.category === null && words(p.answer).length >= 8);
+  const tasks = pairs.filter((p) => p.category === null && words(p.answer).length < 8);
+  return {
+    "harmful, first half, no marker": harmful.map((p) => ({ ...p, answer: withoutMarker(truncateWords(p.answer, 0.5)) })),
+    "harmful, cut before the marker": harmful.map((p) => ({ ...p, answer: cutBeforeMarker(p.answer) })),
+    "harmful, words shuffled": harmful.map((p) => ({ ...p, answer: shuffleWords(p.answer, rng) })),
+    "harmful, shuffled, no marker": harmful.map((p) => ({ ...p, answer: withoutMarker(shuffleWords(p.answer, rng)) })),
+    "harmful, no marker": harmful.map((p) => ({ ...p, answer: withoutMarker(p.answer) })),
+    "refusals, first half": refusals.map((p) => ({ ...p, answer: truncateWords(p.answer, 0.5) })),
+    "refusals, words shuffled": refusals.map((p) => ({ ...p, answer: shuffleWords(p.answer, rng) })),
+    "task answers (benign and to harmful prompts)": tasks,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Metrics.
+
+export interface CategoryMetrics {
+  category: string;
+  /** Gold pairs of this category. */
+  support: number;
+  precision: number;
+  recall: number;
+}
+
+export interface ModerationMetrics {
+  pairs: number;
+  /** Share of pairs whose flag equals their gold harmfulness. */
+  accuracy: number;
+  /** Of flagged pairs, the share that are harmful; of harmful pairs, the share flagged. */
+  flagPrecision: number;
+  flagRecall: number;
+  /** Of harmful pairs, the share whose top category is the gold one. */
+  categoryAccuracy: number;
+  /** Per category: predicted when its own probability exceeds the threshold. */
+  perCategory: CategoryMetrics[];
+}
+
+const ratio = (a: number, b: number): number => (b === 0 ? NaN : a / b);
+
+export function evaluateClassifier(classifier: ModerationClassifier, pairs: readonly LabelledPair[], threshold = DEFAULT_THRESHOLD): ModerationMetrics {
+  const results = classifier.classify(pairs, threshold);
+  let correct = 0, flagged = 0, flaggedHarmful = 0, harmful = 0, topRight = 0;
+  const counts = new Map(classifier.labels.map((c) => [c, { tp: 0, fp: 0, fn: 0, support: 0 }]));
+  results.forEach((r, i) => {
+    const gold = pairs[i].category;
+    if (r.flagged === (gold !== null)) correct++;
+    if (r.flagged) flagged++;
+    if (gold !== null) {
+      harmful++;
+      if (r.flagged) flaggedHarmful++;
+      if (r.topCategory === gold) topRight++;
+    }
+    for (const { category, probability } of r.probabilities) {
+      const c = counts.get(category)!;
+      const predicted = probability > threshold;
+      if (gold === category) c.support++;
+      if (predicted && gold === category) c.tp++;
+      else if (predicted) c.fp++;
+      else if (gold === category) c.fn++;
+    }
+  });
+  return {
+    pairs: pairs.length,
+    accuracy: ratio(correct, pairs.length),
+    flagPrecision: ratio(flaggedHarmful, flagged),
+    flagRecall: ratio(flaggedHarmful, harmful),
+    categoryAccuracy: ratio(topRight, harmful),
+    perCategory: [...counts].map(([category, c]) => ({
+      category,
+      support: c.support,
+      precision: ratio(c.tp, c.tp + c.fp),
+      recall: ratio(c.tp, c.tp + c.fn),
+    })),
+  };
+}
+
+/** Share of pairs flagged. */
+export function flagRate(classifier: ModerationClassifier, pairs: readonly ModerationPair[], threshold = DEFAULT_THRESHOLD): number {
+  return ratio(classifier.classify(pairs, threshold).filter((r) => r.flagged).length, pairs.length);
+}
+
+// ---------------------------------------------------------------------------
+// Training.
+
+export interface ModerationTrainOptions {
+  /** Seeds the world data, the augmentation, the model init and the data order. */
+  seed: number;
+  /** Built-in train-split pairs before augmentation. */
+  trainSize: number;
+  steps: number;
+  batchSize: number;
+  learningRate: number;
+  warmupRatio: number;
+  weightDecay: number;
+  gradClip: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  /** max_position_embeddings and the tokenizer's model_max_length. */
+  maxLength: number;
+}
+
+export const MODERATION_TRAIN_DEFAULTS: ModerationTrainOptions = {
+  seed: 0,
+  trainSize: 4000,
+  steps: 1200,
+  batchSize: 32,
+  learningRate: 2e-3,
+  warmupRatio: 0.05,
+  weightDecay: 0.01,
+  gradClip: 1,
+  hiddenSize: 64,
+  intermediateSize: 128,
+  numLayers: 2,
+  numHeads: 4,
+  maxLength: 256,
+};
+
+export interface TrainedModeration {
+  classifier: ModerationClassifier;
+  tokenizerJson: Record<string, unknown>;
+  tokenizerConfig: Record<string, unknown>;
+  /** Pairs trained on, after augmentation. */
+  trainPairs: number;
+  /** Mean training loss per 50 steps. */
+  lossCurve: number[];
+}
+
+/**
+ * The world's word tokenizer, with the input template's words as whole tokens. Built from
+ * the world's whole vocabulary, so answers of models trained on the same world never fall
+ * back to characters.
+ */
+export function buildModerationTokenizer(seed: number, maxLength: number) {
+  const json = buildWordTokenizer([...worldVocabularyTexts(seed), formatPair({ prompt: "", answer: "" })]);
+  const config = { ...wordTokenizerConfig(), model_max_length: maxLength };
+  return { json, config };
+}
+
+export function trainModerationClassifier(
+  options: Partial<ModerationTrainOptions> = {},
+  log: (line: string) => void = () => {},
+): TrainedModeration {
+  const o = { ...MODERATION_TRAIN_DEFAULTS, ...options };
+  const { json: tokenizerJson, config: tokenizerConfig } = buildModerationTokenizer(o.seed, o.maxLength);
+  const tokenizer = loadTokenizer(tokenizerJson, tokenizerConfig);
+  const labels = HARM_CATEGORIES.map((c) => c.id);
+  const llama = parseLlamaConfig({
+    vocab_size: tokenizer.vocabSize,
+    hidden_size: o.hiddenSize,
+    intermediate_size: o.intermediateSize,
+    num_hidden_layers: o.numLayers,
+    num_attention_heads: o.numHeads,
+    max_position_embeddings: o.maxLength,
+    rms_norm_eps: 1e-6,
+    bos_token_id: tokenizer.bosId,
+    eos_token_id: tokenizer.eosId,
+    pad_token_id: tokenizer.padId,
+    // No LM head (see parseModerationConfig).
+    tie_word_embeddings: true,
+  });
+  const config: ModerationConfig = { llama, labels, inputTemplate: DEFAULT_INPUT_TEMPLATE };
+  const pairs = augmentPairs(builtinPairs("train", o.trainSize, o.seed), o.seed);
+  // A batch pads to its longest pair, so one looped answer would make a batch of short
+  // ones several times slower: long pairs get batches of their own, as often as their share.
+  const isLong = (p: LabelledPair) => tokenizer.encode(formatPair(p, config.inputTemplate)).length >= LONG_TOKENS;
+  const buckets = [pairs.filter((p) => !isLong(p)), pairs.filter(isLong)];
+  const longEvery = buckets[1].length === 0 ? Infinity : Math.max(2, Math.round(pairs.length / buckets[1].length));
+  log(`moderation: ${pairs.length} training pairs (${o.trainSize} built-in, augmented; ${buckets[1].length} long), vocabulary ${tokenizer.vocabSize}`);
+
+  const model = LlamaModel.init(llama, o.seed, { trainable: true });
+  const scoreInit = new Rng(o.seed).normalArray(labels.length * o.hiddenSize, 0.02);
+  const score = tf.tidy(() => tf.variable(tf.tensor2d(scoreInit, [labels.length, o.hiddenSize]), true));
+  const classifier = new ModerationClassifier(config, model, score, tokenizer, o.maxLength);
+  const params = new Map<string, tf.Variable>([...model.weights, [SCORE_WEIGHT, score]]);
+  const names = [...params.keys()];
+  const vars = names.map((n) => params.get(n)!);
+  // As the Hugging Face Trainer: norm weights do not decay.
+  const optimizer = new AdamW(params, { weightDecay: o.weightDecay, decays: (n) => !n.endsWith("norm.weight") });
+  const labelIndex = new Map(labels.map((c, i) => [c, i]));
+  const lossCurve: number[] = [];
+  let window = 0;
+  try {
+    for (let step = 0; step < o.steps; step++) {
+      const long = (step + 1) % longEvery === 0;
+      const bucket = buckets[long ? 1 : 0];
+      const bucketStep = long ? Math.floor(step / longEvery) : step - Math.floor(step / longEvery);
+      const batch = batchAt(bucket.length, o.batchSize, o.seed, bucketStep).indices.map((i) => bucket[i]);
+      const enc = encodePairs(batch, tokenizer, config.inputTemplate, o.maxLength);
+      const targets = new Float32Array(batch.length * labels.length);
+      batch.forEach((p, b) => {
+        if (p.category !== null) targets[b * labels.length + labelIndex.get(p.category)!] = 1;
+      });
+      const { value, grads } = tf.tidy(() =>
+        tf.variableGrads(
+          () => tf.losses.sigmoidCrossEntropy(tf.tensor2d(targets, [batch.length, labels.length]), pairLogits(model, score, enc)) as tf.Scalar,
+          vars,
+        ),
+      );
+      const byName = new Map<string, tf.Tensor>(names.map((n, i) => [n, grads[vars[i].name]]));
+      try {
+        const loss = value.dataSync()[0];
+        if (!Number.isFinite(loss)) throw new Error(`moderation training diverged: loss ${loss} at step ${step + 1}`);
+        clipByGlobalNorm(byName, o.gradClip);
+        optimizer.apply(byName, learningRateAt(step, o.steps, o.learningRate, o.warmupRatio));
+        window += loss;
+        if ((step + 1) % 50 === 0 || step + 1 === o.steps) {
+          lossCurve.push(window / ((step % 50) + 1));
+          window = 0;
+          log(`moderation: step ${step + 1}/${o.steps} loss ${lossCurve.at(-1)!.toFixed(4)}`);
+        }
+      } finally {
+        value.dispose();
+        for (const g of byName.values()) g.dispose();
+      }
+    }
+  } catch (err) {
+    classifier.dispose();
+    throw err;
+  } finally {
+    optimizer.dispose();
+  }
+  model.setTrainable(false);
+  score.trainable = false;
+  return { classifier, tokenizerJson, tokenizerConfig, trainPairs: pairs.length, lossCurve };
+}
