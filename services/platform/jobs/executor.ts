@@ -9,7 +9,7 @@
  * training checkpoint.
  */
 import { randomUUID } from "node:crypto";
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { clone, create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from "@opentelemetry/api";
@@ -129,12 +129,14 @@ export class JobExecutor {
     this.records.save(job, entry.link);
     this.emit(entry, { case: "stateChange", value: { from: JobState.UNSPECIFIED, to: JobState.QUEUED } });
     this.queue.push(job.id);
-    this.schedule();
-    return job;
+    // Scheduled after this call returns, so the caller sees the job as created: QUEUED.
+    setImmediate(() => this.schedule());
+    return clone(JobSchema, job);
   }
 
+  /** A snapshot: the live record keeps changing while a response is serialized. */
   get(kind: JobKind, id: string): Job {
-    return this.entry(kind, id).job;
+    return clone(JobSchema, this.entry(kind, id).job);
   }
 
   /** Jobs of a kind, newest first; the page token is the offset, opaque to clients. */
@@ -151,7 +153,7 @@ export class JobExecutor {
       .map((e) => e.job)
       .filter((j) => j.kind === kind)
       .sort((a, b) => Number(b.createTime!.seconds - a.createTime!.seconds) || b.createTime!.nanos - a.createTime!.nanos);
-    const jobs = all.slice(offset, offset + size);
+    const jobs = all.slice(offset, offset + size).map((j) => clone(JobSchema, j));
     const next = offset + size < all.length ? Buffer.from(String(offset + size)).toString("base64url") : "";
     return { jobs, nextPageToken: next };
   }
@@ -167,7 +169,7 @@ export class JobExecutor {
       this.transition(entry, JobState.CANCELLING);
       entry.abort?.abort("cancel" satisfies StopReason);
     }
-    return job;
+    return clone(JobSchema, job);
   }
 
   /** The job's events from the first, then live ones; ends after the final state change. */

@@ -1,0 +1,148 @@
+// AlignService and FineTuneService end to end over gRPC on a real server (port 0), with the
+// tiny-world model as the base checkpoint and per-step spans read from an in-memory exporter.
+import { Code, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { context } from "@opentelemetry/api";
+import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
+import { InMemorySpanExporter, NodeTracerProvider, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
+import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
+import { JobState, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
+import { selectBackend } from "../../services/runtime/backend.ts";
+import { clientTracing } from "../../services/platform/rpc-tracing.ts";
+import { rpcFailure } from "../helpers/errors.ts";
+import { startSuite, type TestSuite } from "../helpers/server.ts";
+import { EXAMPLES } from "../helpers/tiny-world.ts";
+
+const exporter = new InMemorySpanExporter();
+const provider = new NodeTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+let suite: TestSuite;
+let align: ReturnType<typeof createClient<typeof AlignService>>;
+let fineTune: ReturnType<typeof createClient<typeof FineTuneService>>;
+const DATA = "store://datasets/tiny-align.jsonl";
+
+beforeAll(async () => {
+  await selectBackend("wasm", () => {});
+  context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+  suite = await startSuite({ tracerProvider: provider });
+  await suite.deps.store.putObject(DATA, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+  const transport = createGrpcTransport({ baseUrl: suite.server.url, interceptors: [clientTracing(provider)] });
+  align = createClient(AlignService, transport);
+  fineTune = createClient(FineTuneService, transport);
+});
+afterAll(() => suite.close());
+
+const training = { maxSteps: 6, batchSize: 3, learningRate: 0.03, maxSequenceLength: 64, checkpointEvery: 2 };
+const lora = { rank: 4, alpha: 8, dropout: 0 };
+async function watchAll(stream: AsyncIterable<{ event?: JobEvent }>) {
+  const events: JobEvent[] = [];
+  for await (const r of stream) events.push(r.event!);
+  return events;
+}
+
+describe("alignment then fine-tuning over gRPC", () => {
+  it("streams step events to SUCCEEDED, then fine-tunes the result, with the lineage on the job", async () => {
+    const { job } = await align.createAlignJob({
+      spec: { baseCheckpoint: suite.base, dataset: { source: { case: "uri", value: DATA } }, method: { case: "vaccine", value: { rho: 0.5 } }, lora, training },
+    });
+    expect(job!.state).toBe(JobState.QUEUED);
+    const events = await watchAll(align.watchAlignJob({ jobId: job!.id }));
+    const steps = events.flatMap((e) => (e.event.case === "step" ? [e.event.value] : []));
+    expect(steps.map((s) => s.step)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(steps[0].perturbationNorm).toBeCloseTo(0.5, 3);
+    expect(steps.every((s) => s.perturbationSeconds > 0 && s.updateSeconds > 0 && s.tokens > 0)).toBe(true);
+    const written = events.flatMap((e) => (e.event.case === "checkpointWritten" ? [e.event.value.step] : []));
+    expect(written).toEqual([2, 4, 6]);
+    const aligned = (await align.getAlignJob({ jobId: job!.id })).job!;
+    expect(aligned.state).toBe(JobState.SUCCEEDED);
+    expect(aligned.progress).toMatchObject({ step: 6, totalSteps: 6 });
+    expect(aligned.lineage.map((r) => r.uri)).toEqual([suite.base.uri, aligned.result!.uri]);
+
+    const ft = (await fineTune.createFineTuneJob({
+      spec: { alignedCheckpoint: aligned.result, dataset: { source: { case: "uri", value: DATA } }, lora, training: { ...training, maxSteps: 3 } },
+    })).job!;
+    const ftEvents = await watchAll(fineTune.watchFineTuneJob({ jobId: ft.id }));
+    expect(ftEvents.at(-1)?.event.case).toBe("stateChange");
+    const done = (await fineTune.getFineTuneJob({ jobId: ft.id })).job!;
+    expect(done.state).toBe(JobState.SUCCEEDED);
+    expect(done.lineage.map((r) => r.uri)).toEqual([suite.base.uri, aligned.result!.uri, done.result!.uri]);
+    // The two services keep their own jobs.
+    expect((await rpcFailure(() => align.getAlignJob({ jobId: ft.id }))).code).toBe(Code.NotFound);
+    expect((await fineTune.listFineTuneJobs({})).jobs.map((j) => j.id)).toEqual([ft.id]);
+  });
+
+  it("traces the job: linked to the Create RPC, one span per step with perturbation and update children", async () => {
+    exporter.reset();
+    const { job } = await align.createAlignJob({
+      spec: { baseCheckpoint: suite.base, dataset: { source: { case: "uri", value: DATA } }, method: { case: "vaccine", value: { rho: 1 } }, lora, training: { ...training, maxSteps: 2 } },
+    });
+    await watchAll(align.watchAlignJob({ jobId: job!.id }));
+    const spans = exporter.getFinishedSpans();
+    const rpc = spans.find((s) => s.name === "vaccine.v1.AlignService/CreateAlignJob" && s.kind === 1)!;
+    const jobSpan = spans.find((s) => s.name === "job align")!;
+    expect(jobSpan.links[0].context.spanId).toBe(rpc.spanContext().spanId);
+    const steps = spans.filter((s) => s.name === "train.step");
+    expect(steps).toHaveLength(2);
+    for (const step of steps) {
+      expect(step.parentSpanContext?.spanId).toBe(jobSpan.spanContext().spanId);
+      expect(step.attributes).toMatchObject({ "vaccine.rho": 1, "vaccine.method": "vaccine" });
+      expect(Number(step.attributes["vaccine.perturbation_norm"])).toBeCloseTo(1, 3);
+      for (const key of ["vaccine.step", "vaccine.loss", "vaccine.grad_norm", "vaccine.learning_rate", "vaccine.tokens"]) {
+        expect(step.attributes[key]).toBeTypeOf("number");
+      }
+      const children = spans.filter((s) => s.parentSpanContext?.spanId === step.spanContext().spanId).map((s) => s.name);
+      expect(children).toEqual(["train.perturbation", "train.update"]);
+    }
+  });
+
+  it("cancels a running job: CANCELLING, then CANCELLED with a google.rpc.Status", async () => {
+    const { job } = await align.createAlignJob({
+      spec: { baseCheckpoint: suite.base, dataset: { source: { case: "uri", value: DATA } }, method: { case: "sft", value: {} }, lora, training: { ...training, maxSteps: 500 } },
+    });
+    const stream = align.watchAlignJob({ jobId: job!.id });
+    const states: JobState[] = [];
+    for await (const { event } of stream) {
+      if (event!.event.case === "step" && event!.event.value.step === 2) await align.cancelAlignJob({ jobId: job!.id });
+      if (event!.event.case === "stateChange") states.push(event!.event.value.to);
+    }
+    expect(states).toEqual([JobState.QUEUED, JobState.RUNNING, JobState.CANCELLING, JobState.CANCELLED]);
+    const cancelled = (await align.getAlignJob({ jobId: job!.id })).job!;
+    expect(cancelled.error?.code).toBe(Code.Canceled);
+    expect(cancelled.progress!.step).toBeLessThan(10);
+  });
+});
+
+describe("Create validation against the store", () => {
+  const base = () => ({ baseCheckpoint: suite.base, dataset: { source: { case: "uri" as const, value: DATA } }, method: { case: "sft" as const, value: {} } });
+
+  it("answers NOT_FOUND for an unknown checkpoint, naming the field", async () => {
+    const e = await rpcFailure(() =>
+      align.createAlignJob({ spec: { ...base(), baseCheckpoint: { uri: `store://checkpoints/${"0".repeat(64)}`, digest: `sha256:${"0".repeat(64)}` } } }),
+    );
+    expect(e.code).toBe(Code.NotFound);
+    expect(e.info).toMatchObject({ reason: "CHECKPOINT_NOT_FOUND", metadata: { field: "spec.base_checkpoint" } });
+  });
+
+  it("answers INVALID_ARGUMENT with file and line for a malformed dataset, and for an unknown builtin", async () => {
+    await suite.deps.store.putObject("store://datasets/bad.jsonl", Buffer.from(`${JSON.stringify(EXAMPLES[0])}\n{"instruction": 3}\n`));
+    const e = await rpcFailure(() => align.createAlignJob({ spec: { ...base(), dataset: { source: { case: "uri", value: "store://datasets/bad.jsonl" } } } }));
+    expect(e.code).toBe(Code.InvalidArgument);
+    expect(e.info).toMatchObject({ reason: "DATASET_INVALID", metadata: { file: "store://datasets/bad.jsonl", line: "2" } });
+    expect(e.message).toContain("store://datasets/bad.jsonl:2");
+    const missing = await rpcFailure(() => align.createAlignJob({ spec: { ...base(), dataset: { source: { case: "uri", value: "store://datasets/none.jsonl" } } } }));
+    expect(missing.code).toBe(Code.NotFound);
+    const unknown = await rpcFailure(() => align.createAlignJob({ spec: { ...base(), dataset: { source: { case: "builtin", value: { name: "nope" } } } } }));
+    expect(unknown.info?.reason).toBe("DATASET_UNKNOWN");
+    expect(unknown.badRequest?.fieldViolations[0].field).toBe("spec.dataset.builtin.name");
+  });
+
+  it("refuses a training-state checkpoint as a fine-tuning parent with FAILED_PRECONDITION", async () => {
+    const { job } = await align.createAlignJob({ spec: { ...base(), lora, training: { ...training, maxSteps: 3, checkpointEvery: 1 } } });
+    const events = await watchAll(align.watchAlignJob({ jobId: job!.id }));
+    const state = events.flatMap((e) => (e.event.case === "checkpointWritten" && e.event.value.kind === 1 ? [e.event.value.checkpoint!] : []))[0];
+    const e = await rpcFailure(() => fineTune.createFineTuneJob({ spec: { alignedCheckpoint: state, dataset: { source: { case: "uri", value: DATA } } } }));
+    expect(e.code).toBe(Code.FailedPrecondition);
+    expect(e.info?.reason).toBe("CHECKPOINT_KIND_INVALID");
+  });
+});
