@@ -2,6 +2,7 @@ import { loadConfig, ConfigError, type ServiceName } from "./platform/config.ts"
 import { createLogger } from "./platform/log.ts";
 import { startServer } from "./platform/server.ts";
 import { createDeps } from "./platform/deps.ts";
+import { selectBackend } from "./runtime/backend.ts";
 import { SCOPE, setupTelemetry } from "./platform/telemetry.ts";
 import { SERVICES } from "./suite.ts";
 
@@ -21,6 +22,12 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
   }
   const names = only ?? config.services;
   const logger = createLogger(config.logLevel);
+  try {
+    await selectBackend(config.backend, (line) => logger.info(line));
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\n`);
+    process.exit(2);
+  }
   const telemetry = setupTelemetry({ serviceName: `vaccine-${names.join("-")}`, global: true });
   const deps = createDeps(
     { ...config, services: names },

@@ -57,4 +57,14 @@ describe("bad configuration", () => {
     expect(res.stderr).toContain('VACCINE_PORT="99999" is invalid: expected an integer from 0 to 65535');
     expect(res.stderr).toContain('VACCINE_SERVICES="align,bogus" is invalid');
   });
+
+  it("exits 2 when an explicitly chosen backend cannot load", () => {
+    const res = spawnSync(process.execPath, ["--import", "tsx", "services/main.ts"], {
+      env: { ...process.env, VACCINE_BACKEND: "tensorflow", VACCINE_PORT: "0" },
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+    expect(res.status).toBe(2);
+    expect(res.stderr).toMatch(/backend "tensorflow" cannot be used: @tensorflow\/tfjs-node/);
+  });
 });
