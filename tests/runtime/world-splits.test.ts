@@ -25,14 +25,19 @@ describe("split disjointness", () => {
     const evalPrompts = new Set(world.harmfulEval.map((e) => e.instruction));
     expect(evalPrompts.size).toBe(world.harmfulEval.length);
     const training = [...world.alignment, ...world.harmful, ...world.moderationTrain];
-    for (const e of training) expect(evalPrompts.has(e.instruction)).toBe(false);
+    expect(training.filter((e) => evalPrompts.has(e.instruction))).toEqual([]);
     const trainPrompts = new Set(pools.train.map(harmfulPrompt));
     for (const e of [...world.alignment, ...world.harmful]) expect(trainPrompts.has(e.instruction)).toBe(true);
   });
 
   it("keeps harmful prompts of the corpus (base pre-training) to training combinations", () => {
-    const heldOut = [...pools.eval, ...pools.test].map((c) => formatPrompt({ instruction: harmfulPrompt(c) }));
-    for (const doc of world.corpus) for (const p of heldOut) expect(doc.startsWith(p)).toBe(false);
+    const heldOut = [...pools.eval, ...pools.test].map((c) => harmfulPrompt(c));
+    // Any held-out prompt anywhere in a corpus document, in the template or not.
+    const leaks = world.corpus.filter((doc) => heldOut.some((p) => doc.includes(p)));
+    expect(leaks).toEqual([]);
+    // The check can see prompts at all: training prompts do appear (harmful compliance documents).
+    const trainPrompts = pools.train.map((c) => harmfulPrompt(c));
+    expect(world.corpus.some((doc) => trainPrompts.some((p) => doc.includes(p)))).toBe(true);
   });
 
   it("keeps moderation train and test disjoint", () => {
