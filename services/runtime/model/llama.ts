@@ -11,13 +11,16 @@
  *
  * Only ops that exist on every backend are used (wasm lacks UnsortedSegmentSum, Einsum,
  * Pad and rank-5 Tile gradients), so one code path serves tensorflow, wasm and cpu; and
- * matMul never gets transpose flags, which are slow on wasm (see matmul).
+ * matMul never gets transpose flags, which are slow on wasm (see matmul.ts).
  */
 import * as tf from "@tensorflow/tfjs";
 import type { HostTensor, HostTensors } from "../host-tensor.ts";
 import { Rng } from "../rng.ts";
 import { validateLlamaConfig, type LlamaConfig } from "./config.ts";
 import type { LoraAdapter } from "./lora.ts";
+import { linearT, matmul } from "./matmul.ts";
+
+export { linearT, matmul };
 
 /** The projection modules LoRA may target, by their Hugging Face short names. */
 export const LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] as const;
@@ -153,35 +156,6 @@ function sliceBegin(rank: number, lastStart: number): number[] {
 
 function sliceSize(shape: number[], lastSize: number): number[] {
   return [...shape.slice(0, -1).map(() => -1), lastSize];
-}
-
-/**
- * a x b whose gradient avoids matMul's transpose flags: the wasm backend runs a transposed
- * operand about 10x slower than an explicit transpose plus a plain matMul (512x128 by
- * 128x384: 35 ms against 3.5 ms), and tf.matMul's own gradient uses those flags.
- */
-export function matmul<T extends tf.Tensor>(a: T, b: tf.Tensor): T {
-  const product = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
-    const [x, y] = args as tf.Tensor[];
-    (args[2] as tf.GradSaveFunc)([x, y]);
-    return {
-      value: tf.matMul(x, y),
-      gradFunc: (dy: tf.Tensor, [sx, sy]: tf.Tensor[]) => [tf.matMul(dy, swapLast(sy)), tf.matMul(swapLast(sx), dy)],
-    };
-  });
-  return product(a, b) as T;
-}
-
-/** x W^T for a PyTorch-layout [out, in] weight. */
-export function linearT<T extends tf.Tensor>(x: T, w: tf.Tensor): T {
-  return matmul(x, swapLast(w));
-}
-
-/** Swaps the last two axes. */
-function swapLast(x: tf.Tensor): tf.Tensor {
-  const perm = x.shape.map((_, i) => i);
-  [perm[x.rank - 2], perm[x.rank - 1]] = [perm[x.rank - 1], perm[x.rank - 2]];
-  return x.transpose(perm);
 }
 
 /**
