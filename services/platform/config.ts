@@ -23,6 +23,7 @@ export interface Config {
   cacheDir: string;
   jobsDir: string;
   maxRunningJobs: number;
+  modelCacheMb: number;
   shutdownTimeoutMs: number;
   logLevel: "debug" | "info" | "warn" | "error";
 }
@@ -80,6 +81,7 @@ export const VARIABLES = [
   v({ name: "VACCINE_S3_REGION", key: "s3Region", default: "us-east-1", description: "Region of the s3 store.", parse: nonEmpty }),
   v({ name: "VACCINE_CACHE_DIR", key: "cacheDir", default: ".data/cache", description: "Local cache of checkpoints read from the s3 store.", parse: nonEmpty }),
   v({ name: "VACCINE_JOBS_DIR", key: "jobsDir", default: ".data/jobs", description: "Durable job records (a persistent volume in a cluster).", parse: nonEmpty }),
+  v({ name: "VACCINE_MODEL_CACHE_MB", key: "modelCacheMb", default: "2048", description: "Memory for checkpoints kept loaded by Embed and Score.", parse: integer(0, 1_048_576) }),
   v({ name: "VACCINE_MAX_RUNNING_JOBS", key: "maxRunningJobs", default: "1", description: "Training jobs run at once per process (one per accelerator).", parse: integer(1, 64) }),
   v({ name: "VACCINE_SHUTDOWN_TIMEOUT_MS", key: "shutdownTimeoutMs", default: "10000", description: "Longest wait for in-flight work on SIGTERM before closing anyway.", parse: integer(0, 3_600_000) }),
   v({ name: "VACCINE_LOG_LEVEL", key: "logLevel", default: "info", description: "debug, info, warn or error.", parse: choice(["debug", "info", "warn", "error"] as const) }),

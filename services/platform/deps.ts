@@ -4,6 +4,7 @@
  */
 import type { Meter, Tracer } from "@opentelemetry/api";
 import { JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
+import { CheckpointCache } from "../runtime/pipeline/checkpoint-cache.ts";
 import { createStore } from "../runtime/store/create-store.ts";
 import type { CheckpointStore } from "../runtime/store/store.ts";
 import type { Config } from "./config.ts";
@@ -14,6 +15,8 @@ import { trainingWork } from "./training-jobs.ts";
 
 export interface SuiteDeps {
   store: CheckpointStore;
+  /** Loaded checkpoints for Embed and Score. */
+  checkpoints: CheckpointCache;
   /** Present when align or finetune is served. */
   executor?: JobExecutor;
   tracer: Tracer;
@@ -22,7 +25,7 @@ export interface SuiteDeps {
 }
 
 export function createDeps(
-  config: Pick<Config, "store" | "storeRoot" | "s3Bucket" | "s3Prefix" | "s3Endpoint" | "s3Region" | "cacheDir" | "jobsDir" | "maxRunningJobs" | "services">,
+  config: Pick<Config, "store" | "storeRoot" | "s3Bucket" | "s3Prefix" | "s3Endpoint" | "s3Region" | "cacheDir" | "jobsDir" | "maxRunningJobs" | "modelCacheMb" | "services">,
   telemetry: { tracer: Tracer; meter: Meter },
   logger: Logger,
 ): SuiteDeps {
@@ -52,5 +55,6 @@ export function createDeps(
         },
       })
     : undefined;
-  return { store, executor, ...telemetry, logger };
+  const checkpoints = new CheckpointCache(store, config.modelCacheMb * 2 ** 20);
+  return { store, checkpoints, executor, ...telemetry, logger };
 }

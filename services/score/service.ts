@@ -1,4 +1,7 @@
-import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
+import { create } from "@bufbuild/protobuf";
+import { FinishReason, GenerateResponseSchema, ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
+import { withCheckpoint } from "../platform/checkpoint-calls.ts";
+import { answer } from "../runtime/pipeline/answers.ts";
 import { notImplemented } from "../platform/errors.ts";
 import type { SuiteDeps } from "../platform/deps.ts";
 import type { ServiceModule } from "../platform/server.ts";
@@ -7,6 +10,8 @@ import { checkCheckpointRef, checkDatasetRef } from "../platform/validate-traini
 
 /** Largest number of prompts or pairs in one Generate or Moderate call. */
 export const MAX_BATCH = 256;
+/** Answer length when unset: the harmful score's 128 tokens. */
+export const DEFAULT_NEW_TOKENS = 128;
 /** Largest max_new_tokens accepted. */
 export const MAX_NEW_TOKENS = 1024;
 
@@ -15,13 +20,13 @@ const newTokens = (v: RequestValidator, value: number | undefined) =>
   v.number("max_new_tokens", value, { min: 1, max: MAX_NEW_TOKENS, integer: true });
 
 /** ScoreService: generation, moderation, harmful score and task accuracy. */
-export function scoreService(_deps: SuiteDeps): ServiceModule {
+export function scoreService(deps: SuiteDeps): ServiceModule {
   const name = ScoreService.typeName;
   return {
     desc: ScoreService,
     register(router) {
       router.service(ScoreService, {
-        generate(req) {
+        async generate(req) {
           const v = new RequestValidator();
           checkCheckpointRef(v, "checkpoint", req.checkpoint);
           v.count("prompts", req.prompts, { min: 1, max: MAX_BATCH });
@@ -31,7 +36,22 @@ export function scoreService(_deps: SuiteDeps): ServiceModule {
             v.number("sampled.top_p", req.decoding.value.topP, { above: 0, max: 1 });
           }
           v.check();
-          throw notImplemented(`${name}/Generate`);
+          const sampled = req.decoding.case === "sampled" ? req.decoding.value : undefined;
+          const answers = await withCheckpoint(deps, "checkpoint", req.checkpoint, (loaded) =>
+            answer(loaded, req.prompts, {
+              maxNewTokens: req.maxNewTokens ?? DEFAULT_NEW_TOKENS,
+              temperature: sampled ? (sampled.temperature ?? 1) : 0,
+              topP: sampled?.topP ?? 1,
+              seed: sampled?.seed ?? 0,
+            }),
+          );
+          return create(GenerateResponseSchema, {
+            generations: answers.map((a) => ({
+              text: a.text,
+              tokenCount: a.tokenCount,
+              finishReason: a.finishReason === "eos" ? FinishReason.EOS : FinishReason.LENGTH,
+            })),
+          });
         },
         moderate(req) {
           const v = new RequestValidator();

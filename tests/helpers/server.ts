@@ -33,6 +33,7 @@ export async function testDeps(options: { tracerProvider?: TracerProvider; meter
       cacheDir: join(root, "cache"),
       jobsDir: join(root, "jobs"),
       maxRunningJobs: options.maxRunningJobs ?? 1,
+      modelCacheMb: 256,
       services: [...SERVICE_NAMES],
     },
     {

@@ -18,6 +18,7 @@ describe("configuration", () => {
       cacheDir: ".data/cache",
       jobsDir: ".data/jobs",
       maxRunningJobs: 1,
+      modelCacheMb: 2048,
       shutdownTimeoutMs: 10000,
       logLevel: "info",
     });

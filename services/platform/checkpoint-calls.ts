@@ -1,0 +1,31 @@
+/**
+ * What Embed and Score calls share: a checkpoint held loaded for the call, and the
+ * mapping of the runtime's errors in those calls to RPC errors.
+ */
+import { Code } from "@connectrpc/connect";
+import { DriftPreconditionError } from "../runtime/pipeline/drift.ts";
+import { EmbedRequestError } from "../runtime/pipeline/hidden-states.ts";
+import type { LoadedCheckpoint } from "../runtime/pipeline/load.ts";
+import type { SuiteDeps } from "./deps.ts";
+import { rpcError } from "./errors.ts";
+import { toRpcError } from "./runtime-errors.ts";
+import { checkpointRefOf } from "./training-spec.ts";
+
+/** Runtime errors of a call as RPC errors; `field` names the checkpoint or dataset at fault. */
+export function mapCallError(err: unknown, field: string): never {
+  if (err instanceof EmbedRequestError) {
+    throw rpcError(Code.InvalidArgument, "FIELD_INVALID", `${err.field}: ${err.message}`, { fields: err.field });
+  }
+  if (err instanceof DriftPreconditionError) throw rpcError(Code.FailedPrecondition, "CHECKPOINTS_INCOMPARABLE", err.message);
+  throw toRpcError(err, { checkpointField: field, datasetField: field });
+}
+
+/** Runs fn on a loaded checkpoint; a missing one is NOT_FOUND naming `field`. */
+export function withCheckpoint<R>(
+  deps: SuiteDeps,
+  field: string,
+  ref: { uri: string; digest: string } | undefined,
+  fn: (loaded: LoadedCheckpoint) => R | Promise<R>,
+): Promise<R> {
+  return deps.checkpoints.use(checkpointRefOf(ref), fn).catch((err) => mapCallError(err, field));
+}

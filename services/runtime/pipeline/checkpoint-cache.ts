@@ -1,0 +1,31 @@
+/**
+ * Loaded checkpoints kept for Embed and Score calls, by digest, within a memory budget
+ * (least recently used first out). A call holds its checkpoint for its whole duration,
+ * so eviction never disposes a model in use.
+ */
+import { ModelCache } from "../model-cache.ts";
+import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
+import { lineageOf, loadCheckpoint, type LoadedCheckpoint } from "./load.ts";
+
+export class CheckpointCache {
+  private readonly cache: ModelCache<LoadedCheckpoint>;
+
+  constructor(private readonly store: CheckpointStore, budgetBytes: number) {
+    this.cache = new ModelCache({ budgetBytes, dispose: (loaded) => loaded.dispose() });
+  }
+
+  /** Runs fn with the checkpoint loaded (adapters applied over their merged parents). */
+  async use<R>(ref: CheckpointRef, fn: (loaded: LoadedCheckpoint) => R | Promise<R>): Promise<R> {
+    const bytes = await this.footprint(ref);
+    return this.cache.use(ref.digest, bytes, () => loadCheckpoint(this.store, ref), fn);
+  }
+
+  /** Float32 weights take what their files take: the size of every file along the lineage. */
+  private async footprint(ref: CheckpointRef): Promise<number> {
+    let bytes = 0;
+    for (const r of await lineageOf(this.store, ref)) {
+      for (const file of Object.values((await this.store.readManifest(r)).files)) bytes += file.size;
+    }
+    return bytes;
+  }
+}
