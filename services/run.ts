@@ -3,6 +3,7 @@ import { createLogger } from "./platform/log.ts";
 import { startServer } from "./platform/server.ts";
 import { createDeps } from "./platform/deps.ts";
 import { selectBackend } from "./runtime/backend.ts";
+import { seedBuiltins } from "./runtime/pipeline/builtins.ts";
 import { SCOPE, setupTelemetry } from "./platform/telemetry.ts";
 import { SERVICES } from "./suite.ts";
 
@@ -34,6 +35,8 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
     { tracer: telemetry.tracerProvider.getTracer(SCOPE), meter: telemetry.meterProvider.getMeter(SCOPE) },
     logger,
   );
+  deps.builtins = await seedBuiltins(deps.store);
+  for (const [name, ref] of Object.entries(deps.builtins)) logger.info("builtin checkpoint", { name, uri: ref.uri, digest: ref.digest });
   const server = await startServer({
     services: names.map((n) => SERVICES[n](deps)),
     host: config.host,

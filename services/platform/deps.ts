@@ -4,6 +4,7 @@
  */
 import type { Meter, Tracer } from "@opentelemetry/api";
 import { JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
+import type { BuiltinRefs } from "../runtime/pipeline/builtins.ts";
 import { CheckpointCache } from "../runtime/pipeline/checkpoint-cache.ts";
 import { createStore } from "../runtime/store/create-store.ts";
 import type { CheckpointStore } from "../runtime/store/store.ts";
@@ -17,6 +18,8 @@ export interface SuiteDeps {
   store: CheckpointStore;
   /** Loaded checkpoints for Embed and Score. */
   checkpoints: CheckpointCache;
+  /** Refs of the shipped checkpoints once seeded into the store (see seedBuiltins). */
+  builtins: BuiltinRefs;
   /** Present when align or finetune is served. */
   executor?: JobExecutor;
   tracer: Tracer;
@@ -56,5 +59,5 @@ export function createDeps(
       })
     : undefined;
   const checkpoints = new CheckpointCache(store, config.modelCacheMb * 2 ** 20);
-  return { store, checkpoints, executor, ...telemetry, logger };
+  return { store, checkpoints, builtins: {}, executor, ...telemetry, logger };
 }

@@ -1,8 +1,16 @@
 import { create } from "@bufbuild/protobuf";
-import { FinishReason, GenerateResponseSchema, ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
-import { withCheckpoint } from "../platform/checkpoint-calls.ts";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { DatasetRef } from "../../gen/vaccine/v1/common_pb.ts";
+import { FinishReason, GenerateResponseSchema, ModerateResponseSchema, ScoreService, TaskKind } from "../../gen/vaccine/v1/score_pb.ts";
+import { mapCallError, withCheckpoint } from "../platform/checkpoint-calls.ts";
+import { rpcError } from "../platform/errors.ts";
+import { toRpcError } from "../platform/runtime-errors.ts";
+import { checkpointRefOf, datasetSource } from "../platform/training-spec.ts";
+import { parseTaskAnswer, type Task } from "../runtime/eval/task-parsers.ts";
+import { DEFAULT_THRESHOLD, type ModerationResult } from "../runtime/moderation/classifier.ts";
 import { answer } from "../runtime/pipeline/answers.ts";
-import { notImplemented } from "../platform/errors.ts";
+import { resolveExamples, type DatasetSource } from "../runtime/pipeline/datasets.ts";
+import { inferTask, scoreHarmfulness, scoreTask } from "../runtime/pipeline/scoring.ts";
 import type { SuiteDeps } from "../platform/deps.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator } from "../platform/validate.ts";
@@ -19,9 +27,57 @@ const threshold = (v: RequestValidator, value: number | undefined) => v.number("
 const newTokens = (v: RequestValidator, value: number | undefined) =>
   v.number("max_new_tokens", value, { min: 1, max: MAX_NEW_TOKENS, integer: true });
 
+/** Answer length of task accuracy when unset (the reference's 200). */
+export const DEFAULT_TASK_TOKENS = 200;
+/** Harmful prompts when unset: the built-in held-out evaluation prompts (500, as the paper). */
+export const DEFAULT_HARM_PROMPTS = { builtin: { name: "harmful-eval", split: "test" as const } };
+
+const TASKS: Record<TaskKind, Task | undefined> = {
+  [TaskKind.UNSPECIFIED]: undefined,
+  [TaskKind.SST2]: "sst2",
+  [TaskKind.AGNEWS]: "agnews",
+  [TaskKind.GSM8K]: "gsm8k",
+};
+
+function moderationResult(r: ModerationResult) {
+  return { probabilities: r.probabilities, flagged: r.flagged, topCategory: r.topCategory };
+}
+
+/** Re-raises a scoring stream's runtime errors as RPC errors. */
+async function* mapErrors<T>(run: AsyncGenerator<T>, field: string): AsyncGenerator<T> {
+  try {
+    yield* run;
+  } catch (err) {
+    if (err instanceof ConnectError || (err as Error)?.name === "AbortError") throw err;
+    mapCallError(err, field);
+  }
+}
+
 /** ScoreService: generation, moderation, harmful score and task accuracy. */
 export function scoreService(deps: SuiteDeps): ServiceModule {
-  const name = ScoreService.typeName;
+  const moderationRef = (ref: { uri: string; digest: string } | undefined) => {
+    if (ref) return checkpointRefOf(ref);
+    if (!deps.builtins.moderation) {
+      throw rpcError(Code.FailedPrecondition, "MODERATION_MODEL_MISSING", "moderation_model: unset, and this server has no built-in moderation model");
+    }
+    return deps.builtins.moderation;
+  };
+  /** The dataset's examples (limit applied); errors name `field`. */
+  const examplesOf = async (ref: DatasetRef | undefined, fallback: DatasetSource | undefined, field: string, limit?: number) => {
+    try {
+      const source = ref?.source.case ? datasetSource(ref) : fallback;
+      if (!source) throw rpcError(Code.InvalidArgument, "FIELD_INVALID", `${field}: is required`, { fields: field });
+      return (await resolveExamples(deps.store, source)).slice(0, limit);
+    } catch (err) {
+      throw toRpcError(err, { datasetField: field });
+    }
+  };
+  /** A checkpoint ref that exists (NOT_FOUND before any work starts). */
+  const checkedRef = async (field: string, ref: { uri: string; digest: string } | undefined) => {
+    const r = checkpointRefOf(ref);
+    await deps.store.readManifest(r).catch((err) => mapCallError(err, field));
+    return r;
+  };
   return {
     desc: ScoreService,
     register(router) {
@@ -53,15 +109,19 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
             })),
           });
         },
-        moderate(req) {
+        async moderate(req) {
           const v = new RequestValidator();
           checkCheckpointRef(v, "moderation_model", req.moderationModel, false);
           v.count("pairs", req.pairs, { min: 1, max: MAX_BATCH });
           threshold(v, req.threshold);
           v.check();
-          throw notImplemented(`${name}/Moderate`);
+          const ref = moderationRef(req.moderationModel);
+          const results = await deps.checkpoints
+            .useModeration(ref, (c) => c.classify(req.pairs, req.threshold ?? DEFAULT_THRESHOLD))
+            .catch((err) => mapCallError(err, "moderation_model"));
+          return create(ModerateResponseSchema, { results: results.map(moderationResult) });
         },
-        scoreHarmfulness(req) {
+        async *scoreHarmfulness(req, ctx) {
           const v = new RequestValidator();
           checkCheckpointRef(v, "checkpoint", req.checkpoint);
           checkDatasetRef(v, "prompts", req.prompts, false);
@@ -71,9 +131,27 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
           threshold(v, req.threshold);
           v.number("sample_count", req.sampleCount, { min: 0, integer: true });
           v.check();
-          throw notImplemented(`${name}/ScoreHarmfulness`);
+          const prompts = await examplesOf(req.prompts, DEFAULT_HARM_PROMPTS, "prompts", req.limit);
+          const model = await checkedRef("checkpoint", req.checkpoint);
+          const moderation = moderationRef(req.moderationModel);
+          const run = scoreHarmfulness(deps.checkpoints, model, moderation, prompts, {
+            maxNewTokens: req.maxNewTokens ?? DEFAULT_NEW_TOKENS,
+            threshold: req.threshold ?? DEFAULT_THRESHOLD,
+            sampleCount: req.sampleCount ?? 10,
+            signal: ctx.signal,
+          });
+          for await (const out of mapErrors(run, "moderation_model")) {
+            if ("progress" in out) yield { result: { case: "progress", value: out.progress } };
+            else
+              yield {
+                result: {
+                  case: "report",
+                  value: { ...out.report, samples: out.report.samples.map((s) => ({ ...s, moderation: moderationResult(s.moderation) })) },
+                },
+              };
+          }
         },
-        scoreTask(req) {
+        async *scoreTask(req, ctx) {
           const v = new RequestValidator();
           checkCheckpointRef(v, "checkpoint", req.checkpoint);
           checkDatasetRef(v, "dataset", req.dataset);
@@ -81,7 +159,29 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
           newTokens(v, req.maxNewTokens);
           v.number("sample_count", req.sampleCount, { min: 0, integer: true });
           v.check();
-          throw notImplemented(`${name}/ScoreTask`);
+          const examples = await examplesOf(req.dataset, undefined, "dataset", req.limit);
+          const task = TASKS[req.task] ?? inferTask(examples[0]);
+          if (!task) {
+            throw rpcError(Code.InvalidArgument, "TASK_UNKNOWN", "task: cannot infer the task from the dataset; set task to SST2, AGNEWS or GSM8K", { fields: "task" });
+          }
+          examples.forEach((e, i) => {
+            try {
+              // A gold answer the task's parser cannot read would fail mid-stream; refuse it now.
+              parseTaskAnswer(task, "", e.gold ?? e.output);
+            } catch (err) {
+              throw rpcError(Code.InvalidArgument, "DATASET_INVALID", `dataset: example ${i + 1}: ${(err as Error).message}`, { fields: "dataset" });
+            }
+          });
+          const model = await checkedRef("checkpoint", req.checkpoint);
+          const run = scoreTask(deps.checkpoints, model, examples, task, {
+            maxNewTokens: req.maxNewTokens ?? DEFAULT_TASK_TOKENS,
+            sampleCount: req.sampleCount ?? 5,
+            signal: ctx.signal,
+          });
+          for await (const out of mapErrors(run, "checkpoint")) {
+            if ("progress" in out) yield { result: { case: "progress", value: out.progress } };
+            else yield { result: { case: "report", value: { ...out.report, rightSamples: out.report.right, wrongSamples: out.report.wrong } } };
+          }
         },
       });
     },

@@ -7,6 +7,7 @@ import { SERVICE_NAMES } from "../../services/platform/config.ts";
 import { startServer, type RunningServer } from "../../services/platform/server.ts";
 import { SCOPE } from "../../services/platform/telemetry.ts";
 import { SERVICES } from "../../services/suite.ts";
+import { putTinyModeration } from "./tiny-moderation.ts";
 import { putModel } from "./tiny-store.ts";
 import { tinyTokenizer, tinyWorldModel } from "./tiny-world.ts";
 
@@ -45,6 +46,7 @@ export async function testDeps(options: { tracerProvider?: TracerProvider; meter
   const model = tinyWorldModel(tinyTokenizer());
   const base = await putModel(deps.store, model);
   model.dispose();
+  deps.builtins = { base, moderation: await putTinyModeration(deps.store) };
   return { deps, base, root };
 }
 

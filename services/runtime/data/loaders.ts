@@ -115,7 +115,14 @@ function labelKey(v: unknown): string {
 function convert(row: Row, format: RowFormat): Example {
   switch (format) {
     case "alpaca":
-      return { instruction: str(row, "instruction"), input: str(row, "input", true), output: str(row, "output") };
+      // Optional labels (category, gold) travel along: harmful-prompt and task files carry them.
+      return {
+        instruction: str(row, "instruction"),
+        input: str(row, "input", true),
+        output: str(row, "output"),
+        ...(typeof row.category === "string" ? { category: row.category } : {}),
+        ...(typeof row.gold === "string" ? { gold: row.gold } : {}),
+      };
     case "beavertails": {
       const prompt = str(row, "prompt");
       const response = str(row, "response");

@@ -16,7 +16,7 @@ import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
 import { loadTokenizer, type Tokenizer } from "../tokenizer.ts";
 
 /** Manifest kinds this runtime writes and reads. */
-export const KIND = { model: "model", adapter: "adapter", trainingState: "training-state" } as const;
+export const KIND = { model: "model", adapter: "adapter", trainingState: "training-state", moderation: "moderation" } as const;
 
 export interface LoadedCheckpoint {
   ref: CheckpointRef;
