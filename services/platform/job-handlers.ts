@@ -22,7 +22,7 @@ export function jobHandlers(deps: SuiteDeps, kind: JobKind.ALIGN | JobKind.FINE_
   };
   return {
     async create(spec: AlignSpec | FineTuneSpec) {
-      await checkJobInputs(deps.store, stage, spec);
+      await checkJobInputs(deps, stage, spec);
       const job =
         kind === JobKind.ALIGN
           ? executor.create(kind, { case: "align", value: spec as AlignSpec })

@@ -7,11 +7,14 @@
 import type { Meter } from "@opentelemetry/api";
 import { Code } from "@connectrpc/connect";
 import { CheckpointKind } from "../../gen/vaccine/v1/jobs_pb.ts";
-import type { AlignSpec, FineTuneSpec } from "../../gen/vaccine/v1/training_pb.ts";
+import type { AlignSpec, FineTuneSpec, ModerationGate } from "../../gen/vaccine/v1/training_pb.ts";
+import type { Example } from "../runtime/data/template.ts";
+import { DEFAULT_THRESHOLD, pairOfExample } from "../runtime/moderation/classifier.ts";
 import { resolveExamples } from "../runtime/pipeline/datasets.ts";
 import { KIND, lineageOf } from "../runtime/pipeline/load.ts";
 import { trainAdapter } from "../runtime/pipeline/train-adapter.ts";
 import type { CheckpointStore } from "../runtime/store/store.ts";
+import type { SuiteDeps } from "./deps.ts";
 import { rpcError } from "./errors.ts";
 import type { JobWork } from "./jobs/executor.ts";
 import { toRpcError } from "./runtime-errors.ts";
@@ -24,8 +27,9 @@ function parentOf(stage: Stage, spec: AlignSpec | FineTuneSpec) {
   return checkpointRefOf(stage === "align" ? (spec as AlignSpec).baseCheckpoint : (spec as FineTuneSpec).alignedCheckpoint);
 }
 
-/** Everything a Create call can check before queueing: the parent exists and fits, the data parses. */
-export async function checkJobInputs(store: CheckpointStore, stage: Stage, spec: AlignSpec | FineTuneSpec): Promise<void> {
+/** Everything a Create call can check before queueing: the parent exists and fits, the data parses (and passes the moderation gate). */
+export async function checkJobInputs(deps: Pick<SuiteDeps, "store" | "checkpoints" | "builtins">, stage: Stage, spec: AlignSpec | FineTuneSpec): Promise<void> {
+  const { store } = deps;
   const field = PARENT_FIELD[stage];
   let kind: string;
   try {
@@ -37,10 +41,41 @@ export async function checkJobInputs(store: CheckpointStore, stage: Stage, spec:
   if (!(allowed as string[]).includes(kind)) {
     throw rpcError(Code.FailedPrecondition, "CHECKPOINT_KIND_INVALID", `${field} is a ${kind} checkpoint; ${stage} needs ${allowed.join(" or ")}`, { field });
   }
+  let examples;
   try {
-    await resolveExamples(store, datasetSource(spec.dataset));
+    examples = await resolveExamples(store, datasetSource(spec.dataset));
   } catch (err) {
     throw toRpcError(err, { datasetField: "spec.dataset" });
+  }
+  const gate = stage === "finetune" ? (spec as FineTuneSpec).moderationGate : undefined;
+  if (gate?.enabled) await screenDataset(deps, gate, examples);
+}
+
+/**
+ * The moderation gate: the user's (prompt, answer) pairs through the moderation model; a
+ * flagged fraction above the bound refuses the dataset before any training.
+ */
+async function screenDataset(deps: Pick<SuiteDeps, "checkpoints" | "builtins">, gate: ModerationGate, examples: Example[]): Promise<void> {
+  const ref = gate.moderationModel ? checkpointRefOf(gate.moderationModel) : deps.builtins.moderation;
+  if (!ref) {
+    throw rpcError(Code.FailedPrecondition, "MODERATION_MODEL_MISSING", "spec.moderation_gate.moderation_model: unset, and this server has no built-in moderation model");
+  }
+  const verdicts = await deps.checkpoints
+    .useModeration(ref, (c) => c.classify(examples.map(pairOfExample), gate.threshold ?? DEFAULT_THRESHOLD))
+    .catch((err) => {
+      throw toRpcError(err, { checkpointField: "spec.moderation_gate.moderation_model" });
+    });
+  const flagged = verdicts.filter((v) => v.flagged);
+  const fraction = flagged.length / verdicts.length;
+  const bound = gate.maxFlaggedFraction ?? 0;
+  if (fraction > bound) {
+    const categories = [...new Set(flagged.map((v) => v.topCategory))].sort();
+    throw rpcError(
+      Code.FailedPrecondition,
+      "TRAINING_DATA_UNSAFE",
+      `spec.dataset: ${flagged.length} of ${verdicts.length} examples (${(100 * fraction).toFixed(1)}%) are flagged as harmful (${categories.join(", ")}); the gate allows ${(100 * bound).toFixed(1)}%`,
+      { flagged_fraction: fraction.toFixed(4), flagged: String(flagged.length), total: String(verdicts.length), categories: categories.join(",") },
+    );
   }
 }
 

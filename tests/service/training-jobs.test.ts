@@ -137,6 +137,24 @@ describe("Create validation against the store", () => {
     expect(unknown.badRequest?.fieldViolations[0].field).toBe("spec.dataset.builtin.name");
   });
 
+  it("screens a fine-tuning dataset with the moderation gate and refuses it above the bound", async () => {
+    const spec = (threshold: number) => ({
+      alignedCheckpoint: suite.base,
+      dataset: { source: { case: "uri" as const, value: DATA } },
+      training: { maxSteps: 1, batchSize: 3, maxSequenceLength: 64 },
+      moderationGate: { enabled: true, threshold, maxFlaggedFraction: 0.5 },
+    });
+    // Threshold 0 flags every example: 100% > 50%.
+    const e = await rpcFailure(() => fineTune.createFineTuneJob({ spec: spec(0) }));
+    expect(e.code).toBe(Code.FailedPrecondition);
+    expect(e.info?.reason).toBe("TRAINING_DATA_UNSAFE");
+    expect(e.info?.metadata).toMatchObject({ flagged_fraction: "1.0000", flagged: String(EXAMPLES.length), total: String(EXAMPLES.length) });
+    // Threshold 1 flags nothing: the job is created.
+    const { job } = await fineTune.createFineTuneJob({ spec: spec(1) });
+    expect(job!.state).toBe(JobState.QUEUED);
+    await watchAll(fineTune.watchFineTuneJob({ jobId: job!.id }));
+  });
+
   it("refuses a training-state checkpoint as a fine-tuning parent with FAILED_PRECONDITION", async () => {
     const { job } = await align.createAlignJob({ spec: { ...base(), lora, training: { ...training, maxSteps: 3, checkpointEvery: 1 } } });
     const events = await watchAll(align.watchAlignJob({ jobId: job!.id }));
