@@ -11,7 +11,7 @@ import {
   type TracerProvider,
 } from "@opentelemetry/api";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
 import { ATTR_ERROR_TYPE, ATTR_SERVER_ADDRESS, ATTR_SERVER_PORT } from "@opentelemetry/semantic-conventions";
 import { ATTR_RPC_METHOD, ATTR_RPC_SYSTEM_NAME } from "@opentelemetry/semantic-conventions/incubating";
 import { SCOPE } from "./telemetry.ts";
@@ -65,6 +65,21 @@ async function* traced<T>(stream: AsyncIterable<T>, span: Span, ctx: Context): A
   }
 }
 
+/** Runs the call; the span ends with a unary response, or when a response stream ends. */
+async function withSpan<R extends UnaryResponse | StreamResponse>(span: Span, ctx: Context, call: () => Promise<R>): Promise<R> {
+  try {
+    const res = await call();
+    if (!res.stream) {
+      endSpan(span);
+      return res;
+    }
+    return { ...res, message: traced(res.message, span, ctx) };
+  } catch (err) {
+    endSpan(span, err);
+    throw err;
+  }
+}
+
 /**
  * One SERVER span per RPC, a child of the caller's W3C traceparent; the handler runs in its
  * context, so work it starts (a training job) can link to it.
@@ -83,17 +98,7 @@ export function serverTracing(provider: TracerProvider = trace.getTracerProvider
       parent,
     );
     const ctx = trace.setSpan(parent, span);
-    try {
-      const res = await context.with(ctx, () => next(req));
-      if (!res.stream) {
-        endSpan(span);
-        return res;
-      }
-      return { ...res, message: traced(res.message, span, ctx) };
-    } catch (err) {
-      endSpan(span, err);
-      throw err;
-    }
+    return withSpan(span, ctx, () => context.with(ctx, () => next(req)));
   };
 }
 
@@ -116,16 +121,6 @@ export function clientTracing(provider: TracerProvider = trace.getTracerProvider
     w3c.inject(ctx, req.header, setter);
     // Keeps any other propagated fields (baggage) a global propagator carries.
     propagation.inject(ctx, req.header, setter);
-    try {
-      const res = await next(req);
-      if (!res.stream) {
-        endSpan(span);
-        return res;
-      }
-      return { ...res, message: traced(res.message, span, ctx) };
-    } catch (err) {
-      endSpan(span, err);
-      throw err;
-    }
+    return withSpan(span, ctx, () => next(req));
   };
 }
