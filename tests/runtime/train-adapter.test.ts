@@ -61,6 +61,11 @@ describe("trainAdapter", () => {
     });
     expect(stopped).toBeUndefined();
     expect((await t.store.readManifest(state!)).meta.step).toBe(3);
+    // A training state loads as the adapter so far, over its parent.
+    const partial = await loadCheckpoint(t.store, state!);
+    expect(partial.lineage).toEqual([t.base, state]);
+    expect(partial.adapter).toBeDefined();
+    partial.dispose();
     const resumed = await trainAdapter(t.store, spec(t.base), { resumeFrom: state });
     // Content-addressed: the same adapter bytes and lineage give the same ref.
     expect(resumed).toEqual(straight);

@@ -63,7 +63,9 @@ export async function loadCheckpoint(store: CheckpointStore, ref: CheckpointRef,
     const tokenizer = loadTokenizer(dir);
     return { ref, manifest, model, tokenizer, lineage: [ref], dispose: () => model.dispose() };
   }
-  if (manifest.kind !== KIND.adapter) {
+  // A training state holds the adapter so far in the same PEFT layout: loadable as one
+  // (drift and scores along a run read it).
+  if (manifest.kind !== KIND.adapter && manifest.kind !== KIND.trainingState) {
     throw new CheckpointFormatError(`checkpoint ${ref.uri} is a ${manifest.kind}, not a model or an adapter`);
   }
   const parent = await loadCheckpoint(store, parentOf(manifest), { merged: true });
