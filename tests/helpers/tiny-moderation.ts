@@ -14,8 +14,10 @@ import { tinyConfig } from "./tiny-model.ts";
 
 export const TINY_LABELS = ["violence", "theft"];
 
-export async function putTinyModeration(store: CheckpointStore): Promise<CheckpointRef> {
-  const tokenizerJson = buildWordTokenizer(EXAMPLES.flatMap((e) => [formatPrompt(e), e.output]));
+export async function putTinyModeration(
+  store: CheckpointStore,
+  tokenizerJson: Record<string, unknown> = buildWordTokenizer(EXAMPLES.flatMap((e) => [formatPrompt(e), e.output])),
+): Promise<CheckpointRef> {
   const tokenizer = loadTokenizer(tokenizerJson, wordTokenizerConfig());
   const llama = { ...tinyConfig({ vocab_size: tokenizer.vocabSize, max_position_embeddings: 256 }), tieWordEmbeddings: true };
   const score = tf.variable(tf.randomNormal([TINY_LABELS.length, llama.hiddenSize], 0, 0.5, "float32", 1), false);

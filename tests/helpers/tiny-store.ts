@@ -19,13 +19,17 @@ export interface TinyStore {
   cleanup(): void;
 }
 
-/** Writes a model as a Hugging Face folder with the tiny-world tokenizer and puts it in the store. */
-export async function putModel(store: CheckpointStore, model: LlamaModel): Promise<CheckpointRef> {
+/** Writes a model as a Hugging Face folder with a tokenizer (default: the tiny-world one) and puts it in the store. */
+export async function putModel(
+  store: CheckpointStore,
+  model: LlamaModel,
+  tokenizerJson: Record<string, unknown> = buildWordTokenizer(EXAMPLES.flatMap((e) => [formatPrompt(e), e.output])),
+): Promise<CheckpointRef> {
   const dir = mkdtempSync(join(tmpdir(), "vaccine-model-"));
   try {
     const out = join(dir, "model");
     await writeHfFolder(out, { config: toHfConfigJson(model.config), tensors: model.exportWeights() });
-    writeFileSync(join(out, "tokenizer.json"), JSON.stringify(buildWordTokenizer(EXAMPLES.flatMap((e) => [formatPrompt(e), e.output]))));
+    writeFileSync(join(out, "tokenizer.json"), JSON.stringify(tokenizerJson));
     writeFileSync(join(out, "tokenizer_config.json"), JSON.stringify(wordTokenizerConfig()));
     return await store.put(out, { kind: KIND.model, meta: { name: "tiny-world" } });
   } finally {

@@ -1,0 +1,86 @@
+/**
+ * `vaccine experiment`: the comparison of runner.ts against a running suite (an address),
+ * or against the four services started in this process when no address is given, then
+ * the report of report.ts. Reruns resume from out/results.json.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
+import { join } from "node:path";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { trace, metrics } from "@opentelemetry/api";
+import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
+import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
+import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
+import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
+import { loadConfig, SERVICE_NAMES } from "../platform/config.ts";
+import { createDeps } from "../platform/deps.ts";
+import { silentLogger } from "../platform/log.ts";
+import { startServer } from "../platform/server.ts";
+import { SCOPE } from "../platform/telemetry.ts";
+import { selectBackend } from "../runtime/backend.ts";
+import { BUILTIN_CHECKPOINTS, seedBuiltins } from "../runtime/pipeline/builtins.ts";
+import { LocalCheckpointStore } from "../runtime/store/local-store.ts";
+import { SERVICES } from "../suite.ts";
+import { PRESETS, type Preset } from "./presets.ts";
+import { writeReport } from "./report.ts";
+import { runExperiment, type Clients, type Ref, type RunnerHooks } from "./runner.ts";
+
+export interface ExperimentOptions {
+  preset: Preset["name"] | Preset;
+  out: string;
+  /** A running suite; unset starts the services in this process. */
+  address?: string;
+  /** The base checkpoint; unset uses the shipped base model. */
+  base?: Ref;
+  hooks?: RunnerHooks;
+}
+
+/** The ref the shipped base model has in any store: content-addressed, so computable here. */
+export async function builtinBaseRef(): Promise<Ref> {
+  const root = mkdtempSync(join(os.tmpdir(), "vaccine-ref-"));
+  try {
+    const ref = (await seedBuiltins(new LocalCheckpointStore(root))).base;
+    if (!ref) throw new Error(`no shipped base model at ${BUILTIN_CHECKPOINTS.base.dir}`);
+    return ref;
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
+function clientsAt(address: string): Clients {
+  const transport = createGrpcTransport({ baseUrl: address });
+  return {
+    align: createClient(AlignService, transport),
+    fineTune: createClient(FineTuneService, transport),
+    embed: createClient(EmbedService, transport),
+    score: createClient(ScoreService, transport),
+  };
+}
+
+export async function experiment(options: ExperimentOptions): Promise<{ report: string; seconds: number }> {
+  const preset = typeof options.preset === "string" ? PRESETS[options.preset] : options.preset;
+  const started = Date.now();
+  let stop = async () => {};
+  let address = options.address;
+  if (!address) {
+    const config = loadConfig();
+    await selectBackend(config.backend, () => {});
+    const deps = createDeps({ ...config, services: [...SERVICE_NAMES] }, { tracer: trace.getTracer(SCOPE), meter: metrics.getMeter(SCOPE) }, silentLogger);
+    deps.builtins = await seedBuiltins(deps.store);
+    const server = await startServer({ services: SERVICE_NAMES.map((n) => SERVICES[n](deps)), port: 0 });
+    server.onShutdown(() => deps.executor!.shutdown());
+    address = server.url;
+    stop = () => server.shutdown();
+  }
+  try {
+    const base = options.base ?? (await builtinBaseRef());
+    const results = await runExperiment(preset, clientsAt(address), base, options.out, options.hooks);
+    const seconds = (Date.now() - started) / 1000;
+    const cpu = os.cpus()[0]?.model ?? "unknown CPU";
+    const report = writeReport(results, options.out, { seconds, machine: `${os.cpus().length} x ${cpu}, Node ${process.version}` });
+    return { report, seconds };
+  } finally {
+    await stop();
+  }
+}

@@ -1,0 +1,84 @@
+// The experiment end to end through the real services, on a reduced grid (preset "tiny")
+// and a tiny model over the built-in world's vocabulary: report structure, every number
+// measured, and a rerun that resumes instead of recomputing.
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
+import { worldVocabularyTexts } from "../../services/runtime/data/world/index.ts";
+import { experiment } from "../../services/experiment/experiment.ts";
+import { PRESETS } from "../../services/experiment/presets.ts";
+import type { FineTuneResult, Results } from "../../services/experiment/runner.ts";
+import { selectBackend } from "../../services/runtime/backend.ts";
+import { LlamaModel } from "../../services/runtime/model/llama.ts";
+import { buildWordTokenizer, loadTokenizer, wordTokenizerConfig } from "../../services/runtime/tokenizer.ts";
+import { startSuite, type TestSuite } from "../helpers/server.ts";
+import { tinyConfig } from "../helpers/tiny-model.ts";
+import { putTinyModeration } from "../helpers/tiny-moderation.ts";
+import { putModel } from "../helpers/tiny-store.ts";
+
+let suite: TestSuite;
+let base: { uri: string; digest: string };
+const out = mkdtempSync(join(tmpdir(), "vaccine-experiment-"));
+
+beforeAll(async () => {
+  await selectBackend("wasm", () => {});
+  suite = await startSuite();
+  // A tiny model and moderation classifier that speak the built-in world's vocabulary.
+  const tokenizerJson = buildWordTokenizer(worldVocabularyTexts(0));
+  const tokenizer = loadTokenizer(tokenizerJson, wordTokenizerConfig());
+  const model = LlamaModel.init(tinyConfig({ vocab_size: tokenizer.vocabSize, max_position_embeddings: 256 }), 0, { initStd: 0.2 });
+  base = await putModel(suite.deps.store, model, tokenizerJson);
+  model.dispose();
+  suite.deps.builtins.moderation = await putTinyModeration(suite.deps.store, tokenizerJson);
+});
+afterAll(async () => {
+  await suite.close();
+  rmSync(out, { recursive: true, force: true });
+});
+
+describe("vaccine experiment (tiny grid)", () => {
+  it("runs every cell through the services, writes the report and charts, and resumes on a rerun", async () => {
+    const preset = PRESETS.tiny;
+    const first = await experiment({ preset, out, address: suite.server.url, base });
+    const results = JSON.parse(readFileSync(join(out, "results.json"), "utf8")) as Results;
+    // norm + 3 alignments (sft, vaccine rho 2, vaccine rho 1) + 3 methods x 2 ratios + 1 sweep run.
+    expect(Object.keys(results.cells).sort()).toEqual(
+      [
+        "norm/seed0",
+        "align/sft/seed0",
+        "align/vaccine-rho2/seed0",
+        "align/vaccine-rho1/seed0",
+        ...[0, 0.2].flatMap((p) => [`finetune/none/p${p}/seed0`, `finetune/sft/p${p}/seed0`, `finetune/vaccine-rho2/p${p}/seed0`]),
+        "finetune/vaccine-rho1/p0.1/seed0",
+      ].sort(),
+    );
+    for (const [id, cell] of Object.entries(results.cells)) {
+      if (cell.kind !== "finetune") continue;
+      const ft = cell as FineTuneResult;
+      expect([id, Number.isFinite(ft.harmfulScore), Number.isFinite(ft.accuracy)]).toEqual([id, true, true]);
+      expect(ft.drift.map((d) => d.step)).toEqual([2, 4]);
+      expect(ft.drift.every((d) => Number.isFinite(d.l2) && d.l2 > 0)).toBe(true);
+    }
+    // The report: Table 1 with every cell of the grid measured, the readings, the charts.
+    expect(first.report).toContain("## Table 1: harmful score / fine-tune accuracy (%)");
+    const table = first.report.split("## Table 1")[1].split("The paper")[0];
+    expect(table).not.toContain("n/a");
+    expect(table).toMatch(/\| Vaccine \(rho 2\) \| [\d.]+ \/ [\d.]+ \| [\d.]+ \/ [\d.]+ \|/);
+    expect(first.report).toMatch(/A Vaccine step cost [\d.]+x an SFT step/);
+    for (const chart of ["hs-vs-p.svg", "drift-vs-steps.svg", "rho-sweep.svg"]) {
+      expect(existsSync(join(out, chart))).toBe(true);
+      expect(readFileSync(join(out, chart), "utf8")).toMatch(/^<svg[\s\S]*<polyline[\s\S]*<\/svg>\n$/);
+    }
+
+    // A rerun reuses every cell: no new alignment job is created.
+    const align = createClient(AlignService, createGrpcTransport({ baseUrl: suite.server.url }));
+    const before = (await align.listAlignJobs({ pageSize: 100 })).jobs.length;
+    await experiment({ preset, out, address: suite.server.url, base });
+    expect((await align.listAlignJobs({ pageSize: 100 })).jobs.length).toBe(before);
+    expect(JSON.parse(readFileSync(join(out, "results.json"), "utf8")).cells).toEqual(results.cells);
+  });
+});
