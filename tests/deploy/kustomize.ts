@@ -1,0 +1,155 @@
+/**
+ * A small `kustomize build` for the tests (kustomize is not installed here). It renders the
+ * subset of kustomize that deploy/k8s uses and throws on anything else, so the objects the
+ * tests check are the objects kustomize would print:
+ * - resources (files and folders), components, namespace, images (newName, newTag);
+ * - patches: strategic merge patches from a file, matched by kind and name, or by a target
+ *   (kind, anchored name regex, equality label selector) whose kind equals the patch's;
+ *   maps merge, lists named below merge by their key (`$patch: delete` removes an item),
+ *   other lists and scalars are replaced, null deletes.
+ */
+import { readFileSync, statSync } from "node:fs";
+import { resolve } from "node:path";
+import { parseAllDocuments } from "yaml";
+
+export interface K8sObject {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+  [field: string]: unknown;
+}
+
+type Json = Record<string, unknown>;
+interface Target {
+  kind?: string;
+  name?: string;
+  labelSelector?: string;
+}
+interface Kustomization {
+  apiVersion: string;
+  kind: "Kustomization" | "Component";
+  namespace?: string;
+  resources?: string[];
+  components?: string[];
+  patches?: { path: string; target?: Target }[];
+  images?: { name: string; newName?: string; newTag?: string }[];
+}
+
+const FIELDS = new Set(["apiVersion", "kind", "namespace", "resources", "components", "patches", "images"]);
+const CLUSTER_SCOPED = new Set(["Namespace", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding"]);
+// Merge keys of the Kubernetes strategic merge patch for the lists the manifests patch.
+const MERGE_KEYS: Record<string, string[]> = {
+  containers: ["name"],
+  initContainers: ["name"],
+  env: ["name"],
+  volumes: ["name"],
+  volumeMounts: ["mountPath"],
+  ports: ["containerPort", "port"],
+};
+
+/** Renders a kustomization folder; extraComponents are applied as if listed in its components. */
+export function kustomize(dir: string, extraComponents: string[] = []): K8sObject[] {
+  return build(dir, "Kustomization", [], extraComponents);
+}
+
+export function parseYaml(text: string, source: string): K8sObject[] {
+  return parseAllDocuments(text).flatMap((doc) => {
+    if (doc.errors.length > 0) throw new Error(`${source}: ${doc.errors[0].message}`);
+    const value = doc.toJS() as K8sObject | null;
+    return value === null ? [] : [value];
+  });
+}
+
+function build(dir: string, kind: Kustomization["kind"], inherited: K8sObject[], extraComponents: string[] = []): K8sObject[] {
+  const path = resolve(dir, "kustomization.yaml");
+  const k = parseYaml(readFileSync(path, "utf8"), path)[0] as unknown as Kustomization;
+  const unknown = Object.keys(k).filter((f) => !FIELDS.has(f));
+  if (unknown.length > 0) throw new Error(`${path}: fields this renderer does not implement: ${unknown.join(", ")}`);
+  if (k.kind !== kind) throw new Error(`${path}: expected kind ${kind}, found ${k.kind}`);
+  let objects = [...inherited, ...(k.resources ?? []).flatMap((r) => load(resolve(dir, r)))];
+  for (const c of [...(k.components ?? []).map((c) => resolve(dir, c)), ...extraComponents]) objects = build(c, "Component", objects);
+  for (const patch of k.patches ?? []) objects = applyPatch(objects, resolve(dir, patch.path), patch.target);
+  for (const image of k.images ?? []) setImage(objects, image);
+  if (k.namespace) for (const o of objects) if (!CLUSTER_SCOPED.has(o.kind)) o.metadata.namespace = k.namespace;
+  return objects;
+}
+
+function load(path: string): K8sObject[] {
+  return statSync(path).isDirectory() ? build(path, "Kustomization", []) : parseYaml(readFileSync(path, "utf8"), path);
+}
+
+function applyPatch(objects: K8sObject[], path: string, target: Target | undefined): K8sObject[] {
+  const patches = parseYaml(readFileSync(path, "utf8"), path);
+  if (patches.length !== 1) throw new Error(`${path}: one patch per file`);
+  const [patch] = patches;
+  const hits = objects.filter((o) => (target ? matches(o, target) : o.kind === patch.kind && o.metadata.name === patch.metadata.name));
+  if (hits.length === 0) throw new Error(`${path}: the patch matches no resource`);
+  if (hits.some((o) => o.kind !== patch.kind)) throw new Error(`${path}: a ${patch.kind} patch must target ${patch.kind}s only`);
+  return objects.map((o) => (hits.includes(o) ? (merge(o, { ...patch, metadata: { ...patch.metadata, name: o.metadata.name } }) as K8sObject) : o));
+}
+
+function matches(o: K8sObject, target: Target): boolean {
+  const unknown = Object.keys(target).filter((f) => !["kind", "name", "labelSelector"].includes(f));
+  if (unknown.length > 0) throw new Error(`patch target fields this renderer does not implement: ${unknown.join(", ")}`);
+  if (target.kind && o.kind !== target.kind) return false;
+  if (target.name && !new RegExp(`^(?:${target.name})$`).test(o.metadata.name)) return false;
+  return (target.labelSelector ?? "").split(",").filter(Boolean).every((term) => {
+    const m = /^\s*([^!=\s]+)\s*(==|=|!=)\s*([^\s]*)\s*$/.exec(term);
+    if (!m) throw new Error(`label selector term this renderer does not implement: "${term}"`);
+    const value = o.metadata.labels?.[m[1]];
+    return m[2] === "!=" ? value !== m[3] : value === m[3];
+  });
+}
+
+function isMap(v: unknown): v is Json {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function merge(base: unknown, patch: unknown, field = ""): unknown {
+  if (isMap(base) && isMap(patch)) {
+    if ("$patch" in patch) throw new Error(`$patch outside a merged list item is not implemented (at ${field})`);
+    const out: Json = { ...base };
+    for (const [key, value] of Object.entries(patch)) {
+      if (value === null) delete out[key];
+      else out[key] = merge(base[key], value, key);
+    }
+    return out;
+  }
+  if (Array.isArray(base) && Array.isArray(patch) && MERGE_KEYS[field]) return mergeList(base as Json[], patch as Json[], field);
+  return patch;
+}
+
+function mergeList(base: Json[], patch: Json[], field: string): Json[] {
+  const key = MERGE_KEYS[field].find((k) => [...base, ...patch].every((item) => k in item));
+  if (!key) throw new Error(`${field}: items without a merge key (${MERGE_KEYS[field].join(" or ")})`);
+  const out = [...base];
+  for (const { $patch, ...item } of patch) {
+    const at = out.findIndex((b) => b[key] === item[key]);
+    if ($patch === "delete") {
+      if (at < 0) throw new Error(`${field}: no item ${key}=${String(item[key])} to delete`);
+      out.splice(at, 1);
+    } else if ($patch !== undefined) {
+      throw new Error(`${field}: $patch: ${String($patch)} is not implemented`);
+    } else if (at < 0) {
+      out.push(item);
+    } else {
+      out[at] = merge(out[at], item, field) as Json;
+    }
+  }
+  return out;
+}
+
+function setImage(objects: K8sObject[], image: { name: string; newName?: string; newTag?: string }): void {
+  for (const o of objects) {
+    const pod = (o.spec as { template?: { spec?: { containers?: Json[]; initContainers?: Json[] } } } | undefined)?.template?.spec;
+    for (const c of [...(pod?.containers ?? []), ...(pod?.initContainers ?? [])]) {
+      const ref = String(c.image);
+      const colon = ref.lastIndexOf(":");
+      // A colon before the last slash is a registry port, not a tag.
+      const [name, tag] = colon > ref.lastIndexOf("/") ? [ref.slice(0, colon), ref.slice(colon + 1)] : [ref, undefined];
+      if (name !== image.name) continue;
+      const newTag = image.newTag ?? tag;
+      c.image = newTag ? `${image.newName ?? name}:${newTag}` : (image.newName ?? name);
+    }
+  }
+}
