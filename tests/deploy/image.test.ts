@@ -1,0 +1,102 @@
+// The container image (deploy/Dockerfile) cannot be built here (no Docker engine): what can
+// drift from the code is checked instead, stage by stage.
+import { existsSync, readFileSync } from "node:fs";
+import { describe, expect, it } from "vitest";
+import pkg from "../../package.json" with { type: "json" };
+import { loadConfig, VARIABLES } from "../../services/platform/config.ts";
+import { kustomize } from "./kustomize.ts";
+
+interface Stage {
+  from: string;
+  env: Record<string, string>;
+  args: Record<string, string>;
+  copies: string[];
+  user?: string;
+  cmd?: string[];
+}
+
+/** Stages by name, with their base after ARG substitution, ENV, ARG, COPY sources, USER and CMD. */
+function parseDockerfile(text: string): { stages: Record<string, Stage>; globalArgs: Record<string, string> } {
+  const globalArgs: Record<string, string> = {};
+  const stages: Record<string, Stage> = {};
+  let stage: Stage | undefined;
+  const lines = text.replace(/\\\n/g, " ").split("\n").filter((l) => l.trim() && !l.trimStart().startsWith("#"));
+  for (const line of lines) {
+    const [, instruction, rest] = /^\s*(\w+)\s+(.*)$/.exec(line)!;
+    const args: Record<string, string> = stage?.args ?? globalArgs;
+    const sub = (s: string) => s.replace(/\$\{(\w+)\}/g, (_, name: string) => args[name] ?? globalArgs[name] ?? "");
+    if (instruction === "FROM") {
+      const [, image, name] = /^(\S+)\s+AS\s+(\S+)$/i.exec(rest.trim())!;
+      stage = { from: sub(image), env: {}, args: {}, copies: [] };
+      stages[name] = stage;
+    } else if (instruction === "ARG") {
+      const [name, value = ""] = rest.trim().split("=");
+      args[name] = value;
+    } else if (instruction === "ENV") {
+      for (const [, k, v] of rest.matchAll(/(\w+)=(\S+)/g)) stage!.env[k] = v;
+    } else if (instruction === "COPY" && !rest.includes("--from=")) {
+      stage!.copies.push(...rest.trim().split(/\s+/).slice(0, -1));
+    } else if (instruction === "USER") {
+      stage!.user = rest.trim();
+    } else if (instruction === "CMD") {
+      stage!.cmd = JSON.parse(rest) as string[];
+    }
+  }
+  return { stages, globalArgs };
+}
+
+const { stages, globalArgs } = parseDockerfile(readFileSync("deploy/Dockerfile", "utf8"));
+
+/** The image a stage finally builds on, following FROM <stage>. */
+function baseImage(name: string): string {
+  const from = stages[name].from;
+  return stages[from] ? baseImage(from) : from;
+}
+
+describe("deploy/Dockerfile", () => {
+  it("builds the cpu target on Node 20 slim and the gpu target on a CUDA 11 + cuDNN 8 runtime, for tfjs-node-gpu 4.22", () => {
+    expect(baseImage("cpu")).toMatch(/^node:20[\w.-]*-slim$/);
+    expect(baseImage("gpu")).toMatch(/^nvidia\/cuda:11\.\d+\.\d+-cudnn8-runtime-ubuntu\d+\.\d+$/);
+    // libtensorflow 2.9 (CUDA 11, cuDNN 8) comes with tfjs-node-gpu 4.22: another version needs another base.
+    expect(pkg.optionalDependencies["@tensorflow/tfjs-node-gpu"]).toBe("4.22.0");
+    expect(globalArgs.CUDA_IMAGE).toBe(baseImage("gpu"));
+  });
+
+  it.each([
+    ["cpu", "wasm"],
+    ["gpu", "tensorflow-gpu"],
+  ])("the %s target's environment is a valid configuration listening on every address, backend %s", (name, backend) => {
+    const { env } = stages[name];
+    const known = new Set(VARIABLES.map((v) => v.name));
+    expect(Object.keys(env).filter((k) => k.startsWith("VACCINE_") && !known.has(k))).toEqual([]);
+    expect(loadConfig(env)).toMatchObject({ host: "0.0.0.0", backend });
+  });
+
+  it.each(["cpu", "gpu"])("the %s target runs as the non-root user the manifests expect, and starts an entrypoint that exists", (name) => {
+    const { user, cmd } = stages[name];
+    const [uid] = user!.split(":");
+    expect(Number(uid)).toBeGreaterThan(0);
+    const runAsUsers = kustomize("deploy/k8s/overlays/cpu").flatMap((o) => {
+      const sc = (o.spec as { template?: { spec?: { securityContext?: { runAsUser?: number } } } } | undefined)?.template?.spec?.securityContext;
+      return o.metadata.name === "otel-collector" || !sc ? [] : [sc.runAsUser];
+    });
+    expect(new Set(runAsUsers)).toEqual(new Set([Number(uid)]));
+    expect(cmd!.slice(0, 3)).toEqual(["node", "--import", "tsx"]);
+    expect(existsSync(cmd![3])).toBe(true);
+  });
+
+  it("installs the tsx the repository locks, and copies only what .dockerignore lets into the context", () => {
+    const tsx = (pkg.dependencies as Record<string, string>).tsx ?? pkg.devDependencies.tsx;
+    expect(stages.tsx.args.TSX_VERSION).toBe(tsx);
+    const allowed = readFileSync(".dockerignore", "utf8")
+      .split("\n")
+      .filter((l) => l.startsWith("!"))
+      .map((l) => l.slice(1).replace(/\/$/, ""));
+    const sources = Object.values(stages).flatMap((s) => s.copies);
+    expect(sources.length).toBeGreaterThan(0);
+    for (const source of sources) {
+      expect(existsSync(source), source).toBe(true);
+      expect(allowed, source).toContain(source.replace(/\/$/, ""));
+    }
+  });
+});
