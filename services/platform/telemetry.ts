@@ -8,7 +8,9 @@ import { OTLPTraceExporter as OtlpTracesHttp } from "@opentelemetry/exporter-tra
 import { OTLPTraceExporter as OtlpTracesProto } from "@opentelemetry/exporter-trace-otlp-proto";
 import { defaultResource, detectResources, envDetector, resourceFromAttributes } from "@opentelemetry/resources";
 import {
+  AggregationType,
   ConsoleMetricExporter,
+  InstrumentType,
   MeterProvider,
   PeriodicExportingMetricReader,
   type IMetricReader,
@@ -44,6 +46,13 @@ export interface TelemetryOptions {
 }
 
 type Env = Record<string, string | undefined>;
+
+/**
+ * Buckets of every histogram in seconds: the SDK's defaults (0 to 10000) are meant for
+ * milliseconds and would put every training step and pass in the first bucket. 60 s is the
+ * step budget the deployment's shutdown timeout assumes (deploy/README.md).
+ */
+export const SECONDS_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
 function list(raw: string | undefined): string[] {
   return (raw ?? "").split(",").map((s) => s.trim()).filter((s) => s && s !== "none");
@@ -106,6 +115,13 @@ export function setupTelemetry(options: TelemetryOptions): Telemetry {
   });
   const meterProvider = new MeterProvider({
     resource,
+    views: [
+      {
+        instrumentType: InstrumentType.HISTOGRAM,
+        instrumentUnit: "s",
+        aggregation: { type: AggregationType.EXPLICIT_BUCKET_HISTOGRAM, options: { boundaries: SECONDS_BUCKETS } },
+      },
+    ],
     readers: [...exporterNames(env, "METRICS").map((name) => metricReader(name, env)), ...(options.metricReaders ?? [])],
   });
   if (options.global) {

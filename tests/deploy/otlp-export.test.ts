@@ -13,7 +13,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { JobState } from "../../gen/vaccine/v1/jobs_pb.ts";
 import pkg from "../../package.json" with { type: "json" };
-import { setupTelemetry } from "../../services/platform/telemetry.ts";
+import { SECONDS_BUCKETS, setupTelemetry } from "../../services/platform/telemetry.ts";
 import { TRAINING } from "../../services/platform/training-telemetry.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { startSuite } from "../helpers/server.ts";
@@ -53,7 +53,7 @@ const METRIC: Schema = {
   1: ["name", "string"],
   3: ["unit", "string"],
   7: ["sum", { 1: ["dataPoints", { 7: ["attributes", KEY_VALUE, true], 4: ["asDouble", "double"], 6: ["asInt", "fixed64"] }, true] }],
-  9: ["histogram", { 1: ["dataPoints", { 9: ["attributes", KEY_VALUE, true], 4: ["count", "fixed64"], 5: ["sum", "double"] }, true] }],
+  9: ["histogram", { 1: ["dataPoints", { 9: ["attributes", KEY_VALUE, true], 4: ["count", "fixed64"], 5: ["sum", "double"], 7: ["explicitBounds", "double", true] }, true] }],
 };
 const REQUEST: Record<Signal, Schema> = {
   traces: { 1: ["resourceSpans", { 1: ["resource", RESOURCE], 2: ["scopeSpans", { 1: ["scope", SCOPE], 2: ["spans", SPAN, true] }, true] }, true] },
@@ -71,6 +71,12 @@ function decode(bytes: Uint8Array, schema: Schema): Otlp {
       continue;
     }
     const [name, type, repeated] = field;
+    if (repeated && type === "double" && wireType === WireType.LengthDelimited) {
+      // A packed repeated double: its bytes hold the values back to back.
+      const packed = new BinaryReader(reader.bytes());
+      while (packed.pos < packed.len) (out[name] ??= []).push(packed.double());
+      continue;
+    }
     const value =
       typeof type === "object" ? decode(reader.bytes(), type)
       : type === "string" ? reader.string()
@@ -187,7 +193,12 @@ function lastPoints(received: Received, name: string) {
   const last = exports.at(-1)!;
   return {
     ...last,
-    points: last.points.map((p) => ({ attributes: attributes(p.attributes), count: Number(p.count ?? 0), value: Number(p.asDouble ?? p.asInt ?? p.sum ?? 0) })),
+    points: last.points.map((p) => ({
+      attributes: attributes(p.attributes),
+      count: Number(p.count ?? 0),
+      value: Number(p.asDouble ?? p.asInt ?? p.sum ?? 0),
+      bounds: p.explicitBounds as number[] | undefined,
+    })),
   };
 }
 
@@ -302,11 +313,14 @@ describe.each<[Protocol, string]>([
   it("exports step and pass latency histograms and the token counter", () => {
     const step = lastPoints(received, TRAINING.stepDuration);
     expect(step.unit).toBe("s");
-    expect(step.points).toEqual([{ attributes: { "vaccine.job.kind": "align", "vaccine.method": "vaccine" }, count: STEPS, value: expect.any(Number) }]);
+    expect(step.points).toEqual([
+      { attributes: { "vaccine.job.kind": "align", "vaccine.method": "vaccine" }, count: STEPS, value: expect.any(Number), bounds: SECONDS_BUCKETS },
+    ]);
     const passes = lastPoints(received, TRAINING.passDuration).points;
     for (const pass of ["perturbation", "update"]) {
       const point = passes.find((p) => p.attributes["vaccine.pass"] === pass);
       expect(point?.count).toBe(STEPS);
+      expect(point?.bounds).toEqual(SECONDS_BUCKETS);
       expect(point!.value).toBeGreaterThan(0);
     }
     expect(lastPoints(received, TRAINING.tokens).points[0].value).toBeGreaterThan(0);
