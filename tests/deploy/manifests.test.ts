@@ -135,7 +135,6 @@ function container(w: Workload): Container {
   return w.spec.template.spec.containers.find((c) => c.name === "vaccine")!;
 }
 
-const FAKE_NODE = "node-1";
 const podName = (w: Workload) => `${w.metadata.name}-0`;
 
 /**
@@ -150,7 +149,7 @@ function environment(objects: K8sObject[], w: Workload): Record<string, string> 
     if (from.configMapRef) Object.assign(env, find<K8sObject & { data: Record<string, string> }>(objects, "ConfigMap", from.configMapRef.name).data);
     if (from.secretRef) throw new Error("envFrom a Secret: its variables cannot be checked; use secretKeyRef");
   }
-  const fields: Record<string, string> = { "metadata.name": podName(w), "metadata.namespace": w.metadata.namespace!, "spec.nodeName": FAKE_NODE };
+  const fields: Record<string, string> = { "metadata.name": podName(w), "metadata.namespace": w.metadata.namespace! };
   for (const { name, value, valueFrom } of c.env ?? []) {
     if (value !== undefined) env[name] = value.replace(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g, (ref, v: string) => env[v] ?? ref);
     else if (valueFrom?.fieldRef) env[name] = fields[valueFrom.fieldRef.fieldPath];
@@ -228,7 +227,8 @@ describe.each(Object.entries(RENDERS))("overlay %s", (_, render) => {
     expect(port?.name).toBe(env.OTEL_EXPORTER_OTLP_PROTOCOL === "grpc" ? "otlp-grpc" : "otlp-http");
     expect(url.protocol).toBe("http:");
     const attributes = Object.fromEntries(env.OTEL_RESOURCE_ATTRIBUTES.split(",").map((kv) => kv.split("=")));
-    expect(attributes).toMatchObject({ "k8s.pod.name": podName(w), "k8s.namespace.name": "vaccine", "k8s.node.name": FAKE_NODE });
+    // service.instance.id keeps the replicas of one service apart in the collector's metrics.
+    expect(attributes).toEqual({ "service.instance.id": podName(w), "k8s.pod.name": podName(w), "k8s.namespace.name": "vaccine" });
   });
 
   it.each(SERVICE_NAMES)("%s can write where the process writes, and jobs survive the pod", (name) => {
