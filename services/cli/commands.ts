@@ -4,6 +4,7 @@
  */
 import type { Command, CommandGroup } from "./command.ts";
 import { EMBED_COMMANDS } from "./commands/embed.ts";
+import { EXPERIMENT_COMMANDS } from "./commands/experiment.ts";
 import { JOB_COMMANDS } from "./commands/jobs.ts";
 import { SCORE_COMMANDS } from "./commands/score.ts";
 import { SERVER_COMMANDS } from "./commands/server.ts";
@@ -19,4 +20,5 @@ export const COMMANDS: Record<string, Command | CommandGroup> = {
   moderate: SCORE_COMMANDS.moderate,
   score: SCORE_COMMANDS.score,
   health: SERVER_COMMANDS.health,
+  experiment: EXPERIMENT_COMMANDS.experiment,
 };
