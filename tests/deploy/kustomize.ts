@@ -52,7 +52,7 @@ export function kustomize(dir: string, extraComponents: string[] = []): K8sObjec
   return build(dir, "Kustomization", [], extraComponents);
 }
 
-export function parseYaml(text: string, source: string): K8sObject[] {
+function parseYaml(text: string, source: string): K8sObject[] {
   return parseAllDocuments(text).flatMap((doc) => {
     if (doc.errors.length > 0) throw new Error(`${source}: ${doc.errors[0].message}`);
     const value = doc.toJS() as K8sObject | null;
