@@ -85,9 +85,9 @@ describe("deploy/Dockerfile", () => {
     expect(existsSync(cmd![3])).toBe(true);
   });
 
-  it("installs the tsx the repository locks, and copies only what .dockerignore lets into the context", () => {
-    const tsx = (pkg.dependencies as Record<string, string>).tsx ?? pkg.devDependencies.tsx;
-    expect(stages.tsx.args.TSX_VERSION).toBe(tsx);
+  it("runs tsx from the production dependencies, and copies only what .dockerignore lets into the context", () => {
+    // The image installs dependencies without devDependencies: tsx must be among them.
+    expect((pkg.dependencies as Record<string, string>).tsx).toBeDefined();
     const allowed = readFileSync(".dockerignore", "utf8")
       .split("\n")
       .filter((l) => l.startsWith("!"))
