@@ -50,6 +50,7 @@ export function createDeps(
         dir: config.jobsDir,
         maxRunning: config.maxRunningJobs,
         tracer: telemetry.tracer,
+        meter: telemetry.meter,
         logger,
         mapError: (err) => toRpcError(err),
         work: {

@@ -7,6 +7,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { context, trace } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } from "@opentelemetry/sdk-metrics";
 import { afterEach, describe, expect, it } from "vitest";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { anyUnpack } from "@bufbuild/protobuf/wkt";
@@ -108,6 +109,26 @@ describe("JobExecutor", () => {
     expect(events.map((e) => e.sequence)).toEqual(events.map((_, i) => i + 1));
     expect(events.filter((e) => e.event.case === "step")).toHaveLength(3);
     expect(states(events)).toEqual(["QUEUED", "RUNNING", "SUCCEEDED"]);
+  });
+
+  it("counts queued and running jobs in a gauge and finished ones by state", async () => {
+    const reader = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE);
+    const metricReader = new PeriodicExportingMetricReader({ exporter: reader, exportIntervalMillis: 60_000 });
+    const meterProvider = new MeterProvider({ readers: [metricReader] });
+    const c = controllable();
+    const ex = new JobExecutor({ dir: tempDir(), work: { [JobKind.ALIGN]: c.work }, mapError, meter: meterProvider.getMeter("t") });
+    const a = ex.create(JobKind.ALIGN, spec);
+    ex.create(JobKind.ALIGN, spec);
+    await until(() => c.started.length === 1);
+    c.release(a.id);
+    await until(() => c.started.length === 2);
+    await metricReader.forceFlush();
+    const metrics = reader.getMetrics().at(-1)!.scopeMetrics[0].metrics;
+    const points = (name: string) =>
+      metrics.find((m) => m.descriptor.name === name)!.dataPoints.map((p) => [p.attributes["vaccine.job.state"], p.value]);
+    expect(points("vaccine.jobs")).toEqual(expect.arrayContaining([["running", 1], ["queued", 0]]));
+    expect(points("vaccine.jobs.finished")).toEqual([["succeeded", 1]]);
+    await meterProvider.shutdown();
   });
 
   it("records a failure as FAILED with the mapped error", async () => {

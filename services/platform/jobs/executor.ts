@@ -12,7 +12,7 @@ import { randomUUID } from "node:crypto";
 import { clone, create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Span, type Tracer } from "@opentelemetry/api";
+import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Counter, type Meter, type Span, type Tracer } from "@opentelemetry/api";
 import { CheckpointRefSchema } from "../../../gen/vaccine/v1/common_pb.ts";
 
 /** A checkpoint reference as the runtime produces it. */
@@ -68,8 +68,18 @@ export interface ExecutorOptions {
   mapError: ErrorMapper;
   maxRunning?: number;
   tracer?: Tracer;
+  /** For the job gauges and the finished-jobs counter (see JOB_METRICS). */
+  meter?: Meter;
   logger?: Logger;
 }
+
+/** Metric names of the executor, for the runbook and its alerts. */
+export const JOB_METRICS = {
+  /** Gauge: jobs by vaccine.job.kind and vaccine.job.state (queued, running). */
+  jobs: "vaccine.jobs",
+  /** Counter: jobs that reached a final state, by kind and state (succeeded, failed, cancelled). */
+  finished: "vaccine.jobs.finished",
+} as const;
 
 const FINAL = new Set([JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED]);
 const PREFIX: Partial<Record<JobKind, string>> = { [JobKind.ALIGN]: "align", [JobKind.FINE_TUNE]: "finetune" };
@@ -92,12 +102,24 @@ export class JobExecutor {
   private readonly maxRunning: number;
   private readonly tracer: Tracer;
   private readonly logger: Logger;
+  private readonly finished?: Counter;
 
   constructor(private readonly options: ExecutorOptions) {
     this.records = new JobRecords(options.dir);
     this.maxRunning = options.maxRunning ?? 1;
     this.tracer = options.tracer ?? trace.getTracer(SCOPE);
     this.logger = options.logger ?? silentLogger;
+    if (options.meter) {
+      this.finished = options.meter.createCounter(JOB_METRICS.finished, { description: "Jobs that reached a final state" });
+      options.meter.createObservableGauge(JOB_METRICS.jobs, { description: "Jobs queued and running in this process" }).addCallback((result) => {
+        for (const kind of [JobKind.ALIGN, JobKind.FINE_TUNE]) {
+          for (const state of [JobState.QUEUED, JobState.RUNNING]) {
+            const count = [...this.entries.values()].filter((e) => e.job.kind === kind && e.job.state === state).length;
+            result.observe(count, { "vaccine.job.kind": PREFIX[kind]!, "vaccine.job.state": JobState[state].toLowerCase() });
+          }
+        }
+      });
+    }
     // Records from an earlier process: unfinished ones are queued again, oldest first.
     const loaded = this.records.loadAll().sort((a, b) => Number(a.job.createTime!.seconds - b.job.createTime!.seconds));
     for (const { job, link, events } of loaded) {
@@ -280,6 +302,7 @@ export class JobExecutor {
 
   private finish(entry: Entry, state: JobState, error?: ConnectError): void {
     entry.job.endTime = timestampNow();
+    this.finished?.add(1, { "vaccine.job.kind": PREFIX[entry.job.kind]!, "vaccine.job.state": JobState[state].toLowerCase() });
     if (error) entry.job.error = toStatus(error);
     this.transition(entry, state, error);
   }
