@@ -4,6 +4,7 @@
  * names the flag.
  */
 import { parseArgs } from "node:util";
+import { BUILTIN_CHECKPOINTS, builtinRef } from "../runtime/pipeline/builtins.ts";
 
 /** A mistake in the command line: printed with the command's usage, exit code 2. */
 export class UsageError extends Error {
@@ -128,8 +129,9 @@ export class Flags {
   }
 
   /**
-   * A checkpoint "uri@digest". "builtin:<name>" reads the ref from VACCINE_BUILTIN_<NAME>
-   * (the server logs its built-in refs at start; the API has no call to look them up).
+   * A checkpoint "uri@digest". "builtin:<name>" names a shipped checkpoint: its ref is
+   * computed from the files in models/ (content addressing makes it the server's too), or
+   * read from VACCINE_BUILTIN_<NAME> when set (a server built from other files).
    */
   ref(name: string): Ref | undefined {
     const raw = this.str(name);
@@ -137,10 +139,12 @@ export class Flags {
     let text = raw;
     if (raw.startsWith("builtin:")) {
       const variable = `VACCINE_BUILTIN_${raw.slice("builtin:".length).toUpperCase()}`;
-      text = this.env[variable] ?? "";
+      const shipped = raw.slice("builtin:".length);
+      const computed = Object.hasOwn(BUILTIN_CHECKPOINTS, shipped) ? builtinRef(shipped as keyof typeof BUILTIN_CHECKPOINTS) : undefined;
+      text = this.env[variable] ?? (computed ? `${computed.uri}@${computed.digest}` : "");
       if (!text) {
         throw new UsageError(
-          `--${name} ${raw}: set ${variable} to the checkpoint's "uri@digest" (the server logs it as "builtin checkpoint" at start)`,
+          `--${name} ${raw}: no shipped checkpoint "${shipped}" here; set ${variable} to its "uri@digest" (the server logs it as "builtin checkpoint" at start)`,
         );
       }
     }

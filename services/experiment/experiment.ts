@@ -3,9 +3,7 @@
  * or against the four services started in this process when no address is given, then
  * the report of report.ts. Reruns resume from out/results.json.
  */
-import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
-import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { trace, metrics } from "@opentelemetry/api";
@@ -19,8 +17,7 @@ import { silentLogger } from "../platform/log.ts";
 import { startServer } from "../platform/server.ts";
 import { SCOPE } from "../platform/telemetry.ts";
 import { selectBackend } from "../runtime/backend.ts";
-import { BUILTIN_CHECKPOINTS, seedBuiltins } from "../runtime/pipeline/builtins.ts";
-import { LocalCheckpointStore } from "../runtime/store/local-store.ts";
+import { BUILTIN_CHECKPOINTS, builtinRef, seedBuiltins } from "../runtime/pipeline/builtins.ts";
 import { SERVICES } from "../suite.ts";
 import { PRESETS, type Preset } from "./presets.ts";
 import { writeReport } from "./report.ts";
@@ -34,18 +31,6 @@ export interface ExperimentOptions {
   /** The base checkpoint; unset uses the shipped base model. */
   base?: Ref;
   hooks?: RunnerHooks;
-}
-
-/** The ref the shipped base model has in any store: content-addressed, so computable here. */
-export async function builtinBaseRef(): Promise<Ref> {
-  const root = mkdtempSync(join(os.tmpdir(), "vaccine-ref-"));
-  try {
-    const ref = (await seedBuiltins(new LocalCheckpointStore(root))).base;
-    if (!ref) throw new Error(`no shipped base model at ${BUILTIN_CHECKPOINTS.base.dir}`);
-    return ref;
-  } finally {
-    rmSync(root, { recursive: true, force: true });
-  }
 }
 
 function clientsAt(address: string): Clients {
@@ -74,7 +59,8 @@ export async function experiment(options: ExperimentOptions): Promise<{ report: 
     stop = () => server.shutdown();
   }
   try {
-    const base = options.base ?? (await builtinBaseRef());
+    const base = options.base ?? builtinRef("base");
+    if (!base) throw new Error(`no shipped base model at ${BUILTIN_CHECKPOINTS.base.dir}: build it (scripts/build-base-model.ts) or pass a base`);
     const results = await runExperiment(preset, clientsAt(address), base, options.out, options.hooks);
     const seconds = (Date.now() - started) / 1000;
     const cpu = os.cpus()[0]?.model ?? "unknown CPU";

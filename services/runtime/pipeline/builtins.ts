@@ -3,10 +3,12 @@
  * models/moderation, the moderation classifier), put into the store at start so requests
  * can name them by reference. Content-addressed, so their refs are the same everywhere.
  */
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
-import { KIND } from "./load.ts";
+import { encodeManifest, newManifest, sha256Hex, type ManifestFile } from "../store/manifest.ts";
+import { checkpointRef, type CheckpointRef, type CheckpointStore } from "../store/store.ts";
+import { KIND } from "./kinds.ts";
 
 export const BUILTIN_CHECKPOINTS = {
   base: { dir: fileURLToPath(new URL("../../../models/base/", import.meta.url)), kind: KIND.model },
@@ -15,12 +17,36 @@ export const BUILTIN_CHECKPOINTS = {
 
 export type BuiltinRefs = Partial<Record<keyof typeof BUILTIN_CHECKPOINTS, CheckpointRef>>;
 
+const optionsOf = (name: string, kind: string) => ({ kind, meta: { name: `builtin/${name}` } });
+const present = (dir: string) => existsSync(join(dir, "config.json"));
+
 /** Puts each shipped checkpoint that is present into the store (idempotent). */
 export async function seedBuiltins(store: CheckpointStore): Promise<BuiltinRefs> {
   const refs: BuiltinRefs = {};
   for (const [name, { dir, kind }] of Object.entries(BUILTIN_CHECKPOINTS)) {
-    if (!existsSync(`${dir}/config.json`)) continue;
-    refs[name as keyof BuiltinRefs] = await store.put(dir, { kind, meta: { name: `builtin/${name}` } });
+    if (present(dir)) refs[name as keyof BuiltinRefs] = await store.put(dir, optionsOf(name, kind));
   }
   return refs;
+}
+
+/**
+ * The ref a shipped checkpoint has in every store, computed from its files without a store
+ * (what put() would return), so clients can name it: `builtin:base` in the CLI.
+ */
+export function builtinRef(name: keyof typeof BUILTIN_CHECKPOINTS): CheckpointRef | undefined {
+  const { dir, kind } = BUILTIN_CHECKPOINTS[name];
+  if (!present(dir)) return undefined;
+  const files: Record<string, ManifestFile> = {};
+  const walk = (rel: string) => {
+    for (const entry of readdirSync(join(dir, rel), { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      const path = rel ? `${rel}/${entry.name}` : entry.name;
+      if (entry.isDirectory()) walk(path);
+      else {
+        const data = readFileSync(join(dir, path));
+        files[path] = { sha256: sha256Hex(data), size: data.length };
+      }
+    }
+  };
+  walk("");
+  return checkpointRef(sha256Hex(encodeManifest(newManifest(optionsOf(name, kind), files))));
 }

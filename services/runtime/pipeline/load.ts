@@ -14,9 +14,9 @@ import { fromPeftConfig, LoraAdapter, mergeLora } from "../model/lora.ts";
 import type { CheckpointManifest } from "../store/manifest.ts";
 import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
 import { loadTokenizer, type Tokenizer } from "../tokenizer.ts";
+import { KIND } from "./kinds.ts";
 
-/** Manifest kinds this runtime writes and reads. */
-export const KIND = { model: "model", adapter: "adapter", trainingState: "training-state", moderation: "moderation" } as const;
+export { KIND };
 
 export interface LoadedCheckpoint {
   ref: CheckpointRef;
