@@ -4,13 +4,8 @@
  * the report of report.ts. Reruns resume from out/results.json.
  */
 import os from "node:os";
-import { createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
 import { trace, metrics } from "@opentelemetry/api";
-import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
-import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
-import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
-import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
+import { createClients } from "../cli/client.ts";
 import { loadConfig, SERVICE_NAMES } from "../platform/config.ts";
 import { createDeps } from "../platform/deps.ts";
 import { silentLogger } from "../platform/log.ts";
@@ -21,7 +16,7 @@ import { BUILTIN_CHECKPOINTS, builtinRef, seedBuiltins } from "../runtime/pipeli
 import { SERVICES } from "../suite.ts";
 import { PRESETS, type Preset } from "./presets.ts";
 import { writeReport } from "./report.ts";
-import { runExperiment, type Clients, type Ref, type RunnerHooks } from "./runner.ts";
+import { runExperiment, type Ref, type RunnerHooks } from "./runner.ts";
 
 export interface ExperimentOptions {
   preset: Preset["name"] | Preset;
@@ -31,16 +26,6 @@ export interface ExperimentOptions {
   /** The base checkpoint; unset uses the shipped base model. */
   base?: Ref;
   hooks?: RunnerHooks;
-}
-
-function clientsAt(address: string): Clients {
-  const transport = createGrpcTransport({ baseUrl: address });
-  return {
-    align: createClient(AlignService, transport),
-    fineTune: createClient(FineTuneService, transport),
-    embed: createClient(EmbedService, transport),
-    score: createClient(ScoreService, transport),
-  };
 }
 
 export async function experiment(options: ExperimentOptions): Promise<{ report: string; seconds: number }> {
@@ -61,7 +46,7 @@ export async function experiment(options: ExperimentOptions): Promise<{ report: 
   try {
     const base = options.base ?? builtinRef("base");
     if (!base) throw new Error(`no shipped base model at ${BUILTIN_CHECKPOINTS.base.dir}: build it (scripts/build-base-model.ts) or pass a base`);
-    const results = await runExperiment(preset, clientsAt(address), base, options.out, options.hooks);
+    const results = await runExperiment(preset, createClients(address), base, options.out, options.hooks);
     const seconds = (Date.now() - started) / 1000;
     const cpu = os.cpus()[0]?.model ?? "unknown CPU";
     const report = writeReport(results, options.out, { seconds, machine: `${os.cpus().length} x ${cpu}, Node ${process.version}` });
