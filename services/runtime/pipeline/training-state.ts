@@ -5,7 +5,7 @@
  * trainer_state.json (step, plan, seed). Data order is a function of (seed, step), so the
  * step is all the position a resume needs.
  */
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { readJsonObject, writeJson } from "../checkpoint/hf-folder.ts";
@@ -23,6 +23,7 @@ export const TRAINER_STATE_FILE = "trainer_state.json";
 
 /** Writes the adapter as a PEFT folder into dir (the result and the training state share it). */
 export async function writeAdapterFolder(dir: string, adapter: LoraAdapter, parent: CheckpointRef): Promise<void> {
+  await mkdir(dir, { recursive: true });
   await writeJson(join(dir, ADAPTER_CONFIG_FILE), toPeftConfig(adapter.config, parent.uri));
   await writeFile(join(dir, ADAPTER_WEIGHTS_FILE), writeSafetensors(adapter.toPeftTensors()));
 }
