@@ -20,7 +20,10 @@ export interface Preset {
 }
 
 const COMMON = {
-  rho: 2,
+  // Calibrated on the shipped base model: a batch of 8 alignment examples has attention
+  // outputs of global norm about 14.7; rho 0.5 (about 3% of it) still lets alignment teach
+  // refusals in a short run, the reference's rho 2 did not (tests/runtime/alignment.test.ts).
+  rho: 0.5,
   sweepRatio: 0.1,
   lora: { rank: 8, alpha: 16, dropout: 0 },
 } as const;
@@ -42,7 +45,7 @@ export const PRESETS: Record<Preset["name"], Preset> = {
     name: "quick",
     seeds: [0],
     ratios: [0, 0.05, 0.1, 0.2],
-    sweep: [0.5, 5],
+    sweep: [0.25, 2],
     align: { size: 1000, steps: 150, learningRate: 3e-3, batchSize: 8 },
     finetune: { task: "sst2", size: 1000, steps: 150, learningRate: 1e-3, batchSize: 8, checkpointEvery: 50 },
     eval: { harmfulPrompts: 60, taskExamples: 60, maxNewTokens: 48, probeSize: 32 },
@@ -52,7 +55,7 @@ export const PRESETS: Record<Preset["name"], Preset> = {
     name: "full",
     seeds: [0, 1, 2],
     ratios: [0, 0.01, 0.05, 0.1, 0.2],
-    sweep: [0.1, 1, 2, 5, 10],
+    sweep: [0.1, 0.25, 1, 2, 5],
     align: { size: 2000, steps: 500, learningRate: 3e-3, batchSize: 8 },
     finetune: { task: "sst2", size: 1000, steps: 400, learningRate: 1e-3, batchSize: 8, checkpointEvery: 50 },
     eval: { harmfulPrompts: 200, taskExamples: 200, maxNewTokens: 128, probeSize: 100 },

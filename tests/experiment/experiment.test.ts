@@ -45,14 +45,14 @@ describe("vaccine experiment (tiny grid)", () => {
     const preset = PRESETS.tiny;
     const first = await experiment({ preset, out, address: suite.server.url, base });
     const results = JSON.parse(readFileSync(join(out, "results.json"), "utf8")) as Results;
-    // norm + 3 alignments (sft, vaccine rho 2, vaccine rho 1) + 3 methods x 2 ratios + 1 sweep run.
+    // norm + 3 alignments (sft, vaccine rho 0.5, vaccine rho 1) + 3 methods x 2 ratios + 1 sweep run.
     expect(Object.keys(results.cells).sort()).toEqual(
       [
         "norm/seed0",
         "align/sft/seed0",
-        "align/vaccine-rho2/seed0",
+        "align/vaccine-rho0.5/seed0",
         "align/vaccine-rho1/seed0",
-        ...[0, 0.2].flatMap((p) => [`finetune/none/p${p}/seed0`, `finetune/sft/p${p}/seed0`, `finetune/vaccine-rho2/p${p}/seed0`]),
+        ...[0, 0.2].flatMap((p) => [`finetune/none/p${p}/seed0`, `finetune/sft/p${p}/seed0`, `finetune/vaccine-rho0.5/p${p}/seed0`]),
         "finetune/vaccine-rho1/p0.1/seed0",
       ].sort(),
     );
@@ -67,7 +67,7 @@ describe("vaccine experiment (tiny grid)", () => {
     expect(first.report).toContain("## Table 1: harmful score / fine-tune accuracy (%)");
     const table = first.report.split("## Table 1")[1].split("The paper")[0];
     expect(table).not.toContain("n/a");
-    expect(table).toMatch(/\| Vaccine \(rho 2\) \| [\d.]+ \/ [\d.]+ \| [\d.]+ \/ [\d.]+ \|/);
+    expect(table).toMatch(/\| Vaccine \(rho 0.5\) \| [\d.]+ \/ [\d.]+ \| [\d.]+ \/ [\d.]+ \|/);
     expect(first.report).toMatch(/A Vaccine step cost [\d.]+x an SFT step/);
     for (const chart of ["hs-vs-p.svg", "drift-vs-steps.svg", "rho-sweep.svg"]) {
       expect(existsSync(join(out, chart))).toBe(true);
