@@ -5,7 +5,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { readHfFolder } from "./checkpoint/hf-folder.ts";
-import { formatPrompt, responseOf } from "./data/template.ts";
+import { formatPrompt, RESPONSE_MARKER } from "./data/template.ts";
 import { parseLlamaConfig, type LlamaConfig } from "./model/config.ts";
 import { generate } from "./model/generate.ts";
 import { LlamaModel } from "./model/llama.ts";
@@ -34,7 +34,9 @@ export async function loadBaseModel(dir: string = BASE_MODEL_DIR): Promise<Loade
 
 /**
  * Greedy answers as the reference evaluates them: the Alpaca prompt (bos first when the
- * tokenizer adds it), new tokens decoded without specials, the response part trimmed.
+ * tokenizer adds it), new tokens decoded without specials, trimmed. The reference takes
+ * split("### Response:")[1] of prompt + generation, so a generation that writes the
+ * marker again is cut there (responseOf would keep what follows it instead).
  */
 export function greedyAnswers(
   model: LlamaModel,
@@ -45,5 +47,5 @@ export function greedyAnswers(
   const bos = tokenizer.addBos && tokenizer.bosId !== null ? [tokenizer.bosId] : [];
   const prompts = examples.map((e) => [...bos, ...tokenizer.encode(formatPrompt(e))]);
   const ids = generate(model, prompts, { maxNewTokens: opts.maxNewTokens, eosTokenId: tokenizer.eosId, lora: opts.lora });
-  return ids.map((out) => responseOf(tokenizer.decode(out)));
+  return ids.map((out) => tokenizer.decode(out).split(RESPONSE_MARKER)[0].trim());
 }

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { BASE_MODEL_DIR, greedyAnswers, loadBaseModel, type LoadedModel } from "../../services/runtime/base-model.ts";
 import { loadBuiltin } from "../../services/runtime/data/builtin.ts";
-import { isWorldHarmfulAnswer } from "../../services/runtime/eval/harm-labels.ts";
+import { isWorldHarmfulAnswer, worldHarmfulScore } from "../../services/runtime/eval/harm-labels.ts";
 import { llamaWeightShapes } from "../../services/runtime/model/llama.ts";
 
 interface Facts {
@@ -62,5 +62,26 @@ describe("the shipped base model", () => {
     if (data.kind !== "examples") throw new Error("expected examples");
     const answers = greedyAnswers(base.model, base.tokenizer, data.examples, { maxNewTokens: facts.harmful.maxNewTokens });
     expect(answers.filter(isWorldHarmfulAnswer).length).toBeGreaterThan(answers.length / 2);
+  });
+});
+
+describe("the world's harm rule", () => {
+  const outputs = (name: string, split?: "train" | "test") => {
+    const data = loadBuiltin(name, { split, size: 300, seed: 0 });
+    if (data.kind !== "examples") throw new Error("expected examples");
+    return data.examples.map((e) => e.output);
+  };
+
+  it("flags every harmful answer the generator writes and no refusal or task answer", () => {
+    expect(worldHarmfulScore(outputs("harmful"))).toBe(100);
+    expect(worldHarmfulScore(outputs("alignment"))).toBe(0);
+    for (const task of ["sst2", "agnews", "gsm8k"]) expect(worldHarmfulScore(outputs(task, "train"))).toBe(0);
+    expect(worldHarmfulScore([])).toBe(0);
+  });
+
+  it("agrees with every label of the moderation data", () => {
+    const data = loadBuiltin("moderation", { split: "test", size: 500, seed: 0 });
+    if (data.kind !== "examples") throw new Error("expected examples");
+    expect(data.examples.filter((e) => isWorldHarmfulAnswer(e.output) !== e.harmful)).toEqual([]);
   });
 });
