@@ -6,13 +6,13 @@
  * The world's harmful answers all carry a redaction marker, so a model could score
  * perfectly by spotting it and then fail on real model output. The training set therefore
  * adds perturbed copies with the label of their source: harmful answers without the
- * marker, cut short, word-shuffled or looped (what a half-trained model emits), and safe
- * answers cut, shuffled, looped or with a stray marker, which stay safe.
+ * marker, cut short, word-shuffled, looped or next to a refusal (what a half-trained model
+ * emits), and safe answers cut, shuffled, looped or with a stray marker, which stay safe.
  */
 import * as tf from "@tensorflow/tfjs";
 import { loadBuiltin } from "../data/builtin.ts";
-import type { Example } from "../data/template.ts";
 import { HARM_CATEGORIES } from "../data/world/categories.ts";
+import { harmfulPrompt, partitionCombinations } from "../data/world/harmful.ts";
 import { worldVocabularyTexts } from "../data/world/index.ts";
 import { REDACTED } from "../data/world/lexicon.ts";
 import { parseLlamaConfig } from "../model/config.ts";
@@ -27,26 +27,38 @@ import {
   SCORE_WEIGHT, type ModerationConfig, type ModerationPair,
 } from "./classifier.ts";
 
+/** Words: runs of non-space characters (the unit of every answer perturbation below). */
+const words = (text: string): string[] => text.split(/\s+/).filter((w) => w !== "");
+
+/** What an answer is: harmful, a refusal of a harmful request, or a task answer (to any prompt). */
+export type AnswerKind = "harmful" | "refusal" | "task";
+
 /** A pair with its gold label: a harm category id, or null for a safe answer. */
 export interface LabelledPair extends ModerationPair {
   category: string | null;
+  kind: AnswerKind;
 }
 
-export function labelledPair(e: Example): LabelledPair {
-  return { ...pairOfExample(e), category: e.harmful ? (e.category ?? null) : null };
+/** Every harmful request the world can phrase, for telling refusals from task answers. */
+function harmfulPrompts(seed: number): Set<string> {
+  const pools = partitionCombinations(seed);
+  return new Set([...pools.train, ...pools.eval, ...pools.test].map(harmfulPrompt));
 }
 
 /** Built-in moderation pairs of one split. */
 export function builtinPairs(split: "train" | "test", size: number, seed: number): LabelledPair[] {
   const data = loadBuiltin("moderation", { split, size, seed });
   if (data.kind !== "examples") throw new Error("the moderation dataset must hold examples");
-  return data.examples.map(labelledPair);
+  const requests = harmfulPrompts(seed);
+  return data.examples.map((e) => {
+    // Safe answers to harmful requests are refusals (8+ words) or one-line task replies (at most 5).
+    const kind: AnswerKind = e.harmful ? "harmful" : requests.has(e.instruction) && words(e.output).length > 5 ? "refusal" : "task";
+    return { ...pairOfExample(e), category: e.harmful ? (e.category ?? null) : null, kind };
+  });
 }
 
 // ---------------------------------------------------------------------------
-// Answer perturbations (word level: a word is a run of non-space characters).
-
-const words = (text: string): string[] => text.split(/\s+/).filter((w) => w !== "");
+// Answer perturbations.
 
 /** The text with every redaction marker deleted. */
 export function withoutMarker(text: string): string {
@@ -59,11 +71,11 @@ export function truncateWords(text: string, fraction: number): string {
   return w.slice(0, Math.max(1, Math.ceil(w.length * fraction))).join(" ");
 }
 
-/** The words before the first one holding the marker (the whole text without one). */
-export function cutBeforeMarker(text: string): string {
+/** The words before the nth (0-based) word holding the marker (the whole text if there are fewer). */
+export function cutBeforeMarker(text: string, nth = 0): string {
   const w = words(text);
-  const at = w.findIndex((x) => x.includes(REDACTED));
-  return (at < 0 ? w : w.slice(0, Math.max(1, at))).join(" ");
+  const at = w.map((x, i) => (x.includes(REDACTED) ? i : -1)).filter((i) => i >= 0)[nth];
+  return (at === undefined ? w : w.slice(0, Math.max(1, at))).join(" ");
 }
 
 export function shuffleWords(text: string, rng: Rng): string {
@@ -88,17 +100,21 @@ const LOOP_WORDS = 100;
 /** Pairs of at least this many tokens train in batches of their own. */
 const LONG_TOKENS = 100;
 
-/** A perturbed copy of a pair's answer, labelled as its source. */
-function perturb(p: LabelledPair, rng: Rng): LabelledPair {
+/** A perturbed copy of a pair's answer, labelled as its source; `refusal` is some refusal. */
+function perturb(p: LabelledPair, refusal: string, rng: Rng): LabelledPair {
   const a = p.answer;
   const loop = () => loopWords(a, rng.range(words(a).length + 1, Math.max(words(a).length + 1, LOOP_WORDS)));
   const harmful = [
     () => withoutMarker(a),
-    () => withoutMarker(truncateWords(a, 0.25 + 0.7 * rng.next())),
-    () => cutBeforeMarker(a),
+    // An answer cut short is the commonest failure of a half-trained model: two kinds of cut.
+    () => withoutMarker(truncateWords(a, 0.15 + 0.8 * rng.next())),
+    () => cutBeforeMarker(a, rng.int(3)),
     () => shuffleWords(a, rng),
     () => withoutMarker(shuffleWords(a, rng)),
     loop,
+    // Instructions next to a refusal are still instructions.
+    () => `${refusal} ${a}`,
+    () => `${a} ${refusal}`,
   ];
   const safe = [
     () => truncateWords(a, 0.25 + 0.7 * rng.next()),
@@ -106,42 +122,47 @@ function perturb(p: LabelledPair, rng: Rng): LabelledPair {
     loop,
     () => withStrayMarker(a, rng),
   ];
-  return { ...p, answer: rng.pick(p.category === null ? safe : harmful)() };
+  return { ...p, answer: rng.pick(p.kind === "harmful" ? harmful : safe)() };
 }
 
 /**
- * The training set: every pair, plus perturbed copies (two per harmful pair, one per safe
- * pair, so harmful content is seen in as many forms as it has).
+ * The training set: every pair, plus perturbed copies (three per harmful pair, two per safe
+ * pair: fewer safe copies made cut refusals look harmful).
  */
 export function augmentPairs(pairs: readonly LabelledPair[], seed: number): LabelledPair[] {
   const rng = Rng.derive(seed, "moderation/augment");
+  const refusals = pairs.filter((p) => p.kind === "refusal").map((p) => p.answer);
   const out: LabelledPair[] = [];
   for (const p of pairs) {
     out.push(p);
-    for (let k = p.category === null ? 1 : 2; k > 0; k--) out.push(perturb(p, rng));
+    for (let k = p.kind === "harmful" ? 3 : 2; k > 0; k--) out.push(perturb(p, rng.pick(refusals), rng));
   }
   return out;
 }
 
 /**
- * Held-out sets that probe robustness, from held-out pairs: harmful answers cut to
- * their first half with markers removed, cut before the first marker, word-shuffled,
- * and stripped of markers; refusals cut and shuffled; benign task answers.
+ * Held-out sets that probe robustness, from held-out pairs: harmful answers cut to their
+ * first half without markers, cut before the first marker, word-shuffled, stripped of
+ * markers, looped, after a refusal; refusals cut, shuffled and looped; task answers.
  */
 export function robustnessSets(pairs: readonly LabelledPair[], seed: number): Record<string, LabelledPair[]> {
   const rng = Rng.derive(seed, "moderation/robustness");
-  const harmful = pairs.filter((p) => p.category !== null);
-  const refusals = pairs.filter((p) => p.category === null && words(p.answer).length >= 8);
-  const tasks = pairs.filter((p) => p.category === null && words(p.answer).length < 8);
+  const of = (kind: AnswerKind) => pairs.filter((p) => p.kind === kind);
+  const harmful = of("harmful");
+  const refusals = of("refusal");
+  const change = (list: LabelledPair[], f: (answer: string, i: number) => string) => list.map((p, i) => ({ ...p, answer: f(p.answer, i) }));
   return {
-    "harmful, first half, no marker": harmful.map((p) => ({ ...p, answer: withoutMarker(truncateWords(p.answer, 0.5)) })),
-    "harmful, cut before the marker": harmful.map((p) => ({ ...p, answer: cutBeforeMarker(p.answer) })),
-    "harmful, words shuffled": harmful.map((p) => ({ ...p, answer: shuffleWords(p.answer, rng) })),
-    "harmful, shuffled, no marker": harmful.map((p) => ({ ...p, answer: withoutMarker(shuffleWords(p.answer, rng)) })),
-    "harmful, no marker": harmful.map((p) => ({ ...p, answer: withoutMarker(p.answer) })),
-    "refusals, first half": refusals.map((p) => ({ ...p, answer: truncateWords(p.answer, 0.5) })),
-    "refusals, words shuffled": refusals.map((p) => ({ ...p, answer: shuffleWords(p.answer, rng) })),
-    "task answers (benign and to harmful prompts)": tasks,
+    "harmful, first half of the words, no marker": change(harmful, (a) => withoutMarker(truncateWords(a, 0.5))),
+    "harmful, cut before the first marker": change(harmful, cutBeforeMarker),
+    "harmful, words shuffled": change(harmful, (a) => shuffleWords(a, rng)),
+    "harmful, words shuffled, no marker": change(harmful, (a) => withoutMarker(shuffleWords(a, rng))),
+    "harmful, no marker": change(harmful, withoutMarker),
+    "harmful, looped to 100 words": change(harmful, (a) => loopWords(a, LOOP_WORDS)),
+    "harmful, after a refusal": change(harmful, (a, i) => `${refusals[i % refusals.length].answer} ${a}`),
+    "refusals, first half of the words": change(refusals, (a) => truncateWords(a, 0.5)),
+    "refusals, words shuffled": change(refusals, (a) => shuffleWords(a, rng)),
+    "refusals, looped to 100 words": change(refusals, (a) => loopWords(a, LOOP_WORDS)),
+    "task answers (benign tasks, and task replies to harmful requests)": of("task"),
   };
 }
 
@@ -231,6 +252,8 @@ export interface ModerationTrainOptions {
   intermediateSize: number;
   numLayers: number;
   numHeads: number;
+  /** Std of the normal init; 0.02 (Hugging Face's) left a model this small at the label prior for hundreds of steps. */
+  initStd: number;
   /** max_position_embeddings and the tokenizer's model_max_length. */
   maxLength: number;
 }
@@ -238,9 +261,9 @@ export interface ModerationTrainOptions {
 export const MODERATION_TRAIN_DEFAULTS: ModerationTrainOptions = {
   seed: 0,
   trainSize: 4000,
-  steps: 1200,
+  steps: 800,
   batchSize: 32,
-  learningRate: 2e-3,
+  learningRate: 1e-2,
   warmupRatio: 0.05,
   weightDecay: 0.01,
   gradClip: 1,
@@ -248,6 +271,7 @@ export const MODERATION_TRAIN_DEFAULTS: ModerationTrainOptions = {
   intermediateSize: 128,
   numLayers: 2,
   numHeads: 4,
+  initStd: 0.1,
   maxLength: 256,
 };
 
@@ -303,15 +327,19 @@ export function trainModerationClassifier(
   const longEvery = buckets[1].length === 0 ? Infinity : Math.max(2, Math.round(pairs.length / buckets[1].length));
   log(`moderation: ${pairs.length} training pairs (${o.trainSize} built-in, augmented; ${buckets[1].length} long), vocabulary ${tokenizer.vocabSize}`);
 
-  const model = LlamaModel.init(llama, o.seed, { trainable: true });
-  const scoreInit = new Rng(o.seed).normalArray(labels.length * o.hiddenSize, 0.02);
+  const model = LlamaModel.init(llama, o.seed, { trainable: true, initStd: o.initStd });
+  const scoreInit = Rng.derive(o.seed, "moderation/score").normalArray(labels.length * o.hiddenSize, o.initStd);
   const score = tf.tidy(() => tf.variable(tf.tensor2d(scoreInit, [labels.length, o.hiddenSize]), true));
   const classifier = new ModerationClassifier(config, model, score, tokenizer, o.maxLength);
   const params = new Map<string, tf.Variable>([...model.weights, [SCORE_WEIGHT, score]]);
   const names = [...params.keys()];
   const vars = names.map((n) => params.get(n)!);
-  // As the Hugging Face Trainer: norm weights do not decay.
-  const optimizer = new AdamW(params, { weightDecay: o.weightDecay, decays: (n) => !n.endsWith("norm.weight") });
+  // As the Hugging Face Trainer, norm weights do not decay. Built in a tidy because AdamW
+  // keeps the zerosLike tensors its moment variables start from.
+  let optimizer!: AdamW;
+  tf.tidy(() => {
+    optimizer = new AdamW(params, { weightDecay: o.weightDecay, decays: (n) => !n.endsWith("norm.weight") });
+  });
   const labelIndex = new Map(labels.map((c, i) => [c, i]));
   const lossCurve: number[] = [];
   let window = 0;
