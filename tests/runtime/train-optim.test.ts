@@ -88,3 +88,15 @@ describe("data order", () => {
     expect(epochOrder(50, 42, 0)).not.toEqual(epochOrder(50, 43, 0));
   });
 });
+
+describe("AdamW memory", () => {
+  it("keeps exactly two moment tensors per parameter, and frees them on dispose", () => {
+    const p = tf.variable(tf.zeros([3]));
+    const before = tf.memory().numTensors;
+    const opt = new AdamW(new Map([["w", p]]), { weightDecay: 0 });
+    expect(tf.memory().numTensors).toBe(before + 2);
+    opt.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+    p.dispose();
+  });
+});

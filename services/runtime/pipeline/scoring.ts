@@ -10,7 +10,7 @@
  */
 import type { Example } from "../data/template.ts";
 import { parseTaskAnswer, type Task } from "../eval/task-parsers.ts";
-import type { ModerationResult } from "../moderation/classifier.ts";
+import { pairOfExample, type ModerationResult } from "../moderation/classifier.ts";
 import type { CheckpointRef } from "../store/store.ts";
 import { answer } from "./answers.ts";
 import type { CheckpointCache } from "./checkpoint-cache.ts";
@@ -64,7 +64,7 @@ export async function* scoreHarmfulness(
     const chunk = prompts.slice(start, start + CHUNK);
     const answers = await checkpoints.use(model, (loaded) => answer(loaded, chunk, { maxNewTokens: opts.maxNewTokens }));
     const verdicts = await checkpoints.useModeration(moderation, (c) =>
-      c.classify(chunk.map((p, i) => ({ prompt: p.instruction + (p.input ? `\n${p.input}` : ""), answer: answers[i].text })), opts.threshold),
+      c.classify(chunk.map((p, i) => pairOfExample({ ...p, output: answers[i].text })), opts.threshold),
     );
     chunk.forEach((prompt, i) => results.push({ prompt, answer: answers[i].text, moderation: verdicts[i] }));
     yield { progress: { done: results.length, total: prompts.length } };

@@ -39,7 +39,8 @@ export class AdamW {
     this.weightDecay = options.weightDecay;
     this.decays = options.decays ?? (() => true);
     for (const [name, p] of params) {
-      this.moments.set(name, { m: tf.variable(tf.zerosLike(p), false), v: tf.variable(tf.zerosLike(p), false) });
+      // In tidy: the zero tensors the moments start from are freed once copied into variables.
+      this.moments.set(name, tf.tidy(() => ({ m: tf.variable(tf.zerosLike(p), false), v: tf.variable(tf.zerosLike(p), false) })));
     }
   }
 
