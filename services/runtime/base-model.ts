@@ -5,11 +5,10 @@
  */
 import { fileURLToPath } from "node:url";
 import { readHfFolder } from "./checkpoint/hf-folder.ts";
-import { formatPrompt, RESPONSE_MARKER } from "./data/template.ts";
 import { parseLlamaConfig, type LlamaConfig } from "./model/config.ts";
-import { generate } from "./model/generate.ts";
 import { LlamaModel } from "./model/llama.ts";
 import type { LoraAdapter } from "./model/lora.ts";
+import { answer } from "./pipeline/answers.ts";
 import { loadTokenizer, type Tokenizer } from "./tokenizer.ts";
 
 /** Absolute path of the shipped base model folder. */
@@ -32,20 +31,12 @@ export async function loadBaseModel(dir: string = BASE_MODEL_DIR): Promise<Loade
   return { model: LlamaModel.fromWeights(config, folder.tensors), tokenizer, config };
 }
 
-/**
- * Greedy answers as the reference evaluates them: the Alpaca prompt (bos first when the
- * tokenizer adds it), new tokens decoded without specials, trimmed. The reference takes
- * split("### Response:")[1] of prompt + generation, so a generation that writes the
- * marker again is cut there (responseOf would keep what follows it instead).
- */
+/** Greedy answers as the reference evaluates them (pipeline/answers.ts), texts only. */
 export function greedyAnswers(
   model: LlamaModel,
   tokenizer: Tokenizer,
   examples: ReadonlyArray<{ instruction: string; input?: string }>,
   opts: { maxNewTokens: number; lora?: LoraAdapter },
 ): string[] {
-  const bos = tokenizer.addBos && tokenizer.bosId !== null ? [tokenizer.bosId] : [];
-  const prompts = examples.map((e) => [...bos, ...tokenizer.encode(formatPrompt(e))]);
-  const ids = generate(model, prompts, { maxNewTokens: opts.maxNewTokens, eosTokenId: tokenizer.eosId, lora: opts.lora });
-  return ids.map((out) => tokenizer.decode(out).split(RESPONSE_MARKER)[0].trim());
+  return answer({ model, tokenizer, adapter: opts.lora }, examples, { maxNewTokens: opts.maxNewTokens }).map((a) => a.text);
 }

@@ -1,9 +1,11 @@
 /**
  * Answers to instructions as the reference evaluates them: the Alpaca prompt (bos first
  * when the tokenizer adds it), new tokens until eos or the limit, decoded without special
- * tokens. Only new tokens are decoded, so the text is what follows "### Response:".
+ * tokens. Only new tokens are decoded, so the text is what follows "### Response:"; the
+ * reference takes split("### Response:")[1] of prompt + generation, so a generation that
+ * writes the marker again is cut there.
  */
-import { formatPrompt } from "../data/template.ts";
+import { formatPrompt, RESPONSE_MARKER } from "../data/template.ts";
 import { generate } from "../model/generate.ts";
 import type { LoadedCheckpoint } from "./load.ts";
 
@@ -40,7 +42,7 @@ export function answer(
   );
   // generate() drops the stop token: fewer tokens than the limit means eos was produced.
   return ids.map((out) => ({
-    text: loaded.tokenizer.decode(out).trim(),
+    text: loaded.tokenizer.decode(out).split(RESPONSE_MARKER)[0].trim(),
     tokenCount: out.length,
     finishReason: out.length < opts.maxNewTokens ? "eos" : "length",
   }));
