@@ -35,8 +35,14 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
     { tracer: telemetry.tracerProvider.getTracer(SCOPE), meter: telemetry.meterProvider.getMeter(SCOPE) },
     logger,
   );
-  deps.builtins = await seedBuiltins(deps.store);
-  for (const [name, ref] of Object.entries(deps.builtins)) logger.info("builtin checkpoint", { name, uri: ref.uri, digest: ref.digest });
+  // A store that cannot be reached at start must not stop the process: the shipped
+  // checkpoints are then missing until the next start (requests naming them get NOT_FOUND).
+  try {
+    deps.builtins = await seedBuiltins(deps.store);
+    for (const [name, ref] of Object.entries(deps.builtins)) logger.info("builtin checkpoint", { name, uri: ref.uri, digest: ref.digest });
+  } catch (err) {
+    logger.warn("could not put the built-in checkpoints into the store", { error: (err as Error).message });
+  }
   const server = await startServer({
     services: names.map((n) => SERVICES[n](deps)),
     host: config.host,

@@ -47,7 +47,7 @@ describe("usage", () => {
       [["align", "--base", base, "--data", DATA, "--max-steps", "two"], /--max-steps: expected an integer, got "two"/],
       [["align", "--base", base, "--data", DATA, "--method", "sft", "--rho", "1"], /--rho and --tau apply to --method vaccine/],
       [["align", "--base", "no-digest", "--data", DATA], /expected "uri@digest"/],
-      [["align", "--base", "builtin:base", "--data", DATA], /set VACCINE_BUILTIN_BASE/],
+      [["align", "--base", "builtin:nothing", "--data", DATA], /no shipped checkpoint "nothing" here; set VACCINE_BUILTIN_NOTHING/],
       [["align", "--base", base, "--data", DATA, "--builtin", "alignment"], /--data and --builtin cannot be used together/],
       [["jobs", "list", "--bogus"], /Unknown option '--bogus'/],
       [["jobs", "get"], /a job id is required/],
