@@ -1,6 +1,7 @@
-import { loadConfig, ConfigError, type ServiceName } from "./platform/config.ts";
-import { createLogger } from "./platform/log.ts";
-import { startServer } from "./platform/server.ts";
+import type { Meter, Tracer } from "@opentelemetry/api";
+import { loadConfig, ConfigError, type Config, type ServiceName } from "./platform/config.ts";
+import { createLogger, type Logger } from "./platform/log.ts";
+import { startServer, type RunningServer } from "./platform/server.ts";
 import { createDeps } from "./platform/deps.ts";
 import { selectBackend } from "./runtime/backend.ts";
 import { seedBuiltins } from "./runtime/pipeline/builtins.ts";
@@ -30,11 +31,28 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
     process.exit(2);
   }
   const telemetry = setupTelemetry({ serviceName: `vaccine-${names.join("-")}`, global: true });
-  const deps = createDeps(
+  const server = await startServices(
     { ...config, services: names },
     { tracer: telemetry.tracerProvider.getTracer(SCOPE), meter: telemetry.meterProvider.getMeter(SCOPE) },
     logger,
   );
+  const stop = async (signal: string) => {
+    logger.info("signal received", { signal });
+    await server.shutdown();
+    await telemetry.shutdown();
+    process.exit(0);
+  };
+  process.once("SIGTERM", () => void stop("SIGTERM"));
+  process.once("SIGINT", () => void stop("SIGINT"));
+}
+
+/**
+ * The services of `config.services` on one server over the configured store, with the
+ * shipped checkpoints seeded and running jobs checkpointed at shutdown: what a service
+ * process and an in-process experiment both start.
+ */
+export async function startServices(config: Config, telemetry: { tracer: Tracer; meter: Meter }, logger: Logger): Promise<RunningServer> {
+  const deps = createDeps(config, telemetry, logger);
   // A store that cannot be reached at start must not stop the process: the shipped
   // checkpoints are then missing until the next start (requests naming them get NOT_FOUND).
   try {
@@ -44,7 +62,7 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
     logger.warn("could not put the built-in checkpoints into the store", { error: (err as Error).message });
   }
   const server = await startServer({
-    services: names.map((n) => SERVICES[n](deps)),
+    services: config.services.map((n) => SERVICES[n](deps)),
     host: config.host,
     port: config.port,
     logger,
@@ -52,12 +70,5 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
   });
   // Running jobs finish their step and write a training state before connections close.
   if (deps.executor) server.onShutdown(() => deps.executor!.shutdown());
-  const stop = async (signal: string) => {
-    logger.info("signal received", { signal });
-    await server.shutdown();
-    await telemetry.shutdown();
-    process.exit(0);
-  };
-  process.once("SIGTERM", () => void stop("SIGTERM"));
-  process.once("SIGINT", () => void stop("SIGINT"));
+  return server;
 }

@@ -7,13 +7,11 @@ import os from "node:os";
 import { trace, metrics } from "@opentelemetry/api";
 import { createClients } from "../cli/client.ts";
 import { loadConfig, SERVICE_NAMES } from "../platform/config.ts";
-import { createDeps } from "../platform/deps.ts";
 import { silentLogger } from "../platform/log.ts";
-import { startServer } from "../platform/server.ts";
 import { SCOPE } from "../platform/telemetry.ts";
 import { selectBackend } from "../runtime/backend.ts";
-import { BUILTIN_CHECKPOINTS, builtinRef, seedBuiltins } from "../runtime/pipeline/builtins.ts";
-import { SERVICES } from "../suite.ts";
+import { BUILTIN_CHECKPOINTS, builtinRef } from "../runtime/pipeline/builtins.ts";
+import { startServices } from "../run.ts";
 import { PRESETS, type Preset } from "./presets.ts";
 import { writeReport } from "./report.ts";
 import { runExperiment, type Ref, type RunnerHooks } from "./runner.ts";
@@ -36,10 +34,11 @@ export async function experiment(options: ExperimentOptions): Promise<{ report: 
   if (!address) {
     const config = loadConfig();
     await selectBackend(config.backend, () => {});
-    const deps = createDeps({ ...config, services: [...SERVICE_NAMES] }, { tracer: trace.getTracer(SCOPE), meter: metrics.getMeter(SCOPE) }, silentLogger);
-    deps.builtins = await seedBuiltins(deps.store);
-    const server = await startServer({ services: SERVICE_NAMES.map((n) => SERVICES[n](deps)), port: 0 });
-    server.onShutdown(() => deps.executor!.shutdown());
+    const server = await startServices(
+      { ...config, services: [...SERVICE_NAMES], host: "127.0.0.1", port: 0 },
+      { tracer: trace.getTracer(SCOPE), meter: metrics.getMeter(SCOPE) },
+      silentLogger,
+    );
     address = server.url;
     stop = () => server.shutdown();
   }

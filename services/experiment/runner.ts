@@ -73,7 +73,6 @@ export interface Results {
 
 export interface Cell {
   id: string;
-  describe: string;
   run: (results: Results) => Promise<CellResult>;
 }
 
@@ -135,7 +134,6 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
   for (const seed of preset.seeds) {
     cells.push({
       id: `norm/seed${seed}`,
-      describe: `attention-output norm of a training batch (seed ${seed})`,
       run: async () => {
         const data = loadBuiltin("alignment", { size: preset.align.batchSize, seed });
         const texts = data.kind === "examples" ? data.examples.map((e) => formatPrompt(e) + e.output) : [];
@@ -150,7 +148,6 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
       const id = alignId(method, rho, seed);
       cells.push({
         id,
-        describe: `align ${method}${method === "vaccine" ? ` rho ${rho}` : ""} (seed ${seed})`,
         run: async () => {
           const started = Date.now();
           const { job } = await clients.align.createAlignJob({
@@ -186,7 +183,6 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
       const id = fineTuneId(method, rho, p, seed);
       cells.push({
         id,
-        describe: `fine-tune ${method}${method === "vaccine" ? ` rho ${rho}` : ""} at p=${p} (seed ${seed})`,
         run: async (results) => {
           const started = Date.now();
           const parent = method === "none" ? base : (results.cells[alignId(method, rho, seed)] as AlignResult).ref;

@@ -12,6 +12,8 @@ import { KIND, lineageOf, loadCheckpoint, type LoadedCheckpoint } from "./load.t
 
 export class CheckpointCache {
   private readonly cache: ModelCache<LoadedCheckpoint | ModerationClassifier>;
+  /** Kind and byte size by digest: checkpoints are immutable, so the manifests are read once. */
+  private readonly facts = new Map<string, { kind: string; bytes: number }>();
 
   constructor(private readonly store: CheckpointStore, budgetBytes: number) {
     this.cache = new ModelCache({ budgetBytes, dispose: (loaded) => loaded.dispose() });
@@ -19,27 +21,34 @@ export class CheckpointCache {
 
   /** Runs fn with a moderation classifier checkpoint loaded. */
   async useModeration<R>(ref: CheckpointRef, fn: (classifier: ModerationClassifier) => R | Promise<R>): Promise<R> {
-    const manifest = await this.store.readManifest(ref);
-    if (manifest.kind !== KIND.moderation) {
-      throw new CheckpointFormatError(`${ref.uri} is a ${manifest.kind} checkpoint, not a moderation model`);
-    }
-    const bytes = Object.values(manifest.files).reduce((s, f) => s + f.size, 0);
+    const { kind, bytes } = await this.factsOf(ref);
+    if (kind !== KIND.moderation) throw new CheckpointFormatError(`${ref.uri} is a ${kind} checkpoint, not a moderation model`);
     const load = async () => ModerationClassifier.load((await this.store.get(ref)).dir);
     return this.cache.use(`moderation:${ref.digest}`, bytes, load, (c) => fn(c as ModerationClassifier));
   }
 
   /** Runs fn with the checkpoint loaded (adapters applied over their merged parents). */
   async use<R>(ref: CheckpointRef, fn: (loaded: LoadedCheckpoint) => R | Promise<R>): Promise<R> {
-    const bytes = await this.footprint(ref);
+    const { bytes } = await this.factsOf(ref);
     return this.cache.use(ref.digest, bytes, () => loadCheckpoint(this.store, ref), (loaded) => fn(loaded as LoadedCheckpoint));
   }
 
-  /** Float32 weights take what their files take: the size of every file along the lineage. */
-  private async footprint(ref: CheckpointRef): Promise<number> {
+  /**
+   * The checkpoint's kind, and its memory: float32 weights take what their files take, so
+   * the size of every file along the lineage.
+   */
+  private async factsOf(ref: CheckpointRef): Promise<{ kind: string; bytes: number }> {
+    const known = this.facts.get(ref.digest);
+    if (known) return known;
     let bytes = 0;
+    let kind = "";
     for (const r of await lineageOf(this.store, ref)) {
-      for (const file of Object.values((await this.store.readManifest(r)).files)) bytes += file.size;
+      const manifest = await this.store.readManifest(r);
+      for (const file of Object.values(manifest.files)) bytes += file.size;
+      kind = manifest.kind;
     }
-    return bytes;
+    const facts = { kind, bytes };
+    this.facts.set(ref.digest, facts);
+    return facts;
   }
 }

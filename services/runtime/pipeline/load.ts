@@ -43,7 +43,8 @@ export function parentOf(manifest: CheckpointManifest): CheckpointRef {
 /** A checkpoint's lineage from its root model, read from the manifests alone. */
 export async function lineageOf(store: CheckpointStore, ref: CheckpointRef): Promise<CheckpointRef[]> {
   const chain = [ref];
-  for (let manifest = await store.readManifest(ref); manifest.kind !== KIND.model; ) {
+  // Adapters and training states name a parent; a model (or a moderation classifier) is a root.
+  for (let manifest = await store.readManifest(ref); manifest.kind === KIND.adapter || manifest.kind === KIND.trainingState; ) {
     const parent = parentOf(manifest);
     if (chain.some((r) => r.digest === parent.digest) || chain.length > 64) {
       throw new CheckpointFormatError(`checkpoint ${ref.uri} has a cyclic or overlong lineage`);
