@@ -1,4 +1,4 @@
 // All four services in one process (npm start); VACCINE_SERVICES narrows the set.
-import { runServices } from "./run.ts";
+import { runServices } from "./suite/run.ts";
 
 await runServices();

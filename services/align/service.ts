@@ -1,11 +1,13 @@
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
 import type { AlignSpec } from "../../gen/vaccine/v1/training_pb.ts";
-import type { SuiteDeps } from "../platform/deps.ts";
-import { jobHandlers } from "../platform/job-handlers.ts";
+import type { SuiteDeps } from "../common/deps.ts";
+import { checkCheckpointRef, checkDatasetRef } from "../common/validate-refs.ts";
+import type { JobExecutor } from "../jobs/executor.ts";
+import { jobHandlers } from "../jobs/handlers.ts";
+import { checkLora, checkTraining } from "../jobs/validate.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator } from "../platform/validate.ts";
-import { checkCheckpointRef, checkDatasetRef, checkLora, checkTraining } from "../platform/validate-training.ts";
 
 export function checkAlignSpec(spec: AlignSpec | undefined): asserts spec is AlignSpec {
   const v = new RequestValidator();
@@ -23,8 +25,8 @@ export function checkAlignSpec(spec: AlignSpec | undefined): asserts spec is Ali
 }
 
 /** AlignService: alignment jobs (SFT or Vaccine) over a base checkpoint. */
-export function alignService(deps: SuiteDeps): ServiceModule {
-  const jobs = jobHandlers(deps, JobKind.ALIGN);
+export function alignService(deps: SuiteDeps, executor: JobExecutor): ServiceModule {
+  const jobs = jobHandlers(deps, executor, JobKind.ALIGN);
   return {
     desc: AlignService,
     register(router) {

@@ -1,4 +1,4 @@
 // The embed service alone, as deployed one per pod.
-import { runServices } from "../run.ts";
+import { runServices } from "../suite/run.ts";
 
 await runServices(["embed"]);

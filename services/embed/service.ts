@@ -5,12 +5,12 @@ import {
   EmbedService,
   Pooling,
 } from "../../gen/vaccine/v1/embed_pb.ts";
-import type { SuiteDeps } from "../platform/deps.ts";
-import { mapCallError, withCheckpoint } from "../platform/checkpoint-calls.ts";
+import type { SuiteDeps } from "../common/deps.ts";
+import { mapCallError, withCheckpoint } from "../common/checkpoint-calls.ts";
 import type { ServiceModule } from "../platform/server.ts";
-import { datasetSource } from "../platform/training-spec.ts";
+import { datasetSource } from "../common/refs.ts";
 import { RequestValidator } from "../platform/validate.ts";
-import { checkCheckpointRef, checkDatasetRef } from "../platform/validate-training.ts";
+import { checkCheckpointRef, checkDatasetRef } from "../common/validate-refs.ts";
 import { resolveExamples } from "../runtime/pipeline/datasets.ts";
 import { computeDrift, DRIFT_DEFINITION } from "../runtime/pipeline/drift.ts";
 import { hiddenStates, type Pooling as RuntimePooling } from "../runtime/pipeline/hidden-states.ts";

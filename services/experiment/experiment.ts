@@ -6,12 +6,12 @@
 import os from "node:os";
 import { trace, metrics } from "@opentelemetry/api";
 import { createClients } from "../cli/client.ts";
-import { loadConfig, SERVICE_NAMES } from "../platform/config.ts";
+import { loadConfig, SERVICE_NAMES } from "../suite/config.ts";
 import { silentLogger } from "../platform/log.ts";
 import { SCOPE } from "../platform/telemetry.ts";
 import { selectBackend } from "../runtime/backend.ts";
 import { BUILTIN_CHECKPOINTS, builtinRef } from "../runtime/pipeline/builtins.ts";
-import { startServices } from "../run.ts";
+import { startServices } from "../suite/run.ts";
 import { PRESETS, type Preset } from "./presets.ts";
 import { writeReport } from "./report.ts";
 import { runExperiment, type Ref, type RunnerHooks } from "./runner.ts";

@@ -1,11 +1,13 @@
 import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
 import type { FineTuneSpec } from "../../gen/vaccine/v1/training_pb.ts";
-import type { SuiteDeps } from "../platform/deps.ts";
-import { jobHandlers } from "../platform/job-handlers.ts";
+import type { SuiteDeps } from "../common/deps.ts";
+import { checkCheckpointRef, checkDatasetRef } from "../common/validate-refs.ts";
+import type { JobExecutor } from "../jobs/executor.ts";
+import { jobHandlers } from "../jobs/handlers.ts";
+import { checkLora, checkTraining } from "../jobs/validate.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator } from "../platform/validate.ts";
-import { checkCheckpointRef, checkDatasetRef, checkLora, checkTraining } from "../platform/validate-training.ts";
 
 export function checkFineTuneSpec(spec: FineTuneSpec | undefined): asserts spec is FineTuneSpec {
   const v = new RequestValidator();
@@ -24,8 +26,8 @@ export function checkFineTuneSpec(spec: FineTuneSpec | undefined): asserts spec 
 }
 
 /** FineTuneService: user fine-tuning jobs, a new adapter over a merged aligned checkpoint. */
-export function fineTuneService(deps: SuiteDeps): ServiceModule {
-  const jobs = jobHandlers(deps, JobKind.FINE_TUNE);
+export function fineTuneService(deps: SuiteDeps, executor: JobExecutor): ServiceModule {
+  const jobs = jobHandlers(deps, executor, JobKind.FINE_TUNE);
   return {
     desc: FineTuneService,
     register(router) {

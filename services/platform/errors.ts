@@ -53,7 +53,7 @@ export function notImplemented(rpc: string): ConnectError {
   return rpcError(Code.Unimplemented, Reason.NOT_IMPLEMENTED, `${rpc} is not implemented yet`, { rpc });
 }
 
-/** A google.rpc.Status (for Job.error) with the same ErrorInfo the RPC error would carry. */
+/** A google.rpc.Status (for a long-running operation's recorded error) with the same ErrorInfo the RPC error would carry. */
 export function toStatus(err: ConnectError): Status {
   const details = err.details.map((d) =>
     "desc" in d

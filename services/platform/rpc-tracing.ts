@@ -82,7 +82,7 @@ async function withSpan<R extends UnaryResponse | StreamResponse>(span: Span, ct
 
 /**
  * One SERVER span per RPC, a child of the caller's W3C traceparent; the handler runs in its
- * context, so work it starts (a training job) can link to it.
+ * context, so background work it starts can link to it.
  */
 export function serverTracing(provider: TracerProvider = trace.getTracerProvider()): Interceptor {
   const tracer = provider.getTracer(SCOPE);

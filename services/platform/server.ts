@@ -34,7 +34,7 @@ export interface RunningServer {
   /** http://host:port, for clients. */
   url: string;
   health: HealthRegistry;
-  /** Work to finish before connections close on shutdown (e.g. checkpoint a training step). */
+  /** Work to finish before connections close on shutdown (e.g. save the state of background work). */
   onShutdown(hook: () => Promise<void>): void;
   /** Idempotent graceful shutdown; see the order in the body. */
   shutdown(): Promise<void>;
@@ -100,7 +100,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     // 1. Probes and load balancers see NOT_SERVING first, so no new work is routed here.
     health.setAll(ServingStatus.NOT_SERVING);
     logger.info("shutting down", { openSessions: sessions.size });
-    // 2. Hooks finish their work (a training step and its checkpoint) within the timeout.
+    // 2. Hooks finish their work (background work saves its state) within the timeout.
     await withTimeout(Promise.allSettled(hooks.map((h) => h())), timeoutMs);
     // 3. Calls still in flight are aborted through connect's shutdown signal.
     stopping.abort();

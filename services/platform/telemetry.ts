@@ -49,8 +49,8 @@ type Env = Record<string, string | undefined>;
 
 /**
  * Buckets of every histogram in seconds: the SDK's defaults (0 to 10000) are meant for
- * milliseconds and would put every training step and pass in the first bucket. 60 s is the
- * step budget the deployment's shutdown timeout assumes (deploy/README.md).
+ * milliseconds and would put every latency of seconds in the first bucket. 60 s is the
+ * longest operation budget the deployment's shutdown timeout assumes (deploy/README.md).
  */
 export const SECONDS_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 

@@ -12,7 +12,7 @@ interface Bounds {
 /**
  * Collects every field violation of a request, then throws one INVALID_ARGUMENT that
  * names them all (a client fixes its request in one round trip, not one per field).
- * Field paths are the proto field names as clients see them, e.g. "spec.training.batch_size".
+ * Field paths are the proto field names as clients see them, e.g. "spec.lora.rank".
  */
 export class RequestValidator {
   private readonly violations: { field: string; description: string }[] = [];
@@ -57,4 +57,10 @@ export class RequestValidator {
   check(): void {
     if (this.violations.length > 0) throw invalidArgument(this.violations);
   }
+}
+
+/** page_size and page_token of the List RPCs. */
+export function checkPage(v: RequestValidator, pageSize: number, pageToken: string): void {
+  v.number("page_size", pageSize, { min: 0, max: 1000, integer: true });
+  if (pageToken !== "" && !/^[A-Za-z0-9_-]{1,512}$/.test(pageToken)) v.fail("page_token", "is not a token this server issued");
 }

@@ -2,19 +2,19 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { DatasetRef } from "../../gen/vaccine/v1/common_pb.ts";
 import { FinishReason, GenerateResponseSchema, ModerateResponseSchema, ScoreService, TaskKind } from "../../gen/vaccine/v1/score_pb.ts";
-import { mapCallError, withCheckpoint } from "../platform/checkpoint-calls.ts";
+import { mapCallError, withCheckpoint } from "../common/checkpoint-calls.ts";
 import { rpcError } from "../platform/errors.ts";
-import { toRpcError } from "../platform/runtime-errors.ts";
-import { checkpointRefOf, datasetSource } from "../platform/training-spec.ts";
+import { toRpcError } from "../common/runtime-errors.ts";
+import { checkpointRefOf, datasetSource } from "../common/refs.ts";
 import { parseTaskAnswer, type Task } from "../runtime/eval/task-parsers.ts";
 import { DEFAULT_THRESHOLD, type ModerationResult } from "../runtime/moderation/classifier.ts";
 import { answer } from "../runtime/pipeline/answers.ts";
 import { resolveExamples, type DatasetSource } from "../runtime/pipeline/datasets.ts";
 import { inferTask, scoreHarmfulness, scoreTask } from "../runtime/pipeline/scoring.ts";
-import type { SuiteDeps } from "../platform/deps.ts";
+import type { SuiteDeps } from "../common/deps.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator } from "../platform/validate.ts";
-import { checkCheckpointRef, checkDatasetRef } from "../platform/validate-training.ts";
+import { checkCheckpointRef, checkDatasetRef } from "../common/validate-refs.ts";
 
 /** Largest number of prompts or pairs in one Generate or Moderate call. */
 export const MAX_BATCH = 256;

@@ -3,7 +3,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import pkg from "../../package.json" with { type: "json" };
-import { loadConfig, VARIABLES } from "../../services/platform/config.ts";
+import { loadConfig, VARIABLES } from "../../services/suite/config.ts";
 import { kustomize } from "./kustomize.ts";
 
 interface Stage {

@@ -24,14 +24,14 @@ import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
 import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
-import { loadConfig, SERVICE_NAMES, VARIABLES, type ServiceName } from "../../services/platform/config.ts";
+import { loadConfig, SERVICE_NAMES, VARIABLES, type ServiceName } from "../../services/suite/config.ts";
 import { exporterNames } from "../../services/platform/telemetry.ts";
 import { startProcess } from "../helpers/process.ts";
 import { kustomize, type K8sObject } from "./kustomize.ts";
 
 const K8S = "deploy/k8s";
 const DESCS: Record<ServiceName, DescService> = { align: AlignService, finetune: FineTuneService, embed: EmbedService, score: ScoreService };
-// The services with a job executor (services/platform/deps.ts): they train.
+// The services with a job executor (services/suite/create-deps.ts): they train.
 const TRAINING_SERVICES: ServiceName[] = ["align", "finetune"];
 // The OTLP exporters' default timeout (OTEL_EXPORTER_OTLP_TIMEOUT), the longest telemetry flush.
 const OTLP_TIMEOUT_MS = 10_000;

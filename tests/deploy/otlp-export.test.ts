@@ -14,7 +14,7 @@ import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { JobState } from "../../gen/vaccine/v1/jobs_pb.ts";
 import pkg from "../../package.json" with { type: "json" };
 import { SECONDS_BUCKETS, setupTelemetry } from "../../services/platform/telemetry.ts";
-import { TRAINING } from "../../services/platform/training-telemetry.ts";
+import { TRAINING } from "../../services/jobs/telemetry.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { startSuite } from "../helpers/server.ts";
 import { EXAMPLES } from "../helpers/tiny-world.ts";

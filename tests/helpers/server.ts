@@ -2,18 +2,18 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { metrics, trace, type MeterProvider, type TracerProvider } from "@opentelemetry/api";
-import { createDeps, type SuiteDeps } from "../../services/platform/deps.ts";
-import { SERVICE_NAMES } from "../../services/platform/config.ts";
+import { createDeps, type ProcessDeps } from "../../services/suite/create-deps.ts";
+import { SERVICE_NAMES } from "../../services/suite/config.ts";
 import { startServer, type RunningServer } from "../../services/platform/server.ts";
 import { SCOPE } from "../../services/platform/telemetry.ts";
-import { SERVICES } from "../../services/suite.ts";
+import { SERVICES } from "../../services/suite/services.ts";
 import { putTinyModeration } from "./tiny-moderation.ts";
 import { putModel } from "./tiny-store.ts";
 import { tinyTokenizer, tinyWorldModel } from "./tiny-world.ts";
 
 export interface TestSuite {
   server: RunningServer;
-  deps: SuiteDeps;
+  deps: ProcessDeps;
   /** The tiny-world model, stored as a base checkpoint. */
   base: { uri: string; digest: string };
   /** Shuts the server down and removes the temp store and job records. */

@@ -8,7 +8,7 @@ import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
 import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { AlignSpecSchema } from "../../gen/vaccine/v1/training_pb.ts";
-import { SERVICES } from "../../services/suite.ts";
+import { SERVICES } from "../../services/suite/services.ts";
 import { rpcFailure } from "../helpers/errors.ts";
 import { testDeps } from "../helpers/server.ts";
 

@@ -1,6 +1,6 @@
 /** serve: run services in this process; health: ask a server whether it serves. */
 import { HealthCheckResponse_ServingStatus, HealthCheckResponseSchema } from "../../../gen/grpc/health/v1/health_pb.ts";
-import { SERVICE_NAMES, type ServiceName } from "../../platform/config.ts";
+import { SERVICE_NAMES, type ServiceName } from "../../suite/config.ts";
 import { UsageError } from "../args.ts";
 import type { Command } from "../command.ts";
 import { writeJson } from "../output.ts";
@@ -31,7 +31,7 @@ const serve: Command = {
     if (port !== undefined) process.env.VACCINE_PORT = String(port);
     if (host !== undefined) process.env.VACCINE_HOST = host;
     // Imported here so client commands do not load the model runtime.
-    const { runServices } = await import("../../run.ts");
+    const { runServices } = await import("../../suite/run.ts");
     await runServices(services ? [...new Set(services as ServiceName[])] : undefined);
     // The server keeps the process alive; runServices exits it on SIGTERM or SIGINT.
   },

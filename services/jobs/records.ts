@@ -7,8 +7,8 @@
 import { appendFileSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createRegistry, fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
-import { file_google_rpc_error_details } from "../../../gen/google/rpc/error_details_pb.ts";
-import { JobEventSchema, JobSchema, type Job, type JobEvent } from "../../../gen/vaccine/v1/jobs_pb.ts";
+import { file_google_rpc_error_details } from "../../gen/google/rpc/error_details_pb.ts";
+import { JobEventSchema, JobSchema, type Job, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
 
 /** The creating RPC's span, so a job's trace (possibly after a restart) links back to it. */
 export interface TraceLink {

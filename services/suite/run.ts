@@ -1,12 +1,12 @@
 import type { Meter, Tracer } from "@opentelemetry/api";
-import { loadConfig, ConfigError, type Config, type ServiceName } from "./platform/config.ts";
-import { createLogger, type Logger } from "./platform/log.ts";
-import { startServer, type RunningServer } from "./platform/server.ts";
-import { createDeps } from "./platform/deps.ts";
-import { selectBackend } from "./runtime/backend.ts";
-import { seedBuiltins } from "./runtime/pipeline/builtins.ts";
-import { SCOPE, setupTelemetry } from "./platform/telemetry.ts";
-import { SERVICES } from "./suite.ts";
+import { createLogger, type Logger } from "../platform/log.ts";
+import { startServer, type RunningServer } from "../platform/server.ts";
+import { SCOPE, setupTelemetry } from "../platform/telemetry.ts";
+import { selectBackend } from "../runtime/backend.ts";
+import { seedBuiltins } from "../runtime/pipeline/builtins.ts";
+import { loadConfig, ConfigError, type Config, type ServiceName } from "./config.ts";
+import { createDeps } from "./create-deps.ts";
+import { SERVICES } from "./services.ts";
 
 /**
  * A service process: configuration from the environment, telemetry, the server, and a

@@ -1,5 +1,5 @@
 /**
- * The job executor: a bounded queue of training jobs with durable records, events kept
+ * The embedded job executor: a bounded queue of training jobs with durable records, events kept
  * for late watchers, cancellation, graceful shutdown and resume after a restart.
  *
  * Life cycle: QUEUED -> RUNNING -> SUCCEEDED | FAILED | CANCELLED, with CANCELLING while a
@@ -9,14 +9,11 @@
  * training checkpoint.
  */
 import { randomUUID } from "node:crypto";
-import { clone, create, type MessageInitShape } from "@bufbuild/protobuf";
+import { clone, create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Counter, type Meter, type Span, type Tracer } from "@opentelemetry/api";
-import { CheckpointRefSchema } from "../../../gen/vaccine/v1/common_pb.ts";
-
-/** A checkpoint reference as the runtime produces it. */
-type CheckpointRef = { uri: string; digest: string };
+import { CheckpointRefSchema } from "../../gen/vaccine/v1/common_pb.ts";
 import {
   JobEventSchema,
   JobKind,
@@ -26,43 +23,15 @@ import {
   LogSeverity,
   type Job,
   type JobEvent,
-  type JobProgress,
-} from "../../../gen/vaccine/v1/jobs_pb.ts";
-import type { AlignSpec, FineTuneSpec } from "../../../gen/vaccine/v1/training_pb.ts";
-import { rpcError, toStatus } from "../errors.ts";
-import { silentLogger, type Logger } from "../log.ts";
-import { SCOPE } from "../telemetry.ts";
-import { JobRecords, type TraceLink } from "./job-records.ts";
+} from "../../gen/vaccine/v1/jobs_pb.ts";
+import { rpcError, toStatus } from "../platform/errors.ts";
+import { silentLogger, type Logger } from "../platform/log.ts";
+import { SCOPE } from "../platform/telemetry.ts";
+import { JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobExecutor, type JobSpec, type JobWork, type StopReason } from "./executor.ts";
+import { JobRecords, type TraceLink } from "./records.ts";
 
-export type StopReason = "cancel" | "shutdown";
-
-/** One event's payload: a state change, step metrics, a checkpoint written or a log line. */
-export type JobEventInit = MessageInitShape<typeof JobEventSchema>["event"];
-
-/** What a job's work function sees. */
-export interface JobContext {
-  readonly job: Job;
-  /** Aborted with a StopReason when the job must stop after its current step. */
-  readonly signal: AbortSignal;
-  emit(event: JobEventInit): void;
-  progress(p: Partial<Omit<JobProgress, "$typeName">>): void;
-  /** Records the latest resumable checkpoint, so a restart resumes from it. */
-  setTrainingState(ref: CheckpointRef): void;
-  /** The tracer whose active span is the job's span: per-step spans become its children. */
-  readonly tracer: Tracer;
-}
-
-/**
- * Does the work of one job; resolves the result checkpoint and its lineage (root first,
- * the result last), or undefined when it stopped early because the signal asked it to
- * (after writing a training checkpoint).
- */
-export type JobWork = (ctx: JobContext) => Promise<{ result: CheckpointRef; lineage: CheckpointRef[] } | undefined>;
-
-/** Maps a work function's failure to the error recorded on the job (with its ErrorInfo). */
-export type ErrorMapper = (err: unknown) => ConnectError;
-
-export interface ExecutorOptions {
+export interface LocalExecutorOptions {
+  /** Folder of the durable job records and event logs. */
   dir: string;
   work: Partial<Record<JobKind, JobWork>>;
   mapError: ErrorMapper;
@@ -72,14 +41,6 @@ export interface ExecutorOptions {
   meter?: Meter;
   logger?: Logger;
 }
-
-/** Metric names of the executor, for the runbook and its alerts. */
-export const JOB_METRICS = {
-  /** Gauge: jobs by vaccine.job.kind and vaccine.job.state (queued, running). */
-  jobs: "vaccine.jobs",
-  /** Counter: jobs that reached a final state, by kind and state (succeeded, failed, cancelled). */
-  finished: "vaccine.jobs.finished",
-} as const;
 
 const FINAL = new Set([JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED]);
 const PREFIX: Partial<Record<JobKind, string>> = { [JobKind.ALIGN]: "align", [JobKind.FINE_TUNE]: "finetune" };
@@ -93,7 +54,7 @@ interface Entry {
   done?: Promise<void>;
 }
 
-export class JobExecutor {
+export class LocalExecutor implements JobExecutor {
   private readonly records: JobRecords;
   private readonly entries = new Map<string, Entry>();
   private readonly queue: string[] = [];
@@ -104,7 +65,7 @@ export class JobExecutor {
   private readonly logger: Logger;
   private readonly finished?: Counter;
 
-  constructor(private readonly options: ExecutorOptions) {
+  constructor(private readonly options: LocalExecutorOptions) {
     this.records = new JobRecords(options.dir);
     this.maxRunning = options.maxRunning ?? 1;
     this.tracer = options.tracer ?? trace.getTracer(SCOPE);
@@ -134,8 +95,7 @@ export class JobExecutor {
     queueMicrotask(() => this.schedule());
   }
 
-  /** Creates a QUEUED job; the caller's active span becomes the link of the job's trace. */
-  create(kind: JobKind, spec: { case: "align"; value: AlignSpec } | { case: "fineTune"; value: FineTuneSpec }): Job {
+  async create(kind: JobKind, spec: JobSpec): Promise<Job> {
     if (this.stopping) throw rpcError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "the server is shutting down; retry on another replica");
     const caller = trace.getSpan(context.active())?.spanContext();
     const job = create(JobSchema, {
@@ -157,12 +117,12 @@ export class JobExecutor {
   }
 
   /** A snapshot: the live record keeps changing while a response is serialized. */
-  get(kind: JobKind, id: string): Job {
+  async get(kind: JobKind, id: string): Promise<Job> {
     return clone(JobSchema, this.entry(kind, id).job);
   }
 
-  /** Jobs of a kind, newest first; the page token is the offset, opaque to clients. */
-  list(kind: JobKind, pageSize: number, pageToken: string): { jobs: Job[]; nextPageToken: string } {
+  /** The page token is the offset. */
+  async list(kind: JobKind, pageSize: number, pageToken: string): Promise<{ jobs: Job[]; nextPageToken: string }> {
     let offset = 0;
     if (pageToken) {
       offset = Number(Buffer.from(pageToken, "base64url").toString());
@@ -180,8 +140,7 @@ export class JobExecutor {
     return { jobs, nextPageToken: next };
   }
 
-  /** Cancels a queued job at once, a running one after its current step; final jobs are returned as they are. */
-  cancel(kind: JobKind, id: string): Job {
+  async cancel(kind: JobKind, id: string): Promise<Job> {
     const entry = this.entry(kind, id);
     const { job } = entry;
     if (job.state === JobState.QUEUED) {
@@ -194,7 +153,6 @@ export class JobExecutor {
     return clone(JobSchema, job);
   }
 
-  /** The job's events from the first, then live ones; ends after the final state change. */
   async *watch(kind: JobKind, id: string, signal: AbortSignal): AsyncGenerator<JobEvent> {
     const entry = this.entry(kind, id);
     let sent = 0;
@@ -217,7 +175,6 @@ export class JobExecutor {
     }
   }
 
-  /** Stops taking jobs, asks running ones to checkpoint and stop, and waits for them. */
   async shutdown(): Promise<void> {
     this.stopping = true;
     const running = [...this.entries.values()].filter((e) => e.abort);

@@ -1,37 +1,29 @@
 /**
- * What the service handlers share in one process: the checkpoint store, the job executor
- * (only where a training service runs), telemetry and the logger.
+ * The dependencies of one process from its configuration: the checkpoint store, the
+ * loaded-checkpoint cache and, where a training service runs, the job executor.
  */
 import type { Meter, Tracer } from "@opentelemetry/api";
 import { JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
-import type { BuiltinRefs } from "../runtime/pipeline/builtins.ts";
+import type { SuiteDeps } from "../common/deps.ts";
+import { toRpcError } from "../common/runtime-errors.ts";
+import type { JobExecutor } from "../jobs/executor.ts";
+import { LocalExecutor } from "../jobs/local-executor.ts";
+import { trainingWork } from "../jobs/work.ts";
+import type { Logger } from "../platform/log.ts";
 import { CheckpointCache } from "../runtime/pipeline/checkpoint-cache.ts";
 import { createStore } from "../runtime/store/create-store.ts";
-import type { CheckpointStore } from "../runtime/store/store.ts";
 import type { Config } from "./config.ts";
-import { JobExecutor } from "./jobs/executor.ts";
-import type { Logger } from "./log.ts";
-import { toRpcError } from "./runtime-errors.ts";
-import { trainingWork } from "./training-jobs.ts";
 
-export interface SuiteDeps {
-  store: CheckpointStore;
-  /** Loaded checkpoints for Embed and Score. */
-  checkpoints: CheckpointCache;
-  /** Refs of the shipped checkpoints once seeded into the store (see seedBuiltins). */
-  builtins: BuiltinRefs;
+export interface ProcessDeps extends SuiteDeps {
   /** Present when align or finetune is served. */
   executor?: JobExecutor;
-  tracer: Tracer;
-  meter: Meter;
-  logger: Logger;
 }
 
 export function createDeps(
   config: Pick<Config, "store" | "storeRoot" | "s3Bucket" | "s3Prefix" | "s3Endpoint" | "s3Region" | "cacheDir" | "jobsDir" | "maxRunningJobs" | "modelCacheMb" | "services">,
   telemetry: { tracer: Tracer; meter: Meter },
   logger: Logger,
-): SuiteDeps {
+): ProcessDeps {
   const store =
     config.store === "s3"
       ? createStore({
@@ -46,7 +38,7 @@ export function createDeps(
       : createStore({ kind: "local", root: config.storeRoot });
   const trains = config.services.includes("align") || config.services.includes("finetune");
   const executor = trains
-    ? new JobExecutor({
+    ? new LocalExecutor({
         dir: config.jobsDir,
         maxRunning: config.maxRunningJobs,
         tracer: telemetry.tracer,

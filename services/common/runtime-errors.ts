@@ -17,7 +17,7 @@ import {
   StorePathEscapeError,
 } from "../runtime/store/store.ts";
 import { TrainingDivergedError } from "../runtime/train/loop.ts";
-import { rpcError } from "./errors.ts";
+import { rpcError } from "../platform/errors.ts";
 
 export interface ErrorContext {
   /** The request field a dataset came from (e.g. "spec.dataset"), for BadRequest. */

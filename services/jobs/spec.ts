@@ -1,15 +1,13 @@
 /**
  * Job specs from the contracts to the runtime: every unset field takes the reference
- * default of vaccine-method.md (alignment and user fine-tuning differ in LoRA alpha,
+ * default of docs/method.md (alignment and user fine-tuning differ in LoRA alpha,
  * learning rate and epochs), so "unset" always means the documented value.
  */
-import type { DatasetRef, LoraConfig as LoraProto, TrainingConfig } from "../../gen/vaccine/v1/common_pb.ts";
-import { DatasetFormat, DatasetSplit } from "../../gen/vaccine/v1/common_pb.ts";
+import type { LoraConfig as LoraProto, TrainingConfig } from "../../gen/vaccine/v1/common_pb.ts";
 import type { AlignSpec, FineTuneSpec } from "../../gen/vaccine/v1/training_pb.ts";
-import type { RowFormat } from "../runtime/data/loaders.ts";
 import { LINEAR_MODULES, type LinearModule } from "../runtime/model/llama.ts";
 import type { LoraConfig } from "../runtime/model/lora.ts";
-import type { DatasetSource } from "../runtime/pipeline/datasets.ts";
+import { checkpointRefOf } from "../common/refs.ts";
 import type { AlignmentMethod } from "../runtime/pipeline/train-adapter.ts";
 import type { CheckpointRef } from "../runtime/store/store.ts";
 import type { TrainOptions } from "../runtime/train/loop.ts";
@@ -29,33 +27,9 @@ export const REFERENCE = {
   rho: 2,
 } as const;
 
-const FORMATS: Record<DatasetFormat, RowFormat | undefined> = {
-  [DatasetFormat.UNSPECIFIED]: undefined,
-  [DatasetFormat.ALPACA]: "alpaca",
-  [DatasetFormat.BEAVERTAILS]: "beavertails",
-  [DatasetFormat.REFUSAL]: "refusal",
-  [DatasetFormat.SST2]: "sst2",
-  [DatasetFormat.AGNEWS]: "agnews",
-  [DatasetFormat.GSM8K]: "gsm8k",
-};
-
-export function checkpointRefOf(ref: { uri: string; digest: string } | undefined): CheckpointRef {
-  return { uri: ref?.uri ?? "", digest: ref?.digest ?? "" };
-}
-
-export function datasetSource(ref: DatasetRef | undefined): DatasetSource {
-  const source = ref?.source;
-  if (source?.case === "uri") return { uri: source.value, format: FORMATS[ref!.format] };
-  const b = source?.case === "builtin" ? source.value : undefined;
-  return {
-    builtin: {
-      name: b?.name ?? "",
-      split: b?.split === DatasetSplit.TEST ? "test" : "train",
-      size: b?.size,
-      seed: b?.seed,
-      harmfulRatio: b?.harmfulRatio,
-    },
-  };
+/** The checkpoint a stage trains on: the base model for alignment, the aligned one for fine-tuning. */
+export function parentOf(stage: Stage, spec: AlignSpec | FineTuneSpec): CheckpointRef {
+  return checkpointRefOf(stage === "align" ? (spec as AlignSpec).baseCheckpoint : (spec as FineTuneSpec).alignedCheckpoint);
 }
 
 export function loraOf(stage: Stage, lora: LoraProto | undefined): LoraConfig {

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig, VARIABLES } from "../../services/platform/config.ts";
+import { ConfigError, loadConfig, VARIABLES } from "../../services/suite/config.ts";
 
 describe("configuration", () => {
   it("has documented defaults", () => {

@@ -6,10 +6,10 @@ import { Code } from "@connectrpc/connect";
 import { DriftPreconditionError } from "../runtime/pipeline/drift.ts";
 import { EmbedRequestError } from "../runtime/pipeline/hidden-states.ts";
 import type { LoadedCheckpoint } from "../runtime/pipeline/load.ts";
+import { rpcError } from "../platform/errors.ts";
 import type { SuiteDeps } from "./deps.ts";
-import { rpcError } from "./errors.ts";
+import { checkpointRefOf } from "./refs.ts";
 import { toRpcError } from "./runtime-errors.ts";
-import { checkpointRefOf } from "./training-spec.ts";
 
 /** Runtime errors of a call as RPC errors; `field` names the checkpoint or dataset at fault. */
 export function mapCallError(err: unknown, field: string): never {

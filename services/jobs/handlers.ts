@@ -1,18 +1,17 @@
 import type { HandlerContext } from "@connectrpc/connect";
 import { JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
 import type { AlignSpec, FineTuneSpec } from "../../gen/vaccine/v1/training_pb.ts";
-import type { JobExecutor } from "./jobs/executor.ts";
-import { checkJobInputs } from "./training-jobs.ts";
-import type { SuiteDeps } from "./deps.ts";
-import { RequestValidator } from "./validate.ts";
-import { checkJobId, checkPage } from "./validate-training.ts";
+import type { SuiteDeps } from "../common/deps.ts";
+import { checkPage, RequestValidator } from "../platform/validate.ts";
+import type { JobExecutor } from "./executor.ts";
+import { checkJobInputs } from "./inputs.ts";
+import { checkJobId } from "./validate.ts";
 
 /**
  * The job RPCs behave the same for every job kind; AlignService and FineTuneService route
  * theirs here after validating their own spec.
  */
-export function jobHandlers(deps: SuiteDeps, kind: JobKind.ALIGN | JobKind.FINE_TUNE) {
-  const executor: JobExecutor = deps.executor ?? missingExecutor();
+export function jobHandlers(deps: SuiteDeps, executor: JobExecutor, kind: JobKind.ALIGN | JobKind.FINE_TUNE) {
   const stage = kind === JobKind.ALIGN ? "align" : "finetune";
   const byId = (req: { jobId: string }) => {
     const v = new RequestValidator();
@@ -25,12 +24,12 @@ export function jobHandlers(deps: SuiteDeps, kind: JobKind.ALIGN | JobKind.FINE_
       await checkJobInputs(deps, stage, spec);
       const job =
         kind === JobKind.ALIGN
-          ? executor.create(kind, { case: "align", value: spec as AlignSpec })
-          : executor.create(kind, { case: "fineTune", value: spec as FineTuneSpec });
+          ? await executor.create(kind, { case: "align", value: spec as AlignSpec })
+          : await executor.create(kind, { case: "fineTune", value: spec as FineTuneSpec });
       return { job };
     },
-    get: (req: { jobId: string }) => ({ job: executor.get(kind, byId(req)) }),
-    cancel: (req: { jobId: string }) => ({ job: executor.cancel(kind, byId(req)) }),
+    get: async (req: { jobId: string }) => ({ job: await executor.get(kind, byId(req)) }),
+    cancel: async (req: { jobId: string }) => ({ job: await executor.cancel(kind, byId(req)) }),
     list(req: { pageSize: number; pageToken: string }) {
       const v = new RequestValidator();
       checkPage(v, req.pageSize, req.pageToken);
@@ -41,8 +40,4 @@ export function jobHandlers(deps: SuiteDeps, kind: JobKind.ALIGN | JobKind.FINE_
       for await (const event of executor.watch(kind, byId(req), ctx.signal)) yield { event };
     },
   };
-}
-
-function missingExecutor(): never {
-  throw new Error("job services need an executor: include align or finetune in the process's services");
 }

@@ -1,4 +1,4 @@
-// The job executor with stand-in work functions: queueing, cancellation, watch, restart.
+// The embedded job executor with stand-in work functions: queueing, cancellation, watch, restart.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,7 +15,8 @@ import { CheckpointRefSchema } from "../../gen/vaccine/v1/common_pb.ts";
 import { JobKind, JobState, type Job, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { AlignSpecSchema } from "../../gen/vaccine/v1/training_pb.ts";
 import { rpcError } from "../../services/platform/errors.ts";
-import { JobExecutor, type JobContext, type JobWork } from "../../services/platform/jobs/executor.ts";
+import type { JobContext, JobWork } from "../../services/jobs/executor.ts";
+import { LocalExecutor } from "../../services/jobs/local-executor.ts";
 
 const dirs: string[] = [];
 afterEach(() => dirs.splice(0).forEach((d) => rmSync(d, { recursive: true, force: true })));
@@ -45,9 +46,9 @@ function controllable() {
 }
 
 const tick = () => new Promise((r) => setTimeout(r, 5));
-async function until(cond: () => boolean) {
-  for (let i = 0; i < 400 && !cond(); i++) await tick();
-  expect(cond()).toBe(true);
+async function until(cond: () => boolean | Promise<boolean>) {
+  for (let i = 0; i < 400 && !(await cond()); i++) await tick();
+  expect(await cond()).toBe(true);
 }
 async function collect(it: AsyncIterable<JobEvent>) {
   const out: JobEvent[] = [];
@@ -57,43 +58,43 @@ async function collect(it: AsyncIterable<JobEvent>) {
 const states = (events: JobEvent[]) =>
   events.flatMap((e) => (e.event.case === "stateChange" ? [JobState[e.event.value.to]] : []));
 
-describe("JobExecutor", () => {
+describe("LocalExecutor", () => {
   it("runs one job at a time by default and queues the rest", async () => {
     const c = controllable();
-    const ex = new JobExecutor({ dir: tempDir(), work: { [JobKind.ALIGN]: c.work }, mapError });
-    const a = ex.create(JobKind.ALIGN, spec);
-    const b = ex.create(JobKind.ALIGN, spec);
+    const ex = new LocalExecutor({ dir: tempDir(), work: { [JobKind.ALIGN]: c.work }, mapError });
+    const a = await ex.create(JobKind.ALIGN, spec);
+    const b = await ex.create(JobKind.ALIGN, spec);
     await until(() => c.started.length === 1);
-    expect(ex.get(JobKind.ALIGN, a.id).state).toBe(JobState.RUNNING);
-    expect(ex.get(JobKind.ALIGN, b.id).state).toBe(JobState.QUEUED);
+    expect((await ex.get(JobKind.ALIGN, a.id)).state).toBe(JobState.RUNNING);
+    expect((await ex.get(JobKind.ALIGN, b.id)).state).toBe(JobState.QUEUED);
     c.release(a.id, 1);
     await until(() => c.started.length === 2);
-    expect(ex.get(JobKind.ALIGN, a.id)).toMatchObject({ state: JobState.SUCCEEDED, result: { uri: "store://checkpoints/1" } });
-    expect(ex.get(JobKind.ALIGN, a.id).lineage.map((r) => r.uri)).toEqual(["store://checkpoints/0", "store://checkpoints/1"]);
+    expect(await ex.get(JobKind.ALIGN, a.id)).toMatchObject({ state: JobState.SUCCEEDED, result: { uri: "store://checkpoints/1" } });
+    expect((await ex.get(JobKind.ALIGN, a.id)).lineage.map((r) => r.uri)).toEqual(["store://checkpoints/0", "store://checkpoints/1"]);
     c.release(b.id, 2);
-    await until(() => ex.get(JobKind.ALIGN, b.id).state === JobState.SUCCEEDED);
+    await until(async () => (await ex.get(JobKind.ALIGN, b.id)).state === JobState.SUCCEEDED);
   });
 
   it("cancels a queued job at once and a running one after its step, with a Status and ErrorInfo", async () => {
     const c = controllable();
-    const ex = new JobExecutor({ dir: tempDir(), work: { [JobKind.ALIGN]: c.work }, mapError });
-    const a = ex.create(JobKind.ALIGN, spec);
-    const b = ex.create(JobKind.ALIGN, spec);
+    const ex = new LocalExecutor({ dir: tempDir(), work: { [JobKind.ALIGN]: c.work }, mapError });
+    const a = await ex.create(JobKind.ALIGN, spec);
+    const b = await ex.create(JobKind.ALIGN, spec);
     await until(() => c.started.length === 1);
-    expect(ex.cancel(JobKind.ALIGN, b.id).state).toBe(JobState.CANCELLED);
-    expect(ex.cancel(JobKind.ALIGN, a.id).state).toBe(JobState.CANCELLING);
+    expect((await ex.cancel(JobKind.ALIGN, b.id)).state).toBe(JobState.CANCELLED);
+    expect((await ex.cancel(JobKind.ALIGN, a.id)).state).toBe(JobState.CANCELLING);
     const events = await collect(ex.watch(JobKind.ALIGN, a.id, new AbortController().signal));
     expect(states(events)).toEqual(["QUEUED", "RUNNING", "CANCELLING", "CANCELLED"]);
-    const job = ex.get(JobKind.ALIGN, a.id);
+    const job = await ex.get(JobKind.ALIGN, a.id);
     expect(job.error?.code).toBe(Code.Canceled);
     expect(anyUnpack(job.error!.details[0], ErrorInfoSchema)?.reason).toBe("JOB_CANCELLED");
     // Cancelling a final job changes nothing; b never started.
-    expect(ex.cancel(JobKind.ALIGN, a.id).state).toBe(JobState.CANCELLED);
+    expect((await ex.cancel(JobKind.ALIGN, a.id)).state).toBe(JobState.CANCELLED);
     expect(c.started).toHaveLength(1);
   });
 
   it("gives a late watcher the whole history, numbered without gaps, and ends with the job", async () => {
-    const ex = new JobExecutor({
+    const ex = new LocalExecutor({
       dir: tempDir(),
       mapError,
       work: {
@@ -103,8 +104,8 @@ describe("JobExecutor", () => {
         },
       },
     });
-    const job = ex.create(JobKind.ALIGN, spec);
-    await until(() => ex.get(JobKind.ALIGN, job.id).state === JobState.SUCCEEDED);
+    const job = await ex.create(JobKind.ALIGN, spec);
+    await until(async () => (await ex.get(JobKind.ALIGN, job.id)).state === JobState.SUCCEEDED);
     const events = await collect(ex.watch(JobKind.ALIGN, job.id, new AbortController().signal));
     expect(events.map((e) => e.sequence)).toEqual(events.map((_, i) => i + 1));
     expect(events.filter((e) => e.event.case === "step")).toHaveLength(3);
@@ -116,9 +117,9 @@ describe("JobExecutor", () => {
     const metricReader = new PeriodicExportingMetricReader({ exporter: reader, exportIntervalMillis: 60_000 });
     const meterProvider = new MeterProvider({ readers: [metricReader] });
     const c = controllable();
-    const ex = new JobExecutor({ dir: tempDir(), work: { [JobKind.ALIGN]: c.work }, mapError, meter: meterProvider.getMeter("t") });
-    const a = ex.create(JobKind.ALIGN, spec);
-    ex.create(JobKind.ALIGN, spec);
+    const ex = new LocalExecutor({ dir: tempDir(), work: { [JobKind.ALIGN]: c.work }, mapError, meter: meterProvider.getMeter("t") });
+    const a = await ex.create(JobKind.ALIGN, spec);
+    await ex.create(JobKind.ALIGN, spec);
     await until(() => c.started.length === 1);
     c.release(a.id);
     await until(() => c.started.length === 2);
@@ -132,14 +133,14 @@ describe("JobExecutor", () => {
   });
 
   it("records a failure as FAILED with the mapped error", async () => {
-    const ex = new JobExecutor({
+    const ex = new LocalExecutor({
       dir: tempDir(),
       mapError,
       work: { [JobKind.ALIGN]: async () => Promise.reject(rpcError(Code.FailedPrecondition, "LOSS_NOT_FINITE", "the loss at step 3 is NaN")) },
     });
-    const job = ex.create(JobKind.ALIGN, spec);
-    await until(() => ex.get(JobKind.ALIGN, job.id).state === JobState.FAILED);
-    const failed = ex.get(JobKind.ALIGN, job.id);
+    const job = await ex.create(JobKind.ALIGN, spec);
+    await until(async () => (await ex.get(JobKind.ALIGN, job.id)).state === JobState.FAILED);
+    const failed = await ex.get(JobKind.ALIGN, job.id);
     expect(failed.error?.message).toContain("NaN");
     expect(anyUnpack(failed.error!.details[0], ErrorInfoSchema)?.reason).toBe("LOSS_NOT_FINITE");
     expect(failed.endTime).toBeDefined();
@@ -148,15 +149,15 @@ describe("JobExecutor", () => {
   it("stops a running job at shutdown and resumes it from its training checkpoint after a restart", async () => {
     const dir = tempDir();
     const first = controllable();
-    const ex1 = new JobExecutor({ dir, work: { [JobKind.ALIGN]: first.work }, mapError });
-    const job = ex1.create(JobKind.ALIGN, spec);
+    const ex1 = new LocalExecutor({ dir, work: { [JobKind.ALIGN]: first.work }, mapError });
+    const job = await ex1.create(JobKind.ALIGN, spec);
     await until(() => first.started.length === 1);
     await ex1.shutdown();
-    expect(ex1.get(JobKind.ALIGN, job.id).state).toBe(JobState.QUEUED);
-    expect(() => ex1.create(JobKind.ALIGN, spec)).toThrow(/shutting down/);
+    expect((await ex1.get(JobKind.ALIGN, job.id)).state).toBe(JobState.QUEUED);
+    await expect(ex1.create(JobKind.ALIGN, spec)).rejects.toThrow(/shutting down/);
 
     let resumedFrom: string | undefined;
-    const ex2 = new JobExecutor({
+    const ex2 = new LocalExecutor({
       dir,
       mapError,
       work: {
@@ -166,30 +167,30 @@ describe("JobExecutor", () => {
         },
       },
     });
-    await until(() => ex2.get(JobKind.ALIGN, job.id).state === JobState.SUCCEEDED);
+    await until(async () => (await ex2.get(JobKind.ALIGN, job.id)).state === JobState.SUCCEEDED);
     expect(resumedFrom).toBe("store://checkpoints/7");
     const events = await collect(ex2.watch(JobKind.ALIGN, job.id, new AbortController().signal));
     expect(states(events)).toEqual(["QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"]);
   });
 
   it("lists newest first in pages, and answers NOT_FOUND and bad tokens clearly", async () => {
-    const ex = new JobExecutor({ dir: tempDir(), work: {}, maxRunning: 0, mapError });
+    const ex = new LocalExecutor({ dir: tempDir(), work: {}, maxRunning: 0, mapError });
     const ids: string[] = [];
     for (let i = 0; i < 5; i++) {
-      ids.push(ex.create(JobKind.ALIGN, spec).id);
+      ids.push((await ex.create(JobKind.ALIGN, spec)).id);
       await tick();
     }
-    ex.create(JobKind.FINE_TUNE, { case: "fineTune", value: create(AlignSpecSchema, {}) as never });
-    const page1 = ex.list(JobKind.ALIGN, 2, "");
-    const page2 = ex.list(JobKind.ALIGN, 2, page1.nextPageToken);
-    const page3 = ex.list(JobKind.ALIGN, 2, page2.nextPageToken);
+    await ex.create(JobKind.FINE_TUNE, { case: "fineTune", value: create(AlignSpecSchema, {}) as never });
+    const page1 = await ex.list(JobKind.ALIGN, 2, "");
+    const page2 = await ex.list(JobKind.ALIGN, 2, page1.nextPageToken);
+    const page3 = await ex.list(JobKind.ALIGN, 2, page2.nextPageToken);
     expect([...page1.jobs, ...page2.jobs, ...page3.jobs].map((j: Job) => j.id)).toEqual([...ids].reverse());
     expect(page3.nextPageToken).toBe("");
-    expect(() => ex.list(JobKind.ALIGN, 2, "bm90LWEtbnVtYmVy")).toThrow(/page_token/);
-    expect(() => ex.get(JobKind.ALIGN, "align-00000000-0000-0000-0000-000000000000")).toThrow(/not found/);
+    await expect(ex.list(JobKind.ALIGN, 2, "bm90LWEtbnVtYmVy")).rejects.toThrow(/page_token/);
+    await expect(ex.get(JobKind.ALIGN, "align-00000000-0000-0000-0000-000000000000")).rejects.toThrow(/not found/);
     // A fine-tuning job is not found through the alignment API.
-    const ft = ex.list(JobKind.FINE_TUNE, 10, "").jobs[0];
-    expect(() => ex.get(JobKind.ALIGN, ft.id)).toThrow(ConnectError);
+    const ft = (await ex.list(JobKind.FINE_TUNE, 10, "")).jobs[0];
+    await expect(ex.get(JobKind.ALIGN, ft.id)).rejects.toThrow(ConnectError);
   });
 
   it("gives each job its own trace, linked to the span that created it", async () => {
@@ -199,7 +200,7 @@ describe("JobExecutor", () => {
     const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
     const tracer = provider.getTracer("test");
     let stepParent: string | undefined;
-    const ex = new JobExecutor({
+    const ex = new LocalExecutor({
       dir: tempDir(),
       mapError,
       tracer,
@@ -213,13 +214,13 @@ describe("JobExecutor", () => {
       },
     });
     const rpc = tracer.startSpan("rpc");
-    const job = context.with(trace.setSpan(context.active(), rpc), () => ex.create(JobKind.ALIGN, spec));
+    const job = await context.with(trace.setSpan(context.active(), rpc), () => ex.create(JobKind.ALIGN, spec));
     rpc.end();
-    await until(() => ex.get(JobKind.ALIGN, job.id).state === JobState.SUCCEEDED);
+    await until(async () => (await ex.get(JobKind.ALIGN, job.id)).state === JobState.SUCCEEDED);
     const jobSpan = exporter.getFinishedSpans().find((s) => s.name === "job align")!;
     expect(jobSpan.links[0].context.spanId).toBe(rpc.spanContext().spanId);
     expect(jobSpan.spanContext().traceId).not.toBe(rpc.spanContext().traceId);
-    expect(ex.get(JobKind.ALIGN, job.id).traceId).toBe(jobSpan.spanContext().traceId);
+    expect((await ex.get(JobKind.ALIGN, job.id)).traceId).toBe(jobSpan.spanContext().traceId);
     expect(stepParent).toBe(jobSpan.spanContext().traceId);
   });
 });

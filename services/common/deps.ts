@@ -1,0 +1,21 @@
+/**
+ * What every vaccine service handler shares in one process: the checkpoint store, the
+ * loaded-checkpoint cache, the shipped checkpoints' refs, telemetry and the logger. The job
+ * executor is not here: only Align and FineTune take it (see suite/services.ts).
+ */
+import type { Meter, Tracer } from "@opentelemetry/api";
+import type { Logger } from "../platform/log.ts";
+import type { BuiltinRefs } from "../runtime/pipeline/builtins.ts";
+import type { CheckpointCache } from "../runtime/pipeline/checkpoint-cache.ts";
+import type { CheckpointStore } from "../runtime/store/store.ts";
+
+export interface SuiteDeps {
+  store: CheckpointStore;
+  /** Loaded checkpoints for Embed and Score. */
+  checkpoints: CheckpointCache;
+  /** Refs of the shipped checkpoints once seeded into the store (see seedBuiltins). */
+  builtins: BuiltinRefs;
+  tracer: Tracer;
+  meter: Meter;
+  logger: Logger;
+}

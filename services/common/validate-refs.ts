@@ -1,0 +1,32 @@
+/** Request checks for the references every service takes: checkpoints and datasets. */
+import type { CheckpointRef, DatasetRef } from "../../gen/vaccine/v1/common_pb.ts";
+import type { RequestValidator } from "../platform/validate.ts";
+
+const DIGEST = /^sha256:[0-9a-f]{64}$/;
+
+/** A CheckpointRef: both the URI and a well-formed digest are required. */
+export function checkCheckpointRef(v: RequestValidator, field: string, ref: CheckpointRef | undefined, required = true): void {
+  if (!ref) {
+    if (required) v.fail(field, "is required");
+    return;
+  }
+  v.required(`${field}.uri`, ref.uri);
+  if (!DIGEST.test(ref.digest)) v.fail(`${field}.digest`, 'must be "sha256:" followed by 64 lowercase hex digits');
+}
+
+/** A DatasetRef: a store URI or a builtin dataset with sane generator settings. */
+export function checkDatasetRef(v: RequestValidator, field: string, ref: DatasetRef | undefined, required = true): void {
+  const source = ref?.source;
+  if (!source || source.case === undefined) {
+    if (required) v.fail(field, "needs a uri or a builtin dataset");
+    return;
+  }
+  if (source.case === "uri") {
+    v.required(`${field}.uri`, source.value);
+    return;
+  }
+  const b = source.value;
+  v.required(`${field}.builtin.name`, b.name);
+  v.number(`${field}.builtin.size`, b.size, { min: 1, max: 1_000_000, integer: true });
+  v.number(`${field}.builtin.harmful_ratio`, b.harmfulRatio, { min: 0, max: 1 });
+}

@@ -1,0 +1,71 @@
+/**
+ * The job executor's contract: what the Align and FineTune handlers call, whatever runs the
+ * jobs. The embedded executor (local-executor.ts) queues them in this process with durable
+ * records on disk; a distributed one (a queue with separate workers) implements the same
+ * interface, so handlers and work functions do not change.
+ */
+import type { ConnectError } from "@connectrpc/connect";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import type { Tracer } from "@opentelemetry/api";
+import type { JobEventSchema, JobKind, Job, JobEvent, JobProgress } from "../../gen/vaccine/v1/jobs_pb.ts";
+import type { AlignSpec, FineTuneSpec } from "../../gen/vaccine/v1/training_pb.ts";
+
+/** A checkpoint reference as the runtime produces it. */
+export type CheckpointRef = { uri: string; digest: string };
+
+export type JobSpec = { case: "align"; value: AlignSpec } | { case: "fineTune"; value: FineTuneSpec };
+
+/** Why a running job is asked to stop after its step. */
+export type StopReason = "cancel" | "shutdown";
+
+/** One event's payload: a state change, step metrics, a checkpoint written or a log line. */
+export type JobEventInit = MessageInitShape<typeof JobEventSchema>["event"];
+
+/** What a job's work function sees. */
+export interface JobContext {
+  readonly job: Job;
+  /** Aborted with a StopReason when the job must stop after its current step. */
+  readonly signal: AbortSignal;
+  emit(event: JobEventInit): void;
+  progress(p: Partial<Omit<JobProgress, "$typeName">>): void;
+  /** Records the latest resumable checkpoint, so a restart resumes from it. */
+  setTrainingState(ref: CheckpointRef): void;
+  /** The tracer whose active span is the job's span: per-step spans become its children. */
+  readonly tracer: Tracer;
+}
+
+/**
+ * Does the work of one job; resolves the result checkpoint and its lineage (root first,
+ * the result last), or undefined when it stopped early because the signal asked it to
+ * (after writing a training checkpoint).
+ */
+export type JobWork = (ctx: JobContext) => Promise<{ result: CheckpointRef; lineage: CheckpointRef[] } | undefined>;
+
+/** Maps a work function's failure to the error recorded on the job (with its ErrorInfo). */
+export type ErrorMapper = (err: unknown) => ConnectError;
+
+/**
+ * Jobs of every kind. Errors are RPC errors: JOB_NOT_FOUND for an unknown id or a job of
+ * another kind, INVALID_ARGUMENT for a bad page token, UNAVAILABLE while shutting down.
+ */
+export interface JobExecutor {
+  /** Creates a QUEUED job; the caller's active span becomes the link of the job's trace. */
+  create(kind: JobKind, spec: JobSpec): Promise<Job>;
+  get(kind: JobKind, id: string): Promise<Job>;
+  /** Jobs of a kind, newest first; the page token is opaque to clients. */
+  list(kind: JobKind, pageSize: number, pageToken: string): Promise<{ jobs: Job[]; nextPageToken: string }>;
+  /** Cancels a queued job at once, a running one after its current step; final jobs are returned as they are. */
+  cancel(kind: JobKind, id: string): Promise<Job>;
+  /** The job's events from the first, then live ones; ends after the final state change. */
+  watch(kind: JobKind, id: string, signal: AbortSignal): AsyncIterable<JobEvent>;
+  /** Stops taking jobs, asks running ones to checkpoint and stop, and waits for them. */
+  shutdown(): Promise<void>;
+}
+
+/** Metric names of the executors, for the runbook and its alerts. */
+export const JOB_METRICS = {
+  /** Gauge: jobs by vaccine.job.kind and vaccine.job.state (queued, running). */
+  jobs: "vaccine.jobs",
+  /** Counter: jobs that reached a final state, by kind and state (succeeded, failed, cancelled). */
+  finished: "vaccine.jobs.finished",
+} as const;

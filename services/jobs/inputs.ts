@@ -1,0 +1,70 @@
+/**
+ * What a Create call checks before a job exists: the parent checkpoint exists and has a kind
+ * the stage can train on (unknown: NOT_FOUND), the dataset parses (bad: INVALID_ARGUMENT with
+ * file and line), and for fine-tuning the moderation gate passes.
+ */
+import { Code } from "@connectrpc/connect";
+import type { AlignSpec, FineTuneSpec, ModerationGate } from "../../gen/vaccine/v1/training_pb.ts";
+import type { SuiteDeps } from "../common/deps.ts";
+import { checkpointRefOf, datasetSource } from "../common/refs.ts";
+import { toRpcError } from "../common/runtime-errors.ts";
+import { rpcError } from "../platform/errors.ts";
+import type { Example } from "../runtime/data/template.ts";
+import { DEFAULT_THRESHOLD, pairOfExample } from "../runtime/moderation/classifier.ts";
+import { resolveExamples } from "../runtime/pipeline/datasets.ts";
+import { KIND } from "../runtime/pipeline/load.ts";
+import { parentOf, type Stage } from "./spec.ts";
+
+const PARENT_FIELD: Record<Stage, string> = { align: "spec.base_checkpoint", finetune: "spec.aligned_checkpoint" };
+
+/** Everything a Create call can check before queueing: the parent exists and fits, the data parses (and passes the moderation gate). */
+export async function checkJobInputs(deps: Pick<SuiteDeps, "store" | "checkpoints" | "builtins">, stage: Stage, spec: AlignSpec | FineTuneSpec): Promise<void> {
+  const { store } = deps;
+  const field = PARENT_FIELD[stage];
+  let kind: string;
+  try {
+    kind = (await store.readManifest(parentOf(stage, spec))).kind;
+  } catch (err) {
+    throw toRpcError(err, { checkpointField: field });
+  }
+  const allowed = stage === "align" ? [KIND.model] : [KIND.model, KIND.adapter];
+  if (!(allowed as string[]).includes(kind)) {
+    throw rpcError(Code.FailedPrecondition, "CHECKPOINT_KIND_INVALID", `${field} is a ${kind} checkpoint; ${stage} needs ${allowed.join(" or ")}`, { field });
+  }
+  let examples;
+  try {
+    examples = await resolveExamples(store, datasetSource(spec.dataset));
+  } catch (err) {
+    throw toRpcError(err, { datasetField: "spec.dataset" });
+  }
+  const gate = stage === "finetune" ? (spec as FineTuneSpec).moderationGate : undefined;
+  if (gate?.enabled) await screenDataset(deps, gate, examples);
+}
+
+/**
+ * The moderation gate: the user's (prompt, answer) pairs through the moderation model; a
+ * flagged fraction above the bound refuses the dataset before any training.
+ */
+async function screenDataset(deps: Pick<SuiteDeps, "checkpoints" | "builtins">, gate: ModerationGate, examples: Example[]): Promise<void> {
+  const ref = gate.moderationModel ? checkpointRefOf(gate.moderationModel) : deps.builtins.moderation;
+  if (!ref) {
+    throw rpcError(Code.FailedPrecondition, "MODERATION_MODEL_MISSING", "spec.moderation_gate.moderation_model: unset, and this server has no built-in moderation model");
+  }
+  const verdicts = await deps.checkpoints
+    .useModeration(ref, (c) => c.classify(examples.map(pairOfExample), gate.threshold ?? DEFAULT_THRESHOLD))
+    .catch((err) => {
+      throw toRpcError(err, { checkpointField: "spec.moderation_gate.moderation_model" });
+    });
+  const flagged = verdicts.filter((v) => v.flagged);
+  const fraction = flagged.length / verdicts.length;
+  const bound = gate.maxFlaggedFraction ?? 0;
+  if (fraction > bound) {
+    const categories = [...new Set(flagged.map((v) => v.topCategory))].sort();
+    throw rpcError(
+      Code.FailedPrecondition,
+      "TRAINING_DATA_UNSAFE",
+      `spec.dataset: ${flagged.length} of ${verdicts.length} examples (${(100 * fraction).toFixed(1)}%) are flagged as harmful (${categories.join(", ")}); the gate allows ${(100 * bound).toFixed(1)}%`,
+      { flagged_fraction: fraction.toFixed(4), flagged: String(flagged.length), total: String(verdicts.length), categories: categories.join(",") },
+    );
+  }
+}
