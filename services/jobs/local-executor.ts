@@ -251,7 +251,8 @@ export class LocalExecutor implements JobExecutor {
       endSpan(span);
     } catch (err) {
       const error = this.options.mapError(err);
-      this.logger.warn("job failed", { job: job.id, error: error.message });
+      // Logged in the job's trace, so the line leads to the failed step.
+      context.with(trace.setSpan(ROOT_CONTEXT, span), () => this.logger.warn({ job: job.id, code: Code[error.code], error: error.rawMessage }, "job failed"));
       this.finish(entry, JobState.FAILED, error);
       endSpan(span, error);
     }

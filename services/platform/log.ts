@@ -1,24 +1,39 @@
-/** One JSON line per record on stderr: what log collectors in a pod ingest without parsing rules. */
-export interface Logger {
-  debug(msg: string, fields?: Record<string, unknown>): void;
-  info(msg: string, fields?: Record<string, unknown>): void;
-  warn(msg: string, fields?: Record<string, unknown>): void;
-  error(msg: string, fields?: Record<string, unknown>): void;
+/**
+ * Structured logs with pino: one JSON line per record on stderr, which log collectors in a
+ * pod ingest without parsing rules; every line written inside a traced call carries the
+ * active `trace_id` and `span_id`, so a log line leads to its trace. On a terminal the lines
+ * are pretty-printed for humans instead.
+ */
+import { context, isSpanContextValid, trace } from "@opentelemetry/api";
+import { pino, stdTimeFunctions, type DestinationStream, type Logger } from "pino";
+import pretty from "pino-pretty";
+
+export type { Logger };
+
+export const LOG_LEVELS = ["debug", "info", "warn", "error"] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** The active span's ids, or nothing outside a trace. */
+function traceFields(): Record<string, string> {
+  const sc = trace.getSpan(context.active())?.spanContext();
+  return sc && isSpanContextValid(sc) ? { trace_id: sc.traceId, span_id: sc.spanId } : {};
 }
 
-const LEVELS = ["debug", "info", "warn", "error"] as const;
-export type LogLevel = (typeof LEVELS)[number];
-
-export function createLogger(
-  level: LogLevel = "info",
-  write: (line: string) => void = (line) => process.stderr.write(line + "\n"),
-): Logger {
-  const min = LEVELS.indexOf(level);
-  const at = (l: LogLevel) => (msg: string, fields: Record<string, unknown> = {}) => {
-    if (LEVELS.indexOf(l) >= min) write(JSON.stringify({ time: new Date().toISOString(), level: l, msg, ...fields }));
-  };
-  return { debug: at("debug"), info: at("info"), warn: at("warn"), error: at("error") };
+/** A logger at `level`; `destination` defaults to stderr (pretty on a terminal). */
+export function createLogger(level: LogLevel = "info", destination?: DestinationStream): Logger {
+  const out = destination ?? (process.stderr.isTTY ? pretty({ destination: 2, colorize: true }) : pino.destination({ fd: 2, sync: true }));
+  return pino(
+    {
+      level,
+      base: undefined,
+      timestamp: stdTimeFunctions.isoTime,
+      // "level":"info" rather than pino's numbers: what people and log queries read.
+      formatters: { level: (label) => ({ level: label }) },
+      mixin: traceFields,
+    },
+    out,
+  );
 }
 
 /** For tests and embedding: drops everything. */
-export const silentLogger: Logger = createLogger("error", () => {});
+export const silentLogger: Logger = pino({ level: "silent" });

@@ -92,14 +92,14 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const { address, port } = server.address() as AddressInfo;
   const host = address.includes(":") ? `[${address}]` : address;
   health.setAll(ServingStatus.SERVING);
-  logger.info("serving", { address, port, services: options.services.map((s) => s.desc.typeName) });
+  logger.info({ address, port, services: options.services.map((s) => s.desc.typeName) }, "serving");
 
   let shutdownPromise: Promise<void> | undefined;
   const shutdown = async () => {
     const timeoutMs = options.shutdownTimeoutMs ?? 10_000;
     // 1. Probes and load balancers see NOT_SERVING first, so no new work is routed here.
     health.setAll(ServingStatus.NOT_SERVING);
-    logger.info("shutting down", { openSessions: sessions.size });
+    logger.info({ openSessions: sessions.size }, "shutting down");
     // 2. Hooks finish their work (background work saves its state) within the timeout.
     await withTimeout(Promise.allSettled(hooks.map((h) => h())), timeoutMs);
     // 3. Calls still in flight are aborted through connect's shutdown signal.

@@ -3,6 +3,7 @@
  * with its default and its check, so a bad value fails at start with a message that names
  * the variable, and the README's configuration table can be checked against this list.
  */
+import { LOG_LEVELS, type LogLevel } from "../platform/log.ts";
 
 export const SERVICE_NAMES = ["align", "finetune", "embed", "score"] as const;
 export type ServiceName = (typeof SERVICE_NAMES)[number];
@@ -25,7 +26,7 @@ export interface Config {
   maxRunningJobs: number;
   modelCacheMb: number;
   shutdownTimeoutMs: number;
-  logLevel: "debug" | "info" | "warn" | "error";
+  logLevel: LogLevel;
 }
 
 interface Variable<K extends keyof Config> {
@@ -84,7 +85,7 @@ export const VARIABLES = [
   v({ name: "VACCINE_MODEL_CACHE_MB", key: "modelCacheMb", default: "2048", description: "Memory for checkpoints kept loaded by Embed and Score.", parse: integer(0, 1_048_576) }),
   v({ name: "VACCINE_MAX_RUNNING_JOBS", key: "maxRunningJobs", default: "1", description: "Training jobs run at once per process (one per accelerator).", parse: integer(1, 64) }),
   v({ name: "VACCINE_SHUTDOWN_TIMEOUT_MS", key: "shutdownTimeoutMs", default: "10000", description: "Longest wait for in-flight work on SIGTERM before closing anyway.", parse: integer(0, 3_600_000) }),
-  v({ name: "VACCINE_LOG_LEVEL", key: "logLevel", default: "info", description: "debug, info, warn or error.", parse: choice(["debug", "info", "warn", "error"] as const) }),
+  v({ name: "VACCINE_LOG_LEVEL", key: "logLevel", default: "info", description: "debug, info, warn or error.", parse: choice(LOG_LEVELS) }),
 ];
 
 export class ConfigError extends Error {

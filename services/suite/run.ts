@@ -37,7 +37,7 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
     logger,
   );
   const stop = async (signal: string) => {
-    logger.info("signal received", { signal });
+    logger.info({ signal }, "signal received");
     await server.shutdown();
     await telemetry.shutdown();
     process.exit(0);
@@ -57,9 +57,9 @@ export async function startServices(config: Config, telemetry: { tracer: Tracer;
   // checkpoints are then missing until the next start (requests naming them get NOT_FOUND).
   try {
     deps.builtins = await seedBuiltins(deps.store);
-    for (const [name, ref] of Object.entries(deps.builtins)) logger.info("builtin checkpoint", { name, uri: ref.uri, digest: ref.digest });
+    for (const [name, ref] of Object.entries(deps.builtins)) logger.info({ name, uri: ref.uri, digest: ref.digest }, "builtin checkpoint");
   } catch (err) {
-    logger.warn("could not put the built-in checkpoints into the store", { error: (err as Error).message });
+    logger.warn({ error: (err as Error).message }, "could not put the built-in checkpoints into the store");
   }
   const server = await startServer({
     services: config.services.map((n) => SERVICES[n](deps)),

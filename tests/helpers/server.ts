@@ -5,6 +5,7 @@ import { metrics, trace, type MeterProvider, type TracerProvider } from "@opente
 import { createDeps, type ProcessDeps } from "../../services/suite/create-deps.ts";
 import { SERVICE_NAMES } from "../../services/suite/config.ts";
 import { startServer, type RunningServer } from "../../services/platform/server.ts";
+import { silentLogger } from "../../services/platform/log.ts";
 import { SCOPE } from "../../services/platform/telemetry.ts";
 import { SERVICES } from "../../services/suite/services.ts";
 import { putTinyModeration } from "./tiny-moderation.ts";
@@ -41,7 +42,7 @@ export async function testDeps(options: { tracerProvider?: TracerProvider; meter
       tracer: (options.tracerProvider ?? trace.getTracerProvider()).getTracer(SCOPE),
       meter: (options.meterProvider ?? metrics.getMeterProvider()).getMeter(SCOPE),
     },
-    { debug() {}, info() {}, warn() {}, error() {} },
+    silentLogger,
   );
   const model = tinyWorldModel(tinyTokenizer());
   const base = await putModel(deps.store, model);

@@ -15,6 +15,7 @@ import { CheckpointRefSchema } from "../../gen/vaccine/v1/common_pb.ts";
 import { JobKind, JobState, type Job, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { AlignSpecSchema } from "../../gen/vaccine/v1/training_pb.ts";
 import { rpcError } from "../../services/platform/errors.ts";
+import { createLogger } from "../../services/platform/log.ts";
 import type { JobContext, JobWork } from "../../services/jobs/executor.ts";
 import { LocalExecutor } from "../../services/jobs/local-executor.ts";
 
@@ -222,5 +223,23 @@ describe("LocalExecutor", () => {
     expect(jobSpan.spanContext().traceId).not.toBe(rpc.spanContext().traceId);
     expect((await ex.get(JobKind.ALIGN, job.id)).traceId).toBe(jobSpan.spanContext().traceId);
     expect(stepParent).toBe(jobSpan.spanContext().traceId);
+  });
+
+  it("logs a failed job as a pino line carrying the job's trace_id", async () => {
+    context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+    const tracer = new BasicTracerProvider().getTracer("test");
+    const lines: Record<string, unknown>[] = [];
+    const ex = new LocalExecutor({
+      dir: tempDir(),
+      mapError,
+      tracer,
+      logger: createLogger("info", { write: (s: string) => void lines.push(JSON.parse(s)) }),
+      work: { [JobKind.ALIGN]: async () => Promise.reject(new Error("backend aborted")) },
+    });
+    const job = await ex.create(JobKind.ALIGN, spec);
+    await until(async () => (await ex.get(JobKind.ALIGN, job.id)).state === JobState.FAILED);
+    const failed = await ex.get(JobKind.ALIGN, job.id);
+    expect(lines).toEqual([expect.objectContaining({ level: "warn", msg: "job failed", job: job.id, code: "Internal", error: "Error: backend aborted", trace_id: failed.traceId })]);
+    expect(lines[0].span_id).toMatch(/^[0-9a-f]{16}$/);
   });
 });
