@@ -6,6 +6,8 @@ const report = process.env.VACCINE_TEST_REPORT;
 export default defineConfig({
   test: {
     include: ["tests/**/*.test.ts"],
+    // The compiled build (dist/) that the bin and the deployed entrypoints run.
+    globalSetup: ["tests/setup/build.ts"],
     // tfjs training tests are CPU-bound; two cores, so two workers at most.
     maxWorkers: 2,
     testTimeout: 120_000,

@@ -2,7 +2,7 @@
 // project's own rules (.dependency-cruiser.cjs): the tree obeys them, and each rule rejects
 // a deliberately inverted import in a scratch tree of the same layout.
 import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -28,6 +28,15 @@ function cruise(cwd: string, paths: string[]): Violation[] {
   }
   return JSON.parse(out).summary.violations;
 }
+
+describe("docs/architecture.md", () => {
+  it("describes every folder of services/ and every rule of the import check", () => {
+    const doc = readFileSync(join(ROOT, "docs/architecture.md"), "utf8");
+    const folders = readdirSync(join(ROOT, "services"), { withFileTypes: true }).filter((d) => d.isDirectory());
+    for (const d of folders) expect(doc, d.name).toContain(`\`${d.name}/\``);
+    expect(doc).toContain(".dependency-cruiser.cjs");
+  });
+});
 
 describe("import directions", () => {
   it("hold for the whole tree", () => {

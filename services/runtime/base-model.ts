@@ -3,16 +3,17 @@
  * scripts/build-base-model.ts): where it lives, how to load it, and greedy answering in
  * the reference's evaluation style, which its build script and its tests share.
  */
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { readHfFolder } from "./checkpoint/hf-folder.ts";
 import { parseLlamaConfig, type LlamaConfig } from "./model/config.ts";
 import { LlamaModel } from "./model/llama.ts";
+import { MODELS_DIR } from "./models-dir.ts";
 import type { LoraAdapter } from "./model/lora.ts";
 import { answer } from "./pipeline/answers.ts";
 import { loadTokenizer, type Tokenizer } from "./tokenizer.ts";
 
 /** Absolute path of the shipped base model folder. */
-export const BASE_MODEL_DIR = fileURLToPath(new URL("../../models/base/", import.meta.url));
+export const BASE_MODEL_DIR = join(MODELS_DIR, "base");
 
 export interface LoadedModel {
   model: LlamaModel;

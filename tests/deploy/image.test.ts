@@ -81,13 +81,16 @@ describe("deploy/Dockerfile", () => {
       return o.metadata.name === "otel-collector" || !sc ? [] : [sc.runAsUser];
     });
     expect(new Set(runAsUsers)).toEqual(new Set([Number(uid)]));
-    expect(cmd!.slice(0, 3)).toEqual(["node", "--import", "tsx"]);
-    expect(existsSync(cmd![3])).toBe(true);
+    // Compiled JavaScript from the build stage, for an entrypoint whose source exists.
+    expect(cmd).toEqual(["node", "dist/services/main.js"]);
+    expect(existsSync("services/main.ts")).toBe(true);
   });
 
-  it("runs tsx from the production dependencies, and copies only what .dockerignore lets into the context", () => {
-    // The image installs dependencies without devDependencies: tsx must be among them.
-    expect((pkg.dependencies as Record<string, string>).tsx).toBeDefined();
+  it("compiles in a build stage, runs no transpiler, and copies only what .dockerignore lets into the context", () => {
+    // tsx is for a checkout only: the image installs no devDependencies and needs none.
+    expect((pkg.dependencies as Record<string, string>).tsx).toBeUndefined();
+    expect(readFileSync("deploy/Dockerfile", "utf8")).toContain("RUN npx tsc -p tsconfig.build.json");
+    expect(JSON.parse(readFileSync("tsconfig.build.json", "utf8")).compilerOptions.outDir).toBe("dist");
     const allowed = readFileSync(".dockerignore", "utf8")
       .split("\n")
       .filter((l) => l.startsWith("!"))

@@ -188,8 +188,10 @@ describe.each(Object.entries(RENDERS))("overlay %s", (_, render) => {
 
   it.each(SERVICE_NAMES)("%s runs its own entrypoint with an environment loadConfig accepts", (name) => {
     const c = container(workload(objects, name));
-    expect(c.command).toEqual(["node", "--import", "tsx", `services/${name}/main.ts`]);
-    expect(readFileSync(c.command![3], "utf8")).toContain(`runServices(["${name}"])`);
+    // The compiled entrypoint (npm run build) of the service's own main.ts.
+    expect(c.command).toEqual(["node", `dist/services/${name}/main.js`]);
+    expect(readFileSync(`services/${name}/main.ts`, "utf8")).toContain(`runServices(["${name}"])`);
+    expect(readFileSync(c.command![1], "utf8")).toContain(`runServices(["${name}"])`);
     const env = environment(objects, workload(objects, name));
     const known = new Set(VARIABLES.map((v) => v.name));
     expect(Object.keys(env).filter((k) => k.startsWith("VACCINE_") && !known.has(k))).toEqual([]);
@@ -397,7 +399,7 @@ describe("the pods' command and environment, run for real", () => {
           VACCINE_STORE_ROOT: join(dir, "store"),
           OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${(collector.address() as AddressInfo).port}`,
         };
-        const proc = await startProcess(c.command![3], sandbox);
+        const proc = await startProcess(c.command![1], sandbox);
         try {
           const health = createClient(Health, createGrpcTransport({ baseUrl: `http://127.0.0.1:${proc.port}` }));
           for (const probe of [c.startupProbe, c.readinessProbe, c.livenessProbe]) {

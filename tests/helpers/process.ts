@@ -8,9 +8,12 @@ export interface ServiceProcess {
   exited: Promise<{ code: number | null; signal: string | null; at: number }>;
 }
 
-/** Starts an entrypoint as its own Node process on port 0 and waits for its "serving" line. */
+/**
+ * Starts an entrypoint as its own Node process on port 0 and waits for its "serving" line:
+ * compiled JavaScript (dist/) as deployed, or TypeScript sources through tsx.
+ */
 export function startProcess(entry: string, env: Record<string, string> = {}): Promise<ServiceProcess> {
-  const child = spawn(process.execPath, ["--import", "tsx", entry], {
+  const child = spawn(process.execPath, entry.endsWith(".ts") ? ["--import", "tsx", entry] : [entry], {
     env: { ...process.env, VACCINE_PORT: "0", VACCINE_HOST: "127.0.0.1", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

@@ -5,14 +5,14 @@
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { encodeManifest, newManifest, sha256Hex, type ManifestFile } from "../store/manifest.ts";
 import { checkpointRef, type CheckpointRef, type CheckpointStore } from "../store/store.ts";
+import { MODELS_DIR } from "../models-dir.ts";
 import { KIND } from "./kinds.ts";
 
 export const BUILTIN_CHECKPOINTS = {
-  base: { dir: fileURLToPath(new URL("../../../models/base/", import.meta.url)), kind: KIND.model },
-  moderation: { dir: fileURLToPath(new URL("../../../models/moderation/", import.meta.url)), kind: KIND.moderation },
+  base: { dir: join(MODELS_DIR, "base"), kind: KIND.model },
+  moderation: { dir: join(MODELS_DIR, "moderation"), kind: KIND.moderation },
 } as const;
 
 export type BuiltinRefs = Partial<Record<keyof typeof BUILTIN_CHECKPOINTS, CheckpointRef>>;
