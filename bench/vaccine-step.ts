@@ -12,7 +12,7 @@ import { selectBackend } from "../services/runtime/backend.ts";
 import { loadBuiltin } from "../services/runtime/data/builtin.ts";
 import { worldVocabularyTexts } from "../services/runtime/data/world/index.ts";
 import { parseLlamaConfig } from "../services/runtime/model/config.ts";
-import { LlamaModel } from "../services/runtime/model/llama.ts";
+import { LINEAR_MODULES, LlamaModel } from "../services/runtime/model/llama.ts";
 import { LoraAdapter } from "../services/runtime/model/lora.ts";
 import { buildWordTokenizer, loadTokenizer, wordTokenizerConfig } from "../services/runtime/tokenizer.ts";
 import { Trainer, type StepMetrics } from "../services/runtime/train/loop.ts";
@@ -38,7 +38,7 @@ const shapes = {
 function run(configJson: Record<string, unknown>, make: () => StepFunction) {
   const config = parseLlamaConfig(configJson);
   const model = LlamaModel.init(config, 0);
-  const adapter = LoraAdapter.init(config, { r: 8, alpha: 16, dropout: 0.1, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }, 1);
+  const adapter = LoraAdapter.init(config, { r: 8, alpha: 16, dropout: 0.1, targetModules: [...LINEAR_MODULES] }, 1);
   const trainer = new Trainer({
     model, lora: adapter, data, tokenizer, stepFn: make(),
     options: { learningRate: 1e-3, maxSteps: STEPS, batchSize: BATCH, maxSequenceLength: 200, warmupRatio: 0.1, weightDecay: 0.1, gradClip: 1, seed: 0 },

@@ -6,11 +6,11 @@ import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { afterAll, describe, expect, it } from "vitest";
 import { readHfFolder, writeHfFolder } from "../../services/runtime/checkpoint/hf-folder.ts";
-import { peftTensorName, readPeftFolder } from "../../services/runtime/checkpoint/peft-folder.ts";
+import { fromPeftConfig, pairWeights, readPeftFolder } from "../../services/runtime/checkpoint/peft-folder.ts";
 import { formatPrompt } from "../../services/runtime/data/template.ts";
 import { parseLlamaConfig, toHfConfigJson } from "../../services/runtime/model/config.ts";
 import { LlamaModel } from "../../services/runtime/model/llama.ts";
-import { fromPeftConfig, LoraAdapter } from "../../services/runtime/model/lora.ts";
+import { LoraAdapter } from "../../services/runtime/model/lora.ts";
 import { writeAdapterFolder } from "../../services/runtime/pipeline/training-state.ts";
 import { buildWordTokenizer, loadTokenizer, wordTokenizerConfig } from "../../services/runtime/tokenizer.ts";
 import { EXAMPLES, tinyTokenizer, tinyWorldModel } from "../helpers/tiny-world.ts";
@@ -40,8 +40,7 @@ describe("checkpoint round trips", () => {
     const loadedModel = LlamaModel.fromWeights(parseLlamaConfig(folder.config), folder.tensors);
     const loadedTokenizer = loadTokenizer(modelDir);
     const peft = await readPeftFolder(adapterDir);
-    const tensors = new Map(peft.pairs.flatMap((p) => [[peftTensorName(p.module, "A"), p.a], [peftTensorName(p.module, "B"), p.b]] as const));
-    const loadedAdapter = LoraAdapter.fromPeftTensors(loadedModel.config, fromPeftConfig(peft.config), tensors);
+    const loadedAdapter = LoraAdapter.fromWeights(loadedModel.config, fromPeftConfig(peft.config), pairWeights(peft.pairs));
 
     const text = formatPrompt(EXAMPLES[0]) + EXAMPLES[0].output;
     const ids = [tokenizer.bosId!, ...tokenizer.encode(text)];

@@ -29,12 +29,12 @@ describe("backends agree", () => {
     const builtAdapter = LoraAdapter.init(built.config, lora, 1);
     for (const { b } of builtAdapter.pairs.values()) b.assign(tf.fill(b.shape, 0.05));
     const weights = built.exportWeights();
-    const peft = builtAdapter.toPeftTensors();
+    const adapterWeights = builtAdapter.exportWeights();
     const results: Float32Array[][] = [];
     for (const backend of ["cpu", "wasm"]) {
       await selectBackend(backend, () => {});
       const model = LlamaModel.fromWeights(built.config, weights);
-      const adapter = LoraAdapter.fromPeftTensors(model.config, lora, peft);
+      const adapter = LoraAdapter.fromWeights(model.config, lora, adapterWeights);
       results.push(run(model, adapter, rows));
       model.dispose();
       adapter.dispose();

@@ -1,15 +1,9 @@
 import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { selectBackend } from "../../services/runtime/backend.ts";
+import { fromPeftConfig, fromPeftTensors, toPeftConfig, toPeftTensors } from "../../services/runtime/checkpoint/peft-folder.ts";
 import type { LlamaModel } from "../../services/runtime/model/llama.ts";
-import {
-  LoraAdapter,
-  mergeLora,
-  fromPeftConfig,
-  toPeftConfig,
-  stackLora,
-  type LoraConfig,
-} from "../../services/runtime/model/lora.ts";
+import { LoraAdapter, mergeLora, stackLora, type LoraConfig } from "../../services/runtime/model/lora.ts";
 import { Rng } from "../../services/runtime/rng.ts";
 import { batchOf, randomIds, tinyModel } from "../helpers/tiny-model.ts";
 
@@ -97,27 +91,32 @@ describe("LoRA (PEFT semantics)", () => {
     align.dispose();
   });
 
-  it("round-trips PEFT tensor names and adapter_config.json", () => {
+  it("round-trips its weights, and through PEFT tensor names and adapter_config.json", () => {
     const cfg: LoraConfig = { r: 2, alpha: 1, dropout: 0.1, targetModules: ["q_proj", "up_proj"] };
     const a = LoraAdapter.init(model.config, cfg, 8);
     randomizeB(a, 9);
-    const tensors = a.toPeftTensors();
+    const tensors = a.exportWeights();
     expect([...tensors.keys()].slice(0, 4)).toEqual([
+      "model.layers.0.self_attn.q_proj.lora_A.weight",
+      "model.layers.0.self_attn.q_proj.lora_B.weight",
+      "model.layers.0.mlp.up_proj.lora_A.weight",
+      "model.layers.0.mlp.up_proj.lora_B.weight",
+    ]);
+    const peft = toPeftTensors(tensors);
+    expect([...peft.keys()].slice(0, 2)).toEqual([
       "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
       "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
-      "base_model.model.model.layers.0.mlp.up_proj.lora_A.weight",
-      "base_model.model.model.layers.0.mlp.up_proj.lora_B.weight",
     ]);
     const json = toPeftConfig(cfg, "store://checkpoints/base");
     expect(json).toMatchObject({ base_model_name_or_path: "store://checkpoints/base", peft_type: "LORA", task_type: "CAUSAL_LM", bias: "none", r: 2, lora_alpha: 1, lora_dropout: 0.1, target_modules: ["q_proj", "up_proj"] });
-    const back = LoraAdapter.fromPeftTensors(model.config, fromPeftConfig(JSON.parse(JSON.stringify(json))), tensors);
+    const back = LoraAdapter.fromWeights(model.config, fromPeftConfig(JSON.parse(JSON.stringify(json))), fromPeftTensors(peft));
     expect(maxAbsDiff(logits(model, rows, back), logits(model, rows, a))).toBe(0);
     back.dispose();
 
-    tensors.delete("base_model.model.model.layers.1.mlp.up_proj.lora_B.weight");
-    tensors.set("base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight", { shape: [2, 16], data: new Float32Array(32) });
-    expect(() => LoraAdapter.fromPeftTensors(model.config, cfg, tensors)).toThrow(
-      /missing base_model\.model\.model\.layers\.1\.mlp\.up_proj\.lora_B\.weight.*unexpected base_model\.model\.model\.layers\.0\.self_attn\.k_proj\.lora_A\.weight/,
+    tensors.delete("model.layers.1.mlp.up_proj.lora_B.weight");
+    tensors.set("model.layers.0.self_attn.k_proj.lora_A.weight", { shape: [2, 16], data: new Float32Array(32) });
+    expect(() => LoraAdapter.fromWeights(model.config, cfg, tensors)).toThrow(
+      /missing model\.layers\.1\.mlp\.up_proj\.lora_B\.weight.*unexpected model\.layers\.0\.self_attn\.k_proj\.lora_A\.weight/,
     );
     expect(() => LoraAdapter.init(model.config, { ...cfg, targetModules: ["qkv"] as never }, 0)).toThrow(/unknown target module "qkv"/);
     a.dispose();

@@ -123,10 +123,10 @@ describe("Trainer", () => {
         if (trainer.step === stopAt) {
           // What a training checkpoint holds: adapter weights and the trainer state, via host memory.
           const state = trainer.exportState();
-          const weights = adapter.toPeftTensors();
+          const weights = adapter.exportWeights();
           trainer.dispose();
           for (const [name, pair] of adapter.pairs) pair.b.assign(tf.zerosLike(pair.b)), void name; // scramble
-          const restored = LoraAdapter.fromPeftTensors(model.config, adapter.config, weights);
+          const restored = LoraAdapter.fromWeights(model.config, adapter.config, weights);
           for (const [name, pair] of adapter.pairs) {
             pair.a.assign(restored.pairs.get(name)!.a);
             pair.b.assign(restored.pairs.get(name)!.b);
@@ -137,7 +137,7 @@ describe("Trainer", () => {
         }
         losses.push(trainer.runStep().loss);
       }
-      const final = adapter.toPeftTensors();
+      const final = adapter.exportWeights();
       trainer.dispose();
       adapter.dispose();
       model.dispose();

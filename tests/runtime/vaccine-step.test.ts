@@ -1,4 +1,4 @@
-// The Vaccine step against its definition (vaccine-method.md, "One Vaccine step").
+// The Vaccine step against its definition (docs/method.md#the-vaccine-step).
 import * as tf from "@tensorflow/tfjs";
 import { beforeAll, describe, expect, it } from "vitest";
 import { selectBackend } from "../../services/runtime/backend.ts";
@@ -56,7 +56,7 @@ describe("Vaccine step", () => {
       const { model, adapter } = setup();
       const trainer = new Trainer({ model, lora: adapter, data: EXAMPLES, tokenizer, options, stepFn });
       const losses = [trainer.runStep().loss, trainer.runStep().loss];
-      const weights = adapter.toPeftTensors();
+      const weights = adapter.exportWeights();
       trainer.dispose();
       adapter.dispose();
       model.dispose();

@@ -6,7 +6,8 @@
 import { copyFile, mkdir, readFile, stat, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import type { HostTensors } from "../host-tensor.ts";
-import { CheckpointFormatError, isPlainObject, readSafetensors, writeSafetensors } from "./safetensors.ts";
+import { isPlainObject } from "../json.ts";
+import { CheckpointFormatError, readSafetensors, writeSafetensors } from "./safetensors.ts";
 
 export const CONFIG_FILE = "config.json";
 export const WEIGHTS_FILE = "model.safetensors";

@@ -1,10 +1,14 @@
 /**
  * PEFT LoRA adapter folders: adapter_config.json and adapter_model.safetensors, in the
  * layout `peft` saves (tensor names without the adapter name), so adapters load in PEFT.
+ * The in-memory adapter (model/lora.ts) knows no file format: its LoraConfig and weight
+ * names are mapped to PEFT's here, and only here.
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { HostTensor, HostTensors } from "../host-tensor.ts";
+import type { LinearModule } from "../model/llama.ts";
+import { loraWeightName, parseLoraWeightName, validateLoraConfig, type LoraConfig } from "../model/lora.ts";
 import { readJsonObject, writeJson } from "./hf-folder.ts";
 import { CheckpointFormatError, readSafetensors, writeSafetensors } from "./safetensors.ts";
 
@@ -39,12 +43,68 @@ export interface PeftAdapterFolder {
   pairs: LoraPair[];
 }
 
+/** PEFT saves the weights of its wrapper (base_model) around the model (model). */
+const PEFT_PREFIX = "base_model.model.";
+
 /** The PEFT file name of a module's A or B matrix. */
 export function peftTensorName(module: string, matrix: "A" | "B"): string {
-  return `base_model.model.${module}.lora_${matrix}.weight`;
+  return PEFT_PREFIX + loraWeightName(module, matrix);
 }
 
-const PEFT_NAME = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/;
+/** The module and matrix of a PEFT file name, or null for any other name. */
+function parsePeftTensorName(name: string): { module: string; matrix: "A" | "B" } | null {
+  return name.startsWith(PEFT_PREFIX) ? parseLoraWeightName(name.slice(PEFT_PREFIX.length)) : null;
+}
+
+/** Adapter weights (named by loraWeightName) under their PEFT file names. */
+export function toPeftTensors(weights: HostTensors): HostTensors {
+  const out: HostTensors = new Map();
+  for (const [name, tensor] of weights) {
+    const parsed = parseLoraWeightName(name);
+    if (!parsed) throw new Error(`"${name}" is not a LoRA weight name`);
+    out.set(peftTensorName(parsed.module, parsed.matrix), tensor);
+  }
+  return out;
+}
+
+/** The adapter weights (named by loraWeightName) of tensors under PEFT file names. */
+export function fromPeftTensors(tensors: HostTensors): HostTensors {
+  const out: HostTensors = new Map();
+  for (const [name, tensor] of tensors) {
+    const parsed = parsePeftTensorName(name);
+    if (!parsed) throw new CheckpointFormatError(`tensor "${name}" is not a PEFT LoRA weight name`);
+    out.set(loraWeightName(parsed.module, parsed.matrix), tensor);
+  }
+  return out;
+}
+
+/** The adapter weights (named by loraWeightName) of a folder's pairs. */
+export function pairWeights(pairs: LoraPair[]): HostTensors {
+  return new Map(pairs.flatMap((p) => [[loraWeightName(p.module, "A"), p.a], [loraWeightName(p.module, "B"), p.b]]));
+}
+
+/** The adapter_config.json of an adapter over `baseModel` (a path or a store URI). */
+export function toPeftConfig(c: LoraConfig, baseModel: string): LoraAdapterConfig {
+  return loraAdapterConfig({
+    base_model_name_or_path: baseModel,
+    r: c.r,
+    lora_alpha: c.alpha,
+    lora_dropout: c.dropout,
+    target_modules: [...c.targetModules],
+  });
+}
+
+/** The LoRA settings of a (format-validated) adapter_config.json. */
+export function fromPeftConfig(config: LoraAdapterConfig): LoraConfig {
+  const c: LoraConfig = {
+    r: config.r,
+    alpha: config.lora_alpha,
+    dropout: config.lora_dropout,
+    targetModules: config.target_modules as LinearModule[],
+  };
+  validateLoraConfig(c);
+  return c;
+}
 
 /** A complete config from the fields that vary, with PEFT's defaults for the rest. */
 export function loraAdapterConfig(
@@ -126,9 +186,9 @@ function validateConfig(raw: Record<string, unknown>): LoraAdapterConfig {
 function pairsFromTensors(tensors: HostTensors, config: LoraAdapterConfig): LoraPair[] {
   const byModule = new Map<string, { a?: HostTensor; b?: HostTensor }>();
   for (const [name, tensor] of tensors) {
-    const match = PEFT_NAME.exec(name);
-    if (!match) throw new CheckpointFormatError(`tensor "${name}" is not a PEFT LoRA weight name`);
-    const [, module, matrix] = match as unknown as [string, string, "A" | "B"];
+    const parsed = parsePeftTensorName(name);
+    if (!parsed) throw new CheckpointFormatError(`tensor "${name}" is not a PEFT LoRA weight name`);
+    const { module, matrix } = parsed;
     if (!config.target_modules.some((t) => module === t || module.endsWith(`.${t}`))) {
       throw new CheckpointFormatError(
         `tensor "${name}": module ${module} is not in target_modules ${JSON.stringify(config.target_modules)}`,

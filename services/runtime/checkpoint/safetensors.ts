@@ -6,6 +6,7 @@
 import { readFile } from "node:fs/promises";
 import { endianness } from "node:os";
 import type { HostTensor, HostTensors } from "../host-tensor.ts";
+import { isPlainObject } from "../json.ts";
 
 /** A checkpoint file or folder that does not follow its format. `reason` is a stable code. */
 export class CheckpointFormatError extends Error {
@@ -286,9 +287,4 @@ function checkTensorForWrite(name: string, tensor: HostTensor): void {
 
 function isNonNegativeInteger(value: unknown): value is number {
   return typeof value === "number" && Number.isSafeInteger(value) && value >= 0;
-}
-
-/** A JSON object (not null, not an array). Shared by the folder readers. */
-export function isPlainObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
 }

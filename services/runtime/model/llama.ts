@@ -22,14 +22,21 @@ import { linearT, matmul } from "./matmul.ts";
 
 export { linearT, matmul };
 
-/** The projection modules LoRA may target, by their Hugging Face short names. */
+/**
+ * The projection modules LoRA may target, by their Hugging Face short names: the runtime's
+ * one list (validation, defaults and the weight layout all read it).
+ */
 export const LINEAR_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] as const;
 export type LinearModule = (typeof LINEAR_MODULES)[number];
 
+/** The decoder-layer block holding a projection. */
+function blockOf(module: LinearModule): "self_attn" | "mlp" {
+  return module === "gate_proj" || module === "up_proj" || module === "down_proj" ? "mlp" : "self_attn";
+}
+
 /** Full weight name prefix of a projection, e.g. "model.layers.3.self_attn.q_proj". */
 export function linearName(layer: number, module: LinearModule): string {
-  const block = module === "gate_proj" || module === "up_proj" || module === "down_proj" ? "mlp" : "self_attn";
-  return `model.layers.${layer}.${block}.${module}`;
+  return `model.layers.${layer}.${blockOf(module)}.${module}`;
 }
 
 /** [out, in] of a projection, as stored in the checkpoint. */
@@ -59,9 +66,9 @@ export function llamaWeightShapes(c: LlamaConfig): Map<string, number[]> {
   shapes.set("model.embed_tokens.weight", [c.vocabSize, c.hiddenSize]);
   for (let i = 0; i < c.numHiddenLayers; i++) {
     shapes.set(`model.layers.${i}.input_layernorm.weight`, [c.hiddenSize]);
-    for (const m of ["q_proj", "k_proj", "v_proj", "o_proj"] as const) shapes.set(`${linearName(i, m)}.weight`, linearShape(c, m));
+    for (const m of LINEAR_MODULES.filter((x) => blockOf(x) === "self_attn")) shapes.set(`${linearName(i, m)}.weight`, linearShape(c, m));
     shapes.set(`model.layers.${i}.post_attention_layernorm.weight`, [c.hiddenSize]);
-    for (const m of ["gate_proj", "up_proj", "down_proj"] as const) shapes.set(`${linearName(i, m)}.weight`, linearShape(c, m));
+    for (const m of LINEAR_MODULES.filter((x) => blockOf(x) === "mlp")) shapes.set(`${linearName(i, m)}.weight`, linearShape(c, m));
   }
   shapes.set("model.norm.weight", [c.hiddenSize]);
   if (!c.tieWordEmbeddings) shapes.set("lm_head.weight", [c.vocabSize, c.hiddenSize]);
@@ -75,6 +82,8 @@ export interface ForwardOptions {
   returnAttentionOutputs?: boolean;
   /** Return the final hidden states (after the final norm). */
   returnHidden?: boolean;
+  /** Return the residual stream after each layer (before the final norm), as HF's hidden_states[1..]. */
+  returnLayerOutputs?: boolean;
   lora?: LoraAdapter;
   /** Enables LoRA dropout. */
   training?: boolean;
@@ -86,6 +95,7 @@ export interface ForwardResult {
   logits: tf.Tensor3D;
   attentionOutputs?: tf.Tensor3D[];
   hidden?: tf.Tensor3D;
+  layerOutputs?: tf.Tensor3D[];
 }
 
 /**
@@ -306,6 +316,7 @@ export class LlamaModel {
       const keyMask = cache?.mask ? tf.concat([cache.mask, mask], 1) : mask;
       const bias = attentionBias(keyMask, offset, t);
       const attentionOutputs: tf.Tensor3D[] = [];
+      const layerOutputs: tf.Tensor3D[] = [];
       let x = embedLookup(this.w("model.embed_tokens.weight") as tf.Tensor2D, inputIds);
       for (let l = 0; l < c.numHiddenLayers; l++) {
         const p = `model.layers.${l}`;
@@ -321,6 +332,7 @@ export class LlamaModel {
         const gate = this.linear(l, "gate_proj", h2, opts);
         const up = this.linear(l, "up_proj", h2, opts);
         x = x.add(this.linear(l, "down_proj", gate.mul(tf.sigmoid(gate)).mul(up), opts));
+        if (opts.returnLayerOutputs) layerOutputs.push(x);
       }
       if (cache) keptMask = tf.keep(keyMask);
       const hidden = rmsNorm(x, this.w("model.norm.weight"), c.rmsNormEps);
@@ -329,6 +341,7 @@ export class LlamaModel {
       const res: ForwardResult = { logits: logits as tf.Tensor3D };
       if (opts.returnAttentionOutputs) res.attentionOutputs = attentionOutputs;
       if (opts.returnHidden) res.hidden = hidden;
+      if (opts.returnLayerOutputs) res.layerOutputs = layerOutputs;
       return res as unknown as tf.TensorContainer;
     }) as unknown as ForwardResult;
 

@@ -1,11 +1,11 @@
 /**
  * LoRA adapters with PEFT semantics: for each targeted projection W [out, in],
  * y = x W^T + dropout(x) A^T B^T * (alpha / r), A [r, in] Kaiming-uniform, B [out, r] zero,
- * so a fresh adapter changes nothing. Tensor names and adapter_config.json fields follow
- * PEFT's on-disk format, so adapters move to and from PyTorch unchanged.
+ * so a fresh adapter changes nothing. Weights are named as PEFT names them inside the
+ * model ("<module>.lora_A.weight"); the on-disk format (checkpoint/peft-folder.ts) maps
+ * these names and LoraConfig to PEFT's files, so this layer knows no file format.
  */
 import * as tf from "@tensorflow/tfjs";
-import { loraAdapterConfig, peftTensorName, type LoraAdapterConfig } from "../checkpoint/peft-folder.ts";
 import type { HostTensors } from "../host-tensor.ts";
 import { Rng } from "../rng.ts";
 import type { LlamaConfig } from "./config.ts";
@@ -32,27 +32,17 @@ export function validateLoraConfig(c: LoraConfig): void {
   if (new Set(c.targetModules).size !== c.targetModules.length) throw new Error("LoRA config: targetModules has duplicates");
 }
 
-/** The adapter_config.json of an adapter over `baseModel` (a path or a store URI). */
-export function toPeftConfig(c: LoraConfig, baseModel: string): LoraAdapterConfig {
-  return loraAdapterConfig({
-    base_model_name_or_path: baseModel,
-    r: c.r,
-    lora_alpha: c.alpha,
-    lora_dropout: c.dropout,
-    target_modules: [...c.targetModules],
-  });
+/** The name of a projection's A or B matrix, e.g. "model.layers.0.self_attn.q_proj.lora_A.weight". */
+export function loraWeightName(module: string, matrix: "A" | "B"): string {
+  return `${module}.lora_${matrix}.weight`;
 }
 
-/** The LoRA settings of a (format-validated) adapter_config.json. */
-export function fromPeftConfig(config: LoraAdapterConfig): LoraConfig {
-  const c: LoraConfig = {
-    r: config.r,
-    alpha: config.lora_alpha,
-    dropout: config.lora_dropout,
-    targetModules: config.target_modules as LinearModule[],
-  };
-  validateLoraConfig(c);
-  return c;
+const LORA_WEIGHT_NAME = /^(.+)\.lora_([AB])\.weight$/;
+
+/** The module and matrix of a loraWeightName, or null for any other name. */
+export function parseLoraWeightName(name: string): { module: string; matrix: "A" | "B" } | null {
+  const match = LORA_WEIGHT_NAME.exec(name);
+  return match ? { module: match[1], matrix: match[2] as "A" | "B" } : null;
 }
 
 /** The A and B matrices of one adapted projection. */
@@ -89,19 +79,19 @@ export class LoraAdapter {
     const tensors: HostTensors = new Map();
     for (const { name, out, inDim } of targets(modelConfig, config)) {
       const bound = gain * Math.sqrt(3 / inDim);
-      tensors.set(peftTensorName(name, "A"), { shape: [config.r, inDim], data: rng.uniformArray(config.r * inDim, -bound, bound) });
-      tensors.set(peftTensorName(name, "B"), { shape: [out, config.r], data: new Float32Array(out * config.r) });
+      tensors.set(loraWeightName(name, "A"), { shape: [config.r, inDim], data: rng.uniformArray(config.r * inDim, -bound, bound) });
+      tensors.set(loraWeightName(name, "B"), { shape: [out, config.r], data: new Float32Array(out * config.r) });
     }
-    return LoraAdapter.fromPeftTensors(modelConfig, config, tensors, seed);
+    return LoraAdapter.fromWeights(modelConfig, config, tensors, seed);
   }
 
-  /** Builds an adapter from PEFT-named tensors; every expected tensor must be present, nothing else. */
-  static fromPeftTensors(modelConfig: LlamaConfig, config: LoraConfig, tensors: HostTensors, seed = 0): LoraAdapter {
+  /** Builds an adapter from tensors named by loraWeightName; every expected tensor must be present, nothing else. */
+  static fromWeights(modelConfig: LlamaConfig, config: LoraConfig, tensors: HostTensors, seed = 0): LoraAdapter {
     validateLoraConfig(config);
     const expected = new Map<string, number[]>();
     for (const { name, out, inDim } of targets(modelConfig, config)) {
-      expected.set(peftTensorName(name, "A"), [config.r, inDim]);
-      expected.set(peftTensorName(name, "B"), [out, config.r]);
+      expected.set(loraWeightName(name, "A"), [config.r, inDim]);
+      expected.set(loraWeightName(name, "B"), [out, config.r]);
     }
     const problems: string[] = [];
     for (const [name, shape] of expected) {
@@ -116,7 +106,7 @@ export class LoraAdapter {
     const pairs = new Map<string, LoraPair>();
     for (const { name } of targets(modelConfig, config)) {
       const host = (part: "A" | "B") => {
-        const t = tensors.get(peftTensorName(name, part))!;
+        const t = tensors.get(loraWeightName(name, part))!;
         return tf.tidy(() => tf.variable(tf.tensor(t.data, t.shape, "float32"), true));
       };
       pairs.set(name, { a: host("A"), b: host("B") });
@@ -151,12 +141,12 @@ export class LoraAdapter {
     });
   }
 
-  /** Host tensors named as in a PEFT adapter_model.safetensors. */
-  toPeftTensors(): HostTensors {
+  /** A host copy of every adapter weight, named by loraWeightName. */
+  exportWeights(): HostTensors {
     const out: HostTensors = new Map();
     for (const [name, p] of this.pairs) {
-      out.set(peftTensorName(name, "A"), toHost(p.a));
-      out.set(peftTensorName(name, "B"), toHost(p.b));
+      out.set(loraWeightName(name, "A"), toHost(p.a));
+      out.set(loraWeightName(name, "B"), toHost(p.b));
     }
     return out;
   }

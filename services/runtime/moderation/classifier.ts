@@ -1,6 +1,6 @@
 /**
- * The moderation classifier the harmful score relies on (docs/vaccine-method.md,
- * "Evaluation"): a Hugging Face LlamaForSequenceClassification checkpoint. A Llama trunk
+ * The moderation classifier the harmful score relies on (docs/method.md#harmful-score):
+ * a Hugging Face LlamaForSequenceClassification checkpoint. A Llama trunk
  * reads one (prompt, answer) pair formatted as one text, the hidden state of its last
  * real token goes through `score.weight` [num_labels, hidden] (no bias), and each label
  * (a harm category) gets its own sigmoid (problem_type "multi_label_classification").
@@ -18,9 +18,10 @@
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
 import { readHfFolder, writeHfFolder, writeJson, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE } from "../checkpoint/hf-folder.ts";
-import { CheckpointFormatError, isPlainObject } from "../checkpoint/safetensors.ts";
+import { CheckpointFormatError } from "../checkpoint/safetensors.ts";
 import type { Example } from "../data/template.ts";
 import type { HostTensors } from "../host-tensor.ts";
+import { isPlainObject } from "../json.ts";
 import { parseLlamaConfig, toHfConfigJson, type LlamaConfig } from "../model/config.ts";
 import { LlamaModel, linearT, toHost } from "../model/llama.ts";
 import { loadTokenizer, type Tokenizer } from "../tokenizer.ts";

@@ -5,12 +5,11 @@
  * parent with every ancestor adapter merged ("double LoRA"), then applies the adapter.
  */
 import { readHfFolder } from "../checkpoint/hf-folder.ts";
-import { peftTensorName, readPeftFolder } from "../checkpoint/peft-folder.ts";
+import { fromPeftConfig, pairWeights, readPeftFolder } from "../checkpoint/peft-folder.ts";
 import { CheckpointFormatError } from "../checkpoint/safetensors.ts";
-import type { HostTensors } from "../host-tensor.ts";
 import { parseLlamaConfig } from "../model/config.ts";
 import { LlamaModel } from "../model/llama.ts";
-import { fromPeftConfig, LoraAdapter, mergeLora } from "../model/lora.ts";
+import { LoraAdapter, mergeLora } from "../model/lora.ts";
 import type { CheckpointManifest } from "../store/manifest.ts";
 import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
 import { loadTokenizer, type Tokenizer } from "../tokenizer.ts";
@@ -71,15 +70,9 @@ export async function loadCheckpoint(store: CheckpointStore, ref: CheckpointRef,
   }
   const parent = await loadCheckpoint(store, parentOf(manifest), { merged: true });
   const folder = await readPeftFolder(dir);
-  const tensors: HostTensors = new Map();
   const adapter = (() => {
     try {
-      const config = fromPeftConfig(folder.config);
-      for (const p of folder.pairs) {
-        tensors.set(peftTensorName(p.module, "A"), p.a);
-        tensors.set(peftTensorName(p.module, "B"), p.b);
-      }
-      return LoraAdapter.fromPeftTensors(parent.model.config, config, tensors);
+      return LoraAdapter.fromWeights(parent.model.config, fromPeftConfig(folder.config), pairWeights(folder.pairs));
     } catch (err) {
       parent.dispose();
       throw new CheckpointFormatError(`adapter ${ref.uri} does not fit its parent: ${(err as Error).message}`);

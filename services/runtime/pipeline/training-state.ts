@@ -9,10 +9,10 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { readJsonObject, writeJson } from "../checkpoint/hf-folder.ts";
-import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE } from "../checkpoint/peft-folder.ts";
+import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, fromPeftTensors, toPeftConfig, toPeftTensors } from "../checkpoint/peft-folder.ts";
 import { CheckpointFormatError, parseSafetensors, writeSafetensors } from "../checkpoint/safetensors.ts";
 import type { HostTensors } from "../host-tensor.ts";
-import { LoraAdapter, toPeftConfig } from "../model/lora.ts";
+import { LoraAdapter } from "../model/lora.ts";
 import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
 import type { Trainer, TrainerState } from "../train/loop.ts";
 import { KIND } from "./load.ts";
@@ -25,7 +25,7 @@ export const TRAINER_STATE_FILE = "trainer_state.json";
 export async function writeAdapterFolder(dir: string, adapter: LoraAdapter, parent: CheckpointRef): Promise<void> {
   await mkdir(dir, { recursive: true });
   await writeJson(join(dir, ADAPTER_CONFIG_FILE), toPeftConfig(adapter.config, parent.uri));
-  await writeFile(join(dir, ADAPTER_WEIGHTS_FILE), writeSafetensors(adapter.toPeftTensors()));
+  await writeFile(join(dir, ADAPTER_WEIGHTS_FILE), writeSafetensors(toPeftTensors(adapter.exportWeights())));
 }
 
 /** Stores a training state and returns its ref. `plan` identifies the run (method, settings). */
@@ -68,7 +68,7 @@ export async function restoreTrainingState(
   }
   const tensors = async (file: string): Promise<HostTensors> => parseSafetensors(await readFile(join(dir, file))).tensors;
   const weights = await tensors(ADAPTER_WEIGHTS_FILE);
-  const restored = LoraAdapter.fromPeftTensors(adapter.modelConfig, adapter.config, weights);
+  const restored = LoraAdapter.fromWeights(adapter.modelConfig, adapter.config, fromPeftTensors(weights));
   for (const [name, pair] of adapter.pairs) {
     pair.a.assign(restored.pairs.get(name)!.a);
     pair.b.assign(restored.pairs.get(name)!.b);

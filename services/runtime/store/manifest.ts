@@ -5,7 +5,7 @@
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { Transform, type TransformCallback } from "node:stream";
-import { isPlainObject } from "../checkpoint/safetensors.ts";
+import { isPlainObject } from "../json.ts";
 import { CheckpointIntegrityError, type PutCheckpointOptions, validateRelativePath } from "./store.ts";
 
 export const MANIFEST_FILE = "manifest.json";

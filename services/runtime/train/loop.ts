@@ -10,7 +10,7 @@ import type { Example } from "../data/template.ts";
 import type { HostTensors } from "../host-tensor.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import { IGNORE_INDEX } from "../model/loss.ts";
-import type { LoraAdapter } from "../model/lora.ts";
+import { loraWeightName, type LoraAdapter } from "../model/lora.ts";
 import type { Tokenizer } from "../tokenizer.ts";
 import { AdamW, clipByGlobalNorm } from "./adamw.ts";
 import { batchAt, batchesPerEpoch } from "./batches.ts";
@@ -88,8 +88,8 @@ export class Trainer {
     if (lora) {
       this.params = new Map();
       for (const [name, pair] of lora.pairs) {
-        this.params.set(`${name}.lora_A.weight`, pair.a);
-        this.params.set(`${name}.lora_B.weight`, pair.b);
+        this.params.set(loraWeightName(name, "A"), pair.a);
+        this.params.set(loraWeightName(name, "B"), pair.b);
       }
     } else {
       this.params = new Map(model.weights);
