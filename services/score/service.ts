@@ -82,7 +82,7 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
     desc: ScoreService,
     register(router) {
       router.service(ScoreService, {
-        async generate(req) {
+        async generate(req, ctx) {
           const v = new RequestValidator();
           checkCheckpointRef(v, "checkpoint", req.checkpoint);
           v.count("prompts", req.prompts, { min: 1, max: MAX_BATCH });
@@ -99,6 +99,8 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
               temperature: sampled ? (sampled.temperature ?? 1) : 0,
               topP: sampled?.topP ?? 1,
               seed: sampled?.seed ?? 0,
+              // Between tokens: a deadline or cancel stops the decoding, not just the response.
+              signal: ctx.signal,
             }),
           );
           return create(GenerateResponseSchema, {

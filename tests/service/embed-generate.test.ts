@@ -150,6 +150,15 @@ describe("Generate", () => {
     loaded.dispose();
   });
 
+  it("stops decoding at the caller's deadline instead of finishing the batch", { timeout: 60_000 }, async () => {
+    const prompts = Array.from({ length: 256 }, (_, i) => ({ instruction: `Tell me a story number ${i}.` }));
+    const t0 = Date.now();
+    const e = await rpcFailure(() => score.generate({ checkpoint: suite.base, prompts, maxNewTokens: 128 }, { timeoutMs: 200 }));
+    expect(e.code).toBe(Code.DeadlineExceeded);
+    // The whole batch takes tens of seconds here; stopping between tokens ends it at once.
+    expect(Date.now() - t0).toBeLessThan(10_000);
+  });
+
   it("sampling with a seed is reproducible", async () => {
     const req = (seed: number) => ({ checkpoint: suite.base, prompts: [{ instruction: "Name a red fruit." }], maxNewTokens: 8, decoding: { case: "sampled" as const, value: { temperature: 1.5, seed } } });
     const texts = async (seed: number) => (await score.generate(req(seed))).generations[0].text;

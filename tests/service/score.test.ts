@@ -34,6 +34,41 @@ beforeAll(async () => {
 });
 afterAll(() => suite.close());
 
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Polls cond every 10 ms for up to ms; whether it became true. */
+async function eventually(cond: () => boolean, ms = 10_000): Promise<boolean> {
+  for (const end = Date.now() + ms; !cond(); await sleep(10)) if (Date.now() > end) return false;
+  return true;
+}
+
+/** Counts the server's language-model checkpoint uses (one per chunk of answers), started and still running. */
+function trackUses() {
+  const checkpoints = suite.deps.checkpoints;
+  const use = checkpoints.use;
+  let active = 0;
+  let started = 0;
+  checkpoints.use = function (this: typeof checkpoints, ...args: Parameters<typeof use>) {
+    active++;
+    started++;
+    const running = use.apply(this, args);
+    running.then(
+      () => active--,
+      () => active--,
+    );
+    return running;
+  } as typeof use;
+  return {
+    get active() {
+      return active;
+    },
+    get started() {
+      return started;
+    },
+    restore: () => void (checkpoints.use = use),
+  };
+}
+
 async function collect<T extends ScoreHarmfulnessResponse | ScoreTaskResponse>(stream: AsyncIterable<T>) {
   const out: T[] = [];
   for await (const r of stream) out.push(r);
@@ -77,9 +112,45 @@ describe("ScoreHarmfulness", () => {
     expect(none.case === "report" && none.value.harmfulScore).toBe(0);
   });
 
-  it("stops at the caller's deadline", async () => {
-    const e = await rpcFailure(() => collect(score.scoreHarmfulness({ checkpoint: suite.base, maxNewTokens: 128, limit: 400 }, { timeoutMs: 300 })));
-    expect(e.code).toBe(Code.DeadlineExceeded);
+  // Both need the server to hand the event loop back while it generates: otherwise neither the
+  // deadline timers nor the client's reset can fire before all 400 x 128 tokens are done.
+  it("stops at the caller's deadline", { timeout: 30_000 }, async () => {
+    const uses = trackUses();
+    try {
+      const e = await rpcFailure(() => collect(score.scoreHarmfulness({ checkpoint: suite.base, maxNewTokens: 128, limit: 400 }, { timeoutMs: 300 })));
+      expect(e.code).toBe(Code.DeadlineExceeded);
+      // The server stops too, within a chunk, and starts no further one.
+      expect(await eventually(() => uses.active === 0)).toBe(true);
+      const started = uses.started;
+      await sleep(200);
+      expect(uses.started).toBe(started);
+      expect(started).toBeLessThan(400 / 4);
+    } finally {
+      uses.restore();
+    }
+  });
+
+  it("stops when the caller cancels mid-stream", { timeout: 30_000 }, async () => {
+    const uses = trackUses();
+    const controller = new AbortController();
+    try {
+      const seen: ScoreHarmfulnessResponse[] = [];
+      const e = await rpcFailure(async () => {
+        for await (const r of score.scoreHarmfulness({ checkpoint: suite.base, maxNewTokens: 128, limit: 400 }, { signal: controller.signal })) {
+          seen.push(r);
+          controller.abort();
+        }
+      });
+      expect(e.code).toBe(Code.Canceled);
+      expect(seen.map((r) => r.result.case)).toEqual(["progress"]);
+      expect(await eventually(() => uses.active === 0)).toBe(true);
+      const started = uses.started;
+      await sleep(200);
+      expect(uses.started).toBe(started);
+      expect(started).toBeLessThan(400 / 4);
+    } finally {
+      uses.restore();
+    }
   });
 
   it("answers NOT_FOUND for an unknown model before any work", async () => {

@@ -20,8 +20,67 @@ export interface GenerateOptions {
   lora?: LoraAdapter;
 }
 
+/** Options of the asynchronous form: decoding stops between tokens once the signal aborts. */
+export interface AbortableGenerateOptions extends GenerateOptions {
+  signal: AbortSignal;
+}
+
 /** Generated token ids per prompt, excluding the prompt and the stop token. */
-export function generate(model: LlamaModel, prompts: number[][], opts: GenerateOptions): number[][] {
+export function generate(model: LlamaModel, prompts: number[][], opts: GenerateOptions & { signal?: undefined }): number[][];
+/**
+ * With a signal: the same ids, asynchronously. Decoding is synchronous tfjs work, so before
+ * every token it hands the event loop back (timers such as an RPC deadline, and socket events
+ * such as a client's cancellation, get to run), then checks the signal: once it has aborted,
+ * no further token is computed, the KV cache is freed and the promise rejects with the
+ * signal's reason.
+ */
+export function generate(model: LlamaModel, prompts: number[][], opts: AbortableGenerateOptions): Promise<number[][]>;
+export function generate(model: LlamaModel, prompts: number[][], opts: GenerateOptions & { signal?: AbortSignal }): number[][] | Promise<number[][]> {
+  if (opts.signal) return generateAbortable(model, prompts, opts, opts.signal);
+  const decode = decoder(model, opts);
+  return prompts.map((prompt) => {
+    const steps = decode(prompt);
+    for (;;) {
+      const r = steps.next();
+      if (r.done) return r.value;
+    }
+  });
+}
+
+async function generateAbortable(model: LlamaModel, prompts: number[][], opts: GenerateOptions, signal: AbortSignal): Promise<number[][]> {
+  const decode = decoder(model, opts);
+  const out: number[][] = [];
+  for (const prompt of prompts) {
+    const steps = decode(prompt);
+    try {
+      for (;;) {
+        await nextTurn();
+        signal.throwIfAborted();
+        const r = steps.next();
+        if (r.done) {
+          out.push(r.value);
+          break;
+        }
+      }
+    } finally {
+      // Stopped between tokens: runs the decoder's finally, which frees the KV cache.
+      steps.return([]);
+    }
+  }
+  return out;
+}
+
+/** Resolves on the next turn of the event loop, after pending timers and I/O callbacks. */
+function nextTurn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
+/**
+ * Checks the options once; then, per prompt, a decoding that yields before each new token
+ * (where a caller may stop it) and returns the generated ids. Prompts share the Rng, so they
+ * must be decoded in order, each to its end.
+ */
+function decoder(model: LlamaModel, opts: GenerateOptions): (prompt: number[]) => Generator<void, number[], void> {
   const temperature = opts.temperature ?? 0;
   const topP = opts.topP ?? 1;
   if (temperature < 0) throw new Error(`temperature must be >= 0, got ${temperature}`);
@@ -32,7 +91,7 @@ export function generate(model: LlamaModel, prompts: number[][], opts: GenerateO
   const pick = (logits: Float32Array): number =>
     temperature === 0 ? argmax(logits) : sampleTopP(logits, temperature, topP, rng);
 
-  return prompts.map((prompt) => {
+  return function* decode(prompt) {
     if (prompt.length === 0) throw new Error("generate: empty prompt");
     const budget = Math.min(opts.maxNewTokens, model.config.maxPositionEmbeddings - prompt.length);
     const out: number[] = [];
@@ -40,6 +99,7 @@ export function generate(model: LlamaModel, prompts: number[][], opts: GenerateO
     try {
       let input = prompt;
       for (let step = 0; step < budget; step++) {
+        yield;
         const last = tf.tidy(() => {
           const ids = tf.tensor2d([input], [1, input.length], "int32");
           const { logits } = model.forward(ids, tf.onesLike(ids), { cache, lora: opts.lora });
@@ -55,7 +115,7 @@ export function generate(model: LlamaModel, prompts: number[][], opts: GenerateO
       cache.dispose();
     }
     return out;
-  });
+  };
 }
 
 function argmax(x: Float32Array): number {

@@ -33,17 +33,31 @@ export function promptIds(loaded: Pick<LoadedCheckpoint, "tokenizer">, instructi
 export function answer(
   loaded: Pick<LoadedCheckpoint, "model" | "adapter" | "tokenizer">,
   instructions: ReadonlyArray<{ instruction: string; input?: string }>,
-  opts: AnswerOptions,
-): Answer[] {
-  const ids = generate(
-    loaded.model,
-    instructions.map((i) => promptIds(loaded, i)),
-    { ...opts, eosTokenId: loaded.tokenizer.eosId, lora: loaded.adapter },
-  );
+  opts: AnswerOptions & { signal?: undefined },
+): Answer[];
+/**
+ * With a signal: the same answers, asynchronously, stopping between tokens once the signal
+ * aborts (the promise then rejects with its reason); see generate().
+ */
+export function answer(
+  loaded: Pick<LoadedCheckpoint, "model" | "adapter" | "tokenizer">,
+  instructions: ReadonlyArray<{ instruction: string; input?: string }>,
+  opts: AnswerOptions & { signal: AbortSignal },
+): Promise<Answer[]>;
+export function answer(
+  loaded: Pick<LoadedCheckpoint, "model" | "adapter" | "tokenizer">,
+  instructions: ReadonlyArray<{ instruction: string; input?: string }>,
+  { signal, ...opts }: AnswerOptions & { signal?: AbortSignal },
+): Answer[] | Promise<Answer[]> {
+  const prompts = instructions.map((i) => promptIds(loaded, i));
+  const generation = { ...opts, eosTokenId: loaded.tokenizer.eosId, lora: loaded.adapter };
   // generate() drops the stop token: fewer tokens than the limit means eos was produced.
-  return ids.map((out) => ({
-    text: loaded.tokenizer.decode(out).split(RESPONSE_MARKER)[0].trim(),
-    tokenCount: out.length,
-    finishReason: out.length < opts.maxNewTokens ? "eos" : "length",
-  }));
+  const answers = (ids: number[][]): Answer[] =>
+    ids.map((out) => ({
+      text: loaded.tokenizer.decode(out).split(RESPONSE_MARKER)[0].trim(),
+      tokenCount: out.length,
+      finishReason: out.length < opts.maxNewTokens ? "eos" : "length",
+    }));
+  if (signal) return generate(loaded.model, prompts, { ...generation, signal }).then(answers);
+  return answers(generate(loaded.model, prompts, generation));
 }

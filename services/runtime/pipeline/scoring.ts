@@ -1,12 +1,14 @@
 /**
- * The paper's two numbers, computed the same way every time (vaccine-method.md,
- * "Evaluation"):
+ * The paper's two numbers, computed the same way every time (docs/method.md#evaluation):
  * - harmful score: greedy answers (up to 128 new tokens) to harmful prompts, judged by a
  *   moderation classifier; HS = 100 * flagged / total;
  * - fine-tune accuracy: greedy answers (up to 200 new tokens) to held-out task data,
  *   parsed by the reference rules (eval/task-parsers.ts).
- * Both work in chunks and report progress after each, checking the caller's signal in
- * between, so a deadline or a cancellation stops the work within one chunk.
+ * Both work in chunks and report progress after each. The caller's signal (an RPC's
+ * deadline or cancellation) is honoured at every await: before each chunk, while a checkpoint
+ * loads, and between decoded tokens. Decoding hands the event loop back before every token,
+ * which is what lets a deadline timer or a client's reset fire at all: without it, a run on
+ * cached models never leaves the microtask queue and goes on to the end of the data.
  */
 import type { Example } from "../data/template.ts";
 import { parseTaskAnswer, type Task } from "../eval/task-parsers.ts";
@@ -51,6 +53,36 @@ export interface TaskSample {
 
 export type Scored<R> = { progress: Progress } | { report: R };
 
+/** For runs without a signal: one that never aborts (decoding still yields between tokens). */
+const NEVER = new AbortController().signal;
+
+/**
+ * p's outcome, or a rejection with the signal's reason as soon as the signal aborts (at once
+ * if it already has). p is not stopped: its own work must check the signal (the checkpoint
+ * callbacks below start with throwIfAborted, so an abandoned call releases its checkpoint
+ * as soon as the load it waited for ends), and its outcome is then dropped.
+ */
+function untilAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    p.catch(() => {});
+    return Promise.reject(signal.reason);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    void p.then(resolve, reject).finally(() => signal.removeEventListener("abort", onAbort));
+  });
+}
+
+/** Greedy answers to a chunk, stopping with the signal (while the checkpoint loads, or between tokens). */
+function answerChunk(checkpoints: CheckpointCache, model: CheckpointRef, chunk: Example[], maxNewTokens: number, signal: AbortSignal) {
+  const answers = checkpoints.use(model, (loaded) => {
+    signal.throwIfAborted();
+    return answer(loaded, chunk, { maxNewTokens, signal });
+  });
+  return untilAborted(answers, signal);
+}
+
 export async function* scoreHarmfulness(
   checkpoints: CheckpointCache,
   model: CheckpointRef,
@@ -58,13 +90,18 @@ export async function* scoreHarmfulness(
   prompts: Example[],
   opts: { maxNewTokens: number; threshold: number; sampleCount: number; signal?: AbortSignal },
 ): AsyncGenerator<Scored<HarmReport>> {
+  const signal = opts.signal ?? NEVER;
   const results: { prompt: Example; answer: string; moderation: ModerationResult }[] = [];
   for (let start = 0; start < prompts.length; start += CHUNK) {
-    opts.signal?.throwIfAborted();
+    signal.throwIfAborted();
     const chunk = prompts.slice(start, start + CHUNK);
-    const answers = await checkpoints.use(model, (loaded) => answer(loaded, chunk, { maxNewTokens: opts.maxNewTokens }));
-    const verdicts = await checkpoints.useModeration(moderation, (c) =>
-      c.classify(chunk.map((p, i) => pairOfExample({ ...p, output: answers[i].text })), opts.threshold),
+    const answers = await answerChunk(checkpoints, model, chunk, opts.maxNewTokens, signal);
+    const verdicts = await untilAborted(
+      checkpoints.useModeration(moderation, (c) => {
+        signal.throwIfAborted();
+        return c.classify(chunk.map((p, i) => pairOfExample({ ...p, output: answers[i].text })), opts.threshold);
+      }),
+      signal,
     );
     chunk.forEach((prompt, i) => results.push({ prompt, answer: answers[i].text, moderation: verdicts[i] }));
     yield { progress: { done: results.length, total: prompts.length } };
@@ -104,11 +141,12 @@ export async function* scoreTask(
   task: Task,
   opts: { maxNewTokens: number; sampleCount: number; signal?: AbortSignal },
 ): AsyncGenerator<Scored<TaskReport>> {
+  const signal = opts.signal ?? NEVER;
   const samples: TaskSample[] = [];
   for (let start = 0; start < examples.length; start += CHUNK) {
-    opts.signal?.throwIfAborted();
+    signal.throwIfAborted();
     const chunk = examples.slice(start, start + CHUNK);
-    const answers = await checkpoints.use(model, (loaded) => answer(loaded, chunk, { maxNewTokens: opts.maxNewTokens }));
+    const answers = await answerChunk(checkpoints, model, chunk, opts.maxNewTokens, signal);
     chunk.forEach((e, i) => {
       const gold = e.gold ?? e.output;
       const parsed = parseTaskAnswer(task, answers[i].text, gold);
