@@ -1,15 +1,19 @@
-/** What a command is to the dispatcher: its flags, its help, and what it runs. */
-import type { Flags, OptionTable } from "./args.ts";
-import { describeOptions } from "./args.ts";
-import type { Clients } from "./client.ts";
-import type { Io } from "./output.ts";
+/** What a command is to cli.ts: its flags, its help, and what it runs; and the flags of every client command. */
+import type { Command as CommanderCommand } from "commander";
+import type { Clients } from "../client/clients.ts";
+import { text, toggle, type Flag, type FlagValues } from "./flags.ts";
+import type { Env, Io } from "./output.ts";
 
 export interface Context extends Io {
-  flags: Flags;
+  flags: FlagValues;
+  /** The positional arguments. */
+  args: string[];
   /** --json: proto JSON lines on stdout instead of text. */
   json: boolean;
   /** The clients for --address, created on first use. */
   clients(): Clients;
+  /** The whole command tree, for what is generated from it (completion scripts). */
+  root: CommanderCommand;
 }
 
 export interface Command {
@@ -18,7 +22,12 @@ export interface Command {
   synopsis: string;
   /** Further help after the summary, if any. */
   details?: string;
-  options: OptionTable;
+  flags: Flag<unknown>[];
+  /**
+   * Its positional argument, in commander's notation ("[job-id]", "[text...]", "<shell>"). One
+   * the command checks for itself, with its own message, is declared optional.
+   */
+  argument?: { name: string; help: string; choices?: string[] };
   /** Runs in this process without calling a server (serve): no --address or --json. */
   local?: boolean;
   /** Resolves to the exit code; 0 when nothing is returned. */
@@ -31,30 +40,15 @@ export interface CommandGroup {
   subcommands: Record<string, Command>;
 }
 
-export const HELP_OPTION: OptionTable = { help: { type: "boolean", help: "Show this help." } };
+export const ADDRESS = text("address", "<url>", "Server address (default $VACCINE_ADDRESS or http://127.0.0.1:50051).");
+export const JSON_OUTPUT = toggle("json", "Print proto JSON, one object a line (streams: one per message).");
+/** The flags every command that calls a server takes, after its own. */
+export const CLIENT_FLAGS: Flag<unknown>[] = [ADDRESS, JSON_OUTPUT];
 
-export const CLIENT_OPTIONS: OptionTable = {
-  address: { type: "string", value: "<url>", help: "Server address (default $VACCINE_ADDRESS or http://127.0.0.1:50051)." },
-  json: { type: "boolean", help: "Print proto JSON, one object a line (streams: one per message)." },
-};
+const DEFAULT_ADDRESS = "http://127.0.0.1:50051";
 
-/** Every flag a command accepts: its own, the client flags, --help. */
-export function optionsOf(command: Command): OptionTable {
-  return { ...command.options, ...(command.local ? {} : CLIENT_OPTIONS), ...HELP_OPTION };
-}
-
-/** The usage line and where the rest is: what a usage error prints. */
-export function shortUsage(path: string, command: Command): string {
-  return `Usage: vaccine ${path} ${command.synopsis}\nRun "vaccine ${path} --help" for its options.\n`;
-}
-
-export function commandHelp(path: string, command: Command): string {
-  const details = command.details ? `\n${command.details}\n` : "";
-  return `Usage: vaccine ${path} ${command.synopsis}\n\n${command.summary}\n${details}\nOptions:\n${describeOptions(optionsOf(command))}\n`;
-}
-
-export function groupHelp(name: string, group: CommandGroup): string {
-  const width = Math.max(...Object.keys(group.subcommands).map((s) => s.length));
-  const lines = Object.entries(group.subcommands).map(([sub, c]) => `  ${sub.padEnd(width)}  ${c.summary}`);
-  return `Usage: vaccine ${name} <command> [options]\n\n${group.summary}\n\nCommands:\n${lines.join("\n")}\n\nRun "vaccine ${name} <command> --help" for its options.\n`;
+/** --address, else VACCINE_ADDRESS, else the default; "host:port" gets http:// (the server is cleartext). */
+export function resolveAddress(flag: string | undefined, env: Env): string {
+  const address = flag ?? env.VACCINE_ADDRESS ?? DEFAULT_ADDRESS;
+  return /^https?:\/\//.test(address) ? address : `http://${address}`;
 }

@@ -3,6 +3,7 @@
  * (e.g. `experiment`) is one more entry here, a Command or a CommandGroup.
  */
 import type { Command, CommandGroup } from "./command.ts";
+import { COMPLETION_COMMANDS } from "./commands/completion.ts";
 import { EMBED_COMMANDS } from "./commands/embed.ts";
 import { EXPERIMENT_COMMANDS } from "./commands/experiment.ts";
 import { JOB_COMMANDS } from "./commands/jobs.ts";
@@ -21,4 +22,5 @@ export const COMMANDS: Record<string, Command | CommandGroup> = {
   score: SCORE_COMMANDS.score,
   health: SERVER_COMMANDS.health,
   experiment: EXPERIMENT_COMMANDS.experiment,
+  completion: COMPLETION_COMMANDS.completion,
 };

@@ -1,8 +1,16 @@
-/** How a failed call reads on stderr: status code, message, ErrorInfo and BadRequest details. */
+/**
+ * The CLI's two kinds of failure: a mistake in the command line (UsageError, exit 2), and a
+ * failed call, which reads on stderr as status code, message, ErrorInfo and BadRequest details.
+ */
 import { ConnectError } from "@connectrpc/connect";
 import { Code as RpcCode } from "../../gen/google/rpc/code_pb.ts";
 import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import type { Status } from "../../gen/google/rpc/status_pb.ts";
+
+/** A mistake in the command line: printed with the command's usage, exit code 2. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
 
 /** The status code's canonical gRPC name (INVALID_ARGUMENT), as the API docs spell it. */
 export function codeName(code: number): string {

@@ -3,8 +3,9 @@ import { createRegistry, toJson, type DescMessage, type JsonValue, type MessageS
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_rpc_error_details } from "../../gen/google/rpc/error_details_pb.ts";
 import { JobKind, JobState, type Job } from "../../gen/vaccine/v1/jobs_pb.ts";
-import { formatRef, type Env } from "./args.ts";
 import { oneLineError, statusError } from "./errors.ts";
+
+export type Env = Record<string, string | undefined>;
 
 /** The part of a stream the CLI uses; tests pass fakes (isTTY and columns included). */
 export interface Output {
@@ -17,6 +18,17 @@ export interface Io {
   stdout: Output;
   stderr: Output;
   env: Env;
+}
+
+/** A checkpoint as the API names it; mirrors CheckpointRef without tying flags to the generated type. */
+export interface Ref {
+  uri: string;
+  digest: string;
+}
+
+/** "uri@digest", the form every command prints refs in, so they paste back. */
+export function formatRef(ref: Ref | undefined): string {
+  return ref ? `${ref.uri}@${ref.digest}` : "";
 }
 
 // Job.error holds google.rpc details in Anys; proto JSON can only print Anys it can resolve.

@@ -5,7 +5,7 @@
  */
 import os from "node:os";
 import { trace, metrics } from "@opentelemetry/api";
-import { createClients } from "../cli/client.ts";
+import { createClients } from "../client/clients.ts";
 import { loadConfig, SERVICE_NAMES } from "../suite/config.ts";
 import { silentLogger } from "../platform/log.ts";
 import { SCOPE } from "../platform/telemetry.ts";

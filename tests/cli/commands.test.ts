@@ -49,7 +49,12 @@ describe("usage", () => {
       [["align", "--base", "no-digest", "--data", DATA], /expected "uri@digest"/],
       [["align", "--base", "builtin:nothing", "--data", DATA], /no shipped checkpoint "nothing" here; set VACCINE_BUILTIN_NOTHING/],
       [["align", "--base", base, "--data", DATA, "--builtin", "alignment"], /--data and --builtin cannot be used together/],
-      [["jobs", "list", "--bogus"], /Unknown option '--bogus'/],
+      // commander's own errors: unknown flags (with a suggestion), missing values, extra arguments.
+      [["jobs", "list", "--bogus"], /^error: unknown option '--bogus'$/m],
+      [["jobs", "list", "--kinds", "align"], /^error: unknown option '--kinds'\n\(Did you mean --kind\?\)$/m],
+      [["align", "--base"], /^error: option '--base <ref>' argument missing$/m],
+      [["jobs", "get", "a", "b"], /^error: too many arguments for 'get'/m],
+      [["completion", "fish"], /Allowed choices are bash, zsh/],
       [["jobs", "get"], /a job id is required/],
       [["jobs", "list", "--page-token", "abc"], /--page-token needs --kind/],
       [["moderate", "--prompt", "a"], /as many --answer as --prompt/],

@@ -2,13 +2,15 @@
 // lines elsewhere, and job events and scoring progress turned into both.
 import { create } from "@bufbuild/protobuf";
 import { anyPack } from "@bufbuild/protobuf/wkt";
-import { describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.ts";
 import { CheckpointKind, JobEventSchema, JobState, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { ScoreProgressSchema } from "../../gen/vaccine/v1/score_pb.ts";
+import { jobProgress } from "../../services/cli/commands/jobs.ts";
+import { scoreProgress } from "../../services/cli/commands/score.ts";
 import { interactive } from "../../services/cli/output.ts";
-import { createProgress, jobProgress, scoreProgress } from "../../services/cli/progress.ts";
+import { createProgress } from "../../services/cli/progress-bar.ts";
 import { Capture } from "./harness.ts";
 
 const REF = { uri: "store://checkpoints/ab", digest: `sha256:${"ab".repeat(32)}` };
@@ -23,26 +25,39 @@ function events(total: number): JobEvent[] {
   return out;
 }
 
-/** The lines a terminal shows after `text`: \r returns to the line start, ESC[K erases to its end. */
+/**
+ * The lines a terminal shows after `text`: \r and ESC[<n>G move along the line, ESC[K and
+ * ESC[0K erase to its end, ESC[2K erases all of it; any other control sequence is refused.
+ */
 function screen(text: string): string[] {
   const lines = [""];
   let col = 0;
-  for (const token of text.match(/\x1b\[K|[\s\S]/g)!) {
+  for (const [token, n, code] of text.matchAll(/\x1b\[(\d*)([A-Za-z])|[\s\S]/g)) {
     const row = lines.length - 1;
     if (token === "\r") col = 0;
     else if (token === "\n") (lines.push(""), (col = 0));
-    else if (token === "\x1b[K") lines[row] = lines[row].slice(0, col);
-    else (lines[row] = lines[row].slice(0, col) + token + lines[row].slice(col + 1)), col++;
+    else if (code === "G") col = Number(n || 1) - 1;
+    else if (code === "K" && (n === "" || n === "0")) lines[row] = lines[row].slice(0, col);
+    else if (code === "K" && n === "2") lines[row] = "";
+    else if (code !== undefined || token === "\x1b") throw new Error(`unexpected control sequence ${JSON.stringify(token)}`);
+    else (lines[row] = lines[row].slice(0, col).padEnd(col) + token + lines[row].slice(col + 1)), col++;
   }
   return lines;
 }
 
 describe("on a terminal", () => {
+  // The bar redraws on a timer (cli-progress's frames): fake timers make its frames explicit.
+  beforeEach(() => vi.useFakeTimers());
+  afterEach(() => vi.useRealTimers());
+
   it("redraws one bar in place and prints notes above it", () => {
     const tty = new Capture(true, 72);
     const progress = createProgress(tty, true);
     const feed = jobProgress(progress, { perturbation: true });
-    for (const e of events(4)) feed(e);
+    for (const e of events(4)) {
+      feed(e);
+      vi.advanceTimersByTime(100);
+    }
     progress.end();
 
     // What a terminal shows: each redraw overwrote the last, notes (whole, refs must paste) stayed above.
@@ -53,21 +68,37 @@ describe("on a terminal", () => {
       "step [===================] 4/4 100%  loss 0.5  perturbation 0.5  ETA 0s",
       "",
     ]);
-    // Drawn once per step, and again under each note that came while a bar was up.
-    const draws = tty.text.match(/step \[[^\x1b]*/g)!;
-    expect(draws.map((d) => d.match(/\] (\d)\/4/)![1])).toEqual(["1", "2", "2", "3", "4", "4"]);
-    expect(draws[0]).toMatch(/^step \[=*> *\] 1\/4 25% {2}loss 2 {2}perturbation 0\.5 {2}ETA 6s$/);
+    // Every step was drawn, each over the last: only notes start new lines.
+    const draws = [...tty.text.matchAll(/step \[[^\x1b\n]*/g)].map(([d]) => d);
+    expect([...new Set(draws.map((d) => d.match(/\] (\d)\/4/)![1]))]).toEqual(["1", "2", "3", "4"]);
+    expect(draws[0]).toMatch(/^step \[=*-*\] 1\/4 25% {2}loss 2 {2}perturbation 0\.5 {2}ETA 6s$/);
+    expect(tty.text.split("\n")).toHaveLength(5);
     // Bars fit the terminal: redrawing a wrapped line would leave copies behind.
     for (const d of draws) expect(d.length).toBeLessThan(72);
+    // Ended, the bar leaves no redraw timer to keep the process alive.
+    expect(vi.getTimerCount()).toBe(0);
   });
 
   it("narrows the bar to a narrow terminal", () => {
     const tty = new Capture(true, 40);
     const progress = createProgress(tty, true);
     progress.update({ label: "scored", done: 5, total: 10, fields: ["ETA 3s"] });
-    const line = tty.text.replace(/^\r|\x1b\[K$/g, "");
+    progress.end();
+    const [line, after] = screen(tty.text);
     expect(line.length).toBeLessThan(40);
-    expect(line).toMatch(/^scored \[=+>? *\] 5\/10 50% {2}ETA 3s$/);
+    expect(line).toMatch(/^scored \[=+-+\] 5\/10 50% {2}ETA 3s$/);
+    expect(after).toBe("");
+  });
+
+  it("starts a new bar after an end, below the last one", () => {
+    const tty = new Capture(true, 60);
+    const progress = createProgress(tty, true);
+    progress.update({ label: "cell a", done: 2, total: 2, fields: [] });
+    progress.end();
+    progress.note("[2/2] cell b");
+    progress.update({ label: "cell b", done: 1, total: 2, fields: [] });
+    progress.end();
+    expect(screen(tty.text).map((l) => l.replace(/\[[=-]+\]/, "[]"))).toEqual(["cell a [] 2/2 100%", "[2/2] cell b", "cell b [] 1/2 50%", ""]);
   });
 });
 
@@ -93,6 +124,15 @@ describe("off a terminal", () => {
     expect(steps[0]).toBe("step 1/100  loss 2  ETA 3m18s");
     expect(out.text).toMatch(/^state RUNNING\nstep 1\/100/);
     expect(out.text.endsWith("state SUCCEEDED\n")).toBe(true);
+  });
+
+  it("starts counting again after an end (the experiment's next cell)", () => {
+    const out = new Capture();
+    const progress = createProgress(out, false);
+    for (const done of [1, 2, 100]) progress.update({ label: "a", done, total: 100, fields: [] });
+    progress.end();
+    progress.update({ label: "b", done: 1, total: 100, fields: [] });
+    expect(out.text).toBe("a 1/100\na 100/100\nb 1/100\n");
   });
 
   it("shows a scoring stream's progress with an ETA from the clock", () => {

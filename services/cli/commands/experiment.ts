@@ -1,9 +1,15 @@
 /** experiment: the paper's comparison on the built-in world, with a report and charts. */
-import { PRESETS, type Preset } from "../../experiment/presets.ts";
-import { UsageError } from "../args.ts";
+import { PRESETS } from "../../experiment/presets.ts";
 import type { Command } from "../command.ts";
+import { choice, ref, text } from "../flags.ts";
 import { interactive } from "../output.ts";
-import { createProgress } from "../progress.ts";
+import { createProgress } from "../progress-bar.ts";
+
+const PRESET = choice("preset", "<name>", `One of ${Object.keys(PRESETS).join(", ")} (default quick).`, PRESETS);
+const OUT = text("out", "<dir>", "Output folder (default out/experiment-<preset>).");
+// Not the client --address: unset, the services start in this process.
+const SUITE_ADDRESS = text("address", "<url>", "A running suite (default: start the services in this process).");
+const BASE = ref("base", "<uri@digest>", "Base checkpoint (default: the shipped base model).");
 
 const experiment: Command = {
   summary: "Run non-aligned, SFT and Vaccine alignment against harmful fine-tuning and write a report.",
@@ -13,37 +19,36 @@ const experiment: Command = {
     "Writes results.json, report.md and SVG charts to --out; a rerun skips the cells already in\n" +
     "results.json. The README gives the measured time of quick; full runs three seeds and a wider rho sweep.",
   local: true,
-  options: {
-    preset: { type: "string", value: "<name>", help: `One of ${Object.keys(PRESETS).join(", ")} (default quick).` },
-    out: { type: "string", value: "<dir>", help: "Output folder (default out/experiment-<preset>)." },
-    address: { type: "string", value: "<url>", help: "A running suite (default: start the services in this process)." },
-    base: { type: "string", value: "<uri@digest>", help: "Base checkpoint (default: the shipped base model)." },
-  },
+  flags: [PRESET, OUT, SUITE_ADDRESS, BASE],
   async run(ctx) {
-    const name = ctx.flags.str("preset") ?? "quick";
-    if (!Object.hasOwn(PRESETS, name)) throw new UsageError(`--preset: expected one of ${Object.keys(PRESETS).join(", ")}, got "${name}"`);
-    const out = ctx.flags.str("out") ?? `out/experiment-${name}`;
+    const preset = ctx.flags.get(PRESET) ?? PRESETS.quick;
+    const out = ctx.flags.get(OUT) ?? `out/experiment-${preset.name}`;
     const progress = createProgress(ctx.stdout, interactive(ctx));
     // Imported here so other commands do not load the model runtime.
     const { experiment: run } = await import("../../experiment/experiment.ts");
-    const { seconds } = await run({
-      preset: name as Preset["name"],
-      out,
-      address: ctx.flags.str("address"),
-      base: ctx.flags.ref("base"),
-      hooks: {
-        onProgress: (p) => {
-          if (p.index > 0) {
-            progress.end();
-            progress.note(`[${p.index}/${p.total}] ${p.cell}`);
-          } else if (p.step !== undefined) {
-            const fields = [`loss ${p.loss?.toFixed(3)}`, ...(p.perturbationNorm ? [`|eps| ${p.perturbationNorm.toFixed(3)}`] : [])];
-            progress.update({ label: p.cell, done: p.step, total: p.totalSteps ?? 0, fields });
-          }
+    let seconds: number;
+    try {
+      ({ seconds } = await run({
+        preset: preset.name,
+        out,
+        address: ctx.flags.get(SUITE_ADDRESS),
+        base: ctx.flags.get(BASE),
+        hooks: {
+          onProgress: (p) => {
+            if (p.index > 0) {
+              progress.end();
+              progress.note(`[${p.index}/${p.total}] ${p.cell}`);
+            } else if (p.step !== undefined) {
+              const fields = [`loss ${p.loss?.toFixed(3)}`, ...(p.perturbationNorm ? [`|eps| ${p.perturbationNorm.toFixed(3)}`] : [])];
+              progress.update({ label: p.cell, done: p.step, total: p.totalSteps ?? 0, fields });
+            }
+          },
         },
-      },
-    });
-    progress.end();
+      }));
+    } finally {
+      // A bar left running would keep its redraw timer, and the process, alive.
+      progress.end();
+    }
     ctx.stdout.write(`report: ${out}/report.md (${(seconds / 60).toFixed(1)} min)\n`);
   },
 };

@@ -3,14 +3,14 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { AlignSpecSchema } from "../../../gen/vaccine/v1/training_pb.ts";
-import { JobEventSchema, JobSchema, JobState, type Job, type JobEvent } from "../../../gen/vaccine/v1/jobs_pb.ts";
-import { UsageError, type OptionTable } from "../args.ts";
-import type { Clients } from "../client.ts";
+import { CheckpointKind, JobEventSchema, JobSchema, JobState, LogSeverity, type Job, type JobEvent } from "../../../gen/vaccine/v1/jobs_pb.ts";
+import type { Clients } from "../../client/clients.ts";
 import type { Command, CommandGroup, Context } from "../command.ts";
-import { describeError, statusError } from "../errors.ts";
-import { describeJob, interactive, jobTable, jsonOf, KIND_NAMES, stateName, writeLine } from "../output.ts";
-import { createProgress, jobProgress } from "../progress.ts";
-import { DATASET_OPTIONS, datasetRef, LORA_OPTIONS, loraConfig, TRAINING_OPTIONS, trainingConfig } from "../spec-flags.ts";
+import { codeName, describeError, statusError, UsageError } from "../errors.ts";
+import { choice, float, int, ref, text, toggle } from "../flags.ts";
+import { describeJob, duration, formatRef, interactive, jobTable, jsonOf, KIND_NAMES, num, stateName, writeLine } from "../output.ts";
+import { createProgress, type Progress } from "../progress-bar.ts";
+import { DATASET_FLAGS, datasetRef, LORA_FLAGS, loraConfig, MODERATION_MODEL, TRAINING_FLAGS, trainingConfig } from "../spec-flags.ts";
 
 type Kind = keyof typeof KIND_NAMES;
 
@@ -49,11 +49,46 @@ const pageJson = (page: { jobs: Job[]; nextPageToken: string }) => ({
   ...(page.nextPageToken ? { nextPageToken: page.nextPageToken } : {}),
 });
 
-const WATCH_OPTION: OptionTable = { watch: { type: "boolean", help: "Follow the job until it ends (exit 1 unless it SUCCEEDED)." } };
+const WATCH = toggle("watch", "Follow the job until it ends (exit 1 unless it SUCCEEDED).");
+
+// Recent steps weigh more in the ETA, so it follows speed changes (e.g. the tau refresh).
+const EMA = 0.3;
+
+/** Feeds a job's events to a progress display; `perturbation` adds Vaccine's norm. */
+export function jobProgress(progress: Progress, options: { perturbation: boolean }): (event: JobEvent) => void {
+  let stepSeconds: number | undefined;
+  return (event) => {
+    const e = event.event;
+    switch (e.case) {
+      case "step": {
+        const s = e.value;
+        stepSeconds = stepSeconds === undefined ? s.stepSeconds : EMA * s.stepSeconds + (1 - EMA) * stepSeconds;
+        const fields = [`loss ${num(s.loss)}`];
+        if (options.perturbation) fields.push(`perturbation ${num(s.perturbationNorm)}`);
+        fields.push(`ETA ${duration(stepSeconds * (s.totalSteps - s.step))}`);
+        progress.update({ label: "step", done: s.step, total: s.totalSteps, fields });
+        break;
+      }
+      case "stateChange": {
+        const why = e.value.error ? ` (${codeName(e.value.error.code)}: ${e.value.error.message})` : "";
+        progress.note(`state ${stateName(e.value.to)}${why}`);
+        break;
+      }
+      case "checkpointWritten": {
+        const what = e.value.kind === CheckpointKind.RESULT ? "result" : "training state";
+        progress.note(`${what} at step ${e.value.step}: ${formatRef(e.value.checkpoint)}`);
+        break;
+      }
+      case "log":
+        progress.note(`log ${(LogSeverity[e.value.severity] ?? "").toLowerCase()}: ${e.value.message}`);
+        break;
+    }
+  };
+}
 
 /** Prints a created job, and follows it with --watch. */
 async function created(ctx: Context, kind: Kind, job: Job): Promise<number> {
-  const follow = ctx.flags.bool("watch");
+  const follow = ctx.flags.has(WATCH);
   if (ctx.json) writeLine(ctx.stdout, jobJson(job));
   // When following, the final summary comes at the end; the id first, to find the job again.
   else if (follow) ctx.stdout.write(`job ${job.id} created\n`);
@@ -84,29 +119,24 @@ async function watch(ctx: Context, kind: Kind, job: Job): Promise<number> {
   return 1;
 }
 
+const BASE = ref("base", "<ref>", "Base checkpoint to align (required).");
+const METHOD = choice("method", "<method>", "sft or vaccine (default vaccine).", { sft: "sft", vaccine: "vaccine" } as const);
+const RHO = float("rho", "<rho>", "Vaccine: bound on the perturbation norm (default 2; 0 is SFT).");
+const TAU = int("tau", "<n>", "Vaccine: recompute the perturbation every n steps (default 1).");
+
 const align: Command = {
   summary: "Create an alignment job: a LoRA adapter over the base model, trained with SFT or Vaccine.",
   synopsis: "--base <ref> (--data <uri> | --builtin <name>) [options]",
   details: 'A checkpoint <ref> is "uri@digest"; "builtin:base" reads it from $VACCINE_BUILTIN_BASE.',
-  options: {
-    base: { type: "string", value: "<ref>", help: "Base checkpoint to align (required)." },
-    ...DATASET_OPTIONS,
-    method: { type: "string", value: "<method>", help: "sft or vaccine (default vaccine)." },
-    rho: { type: "string", value: "<rho>", help: "Vaccine: bound on the perturbation norm (default 2; 0 is SFT)." },
-    tau: { type: "string", value: "<n>", help: "Vaccine: recompute the perturbation every n steps (default 1)." },
-    ...LORA_OPTIONS,
-    ...TRAINING_OPTIONS,
-    ...WATCH_OPTION,
-  },
+  flags: [BASE, ...DATASET_FLAGS, METHOD, RHO, TAU, ...LORA_FLAGS, ...TRAINING_FLAGS, WATCH],
   async run(ctx) {
     const f = ctx.flags;
-    const method = f.str("method") ?? "vaccine";
-    if (method !== "sft" && method !== "vaccine") throw new UsageError(`--method: expected sft or vaccine, got "${method}"`);
-    if (method === "sft" && (f.has("rho") || f.has("tau"))) throw new UsageError("--rho and --tau apply to --method vaccine");
+    const method = f.get(METHOD) ?? "vaccine";
+    if (method === "sft" && (f.has(RHO) || f.has(TAU))) throw new UsageError("--rho and --tau apply to --method vaccine");
     const spec: MessageInitShape<typeof AlignSpecSchema> = {
-      baseCheckpoint: f.requiredRef("base"),
+      baseCheckpoint: f.required(BASE),
       dataset: datasetRef(f, true),
-      method: method === "sft" ? { case: "sft", value: {} } : { case: "vaccine", value: { rho: f.num("rho"), refreshEvery: f.int("tau") } },
+      method: method === "sft" ? { case: "sft", value: {} } : { case: "vaccine", value: { rho: f.get(RHO), refreshEvery: f.get(TAU) } },
       lora: loraConfig(f),
       training: trainingConfig(f),
     };
@@ -115,32 +145,27 @@ const align: Command = {
   },
 };
 
+const ALIGNED = ref("aligned", "<ref>", "Aligned checkpoint to fine-tune (required).");
+const GATE = toggle("gate", "Screen the dataset with the moderation model before training.");
+const MAX_FLAGGED = float("max-flagged", "<p>", "Largest flagged fraction the gate accepts (default 0).");
+const GATE_THRESHOLD = float("gate-threshold", "<t>", "Probability above which the gate flags an example (default 0.5).");
+
 const finetune: Command = {
   summary: "Create a fine-tuning job: a user adapter on top of an aligned checkpoint.",
   synopsis: "--aligned <ref> (--data <uri> | --builtin <name>) [options]",
   details: 'A checkpoint <ref> is "uri@digest", as align prints its result.',
-  options: {
-    aligned: { type: "string", value: "<ref>", help: "Aligned checkpoint to fine-tune (required)." },
-    ...DATASET_OPTIONS,
-    ...LORA_OPTIONS,
-    ...TRAINING_OPTIONS,
-    gate: { type: "boolean", help: "Screen the dataset with the moderation model before training." },
-    "max-flagged": { type: "string", value: "<p>", help: "Largest flagged fraction the gate accepts (default 0)." },
-    "gate-threshold": { type: "string", value: "<t>", help: "Probability above which the gate flags an example (default 0.5)." },
-    "moderation-model": { type: "string", value: "<ref>", help: "Moderation model of the gate (default: the server's)." },
-    ...WATCH_OPTION,
-  },
+  flags: [ALIGNED, ...DATASET_FLAGS, ...LORA_FLAGS, ...TRAINING_FLAGS, GATE, MAX_FLAGGED, GATE_THRESHOLD, MODERATION_MODEL, WATCH],
   async run(ctx) {
     const f = ctx.flags;
-    const gateFlags = ["max-flagged", "gate-threshold", "moderation-model"].filter((n) => f.has(n));
-    if (!f.bool("gate") && gateFlags.length) throw new UsageError(`--${gateFlags[0]} needs --gate`);
+    const gateFlags = [MAX_FLAGGED, GATE_THRESHOLD, MODERATION_MODEL].filter((flag) => f.has(flag));
+    if (!f.has(GATE) && gateFlags.length) throw new UsageError(`--${gateFlags[0].name} needs --gate`);
     const spec = {
-      alignedCheckpoint: f.requiredRef("aligned"),
+      alignedCheckpoint: f.required(ALIGNED),
       dataset: datasetRef(f, true),
       lora: loraConfig(f),
       training: trainingConfig(f),
-      moderationGate: f.bool("gate")
-        ? { enabled: true, maxFlaggedFraction: f.num("max-flagged"), threshold: f.num("gate-threshold"), moderationModel: f.ref("moderation-model") }
+      moderationGate: f.has(GATE)
+        ? { enabled: true, maxFlaggedFraction: f.get(MAX_FLAGGED), threshold: f.get(GATE_THRESHOLD), moderationModel: f.get(MODERATION_MODEL) }
         : undefined,
     };
     const { job } = await ctx.clients().fineTune.createFineTuneJob({ spec });
@@ -148,20 +173,13 @@ const finetune: Command = {
   },
 };
 
-const KIND_OPTION: OptionTable = {
-  kind: { type: "string", value: "<kind>", help: "align or finetune (default: whichever service has the job)." },
-};
-
-function kindOf(ctx: Context): Kind | undefined {
-  const kind = ctx.flags.str("kind");
-  if (kind !== undefined && !Object.hasOwn(KIND_NAMES, kind)) throw new UsageError(`--kind: expected align or finetune, got "${kind}"`);
-  return kind as Kind | undefined;
-}
+const KINDS = Object.keys(KIND_NAMES) as Kind[];
+const KIND = choice("kind", "<kind>", "align or finetune (default: whichever service has the job).", { align: "align", finetune: "finetune" } satisfies Record<Kind, Kind>);
+const JOB_ID = { name: "[job-id]", help: "The job, as align and finetune print it." };
 
 function jobId(ctx: Context): string {
-  const [id, ...extra] = ctx.flags.positionals;
+  const [id] = ctx.args;
   if (id === undefined) throw new UsageError("a job id is required");
-  if (extra.length) throw new UsageError(`unexpected arguments: ${extra.join(" ")}`);
   return id;
 }
 
@@ -171,9 +189,9 @@ function jobId(ctx: Context): string {
  * not having the job.
  */
 async function onJob<T>(ctx: Context, call: (api: JobApi, kind: Kind) => Promise<T>): Promise<T> {
-  const only = kindOf(ctx);
+  const only = ctx.flags.get(KIND);
   let first: ConnectError | undefined;
-  for (const kind of only ? [only] : (Object.keys(KIND_NAMES) as Kind[])) {
+  for (const kind of only ? [only] : KINDS) {
     try {
       return await call(jobApi(ctx.clients(), kind), kind);
     } catch (err) {
@@ -190,21 +208,20 @@ function printJob(ctx: Context, job: Job | undefined): void {
   else ctx.stdout.write(describeJob(job!));
 }
 
+const PAGE_SIZE = int("page-size", "<n>", "Jobs per page, 0 to 1000 (default 0: the server's 50).");
+const PAGE_TOKEN = text("page-token", "<token>", "Token of the next page, as printed by the previous page (needs --kind).");
+
 const list: Command = {
   summary: "List jobs, newest first; both kinds unless --kind is given.",
   synopsis: "[--kind align|finetune] [--page-size <n>] [--page-token <token>]",
   details: 'Without --kind, --json prints {"align": <page>, "finetune": <page>}.',
-  options: {
-    ...KIND_OPTION,
-    "page-size": { type: "string", value: "<n>", help: "Jobs per page, 0 to 1000 (default 0: the server's 50)." },
-    "page-token": { type: "string", value: "<token>", help: "Token of the next page, as printed by the previous page (needs --kind)." },
-  },
+  flags: [KIND, PAGE_SIZE, PAGE_TOKEN],
   async run(ctx) {
-    const kind = kindOf(ctx);
-    const pageToken = ctx.flags.str("page-token") ?? "";
+    const kind = ctx.flags.get(KIND);
+    const pageToken = ctx.flags.get(PAGE_TOKEN) ?? "";
     if (pageToken && !kind) throw new UsageError("--page-token needs --kind (each service pages its own jobs)");
-    const kinds = kind ? [kind] : (Object.keys(KIND_NAMES) as Kind[]);
-    const pages = await Promise.all(kinds.map((k) => jobApi(ctx.clients(), k).list(ctx.flags.int("page-size") ?? 0, pageToken)));
+    const kinds = kind ? [kind] : KINDS;
+    const pages = await Promise.all(kinds.map((k) => jobApi(ctx.clients(), k).list(ctx.flags.get(PAGE_SIZE) ?? 0, pageToken)));
     if (ctx.json) {
       writeLine(ctx.stdout, kind ? pageJson(pages[0]) : Object.fromEntries(kinds.map((k, i) => [k, pageJson(pages[i])])));
       return;
@@ -221,7 +238,8 @@ const list: Command = {
 const get: Command = {
   summary: "Show a job: state, progress, result and lineage.",
   synopsis: "[--kind align|finetune] <job-id>",
-  options: KIND_OPTION,
+  flags: [KIND],
+  argument: JOB_ID,
   async run(ctx) {
     const id = jobId(ctx);
     printJob(ctx, (await onJob(ctx, (api) => api.get(id))).job);
@@ -231,7 +249,8 @@ const get: Command = {
 const cancel: Command = {
   summary: "Cancel a job: a queued one at once, a running one after its current step.",
   synopsis: "[--kind align|finetune] <job-id>",
-  options: KIND_OPTION,
+  flags: [KIND],
+  argument: JOB_ID,
   async run(ctx) {
     const id = jobId(ctx);
     printJob(ctx, (await onJob(ctx, (api) => api.cancel(id))).job);
@@ -242,7 +261,8 @@ const watchCommand: Command = {
   summary: "Follow a job's events (history first) until it ends; exit 1 unless it SUCCEEDED.",
   synopsis: "[--kind align|finetune] <job-id>",
   details: "On a terminal a progress bar is redrawn in place; otherwise plain lines. --json prints the events as JSON lines.",
-  options: KIND_OPTION,
+  flags: [KIND],
+  argument: JOB_ID,
   async run(ctx) {
     const id = jobId(ctx);
     // Get first: it finds the service holding the job and tells whether it is a Vaccine run.

@@ -13,74 +13,79 @@ import {
   type TaskSample,
 } from "../../../gen/vaccine/v1/score_pb.ts";
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
-import { UsageError, type OptionTable } from "../args.ts";
 import type { Command, CommandGroup, Context } from "../command.ts";
-import { interactive, num, table, writeJson } from "../output.ts";
-import { createProgress, scoreProgress } from "../progress.ts";
-import { DATASET_OPTIONS, datasetRef } from "../spec-flags.ts";
-
-const CHECKPOINT: OptionTable = { checkpoint: { type: "string", value: "<ref>", help: "Model or adapter checkpoint, uri@digest (required)." } };
-const MAX_NEW_TOKENS: OptionTable = { "max-new-tokens": { type: "string", value: "<n>", help: "Longest answer, in tokens." } };
+import { UsageError } from "../errors.ts";
+import { choice, float, int, text, texts, uint } from "../flags.ts";
+import { duration, interactive, num, table, writeJson } from "../output.ts";
+import { createProgress, type Progress } from "../progress-bar.ts";
+import { CHECKPOINT, DATASET_FLAGS, datasetRef, MAX_NEW_TOKENS, MODERATION_MODEL, THRESHOLD } from "../spec-flags.ts";
 
 function topProbability(r: ModerationResult): number {
   return Math.max(0, ...r.probabilities.map((p) => p.probability));
 }
 
+const INPUT = text("input", "<text>", "Input given with every instruction.");
+const TEMPERATURE = float("temperature", "<t>", "Sample with this temperature (default 1 when sampling).");
+const TOP_P = float("top-p", "<p>", "Sample from this nucleus mass (default 1 when sampling).");
+const SAMPLING_SEED = uint("seed", "<n>", "Sample with this seed: the same seed gives the same text.");
+
 const generate: Command = {
   summary: "Complete instructions (Alpaca template); greedy unless a sampling flag is given.",
   synopsis: "--checkpoint <ref> [options] <instruction>...",
-  options: {
-    ...CHECKPOINT,
-    input: { type: "string", value: "<text>", help: "Input given with every instruction." },
-    ...MAX_NEW_TOKENS,
-    temperature: { type: "string", value: "<t>", help: "Sample with this temperature (default 1 when sampling)." },
-    "top-p": { type: "string", value: "<p>", help: "Sample from this nucleus mass (default 1 when sampling)." },
-    seed: { type: "string", value: "<n>", help: "Sample with this seed: the same seed gives the same text." },
-  },
+  flags: [CHECKPOINT, INPUT, MAX_NEW_TOKENS, TEMPERATURE, TOP_P, SAMPLING_SEED],
+  argument: { name: "[instruction...]", help: "Instructions to complete (at least one)." },
   async run(ctx) {
     const f = ctx.flags;
-    if (f.positionals.length === 0) throw new UsageError("give at least one instruction");
-    const sampled = ["temperature", "top-p", "seed"].some((n) => f.has(n));
+    if (ctx.args.length === 0) throw new UsageError("give at least one instruction");
+    const sampled = [TEMPERATURE, TOP_P, SAMPLING_SEED].some((flag) => f.has(flag));
     const res = await ctx.clients().score.generate({
-      checkpoint: f.requiredRef("checkpoint"),
-      prompts: f.positionals.map((instruction) => ({ instruction, input: f.str("input") ?? "" })),
-      maxNewTokens: f.int("max-new-tokens"),
+      checkpoint: f.required(CHECKPOINT),
+      prompts: ctx.args.map((instruction) => ({ instruction, input: f.get(INPUT) ?? "" })),
+      maxNewTokens: f.get(MAX_NEW_TOKENS),
       decoding: sampled
-        ? { case: "sampled", value: { temperature: f.num("temperature"), topP: f.num("top-p"), seed: f.uint("seed") ?? 0 } }
+        ? { case: "sampled", value: { temperature: f.get(TEMPERATURE), topP: f.get(TOP_P), seed: f.get(SAMPLING_SEED) ?? 0 } }
         : { case: "greedy", value: {} },
     });
     if (ctx.json) return writeJson(ctx.stdout, GenerateResponseSchema, res);
     res.generations.forEach((g, i) => {
       const why = FinishReason[g.finishReason]?.toLowerCase() ?? "";
-      ctx.stdout.write(`[${i + 1}] ${f.positionals[i]} (${g.tokenCount} tokens, ${why})\n${g.text}\n\n`);
+      ctx.stdout.write(`[${i + 1}] ${ctx.args[i]} (${g.tokenCount} tokens, ${why})\n${g.text}\n\n`);
     });
   },
 };
 
+const PROMPT = texts("prompt", "<text>", "A prompt; pairs with the --answer in the same position.");
+const ANSWER = texts("answer", "<text>", "An answer to judge.");
+
 const moderate: Command = {
   summary: "Judge (prompt, answer) pairs with the moderation model.",
   synopsis: "--prompt <text> --answer <text> [--prompt <text> --answer <text> ...] [options]",
-  options: {
-    prompt: { type: "string", multiple: true, value: "<text>", help: "A prompt; pairs with the --answer in the same position." },
-    answer: { type: "string", multiple: true, value: "<text>", help: "An answer to judge." },
-    threshold: { type: "string", value: "<t>", help: "Flag when the top category probability exceeds this (default 0.5)." },
-    "moderation-model": { type: "string", value: "<ref>", help: "Moderation model (default: the server's)." },
-  },
+  flags: [PROMPT, ANSWER, THRESHOLD, MODERATION_MODEL],
   async run(ctx) {
     const f = ctx.flags;
-    const prompts = f.list("prompt");
-    const answers = f.list("answer");
+    const prompts = f.get(PROMPT) ?? [];
+    const answers = f.get(ANSWER) ?? [];
     if (prompts.length === 0 || prompts.length !== answers.length) throw new UsageError("give as many --answer as --prompt, at least one of each");
     const res = await ctx.clients().score.moderate({
       pairs: prompts.map((prompt, i) => ({ prompt, answer: answers[i] })),
-      threshold: f.num("threshold"),
-      moderationModel: f.ref("moderation-model"),
+      threshold: f.get(THRESHOLD),
+      moderationModel: f.get(MODERATION_MODEL),
     });
     if (ctx.json) return writeJson(ctx.stdout, ModerateResponseSchema, res);
     const rows = res.results.map((r, i) => [String(i + 1), r.flagged ? "yes" : "no", r.topCategory, num(topProbability(r))]);
     ctx.stdout.write(table([["#", "FLAGGED", "TOP CATEGORY", "PROBABILITY"], ...rows]));
   },
 };
+
+/** Feeds a scoring stream's progress to a display, with an ETA from the wall clock. */
+export function scoreProgress(progress: Progress, now: () => number = () => performance.now()): (p: ScoreProgress) => void {
+  const start = now();
+  return ({ done, total }) => {
+    const elapsed = (now() - start) / 1000;
+    const fields = done > 0 ? [`ETA ${duration((elapsed / done) * (total - done))}`] : [];
+    progress.update({ label: "scored", done, total, fields });
+  };
+}
 
 /**
  * Runs a scoring stream: JSON lines, or a progress display and then the report. The stream
@@ -124,29 +129,24 @@ function taskReport(r: TaskReport): string {
   return `accuracy ${num(r.accuracy, 2)} (${r.correct}/${r.total} correct)\n${[...r.rightSamples, ...r.wrongSamples].map(taskSample).join("")}`;
 }
 
+const LIMIT = int("limit", "<n>", "Examples to use (default all).");
+const HARM_SAMPLES = int("samples", "<n>", "Scored answers to show (default 10).");
+
 const harm: Command = {
   summary: "Harmful score: greedy answers to harmful prompts, judged by the moderation model (100 * flagged / total).",
   synopsis: "--checkpoint <ref> [--data <uri> | --builtin <name>] [options]",
   details: "Prompts default to the built-in held-out harmful evaluation prompts.",
-  options: {
-    ...CHECKPOINT,
-    ...DATASET_OPTIONS,
-    limit: { type: "string", value: "<n>", help: "Prompts to use (default all)." },
-    ...MAX_NEW_TOKENS,
-    threshold: { type: "string", value: "<t>", help: "Moderation threshold (default 0.5)." },
-    "moderation-model": { type: "string", value: "<ref>", help: "Moderation model (default: the server's)." },
-    samples: { type: "string", value: "<n>", help: "Scored answers to show (default 10)." },
-  },
+  flags: [CHECKPOINT, ...DATASET_FLAGS, LIMIT, MAX_NEW_TOKENS, THRESHOLD, MODERATION_MODEL, HARM_SAMPLES],
   async run(ctx) {
     const f = ctx.flags;
     const stream = ctx.clients().score.scoreHarmfulness({
-      checkpoint: f.requiredRef("checkpoint"),
+      checkpoint: f.required(CHECKPOINT),
       prompts: datasetRef(f, false),
-      limit: f.int("limit"),
-      maxNewTokens: f.int("max-new-tokens"),
-      threshold: f.num("threshold"),
-      moderationModel: f.ref("moderation-model"),
-      sampleCount: f.int("samples"),
+      limit: f.get(LIMIT),
+      maxNewTokens: f.get(MAX_NEW_TOKENS),
+      threshold: f.get(THRESHOLD),
+      moderationModel: f.get(MODERATION_MODEL),
+      sampleCount: f.get(HARM_SAMPLES),
     });
     await scoreStream(ctx, ScoreHarmfulnessResponseSchema, stream, harmReport);
   },
@@ -154,26 +154,22 @@ const harm: Command = {
 
 const TASKS: Record<string, TaskKind> = { sst2: TaskKind.SST2, agnews: TaskKind.AGNEWS, gsm8k: TaskKind.GSM8K };
 
+const TASK = choice("task", "<task>", "sst2, agnews or gsm8k (default: inferred from the dataset).", TASKS);
+const TASK_SAMPLES = int("samples", "<n>", "Right and wrong answers to show, each (default 5).");
+
 const task: Command = {
   summary: "Fine-tune accuracy: greedy answers to held-out task data, parsed by the reference rules.",
   synopsis: "--checkpoint <ref> (--data <uri> | --builtin <name>) [options]",
-  options: {
-    ...CHECKPOINT,
-    ...DATASET_OPTIONS,
-    task: { type: "string", value: "<task>", help: "sst2, agnews or gsm8k (default: inferred from the dataset)." },
-    limit: { type: "string", value: "<n>", help: "Examples to use (default all)." },
-    ...MAX_NEW_TOKENS,
-    samples: { type: "string", value: "<n>", help: "Right and wrong answers to show, each (default 5)." },
-  },
+  flags: [CHECKPOINT, ...DATASET_FLAGS, TASK, LIMIT, MAX_NEW_TOKENS, TASK_SAMPLES],
   async run(ctx) {
     const f = ctx.flags;
     const stream = ctx.clients().score.scoreTask({
-      checkpoint: f.requiredRef("checkpoint"),
+      checkpoint: f.required(CHECKPOINT),
       dataset: datasetRef(f, true),
-      task: f.choice("task", TASKS),
-      limit: f.int("limit"),
-      maxNewTokens: f.int("max-new-tokens"),
-      sampleCount: f.int("samples"),
+      task: f.get(TASK),
+      limit: f.get(LIMIT),
+      maxNewTokens: f.get(MAX_NEW_TOKENS),
+      sampleCount: f.get(TASK_SAMPLES),
     });
     await scoreStream(ctx, ScoreTaskResponseSchema, stream, taskReport);
   },

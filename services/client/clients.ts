@@ -1,4 +1,7 @@
-/** gRPC clients of the suite, over one HTTP/2 connection to --address. */
+/**
+ * gRPC clients of the suite over one HTTP/2 connection: what the CLI and the experiment call
+ * the services with. It knows nothing of either.
+ */
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
@@ -6,16 +9,8 @@ import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
 import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
-import type { Env } from "./args.ts";
 
-export const DEFAULT_ADDRESS = "http://127.0.0.1:50051";
-
-/** --address, else VACCINE_ADDRESS, else the default; "host:port" gets http:// (the server is cleartext). */
-export function resolveAddress(flag: string | undefined, env: Env): string {
-  const address = flag ?? env.VACCINE_ADDRESS ?? DEFAULT_ADDRESS;
-  return /^https?:\/\//.test(address) ? address : `http://${address}`;
-}
-
+/** Clients of every service at `address`, a URL such as http://127.0.0.1:50051 (cleartext HTTP/2). */
 export function createClients(address: string) {
   const transport = createGrpcTransport({ baseUrl: address });
   return {
