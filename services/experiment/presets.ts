@@ -1,5 +1,5 @@
 /**
- * Experiment presets: the paper's protocol (vaccine-method.md) at the built-in world's
+ * Experiment presets: the paper's protocol (docs/method.md#evaluation) at the built-in world's
  * scale. Small models need their own settings (the reference's are for 7B); these were
  * calibrated on the shipped base model: see the README's experiment section.
  */

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { lineChart } from "./charts.ts";
 import { alignId, fineTuneId, type AlignResult, type FineTuneResult, type Method, type NormResult, type Results } from "./runner.ts";
 
-/** The paper's Table 1 (Llama-2-7B, SST2, n = 1000): HS / FA in % by p (vaccine-method.md). */
+/** The paper's Table 1 (Llama-2-7B, SST2, n = 1000): HS / FA in % by p (docs/method.md#paper-results). */
 export const PAPER: Record<Exclude<Method, never>, Record<string, [number, number]>> = {
   none: { "0": [34.2, 95.6], "0.01": [65.6, 94.6], "0.05": [81.0, 94.0], "0.1": [77.6, 94.6], "0.2": [79.2, 94.4] },
   sft: { "0": [48.6, 94.2], "0.01": [49.8, 94.4], "0.05": [52.6, 94.8], "0.1": [55.2, 94.4], "0.2": [60.0, 94.2] },

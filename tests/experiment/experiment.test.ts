@@ -1,6 +1,7 @@
 // The experiment end to end through the real services, on a reduced grid (preset "tiny")
-// and a tiny model over the built-in world's vocabulary: report structure, every number
-// measured, and a rerun that resumes instead of recomputing.
+// and a tiny model over the built-in world's vocabulary: every cell measured, a report whose
+// numbers are results.json's, well-formed charts, and a rerun that resumes instead of
+// recomputing.
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -19,6 +20,8 @@ import { startSuite, type TestSuite } from "../helpers/server.ts";
 import { tinyConfig } from "../helpers/tiny-model.ts";
 import { putTinyModeration } from "../helpers/tiny-moderation.ts";
 import { putModel } from "../helpers/tiny-store.ts";
+import { checkReport, gridPoint, LABELS } from "./report-check.ts";
+import { chartPoints, chartProblems } from "./svg-check.ts";
 
 let suite: TestSuite;
 let base: { uri: string; digest: string };
@@ -63,15 +66,20 @@ describe("vaccine experiment (tiny grid)", () => {
       expect(ft.drift.map((d) => d.step)).toEqual([2, 4]);
       expect(ft.drift.every((d) => Number.isFinite(d.l2) && d.l2 > 0)).toBe(true);
     }
-    // The report: Table 1 with every cell of the grid measured, the readings, the charts.
-    expect(first.report).toContain("## Table 1: harmful score / fine-tune accuracy (%)");
-    const table = first.report.split("## Table 1")[1].split("The paper")[0];
-    expect(table).not.toContain("n/a");
-    expect(table).toMatch(/\| Vaccine \(rho 0.5\) \| [\d.]+ \/ [\d.]+ \| [\d.]+ \/ [\d.]+ \|/);
-    expect(first.report).toMatch(/A Vaccine step cost [\d.]+x an SFT step/);
+    // The report: every number it prints is the one results.json holds (Table 1 cell by
+    // cell, alignment cost, rho sweep, drift, readings), it is the file on disk, and it
+    // gives this run's time.
+    expect(readFileSync(join(out, "report.md"), "utf8")).toBe(first.report);
+    checkReport(first.report, results);
+    expect(first.report).toContain(`in ${(first.seconds / 60).toFixed(1)} minutes of this run`);
+    // The charts: well-formed SVG, and the harmful-score chart plots the table's numbers.
     for (const chart of ["hs-vs-p.svg", "drift-vs-steps.svg", "rho-sweep.svg"]) {
-      expect(existsSync(join(out, chart))).toBe(true);
-      expect(readFileSync(join(out, chart), "utf8")).toMatch(/^<svg[\s\S]*<polyline[\s\S]*<\/svg>\n$/);
+      expect(existsSync(join(out, chart)), chart).toBe(true);
+      expect(chartProblems(readFileSync(join(out, chart), "utf8")), chart).toEqual([]);
+    }
+    const plotted = chartPoints(readFileSync(join(out, "hs-vs-p.svg"), "utf8"));
+    for (const m of ["none", "sft", "vaccine"] as const) {
+      expect(plotted.get(LABELS[m])).toEqual(preset.ratios.map((p) => [p, gridPoint(results, m, preset.rho, p).hs]));
     }
 
     // A rerun reuses every cell: no new alignment job is created.

@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { formatPrompt, responseOf } from "../../services/runtime/data/template.ts";
 
-// The literal strings of docs/vaccine-method.md, "Data format and template".
+// The reference's template, written out here independently of template.ts (docs/method.md#data-template).
 const WITH_INPUT =
   "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:";
 const NO_INPUT =

@@ -1,6 +1,6 @@
 /**
  * The Alpaca prompt template of the Vaccine reference, character for character
- * (docs/vaccine-method.md, "Data format and template"), and the example record type.
+ * (docs/method.md#data-template), and the example record type.
  */
 
 /** One supervised example; the optional fields are labels some sources carry. */

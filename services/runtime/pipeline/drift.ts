@@ -1,5 +1,5 @@
 /**
- * Harmful embedding drift (vaccine-method.md, "Evaluation"): over a probe set of alignment
+ * Harmful embedding drift (docs/method.md#harmful-embedding-drift): over a probe set of alignment
  * examples (prompt and answer, as alignment trained on them), the difference between the
  * attention outputs A_l of a reference and a candidate checkpoint, over real tokens only.
  * Per layer: the sum of squared differences (the reference code's sum of squared Frobenius

@@ -1,5 +1,5 @@
 /**
- * The Vaccine step (Huang et al., NeurIPS 2024), exactly as ../shared/docs/vaccine-method.md:
+ * The Vaccine step (Huang et al., NeurIPS 2024), as docs/method.md#the-vaccine-step states it:
  *
  *   pass 1  g_l   = d loss / d delta_l at delta = 0      (delta_l is added to layer l's
  *                                                          attention output A_l)
