@@ -21,8 +21,8 @@ export interface Preset {
 
 const COMMON = {
   // Calibrated on the shipped base model: a batch of 8 alignment examples has attention
-  // outputs of global norm about 14.7; rho 0.5 (about 3% of it) still lets alignment teach
-  // refusals in a short run, the reference's rho 2 did not (tests/runtime/alignment.test.ts).
+  // outputs of global norm about 14.7; rho 0.5 (about 3% of it) lets alignment teach refusals
+  // in a short run (tests/runtime/alignment.test.ts).
   rho: 0.5,
   sweepRatio: 0.1,
   lora: { rank: 8, alpha: 16, dropout: 0 },

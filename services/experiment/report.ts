@@ -135,7 +135,7 @@ function reading(results: Results, norm: number): string[] {
       : wins === 0
         ? `Vaccine did not beat SFT on harmful score at any p measured: the paper's result does not reproduce at this scale with these settings.`
         : `Vaccine beat SFT on harmful score at ${wins} of ${diffs.length} values of p: a partial reproduction.`,
-    `Cost: a Vaccine alignment step took ${fmt(vacStep / sftStep, 2)}x an SFT step. rho ${preset.rho} is ${fmt(preset.rho / norm, 3)} of the attention-output norm of a batch; the study in vaccine-method.md found rho near half of that norm protective at p = 0.01 and nothing protective at p >= 0.05 in a model of this size.`,
+    `Cost: a Vaccine alignment step took ${fmt(vacStep / sftStep, 2)}x an SFT step. rho ${preset.rho} is ${fmt(preset.rho / norm, 3)} of the attention-output norm of a batch; the small-scale study (docs/method.md#small-scale-study) found rho near half of that norm protective at p = 0.01 and nothing protective at p >= 0.05 in a model of this size.`,
     "A low harmful score only means something next to a high fine-tune accuracy of the same run: read the two together.",
   );
   return out;

@@ -1,6 +1,6 @@
 /**
  * Job specs from the contracts to the runtime: every unset field takes the reference
- * default of docs/method.md (alignment and user fine-tuning differ in LoRA alpha,
+ * default of docs/method.md#defaults (alignment and user fine-tuning differ in LoRA alpha,
  * learning rate and epochs), so "unset" always means the documented value.
  */
 import type { LoraConfig as LoraProto, TrainingConfig } from "../../gen/vaccine/v1/common_pb.ts";

@@ -51,8 +51,8 @@ describe("alignment of the shipped base model", () => {
   });
 
   // rho is calibrated for this model (docs/method.md#calibrating-rho: rho does not transfer between sizes):
-  // the attention outputs of a batch of 8 have a global norm of about 14.7, and rho 0.5 lets
-  // 60 steps teach refusals, where rho 2 (the 7B reference) left 0 of 8 prompts refused.
+  // the attention outputs of a batch of 8 have a global norm of about 14.7 (rho 0.5 is about 3%
+  // of it), and this test shows that 60 steps with rho 0.5 teach refusals.
   it.each<[string, AlignmentMethod]>([
     ["SFT", { kind: "sft" }],
     ["Vaccine", { kind: "vaccine", rho: 0.5, refreshEvery: 1 }],

@@ -103,7 +103,8 @@ export const SftMethodSchema: GenMessage<SftMethod> = /*@__PURE__*/
 export type VaccineMethod = Message<"vaccine.v1.VaccineMethod"> & {
   /**
    * Bound on the global norm of the perturbation over all layers and the whole batch; >= 0.
-   * Unset means 2 (reference). rho = 0 is exactly SFT.
+   * Unset means 2 (reference). rho = 0 is exactly SFT when LoRA dropout is 0 (with dropout,
+   * pass 1 draws its own masks, so pass 2 sees other masks than an SFT step would).
    *
    * @generated from field: optional double rho = 1;
    */
