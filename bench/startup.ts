@@ -26,6 +26,7 @@ async function startOnce(args: readonly string[]): Promise<number> {
     env: { ...process.env, VACCINE_PORT: "0", VACCINE_STORE_ROOT: join(root, "store"), VACCINE_JOBS_DIR: join(root, "jobs"), VACCINE_LOG_LEVEL: "info" },
     stdio: ["ignore", "ignore", "pipe"],
   });
+  const exited = new Promise((r) => child.once("exit", r));
   try {
     const port = await new Promise<number>((resolve, reject) => {
       let err = "";
@@ -43,7 +44,6 @@ async function startOnce(args: readonly string[]): Promise<number> {
       await new Promise((r) => setTimeout(r, 5));
     }
   } finally {
-    const exited = new Promise((r) => child.once("exit", r));
     child.kill("SIGTERM");
     await exited;
     rmSync(root, { recursive: true, force: true });
@@ -62,7 +62,7 @@ const result = {
   bench: "startup",
   what: "spawn to first SERVING health check, all four services in one process, fresh temp store",
   runs: RUNS,
-  machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version },
+  machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version, load_average_1m: os.loadavg()[0] },
   compiled: stats(samples.compiled),
   tsx: stats(samples.tsx),
 };
