@@ -14,7 +14,6 @@ export const ERROR_DOMAIN = "vaccine.v1";
 /** ErrorInfo reasons of request validation; other reasons live with the code that raises them. */
 export const Reason = {
   FIELD_INVALID: "FIELD_INVALID",
-  NOT_IMPLEMENTED: "NOT_IMPLEMENTED",
 } as const;
 
 type Detail = { desc: DescMessage; value: MessageInitShape<DescMessage> };
@@ -46,11 +45,6 @@ export function invalidArgument(
     { fields: violations.map((v) => v.field).join(",") },
     [{ desc: BadRequestSchema, value: { fieldViolations: violations } }],
   );
-}
-
-/** UNIMPLEMENTED for an RPC whose implementation has not landed yet. */
-export function notImplemented(rpc: string): ConnectError {
-  return rpcError(Code.Unimplemented, Reason.NOT_IMPLEMENTED, `${rpc} is not implemented yet`, { rpc });
 }
 
 /** A google.rpc.Status (for a long-running operation's recorded error) with the same ErrorInfo the RPC error would carry. */
