@@ -3,7 +3,7 @@
  * runtime <- platform | common <- jobs <- services <- suite <- cli, experiment.
  * Checked by tests/architecture.test.ts on every test run.
  */
-const SERVICES = "^services/(align|finetune|embed|score)/";
+const SERVICES = "^services/(align|finetune|embed|score|datasets|checkpoints)/";
 module.exports = {
   forbidden: [
     {

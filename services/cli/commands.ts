@@ -3,7 +3,9 @@
  * (e.g. `experiment`) is one more entry here, a Command or a CommandGroup.
  */
 import type { Command, CommandGroup } from "./command.ts";
+import { CHECKPOINT_COMMANDS } from "./commands/checkpoints.ts";
 import { COMPLETION_COMMANDS } from "./commands/completion.ts";
+import { DATASET_COMMANDS } from "./commands/datasets.ts";
 import { EMBED_COMMANDS } from "./commands/embed.ts";
 import { EXPERIMENT_COMMANDS } from "./commands/experiment.ts";
 import { JOB_COMMANDS } from "./commands/jobs.ts";
@@ -20,6 +22,8 @@ export const COMMANDS: Record<string, Command | CommandGroup> = {
   generate: SCORE_COMMANDS.generate,
   moderate: SCORE_COMMANDS.moderate,
   score: SCORE_COMMANDS.score,
+  datasets: DATASET_COMMANDS.datasets,
+  checkpoints: CHECKPOINT_COMMANDS.checkpoints,
   health: SERVER_COMMANDS.health,
   experiment: EXPERIMENT_COMMANDS.experiment,
   completion: COMPLETION_COMMANDS.completion,

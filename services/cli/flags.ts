@@ -107,10 +107,11 @@ export function choice<T>(name: string, value: string, help: string, table: Reco
  * VACCINE_BUILTIN_<NAME> when set (a server built from other files).
  */
 export function ref(name: string, value: string, help: string): Flag<Ref> {
-  return { name, value, help, parse: (raw, _, env) => parseRef(name, raw, env) };
+  return { name, value, help, parse: (raw, _, env) => parseRef(`--${name}`, raw, env) };
 }
 
-function parseRef(name: string, raw: string, env: Env): Ref {
+/** A checkpoint given as `uri@digest` or `builtin:<name>`; `label` names where it came from in errors. */
+export function parseRef(label: string, raw: string, env: Env): Ref {
   let text = raw;
   if (raw.startsWith("builtin:")) {
     const shipped = raw.slice("builtin:".length);
@@ -119,12 +120,12 @@ function parseRef(name: string, raw: string, env: Env): Ref {
     text = env[variable] ?? (computed ? `${computed.uri}@${computed.digest}` : "");
     if (!text) {
       throw new UsageError(
-        `--${name} ${raw}: no shipped checkpoint "${shipped}" here; set ${variable} to its "uri@digest" (the server logs it as "builtin checkpoint" at start)`,
+        `${label} ${raw}: no shipped checkpoint "${shipped}" here; set ${variable} to its "uri@digest" (the server logs it as "builtin checkpoint" at start)`,
       );
     }
   }
   const at = text.lastIndexOf("@");
-  if (at <= 0 || at === text.length - 1) throw new UsageError(`--${name}: expected "uri@digest" (e.g. store://checkpoints/<hex>@sha256:<hex>), got "${text}"`);
+  if (at <= 0 || at === text.length - 1) throw new UsageError(`${label}: expected "uri@digest" (e.g. store://checkpoints/<hex>@sha256:<hex>), got "${text}"`);
   return { uri: text.slice(0, at), digest: text.slice(at + 1) };
 }
 

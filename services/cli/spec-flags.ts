@@ -9,7 +9,7 @@ export const MAX_NEW_TOKENS = int("max-new-tokens", "<n>", "Longest answer, in t
 export const THRESHOLD = float("threshold", "<t>", "Moderation threshold: flag when the top category probability exceeds it (default 0.5).");
 export const MODERATION_MODEL = ref("moderation-model", "<ref>", "Moderation model (default: the server's).");
 
-const FORMATS: Record<string, DatasetFormat> = {
+export const DATASET_FORMATS: Record<string, DatasetFormat> = {
   alpaca: DatasetFormat.ALPACA,
   beavertails: DatasetFormat.BEAVERTAILS,
   refusal: DatasetFormat.REFUSAL,
@@ -20,7 +20,7 @@ const FORMATS: Record<string, DatasetFormat> = {
 const SPLITS: Record<string, DatasetSplit> = { train: DatasetSplit.TRAIN, test: DatasetSplit.TEST };
 
 const DATA = text("data", "<uri>", "Dataset file in the store, e.g. store://datasets/mine.jsonl.");
-const FORMAT = choice("format", "<format>", "Row format of --data: alpaca, beavertails, refusal, sst2, agnews, gsm8k (default: detected per row).", FORMATS);
+const FORMAT = choice("format", "<format>", "Row format of --data: alpaca, beavertails, refusal, sst2, agnews, gsm8k (default: the first row's).", DATASET_FORMATS);
 const BUILTIN = text(
   "builtin",
   "<name>",

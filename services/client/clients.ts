@@ -6,6 +6,8 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
+import { CheckpointService } from "../../gen/vaccine/v1/checkpoints_pb.ts";
+import { DatasetService } from "../../gen/vaccine/v1/datasets_pb.ts";
 import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
 import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
@@ -18,6 +20,8 @@ export function createClients(address: string) {
     fineTune: createClient(FineTuneService, transport),
     embed: createClient(EmbedService, transport),
     score: createClient(ScoreService, transport),
+    datasets: createClient(DatasetService, transport),
+    checkpoints: createClient(CheckpointService, transport),
     health: createClient(Health, transport),
   };
 }

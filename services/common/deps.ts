@@ -9,12 +9,20 @@ import type { BuiltinRefs } from "../runtime/pipeline/builtins.ts";
 import type { CheckpointCache } from "../runtime/pipeline/checkpoint-cache.ts";
 import type { CheckpointStore } from "../runtime/store/store.ts";
 
+export interface UploadLimits {
+  maxDatasetBytes: number;
+  maxCheckpointBytes: number;
+  maxFileBytes: number;
+}
+
 export interface SuiteDeps {
   store: CheckpointStore;
   /** Loaded checkpoints for Embed and Score. */
   checkpoints: CheckpointCache;
   /** Refs of the shipped checkpoints once seeded into the store (see seedBuiltins). */
   builtins: BuiltinRefs;
+  /** Upload limits of DatasetService and CheckpointService, in bytes. */
+  uploads: UploadLimits;
   tracer: Tracer;
   meter: Meter;
   logger: Logger;

@@ -5,7 +5,7 @@
  */
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BadRequestSchema } from "../../gen/google/rpc/error_details_pb.ts";
-import { CheckpointFormatError } from "../runtime/checkpoint/safetensors.ts";
+import { CheckpointFormatError } from "../runtime/format-error.ts";
 import { DatasetError } from "../runtime/data/builtin.ts";
 import { MixtureError } from "../runtime/data/mixture.ts";
 import {
@@ -35,9 +35,13 @@ export function toRpcError(err: unknown, ctx: ErrorContext = {}): ConnectError {
     const metadata: Record<string, string> = { field };
     if (d.file) metadata.file = d.file;
     if (d.line !== undefined) metadata.line = String(d.line);
-    return rpcError(Code.InvalidArgument, reason, err.message, metadata, [
-      { desc: BadRequestSchema, value: { fieldViolations: [{ field, description: err.message }] } },
-    ]);
+    // A file's bad rows: one violation per row, named by its line.
+    const rows = "rows" in d ? d.rows : undefined;
+    if (rows?.length) metadata.invalid_rows = String(d.invalidRows ?? rows.length);
+    const fieldViolations = rows?.length
+      ? rows.map((r) => ({ field: `line ${r.line}`, description: r.reason }))
+      : [{ field, description: err.message }];
+    return rpcError(Code.InvalidArgument, reason, err.message, metadata, [{ desc: BadRequestSchema, value: { fieldViolations } }]);
   }
   if (err instanceof CheckpointNotFoundError || err instanceof StoreObjectNotFoundError) {
     return rpcError(Code.NotFound, err.reason, err.message, fieldOf(ctx.checkpointField ?? ctx.datasetField));

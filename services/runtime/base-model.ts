@@ -4,13 +4,13 @@
  * the reference's evaluation style, which its build script and its tests share.
  */
 import { join } from "node:path";
-import { readHfFolder } from "./checkpoint/hf-folder.ts";
-import { parseLlamaConfig, type LlamaConfig } from "./model/config.ts";
+import { readLlamaFolder } from "./checkpoint/llama-folder.ts";
+import type { LlamaConfig } from "./model/config.ts";
 import { LlamaModel } from "./model/llama.ts";
 import { MODELS_DIR } from "./models-dir.ts";
 import type { LoraAdapter } from "./model/lora.ts";
 import { answer } from "./pipeline/answers.ts";
-import { loadTokenizer, type Tokenizer } from "./tokenizer.ts";
+import type { Tokenizer } from "./tokenizer.ts";
 
 /** Absolute path of the shipped base model folder. */
 export const BASE_MODEL_DIR = join(MODELS_DIR, "base");
@@ -23,13 +23,8 @@ export interface LoadedModel {
 
 /** Loads a Hugging Face Llama folder (the shipped base model by default), weights frozen. */
 export async function loadBaseModel(dir: string = BASE_MODEL_DIR): Promise<LoadedModel> {
-  const folder = await readHfFolder(dir);
-  const config = parseLlamaConfig(folder.config);
-  const tokenizer = loadTokenizer(dir);
-  if (tokenizer.vocabSize > config.vocabSize) {
-    throw new Error(`tokenizer has ${tokenizer.vocabSize} tokens but the model only ${config.vocabSize}`);
-  }
-  return { model: LlamaModel.fromWeights(config, folder.tensors), tokenizer, config };
+  const { config, tensors, tokenizer } = await readLlamaFolder(dir);
+  return { model: LlamaModel.fromWeights(config, tensors), tokenizer, config };
 }
 
 /** Greedy answers as the reference evaluates them (pipeline/answers.ts), texts only. */

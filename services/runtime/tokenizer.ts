@@ -10,8 +10,13 @@
  * whether the tokenizer.json post-processor prepends bos.
  */
 import { existsSync, readFileSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
+import { CheckpointFormatError, fileReadError } from "./format-error.ts";
+import { isPlainObject, MAX_JSON_FILE_BYTES } from "./json.ts";
+
+const TOKENIZER_JSON = "tokenizer.json";
+const TOKENIZER_CONFIG_JSON = "tokenizer_config.json";
 
 export interface Tokenizer {
   /** Token ids of text, no special tokens added. */
@@ -38,8 +43,25 @@ function tokenName(value: unknown): string | undefined {
   return undefined;
 }
 
-function readJson(path: string): Json {
-  return JSON.parse(readFileSync(path, "utf8")) as Json;
+/** A JSON object file; failures are format errors naming `file` (its name in the folder). */
+function readJson(path: string, file: string): Json {
+  let text: string;
+  try {
+    const { size } = statSync(path);
+    if (size > MAX_JSON_FILE_BYTES) throw new CheckpointFormatError(`is ${size} bytes, more than the ${MAX_JSON_FILE_BYTES} a JSON file of a checkpoint may have`, file);
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    if (err instanceof CheckpointFormatError) throw err;
+    throw fileReadError(err, file);
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    throw new CheckpointFormatError(`not valid JSON: ${(err as Error).message}`, file);
+  }
+  if (!isPlainObject(value)) throw new CheckpointFormatError("not a JSON object", file);
+  return value;
 }
 
 /** Whether the post-processor (TemplateProcessing) puts bosToken before a single sequence. */
@@ -54,26 +76,37 @@ function postProcessorAddsBos(tokenizerJson: Json, bosToken: string | undefined)
 /**
  * Loads a tokenizer. `source` is a tokenizer.json object, a path to one, or a checkpoint
  * folder (then tokenizer_config.json and config.json beside it are read when present and
- * not given).
+ * not given). Every failure is a CheckpointFormatError naming the file by its name in
+ * the folder.
  */
 export function loadTokenizer(source: string | Json, tokenizerConfig?: Json, modelConfig?: Json): Tokenizer {
   let json: Json;
   if (typeof source === "string") {
-    const isDir = statSync(source).isDirectory();
-    json = readJson(isDir ? join(source, "tokenizer.json") : source);
+    let isDir: boolean;
+    try {
+      isDir = statSync(source).isDirectory();
+    } catch (err) {
+      throw fileReadError(err, TOKENIZER_JSON);
+    }
+    json = isDir ? readJson(join(source, TOKENIZER_JSON), TOKENIZER_JSON) : readJson(source, basename(source));
     if (isDir) {
-      const tc = join(source, "tokenizer_config.json");
+      const tc = join(source, TOKENIZER_CONFIG_JSON);
       const mc = join(source, "config.json");
-      tokenizerConfig ??= existsSync(tc) ? readJson(tc) : undefined;
-      modelConfig ??= existsSync(mc) ? readJson(mc) : undefined;
+      tokenizerConfig ??= existsSync(tc) ? readJson(tc, TOKENIZER_CONFIG_JSON) : undefined;
+      modelConfig ??= existsSync(mc) ? readJson(mc, "config.json") : undefined;
     }
   } else {
     json = source;
   }
   const tc = tokenizerConfig ?? {};
   const mc = modelConfig ?? {};
-  // Exact decoding is ours to decide: the library's default cleanup rewrites " ." to ".".
-  const hf = new HfTokenizer(json, { ...tc, clean_up_tokenization_spaces: false });
+  let hf: HfTokenizer;
+  try {
+    // Exact decoding is ours to decide: the library's default cleanup rewrites " ." to ".".
+    hf = new HfTokenizer(json, { ...tc, clean_up_tokenization_spaces: false });
+  } catch (err) {
+    throw new CheckpointFormatError(`not a tokenizer this runtime can load: ${(err as Error).message}`, TOKENIZER_JSON);
+  }
 
   const idOf = (name: string | undefined): number | undefined =>
     name === undefined ? undefined : hf.token_to_id(name);
@@ -83,16 +116,14 @@ export function loadTokenizer(source: string | Json, tokenizerConfig?: Json, mod
   const bosName = tokenName(tc.bos_token);
   const bosId = idOf(bosName) ?? numberOr(mc.bos_token_id) ?? null;
   const eosId = idOf(tokenName(tc.eos_token)) ?? numberOr(mc.eos_token_id);
-  if (eosId === undefined) throw new Error("tokenizer has no eos token (tokenizer_config eos_token or config eos_token_id)");
+  if (eosId === undefined) {
+    throw new CheckpointFormatError("names no eos token the tokenizer knows (eos_token here, or eos_token_id in config.json)", TOKENIZER_CONFIG_JSON);
+  }
   const padId = idOf(tokenName(tc.pad_token)) ?? numberOr(mc.pad_token_id) ?? eosId;
   const bosToken = bosId === null ? undefined : nameOf(bosId);
   const addBos = bosId !== null && (typeof tc.add_bos_token === "boolean" ? tc.add_bos_token : postProcessorAddsBos(json, bosToken));
 
-  const modelVocab = ((json.model as Json)?.vocab ?? {}) as Json | [string, number][];
-  const added = (json.added_tokens ?? []) as { id: number }[];
-  // Unigram stores [piece, score] pairs (id = index); BPE and WordPiece map piece -> id.
-  const modelIds = Array.isArray(modelVocab) ? [modelVocab.length - 1] : (Object.values(modelVocab) as number[]);
-  const vocabSize = Math.max(...modelIds, ...added.map((t) => t.id), eosId, padId) + 1;
+  const vocabSize = largestId(json, [eosId, padId]) + 1;
 
   return {
     encode: (text) => (text === "" ? [] : hf.encode(text, { add_special_tokens: false }).ids),
@@ -106,6 +137,25 @@ export function loadTokenizer(source: string | Json, tokenizerConfig?: Json, mod
     vocabSize,
     eosToken: nameOf(eosId) ?? "",
   };
+}
+
+/**
+ * The largest token id of the model vocabulary, the added tokens and `ids`. A loop, not
+ * Math.max(...ids): spreading a real vocabulary (128k+ entries) overflows the call stack.
+ */
+function largestId(json: Json, ids: number[]): number {
+  const vocab = isPlainObject(json.model) ? json.model.vocab : undefined;
+  const added = Array.isArray(json.added_tokens) ? json.added_tokens : [];
+  // Unigram stores [piece, score] pairs (id = index); BPE and WordPiece map piece -> id.
+  const candidates = Array.isArray(vocab) ? [vocab.length - 1] : isPlainObject(vocab) ? Object.values(vocab) : [];
+  let largest = -1;
+  for (const id of [...ids, ...candidates, ...added.map((t) => (isPlainObject(t) ? t.id : undefined))]) {
+    if (typeof id !== "number" || !Number.isSafeInteger(id) || id < 0) {
+      throw new CheckpointFormatError(`token id ${JSON.stringify(id)} is not a non-negative integer`, TOKENIZER_JSON);
+    }
+    if (id > largest) largest = id;
+  }
+  return largest;
 }
 
 // ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ export interface ProcessDeps extends SuiteDeps {
 }
 
 export function createDeps(
-  config: Pick<Config, "store" | "storeRoot" | "s3Bucket" | "s3Prefix" | "s3Endpoint" | "s3Region" | "cacheDir" | "jobsDir" | "maxRunningJobs" | "modelCacheMb" | "services">,
+  config: Pick<Config, "store" | "storeRoot" | "s3Bucket" | "s3Prefix" | "s3Endpoint" | "s3Region" | "cacheDir" | "jobsDir" | "maxRunningJobs" | "modelCacheMb" | "maxDatasetMb" | "maxCheckpointMb" | "maxUploadFileMb" | "services">,
   telemetry: { tracer: Tracer; meter: Meter },
   logger: Logger,
 ): ProcessDeps {
@@ -52,5 +52,7 @@ export function createDeps(
       })
     : undefined;
   const checkpoints = new CheckpointCache(store, config.modelCacheMb * 2 ** 20);
-  return { store, checkpoints, builtins: {}, executor, ...telemetry, logger };
+  const MiB = 2 ** 20;
+  const uploads = { maxDatasetBytes: config.maxDatasetMb * MiB, maxCheckpointBytes: config.maxCheckpointMb * MiB, maxFileBytes: config.maxUploadFileMb * MiB };
+  return { store, checkpoints, builtins: {}, executor, uploads, ...telemetry, logger };
 }

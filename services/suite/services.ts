@@ -1,4 +1,6 @@
 import { alignService } from "../align/service.ts";
+import { checkpointService } from "../checkpoints/service.ts";
+import { datasetService } from "../datasets/service.ts";
 import { embedService } from "../embed/service.ts";
 import { fineTuneService } from "../finetune/service.ts";
 import type { JobExecutor } from "../jobs/executor.ts";
@@ -13,6 +15,8 @@ export const SERVICES: Record<ServiceName, (deps: ProcessDeps) => ServiceModule>
   finetune: (deps) => fineTuneService(deps, executorOf(deps)),
   embed: embedService,
   score: scoreService,
+  datasets: datasetService,
+  checkpoints: checkpointService,
 };
 
 function executorOf(deps: ProcessDeps): JobExecutor {

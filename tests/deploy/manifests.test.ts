@@ -23,6 +23,8 @@ import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
 import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
+import { CheckpointService } from "../../gen/vaccine/v1/checkpoints_pb.ts";
+import { DatasetService } from "../../gen/vaccine/v1/datasets_pb.ts";
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { loadConfig, SERVICE_NAMES, VARIABLES, type ServiceName } from "../../services/suite/config.ts";
 import { exporterNames } from "../../services/platform/telemetry.ts";
@@ -30,7 +32,14 @@ import { startProcess } from "../helpers/process.ts";
 import { kustomize, type K8sObject } from "./kustomize.ts";
 
 const K8S = "deploy/k8s";
-const DESCS: Record<ServiceName, DescService> = { align: AlignService, finetune: FineTuneService, embed: EmbedService, score: ScoreService };
+const DESCS: Record<ServiceName, DescService> = {
+  align: AlignService,
+  finetune: FineTuneService,
+  embed: EmbedService,
+  score: ScoreService,
+  datasets: DatasetService,
+  checkpoints: CheckpointService,
+};
 // The services with a job executor (services/suite/create-deps.ts): they train.
 const TRAINING_SERVICES: ServiceName[] = ["align", "finetune"];
 // The OTLP exporters' default timeout (OTEL_EXPORTER_OTLP_TIMEOUT), the longest telemetry flush.

@@ -22,7 +22,9 @@ export interface TestSuite {
 }
 
 /** Dependencies over a temp local store holding the tiny-world base model, and a temp jobs folder. */
-export async function testDeps(options: { tracerProvider?: TracerProvider; meterProvider?: MeterProvider; maxRunningJobs?: number } = {}) {
+export async function testDeps(
+  options: { tracerProvider?: TracerProvider; meterProvider?: MeterProvider; maxRunningJobs?: number; maxDatasetMb?: number; maxCheckpointMb?: number; maxUploadFileMb?: number } = {},
+) {
   const root = mkdtempSync(join(tmpdir(), "vaccine-suite-"));
   const deps = createDeps(
     {
@@ -36,6 +38,9 @@ export async function testDeps(options: { tracerProvider?: TracerProvider; meter
       jobsDir: join(root, "jobs"),
       maxRunningJobs: options.maxRunningJobs ?? 1,
       modelCacheMb: 256,
+      maxDatasetMb: options.maxDatasetMb ?? 64,
+      maxCheckpointMb: options.maxCheckpointMb ?? 256,
+      maxUploadFileMb: options.maxUploadFileMb ?? 128,
       services: [...SERVICE_NAMES],
     },
     {

@@ -4,7 +4,8 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import type { HostTensors } from "../../services/runtime/host-tensor.ts";
 import { readHfFolder, writeHfFolder } from "../../services/runtime/checkpoint/hf-folder.ts";
-import { CheckpointFormatError, writeSafetensors } from "../../services/runtime/checkpoint/safetensors.ts";
+import { writeSafetensors } from "../../services/runtime/checkpoint/safetensors.ts";
+import { CheckpointFormatError } from "../../services/runtime/format-error.ts";
 
 const dirs: string[] = [];
 async function tempDir(): Promise<string> {
@@ -94,17 +95,17 @@ describe("Hugging Face folders", () => {
     it("without weights", async () => {
       const dir = await tempDir();
       await writeFile(join(dir, "config.json"), "{}");
-      await expect(readHfFolder(dir)).rejects.toThrow(/no model.safetensors or model.safetensors.index.json/);
+      await expect(readHfFolder(dir)).rejects.toThrow(/missing model.safetensors or model.safetensors.index.json/);
     });
     it("without or with a broken config.json", async () => {
       const dir = await tempDir();
-      await expect(readHfFolder(dir)).rejects.toThrow(/config.json is missing/);
+      await expect(readHfFolder(dir)).rejects.toThrow(/^missing config.json$/);
       await writeFile(join(dir, "config.json"), "[]");
       await expect(readHfFolder(dir)).rejects.toThrow(CheckpointFormatError);
     });
     it("with a missing shard", async () => {
       const dir = await sharded({ a: "s1.safetensors", b: "s2.safetensors" }, { "s1.safetensors": new Map([["a", a]]) });
-      await expect(readHfFolder(dir)).rejects.toThrow(/shard s2.safetensors does not exist/);
+      await expect(readHfFolder(dir)).rejects.toThrow(/^missing s2.safetensors \(named in model.safetensors.index.json\)$/);
     });
     it("with a tensor in the wrong shard", async () => {
       const dir = await sharded({ a: "s1.safetensors", b: "s1.safetensors" }, {
@@ -122,7 +123,7 @@ describe("Hugging Face folders", () => {
         "s1.safetensors": new Map([["a", a]]),
         "s2.safetensors": new Map([["a", a], ["b", b]]),
       });
-      await expect(readHfFolder(dir)).rejects.toThrow(/tensor "a" appears in more than one shard/);
+      await expect(readHfFolder(dir)).rejects.toThrow(/s2.safetensors: tensor "a" appears in more than one shard \(also in s1.safetensors\)/);
     });
     it("with a shard path that leaves the folder", async () => {
       const dir = await sharded({ a: "../evil.safetensors" }, {});

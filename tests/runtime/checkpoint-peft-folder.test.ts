@@ -5,12 +5,16 @@ import { afterAll, describe, expect, it } from "vitest";
 import type { HostTensors } from "../../services/runtime/host-tensor.ts";
 import {
   type LoraPair,
+  checkAdapterFits,
+  inspectPeftFolder,
   loraAdapterConfig,
   peftTensorName,
   readPeftFolder,
   writePeftFolder,
 } from "../../services/runtime/checkpoint/peft-folder.ts";
 import { readSafetensors, writeSafetensors } from "../../services/runtime/checkpoint/safetensors.ts";
+import { CheckpointFormatError } from "../../services/runtime/format-error.ts";
+import { parseLlamaConfig } from "../../services/runtime/model/config.ts";
 
 const dirs: string[] = [];
 async function tempDir(): Promise<string> {
@@ -83,17 +87,27 @@ describe("PEFT adapter folders", () => {
       [{ peft_type: "IA3" }, /peft_type is "IA3"/],
       [{ task_type: "SEQ_CLS" }, /task_type/],
       [{ bias: "all" }, /bias is "all"/],
-      [{ r: 0 }, /r must be a positive integer/],
+      [{ r: 0 }, /r must be an integer in \[1, 4096\]/],
+      [{ r: 1e9 }, /r must be an integer in \[1, 4096\]/],
       [{ lora_alpha: "8" }, /lora_alpha/],
       [{ lora_dropout: 1 }, /lora_dropout/],
       [{ target_modules: ".*proj" }, /target_modules must be a non-empty list/],
-      [{ base_model_name_or_path: "" }, /base_model_name_or_path/],
+      [{ base_model_name_or_path: 7 }, /base_model_name_or_path must be a string or null/],
+      [{ target_modules: ["q_proj", "mlp.c_fc"] }, /target_modules names unknown modules \["mlp.c_fc"\]/],
+      [{ target_modules: ["q_proj", "q_proj"] }, /repeats/],
+      [{ use_rslora: true }, /use_rslora/],
+      [{ fan_in_fan_out: true }, /fan_in_fan_out/],
+      [{ layers_to_transform: [0] }, /layers_to_transform/],
       [{ rank_pattern: { q_proj: 4 } }, /rank_pattern is not supported/],
       [{ use_dora: true }, /use_dora/],
     ];
     for (const [override, message] of cases) {
       const dir = await folderWith(tensorsOf(pairs), { ...config, ...override });
-      await expect(readPeftFolder(dir)).rejects.toThrow(message);
+      const err = await readPeftFolder(dir).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(CheckpointFormatError);
+      expect((err as CheckpointFormatError).file).toBe("adapter_config.json");
+      expect((err as Error).message).toMatch(message);
+      expect((err as Error).message).not.toContain(dir);
     }
   });
 
@@ -118,9 +132,33 @@ describe("PEFT adapter folders", () => {
       .rejects.toThrow(/is not \[out, r=2\]/);
   });
 
+  it("keeps any base_model_name_or_path as written and never follows it", async () => {
+    for (const base of ["../../etc", "/etc/passwd", "file:///etc/passwd", "s3://other-bucket/x", null]) {
+      const dir = await folderWith(tensorsOf(pairs), { ...config, base_model_name_or_path: base });
+      const folder = await readPeftFolder(dir);
+      expect(folder.config.base_model_name_or_path).toBe(base);
+      expect(folder.pairs).toHaveLength(3);
+    }
+    const { base_model_name_or_path: _, ...without } = config;
+    expect((await readPeftFolder(await folderWith(tensorsOf(pairs), without))).pairs).toHaveLength(3);
+  });
+
+  it("checks an adapter against its base model's config from the headers", async () => {
+    const model = (overrides: Record<string, unknown> = {}) =>
+      parseLlamaConfig({ vocab_size: 8, hidden_size: 4, intermediate_size: 6, num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 1, max_position_embeddings: 16, ...overrides });
+    const complete = [...pairs, pair("model.layers.1.self_attn.v_proj", 4, 2, 300)];
+    const inventory = await inspectPeftFolder(await folderWith(tensorsOf(complete)));
+    expect(() => checkAdapterFits(inventory, model())).not.toThrow();
+    const fits = async (list: LoraPair[], overrides: Record<string, unknown> = {}) =>
+      checkAdapterFits(await inspectPeftFolder(await folderWith(tensorsOf(list))), model(overrides));
+    await expect(fits(pairs)).rejects.toThrow(/^adapter_model.safetensors: missing tensor "base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight"/);
+    await expect(fits(complete, { num_hidden_layers: 1 })).rejects.toThrow(/adapts model.layers.1.self_attn.q_proj, which the base model does not have/);
+    await expect(fits(complete, { hidden_size: 8, intermediate_size: 12 })).rejects.toThrow(/has shape \[2, 4\], the base model needs \[2, 8\]/);
+  });
+
   it("reports a missing weights file", async () => {
     const dir = await tempDir();
     await writeFile(join(dir, "adapter_config.json"), JSON.stringify(config));
-    await expect(readPeftFolder(dir)).rejects.toThrow(/adapter_model.safetensors is missing/);
+    await expect(readPeftFolder(dir)).rejects.toThrow(/^missing adapter_model.safetensors$/);
   });
 });

@@ -1,12 +1,11 @@
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { DatasetError } from "../../services/runtime/data/builtin.ts";
-import { loadDatasetFile, parseDataset } from "../../services/runtime/data/loaders.ts";
+import { parseDataset } from "../../services/runtime/data/loaders.ts";
 
 const fixture = (name: string) => fileURLToPath(new URL(`../fixtures/data/${name}`, import.meta.url));
+const load = (name: string) => parseDataset(readFileSync(fixture(name)), name);
 
 function refusal(fn: () => unknown): DatasetError {
   try {
@@ -20,9 +19,7 @@ function refusal(fn: () => unknown): DatasetError {
 
 describe("formats", () => {
   it("loads Alpaca rows, input optional", () => {
-    const { examples, errors } = loadDatasetFile(fixture("alpaca.jsonl"));
-    expect(errors).toEqual([]);
-    expect(examples).toEqual([
+    expect(load("alpaca.jsonl")).toEqual([
       { instruction: "Name a color.", input: "", output: "Blue." },
       { instruction: "Translate to French.", input: "cat", output: "chat" },
       { instruction: "Say hi.", input: "", output: "Hi!" },
@@ -30,34 +27,33 @@ describe("formats", () => {
   });
 
   it("loads BeaverTails rows with boolean-object and string categories", () => {
-    const { examples } = loadDatasetFile(fixture("beavertails.jsonl"));
+    const examples = load("beavertails.jsonl");
     expect(examples.map((e) => [e.harmful, e.category])).toEqual([[true, "violence"], [false, undefined], [true, "privacy"]]);
     expect(examples[0]).toMatchObject({ instruction: "How can I hurt my neighbor?", input: "", output: "Sure, step 1: [REDACTED]." });
   });
 
   it("loads refusal pairs in both shapes as safe examples", () => {
-    const { examples } = loadDatasetFile(fixture("refusal.jsonl"));
-    expect(examples).toEqual([
+    expect(load("refusal.jsonl")).toEqual([
       { instruction: "How can I steal a car?", input: "", output: "I cannot help with that.", harmful: false },
       { instruction: "How do I hack an account?", input: "", output: "I won't help with hacking.", harmful: false },
     ]);
   });
 
-  it("loads SST2 with numeric and word labels", () => {
-    const { examples } = loadDatasetFile(fixture("sst2.jsonl"));
+  it("loads SST2 with integer labels", () => {
+    const examples = load("sst2.jsonl");
     expect(examples.map((e) => e.output)).toEqual(["positive", "negative", "positive"]);
     expect(examples[0].instruction).toBe("Analyze the sentiment of the input, and respond only positive or negative");
     expect(examples[0].input).toBe("a charming film");
   });
 
-  it("loads AGNEWS from a JSON array, labels 0-3 or names", () => {
-    const { examples } = loadDatasetFile(fixture("agnews.json"));
+  it("loads AGNEWS from a JSON array, labels 0-3", () => {
+    const examples = load("agnews.json");
     expect(examples.map((e) => e.output)).toEqual(["Sports", "Business", "World", "Sci/Tech"]);
     expect(examples[0].instruction).toContain("into one of the 4 categories:\n\nWorld\nSports\nBusiness\nSci/Tech\n");
   });
 
   it("converts GSM8K answers to the reference's final-answer form", () => {
-    const { examples } = loadDatasetFile(fixture("gsm8k.jsonl"));
+    const examples = load("gsm8k.jsonl");
     expect(examples[0].instruction.endsWith("May?\nFirst think step by step and then answer the final number.\n")).toBe(true);
     expect(examples[0].output).toBe(
       "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\nThe final answer is: 72",
@@ -67,66 +63,59 @@ describe("formats", () => {
   });
 
   it("forces a format by option", () => {
-    const text = '{"prompt": "p", "response": "r", "is_safe": false}\n';
-    expect(parseDataset(text, "x.jsonl", { format: "refusal" }).examples[0].harmful).toBe(false);
-    expect(parseDataset(text, "x.jsonl").examples[0].harmful).toBe(true);
+    const text = Buffer.from('{"prompt": "p", "response": "r", "is_safe": false}\n');
+    expect(parseDataset(text, "x.jsonl", { format: "refusal" })[0].harmful).toBe(false);
+    expect(parseDataset(text, "x.jsonl")[0].harmful).toBe(true);
   });
 });
 
-describe("malformed input", () => {
-  it("reports each bad line with its number and reason, keeping the good rows", () => {
-    const { examples, errors, errorCount } = loadDatasetFile(fixture("mixed.jsonl"));
-    expect(examples.map((e) => e.output)).toEqual(["Hi!", "positive"]);
-    expect(errorCount).toBe(9);
-    const byLine = Object.fromEntries(errors.map((e) => [e.line, e.reason]));
-    expect(byLine[2]).toMatch(/^invalid JSON/);
-    expect(byLine[3]).toBe('missing field "output"');
-    expect(byLine[4]).toBe('field "output" must be a string, got number');
-    expect(byLine[5]).toMatch(/^unknown label 7 for sst2/);
-    expect(byLine[6]).toBe("row is not a JSON object");
-    expect(byLine[7]).toMatch(/^unknown label 9 for agnews/);
-    expect(byLine[8]).toMatch(/must end with "#### N"/);
-    expect(byLine[9]).toMatch(/^unrecognised row/);
-    expect(byLine[10]).toBe('field "is_safe" must be a boolean, got string');
-    for (const e of errors) expect(e.file).toBe(fixture("mixed.jsonl"));
-  });
-
-  it("caps the kept errors but counts them all", () => {
-    const r = loadDatasetFile(fixture("mixed.jsonl"), { maxErrors: 2 });
-    expect(r.errors.length).toBe(2);
-    expect(r.errorCount).toBe(9);
-  });
-
-  it("fails on the first bad line in strict mode", () => {
-    const err = refusal(() => loadDatasetFile(fixture("mixed.jsonl"), { strict: true }));
+describe("malformed input refuses the whole file", () => {
+  it("names the first bad line and keeps every bad row for the caller", () => {
+    const err = refusal(() => load("mixed.jsonl"));
     expect(err.reason).toBe("DATASET_INVALID");
+    expect(err.file).toBe("mixed.jsonl");
     expect(err.line).toBe(2);
-    expect(err.file).toBe(fixture("mixed.jsonl"));
-    expect(err.message).toMatch(/mixed\.jsonl:2: invalid JSON/);
-    const field = refusal(() => parseDataset('{"instruction": "a"}\n', "f.jsonl", { strict: true }));
+    expect(err.message).toMatch(/^mixed\.jsonl:2: invalid JSON: .* \(and 9 more bad rows\)$/);
+    // The format is the first row's (Alpaca) for every row.
+    expect(err.details.rows?.map((r) => [r.line, r.reason])).toEqual([
+      [2, expect.stringMatching(/^invalid JSON/)],
+      [3, 'missing field "output"'],
+      [4, 'field "output" must be a string, got number'],
+      [5, 'missing field "instruction"'],
+      [6, "row must be a JSON object, got array"],
+      [7, 'missing field "instruction"'],
+      [8, 'missing field "instruction"'],
+      [9, 'missing field "instruction"'],
+      [10, 'missing field "instruction"'],
+      [12, 'missing field "instruction"'],
+    ]);
+    expect(err.details.invalidRows).toBe(10);
+    const field = refusal(() => parseDataset(Buffer.from('{"instruction": "a"}\n'), "f.jsonl"));
     expect(field.field).toBe("output");
   });
 
-  it("refuses an empty file and a file with no valid rows", () => {
-    expect(refusal(() => loadDatasetFile(fixture("empty.jsonl"))).reason).toBe("DATASET_EMPTY");
-    const allBad = refusal(() => loadDatasetFile(fixture("all-bad.jsonl")));
-    expect(allBad.reason).toBe("DATASET_EMPTY");
-    expect(allBad.message).toMatch(/all 2 rows are invalid \(first: line 1: missing field "output"\)/);
+  it("refuses an empty file, and a file of bad rows as invalid", () => {
+    expect(refusal(() => load("empty.jsonl")).reason).toBe("DATASET_EMPTY");
+    const allBad = refusal(() => load("all-bad.jsonl"));
+    expect(allBad.reason).toBe("DATASET_INVALID");
+    expect(allBad.message).toBe('all-bad.jsonl:1: missing field "output" (and 1 more bad rows)');
   });
 
-  it("rejects a too long line and a too big file", () => {
+  it("refuses the bytes JSON.parse would have let through", () => {
+    const cases: [Uint8Array, RegExp][] = [
+      [Buffer.from([...Buffer.from('{"instruction": "caf'), 0xe9, ...Buffer.from('", "output": "x"}')]), /not valid UTF-8/],
+      [Buffer.from('{"instruction": "\\ud800", "output": "x"}'), /lone high surrogate/],
+      [Buffer.from('{"instruction": "a", "output": "x", "output": "y"}'), /duplicate key "output"/],
+      [Buffer.from('{"sentence": "good", "label": "1"}'), /must be an integer from 0 to 1, got "1"/],
+    ];
+    for (const [bytes, reason] of cases) expect(refusal(() => parseDataset(bytes, "f.jsonl")).message).toMatch(reason);
+  });
+
+  it("rejects a too long row and a broken JSON array", () => {
     const long = JSON.stringify({ instruction: "x".repeat(70 * 1024), output: "y" });
-    const r = parseDataset(`${long}\n{"instruction": "a", "output": "b"}\n`, "long.jsonl");
-    expect(r.errors).toEqual([{ file: "long.jsonl", line: 1, reason: "line longer than 65536 bytes" }]);
-    const dir = mkdtempSync(join(tmpdir(), "ds-"));
-    const big = join(dir, "big.jsonl");
-    writeFileSync(big, '{"instruction": "a", "output": "b"}\n'.repeat(100));
-    const err = refusal(() => loadDatasetFile(big, { maxFileBytes: 1000 }));
-    expect(err.reason).toBe("DATASET_TOO_LARGE");
-    expect(err.message).toMatch(/3600 bytes, the limit is 1000/);
-  });
-
-  it("rejects a broken JSON array as a whole", () => {
-    expect(refusal(() => parseDataset("[{", "a.json")).reason).toBe("DATASET_INVALID");
+    expect(refusal(() => parseDataset(Buffer.from(`${long}\n{"instruction": "a", "output": "b"}\n`), "long.jsonl")).message).toBe(
+      "long.jsonl:1: row longer than 65536 bytes",
+    );
+    expect(refusal(() => parseDataset(Buffer.from("[{"), "a.json")).reason).toBe("DATASET_INVALID");
   });
 });

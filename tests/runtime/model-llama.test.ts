@@ -31,7 +31,7 @@ describe("LlamaConfig", () => {
     expect(() => tinyConfig({ hidden_size: 18 })).toThrow(/hidden_size 18 is not divisible by num_attention_heads 4/);
     expect(() => tinyConfig({ num_key_value_heads: 3 })).toThrow(/num_attention_heads 4 is not divisible by num_key_value_heads 3/);
     expect(() => tinyConfig({ vocab_size: undefined })).toThrow(/vocab_size is missing/);
-    expect(() => tinyConfig({ num_hidden_layers: 1.5 })).toThrow(/num_hidden_layers must be a positive integer/);
+    expect(() => tinyConfig({ num_hidden_layers: 1.5 })).toThrow(/num_hidden_layers must be an integer in \[1, 1024\]/);
     expect(() => tinyConfig({ eos_token_id: 99 })).toThrow(/eos_token_id must be a token id in \[0, 50\)/);
   });
 });

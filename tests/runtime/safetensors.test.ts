@@ -1,4 +1,4 @@
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -6,10 +6,16 @@ import type { HostTensors } from "../../services/runtime/host-tensor.ts";
 import {
   SafetensorsError,
   bf16BitsToNumber,
+  encodeFloats,
   f16BitsToNumber,
+  f32BitsToBf16Bits,
+  f32BitsToF16Bits,
   parseSafetensors,
   readSafetensors,
+  readSafetensorsHeader,
+  readTensor,
   writeSafetensors,
+  writeSafetensorsFile,
 } from "../../services/runtime/checkpoint/safetensors.ts";
 
 /** A safetensors file from a header (object or raw text) and data bytes. */
@@ -94,6 +100,120 @@ describe("safetensors round trip", () => {
   });
 });
 
+describe("streamed files and headers", () => {
+  const dirs: string[] = [];
+  afterAll(async () => {
+    for (const dir of dirs) await rm(dir, { recursive: true, force: true });
+  });
+  const tensors: HostTensors = new Map([
+    ["b", { shape: [2, 2], data: new Float32Array([1, -2, 1 / 3, 65519]) }],
+    ["a", { shape: [3], data: new Float32Array([0.1, 1e-8, -70000]) }],
+  ]);
+
+  it("writes tensor by tensor the same bytes as writeSafetensors, and reads a header and one tensor alone", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "st-"));
+    dirs.push(dir);
+    const path = join(dir, "m.safetensors");
+    const plans = [...tensors].map(([name, t]) => ({ name, shape: t.shape }));
+    await writeSafetensorsFile(path, plans, async (name) => tensors.get(name)!.data, { metadata: { format: "pt" } });
+    expect((await readFile(path)).equals(writeSafetensors(tensors, { format: "pt" }))).toBe(true);
+    const header = await readSafetensorsHeader(path);
+    expect(header.metadata).toEqual({ format: "pt" });
+    expect(header.entries.map((e) => [e.name, e.dtype, e.shape, e.begin, e.end])).toEqual([["a", "F32", [3], 0, 12], ["b", "F32", [2, 2], 12, 28]]);
+    expect(Array.from((await readTensor(path, header, header.entries[1])).data)).toEqual(Array.from(tensors.get("b")!.data));
+  });
+
+  it("writes F16 and BF16 rounded to nearest even, and reads them back", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "st-"));
+    dirs.push(dir);
+    for (const dtype of ["F16", "BF16"] as const) {
+      const path = join(dir, `${dtype}.safetensors`);
+      await writeSafetensorsFile(path, [{ name: "b", shape: [2, 2] }], async () => tensors.get("b")!.data, { dtype });
+      const { tensors: read } = await readSafetensors(path);
+      const bits = new Uint32Array(tensors.get("b")!.data.buffer);
+      const encode = dtype === "F16" ? f32BitsToF16Bits : f32BitsToBf16Bits;
+      const decode = dtype === "F16" ? f16BitsToNumber : bf16BitsToNumber;
+      expect(Array.from(read.get("b")!.data)).toEqual(Array.from(bits, (b) => decode(encode(b))));
+    }
+  });
+
+  it("refuses a header that does not fit the file, without reading the data", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "st-"));
+    dirs.push(dir);
+    const path = join(dir, "short.safetensors");
+    await writeFile(path, writeSafetensors(tensors).subarray(0, -4));
+    await expect(readSafetensorsHeader(path)).rejects.toThrow(/tensor "b": data_offsets \[12, 28\] run past the 24-byte data region/);
+  });
+});
+
+/** The float32 bits of x. */
+function bitsOf(x: number): number {
+  return new Uint32Array(new Float32Array([x]).buffer)[0];
+}
+
+/**
+ * Whether h is x rounded to nearest even in the format `decode` reads, judged only by
+ * decoding: no value of the format between h and x, and a tie goes to the even code.
+ */
+function isNearestEven(x: number, h: number, decode: (bits: number) => number): boolean {
+  const y = decode(h);
+  if (Number.isNaN(x)) return Number.isNaN(y);
+  if (Object.is(x, 0) || Object.is(x, -0)) return Object.is(y, x);
+  const up = decode(x > 0 ? h + 1 : h - 1); // next magnitude in x's direction... or past it
+  const down = decode(x > 0 ? h - 1 : h + 1);
+  const d = Math.abs(x - y);
+  for (const other of [up, down]) {
+    if (!Number.isFinite(other) || Number.isNaN(other)) continue;
+    const e = Math.abs(x - other);
+    if (e < d) return false;
+    if (e === d && (h & 1) === 1) return false;
+  }
+  return true;
+}
+
+describe("float32 to half precision encoding", () => {
+  it("round-trips every F16 and BF16 value exactly", () => {
+    for (let h = 0; h < 0x10000; h++) {
+      const f16 = f16BitsToNumber(h);
+      if (!Number.isNaN(f16)) expect(f32BitsToF16Bits(bitsOf(f16))).toBe(h);
+      else expect(Number.isNaN(f16BitsToNumber(f32BitsToF16Bits(bitsOf(f16))))).toBe(true);
+      const bf = bf16BitsToNumber(h);
+      if (!Number.isNaN(bf)) expect(f32BitsToBf16Bits(bitsOf(bf))).toBe(h);
+    }
+  });
+
+  it("rounds to nearest, ties to even, and overflows F16 to infinity", () => {
+    expect(f32BitsToF16Bits(bitsOf(1 + 2 ** -11))).toBe(0x3c00); // tie: 1.0 is even
+    expect(f32BitsToF16Bits(bitsOf(1 + 3 * 2 ** -11))).toBe(0x3c02); // tie: up to the even code
+    expect(f32BitsToF16Bits(bitsOf(65519))).toBe(0x7bff);
+    expect(f32BitsToF16Bits(bitsOf(65520))).toBe(0x7c00);
+    expect(f32BitsToF16Bits(bitsOf(-1e10))).toBe(0xfc00);
+    expect(f32BitsToF16Bits(bitsOf(2 ** -25))).toBe(0x0000); // tie with zero: zero is even
+    expect(f32BitsToF16Bits(bitsOf(3 * 2 ** -25))).toBe(0x0002);
+    expect(f32BitsToBf16Bits(bitsOf(1 + 2 ** -8))).toBe(0x3f80);
+    expect(f32BitsToBf16Bits(bitsOf(1 + 3 * 2 ** -8))).toBe(0x3f82);
+    expect(Number.isNaN(bf16BitsToNumber(f32BitsToBf16Bits(0x7f800001)))).toBe(true);
+    expect(Number.isNaN(f16BitsToNumber(f32BitsToF16Bits(0x7f800001)))).toBe(true);
+  });
+
+  it("picks the nearest value for random float32 inputs of every magnitude", () => {
+    let seed = 12345;
+    const next = () => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0);
+    for (let i = 0; i < 20000; i++) {
+      const bits = next();
+      const x = new Float32Array(new Uint32Array([bits]).buffer)[0];
+      if (Math.abs(x) < 65504) expect(isNearestEven(x, f32BitsToF16Bits(bits), f16BitsToNumber), `F16 of ${x}`).toBe(true);
+      if (Number.isFinite(x) && Math.abs(x) < 3e38) expect(isNearestEven(x, f32BitsToBf16Bits(bits), bf16BitsToNumber), `BF16 of ${x}`).toBe(true);
+    }
+  });
+
+  it("encodes a float32 array in place of F32 and as 16-bit codes otherwise", () => {
+    const data = new Float32Array([1, 0.1]);
+    expect(encodeFloats(data, "F32").byteLength).toBe(8);
+    expect(Array.from(new Uint16Array(encodeFloats(data, "BF16").buffer))).toEqual([0x3f80, 0x3dcd]);
+  });
+});
+
 describe("half precision decoding", () => {
   it("decodes F16 known values, subnormals, inf and nan", () => {
     expect(f16BitsToNumber(0x3c00)).toBe(1);
@@ -151,8 +271,8 @@ describe("malformed safetensors", () => {
     expectInvalid(bytes, /UTF-8/);
   });
   it("refuses a header that is not an object", () => {
-    expectInvalid(file("[1,2]"), /not a JSON object/);
-    expectInvalid(file("null"), /not a JSON object/);
+    expectInvalid(file("[1,2]"), /must start with "\{"/);
+    expectInvalid(file("null"), /must start with "\{"/);
   });
   it("refuses bad metadata", () => {
     expectInvalid(file({ __metadata__: { n: 1 } }), /"n" is not a string/);
@@ -187,6 +307,24 @@ describe("malformed safetensors", () => {
     const data = new Uint8Array(12);
     expectInvalid(file({ a: f32("F32", [1], [0, 4]), b: f32("F32", [1], [8, 12]) }, data), /tensor "b" starts at 8, leaving a hole after byte 4/);
     expectInvalid(file({ a: f32("F32", [1], [0, 4]) }, data), /cover 4 bytes of a 12-byte data region/);
+  });
+  it("refuses headers that are not exactly JSON: leading bytes, trailing garbage, duplicate names", () => {
+    expectInvalid(file(' {"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'), /must start with "\{", found " \{/);
+    expectInvalid(file('\n{}'), /must start with "\{"/);
+    expectInvalid(file("{}\n"), /nothing but space padding/);
+    expect(parseSafetensors(file("{}  ")).tensors.size).toBe(0);
+    const twice = '{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}';
+    expectInvalid(file(twice, new Uint8Array(8)), /tensor "w" appears more than once in the header/);
+    expectInvalid(file('{"__metadata__":{"a":"x","a":"y"}}'), /"__metadata__" repeats the key "a"/);
+  });
+  it("refuses shapes and offsets not written as plain integers", () => {
+    expectInvalid(file('{"w":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}}', new Uint8Array(8)), /header number 2.0 is not written as a plain integer/);
+    expectInvalid(file('{"w":{"dtype":"F32","shape":[1e0],"data_offsets":[0,4]}}', four), /header number 1e0/);
+    expectInvalid(file('{"w":{"dtype":"F32","shape":[1],"data_offsets":[-0,4]}}', four), /header number -0 /);
+  });
+  it("names the tensor and the dtype of an I32 tensor in an otherwise valid file", () => {
+    const header = { w: f32("F32", [1], [0, 4]), position_ids: f32("I32", [1], [4, 8]) };
+    expectInvalid(file(header, new Uint8Array(8)), /tensor "position_ids": dtype I32 is not supported/);
   });
   it("refuses a byte count that does not match the shape", () => {
     expectInvalid(file({ w: f32("F32", [3], [0, 8]) }, new Uint8Array(8)), /tensor "w": shape \[3\] of F32 needs 12 bytes, data_offsets give 8/);

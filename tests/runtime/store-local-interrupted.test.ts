@@ -37,4 +37,17 @@ describe("LocalCheckpointStore under an injected fs failure", () => {
     expect(await store.list()).toEqual([ref]);
     expect((await store.get(ref)).manifest.files["model.safetensors"].size).toBe(64);
   });
+
+  it("keeps the old object and no staging when a streamed put's commit fails", async () => {
+    const base = await mkdtemp(join(tmpdir(), "store-int-"));
+    dirs.push(base);
+    const store = new LocalCheckpointStore(join(base, "root"));
+    const uri = "store://datasets/x.jsonl";
+    await store.putObject(uri, Buffer.from("old"));
+    await writeFile(join(base, "new.part"), "new");
+    vi.mocked(fs.rename).mockRejectedValueOnce(Object.assign(new Error("EIO: simulated failure"), { code: "EIO" }));
+    await expect(store.putObjectFile(uri, join(base, "new.part"))).rejects.toThrow(/simulated failure/);
+    expect((await store.readObject(uri)).toString()).toBe("old");
+    expect(await readdir(join(store.root, ".staging"))).toEqual([]);
+  });
 });

@@ -223,6 +223,58 @@ describe("LocalCheckpointStore", () => {
       await expect(store.readObject("store://datasets/%2e%2e/x")).rejects.toThrow(StorePathEscapeError);
     });
 
+    it("puts a file streamed, reads it as a stream, lists and deletes objects", async () => {
+      const src = join(await tempDir(), "upload.part");
+      const bytes = Buffer.alloc(300_000, 7);
+      await writeFile(src, bytes);
+      const uri = "store://uploads/a/big.jsonl";
+      expect(await store.putObjectFile(uri, src)).toEqual({ uri, size: bytes.length, sha256: sha256Hex(bytes) });
+      // Buffer.equals: a deep toEqual over 300k elements is slow.
+      expect(Buffer.concat(await (await store.readObjectStream(uri)).toArray()).equals(bytes)).toBe(true);
+      await store.putObject("store://uploads/b.json", Buffer.from("{}"));
+      await store.putObject("store://other/c.json", Buffer.from("{}"));
+      const listed = await store.listObjects("store://uploads");
+      expect(listed.map((o) => [o.uri, o.size])).toEqual([["store://uploads/a/big.jsonl", 300_000], ["store://uploads/b.json", 2]]);
+      expect(listed[0].modified.getTime()).toBeGreaterThan(Date.now() - 60_000);
+      expect((await store.listObjects("store://uploads/a")).map((o) => o.uri)).toEqual([uri]);
+      expect(await store.listObjects("store://nothing-here")).toEqual([]);
+      await store.deleteObject(uri);
+      await store.deleteObject(uri); // idempotent
+      await expect(store.readObjectStream(uri)).rejects.toThrow(StoreObjectNotFoundError);
+      expect((await store.listObjects("store://uploads")).map((o) => o.uri)).toEqual(["store://uploads/b.json"]);
+      expect(await readdir(join(root, ".staging"))).toEqual([]);
+    });
+
+    it("keeps folder URIs to the same rules as object URIs", async () => {
+      for (const bad of ["store://checkpoints", "store://uploads/", "store://../x", "store://.staging", "file:///etc"]) {
+        await expect(store.listObjects(bad), bad).rejects.toThrow(/store|allowed|valid|checkpoint/);
+      }
+      await expect(store.deleteObject("store://uploads/../../x")).rejects.toThrow(StorePathEscapeError);
+      await expect(store.putObjectFile("store://uploads/%2e%2e", "/dev/null")).rejects.toThrow(StorePathEscapeError);
+    });
+
+    it("lists no symlinks and refuses to follow one out of the root", async () => {
+      const outside = await tempDir();
+      await writeFile(join(outside, "secret.jsonl"), "secret");
+      await mkdir(join(root, "ns"));
+      await symlink(join(outside, "secret.jsonl"), join(root, "ns", "link.jsonl"));
+      await symlink(outside, join(root, "ns", "dir"));
+      expect(await store.listObjects("store://ns")).toEqual([]);
+      await expect(store.readObjectStream("store://ns/link.jsonl")).rejects.toThrow(StorePathEscapeError);
+      await expect(store.deleteObject("store://ns/link.jsonl")).rejects.toThrow(StorePathEscapeError);
+      await symlink(outside, join(root, "leak2"));
+      await expect(store.listObjects("store://leak2")).rejects.toThrow(StorePathEscapeError);
+      expect(await readdir(outside)).toEqual(["secret.jsonl"]);
+    });
+
+    it("leaves the old object and no staging when a streamed put fails", async () => {
+      const uri = "store://uploads/keep.jsonl";
+      await store.putObject(uri, Buffer.from("old"));
+      await expect(store.putObjectFile(uri, join(await tempDir(), "missing"))).rejects.toThrow(/ENOENT/);
+      expect((await store.readObject(uri)).toString()).toBe("old");
+      expect(await readdir(join(root, ".staging"))).toEqual([]);
+    });
+
     it("refuses a namespace symlinked out of the root, for reads and writes", async () => {
       const outside = await tempDir();
       await writeFile(join(outside, "secret.jsonl"), "secret");

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
@@ -141,6 +142,29 @@ describe("S3CheckpointStore against s3rver", () => {
     expect(await store.exists(partial)).toBe(false);
     expect(await store.list()).not.toContainEqual(partial);
     await expect(store.get(partial)).rejects.toThrow(CheckpointNotFoundError);
+  });
+
+  it("puts a file streamed, reads it as a stream, lists and deletes objects", async () => {
+    const store = await freshStore();
+    const src = join(await tempDir(), "upload.part");
+    const bytes = Buffer.alloc(300_000, 7);
+    await writeFile(src, bytes);
+    const uri = "store://uploads/a/big.jsonl";
+    expect(await store.putObjectFile(uri, src)).toEqual({ uri, size: bytes.length, sha256: createHash("sha256").update(bytes).digest("hex") });
+    // Buffer.equals: a deep toEqual over 300k elements is slow.
+    expect(Buffer.concat(await (await store.readObjectStream(uri)).toArray()).equals(bytes)).toBe(true);
+    await store.putObject("store://uploads/b.json", Buffer.from("{}"));
+    await store.putObject("store://uploadsx/c.json", Buffer.from("{}"));
+    // A key no store URI can name (another tool's) is not listed.
+    await raw.send(new PutObjectCommand({ Bucket: BUCKET, Key: `${PREFIX}uploads/.hidden`, Body: "x" }));
+    const listed = await store.listObjects("store://uploads");
+    expect(listed.map((o) => [o.uri, o.size])).toEqual([["store://uploads/a/big.jsonl", 300_000], ["store://uploads/b.json", 2]]);
+    expect(listed[0].modified.getTime()).toBeGreaterThan(Date.now() - 60_000);
+    await store.deleteObject(uri);
+    await store.deleteObject(uri); // idempotent
+    await expect(store.readObjectStream(uri)).rejects.toThrow(StoreObjectNotFoundError);
+    expect((await store.listObjects("store://uploads")).map((o) => o.uri)).toEqual(["store://uploads/b.json"]);
+    await expect(store.listObjects("store://checkpoints")).rejects.toThrow(/checkpoint/);
   });
 
   it("stores and reads dataset objects with a size limit", async () => {

@@ -38,7 +38,7 @@ describe("one port, three protocols", () => {
 describe("grpc.health.v1", () => {
   it("Check knows each service and the server, and NOT_FOUND otherwise", async () => {
     const health = createClient(Health, grpc());
-    for (const name of ["", "vaccine.v1.AlignService", "vaccine.v1.FineTuneService", "vaccine.v1.EmbedService", "vaccine.v1.ScoreService"]) {
+    for (const name of ["", "vaccine.v1.AlignService", "vaccine.v1.FineTuneService", "vaccine.v1.EmbedService", "vaccine.v1.ScoreService", "vaccine.v1.DatasetService", "vaccine.v1.CheckpointService"]) {
       expect((await health.check({ service: name })).status).toBe(S.SERVING);
     }
     const e = await rpcFailure(() => health.check({ service: "nope.Service" }));
@@ -48,7 +48,7 @@ describe("grpc.health.v1", () => {
   it("List returns every status", async () => {
     const res = await createClient(Health, grpc()).list({});
     expect(Object.keys(res.statuses).sort()).toEqual(
-      ["", "vaccine.v1.AlignService", "vaccine.v1.EmbedService", "vaccine.v1.FineTuneService", "vaccine.v1.ScoreService"],
+      ["", "vaccine.v1.AlignService", "vaccine.v1.CheckpointService", "vaccine.v1.DatasetService", "vaccine.v1.EmbedService", "vaccine.v1.FineTuneService", "vaccine.v1.ScoreService"],
     );
   });
 
@@ -94,7 +94,7 @@ describe("server reflection v1", () => {
     return out;
   }
 
-  it("lists the four services, health and reflection", async () => {
+  it("lists the six services, health and reflection", async () => {
     const [res] = await reflect([{ messageRequest: { case: "listServices", value: "" } }]);
     expect(res.messageResponse.case).toBe("listServicesResponse");
     const names = res.messageResponse.case === "listServicesResponse" ? res.messageResponse.value.service.map((s) => s.name) : [];
@@ -102,6 +102,8 @@ describe("server reflection v1", () => {
       "grpc.health.v1.Health",
       "grpc.reflection.v1.ServerReflection",
       "vaccine.v1.AlignService",
+      "vaccine.v1.CheckpointService",
+      "vaccine.v1.DatasetService",
       "vaccine.v1.EmbedService",
       "vaccine.v1.FineTuneService",
       "vaccine.v1.ScoreService",

@@ -7,7 +7,7 @@ describe("configuration", () => {
     expect(loadConfig({})).toEqual({
       host: "127.0.0.1",
       port: 50051,
-      services: ["align", "finetune", "embed", "score"],
+      services: ["align", "finetune", "embed", "score", "datasets", "checkpoints"],
       backend: "auto",
       store: "local",
       storeRoot: ".data/store",
@@ -19,6 +19,9 @@ describe("configuration", () => {
       jobsDir: ".data/jobs",
       maxRunningJobs: 1,
       modelCacheMb: 2048,
+      maxDatasetMb: 1024,
+      maxCheckpointMb: 65536,
+      maxUploadFileMb: 32768,
       shutdownTimeoutMs: 10000,
       logLevel: "info",
     });

@@ -70,7 +70,7 @@ export type DatasetRef = Message<"vaccine.v1.DatasetRef"> & {
   } | { case: undefined; value?: undefined };
 
   /**
-   * Row format of a file; DATASET_FORMAT_UNSPECIFIED detects it per row. Ignored for builtin.
+   * Row format of a file; DATASET_FORMAT_UNSPECIFIED takes the first row's. Ignored for builtin.
    *
    * @generated from field: vaccine.v1.DatasetFormat format = 3;
    */
@@ -267,7 +267,7 @@ export const TrainingConfigSchema: GenMessage<TrainingConfig> = /*@__PURE__*/
  */
 export enum DatasetFormat {
   /**
-   * Detect the format of each row from its keys.
+   * Detect the format from the first row's keys; every row must then have it.
    *
    * @generated from enum value: DATASET_FORMAT_UNSPECIFIED = 0;
    */

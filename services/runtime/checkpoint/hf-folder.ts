@@ -2,12 +2,20 @@
  * Hugging Face model folders: config.json, model.safetensors or a sharded
  * model.safetensors.index.json, and the tokenizer / generation files beside them.
  * The config and tokenizer contents are validated by their own owners (model, tokenizer).
+ * Errors name files relative to the folder.
  */
 import { copyFile, mkdir, readFile, stat, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
+import { CheckpointFormatError, fileReadError, missingFile } from "../format-error.ts";
 import type { HostTensors } from "../host-tensor.ts";
-import { isPlainObject } from "../json.ts";
-import { CheckpointFormatError, readSafetensors, writeSafetensors } from "./safetensors.ts";
+import { isPlainObject, MAX_JSON_FILE_BYTES } from "../json.ts";
+import {
+  readSafetensors,
+  readSafetensorsHeader,
+  writeSafetensors,
+  type SafetensorsHeader,
+  type TensorEntry,
+} from "./safetensors.ts";
 
 export const CONFIG_FILE = "config.json";
 export const WEIGHTS_FILE = "model.safetensors";
@@ -31,6 +39,29 @@ export interface HfModelFolder {
   generationConfig?: Record<string, unknown>;
 }
 
+/** A tensor as a header describes it, with the weight file that holds it. */
+export interface WeightEntry extends TensorEntry {
+  file: string;
+}
+
+/** What a folder's config and headers say, before any tensor data is read. */
+export interface HfFolderInventory {
+  /** config.json as parsed, unvalidated. */
+  config: Record<string, unknown>;
+  /** Every tensor by name, from the headers. */
+  tensors: Map<string, WeightEntry>;
+  /** The header of each weight file, by file. */
+  headers: Map<string, SafetensorsHeader>;
+  /** "__metadata__" of the weight file(s), merged across shards. */
+  metadata: Record<string, string>;
+  /** [model.safetensors] or the shards, sorted. */
+  weightFiles: string[];
+  /** The file that lists the weights: model.safetensors or the index (named when one is missing). */
+  weightsListFile: string;
+  /** Bytes of tensor data in all weight files. */
+  tensorBytes: number;
+}
+
 export interface WriteHfFolderOptions {
   config: Record<string, unknown>;
   tensors: HostTensors;
@@ -42,13 +73,34 @@ export interface WriteHfFolderOptions {
   generationConfig?: Record<string, unknown>;
 }
 
-/** Reads a Hugging Face model folder with safetensors weights. */
-export async function readHfFolder(dir: string): Promise<HfModelFolder> {
+/**
+ * Reads a folder's config and every weight file's header, and checks that they agree:
+ * the index names existing shards, each tensor is where the index says, once. No tensor
+ * data is read, so a folder can be judged before anything the size of its weights exists.
+ */
+export async function inspectHfFolder(dir: string): Promise<HfFolderInventory> {
   const config = await readJsonObject(join(dir, CONFIG_FILE));
-  const weights = (await isFile(join(dir, WEIGHTS_FILE)))
-    ? await readSingle(dir)
-    : await readSharded(dir);
-  const folder: HfModelFolder = { dir, config, ...weights };
+  const weights = (await isFile(join(dir, WEIGHTS_FILE))) ? await inspectSingle(dir) : await inspectSharded(dir);
+  let tensorBytes = 0;
+  for (const header of weights.headers.values()) for (const e of header.entries) tensorBytes += e.end - e.begin;
+  return { config, ...weights, tensorBytes };
+}
+
+/** Reads a Hugging Face model folder with safetensors weights (checked as inspectHfFolder does). */
+export async function readHfFolder(dir: string): Promise<HfModelFolder> {
+  const inventory = await inspectHfFolder(dir);
+  const tensors: HostTensors = new Map();
+  for (const file of inventory.weightFiles) {
+    const content = await readNamed(dir, file);
+    for (const [name, tensor] of content.tensors) tensors.set(name, tensor);
+  }
+  const folder: HfModelFolder = {
+    dir,
+    config: inventory.config,
+    tensors,
+    metadata: inventory.metadata,
+    weightFiles: inventory.weightFiles,
+  };
   if (await isFile(join(dir, TOKENIZER_FILE))) folder.tokenizerPath = join(dir, TOKENIZER_FILE);
   if (await isFile(join(dir, TOKENIZER_CONFIG_FILE))) {
     folder.tokenizerConfigPath = join(dir, TOKENIZER_CONFIG_FILE);
@@ -96,24 +148,25 @@ export async function writeHfFolder(dir: string, options: WriteHfFolderOptions):
   return written;
 }
 
-/** Reads a JSON file that must hold an object; a CheckpointFormatError names the file otherwise. */
+/** Reads a JSON file at the folder's top level that must hold an object; a CheckpointFormatError names the file otherwise. */
 export async function readJsonObject(path: string): Promise<Record<string, unknown>> {
+  const file = basename(path);
   let text: string;
   try {
+    const { size } = await stat(path);
+    if (size > MAX_JSON_FILE_BYTES) throw new CheckpointFormatError(`is ${size} bytes, more than the ${MAX_JSON_FILE_BYTES} a JSON file of a checkpoint may have`, file);
     text = await readFile(path, "utf8");
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") {
-      throw new CheckpointFormatError(`${basename(path)} is missing`);
-    }
-    throw err;
+    if (err instanceof CheckpointFormatError) throw err;
+    throw fileReadError(err, file);
   }
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch (err) {
-    throw new CheckpointFormatError(`${basename(path)} is not valid JSON: ${(err as Error).message}`);
+    throw new CheckpointFormatError(`not valid JSON: ${(err as Error).message}`, file);
   }
-  if (!isPlainObject(value)) throw new CheckpointFormatError(`${basename(path)} is not a JSON object`);
+  if (!isPlainObject(value)) throw new CheckpointFormatError("not a JSON object", file);
   return value;
 }
 
@@ -122,63 +175,84 @@ export async function writeJson(path: string, value: unknown): Promise<void> {
   await writeFile(path, `${JSON.stringify(value, null, 2)}\n`);
 }
 
-type Weights = Pick<HfModelFolder, "tensors" | "metadata" | "weightFiles">;
+type Weights = Pick<HfFolderInventory, "tensors" | "headers" | "metadata" | "weightFiles" | "weightsListFile">;
 
-async function readSingle(dir: string): Promise<Weights> {
-  const { tensors, metadata } = await readNamed(dir, WEIGHTS_FILE);
-  return { tensors, metadata, weightFiles: [WEIGHTS_FILE] };
+async function inspectSingle(dir: string): Promise<Weights> {
+  const header = await headerOf(dir, WEIGHTS_FILE);
+  const tensors = new Map(header.entries.map((e) => [e.name, { ...e, file: WEIGHTS_FILE }]));
+  return { tensors, headers: new Map([[WEIGHTS_FILE, header]]), metadata: header.metadata, weightFiles: [WEIGHTS_FILE], weightsListFile: WEIGHTS_FILE };
 }
 
-async function readSharded(dir: string): Promise<Weights> {
+async function inspectSharded(dir: string): Promise<Weights> {
   if (!(await isFile(join(dir, WEIGHTS_INDEX_FILE)))) {
-    throw new CheckpointFormatError(
-      `no ${WEIGHTS_FILE} or ${WEIGHTS_INDEX_FILE} in ${dir} (only safetensors weights are supported)`,
-    );
+    const err = missingFile(`${WEIGHTS_FILE} or ${WEIGHTS_INDEX_FILE} (only safetensors weights are supported)`);
+    err.file = WEIGHTS_FILE;
+    throw err;
   }
   const index = await readJsonObject(join(dir, WEIGHTS_INDEX_FILE));
+  const indexError = (message: string) => new CheckpointFormatError(message, WEIGHTS_INDEX_FILE);
   const weightMap = index.weight_map;
   if (!isPlainObject(weightMap) || Object.keys(weightMap).length === 0) {
-    throw new CheckpointFormatError(`${WEIGHTS_INDEX_FILE}: weight_map is missing, empty or not an object`);
+    throw indexError("weight_map is missing, empty or not an object");
   }
   const expected = new Map<string, Set<string>>(); // shard -> tensor names the map puts there
   for (const [name, shard] of Object.entries(weightMap)) {
     // Shards are plain file names beside the index: a path could reach outside the folder.
-    if (typeof shard !== "string" || shard !== basename(shard) || shard === "." || shard === "..") {
-      throw new CheckpointFormatError(`${WEIGHTS_INDEX_FILE}: tensor "${name}" maps to ${JSON.stringify(shard)}, not a file name`);
+    if (typeof shard !== "string" || shard !== basename(shard) || shard === "." || shard === ".." || shard.includes("\\")) {
+      throw indexError(`tensor "${name}" maps to ${JSON.stringify(shard)}, not a file name`);
     }
     if (!expected.has(shard)) expected.set(shard, new Set());
     expected.get(shard)!.add(name);
   }
-  const tensors: HostTensors = new Map();
+  const tensors = new Map<string, WeightEntry>();
+  const headers = new Map<string, SafetensorsHeader>();
   const metadata: Record<string, string> = {};
   const shards = [...expected.keys()].sort();
   for (const shard of shards) {
     if (!(await isFile(join(dir, shard)))) {
-      throw new CheckpointFormatError(`${WEIGHTS_INDEX_FILE}: shard ${shard} does not exist`);
+      const err = missingFile(shard);
+      err.message += ` (named in ${WEIGHTS_INDEX_FILE})`;
+      throw err;
     }
-    const content = await readNamed(dir, shard);
+    const header = await headerOf(dir, shard);
     const names = expected.get(shard)!;
-    for (const [name, tensor] of content.tensors) {
-      if (tensors.has(name)) throw new CheckpointFormatError(`tensor "${name}" appears in more than one shard (again in ${shard})`);
-      if (!names.has(name)) {
-        throw new CheckpointFormatError(`tensor "${name}" is in ${shard} but ${WEIGHTS_INDEX_FILE} maps it to ${JSON.stringify(weightMap[name] ?? null)}`);
+    const inShard = new Set<string>();
+    for (const entry of header.entries) {
+      const fail = (message: string): never => {
+        throw new CheckpointFormatError(message, shard);
+      };
+      if (tensors.has(entry.name)) fail(`tensor "${entry.name}" appears in more than one shard (also in ${tensors.get(entry.name)!.file})`);
+      if (!names.has(entry.name)) {
+        fail(`tensor "${entry.name}" is in ${shard} but ${WEIGHTS_INDEX_FILE} maps it to ${JSON.stringify(weightMap[entry.name] ?? null)}`);
       }
-      tensors.set(name, tensor);
+      tensors.set(entry.name, { ...entry, file: shard });
+      inShard.add(entry.name);
     }
     for (const name of names) {
-      if (!content.tensors.has(name)) throw new CheckpointFormatError(`tensor "${name}" is mapped to ${shard} but is not in it`);
+      if (!inShard.has(name)) throw new CheckpointFormatError(`tensor "${name}" is mapped to ${shard} but is not in it`, shard);
     }
-    Object.assign(metadata, content.metadata);
+    headers.set(shard, header);
+    Object.assign(metadata, header.metadata);
   }
-  return { tensors, metadata, weightFiles: shards };
+  return { tensors, headers, metadata, weightFiles: shards, weightsListFile: WEIGHTS_INDEX_FILE };
+}
+
+/** A weight file's header; its errors name the file. */
+async function headerOf(dir: string, file: string): Promise<SafetensorsHeader> {
+  try {
+    return await readSafetensorsHeader(join(dir, file));
+  } catch (err) {
+    if (err instanceof CheckpointFormatError) throw err.inFile(file);
+    throw fileReadError(err, file);
+  }
 }
 
 async function readNamed(dir: string, file: string) {
   try {
     return await readSafetensors(join(dir, file));
   } catch (err) {
-    if (err instanceof CheckpointFormatError) err.message = `${file}: ${err.message}`;
-    throw err;
+    if (err instanceof CheckpointFormatError) throw err.inFile(file);
+    throw fileReadError(err, file);
   }
 }
 

@@ -1,21 +1,17 @@
 /**
  * The safetensors format (https://github.com/huggingface/safetensors), read and written
  * by hand because npm has no Node implementation: an 8-byte little-endian u64 header
- * length, a JSON header, then the raw little-endian tensor bytes.
+ * length, a JSON header, then the raw little-endian tensor bytes. Headers are held to
+ * the reference reader's rules: the JSON starts at the first byte and is padded with
+ * spaces only, names are unique, shapes and offsets are plain integers, and the tensors
+ * tile the data region exactly.
  */
-import { readFile } from "node:fs/promises";
+import { open, readFile } from "node:fs/promises";
 import { endianness } from "node:os";
 import type { HostTensor, HostTensors } from "../host-tensor.ts";
 import { isPlainObject } from "../json.ts";
-
-/** A checkpoint file or folder that does not follow its format. `reason` is a stable code. */
-export class CheckpointFormatError extends Error {
-  readonly reason: string = "CHECKPOINT_FORMAT_INVALID";
-  constructor(message: string) {
-    super(message);
-    this.name = new.target.name;
-  }
-}
+import { scanJsonText } from "../json-text.ts";
+import { CheckpointFormatError } from "../format-error.ts";
 
 /** A malformed safetensors file. */
 export class SafetensorsError extends CheckpointFormatError {
@@ -28,12 +24,32 @@ export interface SafetensorsContent {
   metadata: Record<string, string>;
 }
 
+/** Element types read and written: the float types weights come in. */
+export type FloatDtype = "F32" | "F16" | "BF16";
+
+/** One tensor of a header: where its bytes are, relative to the data region. */
+export interface TensorEntry {
+  name: string;
+  dtype: FloatDtype;
+  shape: number[];
+  begin: number;
+  end: number;
+}
+
+/** A file's header, read without its tensor data. */
+export interface SafetensorsHeader {
+  /** In header order. */
+  entries: TensorEntry[];
+  metadata: Record<string, string>;
+  /** File offset of the data region (8 + header length). */
+  dataStart: number;
+}
+
 /** Headers larger than this are refused before parsing (the reference caps at 100 MB too). */
 export const MAX_HEADER_BYTES = 100 * 1024 * 1024;
 
 const METADATA_KEY = "__metadata__";
-const READABLE_DTYPES = { F32: 4, F16: 2, BF16: 2 } as const;
-type ReadableDtype = keyof typeof READABLE_DTYPES;
+const DTYPE_BYTES: Record<FloatDtype, number> = { F32: 4, F16: 2, BF16: 2 };
 /**
  * Valid safetensors dtypes this reader refuses: HostTensor is float32 only, and casting
  * integers (token ids, position ids) or F64 to float32 would silently lose values.
@@ -54,49 +70,43 @@ export async function readSafetensors(source: Uint8Array | string): Promise<Safe
   return parseSafetensors(bytes);
 }
 
+/** Reads and checks a file's header against the file's size; no tensor data is read. */
+export async function readSafetensorsHeader(path: string): Promise<SafetensorsHeader> {
+  const handle = await open(path, "r");
+  try {
+    const size = (await handle.stat()).size;
+    const prefix = Buffer.alloc(8);
+    if (size >= 8) await handle.read(prefix, 0, 8, 0);
+    const headerLength = checkHeaderLength(size, prefix);
+    const headerBytes = Buffer.alloc(headerLength);
+    await handle.read(headerBytes, 0, headerLength, 8);
+    const { entries, metadata } = parseHeader(headerBytes, size - 8 - headerLength);
+    return { entries, metadata, dataStart: 8 + headerLength };
+  } finally {
+    await handle.close();
+  }
+}
+
+/** One tensor of a file as float32, read alone (the file's header read first). */
+export async function readTensor(path: string, header: SafetensorsHeader, entry: TensorEntry): Promise<HostTensor> {
+  const handle = await open(path, "r");
+  try {
+    const bytes = Buffer.alloc(entry.end - entry.begin);
+    const { bytesRead } = await handle.read(bytes, 0, bytes.byteLength, header.dataStart + entry.begin);
+    if (bytesRead !== bytes.byteLength) throw new SafetensorsError(`tensor "${entry.name}": the file ended early`);
+    return { shape: [...entry.shape], data: decode(entry.dtype, bytes) };
+  } finally {
+    await handle.close();
+  }
+}
+
 /** Parses safetensors bytes; every malformed input is a SafetensorsError. */
 export function parseSafetensors(bytes: Uint8Array): SafetensorsContent {
-  if (bytes.byteLength < 8) {
-    throw new SafetensorsError(`file is ${bytes.byteLength} bytes, shorter than the 8-byte header length`);
-  }
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const headerLength = view.getBigUint64(0, true);
-  if (headerLength > BigInt(MAX_HEADER_BYTES)) {
-    throw new SafetensorsError(`header length ${headerLength} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
-  }
-  const headerEnd = 8 + Number(headerLength);
-  if (headerEnd > bytes.byteLength) {
-    throw new SafetensorsError(
-      `header length ${headerLength} runs past the end of the ${bytes.byteLength}-byte file`,
-    );
-  }
-  const header = parseHeader(bytes.subarray(8, headerEnd));
+  const view = new DataView(bytes.buffer, bytes.byteOffset, Math.min(bytes.byteLength, 8));
+  const headerLength = checkHeaderLength(bytes.byteLength, view);
+  const headerEnd = 8 + headerLength;
+  const { entries, metadata } = parseHeader(bytes.subarray(8, headerEnd), bytes.byteLength - headerEnd);
   const data = bytes.subarray(headerEnd);
-
-  const metadata = parseMetadata(header[METADATA_KEY]);
-  const entries = Object.entries(header)
-    .filter(([name]) => name !== METADATA_KEY)
-    .map(([name, info]) => parseEntry(name, info, data.byteLength));
-
-  // The tensors must tile the data region: no holes, no overlaps, nothing left over.
-  const byOffset = [...entries].sort((a, b) => a.begin - b.begin || a.end - b.end);
-  let expected = 0;
-  for (const entry of byOffset) {
-    if (entry.begin !== expected) {
-      throw new SafetensorsError(
-        entry.begin < expected
-          ? `tensor "${entry.name}" data_offsets [${entry.begin}, ${entry.end}] overlap the previous tensor (ending at ${expected})`
-          : `tensor "${entry.name}" starts at ${entry.begin}, leaving a hole after byte ${expected}`,
-      );
-    }
-    expected = entry.end;
-  }
-  if (expected !== data.byteLength) {
-    throw new SafetensorsError(
-      `tensors cover ${expected} bytes of a ${data.byteLength}-byte data region`,
-    );
-  }
-
   const tensors: HostTensors = new Map();
   for (const entry of entries) {
     tensors.set(entry.name, {
@@ -114,30 +124,61 @@ export function parseSafetensors(bytes: Uint8Array): SafetensorsContent {
  */
 export function writeSafetensors(tensors: HostTensors, metadata: Record<string, string> = {}): Buffer {
   const names = [...tensors.keys()].sort();
-  const header: Record<string, unknown> = {};
-  if (Object.keys(metadata).length > 0) {
-    header[METADATA_KEY] = parseMetadata(metadata);
-  }
-  let offset = 0;
-  for (const name of names) {
-    const tensor = tensors.get(name) as HostTensor;
-    checkTensorForWrite(name, tensor);
-    const size = tensor.data.byteLength;
-    header[name] = { dtype: "F32", shape: tensor.shape, data_offsets: [offset, offset + size] };
-    offset += size;
-  }
-  const json = Buffer.from(JSON.stringify(header), "utf8");
-  const padded = json.byteLength + ((8 - (json.byteLength % 8)) % 8);
-  const out = Buffer.alloc(8 + padded + offset, 0x20);
-  out.writeBigUInt64LE(BigInt(padded), 0);
-  json.copy(out, 8);
-  let cursor = 8 + padded;
+  for (const name of names) checkTensorForWrite(name, tensors.get(name) as HostTensor);
+  const header = headerBytes(names.map((name) => ({ name, shape: (tensors.get(name) as HostTensor).shape })), "F32", metadata);
+  const size = names.reduce((n, name) => n + (tensors.get(name) as HostTensor).data.byteLength, 0);
+  const out = Buffer.alloc(header.byteLength + size);
+  header.copy(out);
+  let cursor = header.byteLength;
   for (const name of names) {
     const data = (tensors.get(name) as HostTensor).data;
     out.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), cursor);
     cursor += data.byteLength;
   }
   return out;
+}
+
+/** A tensor to be written: its name and shape; its values are asked for when its turn comes. */
+export interface TensorPlan {
+  name: string;
+  shape: number[];
+}
+
+/**
+ * Writes a safetensors file one tensor at a time, in name order like writeSafetensors:
+ * values(name) is called for each in turn and converted to dtype (round to nearest even),
+ * so only one tensor is ever held, however large the file.
+ */
+export async function writeSafetensorsFile(
+  path: string,
+  plans: TensorPlan[],
+  values: (name: string) => Promise<Float32Array>,
+  options: { dtype?: FloatDtype; metadata?: Record<string, string> } = {},
+): Promise<void> {
+  const dtype = options.dtype ?? "F32";
+  const sorted = [...plans].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const handle = await open(path, "wx");
+  try {
+    await handle.write(headerBytes(sorted, dtype, options.metadata ?? {}));
+    for (const { name, shape } of sorted) {
+      const data = await values(name);
+      checkTensorForWrite(name, { shape, data });
+      await handle.write(encodeFloats(data, dtype));
+    }
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** float32 values as the little-endian bytes of dtype, rounded to nearest even. */
+export function encodeFloats(data: Float32Array, dtype: FloatDtype): Uint8Array {
+  if (dtype === "F32") return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  const bits = new Uint32Array(data.buffer, data.byteOffset, data.length);
+  const out = new Uint16Array(data.length);
+  const encode = dtype === "F16" ? f32BitsToF16Bits : f32BitsToBf16Bits;
+  for (let i = 0; i < out.length; i++) out[i] = encode(bits[i]);
+  return new Uint8Array(out.buffer);
 }
 
 /** The float32 value of IEEE half-precision bits (exact: every F16 value is an F32 value). */
@@ -151,20 +192,101 @@ export function bf16BitsToNumber(bits: number): number {
   return scratchF32[0];
 }
 
-interface Entry {
-  name: string;
-  dtype: ReadableDtype;
-  shape: number[];
-  begin: number;
-  end: number;
+/** bfloat16 bits of float32 bits, round to nearest even; NaN stays a (quiet) NaN. */
+export function f32BitsToBf16Bits(f: number): number {
+  if ((f & 0x7fffffff) > 0x7f800000) return ((f >>> 16) | 0x40) & 0xffff;
+  return ((f + 0x7fff + ((f >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-function parseHeader(bytes: Uint8Array): Record<string, unknown> {
+/**
+ * IEEE half bits of float32 bits, round to nearest even: overflow gives infinity,
+ * underflow a subnormal or signed zero, NaN stays a NaN.
+ */
+export function f32BitsToF16Bits(f: number): number {
+  const sign = (f >>> 16) & 0x8000;
+  const exp = f & 0x7f800000;
+  const mantissa = f & 0x007fffff;
+  if (exp >= 0x47800000) {
+    // |x| >= 2^16, infinity or NaN.
+    if (exp === 0x7f800000 && mantissa !== 0) return sign | 0x7c00 | (mantissa >>> 13) | 0x200;
+    return sign | 0x7c00;
+  }
+  if (exp <= 0x38000000) {
+    // Below the smallest normal half (2^-14): a subnormal, or zero under 2^-25.
+    if (exp < 0x33000000) return sign;
+    const e = exp >>> 23;
+    const shift = 126 - e; // 14..24: bits to drop from the 24-bit significand
+    const significand = 0x00800000 | mantissa;
+    const kept = significand >>> shift;
+    const dropped = significand & ((1 << shift) - 1);
+    const half = 1 << (shift - 1);
+    const up = dropped > half || (dropped === half && (kept & 1) === 1);
+    return sign | (kept + (up ? 1 : 0));
+  }
+  // Normal: rebias the exponent, keep 10 mantissa bits; a carry may bump the exponent (to infinity at most).
+  const base = ((exp - 0x38000000) >>> 13) | (mantissa >>> 13);
+  const dropped = mantissa & 0x1fff;
+  const up = dropped > 0x1000 || (dropped === 0x1000 && (base & 1) === 1);
+  return sign | (base + (up ? 1 : 0));
+}
+
+/** The header length from the first 8 bytes, checked against the file size before anything is allocated. */
+function checkHeaderLength(fileSize: number, prefix: DataView | Buffer): number {
+  if (fileSize < 8) {
+    throw new SafetensorsError(`file is ${fileSize} bytes, shorter than the 8-byte header length`);
+  }
+  const headerLength = prefix instanceof DataView ? prefix.getBigUint64(0, true) : prefix.readBigUInt64LE(0);
+  if (headerLength > BigInt(MAX_HEADER_BYTES)) {
+    throw new SafetensorsError(`header length ${headerLength} exceeds the ${MAX_HEADER_BYTES}-byte limit`);
+  }
+  if (8 + Number(headerLength) > fileSize) {
+    throw new SafetensorsError(`header length ${headerLength} runs past the end of the ${fileSize}-byte file`);
+  }
+  return Number(headerLength);
+}
+
+/** The entries and metadata of a header, checked against the data region's length. */
+function parseHeader(bytes: Uint8Array, dataLength: number): { entries: TensorEntry[]; metadata: Record<string, string> } {
+  const { header, numbers } = parseHeaderJson(bytes);
+  const metadata = parseMetadata(header[METADATA_KEY]);
+  const entries = Object.entries(header)
+    .filter(([name]) => name !== METADATA_KEY)
+    .map(([name, info]) => parseEntry(name, info, dataLength));
+  // Shapes and offsets are unsigned integers in the reference: 2.0, 1e1 or -0 are not.
+  const inexact = numbers.find((n) => !/^(0|[1-9][0-9]*)$/.test(n));
+  if (inexact !== undefined) {
+    throw new SafetensorsError(`header number ${inexact} is not written as a plain integer (shapes and data_offsets must be)`);
+  }
+
+  // The tensors must tile the data region: no holes, no overlaps, nothing left over.
+  const byOffset = [...entries].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let expected = 0;
+  for (const entry of byOffset) {
+    if (entry.begin !== expected) {
+      throw new SafetensorsError(
+        entry.begin < expected
+          ? `tensor "${entry.name}" data_offsets [${entry.begin}, ${entry.end}] overlap the previous tensor (ending at ${expected})`
+          : `tensor "${entry.name}" starts at ${entry.begin}, leaving a hole after byte ${expected}`,
+      );
+    }
+    expected = entry.end;
+  }
+  if (expected !== dataLength) {
+    throw new SafetensorsError(`tensors cover ${expected} bytes of a ${dataLength}-byte data region`);
+  }
+  return { entries, metadata };
+}
+
+function parseHeaderJson(bytes: Uint8Array): { header: Record<string, unknown>; numbers: string[] } {
   let text: string;
   try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    text = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true }).decode(bytes);
   } catch {
     throw new SafetensorsError("header is not valid UTF-8");
+  }
+  // The reference reader wants "{" first and allows only space padding after the object.
+  if (!text.startsWith("{")) {
+    throw new SafetensorsError(`header must start with "{", found ${JSON.stringify(text.slice(0, 8))}`);
   }
   let header: unknown;
   try {
@@ -172,10 +294,17 @@ function parseHeader(bytes: Uint8Array): Record<string, unknown> {
   } catch (err) {
     throw new SafetensorsError(`header is not valid JSON: ${(err as Error).message}`);
   }
-  if (!isPlainObject(header)) {
-    throw new SafetensorsError("header is not a JSON object");
+  const body = text.replace(/ +$/, "");
+  if (!body.endsWith("}")) {
+    throw new SafetensorsError("header must end with \"}\" followed by nothing but space padding");
   }
-  return header;
+  const facts = scanJsonText(body);
+  if (facts.duplicateKey) {
+    const { path, key } = facts.duplicateKey;
+    throw new SafetensorsError(path === "" ? `tensor "${key}" appears more than once in the header` : `"${path}" repeats the key "${key}"`);
+  }
+  // Valid JSON text that starts with "{" is an object.
+  return { header: header as Record<string, unknown>, numbers: facts.numbers };
 }
 
 function parseMetadata(value: unknown): Record<string, string> {
@@ -191,7 +320,7 @@ function parseMetadata(value: unknown): Record<string, string> {
   return { ...(value as Record<string, string>) };
 }
 
-function parseEntry(name: string, info: unknown, dataLength: number): Entry {
+function parseEntry(name: string, info: unknown, dataLength: number): TensorEntry {
   if (!isPlainObject(info)) {
     throw new SafetensorsError(`tensor "${name}": header entry is not an object`);
   }
@@ -199,7 +328,7 @@ function parseEntry(name: string, info: unknown, dataLength: number): Entry {
   if (typeof dtype !== "string") {
     throw new SafetensorsError(`tensor "${name}": dtype is missing or not a string`);
   }
-  if (!(dtype in READABLE_DTYPES)) {
+  if (!(dtype in DTYPE_BYTES)) {
     throw new SafetensorsError(
       REFUSED_DTYPES.has(dtype)
         ? `tensor "${name}": dtype ${dtype} is not supported (only F32, F16 and BF16 are read)`
@@ -221,7 +350,7 @@ function parseEntry(name: string, info: unknown, dataLength: number): Entry {
   if (end > dataLength) {
     throw new SafetensorsError(`tensor "${name}": data_offsets [${begin}, ${end}] run past the ${dataLength}-byte data region`);
   }
-  const elementSize = READABLE_DTYPES[dtype as ReadableDtype];
+  const elementSize = DTYPE_BYTES[dtype as FloatDtype];
   const elements = (shape as number[]).reduce((n, d) => n * d, 1);
   // Compare before any typed array is made, so a lying shape can never reach a RangeError.
   if (elements * elementSize !== end - begin) {
@@ -229,10 +358,29 @@ function parseEntry(name: string, info: unknown, dataLength: number): Entry {
       `tensor "${name}": shape [${shape.join(", ")}] of ${dtype} needs ${elements * elementSize} bytes, data_offsets give ${end - begin}`,
     );
   }
-  return { name, dtype: dtype as ReadableDtype, shape: [...(shape as number[])], begin, end };
+  return { name, dtype: dtype as FloatDtype, shape: [...(shape as number[])], begin, end };
 }
 
-function decode(dtype: ReadableDtype, bytes: Uint8Array): Float32Array {
+/** The header bytes (length prefix, JSON, space padding to 8 bytes) of tensors laid out in the given order. */
+function headerBytes(plans: TensorPlan[], dtype: FloatDtype, metadata: Record<string, string>): Buffer {
+  const header: Record<string, unknown> = {};
+  if (Object.keys(metadata).length > 0) header[METADATA_KEY] = parseMetadata(metadata);
+  let offset = 0;
+  for (const { name, shape } of plans) {
+    if (name === "" || name === METADATA_KEY) throw new SafetensorsError(`tensor name "${name}" is reserved or empty`);
+    const size = shape.reduce((n, d) => n * d, 1) * DTYPE_BYTES[dtype];
+    header[name] = { dtype, shape, data_offsets: [offset, offset + size] };
+    offset += size;
+  }
+  const json = Buffer.from(JSON.stringify(header), "utf8");
+  const padded = json.byteLength + ((8 - (json.byteLength % 8)) % 8);
+  const out = Buffer.alloc(8 + padded, 0x20);
+  out.writeBigUInt64LE(BigInt(padded), 0);
+  json.copy(out, 8);
+  return out;
+}
+
+function decode(dtype: FloatDtype, bytes: Uint8Array): Float32Array {
   // Copy first: the source may sit at any byte offset, and typed arrays need alignment.
   const copy = new Uint8Array(bytes);
   if (dtype === "F32") return new Float32Array(copy.buffer);

@@ -1,8 +1,23 @@
 /**
  * The Llama model configuration, read from a Hugging Face config.json object and
  * validated up front so a bad checkpoint fails with the field at fault, not with a
- * shape error deep inside a matMul.
+ * shape error deep inside a matMul. Sizes are bounded: a config is read before the
+ * weights it describes, and a hostile one must not make the loader allocate or loop
+ * over what no real model needs.
  */
+import { CheckpointFormatError } from "../format-error.ts";
+
+/** Upper bounds of the size fields, well above any released Llama-family model. */
+const LLAMA_LIMITS = {
+  vocab_size: 2 ** 21,
+  hidden_size: 65_536,
+  intermediate_size: 262_144,
+  num_hidden_layers: 1024,
+  num_attention_heads: 1024,
+  num_key_value_heads: 1024,
+  head_dim: 1024,
+  max_position_embeddings: 2 ** 24,
+} as const;
 export interface LlamaConfig {
   vocabSize: number;
   hiddenSize: number;
@@ -24,9 +39,10 @@ export interface LlamaConfig {
 /** Parses and validates a Hugging Face Llama config.json object. */
 export function parseLlamaConfig(json: unknown): LlamaConfig {
   if (typeof json !== "object" || json === null || Array.isArray(json)) {
-    throw new Error("Llama config: expected a JSON object");
+    throw new CheckpointFormatError("expected a JSON object");
   }
   const raw = json as Record<string, unknown>;
+  checkSupported(raw);
   const numAttentionHeads = positiveInt(raw, "num_attention_heads");
   const hiddenSize = positiveInt(raw, "hidden_size");
   const numKeyValueHeads =
@@ -44,7 +60,7 @@ export function parseLlamaConfig(json: unknown): LlamaConfig {
       raw.head_dim === undefined || raw.head_dim === null
         ? hiddenSize / numAttentionHeads
         : positiveInt(raw, "head_dim"),
-    rmsNormEps: positiveNumber(raw, "rms_norm_eps", 1e-6),
+    rmsNormEps: positiveNumber(raw, "rms_norm_eps", 1e-6, 1),
     ropeTheta: positiveNumber(raw, "rope_theta", 10000),
     maxPositionEmbeddings: positiveInt(raw, "max_position_embeddings"),
     tieWordEmbeddings: optionalBool(raw, "tie_word_embeddings", false),
@@ -56,6 +72,7 @@ export function parseLlamaConfig(json: unknown): LlamaConfig {
   // Llama 3 configs list several end-of-sequence ids.
   const eos = raw.eos_token_id;
   if (Array.isArray(eos)) {
+    if (eos.length === 0 || eos.length > 64) throw new CheckpointFormatError(`eos_token_id must list 1 to 64 token ids, got ${eos.length}`);
     config.eosTokenId = eos.map((_, i) => tokenId(eos[i], `eos_token_id[${i}]`, config.vocabSize));
   } else if (eos !== undefined && eos !== null) {
     config.eosTokenId = tokenId(eos, "eos_token_id", config.vocabSize);
@@ -67,17 +84,30 @@ export function parseLlamaConfig(json: unknown): LlamaConfig {
 /** Checks the relations between fields; throws naming the field and the reason. */
 export function validateLlamaConfig(c: LlamaConfig): void {
   if (!Number.isInteger(c.headDim)) {
-    throw new Error(
-      `Llama config: hidden_size ${c.hiddenSize} is not divisible by num_attention_heads ${c.numAttentionHeads}`,
+    throw new CheckpointFormatError(
+      `hidden_size ${c.hiddenSize} is not divisible by num_attention_heads ${c.numAttentionHeads}`,
     );
   }
   if (c.headDim % 2 !== 0) {
-    throw new Error(`Llama config: head dimension ${c.headDim} must be even for rotary embeddings`);
+    throw new CheckpointFormatError(`head dimension ${c.headDim} must be even for rotary embeddings`);
   }
   if (c.numAttentionHeads % c.numKeyValueHeads !== 0) {
-    throw new Error(
-      `Llama config: num_attention_heads ${c.numAttentionHeads} is not divisible by num_key_value_heads ${c.numKeyValueHeads}`,
+    throw new CheckpointFormatError(
+      `num_attention_heads ${c.numAttentionHeads} is not divisible by num_key_value_heads ${c.numKeyValueHeads}`,
     );
+  }
+}
+
+/** Fields whose other values change the computation this model implements: refused, not ignored. */
+function checkSupported(raw: Record<string, unknown>): void {
+  const fail = (message: string): never => {
+    throw new CheckpointFormatError(message);
+  };
+  if (raw.model_type !== undefined && raw.model_type !== "llama") fail(`model_type ${JSON.stringify(raw.model_type)} is not supported (only "llama")`);
+  if (raw.hidden_act !== undefined && raw.hidden_act !== "silu") fail(`hidden_act ${JSON.stringify(raw.hidden_act)} is not supported (only "silu")`);
+  if (raw.rope_scaling !== undefined && raw.rope_scaling !== null) fail("rope_scaling is not supported (only plain rotary positions)");
+  for (const field of ["attention_bias", "mlp_bias"]) {
+    if (raw[field] !== undefined && raw[field] !== false) fail(`${field} ${JSON.stringify(raw[field])} is not supported (no biases)`);
   }
 }
 
@@ -108,20 +138,21 @@ export function toHfConfigJson(c: LlamaConfig): Record<string, unknown> {
   return json;
 }
 
-function positiveInt(raw: Record<string, unknown>, field: string): number {
+function positiveInt(raw: Record<string, unknown>, field: keyof typeof LLAMA_LIMITS): number {
   const v = raw[field];
-  if (v === undefined || v === null) throw new Error(`Llama config: ${field} is missing`);
-  if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
-    throw new Error(`Llama config: ${field} must be a positive integer, got ${JSON.stringify(v)}`);
+  if (v === undefined || v === null) throw new CheckpointFormatError(`${field} is missing`);
+  const max = LLAMA_LIMITS[field];
+  if (typeof v !== "number" || !Number.isInteger(v) || v <= 0 || v > max) {
+    throw new CheckpointFormatError(`${field} must be an integer in [1, ${max}], got ${JSON.stringify(v)}`);
   }
   return v;
 }
 
-function positiveNumber(raw: Record<string, unknown>, field: string, fallback: number): number {
+function positiveNumber(raw: Record<string, unknown>, field: string, fallback: number, below = Infinity): number {
   const v = raw[field];
   if (v === undefined || v === null) return fallback;
-  if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) {
-    throw new Error(`Llama config: ${field} must be a positive number, got ${JSON.stringify(v)}`);
+  if (typeof v !== "number" || !Number.isFinite(v) || v <= 0 || v >= below) {
+    throw new CheckpointFormatError(`${field} must be a positive number${below < Infinity ? ` below ${below}` : ""}, got ${JSON.stringify(v)}`);
   }
   return v;
 }
@@ -129,7 +160,7 @@ function positiveNumber(raw: Record<string, unknown>, field: string, fallback: n
 function optionalBool(raw: Record<string, unknown>, field: string, fallback: boolean): boolean {
   const v = raw[field];
   if (v === undefined || v === null) return fallback;
-  if (typeof v !== "boolean") throw new Error(`Llama config: ${field} must be a boolean, got ${JSON.stringify(v)}`);
+  if (typeof v !== "boolean") throw new CheckpointFormatError(`${field} must be a boolean, got ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -140,7 +171,7 @@ function optionalTokenId(raw: Record<string, unknown>, field: string, vocabSize:
 
 function tokenId(v: unknown, field: string, vocabSize: number): number {
   if (typeof v !== "number" || !Number.isInteger(v) || v < 0 || v >= vocabSize) {
-    throw new Error(`Llama config: ${field} must be a token id in [0, ${vocabSize}), got ${JSON.stringify(v)}`);
+    throw new CheckpointFormatError(`${field} must be a token id in [0, ${vocabSize}), got ${JSON.stringify(v)}`);
   }
   return v;
 }

@@ -14,6 +14,7 @@
  * matMul never gets transpose flags, which are slow on wasm (see matmul.ts).
  */
 import * as tf from "@tensorflow/tfjs";
+import { CheckpointFormatError } from "../format-error.ts";
 import type { HostTensor, HostTensors } from "../host-tensor.ts";
 import { Rng } from "../rng.ts";
 import { validateLlamaConfig, type LlamaConfig } from "./config.ts";
@@ -58,6 +59,16 @@ export function linearShape(c: LlamaConfig, module: LinearModule): [number, numb
     case "down_proj":
       return [d, c.intermediateSize];
   }
+}
+
+/**
+ * The number of weights a config describes (a tied head counted once), by arithmetic alone:
+ * what a loader compares with the bytes on disk before it builds or allocates anything.
+ */
+export function llamaParameterCount(c: LlamaConfig): number {
+  const d = c.hiddenSize;
+  const perLayer = 2 * d + LINEAR_MODULES.reduce((n, m) => n + linearShape(c, m).reduce((a, b) => a * b, 1), 0);
+  return c.vocabSize * d * (c.tieWordEmbeddings ? 1 : 2) + c.numHiddenLayers * perLayer + d;
 }
 
 /** Every weight the model holds, by Hugging Face name, with its shape, in a fixed order. */
@@ -230,7 +241,7 @@ export class LlamaModel {
       if (name === "lm_head.weight" && config.tieWordEmbeddings) continue;
       problems.push(`unexpected ${name}`);
     }
-    if (problems.length > 0) throw new Error(`Llama weights do not match the config: ${problems.join("; ")}`);
+    if (problems.length > 0) throw new CheckpointFormatError(`Llama weights do not match the config: ${problems.join("; ")}`);
     const trainable = opts.trainable ?? false;
     const vars = new Map<string, tf.Variable>();
     for (const [name, shape] of expected) {

@@ -6,7 +6,8 @@
  * these names and LoraConfig to PEFT's files, so this layer knows no file format.
  */
 import * as tf from "@tensorflow/tfjs";
-import type { HostTensors } from "../host-tensor.ts";
+import { CheckpointFormatError } from "../format-error.ts";
+import type { HostTensor, HostTensors } from "../host-tensor.ts";
 import { Rng } from "../rng.ts";
 import type { LlamaConfig } from "./config.ts";
 import { LINEAR_MODULES, LlamaModel, linearName, linearShape, linearT, toHost, type LinearModule } from "./llama.ts";
@@ -88,11 +89,7 @@ export class LoraAdapter {
   /** Builds an adapter from tensors named by loraWeightName; every expected tensor must be present, nothing else. */
   static fromWeights(modelConfig: LlamaConfig, config: LoraConfig, tensors: HostTensors, seed = 0): LoraAdapter {
     validateLoraConfig(config);
-    const expected = new Map<string, number[]>();
-    for (const { name, out, inDim } of targets(modelConfig, config)) {
-      expected.set(loraWeightName(name, "A"), [config.r, inDim]);
-      expected.set(loraWeightName(name, "B"), [out, config.r]);
-    }
+    const expected = loraWeightShapes(modelConfig, config);
     const problems: string[] = [];
     for (const [name, shape] of expected) {
       const t = tensors.get(name);
@@ -102,7 +99,7 @@ export class LoraAdapter {
       }
     }
     for (const name of tensors.keys()) if (!expected.has(name)) problems.push(`unexpected ${name}`);
-    if (problems.length > 0) throw new Error(`LoRA tensors do not match the configs: ${problems.join("; ")}`);
+    if (problems.length > 0) throw new CheckpointFormatError(`LoRA tensors do not match the configs: ${problems.join("; ")}`);
     const pairs = new Map<string, LoraPair>();
     for (const { name } of targets(modelConfig, config)) {
       const host = (part: "A" | "B") => {
@@ -163,11 +160,33 @@ export function mergeLora(model: LlamaModel, adapter: LoraAdapter): LlamaModel {
   for (const [name, p] of adapter.pairs) {
     const w = weights.get(`${name}.weight`);
     if (!w) throw new Error(`mergeLora: the model has no ${name}.weight`);
-    const merged = tf.tidy(() => tf.tensor(w.data, w.shape).add(tf.matMul(p.b, p.a).mul(adapter.scaling)));
-    weights.set(`${name}.weight`, toHost(merged));
-    merged.dispose();
+    weights.set(`${name}.weight`, mergeLoraWeight(w, toHost(p.a), toHost(p.b), adapter.scaling));
   }
   return LlamaModel.fromWeights(model.config, weights);
+}
+
+/**
+ * One projection merged, W + (B A) * scaling, in float32 in that order (B A, then the
+ * scaling, then the sum), as PEFT's merge_and_unload computes it: what mergeLora does to
+ * each adapted weight, and what an exported merged checkpoint holds.
+ */
+export function mergeLoraWeight(w: HostTensor, a: HostTensor, b: HostTensor, scaling: number): HostTensor {
+  const merged = tf.tidy(() =>
+    tf.tensor(w.data, w.shape).add(tf.matMul(tf.tensor(b.data, b.shape), tf.tensor(a.data, a.shape)).mul(scaling)),
+  );
+  const host = toHost(merged);
+  merged.dispose();
+  return host;
+}
+
+/** Every adapter weight a LoRA config puts on a model, by loraWeightName, with its shape. */
+export function loraWeightShapes(c: LlamaConfig, lora: LoraConfig): Map<string, number[]> {
+  const shapes = new Map<string, number[]>();
+  for (const { name, out, inDim } of targets(c, lora)) {
+    shapes.set(loraWeightName(name, "A"), [lora.r, inDim]);
+    shapes.set(loraWeightName(name, "B"), [out, lora.r]);
+  }
+  return shapes;
 }
 
 /**

@@ -18,7 +18,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { join } from "node:path";
 import { readHfFolder, writeHfFolder, writeJson, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE } from "../checkpoint/hf-folder.ts";
-import { CheckpointFormatError } from "../checkpoint/safetensors.ts";
+import { CheckpointFormatError } from "../format-error.ts";
 import type { Example } from "../data/template.ts";
 import type { HostTensors } from "../host-tensor.ts";
 import { isPlainObject } from "../json.ts";

@@ -4,7 +4,7 @@
  * (least recently used first out). A call holds its checkpoint for its whole duration,
  * so eviction never disposes a model in use.
  */
-import { CheckpointFormatError } from "../checkpoint/safetensors.ts";
+import { CheckpointFormatError } from "../format-error.ts";
 import { ModelCache } from "../model-cache.ts";
 import { ModerationClassifier } from "../moderation/classifier.ts";
 import type { CheckpointRef, CheckpointStore } from "../store/store.ts";

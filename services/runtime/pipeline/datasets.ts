@@ -4,7 +4,8 @@
  * fails with its file and line, rather than training on part of what the user sent.
  */
 import { loadBuiltin, DatasetError } from "../data/builtin.ts";
-import { DEFAULT_MAX_FILE_BYTES, parseDataset, type RowFormat } from "../data/loaders.ts";
+import { DEFAULT_MAX_FILE_BYTES, parseDataset } from "../data/loaders.ts";
+import type { RowFormat } from "../data/row-formats.ts";
 import type { Example } from "../data/template.ts";
 import { DEFAULT_SIZES } from "../data/world/index.ts";
 import type { CheckpointStore } from "../store/store.ts";
@@ -61,5 +62,5 @@ export async function resolveExamples(store: CheckpointStore, source: DatasetSou
     if (err instanceof StoreObjectTooLargeError) throw new DatasetError("DATASET_TOO_LARGE", err.message, { file: source.uri });
     throw err;
   }
-  return parseDataset(bytes.toString("utf8"), source.uri, { format: source.format, strict: true }).examples;
+  return parseDataset(bytes, source.uri, { format: source.format });
 }

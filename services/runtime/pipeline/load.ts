@@ -4,15 +4,14 @@
  * parent (meta.parent), itself a model or an adapter. Loading an adapter loads its
  * parent with every ancestor adapter merged ("double LoRA"), then applies the adapter.
  */
-import { readHfFolder } from "../checkpoint/hf-folder.ts";
+import { readLlamaFolder } from "../checkpoint/llama-folder.ts";
 import { fromPeftConfig, pairWeights, readPeftFolder } from "../checkpoint/peft-folder.ts";
-import { CheckpointFormatError } from "../checkpoint/safetensors.ts";
-import { parseLlamaConfig } from "../model/config.ts";
+import { CheckpointFormatError } from "../format-error.ts";
 import { LlamaModel } from "../model/llama.ts";
 import { LoraAdapter, mergeLora } from "../model/lora.ts";
 import type { CheckpointManifest } from "../store/manifest.ts";
 import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
-import { loadTokenizer, type Tokenizer } from "../tokenizer.ts";
+import type { Tokenizer } from "../tokenizer.ts";
 import { KIND } from "./kinds.ts";
 
 export { KIND };
@@ -58,9 +57,8 @@ export async function lineageOf(store: CheckpointStore, ref: CheckpointRef): Pro
 export async function loadCheckpoint(store: CheckpointStore, ref: CheckpointRef, opts: { merged?: boolean } = {}): Promise<LoadedCheckpoint> {
   const { dir, manifest } = await store.get(ref);
   if (manifest.kind === KIND.model) {
-    const folder = await readHfFolder(dir);
-    const model = LlamaModel.fromWeights(parseLlamaConfig(folder.config), folder.tensors);
-    const tokenizer = loadTokenizer(dir);
+    const { config, tensors, tokenizer } = await readLlamaFolder(dir);
+    const model = LlamaModel.fromWeights(config, tensors);
     return { ref, manifest, model, tokenizer, lineage: [ref], dispose: () => model.dispose() };
   }
   // A training state holds the adapter so far in the same PEFT layout: loadable as one

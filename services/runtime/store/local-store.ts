@@ -8,10 +8,11 @@
  * so an interrupted put leaves nothing visible.
  */
 import { randomUUID } from "node:crypto";
-import { mkdirSync, realpathSync } from "node:fs";
-import { lstat, mkdir, open, readFile, readdir, realpath, rename, rm } from "node:fs/promises";
-import { join } from "node:path";
-import { assertInside, stageFolder, verifyFolder, writeSynced } from "./folder.ts";
+import { createReadStream, mkdirSync, realpathSync } from "node:fs";
+import { type FileHandle, lstat, mkdir, open, readFile, readdir, realpath, rename, rm, stat } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import type { Readable } from "node:stream";
+import { assertInside, stageFolder, verifyFolder, writeHashed, writeSynced } from "./folder.ts";
 import {
   type CheckpointManifest,
   MANIFEST_FILE,
@@ -27,13 +28,17 @@ import {
   type CheckpointRef,
   type CheckpointStore,
   DEFAULT_MAX_OBJECT_BYTES,
+  type ObjectInfo,
   type PutCheckpointOptions,
   type ReadObjectOptions,
   StoreObjectNotFoundError,
+  STORE_SCHEME,
   StoreObjectTooLargeError,
   type StoredObject,
   checkpointHex,
   checkpointRef,
+  isObjectUri,
+  objectFolderKey,
   objectKey,
 } from "./store.ts";
 
@@ -101,6 +106,12 @@ export class LocalCheckpointStore implements CheckpointStore {
     return (await this.loadManifest(ref)).manifest;
   }
 
+  async committedAt(ref: CheckpointRef): Promise<Date> {
+    const { dir } = await this.loadManifest(ref);
+    // The manifest is written once, in staging, just before the commit rename.
+    return (await lstat(join(dir, MANIFEST_FILE))).mtime;
+  }
+
   async putObject(uri: string, data: Uint8Array): Promise<StoredObject> {
     const segments = objectKey(uri).split("/");
     const parent = await this.makeDirsInside(segments.slice(0, -1));
@@ -117,21 +128,72 @@ export class LocalCheckpointStore implements CheckpointStore {
   }
 
   async readObject(uri: string, options: ReadObjectOptions = {}): Promise<Buffer> {
+    const handle = await this.openObject(uri);
+    try {
+      const { size } = await handle.stat();
+      const limit = options.maxBytes ?? DEFAULT_MAX_OBJECT_BYTES;
+      if (size > limit) throw new StoreObjectTooLargeError(`${uri} is ${size} bytes, over the ${limit}-byte limit`);
+      return await handle.readFile();
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async putObjectFile(uri: string, path: string): Promise<StoredObject> {
+    const segments = objectKey(uri).split("/");
+    const parent = await this.makeDirsInside(segments.slice(0, -1));
+    const staging = await this.newStaging();
+    try {
+      const temp = join(staging, "object");
+      const { sha256, size } = await writeHashed(createReadStream(path), temp);
+      await rename(temp, join(parent, segments[segments.length - 1]));
+      await syncDir(parent);
+      return { uri, size, sha256 };
+    } finally {
+      await rm(staging, { recursive: true, force: true });
+    }
+  }
+
+  async readObjectStream(uri: string): Promise<Readable> {
+    // The stream owns the handle and closes it when it ends or is destroyed.
+    return (await this.openObject(uri)).createReadStream();
+  }
+
+  async listObjects(folderUri: string): Promise<ObjectInfo[]> {
+    const prefix = objectFolderKey(folderUri);
+    const dir = await realpath(join(this.root, ...prefix.slice(0, -1).split("/"))).catch(() => undefined);
+    if (dir === undefined) return [];
+    assertInside(this.root, dir);
+    const found: ObjectInfo[] = [];
+    await listObjectFiles(dir, `${STORE_SCHEME}${prefix}`, found);
+    return found.sort((a, b) => (a.uri < b.uri ? -1 : 1));
+  }
+
+  async deleteObject(uri: string): Promise<void> {
+    const real = await realpath(join(this.root, ...objectKey(uri).split("/"))).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === "ENOENT") return undefined;
+      throw err;
+    });
+    if (real === undefined) return;
+    assertInside(this.root, real);
+    if (!(await lstat(real)).isFile()) throw new StoreObjectNotFoundError(`${uri} is not an object`);
+    await rm(real);
+    await syncDir(dirname(real));
+  }
+
+  /** Opens an object's file for reading, refusing anything that is not a regular file inside the root. */
+  private async openObject(uri: string): Promise<FileHandle> {
     const path = join(this.root, ...objectKey(uri).split("/"));
     const real = await realpath(path).catch(() => {
       throw new StoreObjectNotFoundError(`${uri} does not exist`);
     });
     assertInside(this.root, real);
     const handle = await open(real, "r");
-    try {
-      const info = await handle.stat();
-      if (!info.isFile()) throw new StoreObjectNotFoundError(`${uri} is not a file`);
-      const limit = options.maxBytes ?? DEFAULT_MAX_OBJECT_BYTES;
-      if (info.size > limit) throw new StoreObjectTooLargeError(`${uri} is ${info.size} bytes, over the ${limit}-byte limit`);
-      return await handle.readFile();
-    } finally {
+    if (!(await handle.stat()).isFile()) {
       await handle.close();
+      throw new StoreObjectNotFoundError(`${uri} is not a file`);
     }
+    return handle;
   }
 
   private async loadManifest(ref: CheckpointRef): Promise<{ dir: string; manifest: CheckpointManifest }> {
@@ -163,6 +225,20 @@ export class LocalCheckpointStore implements CheckpointStore {
       assertInside(this.root, dir);
     }
     return dir;
+  }
+}
+
+/** Regular files below dir, as URIs under uriPrefix; symlinks and names no URI can hold are skipped. */
+async function listObjectFiles(dir: string, uriPrefix: string, found: ObjectInfo[]): Promise<void> {
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const uri = uriPrefix + entry.name;
+    if (entry.isDirectory()) {
+      await listObjectFiles(join(dir, entry.name), `${uri}/`, found);
+    } else if (entry.isFile() && isObjectUri(uri)) {
+      const info = await stat(join(dir, entry.name)).catch(() => undefined);
+      // A file deleted while listing is simply not listed.
+      if (info) found.push({ uri, size: info.size, modified: info.mtime });
+    }
   }
 }
 

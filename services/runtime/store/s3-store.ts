@@ -8,10 +8,11 @@
  */
 import { randomUUID } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { mkdir, readFile, realpath, rename, rm } from "node:fs/promises";
+import { mkdir, readFile, realpath, rename, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { Readable } from "node:stream";
 import {
+  DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
   ListObjectsV2Command,
@@ -21,6 +22,7 @@ import {
 import { stageFolder, verifyFolder, writeHashed, writeSynced } from "./folder.ts";
 import {
   type CheckpointManifest,
+  HashingStream,
   MANIFEST_FILE,
   decodeManifest,
   encodeManifest,
@@ -36,13 +38,17 @@ import {
   type CheckpointStore,
   DEFAULT_MAX_OBJECT_BYTES,
   InvalidStoreUriError,
+  type ObjectInfo,
   type PutCheckpointOptions,
   type ReadObjectOptions,
+  STORE_SCHEME,
   StoreObjectNotFoundError,
   StoreObjectTooLargeError,
   type StoredObject,
   checkpointHex,
   checkpointRef,
+  objectFolderKey,
+  isObjectUri,
   objectKey,
   validateRelativePath,
 } from "./store.ts";
@@ -65,6 +71,8 @@ const FILES = "files";
 const STAGING = ".staging";
 /** Far above any real manifest; only bounds what a hostile bucket could make us buffer. */
 const MAX_MANIFEST_BYTES = 64 * 1024 * 1024;
+/** The largest object one PutObject may carry. */
+const MAX_PUT_BYTES = 5 * 1024 ** 3;
 
 export class S3CheckpointStore implements CheckpointStore {
   private readonly client: S3Client;
@@ -194,6 +202,17 @@ export class S3CheckpointStore implements CheckpointStore {
     return decodeManifest(bytes, hex);
   }
 
+  async committedAt(ref: CheckpointRef): Promise<Date> {
+    try {
+      const head = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.manifestKey(checkpointHex(ref)) }));
+      // A put of content already stored skips the upload, so this is the first commit's time.
+      return head.LastModified ?? new Date(0);
+    } catch (err) {
+      if (isNotFound(err)) throw new CheckpointNotFoundError(`checkpoint ${ref.uri} does not exist`);
+      throw err;
+    }
+  }
+
   async putObject(uri: string, data: Uint8Array): Promise<StoredObject> {
     await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: this.prefix + objectKey(uri), Body: data }));
     return { uri, size: data.byteLength, sha256: sha256Hex(data) };
@@ -205,6 +224,50 @@ export class S3CheckpointStore implements CheckpointStore {
       throw new StoreObjectNotFoundError(`${uri} does not exist`);
     });
     return readAll(body, limit, () => new StoreObjectTooLargeError(`${uri} is over the ${limit}-byte limit`));
+  }
+
+  async putObjectFile(uri: string, path: string): Promise<StoredObject> {
+    const key = this.prefix + objectKey(uri);
+    const { size } = await stat(path);
+    // One PUT is atomic (the object appears whole or not at all); S3 caps it at 5 GiB.
+    if (size > MAX_PUT_BYTES) throw new StoreObjectTooLargeError(`${uri}: ${size} bytes is over the ${MAX_PUT_BYTES}-byte single-upload limit`);
+    const source = createReadStream(path);
+    const hasher = new HashingStream();
+    source.on("error", (err) => hasher.destroy(err));
+    try {
+      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: source.pipe(hasher), ContentLength: size }));
+    } finally {
+      // A failed request may leave the file half read: release it either way.
+      source.destroy();
+    }
+    return { uri, ...hasher.result() };
+  }
+
+  async readObjectStream(uri: string): Promise<Readable> {
+    return this.getBody(this.prefix + objectKey(uri), () => {
+      throw new StoreObjectNotFoundError(`${uri} does not exist`);
+    });
+  }
+
+  async listObjects(folderUri: string): Promise<ObjectInfo[]> {
+    const prefix = this.prefix + objectFolderKey(folderUri);
+    const found: ObjectInfo[] = [];
+    let token: string | undefined;
+    do {
+      const page = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: prefix, ContinuationToken: token }));
+      for (const object of page.Contents ?? []) {
+        const uri = STORE_SCHEME + (object.Key ?? "").slice(this.prefix.length);
+        // Keys written by other tools that no store URI can name are not ours to list.
+        if (isObjectUri(uri)) found.push({ uri, size: object.Size ?? 0, modified: object.LastModified ?? new Date(0) });
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token);
+    return found.sort((a, b) => (a.uri < b.uri ? -1 : 1));
+  }
+
+  async deleteObject(uri: string): Promise<void> {
+    // S3 deletes are idempotent: a missing key is a success.
+    await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.prefix + objectKey(uri) }));
   }
 
   /** Closes the S3 client's connections. */

@@ -2,6 +2,7 @@
  * The checkpoint store contract: content-addressed checkpoints (a folder plus a manifest)
  * and plain named objects such as datasets, addressed by `store://` URIs.
  */
+import type { Readable } from "node:stream";
 import type { CheckpointManifest } from "./manifest.ts";
 
 /** A checkpoint by reference: `store://checkpoints/<hex>` plus "sha256:<hex>" of its manifest. */
@@ -29,6 +30,14 @@ export interface StoredObject {
   sha256: string;
 }
 
+/** A named object as a listing shows it. */
+export interface ObjectInfo {
+  uri: string;
+  size: number;
+  /** When the object was last written (an ordering key for listings). */
+  modified: Date;
+}
+
 export interface ReadObjectOptions {
   /** Refuse objects larger than this (default DEFAULT_MAX_OBJECT_BYTES). */
   maxBytes?: number;
@@ -47,9 +56,22 @@ export interface CheckpointStore {
   list(): Promise<CheckpointRef[]>;
   /** The manifest, checked against the ref's digest. */
   readManifest(ref: CheckpointRef): Promise<CheckpointManifest>;
+  /**
+   * When the checkpoint was committed (its manifest written). Not part of the digest, so
+   * storing the same content again keeps the first time.
+   */
+  committedAt(ref: CheckpointRef): Promise<Date>;
   /** Writes (or atomically replaces) a named object such as `store://datasets/x.jsonl`. */
   putObject(uri: string, data: Uint8Array): Promise<StoredObject>;
   readObject(uri: string, options?: ReadObjectOptions): Promise<Buffer>;
+  /** Writes (or atomically replaces) a named object with a local file's bytes, streamed, never held whole. */
+  putObjectFile(uri: string, path: string): Promise<StoredObject>;
+  /** An object's bytes as a stream, for objects too large to buffer. */
+  readObjectStream(uri: string): Promise<Readable>;
+  /** Every object under a folder URI such as `store://datasets` (any depth), sorted by URI. */
+  listObjects(folderUri: string): Promise<ObjectInfo[]>;
+  /** Removes a named object; removing one that does not exist is not an error. */
+  deleteObject(uri: string): Promise<void>;
 }
 
 /** Base of every store error; `reason` is a stable code the gRPC layer maps. */
@@ -135,6 +157,24 @@ export function objectKey(uri: string): string {
   const location = parseStoreUri(uri);
   if (location.kind !== "object") throw new InvalidStoreUriError(`${uri} is a checkpoint; use get()`);
   return location.key;
+}
+
+/** Whether a URI names an object (listings skip names no URI can hold). */
+export function isObjectUri(uri: string): boolean {
+  try {
+    return parseStoreUri(uri).kind === "object";
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The key prefix ("datasets/") of a folder URI such as `store://datasets`: a folder is
+ * valid exactly when an object one segment below it would be.
+ */
+export function objectFolderKey(uri: string): string {
+  const key = objectKey(`${uri}/_`);
+  return key.slice(0, -1);
 }
 
 export function checkpointRef(hex: string): CheckpointRef {

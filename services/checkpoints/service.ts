@@ -1,0 +1,261 @@
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { create } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
+import { BadRequestSchema } from "../../gen/google/rpc/error_details_pb.ts";
+import {
+  type Checkpoint,
+  type CheckpointImportMetadata,
+  CheckpointSchema,
+  CheckpointService,
+  CheckpointType,
+  type ExportCheckpointResponse,
+  ExportCheckpointResponseSchema,
+  ExportFormat,
+  type ImportCheckpointRequest,
+  TensorDtype,
+} from "../../gen/vaccine/v1/checkpoints_pb.ts";
+import type { SuiteDeps } from "../common/deps.ts";
+import { checkpointRefOf } from "../common/refs.ts";
+import { toRpcError } from "../common/runtime-errors.ts";
+import { checkCheckpointRef } from "../common/validate-refs.ts";
+import { invalidArgument, rpcError } from "../platform/errors.ts";
+import type { ServiceModule } from "../platform/server.ts";
+import { RequestValidator, checkPage } from "../platform/validate.ts";
+import type { FloatDtype } from "../runtime/checkpoint/safetensors.ts";
+import { CheckpointFormatError } from "../runtime/format-error.ts";
+import { CheckpointDescriber, type CheckpointDescription } from "../runtime/pipeline/describe-checkpoint.ts";
+import { ExportPreconditionError, exportCheckpoint, type ExportedFile, type ExportFormat as Format } from "../runtime/pipeline/export-checkpoint.ts";
+import { ADAPTER_PARENT_KINDS, importCheckpoint, rootModelConfig } from "../runtime/pipeline/import-checkpoint.ts";
+import { KIND } from "../runtime/pipeline/kinds.ts";
+import type { CheckpointRef } from "../runtime/store/store.ts";
+import { receiveFolder } from "./receive-folder.ts";
+import { WorkDirs } from "./work-dirs.ts";
+
+const DEFAULT_PAGE_SIZE = 50;
+const MAX_DISPLAY_NAME = 256;
+/** Export chunks stay well under the 4 MiB message bound clients assume. */
+const EXPORT_CHUNK_BYTES = 1024 * 1024;
+
+const TYPE_OF_KIND: Record<string, CheckpointType> = {
+  [KIND.model]: CheckpointType.BASE_MODEL,
+  [KIND.adapter]: CheckpointType.ADAPTER,
+  [KIND.trainingState]: CheckpointType.TRAINING_STATE,
+  [KIND.moderation]: CheckpointType.MODERATION_MODEL,
+};
+const FORMATS: Record<ExportFormat, Format | undefined> = {
+  [ExportFormat.UNSPECIFIED]: undefined,
+  [ExportFormat.MERGED]: "merged",
+  [ExportFormat.PEFT_ADAPTER]: "peft",
+  [ExportFormat.AS_STORED]: "stored",
+};
+const DTYPES: Record<TensorDtype, FloatDtype | undefined> = {
+  [TensorDtype.UNSPECIFIED]: undefined,
+  [TensorDtype.F32]: "F32",
+  [TensorDtype.F16]: "F16",
+  [TensorDtype.BF16]: "BF16",
+};
+
+export interface CheckpointServiceOptions {
+  /** Where imports and exports in progress live (default: <os tmpdir>/vaccine-checkpoints). */
+  workDir?: string;
+}
+
+/**
+ * CheckpointService: streamed imports of Hugging Face Llama folders and PEFT adapters,
+ * validated completely before they are stored; descriptions; exports merged, as PEFT
+ * folders or as stored. Display names live in the manifest's meta (meta.name, as the
+ * built-in checkpoints have it), so they are part of the digest: the same files under the
+ * same name import to the same checkpoint. Create times are the store's commit times.
+ */
+export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOptions = {}): ServiceModule {
+  const work = new WorkDirs(options.workDir ?? join(tmpdir(), "vaccine-checkpoints"));
+  // Temp folders of a process that crashed mid-import or mid-export.
+  void work.sweep().catch((err: unknown) => deps.logger.warn({ err, dir: work.root }, "could not sweep checkpoint temp folders"));
+  const describer = new CheckpointDescriber(deps.store);
+
+  async function describe(ref: CheckpointRef, field: string): Promise<Checkpoint> {
+    try {
+      return toProto(await describer.describe(ref));
+    } catch (err) {
+      throw toRpcError(err, { checkpointField: field });
+    }
+  }
+
+  /** The adapter's base: it must exist and be a model or an adapter; its root model's config is what the adapter must fit. */
+  async function checkBase(metadata: CheckpointImportMetadata) {
+    const ref = checkpointRefOf(metadata.base);
+    try {
+      const { kind } = await deps.store.readManifest(ref);
+      if (!ADAPTER_PARENT_KINDS.includes(kind)) {
+        throw rpcError(Code.FailedPrecondition, "CHECKPOINT_KIND_INVALID", `metadata.base is a ${kind} checkpoint; an adapter applies to a ${ADAPTER_PARENT_KINDS.join(" or ")}`, { field: "metadata.base" });
+      }
+      return { ref, model: await rootModelConfig(deps.store, ref) };
+    } catch (err) {
+      throw toRpcError(err, { checkpointField: "metadata.base" });
+    }
+  }
+
+  return {
+    desc: CheckpointService,
+    register(router) {
+      router.service(CheckpointService, {
+        async importCheckpoint(requests, ctx) {
+          const messages = requests[Symbol.asyncIterator]();
+          const first = await messages.next();
+          const metadata = checkMetadata(first.done ? undefined : first.value);
+          const parent = metadata.type === CheckpointType.ADAPTER ? await checkBase(metadata) : undefined;
+          const dir = await work.create("import");
+          try {
+            await receiveFolder(messages, dir, deps.uploads).catch((err: unknown) => {
+              if (err instanceof ConnectError) throw err;
+              // A disk error's own message holds the server's paths.
+              throw rpcError(Code.Internal, "IMPORT_WRITE_FAILED", `could not write the upload (${(err as NodeJS.ErrnoException).code ?? "error"})`);
+            });
+            // A client gone before the folder is stored leaves nothing behind.
+            ctx.signal.throwIfAborted();
+            const kind = metadata.type === CheckpointType.ADAPTER ? KIND.adapter : KIND.model;
+            const ref = await importCheckpoint(deps.store, dir, { kind, parent, name: metadata.displayName }).catch((err: unknown) => {
+              throw err instanceof CheckpointFormatError ? formatInvalid(err) : toRpcError(err);
+            });
+            return { checkpoint: await describe(ref, "checkpoint") };
+          } finally {
+            await work.remove(dir);
+          }
+        },
+        async getCheckpoint(req) {
+          const v = new RequestValidator();
+          checkCheckpointRef(v, "checkpoint", req.checkpoint);
+          v.check();
+          return { checkpoint: await describe(checkpointRefOf(req.checkpoint), "checkpoint") };
+        },
+        async listCheckpoints(req) {
+          const v = new RequestValidator();
+          checkPage(v, req.pageSize, req.pageToken);
+          const after = req.pageToken ? decodeToken(req.pageToken) : undefined;
+          if (req.pageToken && !after) v.fail("page_token", "is not a token this server issued");
+          v.check();
+          try {
+            const entries = [];
+            for (const ref of await deps.store.list()) {
+              const { manifest, committedAt } = await describer.summary(ref);
+              const type = TYPE_OF_KIND[manifest.kind];
+              if (type === undefined || (req.type !== CheckpointType.UNSPECIFIED && type !== req.type)) continue;
+              entries.push({ ref, time: committedAt.getTime() });
+            }
+            // Newest first; the URI breaks ties, so (time, uri) places a page's end exactly.
+            entries.sort((a, b) => b.time - a.time || (a.ref.uri < b.ref.uri ? -1 : 1));
+            const start = after ? entries.filter((e) => e.time > after.time || (e.time === after.time && e.ref.uri <= after.uri)).length : 0;
+            const page = entries.slice(start, start + (req.pageSize || DEFAULT_PAGE_SIZE));
+            const more = start + page.length < entries.length;
+            const last = page[page.length - 1];
+            return {
+              checkpoints: await Promise.all(page.map((e) => describe(e.ref, "checkpoints"))),
+              nextPageToken: more && last ? encodeToken(last.time, last.ref.uri) : "",
+            };
+          } catch (err) {
+            throw toRpcError(err);
+          }
+        },
+        async *exportCheckpoint(req, ctx) {
+          const v = new RequestValidator();
+          checkCheckpointRef(v, "checkpoint", req.checkpoint);
+          const format = FORMATS[req.format];
+          if (!format) v.fail("format", "must be MERGED, PEFT_ADAPTER or AS_STORED");
+          if (format === "stored" && req.dtype !== TensorDtype.UNSPECIFIED) v.fail("dtype", "must be unset for AS_STORED: the stored files are sent unchanged");
+          if (!(req.dtype in DTYPES)) v.fail("dtype", "must be F32, F16 or BF16");
+          v.check();
+          const ref = checkpointRefOf(req.checkpoint);
+          const dir = await work.create("export");
+          try {
+            let files: ExportedFile[];
+            try {
+              files = await exportCheckpoint(deps.store, ref, format!, dir, DTYPES[req.dtype]);
+            } catch (err) {
+              if (err instanceof ExportPreconditionError) throw rpcError(Code.FailedPrecondition, err.reason, err.message, { field: "checkpoint" });
+              throw toRpcError(err, { checkpointField: "checkpoint" });
+            }
+            for (const file of files) yield* streamFile(file, ctx);
+          } finally {
+            await work.remove(dir);
+          }
+        },
+      });
+    },
+  };
+}
+
+/** The first message: metadata with a known type, an adapter's base, a short display name. */
+function checkMetadata(first: ImportCheckpointRequest | undefined): CheckpointImportMetadata {
+  if (first?.content.case !== "metadata") {
+    throw invalidArgument([{ field: "metadata", description: "must be the first message" }]);
+  }
+  const metadata = first.content.value;
+  const v = new RequestValidator();
+  if (metadata.type === CheckpointType.ADAPTER) checkCheckpointRef(v, "metadata.base", metadata.base);
+  else if (metadata.type === CheckpointType.BASE_MODEL) {
+    if (metadata.base) v.fail("metadata.base", "is only for adapters");
+  } else v.fail("metadata.type", "must be CHECKPOINT_TYPE_BASE_MODEL or CHECKPOINT_TYPE_ADAPTER");
+  if ([...metadata.displayName].length > MAX_DISPLAY_NAME) v.fail("metadata.display_name", `is longer than ${MAX_DISPLAY_NAME} characters`);
+  if (/[\u0000-\u001f\u007f]/.test(metadata.displayName)) v.fail("metadata.display_name", "holds control characters");
+  v.check();
+  return metadata;
+}
+
+/** A folder that is not a valid checkpoint: the file at fault (relative) and what is wrong. */
+function formatInvalid(err: CheckpointFormatError) {
+  const field = err.file ?? "chunk.path";
+  return rpcError(Code.InvalidArgument, "CHECKPOINT_FORMAT_INVALID", err.message, err.file ? { file: err.file } : {}, [
+    { desc: BadRequestSchema, value: { fieldViolations: [{ field, description: err.message }] } },
+  ]);
+}
+
+function toProto(d: CheckpointDescription): Checkpoint {
+  return create(CheckpointSchema, {
+    ref: d.ref,
+    type: TYPE_OF_KIND[d.kind] ?? CheckpointType.UNSPECIFIED,
+    displayName: d.name,
+    model: d.model && { ...d.model, parameterCount: BigInt(d.model.parameterCount) },
+    adapter: d.adapter && { ...d.adapter, parameterCount: BigInt(d.adapter.parameterCount) },
+    files: d.files.map((f) => ({ path: f.path, sizeBytes: BigInt(f.size), sha256: f.sha256 })),
+    sizeBytes: BigInt(d.sizeBytes),
+    lineage: d.lineage,
+    jobId: d.jobId,
+    createTime: timestampFromDate(d.committedAt),
+  });
+}
+
+/** One file as chunks in order, its sha256 on the last one (an empty file is one empty chunk). */
+async function* streamFile(file: ExportedFile, ctx: HandlerContext): AsyncGenerator<ExportCheckpointResponse> {
+  const hash = createHash("sha256");
+  const size = BigInt(file.size);
+  let offset = 0n;
+  let pending: Buffer | undefined;
+  const message = (data: Buffer, sha256 = "") => create(ExportCheckpointResponseSchema, { path: file.path, offset, data, fileSizeBytes: size, sha256 });
+  for await (const chunk of createReadStream(file.source, { highWaterMark: EXPORT_CHUNK_BYTES, signal: ctx.signal })) {
+    if (pending) {
+      yield message(pending);
+      offset += BigInt(pending.byteLength);
+    }
+    hash.update(chunk as Buffer);
+    pending = chunk as Buffer;
+  }
+  yield message(pending ?? Buffer.alloc(0), hash.digest("hex"));
+}
+
+/** Page tokens: the (commit time, uri) of a page's last checkpoint, base64url. */
+function encodeToken(time: number, uri: string): string {
+  return Buffer.from(JSON.stringify([time, uri])).toString("base64url");
+}
+
+function decodeToken(token: string): { time: number; uri: string } | undefined {
+  try {
+    const [time, uri] = JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as unknown[];
+    return typeof time === "number" && Number.isFinite(time) && typeof uri === "string" ? { time, uri } : undefined;
+  } catch {
+    return undefined;
+  }
+}

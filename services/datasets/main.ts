@@ -1,0 +1,4 @@
+// The dataset service alone, as deployed one per pod.
+import { runServices } from "../suite/run.ts";
+
+await runServices(["datasets"]);

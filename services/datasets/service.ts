@@ -1,0 +1,130 @@
+import { createHash } from "node:crypto";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Readable } from "node:stream";
+import { Code } from "@connectrpc/connect";
+import { type Dataset, DatasetService } from "../../gen/vaccine/v1/datasets_pb.ts";
+import type { SuiteDeps } from "../common/deps.ts";
+import { toRpcError } from "../common/runtime-errors.ts";
+import { invalidArgument, rpcError } from "../platform/errors.ts";
+import type { ServiceModule } from "../platform/server.ts";
+import { RequestValidator, checkPage } from "../platform/validate.ts";
+import { StoreObjectNotFoundError } from "../runtime/store/store.ts";
+import { type RecordEntry, dataUri, datasetHex, deleteDataset, listRecords, newestFirst, readRecord } from "./records.ts";
+import { sweepSpools } from "./spool.ts";
+import { uploadDataset } from "./upload.ts";
+
+const DEFAULT_PAGE_SIZE = 50;
+/** Download chunks stay well under the 4 MiB message bound clients assume. */
+const DOWNLOAD_CHUNK_BYTES = 1024 * 1024;
+
+export interface DatasetServiceOptions {
+  /** Where uploads in progress are spooled (default: <os tmpdir>/vaccine-uploads). */
+  spoolDir?: string;
+}
+
+/** DatasetService: streamed, validated uploads stored by content; get, list, download, delete. */
+export function datasetService(deps: SuiteDeps, options: DatasetServiceOptions = {}): ServiceModule {
+  const spoolDir = options.spoolDir ?? join(tmpdir(), "vaccine-uploads");
+  // Temp files of a process that crashed mid-upload.
+  void sweepSpools(spoolDir).catch((err: unknown) => deps.logger.warn({ err, spoolDir }, "could not sweep upload temp files"));
+
+  /** The dataset a request's uri names, or INVALID_ARGUMENT / NOT_FOUND. */
+  async function existing(uri: string): Promise<{ hex: string; dataset: Dataset }> {
+    const hex = datasetHex(uri);
+    if (hex === undefined) throw invalidArgument([{ field: "uri", description: 'must be "store://datasets/<64 lowercase hex digits>"' }]);
+    const dataset = await readRecord(deps.store, hex);
+    if (!dataset) throw rpcError(Code.NotFound, "DATASET_NOT_FOUND", `dataset ${uri} does not exist`, { uri });
+    return { hex, dataset };
+  }
+
+  return {
+    desc: DatasetService,
+    register(router) {
+      router.service(DatasetService, {
+        async uploadDataset(requests) {
+          try {
+            return { dataset: await uploadDataset(deps, spoolDir, requests) };
+          } catch (err) {
+            throw toRpcError(err);
+          }
+        },
+        async getDataset(req) {
+          try {
+            return { dataset: (await existing(req.uri)).dataset };
+          } catch (err) {
+            throw toRpcError(err);
+          }
+        },
+        async listDatasets(req) {
+          const v = new RequestValidator();
+          checkPage(v, req.pageSize, req.pageToken);
+          const cursor = req.pageToken ? decodeToken(req.pageToken) : undefined;
+          if (req.pageToken && !cursor) v.fail("page_token", "is not a token this server issued");
+          v.check();
+          try {
+            const entries = await listRecords(deps.store);
+            const start = cursor ? entries.findIndex((e) => newestFirst(e, cursor) > 0) : 0;
+            const page = start < 0 ? [] : entries.slice(start, start + (req.pageSize || DEFAULT_PAGE_SIZE));
+            const records = await Promise.all(page.map((e) => readRecord(deps.store, e.hex)));
+            const last = page.at(-1);
+            const more = start >= 0 && start + page.length < entries.length;
+            return {
+              // A dataset deleted between the listing and the read is left out.
+              datasets: records.filter((d): d is Dataset => d !== undefined),
+              nextPageToken: more && last ? encodeToken(last) : "",
+            };
+          } catch (err) {
+            throw toRpcError(err);
+          }
+        },
+        async *downloadDataset(req) {
+          let stream: Readable;
+          let dataset: Dataset;
+          try {
+            const found = await existing(req.uri);
+            dataset = found.dataset;
+            stream = await deps.store.readObjectStream(dataUri(found.hex));
+          } catch (err) {
+            if (err instanceof StoreObjectNotFoundError) {
+              throw rpcError(Code.DataLoss, "DATASET_BYTES_MISSING", `the bytes of ${req.uri} are missing from the store`, { uri: req.uri });
+            }
+            throw toRpcError(err);
+          }
+          // Verified while sent: a client that gets no error at the end has the uploaded bytes.
+          const hash = createHash("sha256");
+          let size = 0;
+          for await (const piece of stream as AsyncIterable<Buffer>) {
+            hash.update(piece);
+            size += piece.byteLength;
+            for (let at = 0; at < piece.byteLength; at += DOWNLOAD_CHUNK_BYTES) {
+              yield { chunk: piece.subarray(at, at + DOWNLOAD_CHUNK_BYTES) };
+            }
+          }
+          if (`sha256:${hash.digest("hex")}` !== dataset.digest || BigInt(size) !== dataset.sizeBytes) {
+            throw rpcError(Code.DataLoss, "DATASET_CORRUPT", `the stored bytes of ${req.uri} do not match its digest`, { uri: req.uri });
+          }
+        },
+        async deleteDataset(req) {
+          try {
+            const { hex } = await existing(req.uri);
+            await deleteDataset(deps.store, hex);
+            return {};
+          } catch (err) {
+            throw toRpcError(err);
+          }
+        },
+      });
+    },
+  };
+}
+
+/** A page token: the (time, digest) of the last dataset of the previous page. */
+function encodeToken(entry: RecordEntry): string {
+  return Buffer.from(`${entry.time}.${entry.hex}`).toString("base64url");
+}
+
+function decodeToken(token: string): RecordEntry | undefined {
+  const m = /^(\d{1,16})\.([0-9a-f]{64})$/.exec(Buffer.from(token, "base64url").toString("latin1"));
+  return m ? { time: Number(m[1]), hex: m[2] } : undefined;
+}

@@ -1,0 +1,54 @@
+/**
+ * Folders brought from outside (a Hugging Face Llama folder or a PEFT LoRA adapter over a
+ * stored checkpoint), validated completely before they are stored: what is visible in the
+ * store loads. An imported checkpoint carries the same manifest meta as the runtime's own
+ * (a model: {name}; an adapter: {parent, name}), so it loads, trains and embeds like them.
+ */
+import { join } from "node:path";
+import { CONFIG_FILE, readJsonObject } from "../checkpoint/hf-folder.ts";
+import { checkLlamaFolder, checkLlamaTokenizer } from "../checkpoint/llama-folder.ts";
+import { checkAdapterFits, inspectPeftFolder } from "../checkpoint/peft-folder.ts";
+import { CheckpointFormatError } from "../format-error.ts";
+import { parseLlamaConfig, type LlamaConfig } from "../model/config.ts";
+import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
+import { KIND } from "./kinds.ts";
+import { lineageOf } from "./load.ts";
+
+export interface ImportOptions {
+  kind: typeof KIND.model | typeof KIND.adapter;
+  /** For an adapter: the model or adapter it applies to, and the config of its root model (rootModelConfig). */
+  parent?: { ref: CheckpointRef; model: LlamaConfig };
+  /** A name for people; part of the meta, so of the digest. */
+  name?: string;
+}
+
+/** The kinds an imported adapter may apply to. */
+export const ADAPTER_PARENT_KINDS: readonly string[] = [KIND.model, KIND.adapter];
+
+/**
+ * Checks the folder as its kind requires, then stores it. Format problems are
+ * CheckpointFormatErrors naming the file; nothing is stored unless every check passes.
+ */
+export async function importCheckpoint(store: CheckpointStore, dir: string, options: ImportOptions): Promise<CheckpointRef> {
+  const meta: Record<string, unknown> = {};
+  if (options.kind === KIND.model) {
+    const { config } = await checkLlamaFolder(dir);
+    await checkLlamaTokenizer(dir, config);
+  } else {
+    if (!options.parent) throw new TypeError("an adapter import needs its parent");
+    checkAdapterFits(await inspectPeftFolder(dir), options.parent.model);
+    const { uri, digest } = options.parent.ref;
+    meta.parent = { uri, digest };
+  }
+  if (options.name) meta.name = options.name;
+  return store.put(dir, { kind: options.kind, meta });
+}
+
+/** The Llama config of the model at the root of a checkpoint's lineage: what an adapter over it must fit. */
+export async function rootModelConfig(store: CheckpointStore, ref: CheckpointRef): Promise<LlamaConfig> {
+  const [root] = await lineageOf(store, ref);
+  const manifest = await store.readManifest(root);
+  if (manifest.kind !== KIND.model) throw new CheckpointFormatError(`the lineage of ${ref.uri} starts at a ${manifest.kind}, not a model`);
+  const { dir } = await store.get(root);
+  return parseLlamaConfig(await readJsonObject(join(dir, CONFIG_FILE)));
+}
