@@ -10,7 +10,7 @@ import { open, readFile } from "node:fs/promises";
 import { endianness } from "node:os";
 import type { HostTensor, HostTensors } from "../host-tensor.ts";
 import { isPlainObject } from "../json.ts";
-import { scanJsonText } from "../json-text.ts";
+import { DuplicateKeyError, JsonSyntaxError, parseStrictJson } from "../strict-json.ts";
 import { CheckpointFormatError } from "../format-error.ts";
 
 /** A malformed safetensors file. */
@@ -288,23 +288,22 @@ function parseHeaderJson(bytes: Uint8Array): { header: Record<string, unknown>; 
   if (!text.startsWith("{")) {
     throw new SafetensorsError(`header must start with "{", found ${JSON.stringify(text.slice(0, 8))}`);
   }
+  const numbers: string[] = [];
   let header: unknown;
   try {
-    header = JSON.parse(text);
+    header = parseStrictJson(text, { onNumber: (n) => numbers.push(n) });
   } catch (err) {
-    throw new SafetensorsError(`header is not valid JSON: ${(err as Error).message}`);
+    if (err instanceof DuplicateKeyError) {
+      throw new SafetensorsError(err.path === "" ? `tensor "${err.key}" appears more than once in the header` : `"${err.path}" repeats the key "${err.key}"`);
+    }
+    if (err instanceof JsonSyntaxError) throw new SafetensorsError(`header is not valid JSON: ${err.message}`);
+    throw err;
   }
-  const body = text.replace(/ +$/, "");
-  if (!body.endsWith("}")) {
+  if (!text.replace(/ +$/, "").endsWith("}")) {
     throw new SafetensorsError("header must end with \"}\" followed by nothing but space padding");
   }
-  const facts = scanJsonText(body);
-  if (facts.duplicateKey) {
-    const { path, key } = facts.duplicateKey;
-    throw new SafetensorsError(path === "" ? `tensor "${key}" appears more than once in the header` : `"${path}" repeats the key "${key}"`);
-  }
   // Valid JSON text that starts with "{" is an object.
-  return { header: header as Record<string, unknown>, numbers: facts.numbers };
+  return { header: header as Record<string, unknown>, numbers };
 }
 
 function parseMetadata(value: unknown): Record<string, string> {

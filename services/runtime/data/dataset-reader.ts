@@ -7,7 +7,7 @@
  * Bad rows are collected with their line (where the row starts), so one pass reports them.
  */
 import { type RowFormat, RowProblem, asRow, convertRow, detectFormat } from "./row-formats.ts";
-import { JsonSyntaxError, parseStrictJson } from "./strict-json.ts";
+import { JsonSyntaxError, parseStrictJson } from "../strict-json.ts";
 import type { Example } from "./template.ts";
 
 export type DatasetEncoding = "jsonl" | "json-array";

@@ -1,7 +1,8 @@
 /**
- * A strict JSON parser for dataset rows. JSON.parse keeps the last of duplicate keys and
- * accepts lone surrogate escapes ("\ud800"); a row parsed that way is not the row the user
- * meant, so this parser refuses both, and bounds nesting so a hostile row cannot exhaust
+ * A strict JSON parser for what clients send: dataset rows and checkpoint headers. JSON.parse
+ * keeps the last of duplicate keys, accepts lone surrogate escapes ("\ud800") and reads 2.0
+ * as an integer; a value parsed that way is not the one its writer meant, so this parser
+ * refuses the first two, reports every number literal as written on request, and bounds nesting so a hostile row cannot exhaust
  * the stack. Otherwise it follows RFC 8259 exactly. Objects have no prototype, so a
  * "__proto__" key is an ordinary key.
  */
@@ -17,6 +18,23 @@ export class JsonSyntaxError extends Error {
   }
 }
 
+/** A key that appears twice in one object; `path` names the object ("" at the top, "a.b", "a[]"). */
+export class DuplicateKeyError extends JsonSyntaxError {
+  constructor(
+    readonly key: string,
+    readonly path: string,
+    offset: number,
+  ) {
+    super(`duplicate key ${JSON.stringify(key)}${path ? ` in "${path}"` : ""}`, offset);
+    this.name = "DuplicateKeyError";
+  }
+}
+
+export interface StrictJsonOptions {
+  /** Called with every number literal as written (e.g. to refuse "2.0" where an integer is meant). */
+  onNumber?: (literal: string) => void;
+}
+
 export const MAX_JSON_DEPTH = 64;
 
 const NUMBER = /-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/y;
@@ -25,9 +43,9 @@ const PLAIN = /[^"\\\u0000-\u001f]*/y;
 const HEX4 = /^[0-9a-fA-F]{4}$/;
 const ESCAPES: Record<string, string> = { '"': '"', "\\": "\\", "/": "/", b: "\b", f: "\f", n: "\n", r: "\r", t: "\t" };
 
-export function parseStrictJson(text: string): unknown {
-  const parser = new Parser(text);
-  const value = parser.value(0);
+export function parseStrictJson(text: string, options: StrictJsonOptions = {}): unknown {
+  const parser = new Parser(text, options.onNumber);
+  const value = parser.value(0, "");
   parser.whitespace();
   if (parser.pos < text.length) parser.fail("unexpected data after the value");
   return value;
@@ -35,7 +53,10 @@ export function parseStrictJson(text: string): unknown {
 
 class Parser {
   pos = 0;
-  constructor(private readonly text: string) {}
+  constructor(
+    private readonly text: string,
+    private readonly onNumber?: (literal: string) => void,
+  ) {}
 
   fail(message: string, at = this.pos): never {
     throw new JsonSyntaxError(message, at);
@@ -50,11 +71,11 @@ class Parser {
     }
   }
 
-  value(depth: number): unknown {
+  value(depth: number, path: string): unknown {
     this.whitespace();
     const c = this.text[this.pos];
-    if (c === "{") return this.object(depth + 1);
-    if (c === "[") return this.array(depth + 1);
+    if (c === "{") return this.object(depth + 1, path);
+    if (c === "[") return this.array(depth + 1, path);
     if (c === '"') return this.string();
     for (const [word, value] of [["true", true], ["false", false], ["null", null]] as const) {
       if (this.text.startsWith(word, this.pos)) {
@@ -66,12 +87,13 @@ class Parser {
     const m = NUMBER.exec(this.text);
     if (m && m[0] !== "") {
       this.pos += m[0].length;
+      this.onNumber?.(m[0]);
       return Number(m[0]);
     }
     return this.fail(c === undefined ? "unexpected end of input" : `unexpected ${JSON.stringify(c)}`);
   }
 
-  object(depth: number): Record<string, unknown> {
+  object(depth: number, path: string): Record<string, unknown> {
     if (depth > MAX_JSON_DEPTH) this.fail(`nested deeper than ${MAX_JSON_DEPTH} levels`);
     this.pos++;
     const result: Record<string, unknown> = Object.create(null);
@@ -86,12 +108,12 @@ class Parser {
       const at = this.pos;
       if (this.text[this.pos] !== '"') this.fail("expected a string key");
       const key = this.string();
-      if (seen.has(key)) this.fail(`duplicate key ${JSON.stringify(key)}`, at);
+      if (seen.has(key)) throw new DuplicateKeyError(key, path, at);
       seen.add(key);
       this.whitespace();
       if (this.text[this.pos] !== ":") this.fail('expected ":"');
       this.pos++;
-      result[key] = this.value(depth);
+      result[key] = this.value(depth, path === "" ? key : `${path}.${key}`);
       this.whitespace();
       const next = this.text[this.pos++];
       if (next === "}") return result;
@@ -99,7 +121,7 @@ class Parser {
     }
   }
 
-  array(depth: number): unknown[] {
+  array(depth: number, path: string): unknown[] {
     if (depth > MAX_JSON_DEPTH) this.fail(`nested deeper than ${MAX_JSON_DEPTH} levels`);
     this.pos++;
     const result: unknown[] = [];
@@ -109,7 +131,7 @@ class Parser {
       return result;
     }
     for (;;) {
-      result.push(this.value(depth));
+      result.push(this.value(depth, `${path}[]`));
       this.whitespace();
       const next = this.text[this.pos++];
       if (next === "]") return result;
