@@ -5,8 +5,9 @@
  * known here, so a sweep never takes one in use.
  */
 import { randomUUID } from "node:crypto";
-import { mkdir, readdir, rm } from "node:fs/promises";
+import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
+import { sweepStale } from "../common/stale-temp.ts";
 
 /** Folders in use in this process, whichever WorkDirs made them (several services may share a root). */
 const held = new Set<string>();
@@ -28,23 +29,7 @@ export class WorkDirs {
   }
 
   /** Removes the folders of processes that are gone, and this process's own strays. */
-  async sweep(): Promise<void> {
-    const names = await readdir(this.root).catch(() => [] as string[]);
-    for (const name of names) {
-      const pid = Number(/^(?:import|export)-(\d+)-[0-9a-f-]+$/.exec(name)?.[1]);
-      const dir = join(this.root, name);
-      if (!Number.isInteger(pid) || held.has(dir)) continue;
-      if (pid === process.pid || !alive(pid)) await rm(dir, { recursive: true, force: true });
-    }
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: the process exists but belongs to someone else.
-    return (err as NodeJS.ErrnoException).code === "EPERM";
+  sweep(): Promise<void> {
+    return sweepStale(this.root, /^(?:import|export)-(\d+)-[0-9a-f-]+$/, held);
   }
 }

@@ -4,8 +4,9 @@
  * service starts. Files this process holds open are known here, so a sweep never takes one.
  */
 import { createHash, randomUUID } from "node:crypto";
-import { type FileHandle, mkdir, open, readdir, rm } from "node:fs/promises";
+import { type FileHandle, mkdir, open, rm } from "node:fs/promises";
 import { join } from "node:path";
+import { sweepStale } from "../common/stale-temp.ts";
 
 /** Paths of the spools this process has open. */
 const held = new Set<string>();
@@ -57,22 +58,6 @@ export class Spool {
 }
 
 /** Removes the temp files of processes that are gone, and this process's own strays. */
-export async function sweepSpools(dir: string): Promise<void> {
-  const names = await readdir(dir).catch(() => [] as string[]);
-  for (const name of names) {
-    const pid = Number(/^(\d+)-[0-9a-f-]+\.part$/.exec(name)?.[1]);
-    const path = join(dir, name);
-    if (!Number.isInteger(pid) || held.has(path)) continue;
-    if (pid === process.pid || !alive(pid)) await rm(path, { force: true });
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: the process exists but belongs to someone else.
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
+export function sweepSpools(dir: string): Promise<void> {
+  return sweepStale(dir, /^(\d+)-[0-9a-f-]+\.part$/, held);
 }

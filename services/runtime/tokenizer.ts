@@ -9,11 +9,11 @@
  * Whether a bos token starts every sequence follows add_bos_token (Llama: true), else
  * whether the tokenizer.json post-processor prepends bos.
  */
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { basename, join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { CheckpointFormatError, fileReadError } from "./format-error.ts";
-import { isPlainObject, MAX_JSON_FILE_BYTES } from "./json.ts";
+import { isPlainObject, readJsonObject } from "./json.ts";
 
 const TOKENIZER_JSON = "tokenizer.json";
 const TOKENIZER_CONFIG_JSON = "tokenizer_config.json";
@@ -43,28 +43,6 @@ function tokenName(value: unknown): string | undefined {
   return undefined;
 }
 
-/** A JSON object file; failures are format errors naming `file` (its name in the folder). */
-function readJson(path: string, file: string): Json {
-  let text: string;
-  try {
-    const { size } = statSync(path);
-    if (size > MAX_JSON_FILE_BYTES) throw new CheckpointFormatError(`is ${size} bytes, more than the ${MAX_JSON_FILE_BYTES} a JSON file of a checkpoint may have`, file);
-    text = readFileSync(path, "utf8");
-  } catch (err) {
-    if (err instanceof CheckpointFormatError) throw err;
-    throw fileReadError(err, file);
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw new CheckpointFormatError(`not valid JSON: ${(err as Error).message}`, file);
-  }
-  if (!isPlainObject(value)) throw new CheckpointFormatError("not a JSON object", file);
-  return value;
-}
-
-/** Whether the post-processor (TemplateProcessing) puts bosToken before a single sequence. */
 function postProcessorAddsBos(tokenizerJson: Json, bosToken: string | undefined): boolean {
   const post = tokenizerJson.post_processor as Json | null | undefined;
   if (!post || post.type !== "TemplateProcessing" || !bosToken) return false;
@@ -88,12 +66,12 @@ export function loadTokenizer(source: string | Json, tokenizerConfig?: Json, mod
     } catch (err) {
       throw fileReadError(err, TOKENIZER_JSON);
     }
-    json = isDir ? readJson(join(source, TOKENIZER_JSON), TOKENIZER_JSON) : readJson(source, basename(source));
+    json = isDir ? readJsonObject(join(source, TOKENIZER_JSON), TOKENIZER_JSON) : readJsonObject(source, basename(source));
     if (isDir) {
       const tc = join(source, TOKENIZER_CONFIG_JSON);
       const mc = join(source, "config.json");
-      tokenizerConfig ??= existsSync(tc) ? readJson(tc, TOKENIZER_CONFIG_JSON) : undefined;
-      modelConfig ??= existsSync(mc) ? readJson(mc, "config.json") : undefined;
+      tokenizerConfig ??= existsSync(tc) ? readJsonObject(tc, TOKENIZER_CONFIG_JSON) : undefined;
+      modelConfig ??= existsSync(mc) ? readJsonObject(mc, "config.json") : undefined;
     }
   } else {
     json = source;

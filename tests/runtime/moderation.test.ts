@@ -11,7 +11,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { selectBackend } from "../../services/runtime/backend.ts";
-import { readJsonObject, writeJson } from "../../services/runtime/checkpoint/hf-folder.ts";
+import { writeJson } from "../../services/runtime/checkpoint/hf-folder.ts";
+import { readJsonObject } from "../../services/runtime/json.ts";
 import { readSafetensors, writeSafetensors } from "../../services/runtime/checkpoint/safetensors.ts";
 import { HARM_CATEGORIES } from "../../services/runtime/data/world/categories.ts";
 import {
@@ -43,7 +44,7 @@ afterAll(async () => {
 
 describe("the shipped checkpoint", () => {
   it("has exactly the files facts.json lists, with their sha256", async () => {
-    const facts = await readJsonObject(join(DIR, "facts.json"));
+    const facts = readJsonObject(join(DIR, "facts.json"));
     const files = facts.files as Record<string, string>;
     expect(Object.keys(files).sort()).toEqual(["README.md", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]);
     for (const [file, sha] of Object.entries(files)) {
@@ -52,7 +53,7 @@ describe("the shipped checkpoint", () => {
   });
 
   it("is a multi-label LlamaForSequenceClassification over the 14 categories", async () => {
-    const config = await readJsonObject(join(DIR, "config.json"));
+    const config = readJsonObject(join(DIR, "config.json"));
     expect(config.architectures).toEqual(["LlamaForSequenceClassification"]);
     expect(config.problem_type).toBe("multi_label_classification");
     expect(config.num_labels).toBe(14);
@@ -156,7 +157,7 @@ describe("checkpoint validation", () => {
     const dir = join(scratch, name);
     await cp(DIR, dir, { recursive: true });
     if (change.config) {
-      const config = await readJsonObject(join(dir, "config.json"));
+      const config = readJsonObject(join(dir, "config.json"));
       change.config(config);
       await writeJson(join(dir, "config.json"), config);
     }

@@ -4,11 +4,11 @@
  * The config and tokenizer contents are validated by their own owners (model, tokenizer).
  * Errors name files relative to the folder.
  */
-import { copyFile, mkdir, readFile, stat, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, stat, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { CheckpointFormatError, fileReadError, missingFile } from "../format-error.ts";
 import type { HostTensors } from "../host-tensor.ts";
-import { isPlainObject, MAX_JSON_FILE_BYTES } from "../json.ts";
+import { isPlainObject, readJsonObject } from "../json.ts";
 import {
   readSafetensors,
   readSafetensorsHeader,
@@ -79,7 +79,7 @@ export interface WriteHfFolderOptions {
  * data is read, so a folder can be judged before anything the size of its weights exists.
  */
 export async function inspectHfFolder(dir: string): Promise<HfFolderInventory> {
-  const config = await readJsonObject(join(dir, CONFIG_FILE));
+  const config = readJsonObject(join(dir, CONFIG_FILE));
   const weights = (await isFile(join(dir, WEIGHTS_FILE))) ? await inspectSingle(dir) : await inspectSharded(dir);
   let tensorBytes = 0;
   for (const header of weights.headers.values()) for (const e of header.entries) tensorBytes += e.end - e.begin;
@@ -104,10 +104,10 @@ export async function readHfFolder(dir: string): Promise<HfModelFolder> {
   if (await isFile(join(dir, TOKENIZER_FILE))) folder.tokenizerPath = join(dir, TOKENIZER_FILE);
   if (await isFile(join(dir, TOKENIZER_CONFIG_FILE))) {
     folder.tokenizerConfigPath = join(dir, TOKENIZER_CONFIG_FILE);
-    folder.tokenizerConfig = await readJsonObject(folder.tokenizerConfigPath);
+    folder.tokenizerConfig = readJsonObject(folder.tokenizerConfigPath);
   }
   if (await isFile(join(dir, GENERATION_CONFIG_FILE))) {
-    folder.generationConfig = await readJsonObject(join(dir, GENERATION_CONFIG_FILE));
+    folder.generationConfig = readJsonObject(join(dir, GENERATION_CONFIG_FILE));
   }
   return folder;
 }
@@ -148,28 +148,6 @@ export async function writeHfFolder(dir: string, options: WriteHfFolderOptions):
   return written;
 }
 
-/** Reads a JSON file at the folder's top level that must hold an object; a CheckpointFormatError names the file otherwise. */
-export async function readJsonObject(path: string): Promise<Record<string, unknown>> {
-  const file = basename(path);
-  let text: string;
-  try {
-    const { size } = await stat(path);
-    if (size > MAX_JSON_FILE_BYTES) throw new CheckpointFormatError(`is ${size} bytes, more than the ${MAX_JSON_FILE_BYTES} a JSON file of a checkpoint may have`, file);
-    text = await readFile(path, "utf8");
-  } catch (err) {
-    if (err instanceof CheckpointFormatError) throw err;
-    throw fileReadError(err, file);
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (err) {
-    throw new CheckpointFormatError(`not valid JSON: ${(err as Error).message}`, file);
-  }
-  if (!isPlainObject(value)) throw new CheckpointFormatError("not a JSON object", file);
-  return value;
-}
-
 /** Pretty JSON with a trailing newline, as transformers writes it. */
 export async function writeJson(path: string, value: unknown): Promise<void> {
   await writeFile(path, `${JSON.stringify(value, null, 2)}\n`);
@@ -189,7 +167,7 @@ async function inspectSharded(dir: string): Promise<Weights> {
     err.file = WEIGHTS_FILE;
     throw err;
   }
-  const index = await readJsonObject(join(dir, WEIGHTS_INDEX_FILE));
+  const index = readJsonObject(join(dir, WEIGHTS_INDEX_FILE));
   const indexError = (message: string) => new CheckpointFormatError(message, WEIGHTS_INDEX_FILE);
   const weightMap = index.weight_map;
   if (!isPlainObject(weightMap) || Object.keys(weightMap).length === 0) {

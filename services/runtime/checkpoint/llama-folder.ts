@@ -6,6 +6,7 @@
  */
 import { join } from "node:path";
 import { CheckpointFormatError } from "../format-error.ts";
+import { readJsonObject } from "../json.ts";
 import type { HostTensors } from "../host-tensor.ts";
 import { parseLlamaConfig, type LlamaConfig } from "../model/config.ts";
 import { llamaParameterCount, llamaWeightShapes } from "../model/llama.ts";
@@ -15,7 +16,6 @@ import {
   TOKENIZER_CONFIG_FILE,
   inspectHfFolder,
   readHfFolder,
-  readJsonObject,
   type HfFolderInventory,
 } from "./hf-folder.ts";
 
@@ -50,7 +50,7 @@ export async function checkLlamaFolder(dir: string): Promise<LlamaFolderCheck> {
  * a text that encodes and decodes.
  */
 export async function checkLlamaTokenizer(dir: string, config: LlamaConfig): Promise<Tokenizer> {
-  await readJsonObject(join(dir, TOKENIZER_CONFIG_FILE));
+  readJsonObject(join(dir, TOKENIZER_CONFIG_FILE));
   return tokenizerOf(dir, config);
 }
 

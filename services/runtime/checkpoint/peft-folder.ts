@@ -12,7 +12,8 @@ import type { HostTensor, HostTensors } from "../host-tensor.ts";
 import type { LlamaConfig } from "../model/config.ts";
 import { LINEAR_MODULES, type LinearModule } from "../model/llama.ts";
 import { loraWeightName, loraWeightShapes, parseLoraWeightName, validateLoraConfig, type LoraConfig } from "../model/lora.ts";
-import { readJsonObject, writeJson } from "./hf-folder.ts";
+import { writeJson } from "./hf-folder.ts";
+import { readJsonObject } from "../json.ts";
 import { readSafetensors, readSafetensorsHeader, writeSafetensors, type SafetensorsHeader } from "./safetensors.ts";
 
 export const ADAPTER_CONFIG_FILE = "adapter_config.json";
@@ -135,7 +136,7 @@ export function loraAdapterConfig(
 
 /** Reads the config and the weight header and checks that they agree; no tensor data is read. */
 export async function inspectPeftFolder(dir: string): Promise<PeftFolderInventory> {
-  const config = validateConfig(await readJsonObject(join(dir, ADAPTER_CONFIG_FILE)));
+  const config = validateConfig(readJsonObject(join(dir, ADAPTER_CONFIG_FILE)));
   const header = await inWeightsFile(() => readSafetensorsHeader(join(dir, ADAPTER_WEIGHTS_FILE)));
   const shapes = new Map(header.entries.map((e) => [e.name, { shape: e.shape }]));
   inWeightsFileSync(() => pairsFromTensors(shapes, config));
@@ -144,7 +145,7 @@ export async function inspectPeftFolder(dir: string): Promise<PeftFolderInventor
 
 /** Reads and validates an adapter folder. */
 export async function readPeftFolder(dir: string): Promise<PeftAdapterFolder> {
-  const config = validateConfig(await readJsonObject(join(dir, ADAPTER_CONFIG_FILE)));
+  const config = validateConfig(readJsonObject(join(dir, ADAPTER_CONFIG_FILE)));
   const { tensors } = await inWeightsFile(() => readSafetensors(join(dir, ADAPTER_WEIGHTS_FILE)));
   return { dir, config, pairs: inWeightsFileSync(() => pairsFromTensors(tensors, config)) };
 }

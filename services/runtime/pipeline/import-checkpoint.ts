@@ -5,7 +5,8 @@
  * (a model: {name}; an adapter: {parent, name}), so it loads, trains and embeds like them.
  */
 import { join } from "node:path";
-import { CONFIG_FILE, readJsonObject } from "../checkpoint/hf-folder.ts";
+import { CONFIG_FILE } from "../checkpoint/hf-folder.ts";
+import { readJsonObject } from "../json.ts";
 import { checkLlamaFolder, checkLlamaTokenizer } from "../checkpoint/llama-folder.ts";
 import { checkAdapterFits, inspectPeftFolder } from "../checkpoint/peft-folder.ts";
 import { CheckpointFormatError } from "../format-error.ts";
@@ -50,5 +51,5 @@ export async function rootModelConfig(store: CheckpointStore, ref: CheckpointRef
   const manifest = await store.readManifest(root);
   if (manifest.kind !== KIND.model) throw new CheckpointFormatError(`the lineage of ${ref.uri} starts at a ${manifest.kind}, not a model`);
   const { dir } = await store.get(root);
-  return parseLlamaConfig(await readJsonObject(join(dir, CONFIG_FILE)));
+  return parseLlamaConfig(readJsonObject(join(dir, CONFIG_FILE)));
 }

@@ -8,7 +8,8 @@
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { readJsonObject, writeJson } from "../checkpoint/hf-folder.ts";
+import { writeJson } from "../checkpoint/hf-folder.ts";
+import { readJsonObject } from "../json.ts";
 import { ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, fromPeftTensors, toPeftConfig, toPeftTensors } from "../checkpoint/peft-folder.ts";
 import { parseSafetensors, writeSafetensors } from "../checkpoint/safetensors.ts";
 import { CheckpointFormatError } from "../format-error.ts";
@@ -63,7 +64,7 @@ export async function restoreTrainingState(
 ): Promise<number> {
   const { dir, manifest } = await store.get(ref);
   if (manifest.kind !== KIND.trainingState) throw new CheckpointFormatError(`${ref.uri} is a ${manifest.kind}, not a training state`);
-  const saved = await readJsonObject(join(dir, TRAINER_STATE_FILE));
+  const saved = readJsonObject(join(dir, TRAINER_STATE_FILE));
   if (JSON.stringify(saved.plan) !== JSON.stringify(plan)) {
     throw new CheckpointFormatError(`training state ${ref.uri} was written for another run: ${JSON.stringify(saved.plan)}`);
   }
