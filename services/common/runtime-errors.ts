@@ -16,7 +16,7 @@ import {
   StoreObjectNotFoundError,
   StorePathEscapeError,
 } from "../runtime/store/store.ts";
-import { TrainingDivergedError } from "../runtime/train/loop.ts";
+import { NoTrainingTokensError, TrainingDivergedError } from "../runtime/train/loop.ts";
 import { rpcError } from "../platform/errors.ts";
 
 export interface ErrorContext {
@@ -56,6 +56,12 @@ export function toRpcError(err: unknown, ctx: ErrorContext = {}): ConnectError {
     return rpcError(Code.FailedPrecondition, err.reason, `${err.message}; lower the learning rate or raise grad_clip`, {
       step: String(err.step),
       loss: String(err.loss),
+    });
+  }
+  if (err instanceof NoTrainingTokensError) {
+    return rpcError(Code.FailedPrecondition, err.reason, `${err.message}; raise training.max_sequence_length or shorten the prompts`, {
+      field: "spec.training.max_sequence_length",
+      max_sequence_length: String(err.maxSequenceLength),
     });
   }
   return rpcError(Code.Internal, "INTERNAL", err instanceof Error ? err.message : String(err));

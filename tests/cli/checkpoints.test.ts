@@ -1,8 +1,9 @@
 // vaccine checkpoints: import, list, get and export in process against a real server, as text
 // and as proto JSON, refs pasted back in the uri@digest form the commands print, a byte
-// progress bar on a terminal, and usage and RPC errors.
+// progress bar on a terminal, and usage and RPC errors; the fixtures imported through the
+// command embed (vaccine embed) as expected.json says, and broken copies of them are refused.
 import { createHash } from "node:crypto";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -11,9 +12,11 @@ import { runCli } from "../../services/cli/cli.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { parseSafetensors } from "../../services/runtime/checkpoint/safetensors.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
+import { compareScaled } from "../helpers/tolerance.ts";
 import { Capture, cli } from "./harness.ts";
 
 const FIXTURES = fileURLToPath(new URL("../fixtures/", import.meta.url));
+const expected = JSON.parse(readFileSync(join(FIXTURES, "expected.json"), "utf8"));
 let suite: TestSuite;
 let env: Record<string, string>;
 let dir: string;
@@ -143,5 +146,87 @@ describe("vaccine checkpoints", () => {
     expect(exportOut.text).toMatch(/model\.safetensors KiB \[=+\]/);
     const piped = await cli(["checkpoints", "import", join(FIXTURES, "llama-bf16-sharded-tied")], env);
     expect(piped.stdout).not.toContain("KiB");
+  });
+});
+
+describe("the fixtures through the command line", () => {
+  const TEXTS: { name: string; text: string }[] = expected.sequences.filter((s: { text: string | null }) => s.text !== null);
+
+  async function importRef(args: string[]): Promise<string> {
+    const run = await cli(["checkpoints", "import", ...args], env);
+    expect(run.code, run.stderr).toBe(0);
+    return refLine(run.stdout)!;
+  }
+
+  /** `vaccine embed --final --pooling last --json` on the fixture texts against one case of expected.json (rtol 1e-4 of each array's scale). */
+  async function expectEmbedMatches(ref: string, caseName: string): Promise<void> {
+    const run = await cli(["embed", "--checkpoint", ref, "--final", "--pooling", "last", "--json", ...TEXTS.map((t) => t.text)], env);
+    expect(run.code, run.stderr).toBe(0);
+    const { embeddings } = JSON.parse(run.stdout);
+    expect(embeddings).toHaveLength(TEXTS.length);
+    TEXTS.forEach((seq, i) => {
+      const want = expected.cases[caseName].results[seq.name];
+      // Proto JSON leaves out zero values: layer 0 comes without its number.
+      const layers: { layer?: number; vectors: { values: number[] } }[] = embeddings[i].layers;
+      expect(layers.map((l) => l.layer ?? 0)).toEqual([...want.attn_out_last.keys(), -1]);
+      for (const { layer = 0, vectors } of layers) {
+        const reference = layer === -1 ? want.final_norm_hidden.at(-1) : want.attn_out_last[layer];
+        const c = compareScaled(vectors.values, reference, 1e-4);
+        expect(c.failures, `${caseName}/${seq.name} layer ${layer}: ${c.scaledMaxDiff}`).toBe(0);
+      }
+    });
+  }
+
+  it("imports both model folders and the adapter over its base by the printed ref; vaccine embed matches expected.json", async () => {
+    const f32 = await importRef([join(FIXTURES, "llama-f32-gqa")]);
+    const bf16 = await importRef([join(FIXTURES, "llama-bf16-sharded-tied")]);
+    const adapter = await importRef([join(FIXTURES, "adapter-f32-gqa"), "--adapter-of", f32]);
+    await expectEmbedMatches(f32, "base_f32");
+    await expectEmbedMatches(bf16, "base_bf16_sharded_tied");
+    await expectEmbedMatches(adapter, "adapter_unmerged_f32");
+
+    // Exported merged and imported again: the merged case.
+    const merged = join(dir, "fixture-merged");
+    expect((await cli(["checkpoints", "export", adapter, "--format", "merged", "--out", merged], env)).code).toBe(0);
+    await expectEmbedMatches(await importRef([merged]), "adapter_merged_f32");
+  });
+
+  it("refuses a tensor of another shape, a shard missing from the index, and a config that disagrees with the tensors", async () => {
+    const copy = (fixture: string, name: string) => {
+      const target = join(dir, name);
+      cpSync(join(FIXTURES, fixture), target, { recursive: true });
+      return target;
+    };
+    const reshaped = copy("llama-f32-gqa", "reshaped");
+    const weights = readFileSync(join(reshaped, "model.safetensors"));
+    const headerLength = Number(weights.readBigUInt64LE(0));
+    const header = weights.subarray(8, 8 + headerLength).toString("utf8");
+    // Same element count, so only the header changes and the file stays well-formed.
+    const changed = header.replace('"model.layers.1.mlp.up_proj.weight":{"dtype":"F32","shape":[160,64]', '"model.layers.1.mlp.up_proj.weight":{"dtype":"F32","shape":[64,160]');
+    expect(changed).not.toBe(header);
+    writeFileSync(join(reshaped, "model.safetensors"), Buffer.concat([weights.subarray(0, 8), Buffer.from(changed), weights.subarray(8 + headerLength)]));
+
+    const unsharded = copy("llama-bf16-sharded-tied", "unsharded");
+    unlinkSync(join(unsharded, "model-00001-of-00002.safetensors"));
+
+    const disagreeing = copy("llama-f32-gqa", "disagreeing");
+    const config = JSON.parse(readFileSync(join(disagreeing, "config.json"), "utf8"));
+    writeFileSync(join(disagreeing, "config.json"), JSON.stringify({ ...config, num_key_value_heads: 4 }));
+
+    const before = (await cli(["checkpoints", "list", "--page-size", "1000", "--json"], env)).stdout;
+    for (const [folder, file, message] of [
+      [reshaped, "model.safetensors", 'tensor "model.layers.1.mlp.up_proj.weight" has shape [64, 160], config.json implies [160, 64]'],
+      [unsharded, "model-00001-of-00002.safetensors", "missing model-00001-of-00002.safetensors (named in model.safetensors.index.json)"],
+      [disagreeing, "model.safetensors", "config.json implies [64, 64]"],
+    ]) {
+      const run = await cli(["checkpoints", "import", folder], env);
+      expect(run.code, folder).toBe(1);
+      expect(run.stderr).toMatch(/^error: INVALID_ARGUMENT: /);
+      expect(run.stderr).toContain("reason: CHECKPOINT_FORMAT_INVALID");
+      expect(run.stderr).toContain(`file: ${file}`);
+      expect(run.stderr).toContain(message);
+      expect(run.stderr).not.toContain(dir);
+    }
+    expect((await cli(["checkpoints", "list", "--page-size", "1000", "--json"], env)).stdout).toBe(before);
   });
 });

@@ -6,7 +6,7 @@ import { collate } from "../../services/runtime/data/collate.ts";
 import type { LlamaModel } from "../../services/runtime/model/llama.ts";
 import { causalLmLoss } from "../../services/runtime/model/loss.ts";
 import { LoraAdapter } from "../../services/runtime/model/lora.ts";
-import { Trainer, TrainingDivergedError, type TrainOptions } from "../../services/runtime/train/loop.ts";
+import { NoTrainingTokensError, Trainer, TrainingDivergedError, type TrainOptions } from "../../services/runtime/train/loop.ts";
 import { SftStep, type StepFunction } from "../../services/runtime/train/step.ts";
 import { VaccineStep } from "../../services/runtime/train/vaccine-step.ts";
 import { EXAMPLES, tinyTokenizer, tinyWorldModel } from "../helpers/tiny-world.ts";
@@ -107,6 +107,19 @@ describe("Trainer", () => {
     expect(tf.memory().numTensors).toBe(tensors);
     trainer.dispose();
     adapter.dispose();
+    model.dispose();
+  });
+
+  it("refuses data whose prompts all fill max_sequence_length (it would train on nothing), not data where some do", () => {
+    const model = tinyWorldModel(tokenizer);
+    const promptTokens = Math.min(...EXAMPLES.map((e) => collate([{ ...e, output: "" }], tokenizer).seqLen - 1));
+    const make = (maxSequenceLength: number, data = EXAMPLES) => new Trainer({ model, data, tokenizer, options: options({ maxSequenceLength }), stepFn: new SftStep() });
+    expect(() => make(promptTokens)).toThrow(NoTrainingTokensError);
+    expect(() => make(promptTokens)).toThrow(`none of the ${EXAMPLES.length} examples has a response token within max_sequence_length ${promptTokens}`);
+    // One example with a short prompt is enough to train on.
+    const short = { instruction: "hi", input: "", output: EXAMPLES[0].output };
+    const longPrompt = EXAMPLES.map((e) => ({ ...e, instruction: `${e.instruction} `.repeat(20) }));
+    make(promptTokens + 2, [...longPrompt, short]).dispose();
     model.dispose();
   });
 

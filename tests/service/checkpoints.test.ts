@@ -5,20 +5,24 @@
  * imported model trained on by Align and FineTune.
  */
 import { createHash } from "node:crypto";
+import http2 from "node:http2";
 import { cp, mkdtemp, readdir, readFile, rm, unlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as tf from "@tensorflow/tfjs";
 import { Code, createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
-import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { compressionGzip, createGrpcTransport } from "@connectrpc/connect-node";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { anyUnpack, timestampDate } from "@bufbuild/protobuf/wkt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import {
   type Checkpoint,
   CheckpointService,
   CheckpointType,
+  ExportCheckpointRequestSchema,
   type ExportCheckpointResponse,
   ExportFormat,
   type ImportCheckpointRequest,
@@ -472,6 +476,39 @@ describe("ExportCheckpoint", () => {
     }
   });
 
+  it("sends export messages uncompressed to a client that accepts gzip, and takes a gzip-compressed import", async () => {
+    // Raw HTTP/2, to see each message's compressed flag (clients decompress without telling).
+    const session = http2.connect(server.url);
+    try {
+      const body = toBinary(ExportCheckpointRequestSchema, create(ExportCheckpointRequestSchema, { checkpoint: f32.ref, format: ExportFormat.AS_STORED }));
+      const frame = Buffer.alloc(5 + body.byteLength);
+      frame.writeUInt32BE(body.byteLength, 1);
+      frame.set(body, 5);
+      const stream = session.request({
+        ":method": "POST", ":path": "/vaccine.v1.CheckpointService/ExportCheckpoint",
+        "content-type": "application/grpc", te: "trailers", "grpc-accept-encoding": "gzip",
+      });
+      stream.end(frame);
+      const chunks: Buffer[] = [];
+      for await (const chunk of stream) chunks.push(chunk as Buffer);
+      const data = Buffer.concat(chunks);
+      const flags: number[] = [];
+      let payload = 0;
+      for (let at = 0; at < data.byteLength; at += 5 + data.readUInt32BE(at + 1)) {
+        flags.push(data[at]);
+        payload += data.readUInt32BE(at + 1);
+      }
+      expect(flags).toHaveLength(f32.files.length);
+      expect(new Set(flags)).toEqual(new Set([0]));
+      expect(payload).toBeGreaterThan(Number(f32.sizeBytes));
+    } finally {
+      session.close();
+    }
+    const gzip = createClient(CheckpointService, createGrpcTransport({ baseUrl: server.url, sendCompression: compressionGzip, acceptCompression: [compressionGzip] }));
+    const again = await gzip.importCheckpoint(folderMessages(join(FIXTURES, "llama-f32-gqa"), { type: CheckpointType.BASE_MODEL, displayName: "llama f32" }));
+    expect(again.checkpoint!.ref).toEqual(f32.ref);
+  });
+
   it("AS_STORED: the stored files unchanged; bad requests are refused", async () => {
     const files = await exportOf(bf16, ExportFormat.AS_STORED);
     expect([...files.keys()]).toEqual(await filesOf(join(FIXTURES, "llama-bf16-sharded-tied")));
@@ -529,7 +566,9 @@ describe("imported checkpoints in training", () => {
   it("Align trains over an imported model and FineTune over an imported adapter; the results embed and export", async () => {
     const data = "store://datasets/ckpt-test.jsonl";
     await deps.store.putObject(data, Buffer.from(EXAMPLES.slice(0, 6).map((e) => JSON.stringify(e)).join("\n")));
-    const training = { maxSteps: 2, batchSize: 2, learningRate: 0.01, maxSequenceLength: 48, checkpointEvery: 2 };
+    // The fixtures' byte-level tokenizer makes the Alpaca prompt about 110 tokens: a shorter
+    // maximum leaves no response token to train on (NO_TRAINING_TOKENS).
+    const training = { maxSteps: 2, batchSize: 2, learningRate: 0.01, maxSequenceLength: 160, checkpointEvery: 2 };
     const lora = { rank: 2, alpha: 4, dropout: 0 };
     const wait = async (get: () => Promise<{ state: JobState; result?: { uri: string; digest: string } }>) => {
       for (;;) {
@@ -539,6 +578,17 @@ describe("imported checkpoints in training", () => {
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
     };
+    // A maximum the prompts fill: the job fails instead of succeeding without training.
+    const { job: short } = await align.createAlignJob({ spec: { baseCheckpoint: f32.ref, dataset: { source: { case: "uri", value: data } }, method: { case: "sft", value: {} }, lora, training: { ...training, maxSequenceLength: 48 } } });
+    let failed = (await align.getAlignJob({ jobId: short!.id })).job!;
+    while (failed.state === JobState.QUEUED || failed.state === JobState.RUNNING) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      failed = (await align.getAlignJob({ jobId: short!.id })).job!;
+    }
+    expect(failed.state).toBe(JobState.FAILED);
+    expect(failed.error?.code).toBe(Code.FailedPrecondition);
+    expect(failed.error!.details.map((d) => anyUnpack(d, ErrorInfoSchema)?.reason)).toContain("NO_TRAINING_TOKENS");
+
     const { job } = await align.createAlignJob({ spec: { baseCheckpoint: f32.ref, dataset: { source: { case: "uri", value: data } }, method: { case: "sft", value: {} }, lora, training } });
     const aligned = await wait(async () => (await align.getAlignJob({ jobId: job!.id })).job!);
     const { job: ft } = await fineTune.createFineTuneJob({ spec: { alignedCheckpoint: adapter.ref, dataset: { source: { case: "uri", value: data } }, lora, training } });

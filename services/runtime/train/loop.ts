@@ -55,6 +55,17 @@ export class TrainingDivergedError extends Error {
   }
 }
 
+/**
+ * No example keeps a labelled token within maxSequenceLength (every prompt fills it): each
+ * step would have loss 0 and train nothing, and the job would still succeed.
+ */
+export class NoTrainingTokensError extends Error {
+  readonly reason = "NO_TRAINING_TOKENS";
+  constructor(readonly examples: number, readonly maxSequenceLength: number) {
+    super(`none of the ${examples} examples has a response token within max_sequence_length ${maxSequenceLength}: every prompt fills it`);
+  }
+}
+
 export interface TrainerInit {
   model: LlamaModel;
   /** Train this adapter only; without it every model weight is trained. */
@@ -85,6 +96,11 @@ export class Trainer {
     const perEpoch = batchesPerEpoch(data.length, options.batchSize);
     this.totalSteps = options.maxSteps ?? (options.epochs ?? 1) * perEpoch;
     if (!(this.totalSteps >= 1)) throw new RangeError(`training needs at least one step, got ${this.totalSteps}`);
+    // Usually settled by the first example; only data that cannot train is scanned whole.
+    const collateOptions = { maxLength: options.maxSequenceLength, mode: options.mode };
+    if (!data.some((item) => labelledTokens(collate([item], init.tokenizer, collateOptions)) > 0)) {
+      throw new NoTrainingTokensError(data.length, options.maxSequenceLength);
+    }
     if (lora) {
       this.params = new Map();
       for (const [name, pair] of lora.pairs) {
@@ -175,9 +191,15 @@ export class Trainer {
   }
 }
 
-function toTensors(b: ReturnType<typeof collate>): TrainBatch {
+/** Positions the loss applies to (labels shift by one, so position 0 never counts). */
+function labelledTokens(b: ReturnType<typeof collate>): number {
   let tokens = 0;
   for (let i = 0; i < b.batch; i++) for (let j = 1; j < b.seqLen; j++) if (b.labels[i * b.seqLen + j] !== IGNORE_INDEX) tokens++;
+  return tokens;
+}
+
+function toTensors(b: ReturnType<typeof collate>): TrainBatch {
+  const tokens = labelledTokens(b);
   return {
     inputIds: tf.tensor2d(b.inputIds, [b.batch, b.seqLen], "int32"),
     attentionMask: tf.tensor2d(b.attentionMask, [b.batch, b.seqLen], "int32"),
