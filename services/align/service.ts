@@ -1,6 +1,7 @@
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
 import type { AlignSpec } from "../../gen/vaccine/v1/training_pb.ts";
+import { boundsOf, DEFAULT_BOUNDS, type CallBounds } from "../common/bounds.ts";
 import type { SuiteDeps } from "../common/deps.ts";
 import { checkCheckpointRef, checkDatasetRef } from "../common/validate-refs.ts";
 import type { JobExecutor } from "../jobs/executor.ts";
@@ -9,7 +10,7 @@ import { checkLora, checkTraining } from "../jobs/validate.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator } from "../platform/validate.ts";
 
-export function checkAlignSpec(spec: AlignSpec | undefined): asserts spec is AlignSpec {
+export function checkAlignSpec(spec: AlignSpec | undefined, bounds: CallBounds = DEFAULT_BOUNDS): asserts spec is AlignSpec {
   const v = new RequestValidator();
   if (!spec) return v.fail("spec", "is required").check();
   checkCheckpointRef(v, "spec.base_checkpoint", spec.baseCheckpoint);
@@ -20,7 +21,7 @@ export function checkAlignSpec(spec: AlignSpec | undefined): asserts spec is Ali
     v.number("spec.vaccine.refresh_every", spec.method.value.refreshEvery, { min: 1, integer: true });
   }
   checkLora(v, "spec.lora", spec.lora);
-  checkTraining(v, "spec.training", spec.training);
+  checkTraining(v, "spec.training", spec.training, bounds);
   v.check();
 }
 
@@ -32,7 +33,7 @@ export function alignService(deps: SuiteDeps, executor: JobExecutor): ServiceMod
     register(router) {
       router.service(AlignService, {
         async createAlignJob(req) {
-          checkAlignSpec(req.spec);
+          checkAlignSpec(req.spec, boundsOf(deps));
           return jobs.create(req.spec);
         },
         getAlignJob: jobs.get,

@@ -5,6 +5,7 @@
  */
 import type { Meter, Tracer } from "@opentelemetry/api";
 import type { Logger } from "../platform/log.ts";
+import type { CallBounds } from "./bounds.ts";
 import type { BuiltinRefs } from "../runtime/pipeline/builtins.ts";
 import type { CheckpointCache } from "../runtime/pipeline/checkpoint-cache.ts";
 import type { CheckpointStore } from "../runtime/store/store.ts";
@@ -23,6 +24,10 @@ export interface SuiteDeps {
   builtins: BuiltinRefs;
   /** Upload limits of DatasetService and CheckpointService, in bytes. */
   uploads: UploadLimits;
+  /** Peak memory one training job may need, in MiB (VACCINE_JOB_MEMORY_LIMIT_MB); unset: no admission check. */
+  jobMemoryLimitMb?: number;
+  /** Per-call bounds of requests; unset ones take DEFAULT_BOUNDS (see bounds.ts). */
+  bounds?: Partial<CallBounds>;
   tracer: Tracer;
   meter: Meter;
   logger: Logger;

@@ -4,7 +4,9 @@ import {
   EmbedResponseSchema,
   EmbedService,
   Pooling,
+  type EmbedRequest,
 } from "../../gen/vaccine/v1/embed_pb.ts";
+import { boundsOf, checkTextLength, DEFAULT_BOUNDS, type CallBounds } from "../common/bounds.ts";
 import type { SuiteDeps } from "../common/deps.ts";
 import { mapCallError, withCheckpoint } from "../common/checkpoint-calls.ts";
 import type { ServiceModule } from "../platform/server.ts";
@@ -17,8 +19,8 @@ import { hiddenStates, type Pooling as RuntimePooling } from "../runtime/pipelin
 
 /** Largest number of texts in one Embed call. */
 export const MAX_EMBED_TEXTS = 256;
-/** Longest text, in tokens (also bounded by the model's positions). */
-export const MAX_EMBED_TOKENS = 1024;
+/** Largest number of layers one Embed call may name (more than any model has). */
+export const MAX_EMBED_LAYERS = 1024;
 /** Default probe: a fixed sample of the built-in alignment data. */
 export const DEFAULT_PROBE = { builtin: { name: "alignment", size: 100, seed: 0 } };
 
@@ -29,6 +31,17 @@ const POOLING: Record<Pooling, RuntimePooling> = {
   [Pooling.NONE]: "none",
 };
 
+/** Everything of an Embed request that can be checked before the model is loaded; text lengths in tokens are checked once it is. */
+export function checkEmbedRequest(req: EmbedRequest, bounds: CallBounds = DEFAULT_BOUNDS): void {
+  const v = new RequestValidator();
+  checkCheckpointRef(v, "checkpoint", req.checkpoint);
+  v.count("texts", req.texts, { min: 1, max: MAX_EMBED_TEXTS });
+  v.count("layers", req.layers, { max: MAX_EMBED_LAYERS });
+  if (req.texts.length <= MAX_EMBED_TEXTS) req.texts.forEach((t, i) => checkTextLength(v, `texts[${i}]`, t, bounds));
+  if (req.layers.length <= MAX_EMBED_LAYERS) req.layers.forEach((l, i) => v.number(`layers[${i}]`, l, { min: 0 }));
+  v.check();
+}
+
 /** EmbedService: hidden states and harmful embedding drift. */
 export function embedService(deps: SuiteDeps): ServiceModule {
   return {
@@ -36,15 +49,12 @@ export function embedService(deps: SuiteDeps): ServiceModule {
     register(router) {
       router.service(EmbedService, {
         async embed(req) {
-          const v = new RequestValidator();
-          checkCheckpointRef(v, "checkpoint", req.checkpoint);
-          v.count("texts", req.texts, { min: 1, max: MAX_EMBED_TEXTS });
-          req.layers.forEach((l, i) => v.number(`layers[${i}]`, l, { min: 0 }));
-          v.check();
+          const bounds = boundsOf(deps);
+          checkEmbedRequest(req, bounds);
           try {
             return await withCheckpoint(deps, "checkpoint", req.checkpoint, (loaded) => {
               const layers = req.layers.length ? req.layers : Array.from({ length: loaded.model.config.numHiddenLayers }, (_, i) => i);
-              const states = hiddenStates(loaded, req.texts, { layers, final: req.includeFinalHidden, pooling: POOLING[req.pooling], maxTokens: MAX_EMBED_TOKENS });
+              const states = hiddenStates(loaded, req.texts, { layers, final: req.includeFinalHidden, pooling: POOLING[req.pooling], maxTokens: bounds.maxPromptTokens });
               return create(EmbedResponseSchema, {
                 hiddenSize: loaded.model.config.hiddenSize,
                 embeddings: states.map((s) => ({

@@ -35,7 +35,8 @@ export async function experiment(options: ExperimentOptions): Promise<{ report: 
     const config = loadConfig();
     await selectBackend(config.backend, () => {});
     const server = await startServices(
-      { ...config, services: [...SERVICE_NAMES], host: "127.0.0.1", port: 0 },
+      // Its own loopback server for its own clients: plaintext, no credentials, jobs in-process.
+      { ...config, services: [...SERVICE_NAMES], host: "127.0.0.1", port: 0, tlsCert: "", tlsKey: "", tlsClientCa: "", auth: "none", healthPort: undefined, role: "all", queueUrl: "" },
       { tracer: trace.getTracer(SCOPE), meter: metrics.getMeter(SCOPE) },
       silentLogger,
     );

@@ -1,6 +1,7 @@
 import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
 import type { FineTuneSpec } from "../../gen/vaccine/v1/training_pb.ts";
+import { boundsOf, DEFAULT_BOUNDS, type CallBounds } from "../common/bounds.ts";
 import type { SuiteDeps } from "../common/deps.ts";
 import { checkCheckpointRef, checkDatasetRef } from "../common/validate-refs.ts";
 import type { JobExecutor } from "../jobs/executor.ts";
@@ -9,13 +10,13 @@ import { checkLora, checkTraining } from "../jobs/validate.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator } from "../platform/validate.ts";
 
-export function checkFineTuneSpec(spec: FineTuneSpec | undefined): asserts spec is FineTuneSpec {
+export function checkFineTuneSpec(spec: FineTuneSpec | undefined, bounds: CallBounds = DEFAULT_BOUNDS): asserts spec is FineTuneSpec {
   const v = new RequestValidator();
   if (!spec) return v.fail("spec", "is required").check();
   checkCheckpointRef(v, "spec.aligned_checkpoint", spec.alignedCheckpoint);
   checkDatasetRef(v, "spec.dataset", spec.dataset);
   checkLora(v, "spec.lora", spec.lora);
-  checkTraining(v, "spec.training", spec.training);
+  checkTraining(v, "spec.training", spec.training, bounds);
   const gate = spec.moderationGate;
   if (gate?.enabled) {
     v.number("spec.moderation_gate.max_flagged_fraction", gate.maxFlaggedFraction, { min: 0, max: 1 });
@@ -33,7 +34,7 @@ export function fineTuneService(deps: SuiteDeps, executor: JobExecutor): Service
     register(router) {
       router.service(FineTuneService, {
         async createFineTuneJob(req) {
-          checkFineTuneSpec(req.spec);
+          checkFineTuneSpec(req.spec, boundsOf(deps));
           return jobs.create(req.spec);
         },
         getFineTuneJob: jobs.get,

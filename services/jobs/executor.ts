@@ -56,8 +56,11 @@ export interface JobExecutor {
   list(kind: JobKind, pageSize: number, pageToken: string): Promise<{ jobs: Job[]; nextPageToken: string }>;
   /** Cancels a queued job at once, a running one after its current step; final jobs are returned as they are. */
   cancel(kind: JobKind, id: string): Promise<Job>;
-  /** The job's events from the first, then live ones; ends after the final state change. */
-  watch(kind: JobKind, id: string, signal: AbortSignal): AsyncIterable<JobEvent>;
+  /**
+   * The job's events from the first (or after `afterSequence`, to resume), then live ones;
+   * ends after the final state change.
+   */
+  watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence?: number): AsyncIterable<JobEvent>;
   /** Stops taking jobs, asks running ones to checkpoint and stop, and waits for them. */
   shutdown(): Promise<void>;
 }

@@ -36,8 +36,12 @@ export function jobHandlers(deps: SuiteDeps, executor: JobExecutor, kind: JobKin
       v.check();
       return executor.list(kind, req.pageSize, req.pageToken);
     },
-    async *watch(req: { jobId: string }, ctx: HandlerContext) {
-      for await (const event of executor.watch(kind, byId(req), ctx.signal)) yield { event };
+    async *watch(req: { jobId: string; afterSequence: number }, ctx: HandlerContext) {
+      const v = new RequestValidator();
+      checkJobId(v, req.jobId);
+      v.number("after_sequence", req.afterSequence, { min: 0, integer: true });
+      v.check();
+      for await (const event of executor.watch(kind, req.jobId, ctx.signal, req.afterSequence)) yield { event };
     },
   };
 }

@@ -1,7 +1,8 @@
 /**
  * What a Create call checks before a job exists: the parent checkpoint exists and has a kind
  * the stage can train on (unknown: NOT_FOUND), the dataset parses (bad: INVALID_ARGUMENT with
- * file and line), and for fine-tuning the moderation gate passes.
+ * file and line), the job's estimated peak memory is within the per-job limit (over:
+ * RESOURCE_EXHAUSTED, admission.ts), and for fine-tuning the moderation gate passes.
  */
 import { Code } from "@connectrpc/connect";
 import type { AlignSpec, FineTuneSpec, ModerationGate } from "../../gen/vaccine/v1/training_pb.ts";
@@ -13,12 +14,13 @@ import type { Example } from "../runtime/data/template.ts";
 import { DEFAULT_THRESHOLD, pairOfExample } from "../runtime/moderation/classifier.ts";
 import { resolveExamples } from "../runtime/pipeline/datasets.ts";
 import { KIND } from "../runtime/pipeline/load.ts";
+import { admitJob, jobShapeOf } from "./admission.ts";
 import { parentOf, type Stage } from "./spec.ts";
 
 const PARENT_FIELD: Record<Stage, string> = { align: "spec.base_checkpoint", finetune: "spec.aligned_checkpoint" };
 
 /** Everything a Create call can check before queueing: the parent exists and fits, the data parses (and passes the moderation gate). */
-export async function checkJobInputs(deps: Pick<SuiteDeps, "store" | "checkpoints" | "builtins">, stage: Stage, spec: AlignSpec | FineTuneSpec): Promise<void> {
+export async function checkJobInputs(deps: Pick<SuiteDeps, "store" | "checkpoints" | "builtins" | "jobMemoryLimitMb">, stage: Stage, spec: AlignSpec | FineTuneSpec): Promise<void> {
   const { store } = deps;
   const field = PARENT_FIELD[stage];
   let kind: string;
@@ -37,6 +39,7 @@ export async function checkJobInputs(deps: Pick<SuiteDeps, "store" | "checkpoint
   } catch (err) {
     throw toRpcError(err, { datasetField: "spec.dataset" });
   }
+  if (deps.jobMemoryLimitMb !== undefined) admitJob(await jobShapeOf(store, stage, spec, examples), deps.jobMemoryLimitMb);
   const gate = stage === "finetune" ? (spec as FineTuneSpec).moderationGate : undefined;
   if (gate?.enabled) await screenDataset(deps, gate, examples);
 }

@@ -40,6 +40,8 @@ export interface LocalExecutorOptions {
   /** For the job gauges and the finished-jobs counter (see JOB_METRICS). */
   meter?: Meter;
   logger?: Logger;
+  /** The jobs folder's lock (jobs-dir-lock.ts), released once running jobs have stopped at shutdown. */
+  lock?: { release(): void };
 }
 
 const FINAL = new Set([JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED]);
@@ -153,9 +155,10 @@ export class LocalExecutor implements JobExecutor {
     return clone(JobSchema, job);
   }
 
-  async *watch(kind: JobKind, id: string, signal: AbortSignal): AsyncGenerator<JobEvent> {
+  async *watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence = 0): AsyncGenerator<JobEvent> {
     const entry = this.entry(kind, id);
-    let sent = 0;
+    // Sequence n is events[n - 1].
+    let sent = afterSequence;
     let wake: () => void = () => {};
     const waker = () => wake();
     entry.wake.add(waker);
@@ -180,6 +183,7 @@ export class LocalExecutor implements JobExecutor {
     const running = [...this.entries.values()].filter((e) => e.abort);
     for (const e of running) e.abort!.abort("shutdown" satisfies StopReason);
     await Promise.all(running.map((e) => e.done));
+    this.options.lock?.release();
   }
 
   private entry(kind: JobKind, id: string): Entry {

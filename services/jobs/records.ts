@@ -46,26 +46,33 @@ export class JobRecords {
 
   /** Every record on disk; a torn last event line (a crash mid-append) is dropped. */
   loadAll(): JobRecord[] {
-    const records: JobRecord[] = [];
-    for (const name of readdirSync(this.dir)) {
-      const id = name.replace(/\.json$/, "");
-      if (!name.endsWith(".json") || !ID.test(id)) continue;
-      const raw = JSON.parse(readFileSync(join(this.dir, name), "utf8")) as { job: JsonValue; link?: TraceLink };
-      const events: JobEvent[] = [];
-      try {
-        for (const line of readFileSync(join(this.dir, `${id}.events.jsonl`), "utf8").split("\n")) {
-          if (!line) continue;
-          try {
-            events.push(fromJson(JobEventSchema, JSON.parse(line), options));
-          } catch {
-            break;
-          }
-        }
-      } catch {
-        // No events file yet: the process stopped between creating the record and its first event.
-      }
-      records.push({ job: fromJson(JobSchema, raw.job, options), link: raw.link, events });
+    const ids = readdirSync(this.dir).flatMap((name) => (name.endsWith(".json") && ID.test(name.slice(0, -5)) ? [name.slice(0, -5)] : []));
+    return ids.flatMap((id) => this.load(id) ?? []);
+  }
+
+  /** One job's record and events as they are on disk now, or undefined for an unknown id. */
+  load(id: string): JobRecord | undefined {
+    if (!ID.test(id)) return undefined;
+    let raw: { job: JsonValue; link?: TraceLink };
+    try {
+      raw = JSON.parse(readFileSync(join(this.dir, `${id}.json`), "utf8"));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw err;
     }
-    return records;
+    const events: JobEvent[] = [];
+    try {
+      for (const line of readFileSync(join(this.dir, `${id}.events.jsonl`), "utf8").split("\n")) {
+        if (!line) continue;
+        try {
+          events.push(fromJson(JobEventSchema, JSON.parse(line), options));
+        } catch {
+          break;
+        }
+      }
+    } catch {
+      // No events file yet: the process stopped between creating the record and its first event.
+    }
+    return { job: fromJson(JobSchema, raw.job, options), link: raw.link, events };
   }
 }

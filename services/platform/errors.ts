@@ -56,3 +56,11 @@ export function toStatus(err: ConnectError): Status {
   );
   return create(StatusSchema, { code: err.code, message: err.rawMessage, details });
 }
+
+/** The inverse of toStatus: an error recorded or sent as a google.rpc.Status, as an RPC error again with the same details. */
+export function fromStatus(status: Status): ConnectError {
+  const err = new ConnectError(status.message, status.code as Code);
+  // Already-encoded details, as a client receives them.
+  for (const a of status.details) err.details.push({ type: a.typeUrl.slice(a.typeUrl.lastIndexOf("/") + 1), value: a.value });
+  return err;
+}

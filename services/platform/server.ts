@@ -1,16 +1,25 @@
 import http from "node:http";
 import http2 from "node:http2";
 import net, { type AddressInfo } from "node:net";
+import type { TLSSocket } from "node:tls";
 import type { DescService } from "@bufbuild/protobuf";
-import type { ConnectRouter, Interceptor } from "@connectrpc/connect";
+import { createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { TracerProvider } from "@opentelemetry/api";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
+import { accessControl, checkPolicyCovers, type AccessOptions } from "./access.ts";
+import { superviseSession } from "./connections.ts";
+import { unaryDeadline } from "./deadline.ts";
+import type { FileWatch } from "./file-watch.ts";
 import { HealthRegistry, ServingStatus } from "./health.ts";
+import { DEFAULT_LIMITS, type Limits } from "./limits.ts";
 import { silentLogger, type Logger } from "./log.ts";
+import { PEER, peerOf } from "./peer.ts";
+import { rateLimit, type RateLimitOptions } from "./rate-limit.ts";
 import { registerReflection } from "./reflection.ts";
 import { serverTracing } from "./rpc-tracing.ts";
+import { createTlsServer, type TlsFiles } from "./tls.ts";
 
 /** One service of the suite as the platform sees it: its contract and how to route it. */
 export interface ServiceModule {
@@ -27,12 +36,24 @@ export interface ServerOptions {
   interceptors?: Interceptor[];
   /** Longest wait for shutdown hooks and open calls before sessions are destroyed. */
   shutdownTimeoutMs?: number;
+  /** TLS (and mTLS with a client CA) on the port; plaintext without. */
+  tls?: TlsFiles;
+  /** Authentication and the access policy; without an authenticator every call is anonymous with every role. */
+  access?: AccessOptions;
+  /** Message size, deadlines, streams and connection timeouts; unset fields take DEFAULT_LIMITS. */
+  limits?: Partial<Limits>;
+  /** Per-tenant request rate; unset: no limit. */
+  rateLimit?: RateLimitOptions;
+  /** A second, plaintext port serving only grpc.health.v1, for probes that cannot speak TLS (0 picks one). */
+  healthPort?: number;
 }
 
 export interface RunningServer {
   port: number;
-  /** http://host:port, for clients. */
+  /** http://host:port (https with TLS), for clients. */
   url: string;
+  /** The plaintext health port, when one was asked for. */
+  healthPort?: number;
   health: HealthRegistry;
   /** Work to finish before connections close on shutdown (e.g. save the state of background work). */
   onShutdown(hook: () => Promise<void>): void;
@@ -41,35 +62,59 @@ export interface RunningServer {
 }
 
 /**
- * Serves the given services, grpc.health.v1 and server reflection on one cleartext port,
- * speaking gRPC, gRPC-Web and Connect (connect-node answers all three). HTTP/2 (prior
- * knowledge) and HTTP/1.1 share the port, so plain curl works as well as gRPC clients.
+ * Serves the given services, grpc.health.v1 and server reflection on one port, speaking
+ * gRPC, gRPC-Web and Connect (connect-node answers all three). HTTP/2 and HTTP/1.1 share the
+ * port, so plain curl works as well as gRPC clients: in plaintext the first bytes tell them
+ * apart, with TLS the ALPN protocol does.
  */
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const logger = options.logger ?? silentLogger;
+  const limits: Limits = { ...DEFAULT_LIMITS, ...options.limits };
   const health = new HealthRegistry(options.services.map((s) => s.desc.typeName));
   const stopping = new AbortController();
   const hooks: (() => Promise<void>)[] = [];
+  const access = options.access ?? {};
+  if (access.policy) checkPolicyCovers(access.policy, options.services.map((s) => s.desc));
+  const host = options.host ?? "127.0.0.1";
+  if (!access.authenticator && !isLoopback(host)) {
+    logger.warn(
+      { host, auth: "none" },
+      "AUTHENTICATION IS OFF on a non-loopback address: anyone who reaches this port can read, train on and delete every tenant's data. Set VACCINE_AUTH (token, jwt or mtls).",
+    );
+  }
 
   const handler = connectNodeAdapter({
     shutdownSignal: stopping.signal,
-    interceptors: [serverTracing(options.tracerProvider), ...(options.interceptors ?? [])],
+    // Larger messages are refused from their length prefix (or Content-Length), before being read.
+    readMaxBytes: limits.maxMessageBytes,
+    interceptors: [
+      serverTracing(options.tracerProvider),
+      accessControl({ ...access, logger: access.logger ?? logger }),
+      ...(options.rateLimit ? [rateLimit(options.rateLimit)] : []),
+      unaryDeadline(limits.unaryDeadlineMs),
+      ...(options.interceptors ?? []),
+    ],
+    contextValues: (req) => createContextValues().set(PEER, peerOf(req)),
     routes: (router) => {
       for (const service of options.services) service.register(router);
       health.register(router);
       registerReflection(router, [...options.services.map((s) => s.desc), Health, ServerReflection]);
     },
   });
-  const h2 = http2.createServer(handler);
+  const h2 = http2.createServer({ settings: { maxConcurrentStreams: limits.maxConcurrentStreams } }, handler);
   const h1 = http.createServer(handler);
   const sessions = new Set<http2.Http2Session>();
   h2.on("session", (session) => {
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
+    superviseSession(session, limits, logger);
   });
   // An HTTP/2 client opens with the connection preface "PRI * HTTP/2.0"; anything else is HTTP/1.
-  const server = net.createServer((socket) => {
+  const sniff = (socket: net.Socket) => {
+    // A connection that never sends a byte must not stay open.
+    socket.setTimeout(limits.handshakeTimeoutMs, () => socket.destroy());
     socket.once("data", (first) => {
+      socket.setTimeout(0);
       socket.pause();
       socket.unshift(first);
       if (first.subarray(0, 3).toString("latin1") === "PRI") {
@@ -80,19 +125,43 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         socket.resume();
       }
     });
-  });
-
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(options.port ?? 0, options.host ?? "127.0.0.1", () => {
-      server.off("error", reject);
-      resolve();
+  };
+  let certificates: FileWatch | undefined;
+  let server: net.Server;
+  if (options.tls) {
+    const front = createTlsServer(options.tls, limits.handshakeTimeoutMs, logger, (socket: TLSSocket) => {
+      if (socket.alpnProtocol === "h2") h2.emit("connection", socket);
+      else if (socket.alpnProtocol === "http/1.1") h1.emit("connection", socket);
+      else sniff(socket); // a client without ALPN
     });
-  });
+    server = front.server;
+    certificates = front.watch;
+  } else {
+    server = net.createServer(sniff);
+  }
+
+  try {
+    await listen(server, options.port ?? 0, host);
+  } catch (err) {
+    certificates?.close();
+    access.authenticator?.close();
+    throw err;
+  }
   const { address, port } = server.address() as AddressInfo;
-  const host = address.includes(":") ? `[${address}]` : address;
+  const probe = options.healthPort === undefined ? undefined : await startHealthPort(health, options.healthPort, host);
+  const shown = address.includes(":") ? `[${address}]` : address;
   health.setAll(ServingStatus.SERVING);
-  logger.info({ address, port, services: options.services.map((s) => s.desc.typeName) }, "serving");
+  logger.info(
+    {
+      address,
+      port,
+      tls: options.tls ? (options.tls.clientCaFile ? "mtls" : "tls") : "off",
+      auth: access.authenticator?.mode ?? "none",
+      healthPort: probe?.port,
+      services: options.services.map((s) => s.desc.typeName),
+    },
+    "serving",
+  );
 
   let shutdownPromise: Promise<void> | undefined;
   const shutdown = async () => {
@@ -104,6 +173,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     await withTimeout(Promise.allSettled(hooks.map((h) => h())), timeoutMs);
     // 3. Calls still in flight are aborted through connect's shutdown signal.
     stopping.abort();
+    certificates?.close();
+    access.authenticator?.close();
     // 4. No new connections; open sessions close once their streams end, or are destroyed.
     const closed = Promise.all([
       new Promise<void>((resolve) => server.close(() => resolve())),
@@ -116,15 +187,54 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       h1.closeAllConnections();
       await closed;
     }
+    await probe?.close();
     logger.info("stopped");
   };
 
   return {
     port,
-    url: `http://${host}:${port}`,
+    url: `${options.tls ? "https" : "http"}://${shown}:${port}`,
+    healthPort: probe?.port,
     health,
     onShutdown: (hook) => void hooks.push(hook),
     shutdown: () => (shutdownPromise ??= shutdown()),
+  };
+}
+
+function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || /^127\./.test(host);
+}
+
+function listen(server: net.Server, port: number, host: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+}
+
+/**
+ * grpc.health.v1 alone on a plaintext HTTP/2 port: Kubernetes' gRPC probes cannot speak TLS
+ * (nor present a client certificate). It reveals serving statuses and nothing else.
+ */
+async function startHealthPort(health: HealthRegistry, port: number, host: string): Promise<{ port: number; close(): Promise<void> }> {
+  const server = http2.createServer(connectNodeAdapter({ routes: (router) => health.register(router) }));
+  const sessions = new Set<http2.Http2Session>();
+  server.on("session", (session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+  });
+  await listen(server, port, host);
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: async () => {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      // Probes are short calls: nothing to wait for.
+      for (const session of sessions) session.destroy();
+      await closed;
+    },
   };
 }
 

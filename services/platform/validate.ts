@@ -1,5 +1,15 @@
 import { invalidArgument } from "./errors.ts";
 
+/** Violations listed in one error: a 16 MiB repeated field must not become a larger error. */
+export const MAX_VIOLATIONS = 100;
+/** Longest echo of a client's string in an error message. */
+const MAX_ECHO = 64;
+
+/** A client's string as an error may quote it: bounded, so a huge value is not sent back or logged. */
+export function echo(value: string): string {
+  return value.length <= MAX_ECHO ? JSON.stringify(value) : `${JSON.stringify(value.slice(0, MAX_ECHO))}... (${value.length} characters)`;
+}
+
 interface Bounds {
   min?: number;
   max?: number;
@@ -16,9 +26,11 @@ interface Bounds {
  */
 export class RequestValidator {
   private readonly violations: { field: string; description: string }[] = [];
+  private dropped = 0;
 
   fail(field: string, description: string): this {
-    this.violations.push({ field, description });
+    if (this.violations.length < MAX_VIOLATIONS) this.violations.push({ field, description });
+    else this.dropped++;
     return this;
   }
 
@@ -49,12 +61,19 @@ export class RequestValidator {
 
   /** A value that must be one of a fixed set. */
   oneOf(field: string, value: string, allowed: readonly string[]): this {
-    if (!allowed.includes(value)) this.fail(field, `must be one of ${allowed.join(", ")}, got "${value}"`);
+    if (!allowed.includes(value)) this.fail(field, `must be one of ${allowed.join(", ")}, got ${echo(value)}`);
+    return this;
+  }
+
+  /** A string of at most `max` characters (UTF-16 code units), named as the bound `bound`. */
+  length(field: string, value: string, max: number, bound = "the limit"): this {
+    if (value.length > max) this.fail(field, `is ${value.length} characters long; ${bound} is ${max}`);
     return this;
   }
 
   /** Throws INVALID_ARGUMENT with ErrorInfo and BadRequest when anything failed. */
   check(): void {
+    if (this.dropped > 0) this.violations.push({ field: "(more)", description: `${this.dropped} further violation(s) not listed` });
     if (this.violations.length > 0) throw invalidArgument(this.violations);
   }
 }

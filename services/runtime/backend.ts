@@ -64,6 +64,17 @@ export async function selectBackend(
   throw new Error(`no tfjs backend could be used: ${skipped.map((s) => `${s.name}: ${s.reason}`).join("; ")}`);
 }
 
+/**
+ * The backend an earlier selectBackend call activated, while it is still tfjs's current one:
+ * what a training worker thread selects so that it computes as the serving thread does.
+ */
+export function activeBackend(): BackendName | undefined {
+  // tf.getBackend() would initialise a backend of its own choice when none was selected.
+  if (selections.size === 0) return undefined;
+  for (const s of selections.values()) if (tf.getBackend() === s.tfBackend) return s.backend;
+  return undefined;
+}
+
 async function activate(name: BackendName): Promise<void> {
   const { tfBackend, load } = loaders[name];
   await load();

@@ -1,14 +1,24 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { DatasetRef } from "../../gen/vaccine/v1/common_pb.ts";
-import { FinishReason, GenerateResponseSchema, ModerateResponseSchema, ScoreService, TaskKind } from "../../gen/vaccine/v1/score_pb.ts";
+import {
+  FinishReason,
+  GenerateResponseSchema,
+  ModerateResponseSchema,
+  ScoreService,
+  TaskKind,
+  type GenerateRequest,
+  type ModerateRequest,
+} from "../../gen/vaccine/v1/score_pb.ts";
+import { boundsOf, checkTextLength, checkTokenCount, DEFAULT_BOUNDS, type CallBounds } from "../common/bounds.ts";
 import { mapCallError, withCheckpoint } from "../common/checkpoint-calls.ts";
 import { rpcError } from "../platform/errors.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
 import { checkpointRefOf, datasetSource } from "../common/refs.ts";
 import { parseTaskAnswer, type Task } from "../runtime/eval/task-parsers.ts";
-import { DEFAULT_THRESHOLD, type ModerationResult } from "../runtime/moderation/classifier.ts";
-import { answer } from "../runtime/pipeline/answers.ts";
+import { DEFAULT_THRESHOLD, formatPair, type ModerationClassifier, type ModerationResult } from "../runtime/moderation/classifier.ts";
+import { answer, promptIds } from "../runtime/pipeline/answers.ts";
+import type { LoadedCheckpoint } from "../runtime/pipeline/load.ts";
 import { resolveExamples, type DatasetSource } from "../runtime/pipeline/datasets.ts";
 import { inferTask, scoreHarmfulness, scoreTask } from "../runtime/pipeline/scoring.ts";
 import type { SuiteDeps } from "../common/deps.ts";
@@ -20,12 +30,71 @@ import { checkCheckpointRef, checkDatasetRef } from "../common/validate-refs.ts"
 export const MAX_BATCH = 256;
 /** Answer length when unset: the harmful score's 128 tokens. */
 export const DEFAULT_NEW_TOKENS = 128;
-/** Largest max_new_tokens accepted. */
-export const MAX_NEW_TOKENS = 1024;
 
 const threshold = (v: RequestValidator, value: number | undefined) => v.number("threshold", value, { min: 0, max: 1 });
-const newTokens = (v: RequestValidator, value: number | undefined) =>
-  v.number("max_new_tokens", value, { min: 1, max: MAX_NEW_TOKENS, integer: true });
+const newTokens = (v: RequestValidator, value: number | undefined, bounds: CallBounds) =>
+  v.number("max_new_tokens", value, { min: 1, max: bounds.maxNewTokens, integer: true });
+
+/** Everything of a Generate request that can be checked before the model is loaded. */
+export function checkGenerateRequest(req: GenerateRequest, bounds: CallBounds = DEFAULT_BOUNDS): void {
+  const v = new RequestValidator();
+  checkCheckpointRef(v, "checkpoint", req.checkpoint);
+  v.count("prompts", req.prompts, { min: 1, max: MAX_BATCH });
+  if (req.prompts.length <= MAX_BATCH) {
+    req.prompts.forEach((p, i) => {
+      checkTextLength(v, `prompts[${i}].instruction`, p.instruction, bounds);
+      checkTextLength(v, `prompts[${i}].input`, p.input, bounds);
+    });
+  }
+  newTokens(v, req.maxNewTokens, bounds);
+  const generated = req.prompts.length * (req.maxNewTokens ?? DEFAULT_NEW_TOKENS);
+  if (generated > bounds.maxGeneratedTokens) {
+    v.fail("max_new_tokens", `prompts x max_new_tokens = ${req.prompts.length} x ${req.maxNewTokens ?? DEFAULT_NEW_TOKENS} = ${generated}; the bound on generated tokens per call is ${bounds.maxGeneratedTokens}`);
+  }
+  if (req.decoding.case === "sampled") {
+    v.number("sampled.temperature", req.decoding.value.temperature, { above: 0 });
+    v.number("sampled.top_p", req.decoding.value.topP, { above: 0, max: 1 });
+  }
+  v.check();
+}
+
+/** Prompt lengths in tokens, with the template, once the model is loaded: at least one position must be left to generate into. */
+export function checkPromptTokens(loaded: Pick<LoadedCheckpoint, "tokenizer" | "model">, prompts: GenerateRequest["prompts"], bounds: CallBounds): void {
+  const v = new RequestValidator();
+  const positions = loaded.model.config.maxPositionEmbeddings;
+  prompts.forEach((p, i) =>
+    checkTokenCount(v, `prompts[${i}]`, promptIds(loaded, p).length, bounds, { limit: positions - 1, what: "the model's positions less one to generate" }),
+  );
+  v.check();
+}
+
+/** Everything of a Moderate request that can be checked before the model is loaded. */
+export function checkModerateRequest(req: ModerateRequest, bounds: CallBounds = DEFAULT_BOUNDS): void {
+  const v = new RequestValidator();
+  checkCheckpointRef(v, "moderation_model", req.moderationModel, false);
+  v.count("pairs", req.pairs, { min: 1, max: MAX_BATCH });
+  if (req.pairs.length <= MAX_BATCH) {
+    req.pairs.forEach((p, i) => {
+      checkTextLength(v, `pairs[${i}].prompt`, p.prompt, bounds);
+      checkTextLength(v, `pairs[${i}].answer`, p.answer, bounds);
+    });
+  }
+  threshold(v, req.threshold);
+  v.check();
+}
+
+/** Pair lengths in tokens as the classifier reads them: over its length, it would silently cut the answer. */
+export function checkPairTokens(c: Pick<ModerationClassifier, "tokenizer" | "config" | "maxLength">, pairs: ModerateRequest["pairs"], bounds: CallBounds): void {
+  const v = new RequestValidator();
+  const bos = c.tokenizer.addBos && c.tokenizer.bosId !== null ? 1 : 0;
+  pairs.forEach((p, i) =>
+    checkTokenCount(v, `pairs[${i}]`, bos + c.tokenizer.encode(formatPair(p, c.config.inputTemplate)).length, bounds, {
+      limit: c.maxLength,
+      what: "the moderation model's input length",
+    }),
+  );
+  v.check();
+}
 
 /** Answer length of task accuracy when unset (the reference's 200). */
 export const DEFAULT_TASK_TOKENS = 200;
@@ -83,26 +152,20 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
     register(router) {
       router.service(ScoreService, {
         async generate(req, ctx) {
-          const v = new RequestValidator();
-          checkCheckpointRef(v, "checkpoint", req.checkpoint);
-          v.count("prompts", req.prompts, { min: 1, max: MAX_BATCH });
-          newTokens(v, req.maxNewTokens);
-          if (req.decoding.case === "sampled") {
-            v.number("sampled.temperature", req.decoding.value.temperature, { above: 0 });
-            v.number("sampled.top_p", req.decoding.value.topP, { above: 0, max: 1 });
-          }
-          v.check();
+          const bounds = boundsOf(deps);
+          checkGenerateRequest(req, bounds);
           const sampled = req.decoding.case === "sampled" ? req.decoding.value : undefined;
-          const answers = await withCheckpoint(deps, "checkpoint", req.checkpoint, (loaded) =>
-            answer(loaded, req.prompts, {
+          const answers = await withCheckpoint(deps, "checkpoint", req.checkpoint, (loaded) => {
+            checkPromptTokens(loaded, req.prompts, bounds);
+            return answer(loaded, req.prompts, {
               maxNewTokens: req.maxNewTokens ?? DEFAULT_NEW_TOKENS,
               temperature: sampled ? (sampled.temperature ?? 1) : 0,
               topP: sampled?.topP ?? 1,
               seed: sampled?.seed ?? 0,
               // Between tokens: a deadline or cancel stops the decoding, not just the response.
               signal: ctx.signal,
-            }),
-          );
+            });
+          });
           return create(GenerateResponseSchema, {
             generations: answers.map((a) => ({
               text: a.text,
@@ -112,14 +175,14 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
           });
         },
         async moderate(req) {
-          const v = new RequestValidator();
-          checkCheckpointRef(v, "moderation_model", req.moderationModel, false);
-          v.count("pairs", req.pairs, { min: 1, max: MAX_BATCH });
-          threshold(v, req.threshold);
-          v.check();
+          const bounds = boundsOf(deps);
+          checkModerateRequest(req, bounds);
           const ref = moderationRef(req.moderationModel);
           const results = await deps.checkpoints
-            .useModeration(ref, (c) => c.classify(req.pairs, req.threshold ?? DEFAULT_THRESHOLD))
+            .useModeration(ref, (c) => {
+              checkPairTokens(c, req.pairs, bounds);
+              return c.classify(req.pairs, req.threshold ?? DEFAULT_THRESHOLD);
+            })
             .catch((err) => mapCallError(err, "moderation_model"));
           return create(ModerateResponseSchema, { results: results.map(moderationResult) });
         },
@@ -128,7 +191,7 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
           checkCheckpointRef(v, "checkpoint", req.checkpoint);
           checkDatasetRef(v, "prompts", req.prompts, false);
           v.number("limit", req.limit, { min: 1, integer: true });
-          newTokens(v, req.maxNewTokens);
+          newTokens(v, req.maxNewTokens, boundsOf(deps));
           checkCheckpointRef(v, "moderation_model", req.moderationModel, false);
           threshold(v, req.threshold);
           v.number("sample_count", req.sampleCount, { min: 0, integer: true });
@@ -158,7 +221,7 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
           checkCheckpointRef(v, "checkpoint", req.checkpoint);
           checkDatasetRef(v, "dataset", req.dataset);
           v.number("limit", req.limit, { min: 1, integer: true });
-          newTokens(v, req.maxNewTokens);
+          newTokens(v, req.maxNewTokens, boundsOf(deps));
           v.number("sample_count", req.sampleCount, { min: 0, integer: true });
           v.check();
           const examples = await examplesOf(req.dataset, undefined, "dataset", req.limit);

@@ -4,11 +4,15 @@
  * the variable, and the README's configuration table can be checked against this list.
  */
 import { LOG_LEVELS, type LogLevel } from "../platform/log.ts";
+import { AUTH_MODES, type AuthMode } from "../platform/principal.ts";
 
 export const SERVICE_NAMES = ["align", "finetune", "embed", "score", "datasets", "checkpoints"] as const;
 export type ServiceName = (typeof SERVICE_NAMES)[number];
 
 export const BACKENDS = ["auto", "tensorflow-gpu", "tensorflow", "wasm", "cpu"] as const;
+
+/** all: serve and train; api: serve every RPC and enqueue; worker: train queued jobs (health only). */
+export const ROLES = ["all", "api", "worker"] as const;
 
 export interface Config {
   host: string;
@@ -24,12 +28,47 @@ export interface Config {
   cacheDir: string;
   jobsDir: string;
   maxRunningJobs: number;
+  /** Peak memory one training job may need, in MiB; "auto": see defaultJobMemoryLimitMb (jobs/admission.ts). */
+  jobMemoryLimitMb: number | "auto";
   modelCacheMb: number;
   maxDatasetMb: number;
   maxCheckpointMb: number;
   maxUploadFileMb: number;
   shutdownTimeoutMs: number;
   logLevel: LogLevel;
+  role: (typeof ROLES)[number];
+  queueUrl: string;
+  workerConcurrency: number;
+  workerLockMs: number;
+  jobAttempts: number;
+  // Transport, authentication and limits (docs/security.md).
+  tlsCert: string;
+  tlsKey: string;
+  tlsClientCa: string;
+  healthPort: number | undefined;
+  auth: AuthMode;
+  authTokensFile: string;
+  authJwks: string;
+  authIssuer: string;
+  authAudience: string;
+  authClockSkewS: number;
+  authTenantClaim: string;
+  authRolesClaim: string;
+  authMtlsMap: string;
+  reflectionOpen: boolean;
+  maxMessageMb: number;
+  unaryDeadlineMs: number;
+  maxStreamsPerConnection: number;
+  keepaliveMs: number;
+  keepaliveTimeoutMs: number;
+  idleTimeoutMs: number;
+  rateLimitRps: number;
+  rateLimitBurst: number;
+  maxPromptTokens: number;
+  maxNewTokens: number;
+  maxGeneratedTokens: number;
+  maxSteps: number;
+  maxTrainingTokens: number;
 }
 
 interface Variable<K extends keyof Config> {
@@ -64,6 +103,26 @@ function serviceList(raw: string): ServiceName[] {
   return [...new Set(names)] as ServiceName[];
 }
 
+function redisUrl(raw: string): string {
+  if (raw !== "" && !/^rediss?:\/\/[^/]+(\/\d+)?$/.test(raw)) throw new BadValue("redis://host:port/db (or rediss:// for TLS), or empty");
+  return raw;
+}
+
+function optionalPort(raw: string): number | undefined {
+  return raw === "" ? undefined : integer(0, 65535)(raw);
+}
+
+function bool(raw: string): boolean {
+  if (raw !== "true" && raw !== "false") throw new BadValue("true or false");
+  return raw === "true";
+}
+
+/** A file path, an https:// URL, or empty; plain http would let the network forge the keys. */
+function jwksSource(raw: string): string {
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(raw) && !/^https:\/\//i.test(raw)) throw new BadValue("a file path or an https:// URL");
+  return raw;
+}
+
 function nonEmpty(raw: string): string {
   if (raw.trim() === "") throw new BadValue("a non-empty string");
   return raw;
@@ -90,9 +149,63 @@ export const VARIABLES = [
   v({ name: "VACCINE_MAX_CHECKPOINT_MB", key: "maxCheckpointMb", default: "65536", description: "Largest checkpoint folder an import may send, in MiB (all files).", parse: integer(1, 16_777_216) }),
   v({ name: "VACCINE_MAX_UPLOAD_FILE_MB", key: "maxUploadFileMb", default: "32768", description: "Largest single file of a checkpoint import, in MiB.", parse: integer(1, 16_777_216) }),
   v({ name: "VACCINE_MAX_RUNNING_JOBS", key: "maxRunningJobs", default: "1", description: "Training jobs run at once per process (one per accelerator).", parse: integer(1, 64) }),
+  v({
+    name: "VACCINE_JOB_MEMORY_LIMIT_MB",
+    key: "jobMemoryLimitMb",
+    default: "auto",
+    description: "Estimated peak memory one training job may need, in MiB; a job over it is refused at Create (RESOURCE_EXHAUSTED). auto: half the memory of the machine or cgroup, shared by the jobs that run at once (VACCINE_MAX_RUNNING_JOBS, or VACCINE_WORKER_CONCURRENCY with a queue), at most 4096 on the wasm backend.",
+    parse: (raw) => (raw === "auto" ? "auto" : integer(64, 16_777_216)(raw)),
+  }),
   v({ name: "VACCINE_SHUTDOWN_TIMEOUT_MS", key: "shutdownTimeoutMs", default: "10000", description: "Longest wait for in-flight work on SIGTERM before closing anyway.", parse: integer(0, 3_600_000) }),
   v({ name: "VACCINE_LOG_LEVEL", key: "logLevel", default: "info", description: "debug, info, warn or error.", parse: choice(LOG_LEVELS) }),
+  v({ name: "VACCINE_ROLE", key: "role", default: "all", description: "all (serve and train), api (serve and enqueue, no training) or worker (train queued jobs; health only). api and worker need VACCINE_QUEUE_URL.", parse: choice(ROLES) }),
+  v({ name: "VACCINE_QUEUE_URL", key: "queueUrl", default: "", description: "Redis of the shared job queue, redis://host:port/db (empty: jobs run embedded in this process).", parse: redisUrl }),
+  v({ name: "VACCINE_WORKER_CONCURRENCY", key: "workerConcurrency", default: "1", description: "Queued jobs a worker trains at once (one per accelerator).", parse: integer(1, 64) }),
+  v({ name: "VACCINE_WORKER_LOCK_MS", key: "workerLockMs", default: "30000", description: "A worker's lock on a job; a killed worker's job is taken over within about twice this.", parse: integer(1000, 3_600_000) }),
+  v({ name: "VACCINE_JOB_ATTEMPTS", key: "jobAttempts", default: "3", description: "Runs of a queued job that may fail (errors or lost workers) before it is FAILED.", parse: integer(1, 100) }),
+  v({ name: "VACCINE_TLS_CERT", key: "tlsCert", default: "", description: "PEM certificate chain of the port; with VACCINE_TLS_KEY turns TLS on (empty: plaintext). Re-read when the file changes.", parse: (raw) => raw }),
+  v({ name: "VACCINE_TLS_KEY", key: "tlsKey", default: "", description: "PEM private key of VACCINE_TLS_CERT.", parse: (raw) => raw }),
+  v({ name: "VACCINE_TLS_CLIENT_CA", key: "tlsClientCa", default: "", description: "PEM CA bundle: every client must present a certificate it signed (mTLS; needs TLS).", parse: (raw) => raw }),
+  v({ name: "VACCINE_HEALTH_PORT", key: "healthPort", default: "", description: "A second, plaintext port serving only grpc.health.v1, for probes that cannot speak TLS (empty: none).", parse: optionalPort }),
+  v({ name: "VACCINE_AUTH", key: "auth", default: "none", description: "Authentication: none, token, jwt or mtls (none warns at start unless the host is loopback).", parse: choice(AUTH_MODES) }),
+  v({ name: "VACCINE_AUTH_TOKENS_FILE", key: "authTokensFile", default: "", description: "With token: JSON or YAML mapping the SHA-256 (hex) of each bearer token to {tenant, roles, principal}; reloaded on change.", parse: (raw) => raw }),
+  v({ name: "VACCINE_AUTH_JWKS", key: "authJwks", default: "", description: "With jwt: the issuer's JWKS, a file (reloaded on change) or an https:// URL.", parse: jwksSource }),
+  v({ name: "VACCINE_AUTH_ISSUER", key: "authIssuer", default: "", description: "With jwt: the required iss claim.", parse: (raw) => raw }),
+  v({ name: "VACCINE_AUTH_AUDIENCE", key: "authAudience", default: "", description: "With jwt: the required aud claim.", parse: (raw) => raw }),
+  v({ name: "VACCINE_AUTH_CLOCK_SKEW_S", key: "authClockSkewS", default: "60", description: "With jwt: clock difference tolerated on exp and nbf, in seconds.", parse: integer(0, 600) }),
+  v({ name: "VACCINE_AUTH_TENANT_CLAIM", key: "authTenantClaim", default: "tenant", description: "With jwt: the claim naming the tenant.", parse: nonEmpty }),
+  v({ name: "VACCINE_AUTH_ROLES_CLAIM", key: "authRolesClaim", default: "roles", description: "With jwt: the claim listing the roles (a list, or a space-separated string).", parse: nonEmpty }),
+  v({ name: "VACCINE_AUTH_MTLS_MAP", key: "authMtlsMap", default: "", description: "With mtls: JSON or YAML mapping certificate identities (CN=, DNS:, URI:, email:) to {tenant, roles, principal}; reloaded on change.", parse: (raw) => raw }),
+  v({ name: "VACCINE_REFLECTION_OPEN", key: "reflectionOpen", default: "false", description: "true: server reflection answers without credentials.", parse: bool }),
+  v({ name: "VACCINE_MAX_MESSAGE_MB", key: "maxMessageMb", default: "16", description: "Largest message the server reads, in MiB; a larger one is refused unread with RESOURCE_EXHAUSTED (uploads stream 1 MiB chunks).", parse: integer(1, 4095) }),
+  v({ name: "VACCINE_UNARY_DEADLINE_MS", key: "unaryDeadlineMs", default: "300000", description: "Deadline of unary calls sent without one (0: none).", parse: integer(0, 86_400_000) }),
+  v({ name: "VACCINE_MAX_STREAMS_PER_CONNECTION", key: "maxStreamsPerConnection", default: "100", description: "Calls open at once on one HTTP/2 connection.", parse: integer(1, 10_000) }),
+  v({ name: "VACCINE_KEEPALIVE_MS", key: "keepaliveMs", default: "60000", description: "Interval of the server's HTTP/2 keepalive pings (0: none).", parse: integer(0, 86_400_000) }),
+  v({ name: "VACCINE_KEEPALIVE_TIMEOUT_MS", key: "keepaliveTimeoutMs", default: "20000", description: "A connection that does not answer a keepalive ping within this is closed.", parse: integer(1, 3_600_000) }),
+  v({ name: "VACCINE_IDLE_TIMEOUT_MS", key: "idleTimeoutMs", default: "300000", description: "A connection with no call open for this long is closed (0: never).", parse: integer(0, 86_400_000) }),
+  v({ name: "VACCINE_RATE_LIMIT_RPS", key: "rateLimitRps", default: "50", description: "Calls per second per tenant, sustained (token bucket; 0: no limit); over it: RESOURCE_EXHAUSTED with RetryInfo.", parse: integer(0, 1_000_000) }),
+  v({ name: "VACCINE_RATE_LIMIT_BURST", key: "rateLimitBurst", default: "100", description: "Calls a tenant may make at once after a quiet spell.", parse: integer(1, 1_000_000) }),
+  v({ name: "VACCINE_MAX_PROMPT_TOKENS", key: "maxPromptTokens", default: "1024", description: "Longest Generate prompt, Moderate pair or Embed text, in tokens.", parse: integer(1, 1_048_576) }),
+  v({ name: "VACCINE_MAX_NEW_TOKENS", key: "maxNewTokens", default: "1024", description: "Largest max_new_tokens of Generate and the scoring calls.", parse: integer(1, 1_048_576) }),
+  v({ name: "VACCINE_MAX_GENERATED_TOKENS", key: "maxGeneratedTokens", default: "65536", description: "Tokens one Generate call may produce: prompts x max_new_tokens.", parse: integer(1, 1_000_000_000) }),
+  v({ name: "VACCINE_MAX_STEPS", key: "maxSteps", default: "1000000", description: "Training steps of one job (max_steps, or epochs over the dataset).", parse: integer(1, 1_000_000_000) }),
+  v({ name: "VACCINE_MAX_TRAINING_TOKENS", key: "maxTrainingTokens", default: "1000000000", description: "Tokens one job may train on: steps x batch_size x max_sequence_length.", parse: integer(1, Number.MAX_SAFE_INTEGER) }),
 ];
+
+/** Variables that only make sense together (each message names them). */
+function securityProblems(c: Partial<Config>): string[] {
+  const out: string[] = [];
+  if (Boolean(c.tlsCert) !== Boolean(c.tlsKey)) out.push("VACCINE_TLS_CERT and VACCINE_TLS_KEY go together: set both for TLS, or neither");
+  if (c.tlsClientCa && !c.tlsCert) out.push("VACCINE_TLS_CLIENT_CA needs TLS: set VACCINE_TLS_CERT and VACCINE_TLS_KEY");
+  if (c.auth === "token" && !c.authTokensFile) out.push("VACCINE_AUTH=token needs VACCINE_AUTH_TOKENS_FILE");
+  if (c.auth === "jwt") {
+    for (const [name, value] of [["VACCINE_AUTH_JWKS", c.authJwks], ["VACCINE_AUTH_ISSUER", c.authIssuer], ["VACCINE_AUTH_AUDIENCE", c.authAudience]] as const) {
+      if (!value) out.push(`VACCINE_AUTH=jwt needs ${name}`);
+    }
+  }
+  if (c.auth === "mtls" && !(c.tlsClientCa && c.authMtlsMap)) out.push("VACCINE_AUTH=mtls needs VACCINE_TLS_CLIENT_CA (with TLS) and VACCINE_AUTH_MTLS_MAP");
+  return out;
+}
 
 export class ConfigError extends Error {
   override name = "ConfigError";
@@ -112,6 +225,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     }
   }
   if (config.store === "s3" && !config.s3Bucket) problems.push("VACCINE_S3_BUCKET is required when VACCINE_STORE=s3");
+  if (config.role !== undefined && config.role !== "all" && !config.queueUrl) problems.push(`VACCINE_ROLE=${config.role} needs VACCINE_QUEUE_URL (api and worker processes share jobs through it)`);
+  problems.push(...securityProblems(config as Config));
   if (problems.length > 0) throw new ConfigError(`Bad configuration:\n  ${problems.join("\n  ")}`);
   return config as Config;
 }

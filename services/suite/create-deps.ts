@@ -3,30 +3,33 @@
  * loaded-checkpoint cache and, where a training service runs, the job executor.
  */
 import type { Meter, Tracer } from "@opentelemetry/api";
-import { JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
 import type { SuiteDeps } from "../common/deps.ts";
-import { toRpcError } from "../common/runtime-errors.ts";
 import type { JobExecutor } from "../jobs/executor.ts";
-import { LocalExecutor } from "../jobs/local-executor.ts";
-import { trainingWork } from "../jobs/work.ts";
+import type { QueueWorker } from "../jobs/queue/queue-worker.ts";
+import { jobMemoryLimitMb } from "../jobs/admission.ts";
 import type { Logger } from "../platform/log.ts";
 import { CheckpointCache } from "../runtime/pipeline/checkpoint-cache.ts";
-import { createStore } from "../runtime/store/create-store.ts";
+import { createStore, type StoreConfig } from "../runtime/store/create-store.ts";
 import type { Config } from "./config.ts";
+import { embeddedExecutor } from "./embedded-executor.ts";
+import { queueDeps, type QueueConfig } from "./queue-deps.ts";
 
 export interface ProcessDeps extends SuiteDeps {
   /** Present when align or finetune is served. */
   executor?: JobExecutor;
+  /** Present where queued jobs are trained (VACCINE_QUEUE_URL with VACCINE_ROLE all or worker). */
+  jobWorker?: QueueWorker;
 }
 
 export function createDeps(
-  config: Pick<Config, "store" | "storeRoot" | "s3Bucket" | "s3Prefix" | "s3Endpoint" | "s3Region" | "cacheDir" | "jobsDir" | "maxRunningJobs" | "modelCacheMb" | "maxDatasetMb" | "maxCheckpointMb" | "maxUploadFileMb" | "services">,
+  config: Pick<Config, "store" | "storeRoot" | "s3Bucket" | "s3Prefix" | "s3Endpoint" | "s3Region" | "cacheDir" | "jobsDir" | "maxRunningJobs" | "modelCacheMb" | "maxDatasetMb" | "maxCheckpointMb" | "maxUploadFileMb" | "services"> & Partial<Pick<Config, "jobMemoryLimitMb">> & QueueConfig,
   telemetry: { tracer: Tracer; meter: Meter },
   logger: Logger,
 ): ProcessDeps {
-  const store =
+  // Kept as a value: each training worker thread builds its own store from it.
+  const storeConfig: StoreConfig =
     config.store === "s3"
-      ? createStore({
+      ? {
           kind: "s3",
           bucket: config.s3Bucket,
           prefix: config.s3Prefix,
@@ -34,25 +37,18 @@ export function createDeps(
           region: config.s3Region,
           forcePathStyle: Boolean(config.s3Endpoint),
           cacheDir: config.cacheDir,
-        })
-      : createStore({ kind: "local", root: config.storeRoot });
-  const trains = config.services.includes("align") || config.services.includes("finetune");
-  const executor = trains
-    ? new LocalExecutor({
-        dir: config.jobsDir,
-        maxRunning: config.maxRunningJobs,
-        tracer: telemetry.tracer,
-        meter: telemetry.meter,
-        logger,
-        mapError: (err) => toRpcError(err),
-        work: {
-          [JobKind.ALIGN]: trainingWork(store, telemetry.meter, "align"),
-          [JobKind.FINE_TUNE]: trainingWork(store, telemetry.meter, "finetune"),
-        },
-      })
-    : undefined;
+        }
+      : { kind: "local", root: config.storeRoot };
+  const store = createStore(storeConfig);
+  const servesJobs = config.services.includes("align") || config.services.includes("finetune");
+  // With a queue, api processes enqueue and workers train (queue-deps.ts); without, jobs run here.
+  const trains = servesJobs && !config.queueUrl;
+  const executor = trains ? embeddedExecutor(config, storeConfig, telemetry, logger) : undefined;
   const checkpoints = new CheckpointCache(store, config.modelCacheMb * 2 ** 20);
   const MiB = 2 ** 20;
   const uploads = { maxDatasetBytes: config.maxDatasetMb * MiB, maxCheckpointBytes: config.maxCheckpointMb * MiB, maxFileBytes: config.maxUploadFileMb * MiB };
-  return { store, checkpoints, builtins: {}, executor, uploads, ...telemetry, logger };
+  const queue = queueDeps(config, servesJobs, storeConfig, telemetry, logger);
+  const jobLimit = servesJobs ? jobMemoryLimitMb(config.jobMemoryLimitMb, config.queueUrl ? (config.workerConcurrency ?? 1) : config.maxRunningJobs) : undefined;
+  if (jobLimit !== undefined) logger.info({ job_memory_limit_mb: jobLimit }, "job admission limit");
+  return { store, checkpoints, builtins: {}, executor: executor ?? queue.executor, jobWorker: queue.worker, uploads, jobMemoryLimitMb: jobLimit, ...telemetry, logger };
 }

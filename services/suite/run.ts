@@ -1,4 +1,5 @@
 import type { Meter, Tracer } from "@opentelemetry/api";
+import { GrantsFileError } from "../platform/grants-file.ts";
 import { createLogger, type Logger } from "../platform/log.ts";
 import { startServer, type RunningServer } from "../platform/server.ts";
 import { SCOPE, setupTelemetry } from "../platform/telemetry.ts";
@@ -6,6 +7,7 @@ import { selectBackend } from "../runtime/backend.ts";
 import { seedBuiltins } from "../runtime/pipeline/builtins.ts";
 import { loadConfig, ConfigError, type Config, type ServiceName } from "./config.ts";
 import { createDeps } from "./create-deps.ts";
+import { callBounds, securityOptions } from "./security.ts";
 import { SERVICES } from "./services.ts";
 
 /**
@@ -30,12 +32,21 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
     process.stderr.write(`${(err as Error).message}\n`);
     process.exit(2);
   }
-  const telemetry = setupTelemetry({ serviceName: `vaccine-${names.join("-")}`, global: true });
-  const server = await startServices(
-    { ...config, services: names },
-    { tracer: telemetry.tracerProvider.getTracer(SCOPE), meter: telemetry.meterProvider.getMeter(SCOPE) },
-    logger,
-  );
+  const telemetry = setupTelemetry({ serviceName: `vaccine-${config.role === "worker" ? "worker" : names.join("-")}`, global: true });
+  let server: RunningServer;
+  try {
+    server = await startServices(
+      { ...config, services: names },
+      { tracer: telemetry.tracerProvider.getTracer(SCOPE), meter: telemetry.meterProvider.getMeter(SCOPE) },
+      logger,
+    );
+  } catch (err) {
+    // A file the configuration names (certificate, key, CA, credentials) that cannot be used
+    // is a configuration error too: one line and exit 2, not a stack trace.
+    if (!configuredFileError(err)) throw err;
+    process.stderr.write(`cannot start: ${(err as Error).message}\n`);
+    process.exit(2);
+  }
   const stop = async (signal: string) => {
     logger.info({ signal }, "signal received");
     await server.shutdown();
@@ -46,6 +57,11 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
   process.once("SIGINT", () => void stop("SIGINT"));
 }
 
+function configuredFileError(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException)?.code ?? "";
+  return err instanceof GrantsFileError || ["ENOENT", "EACCES", "EISDIR"].includes(code) || code.startsWith("ERR_OSSL") || code.startsWith("ERR_TLS");
+}
+
 /**
  * The services of `config.services` on one server over the configured store, with the
  * shipped checkpoints seeded and running jobs checkpointed at shutdown: what a service
@@ -53,6 +69,7 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
  */
 export async function startServices(config: Config, telemetry: { tracer: Tracer; meter: Meter }, logger: Logger): Promise<RunningServer> {
   const deps = createDeps(config, telemetry, logger);
+  deps.bounds = callBounds(config);
   // A store that cannot be reached at start must not stop the process: the shipped
   // checkpoints are then missing until the next start (requests naming them get NOT_FOUND).
   try {
@@ -62,13 +79,20 @@ export async function startServices(config: Config, telemetry: { tracer: Tracer;
     logger.warn({ error: (err as Error).message }, "could not put the built-in checkpoints into the store");
   }
   const server = await startServer({
-    services: config.services.map((n) => SERVICES[n](deps)),
+    // A worker serves health only (for probes); it trains what the api processes enqueue.
+    services: config.role === "worker" ? [] : config.services.map((n) => SERVICES[n](deps)),
     host: config.host,
     port: config.port,
     logger,
     shutdownTimeoutMs: config.shutdownTimeoutMs,
+    ...(await securityOptions(config, logger)),
   });
   // Running jobs finish their step and write a training state before connections close.
   if (deps.executor) server.onShutdown(() => deps.executor!.shutdown());
+  if (deps.jobWorker) {
+    server.onShutdown(() => deps.jobWorker!.shutdown());
+    deps.jobWorker.start();
+    logger.info({ worker: deps.jobWorker.id, concurrency: config.workerConcurrency }, "training queued jobs");
+  }
   return server;
 }

@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import pkg from "../../package.json" with { type: "json" };
 import { loadConfig, VARIABLES } from "../../services/suite/config.ts";
-import { kustomize } from "./kustomize.ts";
+import { render } from "./render.ts";
 
 interface Stage {
   from: string;
@@ -76,10 +76,12 @@ describe("deploy/Dockerfile", () => {
     const { user, cmd } = stages[name];
     const [uid] = user!.split(":");
     expect(Number(uid)).toBeGreaterThan(0);
-    const runAsUsers = kustomize("deploy/k8s/overlays/cpu").flatMap((o) => {
-      const sc = (o.spec as { template?: { spec?: { securityContext?: { runAsUser?: number } } } } | undefined)?.template?.spec?.securityContext;
-      return o.metadata.name === "otel-collector" || !sc ? [] : [sc.runAsUser];
+    // The pods that run this image (container "vaccine"), not the collector's or Redis'.
+    const runAsUsers = render("dev").flatMap((o) => {
+      const pod = (o.spec as { template?: { spec?: { securityContext?: { runAsUser?: number }; containers?: { name: string }[] } } } | undefined)?.template?.spec;
+      return pod?.containers?.some((c) => c.name === "vaccine") ? [pod.securityContext?.runAsUser] : [];
     });
+    expect(runAsUsers.length).toBeGreaterThan(0);
     expect(new Set(runAsUsers)).toEqual(new Set([Number(uid)]));
     // Compiled JavaScript from the build stage, for an entrypoint whose source exists.
     expect(cmd).toEqual(["node", "dist/services/main.js"]);

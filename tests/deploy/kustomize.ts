@@ -1,12 +1,14 @@
 /**
- * A small `kustomize build` for the tests (kustomize is not installed here). It renders the
- * subset of kustomize that deploy/k8s uses and throws on anything else, so the objects the
- * tests check are the objects kustomize would print:
+ * A small `kustomize build`, the fallback for machines without kubectl (tests/deploy/render.ts
+ * uses `kubectl kustomize` when it is on PATH, and a test checks that both print the same
+ * objects). It renders the subset of kustomize that deploy/k8s uses and throws on anything
+ * else:
  * - resources (files and folders), components, namespace, images (newName, newTag);
  * - patches: strategic merge patches from a file, matched by kind and name, or by a target
- *   (kind, anchored name regex, equality label selector) whose kind equals the patch's;
- *   maps merge, lists named below merge by their key (`$patch: delete` removes an item),
- *   other lists and scalars are replaced, null deletes.
+ *   (kind, anchored name regex, label selector: =, ==, !=, in, notin, exists, !exists) whose
+ *   kind equals the patch's; maps merge, lists named below merge by their key (`$patch: delete`
+ *   removes an item) with the patch's items first, as kustomize orders them; other lists and
+ *   scalars are replaced, null deletes.
  */
 import { readFileSync, statSync } from "node:fs";
 import { resolve } from "node:path";
@@ -47,9 +49,9 @@ const MERGE_KEYS: Record<string, string[]> = {
   ports: ["containerPort", "port"],
 };
 
-/** Renders a kustomization folder; extraComponents are applied as if listed in its components. */
-export function kustomize(dir: string, extraComponents: string[] = []): K8sObject[] {
-  return build(dir, "Kustomization", [], extraComponents);
+/** Renders a kustomization folder. */
+export function kustomize(dir: string): K8sObject[] {
+  return build(dir, "Kustomization", []);
 }
 
 function parseYaml(text: string, source: string): K8sObject[] {
@@ -60,14 +62,14 @@ function parseYaml(text: string, source: string): K8sObject[] {
   });
 }
 
-function build(dir: string, kind: Kustomization["kind"], inherited: K8sObject[], extraComponents: string[] = []): K8sObject[] {
+function build(dir: string, kind: Kustomization["kind"], inherited: K8sObject[]): K8sObject[] {
   const path = resolve(dir, "kustomization.yaml");
   const k = parseYaml(readFileSync(path, "utf8"), path)[0] as unknown as Kustomization;
   const unknown = Object.keys(k).filter((f) => !FIELDS.has(f));
   if (unknown.length > 0) throw new Error(`${path}: fields this renderer does not implement: ${unknown.join(", ")}`);
   if (k.kind !== kind) throw new Error(`${path}: expected kind ${kind}, found ${k.kind}`);
   let objects = [...inherited, ...(k.resources ?? []).flatMap((r) => load(resolve(dir, r)))];
-  for (const c of [...(k.components ?? []).map((c) => resolve(dir, c)), ...extraComponents]) objects = build(c, "Component", objects);
+  for (const c of k.components ?? []) objects = build(resolve(dir, c), "Component", objects);
   for (const patch of k.patches ?? []) objects = applyPatch(objects, resolve(dir, patch.path), patch.target);
   for (const image of k.images ?? []) setImage(objects, image);
   if (k.namespace) for (const o of objects) if (!CLUSTER_SCOPED.has(o.kind)) o.metadata.namespace = k.namespace;
@@ -93,10 +95,24 @@ function matches(o: K8sObject, target: Target): boolean {
   if (unknown.length > 0) throw new Error(`patch target fields this renderer does not implement: ${unknown.join(", ")}`);
   if (target.kind && o.kind !== target.kind) return false;
   if (target.name && !new RegExp(`^(?:${target.name})$`).test(o.metadata.name)) return false;
-  return (target.labelSelector ?? "").split(",").filter(Boolean).every((term) => {
+  return selects(target.labelSelector ?? "", o.metadata.labels ?? {});
+}
+
+/** A Kubernetes label selector: terms joined by commas (not those inside a set's parentheses). */
+function selects(selector: string, labels: Record<string, string>): boolean {
+  const terms = selector.match(/(?:[^,(]|\([^)]*\))+/g) ?? [];
+  return terms.every((term) => {
+    const set = /^\s*([^!=\s]+)\s+(in|notin)\s*\(([^)]*)\)\s*$/.exec(term);
+    if (set) {
+      const values = set[3].split(",").map((v) => v.trim());
+      const value = labels[set[1]];
+      return set[2] === "in" ? value !== undefined && values.includes(value) : value === undefined || !values.includes(value);
+    }
+    const exists = /^\s*(!?)([^!=\s]+)\s*$/.exec(term);
+    if (exists) return (exists[2] in labels) === (exists[1] === "");
     const m = /^\s*([^!=\s]+)\s*(==|=|!=)\s*([^\s]*)\s*$/.exec(term);
     if (!m) throw new Error(`label selector term this renderer does not implement: "${term}"`);
-    const value = o.metadata.labels?.[m[1]];
+    const value = labels[m[1]];
     return m[2] === "!=" ? value !== m[3] : value === m[3];
   });
 }
@@ -119,24 +135,28 @@ function merge(base: unknown, patch: unknown, field = ""): unknown {
   return patch;
 }
 
+/**
+ * kustomize's order (kyaml, lists prepended): the patch's items first, in the patch's order and
+ * merged into the base's item of the same key, then the base's other items in their order.
+ */
 function mergeList(base: Json[], patch: Json[], field: string): Json[] {
   const key = MERGE_KEYS[field].find((k) => [...base, ...patch].every((item) => k in item));
   if (!key) throw new Error(`${field}: items without a merge key (${MERGE_KEYS[field].join(" or ")})`);
-  const out = [...base];
+  const first: Json[] = [];
+  const removed = new Set<unknown>();
   for (const { $patch, ...item } of patch) {
-    const at = out.findIndex((b) => b[key] === item[key]);
+    const old = base.find((b) => b[key] === item[key]);
     if ($patch === "delete") {
-      if (at < 0) throw new Error(`${field}: no item ${key}=${String(item[key])} to delete`);
-      out.splice(at, 1);
+      if (!old) throw new Error(`${field}: no item ${key}=${String(item[key])} to delete`);
+      removed.add(item[key]);
     } else if ($patch !== undefined) {
       throw new Error(`${field}: $patch: ${String($patch)} is not implemented`);
-    } else if (at < 0) {
-      out.push(item);
     } else {
-      out[at] = merge(out[at], item, field) as Json;
+      first.push(old ? (merge(old, item, field) as Json) : item);
     }
   }
-  return out;
+  const patched = new Set(first.map((item) => item[key]));
+  return [...first, ...base.filter((b) => !patched.has(b[key]) && !removed.has(b[key]))];
 }
 
 function setImage(objects: K8sObject[], image: { name: string; newName?: string; newTag?: string }): void {

@@ -1,6 +1,7 @@
-// The Kubernetes manifests (deploy/k8s), rendered per overlay by tests/deploy/kustomize.ts:
-// every object valid against the Kubernetes schemas (kubernetes-models), and what the pods
-// run, listen on, probe and read from the environment the same as what the code does.
+// The Kubernetes manifests (deploy/k8s), rendered per overlay by `kubectl kustomize` (or the
+// fallback renderer, tests/deploy/render.ts): every object valid against the Kubernetes schemas
+// (kubernetes-models; the KEDA ScaledObject field by field), and what the pods run, listen on,
+// probe, read from the environment and train the same as what the code does.
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
@@ -21,17 +22,18 @@ import { describe, expect, it } from "vitest";
 import { parse as parseYaml } from "yaml";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../../gen/grpc/health/v1/health_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
-import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
-import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { CheckpointService } from "../../gen/vaccine/v1/checkpoints_pb.ts";
 import { DatasetService } from "../../gen/vaccine/v1/datasets_pb.ts";
+import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
+import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
-import { loadConfig, SERVICE_NAMES, VARIABLES, type ServiceName } from "../../services/suite/config.ts";
+import { DEFAULT_PREFIX, QUEUE_NAME, queueKeys } from "../../services/jobs/queue/connection.ts";
 import { exporterNames } from "../../services/platform/telemetry.ts";
+import { loadConfig, SERVICE_NAMES, VARIABLES, type Config, type ServiceName } from "../../services/suite/config.ts";
 import { startProcess } from "../helpers/process.ts";
-import { kustomize, type K8sObject } from "./kustomize.ts";
+import { startRedis } from "../helpers/redis.ts";
+import { ENGINE, hasKubectl, NAMESPACE, render, type K8sObject } from "./render.ts";
 
-const K8S = "deploy/k8s";
 const DESCS: Record<ServiceName, DescService> = {
   align: AlignService,
   finetune: FineTuneService,
@@ -40,19 +42,44 @@ const DESCS: Record<ServiceName, DescService> = {
   datasets: DatasetService,
   checkpoints: CheckpointService,
 };
-// The services with a job executor (services/suite/create-deps.ts): they train.
-const TRAINING_SERVICES: ServiceName[] = ["align", "finetune"];
+
+// The vaccine workloads: one api Deployment per service, and the training workers.
+const WORKLOADS = [...SERVICE_NAMES, "worker"] as const;
+type WorkloadName = (typeof WORKLOADS)[number];
+// What each serves (an api) or trains (the worker: both job kinds), and in which role.
+const EXPECTED: Record<WorkloadName, { role: Config["role"]; services: ServiceName[] }> = {
+  align: { role: "api", services: ["align"] },
+  finetune: { role: "api", services: ["finetune"] },
+  embed: { role: "api", services: ["embed"] },
+  score: { role: "api", services: ["score"] },
+  datasets: { role: "api", services: ["datasets"] },
+  checkpoints: { role: "api", services: ["checkpoints"] },
+  worker: { role: "worker", services: ["align", "finetune"] },
+};
+// The services whose RPCs create jobs (services/suite/create-deps.ts: servesJobs).
+const JOB_SERVICES: ServiceName[] = ["align", "finetune"];
 // The OTLP exporters' default timeout (OTEL_EXPORTER_OTLP_TIMEOUT), the longest telemetry flush.
 const OTLP_TIMEOUT_MS = 10_000;
 // Closing connections after the in-flight calls were aborted: well under this in practice.
 const CLOSE_MS = 10_000;
+// What a worker's SIGTERM waits for (deploy/README.md): a training step within its budget,
+// then a training state written to the store.
+const STEP_BUDGET_MS = 60_000;
+const STATE_WRITE_MS = 30_000;
+// BullMQ's list of the jobs being trained, beside its wait list (connection.ts names that one).
+const ACTIVE_LIST = `${DEFAULT_PREFIX}:${QUEUE_NAME}:active`;
 
-const RENDERS = {
-  cpu: () => kustomize(`${K8S}/overlays/cpu`),
-  gpu: () => kustomize(`${K8S}/overlays/gpu`),
-  "cpu + pvc-store": () => kustomize(`${K8S}/overlays/cpu`, [`${K8S}/components/pvc-store`]),
-  "gpu + prometheus": () => kustomize(`${K8S}/overlays/gpu`, [`${K8S}/components/prometheus`]),
+// Overlays and components, combined as deploy/README.md says: [overlay, components].
+const COMBOS: Record<string, [string, string[]]> = {
+  dev: ["dev", []],
+  cpu: ["cpu", []],
+  gpu: ["gpu", []],
+  "cpu + pvc-store": ["cpu", ["pvc-store"]],
+  "gpu + prometheus": ["gpu", ["prometheus"]],
+  // The components must leave Redis (components/redis, in dev) alone.
+  "dev + pvc-store + prometheus": ["dev", ["pvc-store", "prometheus"]],
 };
+const renderCombo = (name: string) => render(...COMBOS[name]);
 
 // kubernetes-models validates types, formats and required fields, but not unknown fields.
 const MODELS: Record<string, new (data: never) => { validate(): void }> = {
@@ -99,6 +126,7 @@ interface Container {
   name: string;
   image: string;
   command?: string[];
+  args?: string[];
   ports?: { name?: string; containerPort: number }[];
   env?: { name: string; value?: string; valueFrom?: { fieldRef?: { fieldPath: string }; secretKeyRef?: { name: string; key: string }; configMapKeyRef?: { name: string; key: string } } }[];
   envFrom?: { configMapRef?: { name: string }; secretRef?: { name: string } }[];
@@ -129,6 +157,28 @@ interface Workload extends K8sObject {
     volumeClaimTemplates?: { metadata: { name: string } }[];
   };
 }
+type Ports = { name: string; port: number; targetPort: string | number }[];
+type ServiceObject = K8sObject & { spec: { selector: Record<string, string>; ports: Ports } };
+interface Trigger {
+  type: string;
+  name?: string;
+  metadata: Record<string, unknown>;
+  authenticationRef?: { name: string };
+}
+interface ScaledObject extends K8sObject {
+  spec: {
+    scaleTargetRef: { apiVersion?: string; kind?: string; name: string };
+    minReplicaCount?: number;
+    maxReplicaCount?: number;
+    pollingInterval?: number;
+    cooldownPeriod?: number;
+    advanced?: {
+      scalingModifiers?: { formula?: string; target?: string; activationTarget?: string; metricType?: string };
+      horizontalPodAutoscalerConfig?: { behavior?: unknown };
+    };
+    triggers: Trigger[];
+  };
+}
 
 function find<T extends K8sObject = K8sObject>(objects: K8sObject[], kind: string, name: string): T {
   const found = objects.find((o) => o.kind === kind && o.metadata.name === name);
@@ -136,15 +186,16 @@ function find<T extends K8sObject = K8sObject>(objects: K8sObject[], kind: strin
   return found as T;
 }
 
-function workload(objects: K8sObject[], name: ServiceName): Workload {
-  return find<Workload>(objects, TRAINING_SERVICES.includes(name) ? "StatefulSet" : "Deployment", name);
+function workload(objects: K8sObject[], name: WorkloadName): Workload {
+  return find<Workload>(objects, "Deployment", name);
 }
 
 function container(w: Workload): Container {
   return w.spec.template.spec.containers.find((c) => c.name === "vaccine")!;
 }
 
-const podName = (w: Workload) => `${w.metadata.name}-0`;
+// A Deployment's pods are named <replicaset>-<suffix>; any stand-in does for the environment.
+const podName = (w: Workload) => `${w.metadata.name}-5d4f8b9c6-x7k2p`;
 
 /**
  * The container's environment as the kubelet builds it: envFrom ConfigMaps, then env in order,
@@ -169,6 +220,32 @@ function environment(objects: K8sObject[], w: Workload): Record<string, string> 
   return env;
 }
 
+/** The services an entrypoint pins (`runServices(["embed"])`), or undefined when VACCINE_SERVICES decides. */
+function pinnedServices(entry: string): ServiceName[] | undefined {
+  const source = readFileSync(entry.replace(/^dist\//, "").replace(/\.js$/, ".ts"), "utf8");
+  const m = /runServices\((\[[^\]]*\])\)/.exec(source);
+  return m ? (JSON.parse(m[1]) as ServiceName[]) : undefined;
+}
+
+/**
+ * What a process does with jobs, as services/suite/create-deps.ts and queue-deps.ts decide it
+ * from the configuration: run them in-process (no queue), enqueue them, or train queued ones.
+ */
+function jobsDuty(config: Config, services: ServiceName[]) {
+  const servesJobs = services.some((s) => JOB_SERVICES.includes(s));
+  return {
+    local: servesJobs && !config.queueUrl,
+    enqueues: Boolean(config.queueUrl) && servesJobs && config.role !== "worker",
+    trains: Boolean(config.queueUrl) && config.role !== "api",
+  };
+}
+
+function servedBy(objects: K8sObject[], name: WorkloadName) {
+  const w = workload(objects, name);
+  const config = loadConfig(environment(objects, w));
+  return { w, config, services: pinnedServices(container(w).command![1]) ?? config.services };
+}
+
 function underMount(c: Container, path: string): { name: string; mountPath: string } | undefined {
   return c.volumeMounts?.find((m) => path === m.mountPath || path.startsWith(`${m.mountPath}/`));
 }
@@ -179,12 +256,69 @@ function collectorEndpoint(objects: K8sObject[], env: Record<string, string>) {
   return { url, port: service.spec.ports.find((p) => p.port === Number(url.port)) };
 }
 
-// --- The checks, per rendered overlay ---
-describe.each(Object.entries(RENDERS))("overlay %s", (_, render) => {
-  const objects = render();
+function selectsPods(selector: Record<string, string> | undefined, w: Workload): boolean {
+  return Object.entries(selector ?? {}).every(([k, v]) => w.spec.template.metadata.labels[k] === v);
+}
 
-  it("renders only objects valid against the Kubernetes schemas, without unknown fields, each once", () => {
+/** host:port and database of a redis:// URL, as KEDA's redis trigger names them. */
+function redisAddress(url: string): { address: string; host: string; port: number; db: string } {
+  const u = new URL(url);
+  const port = u.port ? Number(u.port) : 6379;
+  return { address: `${u.hostname}:${port}`, host: u.hostname, port, db: u.pathname.replace(/^\//, "") || "0" };
+}
+
+// The ScaledObject fields (KEDA 2.12+, keda.sh/v1alpha1) these manifests may use.
+const SCALED_OBJECT_SPEC = new Set(["scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount", "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers"]);
+const REDIS_TRIGGER_METADATA = new Set(["address", "host", "port", "addressFromEnv", "hostFromEnv", "portFromEnv", "usernameFromEnv", "passwordFromEnv", "listName", "listLength", "activationListLength", "databaseIndex", "enableTLS", "unsafeSsl"]);
+
+/**
+ * kubernetes-models has no KEDA schema: the ScaledObject's fields one by one. Returns problems.
+ * The CRD types trigger metadata as a map of strings, so a YAML number there is refused.
+ */
+function scaledObjectProblems(objects: K8sObject[], so: ScaledObject): string[] {
+  const problems: string[] = [];
+  const fail = (message: string) => problems.push(`ScaledObject ${so.metadata.name}: ${message}`);
+  if (so.apiVersion !== "keda.sh/v1alpha1") fail(`apiVersion ${so.apiVersion}`);
+  for (const key of Object.keys(so.spec)) if (!SCALED_OBJECT_SPEC.has(key)) fail(`unknown field spec.${key}`);
+  const { scaleTargetRef: ref, minReplicaCount: min = 0, maxReplicaCount: max = 100, triggers, advanced } = so.spec;
+  if (!objects.some((o) => o.apiVersion === (ref.apiVersion ?? "apps/v1") && o.kind === (ref.kind ?? "Deployment") && o.metadata.name === ref.name)) fail(`scaleTargetRef names no object: ${JSON.stringify(ref)}`);
+  for (const [field, value] of Object.entries({ minReplicaCount: min, maxReplicaCount: max, pollingInterval: so.spec.pollingInterval ?? 30, cooldownPeriod: so.spec.cooldownPeriod ?? 300 })) {
+    if (!Number.isInteger(value) || value < 0) fail(`${field} is not a count: ${String(value)}`);
+  }
+  if (max < Math.max(min, 1)) fail(`maxReplicaCount ${max} below minReplicaCount ${min} (or 0)`);
+  if (!Array.isArray(triggers) || triggers.length === 0) fail("no triggers");
+  const names = new Set<string>();
+  for (const t of triggers ?? []) {
+    for (const key of Object.keys(t)) if (!["type", "name", "metadata", "authenticationRef", "metricType", "useCachedMetrics"].includes(key)) fail(`unknown trigger field ${key}`);
+    if (t.name) names.add(t.name);
+    for (const [key, value] of Object.entries(t.metadata ?? {})) {
+      if (typeof value !== "string") fail(`trigger ${t.name}: metadata.${key} must be a string, is ${typeof value}`);
+      if (t.type === "redis" && !REDIS_TRIGGER_METADATA.has(key)) fail(`trigger ${t.name}: unknown redis metadata ${key}`);
+    }
+    if (t.type === "redis" && !t.metadata.listName) fail(`trigger ${t.name}: no listName`);
+  }
+  if (names.size !== (triggers ?? []).filter((t) => t.name).length) fail("trigger names repeat");
+  const modifiers = advanced?.scalingModifiers;
+  if (modifiers) {
+    if (!modifiers.formula || !modifiers.target) fail("scalingModifiers need a formula and a target");
+    if (typeof modifiers.target !== "string" || !/^\d+(\.\d+)?$/.test(modifiers.target)) fail(`scalingModifiers.target ${String(modifiers.target)}`);
+    if (!["AverageValue", "Value", undefined].includes(modifiers.metricType)) fail(`scalingModifiers.metricType ${modifiers.metricType}`);
+    // Every name in the formula is a trigger's.
+    for (const [id] of (modifiers.formula ?? "").matchAll(/[A-Za-z_][\w-]*/g)) if (!names.has(id)) fail(`formula names no trigger: ${id}`);
+  }
+  return problems;
+}
+
+// --- The checks, per rendered overlay ---
+describe.each(Object.keys(COMBOS))(`overlay %s (rendered by ${ENGINE})`, (combo) => {
+  const objects = renderCombo(combo);
+
+  it("renders only objects valid against their schemas, without unknown fields, each once", () => {
     for (const o of objects) {
+      if (o.kind === "ScaledObject") {
+        expect(scaledObjectProblems(objects, o as ScaledObject)).toEqual([]);
+        continue;
+      }
       const Model = MODELS[`${o.apiVersion}/${o.kind}`];
       expect(Model, `${o.apiVersion} ${o.kind}`).toBeDefined();
       expect(() => new Model(o as never).validate(), `${o.kind} ${o.metadata.name}`).not.toThrow();
@@ -192,19 +326,24 @@ describe.each(Object.entries(RENDERS))("overlay %s", (_, render) => {
     }
     const ids = objects.map((o) => `${o.kind}/${o.metadata.name}`);
     expect(new Set(ids).size).toBe(ids.length);
-    expect(objects.every((o) => o.kind === "Namespace" || o.metadata.namespace === "vaccine")).toBe(true);
+    expect(objects.every((o) => o.kind === "Namespace" || o.metadata.namespace === NAMESPACE)).toBe(true);
+    // The vaccine workloads are Deployments: nothing of theirs is per pod any more.
+    const vaccine = objects.filter((o) => ["Deployment", "StatefulSet"].includes(o.kind) && container(o as Workload));
+    expect(vaccine.map((o) => `${o.kind}/${o.metadata.name}`).sort()).toEqual(WORKLOADS.map((n) => `Deployment/${n}`).sort());
   });
 
-  it.each(SERVICE_NAMES)("%s runs its own entrypoint with an environment loadConfig accepts", (name) => {
-    const c = container(workload(objects, name));
-    // The compiled entrypoint (npm run build) of the service's own main.ts.
-    expect(c.command).toEqual(["node", `dist/services/${name}/main.js`]);
-    expect(readFileSync(`services/${name}/main.ts`, "utf8")).toContain(`runServices(["${name}"])`);
-    expect(readFileSync(c.command![1], "utf8")).toContain(`runServices(["${name}"])`);
-    const env = environment(objects, workload(objects, name));
+  it.each(WORKLOADS)("%s runs an entrypoint that serves what it should, in its role, with an environment loadConfig accepts", (name) => {
+    const w = workload(objects, name);
+    const c = container(w);
+    // A compiled entrypoint (npm run build) whose source exists.
+    expect(c.command?.[0]).toBe("node");
+    expect(c.command![1]).toMatch(/^dist\/services\/([a-z]+\/)?main\.js$/);
+    expect(readFileSync(c.command![1], "utf8")).toContain("runServices(");
+    const env = environment(objects, w);
     const known = new Set(VARIABLES.map((v) => v.name));
     expect(Object.keys(env).filter((k) => k.startsWith("VACCINE_") && !known.has(k))).toEqual([]);
-    const config = loadConfig(env);
+    const { config, services } = servedBy(objects, name);
+    expect({ role: config.role, services }).toEqual(EXPECTED[name]);
     expect(config.host).toBe("0.0.0.0");
     expect(c.ports?.find((p) => p.name === "grpc")?.containerPort).toBe(config.port);
     // Credentials only ever by reference.
@@ -216,20 +355,40 @@ describe.each(Object.entries(RENDERS))("overlay %s", (_, render) => {
     }
   });
 
-  it.each(SERVICE_NAMES)("%s is probed over grpc.health.v1 with its real service name, on its port", (name) => {
-    const c = container(workload(objects, name));
-    const { port } = loadConfig(environment(objects, workload(objects, name)));
-    const typeName = DESCS[name].typeName;
-    expect(c.startupProbe?.grpc).toEqual({ port, service: typeName });
-    expect(c.readinessProbe?.grpc).toEqual({ port, service: typeName });
-    expect(c.livenessProbe?.grpc?.port).toBe(port);
-    expect(["", typeName]).toContain(c.livenessProbe?.grpc?.service ?? "");
-    const service = find<K8sObject & { spec: { selector: Record<string, string>; ports: { name: string; targetPort: string }[] } }>(objects, "Service", name);
-    expect(workload(objects, name).spec.template.metadata.labels).toMatchObject(service.spec.selector);
-    expect(service.spec.ports.find((p) => p.name === "grpc")?.targetPort).toBe("grpc");
+  it("the api processes enqueue jobs and only the workers train them, all on one queue", () => {
+    const duties = Object.fromEntries(WORKLOADS.map((name) => {
+      const { config, services } = servedBy(objects, name);
+      return [name, { ...jobsDuty(config, services), queue: config.queueUrl }];
+    }));
+    const queues = new Set(Object.values(duties).map((d) => d.queue));
+    expect(queues.size).toBe(1);
+    expect([...queues][0]).toMatch(/^rediss?:\/\//);
+    expect(WORKLOADS.filter((n) => duties[n].local)).toEqual([]);
+    expect(WORKLOADS.filter((n) => duties[n].enqueues)).toEqual(JOB_SERVICES);
+    expect(WORKLOADS.filter((n) => duties[n].trains)).toEqual(["worker"]);
   });
 
-  it.each(SERVICE_NAMES)("%s exports telemetry to the collector as its own service, with its pod in the resource", (name) => {
+  it.each(WORKLOADS)("%s is probed over grpc.health.v1 with the names its server registers, on its port", (name) => {
+    const w = workload(objects, name);
+    const c = container(w);
+    const { config, services } = servedBy(objects, name);
+    const routes = objects.filter((o): o is ServiceObject => o.kind === "Service" && selectsPods((o as ServiceObject).spec.selector, w));
+    if (config.role === "worker") {
+      // A worker registers no service, only the server's health (""), and nothing calls it.
+      for (const probe of [c.startupProbe, c.readinessProbe, c.livenessProbe]) expect(probe?.grpc).toEqual({ port: config.port, service: "" });
+      expect(routes).toEqual([]);
+      return;
+    }
+    const typeName = DESCS[services[0]].typeName;
+    expect(c.startupProbe?.grpc).toEqual({ port: config.port, service: typeName });
+    expect(c.readinessProbe?.grpc).toEqual({ port: config.port, service: typeName });
+    expect(c.livenessProbe?.grpc?.port).toBe(config.port);
+    expect(["", typeName]).toContain(c.livenessProbe?.grpc?.service ?? "");
+    expect(routes.map((s) => s.metadata.name)).toEqual([name]);
+    expect(routes[0].spec.ports.find((p) => p.name === "grpc")?.targetPort).toBe("grpc");
+  });
+
+  it.each(WORKLOADS)("%s exports telemetry to the collector as its own service, with its pod in the resource", (name) => {
     const w = workload(objects, name);
     const env = environment(objects, w);
     expect(env.OTEL_SERVICE_NAME).toBe(`vaccine-${name}`);
@@ -239,10 +398,10 @@ describe.each(Object.entries(RENDERS))("overlay %s", (_, render) => {
     expect(url.protocol).toBe("http:");
     const attributes = Object.fromEntries(env.OTEL_RESOURCE_ATTRIBUTES.split(",").map((kv) => kv.split("=")));
     // service.instance.id keeps the replicas of one service apart in the collector's metrics.
-    expect(attributes).toEqual({ "service.instance.id": podName(w), "k8s.pod.name": podName(w), "k8s.namespace.name": "vaccine" });
+    expect(attributes).toEqual({ "service.instance.id": podName(w), "k8s.pod.name": podName(w), "k8s.namespace.name": NAMESPACE });
   });
 
-  it.each(SERVICE_NAMES)("%s can write where the process writes, and jobs survive the pod", (name) => {
+  it.each(WORKLOADS)("%s can write where the process writes, and keeps nothing of its own: any pod may go", (name) => {
     const w = workload(objects, name);
     const c = container(w);
     const config = loadConfig(environment(objects, w));
@@ -250,44 +409,69 @@ describe.each(Object.entries(RENDERS))("overlay %s", (_, render) => {
     expect(w.spec.template.spec.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 10001 });
     const written = ["/tmp", config.cacheDir, ...(config.store === "local" ? [config.storeRoot] : [])];
     for (const path of written) expect(underMount(c, path), path).toBeDefined();
-    const volumes = new Set([...(w.spec.template.spec.volumes ?? []).map((v) => v.name), ...(w.spec.volumeClaimTemplates ?? []).map((t) => t.metadata.name)]);
+    const volumes = new Map((w.spec.template.spec.volumes ?? []).map((v) => [v.name, v]));
     for (const m of c.volumeMounts ?? []) expect(volumes.has(m.name), m.name).toBe(true);
-    if (TRAINING_SERVICES.includes(name)) {
-      // One process owns its job records: one pod, on a volume of its own.
-      expect(w.spec.replicas).toBe(1);
-      expect(config.maxRunningJobs).toBe(1);
-      const jobs = underMount(c, config.jobsDir);
-      expect(w.spec.volumeClaimTemplates?.map((t) => t.metadata.name)).toContain(jobs?.name);
-    }
+    // Job records live in Redis, checkpoints in the shared store: the only claim is that store's.
+    expect(w.spec.volumeClaimTemplates).toBeUndefined();
+    expect([...volumes.values()].filter((v) => v.persistentVolumeClaim && v.persistentVolumeClaim.claimName !== "vaccine-store")).toEqual([]);
+    expect(c.env?.some((e) => e.name === "VACCINE_JOBS_DIR")).toBe(false);
   });
 
-  it.each(SERVICE_NAMES)("%s gets the time to finish its work and flush telemetry on SIGTERM", (name) => {
+  it.each(WORKLOADS)("%s gets the time to finish its work and flush telemetry on SIGTERM", (name) => {
     const w = workload(objects, name);
     const c = container(w);
     const env = environment(objects, w);
+    const config = loadConfig(env);
     const preStop = c.lifecycle?.preStop?.exec?.command;
     const preStopMs = preStop ? Number(preStop[1]) * 1000 : 0;
-    if (preStop) expect(preStop[0]).toBe("sleep");
+    if (config.role === "worker") {
+      // No Service endpoints to leave; SIGTERM must leave a step and a state write.
+      expect(preStop).toBeUndefined();
+      expect(config.shutdownTimeoutMs).toBeGreaterThanOrEqual(STEP_BUDGET_MS + STATE_WRITE_MS);
+    } else {
+      // Leaving the endpoints races SIGTERM: keep serving a moment.
+      expect(preStop?.[0]).toBe("sleep");
+      expect(preStopMs).toBeGreaterThan(0);
+    }
     const flushMs = Number(env.OTEL_EXPORTER_OTLP_TIMEOUT ?? OTLP_TIMEOUT_MS);
-    const needed = preStopMs + loadConfig(env).shutdownTimeoutMs + CLOSE_MS + flushMs;
+    const needed = preStopMs + config.shutdownTimeoutMs + CLOSE_MS + flushMs;
     expect(w.spec.template.spec.terminationGracePeriodSeconds! * 1000).toBeGreaterThanOrEqual(needed);
   });
 
-  it.each(SERVICE_NAMES)("%s has a disruption budget, and an autoscaler when it does not train", (name) => {
+  it.each(WORKLOADS)("%s has a disruption budget and one autoscaler: an HPA on CPU for an api, KEDA on the queue for the worker", (name) => {
     const w = workload(objects, name);
-    const selects = (o: K8sObject) => {
-      const labels = (o.spec as { selector?: { matchLabels?: Record<string, string> } }).selector?.matchLabels ?? {};
-      return Object.entries(labels).every(([k, v]) => w.spec.template.metadata.labels[k] === v);
-    };
-    expect(objects.filter((o) => o.kind === "PodDisruptionBudget" && selects(o))).toHaveLength(1);
-    const hpa = objects.find((o) => o.kind === "HorizontalPodAutoscaler" && (o.spec as { scaleTargetRef: { name: string } }).scaleTargetRef.name === name);
-    if (TRAINING_SERVICES.includes(name)) {
-      expect(hpa).toBeUndefined();
-    } else {
-      expect(hpa?.spec).toMatchObject({ scaleTargetRef: { apiVersion: "apps/v1", kind: "Deployment", name } });
-      // The autoscaler owns the replica count.
-      expect(w.spec.replicas).toBeUndefined();
+    const config = loadConfig(environment(objects, w));
+    const targets = (o: K8sObject) => (o.spec as { scaleTargetRef?: { kind?: string; name: string } }).scaleTargetRef?.name === name;
+    expect(objects.filter((o) => o.kind === "PodDisruptionBudget" && selectsPods((o.spec as { selector?: { matchLabels?: Record<string, string> } }).selector?.matchLabels, w))).toHaveLength(1);
+    const hpas = objects.filter((o) => o.kind === "HorizontalPodAutoscaler" && targets(o));
+    const scaled = objects.filter((o): o is ScaledObject => o.kind === "ScaledObject" && targets(o));
+    // The autoscaler owns the replica count.
+    expect(w.spec.replicas).toBeUndefined();
+    if (config.role !== "worker") {
+      expect(scaled).toEqual([]);
+      expect(hpas).toHaveLength(1);
+      expect(hpas[0].spec).toMatchObject({ scaleTargetRef: { apiVersion: "apps/v1", kind: "Deployment", name }, minReplicas: 2 });
+      return;
     }
+    expect(hpas).toEqual([]);
+    expect(scaled).toHaveLength(1);
+    const so = scaled[0].spec;
+    expect(so.scaleTargetRef).toEqual({ apiVersion: "apps/v1", kind: "Deployment", name: "worker" });
+    expect(so.minReplicaCount).toBe(0);
+    expect(so.maxReplicaCount).toBeGreaterThanOrEqual(1);
+    // KEDA reads the same Redis as the processes (VACCINE_QUEUE_URL): address and database.
+    const redis = redisAddress(config.queueUrl);
+    const redisTriggers = so.triggers.filter((t) => t.type === "redis");
+    expect(redisTriggers.length).toBe(so.triggers.length);
+    for (const t of redisTriggers) expect(t.metadata).toMatchObject({ address: redis.address, databaseIndex: redis.db });
+    // BullMQ's wait list (connection.ts) scales up; its active list keeps busy workers.
+    const byList = Object.fromEntries(redisTriggers.map((t) => [t.metadata.listName as string, t.name!]));
+    expect(Object.keys(byList).sort()).toEqual([queueKeys().wait, ACTIVE_LIST].sort());
+    // One worker per waiting or running job, a worker training VACCINE_WORKER_CONCURRENCY at once.
+    const modifiers = so.advanced?.scalingModifiers;
+    expect(modifiers?.formula?.split("+").map((s) => s.trim()).sort()).toEqual(Object.values(byList).sort());
+    expect(modifiers).toMatchObject({ metricType: "AverageValue", target: String(config.workerConcurrency) });
+    expect(Number(modifiers?.activationTarget ?? 0)).toBe(0);
   });
 
   it("runs a collector whose configuration uses only what it defines, listening where the services send", () => {
@@ -317,12 +501,26 @@ describe.each(Object.entries(RENDERS))("overlay %s", (_, render) => {
   });
 });
 
+describe("the fallback renderer (tests/deploy/kustomize.ts)", () => {
+  // Object order is kustomize's own (by kind); lists inside objects must match as they are.
+  const key = (o: K8sObject) => `${o.apiVersion}/${o.kind}/${o.metadata.namespace ?? ""}/${o.metadata.name}`;
+  const sorted = (objects: K8sObject[]) => [...objects].sort((a, b) => key(a).localeCompare(key(b)));
+
+  it.skipIf(!hasKubectl()).each(Object.keys(COMBOS))("renders %s exactly as kubectl kustomize does", (combo) => {
+    const [overlay, components] = COMBOS[combo];
+    const real = sorted(render(overlay, components, "kubectl"));
+    const fallback = sorted(render(overlay, components, "fallback"));
+    expect(fallback.map(key)).toEqual(real.map(key));
+    for (let i = 0; i < real.length; i++) expect(fallback[i], key(real[i])).toStrictEqual(real[i]);
+  });
+});
+
 describe("accelerators", () => {
   const gpu = (c: Container) => c.resources?.limits?.["nvidia.com/gpu"];
 
   it("the cpu overlay runs everything on the wasm backend, without GPUs", () => {
-    const objects = RENDERS.cpu();
-    for (const name of SERVICE_NAMES) {
+    const objects = renderCombo("cpu");
+    for (const name of WORKLOADS) {
       const w = workload(objects, name);
       expect(loadConfig(environment(objects, w)).backend).toBe("wasm");
       expect(gpu(container(w))).toBeUndefined();
@@ -330,33 +528,65 @@ describe("accelerators", () => {
     }
   });
 
-  it("the gpu overlay gives align and finetune a GPU each on GPU nodes, with the gpu image and backend", () => {
-    const objects = RENDERS.gpu();
-    for (const name of SERVICE_NAMES) {
+  it("the gpu overlay gives each worker a GPU on GPU nodes with the gpu image and backend; the apis stay on CPU", () => {
+    const objects = renderCombo("gpu");
+    for (const name of WORKLOADS) {
       const w = workload(objects, name);
       const c = container(w);
       const { backend } = loadConfig(environment(objects, w));
-      if (TRAINING_SERVICES.includes(name)) {
+      const pod = w.spec.template.spec;
+      if (name === "worker") {
         expect(gpu(c)).toBe(1);
         expect(backend).toBe("tensorflow-gpu");
         expect(c.image).toMatch(/:[\w.-]*gpu$/);
-        expect(Object.keys(w.spec.template.spec.nodeSelector ?? {})).toContain("nvidia.com/gpu.present");
-        expect(w.spec.template.spec.tolerations).toContainEqual({ key: "nvidia.com/gpu", operator: "Exists", effect: "NoSchedule" });
+        expect(Object.keys(pod.nodeSelector ?? {})).toContain("nvidia.com/gpu.present");
+        expect(pod.tolerations).toContainEqual({ key: "nvidia.com/gpu", operator: "Exists", effect: "NoSchedule" });
+        // One job per GPU: the process trains one at a time.
+        expect(loadConfig(environment(objects, w)).workerConcurrency).toBe(1);
       } else {
         expect(gpu(c)).toBeUndefined();
         expect(backend).toBe("wasm");
         expect(c.image).toMatch(/:[\w.-]*cpu$/);
+        expect(pod.nodeSelector).toBeUndefined();
+        expect(pod.tolerations).toBeUndefined();
       }
     }
   });
 });
 
 describe("components", () => {
-  it("pvc-store puts every service on one ReadWriteMany volume as a local store", () => {
-    const objects = RENDERS["cpu + pvc-store"]();
+  it("redis (overlays/dev) is the Redis VACCINE_QUEUE_URL and the ScaledObject name, set up for BullMQ", () => {
+    const objects = renderCombo("dev");
+    const { config } = servedBy(objects, "worker");
+    const { host, port, db } = redisAddress(config.queueUrl);
+    // <service>.<namespace>.svc: resolvable from the pods and from KEDA's own namespace.
+    const [serviceName, namespace, svc] = host.split(".");
+    expect(svc).toBe("svc");
+    const service = find<ServiceObject>(objects, "Service", serviceName);
+    expect(service.metadata.namespace).toBe(namespace);
+    const redis = find<Workload & { spec: { replicas: number } }>(objects, "StatefulSet", "redis");
+    expect(redis.spec.replicas).toBe(1);
+    expect(selectsPods(service.spec.selector, redis)).toBe(true);
+    const servicePort = service.spec.ports.find((p) => p.port === port)!;
+    const c = redis.spec.template.spec.containers[0];
+    expect(c.ports).toContainEqual({ name: servicePort.targetPort, containerPort: port });
+    const args = [...(c.command ?? []), ...(c.args ?? [])];
+    const flag = (name: string) => args[args.indexOf(`--${name}`) + 1];
+    expect(flag("port")).toBe(String(port));
+    // BullMQ's keys must never be evicted; the job records survive a restart on the volume.
+    expect(flag("maxmemory-policy")).toBe("noeviction");
+    expect(flag("appendonly")).toBe("yes");
+    expect(underMount(c, flag("dir"))?.name).toBe(redis.spec.volumeClaimTemplates?.[0].metadata.name);
+    expect(db).toBe("0");
+    // The other overlays bring no Redis: they need one at VACCINE_QUEUE_URL (deploy/README.md).
+    for (const combo of ["cpu", "gpu"]) expect(renderCombo(combo).filter((o) => o.metadata.name === "redis")).toEqual([]);
+  });
+
+  it("pvc-store puts every service and the workers on one ReadWriteMany volume as a local store", () => {
+    const objects = renderCombo("cpu + pvc-store");
     const pvc = find<K8sObject & { spec: { accessModes: string[] } }>(objects, "PersistentVolumeClaim", "vaccine-store");
     expect(pvc.spec.accessModes).toEqual(["ReadWriteMany"]);
-    for (const name of SERVICE_NAMES) {
+    for (const name of WORKLOADS) {
       const w = workload(objects, name);
       const config = loadConfig(environment(objects, w));
       expect(config.store).toBe("local");
@@ -365,25 +595,37 @@ describe("components", () => {
     }
   });
 
-  it("prometheus exposes the metrics port the exporter listens on, in every pod and Service", () => {
-    const objects = RENDERS["gpu + prometheus"]();
-    for (const name of SERVICE_NAMES) {
+  it("prometheus exposes the metrics port the exporter listens on, in every pod (workers too) and every service's Service", () => {
+    const objects = renderCombo("gpu + prometheus");
+    for (const name of WORKLOADS) {
       const w = workload(objects, name);
       const env = environment(objects, w);
       expect(exporterNames(env, "METRICS")).toEqual(["prometheus"]);
       const port = Number(env.OTEL_EXPORTER_PROMETHEUS_PORT ?? 9464);
       expect(container(w).ports).toContainEqual({ name: "metrics", containerPort: port });
-      expect(w.spec.template.metadata.annotations?.["prometheus.io/port"]).toBe(String(port));
-      const service = find<K8sObject & { spec: { ports: { name: string; targetPort: string }[] } }>(objects, "Service", name);
+      expect(w.spec.template.metadata.annotations).toMatchObject({ "prometheus.io/scrape": "true", "prometheus.io/port": String(port) });
+      // The workers have no Service: Prometheus finds their pods by the annotations.
+      if (name === "worker") continue;
+      const service = find<ServiceObject>(objects, "Service", name);
       expect(service.spec.ports).toContainEqual({ name: "metrics", port, targetPort: "metrics" });
+    }
+  });
+
+  it("pvc-store and prometheus leave Redis and the collector alone", () => {
+    const objects = renderCombo("dev + pvc-store + prometheus");
+    const plain = renderCombo("dev");
+    for (const [kind, name] of [["StatefulSet", "redis"], ["Service", "redis"], ["Deployment", "otel-collector"], ["Service", "otel-collector"]]) {
+      expect(find(objects, kind, name), `${kind} ${name}`).toEqual(find(plain, kind, name));
     }
   });
 });
 
 describe("the pods' command and environment, run for real", () => {
-  it("each service starts from its manifest, answers its probes SERVING, exports traces, and exits 0 on SIGTERM", async () => {
-    const objects = RENDERS.cpu();
+  it("each workload starts from its manifest on a real Redis, answers its probes SERVING, exports traces, and exits 0 on SIGTERM", async () => {
+    const objects = renderCombo("dev");
     const root = mkdtempSync(join(tmpdir(), "vaccine-manifests-"));
+    // Stands in for the Redis of the manifests (a Service in the cluster).
+    const redis = await startRedis();
     // Stands in for the collector: takes every OTLP/HTTP request.
     const exports: string[] = [];
     const collector = http.createServer((req, res) => {
@@ -392,9 +634,9 @@ describe("the pods' command and environment, run for real", () => {
     });
     await new Promise<void>((resolve) => collector.listen(0, "127.0.0.1", resolve));
     try {
-      // One at a time: four processes starting at once on a busy CI machine could miss
+      // One at a time: seven processes starting at once on a busy CI machine could miss
       // startProcess's 30 s budget.
-      for (const name of SERVICE_NAMES) {
+      for (const name of WORKLOADS) {
         const w = workload(objects, name);
         const c = container(w);
         const dir = join(root, name);
@@ -403,32 +645,34 @@ describe("the pods' command and environment, run for real", () => {
           ...environment(objects, w),
           VACCINE_HOST: "127.0.0.1",
           VACCINE_PORT: "0",
-          VACCINE_JOBS_DIR: join(dir, "jobs"),
           VACCINE_CACHE_DIR: join(dir, "cache"),
           VACCINE_STORE_ROOT: join(dir, "store"),
+          VACCINE_QUEUE_URL: redis.url,
           OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${(collector.address() as AddressInfo).port}`,
         };
         const proc = await startProcess(c.command![1], sandbox);
         try {
           const health = createClient(Health, createGrpcTransport({ baseUrl: `http://127.0.0.1:${proc.port}` }));
           for (const probe of [c.startupProbe, c.readinessProbe, c.livenessProbe]) {
-            expect((await health.check({ service: probe!.grpc!.service ?? "" })).status).toBe(Serving.SERVING);
+            expect((await health.check({ service: probe!.grpc!.service ?? "" })).status, `${name}: ${probe!.grpc!.service}`).toBe(Serving.SERVING);
           }
+          // Only the worker takes queued jobs (services/suite/run.ts logs it).
+          expect(proc.log().includes('"msg":"training queued jobs"'), name).toBe(name === "worker");
         } finally {
           proc.child.kill("SIGTERM");
         }
-        expect((await proc.exited).code).toBe(0);
+        expect((await proc.exited).code, `${name} exit code:\n${proc.log()}`).toBe(0);
       }
       // The health checks' spans, flushed at exit in the manifests' protocol.
       const protocol = environment(objects, workload(objects, "align")).OTEL_EXPORTER_OTLP_PROTOCOL;
       const type = { "http/protobuf": "application/x-protobuf", "http/json": "application/json" }[protocol];
       const traces = exports.filter((e) => e.startsWith("POST /v1/traces "));
-      expect(traces.length).toBeGreaterThanOrEqual(SERVICE_NAMES.length);
+      expect(traces.length).toBeGreaterThanOrEqual(WORKLOADS.length);
       expect(traces.every((e) => e === `POST /v1/traces ${type}`)).toBe(true);
     } finally {
       await new Promise<void>((resolve) => collector.close(() => resolve()));
+      await redis.stop();
       rmSync(root, { recursive: true, force: true });
     }
   });
 });
-

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { metrics, trace, type MeterProvider, type TracerProvider } from "@opentelemetry/api";
 import { createDeps, type ProcessDeps } from "../../services/suite/create-deps.ts";
 import { SERVICE_NAMES } from "../../services/suite/config.ts";
-import { startServer, type RunningServer } from "../../services/platform/server.ts";
+import { startServer, type RunningServer, type ServerOptions } from "../../services/platform/server.ts";
 import { silentLogger } from "../../services/platform/log.ts";
 import { SCOPE } from "../../services/platform/telemetry.ts";
 import { SERVICES } from "../../services/suite/services.ts";
@@ -56,8 +56,10 @@ export async function testDeps(
   return { deps, base, root };
 }
 
-/** All four services on 127.0.0.1, port 0, over a temp store and jobs folder. */
-export async function startSuite(options: { tracerProvider?: TracerProvider; meterProvider?: MeterProvider } = {}): Promise<TestSuite> {
+/** All four services on 127.0.0.1, port 0, over a temp store and jobs folder; `server` adds TLS, access control or limits. */
+export async function startSuite(
+  options: { tracerProvider?: TracerProvider; meterProvider?: MeterProvider; server?: Omit<ServerOptions, "services"> } = {},
+): Promise<TestSuite> {
   const { deps, base, root } = await testDeps(options);
   const server = await startServer({
     services: Object.values(SERVICES).map((make) => make(deps)),
@@ -65,6 +67,7 @@ export async function startSuite(options: { tracerProvider?: TracerProvider; met
     port: 0,
     tracerProvider: options.tracerProvider,
     shutdownTimeoutMs: 5000,
+    ...options.server,
   });
   server.onShutdown(() => deps.executor!.shutdown());
   return {

@@ -111,6 +111,9 @@ describe("LocalExecutor", () => {
     expect(events.map((e) => e.sequence)).toEqual(events.map((_, i) => i + 1));
     expect(events.filter((e) => e.event.case === "step")).toHaveLength(3);
     expect(states(events)).toEqual(["QUEUED", "RUNNING", "SUCCEEDED"]);
+    // Resumed after the second event: the rest only.
+    const resumed = await collect(ex.watch(JobKind.ALIGN, job.id, new AbortController().signal, 2));
+    expect(resumed.map((e) => e.sequence)).toEqual(events.slice(2).map((e) => e.sequence));
   });
 
   it("counts queued and running jobs in a gauge and finished ones by state", async () => {

@@ -1,5 +1,8 @@
 // The process entrypoints: start, serve, and stop gracefully on SIGTERM.
 import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { describe, expect, it } from "vitest";
@@ -66,5 +69,28 @@ describe("bad configuration", () => {
     });
     expect(res.status).toBe(2);
     expect(res.stderr).toMatch(/backend "tensorflow" cannot be used: @tensorflow\/tfjs-node/);
+  });
+
+  it("exits 2 with one line when a configured certificate or credentials file cannot be used", () => {
+    const dir = mkdtempSync(join(tmpdir(), "vaccine-badfiles-"));
+    try {
+      const tokens = join(dir, "tokens.json");
+      writeFileSync(tokens, '{"not-a-hash": 1}');
+      for (const env of [
+        { VACCINE_TLS_CERT: join(dir, "missing.crt"), VACCINE_TLS_KEY: join(dir, "missing.key") },
+        { VACCINE_AUTH: "token", VACCINE_AUTH_TOKENS_FILE: tokens },
+      ]) {
+        const res = spawnSync(process.execPath, ["--import", "tsx", "services/main.ts"], {
+          env: { ...process.env, VACCINE_PORT: "0", VACCINE_STORE_ROOT: join(dir, "store"), VACCINE_JOBS_DIR: join(dir, "jobs"), ...env },
+          encoding: "utf8",
+          timeout: 30_000,
+        });
+        expect(res.status, res.stderr).toBe(2);
+        expect(res.stderr).toMatch(/^cannot start: /m);
+        expect(res.stderr).not.toMatch(/\n\s+at /);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

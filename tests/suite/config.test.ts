@@ -18,12 +18,70 @@ describe("configuration", () => {
       cacheDir: ".data/cache",
       jobsDir: ".data/jobs",
       maxRunningJobs: 1,
+      jobMemoryLimitMb: "auto",
       modelCacheMb: 2048,
       maxDatasetMb: 1024,
       maxCheckpointMb: 65536,
       maxUploadFileMb: 32768,
       shutdownTimeoutMs: 10000,
       logLevel: "info",
+      role: "all",
+      queueUrl: "",
+      workerConcurrency: 1,
+      workerLockMs: 30000,
+      jobAttempts: 3,
+      tlsCert: "",
+      tlsKey: "",
+      tlsClientCa: "",
+      healthPort: undefined,
+      auth: "none",
+      authTokensFile: "",
+      authJwks: "",
+      authIssuer: "",
+      authAudience: "",
+      authClockSkewS: 60,
+      authTenantClaim: "tenant",
+      authRolesClaim: "roles",
+      authMtlsMap: "",
+      reflectionOpen: false,
+      maxMessageMb: 16,
+      unaryDeadlineMs: 300000,
+      maxStreamsPerConnection: 100,
+      keepaliveMs: 60000,
+      keepaliveTimeoutMs: 20000,
+      idleTimeoutMs: 300000,
+      rateLimitRps: 50,
+      rateLimitBurst: 100,
+      maxPromptTokens: 1024,
+      maxNewTokens: 1024,
+      maxGeneratedTokens: 65536,
+      maxSteps: 1000000,
+      maxTrainingTokens: 1000000000,
+    });
+  });
+
+  it("checks the security variables that go together", () => {
+    const problems = (env: Record<string, string>) => {
+      try {
+        loadConfig(env);
+        return "";
+      } catch (err) {
+        return (err as Error).message;
+      }
+    };
+    expect(problems({ VACCINE_TLS_CERT: "c.pem" })).toContain("VACCINE_TLS_CERT and VACCINE_TLS_KEY go together");
+    expect(problems({ VACCINE_TLS_CLIENT_CA: "ca.pem" })).toContain("VACCINE_TLS_CLIENT_CA needs TLS");
+    expect(problems({ VACCINE_AUTH: "token" })).toContain("VACCINE_AUTH=token needs VACCINE_AUTH_TOKENS_FILE");
+    const jwt = problems({ VACCINE_AUTH: "jwt" });
+    for (const name of ["VACCINE_AUTH_JWKS", "VACCINE_AUTH_ISSUER", "VACCINE_AUTH_AUDIENCE"]) expect(jwt).toContain(`needs ${name}`);
+    expect(problems({ VACCINE_AUTH: "jwt", VACCINE_AUTH_JWKS: "http://idp/jwks", VACCINE_AUTH_ISSUER: "i", VACCINE_AUTH_AUDIENCE: "a" })).toContain(
+      'VACCINE_AUTH_JWKS="http://idp/jwks" is invalid: expected a file path or an https:// URL',
+    );
+    expect(problems({ VACCINE_AUTH: "mtls", VACCINE_TLS_CERT: "c", VACCINE_TLS_KEY: "k" })).toContain("VACCINE_AUTH=mtls needs VACCINE_TLS_CLIENT_CA");
+    expect(problems({ VACCINE_REFLECTION_OPEN: "yes" })).toContain("expected true or false");
+    expect(loadConfig({ VACCINE_AUTH: "jwt", VACCINE_AUTH_JWKS: "https://idp/jwks", VACCINE_AUTH_ISSUER: "i", VACCINE_AUTH_AUDIENCE: "a", VACCINE_HEALTH_PORT: "8081" })).toMatchObject({
+      auth: "jwt",
+      healthPort: 8081,
     });
   });
 
@@ -45,9 +103,25 @@ describe("configuration", () => {
     expect(msg).toContain('VACCINE_LOG_LEVEL="loud"');
   });
 
+  it("takes the job memory limit as auto or a number of MiB", () => {
+    expect(loadConfig({ VACCINE_JOB_MEMORY_LIMIT_MB: "2048" }).jobMemoryLimitMb).toBe(2048);
+    expect(() => loadConfig({ VACCINE_JOB_MEMORY_LIMIT_MB: "lots" })).toThrow(/VACCINE_JOB_MEMORY_LIMIT_MB="lots" is invalid: expected an integer from 64/);
+  });
+
   it("requires a bucket for the s3 store", () => {
     expect(() => loadConfig({ VACCINE_STORE: "s3" })).toThrow(/VACCINE_S3_BUCKET is required/);
     expect(loadConfig({ VACCINE_STORE: "s3", VACCINE_S3_BUCKET: "b" }).s3Bucket).toBe("b");
+  });
+
+  it("needs a queue for the api and worker roles, and a redis:// URL", () => {
+    expect(() => loadConfig({ VACCINE_ROLE: "worker" })).toThrow(/VACCINE_ROLE=worker needs VACCINE_QUEUE_URL/);
+    expect(() => loadConfig({ VACCINE_ROLE: "api" })).toThrow(/VACCINE_ROLE=api needs VACCINE_QUEUE_URL/);
+    expect(() => loadConfig({ VACCINE_QUEUE_URL: "http://redis:6379" })).toThrow(/VACCINE_QUEUE_URL="http:\/\/redis:6379" is invalid/);
+    expect(loadConfig({ VACCINE_ROLE: "worker", VACCINE_QUEUE_URL: "redis://redis:6379/0", VACCINE_WORKER_CONCURRENCY: "2" })).toMatchObject({
+      role: "worker",
+      queueUrl: "redis://redis:6379/0",
+      workerConcurrency: 2,
+    });
   });
 
   it("matches the README's configuration table", () => {

@@ -1,0 +1,82 @@
+/**
+ * The peak memory of one training job, estimated from its shapes before it runs: the job's
+ * worker thread (its runtime and the dataset's text), the parent's weights, the LoRA adapter
+ * with its gradients and AdamW moments, and the activations autodiff keeps for the backward
+ * pass, which grow with batch x sequence length (the attention scores with its square). The activation and weight
+ * coefficients are a least-squares fit to the wasm heap of 21 measured training steps
+ * (built-in shape to 67M parameters, T 64 to 1024, vocabulary 1.5k to 8k; all within +-5% but
+ * one +10%), rounded up by about 10%; the runtime and file terms come from the RSS of real jobs.
+ * Against 12 real jobs run as the server runs them (bench/job-memory.ts, results in
+ * bench/results/job-memory.json) the estimate is 7-24% above the measured peak.
+ */
+import type { LlamaConfig } from "../runtime/model/config.ts";
+import { LINEAR_MODULES, linearShape, llamaParameterCount, type LinearModule } from "../runtime/model/llama.ts";
+
+export interface JobShape {
+  model: LlamaConfig;
+  batchSize: number;
+  /** max_sequence_length: the longest batch a step can collate. */
+  sequenceLength: number;
+  loraRank: number;
+  targetModules: readonly LinearModule[];
+  method: "sft" | "vaccine";
+  /** Characters of the dataset's text, which the worker holds as JS strings and examples. */
+  datasetChars?: number;
+}
+
+export interface JobMemoryEstimate {
+  totalBytes: number;
+  runtimeBytes: number;
+  weightBytes: number;
+  adapterBytes: number;
+  activationBytes: number;
+}
+
+const F32 = 4;
+const MiB = 2 ** 20;
+
+/** Floats kept per token and layer by the width they scale with, and the other fitted terms. */
+export const COEFFICIENTS = {
+  /** The worker thread, its tfjs wasm runtime and the files it loads, outside the tensors. */
+  runtimeBytes: 160 * MiB,
+  /** Per character of dataset text: UTF-16 strings, parsed and templated. */
+  datasetCharBytes: 8,
+  /** The heap's own floor and growth step. */
+  heapBytes: 32 * MiB,
+  /**
+   * Weights: f32 on the heap with the transposed copies the linears' forward and backward keep
+   * (3.16x fitted), plus the file bytes read at load, which stay until the worker collects them.
+   */
+  weightCopies: 4.5,
+  /** Per token and layer, per unit of q + k + v width (projections, rotary, head split, norms, residuals). */
+  qkv: 47,
+  /** Per token and layer, per unit of MLP width (gate, up, SiLU and their products). */
+  intermediate: 28,
+  /** Per token, layer and targeted module, per unit of LoRA rank (x A, its gradient). */
+  rank: 3,
+  /** Per attention-score element (B x heads x T x T) and layer: scores, scaled, masked, softmax, gradients. */
+  scores: 10.5,
+  /** Per token, per unit of vocabulary (logits, log-softmax, one-hot, their gradients). */
+  vocab: 16,
+  /** Vaccine, per token and layer, per unit of hidden width: the zero deltas, their gradients and the perturbation kept across the two passes. */
+  vaccineHidden: 3,
+} as const;
+
+export function estimateJobMemory(s: JobShape): JobMemoryEstimate {
+  const c = s.model;
+  const k = COEFFICIENTS;
+  const tokens = s.batchSize * s.sequenceLength;
+  const layers = c.numHiddenLayers;
+  const weightBytes = llamaParameterCount(c) * F32;
+  const targeted = LINEAR_MODULES.filter((m) => s.targetModules.includes(m));
+  const loraParams = layers * targeted.reduce((n, m) => n + s.loraRank * linearShape(c, m).reduce((a, b) => a + b, 0), 0);
+  // Weights, gradients and two AdamW moments.
+  const adapterBytes = loraParams * F32 * 4;
+  const qkv = (c.numAttentionHeads + 2 * c.numKeyValueHeads) * c.headDim;
+  const perTokenLayer = k.qkv * qkv + k.intermediate * c.intermediateSize + k.rank * s.loraRank * targeted.length + (s.method === "vaccine" ? k.vaccineHidden * c.hiddenSize : 0);
+  const floats = tokens * (layers * perTokenLayer + k.vocab * c.vocabSize) + k.scores * layers * s.batchSize * c.numAttentionHeads * s.sequenceLength ** 2;
+  const activationBytes = F32 * floats;
+  const runtimeBytes = k.runtimeBytes + k.datasetCharBytes * (s.datasetChars ?? 0);
+  const totalBytes = runtimeBytes + k.heapBytes + k.weightCopies * weightBytes + adapterBytes + activationBytes;
+  return { totalBytes: Math.ceil(totalBytes), runtimeBytes, weightBytes, adapterBytes, activationBytes: Math.ceil(activationBytes) };
+}

@@ -1,0 +1,234 @@
+/**
+ * The api side of the distributed executor: Create enqueues on BullMQ and records the job in
+ * Redis; Get, List, Watch and Cancel read and change the shared records, so any api replica
+ * answers for any job. Training happens in worker processes (queue-worker.ts).
+ */
+import { randomUUID } from "node:crypto";
+import { clone, create } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { context, isSpanContextValid, SpanKind, SpanStatusCode, trace, type Counter, type Meter, type Tracer } from "@opentelemetry/api";
+import { Queue } from "bullmq";
+import { Redis } from "ioredis";
+import { JobProgressSchema, JobSchema, JobState, type Job, type JobEvent, type JobKind } from "../../../gen/vaccine/v1/jobs_pb.ts";
+import { rpcError, toStatus } from "../../platform/errors.ts";
+import { silentLogger, type Logger } from "../../platform/log.ts";
+import { SCOPE } from "../../platform/telemetry.ts";
+import { JOB_METRICS, type JobExecutor, type JobSpec } from "../executor.ts";
+import { DEFAULT_PREFIX, QUEUE_NAME, queueKeys, redisOptions, type QueueKeys } from "./connection.ts";
+import { observeQueue } from "./metrics.ts";
+import { FINAL, INDEX_MEMBER, KIND_NAME, RedisJobs } from "./redis-jobs.ts";
+import { injectTrace, type TraceCarrier } from "./trace-carrier.ts";
+
+/** What a queued BullMQ job carries: the record's id and the enqueue span's W3C context. */
+export interface QueuedJobData {
+  id: string;
+  trace: TraceCarrier;
+}
+
+export interface QueueExecutorOptions {
+  /** redis://host:port/db */
+  url: string;
+  /** Key prefix (tests isolate themselves with their own). */
+  prefix?: string;
+  tracer?: Tracer;
+  meter?: Meter;
+  logger?: Logger;
+  /** Longest wait for BullMQ to take a new job (it waits for a connection without limit). */
+  enqueueTimeoutMs?: number;
+}
+
+/** A Watch waits this long per blocking read before it checks whether the job ended. */
+const WATCH_BLOCK_MS = 5000;
+
+export class QueueExecutor implements JobExecutor {
+  readonly keys: QueueKeys;
+  private readonly redis: Redis;
+  private readonly jobs: RedisJobs;
+  private readonly queue: Queue;
+  private readonly tracer: Tracer;
+  private readonly logger: Logger;
+  private readonly finished?: Counter;
+  private readonly watchers = new Set<AbortController>();
+  private stopping = false;
+  private readonly enqueueTimeoutMs: number;
+
+  constructor(options: QueueExecutorOptions) {
+    const connection = redisOptions(options.url);
+    this.keys = queueKeys(options.prefix ?? DEFAULT_PREFIX);
+    this.logger = options.logger ?? silentLogger;
+    this.tracer = options.tracer ?? trace.getTracer(SCOPE);
+    this.enqueueTimeoutMs = options.enqueueTimeoutMs ?? 5000;
+    // A request fails after a few reconnection attempts instead of hanging while Redis is down.
+    this.redis = new Redis({ ...connection, maxRetriesPerRequest: 3 });
+    this.redis.on("error", (err: Error) => this.logger.warn({ error: err.message }, "job queue connection error"));
+    this.jobs = new RedisJobs(this.redis, this.keys);
+    this.queue = new Queue(QUEUE_NAME, { connection: { ...connection, maxRetriesPerRequest: 3 }, prefix: this.keys.prefix });
+    this.queue.on("error", (err: Error) => this.logger.warn({ error: err.message }, "job queue error"));
+    if (options.meter) {
+      this.finished = options.meter.createCounter(JOB_METRICS.finished, { description: "Jobs that reached a final state" });
+      observeQueue(options.meter, this.queue);
+    }
+  }
+
+  async create(kind: JobKind, spec: JobSpec): Promise<Job> {
+    if (this.stopping) throw shuttingDown();
+    const caller = trace.getSpan(context.active())?.spanContext();
+    const job = create(JobSchema, {
+      id: `${KIND_NAME[kind]}-${randomUUID()}`,
+      kind,
+      state: JobState.QUEUED,
+      createTime: timestampNow(),
+      progress: create(JobProgressSchema, {}),
+      spec,
+    });
+    const attributes = { "vaccine.job.id": job.id, "vaccine.job.kind": KIND_NAME[kind], "messaging.system": "bullmq", "messaging.destination.name": QUEUE_NAME };
+    return this.tracer.startActiveSpan(`enqueue ${KIND_NAME[kind]}`, { kind: SpanKind.PRODUCER, attributes }, async (span) => {
+      try {
+        // The worker's job span continues this trace, so the job's trace is the RPC's.
+        if (isSpanContextValid(span.spanContext())) job.traceId = span.spanContext().traceId;
+        const data: QueuedJobData = { id: job.id, trace: injectTrace() };
+        // Queued before it is recorded: a worker that finds no record yet waits for it,
+        // and a job whose api died in between (never answered) is dropped, not stranded.
+        const add = this.queue.add(KIND_NAME[kind], data, { jobId: job.id, removeOnComplete: true, removeOnFail: 1000 });
+        await this.guard(() => within(add, this.enqueueTimeoutMs));
+        const link = caller && isSpanContextValid(caller) ? { traceId: caller.traceId, spanId: caller.spanId } : undefined;
+        await this.guard(() => this.jobs.create(job, link, { case: "stateChange", value: { from: JobState.UNSPECIFIED, to: JobState.QUEUED } }));
+        return clone(JobSchema, job);
+      } catch (err) {
+        span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+        throw err;
+      } finally {
+        span.end();
+      }
+    });
+  }
+
+  async get(kind: JobKind, id: string): Promise<Job> {
+    return (await this.record(kind, id)).job;
+  }
+
+  /** The page token names the last job shown, so pages stay stable while jobs are created. */
+  async list(kind: JobKind, pageSize: number, pageToken: string): Promise<{ jobs: Job[]; nextPageToken: string }> {
+    const after = pageToken ? Buffer.from(pageToken, "base64url").toString() : "";
+    if (pageToken && !INDEX_MEMBER.test(after)) {
+      throw rpcError(Code.InvalidArgument, "FIELD_INVALID", "page_token: is not a token this server issued", { fields: "page_token" });
+    }
+    const page = await this.guard(() => this.jobs.page(kind, pageSize || 50, after));
+    return { jobs: page.jobs, nextPageToken: page.more && page.last ? Buffer.from(page.last).toString("base64url") : "" };
+  }
+
+  /** A queued job is cancelled here; a running one is marked CANCELLING and its worker told. */
+  async cancel(kind: JobKind, id: string): Promise<Job> {
+    for (;;) {
+      const { job } = await this.record(kind, id);
+      if (FINAL.has(job.state) || job.state === JobState.CANCELLING) return job;
+      if (job.state === JobState.QUEUED) {
+        const error = rpcError(Code.Canceled, "JOB_CANCELLED", "the job was cancelled by a CancelJob request");
+        job.endTime = timestampNow();
+        job.error = toStatus(error);
+        const to = JobState.CANCELLED;
+        const r = await this.guard(() =>
+          this.jobs.write(id, { job, from: JobState.QUEUED, to, event: { case: "stateChange", value: { from: JobState.QUEUED, to, error: job.error } } }),
+        );
+        if (r.ok) {
+          job.state = to;
+          this.finished?.add(1, { "vaccine.job.kind": KIND_NAME[kind], "vaccine.job.state": "cancelled" });
+          // A worker that takes it anyway finds the record final and drops it.
+          await this.queue.remove(id).catch(() => 0);
+          return job;
+        }
+      } else {
+        const to = JobState.CANCELLING;
+        const r = await this.guard(() => this.jobs.write(id, { from: job.state, to, event: { case: "stateChange", value: { from: job.state, to } }, cancel: true }));
+        if (r.ok) {
+          job.state = to;
+          return job;
+        }
+      }
+      // The state changed in between (a worker took or finished the job): decide again.
+    }
+  }
+
+  /**
+   * History then live events, from the job's stream. `afterSequence` resumes a watch: only
+   * later events are sent. Each Watch blocks on a Redis connection of its own.
+   */
+  async *watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence = 0): AsyncGenerator<JobEvent> {
+    const first = await this.record(kind, id);
+    if (FINAL.has(first.job.state) && first.seq <= afterSequence) return;
+    if (this.stopping) throw shuttingDown();
+    const conn = this.redis.duplicate({ maxRetriesPerRequest: 3 });
+    conn.on("error", () => {});
+    const stop = new AbortController();
+    this.watchers.add(stop);
+    const hangUp = () => conn.disconnect();
+    signal.addEventListener("abort", hangUp);
+    stop.signal.addEventListener("abort", hangUp);
+    try {
+      let last = afterSequence;
+      for (;;) {
+        let events: JobEvent[];
+        try {
+          events = await this.jobs.events(conn, id, last, WATCH_BLOCK_MS);
+        } catch (err) {
+          if (signal.aborted) return;
+          if (stop.signal.aborted) throw shuttingDown();
+          throw unavailable(err);
+        }
+        for (const e of events) {
+          last = e.sequence;
+          yield e;
+          if (e.event.case === "stateChange" && FINAL.has(e.event.value.to)) return;
+        }
+        if (signal.aborted) return;
+      }
+    } finally {
+      this.watchers.delete(stop);
+      signal.removeEventListener("abort", hangUp);
+      conn.disconnect();
+    }
+  }
+
+  /** Refuses new jobs, ends open Watch streams with UNAVAILABLE (clients resume elsewhere), closes Redis. */
+  async shutdown(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    for (const w of this.watchers) w.abort();
+    await this.queue.close().catch(() => {});
+    await this.redis.quit().catch(() => {});
+  }
+
+  private async record(kind: JobKind, id: string) {
+    const r = await this.guard(() => this.jobs.read(id));
+    if (!r || r.job.kind !== kind) throw rpcError(Code.NotFound, "JOB_NOT_FOUND", `job "${id}" not found`, { job_id: id });
+    return r;
+  }
+
+  /** Redis failures are UNAVAILABLE to the caller: retryable, on this or another replica. */
+  private async guard<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      throw err instanceof ConnectError ? err : unavailable(err);
+    }
+  }
+}
+
+async function within<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)));
+  try {
+    return await Promise.race([p, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function shuttingDown(): ConnectError {
+  return rpcError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "the server is shutting down; retry on another replica");
+}
+
+function unavailable(err: unknown): ConnectError {
+  return rpcError(Code.Unavailable, "QUEUE_UNAVAILABLE", `the job queue cannot be reached: ${(err as Error).message}`);
+}

@@ -1,0 +1,225 @@
+/**
+ * Job records and event logs in Redis, where every api and worker process sees them.
+ *
+ *   <prefix>:job:<id>          hash: job (the Job in proto JSON), state (authoritative, beside
+ *                              the JSON so an api can change it while a worker owns the JSON),
+ *                              link, seq (last event sequence), owner (token of the worker that
+ *                              claimed it), attempt (claims), failures, cancel ("1" once asked)
+ *   <prefix>:job:<id>:events   stream; entry id <sequence>-0, field e = the JobEvent in proto JSON
+ *   <prefix>:index:<kind>      sorted set of "<create time>:<id>" for List, newest first
+ *
+ * Every change is one Lua script, so a state change and its event land together, sequence
+ * numbers come from one counter (XADD refuses an id that is not above the last: no
+ * duplicates), and a state change is a compare-and-set on the state it expects. A worker's
+ * writes are fenced: they carry its BullMQ lock token and are refused unless that token
+ * still holds the job's lock and claimed the record, so a worker that lost its lock (killed,
+ * stalled, partitioned) can write nothing after another worker took the job.
+ */
+import { create, createRegistry, fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import type { Redis } from "ioredis";
+import { file_google_rpc_error_details } from "../../../gen/google/rpc/error_details_pb.ts";
+import { JobEventSchema, JobKind, JobSchema, JobState, type Job, type JobEvent } from "../../../gen/vaccine/v1/jobs_pb.ts";
+import type { JobEventInit } from "../executor.ts";
+import type { TraceLink } from "../records.ts";
+import type { QueueKeys } from "./connection.ts";
+
+// Job errors carry google.rpc details in Any fields; JSON needs their types to spell them out.
+const json = { registry: createRegistry(file_google_rpc_error_details) };
+
+export const FINAL = new Set([JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED]);
+
+/** A kind's short name, as in job ids, key names and metric attributes. */
+export const KIND_NAME: Record<number, string> = { [JobKind.ALIGN]: "align", [JobKind.FINE_TUNE]: "finetune" };
+
+export interface StoredJob {
+  job: Job;
+  link?: TraceLink;
+  owner: string;
+  attempt: number;
+  failures: number;
+  cancel: boolean;
+  /** The last event's sequence number. */
+  seq: number;
+}
+
+/** One atomic change; every part is optional. */
+export interface Change {
+  /** Replaces the stored JSON (its state field is ignored: `to` sets the state). */
+  job?: Job;
+  /** Compare-and-set: applied only while the stored state is `from`. */
+  from?: JobState;
+  to?: JobState;
+  event?: JobEventInit;
+  /** Sets the cancel flag and publishes the id to workers. */
+  cancel?: boolean;
+  /** Further hash fields (failures). */
+  fields?: Record<string, string | number>;
+}
+
+export type WriteResult =
+  | { ok: true; sequence: number }
+  | { ok: false; why: "fenced" | "missing" }
+  | { ok: false; why: "state"; state: JobState };
+
+const CREATE = `
+if redis.call("EXISTS", KEYS[1]) == 1 then return 0 end
+redis.call("HSET", KEYS[1], "job", ARGV[1], "state", ARGV[2], "link", ARGV[3], "seq", 1, "owner", "", "attempt", 0, "failures", 0)
+redis.call("XADD", KEYS[2], "1-0", "e", ARGV[4])
+redis.call("ZADD", KEYS[3], 0, ARGV[5])
+return 1`;
+
+// KEYS: record, events, lock. ARGV: token ("" = an api's unfenced write), job JSON, expected
+// state, new state, event JSON, cancel ("1"), cancel channel, job id, then field/value pairs.
+const WRITE = `
+if redis.call("EXISTS", KEYS[1]) == 0 then return {"missing"} end
+if ARGV[1] ~= "" then
+  if redis.call("GET", KEYS[3]) ~= ARGV[1] or redis.call("HGET", KEYS[1], "owner") ~= ARGV[1] then return {"fenced"} end
+end
+if ARGV[3] ~= "" then
+  local current = redis.call("HGET", KEYS[1], "state")
+  if current ~= ARGV[3] then return {"state", current} end
+  redis.call("HSET", KEYS[1], "state", ARGV[4])
+end
+if ARGV[2] ~= "" then redis.call("HSET", KEYS[1], "job", ARGV[2]) end
+for i = 9, #ARGV, 2 do redis.call("HSET", KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[6] == "1" then
+  redis.call("HSET", KEYS[1], "cancel", "1")
+  redis.call("PUBLISH", ARGV[7], ARGV[8])
+end
+local seq = 0
+if ARGV[5] ~= "" then
+  seq = redis.call("HINCRBY", KEYS[1], "seq", 1)
+  redis.call("XADD", KEYS[2], seq .. "-0", "e", ARGV[5])
+end
+return {"ok", tostring(seq)}`;
+
+// KEYS: record, lock. ARGV: token. The worker holding the lock becomes the record's owner.
+const CLAIM = `
+if redis.call("EXISTS", KEYS[1]) == 0 then return "missing" end
+if redis.call("GET", KEYS[2]) ~= ARGV[1] then return "fenced" end
+redis.call("HSET", KEYS[1], "owner", ARGV[1])
+redis.call("HINCRBY", KEYS[1], "attempt", 1)
+return "ok"`;
+
+interface Scripts {
+  vaccineCreate(record: string, events: string, index: string, ...args: string[]): Promise<number>;
+  vaccineWrite(record: string, events: string, lock: string, ...args: string[]): Promise<string[]>;
+  vaccineClaim(record: string, lock: string, token: string): Promise<string>;
+}
+
+export class RedisJobs {
+  private readonly redis: Redis & Scripts;
+
+  constructor(
+    redis: Redis,
+    readonly keys: QueueKeys,
+  ) {
+    redis.defineCommand("vaccineCreate", { numberOfKeys: 3, lua: CREATE });
+    redis.defineCommand("vaccineWrite", { numberOfKeys: 3, lua: WRITE });
+    redis.defineCommand("vaccineClaim", { numberOfKeys: 2, lua: CLAIM });
+    this.redis = redis as Redis & Scripts;
+  }
+
+  /** Records a new job with its first event (sequence 1); false when the id exists. */
+  async create(job: Job, link: TraceLink | undefined, first: JobEventInit): Promise<boolean> {
+    const k = this.keys;
+    const added = await this.redis.vaccineCreate(
+      k.job(job.id),
+      k.events(job.id),
+      k.index(KIND_NAME[job.kind]),
+      jobJson(job),
+      String(job.state),
+      JSON.stringify(link ?? null),
+      eventJson(job.id, first),
+      indexMember(job),
+    );
+    return added === 1;
+  }
+
+  async read(id: string): Promise<StoredJob | undefined> {
+    const h = await this.redis.hgetall(this.keys.job(id));
+    return h.job ? parse(h) : undefined;
+  }
+
+  /** Takes ownership of the record for the worker holding the job's lock with `token`. */
+  async claim(id: string, token: string): Promise<"ok" | "missing" | "fenced"> {
+    return (await this.redis.vaccineClaim(this.keys.job(id), this.keys.lock(id), token)) as "ok" | "missing" | "fenced";
+  }
+
+  /** Applies a change; `token` fences it on the job's lock (undefined: an api's write). */
+  async write(id: string, change: Change, token?: string): Promise<WriteResult> {
+    const k = this.keys;
+    const fields = Object.entries(change.fields ?? {}).flatMap(([f, v]) => [f, String(v)]);
+    const r = await this.redis.vaccineWrite(
+      k.job(id),
+      k.events(id),
+      k.lock(id),
+      token ?? "",
+      change.job ? jobJson(change.job) : "",
+      change.from !== undefined ? String(change.from) : "",
+      change.to !== undefined ? String(change.to) : "",
+      change.event ? eventJson(id, change.event) : "",
+      change.cancel ? "1" : "",
+      k.cancel,
+      id,
+      ...fields,
+    );
+    if (r[0] === "ok") return { ok: true, sequence: Number(r[1]) };
+    if (r[0] === "state") return { ok: false, why: "state", state: Number(r[1]) as JobState };
+    return { ok: false, why: r[0] as "fenced" | "missing" };
+  }
+
+  /** A page of a kind's jobs, newest first, after the member `after` (exclusive). */
+  async page(kind: JobKind, size: number, after: string): Promise<{ jobs: Job[]; last?: string; more: boolean }> {
+    const members = (await this.redis.call("ZRANGE", this.keys.index(KIND_NAME[kind]), after ? `(${after}` : "+", "-", "BYLEX", "REV", "LIMIT", "0", String(size + 1))) as string[];
+    const shown = members.slice(0, size);
+    const pipeline = this.redis.pipeline();
+    for (const m of shown) pipeline.hgetall(this.keys.job(m.slice(m.indexOf(":") + 1)));
+    const rows = ((await pipeline.exec()) ?? []).map(([, h]) => h as Record<string, string>);
+    return { jobs: rows.filter((h) => h.job).map((h) => parse(h).job), last: shown.at(-1), more: members.length > size };
+  }
+
+  /** Events after `after`, from `conn` (a blocking read needs a connection of its own). */
+  async events(conn: Redis, id: string, after: number, blockMs?: number): Promise<JobEvent[]> {
+    const args: (string | number)[] = ["COUNT", 1000];
+    if (blockMs !== undefined) args.push("BLOCK", blockMs);
+    const res = (await conn.call("XREAD", ...args, "STREAMS", this.keys.events(id), `${after}-0`)) as [string, [string, string[]][]][] | null;
+    return (res?.[0]?.[1] ?? []).map(([entryId, fields]) => {
+      const e = fromJson(JobEventSchema, JSON.parse(fields[fields.indexOf("e") + 1]) as JsonValue, json);
+      e.sequence = Number(entryId.split("-")[0]);
+      return e;
+    });
+  }
+}
+
+/** A List page token names the last member shown; members sort by create time, then id. */
+export function indexMember(job: Job): string {
+  const t = job.createTime!;
+  return `${String(t.seconds).padStart(12, "0")}.${String(t.nanos).padStart(9, "0")}:${job.id}`;
+}
+
+export const INDEX_MEMBER = /^\d{12}\.\d{9}:(align|finetune)-[0-9a-f-]{36}$/;
+
+function jobJson(job: Job): string {
+  return JSON.stringify(toJson(JobSchema, job, json));
+}
+
+function eventJson(jobId: string, event: JobEventInit): string {
+  return JSON.stringify(toJson(JobEventSchema, create(JobEventSchema, { jobId, time: timestampNow(), event }), json));
+}
+
+function parse(h: Record<string, string>): StoredJob {
+  const job = fromJson(JobSchema, JSON.parse(h.job) as JsonValue, json);
+  job.state = Number(h.state) as JobState;
+  const link = JSON.parse(h.link ?? "null") as TraceLink | null;
+  return {
+    job,
+    link: link ?? undefined,
+    owner: h.owner ?? "",
+    attempt: Number(h.attempt ?? 0),
+    failures: Number(h.failures ?? 0),
+    cancel: h.cancel === "1",
+    seq: Number(h.seq ?? 0),
+  };
+}

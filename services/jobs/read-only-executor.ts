@@ -1,0 +1,94 @@
+/**
+ * The executor of a process that could not take the jobs folder's lock (jobs-dir-lock.ts):
+ * another process runs the jobs there. This one runs none and resumes none; it answers
+ * Get, List and Watch from the records on disk (Watch polls the event log until the job is
+ * final) and refuses Create and Cancel with FAILED_PRECONDITION / JOB_EXECUTOR_LOCKED:
+ * several processes that run jobs need a shared queue (VACCINE_QUEUE_URL).
+ */
+import { Code, type ConnectError } from "@connectrpc/connect";
+import { JobState, type Job, type JobEvent, type JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
+import { rpcError } from "../platform/errors.ts";
+import type { JobExecutor, JobSpec } from "./executor.ts";
+import type { LockHolder } from "./jobs-dir-lock.ts";
+import { JobRecords } from "./records.ts";
+
+const FINAL = new Set([JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED]);
+const POLL_MS = 250;
+
+export class ReadOnlyExecutor implements JobExecutor {
+  private readonly records: JobRecords;
+
+  constructor(
+    readonly dir: string,
+    readonly holder: LockHolder,
+  ) {
+    this.records = new JobRecords(dir);
+  }
+
+  /** Why this process runs no jobs: for the start-up log and every refused call. */
+  get reason(): string {
+    return (
+      `the jobs folder ${this.dir} is locked by process ${this.holder.pid} on ${this.holder.host}` +
+      `${this.holder.since ? ` (since ${this.holder.since})` : ""}, which runs its jobs; this process runs none. ` +
+      "Several processes that run jobs need a shared queue: set VACCINE_QUEUE_URL, or give each process its own VACCINE_JOBS_DIR"
+    );
+  }
+
+  async create(_kind: JobKind, _spec: JobSpec): Promise<Job> {
+    throw this.locked();
+  }
+
+  async cancel(kind: JobKind, id: string): Promise<Job> {
+    this.record(kind, id);
+    throw this.locked();
+  }
+
+  async get(kind: JobKind, id: string): Promise<Job> {
+    return this.record(kind, id).job;
+  }
+
+  /** The page token is the offset, as the LocalExecutor's. */
+  async list(kind: JobKind, pageSize: number, pageToken: string): Promise<{ jobs: Job[]; nextPageToken: string }> {
+    const offset = pageToken ? Number(Buffer.from(pageToken, "base64url").toString()) : 0;
+    if (!Number.isInteger(offset) || offset < 0) {
+      throw rpcError(Code.InvalidArgument, "FIELD_INVALID", "page_token: is not a token this server issued", { fields: "page_token" });
+    }
+    const size = pageSize || 50;
+    const all = this.records
+      .loadAll()
+      .map((r) => r.job)
+      .filter((j) => j.kind === kind)
+      .sort((a, b) => Number(b.createTime!.seconds - a.createTime!.seconds) || b.createTime!.nanos - a.createTime!.nanos);
+    const next = offset + size < all.length ? Buffer.from(String(offset + size)).toString("base64url") : "";
+    return { jobs: all.slice(offset, offset + size), nextPageToken: next };
+  }
+
+  async *watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence = 0): AsyncGenerator<JobEvent> {
+    let sent = afterSequence;
+    // The record turns final just before its last event is appended: one more read gets it.
+    for (let finalReads = 0; ; ) {
+      const { job, events } = this.record(kind, id);
+      while (sent < events.length) yield events[sent++];
+      const last = events.at(-1)?.event;
+      const ended = last?.case === "stateChange" && FINAL.has(last.value.to);
+      if (signal.aborted || ended || (FINAL.has(job.state) && finalReads++ > 0)) return;
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    }
+  }
+
+  async shutdown(): Promise<void> {}
+
+  private record(kind: JobKind, id: string) {
+    const record = this.records.load(id);
+    if (!record || record.job.kind !== kind) throw rpcError(Code.NotFound, "JOB_NOT_FOUND", `job "${id}" not found`, { job_id: id });
+    return record;
+  }
+
+  private locked(): ConnectError {
+    return rpcError(Code.FailedPrecondition, "JOB_EXECUTOR_LOCKED", this.reason, {
+      jobs_dir: this.dir,
+      holder_pid: String(this.holder.pid),
+      holder_host: this.holder.host,
+    });
+  }
+}

@@ -1,0 +1,90 @@
+/**
+ * Authentication and authorization of every call, as the first interceptor after tracing:
+ * the authenticator establishes the principal, which goes into the call's context values
+ * (see principal.ts); the access policy decides whether one of its roles allows the method.
+ * The platform knows no roles of its own: the policy comes from the process that composes
+ * the services. Health is always open (probes carry no credentials); reflection needs
+ * authentication unless configured open.
+ */
+import { Code, type Interceptor } from "@connectrpc/connect";
+import type { DescService } from "@bufbuild/protobuf";
+import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
+import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
+import { AuthReason, type Authenticator } from "./authenticate.ts";
+import { rpcError } from "./errors.ts";
+import type { Logger } from "./log.ts";
+import { PEER } from "./peer.ts";
+import { PRINCIPAL, type Principal } from "./principal.ts";
+
+export interface AccessPolicy {
+  /** Every role, weakest first: a role allows whatever any role before it allows. */
+  roles: readonly string[];
+  /** The role each method needs, by "package.Service/Method"; a served method missing here fails the start. */
+  methods: Readonly<Record<string, string>>;
+}
+
+export interface AccessOptions {
+  /** Undefined: no authentication; every call acts as ANONYMOUS. */
+  authenticator?: Authenticator;
+  policy?: AccessPolicy;
+  /** Reflection without credentials (API discovery tools on a trusted network). */
+  reflectionOpen?: boolean;
+  logger?: Logger;
+}
+
+/** The caller when authentication is off: one tenant, every role. */
+export function anonymous(policy?: AccessPolicy): Principal {
+  return { tenant: "default", principal: "anonymous", roles: [...(policy?.roles ?? [])], via: "none" };
+}
+
+export const methodKey = (service: { typeName: string }, method: { name: string }) => `${service.typeName}/${method.name}`;
+
+/** Throws when a served method has no required role: nothing is served by default. */
+export function checkPolicyCovers(policy: AccessPolicy, services: DescService[]): void {
+  const missing = services.flatMap((s) => s.methods.map((m) => methodKey(s, m))).filter((k) => !(k in policy.methods));
+  const unknownRoles = [...new Set(Object.values(policy.methods))].filter((r) => !policy.roles.includes(r));
+  if (missing.length || unknownRoles.length) {
+    throw new Error(`access policy incomplete: ${[...missing.map((k) => `no role for ${k}`), ...unknownRoles.map((r) => `unknown role ${r}`)].join("; ")}`);
+  }
+}
+
+/** Whether any of `held` is `required` or stronger. */
+export function allows(policy: AccessPolicy, held: readonly string[], required: string): boolean {
+  const need = policy.roles.indexOf(required);
+  return need >= 0 && held.some((r) => policy.roles.indexOf(r) >= need);
+}
+
+export function accessControl(options: AccessOptions): Interceptor {
+  const { authenticator, policy, logger } = options;
+  const none = anonymous(policy);
+  return (next) => async (req) => {
+    const service = req.service.typeName;
+    if (service === Health.typeName) return next(req);
+    const key = methodKey(req.service, req.method);
+    let principal: Principal;
+    if (!authenticator) {
+      principal = none;
+    } else {
+      if (service === ServerReflection.typeName && options.reflectionOpen) return next(req);
+      try {
+        principal = await authenticator.authenticate({ header: req.header, peer: req.contextValues.get(PEER) });
+      } catch (err) {
+        logger?.info({ method: key, outcome: "unauthenticated", error: (err as Error).message }, "call refused");
+        throw err;
+      }
+    }
+    const required = policy?.methods[key];
+    // Reflection only needs an authenticated caller.
+    if (policy && service !== ServerReflection.typeName && (required === undefined || !allows(policy, principal.roles, required))) {
+      logger?.info({ method: key, tenant: principal.tenant, principal: principal.principal, outcome: "permission_denied", required_role: required }, "call refused");
+      throw rpcError(
+        Code.PermissionDenied,
+        AuthReason.ROLE_REQUIRED,
+        `${key} needs the ${required ?? "(none configured)"} role; ${principal.principal} of tenant ${principal.tenant} has ${principal.roles.length ? principal.roles.join(", ") : "no roles"}`,
+        { method: key, required_role: required ?? "" },
+      );
+    }
+    req.contextValues.set(PRINCIPAL, principal);
+    return next(req);
+  };
+}

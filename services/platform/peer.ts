@@ -1,0 +1,58 @@
+/**
+ * The client certificate of a call's connection, as identities an mTLS mapping can name:
+ * "CN=<common name>" and the subject alternative names as Node prints them ("DNS:...",
+ * "URI:...", "email:...", "IP Address:..."). Read once per connection.
+ */
+import type { IncomingMessage } from "node:http";
+import type { Http2ServerRequest } from "node:http2";
+import type { TLSSocket } from "node:tls";
+import { createContextKey } from "@connectrpc/connect";
+
+export interface PeerIdentity {
+  /** The chain was verified against the configured client CA. */
+  verified: boolean;
+  /** Alternative names first, then the subject CN: the order a mapping is searched in. */
+  identities: string[];
+}
+
+export const PEER = createContextKey<PeerIdentity | undefined>(undefined, { description: "TLS client certificate" });
+
+const cache = new WeakMap<object, PeerIdentity | undefined>();
+
+/** The peer of a request's connection (HTTP/1.1 or HTTP/2), or undefined without a client certificate. */
+export function peerOf(req: IncomingMessage | Http2ServerRequest): PeerIdentity | undefined {
+  const socket = ("stream" in req ? req.stream.session?.socket : req.socket) as TLSSocket | undefined;
+  if (!socket || !("encrypted" in socket) || !socket.encrypted) return undefined;
+  if (cache.has(socket)) return cache.get(socket);
+  const cert = socket.getPeerCertificate();
+  let peer: PeerIdentity | undefined;
+  if (cert && Object.keys(cert).length > 0) {
+    const cn = cert.subject?.CN;
+    const names = subjectAltNames(cert.subjectaltname ?? "");
+    peer = { verified: socket.authorized, identities: [...names, ...(typeof cn === "string" && cn ? [`CN=${cn}`] : [])] };
+  }
+  cache.set(socket, peer);
+  return peer;
+}
+
+/**
+ * Node joins the names with ", " and JSON-quotes a value holding a comma or a quote
+ * (so a crafted name cannot pose as two).
+ */
+export function subjectAltNames(text: string): string[] {
+  const out: string[] = [];
+  const re = /([A-Za-z ]+):("(?:[^"\\]|\\.)*"|[^,]*)(?:, |$)/gy;
+  let m: RegExpExecArray | null;
+  while (re.lastIndex < text.length && (m = re.exec(text))) {
+    let value = m[2];
+    if (value.startsWith('"')) {
+      try {
+        value = JSON.parse(value) as string;
+      } catch {
+        continue;
+      }
+    }
+    out.push(`${m[1]}:${value}`);
+  }
+  return out;
+}

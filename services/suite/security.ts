@@ -1,0 +1,67 @@
+/**
+ * The process's transport security, authentication, access policy and limits, from its
+ * configuration, as the platform's server options (docs/security.md).
+ */
+import type { CallBounds } from "../common/bounds.ts";
+import type { Authenticator } from "../platform/authenticate.ts";
+import { jwtAuthenticator } from "../platform/jwt-auth.ts";
+import { MiB } from "../platform/limits.ts";
+import type { Logger } from "../platform/log.ts";
+import { mtlsAuthenticator } from "../platform/mtls-auth.ts";
+import type { ServerOptions } from "../platform/server.ts";
+import { tokenAuthenticator } from "../platform/token-auth.ts";
+import { accessPolicy } from "./access.ts";
+import type { Config } from "./config.ts";
+
+type SecurityOptions = Required<Pick<ServerOptions, "access" | "limits" | "rateLimit">> & Pick<ServerOptions, "tls" | "healthPort">;
+
+export async function authenticatorOf(config: Config, logger: Logger): Promise<Authenticator | undefined> {
+  switch (config.auth) {
+    case "none":
+      return undefined;
+    case "token":
+      return tokenAuthenticator(config.authTokensFile, logger);
+    case "mtls":
+      return mtlsAuthenticator(config.authMtlsMap, logger);
+    case "jwt":
+      return jwtAuthenticator(
+        {
+          jwks: config.authJwks,
+          issuer: config.authIssuer,
+          audience: config.authAudience,
+          clockSkewSeconds: config.authClockSkewS,
+          tenantClaim: config.authTenantClaim,
+          rolesClaim: config.authRolesClaim,
+        },
+        logger,
+      );
+  }
+}
+
+/** Server options of the process; fails (at start) on unreadable or invalid credentials files. */
+export async function securityOptions(config: Config, logger: Logger): Promise<SecurityOptions> {
+  return {
+    tls: config.tlsCert ? { certFile: config.tlsCert, keyFile: config.tlsKey, clientCaFile: config.tlsClientCa || undefined } : undefined,
+    healthPort: config.healthPort,
+    access: { authenticator: await authenticatorOf(config, logger), policy: accessPolicy(), reflectionOpen: config.reflectionOpen },
+    limits: {
+      maxMessageBytes: config.maxMessageMb * MiB,
+      unaryDeadlineMs: config.unaryDeadlineMs,
+      maxConcurrentStreams: config.maxStreamsPerConnection,
+      keepaliveIntervalMs: config.keepaliveMs,
+      keepaliveTimeoutMs: config.keepaliveTimeoutMs,
+      idleTimeoutMs: config.idleTimeoutMs,
+    },
+    rateLimit: { perSecond: config.rateLimitRps, burst: config.rateLimitBurst },
+  };
+}
+
+export function callBounds(config: Config): CallBounds {
+  return {
+    maxPromptTokens: config.maxPromptTokens,
+    maxNewTokens: config.maxNewTokens,
+    maxGeneratedTokens: config.maxGeneratedTokens,
+    maxSteps: config.maxSteps,
+    maxTrainingTokens: config.maxTrainingTokens,
+  };
+}

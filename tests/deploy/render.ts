@@ -1,0 +1,78 @@
+/**
+ * Renders deploy/k8s for the tests: with the real `kubectl kustomize` when kubectl is on PATH,
+ * else with the small renderer in kustomize.ts. An overlay with extra components is rendered
+ * the way deploy/README.md tells users to combine them: a kustomization of its own with
+ * `resources: [<overlay>]`, `components: [...]` and the namespace.
+ */
+import { execFileSync, spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, relative, resolve } from "node:path";
+import { parseAllDocuments } from "yaml";
+import { kustomize, type K8sObject } from "./kustomize.ts";
+
+export type { K8sObject };
+export type Engine = "kubectl" | "fallback";
+
+export const K8S = "deploy/k8s";
+export const NAMESPACE = "vaccine";
+
+let kubectl: boolean | undefined;
+/** True when `kubectl kustomize` can run here. */
+export function hasKubectl(): boolean {
+  kubectl ??= spawnSync("kubectl", ["version", "--client"], { stdio: "ignore" }).status === 0;
+  return kubectl;
+}
+
+/** kubectl when it is there, the fallback otherwise (VACCINE_KUSTOMIZE=fallback forces it). */
+export const ENGINE: Engine = process.env.VACCINE_KUSTOMIZE === "fallback" || !hasKubectl() ? "fallback" : "kubectl";
+
+function renderDir(dir: string, engine: Engine): K8sObject[] {
+  if (engine === "fallback") return kustomize(dir);
+  // kubectl prints errors on stderr and exits non-zero: execFileSync throws with them.
+  const out = execFileSync("kubectl", ["kustomize", dir], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+  return parseAllDocuments(out).flatMap((doc) => {
+    if (doc.errors.length > 0) throw new Error(`kubectl kustomize ${dir}: ${doc.errors[0].message}`);
+    const value = doc.toJS() as K8sObject | null;
+    return value === null ? [] : [value];
+  });
+}
+
+const cache = new Map<string, K8sObject[]>();
+
+/**
+ * The objects of overlays/<overlay> with components/<c> for each of `components`, as a fresh
+ * copy (tests may not share mutations).
+ */
+export function render(overlay: string, components: string[] = [], engine: Engine = ENGINE): K8sObject[] {
+  const id = `${engine}:${overlay}+${components.join("+")}`;
+  if (!cache.has(id)) {
+    const overlayDir = resolve(K8S, "overlays", overlay);
+    if (components.length === 0) {
+      cache.set(id, renderDir(overlayDir, engine));
+    } else {
+      // kustomize refuses absolute paths in resources: paths relative to the temporary folder.
+      const dir = mkdtempSync(join(tmpdir(), "vaccine-kustomize-"));
+      try {
+        const rel = (path: string) => relative(dir, path);
+        writeFileSync(
+          join(dir, "kustomization.yaml"),
+          [
+            "apiVersion: kustomize.config.k8s.io/v1beta1",
+            "kind: Kustomization",
+            `namespace: ${NAMESPACE}`,
+            "resources:",
+            `  - ${rel(overlayDir)}`,
+            "components:",
+            ...components.map((c) => `  - ${rel(resolve(K8S, "components", c))}`),
+            "",
+          ].join("\n"),
+        );
+        cache.set(id, renderDir(dir, engine));
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  }
+  return structuredClone(cache.get(id)!);
+}

@@ -1,0 +1,111 @@
+// The job memory estimate grows with every size that drives it, and admission refuses a job
+// over the limit with the numbers and advice that fits.
+import { readFileSync } from "node:fs";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { describe, expect, it } from "vitest";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
+import { admitJob, defaultJobMemoryLimitMb, WASM_HEAP_MAX_MB } from "../../services/jobs/admission.ts";
+import { estimateJobMemory, type JobShape } from "../../services/jobs/job-memory.ts";
+import { isBackendAbort } from "../../services/jobs/backend-abort.ts";
+import { parseLlamaConfig } from "../../services/runtime/model/config.ts";
+import { LINEAR_MODULES } from "../../services/runtime/model/llama.ts";
+
+const BUILTIN = { vocab_size: 1541, hidden_size: 64, intermediate_size: 256, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 4, max_position_embeddings: 256 };
+const shape = (over: Partial<JobShape> = {}, model: Record<string, number> = {}): JobShape => ({
+  model: parseLlamaConfig({ ...BUILTIN, ...model }),
+  batchSize: 5,
+  sequenceLength: 200,
+  loraRank: 8,
+  targetModules: LINEAR_MODULES,
+  method: "sft",
+  ...over,
+});
+const mb = (s: JobShape) => estimateJobMemory(s).totalBytes / 2 ** 20;
+
+describe("estimateJobMemory", () => {
+  it("grows strictly with batch, sequence length, rank, vocabulary, width and depth", () => {
+    const grows = (values: number[], make: (v: number) => JobShape) => {
+      const estimates = values.map((v) => mb(make(v)));
+      for (let i = 1; i < estimates.length; i++) expect(estimates[i]).toBeGreaterThan(estimates[i - 1]);
+    };
+    grows([1, 2, 5, 16, 64, 4096], (b) => shape({ batchSize: b }));
+    grows([2, 16, 200, 1024, 65536], (t) => shape({ sequenceLength: t }));
+    grows([1, 8, 64, 256], (r) => shape({ loraRank: r }));
+    grows([64, 1541, 32000], (v) => shape({}, { vocab_size: v }));
+    grows([64, 256, 1024], (d) => shape({}, { hidden_size: d, intermediate_size: 4 * d }));
+    grows([1, 2, 8, 32], (l) => shape({}, { num_hidden_layers: l }));
+    grows([1, 3, 7], (n) => shape({ targetModules: LINEAR_MODULES.slice(0, n) }));
+  });
+
+  it("counts Vaccine's perturbations on top of SFT", () => {
+    expect(mb(shape({ method: "vaccine" }))).toBeGreaterThan(mb(shape({ method: "sft" })));
+  });
+
+  it("is not below the measured peak of any recorded job (bench/results/job-memory.json)", () => {
+    const { results } = JSON.parse(readFileSync("bench/results/job-memory.json", "utf8")) as {
+      results: { name: string; model: Record<string, number>; batch: number; seq: number; rank: number; method: "sft" | "vaccine"; failure?: string; measuredMb: number }[];
+    };
+    const measured = results.filter((r) => !r.failure);
+    expect(measured.length).toBeGreaterThanOrEqual(10);
+    for (const r of measured) {
+      const estimate = mb(shape({ batchSize: r.batch, sequenceLength: r.seq, loraRank: r.rank, method: r.method }, { ...r.model, max_position_embeddings: 4096 }));
+      expect(estimate, r.name).toBeGreaterThanOrEqual(r.measuredMb);
+      // And not wildly above: admission must not refuse what fits.
+      expect(estimate / r.measuredMb, r.name).toBeLessThan(1.5);
+    }
+  });
+});
+
+describe("admitJob", () => {
+  it("accepts a job within the limit and returns its estimate", () => {
+    expect(admitJob(shape(), 4096).totalBytes).toBeLessThanOrEqual(4096 * 2 ** 20);
+  });
+
+  it("refuses a job over the limit with RESOURCE_EXHAUSTED, the estimate, the limit and sizes that fit", () => {
+    const big = shape({ batchSize: 64, sequenceLength: 512 });
+    let err: ConnectError | undefined;
+    try {
+      admitJob(big, 2048);
+    } catch (e) {
+      err = e as ConnectError;
+    }
+    expect(err?.code).toBe(Code.ResourceExhausted);
+    const info = err!.findDetails(ErrorInfoSchema)[0];
+    expect(info.reason).toBe("JOB_MEMORY_LIMIT_EXCEEDED");
+    expect(info.metadata.limit_mb).toBe("2048");
+    expect(Number(info.metadata.estimate_mb)).toBe(Math.ceil(mb(big)));
+    const batch = Number(info.metadata.max_batch_size);
+    const length = Number(info.metadata.max_sequence_length);
+    expect(err!.rawMessage).toContain(`lower spec.training.batch_size to ${batch} or spec.training.max_sequence_length to ${length}`);
+    // The advice is the largest size that fits.
+    expect(mb({ ...big, batchSize: batch })).toBeLessThanOrEqual(2048);
+    expect(mb({ ...big, batchSize: batch + 1 })).toBeGreaterThan(2048);
+    expect(mb({ ...big, sequenceLength: length })).toBeLessThanOrEqual(2048);
+    expect(mb({ ...big, sequenceLength: length + 1 })).toBeGreaterThan(2048);
+  });
+
+  it("says when only both together fit, and when the model alone does not", () => {
+    expect(() => admitJob(shape({ batchSize: 4096, sequenceLength: 8192 }), 1024)).toThrow(/lower both: spec\.training\.batch_size to 1 and spec\.training\.max_sequence_length to \d+/);
+    expect(() => admitJob(shape({}, { hidden_size: 8192, intermediate_size: 28672, num_hidden_layers: 80 }), 1024)).toThrow(/the model alone does not fit/);
+  });
+});
+
+describe("the default limit", () => {
+  it("is half the memory, shared by the jobs at once, capped by the wasm heap", () => {
+    const GiB = 2 ** 30;
+    expect(defaultJobMemoryLimitMb(1, "cpu", 16 * GiB)).toBe(8192);
+    expect(defaultJobMemoryLimitMb(2, "cpu", 16 * GiB)).toBe(4096);
+    expect(defaultJobMemoryLimitMb(1, "wasm", 64 * GiB)).toBe(WASM_HEAP_MAX_MB);
+    expect(defaultJobMemoryLimitMb(1, "wasm", 4 * GiB)).toBe(2048);
+  });
+});
+
+describe("isBackendAbort", () => {
+  it("recognises wasm aborts and allocation failures, not ordinary errors", () => {
+    for (const m of ["RuntimeError: memory access out of bounds", "Aborted(). Build with -sASSERTIONS for more info.", "Invalid typed array length: 4800000000", "Array buffer allocation failed"]) {
+      expect(isBackendAbort(new Error(m)), m).toBe(true);
+    }
+    expect(isBackendAbort(Object.assign(new Error("worker ran out of memory"), { code: "ERR_WORKER_OUT_OF_MEMORY" }))).toBe(true);
+    expect(isBackendAbort(new Error("training diverged: the loss at step 3 is NaN"))).toBe(false);
+  });
+});

@@ -1,0 +1,380 @@
+// The distributed executor (api QueueExecutor + QueueWorker on BullMQ) with stand-in work
+// functions, against a real redis-server: queueing, cancel from another api, watch history +
+// live + resume, list paging, bounded attempts, fencing after a takeover, shutdown hand-back.
+import { randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { anyUnpack, timestampNow } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { context, trace } from "@opentelemetry/api";
+import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
+import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } from "@opentelemetry/sdk-metrics";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
+import { CheckpointRefSchema } from "../../gen/vaccine/v1/common_pb.ts";
+import { Queue } from "bullmq";
+import { Redis } from "ioredis";
+import { JobKind, JobSchema, JobState, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
+import { AlignSpecSchema, FineTuneSpecSchema } from "../../gen/vaccine/v1/training_pb.ts";
+import type { JobContext, JobWork } from "../../services/jobs/executor.ts";
+import { QUEUE_NAME, queueKeys, redisOptions } from "../../services/jobs/queue/connection.ts";
+import { QueueExecutor } from "../../services/jobs/queue/queue-executor.ts";
+import { QueueWorker, type QueueWorkerOptions } from "../../services/jobs/queue/queue-worker.ts";
+import { RedisJobs } from "../../services/jobs/queue/redis-jobs.ts";
+import { rpcError } from "../../services/platform/errors.ts";
+import { startRedis, type TestRedis } from "../helpers/redis.ts";
+
+let redis: TestRedis;
+beforeAll(async () => {
+  redis = await startRedis();
+});
+afterAll(() => redis?.stop());
+
+// Each test has its own key prefix on the one server, and closes what it opened.
+const closers: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const close of closers.splice(0).reverse()) await close().catch(() => {});
+});
+function setup() {
+  const prefix = `t${randomUUID().slice(0, 8)}`;
+  const api = (o: Partial<ConstructorParameters<typeof QueueExecutor>[0]> = {}) => {
+    const ex = new QueueExecutor({ url: redis.url, prefix, ...o });
+    closers.push(() => ex.shutdown());
+    return ex;
+  };
+  const worker = (work: JobWork, o: Partial<QueueWorkerOptions> = {}) => {
+    const w = new QueueWorker({ url: redis.url, prefix, work: { [JobKind.ALIGN]: work, [JobKind.FINE_TUNE]: work }, mapError, retryDelayMs: 20, pollMs: 100, ...o });
+    closers.push(() => w.shutdown());
+    w.start();
+    return w;
+  };
+  return { api, worker, prefix };
+}
+
+const ref = (n: number) => create(CheckpointRefSchema, { uri: `store://checkpoints/${n}`, digest: "sha256:" + String(n).repeat(64).slice(0, 64) });
+const spec = { case: "align" as const, value: create(AlignSpecSchema, {}) };
+const mapError = (err: unknown) => (err instanceof ConnectError ? err : rpcError(Code.Internal, "INTERNAL", String(err)));
+
+/** A work function the test drives by hand: resolves when released, or stops (writing a training state) when signalled. */
+function controllable(stateOnStop = 7) {
+  const started: JobContext[] = [];
+  const releases = new Map<string, (n: number) => void>();
+  const work: JobWork = (ctx) =>
+    new Promise((resolve) => {
+      started.push(ctx);
+      releases.set(ctx.job.id, (n) => resolve({ result: ref(n), lineage: [ref(0), ref(n)] }));
+      ctx.signal.addEventListener("abort", () => {
+        ctx.setTrainingState(ref(stateOnStop));
+        resolve(undefined);
+      });
+    });
+  return { work, started, release: (id: string, n = 1) => releases.get(id)!(n) };
+}
+
+const tick = () => new Promise((r) => setTimeout(r, 10));
+async function until(cond: () => boolean | Promise<boolean>, ms = 10_000) {
+  const end = Date.now() + ms;
+  while (Date.now() < end && !(await cond())) await tick();
+  expect(await cond()).toBe(true);
+}
+async function collect(it: AsyncIterable<JobEvent>, max = Infinity) {
+  const out: JobEvent[] = [];
+  for await (const e of it) {
+    out.push(e);
+    if (out.length >= max) break;
+  }
+  return out;
+}
+const states = (events: JobEvent[]) => events.flatMap((e) => (e.event.case === "stateChange" ? [JobState[e.event.value.to]] : []));
+const steps = (events: JobEvent[]) => events.flatMap((e) => (e.event.case === "step" ? [e.event.value.step] : []));
+const watchAll = (ex: QueueExecutor, id: string, after = 0) => collect(ex.watch(JobKind.ALIGN, id, new AbortController().signal, after));
+const stateOf = async (ex: QueueExecutor, id: string) => (await ex.get(JobKind.ALIGN, id)).state;
+
+describe("QueueExecutor and QueueWorker", () => {
+  it("queues jobs, runs one at a time on a worker of concurrency 1, and records results", async () => {
+    const { api, worker } = setup();
+    const c = controllable();
+    const ex = api();
+    worker(c.work);
+    const a = await ex.create(JobKind.ALIGN, spec);
+    const b = await ex.create(JobKind.ALIGN, spec);
+    expect(a.state).toBe(JobState.QUEUED);
+    await until(() => c.started.length === 1);
+    await until(async () => (await stateOf(ex, a.id)) === JobState.RUNNING);
+    expect(await stateOf(ex, b.id)).toBe(JobState.QUEUED);
+    c.release(a.id, 1);
+    await until(() => c.started.length === 2);
+    expect(await ex.get(JobKind.ALIGN, a.id)).toMatchObject({ state: JobState.SUCCEEDED, result: { uri: "store://checkpoints/1" } });
+    expect((await ex.get(JobKind.ALIGN, a.id)).lineage.map((r) => r.uri)).toEqual(["store://checkpoints/0", "store://checkpoints/1"]);
+    c.release(b.id, 2);
+    await until(async () => (await stateOf(ex, b.id)) === JobState.SUCCEEDED);
+    expect(states(await watchAll(ex, b.id))).toEqual(["QUEUED", "RUNNING", "SUCCEEDED"]);
+  });
+
+  it("cancels from another api: a queued job at once, a running one after its step", async () => {
+    const { api, worker } = setup();
+    const c = controllable();
+    const [ex1, ex2] = [api(), api()];
+    worker(c.work);
+    const a = await ex1.create(JobKind.ALIGN, spec);
+    const b = await ex1.create(JobKind.ALIGN, spec);
+    await until(async () => c.started.length === 1 && (await stateOf(ex2, a.id)) === JobState.RUNNING);
+    expect((await ex2.cancel(JobKind.ALIGN, b.id)).state).toBe(JobState.CANCELLED);
+    expect((await ex2.cancel(JobKind.ALIGN, a.id)).state).toBe(JobState.CANCELLING);
+    const events = await watchAll(ex1, a.id);
+    expect(states(events)).toEqual(["QUEUED", "RUNNING", "CANCELLING", "CANCELLED"]);
+    const job = await ex1.get(JobKind.ALIGN, a.id);
+    expect(job.error?.code).toBe(Code.Canceled);
+    expect(anyUnpack(job.error!.details[0], ErrorInfoSchema)?.reason).toBe("JOB_CANCELLED");
+    expect(job.trainingState?.uri).toBe("store://checkpoints/7");
+    expect((await ex1.cancel(JobKind.ALIGN, a.id)).state).toBe(JobState.CANCELLED);
+    // b never ran, even after a's slot was free.
+    await new Promise((r) => setTimeout(r, 300));
+    expect(c.started).toHaveLength(1);
+  });
+
+  it("watch from another api: history, then live events, resumable from a sequence number", async () => {
+    const { api, worker } = setup();
+    let go!: () => void;
+    const gate = new Promise<void>((r) => (go = r));
+    const [ex1, ex2] = [api(), api()];
+    let emitted = false;
+    worker(async (ctx) => {
+      for (let step = 1; step <= 3; step++) ctx.emit({ case: "step", value: { step, totalSteps: 6, loss: 1 / step } });
+      emitted = true;
+      await gate;
+      for (let step = 4; step <= 6; step++) ctx.emit({ case: "step", value: { step, totalSteps: 6, loss: 1 / step } });
+      return { result: ref(6), lineage: [ref(6)] };
+    });
+    const job = await ex1.create(JobKind.ALIGN, spec);
+    // Steps 1-3 come as history (a watch cut short sees them), 4-6 live.
+    await until(() => emitted);
+    const cut = new AbortController();
+    setTimeout(() => cut.abort(), 300);
+    expect(steps(await collect(ex2.watch(JobKind.ALIGN, job.id, cut.signal)))).toEqual([1, 2, 3]);
+    const live = watchAll(ex2, job.id);
+    await tick();
+    go();
+    const events = await live;
+    expect(events.map((e) => e.sequence)).toEqual(events.map((_, i) => i + 1));
+    expect(steps(events)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(states(events)).toEqual(["QUEUED", "RUNNING", "SUCCEEDED"]);
+    // Resumed after the fourth event: exactly the rest, same numbers.
+    const resumed = await watchAll(ex1, job.id, 4);
+    expect(resumed.map((e) => e.sequence)).toEqual(events.slice(4).map((e) => e.sequence));
+    // Resumed after the last: ends at once.
+    expect(await watchAll(ex1, job.id, events.length)).toEqual([]);
+  });
+
+  it("lists newest first in stable pages on every api; NOT_FOUND and bad tokens", async () => {
+    const { api } = setup();
+    const [ex1, ex2] = [api(), api()];
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) ids.push((await (i % 2 ? ex2 : ex1).create(JobKind.ALIGN, spec)).id);
+    await ex1.create(JobKind.FINE_TUNE, { case: "fineTune", value: create(FineTuneSpecSchema, {}) });
+    const page1 = await ex2.list(JobKind.ALIGN, 2, "");
+    // A job created between pages does not shift the next ones.
+    await ex1.create(JobKind.ALIGN, spec);
+    const page2 = await ex1.list(JobKind.ALIGN, 2, page1.nextPageToken);
+    const page3 = await ex2.list(JobKind.ALIGN, 2, page2.nextPageToken);
+    expect([...page1.jobs, ...page2.jobs, ...page3.jobs].map((j) => j.id)).toEqual([...ids].reverse());
+    expect(page3.nextPageToken).toBe("");
+    await expect(ex1.list(JobKind.ALIGN, 2, "bm90LWEtbnVtYmVy")).rejects.toThrow(/page_token/);
+    await expect(ex1.get(JobKind.ALIGN, "align-00000000-0000-0000-0000-000000000000")).rejects.toThrow(/not found/);
+    const ft = (await ex2.list(JobKind.FINE_TUNE, 10, "")).jobs;
+    expect(ft).toHaveLength(1);
+    await expect(ex1.get(JobKind.ALIGN, ft[0].id)).rejects.toThrow(ConnectError);
+  });
+
+  it("retries a retryable failure a bounded number of times, then FAILS with the reason; a non-retryable one fails at once", async () => {
+    const { api, worker } = setup();
+    const ex = api();
+    const runs = new Map<string, number>();
+    worker(
+      async (ctx) => {
+        runs.set(ctx.job.id, (runs.get(ctx.job.id) ?? 0) + 1);
+        if (ctx.job.spec.case === "align") throw rpcError(Code.Unavailable, "STORE_UNAVAILABLE", "the store timed out");
+        throw rpcError(Code.FailedPrecondition, "LOSS_NOT_FINITE", "the loss at step 3 is NaN");
+      },
+      { maxAttempts: 3 },
+    );
+    const a = await ex.create(JobKind.ALIGN, spec);
+    const f = await ex.create(JobKind.FINE_TUNE, { case: "fineTune", value: create(FineTuneSpecSchema, {}) });
+    await until(async () => (await stateOf(ex, a.id)) === JobState.FAILED && (await ex.get(JobKind.FINE_TUNE, f.id)).state === JobState.FAILED);
+    const failed = await ex.get(JobKind.ALIGN, a.id);
+    expect(runs.get(a.id)).toBe(3);
+    expect(failed.error?.code).toBe(Code.Unavailable);
+    expect(failed.error?.message).toContain("the store timed out (failed 3 of 3 runs)");
+    expect(anyUnpack(failed.error!.details[0], ErrorInfoSchema)).toMatchObject({ reason: "STORE_UNAVAILABLE", metadata: { attempts: "3" } });
+    expect(states(await watchAll(ex, a.id))).toEqual(["QUEUED", "RUNNING", "QUEUED", "RUNNING", "QUEUED", "RUNNING", "FAILED"]);
+    expect(runs.get(f.id)).toBe(1);
+    expect(anyUnpack((await ex.get(JobKind.FINE_TUNE, f.id)).error!.details[0], ErrorInfoSchema)?.reason).toBe("LOSS_NOT_FINITE");
+    // Nothing is retried afterwards.
+    await new Promise((r) => setTimeout(r, 300));
+    expect(runs.get(a.id)).toBe(3);
+  });
+
+  it("fences a worker whose lock was taken over: it cannot write; the new owner resumes from the training state", async () => {
+    const { api, worker } = setup();
+    const ex = api();
+    let releaseA!: () => void;
+    const blocked = new Promise<void>((r) => (releaseA = r));
+    let aDone = false;
+    const a = worker(
+      async (ctx) => {
+        ctx.emit({ case: "step", value: { step: 1, totalSteps: 2 } });
+        ctx.setTrainingState(ref(5));
+        // Stands for a worker that stopped renewing its lock (a blocked loop, a partition).
+        await blocked;
+        ctx.emit({ case: "step", value: { step: 99, totalSteps: 2 } });
+        ctx.setTrainingState(ref(66));
+        aDone = true;
+        return { result: ref(66), lineage: [ref(66)] };
+      },
+      { lockMs: 600 },
+    );
+    const job = await ex.create(JobKind.ALIGN, spec);
+    await until(async () => (await ex.get(JobKind.ALIGN, job.id)).trainingState?.uri === "store://checkpoints/5");
+    // Lock renewal stops, the processor keeps running.
+    await a["worker"].close(true);
+    let resumedFrom: string | undefined;
+    worker(
+      async (ctx) => {
+        resumedFrom = ctx.job.trainingState?.uri;
+        releaseA();
+        await until(() => aDone);
+        await new Promise((r) => setTimeout(r, 100));
+        ctx.emit({ case: "step", value: { step: 2, totalSteps: 2 } });
+        return { result: ref(2), lineage: [ref(2)] };
+      },
+      { lockMs: 600 },
+    );
+    await until(async () => (await stateOf(ex, job.id)) === JobState.SUCCEEDED, 15_000);
+    expect(resumedFrom).toBe("store://checkpoints/5");
+    const done = await ex.get(JobKind.ALIGN, job.id);
+    expect(done.result?.uri).toBe("store://checkpoints/2");
+    expect(done.trainingState?.uri).toBe("store://checkpoints/5");
+    const events = await watchAll(ex, job.id);
+    expect(events.map((e) => e.sequence)).toEqual(events.map((_, i) => i + 1));
+    expect(steps(events)).toEqual([1, 2]);
+    expect(states(events)).toEqual(["QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"]);
+    expect(events.some((e) => e.event.case === "log" && /worker was lost mid-job \(1 of 3/.test(e.event.value.message))).toBe(true);
+  });
+
+  it("fails a job whose workers keep getting lost after the bounded number of runs", async () => {
+    const { api, worker } = setup();
+    const ex = api();
+    const job = await ex.create(JobKind.ALIGN, spec);
+    for (let run = 1; run <= 2; run++) {
+      let started = false;
+      const w = worker(
+        async () => {
+          started = true;
+          return new Promise(() => {});
+        },
+        { lockMs: 400, maxAttempts: 2 },
+      );
+      await until(() => started, 15_000);
+      await w["worker"].close(true);
+    }
+    worker(async () => ({ result: ref(1), lineage: [ref(1)] }), { lockMs: 400, maxAttempts: 2 });
+    await until(async () => (await stateOf(ex, job.id)) === JobState.FAILED, 15_000);
+    const failed = await ex.get(JobKind.ALIGN, job.id);
+    expect(anyUnpack(failed.error!.details[0], ErrorInfoSchema)).toMatchObject({ reason: "WORKER_LOST", metadata: { attempts: "2" } });
+  });
+
+  it("at worker shutdown hands a running job back to the queue; another worker resumes it", async () => {
+    const { api, worker } = setup();
+    const ex = api();
+    const c = controllable(7);
+    const w1 = worker(c.work);
+    const job = await ex.create(JobKind.ALIGN, spec);
+    await until(async () => c.started.length === 1 && (await stateOf(ex, job.id)) === JobState.RUNNING);
+    await w1.shutdown();
+    expect(await ex.get(JobKind.ALIGN, job.id)).toMatchObject({ state: JobState.QUEUED, trainingState: { uri: "store://checkpoints/7" } });
+    let resumedFrom: string | undefined;
+    worker(async (ctx) => {
+      resumedFrom = ctx.job.trainingState?.uri;
+      return { result: ref(9), lineage: [ref(9)] };
+    });
+    await until(async () => (await stateOf(ex, job.id)) === JobState.SUCCEEDED);
+    expect(resumedFrom).toBe("store://checkpoints/7");
+    expect(states(await watchAll(ex, job.id))).toEqual(["QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"]);
+  });
+
+  it("runs a job queued before its record was written once the record appears (the api enqueues first)", async () => {
+    const { api, worker, prefix } = setup();
+    const ex = api();
+    let runs = 0;
+    worker(async () => {
+      runs++;
+      return { result: ref(1), lineage: [ref(1)] };
+    });
+    const queue = new Queue(QUEUE_NAME, { connection: redisOptions(redis.url), prefix });
+    const conn = new Redis(redisOptions(redis.url));
+    closers.push(async () => void (await queue.close(), await conn.quit()));
+    const id = `align-${randomUUID()}`;
+    await queue.add("align", { id, trace: {} }, { jobId: id });
+    await new Promise((r) => setTimeout(r, 800));
+    expect(runs).toBe(0);
+    const job = create(JobSchema, { id, kind: JobKind.ALIGN, state: JobState.QUEUED, createTime: timestampNow(), progress: {}, spec });
+    await new RedisJobs(conn, queueKeys(prefix)).create(job, undefined, { case: "stateChange", value: { from: JobState.UNSPECIFIED, to: JobState.QUEUED } });
+    await until(async () => (await stateOf(ex, id)) === JobState.SUCCEEDED);
+    expect(runs).toBe(1);
+  });
+
+  it("answers UNAVAILABLE while Redis cannot be reached", async () => {
+    const down = await startRedis();
+    const url = down.url;
+    await down.stop();
+    const ex = new QueueExecutor({ url, prefix: "down", enqueueTimeoutMs: 500 });
+    closers.push(() => ex.shutdown());
+    const t = Date.now();
+    await expect(ex.get(JobKind.ALIGN, "align-00000000-0000-0000-0000-000000000000")).rejects.toMatchObject({ code: Code.Unavailable, rawMessage: expect.stringMatching(/job queue cannot be reached/) });
+    await expect(ex.create(JobKind.ALIGN, spec)).rejects.toMatchObject({ code: Code.Unavailable });
+    expect(Date.now() - t).toBeLessThan(3000);
+  });
+
+  it("continues the creating RPC's trace on the worker (api -> queue -> worker) and counts queue and steps", async () => {
+    context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+    const exporter = new InMemorySpanExporter();
+    const tracer = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }).getTracer("test");
+    const metricExporter = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE);
+    const reader = new PeriodicExportingMetricReader({ exporter: metricExporter, exportIntervalMillis: 60_000 });
+    const meterProvider = new MeterProvider({ readers: [reader] });
+    const meter = meterProvider.getMeter("t");
+    const { api, worker } = setup();
+    const ex = api({ tracer, meter });
+    let stepTrace: string | undefined;
+    worker(
+      async (ctx) => {
+        const s = ctx.tracer.startSpan("train.step");
+        stepTrace = s.spanContext().traceId;
+        s.end();
+        ctx.emit({ case: "step", value: { step: 1, totalSteps: 1 } });
+        return { result: ref(1), lineage: [ref(1)] };
+      },
+      { tracer, meter },
+    );
+    const rpc = tracer.startSpan("rpc");
+    const job = await context.with(trace.setSpan(context.active(), rpc), () => ex.create(JobKind.ALIGN, spec));
+    rpc.end();
+    await until(async () => (await stateOf(ex, job.id)) === JobState.SUCCEEDED);
+    await until(() => exporter.getFinishedSpans().some((s) => s.name === "job align"));
+    const spans = exporter.getFinishedSpans();
+    const enqueue = spans.find((s) => s.name === "enqueue align")!;
+    const jobSpan = spans.find((s) => s.name === "job align")!;
+    expect(enqueue.parentSpanContext?.spanId).toBe(rpc.spanContext().spanId);
+    expect(jobSpan.parentSpanContext?.spanId).toBe(enqueue.spanContext().spanId);
+    expect(jobSpan.spanContext().traceId).toBe(rpc.spanContext().traceId);
+    expect(stepTrace).toBe(rpc.spanContext().traceId);
+    expect((await ex.get(JobKind.ALIGN, job.id)).traceId).toBe(rpc.spanContext().traceId);
+    await reader.forceFlush();
+    const metrics = metricExporter.getMetrics().at(-1)!.scopeMetrics[0].metrics;
+    const names = metrics.map((m) => m.descriptor.name);
+    expect(names).toEqual(expect.arrayContaining(["vaccine.queue.jobs", "vaccine.queue.job.duration", "vaccine.worker.starts", "vaccine.worker.steps", "vaccine.worker.step_rate", "vaccine.jobs.finished"]));
+    const queueStates = metrics.find((m) => m.descriptor.name === "vaccine.queue.jobs")!.dataPoints.map((p) => p.attributes["vaccine.queue.state"]);
+    expect(queueStates).toEqual(expect.arrayContaining(["waiting", "active", "delayed"]));
+    await meterProvider.shutdown();
+  });
+});

@@ -1,0 +1,50 @@
+// Access control without authentication (the local first run), the warning when that is
+// exposed beyond loopback, and a policy that must cover every served method.
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { pino } from "pino";
+import { describe, expect, it } from "vitest";
+import { allows, type AccessPolicy } from "../../services/platform/access.ts";
+import { startServer } from "../../services/platform/server.ts";
+import { accessPolicy } from "../../services/suite/access.ts";
+import { standInAlign, startAccessServer } from "../helpers/access-server.ts";
+
+describe("VACCINE_AUTH=none", () => {
+  it("treats every caller as the anonymous principal of one tenant with every role", async () => {
+    const s = await startAccessServer({});
+    await s.align().createAlignJob({});
+    await s.server.shutdown();
+    expect(s.seen).toEqual([{ tenant: "default", principal: "anonymous", roles: ["reader", "trainer", "admin"], via: "none" }]);
+    expect(s.logs.some((l) => l.level === 40)).toBe(false);
+  });
+
+  it("warns loudly at start when the port is reachable beyond loopback", async () => {
+    const s = await startAccessServer({ host: "0.0.0.0" });
+    await s.server.shutdown();
+    const warning = s.logs.find((l) => l.level === 40);
+    expect(warning?.msg).toMatch(/AUTHENTICATION IS OFF/);
+    expect(warning).toMatchObject({ host: "0.0.0.0", auth: "none" });
+  });
+});
+
+describe("access policy", () => {
+  it("refuses to start when a served method has no role", async () => {
+    const policy: AccessPolicy = { roles: ["reader"], methods: { "vaccine.v1.AlignService/ListAlignJobs": "reader" } };
+    const logger = pino({ level: "silent" });
+    await expect(startServer({ services: [standInAlign([])], access: { policy }, logger })).rejects.toThrow(/no role for vaccine.v1.AlignService\/CreateAlignJob/);
+  });
+
+  it("orders roles: a stronger role allows what a weaker one does", () => {
+    const p = accessPolicy();
+    expect(allows(p, ["admin"], "reader")).toBe(true);
+    expect(allows(p, ["trainer"], "trainer")).toBe(true);
+    expect(allows(p, ["reader"], "trainer")).toBe(false);
+    expect(allows(p, ["auditor"], "reader")).toBe(false);
+    expect(allows(p, [], "reader")).toBe(false);
+  });
+
+  it("works through every protocol's client", async () => {
+    const s = await startAccessServer({});
+    await s.align(createGrpcTransport({ baseUrl: s.server.url })).listAlignJobs({});
+    await s.server.shutdown();
+  });
+});

@@ -1,0 +1,147 @@
+// The server's limits: message size (refused from the length prefix, unread), the default
+// deadline of unary calls, concurrent streams per connection, idle connections, keepalive
+// pings nobody answers, and connections that never say anything.
+import http2 from "node:http2";
+import net from "node:net";
+import { Code, createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
+import { startServer, type RunningServer, type ServiceModule } from "../../services/platform/server.ts";
+import { rpcFailure } from "../helpers/errors.ts";
+import { oversizedConnect, oversizedGrpc } from "../helpers/oversized.ts";
+
+/** ListAlignJobs sleeps `page_size` ms (or until its signal aborts) and reports whether it was aborted. */
+const aborted: boolean[] = [];
+const slowAlign: ServiceModule = {
+  desc: AlignService,
+  register(router) {
+    router.service(AlignService, {
+      async listAlignJobs(req, ctx) {
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, req.pageSize);
+          ctx.signal.addEventListener("abort", () => {
+            clearTimeout(t);
+            aborted.push(true);
+            resolve();
+          });
+        });
+        return { nextPageToken: ctx.signal.aborted ? "aborted" : "done" };
+      },
+      async *watchAlignJob(req, ctx) {
+        await new Promise((r) => setTimeout(r, Number(req.jobId)));
+        yield { event: { event: { case: undefined } } } as never;
+        void ctx;
+      },
+    });
+  },
+};
+
+let server: RunningServer;
+beforeAll(async () => {
+  server = await startServer({
+    services: [slowAlign],
+    shutdownTimeoutMs: 1000,
+    limits: { maxMessageBytes: 1 << 20, unaryDeadlineMs: 300, maxConcurrentStreams: 7, idleTimeoutMs: 400, keepaliveIntervalMs: 100, keepaliveTimeoutMs: 200, handshakeTimeoutMs: 300 },
+  });
+});
+afterAll(() => server?.shutdown());
+
+const align = () => createClient(AlignService, createGrpcTransport({ baseUrl: server.url }));
+
+describe("message size", () => {
+  it("refuses a gRPC message over the limit from its length prefix, without reading it", async () => {
+    const r = await oversizedGrpc(server.url, "/vaccine.v1.AlignService/ListAlignJobs", 64 << 20);
+    expect(r.status).toBe(Code.ResourceExhausted);
+    expect(r.message).toMatch(/larger than configured readMaxBytes 1048576/);
+    expect(r.sent).toBeLessThan(8 << 20);
+  });
+
+  it("refuses a Connect request by its Content-Length before reading the body", async () => {
+    const r = await oversizedConnect(server.port, "/vaccine.v1.AlignService/ListAlignJobs", 300 << 20);
+    expect(r.status).toBe(429);
+    expect(r.message).toMatch(/^resource_exhausted: .*readMaxBytes 1048576/);
+  });
+
+  it("refuses an over-limit message from a connect client, and the next call works", async () => {
+    const e = await rpcFailure(() => align().listAlignJobs({ pageSize: 1, pageToken: "x".repeat(2 << 20) }));
+    expect(e.code).toBe(Code.ResourceExhausted);
+    expect((await align().listAlignJobs({ pageSize: 1 })).nextPageToken).toBe("done");
+  });
+});
+
+describe("deadlines", () => {
+  it("gives unary calls without a deadline the default one: DEADLINE_EXCEEDED, and the handler's signal aborts", async () => {
+    aborted.length = 0;
+    const started = Date.now();
+    const e = await rpcFailure(() => align().listAlignJobs({ pageSize: 5000 }));
+    expect(e.code).toBe(Code.DeadlineExceeded);
+    expect(e.message).toMatch(/default deadline of 300 ms/);
+    expect(Date.now() - started).toBeLessThan(3000);
+    expect(aborted).toEqual([true]);
+  });
+
+  it("leaves a client's own deadline alone, longer or shorter", async () => {
+    expect((await align().listAlignJobs({ pageSize: 600 }, { timeoutMs: 5000 })).nextPageToken).toBe("done");
+    const connect = createClient(AlignService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
+    expect((await connect.listAlignJobs({ pageSize: 600 }, { timeoutMs: 5000 })).nextPageToken).toBe("done");
+  });
+
+  it("does not apply to streams", async () => {
+    for await (const _ of align().watchAlignJob({ jobId: "600" })) void _;
+  });
+});
+
+describe("connections", () => {
+  function connect(): Promise<http2.ClientHttp2Session> {
+    return new Promise((resolve, reject) => {
+      const s = http2.connect(server.url);
+      s.once("remoteSettings", () => resolve(s));
+      s.once("error", reject);
+    });
+  }
+
+  it("announces the concurrent stream limit", async () => {
+    const s = await connect();
+    expect(s.remoteSettings.maxConcurrentStreams).toBe(7);
+    s.destroy();
+  });
+
+  it("closes a connection with no call open once idle, but not while a call is open", async () => {
+    const s = await connect();
+    const goaway = new Promise<number>((resolve) => s.once("goaway", resolve));
+    // A stream longer than the idle timeout keeps it open.
+    const req = s.request({ ":method": "POST", ":path": "/vaccine.v1.AlignService/WatchAlignJob", "content-type": "application/grpc", te: "trailers" });
+    const body = Buffer.from([0x0a, 0x03, 0x38, 0x30, 0x30]); // job_id: "800"
+    const prefix = Buffer.alloc(5);
+    prefix.writeUInt32BE(body.length, 1);
+    req.end(Buffer.concat([prefix, body]));
+    req.on("data", () => {});
+    const openedAt = Date.now();
+    await new Promise((r) => req.once("close", r));
+    expect(Date.now() - openedAt).toBeGreaterThanOrEqual(700);
+    expect(s.closed || s.destroyed).toBe(false);
+    expect(await goaway).toBe(http2.constants.NGHTTP2_NO_ERROR);
+    s.destroy();
+  });
+
+  it("drops a peer that does not answer keepalive pings", async () => {
+    const socket = net.connect(server.port, "127.0.0.1");
+    await new Promise((r) => socket.once("connect", r));
+    // The HTTP/2 preface and an empty SETTINGS frame; then silence: what arrives is read and ignored, no PING is answered.
+    socket.write(Buffer.concat([Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]));
+    socket.resume();
+    const started = Date.now();
+    await new Promise((r) => socket.once("close", r));
+    expect(Date.now() - started).toBeLessThan(3000);
+  });
+
+  it("drops a connection that never sends a byte", async () => {
+    const socket = net.connect(server.port, "127.0.0.1");
+    const started = Date.now();
+    socket.resume();
+    await new Promise((r) => socket.once("close", r));
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+    expect(Date.now() - started).toBeLessThan(3000);
+  });
+});

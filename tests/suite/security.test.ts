@@ -1,0 +1,43 @@
+// The process's security options from its configuration: what run.ts hands the platform.
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { silentLogger } from "../../services/platform/log.ts";
+import { tokenHash } from "../../services/platform/token-auth.ts";
+import { loadConfig } from "../../services/suite/config.ts";
+import { callBounds, securityOptions } from "../../services/suite/security.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "vaccine-security-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe("security options", () => {
+  it("by default: plaintext, no authenticator, the suite's policy, the documented limits and rate", async () => {
+    const o = await securityOptions(loadConfig({}), silentLogger);
+    expect(o.tls).toBeUndefined();
+    expect(o.healthPort).toBeUndefined();
+    expect(o.access.authenticator).toBeUndefined();
+    expect(o.access.policy?.roles).toEqual(["reader", "trainer", "admin"]);
+    expect(o.access.reflectionOpen).toBe(false);
+    expect(o.limits).toEqual({ maxMessageBytes: 16 * 2 ** 20, unaryDeadlineMs: 300_000, maxConcurrentStreams: 100, keepaliveIntervalMs: 60_000, keepaliveTimeoutMs: 20_000, idleTimeoutMs: 300_000 });
+    expect(o.rateLimit).toEqual({ perSecond: 50, burst: 100 });
+    expect(callBounds(loadConfig({}))).toEqual({ maxPromptTokens: 1024, maxNewTokens: 1024, maxGeneratedTokens: 65_536, maxSteps: 1_000_000, maxTrainingTokens: 1_000_000_000 });
+  });
+
+  it("turns on TLS, mTLS and token authentication from the variables", async () => {
+    const tokens = join(dir, "tokens.json");
+    writeFileSync(tokens, JSON.stringify({ [tokenHash("t")]: { tenant: "a", roles: ["reader"] } }));
+    const o = await securityOptions(
+      loadConfig({ VACCINE_TLS_CERT: "c.pem", VACCINE_TLS_KEY: "k.pem", VACCINE_TLS_CLIENT_CA: "ca.pem", VACCINE_AUTH: "token", VACCINE_AUTH_TOKENS_FILE: tokens, VACCINE_HEALTH_PORT: "8081" }),
+      silentLogger,
+    );
+    expect(o.tls).toEqual({ certFile: "c.pem", keyFile: "k.pem", clientCaFile: "ca.pem" });
+    expect(o.healthPort).toBe(8081);
+    expect(o.access.authenticator?.mode).toBe("token");
+    o.access.authenticator?.close();
+  });
+
+  it("fails the start on a missing tokens file", async () => {
+    await expect(securityOptions(loadConfig({ VACCINE_AUTH: "token", VACCINE_AUTH_TOKENS_FILE: join(dir, "missing.json") }), silentLogger)).rejects.toThrow(/ENOENT/);
+  });
+});
