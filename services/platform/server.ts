@@ -140,6 +140,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     server = net.createServer(sniff);
   }
 
+  // Every accepted socket, whoever ends up owning it (http2, http1, still sniffing, mid-TLS):
+  // the last resort of shutdown, since server.close() waits for each of them.
+  const sockets = new Set<net.Socket>();
+  server.on("connection", (socket: net.Socket) => {
+    sockets.add(socket);
+    socket.once("close", () => sockets.delete(socket));
+  });
   try {
     await listen(server, options.port ?? 0, host);
   } catch (err) {
@@ -185,6 +192,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     if (!(await withTimeout(closed, timeoutMs))) {
       for (const session of sessions) session.destroy();
       h1.closeAllConnections();
+      for (const socket of sockets) socket.destroy();
       await closed;
     }
     await probe?.close();

@@ -1,0 +1,42 @@
+// Shutdown with a client that walked away from a Watch stream mid-job: the server must
+// still close within its timeout, not wait on the abandoned connection forever.
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { describe, expect, it } from "vitest";
+import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
+import { selectBackend } from "../../services/runtime/backend.ts";
+import { startSuite } from "../helpers/server.ts";
+import { EXAMPLES } from "../helpers/tiny-world.ts";
+
+const DATA = "store://datasets/shutdown-watch.jsonl";
+
+describe("shutdown", () => {
+  it("finishes within its timeout after a client cancelled a Watch stream mid-job", { timeout: 60_000 }, async () => {
+    await selectBackend("wasm", () => {});
+    const suite = await startSuite();
+    await suite.deps.store.putObject(DATA, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+    const align = createClient(AlignService, createGrpcTransport({ baseUrl: suite.server.url }));
+    const { job } = await align.createAlignJob({
+      spec: {
+        baseCheckpoint: suite.base,
+        dataset: { source: { case: "uri", value: DATA } },
+        method: { case: "sft", value: {} },
+        lora: { rank: 4, alpha: 8, dropout: 0 },
+        training: { maxSteps: 200, batchSize: 3, learningRate: 0.01, maxSequenceLength: 64, checkpointEvery: 50 },
+      },
+    });
+    const abort = new AbortController();
+    let steps = 0;
+    await expect(
+      (async () => {
+        for await (const r of align.watchAlignJob({ jobId: job!.id }, { signal: abort.signal })) {
+          if (r.event?.event.case === "step" && ++steps === 2) abort.abort();
+        }
+      })(),
+    ).rejects.toThrow();
+    const t0 = Date.now();
+    await suite.close();
+    // startSuite's shutdown timeout is 5 s: the step, the state write and the close fit in it twice over.
+    expect(Date.now() - t0).toBeLessThan(15_000);
+  });
+});
