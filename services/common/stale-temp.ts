@@ -16,11 +16,12 @@ export async function sweepStale(dir: string, pattern: RegExp, held: ReadonlySet
     const pid = Number(pattern.exec(name)?.[1]);
     const path = join(dir, name);
     if (!Number.isInteger(pid) || held.has(path)) continue;
-    if (pid === process.pid || !alive(pid)) await rm(path, { recursive: true, force: true });
+    if (pid === process.pid || !processAlive(pid)) await rm(path, { recursive: true, force: true });
   }
 }
 
-function alive(pid: number): boolean {
+/** Whether a process of this host with this pid exists. */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

@@ -8,6 +8,7 @@
 import { closeSync, mkdirSync, openSync, readFileSync, statSync, unlinkSync, utimesSync, writeSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
+import { processAlive } from "../common/stale-temp.ts";
 
 export const LOCK_FILE = "executor.lock";
 export const HEARTBEAT_MS = 5_000;
@@ -116,17 +117,7 @@ function isStale(path: string, holder: LockHolder): boolean {
   if (holder.host !== os.hostname()) return false;
   // Our own pid without our own lock: an earlier process of this container left it.
   if (holder.pid === process.pid) return !held.has(path);
-  return !alive(holder.pid);
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: it exists, under another user.
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
+  return !processAlive(holder.pid);
 }
 
 function ageMs(path: string): number {
