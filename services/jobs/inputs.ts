@@ -7,20 +7,27 @@
 import { Code } from "@connectrpc/connect";
 import type { AlignSpec, FineTuneSpec, ModerationGate } from "../../gen/vaccine/v1/training_pb.ts";
 import type { SuiteDeps } from "../common/deps.ts";
+import { boundsOf } from "../common/bounds.ts";
 import { checkpointRefOf, datasetSource } from "../common/refs.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
 import { rpcError } from "../platform/errors.ts";
+import { RequestValidator } from "../platform/validate.ts";
 import type { Example } from "../runtime/data/template.ts";
 import { DEFAULT_THRESHOLD, pairOfExample } from "../runtime/moderation/classifier.ts";
 import { resolveExamples } from "../runtime/pipeline/datasets.ts";
 import { KIND } from "../runtime/pipeline/load.ts";
 import { admitJob, jobShapeOf } from "./admission.ts";
+import { checkLoraRank, checkTrainingSize } from "./validate.ts";
 import { parentOf, type Stage } from "./spec.ts";
 
 const PARENT_FIELD: Record<Stage, string> = { align: "spec.base_checkpoint", finetune: "spec.aligned_checkpoint" };
 
 /** Everything a Create call can check before queueing: the parent exists and fits, the data parses (and passes the moderation gate). */
-export async function checkJobInputs(deps: Pick<SuiteDeps, "store" | "checkpoints" | "builtins" | "jobMemoryLimitMb">, stage: Stage, spec: AlignSpec | FineTuneSpec): Promise<void> {
+export async function checkJobInputs(
+  deps: Pick<SuiteDeps, "store" | "checkpoints" | "builtins" | "jobMemoryLimitMb" | "bounds">,
+  stage: Stage,
+  spec: AlignSpec | FineTuneSpec,
+): Promise<void> {
   const { store } = deps;
   const field = PARENT_FIELD[stage];
   let kind: string;
@@ -39,7 +46,14 @@ export async function checkJobInputs(deps: Pick<SuiteDeps, "store" | "checkpoint
   } catch (err) {
     throw toRpcError(err, { datasetField: "spec.dataset" });
   }
-  if (deps.jobMemoryLimitMb !== undefined) admitJob(await jobShapeOf(store, stage, spec, examples), deps.jobMemoryLimitMb);
+  const shape = await jobShapeOf(store, stage, spec, examples);
+  // What only the model and the data decide: the rank against the width, the steps an
+  // epoch count gives over this many examples, and the tokens they train on.
+  const v = new RequestValidator();
+  checkLoraRank(v, "spec.lora", stage, spec.lora, shape.model.hiddenSize);
+  checkTrainingSize(v, "spec.training", stage, spec.training, examples.length, boundsOf(deps));
+  v.check();
+  if (deps.jobMemoryLimitMb !== undefined) admitJob(shape, deps.jobMemoryLimitMb);
   const gate = stage === "finetune" ? (spec as FineTuneSpec).moderationGate : undefined;
   if (gate?.enabled) await screenDataset(deps, gate, examples);
 }

@@ -137,6 +137,18 @@ describe("Create validation against the store", () => {
     expect(unknown.badRequest?.fieldViolations[0].field).toBe("spec.dataset.builtin.name");
   });
 
+  it("refuses a LoRA rank above the model's width and an epoch count that gives too many steps, naming the fields", async () => {
+    // The tiny model's hidden_size is 16; the static bound on rank alone is far higher.
+    const rank = await rpcFailure(() => align.createAlignJob({ spec: { ...base(), lora: { rank: 32 } } }));
+    expect(rank.code).toBe(Code.InvalidArgument);
+    expect(rank.badRequest?.fieldViolations.map((f) => f.field)).toEqual(["spec.lora.rank"]);
+    expect(rank.message).toContain("hidden_size, 16");
+    // 1e6 epochs of a few examples: over the bound on steps, though each field alone is within its own.
+    const epochs = await rpcFailure(() => align.createAlignJob({ spec: { ...base(), training: { epochs: 1_000_000 } } }));
+    expect(epochs.code).toBe(Code.InvalidArgument);
+    expect(epochs.badRequest?.fieldViolations.map((f) => f.field)).toEqual(["spec.training.epochs"]);
+  });
+
   it("screens a fine-tuning dataset with the moderation gate and refuses it above the bound", async () => {
     const spec = (threshold: number) => ({
       alignedCheckpoint: suite.base,
