@@ -5,7 +5,6 @@
  * exists, instead of aborting the training backend later.
  */
 import { readFileSync } from "node:fs";
-import { readFile } from "node:fs/promises";
 import os from "node:os";
 import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
@@ -14,6 +13,7 @@ import { toRpcError } from "../common/runtime-errors.ts";
 import { rpcError } from "../platform/errors.ts";
 import { activeBackend, type BackendName } from "../runtime/backend.ts";
 import type { Example } from "../runtime/data/template.ts";
+import { readJsonObject } from "../runtime/json.ts";
 import { parseLlamaConfig, type LlamaConfig } from "../runtime/model/config.ts";
 import { lineageOf } from "../runtime/pipeline/load.ts";
 import type { CheckpointStore } from "../runtime/store/store.ts";
@@ -72,12 +72,24 @@ export async function jobShapeOf(store: CheckpointStore, stage: Stage, spec: Ali
   };
 }
 
+/**
+ * Parsed configs of root models by digest. A checkout verifies every file of the model (for a
+ * 7B model, gigabytes hashed), and a digest's content never changes: once per model.
+ */
+const rootConfigs = new Map<string, Promise<LlamaConfig>>();
+
 async function rootModelConfig(store: CheckpointStore, stage: Stage, spec: AlignSpec | FineTuneSpec): Promise<LlamaConfig> {
   const field = stage === "align" ? "spec.base_checkpoint" : "spec.aligned_checkpoint";
   try {
     const [root] = await lineageOf(store, parentOf(stage, spec));
-    const { dir } = await store.get(root);
-    return parseLlamaConfig(JSON.parse(await readFile(join(dir, "config.json"), "utf8")));
+    let config = rootConfigs.get(root.digest);
+    if (!config) {
+      config = store.get(root).then(({ dir }) => parseLlamaConfig(readJsonObject(join(dir, "config.json"))));
+      rootConfigs.set(root.digest, config);
+      // A failed read (store down) is not remembered.
+      config.catch(() => rootConfigs.delete(root.digest));
+    }
+    return await config;
   } catch (err) {
     throw toRpcError(err, { checkpointField: field });
   }
