@@ -5,8 +5,9 @@
 import { ConnectError } from "@connectrpc/connect";
 import { Argument, Command as CommanderCommand, CommanderError } from "commander";
 import { createClients, type Clients } from "../client/clients.ts";
-import { ADDRESS, CLIENT_FLAGS, JSON_OUTPUT, resolveAddress, type Command, type CommandGroup, type Context } from "./command.ts";
+import { ADDRESS, CLIENT_FLAGS, JSON_OUTPUT, type Command, type CommandGroup, type Context } from "./command.ts";
 import { COMMANDS } from "./commands.ts";
+import { connectionHint, resolveConnection, TLS_CA } from "./connection.ts";
 import { describeError, UsageError } from "./errors.ts";
 import { FlagValues, optionOf } from "./flags.ts";
 import type { Io } from "./output.ts";
@@ -40,10 +41,6 @@ export async function runCli(argv: string[], io: Io): Promise<number> {
       return usageError(io, err.message, outcome.command);
     }
     if (err instanceof UsageError) return usageError(io, `error: ${err.message}`, outcome.command);
-    if (err instanceof ConnectError) {
-      io.stderr.write(describeError(err));
-      return EXIT.failed;
-    }
     throw err;
   }
 }
@@ -141,10 +138,23 @@ function leaf(cmd: CommanderCommand, spec: Command, { io, root, outcome }: Build
       flags: values,
       args: cmd.args,
       json: !spec.local && values.has(JSON_OUTPUT),
-      clients: () => (clients ??= createClients(resolveAddress(values.get(ADDRESS), io.env))),
+      clients: () => {
+        if (!clients) {
+          const { url, options } = resolveConnection(values.get(ADDRESS), values, io.env, io.stderr);
+          clients = createClients(url, options);
+        }
+        return clients;
+      },
       root,
     };
-    outcome.code = (await spec.run(ctx)) ?? EXIT.ok;
+    try {
+      outcome.code = (await spec.run(ctx)) ?? EXIT.ok;
+    } catch (err) {
+      if (!(err instanceof ConnectError)) throw err;
+      // Commands that connect somewhere (not serve) say which connection option to check.
+      io.stderr.write(describeError(err) + (options.has(TLS_CA) ? connectionHint(err, values) : ""));
+      outcome.code = EXIT.failed;
+    }
   });
 }
 

@@ -1,8 +1,9 @@
 /** What a command is to cli.ts: its flags, its help, and what it runs; and the flags of every client command. */
 import type { Command as CommanderCommand } from "commander";
 import type { Clients } from "../client/clients.ts";
+import { CONNECTION_FLAGS } from "./connection.ts";
 import { text, toggle, type Flag, type FlagValues } from "./flags.ts";
-import type { Env, Io } from "./output.ts";
+import type { Io } from "./output.ts";
 
 export interface Context extends Io {
   flags: FlagValues;
@@ -10,7 +11,7 @@ export interface Context extends Io {
   args: string[];
   /** --json: proto JSON lines on stdout instead of text. */
   json: boolean;
-  /** The clients for --address, created on first use. */
+  /** The clients for --address and the TLS and token flags, created on first use. */
   clients(): Clients;
   /** The whole command tree, for what is generated from it (completion scripts). */
   root: CommanderCommand;
@@ -40,15 +41,7 @@ export interface CommandGroup {
   subcommands: Record<string, Command>;
 }
 
-export const ADDRESS = text("address", "<url>", "Server address (default $VACCINE_ADDRESS or http://127.0.0.1:50051).");
+export const ADDRESS = text("address", "<url>", "Server address (default $VACCINE_ADDRESS or 127.0.0.1:50051); host:port is http://, or https:// with TLS flags.");
 export const JSON_OUTPUT = toggle("json", "Print proto JSON, one object a line (streams: one per message).");
 /** The flags every command that calls a server takes, after its own. */
-export const CLIENT_FLAGS: Flag<unknown>[] = [ADDRESS, JSON_OUTPUT];
-
-const DEFAULT_ADDRESS = "http://127.0.0.1:50051";
-
-/** --address, else VACCINE_ADDRESS, else the default; "host:port" gets http:// (the server is cleartext). */
-export function resolveAddress(flag: string | undefined, env: Env): string {
-  const address = flag ?? env.VACCINE_ADDRESS ?? DEFAULT_ADDRESS;
-  return /^https?:\/\//.test(address) ? address : `http://${address}`;
-}
+export const CLIENT_FLAGS: Flag<unknown>[] = [ADDRESS, ...CONNECTION_FLAGS, JSON_OUTPUT];

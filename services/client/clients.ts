@@ -2,7 +2,7 @@
  * gRPC clients of the suite over one HTTP/2 connection: what the CLI and the experiment call
  * the services with. It knows nothing of either.
  */
-import { createClient } from "@connectrpc/connect";
+import { createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
@@ -12,9 +12,35 @@ import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
 import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 
-/** Clients of every service at `address`, a URL such as http://127.0.0.1:50051 (cleartext HTTP/2). */
-export function createClients(address: string) {
-  const transport = createGrpcTransport({ baseUrl: address });
+export interface ClientOptions {
+  /** For an https:// address: PEM contents; without `ca` the system's CAs verify the server. */
+  tls?: {
+    ca?: Buffer;
+    /** Client certificate and key, for a server that requires mTLS. */
+    cert?: Buffer;
+    key?: Buffer;
+    /** The name the server's certificate must carry (and the SNI), instead of the address's host. */
+    serverName?: string;
+  };
+  /** Sent as "authorization: Bearer <token>" on every call. */
+  token?: string;
+}
+
+/**
+ * Clients of every service at `address`, a URL: http://127.0.0.1:50051 (cleartext HTTP/2) or
+ * https://host:port (TLS, ALPN h2).
+ */
+export function createClients(address: string, options: ClientOptions = {}) {
+  const { tls, token } = options;
+  const bearer: Interceptor = (next) => (req) => {
+    req.header.set("authorization", `Bearer ${token}`);
+    return next(req);
+  };
+  const transport = createGrpcTransport({
+    baseUrl: address,
+    nodeOptions: tls && { ca: tls.ca, cert: tls.cert, key: tls.key, servername: tls.serverName },
+    interceptors: token ? [bearer] : [],
+  });
   return {
     align: createClient(AlignService, transport),
     fineTune: createClient(FineTuneService, transport),

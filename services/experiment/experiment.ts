@@ -5,7 +5,7 @@
  */
 import os from "node:os";
 import { trace, metrics } from "@opentelemetry/api";
-import { createClients } from "../client/clients.ts";
+import { createClients, type ClientOptions } from "../client/clients.ts";
 import { loadConfig, SERVICE_NAMES } from "../suite/config.ts";
 import { silentLogger } from "../platform/log.ts";
 import { SCOPE } from "../platform/telemetry.ts";
@@ -21,6 +21,8 @@ export interface ExperimentOptions {
   out: string;
   /** A running suite; unset starts the services in this process. */
   address?: string;
+  /** TLS and token for `address`. */
+  client?: ClientOptions;
   /** The base checkpoint; unset uses the shipped base model. */
   base?: Ref;
   hooks?: RunnerHooks;
@@ -46,7 +48,7 @@ export async function experiment(options: ExperimentOptions): Promise<{ report: 
   try {
     const base = options.base ?? builtinRef("base");
     if (!base) throw new Error(`no shipped base model at ${BUILTIN_CHECKPOINTS.base.dir}: build it (scripts/build-base-model.ts) or pass a base`);
-    const results = await runExperiment(preset, createClients(address), base, options.out, options.hooks);
+    const results = await runExperiment(preset, createClients(address, options.client), base, options.out, options.hooks);
     const seconds = (Date.now() - started) / 1000;
     const cpu = os.cpus()[0]?.model ?? "unknown CPU";
     const report = writeReport(results, options.out, { seconds, machine: `${os.cpus().length} x ${cpu}, Node ${process.version}` });

@@ -12,7 +12,6 @@ import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
 import { AuthReason, type Authenticator } from "./authenticate.ts";
 import { rpcError } from "./errors.ts";
-import type { Logger } from "./log.ts";
 import { PEER } from "./peer.ts";
 import { PRINCIPAL, type Principal } from "./principal.ts";
 
@@ -29,7 +28,6 @@ export interface AccessOptions {
   policy?: AccessPolicy;
   /** Reflection without credentials (API discovery tools on a trusted network). */
   reflectionOpen?: boolean;
-  logger?: Logger;
 }
 
 /** The caller when authentication is off: one tenant, every role. */
@@ -55,7 +53,7 @@ export function allows(policy: AccessPolicy, held: readonly string[], required: 
 }
 
 export function accessControl(options: AccessOptions): Interceptor {
-  const { authenticator, policy, logger } = options;
+  const { authenticator, policy } = options;
   const none = anonymous(policy);
   return (next) => async (req) => {
     const service = req.service.typeName;
@@ -66,17 +64,13 @@ export function accessControl(options: AccessOptions): Interceptor {
       principal = none;
     } else {
       if (service === ServerReflection.typeName && options.reflectionOpen) return next(req);
-      try {
-        principal = await authenticator.authenticate({ header: req.header, peer: req.contextValues.get(PEER) });
-      } catch (err) {
-        logger?.info({ method: key, outcome: "unauthenticated", error: (err as Error).message }, "call refused");
-        throw err;
-      }
+      principal = await authenticator.authenticate({ header: req.header, peer: req.contextValues.get(PEER) });
     }
+    // Set before the role check, so the audit log names who was refused (the handler never runs then).
+    req.contextValues.set(PRINCIPAL, principal);
     const required = policy?.methods[key];
     // Reflection only needs an authenticated caller.
     if (policy && service !== ServerReflection.typeName && (required === undefined || !allows(policy, principal.roles, required))) {
-      logger?.info({ method: key, tenant: principal.tenant, principal: principal.principal, outcome: "permission_denied", required_role: required }, "call refused");
       throw rpcError(
         Code.PermissionDenied,
         AuthReason.ROLE_REQUIRED,
@@ -84,7 +78,6 @@ export function accessControl(options: AccessOptions): Interceptor {
         { method: key, required_role: required ?? "" },
       );
     }
-    req.contextValues.set(PRINCIPAL, principal);
     return next(req);
   };
 }

@@ -9,6 +9,7 @@ import type { TracerProvider } from "@opentelemetry/api";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
 import { accessControl, checkPolicyCovers, type AccessOptions } from "./access.ts";
+import { audit, type AuditOptions } from "./audit.ts";
 import { superviseSession } from "./connections.ts";
 import { unaryDeadline } from "./deadline.ts";
 import type { FileWatch } from "./file-watch.ts";
@@ -46,6 +47,8 @@ export interface ServerOptions {
   rateLimit?: RateLimitOptions;
   /** A second, plaintext port serving only grpc.health.v1, for probes that cannot speak TLS (0 picks one). */
   healthPort?: number;
+  /** Which methods mutate (each call logged); refusals are logged either way. */
+  audit?: AuditOptions;
 }
 
 export interface RunningServer {
@@ -89,7 +92,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     readMaxBytes: limits.maxMessageBytes,
     interceptors: [
       serverTracing(options.tracerProvider),
-      accessControl({ ...access, logger: access.logger ?? logger }),
+      // Outside access control and the limits, so their refusals are logged too.
+      audit(options.audit ?? { mutating: () => false }, logger),
+      accessControl(access),
       ...(options.rateLimit ? [rateLimit(options.rateLimit)] : []),
       unaryDeadline(limits.unaryDeadlineMs),
       ...(options.interceptors ?? []),

@@ -20,8 +20,13 @@ export type AccessRole = (typeof ACCESS_ROLES)[number];
 /** Methods that change what is stored or running. */
 const MUTATING = /^(Create|Cancel|Upload|Import|Delete)[A-Z]/;
 
+/** Whether a method changes what is stored or running: each of its calls goes into the audit log. */
+export function isMutating(methodName: string): boolean {
+  return MUTATING.test(methodName);
+}
+
 export function roleOf(methodName: string): AccessRole {
-  return MUTATING.test(methodName) ? "trainer" : "reader";
+  return isMutating(methodName) ? "trainer" : "reader";
 }
 
 /** Every contract the suite can serve; a process serving a subset is covered too. */

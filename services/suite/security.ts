@@ -10,10 +10,10 @@ import type { Logger } from "../platform/log.ts";
 import { mtlsAuthenticator } from "../platform/mtls-auth.ts";
 import type { ServerOptions } from "../platform/server.ts";
 import { tokenAuthenticator } from "../platform/token-auth.ts";
-import { accessPolicy } from "./access.ts";
+import { accessPolicy, isMutating } from "./access.ts";
 import type { Config } from "./config.ts";
 
-type SecurityOptions = Required<Pick<ServerOptions, "access" | "limits" | "rateLimit">> & Pick<ServerOptions, "tls" | "healthPort">;
+type SecurityOptions = Required<Pick<ServerOptions, "access" | "limits" | "rateLimit" | "audit">> & Pick<ServerOptions, "tls" | "healthPort">;
 
 export async function authenticatorOf(config: Config, logger: Logger): Promise<Authenticator | undefined> {
   switch (config.auth) {
@@ -53,6 +53,7 @@ export async function securityOptions(config: Config, logger: Logger): Promise<S
       idleTimeoutMs: config.idleTimeoutMs,
     },
     rateLimit: { perSecond: config.rateLimitRps, burst: config.rateLimitBurst },
+    audit: { mutating: (method) => isMutating(method.name) },
   };
 }
 

@@ -2,13 +2,14 @@
 // fallback renderer, tests/deploy/render.ts): every object valid against the Kubernetes schemas
 // (kubernetes-models; the KEDA ScaledObject field by field), and what the pods run, listen on,
 // probe, read from the environment and train the same as what the code does.
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join, posix } from "node:path";
 import type { DescService } from "@bufbuild/protobuf";
-import { createClient } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Deployment } from "kubernetes-models/apps/v1/Deployment";
 import { StatefulSet } from "kubernetes-models/apps/v1/StatefulSet";
@@ -29,7 +30,10 @@ import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { DEFAULT_PREFIX, QUEUE_NAME, queueKeys } from "../../services/jobs/queue/connection.ts";
 import { exporterNames } from "../../services/platform/telemetry.ts";
+import { tokenHash } from "../../services/platform/token-auth.ts";
 import { loadConfig, SERVICE_NAMES, VARIABLES, type Config, type ServiceName } from "../../services/suite/config.ts";
+import { TestPki } from "../helpers/certs.ts";
+import { rpcFailure } from "../helpers/errors.ts";
 import { startProcess } from "../helpers/process.ts";
 import { startRedis } from "../helpers/redis.ts";
 import { ENGINE, hasKubectl, NAMESPACE, render, type K8sObject } from "./render.ts";
@@ -78,6 +82,10 @@ const COMBOS: Record<string, [string, string[]]> = {
   "gpu + prometheus": ["gpu", ["prometheus"]],
   // The components must leave Redis (components/redis, in dev) alone.
   "dev + pvc-store + prometheus": ["dev", ["pvc-store", "prometheus"]],
+  // TLS, tokens and probes on the health port (components/tls); the certificate from cert-manager.
+  secure: ["secure", []],
+  "secure + cert-manager": ["secure", ["cert-manager"]],
+  "gpu + tls + cert-manager + prometheus": ["gpu", ["tls", "cert-manager", "prometheus"]],
 };
 const renderCombo = (name: string) => render(...COMBOS[name]);
 
@@ -136,7 +144,7 @@ interface Container {
   lifecycle?: { preStop?: { exec?: { command: string[] } } };
   resources?: { requests?: Record<string, string | number>; limits?: Record<string, string | number> };
   securityContext?: { readOnlyRootFilesystem?: boolean };
-  volumeMounts?: { name: string; mountPath: string }[];
+  volumeMounts?: { name: string; mountPath: string; readOnly?: boolean; subPath?: string }[];
 }
 interface Probe {
   grpc?: { port: number; service?: string };
@@ -147,7 +155,7 @@ interface PodSpec {
   nodeSelector?: Record<string, string>;
   tolerations?: { key?: string; operator?: string; effect?: string }[];
   securityContext?: { runAsNonRoot?: boolean; runAsUser?: number };
-  volumes?: { name: string; persistentVolumeClaim?: { claimName: string }; emptyDir?: unknown; configMap?: { name: string } }[];
+  volumes?: { name: string; persistentVolumeClaim?: { claimName: string }; emptyDir?: unknown; configMap?: { name: string }; secret?: { secretName: string; items?: unknown[] } }[];
 }
 interface Workload extends K8sObject {
   spec: {
@@ -157,7 +165,7 @@ interface Workload extends K8sObject {
     volumeClaimTemplates?: { metadata: { name: string } }[];
   };
 }
-type Ports = { name: string; port: number; targetPort: string | number }[];
+type Ports = { name: string; port: number; targetPort: string | number; appProtocol?: string }[];
 type ServiceObject = K8sObject & { spec: { selector: Record<string, string>; ports: Ports } };
 interface Trigger {
   type: string;
@@ -246,7 +254,7 @@ function servedBy(objects: K8sObject[], name: WorkloadName) {
   return { w, config, services: pinnedServices(container(w).command![1]) ?? config.services };
 }
 
-function underMount(c: Container, path: string): { name: string; mountPath: string } | undefined {
+function underMount(c: Container, path: string): NonNullable<Container["volumeMounts"]>[number] | undefined {
   return c.volumeMounts?.find((m) => path === m.mountPath || path.startsWith(`${m.mountPath}/`));
 }
 
@@ -309,6 +317,46 @@ function scaledObjectProblems(objects: K8sObject[], so: ScaledObject): string[] 
   return problems;
 }
 
+// The Certificate fields (cert-manager.io/v1) these manifests may use.
+const CERTIFICATE_SPEC = new Set(["secretName", "secretTemplate", "duration", "renewBefore", "privateKey", "usages", "dnsNames", "ipAddresses", "uris", "commonName", "subject", "issuerRef", "isCA"]);
+const KEY_USAGES = new Set(["signing", "digital signature", "content commitment", "key encipherment", "key agreement", "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any", "server auth", "client auth", "code signing", "email protection", "s/mime", "ipsec end system", "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc"]);
+interface CertificateObject extends K8sObject {
+  spec: {
+    secretName: string;
+    duration?: string;
+    renewBefore?: string;
+    privateKey?: { algorithm?: string; size?: number; rotationPolicy?: string; encoding?: string };
+    usages?: string[];
+    dnsNames?: string[];
+    issuerRef: { name: string; kind?: string; group?: string };
+  };
+}
+
+/** A Go duration as cert-manager reads it (h, m, s units), in seconds. */
+function goSeconds(d: string): number {
+  const parts = [...d.matchAll(/(\d+(?:\.\d+)?)(h|m|s)/g)];
+  if (parts.map((p) => p[0]).join("") !== d) return NaN;
+  return parts.reduce((sum, [, n, unit]) => sum + Number(n) * { h: 3600, m: 60, s: 1 }[unit]!, 0);
+}
+
+/** kubernetes-models has no cert-manager schema either: a Certificate field by field. */
+function certificateProblems(cert: CertificateObject): string[] {
+  const problems: string[] = [];
+  const fail = (message: string) => problems.push(`Certificate ${cert.metadata.name}: ${message}`);
+  if (cert.apiVersion !== "cert-manager.io/v1") fail(`apiVersion ${cert.apiVersion}`);
+  for (const key of Object.keys(cert.spec)) if (!CERTIFICATE_SPEC.has(key)) fail(`unknown field spec.${key}`);
+  const { secretName, issuerRef, duration = "2160h", renewBefore, privateKey, usages = [], dnsNames = [] } = cert.spec;
+  if (!/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(secretName ?? "")) fail(`secretName ${secretName}`);
+  if (!issuerRef?.name || !["Issuer", "ClusterIssuer", undefined].includes(issuerRef.kind) || ![undefined, "cert-manager.io"].includes(issuerRef.group)) fail(`issuerRef ${JSON.stringify(issuerRef)}`);
+  const [life, before] = [goSeconds(duration), goSeconds(renewBefore ?? "0s")];
+  if (!(life >= 3600) || !(before >= 0 && before < life)) fail(`duration ${duration} / renewBefore ${renewBefore}`);
+  for (const u of usages) if (!KEY_USAGES.has(u)) fail(`usage ${u}`);
+  if (privateKey && (!["RSA", "ECDSA", "Ed25519", undefined].includes(privateKey.algorithm) || !["Always", "Never", undefined].includes(privateKey.rotationPolicy))) fail(`privateKey ${JSON.stringify(privateKey)}`);
+  for (const name of dnsNames) if (!/^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/.test(name)) fail(`dnsName ${name}`);
+  if (dnsNames.length === 0) fail("no dnsNames");
+  return problems;
+}
+
 // --- The checks, per rendered overlay ---
 describe.each(Object.keys(COMBOS))(`overlay %s (rendered by ${ENGINE})`, (combo) => {
   const objects = renderCombo(combo);
@@ -317,6 +365,10 @@ describe.each(Object.keys(COMBOS))(`overlay %s (rendered by ${ENGINE})`, (combo)
     for (const o of objects) {
       if (o.kind === "ScaledObject") {
         expect(scaledObjectProblems(objects, o as ScaledObject)).toEqual([]);
+        continue;
+      }
+      if (o.kind === "Certificate") {
+        expect(certificateProblems(o as CertificateObject)).toEqual([]);
         continue;
       }
       const Model = MODELS[`${o.apiVersion}/${o.kind}`];
@@ -373,16 +425,24 @@ describe.each(Object.keys(COMBOS))(`overlay %s (rendered by ${ENGINE})`, (combo)
     const c = container(w);
     const { config, services } = servedBy(objects, name);
     const routes = objects.filter((o): o is ServiceObject => o.kind === "Service" && selectsPods((o as ServiceObject).spec.selector, w));
+    // With TLS on the port the kubelet (no TLS, no client certificate) probes the plaintext
+    // health port, which the process binds on VACCINE_HOST like its port.
+    const port = config.healthPort ?? config.port;
+    expect(Boolean(config.tlsCert)).toBe(config.healthPort !== undefined);
+    if (config.healthPort !== undefined) {
+      expect(config.healthPort).not.toBe(config.port);
+      expect(c.ports).toContainEqual({ name: "health", containerPort: config.healthPort });
+    }
     if (config.role === "worker") {
       // A worker registers no service, only the server's health (""), and nothing calls it.
-      for (const probe of [c.startupProbe, c.readinessProbe, c.livenessProbe]) expect(probe?.grpc).toEqual({ port: config.port, service: "" });
+      for (const probe of [c.startupProbe, c.readinessProbe, c.livenessProbe]) expect(probe?.grpc).toEqual({ port, service: "" });
       expect(routes).toEqual([]);
       return;
     }
     const typeName = DESCS[services[0]].typeName;
-    expect(c.startupProbe?.grpc).toEqual({ port: config.port, service: typeName });
-    expect(c.readinessProbe?.grpc).toEqual({ port: config.port, service: typeName });
-    expect(c.livenessProbe?.grpc?.port).toBe(config.port);
+    expect(c.startupProbe?.grpc).toEqual({ port, service: typeName });
+    expect(c.readinessProbe?.grpc).toEqual({ port, service: typeName });
+    expect(c.livenessProbe?.grpc?.port).toBe(port);
     expect(["", typeName]).toContain(c.livenessProbe?.grpc?.service ?? "");
     expect(routes.map((s) => s.metadata.name)).toEqual([name]);
     expect(routes[0].spec.ports.find((p) => p.name === "grpc")?.targetPort).toBe("grpc");
@@ -620,6 +680,78 @@ describe("components", () => {
   });
 });
 
+describe("TLS and authentication (components/tls, components/cert-manager)", () => {
+  // The Secrets' keys: kubernetes.io/tls's with the CA cert-manager adds, and the credentials
+  // files deploy/README.md tells to put into vaccine-auth.
+  const SECRET_KEYS: Record<string, string[]> = { "vaccine-tls": ["tls.crt", "tls.key", "ca.crt"], "vaccine-auth": ["tokens.json", "jwks.json", "mtls.json"] };
+
+  /** The Secret and key a file of the configuration is read from; fails unless it is mounted so that rotation reaches it. */
+  function secretFile(w: Workload, file: string): { secret: string; key: string } {
+    const mount = underMount(container(w), file);
+    expect(mount, file).toBeDefined();
+    // A subPath mount never sees the Secret change; items would hide keys added later.
+    expect(mount).toMatchObject({ readOnly: true });
+    expect(mount!.subPath).toBeUndefined();
+    const volume = w.spec.template.spec.volumes!.find((v) => v.name === mount!.name)!;
+    expect(volume.secret, file).toBeDefined();
+    expect(volume.secret!.items).toBeUndefined();
+    return { secret: volume.secret!.secretName, key: posix.relative(mount!.mountPath, file) };
+  }
+
+  it.each(["secure", "gpu + tls + cert-manager + prometheus"])("%s: every process serves TLS with bearer tokens, each file it reads a key of a Secret mounted read-only as a folder", (combo) => {
+    const objects = renderCombo(combo);
+    for (const name of WORKLOADS) {
+      const w = workload(objects, name);
+      const config = loadConfig(environment(objects, w));
+      expect({ auth: config.auth, tls: Boolean(config.tlsCert) }, name).toEqual({ auth: "token", tls: true });
+      const files = { cert: config.tlsCert, key: config.tlsKey, tokens: config.authTokensFile };
+      const from = Object.fromEntries(Object.entries(files).map(([what, file]) => [what, secretFile(w, file)]));
+      for (const { secret, key } of Object.values(from)) expect(SECRET_KEYS[secret], `${secret}/${key}`).toContain(key);
+      // Certificate and key from one Secret: cert-manager replaces both at once.
+      expect(from.cert.secret).toBe(from.key.secret);
+      expect([from.cert.key, from.key.key]).toEqual(["tls.crt", "tls.key"]);
+    }
+    // The Services' port speaks TLS: a mesh or a load balancer must not send it cleartext HTTP/2.
+    for (const name of SERVICE_NAMES) expect(find<ServiceObject>(objects, "Service", name).spec.ports.find((p) => p.name === "grpc")?.appProtocol).toBe("https");
+  });
+
+  it("cert-manager's Certificate writes the Secret the pods mount, names every Service as clients dial it, and renews key and certificate", () => {
+    const objects = renderCombo("secure + cert-manager");
+    const certs = objects.filter((o): o is CertificateObject => o.kind === "Certificate");
+    expect(certs).toHaveLength(1);
+    const cert = certs[0].spec;
+    for (const name of WORKLOADS) {
+      const w = workload(objects, name);
+      expect(secretFile(w, loadConfig(environment(objects, w)).tlsCert).secret).toBe(cert.secretName);
+    }
+    for (const name of SERVICE_NAMES) {
+      const ns = find<ServiceObject>(objects, "Service", name).metadata.namespace;
+      expect(cert.dnsNames).toEqual(expect.arrayContaining([`${name}.${ns}.svc`, `${name}.${ns}.svc.cluster.local`]));
+    }
+    expect(cert.usages).toContain("server auth");
+    expect(cert.privateKey?.rotationPolicy).toBe("Always");
+    // Renewal starts early enough for a failure to be noticed and fixed.
+    expect(goSeconds(cert.renewBefore!)).toBeGreaterThanOrEqual(goSeconds(cert.duration!) / 4);
+    expect(cert.issuerRef).toEqual({ group: "cert-manager.io", kind: "Issuer", name: "vaccine-issuer" });
+    expect(renderCombo("secure").filter((o) => o.kind === "Certificate")).toEqual([]);
+  });
+
+  it("takes another issuer from an overlay's patch, as deploy/README.md shows", () => {
+    const patch = readmeBlock("cluster-issuer.yaml");
+    const objects = render("secure", ["cert-manager"], ENGINE, [patch]);
+    const cert = find<CertificateObject>(objects, "Certificate", "vaccine-tls");
+    expect(cert.spec.issuerRef).toEqual({ group: "cert-manager.io", kind: "ClusterIssuer", name: "internal-ca" });
+    expect(certificateProblems(cert)).toEqual([]);
+  });
+});
+
+/** The YAML block of deploy/README.md that starts with the comment "# <name>". */
+function readmeBlock(name: string): string {
+  const m = new RegExp("```yaml\\n(# " + name.replace(".", "\\.") + "\\n[^]*?)```").exec(readFileSync("deploy/README.md", "utf8"));
+  if (!m) throw new Error(`no yaml block "# ${name}" in deploy/README.md`);
+  return m[1];
+}
+
 describe("the pods' command and environment, run for real", () => {
   it("each workload starts from its manifest on a real Redis, answers its probes SERVING, exports traces, and exits 0 on SIGTERM", async () => {
     const objects = renderCombo("dev");
@@ -674,5 +806,64 @@ describe("the pods' command and environment, run for real", () => {
       await redis.stop();
       rmSync(root, { recursive: true, force: true });
     }
+  });
+  it("a workload of the secure overlay answers its probes in plaintext on the health port, and its port only over TLS with a token", async () => {
+    const objects = renderCombo("secure");
+    const w = workload(objects, "embed");
+    const c = container(w);
+    const env = environment(objects, w);
+    const root = mkdtempSync(join(tmpdir(), "vaccine-secure-"));
+    const pki = new TestPki();
+    const redis = await startRedis();
+    // The Secrets, as their volumes show them: one file per key.
+    const ca = pki.ca("ca");
+    const server = pki.leaf("server", ca, { cn: "embed.vaccine.svc", sans: ["DNS:embed.vaccine.svc", "IP:127.0.0.1"], usage: "serverAuth" });
+    const token = randomBytes(32).toString("base64url");
+    const secrets: Record<string, Record<string, Buffer | string>> = {
+      "vaccine-tls": { "tls.crt": server.certPem, "tls.key": server.keyPem, "ca.crt": ca.certPem },
+      "vaccine-auth": { "tokens.json": JSON.stringify({ [tokenHash(token)]: { tenant: "team-a", roles: ["reader"] } }) },
+    };
+    const mounted: Record<string, string> = {};
+    for (const m of c.volumeMounts ?? []) {
+      const secret = w.spec.template.spec.volumes!.find((v) => v.name === m.name)?.secret?.secretName;
+      if (!secret) continue;
+      mounted[m.mountPath] = join(root, m.name);
+      mkdirSync(mounted[m.mountPath]);
+      for (const [key, value] of Object.entries(secrets[secret])) writeFileSync(join(mounted[m.mountPath], key), value);
+    }
+    const relocated = (value: string) => Object.entries(mounted).reduce((v, [from, to]) => (v.startsWith(`${from}/`) ? to + v.slice(from.length) : v), value);
+    const sandbox: Record<string, string> = {
+      ...Object.fromEntries(Object.entries(env).map(([k, v]) => [k, relocated(v)])),
+      VACCINE_HOST: "127.0.0.1",
+      VACCINE_PORT: "0",
+      VACCINE_HEALTH_PORT: "0",
+      VACCINE_CACHE_DIR: join(root, "cache"),
+      VACCINE_QUEUE_URL: redis.url,
+      OTEL_TRACES_EXPORTER: "none",
+      OTEL_METRICS_EXPORTER: "none",
+    };
+    expect(Object.values(sandbox).filter((v) => v.startsWith("/etc/vaccine/"))).toEqual([]);
+    const proc = await startProcess(c.command![1], sandbox);
+    try {
+      const serving = JSON.parse(proc.log().split("\n").find((l) => l.includes('"msg":"serving"'))!) as { tls: string; auth: string; healthPort: number };
+      expect(serving).toMatchObject({ tls: "tls", auth: "token" });
+      // The kubelet's probes: plaintext gRPC, no credentials.
+      const probe = createClient(Health, createGrpcTransport({ baseUrl: `http://127.0.0.1:${serving.healthPort}` }));
+      for (const p of [c.startupProbe, c.readinessProbe, c.livenessProbe]) expect((await probe.check({ service: p!.grpc!.service ?? "" })).status).toBe(Serving.SERVING);
+      // The port itself: nothing in plaintext; over TLS, the token decides.
+      const plain = createClient(EmbedService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${proc.port}` }));
+      await expect(plain.embed({})).rejects.toThrow();
+      const tls = createClient(EmbedService, createGrpcTransport({ baseUrl: `https://127.0.0.1:${proc.port}`, nodeOptions: { ca: ca.certPem } }));
+      expect((await rpcFailure(() => tls.embed({}))).code).toBe(Code.Unauthenticated);
+      // Authenticated, the empty request reaches the handler's validation.
+      expect((await rpcFailure(() => tls.embed({}, { headers: { authorization: `Bearer ${token}` } }))).code).toBe(Code.InvalidArgument);
+    } finally {
+      proc.child.kill("SIGTERM");
+      await proc.exited;
+      await redis.stop();
+      pki.close();
+      rmSync(root, { recursive: true, force: true });
+    }
+    expect(proc.log()).not.toContain(token);
   });
 });

@@ -41,20 +41,22 @@ function renderDir(dir: string, engine: Engine): K8sObject[] {
 const cache = new Map<string, K8sObject[]>();
 
 /**
- * The objects of overlays/<overlay> with components/<c> for each of `components`, as a fresh
- * copy (tests may not share mutations).
+ * The objects of overlays/<overlay> with components/<c> for each of `components`, and the
+ * strategic merge `patches` (YAML texts) of a user's own overlay, as a fresh copy (tests may
+ * not share mutations).
  */
-export function render(overlay: string, components: string[] = [], engine: Engine = ENGINE): K8sObject[] {
-  const id = `${engine}:${overlay}+${components.join("+")}`;
+export function render(overlay: string, components: string[] = [], engine: Engine = ENGINE, patches: string[] = []): K8sObject[] {
+  const id = `${engine}:${overlay}+${components.join("+")}+${patches.join("+")}`;
   if (!cache.has(id)) {
     const overlayDir = resolve(K8S, "overlays", overlay);
-    if (components.length === 0) {
+    if (components.length === 0 && patches.length === 0) {
       cache.set(id, renderDir(overlayDir, engine));
     } else {
       // kustomize refuses absolute paths in resources: paths relative to the temporary folder.
       const dir = mkdtempSync(join(tmpdir(), "vaccine-kustomize-"));
       try {
         const rel = (path: string) => relative(dir, path);
+        patches.forEach((patch, i) => writeFileSync(join(dir, `patch-${i}.yaml`), patch));
         writeFileSync(
           join(dir, "kustomization.yaml"),
           [
@@ -63,8 +65,8 @@ export function render(overlay: string, components: string[] = [], engine: Engin
             `namespace: ${NAMESPACE}`,
             "resources:",
             `  - ${rel(overlayDir)}`,
-            "components:",
-            ...components.map((c) => `  - ${rel(resolve(K8S, "components", c))}`),
+            ...(components.length ? ["components:", ...components.map((c) => `  - ${rel(resolve(K8S, "components", c))}`)] : []),
+            ...(patches.length ? ["patches:", ...patches.map((_, i) => `  - path: patch-${i}.yaml`)] : []),
             "",
           ].join("\n"),
         );

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { silentLogger } from "../../services/platform/log.ts";
 import { tokenHash } from "../../services/platform/token-auth.ts";
+import { SUITE_CONTRACTS } from "../../services/suite/access.ts";
 import { loadConfig } from "../../services/suite/config.ts";
 import { callBounds, securityOptions } from "../../services/suite/security.ts";
 
@@ -21,6 +22,9 @@ describe("security options", () => {
     expect(o.access.reflectionOpen).toBe(false);
     expect(o.limits).toEqual({ maxMessageBytes: 16 * 2 ** 20, unaryDeadlineMs: 300_000, maxConcurrentStreams: 100, keepaliveIntervalMs: 60_000, keepaliveTimeoutMs: 20_000, idleTimeoutMs: 300_000 });
     expect(o.rateLimit).toEqual({ perSecond: 50, burst: 100 });
+    // The audit log records every call of the methods that need the trainer role.
+    const mutating = SUITE_CONTRACTS.flatMap((svc) => svc.methods).filter((m) => o.audit.mutating(m)).map((m) => m.name);
+    expect(mutating.sort()).toEqual(["CancelAlignJob", "CancelFineTuneJob", "CreateAlignJob", "CreateFineTuneJob", "DeleteDataset", "ImportCheckpoint", "UploadDataset"]);
     expect(callBounds(loadConfig({}))).toEqual({ maxPromptTokens: 1024, maxNewTokens: 1024, maxGeneratedTokens: 65_536, maxSteps: 1_000_000, maxTrainingTokens: 1_000_000_000 });
   });
 

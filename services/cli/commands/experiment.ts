@@ -1,6 +1,8 @@
 /** experiment: the paper's comparison on the built-in world, with a report and charts. */
 import { PRESETS } from "../../experiment/presets.ts";
 import type { Command } from "../command.ts";
+import { CONNECTION_FLAGS, resolveConnection } from "../connection.ts";
+import { UsageError } from "../errors.ts";
 import { choice, ref, text } from "../flags.ts";
 import { interactive } from "../output.ts";
 import { createProgress } from "../progress-bar.ts";
@@ -13,14 +15,19 @@ const BASE = ref("base", "<uri@digest>", "Base checkpoint (default: the shipped 
 
 const experiment: Command = {
   summary: "Run non-aligned, SFT and Vaccine alignment against harmful fine-tuning and write a report.",
-  synopsis: "[--preset quick|full] [--out <dir>] [--address <url>] [--base <ref>]",
+  synopsis: "[--preset quick|full] [--out <dir>] [--address <url> [--tls-ca <file>] [--token-file <file>] ...] [--base <ref>]",
   details:
-    "Drives the services over gRPC: at --address, or started in this process when it is unset.\n" +
+    "Drives the services over gRPC: at --address (with the TLS and token options of the client\n" +
+    "commands), or started in this process when it is unset.\n" +
     "Writes results.json, report.md and SVG charts to --out; a rerun skips the cells already in\n" +
     "results.json. The README gives the measured time of quick; full runs three seeds and a wider rho sweep.",
   local: true,
-  flags: [PRESET, OUT, SUITE_ADDRESS, BASE],
+  flags: [PRESET, OUT, SUITE_ADDRESS, BASE, ...CONNECTION_FLAGS],
   async run(ctx) {
+    const address = ctx.flags.get(SUITE_ADDRESS);
+    const given = CONNECTION_FLAGS.filter((f) => ctx.flags.has(f));
+    if (address === undefined && given.length) throw new UsageError(`${given.map((f) => `--${f.name}`).join(", ")} only with --address: the services started in this process are plaintext, without credentials`);
+    const connection = address === undefined ? undefined : resolveConnection(address, ctx.flags, ctx.env, ctx.stderr);
     const preset = ctx.flags.get(PRESET) ?? PRESETS.quick;
     const out = ctx.flags.get(OUT) ?? `out/experiment-${preset.name}`;
     const progress = createProgress(ctx.stdout, interactive(ctx));
@@ -31,7 +38,8 @@ const experiment: Command = {
       ({ seconds } = await run({
         preset: preset.name,
         out,
-        address: ctx.flags.get(SUITE_ADDRESS),
+        address: connection?.url,
+        client: connection?.options,
         base: ctx.flags.get(BASE),
         hooks: {
           onProgress: (p) => {
