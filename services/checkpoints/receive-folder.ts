@@ -20,12 +20,12 @@ const MAX_NAME_BYTES = 255;
 /** Most files in one folder: real checkpoints have tens, and each file costs an inode whatever its size. */
 const MAX_FILES = 10_000;
 
-/** Writes every chunk message after the metadata into dir (which must be empty). */
+/** Writes every chunk message after the metadata into dir (which must be empty); resolves the bytes received. */
 export async function receiveFolder(
   messages: AsyncIterator<ImportCheckpointRequest>,
   dir: string,
   limits: Pick<UploadLimits, "maxFileBytes" | "maxCheckpointBytes">,
-): Promise<void> {
+): Promise<number> {
   const finished = new Set<string>();
   const folders = new Set<string>();
   let current: { path: string; handle: FileHandle; size: number } | undefined;
@@ -67,6 +67,7 @@ export async function receiveFolder(
     await current?.handle.close();
   }
   if (finished.size === 0) throw invalidArgument([{ field: "chunk", description: "no files were sent" }]);
+  return bytes;
 }
 
 /**

@@ -19,7 +19,20 @@ import {
   TensorDtype,
 } from "../../gen/vaccine/v1/checkpoints_pb.ts";
 import type { SuiteDeps } from "../common/deps.ts";
+import {
+  assertCheckpointReadable,
+  canReadCheckpoint,
+  checkpointBytes,
+  claim,
+  isBuiltin,
+  ownedBy,
+  scopeOf,
+  visibleTenant,
+  type Scope,
+} from "../common/ownership.ts";
+import { checkStoredBytesQuota } from "../common/quotas.ts";
 import { checkpointRefOf } from "../common/refs.ts";
+import { principalOf } from "../platform/principal.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
 import { checkCheckpointRef } from "../common/validate-refs.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
@@ -31,7 +44,7 @@ import { CheckpointDescriber, type CheckpointDescription } from "../runtime/pipe
 import { ExportPreconditionError, exportCheckpoint, type ExportedFile, type ExportFormat as Format } from "../runtime/pipeline/export-checkpoint.ts";
 import { ADAPTER_PARENT_KINDS, importCheckpoint, rootModelConfig } from "../runtime/pipeline/import-checkpoint.ts";
 import { KIND } from "../runtime/pipeline/kinds.ts";
-import type { CheckpointRef } from "../runtime/store/store.ts";
+import { checkpointHex, type CheckpointRef } from "../runtime/store/store.ts";
 import { receiveFolder } from "./receive-folder.ts";
 import { WorkDirs } from "./work-dirs.ts";
 
@@ -85,18 +98,26 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
   void work.sweep().catch((err: unknown) => deps.logger.warn({ err, dir: work.root }, "could not sweep checkpoint temp folders"));
   const describer = new CheckpointDescriber(deps.store);
 
-  async function describe(ref: CheckpointRef, field: string): Promise<Checkpoint> {
+  /**
+   * The checkpoint as the caller may see it: one its tenant may not read is NOT_FOUND as a
+   * missing one, and its lineage shows only what the caller may read (docs/security.md).
+   */
+  async function describe(ref: CheckpointRef, field: string, scope: Scope | undefined): Promise<Checkpoint> {
     try {
-      return toProto(await describer.describe(ref));
+      await assertCheckpointReadable(deps, scope, ref);
+      const d = await describer.describe(ref);
+      const readable = await Promise.all(d.lineage.map((r) => canReadCheckpoint(deps, scope, r)));
+      return toProto({ ...d, lineage: d.lineage.filter((_, i) => readable[i]) });
     } catch (err) {
       throw toRpcError(err, { checkpointField: field });
     }
   }
 
   /** The adapter's base: it must exist and be a model or an adapter; its root model's config is what the adapter must fit. */
-  async function checkBase(metadata: CheckpointImportMetadata) {
+  async function checkBase(metadata: CheckpointImportMetadata, scope: Scope | undefined) {
     const ref = checkpointRefOf(metadata.base);
     try {
+      await assertCheckpointReadable(deps, scope, ref);
       const { kind } = await deps.store.readManifest(ref);
       if (!ADAPTER_PARENT_KINDS.includes(kind)) {
         throw rpcError(Code.FailedPrecondition, "CHECKPOINT_KIND_INVALID", `metadata.base is a ${kind} checkpoint; an adapter applies to a ${ADAPTER_PARENT_KINDS.join(" or ")}`, { field: "metadata.base" });
@@ -115,40 +136,49 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
           const messages = requests[Symbol.asyncIterator]();
           const first = await messages.next();
           const metadata = checkMetadata(first.done ? undefined : first.value);
-          const parent = metadata.type === CheckpointType.ADAPTER ? await checkBase(metadata) : undefined;
+          const scope = scopeOf(principalOf(ctx));
+          const parent = metadata.type === CheckpointType.ADAPTER ? await checkBase(metadata, scope) : undefined;
           const dir = await work.create("import");
           try {
-            await receiveFolder(messages, dir, deps.uploads).catch((err: unknown) => {
+            const received = await receiveFolder(messages, dir, deps.uploads).catch((err: unknown) => {
               if (err instanceof ConnectError) throw err;
               // A disk error's own message holds the server's paths.
               throw rpcError(Code.Internal, "IMPORT_WRITE_FAILED", `could not write the upload (${(err as NodeJS.ErrnoException).code ?? "error"})`);
             });
             // A client gone before the folder is stored leaves nothing behind.
             ctx.signal.throwIfAborted();
+            // Over the tenant's byte quota: refused before anything reaches the store.
+            if (scope) await checkStoredBytesQuota(deps, scope.tenant, received);
             const kind = metadata.type === CheckpointType.ADAPTER ? KIND.adapter : KIND.model;
             const ref = await importCheckpoint(deps.store, dir, { kind, parent, name: metadata.displayName }).catch((err: unknown) => {
               throw err instanceof CheckpointFormatError ? formatInvalid(err) : toRpcError(err);
             });
-            return { checkpoint: await describe(ref, "checkpoint") };
+            if (scope) await claim(deps.store, scope.tenant, "checkpoints", checkpointHex(ref), { bytes: await checkpointBytes(deps.store, ref) });
+            return { checkpoint: await describe(ref, "checkpoint", scope) };
           } finally {
             await work.remove(dir);
           }
         },
-        async getCheckpoint(req) {
+        async getCheckpoint(req, ctx) {
           const v = new RequestValidator();
           checkCheckpointRef(v, "checkpoint", req.checkpoint);
           v.check();
-          return { checkpoint: await describe(checkpointRefOf(req.checkpoint), "checkpoint") };
+          return { checkpoint: await describe(checkpointRefOf(req.checkpoint), "checkpoint", scopeOf(principalOf(ctx))) };
         },
-        async listCheckpoints(req) {
+        async listCheckpoints(req, ctx) {
           const v = new RequestValidator();
           checkPage(v, req.pageSize, req.pageToken);
           const after = req.pageToken ? decodeToken(req.pageToken) : undefined;
           if (req.pageToken && !after) v.fail("page_token", "is not a token this server issued");
           v.check();
           try {
+            // Only what the caller may read, left out before paging so tokens stay exact.
+            const scope = scopeOf(principalOf(ctx));
+            const tenant = visibleTenant(scope);
+            const owned = tenant === undefined ? undefined : await ownedBy(deps.store, tenant, "checkpoints");
             const entries = [];
             for (const ref of await deps.store.list()) {
+              if (owned && !owned.has(checkpointHex(ref)) && !isBuiltin(deps.builtins, ref)) continue;
               const { manifest, committedAt } = await describer.summary(ref);
               const type = TYPE_OF_KIND[manifest.kind];
               if (type === undefined || (req.type !== CheckpointType.UNSPECIFIED && type !== req.type)) continue;
@@ -161,7 +191,7 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
             const more = start + page.length < entries.length;
             const last = page[page.length - 1];
             return {
-              checkpoints: await Promise.all(page.map((e) => describe(e.ref, "checkpoints"))),
+              checkpoints: await Promise.all(page.map((e) => describe(e.ref, "checkpoints", scope))),
               nextPageToken: more && last ? encodeToken(last.time, last.ref.uri) : "",
             };
           } catch (err) {
@@ -181,6 +211,7 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
           try {
             let files: ExportedFile[];
             try {
+              await assertCheckpointReadable(deps, scopeOf(principalOf(ctx)), ref);
               files = await exportCheckpoint(deps.store, ref, format!, dir, DTYPES[req.dtype]);
             } catch (err) {
               if (err instanceof ExportPreconditionError) throw rpcError(Code.FailedPrecondition, err.reason, err.message, { field: "checkpoint" });

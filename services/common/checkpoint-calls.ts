@@ -8,6 +8,7 @@ import { EmbedRequestError } from "../runtime/pipeline/hidden-states.ts";
 import type { LoadedCheckpoint } from "../runtime/pipeline/load.ts";
 import { rpcError } from "../platform/errors.ts";
 import type { SuiteDeps } from "./deps.ts";
+import { assertCheckpointReadable, type Scope } from "./ownership.ts";
 import { checkpointRefOf } from "./refs.ts";
 import { toRpcError } from "./runtime-errors.ts";
 
@@ -20,12 +21,19 @@ export function mapCallError(err: unknown, field: string): never {
   throw toRpcError(err, { checkpointField: field, datasetField: field });
 }
 
-/** Runs fn on a loaded checkpoint; a missing one is NOT_FOUND naming `field`. */
+/**
+ * Runs fn on a loaded checkpoint; a missing one, or one the caller's tenant may not read
+ * (`scope`, ownership.ts), is NOT_FOUND naming `field`.
+ */
 export function withCheckpoint<R>(
   deps: SuiteDeps,
   field: string,
   ref: { uri: string; digest: string } | undefined,
   fn: (loaded: LoadedCheckpoint) => R | Promise<R>,
+  scope?: Scope,
 ): Promise<R> {
-  return deps.checkpoints.use(checkpointRefOf(ref), fn).catch((err) => mapCallError(err, field));
+  const r = checkpointRefOf(ref);
+  return assertCheckpointReadable(deps, scope, r)
+    .then(() => deps.checkpoints.use(r, fn))
+    .catch((err) => mapCallError(err, field));
 }

@@ -6,6 +6,8 @@
 import type { Meter, Tracer } from "@opentelemetry/api";
 import type { Logger } from "../platform/log.ts";
 import type { CallBounds } from "./bounds.ts";
+import type { BatchWindow } from "./call-batcher.ts";
+import type { Quotas } from "./quotas.ts";
 import type { BuiltinRefs } from "../runtime/pipeline/builtins.ts";
 import type { CheckpointCache } from "../runtime/pipeline/checkpoint-cache.ts";
 import type { CheckpointStore } from "../runtime/store/store.ts";
@@ -26,8 +28,12 @@ export interface SuiteDeps {
   uploads: UploadLimits;
   /** Peak memory one training job may need, in MiB (VACCINE_JOB_MEMORY_LIMIT_MB); unset: no admission check. */
   jobMemoryLimitMb?: number;
+  /** Per-tenant quotas, enforced only with tenancy on (docs/security.md); unset: no limits. */
+  quotas?: Quotas;
   /** Per-call bounds of requests; unset ones take DEFAULT_BOUNDS (see bounds.ts). */
   bounds?: Partial<CallBounds>;
+  /** How Embed and Moderate calls are batched (call-batcher.ts); unset: DEFAULT_BATCH_WINDOW. */
+  batching?: BatchWindow;
   tracer: Tracer;
   meter: Meter;
   logger: Logger;

@@ -4,24 +4,19 @@
  * removed first, so it is the commit marker: a dataset exists exactly when its record does,
  * and bytes left by an interrupted upload or delete are never visible.
  */
-import { fromJsonString, toJsonString } from "@bufbuild/protobuf";
+import { clone, fromJsonString, toJsonString } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { type Dataset, DatasetSchema } from "../../gen/vaccine/v1/datasets_pb.ts";
+import type { Ownership } from "../common/ownership.ts";
+import { dataUri } from "../common/refs.ts";
 import { rpcError } from "../platform/errors.ts";
 import { StoreObjectNotFoundError, type CheckpointStore } from "../runtime/store/store.ts";
 
-const DATA = "store://datasets";
 const RECORDS = "store://dataset-records";
 const HEX = /^[0-9a-f]{64}$/;
 
-export const dataUri = (hex: string) => `${DATA}/${hex}`;
 const recordUri = (hex: string) => `${RECORDS}/${hex}.json`;
-
-/** The hex digest a dataset URI names, or undefined when it is not one. */
-export function datasetHex(uri: string): string | undefined {
-  const hex = uri.startsWith(`${DATA}/`) ? uri.slice(DATA.length + 1) : "";
-  return HEX.test(hex) ? hex : undefined;
-}
 
 /** The dataset's record, or undefined when there is no such dataset. */
 export async function readRecord(store: CheckpointStore, hex: string): Promise<Dataset | undefined> {
@@ -39,6 +34,18 @@ export async function readRecord(store: CheckpointStore, hex: string): Promise<D
     // Reported below, as any record that does not describe its own dataset.
   }
   throw rpcError(Code.DataLoss, "DATASET_RECORD_CORRUPT", `the record of ${dataUri(hex)} is corrupt`, { uri: dataUri(hex) });
+}
+
+/**
+ * The record as one owner sees it: its own upload's name and time (ownership.ts) in place of
+ * the first uploader's, which the record keeps.
+ */
+export function ownView(dataset: Dataset, ownership: Ownership | undefined): Dataset {
+  if (!ownership || ownership.displayName === undefined) return dataset;
+  const view = clone(DatasetSchema, dataset);
+  view.displayName = ownership.displayName;
+  if (ownership.createTime) view.createTime = timestampFromDate(new Date(ownership.createTime));
+  return view;
 }
 
 /** Makes a dataset visible; its bytes must already be stored. */

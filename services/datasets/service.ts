@@ -5,12 +5,15 @@ import type { Readable } from "node:stream";
 import { Code } from "@connectrpc/connect";
 import { type Dataset, DatasetService } from "../../gen/vaccine/v1/datasets_pb.ts";
 import type { SuiteDeps } from "../common/deps.ts";
+import { ownedBy, ownershipOf, release, releaseAll, scopeOf, visibleTenant, type Scope } from "../common/ownership.ts";
+import { dataUri, datasetHex } from "../common/refs.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
+import { principalOf } from "../platform/principal.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator, checkPage } from "../platform/validate.ts";
 import { StoreObjectNotFoundError } from "../runtime/store/store.ts";
-import { type RecordEntry, dataUri, datasetHex, deleteDataset, listRecords, newestFirst, readRecord } from "./records.ts";
+import { type RecordEntry, deleteDataset, listRecords, newestFirst, ownView, readRecord } from "./records.ts";
 import { sweepSpools } from "./spool.ts";
 import { uploadDataset } from "./upload.ts";
 
@@ -29,44 +32,57 @@ export function datasetService(deps: SuiteDeps, options: DatasetServiceOptions =
   // Temp files of a process that crashed mid-upload.
   void sweepSpools(spoolDir).catch((err: unknown) => deps.logger.warn({ err, spoolDir }, "could not sweep upload temp files"));
 
-  /** The dataset a request's uri names, or INVALID_ARGUMENT / NOT_FOUND. */
-  async function existing(uri: string): Promise<{ hex: string; dataset: Dataset }> {
+  /**
+   * The dataset a request's uri names, or INVALID_ARGUMENT / NOT_FOUND. With tenancy, one
+   * the caller's tenant does not own is NOT_FOUND exactly as a missing one.
+   */
+  async function existing(uri: string, scope: Scope | undefined): Promise<{ hex: string; dataset: Dataset }> {
     const hex = datasetHex(uri);
     if (hex === undefined) throw invalidArgument([{ field: "uri", description: 'must be "store://datasets/<64 lowercase hex digits>"' }]);
-    const dataset = await readRecord(deps.store, hex);
+    const tenant = visibleTenant(scope);
+    const ownership = tenant === undefined ? undefined : await ownershipOf(deps.store, tenant, "datasets", hex);
+    const dataset = tenant === undefined || ownership ? await readRecord(deps.store, hex) : undefined;
     if (!dataset) throw rpcError(Code.NotFound, "DATASET_NOT_FOUND", `dataset ${uri} does not exist`, { uri });
-    return { hex, dataset };
+    return { hex, dataset: ownView(dataset, ownership) };
   }
 
   return {
     desc: DatasetService,
     register(router) {
       router.service(DatasetService, {
-        async uploadDataset(requests) {
+        async uploadDataset(requests, ctx) {
           try {
-            return { dataset: await uploadDataset(deps, spoolDir, requests) };
+            return { dataset: await uploadDataset(deps, spoolDir, requests, scopeOf(principalOf(ctx))) };
           } catch (err) {
             throw toRpcError(err);
           }
         },
-        async getDataset(req) {
+        async getDataset(req, ctx) {
           try {
-            return { dataset: (await existing(req.uri)).dataset };
+            return { dataset: (await existing(req.uri, scopeOf(principalOf(ctx)))).dataset };
           } catch (err) {
             throw toRpcError(err);
           }
         },
-        async listDatasets(req) {
+        async listDatasets(req, ctx) {
           const v = new RequestValidator();
           checkPage(v, req.pageSize, req.pageToken);
           const cursor = req.pageToken ? decodeToken(req.pageToken) : undefined;
           if (req.pageToken && !cursor) v.fail("page_token", "is not a token this server issued");
           v.check();
           try {
-            const entries = await listRecords(deps.store);
+            // Another tenant's datasets are left out before paging, so tokens stay exact.
+            const tenant = visibleTenant(scopeOf(principalOf(ctx)));
+            const owned = tenant === undefined ? undefined : await ownedBy(deps.store, tenant, "datasets");
+            const entries = (await listRecords(deps.store)).filter((e) => !owned || owned.has(e.hex));
             const start = cursor ? entries.findIndex((e) => newestFirst(e, cursor) > 0) : 0;
             const page = start < 0 ? [] : entries.slice(start, start + (req.pageSize || DEFAULT_PAGE_SIZE));
-            const records = await Promise.all(page.map((e) => readRecord(deps.store, e.hex)));
+            const records = await Promise.all(
+              page.map(async (e) => {
+                const record = await readRecord(deps.store, e.hex);
+                return record && tenant !== undefined ? ownView(record, await ownershipOf(deps.store, tenant, "datasets", e.hex)) : record;
+              }),
+            );
             const last = page.at(-1);
             const more = start >= 0 && start + page.length < entries.length;
             return {
@@ -78,11 +94,11 @@ export function datasetService(deps: SuiteDeps, options: DatasetServiceOptions =
             throw toRpcError(err);
           }
         },
-        async *downloadDataset(req) {
+        async *downloadDataset(req, ctx) {
           let stream: Readable;
           let dataset: Dataset;
           try {
-            const found = await existing(req.uri);
+            const found = await existing(req.uri, scopeOf(principalOf(ctx)));
             dataset = found.dataset;
             stream = await deps.store.readObjectStream(dataUri(found.hex));
           } catch (err) {
@@ -105,9 +121,14 @@ export function datasetService(deps: SuiteDeps, options: DatasetServiceOptions =
             throw rpcError(Code.DataLoss, "DATASET_CORRUPT", `the stored bytes of ${req.uri} do not match its digest`, { uri: req.uri });
           }
         },
-        async deleteDataset(req) {
+        async deleteDataset(req, ctx) {
           try {
-            const { hex } = await existing(req.uri);
+            const scope = scopeOf(principalOf(ctx));
+            const { hex } = await existing(req.uri, scope);
+            // A tenant gives up its ownership; the bytes go with the last owner. An admin, or
+            // a call without tenancy, removes the dataset for everybody.
+            if (visibleTenant(scope) !== undefined && (await release(deps.store, scope!.tenant, "datasets", hex)).length > 0) return {};
+            await releaseAll(deps.store, "datasets", hex);
             await deleteDataset(deps.store, hex);
             return {};
           } catch (err) {

@@ -16,13 +16,15 @@ import {
   type UploadDatasetRequest,
 } from "../../gen/vaccine/v1/datasets_pb.ts";
 import type { SuiteDeps } from "../common/deps.ts";
-import { datasetFormatOf, isKnownFormat, rowFormatOf } from "../common/refs.ts";
+import { dataUri, datasetFormatOf, isKnownFormat, rowFormatOf } from "../common/refs.ts";
+import { claim, ownershipOf, owns, type Scope } from "../common/ownership.ts";
+import { checkStoredBytesQuota } from "../common/quotas.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
 import { RequestValidator } from "../platform/validate.ts";
 import { DatasetReader, type DatasetEncoding as Encoding } from "../runtime/data/dataset-reader.ts";
 import { checkRead } from "../runtime/data/loaders.ts";
-import { dataUri, readRecord, writeRecord } from "./records.ts";
+import { ownView, readRecord, writeRecord } from "./records.ts";
 import { Spool } from "./spool.ts";
 
 /** The contract's bound on one chunk message. */
@@ -35,7 +37,11 @@ const ENCODINGS: Record<DatasetEncoding, Encoding | "auto"> = {
   [DatasetEncoding.JSON_ARRAY]: "json-array",
 };
 
-export async function uploadDataset(deps: SuiteDeps, spoolDir: string, requests: AsyncIterable<UploadDatasetRequest>): Promise<Dataset> {
+/**
+ * With tenancy (`scope`) the dataset is claimed for the caller's tenant, after its byte
+ * quota is checked: a refused upload stores nothing.
+ */
+export async function uploadDataset(deps: SuiteDeps, spoolDir: string, requests: AsyncIterable<UploadDatasetRequest>, scope?: Scope): Promise<Dataset> {
   const messages = requests[Symbol.asyncIterator]();
   const first = await messages.next();
   const metadata = checkMetadata(first.done ? undefined : first.value);
@@ -76,8 +82,16 @@ export async function uploadDataset(deps: SuiteDeps, spoolDir: string, requests:
     } catch (err) {
       throw toRpcError(err, { datasetField: "chunk" });
     }
+    const owned = scope ? await owns(deps.store, scope.tenant, "datasets", hex) : true;
+    if (!owned) await checkStoredBytesQuota(deps, scope!.tenant, spool.size);
+    const ownership = { bytes: spool.size, displayName: metadata.displayName, createTime: new Date().toISOString() };
     const existing = await readRecord(deps.store, hex);
-    if (existing) return existing;
+    if (existing) {
+      if (owned) return scope ? ownView(existing, await ownershipOf(deps.store, scope.tenant, "datasets", hex)) : existing;
+      // Stored already by another tenant: this one owns it too, under its own name.
+      await claim(deps.store, scope!.tenant, "datasets", hex, ownership);
+      return ownView(existing, ownership);
+    }
     await deps.store.putObjectFile(dataUri(hex), spool.path);
     const dataset = create(DatasetSchema, {
       uri: dataUri(hex),
@@ -89,6 +103,8 @@ export async function uploadDataset(deps: SuiteDeps, spoolDir: string, requests:
       sizeBytes: BigInt(spool.size),
       createTime: timestampNow(),
     });
+    // Claimed before the record makes it visible: no moment where it exists unowned.
+    if (scope) await claim(deps.store, scope.tenant, "datasets", hex, ownership);
     await writeRecord(deps.store, hex, dataset);
     return dataset;
   } finally {

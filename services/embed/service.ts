@@ -7,15 +7,18 @@ import {
   type EmbedRequest,
 } from "../../gen/vaccine/v1/embed_pb.ts";
 import { boundsOf, checkTextLength, DEFAULT_BOUNDS, type CallBounds } from "../common/bounds.ts";
+import { embedBatcher } from "../common/batched-calls.ts";
 import type { SuiteDeps } from "../common/deps.ts";
 import { mapCallError, withCheckpoint } from "../common/checkpoint-calls.ts";
 import type { ServiceModule } from "../platform/server.ts";
-import { datasetSource } from "../common/refs.ts";
+import { assertCheckpointReadable, assertDatasetReadable, scopeOf } from "../common/ownership.ts";
+import { checkpointRefOf, datasetSource } from "../common/refs.ts";
+import { principalOf } from "../platform/principal.ts";
 import { RequestValidator } from "../platform/validate.ts";
 import { checkCheckpointRef, checkDatasetRef } from "../common/validate-refs.ts";
 import { resolveExamples } from "../runtime/pipeline/datasets.ts";
 import { computeDrift, DRIFT_DEFINITION } from "../runtime/pipeline/drift.ts";
-import { hiddenStates, type Pooling as RuntimePooling } from "../runtime/pipeline/hidden-states.ts";
+import type { Pooling as RuntimePooling } from "../runtime/pipeline/hidden-states.ts";
 
 /** Largest number of texts in one Embed call. */
 export const MAX_EMBED_TEXTS = 256;
@@ -44,30 +47,35 @@ export function checkEmbedRequest(req: EmbedRequest, bounds: CallBounds = DEFAUL
 
 /** EmbedService: hidden states and harmful embedding drift. */
 export function embedService(deps: SuiteDeps): ServiceModule {
+  const embed = embedBatcher(deps);
   return {
     desc: EmbedService,
     register(router) {
       router.service(EmbedService, {
-        async embed(req) {
+        async embed(req, ctx) {
           const bounds = boundsOf(deps);
           checkEmbedRequest(req, bounds);
           try {
-            return await withCheckpoint(deps, "checkpoint", req.checkpoint, (loaded) => {
-              const layers = req.layers.length ? req.layers : Array.from({ length: loaded.model.config.numHiddenLayers }, (_, i) => i);
-              const states = hiddenStates(loaded, req.texts, { layers, final: req.includeFinalHidden, pooling: POOLING[req.pooling], maxTokens: bounds.maxPromptTokens });
-              return create(EmbedResponseSchema, {
-                hiddenSize: loaded.model.config.hiddenSize,
-                embeddings: states.map((s) => ({
-                  tokenCount: s.tokenCount,
-                  layers: s.layers.map((l) => ({ layer: l.layer, vectors: { rows: l.vectors.rows, cols: l.vectors.cols, values: Array.from(l.vectors.values) } })),
-                })),
-              });
+            const scope = scopeOf(principalOf(ctx));
+            const ref = checkpointRefOf(req.checkpoint);
+            await assertCheckpointReadable(deps, scope, ref);
+            // Shares forward passes with concurrent calls on the same checkpoint and options.
+            const { hiddenSize, states } = await embed(
+              { ref, texts: req.texts, layers: req.layers, final: req.includeFinalHidden, pooling: POOLING[req.pooling], maxTokens: bounds.maxPromptTokens },
+              ctx.signal,
+            );
+            return create(EmbedResponseSchema, {
+              hiddenSize,
+              embeddings: states.map((s) => ({
+                tokenCount: s.tokenCount,
+                layers: s.layers.map((l) => ({ layer: l.layer, vectors: { rows: l.vectors.rows, cols: l.vectors.cols, values: Array.from(l.vectors.values) } })),
+              })),
             });
           } catch (err) {
             mapCallError(err, "checkpoint");
           }
         },
-        async computeDrift(req) {
+        async computeDrift(req, ctx) {
           const v = new RequestValidator();
           checkCheckpointRef(v, "reference", req.reference);
           checkCheckpointRef(v, "candidate", req.candidate);
@@ -75,10 +83,13 @@ export function embedService(deps: SuiteDeps): ServiceModule {
           v.number("probe_size", req.probeSize, { min: 1, max: 10_000, integer: true });
           v.check();
           try {
+            const scope = scopeOf(principalOf(ctx));
             const source = req.probeDataset?.source.case ? datasetSource(req.probeDataset) : DEFAULT_PROBE;
+            await assertDatasetReadable(deps.store, scope, source);
             const probe = (await resolveExamples(deps.store, source)).slice(0, req.probeSize ?? 100);
             const result = await withCheckpoint(deps, "reference", req.reference, (reference) =>
-              withCheckpoint(deps, "candidate", req.candidate, (candidate) => computeDrift(reference, candidate, probe)),
+              withCheckpoint(deps, "candidate", req.candidate, (candidate) => computeDrift(reference, candidate, probe), scope),
+              scope,
             );
             return create(ComputeDriftResponseSchema, { ...result, definition: DRIFT_DEFINITION });
           } catch (err) {

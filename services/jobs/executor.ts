@@ -47,22 +47,35 @@ export type ErrorMapper = (err: unknown) => ConnectError;
 /**
  * Jobs of every kind. Errors are RPC errors: JOB_NOT_FOUND for an unknown id or a job of
  * another kind, INVALID_ARGUMENT for a bad page token, UNAVAILABLE while shutting down.
+ *
+ * Tenancy (docs/security.md, "Tenancy"): `create` records the caller's tenant on the job
+ * ("" without authentication). Every other call takes `tenant`, the one tenant whose jobs
+ * the call may see: another tenant's job is JOB_NOT_FOUND exactly as an unknown id, and
+ * List leaves other tenants' jobs out before paging. Undefined: every job (no
+ * authentication, or an admin).
  */
 export interface JobExecutor {
-  /** Creates a QUEUED job; the caller's active span becomes the link of the job's trace. */
-  create(kind: JobKind, spec: JobSpec): Promise<Job>;
-  get(kind: JobKind, id: string): Promise<Job>;
+  /** Creates a QUEUED job owned by `tenant`; the caller's active span becomes the link of the job's trace. */
+  create(kind: JobKind, spec: JobSpec, tenant?: string): Promise<Job>;
+  get(kind: JobKind, id: string, tenant?: string): Promise<Job>;
   /** Jobs of a kind, newest first; the page token is opaque to clients. */
-  list(kind: JobKind, pageSize: number, pageToken: string): Promise<{ jobs: Job[]; nextPageToken: string }>;
+  list(kind: JobKind, pageSize: number, pageToken: string, tenant?: string): Promise<{ jobs: Job[]; nextPageToken: string }>;
   /** Cancels a queued job at once, a running one after its current step; final jobs are returned as they are. */
-  cancel(kind: JobKind, id: string): Promise<Job>;
+  cancel(kind: JobKind, id: string, tenant?: string): Promise<Job>;
   /**
    * The job's events from the first (or after `afterSequence`, to resume), then live ones;
    * ends after the final state change.
    */
-  watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence?: number): AsyncIterable<JobEvent>;
+  watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence?: number, tenant?: string): AsyncIterable<JobEvent>;
+  /** The tenant's jobs of every kind that are not final (queued, running, cancelling): what its job quota counts. */
+  activeJobs(tenant: string): Promise<number>;
   /** Stops taking jobs, asks running ones to checkpoint and stop, and waits for them. */
   shutdown(): Promise<void>;
+}
+
+/** Whether a job is visible to a call limited to `tenant` (undefined: every job). */
+export function visibleTo(job: Job, tenant: string | undefined): boolean {
+  return tenant === undefined || job.tenant === tenant;
 }
 
 /** Metric names of the executors, for the runbook and its alerts. */

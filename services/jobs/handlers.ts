@@ -2,6 +2,9 @@ import type { HandlerContext } from "@connectrpc/connect";
 import { JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
 import type { AlignSpec, FineTuneSpec } from "../../gen/vaccine/v1/training_pb.ts";
 import type { SuiteDeps } from "../common/deps.ts";
+import { scopeOf, visibleTenant } from "../common/ownership.ts";
+import { checkJobQuota, checkStoredBytesQuota } from "../common/quotas.ts";
+import { principalOf } from "../platform/principal.ts";
 import { checkPage, RequestValidator } from "../platform/validate.ts";
 import type { JobExecutor } from "./executor.ts";
 import { checkJobInputs } from "./inputs.ts";
@@ -9,7 +12,8 @@ import { checkJobId } from "./validate.ts";
 
 /**
  * The job RPCs behave the same for every job kind; AlignService and FineTuneService route
- * theirs here after validating their own spec.
+ * theirs here after validating their own spec. With tenancy (docs/security.md) each call
+ * sees only its tenant's jobs (an admin: all), and Create records the caller's tenant.
  */
 export function jobHandlers(deps: SuiteDeps, executor: JobExecutor, kind: JobKind.ALIGN | JobKind.FINE_TUNE) {
   const stage = kind === JobKind.ALIGN ? "align" : "finetune";
@@ -19,29 +23,36 @@ export function jobHandlers(deps: SuiteDeps, executor: JobExecutor, kind: JobKin
     v.check();
     return req.jobId;
   };
+  const tenantOf = (ctx: HandlerContext) => visibleTenant(scopeOf(principalOf(ctx)));
   return {
-    async create(spec: AlignSpec | FineTuneSpec) {
-      await checkJobInputs(deps, stage, spec);
+    async create(spec: AlignSpec | FineTuneSpec, ctx: HandlerContext) {
+      const scope = scopeOf(principalOf(ctx));
+      await checkJobInputs(deps, stage, spec, scope);
+      if (scope) {
+        await checkStoredBytesQuota(deps, scope.tenant, 0);
+        await checkJobQuota(deps, scope.tenant, await executor.activeJobs(scope.tenant));
+      }
+      const tenant = scope?.tenant ?? "";
       const job =
         kind === JobKind.ALIGN
-          ? await executor.create(kind, { case: "align", value: spec as AlignSpec })
-          : await executor.create(kind, { case: "fineTune", value: spec as FineTuneSpec });
+          ? await executor.create(kind, { case: "align", value: spec as AlignSpec }, tenant)
+          : await executor.create(kind, { case: "fineTune", value: spec as FineTuneSpec }, tenant);
       return { job };
     },
-    get: async (req: { jobId: string }) => ({ job: await executor.get(kind, byId(req)) }),
-    cancel: async (req: { jobId: string }) => ({ job: await executor.cancel(kind, byId(req)) }),
-    list(req: { pageSize: number; pageToken: string }) {
+    get: async (req: { jobId: string }, ctx: HandlerContext) => ({ job: await executor.get(kind, byId(req), tenantOf(ctx)) }),
+    cancel: async (req: { jobId: string }, ctx: HandlerContext) => ({ job: await executor.cancel(kind, byId(req), tenantOf(ctx)) }),
+    list(req: { pageSize: number; pageToken: string }, ctx: HandlerContext) {
       const v = new RequestValidator();
       checkPage(v, req.pageSize, req.pageToken);
       v.check();
-      return executor.list(kind, req.pageSize, req.pageToken);
+      return executor.list(kind, req.pageSize, req.pageToken, tenantOf(ctx));
     },
     async *watch(req: { jobId: string; afterSequence: number }, ctx: HandlerContext) {
       const v = new RequestValidator();
       checkJobId(v, req.jobId);
       v.number("after_sequence", req.afterSequence, { min: 0, integer: true });
       v.check();
-      for await (const event of executor.watch(kind, req.jobId, ctx.signal, req.afterSequence)) yield { event };
+      for await (const event of executor.watch(kind, req.jobId, ctx.signal, req.afterSequence, tenantOf(ctx))) yield { event };
     },
   };
 }

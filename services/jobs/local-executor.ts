@@ -27,7 +27,7 @@ import {
 import { rpcError, toStatus } from "../platform/errors.ts";
 import { silentLogger, type Logger } from "../platform/log.ts";
 import { SCOPE } from "../platform/telemetry.ts";
-import { JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobExecutor, type JobSpec, type JobWork, type StopReason } from "./executor.ts";
+import { JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobExecutor, type JobSpec, type JobWork, type StopReason, visibleTo } from "./executor.ts";
 import { JobRecords, type TraceLink } from "./records.ts";
 
 export interface LocalExecutorOptions {
@@ -97,7 +97,7 @@ export class LocalExecutor implements JobExecutor {
     queueMicrotask(() => this.schedule());
   }
 
-  async create(kind: JobKind, spec: JobSpec): Promise<Job> {
+  async create(kind: JobKind, spec: JobSpec, tenant = ""): Promise<Job> {
     if (this.stopping) throw rpcError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "the server is shutting down; retry on another replica");
     const caller = trace.getSpan(context.active())?.spanContext();
     const job = create(JobSchema, {
@@ -107,6 +107,7 @@ export class LocalExecutor implements JobExecutor {
       createTime: timestampNow(),
       progress: create(JobProgressSchema, {}),
       spec,
+      tenant,
     });
     const entry: Entry = { job, link: caller && { traceId: caller.traceId, spanId: caller.spanId }, events: [], wake: new Set() };
     this.entries.set(job.id, entry);
@@ -119,12 +120,12 @@ export class LocalExecutor implements JobExecutor {
   }
 
   /** A snapshot: the live record keeps changing while a response is serialized. */
-  async get(kind: JobKind, id: string): Promise<Job> {
-    return clone(JobSchema, this.entry(kind, id).job);
+  async get(kind: JobKind, id: string, tenant?: string): Promise<Job> {
+    return clone(JobSchema, this.entry(kind, id, tenant).job);
   }
 
   /** The page token is the offset. */
-  async list(kind: JobKind, pageSize: number, pageToken: string): Promise<{ jobs: Job[]; nextPageToken: string }> {
+  async list(kind: JobKind, pageSize: number, pageToken: string, tenant?: string): Promise<{ jobs: Job[]; nextPageToken: string }> {
     let offset = 0;
     if (pageToken) {
       offset = Number(Buffer.from(pageToken, "base64url").toString());
@@ -135,15 +136,15 @@ export class LocalExecutor implements JobExecutor {
     const size = pageSize || 50;
     const all = [...this.entries.values()]
       .map((e) => e.job)
-      .filter((j) => j.kind === kind)
+      .filter((j) => j.kind === kind && visibleTo(j, tenant))
       .sort((a, b) => Number(b.createTime!.seconds - a.createTime!.seconds) || b.createTime!.nanos - a.createTime!.nanos);
     const jobs = all.slice(offset, offset + size).map((j) => clone(JobSchema, j));
     const next = offset + size < all.length ? Buffer.from(String(offset + size)).toString("base64url") : "";
     return { jobs, nextPageToken: next };
   }
 
-  async cancel(kind: JobKind, id: string): Promise<Job> {
-    const entry = this.entry(kind, id);
+  async cancel(kind: JobKind, id: string, tenant?: string): Promise<Job> {
+    const entry = this.entry(kind, id, tenant);
     const { job } = entry;
     if (job.state === JobState.QUEUED) {
       this.queue.splice(this.queue.indexOf(id), 1);
@@ -155,8 +156,8 @@ export class LocalExecutor implements JobExecutor {
     return clone(JobSchema, job);
   }
 
-  async *watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence = 0): AsyncGenerator<JobEvent> {
-    const entry = this.entry(kind, id);
+  async *watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence = 0, tenant?: string): AsyncGenerator<JobEvent> {
+    const entry = this.entry(kind, id, tenant);
     // Sequence n is events[n - 1].
     let sent = afterSequence;
     let wake: () => void = () => {};
@@ -178,6 +179,10 @@ export class LocalExecutor implements JobExecutor {
     }
   }
 
+  async activeJobs(tenant: string): Promise<number> {
+    return [...this.entries.values()].filter((e) => e.job.tenant === tenant && !FINAL.has(e.job.state)).length;
+  }
+
   async shutdown(): Promise<void> {
     this.stopping = true;
     const running = [...this.entries.values()].filter((e) => e.abort);
@@ -186,9 +191,10 @@ export class LocalExecutor implements JobExecutor {
     this.options.lock?.release();
   }
 
-  private entry(kind: JobKind, id: string): Entry {
+  /** Another tenant's job is missing to the caller, exactly as an unknown id. */
+  private entry(kind: JobKind, id: string, tenant?: string): Entry {
     const entry = this.entries.get(id);
-    if (!entry || entry.job.kind !== kind) throw rpcError(Code.NotFound, "JOB_NOT_FOUND", `job "${id}" not found`, { job_id: id });
+    if (!entry || entry.job.kind !== kind || !visibleTo(entry.job, tenant)) throw rpcError(Code.NotFound, "JOB_NOT_FOUND", `job "${id}" not found`, { job_id: id });
     return entry;
   }
 

@@ -8,7 +8,7 @@
 import { Code, type ConnectError } from "@connectrpc/connect";
 import { JobState, type Job, type JobEvent, type JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { rpcError } from "../platform/errors.ts";
-import type { JobExecutor, JobSpec } from "./executor.ts";
+import { visibleTo, type JobExecutor, type JobSpec } from "./executor.ts";
 import type { LockHolder } from "./jobs-dir-lock.ts";
 import { JobRecords } from "./records.ts";
 
@@ -38,17 +38,17 @@ export class ReadOnlyExecutor implements JobExecutor {
     throw this.locked();
   }
 
-  async cancel(kind: JobKind, id: string): Promise<Job> {
-    this.record(kind, id);
+  async cancel(kind: JobKind, id: string, tenant?: string): Promise<Job> {
+    this.record(kind, id, tenant);
     throw this.locked();
   }
 
-  async get(kind: JobKind, id: string): Promise<Job> {
-    return this.record(kind, id).job;
+  async get(kind: JobKind, id: string, tenant?: string): Promise<Job> {
+    return this.record(kind, id, tenant).job;
   }
 
   /** The page token is the offset, as the LocalExecutor's. */
-  async list(kind: JobKind, pageSize: number, pageToken: string): Promise<{ jobs: Job[]; nextPageToken: string }> {
+  async list(kind: JobKind, pageSize: number, pageToken: string, tenant?: string): Promise<{ jobs: Job[]; nextPageToken: string }> {
     const offset = pageToken ? Number(Buffer.from(pageToken, "base64url").toString()) : 0;
     if (!Number.isInteger(offset) || offset < 0) {
       throw rpcError(Code.InvalidArgument, "FIELD_INVALID", "page_token: is not a token this server issued", { fields: "page_token" });
@@ -57,17 +57,17 @@ export class ReadOnlyExecutor implements JobExecutor {
     const all = this.records
       .loadAll()
       .map((r) => r.job)
-      .filter((j) => j.kind === kind)
+      .filter((j) => j.kind === kind && visibleTo(j, tenant))
       .sort((a, b) => Number(b.createTime!.seconds - a.createTime!.seconds) || b.createTime!.nanos - a.createTime!.nanos);
     const next = offset + size < all.length ? Buffer.from(String(offset + size)).toString("base64url") : "";
     return { jobs: all.slice(offset, offset + size), nextPageToken: next };
   }
 
-  async *watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence = 0): AsyncGenerator<JobEvent> {
+  async *watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence = 0, tenant?: string): AsyncGenerator<JobEvent> {
     let sent = afterSequence;
     // The record turns final just before its last event is appended: one more read gets it.
     for (let finalReads = 0; ; ) {
-      const { job, events } = this.record(kind, id);
+      const { job, events } = this.record(kind, id, tenant);
       while (sent < events.length) yield events[sent++];
       const last = events.at(-1)?.event;
       const ended = last?.case === "stateChange" && FINAL.has(last.value.to);
@@ -76,11 +76,15 @@ export class ReadOnlyExecutor implements JobExecutor {
     }
   }
 
+  async activeJobs(tenant: string): Promise<number> {
+    return this.records.loadAll().filter((r) => r.job.tenant === tenant && !FINAL.has(r.job.state)).length;
+  }
+
   async shutdown(): Promise<void> {}
 
-  private record(kind: JobKind, id: string) {
+  private record(kind: JobKind, id: string, tenant?: string) {
     const record = this.records.load(id);
-    if (!record || record.job.kind !== kind) throw rpcError(Code.NotFound, "JOB_NOT_FOUND", `job "${id}" not found`, { job_id: id });
+    if (!record || record.job.kind !== kind || !visibleTo(record.job, tenant)) throw rpcError(Code.NotFound, "JOB_NOT_FOUND", `job "${id}" not found`, { job_id: id });
     return record;
   }
 

@@ -19,6 +19,7 @@ export interface Config {
   port: number;
   services: ServiceName[];
   backend: (typeof BACKENDS)[number];
+  nativeKernels: "auto" | "off";
   store: "local" | "s3";
   storeRoot: string;
   s3Bucket: string;
@@ -31,6 +32,9 @@ export interface Config {
   /** Peak memory one training job may need, in MiB; "auto": see defaultJobMemoryLimitMb (jobs/admission.ts). */
   jobMemoryLimitMb: number | "auto";
   modelCacheMb: number;
+  /** Embed and Moderate calls batched across callers (common/call-batcher.ts). */
+  batchWindowMs: number;
+  batchMaxRows: number;
   maxDatasetMb: number;
   maxCheckpointMb: number;
   maxUploadFileMb: number;
@@ -69,6 +73,8 @@ export interface Config {
   maxGeneratedTokens: number;
   maxSteps: number;
   maxTrainingTokens: number;
+  quotaJobs: number;
+  quotaStoredBytes: number;
 }
 
 interface Variable<K extends keyof Config> {
@@ -136,6 +142,7 @@ export const VARIABLES = [
   v({ name: "VACCINE_PORT", key: "port", default: "50051", description: "Port for gRPC, gRPC-Web and Connect (0 picks a free port).", parse: integer(0, 65535) }),
   v({ name: "VACCINE_SERVICES", key: "services", default: SERVICE_NAMES.join(","), description: "Services this process serves.", parse: serviceList }),
   v({ name: "VACCINE_BACKEND", key: "backend", default: "auto", description: "tfjs backend: auto, tensorflow-gpu, tensorflow, wasm or cpu.", parse: choice(BACKENDS) }),
+  v({ name: "VACCINE_NATIVE_KERNELS", key: "nativeKernels", default: "auto", description: "On the wasm backend: native kernels (matrix products on OpenBLAS, exp) when their addon is built (auto), or only the stock wasm kernels (off).", parse: choice(["auto", "off"] as const) }),
   v({ name: "VACCINE_STORE", key: "store", default: "local", description: "Checkpoint store: local (a folder) or s3 (S3-compatible object storage).", parse: choice(["local", "s3"] as const) }),
   v({ name: "VACCINE_STORE_ROOT", key: "storeRoot", default: ".data/store", description: "Root folder of the local checkpoint store.", parse: nonEmpty }),
   v({ name: "VACCINE_S3_BUCKET", key: "s3Bucket", default: "", description: "Bucket of the s3 store (required with VACCINE_STORE=s3); credentials from the AWS_* variables.", parse: (raw) => raw }),
@@ -145,6 +152,8 @@ export const VARIABLES = [
   v({ name: "VACCINE_CACHE_DIR", key: "cacheDir", default: ".data/cache", description: "Local cache of checkpoints read from the s3 store.", parse: nonEmpty }),
   v({ name: "VACCINE_JOBS_DIR", key: "jobsDir", default: ".data/jobs", description: "Durable job records (a persistent volume in a cluster).", parse: nonEmpty }),
   v({ name: "VACCINE_MODEL_CACHE_MB", key: "modelCacheMb", default: "2048", description: "Memory for checkpoints kept loaded by Embed and Score.", parse: integer(0, 1_048_576) }),
+  v({ name: "VACCINE_BATCH_WINDOW_MS", key: "batchWindowMs", default: "2", description: "How long an Embed or Moderate call waits for concurrent calls on the same checkpoint and options, to share one forward pass with them, in ms (0: every call runs alone).", parse: integer(0, 1000) }),
+  v({ name: "VACCINE_BATCH_MAX_ROWS", key: "batchMaxRows", default: "128", description: "Texts or pairs one shared forward pass may hold: a batch that reaches it runs at once, and a larger call runs alone.", parse: integer(1, 65_536) }),
   v({ name: "VACCINE_MAX_DATASET_MB", key: "maxDatasetMb", default: "1024", description: "Largest dataset an upload may send, in MiB.", parse: integer(1, 1_048_576) }),
   v({ name: "VACCINE_MAX_CHECKPOINT_MB", key: "maxCheckpointMb", default: "65536", description: "Largest checkpoint folder an import may send, in MiB (all files).", parse: integer(1, 16_777_216) }),
   v({ name: "VACCINE_MAX_UPLOAD_FILE_MB", key: "maxUploadFileMb", default: "32768", description: "Largest single file of a checkpoint import, in MiB.", parse: integer(1, 16_777_216) }),
@@ -190,6 +199,8 @@ export const VARIABLES = [
   v({ name: "VACCINE_MAX_GENERATED_TOKENS", key: "maxGeneratedTokens", default: "65536", description: "Tokens one Generate call may produce: prompts x max_new_tokens.", parse: integer(1, 1_000_000_000) }),
   v({ name: "VACCINE_MAX_STEPS", key: "maxSteps", default: "1000000", description: "Training steps of one job (max_steps, or epochs over the dataset).", parse: integer(1, 1_000_000_000) }),
   v({ name: "VACCINE_MAX_TRAINING_TOKENS", key: "maxTrainingTokens", default: "1000000000", description: "Tokens one job may train on: steps x batch_size x max_sequence_length.", parse: integer(1, Number.MAX_SAFE_INTEGER) }),
+  v({ name: "VACCINE_QUOTA_JOBS", key: "quotaJobs", default: "8", description: "With authentication: jobs one tenant may have queued or running at once (0: no limit); over it Create is RESOURCE_EXHAUSTED with QuotaFailure.", parse: integer(0, 1_000_000) }),
+  v({ name: "VACCINE_QUOTA_STORED_BYTES", key: "quotaStoredBytes", default: "107374182400", description: "With authentication: bytes of datasets and checkpoints one tenant may own (0: no limit); over it uploads, imports and job Create are RESOURCE_EXHAUSTED with QuotaFailure.", parse: integer(0, Number.MAX_SAFE_INTEGER) }),
 ];
 
 /** Variables that only make sense together (each message names them). */

@@ -22,7 +22,7 @@ export interface ProcessDeps extends SuiteDeps {
 }
 
 export function createDeps(
-  config: Pick<Config, "store" | "storeRoot" | "s3Bucket" | "s3Prefix" | "s3Endpoint" | "s3Region" | "cacheDir" | "jobsDir" | "maxRunningJobs" | "modelCacheMb" | "maxDatasetMb" | "maxCheckpointMb" | "maxUploadFileMb" | "services"> & Partial<Pick<Config, "jobMemoryLimitMb">> & QueueConfig,
+  config: Pick<Config, "store" | "storeRoot" | "s3Bucket" | "s3Prefix" | "s3Endpoint" | "s3Region" | "cacheDir" | "jobsDir" | "maxRunningJobs" | "modelCacheMb" | "maxDatasetMb" | "maxCheckpointMb" | "maxUploadFileMb" | "services"> & Partial<Pick<Config, "jobMemoryLimitMb" | "quotaJobs" | "quotaStoredBytes">> & QueueConfig,
   telemetry: { tracer: Tracer; meter: Meter },
   logger: Logger,
 ): ProcessDeps {
@@ -50,5 +50,7 @@ export function createDeps(
   const queue = queueDeps(config, servesJobs, storeConfig, telemetry, logger);
   const jobLimit = servesJobs ? jobMemoryLimitMb(config.jobMemoryLimitMb, config.queueUrl ? (config.workerConcurrency ?? 1) : config.maxRunningJobs) : undefined;
   if (jobLimit !== undefined) logger.info({ job_memory_limit_mb: jobLimit }, "job admission limit");
-  return { store, checkpoints, builtins: {}, executor: executor ?? queue.executor, jobWorker: queue.worker, uploads, jobMemoryLimitMb: jobLimit, ...telemetry, logger };
+  // Per-tenant quotas apply only to authenticated calls (docs/security.md, "Quotas").
+  const quotas = { jobs: config.quotaJobs ?? 0, storedBytes: config.quotaStoredBytes ?? 0 };
+  return { store, checkpoints, builtins: {}, executor: executor ?? queue.executor, jobWorker: queue.worker, uploads, jobMemoryLimitMb: jobLimit, quotas, ...telemetry, logger };
 }

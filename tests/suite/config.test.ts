@@ -9,6 +9,7 @@ describe("configuration", () => {
       port: 50051,
       services: ["align", "finetune", "embed", "score", "datasets", "checkpoints"],
       backend: "auto",
+      nativeKernels: "auto",
       store: "local",
       storeRoot: ".data/store",
       s3Bucket: "",
@@ -57,6 +58,8 @@ describe("configuration", () => {
       maxGeneratedTokens: 65536,
       maxSteps: 1000000,
       maxTrainingTokens: 1000000000,
+      quotaJobs: 8,
+      quotaStoredBytes: 107374182400,
     });
   });
 

@@ -34,6 +34,10 @@ export function queueKeys(prefix = DEFAULT_PREFIX) {
     events: (id: string) => `${prefix}:job:${id}:events`,
     /** Jobs of a kind, newest first by member (create time, then id). */
     index: (kind: string) => `${prefix}:index:${kind}`,
+    /** One tenant's jobs of a kind, as `index` (List with tenancy pages through it: docs/security.md). */
+    tenantIndex: (kind: string, tenant: string) => `${prefix}:index:${kind}:${tenant}`,
+    /** Ids of a tenant's jobs that may not be final yet: what its job quota counts (pruned as they end). */
+    active: (tenant: string) => `${prefix}:active:${tenant}`,
     /** BullMQ's lock of a taken job; its value is the taking worker's token. */
     lock: (id: string) => `${prefix}:${QUEUE_NAME}:${id}:lock`,
     /** Pub/sub channel of cancel requests (the message is the job id). */

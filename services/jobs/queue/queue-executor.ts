@@ -14,7 +14,7 @@ import { JobProgressSchema, JobSchema, JobState, type Job, type JobEvent, type J
 import { rpcError, toStatus } from "../../platform/errors.ts";
 import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
-import { JOB_METRICS, type JobExecutor, type JobSpec } from "../executor.ts";
+import { JOB_METRICS, visibleTo, type JobExecutor, type JobSpec } from "../executor.ts";
 import { DEFAULT_PREFIX, QUEUE_NAME, queueKeys, redisOptions, type QueueKeys } from "./connection.ts";
 import { observeQueue } from "./metrics.ts";
 import { FINAL, INDEX_MEMBER, KIND_NAME, RedisJobs } from "./redis-jobs.ts";
@@ -71,7 +71,7 @@ export class QueueExecutor implements JobExecutor {
     }
   }
 
-  async create(kind: JobKind, spec: JobSpec): Promise<Job> {
+  async create(kind: JobKind, spec: JobSpec, tenant = ""): Promise<Job> {
     if (this.stopping) throw shuttingDown();
     const caller = trace.getSpan(context.active())?.spanContext();
     const job = create(JobSchema, {
@@ -81,6 +81,7 @@ export class QueueExecutor implements JobExecutor {
       createTime: timestampNow(),
       progress: create(JobProgressSchema, {}),
       spec,
+      tenant,
     });
     const attributes = { "vaccine.job.id": job.id, "vaccine.job.kind": KIND_NAME[kind], "messaging.system": "bullmq", "messaging.destination.name": QUEUE_NAME };
     return this.tracer.startActiveSpan(`enqueue ${KIND_NAME[kind]}`, { kind: SpanKind.PRODUCER, attributes }, async (span) => {
@@ -104,24 +105,24 @@ export class QueueExecutor implements JobExecutor {
     });
   }
 
-  async get(kind: JobKind, id: string): Promise<Job> {
-    return (await this.record(kind, id)).job;
+  async get(kind: JobKind, id: string, tenant?: string): Promise<Job> {
+    return (await this.record(kind, id, tenant)).job;
   }
 
   /** The page token names the last job shown, so pages stay stable while jobs are created. */
-  async list(kind: JobKind, pageSize: number, pageToken: string): Promise<{ jobs: Job[]; nextPageToken: string }> {
+  async list(kind: JobKind, pageSize: number, pageToken: string, tenant?: string): Promise<{ jobs: Job[]; nextPageToken: string }> {
     const after = pageToken ? Buffer.from(pageToken, "base64url").toString() : "";
     if (pageToken && !INDEX_MEMBER.test(after)) {
       throw rpcError(Code.InvalidArgument, "FIELD_INVALID", "page_token: is not a token this server issued", { fields: "page_token" });
     }
-    const page = await this.guard(() => this.jobs.page(kind, pageSize || 50, after));
+    const page = await this.guard(() => this.jobs.page(kind, pageSize || 50, after, tenant));
     return { jobs: page.jobs, nextPageToken: page.more && page.last ? Buffer.from(page.last).toString("base64url") : "" };
   }
 
   /** A queued job is cancelled here; a running one is marked CANCELLING and its worker told. */
-  async cancel(kind: JobKind, id: string): Promise<Job> {
+  async cancel(kind: JobKind, id: string, tenant?: string): Promise<Job> {
     for (;;) {
-      const { job } = await this.record(kind, id);
+      const { job } = await this.record(kind, id, tenant);
       if (FINAL.has(job.state) || job.state === JobState.CANCELLING) return job;
       if (job.state === JobState.QUEUED) {
         const error = rpcError(Code.Canceled, "JOB_CANCELLED", "the job was cancelled by a CancelJob request");
@@ -154,8 +155,8 @@ export class QueueExecutor implements JobExecutor {
    * History then live events, from the job's stream. `afterSequence` resumes a watch: only
    * later events are sent. Each Watch blocks on a Redis connection of its own.
    */
-  async *watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence = 0): AsyncGenerator<JobEvent> {
-    const first = await this.record(kind, id);
+  async *watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence = 0, tenant?: string): AsyncGenerator<JobEvent> {
+    const first = await this.record(kind, id, tenant);
     if (FINAL.has(first.job.state) && first.seq <= afterSequence) return;
     if (this.stopping) throw shuttingDown();
     const conn = this.redis.duplicate({ maxRetriesPerRequest: 3 });
@@ -190,6 +191,10 @@ export class QueueExecutor implements JobExecutor {
     }
   }
 
+  async activeJobs(tenant: string): Promise<number> {
+    return this.guard(() => this.jobs.active(tenant));
+  }
+
   /** Refuses new jobs, ends open Watch streams with UNAVAILABLE (clients resume elsewhere), closes Redis. */
   async shutdown(): Promise<void> {
     if (this.stopping) return;
@@ -199,9 +204,10 @@ export class QueueExecutor implements JobExecutor {
     await this.redis.quit().catch(() => {});
   }
 
-  private async record(kind: JobKind, id: string) {
+  /** Another tenant's job is missing to the caller, exactly as an unknown id. */
+  private async record(kind: JobKind, id: string, tenant?: string) {
     const r = await this.guard(() => this.jobs.read(id));
-    if (!r || r.job.kind !== kind) throw rpcError(Code.NotFound, "JOB_NOT_FOUND", `job "${id}" not found`, { job_id: id });
+    if (!r || r.job.kind !== kind || !visibleTo(r.job, tenant)) throw rpcError(Code.NotFound, "JOB_NOT_FOUND", `job "${id}" not found`, { job_id: id });
     return r;
   }
 

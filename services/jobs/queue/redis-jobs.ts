@@ -7,6 +7,8 @@
  *                              claimed it), attempt (claims), failures, cancel ("1" once asked)
  *   <prefix>:job:<id>:events   stream; entry id <sequence>-0, field e = the JobEvent in proto JSON
  *   <prefix>:index:<kind>      sorted set of "<create time>:<id>" for List, newest first
+ *   <prefix>:index:<kind>:<tenant>  the same for one tenant's jobs (List with tenancy)
+ *   <prefix>:active:<tenant>   set of the tenant's job ids not yet seen final (its job quota)
  *
  * Every change is one Lua script, so a state change and its event land together, sequence
  * numbers come from one counter (XADD refuses an id that is not above the last: no
@@ -62,11 +64,17 @@ export type WriteResult =
   | { ok: false; why: "fenced" | "missing" }
   | { ok: false; why: "state"; state: JobState };
 
+// KEYS: record, events, index, tenant index, tenant's active set. ARGV: job JSON, state, link,
+// first event JSON, index member, tenant ("" without tenancy: only the global index), job id.
 const CREATE = `
 if redis.call("EXISTS", KEYS[1]) == 1 then return 0 end
 redis.call("HSET", KEYS[1], "job", ARGV[1], "state", ARGV[2], "link", ARGV[3], "seq", 1, "owner", "", "attempt", 0, "failures", 0)
 redis.call("XADD", KEYS[2], "1-0", "e", ARGV[4])
 redis.call("ZADD", KEYS[3], 0, ARGV[5])
+if ARGV[6] ~= "" then
+  redis.call("ZADD", KEYS[4], 0, ARGV[5])
+  redis.call("SADD", KEYS[5], ARGV[7])
+end
 return 1`;
 
 // KEYS: record, events, lock. ARGV: token ("" = an api's unfenced write), job JSON, expected
@@ -103,7 +111,7 @@ redis.call("HINCRBY", KEYS[1], "attempt", 1)
 return "ok"`;
 
 interface Scripts {
-  vaccineCreate(record: string, events: string, index: string, ...args: string[]): Promise<number>;
+  vaccineCreate(record: string, events: string, index: string, tenantIndex: string, active: string, ...args: string[]): Promise<number>;
   vaccineWrite(record: string, events: string, lock: string, ...args: string[]): Promise<string[]>;
   vaccineClaim(record: string, lock: string, token: string): Promise<string>;
 }
@@ -115,7 +123,7 @@ export class RedisJobs {
     redis: Redis,
     readonly keys: QueueKeys,
   ) {
-    redis.defineCommand("vaccineCreate", { numberOfKeys: 3, lua: CREATE });
+    redis.defineCommand("vaccineCreate", { numberOfKeys: 5, lua: CREATE });
     redis.defineCommand("vaccineWrite", { numberOfKeys: 3, lua: WRITE });
     redis.defineCommand("vaccineClaim", { numberOfKeys: 2, lua: CLAIM });
     this.redis = redis as Redis & Scripts;
@@ -128,11 +136,15 @@ export class RedisJobs {
       k.job(job.id),
       k.events(job.id),
       k.index(KIND_NAME[job.kind]),
+      k.tenantIndex(KIND_NAME[job.kind], job.tenant),
+      k.active(job.tenant),
       jobJson(job),
       String(job.state),
       JSON.stringify(link ?? null),
       eventJson(job.id, first),
       indexMember(job),
+      job.tenant,
+      job.id,
     );
     return added === 1;
   }
@@ -170,14 +182,27 @@ export class RedisJobs {
     return { ok: false, why: r[0] as "fenced" | "missing" };
   }
 
-  /** A page of a kind's jobs, newest first, after the member `after` (exclusive). */
-  async page(kind: JobKind, size: number, after: string): Promise<{ jobs: Job[]; last?: string; more: boolean }> {
-    const members = (await this.redis.call("ZRANGE", this.keys.index(KIND_NAME[kind]), after ? `(${after}` : "+", "-", "BYLEX", "REV", "LIMIT", "0", String(size + 1))) as string[];
+  /** A page of a kind's jobs (of one tenant's when `tenant` is set), newest first, after the member `after` (exclusive). */
+  async page(kind: JobKind, size: number, after: string, tenant?: string): Promise<{ jobs: Job[]; last?: string; more: boolean }> {
+    const index = tenant === undefined ? this.keys.index(KIND_NAME[kind]) : this.keys.tenantIndex(KIND_NAME[kind], tenant);
+    const members = (await this.redis.call("ZRANGE", index, after ? `(${after}` : "+", "-", "BYLEX", "REV", "LIMIT", "0", String(size + 1))) as string[];
     const shown = members.slice(0, size);
     const pipeline = this.redis.pipeline();
     for (const m of shown) pipeline.hgetall(this.keys.job(m.slice(m.indexOf(":") + 1)));
     const rows = ((await pipeline.exec()) ?? []).map(([, h]) => h as Record<string, string>);
     return { jobs: rows.filter((h) => h.job).map((h) => parse(h).job), last: shown.at(-1), more: members.length > size };
+  }
+
+  /** The tenant's jobs not final yet; ids found final (or gone) leave the set. */
+  async active(tenant: string): Promise<number> {
+    const key = this.keys.active(tenant);
+    const ids = await this.redis.smembers(key);
+    const pipeline = this.redis.pipeline();
+    for (const id of ids) pipeline.hget(this.keys.job(id), "state");
+    const states = ((await pipeline.exec()) ?? []).map(([, state]) => state as string | null);
+    const ended = ids.filter((_, i) => states[i] === null || FINAL.has(Number(states[i]) as JobState));
+    if (ended.length > 0) await this.redis.srem(key, ...ended);
+    return ids.length - ended.length;
   }
 
   /** Events after `after`, from `conn` (a blocking read needs a connection of its own). */

@@ -1,0 +1,91 @@
+// Per-tenant quotas on a real server with token authentication (docs/security.md, "Quotas"):
+// jobs queued or running, and bytes stored; each refusal is RESOURCE_EXHAUSTED with a
+// google.rpc.QuotaFailure and an ErrorInfo naming the limit, and stores nothing.
+import { Code, ConnectError } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ErrorInfoSchema, QuotaFailureSchema } from "../../gen/google/rpc/error_details_pb.ts";
+import { JobState } from "../../gen/vaccine/v1/jobs_pb.ts";
+import { usageOf } from "../../services/common/ownership.ts";
+import { selectBackend } from "../../services/runtime/backend.ts";
+import { alignSpec, datasetBytes, sha256, startTenantSuite, uploadAs, type TenantSuite } from "../helpers/tenants.ts";
+
+let s: TenantSuite;
+beforeAll(async () => {
+  await selectBackend("wasm", () => {});
+  s = await startTenantSuite({ quotas: { jobs: 2, storedBytes: 0 } });
+}, 60_000);
+afterAll(() => s?.close());
+
+/** The refusal's QuotaFailure and ErrorInfo, decoded. */
+async function quotaFailure(call: () => Promise<unknown>) {
+  const err = await call().then(
+    () => {
+      throw new Error("expected a quota refusal");
+    },
+    (e: unknown) => ConnectError.from(e),
+  );
+  expect(err.code).toBe(Code.ResourceExhausted);
+  return { message: err.rawMessage, quota: err.findDetails(QuotaFailureSchema)[0], info: err.findDetails(ErrorInfoSchema)[0] };
+}
+
+const storedDatasets = async () => (await s.deps.store.listObjects("store://datasets")).map((o) => o.uri);
+
+describe("per-tenant quotas", () => {
+  it("refuses a job over the tenant's job quota with QuotaFailure; other tenants and a freed slot are not refused", async () => {
+    const { a, b } = s.as;
+    const data = await uploadAs(a, datasetBytes(""));
+    const dataB = await uploadAs(b, datasetBytes(""));
+    const running = (await a.align.createAlignJob({ spec: alignSpec(s.base, data.uri, 500) })).job!;
+    const queued = (await a.align.createAlignJob({ spec: alignSpec(s.base, data.uri, 500) })).job!;
+    const refused = await quotaFailure(() => a.align.createAlignJob({ spec: alignSpec(s.base, data.uri) }));
+    expect(refused.info).toMatchObject({ reason: "QUOTA_EXCEEDED", metadata: { tenant: "team-a", limit: "VACCINE_QUOTA_JOBS", value: "2" } });
+    expect(refused.quota.violations).toHaveLength(1);
+    expect(refused.quota.violations[0]).toMatchObject({ subject: "tenant:team-a", quotaMetric: "jobs", quotaValue: 2n });
+    expect(refused.quota.violations[0].description).toContain("VACCINE_QUOTA_JOBS is 2");
+    // Counted per tenant: B has none running.
+    const other = (await b.align.createAlignJob({ spec: alignSpec(s.base, dataB.uri, 500) })).job!;
+    // A cancelled job no longer counts.
+    expect((await a.align.cancelAlignJob({ jobId: queued.id })).job?.state).toBe(JobState.CANCELLED);
+    const again = (await a.align.createAlignJob({ spec: alignSpec(s.base, data.uri, 500) })).job!;
+    for (const [c, id] of [[a, again.id], [b, other.id], [a, running.id]] as const) await c.align.cancelAlignJob({ jobId: id });
+    // Settled: the training states it wrote are A's, and charged (the next test starts from there).
+    for await (const _ of a.align.watchAlignJob({ jobId: running.id }));
+    await a.datasets.deleteDataset({ uri: data.uri });
+    await b.datasets.deleteDataset({ uri: dataB.uri });
+  }, 120_000);
+
+  it("refuses an upload over the byte quota without storing it, refuses jobs at the quota, and accepts again after a delete", async () => {
+    const { a, b } = s.as;
+    const first = datasetBytes("", 6);
+    const second = datasetBytes("", 5);
+    // What A's cancelled job wrote (training states) is charged to A already.
+    const start = await usageOf(s.deps.store, "team-a");
+    s.deps.quotas = { jobs: 0, storedBytes: start + first.length + second.length - 1 };
+    const d1 = await uploadAs(a, first);
+    expect(await usageOf(s.deps.store, "team-a")).toBe(start + first.length);
+    const refused = await quotaFailure(() => uploadAs(a, second));
+    const limit = String(start + first.length + second.length - 1);
+    expect(refused.info).toMatchObject({ reason: "QUOTA_EXCEEDED", metadata: { tenant: "team-a", limit: "VACCINE_QUOTA_STORED_BYTES", value: limit } });
+    expect(refused.quota.violations[0]).toMatchObject({ subject: "tenant:team-a", quotaMetric: "storedBytes", quotaValue: BigInt(limit) });
+    expect(refused.quota.violations[0].description).toContain(`VACCINE_QUOTA_STORED_BYTES is ${limit}`);
+    expect(refused.message).toContain(`stores ${start + first.length} bytes and this adds ${second.length}`);
+    // Nothing of the refused upload is stored or visible.
+    expect(await storedDatasets()).not.toContain(`store://datasets/${sha256(second)}`);
+    expect((await a.datasets.listDatasets({})).datasets.map((d) => d.uri)).toEqual([d1.uri]);
+    // Another tenant's usage is its own.
+    const d2b = await uploadAs(b, second);
+
+    // At the quota exactly: no new job (its outputs would go over).
+    s.deps.quotas = { jobs: 0, storedBytes: start + first.length };
+    const atQuota = await quotaFailure(() => a.align.createAlignJob({ spec: alignSpec(s.base, d1.uri) }));
+    expect(atQuota.info?.metadata).toMatchObject({ limit: "VACCINE_QUOTA_STORED_BYTES", value: String(start + first.length) });
+
+    // A delete lowers the usage: the upload goes through.
+    s.deps.quotas = { jobs: 0, storedBytes: start + first.length + second.length - 1 };
+    await a.datasets.deleteDataset({ uri: d1.uri });
+    expect(await usageOf(s.deps.store, "team-a")).toBe(start);
+    const d2 = await uploadAs(a, second);
+    expect(d2.uri).toBe(d2b.uri);
+    expect(await usageOf(s.deps.store, "team-a")).toBe(start + second.length);
+  });
+});
