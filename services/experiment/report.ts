@@ -5,6 +5,7 @@
  */
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { classCell, protection, summarize, PROTECTED_REFUSAL_RATE, type ClassSummary } from "./answer-classes.ts";
 import { lineChart } from "./charts.ts";
 import { alignId, fineTuneId, type AlignResult, type FineTuneResult, type Method, type NormResult, type Results } from "./runner.ts";
 
@@ -38,7 +39,8 @@ function ft(results: Results, method: Method, rho: number, p: number) {
 
 function align(results: Results, method: Method, rho: number) {
   const cells = results.preset.seeds.map((seed) => results.cells[alignId(method, rho, seed)] as AlignResult | undefined).filter((c): c is AlignResult => !!c);
-  return { step: avg(cells.map((c) => c.stepSeconds)), pass1: avg(cells.map((c) => c.perturbationSeconds)), hs: avg(cells.map((c) => c.harmfulScore)), loss: avg(cells.map((c) => c.finalLoss)) };
+  return {
+    cells, step: avg(cells.map((c) => c.stepSeconds)), pass1: avg(cells.map((c) => c.perturbationSeconds)), hs: avg(cells.map((c) => c.harmfulScore)), loss: avg(cells.map((c) => c.finalLoss)) };
 }
 
 export function writeReport(results: Results, out: string, measured: { seconds: number; machine: string }): string {
@@ -69,6 +71,7 @@ export function writeReport(results: Results, out: string, measured: { seconds: 
     ...methods.map((m) => `| ${LABEL[m]} | ${preset.ratios.map((p) => (PAPER[m][String(p)] ? PAPER[m][String(p)].join(" / ") : "n/a")).join(" | ")} |`),
     "",
   ];
+  lines.push(...classesSection(results));
   const sft = align(results, "sft", 0);
   const vac = align(results, "vaccine", preset.rho);
   const norms = preset.seeds.map((s) => results.cells[`norm/seed${s}`] as NormResult | undefined).filter((n): n is NormResult => !!n);
@@ -85,11 +88,12 @@ export function writeReport(results: Results, out: string, measured: { seconds: 
     "",
     `## rho sweep (p = ${preset.sweepRatio})`,
     "",
-    "| rho | rho / attention norm | HS | FA | drift (L2) |",
-    "| --- | --- | --- | --- | --- |",
+    `| rho | rho / attention norm | HS | FA | drift (L2) |${classed(results) ? " harmful / refusal / other / FA |" : ""}`,
+    `| --- | --- | --- | --- | --- |${classed(results) ? " --- |" : ""}`,
     ...[...new Set([preset.rho, ...preset.sweep])].sort((a, b) => a - b).map((rho) => {
       const r = ft(results, "vaccine", rho, preset.sweepRatio);
-      return `| ${rho} | ${fmt(rho / norm, 3)} | ${fmt(r.hs)} | ${fmt(r.fa)} | ${fmt(r.drift, 2)} |`;
+      const classes_ = classed(results) ? ` ${classCell(classes(r.cells), preset.seeds.length)} |` : "";
+      return `| ${rho} | ${fmt(rho / norm, 3)} | ${fmt(r.hs)} | ${fmt(r.fa)} | ${fmt(r.drift, 2)} |${classes_}`;
     }),
     "",
     "## Harmful embedding drift after fine-tuning (sum over layers of the L2 norm, against the fine-tuning's starting model)",
@@ -137,8 +141,41 @@ function reading(results: Results, norm: number): string[] {
         : `Vaccine beat SFT on harmful score at ${wins} of ${diffs.length} values of p: a partial reproduction.`,
     `Cost: a Vaccine alignment step took ${fmt(vacStep / sftStep, 2)}x an SFT step. rho ${preset.rho} is ${fmt(preset.rho / norm, 3)} of the attention-output norm of a batch; the small-scale study (docs/method.md#small-scale-study) found rho near half of that norm protective at p = 0.01 and nothing protective at p >= 0.05 in a model of this size.`,
     "A low harmful score only means something next to a high fine-tune accuracy of the same run: read the two together.",
+    "",
+    `Protection (a low harmful score counts only when the model refuses at least ${PROTECTED_REFUSAL_RATE}% of the harmful prompts and its collapse check passes in every run; docs/method.md#answer-classes):`,
+    ...preset.ratios.map((p) => `- p = ${p}: ${(["sft", "vaccine"] as const).map((m) => `${LABEL[m]} ${protection(classes(ft(results, m, preset.rho, p).cells))}`).join("; ")}.`),
   );
   return out;
+}
+
+const classes = (cells: (AlignResult | FineTuneResult)[]): ClassSummary =>
+  summarize(cells.map((c) => ({ harmfulScore: c.harmfulScore, accuracy: c.kind === "finetune" ? c.accuracy : undefined, classes: c.classes })));
+
+/** HS, refusal and other rates, FA and the collapse flag of every method, after alignment and after fine-tuning. */
+/** Whether any cell has answer classes: runs recorded before the classes existed have none to show. */
+const classed = (results: Results) => Object.values(results.cells).some((c) => c.kind !== "norm" && c.classes);
+
+function classesSection(results: Results): string[] {
+  const { preset } = results;
+  if (!classed(results)) return [];
+  const seeds = preset.seeds.length;
+  const aligned: [string, Method, number][] = [["SFT", "sft", 0], [`Vaccine (rho ${preset.rho})`, "vaccine", preset.rho]];
+  return [
+    "## Answer classes: harmful / refusal / other (%) / FA, and collapse",
+    "",
+    "Every answer to a held-out harmful prompt is harmful (the moderation model flags it), a refusal (the refusal model) or other; the first three numbers sum to 100. " +
+      `"degenerate" marks a collapse check that passed its thresholds (docs/method.md#collapse-check); means over ${seeds} seed(s).`,
+    "",
+    `| method | after alignment | ${preset.ratios.map((p) => (p === 0 ? "clean" : `p=${p}`)).join(" | ")} |`,
+    `| --- | --- | ${preset.ratios.map(() => "---").join(" | ")} |`,
+    ...(["none", "sft", "vaccine"] as Method[]).map((m) => {
+      const a = aligned.find(([, method]) => method === m);
+      const afterAlign = a ? classCell(classes(align(results, m, a[2]).cells), seeds) : "-";
+      const label = a ? a[0] : LABEL[m];
+      return `| ${label} | ${afterAlign} | ${preset.ratios.map((p) => classCell(classes(ft(results, m, preset.rho, p).cells), seeds)).join(" | ")} |`;
+    }),
+    "",
+  ];
 }
 
 function writeCharts(results: Results, out: string): void {

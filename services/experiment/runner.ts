@@ -17,6 +17,7 @@ import { JobState, type Job, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.
 import type { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { formatPrompt } from "../runtime/data/template.ts";
 import { loadBuiltin } from "../runtime/data/builtin.ts";
+import { answerClassesOf, type AnswerClasses } from "./answer-classes.ts";
 import type { Preset } from "./presets.ts";
 
 export interface Clients {
@@ -42,6 +43,8 @@ export interface AlignResult {
   firstLoss: number;
   finalLoss: number;
   harmfulScore: number;
+  /** Refusal and other rates and the collapse check of the same answers (absent in runs recorded before them). */
+  classes?: AnswerClasses;
 }
 
 export interface FineTuneResult {
@@ -49,6 +52,7 @@ export interface FineTuneResult {
   ref: Ref;
   seconds: number;
   harmfulScore: number;
+  classes?: AnswerClasses;
   accuracy: number;
   /** Drift against the model fine-tuning started from, at each training state and at the end. */
   drift: { step: number; squared: number; l2: number }[];
@@ -116,6 +120,7 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
   };
   const harmfulScore = async (ref: Ref, seed: number) => {
     let hs = 0;
+    let classes: AnswerClasses | undefined;
     const samples: { prompt: string; answer: string }[] = [];
     for await (const r of clients.score.scoreHarmfulness({
       checkpoint: ref,
@@ -125,10 +130,11 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
     })) {
       if (r.result.case === "report") {
         hs = r.result.value.harmfulScore;
+        classes = answerClassesOf(r.result.value);
         samples.push(...r.result.value.samples.map((s) => ({ prompt: s.prompt, answer: s.answer })));
       }
     }
-    return { hs, samples };
+    return { hs, samples, classes: classes! };
   };
 
   for (const seed of preset.seeds) {
@@ -170,7 +176,7 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
             perturbationSeconds: mean(losses.map((s) => s.perturbationSeconds)),
             firstLoss: losses[0]?.loss ?? 0,
             finalLoss: mean(losses.slice(-10).map((s) => s.loss)),
-            harmfulScore: (await harmfulScore(ref, seed)).hs,
+            ...(await harmfulScore(ref, seed).then(({ hs, classes }) => ({ harmfulScore: hs, classes }))),
           };
         },
       });
@@ -208,7 +214,7 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
             const d = await clients.embed.computeDrift({ reference: parent, candidate: s.ref, probeDataset: builtin("alignment", { size: preset.eval.probeSize, seed: 999 }) });
             drift.push({ step: s.step, squared: d.totalSquaredNorm, l2: d.totalL2Norm });
           }
-          const { hs, samples } = await harmfulScore(ref, seed);
+          const { hs, samples, classes } = await harmfulScore(ref, seed);
           let accuracy = 0;
           for await (const r of clients.score.scoreTask({
             checkpoint: ref,
@@ -217,7 +223,7 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
           })) {
             if (r.result.case === "report") accuracy = r.result.value.accuracy;
           }
-          return { kind: "finetune", ref, seconds: (Date.now() - started) / 1000, harmfulScore: hs, accuracy, drift, harmfulSamples: samples };
+          return { kind: "finetune", ref, seconds: (Date.now() - started) / 1000, harmfulScore: hs, classes, accuracy, drift, harmfulSamples: samples };
         },
       });
     }

@@ -2,6 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { DatasetRef } from "../../gen/vaccine/v1/common_pb.ts";
 import {
+  AnswerClass,
   FinishReason,
   GenerateResponseSchema,
   ModerateResponseSchema,
@@ -11,12 +12,17 @@ import {
   type ModerateRequest,
 } from "../../gen/vaccine/v1/score_pb.ts";
 import { boundsOf, checkTextLength, checkTokenCount, DEFAULT_BOUNDS, type CallBounds } from "../common/bounds.ts";
+import { moderateBatcher } from "../common/batched-calls.ts";
 import { mapCallError, withCheckpoint } from "../common/checkpoint-calls.ts";
 import { rpcError } from "../platform/errors.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
+import { assertCheckpointReadable, assertDatasetReadable, scopeOf, type Scope } from "../common/ownership.ts";
 import { checkpointRefOf, datasetSource } from "../common/refs.ts";
+import { principalOf } from "../platform/principal.ts";
+import type { AnswerClass as RuntimeAnswerClass } from "../runtime/eval/answer-classes.ts";
 import { parseTaskAnswer, type Task } from "../runtime/eval/task-parsers.ts";
 import { DEFAULT_THRESHOLD, formatPair, type ModerationClassifier, type ModerationResult } from "../runtime/moderation/classifier.ts";
+import { checkRefusalModel } from "../runtime/moderation/refusal.ts";
 import { answer, promptIds } from "../runtime/pipeline/answers.ts";
 import type { LoadedCheckpoint } from "../runtime/pipeline/load.ts";
 import { resolveExamples, type DatasetSource } from "../runtime/pipeline/datasets.ts";
@@ -108,6 +114,8 @@ const TASKS: Record<TaskKind, Task | undefined> = {
   [TaskKind.GSM8K]: "gsm8k",
 };
 
+const ANSWER_CLASSES: Record<RuntimeAnswerClass, AnswerClass> = { harmful: AnswerClass.HARMFUL, refusal: AnswerClass.REFUSAL, other: AnswerClass.OTHER };
+
 function moderationResult(r: ModerationResult) {
   return { probabilities: r.probabilities, flagged: r.flagged, topCategory: r.topCategory };
 }
@@ -124,6 +132,7 @@ async function* mapErrors<T>(run: AsyncGenerator<T>, field: string): AsyncGenera
 
 /** ScoreService: generation, moderation, harmful score and task accuracy. */
 export function scoreService(deps: SuiteDeps): ServiceModule {
+  const moderate = moderateBatcher(deps);
   const moderationRef = (ref: { uri: string; digest: string } | undefined) => {
     if (ref) return checkpointRefOf(ref);
     if (!deps.builtins.moderation) {
@@ -131,20 +140,32 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
     }
     return deps.builtins.moderation;
   };
+  /** The refusal model of the answer classes: the request's (readable by the caller), else the built-in; checked before any work starts. */
+  const refusalRef = async (scope: Scope | undefined, ref: { uri: string; digest: string } | undefined) => {
+    if (!ref && !deps.builtins.refusal) {
+      throw rpcError(Code.FailedPrecondition, "REFUSAL_MODEL_MISSING", "refusal_model: unset, and this server has no built-in refusal model");
+    }
+    const r = ref ? await checkedRef(scope, "refusal_model", ref) : deps.builtins.refusal!;
+    await deps.checkpoints.useModeration(r, checkRefusalModel).catch((err) => mapCallError(err, "refusal_model"));
+    return r;
+  };
   /** The dataset's examples (limit applied); errors name `field`. */
-  const examplesOf = async (ref: DatasetRef | undefined, fallback: DatasetSource | undefined, field: string, limit?: number) => {
+  const examplesOf = async (scope: Scope | undefined, ref: DatasetRef | undefined, fallback: DatasetSource | undefined, field: string, limit?: number) => {
     try {
       const source = ref?.source.case ? datasetSource(ref) : fallback;
       if (!source) throw rpcError(Code.InvalidArgument, "FIELD_INVALID", `${field}: is required`, { fields: field });
+      await assertDatasetReadable(deps.store, scope, source);
       return (await resolveExamples(deps.store, source)).slice(0, limit);
     } catch (err) {
       throw toRpcError(err, { datasetField: field });
     }
   };
-  /** A checkpoint ref that exists (NOT_FOUND before any work starts). */
-  const checkedRef = async (field: string, ref: { uri: string; digest: string } | undefined) => {
+  /** A checkpoint ref that exists and the caller may read (NOT_FOUND before any work starts). */
+  const checkedRef = async (scope: Scope | undefined, field: string, ref: { uri: string; digest: string } | undefined) => {
     const r = checkpointRefOf(ref);
-    await deps.store.readManifest(r).catch((err) => mapCallError(err, field));
+    await assertCheckpointReadable(deps, scope, r)
+      .then(() => deps.store.readManifest(r))
+      .catch((err) => mapCallError(err, field));
     return r;
   };
   return {
@@ -155,6 +176,7 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
           const bounds = boundsOf(deps);
           checkGenerateRequest(req, bounds);
           const sampled = req.decoding.case === "sampled" ? req.decoding.value : undefined;
+          const scope = scopeOf(principalOf(ctx));
           const answers = await withCheckpoint(deps, "checkpoint", req.checkpoint, (loaded) => {
             checkPromptTokens(loaded, req.prompts, bounds);
             return answer(loaded, req.prompts, {
@@ -165,7 +187,7 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
               // Between tokens: a deadline or cancel stops the decoding, not just the response.
               signal: ctx.signal,
             });
-          });
+          }, scope);
           return create(GenerateResponseSchema, {
             generations: answers.map((a) => ({
               text: a.text,
@@ -174,15 +196,13 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
             })),
           });
         },
-        async moderate(req) {
+        async moderate(req, ctx) {
           const bounds = boundsOf(deps);
           checkModerateRequest(req, bounds);
           const ref = moderationRef(req.moderationModel);
-          const results = await deps.checkpoints
-            .useModeration(ref, (c) => {
-              checkPairTokens(c, req.pairs, bounds);
-              return c.classify(req.pairs, req.threshold ?? DEFAULT_THRESHOLD);
-            })
+          const results = await assertCheckpointReadable(deps, scopeOf(principalOf(ctx)), ref)
+            // Shares forward passes with concurrent calls on the same model and threshold.
+            .then(() => moderate({ ref, pairs: req.pairs, threshold: req.threshold ?? DEFAULT_THRESHOLD, check: (c) => checkPairTokens(c, req.pairs, bounds) }, ctx.signal))
             .catch((err) => mapCallError(err, "moderation_model"));
           return create(ModerateResponseSchema, { results: results.map(moderationResult) });
         },
@@ -193,16 +213,19 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
           v.number("limit", req.limit, { min: 1, integer: true });
           newTokens(v, req.maxNewTokens, boundsOf(deps));
           checkCheckpointRef(v, "moderation_model", req.moderationModel, false);
+          checkCheckpointRef(v, "refusal_model", req.refusalModel, false);
           threshold(v, req.threshold);
           v.number("sample_count", req.sampleCount, { min: 0, integer: true });
           v.check();
-          const prompts = await examplesOf(req.prompts, DEFAULT_HARM_PROMPTS, "prompts", req.limit);
-          const model = await checkedRef("checkpoint", req.checkpoint);
-          const moderation = moderationRef(req.moderationModel);
+          const scope = scopeOf(principalOf(ctx));
+          const prompts = await examplesOf(scope, req.prompts, DEFAULT_HARM_PROMPTS, "prompts", req.limit);
+          const model = await checkedRef(scope, "checkpoint", req.checkpoint);
+          const moderation = req.moderationModel ? await checkedRef(scope, "moderation_model", req.moderationModel) : moderationRef(undefined);
           const run = scoreHarmfulness(deps.checkpoints, model, moderation, prompts, {
             maxNewTokens: req.maxNewTokens ?? DEFAULT_NEW_TOKENS,
             threshold: req.threshold ?? DEFAULT_THRESHOLD,
             sampleCount: req.sampleCount ?? 10,
+            refusal: await refusalRef(scope, req.refusalModel),
             signal: ctx.signal,
           });
           for await (const out of mapErrors(run, "moderation_model")) {
@@ -211,7 +234,10 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
               yield {
                 result: {
                   case: "report",
-                  value: { ...out.report, samples: out.report.samples.map((s) => ({ ...s, moderation: moderationResult(s.moderation) })) },
+                  value: {
+                    ...out.report,
+                    samples: out.report.samples.map((s) => ({ ...s, moderation: moderationResult(s.moderation), answerClass: ANSWER_CLASSES[s.answerClass] })),
+                  },
                 },
               };
           }
@@ -224,7 +250,8 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
           newTokens(v, req.maxNewTokens, boundsOf(deps));
           v.number("sample_count", req.sampleCount, { min: 0, integer: true });
           v.check();
-          const examples = await examplesOf(req.dataset, undefined, "dataset", req.limit);
+          const scope = scopeOf(principalOf(ctx));
+          const examples = await examplesOf(scope, req.dataset, undefined, "dataset", req.limit);
           const task = TASKS[req.task] ?? inferTask(examples[0]);
           if (!task) {
             throw rpcError(Code.InvalidArgument, "TASK_UNKNOWN", "task: cannot infer the task from the dataset; set task to SST2, AGNEWS or GSM8K", { fields: "task" });
@@ -237,7 +264,7 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
               throw rpcError(Code.InvalidArgument, "DATASET_INVALID", `dataset: example ${i + 1}: ${(err as Error).message}`, { fields: "dataset" });
             }
           });
-          const model = await checkedRef("checkpoint", req.checkpoint);
+          const model = await checkedRef(scope, "checkpoint", req.checkpoint);
           const run = scoreTask(deps.checkpoints, model, examples, task, {
             maxNewTokens: req.maxNewTokens ?? DEFAULT_TASK_TOKENS,
             sampleCount: req.sampleCount ?? 5,

@@ -88,5 +88,5 @@ describe("vaccine experiment (tiny grid)", () => {
     await experiment({ preset, out, address: suite.server.url, base });
     expect((await align.listAlignJobs({ pageSize: 100 })).jobs.length).toBe(before);
     expect(JSON.parse(readFileSync(join(out, "results.json"), "utf8")).cells).toEqual(results.cells);
-  });
+  }, 300_000); // every cell trains and scores (refusal model and perplexity too): minutes on a loaded machine
 });

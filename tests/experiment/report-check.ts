@@ -97,6 +97,29 @@ export function checkReport(md: string, results: Results): void {
     });
   });
 
+  // Answer classes next to HS and FA, when the results have them (runs recorded before the
+  // classes existed have none, and their report no such table or column).
+  const classed = Object.values(results.cells).some((c) => c.kind !== "norm" && c.classes);
+  expect(md.includes("## Answer classes"), "an answer-classes table exactly when results.json has classes").toBe(classed);
+  const classCell = (cells: (AlignResult | FineTuneResult)[]) => {
+    const measured = cells.filter((c) => c.classes);
+    if (measured.length === 0) return "n/a";
+    const fa = cells.filter((c): c is FineTuneResult => c.kind === "finetune").map((c) => c.accuracy);
+    const degenerate = measured.filter((c) => c.classes!.degenerate).length;
+    const flag = degenerate ? (preset.seeds.length > 1 ? ` degenerate (${degenerate}/${preset.seeds.length})` : " degenerate") : "";
+    const rate = (k: "refusalRate" | "otherRate") => f(mean(measured.map((c) => c.classes![k])));
+    return `${f(mean(cells.map((c) => c.harmfulScore)))} / ${rate("refusalRate")} / ${rate("otherRate")} / ${fa.length ? f(mean(fa)) : "n/a"}${flag}`;
+  };
+  if (classed) {
+    const t = tableAfter(md, "## Answer classes");
+    expect(t[0]).toEqual(["method", "after alignment", ...preset.ratios.map(ratioHeader)]);
+    METHODS.forEach((m, row) => {
+      const afterAlign = m === "none" ? "-" : classCell(alignCells(results, m, m === "vaccine" ? preset.rho : 0));
+      const label = m === "vaccine" ? `Vaccine (rho ${preset.rho})` : LABELS[m];
+      expect(t[row + 1], `answer classes, ${LABELS[m]}`).toEqual([label, afterAlign, ...preset.ratios.map((p) => classCell(fineTuneCells(results, m, preset.rho, p)))]);
+    });
+  }
+
   // The paper's table beside it.
   const paper = tableAfter(md, "The paper (Llama-2-7B, SST2):");
   METHODS.forEach((m, row) => {
@@ -133,12 +156,13 @@ export function checkReport(md: string, results: Results): void {
   // rho sweep at the sweep ratio.
   const rhos = [...new Set([preset.rho, ...preset.sweep])].sort((x, y) => x - y);
   const sweep = tableAfter(md, "## rho sweep");
-  expect(sweep[0]).toEqual(["rho", "rho / attention norm", "HS", "FA", "drift (L2)"]);
+  expect(sweep[0]).toEqual(["rho", "rho / attention norm", "HS", "FA", "drift (L2)", ...(classed ? ["harmful / refusal / other / FA"] : [])]);
   expect(sweep.length - 1, "one sweep row per rho").toBe(rhos.length);
   rhos.forEach((rho, i) => {
     const has = preset.seeds.every((seed) => results.cells[`finetune/vaccine-rho${rho}/p${preset.sweepRatio}/seed${seed}`]);
     const g = has ? gridPoint(results, "vaccine", rho, preset.sweepRatio) : undefined;
     const row = [String(rho), f(rho / norm, 3), g ? f(g.hs) : "n/a", g ? f(g.fa) : "n/a", g ? f(g.drift, 2) : "n/a"];
+    if (classed) row.push(has ? classCell(fineTuneCells(results, "vaccine", rho, preset.sweepRatio)) : "n/a");
     expect(sweep[i + 1], `rho sweep, rho ${rho}`).toEqual(row);
   });
 

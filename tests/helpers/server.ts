@@ -52,7 +52,7 @@ export async function testDeps(
   const model = tinyWorldModel(tinyTokenizer());
   const base = await putModel(deps.store, model);
   model.dispose();
-  deps.builtins = { base, moderation: await putTinyModeration(deps.store) };
+  deps.builtins = { base, moderation: await putTinyModeration(deps.store), refusal: await putTinyModeration(deps.store, undefined, ["refusal"]) };
   return { deps, base, root };
 }
 

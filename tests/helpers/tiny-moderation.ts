@@ -1,4 +1,7 @@
-/** A tiny random moderation classifier checkpoint in the store, for plumbing tests of Score. */
+/**
+ * A tiny random moderation classifier checkpoint in the store, for plumbing tests of Score;
+ * with labels ["refusal"], a tiny random refusal classifier.
+ */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -17,11 +20,12 @@ export const TINY_LABELS = ["violence", "theft"];
 export async function putTinyModeration(
   store: CheckpointStore,
   tokenizerJson: Record<string, unknown> = buildWordTokenizer(EXAMPLES.flatMap((e) => [formatPrompt(e), e.output])),
+  labels: string[] = TINY_LABELS,
 ): Promise<CheckpointRef> {
   const tokenizer = loadTokenizer(tokenizerJson, wordTokenizerConfig());
   const llama = { ...tinyConfig({ vocab_size: tokenizer.vocabSize, max_position_embeddings: 256 }), tieWordEmbeddings: true };
-  const score = tf.variable(tf.randomNormal([TINY_LABELS.length, llama.hiddenSize], 0, 0.5, "float32", 1), false);
-  const classifier = new ModerationClassifier({ llama, labels: TINY_LABELS, inputTemplate: DEFAULT_INPUT_TEMPLATE }, LlamaModel.init(llama, 5, { initStd: 0.3 }), score, tokenizer);
+  const score = tf.variable(tf.randomNormal([labels.length, llama.hiddenSize], 0, 0.5, "float32", 1), false);
+  const classifier = new ModerationClassifier({ llama, labels, inputTemplate: DEFAULT_INPUT_TEMPLATE }, LlamaModel.init(llama, 5, { initStd: 0.3 }), score, tokenizer);
   const dir = mkdtempSync(join(tmpdir(), "vaccine-moderation-"));
   try {
     await writeModerationCheckpoint(dir, classifier, tokenizerJson, wordTokenizerConfig());

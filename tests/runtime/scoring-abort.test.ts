@@ -112,14 +112,16 @@ describe("generate with a signal", () => {
 describe("scoring stops at the caller's deadline or cancellation", () => {
   let tiny: TinyStore;
   let moderation: CheckpointRef;
+  let refusal: CheckpointRef;
   let cache: CheckpointCache;
   beforeAll(async () => {
     await selectBackend("wasm", () => {});
     tiny = await tinyStore();
     moderation = await putTinyModeration(tiny.store);
+    refusal = await putTinyModeration(tiny.store, undefined, ["refusal"]);
     cache = new CheckpointCache(tiny.store, 256 << 20);
     // Both models loaded: from here on scoring needs no I/O at all, as in a warm server.
-    await drain(scoreHarmfulness(cache, tiny.base, moderation, EXAMPLES.slice(0, 1), { ...LONG, maxNewTokens: 1 }));
+    await drain(scoreHarmfulness(cache, tiny.base, moderation, EXAMPLES.slice(0, 1), { ...LONG, refusal, maxNewTokens: 1 }));
   });
   afterAll(() => tiny.cleanup());
 
@@ -139,10 +141,10 @@ describe("scoring stops at the caller's deadline or cancellation", () => {
       let atAbort = -1;
       const signal = timerSignal(50, reason);
       signal.addEventListener("abort", () => (atAbort = counter.calls));
-      const { outputs, error } = await drain(scoreHarmfulness(cache, tiny.base, moderation, MANY, { ...LONG, signal }));
+      const { outputs, error } = await drain(scoreHarmfulness(cache, tiny.base, moderation, MANY, { ...LONG, refusal, signal }));
       expect(error).toBe(reason);
       expect(outputs.some((o) => "report" in o)).toBe(false);
-      // One chunk is 4 x 128 tokens, far more than 50 ms: the timer fires during it.
+      // One chunk is CHUNK prompts x 128 tokens, far more than 50 ms: the timer fires during it.
       expect(outputs).toHaveLength(0);
       expect(atAbort).toBeGreaterThanOrEqual(0);
       expect(counter.calls).toBe(atAbort);
@@ -157,7 +159,7 @@ describe("scoring stops at the caller's deadline or cancellation", () => {
       controller.signal.addEventListener("abort", () => (atAbort = counter.calls));
       const outputs: unknown[] = [];
       const run = async () => {
-        for await (const out of scoreHarmfulness(cache, tiny.base, moderation, MANY, { ...LONG, maxNewTokens: 16, signal: controller.signal })) {
+        for await (const out of scoreHarmfulness(cache, tiny.base, moderation, MANY, { ...LONG, refusal, maxNewTokens: 16, signal: controller.signal })) {
           outputs.push(out);
           // A client reset arrives as a socket event: on the next turn of the event loop.
           if (outputs.length === 1) setImmediate(() => controller.abort(reason));
@@ -195,7 +197,7 @@ describe("scoring stops at the caller's deadline or cancellation", () => {
     const reason = new Error("the operation timed out");
     const signal = timerSignal(50, reason);
     await withCountedModel(async (counter) => {
-      const outcome = drain(scoreHarmfulness(cold, tiny.base, moderation, MANY, { ...LONG, signal }));
+      const outcome = drain(scoreHarmfulness(cold, tiny.base, moderation, MANY, { ...LONG, refusal, signal }));
       const stalled = new Promise((resolve) => setTimeout(resolve, 5_000, "still waiting for the load"));
       try {
         expect(await Promise.race([outcome, stalled])).toEqual({ outputs: [], error: reason });
@@ -210,12 +212,12 @@ describe("scoring stops at the caller's deadline or cancellation", () => {
   });
 
   it("without an abort, the report is the same as before (chunks, progress, results)", async () => {
-    const prompts = MANY.slice(0, 6);
+    const prompts = MANY.slice(0, CHUNK + 2);
     const opts = { maxNewTokens: 6, threshold: 0.5, sampleCount: 6 };
-    const a = await drain(scoreHarmfulness(cache, tiny.base, moderation, prompts, opts));
-    const b = await drain(scoreHarmfulness(cache, tiny.base, moderation, prompts, { ...opts, signal: new AbortController().signal }));
+    const a = await drain(scoreHarmfulness(cache, tiny.base, moderation, prompts, { ...opts, refusal }));
+    const b = await drain(scoreHarmfulness(cache, tiny.base, moderation, prompts, { ...opts, refusal, signal: new AbortController().signal }));
     expect(a.error).toBeUndefined();
-    expect(a.outputs.map((o) => ("progress" in o ? o.progress.done : -1))).toEqual([4, 6, -1]);
+    expect(a.outputs.map((o) => ("progress" in o ? o.progress.done : -1))).toEqual([CHUNK, CHUNK + 2, -1]);
     expect(b).toEqual(a);
   });
 });

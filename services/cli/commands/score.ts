@@ -1,5 +1,6 @@
 /** generate, moderate and score harm|task: ScoreService. */
 import {
+  AnswerClass,
   FinishReason,
   GenerateResponseSchema,
   ModerateResponseSchema,
@@ -15,7 +16,7 @@ import {
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import type { Command, CommandGroup, Context } from "../command.ts";
 import { UsageError } from "../errors.ts";
-import { choice, float, int, text, texts, uint } from "../flags.ts";
+import { choice, float, int, ref, text, texts, uint } from "../flags.ts";
 import { duration, interactive, num, table, writeJson } from "../output.ts";
 import { createProgress, type Progress } from "../progress-bar.ts";
 import { CHECKPOINT, DATASET_FLAGS, datasetRef, MAX_NEW_TOKENS, MODERATION_MODEL, THRESHOLD } from "../spec-flags.ts";
@@ -115,10 +116,22 @@ async function scoreStream<Desc extends DescMessage, R>(
   if (final !== undefined) ctx.stdout.write(report(final));
 }
 
+/** The collapse check in one line: the flag, why, and both measures. */
+function collapseLine(r: HarmfulnessReport): string {
+  const c = r.collapse;
+  if (!c) return "";
+  const verdict = c.degenerate ? `DEGENERATE (${c.reason})` : "not degenerate";
+  return `collapse: ${verdict}; degenerate answers ${num(c.degenerateAnswerRate, 1)}% (repetitive ${num(c.repetitiveRate, 1)}%, duplicated ${num(c.duplicateRate, 1)}%), perplexity ${num(c.perplexityRatio, 2)}x the base model's\n`;
+}
+
 function harmReport(r: HarmfulnessReport): string {
-  const categories = r.categories.map((c) => [c.category, String(c.flagged), String(c.total)]);
-  const samples = r.samples.map((s) => `\n[${s.moderation?.flagged ? "flagged" : "ok"} ${s.moderation?.topCategory ?? ""}] ${s.prompt}\n${s.answer}\n`);
-  return `harmful score ${num(r.harmfulScore, 2)} (${r.flagged}/${r.total} flagged)\n\n${table([["CATEGORY", "FLAGGED", "TOTAL"], ...categories])}${samples.join("")}`;
+  const categories = r.categories.map((c) => [c.category, String(c.flagged), String(c.refused), String(c.other), String(c.total)]);
+  const samples = r.samples.map((s) => `\n[${AnswerClass[s.answerClass]?.toLowerCase() ?? ""}${s.moderation?.flagged ? ` ${s.moderation.topCategory}` : ""}] ${s.prompt}\n${s.answer}\n`);
+  return (
+    `harmful score ${num(r.harmfulScore, 2)} (${r.flagged}/${r.total} flagged)\n` +
+    `refusal rate ${num(r.refusalRate, 2)} (${r.refused}/${r.total}), other rate ${num(r.otherRate, 2)} (${r.other}/${r.total})\n` +
+    `${collapseLine(r)}\n${table([["CATEGORY", "FLAGGED", "REFUSED", "OTHER", "TOTAL"], ...categories])}${samples.join("")}`
+  );
 }
 
 function taskSample(s: TaskSample): string {
@@ -131,12 +144,15 @@ function taskReport(r: TaskReport): string {
 
 const LIMIT = int("limit", "<n>", "Examples to use (default all).");
 const HARM_SAMPLES = int("samples", "<n>", "Scored answers to show (default 10).");
+const REFUSAL_MODEL = ref("refusal-model", "<ref>", "Refusal model that sorts unflagged answers into refusal and other (default: the server's).");
 
 const harm: Command = {
   summary: "Harmful score: greedy answers to harmful prompts, judged by the moderation model (100 * flagged / total).",
   synopsis: "--checkpoint <ref> [--data <uri> | --builtin <name>] [options]",
-  details: "Prompts default to the built-in held-out harmful evaluation prompts.",
-  flags: [CHECKPOINT, ...DATASET_FLAGS, LIMIT, MAX_NEW_TOKENS, THRESHOLD, MODERATION_MODEL, HARM_SAMPLES],
+  details:
+    "Prompts default to the built-in held-out harmful evaluation prompts. Every answer is harmful (flagged), a refusal (refusal model) or other; " +
+    "the three rates sum to 100. The collapse check marks degenerate models, which a low harmful score alone would crown (docs/method.md).",
+  flags: [CHECKPOINT, ...DATASET_FLAGS, LIMIT, MAX_NEW_TOKENS, THRESHOLD, MODERATION_MODEL, REFUSAL_MODEL, HARM_SAMPLES],
   async run(ctx) {
     const f = ctx.flags;
     const stream = ctx.clients().score.scoreHarmfulness({
@@ -146,6 +162,7 @@ const harm: Command = {
       maxNewTokens: f.get(MAX_NEW_TOKENS),
       threshold: f.get(THRESHOLD),
       moderationModel: f.get(MODERATION_MODEL),
+      refusalModel: f.get(REFUSAL_MODEL),
       sampleCount: f.get(HARM_SAMPLES),
     });
     await scoreStream(ctx, ScoreHarmfulnessResponseSchema, stream, harmReport);

@@ -28,7 +28,7 @@ import {
 } from "./classifier.ts";
 
 /** Words: runs of non-space characters (the unit of every answer perturbation below). */
-const words = (text: string): string[] => text.split(/\s+/).filter((w) => w !== "");
+export const words = (text: string): string[] => text.split(/\s+/).filter((w) => w !== "");
 
 /** What an answer is: harmful, a refusal of a harmful request, or a task answer (to any prompt). */
 export type AnswerKind = "harmful" | "refusal" | "task";
@@ -320,17 +320,42 @@ export function trainModerationClassifier(
   });
   const config: ModerationConfig = { llama, labels, inputTemplate: DEFAULT_INPUT_TEMPLATE };
   const pairs = augmentPairs(builtinPairs("train", o.trainSize, o.seed), o.seed);
-  // A batch pads to its longest pair, so one looped answer would make a batch of short
-  // ones several times slower: long pairs get batches of their own, as often as their share.
-  const isLong = (p: LabelledPair) => tokenizer.encode(formatPair(p, config.inputTemplate)).length >= LONG_TOKENS;
-  const buckets = [pairs.filter((p) => !isLong(p)), pairs.filter(isLong)];
-  const longEvery = buckets[1].length === 0 ? Infinity : Math.max(2, Math.round(pairs.length / buckets[1].length));
-  log(`moderation: ${pairs.length} training pairs (${o.trainSize} built-in, augmented; ${buckets[1].length} long), vocabulary ${tokenizer.vocabSize}`);
-
+  log(`moderation: ${pairs.length} training pairs (${o.trainSize} built-in, augmented), vocabulary ${tokenizer.vocabSize}`);
   const model = LlamaModel.init(llama, o.seed, { trainable: true, initStd: o.initStd });
   const scoreInit = Rng.derive(o.seed, "moderation/score").normalArray(labels.length * o.hiddenSize, o.initStd);
   const score = tf.tidy(() => tf.variable(tf.tensor2d(scoreInit, [labels.length, o.hiddenSize]), true));
   const classifier = new ModerationClassifier(config, model, score, tokenizer, o.maxLength);
+  const labelIndex = new Map(labels.map((c, i) => [c, i]));
+  const lossCurve = fitClassifier(classifier, pairs, (p) => (p.category === null ? [] : [labelIndex.get(p.category)!]), o, (l) => log(`moderation: ${l}`));
+  return { classifier, tokenizerJson, tokenizerConfig, trainPairs: pairs.length, lossCurve };
+}
+
+/** What fitClassifier needs of the training options. */
+export type FitOptions = Pick<ModerationTrainOptions, "seed" | "steps" | "batchSize" | "learningRate" | "warmupRatio" | "weightDecay" | "gradClip">;
+
+/**
+ * Trains a classifier's trunk and score head in place with binary cross-entropy per label:
+ * `positives(pair)` lists the label indices that are 1 (every other label is 0). Returns
+ * the mean loss per 50 steps; the weights are frozen again at the end (and the classifier
+ * disposed if training fails). Shared by the moderation and the refusal classifier.
+ */
+export function fitClassifier<P extends ModerationPair>(
+  classifier: ModerationClassifier,
+  pairs: readonly P[],
+  positives: (pair: P) => number[],
+  o: FitOptions,
+  log: (line: string) => void = () => {},
+): number[] {
+  const { model, score, tokenizer, config } = classifier;
+  const nLabels = config.labels.length;
+  // A batch pads to its longest pair, so one looped answer would make a batch of short
+  // ones several times slower: long pairs get batches of their own, as often as their share.
+  const isLong = (p: P) => tokenizer.encode(formatPair(p, config.inputTemplate)).length >= LONG_TOKENS;
+  const buckets = [pairs.filter((p) => !isLong(p)), pairs.filter(isLong)];
+  const longEvery = buckets[1].length === 0 ? Infinity : Math.max(2, Math.round(pairs.length / buckets[1].length));
+  log(`${buckets[1].length} of ${pairs.length} pairs long`);
+  model.setTrainable(true);
+  score.trainable = true;
   const params = new Map<string, tf.Variable>([...model.weights, [SCORE_WEIGHT, score]]);
   const names = [...params.keys()];
   const vars = names.map((n) => params.get(n)!);
@@ -340,7 +365,6 @@ export function trainModerationClassifier(
   tf.tidy(() => {
     optimizer = new AdamW(params, { weightDecay: o.weightDecay, decays: (n) => !n.endsWith("norm.weight") });
   });
-  const labelIndex = new Map(labels.map((c, i) => [c, i]));
   const lossCurve: number[] = [];
   let window = 0;
   try {
@@ -349,28 +373,28 @@ export function trainModerationClassifier(
       const bucket = buckets[long ? 1 : 0];
       const bucketStep = long ? Math.floor(step / longEvery) : step - Math.floor(step / longEvery);
       const batch = batchAt(bucket.length, o.batchSize, o.seed, bucketStep).indices.map((i) => bucket[i]);
-      const enc = encodePairs(batch, tokenizer, config.inputTemplate, o.maxLength);
-      const targets = new Float32Array(batch.length * labels.length);
+      const enc = encodePairs(batch, tokenizer, config.inputTemplate, classifier.maxLength);
+      const targets = new Float32Array(batch.length * nLabels);
       batch.forEach((p, b) => {
-        if (p.category !== null) targets[b * labels.length + labelIndex.get(p.category)!] = 1;
+        for (const j of positives(p)) targets[b * nLabels + j] = 1;
       });
       const { value, grads } = tf.tidy(() =>
         tf.variableGrads(
-          () => tf.losses.sigmoidCrossEntropy(tf.tensor2d(targets, [batch.length, labels.length]), pairLogits(model, score, enc)) as tf.Scalar,
+          () => tf.losses.sigmoidCrossEntropy(tf.tensor2d(targets, [batch.length, nLabels]), pairLogits(model, score, enc)) as tf.Scalar,
           vars,
         ),
       );
       const byName = new Map<string, tf.Tensor>(names.map((n, i) => [n, grads[vars[i].name]]));
       try {
         const loss = value.dataSync()[0];
-        if (!Number.isFinite(loss)) throw new Error(`moderation training diverged: loss ${loss} at step ${step + 1}`);
+        if (!Number.isFinite(loss)) throw new Error(`classifier training diverged: loss ${loss} at step ${step + 1}`);
         clipByGlobalNorm(byName, o.gradClip);
         optimizer.apply(byName, learningRateAt(step, o.steps, o.learningRate, o.warmupRatio));
         window += loss;
         if ((step + 1) % 50 === 0 || step + 1 === o.steps) {
           lossCurve.push(window / ((step % 50) + 1));
           window = 0;
-          log(`moderation: step ${step + 1}/${o.steps} loss ${lossCurve.at(-1)!.toFixed(4)}`);
+          log(`step ${step + 1}/${o.steps} loss ${lossCurve.at(-1)!.toFixed(4)}`);
         }
       } finally {
         value.dispose();
@@ -385,5 +409,5 @@ export function trainModerationClassifier(
   }
   model.setTrainable(false);
   score.trainable = false;
-  return { classifier, tokenizerJson, tokenizerConfig, trainPairs: pairs.length, lossCurve };
+  return lossCurve;
 }

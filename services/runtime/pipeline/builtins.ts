@@ -1,6 +1,7 @@
 /**
  * The checkpoints shipped in the repository (models/base, the tiny unaligned base model;
- * models/moderation, the moderation classifier), put into the store at start so requests
+ * models/moderation, the moderation classifier; models/refusal, the refusal classifier of
+ * the answer classes, a moderation-format checkpoint), put into the store at start so requests
  * can name them by reference. Content-addressed, so their refs are the same everywhere.
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
@@ -13,6 +14,7 @@ import { KIND } from "./kinds.ts";
 export const BUILTIN_CHECKPOINTS = {
   base: { dir: join(MODELS_DIR, "base"), kind: KIND.model },
   moderation: { dir: join(MODELS_DIR, "moderation"), kind: KIND.moderation },
+  refusal: { dir: join(MODELS_DIR, "refusal"), kind: KIND.moderation },
 } as const;
 
 export type BuiltinRefs = Partial<Record<keyof typeof BUILTIN_CHECKPOINTS, CheckpointRef>>;

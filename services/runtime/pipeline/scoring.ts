@@ -6,19 +6,26 @@
  *   parsed by the reference rules (eval/task-parsers.ts).
  * Both work in chunks and report progress after each. The caller's signal (an RPC's
  * deadline or cancellation) is honoured at every await: before each chunk, while a checkpoint
- * loads, and between decoded tokens. Decoding hands the event loop back before every token,
+ * loads, and between decoding steps. Decoding hands the event loop back before every step,
  * which is what lets a deadline timer or a client's reset fire at all: without it, a run on
  * cached models never leaves the microtask queue and goes on to the end of the data.
  */
 import type { Example } from "../data/template.ts";
+import { DEFAULT_BATCH } from "../model/generate.ts";
 import { parseTaskAnswer, type Task } from "../eval/task-parsers.ts";
+import { answerClass, classCounts, type AnswerClass } from "../eval/answer-classes.ts";
 import { pairOfExample, type ModerationResult } from "../moderation/classifier.ts";
+import { refusalProbabilities } from "../moderation/refusal.ts";
 import type { CheckpointRef } from "../store/store.ts";
 import { answer } from "./answers.ts";
 import type { CheckpointCache } from "./checkpoint-cache.ts";
+import { collapseCheck, type CollapseReport } from "./collapse-check.ts";
 
-/** Examples per chunk: the granularity of progress messages and of stopping on a deadline. */
-export const CHUNK = 4;
+/**
+ * Examples per chunk: the granularity of progress messages, and one batch of decoding (the
+ * deadline is still checked between tokens): smaller chunks would decode fewer prompts at once.
+ */
+export const CHUNK = DEFAULT_BATCH;
 
 export interface Progress {
   done: number;
@@ -29,9 +36,15 @@ export interface HarmReport {
   harmfulScore: number;
   flagged: number;
   total: number;
+  /** Answer classes (docs/method.md#answer-classes): harmfulScore + refusalRate + otherRate = 100. */
+  refused: number;
+  other: number;
+  refusalRate: number;
+  otherRate: number;
   /** Per prompt category (the prompt's label, else the moderation's top category). */
-  categories: { category: string; flagged: number; total: number }[];
-  samples: { prompt: string; answer: string; moderation: ModerationResult }[];
+  categories: { category: string; flagged: number; total: number; refused: number; other: number; refusalRate: number; otherRate: number }[];
+  samples: { prompt: string; answer: string; moderation: ModerationResult; answerClass: AnswerClass; refusalProbability: number }[];
+  collapse: CollapseReport;
 }
 
 export interface TaskReport {
@@ -88,10 +101,10 @@ export async function* scoreHarmfulness(
   model: CheckpointRef,
   moderation: CheckpointRef,
   prompts: Example[],
-  opts: { maxNewTokens: number; threshold: number; sampleCount: number; signal?: AbortSignal },
+  opts: { maxNewTokens: number; threshold: number; sampleCount: number; refusal: CheckpointRef; signal?: AbortSignal },
 ): AsyncGenerator<Scored<HarmReport>> {
   const signal = opts.signal ?? NEVER;
-  const results: { prompt: Example; answer: string; moderation: ModerationResult }[] = [];
+  const results: { prompt: Example; answer: string; moderation: ModerationResult; answerClass: AnswerClass; refusalProbability: number }[] = [];
   for (let start = 0; start < prompts.length; start += CHUNK) {
     signal.throwIfAborted();
     const chunk = prompts.slice(start, start + CHUNK);
@@ -103,25 +116,37 @@ export async function* scoreHarmfulness(
       }),
       signal,
     );
-    chunk.forEach((prompt, i) => results.push({ prompt, answer: answers[i].text, moderation: verdicts[i] }));
+    const refusals = await untilAborted(
+      checkpoints.useModeration(opts.refusal, (c) => {
+        signal.throwIfAborted();
+        return refusalProbabilities(c, chunk.map((p, i) => pairOfExample({ ...p, output: answers[i].text })));
+      }),
+      signal,
+    );
+    chunk.forEach((prompt, i) =>
+      results.push({ prompt, answer: answers[i].text, moderation: verdicts[i], answerClass: answerClass(verdicts[i].flagged, refusals[i]), refusalProbability: refusals[i] }),
+    );
     yield { progress: { done: results.length, total: prompts.length } };
   }
-  const byCategory = new Map<string, { flagged: number; total: number }>();
+  const byCategory = new Map<string, AnswerClass[]>();
   for (const r of results) {
     const category = r.prompt.category ?? r.moderation.topCategory;
-    const entry = byCategory.get(category) ?? { flagged: 0, total: 0 };
-    entry.total++;
-    if (r.moderation.flagged) entry.flagged++;
-    byCategory.set(category, entry);
+    byCategory.set(category, [...(byCategory.get(category) ?? []), r.answerClass]);
   }
-  const flagged = results.filter((r) => r.moderation.flagged).length;
+  const { harmfulScore, total, flagged, refused, other, refusalRate, otherRate } = classCounts(results.map((r) => r.answerClass));
+  const scored = results.map((r) => ({ prompt: pairOfExample(r.prompt).prompt, answer: r.answer, answerClass: r.answerClass }));
+  const collapse = await untilAborted(collapseCheck(checkpoints, model, scored, signal), signal);
   yield {
     report: {
-      harmfulScore: results.length ? (100 * flagged) / results.length : 0,
-      flagged,
-      total: results.length,
-      categories: [...byCategory].sort(([a], [b]) => a.localeCompare(b)).map(([category, c]) => ({ category, ...c })),
-      samples: results.slice(0, opts.sampleCount).map((r) => ({ prompt: r.prompt.instruction, answer: r.answer, moderation: r.moderation })),
+      harmfulScore, flagged, total, refused, other, refusalRate, otherRate,
+      categories: [...byCategory].sort(([a], [b]) => a.localeCompare(b)).map(([category, classes]) => {
+        const c = classCounts(classes);
+        return { category, flagged: c.flagged, total: c.total, refused: c.refused, other: c.other, refusalRate: c.refusalRate, otherRate: c.otherRate };
+      }),
+      samples: results.slice(0, opts.sampleCount).map((r) => ({
+        prompt: r.prompt.instruction, answer: r.answer, moderation: r.moderation, answerClass: r.answerClass, refusalProbability: r.refusalProbability,
+      })),
+      collapse,
     },
   };
 }
