@@ -2,8 +2,12 @@
  * Chooses the tfjs backend at start (VACCINE_BACKEND=auto|tensorflow-gpu|tensorflow|wasm|cpu).
  * The native bindings are optional dependencies that need a libtensorflow download, so
  * they are imported dynamically and their absence is a reason to skip, not a crash.
+ * On wasm, the matrix products and exp run natively (OpenBLAS, glibc) when the optional
+ * addon loads (VACCINE_NATIVE_KERNELS=auto|off, read from the environment by default so that
+ * a training worker thread follows its process; native/kernels.ts).
  */
 import * as tf from "@tensorflow/tfjs";
+import { configureNativeKernels, NATIVE_KERNEL_MODES, type NativeKernelMode, type NativeKernels } from "./native/kernels.ts";
 
 export const BACKEND_CHOICES = ["auto", "tensorflow-gpu", "tensorflow", "wasm", "cpu"] as const;
 export type BackendChoice = (typeof BACKEND_CHOICES)[number];
@@ -16,6 +20,13 @@ export interface BackendSelection {
   tfBackend: string;
   /** Backends auto tried first and could not use, with why. */
   skipped: { name: BackendName; reason: string }[];
+  /** On wasm: whether the matrix products run on native OpenBLAS, and why (or why not). */
+  nativeKernels?: NativeKernels;
+}
+
+export interface BackendOptions {
+  /** auto: the native kernels when the addon loads; off: only the stock wasm ones. */
+  nativeKernels?: NativeKernelMode;
 }
 
 const AUTO_ORDER: BackendName[] = ["tensorflow-gpu", "tensorflow", "wasm", "cpu"];
@@ -36,12 +47,18 @@ const selections = new Map<string, BackendSelection>();
 export async function selectBackend(
   choice: string = process.env.VACCINE_BACKEND ?? "auto",
   log: (line: string) => void = (line) => console.error(line),
+  options: BackendOptions = {},
 ): Promise<BackendSelection> {
   if (!(BACKEND_CHOICES as readonly string[]).includes(choice)) {
     throw new Error(`unknown backend ${JSON.stringify(choice)}: valid values are ${BACKEND_CHOICES.join(", ")}`);
   }
+  const nativeMode = options.nativeKernels ?? nativeKernelsFromEnv();
   const previous = selections.get(choice);
-  if (previous && tf.getBackend() === previous.tfBackend) return previous;
+  if (previous && tf.getBackend() === previous.tfBackend) {
+    // The kernels are process-wide state another call may have switched.
+    if (previous.backend === "wasm") previous.nativeKernels = configureNativeKernels(nativeMode);
+    return previous;
+  }
 
   const skipped: BackendSelection["skipped"] = [];
   const candidates = choice === "auto" ? AUTO_ORDER : [choice as BackendName];
@@ -55,9 +72,10 @@ export async function selectBackend(
       continue;
     }
     const selection: BackendSelection = { backend: name, tfBackend: loaders[name].tfBackend, skipped };
+    if (name === "wasm") selection.nativeKernels = configureNativeKernels(nativeMode);
     selections.set(choice, selection);
     const why = skipped.map((s) => `${s.name}: ${s.reason}`).join("; ");
-    log(`tfjs backend: ${name} (${choice === "auto" ? "auto" : "requested"})${why ? `; skipped ${why}` : ""}`);
+    log(`tfjs backend: ${name} (${choice === "auto" ? "auto" : "requested"})${why ? `; skipped ${why}` : ""}${kernelsNote(selection.nativeKernels)}`);
     return selection;
   }
   // cpu is always registered with @tensorflow/tfjs, so auto cannot get here but by a broken install.
@@ -73,6 +91,17 @@ export function activeBackend(): BackendName | undefined {
   if (selections.size === 0) return undefined;
   for (const s of selections.values()) if (tf.getBackend() === s.tfBackend) return s.backend;
   return undefined;
+}
+
+/** VACCINE_NATIVE_KERNELS, checked at start by the suite's configuration; anything but off means auto here. */
+function nativeKernelsFromEnv(): NativeKernelMode {
+  const raw = process.env.VACCINE_NATIVE_KERNELS ?? "auto";
+  return (NATIVE_KERNEL_MODES as readonly string[]).includes(raw) ? (raw as NativeKernelMode) : "auto";
+}
+
+function kernelsNote(k: NativeKernels | undefined): string {
+  if (!k) return "";
+  return k.active ? `; matmul kernels: native (${k.detail}, ${k.threads} thread${k.threads === 1 ? "" : "s"})` : `; matmul kernels: wasm (${k.detail})`;
 }
 
 async function activate(name: BackendName): Promise<void> {

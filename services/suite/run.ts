@@ -27,7 +27,7 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
   const names = only ?? config.services;
   const logger = createLogger(config.logLevel);
   try {
-    await selectBackend(config.backend, (line) => logger.info(line));
+    await selectBackend(config.backend, (line) => logger.info(line), { nativeKernels: config.nativeKernels });
   } catch (err) {
     process.stderr.write(`${(err as Error).message}\n`);
     process.exit(2);
@@ -70,6 +70,7 @@ function configuredFileError(err: unknown): boolean {
 export async function startServices(config: Config, telemetry: { tracer: Tracer; meter: Meter }, logger: Logger): Promise<RunningServer> {
   const deps = createDeps(config, telemetry, logger);
   deps.bounds = callBounds(config);
+  deps.batching = { windowMs: config.batchWindowMs, maxRows: config.batchMaxRows };
   // A store that cannot be reached at start must not stop the process: the shipped
   // checkpoints are then missing until the next start (requests naming them get NOT_FOUND).
   try {

@@ -1,0 +1,127 @@
+"""The PyTorch peer of bench/train-step.ts: the same Llama step on Debian's python3-torch.
+
+Same model (RMSNorm, rotary positions, causal attention, SwiGLU MLP, untied head), same
+LoRA (r 8, alpha 16, all seven projections, base frozen), same batch (8 x 64 random tokens,
+every position labelled), AdamW (weight decay 0.1) with global-norm clipping at 1, Vaccine
+with rho 2 (pass 1: gradient of the loss w.r.t. a zero delta on every layer's attention
+output; pass 2: the update under the scaled perturbation). Median of 10 steps after 2 of
+warm-up; prints one JSON line.
+
+Usage: /usr/bin/python3 bench/train_step_torch.py <4x128|6x256> <sft|vaccine> <threads>
+"""
+import json
+import math
+import resource
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+CONFIGS = {"4x128": (128, 384, 4, 4), "6x256": (256, 768, 6, 8)}
+BATCH, TOKENS, VOCAB, RANK, RHO, STEPS, WARMUP = 8, 64, 2048, 8, 2.0, 10, 2
+
+
+class Lora(torch.nn.Module):
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(d_out, d_in) * 0.02, requires_grad=False)
+        self.a = torch.nn.Parameter(torch.randn(RANK, d_in) / math.sqrt(d_in))
+        self.b = torch.nn.Parameter(torch.zeros(d_out, RANK))
+
+    def forward(self, x):
+        return F.linear(x, self.w) + F.linear(F.linear(x, self.a), self.b) * 2.0
+
+
+def rms_norm(x, w, eps=1e-6):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def rotary(x, cos, sin):
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], -1)
+    return x * cos + rotated * sin
+
+
+class Model(torch.nn.Module):
+    def __init__(self, d, f, layers, heads):
+        super().__init__()
+        self.heads, self.hd = heads, d // heads
+        self.embed = torch.nn.Parameter(torch.randn(VOCAB, d) * 0.02, requires_grad=False)
+        names = ["q", "k", "v", "o", "gate", "up", "down"]
+        shapes = [(d, d), (d, d), (d, d), (d, d), (d, f), (d, f), (f, d)]
+        self.layers = torch.nn.ModuleList(
+            torch.nn.ModuleDict({n: Lora(i, o) for n, (i, o) in zip(names, shapes)}) for _ in range(layers)
+        )
+        self.norms = [(torch.ones(d), torch.ones(d)) for _ in range(layers)]
+        self.final_norm = torch.ones(d)
+        self.head = torch.nn.Parameter(torch.randn(VOCAB, d) * 0.02, requires_grad=False)
+        inv = 1.0 / (10000 ** (torch.arange(0, self.hd, 2).float() / self.hd))
+        ang = torch.outer(torch.arange(TOKENS).float(), inv)
+        ang = torch.cat([ang, ang], -1)
+        self.cos, self.sin = ang.cos(), ang.sin()
+        self.mask = torch.full((TOKENS, TOKENS), -1e9).triu(1)
+
+    def forward(self, ids, deltas):
+        b, t = ids.shape
+        x = self.embed[ids]
+        for layer, (n1, n2), delta in zip(self.layers, self.norms, deltas):
+            h = rms_norm(x, n1)
+            split = lambda y: y.view(b, t, self.heads, self.hd).transpose(1, 2)
+            q = rotary(split(layer["q"](h)), self.cos, self.sin)
+            k = rotary(split(layer["k"](h)), self.cos, self.sin)
+            v = split(layer["v"](h))
+            probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.hd) + self.mask, -1)
+            out = layer["o"]((probs @ v).transpose(1, 2).reshape(b, t, -1))
+            x = x + out + delta
+            h2 = rms_norm(x, n2)
+            x = x + layer["down"](F.silu(layer["gate"](h2)) * layer["up"](h2))
+        return F.linear(rms_norm(x, self.final_norm), self.head)
+
+
+def loss_of(model, ids, deltas):
+    logits = model(ids, deltas)
+    return F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+
+
+def main():
+    config, method, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    d, f, layers, heads = CONFIGS[config]
+    model = Model(d, f, layers, heads)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
+    times, cpu_times, losses = [], [], []
+    for step in range(WARMUP + STEPS):
+        ids = torch.randint(3, VOCAB, (BATCH, TOKENS))
+        t0, c0 = time.perf_counter(), time.process_time()
+        zeros = [torch.zeros(BATCH, TOKENS, d) for _ in range(layers)]
+        if method == "vaccine":
+            probes = [z.clone().requires_grad_(True) for z in zeros]
+            grads = torch.autograd.grad(loss_of(model, ids, probes), probes)
+            norm = torch.sqrt(sum((g * g).sum() for g in grads))
+            deltas = [g * (RHO / (norm + 1e-7)) for g in grads]
+        else:
+            deltas = zeros
+        opt.zero_grad(set_to_none=True)
+        loss = loss_of(model, ids, deltas)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        times.append((time.perf_counter() - t0) * 1000)
+        cpu_times.append((time.process_time() - c0) * 1000)
+        losses.append(loss.item())
+    timed = times[WARMUP:]
+    print(json.dumps({
+        "variant": f"torch-{threads}t", "config": config, "method": method, "threads": threads,
+        "backend": f"pytorch {torch.__version__}", "stepMs": statistics.median(timed),
+        "cpuMs": statistics.median(cpu_times[WARMUP:]),
+        "minMs": min(timed), "maxMs": max(timed), "firstLoss": losses[0], "lastLoss": losses[-1],
+        "peakRssMb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "vaccine_blas",
+      "sources": ["blas.c"],
+      "cflags": ["-O2", "-std=c11", "-Wall", "-Wextra"],
+      "libraries": ["-lopenblas", "-lm"]
+    }
+  ]
+}

@@ -1,0 +1,169 @@
+/*
+ * sgemm on OpenBLAS for tfjs's wasm backend: the operands and the result stay where they
+ * are, in the wasm heap (an ArrayBuffer passed from JS), addressed by byte offsets, so a
+ * product costs no copy in or out. Row-major, batched with a broadcast batch of 1.
+ */
+#include <node_api.h>
+#include <cblas.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* OpenBLAS extensions; declared here because the generic cblas.h may not have them. */
+extern void openblas_set_num_threads(int n);
+extern int openblas_get_num_threads(void);
+extern char *openblas_get_config(void);
+
+#define CHECK(env, call)                                      \
+  do {                                                        \
+    if ((call) != napi_ok) {                                  \
+      napi_throw_error((env), NULL, "vaccine_blas: " #call);  \
+      return NULL;                                            \
+    }                                                         \
+  } while (0)
+
+static int get_i64(napi_env env, napi_value v, int64_t *out) {
+  return napi_get_value_int64(env, v, out) == napi_ok;
+}
+
+/*
+ * gemm(heap, aOffset, bOffset, outOffset, batchA, batchB, m, n, k, transposeA, transposeB):
+ * out[i] = op(a[i or 0]) x op(b[i or 0]) for i < max(batchA, batchB), where a batch of 1 is
+ * broadcast; op(a) is [m, k], op(b) is [k, n], out[i] is [m, n].
+ */
+static napi_value gemm(napi_env env, napi_callback_info info) {
+  size_t argc = 11;
+  napi_value argv[11];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc != 11) {
+    napi_throw_type_error(env, NULL, "gemm: 11 arguments expected");
+    return NULL;
+  }
+  void *heap = NULL;
+  size_t heap_bytes = 0;
+  if (napi_get_arraybuffer_info(env, argv[0], &heap, &heap_bytes) != napi_ok) {
+    napi_throw_type_error(env, NULL, "gemm: the first argument must be an ArrayBuffer");
+    return NULL;
+  }
+  int64_t v[8];
+  for (int i = 0; i < 8; i++) {
+    if (!get_i64(env, argv[i + 1], &v[i]) || v[i] < 0) {
+      napi_throw_type_error(env, NULL, "gemm: offsets and sizes must be non-negative integers");
+      return NULL;
+    }
+  }
+  bool ta = false, tb = false;
+  CHECK(env, napi_get_value_bool(env, argv[9], &ta));
+  CHECK(env, napi_get_value_bool(env, argv[10], &tb));
+  const int64_t a_off = v[0], b_off = v[1], o_off = v[2];
+  const int64_t batch_a = v[3], batch_b = v[4], m = v[5], n = v[6], k = v[7];
+  if (!(batch_a == batch_b || batch_a == 1 || batch_b == 1)) {
+    napi_throw_range_error(env, NULL, "gemm: batches must be equal or one of them 1");
+    return NULL;
+  }
+  const int64_t batch = batch_a > batch_b ? batch_a : batch_b;
+  /* Every operand must lie inside the heap: a wrong offset must not write past it. */
+  const uint64_t a_end = (uint64_t)a_off + 4u * (uint64_t)(batch_a * m * k);
+  const uint64_t b_end = (uint64_t)b_off + 4u * (uint64_t)(batch_b * k * n);
+  const uint64_t o_end = (uint64_t)o_off + 4u * (uint64_t)(batch * m * n);
+  if (a_end > heap_bytes || b_end > heap_bytes || o_end > heap_bytes || (a_off | b_off | o_off) % 4) {
+    napi_throw_range_error(env, NULL, "gemm: an operand lies outside the heap or is misaligned");
+    return NULL;
+  }
+  if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX) {
+    napi_throw_range_error(env, NULL, "gemm: a dimension exceeds the BLAS integer");
+    return NULL;
+  }
+  float *base = (float *)heap;
+  const float *a = base + a_off / 4;
+  const float *b = base + b_off / 4;
+  float *out = base + o_off / 4;
+  if (batch == 0 || m == 0 || n == 0) return NULL;
+  if (k == 0) {
+    memset(out, 0, 4u * (size_t)(batch * m * n));
+    return NULL;
+  }
+  const enum CBLAS_TRANSPOSE opa = ta ? CblasTrans : CblasNoTrans;
+  const enum CBLAS_TRANSPOSE opb = tb ? CblasTrans : CblasNoTrans;
+  const int lda = ta ? (int)m : (int)k;
+  const int ldb = tb ? (int)k : (int)n;
+  /* A shared right operand and an untransposed left one: the batch is one tall product. */
+  if (batch_b == 1 && !ta && batch_a * m <= INT32_MAX) {
+    cblas_sgemm(CblasRowMajor, opa, opb, (int)(batch_a * m), (int)n, (int)k, 1.0f, a, lda, b, ldb, 0.0f, out, (int)n);
+    return NULL;
+  }
+  for (int64_t i = 0; i < batch; i++) {
+    const float *ai = a + (batch_a == 1 ? 0 : i * m * k);
+    const float *bi = b + (batch_b == 1 ? 0 : i * k * n);
+    cblas_sgemm(CblasRowMajor, opa, opb, (int)m, (int)n, (int)k, 1.0f, ai, lda, bi, ldb, 0.0f, out + i * m * n, (int)n);
+  }
+  return NULL;
+}
+
+/* exp(heap, inOffset, outOffset, n): out[i] = expf(in[i]), glibc's expf (within 1 ulp). */
+static napi_value exp_kernel(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *heap = NULL;
+  size_t heap_bytes = 0;
+  int64_t v[3];
+  if (argc != 4 || napi_get_arraybuffer_info(env, argv[0], &heap, &heap_bytes) != napi_ok) {
+    napi_throw_type_error(env, NULL, "exp: (ArrayBuffer, inOffset, outOffset, n) expected");
+    return NULL;
+  }
+  for (int i = 0; i < 3; i++) {
+    if (!get_i64(env, argv[i + 1], &v[i]) || v[i] < 0) {
+      napi_throw_type_error(env, NULL, "exp: offsets and size must be non-negative integers");
+      return NULL;
+    }
+  }
+  const uint64_t bytes = 4u * (uint64_t)v[2];
+  if ((uint64_t)v[0] + bytes > heap_bytes || (uint64_t)v[1] + bytes > heap_bytes || (v[0] | v[1]) % 4) {
+    napi_throw_range_error(env, NULL, "exp: an operand lies outside the heap or is misaligned");
+    return NULL;
+  }
+  const float *in = (const float *)heap + v[0] / 4;
+  float *out = (float *)heap + v[1] / 4;
+  for (int64_t i = 0; i < v[2]; i++) out[i] = expf(in[i]);
+  return NULL;
+}
+
+static napi_value set_threads(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t n = 0;
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc != 1 || napi_get_value_int32(env, argv[0], &n) != napi_ok || n < 1) {
+    napi_throw_type_error(env, NULL, "setThreads: a positive integer expected");
+    return NULL;
+  }
+  openblas_set_num_threads(n);
+  return NULL;
+}
+
+static napi_value threads(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value out;
+  CHECK(env, napi_create_int32(env, openblas_get_num_threads(), &out));
+  return out;
+}
+
+static napi_value config(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value out;
+  CHECK(env, napi_create_string_utf8(env, openblas_get_config(), NAPI_AUTO_LENGTH, &out));
+  return out;
+}
+
+NAPI_MODULE_INIT() {
+  napi_property_descriptor props[] = {
+      {"gemm", NULL, gemm, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"exp", NULL, exp_kernel, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"setThreads", NULL, set_threads, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"threads", NULL, threads, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"config", NULL, config, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  return exports;
+}

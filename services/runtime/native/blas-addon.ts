@@ -1,0 +1,87 @@
+/**
+ * The optional OpenBLAS addon (native/blas/, built by `npm run build:native` at install).
+ * Loading it is allowed to fail: a missing build, compiler or libopenblas is a reason to stay
+ * on the wasm kernels, never a crash.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export interface BlasAddon {
+  /**
+   * out[i] = op(a[i]) x op(b[i]) on float32 row-major operands at byte offsets in `heap`;
+   * a batch of 1 is broadcast; op(a) is [m, k], op(b) is [k, n].
+   */
+  gemm(heap: ArrayBuffer, aOffset: number, bOffset: number, outOffset: number, batchA: number, batchB: number, m: number, n: number, k: number, transposeA: boolean, transposeB: boolean): void;
+  /** out = expf(in) over n float32 values at byte offsets in `heap`. */
+  exp(heap: ArrayBuffer, inOffset: number, outOffset: number, n: number): void;
+  setThreads(n: number): void;
+  threads(): number;
+  /** OpenBLAS's build and core, e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH ... SkylakeX MAX_THREADS=64". */
+  config(): string;
+}
+
+/** What OpenBLAS reads for its thread count. */
+const THREAD_VARIABLES = ["OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS"];
+
+const ADDON = join("native", "blas", "build", "Release", "vaccine_blas.node");
+
+let loaded: { addon: BlasAddon } | { error: string } | undefined;
+
+/** The addon, loaded once per thread; or why it cannot be. */
+export function loadBlasAddon(): { addon: BlasAddon } | { error: string } {
+  loaded ??= load();
+  return loaded;
+}
+
+function load(): { addon: BlasAddon } | { error: string } {
+  const path = findAddon(dirname(fileURLToPath(import.meta.url)));
+  if (!path) return { error: `${ADDON} is not built (npm run build:native: needs a C compiler and libopenblas-dev)` };
+  const chosen = chooseCoreType();
+  try {
+    const addon = createRequire(import.meta.url)(path) as BlasAddon;
+    // One thread unless the operator says otherwise: OpenBLAS's own threads would not share
+    // the training thread's lower priority, and on 2 shared cores a second one lost (README).
+    if (!THREAD_VARIABLES.some((v) => process.env[v])) addon.setThreads(1);
+    return { addon };
+  } catch (err) {
+    return { error: `${ADDON} does not load (${(err as Error).message.split("\n")[0]})` };
+  } finally {
+    // Read once at load; child processes keep their own detection.
+    if (chosen) delete process.env.OPENBLAS_CORETYPE;
+  }
+}
+
+/** The package root holds native/; this file sits at services/runtime/native/ or dist/services/runtime/native/. */
+function findAddon(from: string): string | undefined {
+  for (let dir = from; dirname(dir) !== dir; dir = dirname(dir)) {
+    if (existsSync(join(dir, "package.json"))) return existsSync(join(dir, ADDON)) ? join(dir, ADDON) : undefined;
+  }
+  return undefined;
+}
+
+/**
+ * OpenBLAS picks its kernels from the CPU model and falls back to Prescott (SSE3, 8x slower
+ * sgemm here) on models newer than its release, such as this machine's Xeon under Debian's
+ * 0.3.21. So unless the operator set OPENBLAS_CORETYPE, it is set from the CPU's flags
+ * before the library loads (it reads the variable once, at load). The core in use is in
+ * config(). Returns the value set, if any.
+ */
+function chooseCoreType(): string | undefined {
+  if (process.env.OPENBLAS_CORETYPE !== undefined) return undefined;
+  let flags: Set<string>;
+  try {
+    const line = readFileSync("/proc/cpuinfo", "utf8").match(/^flags\s*:(.*)$/m)?.[1] ?? "";
+    flags = new Set(line.trim().split(/\s+/));
+  } catch {
+    return undefined;
+  }
+  const chosen = ["avx512f", "avx512bw", "avx512vl", "avx512dq"].every((f) => flags.has(f))
+    ? "SkylakeX"
+    : ["avx2", "fma"].every((f) => flags.has(f))
+      ? "Haswell"
+      : undefined;
+  if (chosen) process.env.OPENBLAS_CORETYPE = chosen;
+  return chosen;
+}

@@ -1,0 +1,125 @@
+/**
+ * Kernels replacing the wasm backend's where it is slow: BatchMatMul on native OpenBLAS and
+ * Exp on glibc's expf (the addon, native/blas/), and an Identity without a copy
+ * (wasm-identity.ts). The native kernels read their operands and write their result in the
+ * wasm heap in place (a copy out and back costs about as much as the product). Each stock
+ * kernel stays behind its replacement for what it does not take (non-float32, a batch
+ * broadcast other than 1 against N) and is put back when the native path is turned off
+ * (VACCINE_NATIVE_KERNELS=off).
+ */
+import * as tf from "@tensorflow/tfjs";
+import { loadBlasAddon, type BlasAddon } from "./blas-addon.ts";
+import { sharingIdentity } from "./wasm-identity.ts";
+
+export const NATIVE_KERNEL_MODES = ["auto", "off"] as const;
+export type NativeKernelMode = (typeof NATIVE_KERNEL_MODES)[number];
+
+export interface NativeKernels {
+  /** True when BatchMatMul on wasm runs on OpenBLAS. */
+  active: boolean;
+  /** Why it is or is not: the OpenBLAS build and core in use, or the reason for the fallback. */
+  detail: string;
+  /** OpenBLAS threads when active. */
+  threads?: number;
+}
+
+/** What the wasm backend's internals offer a kernel (tfjs-backend-wasm's BackendWasm). */
+interface WasmBackend {
+  wasm: { HEAPU8: Uint8Array };
+  dataIdMap: { get(dataId: object): { memoryOffset: number } };
+  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+}
+
+/** Marks a replacement with the stock kernel behind it, found again by another copy of this module (tfjs's registry is global). */
+const STOCK = Symbol.for("vaccine.stockKernel");
+type ReplacedConfig = tf.KernelConfig & { [STOCK]?: tf.KernelConfig };
+
+let active: NativeKernels = { active: false, detail: "not installed" };
+
+/** Whether the current backend's matMul runs on the native kernel (read per call: tests switch backends). */
+export function nativeMatmulActive(): boolean {
+  return active.active && tf.getBackend() === "wasm";
+}
+
+/**
+ * Installs (mode auto) or removes (mode off) the replacements: the native ones when the addon
+ * loads, the copy-free Identity in any case; call after the wasm backend is registered.
+ * Returns what is in force and why.
+ */
+export function configureNativeKernels(mode: NativeKernelMode): NativeKernels {
+  if (!tf.getKernel(tf.BatchMatMul, "wasm")) return (active = { active: false, detail: "the wasm backend is not registered" });
+  if (mode === "off") {
+    for (const name of [tf.BatchMatMul, tf.Exp, tf.Identity]) restore(name);
+    return (active = { active: false, detail: "off (VACCINE_NATIVE_KERNELS=off)" });
+  }
+  install(tf.Identity, sharingIdentity);
+  const loaded = loadBlasAddon();
+  if ("error" in loaded) {
+    for (const name of [tf.BatchMatMul, tf.Exp]) restore(name);
+    return (active = { active: false, detail: loaded.error });
+  }
+  install(tf.BatchMatMul, (stock) => nativeBatchMatMul(loaded.addon, stock));
+  install(tf.Exp, (stock) => nativeExp(loaded.addon, stock));
+  return (active = { active: true, detail: loaded.addon.config(), threads: loaded.addon.threads() });
+}
+
+function install(kernelName: string, make: (stock: tf.KernelConfig) => tf.KernelConfig): void {
+  const registered = tf.getKernel(kernelName, "wasm") as ReplacedConfig | undefined;
+  if (!registered || registered[STOCK]) return;
+  const config: ReplacedConfig = make(registered);
+  config[STOCK] = registered;
+  replaceKernel(config);
+}
+
+function restore(kernelName: string): void {
+  const stock = (tf.getKernel(kernelName, "wasm") as ReplacedConfig | undefined)?.[STOCK];
+  if (stock) replaceKernel(stock);
+}
+
+function replaceKernel(config: tf.KernelConfig): void {
+  // Unregister first: registering over a kernel logs a warning.
+  tf.unregisterKernel(config.kernelName, config.backendName);
+  tf.registerKernel(config);
+}
+
+function nativeBatchMatMul(addon: BlasAddon, fallback: tf.KernelConfig): tf.KernelConfig {
+  const kernelFunc: tf.KernelFunc = (args) => {
+    const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
+    const { transposeA, transposeB } = args.attrs as unknown as { transposeA: boolean; transposeB: boolean };
+    const batchA = tf.util.sizeFromShape(a.shape.slice(0, -2));
+    const batchB = tf.util.sizeFromShape(b.shape.slice(0, -2));
+    const broadcastable = batchA === batchB || batchA === 1 || batchB === 1;
+    if (a.dtype !== "float32" || b.dtype !== "float32" || !broadcastable) return fallback.kernelFunc(args);
+
+    const [ra, rb] = [a.shape.length, b.shape.length];
+    const m = transposeA ? a.shape[ra - 1] : a.shape[ra - 2];
+    const k = transposeA ? a.shape[ra - 2] : a.shape[ra - 1];
+    const kb = transposeB ? b.shape[rb - 1] : b.shape[rb - 2];
+    const n = transposeB ? b.shape[rb - 2] : b.shape[rb - 1];
+    if (k !== kb) {
+      throw new Error(`Error in matMul: inner shapes (${k}) and (${kb}) of Tensors with shapes ${a.shape} and ${b.shape} and transposeA=${transposeA} and transposeB=${transposeB} must match.`);
+    }
+    const outer = tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
+    const backend = args.backend as unknown as WasmBackend;
+    const out = backend.makeOutput([...outer, m, n], "float32");
+    const offset = (t: tf.TensorInfo) => backend.dataIdMap.get(t.dataId).memoryOffset;
+    // The heap's buffer is read after makeOutput, which may have grown (and so replaced) it.
+    addon.gemm(backend.wasm.HEAPU8.buffer as ArrayBuffer, offset(a), offset(b), offset(out), batchA, batchB, m, n, k, transposeA, transposeB);
+    return out;
+  };
+  return { kernelName: tf.BatchMatMul, backendName: "wasm", setupFunc: fallback.setupFunc, kernelFunc };
+}
+
+/** exp of the log-softmax over the vocabulary (forward and backward): glibc's expf is about 2x wasm's. */
+function nativeExp(addon: BlasAddon, fallback: tf.KernelConfig): tf.KernelConfig {
+  const kernelFunc: tf.KernelFunc = (args) => {
+    const { x } = args.inputs as { x: tf.TensorInfo };
+    if (x.dtype !== "float32") return fallback.kernelFunc(args);
+    const backend = args.backend as unknown as WasmBackend;
+    const out = backend.makeOutput([...x.shape], "float32");
+    const offset = (t: tf.TensorInfo) => backend.dataIdMap.get(t.dataId).memoryOffset;
+    addon.exp(backend.wasm.HEAPU8.buffer as ArrayBuffer, offset(x), offset(out), tf.util.sizeFromShape(x.shape));
+    return out;
+  };
+  return { kernelName: tf.Exp, backendName: "wasm", setupFunc: fallback.setupFunc, kernelFunc };
+}

@@ -1,0 +1,204 @@
+// The native OpenBLAS matmul kernel for the wasm backend: the same products as the stock
+// kernel, the same training on it as on cpu, no leaks, and the fallback when it is off or
+// not built (a machine without a compiler or libopenblas-dev runs everything but the
+// native-vs-stock comparison, whose name says it is skipped there).
+import * as tf from "@tensorflow/tfjs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { selectBackend } from "../../services/runtime/backend.ts";
+import { LoraAdapter } from "../../services/runtime/model/lora.ts";
+import { loadBlasAddon } from "../../services/runtime/native/blas-addon.ts";
+import { configureNativeKernels, nativeMatmulActive } from "../../services/runtime/native/kernels.ts";
+import { Rng } from "../../services/runtime/rng.ts";
+import { Trainer } from "../../services/runtime/train/loop.ts";
+import { SftStep, type StepFunction } from "../../services/runtime/train/step.ts";
+import { VaccineStep } from "../../services/runtime/train/vaccine-step.ts";
+import { compareScaled, type NestedNumbers } from "../helpers/tolerance.ts";
+import { EXAMPLES, tinyTokenizer, tinyWorldModel } from "../helpers/tiny-world.ts";
+
+const loaded = loadBlasAddon();
+const built = "addon" in loaded;
+
+beforeAll(async () => {
+  await selectBackend("wasm", () => {}, { nativeKernels: "auto" });
+});
+afterAll(() => {
+  delete process.env.VACCINE_NATIVE_KERNELS;
+});
+
+/** Uniform values in [-1, 1) from a seed. */
+function random(shape: number[], seed: number): tf.Tensor {
+  const rng = new Rng(seed);
+  const n = shape.reduce((a, b) => a * b, 1);
+  return tf.tensor(Float32Array.from({ length: n }, () => (rng.nextUint32() / 2 ** 32) * 2 - 1), shape);
+}
+
+function product(a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean): { shape: number[]; values: NestedNumbers } {
+  return tf.tidy(() => {
+    const c = tf.matMul(a, b, ta, tb);
+    return { shape: c.shape, values: c.arraySync() as NestedNumbers };
+  });
+}
+
+/** [m, k] or [k, m] as the flag asks, behind batch dims. */
+const operand = (batch: number[], rows: number, cols: number, transposed: boolean) => [...batch, ...(transposed ? [cols, rows] : [rows, cols])];
+
+describe.skipIf(!built)(`native BatchMatMul equals the stock wasm kernel${built ? "" : " (SKIPPED: the addon did not build here)"}`, () => {
+  it("on random shapes: both transposes, batch 1 against N, odd sizes 1, 3, 17, 129", () => {
+    const sizes = [1, 3, 17, 129];
+    const batches: [number[], number[]][] = [[[], []], [[2], [2]], [[1], [3]], [[3], [1]], [[2, 3], [2, 3]], [[2, 3], []], [[], [4]]];
+    const rng = new Rng(42);
+    const pick = () => sizes[rng.nextUint32() % sizes.length];
+    let seed = 0;
+    let compared = 0;
+    for (const [batchA, batchB] of batches) {
+      for (const ta of [false, true]) {
+        for (const tb of [false, true]) {
+          const [m, n, k] = [pick(), pick(), pick()];
+          const a = random(operand(batchA, m, k, ta), ++seed);
+          const b = random(operand(batchB, k, n, tb), ++seed);
+          configureNativeKernels("off");
+          const stock = product(a, b, ta, tb);
+          expect(configureNativeKernels("auto").active).toBe(true);
+          const native = product(a, b, ta, tb);
+          const where = `a ${a.shape} b ${b.shape} transposeA ${ta} transposeB ${tb}`;
+          expect(native.shape, where).toEqual(stock.shape);
+          const cmp = compareScaled(native.values, stock.values, 1e-5);
+          expect(cmp.failures, `${where}: ${JSON.stringify(cmp.worst)}`).toBe(0);
+          tf.dispose([a, b]);
+          compared++;
+        }
+      }
+    }
+    expect(compared).toBe(batches.length * 4);
+  });
+
+  it("on zero-size operands (no rows, no columns, an empty batch; an empty inner dimension gives zeros)", () => {
+    const cases: [number[], number[]][] = [[[0, 5], [5, 3]], [[4, 5], [5, 0]], [[0, 4, 5], [0, 5, 3]], [[4, 0], [0, 3]], [[2, 4, 0], [1, 0, 3]]];
+    for (const [sa, sb] of cases) {
+      const a = random(sa, 1);
+      const b = random(sb, 2);
+      configureNativeKernels("off");
+      const stock = product(a, b, false, false);
+      configureNativeKernels("auto");
+      const native = product(a, b, false, false);
+      expect(native.shape, `${sa} x ${sb}`).toEqual(stock.shape);
+      // The stock kernel leaves the output of an empty inner dimension uninitialised; the sum of nothing is 0.
+      const empty = sa[sa.length - 1] === 0;
+      const zeros = tf.tidy(() => tf.zeros(stock.shape).arraySync() as NestedNumbers);
+      expect(native.values, `${sa} x ${sb}`).toEqual(empty ? zeros : stock.values);
+      tf.dispose([a, b]);
+    }
+  });
+
+  it("Exp equals the stock kernel within an ulp or two, on odd and empty sizes", () => {
+    for (const shape of [[0], [1], [3, 17], [2, 63, 129]]) {
+      const x = random(shape, 7).mul(30).sub(20);
+      configureNativeKernels("off");
+      const stock = tf.tidy(() => tf.exp(x).arraySync() as NestedNumbers);
+      configureNativeKernels("auto");
+      const native = tf.tidy(() => tf.exp(x).arraySync() as NestedNumbers);
+      // Relative to each value: exp spans many orders of magnitude here.
+      const flat = (v: NestedNumbers): number[] => (Array.isArray(v) ? v.flatMap(flat) : [v]);
+      const [a, e] = [flat(native), flat(stock)];
+      expect(a.every((v, i) => Math.abs(v - e[i]) <= 3e-7 * Math.abs(e[i])), `${shape}`).toBe(true);
+      expect(a).toHaveLength(e.length);
+      x.dispose();
+    }
+  });
+
+  it("the addon refuses an operand outside the heap instead of writing past it", () => {
+    if (!("addon" in loaded)) return;
+    const heap = new ArrayBuffer(64);
+    expect(() => loaded.addon.gemm(heap, 0, 16, 48, 1, 1, 2, 2, 2, false, false)).not.toThrow();
+    expect(() => loaded.addon.gemm(heap, 0, 16, 56, 1, 1, 2, 2, 2, false, false)).toThrow(/outside the heap/);
+    expect(() => loaded.addon.gemm(heap, 0, 16, 32, 2, 3, 2, 2, 2, false, false)).toThrow(/batches/);
+    expect(() => loaded.addon.exp(heap, 0, 32, 9)).toThrow(/outside the heap/);
+  });
+});
+
+describe("training on the wasm backend with the native kernels when built", () => {
+  it("reports which kernels run and why", async () => {
+    const selection = await selectBackend("wasm", () => {}, { nativeKernels: "auto" });
+    if (built) {
+      expect(selection.nativeKernels).toMatchObject({ active: true, detail: expect.stringMatching(/^OpenBLAS /) });
+      expect(nativeMatmulActive()).toBe(true);
+    } else {
+      expect(selection.nativeKernels).toMatchObject({ active: false, detail: expect.stringMatching(/is not built/) });
+    }
+  });
+
+  const tokenizer = tinyTokenizer();
+  const train = (stepFn: StepFunction, steps: number) => {
+    const model = tinyWorldModel(tokenizer, 3);
+    const lora = LoraAdapter.init(model.config, { r: 4, alpha: 8, dropout: 0, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }, 5);
+    const trainer = new Trainer({
+      model, lora, data: EXAMPLES, tokenizer, stepFn,
+      options: { learningRate: 1e-2, maxSteps: steps, batchSize: 3, maxSequenceLength: 64, warmupRatio: 0, weightDecay: 0.1, gradClip: 1, seed: 1 },
+    });
+    const losses: number[] = [];
+    const counts: number[] = [];
+    while (!trainer.done) {
+      losses.push(trainer.runStep().loss);
+      counts.push(tf.memory().numTensors);
+    }
+    const weights = lora.exportWeights();
+    trainer.dispose();
+    lora.dispose();
+    model.dispose();
+    return { losses, counts, weights };
+  };
+
+  it("SFT and Vaccine steps give the cpu backend's losses and adapter", async () => {
+    for (const make of [() => new SftStep(), () => new VaccineStep(2)]) {
+      await selectBackend("cpu", () => {});
+      const cpu = train(make(), 3);
+      await selectBackend("wasm", () => {}, { nativeKernels: "auto" });
+      expect(nativeMatmulActive()).toBe(built);
+      const wasm = train(make(), 3);
+      expect(compareScaled(wasm.losses, cpu.losses, 1e-4).failures).toBe(0);
+      expect(wasm.losses[2]).toBeLessThan(wasm.losses[0]);
+      for (const [name, w] of cpu.weights) {
+        const cmp = compareScaled(Array.from(wasm.weights.get(name)!.data), Array.from(w.data), 1e-3);
+        expect(cmp.failures, `${name}: ${JSON.stringify(cmp.worst)}`).toBe(0);
+      }
+    }
+  });
+
+  it("keeps numTensors flat over 100 Vaccine steps", () => {
+    const { counts } = train(new VaccineStep(2), 100);
+    expect(counts).toHaveLength(100);
+    expect(counts[99]).toBe(counts[0]);
+  });
+});
+
+describe("the fallback: VACCINE_NATIVE_KERNELS=off", () => {
+  it("restores the stock kernel and the explicit transposes, and trains to the same losses", async () => {
+    const tokenizer = tinyTokenizer();
+    const run = () => {
+      const model = tinyWorldModel(tokenizer, 4);
+      const lora = LoraAdapter.init(model.config, { r: 4, alpha: 8, dropout: 0, targetModules: ["q_proj", "v_proj", "down_proj"] }, 6);
+      const trainer = new Trainer({
+        model, lora, data: EXAMPLES, tokenizer, stepFn: new VaccineStep(1),
+        options: { learningRate: 1e-2, maxSteps: 4, batchSize: 3, maxSequenceLength: 64, warmupRatio: 0, weightDecay: 0, gradClip: 1, seed: 2 },
+      });
+      const losses: number[] = [];
+      while (!trainer.done) losses.push(trainer.runStep().loss);
+      trainer.dispose();
+      lora.dispose();
+      model.dispose();
+      return losses;
+    };
+    await selectBackend("wasm", () => {}, { nativeKernels: "auto" });
+    const withDefault = run();
+
+    process.env.VACCINE_NATIVE_KERNELS = "off";
+    const selection = await selectBackend("wasm", () => {});
+    expect(selection.nativeKernels).toEqual({ active: false, detail: "off (VACCINE_NATIVE_KERNELS=off)" });
+    expect(nativeMatmulActive()).toBe(false);
+    for (const name of [tf.BatchMatMul, tf.Exp, tf.Identity]) expect(Object.getOwnPropertySymbols(tf.getKernel(name, "wasm")!), name).toEqual([]);
+    const withStock = run();
+    expect(withStock[3]).toBeLessThan(withStock[0]);
+    expect(compareScaled(withStock, withDefault, 1e-4).failures).toBe(0);
+    delete process.env.VACCINE_NATIVE_KERNELS;
+  });
+});
