@@ -100,6 +100,19 @@ export interface ForwardOptions {
   training?: boolean;
   /** Incremental decoding: attends to the cached keys and appends this call's. Inference only. */
   cache?: KvCache;
+  /**
+   * Per row, the one position whose logits to compute; logits are then [B, 1, vocab]. A
+   * prefill needs only each prompt's last position, and the head is the widest product.
+   */
+  logitsAt?: number[];
+  /**
+   * Attention's softmax from exp and sum ops, whose sums do not change when masked keys
+   * trail a row, instead of the fused kernel (wasm's sums depend on the row's padded
+   * length): a right-padded row then gets the same outputs, bitwise, as alone, on kernels
+   * whose products do not depend on the number of rows. Inference only (autodiff through it
+   * costs more); the cache path always uses it.
+   */
+  batchInvariant?: boolean;
 }
 
 export interface ForwardResult {
@@ -110,35 +123,66 @@ export interface ForwardResult {
 }
 
 /**
- * Per-layer keys (after RoPE) and values, [B, kvHeads, S, headDim], plus the padding
- * mask of the cached positions. forward() appends to it and disposes what it replaces.
+ * Per-layer keys (after RoPE) and values, [B, kvHeads, S, headDim]. Row b's cached positions
+ * are its first lengths[b] slots, each at its own index, and every slot after them holds
+ * zero: a row's keys sit exactly where they would if it were decoded alone and its padding
+ * only trails, so batching rows of different lengths changes no row's sums. S grows by
+ * CACHE_GROWTH slots at a time, so a decoding step writes its keys into slots that exist
+ * (one copy of the cache) rather than growing it too. forward() writes into it and disposes
+ * what it replaces.
  */
 export class KvCache {
   keys: tf.Tensor4D[] = [];
   values: tf.Tensor4D[] = [];
-  mask: tf.Tensor2D | null = null;
+  /** Positions cached per row (empty before the first call). */
+  lengths: number[] = [];
 
-  /** Number of cached positions, which is also the position offset of the next token. */
+  /** The longest row's length. */
   get length(): number {
-    return this.mask === null ? 0 : this.mask.shape[1];
+    return Math.max(0, ...this.lengths);
+  }
+
+  /** Slots per row, free ones included. */
+  get capacity(): number {
+    return this.keys[0]?.shape[2] ?? 0;
   }
 
   /** Replaces the contents (tensors must already be kept out of any tidy). */
-  replace(keys: tf.Tensor4D[], values: tf.Tensor4D[], mask: tf.Tensor2D): void {
+  replace(keys: tf.Tensor4D[], values: tf.Tensor4D[], lengths: number[]): void {
     this.dispose();
     this.keys = keys;
     this.values = values;
-    this.mask = mask;
+    this.lengths = lengths;
+  }
+
+  /**
+   * Keeps these rows (ascending): a finished sequence leaves the batch. Its slots stay,
+   * zero in the rows that do not use them. Rows are copied as runs of consecutive rows:
+   * wasm's gather costs several times a copy.
+   */
+  keepRows(rows: number[]): void {
+    if (rows.length === 0) return this.dispose();
+    const runs: [number, number][] = [];
+    for (const r of rows) {
+      const last = runs[runs.length - 1];
+      if (last && last[0] + last[1] === r) last[1]++;
+      else runs.push([r, 1]);
+    }
+    const pick = (x: tf.Tensor4D) =>
+      tf.tidy(() => tf.concat(runs.map(([from, n]) => x.slice([from, 0, 0, 0], [n, -1, -1, -1])), 0) as tf.Tensor4D);
+    this.replace(this.keys.map(pick), this.values.map(pick), rows.map((r) => this.lengths[r]));
   }
 
   dispose(): void {
     for (const t of [...this.keys, ...this.values]) t.dispose();
-    this.mask?.dispose();
     this.keys = [];
     this.values = [];
-    this.mask = null;
+    this.lengths = [];
   }
 }
+
+/** Free slots a decoding step adds to a full cache: a copy of the cache every this many steps rather than every step. */
+export const CACHE_GROWTH = 16;
 
 /** RMSNorm in float32: x * rsqrt(mean(x^2) + eps) * weight over the last axis. */
 export function rmsNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor, eps: number): T {
@@ -146,28 +190,35 @@ export function rmsNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor, eps: numbe
 }
 
 /**
- * Rotary embedding, Hugging Face convention: x [B, H, T, D] at positions offset..offset+T-1,
+ * Rotary embedding, Hugging Face convention: x [B, H, T, D] at positions offset..offset+T-1
+ * (offset per row when an array: rows of a batch decoded at different lengths),
  * x * cos + rotate_half(x) * sin with rotate_half(x) = [-x2, x1] over the two halves of D
  * and inv_freq_i = 1 / theta^(2i / D). Tables are computed in float64 on the host.
  */
-export function applyRotary<T extends tf.Tensor>(x: T, offset: number, theta: number): T {
+export function applyRotary<T extends tf.Tensor>(x: T, offset: number | number[], theta: number): T {
   const t = x.shape[x.rank - 2];
   const d = x.shape[x.rank - 1];
   const half = d / 2;
-  const cos = new Float32Array(t * d);
-  const sin = new Float32Array(t * d);
-  for (let p = 0; p < t; p++) {
-    for (let i = 0; i < half; i++) {
-      const angle = (offset + p) / Math.pow(theta, (2 * i) / d);
-      cos[p * d + i] = cos[p * d + i + half] = Math.cos(angle);
-      sin[p * d + i] = sin[p * d + i + half] = Math.sin(angle);
+  const starts = typeof offset === "number" ? [offset] : offset;
+  const cos = new Float32Array(starts.length * t * d);
+  const sin = new Float32Array(starts.length * t * d);
+  starts.forEach((start, r) => {
+    for (let p = 0; p < t; p++) {
+      const row = (r * t + p) * d;
+      for (let i = 0; i < half; i++) {
+        const angle = (start + p) / Math.pow(theta, (2 * i) / d);
+        cos[row + i] = cos[row + i + half] = Math.cos(angle);
+        sin[row + i] = sin[row + i + half] = Math.sin(angle);
+      }
     }
-  }
+  });
+  // [T, D] broadcasts over every leading axis; per row, [B, 1, T, D] over the heads.
+  const tableShape = typeof offset === "number" ? [t, d] : [starts.length, 1, t, d];
   return tf.tidy(() => {
     const x1 = x.slice(sliceBegin(x.rank, 0), sliceSize(x.shape, half));
     const x2 = x.slice(sliceBegin(x.rank, half), sliceSize(x.shape, half));
     const rotated = tf.concat([x2.neg(), x1], -1);
-    return x.mul(tf.tensor2d(cos, [t, d])).add(rotated.mul(tf.tensor2d(sin, [t, d]))) as T;
+    return x.mul(tf.tensor(cos, tableShape)).add(rotated.mul(tf.tensor(sin, tableShape))) as T;
   });
 }
 
@@ -201,13 +252,107 @@ export function embedLookup(table: tf.Tensor2D, ids: tf.Tensor2D): tf.Tensor3D {
   return lookup(table) as tf.Tensor3D;
 }
 
-/** Additive attention bias [B, 1, T, S]: 0 where allowed, -1e9 for future or padded keys. */
-function attentionBias(keyMask: tf.Tensor2D, offset: number, t: number): tf.Tensor4D {
-  const s = offset + t;
-  const causal = new Float32Array(t * s);
-  for (let i = 0; i < t; i++) for (let j = offset + i + 1; j < s; j++) causal[i * s + j] = -1e9;
-  const padding = tf.scalar(1).sub(keyMask).mul(-1e9).reshape([keyMask.shape[0], 1, 1, s]);
-  return padding.add(tf.tensor2d(causal, [t, s])) as tf.Tensor4D;
+/** Additive attention bias [B, 1, T, T] of an uncached call: 0 where allowed, -1e9 for future or padded keys. */
+function attentionBias(keyMask: tf.Tensor2D): tf.Tensor4D {
+  const t = keyMask.shape[1];
+  const causal = new Float32Array(t * t);
+  for (let i = 0; i < t; i++) for (let j = i + 1; j < t; j++) causal[i * t + j] = -1e9;
+  const padding = tf.scalar(1).sub(keyMask).mul(-1e9).reshape([keyMask.shape[0], 1, 1, t]);
+  return padding.add(tf.tensor2d(causal, [t, t])) as tf.Tensor4D;
+}
+
+/** How a forward call attends: its bias, its positions, and with a cache how it writes there. */
+interface Attend {
+  bias: tf.Tensor4D;
+  /** The first position: one for all rows, or one per row. */
+  offset: number | number[];
+  /** Softmax whose sums trailing masked keys do not change (ForwardOptions.batchInvariant). */
+  exact: boolean;
+  step?: CacheStep;
+  /** See placement(). */
+  placement?: tf.Tensor | null;
+}
+
+/** One cached call, worked out on the host from the cache and the call's mask. */
+interface CacheStep {
+  cache: KvCache;
+  /** Per row, the position (and slot) of its first token in this call. */
+  starts: number[];
+  /** Per row, the cached length once this call's real tokens are in. */
+  lengths: number[];
+  /** Slots after this call: a prefill appends its tokens to full rows; a step writes one token per row into free slots. */
+  slots: number;
+}
+
+function cacheStep(cache: KvCache, attentionMask: tf.Tensor2D): CacheStep {
+  const [b, t] = attentionMask.shape;
+  if (cache.lengths.length > 0 && cache.lengths.length !== b) {
+    throw new Error(`cache holds batch ${cache.lengths.length}, inputs have batch ${b}`);
+  }
+  const mask = attentionMask.dataSync();
+  const counts = Array.from({ length: b }, (_, r) => {
+    let n = 0;
+    while (n < t && mask[r * t + n] !== 0) n++;
+    for (let i = n; i < t; i++) if (mask[r * t + i] !== 0) throw new Error("with a cache, attentionMask must be right-padded (each row's real tokens first)");
+    return n;
+  });
+  const starts = cache.lengths.length > 0 ? cache.lengths : new Array<number>(b).fill(0);
+  const longest = Math.max(...starts);
+  const lengths = starts.map((s, r) => s + counts[r]);
+  if (t === 1) {
+    if (counts.includes(0)) throw new Error("with a cache, a one-token call needs a real token in every row");
+    return { cache, starts, lengths, slots: longest < cache.capacity ? cache.capacity : longest + CACHE_GROWTH };
+  }
+  if (starts.some((s) => s !== longest)) throw new Error("a cache whose rows have different lengths takes one token per row");
+  return { cache, starts, lengths, slots: longest + t };
+}
+
+/** Additive bias [B, 1, T, S] of a cached call: a row's token i sees the row's slots up to its own position. */
+function cachedBias(step: CacheStep, t: number): tf.Tensor4D {
+  const b = step.starts.length;
+  const s = step.slots;
+  const bias = new Float32Array(b * t * s).fill(-1e9);
+  step.starts.forEach((start, r) => {
+    for (let i = 0; i < t; i++) bias.fill(0, (r * t + i) * s, (r * t + i) * s + start + i + 1);
+  });
+  return tf.tensor4d(bias, [b, 1, t, s]);
+}
+
+/**
+ * Where a cached call's keys go. A one-token step: the [row, head, slot] of each row's
+ * token, for a scatter. A prefill: [B, 1, S, 1], 1 on each row's real slots, or null when
+ * no row is padded.
+ */
+function placement(step: CacheStep, t: number, kvHeads: number): tf.Tensor | null {
+  const b = step.starts.length;
+  if (t === 1) {
+    const at = new Int32Array(b * kvHeads * 3);
+    for (let r = 0; r < b; r++) for (let h = 0; h < kvHeads; h++) at.set([r, h, step.starts[r]], (r * kvHeads + h) * 3);
+    return tf.tensor2d(at, [b * kvHeads, 3], "int32");
+  }
+  if (step.lengths.every((n) => n === step.slots)) return null;
+  const m = new Float32Array(b * step.slots);
+  step.lengths.forEach((n, r) => m.fill(1, r * step.slots, r * step.slots + n));
+  return tf.tensor4d(m, [b, 1, step.slots, 1]);
+}
+
+/** The cache's keys (or values) [B, kv, S, hd] with this call's [B, kv, T, hd] written in (see KvCache). */
+function written(step: CacheStep, place: tf.Tensor | null, old: tf.Tensor4D | undefined, fresh: tf.Tensor4D): tf.Tensor4D {
+  const [b, kv, t, hd] = fresh.shape;
+  if (t > 1) {
+    // Every row is full (a prefill): append, and zero what padding tokens left after their rows.
+    const all = old ? tf.concat([old.slice([0, 0, 0, 0], [-1, -1, step.starts[0], -1]), fresh], 2) : fresh;
+    return place ? all.mul(place) : all;
+  }
+  const free = old?.shape[2] ?? 0;
+  const room = step.slots > free ? (old ? tf.concat([old, tf.zeros([b, kv, step.slots - free, hd])], 2) : tf.zeros([b, kv, step.slots, hd])) : old!;
+  return tf.tensorScatterUpdate(room, place as tf.Tensor2D, fresh.reshape([b * kv, hd])) as tf.Tensor4D;
+}
+
+/** softmax(x) as exp(x - max) / sum over the last axis (see ForwardOptions.batchInvariant). */
+function paddingInvariantSoftmax(x: tf.Tensor4D): tf.Tensor4D {
+  const e = x.sub(x.max(-1, true)).exp();
+  return e.div(e.sum(-1, true));
 }
 
 export class LlamaModel {
@@ -293,9 +438,11 @@ export class LlamaModel {
   }
 
   /**
-   * inputIds int32 [B, T]; attentionMask [B, T] (1 real, 0 pad) for these tokens only:
-   * with a cache, the cached positions' mask is kept in the cache. Positions are the
-   * index within the sequence (right padding) offset by the cache length.
+   * inputIds int32 [B, T]; attentionMask [B, T] (1 real, 0 pad). Without a cache, positions
+   * are the index within the sequence (right padding). With one, the mask covers these
+   * tokens only and must be right-padded: row b's tokens take positions from the row's cached
+   * length on (see KvCache); a call may add several tokens per row while every row has the
+   * same length (a prefill), else one.
    */
   forward(inputIds: tf.Tensor2D, attentionMask: tf.Tensor2D, opts: ForwardOptions = {}): ForwardResult {
     const c = this.config;
@@ -313,27 +460,26 @@ export class LlamaModel {
         }
       });
     }
-    const cache = opts.cache;
-    if (cache?.mask && cache.mask.shape[0] !== b) {
-      throw new Error(`cache holds batch ${cache.mask.shape[0]}, inputs have batch ${b}`);
+    const logitsAt = opts.logitsAt;
+    if (logitsAt && (logitsAt.length !== b || logitsAt.some((p) => !Number.isInteger(p) || p < 0 || p >= t))) {
+      throw new Error(`logitsAt: expected ${b} positions in [0, ${t}), got [${logitsAt.join(", ")}]`);
     }
-    const offset = cache?.length ?? 0;
+    const step = opts.cache ? cacheStep(opts.cache, attentionMask) : undefined;
     const keptKeys: tf.Tensor4D[] = [];
     const keptValues: tf.Tensor4D[] = [];
-    let keptMask: tf.Tensor2D | null = null;
 
     const result = tf.tidy(() => {
-      const mask = attentionMask.toFloat();
-      const keyMask = cache?.mask ? tf.concat([cache.mask, mask], 1) : mask;
-      const bias = attentionBias(keyMask, offset, t);
+      const attend: Attend = step
+        ? { bias: cachedBias(step, t), offset: t > 1 ? step.starts[0] : step.starts, step, placement: placement(step, t, c.numKeyValueHeads), exact: true }
+        : { bias: attentionBias(attentionMask.toFloat()), offset: 0, exact: opts.batchInvariant ?? false };
       const attentionOutputs: tf.Tensor3D[] = [];
       const layerOutputs: tf.Tensor3D[] = [];
       let x = embedLookup(this.w("model.embed_tokens.weight") as tf.Tensor2D, inputIds);
       for (let l = 0; l < c.numHiddenLayers; l++) {
         const p = `model.layers.${l}`;
         const h = rmsNorm(x, this.w(`${p}.input_layernorm.weight`), c.rmsNormEps);
-        const { out, keys, values } = this.attention(l, h, bias, offset, cache, opts);
-        if (cache) {
+        const { out, keys, values } = this.attention(l, h, attend, opts);
+        if (step) {
           keptKeys.push(tf.keep(keys));
           keptValues.push(tf.keep(values));
         }
@@ -345,10 +491,11 @@ export class LlamaModel {
         x = x.add(this.linear(l, "down_proj", gate.mul(tf.sigmoid(gate)).mul(up), opts));
         if (opts.returnLayerOutputs) layerOutputs.push(x);
       }
-      if (cache) keptMask = tf.keep(keyMask);
       const hidden = rmsNorm(x, this.w("model.norm.weight"), c.rmsNormEps);
       const head = this.w(c.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
-      const logits = linearT(hidden.reshape([b * t, c.hiddenSize]), head).reshape([b, t, c.vocabSize]);
+      let rows = hidden.reshape([b * t, c.hiddenSize]);
+      if (logitsAt) rows = tf.gather(rows, tf.tensor1d(logitsAt.map((p, r) => r * t + p), "int32"));
+      const logits = linearT(rows, head).reshape([b, logitsAt ? 1 : t, c.vocabSize]);
       const res: ForwardResult = { logits: logits as tf.Tensor3D };
       if (opts.returnAttentionOutputs) res.attentionOutputs = attentionOutputs;
       if (opts.returnHidden) res.hidden = hidden;
@@ -356,35 +503,28 @@ export class LlamaModel {
       return res as unknown as tf.TensorContainer;
     }) as unknown as ForwardResult;
 
-    if (cache) cache.replace(keptKeys, keptValues, keptMask!);
+    if (step) step.cache.replace(keptKeys, keptValues, step.lengths);
     return result;
   }
 
   /** Causal grouped-query self-attention of layer l; returns A_l and the (cached) keys/values. */
-  private attention(
-    l: number,
-    h: tf.Tensor3D,
-    bias: tf.Tensor4D,
-    offset: number,
-    cache: KvCache | undefined,
-    opts: ForwardOptions,
-  ): { out: tf.Tensor3D; keys: tf.Tensor4D; values: tf.Tensor4D } {
+  private attention(l: number, h: tf.Tensor3D, attend: Attend, opts: ForwardOptions): { out: tf.Tensor3D; keys: tf.Tensor4D; values: tf.Tensor4D } {
     const c = this.config;
     const [b, t] = h.shape;
     const heads = c.numAttentionHeads;
     const kvHeads = c.numKeyValueHeads;
     const hd = c.headDim;
     const split = (y: tf.Tensor3D, n: number) => y.reshape([b, t, n, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D;
-    const q = applyRotary(split(this.linear(l, "q_proj", h, opts), heads), offset, c.ropeTheta);
-    let k = applyRotary(split(this.linear(l, "k_proj", h, opts), kvHeads), offset, c.ropeTheta);
+    const q = applyRotary(split(this.linear(l, "q_proj", h, opts), heads), attend.offset, c.ropeTheta);
+    let k = applyRotary(split(this.linear(l, "k_proj", h, opts), kvHeads), attend.offset, c.ropeTheta);
     let v = split(this.linear(l, "v_proj", h, opts), kvHeads);
-    if (cache && cache.keys[l]) {
-      k = tf.concat([cache.keys[l], k], 2);
-      v = tf.concat([cache.values[l], v], 2);
+    if (attend.step) {
+      k = written(attend.step, attend.placement ?? null, attend.step.cache.keys[l], k);
+      v = written(attend.step, attend.placement ?? null, attend.step.cache.values[l], v);
     }
     const groups = heads / kvHeads;
-    const scores = linearT(q, repeatKv(k, groups)); // [B, H, T, S]
-    const probs = tf.softmax(scores.div(Math.sqrt(hd)).add(bias));
+    const scores = linearT(q, repeatKv(k, groups)).div(Math.sqrt(hd)).add(attend.bias) as tf.Tensor4D; // [B, H, T, S]
+    const probs = attend.exact ? paddingInvariantSoftmax(scores) : tf.softmax(scores);
     const ctx = matmul(probs, repeatKv(v, groups)); // [B, H, T, hd]
     const merged = ctx.transpose([0, 2, 1, 3]).reshape([b, t, heads * hd]) as tf.Tensor3D;
     return { out: this.linear(l, "o_proj", merged, opts), keys: k, values: v };

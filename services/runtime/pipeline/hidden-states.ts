@@ -28,7 +28,21 @@ export class EmbedRequestError extends Error {
   }
 }
 
-const BATCH = 16;
+/**
+ * Rows x longest row of one forward pass: bounds its activations (the [B, H, T, T]
+ * attention, the [B, T, intermediate] MLP) whatever the number of texts.
+ */
+export const FORWARD_TOKENS = 4096;
+
+export interface StatesOptions {
+  /** 0-based decoder layers whose attention output A_l to return. */
+  layers: number[];
+  /** Also return the final hidden state (layer -1). */
+  final: boolean;
+  pooling: Pooling;
+  /** Longest text in tokens (and never more than the model's positions). */
+  maxTokens: number;
+}
 
 /** Token ids of raw texts (no template), bos first when the tokenizer adds it. */
 export function textIds(loaded: Pick<LoadedCheckpoint, "tokenizer">, text: string): number[] {
@@ -55,44 +69,78 @@ function pool(all: Float32Array, length: number, d: number, pooling: Pooling): M
 }
 
 /**
- * Hidden states of texts. `layers` are 0-based decoder layers; `final` adds the final
- * hidden state (layer -1). Padding never changes a text's vectors: only its real tokens
- * are read, and attention masks padded keys.
+ * Hidden states of texts. Padding never changes a text's vectors: only its real tokens
+ * are read, attention masks padded keys, and its softmax sums do not depend on the padding
+ * (ForwardOptions.batchInvariant), so a text gets the same vectors whatever it is batched
+ * with (bitwise on kernels whose products do not depend on the number of rows).
  */
-export function hiddenStates(
+export function hiddenStates(loaded: Pick<LoadedCheckpoint, "model" | "adapter" | "tokenizer">, texts: string[], opts: StatesOptions): TextStates[] {
+  const [states] = hiddenStatesOfEach(loaded, [texts], opts);
+  if (states instanceof EmbedRequestError) throw states;
+  return states;
+}
+
+/**
+ * Hidden states of several callers' texts in shared forward passes: each caller gets its
+ * texts' states, or the error of its first bad text (a bad text fails its caller alone). A
+ * layer the model lacks fails every caller: the layers are the same for all.
+ */
+export function hiddenStatesOfEach(
   loaded: Pick<LoadedCheckpoint, "model" | "adapter" | "tokenizer">,
-  texts: string[],
-  opts: { layers: number[]; final: boolean; pooling: Pooling; maxTokens: number },
-): TextStates[] {
-  const { model } = loaded;
-  const c = model.config;
+  textsEach: string[][],
+  opts: StatesOptions,
+): (TextStates[] | EmbedRequestError)[] {
+  const c = loaded.model.config;
   opts.layers.forEach((l, i) => {
     if (!Number.isInteger(l) || l < 0 || l >= c.numHiddenLayers) {
       throw new EmbedRequestError(`layers[${i}]`, `layer ${l} does not exist: the model has layers 0 to ${c.numHiddenLayers - 1}`);
     }
   });
-  const rows = texts.map((text, i) => {
-    const ids = textIds(loaded, text);
-    if (ids.length === 0) throw new EmbedRequestError(`texts[${i}]`, "encodes to no tokens");
-    const limit = Math.min(opts.maxTokens, c.maxPositionEmbeddings);
-    if (ids.length > limit) throw new EmbedRequestError(`texts[${i}]`, `is ${ids.length} tokens long; the limit is ${limit}`);
-    return ids;
+  const limit = Math.min(opts.maxTokens, c.maxPositionEmbeddings);
+  const rowsEach = textsEach.map((texts) => {
+    try {
+      return texts.map((text, i) => {
+        const ids = textIds(loaded, text);
+        if (ids.length === 0) throw new EmbedRequestError(`texts[${i}]`, "encodes to no tokens");
+        if (ids.length > limit) throw new EmbedRequestError(`texts[${i}]`, `is ${ids.length} tokens long; the limit is ${limit}`);
+        return ids;
+      });
+    } catch (err) {
+      if (err instanceof EmbedRequestError) return err;
+      throw err;
+    }
   });
+  const states = statesOfRows(loaded, rowsEach.flatMap((r) => (r instanceof EmbedRequestError ? [] : r)), opts);
+  let at = 0;
+  return rowsEach.map((rows) => (rows instanceof EmbedRequestError ? rows : states.slice(at, (at += rows.length))));
+}
+
+/** Hidden states of token rows, in forward passes of at most FORWARD_TOKENS tokens. */
+function statesOfRows(loaded: Pick<LoadedCheckpoint, "model" | "adapter" | "tokenizer">, rows: number[][], opts: StatesOptions): TextStates[] {
+  const { model } = loaded;
+  const d = model.config.hiddenSize;
   const out: TextStates[] = [];
-  for (let start = 0; start < rows.length; start += BATCH) {
-    const batch = rows.slice(start, start + BATCH);
-    const { ids, mask, lengths } = padded(batch, loaded.tokenizer.padId);
+  for (let start = 0; start < rows.length; ) {
+    let n = 1;
+    let longest = rows[start].length;
+    while (start + n < rows.length && (n + 1) * Math.max(longest, rows[start + n].length) <= FORWARD_TOKENS) longest = Math.max(longest, rows[start + n++].length);
+    const { ids, mask, lengths } = padded(rows.slice(start, start + n), loaded.tokenizer.padId);
+    start += n;
     const t = ids.shape[1];
-    const d = c.hiddenSize;
-    const arrays = tf.tidy(() => {
-      const res = model.forward(ids, mask, { lora: loaded.adapter, returnAttentionOutputs: opts.layers.length > 0, returnHidden: opts.final });
-      const picked = opts.layers.map((l) => res.attentionOutputs![l]);
-      if (opts.final) picked.push(res.hidden!);
-      return picked.map((x) => x.dataSync() as Float32Array);
+    const picked = tf.tidy(() => {
+      const res = model.forward(ids, mask, {
+        lora: loaded.adapter,
+        returnAttentionOutputs: opts.layers.length > 0,
+        returnHidden: opts.final,
+        batchInvariant: true,
+      });
+      return [...opts.layers.map((l) => res.attentionOutputs![l]), ...(opts.final ? [res.hidden!] : [])];
     });
-    tf.dispose([ids, mask]);
+    // Read outside the tidy: a tidy walks what it returns element by element, typed arrays too.
+    const arrays = picked.map((x) => x.dataSync() as Float32Array);
+    tf.dispose([ids, mask, ...picked]);
+    const layerIds = [...opts.layers, ...(opts.final ? [-1] : [])];
     lengths.forEach((length, b) => {
-      const layerIds = [...opts.layers, ...(opts.final ? [-1] : [])];
       out.push({
         tokenCount: length,
         layers: layerIds.map((layer, k) => ({ layer, vectors: pool(arrays[k].subarray(b * t * d, (b + 1) * t * d), length, d, opts.pooling) })),
