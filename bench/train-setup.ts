@@ -7,7 +7,7 @@ import * as tf from "@tensorflow/tfjs";
 import { parseLlamaConfig, type LlamaConfig } from "../services/runtime/model/config.ts";
 import { LINEAR_MODULES, LlamaModel } from "../services/runtime/model/llama.ts";
 import { LoraAdapter } from "../services/runtime/model/lora.ts";
-import { AdamW, clipByGlobalNorm } from "../services/runtime/train/adamw.ts";
+import { AdamW, clipCoefficient } from "../services/runtime/train/adamw.ts";
 import { SftStep, type StepOutput, type TrainBatch } from "../services/runtime/train/step.ts";
 import { VaccineStep } from "../services/runtime/train/vaccine-step.ts";
 
@@ -64,8 +64,8 @@ export function trainingSetup(name: ConfigName, method: Method) {
       return stepFn.run({
         model, lora, params, batch, step: i, phase: (_, fn) => fn(),
         update: (_loss, grads) => {
-          const norm = clipByGlobalNorm(grads, 1);
-          optimizer.apply(grads, 1e-3);
+          const { norm, scale } = clipCoefficient(grads, 1);
+          optimizer.apply(grads, 1e-3, scale);
           grads.forEach((g) => g.dispose());
           return norm;
         },

@@ -3,7 +3,7 @@
     {
       "target_name": "vaccine_blas",
       "sources": ["blas.c"],
-      "cflags": ["-O2", "-std=c11", "-Wall", "-Wextra"],
+      "cflags": ["-O2", "-std=c11", "-Wall", "-Wextra", "-ffp-contract=off"],
       "libraries": ["-lopenblas", "-lm"]
     }
   ]

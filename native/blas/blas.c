@@ -1,7 +1,8 @@
 /*
  * sgemm on OpenBLAS for tfjs's wasm backend: the operands and the result stay where they
  * are, in the wasm heap (an ArrayBuffer passed from JS), addressed by byte offsets, so a
- * product costs no copy in or out. Row-major, batched with a broadcast batch of 1.
+ * product costs no copy in or out. Row-major, batched with a broadcast batch of 1. Also exp and
+ * a fused AdamW update, for the same reason: many small wasm kernels become one call.
  */
 #include <node_api.h>
 #include <cblas.h>
@@ -129,6 +130,63 @@ static napi_value exp_kernel(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * adamw(heap, pOff, gOff, mOff, vOff, n, gradScale, decay, beta1, beta2, eps, sqrtBc2, stepSize):
+ * one AdamW update of n float32 values in place, the same float32 operations in the same order
+ * as the tfjs ops it replaces (services/runtime/train/adamw.ts), so the result is bit for bit
+ * theirs (the build turns off FMA contraction): g' = g * gradScale (clipping; 1 when none),
+ * m = m * beta1 + g' * (1 - beta1), v = v * beta2 + g'^2 * (1 - beta2),
+ * p = p * decay - m / (sqrt(v) / sqrtBc2 + eps) * stepSize. Each constant is rounded to
+ * float32 as tfjs rounds a scalar.
+ */
+static napi_value adamw(napi_env env, napi_callback_info info) {
+  size_t argc = 13;
+  napi_value argv[13];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *heap = NULL;
+  size_t heap_bytes = 0;
+  if (argc != 13 || napi_get_arraybuffer_info(env, argv[0], &heap, &heap_bytes) != napi_ok) {
+    napi_throw_type_error(env, NULL, "adamw: (ArrayBuffer, pOffset, gOffset, mOffset, vOffset, n, 7 numbers) expected");
+    return NULL;
+  }
+  int64_t v[5];
+  for (int i = 0; i < 5; i++) {
+    if (!get_i64(env, argv[i + 1], &v[i]) || v[i] < 0) {
+      napi_throw_type_error(env, NULL, "adamw: offsets and size must be non-negative integers");
+      return NULL;
+    }
+  }
+  double c[7];
+  for (int i = 0; i < 7; i++) {
+    if (napi_get_value_double(env, argv[i + 6], &c[i]) != napi_ok) {
+      napi_throw_type_error(env, NULL, "adamw: the constants must be numbers");
+      return NULL;
+    }
+  }
+  const uint64_t bytes = 4u * (uint64_t)v[4];
+  for (int i = 0; i < 4; i++) {
+    if ((uint64_t)v[i] + bytes > heap_bytes || v[i] % 4) {
+      napi_throw_range_error(env, NULL, "adamw: an operand lies outside the heap or is misaligned");
+      return NULL;
+    }
+  }
+  float *base = (float *)heap;
+  float *p = base + v[0] / 4, *m = base + v[2] / 4, *s = base + v[3] / 4;
+  const float *g = base + v[1] / 4;
+  const float scale = (float)c[0], decay = (float)c[1], b1 = (float)c[2], b2 = (float)c[3];
+  const float one_b1 = (float)(1 - c[2]), one_b2 = (float)(1 - c[3]);
+  const float eps = (float)c[4], sqrt_bc2 = (float)c[5], step = (float)c[6];
+  for (int64_t i = 0; i < v[4]; i++) {
+    const float gi = g[i] * scale;
+    const float mi = m[i] * b1 + gi * one_b1;
+    const float si = s[i] * b2 + (gi * gi) * one_b2;
+    m[i] = mi;
+    s[i] = si;
+    p[i] = p[i] * decay - (mi / (sqrtf(si) / sqrt_bc2 + eps)) * step;
+  }
+  return NULL;
+}
+
 static napi_value set_threads(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -160,6 +218,7 @@ NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"gemm", NULL, gemm, NULL, NULL, NULL, napi_enumerable, NULL},
       {"exp", NULL, exp_kernel, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"adamw", NULL, adamw, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setThreads", NULL, set_threads, NULL, NULL, NULL, napi_enumerable, NULL},
       {"threads", NULL, threads, NULL, NULL, NULL, napi_enumerable, NULL},
       {"config", NULL, config, NULL, NULL, NULL, napi_enumerable, NULL},

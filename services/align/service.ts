@@ -9,32 +9,29 @@ import { jobHandlers } from "../jobs/handlers.ts";
 import { checkLora, checkTraining } from "../jobs/validate.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator } from "../platform/validate.ts";
+import { checkAlignMethod } from "./method-checks.ts";
 
 export function checkAlignSpec(spec: AlignSpec | undefined, bounds: CallBounds = DEFAULT_BOUNDS): asserts spec is AlignSpec {
   const v = new RequestValidator();
   if (!spec) return v.fail("spec", "is required").check();
   checkCheckpointRef(v, "spec.base_checkpoint", spec.baseCheckpoint);
   checkDatasetRef(v, "spec.dataset", spec.dataset);
-  if (spec.method.case === undefined) v.fail("spec.method", "needs sft or vaccine");
-  if (spec.method.case === "vaccine") {
-    v.number("spec.vaccine.rho", spec.method.value.rho, { min: 0 });
-    v.number("spec.vaccine.refresh_every", spec.method.value.refreshEvery, { min: 1, integer: true });
-  }
+  checkAlignMethod(v, spec.method);
   checkLora(v, "spec.lora", spec.lora);
   checkTraining(v, "spec.training", spec.training, bounds);
   v.check();
 }
 
-/** AlignService: alignment jobs (SFT or Vaccine) over a base checkpoint. */
+/** AlignService: alignment jobs (SFT, Vaccine or a defence of docs/defences.md) over a base checkpoint. */
 export function alignService(deps: SuiteDeps, executor: JobExecutor): ServiceModule {
   const jobs = jobHandlers(deps, executor, JobKind.ALIGN);
   return {
     desc: AlignService,
     register(router) {
       router.service(AlignService, {
-        async createAlignJob(req) {
+        async createAlignJob(req, ctx) {
           checkAlignSpec(req.spec, boundsOf(deps));
-          return jobs.create(req.spec);
+          return jobs.create(req.spec, ctx);
         },
         getAlignJob: jobs.get,
         listAlignJobs: jobs.list,

@@ -1,6 +1,7 @@
-/** Flags that several commands take (checkpoint, moderation, dataset, adapter, training), and the messages they build. */
+/** Flags that several commands take (checkpoint, moderation, dataset, adapter, training, alignment method, guard), and the messages they build. */
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { DatasetFormat, DatasetSplit, type DatasetRefSchema, type LoraConfigSchema, type TrainingConfigSchema } from "../../gen/vaccine/v1/common_pb.ts";
+import type { AlignSpecSchema, FineTuneSpecSchema } from "../../gen/vaccine/v1/training_pb.ts";
 import { UsageError } from "./errors.ts";
 import { choice, float, int, ref, text, uint, type Flag, type FlagValues } from "./flags.ts";
 
@@ -24,7 +25,7 @@ const FORMAT = choice("format", "<format>", "Row format of --data: alpaca, beave
 const BUILTIN = text(
   "builtin",
   "<name>",
-  "Built-in generated dataset: alignment, harmful, harmful-eval, moderation, sst2, agnews, gsm8k, corpus, sst2-mix, agnews-mix, gsm8k-mix.",
+  "Built-in generated dataset: alignment, harmful, harmful-eval, moderation, sst2, agnews, agnews-hard, gsm8k, corpus, sst2-mix, agnews-mix, agnews-hard-mix, gsm8k-mix.",
 );
 const SPLIT = choice("split", "<split>", "Split of --builtin: train or test (default train).", SPLITS);
 const SIZE = int("size", "<n>", "Examples drawn from --builtin (default: the dataset's size).");
@@ -101,4 +102,85 @@ export function trainingConfig(flags: FlagValues): MessageInitShape<typeof Train
     seed: flags.get(SEED),
     checkpointEvery: flags.get(CHECKPOINT_EVERY),
   });
+}
+
+const GUARD = choice("guard", "<guard>", "Fine-tuning guard: lisa or safety-mix (default none).", { lisa: "lisa", "safety-mix": "safety-mix" } as const);
+const ALIGNMENT_STEPS = int("alignment-steps", "<k1>", "Lisa: steps per cycle on the alignment data (default 100; 0 is plain fine-tuning).");
+const USER_STEPS = int("user-steps", "<k2>", "Lisa: steps per cycle on the user data (default 900).");
+const LISA_RHO = float("lisa-rho", "<rho>", "Lisa: strength of the proximal term towards the weights at the last switch (default 1).");
+const MIX_FRACTION = float("mix-fraction", "<f>", "safety-mix: refusal examples added per user example, in [0, 1] (default 0.1).");
+const GUARD_DATA = text("guard-data", "<uri>", "The guard's alignment dataset file in the store (default: the built-in alignment set).");
+const GUARD_BUILTIN = text("guard-builtin", "<name>", "The guard's alignment dataset as a built-in name (default: alignment).");
+const LISA_ONLY: Flag<unknown>[] = [ALIGNMENT_STEPS, USER_STEPS, LISA_RHO];
+
+export const GUARD_FLAGS: Flag<unknown>[] = [GUARD, ...LISA_ONLY, MIX_FRACTION, GUARD_DATA, GUARD_BUILTIN];
+
+/** FineTuneSpec.guard from --guard and its flags; a guard's flag without that guard is a usage error. */
+export function guardOneof(flags: FlagValues): MessageInitShape<typeof FineTuneSpecSchema>["guard"] {
+  flags.exclusive(GUARD_DATA, GUARD_BUILTIN);
+  const guard = flags.get(GUARD);
+  const misplaced = [...(guard === "lisa" ? [] : LISA_ONLY), ...(guard === "safety-mix" ? [] : [MIX_FRACTION]), ...(guard ? [] : [GUARD_DATA, GUARD_BUILTIN])];
+  const stray = misplaced.find((f) => flags.has(f));
+  if (stray) throw new UsageError(`--${stray.name} does not apply ${guard ? `to --guard ${guard}` : "without --guard"}`);
+  if (guard === undefined) return undefined;
+  const uri = flags.get(GUARD_DATA);
+  const name = flags.get(GUARD_BUILTIN);
+  const alignmentDataset =
+    uri !== undefined ? { source: { case: "uri" as const, value: uri } } : name !== undefined ? { source: { case: "builtin" as const, value: { name } } } : undefined;
+  if (guard === "safety-mix") return { case: "safetyMix", value: { fraction: flags.get(MIX_FRACTION), alignmentDataset } };
+  return { case: "lisa", value: { alignmentSteps: flags.get(ALIGNMENT_STEPS), userSteps: flags.get(USER_STEPS), rho: flags.get(LISA_RHO), alignmentDataset } };
+}
+
+const METHODS = { sft: "sft", vaccine: "vaccine", "t-vaccine": "t-vaccine", booster: "booster", repnoise: "repnoise" } as const;
+const METHOD = choice("method", "<method>", "sft, vaccine, t-vaccine, booster or repnoise (default vaccine; docs/defences.md).", METHODS);
+const RHO = float("rho", "<rho>", "vaccine, t-vaccine: bound on the perturbation norm (default 2 for vaccine, 3 for t-vaccine; 0 is SFT).");
+const RHO_RELATIVE = float("rho-relative", "<f>", "vaccine: rho as a fraction in [0, 1] of the attention-output norm of the first alignment batch, instead of --rho.");
+const TAU = int("tau", "<n>", "vaccine: recompute the perturbation every n steps (default 1).");
+const LAYERS = int("layers", "<n>", "t-vaccine: layers perturbed and trained at a time (default 8, capped at the model's depth).");
+const RESAMPLE_EVERY = int("resample-every", "<n>", "t-vaccine: steps between two draws of the layers (default 20).");
+const PROBE_EVERY = int("probe-every", "<n>", "t-vaccine: steps between two probes of the layer probabilities on harmful data (default 200).");
+const LAMBDA = float("lambda", "<l>", "booster: weight of the harmful-step attenuation term (default 5; 0 is SFT).");
+const BOOSTER_ALPHA = float("booster-alpha", "<a>", "booster: length of the normalised harmful step in weight space (default 0.1).");
+const REPNOISE_ALPHA = float("repnoise-alpha", "<a>", "repnoise: weight of the MMD between harmful hidden states and noise (default 1).");
+const REPNOISE_BETA = float("repnoise-beta", "<b>", "repnoise: weight of the bounded ascent on harmful answers (default 0.001).");
+const HARMFUL_DATA = text("harmful-data", "<uri>", "t-vaccine, booster, repnoise: harmful dataset file in the store (default: the built-in harmful set).");
+const HARMFUL_BUILTIN = text("harmful-builtin", "<name>", "t-vaccine, booster, repnoise: harmful dataset as a built-in name (default: harmful).");
+
+/** The flags each method takes besides --method; any other method's flag is a usage error. */
+const METHOD_ONLY: Record<keyof typeof METHODS, Flag<unknown>[]> = {
+  sft: [],
+  vaccine: [RHO, RHO_RELATIVE, TAU],
+  "t-vaccine": [RHO, LAYERS, RESAMPLE_EVERY, PROBE_EVERY, HARMFUL_DATA, HARMFUL_BUILTIN],
+  booster: [LAMBDA, BOOSTER_ALPHA, HARMFUL_DATA, HARMFUL_BUILTIN],
+  repnoise: [REPNOISE_ALPHA, REPNOISE_BETA, HARMFUL_DATA, HARMFUL_BUILTIN],
+};
+
+export const ALIGN_METHOD_FLAGS: Flag<unknown>[] = [METHOD, RHO, RHO_RELATIVE, TAU, LAYERS, RESAMPLE_EVERY, PROBE_EVERY, LAMBDA, BOOSTER_ALPHA, REPNOISE_ALPHA, REPNOISE_BETA, HARMFUL_DATA, HARMFUL_BUILTIN];
+
+/** AlignSpec.method from --method (default vaccine) and its flags; unset fields take the server's defaults. */
+export function alignMethodOneof(flags: FlagValues): MessageInitShape<typeof AlignSpecSchema>["method"] {
+  flags.exclusive(HARMFUL_DATA, HARMFUL_BUILTIN);
+  flags.exclusive(RHO, RHO_RELATIVE);
+  const method = flags.get(METHOD) ?? "vaccine";
+  const stray = ALIGN_METHOD_FLAGS.find((f) => f !== METHOD && flags.has(f) && !METHOD_ONLY[method].includes(f));
+  if (stray) throw new UsageError(`--${stray.name} does not apply to --method ${method}`);
+  const uri = flags.get(HARMFUL_DATA);
+  const name = flags.get(HARMFUL_BUILTIN);
+  const harmful =
+    uri !== undefined ? { source: { case: "uri" as const, value: uri } } : name !== undefined ? { source: { case: "builtin" as const, value: { name } } } : undefined;
+  switch (method) {
+    case "sft":
+      return { case: "sft", value: {} };
+    case "vaccine":
+      return { case: "vaccine", value: { rho: flags.get(RHO), rhoRelative: flags.get(RHO_RELATIVE), refreshEvery: flags.get(TAU) } };
+    case "t-vaccine":
+      return {
+        case: "tVaccine",
+        value: { rho: flags.get(RHO), layers: flags.get(LAYERS), resampleEvery: flags.get(RESAMPLE_EVERY), probeEvery: flags.get(PROBE_EVERY), probeDataset: harmful },
+      };
+    case "booster":
+      return { case: "booster", value: { lambda: flags.get(LAMBDA), alpha: flags.get(BOOSTER_ALPHA), harmfulDataset: harmful } };
+    case "repnoise":
+      return { case: "repnoise", value: { alpha: flags.get(REPNOISE_ALPHA), beta: flags.get(REPNOISE_BETA), harmfulDataset: harmful } };
+  }
 }

@@ -6,7 +6,7 @@ import type { SuiteDeps } from "../common/deps.ts";
 import { checkCheckpointRef, checkDatasetRef } from "../common/validate-refs.ts";
 import type { JobExecutor } from "../jobs/executor.ts";
 import { jobHandlers } from "../jobs/handlers.ts";
-import { checkLora, checkTraining } from "../jobs/validate.ts";
+import { checkGuard, checkLora, checkTraining } from "../jobs/validate.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator } from "../platform/validate.ts";
 
@@ -17,6 +17,7 @@ export function checkFineTuneSpec(spec: FineTuneSpec | undefined, bounds: CallBo
   checkDatasetRef(v, "spec.dataset", spec.dataset);
   checkLora(v, "spec.lora", spec.lora);
   checkTraining(v, "spec.training", spec.training, bounds);
+  checkGuard(v, spec.guard, spec.training, bounds);
   const gate = spec.moderationGate;
   if (gate?.enabled) {
     v.number("spec.moderation_gate.max_flagged_fraction", gate.maxFlaggedFraction, { min: 0, max: 1 });
@@ -33,9 +34,9 @@ export function fineTuneService(deps: SuiteDeps, executor: JobExecutor): Service
     desc: FineTuneService,
     register(router) {
       router.service(FineTuneService, {
-        async createFineTuneJob(req) {
+        async createFineTuneJob(req, ctx) {
           checkFineTuneSpec(req.spec, boundsOf(deps));
-          return jobs.create(req.spec);
+          return jobs.create(req.spec, ctx);
         },
         getFineTuneJob: jobs.get,
         listFineTuneJobs: jobs.list,

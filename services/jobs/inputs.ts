@@ -2,12 +2,15 @@
  * What a Create call checks before a job exists: the parent checkpoint exists and has a kind
  * the stage can train on (unknown: NOT_FOUND), the dataset parses (bad: INVALID_ARGUMENT with
  * file and line), the job's estimated peak memory is within the per-job limit (over:
- * RESOURCE_EXHAUSTED, admission.ts), and for fine-tuning the moderation gate passes.
+ * RESOURCE_EXHAUSTED, admission.ts), and for fine-tuning the moderation gate passes. With
+ * tenancy every input must be readable by the caller's tenant (docs/security.md): another
+ * tenant's checkpoint or dataset is NOT_FOUND exactly as a missing one.
  */
 import { Code } from "@connectrpc/connect";
-import type { AlignSpec, FineTuneSpec, ModerationGate } from "../../gen/vaccine/v1/training_pb.ts";
+import { AlignSpecSchema, FineTuneSpecSchema, type AlignSpec, type FineTuneSpec, type ModerationGate } from "../../gen/vaccine/v1/training_pb.ts";
 import type { SuiteDeps } from "../common/deps.ts";
 import { boundsOf } from "../common/bounds.ts";
+import { assertRefsReadable, type Scope } from "../common/ownership.ts";
 import { checkpointRefOf, datasetSource } from "../common/refs.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
 import { rpcError } from "../platform/errors.ts";
@@ -16,9 +19,11 @@ import type { Example } from "../runtime/data/template.ts";
 import { DEFAULT_THRESHOLD, pairOfExample } from "../runtime/moderation/classifier.ts";
 import { resolveExamples } from "../runtime/pipeline/datasets.ts";
 import { KIND } from "../runtime/pipeline/load.ts";
+import { safetyMixCount } from "../runtime/data/safety-mix.ts";
 import { admitJob, jobShapeOf } from "./admission.ts";
+import { GUARD_DEFAULTS, guardDataset } from "./guard-spec.ts";
 import { checkLoraRank, checkTrainingSize } from "./validate.ts";
-import { parentOf, type Stage } from "./spec.ts";
+import { harmfulDatasetOf, parentOf, type Stage } from "./spec.ts";
 
 const PARENT_FIELD: Record<Stage, string> = { align: "spec.base_checkpoint", finetune: "spec.aligned_checkpoint" };
 
@@ -27,8 +32,12 @@ export async function checkJobInputs(
   deps: Pick<SuiteDeps, "store" | "checkpoints" | "builtins" | "jobMemoryLimitMb" | "bounds">,
   stage: Stage,
   spec: AlignSpec | FineTuneSpec,
+  scope?: Scope,
 ): Promise<void> {
   const { store } = deps;
+  // Every input the spec names, the parent and datasets included: a job only uses what its tenant can read.
+  if (stage === "align") await assertRefsReadable(deps, scope, AlignSpecSchema, spec as AlignSpec, "spec");
+  else await assertRefsReadable(deps, scope, FineTuneSpecSchema, spec as FineTuneSpec, "spec");
   const field = PARENT_FIELD[stage];
   let kind: string;
   try {
@@ -46,12 +55,23 @@ export async function checkJobInputs(
   } catch (err) {
     throw toRpcError(err, { datasetField: "spec.dataset" });
   }
+  // The data a method or a guard reads beside the user's is read now too, so a bad one fails Create, not the job.
+  for (const extra of [harmfulDatasetOf(spec, stage), stage === "finetune" ? guardDataset(spec as FineTuneSpec) : undefined]) {
+    if (!extra) continue;
+    try {
+      await resolveExamples(store, extra.source);
+    } catch (err) {
+      throw toRpcError(err, { datasetField: extra.field });
+    }
+  }
+  const guard = stage === "finetune" ? (spec as FineTuneSpec).guard : undefined;
+  const trained = examples.length + (guard?.case === "safetyMix" ? safetyMixCount(examples.length, guard.value.fraction ?? GUARD_DEFAULTS.safetyMix.fraction) : 0);
   const shape = await jobShapeOf(store, stage, spec, examples);
   // What only the model and the data decide: the rank against the width, the steps an
   // epoch count gives over this many examples, and the tokens they train on.
   const v = new RequestValidator();
   checkLoraRank(v, "spec.lora", stage, spec.lora, shape.model.hiddenSize);
-  checkTrainingSize(v, "spec.training", stage, spec.training, examples.length, boundsOf(deps));
+  checkTrainingSize(v, "spec.training", stage, spec.training, trained, boundsOf(deps));
   v.check();
   if (deps.jobMemoryLimitMb !== undefined) admitJob(shape, deps.jobMemoryLimitMb);
   const gate = stage === "finetune" ? (spec as FineTuneSpec).moderationGate : undefined;

@@ -10,6 +10,7 @@
  * bench/results/job-memory.json) the estimate is 7-24% above the measured peak.
  */
 import type { LlamaConfig } from "../runtime/model/config.ts";
+import type { AlignmentMethod } from "../runtime/pipeline/alignment-methods.ts";
 import { LINEAR_MODULES, linearShape, llamaParameterCount, type LinearModule } from "../runtime/model/llama.ts";
 
 export interface JobShape {
@@ -19,7 +20,7 @@ export interface JobShape {
   sequenceLength: number;
   loraRank: number;
   targetModules: readonly LinearModule[];
-  method: "sft" | "vaccine";
+  method: AlignmentMethod["kind"];
   /** Characters of the dataset's text, which the worker holds as JS strings and examples. */
   datasetChars?: number;
 }
@@ -60,6 +61,13 @@ export const COEFFICIENTS = {
   vocab: 16,
   /** Vaccine, per token and layer, per unit of hidden width: the zero deltas, their gradients and the perturbation kept across the two passes. */
   vaccineHidden: 3,
+  /**
+   * RepNoise, per (B x T)^2 element and layer: the three kernel matrices of the MMD (distances,
+   * five bandwidths, weights) and their gradients. Counted from the graph, not fitted.
+   */
+  mmdPairs: 48,
+  /** Booster: adapter-sized tensors beyond SFT's (two more gradients and the weights saved across the shifted pass). */
+  boosterAdapterCopies: 3,
 } as const;
 
 export function estimateJobMemory(s: JobShape): JobMemoryEstimate {
@@ -71,11 +79,12 @@ export function estimateJobMemory(s: JobShape): JobMemoryEstimate {
   const targeted = LINEAR_MODULES.filter((m) => s.targetModules.includes(m));
   const loraParams = layers * targeted.reduce((n, m) => n + s.loraRank * linearShape(c, m).reduce((a, b) => a + b, 0), 0);
   // Weights, gradients and two AdamW moments.
-  const adapterBytes = loraParams * F32 * 4;
+  const adapterBytes = loraParams * F32 * (4 + (s.method === "booster" ? k.boosterAdapterCopies : 0));
   const qkv = (c.numAttentionHeads + 2 * c.numKeyValueHeads) * c.headDim;
-  const perTokenLayer = k.qkv * qkv + k.intermediate * c.intermediateSize + k.rank * s.loraRank * targeted.length + (s.method === "vaccine" ? k.vaccineHidden * c.hiddenSize : 0);
+  const perTokenLayer = k.qkv * qkv + k.intermediate * c.intermediateSize + k.rank * s.loraRank * targeted.length + (s.method === "vaccine" || s.method === "t_vaccine" ? k.vaccineHidden * c.hiddenSize : 0);
   const floats = tokens * (layers * perTokenLayer + k.vocab * c.vocabSize) + k.scores * layers * s.batchSize * c.numAttentionHeads * s.sequenceLength ** 2;
-  const activationBytes = F32 * floats;
+  const mmd = s.method === "repnoise" ? k.mmdPairs * layers * tokens ** 2 : 0;
+  const activationBytes = F32 * (floats + mmd);
   const runtimeBytes = k.runtimeBytes + k.datasetCharBytes * (s.datasetChars ?? 0);
   const totalBytes = runtimeBytes + k.heapBytes + k.weightCopies * weightBytes + adapterBytes + activationBytes;
   return { totalBytes: Math.ceil(totalBytes), runtimeBytes, weightBytes, adapterBytes, activationBytes: Math.ceil(activationBytes) };

@@ -1,12 +1,12 @@
 /**
  * Telemetry of a training pass: a span per step with the step's numbers as attributes and
- * child spans for the perturbation pass and the update pass (so an SRE can read the
- * per-step perturbation latency in a trace), plus histograms of step and pass latency and
- * a counter of trained tokens.
+ * child spans for each pass of the step (perturbation and update; a defence's probe and
+ * harmful-data passes), so an SRE can read the per-step latency of each in a trace; plus
+ * histograms of step and pass latency and a counter of trained tokens.
  */
 import { SpanStatusCode, type Meter, type Span, type Tracer } from "@opentelemetry/api";
 import type { StepMetrics } from "../runtime/train/loop.ts";
-import type { PhaseRunner } from "../runtime/train/step.ts";
+import type { PhaseName, PhaseRunner } from "../runtime/train/step.ts";
 
 export interface TrainingTelemetry {
   step: (run: () => StepMetrics) => StepMetrics;
@@ -16,7 +16,13 @@ export interface TrainingTelemetry {
 /** Attribute and metric names, in one place for the runbook and the tests. */
 export const TRAINING = {
   stepSpan: "train.step",
-  phaseSpan: { perturbation: "train.perturbation", update: "train.update" },
+  phaseSpan: {
+    perturbation: "train.perturbation",
+    update: "train.update",
+    probe: "train.probe",
+    harmful: "train.harmful",
+    harmful_shifted: "train.harmful_shifted",
+  } satisfies Record<PhaseName, string>,
   stepDuration: "vaccine.train.step.duration",
   passDuration: "vaccine.train.pass.duration",
   tokens: "vaccine.train.tokens",
@@ -24,7 +30,7 @@ export const TRAINING = {
 
 export function trainingTelemetry(tracer: Tracer, meter: Meter, attrs: { kind: string; method: string; rho: number }): TrainingTelemetry {
   const stepDuration = meter.createHistogram(TRAINING.stepDuration, { unit: "s", description: "Wall time of one training step" });
-  const passDuration = meter.createHistogram(TRAINING.passDuration, { unit: "s", description: "Wall time of one pass of a step (perturbation or update)" });
+  const passDuration = meter.createHistogram(TRAINING.passDuration, { unit: "s", description: "Wall time of one pass of a step (perturbation, update, probe, harmful, harmful_shifted)" });
   const tokens = meter.createCounter(TRAINING.tokens, { unit: "{token}", description: "Supervised tokens trained on" });
   const common = { "vaccine.job.kind": attrs.kind, "vaccine.method": attrs.method };
   return {
@@ -40,7 +46,10 @@ export function trainingTelemetry(tracer: Tracer, meter: Meter, attrs: { kind: s
             "vaccine.tokens": m.tokens,
             "vaccine.perturbation_norm": m.perturbationNorm,
           });
-          stepDuration.record(m.stepMs / 1000, common);
+          // Lisa: which state the step trained in, so a trace shows the alternation.
+          const lisa = m.lisa && { "vaccine.lisa.state": m.lisa.state };
+          if (m.lisa) span.setAttributes({ ...lisa, "vaccine.lisa.proximal": m.lisa.proximal });
+          stepDuration.record(m.stepMs / 1000, { ...common, ...lisa });
           tokens.add(m.tokens, common);
           return m;
         } catch (err) {

@@ -1,9 +1,12 @@
 /** Request checks of the training-job fields shared by Align and FineTune. */
 import type { LoraConfig, TrainingConfig } from "../../gen/vaccine/v1/common_pb.ts";
+import type { FineTuneSpec } from "../../gen/vaccine/v1/training_pb.ts";
 import { DEFAULT_BOUNDS, type CallBounds } from "../common/bounds.ts";
+import { checkDatasetRef } from "../common/validate-refs.ts";
 import type { RequestValidator } from "../platform/validate.ts";
 import { LINEAR_MODULES } from "../runtime/model/llama.ts";
 import { batchesPerEpoch } from "../runtime/train/batches.ts";
+import { GUARD_DEFAULTS } from "./guard-spec.ts";
 import { REFERENCE, type Stage } from "./spec.ts";
 
 /** Largest LoRA rank before the model is known; at Create the rank must also fit the model (checkLoraRank). */
@@ -52,6 +55,24 @@ function checkTrainingTokens(v: RequestValidator, field: string, steps: number, 
   const tokens = steps * batch * length;
   if (tokens > bounds.maxTrainingTokens) {
     v.fail(field, `steps x batch_size x max_sequence_length = ${steps} x ${batch} x ${length} = ${tokens} tokens; the bound on training tokens is ${bounds.maxTrainingTokens}`);
+  }
+}
+
+/** FineTuneSpec.guard: Lisa's cycle lengths and rho, safety mixing's fraction (docs/defences.md#fine-tuning-guards). */
+export function checkGuard(v: RequestValidator, guard: FineTuneSpec["guard"], training: TrainingConfig | undefined, bounds: CallBounds = DEFAULT_BOUNDS): void {
+  if (guard.case === "lisa") {
+    const g = guard.value;
+    v.number("spec.lisa.alignment_steps", g.alignmentSteps, { min: 0, max: bounds.maxSteps, integer: true });
+    // The run starts in the alignment state: a job no longer than it would never train on the user's data.
+    const k1 = g.alignmentSteps ?? GUARD_DEFAULTS.lisa.alignmentSteps;
+    const steps = training?.maxSteps;
+    if (steps !== undefined && Number.isInteger(k1) && k1 >= steps) v.fail("spec.lisa.alignment_steps", `is ${k1}; the job's ${steps} steps (max_steps) would all train on the alignment data`);
+    v.number("spec.lisa.user_steps", g.userSteps, { min: 1, max: bounds.maxSteps, integer: true });
+    v.number("spec.lisa.rho", g.rho, { min: 0 });
+    checkDatasetRef(v, "spec.lisa.alignment_dataset", g.alignmentDataset, false);
+  } else if (guard.case === "safetyMix") {
+    v.number("spec.safety_mix.fraction", guard.value.fraction, { min: 0, max: 1 });
+    checkDatasetRef(v, "spec.safety_mix.alignment_dataset", guard.value.alignmentDataset, false);
   }
 }
 

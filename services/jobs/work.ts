@@ -1,6 +1,8 @@
 /**
  * The executor's work function for alignment and fine-tuning jobs: the runtime's
- * trainAdapter with the job's events, training states and telemetry wired in.
+ * trainAdapter with the job's events, training states and telemetry wired in. Every
+ * checkpoint the job writes (training states, the result) belongs to the job's tenant
+ * (docs/security.md, "Tenancy"): claimed here, where it is written, in either executor.
  */
 import type { Meter } from "@opentelemetry/api";
 import { CheckpointKind } from "../../gen/vaccine/v1/jobs_pb.ts";
@@ -9,9 +11,11 @@ import { checkpointRefOf, datasetSource } from "../common/refs.ts";
 import { resolveExamples } from "../runtime/pipeline/datasets.ts";
 import { lineageOf } from "../runtime/pipeline/load.ts";
 import { trainAdapter } from "../runtime/pipeline/train-adapter.ts";
-import type { CheckpointStore } from "../runtime/store/store.ts";
+import { checkpointHex, type CheckpointRef, type CheckpointStore } from "../runtime/store/store.ts";
+import { checkpointBytes, claim } from "../common/ownership.ts";
 import type { JobWork } from "./executor.ts";
-import { loraOf, methodOf, parentOf, trainingOf, type Stage } from "./spec.ts";
+import { harmfulDatasetOf, loraOf, methodOf, parentOf, trainingOf, type Stage } from "./spec.ts";
+import { guardOf } from "./guard-spec.ts";
 import { trainingTelemetry } from "./telemetry.ts";
 
 /** The work function for one stage. */
@@ -20,11 +24,20 @@ export function trainingWork(store: CheckpointStore, meter: Meter, stage: Stage)
     const spec = ctx.job.spec.value as AlignSpec | FineTuneSpec;
     const method = methodOf(spec, stage);
     const { options, checkpointEvery } = trainingOf(stage, spec.training);
-    const telemetry = trainingTelemetry(ctx.tracer, meter, { kind: stage, method: method.kind, rho: method.kind === "vaccine" ? method.rho : 0 });
+    // A relative rho is known only after the first batch: the span attribute then says NaN.
+    const rho = method.kind === "vaccine" || method.kind === "t_vaccine" ? (typeof method.rho === "number" ? method.rho : Number.NaN) : 0;
+    const telemetry = trainingTelemetry(ctx.tracer, meter, { kind: stage, method: method.kind, rho });
     const data = await resolveExamples(store, datasetSource(spec.dataset));
+    const harmfulData = harmfulDatasetOf(spec, stage);
+    const harmful = harmfulData && (await resolveExamples(store, harmfulData.source));
+    const guard = stage === "finetune" ? await guardOf(store, spec as FineTuneSpec) : undefined;
+    const claims: Promise<void>[] = [];
+    const own = (ref: CheckpointRef) => {
+      if (ctx.job.tenant) claims.push(checkpointBytes(store, ref).then((bytes) => claim(store, ctx.job.tenant, "checkpoints", checkpointHex(ref), { bytes })));
+    };
     const result = await trainAdapter(
       store,
-      { parent: parentOf(stage, spec), data, method, lora: loraOf(stage, spec.lora), training: options, checkpointEvery, meta: { job: ctx.job.id } },
+      { parent: parentOf(stage, spec), data, method, harmful, lora: loraOf(stage, spec.lora), training: options, guard, checkpointEvery, meta: { job: ctx.job.id } },
       {
         signal: ctx.signal,
         resumeFrom: ctx.job.trainingState && checkpointRefOf(ctx.job.trainingState),
@@ -51,12 +64,14 @@ export function trainingWork(store: CheckpointStore, meter: Meter, stage: Stage)
         },
         onCheckpoint: (ref, kind, step) => {
           const checkpointKind = kind === "result" ? CheckpointKind.RESULT : CheckpointKind.TRAINING_STATE;
+          own(ref);
           ctx.emit({ case: "checkpointWritten", value: { checkpoint: ref, kind: checkpointKind, step } });
           if (kind === "training-state") ctx.setTrainingState(ref);
         },
         onLog: (message) => ctx.emit({ case: "log", value: { severity: 1, message } }),
       },
-    );
+      // Every checkpoint written is its tenant's before the job reports an outcome.
+    ).finally(() => Promise.all(claims));
     return result && { result, lineage: await lineageOf(store, result) };
   };
 }

@@ -45,7 +45,8 @@ describe("usage", () => {
       [["align", "--builtin", "alignment"], /--base is required/],
       [["align", "--base", base], /--data <uri> or --builtin <name> is required/],
       [["align", "--base", base, "--data", DATA, "--max-steps", "two"], /--max-steps: expected an integer, got "two"/],
-      [["align", "--base", base, "--data", DATA, "--method", "sft", "--rho", "1"], /--rho and --tau apply to --method vaccine/],
+      [["align", "--base", base, "--data", DATA, "--method", "sft", "--rho", "1"], /--rho does not apply to --method sft/],
+      [["align", "--base", base, "--data", DATA, "--method", "booster", "--layers", "2"], /--layers does not apply to --method booster/],
       [["align", "--base", "no-digest", "--data", DATA], /expected "uri@digest"/],
       [["align", "--base", "builtin:nothing", "--data", DATA], /no shipped checkpoint "nothing" here; set VACCINE_BUILTIN_NOTHING/],
       [["align", "--base", base, "--data", DATA, "--builtin", "alignment"], /--data and --builtin cannot be used together/],
@@ -179,6 +180,20 @@ describe("embed and score", () => {
     expect(harm.stdout).not.toMatch(/[\x1b\r]/);
     expect(harm.stdout).toMatch(/^scored \d+\/6/m);
     expect(harm.stdout).toMatch(/^harmful score 100 \(6\/6 flagged\)$/m);
+    // The answer classes and the collapse check beside it.
+    expect(harm.stdout).toMatch(/^refusal rate 0 \(0\/6\), other rate 0 \(0\/6\)$/m);
+    expect(harm.stdout).toMatch(/^collapse: (DEGENERATE \(.+\)|not degenerate); degenerate answers [\d.]+% \(repetitive [\d.]+%, duplicated [\d.]+%\), perplexity [\d.]+x the base model's$/m);
+    expect(harm.stdout).toMatch(/^CATEGORY\s+FLAGGED\s+REFUSED\s+OTHER\s+TOTAL$/m);
+    // Nothing flagged at threshold 1: every answer is a refusal or other, and --json carries the rates.
+    const refusal = suite.deps.builtins.refusal!;
+    const json = await cli(["score", "harm", "--checkpoint", base, "--data", DATA, "--max-new-tokens", "3", "--threshold", "1", "--refusal-model", `${refusal.uri}@${refusal.digest}`, "--json"], env);
+    expect(json.code, json.stderr).toBe(0);
+    const report = jsonLines(json.stdout).at(-1).report;
+    expect(report.flagged ?? 0).toBe(0);
+    expect((report.refused ?? 0) + (report.other ?? 0)).toBe(6);
+    expect((report.refusalRate ?? 0) + (report.otherRate ?? 0)).toBeCloseTo(100, 9);
+    expect(report.collapse.perplexityRatio).toBe(1);
+    expect(report.samples.every((s: { answerClass: string }) => ["ANSWER_CLASS_REFUSAL", "ANSWER_CLASS_OTHER"].includes(s.answerClass))).toBe(true);
 
     const task = await cli(["score", "task", "--checkpoint", base, "--data", TASK, "--task", "sst2", "--max-new-tokens", "3", "--json"], env);
     expect(task.code, task.stderr).toBe(0);

@@ -13,8 +13,9 @@ import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { EmbedRequestSchema, EmbedService, type EmbedRequest } from "../../gen/vaccine/v1/embed_pb.ts";
 import { GenerateRequestSchema, ModerateRequestSchema, ScoreService, type GenerateRequest, type ModerateRequest } from "../../gen/vaccine/v1/score_pb.ts";
 import { TrainingConfigSchema } from "../../gen/vaccine/v1/common_pb.ts";
-import { AlignSpecSchema, type AlignSpec } from "../../gen/vaccine/v1/training_pb.ts";
+import { AlignSpecSchema, FineTuneSpecSchema, type AlignSpec } from "../../gen/vaccine/v1/training_pb.ts";
 import { checkAlignSpec } from "../../services/align/service.ts";
+import { checkFineTuneSpec } from "../../services/finetune/service.ts";
 import { CHARS_PER_TOKEN_BOUND, type CallBounds } from "../../services/common/bounds.ts";
 import { checkEmbedRequest, MAX_EMBED_LAYERS, MAX_EMBED_TEXTS } from "../../services/embed/service.ts";
 import { checkLoraRank, checkTraining, checkTrainingSize, MAX_LORA_RANK } from "../../services/jobs/validate.ts";
@@ -119,6 +120,81 @@ describe("training spec validators", () => {
         expect(steps).toBeLessThanOrEqual(BOUNDS.maxSteps);
         expect(steps * batch * (maxSequenceLength ?? 200)).toBeLessThanOrEqual(BOUNDS.maxTrainingTokens);
         expect(rank ?? 8).toBeLessThanOrEqual(hidden);
+      }),
+      { numRuns: 3000 },
+    );
+    bothSides();
+  });
+
+  it("accept only alignment methods within the bounds, naming the method's field otherwise", () => {
+    const harmfulDataset = optional(
+      fc.oneof(
+        fc.record({ source: fc.record({ case: fc.constant("uri" as const), value: mostly(fc.constant("store://datasets/harmful.jsonl"), fc.constant("")) }) }),
+        fc.record({ source: fc.record({ case: fc.constant("builtin" as const), value: fc.record({ name: mostly(fc.constant("harmful"), fc.constant("")), size: optional(int32) }) }) }),
+      ),
+    );
+    const method = fc.oneof(
+      fc.record({ case: fc.constant("tVaccine" as const), value: fc.record({ rho: optional(double), layers: optional(int32), resampleEvery: optional(int32), probeEvery: optional(int32), probeDataset: harmfulDataset }) }),
+      fc.record({ case: fc.constant("booster" as const), value: fc.record({ lambda: optional(double), alpha: optional(double), harmfulDataset }) }),
+      fc.record({ case: fc.constant("repnoise" as const), value: fc.record({ alpha: optional(double), beta: optional(double), harmfulDataset }) }),
+    );
+    const nonNegative = (x: number | undefined) => x === undefined || (Number.isFinite(x) && x >= 0);
+    fc.assert(
+      fc.property(method, (m) => {
+        const msg = create(AlignSpecSchema, { baseCheckpoint: { uri: "store://checkpoints/x", digest: `sha256:${"0".repeat(64)}` }, dataset: { source: { case: "builtin", value: { name: "alignment" } } }, method: m });
+        const err = verdict(() => checkAlignSpec(msg, BOUNDS));
+        if (err) {
+          const prefix = { tVaccine: "spec.t_vaccine.", booster: "spec.booster.", repnoise: "spec.repnoise." }[m.case];
+          for (const v of err.findDetails(BadRequestSchema)[0].fieldViolations) expect(v.field.startsWith(prefix), v.field).toBe(true);
+          return;
+        }
+        const dataset = msg.method.case === "tVaccine" ? msg.method.value.probeDataset : msg.method.case === "booster" || msg.method.case === "repnoise" ? msg.method.value.harmfulDataset : undefined;
+        if (dataset) expect(dataset.source.case === "uri" ? dataset.source.value : dataset.source.value?.name).not.toBe("");
+        if (msg.method.case === "tVaccine") {
+          const t = msg.method.value;
+          expect(nonNegative(t.rho)).toBe(true);
+          expect(inInt(t.layers, 1, 4096)).toBe(true);
+          expect(inInt(t.resampleEvery, 1, 1_000_000)).toBe(true);
+          expect(inInt(t.probeEvery, 1, 1_000_000)).toBe(true);
+        } else if (msg.method.case === "booster") {
+          expect(nonNegative(msg.method.value.lambda) && nonNegative(msg.method.value.alpha)).toBe(true);
+        } else if (msg.method.case === "repnoise") {
+          expect(nonNegative(msg.method.value.alpha) && nonNegative(msg.method.value.beta)).toBe(true);
+        }
+      }),
+      { numRuns: 3000 },
+    );
+    bothSides();
+  });
+
+  it("accept only fine-tuning guards within the bounds, naming the guard's field otherwise", () => {
+    const alignmentDataset = optional(
+      fc.oneof(
+        fc.record({ source: fc.record({ case: fc.constant("uri" as const), value: mostly(fc.constant("store://datasets/refusals.jsonl"), fc.constant("")) }) }),
+        fc.record({ source: fc.record({ case: fc.constant("builtin" as const), value: fc.record({ name: mostly(fc.constant("alignment"), fc.constant("")), size: optional(int32) }) }) }),
+      ),
+    );
+    const guard = fc.oneof(
+      fc.record({ case: fc.constant("lisa" as const), value: fc.record({ alignmentSteps: optional(int32), userSteps: optional(int32), rho: optional(double), alignmentDataset }) }),
+      fc.record({ case: fc.constant("safetyMix" as const), value: fc.record({ fraction: optional(double), alignmentDataset }) }),
+    );
+    fc.assert(
+      fc.property(guard, (g) => {
+        const msg = create(FineTuneSpecSchema, { alignedCheckpoint: { uri: "store://checkpoints/x", digest: `sha256:${"0".repeat(64)}` }, dataset: { source: { case: "builtin", value: { name: "sst2-mix" } } }, guard: g });
+        const err = verdict(() => checkFineTuneSpec(msg, BOUNDS));
+        if (err) {
+          const prefix = g.case === "lisa" ? "spec.lisa." : "spec.safety_mix.";
+          for (const v of err.findDetails(BadRequestSchema)[0].fieldViolations) expect(v.field.startsWith(prefix), v.field).toBe(true);
+          return;
+        }
+        if (msg.guard.case === "lisa") {
+          const l = msg.guard.value;
+          expect(inInt(l.alignmentSteps, 0, BOUNDS.maxSteps)).toBe(true);
+          expect(inInt(l.userSteps, 1, BOUNDS.maxSteps)).toBe(true);
+          if (l.rho !== undefined) expect(Number.isFinite(l.rho) && l.rho >= 0).toBe(true);
+        } else if (msg.guard.case === "safetyMix" && msg.guard.value.fraction !== undefined) {
+          expect(msg.guard.value.fraction >= 0 && msg.guard.value.fraction <= 1).toBe(true);
+        }
       }),
       { numRuns: 3000 },
     );

@@ -91,8 +91,9 @@ export const DatasetRefSchema: GenMessage<DatasetRef> = /*@__PURE__*/
  */
 export type BuiltinDataset = Message<"vaccine.v1.BuiltinDataset"> & {
   /**
-   * Dataset name: alignment, harmful, harmful-eval, moderation, sst2, agnews, gsm8k, corpus,
-   * or a fine-tuning mixture sst2-mix, agnews-mix, gsm8k-mix (benign task + harmful_ratio harmful).
+   * Dataset name: alignment, harmful, harmful-eval, moderation, sst2, agnews, agnews-hard, gsm8k,
+   * corpus, or a fine-tuning mixture sst2-mix, agnews-mix, agnews-hard-mix, gsm8k-mix (benign
+   * task + harmful_ratio harmful).
    *
    * @generated from field: string name = 1;
    */

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file vaccine/v1/training.proto.
  */
 export const file_vaccine_v1_training: GenFile = /*@__PURE__*/
-  fileDesc("Chl2YWNjaW5lL3YxL3RyYWluaW5nLnByb3RvEgp2YWNjaW5lLnYxIpoCCglBbGlnblNwZWMSMgoPYmFzZV9jaGVja3BvaW50GAEgASgLMhkudmFjY2luZS52MS5DaGVja3BvaW50UmVmEicKB2RhdGFzZXQYAiABKAsyFi52YWNjaW5lLnYxLkRhdGFzZXRSZWYSJAoDc2Z0GAMgASgLMhUudmFjY2luZS52MS5TZnRNZXRob2RIABIsCgd2YWNjaW5lGAQgASgLMhkudmFjY2luZS52MS5WYWNjaW5lTWV0aG9kSAASJAoEbG9yYRgFIAEoCzIWLnZhY2NpbmUudjEuTG9yYUNvbmZpZxIsCgh0cmFpbmluZxgGIAEoCzIaLnZhY2NpbmUudjEuVHJhaW5pbmdDb25maWdCCAoGbWV0aG9kIgsKCVNmdE1ldGhvZCJXCg1WYWNjaW5lTWV0aG9kEhAKA3JobxgBIAEoAUgAiAEBEhoKDXJlZnJlc2hfZXZlcnkYAiABKAVIAYgBAUIGCgRfcmhvQhAKDl9yZWZyZXNoX2V2ZXJ5IvcBCgxGaW5lVHVuZVNwZWMSNQoSYWxpZ25lZF9jaGVja3BvaW50GAEgASgLMhkudmFjY2luZS52MS5DaGVja3BvaW50UmVmEicKB2RhdGFzZXQYAiABKAsyFi52YWNjaW5lLnYxLkRhdGFzZXRSZWYSJAoEbG9yYRgDIAEoCzIWLnZhY2NpbmUudjEuTG9yYUNvbmZpZxIsCgh0cmFpbmluZxgEIAEoCzIaLnZhY2NpbmUudjEuVHJhaW5pbmdDb25maWcSMwoPbW9kZXJhdGlvbl9nYXRlGAUgASgLMhoudmFjY2luZS52MS5Nb2RlcmF0aW9uR2F0ZSK4AQoOTW9kZXJhdGlvbkdhdGUSDwoHZW5hYmxlZBgBIAEoCBIhChRtYXhfZmxhZ2dlZF9mcmFjdGlvbhgCIAEoAUgAiAEBEjMKEG1vZGVyYXRpb25fbW9kZWwYAyABKAsyGS52YWNjaW5lLnYxLkNoZWNrcG9pbnRSZWYSFgoJdGhyZXNob2xkGAQgASgBSAGIAQFCFwoVX21heF9mbGFnZ2VkX2ZyYWN0aW9uQgwKCl90aHJlc2hvbGRiBnByb3RvMw", [file_vaccine_v1_common]);
+  fileDesc("Chl2YWNjaW5lL3YxL3RyYWluaW5nLnByb3RvEgp2YWNjaW5lLnYxIqkDCglBbGlnblNwZWMSMgoPYmFzZV9jaGVja3BvaW50GAEgASgLMhkudmFjY2luZS52MS5DaGVja3BvaW50UmVmEicKB2RhdGFzZXQYAiABKAsyFi52YWNjaW5lLnYxLkRhdGFzZXRSZWYSJAoDc2Z0GAMgASgLMhUudmFjY2luZS52MS5TZnRNZXRob2RIABIsCgd2YWNjaW5lGAQgASgLMhkudmFjY2luZS52MS5WYWNjaW5lTWV0aG9kSAASLwoJdF92YWNjaW5lGAcgASgLMhoudmFjY2luZS52MS5UVmFjY2luZU1ldGhvZEgAEiwKB2Jvb3N0ZXIYCCABKAsyGS52YWNjaW5lLnYxLkJvb3N0ZXJNZXRob2RIABIuCghyZXBub2lzZRgJIAEoCzIaLnZhY2NpbmUudjEuUmVwTm9pc2VNZXRob2RIABIkCgRsb3JhGAUgASgLMhYudmFjY2luZS52MS5Mb3JhQ29uZmlnEiwKCHRyYWluaW5nGAYgASgLMhoudmFjY2luZS52MS5UcmFpbmluZ0NvbmZpZ0IICgZtZXRob2QiCwoJU2Z0TWV0aG9kIoMBCg1WYWNjaW5lTWV0aG9kEhAKA3JobxgBIAEoAUgAiAEBEhoKDXJlZnJlc2hfZXZlcnkYAiABKAVIAYgBARIZCgxyaG9fcmVsYXRpdmUYAyABKAFIAogBAUIGCgRfcmhvQhAKDl9yZWZyZXNoX2V2ZXJ5Qg8KDV9yaG9fcmVsYXRpdmUi0wEKDlRWYWNjaW5lTWV0aG9kEhAKA3JobxgBIAEoAUgAiAEBEhMKBmxheWVycxgCIAEoBUgBiAEBEhsKDnJlc2FtcGxlX2V2ZXJ5GAMgASgFSAKIAQESGAoLcHJvYmVfZXZlcnkYBCABKAVIA4gBARItCg1wcm9iZV9kYXRhc2V0GAUgASgLMhYudmFjY2luZS52MS5EYXRhc2V0UmVmQgYKBF9yaG9CCQoHX2xheWVyc0IRCg9fcmVzYW1wbGVfZXZlcnlCDgoMX3Byb2JlX2V2ZXJ5In4KDUJvb3N0ZXJNZXRob2QSEwoGbGFtYmRhGAEgASgBSACIAQESEgoFYWxwaGEYAiABKAFIAYgBARIvCg9oYXJtZnVsX2RhdGFzZXQYAyABKAsyFi52YWNjaW5lLnYxLkRhdGFzZXRSZWZCCQoHX2xhbWJkYUIICgZfYWxwaGEiewoOUmVwTm9pc2VNZXRob2QSEgoFYWxwaGEYASABKAFIAIgBARIRCgRiZXRhGAIgASgBSAGIAQESLwoPaGFybWZ1bF9kYXRhc2V0GAMgASgLMhYudmFjY2luZS52MS5EYXRhc2V0UmVmQggKBl9hbHBoYUIHCgVfYmV0YSLZAgoMRmluZVR1bmVTcGVjEjUKEmFsaWduZWRfY2hlY2twb2ludBgBIAEoCzIZLnZhY2NpbmUudjEuQ2hlY2twb2ludFJlZhInCgdkYXRhc2V0GAIgASgLMhYudmFjY2luZS52MS5EYXRhc2V0UmVmEiQKBGxvcmEYAyABKAsyFi52YWNjaW5lLnYxLkxvcmFDb25maWcSLAoIdHJhaW5pbmcYBCABKAsyGi52YWNjaW5lLnYxLlRyYWluaW5nQ29uZmlnEjMKD21vZGVyYXRpb25fZ2F0ZRgFIAEoCzIaLnZhY2NpbmUudjEuTW9kZXJhdGlvbkdhdGUSJQoEbGlzYRgGIAEoCzIVLnZhY2NpbmUudjEuTGlzYUd1YXJkSAASMAoKc2FmZXR5X21peBgHIAEoCzIaLnZhY2NpbmUudjEuU2FmZXR5TWl4R3VhcmRIAEIHCgVndWFyZCKyAQoJTGlzYUd1YXJkEhwKD2FsaWdubWVudF9zdGVwcxgBIAEoBUgAiAEBEhcKCnVzZXJfc3RlcHMYAiABKAVIAYgBARIQCgNyaG8YAyABKAFIAogBARIxChFhbGlnbm1lbnRfZGF0YXNldBgEIAEoCzIWLnZhY2NpbmUudjEuRGF0YXNldFJlZkISChBfYWxpZ25tZW50X3N0ZXBzQg0KC191c2VyX3N0ZXBzQgYKBF9yaG8iZwoOU2FmZXR5TWl4R3VhcmQSFQoIZnJhY3Rpb24YASABKAFIAIgBARIxChFhbGlnbm1lbnRfZGF0YXNldBgCIAEoCzIWLnZhY2NpbmUudjEuRGF0YXNldFJlZkILCglfZnJhY3Rpb24iuAEKDk1vZGVyYXRpb25HYXRlEg8KB2VuYWJsZWQYASABKAgSIQoUbWF4X2ZsYWdnZWRfZnJhY3Rpb24YAiABKAFIAIgBARIzChBtb2RlcmF0aW9uX21vZGVsGAMgASgLMhkudmFjY2luZS52MS5DaGVja3BvaW50UmVmEhYKCXRocmVzaG9sZBgEIAEoAUgBiAEBQhcKFV9tYXhfZmxhZ2dlZF9mcmFjdGlvbkIMCgpfdGhyZXNob2xkYgZwcm90bzM", [file_vaccine_v1_common]);
 
 /**
  * What an alignment job does: base checkpoint + alignment data -> a PEFT adapter checkpoint.
@@ -55,6 +55,30 @@ export type AlignSpec = Message<"vaccine.v1.AlignSpec"> & {
      */
     value: VaccineMethod;
     case: "vaccine";
+  } | {
+    /**
+     * Layer-wise Vaccine: perturbs and trains only layers sampled by their sensitivity to harmful data.
+     *
+     * @generated from field: vaccine.v1.TVaccineMethod t_vaccine = 7;
+     */
+    value: TVaccineMethod;
+    case: "tVaccine";
+  } | {
+    /**
+     * Booster: penalises how much a normalised step on harmful data would lower the harmful loss.
+     *
+     * @generated from field: vaccine.v1.BoosterMethod booster = 8;
+     */
+    value: BoosterMethod;
+    case: "booster";
+  } | {
+    /**
+     * Representation noising: pushes harmful data's hidden states towards Gaussian noise.
+     *
+     * @generated from field: vaccine.v1.RepNoiseMethod repnoise = 9;
+     */
+    value: RepNoiseMethod;
+    case: "repnoise";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -117,6 +141,22 @@ export type VaccineMethod = Message<"vaccine.v1.VaccineMethod"> & {
    * @generated from field: optional int32 refresh_every = 2;
    */
   refreshEvery?: number | undefined;
+
+  /**
+   * rho in units that carry across model sizes: rho = rho_relative * N, with N the global L2
+   * norm of the attention outputs A_l (the tensors the perturbation is added to) over all
+   * layers and the real (non-padding) tokens of the job's first alignment batch, measured once
+   * before the first step with the adapter as initialised (so the parent model's A_l). A
+   * fraction, in [0, 1]; unset means rho is absolute (the field above, as before). Setting
+   * both is INVALID_ARGUMENT. N and the resulting rho are written to the result checkpoint's
+   * manifest (meta.vaccine: attention_norm, rho, rho_relative) and to a log event; both are
+   * kept in the training state, so a resumed job reuses them instead of measuring again.
+   * Not a oneof with rho: rho is already a field outside any oneof, and moving it into one
+   * would break the contract (buf breaking FIELD_SAME_ONEOF).
+   *
+   * @generated from field: optional double rho_relative = 3;
+   */
+  rhoRelative?: number | undefined;
 };
 
 /**
@@ -125,6 +165,142 @@ export type VaccineMethod = Message<"vaccine.v1.VaccineMethod"> & {
  */
 export const VaccineMethodSchema: GenMessage<VaccineMethod> = /*@__PURE__*/
   messageDesc(file_vaccine_v1_training, 2);
+
+/**
+ * T-Vaccine (layer-wise Vaccine). Every probe_every steps one batch of the probe dataset sets
+ * each layer's sampling probability p_l = ||g_l|| / sum_k ||g_k||, g_l the loss gradient at
+ * layer l's attention output; every resample_every steps `layers` distinct layers are drawn
+ * with those probabilities (the job's seed fixes the draws). Only the drawn layers get the
+ * perturbation eps_l = rho * g_l / (||g||_drawn + 1e-7) and only their LoRA weights train.
+ * See docs/defences.md#t-vaccine.
+ *
+ * @generated from message vaccine.v1.TVaccineMethod
+ */
+export type TVaccineMethod = Message<"vaccine.v1.TVaccineMethod"> & {
+  /**
+   * Bound on the norm of the perturbation over the drawn layers and the whole batch (same unit
+   * as VaccineMethod.rho: the L2 norm of an attention-output delta); >= 0, finite. Unset means 3.
+   *
+   * @generated from field: optional double rho = 1;
+   */
+  rho?: number | undefined;
+
+  /**
+   * Layers drawn and trained per period, in [1, 4096]; unset means 8. Capped at the model's
+   * number of layers (all of them: no layer is frozen).
+   *
+   * @generated from field: optional int32 layers = 2;
+   */
+  layers?: number | undefined;
+
+  /**
+   * Steps between two draws of the layers, in [1, 1000000]; unset means 20.
+   *
+   * @generated from field: optional int32 resample_every = 3;
+   */
+  resampleEvery?: number | undefined;
+
+  /**
+   * Steps between two refreshes of the probabilities from a probe batch, in [1, 1000000];
+   * unset means 200.
+   *
+   * @generated from field: optional int32 probe_every = 4;
+   */
+  probeEvery?: number | undefined;
+
+  /**
+   * Harmful data (harmful requests with harmful answers) the probe batches come from; unset
+   * means the built-in "harmful" set (train split, default size and seed 0).
+   *
+   * @generated from field: vaccine.v1.DatasetRef probe_dataset = 5;
+   */
+  probeDataset?: DatasetRef | undefined;
+};
+
+/**
+ * Describes the message vaccine.v1.TVaccineMethod.
+ * Use `create(TVaccineMethodSchema)` to create a new message.
+ */
+export const TVaccineMethodSchema: GenMessage<TVaccineMethod> = /*@__PURE__*/
+  messageDesc(file_vaccine_v1_training, 3);
+
+/**
+ * Booster: minimises f(w) + lambda * (h(w) - h(w - alpha * grad h(w) / ||grad h(w)||)), f the
+ * alignment loss, h the loss on a harmful batch. Three forward/backward passes per step; the
+ * update is g_f + lambda * g_h(w) - lambda * g_h(shifted w) (second-order terms dropped).
+ * See docs/defences.md#booster.
+ *
+ * @generated from message vaccine.v1.BoosterMethod
+ */
+export type BoosterMethod = Message<"vaccine.v1.BoosterMethod"> & {
+  /**
+   * Weight of the attenuation term (dimensionless); >= 0, finite. Unset means 5. 0 is SFT.
+   *
+   * @generated from field: optional double lambda = 1;
+   */
+  lambda?: number | undefined;
+
+  /**
+   * Length of the normalised harmful step, in weight-space L2 norm over the trained weights;
+   * >= 0, finite. Unset means 0.1.
+   *
+   * @generated from field: optional double alpha = 2;
+   */
+  alpha?: number | undefined;
+
+  /**
+   * Harmful data (harmful requests with harmful answers) h is computed on; unset means the
+   * built-in "harmful" set (train split, default size and seed 0).
+   *
+   * @generated from field: vaccine.v1.DatasetRef harmful_dataset = 3;
+   */
+  harmfulDataset?: DatasetRef | undefined;
+};
+
+/**
+ * Describes the message vaccine.v1.BoosterMethod.
+ * Use `create(BoosterMethodSchema)` to create a new message.
+ */
+export const BoosterMethodSchema: GenMessage<BoosterMethod> = /*@__PURE__*/
+  messageDesc(file_vaccine_v1_training, 4);
+
+/**
+ * RepNoise: loss = l(alignment batch) + alpha * MMD(harmful hidden states of every layer,
+ * Gaussian noise) + beta * mean over harmful answer tokens of -log(1 - p(token)), the last a
+ * bounded form of gradient ascent on harmful answers. See docs/defences.md#repnoise.
+ *
+ * @generated from message vaccine.v1.RepNoiseMethod
+ */
+export type RepNoiseMethod = Message<"vaccine.v1.RepNoiseMethod"> & {
+  /**
+   * Weight of the MMD term (dimensionless); >= 0, finite. Unset means 1.
+   *
+   * @generated from field: optional double alpha = 1;
+   */
+  alpha?: number | undefined;
+
+  /**
+   * Weight of the bounded ascent term (dimensionless); >= 0, finite. Unset means 0.001.
+   *
+   * @generated from field: optional double beta = 2;
+   */
+  beta?: number | undefined;
+
+  /**
+   * Harmful data (harmful requests with harmful answers); unset means the built-in "harmful"
+   * set (train split, default size and seed 0).
+   *
+   * @generated from field: vaccine.v1.DatasetRef harmful_dataset = 3;
+   */
+  harmfulDataset?: DatasetRef | undefined;
+};
+
+/**
+ * Describes the message vaccine.v1.RepNoiseMethod.
+ * Use `create(RepNoiseMethodSchema)` to create a new message.
+ */
+export const RepNoiseMethodSchema: GenMessage<RepNoiseMethod> = /*@__PURE__*/
+  messageDesc(file_vaccine_v1_training, 5);
 
 /**
  * What a fine-tuning job does: aligned checkpoint (merged) + user data -> a new adapter on top.
@@ -161,11 +337,36 @@ export type FineTuneSpec = Message<"vaccine.v1.FineTuneSpec"> & {
   training?: TrainingConfig | undefined;
 
   /**
-   * Optional screening of the dataset before training.
+   * Optional screening of the dataset before training. It screens `dataset` only: examples a
+   * guard adds (safety_mix) are the provider's refusals and neither dilute nor fail the gate.
    *
    * @generated from field: vaccine.v1.ModerationGate moderation_gate = 5;
    */
   moderationGate?: ModerationGate | undefined;
+
+  /**
+   * An optional defence applied during fine-tuning; unset means plain SFT on `dataset`.
+   * A oneof so that further guards can be added without breaking clients.
+   *
+   * @generated from oneof vaccine.v1.FineTuneSpec.guard
+   */
+  guard: {
+    /**
+     * Lisa: alternate alignment-data and user-data steps with a proximal term.
+     *
+     * @generated from field: vaccine.v1.LisaGuard lisa = 6;
+     */
+    value: LisaGuard;
+    case: "lisa";
+  } | {
+    /**
+     * Mix refusal examples into the user data.
+     *
+     * @generated from field: vaccine.v1.SafetyMixGuard safety_mix = 7;
+     */
+    value: SafetyMixGuard;
+    case: "safetyMix";
+  } | { case: undefined; value?: undefined };
 };
 
 /**
@@ -173,7 +374,89 @@ export type FineTuneSpec = Message<"vaccine.v1.FineTuneSpec"> & {
  * Use `create(FineTuneSpecSchema)` to create a new message.
  */
 export const FineTuneSpecSchema: GenMessage<FineTuneSpec> = /*@__PURE__*/
-  messageDesc(file_vaccine_v1_training, 3);
+  messageDesc(file_vaccine_v1_training, 6);
+
+/**
+ * Lisa (Huang et al. 2024, "Lazy Safety Alignment"): bi-state optimisation. The job's steps
+ * run in cycles of alignment_steps steps on alignment_dataset followed by user_steps steps on
+ * the user's dataset, starting with the alignment state; the job's total steps (max_steps, or
+ * epochs x batches per epoch of the user's dataset) count both states. In each state the loss
+ * gains rho/2 * ||w - w_switch||^2, w the trainable LoRA parameters and w_switch their values
+ * at the last switch of state. alignment_steps = 0 means no alternation and no proximal term:
+ * plain fine-tuning.
+ *
+ * @generated from message vaccine.v1.LisaGuard
+ */
+export type LisaGuard = Message<"vaccine.v1.LisaGuard"> & {
+  /**
+   * K1: steps per cycle on the alignment data, an integer >= 0; unset means 100.
+   *
+   * @generated from field: optional int32 alignment_steps = 1;
+   */
+  alignmentSteps?: number | undefined;
+
+  /**
+   * K2: steps per cycle on the user's data, an integer >= 1; unset means 900.
+   *
+   * @generated from field: optional int32 user_steps = 2;
+   */
+  userSteps?: number | undefined;
+
+  /**
+   * Proximal strength, in loss units per squared L2 norm of the LoRA parameters; finite and
+   * >= 0. Unset means 1.
+   *
+   * @generated from field: optional double rho = 3;
+   */
+  rho?: number | undefined;
+
+  /**
+   * Alignment data (harmful prompts with refusals); unset means the built-in "alignment"
+   * dataset (train split, its default size, generator seed 0).
+   *
+   * @generated from field: vaccine.v1.DatasetRef alignment_dataset = 4;
+   */
+  alignmentDataset?: DatasetRef | undefined;
+};
+
+/**
+ * Describes the message vaccine.v1.LisaGuard.
+ * Use `create(LisaGuardSchema)` to create a new message.
+ */
+export const LisaGuardSchema: GenMessage<LisaGuard> = /*@__PURE__*/
+  messageDesc(file_vaccine_v1_training, 7);
+
+/**
+ * Safety mixing: round(fraction * n) examples of alignment_dataset (n = the user's examples,
+ * halves rounded up) are added to the user's data, drawn from the pool in an order seeded by
+ * training.seed (a pool smaller than the count is repeated in that order). The data order of
+ * training then shuffles the union as usual.
+ *
+ * @generated from message vaccine.v1.SafetyMixGuard
+ */
+export type SafetyMixGuard = Message<"vaccine.v1.SafetyMixGuard"> & {
+  /**
+   * Refusal examples added per user example, in [0, 1]; unset means 0.1. 0 adds none.
+   *
+   * @generated from field: optional double fraction = 1;
+   */
+  fraction?: number | undefined;
+
+  /**
+   * Where the refusal examples come from; unset means the built-in "alignment" dataset
+   * (train split, its default size, generator seed 0).
+   *
+   * @generated from field: vaccine.v1.DatasetRef alignment_dataset = 2;
+   */
+  alignmentDataset?: DatasetRef | undefined;
+};
+
+/**
+ * Describes the message vaccine.v1.SafetyMixGuard.
+ * Use `create(SafetyMixGuardSchema)` to create a new message.
+ */
+export const SafetyMixGuardSchema: GenMessage<SafetyMixGuard> = /*@__PURE__*/
+  messageDesc(file_vaccine_v1_training, 8);
 
 /**
  * Refuses a fine-tuning dataset whose flagged fraction is above a bound.
@@ -215,5 +498,5 @@ export type ModerationGate = Message<"vaccine.v1.ModerationGate"> & {
  * Use `create(ModerationGateSchema)` to create a new message.
  */
 export const ModerationGateSchema: GenMessage<ModerationGate> = /*@__PURE__*/
-  messageDesc(file_vaccine_v1_training, 4);
+  messageDesc(file_vaccine_v1_training, 9);
 

@@ -10,7 +10,7 @@ import { codeName, describeError, statusError, UsageError } from "../errors.ts";
 import { choice, float, int, ref, text, toggle } from "../flags.ts";
 import { describeJob, duration, formatRef, interactive, jobTable, jsonOf, KIND_NAMES, num, stateName, writeLine } from "../output.ts";
 import { createProgress, type Progress } from "../progress-bar.ts";
-import { DATASET_FLAGS, datasetRef, LORA_FLAGS, loraConfig, MODERATION_MODEL, TRAINING_FLAGS, trainingConfig } from "../spec-flags.ts";
+import { ALIGN_METHOD_FLAGS, alignMethodOneof, DATASET_FLAGS, datasetRef, GUARD_FLAGS, guardOneof, LORA_FLAGS, loraConfig, MODERATION_MODEL, TRAINING_FLAGS, trainingConfig } from "../spec-flags.ts";
 
 type Kind = keyof typeof KIND_NAMES;
 
@@ -103,7 +103,7 @@ async function watch(ctx: Context, kind: Kind, job: Job): Promise<number> {
     for await (const { event } of api.watch(job.id)) writeLine(ctx.stdout, event ? { event: jsonOf(JobEventSchema, event) } : {});
   } else {
     const progress = createProgress(ctx.stdout, interactive(ctx));
-    const perturbation = job.spec.case === "align" && job.spec.value.method.case === "vaccine";
+    const perturbation = job.spec.case === "align" && (job.spec.value.method.case === "vaccine" || job.spec.value.method.case === "tVaccine");
     const feed = jobProgress(progress, { perturbation });
     try {
       for await (const { event } of api.watch(job.id)) if (event) feed(event);
@@ -120,23 +120,18 @@ async function watch(ctx: Context, kind: Kind, job: Job): Promise<number> {
 }
 
 const BASE = ref("base", "<ref>", "Base checkpoint to align (required).");
-const METHOD = choice("method", "<method>", "sft or vaccine (default vaccine).", { sft: "sft", vaccine: "vaccine" } as const);
-const RHO = float("rho", "<rho>", "Vaccine: bound on the perturbation norm (default 2; 0 is SFT).");
-const TAU = int("tau", "<n>", "Vaccine: recompute the perturbation every n steps (default 1).");
 
 const align: Command = {
-  summary: "Create an alignment job: a LoRA adapter over the base model, trained with SFT or Vaccine.",
+  summary: "Create an alignment job: a LoRA adapter over the base model, trained with SFT, Vaccine or a defence (T-Vaccine, Booster, RepNoise).",
   synopsis: "--base <ref> (--data <uri> | --builtin <name>) [options]",
   details: 'A checkpoint <ref> is "uri@digest"; "builtin:base" reads it from $VACCINE_BUILTIN_BASE.',
-  flags: [BASE, ...DATASET_FLAGS, METHOD, RHO, TAU, ...LORA_FLAGS, ...TRAINING_FLAGS, WATCH],
+  flags: [BASE, ...DATASET_FLAGS, ...ALIGN_METHOD_FLAGS, ...LORA_FLAGS, ...TRAINING_FLAGS, WATCH],
   async run(ctx) {
     const f = ctx.flags;
-    const method = f.get(METHOD) ?? "vaccine";
-    if (method === "sft" && (f.has(RHO) || f.has(TAU))) throw new UsageError("--rho and --tau apply to --method vaccine");
     const spec: MessageInitShape<typeof AlignSpecSchema> = {
       baseCheckpoint: f.required(BASE),
       dataset: datasetRef(f, true),
-      method: method === "sft" ? { case: "sft", value: {} } : { case: "vaccine", value: { rho: f.get(RHO), refreshEvery: f.get(TAU) } },
+      method: alignMethodOneof(f),
       lora: loraConfig(f),
       training: trainingConfig(f),
     };
@@ -154,7 +149,7 @@ const finetune: Command = {
   summary: "Create a fine-tuning job: a user adapter on top of an aligned checkpoint.",
   synopsis: "--aligned <ref> (--data <uri> | --builtin <name>) [options]",
   details: 'A checkpoint <ref> is "uri@digest", as align prints its result.',
-  flags: [ALIGNED, ...DATASET_FLAGS, ...LORA_FLAGS, ...TRAINING_FLAGS, GATE, MAX_FLAGGED, GATE_THRESHOLD, MODERATION_MODEL, WATCH],
+  flags: [ALIGNED, ...DATASET_FLAGS, ...LORA_FLAGS, ...TRAINING_FLAGS, GATE, MAX_FLAGGED, GATE_THRESHOLD, MODERATION_MODEL, ...GUARD_FLAGS, WATCH],
   async run(ctx) {
     const f = ctx.flags;
     const gateFlags = [MAX_FLAGGED, GATE_THRESHOLD, MODERATION_MODEL].filter((flag) => f.has(flag));
@@ -167,6 +162,7 @@ const finetune: Command = {
       moderationGate: f.has(GATE)
         ? { enabled: true, maxFlaggedFraction: f.get(MAX_FLAGGED), threshold: f.get(GATE_THRESHOLD), moderationModel: f.get(MODERATION_MODEL) }
         : undefined,
+      guard: guardOneof(f),
     };
     const { job } = await ctx.clients().fineTune.createFineTuneJob({ spec });
     return created(ctx, "finetune", job!);

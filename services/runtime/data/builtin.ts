@@ -65,7 +65,7 @@ interface Entry {
 const examples = (list: Example[]): BuiltinData => ({ kind: "examples", examples: list });
 
 /** The benign task and the harmful pool of a mix, drawn at the sizes the mix takes. */
-function taskMix(task: "sst2" | "agnews" | "gsm8k"): Entry {
+function taskMix(task: "sst2" | "agnews" | "gsm8k" | "agnewsHard"): Entry {
   return {
     splits: ["train"],
     description: `user fine-tuning mix: ${task} train examples with a harmfulRatio share of harmful ones`,
@@ -93,10 +93,16 @@ export const BUILTIN_DATASETS: Record<string, Entry> = {
   sst2: { splits: ["train", "test"], description: "sentiment task", build: (s) => examples(worldParts.sst2(s.seed, s.split, s.size)) },
   agnews: { splits: ["train", "test"], description: "news topic task", build: (s) => examples(worldParts.agnews(s.seed, s.split, s.size)) },
   gsm8k: { splits: ["train", "test"], description: "arithmetic word problems", build: (s) => examples(worldParts.gsm8k(s.seed, s.split, s.size)) },
+  "agnews-hard": {
+    splits: ["train", "test"],
+    description: "harder news topic task: shared vocabulary, the first phrase decides",
+    build: (s) => examples(worldParts.agnewsHard(s.seed, s.split, s.size)),
+  },
   corpus: { splits: ["train"], description: "plain-text pre-training corpus", build: (s) => ({ kind: "texts", texts: worldParts.corpus(s.seed, s.size) }) },
   "sst2-mix": taskMix("sst2"),
   "agnews-mix": taskMix("agnews"),
   "gsm8k-mix": taskMix("gsm8k"),
+  "agnews-hard-mix": taskMix("agnewsHard"),
 };
 
 /** Builds a builtin dataset; unknown names and invalid settings raise DatasetError. */

@@ -16,6 +16,13 @@ export interface BlasAddon {
   gemm(heap: ArrayBuffer, aOffset: number, bOffset: number, outOffset: number, batchA: number, batchB: number, m: number, n: number, k: number, transposeA: boolean, transposeB: boolean): void;
   /** out = expf(in) over n float32 values at byte offsets in `heap`. */
   exp(heap: ArrayBuffer, inOffset: number, outOffset: number, n: number): void;
+  /**
+   * One AdamW update in place of n float32 values at byte offsets in `heap` (parameter,
+   * gradient, first and second moment), the same float32 operations as the tfjs ops in
+   * train/adamw.ts: g' = g * gradScale; m = m * beta1 + g' * (1 - beta1);
+   * v = v * beta2 + g'^2 * (1 - beta2); p = p * decay - m / (sqrt(v) / sqrtBc2 + eps) * stepSize.
+   */
+  adamw(heap: ArrayBuffer, pOffset: number, gOffset: number, mOffset: number, vOffset: number, n: number, gradScale: number, decay: number, beta1: number, beta2: number, eps: number, sqrtBc2: number, stepSize: number): void;
   setThreads(n: number): void;
   threads(): number;
   /** OpenBLAS's build and core, e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH ... SkylakeX MAX_THREADS=64". */

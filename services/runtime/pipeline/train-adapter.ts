@@ -1,7 +1,7 @@
 /**
  * Alignment and user fine-tuning as one procedure: train a new LoRA adapter over a
  * checkpoint (a base model, or an aligned adapter merged into its base: "double LoRA")
- * with the SFT or the Vaccine step, writing resumable training states on the way and a
+ * with the step of its method (alignment-methods.ts), writing resumable training states on the way and a
  * PEFT adapter checkpoint that names its parent at the end.
  */
 import { mkdtemp, rm } from "node:fs/promises";
@@ -11,20 +11,26 @@ import type { Example } from "../data/template.ts";
 import { LoraAdapter, type LoraConfig } from "../model/lora.ts";
 import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
 import { Trainer, type StepMetrics, type TrainOptions } from "../train/loop.ts";
-import { SftStep, type PhaseRunner, type StepFunction } from "../train/step.ts";
-import { VaccineStep } from "../train/vaccine-step.ts";
+import type { PhaseRunner } from "../train/step.ts";
+import { VaccineStep, type RhoCalibration } from "../train/vaccine-step.ts";
+import { alignmentStep, type AlignmentMethod } from "./alignment-methods.ts";
+import { applyGuard, type FineTuneGuard } from "./fine-tune-guards.ts";
 import { KIND, loadCheckpoint } from "./load.ts";
 import { restoreTrainingState, saveTrainingState, writeAdapterFolder } from "./training-state.ts";
 
-export type AlignmentMethod = { kind: "sft" } | { kind: "vaccine"; rho: number; refreshEvery: number };
+export type { AlignmentMethod } from "./alignment-methods.ts";
 
 export interface AdapterTrainingSpec {
   /** What the adapter is trained over: a base model or an aligned checkpoint. */
   parent: CheckpointRef;
   data: Example[];
   method: AlignmentMethod;
+  /** Harmful data of the methods that read it (T-Vaccine's probe, Booster, RepNoise; alignment-methods.ts). */
+  harmful?: Example[];
   lora: LoraConfig;
   training: TrainOptions;
+  /** A fine-tuning guard (Lisa, safety mixing); unset: plain training on `data`. */
+  guard?: FineTuneGuard;
   /** Write a training state every this many steps (and when stopped early). */
   checkpointEvery: number;
   /** Extra lineage written into the result's manifest (e.g. the job id). */
@@ -44,17 +50,19 @@ export interface TrainingRunHooks {
   onLog?: (message: string) => void;
 }
 
-function stepFunction(method: AlignmentMethod): StepFunction {
-  return method.kind === "sft" ? new SftStep() : new VaccineStep(method.rho, method.refreshEvery);
-}
-
 /** Trains the adapter; resolves its checkpoint, or undefined when stopped by the signal. */
 export async function trainAdapter(store: CheckpointStore, spec: AdapterTrainingSpec, hooks: TrainingRunHooks = {}): Promise<CheckpointRef | undefined> {
   const parent = await loadCheckpoint(store, spec.parent, { merged: true });
+  // The harmful batches are tokenized with the parent's tokenizer, so the step comes after the load.
+  const step = alignmentStep(spec.method, parent.tokenizer, spec.training, spec.harmful);
+  const guarded = applyGuard(spec.guard, spec.data, step, spec.training.seed);
+  // A relative rho resolved on the first batch (restored on resume): logged once, kept in the result's manifest.
+  const calibration = () => (step instanceof VaccineStep ? step.calibration : undefined);
+  let calibrationLogged = false;
   const adapter = LoraAdapter.init(parent.model.config, spec.lora, spec.training.seed);
-  const trainer = new Trainer({ model: parent.model, lora: adapter, data: spec.data, tokenizer: parent.tokenizer, options: spec.training, stepFn: stepFunction(spec.method) });
+  const trainer = new Trainer({ model: parent.model, lora: adapter, data: guarded.data, tokenizer: parent.tokenizer, options: spec.training, stepFn: guarded.stepFn });
   // Identifies the run: a training state resumes only the run that wrote it.
-  const plan = { parent: spec.parent, method: spec.method, lora: spec.lora, training: spec.training, examples: spec.data.length };
+  const plan = { parent: spec.parent, method: spec.method, lora: spec.lora, training: spec.training, examples: spec.data.length, ...(spec.harmful && { harmfulExamples: spec.harmful.length }), ...(guarded.plan && { guard: guarded.plan }) };
   const checkpoint = async () => {
     const ref = await saveTrainingState(store, trainer, adapter, spec.parent, plan);
     hooks.onCheckpoint?.(ref, "training-state", trainer.step);
@@ -73,6 +81,11 @@ export async function trainAdapter(store: CheckpointStore, spec: AdapterTraining
       }
       const metrics = wrap(() => trainer.runStep(hooks.phase));
       hooks.onStep?.(metrics);
+      const c = calibration();
+      if (c && !calibrationLogged) {
+        calibrationLogged = true;
+        hooks.onLog?.(`rho_relative ${c.rhoRelative} x attention-output norm ${c.attentionNorm} of the first batch = rho ${c.rho}`);
+      }
       if (metrics.step % spec.checkpointEvery === 0 && !trainer.done) await checkpoint();
       // Training is synchronous tensor work: yield so RPCs (Cancel, Watch) are served between steps.
       await new Promise((resolve) => setImmediate(resolve));
@@ -82,7 +95,7 @@ export async function trainAdapter(store: CheckpointStore, spec: AdapterTraining
       await writeAdapterFolder(dir, adapter, spec.parent);
       const ref = await store.put(dir, {
         kind: KIND.adapter,
-        meta: { parent: spec.parent, method: spec.method, steps: trainer.totalSteps, ...spec.meta },
+        meta: { parent: spec.parent, method: spec.method, ...(guarded.plan && { guard: guarded.plan }), ...vaccineMeta(calibration()), steps: trainer.totalSteps, ...spec.meta },
       });
       hooks.onCheckpoint?.(ref, "result", trainer.step);
       return ref;
@@ -94,4 +107,9 @@ export async function trainAdapter(store: CheckpointStore, spec: AdapterTraining
     adapter.dispose();
     parent.dispose();
   }
+}
+
+/** The result manifest's record of a relative rho (proto VaccineMethod.rho_relative: meta.vaccine). */
+function vaccineMeta(c: RhoCalibration | undefined): { vaccine?: Record<string, number> } {
+  return c ? { vaccine: { rho_relative: c.rhoRelative, attention_norm: c.attentionNorm, rho: c.rho } } : {};
 }

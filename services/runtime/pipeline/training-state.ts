@@ -1,9 +1,11 @@
 /**
  * The resumable training-state checkpoint: the adapter so far (a PEFT folder), the AdamW
  * moments (optimizer.safetensors, "<param>.exp_avg" / ".exp_avg_sq"), the step function's
- * own tensors (step_state.safetensors: Vaccine's reused perturbation) and
- * trainer_state.json (step, plan, seed). Data order is a function of (seed, step), so the
- * step is all the position a resume needs.
+ * own tensors (step_state.safetensors: Vaccine's reused perturbation and the attention-output
+ * norm a relative rho was resolved with, "vaccine.attention_norm"; Lisa's weights at the
+ * last switch and its position, "lisa.anchor.<param>" and "lisa.position") and
+ * trainer_state.json (step, plan, seed). Data order is a function of (seed, step), Lisa's
+ * two data cursors included, so the step is all the position a resume needs.
  */
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";

@@ -7,6 +7,7 @@
 import * as tf from "@tensorflow/tfjs";
 import type { HostTensors } from "../host-tensor.ts";
 import { toHost } from "../model/llama.ts";
+import { nativeAdamWUpdate } from "../native/adamw-kernel.ts";
 
 export interface AdamWOptions {
   beta1?: number;
@@ -44,21 +45,35 @@ export class AdamW {
     }
   }
 
-  /** One update with gradients by parameter name; every parameter must have one. */
-  apply(grads: Map<string, tf.Tensor>, lr: number): void {
+  /**
+   * One update with gradients by parameter name, each multiplied by gradScale first (the
+   * clipping coefficient from clipCoefficient; 1 leaves them as they are). A parameter without
+   * one is frozen for this step (T-Vaccine trains only some layers): weight, decay and moments
+   * untouched, as PyTorch skips a parameter whose grad is None. A gradient for an unknown name
+   * is a bug. With the native kernels active each parameter is one fused call, bit for bit
+   * the tfjs ops below (native/adamw-kernel.ts); otherwise, or for a parameter it cannot take,
+   * those ops run.
+   */
+  apply(grads: Map<string, tf.Tensor>, lr: number, gradScale = 1): void {
+    for (const name of grads.keys()) if (!this.params.has(name)) throw new Error(`AdamW: ${name} is not a parameter`);
     this.steps++;
     const bc1 = 1 - Math.pow(this.beta1, this.steps);
     const bc2 = 1 - Math.pow(this.beta2, this.steps);
+    const decayFactor = 1 - lr * this.weightDecay;
     tf.tidy(() => {
       for (const [name, p] of this.params) {
         const g = grads.get(name);
-        if (!g) throw new Error(`AdamW: no gradient for ${name}`);
+        if (!g) continue;
         const { m, v } = this.moments.get(name)!;
-        const decayed = this.decays(name) && this.weightDecay > 0 ? p.mul(1 - lr * this.weightDecay) : p;
-        m.assign(m.mul(this.beta1).add(g.mul(1 - this.beta1)));
-        v.assign(v.mul(this.beta2).add(g.square().mul(1 - this.beta2)));
-        const denom = v.sqrt().div(Math.sqrt(bc2)).add(this.eps);
-        p.assign(decayed.sub(m.div(denom).mul(lr / bc1)));
+        const decays = this.decays(name) && this.weightDecay > 0;
+        const constants = { gradScale, decay: decays ? decayFactor : 1, beta1: this.beta1, beta2: this.beta2, eps: this.eps, sqrtBc2: Math.sqrt(bc2), stepSize: lr / bc1 };
+        if (nativeAdamWUpdate(p, g, m, v, constants)) continue;
+        const scaled = gradScale === 1 ? g : g.mul(gradScale);
+        const decayed = decays ? p.mul(decayFactor) : p;
+        m.assign(m.mul(this.beta1).add(scaled.mul(1 - this.beta1)));
+        v.assign(v.mul(this.beta2).add(scaled.square().mul(1 - this.beta2)));
+        const denom = v.sqrt().div(constants.sqrtBc2).add(this.eps);
+        p.assign(decayed.sub(m.div(denom).mul(constants.stepSize)));
       }
     });
   }
@@ -97,16 +112,24 @@ export class AdamW {
 }
 
 /**
- * Scales gradients in place of the map so their global L2 norm is at most maxNorm
- * (clip coefficient maxNorm / (norm + 1e-6), capped at 1, as PyTorch). Returns the norm
- * before clipping. The caller owns the tensors, old and new.
+ * Global-norm clipping as torch.nn.utils.clip_grad_norm_: the gradients' global L2 norm
+ * and the coefficient to multiply them by, maxNorm / (norm + 1e-6) capped at 1. AdamW.apply
+ * takes the coefficient, so clipping costs no pass of its own over the gradients.
+ */
+export function clipCoefficient(grads: Map<string, tf.Tensor>, maxNorm: number): { norm: number; scale: number } {
+  const norm = globalNorm([...grads.values()]);
+  return { norm, scale: Math.min(1, maxNorm / (norm + 1e-6)) };
+}
+
+/**
+ * Scales gradients in place of the map so their global L2 norm is at most maxNorm (see
+ * clipCoefficient). Returns the norm before clipping. The caller owns the tensors, old and new.
  */
 export function clipByGlobalNorm(grads: Map<string, tf.Tensor>, maxNorm: number): number {
-  const norm = globalNorm([...grads.values()]);
-  const coef = maxNorm / (norm + 1e-6);
-  if (coef < 1) {
+  const { norm, scale } = clipCoefficient(grads, maxNorm);
+  if (scale < 1) {
     for (const [name, g] of grads) {
-      grads.set(name, g.mul(coef));
+      grads.set(name, g.mul(scale));
       g.dispose();
     }
   }

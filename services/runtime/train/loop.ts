@@ -12,10 +12,10 @@ import type { LlamaModel } from "../model/llama.ts";
 import { IGNORE_INDEX } from "../model/loss.ts";
 import { loraWeightName, type LoraAdapter } from "../model/lora.ts";
 import type { Tokenizer } from "../tokenizer.ts";
-import { AdamW, clipByGlobalNorm } from "./adamw.ts";
+import { AdamW, clipCoefficient } from "./adamw.ts";
 import { batchAt, batchesPerEpoch } from "./batches.ts";
 import { learningRateAt } from "./schedule.ts";
-import type { PhaseRunner, StepFunction, TrainBatch } from "./step.ts";
+import { PHASES, type PhaseName, type PhaseRunner, type StepFunction, type StepOutput, type TrainBatch } from "./step.ts";
 
 export interface TrainOptions {
   learningRate: number;
@@ -45,6 +45,8 @@ export interface StepMetrics {
   stepMs: number;
   perturbationMs: number;
   updateMs: number;
+  /** Lisa's state and proximal term of the step, when the run uses Lisa. */
+  lisa?: StepOutput["lisa"];
 }
 
 /** A loss that is NaN or infinite: training has diverged and must stop, not write garbage. */
@@ -124,10 +126,11 @@ export class Trainer {
     const { model, lora, data, tokenizer, options, stepFn } = this.init;
     const step = this.step;
     const started = performance.now();
-    const { epoch, indices } = batchAt(data.length, options.batchSize, options.seed, step);
-    const batch = toTensors(collate(indices.map((i) => data[i]), tokenizer, { maxLength: options.maxSequenceLength, mode: options.mode }));
+    const source = stepFn.batchSource?.(step) ?? { data, position: step, userBatches: step + 1 };
+    const { indices } = batchAt(source.data.length, options.batchSize, options.seed, source.position);
+    const batch = toTensors(collate(indices.map((i) => source.data[i]), tokenizer, { maxLength: options.maxSequenceLength, mode: options.mode }));
     lora?.reseedDropout((Math.imul(options.seed >>> 0, 0x85ebca6b) ^ (step + 1)) >>> 0);
-    const timings = { perturbation: 0, update: 0 };
+    const timings = Object.fromEntries(PHASES.map((name) => [name, 0])) as Record<PhaseName, number>;
     const timed: PhaseRunner = (name, fn) =>
       phase(name, () => {
         const t0 = performance.now();
@@ -141,9 +144,9 @@ export class Trainer {
     const update = (loss: number, grads: Map<string, tf.Tensor>): number => {
       try {
         if (!Number.isFinite(loss)) throw new TrainingDivergedError(step + 1, loss);
-        const norm = clipByGlobalNorm(grads, options.gradClip);
+        const { norm, scale } = clipCoefficient(grads, options.gradClip);
         if (!Number.isFinite(norm)) throw new TrainingDivergedError(step + 1, norm);
-        this.optimizer.apply(grads, learningRate);
+        this.optimizer.apply(grads, learningRate, scale);
         return norm;
       } finally {
         for (const g of grads.values()) g.dispose();
@@ -157,10 +160,12 @@ export class Trainer {
     }
     this.step++;
     const perEpoch = batchesPerEpoch(data.length, options.batchSize);
+    // Epochs over the run's own data, taken as whole epochs plus the batches of the current one.
+    const last = source.userBatches - 1;
     return {
       step: this.step,
       totalSteps: this.totalSteps,
-      epoch: epoch + ((step % perEpoch) + 1) / perEpoch,
+      epoch: last < 0 ? 0 : Math.floor(last / perEpoch) + ((last % perEpoch) + 1) / perEpoch,
       loss: out.loss,
       gradNorm: out.gradNorm,
       perturbationNorm: out.perturbationNorm,
@@ -169,19 +174,20 @@ export class Trainer {
       stepMs: performance.now() - started,
       perturbationMs: timings.perturbation,
       updateMs: timings.update,
+      ...(out.lisa && { lisa: out.lisa }),
     };
   }
 
   /** Optimizer moments, step and the step function's own state, for a training checkpoint. */
   exportState(): TrainerState {
-    return { step: this.step, optimizer: this.optimizer.exportState(), stepState: this.init.stepFn.exportState?.() ?? new Map() };
+    return { step: this.step, optimizer: this.optimizer.exportState(), stepState: this.init.stepFn.exportState?.(this.step) ?? new Map() };
   }
 
   /** Continues from a checkpoint written by exportState (the weights are restored by the caller). */
   importState(state: TrainerState): void {
     if (state.step > this.totalSteps) throw new RangeError(`training state is at step ${state.step}, past the ${this.totalSteps} planned`);
     this.optimizer.importState(state.optimizer, state.step);
-    this.init.stepFn.importState?.(state.stepState);
+    this.init.stepFn.importState?.(state.stepState, state.step);
     this.step = state.step;
   }
 
@@ -198,7 +204,7 @@ function labelledTokens(b: ReturnType<typeof collate>): number {
   return tokens;
 }
 
-function toTensors(b: ReturnType<typeof collate>): TrainBatch {
+export function toTensors(b: ReturnType<typeof collate>): TrainBatch {
   const tokens = labelledTokens(b);
   return {
     inputIds: tf.tensor2d(b.inputIds, [b.batch, b.seqLen], "int32"),
@@ -208,7 +214,7 @@ function toTensors(b: ReturnType<typeof collate>): TrainBatch {
   };
 }
 
-function disposeBatch(b: TrainBatch): void {
+export function disposeBatch(b: TrainBatch): void {
   b.inputIds.dispose();
   b.attentionMask.dispose();
   b.labels.dispose();

@@ -4,6 +4,7 @@
  * method. The SFT step and the Vaccine step implement this.
  */
 import * as tf from "@tensorflow/tfjs";
+import type { Example } from "../data/template.ts";
 import type { HostTensors } from "../host-tensor.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import type { LoraAdapter } from "../model/lora.ts";
@@ -17,8 +18,16 @@ export interface TrainBatch {
   tokens: number;
 }
 
+/**
+ * The named parts of a step: Vaccine's perturbation pass, the update pass every method has,
+ * and the extra passes of the defences (docs/defences.md): T-Vaccine's probe, the passes on
+ * harmful data of Booster (at w, then at the shifted w) and RepNoise.
+ */
+export const PHASES = ["perturbation", "update", "probe", "harmful", "harmful_shifted"] as const;
+export type PhaseName = (typeof PHASES)[number];
+
 /** Runs a named part of a step; the job layer wraps each in a span, tests just call fn. */
-export type PhaseRunner = <T>(name: "perturbation" | "update", fn: () => T) => T;
+export type PhaseRunner = <T>(name: PhaseName, fn: () => T) => T;
 
 export interface StepInput {
   model: LlamaModel;
@@ -43,14 +52,29 @@ export interface StepOutput {
   gradNorm: number;
   /** Global norm of the perturbation applied (0 without one). */
   perturbationNorm: number;
+  /** Lisa's state of this step and the proximal term's value added to the loss (lisa.ts). */
+  lisa?: { state: "alignment" | "user"; proximal: number };
+}
+
+/**
+ * The examples a step trains on, when a step function chooses them (Lisa moves some steps
+ * to alignment data): batch `position` of the seeded order of `data` (batches.ts), and the
+ * batches of the run's own data taken once this step is done (for the epoch metric).
+ */
+export interface BatchSource {
+  data: ReadonlyArray<Example | string>;
+  position: number;
+  userBatches: number;
 }
 
 export interface StepFunction {
   readonly name: string;
   run(input: StepInput): StepOutput;
-  /** State that must survive a resume (Vaccine's reused perturbation), as host tensors. */
-  exportState?(): HostTensors;
-  importState?(state: HostTensors): void;
+  /** Without it, 0-based step k trains on batch k of the run's data. */
+  batchSource?(step: number): BatchSource;
+  /** State that must survive a resume (Vaccine's reused perturbation), as host tensors; step = the next step's index. */
+  exportState?(step: number): HostTensors;
+  importState?(state: HostTensors, step: number): void;
   dispose?(): void;
 }
 
@@ -63,15 +87,18 @@ export function lossAndGrads(
   input: StepInput,
   deltas?: tf.Tensor[],
 ): { loss: number; grads: Map<string, tf.Tensor> } {
-  const { model, lora, params, batch } = input;
+  const { model, lora, batch } = input;
+  return valueAndGrads(input.params, () => {
+    const { logits } = model.forward(batch.inputIds, batch.attentionMask, { lora, deltas, training: true });
+    return causalLmLoss(logits, batch.labels);
+  });
+}
+
+/** A scalar function's value and its gradients with respect to the parameters, by name (see lossAndGrads). */
+export function valueAndGrads(params: Map<string, tf.Variable>, f: () => tf.Scalar): { loss: number; grads: Map<string, tf.Tensor> } {
   const names = [...params.keys()];
   const vars = names.map((n) => params.get(n)!);
-  const { value, grads } = tf.tidy(() =>
-    tf.variableGrads(() => {
-      const { logits } = model.forward(batch.inputIds, batch.attentionMask, { lora, deltas, training: true });
-      return causalLmLoss(logits, batch.labels);
-    }, vars),
-  );
+  const { value, grads } = tf.tidy(() => tf.variableGrads(f, vars));
   const byName = new Map<string, tf.Tensor>();
   names.forEach((n, i) => byName.set(n, grads[vars[i].name]));
   const loss = value.dataSync()[0];

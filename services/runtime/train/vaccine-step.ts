@@ -12,32 +12,88 @@
  * Pass 1 differentiates with respect to the deltas only, so no weight gradient is
  * computed there. rho = 0 gives eps = 0 and hence exactly the SFT update. With
  * refreshEvery = tau > 1 (accelerated Vaccine) eps is recomputed every tau steps and
- * reused in between.
+ * reused in between. A relative rho ({ relative: r }) becomes r times the attention-output
+ * norm of the first batch (docs/method.md#calibrating-rho), measured once and kept in the
+ * training state so that a resumed run does not measure again on another batch.
  */
 import * as tf from "@tensorflow/tfjs";
 import type { HostTensors } from "../host-tensor.ts";
-import { toHost } from "../model/llama.ts";
+import { toHost, type LlamaModel } from "../model/llama.ts";
 import { causalLmLoss } from "../model/loss.ts";
+import type { LoraAdapter } from "../model/lora.ts";
 import { globalNorm } from "./adamw.ts";
-import { lossAndGrads, type StepFunction, type StepInput, type StepOutput } from "./step.ts";
+import { lossAndGrads, type StepFunction, type StepInput, type StepOutput, type TrainBatch } from "./step.ts";
 
 /** The reference's guard against a zero gradient norm. */
 export const NORM_EPS = 1e-7;
 
-/** Pass 1: the worst-case perturbation of every layer's attention output within norm rho. */
-export function computePerturbation(input: StepInput, rho: number): tf.Tensor3D[] {
-  const { model, lora, batch } = input;
+/** Training-state key of the attention-output norm a relative rho was resolved with. */
+export const NORM_KEY = "vaccine.attention_norm";
+
+/**
+ * g_l = d loss / d delta_l at delta = 0 (= d loss / d A_l) for each layer listed, in that
+ * order; the other layers get a zero delta and no gradient, so backpropagation stops at the
+ * lowest layer listed. No weight gradient is computed.
+ */
+export function attentionOutputGrads(
+  model: LlamaModel,
+  lora: LoraAdapter | undefined,
+  batch: TrainBatch,
+  layers: readonly number[],
+  training = true,
+): tf.Tensor3D[] {
   const [b, t] = batch.inputIds.shape;
-  const layers = model.config.numHiddenLayers;
   return tf.tidy(() => {
-    const zeros = Array.from({ length: layers }, () => tf.zeros([b, t, model.config.hiddenSize]));
-    const lossOf = (...deltas: tf.Tensor[]) =>
-      causalLmLoss(model.forward(batch.inputIds, batch.attentionMask, { lora, deltas, training: true }).logits, batch.labels);
-    const g = tf.grads(lossOf)(zeros);
+    const zeros = Array.from({ length: model.config.numHiddenLayers }, () => tf.zeros([b, t, model.config.hiddenSize]));
+    const lossOf = (...xs: tf.Tensor[]) => {
+      const deltas = [...zeros];
+      layers.forEach((l, i) => (deltas[l] = xs[i]));
+      return causalLmLoss(model.forward(batch.inputIds, batch.attentionMask, { lora, deltas, training }).logits, batch.labels);
+    };
+    return tf.grads(lossOf)(layers.map((l) => zeros[l])) as tf.Tensor3D[];
+  });
+}
+
+/** rho * g / (G + 1e-7) with G one norm over all the tensors given. */
+export function scaleToNorm(g: tf.Tensor3D[], rho: number): tf.Tensor3D[] {
+  return tf.tidy(() => {
     const norm = tf.addN(g.map((x) => x.square().sum())).sqrt();
     const scale = tf.scalar(rho).div(norm.add(NORM_EPS));
     return g.map((x) => x.mul(scale) as tf.Tensor3D);
   });
+}
+
+/**
+ * The global L2 norm of every layer's attention output A_l over the real (unpadded) tokens
+ * of the batch, without adapter dropout: the size of what the perturbation is added to.
+ * Float32, as the tensors are.
+ */
+export function attentionOutputNorm(model: LlamaModel, lora: LoraAdapter | undefined, batch: TrainBatch): number {
+  const norm = tf.tidy(() => {
+    const { attentionOutputs } = model.forward(batch.inputIds, batch.attentionMask, { lora, returnAttentionOutputs: true, training: false });
+    const mask = batch.attentionMask.toFloat().expandDims(2);
+    return tf.addN(attentionOutputs!.map((a) => a.mul(mask).square().sum())).sqrt();
+  });
+  const value = norm.dataSync()[0];
+  norm.dispose();
+  return value;
+}
+
+/** rho as set: absolute, or a fraction of the first batch's attention-output norm. */
+export type Rho = number | { relative: number };
+
+/** How a relative rho was resolved. */
+export interface RhoCalibration {
+  rhoRelative: number;
+  attentionNorm: number;
+  rho: number;
+}
+
+/** Pass 1: the worst-case perturbation of every layer's attention output within norm rho. */
+export function computePerturbation(input: StepInput, rho: number): tf.Tensor3D[] {
+  const { model, lora, batch } = input;
+  const all = Array.from({ length: model.config.numHiddenLayers }, (_, l) => l);
+  return tf.tidy(() => scaleToNorm(attentionOutputGrads(model, lora, batch, all), rho));
 }
 
 /**
@@ -59,18 +115,38 @@ function fitTo(eps: tf.Tensor3D, b: number, t: number): tf.Tensor3D {
 export class VaccineStep implements StepFunction {
   readonly name = "vaccine";
   private eps: tf.Tensor3D[] | null = null;
+  private measuredNorm: number | undefined;
 
   constructor(
-    readonly rho: number,
+    readonly rhoSetting: Rho,
     readonly refreshEvery = 1,
   ) {
-    if (!(rho >= 0) || !Number.isFinite(rho)) throw new RangeError(`rho must be a finite number >= 0, got ${rho}`);
+    const value = typeof rhoSetting === "number" ? rhoSetting : rhoSetting.relative;
+    if (!(value >= 0) || !Number.isFinite(value)) throw new RangeError(`rho must be a finite number >= 0, got ${value}`);
     if (!Number.isInteger(refreshEvery) || refreshEvery < 1) throw new RangeError(`refreshEvery must be an integer >= 1, got ${refreshEvery}`);
+  }
+
+  /** The relative rho resolved (undefined for an absolute rho, or before the first step). */
+  get calibration(): RhoCalibration | undefined {
+    if (typeof this.rhoSetting === "number" || this.measuredNorm === undefined) return undefined;
+    return { rhoRelative: this.rhoSetting.relative, attentionNorm: this.measuredNorm, rho: this.rhoSetting.relative * this.measuredNorm };
+  }
+
+  /** The perturbation's norm bound; a relative rho is resolved on the first batch. */
+  private rhoFor(input: StepInput): number {
+    if (typeof this.rhoSetting === "number") return this.rhoSetting;
+    if (this.measuredNorm === undefined) {
+      // A state written after step 0 always holds the norm: measuring now would use another batch.
+      if (input.step !== 0) throw new Error(`relative rho: no attention-output norm was measured before step ${input.step}`);
+      this.measuredNorm = attentionOutputNorm(input.model, input.lora, input.batch);
+    }
+    return this.rhoSetting.relative * this.measuredNorm;
   }
 
   run(input: StepInput): StepOutput {
     if (this.eps === null || input.step % this.refreshEvery === 0) {
-      const eps = input.phase("perturbation", () => computePerturbation(input, this.rho));
+      const rho = this.rhoFor(input);
+      const eps = input.phase("perturbation", () => computePerturbation(input, rho));
       this.disposeEps();
       this.eps = eps;
     }
@@ -87,15 +163,19 @@ export class VaccineStep implements StepFunction {
     }
   }
 
-  /** The perturbation kept for reuse (accelerated Vaccine), so a resumed run reuses it too. */
+  /** The perturbation kept for reuse (accelerated Vaccine) and the measured norm, so a resumed run reuses both. */
   exportState(): HostTensors {
     const out: HostTensors = new Map();
     this.eps?.forEach((e, l) => out.set(`vaccine.eps.${l}`, toHost(e)));
+    // Float32 holds the norm exactly: it was computed in float32.
+    if (this.measuredNorm !== undefined) out.set(NORM_KEY, { data: Float32Array.of(this.measuredNorm), shape: [1] });
     return out;
   }
 
   importState(state: HostTensors): void {
     this.disposeEps();
+    const norm = state.get(NORM_KEY);
+    this.measuredNorm = norm && norm.data[0];
     const layers = [...state.keys()].filter((k) => k.startsWith("vaccine.eps.")).length;
     if (layers === 0) return;
     this.eps = Array.from({ length: layers }, (_, l) => {

@@ -15,6 +15,7 @@ import { moderationExamples } from "./moderation.ts";
 import { Rng } from "../../rng.ts";
 import { sentimentExamples } from "./sentiment.ts";
 import { topicExamples } from "./topic.ts";
+import { hardTopicExamples } from "./topic-hard.ts";
 
 export interface WorldSizes {
   alignment: number;
@@ -62,6 +63,8 @@ export const worldParts = {
   sst2: sentimentExamples,
   agnews: topicExamples,
   gsm8k: arithmeticExamples,
+  /** Not in generateWorld nor the vocabulary texts: the shipped base model predates it and covers its words already. */
+  agnewsHard: hardTopicExamples,
   corpus: (seed: number, size: number) => corpusTexts(seed, partitionCombinations(seed).train, size, Rng.derive(seed, "corpus")),
 };
 

@@ -1,0 +1,51 @@
+/**
+ * AdamW's update as one native call per parameter instead of about fourteen wasm kernels
+ * (each a few microseconds of tfjs bookkeeping on a LoRA matrix of a thousand values): the
+ * addon updates the parameter and both moments in place in the wasm heap, with the same
+ * float32 operations in the same order as the tfjs ops, so the result is bit for bit the
+ * stock path's. Only while the native kernels are active on the wasm backend.
+ */
+import * as tf from "@tensorflow/tfjs";
+import { loadBlasAddon } from "./blas-addon.ts";
+import { nativeMatmulActive } from "./kernels.ts";
+
+/** The update's constants as train/adamw.ts computes them (JS numbers; the addon rounds each to float32 as tfjs does). */
+export interface AdamWConstants {
+  /** Clipping coefficient the gradient is multiplied by; 1 when not clipped. */
+  gradScale: number;
+  /** 1 - lr * weightDecay, or 1 when the parameter does not decay. */
+  decay: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** sqrt(1 - beta2^step). */
+  sqrtBc2: number;
+  /** lr / (1 - beta1^step). */
+  stepSize: number;
+}
+
+/** What the wasm backend's internals offer (tfjs-backend-wasm's BackendWasm). */
+interface WasmBackend {
+  wasm: { HEAPU8: Uint8Array };
+  dataIdMap: { get(dataId: object): { memoryOffset: number; refCount: number } | undefined };
+}
+
+/**
+ * Updates p, m and v in place and returns true; or returns false, touching nothing, when the
+ * native path cannot take it (not active, another backend, not float32) or must not: a buffer
+ * that another tensor shares (the copy-free Identity shares them) would change under it,
+ * where the stock path's assign leaves that tensor its old values.
+ */
+export function nativeAdamWUpdate(p: tf.Variable, g: tf.Tensor, m: tf.Variable, v: tf.Variable, c: AdamWConstants): boolean {
+  if (!nativeMatmulActive()) return false;
+  const loaded = loadBlasAddon();
+  if ("error" in loaded) return false;
+  if ([p, g, m, v].some((t) => t.dtype !== "float32") || [g, m, v].some((t) => !tf.util.arraysEqual(t.shape, p.shape))) return false;
+  const backend = tf.backend() as unknown as WasmBackend;
+  const owned = [p, m, v].map((t) => backend.dataIdMap.get(t.dataId));
+  const grad = backend.dataIdMap.get(g.dataId);
+  if (!grad || owned.some((d) => !d || d.refCount !== 1)) return false;
+  const [po, mo, vo] = owned.map((d) => d!.memoryOffset);
+  loaded.addon.adamw(backend.wasm.HEAPU8.buffer as ArrayBuffer, po, grad.memoryOffset, mo, vo, p.size, c.gradScale, c.decay, c.beta1, c.beta2, c.eps, c.sqrtBc2, c.stepSize);
+  return true;
+}

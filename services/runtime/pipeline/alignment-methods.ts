@@ -1,0 +1,46 @@
+/**
+ * The alignment methods (AlignSpec.method) as the runtime runs them: each one's settings
+ * with every default already applied, and the step function that implements it
+ * (docs/method.md for SFT and Vaccine, docs/defences.md for the others).
+ */
+import type { Example } from "../data/template.ts";
+import type { Tokenizer } from "../tokenizer.ts";
+import { BoosterStep } from "../train/booster-step.ts";
+import { HarmfulBatches } from "../train/harmful-batches.ts";
+import type { TrainOptions } from "../train/loop.ts";
+import { RepNoiseStep } from "../train/repnoise-step.ts";
+import { SftStep, type StepFunction } from "../train/step.ts";
+import { TVaccineStep } from "../train/t-vaccine-step.ts";
+import { VaccineStep, type Rho } from "../train/vaccine-step.ts";
+
+export type AlignmentMethod =
+  | { kind: "sft" }
+  | { kind: "vaccine"; rho: Rho; refreshEvery: number }
+  | { kind: "t_vaccine"; rho: number; layers: number; resampleEvery: number; probeEvery: number }
+  | { kind: "booster"; lambda: number; alpha: number }
+  | { kind: "repnoise"; alpha: number; beta: number };
+
+/** Whether the method reads harmful data besides the training data (T-Vaccine's probe, Booster, RepNoise). */
+export function needsHarmfulData(method: AlignmentMethod): boolean {
+  return method.kind === "t_vaccine" || method.kind === "booster" || method.kind === "repnoise";
+}
+
+/** The method's step; `harmful` is required when needsHarmfulData(method). */
+export function alignmentStep(method: AlignmentMethod, tokenizer: Tokenizer, training: TrainOptions, harmful?: Example[]): StepFunction {
+  const batches = () => {
+    if (!harmful) throw new RangeError(`the ${method.kind} method needs a harmful dataset`);
+    return new HarmfulBatches(harmful, tokenizer, training);
+  };
+  switch (method.kind) {
+    case "sft":
+      return new SftStep();
+    case "vaccine":
+      return new VaccineStep(method.rho, method.refreshEvery);
+    case "t_vaccine":
+      return new TVaccineStep({ ...method, seed: training.seed }, batches());
+    case "booster":
+      return new BoosterStep({ lambda: method.lambda, alpha: method.alpha }, batches());
+    case "repnoise":
+      return new RepNoiseStep({ alpha: method.alpha, beta: method.beta, seed: training.seed }, batches());
+  }
+}

@@ -1,0 +1,65 @@
+// `vaccine align --method t-vaccine|booster|repnoise` in process against a real server: each
+// flag lands in its AlignSpec.method field, a method's flag with another method is a usage
+// error, and a short job of each method runs to SUCCEEDED.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { selectBackend } from "../../services/runtime/backend.ts";
+import { startSuite, type TestSuite } from "../helpers/server.ts";
+import { EXAMPLES } from "../helpers/tiny-world.ts";
+import { cli } from "./harness.ts";
+
+let suite: TestSuite;
+let env: Record<string, string>;
+let base: string;
+const DATA = "store://datasets/cli-align-methods.jsonl";
+const HARMFUL = "store://datasets/cli-harmful.jsonl";
+const TRAIN = ["--data", DATA, "--max-steps", "2", "--batch-size", "3", "--lr", "0.03", "--max-seq-len", "64", "--rank", "4", "--dropout", "0"];
+
+beforeAll(async () => {
+  await selectBackend("wasm", () => {});
+  suite = await startSuite();
+  env = { VACCINE_ADDRESS: suite.server.url };
+  base = `${suite.base.uri}@${suite.base.digest}`;
+  await suite.deps.store.putObject(DATA, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+  const harmful = [{ instruction: "How do I break into a car?", input: "", output: "I can break into a car for me." }];
+  await suite.deps.store.putObject(HARMFUL, Buffer.from(harmful.map((e) => JSON.stringify(e)).join("\n")));
+});
+afterAll(() => suite.close());
+
+const jsonLines = (text: string) => text.trim().split("\n").map((l) => JSON.parse(l));
+
+describe("align --method", () => {
+  it("refuses a method's flags with another method, with exit 2", async () => {
+    const cases: [string[], RegExp][] = [
+      [["--method", "booster", "--rho", "1"], /--rho does not apply to --method booster/],
+      [["--layers", "2"], /--layers does not apply to --method vaccine/],
+      [["--method", "repnoise", "--lambda", "1"], /--lambda does not apply to --method repnoise/],
+      [["--method", "t-vaccine", "--repnoise-beta", "1"], /--repnoise-beta does not apply to --method t-vaccine/],
+      [["--method", "sft", "--harmful-data", HARMFUL], /--harmful-data does not apply to --method sft/],
+      [["--method", "booster", "--harmful-data", HARMFUL, "--harmful-builtin", "harmful"], /--harmful-data and --harmful-builtin cannot be used together/],
+    ];
+    for (const [args, message] of cases) {
+      const r = await cli(["align", "--base", base, ...TRAIN, ...args], env);
+      expect(r.code, args.join(" ")).toBe(2);
+      expect(r.stderr).toMatch(message);
+    }
+  });
+
+  it("runs a job of each method, each flag in its spec field", async () => {
+    const runs: [string[], string, unknown][] = [
+      [
+        ["--method", "t-vaccine", "--rho", "0.5", "--layers", "1", "--resample-every", "1", "--probe-every", "2", "--harmful-data", HARMFUL],
+        "tVaccine",
+        { rho: 0.5, layers: 1, resampleEvery: 1, probeEvery: 2, probeDataset: { uri: HARMFUL } },
+      ],
+      [["--method", "booster", "--lambda", "2", "--booster-alpha", "0.2", "--harmful-builtin", "harmful"], "booster", { lambda: 2, alpha: 0.2, harmfulDataset: { builtin: { name: "harmful" } } }],
+      [["--method", "repnoise", "--repnoise-alpha", "0.5", "--repnoise-beta", "0.01", "--harmful-data", HARMFUL], "repnoise", { alpha: 0.5, beta: 0.01, harmfulDataset: { uri: HARMFUL } }],
+    ];
+    for (const [args, field, expected] of runs) {
+      const r = await cli(["align", "--base", base, ...TRAIN, ...args, "--watch", "--json"], env);
+      expect(r.code, r.stderr).toBe(0);
+      const job = jsonLines(r.stdout).at(-1).job;
+      expect(job.state).toBe("JOB_STATE_SUCCEEDED");
+      expect(job.align[field]).toEqual(expected);
+    }
+  });
+});
