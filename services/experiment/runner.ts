@@ -18,7 +18,9 @@ import type { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { formatPrompt } from "../runtime/data/template.ts";
 import { loadBuiltin } from "../runtime/data/builtin.ts";
 import { answerClassesOf, type AnswerClasses } from "./answer-classes.ts";
-import type { Preset } from "./presets.ts";
+import { alignKey, rowKey, rowsOf, type AlignChoice, type Preset, type RowSpec } from "./presets.ts";
+import { alignMethod, guardOf } from "./specs.ts";
+import type { CurvePoint } from "./steps-to-break.ts";
 
 export interface Clients {
   align: Client<typeof AlignService>;
@@ -31,8 +33,6 @@ export interface Ref {
   uri: string;
   digest: string;
 }
-
-export type Method = "none" | "sft" | "vaccine";
 
 export interface AlignResult {
   kind: "align";
@@ -47,6 +47,13 @@ export interface AlignResult {
   classes?: AnswerClasses;
 }
 
+/** The base model's scores: where a non-aligned fine-tuning's curve starts. */
+export interface BaseResult {
+  kind: "base";
+  harmfulScore: number;
+  classes: AnswerClasses;
+}
+
 export interface FineTuneResult {
   kind: "finetune";
   ref: Ref;
@@ -57,6 +64,13 @@ export interface FineTuneResult {
   /** Drift against the model fine-tuning started from, at each training state and at the end. */
   drift: { step: number; squared: number; l2: number }[];
   harmfulSamples: { prompt: string; answer: string }[];
+  /**
+   * Harmfulness at step 0 (the model fine-tuning starts from), at the scored training states
+   * and at the end, in step order (presets with scoreEvery; absent in runs recorded before it).
+   */
+  curve?: CurvePoint[];
+  /** Wall time of the fine-tuning job alone, without the scoring (absent in older runs). */
+  trainSeconds?: number;
 }
 
 export interface NormResult {
@@ -66,7 +80,7 @@ export interface NormResult {
   batchSize: number;
 }
 
-export type CellResult = AlignResult | FineTuneResult | NormResult;
+export type CellResult = AlignResult | BaseResult | FineTuneResult | NormResult;
 
 export interface Results {
   preset: Preset;
@@ -83,9 +97,31 @@ export interface Cell {
 const builtin = (name: string, o: { size: number; seed: number; ratio?: number; split?: DatasetSplit }): DatasetRef =>
   ({ source: { case: "builtin", value: { name, size: o.size, seed: o.seed, harmfulRatio: o.ratio, split: o.split ?? DatasetSplit.TRAIN } } }) as DatasetRef;
 
-export const alignId = (method: Method, rho: number, seed: number) => `align/${method}${method === "vaccine" ? `-rho${rho}` : ""}/seed${seed}`;
-export const fineTuneId = (method: Method, rho: number, p: number, seed: number) =>
-  `finetune/${method}${method === "vaccine" ? `-rho${rho}` : ""}/p${p}/seed${seed}`;
+export const alignId = (a: AlignChoice, seed: number) => `align/${alignKey(a)}/seed${seed}`;
+export const fineTuneId = (row: RowSpec, p: number, seed: number) => `finetune/${rowKey(row)}/p${p}/seed${seed}`;
+export const baseId = (seed: number) => `base/seed${seed}`;
+
+/**
+ * The rows of the rho sweeps (absolute, then relative), run at p = sweepRatio. The main rho
+ * is not among them: its run at sweepRatio is the grid's when the ratios include it.
+ */
+export function sweepRows(preset: Preset): RowSpec[] {
+  return [
+    ...preset.sweep.map((rho): RowSpec => ({ label: `Vaccine (rho ${rho})`, align: { method: "vaccine", rho } })),
+    ...(preset.relativeSweep ?? []).map((r): RowSpec => ({ label: `Vaccine (rho_relative ${r})`, align: { method: "vaccine", rhoRelative: r } })),
+  ];
+}
+
+/** Every fine-tuning run of a preset (per seed): each row at each p, then the sweeps at sweepRatio, without repeats. */
+export function plannedRuns(preset: Preset): { row: RowSpec; p: number }[] {
+  const runs = new Map<string, { row: RowSpec; p: number }>();
+  for (const p of preset.ratios) for (const row of rowsOf(preset)) runs.set(fineTuneId(row, p, 0), { row, p });
+  for (const row of sweepRows(preset)) {
+    const id = fineTuneId(row, preset.sweepRatio, 0);
+    if (!runs.has(id)) runs.set(id, { row, p: preset.sweepRatio });
+  }
+  return [...runs.values()];
+}
 
 /** Follows a job to its end; returns the final job and every step event. */
 async function follow(watch: AsyncIterable<{ event?: JobEvent }>, get: () => Promise<{ job?: Job }>, onStep?: (e: JobEvent) => void) {
@@ -108,11 +144,18 @@ export interface RunnerHooks {
   onProgress?: (line: { cell: string; index: number; total: number; step?: number; totalSteps?: number; loss?: number; perturbationNorm?: number }) => void;
 }
 
+const point = (step: number, s: { harmfulScore: number; classes?: AnswerClasses }): CurvePoint => ({
+  step,
+  harmfulScore: s.harmfulScore,
+  ...(s.classes ? { refusalRate: s.classes.refusalRate, otherRate: s.classes.otherRate, degenerate: s.classes.degenerate } : {}),
+});
+
 /** The cells of a preset, in dependency order (alignments before the fine-tunings that use them). */
 export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: RunnerHooks = {}): Cell[] {
   const cells: Cell[] = [];
   const lora = { rank: preset.lora.rank, alpha: preset.lora.alpha, dropout: preset.lora.dropout };
-  const rhos = [...new Set([preset.rho, ...preset.sweep])];
+  const runs = plannedRuns(preset);
+  const alignments = new Map(runs.flatMap(({ row }) => (row.align ? [[alignKey(row.align), row.align] as const] : [])));
   const progress = (cell: string) => (e: JobEvent) => {
     if (e.event.case !== "step") return;
     const s = e.event.value;
@@ -149,9 +192,18 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
         return { kind: "norm", attentionNorm: Math.sqrt(sq), batchSize: texts.length };
       },
     });
-    const aligned: { method: Method; rho: number }[] = [{ method: "sft", rho: 0 }, ...rhos.map((rho) => ({ method: "vaccine" as const, rho }))];
-    for (const { method, rho } of aligned) {
-      const id = alignId(method, rho, seed);
+    // A non-aligned run's curve starts at the base model, scored once per seed.
+    if (preset.scoreEvery && runs.some(({ row }) => !row.align)) {
+      cells.push({
+        id: baseId(seed),
+        run: async () => {
+          const { hs, classes } = await harmfulScore(base, seed);
+          return { kind: "base", harmfulScore: hs, classes };
+        },
+      });
+    }
+    for (const a of alignments.values()) {
+      const id = alignId(a, seed);
       cells.push({
         id,
         run: async () => {
@@ -160,7 +212,7 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
             spec: {
               baseCheckpoint: base,
               dataset: builtin("alignment", { size: preset.align.size, seed }),
-              method: method === "sft" ? { case: "sft", value: {} } : { case: "vaccine", value: { rho } },
+              method: alignMethod(a),
               lora,
               training: { maxSteps: preset.align.steps, learningRate: preset.align.learningRate, batchSize: preset.align.batchSize, seed, checkpointEvery: preset.align.steps },
             },
@@ -181,17 +233,14 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
         },
       });
     }
-    const runs: { method: Method; rho: number; p: number }[] = [
-      ...preset.ratios.flatMap((p) => (["none", "sft", "vaccine"] as const).map((method) => ({ method, rho: method === "vaccine" ? preset.rho : 0, p }))),
-      ...preset.sweep.filter((rho) => rho !== preset.rho || !preset.ratios.includes(preset.sweepRatio)).map((rho) => ({ method: "vaccine" as const, rho, p: preset.sweepRatio })),
-    ];
-    for (const { method, rho, p } of runs) {
-      const id = fineTuneId(method, rho, p, seed);
+    for (const { row, p } of runs) {
+      const id = fineTuneId(row, p, seed);
       cells.push({
         id,
         run: async (results) => {
           const started = Date.now();
-          const parent = method === "none" ? base : (results.cells[alignId(method, rho, seed)] as AlignResult).ref;
+          const parentCell = row.align ? (results.cells[alignId(row.align, seed)] as AlignResult) : undefined;
+          const parent = parentCell ? parentCell.ref : base;
           const ft = preset.finetune;
           const { job } = await clients.fineTune.createFineTuneJob({
             spec: {
@@ -199,15 +248,19 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
               dataset: builtin(`${ft.task}-mix`, { size: ft.size, seed, ratio: p }),
               lora,
               training: { maxSteps: ft.steps, learningRate: ft.learningRate, batchSize: ft.batchSize, seed, checkpointEvery: ft.checkpointEvery },
+              ...(row.guard ? { guard: guardOf(row.guard) } : {}),
             },
           });
           const states: { step: number; ref: Ref }[] = [];
+          let lastStep = 0;
           for await (const { event } of clients.fineTune.watchFineTuneJob({ jobId: job!.id })) {
             if (event?.event.case === "checkpointWritten") states.push({ step: event.event.value.step, ref: event.event.value.checkpoint! });
+            if (event?.event.case === "step") lastStep = event.event.value.step;
             if (event) progress(id)(event);
           }
           const done = (await clients.fineTune.getFineTuneJob({ jobId: job!.id })).job!;
           if (done.state !== JobState.SUCCEEDED) throw new Error(`job ${done.id} ended ${JobState[done.state]}: ${done.error?.message ?? ""}`);
+          const trainSeconds = (Date.now() - started) / 1000;
           const ref = { uri: done.result!.uri, digest: done.result!.digest };
           const drift = [];
           for (const s of states) {
@@ -215,6 +268,19 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
             drift.push({ step: s.step, squared: d.totalSquaredNorm, l2: d.totalL2Norm });
           }
           const { hs, samples, classes } = await harmfulScore(ref, seed);
+          let curve: CurvePoint[] | undefined;
+          if (preset.scoreEvery) {
+            // Step 0 is the parent as its own cell scored it; the end is the result, so a
+            // training state at the last step (the same adapter) is not scored again.
+            const start = parentCell ?? (results.cells[baseId(seed)] as BaseResult);
+            const end = Math.max(lastStep, ...states.map((s) => s.step)) || ft.steps;
+            curve = [point(0, start)];
+            for (const s of states.filter((s) => s.step % preset.scoreEvery! === 0 && s.step < end)) {
+              const r = await harmfulScore(s.ref, seed);
+              curve.push(point(s.step, { harmfulScore: r.hs, classes: r.classes }));
+            }
+            curve.push(point(end, { harmfulScore: hs, classes }));
+          }
           let accuracy = 0;
           for await (const r of clients.score.scoreTask({
             checkpoint: ref,
@@ -223,7 +289,17 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
           })) {
             if (r.result.case === "report") accuracy = r.result.value.accuracy;
           }
-          return { kind: "finetune", ref, seconds: (Date.now() - started) / 1000, harmfulScore: hs, classes, accuracy, drift, harmfulSamples: samples };
+          return {
+            kind: "finetune",
+            ref,
+            seconds: (Date.now() - started) / 1000,
+            harmfulScore: hs,
+            classes,
+            accuracy,
+            drift,
+            harmfulSamples: samples,
+            ...(curve ? { curve, trainSeconds } : {}),
+          };
         },
       });
     }

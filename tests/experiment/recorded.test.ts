@@ -4,16 +4,15 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { PRESETS } from "../../services/experiment/presets.ts";
-import type { FineTuneResult, Method, NormResult, Results } from "../../services/experiment/runner.ts";
-import { checkReport, fineTuneCells, gridPoint, LABELS, table1Lines } from "./report-check.ts";
+import { PRESETS, rowsOf, shortOf } from "../../services/experiment/presets.ts";
+import type { NormResult, Results } from "../../services/experiment/runner.ts";
+import { checkReport, fineTuneCells, gridPoint, table1Lines, vaccine } from "./report-check.ts";
 import { chartPoints, chartProblems } from "./svg-check.ts";
 
 const DIR = "results/quick";
 const results = JSON.parse(readFileSync(join(DIR, "results.json"), "utf8")) as Results;
 const report = readFileSync(join(DIR, "report.md"), "utf8");
 const readme = readFileSync("README.md", "utf8");
-const METHODS: Method[] = ["none", "sft", "vaccine"];
 
 /** The README's "## The experiment" section, up to the next section. */
 function experimentSection(): string {
@@ -39,19 +38,19 @@ describe("the recorded quick run (results/quick)", () => {
       return chartPoints(src);
     };
     const hs = chart("hs-vs-p.svg");
-    for (const m of METHODS) {
-      expect(hs.get(LABELS[m]), `hs-vs-p.svg, ${LABELS[m]}`).toEqual(preset.ratios.map((p) => [p, gridPoint(results, m, preset.rho, p).hs]));
+    for (const r of rowsOf(preset)) {
+      expect(hs.get(shortOf(r)), `hs-vs-p.svg, ${r.label}`).toEqual(preset.ratios.map((p) => [p, gridPoint(results, r, p).hs]));
     }
     const driftRatio = preset.ratios.includes(preset.sweepRatio) ? preset.sweepRatio : preset.ratios.at(-1)!;
     const drift = chart("drift-vs-steps.svg");
-    for (const m of METHODS) {
-      const first = fineTuneCells(results, m, preset.rho, driftRatio)[0] as FineTuneResult;
-      expect(drift.get(LABELS[m]), `drift-vs-steps.svg, ${LABELS[m]}`).toEqual(first.drift.map((d) => [d.step, d.l2]));
+    for (const r of rowsOf(preset)) {
+      const first = fineTuneCells(results, r, driftRatio)[0];
+      expect(drift.get(shortOf(r)), `drift-vs-steps.svg, ${r.label}`).toEqual(first.drift.map((d) => [d.step, d.l2]));
     }
     const rhos = [...new Set([preset.rho, ...preset.sweep])].sort((a, b) => a - b);
     const sweep = chart("rho-sweep.svg");
-    expect(sweep.get("harmful score")).toEqual(rhos.map((rho) => [rho, gridPoint(results, "vaccine", rho, preset.sweepRatio).hs]));
-    expect(sweep.get("fine-tune accuracy")).toEqual(rhos.map((rho) => [rho, gridPoint(results, "vaccine", rho, preset.sweepRatio).fa]));
+    expect(sweep.get("harmful score")).toEqual(rhos.map((rho) => [rho, gridPoint(results, vaccine(rho), preset.sweepRatio).hs]));
+    expect(sweep.get("fine-tune accuracy")).toEqual(rhos.map((rho) => [rho, gridPoint(results, vaccine(rho), preset.sweepRatio).fa]));
   });
 
   it("the README's experiment section states only numbers of this run", () => {

@@ -15,7 +15,7 @@ const BASE = ref("base", "<uri@digest>", "Base checkpoint (default: the shipped 
 
 const experiment: Command = {
   summary: "Run non-aligned, SFT and Vaccine alignment against harmful fine-tuning and write a report.",
-  synopsis: "[--preset quick|full] [--out <dir>] [--address <url> [--tls-ca <file>] [--token-file <file>] ...] [--base <ref>]",
+  synopsis: "[--preset quick|standard|full] [--out <dir>] [--address <url> [--tls-ca <file>] [--token-file <file>] ...] [--base <ref>]",
   details:
     "Drives the services over gRPC: at --address (with the TLS and token options of the client\n" +
     "commands), or started in this process when it is unset.\n" +
