@@ -11,11 +11,14 @@ interface Stage {
   env: Record<string, string>;
   args: Record<string, string>;
   copies: string[];
+  /** COPY --from=<stage> sources and destinations. */
+  copiesFrom: { stage: string; source: string; dest: string }[];
+  runs: string[];
   user?: string;
   cmd?: string[];
 }
 
-/** Stages by name, with their base after ARG substitution, ENV, ARG, COPY sources, USER and CMD. */
+/** Stages by name, with their base after ARG substitution, ENV, ARG, COPY sources, RUN, USER and CMD. */
 function parseDockerfile(text: string): { stages: Record<string, Stage>; globalArgs: Record<string, string> } {
   const globalArgs: Record<string, string> = {};
   const stages: Record<string, Stage> = {};
@@ -27,7 +30,7 @@ function parseDockerfile(text: string): { stages: Record<string, Stage>; globalA
     const sub = (s: string) => s.replace(/\$\{(\w+)\}/g, (_, name: string) => args[name] ?? globalArgs[name] ?? "");
     if (instruction === "FROM") {
       const [, image, name] = /^(\S+)\s+AS\s+(\S+)$/i.exec(rest.trim())!;
-      stage = { from: sub(image), env: {}, args: {}, copies: [] };
+      stage = { from: sub(image), env: {}, args: {}, copies: [], copiesFrom: [], runs: [] };
       stages[name] = stage;
     } else if (instruction === "ARG") {
       const [name, value = ""] = rest.trim().split("=");
@@ -36,6 +39,11 @@ function parseDockerfile(text: string): { stages: Record<string, Stage>; globalA
       for (const [, k, v] of rest.matchAll(/(\w+)=(\S+)/g)) stage!.env[k] = v;
     } else if (instruction === "COPY" && !rest.includes("--from=")) {
       stage!.copies.push(...rest.trim().split(/\s+/).slice(0, -1));
+    } else if (instruction === "COPY") {
+      const [, from, source, dest] = /--from=(\S+)\s+(\S+)\s+(\S+)$/.exec(rest.trim())!;
+      stage!.copiesFrom.push({ stage: from, source, dest });
+    } else if (instruction === "RUN") {
+      stage!.runs.push(rest);
     } else if (instruction === "USER") {
       stage!.user = rest.trim();
     } else if (instruction === "CMD") {
@@ -103,5 +111,29 @@ describe("deploy/Dockerfile", () => {
       expect(existsSync(source), source).toBe(true);
       expect(allowed, source).toContain(source.replace(/\/$/, ""));
     }
+  });
+
+  it("the cpu target runs the native kernels: the addon built against OpenBLAS, copied where the runtime looks, the library installed", () => {
+    // The file the runtime loads: native/<addon>/build/Release/<target>.node beside package.json.
+    const gyp = JSON.parse(readFileSync("native/blas/binding.gyp", "utf8")) as { targets: { target_name: string }[] };
+    const addon = `native/blas/build/Release/${gyp.targets[0].target_name}.node`;
+    expect(readFileSync("services/runtime/native/blas-addon.ts", "utf8")).toContain(`join("native", "blas", "build", "Release", "${gyp.targets[0].target_name}.node")`);
+    const copy = stages.cpu.copiesFrom.find((c) => c.dest === addon);
+    expect(copy, "the cpu stage copies the addon").toBeDefined();
+    expect(copy!.source).toBe(`/app/${addon}`);
+    expect(stages.cpu.copies).toContain("package.json");
+
+    // The stage it comes from installs a compiler, make, python3 (node-gyp) and OpenBLAS's
+    // headers, builds with the package's script, and fails when the addon did not build
+    // (build.mjs itself exits 0 then, so that a checkout still installs).
+    const native = stages[copy!.stage];
+    const installs = (s: Stage) => s.runs.flatMap((r) => /apt-get install ([^&]*)/.exec(r)?.[1].split(/\s+/) ?? []);
+    for (const pkgName of ["gcc", "g++", "make", "python3", "libopenblas-dev"]) expect(installs(native), pkgName).toContain(pkgName);
+    expect(pkg.scripts["build:native"]).toBe("node native/build.mjs");
+    expect(native.copies).toEqual(expect.arrayContaining(["package.json", "native/"]));
+    expect(native.runs.join("\n")).toMatch(new RegExp(`npm run build:native\\s+&& test -f ${addon.replace(/\./g, "\\.")}`));
+
+    // The shared library it links, in the pthread build libopenblas-dev defaults to.
+    expect(installs(stages.cpu)).toContain("libopenblas0-pthread");
   });
 });
