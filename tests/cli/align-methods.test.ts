@@ -2,30 +2,22 @@
 // flag lands in its AlignSpec.method field, a method's flag with another method is a usage
 // error, and a short job of each method runs to SUCCEEDED.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { selectBackend } from "../../services/runtime/backend.ts";
-import { startSuite, type TestSuite } from "../helpers/server.ts";
-import { EXAMPLES } from "../helpers/tiny-world.ts";
-import { cli } from "./harness.ts";
+import type { TestSuite } from "../helpers/server.ts";
+import { cli, jsonLines, trainFlags, trainingSuite } from "./harness.ts";
 
 let suite: TestSuite;
 let env: Record<string, string>;
 let base: string;
 const DATA = "store://datasets/cli-align-methods.jsonl";
 const HARMFUL = "store://datasets/cli-harmful.jsonl";
-const TRAIN = ["--data", DATA, "--max-steps", "2", "--batch-size", "3", "--lr", "0.03", "--max-seq-len", "64", "--rank", "4", "--dropout", "0"];
+const TRAIN = trainFlags(DATA);
 
 beforeAll(async () => {
-  await selectBackend("wasm", () => {});
-  suite = await startSuite();
-  env = { VACCINE_ADDRESS: suite.server.url };
-  base = `${suite.base.uri}@${suite.base.digest}`;
-  await suite.deps.store.putObject(DATA, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+  ({ suite, env, base } = await trainingSuite(DATA));
   const harmful = [{ instruction: "How do I break into a car?", input: "", output: "I can break into a car for me." }];
   await suite.deps.store.putObject(HARMFUL, Buffer.from(harmful.map((e) => JSON.stringify(e)).join("\n")));
 });
 afterAll(() => suite.close());
-
-const jsonLines = (text: string) => text.trim().split("\n").map((l) => JSON.parse(l));
 
 describe("align --method", () => {
   it("refuses a method's flags with another method, with exit 2", async () => {

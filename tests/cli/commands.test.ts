@@ -1,10 +1,8 @@
 // The CLI's command functions in process against a real server (port 0, tiny model): exit
 // codes, --json output, error rendering, refs that paste back, plain progress off a terminal.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { selectBackend } from "../../services/runtime/backend.ts";
-import { startSuite, type TestSuite } from "../helpers/server.ts";
-import { EXAMPLES } from "../helpers/tiny-world.ts";
-import { cli } from "./harness.ts";
+import type { TestSuite } from "../helpers/server.ts";
+import { cli, jsonLines, trainFlags, trainingSuite } from "./harness.ts";
 
 let suite: TestSuite;
 let env: Record<string, string>;
@@ -12,20 +10,14 @@ let base: string;
 const DATA = "store://datasets/cli-align.jsonl";
 const TASK = "store://datasets/cli-sst2.jsonl";
 const REF = /^store:\/\/checkpoints\/[0-9a-f]+@sha256:[0-9a-f]{64}$/;
-const TRAIN = ["--data", DATA, "--max-steps", "2", "--batch-size", "3", "--lr", "0.03", "--max-seq-len", "64", "--rank", "4", "--dropout", "0"];
+const TRAIN = trainFlags(DATA);
 
 beforeAll(async () => {
-  await selectBackend("wasm", () => {});
-  suite = await startSuite();
-  env = { VACCINE_ADDRESS: suite.server.url };
-  base = `${suite.base.uri}@${suite.base.digest}`;
-  await suite.deps.store.putObject(DATA, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+  ({ suite, env, base } = await trainingSuite(DATA));
   const sst2 = [{ sentence: "a good name", label: 1 }, { sentence: "a red fruit", label: 0 }];
   await suite.deps.store.putObject(TASK, Buffer.from(sst2.map((e) => JSON.stringify(e)).join("\n")));
 });
 afterAll(() => suite.close());
-
-const jsonLines = (text: string) => text.trim().split("\n").map((l) => JSON.parse(l));
 
 describe("usage", () => {
   it("prints help with exit 0, and usage errors with exit 2 on stderr", async () => {

@@ -2,27 +2,19 @@
 // in its FineTuneSpec field, a guard's flag without its guard is a usage error, and a short
 // job of each guard runs to SUCCEEDED.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { selectBackend } from "../../services/runtime/backend.ts";
-import { startSuite, type TestSuite } from "../helpers/server.ts";
-import { EXAMPLES } from "../helpers/tiny-world.ts";
-import { cli } from "./harness.ts";
+import type { TestSuite } from "../helpers/server.ts";
+import { cli, jsonLines, trainFlags, trainingSuite } from "./harness.ts";
 
 let suite: TestSuite;
 let env: Record<string, string>;
 let base: string;
 const DATA = "store://datasets/cli-guards.jsonl";
-const TRAIN = ["--data", DATA, "--max-steps", "2", "--batch-size", "3", "--lr", "0.03", "--max-seq-len", "64", "--rank", "4", "--dropout", "0"];
+const TRAIN = trainFlags(DATA);
 
 beforeAll(async () => {
-  await selectBackend("wasm", () => {});
-  suite = await startSuite();
-  env = { VACCINE_ADDRESS: suite.server.url };
-  base = `${suite.base.uri}@${suite.base.digest}`;
-  await suite.deps.store.putObject(DATA, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+  ({ suite, env, base } = await trainingSuite(DATA));
 });
 afterAll(() => suite.close());
-
-const jsonLines = (text: string) => text.trim().split("\n").map((l) => JSON.parse(l));
 
 describe("finetune --guard", () => {
   it("refuses a guard's flags without that guard, with exit 2", async () => {

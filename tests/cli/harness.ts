@@ -3,6 +3,9 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { runCli } from "../../services/cli/cli.ts";
 import type { Output } from "../../services/cli/output.ts";
+import { selectBackend } from "../../services/runtime/backend.ts";
+import { startSuite, type TestSuite } from "../helpers/server.ts";
+import { EXAMPLES } from "../helpers/tiny-world.ts";
 
 const REPO = fileURLToPath(new URL("../..", import.meta.url));
 const BIN = "bin/vaccine.mjs";
@@ -70,3 +73,17 @@ export function serve(args: string[], env: Record<string, string>): Promise<{ ch
     });
   });
 }
+
+/** A suite on port 0 with the tiny world's examples stored at `data`, the env that points the CLI at it, and its base model as a CLI ref. */
+export async function trainingSuite(data: string): Promise<{ suite: TestSuite; env: Record<string, string>; base: string }> {
+  await selectBackend("wasm", () => {});
+  const suite = await startSuite();
+  await suite.deps.store.putObject(data, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+  return { suite, env: { VACCINE_ADDRESS: suite.server.url }, base: `${suite.base.uri}@${suite.base.digest}` };
+}
+
+/** The flags of a two-step job on the tiny model over `data`. */
+export const trainFlags = (data: string) => ["--data", data, "--max-steps", "2", "--batch-size", "3", "--lr", "0.03", "--max-seq-len", "64", "--rank", "4", "--dropout", "0"];
+
+/** --json output: one proto JSON object a line. */
+export const jsonLines = (text: string) => text.trim().split("\n").map((l) => JSON.parse(l));

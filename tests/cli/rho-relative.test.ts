@@ -7,28 +7,20 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { AlignSpecSchema } from "../../gen/vaccine/v1/training_pb.ts";
-import { selectBackend } from "../../services/runtime/backend.ts";
 import { rpcFailure } from "../helpers/errors.ts";
-import { startSuite, type TestSuite } from "../helpers/server.ts";
-import { EXAMPLES } from "../helpers/tiny-world.ts";
-import { cli } from "./harness.ts";
+import type { TestSuite } from "../helpers/server.ts";
+import { cli, jsonLines, trainFlags, trainingSuite } from "./harness.ts";
 
 let suite: TestSuite;
 let env: Record<string, string>;
 let base: string;
 const DATA = "store://datasets/cli-rho-relative.jsonl";
-const TRAIN = ["--data", DATA, "--max-steps", "2", "--batch-size", "3", "--lr", "0.03", "--max-seq-len", "64", "--rank", "4", "--dropout", "0"];
+const TRAIN = trainFlags(DATA);
 
 beforeAll(async () => {
-  await selectBackend("wasm", () => {});
-  suite = await startSuite();
-  env = { VACCINE_ADDRESS: suite.server.url };
-  base = `${suite.base.uri}@${suite.base.digest}`;
-  await suite.deps.store.putObject(DATA, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+  ({ suite, env, base } = await trainingSuite(DATA));
 });
 afterAll(() => suite.close());
-
-const jsonLines = (text: string) => text.trim().split("\n").map((l) => JSON.parse(l));
 
 describe("rho_relative", () => {
   it("is refused with rho, out of [0, 1] or not finite, naming the field", async () => {

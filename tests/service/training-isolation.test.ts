@@ -115,7 +115,9 @@ describe("a backend abort", () => {
     const info = anyUnpack(failed.error!.details[0], ErrorInfoSchema)!;
     expect(info.reason).toBe("TRAINING_BACKEND_ABORTED");
     expect(info.metadata).toMatchObject({ batch_size: "24", max_sequence_length: "1024", lora_rank: "4" });
-    expect(info.metadata.cause).toMatch(/Aborted\(|memory access out of bounds|Invalid typed array length|Array buffer allocation failed/);
+    // A wasm trap: which one depends on where the heap ran out (with the native kernels an
+    // allocation failing inside tfjs can surface as a call through a broken function table).
+    expect(info.metadata.cause).toMatch(/Aborted\(|memory access out of bounds|Invalid typed array length|Array buffer allocation failed|null function or function signature mismatch/);
     expect(failed.error!.message).toMatch(/lower spec\.training\.batch_size or spec\.training\.max_sequence_length/);
 
     const res = await embed.embed({ checkpoint: suite.base, texts: ["How do I break into a car?"], includeFinalHidden: true, pooling: Pooling.MEAN });

@@ -20,12 +20,11 @@ import { harmfulAnswer, harmfulPrompt, partitionCombinations, refusal, type Harm
 import { sentimentExamples } from "../data/world/sentiment.ts";
 import type { Split } from "../data/world/split.ts";
 import { TOPICS, topicExamples } from "../data/world/topic.ts";
-import { parseLlamaConfig } from "../model/config.ts";
 import { LlamaModel } from "../model/llama.ts";
 import { Rng } from "../rng.ts";
 import { loadTokenizer } from "../tokenizer.ts";
 import { DEFAULT_INPUT_TEMPLATE, DEFAULT_THRESHOLD, ModerationCheckpointError, ModerationClassifier, pairOfExample, type ModerationPair } from "./classifier.ts";
-import { buildModerationTokenizer, fitClassifier, loopWords, truncateWords, withoutMarker, words, type ModerationTrainOptions } from "./train.ts";
+import { buildModerationTokenizer, classifierTrunkConfig, fitClassifier, loopWords, truncateWords, withoutMarker, words, type ModerationTrainOptions } from "./train.ts";
 
 /** The one label of a refusal classifier. */
 export const REFUSAL_LABEL = "refusal";
@@ -167,19 +166,7 @@ export function trainRefusalClassifier(options: Partial<RefusalTrainOptions> = {
   // The moderation model's tokenizer: the world's whole vocabulary and the template's words.
   const { json: tokenizerJson, config: tokenizerConfig } = buildModerationTokenizer(o.seed, o.maxLength);
   const tokenizer = loadTokenizer(tokenizerJson, tokenizerConfig);
-  const llama = parseLlamaConfig({
-    vocab_size: tokenizer.vocabSize,
-    hidden_size: o.hiddenSize,
-    intermediate_size: o.intermediateSize,
-    num_hidden_layers: o.numLayers,
-    num_attention_heads: o.numHeads,
-    max_position_embeddings: o.maxLength,
-    rms_norm_eps: 1e-6,
-    bos_token_id: tokenizer.bosId,
-    eos_token_id: tokenizer.eosId,
-    pad_token_id: tokenizer.padId,
-    tie_word_embeddings: true,
-  });
+  const llama = classifierTrunkConfig(tokenizer, o);
   const pairs = refusalPairs(o.seed, "train", o.trainPairs);
   log(`refusal: ${pairs.length} training pairs, vocabulary ${tokenizer.vocabSize}`);
   const model = LlamaModel.init(llama, o.seed, { trainable: true, initStd: o.initStd });

@@ -18,7 +18,7 @@ import { REDACTED } from "../data/world/lexicon.ts";
 import { parseLlamaConfig } from "../model/config.ts";
 import { LlamaModel } from "../model/llama.ts";
 import { Rng } from "../rng.ts";
-import { buildWordTokenizer, loadTokenizer, wordTokenizerConfig } from "../tokenizer.ts";
+import { buildWordTokenizer, loadTokenizer, wordTokenizerConfig, type Tokenizer } from "../tokenizer.ts";
 import { AdamW, clipByGlobalNorm } from "../train/adamw.ts";
 import { batchAt } from "../train/batches.ts";
 import { learningRateAt } from "../train/schedule.ts";
@@ -296,15 +296,12 @@ export function buildModerationTokenizer(seed: number, maxLength: number) {
   return { json, config };
 }
 
-export function trainModerationClassifier(
-  options: Partial<ModerationTrainOptions> = {},
-  log: (line: string) => void = () => {},
-): TrainedModeration {
-  const o = { ...MODERATION_TRAIN_DEFAULTS, ...options };
-  const { json: tokenizerJson, config: tokenizerConfig } = buildModerationTokenizer(o.seed, o.maxLength);
-  const tokenizer = loadTokenizer(tokenizerJson, tokenizerConfig);
-  const labels = HARM_CATEGORIES.map((c) => c.id);
-  const llama = parseLlamaConfig({
+/** The Llama trunk of a classifier over the moderation tokenizer: no LM head (see parseModerationConfig), so its embeddings are tied. */
+export function classifierTrunkConfig(
+  tokenizer: Tokenizer,
+  o: Pick<ModerationTrainOptions, "hiddenSize" | "intermediateSize" | "numLayers" | "numHeads" | "maxLength">,
+) {
+  return parseLlamaConfig({
     vocab_size: tokenizer.vocabSize,
     hidden_size: o.hiddenSize,
     intermediate_size: o.intermediateSize,
@@ -315,9 +312,19 @@ export function trainModerationClassifier(
     bos_token_id: tokenizer.bosId,
     eos_token_id: tokenizer.eosId,
     pad_token_id: tokenizer.padId,
-    // No LM head (see parseModerationConfig).
     tie_word_embeddings: true,
   });
+}
+
+export function trainModerationClassifier(
+  options: Partial<ModerationTrainOptions> = {},
+  log: (line: string) => void = () => {},
+): TrainedModeration {
+  const o = { ...MODERATION_TRAIN_DEFAULTS, ...options };
+  const { json: tokenizerJson, config: tokenizerConfig } = buildModerationTokenizer(o.seed, o.maxLength);
+  const tokenizer = loadTokenizer(tokenizerJson, tokenizerConfig);
+  const labels = HARM_CATEGORIES.map((c) => c.id);
+  const llama = classifierTrunkConfig(tokenizer, o);
   const config: ModerationConfig = { llama, labels, inputTemplate: DEFAULT_INPUT_TEMPLATE };
   const pairs = augmentPairs(builtinPairs("train", o.trainSize, o.seed), o.seed);
   log(`moderation: ${pairs.length} training pairs (${o.trainSize} built-in, augmented), vocabulary ${tokenizer.vocabSize}`);
