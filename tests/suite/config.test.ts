@@ -21,6 +21,8 @@ describe("configuration", () => {
       maxRunningJobs: 1,
       jobMemoryLimitMb: "auto",
       modelCacheMb: 2048,
+      batchWindowMs: 2,
+      batchMaxRows: 128,
       maxDatasetMb: 1024,
       maxCheckpointMb: 65536,
       maxUploadFileMb: 32768,
