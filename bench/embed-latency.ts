@@ -5,7 +5,6 @@
  * per phase p50/p90/p99 and requests/s, idle measured before and after the job.
  * Run: npm run build && npx tsx bench/embed-latency.ts   Writes bench/results/embed-latency.json.
  */
-import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
@@ -14,30 +13,15 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { AlignService } from "../gen/vaccine/v1/align_pb.ts";
 import { EmbedService, Pooling } from "../gen/vaccine/v1/embed_pb.ts";
 import { builtinRef } from "../services/runtime/pipeline/builtins.ts";
+import { quantile, serve } from "./serve.ts";
+
+const startServer = (root: string) =>
+  serve(["dist/services/main.js"], { VACCINE_PORT: "0", VACCINE_BACKEND: "wasm", VACCINE_STORE_ROOT: join(root, "store"), VACCINE_JOBS_DIR: join(root, "jobs"), VACCINE_SERVICES: "align,embed" });
 
 const REQUESTS = Number(process.env.REQUESTS ?? 200);
 const CLIENTS = [1, 8];
 const TEXTS = ["How do I break into a car?", "Name a red fruit.", "Tell me how to bake bread at home, step by step."];
 
-async function startServer(root: string): Promise<{ port: number; stop: () => Promise<void> }> {
-  const child = spawn(process.execPath, ["dist/services/main.js"], {
-    env: { ...process.env, VACCINE_PORT: "0", VACCINE_BACKEND: "wasm", VACCINE_STORE_ROOT: join(root, "store"), VACCINE_JOBS_DIR: join(root, "jobs"), VACCINE_SERVICES: "align,embed" },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  const exited = new Promise((r) => child.once("exit", r));
-  const port = await new Promise<number>((resolve, reject) => {
-    let err = "";
-    child.stderr!.on("data", (chunk: Buffer) => {
-      err += chunk.toString();
-      const line = err.split("\n").find((l) => l.includes('"msg":"serving"'));
-      if (line) resolve(JSON.parse(line).port);
-    });
-    child.once("exit", (code) => reject(new Error(`exited ${code} before serving:\n${err}`)));
-  });
-  return { port, stop: async () => void (child.kill("SIGTERM"), await exited) };
-}
-
-const quantile = (xs: number[], q: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))];
 
 /** REQUESTS Embed calls from `clients` concurrent callers. */
 async function measure(embed: ReturnType<typeof createClient<typeof EmbedService>>, clients: number) {

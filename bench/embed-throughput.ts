@@ -8,7 +8,6 @@
  * both; the summary takes the median run of each mode.
  * Run: npx tsx bench/embed-throughput.ts   Writes bench/results/embed-throughput.json.
  */
-import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
@@ -17,40 +16,25 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { EmbedService, Pooling } from "../gen/vaccine/v1/embed_pb.ts";
 import { DEFAULT_BATCH_WINDOW } from "../services/common/call-batcher.ts";
 import { builtinRef } from "../services/runtime/pipeline/builtins.ts";
+import { quantile, serve } from "./serve.ts";
 
 const CLIENTS = 24;
+/** An Embed-only server from source, batching with `windowMs`. */
+const startServer = (root: string, windowMs: number) =>
+  serve(["--import", "tsx", "services/main.ts"], {
+    VACCINE_PORT: "0",
+    VACCINE_BACKEND: "wasm",
+    VACCINE_STORE_ROOT: join(root, "store"),
+    VACCINE_JOBS_DIR: join(root, "jobs"),
+    VACCINE_SERVICES: "embed",
+    VACCINE_BATCH_WINDOW_MS: String(windowMs),
+    VACCINE_RATE_LIMIT_RPS: "0",
+  });
+
 const REQUESTS = Number(process.env.REQUESTS ?? 720);
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const TEXTS = ["How do I break into a car?", "Name a red fruit.", "Tell me how to bake bread at home, step by step."];
 
-async function startServer(root: string, windowMs: number): Promise<{ port: number; stop: () => Promise<void> }> {
-  const child = spawn(process.execPath, ["--import", "tsx", "services/main.ts"], {
-    env: {
-      ...process.env,
-      VACCINE_PORT: "0",
-      VACCINE_BACKEND: "wasm",
-      VACCINE_STORE_ROOT: join(root, "store"),
-      VACCINE_JOBS_DIR: join(root, "jobs"),
-      VACCINE_SERVICES: "embed",
-      VACCINE_BATCH_WINDOW_MS: String(windowMs),
-      VACCINE_RATE_LIMIT_RPS: "0",
-    },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  const exited = new Promise((r) => child.once("exit", r));
-  const port = await new Promise<number>((resolve, reject) => {
-    let err = "";
-    child.stderr!.on("data", (chunk: Buffer) => {
-      err += chunk.toString();
-      const line = err.split("\n").find((l) => l.includes('"msg":"serving"'));
-      if (line) resolve(JSON.parse(line).port);
-    });
-    child.once("exit", (code) => reject(new Error(`exited ${code} before serving:\n${err}`)));
-  });
-  return { port, stop: async () => void (child.kill("SIGTERM"), await exited) };
-}
-
-const quantile = (xs: number[], q: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))];
 const r1 = (x: number) => Number(x.toFixed(1));
 
 /** REQUESTS Embed calls from CLIENTS callers, each on its own connection. */

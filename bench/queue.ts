@@ -22,6 +22,7 @@ import { AlignService } from "../gen/vaccine/v1/align_pb.ts";
 import { EmbedService, Pooling } from "../gen/vaccine/v1/embed_pb.ts";
 import { JobState } from "../gen/vaccine/v1/jobs_pb.ts";
 import { builtinRef } from "../services/runtime/pipeline/builtins.ts";
+import { quantile } from "./serve.ts";
 
 const JOBS = Number(process.env.JOBS ?? 4);
 const STEPS = Number(process.env.STEPS ?? 40);
@@ -181,7 +182,6 @@ async function throughput(workers: number) {
   }
 }
 
-const quantile = (xs: number[], q: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))];
 
 async function measureEmbed(cluster: Cluster) {
   const base = builtinRef("base")!;

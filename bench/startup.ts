@@ -5,13 +5,13 @@
  * RUNS cold starts each, alternating, on temp stores. Run: npm run build && npx tsx bench/startup.ts
  * Writes bench/results/startup.json.
  */
-import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../gen/grpc/health/v1/health_pb.ts";
+import { serve } from "./serve.ts";
 
 const RUNS = Number(process.env.RUNS ?? 7);
 const MODES = {
@@ -22,21 +22,12 @@ const MODES = {
 async function startOnce(args: readonly string[]): Promise<number> {
   const root = mkdtempSync(join(os.tmpdir(), "vaccine-startup-"));
   const t0 = performance.now();
-  const child = spawn(process.execPath, [...args], {
-    env: { ...process.env, VACCINE_PORT: "0", VACCINE_STORE_ROOT: join(root, "store"), VACCINE_JOBS_DIR: join(root, "jobs"), VACCINE_LOG_LEVEL: "info" },
-    stdio: ["ignore", "ignore", "pipe"],
+  const server = await serve(args, { VACCINE_PORT: "0", VACCINE_STORE_ROOT: join(root, "store"), VACCINE_JOBS_DIR: join(root, "jobs"), VACCINE_LOG_LEVEL: "info" }).catch((err) => {
+    rmSync(root, { recursive: true, force: true });
+    throw err;
   });
-  const exited = new Promise((r) => child.once("exit", r));
   try {
-    const port = await new Promise<number>((resolve, reject) => {
-      let err = "";
-      child.stderr!.on("data", (chunk: Buffer) => {
-        err += chunk.toString();
-        const line = err.split("\n").find((l) => l.includes('"msg":"serving"'));
-        if (line) resolve(JSON.parse(line).port);
-      });
-      child.once("exit", (code) => reject(new Error(`exited ${code} before serving:\n${err}`)));
-    });
+    const port = server.port;
     const health = createClient(Health, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` }));
     for (;;) {
       const res = await health.check({ service: "" }).catch(() => undefined);
@@ -44,8 +35,7 @@ async function startOnce(args: readonly string[]): Promise<number> {
       await new Promise((r) => setTimeout(r, 5));
     }
   } finally {
-    child.kill("SIGTERM");
-    await exited;
+    await server.stop();
     rmSync(root, { recursive: true, force: true });
   }
 }
