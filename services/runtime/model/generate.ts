@@ -45,6 +45,11 @@ export const DEFAULT_BATCH = 32;
 export const CACHE_BUDGET_BYTES = 256 * 1024 * 1024;
 
 /** Generated token ids per prompt, excluding the prompt and the stop token. */
+/** New tokens a prompt of this length may get: the caller's limit, or fewer where the model's positions run out. */
+export function tokenBudget(model: LlamaModel, promptLength: number, maxNewTokens: number): number {
+  return Math.min(maxNewTokens, model.config.maxPositionEmbeddings - promptLength);
+}
+
 export function generate(model: LlamaModel, prompts: number[][], opts: GenerateOptions & { signal?: undefined }): number[][];
 /**
  * With a signal: the same ids, asynchronously. Decoding is synchronous tfjs work, so before
@@ -95,7 +100,7 @@ function* decode(model: LlamaModel, prompts: number[][], opts: GenerateOptions):
   if (prompts.some((p) => p.length === 0)) throw new Error("generate: empty prompt");
   const eos = opts.eosTokenId ?? c.eosTokenId;
   const stop = new Set(eos === undefined ? [] : Array.isArray(eos) ? eos : [eos]);
-  const budgets = prompts.map((p) => Math.min(opts.maxNewTokens, c.maxPositionEmbeddings - p.length));
+  const budgets = prompts.map((p) => tokenBudget(model, p.length, opts.maxNewTokens));
   const outs = prompts.map((): number[] => []);
   const rngs = prompts.map((_, i) => Rng.derive(opts.seed ?? 0, `generate:${i}`));
   /** The next token of each row (prompt indices) from its logits [rows, 1, vocab]. */

@@ -6,7 +6,7 @@
  * writes the marker again is cut there.
  */
 import { formatPrompt, RESPONSE_MARKER } from "../data/template.ts";
-import { generate } from "../model/generate.ts";
+import { generate, tokenBudget } from "../model/generate.ts";
 import type { LoadedCheckpoint } from "./load.ts";
 
 export interface AnswerOptions {
@@ -51,12 +51,13 @@ export function answer(
 ): Answer[] | Promise<Answer[]> {
   const prompts = instructions.map((i) => promptIds(loaded, i));
   const generation = { ...opts, eosTokenId: loaded.tokenizer.eosId, lora: loaded.adapter };
-  // generate() drops the stop token: fewer tokens than the limit means eos was produced.
+  // generate() drops the stop token: fewer tokens than the prompt's budget (the limit, or the
+  // positions left in the model) means eos was produced.
   const answers = (ids: number[][]): Answer[] =>
-    ids.map((out) => ({
+    ids.map((out, i) => ({
       text: loaded.tokenizer.decode(out).split(RESPONSE_MARKER)[0].trim(),
       tokenCount: out.length,
-      finishReason: out.length < opts.maxNewTokens ? "eos" : "length",
+      finishReason: out.length < tokenBudget(loaded.model, prompts[i].length, opts.maxNewTokens) ? "eos" : "length",
     }));
   if (signal) return generate(loaded.model, prompts, { ...generation, signal }).then(answers);
   return answers(generate(loaded.model, prompts, generation));
