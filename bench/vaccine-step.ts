@@ -66,7 +66,10 @@ function run(configJson: Record<string, unknown>, make: () => StepFunction) {
   };
 }
 
-const backend = (await selectBackend(process.argv[2] ?? "wasm", () => {})).backend;
+const selection = await selectBackend(process.argv[2] ?? "wasm", () => {});
+const { backend } = selection;
+// Which matrix kernels ran (native OpenBLAS or the backend's own; VACCINE_NATIVE_KERNELS=off for the latter).
+const kernels = selection.nativeKernels ? (selection.nativeKernels.active ? "native" : "stock") : backend;
 const results: Record<string, unknown> = {};
 for (const [name, shape] of Object.entries(shapes)) {
   const sft = run(shape, () => new SftStep());
@@ -86,5 +89,5 @@ for (const [name, shape] of Object.entries(shapes)) {
 mkdirSync("bench/results", { recursive: true });
 writeFileSync(
   "bench/results/vaccine-step.json",
-  JSON.stringify({ backend, machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version }, batch: BATCH, steps: STEPS - WARMUP, results }, null, 2) + "\n",
+  JSON.stringify({ backend, kernels, machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version }, batch: BATCH, steps: STEPS - WARMUP, results }, null, 2) + "\n",
 );
