@@ -131,7 +131,7 @@ export const PRESETS: Record<Preset["name"], Preset> = {
   //
   // Run time, from step timings. Per seed: 12 alignments of 150 steps (SFT, Vaccine x 2,
   // accelerated, T-Vaccine, Booster, RepNoise and five relative rhos) cost about 19.6 SFT
-  // steps' worth each step (docs/defences.md#cost: Vaccine 1.56x, tau 10 0.88x, T-Vaccine with
+  // steps' worth each step (docs/defences.md#alignment-cost: Vaccine 1.56x, tau 10 0.88x, T-Vaccine with
   // one layer 1.23x, Booster 2.43x, RepNoise 3.13x), so 19.6 x 150 x 0.24 s = 12 min at
   // results/quick's SFT step on 2 idle cores. 65 fine-tunings (10 rows x 6 ratios + 5 sweep
   // points) of 300 steps, each with 12 drifts and 12 harmfulness scores (11 training states
