@@ -3,6 +3,7 @@ import { createRegistry, toJson, type DescMessage, type JsonValue, type MessageS
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_rpc_error_details } from "../../gen/google/rpc/error_details_pb.ts";
 import { JobKind, JobState, type Job } from "../../gen/vaccine/v1/jobs_pb.ts";
+import { AlignSpecSchema, FineTuneSpecSchema, file_vaccine_v1_training } from "../../gen/vaccine/v1/training_pb.ts";
 import { oneLineError, statusError } from "./errors.ts";
 
 export type Env = Record<string, string | undefined>;
@@ -80,13 +81,21 @@ export function table(rows: string[][]): string {
   return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]))).join("  ")).join("\n") + "\n";
 }
 
-function method(job: Job): string {
-  if (job.spec.case !== "align") return "";
-  const m = job.spec.value.method;
-  if (m.case !== "vaccine") return m.case ?? "";
-  const set = [m.value.rho === undefined ? "" : `rho ${m.value.rho}`, m.value.refreshEvery === undefined ? "" : `refresh every ${m.value.refreshEvery}`].filter(Boolean);
-  return set.length ? `vaccine (${set.join(", ")})` : "vaccine";
+const TRAINING = createRegistry(file_vaccine_v1_training);
+
+/** A oneof member for people: its proto name and the settings the spec sets, e.g. "t_vaccine (rho 3, layers 1)". */
+function member(owner: DescMessage, m: { case: string | undefined; value?: unknown }): string {
+  if (m.case === undefined) return "";
+  const value = m.value as MessageShape<DescMessage>;
+  const json = toJson(TRAINING.getMessage(value.$typeName)!, value, { useProtoFieldName: true }) as Record<string, JsonValue>;
+  // Scalars only: a dataset ref is a setting of its own, too long for one line.
+  const set = Object.entries(json).flatMap(([k, v]) => (typeof v === "object" ? [] : [`${k} ${v}`]));
+  const name = owner.fields.find((f) => f.localName === m.case)!.name;
+  return set.length ? `${name} (${set.join(", ")})` : name;
 }
+
+const method = (job: Job) => (job.spec.case === "align" ? member(AlignSpecSchema, job.spec.value.method) : "");
+const guard = (job: Job) => (job.spec.case === "fineTune" ? member(FineTuneSpecSchema, job.spec.value.guard) : "");
 
 /** A job for people: one field a line, refs in the uri@digest form commands accept. */
 export function describeJob(job: Job): string {
@@ -95,7 +104,9 @@ export function describeJob(job: Job): string {
     ["job", job.id],
     ["kind", kindName(job.kind)],
     ["state", stateName(job.state)],
+    ["tenant", job.tenant],
     ["method", method(job)],
+    ["guard", guard(job)],
     ["progress", p && p.totalSteps > 0 ? `step ${p.step}/${p.totalSteps}, epoch ${num(p.epoch, 2)}, loss ${num(p.loss)}` : ""],
     ["created", time(job.createTime)],
     ["started", time(job.startTime)],
