@@ -8,7 +8,6 @@
  * next start every QUEUED or RUNNING record is queued again and resumes from its last
  * training checkpoint.
  */
-import { randomUUID } from "node:crypto";
 import { clone, create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -17,7 +16,6 @@ import { CheckpointRefSchema } from "../../gen/vaccine/v1/common_pb.ts";
 import {
   JobEventSchema,
   JobKind,
-  JobProgressSchema,
   JobSchema,
   JobState,
   LogSeverity,
@@ -29,6 +27,7 @@ import { silentLogger, type Logger } from "../platform/log.ts";
 import { SCOPE } from "../platform/telemetry.ts";
 import { JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobExecutor, type JobSpec, type JobWork, type StopReason, visibleTo } from "./executor.ts";
 import { JobRecords, type TraceLink } from "./records.ts";
+import { KIND_NAME, newJob, shuttingDown } from "./new-job.ts";
 
 export interface LocalExecutorOptions {
   /** Folder of the durable job records and event logs. */
@@ -45,7 +44,6 @@ export interface LocalExecutorOptions {
 }
 
 const FINAL = new Set([JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED]);
-const PREFIX: Partial<Record<JobKind, string>> = { [JobKind.ALIGN]: "align", [JobKind.FINE_TUNE]: "finetune" };
 
 interface Entry {
   job: Job;
@@ -78,7 +76,7 @@ export class LocalExecutor implements JobExecutor {
         for (const kind of [JobKind.ALIGN, JobKind.FINE_TUNE]) {
           for (const state of [JobState.QUEUED, JobState.RUNNING]) {
             const count = [...this.entries.values()].filter((e) => e.job.kind === kind && e.job.state === state).length;
-            result.observe(count, { "vaccine.job.kind": PREFIX[kind]!, "vaccine.job.state": JobState[state].toLowerCase() });
+            result.observe(count, { "vaccine.job.kind": KIND_NAME[kind], "vaccine.job.state": JobState[state].toLowerCase() });
           }
         }
       });
@@ -98,17 +96,9 @@ export class LocalExecutor implements JobExecutor {
   }
 
   async create(kind: JobKind, spec: JobSpec, tenant = ""): Promise<Job> {
-    if (this.stopping) throw rpcError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "the server is shutting down; retry on another replica");
+    if (this.stopping) throw shuttingDown();
     const caller = trace.getSpan(context.active())?.spanContext();
-    const job = create(JobSchema, {
-      id: `${PREFIX[kind]}-${randomUUID()}`,
-      kind,
-      state: JobState.QUEUED,
-      createTime: timestampNow(),
-      progress: create(JobProgressSchema, {}),
-      spec,
-      tenant,
-    });
+    const job = newJob(kind, spec, tenant);
     const entry: Entry = { job, link: caller && { traceId: caller.traceId, spanId: caller.spanId }, events: [], wake: new Set() };
     this.entries.set(job.id, entry);
     this.records.save(job, entry.link);
@@ -218,11 +208,11 @@ export class LocalExecutor implements JobExecutor {
     this.transition(entry, JobState.RUNNING);
     // The job's trace is its own (a job outlives the RPC that created it), linked to that RPC.
     const span = this.tracer.startSpan(
-      `job ${PREFIX[job.kind]}`,
+      `job ${KIND_NAME[job.kind]}`,
       {
         kind: SpanKind.INTERNAL,
         root: true,
-        attributes: { "vaccine.job.id": job.id, "vaccine.job.kind": PREFIX[job.kind]! },
+        attributes: { "vaccine.job.id": job.id, "vaccine.job.kind": KIND_NAME[job.kind] },
         links: entry.link ? [{ context: { traceId: entry.link.traceId, spanId: entry.link.spanId, traceFlags: 1, isRemote: true } }] : [],
       },
       ROOT_CONTEXT,
@@ -270,7 +260,7 @@ export class LocalExecutor implements JobExecutor {
 
   private finish(entry: Entry, state: JobState, error?: ConnectError): void {
     entry.job.endTime = timestampNow();
-    this.finished?.add(1, { "vaccine.job.kind": PREFIX[entry.job.kind]!, "vaccine.job.state": JobState[state].toLowerCase() });
+    this.finished?.add(1, { "vaccine.job.kind": KIND_NAME[entry.job.kind], "vaccine.job.state": JobState[state].toLowerCase() });
     if (error) entry.job.error = toStatus(error);
     this.transition(entry, state, error);
   }

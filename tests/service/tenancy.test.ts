@@ -42,27 +42,28 @@ async function drain<T>(stream: AsyncIterable<T>): Promise<T[]> {
   return out;
 }
 
-async function listAllJobs(c: Clients): Promise<Job[]> {
-  const jobs: Job[] = [];
+/** Every item of a List RPC, one per page, so that paging is checked too. */
+async function listAll<T>(page: (pageToken: string) => Promise<{ items: T[]; nextPageToken: string }>): Promise<T[]> {
+  const out: T[] = [];
   let pageToken = "";
   do {
-    const page = await c.align.listAlignJobs({ pageSize: 1, pageToken });
-    jobs.push(...page.jobs);
-    pageToken = page.nextPageToken;
-  } while (pageToken);
-  return jobs;
-}
-
-async function listAllDatasets(c: Clients): Promise<Dataset[]> {
-  const out: Dataset[] = [];
-  let pageToken = "";
-  do {
-    const page = await c.datasets.listDatasets({ pageSize: 1, pageToken });
-    out.push(...page.datasets);
-    pageToken = page.nextPageToken;
+    const p = await page(pageToken);
+    out.push(...p.items);
+    pageToken = p.nextPageToken;
   } while (pageToken);
   return out;
 }
+
+const listAllJobs = (c: Clients): Promise<Job[]> =>
+  listAll(async (pageToken) => {
+    const p = await c.align.listAlignJobs({ pageSize: 1, pageToken });
+    return { items: p.jobs, nextPageToken: p.nextPageToken };
+  });
+const listAllDatasets = (c: Clients): Promise<Dataset[]> =>
+  listAll(async (pageToken) => {
+    const p = await c.datasets.listDatasets({ pageSize: 1, pageToken });
+    return { items: p.datasets, nextPageToken: p.nextPageToken };
+  });
 
 const checkpointUris = async (c: Clients) => (await c.checkpoints.listCheckpoints({ pageSize: 1000 })).checkpoints.map((x) => x.ref!.uri);
 

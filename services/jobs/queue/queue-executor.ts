@@ -3,22 +3,22 @@
  * Redis; Get, List, Watch and Cancel read and change the shared records, so any api replica
  * answers for any job. Training happens in worker processes (queue-worker.ts).
  */
-import { randomUUID } from "node:crypto";
-import { clone, create } from "@bufbuild/protobuf";
+import { clone } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { context, isSpanContextValid, SpanKind, SpanStatusCode, trace, type Counter, type Meter, type Tracer } from "@opentelemetry/api";
 import { Queue } from "bullmq";
 import { Redis } from "ioredis";
-import { JobProgressSchema, JobSchema, JobState, type Job, type JobEvent, type JobKind } from "../../../gen/vaccine/v1/jobs_pb.ts";
+import { JobSchema, JobState, type Job, type JobEvent, type JobKind } from "../../../gen/vaccine/v1/jobs_pb.ts";
 import { rpcError, toStatus } from "../../platform/errors.ts";
 import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
 import { JOB_METRICS, visibleTo, type JobExecutor, type JobSpec } from "../executor.ts";
 import { DEFAULT_PREFIX, QUEUE_NAME, queueKeys, redisOptions, type QueueKeys } from "./connection.ts";
 import { observeQueue } from "./metrics.ts";
-import { FINAL, INDEX_MEMBER, KIND_NAME, RedisJobs } from "./redis-jobs.ts";
+import { FINAL, INDEX_MEMBER, RedisJobs } from "./redis-jobs.ts";
 import { injectTrace, type TraceCarrier } from "./trace-carrier.ts";
+import { KIND_NAME, newJob, shuttingDown } from "../new-job.ts";
 
 /** What a queued BullMQ job carries: the record's id and the enqueue span's W3C context. */
 export interface QueuedJobData {
@@ -74,15 +74,7 @@ export class QueueExecutor implements JobExecutor {
   async create(kind: JobKind, spec: JobSpec, tenant = ""): Promise<Job> {
     if (this.stopping) throw shuttingDown();
     const caller = trace.getSpan(context.active())?.spanContext();
-    const job = create(JobSchema, {
-      id: `${KIND_NAME[kind]}-${randomUUID()}`,
-      kind,
-      state: JobState.QUEUED,
-      createTime: timestampNow(),
-      progress: create(JobProgressSchema, {}),
-      spec,
-      tenant,
-    });
+    const job = newJob(kind, spec, tenant);
     const attributes = { "vaccine.job.id": job.id, "vaccine.job.kind": KIND_NAME[kind], "messaging.system": "bullmq", "messaging.destination.name": QUEUE_NAME };
     return this.tracer.startActiveSpan(`enqueue ${KIND_NAME[kind]}`, { kind: SpanKind.PRODUCER, attributes }, async (span) => {
       try {
@@ -231,9 +223,6 @@ async function within<T>(p: Promise<T>, ms: number): Promise<T> {
   }
 }
 
-function shuttingDown(): ConnectError {
-  return rpcError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "the server is shutting down; retry on another replica");
-}
 
 function unavailable(err: unknown): ConnectError {
   return rpcError(Code.Unavailable, "QUEUE_UNAVAILABLE", `the job queue cannot be reached: ${(err as Error).message}`);

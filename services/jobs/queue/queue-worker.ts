@@ -32,8 +32,9 @@ import { JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type
 import { DEFAULT_PREFIX, QUEUE_NAME, queueKeys, redisOptions, type QueueKeys } from "./connection.ts";
 import { QUEUE_METRICS, StepRate } from "./metrics.ts";
 import type { QueuedJobData } from "./queue-executor.ts";
-import { FINAL, KIND_NAME, RedisJobs, type Change } from "./redis-jobs.ts";
+import { FINAL, RedisJobs, type Change } from "./redis-jobs.ts";
 import { extractTrace } from "./trace-carrier.ts";
+import { KIND_NAME } from "../new-job.ts";
 
 export interface QueueWorkerOptions {
   url: string;

@@ -25,6 +25,7 @@ import { JobEventSchema, JobKind, JobSchema, JobState, type Job, type JobEvent }
 import type { JobEventInit } from "../executor.ts";
 import type { TraceLink } from "../records.ts";
 import type { QueueKeys } from "./connection.ts";
+import { KIND_NAME } from "../new-job.ts";
 
 // Job errors carry google.rpc details in Any fields; JSON needs their types to spell them out.
 const json = { registry: createRegistry(file_google_rpc_error_details) };
@@ -32,7 +33,6 @@ const json = { registry: createRegistry(file_google_rpc_error_details) };
 export const FINAL = new Set([JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED]);
 
 /** A kind's short name, as in job ids, key names and metric attributes. */
-export const KIND_NAME: Record<number, string> = { [JobKind.ALIGN]: "align", [JobKind.FINE_TUNE]: "finetune" };
 
 export interface StoredJob {
   job: Job;

@@ -6,7 +6,7 @@
 import { answerCollapse, benignHeldOutTexts, collapseVerdict, type AnswerCollapse, type CollapseVerdict, type ScoredAnswer } from "../eval/collapse.ts";
 import type { CheckpointRef } from "../store/store.ts";
 import type { CheckpointCache } from "./checkpoint-cache.ts";
-import { perplexity } from "./perplexity.ts";
+import { perplexity, type Perplexity } from "./perplexity.ts";
 
 export interface CollapseReport extends AnswerCollapse, CollapseVerdict {
   perplexity: number;
@@ -14,6 +14,12 @@ export interface CollapseReport extends AnswerCollapse, CollapseVerdict {
   perplexityRatio: number;
   perplexityTexts: number;
 }
+
+/**
+ * The root's perplexity by digest: a checkpoint and the texts never change, and every score
+ * of a fine-tuning's checkpoints (steps-to-break scores many) would measure the same base again.
+ */
+const basePerplexity = new Map<string, Perplexity>();
 
 export async function collapseCheck(
   checkpoints: CheckpointCache,
@@ -29,10 +35,13 @@ export async function collapseCheck(
   const base =
     own.root.digest === model.digest
       ? own
-      : await checkpoints.use(own.root, (loaded) => {
+      : (basePerplexity.get(own.root.digest) ??
+        (await checkpoints.use(own.root, (loaded) => {
           signal.throwIfAborted();
-          return perplexity(loaded, texts);
-        });
+          const measured = perplexity(loaded, texts);
+          basePerplexity.set(own.root.digest, measured);
+          return measured;
+        })));
   const measures = answerCollapse(answers);
   const perplexityRatio = own.perplexity / base.perplexity;
   return {

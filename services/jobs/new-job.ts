@@ -1,0 +1,31 @@
+/**
+ * What both executors (local-executor.ts, queue/queue-executor.ts) do alike at Create: name
+ * the kind, make the QUEUED job, and refuse while shutting down.
+ */
+import { create } from "@bufbuild/protobuf";
+import { timestampNow } from "@bufbuild/protobuf/wkt";
+import { randomUUID } from "node:crypto";
+import { Code, type ConnectError } from "@connectrpc/connect";
+import { JobKind, JobProgressSchema, JobSchema, JobState, type Job } from "../../gen/vaccine/v1/jobs_pb.ts";
+import { rpcError } from "../platform/errors.ts";
+import type { JobSpec } from "./executor.ts";
+
+/** A kind's name in job ids, span names and metric attributes. */
+export const KIND_NAME: Record<number, string> = { [JobKind.ALIGN]: "align", [JobKind.FINE_TUNE]: "finetune" };
+
+/** A new QUEUED job of the tenant ("" without tenancy), with an id of its kind. */
+export function newJob(kind: JobKind, spec: JobSpec, tenant: string): Job {
+  return create(JobSchema, {
+    id: `${KIND_NAME[kind]}-${randomUUID()}`,
+    kind,
+    state: JobState.QUEUED,
+    createTime: timestampNow(),
+    progress: create(JobProgressSchema, {}),
+    spec,
+    tenant,
+  });
+}
+
+export function shuttingDown(): ConnectError {
+  return rpcError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "the server is shutting down; retry on another replica");
+}
