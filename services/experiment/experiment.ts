@@ -26,11 +26,14 @@ export interface ExperimentOptions {
   /** The base checkpoint; unset uses the shipped base model. */
   base?: Ref;
   hooks?: RunnerHooks;
+  /** Cells run at once (default 1); the services started here then train that many jobs at once. */
+  parallel?: number;
 }
 
 export async function experiment(options: ExperimentOptions): Promise<{ report: string; seconds: number }> {
   const preset = typeof options.preset === "string" ? PRESETS[options.preset] : options.preset;
   const started = Date.now();
+  const parallel = options.parallel ?? 1;
   let stop = async () => {};
   let address = options.address;
   if (!address) {
@@ -38,7 +41,7 @@ export async function experiment(options: ExperimentOptions): Promise<{ report: 
     await selectBackend(config.backend, () => {});
     const server = await startServices(
       // Its own loopback server for its own clients: plaintext, no credentials, jobs in-process.
-      { ...config, services: [...SERVICE_NAMES], host: "127.0.0.1", port: 0, tlsCert: "", tlsKey: "", tlsClientCa: "", auth: "none", healthPort: undefined, role: "all", queueUrl: "" },
+      { ...config, services: [...SERVICE_NAMES], host: "127.0.0.1", port: 0, tlsCert: "", tlsKey: "", tlsClientCa: "", auth: "none", healthPort: undefined, role: "all", queueUrl: "", maxRunningJobs: parallel },
       { tracer: trace.getTracer(SCOPE), meter: metrics.getMeter(SCOPE) },
       silentLogger,
     );
@@ -48,7 +51,7 @@ export async function experiment(options: ExperimentOptions): Promise<{ report: 
   try {
     const base = options.base ?? builtinRef("base");
     if (!base) throw new Error(`no shipped base model at ${BUILTIN_CHECKPOINTS.base.dir}: build it (scripts/build-base-model.ts) or pass a base`);
-    const results = await runExperiment(preset, createClients(address, options.client), base, options.out, options.hooks);
+    const results = await runExperiment(preset, createClients(address, options.client), base, options.out, options.hooks, parallel);
     const seconds = (Date.now() - started) / 1000;
     const cpu = os.cpus()[0]?.model ?? "unknown CPU";
     const report = writeReport(results, options.out, { seconds, machine: `${os.cpus().length} x ${cpu}, Node ${process.version}` });

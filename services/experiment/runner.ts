@@ -2,8 +2,10 @@
  * The paper's comparison, driven through the services over gRPC: non-aligned, SFT-aligned
  * and Vaccine-aligned models, each fine-tuned on a task mix with harmful ratio p, then
  * scored (harmful score, fine-tune accuracy, harmful embedding drift against the model the
- * fine-tuning started from, along the run), plus a rho sweep. Every finished cell is saved
- * at once, so a restarted run skips it.
+ * fine-tuning started from, along the run), plus a rho sweep. Cells run `parallel` at a time,
+ * each once the cells it reads have finished (a training job trains in its own worker thread,
+ * so two cells use both cores); every finished cell is saved at once, so a restarted run
+ * skips it.
  */
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -91,6 +93,8 @@ export interface Results {
 
 export interface Cell {
   id: string;
+  /** Cells whose results this one reads: it starts once they have finished. */
+  after: string[];
   run: (results: Results) => Promise<CellResult>;
 }
 
@@ -183,6 +187,7 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
   for (const seed of preset.seeds) {
     cells.push({
       id: `norm/seed${seed}`,
+      after: [],
       run: async () => {
         const data = loadBuiltin("alignment", { size: preset.align.batchSize, seed });
         const texts = data.kind === "examples" ? data.examples.map((e) => formatPrompt(e) + e.output) : [];
@@ -196,6 +201,7 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
     if (preset.scoreEvery && runs.some(({ row }) => !row.align)) {
       cells.push({
         id: baseId(seed),
+        after: [],
         run: async () => {
           const { hs, classes } = await harmfulScore(base, seed);
           return { kind: "base", harmfulScore: hs, classes };
@@ -206,6 +212,7 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
       const id = alignId(a, seed);
       cells.push({
         id,
+        after: [],
         run: async () => {
           const started = Date.now();
           const { job } = await clients.align.createAlignJob({
@@ -237,6 +244,7 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
       const id = fineTuneId(row, p, seed);
       cells.push({
         id,
+        after: row.align ? [alignId(row.align, seed)] : preset.scoreEvery ? [baseId(seed)] : [],
         run: async (results) => {
           const started = Date.now();
           const parentCell = row.align ? (results.cells[alignId(row.align, seed)] as AlignResult) : undefined;
@@ -307,8 +315,12 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
   return cells;
 }
 
-/** Runs every cell not yet in out/results.json, saving after each. */
-export async function runExperiment(preset: Preset, clients: Clients, base: Ref, out: string, hooks: RunnerHooks = {}): Promise<Results> {
+/**
+ * Runs every cell not yet in out/results.json, `parallel` at a time in plan order as their
+ * inputs finish, saving after each. On a failure the cells already running finish (and are
+ * saved) before it is thrown.
+ */
+export async function runExperiment(preset: Preset, clients: Clients, base: Ref, out: string, hooks: RunnerHooks = {}, parallel = 1): Promise<Results> {
   mkdirSync(out, { recursive: true });
   const file = join(out, "results.json");
   const previous = existsSync(file) ? (JSON.parse(readFileSync(file, "utf8")) as Results) : undefined;
@@ -318,13 +330,40 @@ export async function runExperiment(preset: Preset, clients: Clients, base: Ref,
     ? previous
     : { preset, base, machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model ?? "", node: process.version }, cells: {} };
   const cells = planCells(preset, clients, base, hooks);
-  for (const [index, cell] of cells.entries()) {
-    if (results.cells[cell.id]) continue;
-    hooks.onProgress?.({ cell: cell.id, index: index + 1, total: cells.length });
+  const index = new Map(cells.map((c, i) => [c.id, i + 1]));
+  await runCells(cells, new Set(Object.keys(results.cells)), parallel, async (cell) => {
+    hooks.onProgress?.({ cell: cell.id, index: index.get(cell.id)!, total: cells.length });
     results.cells[cell.id] = await cell.run(results);
     const tmp = `${file}.tmp`;
     writeFileSync(tmp, JSON.stringify(results, null, 2) + "\n");
     renameSync(tmp, file);
-  }
+  });
   return results;
+}
+
+/**
+ * Runs the cells not in `done`, at most `parallel` at once, each the first in plan order whose
+ * `after` cells are done; adds each finished cell to `done`. After a failure no cell starts;
+ * the running ones finish, then the first failure is thrown.
+ */
+export async function runCells(cells: Cell[], done: Set<string>, parallel: number, run: (cell: Cell) => Promise<void>): Promise<void> {
+  const pending = cells.filter((c) => !done.has(c.id));
+  const running = new Set<Promise<void>>();
+  let failed: { error: unknown } | undefined;
+  while (!failed && (pending.length || running.size)) {
+    const ready = running.size < parallel ? pending.findIndex((c) => c.after.every((id) => done.has(id))) : -1;
+    if (ready >= 0) {
+      const [cell] = pending.splice(ready, 1);
+      const started: Promise<void> = run(cell)
+        .then(() => void done.add(cell.id), (error: unknown) => void (failed ??= { error }))
+        .finally(() => running.delete(started));
+      running.add(started);
+    } else if (running.size) {
+      await Promise.race(running);
+    } else {
+      throw new Error(`cells wait for cells that are not planned: ${pending.map((c) => `${c.id} after ${c.after.filter((id) => !done.has(id)).join(", ")}`).join("; ")}`);
+    }
+  }
+  await Promise.all(running);
+  if (failed) throw failed.error;
 }

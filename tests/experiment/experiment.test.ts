@@ -46,7 +46,8 @@ afterAll(async () => {
 describe("vaccine experiment (tiny grid)", () => {
   it("runs every cell through the services, writes the report and charts, and resumes on a rerun", async () => {
     const preset = PRESETS.tiny;
-    const first = await experiment({ preset, out, address: suite.server.url, base });
+    // Two cells at a time, as the CLI runs them on 2 cores (runCells orders them: run-cells.test.ts).
+    const first = await experiment({ preset, out, address: suite.server.url, base, parallel: 2 });
     const results = JSON.parse(readFileSync(join(out, "results.json"), "utf8")) as Results;
     // norm + the base's scores (where non-aligned curves start) + 4 alignments (sft, vaccine
     // rho 0.5, vaccine rho 1, vaccine rho_relative 0.05) + 3 rows x 2 ratios + 2 sweep runs.
