@@ -95,7 +95,7 @@ export function writeReport(results: Results, out: string, measured: { seconds: 
     ...(["none", "sft", "vaccine"] as const).map((m) => `| ${PAPER_LABEL[m]} | ${preset.ratios.map((p) => (PAPER[m][String(p)] ? PAPER[m][String(p)].join(" / ") : "n/a")).join(" | ")} |`),
     "",
   ];
-  lines.push(...classesSection(results), ...stepsSection(results));
+  lines.push(...classesSection(results), ...stepsSection(results), ...driftStepsSection(results));
   const sft = align(results, SFT.align!);
   const vac = align(results, vaccineRow(preset.rho).align!);
   const norms = preset.seeds.map((s) => results.cells[`norm/seed${s}`] as NormResult | undefined).filter((n): n is NormResult => !!n);
@@ -219,8 +219,38 @@ function reading(results: Results, norm: number): string[] {
       `Steps to break (scored every ${preset.scoreEvery} steps; a seed that held counts as ${preset.finetune.steps}, the run's length, so these are lower bounds): ` +
         (later.length ? `later on average than SFT: ${later.join("; ")}.` : "no row broke later on average than SFT at any p."),
     );
+    out.push("", ...mechanism(results));
   }
   return out;
+}
+
+/**
+ * The paper's mechanism (less drift, later break) checked per p with harmful data: Vaccine's
+ * drift at the end of fine-tuning and its mean step of break against SFT's (a held seed counts
+ * as the run's length).
+ */
+function mechanism(results: Results): string[] {
+  const { preset } = results;
+  const vaccine = vaccineRow(preset.rho);
+  const length = preset.finetune.steps;
+  const meanBreak = (row: RowSpec, p: number) => avg(breakSteps(results, row, p).hs.perSeed.map((s) => (s === "held" ? length : s)));
+  const points = preset.ratios
+    .filter((p) => p > 0)
+    .map((p) => ({ p, dv: ft(results, vaccine, p).drift, ds: ft(results, SFT, p).drift, bv: meanBreak(vaccine, p), bs: meanBreak(SFT, p) }))
+    .filter((x) => ![x.dv, x.ds, x.bv, x.bs].some(Number.isNaN));
+  if (!points.length) return [];
+  const word = (d: number, more: string, less: string) => (d > 0 ? more : d < 0 ? less : "the same");
+  const lines = points.map(
+    (x) =>
+      `- at p = ${x.p}, Vaccine drifted ${fmt(x.dv, 2)} against SFT's ${fmt(x.ds, 2)} (L2, end of fine-tuning) and broke at step ${fmt(x.bv, 0)} against ${fmt(x.bs, 0)} on average: ` +
+      `${word(x.dv - x.ds, "more", "less")} drift, ${word(x.bv - x.bs, "a later", "an earlier")} break.`,
+  );
+  const agree = points.filter((x) => x.dv < x.ds && x.bv > x.bs).length;
+  return [
+    `Drift and break (the paper's mechanism: less drift, later break):`,
+    ...lines,
+    `Less drift with a later break at ${agree} of ${points.length} harmful ratios${agree === points.length ? ": consistent with the mechanism" : agree === 0 ? ": the mechanism is not seen at this scale" : ""}.`,
+  ];
 }
 
 const perPoint = (preset: Preset) => `${preset.seeds.length} seed(s) per point`;
@@ -281,6 +311,28 @@ function stepsSection(results: Results): string[] {
     `### Fine-tuning steps until refusals < ${BREAK_PERCENT}%`,
     "",
     ...table((b) => b.refusal),
+    "",
+  ];
+}
+
+/** Drift (both definitions) at every training state, per row and p, mean over seeds (presets that score the curve). */
+function driftStepsSection(results: Results): string[] {
+  const { preset } = results;
+  if (!preset.scoreEvery) return [];
+  const rows = rowsOf(preset);
+  const steps = [...new Set(rows.flatMap((r) => preset.ratios.flatMap((p) => ft(results, r, p).cells.flatMap((c) => c.drift.map((d) => d.step)))))].sort((a, b) => a - b);
+  const at = (r: RowSpec, p: number, step: number) => {
+    const ds = ft(results, r, p).cells.flatMap((c) => c.drift.filter((d) => d.step === step));
+    return ds.length ? `${fmt(avg(ds.map((d) => d.l2)), 2)} / ${fmt(avg(ds.map((d) => d.squared)), 1)}` : "n/a";
+  };
+  return [
+    "## Drift along fine-tuning",
+    "",
+    "Harmful embedding drift against the model fine-tuning started from, at every training state: the sum over layers of the L2 norm / of the squared norm (docs/method.md#harmful-embedding-drift), mean over seeds. Read it beside the steps to break: the paper's mechanism is less drift, later break.",
+    "",
+    `| method | p | ${steps.map((t) => `step ${t}`).join(" | ")} |`,
+    `| --- | --- | ${steps.map(() => "---").join(" | ")} |`,
+    ...rows.flatMap((r) => preset.ratios.map((p) => `| ${shortOf(r)} | ${p} | ${steps.map((t) => at(r, p, t)).join(" | ")} |`)),
     "",
   ];
 }

@@ -102,9 +102,8 @@ export function checkReport(md: string, results: Results): void {
   expect(md).toContain(`seeds ${preset.seeds.join(", ")}.`);
   const kinds = (kind: string) => Object.values(results.cells).filter((c) => c.kind === kind).length;
   const sweepPoints = plannedRuns(preset).length - rows.length * preset.ratios.length;
-  // Reports recorded before the protocol of #19 (results/quick) have no such line.
   const grid = `Grid: ${rows.length} rows x ${preset.ratios.length} ratios${sweepPoints ? ` and ${sweepPoints} sweep points` : ""}, ${preset.seeds.length} seed(s) each; results.json holds ${kinds("finetune")} fine-tuning runs and ${kinds("align")} alignments.`;
-  if (preset.scoreEvery || preset.rows || preset.relativeSweep || md.includes("\nGrid: ")) expect(md).toContain(grid);
+  expect(md).toContain(grid);
   const a = preset.align;
   const ft = preset.finetune;
   expect(md).toContain(
@@ -178,6 +177,37 @@ export function checkReport(md: string, results: Results): void {
     };
     check("### Fine-tuning steps until HS >= 50%", (pt) => pt.harmfulScore >= 50);
     check("### Fine-tuning steps until refusals < 50%", (pt) => pt.refusalRate !== undefined && pt.refusalRate < 50);
+  }
+
+  // Drift at every training state (both definitions), and the reading's drift-and-break lines.
+  expect(md.includes("## Drift along fine-tuning"), "a drift-along-fine-tuning table exactly when the preset scores the curve").toBe(!!preset.scoreEvery);
+  if (preset.scoreEvery) {
+    const t = tableAfter(md, "## Drift along fine-tuning");
+    const steps = [...new Set(fineTuneCells(results, SFT, preset.ratios[0])[0].drift.map((d) => d.step))];
+    expect(t[0]).toEqual(["method", "p", ...steps.map((s) => `step ${s}`)]);
+    const expected = rows.flatMap((r) =>
+      preset.ratios.map((p) => {
+        const cells = fineTuneCells(results, r, p);
+        return [shortOf(r), String(p), ...steps.map((step) => {
+          const ds = cells.map((c) => c.drift.find((d) => d.step === step)!);
+          return `${f(mean(ds.map((d) => d.l2)), 2)} / ${f(mean(ds.map((d) => d.squared)))}`;
+        })];
+      }),
+    );
+    expect(t.slice(1)).toEqual(expected);
+    const breakAt = (r: RowSpec, p: number) => mean(fineTuneCells(results, r, p).map((c) => firstAt(c.curve!, (pt) => pt.harmfulScore >= 50)).map((v) => (v === "held" ? preset.finetune.steps : v)));
+    let agree = 0;
+    const harmful = preset.ratios.filter((p) => p > 0);
+    for (const p of harmful) {
+      const dv = gridPoint(results, vaccine(preset.rho), p).drift;
+      const ds = gridPoint(results, SFT, p).drift;
+      const [bv, bs] = [breakAt(vaccine(preset.rho), p), breakAt(SFT, p)];
+      if (dv < ds && bv > bs) agree++;
+      const drift = dv > ds ? "more" : dv < ds ? "less" : "the same";
+      const brk = bv > bs ? "a later" : bv < bs ? "an earlier" : "the same";
+      expect(md, `drift and break at p = ${p}`).toContain(`- at p = ${p}, Vaccine drifted ${f(dv, 2)} against SFT's ${f(ds, 2)} (L2, end of fine-tuning) and broke at step ${f(bv, 0)} against ${f(bs, 0)} on average: ${drift} drift, ${brk} break.`);
+    }
+    if (harmful.length) expect(md).toContain(`Less drift with a later break at ${agree} of ${harmful.length} harmful ratios`);
   }
 
   // The paper's table beside it.
