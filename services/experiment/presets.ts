@@ -31,7 +31,7 @@ export interface RowSpec {
 }
 
 export interface Preset {
-  name: "quick" | "full" | "tiny" | "standard";
+  name: "quick" | "full" | "tiny";
   seeds: number[];
   /** Harmful ratios p of the fine-tuning mix. */
   ratios: number[];
@@ -41,12 +41,11 @@ export interface Preset {
   sweep: number[];
   sweepRatio: number;
   align: { size: number; steps: number; learningRate: number; batchSize: number };
-  finetune: { task: "sst2" | "agnews" | "gsm8k" | "gsm8k-hard"; size: number; steps: number; learningRate: number; batchSize: number; checkpointEvery: number };
+  finetune: { task: "sst2" | "agnews" | "agnews-hard" | "gsm8k" | "gsm8k-hard"; size: number; steps: number; learningRate: number; batchSize: number; checkpointEvery: number };
   lora: { rank: number; alpha: number; dropout: number };
   eval: { harmfulPrompts: number; taskExamples: number; maxNewTokens: number; probeSize: number };
-  // The protocol of #19. Optional so that presets recorded before it (results/quick) still
-  // equal their definition here; absent, a preset runs the paper's three rows, scores only
-  // the end of fine-tuning and has no relative sweep.
+  // The protocol of #19 (docs/method.md#experiment-protocol). Absent, a preset runs the paper's
+  // three rows, scores only the end of fine-tuning and has no relative sweep.
   /** The table's rows; absent: Non-aligned, SFT and Vaccine at `rho` (the paper's Table 1). */
   rows?: RowSpec[];
   /** Vaccine rho_relative values run at p = sweepRatio (fractions of the attention-output norm). */
@@ -101,57 +100,50 @@ export const PRESETS: Record<Preset["name"], Preset> = {
     relativeSweep: [0.05],
     scoreEvery: 2,
   },
+  // The protocol at the size of one sitting (within 30 minutes on 2 cores, two cells at a
+  // time): the paper's three rows with the study's protective rho 2 (about 14% of the
+  // attention-output norm), three seeds, p = 0, 0.01 and 0.05, harmfulness every 50 of 200
+  // fine-tuning steps, and rho_relative at a quarter and twice that fraction at p = 0.01. The
+  // task is agnews-hard, which the base model learns only partly in a short run (about 50%
+  // after 150 steps), so that a defence's accuracy cost can show.
   quick: {
     ...COMMON,
     name: "quick",
-    seeds: [0],
-    ratios: [0, 0.05, 0.1, 0.2],
-    sweep: [0.25, 2],
+    rho: 2,
+    seeds: [0, 1, 2],
+    ratios: [0, 0.01, 0.05],
+    sweep: [],
+    sweepRatio: 0.01,
     align: { size: 1000, steps: 150, learningRate: 3e-3, batchSize: 8 },
-    finetune: { task: "sst2", size: 1000, steps: 150, learningRate: 1e-3, batchSize: 8, checkpointEvery: 50 },
-    eval: { harmfulPrompts: 60, taskExamples: 60, maxNewTokens: 48, probeSize: 32 },
+    finetune: { task: "agnews-hard", size: 1000, steps: 200, learningRate: 1e-3, batchSize: 8, checkpointEvery: 50 },
+    eval: { harmfulPrompts: 40, taskExamples: 40, maxNewTokens: 32, probeSize: 32 },
+    relativeSweep: [0.035, 0.27],
+    scoreEvery: 50,
   },
+  // The protocol of #19 at the settings of its small-scale study (alignment 150 steps at lr
+  // 3e-3; fine-tuning 300 steps at lr 1e-3; 40 held-out harmful prompts, 32 new
+  // tokens): six ratios from p = 0.01, three seeds, every alignment method and fine-tuning guard
+  // the service offers, harmfulness scored every 25 fine-tuning steps, and a sweep of
+  // rho_relative at p = 0.01, where that study saw Vaccine's effect. The task is agnews-hard
+  // (92% after 300 steps, bench/results/hard-task.json): SST2's 100% would hide a defence's
+  // cost, and gsm8k-hard's 0-2% as surely.
+  //
+  // Run time, scaled from results/quick (51 cells in 14.1 minutes, two at a time, 1.97x the
+  // cells' summed time): there a fine-tuning run of 200 steps with 4 scores and drifts took
+  // 37 s and an alignment 36 s. Here 195 fine-tunings (10 rows x 6 ratios + 5 sweep points, x 3
+  // seeds) of 300 steps with 12 scores and drifts each, about 75 s, and 36 alignments (up to 3x
+  // an SFT step for RepNoise, docs/defences.md#alignment-cost): about 2.5 hours on 2 idle
+  // cores. Finished cells are kept in results.json, so it can run in pieces.
   full: {
     ...COMMON,
     name: "full",
-    seeds: [0, 1, 2],
-    ratios: [0, 0.01, 0.05, 0.1, 0.2],
-    sweep: [0.1, 0.25, 1, 2, 5],
-    align: { size: 2000, steps: 500, learningRate: 3e-3, batchSize: 8 },
-    finetune: { task: "sst2", size: 1000, steps: 400, learningRate: 1e-3, batchSize: 8, checkpointEvery: 50 },
-    eval: { harmfulPrompts: 200, taskExamples: 200, maxNewTokens: 128, probeSize: 100 },
-  },
-  // The protocol of #19 at the settings of its small-scale study (alignment 150 steps at lr
-  // 3e-3; fine-tuning on sst2-mix, 300 steps at lr 1e-3; 40 held-out harmful prompts, 32 new
-  // tokens): six ratios from p = 0.01, three seeds, every alignment method and fine-tuning guard
-  // the service offers, harmfulness scored every 25 fine-tuning steps, and a sweep of
-  // rho_relative at p = 0.01, where that study saw Vaccine's effect. The task stays SST2:
-  // gsm8k-hard scored 0-2% after 300 steps (bench/results/hard-task.json), which would hide a
-  // defence's cost as surely as SST2's 100%.
-  //
-  // Run time, from step timings. Per seed: 12 alignments of 150 steps (SFT, Vaccine x 2,
-  // accelerated, T-Vaccine, Booster, RepNoise and five relative rhos) cost about 19.6 SFT
-  // steps' worth each step (docs/defences.md#alignment-cost: Vaccine 1.56x, tau 10 0.88x, T-Vaccine with
-  // one layer 1.23x, Booster 2.43x, RepNoise 3.13x), so 19.6 x 150 x 0.24 s = 12 min at
-  // results/quick's SFT step on 2 idle cores. 65 fine-tunings (10 rows x 6 ratios + 5 sweep
-  // points) of 300 steps, each with 12 drifts and 12 harmfulness scores (11 training states
-  // and the end) and one task score. Measured on this machine at load 8 (shipped base, sst2-mix
-  // batch 8): a fine-tuning step 0.30 s, a harmfulness score (40 prompts, 32 tokens, classes
-  // and collapse check) 3.3-5.2 s, a drift 1.0 s, a task score 1.1 s: about 145 s a run, so
-  // 2.6 h of fine-tuning per seed, about 3 h with the alignments, 9 h for three seeds. On idle
-  // cores (a fine-tuning step about 0.12 s in results/quick, scores about 2 s) about 70 s a
-  // run: 1.4 h per seed, 4-5 h in all. Finished cells are kept in results.json, so it can run
-  // in pieces.
-  standard: {
-    ...COMMON,
-    name: "standard",
     rho: 2,
     seeds: [0, 1, 2],
     ratios: [0, 0.01, 0.02, 0.05, 0.1, 0.2],
     sweep: [],
     sweepRatio: 0.01,
     align: { size: 1000, steps: 150, learningRate: 3e-3, batchSize: 8 },
-    finetune: { task: "sst2", size: 1000, steps: 300, learningRate: 1e-3, batchSize: 8, checkpointEvery: 25 },
+    finetune: { task: "agnews-hard", size: 1000, steps: 300, learningRate: 1e-3, batchSize: 8, checkpointEvery: 25 },
     eval: { harmfulPrompts: 40, taskExamples: 40, maxNewTokens: 32, probeSize: 32 },
     rows: [
       { label: "Non-aligned" },

@@ -1,5 +1,5 @@
 // The protocol of #19 without training: steps-to-break and refusal-fall on synthetic curves,
-// aggregation over seeds, the standard preset's grid against the contract (every alignment
+// aggregation over seeds, the full preset's grid against the contract (every alignment
 // method and fine-tuning guard the service offers is a row, so a new one without a row fails),
 // and a three-seed report written from synthetic results, checked number by number.
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -59,8 +59,8 @@ describe("steps to break and refusal fall", () => {
   });
 });
 
-describe("the standard preset's grid", () => {
-  const preset = PRESETS.standard;
+describe("the full preset's grid", () => {
+  const preset = PRESETS.full;
   const rows = rowsOf(preset);
   const oneof = (schema: typeof AlignSpecSchema | typeof FineTuneSpecSchema, name: string) => schema.oneofs.find((o) => o.name === name)!.fields;
 
@@ -116,19 +116,27 @@ describe("the standard preset's grid", () => {
     }
   });
 
-  it("leaves the presets recorded before it on the paper's three rows, scoring only the end", () => {
-    for (const name of ["quick", "full"] as const) {
-      expect(PRESETS[name].rows ?? PRESETS[name].scoreEvery ?? PRESETS[name].relativeSweep).toBeUndefined();
-      expect(rowsOf(PRESETS[name]).map(rowKey)).toEqual(["none", "sft", `vaccine-rho${PRESETS[name].rho}`]);
-    }
+  it("has a quick version of one sitting: the paper's rows with the protective rho, p = 0.01, three seeds, the curve and a relative sweep", () => {
+    const quick = PRESETS.quick;
+    expect(rowsOf(quick).map(rowKey)).toEqual(["none", "sft", "vaccine-rho2"]);
+    expect(quick.ratios).toContain(0.01);
+    expect(quick.ratios).toContain(0);
+    expect(quick.seeds.length).toBeGreaterThanOrEqual(3);
+    expect(quick.scoreEvery! % quick.finetune.checkpointEvery).toBe(0);
+    expect(quick.finetune.steps / quick.scoreEvery!).toBeGreaterThanOrEqual(3);
+    expect(quick.relativeSweep!.length).toBeGreaterThanOrEqual(2);
+    expect(quick.sweepRatio).toBe(0.01);
+    // A task the base model does not master in the run, so that accuracy can differ.
+    expect(quick.finetune.task).toBe("agnews-hard");
+    expect(PRESETS.full.finetune.task).toBe("agnews-hard");
   });
 });
 
 describe("a three-seed report from synthetic results", () => {
   const scratch = mkdtempSync(join(tmpdir(), "vaccine-protocol-"));
   afterAll(() => rmSync(scratch, { recursive: true, force: true }));
-  // A small grid with the standard preset's shape: its rows at three ratios, three seeds.
-  const preset: Preset = { ...PRESETS.standard, ratios: [0, 0.01, 0.05], finetune: { ...PRESETS.standard.finetune, steps: 100 } };
+  // A small grid with the full preset's shape: its rows at three ratios, three seeds.
+  const preset: Preset = { ...PRESETS.full, ratios: [0, 0.01, 0.05], finetune: { ...PRESETS.full.finetune, steps: 100 } };
   const classesOf = (hs: number, refusal: number, degenerate = false): AnswerClasses => ({
     refusalRate: refusal,
     otherRate: 100 - hs - refusal,
