@@ -79,6 +79,20 @@ describe.each(["cpu", "wasm"])("LlamaModel on %s", (backend) => {
     });
   });
 
+  it("states() gives forward()'s hidden states, bitwise, without computing the LM head", () => {
+    const { ids, mask } = batchOf(randomIds(3, 6, 50, 4));
+    const full = model.forward(ids, mask, { returnAttentionOutputs: true, returnHidden: true });
+    const before = tf.memory().numTensors;
+    const states = model.states(ids, mask, { returnAttentionOutputs: true, returnHidden: true });
+    expect("logits" in states).toBe(false);
+    expect(tf.memory().numTensors - before, "two attention outputs and the hidden state, nothing else").toBe(3);
+    expect(states.hidden!.dataSync()).toEqual(full.hidden!.dataSync());
+    full.attentionOutputs!.forEach((a, l) => expect(states.attentionOutputs![l].dataSync()).toEqual(a.dataSync()));
+    const only = model.states(ids, mask, { returnAttentionOutputs: true });
+    expect(only.hidden).toBeUndefined();
+    tf.dispose([full.logits, full.hidden!, ...full.attentionOutputs!, states.hidden!, ...states.attentionOutputs!, ...only.attentionOutputs!, ids, mask]);
+  });
+
   it("is causal: changing a later token leaves earlier logits unchanged", () => {
     const a = randomIds(1, 8, 50, 2)[0];
     const b = [...a];

@@ -48,16 +48,17 @@ afterAll(async () => {
 
 /** Forward passes of every model while `run` runs. */
 async function countingForwards<R>(run: () => Promise<R>): Promise<{ result: R; forwards: number }> {
-  const forward = LlamaModel.prototype.forward;
+  // Embed reads hidden states only: LlamaModel.states, the forward pass without the LM head.
+  const states = LlamaModel.prototype.states;
   let forwards = 0;
-  LlamaModel.prototype.forward = function (this: LlamaModel, ...args: Parameters<LlamaModel["forward"]>) {
+  LlamaModel.prototype.states = function (this: LlamaModel, ...args: Parameters<LlamaModel["states"]>) {
     forwards++;
-    return forward.apply(this, args);
+    return states.apply(this, args);
   };
   try {
     return { result: await run(), forwards };
   } finally {
-    LlamaModel.prototype.forward = forward;
+    LlamaModel.prototype.states = states;
   }
 }
 

@@ -215,19 +215,30 @@ export function applyRotary<T extends tf.Tensor>(x: T, offset: number | number[]
   // [T, D] broadcasts over every leading axis; per row, [B, 1, T, D] over the heads.
   const tableShape = typeof offset === "number" ? [t, d] : [starts.length, 1, t, d];
   return tf.tidy(() => {
-    const x1 = x.slice(sliceBegin(x.rank, 0), sliceSize(x.shape, half));
-    const x2 = x.slice(sliceBegin(x.rank, half), sliceSize(x.shape, half));
-    const rotated = tf.concat([x2.neg(), x1], -1);
+    // rotate_half as one product with a signed permutation: the same values, bitwise (each
+    // output is one input times +-1 plus zeros), and one matmul forward and backward instead
+    // of two slices, a negation and a concat, which the wasm backend copies element by
+    // element in JavaScript.
+    const rotated = tf.matMul(x.reshape([-1, d]), tf.tensor2d(rotateHalfMatrix(d), [d, d])).reshape(x.shape);
     return x.mul(tf.tensor(cos, tableShape)).add(rotated.mul(tf.tensor(sin, tableShape))) as T;
   });
 }
 
-function sliceBegin(rank: number, lastStart: number): number[] {
-  return [...new Array<number>(rank - 1).fill(0), lastStart];
-}
+const rotateHalfMatrices = new Map<number, Float32Array>();
 
-function sliceSize(shape: number[], lastSize: number): number[] {
-  return [...shape.slice(0, -1).map(() => -1), lastSize];
+/** R with x R = rotate_half(x) = [-x[half:], x[:half]] for rows x of length d. */
+function rotateHalfMatrix(d: number): Float32Array {
+  let r = rotateHalfMatrices.get(d);
+  if (!r) {
+    const half = d / 2;
+    r = new Float32Array(d * d);
+    for (let i = 0; i < half; i++) {
+      r[(i + half) * d + i] = -1;
+      r[i * d + i + half] = 1;
+    }
+    rotateHalfMatrices.set(d, r);
+  }
+  return r;
 }
 
 /**
@@ -445,6 +456,19 @@ export class LlamaModel {
    * same length (a prefill), else one.
    */
   forward(inputIds: tf.Tensor2D, attentionMask: tf.Tensor2D, opts: ForwardOptions = {}): ForwardResult {
+    return this.pass(inputIds, attentionMask, opts, true) as ForwardResult;
+  }
+
+  /**
+   * forward() without the LM head, for callers that read only hidden states (Embed, drift,
+   * classifiers): the head is the widest product of a small model (vocab x hidden per token,
+   * more than a layer's projections on the built-in model).
+   */
+  states(inputIds: tf.Tensor2D, attentionMask: tf.Tensor2D, opts: Omit<ForwardOptions, "cache" | "logitsAt"> = {}): Omit<ForwardResult, "logits"> {
+    return this.pass(inputIds, attentionMask, opts, false);
+  }
+
+  private pass(inputIds: tf.Tensor2D, attentionMask: tf.Tensor2D, opts: ForwardOptions, head: boolean): Omit<ForwardResult, "logits"> & { logits?: tf.Tensor3D } {
     const c = this.config;
     const [b, t] = inputIds.shape;
     if (!sameShape(attentionMask.shape, [b, t])) {
@@ -491,17 +515,21 @@ export class LlamaModel {
         x = x.add(this.linear(l, "down_proj", gate.mul(tf.sigmoid(gate)).mul(up), opts));
         if (opts.returnLayerOutputs) layerOutputs.push(x);
       }
-      const hidden = rmsNorm(x, this.w("model.norm.weight"), c.rmsNormEps);
-      const head = this.w(c.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
-      let rows = hidden.reshape([b * t, c.hiddenSize]);
-      if (logitsAt) rows = tf.gather(rows, tf.tensor1d(logitsAt.map((p, r) => r * t + p), "int32"));
-      const logits = linearT(rows, head).reshape([b, logitsAt ? 1 : t, c.vocabSize]);
-      const res: ForwardResult = { logits: logits as tf.Tensor3D };
+      const res: Omit<ForwardResult, "logits"> & { logits?: tf.Tensor3D } = {};
+      if (head || opts.returnHidden) {
+        const hidden = rmsNorm(x, this.w("model.norm.weight"), c.rmsNormEps);
+        if (head) {
+          const weight = this.w(c.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+          let rows = hidden.reshape([b * t, c.hiddenSize]);
+          if (logitsAt) rows = tf.gather(rows, tf.tensor1d(logitsAt.map((p, r) => r * t + p), "int32"));
+          res.logits = linearT(rows, weight).reshape([b, logitsAt ? 1 : t, c.vocabSize]) as tf.Tensor3D;
+        }
+        if (opts.returnHidden) res.hidden = hidden;
+      }
       if (opts.returnAttentionOutputs) res.attentionOutputs = attentionOutputs;
-      if (opts.returnHidden) res.hidden = hidden;
       if (opts.returnLayerOutputs) res.layerOutputs = layerOutputs;
       return res as unknown as tf.TensorContainer;
-    }) as unknown as ForwardResult;
+    }) as unknown as Omit<ForwardResult, "logits">;
 
     if (step) step.cache.replace(keptKeys, keptValues, step.lengths);
     return result;

@@ -175,7 +175,7 @@ export function pairLogits(model: LlamaModel, score: tf.Tensor, enc: EncodedPair
   return tf.tidy(() => {
     const ids = tf.tensor2d(enc.inputIds, [enc.batch, enc.seqLen], "int32");
     const mask = tf.tensor2d(enc.attentionMask, [enc.batch, enc.seqLen], "int32");
-    const { hidden } = model.forward(ids, mask, { returnHidden: true });
+    const { hidden } = model.states(ids, mask, { returnHidden: true });
     const pick = tf.oneHot(tf.tensor1d(enc.lastIndex, "int32"), enc.seqLen).toFloat().expandDims(2);
     const pooled = hidden!.mul(pick).sum(1) as tf.Tensor2D;
     return linearT(pooled, score);

@@ -53,8 +53,8 @@ export function computeDrift(reference: LoadedCheckpoint, candidate: LoadedCheck
     tokens += lengths.reduce((s, n) => s + n, 0);
     const perLayer = tf.tidy(() => {
       const m = mask.toFloat().expandDims(-1);
-      const a = reference.model.forward(ids, mask, { lora: reference.adapter, returnAttentionOutputs: true }).attentionOutputs!;
-      const b = candidate.model.forward(ids, mask, { lora: candidate.adapter, returnAttentionOutputs: true }).attentionOutputs!;
+      const a = reference.model.states(ids, mask, { lora: reference.adapter, returnAttentionOutputs: true }).attentionOutputs!;
+      const b = candidate.model.states(ids, mask, { lora: candidate.adapter, returnAttentionOutputs: true }).attentionOutputs!;
       return tf.stack(a.map((x, l) => x.sub(b[l]).mul(m).square().sum())).dataSync();
     });
     tf.dispose([ids, mask]);

@@ -128,7 +128,7 @@ function statesOfRows(loaded: Pick<LoadedCheckpoint, "model" | "adapter" | "toke
     start += n;
     const t = ids.shape[1];
     const picked = tf.tidy(() => {
-      const res = model.forward(ids, mask, {
+      const res = model.states(ids, mask, {
         lora: loaded.adapter,
         returnAttentionOutputs: opts.layers.length > 0,
         returnHidden: opts.final,
