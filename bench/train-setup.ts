@@ -1,13 +1,14 @@
 /**
  * The training-step setup bench/train-step.ts and bench/train-profile.ts share: issue 17's
- * configs, a random batch, one step of SFT or Vaccine with AdamW and clipping, and the
- * matmul FLOPs a step needs.
+ * configs, a random batch, one step of SFT or Vaccine with AdamW and clipping (on this thread,
+ * or data-parallel over worker threads), and the matmul FLOPs a step needs.
  */
 import * as tf from "@tensorflow/tfjs";
 import { parseLlamaConfig, type LlamaConfig } from "../services/runtime/model/config.ts";
 import { LINEAR_MODULES, LlamaModel } from "../services/runtime/model/llama.ts";
-import { LoraAdapter } from "../services/runtime/model/lora.ts";
+import { LoraAdapter, type LoraConfig } from "../services/runtime/model/lora.ts";
 import { AdamW, clipCoefficient } from "../services/runtime/train/adamw.ts";
+import { DataParallelTrainer } from "../services/runtime/train/data-parallel.ts";
 import { SftStep, type StepOutput, type TrainBatch } from "../services/runtime/train/step.ts";
 import { VaccineStep } from "../services/runtime/train/vaccine-step.ts";
 
@@ -49,16 +50,21 @@ export function stepFlops(c: LlamaConfig, method: Method): number {
   return method === "sft" ? update : forward + inputGrads + update;
 }
 
+const LORA: LoraConfig = { r: RANK, alpha: 2 * RANK, dropout: 0, targetModules: [...LINEAR_MODULES] };
+
+/** The random tokens of step i (the batch labels every position). */
+const tokensOf = (i: number) => tf.randomUniform([BATCH, TOKENS], 3, VOCAB, "int32", i) as tf.Tensor2D;
+
 /** A seeded LoRA training setup; step(i) runs step i on random tokens (every position labelled). */
 export function trainingSetup(name: ConfigName, method: Method) {
   const config = llamaConfig(name);
   const model = LlamaModel.init(config, 0);
-  const lora = LoraAdapter.init(config, { r: RANK, alpha: 2 * RANK, dropout: 0, targetModules: [...LINEAR_MODULES] }, 1);
+  const lora = LoraAdapter.init(config, LORA, 1);
   const params = new Map(lora.variables.map((v) => [v.name, v]));
   const optimizer = new AdamW(params, { weightDecay: 0.1 });
   const stepFn = method === "sft" ? new SftStep() : new VaccineStep(RHO);
   const step = (i: number): StepOutput => {
-    const ids = tf.randomUniform([BATCH, TOKENS], 3, VOCAB, "int32", i) as tf.Tensor2D;
+    const ids = tokensOf(i);
     const batch: TrainBatch = { inputIds: ids, attentionMask: tf.onesLike(ids), labels: ids.clone(), tokens: BATCH * (TOKENS - 1) };
     try {
       return stepFn.run({
@@ -75,4 +81,28 @@ export function trainingSetup(name: ConfigName, method: Method) {
     }
   };
   return { config, step };
+}
+
+/**
+ * The same setup trained data-parallel on `threads` worker threads (services/runtime/train/
+ * data-parallel.ts), each on its rows of the batch with OpenBLAS on blasThreads threads.
+ */
+export async function dataParallelSetup(name: ConfigName, method: Method, threads: number, blasThreads: number) {
+  const config = llamaConfig(name);
+  const model = LlamaModel.init(config, 0);
+  const lora = LoraAdapter.init(config, LORA, 1);
+  const trainer = await DataParallelTrainer.start({
+    config, weights: model.exportWeights(), lora: { config: LORA, weights: lora.exportWeights() },
+    method: method === "sft" ? { name: "sft" } : { name: "vaccine", rho: RHO }, weightDecay: 0.1, threads, blasThreads,
+  });
+  model.dispose();
+  lora.dispose();
+  const step = (i: number) => {
+    const ids = tokensOf(i);
+    const data = ids.dataSync() as Int32Array;
+    ids.dispose();
+    const batch = { inputIds: data, attentionMask: new Int32Array(data.length).fill(1), labels: data.slice(), batch: BATCH, seqLen: TOKENS, unsupervised: 0, truncated: 0 };
+    return trainer.step({ batch, step: i, learningRate: 1e-3, gradClip: 1, dropoutSeed: 0 });
+  };
+  return { config, step, close: () => trainer.close() };
 }

@@ -5,50 +5,68 @@
  * median of 10 steps after 2 of warm-up, for
  *   - wasm-stock: the wasm backend's own kernels (VACCINE_NATIVE_KERNELS=off),
  *   - native-1t / native-2t: the OpenBLAS matmul kernel on 1 and 2 threads,
+ *   - dp-2t: data-parallel on two worker threads (services/runtime/train/data-parallel.ts),
+ *     each with the native kernels on 1 OpenBLAS thread and half the batch,
  *   - torch-1t / torch-2t: bench/train_step_torch.py on Debian's PyTorch (same OpenBLAS core
  *     as the native kernel, so both run the same sgemm code).
  * Also the sgemm rate through the addon (1024^3, 1 and 2 threads), model FLOPs per step, MFU
- * against that rate, tokens/s and peak RSS (each case in its own process).
+ * against that rate, tokens/s, peak RSS, and how long the case's threads waited for a core
+ * taken by other load (each case in its own process).
  * Writes bench/results/train-step.json. Run: npx tsx bench/train-step.ts
  * One case: npx tsx bench/train-step.ts --case <variant> <config> <method>
  */
 import { spawnSync } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import * as tf from "@tensorflow/tfjs";
 import { selectBackend } from "../services/runtime/backend.ts";
 import { loadBlasAddon } from "../services/runtime/native/blas-addon.ts";
 import { LINEAR_MODULES } from "../services/runtime/model/llama.ts";
-import { BATCH, CONFIGS, llamaConfig, METHODS, RANK, RHO, stepFlops, TOKENS, trainingSetup, VOCAB, type ConfigName, type Method } from "./train-setup.ts";
+import { BATCH, CONFIGS, dataParallelSetup, llamaConfig, METHODS, RANK, RHO, stepFlops, TOKENS, trainingSetup, VOCAB, type ConfigName, type Method } from "./train-setup.ts";
 
 const STEPS = 10;
 const WARMUP = 2;
-const VARIANTS = { "wasm-stock": { native: "off", threads: 1 }, "native-1t": { native: "auto", threads: 1 }, "native-2t": { native: "auto", threads: 2 } } as const;
+/** threads: cores the case uses; blasThreads: OpenBLAS threads of each training thread; dataParallel: worker threads (0: this one). */
+const VARIANTS = {
+  "wasm-stock": { native: "off", threads: 1, blasThreads: 1, dataParallel: 0 },
+  "native-1t": { native: "auto", threads: 1, blasThreads: 1, dataParallel: 0 },
+  "native-2t": { native: "auto", threads: 2, blasThreads: 2, dataParallel: 0 },
+  "dp-2t": { native: "auto", threads: 2, blasThreads: 1, dataParallel: 2 },
+} as const;
 type Variant = keyof typeof VARIANTS;
 
 /** One case in this process: returns its measurements. */
 async function runCase(variant: Variant, configName: ConfigName, method: Method) {
-  const { native, threads } = VARIANTS[variant];
+  const { native, threads, blasThreads, dataParallel } = VARIANTS[variant];
   const selection = await selectBackend("wasm", () => {}, { nativeKernels: native });
   const loaded = loadBlasAddon();
   if (native === "auto") {
     if (!("addon" in loaded) || !selection.nativeKernels?.active) throw new Error(`native kernels unavailable: ${selection.nativeKernels?.detail}`);
-    loaded.addon.setThreads(threads);
+    loaded.addon.setThreads(blasThreads);
   }
-  const { step } = trainingSetup(configName, method);
+  const setup = dataParallel > 0 ? await dataParallelSetup(configName, method, dataParallel, blasThreads) : { ...trainingSetup(configName, method), close: async () => {} };
   const times: number[] = [];
   const cpuTimes: number[] = [];
+  const waits: number[] = [];
   const losses: number[] = [];
   const tensorsBefore = tf.memory().numTensors;
+  let threadTensors: number[][] = [];
   for (let i = 0; i < WARMUP + STEPS; i++) {
     const c0 = process.cpuUsage();
+    const w0 = runQueueWaitMs();
     const t0 = performance.now();
-    losses.push(step(i).loss);
+    const out = await setup.step(i);
     times.push(performance.now() - t0);
     const c = process.cpuUsage(c0);
     cpuTimes.push((c.user + c.system) / 1000);
+    waits.push(runQueueWaitMs() - w0);
+    losses.push(out.loss);
+    if ("threadTensors" in out) threadTensors.push(out.threadTensors);
   }
+  await setup.close();
   const leaked = tf.memory().numTensors - tensorsBefore;
+  // Tensors each worker thread holds after the first and the last step: equal when nothing leaks.
+  threadTensors = threadTensors.length > 0 ? [threadTensors[0], threadTensors[threadTensors.length - 1]] : [];
   const timed = times.slice(WARMUP).sort((a, b) => a - b);
   return {
     variant, config: configName, method, threads,
@@ -56,13 +74,32 @@ async function runCase(variant: Variant, configName: ConfigName, method: Method)
     kernels: selection.nativeKernels && { ...selection.nativeKernels, threads: "addon" in loaded ? loaded.addon.threads() : undefined },
     stepMs: median(timed),
     cpuMs: median(cpuTimes.slice(WARMUP)),
+    runQueueWaitMs: median(waits.slice(WARMUP)),
     minMs: timed[0],
     maxMs: timed[timed.length - 1],
     firstLoss: losses[0],
     lastLoss: losses[losses.length - 1],
     tensorsHeldAfter: leaked,
+    ...(dataParallel > 0 && { dataParallelThreads: dataParallel, threadTensorsFirstLast: threadTensors }),
     peakRssMb: process.resourceUsage().maxRSS / 1024,
   };
+}
+
+/**
+ * Time this process's threads spent ready to run but without a core (Linux schedstat): other
+ * load on the shared machine. A data-parallel step waits for its slowest thread, so it
+ * suffers most from it.
+ */
+function runQueueWaitMs(): number {
+  let ns = 0;
+  for (const task of readdirSync("/proc/self/task")) {
+    try {
+      ns += Number(readFileSync(`/proc/self/task/${task}/schedstat`, "utf8").split(" ")[1]);
+    } catch {
+      // The thread ended between the listing and the read.
+    }
+  }
+  return ns / 1e6;
 }
 
 function median(xs: number[]): number {

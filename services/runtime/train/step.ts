@@ -9,6 +9,7 @@ import type { HostTensors } from "../host-tensor.ts";
 import type { LlamaModel } from "../model/llama.ts";
 import type { LoraAdapter } from "../model/lora.ts";
 import { causalLmLoss } from "../model/loss.ts";
+import type { Shard } from "./shard.ts";
 
 /** A collated batch as tensors; tokens = supervised (labelled, shifted) positions. */
 export interface TrainBatch {
@@ -16,6 +17,18 @@ export interface TrainBatch {
   attentionMask: tf.Tensor2D;
   labels: tf.Tensor2D;
   tokens: number;
+  /**
+   * Set on one shard of a data-parallel step (data-parallel.ts): its share of the whole batch's
+   * supervised tokens. Its loss is scaled by it, so the shards' losses and gradients add up
+   * to the whole batch's (a mean over all its tokens).
+   */
+  shareOfBatch?: number;
+}
+
+/** The batch's loss (see TrainBatch.shareOfBatch for a shard). */
+export function batchLoss(logits: tf.Tensor3D, batch: TrainBatch): tf.Scalar {
+  const loss = causalLmLoss(logits, batch.labels);
+  return batch.shareOfBatch === undefined ? loss : loss.mul(batch.shareOfBatch);
 }
 
 /**
@@ -43,6 +56,12 @@ export interface StepInput {
    * clipping; throws TrainingDivergedError on a non-finite loss or gradient.
    */
   update(loss: number, grads: Map<string, tf.Tensor>): number;
+  /**
+   * Set when `batch` is one shard of a data-parallel step: its rows of the whole batch and the
+   * sums over all shards, through which whole-batch quantities other than the loss go
+   * (Vaccine's norms and kept perturbation).
+   */
+  shard?: Shard;
 }
 
 export interface StepOutput {
@@ -90,7 +109,7 @@ export function lossAndGrads(
   const { model, lora, batch } = input;
   return valueAndGrads(input.params, () => {
     const { logits } = model.forward(batch.inputIds, batch.attentionMask, { lora, deltas, training: true });
-    return causalLmLoss(logits, batch.labels);
+    return batchLoss(logits, batch);
   });
 }
 

@@ -15,17 +15,25 @@
  * reused in between. A relative rho ({ relative: r }) becomes r times the attention-output
  * norm of the first batch (docs/method.md#calibrating-rho), measured once and kept in the
  * training state so that a resumed run does not measure again on another batch.
+ *
+ * Split data-parallel (data-parallel.ts), each thread computes g and eps on its rows of the
+ * batch (StepInput.shard), and the norms (G, the attention-output norm, the reported
+ * perturbation norm) are of the whole batch: the threads add up their sums of squares. An eps
+ * kept for reuse (tau > 1) is the whole batch's on every thread, so it is fitted to a later
+ * batch as on one thread; with tau = 1 each thread keeps only its rows (never reused).
  */
 import * as tf from "@tensorflow/tfjs";
 import type { HostTensors } from "../host-tensor.ts";
 import { toHost, type LlamaModel } from "../model/llama.ts";
-import { causalLmLoss } from "../model/loss.ts";
 import type { LoraAdapter } from "../model/lora.ts";
-import { globalNorm } from "./adamw.ts";
-import { lossAndGrads, type StepFunction, type StepInput, type StepOutput, type TrainBatch } from "./step.ts";
+import { gatherRows, shardRows, type Shard } from "./shard.ts";
+import { batchLoss, lossAndGrads, type StepFunction, type StepInput, type StepOutput, type TrainBatch } from "./step.ts";
 
 /** The reference's guard against a zero gradient norm. */
 export const NORM_EPS = 1e-7;
+
+/** Training-state keys of the kept perturbation, one [B, T, hidden] tensor per layer: EPS_KEY + layer. */
+export const EPS_KEY = "vaccine.eps.";
 
 /** Training-state key of the attention-output norm a relative rho was resolved with. */
 export const NORM_KEY = "vaccine.attention_norm";
@@ -48,16 +56,19 @@ export function attentionOutputGrads(
     const lossOf = (...xs: tf.Tensor[]) => {
       const deltas = [...zeros];
       layers.forEach((l, i) => (deltas[l] = xs[i]));
-      return causalLmLoss(model.forward(batch.inputIds, batch.attentionMask, { lora, deltas, training }).logits, batch.labels);
+      return batchLoss(model.forward(batch.inputIds, batch.attentionMask, { lora, deltas, training }).logits, batch);
     };
     return tf.grads(lossOf)(layers.map((l) => zeros[l])) as tf.Tensor3D[];
   });
 }
 
-/** rho * g / (G + 1e-7) with G one norm over all the tensors given. */
-export function scaleToNorm(g: tf.Tensor3D[], rho: number): tf.Tensor3D[] {
+/**
+ * rho * g / (G + 1e-7) with G one norm over all the tensors given, or G as given (the whole
+ * batch's, when g holds the rows of one shard).
+ */
+export function scaleToNorm(g: tf.Tensor3D[], rho: number, wholeNorm?: number): tf.Tensor3D[] {
   return tf.tidy(() => {
-    const norm = tf.addN(g.map((x) => x.square().sum())).sqrt();
+    const norm = wholeNorm === undefined ? tf.addN(g.map((x) => x.square().sum())).sqrt() : tf.scalar(wholeNorm);
     const scale = tf.scalar(rho).div(norm.add(NORM_EPS));
     return g.map((x) => x.mul(scale) as tf.Tensor3D);
   });
@@ -65,18 +76,30 @@ export function scaleToNorm(g: tf.Tensor3D[], rho: number): tf.Tensor3D[] {
 
 /**
  * The global L2 norm of every layer's attention output A_l over the real (unpadded) tokens
- * of the batch, without adapter dropout: the size of what the perturbation is added to.
- * Float32, as the tensors are.
+ * of the batch (of the whole batch, given a shard), without adapter dropout: the size of
+ * what the perturbation is added to. Float32, as the tensors are.
  */
-export function attentionOutputNorm(model: LlamaModel, lora: LoraAdapter | undefined, batch: TrainBatch): number {
-  const norm = tf.tidy(() => {
+export function attentionOutputNorm(model: LlamaModel, lora: LoraAdapter | undefined, batch: TrainBatch, shard?: Shard): number {
+  const squares = tf.tidy(() => {
     const { attentionOutputs } = model.forward(batch.inputIds, batch.attentionMask, { lora, returnAttentionOutputs: true, training: false });
     const mask = batch.attentionMask.toFloat().expandDims(2);
-    return tf.addN(attentionOutputs!.map((a) => a.mul(mask).square().sum())).sqrt();
+    return tf.addN(attentionOutputs!.map((a) => a.mul(mask).square().sum())).dataSync()[0];
   });
-  const value = norm.dataSync()[0];
-  norm.dispose();
-  return value;
+  return normOf(squares, shard);
+}
+
+/**
+ * The square root of a float32 sum of squares, over all shards given one, rounded to float32:
+ * the same value as tfjs's sqrt of that sum (a double sqrt rounds to the float one).
+ */
+function normOf(squares: number, shard?: Shard): number {
+  return Math.fround(Math.sqrt(shard ? shard.sum([squares])[0] : squares));
+}
+
+/** The global L2 norm of tensors holding the batch's rows; for a shard, of the whole batch's. */
+function batchNorm(input: StepInput, tensors: tf.Tensor[]): number {
+  const squares = tf.tidy(() => tf.addN(tensors.map((t) => t.square().sum())).dataSync()[0]);
+  return normOf(squares, input.shard);
 }
 
 /** rho as set: absolute, or a fraction of the first batch's attention-output norm. */
@@ -89,11 +112,17 @@ export interface RhoCalibration {
   rho: number;
 }
 
-/** Pass 1: the worst-case perturbation of every layer's attention output within norm rho. */
+/**
+ * Pass 1: the worst-case perturbation of every layer's attention output within norm rho. A
+ * shard computes its rows of g and scales them by the whole batch's norm.
+ */
 export function computePerturbation(input: StepInput, rho: number): tf.Tensor3D[] {
   const { model, lora, batch } = input;
   const all = Array.from({ length: model.config.numHiddenLayers }, (_, l) => l);
-  return tf.tidy(() => scaleToNorm(attentionOutputGrads(model, lora, batch, all), rho));
+  return tf.tidy(() => {
+    const g = attentionOutputGrads(model, lora, batch, all);
+    return scaleToNorm(g, rho, input.shard && batchNorm(input, g));
+  });
 }
 
 /**
@@ -138,22 +167,30 @@ export class VaccineStep implements StepFunction {
     if (this.measuredNorm === undefined) {
       // A state written after step 0 always holds the norm: measuring now would use another batch.
       if (input.step !== 0) throw new Error(`relative rho: no attention-output norm was measured before step ${input.step}`);
-      this.measuredNorm = attentionOutputNorm(input.model, input.lora, input.batch);
+      this.measuredNorm = attentionOutputNorm(input.model, input.lora, input.batch, input.shard);
     }
     return this.rhoSetting.relative * this.measuredNorm;
   }
 
   run(input: StepInput): StepOutput {
+    // A shard's eps kept for reuse is gathered into the whole batch's.
+    const shard = this.refreshEvery > 1 ? input.shard : undefined;
     if (this.eps === null || input.step % this.refreshEvery === 0) {
       const rho = this.rhoFor(input);
-      const eps = input.phase("perturbation", () => computePerturbation(input, rho));
+      const eps = input.phase("perturbation", () => {
+        const own = computePerturbation(input, rho);
+        if (!shard) return own;
+        const whole = gatherRows(own, shard);
+        tf.dispose(own);
+        return whole;
+      });
       this.disposeEps();
       this.eps = eps;
     }
     const [b, t] = input.batch.inputIds.shape;
-    const deltas = this.eps.map((e) => fitTo(e, b, t));
+    const deltas = this.eps.map((e) => (shard ? tf.tidy(() => shardRows(fitTo(e, shard.rows, t), shard)) : fitTo(e, b, t)));
     try {
-      const perturbationNorm = globalNorm(deltas);
+      const perturbationNorm = batchNorm(input, deltas);
       return input.phase("update", () => {
         const { loss, grads } = lossAndGrads(input, deltas);
         return { loss, gradNorm: input.update(loss, grads), perturbationNorm };
@@ -166,7 +203,7 @@ export class VaccineStep implements StepFunction {
   /** The perturbation kept for reuse (accelerated Vaccine) and the measured norm, so a resumed run reuses both. */
   exportState(): HostTensors {
     const out: HostTensors = new Map();
-    this.eps?.forEach((e, l) => out.set(`vaccine.eps.${l}`, toHost(e)));
+    this.eps?.forEach((e, l) => out.set(`${EPS_KEY}${l}`, toHost(e)));
     // Float32 holds the norm exactly: it was computed in float32.
     if (this.measuredNorm !== undefined) out.set(NORM_KEY, { data: Float32Array.of(this.measuredNorm), shape: [1] });
     return out;
@@ -176,11 +213,11 @@ export class VaccineStep implements StepFunction {
     this.disposeEps();
     const norm = state.get(NORM_KEY);
     this.measuredNorm = norm && norm.data[0];
-    const layers = [...state.keys()].filter((k) => k.startsWith("vaccine.eps.")).length;
+    const layers = [...state.keys()].filter((k) => k.startsWith(EPS_KEY)).length;
     if (layers === 0) return;
     this.eps = Array.from({ length: layers }, (_, l) => {
-      const h = state.get(`vaccine.eps.${l}`);
-      if (!h) throw new Error(`training state: vaccine.eps.${l} is missing`);
+      const h = state.get(`${EPS_KEY}${l}`);
+      if (!h) throw new Error(`training state: ${EPS_KEY}${l} is missing`);
       return tf.tensor3d(h.data, h.shape as [number, number, number]);
     });
   }

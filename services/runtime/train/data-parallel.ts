@@ -1,0 +1,273 @@
+/**
+ * Data-parallel training over worker threads (issue 17, "both cores"). Each thread has its own
+ * tfjs runtime and copy of the model and computes the step on its rows of the batch
+ * (data-parallel-worker.ts). A shard's loss is its tokens' loss sum over the whole batch's
+ * token count (TrainBatch.shareOfBatch), so the shards' gradients add up to the whole batch's;
+ * they are added through shared memory (shared-sum.ts) and every thread applies the same
+ * clipping and AdamW update, so the copies stay identical without sending weights. The result
+ * is the single-thread step's up to float rounding. SFT and Vaccine (accelerated, relative rho):
+ * Vaccine's norms and kept perturbation are the whole batch's (vaccine-step.ts). One
+ * difference: with LoRA dropout each thread draws its own masks (as random, not the same draw
+ * as on one thread).
+ */
+import type { Worker } from "node:worker_threads";
+import { activeBackend } from "../backend.ts";
+import type { Batch } from "../data/collate.ts";
+import type { HostTensors } from "../host-tensor.ts";
+import type { LlamaConfig } from "../model/config.ts";
+import { IGNORE_INDEX } from "../model/loss.ts";
+import type { LoraConfig } from "../model/lora.ts";
+import { loadBlasAddon } from "../native/blas-addon.ts";
+import type { NativeKernelMode } from "../native/kernels.ts";
+import { startWorker } from "../start-worker.ts";
+import { TrainingDivergedError, type TrainerState } from "./loop.ts";
+import { abortSharedSum, PeerFailedError, sharedSumBuffers, type SharedSumBuffers } from "./shared-sum.ts";
+import type { Shard } from "./shard.ts";
+import type { StepOutput } from "./step.ts";
+import { EPS_KEY, type Rho } from "./vaccine-step.ts";
+
+export type DataParallelMethod = { name: "sft" } | { name: "vaccine"; rho: Rho; refreshEvery?: number };
+
+export interface DataParallelInit {
+  config: LlamaConfig;
+  /** The base model's weights. */
+  weights: HostTensors;
+  /** The adapter to train; without it every model weight trains. */
+  lora?: { config: LoraConfig; weights: HostTensors };
+  method: DataParallelMethod;
+  /** AdamW's, with norm weights exempt as in the training loop. */
+  weightDecay: number;
+  /** Default 2. */
+  threads?: number;
+  /** tfjs backend of every thread; default: this thread's, else VACCINE_BACKEND, else auto. */
+  backend?: string;
+  nativeKernels?: NativeKernelMode;
+  /** OpenBLAS threads (a process-wide setting); default: the addon's own (1 unless set in the environment). */
+  blasThreads?: number;
+}
+
+export interface DataParallelStep {
+  /** The whole batch, as collated. */
+  batch: Batch;
+  /** 0-based index of the step. */
+  step: number;
+  learningRate: number;
+  gradClip: number;
+  /** The step's LoRA dropout seed; each thread derives its own from it. */
+  dropoutSeed: number;
+}
+
+export interface DataParallelStepOutput extends StepOutput {
+  /** Thread 0's time in Vaccine's pass 1 and in the update pass (ms). */
+  perturbationMs: number;
+  updateMs: number;
+  /** tf.memory().numTensors of each thread after the step. */
+  threadTensors: number[];
+}
+
+/** What the coordinator gives each thread at its start. */
+export interface WorkerInit extends Omit<DataParallelInit, "threads" | "backend"> {
+  backend: string;
+  rank: number;
+  sum: SharedSumBuffers;
+}
+
+export interface ShardStepResult {
+  loss: number;
+  gradNorm: number;
+  perturbationNorm: number;
+  perturbationMs: number;
+  updateMs: number;
+  numTensors: number;
+}
+
+/** rows: which rows of the batch the shard holds (shard.ts). */
+export type ToWorker =
+  | ({ t: "step"; shard: Batch; rows: Omit<Shard, "sum"> } & Omit<DataParallelStep, "batch">)
+  | { t: "weights" }
+  | { t: "state"; step: number }
+  | { t: "importState"; state: TrainerState };
+export type FromWorker =
+  | { t: "ready" }
+  | { t: "stepped"; result: ShardStepResult }
+  | { t: "weights"; weights: HostTensors }
+  | { t: "state"; state: TrainerState }
+  | { t: "imported" }
+  | { t: "failed"; error: WorkerError };
+
+/** An error of a thread, as a message; TrainingDivergedError keeps its class across. */
+export interface WorkerError {
+  name: string;
+  message: string;
+  step?: number;
+  loss?: number;
+}
+
+interface Pending {
+  resolve(m: FromWorker): void;
+  reject(err: Error): void;
+}
+
+export class DataParallelTrainer {
+  private readonly pending: Pending[][];
+  private failure: Error | undefined;
+  private closing = false;
+  private live: number;
+
+  private constructor(
+    private readonly workers: Worker[],
+    private readonly sum: SharedSumBuffers,
+    private readonly method: DataParallelMethod,
+  ) {
+    this.live = workers.length;
+    this.pending = workers.map(() => []);
+    workers.forEach((w, rank) => {
+      w.on("message", (m: FromWorker) => {
+        const p = this.pending[rank].shift();
+        if (m.t !== "failed") return p?.resolve(m);
+        const err = fromWorkerError(m.error);
+        // A thread released by another's failure: that one reports the cause.
+        if (!(err instanceof PeerFailedError)) this.fail(err);
+        p?.reject(err);
+      });
+      w.on("error", (err) => this.failAll(rank, err));
+      w.on("exit", (code) => {
+        this.live--;
+        this.failAll(rank, new Error(`data-parallel thread ${rank} exited with code ${code}`));
+      });
+    });
+  }
+
+  /** Starts the threads, each with its copy of the model; resolves once all are ready. */
+  static async start(init: DataParallelInit): Promise<DataParallelTrainer> {
+    const { threads = 2, backend = activeBackend() ?? process.env.VACCINE_BACKEND ?? "auto", ...rest } = init;
+    if (!Number.isInteger(threads) || threads < 1) throw new RangeError(`threads must be an integer >= 1, got ${threads}`);
+    const trained = init.lora?.weights ?? init.weights;
+    // Every gradient and the loss, in one sum.
+    const capacity = [...trained.values()].reduce((n, t) => n + t.data.length, 0) + 1;
+    const sum = sharedSumBuffers(threads, capacity);
+    // OpenBLAS reads the core type blas-addon.ts chooses from the environment once, when first
+    // loaded, and a worker thread's process.env does not reach the C environment: load it here.
+    if (init.nativeKernels !== "off") loadBlasAddon();
+    const workers = Array.from({ length: threads }, (_, rank) =>
+      startWorker(import.meta.url, "./data-parallel-worker", { workerData: { ...rest, backend, rank, sum } satisfies WorkerInit }),
+    );
+    const trainer = new DataParallelTrainer(workers, sum, init.method);
+    try {
+      await trainer.all(() => undefined);
+    } catch (err) {
+      await trainer.close();
+      throw err;
+    }
+    return trainer;
+  }
+
+  /** Threads still running (0 after close). */
+  get liveThreads(): number {
+    return this.live;
+  }
+
+  /** One training step on the batch split by rows across the threads. */
+  async step(request: DataParallelStep): Promise<DataParallelStepOutput> {
+    const { batch, ...rest } = request;
+    const shards = splitRows(batch, this.workers.length);
+    const replies = await this.all((rank) => ({ t: "step", ...shards[rank], ...rest }));
+    const results = replies.map((m) => (m as { result: ShardStepResult }).result);
+    const [first] = results;
+    // Equal sums and equal updates give equal outcomes on every thread; anything else is a bug.
+    if (results.some((r) => r.loss !== first.loss || r.gradNorm !== first.gradNorm || r.perturbationNorm !== first.perturbationNorm)) {
+      throw this.fail(new Error(`data-parallel threads disagree: ${JSON.stringify(results)}`));
+    }
+    const { loss, gradNorm, perturbationNorm, perturbationMs, updateMs } = first;
+    return { loss, gradNorm, perturbationNorm, perturbationMs, updateMs, threadTensors: results.map((r) => r.numTensors) };
+  }
+
+  /** The trained weights (the adapter's, or the model's) of each thread. */
+  async weights(): Promise<HostTensors[]> {
+    return (await this.all(() => ({ t: "weights" }))).map((m) => (m as { weights: HostTensors }).weights);
+  }
+
+  /**
+   * The training state as the single-thread loop writes it (loop.ts TrainerState), for a
+   * checkpoint: thread 0's, as every thread holds the same (optimizer moments, Vaccine's
+   * perturbation kept for reuse). With tau = 1 the perturbation is never reused, and each
+   * thread holds only its rows of it: it is left out.
+   */
+  async exportState(step: number): Promise<TrainerState> {
+    const [first] = await this.all(() => ({ t: "state", step }), [0]);
+    const { state } = first as { state: TrainerState };
+    if (this.method.name === "vaccine" && (this.method.refreshEvery ?? 1) === 1) {
+      for (const key of state.stepState.keys()) if (key.startsWith(EPS_KEY)) state.stepState.delete(key);
+    }
+    return state;
+  }
+
+  /** Continues from a training state (of this trainer or of the single-thread loop); the weights come with start. */
+  async importState(state: TrainerState): Promise<void> {
+    await this.all(() => ({ t: "importState", state }));
+  }
+
+  /** Terminates every thread; the trainer cannot be used after. */
+  async close(): Promise<void> {
+    this.closing = true;
+    this.fail(new Error("the data-parallel trainer is closed"));
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+
+  /**
+   * Sends each thread of `ranks` (default all) its message (none: only awaits the next reply)
+   * and awaits their replies; the first real failure wins.
+   */
+  private async all(message: (rank: number) => ToWorker | undefined, ranks = this.workers.map((_, rank) => rank)): Promise<FromWorker[]> {
+    if (this.failure) throw this.failure;
+    const replies = ranks.map(
+      (rank) =>
+        new Promise<FromWorker>((resolve, reject) => {
+          this.pending[rank].push({ resolve, reject });
+          const m = message(rank);
+          if (m) this.workers[rank].postMessage(m);
+        }),
+    );
+    const settled = await Promise.allSettled(replies);
+    const errors = settled.flatMap((s) => (s.status === "rejected" ? [s.reason as Error] : []));
+    if (errors.length > 0) throw errors.find((e) => !(e instanceof PeerFailedError)) ?? errors[0];
+    return settled.map((s) => (s as PromiseFulfilledResult<FromWorker>).value);
+  }
+
+  /** Marks the trainer unusable and releases threads waiting in a sum; returns the error. */
+  private fail(err: Error): Error {
+    this.failure ??= err;
+    abortSharedSum(this.sum);
+    return err;
+  }
+
+  private failAll(rank: number, err: Error): void {
+    if (!this.closing) this.fail(err);
+    for (const p of this.pending[rank].splice(0)) p.reject(err);
+  }
+}
+
+/**
+ * The batch's rows in contiguous, near-equal shards (its seqLen kept, so each row computes as
+ * in the whole batch). A thread without rows gets one row that counts for nothing (no
+ * attention, no label): it still takes part in every sum and applies the same update.
+ */
+function splitRows(batch: Batch, shards: number): { shard: Batch; rows: Omit<Shard, "sum"> }[] {
+  const t = batch.seqLen;
+  return Array.from({ length: shards }, (_, k) => {
+    const rows = { from: Math.floor((k * batch.batch) / shards), to: Math.floor(((k + 1) * batch.batch) / shards), rows: batch.batch };
+    if (rows.to === rows.from) {
+      const shard = { inputIds: new Int32Array(t), attentionMask: new Int32Array(t), labels: new Int32Array(t).fill(IGNORE_INDEX), batch: 1, seqLen: t, unsupervised: 1, truncated: 0 };
+      return { shard, rows };
+    }
+    const cut = (a: Int32Array) => a.slice(rows.from * t, rows.to * t);
+    const shard = { inputIds: cut(batch.inputIds), attentionMask: cut(batch.attentionMask), labels: cut(batch.labels), batch: rows.to - rows.from, seqLen: t, unsupervised: 0, truncated: 0 };
+    return { shard, rows };
+  });
+}
+
+function fromWorkerError(e: WorkerError): Error {
+  if (e.name === "TrainingDivergedError") return new TrainingDivergedError(e.step!, e.loss!);
+  if (e.name === "PeerFailedError") return new PeerFailedError();
+  return Object.assign(new Error(e.message), { name: e.name });
+}
