@@ -16,6 +16,7 @@ import type { Example } from "../runtime/data/template.ts";
 import { readJsonObject } from "../runtime/json.ts";
 import { parseLlamaConfig, type LlamaConfig } from "../runtime/model/config.ts";
 import { lineageOf } from "../runtime/pipeline/load.ts";
+import { dataParallelMethod, trainThreads } from "../runtime/pipeline/train-adapter.ts";
 import type { CheckpointStore } from "../runtime/store/store.ts";
 import { estimateJobMemory, type JobMemoryEstimate, type JobShape } from "./job-memory.ts";
 import { loraOf, methodOf, parentOf, trainingOf, type Stage } from "./spec.ts";
@@ -69,8 +70,12 @@ export async function jobShapeOf(store: CheckpointStore, stage: Stage, spec: Ali
     loraRank: lora.r,
     targetModules: lora.targetModules,
     method: methodOf(spec, stage).kind,
+    // Data-parallel threads each hold a model copy (train-adapter.ts: SFT and Vaccine, unguarded).
+    threads: !guarded(stage, spec) && dataParallelMethod(methodOf(spec, stage), undefined) ? trainThreads() : 1,
   };
 }
+
+const guarded = (stage: Stage, spec: AlignSpec | FineTuneSpec) => stage === "finetune" && (spec as FineTuneSpec).guard.case !== undefined;
 
 /**
  * Parsed configs of root models by digest. A checkout verifies every file of the model (for a

@@ -23,6 +23,8 @@ export interface JobShape {
   method: AlignmentMethod["kind"];
   /** Characters of the dataset's text, which the worker holds as JS strings and examples. */
   datasetChars?: number;
+  /** Data-parallel threads the steps run on (VACCINE_TRAIN_THREADS); 1 or absent: the job's own thread. */
+  threads?: number;
 }
 
 export interface JobMemoryEstimate {
@@ -71,6 +73,22 @@ export const COEFFICIENTS = {
 } as const;
 
 export function estimateJobMemory(s: JobShape): JobMemoryEstimate {
+  const threads = s.threads ?? 1;
+  if (threads > 1) {
+    // The job's thread keeps its model, adapter and data but runs no step; each training thread
+    // has a runtime, a model copy, the adapter and the activations of its share of the rows.
+    const job = estimateJobMemory({ ...s, threads: 1 });
+    const each = estimateJobMemory({ ...s, threads: 1, datasetChars: 0, batchSize: Math.ceil(s.batchSize / threads) });
+    const sum = (k: keyof JobMemoryEstimate) => threads * each[k] + (k === "activationBytes" ? 0 : job[k]);
+    const activationBytes = sum("activationBytes");
+    return {
+      totalBytes: job.totalBytes - job.activationBytes + threads * each.totalBytes,
+      runtimeBytes: sum("runtimeBytes"),
+      weightBytes: sum("weightBytes"),
+      adapterBytes: sum("adapterBytes"),
+      activationBytes,
+    };
+  }
   const c = s.model;
   const k = COEFFICIENTS;
   const tokens = s.batchSize * s.sequenceLength;

@@ -4,12 +4,13 @@
  * harmful-data passes), so an SRE can read the per-step latency of each in a trace; plus
  * histograms of step and pass latency and a counter of trained tokens.
  */
-import { SpanStatusCode, type Meter, type Span, type Tracer } from "@opentelemetry/api";
+import { context, SpanStatusCode, type Meter, type Span, type Tracer } from "@opentelemetry/api";
 import type { StepMetrics } from "../runtime/train/loop.ts";
 import type { PhaseName, PhaseRunner } from "../runtime/train/step.ts";
 
 export interface TrainingTelemetry {
-  step: (run: () => StepMetrics) => StepMetrics;
+  /** A step run here (its passes report through `phase`) or on data-parallel threads (they report their times in the metrics). */
+  step: (run: () => StepMetrics | Promise<StepMetrics>) => Promise<StepMetrics>;
   phase: PhaseRunner;
 }
 
@@ -33,11 +34,25 @@ export function trainingTelemetry(tracer: Tracer, meter: Meter, attrs: { kind: s
   const passDuration = meter.createHistogram(TRAINING.passDuration, { unit: "s", description: "Wall time of one pass of a step (perturbation, update, probe, harmful, harmful_shifted)" });
   const tokens = meter.createCounter(TRAINING.tokens, { unit: "{token}", description: "Supervised tokens trained on" });
   const common = { "vaccine.job.kind": attrs.kind, "vaccine.method": attrs.method };
+  let phased = false;
+  const passSpan = (name: PhaseName, startTime: number, ms: number) => {
+    const span = tracer.startSpan(TRAINING.phaseSpan[name], { startTime }, context.active());
+    passDuration.record(ms / 1000, { ...common, "vaccine.pass": name });
+    span.end(startTime + ms);
+  };
   return {
     step: (run) =>
-      tracer.startActiveSpan(TRAINING.stepSpan, { attributes: { ...common, "vaccine.rho": attrs.rho } }, (span) => {
+      tracer.startActiveSpan(TRAINING.stepSpan, { attributes: { ...common, "vaccine.rho": attrs.rho } }, async (span) => {
+        const started = Date.now();
+        phased = false;
         try {
-          const m = run();
+          const m = await run();
+          // Passes run on data-parallel threads report only their times (thread 0's): their
+          // spans are placed from the step's start, the perturbation first.
+          if (!phased) {
+            if (m.perturbationMs > 0) passSpan("perturbation", started, m.perturbationMs);
+            passSpan("update", started + m.perturbationMs, m.updateMs);
+          }
           span.setAttributes({
             "vaccine.step": m.step,
             "vaccine.loss": m.loss,
@@ -61,6 +76,7 @@ export function trainingTelemetry(tracer: Tracer, meter: Meter, attrs: { kind: s
       }),
     phase: (name, fn) =>
       tracer.startActiveSpan(TRAINING.phaseSpan[name], (span) => {
+        phased = true;
         const t0 = performance.now();
         try {
           return fn();

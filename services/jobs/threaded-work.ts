@@ -5,13 +5,14 @@
  * Every JobContext call of the worker arrives here as a message; its per-step spans and
  * metrics are replayed under the job's span. Executors use it like any JobWork.
  */
-import { Worker, type ResourceLimits } from "node:worker_threads";
+import type { ResourceLimits } from "node:worker_threads";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { context, type Meter } from "@opentelemetry/api";
 import { StatusSchema } from "../../gen/google/rpc/status_pb.ts";
 import { JobSchema } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { fromStatus } from "../platform/errors.ts";
 import { activeBackend } from "../runtime/backend.ts";
+import { startWorker } from "../runtime/start-worker.ts";
 import type { StoreConfig } from "../runtime/store/create-store.ts";
 import { backendAbortedError, isBackendAbort } from "./backend-abort.ts";
 import type { JobWork } from "./executor.ts";
@@ -42,7 +43,7 @@ export function threadedWork(stage: Stage, options: ThreadedWorkOptions): JobWor
         store: options.store,
         backend: options.backend ?? activeBackend() ?? process.env.VACCINE_BACKEND ?? "auto",
       };
-      const worker = startTrainingWorker(data, options.resourceLimits);
+      const worker = startWorker(import.meta.url, "./training-worker", { workerData: data, resourceLimits: options.resourceLimits });
       let settled = false;
       const onStop = () => worker.postMessage({ t: "stop", reason: ctx.signal.reason } satisfies ToWorker);
       const settle = (finish: () => void) => {
@@ -81,17 +82,3 @@ export function threadedWork(stage: Stage, options: ThreadedWorkOptions): JobWor
     });
 }
 
-/**
- * From compiled JavaScript the entry is training-worker.js beside this file. From the
- * TypeScript sources (dev, tests) it needs tsx's loader, and tsx does not register itself
- * in worker threads on Node 20 (`execArgv: ["--import", "tsx"]` is ignored there), so a
- * two-line bootstrap registers it through tsx's API first.
- */
-function startTrainingWorker(workerData: TrainingWorkerData, resourceLimits?: ResourceLimits): Worker {
-  const fromSources = import.meta.url.endsWith(".ts");
-  const entry = new URL(fromSources ? "./training-worker.ts" : "./training-worker.js", import.meta.url);
-  if (!fromSources) return new Worker(entry, { workerData, resourceLimits });
-  const tsx = import.meta.resolve("tsx/esm/api");
-  const bootstrap = `import(${JSON.stringify(tsx)}).then((api) => { api.register(); return import(${JSON.stringify(entry.href)}); });`;
-  return new Worker(bootstrap, { eval: true, workerData, resourceLimits });
-}

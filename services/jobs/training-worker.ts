@@ -3,8 +3,6 @@
  * checkpoint store, then the stage's training work with a JobContext whose every call
  * is a message to the starting thread. A backend that aborts poisons only this thread.
  */
-import { readlinkSync } from "node:fs";
-import os from "node:os";
 import { parentPort, workerData } from "node:worker_threads";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { context } from "@opentelemetry/api";
@@ -15,14 +13,12 @@ import { toRpcError } from "../common/runtime-errors.ts";
 import { toStatus } from "../platform/errors.ts";
 import { selectBackend } from "../runtime/backend.ts";
 import { createStore } from "../runtime/store/create-store.ts";
+import { lowerThreadPriority } from "../runtime/thread-priority.ts";
 import { isBackendAbort } from "./backend-abort.ts";
 import type { JobContext, StopReason } from "./executor.ts";
 import { forwardingMeter, forwardingTracer } from "./forwarded-telemetry.ts";
 import type { FromWorker, ToWorker, TrainingWorkerData } from "./thread-messages.ts";
 import { trainingWork } from "./work.ts";
-
-/** Niceness of a training thread (0 is the serving thread's, 19 the lowest). */
-const TRAINING_NICENESS = 5;
 
 const port = parentPort!;
 const data = workerData as TrainingWorkerData;
@@ -35,20 +31,6 @@ port.on("message", (m: ToWorker) => {
 // Per-step spans nest through the active context, as on the serving thread.
 context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
 lowerThreadPriority();
-
-/**
- * Training is batch work: this thread runs at a lower priority (nice TRAINING_NICENESS) than
- * the serving thread, so a request gets a core first when the job and requests compete. Linux
- * applies setpriority to the one thread whose id it is given; elsewhere priorities stay equal.
- */
-function lowerThreadPriority(): void {
-  try {
-    const tid = Number(readlinkSync("/proc/thread-self").split("/").pop());
-    if (Number.isInteger(tid) && tid !== process.pid) os.setPriority(tid, TRAINING_NICENESS);
-  } catch {
-    // No /proc/thread-self (not Linux) or not permitted: equal priority.
-  }
-}
 
 async function main(): Promise<void> {
   try {

@@ -41,6 +41,17 @@ describe("estimateJobMemory", () => {
     expect(mb(shape({ method: "vaccine" }))).toBeGreaterThan(mb(shape({ method: "sft" })));
   });
 
+  it("counts a runtime, a model copy and its rows' activations per data-parallel thread, and the job thread's data once", () => {
+    const one = estimateJobMemory(shape({ batchSize: 8, datasetChars: 1e6 }));
+    const two = estimateJobMemory(shape({ batchSize: 8, datasetChars: 1e6, threads: 2 }));
+    const half = estimateJobMemory(shape({ batchSize: 4 }));
+    expect(two.weightBytes).toBe(3 * one.weightBytes);
+    expect(two.activationBytes).toBe(2 * half.activationBytes);
+    expect(two.totalBytes).toBe(one.totalBytes - one.activationBytes + 2 * half.totalBytes);
+    expect(two.totalBytes).toBeGreaterThan(one.totalBytes);
+    expect(estimateJobMemory(shape({ threads: 1 }))).toEqual(estimateJobMemory(shape()));
+  });
+
   it("is not below the measured peak of any recorded job (bench/results/job-memory.json)", () => {
     const { results } = JSON.parse(readFileSync("bench/results/job-memory.json", "utf8")) as {
       results: { name: string; model: Record<string, number>; batch: number; seq: number; rank: number; method: "sft" | "vaccine"; failure?: string; measuredMb: number }[];

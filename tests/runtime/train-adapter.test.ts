@@ -1,6 +1,11 @@
-// Alignment and fine-tuning through the store: lineage, double LoRA, resume after a stop.
+// Alignment and fine-tuning through the store: lineage, double LoRA, resume after a stop,
+// and the steps split over data-parallel threads (VACCINE_TRAIN_THREADS).
 import * as tf from "@tensorflow/tfjs";
+import { context, metrics } from "@opentelemetry/api";
+import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
+import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { TRAINING, trainingTelemetry } from "../../services/jobs/telemetry.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { loadCheckpoint, parentOf } from "../../services/runtime/pipeline/load.ts";
 import { trainAdapter, type AdapterTrainingSpec } from "../../services/runtime/pipeline/train-adapter.ts";
@@ -71,5 +76,54 @@ describe("trainAdapter", () => {
     expect(resumed).toEqual(straight);
     // A training state is refused for a run with other settings.
     await expect(trainAdapter(t.store, spec(t.base, { checkpointEvery: 2, method: { kind: "sft" } }), { resumeFrom: state })).rejects.toThrow(/another run/);
+  });
+
+  it("with VACCINE_TRAIN_THREADS=2 trains SFT and Vaccine data-parallel: the same adapter within float rounding, a span per step and pass", async () => {
+    context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+    // Dropout 0: with dropout each thread draws its own masks (train/data-parallel.ts).
+    const lora = { r: 4, alpha: 8, dropout: 0, targetModules: ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"] };
+    const adapterOf = async (ref: CheckpointRef) => {
+      const c = await loadCheckpoint(t.store, ref);
+      const w = new Map([...c.adapter!.pairs].flatMap(([n, p]) => [[`${n}.A`, p.a.dataSync().slice()], [`${n}.B`, p.b.dataSync().slice()]] as const));
+      c.dispose();
+      return w;
+    };
+    for (const method of [{ kind: "sft" }, { kind: "vaccine", rho: 0.5, refreshEvery: 1 }] as const) {
+      const one = (await trainAdapter(t.store, spec(t.base, { method, lora })))!;
+      const exporter = new InMemorySpanExporter();
+      const telemetry = trainingTelemetry(new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }).getTracer("test"), metrics.getMeter("test"), { kind: "align", method: method.kind, rho: 0.5 });
+      const logs: string[] = [];
+      const before = process.env.VACCINE_TRAIN_THREADS;
+      process.env.VACCINE_TRAIN_THREADS = "2";
+      let two: CheckpointRef;
+      try {
+        two = (await trainAdapter(t.store, spec(t.base, { method, lora }), { step: telemetry.step, phase: telemetry.phase, onLog: (m) => logs.push(m) }))!;
+      } finally {
+        if (before === undefined) delete process.env.VACCINE_TRAIN_THREADS;
+        else process.env.VACCINE_TRAIN_THREADS = before;
+      }
+      expect(logs, method.kind).toContain("training data-parallel on 2 threads");
+      const [a, b] = [await adapterOf(one), await adapterOf(two)];
+      // B starts at zero: its size is how far training moved the adapter.
+      let moved = 0;
+      let diff = 0;
+      for (const [name, x] of a) {
+        const y = b.get(name)!;
+        for (let i = 0; i < x.length; i++) {
+          diff = Math.max(diff, Math.abs(x[i] - y[i]));
+          if (name.endsWith(".B")) moved = Math.max(moved, Math.abs(x[i]));
+        }
+      }
+      expect(moved, method.kind).toBeGreaterThan(1e-3);
+      expect(diff / moved, `${method.kind}: adapters differ by float rounding only`).toBeLessThan(1e-3);
+      // One step span per step, each with its passes as children (Vaccine: perturbation and update).
+      const spans = exporter.getFinishedSpans();
+      const steps = spans.filter((x) => x.name === TRAINING.stepSpan);
+      expect(steps.map((x) => x.attributes["vaccine.step"])).toEqual([1, 2, 3, 4, 5, 6]);
+      for (const st of steps) {
+        const passes = spans.filter((x) => x.parentSpanContext?.spanId === st.spanContext().spanId).map((x) => x.name);
+        expect(passes, method.kind).toEqual(method.kind === "sft" ? [TRAINING.phaseSpan.update] : [TRAINING.phaseSpan.perturbation, TRAINING.phaseSpan.update]);
+      }
+    }
   });
 });

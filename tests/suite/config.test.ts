@@ -19,6 +19,7 @@ describe("configuration", () => {
       cacheDir: ".data/cache",
       jobsDir: ".data/jobs",
       maxRunningJobs: 1,
+      trainThreads: 1,
       jobMemoryLimitMb: "auto",
       modelCacheMb: 2048,
       batchWindowMs: 2,

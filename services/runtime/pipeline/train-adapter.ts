@@ -10,6 +10,7 @@ import { join } from "node:path";
 import type { Example } from "../data/template.ts";
 import { LoraAdapter, type LoraConfig } from "../model/lora.ts";
 import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
+import { DataParallelTrainer, type DataParallelMethod } from "../train/data-parallel.ts";
 import { Trainer, type StepMetrics, type TrainOptions } from "../train/loop.ts";
 import type { PhaseRunner } from "../train/step.ts";
 import { VaccineStep, type RhoCalibration } from "../train/vaccine-step.ts";
@@ -43,7 +44,7 @@ export interface TrainingRunHooks {
   /** A training state of this same run to continue from. */
   resumeFrom?: CheckpointRef;
   /** Wraps each whole step (the job layer opens a span around it). */
-  step?: (run: () => StepMetrics) => StepMetrics;
+  step?: (run: () => StepMetrics | Promise<StepMetrics>) => Promise<StepMetrics>;
   phase?: PhaseRunner;
   onStep?: (metrics: StepMetrics) => void;
   onCheckpoint?: (ref: CheckpointRef, kind: "training-state" | "result", step: number) => void;
@@ -60,10 +61,14 @@ export async function trainAdapter(store: CheckpointStore, spec: AdapterTraining
   const calibration = () => (step instanceof VaccineStep ? step.calibration : undefined);
   let calibrationLogged = false;
   const adapter = LoraAdapter.init(parent.model.config, spec.lora, spec.training.seed);
+  const threads = trainThreads();
+  const parallel = threads > 1 ? dataParallelMethod(spec.method, spec.guard) : undefined;
+  if (threads > 1 && !parallel) hooks.onLog?.(`VACCINE_TRAIN_THREADS=${threads}: ${spec.guard ? "a fine-tuning guard" : spec.method.kind} trains on one thread`);
   const trainer = new Trainer({ model: parent.model, lora: adapter, data: guarded.data, tokenizer: parent.tokenizer, options: spec.training, stepFn: guarded.stepFn });
   // Identifies the run: a training state resumes only the run that wrote it.
   const plan = { parent: spec.parent, method: spec.method, lora: spec.lora, training: spec.training, examples: spec.data.length, ...(spec.harmful && { harmfulExamples: spec.harmful.length }), ...(guarded.plan && { guard: guarded.plan }) };
   const checkpoint = async () => {
+    await trainer.syncFromThreads();
     const ref = await saveTrainingState(store, trainer, adapter, spec.parent, plan);
     hooks.onCheckpoint?.(ref, "training-state", trainer.step);
     return ref;
@@ -73,14 +78,25 @@ export async function trainAdapter(store: CheckpointStore, spec: AdapterTraining
       const step = await restoreTrainingState(store, hooks.resumeFrom, trainer, adapter, plan);
       hooks.onLog?.(`resumed at step ${step} of ${trainer.totalSteps} from ${hooks.resumeFrom.uri}`);
     }
-    const wrap = hooks.step ?? ((run) => run());
+    if (parallel) {
+      // Started once a resumed state is in the adapter and trainer.
+      const dataParallel = (trainer.dataParallel = await DataParallelTrainer.start({
+        config: parent.model.config, weights: parent.model.exportWeights(), lora: { config: spec.lora, weights: adapter.exportWeights() },
+        method: parallel, weightDecay: spec.training.weightDecay, threads,
+      }));
+      await dataParallel.importState(trainer.exportState());
+      hooks.onLog?.(`training data-parallel on ${threads} threads`);
+    }
+    const wrap = hooks.step ?? (async (run) => run());
     while (!trainer.done) {
       if (hooks.signal?.aborted) {
         await checkpoint();
         return undefined;
       }
-      const metrics = wrap(() => trainer.runStep(hooks.phase));
+      const metrics = await wrap(() => (trainer.dataParallel ? trainer.runStepOnThreads() : trainer.runStep(hooks.phase)));
       hooks.onStep?.(metrics);
+      // The threads resolve a relative rho: bring it here after the first step.
+      if (trainer.dataParallel && step instanceof VaccineStep && typeof step.rhoSetting !== "number" && !calibrationLogged) await trainer.syncFromThreads();
       const c = calibration();
       if (c && !calibrationLogged) {
         calibrationLogged = true;
@@ -90,6 +106,7 @@ export async function trainAdapter(store: CheckpointStore, spec: AdapterTraining
       // Training is synchronous tensor work: yield so RPCs (Cancel, Watch) are served between steps.
       await new Promise((resolve) => setImmediate(resolve));
     }
+    await trainer.syncFromThreads();
     const dir = await mkdtemp(join(tmpdir(), "vaccine-adapter-"));
     try {
       await writeAdapterFolder(dir, adapter, spec.parent);
@@ -103,10 +120,27 @@ export async function trainAdapter(store: CheckpointStore, spec: AdapterTraining
       await rm(dir, { recursive: true, force: true });
     }
   } finally {
+    await trainer.dataParallel?.close();
     trainer.dispose();
     adapter.dispose();
     parent.dispose();
   }
+}
+
+/** VACCINE_TRAIN_THREADS (suite/config.ts): threads a training step is split over (train/data-parallel.ts); default 1. */
+export function trainThreads(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env.VACCINE_TRAIN_THREADS ?? "1";
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1) throw new RangeError(`VACCINE_TRAIN_THREADS must be an integer >= 1, got ${JSON.stringify(raw)}`);
+  return n;
+}
+
+/** The method as the data-parallel threads run it: SFT and Vaccine, without a guard; else undefined (one thread). */
+export function dataParallelMethod(method: AlignmentMethod, guard: FineTuneGuard | undefined): DataParallelMethod | undefined {
+  if (guard) return undefined;
+  if (method.kind === "sft") return { name: "sft" };
+  if (method.kind === "vaccine") return { name: "vaccine", rho: method.rho, refreshEvery: method.refreshEvery };
+  return undefined;
 }
 
 /** The result manifest's record of a relative rho (proto VaccineMethod.rho_relative: meta.vaccine). */

@@ -10,6 +10,7 @@ import { selectBackend } from "../backend.ts";
 import { LlamaModel } from "../model/llama.ts";
 import { LoraAdapter, loraWeightName } from "../model/lora.ts";
 import { loadBlasAddon } from "../native/blas-addon.ts";
+import { lowerThreadPriority } from "../thread-priority.ts";
 import { AdamW, clipCoefficient } from "./adamw.ts";
 import type { FromWorker, ToWorker, WorkerError, WorkerInit } from "./data-parallel.ts";
 import { disposeBatch, toTensors, TrainingDivergedError } from "./loop.ts";
@@ -18,6 +19,8 @@ import { SftStep, type PhaseName, type StepFunction } from "./step.ts";
 import { VaccineStep } from "./vaccine-step.ts";
 
 const init = workerData as WorkerInit;
+// A job's training, as on its job thread (training-worker.ts): requests get a core first.
+lowerThreadPriority();
 const port = parentPort!;
 const post = (m: FromWorker) => port.postMessage(m);
 

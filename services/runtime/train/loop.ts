@@ -15,7 +15,8 @@ import type { Tokenizer } from "../tokenizer.ts";
 import { AdamW, clipCoefficient } from "./adamw.ts";
 import { batchAt, batchesPerEpoch } from "./batches.ts";
 import { learningRateAt } from "./schedule.ts";
-import { PHASES, type PhaseName, type PhaseRunner, type StepFunction, type StepOutput, type TrainBatch } from "./step.ts";
+import type { DataParallelTrainer } from "./data-parallel.ts";
+import { PHASES, type BatchSource, type PhaseName, type PhaseRunner, type StepFunction, type StepOutput, type TrainBatch } from "./step.ts";
 
 export interface TrainOptions {
   learningRate: number;
@@ -91,6 +92,12 @@ export class Trainer {
   step = 0;
   readonly params: Map<string, tf.Variable>;
   private readonly optimizer: AdamW;
+  /**
+   * Threads that compute the steps data-parallel (data-parallel.ts; runStepOnThreads), started
+   * with this trainer's weights and state. The weights, optimizer and step function here then
+   * hold what they held at the last syncFromThreads.
+   */
+  dataParallel?: DataParallelTrainer;
 
   constructor(private readonly init: TrainerInit) {
     const { model, lora, data, options } = init;
@@ -121,15 +128,47 @@ export class Trainer {
     return this.step >= this.totalSteps;
   }
 
-  /** Runs the next step and returns its metrics; throws TrainingDivergedError on a non-finite loss. */
-  runStep(phase: PhaseRunner = (_, fn) => fn()): StepMetrics {
-    const { model, lora, data, tokenizer, options, stepFn } = this.init;
+  /** The next step's batch as collated, learning rate and dropout seed. */
+  private nextStep() {
+    const { data, tokenizer, options, stepFn } = this.init;
     const step = this.step;
-    const started = performance.now();
     const source = stepFn.batchSource?.(step) ?? { data, position: step, userBatches: step + 1 };
     const { indices } = batchAt(source.data.length, options.batchSize, options.seed, source.position);
-    const batch = toTensors(collate(indices.map((i) => source.data[i]), tokenizer, { maxLength: options.maxSequenceLength, mode: options.mode }));
-    lora?.reseedDropout((Math.imul(options.seed >>> 0, 0x85ebca6b) ^ (step + 1)) >>> 0);
+    const collated = collate(indices.map((i) => source.data[i]), tokenizer, { maxLength: options.maxSequenceLength, mode: options.mode });
+    const learningRate = learningRateAt(step, this.totalSteps, options.learningRate, options.warmupRatio);
+    const dropoutSeed = (Math.imul(options.seed >>> 0, 0x85ebca6b) ^ (step + 1)) >>> 0;
+    return { step, source, collated, learningRate, dropoutSeed };
+  }
+
+  /** The next step on the data-parallel threads (TrainerInit.dataParallel): the same batch, schedule and metrics as runStep. */
+  async runStepOnThreads(): Promise<StepMetrics> {
+    const dp = this.dataParallel;
+    if (!dp) throw new Error("the trainer has no data-parallel threads");
+    const started = performance.now();
+    const { step, source, collated, learningRate, dropoutSeed } = this.nextStep();
+    const out = await dp.step({ batch: collated, step, learningRate, gradClip: this.init.options.gradClip, dropoutSeed });
+    this.step++;
+    return this.metrics(source, out, { learningRate, tokens: labelledTokens(collated), started, perturbationMs: out.perturbationMs, updateMs: out.updateMs });
+  }
+
+  /** Brings the weights, optimizer moments and step state here to the data-parallel threads' (before a checkpoint or the result). */
+  async syncFromThreads(): Promise<void> {
+    const dp = this.dataParallel;
+    if (!dp) return;
+    const [weights] = await dp.weights();
+    for (const [name, p] of this.params) tf.tidy(() => p.assign(tf.tensor(weights.get(name)!.data, p.shape)));
+    const state = await dp.exportState(this.step);
+    this.optimizer.importState(state.optimizer, this.step);
+    this.init.stepFn.importState?.(state.stepState, this.step);
+  }
+
+  /** Runs the next step and returns its metrics; throws TrainingDivergedError on a non-finite loss. */
+  runStep(phase: PhaseRunner = (_, fn) => fn()): StepMetrics {
+    const { model, lora, options, stepFn } = this.init;
+    const started = performance.now();
+    const { step, source, collated, learningRate, dropoutSeed } = this.nextStep();
+    const batch = toTensors(collated);
+    lora?.reseedDropout(dropoutSeed);
     const timings = Object.fromEntries(PHASES.map((name) => [name, 0])) as Record<PhaseName, number>;
     const timed: PhaseRunner = (name, fn) =>
       phase(name, () => {
@@ -140,7 +179,6 @@ export class Trainer {
           timings[name] += performance.now() - t0;
         }
       });
-    const learningRate = learningRateAt(step, this.totalSteps, options.learningRate, options.warmupRatio);
     const update = (loss: number, grads: Map<string, tf.Tensor>): number => {
       try {
         if (!Number.isFinite(loss)) throw new TrainingDivergedError(step + 1, loss);
@@ -159,6 +197,12 @@ export class Trainer {
       disposeBatch(batch);
     }
     this.step++;
+    return this.metrics(source, out, { learningRate, tokens: batch.tokens, started, perturbationMs: timings.perturbation, updateMs: timings.update });
+  }
+
+  /** A step's metrics (this.step already counts it). */
+  private metrics(source: BatchSource, out: StepOutput, m: { learningRate: number; tokens: number; started: number; perturbationMs: number; updateMs: number }): StepMetrics {
+    const { data, options } = this.init;
     const perEpoch = batchesPerEpoch(data.length, options.batchSize);
     // Epochs over the run's own data, taken as whole epochs plus the batches of the current one.
     const last = source.userBatches - 1;
@@ -169,11 +213,11 @@ export class Trainer {
       loss: out.loss,
       gradNorm: out.gradNorm,
       perturbationNorm: out.perturbationNorm,
-      learningRate,
-      tokens: batch.tokens,
-      stepMs: performance.now() - started,
-      perturbationMs: timings.perturbation,
-      updateMs: timings.update,
+      learningRate: m.learningRate,
+      tokens: m.tokens,
+      stepMs: performance.now() - m.started,
+      perturbationMs: m.perturbationMs,
+      updateMs: m.updateMs,
       ...(out.lisa && { lisa: out.lisa }),
     };
   }
