@@ -7,6 +7,7 @@ import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TRAINING, trainingTelemetry } from "../../services/jobs/telemetry.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
+import type { LoraConfig } from "../../services/runtime/model/lora.ts";
 import { loadCheckpoint, parentOf } from "../../services/runtime/pipeline/load.ts";
 import { trainAdapter, type AdapterTrainingSpec } from "../../services/runtime/pipeline/train-adapter.ts";
 import type { CheckpointRef } from "../../services/runtime/store/store.ts";
@@ -81,7 +82,7 @@ describe("trainAdapter", () => {
   it("with VACCINE_TRAIN_THREADS=2 trains SFT and Vaccine data-parallel: the same adapter within float rounding, a span per step and pass", async () => {
     context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
     // Dropout 0: with dropout each thread draws its own masks (train/data-parallel.ts).
-    const lora = { r: 4, alpha: 8, dropout: 0, targetModules: ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"] };
+    const lora: LoraConfig = { r: 4, alpha: 8, dropout: 0, targetModules: ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"] };
     const adapterOf = async (ref: CheckpointRef) => {
       const c = await loadCheckpoint(t.store, ref);
       const w = new Map([...c.adapter!.pairs].flatMap(([n, p]) => [[`${n}.A`, p.a.dataSync().slice()], [`${n}.B`, p.b.dataSync().slice()]] as const));

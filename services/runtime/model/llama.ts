@@ -96,6 +96,12 @@ export interface ForwardOptions {
   /** Return the residual stream after each layer (before the final norm), as HF's hidden_states[1..]. */
   returnLayerOutputs?: boolean;
   lora?: LoraAdapter;
+  /**
+   * Weights used in place of the model's, by name (LoraAdapter.mergedWeights: each adapted
+   * projection with its update merged in, W + s B A). A projection found here skips its LoRA
+   * branch: one product instead of three, forward and backward.
+   */
+  weights?: ReadonlyMap<string, tf.Tensor>;
   /** Enables LoRA dropout. */
   training?: boolean;
   /** Incremental decoding: attends to the cached keys and appends this call's. Inference only. */
@@ -563,6 +569,8 @@ export class LlamaModel {
     const [b, t, inDim] = x.shape;
     const name = linearName(l, module);
     const x2 = x.reshape([b * t, inDim]) as tf.Tensor2D;
+    const merged = opts.weights?.get(`${name}.weight`);
+    if (merged) return linearT(x2, merged as tf.Tensor2D).reshape([b, t, merged.shape[0]]);
     let y = linearT(x2, this.w(`${name}.weight`));
     const update = opts.lora?.update(name, x2, opts.training ?? false);
     if (update) y = y.add(update);
