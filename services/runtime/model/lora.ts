@@ -134,7 +134,9 @@ export class LoraAdapter {
     return tf.tidy(() => {
       const rate = this.config.dropout;
       const x = training && rate > 0 ? tf.dropout(x2d, rate, undefined, this.dropoutRng.nextUint32()) : x2d;
-      return linearT(linearT(x, pair.a), pair.b).mul(this.scaling) as tf.Tensor2D;
+      // The scaling on x A ([N, r]) rather than on the output ([N, out]): the same product
+      // up to rounding, and a multiply (and its gradient) over r columns instead of out.
+      return linearT(linearT(x, pair.a).mul(this.scaling), pair.b) as tf.Tensor2D;
     });
   }
 
