@@ -1,8 +1,9 @@
 /*
  * sgemm on OpenBLAS for tfjs's wasm backend: the operands and the result stay where they
  * are, in the wasm heap (an ArrayBuffer passed from JS), addressed by byte offsets, so a
- * product costs no copy in or out. Row-major, batched with a broadcast batch of 1. Also exp and
- * a fused AdamW update, for the same reason: many small wasm kernels become one call.
+ * product costs no copy in or out. Row-major, batched with a broadcast batch of 1. Also exp, the
+ * embedding gather and a fused AdamW update, for the same reason: slow or many small wasm
+ * kernels become one call.
  */
 #include <node_api.h>
 #include <cblas.h>
@@ -139,6 +140,48 @@ static napi_value exp_kernel(napi_env env, napi_callback_info info) {
  * p = p * decay - m / (sqrt(v) / sqrtBc2 + eps) * stepSize. Each constant is rounded to
  * float32 as tfjs rounds a scalar.
  */
+/*
+ * gather(heap, tableOffset, indicesOffset, outOffset, rows, width, n): out[i] = table[indices[i]]
+ * for a [rows, width] float32 table and n int32 indices: the embedding lookup, one row copy
+ * per index. Returns -1, or the position of the first index outside [0, rows) (nothing is
+ * written then).
+ */
+static napi_value gather(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *heap = NULL;
+  size_t heap_bytes = 0;
+  int64_t v[6];
+  if (argc != 7 || napi_get_arraybuffer_info(env, argv[0], &heap, &heap_bytes) != napi_ok) {
+    napi_throw_type_error(env, NULL, "gather: (ArrayBuffer, tableOffset, indicesOffset, outOffset, rows, width, n) expected");
+    return NULL;
+  }
+  for (int i = 0; i < 6; i++) {
+    if (!get_i64(env, argv[i + 1], &v[i]) || v[i] < 0) {
+      napi_throw_type_error(env, NULL, "gather: offsets and sizes must be non-negative integers");
+      return NULL;
+    }
+  }
+  const uint64_t rows = (uint64_t)v[3], width = (uint64_t)v[4], n = (uint64_t)v[5];
+  if ((uint64_t)v[0] + 4 * rows * width > heap_bytes || (uint64_t)v[1] + 4 * n > heap_bytes || (uint64_t)v[2] + 4 * n * width > heap_bytes ||
+      (v[0] | v[1] | v[2]) % 4) {
+    napi_throw_range_error(env, NULL, "gather: an operand lies outside the heap or is misaligned");
+    return NULL;
+  }
+  const float *table = (const float *)heap + v[0] / 4;
+  const int32_t *indices = (const int32_t *)heap + v[1] / 4;
+  float *out = (float *)heap + v[2] / 4;
+  int64_t bad = -1;
+  for (uint64_t i = 0; i < n && bad < 0; i++)
+    if (indices[i] < 0 || (uint64_t)indices[i] >= rows) bad = (int64_t)i;
+  if (bad < 0)
+    for (uint64_t i = 0; i < n; i++) memcpy(out + i * width, table + (uint64_t)indices[i] * width, 4 * width);
+  napi_value result;
+  CHECK(env, napi_create_int64(env, bad, &result));
+  return result;
+}
+
 static napi_value adamw(napi_env env, napi_callback_info info) {
   size_t argc = 13;
   napi_value argv[13];
@@ -218,6 +261,7 @@ NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"gemm", NULL, gemm, NULL, NULL, NULL, napi_enumerable, NULL},
       {"exp", NULL, exp_kernel, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"gather", NULL, gather, NULL, NULL, NULL, napi_enumerable, NULL},
       {"adamw", NULL, adamw, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setThreads", NULL, set_threads, NULL, NULL, NULL, napi_enumerable, NULL},
       {"threads", NULL, threads, NULL, NULL, NULL, napi_enumerable, NULL},

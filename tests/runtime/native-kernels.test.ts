@@ -106,6 +106,41 @@ describe.skipIf(!built)(`native BatchMatMul equals the stock wasm kernel${built 
     }
   });
 
+  it("GatherV2 (the embedding lookup) equals the stock kernel bitwise; a bad index fails with its message and leaks nothing", () => {
+    const gather = (table: tf.Tensor, ids: tf.Tensor, axis = 0) => tf.tidy(() => tf.gather(table, ids, axis).arraySync() as NestedNumbers);
+    const replaced = () => (tf.getKernel(tf.GatherV2, "wasm") as { [k: symbol]: unknown })[Symbol.for("vaccine.stockKernel")] !== undefined;
+    expect(replaced(), "the native GatherV2 is installed").toBe(true);
+    for (const [rows, width, idShape] of [[1, 1, [1]], [5, 3, [4]], [2048, 128, [8, 64]], [17, 129, [3, 5, 7]], [4, 2, [0]]] as const) {
+      const table = random([rows, width], rows + width);
+      const ids = tf.tensor(Int32Array.from({ length: idShape.reduce((a, b) => a * b, 1) }, (_, i) => (i * 7919) % rows), [...idShape], "int32");
+      configureNativeKernels("off");
+      const stock = gather(table, ids);
+      configureNativeKernels("auto");
+      expect(gather(table, ids), `[${rows}, ${width}] by [${idShape}]`).toEqual(stock);
+      tf.dispose([table, ids]);
+    }
+    // What it does not take (another axis, int32 values) the stock kernel does.
+    const m = random([3, 4], 1);
+    const cols = tf.tensor1d([3, 0], "int32");
+    const axis1 = gather(m, cols, 1);
+    configureNativeKernels("off");
+    expect(axis1).toEqual(gather(m, cols, 1));
+    const stockError = (() => {
+      try {
+        gather(m, tf.tensor1d([0, 3], "int32"));
+      } catch (err) {
+        return (err as Error).message;
+      }
+    })();
+    configureNativeKernels("auto");
+    const before = tf.memory().numTensors;
+    const bad = tf.tensor1d([0, 3], "int32");
+    expect(() => gather(m, bad)).toThrow(stockError!);
+    bad.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+    tf.dispose([m, cols]);
+  });
+
   it("the addon refuses an operand outside the heap instead of writing past it", () => {
     if (!("addon" in loaded)) return;
     const heap = new ArrayBuffer(64);
@@ -113,6 +148,7 @@ describe.skipIf(!built)(`native BatchMatMul equals the stock wasm kernel${built 
     expect(() => loaded.addon.gemm(heap, 0, 16, 56, 1, 1, 2, 2, 2, false, false)).toThrow(/outside the heap/);
     expect(() => loaded.addon.gemm(heap, 0, 16, 32, 2, 3, 2, 2, 2, false, false)).toThrow(/batches/);
     expect(() => loaded.addon.exp(heap, 0, 32, 9)).toThrow(/outside the heap/);
+    expect(() => loaded.addon.gather(heap, 0, 32, 40, 2, 4, 2)).toThrow(/outside the heap/);
   });
 });
 

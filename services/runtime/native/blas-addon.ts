@@ -17,6 +17,12 @@ export interface BlasAddon {
   /** out = expf(in) over n float32 values at byte offsets in `heap`. */
   exp(heap: ArrayBuffer, inOffset: number, outOffset: number, n: number): void;
   /**
+   * out[i] = table[indices[i]] for a [rows, width] float32 table and n int32 indices at byte
+   * offsets in `heap`; returns -1, or the position of the first index outside [0, rows) (then
+   * nothing is written).
+   */
+  gather(heap: ArrayBuffer, tableOffset: number, indicesOffset: number, outOffset: number, rows: number, width: number, n: number): number;
+  /**
    * One AdamW update in place of n float32 values at byte offsets in `heap` (parameter,
    * gradient, first and second moment), the same float32 operations as the tfjs ops in
    * train/adamw.ts: g' = g * gradScale; m = m * beta1 + g' * (1 - beta1);

@@ -1,6 +1,7 @@
 /**
- * Kernels replacing the wasm backend's where it is slow: BatchMatMul on native OpenBLAS and
- * Exp on glibc's expf (the addon, native/blas/), and an Identity without a copy
+ * Kernels replacing the wasm backend's where it is slow: BatchMatMul on native OpenBLAS, Exp
+ * on glibc's expf and the embedding lookup's GatherV2 as row copies (the addon, native/blas/;
+ * wasm's gather walks every element with its strides), and an Identity without a copy
  * (wasm-identity.ts). The native kernels read their operands and write their result in the
  * wasm heap in place (a copy out and back costs about as much as the product). Each stock
  * kernel stays behind its replacement for what it does not take (non-float32, a batch
@@ -28,6 +29,7 @@ interface WasmBackend {
   wasm: { HEAPU8: Uint8Array };
   dataIdMap: { get(dataId: object): { memoryOffset: number } };
   makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
+  disposeData(dataId: object): void;
 }
 
 /** Marks a replacement with the stock kernel behind it, found again by another copy of this module (tfjs's registry is global). */
@@ -49,17 +51,18 @@ export function nativeMatmulActive(): boolean {
 export function configureNativeKernels(mode: NativeKernelMode): NativeKernels {
   if (!tf.getKernel(tf.BatchMatMul, "wasm")) return (active = { active: false, detail: "the wasm backend is not registered" });
   if (mode === "off") {
-    for (const name of [tf.BatchMatMul, tf.Exp, tf.Identity]) restore(name);
+    for (const name of [tf.BatchMatMul, tf.Exp, tf.GatherV2, tf.Identity]) restore(name);
     return (active = { active: false, detail: "off (VACCINE_NATIVE_KERNELS=off)" });
   }
   install(tf.Identity, sharingIdentity);
   const loaded = loadBlasAddon();
   if ("error" in loaded) {
-    for (const name of [tf.BatchMatMul, tf.Exp]) restore(name);
+    for (const name of [tf.BatchMatMul, tf.Exp, tf.GatherV2]) restore(name);
     return (active = { active: false, detail: loaded.error });
   }
   install(tf.BatchMatMul, (stock) => nativeBatchMatMul(loaded.addon, stock));
   install(tf.Exp, (stock) => nativeExp(loaded.addon, stock));
+  install(tf.GatherV2, (stock) => nativeGather(loaded.addon, stock));
   return (active = { active: true, detail: loaded.addon.config(), threads: loaded.addon.threads() });
 }
 
@@ -122,4 +125,27 @@ function nativeExp(addon: BlasAddon, fallback: tf.KernelConfig): tf.KernelConfig
     return out;
   };
   return { kernelName: tf.Exp, backendName: "wasm", setupFunc: fallback.setupFunc, kernelFunc };
+}
+
+/** Rows of a float32 matrix by int32 indices (axis 0, no batch dims: the embedding lookup); the stock kernel for the rest. */
+function nativeGather(addon: BlasAddon, fallback: tf.KernelConfig): tf.KernelConfig {
+  const kernelFunc: tf.KernelFunc = (args) => {
+    const { x, indices } = args.inputs as { x: tf.TensorInfo; indices: tf.TensorInfo };
+    const { axis, batchDims } = args.attrs as unknown as { axis: number; batchDims: number };
+    if (x.dtype !== "float32" || indices.dtype !== "int32" || x.shape.length !== 2 || axis !== 0 || batchDims !== 0) return fallback.kernelFunc(args);
+    const [rows, width] = x.shape;
+    const n = tf.util.sizeFromShape(indices.shape);
+    const backend = args.backend as unknown as WasmBackend;
+    const out = backend.makeOutput([...indices.shape, width], "float32");
+    const offset = (t: tf.TensorInfo) => backend.dataIdMap.get(t.dataId).memoryOffset;
+    const bad = addon.gather(backend.wasm.HEAPU8.buffer as ArrayBuffer, offset(x), offset(indices), offset(out), rows, width, n);
+    if (bad >= 0) {
+      backend.disposeData(out.dataId);
+      const value = new Int32Array(backend.wasm.HEAPU8.buffer, offset(indices), n)[bad];
+      // The stock kernel's message.
+      throw new Error(`GatherV2: the index value ${value} is not in [0, ${rows - 1}]`);
+    }
+    return out;
+  };
+  return { kernelName: tf.GatherV2, backendName: "wasm", setupFunc: fallback.setupFunc, kernelFunc };
 }
