@@ -102,24 +102,33 @@ static napi_value gemm(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * Reads (ArrayBuffer, n non-negative integers) into heap and v; on anything else throws a
+ * TypeError naming `usage` and returns 0.
+ */
+static int heap_and_ints(napi_env env, napi_callback_info info, const char *usage, size_t n, void **heap, size_t *heap_bytes, int64_t *v) {
+  size_t argc = 8;
+  napi_value argv[8];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != n + 1 ||
+      napi_get_arraybuffer_info(env, argv[0], heap, heap_bytes) != napi_ok) {
+    napi_throw_type_error(env, NULL, usage);
+    return 0;
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (!get_i64(env, argv[i + 1], &v[i]) || v[i] < 0) {
+      napi_throw_type_error(env, NULL, usage);
+      return 0;
+    }
+  }
+  return 1;
+}
+
 /* exp(heap, inOffset, outOffset, n): out[i] = expf(in[i]), glibc's expf (within 1 ulp). */
 static napi_value exp_kernel(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   void *heap = NULL;
   size_t heap_bytes = 0;
   int64_t v[3];
-  if (argc != 4 || napi_get_arraybuffer_info(env, argv[0], &heap, &heap_bytes) != napi_ok) {
-    napi_throw_type_error(env, NULL, "exp: (ArrayBuffer, inOffset, outOffset, n) expected");
-    return NULL;
-  }
-  for (int i = 0; i < 3; i++) {
-    if (!get_i64(env, argv[i + 1], &v[i]) || v[i] < 0) {
-      napi_throw_type_error(env, NULL, "exp: offsets and size must be non-negative integers");
-      return NULL;
-    }
-  }
+  if (!heap_and_ints(env, info, "exp: (ArrayBuffer, inOffset, outOffset, n) of non-negative integers expected", 3, &heap, &heap_bytes, v)) return NULL;
   const uint64_t bytes = 4u * (uint64_t)v[2];
   if ((uint64_t)v[0] + bytes > heap_bytes || (uint64_t)v[1] + bytes > heap_bytes || (v[0] | v[1]) % 4) {
     napi_throw_range_error(env, NULL, "exp: an operand lies outside the heap or is misaligned");
@@ -147,22 +156,10 @@ static napi_value exp_kernel(napi_env env, napi_callback_info info) {
  * written then).
  */
 static napi_value gather(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   void *heap = NULL;
   size_t heap_bytes = 0;
   int64_t v[6];
-  if (argc != 7 || napi_get_arraybuffer_info(env, argv[0], &heap, &heap_bytes) != napi_ok) {
-    napi_throw_type_error(env, NULL, "gather: (ArrayBuffer, tableOffset, indicesOffset, outOffset, rows, width, n) expected");
-    return NULL;
-  }
-  for (int i = 0; i < 6; i++) {
-    if (!get_i64(env, argv[i + 1], &v[i]) || v[i] < 0) {
-      napi_throw_type_error(env, NULL, "gather: offsets and sizes must be non-negative integers");
-      return NULL;
-    }
-  }
+  if (!heap_and_ints(env, info, "gather: (ArrayBuffer, tableOffset, indicesOffset, outOffset, rows, width, n) of non-negative integers expected", 6, &heap, &heap_bytes, v)) return NULL;
   const uint64_t rows = (uint64_t)v[3], width = (uint64_t)v[4], n = (uint64_t)v[5];
   if ((uint64_t)v[0] + 4 * rows * width > heap_bytes || (uint64_t)v[1] + 4 * n > heap_bytes || (uint64_t)v[2] + 4 * n * width > heap_bytes ||
       (v[0] | v[1] | v[2]) % 4) {
