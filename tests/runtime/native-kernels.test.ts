@@ -108,11 +108,12 @@ describe.skipIf(!built)(`native BatchMatMul equals the stock wasm kernel${built 
 
   it("GatherV2 (the embedding lookup) equals the stock kernel bitwise; a bad index fails with its message and leaks nothing", () => {
     const gather = (table: tf.Tensor, ids: tf.Tensor, axis = 0) => tf.tidy(() => tf.gather(table, ids, axis).arraySync() as NestedNumbers);
-    const replaced = () => (tf.getKernel(tf.GatherV2, "wasm") as { [k: symbol]: unknown })[Symbol.for("vaccine.stockKernel")] !== undefined;
+    const replaced = () => (tf.getKernel(tf.GatherV2, "wasm") as unknown as Record<symbol, unknown>)[Symbol.for("vaccine.stockKernel")] !== undefined;
     expect(replaced(), "the native GatherV2 is installed").toBe(true);
-    for (const [rows, width, idShape] of [[1, 1, [1]], [5, 3, [4]], [2048, 128, [8, 64]], [17, 129, [3, 5, 7]], [4, 2, [0]]] as const) {
+    const cases: [number, number, number[]][] = [[1, 1, [1]], [5, 3, [4]], [2048, 128, [8, 64]], [17, 129, [3, 5, 7]], [4, 2, [0]]];
+    for (const [rows, width, idShape] of cases) {
       const table = random([rows, width], rows + width);
-      const ids = tf.tensor(Int32Array.from({ length: idShape.reduce((a, b) => a * b, 1) }, (_, i) => (i * 7919) % rows), [...idShape], "int32");
+      const ids = tf.tensor(Int32Array.from({ length: idShape.reduce((a, b) => a * b, 1) }, (_, i) => (i * 7919) % rows), idShape, "int32");
       configureNativeKernels("off");
       const stock = gather(table, ids);
       configureNativeKernels("auto");
@@ -149,6 +150,26 @@ describe.skipIf(!built)(`native BatchMatMul equals the stock wasm kernel${built 
     expect(() => loaded.addon.gemm(heap, 0, 16, 32, 2, 3, 2, 2, 2, false, false)).toThrow(/batches/);
     expect(() => loaded.addon.exp(heap, 0, 32, 9)).toThrow(/outside the heap/);
     expect(() => loaded.addon.gather(heap, 0, 32, 40, 2, 4, 2)).toThrow(/outside the heap/);
+  });
+});
+
+describe("Cast to the same dtype on wasm", () => {
+  it("shares the input's buffer (no copy), survives the input's disposal, and still converts other dtypes", () => {
+    configureNativeKernels("auto");
+    const x = tf.tensor1d([1.5, -2, 3]);
+    const same = tf.cast(x, "float32");
+    expect(same.dataId).toBe(x.dataId);
+    x.dispose();
+    expect(Array.from(same.dataSync())).toEqual([1.5, -2, 3]);
+    const ints = tf.tensor1d([1, -2, 3], "int32");
+    const floats = tf.cast(ints, "float32");
+    expect(floats.dataId).not.toBe(ints.dataId);
+    expect([floats.dtype, Array.from(floats.dataSync())]).toEqual(["float32", [1, -2, 3]]);
+    configureNativeKernels("off");
+    const copied = tf.cast(same, "float32");
+    expect(copied.dataId, "the stock kernel copies").not.toBe(same.dataId);
+    configureNativeKernels("auto");
+    tf.dispose([same, ints, floats, copied]);
   });
 });
 

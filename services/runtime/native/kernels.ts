@@ -1,7 +1,8 @@
 /**
  * Kernels replacing the wasm backend's where it is slow: BatchMatMul on native OpenBLAS, Exp
  * on glibc's expf and the embedding lookup's GatherV2 as row copies (the addon, native/blas/;
- * wasm's gather walks every element with its strides), and an Identity without a copy
+ * wasm's gather walks every element with its strides), and an Identity (and a Cast to the
+ * same dtype) without a copy
  * (wasm-identity.ts). The native kernels read their operands and write their result in the
  * wasm heap in place (a copy out and back costs about as much as the product). Each stock
  * kernel stays behind its replacement for what it does not take (non-float32, a batch
@@ -10,7 +11,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { loadBlasAddon, type BlasAddon } from "./blas-addon.ts";
-import { sharingIdentity } from "./wasm-identity.ts";
+import { sharingCast, sharingIdentity } from "./wasm-identity.ts";
 
 export const NATIVE_KERNEL_MODES = ["auto", "off"] as const;
 export type NativeKernelMode = (typeof NATIVE_KERNEL_MODES)[number];
@@ -51,10 +52,11 @@ export function nativeMatmulActive(): boolean {
 export function configureNativeKernels(mode: NativeKernelMode): NativeKernels {
   if (!tf.getKernel(tf.BatchMatMul, "wasm")) return (active = { active: false, detail: "the wasm backend is not registered" });
   if (mode === "off") {
-    for (const name of [tf.BatchMatMul, tf.Exp, tf.GatherV2, tf.Identity]) restore(name);
+    for (const name of [tf.BatchMatMul, tf.Exp, tf.GatherV2, tf.Identity, tf.Cast]) restore(name);
     return (active = { active: false, detail: "off (VACCINE_NATIVE_KERNELS=off)" });
   }
   install(tf.Identity, sharingIdentity);
+  install(tf.Cast, sharingCast);
   const loaded = loadBlasAddon();
   if ("error" in loaded) {
     for (const name of [tf.BatchMatMul, tf.Exp, tf.GatherV2]) restore(name);
