@@ -20,19 +20,27 @@ export function causalLmLossWithCount(logits: tf.Tensor3D, labels: tf.Tensor2D):
   if (labels.shape[0] !== b || labels.shape[1] !== t) {
     throw new Error(`labels shape [${labels.shape.join(", ")}] must be [${b}, ${t}]`);
   }
-  // Labels are inputs, never computed, so counting them on the host costs no pipeline stall.
+  // Labels are inputs, never computed, so reading them on the host costs no pipeline stall;
+  // there they are shifted (position j predicts label j + 1) and masked, so the logits are
+  // never sliced: the last position gets weight 0 (a [B, T, vocab] copy and its gradient saved).
   const labelData = labels.dataSync();
+  const target = new Int32Array(b * t);
+  const weight = new Float32Array(b * t);
   let tokens = 0;
-  for (let i = 0; i < b; i++) for (let j = 1; j < t; j++) if (labelData[i * t + j] !== IGNORE_INDEX) tokens++;
+  for (let i = 0; i < b; i++) {
+    for (let j = 0; j < t - 1; j++) {
+      const label = labelData[i * t + j + 1];
+      if (label === IGNORE_INDEX) continue;
+      target[i * t + j] = label;
+      weight[i * t + j] = 1;
+      tokens++;
+    }
+  }
   const loss = tf.tidy(() => {
     if (tokens === 0) return tf.scalar(0).add(logits.sum().mul(0)) as tf.Scalar; // keeps the graph connected
-    const shifted = logits.slice([0, 0, 0], [b, t - 1, vocab]);
-    const target = labels.slice([0, 1], [b, t - 1]).toInt();
-    const keep = target.notEqual(IGNORE_INDEX);
-    const safeTarget = tf.where(keep, target, tf.zerosLike(target));
     // logSoftmax is max-shifted, so large logits do not overflow; oneHot avoids gather's gradient.
-    const picked = tf.logSoftmax(shifted).mul(tf.oneHot(safeTarget, vocab)).sum(-1);
-    return picked.mul(keep.toFloat()).sum().neg().div(tokens) as tf.Scalar;
+    const picked = tf.logSoftmax(logits).mul(tf.oneHot(tf.tensor2d(target, [b, t], "int32"), vocab)).sum(-1);
+    return picked.mul(tf.tensor2d(weight, [b, t])).sum().neg().div(tokens) as tf.Scalar;
   });
   return { loss, tokens };
 }
