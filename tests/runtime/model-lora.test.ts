@@ -156,6 +156,31 @@ describe("LoRA (PEFT semantics)", () => {
     a.dispose();
   });
 
+  it("drops each input element with probability `dropout` and scales the rest by 1 / (1 - dropout), reproducibly per seed", () => {
+    // With A = I-like rows and B = 1 the branch sums its (masked) inputs: read the masks through it.
+    const config: LoraConfig = { r: 1, alpha: 1, dropout: 0.25, targetModules: ["q_proj"] };
+    const name = "model.layers.0.self_attn.q_proj";
+    const masked = (a: LoraAdapter, x: tf.Tensor2D) =>
+      tf.tidy(() => {
+        const p = a.pairs.get(name)!;
+        p.a.assign(tf.oneHot([0], p.a.shape[1]!).toFloat());
+        p.b.assign(tf.ones(p.b.shape));
+        return a.update(name, x, true)!.slice([0, 0], [-1, 1]).dataSync() as Float32Array;
+      });
+    const x = tf.ones([20000, model.config.hiddenSize]) as tf.Tensor2D;
+    const a = LoraAdapter.init(model.config, config, 7);
+    a.reseedDropout(42);
+    const first = masked(a, x);
+    const kept = first.filter((v) => v !== 0);
+    expect(new Set(kept)).toEqual(new Set([Math.fround(1 / 0.75)]));
+    expect(Math.abs(kept.length / first.length - 0.75)).toBeLessThan(0.015);
+    expect(masked(a, x), "a fresh mask per call").not.toEqual(first);
+    a.reseedDropout(42);
+    expect(masked(a, x), "the same mask after the same reseed").toEqual(first);
+    x.dispose();
+    a.dispose();
+  });
+
   it("trains only the adapter weights", () => {
     const a = LoraAdapter.init(model.config, ALL, 12);
     const before = model.exportWeights();

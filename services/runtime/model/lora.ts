@@ -133,7 +133,7 @@ export class LoraAdapter {
     if (!pair) return null;
     return tf.tidy(() => {
       const rate = this.config.dropout;
-      const x = training && rate > 0 ? tf.dropout(x2d, rate, undefined, this.dropoutRng.nextUint32()) : x2d;
+      const x = training && rate > 0 ? x2d.mul(tf.tensor2d(dropoutMask(this.dropoutRng, x2d.size, rate), x2d.shape)) : x2d;
       // The scaling on x A ([N, r]) rather than on the output ([N, out]): the same product
       // up to rounding, and a multiply (and its gradient) over r columns instead of out.
       return linearT(linearT(x, pair.a).mul(this.scaling), pair.b) as tf.Tensor2D;
@@ -174,6 +174,36 @@ export class LoraAdapter {
     for (const v of this.variables) v.dispose();
     this.pairs.clear();
   }
+}
+
+/**
+ * Inverted dropout's mask: each element kept with probability 1 - rate and scaled by
+ * 1 / (1 - rate), else 0, as torch's and tf.dropout's. Drawn by an inline xorshift128 seeded
+ * from the adapter's stream: tf.dropout's own generator (seedrandom, in JavaScript doubles)
+ * took about 3 ms per [512, 256] input, over 100 ms a step of a 6 x 256 model with seven
+ * adapted projections; this takes a tenth of that.
+ */
+function dropoutMask(rng: Rng, n: number, rate: number): Float32Array {
+  const mask = new Float32Array(n);
+  const scale = 1 / (1 - rate);
+  const threshold = rate * 4294967296;
+  // A state of all zeros would stay zero: s0 is odd.
+  let s0 = rng.nextUint32() | 1;
+  let s1 = rng.nextUint32();
+  let s2 = rng.nextUint32();
+  let s3 = rng.nextUint32();
+  for (let i = 0; i < n; i++) {
+    let t = s3;
+    const s = s0;
+    s3 = s2;
+    s2 = s1;
+    s1 = s;
+    t ^= t << 11;
+    t ^= t >>> 8;
+    s0 = t ^ s ^ (s >>> 19);
+    if (s0 >>> 0 >= threshold) mask[i] = scale;
+  }
+  return mask;
 }
 
 /** A new model (a full checkpoint) with W' = W + scaling * B A for every adapted projection. */
