@@ -81,8 +81,8 @@ describe("trainAdapter", () => {
 
   it("with VACCINE_TRAIN_THREADS=2 trains SFT and Vaccine data-parallel: the same adapter within float rounding, a span per step and pass", async () => {
     context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
-    // Dropout 0: with dropout each thread draws its own masks (train/data-parallel.ts).
-    const lora: LoraConfig = { r: 4, alpha: 8, dropout: 0, targetModules: ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"] };
+    // With LoRA dropout: each thread applies its rows of the masks one thread would draw.
+    const lora: LoraConfig = { r: 4, alpha: 8, dropout: 0.1, targetModules: ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"] };
     const adapterOf = async (ref: CheckpointRef) => {
       const c = await loadCheckpoint(t.store, ref);
       const w = new Map([...c.adapter!.pairs].flatMap(([n, p]) => [[`${n}.A`, p.a.dataSync().slice()], [`${n}.B`, p.b.dataSync().slice()]] as const));

@@ -22,6 +22,7 @@ beforeAll(async () => {
 
 const tokenizer = tinyTokenizer();
 const LORA: LoraConfig = { r: 4, alpha: 8, dropout: 0, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] };
+const loraWith = (dropout: number): LoraConfig => ({ ...LORA, dropout });
 const options = (batchSize: number, maxSteps: number): TrainOptions => ({
   learningRate: 1e-2, maxSteps, batchSize, maxSequenceLength: 64, warmupRatio: 0, weightDecay: 0.1, gradClip: 1, seed: 3,
 });
@@ -40,9 +41,9 @@ function initial() {
 const stepFnOf = (m: DataParallelMethod) => (m.name === "sft" ? new SftStep() : new VaccineStep(m.rho, m.refreshEvery));
 
 /** The reference: the training loop on this thread. */
-function singleThread(method: DataParallelMethod, o: TrainOptions) {
+function singleThread(method: DataParallelMethod, o: TrainOptions, dropout = 0) {
   const base = tinyWorldModel(tokenizer, 0);
-  const adapter = LoraAdapter.fromWeights(base.config, LORA, initial().lora);
+  const adapter = LoraAdapter.fromWeights(base.config, loraWith(dropout), initial().lora);
   const trainer = new Trainer({ model: base, lora: adapter, data: EXAMPLES, tokenizer, options: o, stepFn: stepFnOf(method) });
   const steps = [];
   while (!trainer.done) steps.push(trainer.runStep());
@@ -69,15 +70,15 @@ async function runSteps(dp: DataParallelTrainer, o: TrainOptions, from: number, 
   return { steps, mainCounts };
 }
 
-const startThreads = (method: DataParallelMethod, o: TrainOptions, lora = initial().lora) => {
+const startThreads = (method: DataParallelMethod, o: TrainOptions, lora = initial().lora, dropout = 0) => {
   const { config, weights } = initial();
-  return DataParallelTrainer.start({ config, weights, lora: { config: LORA, weights: lora }, method, weightDecay: o.weightDecay, threads: 2 });
+  return DataParallelTrainer.start({ config, weights, lora: { config: loraWith(dropout), weights: lora }, method, weightDecay: o.weightDecay, threads: 2 });
 };
 
 /** The whole run on two threads. */
-async function twoThreads(method: DataParallelMethod, o: TrainOptions) {
+async function twoThreads(method: DataParallelMethod, o: TrainOptions, dropout = 0) {
   const mainTensors = tf.memory().numTensors;
-  const dp = await startThreads(method, o);
+  const dp = await startThreads(method, o, initial().lora, dropout);
   try {
     const { steps, mainCounts } = await runSteps(dp, o, 0, o.maxSteps!);
     const [final, other] = await dp.weights();
@@ -127,11 +128,15 @@ describe("data-parallel training on two threads", () => {
     ["Vaccine with a relative rho", { name: "vaccine", rho: { relative: 0.05 } }, 5],
     // A perturbation kept from a batch of 5 and reused on a batch of 1, and the other way round.
     ["accelerated Vaccine (tau 3)", { name: "vaccine", rho: 0.5, refreshEvery: 3 }, 5],
-  ] as const)("%s: the single-thread losses and adapter, identical threads, flat memory", async (_, method, batchSize) => {
+    // LoRA dropout (the contract's default 0.1, here 0.3): each thread applies its rows of the
+    // masks one thread draws for the whole batch, in both of Vaccine's passes.
+    ["SFT with LoRA dropout", { name: "sft" }, 5, 0.3],
+    ["Vaccine with LoRA dropout", { name: "vaccine", rho: 0.5 }, 5, 0.3],
+  ] as const)("%s: the single-thread losses and adapter, identical threads, flat memory", async (_, method, batchSize, dropout?: number) => {
     const o = options(batchSize, 6);
     const start = initial().lora;
-    const reference = singleThread(method, o);
-    const dp = await twoThreads(method, o);
+    const reference = singleThread(method, o, dropout ?? 0);
+    const dp = await twoThreads(method, o, dropout ?? 0);
 
     // Tolerances: the threads compute the same sums in another order (matmuls over 2-3 rows
     // instead of 5, two partial losses added), so results differ by float32 rounding: measured

@@ -59,6 +59,12 @@ export class LoraAdapter {
   /** By projection name prefix, e.g. "model.layers.0.self_attn.q_proj". */
   readonly pairs: Map<string, LoraPair>;
   private dropoutRng: Rng;
+  /**
+   * Set when this adapter computes rows [from, to) of a batch of `rows` rows (one thread of
+   * data-parallel training): each mask is the one the whole batch would draw, cut to these
+   * rows, so the threads together apply one thread's masks.
+   */
+  dropoutWindow?: { from: number; to: number; rows: number };
 
   private constructor(modelConfig: LlamaConfig, config: LoraConfig, pairs: Map<string, LoraPair>, seed: number) {
     this.modelConfig = modelConfig;
@@ -124,6 +130,15 @@ export class LoraAdapter {
     return [...this.pairs.values()].flatMap((p) => [p.a, p.b]);
   }
 
+  /** The mask of x2d [N, in]: its own, or its rows' part of the whole batch's (dropoutWindow). */
+  private dropoutMaskFor(x2d: tf.Tensor2D, rate: number): Float32Array {
+    const w = this.dropoutWindow;
+    if (!w || w.to === w.from) return dropoutMask(this.dropoutRng, x2d.size, rate);
+    // N = shard rows x T; the whole batch's mask holds `rows` rows of T x in values.
+    const perBatchRow = x2d.size / (w.to - w.from);
+    return dropoutMask(this.dropoutRng, x2d.size, rate, w.from * perBatchRow);
+  }
+
   /**
    * The adapter's contribution for projection `name` on x2d [N, in], or null when it is
    * not targeted. Dropout draws a fresh mask per call (seeded from the adapter's stream).
@@ -133,7 +148,7 @@ export class LoraAdapter {
     if (!pair) return null;
     return tf.tidy(() => {
       const rate = this.config.dropout;
-      const x = training && rate > 0 ? x2d.mul(tf.tensor2d(dropoutMask(this.dropoutRng, x2d.size, rate), x2d.shape)) : x2d;
+      const x = training && rate > 0 ? x2d.mul(tf.tensor2d(this.dropoutMaskFor(x2d, rate), x2d.shape)) : x2d;
       // The scaling on x A ([N, r]) rather than on the output ([N, out]): the same product
       // up to rounding, and a multiply (and its gradient) over r columns instead of out.
       return linearT(linearT(x, pair.a).mul(this.scaling), pair.b) as tf.Tensor2D;
@@ -183,7 +198,7 @@ export class LoraAdapter {
  * took about 3 ms per [512, 256] input, over 100 ms a step of a 6 x 256 model with seven
  * adapted projections; this takes a tenth of that.
  */
-function dropoutMask(rng: Rng, n: number, rate: number): Float32Array {
+function dropoutMask(rng: Rng, n: number, rate: number, skip = 0): Float32Array {
   const mask = new Float32Array(n);
   const scale = 1 / (1 - rate);
   const threshold = rate * 4294967296;
@@ -192,7 +207,8 @@ function dropoutMask(rng: Rng, n: number, rate: number): Float32Array {
   let s1 = rng.nextUint32();
   let s2 = rng.nextUint32();
   let s3 = rng.nextUint32();
-  for (let i = 0; i < n; i++) {
+  // Values [skip, skip + n) of the stream: a shard's part of a whole batch's mask.
+  for (let i = -skip; i < n; i++) {
     let t = s3;
     const s = s0;
     s3 = s2;
@@ -201,7 +217,7 @@ function dropoutMask(rng: Rng, n: number, rate: number): Float32Array {
     t ^= t << 11;
     t ^= t >>> 8;
     s0 = t ^ s ^ (s >>> 19);
-    if (s0 >>> 0 >= threshold) mask[i] = scale;
+    if (i >= 0 && s0 >>> 0 >= threshold) mask[i] = scale;
   }
   return mask;
 }

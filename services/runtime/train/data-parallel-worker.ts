@@ -49,7 +49,9 @@ function step(s: Setup, m: Extract<ToWorker, { t: "step" }>) {
   const batch = toTensors(m.shard);
   const [wholeTokens] = shared.sum([batch.tokens]);
   batch.shareOfBatch = wholeTokens > 0 ? batch.tokens / wholeTokens : 0;
-  lora?.reseedDropout((m.dropoutSeed ^ Math.imul(init.rank, 0x9e3779b1)) >>> 0);
+  // The loop's seed on every thread, and each its rows of the whole batch's masks: one thread's dropout.
+  lora?.reseedDropout(m.dropoutSeed);
+  if (lora) lora.dropoutWindow = m.rows;
   // The shared sum's layout: every gradient in parameter order, then the loss.
   const lossAt = [...params.values()].reduce((n, p) => n + p.size, 0);
   let loss = Number.NaN;

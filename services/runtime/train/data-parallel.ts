@@ -6,9 +6,8 @@
  * they are added through shared memory (shared-sum.ts) and every thread applies the same
  * clipping and AdamW update, so the copies stay identical without sending weights. The result
  * is the single-thread step's up to float rounding. SFT and Vaccine (accelerated, relative rho):
- * Vaccine's norms and kept perturbation are the whole batch's (vaccine-step.ts). One
- * difference: with LoRA dropout each thread draws its own masks (as random, not the same draw
- * as on one thread).
+ * Vaccine's norms and kept perturbation are the whole batch's (vaccine-step.ts), and LoRA
+ * dropout's masks the whole batch's cut to each thread's rows (LoraAdapter.dropoutWindow).
  */
 import type { Worker } from "node:worker_threads";
 import { activeBackend } from "../backend.ts";
@@ -53,7 +52,7 @@ export interface DataParallelStep {
   step: number;
   learningRate: number;
   gradClip: number;
-  /** The step's LoRA dropout seed; each thread derives its own from it. */
+  /** The step's LoRA dropout seed, as the training loop reseeds with it. */
   dropoutSeed: number;
 }
 
