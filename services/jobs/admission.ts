@@ -62,6 +62,8 @@ export function availableMemoryBytes(): number {
 export async function jobShapeOf(store: CheckpointStore, stage: Stage, spec: AlignSpec | FineTuneSpec, examples: Example[]): Promise<JobShape> {
   const { options } = trainingOf(stage, spec.training);
   const lora = loraOf(stage, spec.lora);
+  const method = methodOf(spec, stage);
+  const guarded = stage === "finetune" && (spec as FineTuneSpec).guard.case !== undefined;
   return {
     model: await rootModelConfig(store, stage, spec),
     batchSize: Math.min(options.batchSize, examples.length),
@@ -69,13 +71,11 @@ export async function jobShapeOf(store: CheckpointStore, stage: Stage, spec: Ali
     sequenceLength: options.maxSequenceLength,
     loraRank: lora.r,
     targetModules: lora.targetModules,
-    method: methodOf(spec, stage).kind,
+    method: method.kind,
     // Data-parallel threads each hold a model copy (train-adapter.ts: SFT and Vaccine, unguarded).
-    threads: !guarded(stage, spec) && dataParallelMethod(methodOf(spec, stage), undefined) ? trainThreads() : 1,
+    threads: dataParallelMethod(method, guarded) ? trainThreads() : 1,
   };
 }
-
-const guarded = (stage: Stage, spec: AlignSpec | FineTuneSpec) => stage === "finetune" && (spec as FineTuneSpec).guard.case !== undefined;
 
 /**
  * Parsed configs of root models by digest. A checkout verifies every file of the model (for a

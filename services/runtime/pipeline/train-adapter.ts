@@ -62,7 +62,7 @@ export async function trainAdapter(store: CheckpointStore, spec: AdapterTraining
   let calibrationLogged = false;
   const adapter = LoraAdapter.init(parent.model.config, spec.lora, spec.training.seed);
   const threads = trainThreads();
-  const parallel = threads > 1 ? dataParallelMethod(spec.method, spec.guard) : undefined;
+  const parallel = threads > 1 ? dataParallelMethod(spec.method, spec.guard !== undefined) : undefined;
   if (threads > 1 && !parallel) hooks.onLog?.(`VACCINE_TRAIN_THREADS=${threads}: ${spec.guard ? "a fine-tuning guard" : spec.method.kind} trains on one thread`);
   const trainer = new Trainer({ model: parent.model, lora: adapter, data: guarded.data, tokenizer: parent.tokenizer, options: spec.training, stepFn: guarded.stepFn });
   // Identifies the run: a training state resumes only the run that wrote it.
@@ -136,8 +136,8 @@ export function trainThreads(env: NodeJS.ProcessEnv = process.env): number {
 }
 
 /** The method as the data-parallel threads run it: SFT and Vaccine, without a guard; else undefined (one thread). */
-export function dataParallelMethod(method: AlignmentMethod, guard: FineTuneGuard | undefined): DataParallelMethod | undefined {
-  if (guard) return undefined;
+export function dataParallelMethod(method: AlignmentMethod, guarded: boolean): DataParallelMethod | undefined {
+  if (guarded) return undefined;
   if (method.kind === "sft") return { name: "sft" };
   if (method.kind === "vaccine") return { name: "vaccine", rho: method.rho, refreshEvery: method.refreshEvery };
   return undefined;
