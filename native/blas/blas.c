@@ -3,26 +3,17 @@
  * are, in the wasm heap (an ArrayBuffer passed from JS), addressed by byte offsets, so a
  * product costs no copy in or out. Row-major, batched with a broadcast batch of 1. Also exp, the
  * embedding gather and a fused AdamW update, for the same reason: slow or many small wasm
- * kernels become one call.
+ * kernels become one call; the loss, RMSNorm and the SwiGLU product in files of their own.
  */
-#include <node_api.h>
 #include <cblas.h>
 #include <math.h>
-#include <stdint.h>
 #include <string.h>
+#include "addon.h"
 
 /* OpenBLAS extensions; declared here because the generic cblas.h may not have them. */
 extern void openblas_set_num_threads(int n);
 extern int openblas_get_num_threads(void);
 extern char *openblas_get_config(void);
-
-#define CHECK(env, call)                                      \
-  do {                                                        \
-    if ((call) != napi_ok) {                                  \
-      napi_throw_error((env), NULL, "vaccine_blas: " #call);  \
-      return NULL;                                            \
-    }                                                         \
-  } while (0)
 
 static int get_i64(napi_env env, napi_value v, int64_t *out) {
   return napi_get_value_int64(env, v, out) == napi_ok;
@@ -102,20 +93,26 @@ static napi_value gemm(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/*
- * Reads (ArrayBuffer, n non-negative integers) into heap and v; on anything else throws a
- * TypeError naming `usage` and returns 0.
- */
-static int heap_and_ints(napi_env env, napi_callback_info info, const char *usage, size_t n, void **heap, size_t *heap_bytes, int64_t *v) {
-  size_t argc = 8;
-  napi_value argv[8];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != n + 1 ||
+int inside(uint64_t off, uint64_t count, size_t heap_bytes) {
+  return off % 4 == 0 && off + 4u * count <= heap_bytes;
+}
+
+int heap_args(napi_env env, napi_callback_info info, const char *usage, void **heap, size_t *heap_bytes, size_t n, int64_t *v, size_t nd, double *d) {
+  size_t argc = 12;
+  napi_value argv[12];
+  if (n + nd > 11 || napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 + n + nd ||
       napi_get_arraybuffer_info(env, argv[0], heap, heap_bytes) != napi_ok) {
     napi_throw_type_error(env, NULL, usage);
     return 0;
   }
   for (size_t i = 0; i < n; i++) {
     if (!get_i64(env, argv[i + 1], &v[i]) || v[i] < 0) {
+      napi_throw_type_error(env, NULL, usage);
+      return 0;
+    }
+  }
+  for (size_t i = 0; i < nd; i++) {
+    if (napi_get_value_double(env, argv[1 + n + i], &d[i]) != napi_ok) {
       napi_throw_type_error(env, NULL, usage);
       return 0;
     }
@@ -128,7 +125,7 @@ static napi_value exp_kernel(napi_env env, napi_callback_info info) {
   void *heap = NULL;
   size_t heap_bytes = 0;
   int64_t v[3];
-  if (!heap_and_ints(env, info, "exp: (ArrayBuffer, inOffset, outOffset, n) of non-negative integers expected", 3, &heap, &heap_bytes, v)) return NULL;
+  if (!heap_args(env, info, "exp: (ArrayBuffer, inOffset, outOffset, n) of non-negative integers expected", &heap, &heap_bytes, 3, v, 0, NULL)) return NULL;
   const uint64_t bytes = 4u * (uint64_t)v[2];
   if ((uint64_t)v[0] + bytes > heap_bytes || (uint64_t)v[1] + bytes > heap_bytes || (v[0] | v[1]) % 4) {
     napi_throw_range_error(env, NULL, "exp: an operand lies outside the heap or is misaligned");
@@ -159,7 +156,7 @@ static napi_value gather(napi_env env, napi_callback_info info) {
   void *heap = NULL;
   size_t heap_bytes = 0;
   int64_t v[6];
-  if (!heap_and_ints(env, info, "gather: (ArrayBuffer, tableOffset, indicesOffset, outOffset, rows, width, n) of non-negative integers expected", 6, &heap, &heap_bytes, v)) return NULL;
+  if (!heap_args(env, info, "gather: (ArrayBuffer, tableOffset, indicesOffset, outOffset, rows, width, n) of non-negative integers expected", &heap, &heap_bytes, 6, v, 0, NULL)) return NULL;
   const uint64_t rows = (uint64_t)v[3], width = (uint64_t)v[4], n = (uint64_t)v[5];
   if ((uint64_t)v[0] + 4 * rows * width > heap_bytes || (uint64_t)v[1] + 4 * n > heap_bytes || (uint64_t)v[2] + 4 * n * width > heap_bytes ||
       (v[0] | v[1] | v[2]) % 4) {
@@ -258,6 +255,12 @@ NAPI_MODULE_INIT() {
   napi_property_descriptor props[] = {
       {"gemm", NULL, gemm, NULL, NULL, NULL, napi_enumerable, NULL},
       {"exp", NULL, exp_kernel, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"crossEntropy", NULL, cross_entropy, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"crossEntropyGrad", NULL, cross_entropy_grad, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"rmsNorm", NULL, rms_norm, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"rmsNormGrad", NULL, rms_norm_grad, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"swiglu", NULL, swiglu, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"swigluGrad", NULL, swiglu_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"gather", NULL, gather, NULL, NULL, NULL, napi_enumerable, NULL},
       {"adamw", NULL, adamw, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setThreads", NULL, set_threads, NULL, NULL, NULL, napi_enumerable, NULL},

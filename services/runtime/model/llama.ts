@@ -16,6 +16,9 @@
 import * as tf from "@tensorflow/tfjs";
 import { CheckpointFormatError } from "../format-error.ts";
 import type { HostTensor, HostTensors } from "../host-tensor.ts";
+import { nativeMatmulActive } from "../native/kernels.ts";
+import { rmsNormKernel } from "../native/rms-norm-kernel.ts";
+import { swigluKernel } from "../native/swiglu-kernel.ts";
 import { Rng } from "../rng.ts";
 import { validateLlamaConfig, type LlamaConfig } from "./config.ts";
 import type { LoraAdapter } from "./lora.ts";
@@ -190,9 +193,16 @@ export class KvCache {
 /** Free slots a decoding step adds to a full cache: a copy of the cache every this many steps rather than every step. */
 export const CACHE_GROWTH = 16;
 
-/** RMSNorm in float32: x * rsqrt(mean(x^2) + eps) * weight over the last axis. */
+/** RMSNorm in float32: x * rsqrt(mean(x^2) + eps) * weight over the last axis (one kernel when the native ones are active). */
 export function rmsNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor, eps: number): T {
+  if (nativeMatmulActive() && x.dtype === "float32" && weight.rank === 1) return rmsNormKernel(x, weight as tf.Tensor1D, eps);
   return tf.tidy(() => x.mul(tf.rsqrt(x.square().mean(-1, true).add(eps))).mul(weight) as T);
+}
+
+/** The MLP's SwiGLU product silu(gate) * up (one kernel when the native ones are active). */
+export function swiglu(gate: tf.Tensor3D, up: tf.Tensor3D): tf.Tensor3D {
+  if (nativeMatmulActive()) return swigluKernel(gate, up);
+  return tf.tidy(() => gate.mul(tf.sigmoid(gate)).mul(up));
 }
 
 /**
@@ -518,7 +528,7 @@ export class LlamaModel {
         const h2 = rmsNorm(x, this.w(`${p}.post_attention_layernorm.weight`), c.rmsNormEps);
         const gate = this.linear(l, "gate_proj", h2, opts);
         const up = this.linear(l, "up_proj", h2, opts);
-        x = x.add(this.linear(l, "down_proj", gate.mul(tf.sigmoid(gate)).mul(up), opts));
+        x = x.add(this.linear(l, "down_proj", swiglu(gate, up), opts));
         if (opts.returnLayerOutputs) layerOutputs.push(x);
       }
       const res: Omit<ForwardResult, "logits"> & { logits?: tf.Tensor3D } = {};

@@ -3,6 +3,8 @@
  * labels[:, 1:], positions labelled -100 are ignored, mean cross-entropy over the rest.
  */
 import * as tf from "@tensorflow/tfjs";
+import { softmaxCrossEntropy } from "../native/cross-entropy-kernel.ts";
+import { nativeMatmulActive } from "../native/kernels.ts";
 
 export const IGNORE_INDEX = -100;
 
@@ -31,6 +33,7 @@ export function causalLmLossWithCount(logits: tf.Tensor3D, labels: tf.Tensor2D):
     for (let j = 0; j < t - 1; j++) {
       const label = labelData[i * t + j + 1];
       if (label === IGNORE_INDEX) continue;
+      if (!Number.isInteger(label) || label < 0 || label >= vocab) throw new Error(`label ${label} at [${i}, ${j + 1}] is outside the vocabulary [0, ${vocab})`);
       target[i * t + j] = label;
       weight[i * t + j] = 1;
       tokens++;
@@ -38,9 +41,12 @@ export function causalLmLossWithCount(logits: tf.Tensor3D, labels: tf.Tensor2D):
   }
   const loss = tf.tidy(() => {
     if (tokens === 0) return tf.scalar(0).add(logits.sum().mul(0)) as tf.Scalar; // keeps the graph connected
+    const targets = tf.tensor2d(target, [b, t], "int32");
+    const weights = tf.tensor2d(weight, [b, t]);
+    if (nativeMatmulActive()) return softmaxCrossEntropy(logits.reshape([b * t, vocab]), targets.reshape([b * t]), weights.reshape([b * t]), 1 / tokens);
     // logSoftmax is max-shifted, so large logits do not overflow; oneHot avoids gather's gradient.
-    const picked = tf.logSoftmax(logits).mul(tf.oneHot(tf.tensor2d(target, [b, t], "int32"), vocab)).sum(-1);
-    return picked.mul(tf.tensor2d(weight, [b, t])).sum().neg().div(tokens) as tf.Scalar;
+    const picked = tf.logSoftmax(logits).mul(tf.oneHot(targets, vocab)).sum(-1);
+    return picked.mul(weights).sum().neg().div(tokens) as tf.Scalar;
   });
   return { loss, tokens };
 }

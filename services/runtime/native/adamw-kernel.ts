@@ -8,6 +8,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { loadBlasAddon } from "./blas-addon.ts";
 import { nativeMatmulActive } from "./kernels.ts";
+import { heapBuffer, type WasmBackend } from "./wasm-heap.ts";
 
 /** The update's constants as train/adamw.ts computes them (JS numbers; the addon rounds each to float32 as tfjs does). */
 export interface AdamWConstants {
@@ -22,12 +23,6 @@ export interface AdamWConstants {
   sqrtBc2: number;
   /** lr / (1 - beta1^step). */
   stepSize: number;
-}
-
-/** What the wasm backend's internals offer (tfjs-backend-wasm's BackendWasm). */
-interface WasmBackend {
-  wasm: { HEAPU8: Uint8Array };
-  dataIdMap: { get(dataId: object): { memoryOffset: number; refCount: number } | undefined };
 }
 
 /**
@@ -46,6 +41,6 @@ export function nativeAdamWUpdate(p: tf.Variable, g: tf.Tensor, m: tf.Variable, 
   const grad = backend.dataIdMap.get(g.dataId);
   if (!grad || owned.some((d) => !d || d.refCount !== 1)) return false;
   const [po, mo, vo] = owned.map((d) => d!.memoryOffset);
-  loaded.addon.adamw(backend.wasm.HEAPU8.buffer as ArrayBuffer, po, grad.memoryOffset, mo, vo, p.size, c.gradScale, c.decay, c.beta1, c.beta2, c.eps, c.sqrtBc2, c.stepSize);
+  loaded.addon.adamw(heapBuffer(backend), po, grad.memoryOffset, mo, vo, p.size, c.gradScale, c.decay, c.beta1, c.beta2, c.eps, c.sqrtBc2, c.stepSize);
   return true;
 }

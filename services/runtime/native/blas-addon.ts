@@ -14,6 +14,22 @@ export interface BlasAddon {
    * a batch of 1 is broadcast; op(a) is [m, k], op(b) is [k, n].
    */
   gemm(heap: ArrayBuffer, aOffset: number, bOffset: number, outOffset: number, batchA: number, batchB: number, m: number, n: number, k: number, transposeA: boolean, transposeB: boolean): void;
+  /**
+   * For [rows, vocab] float32 logits, int32 targets and float32 weights: writes each row's
+   * softmax (zeros where the weight is 0) and returns sum_i w_i (lse_i - logits[i, target_i]),
+   * or -(i + 1) when weighted row i's target is outside [0, vocab).
+   */
+  crossEntropy(heap: ArrayBuffer, logitsOffset: number, targetOffset: number, weightOffset: number, probsOffset: number, rows: number, vocab: number): number;
+  /** out[i, j] = scale * w_i * (probs[i, j] - [j == target_i]): the gradient of scale times crossEntropy's sum. */
+  crossEntropyGrad(heap: ArrayBuffer, probsOffset: number, targetOffset: number, weightOffset: number, outOffset: number, rows: number, vocab: number, scale: number): void;
+  /** RMSNorm of [rows, width] float32 x with weight [width]: out = x * r * w, r = 1 / sqrt(mean(x^2) + eps) written per row. */
+  rmsNorm(heap: ArrayBuffer, xOffset: number, weightOffset: number, outOffset: number, rOffset: number, rows: number, width: number, eps: number): void;
+  /** RMSNorm's gradient with respect to x, from dy, x, the weight and the forward's r. */
+  rmsNormGrad(heap: ArrayBuffer, dyOffset: number, xOffset: number, weightOffset: number, rOffset: number, outOffset: number, rows: number, width: number): void;
+  /** out = gate * s * up over n float32 values, writing s = sigmoid(gate) too. */
+  swiglu(heap: ArrayBuffer, gateOffset: number, upOffset: number, outOffset: number, sigmoidOffset: number, n: number): void;
+  /** The SwiGLU product's gradient with respect to gate (which 0) or up (which 1), from dy and the forward's sigmoid. */
+  swigluGrad(heap: ArrayBuffer, dyOffset: number, gateOffset: number, upOffset: number, sigmoidOffset: number, outOffset: number, n: number, which: number): void;
   /** out = expf(in) over n float32 values at byte offsets in `heap`. */
   exp(heap: ArrayBuffer, inOffset: number, outOffset: number, n: number): void;
   /**

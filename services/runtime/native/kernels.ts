@@ -2,15 +2,19 @@
  * Kernels replacing the wasm backend's where it is slow: BatchMatMul on native OpenBLAS, Exp
  * on glibc's expf and the embedding lookup's GatherV2 as row copies (the addon, native/blas/;
  * wasm's gather walks every element with its strides), and an Identity (and a Cast to the
- * same dtype) without a copy
- * (wasm-identity.ts). The native kernels read their operands and write their result in the
- * wasm heap in place (a copy out and back costs about as much as the product). Each stock
- * kernel stays behind its replacement for what it does not take (non-float32, a batch
- * broadcast other than 1 against N) and is put back when the native path is turned off
- * (VACCINE_NATIVE_KERNELS=off).
+ * same dtype) without a copy (wasm-identity.ts). The loss, RMSNorm and the SwiGLU product get
+ * fused kernels of their own (cross-entropy-kernel.ts, rms-norm-kernel.ts, swiglu-kernel.ts).
+ * The native kernels read their operands and write their result in the wasm heap in place (a
+ * copy out and back costs about as much as the product). Each stock kernel stays behind its
+ * replacement for what it does not take (non-float32, a batch broadcast other than 1 against
+ * N) and is put back when the native path is turned off (VACCINE_NATIVE_KERNELS=off).
  */
 import * as tf from "@tensorflow/tfjs";
 import { loadBlasAddon, type BlasAddon } from "./blas-addon.ts";
+import { registerCrossEntropyKernels } from "./cross-entropy-kernel.ts";
+import { registerRmsNormKernels } from "./rms-norm-kernel.ts";
+import { registerSwigluKernels } from "./swiglu-kernel.ts";
+import { heapBuffer, heapOffset, type WasmBackend } from "./wasm-heap.ts";
 import { sharingCast, sharingIdentity } from "./wasm-identity.ts";
 
 export const NATIVE_KERNEL_MODES = ["auto", "off"] as const;
@@ -23,14 +27,6 @@ export interface NativeKernels {
   detail: string;
   /** OpenBLAS threads when active. */
   threads?: number;
-}
-
-/** What the wasm backend's internals offer a kernel (tfjs-backend-wasm's BackendWasm). */
-interface WasmBackend {
-  wasm: { HEAPU8: Uint8Array };
-  dataIdMap: { get(dataId: object): { memoryOffset: number } };
-  makeOutput(shape: number[], dtype: tf.DataType): tf.TensorInfo;
-  disposeData(dataId: object): void;
 }
 
 /** Marks a replacement with the stock kernel behind it, found again by another copy of this module (tfjs's registry is global). */
@@ -65,6 +61,9 @@ export function configureNativeKernels(mode: NativeKernelMode): NativeKernels {
   install(tf.BatchMatMul, (stock) => nativeBatchMatMul(loaded.addon, stock));
   install(tf.Exp, (stock) => nativeExp(loaded.addon, stock));
   install(tf.GatherV2, (stock) => nativeGather(loaded.addon, stock));
+  registerCrossEntropyKernels(loaded.addon);
+  registerRmsNormKernels(loaded.addon);
+  registerSwigluKernels(loaded.addon);
   return (active = { active: true, detail: loaded.addon.config(), threads: loaded.addon.threads() });
 }
 
@@ -107,23 +106,21 @@ function nativeBatchMatMul(addon: BlasAddon, fallback: tf.KernelConfig): tf.Kern
     const outer = tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
     const backend = args.backend as unknown as WasmBackend;
     const out = backend.makeOutput([...outer, m, n], "float32");
-    const offset = (t: tf.TensorInfo) => backend.dataIdMap.get(t.dataId).memoryOffset;
-    // The heap's buffer is read after makeOutput, which may have grown (and so replaced) it.
-    addon.gemm(backend.wasm.HEAPU8.buffer as ArrayBuffer, offset(a), offset(b), offset(out), batchA, batchB, m, n, k, transposeA, transposeB);
+    const offset = (t: tf.TensorInfo) => heapOffset(backend, t);
+    addon.gemm(heapBuffer(backend), offset(a), offset(b), offset(out), batchA, batchB, m, n, k, transposeA, transposeB);
     return out;
   };
   return { kernelName: tf.BatchMatMul, backendName: "wasm", setupFunc: fallback.setupFunc, kernelFunc };
 }
 
-/** exp of the log-softmax over the vocabulary (forward and backward): glibc's expf is about 2x wasm's. */
+/** exp where the loss is not fused (RepNoise's log-softmax over the vocabulary, the cached attention's softmax): glibc's expf is about 2x wasm's. */
 function nativeExp(addon: BlasAddon, fallback: tf.KernelConfig): tf.KernelConfig {
   const kernelFunc: tf.KernelFunc = (args) => {
     const { x } = args.inputs as { x: tf.TensorInfo };
     if (x.dtype !== "float32") return fallback.kernelFunc(args);
     const backend = args.backend as unknown as WasmBackend;
     const out = backend.makeOutput([...x.shape], "float32");
-    const offset = (t: tf.TensorInfo) => backend.dataIdMap.get(t.dataId).memoryOffset;
-    addon.exp(backend.wasm.HEAPU8.buffer as ArrayBuffer, offset(x), offset(out), tf.util.sizeFromShape(x.shape));
+    addon.exp(heapBuffer(backend), heapOffset(backend, x), heapOffset(backend, out), tf.util.sizeFromShape(x.shape));
     return out;
   };
   return { kernelName: tf.Exp, backendName: "wasm", setupFunc: fallback.setupFunc, kernelFunc };
@@ -139,11 +136,11 @@ function nativeGather(addon: BlasAddon, fallback: tf.KernelConfig): tf.KernelCon
     const n = tf.util.sizeFromShape(indices.shape);
     const backend = args.backend as unknown as WasmBackend;
     const out = backend.makeOutput([...indices.shape, width], "float32");
-    const offset = (t: tf.TensorInfo) => backend.dataIdMap.get(t.dataId).memoryOffset;
-    const bad = addon.gather(backend.wasm.HEAPU8.buffer as ArrayBuffer, offset(x), offset(indices), offset(out), rows, width, n);
+    const offset = (t: tf.TensorInfo) => heapOffset(backend, t);
+    const bad = addon.gather(heapBuffer(backend), offset(x), offset(indices), offset(out), rows, width, n);
     if (bad >= 0) {
       backend.disposeData(out.dataId);
-      const value = new Int32Array(backend.wasm.HEAPU8.buffer, offset(indices), n)[bad];
+      const value = new Int32Array(heapBuffer(backend), offset(indices), n)[bad];
       // The stock kernel's message.
       throw new Error(`GatherV2: the index value ${value} is not in [0, ${rows - 1}]`);
     }

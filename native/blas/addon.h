@@ -1,0 +1,32 @@
+/* What the addon's source files share: argument reading and the error macro. */
+#ifndef VACCINE_ADDON_H
+#define VACCINE_ADDON_H
+
+#include <node_api.h>
+#include <stdint.h>
+
+#define CHECK(env, call)                                      \
+  do {                                                        \
+    if ((call) != napi_ok) {                                  \
+      napi_throw_error((env), NULL, "vaccine_blas: " #call);  \
+      return NULL;                                            \
+    }                                                         \
+  } while (0)
+
+/*
+ * Reads (ArrayBuffer, n non-negative integers, nd numbers) into heap, v and d; on anything
+ * else throws a TypeError naming `usage` and returns 0. At most 11 arguments after the heap.
+ */
+int heap_args(napi_env env, napi_callback_info info, const char *usage, void **heap, size_t *heap_bytes, size_t n, int64_t *v, size_t nd, double *d);
+
+/* Whether `count` float32 values from byte offset `off` lie inside the heap, aligned. */
+int inside(uint64_t off, uint64_t count, size_t heap_bytes);
+
+napi_value cross_entropy(napi_env env, napi_callback_info info);
+napi_value cross_entropy_grad(napi_env env, napi_callback_info info);
+napi_value rms_norm(napi_env env, napi_callback_info info);
+napi_value rms_norm_grad(napi_env env, napi_callback_info info);
+napi_value swiglu(napi_env env, napi_callback_info info);
+napi_value swiglu_grad(napi_env env, napi_callback_info info);
+
+#endif

@@ -1,0 +1,61 @@
+/*
+ * RMSNorm over the last axis, forward and backward, one pass a row in place on the wasm heap:
+ * y = x * r * w with r = 1 / sqrt(mean(x^2) + eps). Composed of tfjs ops it is six kernels
+ * forward and about a dozen backward, each a pass over the activations (a step normalises
+ * twice a layer). Sums in double; r is kept per row for the backward pass.
+ */
+#include <math.h>
+#include "addon.h"
+
+/* rmsNorm(heap, xOffset, weightOffset, outOffset, rOffset, rows, width, eps): out = x * r * w, writing r per row. */
+napi_value rms_norm(napi_env env, napi_callback_info info) {
+  void *heap = NULL;
+  size_t heap_bytes = 0;
+  int64_t v[6];
+  double eps = 0;
+  if (!heap_args(env, info, "rmsNorm: (ArrayBuffer, xOffset, weightOffset, outOffset, rOffset, rows, width, eps) expected", &heap, &heap_bytes, 6, v, 1, &eps)) return NULL;
+  const int64_t rows = v[4], width = v[5];
+  if (!inside((uint64_t)v[0], (uint64_t)(rows * width), heap_bytes) || !inside((uint64_t)v[1], (uint64_t)width, heap_bytes) ||
+      !inside((uint64_t)v[2], (uint64_t)(rows * width), heap_bytes) || !inside((uint64_t)v[3], (uint64_t)rows, heap_bytes)) {
+    napi_throw_range_error(env, NULL, "rmsNorm: an operand lies outside the heap or is misaligned");
+    return NULL;
+  }
+  const float *x = (const float *)heap + v[0] / 4, *w = (const float *)heap + v[1] / 4;
+  float *out = (float *)heap + v[2] / 4, *r = (float *)heap + v[3] / 4;
+  for (int64_t i = 0; i < rows; i++, x += width, out += width) {
+    double sum = 0;
+    for (int64_t j = 0; j < width; j++) sum += (double)x[j] * x[j];
+    const float ri = (float)(1 / sqrt(sum / (double)width + eps));
+    r[i] = ri;
+    for (int64_t j = 0; j < width; j++) out[j] = x[j] * ri * w[j];
+  }
+  return NULL;
+}
+
+/*
+ * rmsNormGrad(heap, dyOffset, xOffset, weightOffset, rOffset, outOffset, rows, width): the
+ * gradient with respect to x, dx = r * w * dy - x * r^3 / width * sum_k(w_k dy_k x_k).
+ */
+napi_value rms_norm_grad(napi_env env, napi_callback_info info) {
+  void *heap = NULL;
+  size_t heap_bytes = 0;
+  int64_t v[7];
+  if (!heap_args(env, info, "rmsNormGrad: (ArrayBuffer, dyOffset, xOffset, weightOffset, rOffset, outOffset, rows, width) expected", &heap, &heap_bytes, 7, v, 0, NULL)) return NULL;
+  const int64_t rows = v[5], width = v[6];
+  const uint64_t size = (uint64_t)(rows * width);
+  if (!inside((uint64_t)v[0], size, heap_bytes) || !inside((uint64_t)v[1], size, heap_bytes) || !inside((uint64_t)v[2], (uint64_t)width, heap_bytes) ||
+      !inside((uint64_t)v[3], (uint64_t)rows, heap_bytes) || !inside((uint64_t)v[4], size, heap_bytes)) {
+    napi_throw_range_error(env, NULL, "rmsNormGrad: an operand lies outside the heap or is misaligned");
+    return NULL;
+  }
+  const float *dy = (const float *)heap + v[0] / 4, *x = (const float *)heap + v[1] / 4, *w = (const float *)heap + v[2] / 4, *r = (const float *)heap + v[3] / 4;
+  float *out = (float *)heap + v[4] / 4;
+  for (int64_t i = 0; i < rows; i++, dy += width, x += width, out += width) {
+    double dot = 0;
+    for (int64_t j = 0; j < width; j++) dot += (double)w[j] * dy[j] * x[j];
+    const double ri = r[i];
+    const float c = (float)(ri * ri * ri * dot / (double)width);
+    for (int64_t j = 0; j < width; j++) out[j] = r[i] * w[j] * dy[j] - x[j] * c;
+  }
+  return NULL;
+}

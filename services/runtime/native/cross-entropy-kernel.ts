@@ -1,0 +1,71 @@
+/**
+ * The language-model loss as one kernel on the addon (native/blas/cross_entropy.c): softmax
+ * cross-entropy over the vocabulary, forward and backward, instead of about a dozen wasm
+ * kernels that each pass over the [tokens, vocab] logits (the largest tensor of a step on a
+ * small model); the forward keeps the softmax, so the backward takes no exponential. Registered under its own kernel names with its gradient, so tfjs's tape
+ * differentiates it like any op; model/loss.ts uses it while the native kernels are active.
+ */
+import * as tf from "@tensorflow/tfjs";
+import type { BlasAddon } from "./blas-addon.ts";
+import { heapBuffer, heapOffset, registerFused, type WasmBackend } from "./wasm-heap.ts";
+
+const FORWARD = "VaccineSoftmaxCrossEntropy";
+const BACKWARD = "VaccineSoftmaxCrossEntropyGrad";
+
+/** Registers both kernels on the wasm backend and the gradient. */
+export function registerCrossEntropyKernels(addon: BlasAddon): void {
+  registerFused(FORWARD, BACKWARD, { forward: (args) => forward(addon, args), backward: (args) => backward(addon, args) }, {
+    inputsToSave: ["target", "weight"],
+    outputsToSave: [false, true],
+    gradFunc: (dy, saved, attrs) => {
+      const [target, weight, probs] = saved;
+      const dLoss = Array.isArray(dy) ? dy[0] : dy;
+      return { logits: () => tf.engine().runKernel(BACKWARD, { dy: dLoss, probs, target, weight }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor };
+    },
+  });
+}
+
+/**
+ * scale * sum_i weight_i * -log softmax(logits_i)[target_i] for [rows, vocab] float32 logits,
+ * int32 targets and float32 weights (0 skips a row, whose target is then not read). Throws
+ * when a weighted row's target is outside the vocabulary.
+ */
+export function softmaxCrossEntropy(logits: tf.Tensor2D, target: tf.Tensor1D, weight: tf.Tensor1D, scale: number): tf.Scalar {
+  const [loss, probs] = tf.engine().runKernel(FORWARD, { logits, target, weight }, { scale }) as [tf.Scalar, tf.Tensor2D];
+  probs.dispose(); // the softmax, kept by the tape while a gradient is recorded
+  return loss;
+}
+
+function forward(addon: BlasAddon, args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo[] {
+  const { logits, target, weight } = args.inputs as { logits: tf.TensorInfo; target: tf.TensorInfo; weight: tf.TensorInfo };
+  const { scale } = args.attrs as unknown as { scale: number };
+  const [rows, vocab] = logits.shape;
+  if (logits.dtype !== "float32" || target.dtype !== "int32" || weight.dtype !== "float32" || logits.shape.length !== 2 || target.shape[0] !== rows || weight.shape[0] !== rows) {
+    throw new Error(`softmaxCrossEntropy: expected float32 logits [rows, vocab], int32 target [rows] and float32 weight [rows]; got ${logits.dtype} [${logits.shape}], ${target.dtype} [${target.shape}], ${weight.dtype} [${weight.shape}]`);
+  }
+  const backend = args.backend as unknown as WasmBackend;
+  const loss = backend.makeOutput([], "float32");
+  const probs = backend.makeOutput([rows, vocab], "float32");
+  const heap = heapBuffer(backend);
+  const total = addon.crossEntropy(heap, heapOffset(backend, logits), heapOffset(backend, target), heapOffset(backend, weight), heapOffset(backend, probs), rows, vocab);
+  if (total < 0) {
+    backend.disposeData(loss.dataId);
+    backend.disposeData(probs.dataId);
+    const row = -total - 1;
+    throw new Error(`softmaxCrossEntropy: target ${new Int32Array(heap, heapOffset(backend, target), rows)[row]} of row ${row} is outside the vocabulary [0, ${vocab})`);
+  }
+  new Float32Array(heap, heapOffset(backend, loss), 1)[0] = scale * total;
+  return [loss, probs];
+}
+
+function backward(addon: BlasAddon, args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo {
+  const { dy, probs, target, weight } = args.inputs as Record<"dy" | "probs" | "target" | "weight", tf.TensorInfo>;
+  const { scale } = args.attrs as unknown as { scale: number };
+  const [rows, vocab] = probs.shape;
+  const backend = args.backend as unknown as WasmBackend;
+  const out = backend.makeOutput([rows, vocab], "float32");
+  const heap = heapBuffer(backend);
+  const dLoss = new Float32Array(heap, heapOffset(backend, dy), 1)[0];
+  addon.crossEntropyGrad(heap, heapOffset(backend, probs), heapOffset(backend, target), heapOffset(backend, weight), heapOffset(backend, out), rows, vocab, scale * dLoss);
+  return out;
+}

@@ -1,0 +1,159 @@
+// The fused native kernels (loss, RMSNorm, SwiGLU): the same values and gradients as the tfjs
+// ops they replace (run with the native kernels off), on odd sizes, ignored rows and large
+// logits; bad targets refused; nothing leaked. Skipped where the addon did not build.
+import * as tf from "@tensorflow/tfjs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { selectBackend } from "../../services/runtime/backend.ts";
+import { rmsNorm, swiglu } from "../../services/runtime/model/llama.ts";
+import { causalLmLoss, IGNORE_INDEX } from "../../services/runtime/model/loss.ts";
+import { loadBlasAddon } from "../../services/runtime/native/blas-addon.ts";
+import { softmaxCrossEntropy } from "../../services/runtime/native/cross-entropy-kernel.ts";
+import { configureNativeKernels, nativeMatmulActive } from "../../services/runtime/native/kernels.ts";
+import { Rng } from "../../services/runtime/rng.ts";
+import { compareScaled, type NestedNumbers } from "../helpers/tolerance.ts";
+
+const loaded = loadBlasAddon();
+const built = "addon" in loaded;
+
+beforeAll(async () => {
+  await selectBackend("wasm", () => {}, { nativeKernels: "auto" });
+});
+afterAll(() => {
+  configureNativeKernels("auto");
+});
+
+/** Uniform values in [-scale, scale) from a seed. */
+function random(shape: number[], seed: number, scale = 1): tf.Tensor {
+  const rng = new Rng(seed);
+  const n = shape.reduce((a, b) => a * b, 1);
+  return tf.tensor(Float32Array.from({ length: n }, () => ((rng.nextUint32() / 2 ** 32) * 2 - 1) * scale), shape);
+}
+
+/** f's value and its gradients with respect to xs (against a fixed random cotangent), as plain arrays. */
+function valueAndGrads(f: (...xs: tf.Tensor[]) => tf.Tensor, xs: tf.Tensor[], seed: number): NestedNumbers[] {
+  return tf.tidy(() => {
+    const y = f(...xs);
+    const dy = y.rank === 0 ? tf.scalar(1.7) : random(y.shape, seed);
+    const { value, grads } = tf.valueAndGrads((...inputs: tf.Tensor[]) => f(...inputs).mul(dy).sum() as tf.Scalar)(xs);
+    return [y.arraySync() as NestedNumbers, value.arraySync() as NestedNumbers, ...grads.map((g) => g.arraySync() as NestedNumbers)];
+  });
+}
+
+/** The same computation with the stock tfjs ops (native off) and with the fused kernel (native on). */
+function stockAndFused(f: (...xs: tf.Tensor[]) => tf.Tensor, xs: tf.Tensor[], seed: number) {
+  configureNativeKernels("off");
+  expect(nativeMatmulActive()).toBe(false);
+  const stock = valueAndGrads(f, xs, seed);
+  configureNativeKernels("auto");
+  expect(nativeMatmulActive()).toBe(true);
+  const fused = valueAndGrads(f, xs, seed);
+  return { stock, fused };
+}
+
+function expectClose(fused: NestedNumbers[], stock: NestedNumbers[], rtol: number, where: string) {
+  expect(fused).toHaveLength(stock.length);
+  fused.forEach((v, i) => {
+    const cmp = compareScaled(v, stock[i], rtol);
+    expect(cmp.failures, `${where}, output ${i}: ${JSON.stringify(cmp.worst)}`).toBe(0);
+  });
+}
+
+describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${built ? "" : " (SKIPPED: the addon did not build here)"}`, () => {
+  it("the loss: value and logits gradient, with ignored labels, odd vocabularies and large logits", () => {
+    const cases: [number, number, number, number][] = [
+      [2, 5, 3, 1], // batch, tokens, vocab, logit scale
+      [3, 9, 17, 10],
+      [2, 33, 129, 1e4], // would overflow exp without the max shift
+    ];
+    let seed = 0;
+    for (const [b, t, vocab, scale] of cases) {
+      const rng = new Rng(++seed);
+      const labels = tf.tensor2d(
+        Int32Array.from({ length: b * t }, (_, i) => (i % 4 === 1 ? IGNORE_INDEX : rng.nextUint32() % vocab)),
+        [b, t],
+        "int32",
+      );
+      const logits = random([b, t, vocab], ++seed, scale);
+      const { stock, fused } = stockAndFused((x) => causalLmLoss(x as tf.Tensor3D, labels), [logits], seed);
+      expectClose(fused, stock, 1e-5, `[${b}, ${t}, ${vocab}] scale ${scale}`);
+      // Rows whose label is ignored (every 4th from 1) and each row's last position get no gradient.
+      const grad = fused[2] as number[][][];
+      expect(grad[0][0].every((g) => g === 0)).toBe(true); // position 0 predicts label 1: ignored
+      expect(grad[0][t - 1].every((g) => g === 0)).toBe(true);
+      expect(grad[0][1].some((g) => g !== 0)).toBe(true);
+      tf.dispose([labels, logits]);
+    }
+  });
+
+  it("the loss refuses a label outside the vocabulary, on both paths, and the kernel a bad target, leaking nothing", () => {
+    const logits = random([1, 3, 4], 1) as tf.Tensor3D;
+    const labels = tf.tensor2d([[0, 2, 4]], [1, 3], "int32");
+    for (const mode of ["off", "auto"] as const) {
+      configureNativeKernels(mode);
+      expect(() => causalLmLoss(logits, labels), mode).toThrow("label 4 at [0, 2] is outside the vocabulary [0, 4)");
+    }
+    const before = tf.memory().numTensors;
+    const rows = logits.reshape([3, 4]) as tf.Tensor2D;
+    const target = tf.tensor1d([0, 7, 1], "int32");
+    const weight = tf.tensor1d([1, 1, 0]);
+    expect(() => softmaxCrossEntropy(rows, target, weight, 1)).toThrow("target 7 of row 1 is outside the vocabulary [0, 4)");
+    // A row of weight 0 is not read: its target may be anything.
+    expect(softmaxCrossEntropy(rows, target, tf.tensor1d([1, 0, 1]), 1).dataSync()[0]).toBeGreaterThan(0);
+    tf.dispose([rows, target, weight]);
+    expect(tf.memory().numTensors).toBe(before + 2); // the second call's weight and loss, left to tidy
+    tf.dispose([logits, labels]);
+  });
+
+  it("RMSNorm: value and the gradients of x and weight, on odd widths and 2 or 3 axes", () => {
+    let seed = 100;
+    for (const shape of [[1, 1], [3, 17], [2, 5, 129], [4, 8, 128]]) {
+      const x = random(shape, ++seed, 3);
+      const weight = random([shape[shape.length - 1]], ++seed);
+      const { stock, fused } = stockAndFused((a, w) => rmsNorm(a, w, 1e-6), [x, weight], seed);
+      expectClose(fused, stock, 1e-5, `[${shape}]`);
+      tf.dispose([x, weight]);
+    }
+  });
+
+  it("SwiGLU: value and the gradients of gate and up, including saturated gates", () => {
+    let seed = 200;
+    for (const [shape, scale] of [[[1, 1, 1], 1], [[2, 3, 17], 4], [[2, 64, 384], 30]] as [number[], number][]) {
+      const gate = random(shape, ++seed, scale);
+      const up = random(shape, ++seed);
+      const { stock, fused } = stockAndFused((g, u) => swiglu(g as tf.Tensor3D, u as tf.Tensor3D), [gate, up], seed);
+      expectClose(fused, stock, 1e-5, `[${shape}] scale ${scale}`);
+      tf.dispose([gate, up]);
+    }
+  });
+
+  it("keeps numTensors flat over repeated gradients through all three", () => {
+    configureNativeKernels("auto");
+    const x = random([2, 6, 16], 300);
+    const w = random([16], 301);
+    const head = random([16, 11], 302);
+    const labels = tf.tensor2d(Int32Array.from({ length: 12 }, (_, i) => i % 11), [2, 6], "int32");
+    const loss = (a: tf.Tensor) => {
+      const h = rmsNorm(a, w, 1e-6) as tf.Tensor3D;
+      const m = swiglu(h, h.mul(2) as tf.Tensor3D);
+      return causalLmLoss(tf.matMul(m.reshape([12, 16]), head).reshape([2, 6, 11]) as tf.Tensor3D, labels);
+    };
+    const once = () => tf.tidy(() => tf.valueAndGrad(loss)(x).grad.dispose());
+    once();
+    const before = tf.memory().numTensors;
+    for (let i = 0; i < 20; i++) once();
+    expect(tf.memory().numTensors).toBe(before);
+    tf.dispose([x, w, head, labels]);
+  });
+
+  it("the addon refuses operands outside the heap", () => {
+    if (!("addon" in loaded)) return;
+    const heap = new ArrayBuffer(64);
+    expect(() => loaded.addon.crossEntropy(heap, 0, 32, 40, 48, 2, 4)).toThrow(/outside the heap/);
+    expect(() => loaded.addon.crossEntropyGrad(heap, 0, 32, 40, 48, 2, 4, 1)).toThrow(/outside the heap/);
+    expect(() => loaded.addon.rmsNorm(heap, 0, 32, 40, 56, 2, 4, 1e-6)).toThrow(/outside the heap/);
+    expect(() => loaded.addon.rmsNormGrad(heap, 0, 16, 32, 40, 48, 2, 4)).toThrow(/outside the heap/);
+    expect(() => loaded.addon.swiglu(heap, 0, 16, 32, 48, 5)).toThrow(/outside the heap/);
+    expect(() => loaded.addon.swigluGrad(heap, 0, 16, 32, 48, 52, 4, 0)).toThrow(/outside the heap/);
+    expect(() => loaded.addon.swiglu(heap, 0, 16, 32, 48, 4)).not.toThrow();
+  });
+});
