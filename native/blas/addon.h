@@ -15,7 +15,7 @@
 
 /*
  * Reads (ArrayBuffer, n non-negative integers, nd numbers) into heap, v and d; on anything
- * else throws a TypeError naming `usage` and returns 0. At most 11 arguments after the heap.
+ * else throws a TypeError naming `usage` and returns 0. At most 16 arguments after the heap.
  */
 int heap_args(napi_env env, napi_callback_info info, const char *usage, void **heap, size_t *heap_bytes, size_t n, int64_t *v, size_t nd, double *d);
 
@@ -26,6 +26,8 @@ napi_value cross_entropy(napi_env env, napi_callback_info info);
 napi_value cross_entropy_grad(napi_env env, napi_callback_info info);
 napi_value rms_norm(napi_env env, napi_callback_info info);
 napi_value rms_norm_grad(napi_env env, napi_callback_info info);
+napi_value lora_linear(napi_env env, napi_callback_info info);
+napi_value lora_linear_grad(napi_env env, napi_callback_info info);
 napi_value swiglu(napi_env env, napi_callback_info info);
 napi_value swiglu_grad(napi_env env, napi_callback_info info);
 

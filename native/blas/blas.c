@@ -3,7 +3,8 @@
  * are, in the wasm heap (an ArrayBuffer passed from JS), addressed by byte offsets, so a
  * product costs no copy in or out. Row-major, batched with a broadcast batch of 1. Also exp, the
  * embedding gather and a fused AdamW update, for the same reason: slow or many small wasm
- * kernels become one call; the loss, RMSNorm and the SwiGLU product in files of their own.
+ * kernels become one call; the loss, RMSNorm, the SwiGLU product and
+ * the LoRA linear in files of their own.
  */
 #include <cblas.h>
 #include <math.h>
@@ -98,9 +99,9 @@ int inside(uint64_t off, uint64_t count, size_t heap_bytes) {
 }
 
 int heap_args(napi_env env, napi_callback_info info, const char *usage, void **heap, size_t *heap_bytes, size_t n, int64_t *v, size_t nd, double *d) {
-  size_t argc = 12;
-  napi_value argv[12];
-  if (n + nd > 11 || napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 + n + nd ||
+  size_t argc = 17;
+  napi_value argv[17];
+  if (n + nd > 16 || napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1 + n + nd ||
       napi_get_arraybuffer_info(env, argv[0], heap, heap_bytes) != napi_ok) {
     napi_throw_type_error(env, NULL, usage);
     return 0;
@@ -259,6 +260,8 @@ NAPI_MODULE_INIT() {
       {"crossEntropyGrad", NULL, cross_entropy_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"rmsNorm", NULL, rms_norm, NULL, NULL, NULL, napi_enumerable, NULL},
       {"rmsNormGrad", NULL, rms_norm_grad, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"loraLinear", NULL, lora_linear, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"loraLinearGrad", NULL, lora_linear_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"swiglu", NULL, swiglu, NULL, NULL, NULL, napi_enumerable, NULL},
       {"swigluGrad", NULL, swiglu_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"gather", NULL, gather, NULL, NULL, NULL, napi_enumerable, NULL},

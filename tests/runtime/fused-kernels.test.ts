@@ -1,10 +1,12 @@
-// The fused native kernels (loss, RMSNorm, SwiGLU): the same values and gradients as the tfjs
+// The fused native kernels (loss, RMSNorm, SwiGLU, LoRA projection): the same values and gradients as the tfjs
 // ops they replace (run with the native kernels off), on odd sizes, ignored rows and large
 // logits; bad targets refused; nothing leaked. Skipped where the addon did not build.
 import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { selectBackend } from "../../services/runtime/backend.ts";
+import type { LlamaConfig } from "../../services/runtime/model/config.ts";
 import { rmsNorm, swiglu } from "../../services/runtime/model/llama.ts";
+import { LoraAdapter } from "../../services/runtime/model/lora.ts";
 import { causalLmLoss, IGNORE_INDEX } from "../../services/runtime/model/loss.ts";
 import { loadBlasAddon } from "../../services/runtime/native/blas-addon.ts";
 import { softmaxCrossEntropy } from "../../services/runtime/native/cross-entropy-kernel.ts";
@@ -126,6 +128,38 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
     }
   });
 
+  it("the LoRA projection: value and the gradients of x, W, A and B, with and without a dropout mask, odd sizes", () => {
+    let seed = 400;
+    // [n, in, out, r]
+    for (const [n, inDim, outDim, r] of [[1, 1, 1, 1], [5, 7, 3, 2], [64, 128, 384, 8], [33, 384, 128, 8]]) {
+      const config = { hiddenSize: inDim, intermediateSize: outDim, numHiddenLayers: 1, numAttentionHeads: 1, numKeyValueHeads: 1 } as LlamaConfig;
+      for (const dropout of [0, 0.3]) {
+        const adapter = LoraAdapter.init(config, { r, alpha: 2 * r, dropout, targetModules: ["gate_proj"] }, ++seed);
+        const name = "model.layers.0.mlp.gate_proj";
+        const pair = adapter.pairs.get(name)!;
+        pair.b.assign(random(pair.b.shape, ++seed)); // B starts at 0: A's gradient would be 0
+        const x = tf.variable(random([n, inDim], ++seed));
+        const w = tf.variable(random([outDim, inDim], ++seed));
+        const dy = random([n, outDim], ++seed);
+        const run = () =>
+          tf.tidy(() => {
+            adapter.reseedDropout(seed); // the same masks on both paths
+            const y = adapter.linear(name, x, w, true).arraySync() as NestedNumbers;
+            adapter.reseedDropout(seed);
+            const { value, grads } = tf.variableGrads(() => adapter.linear(name, x, w, true).mul(dy).sum() as tf.Scalar, [x, w, pair.a, pair.b]);
+            return [y, value.arraySync(), ...[x, w, pair.a, pair.b].map((v) => grads[v.name].arraySync() as NestedNumbers)];
+          });
+        configureNativeKernels("off");
+        const stock = run();
+        configureNativeKernels("auto");
+        const fused = run();
+        expectClose(fused, stock, 1e-5, `n ${n} in ${inDim} out ${outDim} r ${r} dropout ${dropout}`);
+        tf.dispose([x, w, dy]);
+        adapter.dispose();
+      }
+    }
+  });
+
   it("keeps numTensors flat over repeated gradients through all three", () => {
     configureNativeKernels("auto");
     const x = random([2, 6, 16], 300);
@@ -155,5 +189,11 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
     expect(() => loaded.addon.swiglu(heap, 0, 16, 32, 48, 5)).toThrow(/outside the heap/);
     expect(() => loaded.addon.swigluGrad(heap, 0, 16, 32, 48, 52, 4, 0)).toThrow(/outside the heap/);
     expect(() => loaded.addon.swiglu(heap, 0, 16, 32, 48, 4)).not.toThrow();
+    // x [2, 2], W [2, 2], A [1, 2], B [2, 1], no mask, y [2, 2], xa [2, 1]: 64 bytes in all, then one float past the heap.
+    expect(() => loaded.addon.loraLinear(heap, 0, 16, 32, 40, 0, 48, 56, 2, 2, 2, 1, 0, 1)).not.toThrow();
+    expect(() => loaded.addon.loraLinear(heap, 0, 16, 32, 40, 0, 48, 60, 2, 2, 2, 1, 0, 1)).toThrow(/outside the heap/);
+    expect(() => loaded.addon.loraLinear(heap, 0, 16, 32, 40, 56, 48, 56, 2, 2, 2, 1, 1, 1)).toThrow(/outside the heap/); // a mask [2, 2] at 56
+    expect(() => loaded.addon.loraLinearGrad(heap, 3, 48, 0, 16, 32, 40, 0, 56, 52, 2, 2, 2, 1, 0, 1)).toThrow(/outside the heap/);
+    expect(() => loaded.addon.loraLinearGrad(heap, 4, 48, 0, 16, 32, 40, 0, 56, 0, 2, 2, 2, 1, 0, 1)).toThrow(/which/);
   });
 });

@@ -581,9 +581,8 @@ export class LlamaModel {
     const x2 = x.reshape([b * t, inDim]) as tf.Tensor2D;
     const merged = opts.weights?.get(`${name}.weight`);
     if (merged) return linearT(x2, merged as tf.Tensor2D).reshape([b, t, merged.shape[0]]);
-    let y = linearT(x2, this.w(`${name}.weight`));
-    const update = opts.lora?.update(name, x2, opts.training ?? false);
-    if (update) y = y.add(update);
+    const w = this.w(`${name}.weight`) as tf.Tensor2D;
+    const y = opts.lora ? opts.lora.linear(name, x2, w, opts.training ?? false) : linearT(x2, w);
     return y.reshape([b, t, y.shape[1]]);
   }
 

@@ -8,6 +8,8 @@
 import * as tf from "@tensorflow/tfjs";
 import { CheckpointFormatError } from "../format-error.ts";
 import type { HostTensor, HostTensors } from "../host-tensor.ts";
+import { nativeMatmulActive } from "../native/kernels.ts";
+import { loraLinearKernel } from "../native/lora-linear-kernel.ts";
 import { Rng } from "../rng.ts";
 import type { LlamaConfig } from "./config.ts";
 import { LINEAR_MODULES, LlamaModel, linearName, linearShape, linearT, toHost, type LinearModule } from "./llama.ts";
@@ -140,18 +142,21 @@ export class LoraAdapter {
   }
 
   /**
-   * The adapter's contribution for projection `name` on x2d [N, in], or null when it is
-   * not targeted. Dropout draws a fresh mask per call (seeded from the adapter's stream).
+   * Projection `name` with its adapter on x2d [N, in]: x W^T plus the adapter's branch when
+   * the projection is targeted (one fused kernel when the native ones are active). Dropout
+   * draws a fresh mask per call (seeded from the adapter's stream).
    */
-  update(name: string, x2d: tf.Tensor2D, training: boolean): tf.Tensor2D | null {
+  linear(name: string, x2d: tf.Tensor2D, w: tf.Tensor2D, training: boolean): tf.Tensor2D {
     const pair = this.pairs.get(name);
-    if (!pair) return null;
+    if (!pair) return linearT(x2d, w);
     return tf.tidy(() => {
       const rate = this.config.dropout;
-      const x = training && rate > 0 ? x2d.mul(tf.tensor2d(this.dropoutMaskFor(x2d, rate), x2d.shape)) : x2d;
+      const mask = training && rate > 0 ? tf.tensor2d(this.dropoutMaskFor(x2d, rate), x2d.shape) : null;
+      if (nativeMatmulActive()) return loraLinearKernel(x2d, w, pair.a as tf.Tensor2D, pair.b as tf.Tensor2D, this.scaling, mask);
+      const x = mask ? x2d.mul(mask) : x2d;
       // The scaling on x A ([N, r]) rather than on the output ([N, out]): the same product
       // up to rounding, and a multiply (and its gradient) over r columns instead of out.
-      return linearT(linearT(x, pair.a).mul(this.scaling), pair.b) as tf.Tensor2D;
+      return linearT(x2d, w).add(linearT(linearT(x, pair.a).mul(this.scaling), pair.b)) as tf.Tensor2D;
     });
   }
 

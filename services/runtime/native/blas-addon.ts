@@ -26,6 +26,13 @@ export interface BlasAddon {
   rmsNorm(heap: ArrayBuffer, xOffset: number, weightOffset: number, outOffset: number, rOffset: number, rows: number, width: number, eps: number): void;
   /** RMSNorm's gradient with respect to x, from dy, x, the weight and the forward's r. */
   rmsNormGrad(heap: ArrayBuffer, dyOffset: number, xOffset: number, weightOffset: number, rOffset: number, outOffset: number, rows: number, width: number): void;
+  /**
+   * A LoRA projection for x [n, in], W [out, in], A [r, in], B [out, r] and, when hasMask, a
+   * dropout mask [n, in]: xa = scaling (x * mask) A^T [n, r] and y = x W^T + xa B^T [n, out].
+   */
+  loraLinear(heap: ArrayBuffer, xOffset: number, wOffset: number, aOffset: number, bOffset: number, maskOffset: number, yOffset: number, xaOffset: number, n: number, inDim: number, outDim: number, r: number, hasMask: number, scaling: number): void;
+  /** loraLinear's gradient with respect to x (which 0), A (1), B (2) or W (3), from dy [n, out] and the forward's xa. */
+  loraLinearGrad(heap: ArrayBuffer, which: number, dyOffset: number, xOffset: number, wOffset: number, aOffset: number, bOffset: number, maskOffset: number, xaOffset: number, outOffset: number, n: number, inDim: number, outDim: number, r: number, hasMask: number, scaling: number): void;
   /** out = gate * s * up over n float32 values, writing s = sigmoid(gate) too. */
   swiglu(heap: ArrayBuffer, gateOffset: number, upOffset: number, outOffset: number, sigmoidOffset: number, n: number): void;
   /** The SwiGLU product's gradient with respect to gate (which 0) or up (which 1), from dy and the forward's sigmoid. */

@@ -1,0 +1,147 @@
+/*
+ * A LoRA-adapted projection, y = x W^T + s (x * mask) A^T B^T, as one kernel forward and one
+ * per gradient, in place on the wasm heap: composed of tfjs ops it is five or six kernels
+ * forward (three products, the scaling, the sum, the dropout mask) and about ten backward,
+ * and a step runs it for every adapted projection of every layer. The products are OpenBLAS
+ * sgemm with the scaling as alpha and the branch summed into y as beta = 1.
+ */
+#include <cblas.h>
+#include <stdlib.h>
+#include "addon.h"
+
+/* A per-thread buffer for the masked input and small intermediates, grown as needed and kept (no allocation per call). */
+static _Thread_local float *scratch_buf = NULL;
+static _Thread_local size_t scratch_cap = 0;
+
+static float *scratch(size_t count) {
+  if (count > scratch_cap) {
+    float *grown = realloc(scratch_buf, 4 * count);
+    if (!grown) return NULL;
+    scratch_buf = grown;
+    scratch_cap = count;
+  }
+  return scratch_buf;
+}
+
+#define SGEMM(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) \
+  cblas_sgemm(CblasRowMajor, ta, tb, (int)(m), (int)(n), (int)(k), alpha, a, (int)(lda), b, (int)(ldb), beta, c, (int)(ldc))
+#define N CblasNoTrans
+#define T CblasTrans
+
+/* Both calls' operands: byte offsets by role and the sizes n, in, out (outs), r. */
+typedef struct {
+  float *heap;
+  int64_t x, w, a, b, mask, xa, out;
+  int64_t n, in, outs, r;
+  int has_mask;
+  double scaling;
+} lora_args;
+
+static int operands_inside(const lora_args *g, size_t heap_bytes, int64_t out_count) {
+  const uint64_t n = (uint64_t)g->n, in = (uint64_t)g->in, outs = (uint64_t)g->outs, r = (uint64_t)g->r;
+  return n <= INT32_MAX && in <= INT32_MAX && outs <= INT32_MAX && r <= INT32_MAX && inside((uint64_t)g->x, n * in, heap_bytes) &&
+         inside((uint64_t)g->w, outs * in, heap_bytes) && inside((uint64_t)g->a, r * in, heap_bytes) && inside((uint64_t)g->b, outs * r, heap_bytes) &&
+         (!g->has_mask || inside((uint64_t)g->mask, n * in, heap_bytes)) && inside((uint64_t)g->xa, n * r, heap_bytes) &&
+         inside((uint64_t)g->out, (uint64_t)out_count, heap_bytes);
+}
+
+/* x * mask written into buf, or x itself without a mask. */
+static const float *masked(const lora_args *g, const float *x, float *buf) {
+  if (!g->has_mask) return x;
+  const float *mask = g->heap + g->mask / 4;
+  for (int64_t i = 0; i < g->n * g->in; i++) buf[i] = x[i] * mask[i];
+  return buf;
+}
+
+/*
+ * loraLinear(heap, xOffset, wOffset, aOffset, bOffset, maskOffset, yOffset, xaOffset, n, in,
+ * out, r, hasMask, scaling): for x [n, in], W [out, in], A [r, in], B [out, r] and, when
+ * hasMask, a dropout mask [n, in]: xa = scaling * (x * mask) A^T [n, r] (kept for B's
+ * gradient) and y = x W^T + xa B^T [n, out].
+ */
+napi_value lora_linear(napi_env env, napi_callback_info info) {
+  void *heap = NULL;
+  size_t heap_bytes = 0;
+  int64_t v[12];
+  double scaling = 0;
+  if (!heap_args(env, info, "loraLinear: (ArrayBuffer, 7 offsets, n, in, out, r, hasMask, scaling) expected", &heap, &heap_bytes, 12, v, 1, &scaling)) return NULL;
+  const lora_args g = {heap, v[0], v[1], v[2], v[3], v[4], v[6], v[5], v[7], v[8], v[9], v[10], v[11] != 0, scaling};
+  if (!operands_inside(&g, heap_bytes, g.n * g.outs)) {
+    napi_throw_range_error(env, NULL, "loraLinear: an operand lies outside the heap or is misaligned");
+    return NULL;
+  }
+  float *buf = g.has_mask ? scratch((size_t)(g.n * g.in)) : NULL;
+  if (g.has_mask && !buf) {
+    napi_throw_error(env, NULL, "loraLinear: out of memory");
+    return NULL;
+  }
+  const float *x = g.heap + g.x / 4, *w = g.heap + g.w / 4, *a = g.heap + g.a / 4, *b = g.heap + g.b / 4;
+  float *y = g.heap + g.out / 4, *xa = g.heap + g.xa / 4;
+  if (g.n == 0 || g.outs == 0) return NULL;
+  SGEMM(N, T, g.n, g.outs, g.in, 1.0f, x, g.in, w, g.in, 0.0f, y, g.outs);
+  SGEMM(N, T, g.n, g.r, g.in, (float)g.scaling, masked(&g, x, buf), g.in, a, g.in, 0.0f, xa, g.r);
+  SGEMM(N, T, g.n, g.outs, g.r, 1.0f, xa, g.r, b, g.r, 1.0f, y, g.outs);
+  return NULL;
+}
+
+/*
+ * loraLinearGrad(heap, which, dyOffset, xOffset, wOffset, aOffset, bOffset, maskOffset,
+ * xaOffset, outOffset, n, in, out, r, hasMask, scaling): the gradient of loraLinear's y, for
+ * dy [n, out], with respect to x (which 0: dy W + (scaling (dy B) A) * mask), A (which 1:
+ * scaling (dy B)^T (x * mask)), B (which 2: dy^T xa) or W (which 3: dy^T x).
+ */
+napi_value lora_linear_grad(napi_env env, napi_callback_info info) {
+  void *heap = NULL;
+  size_t heap_bytes = 0;
+  int64_t v[14];
+  double scaling = 0;
+  if (!heap_args(env, info, "loraLinearGrad: (ArrayBuffer, which, 8 offsets, n, in, out, r, hasMask, scaling) expected", &heap, &heap_bytes, 14, v, 1, &scaling)) return NULL;
+  const int64_t which = v[0], dy_off = v[1];
+  const lora_args g = {heap, v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13] != 0, scaling};
+  const int64_t sizes[4] = {g.n * g.in, g.r * g.in, g.outs * g.r, g.outs * g.in};
+  if (which > 3) {
+    napi_throw_range_error(env, NULL, "loraLinearGrad: which must be 0-3");
+    return NULL;
+  }
+  if (!operands_inside(&g, heap_bytes, sizes[which]) || !inside((uint64_t)dy_off, (uint64_t)(g.n * g.outs), heap_bytes)) {
+    napi_throw_range_error(env, NULL, "loraLinearGrad: an operand lies outside the heap or is misaligned");
+    return NULL;
+  }
+  const float *dy = g.heap + dy_off / 4, *x = g.heap + g.x / 4, *w = g.heap + g.w / 4, *a = g.heap + g.a / 4, *b = g.heap + g.b / 4;
+  const float *xa = g.heap + g.xa / 4;
+  float *out = g.heap + g.out / 4;
+  if (sizes[which] == 0) return NULL;
+  if (g.n == 0) {
+    for (int64_t i = 0; i < sizes[which]; i++) out[i] = 0;
+    return NULL;
+  }
+  if (which == 2) {
+    SGEMM(T, N, g.outs, g.r, g.n, 1.0f, dy, g.outs, xa, g.r, 0.0f, out, g.r);
+    return NULL;
+  }
+  if (which == 3) {
+    SGEMM(T, N, g.outs, g.in, g.n, 1.0f, dy, g.outs, x, g.in, 0.0f, out, g.in);
+    return NULL;
+  }
+  /* dy B [n, r] first, then a masked input (for A) or the branch's input gradient (for x) after it. */
+  float *buf = scratch((size_t)(g.n * g.r + (g.has_mask ? g.n * g.in : 0)));
+  if (!buf) {
+    napi_throw_error(env, NULL, "loraLinearGrad: out of memory");
+    return NULL;
+  }
+  float *dyb = buf, *wide = buf + g.n * g.r;
+  SGEMM(N, N, g.n, g.r, g.outs, 1.0f, dy, g.outs, b, g.r, 0.0f, dyb, g.r);
+  if (which == 1) {
+    SGEMM(T, N, g.r, g.in, g.n, (float)g.scaling, dyb, g.r, masked(&g, x, wide), g.in, 0.0f, out, g.in);
+    return NULL;
+  }
+  SGEMM(N, N, g.n, g.in, g.outs, 1.0f, dy, g.outs, w, g.in, 0.0f, out, g.in);
+  if (!g.has_mask) {
+    SGEMM(N, N, g.n, g.in, g.r, (float)g.scaling, dyb, g.r, a, g.in, 1.0f, out, g.in);
+    return NULL;
+  }
+  SGEMM(N, N, g.n, g.in, g.r, (float)g.scaling, dyb, g.r, a, g.in, 0.0f, wide, g.in);
+  const float *mask = g.heap + g.mask / 4;
+  for (int64_t i = 0; i < g.n * g.in; i++) out[i] += wide[i] * mask[i];
+  return NULL;
+}
