@@ -138,6 +138,24 @@ static napi_value exp_kernel(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* sumSquares(heap, offset, n): the sum of the squares of n float32 values, in double. */
+static napi_value sum_squares(napi_env env, napi_callback_info info) {
+  void *heap = NULL;
+  size_t heap_bytes = 0;
+  int64_t v[2];
+  if (!heap_args(env, info, "sumSquares: (ArrayBuffer, offset, n) of non-negative integers expected", &heap, &heap_bytes, 2, v, 0, NULL)) return NULL;
+  if (!inside((uint64_t)v[0], (uint64_t)v[1], heap_bytes)) {
+    napi_throw_range_error(env, NULL, "sumSquares: the operand lies outside the heap or is misaligned");
+    return NULL;
+  }
+  const float *x = (const float *)heap + v[0] / 4;
+  double sum = 0;
+  for (int64_t i = 0; i < v[1]; i++) sum += (double)x[i] * x[i];
+  napi_value result;
+  CHECK(env, napi_create_double(env, sum, &result));
+  return result;
+}
+
 /*
  * adamw(heap, pOff, gOff, mOff, vOff, n, gradScale, decay, beta1, beta2, eps, sqrtBc2, stepSize):
  * one AdamW update of n float32 values in place, the same float32 operations in the same order
@@ -265,6 +283,7 @@ NAPI_MODULE_INIT() {
       {"swiglu", NULL, swiglu, NULL, NULL, NULL, napi_enumerable, NULL},
       {"swigluGrad", NULL, swiglu_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"gather", NULL, gather, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sumSquares", NULL, sum_squares, NULL, NULL, NULL, napi_enumerable, NULL},
       {"adamw", NULL, adamw, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setThreads", NULL, set_threads, NULL, NULL, NULL, napi_enumerable, NULL},
       {"threads", NULL, threads, NULL, NULL, NULL, napi_enumerable, NULL},

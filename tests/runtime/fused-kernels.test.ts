@@ -138,8 +138,8 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
         const name = "model.layers.0.mlp.gate_proj";
         const pair = adapter.pairs.get(name)!;
         pair.b.assign(random(pair.b.shape, ++seed)); // B starts at 0: A's gradient would be 0
-        const x = tf.variable(random([n, inDim], ++seed));
-        const w = tf.variable(random([outDim, inDim], ++seed));
+        const x = tf.variable(random([n, inDim], ++seed)) as tf.Variable<tf.Rank.R2>;
+        const w = tf.variable(random([outDim, inDim], ++seed)) as tf.Variable<tf.Rank.R2>;
         const dy = random([n, outDim], ++seed);
         const run = () =>
           tf.tidy(() => {

@@ -3,12 +3,13 @@
  * (each a few microseconds of tfjs bookkeeping on a LoRA matrix of a thousand values): the
  * addon updates the parameter and both moments in place in the wasm heap, with the same
  * float32 operations in the same order as the tfjs ops, so the result is bit for bit the
- * stock path's. Only while the native kernels are active on the wasm backend.
+ * stock path's. Also the clipping's global norm. Only while the native kernels are active on
+ * the wasm backend.
  */
 import * as tf from "@tensorflow/tfjs";
 import { loadBlasAddon } from "./blas-addon.ts";
 import { nativeMatmulActive } from "./kernels.ts";
-import { heapBuffer, type WasmBackend } from "./wasm-heap.ts";
+import { heapBuffer, heapOffset, type WasmBackend } from "./wasm-heap.ts";
 
 /** The update's constants as train/adamw.ts computes them (JS numbers; the addon rounds each to float32 as tfjs does). */
 export interface AdamWConstants {
@@ -43,4 +44,19 @@ export function nativeAdamWUpdate(p: tf.Variable, g: tf.Tensor, m: tf.Variable, 
   const [po, mo, vo] = owned.map((d) => d!.memoryOffset);
   loaded.addon.adamw(heapBuffer(backend), po, grad.memoryOffset, mo, vo, p.size, c.gradScale, c.decay, c.beta1, c.beta2, c.eps, c.sqrtBc2, c.stepSize);
   return true;
+}
+
+/**
+ * sqrt of the sum of squares over float32 tensors, summed in double by the addon straight from
+ * the wasm heap: the gradient clipping's norm without two kernels per parameter (a square and
+ * a sum, about 110 a LoRA step). Undefined where the native path cannot take them.
+ */
+export function nativeGlobalNorm(tensors: tf.Tensor[]): number | undefined {
+  if (!nativeMatmulActive() || tensors.some((t) => t.dtype !== "float32")) return undefined;
+  const loaded = loadBlasAddon();
+  if ("error" in loaded) return undefined;
+  const backend = tf.backend() as unknown as WasmBackend;
+  let sum = 0;
+  for (const t of tensors) if (t.size > 0) sum += loaded.addon.sumSquares(heapBuffer(backend), heapOffset(backend, t), t.size);
+  return Math.sqrt(sum);
 }

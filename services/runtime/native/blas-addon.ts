@@ -37,6 +37,8 @@ export interface BlasAddon {
   swiglu(heap: ArrayBuffer, gateOffset: number, upOffset: number, outOffset: number, sigmoidOffset: number, n: number): void;
   /** The SwiGLU product's gradient with respect to gate (which 0) or up (which 1), from dy and the forward's sigmoid. */
   swigluGrad(heap: ArrayBuffer, dyOffset: number, gateOffset: number, upOffset: number, sigmoidOffset: number, outOffset: number, n: number, which: number): void;
+  /** The sum of the squares of n float32 values at a byte offset in `heap`, in double. */
+  sumSquares(heap: ArrayBuffer, offset: number, n: number): number;
   /** out = expf(in) over n float32 values at byte offsets in `heap`. */
   exp(heap: ArrayBuffer, inOffset: number, outOffset: number, n: number): void;
   /**

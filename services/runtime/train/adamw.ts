@@ -7,7 +7,7 @@
 import * as tf from "@tensorflow/tfjs";
 import type { HostTensors } from "../host-tensor.ts";
 import { toHost } from "../model/llama.ts";
-import { nativeAdamWUpdate } from "../native/adamw-kernel.ts";
+import { nativeAdamWUpdate, nativeGlobalNorm } from "../native/adamw-kernel.ts";
 
 export interface AdamWOptions {
   beta1?: number;
@@ -136,7 +136,9 @@ export function clipByGlobalNorm(grads: Map<string, tf.Tensor>, maxNorm: number)
   return norm;
 }
 
-/** sqrt(sum of squares) over a list of tensors, read back to the host. */
+/** sqrt(sum of squares) over a list of tensors, read back to the host (native/adamw-kernel.ts's when it can). */
 export function globalNorm(tensors: tf.Tensor[]): number {
+  const native = nativeGlobalNorm(tensors);
+  if (native !== undefined) return native;
   return tf.tidy(() => tf.addN(tensors.map((t) => t.square().sum())).sqrt().dataSync()[0]);
 }
