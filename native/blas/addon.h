@@ -19,6 +19,9 @@
  */
 int heap_args(napi_env env, napi_callback_info info, const char *usage, void **heap, size_t *heap_bytes, size_t n, int64_t *v, size_t nd, double *d);
 
+/* A per-thread scratch buffer of at least count floats, reused across calls; NULL when out of memory. */
+float *scratch(size_t count);
+
 /* Whether `count` float32 values from byte offset `off` lie inside the heap, aligned. */
 int inside(uint64_t off, uint64_t count, size_t heap_bytes);
 
@@ -28,6 +31,8 @@ napi_value rms_norm(napi_env env, napi_callback_info info);
 napi_value rms_norm_grad(napi_env env, napi_callback_info info);
 napi_value lora_linear(napi_env env, napi_callback_info info);
 napi_value lora_linear_grad(napi_env env, napi_callback_info info);
+napi_value attention(napi_env env, napi_callback_info info);
+napi_value attention_grad(napi_env env, napi_callback_info info);
 napi_value swiglu(napi_env env, napi_callback_info info);
 napi_value swiglu_grad(napi_env env, napi_callback_info info);
 

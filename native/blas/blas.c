@@ -3,11 +3,12 @@
  * are, in the wasm heap (an ArrayBuffer passed from JS), addressed by byte offsets, so a
  * product costs no copy in or out. Row-major, batched with a broadcast batch of 1. Also exp, the
  * embedding gather and a fused AdamW update, for the same reason: slow or many small wasm
- * kernels become one call; the loss, RMSNorm, the SwiGLU product and
- * the LoRA linear in files of their own.
+ * kernels become one call; the loss, RMSNorm, the SwiGLU product, the
+ * LoRA linear and attention in files of their own.
  */
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include "addon.h"
 
@@ -92,6 +93,20 @@ static napi_value gemm(napi_env env, napi_callback_info info) {
     cblas_sgemm(CblasRowMajor, opa, opb, (int)m, (int)n, (int)k, 1.0f, ai, lda, bi, ldb, 0.0f, out + i * m * n, (int)n);
   }
   return NULL;
+}
+
+/* One per thread (data-parallel workers each have theirs), grown as needed and kept: no allocation per call. */
+static _Thread_local float *scratch_buf = NULL;
+static _Thread_local size_t scratch_cap = 0;
+
+float *scratch(size_t count) {
+  if (count > scratch_cap) {
+    float *grown = realloc(scratch_buf, 4 * count);
+    if (!grown) return NULL;
+    scratch_buf = grown;
+    scratch_cap = count;
+  }
+  return scratch_buf;
 }
 
 int inside(uint64_t off, uint64_t count, size_t heap_bytes) {
@@ -280,6 +295,8 @@ NAPI_MODULE_INIT() {
       {"rmsNormGrad", NULL, rms_norm_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"loraLinear", NULL, lora_linear, NULL, NULL, NULL, napi_enumerable, NULL},
       {"loraLinearGrad", NULL, lora_linear_grad, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"attention", NULL, attention, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"attentionGrad", NULL, attention_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"swiglu", NULL, swiglu, NULL, NULL, NULL, napi_enumerable, NULL},
       {"swigluGrad", NULL, swiglu_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"gather", NULL, gather, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -6,22 +6,7 @@
  * sgemm with the scaling as alpha and the branch summed into y as beta = 1.
  */
 #include <cblas.h>
-#include <stdlib.h>
 #include "addon.h"
-
-/* A per-thread buffer for the masked input and small intermediates, grown as needed and kept (no allocation per call). */
-static _Thread_local float *scratch_buf = NULL;
-static _Thread_local size_t scratch_cap = 0;
-
-static float *scratch(size_t count) {
-  if (count > scratch_cap) {
-    float *grown = realloc(scratch_buf, 4 * count);
-    if (!grown) return NULL;
-    scratch_buf = grown;
-    scratch_cap = count;
-  }
-  return scratch_buf;
-}
 
 #define SGEMM(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) \
   cblas_sgemm(CblasRowMajor, ta, tb, (int)(m), (int)(n), (int)(k), alpha, a, (int)(lda), b, (int)(ldb), beta, c, (int)(ldc))

@@ -12,6 +12,7 @@ import { loadBlasAddon } from "../../services/runtime/native/blas-addon.ts";
 import { softmaxCrossEntropy } from "../../services/runtime/native/cross-entropy-kernel.ts";
 import { configureNativeKernels, nativeMatmulActive } from "../../services/runtime/native/kernels.ts";
 import { Rng } from "../../services/runtime/rng.ts";
+import { batchOf, randomIds, tinyModel } from "../helpers/tiny-model.ts";
 import { compareScaled, type NestedNumbers } from "../helpers/tolerance.ts";
 
 const loaded = loadBlasAddon();
@@ -160,6 +161,33 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
     }
   });
 
+  it("attention: logits and the gradients of the layer deltas and of LoRA on q, k, v and o, with grouped heads and padding", () => {
+    // 4 heads on 2 key-value heads, head size 4; two rows of 7 and 4 tokens (right padded).
+    const model = tinyModel(11);
+    const lora = LoraAdapter.init(model.config, { r: 2, alpha: 4, dropout: 0, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj"] }, 12);
+    for (const { b } of lora.pairs.values()) b.assign(random(b.shape, 13, 0.1));
+    const { ids, mask } = batchOf([randomIds(1, 7, 50, 14)[0], randomIds(1, 4, 50, 15)[0]]);
+    const labels = ids.where(mask.cast("bool"), tf.fill(ids.shape, IGNORE_INDEX, "int32")) as tf.Tensor2D;
+    const deltas = [0, 1].map((l) => tf.variable(random([2, 7, 16], 16 + l, 0.3)));
+    const run = () =>
+      tf.tidy(() => {
+        const logits = model.forward(ids, mask, { lora, deltas }).logits.arraySync() as NestedNumbers;
+        const vars = [...deltas, ...lora.variables];
+        const { value, grads } = tf.variableGrads(() => causalLmLoss(model.forward(ids, mask, { lora, deltas, training: true }).logits, labels), vars);
+        return [logits, value.arraySync(), ...vars.map((v) => grads[v.name].arraySync() as NestedNumbers)];
+      });
+    configureNativeKernels("off");
+    const stock = run();
+    configureNativeKernels("auto");
+    const fused = run();
+    expectClose(fused, stock, 1e-5, "tiny GQA model");
+    // The gradients reach the first layer's q and k adapters (through the rotation and softmax).
+    expect((fused[4] as number[][]).flat().some((g) => g !== 0)).toBe(true);
+    tf.dispose([ids, mask, labels, ...deltas]);
+    lora.dispose();
+    model.dispose();
+  });
+
   it("keeps numTensors flat over repeated gradients through all three", () => {
     configureNativeKernels("auto");
     const x = random([2, 6, 16], 300);
@@ -194,6 +222,12 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
     expect(() => loaded.addon.loraLinear(heap, 0, 16, 32, 40, 0, 48, 60, 2, 2, 2, 1, 0, 1)).toThrow(/outside the heap/);
     expect(() => loaded.addon.loraLinear(heap, 0, 16, 32, 40, 56, 48, 56, 2, 2, 2, 1, 1, 1)).toThrow(/outside the heap/); // a mask [2, 2] at 56
     expect(() => loaded.addon.loraLinearGrad(heap, 3, 48, 0, 16, 32, 40, 0, 56, 52, 2, 2, 2, 1, 0, 1)).toThrow(/outside the heap/);
+    // b 1, t 1, 2 heads on 1 kv head of size 2: q 4 floats, k and v 2, bias 1, cos and sin 2, out 4, qr 4, kr 2, probs 2.
+    const att = [0, 16, 24, 32, 36, 44, 52, 68, 84, 92] as const;
+    expect(() => loaded.addon.attention(new ArrayBuffer(100), ...att, 1, 1, 2, 1, 2)).not.toThrow();
+    expect(() => loaded.addon.attention(new ArrayBuffer(96), ...att, 1, 1, 2, 1, 2)).toThrow(/outside the heap/);
+    expect(() => loaded.addon.attention(new ArrayBuffer(100), ...att, 1, 1, 3, 2, 2)).toThrow(/multiple of kvHeads/);
+    expect(() => loaded.addon.attentionGrad(new ArrayBuffer(64), ...att, 1, 1, 2, 1, 2)).toThrow(/outside the heap/);
     expect(() => loaded.addon.loraLinearGrad(heap, 4, 48, 0, 16, 32, 40, 0, 56, 0, 2, 2, 2, 1, 0, 1)).toThrow(/which/);
   });
 });

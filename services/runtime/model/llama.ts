@@ -16,6 +16,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { CheckpointFormatError } from "../format-error.ts";
 import type { HostTensor, HostTensors } from "../host-tensor.ts";
+import { attentionKernel } from "../native/attention-kernel.ts";
 import { nativeMatmulActive } from "../native/kernels.ts";
 import { rmsNormKernel } from "../native/rms-norm-kernel.ts";
 import { swigluKernel } from "../native/swiglu-kernel.ts";
@@ -214,8 +215,23 @@ export function swiglu(gate: tf.Tensor3D, up: tf.Tensor3D): tf.Tensor3D {
 export function applyRotary<T extends tf.Tensor>(x: T, offset: number | number[], theta: number): T {
   const t = x.shape[x.rank - 2];
   const d = x.shape[x.rank - 1];
-  const half = d / 2;
   const starts = typeof offset === "number" ? [offset] : offset;
+  const { cos, sin } = rotaryTables(starts, t, d, theta);
+  // [T, D] broadcasts over every leading axis; per row, [B, 1, T, D] over the heads.
+  const tableShape = typeof offset === "number" ? [t, d] : [starts.length, 1, t, d];
+  return tf.tidy(() => {
+    // rotate_half as one product with a signed permutation: the same values, bitwise (each
+    // output is one input times +-1 plus zeros), and one matmul forward and backward instead
+    // of two slices, a negation and a concat, which the wasm backend copies element by
+    // element in JavaScript.
+    const rotated = tf.matMul(x.reshape([-1, d]), tf.tensor2d(rotateHalfMatrix(d), [d, d])).reshape(x.shape);
+    return x.mul(tf.tensor(cos, tableShape)).add(rotated.mul(tf.tensor(sin, tableShape))) as T;
+  });
+}
+
+/** cos and sin of the rotary angles, [starts.length, T, D] row-major: position start + p, inv_freq_i = 1 / theta^(2i / D). */
+function rotaryTables(starts: number[], t: number, d: number, theta: number): { cos: Float32Array; sin: Float32Array } {
+  const half = d / 2;
   const cos = new Float32Array(starts.length * t * d);
   const sin = new Float32Array(starts.length * t * d);
   starts.forEach((start, r) => {
@@ -228,16 +244,7 @@ export function applyRotary<T extends tf.Tensor>(x: T, offset: number | number[]
       }
     }
   });
-  // [T, D] broadcasts over every leading axis; per row, [B, 1, T, D] over the heads.
-  const tableShape = typeof offset === "number" ? [t, d] : [starts.length, 1, t, d];
-  return tf.tidy(() => {
-    // rotate_half as one product with a signed permutation: the same values, bitwise (each
-    // output is one input times +-1 plus zeros), and one matmul forward and backward instead
-    // of two slices, a negation and a concat, which the wasm backend copies element by
-    // element in JavaScript.
-    const rotated = tf.matMul(x.reshape([-1, d]), tf.tensor2d(rotateHalfMatrix(d), [d, d])).reshape(x.shape);
-    return x.mul(tf.tensor(cos, tableShape)).add(rotated.mul(tf.tensor(sin, tableShape))) as T;
-  });
+  return { cos, sin };
 }
 
 const rotateHalfMatrices = new Map<number, Float32Array>();
@@ -520,8 +527,8 @@ export class LlamaModel {
         const h = rmsNorm(x, this.w(`${p}.input_layernorm.weight`), c.rmsNormEps);
         const { out, keys, values } = this.attention(l, h, attend, opts);
         if (step) {
-          keptKeys.push(tf.keep(keys));
-          keptValues.push(tf.keep(values));
+          keptKeys.push(tf.keep(keys!));
+          keptValues.push(tf.keep(values!));
         }
         if (opts.returnAttentionOutputs) attentionOutputs.push(out);
         x = x.add(opts.deltas ? out.add(opts.deltas[l]) : out);
@@ -552,12 +559,20 @@ export class LlamaModel {
   }
 
   /** Causal grouped-query self-attention of layer l; returns A_l and the (cached) keys/values. */
-  private attention(l: number, h: tf.Tensor3D, attend: Attend, opts: ForwardOptions): { out: tf.Tensor3D; keys: tf.Tensor4D; values: tf.Tensor4D } {
+  /** The attention block's output; with a cache, also this call's keys and values as cached. */
+  private attention(l: number, h: tf.Tensor3D, attend: Attend, opts: ForwardOptions): { out: tf.Tensor3D; keys?: tf.Tensor4D; values?: tf.Tensor4D } {
     const c = this.config;
     const [b, t] = h.shape;
     const heads = c.numAttentionHeads;
     const kvHeads = c.numKeyValueHeads;
     const hd = c.headDim;
+    if (!attend.step && !attend.exact && typeof attend.offset === "number" && nativeMatmulActive()) {
+      // One kernel from the projections to the context (native/attention-kernel.ts).
+      const { cos, sin } = rotaryTables([attend.offset], t, hd, c.ropeTheta);
+      const [q, k, v] = (["q_proj", "k_proj", "v_proj"] as const).map((m) => this.linear(l, m, h, opts));
+      const ctx = attentionKernel(q, k, v, attend.bias, tf.tensor2d(cos, [t, hd]), tf.tensor2d(sin, [t, hd]), { heads, kvHeads, headDim: hd });
+      return { out: this.linear(l, "o_proj", ctx, opts) };
+    }
     const split = (y: tf.Tensor3D, n: number) => y.reshape([b, t, n, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D;
     const q = applyRotary(split(this.linear(l, "q_proj", h, opts), heads), attend.offset, c.ropeTheta);
     let k = applyRotary(split(this.linear(l, "k_proj", h, opts), kvHeads), attend.offset, c.ropeTheta);

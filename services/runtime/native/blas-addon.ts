@@ -33,6 +33,14 @@ export interface BlasAddon {
   loraLinear(heap: ArrayBuffer, xOffset: number, wOffset: number, aOffset: number, bOffset: number, maskOffset: number, yOffset: number, xaOffset: number, n: number, inDim: number, outDim: number, r: number, hasMask: number, scaling: number): void;
   /** loraLinear's gradient with respect to x (which 0), A (1), B (2) or W (3), from dy [n, out] and the forward's xa. */
   loraLinearGrad(heap: ArrayBuffer, which: number, dyOffset: number, xOffset: number, wOffset: number, aOffset: number, bOffset: number, maskOffset: number, xaOffset: number, outOffset: number, n: number, inDim: number, outDim: number, r: number, hasMask: number, scaling: number): void;
+  /**
+   * Causal self-attention for q [b, t, heads * d], k and v [b, t, kvHeads * d], bias
+   * [b, t, t] and rotary tables cos, sin [t, d]: writes the context out [b, t, heads * d],
+   * the rotated q and k (qr, kr) and the softmax probs [b, heads, t, t].
+   */
+  attention(heap: ArrayBuffer, qOffset: number, kOffset: number, vOffset: number, biasOffset: number, cosOffset: number, sinOffset: number, outOffset: number, qrOffset: number, krOffset: number, probsOffset: number, b: number, t: number, heads: number, kvHeads: number, d: number): void;
+  /** attention's gradients with respect to q, k (before the rotation) and v, from dy [b, t, heads * d] and what the forward wrote. */
+  attentionGrad(heap: ArrayBuffer, dyOffset: number, qrOffset: number, krOffset: number, vOffset: number, probsOffset: number, cosOffset: number, sinOffset: number, dqOffset: number, dkOffset: number, dvOffset: number, b: number, t: number, heads: number, kvHeads: number, d: number): void;
   /** out = gate * s * up over n float32 values, writing s = sigmoid(gate) too. */
   swiglu(heap: ArrayBuffer, gateOffset: number, upOffset: number, outOffset: number, sigmoidOffset: number, n: number): void;
   /** The SwiGLU product's gradient with respect to gate (which 0) or up (which 1), from dy and the forward's sigmoid. */

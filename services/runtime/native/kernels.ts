@@ -2,9 +2,9 @@
  * Kernels replacing the wasm backend's where it is slow: BatchMatMul on native OpenBLAS, Exp
  * on glibc's expf and the embedding lookup's GatherV2 as row copies (the addon, native/blas/;
  * wasm's gather walks every element with its strides), and an Identity (and a Cast to the
- * same dtype) without a copy (wasm-identity.ts). The loss, RMSNorm, the SwiGLU product and the LoRA
- * projection get fused kernels of their own (cross-entropy-kernel.ts, rms-norm-kernel.ts,
- * swiglu-kernel.ts, lora-linear-kernel.ts).
+ * same dtype) without a copy (wasm-identity.ts). The loss, RMSNorm, the SwiGLU product, the LoRA
+ * projection and attention get fused kernels of their own (cross-entropy-kernel.ts,
+ * rms-norm-kernel.ts, swiglu-kernel.ts, lora-linear-kernel.ts, attention-kernel.ts).
  * The native kernels read their operands and write their result in the wasm heap in place (a
  * copy out and back costs about as much as the product). Each stock kernel stays behind its
  * replacement for what it does not take (non-float32, a batch broadcast other than 1 against
@@ -12,6 +12,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { loadBlasAddon, type BlasAddon } from "./blas-addon.ts";
+import { registerAttentionKernels } from "./attention-kernel.ts";
 import { registerCrossEntropyKernels } from "./cross-entropy-kernel.ts";
 import { registerLoraLinearKernels } from "./lora-linear-kernel.ts";
 import { registerRmsNormKernels } from "./rms-norm-kernel.ts";
@@ -67,6 +68,7 @@ export function configureNativeKernels(mode: NativeKernelMode): NativeKernels {
   registerRmsNormKernels(loaded.addon);
   registerSwigluKernels(loaded.addon);
   registerLoraLinearKernels(loaded.addon);
+  registerAttentionKernels(loaded.addon);
   return (active = { active: true, detail: loaded.addon.config(), threads: loaded.addon.threads() });
 }
 

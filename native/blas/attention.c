@@ -1,0 +1,165 @@
+/*
+ * Causal self-attention for training, forward and backward, in place on the wasm heap: the
+ * rotary embedding of q and k, scores q k^T / sqrt(d) plus the mask's bias, softmax and the
+ * product with v, for every row and head, reading q, k and v in the projections' own
+ * [B, T, heads * d] layout and writing the context in it (no head transposes). Composed of
+ * tfjs ops this is about 15 kernels a layer forward and 25 backward. Grouped-query heads
+ * share their key-value head. The products are OpenBLAS sgemm on strided operands.
+ */
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+#include "addon.h"
+
+typedef struct {
+  int64_t b, t, heads, kv, d;
+} shape_t;
+
+/* x * cos + rotate_half(x) * sin on one head's row of d values, rotate_half(x) = [-x2, x1]. */
+static void rotate(const float *x, const float *cos, const float *sin, float *out, int64_t d) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; i++) out[i] = x[i] * cos[i] + (-x[i + half]) * sin[i];
+  for (int64_t i = half; i < d; i++) out[i] = x[i] * cos[i] + x[i - half] * sin[i];
+}
+
+/* The gradient of rotate with respect to x, in place: g * cos + rotate_half^T(g * sin). */
+static void unrotate(float *g, const float *cos, const float *sin, float *tmp, int64_t d) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; i++) tmp[i] = g[i] * cos[i] + g[i + half] * sin[i + half];
+  for (int64_t i = half; i < d; i++) tmp[i] = g[i] * cos[i] - g[i - half] * sin[i - half];
+  memcpy(g, tmp, 4u * (size_t)d);
+}
+
+/* Rotates every head of every position of x [B, T, n * d] into out. */
+static void rotate_all(const shape_t *s, int64_t n, const float *x, const float *cos, const float *sin, float *out) {
+  for (int64_t bt = 0; bt < s->b * s->t; bt++) {
+    const int64_t p = bt % s->t;
+    for (int64_t h = 0; h < n; h++) rotate(x + (bt * n + h) * s->d, cos + p * s->d, sin + p * s->d, out + (bt * n + h) * s->d, s->d);
+  }
+}
+
+static int read_shape(napi_env env, const int64_t *v, shape_t *s) {
+  *s = (shape_t){v[0], v[1], v[2], v[3], v[4]};
+  if (s->kv == 0 || s->heads % s->kv != 0 || s->d % 2 != 0 || s->t > INT32_MAX / 4 || s->heads * s->d > INT32_MAX) {
+    napi_throw_range_error(env, NULL, "attention: heads must be a multiple of kvHeads and the head size even");
+    return 0;
+  }
+  return 1;
+}
+
+/*
+ * attention(heap, qOffset, kOffset, vOffset, biasOffset, cosOffset, sinOffset, outOffset,
+ * qrOffset, krOffset, probsOffset, b, t, heads, kvHeads, d): for q [B, T, heads * d], k and
+ * v [B, T, kvHeads * d], bias [B, T, T] and rotary tables cos, sin [T, d], writes the
+ * context out [B, T, heads * d], the rotated q and k (qr, kr) and the softmax probs
+ * [B, heads, T, T] the backward pass reads.
+ */
+napi_value attention(napi_env env, napi_callback_info info) {
+  void *heap = NULL;
+  size_t heap_bytes = 0;
+  int64_t v[15];
+  shape_t s;
+  if (!heap_args(env, info, "attention: (ArrayBuffer, 10 offsets, b, t, heads, kvHeads, d) of non-negative integers expected", &heap, &heap_bytes, 15, v, 0, NULL) ||
+      !read_shape(env, v + 10, &s))
+    return NULL;
+  const uint64_t bt = (uint64_t)(s.b * s.t), qn = bt * (uint64_t)(s.heads * s.d), kn = bt * (uint64_t)(s.kv * s.d);
+  const uint64_t counts[10] = {qn, kn, kn, bt * (uint64_t)s.t, (uint64_t)(s.t * s.d), (uint64_t)(s.t * s.d), qn, qn, kn, bt * (uint64_t)(s.heads * s.t)};
+  for (int i = 0; i < 10; i++) {
+    if (!inside((uint64_t)v[i], counts[i], heap_bytes)) {
+      napi_throw_range_error(env, NULL, "attention: an operand lies outside the heap or is misaligned");
+      return NULL;
+    }
+  }
+  float *f = (float *)heap;
+  const float *q = f + v[0] / 4, *k = f + v[1] / 4, *val = f + v[2] / 4, *bias = f + v[3] / 4, *cos = f + v[4] / 4, *sin = f + v[5] / 4;
+  float *out = f + v[6] / 4, *qr = f + v[7] / 4, *kr = f + v[8] / 4, *probs = f + v[9] / 4;
+  rotate_all(&s, s.heads, q, cos, sin, qr);
+  rotate_all(&s, s.kv, k, cos, sin, kr);
+  const int64_t T = s.t, D = s.d, ldq = s.heads * D, ldk = s.kv * D, groups = s.heads / s.kv;
+  const float root = sqrtf((float)D);
+  for (int64_t b = 0; b < s.b; b++) {
+    for (int64_t h = 0; h < s.heads; h++) {
+      const int64_t kh = h / groups;
+      float *p = probs + (b * s.heads + h) * T * T;
+      const float *qb = qr + b * T * ldq + h * D, *kb = kr + b * T * ldk + kh * D, *vb = val + b * T * ldk + kh * D;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)D, 1.0f, qb, (int)ldq, kb, (int)ldk, 0.0f, p, (int)T);
+      for (int64_t i = 0; i < T; i++) {
+        float *row = p + i * T;
+        const float *br = bias + (b * T + i) * T;
+        float max = -INFINITY;
+        for (int64_t j = 0; j < T; j++) {
+          row[j] = row[j] / root + br[j];
+          max = row[j] > max ? row[j] : max;
+        }
+        float sum = 0;
+        for (int64_t j = 0; j < T; j++) sum += row[j] = expf(row[j] - max);
+        for (int64_t j = 0; j < T; j++) row[j] /= sum;
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, p, (int)T, vb, (int)ldk, 0.0f, out + b * T * ldq + h * D, (int)ldq);
+    }
+  }
+  return NULL;
+}
+
+/*
+ * attentionGrad(heap, dyOffset, qrOffset, krOffset, vOffset, probsOffset, cosOffset,
+ * sinOffset, dqOffset, dkOffset, dvOffset, b, t, heads, kvHeads, d): from the context's
+ * gradient dy [B, T, heads * d] and what the forward kept, the gradients of q, k (before the
+ * rotation) and v in their [B, T, n * d] layouts.
+ */
+napi_value attention_grad(napi_env env, napi_callback_info info) {
+  void *heap = NULL;
+  size_t heap_bytes = 0;
+  int64_t v[15];
+  shape_t s;
+  if (!heap_args(env, info, "attentionGrad: (ArrayBuffer, 10 offsets, b, t, heads, kvHeads, d) of non-negative integers expected", &heap, &heap_bytes, 15, v, 0, NULL) ||
+      !read_shape(env, v + 10, &s))
+    return NULL;
+  const uint64_t bt = (uint64_t)(s.b * s.t), qn = bt * (uint64_t)(s.heads * s.d), kn = bt * (uint64_t)(s.kv * s.d);
+  const uint64_t counts[10] = {qn, qn, kn, kn, bt * (uint64_t)(s.heads * s.t), (uint64_t)(s.t * s.d), (uint64_t)(s.t * s.d), qn, kn, kn};
+  for (int i = 0; i < 10; i++) {
+    if (!inside((uint64_t)v[i], counts[i], heap_bytes)) {
+      napi_throw_range_error(env, NULL, "attentionGrad: an operand lies outside the heap or is misaligned");
+      return NULL;
+    }
+  }
+  const int64_t T = s.t, D = s.d, ldq = s.heads * D, ldk = s.kv * D, groups = s.heads / s.kv;
+  float *buf = scratch((size_t)(T * T + D));
+  if (!buf) {
+    napi_throw_error(env, NULL, "attentionGrad: out of memory");
+    return NULL;
+  }
+  float *f = (float *)heap;
+  const float *dy = f + v[0] / 4, *qr = f + v[1] / 4, *kr = f + v[2] / 4, *val = f + v[3] / 4, *probs = f + v[4] / 4, *cos = f + v[5] / 4, *sin = f + v[6] / 4;
+  float *dq = f + v[7] / 4, *dk = f + v[8] / 4, *dv = f + v[9] / 4;
+  memset(dk, 0, 4u * (size_t)kn);
+  memset(dv, 0, 4u * (size_t)kn);
+  const float root = sqrtf((float)D);
+  float *ds = buf, *tmp = buf + T * T;
+  for (int64_t b = 0; b < s.b; b++) {
+    for (int64_t h = 0; h < s.heads; h++) {
+      const int64_t kh = h / groups;
+      const float *p = probs + (b * s.heads + h) * T * T;
+      const float *dyb = dy + b * T * ldq + h * D, *qb = qr + b * T * ldq + h * D, *kb = kr + b * T * ldk + kh * D, *vb = val + b * T * ldk + kh * D;
+      /* dv += p^T dy; dp = dy v^T; ds = p * (dp - rowsum(dp * p)) / sqrt(d). */
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, p, (int)T, dyb, (int)ldq, 1.0f, dv + b * T * ldk + kh * D, (int)ldk);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)D, 1.0f, dyb, (int)ldq, vb, (int)ldk, 0.0f, ds, (int)T);
+      for (int64_t i = 0; i < T; i++) {
+        float *row = ds + i * T;
+        const float *pr = p + i * T;
+        float dot = 0;
+        for (int64_t j = 0; j < T; j++) dot += row[j] * pr[j];
+        for (int64_t j = 0; j < T; j++) row[j] = pr[j] * (row[j] - dot) / root;
+      }
+      /* dq = ds k (rotated space, unrotated below); dk += ds^T q. */
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, ds, (int)T, kb, (int)ldk, 0.0f, dq + b * T * ldq + h * D, (int)ldq);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, ds, (int)T, qb, (int)ldq, 1.0f, dk + b * T * ldk + kh * D, (int)ldk);
+    }
+  }
+  for (int64_t i = 0; i < s.b * s.t; i++) {
+    const int64_t p = i % T;
+    for (int64_t h = 0; h < s.heads; h++) unrotate(dq + (i * s.heads + h) * D, cos + p * D, sin + p * D, tmp, D);
+    for (int64_t h = 0; h < s.kv; h++) unrotate(dk + (i * s.kv + h) * D, cos + p * D, sin + p * D, tmp, D);
+  }
+  return NULL;
+}
