@@ -136,7 +136,7 @@ int heap_args(napi_env env, napi_callback_info info, const char *usage, void **h
   return 1;
 }
 
-/* exp(heap, inOffset, outOffset, n): out[i] = expf(in[i]), glibc's expf (within 1 ulp). */
+/* exp(heap, inOffset, outOffset, n): out[i] = expf(in[i]), glibc's expf (within 1 ulp; exp_or_zero). */
 static napi_value exp_kernel(napi_env env, napi_callback_info info) {
   void *heap = NULL;
   size_t heap_bytes = 0;
@@ -149,7 +149,7 @@ static napi_value exp_kernel(napi_env env, napi_callback_info info) {
   }
   const float *in = (const float *)heap + v[0] / 4;
   float *out = (float *)heap + v[1] / 4;
-  for (int64_t i = 0; i < v[2]; i++) out[i] = expf(in[i]);
+  for (int64_t i = 0; i < v[2]; i++) out[i] = exp_or_zero(in[i]);
   return NULL;
 }
 

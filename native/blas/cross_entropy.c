@@ -52,7 +52,7 @@ napi_value cross_entropy(napi_env env, napi_callback_info info) {
     float max = x[0];
     for (int64_t j = 1; j < vocab; j++) max = x[j] > max ? x[j] : max;
     double sum = 0;
-    for (int64_t j = 0; j < vocab; j++) sum += p[j] = expf(x[j] - max);
+    for (int64_t j = 0; j < vocab; j++) sum += p[j] = exp_or_zero(x[j] - max);
     const float inv = (float)(1 / sum);
     for (int64_t j = 0; j < vocab; j++) p[j] *= inv;
     total += weight[i] * ((double)(max - x[target[i]]) + log(sum));
