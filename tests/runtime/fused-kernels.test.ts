@@ -10,7 +10,7 @@ import { LoraAdapter } from "../../services/runtime/model/lora.ts";
 import { causalLmLoss, IGNORE_INDEX } from "../../services/runtime/model/loss.ts";
 import { loadBlasAddon } from "../../services/runtime/native/blas-addon.ts";
 import { softmaxCrossEntropy } from "../../services/runtime/native/cross-entropy-kernel.ts";
-import { configureNativeKernels, nativeMatmulActive } from "../../services/runtime/native/kernels.ts";
+import { configureNativeKernels, nativeKernelsActive } from "../../services/runtime/native/kernels.ts";
 import { Rng } from "../../services/runtime/rng.ts";
 import { batchOf, randomIds, tinyModel } from "../helpers/tiny-model.ts";
 import { compareScaled, type NestedNumbers } from "../helpers/tolerance.ts";
@@ -45,10 +45,10 @@ function valueAndGrads(f: (...xs: tf.Tensor[]) => tf.Tensor, xs: tf.Tensor[], se
 /** The same computation with the stock tfjs ops (native off) and with the fused kernel (native on). */
 function stockAndFused(f: (...xs: tf.Tensor[]) => tf.Tensor, xs: tf.Tensor[], seed: number) {
   configureNativeKernels("off");
-  expect(nativeMatmulActive()).toBe(false);
+  expect(nativeKernelsActive()).toBe(false);
   const stock = valueAndGrads(f, xs, seed);
   configureNativeKernels("auto");
-  expect(nativeMatmulActive()).toBe(true);
+  expect(nativeKernelsActive()).toBe(true);
   const fused = valueAndGrads(f, xs, seed);
   return { stock, fused };
 }

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { LoraAdapter } from "../../services/runtime/model/lora.ts";
 import { loadBlasAddon } from "../../services/runtime/native/blas-addon.ts";
-import { configureNativeKernels, nativeMatmulActive } from "../../services/runtime/native/kernels.ts";
+import { configureNativeKernels, nativeKernelsActive } from "../../services/runtime/native/kernels.ts";
 import { Rng } from "../../services/runtime/rng.ts";
 import { Trainer } from "../../services/runtime/train/loop.ts";
 import { SftStep, type StepFunction } from "../../services/runtime/train/step.ts";
@@ -178,7 +178,7 @@ describe("training on the wasm backend with the native kernels when built", () =
     const selection = await selectBackend("wasm", () => {}, { nativeKernels: "auto" });
     if (built) {
       expect(selection.nativeKernels).toMatchObject({ active: true, detail: expect.stringMatching(/^OpenBLAS /) });
-      expect(nativeMatmulActive()).toBe(true);
+      expect(nativeKernelsActive()).toBe(true);
     } else {
       expect(selection.nativeKernels).toMatchObject({ active: false, detail: expect.stringMatching(/is not built/) });
     }
@@ -210,7 +210,7 @@ describe("training on the wasm backend with the native kernels when built", () =
       await selectBackend("cpu", () => {});
       const cpu = train(make(), 3);
       await selectBackend("wasm", () => {}, { nativeKernels: "auto" });
-      expect(nativeMatmulActive()).toBe(built);
+      expect(nativeKernelsActive()).toBe(built);
       const wasm = train(make(), 3);
       expect(compareScaled(wasm.losses, cpu.losses, 1e-4).failures).toBe(0);
       expect(wasm.losses[2]).toBeLessThan(wasm.losses[0]);
@@ -251,7 +251,7 @@ describe("the fallback: VACCINE_NATIVE_KERNELS=off", () => {
     process.env.VACCINE_NATIVE_KERNELS = "off";
     const selection = await selectBackend("wasm", () => {});
     expect(selection.nativeKernels).toEqual({ active: false, detail: "off (VACCINE_NATIVE_KERNELS=off)" });
-    expect(nativeMatmulActive()).toBe(false);
+    expect(nativeKernelsActive()).toBe(false);
     for (const name of [tf.BatchMatMul, tf.Exp, tf.Identity]) expect(Object.getOwnPropertySymbols(tf.getKernel(name, "wasm")!), name).toEqual([]);
     const withStock = run();
     expect(withStock[3]).toBeLessThan(withStock[0]);

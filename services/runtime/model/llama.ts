@@ -17,7 +17,7 @@ import * as tf from "@tensorflow/tfjs";
 import { CheckpointFormatError } from "../format-error.ts";
 import type { HostTensor, HostTensors } from "../host-tensor.ts";
 import { attentionKernel } from "../native/attention-kernel.ts";
-import { nativeMatmulActive } from "../native/kernels.ts";
+import { nativeKernelsActive } from "../native/kernels.ts";
 import { rmsNormKernel } from "../native/rms-norm-kernel.ts";
 import { swigluKernel } from "../native/swiglu-kernel.ts";
 import { Rng } from "../rng.ts";
@@ -196,13 +196,13 @@ export const CACHE_GROWTH = 16;
 
 /** RMSNorm in float32: x * rsqrt(mean(x^2) + eps) * weight over the last axis (one kernel when the native ones are active). */
 export function rmsNorm<T extends tf.Tensor>(x: T, weight: tf.Tensor, eps: number): T {
-  if (nativeMatmulActive() && x.dtype === "float32" && weight.rank === 1) return rmsNormKernel(x, weight as tf.Tensor1D, eps);
+  if (nativeKernelsActive() && x.dtype === "float32" && weight.rank === 1) return rmsNormKernel(x, weight as tf.Tensor1D, eps);
   return tf.tidy(() => x.mul(tf.rsqrt(x.square().mean(-1, true).add(eps))).mul(weight) as T);
 }
 
 /** The MLP's SwiGLU product silu(gate) * up (one kernel when the native ones are active). */
 export function swiglu(gate: tf.Tensor3D, up: tf.Tensor3D): tf.Tensor3D {
-  if (nativeMatmulActive()) return swigluKernel(gate, up);
+  if (nativeKernelsActive()) return swigluKernel(gate, up);
   return tf.tidy(() => gate.mul(tf.sigmoid(gate)).mul(up));
 }
 
@@ -558,15 +558,14 @@ export class LlamaModel {
     return result;
   }
 
-  /** Causal grouped-query self-attention of layer l; returns A_l and the (cached) keys/values. */
-  /** The attention block's output; with a cache, also this call's keys and values as cached. */
+  /** Causal grouped-query self-attention of layer l: A_l and, with a cache, this call's keys and values as cached. */
   private attention(l: number, h: tf.Tensor3D, attend: Attend, opts: ForwardOptions): { out: tf.Tensor3D; keys?: tf.Tensor4D; values?: tf.Tensor4D } {
     const c = this.config;
     const [b, t] = h.shape;
     const heads = c.numAttentionHeads;
     const kvHeads = c.numKeyValueHeads;
     const hd = c.headDim;
-    if (!attend.step && !attend.exact && typeof attend.offset === "number" && nativeMatmulActive()) {
+    if (!attend.step && !attend.exact && typeof attend.offset === "number" && nativeKernelsActive()) {
       // One kernel from the projections to the context (native/attention-kernel.ts).
       const { cos, sin } = rotaryTables([attend.offset], t, hd, c.ropeTheta);
       const [q, k, v] = (["q_proj", "k_proj", "v_proj"] as const).map((m) => this.linear(l, m, h, opts));

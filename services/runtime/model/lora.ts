@@ -8,7 +8,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { CheckpointFormatError } from "../format-error.ts";
 import type { HostTensor, HostTensors } from "../host-tensor.ts";
-import { nativeMatmulActive } from "../native/kernels.ts";
+import { nativeKernelsActive } from "../native/kernels.ts";
 import { loraLinearKernel } from "../native/lora-linear-kernel.ts";
 import { Rng } from "../rng.ts";
 import type { LlamaConfig } from "./config.ts";
@@ -152,7 +152,7 @@ export class LoraAdapter {
     return tf.tidy(() => {
       const rate = this.config.dropout;
       const mask = training && rate > 0 ? tf.tensor2d(this.dropoutMaskFor(x2d, rate), x2d.shape) : null;
-      if (nativeMatmulActive()) return loraLinearKernel(x2d, w, pair.a as tf.Tensor2D, pair.b as tf.Tensor2D, this.scaling, mask);
+      if (nativeKernelsActive()) return loraLinearKernel(x2d, w, pair.a as tf.Tensor2D, pair.b as tf.Tensor2D, this.scaling, mask);
       const x = mask ? x2d.mul(mask) : x2d;
       // The scaling on x A ([N, r]) rather than on the output ([N, out]): the same product
       // up to rounding, and a multiply (and its gradient) over r columns instead of out.

@@ -4,7 +4,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { softmaxCrossEntropy } from "../native/cross-entropy-kernel.ts";
-import { nativeMatmulActive } from "../native/kernels.ts";
+import { nativeKernelsActive } from "../native/kernels.ts";
 
 export const IGNORE_INDEX = -100;
 
@@ -43,7 +43,7 @@ export function causalLmLossWithCount(logits: tf.Tensor3D, labels: tf.Tensor2D):
     if (tokens === 0) return tf.scalar(0).add(logits.sum().mul(0)) as tf.Scalar; // keeps the graph connected
     const targets = tf.tensor2d(target, [b, t], "int32");
     const weights = tf.tensor2d(weight, [b, t]);
-    if (nativeMatmulActive()) return softmaxCrossEntropy(logits.reshape([b * t, vocab]), targets.reshape([b * t]), weights.reshape([b * t]), 1 / tokens);
+    if (nativeKernelsActive()) return softmaxCrossEntropy(logits.reshape([b * t, vocab]), targets.reshape([b * t]), weights.reshape([b * t]), 1 / tokens);
     // logSoftmax is max-shifted, so large logits do not overflow; oneHot avoids gather's gradient.
     const picked = tf.logSoftmax(logits).mul(tf.oneHot(targets, vocab)).sum(-1);
     return picked.mul(weights).sum().neg().div(tokens) as tf.Scalar;

@@ -11,7 +11,7 @@
  * the flags go to the kernel instead of a transpose op (4x128 SFT step: 128 ms -> 108 ms).
  */
 import * as tf from "@tensorflow/tfjs";
-import { nativeMatmulActive } from "../native/kernels.ts";
+import { nativeKernelsActive } from "../native/kernels.ts";
 
 /** Swaps the last two axes. */
 export function swapLast(x: tf.Tensor): tf.Tensor {
@@ -27,7 +27,7 @@ tf.registerGradient({
     const [a, b] = saved;
     const { transposeA, transposeB } = attrs as unknown as { transposeA: boolean; transposeB: boolean };
     const d = dy as tf.Tensor;
-    if (nativeMatmulActive()) {
+    if (nativeKernelsActive()) {
       const mm = (x: tf.Tensor, y: tf.Tensor, tx: boolean, ty: boolean) => tf.matMul(x, y, tx, ty);
       if (!transposeA && !transposeB) return { a: () => mm(d, b, false, true), b: () => mm(a, d, true, false) };
       if (!transposeA && transposeB) return { a: () => mm(d, b, false, false), b: () => mm(d, a, true, false) };
@@ -50,5 +50,5 @@ export function matmul<T extends tf.Tensor>(a: T, b: tf.Tensor): T {
 
 /** x W^T for a PyTorch-layout [out, in] weight: a transpose flag only where it is free (native). */
 export function linearT<T extends tf.Tensor>(x: T, w: tf.Tensor): T {
-  return (nativeMatmulActive() ? tf.matMul(x, w, false, true) : matmul(x, swapLast(w))) as T;
+  return (nativeKernelsActive() ? tf.matMul(x, w, false, true) : matmul(x, swapLast(w))) as T;
 }

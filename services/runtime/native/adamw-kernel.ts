@@ -8,7 +8,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { loadBlasAddon } from "./blas-addon.ts";
-import { nativeMatmulActive } from "./kernels.ts";
+import { nativeKernelsActive } from "./kernels.ts";
 import { heapBuffer, heapOffset, type WasmBackend } from "./wasm-heap.ts";
 
 /** The update's constants as train/adamw.ts computes them (JS numbers; the addon rounds each to float32 as tfjs does). */
@@ -33,7 +33,7 @@ export interface AdamWConstants {
  * where the stock path's assign leaves that tensor its old values.
  */
 export function nativeAdamWUpdate(p: tf.Variable, g: tf.Tensor, m: tf.Variable, v: tf.Variable, c: AdamWConstants): boolean {
-  if (!nativeMatmulActive()) return false;
+  if (!nativeKernelsActive()) return false;
   const loaded = loadBlasAddon();
   if ("error" in loaded) return false;
   if ([p, g, m, v].some((t) => t.dtype !== "float32") || [g, m, v].some((t) => !tf.util.arraysEqual(t.shape, p.shape))) return false;
@@ -52,7 +52,7 @@ export function nativeAdamWUpdate(p: tf.Variable, g: tf.Tensor, m: tf.Variable, 
  * a sum, about 110 a LoRA step). Undefined where the native path cannot take them.
  */
 export function nativeGlobalNorm(tensors: tf.Tensor[]): number | undefined {
-  if (!nativeMatmulActive() || tensors.some((t) => t.dtype !== "float32")) return undefined;
+  if (!nativeKernelsActive() || tensors.some((t) => t.dtype !== "float32")) return undefined;
   const loaded = loadBlasAddon();
   if ("error" in loaded) return undefined;
   const backend = tf.backend() as unknown as WasmBackend;

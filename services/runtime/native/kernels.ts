@@ -38,8 +38,8 @@ type ReplacedConfig = tf.KernelConfig & { [STOCK]?: tf.KernelConfig };
 
 let active: NativeKernels = { active: false, detail: "not installed" };
 
-/** Whether the current backend's matMul runs on the native kernel (read per call: tests switch backends). */
-export function nativeMatmulActive(): boolean {
+/** Whether the native kernels (the addon's products and the fused ones) run on the current backend (read per call: tests switch backends). */
+export function nativeKernelsActive(): boolean {
   return active.active && tf.getBackend() === "wasm";
 }
 
