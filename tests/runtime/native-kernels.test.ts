@@ -2,6 +2,8 @@
 // kernel, the same training on it as on cpu, no leaks, and the fallback when it is off or
 // not built (a machine without a compiler or libopenblas-dev runs everything but the
 // native-vs-stock comparison, whose name says it is skipped there).
+import { execFileSync } from "node:child_process";
+import { resolve } from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { selectBackend } from "../../services/runtime/backend.ts";
@@ -182,6 +184,13 @@ describe("training on the wasm backend with the native kernels when built", () =
     } else {
       expect(selection.nativeKernels).toMatchObject({ active: false, detail: expect.stringMatching(/is not built/) });
     }
+  });
+
+  it("the compiled build (npm start, the deployed workers) loads the same addon", () => {
+    // dist/ holds a package.json of its own: the addon is found from the package root all the same.
+    const script = `const { loadBlasAddon } = await import(${JSON.stringify(resolve("dist/services/runtime/native/blas-addon.js"))}); const l = loadBlasAddon(); console.log("addon" in l ? "loaded" : l.error);`;
+    const out = execFileSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8" }).trim();
+    expect(out).toBe(built ? "loaded" : (loaded as { error: string }).error);
   });
 
   const tokenizer = tinyTokenizer();

@@ -99,10 +99,14 @@ function load(): { addon: BlasAddon } | { error: string } {
   }
 }
 
-/** The package root holds native/; this file sits at services/runtime/native/ or dist/services/runtime/native/. */
+/**
+ * The package root holds native/ (found by native/build.mjs, which no other folder has); this
+ * file sits at services/runtime/native/ or dist/services/runtime/native/, and dist/ holds a
+ * copy of package.json of its own, so the root is not the first folder with one.
+ */
 function findAddon(from: string): string | undefined {
   for (let dir = from; dirname(dir) !== dir; dir = dirname(dir)) {
-    if (existsSync(join(dir, "package.json"))) return existsSync(join(dir, ADDON)) ? join(dir, ADDON) : undefined;
+    if (existsSync(join(dir, "native", "build.mjs"))) return existsSync(join(dir, ADDON)) ? join(dir, ADDON) : undefined;
   }
   return undefined;
 }
