@@ -15,6 +15,7 @@ import { activeBackend, type BackendName } from "../runtime/backend.ts";
 import type { Example } from "../runtime/data/template.ts";
 import { readJsonObject } from "../runtime/json.ts";
 import { parseLlamaConfig, type LlamaConfig } from "../runtime/model/config.ts";
+import { nativeKernelsActive } from "../runtime/native/kernels.ts";
 import { lineageOf } from "../runtime/pipeline/load.ts";
 import { dataParallelMethod, trainThreads } from "../runtime/pipeline/train-adapter.ts";
 import type { CheckpointStore } from "../runtime/store/store.ts";
@@ -74,6 +75,8 @@ export async function jobShapeOf(store: CheckpointStore, stage: Stage, spec: Ali
     method: method.kind,
     // Data-parallel threads each hold a model copy (train-adapter.ts: SFT and Vaccine, unguarded).
     threads: dataParallelMethod(method, guarded) ? trainThreads() : 1,
+    // Job threads run the backend and kernels this process selected.
+    fusedKernels: nativeKernelsActive(),
   };
 }
 

@@ -7,7 +7,12 @@
  * (built-in shape to 67M parameters, T 64 to 1024, vocabulary 1.5k to 8k; all within +-5% but
  * one +10%), rounded up by about 10%; the runtime and file terms come from the RSS of real jobs.
  * Against 12 real jobs run as the server runs them (bench/job-memory.ts, results in
- * bench/results/job-memory.json) the estimate is 7-24% above the measured peak.
+ * bench/results/job-memory-stock.json) the estimate is 7-24% above the measured peak.
+ * The native fused kernels (runtime/native/) keep far fewer activations (one softmax of the
+ * attention scores, no copies for head transposes or rotary products, the loss's softmax
+ * instead of a dozen vocabulary-wide tensors) and no transposed weights: FUSED_COEFFICIENTS
+ * replace those terms then, a least-squares fit to the RSS of that bench's jobs
+ * (bench/results/job-memory.json) rounded up by about 10%.
  */
 import type { LlamaConfig } from "../runtime/model/config.ts";
 import type { AlignmentMethod } from "../runtime/pipeline/alignment-methods.ts";
@@ -25,6 +30,8 @@ export interface JobShape {
   datasetChars?: number;
   /** Data-parallel threads the steps run on (VACCINE_TRAIN_THREADS); 1 or absent: the job's own thread. */
   threads?: number;
+  /** Whether the steps run the native fused kernels (runtime/native/kernels.ts), which keep fewer activations. */
+  fusedKernels?: boolean;
 }
 
 export interface JobMemoryEstimate {
@@ -72,6 +79,13 @@ export const COEFFICIENTS = {
   boosterAdapterCopies: 3,
 } as const;
 
+/**
+ * The terms that differ with the native fused kernels (the others as COEFFICIENTS): the four
+ * activation terms, and the weights, which the native products read with transpose flags
+ * instead of keeping transposed copies (2.0x fitted on the 85M-parameter job).
+ */
+export const FUSED_COEFFICIENTS = { qkv: 4.5, intermediate: 10.5, scores: 2.5, vocab: 4.5, weightCopies: 2.2 } as const;
+
 export function estimateJobMemory(s: JobShape): JobMemoryEstimate {
   const threads = s.threads ?? 1;
   if (threads > 1) {
@@ -90,7 +104,7 @@ export function estimateJobMemory(s: JobShape): JobMemoryEstimate {
     };
   }
   const c = s.model;
-  const k = COEFFICIENTS;
+  const k = s.fusedKernels ? { ...COEFFICIENTS, ...FUSED_COEFFICIENTS } : COEFFICIENTS;
   const tokens = s.batchSize * s.sequenceLength;
   const layers = c.numHiddenLayers;
   const weightBytes = llamaParameterCount(c) * F32;

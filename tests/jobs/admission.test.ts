@@ -52,18 +52,30 @@ describe("estimateJobMemory", () => {
     expect(estimateJobMemory(shape({ threads: 1 }))).toEqual(estimateJobMemory(shape()));
   });
 
-  it("is not below the measured peak of any recorded job (bench/results/job-memory.json)", () => {
-    const { results } = JSON.parse(readFileSync("bench/results/job-memory.json", "utf8")) as {
-      results: { name: string; model: Record<string, number>; batch: number; seq: number; rank: number; method: "sft" | "vaccine"; failure?: string; measuredMb: number }[];
-    };
-    const measured = results.filter((r) => !r.failure);
-    expect(measured.length).toBeGreaterThanOrEqual(10);
-    for (const r of measured) {
-      const estimate = mb(shape({ batchSize: r.batch, sequenceLength: r.seq, loraRank: r.rank, method: r.method }, { ...r.model, max_position_embeddings: 4096 }));
-      expect(estimate, r.name).toBeGreaterThanOrEqual(r.measuredMb);
-      // And not wildly above: admission must not refuse what fits.
-      expect(estimate / r.measuredMb, r.name).toBeLessThan(1.5);
+  it("is not below the measured peak of any recorded job, with the fused kernels and with the stock ones (bench/results/job-memory*.json)", () => {
+    for (const [file, fusedKernels] of [["bench/results/job-memory.json", true], ["bench/results/job-memory-stock.json", false]] as const) {
+      const recorded = JSON.parse(readFileSync(file, "utf8")) as {
+        kernels: string;
+        results: { name: string; model: Record<string, number>; batch: number; seq: number; rank: number; method: "sft" | "vaccine"; failure?: string; measuredMb: number }[];
+      };
+      expect(recorded.kernels, file).toBe(fusedKernels ? "fused" : "stock");
+      const measured = recorded.results.filter((r) => !r.failure);
+      expect(measured.length).toBeGreaterThanOrEqual(10);
+      for (const r of measured) {
+        const estimate = mb(shape({ batchSize: r.batch, sequenceLength: r.seq, loraRank: r.rank, method: r.method, fusedKernels }, { ...r.model, max_position_embeddings: 4096 }));
+        expect(estimate, `${file}: ${r.name}`).toBeGreaterThanOrEqual(r.measuredMb);
+        // And not wildly above: admission must not refuse what fits.
+        expect(estimate / r.measuredMb, `${file}: ${r.name}`).toBeLessThan(1.5);
+      }
     }
+  });
+
+  it("counts fewer activations and weight copies with the fused kernels, the same runtime and adapter", () => {
+    const stock = estimateJobMemory(shape({ batchSize: 32, sequenceLength: 512 }, { hidden_size: 1024, intermediate_size: 2816 }));
+    const fused = estimateJobMemory(shape({ batchSize: 32, sequenceLength: 512, fusedKernels: true }, { hidden_size: 1024, intermediate_size: 2816 }));
+    expect(fused.activationBytes).toBeLessThan(stock.activationBytes / 2);
+    expect(fused.totalBytes - fused.activationBytes).toBeLessThan(stock.totalBytes - stock.activationBytes);
+    expect([fused.runtimeBytes, fused.weightBytes, fused.adapterBytes]).toEqual([stock.runtimeBytes, stock.weightBytes, stock.adapterBytes]);
   });
 });
 
