@@ -5,6 +5,7 @@
 #include <math.h>
 #include <node_api.h>
 #include <stdint.h>
+#include <string.h>
 
 #define CHECK(env, call)                                      \
   do {                                                        \
@@ -21,13 +22,45 @@
 int heap_args(napi_env env, napi_callback_info info, const char *usage, void **heap, size_t *heap_bytes, size_t n, int64_t *v, size_t nd, double *d);
 
 /*
- * expf, answering 0 at once below its underflow (-103.97) instead of through glibc's error
- * path (errno, a floating-point exception; 5.2 against 3.7 ns a call here): masked attention
- * scores sit at -1e9, half of every causal row.
+ * exp(x) in float32 without a call, so that loops of it vectorise: Cody-Waite reduction
+ * x = n ln2 + r (|r| <= ln2 / 2), Cephes's degree-6 polynomial for e^r, 2^n from the exponent
+ * bits. At most 8.2e-8 relative error against exp in double over [-87, 88] (glibc's expf
+ * 6.0e-8); below -87.34 it gives 0 where expf gives subnormals, above 88.72 +inf; NaN stays
+ * NaN. Branch-free: with -fno-trapping-math (binding.gyp) its selects vectorise, and loops
+ * marked VECTOR_CLONES get an AVX2 clone beside the baseline one. Measured here: about 2x glibc's
+ * expf a value on the baseline, 4x with AVX2.
  */
-static inline float exp_or_zero(float x) {
-  return x < -104.0f ? 0.0f : expf(x);
+static inline float exp_poly(float x) {
+  const float hi = 88.72283f, lo = -87.33654f, shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds */
+  float y = x > hi ? hi : x;
+  y = y < lo ? lo : y;
+  float n = y * 1.44269504088896341f + shifter;
+  n = n - shifter;
+  float r = y - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = ((int32_t)n + 127) << 23;
+  float scale;
+  memcpy(&scale, &bits, 4);
+  float out = p * scale;
+  out = x > hi ? (float)INFINITY : out;
+  return x < lo ? 0.0f : out;
 }
+
+/* x[i] = exp_poly(x[i]) for n values (blas.c). */
+void exp_inplace(float *x, int64_t n);
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
 
 /* A per-thread scratch buffer of at least count floats, reused across calls; NULL when out of memory. */
 float *scratch(size_t count);

@@ -91,8 +91,10 @@ napi_value attention(napi_env env, napi_callback_info info) {
           row[j] = row[j] / root + br[j];
           max = row[j] > max ? row[j] : max;
         }
+        for (int64_t j = 0; j < T; j++) row[j] -= max;
+        exp_inplace(row, T);
         float sum = 0;
-        for (int64_t j = 0; j < T; j++) sum += row[j] = exp_or_zero(row[j] - max);
+        for (int64_t j = 0; j < T; j++) sum += row[j];
         for (int64_t j = 0; j < T; j++) row[j] /= sum;
       }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, p, (int)T, vb, (int)ldk, 0.0f, out + b * T * ldq + h * D, (int)ldq);

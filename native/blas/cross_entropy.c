@@ -51,8 +51,10 @@ napi_value cross_entropy(napi_env env, napi_callback_info info) {
     const float *x = logits + i * vocab;
     float max = x[0];
     for (int64_t j = 1; j < vocab; j++) max = x[j] > max ? x[j] : max;
+    for (int64_t j = 0; j < vocab; j++) p[j] = x[j] - max;
+    exp_inplace(p, vocab);
     double sum = 0;
-    for (int64_t j = 0; j < vocab; j++) sum += p[j] = exp_or_zero(x[j] - max);
+    for (int64_t j = 0; j < vocab; j++) sum += p[j];
     const float inv = (float)(1 / sum);
     for (int64_t j = 0; j < vocab; j++) p[j] *= inv;
     total += weight[i] * ((double)(max - x[target[i]]) + log(sum));

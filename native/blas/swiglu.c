@@ -6,6 +6,14 @@
 #include <math.h>
 #include "addon.h"
 
+VECTOR_CLONES static void forward(const float *g, const float *u, float *out, float *s, uint64_t n) {
+  for (uint64_t i = 0; i < n; i++) {
+    const float si = 1.0f / (1.0f + exp_poly(-g[i]));
+    s[i] = si;
+    out[i] = g[i] * si * u[i];
+  }
+}
+
 /* swiglu(heap, gateOffset, upOffset, outOffset, sigmoidOffset, n): out = gate * s * up, s = sigmoid(gate), written too. */
 napi_value swiglu(napi_env env, napi_callback_info info) {
   void *heap = NULL;
@@ -19,13 +27,7 @@ napi_value swiglu(napi_env env, napi_callback_info info) {
       return NULL;
     }
   }
-  const float *g = (const float *)heap + v[0] / 4, *u = (const float *)heap + v[1] / 4;
-  float *out = (float *)heap + v[2] / 4, *s = (float *)heap + v[3] / 4;
-  for (uint64_t i = 0; i < n; i++) {
-    const float si = 1.0f / (1.0f + expf(-g[i]));
-    s[i] = si;
-    out[i] = g[i] * si * u[i];
-  }
+  forward((const float *)heap + v[0] / 4, (const float *)heap + v[1] / 4, (float *)heap + v[2] / 4, (float *)heap + v[3] / 4, n);
   return NULL;
 }
 

@@ -108,6 +108,17 @@ describe.skipIf(!built)(`native BatchMatMul equals the stock wasm kernel${built 
     }
   });
 
+  it("Exp is within 1e-7 of exp in double over float32's range, with 0 below it, +inf above it and NaN kept", () => {
+    configureNativeKernels("auto");
+    const xs = Float32Array.from({ length: 100_001 }, (_, i) => -87 + (175 * i) / 100_000);
+    const got = tf.tidy(() => tf.exp(tf.tensor1d(xs)).dataSync());
+    let worst = 0;
+    xs.forEach((x, i) => (worst = Math.max(worst, Math.abs(got[i] - Math.exp(x)) / Math.exp(x))));
+    expect(worst).toBeLessThan(1e-7);
+    const special = tf.tidy(() => Array.from(tf.exp(tf.tensor1d([-1e9, -Infinity, 100, Infinity, NaN, 0])).dataSync()));
+    expect(special).toEqual([0, 0, Infinity, Infinity, NaN, 1]);
+  });
+
   it("GatherV2 (the embedding lookup) equals the stock kernel bitwise; a bad index fails with its message and leaks nothing", () => {
     const gather = (table: tf.Tensor, ids: tf.Tensor, axis = 0) => tf.tidy(() => tf.gather(table, ids, axis).arraySync() as NestedNumbers);
     const replaced = () => (tf.getKernel(tf.GatherV2, "wasm") as unknown as Record<symbol, unknown>)[Symbol.for("vaccine.stockKernel")] !== undefined;
