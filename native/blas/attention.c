@@ -38,6 +38,25 @@ static void rotate_all(const shape_t *s, int64_t n, const float *x, const float 
   }
 }
 
+/* Row-wise softmax of the [T, T] scores p / root + bias in place; the exponentials over the whole block at once (one vector loop, not T short ones). */
+VECTOR_CLONES static void softmax(float *p, const float *bias, int64_t T, float root) {
+  for (int64_t i = 0; i < T; i++) {
+    float *row = p + i * T;
+    const float *br = bias + i * T;
+    for (int64_t j = 0; j < T; j++) row[j] = row[j] / root + br[j];
+    float max = row[0];
+    for (int64_t j = 1; j < T; j++) max = row[j] > max ? row[j] : max;
+    for (int64_t j = 0; j < T; j++) row[j] -= max;
+  }
+  exp_inplace(p, T * T);
+  for (int64_t i = 0; i < T; i++) {
+    float *row = p + i * T;
+    float sum = 0;
+    for (int64_t j = 0; j < T; j++) sum += row[j];
+    for (int64_t j = 0; j < T; j++) row[j] /= sum;
+  }
+}
+
 static int read_shape(napi_env env, const int64_t *v, shape_t *s) {
   *s = (shape_t){v[0], v[1], v[2], v[3], v[4]};
   if (s->kv == 0 || s->heads % s->kv != 0 || s->d % 2 != 0 || s->t > INT32_MAX / 4 || s->heads * s->d > INT32_MAX) {
@@ -83,20 +102,7 @@ napi_value attention(napi_env env, napi_callback_info info) {
       float *p = probs + (b * s.heads + h) * T * T;
       const float *qb = qr + b * T * ldq + h * D, *kb = kr + b * T * ldk + kh * D, *vb = val + b * T * ldk + kh * D;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)D, 1.0f, qb, (int)ldq, kb, (int)ldk, 0.0f, p, (int)T);
-      for (int64_t i = 0; i < T; i++) {
-        float *row = p + i * T;
-        const float *br = bias + (b * T + i) * T;
-        float max = -INFINITY;
-        for (int64_t j = 0; j < T; j++) {
-          row[j] = row[j] / root + br[j];
-          max = row[j] > max ? row[j] : max;
-        }
-        for (int64_t j = 0; j < T; j++) row[j] -= max;
-        exp_inplace(row, T);
-        float sum = 0;
-        for (int64_t j = 0; j < T; j++) sum += row[j];
-        for (int64_t j = 0; j < T; j++) row[j] /= sum;
-      }
+      softmax(p, bias + b * T * T, T, root);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, p, (int)T, vb, (int)ldk, 0.0f, out + b * T * ldq + h * D, (int)ldq);
     }
   }
