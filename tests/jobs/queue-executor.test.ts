@@ -170,7 +170,13 @@ describe("QueueExecutor and QueueWorker", () => {
     const { api } = setup();
     const [ex1, ex2] = [api(), api()];
     const ids: string[] = [];
-    for (let i = 0; i < 5; i++) ids.push((await (i % 2 ? ex2 : ex1).create(JobKind.ALIGN, spec)).id);
+    // Members sort by create time in milliseconds, then id: jobs created within one
+    // millisecond list in id order, so each job here gets a millisecond of its own.
+    const tick = () => new Promise((r) => setTimeout(r, 2));
+    for (let i = 0; i < 5; i++) {
+      ids.push((await (i % 2 ? ex2 : ex1).create(JobKind.ALIGN, spec)).id);
+      await tick();
+    }
     await ex1.create(JobKind.FINE_TUNE, { case: "fineTune", value: create(FineTuneSpecSchema, {}) });
     const page1 = await ex2.list(JobKind.ALIGN, 2, "");
     // A job created between pages does not shift the next ones.
