@@ -129,19 +129,19 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
     }
   });
 
-  it("the LoRA projection: value and the gradients of x, W, A and B, with and without a dropout mask, odd sizes", () => {
+  it("the LoRA projection: value and the gradients of x, W, A and B, with and without a dropout mask, odd sizes, x of 2 or 3 axes", () => {
     let seed = 400;
-    // [n, in, out, r]
-    for (const [n, inDim, outDim, r] of [[1, 1, 1, 1], [5, 7, 3, 2], [64, 128, 384, 8], [33, 384, 128, 8]]) {
+    // [rows (x's leading axes), in, out, r]
+    for (const [lead, inDim, outDim, r] of [[[1], 1, 1, 1], [[5], 7, 3, 2], [[2, 32], 128, 384, 8], [[3, 11], 384, 128, 8]] as [number[], number, number, number][]) {
       const config = { hiddenSize: inDim, intermediateSize: outDim, numHiddenLayers: 1, numAttentionHeads: 1, numKeyValueHeads: 1 } as LlamaConfig;
       for (const dropout of [0, 0.3]) {
         const adapter = LoraAdapter.init(config, { r, alpha: 2 * r, dropout, targetModules: ["gate_proj"] }, ++seed);
         const name = "model.layers.0.mlp.gate_proj";
         const pair = adapter.pairs.get(name)!;
         pair.b.assign(random(pair.b.shape, ++seed)); // B starts at 0: A's gradient would be 0
-        const x = tf.variable(random([n, inDim], ++seed)) as tf.Variable<tf.Rank.R2>;
+        const x = tf.variable(random([...lead, inDim], ++seed));
         const w = tf.variable(random([outDim, inDim], ++seed)) as tf.Variable<tf.Rank.R2>;
-        const dy = random([n, outDim], ++seed);
+        const dy = random([...lead, outDim], ++seed);
         const run = () =>
           tf.tidy(() => {
             adapter.reseedDropout(seed); // the same masks on both paths
@@ -154,7 +154,7 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
         const stock = run();
         configureNativeKernels("auto");
         const fused = run();
-        expectClose(fused, stock, 1e-5, `n ${n} in ${inDim} out ${outDim} r ${r} dropout ${dropout}`);
+        expectClose(fused, stock, 1e-5, `x [${lead}, ${inDim}] out ${outDim} r ${r} dropout ${dropout}`);
         tf.dispose([x, w, dy]);
         adapter.dispose();
       }

@@ -592,12 +592,10 @@ export class LlamaModel {
   private linear(l: number, module: LinearModule, x: tf.Tensor3D, opts: ForwardOptions): tf.Tensor3D {
     const [b, t, inDim] = x.shape;
     const name = linearName(l, module);
-    const x2 = x.reshape([b * t, inDim]) as tf.Tensor2D;
-    const merged = opts.weights?.get(`${name}.weight`);
-    if (merged) return linearT(x2, merged as tf.Tensor2D).reshape([b, t, merged.shape[0]]);
-    const w = this.w(`${name}.weight`) as tf.Tensor2D;
-    const y = opts.lora ? opts.lora.linear(name, x2, w, opts.training ?? false) : linearT(x2, w);
-    return y.reshape([b, t, y.shape[1]]);
+    const merged = opts.weights?.get(`${name}.weight`) as tf.Tensor2D | undefined;
+    const w = merged ?? (this.w(`${name}.weight`) as tf.Tensor2D);
+    if (opts.lora && !merged) return opts.lora.linear(name, x, w, opts.training ?? false);
+    return linearT(x.reshape([b * t, inDim]) as tf.Tensor2D, w).reshape([b, t, w.shape[0]]);
   }
 
   private w(name: string): tf.Variable {

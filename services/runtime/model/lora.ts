@@ -132,33 +132,36 @@ export class LoraAdapter {
     return [...this.pairs.values()].flatMap((p) => [p.a, p.b]);
   }
 
-  /** The mask of x2d [N, in]: its own, or its rows' part of the whole batch's (dropoutWindow). */
-  private dropoutMaskFor(x2d: tf.Tensor2D, rate: number): Float32Array {
+  /** The mask of an input of `size` values: its own, or its rows' part of the whole batch's (dropoutWindow). */
+  private dropoutMaskFor(size: number, rate: number): Float32Array {
     const w = this.dropoutWindow;
-    if (!w || w.to === w.from) return dropoutMask(this.dropoutRng, x2d.size, rate);
-    // N = shard rows x T; the whole batch's mask holds `rows` rows of T x in values.
-    const perBatchRow = x2d.size / (w.to - w.from);
-    return dropoutMask(this.dropoutRng, x2d.size, rate, w.from * perBatchRow);
+    if (!w || w.to === w.from) return dropoutMask(this.dropoutRng, size, rate);
+    // The input holds the shard's rows x T x in values; the whole batch's mask, `rows` rows of them.
+    const perBatchRow = size / (w.to - w.from);
+    return dropoutMask(this.dropoutRng, size, rate, w.from * perBatchRow);
   }
 
   /**
-   * Projection `name` with its adapter on x2d [N, in]: x W^T plus the adapter's branch when
-   * the projection is targeted (one fused kernel when the native ones are active). Dropout
-   * draws a fresh mask per call (seeded from the adapter's stream).
+   * Projection `name` with its adapter on x [..., in]: x W^T plus the adapter's branch when
+   * the projection is targeted (one fused kernel when the native ones are active), [..., out].
+   * Dropout draws a fresh mask per call (seeded from the adapter's stream).
    */
-  linear(name: string, x2d: tf.Tensor2D, w: tf.Tensor2D, training: boolean): tf.Tensor2D {
+  linear<T extends tf.Tensor>(name: string, x: T, w: tf.Tensor2D, training: boolean): T {
     const pair = this.pairs.get(name);
-    if (!pair) return linearT(x2d, w);
     return tf.tidy(() => {
       const rate = this.config.dropout;
-      const mask = training && rate > 0 ? tf.tensor2d(this.dropoutMaskFor(x2d, rate), x2d.shape) : null;
-      if (nativeKernelsActive()) return loraLinearKernel(x2d, w, pair.a as tf.Tensor2D, pair.b as tf.Tensor2D, this.scaling, mask);
-      const x = mask ? x2d.mul(mask) : x2d;
+      const mask = pair && training && rate > 0 ? tf.tensor(this.dropoutMaskFor(x.size, rate), x.shape) : null;
+      if (pair && nativeKernelsActive()) return loraLinearKernel(x, w, pair.a as tf.Tensor2D, pair.b as tf.Tensor2D, this.scaling, mask);
+      const rows = x.reshape([-1, x.shape[x.rank - 1]]) as tf.Tensor2D;
+      let y = linearT(rows, w);
       // The scaling on x A ([N, r]) rather than on the output ([N, out]): the same product
       // up to rounding, and a multiply (and its gradient) over r columns instead of out.
-      return linearT(x2d, w).add(linearT(linearT(x, pair.a).mul(this.scaling), pair.b)) as tf.Tensor2D;
+      if (pair) y = y.add(linearT(linearT(mask ? rows.mul(mask.reshape(rows.shape)) : rows, pair.a).mul(this.scaling), pair.b));
+      return y.reshape([...x.shape.slice(0, -1), w.shape[0]]) as T;
     });
   }
+
+
 
   /** A host copy of every adapter weight, named by loraWeightName. */
   exportWeights(): HostTensors {

@@ -30,13 +30,14 @@ export function registerLoraLinearKernels(addon: BlasAddon): void {
 }
 
 /**
- * x W^T + scaling (x * mask) A^T B^T for float32 x [n, in], W [out, in], A [r, in],
- * B [out, r] and a dropout mask [n, in], or null for none.
+ * x W^T + scaling (x * mask) A^T B^T for float32 x [..., in] (every leading axis a row: no
+ * reshape ops), W [out, in], A [r, in], B [out, r] and a dropout mask of x's shape, or null
+ * for none; y is [..., out].
  */
-export function loraLinearKernel(x: tf.Tensor2D, w: tf.Tensor2D, a: tf.Tensor2D, b: tf.Tensor2D, scaling: number, mask: tf.Tensor2D | null): tf.Tensor2D {
+export function loraLinearKernel<T extends tf.Tensor>(x: T, w: tf.Tensor2D, a: tf.Tensor2D, b: tf.Tensor2D, scaling: number, mask: tf.Tensor | null): T {
   return tf.tidy(() => {
     // No mask is an empty one: a kernel's inputs are fixed by name.
-    const [y] = tf.engine().runKernel(FORWARD, { x, w, a, b, mask: mask ?? tf.zeros([0]) }, { scaling }) as tf.Tensor2D[];
+    const [y] = tf.engine().runKernel(FORWARD, { x, w, a, b, mask: mask ?? tf.zeros([0]) }, { scaling }) as T[];
     return y;
   });
 }
@@ -50,18 +51,20 @@ interface Geometry {
 }
 
 function geometry(x: tf.TensorInfo, w: tf.TensorInfo, a: tf.TensorInfo, b: tf.TensorInfo, mask: tf.TensorInfo): Geometry {
-  const [n, inDim] = x.shape;
+  const inDim = x.shape[x.shape.length - 1];
+  const n = inDim > 0 ? tf.util.sizeFromShape(x.shape) / inDim : 0;
   const [outDim, r] = b.shape;
   const hasMask = tf.util.sizeFromShape(mask.shape) > 0;
   const ok =
     [x, w, a, b, mask].every((t) => t.dtype === "float32") &&
-    [x, w, a, b].every((t) => t.shape.length === 2) &&
+    x.shape.length >= 1 &&
+    [w, a, b].every((t) => t.shape.length === 2) &&
     tf.util.arraysEqual(w.shape, [outDim, inDim]) &&
     tf.util.arraysEqual(a.shape, [r, inDim]) &&
     (!hasMask || tf.util.arraysEqual(mask.shape, x.shape));
   if (!ok) {
     const shapes = [x, w, a, b, mask].map((t) => `${t.dtype} [${t.shape}]`).join(", ");
-    throw new Error(`loraLinear: expected float32 x [n, in], w [out, in], a [r, in], b [out, r] and mask [n, in] or empty; got ${shapes}`);
+    throw new Error(`loraLinear: expected float32 x [..., in], w [out, in], a [r, in], b [out, r] and a mask of x's shape or empty; got ${shapes}`);
   }
   return { n, inDim, outDim, r, hasMask };
 }
@@ -71,7 +74,7 @@ function forward(addon: BlasAddon, args: Parameters<tf.KernelFunc>[0]): tf.Tenso
   const { scaling } = args.attrs as unknown as { scaling: number };
   const g = geometry(x, w, a, b, mask);
   const backend = args.backend as unknown as WasmBackend;
-  const y = backend.makeOutput([g.n, g.outDim], "float32");
+  const y = backend.makeOutput([...x.shape.slice(0, -1), g.outDim], "float32");
   const xa = backend.makeOutput([g.n, g.r], "float32");
   const o = (t: tf.TensorInfo) => heapOffset(backend, t);
   addon.loraLinear(heapBuffer(backend), o(x), o(w), o(a), o(b), g.hasMask ? o(mask) : 0, o(y), o(xa), g.n, g.inDim, g.outDim, g.r, g.hasMask ? 1 : 0, scaling);
