@@ -53,8 +53,8 @@ static inline float exp_poly(float x) {
   return x < lo ? 0.0f : out;
 }
 
-/* x[i] = exp_poly(x[i]) for n values (blas.c). */
-void exp_inplace(float *x, int64_t n);
+/* out[i] = exp_poly(in[i]) for n values; out may be in (blas.c). */
+void exp_array(const float *in, float *out, int64_t n);
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))

@@ -48,7 +48,7 @@ VECTOR_CLONES static void softmax(float *p, const float *bias, int64_t T, float 
     for (int64_t j = 1; j < T; j++) max = row[j] > max ? row[j] : max;
     for (int64_t j = 0; j < T; j++) row[j] -= max;
   }
-  exp_inplace(p, T * T);
+  exp_array(p, p, T * T);
   for (int64_t i = 0; i < T; i++) {
     float *row = p + i * T;
     float sum = 0;

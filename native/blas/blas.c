@@ -136,8 +136,8 @@ int heap_args(napi_env env, napi_callback_info info, const char *usage, void **h
   return 1;
 }
 
-VECTOR_CLONES void exp_inplace(float *x, int64_t n) {
-  for (int64_t i = 0; i < n; i++) x[i] = exp_poly(x[i]);
+VECTOR_CLONES void exp_array(const float *in, float *out, int64_t n) {
+  for (int64_t i = 0; i < n; i++) out[i] = exp_poly(in[i]);
 }
 
 /* exp(heap, inOffset, outOffset, n): out[i] = exp_poly(in[i]). */
@@ -146,15 +146,11 @@ static napi_value exp_kernel(napi_env env, napi_callback_info info) {
   size_t heap_bytes = 0;
   int64_t v[3];
   if (!heap_args(env, info, "exp: (ArrayBuffer, inOffset, outOffset, n) of non-negative integers expected", &heap, &heap_bytes, 3, v, 0, NULL)) return NULL;
-  const uint64_t bytes = 4u * (uint64_t)v[2];
-  if ((uint64_t)v[0] + bytes > heap_bytes || (uint64_t)v[1] + bytes > heap_bytes || (v[0] | v[1]) % 4) {
+  if (!inside((uint64_t)v[0], (uint64_t)v[2], heap_bytes) || !inside((uint64_t)v[1], (uint64_t)v[2], heap_bytes)) {
     napi_throw_range_error(env, NULL, "exp: an operand lies outside the heap or is misaligned");
     return NULL;
   }
-  const float *in = (const float *)heap + v[0] / 4;
-  float *out = (float *)heap + v[1] / 4;
-  memmove(out, in, 4u * (size_t)v[2]);
-  exp_inplace(out, v[2]);
+  exp_array((const float *)heap + v[0] / 4, (float *)heap + v[1] / 4, v[2]);
   return NULL;
 }
 
@@ -176,15 +172,6 @@ static napi_value sum_squares(napi_env env, napi_callback_info info) {
   return result;
 }
 
-/*
- * adamw(heap, pOff, gOff, mOff, vOff, n, gradScale, decay, beta1, beta2, eps, sqrtBc2, stepSize):
- * one AdamW update of n float32 values in place, the same float32 operations in the same order
- * as the tfjs ops it replaces (services/runtime/train/adamw.ts), so the result is bit for bit
- * theirs (the build turns off FMA contraction): g' = g * gradScale (clipping; 1 when none),
- * m = m * beta1 + g' * (1 - beta1), v = v * beta2 + g'^2 * (1 - beta2),
- * p = p * decay - m / (sqrt(v) / sqrtBc2 + eps) * stepSize. Each constant is rounded to
- * float32 as tfjs rounds a scalar.
- */
 /*
  * gather(heap, tableOffset, indicesOffset, outOffset, rows, width, n): out[i] = table[indices[i]]
  * for a [rows, width] float32 table and n int32 indices: the embedding lookup, one row copy
@@ -215,6 +202,15 @@ static napi_value gather(napi_env env, napi_callback_info info) {
   return result;
 }
 
+/*
+ * adamw(heap, pOff, gOff, mOff, vOff, n, gradScale, decay, beta1, beta2, eps, sqrtBc2, stepSize):
+ * one AdamW update of n float32 values in place, the same float32 operations in the same order
+ * as the tfjs ops it replaces (services/runtime/train/adamw.ts), so the result is bit for bit
+ * theirs (the build turns off FMA contraction): g' = g * gradScale (clipping; 1 when none),
+ * m = m * beta1 + g' * (1 - beta1), v = v * beta2 + g'^2 * (1 - beta2),
+ * p = p * decay - m / (sqrt(v) / sqrtBc2 + eps) * stepSize. Each constant is rounded to
+ * float32 as tfjs rounds a scalar.
+ */
 static napi_value adamw(napi_env env, napi_callback_info info) {
   size_t argc = 13;
   napi_value argv[13];

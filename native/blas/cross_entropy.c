@@ -52,7 +52,7 @@ napi_value cross_entropy(napi_env env, napi_callback_info info) {
     float max = x[0];
     for (int64_t j = 1; j < vocab; j++) max = x[j] > max ? x[j] : max;
     for (int64_t j = 0; j < vocab; j++) p[j] = x[j] - max;
-    exp_inplace(p, vocab);
+    exp_array(p, p, vocab);
     double sum = 0;
     for (int64_t j = 0; j < vocab; j++) sum += p[j];
     const float inv = (float)(1 / sum);

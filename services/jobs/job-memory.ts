@@ -11,8 +11,9 @@
  * The native fused kernels (runtime/native/) keep far fewer activations (one softmax of the
  * attention scores, no copies for head transposes or rotary products, the loss's softmax
  * instead of a dozen vocabulary-wide tensors) and no transposed weights: FUSED_COEFFICIENTS
- * replace those terms then, a least-squares fit to the RSS of that bench's jobs
- * (bench/results/job-memory.json) rounded up by about 10%.
+ * replace those terms then: a least-squares fit to an earlier run of that bench's jobs,
+ * rounded up by about 10% (bench/results/job-memory.json holds a later run: 1-32% above the
+ * measured peak of each job).
  */
 import type { LlamaConfig } from "../runtime/model/config.ts";
 import type { AlignmentMethod } from "../runtime/pipeline/alignment-methods.ts";

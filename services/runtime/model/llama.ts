@@ -305,6 +305,14 @@ interface Attend {
   step?: CacheStep;
   /** See placement(). */
   placement?: tf.Tensor | null;
+  /** Set when attention runs as one native kernel (uncached, not exact): the rotary tables [T, d], made once for every layer. */
+  fused?: { cos: tf.Tensor2D; sin: tf.Tensor2D };
+}
+
+/** The fused attention's rotary tables for positions 0..t-1. */
+function fusedRotary(t: number, d: number, theta: number): Attend["fused"] {
+  const { cos, sin } = rotaryTables([0], t, d, theta);
+  return { cos: tf.tensor2d(cos, [t, d]), sin: tf.tensor2d(sin, [t, d]) };
 }
 
 /** One cached call, worked out on the host from the cache and the call's mask. */
@@ -518,7 +526,12 @@ export class LlamaModel {
     const result = tf.tidy(() => {
       const attend: Attend = step
         ? { bias: cachedBias(step, t), offset: t > 1 ? step.starts[0] : step.starts, step, placement: placement(step, t, c.numKeyValueHeads), exact: true }
-        : { bias: attentionBias(attentionMask.toFloat()), offset: 0, exact: opts.batchInvariant ?? false };
+        : {
+            bias: attentionBias(attentionMask.toFloat()),
+            offset: 0,
+            exact: opts.batchInvariant ?? false,
+            fused: !opts.batchInvariant && nativeKernelsActive() ? fusedRotary(t, c.headDim, c.ropeTheta) : undefined,
+          };
       const attentionOutputs: tf.Tensor3D[] = [];
       const layerOutputs: tf.Tensor3D[] = [];
       let x = embedLookup(this.w("model.embed_tokens.weight") as tf.Tensor2D, inputIds);
@@ -565,11 +578,10 @@ export class LlamaModel {
     const heads = c.numAttentionHeads;
     const kvHeads = c.numKeyValueHeads;
     const hd = c.headDim;
-    if (!attend.step && !attend.exact && typeof attend.offset === "number" && nativeKernelsActive()) {
+    if (attend.fused) {
       // One kernel from the projections to the context (native/attention-kernel.ts).
-      const { cos, sin } = rotaryTables([attend.offset], t, hd, c.ropeTheta);
       const [q, k, v] = (["q_proj", "k_proj", "v_proj"] as const).map((m) => this.linear(l, m, h, opts));
-      const ctx = attentionKernel(q, k, v, attend.bias, tf.tensor2d(cos, [t, hd]), tf.tensor2d(sin, [t, hd]), { heads, kvHeads, headDim: hd });
+      const ctx = attentionKernel(q, k, v, attend.bias, attend.fused.cos, attend.fused.sin, { heads, kvHeads, headDim: hd });
       return { out: this.linear(l, "o_proj", ctx, opts) };
     }
     const split = (y: tf.Tensor3D, n: number) => y.reshape([b, t, n, hd]).transpose([0, 2, 1, 3]) as tf.Tensor4D;

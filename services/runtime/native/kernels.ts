@@ -1,6 +1,6 @@
 /**
  * Kernels replacing the wasm backend's where it is slow: BatchMatMul on native OpenBLAS, Exp
- * on glibc's expf and the embedding lookup's GatherV2 as row copies (the addon, native/blas/;
+ * (a vectorised polynomial) and the embedding lookup's GatherV2 as row copies (the addon, native/blas/;
  * wasm's gather walks every element with its strides), and an Identity (and a Cast to the
  * same dtype) without a copy (wasm-identity.ts). The loss, RMSNorm, the SwiGLU product, the LoRA
  * projection and attention get fused kernels of their own (cross-entropy-kernel.ts,
@@ -118,7 +118,7 @@ function nativeBatchMatMul(addon: BlasAddon, fallback: tf.KernelConfig): tf.Kern
   return { kernelName: tf.BatchMatMul, backendName: "wasm", setupFunc: fallback.setupFunc, kernelFunc };
 }
 
-/** exp where the loss is not fused (RepNoise's log-softmax over the vocabulary, the cached attention's softmax): glibc's expf is about 2x wasm's. */
+/** exp where no fused kernel takes it (RepNoise's log-softmax over the vocabulary, the cached attention's softmax): the addon's vectorised exp_poly. */
 function nativeExp(addon: BlasAddon, fallback: tf.KernelConfig): tf.KernelConfig {
   const kernelFunc: tf.KernelFunc = (args) => {
     const { x } = args.inputs as { x: tf.TensorInfo };
