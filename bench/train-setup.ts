@@ -93,7 +93,7 @@ export async function dataParallelSetup(name: ConfigName, method: Method, thread
   const lora = LoraAdapter.init(config, LORA, 1);
   const trainer = await DataParallelTrainer.start({
     config, weights: model.exportWeights(), lora: { config: LORA, weights: lora.exportWeights() },
-    method: method === "sft" ? { name: "sft" } : { name: "vaccine", rho: RHO }, weightDecay: 0.1, threads, blasThreads,
+    recipe: { method: method === "sft" ? { kind: "sft" } : { kind: "vaccine", rho: RHO, refreshEvery: 1 }, seed: 0 }, weightDecay: 0.1, threads, blasThreads,
   });
   model.dispose();
   lora.dispose();

@@ -17,7 +17,7 @@ import { readJsonObject } from "../runtime/json.ts";
 import { parseLlamaConfig, type LlamaConfig } from "../runtime/model/config.ts";
 import { nativeKernelsActive } from "../runtime/native/kernels.ts";
 import { lineageOf } from "../runtime/pipeline/load.ts";
-import { dataParallelMethod, trainThreads } from "../runtime/pipeline/train-adapter.ts";
+import { trainThreads } from "../runtime/pipeline/train-adapter.ts";
 import type { CheckpointStore } from "../runtime/store/store.ts";
 import { estimateJobMemory, type JobMemoryEstimate, type JobShape } from "./job-memory.ts";
 import { loraOf, methodOf, parentOf, trainingOf, type Stage } from "./spec.ts";
@@ -64,7 +64,6 @@ export async function jobShapeOf(store: CheckpointStore, stage: Stage, spec: Ali
   const { options } = trainingOf(stage, spec.training);
   const lora = loraOf(stage, spec.lora);
   const method = methodOf(spec, stage);
-  const guarded = stage === "finetune" && (spec as FineTuneSpec).guard.case !== undefined;
   return {
     model: await rootModelConfig(store, stage, spec),
     batchSize: Math.min(options.batchSize, examples.length),
@@ -73,8 +72,8 @@ export async function jobShapeOf(store: CheckpointStore, stage: Stage, spec: Ali
     loraRank: lora.r,
     targetModules: lora.targetModules,
     method: method.kind,
-    // Data-parallel threads each hold a model copy (train-adapter.ts: SFT and Vaccine, unguarded).
-    threads: dataParallelMethod(method, guarded) ? trainThreads() : 1,
+    // Data-parallel threads each hold a model copy (train-adapter.ts).
+    threads: trainThreads(),
     // Job threads run the backend and kernels this process selected.
     fusedKernels: nativeKernelsActive(),
   };

@@ -48,11 +48,8 @@ export function trainingTelemetry(tracer: Tracer, meter: Meter, attrs: { kind: s
         try {
           const m = await run();
           // Passes run on data-parallel threads report only their times (thread 0's): their
-          // spans are placed from the step's start, the perturbation first.
-          if (!phased) {
-            if (m.perturbationMs > 0) passSpan("perturbation", started, m.perturbationMs);
-            passSpan("update", started + m.perturbationMs, m.updateMs);
-          }
+          // spans are placed from the step's start.
+          if (!phased) for (const p of m.phases ?? []) passSpan(p.name, started + p.startMs, p.ms);
           span.setAttributes({
             "vaccine.step": m.step,
             "vaccine.loss": m.loss,

@@ -2,6 +2,7 @@
 // and the steps split over data-parallel threads (VACCINE_TRAIN_THREADS).
 import * as tf from "@tensorflow/tfjs";
 import { context, metrics } from "@opentelemetry/api";
+import { hrTimeToMilliseconds } from "@opentelemetry/core";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -11,7 +12,7 @@ import type { LoraConfig } from "../../services/runtime/model/lora.ts";
 import { loadCheckpoint, parentOf } from "../../services/runtime/pipeline/load.ts";
 import { trainAdapter, type AdapterTrainingSpec } from "../../services/runtime/pipeline/train-adapter.ts";
 import type { CheckpointRef } from "../../services/runtime/store/store.ts";
-import { EXAMPLES } from "../helpers/tiny-world.ts";
+import { EXAMPLES, HARMFUL_EXAMPLES } from "../helpers/tiny-world.ts";
 import { tinyStore, type TinyStore } from "../helpers/tiny-store.ts";
 
 let t: TinyStore;
@@ -79,7 +80,7 @@ describe("trainAdapter", () => {
     await expect(trainAdapter(t.store, spec(t.base, { checkpointEvery: 2, method: { kind: "sft" } }), { resumeFrom: state })).rejects.toThrow(/another run/);
   });
 
-  it("with VACCINE_TRAIN_THREADS=2 trains SFT and Vaccine data-parallel: the same adapter within float rounding, a span per step and pass", async () => {
+  it("with VACCINE_TRAIN_THREADS=2 trains every method and guard data-parallel: the same adapter within float rounding, a span per step and pass", async () => {
     context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
     // With LoRA dropout: each thread applies its rows of the masks one thread would draw.
     const lora: LoraConfig = { r: 4, alpha: 8, dropout: 0.1, targetModules: ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"] };
@@ -89,21 +90,28 @@ describe("trainAdapter", () => {
       c.dispose();
       return w;
     };
-    for (const method of [{ kind: "sft" }, { kind: "vaccine", rho: 0.5, refreshEvery: 1 }] as const) {
-      const one = (await trainAdapter(t.store, spec(t.base, { method, lora })))!;
+    const { phaseSpan } = TRAINING;
+    const cases: [string, Partial<AdapterTrainingSpec>, string[]][] = [
+      ["SFT", { method: { kind: "sft" } }, [phaseSpan.update]],
+      ["Vaccine", { method: { kind: "vaccine", rho: 0.5, refreshEvery: 1 } }, [phaseSpan.perturbation, phaseSpan.update]],
+      ["Booster", { method: { kind: "booster", lambda: 5, alpha: 0.1 }, harmful: HARMFUL_EXAMPLES }, [phaseSpan.harmful, phaseSpan.harmful_shifted, phaseSpan.update]],
+      ["SFT under Lisa", { method: { kind: "sft" }, guard: { kind: "lisa", alignmentSteps: 2, userSteps: 2, rho: 1, alignmentData: EXAMPLES.slice(0, 3) } }, [phaseSpan.update]],
+    ];
+    for (const [name, o, passes] of cases) {
+      const one = (await trainAdapter(t.store, spec(t.base, { ...o, lora })))!;
       const exporter = new InMemorySpanExporter();
-      const telemetry = trainingTelemetry(new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }).getTracer("test"), metrics.getMeter("test"), { kind: "align", method: method.kind, rho: 0.5 });
+      const telemetry = trainingTelemetry(new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }).getTracer("test"), metrics.getMeter("test"), { kind: "align", method: name, rho: 0.5 });
       const logs: string[] = [];
       const before = process.env.VACCINE_TRAIN_THREADS;
       process.env.VACCINE_TRAIN_THREADS = "2";
       let two: CheckpointRef;
       try {
-        two = (await trainAdapter(t.store, spec(t.base, { method, lora }), { step: telemetry.step, phase: telemetry.phase, onLog: (m) => logs.push(m) }))!;
+        two = (await trainAdapter(t.store, spec(t.base, { ...o, lora }), { step: telemetry.step, phase: telemetry.phase, onLog: (m) => logs.push(m) }))!;
       } finally {
         if (before === undefined) delete process.env.VACCINE_TRAIN_THREADS;
         else process.env.VACCINE_TRAIN_THREADS = before;
       }
-      expect(logs, method.kind).toContain("training data-parallel on 2 threads");
+      expect(logs, name).toContain("training data-parallel on 2 threads");
       const [a, b] = [await adapterOf(one), await adapterOf(two)];
       // B starts at zero: its size is how far training moved the adapter.
       let moved = 0;
@@ -115,15 +123,16 @@ describe("trainAdapter", () => {
           if (name.endsWith(".B")) moved = Math.max(moved, Math.abs(x[i]));
         }
       }
-      expect(moved, method.kind).toBeGreaterThan(1e-3);
-      expect(diff / moved, `${method.kind}: adapters differ by float rounding only`).toBeLessThan(1e-3);
-      // One step span per step, each with its passes as children (Vaccine: perturbation and update).
+      expect(moved, name).toBeGreaterThan(1e-3);
+      expect(diff / moved, `${name}: adapters differ by float rounding only`).toBeLessThan(1e-3);
+      // One step span per step, each with its passes as children, in the order they ran.
       const spans = exporter.getFinishedSpans();
       const steps = spans.filter((x) => x.name === TRAINING.stepSpan);
       expect(steps.map((x) => x.attributes["vaccine.step"])).toEqual([1, 2, 3, 4, 5, 6]);
       for (const st of steps) {
-        const passes = spans.filter((x) => x.parentSpanContext?.spanId === st.spanContext().spanId).map((x) => x.name);
-        expect(passes, method.kind).toEqual(method.kind === "sft" ? [TRAINING.phaseSpan.update] : [TRAINING.phaseSpan.perturbation, TRAINING.phaseSpan.update]);
+        const children = spans.filter((x) => x.parentSpanContext?.spanId === st.spanContext().spanId);
+        expect(children.map((x) => x.name), name).toEqual(passes);
+        children.slice(1).forEach((x, i) => expect(hrTimeToMilliseconds(x.startTime), name).toBeGreaterThanOrEqual(hrTimeToMilliseconds(children[i].startTime)));
       }
     }
   });

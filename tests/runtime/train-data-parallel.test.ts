@@ -8,13 +8,14 @@ import type { HostTensors } from "../../services/runtime/host-tensor.ts";
 import { causalLmLoss } from "../../services/runtime/model/loss.ts";
 import { LoraAdapter, type LoraConfig } from "../../services/runtime/model/lora.ts";
 import { batchAt } from "../../services/runtime/train/batches.ts";
-import { DataParallelTrainer, type DataParallelMethod } from "../../services/runtime/train/data-parallel.ts";
+import { stepFunction, type AlignmentMethod, type StepRecipe } from "../../services/runtime/pipeline/alignment-methods.ts";
+import { DataParallelTrainer } from "../../services/runtime/train/data-parallel.ts";
+import { HarmfulBatches } from "../../services/runtime/train/harmful-batches.ts";
 import { Trainer, TrainingDivergedError, type TrainOptions } from "../../services/runtime/train/loop.ts";
 import { learningRateAt } from "../../services/runtime/train/schedule.ts";
 import { abortSharedSum, PeerFailedError, SharedSum, sharedSumBuffers } from "../../services/runtime/train/shared-sum.ts";
-import { SftStep } from "../../services/runtime/train/step.ts";
-import { EPS_KEY, NORM_KEY, VaccineStep } from "../../services/runtime/train/vaccine-step.ts";
-import { EXAMPLES, tinyTokenizer, tinyWorldModel } from "../helpers/tiny-world.ts";
+import { EPS_KEY, NORM_KEY } from "../../services/runtime/train/vaccine-step.ts";
+import { EXAMPLES, HARMFUL_EXAMPLES, tinyTokenizer, tinyWorldModel } from "../helpers/tiny-world.ts";
 
 beforeAll(async () => {
   await selectBackend("wasm", () => {});
@@ -38,10 +39,10 @@ function initial() {
   return out;
 }
 
-const stepFnOf = (m: DataParallelMethod) => (m.name === "sft" ? new SftStep() : new VaccineStep(m.rho, m.refreshEvery));
+const stepFnOf = (method: AlignmentMethod) => stepFunction({ method, seed: 3 });
 
 /** The reference: the training loop on this thread. */
-function singleThread(method: DataParallelMethod, o: TrainOptions, dropout = 0) {
+function singleThread(method: AlignmentMethod, o: TrainOptions, dropout = 0) {
   const base = tinyWorldModel(tokenizer, 0);
   const adapter = LoraAdapter.fromWeights(base.config, loraWith(dropout), initial().lora);
   const trainer = new Trainer({ model: base, lora: adapter, data: EXAMPLES, tokenizer, options: o, stepFn: stepFnOf(method) });
@@ -70,13 +71,14 @@ async function runSteps(dp: DataParallelTrainer, o: TrainOptions, from: number, 
   return { steps, mainCounts };
 }
 
-const startThreads = (method: DataParallelMethod, o: TrainOptions, lora = initial().lora, dropout = 0) => {
+const startThreads = (method: AlignmentMethod | StepRecipe, o: TrainOptions, lora = initial().lora, dropout = 0) => {
   const { config, weights } = initial();
-  return DataParallelTrainer.start({ config, weights, lora: { config: loraWith(dropout), weights: lora }, method, weightDecay: o.weightDecay, threads: 2 });
+  const recipe = "kind" in method ? { method, seed: 3 } : method;
+  return DataParallelTrainer.start({ config, weights, lora: { config: loraWith(dropout), weights: lora }, recipe, weightDecay: o.weightDecay, threads: 2 });
 };
 
 /** The whole run on two threads. */
-async function twoThreads(method: DataParallelMethod, o: TrainOptions, dropout = 0) {
+async function twoThreads(method: AlignmentMethod, o: TrainOptions, dropout = 0) {
   const mainTensors = tf.memory().numTensors;
   const dp = await startThreads(method, o, initial().lora, dropout);
   try {
@@ -123,16 +125,16 @@ function difference(a: HostTensors, b: HostTensors, start: HostTensors) {
 describe("data-parallel training on two threads", () => {
   it.each([
     // Batch 5 of 6 examples: shards of 2 and 3 rows, then a batch of 1 where one thread has no rows.
-    ["SFT", { name: "sft" }, 5],
-    ["Vaccine", { name: "vaccine", rho: 0.5 }, 5],
-    ["Vaccine with a relative rho", { name: "vaccine", rho: { relative: 0.05 } }, 5],
+    ["SFT", { kind: "sft" }, 5],
+    ["Vaccine", { kind: "vaccine", rho: 0.5, refreshEvery: 1 }, 5],
+    ["Vaccine with a relative rho", { kind: "vaccine", rho: { relative: 0.05 }, refreshEvery: 1 }, 5],
     // A perturbation kept from a batch of 5 and reused on a batch of 1, and the other way round.
-    ["accelerated Vaccine (tau 3)", { name: "vaccine", rho: 0.5, refreshEvery: 3 }, 5],
+    ["accelerated Vaccine (tau 3)", { kind: "vaccine", rho: 0.5, refreshEvery: 3 }, 5],
     // LoRA dropout (the contract's default 0.1, here 0.3): each thread applies its rows of the
     // masks one thread draws for the whole batch, in both of Vaccine's passes.
-    ["SFT with LoRA dropout", { name: "sft" }, 5, 0.3],
-    ["Vaccine with LoRA dropout", { name: "vaccine", rho: 0.5 }, 5, 0.3],
-  ] as const)("%s: the single-thread losses and adapter, identical threads, flat memory", async (_, method, batchSize, dropout?: number) => {
+    ["SFT with LoRA dropout", { kind: "sft" }, 5, 0.3],
+    ["Vaccine with LoRA dropout", { kind: "vaccine", rho: 0.5, refreshEvery: 1 }, 5, 0.3],
+  ] as const)("%s: the single-thread losses and adapter, identical threads, flat memory", async (_, method: AlignmentMethod, batchSize, dropout?: number) => {
     const o = options(batchSize, 6);
     const start = initial().lora;
     const reference = singleThread(method, o, dropout ?? 0);
@@ -167,9 +169,102 @@ describe("data-parallel training on two threads", () => {
     expect(dp.dp.liveThreads).toBe(0);
   });
 
+  /**
+   * A run of the training loop with a recipe's step function, on this thread or on two data-parallel
+   * threads (Trainer.runStepOnThreads, as trainAdapter runs it).
+   */
+  async function viaTrainer(recipe: StepRecipe, o: TrainOptions, dropout: number, threads: number) {
+    const base = tinyWorldModel(tokenizer, 0);
+    const adapter = LoraAdapter.fromWeights(base.config, loraWith(dropout), initial().lora);
+    const trainer = new Trainer({ model: base, lora: adapter, data: EXAMPLES, tokenizer, options: o, stepFn: stepFunction(recipe) });
+    if (threads > 1) {
+      trainer.dataParallel = await DataParallelTrainer.start({
+        config: base.config, weights: base.exportWeights(), lora: { config: loraWith(dropout), weights: adapter.exportWeights() }, recipe, weightDecay: o.weightDecay, threads,
+      });
+    }
+    try {
+      const steps = [];
+      while (!trainer.done) steps.push(threads > 1 ? await trainer.runStepOnThreads() : trainer.runStep());
+      const perThread = await trainer.dataParallel?.weights();
+      await trainer.syncFromThreads();
+      return { steps, final: adapter.exportWeights(), state: trainer.exportState(), perThread };
+    } finally {
+      await trainer.dataParallel?.close();
+      trainer.dispose();
+      adapter.dispose();
+      base.dispose();
+    }
+  }
+
+  const harmfulOf = (o: TrainOptions) => HarmfulBatches.of(HARMFUL_EXAMPLES, tokenizer, o).encoded;
+  const lisaOf = (method: AlignmentMethod) => ({ method, lisa: { options: { alignmentSteps: 2, userSteps: 2, rho: 1 }, alignmentData: EXAMPLES.slice(0, 3), userData: EXAMPLES } });
+
+  it.each([
+    // Batch 5: training batches of 5 and 1 rows (thread 0 a stand-in), harmful batches of 4 (both
+    // threads hold rows). Batch 3: training batches of 3, harmful batches of 3 and 1.
+    // 2 of the model's 2 layers drawn, then 1: its other layer's adapter frozen on both threads.
+    ["T-Vaccine", (o: TrainOptions) => ({ method: { kind: "t_vaccine", rho: 0.5, layers: 1, resampleEvery: 2, probeEvery: 3 }, harmful: harmfulOf(o) }), 5, 0],
+    ["T-Vaccine with LoRA dropout", (o: TrainOptions) => ({ method: { kind: "t_vaccine", rho: 0.5, layers: 1, resampleEvery: 2, probeEvery: 3 }, harmful: harmfulOf(o) }), 3, 0.3],
+    ["Booster", (o: TrainOptions) => ({ method: { kind: "booster", lambda: 5, alpha: 0.1 }, harmful: harmfulOf(o) }), 5, 0],
+    ["Booster with LoRA dropout", (o: TrainOptions) => ({ method: { kind: "booster", lambda: 5, alpha: 0.1 }, harmful: harmfulOf(o) }), 3, 0.3],
+    ["RepNoise", (o: TrainOptions) => ({ method: { kind: "repnoise", alpha: 1, beta: 0.5 }, harmful: harmfulOf(o) }), 5, 0],
+    ["RepNoise with LoRA dropout", (o: TrainOptions) => ({ method: { kind: "repnoise", alpha: 1, beta: 0.5 }, harmful: harmfulOf(o) }), 3, 0.3],
+    ["Lisa over SFT", () => lisaOf({ kind: "sft" }), 5, 0],
+    ["Lisa over Vaccine with LoRA dropout", () => lisaOf({ kind: "vaccine", rho: 0.5, refreshEvery: 1 }), 3, 0.3],
+  ] as const)("%s: the single-thread losses, norms, adapter and training state", async (_, recipeOf, batchSize, dropout) => {
+    const o = options(batchSize, 6);
+    const recipe = { seed: o.seed, ...recipeOf(o) } as StepRecipe;
+    const start = initial().lora;
+    const one = await viaTrainer(recipe, o, dropout, 1);
+    const two = await viaTrainer(recipe, o, dropout, 2);
+    // Tolerances as above (float rounding of sums in another order). Without the whole batch's
+    // sums (a shard's own norm, MMD or token count, a proximal term counted twice, a thread's
+    // own dropout masks) they fail by orders of magnitude.
+    one.steps.forEach((r, i) => {
+      const d = two.steps[i];
+      expect(Math.abs(d.loss - r.loss)).toBeLessThan(1e-5 * Math.abs(r.loss));
+      expect(Math.abs(d.gradNorm - r.gradNorm)).toBeLessThan(1e-4 * r.gradNorm);
+      expect(Math.abs(d.perturbationNorm - r.perturbationNorm)).toBeLessThanOrEqual(1e-5 * r.perturbationNorm);
+      expect(d.lisa?.state).toBe(r.lisa?.state);
+      expect(Math.abs((d.lisa?.proximal ?? 0) - (r.lisa?.proximal ?? 0))).toBeLessThanOrEqual(1e-4 * (r.lisa?.proximal ?? 0));
+    });
+    if (recipe.lisa) expect(Math.max(...one.steps.map((s) => s.lisa!.proximal))).toBeGreaterThan(0);
+    const { diff, moved } = difference(two.final, one.final, start);
+    expect(moved).toBeGreaterThan(1e-3);
+    expect(diff).toBeLessThan(1e-3 * moved);
+    // Every step state but Vaccine's perturbation, which the threads keep only for reuse (tau > 1, none here).
+    const kept = [...one.state.stepState].filter(([key]) => !key.startsWith(EPS_KEY));
+    for (const [key, t] of kept) {
+      const got = two.state.stepState.get(key)!;
+      const scale = t.data.reduce((m, x) => Math.max(m, Math.abs(x)), 0);
+      t.data.forEach((x, i) => expect(Math.abs(got.data[i] - x)).toBeLessThanOrEqual(1e-4 * scale));
+    }
+    expect([...two.state.stepState.keys()].sort()).toEqual(kept.map(([key]) => key).sort());
+    const [first, other] = two.perThread!;
+    for (const [name, t] of first) expect(other.get(name)!.data).toEqual(t.data);
+  });
+
+  it("the defences' threads hold as many tensors after every step", async () => {
+    const o = options(3, 6);
+    const methods: AlignmentMethod[] = [
+      { kind: "t_vaccine", rho: 0.5, layers: 1, resampleEvery: 2, probeEvery: 3 },
+      { kind: "booster", lambda: 5, alpha: 0.1 },
+      { kind: "repnoise", alpha: 1, beta: 0.5 },
+    ];
+    for (const method of methods) {
+      const dp = await startThreads({ method, seed: o.seed, harmful: harmfulOf(o) }, o, initial().lora, 0.3);
+      try {
+        const { steps } = await runSteps(dp, o, 0, o.maxSteps!);
+        for (const s of steps) expect(s.threadTensors).toEqual(steps[0].threadTensors);
+      } finally {
+        await dp.close();
+      }
+    }
+  });
+
   // Batch 5 of 6 examples, tau 3: the perturbation kept after step 3 comes from a batch of one
   // row, where thread 0 had only a stand-in row.
-  const stateMethod: DataParallelMethod = { name: "vaccine", rho: 0.5, refreshEvery: 3 };
+  const stateMethod: AlignmentMethod = { kind: "vaccine", rho: 0.5, refreshEvery: 3 };
 
   it("exports the single-thread loop's training state (optimizer moments, kept perturbation)", async () => {
     const o = options(5, 6);
@@ -225,7 +320,7 @@ describe("data-parallel training on two threads", () => {
   it("a diverged step rejects with TrainingDivergedError, and the threads end on close", async () => {
     const { config, weights, lora } = initial();
     weights.get("model.norm.weight")!.data.fill(Number.NaN);
-    const dp = await DataParallelTrainer.start({ config, weights, lora: { config: LORA, weights: lora }, method: { name: "vaccine", rho: 0.5 }, weightDecay: 0 });
+    const dp = await DataParallelTrainer.start({ config, weights, lora: { config: LORA, weights: lora }, recipe: { method: { kind: "vaccine", rho: 0.5, refreshEvery: 1 }, seed: 0 }, weightDecay: 0 });
     const batch = collate(EXAMPLES.slice(0, 4), tokenizer);
     await expect(dp.step({ batch, step: 0, learningRate: 1e-2, gradClip: 1, dropoutSeed: 0 })).rejects.toThrow(TrainingDivergedError);
     // The threads may have parted ways: the trainer refuses further steps.
@@ -238,7 +333,7 @@ describe("data-parallel training on two threads", () => {
     const { config, weights, lora } = initial();
     const threads = () => readdirSync("/proc/self/task").length;
     const before = threads();
-    await expect(DataParallelTrainer.start({ config, weights, lora: { config: LORA, weights: lora }, method: { name: "vaccine", rho: -1 }, weightDecay: 0 })).rejects.toThrow(/rho/);
+    await expect(DataParallelTrainer.start({ config, weights, lora: { config: LORA, weights: lora }, recipe: { method: { kind: "vaccine", rho: -1, refreshEvery: 1 }, seed: 0 }, weightDecay: 0 })).rejects.toThrow(/rho/);
     expect(threads()).toBe(before);
   });
 

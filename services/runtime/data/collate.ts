@@ -34,6 +34,14 @@ export interface Batch {
   truncated: number;
 }
 
+/** One example as a row of a batch, before padding. */
+export interface EncodedRow {
+  ids: number[];
+  /** Position of the first labelled token. */
+  supervisedFrom: number;
+  truncated: boolean;
+}
+
 /**
  * Collates a batch. Truncation cuts from the right at maxLength, so a long output loses
  * its tail and its eos. When the prompt alone reaches maxLength the row is kept (so
@@ -41,32 +49,33 @@ export interface Batch {
  * nothing to the loss and is counted in `unsupervised`.
  */
 export function collate(items: ReadonlyArray<Example | string>, tokenizer: Tokenizer, opts: CollateOptions = {}): Batch {
+  return padRows(encodeRows(items, tokenizer, opts), tokenizer.padId);
+}
+
+/** The rows collate pads, one per item (tokenized once, they can be batched again without the tokenizer). */
+export function encodeRows(items: ReadonlyArray<Example | string>, tokenizer: Tokenizer, opts: CollateOptions = {}): EncodedRow[] {
   const maxLength = opts.maxLength ?? 200;
   const mode = opts.mode ?? "response";
   if (!Number.isInteger(maxLength) || maxLength < 1) throw new RangeError(`maxLength must be a positive integer, got ${maxLength}`);
-  if (items.length === 0) throw new RangeError("cannot collate an empty batch");
   const bos = tokenizer.addBos && tokenizer.bosId !== null ? [tokenizer.bosId] : [];
-
-  let truncated = 0;
-  let unsupervised = 0;
-  const rows = items.map((item) => {
+  return items.map((item) => {
     const [prefix, target] =
       typeof item === "string"
         ? [bos, [...tokenizer.encode(item), tokenizer.eosId]]
         : [[...bos, ...tokenizer.encode(formatPrompt(item))], [...tokenizer.encode(item.output), tokenizer.eosId]];
     const supervisedFrom = typeof item === "string" || mode === "all" ? 0 : prefix.length;
-    let ids = [...prefix, ...target];
-    if (ids.length > maxLength) {
-      ids = ids.slice(0, maxLength);
-      truncated++;
-    }
-    if (ids.length <= supervisedFrom) unsupervised++;
-    return { ids, supervisedFrom };
+    const ids = [...prefix, ...target];
+    const truncated = ids.length > maxLength;
+    return { ids: truncated ? ids.slice(0, maxLength) : ids, supervisedFrom, truncated };
   });
+}
 
+/** Rows right-padded with padId into one batch; labels from each row's supervisedFrom on. */
+export function padRows(rows: readonly EncodedRow[], padId: number): Batch {
+  if (rows.length === 0) throw new RangeError("cannot collate an empty batch");
   const seqLen = Math.max(...rows.map((r) => r.ids.length));
   const batch = rows.length;
-  const inputIds = new Int32Array(batch * seqLen).fill(tokenizer.padId);
+  const inputIds = new Int32Array(batch * seqLen).fill(padId);
   const attentionMask = new Int32Array(batch * seqLen);
   const labels = new Int32Array(batch * seqLen).fill(IGNORE_INDEX);
   rows.forEach(({ ids, supervisedFrom }, b) => {
@@ -77,5 +86,7 @@ export function collate(items: ReadonlyArray<Example | string>, tokenizer: Token
       if (t >= supervisedFrom) labels[base + t] = id;
     });
   });
+  const truncated = rows.filter((r) => r.truncated).length;
+  const unsupervised = rows.filter((r) => r.ids.length <= r.supervisedFrom).length;
   return { inputIds, attentionMask, labels, batch, seqLen, unsupervised, truncated };
 }

@@ -1,12 +1,14 @@
 /**
  * The alignment methods (AlignSpec.method) as the runtime runs them: each one's settings
  * with every default already applied, and the step function that implements it
- * (docs/method.md for SFT and Vaccine, docs/defences.md for the others).
+ * (docs/method.md for SFT and Vaccine, docs/defences.md for the others), made from plain
+ * data (StepRecipe) so that every thread of a data-parallel run makes the same.
  */
 import type { Example } from "../data/template.ts";
 import type { Tokenizer } from "../tokenizer.ts";
 import { BoosterStep } from "../train/booster-step.ts";
-import { HarmfulBatches } from "../train/harmful-batches.ts";
+import { HarmfulBatches, type EncodedHarmful } from "../train/harmful-batches.ts";
+import { LisaStep, type LisaOptions } from "../train/lisa.ts";
 import type { TrainOptions } from "../train/loop.ts";
 import { RepNoiseStep } from "../train/repnoise-step.ts";
 import { SftStep, type StepFunction } from "../train/step.ts";
@@ -27,9 +29,38 @@ export function needsHarmfulData(method: AlignmentMethod): boolean {
 
 /** The method's step; `harmful` is required when needsHarmfulData(method). */
 export function alignmentStep(method: AlignmentMethod, tokenizer: Tokenizer, training: TrainOptions, harmful?: Example[]): StepFunction {
+  return stepFunction({ method, seed: training.seed, ...(harmful && needsHarmfulData(method) && { harmful: HarmfulBatches.of(harmful, tokenizer, training).encoded }) });
+}
+
+/**
+ * What a run's step function is made from, as plain data: the threads of a data-parallel run
+ * (train/data-parallel.ts) each make theirs from the recipe the run's own came from.
+ */
+export interface StepRecipe {
+  method: AlignmentMethod;
+  /** The run's seed (T-Vaccine's draws, RepNoise's noise). */
+  seed: number;
+  /** The harmful data tokenized, for the methods that read it. */
+  harmful?: EncodedHarmful;
+  /** A Lisa guard around the method's step (fine-tune-guards.ts). */
+  lisa?: LisaRecipe;
+}
+
+export interface LisaRecipe {
+  options: LisaOptions;
+  alignmentData: Example[];
+  userData: Example[];
+}
+
+export function stepFunction({ method, seed, harmful, lisa }: StepRecipe): StepFunction {
+  const inner = methodStep(method, seed, harmful);
+  return lisa ? new LisaStep(inner, lisa.options, lisa.alignmentData, lisa.userData) : inner;
+}
+
+function methodStep(method: AlignmentMethod, seed: number, harmful?: EncodedHarmful): StepFunction {
   const batches = () => {
     if (!harmful) throw new RangeError(`the ${method.kind} method needs a harmful dataset`);
-    return new HarmfulBatches(harmful, tokenizer, training);
+    return new HarmfulBatches(harmful);
   };
   switch (method.kind) {
     case "sft":
@@ -37,10 +68,10 @@ export function alignmentStep(method: AlignmentMethod, tokenizer: Tokenizer, tra
     case "vaccine":
       return new VaccineStep(method.rho, method.refreshEvery);
     case "t_vaccine":
-      return new TVaccineStep({ ...method, seed: training.seed }, batches());
+      return new TVaccineStep({ ...method, seed }, batches());
     case "booster":
       return new BoosterStep({ lambda: method.lambda, alpha: method.alpha }, batches());
     case "repnoise":
-      return new RepNoiseStep({ alpha: method.alpha, beta: method.beta, seed: training.seed }, batches());
+      return new RepNoiseStep({ alpha: method.alpha, beta: method.beta, seed }, batches());
   }
 }

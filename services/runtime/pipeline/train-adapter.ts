@@ -10,11 +10,12 @@ import { join } from "node:path";
 import type { Example } from "../data/template.ts";
 import { LoraAdapter, type LoraConfig } from "../model/lora.ts";
 import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
-import { DataParallelTrainer, type DataParallelMethod } from "../train/data-parallel.ts";
+import { DataParallelTrainer } from "../train/data-parallel.ts";
+import { HarmfulBatches } from "../train/harmful-batches.ts";
 import { Trainer, type StepMetrics, type TrainOptions } from "../train/loop.ts";
 import type { PhaseRunner } from "../train/step.ts";
 import { VaccineStep, type RhoCalibration } from "../train/vaccine-step.ts";
-import { alignmentStep, type AlignmentMethod } from "./alignment-methods.ts";
+import { needsHarmfulData, stepFunction, type AlignmentMethod, type StepRecipe } from "./alignment-methods.ts";
 import { applyGuard, type FineTuneGuard } from "./fine-tune-guards.ts";
 import { KIND, loadCheckpoint } from "./load.ts";
 import { restoreTrainingState, saveTrainingState, writeAdapterFolder } from "./training-state.ts";
@@ -55,16 +56,20 @@ export interface TrainingRunHooks {
 export async function trainAdapter(store: CheckpointStore, spec: AdapterTrainingSpec, hooks: TrainingRunHooks = {}): Promise<CheckpointRef | undefined> {
   const parent = await loadCheckpoint(store, spec.parent, { merged: true });
   // The harmful batches are tokenized with the parent's tokenizer, so the step comes after the load.
-  const step = alignmentStep(spec.method, parent.tokenizer, spec.training, spec.harmful);
-  const guarded = applyGuard(spec.guard, spec.data, step, spec.training.seed);
+  const guarded = applyGuard(spec.guard, spec.data, spec.training.seed);
+  const recipe: StepRecipe = {
+    method: spec.method,
+    seed: spec.training.seed,
+    ...(spec.harmful && needsHarmfulData(spec.method) && { harmful: HarmfulBatches.of(spec.harmful, parent.tokenizer, spec.training).encoded }),
+    ...(guarded.lisa && { lisa: guarded.lisa }),
+  };
+  const step = stepFunction(recipe);
   // A relative rho resolved on the first batch (restored on resume): logged once, kept in the result's manifest.
   const calibration = () => (step instanceof VaccineStep ? step.calibration : undefined);
   let calibrationLogged = false;
   const adapter = LoraAdapter.init(parent.model.config, spec.lora, spec.training.seed);
   const threads = trainThreads();
-  const parallel = threads > 1 ? dataParallelMethod(spec.method, spec.guard !== undefined) : undefined;
-  if (threads > 1 && !parallel) hooks.onLog?.(`VACCINE_TRAIN_THREADS=${threads}: ${spec.guard ? "a fine-tuning guard" : spec.method.kind} trains on one thread`);
-  const trainer = new Trainer({ model: parent.model, lora: adapter, data: guarded.data, tokenizer: parent.tokenizer, options: spec.training, stepFn: guarded.stepFn });
+  const trainer = new Trainer({ model: parent.model, lora: adapter, data: guarded.data, tokenizer: parent.tokenizer, options: spec.training, stepFn: step });
   // Identifies the run: a training state resumes only the run that wrote it.
   const plan = { parent: spec.parent, method: spec.method, lora: spec.lora, training: spec.training, examples: spec.data.length, ...(spec.harmful && { harmfulExamples: spec.harmful.length }), ...(guarded.plan && { guard: guarded.plan }) };
   const checkpoint = async () => {
@@ -78,11 +83,11 @@ export async function trainAdapter(store: CheckpointStore, spec: AdapterTraining
       const step = await restoreTrainingState(store, hooks.resumeFrom, trainer, adapter, plan);
       hooks.onLog?.(`resumed at step ${step} of ${trainer.totalSteps} from ${hooks.resumeFrom.uri}`);
     }
-    if (parallel) {
+    if (threads > 1) {
       // Started once a resumed state is in the adapter and trainer.
       const dataParallel = (trainer.dataParallel = await DataParallelTrainer.start({
         config: parent.model.config, weights: parent.model.exportWeights(), lora: { config: spec.lora, weights: adapter.exportWeights() },
-        method: parallel, weightDecay: spec.training.weightDecay, threads,
+        recipe, weightDecay: spec.training.weightDecay, threads,
       }));
       await dataParallel.importState(trainer.exportState());
       hooks.onLog?.(`training data-parallel on ${threads} threads`);
@@ -133,14 +138,6 @@ export function trainThreads(env: NodeJS.ProcessEnv = process.env): number {
   const n = Number(raw);
   if (!Number.isInteger(n) || n < 1) throw new RangeError(`VACCINE_TRAIN_THREADS must be an integer >= 1, got ${JSON.stringify(raw)}`);
   return n;
-}
-
-/** The method as the data-parallel threads run it: SFT and Vaccine, without a guard; else undefined (one thread). */
-export function dataParallelMethod(method: AlignmentMethod, guarded: boolean): DataParallelMethod | undefined {
-  if (guarded) return undefined;
-  if (method.kind === "sft") return { name: "sft" };
-  if (method.kind === "vaccine") return { name: "vaccine", rho: method.rho, refreshEvery: method.refreshEvery };
-  return undefined;
 }
 
 /** The result manifest's record of a relative rho (proto VaccineMethod.rho_relative: meta.vaccine). */

@@ -16,13 +16,15 @@
  * The gradient drops the second-order term (the shift's dependence on w), as the reference
  * does. The step reports the whole objective as its loss; with lambda = 0 that is f(w) and
  * the update is g_f, exactly the SFT step when LoRA dropout is 0. The only state is the
- * harmful-data cursor (harmful-batches.ts).
+ * harmful-data cursor (harmful-batches.ts). On a data-parallel shard every term is its rows'
+ * part of the whole batch's (summed by the update), but the shift takes the whole g_h.
  */
 import * as tf from "@tensorflow/tfjs";
 import { globalNorm } from "./adamw.ts";
 import type { HostTensors } from "../host-tensor.ts";
 import { checkCursor, cursorState, type HarmfulBatches } from "./harmful-batches.ts";
 import { disposeBatch } from "./loop.ts";
+import { sumOverShards } from "./shard.ts";
 import { lossAndGrads, type StepFunction, type StepInput, type StepOutput } from "./step.ts";
 import { NORM_EPS } from "./vaccine-step.ts";
 
@@ -45,7 +47,7 @@ export class BoosterStep implements StepFunction {
 
   run(input: StepInput): StepOutput {
     const { lambda, alpha } = this.options;
-    const batch = this.harmful.at(input.step);
+    const batch = this.harmful.at(input.step, input.shard);
     const onHarmful = { ...input, batch };
     let atW: ReturnType<typeof lossAndGrads> | undefined;
     let atShifted: ReturnType<typeof lossAndGrads> | undefined;
@@ -54,18 +56,25 @@ export class BoosterStep implements StepFunction {
       const g = atW.grads;
       let shift = 0;
       atShifted = input.phase("harmful_shifted", () => {
-        const norm = globalNorm([...g.values()]);
+        // A shard's g is its part of the whole batch's, which sets the shift.
+        const names = [...g.keys()];
+        const whole = input.shard ? sumOverShards(input.shard, names.map((n) => g.get(n)!)).tensors : names.map((n) => g.get(n)!);
+        const norm = globalNorm(whole);
         shift = (alpha * norm) / (norm + NORM_EPS);
         const saved = new Map([...input.params].map(([name, p]) => [name, p.clone()]));
         try {
           tf.tidy(() => {
-            for (const [name, p] of input.params) p.assign(p.sub(g.get(name)!.mul(alpha / (norm + NORM_EPS))));
+            names.forEach((name, i) => {
+              const p = input.params.get(name)!;
+              p.assign(p.sub(whole[i].mul(alpha / (norm + NORM_EPS))));
+            });
           });
           return lossAndGrads(onHarmful);
         } finally {
           // Back to w exactly: the shift is a probe, not an update.
           for (const [name, p] of input.params) p.assign(saved.get(name)!);
           saved.forEach((t) => t.dispose());
+          if (input.shard) tf.dispose(whole);
         }
       });
       const h = atW.loss;

@@ -13,10 +13,11 @@ import { loadBlasAddon } from "../native/blas-addon.ts";
 import { lowerThreadPriority } from "../thread-priority.ts";
 import { AdamW, clipCoefficient } from "./adamw.ts";
 import type { FromWorker, ToWorker, WorkerError, WorkerInit } from "./data-parallel.ts";
-import { disposeBatch, toTensors, TrainingDivergedError } from "./loop.ts";
+import { stepFunction } from "../pipeline/alignment-methods.ts";
+import { disposeBatch, TrainingDivergedError } from "./loop.ts";
+import { shardOf, sumOverShards, type Shard } from "./shard.ts";
 import { SharedSum } from "./shared-sum.ts";
-import { SftStep, type PhaseName, type StepFunction } from "./step.ts";
-import { VaccineStep } from "./vaccine-step.ts";
+import type { PhaseName, PhaseTiming } from "./step.ts";
 
 const init = workerData as WorkerInit;
 // A job's training, as on its job thread (training-worker.ts): requests get a core first.
@@ -37,46 +38,28 @@ async function setUp() {
     ? new Map([...lora.pairs].flatMap(([name, pair]) => [[loraWeightName(name, "A"), pair.a], [loraWeightName(name, "B"), pair.b]] as const))
     : new Map(model.weights);
   const optimizer = new AdamW(params, { weightDecay: init.weightDecay, decays: (n) => !n.endsWith("norm.weight") });
-  const m = init.method;
-  const stepFn: StepFunction = m.name === "sft" ? new SftStep() : new VaccineStep(m.rho, m.refreshEvery);
-  return { model, lora, params, optimizer, stepFn, shared: new SharedSum(init.sum, init.rank) };
+  const shared = new SharedSum(init.sum, init.rank);
+  const shard: Shard = { rank: init.rank, shards: init.sum.threads, sum: (values) => shared.sum(values) };
+  return { model, lora, params, optimizer, stepFn: stepFunction(init.recipe), shard };
 }
 
 type Setup = Awaited<ReturnType<typeof setUp>>;
 
 function step(s: Setup, m: Extract<ToWorker, { t: "step" }>) {
-  const { model, lora, params, optimizer, stepFn, shared } = s;
-  const batch = toTensors(m.shard);
-  const [wholeTokens] = shared.sum([batch.tokens]);
-  batch.shareOfBatch = wholeTokens > 0 ? batch.tokens / wholeTokens : 0;
-  // The loop's seed on every thread, and each its rows of the whole batch's masks: one thread's dropout.
+  const { model, lora, params, optimizer, stepFn, shard } = s;
+  const batch = shardOf(m.batch, shard);
+  // The loop's seed on every thread, and each its rows of the whole batch's masks (TrainBatch.rows): one thread's dropout.
   lora?.reseedDropout(m.dropoutSeed);
-  if (lora) lora.dropoutWindow = m.rows;
-  // The shared sum's layout: every gradient in parameter order, then the loss.
-  const lossAt = [...params.values()].reduce((n, p) => n + p.size, 0);
-  let loss = Number.NaN;
   const update = (shardLoss: number, grads: Map<string, tf.Tensor>): number => {
     let summed: tf.Tensor[] = [];
     try {
-      const flat = new Float32Array(lossAt + 1);
-      let offset = 0;
-      for (const [name, p] of params) {
-        const g = grads.get(name);
-        if (!g) throw new Error(`data-parallel: no gradient for ${name} (a step that freezes parameters is not supported)`);
-        flat.set(g.dataSync() as Float32Array, offset);
-        offset += p.size;
-      }
-      flat[lossAt] = shardLoss;
-      const sums = shared.sum(flat);
-      loss = sums[lossAt];
+      // In parameter order; a parameter the step froze (T-Vaccine) is frozen on every thread.
+      const names = [...params.keys()].filter((name) => grads.has(name));
+      const sums = sumOverShards(shard, names.map((name) => grads.get(name)!), [shardLoss]);
+      summed = sums.tensors;
+      const [loss] = sums.numbers;
       if (!Number.isFinite(loss)) throw new TrainingDivergedError(m.step + 1, loss);
-      offset = 0;
-      const whole = new Map<string, tf.Tensor>();
-      for (const [name, p] of params) {
-        whole.set(name, tf.tensor(sums.subarray(offset, offset + p.size), p.shape));
-        offset += p.size;
-      }
-      summed = [...whole.values()];
+      const whole = new Map(names.map((name, i) => [name, summed[i]]));
       const { norm, scale } = clipCoefficient(whole, m.gradClip);
       if (!Number.isFinite(norm)) throw new TrainingDivergedError(m.step + 1, norm);
       optimizer.apply(whole, m.learningRate, scale);
@@ -86,19 +69,22 @@ function step(s: Setup, m: Extract<ToWorker, { t: "step" }>) {
       tf.dispose(summed);
     }
   };
-  const timings: Partial<Record<PhaseName, number>> = {};
+  const started = performance.now();
+  const phases: PhaseTiming[] = [];
   const phase = <T>(name: PhaseName, fn: () => T): T => {
     const t0 = performance.now();
     try {
       return fn();
     } finally {
-      timings[name] = (timings[name] ?? 0) + performance.now() - t0;
+      phases.push({ name, startMs: t0 - started, ms: performance.now() - t0 });
     }
   };
   try {
-    const shard = { ...m.rows, sum: (values: ArrayLike<number>) => shared.sum(values) };
     const out = stepFn.run({ model, lora, params, batch, step: m.step, phase, update, shard });
-    return { loss, gradNorm: out.gradNorm, perturbationNorm: out.perturbationNorm, perturbationMs: timings.perturbation ?? 0, updateMs: timings.update ?? 0 };
+    // The step's loss as it reports it (Lisa's without its proximal term, which the update adds), over the whole batch.
+    const [loss] = shard.sum([out.loss]);
+    const msOf = (name: PhaseName) => phases.reduce((ms, p) => ms + (p.name === name ? p.ms : 0), 0);
+    return { ...out, loss, phases, perturbationMs: msOf("perturbation"), updateMs: msOf("update") };
   } finally {
     disposeBatch(batch);
   }

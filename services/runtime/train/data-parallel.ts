@@ -5,27 +5,26 @@
  * token count (TrainBatch.shareOfBatch), so the shards' gradients add up to the whole batch's;
  * they are added through shared memory (shared-sum.ts) and every thread applies the same
  * clipping and AdamW update, so the copies stay identical without sending weights. The result
- * is the single-thread step's up to float rounding. SFT and Vaccine (accelerated, relative rho):
- * Vaccine's norms and kept perturbation are the whole batch's (vaccine-step.ts), and LoRA
- * dropout's masks the whole batch's cut to each thread's rows (LoraAdapter.dropoutWindow).
+ * is the single-thread step's up to float rounding, for every method and guard: each thread
+ * makes its step function from the run's recipe (StepRecipe), and what a step needs of the
+ * whole batch besides the gradient goes through the same sums (shard.ts: Vaccine's and
+ * T-Vaccine's norms, Booster's shift, RepNoise's MMD, the harmful batch's token count), while
+ * LoRA dropout's masks are the whole batch's cut to each thread's rows (LoraAdapter.dropoutWindow).
  */
 import type { Worker } from "node:worker_threads";
 import { activeBackend } from "../backend.ts";
 import type { Batch } from "../data/collate.ts";
 import type { HostTensors } from "../host-tensor.ts";
 import type { LlamaConfig } from "../model/config.ts";
-import { IGNORE_INDEX } from "../model/loss.ts";
 import type { LoraConfig } from "../model/lora.ts";
+import type { StepRecipe } from "../pipeline/alignment-methods.ts";
 import { loadBlasAddon } from "../native/blas-addon.ts";
 import type { NativeKernelMode } from "../native/kernels.ts";
 import { startWorker } from "../start-worker.ts";
 import { TrainingDivergedError, type TrainerState } from "./loop.ts";
 import { abortSharedSum, PeerFailedError, sharedSumBuffers, type SharedSumBuffers } from "./shared-sum.ts";
-import type { Shard } from "./shard.ts";
-import type { StepOutput } from "./step.ts";
-import { EPS_KEY, type Rho } from "./vaccine-step.ts";
-
-export type DataParallelMethod = { name: "sft" } | { name: "vaccine"; rho: Rho; refreshEvery?: number };
+import type { PhaseTiming, StepOutput } from "./step.ts";
+import { EPS_KEY } from "./vaccine-step.ts";
 
 export interface DataParallelInit {
   config: LlamaConfig;
@@ -33,7 +32,8 @@ export interface DataParallelInit {
   weights: HostTensors;
   /** The adapter to train; without it every model weight trains. */
   lora?: { config: LoraConfig; weights: HostTensors };
-  method: DataParallelMethod;
+  /** What each thread makes its step function from: the run's own. */
+  recipe: StepRecipe;
   /** AdamW's, with norm weights exempt as in the training loop. */
   weightDecay: number;
   /** Default 2. */
@@ -60,6 +60,8 @@ export interface DataParallelStepOutput extends StepOutput {
   /** Thread 0's time in Vaccine's pass 1 and in the update pass (ms). */
   perturbationMs: number;
   updateMs: number;
+  /** Thread 0's passes, in the order they ran. */
+  phases: PhaseTiming[];
   /** tf.memory().numTensors of each thread after the step. */
   threadTensors: number[];
 }
@@ -71,18 +73,13 @@ export interface WorkerInit extends Omit<DataParallelInit, "threads" | "backend"
   sum: SharedSumBuffers;
 }
 
-export interface ShardStepResult {
-  loss: number;
-  gradNorm: number;
-  perturbationNorm: number;
-  perturbationMs: number;
-  updateMs: number;
+export interface ShardStepResult extends Omit<DataParallelStepOutput, "threadTensors"> {
   numTensors: number;
 }
 
-/** rows: which rows of the batch the shard holds (shard.ts). */
+/** Each thread gets the whole batch and takes its rows (shard.ts). */
 export type ToWorker =
-  | ({ t: "step"; shard: Batch; rows: Omit<Shard, "sum"> } & Omit<DataParallelStep, "batch">)
+  | ({ t: "step" } & DataParallelStep)
   | { t: "weights" }
   | { t: "state"; step: number }
   | { t: "importState"; state: TrainerState };
@@ -116,7 +113,7 @@ export class DataParallelTrainer {
   private constructor(
     private readonly workers: Worker[],
     private readonly sum: SharedSumBuffers,
-    private readonly method: DataParallelMethod,
+    private readonly recipe: StepRecipe,
   ) {
     this.live = workers.length;
     this.pending = workers.map(() => []);
@@ -151,7 +148,7 @@ export class DataParallelTrainer {
     const workers = Array.from({ length: threads }, (_, rank) =>
       startWorker(import.meta.url, "./data-parallel-worker", { workerData: { ...rest, backend, rank, sum } satisfies WorkerInit }),
     );
-    const trainer = new DataParallelTrainer(workers, sum, init.method);
+    const trainer = new DataParallelTrainer(workers, sum, init.recipe);
     try {
       await trainer.all(() => undefined);
     } catch (err) {
@@ -168,17 +165,15 @@ export class DataParallelTrainer {
 
   /** One training step on the batch split by rows across the threads. */
   async step(request: DataParallelStep): Promise<DataParallelStepOutput> {
-    const { batch, ...rest } = request;
-    const shards = splitRows(batch, this.workers.length);
-    const replies = await this.all((rank) => ({ t: "step", ...shards[rank], ...rest }));
+    const replies = await this.all(() => ({ t: "step", ...request }));
     const results = replies.map((m) => (m as { result: ShardStepResult }).result);
     const [first] = results;
     // Equal sums and equal updates give equal outcomes on every thread; anything else is a bug.
     if (results.some((r) => r.loss !== first.loss || r.gradNorm !== first.gradNorm || r.perturbationNorm !== first.perturbationNorm)) {
       throw this.fail(new Error(`data-parallel threads disagree: ${JSON.stringify(results)}`));
     }
-    const { loss, gradNorm, perturbationNorm, perturbationMs, updateMs } = first;
-    return { loss, gradNorm, perturbationNorm, perturbationMs, updateMs, threadTensors: results.map((r) => r.numTensors) };
+    const { numTensors: _, ...output } = first;
+    return { ...output, threadTensors: results.map((r) => r.numTensors) };
   }
 
   /** The trained weights (the adapter's, or the model's) of each thread. */
@@ -195,7 +190,8 @@ export class DataParallelTrainer {
   async exportState(step: number): Promise<TrainerState> {
     const [first] = await this.all(() => ({ t: "state", step }), [0]);
     const { state } = first as { state: TrainerState };
-    if (this.method.name === "vaccine" && (this.method.refreshEvery ?? 1) === 1) {
+    const { method } = this.recipe;
+    if (method.kind === "vaccine" && method.refreshEvery === 1) {
       for (const key of state.stepState.keys()) if (key.startsWith(EPS_KEY)) state.stepState.delete(key);
     }
     return state;
@@ -244,25 +240,6 @@ export class DataParallelTrainer {
     if (!this.closing) this.fail(err);
     for (const p of this.pending[rank].splice(0)) p.reject(err);
   }
-}
-
-/**
- * The batch's rows in contiguous, near-equal shards (its seqLen kept, so each row computes as
- * in the whole batch). A thread without rows gets one row that counts for nothing (no
- * attention, no label): it still takes part in every sum and applies the same update.
- */
-function splitRows(batch: Batch, shards: number): { shard: Batch; rows: Omit<Shard, "sum"> }[] {
-  const t = batch.seqLen;
-  return Array.from({ length: shards }, (_, k) => {
-    const rows = { from: Math.floor((k * batch.batch) / shards), to: Math.floor(((k + 1) * batch.batch) / shards), rows: batch.batch };
-    if (rows.to === rows.from) {
-      const shard = { inputIds: new Int32Array(t), attentionMask: new Int32Array(t), labels: new Int32Array(t).fill(IGNORE_INDEX), batch: 1, seqLen: t, unsupervised: 1, truncated: 0 };
-      return { shard, rows };
-    }
-    const cut = (a: Int32Array) => a.slice(rows.from * t, rows.to * t);
-    const shard = { inputIds: cut(batch.inputIds), attentionMask: cut(batch.attentionMask), labels: cut(batch.labels), batch: rows.to - rows.from, seqLen: t, unsupervised: 0, truncated: 0 };
-    return { shard, rows };
-  });
 }
 
 function fromWorkerError(e: WorkerError): Error {

@@ -7,32 +7,49 @@
  * cursor is still written to the training state and checked on resume, so a state whose
  * position disagrees with its step is refused rather than silently realigned.
  */
-import { collate } from "../data/collate.ts";
+import { encodeRows, padRows, type EncodedRow } from "../data/collate.ts";
 import type { Example } from "../data/template.ts";
 import type { HostTensors } from "../host-tensor.ts";
 import { hash32 } from "../rng.ts";
 import type { Tokenizer } from "../tokenizer.ts";
 import { batchAt } from "./batches.ts";
 import { toTensors, type TrainOptions } from "./loop.ts";
+import { shardOf, type Shard } from "./shard.ts";
 import type { TrainBatch } from "./step.ts";
 
-export class HarmfulBatches {
-  private readonly seed: number;
+/** The harmful data tokenized, as plain data: what a data-parallel thread makes its batches from. */
+export interface EncodedHarmful {
+  rows: EncodedRow[];
+  padId: number;
+  batchSize: number;
+  seed: number;
+}
 
-  constructor(
-    private readonly data: ReadonlyArray<Example>,
-    private readonly tokenizer: Tokenizer,
-    private readonly options: Pick<TrainOptions, "batchSize" | "maxSequenceLength" | "seed">,
-  ) {
-    if (data.length === 0) throw new RangeError("the harmful dataset is empty");
-    // Its own order: the same seed must not pair harmful batch k with training batch k's permutation.
-    this.seed = hash32(`${options.seed >>> 0}:harmful`);
+export class HarmfulBatches {
+  constructor(readonly encoded: EncodedHarmful) {
+    if (encoded.rows.length === 0) throw new RangeError("the harmful dataset is empty");
   }
 
-  /** Batch `index` (0-based) of the seeded order; the caller disposes it (disposeBatch). */
-  at(index: number): TrainBatch {
-    const { indices } = batchAt(this.data.length, this.options.batchSize, this.seed, index);
-    return toTensors(collate(indices.map((i) => this.data[i]), this.tokenizer, { maxLength: this.options.maxSequenceLength }));
+  /** The examples tokenized once, in their own seeded order (options.seed). */
+  static of(data: ReadonlyArray<Example>, tokenizer: Tokenizer, options: Pick<TrainOptions, "batchSize" | "maxSequenceLength" | "seed">): HarmfulBatches {
+    return new HarmfulBatches({
+      rows: encodeRows(data, tokenizer, { maxLength: options.maxSequenceLength }),
+      padId: tokenizer.padId,
+      batchSize: options.batchSize,
+      // Its own order: the same seed must not pair harmful batch k with training batch k's permutation.
+      seed: hash32(`${options.seed >>> 0}:harmful`),
+    });
+  }
+
+  /**
+   * Batch `index` (0-based) of the seeded order, or a shard's rows of it (shardOf); the caller
+   * disposes it (disposeBatch).
+   */
+  at(index: number, shard?: Shard): TrainBatch {
+    const { rows, padId, batchSize, seed } = this.encoded;
+    const { indices } = batchAt(rows.length, batchSize, seed, index);
+    const batch = padRows(indices.map((i) => rows[i]), padId);
+    return shard ? shardOf(batch, shard) : toTensors(batch);
   }
 }
 

@@ -14,6 +14,7 @@ import * as tf from "@tensorflow/tfjs";
 import type { Example } from "../data/template.ts";
 import type { HostTensors } from "../host-tensor.ts";
 import { toHost } from "../model/llama.ts";
+import { isLead } from "./shard.ts";
 import type { BatchSource, StepFunction, StepInput, StepOutput } from "./step.ts";
 
 export interface LisaOptions {
@@ -103,14 +104,16 @@ export class LisaStep implements StepFunction {
     const update = (loss: number, grads: Map<string, tf.Tensor>): number => {
       const prox = proximalTerm(input.params, anchor, this.options.rho);
       proximal = prox.value;
+      // Not a sum over the batch's rows: a data-parallel run counts it on one shard.
+      const counted = !input.shard || isLead(input.shard);
       const total = new Map<string, tf.Tensor>();
       for (const [n, g] of grads) {
-        const p = prox.grads.get(n)!;
-        total.set(n, g.add(p));
-        g.dispose();
-        p.dispose();
+        total.set(n, counted ? g.add(prox.grads.get(n)!) : g);
+        if (counted) g.dispose();
       }
-      return input.update(loss + proximal, total);
+      // Including those of parameters the step froze.
+      tf.dispose([...prox.grads.values()]);
+      return input.update(counted ? loss + proximal : loss, total);
     };
     const out = this.inner.run({ ...input, update });
     return { ...out, lisa: { state, proximal } };

@@ -16,7 +16,7 @@ import { AdamW, clipCoefficient } from "./adamw.ts";
 import { batchAt, batchesPerEpoch } from "./batches.ts";
 import { learningRateAt } from "./schedule.ts";
 import type { DataParallelTrainer } from "./data-parallel.ts";
-import { PHASES, type BatchSource, type PhaseName, type PhaseRunner, type StepFunction, type StepOutput, type TrainBatch } from "./step.ts";
+import { PHASES, type BatchSource, type PhaseName, type PhaseRunner, type PhaseTiming, type StepFunction, type StepOutput, type TrainBatch } from "./step.ts";
 
 export interface TrainOptions {
   learningRate: number;
@@ -46,6 +46,8 @@ export interface StepMetrics {
   stepMs: number;
   perturbationMs: number;
   updateMs: number;
+  /** Set for a step run on data-parallel threads: thread 0's passes (the job layer's spans). */
+  phases?: PhaseTiming[];
   /** Lisa's state and proximal term of the step, when the run uses Lisa. */
   lisa?: StepOutput["lisa"];
 }
@@ -148,7 +150,7 @@ export class Trainer {
     const { step, source, collated, learningRate, dropoutSeed } = this.nextStep();
     const out = await dp.step({ batch: collated, step, learningRate, gradClip: this.init.options.gradClip, dropoutSeed });
     this.step++;
-    return this.metrics(source, out, { learningRate, tokens: labelledTokens(collated), started, perturbationMs: out.perturbationMs, updateMs: out.updateMs });
+    return { ...this.metrics(source, out, { learningRate, tokens: labelledTokens(collated), started, perturbationMs: out.perturbationMs, updateMs: out.updateMs }), phases: out.phases };
   }
 
   /** Brings the weights, optimizer moments and step state here to the data-parallel threads' (before a checkpoint or the result). */

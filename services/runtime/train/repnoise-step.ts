@@ -18,7 +18,8 @@
  * The gradient is linear in the terms, so the step takes it in two passes (each its own
  * span): "harmful" (the MMD and ascent terms on the harmful batch) and "update" (l on the
  * training batch, then the update with the sum). alpha = beta = 0 is therefore exactly the
- * SFT step on l when LoRA dropout is 0.
+ * SFT step on l when LoRA dropout is 0. On a data-parallel shard the MMD is the whole batch's
+ * (shardedMmd) and the ascent the shard's part of the whole batch's mean.
  */
 import * as tf from "@tensorflow/tfjs";
 import type { LlamaModel } from "../model/llama.ts";
@@ -29,7 +30,8 @@ import { Rng } from "../rng.ts";
 import type { HostTensors } from "../host-tensor.ts";
 import { checkCursor, cursorState, type HarmfulBatches } from "./harmful-batches.ts";
 import { disposeBatch } from "./loop.ts";
-import { lossAndGrads, valueAndGrads, type StepFunction, type StepInput, type StepOutput, type TrainBatch } from "./step.ts";
+import { isLead, type Shard } from "./shard.ts";
+import { lossAndGrads, scaledToBatch, trainingForward, valueAndGrads, type StepFunction, type StepInput, type StepOutput, type TrainBatch } from "./step.ts";
 
 /** c of the kernels exp(-||a - b||^2 / (c * d)): five scales a factor 2 apart, around the distance of two N(0, I) draws (2d). */
 export const MMD_BANDWIDTHS = [0.5, 1, 2, 4, 8] as const;
@@ -51,12 +53,32 @@ export interface RepNoiseOptions {
 export function mmd2(x: tf.Tensor2D, y: tf.Tensor2D): tf.Scalar {
   return tf.tidy(() => {
     const d = x.shape[1];
-    const kernelMean = (a: tf.Tensor2D, b: tf.Tensor2D) => {
-      // ||a - b||^2 expanded; relu removes the tiny negatives rounding leaves on the diagonal.
-      const sq = a.square().sum(1).reshape([-1, 1]).add(b.square().sum(1).reshape([1, -1])).sub(linearT(a, b).mul(2)).relu();
-      return tf.addN(MMD_BANDWIDTHS.map((c) => sq.div(-c * d).exp())).mean();
-    };
+    const kernelMean = (a: tf.Tensor2D, b: tf.Tensor2D) => tf.addN(MMD_BANDWIDTHS.map((c) => squaredDistances(a, b).div(-c * d).exp())).mean();
     return kernelMean(x, x).add(kernelMean(y, y)).sub(kernelMean(x, y).mul(2)) as tf.Scalar;
+  });
+}
+
+/** ||a_i - b_j||^2 for every pair of rows, expanded; relu removes the tiny negatives rounding leaves on the diagonal. */
+function squaredDistances(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
+  return a.square().sum(1).reshape([-1, 1]).add(b.square().sum(1).reshape([1, -1])).sub(linearT(a, b).mul(2)).relu() as tf.Tensor2D;
+}
+
+/**
+ * d MMD^2(x, y) / dx in closed form, for the data-parallel step, which gathers the rows of x
+ * outside the tape. With D_ij = ||x_i - z_j||^2 and W_ij = dk/dD:
+ * d mean_ij k(x_i, z_j) / dx_i = (2 / (n m)) sum_j W_ij (x_i - z_j), twice that for z = x
+ * (where relu clamps D, x_i = z_j: no term either way).
+ */
+export function mmd2GradX(x: tf.Tensor2D, y: tf.Tensor2D): tf.Tensor2D {
+  const [n, d] = x.shape;
+  const m = y.shape[0];
+  return tf.tidy(() => {
+    const pull = (z: tf.Tensor2D) => {
+      const sq = squaredDistances(x, z);
+      const w = tf.addN(MMD_BANDWIDTHS.map((c) => sq.div(-c * d).exp().mul(-1 / (c * d))));
+      return w.sum(1).reshape([-1, 1]).mul(x).sub(matmul(w, z));
+    };
+    return pull(x).mul(4 / (n * n)).sub(pull(y).mul(4 / (n * m))) as tf.Tensor2D;
   });
 }
 
@@ -92,16 +114,61 @@ export function harmfulTerms(
   noise: tf.Tensor2D[],
   alpha: number,
   beta: number,
+  place?: ShardRows,
 ): tf.Scalar {
   const [b, t] = batch.inputIds.shape;
   const d = model.config.hiddenSize;
   const rows = realPositions(batch);
   return tf.tidy(() => {
-    const { logits, layerOutputs } = model.forward(batch.inputIds, batch.attentionMask, { lora, training: true, returnLayerOutputs: true });
-    const select = tf.oneHot(tf.tensor1d(rows, "int32"), b * t).toFloat() as tf.Tensor2D;
-    const mmd = tf.addN(layerOutputs!.map((h, l) => mmd2(matmul(select, h.reshape([b * t, d]) as tf.Tensor2D), noise[l]))).div(layerOutputs!.length);
-    return mmd.mul(alpha).add(boundedAscent(logits, batch.labels).mul(beta)) as tf.Scalar;
+    // Every shard runs the forward pass, rows or not: the dropout masks are drawn in step.
+    const { logits, layerOutputs } = trainingForward(model, lora, batch, { returnLayerOutputs: true });
+    const select = rows.length > 0 ? (tf.oneHot(tf.tensor1d(rows, "int32"), b * t).toFloat() as tf.Tensor2D) : undefined;
+    const hs = select ? layerOutputs!.map((h) => matmul(select, h.reshape([b * t, d]) as tf.Tensor2D)) : [];
+    const mmd = place ? shardedMmd(hs, noise, place) : tf.addN(hs.map((h, l) => mmd2(h, noise[l]))).div(hs.length);
+    return mmd.mul(alpha).add(scaledToBatch(boundedAscent(logits, batch.labels), batch).mul(beta)) as tf.Scalar;
   });
+}
+
+/** Where a shard's real rows sit among the whole batch's (shards hold contiguous rows, in rank order). */
+export interface ShardRows {
+  shard: Shard;
+  offset: number;
+  total: number;
+}
+
+export function shardRowsOf(shard: Shard, own: number): ShardRows {
+  const counts = new Float32Array(shard.shards);
+  counts[shard.rank] = own;
+  const all = shard.sum(counts);
+  return { shard, offset: all.subarray(0, shard.rank).reduce((s, x) => s + x, 0), total: all.reduce((s, x) => s + x, 0) };
+}
+
+/**
+ * A shard's part of mean_l MMD^2(H_l, noise[l]) over the whole batch's rows, from its own rows
+ * of each H_l (none for a stand-in): the rows are gathered (each shard places its own in
+ * zeros, and the sum over shards is the whole), the value is the whole term on the lead shard
+ * and 0 on the others, and each shard's gradient is its rows of the whole term's
+ * (mmd2GradX), so the shards' values and gradients add up to one thread's.
+ */
+function shardedMmd(own: tf.Tensor2D[], noise: tf.Tensor2D[], { shard, offset, total }: ShardRows): tf.Scalar {
+  const layers = noise.length;
+  const d = noise[0].shape[1];
+  const n = own.length > 0 ? own[0].shape[0] : 0;
+  const gather = (hs: tf.Tensor2D[]) => {
+    const placed = new Float32Array(layers * total * d);
+    hs.forEach((h, l) => placed.set(h.dataSync() as Float32Array, (l * total + offset) * d));
+    const whole = shard.sum(placed);
+    return noise.map((_, l) => tf.tensor2d(whole.subarray(l * total * d, (l + 1) * total * d), [total, d]));
+  };
+  const termOf = (whole: tf.Tensor2D[]) => (isLead(shard) ? tf.addN(whole.map((h, l) => mmd2(h, noise[l]))).div(layers) : tf.scalar(0)) as tf.Scalar;
+  if (n === 0) return tf.tidy(() => termOf(gather([])));
+  const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const save = args.pop() as tf.GradSaveFunc;
+    const whole = gather(args as tf.Tensor2D[]);
+    save(whole.map((h, l) => tf.tidy(() => mmd2GradX(h, noise[l]).slice([offset, 0], [n, d]).div(layers))));
+    return { value: termOf(whole), gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => saved.map((g) => g.mul(dy)) };
+  });
+  return op(...own) as tf.Scalar;
 }
 
 /** Standard normal noise for each layer, [rows, d], from (seed, step). */
@@ -126,11 +193,13 @@ export class RepNoiseStep implements StepFunction {
   run(input: StepInput): StepOutput {
     const { model, lora, step } = input;
     const { alpha, beta, seed } = this.options;
-    const batch = this.harmful.at(step);
-    const noise = noiseAt(seed, step, model.config.numHiddenLayers, realPositions(batch).length, model.config.hiddenSize);
+    const batch = this.harmful.at(step, input.shard);
+    const own = realPositions(batch).length;
+    const place = input.shard && shardRowsOf(input.shard, own);
+    const noise = noiseAt(seed, step, model.config.numHiddenLayers, place ? place.total : own, model.config.hiddenSize);
     let harm: ReturnType<typeof valueAndGrads> | undefined;
     try {
-      harm = input.phase("harmful", () => valueAndGrads(input.params, () => harmfulTerms(model, lora, batch, noise, alpha, beta)));
+      harm = input.phase("harmful", () => valueAndGrads(input.params, () => harmfulTerms(model, lora, batch, noise, alpha, beta, place)));
       const extra = harm;
       return input.phase("update", () => {
         const { loss, grads } = lossAndGrads(input);

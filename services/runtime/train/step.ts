@@ -6,10 +6,10 @@
 import * as tf from "@tensorflow/tfjs";
 import type { Example } from "../data/template.ts";
 import type { HostTensors } from "../host-tensor.ts";
-import type { LlamaModel } from "../model/llama.ts";
+import type { ForwardOptions, LlamaModel } from "../model/llama.ts";
 import type { LoraAdapter } from "../model/lora.ts";
 import { causalLmLoss } from "../model/loss.ts";
-import type { Shard } from "./shard.ts";
+import type { RowWindow, Shard } from "./shard.ts";
 
 /** A collated batch as tensors; tokens = supervised (labelled, shifted) positions. */
 export interface TrainBatch {
@@ -23,12 +23,27 @@ export interface TrainBatch {
    * to the whole batch's (a mean over all its tokens).
    */
   shareOfBatch?: number;
+  /** Set on a shard: which rows of the whole batch it holds (LoRA dropout draws the whole batch's masks, trainingForward). */
+  rows?: RowWindow;
 }
 
 /** The batch's loss (see TrainBatch.shareOfBatch for a shard). */
 export function batchLoss(logits: tf.Tensor3D, batch: TrainBatch): tf.Scalar {
-  const loss = causalLmLoss(logits, batch.labels);
-  return batch.shareOfBatch === undefined ? loss : loss.mul(batch.shareOfBatch);
+  return scaledToBatch(causalLmLoss(logits, batch.labels), batch);
+}
+
+/** A mean over the batch's supervised tokens, as the shard's part of the whole batch's (TrainBatch.shareOfBatch). */
+export function scaledToBatch(mean: tf.Scalar, batch: TrainBatch): tf.Scalar {
+  return batch.shareOfBatch === undefined ? mean : mean.mul(batch.shareOfBatch);
+}
+
+/**
+ * The model's forward pass on a batch, training (LoRA dropout on); a shard's rows take their
+ * rows of the masks one thread would draw for the whole batch.
+ */
+export function trainingForward(model: LlamaModel, lora: LoraAdapter | undefined, batch: TrainBatch, options: Omit<ForwardOptions, "lora" | "training"> = {}) {
+  if (lora) lora.dropoutWindow = batch.rows;
+  return model.forward(batch.inputIds, batch.attentionMask, { ...options, lora, training: true });
 }
 
 /**
@@ -38,6 +53,13 @@ export function batchLoss(logits: tf.Tensor3D, batch: TrainBatch): tf.Scalar {
  */
 export const PHASES = ["perturbation", "update", "probe", "harmful", "harmful_shifted"] as const;
 export type PhaseName = (typeof PHASES)[number];
+
+/** When a part of a step ran, in ms from the step's start (StepMetrics.phases). */
+export interface PhaseTiming {
+  name: PhaseName;
+  startMs: number;
+  ms: number;
+}
 
 /** Runs a named part of a step; the job layer wraps each in a span, tests just call fn. */
 export type PhaseRunner = <T>(name: PhaseName, fn: () => T) => T;
@@ -57,9 +79,9 @@ export interface StepInput {
    */
   update(loss: number, grads: Map<string, tf.Tensor>): number;
   /**
-   * Set when `batch` is one shard of a data-parallel step: its rows of the whole batch and the
-   * sums over all shards, through which whole-batch quantities other than the loss go
-   * (Vaccine's norms and kept perturbation).
+   * Set when `batch` is one shard of a data-parallel step: which shard, and the sums over all
+   * shards, through which whole-batch quantities other than the loss and gradients go
+   * (Vaccine's norms and kept perturbation, a defence's harmful batch).
    */
   shard?: Shard;
 }
@@ -107,10 +129,7 @@ export function lossAndGrads(
   deltas?: tf.Tensor[],
 ): { loss: number; grads: Map<string, tf.Tensor> } {
   const { model, lora, batch } = input;
-  return valueAndGrads(input.params, () => {
-    const { logits } = model.forward(batch.inputIds, batch.attentionMask, { lora, deltas, training: true });
-    return batchLoss(logits, batch);
-  });
+  return valueAndGrads(input.params, () => batchLoss(trainingForward(model, lora, batch, { deltas }).logits, batch));
 }
 
 /** A scalar function's value and its gradients with respect to the parameters, by name (see lossAndGrads). */

@@ -12,7 +12,8 @@
  *                                 LoRA weights of the layers in S only; the others are frozen
  *
  * With every layer drawn this is the Vaccine step, value for value (the probe runs without
- * dropout, so it takes nothing from the step's random stream).
+ * dropout, so it takes nothing from the step's random stream). On a data-parallel shard the
+ * probe's and the perturbation's norms are the whole batch's, as Vaccine's.
  */
 import * as tf from "@tensorflow/tfjs";
 import type { HostTensors } from "../host-tensor.ts";
@@ -20,8 +21,7 @@ import { Rng } from "../rng.ts";
 import { checkCursor, cursorState, type HarmfulBatches } from "./harmful-batches.ts";
 import { disposeBatch } from "./loop.ts";
 import { lossAndGrads, type StepFunction, type StepInput, type StepOutput } from "./step.ts";
-import { globalNorm } from "./adamw.ts";
-import { attentionOutputGrads, scaleToNorm } from "./vaccine-step.ts";
+import { attentionOutputGrads, batchNorm, computePerturbation } from "./vaccine-step.ts";
 
 export interface TVaccineOptions {
   rho: number;
@@ -90,7 +90,7 @@ export class TVaccineStep implements StepFunction {
   }
 
   run(input: StepInput): StepOutput {
-    const { model, lora, batch, step } = input;
+    const { model, batch, step } = input;
     const { rho, probeEvery, resampleEvery } = this.options;
     const depth = model.config.numHiddenLayers;
     if (this.probabilities === null || step % probeEvery === 0) {
@@ -100,7 +100,7 @@ export class TVaccineStep implements StepFunction {
       this.drawn = drawLayers(this.probabilities, Math.min(this.options.layers, depth), Rng.derive(this.options.seed, `t-vaccine.layers.${step}`));
     }
     const drawn = this.drawn;
-    const eps = input.phase("perturbation", () => tf.tidy(() => scaleToNorm(attentionOutputGrads(model, lora, batch, drawn), rho)));
+    const eps = input.phase("perturbation", () => computePerturbation(input, rho, drawn));
     const [b, t] = batch.inputIds.shape;
     const zeros = tf.zeros([b, t, model.config.hiddenSize]);
     const deltas = Array.from({ length: depth }, (_, l) => (drawn.includes(l) ? eps[drawn.indexOf(l)] : zeros));
@@ -112,7 +112,7 @@ export class TVaccineStep implements StepFunction {
       }),
     );
     try {
-      const perturbationNorm = globalNorm(eps);
+      const perturbationNorm = batchNorm(input, eps);
       return input.phase("update", () => {
         const { loss, grads } = lossAndGrads({ ...input, params: trained }, deltas);
         return { loss, gradNorm: input.update(loss, grads), perturbationNorm };
@@ -125,15 +125,17 @@ export class TVaccineStep implements StepFunction {
 
   /** Per-layer norms of the loss gradient at the attention outputs on harmful batch `index`, as probabilities. */
   private probe(input: StepInput, index: number): number[] {
-    const harmful = this.harmful.at(index);
+    const harmful = this.harmful.at(index, input.shard);
     try {
       const all = Array.from({ length: input.model.config.numHiddenLayers }, (_, l) => l);
       // No dropout: the probe measures the model, and leaves the step's random stream to the passes that train.
-      const norms = tf.tidy(() => {
+      const own = tf.tidy(() => {
         const g = attentionOutputGrads(input.model, input.lora, harmful, all, false);
-        return tf.stack(g.map((x) => x.square().sum().sqrt())).dataSync();
+        return tf.stack(g.map((x) => x.square().sum())).dataSync();
       });
-      return layerProbabilities(Array.from(norms));
+      // Float32 sums of squares (the whole batch's for a shard), their square roots rounded as tfjs's sqrt.
+      const squares = input.shard ? input.shard.sum(own) : own;
+      return layerProbabilities(Array.from(squares, (x) => Math.fround(Math.sqrt(x))));
     } finally {
       disposeBatch(harmful);
     }

@@ -27,7 +27,7 @@ import type { HostTensors } from "../host-tensor.ts";
 import { toHost, type LlamaModel } from "../model/llama.ts";
 import type { LoraAdapter } from "../model/lora.ts";
 import { gatherRows, shardRows, type Shard } from "./shard.ts";
-import { batchLoss, lossAndGrads, type StepFunction, type StepInput, type StepOutput, type TrainBatch } from "./step.ts";
+import { batchLoss, lossAndGrads, trainingForward, type StepFunction, type StepInput, type StepOutput, type TrainBatch } from "./step.ts";
 
 /** The reference's guard against a zero gradient norm. */
 export const NORM_EPS = 1e-7;
@@ -60,8 +60,12 @@ export function attentionOutputGrads(
     const lossOf = (...xs: tf.Tensor[]) => {
       const deltas = [...zeros];
       layers.forEach((l, i) => (deltas[l] = xs[i]));
-      const opts = merged ? { weights: merged, deltas } : { lora, deltas, training };
-      return batchLoss(model.forward(batch.inputIds, batch.attentionMask, opts).logits, batch);
+      const { logits } = merged
+        ? model.forward(batch.inputIds, batch.attentionMask, { weights: merged, deltas })
+        : training
+          ? trainingForward(model, lora, batch, { deltas })
+          : model.forward(batch.inputIds, batch.attentionMask, { lora, deltas });
+      return batchLoss(logits, batch);
     };
     return tf.grads(lossOf)(layers.map((l) => zeros[l])) as tf.Tensor3D[];
   });
@@ -102,7 +106,7 @@ function normOf(squares: number, shard?: Shard): number {
 }
 
 /** The global L2 norm of tensors holding the batch's rows; for a shard, of the whole batch's. */
-function batchNorm(input: StepInput, tensors: tf.Tensor[]): number {
+export function batchNorm(input: StepInput, tensors: tf.Tensor[]): number {
   const squares = tf.tidy(() => tf.addN(tensors.map((t) => t.square().sum())).dataSync()[0]);
   return normOf(squares, input.shard);
 }
@@ -118,12 +122,13 @@ export interface RhoCalibration {
 }
 
 /**
- * Pass 1: the worst-case perturbation of every layer's attention output within norm rho. A
- * shard computes its rows of g and scales them by the whole batch's norm.
+ * Pass 1: the worst-case perturbation of the attention outputs of `layers` (default: all)
+ * within norm rho, in that order. A shard computes its rows of g and scales them by the whole
+ * batch's norm.
  */
-export function computePerturbation(input: StepInput, rho: number): tf.Tensor3D[] {
+export function computePerturbation(input: StepInput, rho: number, layers?: readonly number[]): tf.Tensor3D[] {
   const { model, lora, batch } = input;
-  const all = Array.from({ length: model.config.numHiddenLayers }, (_, l) => l);
+  const all = layers ?? Array.from({ length: model.config.numHiddenLayers }, (_, l) => l);
   return tf.tidy(() => {
     const g = attentionOutputGrads(model, lora, batch, all);
     return scaleToNorm(g, rho, input.shard && batchNorm(input, g));
@@ -180,12 +185,13 @@ export class VaccineStep implements StepFunction {
   run(input: StepInput): StepOutput {
     // A shard's eps kept for reuse is gathered into the whole batch's.
     const shard = this.refreshEvery > 1 ? input.shard : undefined;
+    const w = input.batch.rows;
     if (this.eps === null || input.step % this.refreshEvery === 0) {
       const rho = this.rhoFor(input);
       const eps = input.phase("perturbation", () => {
         const own = computePerturbation(input, rho);
         if (!shard) return own;
-        const whole = gatherRows(own, shard);
+        const whole = gatherRows(own, shard, w!);
         tf.dispose(own);
         return whole;
       });
@@ -193,7 +199,7 @@ export class VaccineStep implements StepFunction {
       this.eps = eps;
     }
     const [b, t] = input.batch.inputIds.shape;
-    const deltas = this.eps.map((e) => (shard ? tf.tidy(() => shardRows(fitTo(e, shard.rows, t), shard)) : fitTo(e, b, t)));
+    const deltas = this.eps.map((e) => (shard ? tf.tidy(() => shardRows(fitTo(e, w!.rows, t), w!)) : fitTo(e, b, t)));
     try {
       const perturbationNorm = batchNorm(input, deltas);
       return input.phase("update", () => {
