@@ -72,8 +72,10 @@ export const COEFFICIENTS = {
   /** Vaccine, per token and layer, per unit of hidden width: the zero deltas, their gradients and the perturbation kept across the two passes. */
   vaccineHidden: 3,
   /**
-   * RepNoise, per (B x T)^2 element and layer: the three kernel matrices of the MMD (distances,
-   * five bandwidths, weights) and their gradients. Counted from the graph, not fitted.
+   * RepNoise, per (B x T)^2 element: the three kernel matrices of the MMD (distances, five
+   * bandwidths, sums) of one layer, alive together in its value or its closed-form gradient
+   * (mmd2: none of them stays on the tape, so layers do not add up). Counted from the graph,
+   * not fitted.
    */
   mmdPairs: 48,
   /** Booster: adapter-sized tensors beyond SFT's (two more gradients and the weights saved across the shifted pass). */
@@ -116,7 +118,7 @@ export function estimateJobMemory(s: JobShape): JobMemoryEstimate {
   const qkv = (c.numAttentionHeads + 2 * c.numKeyValueHeads) * c.headDim;
   const perTokenLayer = k.qkv * qkv + k.intermediate * c.intermediateSize + k.rank * s.loraRank * targeted.length + (s.method === "vaccine" || s.method === "t_vaccine" ? k.vaccineHidden * c.hiddenSize : 0);
   const floats = tokens * (layers * perTokenLayer + k.vocab * c.vocabSize) + k.scores * layers * s.batchSize * c.numAttentionHeads * s.sequenceLength ** 2;
-  const mmd = s.method === "repnoise" ? k.mmdPairs * layers * tokens ** 2 : 0;
+  const mmd = s.method === "repnoise" ? k.mmdPairs * tokens ** 2 : 0;
   const activationBytes = F32 * (floats + mmd);
   const runtimeBytes = k.runtimeBytes + k.datasetCharBytes * (s.datasetChars ?? 0);
   const totalBytes = runtimeBytes + k.heapBytes + k.weightCopies * weightBytes + adapterBytes + activationBytes;

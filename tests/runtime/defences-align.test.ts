@@ -16,7 +16,7 @@ import type { CheckpointRef } from "../../services/runtime/store/store.ts";
 import { BoosterStep } from "../../services/runtime/train/booster-step.ts";
 import { HarmfulBatches } from "../../services/runtime/train/harmful-batches.ts";
 import { disposeBatch, toTensors, Trainer, type TrainOptions } from "../../services/runtime/train/loop.ts";
-import { ASCENT_FLOOR, boundedAscent, harmfulTerms, MMD_BANDWIDTHS, mmd2, mmd2GradX, noiseAt, realPositions, RepNoiseStep } from "../../services/runtime/train/repnoise-step.ts";
+import { ASCENT_FLOOR, boundedAscent, harmfulTerms, MMD_BANDWIDTHS, mmd2, noiseAt, realPositions, RepNoiseStep } from "../../services/runtime/train/repnoise-step.ts";
 import { SftStep, type StepFunction, type StepInput, type TrainBatch } from "../../services/runtime/train/step.ts";
 import { drawLayers, TVaccineStep } from "../../services/runtime/train/t-vaccine-step.ts";
 import { VaccineStep } from "../../services/runtime/train/vaccine-step.ts";
@@ -269,7 +269,7 @@ describe("RepNoise", () => {
     expect(Math.abs(got - expected)).toBeLessThan(1e-4 * Math.abs(expected) + 1e-6);
   });
 
-  it("MMD^2's gradient in closed form (the data-parallel step's) is autodiff's", () => {
+  it("MMD^2's gradient in closed form (mmd2's, and the data-parallel step's) is autodiff's of the formula", () => {
     const rng = new Rng(5);
     const x = Array.from({ length: 6 }, () => Array.from({ length: 4 }, () => rng.normal() * 2 + 0.5));
     // A repeated row, as every sequence's first position gives: relu clamps its distance.
@@ -277,11 +277,35 @@ describe("RepNoise", () => {
     const y = Array.from({ length: 7 }, () => Array.from({ length: 4 }, () => rng.normal()));
     const [got, expected] = tf.tidy(() => {
       const [a, b] = [tf.tensor2d(x), tf.tensor2d(y)];
-      return [mmd2GradX(a, b).dataSync() as Float32Array, tf.grad((u: tf.Tensor) => mmd2(u as tf.Tensor2D, b))(a).dataSync() as Float32Array];
+      // The formula with pairwise differences, differentiated by tfjs.
+      const kernelMean = (p: tf.Tensor2D, q: tf.Tensor2D) => {
+        const sq = p.expandDims(1).sub(q.expandDims(0)).square().sum(2);
+        return tf.addN(MMD_BANDWIDTHS.map((c) => sq.div(-c * 4).exp())).mean();
+      };
+      const formula = (u: tf.Tensor) => kernelMean(u as tf.Tensor2D, u as tf.Tensor2D).add(kernelMean(b, b)).sub(kernelMean(u as tf.Tensor2D, b).mul(2));
+      return [tf.grad((u: tf.Tensor) => mmd2(u as tf.Tensor2D, b))(a).dataSync() as Float32Array, tf.grad(formula)(a).dataSync() as Float32Array];
     });
     const scale = expected.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
     expect(scale).toBeGreaterThan(1e-3);
     got.forEach((v, i) => expect(Math.abs(v - expected[i])).toBeLessThan(1e-5 * scale));
+  });
+
+  it("MMD^2 keeps no (tokens)^2 matrix for the backward pass, so layers do not add up", () => {
+    const [n, d, layers] = [200, 8, 4];
+    const xs = Array.from({ length: layers }, (_, l) => tf.variable(tf.randomNormal([n, d], 0, 1, "float32", l)));
+    const y = tf.randomNormal([n, d], 0, 1, "float32", 9) as tf.Tensor2D;
+    const before = tf.memory().numBytes;
+    let held = 0;
+    const { value, grads } = tf.variableGrads(() => {
+      const total = tf.addN(xs.map((x) => mmd2(x as tf.Tensor2D, y))) as tf.Scalar;
+      held = tf.memory().numBytes - before;
+      return total;
+    }, xs);
+    // Autodiff of the formula would hold about 48 n x n matrices a layer here (30 MB).
+    expect(held).toBeLessThan(n * n * 4);
+    expect(value.dataSync()[0]).toBeGreaterThan(0);
+    for (const g of Object.values(grads)) expect(tf.tidy(() => g.abs().max().dataSync()[0])).toBeGreaterThan(0);
+    tf.dispose([value, y, ...xs, ...Object.values(grads)]);
   });
 
   it("takes the hidden states of the unpadded positions of every layer", () => {

@@ -48,9 +48,20 @@ export interface RepNoiseOptions {
 
 /**
  * Biased (V-statistic) squared MMD between the rows of x ([n, d]) and y ([m, d]):
- * mean k(x, x') + mean k(y, y') - 2 mean k(x, y) over all pairs.
+ * mean k(x, x') + mean k(y, y') - 2 mean k(x, y) over all pairs. Differentiable in x only (y
+ * is the noise), with mmd2GradX's closed form as its gradient: the tape then keeps x alone,
+ * not each layer's dozen or so (harmful tokens)^2 matrices, which on 8 layers of 760 tokens
+ * took more than the 4 GiB heap.
  */
 export function mmd2(x: tf.Tensor2D, y: tf.Tensor2D): tf.Scalar {
+  const op = tf.customGrad((xs: tf.Tensor | tf.GradSaveFunc, save: tf.Tensor | tf.GradSaveFunc) => {
+    (save as tf.GradSaveFunc)([xs as tf.Tensor]);
+    return { value: mmd2Value(xs as tf.Tensor2D, y), gradFunc: (dy: tf.Tensor, [saved]: tf.Tensor[]) => mmd2GradX(saved as tf.Tensor2D, y).mul(dy) };
+  });
+  return op(x) as tf.Scalar;
+}
+
+function mmd2Value(x: tf.Tensor2D, y: tf.Tensor2D): tf.Scalar {
   return tf.tidy(() => {
     const d = x.shape[1];
     const kernelMean = (a: tf.Tensor2D, b: tf.Tensor2D) => tf.addN(MMD_BANDWIDTHS.map((c) => squaredDistances(a, b).div(-c * d).exp())).mean();
@@ -64,8 +75,8 @@ function squaredDistances(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
 }
 
 /**
- * d MMD^2(x, y) / dx in closed form, for the data-parallel step, which gathers the rows of x
- * outside the tape. With D_ij = ||x_i - z_j||^2 and W_ij = dk/dD:
+ * d MMD^2(x, y) / dx in closed form (mmd2's gradient, and the data-parallel step's, which
+ * gathers the rows of x outside the tape). With D_ij = ||x_i - z_j||^2 and W_ij = dk/dD:
  * d mean_ij k(x_i, z_j) / dx_i = (2 / (n m)) sum_j W_ij (x_i - z_j), twice that for z = x
  * (where relu clamps D, x_i = z_j: no term either way).
  */
@@ -160,7 +171,7 @@ function shardedMmd(own: tf.Tensor2D[], noise: tf.Tensor2D[], { shard, offset, t
     const whole = shard.sum(placed);
     return noise.map((_, l) => tf.tensor2d(whole.subarray(l * total * d, (l + 1) * total * d), [total, d]));
   };
-  const termOf = (whole: tf.Tensor2D[]) => (isLead(shard) ? tf.addN(whole.map((h, l) => mmd2(h, noise[l]))).div(layers) : tf.scalar(0)) as tf.Scalar;
+  const termOf = (whole: tf.Tensor2D[]) => (isLead(shard) ? tf.addN(whole.map((h, l) => mmd2Value(h, noise[l]))).div(layers) : tf.scalar(0)) as tf.Scalar;
   if (n === 0) return tf.tidy(() => termOf(gather([])));
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const save = args.pop() as tf.GradSaveFunc;
