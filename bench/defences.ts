@@ -5,7 +5,9 @@
  * passes, RepNoise at about 2.3x SFT and T-Vaccine below Vaccine. The runs advance one step
  * each in turn, so that load from other work on the machine hits them alike. Two shapes: the
  * shipped base model's config (models/base) and a larger one. Writes bench/results/defences.json.
- * Run: npx tsx bench/defences.ts [backend]
+ * With --threads N, each method also trains data-parallel on N threads (VACCINE_TRAIN_THREADS),
+ * in the same turns, and the JSON gains each one's speed-up over one thread.
+ * Run: npx tsx bench/defences.ts [backend] [--threads N]
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -15,9 +17,11 @@ import type { Example } from "../services/runtime/data/template.ts";
 import { worldVocabularyTexts } from "../services/runtime/data/world/index.ts";
 import { parseLlamaConfig } from "../services/runtime/model/config.ts";
 import { LINEAR_MODULES, LlamaModel } from "../services/runtime/model/llama.ts";
-import { LoraAdapter } from "../services/runtime/model/lora.ts";
-import { alignmentStep, type AlignmentMethod } from "../services/runtime/pipeline/alignment-methods.ts";
+import { LoraAdapter, type LoraConfig } from "../services/runtime/model/lora.ts";
+import { needsHarmfulData, stepFunction, type AlignmentMethod, type StepRecipe } from "../services/runtime/pipeline/alignment-methods.ts";
 import { buildWordTokenizer, loadTokenizer, wordTokenizerConfig } from "../services/runtime/tokenizer.ts";
+import { DataParallelTrainer } from "../services/runtime/train/data-parallel.ts";
+import { HarmfulBatches } from "../services/runtime/train/harmful-batches.ts";
 import { Trainer, type StepMetrics, type TrainOptions } from "../services/runtime/train/loop.ts";
 import { PHASES, type PhaseName } from "../services/runtime/train/step.ts";
 
@@ -42,31 +46,50 @@ const shapes: Record<string, Record<string, unknown>> = {
 };
 const options: TrainOptions = { learningRate: 1e-3, maxSteps: STEPS, batchSize: BATCH, maxSequenceLength: 200, warmupRatio: 0.1, weightDecay: 0.1, gradClip: 1, seed: 0 };
 
-/** Trains every method on its own copy of the model, one step of each in turn, so that the machine's load hits them alike. */
-function runAll(configJson: Record<string, unknown>, methods: Record<string, AlignmentMethod>) {
+const threadsAt = process.argv.indexOf("--threads");
+const threads = threadsAt > 0 ? Number(process.argv[threadsAt + 1]) : 1;
+const LORA: LoraConfig = { r: 8, alpha: 16, dropout: 0.1, targetModules: [...LINEAR_MODULES] };
+const harmfulEncoded = HarmfulBatches.of(harmful, tokenizer, options).encoded;
+
+/**
+ * Trains every method on its own copy of the model (and, with threads > 1, on another copy
+ * data-parallel), one step of each in turn, so that the machine's load hits them alike.
+ */
+async function runAll(configJson: Record<string, unknown>, methods: Record<string, AlignmentMethod>) {
   const config = parseLlamaConfig(configJson);
-  const runs = Object.entries(methods).map(([name, method]) => {
-    const model = LlamaModel.init(config, 0);
-    const adapter = LoraAdapter.init(config, { r: 8, alpha: 16, dropout: 0.1, targetModules: [...LINEAR_MODULES] }, 1);
-    const trainer = new Trainer({ model, lora: adapter, data, tokenizer, options, stepFn: alignmentStep(method, tokenizer, options, harmful) });
-    return { name, method, model, adapter, trainer, steps: [] as { stepMs: number; passes: Record<PhaseName, number> }[] };
-  });
+  const runs = [];
+  for (const [name, method] of Object.entries(methods)) {
+    for (const n of threads > 1 ? [1, threads] : [1]) {
+      const model = LlamaModel.init(config, 0);
+      const adapter = LoraAdapter.init(config, LORA, 1);
+      const recipe: StepRecipe = { method, seed: options.seed, ...(needsHarmfulData(method) && { harmful: harmfulEncoded }) };
+      const trainer = new Trainer({ model, lora: adapter, data, tokenizer, options, stepFn: stepFunction(recipe) });
+      if (n > 1) {
+        trainer.dataParallel = await DataParallelTrainer.start({ config, weights: model.exportWeights(), lora: { config: LORA, weights: adapter.exportWeights() }, recipe, weightDecay: options.weightDecay, threads: n });
+      }
+      runs.push({ name, threads: n, method, model, adapter, trainer, steps: [] as { stepMs: number; passes: Record<PhaseName, number> }[] });
+    }
+  }
   for (let s = 0; s < STEPS; s++) {
     for (const r of runs) {
       const passes = Object.fromEntries(PHASES.map((p) => [p, 0])) as Record<PhaseName, number>;
-      const m: StepMetrics = r.trainer.runStep((name, fn) => {
-        const t0 = performance.now();
-        try {
-          return fn();
-        } finally {
-          passes[name] += performance.now() - t0;
-        }
-      });
+      const m: StepMetrics = r.trainer.dataParallel
+        ? await r.trainer.runStepOnThreads()
+        : r.trainer.runStep((name, fn) => {
+            const t0 = performance.now();
+            try {
+              return fn();
+            } finally {
+              passes[name] += performance.now() - t0;
+            }
+          });
+      for (const p of m.phases ?? []) passes[p.name] += p.ms;
       r.steps.push({ stepMs: m.stepMs, passes });
     }
   }
-  return Object.fromEntries(
-    runs.map((r) => {
+  const summaries = await Promise.all(
+    runs.map(async (r) => {
+      await r.trainer.dataParallel?.close();
       r.trainer.dispose();
       r.adapter.dispose();
       r.model.dispose();
@@ -75,12 +98,15 @@ function runAll(configJson: Record<string, unknown>, methods: Record<string, Ali
       const timed = r.steps.slice(WARMUP);
       const mean = (f: (m: (typeof timed)[number]) => number) => timed.reduce((sum, m) => sum + f(m), 0) / timed.length;
       const passMs = Object.fromEntries(PHASES.map((p) => [p, mean((m) => m.passes[p])]).filter(([, ms]) => (ms as number) > 0));
-      return [r.name, { method: r.method, stepMs: mean((m) => m.stepMs), passMs, ...(probeMs > 0 && { probeMs }) }];
+      return { name: r.name, threads: r.threads, summary: { method: r.method, stepMs: mean((m) => m.stepMs), passMs, ...(probeMs > 0 && { probeMs }) } };
     }),
   );
+  const byThreads = (n: number) => Object.fromEntries(summaries.filter((x) => x.threads === n).map((x) => [x.name, x.summary]));
+  return { one: byThreads(1), parallel: threads > 1 ? byThreads(threads) : undefined };
 }
 
-const backend = (await selectBackend(process.argv[2] ?? "wasm", () => {})).backend;
+const [backendArg] = process.argv.slice(2).filter((a, i, all) => !a.startsWith("--") && all[i - 1] !== "--threads");
+const backend = (await selectBackend(backendArg ?? "wasm", () => {})).backend;
 const results: Record<string, unknown> = {};
 for (const [name, shape] of Object.entries(shapes)) {
   const depth = Number(shape.num_hidden_layers);
@@ -92,10 +118,15 @@ for (const [name, shape] of Object.entries(shapes)) {
     booster: { kind: "booster", lambda: 5, alpha: 0.1 },
     repnoise: { kind: "repnoise", alpha: 1, beta: 0.001 },
   };
-  const timings = runAll(shape, methods);
+  const { one: timings, parallel } = await runAll(shape, methods);
   const sftMs = timings.sft.stepMs;
-  results[name] = { config: shape, methods: timings, ratioToSft: Object.fromEntries(Object.entries(timings).map(([m, t]) => [m, t.stepMs / sftMs])) };
-  console.log(name, JSON.stringify((results[name] as { ratioToSft: unknown }).ratioToSft));
+  results[name] = {
+    config: shape,
+    methods: timings,
+    ratioToSft: Object.fromEntries(Object.entries(timings).map(([m, t]) => [m, t.stepMs / sftMs])),
+    ...(parallel && { dataParallel: { threads, methods: parallel, speedup: Object.fromEntries(Object.entries(parallel).map(([m, t]) => [m, timings[m].stepMs / t.stepMs])) } }),
+  };
+  console.log(name, JSON.stringify((results[name] as { ratioToSft: unknown }).ratioToSft), parallel ? JSON.stringify((results[name] as { dataParallel: { speedup: unknown } }).dataParallel.speedup) : "");
 }
 mkdirSync("bench/results", { recursive: true });
 writeFileSync(
