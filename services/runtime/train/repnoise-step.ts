@@ -62,10 +62,25 @@ export function mmd2(x: tf.Tensor2D, y: tf.Tensor2D): tf.Scalar {
 }
 
 function mmd2Value(x: tf.Tensor2D, y: tf.Tensor2D): tf.Scalar {
+  return mmd2Part(x, y, x, true);
+}
+
+/**
+ * What rows `own` of x add to MMD^2(x, y): sum over them of (sum_j k(x_i, x_j) / n^2 -
+ * 2 sum_j k(x_i, y_j) / (n m)), plus mean k(y, y) when withNoise. Over the rows of x split
+ * in parts (data-parallel shards), the parts add up to MMD^2, the noise term taken once.
+ */
+function mmd2Part(x: tf.Tensor2D, y: tf.Tensor2D, own: tf.Tensor2D | undefined, withNoise: boolean): tf.Scalar {
+  const [n, d] = x.shape;
+  const m = y.shape[0];
   return tf.tidy(() => {
-    const d = x.shape[1];
-    const kernelMean = (a: tf.Tensor2D, b: tf.Tensor2D) => tf.addN(MMD_BANDWIDTHS.map((c) => squaredDistances(a, b).div(-c * d).exp())).mean();
-    return kernelMean(x, x).add(kernelMean(y, y)).sub(kernelMean(x, y).mul(2)) as tf.Scalar;
+    const kernelSum = (a: tf.Tensor2D, b: tf.Tensor2D) => {
+      const sq = squaredDistances(a, b);
+      return tf.addN(MMD_BANDWIDTHS.map((c) => sq.div(-c * d).exp())).sum();
+    };
+    let part = own ? kernelSum(own, x).div(n * n).sub(kernelSum(own, y).mul(2 / (n * m))) : tf.scalar(0);
+    if (withNoise) part = part.add(kernelSum(y, y).div(m * m));
+    return part as tf.Scalar;
   });
 }
 
@@ -76,18 +91,19 @@ function squaredDistances(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
 
 /**
  * d MMD^2(x, y) / dx in closed form (mmd2's gradient, and the data-parallel step's, which
- * gathers the rows of x outside the tape). With D_ij = ||x_i - z_j||^2 and W_ij = dk/dD:
- * d mean_ij k(x_i, z_j) / dx_i = (2 / (n m)) sum_j W_ij (x_i - z_j), twice that for z = x
- * (where relu clamps D, x_i = z_j: no term either way).
+ * gathers the rows of x outside the tape), at rows `own` of x (default all). With
+ * D_ij = ||x_i - z_j||^2 and W_ij = dk/dD: d mean_ij k(x_i, z_j) / dx_i =
+ * (2 / (n m)) sum_j W_ij (x_i - z_j), twice that for z = x (where relu clamps D, x_i = z_j:
+ * no term either way).
  */
-export function mmd2GradX(x: tf.Tensor2D, y: tf.Tensor2D): tf.Tensor2D {
+export function mmd2GradX(x: tf.Tensor2D, y: tf.Tensor2D, own: tf.Tensor2D = x): tf.Tensor2D {
   const [n, d] = x.shape;
   const m = y.shape[0];
   return tf.tidy(() => {
     const pull = (z: tf.Tensor2D) => {
-      const sq = squaredDistances(x, z);
+      const sq = squaredDistances(own, z);
       const w = tf.addN(MMD_BANDWIDTHS.map((c) => sq.div(-c * d).exp().mul(-1 / (c * d))));
-      return w.sum(1).reshape([-1, 1]).mul(x).sub(matmul(w, z));
+      return w.sum(1).reshape([-1, 1]).mul(own).sub(matmul(w, z));
     };
     return pull(x).mul(4 / (n * n)).sub(pull(y).mul(4 / (n * m))) as tf.Tensor2D;
   });
@@ -157,27 +173,35 @@ export function shardRowsOf(shard: Shard, own: number): ShardRows {
 /**
  * A shard's part of mean_l MMD^2(H_l, noise[l]) over the whole batch's rows, from its own rows
  * of each H_l (none for a stand-in): the rows are gathered (each shard places its own in
- * zeros, and the sum over shards is the whole), the value is the whole term on the lead shard
- * and 0 on the others, and each shard's gradient is its rows of the whole term's
- * (mmd2GradX), so the shards' values and gradients add up to one thread's.
+ * zeros, and the sum over shards is the whole), and each shard computes what its rows add to
+ * the value (mmd2Part; the noise's own term on the lead shard) and its rows of the gradient
+ * (mmd2GradX), so the shards' values and gradients add up to one thread's and each does its
+ * share of the kernel matrices.
  */
 function shardedMmd(own: tf.Tensor2D[], noise: tf.Tensor2D[], { shard, offset, total }: ShardRows): tf.Scalar {
   const layers = noise.length;
   const d = noise[0].shape[1];
-  const n = own.length > 0 ? own[0].shape[0] : 0;
   const gather = (hs: tf.Tensor2D[]) => {
     const placed = new Float32Array(layers * total * d);
     hs.forEach((h, l) => placed.set(h.dataSync() as Float32Array, (l * total + offset) * d));
     const whole = shard.sum(placed);
     return noise.map((_, l) => tf.tensor2d(whole.subarray(l * total * d, (l + 1) * total * d), [total, d]));
   };
-  const termOf = (whole: tf.Tensor2D[]) => (isLead(shard) ? tf.addN(whole.map((h, l) => mmd2Value(h, noise[l]))).div(layers) : tf.scalar(0)) as tf.Scalar;
-  if (n === 0) return tf.tidy(() => termOf(gather([])));
+  const partOf = (whole: tf.Tensor2D[], hs?: tf.Tensor2D[]) => tf.tidy(() => tf.addN(whole.map((h, l) => mmd2Part(h, noise[l], hs?.[l], isLead(shard)))).div(layers) as tf.Scalar);
+  if (own.length === 0) {
+    const whole = gather([]);
+    try {
+      return partOf(whole);
+    } finally {
+      tf.dispose(whole);
+    }
+  }
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const save = args.pop() as tf.GradSaveFunc;
-    const whole = gather(args as tf.Tensor2D[]);
-    save(whole.map((h, l) => tf.tidy(() => mmd2GradX(h, noise[l]).slice([offset, 0], [n, d]).div(layers))));
-    return { value: termOf(whole), gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => saved.map((g) => g.mul(dy)) };
+    const hs = args as tf.Tensor2D[];
+    const whole = gather(hs);
+    save(whole.map((h, l) => tf.tidy(() => mmd2GradX(h, noise[l], hs[l]).div(layers))));
+    return { value: partOf(whole, hs), gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => saved.map((g) => g.mul(dy)) };
   });
   return op(...own) as tf.Scalar;
 }
