@@ -159,7 +159,7 @@ export const VARIABLES = [
   v({ name: "VACCINE_MAX_DATASET_MB", key: "maxDatasetMb", default: "1024", description: "Largest dataset an upload may send, in MiB.", parse: integer(1, 1_048_576) }),
   v({ name: "VACCINE_MAX_CHECKPOINT_MB", key: "maxCheckpointMb", default: "65536", description: "Largest checkpoint folder an import may send, in MiB (all files).", parse: integer(1, 16_777_216) }),
   v({ name: "VACCINE_MAX_UPLOAD_FILE_MB", key: "maxUploadFileMb", default: "32768", description: "Largest single file of a checkpoint import, in MiB.", parse: integer(1, 16_777_216) }),
-  v({ name: "VACCINE_TRAIN_THREADS", key: "trainThreads", default: "1", description: "Threads one SFT or Vaccine training job splits each batch over (data-parallel, each with its own copy of the model; the same result within float rounding). Other methods and guarded fine-tuning train on one thread.", parse: integer(1, 64) }),
+  v({ name: "VACCINE_TRAIN_THREADS", key: "trainThreads", default: "1", description: "Threads one training job splits each batch over (data-parallel, each with its own copy of the model; the same result within float rounding), for every method and guard.", parse: integer(1, 64) }),
   v({ name: "VACCINE_MAX_RUNNING_JOBS", key: "maxRunningJobs", default: "1", description: "Training jobs run at once per process (one per accelerator).", parse: integer(1, 64) }),
   v({
     name: "VACCINE_JOB_MEMORY_LIMIT_MB",
