@@ -81,10 +81,8 @@ function step(s: Setup, m: Extract<ToWorker, { t: "step" }>) {
   };
   try {
     const out = stepFn.run({ model, lora, params, batch, step: m.step, phase, update, shard });
-    // The step's loss as it reports it (Lisa's without its proximal term, which the update adds), over the whole batch.
-    const [loss] = shard.sum([out.loss]);
     const msOf = (name: PhaseName) => phases.reduce((ms, p) => ms + (p.name === name ? p.ms : 0), 0);
-    return { ...out, loss, phases, perturbationMs: msOf("perturbation"), updateMs: msOf("update") };
+    return { ...out, phases, perturbationMs: msOf("perturbation"), updateMs: msOf("update") };
   } finally {
     disposeBatch(batch);
   }

@@ -169,11 +169,14 @@ export class DataParallelTrainer {
     const results = replies.map((m) => (m as { result: ShardStepResult }).result);
     const [first] = results;
     // Equal sums and equal updates give equal outcomes on every thread; anything else is a bug.
-    if (results.some((r) => r.loss !== first.loss || r.gradNorm !== first.gradNorm || r.perturbationNorm !== first.perturbationNorm)) {
+    if (results.some((r) => r.gradNorm !== first.gradNorm || r.perturbationNorm !== first.perturbationNorm)) {
       throw this.fail(new Error(`data-parallel threads disagree: ${JSON.stringify(results)}`));
     }
     const { numTensors: _, ...output } = first;
-    return { ...output, threadTensors: results.map((r) => r.numTensors) };
+    // Each reports its rows' part of the loss (as the step reports it: Lisa's without its
+    // proximal term), added here in float32 and thread order, as the shared sums add.
+    const loss = results.reduce((sum, r) => Math.fround(sum + r.loss), 0);
+    return { ...output, loss, threadTensors: results.map((r) => r.numTensors) };
   }
 
   /** The trained weights (the adapter's, or the model's) of each thread. */

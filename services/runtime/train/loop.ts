@@ -244,7 +244,7 @@ export class Trainer {
 }
 
 /** Positions the loss applies to (labels shift by one, so position 0 never counts). */
-function labelledTokens(b: ReturnType<typeof collate>): number {
+export function labelledTokens(b: ReturnType<typeof collate>): number {
   let tokens = 0;
   for (let i = 0; i < b.batch; i++) for (let j = 1; j < b.seqLen; j++) if (b.labels[i * b.seqLen + j] !== IGNORE_INDEX) tokens++;
   return tokens;

@@ -7,7 +7,7 @@
 import * as tf from "@tensorflow/tfjs";
 import type { Batch } from "../data/collate.ts";
 import { IGNORE_INDEX } from "../model/loss.ts";
-import { toTensors } from "./loop.ts";
+import { labelledTokens, toTensors } from "./loop.ts";
 import type { TrainBatch } from "./step.ts";
 
 export interface Shard {
@@ -41,7 +41,7 @@ export const isLead = (shard: Shard): boolean => shard.rank === 0;
  * the batch's supervised tokens (TrainBatch.shareOfBatch), so the shards' losses and gradients
  * add up to the whole batch's. Without rows: one row with no attention and no label.
  */
-export function shardOf(batch: Batch, shard: Shard): TrainBatch {
+export function shardOf(batch: Batch, shard: Pick<Shard, "rank" | "shards">): TrainBatch {
   const t = batch.seqLen;
   const w = rowWindow(batch.batch, shard);
   const cut = (a: Int32Array) => a.slice(w.from * t, w.to * t);
@@ -50,7 +50,8 @@ export function shardOf(batch: Batch, shard: Shard): TrainBatch {
       ? { inputIds: new Int32Array(t), attentionMask: new Int32Array(t), labels: new Int32Array(t).fill(IGNORE_INDEX), batch: 1, seqLen: t, unsupervised: 1, truncated: 0 }
       : { inputIds: cut(batch.inputIds), attentionMask: cut(batch.attentionMask), labels: cut(batch.labels), batch: w.to - w.from, seqLen: t, unsupervised: 0, truncated: 0 };
   const out = toTensors(own);
-  const [whole] = shard.sum([out.tokens]);
+  // Every shard has the whole batch: no exchange for its token count.
+  const whole = labelledTokens(batch);
   out.shareOfBatch = whole > 0 ? out.tokens / whole : 0;
   out.rows = w;
   return out;
