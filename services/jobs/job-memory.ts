@@ -94,8 +94,8 @@ export function estimateJobMemory(s: JobShape): JobMemoryEstimate {
   if (threads > 1) {
     // The job's thread keeps its model, adapter and data but runs no step; each training thread
     // has a runtime, a model copy, the adapter and the activations of its share of the rows.
-    const job = estimateJobMemory({ ...s, threads: 1 });
-    const each = estimateJobMemory({ ...s, threads: 1, datasetChars: 0, batchSize: Math.ceil(s.batchSize / threads) });
+    const job = threadEstimate(s, s.batchSize);
+    const each = threadEstimate({ ...s, datasetChars: 0, batchSize: Math.ceil(s.batchSize / threads) }, s.batchSize);
     const sum = (k: keyof JobMemoryEstimate) => threads * each[k] + (k === "activationBytes" ? 0 : job[k]);
     const activationBytes = sum("activationBytes");
     return {
@@ -106,6 +106,14 @@ export function estimateJobMemory(s: JobShape): JobMemoryEstimate {
       activationBytes,
     };
   }
+  return threadEstimate(s, s.batchSize);
+}
+
+/**
+ * What one thread holds running the steps of `s`; wholeBatch: the rows of the whole batch,
+ * which a data-parallel thread's MMD kernel matrices span besides its own (repnoise-step.ts).
+ */
+function threadEstimate(s: JobShape, wholeBatch: number): JobMemoryEstimate {
   const c = s.model;
   const k = s.fusedKernels ? { ...COEFFICIENTS, ...FUSED_COEFFICIENTS } : COEFFICIENTS;
   const tokens = s.batchSize * s.sequenceLength;
@@ -118,7 +126,7 @@ export function estimateJobMemory(s: JobShape): JobMemoryEstimate {
   const qkv = (c.numAttentionHeads + 2 * c.numKeyValueHeads) * c.headDim;
   const perTokenLayer = k.qkv * qkv + k.intermediate * c.intermediateSize + k.rank * s.loraRank * targeted.length + (s.method === "vaccine" || s.method === "t_vaccine" ? k.vaccineHidden * c.hiddenSize : 0);
   const floats = tokens * (layers * perTokenLayer + k.vocab * c.vocabSize) + k.scores * layers * s.batchSize * c.numAttentionHeads * s.sequenceLength ** 2;
-  const mmd = s.method === "repnoise" ? k.mmdPairs * tokens ** 2 : 0;
+  const mmd = s.method === "repnoise" ? k.mmdPairs * tokens * wholeBatch * s.sequenceLength : 0;
   const activationBytes = F32 * (floats + mmd);
   const runtimeBytes = k.runtimeBytes + k.datasetCharBytes * (s.datasetChars ?? 0);
   const totalBytes = runtimeBytes + k.heapBytes + k.weightCopies * weightBytes + adapterBytes + activationBytes;

@@ -50,6 +50,10 @@ describe("estimateJobMemory", () => {
     expect(two.totalBytes).toBe(one.totalBytes - one.activationBytes + 2 * half.totalBytes);
     expect(two.totalBytes).toBeGreaterThan(one.totalBytes);
     expect(estimateJobMemory(shape({ threads: 1 }))).toEqual(estimateJobMemory(shape()));
+    // RepNoise: a thread's MMD kernel matrices span its rows by the whole batch's, half of one thread's each.
+    const mmdOf = (o: Partial<JobShape>) => estimateJobMemory(shape({ batchSize: 8, method: "repnoise", ...o })).activationBytes - estimateJobMemory(shape({ batchSize: 8, method: "sft", ...o })).activationBytes;
+    expect(mmdOf({ threads: 2 })).toBe(mmdOf({}));
+    expect(mmdOf({})).toBeGreaterThan(0);
   });
 
   it("is not below the measured peak of any recorded job, with the fused kernels and with the stock ones (bench/results/job-memory*.json)", () => {
