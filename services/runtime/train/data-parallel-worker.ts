@@ -1,6 +1,7 @@
 /**
  * Entry of one data-parallel training thread (data-parallel.ts): its own tfjs runtime, copy of
- * the model, optimizer and step function, run on its shard of each batch. The update adds the
+ * the model, optimizer and step function (made from the run's StepRecipe), run on its shard
+ * of each batch. The update adds the
  * shard gradients of all threads (shared-sum.ts) before the same checks, clipping and AdamW
  * update as the training loop's, so every thread's weights stay the same.
  */
@@ -10,10 +11,10 @@ import { selectBackend } from "../backend.ts";
 import { LlamaModel } from "../model/llama.ts";
 import { LoraAdapter, loraWeightName } from "../model/lora.ts";
 import { loadBlasAddon } from "../native/blas-addon.ts";
+import { stepFunction } from "../pipeline/alignment-methods.ts";
 import { lowerThreadPriority } from "../thread-priority.ts";
 import { AdamW, clipCoefficient } from "./adamw.ts";
 import type { FromWorker, ToWorker, WorkerError, WorkerInit } from "./data-parallel.ts";
-import { stepFunction } from "../pipeline/alignment-methods.ts";
 import { disposeBatch, TrainingDivergedError } from "./loop.ts";
 import { shardOf, sumOverShards, type Shard } from "./shard.ts";
 import { SharedSum } from "./shared-sum.ts";
