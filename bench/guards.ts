@@ -49,12 +49,12 @@ function trainer(data: Example[], stepFn: StepFunction) {
 }
 
 const backend = (await selectBackend(process.argv[2] ?? "wasm", () => {})).backend;
-const schedule = new LisaStep(new SftStep(), LISA, alignment, user);
+const schedule = new LisaStep(new SftStep(), LISA, { alignment: alignment, user: user });
 const sftOnLisaBatches: StepFunction = { name: "sft", run: (input) => new SftStep().run(input), batchSource: (step) => schedule.batchSource(step) };
 const runs = {
   sft: trainer(user, new SftStep()),
   sftOnLisaBatches: trainer(user, sftOnLisaBatches),
-  lisa: trainer(user, new LisaStep(new SftStep(), LISA, alignment, user)),
+  lisa: trainer(user, new LisaStep(new SftStep(), LISA, { alignment: alignment, user: user })),
   safetyMix: trainer(safetyMix(user, alignment, 0.1, 0), new SftStep()),
 };
 const metrics: Record<string, StepMetrics[]> = Object.fromEntries(Object.keys(runs).map((k) => [k, []]));

@@ -98,7 +98,7 @@ describe("Lisa", () => {
     const tokenizer = tinyTokenizer();
     const model = tinyWorldModel(tokenizer);
     const lora = LoraAdapter.init(model.config, { r: 4, alpha: 8, dropout: 0, targetModules: ["q_proj", "v_proj"] }, 1);
-    const step = new LisaStep(new SftStep(), { alignmentSteps: 2, userSteps: 3, rho: 5 }, REFUSALS, USER);
+    const step = new LisaStep(new SftStep(), { alignmentSteps: 2, userSteps: 3, rho: 5 }, { alignment: REFUSALS, user: USER });
     const options = { learningRate: 3e-2, maxSteps: 9, batchSize: 2, maxSequenceLength: 64, warmupRatio: 0, weightDecay: 0, gradClip: 1, seed: 1 };
     const trainer = new Trainer({ model, lora, data: USER, tokenizer, options, stepFn: step });
     const sources = Array.from({ length: 9 }, (_, s) => step.batchSource(s).data);
@@ -117,11 +117,17 @@ describe("Lisa", () => {
     model.dispose();
   });
 
+  it("refuses empty alignment data; made without its data sets (a data-parallel thread's), it chooses no batch", () => {
+    const options = { alignmentSteps: 2, userSteps: 3, rho: 1 };
+    expect(() => new LisaStep(new SftStep(), options, { alignment: [], user: USER })).toThrow(/alignment data is empty/);
+    expect(() => new LisaStep(new SftStep(), options).batchSource(0)).toThrow(/without its data sets/);
+  });
+
   it("keeps tf.memory().numTensors flat across steps and switches", () => {
     const tokenizer = tinyTokenizer();
     const model = tinyWorldModel(tokenizer);
     const lora = LoraAdapter.init(model.config, { r: 4, alpha: 8, dropout: 0.1, targetModules: ["q_proj", "v_proj"] }, 1);
-    const step = new LisaStep(new SftStep(), { alignmentSteps: 1, userSteps: 2, rho: 1 }, REFUSALS, USER);
+    const step = new LisaStep(new SftStep(), { alignmentSteps: 1, userSteps: 2, rho: 1 }, { alignment: REFUSALS, user: USER });
     const options = { learningRate: 1e-2, maxSteps: 10, batchSize: 2, maxSequenceLength: 64, warmupRatio: 0, weightDecay: 0.1, gradClip: 1, seed: 1 };
     const trainer = new Trainer({ model, lora, data: USER, tokenizer, options, stepFn: step });
     trainer.runStep();

@@ -197,7 +197,7 @@ describe("data-parallel training on two threads", () => {
   }
 
   const harmfulOf = (o: TrainOptions) => HarmfulBatches.of(HARMFUL_EXAMPLES, tokenizer, o).encoded;
-  const lisaOf = (method: AlignmentMethod) => ({ method, lisa: { options: { alignmentSteps: 2, userSteps: 2, rho: 1 }, alignmentData: EXAMPLES.slice(0, 3), userData: EXAMPLES } });
+  const lisaOf = (method: AlignmentMethod) => ({ method, lisa: { options: { alignmentSteps: 2, userSteps: 2, rho: 1 }, data: { alignment: EXAMPLES.slice(0, 3), user: EXAMPLES } } });
 
   it.each([
     // Batch 5: training batches of 5 and 1 rows (thread 0 a stand-in), harmful batches of 4 (both

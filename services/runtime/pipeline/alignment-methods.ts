@@ -8,7 +8,7 @@ import type { Example } from "../data/template.ts";
 import type { Tokenizer } from "../tokenizer.ts";
 import { BoosterStep } from "../train/booster-step.ts";
 import { HarmfulBatches, type EncodedHarmful } from "../train/harmful-batches.ts";
-import { LisaStep, type LisaOptions } from "../train/lisa.ts";
+import { LisaStep, type LisaData, type LisaOptions } from "../train/lisa.ts";
 import type { TrainOptions } from "../train/loop.ts";
 import { RepNoiseStep } from "../train/repnoise-step.ts";
 import { SftStep, type StepFunction } from "../train/step.ts";
@@ -48,13 +48,13 @@ export interface StepRecipe {
 
 export interface LisaRecipe {
   options: LisaOptions;
-  alignmentData: Example[];
-  userData: Example[];
+  /** The alignment and the user's data (only the run's own step chooses batches: a data-parallel thread's needs none). */
+  data?: LisaData;
 }
 
 export function stepFunction({ method, seed, harmful, lisa }: StepRecipe): StepFunction {
   const inner = methodStep(method, seed, harmful);
-  return lisa ? new LisaStep(inner, lisa.options, lisa.alignmentData, lisa.userData) : inner;
+  return lisa ? new LisaStep(inner, lisa.options, lisa.data) : inner;
 }
 
 function methodStep(method: AlignmentMethod, seed: number, harmful?: EncodedHarmful): StepFunction {

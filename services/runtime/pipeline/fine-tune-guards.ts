@@ -18,5 +18,5 @@ export function applyGuard(guard: FineTuneGuard | undefined, data: Example[], se
   const plan = { ...settings, alignmentExamples: alignmentData.length };
   if (guard.kind === "safety_mix") return { data: safetyMix(data, alignmentData, guard.fraction, seed), plan };
   const { alignmentSteps, userSteps, rho } = guard;
-  return { data, lisa: { options: { alignmentSteps, userSteps, rho }, alignmentData, userData: data }, plan };
+  return { data, lisa: { options: { alignmentSteps, userSteps, rho }, data: { alignment: alignmentData, user: data } }, plan };
 }

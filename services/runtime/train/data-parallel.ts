@@ -145,8 +145,10 @@ export class DataParallelTrainer {
     // OpenBLAS reads the core type blas-addon.ts chooses from the environment once, when first
     // loaded, and a worker thread's process.env does not reach the C environment: load it here.
     if (init.nativeKernels !== "off") loadBlasAddon();
+    // The threads are given their batches: Lisa's data sets stay here.
+    const recipe = { ...init.recipe, lisa: init.recipe.lisa && { options: init.recipe.lisa.options } };
     const workers = Array.from({ length: threads }, (_, rank) =>
-      startWorker(import.meta.url, "./data-parallel-worker", { workerData: { ...rest, backend, rank, sum } satisfies WorkerInit }),
+      startWorker(import.meta.url, "./data-parallel-worker", { workerData: { ...rest, recipe, backend, rank, sum } satisfies WorkerInit }),
     );
     const trainer = new DataParallelTrainer(workers, sum, init.recipe);
     try {

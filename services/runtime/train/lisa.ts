@@ -28,6 +28,12 @@ export interface LisaOptions {
 
 export type LisaState = "alignment" | "user";
 
+/** The two data sets the steps alternate between (batchSource). */
+export interface LisaData {
+  alignment: ReadonlyArray<Example>;
+  user: ReadonlyArray<Example | string>;
+}
+
 /** Where step `step` (0-based) falls: its state, steps already taken in that state, and each data's batches taken before it. */
 export interface LisaPosition {
   state: LisaState;
@@ -75,21 +81,22 @@ export class LisaStep implements StepFunction {
   constructor(
     private readonly inner: StepFunction,
     readonly options: LisaOptions,
-    private readonly alignmentData: ReadonlyArray<Example>,
-    private readonly userData: ReadonlyArray<Example | string>,
+    /** Absent on a data-parallel thread, which is given its batches (data-parallel.ts). */
+    private readonly data?: LisaData,
   ) {
     const { alignmentSteps, userSteps, rho } = options;
     if (!Number.isInteger(alignmentSteps) || alignmentSteps < 0) throw new RangeError(`alignmentSteps must be an integer >= 0, got ${alignmentSteps}`);
     if (!Number.isInteger(userSteps) || userSteps < 1) throw new RangeError(`userSteps must be an integer >= 1, got ${userSteps}`);
     if (!(rho >= 0) || !Number.isFinite(rho)) throw new RangeError(`rho must be a finite number >= 0, got ${rho}`);
-    if (alignmentSteps > 0 && alignmentData.length === 0) throw new RangeError("Lisa's alignment data is empty");
+    if (alignmentSteps > 0 && data?.alignment.length === 0) throw new RangeError("Lisa's alignment data is empty");
     this.name = `lisa+${inner.name}`;
   }
 
   batchSource(step: number): BatchSource {
     const p = lisaPositionAt(step, this.options);
     const user = p.state === "user";
-    return { data: user ? this.userData : this.alignmentData, position: user ? p.userBatches : p.alignmentBatches, userBatches: p.userBatches + (user ? 1 : 0) };
+    if (!this.data) throw new Error("Lisa: this step function was made without its data sets");
+    return { data: user ? this.data.user : this.data.alignment, position: user ? p.userBatches : p.alignmentBatches, userBatches: p.userBatches + (user ? 1 : 0) };
   }
 
   run(input: StepInput): StepOutput {
