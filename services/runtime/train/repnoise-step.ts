@@ -141,7 +141,7 @@ export function harmfulTerms(
   noise: tf.Tensor2D[],
   alpha: number,
   beta: number,
-  place?: ShardRows,
+  place?: RealRows,
 ): tf.Scalar {
   const [b, t] = batch.inputIds.shape;
   const d = model.config.hiddenSize;
@@ -157,13 +157,13 @@ export function harmfulTerms(
 }
 
 /** Where a shard's real rows sit among the whole batch's (shards hold contiguous rows, in rank order). */
-export interface ShardRows {
+export interface RealRows {
   shard: Shard;
   offset: number;
   total: number;
 }
 
-export function shardRowsOf(shard: Shard, own: number): ShardRows {
+export function realRowsOf(shard: Shard, own: number): RealRows {
   const counts = new Float32Array(shard.shards);
   counts[shard.rank] = own;
   const all = shard.sum(counts);
@@ -178,7 +178,7 @@ export function shardRowsOf(shard: Shard, own: number): ShardRows {
  * (mmd2GradX), so the shards' values and gradients add up to one thread's and each does its
  * share of the kernel matrices.
  */
-function shardedMmd(own: tf.Tensor2D[], noise: tf.Tensor2D[], { shard, offset, total }: ShardRows): tf.Scalar {
+function shardedMmd(own: tf.Tensor2D[], noise: tf.Tensor2D[], { shard, offset, total }: RealRows): tf.Scalar {
   const layers = noise.length;
   const d = noise[0].shape[1];
   const gather = (hs: tf.Tensor2D[]) => {
@@ -230,7 +230,7 @@ export class RepNoiseStep implements StepFunction {
     const { alpha, beta, seed } = this.options;
     const batch = this.harmful.at(step, input.shard);
     const own = realPositions(batch).length;
-    const place = input.shard && shardRowsOf(input.shard, own);
+    const place = input.shard && realRowsOf(input.shard, own);
     const noise = noiseAt(seed, step, model.config.numHiddenLayers, place ? place.total : own, model.config.hiddenSize);
     let harm: ReturnType<typeof valueAndGrads> | undefined;
     try {
