@@ -3,7 +3,7 @@
     {
       "target_name": "vaccine_blas",
       "sources": ["blas.c", "cross_entropy.c", "rms_norm.c", "swiglu.c", "lora.c", "attention.c"],
-      "cflags": ["-O2", "-std=c11", "-Wall", "-Wextra", "-ffp-contract=off", "-fno-trapping-math"],
+      "cflags": ["-std=c11", "-Wall", "-Wextra", "-ffp-contract=off", "-fno-trapping-math"],
       "libraries": ["-lopenblas", "-lm"]
     }
   ]
