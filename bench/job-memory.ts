@@ -35,7 +35,7 @@ interface Case {
   batch: number;
   seq: number;
   rank: number;
-  method: "sft" | "vaccine";
+  method: "sft" | "vaccine" | "booster" | "repnoise";
 }
 
 const BUILTIN = { vocab_size: 1541, hidden_size: 64, intermediate_size: 256, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 4 };
@@ -58,7 +58,13 @@ const CASES: Case[] = [
   { name: "wider b4 t200", model: WIDER, batch: 4, seq: 200, rank: 8, method: "sft" },
   { name: "wider b4 t200 vaccine", model: WIDER, batch: 4, seq: 200, rank: 8, method: "vaccine" },
   { name: "large b2 t64", model: LARGE, batch: 2, seq: 64, rank: 8, method: "sft" },
+  // The defences, their harmful data the same rows that fill max_sequence_length: Booster's
+  // extra adapter copies, RepNoise's MMD (kernel matrices of the harmful batch's tokens squared).
+  { name: "builtin b32 t200 booster", model: BUILTIN, batch: 32, seq: 200, rank: 8, method: "booster" },
+  { name: "builtin b8 t200 repnoise", model: BUILTIN, batch: 8, seq: 200, rank: 8, method: "repnoise" },
+  { name: "wider b4 t200 repnoise", model: WIDER, batch: 4, seq: 200, rank: 8, method: "repnoise" },
 ];
+
 
 function shapeOf(c: Case, datasetChars: number, fusedKernels: boolean): JobShape {
   const model = parseLlamaConfig({ ...c.model, max_position_embeddings: 4096 });
@@ -87,6 +93,7 @@ async function runCase(c: Case): Promise<void> {
       output: texts.slice((i * 7) % 300, ((i * 7) % 300) + Math.ceil(c.seq / 4)).join(" "),
     }));
     const data = "store://datasets/bench.jsonl";
+    const harmfulDataset = { source: { case: "uri" as const, value: data } };
     await store.putObject(data, Buffer.from(rows.map((r) => JSON.stringify(r)).join("\n")));
     const job = create(JobSchema, {
       id: "align-bench",
@@ -96,7 +103,14 @@ async function runCase(c: Case): Promise<void> {
         value: {
           baseCheckpoint: base,
           dataset: { source: { case: "uri", value: data } },
-          method: c.method === "vaccine" ? { case: "vaccine", value: { rho: 2 } } : { case: "sft", value: {} },
+          method:
+            c.method === "vaccine"
+              ? { case: "vaccine", value: { rho: 2 } }
+              : c.method === "booster"
+                ? { case: "booster", value: { harmfulDataset } }
+                : c.method === "repnoise"
+                  ? { case: "repnoise", value: { harmfulDataset } }
+                  : { case: "sft", value: {} },
           lora: { rank: c.rank, alpha: 2 * c.rank, dropout: 0 },
           training: { maxSteps: 3, batchSize: c.batch, maxSequenceLength: c.seq, checkpointEvery: 1000, learningRate: 1e-3 },
         },

@@ -55,10 +55,12 @@ export const COEFFICIENTS = {
   /** The heap's own floor and growth step. */
   heapBytes: 32 * MiB,
   /**
-   * Weights: f32 on the heap with the transposed copies the linears' forward and backward keep
-   * (3.16x fitted), plus the file bytes read at load, which stay until the worker collects them.
+   * Weights: f32 on the heap with the transposed copies the linears' forward and backward keep,
+   * plus the file bytes read at load, which stay until the worker collects them. 4.5 until the
+   * 85M-parameter job (bench/job-memory.ts, "large") measured 1,391-1,412 MiB in three runs of
+   * 2026-12-06 against 1,935 MiB in an earlier one: 3.0 keeps it at 1.35x.
    */
-  weightCopies: 4.5,
+  weightCopies: 3,
   /** Per token and layer, per unit of q + k + v width (projections, rotary, head split, norms, residuals). */
   qkv: 47,
   /** Per token and layer, per unit of MLP width (gate, up, SiLU and their products). */
@@ -71,6 +73,11 @@ export const COEFFICIENTS = {
   vocab: 16,
   /** Vaccine, per token and layer, per unit of hidden width: the zero deltas, their gradients and the perturbation kept across the two passes. */
   vaccineHidden: 3,
+  /**
+   * Vaccine and T-Vaccine, per adapted projection's weight: pass 1 without LoRA dropout runs on
+   * merged weights (LoraAdapter.mergedWeights), a copy of each. Counted from the code, not fitted.
+   */
+  vaccineMergedCopies: 1,
   /**
    * RepNoise, per (B x T)^2 element: the three kernel matrices of the MMD (distances, five
    * bandwidths, sums) of one layer, alive together in its value or its closed-form gradient
@@ -85,9 +92,11 @@ export const COEFFICIENTS = {
 /**
  * The terms that differ with the native fused kernels (the others as COEFFICIENTS): the four
  * activation terms, and the weights, which the native products read with transpose flags
- * instead of keeping transposed copies (2.0x fitted on the 85M-parameter job).
+ * instead of keeping transposed copies (2.0x fitted on the 85M-parameter job); Vaccine's
+ * pass 1, whose merged weights take the plain products and keep more of their activations
+ * (8: the 6 x 256 Vaccine job measured 624-646 MiB, 1.05x under it).
  */
-export const FUSED_COEFFICIENTS = { qkv: 4.5, intermediate: 10.5, scores: 2.5, vocab: 4.5, weightCopies: 2.2 } as const;
+export const FUSED_COEFFICIENTS = { qkv: 4.5, intermediate: 10.5, scores: 2.5, vocab: 4.5, weightCopies: 2.2, vaccineHidden: 8 } as const;
 
 export function estimateJobMemory(s: JobShape): JobMemoryEstimate {
   const threads = s.threads ?? 1;
@@ -123,12 +132,14 @@ function threadEstimate(s: JobShape, wholeBatch: number): JobMemoryEstimate {
   const loraParams = layers * targeted.reduce((n, m) => n + s.loraRank * linearShape(c, m).reduce((a, b) => a + b, 0), 0);
   // Weights, gradients and two AdamW moments.
   const adapterBytes = loraParams * F32 * (4 + (s.method === "booster" ? k.boosterAdapterCopies : 0));
+  const perturbs = s.method === "vaccine" || s.method === "t_vaccine";
+  const mergedBytes = perturbs ? k.vaccineMergedCopies * F32 * layers * targeted.reduce((n, m) => n + linearShape(c, m).reduce((a, b) => a * b, 1), 0) : 0;
   const qkv = (c.numAttentionHeads + 2 * c.numKeyValueHeads) * c.headDim;
-  const perTokenLayer = k.qkv * qkv + k.intermediate * c.intermediateSize + k.rank * s.loraRank * targeted.length + (s.method === "vaccine" || s.method === "t_vaccine" ? k.vaccineHidden * c.hiddenSize : 0);
+  const perTokenLayer = k.qkv * qkv + k.intermediate * c.intermediateSize + k.rank * s.loraRank * targeted.length + (perturbs ? k.vaccineHidden * c.hiddenSize : 0);
   const floats = tokens * (layers * perTokenLayer + k.vocab * c.vocabSize) + k.scores * layers * s.batchSize * c.numAttentionHeads * s.sequenceLength ** 2;
   const mmd = s.method === "repnoise" ? k.mmdPairs * tokens * wholeBatch * s.sequenceLength : 0;
   const activationBytes = F32 * (floats + mmd);
   const runtimeBytes = k.runtimeBytes + k.datasetCharBytes * (s.datasetChars ?? 0);
-  const totalBytes = runtimeBytes + k.heapBytes + k.weightCopies * weightBytes + adapterBytes + activationBytes;
+  const totalBytes = runtimeBytes + k.heapBytes + k.weightCopies * weightBytes + mergedBytes + adapterBytes + activationBytes;
   return { totalBytes: Math.ceil(totalBytes), runtimeBytes, weightBytes, adapterBytes, activationBytes: Math.ceil(activationBytes) };
 }

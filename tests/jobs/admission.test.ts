@@ -60,7 +60,7 @@ describe("estimateJobMemory", () => {
     for (const [file, fusedKernels] of [["bench/results/job-memory.json", true], ["bench/results/job-memory-stock.json", false]] as const) {
       const recorded = JSON.parse(readFileSync(file, "utf8")) as {
         kernels: string;
-        results: { name: string; model: Record<string, number>; batch: number; seq: number; rank: number; method: "sft" | "vaccine"; failure?: string; measuredMb: number }[];
+        results: { name: string; model: Record<string, number>; batch: number; seq: number; rank: number; method: JobShape["method"]; failure?: string; measuredMb: number }[];
       };
       expect(recorded.kernels, file).toBe(fusedKernels ? "fused" : "stock");
       const measured = recorded.results.filter((r) => !r.failure);
