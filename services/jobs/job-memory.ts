@@ -57,7 +57,7 @@ export const COEFFICIENTS = {
   /**
    * Weights: f32 on the heap with the transposed copies the linears' forward and backward keep,
    * plus the file bytes read at load, which stay until the worker collects them. 4.5 until the
-   * 85M-parameter job (bench/job-memory.ts, "large") measured 1,391-1,412 MiB in three runs of
+   * 85M-parameter job (bench/job-memory.ts, "large") measured 1,391-1,460 MiB in four runs of
    * 2026-12-06 against 1,935 MiB in an earlier one: 3.0 keeps it at 1.35x.
    */
   weightCopies: 3,
