@@ -49,64 +49,57 @@ export interface RepNoiseOptions {
 /**
  * Biased (V-statistic) squared MMD between the rows of x ([n, d]) and y ([m, d]):
  * mean k(x, x') + mean k(y, y') - 2 mean k(x, y) over all pairs. Differentiable in x only (y
- * is the noise), with mmd2GradX's closed form as its gradient: the tape then keeps x alone,
- * not each layer's dozen or so (harmful tokens)^2 matrices, which on 8 layers of 760 tokens
- * took more than the 4 GiB heap.
+ * is the noise): the forward computes the closed-form gradient from the same kernel matrices
+ * (mmd2Part) and the tape keeps that [n, d] gradient alone, not each layer's dozen or so
+ * (harmful tokens)^2 matrices, which on 8 layers of 760 tokens took more than the 4 GiB heap.
  */
 export function mmd2(x: tf.Tensor2D, y: tf.Tensor2D): tf.Scalar {
   const op = tf.customGrad((xs: tf.Tensor | tf.GradSaveFunc, save: tf.Tensor | tf.GradSaveFunc) => {
-    (save as tf.GradSaveFunc)([xs as tf.Tensor]);
-    return { value: mmd2Value(xs as tf.Tensor2D, y), gradFunc: (dy: tf.Tensor, [saved]: tf.Tensor[]) => mmd2GradX(saved as tf.Tensor2D, y).mul(dy) };
+    const { value, grad } = mmd2Part(xs as tf.Tensor2D, y, xs as tf.Tensor2D, true);
+    (save as tf.GradSaveFunc)([grad!]);
+    return { value, gradFunc: (dy: tf.Tensor, [g]: tf.Tensor[]) => g.mul(dy) };
   });
   return op(x) as tf.Scalar;
 }
 
-function mmd2Value(x: tf.Tensor2D, y: tf.Tensor2D): tf.Scalar {
-  return mmd2Part(x, y, x, true);
-}
-
 /**
- * What rows `own` of x add to MMD^2(x, y): sum over them of (sum_j k(x_i, x_j) / n^2 -
- * 2 sum_j k(x_i, y_j) / (n m)), plus mean k(y, y) when withNoise. Over the rows of x split
- * in parts (data-parallel shards), the parts add up to MMD^2, the noise term taken once.
+ * What rows `own` of x add to MMD^2(x, y) (sum over them of sum_j k(x_i, x_j) / n^2 -
+ * 2 sum_j k(x_i, y_j) / (n m), plus mean k(y, y) when withNoise), and the gradient of MMD^2
+ * with respect to those rows in closed form: with D_ij = ||x_i - z_j||^2 and W_ij = dk/dD,
+ * d mean_ij k(x_i, z_j) / dx_i = (2 / (n m)) sum_j W_ij (x_i - z_j), twice that for z = x
+ * (where relu clamps D, x_i = z_j: no term either way). Over the rows of x split in parts
+ * (data-parallel shards), the parts add up to MMD^2 and its gradient, the noise term taken once.
+ * Each pair of inputs' kernel matrices serve both, and are freed before the next pair's.
  */
-function mmd2Part(x: tf.Tensor2D, y: tf.Tensor2D, own: tf.Tensor2D | undefined, withNoise: boolean): tf.Scalar {
+function mmd2Part(x: tf.Tensor2D, y: tf.Tensor2D, own: tf.Tensor2D | undefined, withNoise: boolean): { value: tf.Scalar; grad?: tf.Tensor2D } {
   const [n, d] = x.shape;
   const m = y.shape[0];
-  return tf.tidy(() => {
-    const kernelSum = (a: tf.Tensor2D, b: tf.Tensor2D) => {
+  // sum_ij k(a_i, b_j) and, with pull, sum_j W_ij (a_i - b_j) for each row of a.
+  const kernel = (a: tf.Tensor2D, b: tf.Tensor2D, pull: boolean) =>
+    tf.tidy(() => {
       const sq = squaredDistances(a, b);
-      return tf.addN(MMD_BANDWIDTHS.map((c) => sq.div(-c * d).exp())).sum();
-    };
-    let part = own ? kernelSum(own, x).div(n * n).sub(kernelSum(own, y).mul(2 / (n * m))) : tf.scalar(0);
-    if (withNoise) part = part.add(kernelSum(y, y).div(m * m));
-    return part as tf.Scalar;
+      const k = MMD_BANDWIDTHS.map((c) => sq.div(-c * d).exp());
+      const sum = tf.addN(k).sum() as tf.Scalar;
+      if (!pull) return { sum };
+      const w = tf.addN(k.map((kc, i) => kc.mul(-1 / (MMD_BANDWIDTHS[i] * d))));
+      return { sum, pull: w.sum(1).reshape([-1, 1]).mul(a).sub(matmul(w, b)) as tf.Tensor2D };
+    });
+  const noise = withNoise ? tf.tidy(() => kernel(y, y, false).sum.div(m * m) as tf.Scalar) : undefined;
+  if (!own) return { value: noise ?? tf.scalar(0) };
+  const xx = kernel(own, x, true);
+  const xy = kernel(own, y, true);
+  return tf.tidy(() => {
+    const part = xx.sum.div(n * n).sub(xy.sum.mul(2 / (n * m)));
+    const value = (noise ? part.add(noise) : part) as tf.Scalar;
+    const grad = xx.pull!.mul(4 / (n * n)).sub(xy.pull!.mul(4 / (n * m))) as tf.Tensor2D;
+    tf.dispose([xx.sum, xx.pull!, xy.sum, xy.pull!, ...(noise ? [noise] : [])]);
+    return { value, grad };
   });
 }
 
 /** ||a_i - b_j||^2 for every pair of rows, expanded; relu removes the tiny negatives rounding leaves on the diagonal. */
 function squaredDistances(a: tf.Tensor2D, b: tf.Tensor2D): tf.Tensor2D {
   return a.square().sum(1).reshape([-1, 1]).add(b.square().sum(1).reshape([1, -1])).sub(linearT(a, b).mul(2)).relu() as tf.Tensor2D;
-}
-
-/**
- * d MMD^2(x, y) / dx in closed form (mmd2's gradient, and the data-parallel step's, which
- * gathers the rows of x outside the tape), at rows `own` of x (default all). With
- * D_ij = ||x_i - z_j||^2 and W_ij = dk/dD: d mean_ij k(x_i, z_j) / dx_i =
- * (2 / (n m)) sum_j W_ij (x_i - z_j), twice that for z = x (where relu clamps D, x_i = z_j:
- * no term either way).
- */
-export function mmd2GradX(x: tf.Tensor2D, y: tf.Tensor2D, own: tf.Tensor2D = x): tf.Tensor2D {
-  const [n, d] = x.shape;
-  const m = y.shape[0];
-  return tf.tidy(() => {
-    const pull = (z: tf.Tensor2D) => {
-      const sq = squaredDistances(own, z);
-      const w = tf.addN(MMD_BANDWIDTHS.map((c) => sq.div(-c * d).exp().mul(-1 / (c * d))));
-      return w.sum(1).reshape([-1, 1]).mul(own).sub(matmul(w, z));
-    };
-    return pull(x).mul(4 / (n * n)).sub(pull(y).mul(4 / (n * m))) as tf.Tensor2D;
-  });
 }
 
 /** Flat indices (b * T + t) of the unpadded positions of a batch. */
@@ -174,9 +167,9 @@ export function realRowsOf(shard: Shard, own: number): RealRows {
  * A shard's part of mean_l MMD^2(H_l, noise[l]) over the whole batch's rows, from its own rows
  * of each H_l (none for a stand-in): the rows are gathered (each shard places its own in
  * zeros, and the sum over shards is the whole), and each shard computes what its rows add to
- * the value (mmd2Part; the noise's own term on the lead shard) and its rows of the gradient
- * (mmd2GradX), so the shards' values and gradients add up to one thread's and each does its
- * share of the kernel matrices.
+ * the value and its rows of the gradient (mmd2Part; the noise's own term on the lead shard),
+ * so the shards' values and gradients add up to one thread's and each does its share of the
+ * kernel matrices.
  */
 function shardedMmd(own: tf.Tensor2D[], noise: tf.Tensor2D[], { shard, offset, total }: RealRows): tf.Scalar {
   const layers = noise.length;
@@ -187,21 +180,24 @@ function shardedMmd(own: tf.Tensor2D[], noise: tf.Tensor2D[], { shard, offset, t
     const whole = shard.sum(placed);
     return noise.map((_, l) => tf.tensor2d(whole.subarray(l * total * d, (l + 1) * total * d), [total, d]));
   };
-  const partOf = (whole: tf.Tensor2D[], hs?: tf.Tensor2D[]) => tf.tidy(() => tf.addN(whole.map((h, l) => mmd2Part(h, noise[l], hs?.[l], isLead(shard)))).div(layers) as tf.Scalar);
+  // Each layer's part of the value and gradient of the mean over layers.
+  const partsOf = (hs: tf.Tensor2D[]) =>
+    tf.tidy(() => {
+      const whole = gather(hs);
+      const parts = whole.map((h, l) => mmd2Part(h, noise[l], hs[l], isLead(shard)));
+      const value = tf.addN(parts.map((p) => p.value)).div(layers) as tf.Scalar;
+      return { value, grads: parts.flatMap((p) => (p.grad ? [p.grad.div(layers) as tf.Tensor2D] : [])) };
+    });
   if (own.length === 0) {
-    const whole = gather([]);
-    try {
-      return partOf(whole);
-    } finally {
-      tf.dispose(whole);
-    }
+    const { value, grads } = partsOf([]);
+    tf.dispose(grads);
+    return value;
   }
   const op = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
     const save = args.pop() as tf.GradSaveFunc;
-    const hs = args as tf.Tensor2D[];
-    const whole = gather(hs);
-    save(whole.map((h, l) => tf.tidy(() => mmd2GradX(h, noise[l], hs[l]).div(layers))));
-    return { value: partOf(whole, hs), gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => saved.map((g) => g.mul(dy)) };
+    const { value, grads } = partsOf(args as tf.Tensor2D[]);
+    save(grads);
+    return { value, gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => saved.map((g) => g.mul(dy)) };
   });
   return op(...own) as tf.Scalar;
 }
