@@ -9,7 +9,7 @@ import type { Example } from "../../services/runtime/data/template.ts";
 import { LINEAR_MODULES, LlamaModel } from "../../services/runtime/model/llama.ts";
 import { causalLmLoss } from "../../services/runtime/model/loss.ts";
 import { LoraAdapter, loraWeightName } from "../../services/runtime/model/lora.ts";
-import { alignmentStep, type AlignmentMethod } from "../../services/runtime/pipeline/alignment-methods.ts";
+import { stepFunction, type AlignmentMethod } from "../../services/runtime/pipeline/alignment-methods.ts";
 import { trainAdapter, type AdapterTrainingSpec } from "../../services/runtime/pipeline/train-adapter.ts";
 import { Rng } from "../../services/runtime/rng.ts";
 import type { CheckpointRef } from "../../services/runtime/store/store.ts";
@@ -470,7 +470,7 @@ describe("every defence", () => {
   });
 
   it("a method that reads harmful data refuses to run without it", () => {
-    expect(() => alignmentStep({ kind: "booster", lambda: 5, alpha: 0.1 }, tokenizer, options)).toThrow(/harmful dataset/);
+    expect(() => stepFunction({ method: { kind: "booster", lambda: 5, alpha: 0.1 }, seed: 1 })).toThrow(/harmful dataset/);
     expect(() => HarmfulBatches.of([], tokenizer, options)).toThrow(/empty/);
   });
 });

@@ -4,12 +4,9 @@
  * (docs/method.md for SFT and Vaccine, docs/defences.md for the others), made from plain
  * data (StepRecipe) so that every thread of a data-parallel run makes the same.
  */
-import type { Example } from "../data/template.ts";
-import type { Tokenizer } from "../tokenizer.ts";
 import { BoosterStep } from "../train/booster-step.ts";
 import { HarmfulBatches, type EncodedHarmful } from "../train/harmful-batches.ts";
 import { LisaStep, type LisaData, type LisaOptions } from "../train/lisa.ts";
-import type { TrainOptions } from "../train/loop.ts";
 import { RepNoiseStep } from "../train/repnoise-step.ts";
 import { SftStep, type StepFunction } from "../train/step.ts";
 import { TVaccineStep } from "../train/t-vaccine-step.ts";
@@ -25,11 +22,6 @@ export type AlignmentMethod =
 /** Whether the method reads harmful data besides the training data (T-Vaccine's probe, Booster, RepNoise). */
 export function needsHarmfulData(method: AlignmentMethod): boolean {
   return method.kind === "t_vaccine" || method.kind === "booster" || method.kind === "repnoise";
-}
-
-/** The method's step; `harmful` is required when needsHarmfulData(method). */
-export function alignmentStep(method: AlignmentMethod, tokenizer: Tokenizer, training: TrainOptions, harmful?: Example[]): StepFunction {
-  return stepFunction({ method, seed: training.seed, ...(harmful && needsHarmfulData(method) && { harmful: HarmfulBatches.of(harmful, tokenizer, training).encoded }) });
 }
 
 /**
