@@ -62,6 +62,33 @@ void exp_array(const float *in, float *out, int64_t n);
 #define VECTOR_CLONES
 #endif
 
+/*
+ * The largest of n >= 1 values, scanned in 16 lanes so that the loop vectorises: the same
+ * value as one scan (a maximum does not round; a NaN is taken only as the first value, as
+ * there).
+ */
+static inline float max_of(const float *x, int64_t n) {
+  float m[16];
+  for (int k = 0; k < 16; k++) m[k] = x[0];
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int k = 0; k < 16; k++) m[k] = x[i + k] > m[k] ? x[i + k] : m[k];
+  for (; i < n; i++) m[0] = x[i] > m[0] ? x[i] : m[0];
+  float out = m[0];
+  for (int k = 1; k < 16; k++) out = m[k] > out ? m[k] : out;
+  return out;
+}
+
+/* The sum of n values in double, in 8 lanes so that the loop vectorises (one running sum is a chain of dependent adds). */
+static inline double sum_of(const float *x, int64_t n) {
+  double s[8] = {0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++) s[k] += (double)x[i + k];
+  for (; i < n; i++) s[0] += (double)x[i];
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
 /* A per-thread scratch buffer of at least count floats, reused across calls; NULL when out of memory. */
 float *scratch(size_t count);
 

@@ -44,15 +44,13 @@ VECTOR_CLONES static void softmax(float *p, const float *bias, int64_t T, float 
     float *row = p + i * T;
     const float *br = bias + i * T;
     for (int64_t j = 0; j < T; j++) row[j] = row[j] / root + br[j];
-    float max = row[0];
-    for (int64_t j = 1; j < T; j++) max = row[j] > max ? row[j] : max;
+    const float max = max_of(row, T);
     for (int64_t j = 0; j < T; j++) row[j] -= max;
   }
   exp_array(p, p, T * T);
   for (int64_t i = 0; i < T; i++) {
     float *row = p + i * T;
-    float sum = 0;
-    for (int64_t j = 0; j < T; j++) sum += row[j];
+    const float sum = (float)sum_of(row, T);
     for (int64_t j = 0; j < T; j++) row[j] /= sum;
   }
 }

@@ -12,6 +12,15 @@
 #include <string.h>
 #include "addon.h"
 
+/* p = exp(x - max) / sum over a row of n values; returns the sum. */
+VECTOR_CLONES static double softmax_shifted(const float *x, float max, float *p, int64_t n) {
+  for (int64_t j = 0; j < n; j++) p[j] = exp_poly(x[j] - max);
+  const double sum = sum_of(p, n);
+  const float inv = (float)(1 / sum);
+  for (int64_t j = 0; j < n; j++) p[j] *= inv;
+  return sum;
+}
+
 /*
  * crossEntropy(heap, logitsOffset, targetOffset, weightOffset, probsOffset, rows, vocab):
  * for [rows, vocab] float32 logits, int32 targets and float32 weights, writes each row's
@@ -49,15 +58,8 @@ napi_value cross_entropy(napi_env env, napi_callback_info info) {
       return result;
     }
     const float *x = logits + i * vocab;
-    float max = x[0];
-    for (int64_t j = 1; j < vocab; j++) max = x[j] > max ? x[j] : max;
-    for (int64_t j = 0; j < vocab; j++) p[j] = x[j] - max;
-    exp_array(p, p, vocab);
-    double sum = 0;
-    for (int64_t j = 0; j < vocab; j++) sum += p[j];
-    const float inv = (float)(1 / sum);
-    for (int64_t j = 0; j < vocab; j++) p[j] *= inv;
-    total += weight[i] * ((double)(max - x[target[i]]) + log(sum));
+    const float max = max_of(x, vocab);
+    total += weight[i] * ((double)(max - x[target[i]]) + log(softmax_shifted(x, max, p, vocab)));
   }
   CHECK(env, napi_create_double(env, total, &result));
   return result;
