@@ -107,6 +107,25 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
     tf.dispose([logits, labels]);
   });
 
+  it("a backward pass makes no zero gradient for what an op keeps beside its value (the softmax, the sigmoid)", async () => {
+    // tfjs gives every output of a tape node a gradient, zeros where none flows; kept tensors
+    // are saved instead of being outputs, so the backward pass makes no tensor for them. Peaks
+    // in tfjs's count of tensor bytes (a saved clone counts, though it shares the buffer), in
+    // units of one [rows, vocab] tensor, beyond what stays: 1 and 8 here, 2 and 9 with the
+    // kept tensors as outputs.
+    const [rows, vocab] = [64, 4096];
+    const bytes = rows * vocab * 4;
+    const logits = random([rows, vocab], 7) as tf.Tensor2D;
+    const target = tf.tensor1d(Int32Array.from({ length: rows }, (_, i) => (i * 37) % vocab), "int32");
+    const weight = tf.ones([rows]) as tf.Tensor1D;
+    const loss = await tf.profile(() => tf.grad((x: tf.Tensor) => softmaxCrossEntropy(x as tf.Tensor2D, target, weight, 1))(logits));
+    expect(loss.peakBytes - tf.memory().numBytes).toBeLessThan(1.5 * bytes);
+    const gate = random([1, rows, vocab], 8) as tf.Tensor3D;
+    const mlp = await tf.profile(() => tf.grad((g: tf.Tensor) => swiglu(g as tf.Tensor3D, gate).sum())(gate));
+    expect(mlp.peakBytes - tf.memory().numBytes).toBeLessThan(8.5 * bytes);
+    tf.dispose([logits, target, weight, gate]);
+  });
+
   it("RMSNorm: value and the gradients of x and weight, on odd widths and 2 or 3 axes", () => {
     let seed = 100;
     for (const shape of [[1, 1], [3, 17], [2, 5, 129], [4, 8, 128]]) {

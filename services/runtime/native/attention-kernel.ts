@@ -4,12 +4,12 @@
  * product with v, reading q, k and v in the projections' [B, T, heads * d] layout and
  * writing the context in it, instead of about 15 wasm kernels a layer forward (head
  * transposes, the rotation's products, the scores' scaling and bias, softmax) and 25
- * backward. Registered under its own kernel names with its gradient; LlamaModel's attention
+ * backward. Registered under its own kernel names and run as an op with its gradient; LlamaModel's attention
  * uses it for uncached passes while the native kernels are active.
  */
 import * as tf from "@tensorflow/tfjs";
 import type { BlasAddon } from "./blas-addon.ts";
-import { heapBuffer, heapOffset, registerFused, type WasmBackend } from "./wasm-heap.ts";
+import { heapBuffer, heapOffset, registerFused, runFused, type WasmBackend } from "./wasm-heap.ts";
 
 const FORWARD = "VaccineAttention";
 const BACKWARD = "VaccineAttentionGrad";
@@ -20,19 +20,9 @@ interface Attrs {
   headDim: number;
 }
 
-/** Registers both kernels on the wasm backend and the gradient. */
+/** Registers both kernels on the wasm backend. */
 export function registerAttentionKernels(addon: BlasAddon): void {
-  registerFused(FORWARD, BACKWARD, { forward: (args) => forward(addon, args), backward: (args) => backward(addon, args) }, {
-    inputsToSave: ["v", "cos", "sin"],
-    outputsToSave: [false, true, true, true],
-    gradFunc: (dy, saved, attrs) => {
-      const [v, cos, sin, qr, kr, probs] = saved;
-      const dOut = Array.isArray(dy) ? dy[0] : dy;
-      // One kernel gives all three (they share the scores' gradient); the closures hand them out.
-      const [dq, dk, dv] = tf.engine().runKernel(BACKWARD, { dy: dOut, qr, kr, v, probs, cos, sin }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor[];
-      return { q: () => dq, k: () => dk, v: () => dv };
-    },
-  });
+  registerFused(FORWARD, BACKWARD, { forward: (args) => forward(addon, args), backward: (args) => backward(addon, args) });
 }
 
 /**
@@ -41,9 +31,11 @@ export function registerAttentionKernels(addon: BlasAddon): void {
  * q's layout.
  */
 export function attentionKernel(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D, bias: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D, attrs: Attrs): tf.Tensor3D {
-  const [out, ...kept] = tf.engine().runKernel(FORWARD, { q, k, v, bias, cos, sin }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor[];
-  tf.dispose(kept); // kept by the tape while a gradient is recorded
-  return out as tf.Tensor3D;
+  const named = attrs as unknown as tf.NamedAttrMap;
+  // One backward kernel gives all three gradients (they share the scores' gradient).
+  return runFused<tf.Tensor3D>(FORWARD, { inputs: { q, k, v }, constants: { bias, cos, sin } }, named, ["v", "cos", "sin"], (dy, saved, [qr, kr, probs]) =>
+    tf.engine().runKernel(BACKWARD, { dy, qr, kr, v: saved.v, probs, cos: saved.cos, sin: saved.sin }, named) as tf.Tensor[],
+  );
 }
 
 function forward(addon: BlasAddon, args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo[] {

@@ -2,27 +2,18 @@
  * The language-model loss as one kernel on the addon (native/blas/cross_entropy.c): softmax
  * cross-entropy over the vocabulary, forward and backward, instead of about a dozen wasm
  * kernels that each pass over the [tokens, vocab] logits (the largest tensor of a step on a
- * small model); the forward keeps the softmax, so the backward takes no exponential. Registered under its own kernel names with its gradient, so tfjs's tape
- * differentiates it like any op; model/loss.ts uses it while the native kernels are active.
+ * small model); the forward keeps the softmax, so the backward takes no exponential. Registered under its own kernel names and run as an op with its gradient; model/loss.ts uses it while the native kernels are active.
  */
 import * as tf from "@tensorflow/tfjs";
 import type { BlasAddon } from "./blas-addon.ts";
-import { heapBuffer, heapOffset, registerFused, type WasmBackend } from "./wasm-heap.ts";
+import { heapBuffer, heapOffset, registerFused, runFused, type WasmBackend } from "./wasm-heap.ts";
 
 const FORWARD = "VaccineSoftmaxCrossEntropy";
 const BACKWARD = "VaccineSoftmaxCrossEntropyGrad";
 
-/** Registers both kernels on the wasm backend and the gradient. */
+/** Registers both kernels on the wasm backend. */
 export function registerCrossEntropyKernels(addon: BlasAddon): void {
-  registerFused(FORWARD, BACKWARD, { forward: (args) => forward(addon, args), backward: (args) => backward(addon, args) }, {
-    inputsToSave: ["target", "weight"],
-    outputsToSave: [false, true],
-    gradFunc: (dy, saved, attrs) => {
-      const [target, weight, probs] = saved;
-      const dLoss = Array.isArray(dy) ? dy[0] : dy;
-      return { logits: () => tf.engine().runKernel(BACKWARD, { dy: dLoss, probs, target, weight }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor };
-    },
-  });
+  registerFused(FORWARD, BACKWARD, { forward: (args) => forward(addon, args), backward: (args) => backward(addon, args) });
 }
 
 /**
@@ -31,9 +22,9 @@ export function registerCrossEntropyKernels(addon: BlasAddon): void {
  * when a weighted row's target is outside the vocabulary.
  */
 export function softmaxCrossEntropy(logits: tf.Tensor2D, target: tf.Tensor1D, weight: tf.Tensor1D, scale: number): tf.Scalar {
-  const [loss, probs] = tf.engine().runKernel(FORWARD, { logits, target, weight }, { scale }) as [tf.Scalar, tf.Tensor2D];
-  probs.dispose(); // the softmax, kept by the tape while a gradient is recorded
-  return loss;
+  return runFused<tf.Scalar>(FORWARD, { inputs: { logits }, constants: { target, weight } }, { scale }, ["target", "weight"], (dy, saved, [probs]) => [
+    tf.engine().runKernel(BACKWARD, { dy, probs, target: saved.target, weight: saved.weight }, { scale }) as tf.Tensor,
+  ]);
 }
 
 function forward(addon: BlasAddon, args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo[] {

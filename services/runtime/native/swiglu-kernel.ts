@@ -1,35 +1,26 @@
 /**
  * The MLP's SwiGLU product, silu(gate) * up, as one kernel on the addon (native/blas/swiglu.c)
  * instead of a sigmoid and two products forward and about eight kernels backward; the forward
- * keeps the sigmoid for the backward. Registered under its own kernel names with its
- * gradient; model/llama.ts uses it while the native kernels are active.
+ * keeps the sigmoid for the backward. Registered under its own kernel names and run as an op
+ * with its gradient; model/llama.ts uses it while the native kernels are active.
  */
 import * as tf from "@tensorflow/tfjs";
 import type { BlasAddon } from "./blas-addon.ts";
-import { heapBuffer, heapOffset, registerFused, type WasmBackend } from "./wasm-heap.ts";
+import { heapBuffer, heapOffset, registerFused, runFused, type WasmBackend } from "./wasm-heap.ts";
 
 const FORWARD = "VaccineSwiGlu";
 const BACKWARD = "VaccineSwiGluGrad";
 
-/** Registers both kernels on the wasm backend and the gradient. */
+/** Registers both kernels on the wasm backend. */
 export function registerSwigluKernels(addon: BlasAddon): void {
-  registerFused(FORWARD, BACKWARD, { forward: (args) => forward(addon, args), backward: (args) => backward(addon, args) }, {
-    inputsToSave: ["gate", "up"],
-    outputsToSave: [false, true],
-    gradFunc: (dy, saved) => {
-      const [gate, up, sigmoid] = saved;
-      const dOut = Array.isArray(dy) ? dy[0] : dy;
-      const grad = (which: number) => () => tf.engine().runKernel(BACKWARD, { dy: dOut, gate, up, sigmoid }, { which }) as tf.Tensor;
-      return { gate: grad(0), up: grad(1) };
-    },
-  });
+  registerFused(FORWARD, BACKWARD, { forward: (args) => forward(addon, args), backward: (args) => backward(addon, args) });
 }
 
 /** gate * sigmoid(gate) * up for float32 tensors of one shape. */
 export function swigluKernel<T extends tf.Tensor>(gate: T, up: T): T {
-  const [out, sigmoid] = tf.engine().runKernel(FORWARD, { gate, up }) as [T, T];
-  sigmoid.dispose(); // kept by the tape while a gradient is recorded
-  return out;
+  return runFused<T>(FORWARD, { inputs: { gate, up } }, {}, ["gate", "up"], (dy, saved, [sigmoid]) =>
+    [0, 1].map((which) => tf.engine().runKernel(BACKWARD, { dy, gate: saved.gate, up: saved.up, sigmoid }, { which }) as tf.Tensor),
+  );
 }
 
 function forward(addon: BlasAddon, args: Parameters<tf.KernelFunc>[0]): tf.TensorInfo[] {

@@ -21,12 +21,46 @@ export function heapBuffer(backend: WasmBackend): ArrayBuffer {
 
 /**
  * Registers a fused op: its forward and backward kernels on the wasm backend under names of
- * their own, and the forward's gradient, so tfjs's tape differentiates it like any op. Once
- * per thread: tfjs's registries are global.
+ * their own and, when given, the forward's gradient, so tfjs's tape differentiates it like
+ * any op (an op run through `runFused` brings its gradient instead). Once per thread: tfjs's
+ * registries are global.
  */
-export function registerFused(forward: string, backward: string, kernels: { forward: tf.KernelFunc; backward: tf.KernelFunc }, gradient: Omit<tf.GradConfig, "kernelName">): void {
+export function registerFused(forward: string, backward: string, kernels: { forward: tf.KernelFunc; backward: tf.KernelFunc }, gradient?: Omit<tf.GradConfig, "kernelName">): void {
   if (tf.getKernel(forward, "wasm")) return;
   tf.registerKernel({ kernelName: forward, backendName: "wasm", kernelFunc: kernels.forward });
   tf.registerKernel({ kernelName: backward, backendName: "wasm", kernelFunc: kernels.backward });
-  tf.registerGradient({ kernelName: forward, ...gradient });
+  if (gradient) tf.registerGradient({ kernelName: forward, ...gradient });
+}
+
+/**
+ * Runs a fused op's forward kernel as a tf.customGrad op whose value is the kernel's first
+ * output; the other outputs (what the backward reads: a softmax, rotated q and k) are saved
+ * for the gradient rather than left as outputs of a tape node, for each of which tfjs would
+ * make a zero gradient in JavaScript and copy it into the heap every backward pass (measured:
+ * 4-6 ms of a 4 x 128 training step). `inputs` are the differentiable operands, `constants`
+ * the others, `reads` the operands the backward reads (saved with the outputs: the caller may
+ * free its own); `gradient` gets dy, those operands by name and the other outputs, and returns
+ * one gradient per input, in order. Off the tape nothing is saved and the other outputs are
+ * freed.
+ */
+export function runFused<T extends tf.Tensor>(
+  kernel: string,
+  operands: { inputs: Record<string, tf.Tensor>; constants?: Record<string, tf.Tensor> },
+  attrs: tf.NamedAttrMap,
+  reads: string[],
+  gradient: (dy: tf.Tensor, read: Record<string, tf.Tensor>, kept: tf.Tensor[]) => tf.Tensor[],
+): T {
+  const names = Object.keys(operands.inputs);
+  const op = tf.customGrad((...args: unknown[]) => {
+    const save = args[names.length] as tf.GradSaveFunc;
+    const all: Record<string, tf.Tensor> = { ...operands.constants, ...Object.fromEntries(names.map((n, i) => [n, args[i] as tf.Tensor])) };
+    const [value, ...kept] = tf.engine().runKernel(kernel, all, attrs) as tf.Tensor[];
+    save([...reads.map((n) => all[n]), ...kept]);
+    return {
+      value,
+      gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[]) =>
+        gradient(Array.isArray(dy) ? dy[0] : dy, Object.fromEntries(reads.map((n, i) => [n, saved[i]])), saved.slice(reads.length)),
+    };
+  });
+  return op(...names.map((n) => operands.inputs[n])) as T;
 }
