@@ -89,6 +89,20 @@ static inline double sum_of(const float *x, int64_t n) {
   return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
+/* The sum of a_i b_i (c_i) over n values in double (c may be NULL), in 8 lanes like sum_of. */
+static inline double dot_of(const float *a, const float *b, const float *c, int64_t n) {
+  double s[8] = {0};
+  int64_t i = 0;
+  if (c)
+    for (; i + 8 <= n; i += 8)
+      for (int k = 0; k < 8; k++) s[k] += (double)a[i + k] * b[i + k] * c[i + k];
+  else
+    for (; i + 8 <= n; i += 8)
+      for (int k = 0; k < 8; k++) s[k] += (double)a[i + k] * b[i + k];
+  for (; i < n; i++) s[0] += (double)a[i] * b[i] * (c ? c[i] : 1.0f);
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
 /* A per-thread scratch buffer of at least count floats, reused across calls; NULL when out of memory. */
 float *scratch(size_t count);
 

@@ -153,8 +153,7 @@ napi_value attention_grad(napi_env env, napi_callback_info info) {
       for (int64_t i = 0; i < T; i++) {
         float *row = ds + i * T;
         const float *pr = p + i * T;
-        float dot = 0;
-        for (int64_t j = 0; j < T; j++) dot += row[j] * pr[j];
+        const float dot = (float)dot_of(row, pr, NULL, T);
         for (int64_t j = 0; j < T; j++) row[j] = pr[j] * (row[j] - dot) / root;
       }
       /* dq = ds k (rotated space, unrotated below); dk += ds^T q. */

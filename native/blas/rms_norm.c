@@ -23,8 +23,7 @@ napi_value rms_norm(napi_env env, napi_callback_info info) {
   const float *x = (const float *)heap + v[0] / 4, *w = (const float *)heap + v[1] / 4;
   float *out = (float *)heap + v[2] / 4, *r = (float *)heap + v[3] / 4;
   for (int64_t i = 0; i < rows; i++, x += width, out += width) {
-    double sum = 0;
-    for (int64_t j = 0; j < width; j++) sum += (double)x[j] * x[j];
+    const double sum = dot_of(x, x, NULL, width);
     const float ri = (float)(1 / sqrt(sum / (double)width + eps));
     r[i] = ri;
     for (int64_t j = 0; j < width; j++) out[j] = x[j] * ri * w[j];
@@ -51,8 +50,7 @@ napi_value rms_norm_grad(napi_env env, napi_callback_info info) {
   const float *dy = (const float *)heap + v[0] / 4, *x = (const float *)heap + v[1] / 4, *w = (const float *)heap + v[2] / 4, *r = (const float *)heap + v[3] / 4;
   float *out = (float *)heap + v[4] / 4;
   for (int64_t i = 0; i < rows; i++, dy += width, x += width, out += width) {
-    double dot = 0;
-    for (int64_t j = 0; j < width; j++) dot += (double)w[j] * dy[j] * x[j];
+    const double dot = dot_of(w, dy, x, width);
     const double ri = r[i];
     const float c = (float)(ri * ri * ri * dot / (double)width);
     for (int64_t j = 0; j < width; j++) out[j] = r[i] * w[j] * dy[j] - x[j] * c;
