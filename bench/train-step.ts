@@ -9,9 +9,10 @@
  *     each with the native kernels on 1 OpenBLAS thread and half the batch,
  *   - torch-1t / torch-2t: bench/train_step_torch.py on Debian's PyTorch (same OpenBLAS core
  *     as the native kernel, so both run the same sgemm code).
- * Also the sgemm rate through the addon (1024^3, 1 and 2 threads), model FLOPs per step, MFU
- * against that rate, tokens/s, peak RSS, and how long the case's threads waited for a core
- * taken by other load (each case in its own process).
+ * Also the sgemm rate through the addon (1024^3, 1 and 2 threads) at the start, and around
+ * every step on the case's cores (PyTorch: torch.mm), model FLOPs per step, MFU against both,
+ * tokens/s, peak RSS, and how long the case's threads waited for a core taken by other load
+ * (each case in its own process).
  * Writes bench/results/train-step.json. Run: npx tsx bench/train-step.ts
  * One case: npx tsx bench/train-step.ts --case <variant> <config> <method>
  */
@@ -20,7 +21,7 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import * as tf from "@tensorflow/tfjs";
 import { selectBackend } from "../services/runtime/backend.ts";
-import { loadBlasAddon } from "../services/runtime/native/blas-addon.ts";
+import { loadBlasAddon, type BlasAddon } from "../services/runtime/native/blas-addon.ts";
 import { LINEAR_MODULES } from "../services/runtime/model/llama.ts";
 import { BATCH, CONFIGS, dataParallelSetup, llamaConfig, METHODS, RANK, RHO, stepFlops, TOKENS, trainingSetup, VOCAB, type ConfigName, type Method } from "./train-setup.ts";
 
@@ -45,6 +46,16 @@ async function runCase(variant: Variant, configName: ConfigName, method: Method)
     loaded.addon.setThreads(blasThreads);
   }
   const setup = dataParallel > 0 ? await dataParallelSetup(configName, method, dataParallel, blasThreads) : { ...trainingSetup(configName, method), close: async () => {} };
+  // The sgemm rate around each step on the case's cores: load on the shared machine comes and
+  // goes, and paired with the step it falls on both.
+  const gemm = "addon" in loaded ? gemmTimer(loaded.addon) : null;
+  const pairedGemm = gemm && (() => {
+    (loaded as { addon: BlasAddon }).addon.setThreads(threads);
+    const ms = gemm();
+    (loaded as { addon: BlasAddon }).addon.setThreads(blasThreads);
+    return ms;
+  });
+  const rates: number[] = [];
   const times: number[] = [];
   const cpuTimes: number[] = [];
   const waits: number[] = [];
@@ -52,6 +63,7 @@ async function runCase(variant: Variant, configName: ConfigName, method: Method)
   const tensorsBefore = tf.memory().numTensors;
   let threadTensors: number[][] = [];
   for (let i = 0; i < WARMUP + STEPS; i++) {
+    const gemmBefore = pairedGemm?.();
     const c0 = process.cpuUsage();
     const w0 = runQueueWaitMs();
     const t0 = performance.now();
@@ -62,6 +74,7 @@ async function runCase(variant: Variant, configName: ConfigName, method: Method)
     waits.push(runQueueWaitMs() - w0);
     losses.push(out.loss);
     if ("threadTensors" in out) threadTensors.push(out.threadTensors);
+    if (pairedGemm) rates.push(gemmGflops(Math.min(gemmBefore!, pairedGemm())));
   }
   await setup.close();
   const leaked = tf.memory().numTensors - tensorsBefore;
@@ -75,6 +88,8 @@ async function runCase(variant: Variant, configName: ConfigName, method: Method)
     stepMs: median(timed),
     cpuMs: median(cpuTimes.slice(WARMUP)),
     runQueueWaitMs: median(waits.slice(WARMUP)),
+    stepMsAll: times.slice(WARMUP),
+    pairedSgemmGflops: rates.slice(WARMUP),
     minMs: timed[0],
     maxMs: timed[timed.length - 1],
     firstLoss: losses[0],
@@ -107,22 +122,30 @@ function median(xs: number[]): number {
   return (s[(s.length - 1) >> 1] + s[s.length >> 1]) / 2;
 }
 
-/** sgemm GFLOP/s through the addon: median of 15 products of n x n by n x n. */
-function sgemmRate(threads: number, n = 1024): number {
-  const loaded = loadBlasAddon();
-  if (!("addon" in loaded)) throw new Error(loaded.error);
-  loaded.addon.setThreads(threads);
+const GEMM_N = 1024;
+const gemmGflops = (ms: number) => (2 * GEMM_N ** 3) / (ms / 1000) / 1e9;
+
+/** A timer of one GEMM_N^3 sgemm through the addon, on its current thread count: ms. */
+function gemmTimer(addon: BlasAddon): () => number {
+  const n = GEMM_N;
   const heap = new ArrayBuffer(3 * n * n * 4);
   const f = new Float32Array(heap);
   for (let i = 0; i < 2 * n * n; i++) f[i] = Math.random() - 0.5;
-  const once = () => {
+  return () => {
     const t0 = performance.now();
-    loaded.addon.gemm(heap, 0, n * n * 4, 2 * n * n * 4, 1, 1, n, n, n, false, false);
+    addon.gemm(heap, 0, n * n * 4, 2 * n * n * 4, 1, 1, n, n, n, false, false);
     return performance.now() - t0;
   };
+}
+
+/** sgemm GFLOP/s through the addon: median of 15 products of GEMM_N^3. */
+function sgemmRate(threads: number): number {
+  const loaded = loadBlasAddon();
+  if (!("addon" in loaded)) throw new Error(loaded.error);
+  loaded.addon.setThreads(threads);
+  const once = gemmTimer(loaded.addon);
   for (let i = 0; i < 3; i++) once();
-  const ms = Array.from({ length: 15 }, once).sort((a, b) => a - b)[7];
-  return (2 * n ** 3) / (ms / 1000) / 1e9;
+  return gemmGflops(median(Array.from({ length: 15 }, once)));
 }
 
 function loadAverage(): number[] {
@@ -187,15 +210,22 @@ async function main(): Promise<void> {
   );
 }
 
-/** Rates from the median wall time; the CPU time's rate says what the step would reach on idle cores. */
-function withRates(c: { stepMs: number; cpuMs: number; threads: number } & Record<string, unknown>, flops: number, sgemm: { threads1: number; threads2: number } | null) {
+/**
+ * Rates from the median wall time; the CPU time's rate says what the step would reach on idle
+ * cores. mfu is against the run's opening sgemm rate, mfuPaired the median over steps of each
+ * step's rate against the sgemm rate measured around it.
+ */
+function withRates(c: { stepMs: number; cpuMs: number; threads: number; stepMsAll?: number[]; pairedSgemmGflops?: number[] } & Record<string, unknown>, flops: number, sgemm: { threads1: number; threads2: number } | null) {
   const gflops = flops / (c.stepMs / 1000) / 1e9;
   const peak = sgemm && (c.threads === 1 ? sgemm.threads1 : sgemm.threads2);
+  const paired = c.pairedSgemmGflops?.length ? c.pairedSgemmGflops.map((rate, i) => flops / (c.stepMsAll![i] / 1000) / 1e9 / rate) : null;
   return {
     ...c,
     modelGflopPerStep: flops / 1e9,
     gflops,
     mfu: peak ? gflops / peak : null,
+    pairedSgemmMedian: paired && median(c.pairedSgemmGflops!),
+    mfuPaired: paired && median(paired),
     tokensPerSecond: (BATCH * TOKENS) / (c.stepMs / 1000),
     gflopsPerCpuSecond: flops / (c.cpuMs / 1000) / 1e9,
   };

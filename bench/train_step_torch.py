@@ -5,7 +5,9 @@ LoRA (r 8, alpha 16, all seven projections, base frozen), same batch (8 x 64 ran
 every position labelled), AdamW (weight decay 0.1) with global-norm clipping at 1, Vaccine
 with rho 2 (pass 1: gradient of the loss w.r.t. a zero delta on every layer's attention
 output; pass 2: the update under the scaled perturbation). Median of 10 steps after 2 of
-warm-up; prints one JSON line.
+warm-up; prints one JSON line. Around each step, a 1024^3 torch.mm on the same threads (the
+same OpenBLAS sgemm): the sgemm rate paired with that step, so load that comes and goes on the
+shared machine falls on both.
 
 Usage: /usr/bin/python3 bench/train_step_torch.py <4x128|6x256> <sft|vaccine> <threads>
 """
@@ -93,9 +95,17 @@ def main():
     model = Model(d, f, layers, heads)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
-    times, cpu_times, losses = [], [], []
+    times, cpu_times, losses, rates = [], [], [], []
+    a, b, c = torch.rand(1024, 1024) - 0.5, torch.rand(1024, 1024) - 0.5, torch.empty(1024, 1024)
+
+    def sgemm_ms():
+        t = time.perf_counter()
+        torch.mm(a, b, out=c)  # into the same output each time, as the addon's sgemm
+        return (time.perf_counter() - t) * 1000
+
     for step in range(WARMUP + STEPS):
         ids = torch.randint(3, VOCAB, (BATCH, TOKENS))
+        before = sgemm_ms()
         t0, c0 = time.perf_counter(), time.process_time()
         zeros = [torch.zeros(BATCH, TOKENS, d) for _ in range(layers)]
         if method == "vaccine":
@@ -113,11 +123,13 @@ def main():
         times.append((time.perf_counter() - t0) * 1000)
         cpu_times.append((time.process_time() - c0) * 1000)
         losses.append(loss.item())
+        rates.append(2 * 1024**3 / (min(before, sgemm_ms()) / 1000) / 1e9)
     timed = times[WARMUP:]
     print(json.dumps({
         "variant": f"torch-{threads}t", "config": config, "method": method, "threads": threads,
         "backend": f"pytorch {torch.__version__}", "stepMs": statistics.median(timed),
         "cpuMs": statistics.median(cpu_times[WARMUP:]),
+        "stepMsAll": timed, "pairedSgemmGflops": rates[WARMUP:],
         "minMs": min(timed), "maxMs": max(timed), "firstLoss": losses[0], "lastLoss": losses[-1],
         "peakRssMb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
