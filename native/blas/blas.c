@@ -8,6 +8,7 @@
  */
 #include <cblas.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include "addon.h"
@@ -98,15 +99,39 @@ static napi_value gemm(napi_env env, napi_callback_info info) {
 /* One per thread (data-parallel workers each have theirs), grown as needed and kept: no allocation per call. */
 static _Thread_local float *scratch_buf = NULL;
 static _Thread_local size_t scratch_cap = 0;
+/* The bytes of every thread's scratch buffer, for scratchBytes(). */
+static _Atomic int64_t scratch_total = 0;
 
 float *scratch(size_t count) {
   if (count > scratch_cap) {
     float *grown = realloc(scratch_buf, 4 * count);
     if (!grown) return NULL;
+    scratch_total += 4 * (int64_t)(count - scratch_cap);
     scratch_buf = grown;
     scratch_cap = count;
   }
   return scratch_buf;
+}
+
+/*
+ * Frees this thread's scratch buffer: run when the thread's Node environment ends (a
+ * data-parallel worker's, at the end of its job), which would otherwise leave the buffer
+ * (as large as a layer's dropout-masked input) allocated with no thread to use it.
+ */
+static void release_scratch(void *unused) {
+  (void)unused;
+  free(scratch_buf);
+  scratch_total -= 4 * (int64_t)scratch_cap;
+  scratch_buf = NULL;
+  scratch_cap = 0;
+}
+
+/* scratchBytes(): the bytes of the scratch buffers of every thread that has one. */
+static napi_value scratch_bytes(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value out;
+  CHECK(env, napi_create_int64(env, scratch_total, &out));
+  return out;
 }
 
 int inside(uint64_t off, uint64_t count, size_t heap_bytes) {
@@ -306,7 +331,10 @@ NAPI_MODULE_INIT() {
       {"setThreads", NULL, set_threads, NULL, NULL, NULL, napi_enumerable, NULL},
       {"threads", NULL, threads, NULL, NULL, NULL, napi_enumerable, NULL},
       {"config", NULL, config, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"scratchBytes", NULL, scratch_bytes, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
+  /* Each environment (the main thread, every worker thread) loads the addon on its own thread. */
+  if (napi_add_env_cleanup_hook(env, release_scratch, NULL) != napi_ok) return NULL;
   return exports;
 }

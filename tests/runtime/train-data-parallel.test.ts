@@ -6,6 +6,7 @@ import { selectBackend } from "../../services/runtime/backend.ts";
 import { collate } from "../../services/runtime/data/collate.ts";
 import type { HostTensors } from "../../services/runtime/host-tensor.ts";
 import { causalLmLoss } from "../../services/runtime/model/loss.ts";
+import { loadBlasAddon, type BlasAddon } from "../../services/runtime/native/blas-addon.ts";
 import { LoraAdapter, type LoraConfig } from "../../services/runtime/model/lora.ts";
 import { batchAt } from "../../services/runtime/train/batches.ts";
 import { stepFunction, type AlignmentMethod, type StepRecipe } from "../../services/runtime/pipeline/alignment-methods.ts";
@@ -21,6 +22,7 @@ beforeAll(async () => {
   await selectBackend("wasm", () => {});
 });
 
+const built = "addon" in loadBlasAddon();
 const tokenizer = tinyTokenizer();
 const LORA: LoraConfig = { r: 4, alpha: 8, dropout: 0, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] };
 const loraWith = (dropout: number): LoraConfig => ({ ...LORA, dropout });
@@ -315,6 +317,21 @@ describe("data-parallel training on two threads", () => {
 
     expect([...head.steps, ...tail.steps].map((s) => s.loss)).toEqual(all.steps.map((s) => s.loss));
     for (const [name, t] of expected) expect(final.get(name)!.data).toEqual(t.data);
+  });
+
+  it.skipIf(!built)(`frees each thread's native scratch space (LoRA dropout's masked inputs) when its thread ends${built ? "" : " (SKIPPED: the addon did not build here)"}`, async () => {
+    const { addon } = loadBlasAddon() as { addon: BlasAddon };
+    const before = addon.scratchBytes();
+    const o = options(6, 2);
+    const dp = await startThreads({ kind: "sft" }, o, initial().lora, 0.1);
+    try {
+      await runSteps(dp, o, 0, 2);
+      expect(addon.scratchBytes()).toBeGreaterThan(before);
+    } finally {
+      await dp.close();
+    }
+    // Each job's threads would otherwise leave theirs allocated, for good.
+    expect(addon.scratchBytes()).toBe(before);
   });
 
   it("a diverged step rejects with TrainingDivergedError, and the threads end on close", async () => {

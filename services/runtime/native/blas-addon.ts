@@ -62,6 +62,8 @@ export interface BlasAddon {
    * v = v * beta2 + g'^2 * (1 - beta2); p = p * decay - m / (sqrt(v) / sqrtBc2 + eps) * stepSize.
    */
   adamw(heap: ArrayBuffer, pOffset: number, gOffset: number, mOffset: number, vOffset: number, n: number, gradScale: number, decay: number, beta1: number, beta2: number, eps: number, sqrtBc2: number, stepSize: number): void;
+  /** The bytes of the kernels' scratch buffers, one per thread that used one, freed when its thread's environment ends. */
+  scratchBytes(): number;
   setThreads(n: number): void;
   threads(): number;
   /** OpenBLAS's build and core, e.g. "OpenBLAS 0.3.21 DYNAMIC_ARCH ... SkylakeX MAX_THREADS=64". */
