@@ -4,6 +4,7 @@
  * (VACCINE_JOB_MEMORY_LIMIT_MB). A job over it is refused with RESOURCE_EXHAUSTED before it
  * exists, instead of aborting the training backend later.
  */
+import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
@@ -12,6 +13,7 @@ import type { AlignSpec, FineTuneSpec } from "../../gen/vaccine/v1/training_pb.t
 import { toRpcError } from "../common/runtime-errors.ts";
 import { rpcError } from "../platform/errors.ts";
 import { activeBackend, type BackendName } from "../runtime/backend.ts";
+import { encodeRows } from "../runtime/data/collate.ts";
 import type { Example } from "../runtime/data/template.ts";
 import { readJsonObject } from "../runtime/json.ts";
 import { parseLlamaConfig, type LlamaConfig } from "../runtime/model/config.ts";
@@ -19,6 +21,7 @@ import { nativeKernelsActive } from "../runtime/native/kernels.ts";
 import { lineageOf } from "../runtime/pipeline/load.ts";
 import { trainThreads } from "../runtime/pipeline/train-adapter.ts";
 import type { CheckpointStore } from "../runtime/store/store.ts";
+import { loadTokenizer, type Tokenizer } from "../runtime/tokenizer.ts";
 import { estimateJobMemory, type JobMemoryEstimate, type JobShape } from "./job-memory.ts";
 import { loraOf, methodOf, parentOf, trainingOf, type Stage } from "./spec.ts";
 
@@ -60,12 +63,13 @@ export function availableMemoryBytes(): number {
  * The job's shape as the estimate needs it: the root model's config and the spec's sizes
  * (defaults applied); a batch never holds more rows than the dataset has examples.
  */
-export async function jobShapeOf(store: CheckpointStore, stage: Stage, spec: AlignSpec | FineTuneSpec, examples: Example[]): Promise<JobShape> {
+export async function jobShapeOf(store: CheckpointStore, stage: Stage, spec: AlignSpec | FineTuneSpec, examples: Example[], harmful?: Example[]): Promise<JobShape> {
   const { options } = trainingOf(stage, spec.training);
   const lora = loraOf(stage, spec.lora);
   const method = methodOf(spec, stage);
+  const root = await rootModel(store, stage, spec);
   return {
-    model: await rootModelConfig(store, stage, spec),
+    model: root.config,
     batchSize: Math.min(options.batchSize, examples.length),
     datasetChars: examples.reduce((n, e) => n + e.instruction.length + e.input.length + e.output.length, 0),
     sequenceLength: options.maxSequenceLength,
@@ -76,29 +80,67 @@ export async function jobShapeOf(store: CheckpointStore, stage: Stage, spec: Ali
     threads: trainThreads(),
     // Job threads run the backend and kernels this process selected.
     fusedKernels: nativeKernelsActive(),
+    // RepNoise's kernel matrices grow with the square of the harmful rows' length, which is
+    // often well under max_sequence_length (the built-in set's: about 95 tokens).
+    ...(method.kind === "repnoise" && harmful?.length && root.tokenizer && { harmfulLongest: longestRow(root, harmful, options.maxSequenceLength) }),
   };
 }
 
-/**
- * Parsed configs of root models by digest. A checkout verifies every file of the model (for a
- * 7B model, gigabytes hashed), and a digest's content never changes: once per model.
- */
-const rootConfigs = new Map<string, Promise<LlamaConfig>>();
+/** Longest rows a root model's cache keeps (data sets by content and length). */
+const LONGEST_KEPT = 16;
 
-async function rootModelConfig(store: CheckpointStore, stage: Stage, spec: AlignSpec | FineTuneSpec): Promise<LlamaConfig> {
+/**
+ * Tokens in the longest of the rows as training collates them (template, BOS and EOS,
+ * truncated to maxLength); kept per content, since tokenizing the built-in harmful set takes
+ * about 150 ms and each RepNoise Create would pay it.
+ */
+function longestRow(root: RootModel, rows: Example[], maxLength: number): number {
+  const key = `${maxLength}:${createHash("sha256").update(JSON.stringify(rows)).digest("hex")}`;
+  let longest = root.longest.get(key);
+  if (longest === undefined) {
+    longest = encodeRows(rows, root.tokenizer!, { maxLength }).reduce((n, r) => Math.max(n, r.ids.length), 0);
+    root.longest.set(key, longest);
+    if (root.longest.size > LONGEST_KEPT) root.longest.delete(root.longest.keys().next().value!);
+  }
+  return longest;
+}
+
+/** What admission reads of a root model: its config, its tokenizer (undefined: it does not load), longest rows of data sets. */
+interface RootModel {
+  config: LlamaConfig;
+  tokenizer?: Tokenizer;
+  longest: Map<string, number>;
+}
+
+/**
+ * Root models by digest. A checkout verifies every file of the model (for a 7B model,
+ * gigabytes hashed), and a digest's content never changes: once per model.
+ */
+const rootModels = new Map<string, Promise<RootModel>>();
+
+async function rootModel(store: CheckpointStore, stage: Stage, spec: AlignSpec | FineTuneSpec): Promise<RootModel> {
   const field = stage === "align" ? "spec.base_checkpoint" : "spec.aligned_checkpoint";
   try {
     const [root] = await lineageOf(store, parentOf(stage, spec));
-    let config = rootConfigs.get(root.digest);
-    if (!config) {
-      config = store.get(root).then(({ dir }) => parseLlamaConfig(readJsonObject(join(dir, "config.json"))));
-      rootConfigs.set(root.digest, config);
+    let model = rootModels.get(root.digest);
+    if (!model) {
+      model = store.get(root).then(({ dir }) => ({ config: parseLlamaConfig(readJsonObject(join(dir, "config.json"))), tokenizer: tokenizerIn(dir), longest: new Map() }));
+      rootModels.set(root.digest, model);
       // A failed read (store down) is not remembered.
-      config.catch(() => rootConfigs.delete(root.digest));
+      model.catch(() => rootModels.delete(root.digest));
     }
-    return await config;
+    return await model;
   } catch (err) {
     throw toRpcError(err, { checkpointField: field });
+  }
+}
+
+/** The folder's tokenizer, or undefined: admission then assumes the longest rows, and the job reports the problem itself. */
+function tokenizerIn(dir: string): Tokenizer | undefined {
+  try {
+    return loadTokenizer(dir);
+  } catch {
+    return undefined;
   }
 }
 

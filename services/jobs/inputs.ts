@@ -17,7 +17,7 @@ import { rpcError } from "../platform/errors.ts";
 import { RequestValidator } from "../platform/validate.ts";
 import type { Example } from "../runtime/data/template.ts";
 import { DEFAULT_THRESHOLD, pairOfExample } from "../runtime/moderation/classifier.ts";
-import { resolveExamples } from "../runtime/pipeline/datasets.ts";
+import { resolveExamples, type DatasetSource } from "../runtime/pipeline/datasets.ts";
 import { KIND } from "../runtime/pipeline/load.ts";
 import { safetyMixCount } from "../runtime/data/safety-mix.ts";
 import { admitJob, jobShapeOf } from "./admission.ts";
@@ -56,17 +56,18 @@ export async function checkJobInputs(
     throw toRpcError(err, { datasetField: "spec.dataset" });
   }
   // The data a method or a guard reads beside the user's is read now too, so a bad one fails Create, not the job.
-  for (const extra of [harmfulDatasetOf(spec, stage), stage === "finetune" ? guardDataset(spec as FineTuneSpec) : undefined]) {
-    if (!extra) continue;
+  const readExtra = async (extra: { field: string; source: DatasetSource } | undefined) => {
     try {
-      await resolveExamples(store, extra.source);
+      return extra && (await resolveExamples(store, extra.source));
     } catch (err) {
-      throw toRpcError(err, { datasetField: extra.field });
+      throw toRpcError(err, { datasetField: extra!.field });
     }
-  }
+  };
+  const harmful = await readExtra(harmfulDatasetOf(spec, stage));
+  await readExtra(stage === "finetune" ? guardDataset(spec as FineTuneSpec) : undefined);
   const guard = stage === "finetune" ? (spec as FineTuneSpec).guard : undefined;
   const trained = examples.length + (guard?.case === "safetyMix" ? safetyMixCount(examples.length, guard.value.fraction ?? GUARD_DEFAULTS.safetyMix.fraction) : 0);
-  const shape = await jobShapeOf(store, stage, spec, examples);
+  const shape = await jobShapeOf(store, stage, spec, examples, harmful);
   // What only the model and the data decide: the rank against the width, the steps an
   // epoch count gives over this many examples, and the tokens they train on.
   const v = new RequestValidator();

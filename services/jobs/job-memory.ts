@@ -33,6 +33,11 @@ export interface JobShape {
   threads?: number;
   /** Whether the steps run the native fused kernels (runtime/native/kernels.ts), which keep fewer activations. */
   fusedKernels?: boolean;
+  /**
+   * Tokens in the longest row of the harmful data RepNoise reads (its MMD's kernel matrices
+   * are a harmful batch's tokens squared); absent: rows as long as sequenceLength.
+   */
+  harmfulLongest?: number;
 }
 
 export interface JobMemoryEstimate {
@@ -79,7 +84,7 @@ export const COEFFICIENTS = {
    */
   vaccineMergedCopies: 1,
   /**
-   * RepNoise, per (B x T)^2 element: the three kernel matrices of the MMD (distances, five
+   * RepNoise, per (B x T)^2 element of a harmful batch (T its longest row): the three kernel matrices of the MMD (distances, five
    * bandwidths, sums) of one layer, alive together in its value or its closed-form gradient
    * (mmd2: none of them stays on the tape, so layers do not add up). Counted from the graph,
    * not fitted.
@@ -137,7 +142,8 @@ function threadEstimate(s: JobShape, wholeBatch: number): JobMemoryEstimate {
   const qkv = (c.numAttentionHeads + 2 * c.numKeyValueHeads) * c.headDim;
   const perTokenLayer = k.qkv * qkv + k.intermediate * c.intermediateSize + k.rank * s.loraRank * targeted.length + (perturbs ? k.vaccineHidden * c.hiddenSize : 0);
   const floats = tokens * (layers * perTokenLayer + k.vocab * c.vocabSize) + k.scores * layers * s.batchSize * c.numAttentionHeads * s.sequenceLength ** 2;
-  const mmd = s.method === "repnoise" ? k.mmdPairs * tokens * wholeBatch * s.sequenceLength : 0;
+  const harmfulRow = Math.min(s.harmfulLongest ?? s.sequenceLength, s.sequenceLength);
+  const mmd = s.method === "repnoise" ? k.mmdPairs * (s.batchSize * harmfulRow) * (wholeBatch * harmfulRow) : 0;
   const activationBytes = F32 * (floats + mmd);
   const runtimeBytes = k.runtimeBytes + k.datasetCharBytes * (s.datasetChars ?? 0);
   const totalBytes = runtimeBytes + k.heapBytes + k.weightCopies * weightBytes + mergedBytes + adapterBytes + activationBytes;

@@ -56,6 +56,16 @@ describe("estimateJobMemory", () => {
     expect(mmdOf({})).toBeGreaterThan(0);
   });
 
+  it("counts RepNoise's kernel matrices by the harmful data's longest row, squared, up to max_sequence_length", () => {
+    const mmdOf = (o: Partial<JobShape>) => estimateJobMemory(shape({ batchSize: 8, method: "repnoise", ...o })).activationBytes - estimateJobMemory(shape({ batchSize: 8, method: "sft", ...o })).activationBytes;
+    expect(mmdOf({ harmfulLongest: 50 })).toBeGreaterThan(0);
+    expect(mmdOf({ harmfulLongest: 100 })).toBe(4 * mmdOf({ harmfulLongest: 50 }));
+    // Rows are truncated to max_sequence_length (200 here), as training collates them.
+    expect(mmdOf({ harmfulLongest: 400 })).toBe(mmdOf({}));
+    expect(mmdOf({ harmfulLongest: 200 })).toBe(mmdOf({}));
+    expect(mmdOf({ harmfulLongest: 50, threads: 2 })).toBe(mmdOf({ harmfulLongest: 50 }));
+  });
+
   it("is not below the measured peak of any recorded job, with the fused kernels and with the stock ones (bench/results/job-memory*.json)", () => {
     for (const [file, fusedKernels] of [["bench/results/job-memory.json", true], ["bench/results/job-memory-stock.json", false]] as const) {
       const recorded = JSON.parse(readFileSync(file, "utf8")) as {

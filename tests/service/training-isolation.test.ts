@@ -95,6 +95,28 @@ describe("job admission", () => {
       suite.deps.jobMemoryLimitMb = limit;
     }
   });
+
+  it("sizes RepNoise's kernel matrices by its harmful data's rows: short ones are admitted where long ones are not", async () => {
+    const limit = suite.deps.jobMemoryLimitMb;
+    suite.deps.jobMemoryLimitMb = 1024;
+    const repnoise = (harmful: string) => ({
+      ...spec(LONG, { maxSteps: 1, batchSize: 4, maxSequenceLength: 1024 }),
+      method: { case: "repnoise" as const, value: { harmfulDataset: { source: { case: "uri" as const, value: harmful } } } },
+    });
+    try {
+      // Harmful rows of about 1,200 tokens, cut to 1,024: (4 x 1,024)^2 elements a kernel matrix.
+      const e = await rpcFailure(() => align.createAlignJob({ spec: repnoise(LONG) }));
+      expect(e.code).toBe(Code.ResourceExhausted);
+      expect(e.message).toMatch(/repnoise/);
+      // The tiny world's rows, tens of tokens: the same job fits.
+      const { job } = await align.createAlignJob({ spec: repnoise(DATA) });
+      expect(job!.state).toBe(JobState.QUEUED);
+      await align.cancelAlignJob({ jobId: job!.id });
+      await finished(job!.id);
+    } finally {
+      suite.deps.jobMemoryLimitMb = limit;
+    }
+  });
 });
 
 describe("a backend abort", () => {
