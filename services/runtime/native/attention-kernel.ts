@@ -4,8 +4,8 @@
  * product with v, reading q, k and v in the projections' [B, T, heads * d] layout and
  * writing the context in it, instead of about 15 wasm kernels a layer forward (head
  * transposes, the rotation's products, the scores' scaling and bias, softmax) and 25
- * backward. Registered under its own kernel names and run as an op with its gradient; LlamaModel's attention
- * uses it for uncached passes while the native kernels are active.
+ * backward. Registered under its own kernel names and run as an op with its gradient;
+ * LlamaModel's attention uses it for uncached passes while the native kernels are active.
  */
 import * as tf from "@tensorflow/tfjs";
 import type { BlasAddon } from "./blas-addon.ts";

@@ -2,7 +2,9 @@
  * The language-model loss as one kernel on the addon (native/blas/cross_entropy.c): softmax
  * cross-entropy over the vocabulary, forward and backward, instead of about a dozen wasm
  * kernels that each pass over the [tokens, vocab] logits (the largest tensor of a step on a
- * small model); the forward keeps the softmax, so the backward takes no exponential. Registered under its own kernel names and run as an op with its gradient; model/loss.ts uses it while the native kernels are active.
+ * small model); the forward keeps the softmax, so the backward takes no exponential.
+ * Registered under its own kernel names and run as an op with its gradient; model/loss.ts
+ * uses it while the native kernels are active.
  */
 import * as tf from "@tensorflow/tfjs";
 import type { BlasAddon } from "./blas-addon.ts";
