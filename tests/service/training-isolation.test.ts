@@ -98,17 +98,23 @@ describe("job admission", () => {
 
   it("sizes RepNoise's kernel matrices by its harmful data's rows: short ones are admitted where long ones are not", async () => {
     const limit = suite.deps.jobMemoryLimitMb;
-    suite.deps.jobMemoryLimitMb = 1024;
     const repnoise = (harmful: string) => ({
       ...spec(LONG, { maxSteps: 1, batchSize: 4, maxSequenceLength: 1024 }),
       method: { case: "repnoise" as const, value: { harmfulDataset: { source: { case: "uri" as const, value: harmful } } } },
     });
     try {
-      // Harmful rows of about 1,200 tokens, cut to 1,024: (4 x 1,024)^2 elements a kernel matrix.
+      // The estimates, from refusals under a limit nothing fits (the rest of the estimate
+      // depends on the kernels that run).
+      suite.deps.jobMemoryLimitMb = 64;
+      const estimate = async (harmful: string) => Number((await rpcFailure(() => align.createAlignJob({ spec: repnoise(harmful) }))).info?.metadata.estimate_mb);
+      const [short, long] = [await estimate(DATA), await estimate(LONG)];
+      // Harmful rows of about 1,200 tokens, cut to 1,024: kernel matrices of (4 x 1,024)^2
+      // elements, 3 GiB; the tiny world's rows (tens of tokens): a few MiB.
+      expect(long - short).toBeGreaterThan(3000);
+      suite.deps.jobMemoryLimitMb = short;
       const e = await rpcFailure(() => align.createAlignJob({ spec: repnoise(LONG) }));
       expect(e.code).toBe(Code.ResourceExhausted);
       expect(e.message).toMatch(/repnoise/);
-      // The tiny world's rows, tens of tokens: the same job fits.
       const { job } = await align.createAlignJob({ spec: repnoise(DATA) });
       expect(job!.state).toBe(JobState.QUEUED);
       await align.cancelAlignJob({ jobId: job!.id });
