@@ -84,10 +84,10 @@ export const COEFFICIENTS = {
    */
   vaccineMergedCopies: 1,
   /**
-   * RepNoise, per (B x T)^2 element of a harmful batch (T its longest row): the three kernel matrices of the MMD (distances, five
-   * bandwidths, sums) of one layer, alive together in its value or its closed-form gradient
-   * (mmd2: none of them stays on the tape, so layers do not add up). Counted from the graph,
-   * not fitted.
+   * RepNoise, per (B x T)^2 element of a harmful batch (T its longest row): the three kernel
+   * matrices of the MMD (distances, five bandwidths, sums) of one layer, alive together in its
+   * value or its closed-form gradient (mmd2: none of them stays on the tape, so layers do not
+   * add up). Counted from the graph, not fitted; the fused kernels' term is fitted (below).
    */
   mmdPairs: 48,
   /** Booster: adapter-sized tensors beyond SFT's (two more gradients and the weights saved across the shifted pass). */
@@ -99,9 +99,14 @@ export const COEFFICIENTS = {
  * activation terms, and the weights, which the native products read with transpose flags
  * instead of keeping transposed copies (2.0x fitted on the 85M-parameter job); Vaccine's
  * pass 1, whose merged weights take the plain products and keep more of their activations
- * (8: the 6 x 256 Vaccine job measured 624-646 MiB, 1.05x under it).
+ * (8: the 6 x 256 Vaccine job measured 624-646 MiB, 1.05x under it); RepNoise's kernel
+ * matrices (fitted: the b8 t200 RepNoise job measured 410 MiB). Refitted when the fused
+ * loss, attention and SwiGLU stopped leaving a zero gradient per kept tensor alive until the
+ * end of each backward pass (runFused): the jobs' peaks fell by 8-44% (but the 85M-parameter
+ * job's, mostly weights: 871 MiB against 807), and these terms keep the estimates above the
+ * measured peaks of bench/results/job-memory.json with margin (bench/README.md).
  */
-export const FUSED_COEFFICIENTS = { qkv: 4.5, intermediate: 10.5, scores: 2.5, vocab: 4.5, weightCopies: 2.2, vaccineHidden: 8 } as const;
+export const FUSED_COEFFICIENTS = { qkv: 4, intermediate: 10, scores: 2, vocab: 3.5, weightCopies: 2.2, vaccineHidden: 8, mmdPairs: 20 } as const;
 
 export function estimateJobMemory(s: JobShape): JobMemoryEstimate {
   const threads = s.threads ?? 1;
