@@ -97,10 +97,10 @@ describe("QueueExecutor and QueueWorker", () => {
     const ex = api();
     worker(c.work);
     const a = await ex.create(JobKind.ALIGN, spec);
-    const b = await ex.create(JobKind.ALIGN, spec);
     expect(a.state).toBe(JobState.QUEUED);
-    await until(() => c.started.length === 1);
-    await until(async () => (await stateOf(ex, a.id)) === JobState.RUNNING);
+    await until(async () => c.started.length === 1 && (await stateOf(ex, a.id)) === JobState.RUNNING);
+    // Created once a runs (see the next test for why not together).
+    const b = await ex.create(JobKind.ALIGN, spec);
     expect(await stateOf(ex, b.id)).toBe(JobState.QUEUED);
     c.release(a.id, 1);
     await until(() => c.started.length === 2);
@@ -117,8 +117,11 @@ describe("QueueExecutor and QueueWorker", () => {
     const [ex1, ex2] = [api(), api()];
     worker(c.work);
     const a = await ex1.create(JobKind.ALIGN, spec);
-    const b = await ex1.create(JobKind.ALIGN, spec);
     await until(async () => c.started.length === 1 && (await stateOf(ex2, a.id)) === JobState.RUNNING);
+    // Created once a runs: created together, the worker can take a before its api has recorded
+    // it (the api enqueues first), put it back for 500 ms and run b first.
+    const b = await ex1.create(JobKind.ALIGN, spec);
+    expect(await stateOf(ex2, b.id)).toBe(JobState.QUEUED);
     expect((await ex2.cancel(JobKind.ALIGN, b.id)).state).toBe(JobState.CANCELLED);
     expect((await ex2.cancel(JobKind.ALIGN, a.id)).state).toBe(JobState.CANCELLING);
     const events = await watchAll(ex1, a.id);
