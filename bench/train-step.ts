@@ -23,6 +23,7 @@ import * as tf from "@tensorflow/tfjs";
 import { selectBackend } from "../services/runtime/backend.ts";
 import { loadBlasAddon, type BlasAddon } from "../services/runtime/native/blas-addon.ts";
 import { LINEAR_MODULES } from "../services/runtime/model/llama.ts";
+import { median } from "./stats.ts";
 import { BATCH, CONFIGS, dataParallelSetup, llamaConfig, METHODS, RANK, RHO, stepFlops, TOKENS, trainingSetup, VOCAB, type ConfigName, type Method } from "./train-setup.ts";
 
 const STEPS = 10;
@@ -48,11 +49,12 @@ async function runCase(variant: Variant, configName: ConfigName, method: Method)
   const setup = dataParallel > 0 ? await dataParallelSetup(configName, method, dataParallel, blasThreads) : { ...trainingSetup(configName, method), close: async () => {} };
   // The sgemm rate around each step on the case's cores: load on the shared machine comes and
   // goes, and paired with the step it falls on both.
-  const gemm = "addon" in loaded ? gemmTimer(loaded.addon) : null;
-  const pairedGemm = gemm && (() => {
-    (loaded as { addon: BlasAddon }).addon.setThreads(threads);
+  const addon = "addon" in loaded ? loaded.addon : null;
+  const gemm = addon && gemmTimer(addon);
+  const pairedGemm = addon && gemm && (() => {
+    addon.setThreads(threads);
     const ms = gemm();
-    (loaded as { addon: BlasAddon }).addon.setThreads(blasThreads);
+    addon.setThreads(blasThreads);
     return ms;
   });
   const rates: number[] = [];
@@ -115,11 +117,6 @@ function runQueueWaitMs(): number {
     }
   }
   return ns / 1e6;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return (s[(s.length - 1) >> 1] + s[s.length >> 1]) / 2;
 }
 
 const GEMM_N = 1024;

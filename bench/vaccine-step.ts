@@ -19,6 +19,7 @@ import { buildWordTokenizer, loadTokenizer, wordTokenizerConfig } from "../servi
 import { Trainer, type StepMetrics } from "../services/runtime/train/loop.ts";
 import { SftStep, type StepFunction } from "../services/runtime/train/step.ts";
 import { VaccineStep } from "../services/runtime/train/vaccine-step.ts";
+import { median } from "./stats.ts";
 
 const STEPS = 12;
 const WARMUP = 2;
@@ -89,10 +90,6 @@ const { backend } = selection;
 // Which matrix kernels ran (native OpenBLAS or the backend's own; VACCINE_NATIVE_KERNELS=off for the latter).
 const kernels = selection.nativeKernels ? (selection.nativeKernels.active ? "native" : "stock") : backend;
 const results: Record<string, unknown> = {};
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return (s[(s.length - 1) >> 1] + s[s.length >> 1]) / 2;
-};
 for (const [name, shape] of Object.entries(shapes)) {
   const runs = [runner(shape, () => new SftStep()), runner(shape, () => new VaccineStep(2)), runner(shape, () => new VaccineStep(2, 10))];
   // Step i of each method in turn, starting with a different method each round.

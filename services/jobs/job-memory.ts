@@ -102,8 +102,8 @@ export const COEFFICIENTS = {
  * (8: the 6 x 256 Vaccine job measured 624-646 MiB, 1.05x under it); RepNoise's kernel
  * matrices (fitted: the b8 t200 RepNoise job measured 410 MiB). Refitted when the fused
  * loss, attention and SwiGLU stopped leaving a zero gradient per kept tensor alive until the
- * end of each backward pass (runFused): the jobs' peaks fell by 8-44% (but the 85M-parameter
- * job's, mostly weights: 871 MiB against 807), and these terms keep the estimates above the
+ * end of each backward pass (runFused): the jobs' peaks fell by 5-44% (but the 85M-parameter
+ * job's, mostly weights: 816-871 MiB against 807), and these terms keep the estimates above the
  * measured peaks of bench/results/job-memory.json with margin (bench/README.md).
  */
 export const FUSED_COEFFICIENTS = { qkv: 4, intermediate: 10, scores: 2, vocab: 3.5, weightCopies: 2.2, vaccineHidden: 8, mmdPairs: 20 } as const;

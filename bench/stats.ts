@@ -1,0 +1,7 @@
+/** Statistics the benches share. */
+
+/** The median; of an even count, the mean of the middle two. */
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return (s[(s.length - 1) >> 1] + s[s.length >> 1]) / 2;
+}
