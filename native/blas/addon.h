@@ -110,6 +110,46 @@ float *scratch(size_t count);
 /* Whether `count` float32 values from byte offset `off` lie inside the heap, aligned. */
 int inside(uint64_t off, uint64_t count, size_t heap_bytes);
 
+/*
+ * The parts the decoder-block kernels (block.c) compose, on plain pointers; each file's own
+ * napi functions call them too.
+ */
+
+/* A projection y = x W^T, LoRA-adapted when r > 0: + s (x * mask) A^T B^T (mask NULL: none). */
+typedef struct {
+  const float *w, *a, *b, *mask;
+  int64_t in, out, r;
+  float scaling;
+} proj_t;
+
+/* y [n, out] and, when adapted, xa = s (x * mask) A^T [n, r]; buf: n * in floats when masked. */
+void proj_forward(const proj_t *p, const float *x, float *y, float *xa, int64_t n, float *buf);
+
+/*
+ * From dy [n, out]: dx = dy W + s ((dy B) A) * mask (added to dx when accumulate), dA = s (dy
+ * B)^T (x * mask), dB = dy^T xa; a NULL output is skipped. buf: n * r + n * in floats.
+ */
+void proj_backward(const proj_t *p, const float *dy, const float *x, const float *xa, float *dx, int accumulate, float *da, float *db, int64_t n, float *buf);
+
+/* RMSNorm of rows [rows, width]: out = x * r * w, r per row kept; and dx from dy. */
+void rms_norm_rows(const float *x, const float *w, float *out, float *r, int64_t rows, int64_t width, double eps);
+void rms_norm_rows_grad(const float *dy, const float *x, const float *w, const float *r, float *dx, int64_t rows, int64_t width);
+
+/* silu(gate) * up with sigmoid(gate) kept; and both gradients from dy (dg, du may alias nothing). */
+void swiglu_forward(const float *g, const float *u, float *out, float *s, uint64_t n);
+void swiglu_backward(const float *dy, const float *g, const float *u, const float *s, float *dg, float *du, uint64_t n);
+
+/* Causal attention's shape: batch, time, heads, key-value heads, head size. */
+typedef struct {
+  int64_t b, t, heads, kv, d;
+} attn_shape;
+
+/* attention.c's kernels on pointers; the backward needs t * t + d floats of buf. */
+void attention_forward(const attn_shape *s, const float *q, const float *k, const float *v, const float *bias, const float *cos, const float *sin, float *out, float *qr, float *kr,
+                       float *probs);
+void attention_backward(const attn_shape *s, const float *dy, const float *qr, const float *kr, const float *v, const float *probs, const float *cos, const float *sin, float *dq,
+                        float *dk, float *dv, float *buf);
+
 napi_value cross_entropy(napi_env env, napi_callback_info info);
 napi_value cross_entropy_grad(napi_env env, napi_callback_info info);
 napi_value rms_norm(napi_env env, napi_callback_info info);
@@ -120,5 +160,9 @@ napi_value attention(napi_env env, napi_callback_info info);
 napi_value attention_grad(napi_env env, napi_callback_info info);
 napi_value swiglu(napi_env env, napi_callback_info info);
 napi_value swiglu_grad(napi_env env, napi_callback_info info);
+napi_value attention_block(napi_env env, napi_callback_info info);
+napi_value attention_block_grad(napi_env env, napi_callback_info info);
+napi_value mlp_block(napi_env env, napi_callback_info info);
+napi_value mlp_block_grad(napi_env env, napi_callback_info info);
 
 #endif

@@ -11,10 +11,6 @@
 #include <string.h>
 #include "addon.h"
 
-typedef struct {
-  int64_t b, t, heads, kv, d;
-} shape_t;
-
 /* x * cos + rotate_half(x) * sin on one head's row of d values, rotate_half(x) = [-x2, x1]. */
 static void rotate(const float *x, const float *cos, const float *sin, float *out, int64_t d) {
   const int64_t half = d / 2;
@@ -31,7 +27,7 @@ static void unrotate(float *g, const float *cos, const float *sin, float *tmp, i
 }
 
 /* Rotates every head of every position of x [B, T, n * d] into out. */
-static void rotate_all(const shape_t *s, int64_t n, const float *x, const float *cos, const float *sin, float *out) {
+static void rotate_all(const attn_shape *s, int64_t n, const float *x, const float *cos, const float *sin, float *out) {
   for (int64_t bt = 0; bt < s->b * s->t; bt++) {
     const int64_t p = bt % s->t;
     for (int64_t h = 0; h < n; h++) rotate(x + (bt * n + h) * s->d, cos + p * s->d, sin + p * s->d, out + (bt * n + h) * s->d, s->d);
@@ -55,8 +51,60 @@ VECTOR_CLONES static void softmax(float *p, const float *bias, int64_t T, float 
   }
 }
 
-static int read_shape(napi_env env, const int64_t *v, shape_t *s) {
-  *s = (shape_t){v[0], v[1], v[2], v[3], v[4]};
+void attention_forward(const attn_shape *s, const float *q, const float *k, const float *val, const float *bias, const float *cos, const float *sin, float *out, float *qr, float *kr,
+                       float *probs) {
+  rotate_all(s, s->heads, q, cos, sin, qr);
+  rotate_all(s, s->kv, k, cos, sin, kr);
+  const int64_t T = s->t, D = s->d, ldq = s->heads * D, ldk = s->kv * D, groups = s->heads / s->kv;
+  const float root = sqrtf((float)D);
+  for (int64_t b = 0; b < s->b; b++) {
+    for (int64_t h = 0; h < s->heads; h++) {
+      const int64_t kh = h / groups;
+      float *p = probs + (b * s->heads + h) * T * T;
+      const float *qb = qr + b * T * ldq + h * D, *kb = kr + b * T * ldk + kh * D, *vb = val + b * T * ldk + kh * D;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)D, 1.0f, qb, (int)ldq, kb, (int)ldk, 0.0f, p, (int)T);
+      softmax(p, bias + b * T * T, T, root);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, p, (int)T, vb, (int)ldk, 0.0f, out + b * T * ldq + h * D, (int)ldq);
+    }
+  }
+}
+
+void attention_backward(const attn_shape *s, const float *dy, const float *qr, const float *kr, const float *val, const float *probs, const float *cos, const float *sin, float *dq,
+                        float *dk, float *dv, float *buf) {
+  const int64_t T = s->t, D = s->d, ldq = s->heads * D, ldk = s->kv * D, groups = s->heads / s->kv;
+  const uint64_t kn = (uint64_t)(s->b * s->t) * (uint64_t)ldk;
+  memset(dk, 0, 4u * (size_t)kn);
+  memset(dv, 0, 4u * (size_t)kn);
+  const float root = sqrtf((float)D);
+  float *ds = buf, *tmp = buf + T * T;
+  for (int64_t b = 0; b < s->b; b++) {
+    for (int64_t h = 0; h < s->heads; h++) {
+      const int64_t kh = h / groups;
+      const float *p = probs + (b * s->heads + h) * T * T;
+      const float *dyb = dy + b * T * ldq + h * D, *qb = qr + b * T * ldq + h * D, *kb = kr + b * T * ldk + kh * D, *vb = val + b * T * ldk + kh * D;
+      /* dv += p^T dy; dp = dy v^T; ds = p * (dp - rowsum(dp * p)) / sqrt(d). */
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, p, (int)T, dyb, (int)ldq, 1.0f, dv + b * T * ldk + kh * D, (int)ldk);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)D, 1.0f, dyb, (int)ldq, vb, (int)ldk, 0.0f, ds, (int)T);
+      for (int64_t i = 0; i < T; i++) {
+        float *row = ds + i * T;
+        const float *pr = p + i * T;
+        const float dot = (float)dot_of(row, pr, NULL, T);
+        for (int64_t j = 0; j < T; j++) row[j] = pr[j] * (row[j] - dot) / root;
+      }
+      /* dq = ds k (rotated space, unrotated below); dk += ds^T q. */
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, ds, (int)T, kb, (int)ldk, 0.0f, dq + b * T * ldq + h * D, (int)ldq);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, ds, (int)T, qb, (int)ldq, 1.0f, dk + b * T * ldk + kh * D, (int)ldk);
+    }
+  }
+  for (int64_t i = 0; i < s->b * s->t; i++) {
+    const int64_t p = i % T;
+    for (int64_t h = 0; h < s->heads; h++) unrotate(dq + (i * s->heads + h) * D, cos + p * D, sin + p * D, tmp, D);
+    for (int64_t h = 0; h < s->kv; h++) unrotate(dk + (i * s->kv + h) * D, cos + p * D, sin + p * D, tmp, D);
+  }
+}
+
+static int read_shape(napi_env env, const int64_t *v, attn_shape *s) {
+  *s = (attn_shape){v[0], v[1], v[2], v[3], v[4]};
   if (s->kv == 0 || s->heads % s->kv != 0 || s->d % 2 != 0 || s->t > INT32_MAX / 4 || s->heads * s->d > INT32_MAX) {
     napi_throw_range_error(env, NULL, "attention: heads must be a multiple of kvHeads and the head size even");
     return 0;
@@ -75,7 +123,7 @@ napi_value attention(napi_env env, napi_callback_info info) {
   void *heap = NULL;
   size_t heap_bytes = 0;
   int64_t v[15];
-  shape_t s;
+  attn_shape s;
   if (!heap_args(env, info, "attention: (ArrayBuffer, 10 offsets, b, t, heads, kvHeads, d) of non-negative integers expected", &heap, &heap_bytes, 15, v, 0, NULL) ||
       !read_shape(env, v + 10, &s))
     return NULL;
@@ -90,20 +138,7 @@ napi_value attention(napi_env env, napi_callback_info info) {
   float *f = (float *)heap;
   const float *q = f + v[0] / 4, *k = f + v[1] / 4, *val = f + v[2] / 4, *bias = f + v[3] / 4, *cos = f + v[4] / 4, *sin = f + v[5] / 4;
   float *out = f + v[6] / 4, *qr = f + v[7] / 4, *kr = f + v[8] / 4, *probs = f + v[9] / 4;
-  rotate_all(&s, s.heads, q, cos, sin, qr);
-  rotate_all(&s, s.kv, k, cos, sin, kr);
-  const int64_t T = s.t, D = s.d, ldq = s.heads * D, ldk = s.kv * D, groups = s.heads / s.kv;
-  const float root = sqrtf((float)D);
-  for (int64_t b = 0; b < s.b; b++) {
-    for (int64_t h = 0; h < s.heads; h++) {
-      const int64_t kh = h / groups;
-      float *p = probs + (b * s.heads + h) * T * T;
-      const float *qb = qr + b * T * ldq + h * D, *kb = kr + b * T * ldk + kh * D, *vb = val + b * T * ldk + kh * D;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)D, 1.0f, qb, (int)ldq, kb, (int)ldk, 0.0f, p, (int)T);
-      softmax(p, bias + b * T * T, T, root);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, p, (int)T, vb, (int)ldk, 0.0f, out + b * T * ldq + h * D, (int)ldq);
-    }
-  }
+  attention_forward(&s, q, k, val, bias, cos, sin, out, qr, kr, probs);
   return NULL;
 }
 
@@ -117,7 +152,7 @@ napi_value attention_grad(napi_env env, napi_callback_info info) {
   void *heap = NULL;
   size_t heap_bytes = 0;
   int64_t v[15];
-  shape_t s;
+  attn_shape s;
   if (!heap_args(env, info, "attentionGrad: (ArrayBuffer, 10 offsets, b, t, heads, kvHeads, d) of non-negative integers expected", &heap, &heap_bytes, 15, v, 0, NULL) ||
       !read_shape(env, v + 10, &s))
     return NULL;
@@ -129,8 +164,7 @@ napi_value attention_grad(napi_env env, napi_callback_info info) {
       return NULL;
     }
   }
-  const int64_t T = s.t, D = s.d, ldq = s.heads * D, ldk = s.kv * D, groups = s.heads / s.kv;
-  float *buf = scratch((size_t)(T * T + D));
+  float *buf = scratch((size_t)(s.t * s.t + s.d));
   if (!buf) {
     napi_throw_error(env, NULL, "attentionGrad: out of memory");
     return NULL;
@@ -138,33 +172,6 @@ napi_value attention_grad(napi_env env, napi_callback_info info) {
   float *f = (float *)heap;
   const float *dy = f + v[0] / 4, *qr = f + v[1] / 4, *kr = f + v[2] / 4, *val = f + v[3] / 4, *probs = f + v[4] / 4, *cos = f + v[5] / 4, *sin = f + v[6] / 4;
   float *dq = f + v[7] / 4, *dk = f + v[8] / 4, *dv = f + v[9] / 4;
-  memset(dk, 0, 4u * (size_t)kn);
-  memset(dv, 0, 4u * (size_t)kn);
-  const float root = sqrtf((float)D);
-  float *ds = buf, *tmp = buf + T * T;
-  for (int64_t b = 0; b < s.b; b++) {
-    for (int64_t h = 0; h < s.heads; h++) {
-      const int64_t kh = h / groups;
-      const float *p = probs + (b * s.heads + h) * T * T;
-      const float *dyb = dy + b * T * ldq + h * D, *qb = qr + b * T * ldq + h * D, *kb = kr + b * T * ldk + kh * D, *vb = val + b * T * ldk + kh * D;
-      /* dv += p^T dy; dp = dy v^T; ds = p * (dp - rowsum(dp * p)) / sqrt(d). */
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, p, (int)T, dyb, (int)ldq, 1.0f, dv + b * T * ldk + kh * D, (int)ldk);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)D, 1.0f, dyb, (int)ldq, vb, (int)ldk, 0.0f, ds, (int)T);
-      for (int64_t i = 0; i < T; i++) {
-        float *row = ds + i * T;
-        const float *pr = p + i * T;
-        const float dot = (float)dot_of(row, pr, NULL, T);
-        for (int64_t j = 0; j < T; j++) row[j] = pr[j] * (row[j] - dot) / root;
-      }
-      /* dq = ds k (rotated space, unrotated below); dk += ds^T q. */
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, ds, (int)T, kb, (int)ldk, 0.0f, dq + b * T * ldq + h * D, (int)ldq);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, ds, (int)T, qb, (int)ldq, 1.0f, dk + b * T * ldk + kh * D, (int)ldk);
-    }
-  }
-  for (int64_t i = 0; i < s.b * s.t; i++) {
-    const int64_t p = i % T;
-    for (int64_t h = 0; h < s.heads; h++) unrotate(dq + (i * s.heads + h) * D, cos + p * D, sin + p * D, tmp, D);
-    for (int64_t h = 0; h < s.kv; h++) unrotate(dk + (i * s.kv + h) * D, cos + p * D, sin + p * D, tmp, D);
-  }
+  attention_backward(&s, dy, qr, kr, val, probs, cos, sin, dq, dk, dv, buf);
   return NULL;
 }

@@ -31,11 +31,47 @@ static int operands_inside(const lora_args *g, size_t heap_bytes, int64_t out_co
 }
 
 /* x * mask written into buf, or x itself without a mask. */
-static const float *masked(const lora_args *g, const float *x, float *buf) {
-  if (!g->has_mask) return x;
-  const float *mask = g->heap + g->mask / 4;
-  for (int64_t i = 0; i < g->n * g->in; i++) buf[i] = x[i] * mask[i];
+static const float *masked(const float *x, const float *mask, int64_t count, float *buf) {
+  if (!mask) return x;
+  for (int64_t i = 0; i < count; i++) buf[i] = x[i] * mask[i];
   return buf;
+}
+
+void proj_forward(const proj_t *p, const float *x, float *y, float *xa, int64_t n, float *buf) {
+  if (n == 0 || p->out == 0) return;
+  SGEMM(N, T, n, p->out, p->in, 1.0f, x, p->in, p->w, p->in, 0.0f, y, p->out);
+  if (p->r == 0) return;
+  SGEMM(N, T, n, p->r, p->in, p->scaling, masked(x, p->mask, n * p->in, buf), p->in, p->a, p->in, 0.0f, xa, p->r);
+  SGEMM(N, T, n, p->out, p->r, 1.0f, xa, p->r, p->b, p->r, 1.0f, y, p->out);
+}
+
+void proj_backward(const proj_t *p, const float *dy, const float *x, const float *xa, float *dx, int accumulate, float *da, float *db, int64_t n, float *buf) {
+  if (n == 0) {
+    if (da) memset(da, 0, 4u * (size_t)(p->r * p->in));
+    if (db) memset(db, 0, 4u * (size_t)(p->out * p->r));
+    return;
+  }
+  if (dx) SGEMM(N, N, n, p->in, p->out, 1.0f, dy, p->out, p->w, p->in, accumulate ? 1.0f : 0.0f, dx, p->in);
+  if (p->r == 0) return;
+  if (db) SGEMM(T, N, p->out, p->r, n, 1.0f, dy, p->out, xa, p->r, 0.0f, db, p->r);
+  if (!dx && !da) return;
+  /* dy B [n, r] first, then a masked input (for A) or the branch's input gradient (for x) after it. */
+  float *dyb = buf, *wide = buf + n * p->r;
+  SGEMM(N, N, n, p->r, p->out, 1.0f, dy, p->out, p->b, p->r, 0.0f, dyb, p->r);
+  if (da) SGEMM(T, N, p->r, p->in, n, p->scaling, dyb, p->r, masked(x, p->mask, n * p->in, wide), p->in, 0.0f, da, p->in);
+  if (!dx) return;
+  if (!p->mask) {
+    SGEMM(N, N, n, p->in, p->r, p->scaling, dyb, p->r, p->a, p->in, 1.0f, dx, p->in);
+    return;
+  }
+  SGEMM(N, N, n, p->in, p->r, p->scaling, dyb, p->r, p->a, p->in, 0.0f, wide, p->in);
+  for (int64_t i = 0; i < n * p->in; i++) dx[i] += wide[i] * p->mask[i];
+}
+
+/* The projection of a call's operands. */
+static proj_t proj_of(const lora_args *g) {
+  const float *h = g->heap;
+  return (proj_t){h + g->w / 4, h + g->a / 4, h + g->b / 4, g->has_mask ? h + g->mask / 4 : NULL, g->in, g->outs, g->r, (float)g->scaling};
 }
 
 /*
@@ -60,12 +96,8 @@ napi_value lora_linear(napi_env env, napi_callback_info info) {
     napi_throw_error(env, NULL, "loraLinear: out of memory");
     return NULL;
   }
-  const float *x = g.heap + g.x / 4, *w = g.heap + g.w / 4, *a = g.heap + g.a / 4, *b = g.heap + g.b / 4;
-  float *y = g.heap + g.out / 4, *xa = g.heap + g.xa / 4;
-  if (g.n == 0 || g.outs == 0) return NULL;
-  SGEMM(N, T, g.n, g.outs, g.in, 1.0f, x, g.in, w, g.in, 0.0f, y, g.outs);
-  SGEMM(N, T, g.n, g.r, g.in, (float)g.scaling, masked(&g, x, buf), g.in, a, g.in, 0.0f, xa, g.r);
-  SGEMM(N, T, g.n, g.outs, g.r, 1.0f, xa, g.r, b, g.r, 1.0f, y, g.outs);
+  const proj_t p = proj_of(&g);
+  proj_forward(&p, g.heap + g.x / 4, g.heap + g.out / 4, g.heap + g.xa / 4, g.n, buf);
   return NULL;
 }
 
@@ -92,41 +124,19 @@ napi_value lora_linear_grad(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "loraLinearGrad: an operand lies outside the heap or is misaligned");
     return NULL;
   }
-  const float *dy = g.heap + dy_off / 4, *x = g.heap + g.x / 4, *w = g.heap + g.w / 4, *a = g.heap + g.a / 4, *b = g.heap + g.b / 4;
-  const float *xa = g.heap + g.xa / 4;
+  const float *dy = g.heap + dy_off / 4, *x = g.heap + g.x / 4;
   float *out = g.heap + g.out / 4;
-  if (sizes[which] == 0) return NULL;
-  if (g.n == 0) {
-    for (int64_t i = 0; i < sizes[which]; i++) out[i] = 0;
-    return NULL;
-  }
-  if (which == 2) {
-    SGEMM(T, N, g.outs, g.r, g.n, 1.0f, dy, g.outs, xa, g.r, 0.0f, out, g.r);
-    return NULL;
-  }
   if (which == 3) {
-    SGEMM(T, N, g.outs, g.in, g.n, 1.0f, dy, g.outs, x, g.in, 0.0f, out, g.in);
+    if (sizes[which] > 0 && g.n == 0) memset(out, 0, 4u * (size_t)sizes[which]);
+    else if (sizes[which] > 0) SGEMM(T, N, g.outs, g.in, g.n, 1.0f, dy, g.outs, x, g.in, 0.0f, out, g.in);
     return NULL;
   }
-  /* dy B [n, r] first, then a masked input (for A) or the branch's input gradient (for x) after it. */
   float *buf = scratch((size_t)(g.n * g.r + (g.has_mask ? g.n * g.in : 0)));
   if (!buf) {
     napi_throw_error(env, NULL, "loraLinearGrad: out of memory");
     return NULL;
   }
-  float *dyb = buf, *wide = buf + g.n * g.r;
-  SGEMM(N, N, g.n, g.r, g.outs, 1.0f, dy, g.outs, b, g.r, 0.0f, dyb, g.r);
-  if (which == 1) {
-    SGEMM(T, N, g.r, g.in, g.n, (float)g.scaling, dyb, g.r, masked(&g, x, wide), g.in, 0.0f, out, g.in);
-    return NULL;
-  }
-  SGEMM(N, N, g.n, g.in, g.outs, 1.0f, dy, g.outs, w, g.in, 0.0f, out, g.in);
-  if (!g.has_mask) {
-    SGEMM(N, N, g.n, g.in, g.r, (float)g.scaling, dyb, g.r, a, g.in, 1.0f, out, g.in);
-    return NULL;
-  }
-  SGEMM(N, N, g.n, g.in, g.r, (float)g.scaling, dyb, g.r, a, g.in, 0.0f, wide, g.in);
-  const float *mask = g.heap + g.mask / 4;
-  for (int64_t i = 0; i < g.n * g.in; i++) out[i] += wide[i] * mask[i];
+  const proj_t p = proj_of(&g);
+  proj_backward(&p, dy, x, g.heap + g.xa / 4, which == 0 ? out : NULL, 0, which == 1 ? out : NULL, which == 2 ? out : NULL, g.n, buf);
   return NULL;
 }

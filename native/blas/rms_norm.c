@@ -7,6 +7,24 @@
 #include <math.h>
 #include "addon.h"
 
+void rms_norm_rows(const float *x, const float *w, float *out, float *r, int64_t rows, int64_t width, double eps) {
+  for (int64_t i = 0; i < rows; i++, x += width, out += width) {
+    const double sum = dot_of(x, x, NULL, width);
+    const float ri = (float)(1 / sqrt(sum / (double)width + eps));
+    r[i] = ri;
+    for (int64_t j = 0; j < width; j++) out[j] = x[j] * ri * w[j];
+  }
+}
+
+void rms_norm_rows_grad(const float *dy, const float *x, const float *w, const float *r, float *out, int64_t rows, int64_t width) {
+  for (int64_t i = 0; i < rows; i++, dy += width, x += width, out += width) {
+    const double dot = dot_of(w, dy, x, width);
+    const double ri = r[i];
+    const float c = (float)(ri * ri * ri * dot / (double)width);
+    for (int64_t j = 0; j < width; j++) out[j] = r[i] * w[j] * dy[j] - x[j] * c;
+  }
+}
+
 /* rmsNorm(heap, xOffset, weightOffset, outOffset, rOffset, rows, width, eps): out = x * r * w, writing r per row. */
 napi_value rms_norm(napi_env env, napi_callback_info info) {
   void *heap = NULL;
@@ -20,14 +38,7 @@ napi_value rms_norm(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "rmsNorm: an operand lies outside the heap or is misaligned");
     return NULL;
   }
-  const float *x = (const float *)heap + v[0] / 4, *w = (const float *)heap + v[1] / 4;
-  float *out = (float *)heap + v[2] / 4, *r = (float *)heap + v[3] / 4;
-  for (int64_t i = 0; i < rows; i++, x += width, out += width) {
-    const double sum = dot_of(x, x, NULL, width);
-    const float ri = (float)(1 / sqrt(sum / (double)width + eps));
-    r[i] = ri;
-    for (int64_t j = 0; j < width; j++) out[j] = x[j] * ri * w[j];
-  }
+  rms_norm_rows((const float *)heap + v[0] / 4, (const float *)heap + v[1] / 4, (float *)heap + v[2] / 4, (float *)heap + v[3] / 4, rows, width, eps);
   return NULL;
 }
 
@@ -47,13 +58,7 @@ napi_value rms_norm_grad(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "rmsNormGrad: an operand lies outside the heap or is misaligned");
     return NULL;
   }
-  const float *dy = (const float *)heap + v[0] / 4, *x = (const float *)heap + v[1] / 4, *w = (const float *)heap + v[2] / 4, *r = (const float *)heap + v[3] / 4;
-  float *out = (float *)heap + v[4] / 4;
-  for (int64_t i = 0; i < rows; i++, dy += width, x += width, out += width) {
-    const double dot = dot_of(w, dy, x, width);
-    const double ri = r[i];
-    const float c = (float)(ri * ri * ri * dot / (double)width);
-    for (int64_t j = 0; j < width; j++) out[j] = r[i] * w[j] * dy[j] - x[j] * c;
-  }
+  const float *f = (const float *)heap;
+  rms_norm_rows_grad(f + v[0] / 4, f + v[1] / 4, f + v[2] / 4, f + v[3] / 4, (float *)heap + v[4] / 4, rows, width);
   return NULL;
 }

@@ -6,7 +6,7 @@
 #include <math.h>
 #include "addon.h"
 
-VECTOR_CLONES static void forward(const float *g, const float *u, float *out, float *s, uint64_t n) {
+VECTOR_CLONES void swiglu_forward(const float *g, const float *u, float *out, float *s, uint64_t n) {
   for (uint64_t i = 0; i < n; i++) {
     const float si = 1.0f / (1.0f + exp_poly(-g[i]));
     s[i] = si;
@@ -27,8 +27,16 @@ napi_value swiglu(napi_env env, napi_callback_info info) {
       return NULL;
     }
   }
-  forward((const float *)heap + v[0] / 4, (const float *)heap + v[1] / 4, (float *)heap + v[2] / 4, (float *)heap + v[3] / 4, n);
+  swiglu_forward((const float *)heap + v[0] / 4, (const float *)heap + v[1] / 4, (float *)heap + v[2] / 4, (float *)heap + v[3] / 4, n);
   return NULL;
+}
+
+/* dg = dy * up * s * (1 + gate * (1 - s)), du = dy * gate * s; either may be NULL. */
+void swiglu_backward(const float *dy, const float *g, const float *u, const float *s, float *dg, float *du, uint64_t n) {
+  if (dg)
+    for (uint64_t i = 0; i < n; i++) dg[i] = dy[i] * u[i] * s[i] * (1.0f + g[i] * (1.0f - s[i]));
+  if (du)
+    for (uint64_t i = 0; i < n; i++) du[i] = dy[i] * g[i] * s[i];
 }
 
 /*
@@ -52,9 +60,6 @@ napi_value swiglu_grad(napi_env env, napi_callback_info info) {
   }
   const float *dy = (const float *)heap + v[0] / 4, *g = (const float *)heap + v[1] / 4, *u = (const float *)heap + v[2] / 4, *s = (const float *)heap + v[3] / 4;
   float *out = (float *)heap + v[4] / 4;
-  if (v[6] == 0)
-    for (uint64_t i = 0; i < n; i++) out[i] = dy[i] * u[i] * s[i] * (1.0f + g[i] * (1.0f - s[i]));
-  else
-    for (uint64_t i = 0; i < n; i++) out[i] = dy[i] * g[i] * s[i];
+  swiglu_backward(dy, g, u, s, v[6] == 0 ? out : NULL, v[6] == 0 ? NULL : out, n);
   return NULL;
 }

@@ -1,11 +1,11 @@
-// The fused native kernels (loss, RMSNorm, SwiGLU, LoRA projection): the same values and gradients as the tfjs
+// The fused native kernels (loss, RMSNorm, SwiGLU, LoRA projection, attention, the decoder blocks): the same values and gradients as the tfjs
 // ops they replace (run with the native kernels off), on odd sizes, ignored rows and large
 // logits; bad targets refused; nothing leaked. Skipped where the addon did not build.
 import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import type { LlamaConfig } from "../../services/runtime/model/config.ts";
-import { rmsNorm, swiglu } from "../../services/runtime/model/llama.ts";
+import { LINEAR_MODULES, rmsNorm, swiglu, type ForwardOptions, type LinearModule } from "../../services/runtime/model/llama.ts";
 import { LoraAdapter } from "../../services/runtime/model/lora.ts";
 import { causalLmLoss, IGNORE_INDEX } from "../../services/runtime/model/loss.ts";
 import { loadBlasAddon } from "../../services/runtime/native/blas-addon.ts";
@@ -180,28 +180,70 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
     }
   });
 
-  it("attention: logits and the gradients of the layer deltas and of LoRA on q, k, v and o, with grouped heads and padding", () => {
+  it("attention and the decoder blocks: logits and the gradients of the deltas and of every adapter, with grouped heads, padding, dropout masks, adapters on some projections", async () => {
     // 4 heads on 2 key-value heads, head size 4; two rows of 7 and 4 tokens (right padded).
-    const model = tinyModel(11);
-    const lora = LoraAdapter.init(model.config, { r: 2, alpha: 4, dropout: 0, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj"] }, 12);
-    for (const { b } of lora.pairs.values()) b.assign(random(b.shape, 13, 0.1));
-    const { ids, mask } = batchOf([randomIds(1, 7, 50, 14)[0], randomIds(1, 4, 50, 15)[0]]);
+    const model = tinyModel(21);
+    const { ids, mask } = batchOf([randomIds(1, 7, 50, 22)[0], randomIds(1, 4, 50, 23)[0]]);
     const labels = ids.where(mask.cast("bool"), tf.fill(ids.shape, IGNORE_INDEX, "int32")) as tf.Tensor2D;
-    const deltas = [0, 1].map((l) => tf.variable(random([2, 7, 16], 16 + l, 0.3)));
-    const run = () =>
-      tf.tidy(() => {
-        const logits = model.forward(ids, mask, { lora, deltas }).logits.arraySync() as NestedNumbers;
-        const vars = [...deltas, ...lora.variables];
-        const { value, grads } = tf.variableGrads(() => causalLmLoss(model.forward(ids, mask, { lora, deltas, training: true }).logits, labels), vars);
-        return [logits, value.arraySync(), ...vars.map((v) => grads[v.name].arraySync() as NestedNumbers)];
-      });
-    configureNativeKernels("off");
-    const stock = run();
-    configureNativeKernels("auto");
-    const fused = run();
-    expectClose(fused, stock, 1e-5, "tiny GQA model");
-    // The gradients reach the first layer's q and k adapters (through the rotation and softmax).
-    expect((fused[4] as number[][]).flat().some((g) => g !== 0)).toBe(true);
+    const deltas = [0, 1].map((l) => tf.variable(random([2, 7, 16], 24 + l, 0.3)));
+    const cases: [string, LinearModule[], number][] = [
+      ["q, k, v and o", ["q_proj", "k_proj", "v_proj", "o_proj"], 0],
+      ["all seven projections, dropout 0.3", [...LINEAR_MODULES], 0.3],
+      ["q, v and down only", ["q_proj", "v_proj", "down_proj"], 0],
+    ];
+    for (const [modules, targetModules, dropout] of cases) {
+      const lora = LoraAdapter.init(model.config, { r: 2, alpha: 4, dropout, targetModules }, 26);
+      for (const { b } of lora.pairs.values()) b.assign(random(b.shape, 27, 0.1));
+      const run = () =>
+        tf.tidy(() => {
+          const logits = model.forward(ids, mask, { lora, deltas }).logits.arraySync() as NestedNumbers;
+          const vars = [...deltas, ...lora.variables];
+          lora.reseedDropout(5); // the same masks on both paths
+          const { value, grads } = tf.variableGrads(() => causalLmLoss(model.forward(ids, mask, { lora, deltas, training: true }).logits, labels), vars);
+          return [logits, value.arraySync(), ...vars.map((v) => grads[v.name].arraySync() as NestedNumbers)];
+        });
+      configureNativeKernels("off");
+      const stock = run();
+      configureNativeKernels("auto");
+      // Frozen weights run the blocks; trainable ones (full-weight training) the single kernels.
+      for (const trainable of [false, true]) {
+        model.setTrainable(trainable);
+        const where = `${modules}, ${trainable ? "single kernels" : "blocks"}`;
+        const fused = run();
+        expectClose(fused, stock, 1e-5, where);
+        // The gradients reach the first layer's q adapter (through the rotation and softmax).
+        expect((fused[4] as number[][]).flat().some((g) => g !== 0), where).toBe(true);
+      }
+      model.setTrainable(false);
+      // Vaccine's perturbation pass: merged weights, or the adapter without its gradients; the deltas' gradients the same.
+      const deltaGrads = (opts: ForwardOptions) =>
+        tf.tidy(() => {
+          lora.reseedDropout(5);
+          const { grads } = tf.variableGrads(() => causalLmLoss(model.forward(ids, mask, { ...opts, deltas, training: true }).logits, labels), deltas);
+          return deltas.map((d) => grads[d.name].arraySync() as NestedNumbers);
+        });
+      const merged = lora.mergedWeights(model);
+      const pass1 = dropout > 0 ? { lora, adapterGradients: false } : { weights: merged };
+      configureNativeKernels("off");
+      const stockPass1 = deltaGrads(pass1);
+      configureNativeKernels("auto");
+      expectClose(deltaGrads(pass1), stockPass1, 1e-5, `${modules}, perturbation pass`);
+      tf.dispose([...merged.values()]);
+      lora.dispose();
+    }
+    // The blocks ran: two kernels a layer forward and two backward.
+    const lora = LoraAdapter.init(model.config, { r: 2, alpha: 4, dropout: 0, targetModules: [...LINEAR_MODULES] }, 28);
+    const kernels = async () => {
+      const info = await tf.profile(() => tf.tidy(() => tf.variableGrads(() => causalLmLoss(model.forward(ids, mask, { lora }).logits, labels), lora.variables).value));
+      return info.kernels.map((k) => k.name);
+    };
+    const names = await kernels();
+    for (const k of ["VaccineAttentionBlock", "VaccineAttentionBlockGrad", "VaccineMlpBlock", "VaccineMlpBlockGrad"]) expect(names.filter((n) => n === k)).toHaveLength(2);
+    expect(names).not.toContain("VaccineLoraLinear");
+    // Weights that take gradients (full-weight training) keep the single kernels, which give them.
+    model.setTrainable(true);
+    expect(await kernels()).not.toContain("VaccineMlpBlock");
+    model.setTrainable(false);
     tf.dispose([ids, mask, labels, ...deltas]);
     lora.dispose();
     model.dispose();
@@ -248,5 +290,18 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
     expect(() => loaded.addon.attention(new ArrayBuffer(100), ...att, 1, 1, 3, 2, 2)).toThrow(/multiple of kvHeads/);
     expect(() => loaded.addon.attentionGrad(new ArrayBuffer(64), ...att, 1, 1, 2, 1, 2)).toThrow(/outside the heap/);
     expect(() => loaded.addon.loraLinearGrad(heap, 4, 48, 0, 16, 32, 40, 0, 56, 0, 2, 2, 2, 1, 0, 1)).toThrow(/which/);
+    // The blocks take their operands as a Float64Array of a fixed length; one outside the heap is refused.
+    expect(() => loaded.addon.mlpBlock(heap, new Float64Array(31))).toThrow(/Float64Array of 32 operands/);
+    expect(() => loaded.addon.attentionBlock(heap, new Float32Array(45) as unknown as Float64Array)).toThrow(/Float64Array of 45 operands/);
+    // n 2, hidden 2, intermediate 2: every operand at 0 fits 16 bytes but x at 64 does not.
+    const mlp = new Float64Array(32).fill(0);
+    mlp.set([2, 2, 2, 1e-6]);
+    for (const i of [9, 15, 21]) mlp[i] = -1; // no masks
+    expect(() => loaded.addon.mlpBlock(new ArrayBuffer(16), mlp)).not.toThrow();
+    mlp[4] = 64;
+    expect(() => loaded.addon.mlpBlock(new ArrayBuffer(16), mlp)).toThrow(/outside the heap/);
+    mlp[4] = 0;
+    mlp[0] = 2.5;
+    expect(() => loaded.addon.mlpBlock(new ArrayBuffer(16), mlp)).toThrow(/integers/);
   });
 });

@@ -17,6 +17,7 @@ import * as tf from "@tensorflow/tfjs";
 import { CheckpointFormatError } from "../format-error.ts";
 import type { HostTensor, HostTensors } from "../host-tensor.ts";
 import { attentionKernel } from "../native/attention-kernel.ts";
+import { attentionBlockKernel, mlpBlockKernel, type BlockProjection } from "../native/decoder-block-kernel.ts";
 import { nativeKernelsActive } from "../native/kernels.ts";
 import { rmsNormKernel } from "../native/rms-norm-kernel.ts";
 import { swigluKernel } from "../native/swiglu-kernel.ts";
@@ -108,6 +109,12 @@ export interface ForwardOptions {
   weights?: ReadonlyMap<string, tf.Tensor>;
   /** Enables LoRA dropout. */
   training?: boolean;
+  /**
+   * False when the caller differentiates no adapter weight (Vaccine's perturbation pass): the
+   * fused decoder blocks then skip the adapters' gradients, which autodiff would otherwise
+   * compute with the input's.
+   */
+  adapterGradients?: boolean;
   /** Incremental decoding: attends to the cached keys and appends this call's. Inference only. */
   cache?: KvCache;
   /**
@@ -534,21 +541,20 @@ export class LlamaModel {
           };
       const attentionOutputs: tf.Tensor3D[] = [];
       const layerOutputs: tf.Tensor3D[] = [];
+      // A layer's two blocks as one native kernel each where nothing asks for a weight's gradient.
+      const blocks = attend.fused && this.frozen() ? { ...attend.fused, bias: attend.bias } : undefined;
       let x = embedLookup(this.w("model.embed_tokens.weight") as tf.Tensor2D, inputIds);
       for (let l = 0; l < c.numHiddenLayers; l++) {
-        const p = `model.layers.${l}`;
-        const h = rmsNorm(x, this.w(`${p}.input_layernorm.weight`), c.rmsNormEps);
-        const { out, keys, values } = this.attention(l, h, attend, opts);
+        const { out, keys, values } = blocks
+          ? { out: this.attentionBlock(l, x, blocks, opts) }
+          : this.attention(l, rmsNorm(x, this.w(`model.layers.${l}.input_layernorm.weight`), c.rmsNormEps), attend, opts);
         if (step) {
           keptKeys.push(tf.keep(keys!));
           keptValues.push(tf.keep(values!));
         }
         if (opts.returnAttentionOutputs) attentionOutputs.push(out);
         x = x.add(opts.deltas ? out.add(opts.deltas[l]) : out);
-        const h2 = rmsNorm(x, this.w(`${p}.post_attention_layernorm.weight`), c.rmsNormEps);
-        const gate = this.linear(l, "gate_proj", h2, opts);
-        const up = this.linear(l, "up_proj", h2, opts);
-        x = x.add(this.linear(l, "down_proj", swiglu(gate, up), opts));
+        x = x.add(blocks ? this.mlpBlock(l, x, opts) : this.mlp(l, x, opts));
         if (opts.returnLayerOutputs) layerOutputs.push(x);
       }
       const res: Omit<ForwardResult, "logits"> & { logits?: tf.Tensor3D } = {};
@@ -598,6 +604,57 @@ export class LlamaModel {
     const ctx = matmul(probs, repeatKv(v, groups)); // [B, H, T, hd]
     const merged = ctx.transpose([0, 2, 1, 3]).reshape([b, t, heads * hd]) as tf.Tensor3D;
     return { out: this.linear(l, "o_proj", merged, opts), keys: k, values: v };
+  }
+
+  /** The MLP block of layer l on the residual stream x: down(silu(gate(n)) * up(n)), n = RMSNorm(x). */
+  private mlp(l: number, x: tf.Tensor3D, opts: ForwardOptions): tf.Tensor3D {
+    const h = rmsNorm(x, this.w(`model.layers.${l}.post_attention_layernorm.weight`), this.config.rmsNormEps);
+    return this.linear(l, "down_proj", swiglu(this.linear(l, "gate_proj", h, opts), this.linear(l, "up_proj", h, opts)), opts);
+  }
+
+  /** Layer l's attention block (its RMSNorm to o_proj) as one native kernel: A_l. */
+  private attentionBlock(l: number, x: tf.Tensor3D, rotary: { bias: tf.Tensor4D; cos: tf.Tensor2D; sin: tf.Tensor2D }, opts: ForwardOptions): tf.Tensor3D {
+    const c = this.config;
+    const [b, t] = x.shape;
+    const input = [b, t, c.hiddenSize];
+    // The masks drawn in the unfused order: q, k, v, then o on the context.
+    const projections = [
+      this.blockProjection(l, "q_proj", input, opts),
+      this.blockProjection(l, "k_proj", input, opts),
+      this.blockProjection(l, "v_proj", input, opts),
+      this.blockProjection(l, "o_proj", [b, t, c.numAttentionHeads * c.headDim], opts),
+    ] as const;
+    const shape = { heads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads, headDim: c.headDim };
+    // The first layer's input is the embedding of frozen weights: no gradient needed.
+    const grads = { input: l > 0, adapters: opts.adapterGradients !== false };
+    return attentionBlockKernel(x, this.w(`model.layers.${l}.input_layernorm.weight`) as tf.Tensor1D, c.rmsNormEps, projections, rotary, shape, opts.lora?.scaling ?? 1, grads);
+  }
+
+  /** Layer l's MLP block (its RMSNorm to down_proj) as one native kernel. */
+  private mlpBlock(l: number, x: tf.Tensor3D, opts: ForwardOptions): tf.Tensor3D {
+    const c = this.config;
+    const [b, t] = x.shape;
+    const projections = [
+      this.blockProjection(l, "gate_proj", [b, t, c.hiddenSize], opts),
+      this.blockProjection(l, "up_proj", [b, t, c.hiddenSize], opts),
+      this.blockProjection(l, "down_proj", [b, t, c.intermediateSize], opts),
+    ] as const;
+    const grads = { input: true, adapters: opts.adapterGradients !== false };
+    return mlpBlockKernel(x, this.w(`model.layers.${l}.post_attention_layernorm.weight`) as tf.Tensor1D, c.rmsNormEps, projections, opts.lora?.scaling ?? 1, grads);
+  }
+
+  /** A projection's weight (merged, when given) and adapter for a block kernel, its dropout mask drawn for an input of `shape`. */
+  private blockProjection(l: number, module: LinearModule, shape: number[], opts: ForwardOptions): BlockProjection {
+    const name = linearName(l, module);
+    const merged = opts.weights?.get(`${name}.weight`) as tf.Tensor2D | undefined;
+    const w = merged ?? (this.w(`${name}.weight`) as tf.Tensor2D);
+    return { w, adapter: opts.lora && !merged ? opts.lora.branch(name, shape, opts.training ?? false) : undefined };
+  }
+
+  /** Whether no weight is trainable (adapter training or inference): no weight gradient is asked for. */
+  private frozen(): boolean {
+    for (const v of this.weights.values()) if (v.trainable) return false;
+    return true;
   }
 
   /** y = x W^T (+ the LoRA update when an adapter targets this module). */

@@ -147,18 +147,29 @@ export class LoraAdapter {
    * Dropout draws a fresh mask per call (seeded from the adapter's stream).
    */
   linear<T extends tf.Tensor>(name: string, x: T, w: tf.Tensor2D, training: boolean): T {
-    const pair = this.pairs.get(name);
     return tf.tidy(() => {
-      const rate = this.config.dropout;
-      const mask = pair && training && rate > 0 ? tf.tensor(this.dropoutMaskFor(x.size, rate), x.shape) : null;
-      if (pair && nativeKernelsActive()) return loraLinearKernel(x, w, pair.a as tf.Tensor2D, pair.b as tf.Tensor2D, this.scaling, mask);
+      const branch = this.branch(name, x.shape, training);
+      if (branch && nativeKernelsActive()) return loraLinearKernel(x, w, branch.a, branch.b, this.scaling, branch.mask);
       const rows = x.reshape([-1, x.shape[x.rank - 1]]) as tf.Tensor2D;
       let y = linearT(rows, w);
       // The scaling on x A ([N, r]) rather than on the output ([N, out]): the same product
       // up to rounding, and a multiply (and its gradient) over r columns instead of out.
-      if (pair) y = y.add(linearT(linearT(mask ? rows.mul(mask.reshape(rows.shape)) : rows, pair.a).mul(this.scaling), pair.b));
+      if (branch) y = y.add(linearT(linearT(branch.mask ? rows.mul(branch.mask.reshape(rows.shape)) : rows, branch.a).mul(this.scaling), branch.b));
       return y.reshape([...x.shape.slice(0, -1), w.shape[0]]) as T;
     });
+  }
+
+  /**
+   * Projection `name`'s adapter for an input of `shape`: A, B and, when training with dropout,
+   * a fresh mask of that shape (drawn from the adapter's stream, as linear draws it); undefined
+   * when the projection is not targeted. The mask is the caller's to dispose.
+   */
+  branch(name: string, shape: number[], training: boolean): { a: tf.Tensor2D; b: tf.Tensor2D; mask: tf.Tensor | null } | undefined {
+    const pair = this.pairs.get(name);
+    if (!pair) return undefined;
+    const rate = this.config.dropout;
+    const mask = training && rate > 0 ? tf.tensor(this.dropoutMaskFor(tf.util.sizeFromShape(shape), rate), shape) : null;
+    return { a: pair.a as tf.Tensor2D, b: pair.b as tf.Tensor2D, mask };
   }
 
 

@@ -41,6 +41,18 @@ export interface BlasAddon {
   attention(heap: ArrayBuffer, qOffset: number, kOffset: number, vOffset: number, biasOffset: number, cosOffset: number, sinOffset: number, outOffset: number, qrOffset: number, krOffset: number, probsOffset: number, b: number, t: number, heads: number, kvHeads: number, d: number): void;
   /** attention's gradients with respect to q, k (before the rotation) and v, from dy [b, t, heads * d] and what the forward wrote. */
   attentionGrad(heap: ArrayBuffer, dyOffset: number, qrOffset: number, krOffset: number, vOffset: number, probsOffset: number, cosOffset: number, sinOffset: number, dqOffset: number, dkOffset: number, dvOffset: number, b: number, t: number, heads: number, kvHeads: number, d: number): void;
+  /**
+   * A decoder layer's attention block, forward: RMSNorm, the q, k and v projections (LoRA-adapted
+   * or not), causal attention and the o projection, on the operands native/blas/block.c lists
+   * (byte offsets, sizes; -1 for an absent one).
+   */
+  attentionBlock(heap: ArrayBuffer, operands: Float64Array): void;
+  /** The attention block's gradients with respect to its input and the adapters' A and B. */
+  attentionBlockGrad(heap: ArrayBuffer, operands: Float64Array): void;
+  /** A decoder layer's MLP block, forward: RMSNorm, the gate and up projections, SwiGLU and the down projection. */
+  mlpBlock(heap: ArrayBuffer, operands: Float64Array): void;
+  /** The MLP block's gradients with respect to its input and the adapters' A and B. */
+  mlpBlockGrad(heap: ArrayBuffer, operands: Float64Array): void;
   /** out = gate * s * up over n float32 values, writing s = sigmoid(gate) too. */
   swiglu(heap: ArrayBuffer, gateOffset: number, upOffset: number, outOffset: number, sigmoidOffset: number, n: number): void;
   /** The SwiGLU product's gradient with respect to gate (which 0) or up (which 1), from dy and the forward's sigmoid. */

@@ -14,6 +14,7 @@ import * as tf from "@tensorflow/tfjs";
 import { loadBlasAddon, type BlasAddon } from "./blas-addon.ts";
 import { registerAttentionKernels } from "./attention-kernel.ts";
 import { registerCrossEntropyKernels } from "./cross-entropy-kernel.ts";
+import { registerDecoderBlockKernels } from "./decoder-block-kernel.ts";
 import { registerLoraLinearKernels } from "./lora-linear-kernel.ts";
 import { registerRmsNormKernels } from "./rms-norm-kernel.ts";
 import { registerSwigluKernels } from "./swiglu-kernel.ts";
@@ -69,6 +70,7 @@ export function configureNativeKernels(mode: NativeKernelMode): NativeKernels {
   registerSwigluKernels(loaded.addon);
   registerLoraLinearKernels(loaded.addon);
   registerAttentionKernels(loaded.addon);
+  registerDecoderBlockKernels(loaded.addon);
   return (active = { active: true, detail: loaded.addon.config(), threads: loaded.addon.threads() });
 }
 

@@ -63,7 +63,7 @@ export function attentionOutputGrads(
       const { logits } = merged
         ? model.forward(batch.inputIds, batch.attentionMask, { weights: merged, deltas })
         : training
-          ? trainingForward(model, lora, batch, { deltas })
+          ? trainingForward(model, lora, batch, { deltas, adapterGradients: false })
           : model.forward(batch.inputIds, batch.attentionMask, { lora, deltas });
       return batchLoss(logits, batch);
     };

@@ -1,0 +1,273 @@
+/*
+ * A decoder layer's two blocks as one kernel each, forward and backward, in place on the wasm
+ * heap: the attention block (RMSNorm, the q, k and v projections, causal attention, the o
+ * projection) and the MLP block (RMSNorm, the gate and up projections, SwiGLU, the down
+ * projection), each projection LoRA-adapted or not. The blocks compose the same functions as
+ * the single kernels (lora.c, rms_norm.c, attention.c, swiglu.c), so they compute the same
+ * values; what they save is tfjs's work between kernels (a layer was about 36 kernel calls a
+ * training step, each with its outputs, saved tensors and tape entries, now 4) and the sums
+ * of the input's gradient over the projections that read it (accumulated by the products).
+ *
+ * Operands come as a Float64Array of byte offsets into the heap and sizes, in the order the
+ * comments below give; an absent operand (no mask, no adapter, a gradient not asked for) is -1.
+ */
+#include "addon.h"
+
+typedef struct {
+  float *heap;
+  size_t bytes;
+  const double *v;
+  size_t len;
+  int ok;
+} args_t;
+
+/* Reads the Float64Array of operands after the heap; 0 (a TypeError thrown) on anything else. */
+static int read_args(napi_env env, napi_callback_info info, const char *usage, size_t len, args_t *a) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_typedarray_type type;
+  size_t length = 0;
+  void *data = NULL;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 2 || napi_get_arraybuffer_info(env, argv[0], (void **)&a->heap, &a->bytes) != napi_ok ||
+      napi_get_typedarray_info(env, argv[1], &type, &length, &data, NULL, NULL) != napi_ok || type != napi_float64_array || length != len) {
+    napi_throw_type_error(env, NULL, usage);
+    return 0;
+  }
+  a->v = data;
+  a->len = len;
+  a->ok = 1;
+  return 1;
+}
+
+/* Operand i as a non-negative integer (a size). */
+static int64_t size_at(args_t *a, size_t i) {
+  const double x = a->v[i];
+  if (!(x >= 0 && x <= (double)INT32_MAX && x == (double)(int64_t)x)) a->ok = 0;
+  return a->ok ? (int64_t)x : 0;
+}
+
+/* Operand i as `count` floats in the heap; -1 gives NULL where `optional`. */
+static float *at(args_t *a, size_t i, uint64_t count, int optional) {
+  const double x = a->v[i];
+  if (optional && x == -1) return NULL;
+  if (!(x >= 0 && x == (double)(uint64_t)x && inside((uint64_t)x, count, a->bytes))) {
+    a->ok = 0;
+    return NULL;
+  }
+  return a->heap + (uint64_t)x / 4;
+}
+
+/* A projection at operands i..i+5 (w, a, b, mask, r, scaling) for inputs of n rows. */
+static proj_t proj_at(args_t *a, size_t i, int64_t n, int64_t in, int64_t out) {
+  proj_t p = {NULL, NULL, NULL, NULL, in, out, size_at(a, i + 4), (float)a->v[i + 5]};
+  p.w = at(a, i, (uint64_t)(out * in), 0);
+  if (p.r > 0) {
+    p.a = at(a, i + 1, (uint64_t)(p.r * in), 0);
+    p.b = at(a, i + 2, (uint64_t)(out * p.r), 0);
+    p.mask = at(a, i + 3, (uint64_t)(n * in), 1);
+  }
+  return p;
+}
+
+/* The largest of n values. */
+static int64_t largest(const int64_t *x, int n) {
+  int64_t m = 0;
+  for (int i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+/* The gradients of count projections' A and B at operands i, i+1, i+2, ...: NULL where not adapted or not asked for. */
+static void adapter_grads_at(args_t *a, size_t i, const proj_t *proj, int count, float **da, float **db) {
+  for (int k = 0; k < count; k++) {
+    const proj_t *p = &proj[k];
+    da[k] = p->r ? at(a, i + 2 * (size_t)k, (uint64_t)(p->r * p->in), 1) : NULL;
+    db[k] = p->r ? at(a, i + 1 + 2 * (size_t)k, (uint64_t)(p->out * p->r), 1) : NULL;
+  }
+}
+
+static int fail(napi_env env, const char *what, int range) {
+  if (range) napi_throw_range_error(env, NULL, what);
+  else napi_throw_error(env, NULL, what);
+  return 0;
+}
+
+/*
+ * The attention block's operands, shared by forward and backward: 0 b, 1 t, 2 heads,
+ * 3 kvHeads, 4 headDim, 5 hidden, 6 eps, 7 x [b, t, hidden], 8 the norm's weight [hidden],
+ * 9 bias [b, 1, t, t], 10 cos, 11 sin [t, headDim], 12-17 q's projection (w, a, b, mask, r,
+ * scaling), 18-23 k's, 24-29 v's, 30-35 o's; then what the forward writes, and the backward
+ * reads: 36 y (forward) or dy (backward) [b, t, hidden], 37 the normed x, 38 its per-row r,
+ * 39 v [b, t, kv], 40 rotated q, 41 rotated k, 42 softmax [b, heads, t, t], 43 the context
+ * [b, t, q], 44 the adapters' x A products, each projection's [n, r] in turn.
+ */
+typedef struct {
+  attn_shape s;
+  int64_t n, hidden, qd, kvd;
+  double eps;
+  const float *x, *norm, *bias, *cos, *sin;
+  proj_t proj[4];
+  float *y, *xn, *rr, *v, *qr, *kr, *probs, *ctx, *xa[4];
+} attn_block;
+
+static int attn_block_at(napi_env env, args_t *a, attn_block *k) {
+  k->s = (attn_shape){size_at(a, 0), size_at(a, 1), size_at(a, 2), size_at(a, 3), size_at(a, 4)};
+  k->hidden = size_at(a, 5);
+  k->eps = a->v[6];
+  const attn_shape *s = &k->s;
+  if (!a->ok || s->kv == 0 || s->heads % s->kv != 0 || s->d % 2 != 0) return fail(env, "attentionBlock: sizes must be integers, heads a multiple of kvHeads, the head size even", 1);
+  k->n = s->b * s->t;
+  k->qd = s->heads * s->d;
+  k->kvd = s->kv * s->d;
+  const uint64_t n = (uint64_t)k->n;
+  k->x = at(a, 7, n * (uint64_t)k->hidden, 0);
+  k->norm = at(a, 8, (uint64_t)k->hidden, 0);
+  k->bias = at(a, 9, n * (uint64_t)s->t, 1); /* the forward's only */
+  k->cos = at(a, 10, (uint64_t)(s->t * s->d), 0);
+  k->sin = at(a, 11, (uint64_t)(s->t * s->d), 0);
+  const int64_t ins[4] = {k->hidden, k->hidden, k->hidden, k->qd}, outs[4] = {k->qd, k->kvd, k->kvd, k->hidden};
+  for (int i = 0; i < 4; i++) k->proj[i] = proj_at(a, 12 + 6 * (size_t)i, k->n, ins[i], outs[i]);
+  k->y = at(a, 36, n * (uint64_t)k->hidden, 0);
+  k->xn = at(a, 37, n * (uint64_t)k->hidden, 0);
+  k->rr = at(a, 38, n, 0);
+  k->v = at(a, 39, n * (uint64_t)k->kvd, 0);
+  k->qr = at(a, 40, n * (uint64_t)k->qd, 0);
+  k->kr = at(a, 41, n * (uint64_t)k->kvd, 0);
+  k->probs = at(a, 42, n * (uint64_t)(s->heads * s->t), 0);
+  k->ctx = at(a, 43, n * (uint64_t)k->qd, 0);
+  uint64_t xa_count = 0;
+  for (int i = 0; i < 4; i++) xa_count += n * (uint64_t)k->proj[i].r;
+  float *xa = at(a, 44, xa_count, 1);
+  for (int i = 0; i < 4; i++) {
+    k->xa[i] = xa;
+    if (xa) xa += k->n * k->proj[i].r;
+  }
+  if (!a->ok || (xa_count > 0 && !xa)) return fail(env, "attentionBlock: an operand lies outside the heap or is misaligned", 1);
+  return 1;
+}
+
+/* attentionBlock(heap, operands): writes y = o(attention(q(xn), k(xn), v(xn))), xn = RMSNorm(x), and what the backward reads. */
+napi_value attention_block(napi_env env, napi_callback_info info) {
+  args_t a;
+  attn_block k;
+  if (!read_args(env, info, "attentionBlock: (ArrayBuffer, Float64Array of 45 operands) expected", 45, &a) || !attn_block_at(env, &a, &k)) return NULL;
+  if (!k.bias) return fail(env, "attentionBlock: the bias is missing", 1), NULL;
+  const int64_t n = k.n, widest = k.hidden > k.qd ? k.hidden : k.qd;
+  float *buf = scratch((size_t)(n * (k.qd + k.kvd + widest)));
+  if (!buf) return fail(env, "attentionBlock: out of memory", 0), NULL;
+  float *q = buf, *kk = q + n * k.qd, *masked = kk + n * k.kvd;
+  rms_norm_rows(k.x, k.norm, k.xn, k.rr, n, k.hidden, k.eps);
+  proj_forward(&k.proj[0], k.xn, q, k.xa[0], n, masked);
+  proj_forward(&k.proj[1], k.xn, kk, k.xa[1], n, masked);
+  proj_forward(&k.proj[2], k.xn, k.v, k.xa[2], n, masked);
+  attention_forward(&k.s, q, kk, k.v, k.bias, k.cos, k.sin, k.ctx, k.qr, k.kr, k.probs);
+  proj_forward(&k.proj[3], k.ctx, k.y, k.xa[3], n, masked);
+  return NULL;
+}
+
+/*
+ * attentionBlockGrad(heap, operands): the forward's 45 (36 is dy), then 45 dx, 46-53 dA and dB
+ * of q, k, v and o in turn (each -1 when not asked for).
+ */
+napi_value attention_block_grad(napi_env env, napi_callback_info info) {
+  args_t a;
+  attn_block k;
+  if (!read_args(env, info, "attentionBlockGrad: (ArrayBuffer, Float64Array of 54 operands) expected", 54, &a) || !attn_block_at(env, &a, &k)) return NULL;
+  const int64_t n = k.n;
+  float *dx = at(&a, 45, (uint64_t)(n * k.hidden), 1), *da[4], *db[4];
+  adapter_grads_at(&a, 46, k.proj, 4, da, db);
+  if (!a.ok) return fail(env, "attentionBlockGrad: an operand lies outside the heap or is misaligned", 1), NULL;
+  const int64_t rs[4] = {k.proj[0].r, k.proj[1].r, k.proj[2].r, k.proj[3].r}, widest = k.hidden > k.qd ? k.hidden : k.qd;
+  const int64_t attn_buf = k.s.t * k.s.t + k.s.d, proj_buf = n * (largest(rs, 4) + widest);
+  float *buf = scratch((size_t)(2 * n * k.qd + 2 * n * k.kvd + n * k.hidden + (attn_buf > proj_buf ? attn_buf : proj_buf)));
+  if (!buf) return fail(env, "attentionBlockGrad: out of memory", 0), NULL;
+  float *dctx = buf, *dq = dctx + n * k.qd, *dk = dq + n * k.qd, *dv = dk + n * k.kvd, *dxn = dv + n * k.kvd, *tmp = dxn + n * k.hidden;
+  const float *dy = k.y;
+  proj_backward(&k.proj[3], dy, k.ctx, k.xa[3], dctx, 0, da[3], db[3], n, tmp);
+  attention_backward(&k.s, dctx, k.qr, k.kr, k.v, k.probs, k.cos, k.sin, dq, dk, dv, tmp);
+  const float *dys[3] = {dq, dk, dv};
+  /* The normed input's gradient sums the three projections' (accumulated by the products). */
+  for (int i = 0; i < 3; i++) proj_backward(&k.proj[i], dys[i], k.xn, k.xa[i], dx ? dxn : NULL, i > 0, da[i], db[i], n, tmp);
+  if (dx) rms_norm_rows_grad(dxn, k.x, k.norm, k.rr, dx, n, k.hidden);
+  return NULL;
+}
+
+/*
+ * The MLP block's operands: 0 rows n, 1 hidden, 2 intermediate, 3 eps, 4 x [n, hidden], 5 the
+ * norm's weight, 6-11 gate's projection (w, a, b, mask, r, scaling), 12-17 up's, 18-23 down's;
+ * then 24 y (forward) or dy (backward) [n, hidden], 25 the normed x, 26 its per-row r, 27 gate,
+ * 28 up, 29 sigmoid(gate), 30 the SwiGLU product [n, intermediate], 31 the adapters' x A
+ * products, each projection's [n, r] in turn.
+ */
+typedef struct {
+  int64_t n, hidden, inter;
+  double eps;
+  const float *x, *norm;
+  proj_t proj[3];
+  float *y, *xn, *rr, *gate, *up, *sig, *act, *xa[3];
+} mlp_block_t;
+
+static int mlp_block_at(napi_env env, args_t *a, mlp_block_t *k) {
+  k->n = size_at(a, 0);
+  k->hidden = size_at(a, 1);
+  k->inter = size_at(a, 2);
+  k->eps = a->v[3];
+  if (!a->ok) return fail(env, "mlpBlock: sizes must be non-negative integers", 1);
+  const uint64_t n = (uint64_t)k->n, h = (uint64_t)k->hidden, f = (uint64_t)k->inter;
+  k->x = at(a, 4, n * h, 0);
+  k->norm = at(a, 5, h, 0);
+  const int64_t ins[3] = {k->hidden, k->hidden, k->inter}, outs[3] = {k->inter, k->inter, k->hidden};
+  for (int i = 0; i < 3; i++) k->proj[i] = proj_at(a, 6 + 6 * (size_t)i, k->n, ins[i], outs[i]);
+  k->y = at(a, 24, n * h, 0);
+  k->xn = at(a, 25, n * h, 0);
+  k->rr = at(a, 26, n, 0);
+  k->gate = at(a, 27, n * f, 0);
+  k->up = at(a, 28, n * f, 0);
+  k->sig = at(a, 29, n * f, 0);
+  k->act = at(a, 30, n * f, 0);
+  uint64_t xa_count = 0;
+  for (int i = 0; i < 3; i++) xa_count += n * (uint64_t)k->proj[i].r;
+  float *xa = at(a, 31, xa_count, 1);
+  for (int i = 0; i < 3; i++) {
+    k->xa[i] = xa;
+    if (xa) xa += k->n * k->proj[i].r;
+  }
+  if (!a->ok || (xa_count > 0 && !xa)) return fail(env, "mlpBlock: an operand lies outside the heap or is misaligned", 1);
+  return 1;
+}
+
+/* mlpBlock(heap, operands): writes y = down(silu(gate(xn)) * up(xn)), xn = RMSNorm(x), and what the backward reads. */
+napi_value mlp_block(napi_env env, napi_callback_info info) {
+  args_t a;
+  mlp_block_t k;
+  if (!read_args(env, info, "mlpBlock: (ArrayBuffer, Float64Array of 32 operands) expected", 32, &a) || !mlp_block_at(env, &a, &k)) return NULL;
+  const int64_t n = k.n;
+  float *masked = scratch((size_t)(n * (k.hidden > k.inter ? k.hidden : k.inter)));
+  if (!masked) return fail(env, "mlpBlock: out of memory", 0), NULL;
+  rms_norm_rows(k.x, k.norm, k.xn, k.rr, n, k.hidden, k.eps);
+  proj_forward(&k.proj[0], k.xn, k.gate, k.xa[0], n, masked);
+  proj_forward(&k.proj[1], k.xn, k.up, k.xa[1], n, masked);
+  swiglu_forward(k.gate, k.up, k.act, k.sig, (uint64_t)(n * k.inter));
+  proj_forward(&k.proj[2], k.act, k.y, k.xa[2], n, masked);
+  return NULL;
+}
+
+/* mlpBlockGrad(heap, operands): the forward's 32 (24 is dy), then 32 dx, 33-38 dA and dB of gate, up and down in turn (each -1 when not asked for). */
+napi_value mlp_block_grad(napi_env env, napi_callback_info info) {
+  args_t a;
+  mlp_block_t k;
+  if (!read_args(env, info, "mlpBlockGrad: (ArrayBuffer, Float64Array of 39 operands) expected", 39, &a) || !mlp_block_at(env, &a, &k)) return NULL;
+  const int64_t n = k.n;
+  float *dx = at(&a, 32, (uint64_t)(n * k.hidden), 1), *da[3], *db[3];
+  adapter_grads_at(&a, 33, k.proj, 3, da, db);
+  if (!a.ok) return fail(env, "mlpBlockGrad: an operand lies outside the heap or is misaligned", 1), NULL;
+  const int64_t rs[3] = {k.proj[0].r, k.proj[1].r, k.proj[2].r}, widest = k.hidden > k.inter ? k.hidden : k.inter;
+  float *buf = scratch((size_t)(3 * n * k.inter + n * k.hidden + n * (largest(rs, 3) + widest)));
+  if (!buf) return fail(env, "mlpBlockGrad: out of memory", 0), NULL;
+  float *dact = buf, *dg = dact + n * k.inter, *du = dg + n * k.inter, *dxn = du + n * k.inter, *tmp = dxn + n * k.hidden;
+  proj_backward(&k.proj[2], k.y, k.act, k.xa[2], dact, 0, da[2], db[2], n, tmp);
+  swiglu_backward(dact, k.gate, k.up, k.sig, dg, du, (uint64_t)(n * k.inter));
+  proj_backward(&k.proj[0], dg, k.xn, k.xa[0], dx ? dxn : NULL, 0, da[0], db[0], n, tmp);
+  proj_backward(&k.proj[1], du, k.xn, k.xa[1], dx ? dxn : NULL, 1, da[1], db[1], n, tmp);
+  if (dx) rms_norm_rows_grad(dxn, k.x, k.norm, k.rr, dx, n, k.hidden);
+  return NULL;
+}

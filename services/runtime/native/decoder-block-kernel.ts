@@ -1,0 +1,237 @@
+/**
+ * A decoder layer's attention block (RMSNorm, q/k/v projections, causal attention, o
+ * projection) and MLP block (RMSNorm, gate/up projections, SwiGLU, down projection) as one
+ * kernel each forward and one backward on the addon (native/blas/block.c), every projection
+ * LoRA-adapted or not. The same functions as the single fused kernels, composed in C: a layer
+ * of a training step was about 36 kernel calls, each with tfjs's bookkeeping (outputs, saved
+ * clones, tape entries, gradient sums), and is 4. LlamaModel uses them for uncached passes
+ * over frozen weights while the native kernels are active.
+ */
+import * as tf from "@tensorflow/tfjs";
+import type { BlasAddon } from "./blas-addon.ts";
+import { heapBuffer, heapOffset, registerFused, runFused, type WasmBackend } from "./wasm-heap.ts";
+
+const ATTENTION = "VaccineAttentionBlock";
+const ATTENTION_GRAD = "VaccineAttentionBlockGrad";
+const MLP = "VaccineMlpBlock";
+const MLP_GRAD = "VaccineMlpBlockGrad";
+
+/** One projection of a block: its weight [out, in] and, when adapted, LoRA's A [r, in], B [out, r] and dropout mask (of the input's shape). */
+export interface BlockProjection {
+  w: tf.Tensor2D;
+  adapter?: { a: tf.Tensor2D; b: tf.Tensor2D; mask: tf.Tensor | null };
+}
+
+/** Which gradients the backward computes: the block's input's (x), and the adapters' A and B. */
+export interface BlockGradients {
+  input: boolean;
+  adapters: boolean;
+}
+
+export interface AttentionShape {
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+}
+
+/** Registers the four kernels on the wasm backend. */
+export function registerDecoderBlockKernels(addon: BlasAddon): void {
+  registerFused(ATTENTION, ATTENTION_GRAD, {
+    forward: (args) => blockForward((h, o) => addon.attentionBlock(h, o), attentionOperands, args),
+    backward: (args) => blockBackward((h, o) => addon.attentionBlockGrad(h, o), attentionOperands, 4, args),
+  });
+  registerFused(MLP, MLP_GRAD, {
+    forward: (args) => blockForward((h, o) => addon.mlpBlock(h, o), mlpOperands, args),
+    backward: (args) => blockBackward((h, o) => addon.mlpBlockGrad(h, o), mlpOperands, 3, args),
+  });
+}
+
+/**
+ * o(attention(q(n), k(n), v(n))) with n = RMSNorm(x) for x [B, T, hidden]: the attention
+ * block's output A_l, before the residual add. bias [B, 1, T, T], cos and sin [T, headDim].
+ */
+export function attentionBlockKernel(
+  x: tf.Tensor3D,
+  norm: tf.Tensor1D,
+  eps: number,
+  projections: readonly [BlockProjection, BlockProjection, BlockProjection, BlockProjection],
+  rotary: { bias: tf.Tensor4D; cos: tf.Tensor2D; sin: tf.Tensor2D },
+  shape: AttentionShape,
+  scaling: number,
+  grads: BlockGradients,
+): tf.Tensor3D {
+  const attrs = { eps, scaling, ...shape } as unknown as tf.NamedAttrMap;
+  const ops = blockOperands(x, norm, projections, grads, { ...rotary });
+  // bias is read by the forward only (the backward reads the softmax).
+  return runBlock(ATTENTION, ATTENTION_GRAD, ops, attrs, grads, ops.reads.filter((n) => n !== "bias"));
+}
+
+/** down(silu(gate(n)) * up(n)) with n = RMSNorm(x) for x [B, T, hidden]: the MLP block's output, before the residual add. */
+export function mlpBlockKernel(
+  x: tf.Tensor3D,
+  norm: tf.Tensor1D,
+  eps: number,
+  projections: readonly [BlockProjection, BlockProjection, BlockProjection],
+  scaling: number,
+  grads: BlockGradients,
+): tf.Tensor3D {
+  const ops = blockOperands(x, norm, projections, grads, {});
+  return runBlock(MLP, MLP_GRAD, ops, { eps, scaling }, grads, ops.reads);
+}
+
+interface Operands {
+  inputs: Record<string, tf.Tensor>;
+  constants: Record<string, tf.Tensor>;
+  reads: string[];
+}
+
+/**
+ * The kernel's operands by name (x, norm, w0.., a0.., b0.., m0.., and the extra ones): the
+ * differentiable inputs in the backward's output order (x, then each adapter's A and B),
+ * the rest constants.
+ */
+function blockOperands(x: tf.Tensor, norm: tf.Tensor, projections: readonly BlockProjection[], grads: BlockGradients, extra: Record<string, tf.Tensor>): Operands {
+  const inputs: Record<string, tf.Tensor> = {};
+  const constants: Record<string, tf.Tensor> = { norm, ...extra };
+  (grads.input ? inputs : constants).x = x;
+  projections.forEach((p, i) => {
+    constants[`w${i}`] = p.w;
+    if (!p.adapter) return;
+    const target = grads.adapters ? inputs : constants;
+    target[`a${i}`] = p.adapter.a;
+    target[`b${i}`] = p.adapter.b;
+    if (p.adapter.mask) constants[`m${i}`] = p.adapter.mask;
+  });
+  return { inputs, constants, reads: [...Object.keys(inputs), ...Object.keys(constants)] };
+}
+
+function runBlock(forward: string, backward: string, ops: Operands, attrs: tf.NamedAttrMap, grads: BlockGradients, reads: string[]): tf.Tensor3D {
+  const all = { ...ops.constants, ...ops.inputs };
+  if (Object.keys(ops.inputs).length === 0) {
+    // Nothing to differentiate: no tape entry, and what the backward would read is freed.
+    const [y, ...kept] = tf.engine().runKernel(forward, all, attrs) as tf.Tensor[];
+    tf.dispose(kept);
+    return y as tf.Tensor3D;
+  }
+  const gradAttrs = { ...attrs, input: grads.input, adapters: grads.adapters };
+  return runFused<tf.Tensor3D>(forward, ops, attrs, reads, (dy, read, kept) => tf.engine().runKernel(backward, { ...read, dy, ...keptByName(kept) }, gradAttrs) as tf.Tensor[]);
+}
+
+const keptByName = (kept: tf.Tensor[]) => Object.fromEntries(kept.map((t, i) => [`k${i}`, t]));
+
+type Args = Parameters<tf.KernelFunc>[0];
+type Infos = Record<string, tf.TensorInfo | undefined>;
+
+/** The projections' operands (w, a, b, mask, r, scaling each) after checking their shapes against rows n and each one's [in, out]. */
+function projectionOperands(kernel: string, inputs: Infos, dims: [number, number][], n: number, scaling: number): (tf.TensorInfo | number | undefined)[] {
+  return dims.flatMap(([inDim, outDim], i) => {
+    const w = inputs[`w${i}`]!, a = inputs[`a${i}`], b = inputs[`b${i}`], mask = inputs[`m${i}`];
+    const r = a ? a.shape[0] : 0;
+    const ok =
+      [w, a, b, mask].every((t) => !t || t.dtype === "float32") &&
+      tf.util.arraysEqual(w.shape, [outDim, inDim]) &&
+      !a === !b &&
+      (!a || (tf.util.arraysEqual(a.shape, [r, inDim]) && tf.util.arraysEqual(b!.shape, [outDim, r]))) &&
+      (!mask || (a && tf.util.sizeFromShape(mask.shape) === n * inDim && mask.shape[mask.shape.length - 1] === inDim));
+    if (!ok) {
+      const shapes = [w, a, b, mask].map((t) => (t ? `${t.dtype} [${t.shape}]` : "none")).join(", ");
+      throw new Error(`${kernel}: projection ${i} expects float32 w [${outDim}, ${inDim}], a [r, ${inDim}] and b [${outDim}, r] or neither, a mask of ${n} x ${inDim} or none; got ${shapes}`);
+    }
+    return [w, a, b, mask, r, scaling];
+  });
+}
+
+/** x [B, T, hidden] and its norm's weight [hidden], checked. */
+function inputGeometry(kernel: string, inputs: Infos): { b: number; t: number; hidden: number } {
+  const { x, norm } = inputs as Record<"x" | "norm", tf.TensorInfo>;
+  if (x.dtype !== "float32" || x.shape.length !== 3 || norm.dtype !== "float32" || !tf.util.arraysEqual(norm.shape, [x.shape[2]])) {
+    throw new Error(`${kernel}: expected float32 x [b, t, hidden] and norm [hidden]; got ${x.dtype} [${x.shape}] and ${norm.dtype} [${norm.shape}]`);
+  }
+  const [b, t, hidden] = x.shape;
+  return { b, t, hidden };
+}
+
+/** The operand list as the addon reads it: byte offsets of tensors, -1 for absent ones, numbers as they are. */
+function packed(backend: WasmBackend, list: (tf.TensorInfo | number | undefined)[]): Float64Array {
+  return Float64Array.from(list, (o) => (o === undefined ? -1 : typeof o === "number" ? o : heapOffset(backend, o)));
+}
+
+/** The adapters' kept x A products, one [n, r] after another (at least one element: an empty tensor has no heap offset). */
+const xaSize = (projections: (tf.TensorInfo | number | undefined)[], n: number) =>
+  Math.max(1, projections.reduce<number>((s, o, i) => s + (i % 6 === 4 ? n * (o as number) : 0), 0));
+
+/** The gradients' outputs: dx when asked for, then each adapter's dA and dB when asked for, in that order. */
+function gradientOutputs(backend: WasmBackend, inputs: Infos, count: number, attrs: { input: boolean; adapters: boolean }): { list: (tf.TensorInfo | undefined)[]; outputs: tf.TensorInfo[] } {
+  const outputs: tf.TensorInfo[] = [];
+  const make = (t: tf.TensorInfo | undefined, wanted: boolean) => {
+    if (!t || !wanted) return undefined;
+    const out = backend.makeOutput([...t.shape], "float32");
+    outputs.push(out);
+    return out;
+  };
+  const list = [make(inputs.x, attrs.input)];
+  for (let i = 0; i < count; i++) list.push(make(inputs[`a${i}`], attrs.adapters), make(inputs[`b${i}`], attrs.adapters));
+  return { list, outputs };
+}
+
+interface BlockAttrs {
+  eps: number;
+  scaling: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  input: boolean;
+  adapters: boolean;
+}
+
+function attentionOperands(args: Args): ReturnType<BlockOperands> {
+  const inputs = args.inputs as Infos;
+  const { eps, scaling, heads, kvHeads, headDim } = args.attrs as unknown as BlockAttrs;
+  const { b, t, hidden } = inputGeometry(ATTENTION, inputs);
+  const { bias, cos, sin } = inputs;
+  const n = b * t, qd = heads * headDim, kvd = kvHeads * headDim;
+  if (cos && (!tf.util.arraysEqual(cos.shape, [t, headDim]) || !tf.util.arraysEqual(sin!.shape, cos.shape))) {
+    throw new Error(`${ATTENTION}: expected cos and sin [${t}, ${headDim}]; got [${cos.shape}] and [${sin!.shape}]`);
+  }
+  if (bias && !tf.util.arraysEqual(bias.shape, [b, 1, t, t])) throw new Error(`${ATTENTION}: expected bias [${b}, 1, ${t}, ${t}]; got [${bias.shape}]`);
+  const projections = projectionOperands(ATTENTION, inputs, [[hidden, qd], [hidden, kvd], [hidden, kvd], [qd, hidden]], n, scaling);
+  const head = [b, t, heads, kvHeads, headDim, hidden, eps, inputs.x, inputs.norm, bias, cos, sin, ...projections];
+  // y, the normed x, its r, v, rotated q and k, the softmax, the context, the x A products.
+  const kept = [[b, t, hidden], [b, t, hidden], [b, t], [b, t, kvd], [b, t, qd], [b, t, kvd], [b, heads, t, t], [b, t, qd], [xaSize(projections, n)]];
+  return { head, kept };
+}
+
+function mlpOperands(args: Args): ReturnType<BlockOperands> {
+  const inputs = args.inputs as Infos;
+  const { eps, scaling } = args.attrs as unknown as BlockAttrs;
+  const { b, t, hidden } = inputGeometry(MLP, inputs);
+  const n = b * t, f = inputs.w0!.shape[0];
+  const projections = projectionOperands(MLP, inputs, [[hidden, f], [hidden, f], [f, hidden]], n, scaling);
+  const head = [n, hidden, f, eps, inputs.x, inputs.norm, ...projections];
+  // y, the normed x, its r, gate, up, sigmoid(gate), the SwiGLU product, the x A products.
+  const kept = [[b, t, hidden], [b, t, hidden], [b, t], [b, t, f], [b, t, f], [b, t, f], [b, t, f], [xaSize(projections, n)]];
+  return { head, kept };
+}
+
+type Run = (heap: ArrayBuffer, operands: Float64Array) => void;
+type BlockOperands = (args: Args) => { head: (tf.TensorInfo | number | undefined)[]; kept: number[][] };
+
+/** A block's forward: its value and what the backward reads (the kept outputs), made and written by `run`. */
+function blockForward(run: Run, operands: BlockOperands, args: Args): tf.TensorInfo[] {
+  const backend = args.backend as unknown as WasmBackend;
+  const { head, kept } = operands(args);
+  const outs = kept.map((shape) => backend.makeOutput(shape, "float32"));
+  run(heapBuffer(backend), packed(backend, [...head, ...outs]));
+  return outs;
+}
+
+/** A block's backward: from dy and the kept outputs (k0, k1, ...), the gradients asked for, in the inputs' order. */
+function blockBackward(run: Run, operands: BlockOperands, projections: number, args: Args): tf.TensorInfo[] {
+  const backend = args.backend as unknown as WasmBackend;
+  const inputs = args.inputs as Infos;
+  const { head, kept } = operands(args);
+  const grads = gradientOutputs(backend, inputs, projections, args.attrs as unknown as BlockAttrs);
+  const read = ["dy", ...kept.slice(1).map((_, i) => `k${i}`)].map((name) => inputs[name]);
+  run(heapBuffer(backend), packed(backend, [...head, ...read, ...grads.list]));
+  return grads.outputs;
+}
