@@ -122,8 +122,8 @@ typedef struct {
   float scaling;
 } proj_t;
 
-/* y [n, out] and, when adapted, xa = s (x * mask) A^T [n, r]; buf: n * in floats when masked. */
-void proj_forward(const proj_t *p, const float *x, float *y, float *xa, int64_t n, float *buf);
+/* y [n, out] (added to y when accumulate) and, when adapted, xa = s (x * mask) A^T [n, r]; buf: n * in floats when masked. */
+void proj_forward(const proj_t *p, const float *x, float *y, int accumulate, float *xa, int64_t n, float *buf);
 
 /*
  * From dy [n, out]: dx = dy W + s ((dy B) A) * mask (added to dx when accumulate), dA = s (dy
@@ -131,9 +131,9 @@ void proj_forward(const proj_t *p, const float *x, float *y, float *xa, int64_t 
  */
 void proj_backward(const proj_t *p, const float *dy, const float *x, const float *xa, float *dx, int accumulate, float *da, float *db, int64_t n, float *buf);
 
-/* RMSNorm of rows [rows, width]: out = x * r * w, r per row kept; and dx from dy. */
+/* RMSNorm of rows [rows, width]: out = x * r * w, r per row kept; and dx from dy, plus `plus` [rows, width] unless NULL. */
 void rms_norm_rows(const float *x, const float *w, float *out, float *r, int64_t rows, int64_t width, double eps);
-void rms_norm_rows_grad(const float *dy, const float *x, const float *w, const float *r, float *dx, int64_t rows, int64_t width);
+void rms_norm_rows_grad(const float *dy, const float *x, const float *w, const float *r, const float *plus, float *dx, int64_t rows, int64_t width);
 
 /* silu(gate) * up with sigmoid(gate) kept; and both gradients from dy (dg, du may alias nothing). */
 void swiglu_forward(const float *g, const float *u, float *out, float *s, uint64_t n);

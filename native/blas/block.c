@@ -8,6 +8,10 @@
  * training step, each with its outputs, saved tensors and tape entries, now 4) and the sums
  * of the input's gradient over the projections that read it (accumulated by the products).
  *
+ * With `residual` a block's value is x + its output (+ a delta, for the attention block): the
+ * residual add, and its gradient's sum, done where the block writes (x copied into the output
+ * for the last product to add to, instead of the zeros OpenBLAS would write first).
+ *
  * Operands come as a Float64Array of byte offsets into the heap and sizes, in the order the
  * comments below give; an absent operand (no mask, no adapter, a gradient not asked for) is -1.
  */
@@ -98,7 +102,8 @@ static int fail(napi_env env, const char *what, int range) {
  * scaling), 18-23 k's, 24-29 v's, 30-35 o's; then what the forward writes, and the backward
  * reads: 36 y (forward) or dy (backward) [b, t, hidden], 37 the normed x, 38 its per-row r,
  * 39 v [b, t, kv], 40 rotated q, 41 rotated k, 42 softmax [b, heads, t, t], 43 the context
- * [b, t, q], 44 the adapters' x A products, each projection's [n, r] in turn.
+ * [b, t, q], 44 the adapters' x A products, each projection's [n, r] in turn; 45 residual (0
+ * or 1), 46 the delta [b, t, hidden] added with the residual, or -1.
  */
 typedef struct {
   attn_shape s;
@@ -107,6 +112,8 @@ typedef struct {
   const float *x, *norm, *bias, *cos, *sin;
   proj_t proj[4];
   float *y, *xn, *rr, *v, *qr, *kr, *probs, *ctx, *xa[4];
+  int64_t residual;
+  const float *delta;
 } attn_block;
 
 static int attn_block_at(napi_env env, args_t *a, attn_block *k) {
@@ -141,40 +148,52 @@ static int attn_block_at(napi_env env, args_t *a, attn_block *k) {
     k->xa[i] = xa;
     if (xa) xa += k->n * k->proj[i].r;
   }
+  k->residual = size_at(a, 45);
+  k->delta = at(a, 46, n * (uint64_t)k->hidden, 1);
   if (!a->ok || (xa_count > 0 && !xa)) return fail(env, "attentionBlock: an operand lies outside the heap or is misaligned", 1);
   return 1;
 }
 
-/* attentionBlock(heap, operands): writes y = o(attention(q(xn), k(xn), v(xn))), xn = RMSNorm(x), and what the backward reads. */
+/* The residual's start of a block's output: x (+ delta) copied in, for the last product to add to. */
+static void residual_start(float *y, const float *x, const float *delta, int64_t count) {
+  if (!delta) {
+    memcpy(y, x, 4u * (size_t)count);
+    return;
+  }
+  for (int64_t i = 0; i < count; i++) y[i] = x[i] + delta[i];
+}
+
+/* attentionBlock(heap, operands): writes y = o(attention(q(xn), k(xn), v(xn))) (+ x + delta with residual), xn = RMSNorm(x), and what the backward reads. */
 napi_value attention_block(napi_env env, napi_callback_info info) {
   args_t a;
   attn_block k;
-  if (!read_args(env, info, "attentionBlock: (ArrayBuffer, Float64Array of 45 operands) expected", 45, &a) || !attn_block_at(env, &a, &k)) return NULL;
+  if (!read_args(env, info, "attentionBlock: (ArrayBuffer, Float64Array of 47 operands) expected", 47, &a) || !attn_block_at(env, &a, &k)) return NULL;
   if (!k.bias) return fail(env, "attentionBlock: the bias is missing", 1), NULL;
   const int64_t n = k.n, widest = k.hidden > k.qd ? k.hidden : k.qd;
   float *buf = scratch((size_t)(n * (k.qd + k.kvd + widest)));
   if (!buf) return fail(env, "attentionBlock: out of memory", 0), NULL;
   float *q = buf, *kk = q + n * k.qd, *masked = kk + n * k.kvd;
   rms_norm_rows(k.x, k.norm, k.xn, k.rr, n, k.hidden, k.eps);
-  proj_forward(&k.proj[0], k.xn, q, k.xa[0], n, masked);
-  proj_forward(&k.proj[1], k.xn, kk, k.xa[1], n, masked);
-  proj_forward(&k.proj[2], k.xn, k.v, k.xa[2], n, masked);
+  proj_forward(&k.proj[0], k.xn, q, 0, k.xa[0], n, masked);
+  proj_forward(&k.proj[1], k.xn, kk, 0, k.xa[1], n, masked);
+  proj_forward(&k.proj[2], k.xn, k.v, 0, k.xa[2], n, masked);
   attention_forward(&k.s, q, kk, k.v, k.bias, k.cos, k.sin, k.ctx, k.qr, k.kr, k.probs);
-  proj_forward(&k.proj[3], k.ctx, k.y, k.xa[3], n, masked);
+  if (k.residual) residual_start(k.y, k.x, k.delta, n * k.hidden);
+  proj_forward(&k.proj[3], k.ctx, k.y, (int)k.residual, k.xa[3], n, masked);
   return NULL;
 }
 
 /*
- * attentionBlockGrad(heap, operands): the forward's 45 (36 is dy), then 45 dx, 46-53 dA and dB
- * of q, k, v and o in turn (each -1 when not asked for).
+ * attentionBlockGrad(heap, operands): the forward's 47 (36 is dy; the delta's gradient is dy), then
+ * 47 dx (plus dy with residual), 48-55 dA and dB of q, k, v and o in turn (each -1 when not asked for).
  */
 napi_value attention_block_grad(napi_env env, napi_callback_info info) {
   args_t a;
   attn_block k;
-  if (!read_args(env, info, "attentionBlockGrad: (ArrayBuffer, Float64Array of 54 operands) expected", 54, &a) || !attn_block_at(env, &a, &k)) return NULL;
+  if (!read_args(env, info, "attentionBlockGrad: (ArrayBuffer, Float64Array of 56 operands) expected", 56, &a) || !attn_block_at(env, &a, &k)) return NULL;
   const int64_t n = k.n;
-  float *dx = at(&a, 45, (uint64_t)(n * k.hidden), 1), *da[4], *db[4];
-  adapter_grads_at(&a, 46, k.proj, 4, da, db);
+  float *dx = at(&a, 47, (uint64_t)(n * k.hidden), 1), *da[4], *db[4];
+  adapter_grads_at(&a, 48, k.proj, 4, da, db);
   if (!a.ok) return fail(env, "attentionBlockGrad: an operand lies outside the heap or is misaligned", 1), NULL;
   const int64_t rs[4] = {k.proj[0].r, k.proj[1].r, k.proj[2].r, k.proj[3].r}, widest = k.hidden > k.qd ? k.hidden : k.qd;
   const int64_t attn_buf = k.s.t * k.s.t + k.s.d, proj_buf = n * (largest(rs, 4) + widest);
@@ -182,12 +201,14 @@ napi_value attention_block_grad(napi_env env, napi_callback_info info) {
   if (!buf) return fail(env, "attentionBlockGrad: out of memory", 0), NULL;
   float *dctx = buf, *dq = dctx + n * k.qd, *dk = dq + n * k.qd, *dv = dk + n * k.kvd, *dxn = dv + n * k.kvd, *tmp = dxn + n * k.hidden;
   const float *dy = k.y;
-  proj_backward(&k.proj[3], dy, k.ctx, k.xa[3], dctx, 0, da[3], db[3], n, tmp);
+  const int below = dx || da[0] || db[0] || da[1] || db[1] || da[2] || db[2];
+  proj_backward(&k.proj[3], dy, k.ctx, k.xa[3], below ? dctx : NULL, 0, da[3], db[3], n, tmp);
+  if (!below) return NULL;
   attention_backward(&k.s, dctx, k.qr, k.kr, k.v, k.probs, k.cos, k.sin, dq, dk, dv, tmp);
   const float *dys[3] = {dq, dk, dv};
   /* The normed input's gradient sums the three projections' (accumulated by the products). */
   for (int i = 0; i < 3; i++) proj_backward(&k.proj[i], dys[i], k.xn, k.xa[i], dx ? dxn : NULL, i > 0, da[i], db[i], n, tmp);
-  if (dx) rms_norm_rows_grad(dxn, k.x, k.norm, k.rr, dx, n, k.hidden);
+  if (dx) rms_norm_rows_grad(dxn, k.x, k.norm, k.rr, k.residual ? dy : NULL, dx, n, k.hidden);
   return NULL;
 }
 
@@ -196,7 +217,7 @@ napi_value attention_block_grad(napi_env env, napi_callback_info info) {
  * norm's weight, 6-11 gate's projection (w, a, b, mask, r, scaling), 12-17 up's, 18-23 down's;
  * then 24 y (forward) or dy (backward) [n, hidden], 25 the normed x, 26 its per-row r, 27 gate,
  * 28 up, 29 sigmoid(gate), 30 the SwiGLU product [n, intermediate], 31 the adapters' x A
- * products, each projection's [n, r] in turn.
+ * products, each projection's [n, r] in turn; 32 residual (0 or 1).
  */
 typedef struct {
   int64_t n, hidden, inter;
@@ -204,6 +225,7 @@ typedef struct {
   const float *x, *norm;
   proj_t proj[3];
   float *y, *xn, *rr, *gate, *up, *sig, *act, *xa[3];
+  int64_t residual;
 } mlp_block_t;
 
 static int mlp_block_at(napi_env env, args_t *a, mlp_block_t *k) {
@@ -231,34 +253,36 @@ static int mlp_block_at(napi_env env, args_t *a, mlp_block_t *k) {
     k->xa[i] = xa;
     if (xa) xa += k->n * k->proj[i].r;
   }
+  k->residual = size_at(a, 32);
   if (!a->ok || (xa_count > 0 && !xa)) return fail(env, "mlpBlock: an operand lies outside the heap or is misaligned", 1);
   return 1;
 }
 
-/* mlpBlock(heap, operands): writes y = down(silu(gate(xn)) * up(xn)), xn = RMSNorm(x), and what the backward reads. */
+/* mlpBlock(heap, operands): writes y = down(silu(gate(xn)) * up(xn)) (+ x with residual), xn = RMSNorm(x), and what the backward reads. */
 napi_value mlp_block(napi_env env, napi_callback_info info) {
   args_t a;
   mlp_block_t k;
-  if (!read_args(env, info, "mlpBlock: (ArrayBuffer, Float64Array of 32 operands) expected", 32, &a) || !mlp_block_at(env, &a, &k)) return NULL;
+  if (!read_args(env, info, "mlpBlock: (ArrayBuffer, Float64Array of 33 operands) expected", 33, &a) || !mlp_block_at(env, &a, &k)) return NULL;
   const int64_t n = k.n;
   float *masked = scratch((size_t)(n * (k.hidden > k.inter ? k.hidden : k.inter)));
   if (!masked) return fail(env, "mlpBlock: out of memory", 0), NULL;
   rms_norm_rows(k.x, k.norm, k.xn, k.rr, n, k.hidden, k.eps);
-  proj_forward(&k.proj[0], k.xn, k.gate, k.xa[0], n, masked);
-  proj_forward(&k.proj[1], k.xn, k.up, k.xa[1], n, masked);
+  proj_forward(&k.proj[0], k.xn, k.gate, 0, k.xa[0], n, masked);
+  proj_forward(&k.proj[1], k.xn, k.up, 0, k.xa[1], n, masked);
   swiglu_forward(k.gate, k.up, k.act, k.sig, (uint64_t)(n * k.inter));
-  proj_forward(&k.proj[2], k.act, k.y, k.xa[2], n, masked);
+  if (k.residual) residual_start(k.y, k.x, NULL, n * k.hidden);
+  proj_forward(&k.proj[2], k.act, k.y, (int)k.residual, k.xa[2], n, masked);
   return NULL;
 }
 
-/* mlpBlockGrad(heap, operands): the forward's 32 (24 is dy), then 32 dx, 33-38 dA and dB of gate, up and down in turn (each -1 when not asked for). */
+/* mlpBlockGrad(heap, operands): the forward's 33 (24 is dy), then 33 dx (plus dy with residual), 34-39 dA and dB of gate, up and down in turn (each -1 when not asked for). */
 napi_value mlp_block_grad(napi_env env, napi_callback_info info) {
   args_t a;
   mlp_block_t k;
-  if (!read_args(env, info, "mlpBlockGrad: (ArrayBuffer, Float64Array of 39 operands) expected", 39, &a) || !mlp_block_at(env, &a, &k)) return NULL;
+  if (!read_args(env, info, "mlpBlockGrad: (ArrayBuffer, Float64Array of 40 operands) expected", 40, &a) || !mlp_block_at(env, &a, &k)) return NULL;
   const int64_t n = k.n;
-  float *dx = at(&a, 32, (uint64_t)(n * k.hidden), 1), *da[3], *db[3];
-  adapter_grads_at(&a, 33, k.proj, 3, da, db);
+  float *dx = at(&a, 33, (uint64_t)(n * k.hidden), 1), *da[3], *db[3];
+  adapter_grads_at(&a, 34, k.proj, 3, da, db);
   if (!a.ok) return fail(env, "mlpBlockGrad: an operand lies outside the heap or is misaligned", 1), NULL;
   const int64_t rs[3] = {k.proj[0].r, k.proj[1].r, k.proj[2].r}, widest = k.hidden > k.inter ? k.hidden : k.inter;
   float *buf = scratch((size_t)(3 * n * k.inter + n * k.hidden + n * (largest(rs, 3) + widest)));
@@ -268,6 +292,6 @@ napi_value mlp_block_grad(napi_env env, napi_callback_info info) {
   swiglu_backward(dact, k.gate, k.up, k.sig, dg, du, (uint64_t)(n * k.inter));
   proj_backward(&k.proj[0], dg, k.xn, k.xa[0], dx ? dxn : NULL, 0, da[0], db[0], n, tmp);
   proj_backward(&k.proj[1], du, k.xn, k.xa[1], dx ? dxn : NULL, 1, da[1], db[1], n, tmp);
-  if (dx) rms_norm_rows_grad(dxn, k.x, k.norm, k.rr, dx, n, k.hidden);
+  if (dx) rms_norm_rows_grad(dxn, k.x, k.norm, k.rr, k.residual ? k.y : NULL, dx, n, k.hidden);
   return NULL;
 }

@@ -37,9 +37,9 @@ static const float *masked(const float *x, const float *mask, int64_t count, flo
   return buf;
 }
 
-void proj_forward(const proj_t *p, const float *x, float *y, float *xa, int64_t n, float *buf) {
+void proj_forward(const proj_t *p, const float *x, float *y, int accumulate, float *xa, int64_t n, float *buf) {
   if (n == 0 || p->out == 0) return;
-  SGEMM(N, T, n, p->out, p->in, 1.0f, x, p->in, p->w, p->in, 0.0f, y, p->out);
+  SGEMM(N, T, n, p->out, p->in, 1.0f, x, p->in, p->w, p->in, accumulate ? 1.0f : 0.0f, y, p->out);
   if (p->r == 0) return;
   SGEMM(N, T, n, p->r, p->in, p->scaling, masked(x, p->mask, n * p->in, buf), p->in, p->a, p->in, 0.0f, xa, p->r);
   SGEMM(N, T, n, p->out, p->r, 1.0f, xa, p->r, p->b, p->r, 1.0f, y, p->out);
@@ -97,7 +97,7 @@ napi_value lora_linear(napi_env env, napi_callback_info info) {
     return NULL;
   }
   const proj_t p = proj_of(&g);
-  proj_forward(&p, g.heap + g.x / 4, g.heap + g.out / 4, g.heap + g.xa / 4, g.n, buf);
+  proj_forward(&p, g.heap + g.x / 4, g.heap + g.out / 4, 0, g.heap + g.xa / 4, g.n, buf);
   return NULL;
 }
 

@@ -16,12 +16,15 @@ void rms_norm_rows(const float *x, const float *w, float *out, float *r, int64_t
   }
 }
 
-void rms_norm_rows_grad(const float *dy, const float *x, const float *w, const float *r, float *out, int64_t rows, int64_t width) {
+void rms_norm_rows_grad(const float *dy, const float *x, const float *w, const float *r, const float *plus, float *out, int64_t rows, int64_t width) {
   for (int64_t i = 0; i < rows; i++, dy += width, x += width, out += width) {
     const double dot = dot_of(w, dy, x, width);
     const double ri = r[i];
     const float c = (float)(ri * ri * ri * dot / (double)width);
-    for (int64_t j = 0; j < width; j++) out[j] = r[i] * w[j] * dy[j] - x[j] * c;
+    if (plus)
+      for (int64_t j = 0; j < width; j++) out[j] = plus[i * width + j] + (r[i] * w[j] * dy[j] - x[j] * c);
+    else
+      for (int64_t j = 0; j < width; j++) out[j] = r[i] * w[j] * dy[j] - x[j] * c;
   }
 }
 
@@ -59,6 +62,6 @@ napi_value rms_norm_grad(napi_env env, napi_callback_info info) {
     return NULL;
   }
   const float *f = (const float *)heap;
-  rms_norm_rows_grad(f + v[0] / 4, f + v[1] / 4, f + v[2] / 4, f + v[3] / 4, (float *)heap + v[4] / 4, rows, width);
+  rms_norm_rows_grad(f + v[0] / 4, f + v[1] / 4, f + v[2] / 4, f + v[3] / 4, NULL, (float *)heap + v[4] / 4, rows, width);
   return NULL;
 }

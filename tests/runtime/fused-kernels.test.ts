@@ -200,7 +200,10 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
           const vars = [...deltas, ...lora.variables];
           lora.reseedDropout(5); // the same masks on both paths
           const { value, grads } = tf.variableGrads(() => causalLmLoss(model.forward(ids, mask, { lora, deltas, training: true }).logits, labels), vars);
-          return [logits, value.arraySync(), ...vars.map((v) => grads[v.name].arraySync() as NestedNumbers)];
+          // A_l asked for: the blocks leave the residual add to tfjs.
+          const attention = model.forward(ids, mask, { lora, deltas, returnAttentionOutputs: true });
+          const outputs = [attention.logits, ...attention.attentionOutputs!].map((t) => t.arraySync() as NestedNumbers);
+          return [logits, value.arraySync(), ...vars.map((v) => grads[v.name].arraySync() as NestedNumbers), ...outputs];
         });
       configureNativeKernels("off");
       const stock = run();
@@ -291,10 +294,10 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
     expect(() => loaded.addon.attentionGrad(new ArrayBuffer(64), ...att, 1, 1, 2, 1, 2)).toThrow(/outside the heap/);
     expect(() => loaded.addon.loraLinearGrad(heap, 4, 48, 0, 16, 32, 40, 0, 56, 0, 2, 2, 2, 1, 0, 1)).toThrow(/which/);
     // The blocks take their operands as a Float64Array of a fixed length; one outside the heap is refused.
-    expect(() => loaded.addon.mlpBlock(heap, new Float64Array(31))).toThrow(/Float64Array of 32 operands/);
-    expect(() => loaded.addon.attentionBlock(heap, new Float32Array(45) as unknown as Float64Array)).toThrow(/Float64Array of 45 operands/);
+    expect(() => loaded.addon.mlpBlock(heap, new Float64Array(32))).toThrow(/Float64Array of 33 operands/);
+    expect(() => loaded.addon.attentionBlock(heap, new Float32Array(47) as unknown as Float64Array)).toThrow(/Float64Array of 47 operands/);
     // n 2, hidden 2, intermediate 2: every operand at 0 fits 16 bytes but x at 64 does not.
-    const mlp = new Float64Array(32).fill(0);
+    const mlp = new Float64Array(33).fill(0);
     mlp.set([2, 2, 2, 1e-6]);
     for (const i of [9, 15, 21]) mlp[i] = -1; // no masks
     expect(() => loaded.addon.mlpBlock(new ArrayBuffer(16), mlp)).not.toThrow();

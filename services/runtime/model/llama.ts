@@ -545,16 +545,21 @@ export class LlamaModel {
       const blocks = attend.fused && this.frozen() ? { ...attend.fused, bias: attend.bias } : undefined;
       let x = embedLookup(this.w("model.embed_tokens.weight") as tf.Tensor2D, inputIds);
       for (let l = 0; l < c.numHiddenLayers; l++) {
-        const { out, keys, values } = blocks
-          ? { out: this.attentionBlock(l, x, blocks, opts) }
-          : this.attention(l, rmsNorm(x, this.w(`model.layers.${l}.input_layernorm.weight`), c.rmsNormEps), attend, opts);
-        if (step) {
-          keptKeys.push(tf.keep(keys!));
-          keptValues.push(tf.keep(values!));
+        if (blocks && !opts.returnAttentionOutputs) {
+          // The residual add (and the delta's) inside the block: A_l itself is not asked for.
+          x = this.attentionBlock(l, x, blocks, opts, { delta: opts.deltas?.[l] });
+        } else {
+          const { out, keys, values } = blocks
+            ? { out: this.attentionBlock(l, x, blocks, opts) }
+            : this.attention(l, rmsNorm(x, this.w(`model.layers.${l}.input_layernorm.weight`), c.rmsNormEps), attend, opts);
+          if (step) {
+            keptKeys.push(tf.keep(keys!));
+            keptValues.push(tf.keep(values!));
+          }
+          if (opts.returnAttentionOutputs) attentionOutputs.push(out);
+          x = x.add(opts.deltas ? out.add(opts.deltas[l]) : out);
         }
-        if (opts.returnAttentionOutputs) attentionOutputs.push(out);
-        x = x.add(opts.deltas ? out.add(opts.deltas[l]) : out);
-        x = x.add(blocks ? this.mlpBlock(l, x, opts) : this.mlp(l, x, opts));
+        x = blocks ? this.mlpBlock(l, x, opts) : x.add(this.mlp(l, x, opts));
         if (opts.returnLayerOutputs) layerOutputs.push(x);
       }
       const res: Omit<ForwardResult, "logits"> & { logits?: tf.Tensor3D } = {};
@@ -612,8 +617,8 @@ export class LlamaModel {
     return this.linear(l, "down_proj", swiglu(this.linear(l, "gate_proj", h, opts), this.linear(l, "up_proj", h, opts)), opts);
   }
 
-  /** Layer l's attention block (its RMSNorm to o_proj) as one native kernel: A_l. */
-  private attentionBlock(l: number, x: tf.Tensor3D, rotary: { bias: tf.Tensor4D; cos: tf.Tensor2D; sin: tf.Tensor2D }, opts: ForwardOptions): tf.Tensor3D {
+  /** Layer l's attention block (its RMSNorm to o_proj) as one native kernel: A_l, or with `residual` x + A_l (+ delta). */
+  private attentionBlock(l: number, x: tf.Tensor3D, rotary: { bias: tf.Tensor4D; cos: tf.Tensor2D; sin: tf.Tensor2D }, opts: ForwardOptions, residual?: { delta?: tf.Tensor }): tf.Tensor3D {
     const c = this.config;
     const [b, t] = x.shape;
     const input = [b, t, c.hiddenSize];
@@ -627,10 +632,10 @@ export class LlamaModel {
     const shape = { heads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads, headDim: c.headDim };
     // The first layer's input is the embedding of frozen weights: no gradient needed.
     const grads = { input: l > 0, adapters: opts.adapterGradients !== false };
-    return attentionBlockKernel(x, this.w(`model.layers.${l}.input_layernorm.weight`) as tf.Tensor1D, c.rmsNormEps, projections, rotary, shape, opts.lora?.scaling ?? 1, grads);
+    return attentionBlockKernel(x, this.w(`model.layers.${l}.input_layernorm.weight`) as tf.Tensor1D, c.rmsNormEps, projections, rotary, shape, opts.lora?.scaling ?? 1, grads, residual);
   }
 
-  /** Layer l's MLP block (its RMSNorm to down_proj) as one native kernel. */
+  /** Layer l's MLP block (its RMSNorm to down_proj) and the residual add as one native kernel: x + mlp(x). */
   private mlpBlock(l: number, x: tf.Tensor3D, opts: ForwardOptions): tf.Tensor3D {
     const c = this.config;
     const [b, t] = x.shape;
@@ -640,7 +645,7 @@ export class LlamaModel {
       this.blockProjection(l, "down_proj", [b, t, c.intermediateSize], opts),
     ] as const;
     const grads = { input: true, adapters: opts.adapterGradients !== false };
-    return mlpBlockKernel(x, this.w(`model.layers.${l}.post_attention_layernorm.weight`) as tf.Tensor1D, c.rmsNormEps, projections, opts.lora?.scaling ?? 1, grads);
+    return mlpBlockKernel(x, this.w(`model.layers.${l}.post_attention_layernorm.weight`) as tf.Tensor1D, c.rmsNormEps, projections, opts.lora?.scaling ?? 1, grads, true);
   }
 
   /** A projection's weight (merged, when given) and adapter for a block kernel, its dropout mask drawn for an input of `shape`. */

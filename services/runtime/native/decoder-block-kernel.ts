@@ -48,7 +48,8 @@ export function registerDecoderBlockKernels(addon: BlasAddon): void {
 
 /**
  * o(attention(q(n), k(n), v(n))) with n = RMSNorm(x) for x [B, T, hidden]: the attention
- * block's output A_l, before the residual add. bias [B, 1, T, T], cos and sin [T, headDim].
+ * block's output A_l; with `residual`, x + A_l (+ its delta) instead, the layer's residual
+ * stream after attention. bias [B, 1, T, T], cos and sin [T, headDim].
  */
 export function attentionBlockKernel(
   x: tf.Tensor3D,
@@ -59,14 +60,18 @@ export function attentionBlockKernel(
   shape: AttentionShape,
   scaling: number,
   grads: BlockGradients,
+  residual?: { delta?: tf.Tensor },
 ): tf.Tensor3D {
-  const attrs = { eps, scaling, ...shape } as unknown as tf.NamedAttrMap;
-  const ops = blockOperands(x, norm, projections, grads, { ...rotary });
-  // bias is read by the forward only (the backward reads the softmax).
-  return runBlock(ATTENTION, ATTENTION_GRAD, ops, attrs, grads, ops.reads.filter((n) => n !== "bias"));
+  const attrs = { eps, scaling, residual: residual !== undefined, ...shape } as unknown as tf.NamedAttrMap;
+  const ops = blockOperands(x, norm, projections, grads, residual?.delta, { ...rotary });
+  // bias and the delta are read by the forward only (the backward reads the softmax; the delta's gradient is dy).
+  return runBlock(ATTENTION, ATTENTION_GRAD, ops, attrs, grads, ops.reads.filter((n) => n !== "bias" && n !== "delta"));
 }
 
-/** down(silu(gate(n)) * up(n)) with n = RMSNorm(x) for x [B, T, hidden]: the MLP block's output, before the residual add. */
+/**
+ * down(silu(gate(n)) * up(n)) with n = RMSNorm(x) for x [B, T, hidden]: the MLP block's output;
+ * with `residual`, x plus it.
+ */
 export function mlpBlockKernel(
   x: tf.Tensor3D,
   norm: tf.Tensor1D,
@@ -74,9 +79,10 @@ export function mlpBlockKernel(
   projections: readonly [BlockProjection, BlockProjection, BlockProjection],
   scaling: number,
   grads: BlockGradients,
+  residual: boolean,
 ): tf.Tensor3D {
-  const ops = blockOperands(x, norm, projections, grads, {});
-  return runBlock(MLP, MLP_GRAD, ops, { eps, scaling }, grads, ops.reads);
+  const ops = blockOperands(x, norm, projections, grads, undefined, {});
+  return runBlock(MLP, MLP_GRAD, ops, { eps, scaling, residual }, grads, ops.reads);
 }
 
 interface Operands {
@@ -87,13 +93,14 @@ interface Operands {
 
 /**
  * The kernel's operands by name (x, norm, w0.., a0.., b0.., m0.., and the extra ones): the
- * differentiable inputs in the backward's output order (x, then each adapter's A and B),
+ * differentiable inputs in the gradients' order (x, the delta, then each adapter's A and B),
  * the rest constants.
  */
-function blockOperands(x: tf.Tensor, norm: tf.Tensor, projections: readonly BlockProjection[], grads: BlockGradients, extra: Record<string, tf.Tensor>): Operands {
+function blockOperands(x: tf.Tensor, norm: tf.Tensor, projections: readonly BlockProjection[], grads: BlockGradients, delta: tf.Tensor | undefined, extra: Record<string, tf.Tensor>): Operands {
   const inputs: Record<string, tf.Tensor> = {};
   const constants: Record<string, tf.Tensor> = { norm, ...extra };
   (grads.input ? inputs : constants).x = x;
+  if (delta) inputs.delta = delta;
   projections.forEach((p, i) => {
     constants[`w${i}`] = p.w;
     if (!p.adapter) return;
@@ -114,7 +121,13 @@ function runBlock(forward: string, backward: string, ops: Operands, attrs: tf.Na
     return y as tf.Tensor3D;
   }
   const gradAttrs = { ...attrs, input: grads.input, adapters: grads.adapters };
-  return runFused<tf.Tensor3D>(forward, ops, attrs, reads, (dy, read, kept) => tf.engine().runKernel(backward, { ...read, dy, ...keptByName(kept) }, gradAttrs) as tf.Tensor[]);
+  // The backward kernel runs when the input's or an adapter's gradient is asked for; the delta's is dy.
+  const kernelGrads = Object.keys(ops.inputs).some((n) => n !== "delta");
+  return runFused<tf.Tensor3D>(forward, ops, attrs, reads, (dy, read, kept) => {
+    const out = kernelGrads ? (tf.engine().runKernel(backward, { ...read, dy, ...keptByName(kept) }, gradAttrs) as tf.Tensor[]) : [];
+    if (ops.inputs.delta) out.splice(grads.input ? 1 : 0, 0, dy.clone());
+    return out;
+  });
 }
 
 const keptByName = (kept: tf.Tensor[]) => Object.fromEntries(kept.map((t, i) => [`k${i}`, t]));
@@ -123,7 +136,7 @@ type Args = Parameters<tf.KernelFunc>[0];
 type Infos = Record<string, tf.TensorInfo | undefined>;
 
 /** The projections' operands (w, a, b, mask, r, scaling each) after checking their shapes against rows n and each one's [in, out]. */
-function projectionOperands(kernel: string, inputs: Infos, dims: [number, number][], n: number, scaling: number): (tf.TensorInfo | number | undefined)[] {
+function projectionOperands(kernel: string, inputs: Infos, dims: [number, number][], n: number, scaling: number): Operand[] {
   return dims.flatMap(([inDim, outDim], i) => {
     const w = inputs[`w${i}`]!, a = inputs[`a${i}`], b = inputs[`b${i}`], mask = inputs[`m${i}`];
     const r = a ? a.shape[0] : 0;
@@ -152,12 +165,12 @@ function inputGeometry(kernel: string, inputs: Infos): { b: number; t: number; h
 }
 
 /** The operand list as the addon reads it: byte offsets of tensors, -1 for absent ones, numbers as they are. */
-function packed(backend: WasmBackend, list: (tf.TensorInfo | number | undefined)[]): Float64Array {
+function packed(backend: WasmBackend, list: Operand[]): Float64Array {
   return Float64Array.from(list, (o) => (o === undefined ? -1 : typeof o === "number" ? o : heapOffset(backend, o)));
 }
 
 /** The adapters' kept x A products, one [n, r] after another (at least one element: an empty tensor has no heap offset). */
-const xaSize = (projections: (tf.TensorInfo | number | undefined)[], n: number) =>
+const xaSize = (projections: Operand[], n: number) =>
   Math.max(1, projections.reduce<number>((s, o, i) => s + (i % 6 === 4 ? n * (o as number) : 0), 0));
 
 /** The gradients' outputs: dx when asked for, then each adapter's dA and dB when asked for, in that order. */
@@ -177,6 +190,7 @@ function gradientOutputs(backend: WasmBackend, inputs: Infos, count: number, att
 interface BlockAttrs {
   eps: number;
   scaling: number;
+  residual: boolean;
   heads: number;
   kvHeads: number;
   headDim: number;
@@ -186,7 +200,7 @@ interface BlockAttrs {
 
 function attentionOperands(args: Args): ReturnType<BlockOperands> {
   const inputs = args.inputs as Infos;
-  const { eps, scaling, heads, kvHeads, headDim } = args.attrs as unknown as BlockAttrs;
+  const { eps, scaling, heads, kvHeads, headDim, residual } = args.attrs as unknown as BlockAttrs;
   const { b, t, hidden } = inputGeometry(ATTENTION, inputs);
   const { bias, cos, sin } = inputs;
   const n = b * t, qd = heads * headDim, kvd = kvHeads * headDim;
@@ -198,30 +212,36 @@ function attentionOperands(args: Args): ReturnType<BlockOperands> {
   const head = [b, t, heads, kvHeads, headDim, hidden, eps, inputs.x, inputs.norm, bias, cos, sin, ...projections];
   // y, the normed x, its r, v, rotated q and k, the softmax, the context, the x A products.
   const kept = [[b, t, hidden], [b, t, hidden], [b, t], [b, t, kvd], [b, t, qd], [b, t, kvd], [b, heads, t, t], [b, t, qd], [xaSize(projections, n)]];
-  return { head, kept };
+  const { delta } = inputs;
+  if (delta && (!residual || delta.dtype !== "float32" || !tf.util.arraysEqual(delta.shape, [b, t, hidden]))) {
+    throw new Error(`${ATTENTION}: a delta needs the residual and float32 [${b}, ${t}, ${hidden}]; got ${delta.dtype} [${delta.shape}]`);
+  }
+  return { head, kept, tail: [residual ? 1 : 0, delta] };
 }
 
 function mlpOperands(args: Args): ReturnType<BlockOperands> {
   const inputs = args.inputs as Infos;
-  const { eps, scaling } = args.attrs as unknown as BlockAttrs;
+  const { eps, scaling, residual } = args.attrs as unknown as BlockAttrs;
   const { b, t, hidden } = inputGeometry(MLP, inputs);
   const n = b * t, f = inputs.w0!.shape[0];
   const projections = projectionOperands(MLP, inputs, [[hidden, f], [hidden, f], [f, hidden]], n, scaling);
   const head = [n, hidden, f, eps, inputs.x, inputs.norm, ...projections];
   // y, the normed x, its r, gate, up, sigmoid(gate), the SwiGLU product, the x A products.
   const kept = [[b, t, hidden], [b, t, hidden], [b, t], [b, t, f], [b, t, f], [b, t, f], [b, t, f], [xaSize(projections, n)]];
-  return { head, kept };
+  return { head, kept, tail: [residual ? 1 : 0] };
 }
 
 type Run = (heap: ArrayBuffer, operands: Float64Array) => void;
-type BlockOperands = (args: Args) => { head: (tf.TensorInfo | number | undefined)[]; kept: number[][] };
+type Operand = tf.TensorInfo | number | undefined;
+/** A block's operands as the addon lists them: those before the kept outputs, the kept outputs' shapes, those after. */
+type BlockOperands = (args: Args) => { head: Operand[]; kept: number[][]; tail: Operand[] };
 
 /** A block's forward: its value and what the backward reads (the kept outputs), made and written by `run`. */
 function blockForward(run: Run, operands: BlockOperands, args: Args): tf.TensorInfo[] {
   const backend = args.backend as unknown as WasmBackend;
-  const { head, kept } = operands(args);
+  const { head, kept, tail } = operands(args);
   const outs = kept.map((shape) => backend.makeOutput(shape, "float32"));
-  run(heapBuffer(backend), packed(backend, [...head, ...outs]));
+  run(heapBuffer(backend), packed(backend, [...head, ...outs, ...tail]));
   return outs;
 }
 
@@ -229,9 +249,9 @@ function blockForward(run: Run, operands: BlockOperands, args: Args): tf.TensorI
 function blockBackward(run: Run, operands: BlockOperands, projections: number, args: Args): tf.TensorInfo[] {
   const backend = args.backend as unknown as WasmBackend;
   const inputs = args.inputs as Infos;
-  const { head, kept } = operands(args);
+  const { head, kept, tail } = operands(args);
   const grads = gradientOutputs(backend, inputs, projections, args.attrs as unknown as BlockAttrs);
   const read = ["dy", ...kept.slice(1).map((_, i) => `k${i}`)].map((name) => inputs[name]);
-  run(heapBuffer(backend), packed(backend, [...head, ...read, ...grads.list]));
+  run(heapBuffer(backend), packed(backend, [...head, ...read, ...tail, ...grads.list]));
   return grads.outputs;
 }
