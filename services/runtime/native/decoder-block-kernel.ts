@@ -121,10 +121,14 @@ function runBlock(forward: string, backward: string, ops: Operands, attrs: tf.Na
     return y as tf.Tensor3D;
   }
   const gradAttrs = { ...attrs, input: grads.input, adapters: grads.adapters };
+  // Variables (the weights, the adapters' A and B) outlive the backward pass: read there as they
+  // are rather than saved, which would clone each (a tape entry apiece, about ten a block).
+  const held = Object.fromEntries(reads.filter((n) => all[n] instanceof tf.Variable).map((n) => [n, all[n]]));
+  const saved = reads.filter((n) => !(n in held));
   // The backward kernel runs when the input's or an adapter's gradient is asked for; the delta's is dy.
   const kernelGrads = Object.keys(ops.inputs).some((n) => n !== "delta");
-  return runFused<tf.Tensor3D>(forward, ops, attrs, reads, (dy, read, kept) => {
-    const out = kernelGrads ? (tf.engine().runKernel(backward, { ...read, dy, ...keptByName(kept) }, gradAttrs) as tf.Tensor[]) : [];
+  return runFused<tf.Tensor3D>(forward, ops, attrs, saved, (dy, read, kept) => {
+    const out = kernelGrads ? (tf.engine().runKernel(backward, { ...held, ...read, dy, ...keptByName(kept) }, gradAttrs) as tf.Tensor[]) : [];
     if (ops.inputs.delta) out.splice(grads.input ? 1 : 0, 0, dy.clone());
     return out;
   });
