@@ -152,6 +152,7 @@ void attention_backward(const attn_shape *s, const float *dy, const float *qr, c
 
 napi_value cross_entropy(napi_env env, napi_callback_info info);
 napi_value cross_entropy_grad(napi_env env, napi_callback_info info);
+napi_value head_loss(napi_env env, napi_callback_info info);
 napi_value rms_norm(napi_env env, napi_callback_info info);
 napi_value rms_norm_grad(napi_env env, napi_callback_info info);
 napi_value lora_linear(napi_env env, napi_callback_info info);

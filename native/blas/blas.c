@@ -317,6 +317,7 @@ NAPI_MODULE_INIT() {
       {"exp", NULL, exp_kernel, NULL, NULL, NULL, napi_enumerable, NULL},
       {"crossEntropy", NULL, cross_entropy, NULL, NULL, NULL, napi_enumerable, NULL},
       {"crossEntropyGrad", NULL, cross_entropy_grad, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"headLoss", NULL, head_loss, NULL, NULL, NULL, napi_enumerable, NULL},
       {"rmsNorm", NULL, rms_norm, NULL, NULL, NULL, napi_enumerable, NULL},
       {"rmsNormGrad", NULL, rms_norm_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"loraLinear", NULL, lora_linear, NULL, NULL, NULL, napi_enumerable, NULL},

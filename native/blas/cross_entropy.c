@@ -6,8 +6,9 @@
  * and the backward writes softmax minus one-hot from it: no exp there, and the softmax is held
  * for the backward pass instead of the logits, the same memory. Sums are accumulated in
  * double. Rows of weight 0 (ignored labels, the last position) cost nothing and get a zero
- * gradient.
+ * gradient. For training, headLoss takes the head's product too (below).
  */
+#include <cblas.h>
 #include <math.h>
 #include <string.h>
 #include "addon.h"
@@ -97,4 +98,74 @@ napi_value cross_entropy_grad(napi_env env, napi_callback_info info) {
     if (target[i] >= 0 && target[i] < vocab) o[target[i]] = g * (p[target[i]] - 1);
   }
   return NULL;
+}
+
+/*
+ * headLoss(heap, xOffset, wOffset, targetOffset, weightOffset, dxOffset, rows, width, vocab,
+ * scale): the head's logits x W^T for x [rows, width], W [vocab, width], and their softmax
+ * cross-entropy, as crossEntropy; returns its sum and writes dx [rows, width], the gradient of
+ * scale times the sum with respect to x (crossEntropyGrad's, times W). The logits are taken a
+ * block of rows at a time into a scratch buffer, turned into their gradient there and
+ * multiplied back, so no [rows, vocab] tensor is written to the heap: for a training pass, the
+ * largest tensor of a small model and four passes over it. Returns -(i + 1) for the first
+ * weighted row i whose target is outside [0, vocab).
+ */
+napi_value head_loss(napi_env env, napi_callback_info info) {
+  void *heap = NULL;
+  size_t heap_bytes = 0;
+  int64_t v[8];
+  double scale = 0;
+  if (!heap_args(env, info, "headLoss: (ArrayBuffer, 5 offsets, rows, width, vocab, scale) expected", &heap, &heap_bytes, 8, v, 1, &scale)) return NULL;
+  const int64_t rows = v[5], width = v[6], vocab = v[7];
+  if (rows > INT32_MAX || width > INT32_MAX || vocab > INT32_MAX || !inside((uint64_t)v[0], (uint64_t)(rows * width), heap_bytes) ||
+      !inside((uint64_t)v[1], (uint64_t)(vocab * width), heap_bytes) || !inside((uint64_t)v[2], (uint64_t)rows, heap_bytes) ||
+      !inside((uint64_t)v[3], (uint64_t)rows, heap_bytes) || !inside((uint64_t)v[4], (uint64_t)(rows * width), heap_bytes)) {
+    napi_throw_range_error(env, NULL, "headLoss: an operand lies outside the heap or is misaligned");
+    return NULL;
+  }
+  const float *x = (const float *)heap + v[0] / 4, *w = (const float *)heap + v[1] / 4, *weight = (const float *)heap + v[3] / 4;
+  const int32_t *target = (const int32_t *)heap + v[2] / 4;
+  float *dx = (float *)heap + v[4] / 4;
+  napi_value result;
+  for (int64_t i = 0; i < rows; i++) {
+    if (weight[i] != 0 && (target[i] < 0 || target[i] >= vocab)) {
+      CHECK(env, napi_create_double(env, (double)-(i + 1), &result));
+      return result;
+    }
+  }
+  /* Blocks of logits of up to 4 MB: smaller ones stay in cache but cost more in the products (each packs W again). */
+  const int64_t block = vocab == 0 ? rows : (1048576 / vocab > 16 ? 1048576 / vocab : 16);
+  float *g = scratch((size_t)((block < rows ? block : rows) * vocab));
+  if (rows > 0 && vocab > 0 && !g) {
+    napi_throw_error(env, NULL, "headLoss: out of memory");
+    return NULL;
+  }
+  double total = 0;
+  for (int64_t r0 = 0; r0 < rows; r0 += block) {
+    const int64_t n = rows - r0 < block ? rows - r0 : block;
+    if (vocab > 0 && width > 0)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)vocab, (int)width, 1.0f, x + r0 * width, (int)width, w, (int)width, 0.0f, g, (int)vocab);
+    else
+      memset(g, 0, 4u * (size_t)(n * vocab));
+    for (int64_t i = 0; i < n; i++) {
+      float *row = g + i * vocab;
+      const float wi = weight[r0 + i], gi = (float)(scale * wi);
+      if (wi == 0) {
+        memset(row, 0, 4u * (size_t)vocab);
+        continue;
+      }
+      const int32_t t = target[r0 + i];
+      const float max = max_of(row, vocab), picked = row[t];
+      total += wi * ((double)(max - picked) + log(softmax_shifted(row, max, row, vocab)));
+      const float pt = row[t];
+      for (int64_t j = 0; j < vocab; j++) row[j] = gi * row[j];
+      row[t] = gi * (pt - 1);
+    }
+    if (width > 0 && vocab > 0)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)width, (int)vocab, 1.0f, g, (int)vocab, w, (int)width, 0.0f, dx + r0 * width, (int)width);
+    else
+      memset(dx + r0 * width, 0, 4u * (size_t)(n * width));
+  }
+  CHECK(env, napi_create_double(env, total, &result));
+  return result;
 }

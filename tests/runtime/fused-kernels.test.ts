@@ -7,9 +7,9 @@ import { selectBackend } from "../../services/runtime/backend.ts";
 import type { LlamaConfig } from "../../services/runtime/model/config.ts";
 import { LINEAR_MODULES, rmsNorm, swiglu, type ForwardOptions, type LinearModule } from "../../services/runtime/model/llama.ts";
 import { LoraAdapter } from "../../services/runtime/model/lora.ts";
-import { causalLmLoss, IGNORE_INDEX } from "../../services/runtime/model/loss.ts";
+import { causalLmHeadLoss, causalLmLoss, IGNORE_INDEX } from "../../services/runtime/model/loss.ts";
 import { loadBlasAddon } from "../../services/runtime/native/blas-addon.ts";
-import { softmaxCrossEntropy } from "../../services/runtime/native/cross-entropy-kernel.ts";
+import { headLossKernel, softmaxCrossEntropy } from "../../services/runtime/native/cross-entropy-kernel.ts";
 import { configureNativeKernels, nativeKernelsActive } from "../../services/runtime/native/kernels.ts";
 import { Rng } from "../../services/runtime/rng.ts";
 import { batchOf, randomIds, tinyModel } from "../helpers/tiny-model.ts";
@@ -86,6 +86,30 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
       expect(grad[0][1].some((g) => g !== 0)).toBe(true);
       tf.dispose([labels, logits]);
     }
+  });
+
+  it("the head with the loss: value and the hidden states' gradient, with ignored labels, over one or several blocks of rows", () => {
+    // [batch, tokens, width, vocab]: one block; three of 64 rows (the last part-filled); 16-row blocks of a 5,000 vocabulary.
+    const cases: [number, number, number, number][] = [[2, 5, 3, 17], [3, 50, 16, 2048], [2, 21, 8, 5000]];
+    let seed = 500;
+    for (const [b, t, width, vocab] of cases) {
+      const rng = new Rng(++seed);
+      const labels = tf.tensor2d(Int32Array.from({ length: b * t }, (_, i) => (i % 5 === 2 ? IGNORE_INDEX : rng.nextUint32() % vocab)), [b, t], "int32");
+      const hidden = random([b, t, width], ++seed, 2);
+      const head = random([vocab, width], ++seed) as tf.Tensor2D;
+      const { stock, fused } = stockAndFused((h) => causalLmHeadLoss(h as tf.Tensor3D, head, labels), [hidden], seed);
+      expectClose(fused, stock, 1e-5, `[${b}, ${t}, ${width}] vocab ${vocab}`);
+      tf.dispose([labels, hidden, head]);
+    }
+    // A bad target (past the labels' own check) is refused by the kernel, leaking nothing.
+    const before = tf.memory().numTensors;
+    const x = random([2, 4], 9) as tf.Tensor2D;
+    const w = random([3, 4], 10) as tf.Tensor2D;
+    const target = tf.tensor1d([1, 3], "int32");
+    const weight = tf.ones([2]) as tf.Tensor1D;
+    expect(() => headLossKernel(x, w, target, weight, 1)).toThrow(/target 3 of row 1 is outside the vocabulary \[0, 3\)/);
+    tf.dispose([x, w, target, weight]);
+    expect(tf.memory().numTensors).toBe(before);
   });
 
   it("the loss refuses a label outside the vocabulary, on both paths, and the kernel a bad target, leaking nothing", () => {

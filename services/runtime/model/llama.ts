@@ -459,6 +459,11 @@ export class LlamaModel {
     return LlamaModel.fromWeights(config, weights, opts);
   }
 
+  /** The head's weight [vocab, hidden]: lm_head's, or the embedding's when they are tied. */
+  get head(): tf.Tensor2D {
+    return this.w(this.config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight") as tf.Tensor2D;
+  }
+
   /** All weights, for full-weight training (see setTrainable). */
   get trainableVariables(): tf.Variable[] {
     return [...this.weights.values()];
@@ -566,10 +571,9 @@ export class LlamaModel {
       if (head || opts.returnHidden) {
         const hidden = rmsNorm(x, this.w("model.norm.weight"), c.rmsNormEps);
         if (head) {
-          const weight = this.w(c.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
           let rows = hidden.reshape([b * t, c.hiddenSize]);
           if (logitsAt) rows = tf.gather(rows, tf.tensor1d(logitsAt.map((p, r) => r * t + p), "int32"));
-          res.logits = linearT(rows, weight).reshape([b, logitsAt ? 1 : t, c.vocabSize]) as tf.Tensor3D;
+          res.logits = linearT(rows, this.head).reshape([b, logitsAt ? 1 : t, c.vocabSize]) as tf.Tensor3D;
         }
         if (opts.returnHidden) res.hidden = hidden;
       }

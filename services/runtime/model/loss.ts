@@ -3,8 +3,9 @@
  * labels[:, 1:], positions labelled -100 are ignored, mean cross-entropy over the rest.
  */
 import * as tf from "@tensorflow/tfjs";
-import { softmaxCrossEntropy } from "../native/cross-entropy-kernel.ts";
+import { headLossKernel, softmaxCrossEntropy } from "../native/cross-entropy-kernel.ts";
 import { nativeKernelsActive } from "../native/kernels.ts";
+import { linearT } from "./matmul.ts";
 
 export const IGNORE_INDEX = -100;
 
@@ -22,9 +23,45 @@ export function causalLmLossWithCount(logits: tf.Tensor3D, labels: tf.Tensor2D):
   if (labels.shape[0] !== b || labels.shape[1] !== t) {
     throw new Error(`labels shape [${labels.shape.join(", ")}] must be [${b}, ${t}]`);
   }
-  // Labels are inputs, never computed, so reading them on the host costs no pipeline stall;
-  // there they are shifted (position j predicts label j + 1) and masked, so the logits are
-  // never sliced: the last position gets weight 0 (a [B, T, vocab] copy and its gradient saved).
+  const { target, weight, tokens } = shiftedTargets(labels, vocab);
+  const loss = tf.tidy(() => {
+    if (tokens === 0) return tf.scalar(0).add(logits.sum().mul(0)) as tf.Scalar; // keeps the graph connected
+    const targets = tf.tensor2d(target, [b, t], "int32");
+    const weights = tf.tensor2d(weight, [b, t]);
+    if (nativeKernelsActive()) return softmaxCrossEntropy(logits.reshape([b * t, vocab]), targets.reshape([b * t]), weights.reshape([b * t]), 1 / tokens);
+    // logSoftmax is max-shifted, so large logits do not overflow; oneHot avoids gather's gradient.
+    const picked = tf.logSoftmax(logits).mul(tf.oneHot(targets, vocab)).sum(-1);
+    return picked.mul(weights).sum().neg().div(tokens) as tf.Scalar;
+  });
+  return { loss, tokens };
+}
+
+/**
+ * causalLmLoss of the head's logits, hidden [B, T, width] times head [vocab, width]
+ * transposed, for a training pass. With the native kernels and a frozen head, one kernel
+ * takes the logits a block of rows at a time and computes hidden's gradient with the loss
+ * (native/cross-entropy-kernel.ts): the [B, T, vocab] logits are never held.
+ */
+export function causalLmHeadLoss(hidden: tf.Tensor3D, head: tf.Tensor2D, labels: tf.Tensor2D): tf.Scalar {
+  const [b, t, width] = hidden.shape;
+  const frozen = !(head instanceof tf.Variable && head.trainable);
+  if (!nativeKernelsActive() || !frozen) return tf.tidy(() => causalLmLoss(linearT(hidden.reshape([b * t, width]) as tf.Tensor2D, head).reshape([b, t, head.shape[0]]) as tf.Tensor3D, labels));
+  if (labels.shape[0] !== b || labels.shape[1] !== t) throw new Error(`labels shape [${labels.shape.join(", ")}] must be [${b}, ${t}]`);
+  const { target, weight, tokens } = shiftedTargets(labels, head.shape[0]);
+  return tf.tidy(() => {
+    if (tokens === 0) return tf.scalar(0).add(hidden.sum().mul(0)) as tf.Scalar;
+    const rows = hidden.reshape([b * t, width]) as tf.Tensor2D;
+    return headLossKernel(rows, head, tf.tensor1d(target, "int32"), tf.tensor1d(weight), 1 / tokens);
+  });
+}
+
+/**
+ * Labels are inputs, never computed, so reading them on the host costs no pipeline stall;
+ * there they are shifted (position j predicts label j + 1) and masked, so the logits are
+ * never sliced: the last position gets weight 0 (a [B, T, vocab] copy and its gradient saved).
+ */
+function shiftedTargets(labels: tf.Tensor2D, vocab: number): { target: Int32Array; weight: Float32Array; tokens: number } {
+  const [b, t] = labels.shape;
   const labelData = labels.dataSync();
   const target = new Int32Array(b * t);
   const weight = new Float32Array(b * t);
@@ -39,14 +76,5 @@ export function causalLmLossWithCount(logits: tf.Tensor3D, labels: tf.Tensor2D):
       tokens++;
     }
   }
-  const loss = tf.tidy(() => {
-    if (tokens === 0) return tf.scalar(0).add(logits.sum().mul(0)) as tf.Scalar; // keeps the graph connected
-    const targets = tf.tensor2d(target, [b, t], "int32");
-    const weights = tf.tensor2d(weight, [b, t]);
-    if (nativeKernelsActive()) return softmaxCrossEntropy(logits.reshape([b * t, vocab]), targets.reshape([b * t]), weights.reshape([b * t]), 1 / tokens);
-    // logSoftmax is max-shifted, so large logits do not overflow; oneHot avoids gather's gradient.
-    const picked = tf.logSoftmax(logits).mul(tf.oneHot(targets, vocab)).sum(-1);
-    return picked.mul(weights).sum().neg().div(tokens) as tf.Scalar;
-  });
-  return { loss, tokens };
+  return { target, weight, tokens };
 }

@@ -22,6 +22,12 @@ export interface BlasAddon {
   crossEntropy(heap: ArrayBuffer, logitsOffset: number, targetOffset: number, weightOffset: number, probsOffset: number, rows: number, vocab: number): number;
   /** out[i, j] = scale * w_i * (probs[i, j] - [j == target_i]): the gradient of scale times crossEntropy's sum. */
   crossEntropyGrad(heap: ArrayBuffer, probsOffset: number, targetOffset: number, weightOffset: number, outOffset: number, rows: number, vocab: number, scale: number): void;
+  /**
+   * The head's logits x W^T and their softmax cross-entropy a block of rows at a time, for x
+   * [rows, width], W [vocab, width]: returns crossEntropy's sum (or -(row + 1) for a bad target)
+   * and writes dx, the gradient of scale times it with respect to x.
+   */
+  headLoss(heap: ArrayBuffer, xOffset: number, wOffset: number, targetOffset: number, weightOffset: number, dxOffset: number, rows: number, width: number, vocab: number, scale: number): number;
   /** RMSNorm of [rows, width] float32 x with weight [width]: out = x * r * w, r = 1 / sqrt(mean(x^2) + eps) written per row. */
   rmsNorm(heap: ArrayBuffer, xOffset: number, weightOffset: number, outOffset: number, rOffset: number, rows: number, width: number, eps: number): void;
   /** RMSNorm's gradient with respect to x, from dy, x, the weight and the forward's r. */

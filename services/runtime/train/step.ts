@@ -8,7 +8,7 @@ import type { Example } from "../data/template.ts";
 import type { HostTensors } from "../host-tensor.ts";
 import type { ForwardOptions, LlamaModel } from "../model/llama.ts";
 import type { LoraAdapter } from "../model/lora.ts";
-import { causalLmLoss } from "../model/loss.ts";
+import { causalLmHeadLoss } from "../model/loss.ts";
 import type { RowWindow, Shard } from "./shard.ts";
 
 /** A collated batch as tensors; tokens = supervised (labelled, shifted) positions. */
@@ -27,11 +27,6 @@ export interface TrainBatch {
   rows?: RowWindow;
 }
 
-/** The batch's loss (see TrainBatch.shareOfBatch for a shard). */
-export function batchLoss(logits: tf.Tensor3D, batch: TrainBatch): tf.Scalar {
-  return scaledToBatch(causalLmLoss(logits, batch.labels), batch);
-}
-
 /** A mean over the batch's supervised tokens, as the shard's part of the whole batch's (TrainBatch.shareOfBatch). */
 export function scaledToBatch(mean: tf.Scalar, batch: TrainBatch): tf.Scalar {
   return batch.shareOfBatch === undefined ? mean : mean.mul(batch.shareOfBatch);
@@ -42,8 +37,26 @@ export function scaledToBatch(mean: tf.Scalar, batch: TrainBatch): tf.Scalar {
  * rows of the masks one thread would draw for the whole batch.
  */
 export function trainingForward(model: LlamaModel, lora: LoraAdapter | undefined, batch: TrainBatch, options: Omit<ForwardOptions, "lora" | "training"> = {}) {
+  return model.forward(batch.inputIds, batch.attentionMask, trainingOptions(lora, batch, options));
+}
+
+/** The batch's loss from a training forward pass (batchHeadLoss of its final hidden states). */
+export function trainingLoss(model: LlamaModel, lora: LoraAdapter | undefined, batch: TrainBatch, options: Omit<ForwardOptions, "lora" | "training"> = {}): tf.Scalar {
+  const { hidden } = model.states(batch.inputIds, batch.attentionMask, { ...trainingOptions(lora, batch, options), returnHidden: true });
+  return batchHeadLoss(model, hidden!, batch);
+}
+
+/**
+ * The batch's loss (causalLmLoss of the model's logits, see TrainBatch.shareOfBatch for a
+ * shard) from final hidden states, the head's product taken with the loss (causalLmHeadLoss).
+ */
+export function batchHeadLoss(model: LlamaModel, hidden: tf.Tensor3D, batch: TrainBatch): tf.Scalar {
+  return scaledToBatch(causalLmHeadLoss(hidden, model.head, batch.labels), batch);
+}
+
+function trainingOptions(lora: LoraAdapter | undefined, batch: TrainBatch, options: Omit<ForwardOptions, "lora" | "training">): ForwardOptions {
   if (lora) lora.dropoutWindow = batch.rows;
-  return model.forward(batch.inputIds, batch.attentionMask, { ...options, lora, training: true });
+  return { ...options, lora, training: true };
 }
 
 /**
@@ -129,7 +142,7 @@ export function lossAndGrads(
   deltas?: tf.Tensor[],
 ): { loss: number; grads: Map<string, tf.Tensor> } {
   const { model, lora, batch } = input;
-  return valueAndGrads(input.params, () => batchLoss(trainingForward(model, lora, batch, { deltas }).logits, batch));
+  return valueAndGrads(input.params, () => trainingLoss(model, lora, batch, { deltas }));
 }
 
 /** A scalar function's value and its gradients with respect to the parameters, by name (see lossAndGrads). */

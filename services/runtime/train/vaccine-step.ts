@@ -27,7 +27,7 @@ import type { HostTensors } from "../host-tensor.ts";
 import { toHost, type LlamaModel } from "../model/llama.ts";
 import type { LoraAdapter } from "../model/lora.ts";
 import { gatherRows, shardRows, type Shard } from "./shard.ts";
-import { batchLoss, lossAndGrads, trainingForward, type StepFunction, type StepInput, type StepOutput, type TrainBatch } from "./step.ts";
+import { batchHeadLoss, lossAndGrads, trainingLoss, type StepFunction, type StepInput, type StepOutput, type TrainBatch } from "./step.ts";
 
 /** The reference's guard against a zero gradient norm. */
 export const NORM_EPS = 1e-7;
@@ -60,12 +60,9 @@ export function attentionOutputGrads(
     const lossOf = (...xs: tf.Tensor[]) => {
       const deltas = [...zeros];
       layers.forEach((l, i) => (deltas[l] = xs[i]));
-      const { logits } = merged
-        ? model.forward(batch.inputIds, batch.attentionMask, { weights: merged, deltas })
-        : training
-          ? trainingForward(model, lora, batch, { deltas, adapterGradients: false })
-          : model.forward(batch.inputIds, batch.attentionMask, { lora, deltas });
-      return batchLoss(logits, batch);
+      if (training && !merged) return trainingLoss(model, lora, batch, { deltas, adapterGradients: false });
+      const { hidden } = model.states(batch.inputIds, batch.attentionMask, { ...(merged ? { weights: merged } : { lora }), deltas, returnHidden: true });
+      return batchHeadLoss(model, hidden!, batch);
     };
     return tf.grads(lossOf)(layers.map((l) => zeros[l])) as tf.Tensor3D[];
   });
