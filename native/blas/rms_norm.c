@@ -7,7 +7,7 @@
 #include <math.h>
 #include "addon.h"
 
-void rms_norm_rows(const float *x, const float *w, float *out, float *r, int64_t rows, int64_t width, double eps) {
+VECTOR_CLONES void rms_norm_rows(const float *x, const float *w, float *out, float *r, int64_t rows, int64_t width, double eps) {
   for (int64_t i = 0; i < rows; i++, x += width, out += width) {
     const double sum = dot_of(x, x, NULL, width);
     const float ri = (float)(1 / sqrt(sum / (double)width + eps));
@@ -16,7 +16,7 @@ void rms_norm_rows(const float *x, const float *w, float *out, float *r, int64_t
   }
 }
 
-void rms_norm_rows_grad(const float *dy, const float *x, const float *w, const float *r, const float *plus, float *out, int64_t rows, int64_t width) {
+VECTOR_CLONES void rms_norm_rows_grad(const float *dy, const float *x, const float *w, const float *r, const float *plus, float *out, int64_t rows, int64_t width) {
   for (int64_t i = 0; i < rows; i++, dy += width, x += width, out += width) {
     const double dot = dot_of(w, dy, x, width);
     const double ri = r[i];
