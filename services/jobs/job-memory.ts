@@ -76,6 +76,8 @@ export const COEFFICIENTS = {
   scores: 10.5,
   /** Per token, per unit of vocabulary (logits, log-softmax, one-hot, their gradients). */
   vocab: 16,
+  /** RepNoise, per token and unit of vocabulary beyond `vocab`: none here (its passes' logits are in `vocab`); see FUSED_COEFFICIENTS. */
+  repnoiseVocab: 0,
   /** Vaccine, per token and layer, per unit of hidden width: the zero deltas, their gradients and the perturbation kept across the two passes. */
   vaccineHidden: 3,
   /**
@@ -104,9 +106,14 @@ export const COEFFICIENTS = {
  * loss, attention and SwiGLU stopped leaving a zero gradient per kept tensor alive until the
  * end of each backward pass (runFused): the jobs' peaks fell by 5-44% (but the 85M-parameter
  * job's, mostly weights: 816-871 MiB against 807), and these terms keep the estimates above the
- * measured peaks of bench/results/job-memory.json with margin (bench/README.md).
+ * measured peaks of bench/results/job-memory.json with margin (bench/README.md). Refitted again
+ * when a decoder layer's blocks became one kernel each (native/decoder-block-kernel.ts, their
+ * intermediates in a scratch buffer) and training losses took the head with the loss
+ * (causalLmHeadLoss: no [tokens, vocab] tensor, so `vocab` is 0): peaks fell by 20-80% (the
+ * 16k-vocabulary job 1,540 -> 300 MiB); only RepNoise's harmful pass still holds logits
+ * (repnoiseVocab). Least squares on that run, rounded up: 1.12-1.45x the measured peaks.
  */
-export const FUSED_COEFFICIENTS = { qkv: 4, intermediate: 10, scores: 2, vocab: 3.5, weightCopies: 2.2, vaccineHidden: 8, mmdPairs: 20 } as const;
+export const FUSED_COEFFICIENTS = { qkv: 2, intermediate: 5, scores: 2, vocab: 0, repnoiseVocab: 12, weightCopies: 2.2, vaccineHidden: 2, mmdPairs: 15 } as const;
 
 export function estimateJobMemory(s: JobShape): JobMemoryEstimate {
   const threads = s.threads ?? 1;
@@ -146,7 +153,8 @@ function threadEstimate(s: JobShape, wholeBatch: number): JobMemoryEstimate {
   const mergedBytes = perturbs ? k.vaccineMergedCopies * F32 * layers * targeted.reduce((n, m) => n + linearShape(c, m).reduce((a, b) => a * b, 1), 0) : 0;
   const qkv = (c.numAttentionHeads + 2 * c.numKeyValueHeads) * c.headDim;
   const perTokenLayer = k.qkv * qkv + k.intermediate * c.intermediateSize + k.rank * s.loraRank * targeted.length + (perturbs ? k.vaccineHidden * c.hiddenSize : 0);
-  const floats = tokens * (layers * perTokenLayer + k.vocab * c.vocabSize) + k.scores * layers * s.batchSize * c.numAttentionHeads * s.sequenceLength ** 2;
+  const vocab = k.vocab + (s.method === "repnoise" ? k.repnoiseVocab : 0);
+  const floats = tokens * (layers * perTokenLayer + vocab * c.vocabSize) + k.scores * layers * s.batchSize * c.numAttentionHeads * s.sequenceLength ** 2;
   const harmfulRow = Math.min(s.harmfulLongest ?? s.sequenceLength, s.sequenceLength);
   const mmd = s.method === "repnoise" ? k.mmdPairs * (s.batchSize * harmfulRow) * (wholeBatch * harmfulRow) : 0;
   const activationBytes = F32 * (floats + mmd);
