@@ -122,12 +122,17 @@ typedef struct {
   float scaling;
 } proj_t;
 
-/* y [n, out] (added to y when accumulate) and, when adapted, xa = s (x * mask) A^T [n, r]; buf: n * in floats when masked. */
+/*
+ * y [n, out] (added to y when accumulate) and, when adapted, xa = s (x * mask) A^T [n, r];
+ * without a mask and with n at least in and out, through W + s B A (lora.c). buf: n * in floats
+ * when adapted.
+ */
 void proj_forward(const proj_t *p, const float *x, float *y, int accumulate, float *xa, int64_t n, float *buf);
 
 /*
- * From dy [n, out]: dx = dy W + s ((dy B) A) * mask (added to dx when accumulate), dA = s (dy
- * B)^T (x * mask), dB = dy^T xa; a NULL output is skipped. buf: n * r + n * in floats.
+ * From dy [n, out]: dx = dy W + s ((dy B) A) * mask (added to dx when accumulate; as
+ * proj_forward, through W + s B A without a mask), dA = s (dy B)^T (x * mask), dB = dy^T xa; a
+ * NULL output is skipped. buf: n * r + n * in floats.
  */
 void proj_backward(const proj_t *p, const float *dy, const float *x, const float *xa, float *dx, int accumulate, float *da, float *db, int64_t n, float *buf);
 

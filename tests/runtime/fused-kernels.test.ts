@@ -174,8 +174,8 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
 
   it("the LoRA projection: value and the gradients of x, W, A and B, with and without a dropout mask, odd sizes, x of 2 or 3 axes", () => {
     let seed = 400;
-    // [rows (x's leading axes), in, out, r]
-    for (const [lead, inDim, outDim, r] of [[[1], 1, 1, 1], [[5], 7, 3, 2], [[2, 32], 128, 384, 8], [[3, 11], 384, 128, 8]] as [number[], number, number, number][]) {
+    // [rows (x's leading axes), in, out, r]; without dropout, 160 rows take the merged weight (rows >= in and out).
+    for (const [lead, inDim, outDim, r] of [[[1], 1, 1, 1], [[5], 7, 3, 2], [[2, 32], 128, 384, 8], [[3, 11], 384, 128, 8], [[4, 40], 96, 128, 8]] as [number[], number, number, number][]) {
       const config = { hiddenSize: inDim, intermediateSize: outDim, numHiddenLayers: 1, numAttentionHeads: 1, numKeyValueHeads: 1 } as LlamaConfig;
       for (const dropout of [0, 0.3]) {
         const adapter = LoraAdapter.init(config, { r, alpha: 2 * r, dropout, targetModules: ["gate_proj"] }, ++seed);
@@ -205,11 +205,12 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
   });
 
   it("attention and the decoder blocks: logits and the gradients of the deltas and of every adapter, with grouped heads, padding, dropout masks, adapters on some projections", async () => {
-    // 4 heads on 2 key-value heads, head size 4; two rows of 7 and 4 tokens (right padded).
+    // 4 heads on 2 key-value heads, head size 4; two rows of 20 and 13 tokens (right padded):
+    // 40 rows, more than any projection's sides, so without dropout the adapters are merged into the weights.
     const model = tinyModel(21);
-    const { ids, mask } = batchOf([randomIds(1, 7, 50, 22)[0], randomIds(1, 4, 50, 23)[0]]);
+    const { ids, mask } = batchOf([randomIds(1, 20, 50, 22)[0], randomIds(1, 13, 50, 23)[0]]);
     const labels = ids.where(mask.cast("bool"), tf.fill(ids.shape, IGNORE_INDEX, "int32")) as tf.Tensor2D;
-    const deltas = [0, 1].map((l) => tf.variable(random([2, 7, 16], 24 + l, 0.3)));
+    const deltas = [0, 1].map((l) => tf.variable(random([2, 20, 16], 24 + l, 0.3)));
     const cases: [string, LinearModule[], number][] = [
       ["q, k, v and o", ["q_proj", "k_proj", "v_proj", "o_proj"], 0],
       ["all seven projections, dropout 0.3", [...LINEAR_MODULES], 0.3],
