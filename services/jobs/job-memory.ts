@@ -109,11 +109,12 @@ export const COEFFICIENTS = {
  * measured peaks of bench/results/job-memory.json with margin (bench/README.md). Refitted again
  * when a decoder layer's blocks became one kernel each (native/decoder-block-kernel.ts, their
  * intermediates in a scratch buffer) and training losses took the head with the loss
- * (causalLmHeadLoss: no [tokens, vocab] tensor, so `vocab` is 0): peaks fell by 20-80% (the
- * 16k-vocabulary job 1,540 -> 300 MiB); only RepNoise's harmful pass still holds logits
- * (repnoiseVocab). Least squares on that run, rounded up: 1.12-1.45x the measured peaks.
+ * (causalLmHeadLoss: no [tokens, vocab] tensor, so `vocab` is 0): peaks fell by up to 82%
+ * (the 16k-vocabulary 32 x 200 job 1,540 -> 283-300 MiB); only RepNoise's harmful pass still
+ * holds logits (repnoiseVocab). Least squares on that run (MMD 12.7 floats a pair), rounded up:
+ * 1.17-1.46x the measured peaks in bench/results/job-memory.json (bench/README.md).
  */
-export const FUSED_COEFFICIENTS = { qkv: 2, intermediate: 5, scores: 2, vocab: 0, repnoiseVocab: 12, weightCopies: 2.2, vaccineHidden: 2, mmdPairs: 15 } as const;
+export const FUSED_COEFFICIENTS = { qkv: 2, intermediate: 5, scores: 2, vocab: 0, repnoiseVocab: 12, weightCopies: 2.2, vaccineHidden: 2, mmdPairs: 16 } as const;
 
 export function estimateJobMemory(s: JobShape): JobMemoryEstimate {
   const threads = s.threads ?? 1;
