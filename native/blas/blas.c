@@ -135,7 +135,8 @@ static napi_value scratch_bytes(napi_env env, napi_callback_info info) {
 }
 
 int inside(uint64_t off, uint64_t count, size_t heap_bytes) {
-  return off % 4 == 0 && off + 4u * count <= heap_bytes;
+  /* count first: 4 * count can wrap for sizes no heap has. */
+  return off % 4 == 0 && count <= heap_bytes / 4 && off <= heap_bytes - 4u * count;
 }
 
 int heap_args(napi_env env, napi_callback_info info, const char *usage, void **heap, size_t *heap_bytes, size_t n, int64_t *v, size_t nd, double *d) {

@@ -125,6 +125,8 @@ static int attn_block_at(napi_env env, args_t *a, attn_block *k) {
   k->n = s->b * s->t;
   k->qd = s->heads * s->d;
   k->kvd = s->kv * s->d;
+  /* The products take int sizes. */
+  if (k->n > INT32_MAX || k->qd > INT32_MAX || s->t * s->t > INT32_MAX) return fail(env, "attentionBlock: sizes too large", 1);
   const uint64_t n = (uint64_t)k->n;
   k->x = at(a, 7, n * (uint64_t)k->hidden, 0);
   k->norm = at(a, 8, (uint64_t)k->hidden, 0);

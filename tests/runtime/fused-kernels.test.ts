@@ -318,6 +318,8 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
     expect(() => loaded.addon.attention(new ArrayBuffer(100), ...att, 1, 1, 3, 2, 2)).toThrow(/multiple of kvHeads/);
     expect(() => loaded.addon.attentionGrad(new ArrayBuffer(64), ...att, 1, 1, 2, 1, 2)).toThrow(/outside the heap/);
     expect(() => loaded.addon.loraLinearGrad(heap, 4, 48, 0, 16, 32, 40, 0, 56, 0, 2, 2, 2, 1, 0, 1)).toThrow(/which/);
+    // A size whose byte count wraps 64 bits (4 x 2^62) is refused, not read past the heap.
+    expect(() => loaded.addon.exp(heap, 0, 0, 2 ** 62)).toThrow(/outside the heap/);
     // The blocks take their operands as a Float64Array of a fixed length; one outside the heap is refused.
     expect(() => loaded.addon.mlpBlock(heap, new Float64Array(32))).toThrow(/Float64Array of 33 operands/);
     expect(() => loaded.addon.attentionBlock(heap, new Float32Array(47) as unknown as Float64Array)).toThrow(/Float64Array of 47 operands/);
