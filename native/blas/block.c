@@ -73,6 +73,18 @@ static proj_t proj_at(args_t *a, size_t i, int64_t n, int64_t in, int64_t out) {
   return p;
 }
 
+/* The adapters' x A products at operand i, each projection's [n, r] in turn (NULL where none is adapted). */
+static void xa_at(args_t *a, size_t i, const proj_t *proj, int count, int64_t n, float **xa) {
+  uint64_t total = 0;
+  for (int k = 0; k < count; k++) total += (uint64_t)(n * proj[k].r);
+  float *next = at(a, i, total, 1);
+  if (total > 0 && !next) a->ok = 0;
+  for (int k = 0; k < count; k++) {
+    xa[k] = next;
+    if (next) next += n * proj[k].r;
+  }
+}
+
 /* The largest of n values. */
 static int64_t largest(const int64_t *x, int n) {
   int64_t m = 0;
@@ -143,16 +155,10 @@ static int attn_block_at(napi_env env, args_t *a, attn_block *k) {
   k->kr = at(a, 41, n * (uint64_t)k->kvd, 0);
   k->probs = at(a, 42, n * (uint64_t)(s->heads * s->t), 0);
   k->ctx = at(a, 43, n * (uint64_t)k->qd, 0);
-  uint64_t xa_count = 0;
-  for (int i = 0; i < 4; i++) xa_count += n * (uint64_t)k->proj[i].r;
-  float *xa = at(a, 44, xa_count, 1);
-  for (int i = 0; i < 4; i++) {
-    k->xa[i] = xa;
-    if (xa) xa += k->n * k->proj[i].r;
-  }
+  xa_at(a, 44, k->proj, 4, k->n, k->xa);
   k->residual = size_at(a, 45);
   k->delta = at(a, 46, n * (uint64_t)k->hidden, 1);
-  if (!a->ok || (xa_count > 0 && !xa)) return fail(env, "attentionBlock: an operand lies outside the heap or is misaligned", 1);
+  if (!a->ok) return fail(env, "attentionBlock: an operand lies outside the heap or is misaligned", 1);
   return 1;
 }
 
@@ -248,15 +254,9 @@ static int mlp_block_at(napi_env env, args_t *a, mlp_block_t *k) {
   k->up = at(a, 28, n * f, 0);
   k->sig = at(a, 29, n * f, 0);
   k->act = at(a, 30, n * f, 0);
-  uint64_t xa_count = 0;
-  for (int i = 0; i < 3; i++) xa_count += n * (uint64_t)k->proj[i].r;
-  float *xa = at(a, 31, xa_count, 1);
-  for (int i = 0; i < 3; i++) {
-    k->xa[i] = xa;
-    if (xa) xa += k->n * k->proj[i].r;
-  }
+  xa_at(a, 31, k->proj, 3, k->n, k->xa);
   k->residual = size_at(a, 32);
-  if (!a->ok || (xa_count > 0 && !xa)) return fail(env, "mlpBlock: an operand lies outside the heap or is misaligned", 1);
+  if (!a->ok) return fail(env, "mlpBlock: an operand lies outside the heap or is misaligned", 1);
   return 1;
 }
 

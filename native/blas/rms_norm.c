@@ -17,12 +17,12 @@ VECTOR_CLONES void rms_norm_rows(const float *x, const float *w, float *out, flo
 }
 
 VECTOR_CLONES void rms_norm_rows_grad(const float *dy, const float *x, const float *w, const float *r, const float *plus, float *out, int64_t rows, int64_t width) {
-  for (int64_t i = 0; i < rows; i++, dy += width, x += width, out += width) {
+  for (int64_t i = 0; i < rows; i++, dy += width, x += width, out += width, plus = plus ? plus + width : NULL) {
     const double dot = dot_of(w, dy, x, width);
     const double ri = r[i];
     const float c = (float)(ri * ri * ri * dot / (double)width);
     if (plus)
-      for (int64_t j = 0; j < width; j++) out[j] = plus[i * width + j] + (r[i] * w[j] * dy[j] - x[j] * c);
+      for (int64_t j = 0; j < width; j++) out[j] = plus[j] + (r[i] * w[j] * dy[j] - x[j] * c);
     else
       for (int64_t j = 0; j < width; j++) out[j] = r[i] * w[j] * dy[j] - x[j] * c;
   }

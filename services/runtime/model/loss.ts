@@ -20,10 +20,7 @@ export function causalLmLoss(logits: tf.Tensor3D, labels: tf.Tensor2D): tf.Scala
  */
 export function causalLmLossWithCount(logits: tf.Tensor3D, labels: tf.Tensor2D): { loss: tf.Scalar; tokens: number } {
   const [b, t, vocab] = logits.shape;
-  if (labels.shape[0] !== b || labels.shape[1] !== t) {
-    throw new Error(`labels shape [${labels.shape.join(", ")}] must be [${b}, ${t}]`);
-  }
-  const { target, weight, tokens } = shiftedTargets(labels, vocab);
+  const { target, weight, tokens } = shiftedTargets(labels, b, t, vocab);
   const loss = tf.tidy(() => {
     if (tokens === 0) return tf.scalar(0).add(logits.sum().mul(0)) as tf.Scalar; // keeps the graph connected
     const targets = tf.tensor2d(target, [b, t], "int32");
@@ -46,8 +43,7 @@ export function causalLmHeadLoss(hidden: tf.Tensor3D, head: tf.Tensor2D, labels:
   const [b, t, width] = hidden.shape;
   const frozen = !(head instanceof tf.Variable && head.trainable);
   if (!nativeKernelsActive() || !frozen) return tf.tidy(() => causalLmLoss(linearT(hidden.reshape([b * t, width]) as tf.Tensor2D, head).reshape([b, t, head.shape[0]]) as tf.Tensor3D, labels));
-  if (labels.shape[0] !== b || labels.shape[1] !== t) throw new Error(`labels shape [${labels.shape.join(", ")}] must be [${b}, ${t}]`);
-  const { target, weight, tokens } = shiftedTargets(labels, head.shape[0]);
+  const { target, weight, tokens } = shiftedTargets(labels, b, t, head.shape[0]);
   return tf.tidy(() => {
     if (tokens === 0) return tf.scalar(0).add(hidden.sum().mul(0)) as tf.Scalar;
     const rows = hidden.reshape([b * t, width]) as tf.Tensor2D;
@@ -60,8 +56,8 @@ export function causalLmHeadLoss(hidden: tf.Tensor3D, head: tf.Tensor2D, labels:
  * there they are shifted (position j predicts label j + 1) and masked, so the logits are
  * never sliced: the last position gets weight 0 (a [B, T, vocab] copy and its gradient saved).
  */
-function shiftedTargets(labels: tf.Tensor2D, vocab: number): { target: Int32Array; weight: Float32Array; tokens: number } {
-  const [b, t] = labels.shape;
+function shiftedTargets(labels: tf.Tensor2D, b: number, t: number, vocab: number): { target: Int32Array; weight: Float32Array; tokens: number } {
+  if (labels.shape[0] !== b || labels.shape[1] !== t) throw new Error(`labels shape [${labels.shape.join(", ")}] must be [${b}, ${t}]`);
   const labelData = labels.dataSync();
   const target = new Int32Array(b * t);
   const weight = new Float32Array(b * t);

@@ -174,8 +174,11 @@ function packed(backend: WasmBackend, list: Operand[]): Float64Array {
 }
 
 /** The adapters' kept x A products, one [n, r] after another (at least one element: an empty tensor has no heap offset). */
-const xaSize = (projections: Operand[], n: number) =>
-  Math.max(1, projections.reduce<number>((s, o, i) => s + (i % 6 === 4 ? n * (o as number) : 0), 0));
+function xaSize(inputs: Infos, projections: number, n: number): number {
+  let ranks = 0;
+  for (let i = 0; i < projections; i++) ranks += inputs[`a${i}`]?.shape[0] ?? 0;
+  return Math.max(1, n * ranks);
+}
 
 /** The gradients' outputs: dx when asked for, then each adapter's dA and dB when asked for, in that order. */
 function gradientOutputs(backend: WasmBackend, inputs: Infos, count: number, attrs: { input: boolean; adapters: boolean }): { list: (tf.TensorInfo | undefined)[]; outputs: tf.TensorInfo[] } {
@@ -215,7 +218,7 @@ function attentionOperands(args: Args): ReturnType<BlockOperands> {
   const projections = projectionOperands(ATTENTION, inputs, [[hidden, qd], [hidden, kvd], [hidden, kvd], [qd, hidden]], n, scaling);
   const head = [b, t, heads, kvHeads, headDim, hidden, eps, inputs.x, inputs.norm, bias, cos, sin, ...projections];
   // y, the normed x, its r, v, rotated q and k, the softmax, the context, the x A products.
-  const kept = [[b, t, hidden], [b, t, hidden], [b, t], [b, t, kvd], [b, t, qd], [b, t, kvd], [b, heads, t, t], [b, t, qd], [xaSize(projections, n)]];
+  const kept = [[b, t, hidden], [b, t, hidden], [b, t], [b, t, kvd], [b, t, qd], [b, t, kvd], [b, heads, t, t], [b, t, qd], [xaSize(inputs, 4, n)]];
   const { delta } = inputs;
   if (delta && (!residual || delta.dtype !== "float32" || !tf.util.arraysEqual(delta.shape, [b, t, hidden]))) {
     throw new Error(`${ATTENTION}: a delta needs the residual and float32 [${b}, ${t}, ${hidden}]; got ${delta.dtype} [${delta.shape}]`);
@@ -231,7 +234,7 @@ function mlpOperands(args: Args): ReturnType<BlockOperands> {
   const projections = projectionOperands(MLP, inputs, [[hidden, f], [hidden, f], [f, hidden]], n, scaling);
   const head = [n, hidden, f, eps, inputs.x, inputs.norm, ...projections];
   // y, the normed x, its r, gate, up, sigmoid(gate), the SwiGLU product, the x A products.
-  const kept = [[b, t, hidden], [b, t, hidden], [b, t], [b, t, f], [b, t, f], [b, t, f], [b, t, f], [xaSize(projections, n)]];
+  const kept = [[b, t, hidden], [b, t, hidden], [b, t], [b, t, f], [b, t, f], [b, t, f], [b, t, f], [xaSize(inputs, 3, n)]];
   return { head, kept, tail: [residual ? 1 : 0] };
 }
 
