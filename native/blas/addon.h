@@ -2,6 +2,7 @@
 #ifndef VACCINE_ADDON_H
 #define VACCINE_ADDON_H
 
+#include <cblas.h>
 #include <math.h>
 #include <node_api.h>
 #include <stdint.h>
@@ -103,6 +104,10 @@ static inline double dot_of(const float *a, const float *b, const float *c, int6
   for (; i < n; i++) s[0] += (double)a[i] * b[i] * (c ? c[i] : 1.0f);
   return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
+
+/* C = alpha op(A) op(B) + beta C on row-major operands, cblas_sgemm's arguments; blas.c says when it cuts a product. */
+void row_major_sgemm(enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t lda, const float *b,
+                     int64_t ldb, float beta, float *c, int64_t ldc);
 
 /* A per-thread scratch buffer of at least count floats, reused across calls; NULL when out of memory. */
 float *scratch(size_t count);

@@ -3,13 +3,13 @@
  * per gradient, in place on the wasm heap: composed of tfjs ops it is five or six kernels
  * forward (three products, the scaling, the sum, the dropout mask) and about ten backward,
  * and a step runs it for every adapted projection of every layer. The products are OpenBLAS
- * sgemm with the scaling as alpha and the branch summed into y as beta = 1.
+ * sgemm (row_major_sgemm, which cuts the rank-r ones) with the scaling as alpha and the branch
+ * summed into y as beta = 1.
  */
 #include <cblas.h>
 #include "addon.h"
 
-#define SGEMM(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) \
-  cblas_sgemm(CblasRowMajor, ta, tb, (int)(m), (int)(n), (int)(k), alpha, a, (int)(lda), b, (int)(ldb), beta, c, (int)(ldc))
+#define SGEMM row_major_sgemm
 #define N CblasNoTrans
 #define T CblasTrans
 

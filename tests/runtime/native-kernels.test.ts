@@ -46,6 +46,19 @@ function product(a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean): { shape:
 /** [m, k] or [k, m] as the flag asks, behind batch dims. */
 const operand = (batch: number[], rows: number, cols: number, transposed: boolean) => [...batch, ...(transposed ? [cols, rows] : [rows, cols])];
 
+/** The native product of a and b equals the stock kernel's within 1e-5 of the result's scale (compareScaled); disposes a and b. */
+function expectStockProduct(a: tf.Tensor, b: tf.Tensor, ta: boolean, tb: boolean): void {
+  configureNativeKernels("off");
+  const stock = product(a, b, ta, tb);
+  expect(configureNativeKernels("auto").active).toBe(true);
+  const native = product(a, b, ta, tb);
+  const where = `a ${a.shape} b ${b.shape} transposeA ${ta} transposeB ${tb}`;
+  expect(native.shape, where).toEqual(stock.shape);
+  const cmp = compareScaled(native.values, stock.values, 1e-5);
+  expect(cmp.failures, `${where}: ${JSON.stringify(cmp.worst)}`).toBe(0);
+  tf.dispose([a, b]);
+}
+
 describe.skipIf(!built)(`native BatchMatMul equals the stock wasm kernel${built ? "" : " (SKIPPED: the addon did not build here)"}`, () => {
   it("on random shapes: both transposes, batch 1 against N, odd sizes 1, 3, 17, 129", () => {
     const sizes = [1, 3, 17, 129];
@@ -58,22 +71,29 @@ describe.skipIf(!built)(`native BatchMatMul equals the stock wasm kernel${built 
       for (const ta of [false, true]) {
         for (const tb of [false, true]) {
           const [m, n, k] = [pick(), pick(), pick()];
-          const a = random(operand(batchA, m, k, ta), ++seed);
-          const b = random(operand(batchB, k, n, tb), ++seed);
-          configureNativeKernels("off");
-          const stock = product(a, b, ta, tb);
-          expect(configureNativeKernels("auto").active).toBe(true);
-          const native = product(a, b, ta, tb);
-          const where = `a ${a.shape} b ${b.shape} transposeA ${ta} transposeB ${tb}`;
-          expect(native.shape, where).toEqual(stock.shape);
-          const cmp = compareScaled(native.values, stock.values, 1e-5);
-          expect(cmp.failures, `${where}: ${JSON.stringify(cmp.worst)}`).toBe(0);
-          tf.dispose([a, b]);
+          expectStockProduct(random(operand(batchA, m, k, ta), ++seed), random(operand(batchB, k, n, tb), ++seed), ta, tb);
           compared++;
         }
       }
     }
     expect(compared).toBe(batches.length * 4);
+  });
+
+  it("on skinny products the addon cuts into pieces (a side of at most 32, over 2^18 multiply-adds): by rows and by columns, uneven, both transposes, batched", () => {
+    // [700, 300] x [300, 8]: pieces of 109 rows, the last 46; [5, 300] x [300, 900]: pieces of 174 columns, the last 30.
+    const cases: { m: number; n: number; k: number; batch: number[] }[] = [
+      { m: 700, n: 8, k: 300, batch: [] },
+      { m: 5, n: 900, k: 300, batch: [] },
+      { m: 300, n: 32, k: 100, batch: [2] },
+    ];
+    let seed = 100;
+    for (const { m, n, k, batch } of cases) {
+      for (const ta of [false, true]) {
+        for (const tb of [false, true]) {
+          expectStockProduct(random(operand(batch, m, k, ta), ++seed), random(operand(batch, k, n, tb), ++seed), ta, tb);
+        }
+      }
+    }
   });
 
   it("on zero-size operands (no rows, no columns, an empty batch; an empty inner dimension gives zeros)", () => {
