@@ -13,12 +13,17 @@
 #include <string.h>
 #include "addon.h"
 
-/* p = exp(x - max) / sum over a row of n values; returns the sum. */
-VECTOR_CLONES static double softmax_shifted(const float *x, float max, float *p, int64_t n) {
+/*
+ * p = exp(x - max) / sum over a row of n >= 1 values, times scale (1: the softmax itself), with
+ * max the row's largest value, written to *max; returns the sum.
+ */
+VECTOR_CLONES static double softmax_shifted(const float *x, float *max_out, float *p, int64_t n, float scale) {
+  const float max = max_of(x, n);
+  *max_out = max;
   for (int64_t j = 0; j < n; j++) p[j] = exp_poly(x[j] - max);
   const double sum = sum_of(p, n);
   const float inv = (float)(1 / sum);
-  for (int64_t j = 0; j < n; j++) p[j] *= inv;
+  for (int64_t j = 0; j < n; j++) p[j] = p[j] * inv * scale;
   return sum;
 }
 
@@ -59,8 +64,9 @@ napi_value cross_entropy(napi_env env, napi_callback_info info) {
       return result;
     }
     const float *x = logits + i * vocab;
-    const float max = max_of(x, vocab);
-    total += weight[i] * ((double)(max - x[target[i]]) + log(softmax_shifted(x, max, p, vocab)));
+    float max;
+    const double sum = softmax_shifted(x, &max, p, vocab, 1.0f);
+    total += weight[i] * ((double)(max - x[target[i]]) + log(sum));
   }
   CHECK(env, napi_create_double(env, total, &result));
   return result;
@@ -155,11 +161,12 @@ napi_value head_loss(napi_env env, napi_callback_info info) {
         continue;
       }
       const int32_t t = target[r0 + i];
-      const float max = max_of(row, vocab), picked = row[t];
-      total += wi * ((double)(max - picked) + log(softmax_shifted(row, max, row, vocab)));
-      const float pt = row[t];
-      for (int64_t j = 0; j < vocab; j++) row[j] = gi * row[j];
-      row[t] = gi * (pt - 1);
+      const float picked = row[t];
+      float max;
+      /* The gradient gi * softmax in the softmax's own pass; the target's probability taken again as that pass takes it. */
+      const double sum = softmax_shifted(row, &max, row, vocab, gi);
+      total += wi * ((double)(max - picked) + log(sum));
+      row[t] = gi * (exp_poly(picked - max) * (float)(1 / sum) - 1);
     }
     if (width > 0 && vocab > 0)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)width, (int)vocab, 1.0f, g, (int)vocab, w, (int)width, 0.0f, dx + r0 * width, (int)width);
