@@ -179,5 +179,6 @@ napi_value attention_block(napi_env env, napi_callback_info info);
 napi_value attention_block_grad(napi_env env, napi_callback_info info);
 napi_value mlp_block(napi_env env, napi_callback_info info);
 napi_value mlp_block_grad(napi_env env, napi_callback_info info);
+napi_value dropout_mask(napi_env env, napi_callback_info info);
 
 #endif

@@ -362,6 +362,7 @@ NAPI_MODULE_INIT() {
       {"attentionBlockGrad", NULL, attention_block_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mlpBlock", NULL, mlp_block, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mlpBlockGrad", NULL, mlp_block_grad, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"dropoutMask", NULL, dropout_mask, NULL, NULL, NULL, napi_enumerable, NULL},
       {"gather", NULL, gather, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sumSquares", NULL, sum_squares, NULL, NULL, NULL, napi_enumerable, NULL},
       {"adamw", NULL, adamw, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -8,8 +8,9 @@ import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { LlamaModel } from "../../services/runtime/model/llama.ts";
-import { LoraAdapter } from "../../services/runtime/model/lora.ts";
+import { dropoutMask, LoraAdapter, maskSeeds } from "../../services/runtime/model/lora.ts";
 import { loadBlasAddon } from "../../services/runtime/native/blas-addon.ts";
+import { nativeDropoutMask } from "../../services/runtime/native/dropout-kernel.ts";
 import { configureNativeKernels, nativeKernelsActive } from "../../services/runtime/native/kernels.ts";
 import { Rng } from "../../services/runtime/rng.ts";
 import { Trainer } from "../../services/runtime/train/loop.ts";
@@ -175,6 +176,24 @@ describe.skipIf(!built)(`native BatchMatMul equals the stock wasm kernel${built 
     bad.dispose();
     expect(tf.memory().numTensors).toBe(before);
     tf.dispose([m, cols]);
+  });
+
+  it("LoRA dropout's mask drawn by the addon equals the JavaScript one bitwise: rates, odd sizes, a shard's skip into the stream", () => {
+    configureNativeKernels("auto");
+    const rng = new Rng(7);
+    for (const [shape, rate, skip] of [[[512, 256], 0.1, 0], [[3, 17], 0.5, 0], [[1], 0.9, 0], [[2, 5, 7], 0.1, 1000], [[64, 3], 0.25, 7]] as [number[], number, number][]) {
+      const seeds = maskSeeds(rng);
+      const native = tf.tidy(() => nativeDropoutMask(shape, rate, seeds, skip).dataSync());
+      const js = dropoutMask(seeds, tf.util.sizeFromShape(shape), rate, skip);
+      expect(Array.from(native), `[${shape}] rate ${rate} skip ${skip}`).toEqual(Array.from(js));
+      // A mask, not zeros or ones: both values occur where the size allows.
+      if (js.length > 100) expect(new Set(js).size, `[${shape}]`).toBe(2);
+    }
+    if (!("addon" in loaded)) return;
+    const heap = new ArrayBuffer(64);
+    expect(() => loaded.addon.dropoutMask(heap, 0, 17, 0, 1, 2, 3, 4, 0.1)).toThrow(/outside the heap/);
+    expect(() => loaded.addon.dropoutMask(heap, 0, 4, 0, 2 ** 32, 2, 3, 4, 0.1)).toThrow(/uint32/);
+    expect(() => loaded.addon.dropoutMask(heap, 0, 4, 0, 1, 2, 3, 4, 1)).toThrow(/rate/);
   });
 
   it("the addon refuses an operand outside the heap instead of writing past it", () => {

@@ -8,6 +8,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { CheckpointFormatError } from "../format-error.ts";
 import type { HostTensor, HostTensors } from "../host-tensor.ts";
+import { nativeDropoutMask } from "../native/dropout-kernel.ts";
 import { nativeKernelsActive } from "../native/kernels.ts";
 import { loraLinearKernel } from "../native/lora-linear-kernel.ts";
 import { Rng } from "../rng.ts";
@@ -132,13 +133,14 @@ export class LoraAdapter {
     return [...this.pairs.values()].flatMap((p) => [p.a, p.b]);
   }
 
-  /** The mask of an input of `size` values: its own, or its rows' part of the whole batch's (dropoutWindow). */
-  private dropoutMaskFor(size: number, rate: number): Float32Array {
+  /** The mask of an input of `shape`: its own, or its rows' part of the whole batch's (dropoutWindow); drawn by the addon when it is active. */
+  private dropoutMaskFor(shape: number[], rate: number): tf.Tensor {
+    const size = tf.util.sizeFromShape(shape);
     const w = this.dropoutWindow;
-    if (!w || w.to === w.from) return dropoutMask(this.dropoutRng, size, rate);
     // The input holds the shard's rows x T x in values; the whole batch's mask, `rows` rows of them.
-    const perBatchRow = size / (w.to - w.from);
-    return dropoutMask(this.dropoutRng, size, rate, w.from * perBatchRow);
+    const skip = !w || w.to === w.from ? 0 : w.from * (size / (w.to - w.from));
+    const seeds = maskSeeds(this.dropoutRng);
+    return nativeKernelsActive() ? nativeDropoutMask(shape, rate, seeds, skip) : tf.tensor(dropoutMask(seeds, size, rate, skip), shape);
   }
 
   /**
@@ -168,7 +170,7 @@ export class LoraAdapter {
     const pair = this.pairs.get(name);
     if (!pair) return undefined;
     const rate = this.config.dropout;
-    const mask = training && rate > 0 ? tf.tensor(this.dropoutMaskFor(tf.util.sizeFromShape(shape), rate), shape) : null;
+    const mask = training && rate > 0 ? this.dropoutMaskFor(shape, rate) : null;
     return { a: pair.a as tf.Tensor2D, b: pair.b as tf.Tensor2D, mask };
   }
 
@@ -212,20 +214,17 @@ export class LoraAdapter {
 
 /**
  * Inverted dropout's mask: each element kept with probability 1 - rate and scaled by
- * 1 / (1 - rate), else 0, as torch's and tf.dropout's. Drawn by an inline xorshift128 seeded
- * from the adapter's stream: tf.dropout's own generator (seedrandom, in JavaScript doubles)
- * took 1.7-3 ms per [512, 256] input, this mask with its multiply about 1 ms, and a 6 x 256
- * model draws 42 such masks per pass.
+ * 1 / (1 - rate), else 0, as torch's and tf.dropout's. Drawn by an inline xorshift128 from
+ * four seeds (maskSeeds): tf.dropout's own generator (seedrandom, in JavaScript doubles) took
+ * 1.7-3 ms per [512, 256] input, this mask with its multiply about 1 ms, and a 6 x 256 model
+ * draws 42 such masks per pass. With the native kernels the addon draws the same values
+ * (native/dropout-kernel.ts).
  */
-function dropoutMask(rng: Rng, n: number, rate: number, skip = 0): Float32Array {
+export function dropoutMask(seeds: readonly number[], n: number, rate: number, skip = 0): Float32Array {
   const mask = new Float32Array(n);
   const scale = 1 / (1 - rate);
   const threshold = rate * 4294967296;
-  // A state of all zeros would stay zero: s0 is odd.
-  let s0 = rng.nextUint32() | 1;
-  let s1 = rng.nextUint32();
-  let s2 = rng.nextUint32();
-  let s3 = rng.nextUint32();
+  let [s0, s1, s2, s3] = seeds;
   // Values [skip, skip + n) of the stream: a shard's part of a whole batch's mask.
   for (let i = -skip; i < n; i++) {
     let t = s3;
@@ -239,6 +238,11 @@ function dropoutMask(rng: Rng, n: number, rate: number, skip = 0): Float32Array 
     if (i >= 0 && s0 >>> 0 >= threshold) mask[i] = scale;
   }
   return mask;
+}
+
+/** A mask's four uint32 seeds, drawn from the adapter's stream; s0 odd, since a state of all zeros would stay zero. */
+export function maskSeeds(rng: Rng): [number, number, number, number] {
+  return [(rng.nextUint32() | 1) >>> 0, rng.nextUint32(), rng.nextUint32(), rng.nextUint32()];
 }
 
 /** A new model (a full checkpoint) with W' = W + scaling * B A for every adapted projection. */

@@ -15,6 +15,7 @@ import { loadBlasAddon, type BlasAddon } from "./blas-addon.ts";
 import { registerAttentionKernels } from "./attention-kernel.ts";
 import { registerCrossEntropyKernels } from "./cross-entropy-kernel.ts";
 import { registerDecoderBlockKernels } from "./decoder-block-kernel.ts";
+import { registerDropoutKernel } from "./dropout-kernel.ts";
 import { registerLoraLinearKernels } from "./lora-linear-kernel.ts";
 import { registerRmsNormKernels } from "./rms-norm-kernel.ts";
 import { registerSwigluKernels } from "./swiglu-kernel.ts";
@@ -71,6 +72,7 @@ export function configureNativeKernels(mode: NativeKernelMode): NativeKernels {
   registerLoraLinearKernels(loaded.addon);
   registerAttentionKernels(loaded.addon);
   registerDecoderBlockKernels(loaded.addon);
+  registerDropoutKernel(loaded.addon);
   return (active = { active: true, detail: loaded.addon.config(), threads: loaded.addon.threads() });
 }
 
