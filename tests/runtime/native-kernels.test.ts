@@ -181,19 +181,23 @@ describe.skipIf(!built)(`native BatchMatMul equals the stock wasm kernel${built 
   it("LoRA dropout's mask drawn by the addon equals the JavaScript one bitwise: rates, odd sizes, a shard's skip into the stream", () => {
     configureNativeKernels("auto");
     const rng = new Rng(7);
-    for (const [shape, rate, skip] of [[[512, 256], 0.1, 0], [[3, 17], 0.5, 0], [[1], 0.9, 0], [[2, 5, 7], 0.1, 1000], [[64, 3], 0.25, 7]] as [number[], number, number][]) {
+    // Skips and sizes on and off the generators' blocks of 8.
+    for (const [shape, rate, skip] of [[[512, 256], 0.1, 0], [[3, 17], 0.5, 0], [[1], 0.9, 0], [[2, 5, 7], 0.1, 1000], [[64, 3], 0.25, 7], [[5], 0.5, 3], [[9, 8], 0.1, 16]] as [number[], number, number][]) {
       const seeds = maskSeeds(rng);
       const native = tf.tidy(() => nativeDropoutMask(shape, rate, seeds, skip).dataSync());
       const js = dropoutMask(seeds, tf.util.sizeFromShape(shape), rate, skip);
       expect(Array.from(native), `[${shape}] rate ${rate} skip ${skip}`).toEqual(Array.from(js));
-      // A mask, not zeros or ones: both values occur where the size allows.
+      // A mask, not zeros or ones: both values occur where the size allows, zeros at the rate.
       if (js.length > 100) expect(new Set(js).size, `[${shape}]`).toBe(2);
+      if (js.length > 100_000) expect(Math.abs(js.filter((v) => v === 0).length / js.length - rate)).toBeLessThan(0.003);
     }
     if (!("addon" in loaded)) return;
     const heap = new ArrayBuffer(64);
-    expect(() => loaded.addon.dropoutMask(heap, 0, 17, 0, 1, 2, 3, 4, 0.1)).toThrow(/outside the heap/);
-    expect(() => loaded.addon.dropoutMask(heap, 0, 4, 0, 2 ** 32, 2, 3, 4, 0.1)).toThrow(/uint32/);
-    expect(() => loaded.addon.dropoutMask(heap, 0, 4, 0, 1, 2, 3, 4, 1)).toThrow(/rate/);
+    const seeds = maskSeeds(rng);
+    expect(() => loaded.addon.dropoutMask(heap, 0, 16, 0, 0.1, seeds)).not.toThrow();
+    expect(() => loaded.addon.dropoutMask(heap, 0, 17, 0, 0.1, seeds)).toThrow(/outside the heap/);
+    expect(() => loaded.addon.dropoutMask(heap, 0, 4, 0, 0.1, seeds.subarray(1))).toThrow(/32 seeds/);
+    expect(() => loaded.addon.dropoutMask(heap, 0, 4, 0, 1, seeds)).toThrow(/rate/);
   });
 
   it("the addon refuses an operand outside the heap instead of writing past it", () => {

@@ -67,8 +67,8 @@ export interface BlasAddon {
   sumSquares(heap: ArrayBuffer, offset: number, n: number): number;
   /** out = expf(in) over n float32 values at byte offsets in `heap`. */
   exp(heap: ArrayBuffer, inOffset: number, outOffset: number, n: number): void;
-  /** Values [skip, skip + n) of LoRA dropout's mask stream from four uint32 seeds (model/lora.ts's dropoutMask), n float32 at a byte offset in `heap`. */
-  dropoutMask(heap: ArrayBuffer, outOffset: number, n: number, skip: number, s0: number, s1: number, s2: number, s3: number, rate: number): void;
+  /** Values [skip, skip + n) of LoRA dropout's mask stream from its generators' 32 seed words (model/lora.ts's dropoutMask), n float32 at a byte offset in `heap`. */
+  dropoutMask(heap: ArrayBuffer, outOffset: number, n: number, skip: number, rate: number, seeds: Uint32Array): void;
   /**
    * out[i] = table[indices[i]] for a [rows, width] float32 table and n int32 indices at byte
    * offsets in `heap`; returns -1, or the position of the first index outside [0, rows) (then

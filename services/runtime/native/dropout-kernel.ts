@@ -1,8 +1,8 @@
 /**
  * LoRA dropout's mask drawn by the addon (native/blas/dropout.c) straight into the wasm heap:
- * the same stream and values as model/lora.ts's dropoutMask, bit for bit, without drawing it
- * in JavaScript and copying it in (43-58 ms a pass of a 6 x 256 model over 512 rows, a sixth
- * of its step). A kernel with no inputs, so tfjs tracks the mask like any tensor.
+ * the same stream and values as model/lora.ts's dropoutMask, bit for bit, eight generators at
+ * a time, without drawing it in JavaScript and copying it in (43-58 ms a pass of a 6 x 256
+ * model over 512 rows, a sixth of its step). A kernel with no inputs, so tfjs tracks the mask like any tensor.
  */
 import * as tf from "@tensorflow/tfjs";
 import type { BlasAddon } from "./blas-addon.ts";
@@ -19,13 +19,13 @@ export function registerDropoutKernel(addon: BlasAddon): void {
       const { shape, rate, seeds, skip } = attrs as unknown as { shape: number[]; rate: number; seeds: number[]; skip: number };
       const wasm = backend as unknown as WasmBackend;
       const out = wasm.makeOutput(shape, "float32");
-      addon.dropoutMask(heapBuffer(wasm), heapOffset(wasm, out), tf.util.sizeFromShape(shape), skip, seeds[0], seeds[1], seeds[2], seeds[3], rate);
+      addon.dropoutMask(heapBuffer(wasm), heapOffset(wasm, out), tf.util.sizeFromShape(shape), skip, rate, Uint32Array.from(seeds));
       return out;
     },
   });
 }
 
-/** Values [skip, skip + size) of the mask's stream from four uint32 seeds, as a tensor of `shape`; only while the native kernels are active. */
-export function nativeDropoutMask(shape: number[], rate: number, seeds: readonly number[], skip: number): tf.Tensor {
-  return tf.engine().runKernel(KERNEL, {}, { shape, rate, seeds: [...seeds], skip } as unknown as tf.NamedAttrMap) as tf.Tensor;
+/** Values [skip, skip + size) of the mask's stream from its seeds (maskSeeds), as a tensor of `shape`; only while the native kernels are active. */
+export function nativeDropoutMask(shape: number[], rate: number, seeds: Uint32Array, skip: number): tf.Tensor {
+  return tf.engine().runKernel(KERNEL, {}, { shape, rate, seeds: Array.from(seeds), skip } as unknown as tf.NamedAttrMap) as tf.Tensor;
 }
