@@ -211,6 +211,11 @@ static napi_value exp_kernel(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* In eight double lanes (dot_of), so that the loop vectorises: one running sum is a chain of dependent adds. */
+VECTOR_CLONES static double squares_of(const float *x, int64_t n) {
+  return dot_of(x, x, NULL, n);
+}
+
 /* sumSquares(heap, offset, n): the sum of the squares of n float32 values, in double. */
 static napi_value sum_squares(napi_env env, napi_callback_info info) {
   void *heap = NULL;
@@ -221,11 +226,8 @@ static napi_value sum_squares(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "sumSquares: the operand lies outside the heap or is misaligned");
     return NULL;
   }
-  const float *x = (const float *)heap + v[0] / 4;
-  double sum = 0;
-  for (int64_t i = 0; i < v[1]; i++) sum += (double)x[i] * x[i];
   napi_value result;
-  CHECK(env, napi_create_double(env, sum, &result));
+  CHECK(env, napi_create_double(env, squares_of((const float *)heap + v[0] / 4, v[1]), &result));
   return result;
 }
 

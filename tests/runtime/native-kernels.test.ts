@@ -14,8 +14,8 @@ import { nativeDropoutMask } from "../../services/runtime/native/dropout-kernel.
 import { configureNativeKernels, nativeKernelsActive } from "../../services/runtime/native/kernels.ts";
 import { Rng } from "../../services/runtime/rng.ts";
 import { Trainer } from "../../services/runtime/train/loop.ts";
-import { SftStep, type StepFunction } from "../../services/runtime/train/step.ts";
-import { VaccineStep } from "../../services/runtime/train/vaccine-step.ts";
+import { SftStep, type StepFunction, type StepInput } from "../../services/runtime/train/step.ts";
+import { batchNorm, VaccineStep } from "../../services/runtime/train/vaccine-step.ts";
 import { compareScaled, type NestedNumbers } from "../helpers/tolerance.ts";
 import { tinyConfig } from "../helpers/tiny-model.ts";
 import { EXAMPLES, tinyTokenizer, tinyWorldModel } from "../helpers/tiny-world.ts";
@@ -198,6 +198,17 @@ describe.skipIf(!built)(`native BatchMatMul equals the stock wasm kernel${built 
     expect(() => loaded.addon.dropoutMask(heap, 0, 17, 0, 0.1, seeds)).toThrow(/outside the heap/);
     expect(() => loaded.addon.dropoutMask(heap, 0, 4, 0, 0.1, seeds.subarray(1))).toThrow(/32 seeds/);
     expect(() => loaded.addon.dropoutMask(heap, 0, 4, 0, 1, seeds)).toThrow(/rate/);
+  });
+
+  it("a batch norm (Vaccine's reported perturbation norm) summed by the addon equals the tfjs one within rounding, with no kernel run", async () => {
+    const tensors = [random([8, 37, 64], 1), random([8, 37, 64], 2), random([3], 3)];
+    configureNativeKernels("off");
+    const stock = batchNorm({} as StepInput, tensors);
+    configureNativeKernels("auto");
+    const profile = await tf.profile(() => batchNorm({} as StepInput, tensors));
+    expect(profile.kernels).toEqual([]);
+    expect(Math.abs(batchNorm({} as StepInput, tensors) - stock)).toBeLessThanOrEqual(1e-6 * stock);
+    tf.dispose(tensors);
   });
 
   it("the addon refuses an operand outside the heap instead of writing past it", () => {

@@ -8,7 +8,7 @@ import { causalLmLoss } from "../../services/runtime/model/loss.ts";
 import { LoraAdapter } from "../../services/runtime/model/lora.ts";
 import { Trainer, type TrainOptions } from "../../services/runtime/train/loop.ts";
 import { SftStep, type StepInput, type TrainBatch } from "../../services/runtime/train/step.ts";
-import { computePerturbation, VaccineStep } from "../../services/runtime/train/vaccine-step.ts";
+import { computePerturbation, fitTo, VaccineStep } from "../../services/runtime/train/vaccine-step.ts";
 import { EXAMPLES, tinyTokenizer, tinyWorldModel } from "../helpers/tiny-world.ts";
 
 beforeAll(async () => {
@@ -128,6 +128,19 @@ describe("Vaccine step", () => {
       adapter.dispose();
       model.dispose();
     }
+  });
+
+  it("fits a kept perturbation to another batch's shape: cropped where it is smaller, zeros where it is larger", () => {
+    const eps = tf.tensor3d(Float32Array.from({ length: 24 }, (_, i) => i + 1), [2, 3, 4]);
+    const same = fitTo(eps, 2, 3);
+    expect(same.arraySync()).toEqual(eps.arraySync());
+    const rows = (eps.arraySync() as number[][][]).map((r) => r.map((p) => [...p]));
+    const zeros = [0, 0, 0, 0];
+    // One more row, one position fewer.
+    expect(fitTo(eps, 3, 2).arraySync()).toEqual([rows[0].slice(0, 2), rows[1].slice(0, 2), [zeros, zeros]]);
+    // One row fewer, two more positions.
+    expect(fitTo(eps, 1, 5).arraySync()).toEqual([[...rows[0], zeros, zeros]]);
+    tf.dispose([eps, same]);
   });
 
   it("rejects a negative or non-finite rho and a bad tau", () => {

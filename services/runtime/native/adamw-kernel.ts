@@ -52,11 +52,17 @@ export function nativeAdamWUpdate(p: tf.Variable, g: tf.Tensor, m: tf.Variable, 
  * a sum, about 110 a LoRA step). Undefined where the native path cannot take them.
  */
 export function nativeGlobalNorm(tensors: tf.Tensor[]): number | undefined {
+  const sum = nativeSumOfSquares(tensors);
+  return sum === undefined ? undefined : Math.sqrt(sum);
+}
+
+/** The sum of the squares of float32 tensors' values, in double, read from the wasm heap; undefined where the native path cannot take them. */
+export function nativeSumOfSquares(tensors: tf.Tensor[]): number | undefined {
   if (!nativeKernelsActive() || tensors.some((t) => t.dtype !== "float32")) return undefined;
   const loaded = loadBlasAddon();
   if ("error" in loaded) return undefined;
   const backend = tf.backend() as unknown as WasmBackend;
   let sum = 0;
   for (const t of tensors) if (t.size > 0) sum += loaded.addon.sumSquares(heapBuffer(backend), heapOffset(backend, t), t.size);
-  return Math.sqrt(sum);
+  return sum;
 }

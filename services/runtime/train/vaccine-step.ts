@@ -26,6 +26,7 @@ import * as tf from "@tensorflow/tfjs";
 import type { HostTensors } from "../host-tensor.ts";
 import { toHost, type LlamaModel } from "../model/llama.ts";
 import type { LoraAdapter } from "../model/lora.ts";
+import { nativeSumOfSquares } from "../native/adamw-kernel.ts";
 import { gatherRows, shardRows, type Shard } from "./shard.ts";
 import { batchHeadLoss, lossAndGrads, trainingLoss, type StepFunction, type StepInput, type StepOutput, type TrainBatch } from "./step.ts";
 
@@ -95,16 +96,20 @@ export function attentionOutputNorm(model: LlamaModel, lora: LoraAdapter | undef
 }
 
 /**
- * The square root of a float32 sum of squares, over all shards given one, rounded to float32:
- * the same value as tfjs's sqrt of that sum (a double sqrt rounds to the float one).
+ * The square root of a sum of squares, over all shards given one, rounded to float32: for a
+ * float32 sum, the same value as tfjs's sqrt of it (a double sqrt rounds to the float one).
  */
 function normOf(squares: number, shard?: Shard): number {
   return Math.fround(Math.sqrt(shard ? shard.sum([squares])[0] : squares));
 }
 
-/** The global L2 norm of tensors holding the batch's rows; for a shard, of the whole batch's. */
+/**
+ * The global L2 norm of tensors holding the batch's rows; for a shard, of the whole batch's.
+ * The squares summed by the addon in double when it runs (a reported norm, as accurate, without
+ * five tfjs ops and a read back a step).
+ */
 export function batchNorm(input: StepInput, tensors: tf.Tensor[]): number {
-  const squares = tf.tidy(() => tf.addN(tensors.map((t) => t.square().sum())).dataSync()[0]);
+  const squares = nativeSumOfSquares(tensors) ?? tf.tidy(() => tf.addN(tensors.map((t) => t.square().sum())).dataSync()[0]);
   return normOf(squares, input.shard);
 }
 
@@ -137,7 +142,7 @@ export function computePerturbation(input: StepInput, rho: number, layers?: read
  * batches): cropped where the batch is smaller, zero where it is larger, so the reused
  * direction stays aligned with token positions and never exceeds norm rho.
  */
-function fitTo(eps: tf.Tensor3D, b: number, t: number): tf.Tensor3D {
+export function fitTo(eps: tf.Tensor3D, b: number, t: number): tf.Tensor3D {
   const [b0, t0, d] = eps.shape;
   if (b0 === b && t0 === t) return eps.clone();
   return tf.tidy(() => {
