@@ -21,7 +21,7 @@ import { SftStep, type StepFunction } from "../services/runtime/train/step.ts";
 import { VaccineStep } from "../services/runtime/train/vaccine-step.ts";
 import { median } from "./stats.ts";
 
-const STEPS = 12;
+const STEPS = 32;
 const WARMUP = 2;
 const BATCH = 8;
 
