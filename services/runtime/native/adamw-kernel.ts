@@ -3,8 +3,9 @@
  * (each a few microseconds of tfjs bookkeeping on a LoRA matrix of a thousand values): the
  * addon updates the parameter and both moments in place in the wasm heap, with the same
  * float32 operations in the same order as the tfjs ops, so the result is bit for bit the
- * stock path's. Also the clipping's global norm. Only while the native kernels are active on
- * the wasm backend.
+ * stock path's. Also the clipping's global norm, and the sums of squares under it (which
+ * Vaccine's reported perturbation norm reads too). Only while the native kernels are active
+ * on the wasm backend.
  */
 import * as tf from "@tensorflow/tfjs";
 import { loadBlasAddon } from "./blas-addon.ts";

@@ -2,7 +2,8 @@
  * LoRA dropout's mask drawn by the addon (native/blas/dropout.c) straight into the wasm heap:
  * the same stream and values as model/lora.ts's dropoutMask, bit for bit, eight generators at
  * a time, without drawing it in JavaScript and copying it in (43-58 ms a pass of a 6 x 256
- * model over 512 rows, a sixth of its step). A kernel with no inputs, so tfjs tracks the mask like any tensor.
+ * model over 512 rows, a sixth of its step). A kernel with no inputs, so that tfjs tracks the
+ * mask like any tensor.
  */
 import * as tf from "@tensorflow/tfjs";
 import type { BlasAddon } from "./blas-addon.ts";
@@ -10,6 +11,7 @@ import { heapBuffer, heapOffset, type WasmBackend } from "./wasm-heap.ts";
 
 const KERNEL = "VaccineDropoutMask";
 
+/** Registers the kernel on the wasm backend. */
 export function registerDropoutKernel(addon: BlasAddon): void {
   if (tf.getKernel(KERNEL, "wasm")) return;
   tf.registerKernel({
