@@ -23,8 +23,9 @@ extern char *openblas_get_config(void);
  * gradients) and more than 2^18 multiply-adds go to OpenBLAS in pieces of at most that many,
  * cut along the result's long side: OpenBLAS 0.3.21 runs such pieces through its small-matrix
  * kernels, a whole one through its packed path at a third to a half of the speed (rank 8 against
- * 512 rows and 128-768 columns: 2.0-3.0x faster cut, measured alone; whole ones of 2^18 or less
- * ran no faster cut). Each value of the result is the same sum either way.
+ * 512 rows and 128-768 columns: 2.0-3.0x faster cut, measured alone; 2^18 was the best bound of
+ * 2^17-2^20). The cut is along the result, never the inner dimension: each value is a sum of
+ * the same terms, in the order of whichever kernel takes it.
  */
 #define SMALL_PRODUCT (1 << 18)
 
