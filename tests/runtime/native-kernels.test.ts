@@ -80,12 +80,14 @@ describe.skipIf(!built)(`native BatchMatMul equals the stock wasm kernel${built 
     expect(compared).toBe(batches.length * 4);
   });
 
-  it("on skinny products the addon cuts into pieces (a side of at most 32, over 2^18 multiply-adds): by rows and by columns, uneven, both transposes, batched", () => {
-    // [700, 300] x [300, 8]: pieces of 109 rows, the last 46; [5, 300] x [300, 900]: pieces of 174 columns, the last 30.
+  it("on skinny products the addon cuts into pieces (a side of at most 32, over 2^18 multiply-adds): by rows and by columns, uneven, both transposes, batched, and one too thin to cut", () => {
+    // [700, 300] x [300, 8]: pieces of 109 rows, the last 46; [5, 300] x [300, 900]: pieces of 174
+    // columns, the last 30; [64, 4096] x [4096, 8] would be pieces of 8 rows: whole.
     const cases: { m: number; n: number; k: number; batch: number[] }[] = [
       { m: 700, n: 8, k: 300, batch: [] },
       { m: 5, n: 900, k: 300, batch: [] },
       { m: 300, n: 32, k: 100, batch: [2] },
+      { m: 64, n: 8, k: 4096, batch: [] },
     ];
     let seed = 100;
     for (const { m, n, k, batch } of cases) {
