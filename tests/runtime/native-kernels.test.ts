@@ -194,8 +194,15 @@ describe.skipIf(!built)(`native BatchMatMul equals the stock wasm kernel${built 
       if (js.length > 100_000) expect(Math.abs(js.filter((v) => v === 0).length / js.length - rate)).toBeLessThan(0.003);
     }
     if (!("addon" in loaded)) return;
-    const heap = new ArrayBuffer(64);
     const seeds = maskSeeds(rng);
+    // Nothing written outside the mask, wherever in a block of 8 it ends (15 and 3 + 12: one short of a block).
+    for (const [n, skip] of [[13, 0], [15, 0], [12, 3], [16, 5], [1, 7]]) {
+      const floats = new Float32Array(40).fill(7);
+      loaded.addon.dropoutMask(floats.buffer, 16, n, skip, 0.5, seeds);
+      expect(Array.from(floats.subarray(4, 4 + n)), `n ${n} skip ${skip}`).toEqual(Array.from(dropoutMask(seeds, n, 0.5, skip)));
+      expect([...floats.subarray(0, 4), ...floats.subarray(4 + n)].every((v) => v === 7), `n ${n} skip ${skip}`).toBe(true);
+    }
+    const heap = new ArrayBuffer(64);
     expect(() => loaded.addon.dropoutMask(heap, 0, 16, 0, 0.1, seeds)).not.toThrow();
     expect(() => loaded.addon.dropoutMask(heap, 0, 17, 0, 0.1, seeds)).toThrow(/outside the heap/);
     expect(() => loaded.addon.dropoutMask(heap, 0, 4, 0, 0.1, seeds.subarray(1))).toThrow(/32 seeds/);
