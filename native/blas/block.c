@@ -85,10 +85,10 @@ static void xa_at(args_t *a, size_t i, const proj_t *proj, int count, int64_t n,
   }
 }
 
-/* The largest of n values. */
-static int64_t largest(const int64_t *x, int n) {
+/* The largest rank of count projections (0 with no adapter). */
+static int64_t max_rank(const proj_t *proj, int count) {
   int64_t m = 0;
-  for (int i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+  for (int i = 0; i < count; i++) m = proj[i].r > m ? proj[i].r : m;
   return m;
 }
 
@@ -203,8 +203,8 @@ napi_value attention_block_grad(napi_env env, napi_callback_info info) {
   float *dx = at(&a, 47, (uint64_t)(n * k.hidden), 1), *da[4], *db[4];
   adapter_grads_at(&a, 48, k.proj, 4, da, db);
   if (!a.ok) return fail(env, "attentionBlockGrad: an operand lies outside the heap or is misaligned", 1), NULL;
-  const int64_t rs[4] = {k.proj[0].r, k.proj[1].r, k.proj[2].r, k.proj[3].r}, widest = k.hidden > k.qd ? k.hidden : k.qd;
-  const int64_t attn_buf = k.s.t * k.s.t + k.s.d, proj_buf = n * (largest(rs, 4) + widest);
+  const int64_t widest = k.hidden > k.qd ? k.hidden : k.qd;
+  const int64_t attn_buf = k.s.t * k.s.t + k.s.d, proj_buf = n * (max_rank(k.proj, 4) + widest);
   float *buf = scratch((size_t)(2 * n * k.qd + 2 * n * k.kvd + n * k.hidden + (attn_buf > proj_buf ? attn_buf : proj_buf)));
   if (!buf) return fail(env, "attentionBlockGrad: out of memory", 0), NULL;
   float *dctx = buf, *dq = dctx + n * k.qd, *dk = dq + n * k.qd, *dv = dk + n * k.kvd, *dxn = dv + n * k.kvd, *tmp = dxn + n * k.hidden;
@@ -286,8 +286,8 @@ napi_value mlp_block_grad(napi_env env, napi_callback_info info) {
   float *dx = at(&a, 33, (uint64_t)(n * k.hidden), 1), *da[3], *db[3];
   adapter_grads_at(&a, 34, k.proj, 3, da, db);
   if (!a.ok) return fail(env, "mlpBlockGrad: an operand lies outside the heap or is misaligned", 1), NULL;
-  const int64_t rs[3] = {k.proj[0].r, k.proj[1].r, k.proj[2].r}, widest = k.hidden > k.inter ? k.hidden : k.inter;
-  float *buf = scratch((size_t)(3 * n * k.inter + n * k.hidden + n * (largest(rs, 3) + widest)));
+  const int64_t widest = k.hidden > k.inter ? k.hidden : k.inter;
+  float *buf = scratch((size_t)(3 * n * k.inter + n * k.hidden + n * (max_rank(k.proj, 3) + widest)));
   if (!buf) return fail(env, "mlpBlockGrad: out of memory", 0), NULL;
   float *dact = buf, *dg = dact + n * k.inter, *du = dg + n * k.inter, *dxn = du + n * k.inter, *tmp = dxn + n * k.hidden;
   proj_backward(&k.proj[2], k.y, k.act, k.xa[2], dact, 0, da[2], db[2], n, tmp);

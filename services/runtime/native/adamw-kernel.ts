@@ -48,16 +48,10 @@ export function nativeAdamWUpdate(p: tf.Variable, g: tf.Tensor, m: tf.Variable, 
 }
 
 /**
- * sqrt of the sum of squares over float32 tensors, summed in double by the addon straight from
- * the wasm heap: the gradient clipping's norm without two kernels per parameter (a square and
- * a sum, about 110 a LoRA step). Undefined where the native path cannot take them.
+ * The sum of squares over float32 tensors, in double by the addon straight from the wasm heap:
+ * the gradient clipping's norm (and Vaccine's) without two kernels per tensor (a square and a
+ * sum, about 110 a LoRA step). Undefined where the native path cannot take them.
  */
-export function nativeGlobalNorm(tensors: tf.Tensor[]): number | undefined {
-  const sum = nativeSumOfSquares(tensors);
-  return sum === undefined ? undefined : Math.sqrt(sum);
-}
-
-/** The sum of the squares of float32 tensors' values, in double, read from the wasm heap; undefined where the native path cannot take them. */
 export function nativeSumOfSquares(tensors: tf.Tensor[]): number | undefined {
   if (!nativeKernelsActive() || tensors.some((t) => t.dtype !== "float32")) return undefined;
   const loaded = loadBlasAddon();

@@ -18,10 +18,10 @@ export function registerDropoutKernel(addon: BlasAddon): void {
     kernelName: KERNEL,
     backendName: "wasm",
     kernelFunc: ({ attrs, backend }) => {
-      const { shape, rate, seeds, skip } = attrs as unknown as { shape: number[]; rate: number; seeds: number[]; skip: number };
+      const { shape, rate, seeds, skip } = attrs as unknown as { shape: number[]; rate: number; seeds: Uint32Array; skip: number };
       const wasm = backend as unknown as WasmBackend;
       const out = wasm.makeOutput(shape, "float32");
-      addon.dropoutMask(heapBuffer(wasm), heapOffset(wasm, out), tf.util.sizeFromShape(shape), skip, rate, Uint32Array.from(seeds));
+      addon.dropoutMask(heapBuffer(wasm), heapOffset(wasm, out), tf.util.sizeFromShape(shape), skip, rate, seeds);
       return out;
     },
   });
@@ -29,5 +29,5 @@ export function registerDropoutKernel(addon: BlasAddon): void {
 
 /** Values [skip, skip + size) of the mask's stream from its seeds (maskSeeds), as a tensor of `shape`; only while the native kernels are active. */
 export function nativeDropoutMask(shape: number[], rate: number, seeds: Uint32Array, skip: number): tf.Tensor {
-  return tf.engine().runKernel(KERNEL, {}, { shape, rate, seeds: Array.from(seeds), skip } as unknown as tf.NamedAttrMap) as tf.Tensor;
+  return tf.engine().runKernel(KERNEL, {}, { shape, rate, seeds, skip } as unknown as tf.NamedAttrMap) as tf.Tensor;
 }

@@ -7,7 +7,7 @@
 import * as tf from "@tensorflow/tfjs";
 import type { HostTensors } from "../host-tensor.ts";
 import { toHost } from "../model/llama.ts";
-import { nativeAdamWUpdate, nativeGlobalNorm } from "../native/adamw-kernel.ts";
+import { nativeAdamWUpdate, nativeSumOfSquares } from "../native/adamw-kernel.ts";
 
 export interface AdamWOptions {
   beta1?: number;
@@ -136,9 +136,12 @@ export function clipByGlobalNorm(grads: Map<string, tf.Tensor>, maxNorm: number)
   return norm;
 }
 
-/** sqrt(sum of squares) over a list of tensors, read back to the host (native/adamw-kernel.ts's when it can). */
+/** sqrt(sum of squares) over a list of tensors. */
 export function globalNorm(tensors: tf.Tensor[]): number {
-  const native = nativeGlobalNorm(tensors);
-  if (native !== undefined) return native;
-  return tf.tidy(() => tf.addN(tensors.map((t) => t.square().sum())).sqrt().dataSync()[0]);
+  return Math.sqrt(sumOfSquares(tensors));
+}
+
+/** The sum of the squares of the tensors' values, read back to the host: the addon's (in double) when it can, else tfjs's (float32). */
+export function sumOfSquares(tensors: tf.Tensor[]): number {
+  return nativeSumOfSquares(tensors) ?? tf.tidy(() => tf.addN(tensors.map((t) => t.square().sum())).dataSync()[0]);
 }

@@ -26,7 +26,7 @@ import * as tf from "@tensorflow/tfjs";
 import type { HostTensors } from "../host-tensor.ts";
 import { toHost, type LlamaModel } from "../model/llama.ts";
 import type { LoraAdapter } from "../model/lora.ts";
-import { nativeSumOfSquares } from "../native/adamw-kernel.ts";
+import { sumOfSquares } from "./adamw.ts";
 import { gatherRows, shardRows, type Shard } from "./shard.ts";
 import { batchHeadLoss, lossAndGrads, trainingLoss, type StepFunction, type StepInput, type StepOutput, type TrainBatch } from "./step.ts";
 
@@ -78,13 +78,11 @@ export function attentionOutputGrads(
  * batch's, when g holds the rows of one shard).
  */
 export function scaleToNorm(g: tf.Tensor3D[], rho: number, wholeNorm?: number): tf.Tensor3D[] {
-  // The addon's sum of squares (in double) where it runs: no squared copy of every layer's g
-  // (2.4-3.7 -> 1.0-1.2 ms for six layers of [8, 100, 256]).
-  const squares = wholeNorm === undefined ? nativeSumOfSquares(g) : undefined;
+  // G read back (the addon's sum where it runs: no squared copy of every layer's g, 2.4-3.7 ->
+  // 1.0-1.2 ms for six layers of [8, 100, 256]).
+  const norm = wholeNorm ?? normOf(sumOfSquares(g));
   return tf.tidy(() => {
-    const norm =
-      wholeNorm !== undefined ? tf.scalar(wholeNorm) : squares !== undefined ? tf.scalar(Math.fround(Math.sqrt(squares))) : tf.addN(g.map((x) => x.square().sum())).sqrt();
-    const scale = tf.scalar(rho).div(norm.add(NORM_EPS));
+    const scale = tf.scalar(rho).div(tf.scalar(norm).add(NORM_EPS));
     return g.map((x) => x.mul(scale) as tf.Tensor3D);
   });
 }
@@ -111,14 +109,9 @@ function normOf(squares: number, shard?: Shard): number {
   return Math.fround(Math.sqrt(shard ? shard.sum([squares])[0] : squares));
 }
 
-/**
- * The global L2 norm of tensors holding the batch's rows; for a shard, of the whole batch's.
- * The squares summed by the addon in double when it runs (a reported norm, as accurate, without
- * five tfjs ops and a read back a step).
- */
+/** The global L2 norm of tensors holding the batch's rows; for a shard, of the whole batch's. */
 export function batchNorm(input: StepInput, tensors: tf.Tensor[]): number {
-  const squares = nativeSumOfSquares(tensors) ?? tf.tidy(() => tf.addN(tensors.map((t) => t.square().sum())).dataSync()[0]);
-  return normOf(squares, input.shard);
+  return normOf(sumOfSquares(tensors), input.shard);
 }
 
 /** rho as set: absolute, or a fraction of the first batch's attention-output norm. */
