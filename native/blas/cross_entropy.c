@@ -113,8 +113,10 @@ napi_value cross_entropy_grad(napi_env env, napi_callback_info info) {
  * scale times the sum with respect to x (crossEntropyGrad's, times W). The logits are taken a
  * block of rows at a time into a scratch buffer, turned into their gradient there and
  * multiplied back, so no [rows, vocab] tensor is written to the heap: for a training pass, the
- * largest tensor of a small model and four passes over it. Returns -(i + 1) for the first
- * weighted row i whose target is outside [0, vocab).
+ * largest tensor of a small model and four passes over it. Only weighted rows are multiplied
+ * (gathered into the block first): the prompt and padding positions of a batch carry no loss,
+ * and their rows of dx are zero. Returns -(i + 1) for the first weighted row i whose target is
+ * outside [0, vocab).
  */
 napi_value head_loss(napi_env env, napi_callback_info info) {
   void *heap = NULL;
@@ -139,28 +141,44 @@ napi_value head_loss(napi_env env, napi_callback_info info) {
       return result;
     }
   }
-  /* Blocks of logits of up to 4 MB: smaller ones stay in cache but cost more in the products (each packs W again). */
-  const int64_t block = vocab == 0 ? rows : (1048576 / vocab > 16 ? 1048576 / vocab : 16);
-  float *g = scratch((size_t)((block < rows ? block : rows) * vocab));
-  if (rows > 0 && vocab > 0 && !g) {
+  int64_t weighted = 0;
+  for (int64_t i = 0; i < rows; i++) weighted += weight[i] != 0;
+  if (weighted == 0) {
+    memset(dx, 0, 4u * (size_t)(rows * width));
+    CHECK(env, napi_create_double(env, 0, &result));
+    return result;
+  }
+  /* Blocks of logits of up to 4 MB: smaller ones stay in cache but cost more in the products (each packs W again).
+     A weighted row has a target in [0, vocab), so vocab > 0 here. */
+  int64_t block = 1048576 / vocab > 16 ? 1048576 / vocab : 16;
+  if (block > weighted) block = weighted;
+  /* g: a block's logits, then their gradient; xs: its weighted rows of x, then their rows of dx. */
+  float *g = scratch((size_t)(block * (vocab + width)));
+  if (!g) {
     napi_throw_error(env, NULL, "headLoss: out of memory");
     return NULL;
   }
+  float *xs = g + block * vocab;
   double total = 0;
-  for (int64_t r0 = 0; r0 < rows; r0 += block) {
-    const int64_t n = rows - r0 < block ? rows - r0 : block;
-    if (vocab > 0 && width > 0)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)vocab, (int)width, 1.0f, x + r0 * width, (int)width, w, (int)width, 0.0f, g, (int)vocab);
+  for (int64_t next = 0, first = 0; next < rows; first = next) {
+    int64_t n = 0;
+    for (; next < rows && n < block; next++) {
+      if (weight[next] == 0)
+        memset(dx + next * width, 0, 4u * (size_t)width);
+      else
+        memcpy(xs + n++ * width, x + next * width, 4u * (size_t)width);
+    }
+    if (n == 0) continue;
+    if (width > 0)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)vocab, (int)width, 1.0f, xs, (int)width, w, (int)width, 0.0f, g, (int)vocab);
     else
       memset(g, 0, 4u * (size_t)(n * vocab));
-    for (int64_t i = 0; i < n; i++) {
-      float *row = g + i * vocab;
-      const float wi = weight[r0 + i], gi = (float)(scale * wi);
-      if (wi == 0) {
-        memset(row, 0, 4u * (size_t)vocab);
-        continue;
-      }
-      const int32_t t = target[r0 + i];
+    /* The block's weighted rows in order, from its first row: k-th of them is row k of g and xs. */
+    for (int64_t i = first, k = 0; k < n; i++) {
+      if (weight[i] == 0) continue;
+      float *row = g + k++ * vocab;
+      const float wi = weight[i], gi = (float)(scale * wi);
+      const int32_t t = target[i];
       const float picked = row[t];
       float max;
       /* The gradient gi * softmax in the softmax's own pass; the target's probability taken again as that pass takes it. */
@@ -168,10 +186,9 @@ napi_value head_loss(napi_env env, napi_callback_info info) {
       total += wi * ((double)(max - picked) + log(sum));
       row[t] = gi * (exp_poly(picked - max) * (float)(1 / sum) - 1);
     }
-    if (width > 0 && vocab > 0)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)width, (int)vocab, 1.0f, g, (int)vocab, w, (int)width, 0.0f, dx + r0 * width, (int)width);
-    else
-      memset(dx + r0 * width, 0, 4u * (size_t)(n * width));
+    if (width > 0) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n, (int)width, (int)vocab, 1.0f, g, (int)vocab, w, (int)width, 0.0f, xs, (int)width);
+    for (int64_t i = first, k = 0; k < n; i++)
+      if (weight[i] != 0) memcpy(dx + i * width, xs + k++ * width, 4u * (size_t)width);
   }
   CHECK(env, napi_create_double(env, total, &result));
   return result;

@@ -101,6 +101,22 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
       expectClose(fused, stock, 1e-5, `[${b}, ${t}, ${width}] vocab ${vocab}`);
       tf.dispose([labels, hidden, head]);
     }
+    // As a batch is labelled: a prompt, a response, padding. Only the response's rows are
+    // multiplied, gathered 16 to a block (vocab 70,000), runs of them crossing blocks.
+    const [b, t, width, vocab] = [3, 40, 4, 70_000];
+    const rng = new Rng(600);
+    const labels = tf.tensor2d(Int32Array.from({ length: b * t }, (_, k) => {
+      const [row, pos] = [Math.floor(k / t), k % t];
+      return pos > 6 + row && pos <= 26 + 4 * row ? rng.nextUint32() % vocab : IGNORE_INDEX;
+    }), [b, t], "int32");
+    const hidden = random([b, t, width], 601, 2);
+    const head = random([vocab, width], 602) as tf.Tensor2D;
+    const { stock, fused } = stockAndFused((h) => causalLmHeadLoss(h as tf.Tensor3D, head, labels), [hidden], 603);
+    expectClose(fused, stock, 1e-5, `runs of labels [${b}, ${t}, ${width}] vocab ${vocab}`);
+    // Position j predicts label j + 1: row 0's gradient is zero before 6 and from 26 on.
+    const grad = (fused[2] as number[][][])[0];
+    grad.forEach((g, j) => expect(g.some((v) => v !== 0), `position ${j}`).toBe(j >= 6 && j < 26));
+    tf.dispose([labels, hidden, head]);
     // A bad target (past the labels' own check) is refused by the kernel, leaking nothing.
     const before = tf.memory().numTensors;
     const x = random([2, 4], 9) as tf.Tensor2D;
