@@ -12,6 +12,15 @@
  * residual add, and its gradient's sum, done where the block writes (x copied into the output
  * for the last product to add to, instead of the zeros OpenBLAS would write first).
  *
+ * With `ends` (int32, one per batch row: 1 + the position of the row's last real token) the
+ * blocks skip each row's positions from there on: attention is causal, so nothing at a real
+ * position reads them, and no loss does. The rows kept are gathered into one operand of m rows
+ * (one product per projection, as without ends; a product per run of rows packed the weight
+ * again each time and was no faster), the attention between them still on the [B, T] layout; a
+ * skipped position's value is x (+ delta) with the residual, else 0, and its input gradient dy
+ * with the residual, else 0. What the forward keeps for the backward holds the m kept rows
+ * first (the attention's operands excepted).
+ *
  * Operands come as a Float64Array of byte offsets into the heap and sizes, in the order the
  * comments below give; an absent operand (no mask, no adapter, a gradient not asked for) is -1.
  */
@@ -107,6 +116,82 @@ static int fail(napi_env env, const char *what, int range) {
   return 0;
 }
 
+/* The rows a block computes: n rows of batch rows of t positions, all of them without ends. */
+typedef struct {
+  int64_t n, t;
+  const int32_t *ends;
+} rows_t;
+
+/* Operand i as ends (-1: none) for n rows of t positions, each end in [0, t]. */
+static rows_t rows_at(args_t *a, size_t i, int64_t n, int64_t t) {
+  rows_t r = {n, t, NULL};
+  const int64_t count = t > 0 ? n / t : 0;
+  if (a->v[i] == -1 || count == 0) return r;
+  r.ends = (const int32_t *)at(a, i, (uint64_t)count, 0);
+  for (int64_t b = 0; r.ends && b < count; b++)
+    if (r.ends[b] < 0 || r.ends[b] > t) a->ok = 0;
+  return r;
+}
+
+/* The next run of kept rows from batch row *b on: rows [*start, *start + *len); 0 when none is left. */
+static int next_run(const rows_t *r, int64_t *b, int64_t *start, int64_t *len) {
+  if (!r->ends) {
+    if (*b > 0 || r->n == 0) return 0;
+    *b = 1, *start = 0, *len = r->n;
+    return 1;
+  }
+  const int64_t count = r->n / r->t;
+  while (*b < count && r->ends[*b] == 0) (*b)++;
+  if (*b >= count) return 0;
+  *start = *b * r->t, *len = r->ends[*b];
+  /* A full row runs on into the next. */
+  while (r->ends[*b] == r->t && *b + 1 < count && r->ends[*b + 1] > 0) *len += r->ends[++*b];
+  (*b)++;
+  return 1;
+}
+
+#define FOR_RUNS(r, start, len) for (int64_t run_b_ = 0, start = 0, len = 0; next_run(r, &run_b_, &start, &len);)
+
+/* The number of kept rows. */
+static int64_t kept_count(const rows_t *r) {
+  int64_t m = 0;
+  FOR_RUNS(r, s0, len) m += len;
+  return m;
+}
+
+/* The kept rows of [n, width] src into [m, width] dst; src itself without ends. */
+static const float *gather_rows(const rows_t *r, const float *src, float *dst, int64_t width) {
+  if (!r->ends) return src;
+  int64_t k = 0;
+  FOR_RUNS(r, s0, len) memcpy(dst + k * width, src + s0 * width, 4u * (size_t)(len * width)), k += len;
+  return dst;
+}
+
+/* [m, width] src back into the kept rows of [n, width] dst (nothing without ends: src is dst). */
+static void scatter_rows(const rows_t *r, const float *src, float *dst, int64_t width) {
+  if (!r->ends) return;
+  int64_t k = 0;
+  FOR_RUNS(r, s0, len) memcpy(dst + s0 * width, src + k * width, 4u * (size_t)(len * width)), k += len;
+}
+
+/* [m, width] space for a kept-rows operand: buf with ends, else the [n, width] operand itself. */
+static float *kept_space(const rows_t *r, float *whole, float *buf) { return r->ends ? buf : whole; }
+
+/* Projection p on the kept rows: its dropout mask's rows gathered into buf (m * in floats). */
+static proj_t kept_proj(const proj_t *p, const rows_t *r, float *buf) {
+  proj_t q = *p;
+  if (q.mask) q.mask = gather_rows(r, q.mask, buf, q.in);
+  return q;
+}
+
+/* [m, width] gradient rows into dx [n, width], whose skipped rows get dy through the residual, else 0. */
+static void scatter_grad(const rows_t *r, const float *kept, float *dx, const float *dy, int64_t width) {
+  if (!r->ends || !dx) return;
+  if (dy) memcpy(dx, dy, 4u * (size_t)(r->n * width));
+  else memset(dx, 0, 4u * (size_t)(r->n * width));
+  scatter_rows(r, kept, dx, width);
+}
+
 /*
  * The attention block's operands, shared by forward and backward: 0 b, 1 t, 2 heads,
  * 3 kvHeads, 4 headDim, 5 hidden, 6 eps, 7 x [b, t, hidden], 8 the norm's weight [hidden],
@@ -115,7 +200,7 @@ static int fail(napi_env env, const char *what, int range) {
  * reads: 36 y (forward) or dy (backward) [b, t, hidden], 37 the normed x, 38 its per-row r,
  * 39 v [b, t, kv], 40 rotated q, 41 rotated k, 42 softmax [b, heads, t, t], 43 the context
  * [b, t, q], 44 the adapters' x A products, each projection's [n, r] in turn; 45 residual (0
- * or 1), 46 the delta [b, t, hidden] added with the residual, or -1.
+ * or 1), 46 the delta [b, t, hidden] added with the residual, or -1, 47 ends [b] or -1.
  */
 typedef struct {
   attn_shape s;
@@ -126,6 +211,7 @@ typedef struct {
   float *y, *xn, *rr, *v, *qr, *kr, *probs, *ctx, *xa[4];
   int64_t residual;
   const float *delta;
+  rows_t rows;
 } attn_block;
 
 static int attn_block_at(napi_env env, args_t *a, attn_block *k) {
@@ -158,6 +244,7 @@ static int attn_block_at(napi_env env, args_t *a, attn_block *k) {
   xa_at(a, 44, k->proj, 4, k->n, k->xa);
   k->residual = size_at(a, 45);
   k->delta = at(a, 46, n * (uint64_t)k->hidden, 1);
+  k->rows = rows_at(a, 47, k->n, s->t);
   if (!a->ok) return fail(env, "attentionBlock: an operand lies outside the heap or is misaligned", 1);
   return 1;
 }
@@ -175,48 +262,79 @@ static void residual_start(float *y, const float *x, const float *delta, int64_t
 napi_value attention_block(napi_env env, napi_callback_info info) {
   args_t a;
   attn_block k;
-  if (!read_args(env, info, "attentionBlock: (ArrayBuffer, Float64Array of 47 operands) expected", 47, &a) || !attn_block_at(env, &a, &k)) return NULL;
+  if (!read_args(env, info, "attentionBlock: (ArrayBuffer, Float64Array of 48 operands) expected", 48, &a) || !attn_block_at(env, &a, &k)) return NULL;
   if (!k.bias) return fail(env, "attentionBlock: the bias is missing", 1), NULL;
-  const int64_t n = k.n, widest = k.hidden > k.qd ? k.hidden : k.qd;
-  float *buf = scratch((size_t)(n * (k.qd + k.kvd + widest)));
+  const rows_t *r = &k.rows;
+  const int64_t n = k.n, m = kept_count(r), h = k.hidden, qd = k.qd, kvd = k.kvd, widest = h > qd ? h : qd;
+  /* q and k on the [B, T] layout, the products' buffer; with ends, the kept rows' x (then y), q (then the context), k, v, and a mask's rows. */
+  const int64_t kept = r->ends ? m * (h + qd + 2 * kvd + widest) : 0;
+  float *buf = scratch((size_t)(n * (qd + kvd) + m * widest + kept));
   if (!buf) return fail(env, "attentionBlock: out of memory", 0), NULL;
-  float *q = buf, *kk = q + n * k.qd, *masked = kk + n * k.kvd;
-  rms_norm_rows(k.x, k.norm, k.xn, k.rr, n, k.hidden, k.eps);
-  proj_forward(&k.proj[0], k.xn, q, 0, k.xa[0], n, masked);
-  proj_forward(&k.proj[1], k.xn, kk, 0, k.xa[1], n, masked);
-  proj_forward(&k.proj[2], k.xn, k.v, 0, k.xa[2], n, masked);
+  float *q = buf, *kk = q + n * qd, *masked = kk + n * kvd, *next = masked + m * widest;
+  float *xs = next, *qs = xs + m * h, *ks = qs + m * qd, *vs = ks + m * kvd, *mask_rows = vs + m * kvd, *ctxs = qs, *ys = xs;
+  const float *x = gather_rows(r, k.x, xs, h);
+  rms_norm_rows(x, k.norm, k.xn, k.rr, m, h, k.eps);
+  float *outs[3] = {kept_space(r, q, qs), kept_space(r, kk, ks), kept_space(r, k.v, vs)};
+  for (int i = 0; i < 3; i++) {
+    const proj_t p = kept_proj(&k.proj[i], r, mask_rows);
+    proj_forward(&p, k.xn, outs[i], 0, k.xa[i], m, masked);
+  }
+  if (r->ends) {
+    /* Attention reads every position: skipped ones' q, k and v are zeros. */
+    memset(buf, 0, 4u * (size_t)(n * (qd + kvd))), memset(k.v, 0, 4u * (size_t)(n * kvd));
+    scatter_rows(r, qs, q, qd), scatter_rows(r, ks, kk, kvd), scatter_rows(r, vs, k.v, kvd);
+  }
   attention_forward(&k.s, q, kk, k.v, k.bias, k.cos, k.sin, k.ctx, k.qr, k.kr, k.probs);
-  if (k.residual) residual_start(k.y, k.x, k.delta, n * k.hidden);
-  proj_forward(&k.proj[3], k.ctx, k.y, (int)k.residual, k.xa[3], n, masked);
+  if (k.residual) residual_start(k.y, k.x, k.delta, n * h);
+  else if (r->ends) memset(k.y, 0, 4u * (size_t)(n * h));
+  float *y = kept_space(r, k.y, ys);
+  if (k.residual) gather_rows(r, k.y, ys, h);
+  const proj_t o = kept_proj(&k.proj[3], r, mask_rows);
+  proj_forward(&o, gather_rows(r, k.ctx, ctxs, qd), y, (int)k.residual, k.xa[3], m, masked);
+  scatter_rows(r, ys, k.y, h);
   return NULL;
 }
 
 /*
- * attentionBlockGrad(heap, operands): the forward's 47 (36 is dy; the delta's gradient is dy), then
- * 47 dx (plus dy with residual), 48-55 dA and dB of q, k, v and o in turn (each -1 when not asked for).
+ * attentionBlockGrad(heap, operands): the forward's 48 (36 is dy; the delta's gradient is dy), then
+ * 48 dx (plus dy with residual), 49-56 dA and dB of q, k, v and o in turn (each -1 when not asked for).
  */
 napi_value attention_block_grad(napi_env env, napi_callback_info info) {
   args_t a;
   attn_block k;
-  if (!read_args(env, info, "attentionBlockGrad: (ArrayBuffer, Float64Array of 56 operands) expected", 56, &a) || !attn_block_at(env, &a, &k)) return NULL;
-  const int64_t n = k.n;
-  float *dx = at(&a, 47, (uint64_t)(n * k.hidden), 1), *da[4], *db[4];
-  adapter_grads_at(&a, 48, k.proj, 4, da, db);
+  if (!read_args(env, info, "attentionBlockGrad: (ArrayBuffer, Float64Array of 57 operands) expected", 57, &a) || !attn_block_at(env, &a, &k)) return NULL;
+  const rows_t *r = &k.rows;
+  const int64_t n = k.n, m = kept_count(r), h = k.hidden, qd = k.qd, kvd = k.kvd;
+  float *dx = at(&a, 48, (uint64_t)(n * h), 1), *da[4], *db[4];
+  adapter_grads_at(&a, 49, k.proj, 4, da, db);
   if (!a.ok) return fail(env, "attentionBlockGrad: an operand lies outside the heap or is misaligned", 1), NULL;
-  const int64_t widest = k.hidden > k.qd ? k.hidden : k.qd;
-  const int64_t attn_buf = k.s.t * k.s.t + k.s.d, proj_buf = n * (max_rank(k.proj, 4) + widest);
-  float *buf = scratch((size_t)(2 * n * k.qd + 2 * n * k.kvd + n * k.hidden + (attn_buf > proj_buf ? attn_buf : proj_buf)));
+  const int64_t widest = h > qd ? h : qd;
+  const int64_t attn_buf = k.s.t * k.s.t + k.s.d, proj_buf = m * (max_rank(k.proj, 4) + widest);
+  /* With ends, the kept rows' dy, the context (then x), its gradient (then dx), dq, dk, dv, and a mask's rows. */
+  const int64_t kept = r->ends ? m * (h + 2 * widest + qd + 2 * kvd + widest) : 0;
+  float *buf = scratch((size_t)(2 * n * qd + 2 * n * kvd + m * h + (attn_buf > proj_buf ? attn_buf : proj_buf) + kept));
   if (!buf) return fail(env, "attentionBlockGrad: out of memory", 0), NULL;
-  float *dctx = buf, *dq = dctx + n * k.qd, *dk = dq + n * k.qd, *dv = dk + n * k.kvd, *dxn = dv + n * k.kvd, *tmp = dxn + n * k.hidden;
-  const float *dy = k.y;
+  float *dctx = buf, *dq = dctx + n * qd, *dk = dq + n * qd, *dv = dk + n * kvd, *dxn = dv + n * kvd, *tmp = dxn + m * h;
+  float *dys = tmp + (attn_buf > proj_buf ? attn_buf : proj_buf), *ctxs = dys + m * h, *dctxs = ctxs + m * widest, *dqs = dctxs + m * widest, *dks = dqs + m * qd, *dvs = dks + m * kvd,
+        *mask_rows = dvs + m * kvd, *xs = ctxs, *dxs = dctxs;
+  const float *dy = gather_rows(r, k.y, dys, h);
   const int below = dx || da[0] || db[0] || da[1] || db[1] || da[2] || db[2];
-  proj_backward(&k.proj[3], dy, k.ctx, k.xa[3], below ? dctx : NULL, 0, da[3], db[3], n, tmp);
+  const proj_t o = kept_proj(&k.proj[3], r, mask_rows);
+  proj_backward(&o, dy, gather_rows(r, k.ctx, ctxs, qd), k.xa[3], below ? kept_space(r, dctx, dctxs) : NULL, 0, da[3], db[3], m, tmp);
   if (!below) return NULL;
+  /* Attention reads every position's gradient: skipped ones' are zeros. */
+  if (r->ends) memset(dctx, 0, 4u * (size_t)(n * qd)), scatter_rows(r, dctxs, dctx, qd);
   attention_backward(&k.s, dctx, k.qr, k.kr, k.v, k.probs, k.cos, k.sin, dq, dk, dv, tmp);
-  const float *dys[3] = {dq, dk, dv};
+  const float *grads[3] = {gather_rows(r, dq, dqs, qd), gather_rows(r, dk, dks, kvd), gather_rows(r, dv, dvs, kvd)};
+  float *dxk = kept_space(r, dx, dxs);
   /* The normed input's gradient sums the three projections' (accumulated by the products). */
-  for (int i = 0; i < 3; i++) proj_backward(&k.proj[i], dys[i], k.xn, k.xa[i], dx ? dxn : NULL, i > 0, da[i], db[i], n, tmp);
-  if (dx) rms_norm_rows_grad(dxn, k.x, k.norm, k.rr, k.residual ? dy : NULL, dx, n, k.hidden);
+  for (int i = 0; i < 3; i++) {
+    const proj_t p = kept_proj(&k.proj[i], r, mask_rows);
+    proj_backward(&p, grads[i], k.xn, k.xa[i], dx ? dxn : NULL, i > 0, da[i], db[i], m, tmp);
+  }
+  if (!dx) return NULL;
+  rms_norm_rows_grad(dxn, gather_rows(r, k.x, xs, h), k.norm, k.rr, k.residual ? dy : NULL, dxk, m, h);
+  scatter_grad(r, dxs, dx, k.residual ? k.y : NULL, h);
   return NULL;
 }
 
@@ -225,7 +343,8 @@ napi_value attention_block_grad(napi_env env, napi_callback_info info) {
  * norm's weight, 6-11 gate's projection (w, a, b, mask, r, scaling), 12-17 up's, 18-23 down's;
  * then 24 y (forward) or dy (backward) [n, hidden], 25 the normed x, 26 its per-row r, 27 gate,
  * 28 up, 29 sigmoid(gate), 30 the SwiGLU product [n, intermediate], 31 the adapters' x A
- * products, each projection's [n, r] in turn; 32 residual (0 or 1).
+ * products, each projection's [n, r] in turn; 32 residual (0 or 1), 33 positions t of a batch
+ * row, 34 ends [n / t] or -1.
  */
 typedef struct {
   int64_t n, hidden, inter;
@@ -234,6 +353,7 @@ typedef struct {
   proj_t proj[3];
   float *y, *xn, *rr, *gate, *up, *sig, *act, *xa[3];
   int64_t residual;
+  rows_t rows;
 } mlp_block_t;
 
 static int mlp_block_at(napi_env env, args_t *a, mlp_block_t *k) {
@@ -256,6 +376,9 @@ static int mlp_block_at(napi_env env, args_t *a, mlp_block_t *k) {
   k->act = at(a, 30, n * f, 0);
   xa_at(a, 31, k->proj, 3, k->n, k->xa);
   k->residual = size_at(a, 32);
+  const int64_t t = size_at(a, 33);
+  if (a->ok && a->v[34] != -1 && (t == 0 || k->n % t != 0)) return fail(env, "mlpBlock: the rows must be whole batch rows of t positions", 1);
+  k->rows = rows_at(a, 34, k->n, t);
   if (!a->ok) return fail(env, "mlpBlock: an operand lies outside the heap or is misaligned", 1);
   return 1;
 }
@@ -264,36 +387,54 @@ static int mlp_block_at(napi_env env, args_t *a, mlp_block_t *k) {
 napi_value mlp_block(napi_env env, napi_callback_info info) {
   args_t a;
   mlp_block_t k;
-  if (!read_args(env, info, "mlpBlock: (ArrayBuffer, Float64Array of 33 operands) expected", 33, &a) || !mlp_block_at(env, &a, &k)) return NULL;
-  const int64_t n = k.n;
-  float *masked = scratch((size_t)(n * (k.hidden > k.inter ? k.hidden : k.inter)));
+  if (!read_args(env, info, "mlpBlock: (ArrayBuffer, Float64Array of 35 operands) expected", 35, &a) || !mlp_block_at(env, &a, &k)) return NULL;
+  const rows_t *r = &k.rows;
+  const int64_t n = k.n, m = kept_count(r), h = k.hidden, f = k.inter, widest = h > f ? h : f;
+  /* The products' buffer; with ends, the kept rows' x (then y: x is the residual's start), and a mask's rows. */
+  float *masked = scratch((size_t)(m * widest + (r->ends ? m * (h + widest) : 0)));
   if (!masked) return fail(env, "mlpBlock: out of memory", 0), NULL;
-  rms_norm_rows(k.x, k.norm, k.xn, k.rr, n, k.hidden, k.eps);
-  proj_forward(&k.proj[0], k.xn, k.gate, 0, k.xa[0], n, masked);
-  proj_forward(&k.proj[1], k.xn, k.up, 0, k.xa[1], n, masked);
-  swiglu_forward(k.gate, k.up, k.act, k.sig, (uint64_t)(n * k.inter));
-  if (k.residual) residual_start(k.y, k.x, NULL, n * k.hidden);
-  proj_forward(&k.proj[2], k.act, k.y, (int)k.residual, k.xa[2], n, masked);
+  float *xs = masked + m * widest, *ys = xs, *mask_rows = xs + m * h;
+  const float *x = gather_rows(r, k.x, xs, h);
+  rms_norm_rows(x, k.norm, k.xn, k.rr, m, h, k.eps);
+  const proj_t gate = kept_proj(&k.proj[0], r, mask_rows);
+  proj_forward(&gate, k.xn, k.gate, 0, k.xa[0], m, masked);
+  const proj_t up = kept_proj(&k.proj[1], r, mask_rows);
+  proj_forward(&up, k.xn, k.up, 0, k.xa[1], m, masked);
+  swiglu_forward(k.gate, k.up, k.act, k.sig, (uint64_t)(m * f));
+  if (k.residual) residual_start(k.y, k.x, NULL, n * h);
+  else if (r->ends) memset(k.y, 0, 4u * (size_t)(n * h));
+  float *y = kept_space(r, k.y, ys);
+  const proj_t down = kept_proj(&k.proj[2], r, mask_rows);
+  proj_forward(&down, k.act, y, (int)k.residual, k.xa[2], m, masked);
+  scatter_rows(r, ys, k.y, h);
   return NULL;
 }
 
-/* mlpBlockGrad(heap, operands): the forward's 33 (24 is dy), then 33 dx (plus dy with residual), 34-39 dA and dB of gate, up and down in turn (each -1 when not asked for). */
+/* mlpBlockGrad(heap, operands): the forward's 35 (24 is dy), then 35 dx (plus dy with residual), 36-41 dA and dB of gate, up and down in turn (each -1 when not asked for). */
 napi_value mlp_block_grad(napi_env env, napi_callback_info info) {
   args_t a;
   mlp_block_t k;
-  if (!read_args(env, info, "mlpBlockGrad: (ArrayBuffer, Float64Array of 40 operands) expected", 40, &a) || !mlp_block_at(env, &a, &k)) return NULL;
-  const int64_t n = k.n;
-  float *dx = at(&a, 33, (uint64_t)(n * k.hidden), 1), *da[3], *db[3];
-  adapter_grads_at(&a, 34, k.proj, 3, da, db);
+  if (!read_args(env, info, "mlpBlockGrad: (ArrayBuffer, Float64Array of 42 operands) expected", 42, &a) || !mlp_block_at(env, &a, &k)) return NULL;
+  const rows_t *r = &k.rows;
+  const int64_t n = k.n, m = kept_count(r), h = k.hidden, f = k.inter, widest = h > f ? h : f;
+  float *dx = at(&a, 35, (uint64_t)(n * h), 1), *da[3], *db[3];
+  adapter_grads_at(&a, 36, k.proj, 3, da, db);
   if (!a.ok) return fail(env, "mlpBlockGrad: an operand lies outside the heap or is misaligned", 1), NULL;
-  const int64_t widest = k.hidden > k.inter ? k.hidden : k.inter;
-  float *buf = scratch((size_t)(3 * n * k.inter + n * k.hidden + n * (max_rank(k.proj, 3) + widest)));
+  /* With ends, the kept rows' dy, x and dx, and a mask's rows. */
+  float *buf = scratch((size_t)(3 * m * f + m * h + m * (max_rank(k.proj, 3) + widest) + (r->ends ? m * (3 * h + widest) : 0)));
   if (!buf) return fail(env, "mlpBlockGrad: out of memory", 0), NULL;
-  float *dact = buf, *dg = dact + n * k.inter, *du = dg + n * k.inter, *dxn = du + n * k.inter, *tmp = dxn + n * k.hidden;
-  proj_backward(&k.proj[2], k.y, k.act, k.xa[2], dact, 0, da[2], db[2], n, tmp);
-  swiglu_backward(dact, k.gate, k.up, k.sig, dg, du, (uint64_t)(n * k.inter));
-  proj_backward(&k.proj[0], dg, k.xn, k.xa[0], dx ? dxn : NULL, 0, da[0], db[0], n, tmp);
-  proj_backward(&k.proj[1], du, k.xn, k.xa[1], dx ? dxn : NULL, 1, da[1], db[1], n, tmp);
-  if (dx) rms_norm_rows_grad(dxn, k.x, k.norm, k.rr, k.residual ? k.y : NULL, dx, n, k.hidden);
+  float *dact = buf, *dg = dact + m * f, *du = dg + m * f, *dxn = du + m * f, *tmp = dxn + m * h;
+  float *dys = tmp + m * (max_rank(k.proj, 3) + widest), *xs = dys + m * h, *dxs = xs + m * h, *mask_rows = dxs + m * h;
+  const float *dy = gather_rows(r, k.y, dys, h);
+  const proj_t down = kept_proj(&k.proj[2], r, mask_rows);
+  proj_backward(&down, dy, k.act, k.xa[2], dact, 0, da[2], db[2], m, tmp);
+  swiglu_backward(dact, k.gate, k.up, k.sig, dg, du, (uint64_t)(m * f));
+  const proj_t gate = kept_proj(&k.proj[0], r, mask_rows);
+  proj_backward(&gate, dg, k.xn, k.xa[0], dx ? dxn : NULL, 0, da[0], db[0], m, tmp);
+  const proj_t up = kept_proj(&k.proj[1], r, mask_rows);
+  proj_backward(&up, du, k.xn, k.xa[1], dx ? dxn : NULL, 1, da[1], db[1], m, tmp);
+  if (!dx) return NULL;
+  rms_norm_rows_grad(dxn, gather_rows(r, k.x, xs, h), k.norm, k.rr, k.residual ? dy : NULL, kept_space(r, dx, dxs), m, h);
+  scatter_grad(r, dxs, dx, k.residual ? k.y : NULL, h);
   return NULL;
 }

@@ -221,12 +221,16 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
   });
 
   it("attention and the decoder blocks: logits and the gradients of the deltas and of every adapter, with grouped heads, padding, dropout masks, adapters on some projections", async () => {
-    // 4 heads on 2 key-value heads, head size 4; two rows of 20 and 13 tokens (right padded):
-    // 40 rows, more than any projection's sides, so without dropout the adapters are merged into the weights.
+    // 4 heads on 2 key-value heads, head size 4; rows of 20, 13, 0 and 7 tokens (right padded):
+    // 80 rows, more than any projection's sides, so without dropout the adapters are merged into
+    // the weights. The blocks skip the padding after each row's last token: they compute rows
+    // 0-32 (the full first row runs on into the second) and 60-66.
     const model = tinyModel(21);
-    const { ids, mask } = batchOf([randomIds(1, 20, 50, 22)[0], randomIds(1, 13, 50, 23)[0]]);
+    const { ids, mask } = batchOf([randomIds(1, 20, 50, 22)[0], randomIds(1, 13, 50, 23)[0], [], randomIds(1, 7, 50, 29)[0]]);
     const labels = ids.where(mask.cast("bool"), tf.fill(ids.shape, IGNORE_INDEX, "int32")) as tf.Tensor2D;
-    const deltas = [0, 1].map((l) => tf.variable(random([2, 20, 16], 24 + l, 0.3)));
+    const deltas = [0, 1].map((l) => tf.variable(random([4, 20, 16], 24 + l, 0.3)));
+    // Values at padded positions are whatever a path leaves there (nothing reads them): compared at real ones.
+    const real = (x: tf.Tensor) => x.mul(mask.expandDims(2)).arraySync() as NestedNumbers;
     const cases: [string, LinearModule[], number][] = [
       ["q, k, v and o", ["q_proj", "k_proj", "v_proj", "o_proj"], 0],
       ["all seven projections, dropout 0.3", [...LINEAR_MODULES], 0.3],
@@ -237,23 +241,28 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
       for (const { b } of lora.pairs.values()) b.assign(random(b.shape, 27, 0.1));
       const run = () =>
         tf.tidy(() => {
-          const logits = model.forward(ids, mask, { lora, deltas }).logits.arraySync() as NestedNumbers;
+          const logits = real(model.forward(ids, mask, { lora, deltas }).logits);
           const vars = [...deltas, ...lora.variables];
           lora.reseedDropout(5); // the same masks on both paths
           const { value, grads } = tf.variableGrads(() => causalLmLoss(model.forward(ids, mask, { lora, deltas, training: true }).logits, labels), vars);
           // A_l asked for: the blocks leave the residual add to tfjs.
           const attention = model.forward(ids, mask, { lora, deltas, returnAttentionOutputs: true });
-          const outputs = [attention.logits, ...attention.attentionOutputs!].map((t) => t.arraySync() as NestedNumbers);
-          return [logits, value.arraySync(), ...vars.map((v) => grads[v.name].arraySync() as NestedNumbers), ...outputs];
+          const outputs = [attention.logits, ...attention.attentionOutputs!].map(real);
+          // The blocks write A_l = 0 where they skip (the single kernels and tfjs compute it).
+          const skipped = attention.attentionOutputs!.map((a) => a.slice([1, 13, 0], [3, 7, 16]).abs().max().arraySync() as number);
+          return [logits, value.arraySync(), ...vars.map((v) => grads[v.name].arraySync() as NestedNumbers), ...outputs, skipped];
         });
       configureNativeKernels("off");
       const stock = run();
+      expect((stock.pop() as number[]).every((m) => m > 0)).toBe(true);
       configureNativeKernels("auto");
       // Frozen weights run the blocks; trainable ones (full-weight training) the single kernels.
       for (const trainable of [false, true]) {
         model.setTrainable(trainable);
         const where = `${modules}, ${trainable ? "single kernels" : "blocks"}`;
         const fused = run();
+        const skipped = fused.pop() as number[];
+        expect(skipped.every((m) => m === 0), where).toBe(!trainable);
         expectClose(fused, stock, 1e-5, where);
         // The gradients reach the first layer's q adapter (through the rotation and softmax).
         expect((fused[4] as number[][]).flat().some((g) => g !== 0), where).toBe(true);
@@ -289,6 +298,32 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
     expect(await kernels()).not.toContain("VaccineMlpBlock");
     model.setTrainable(false);
     tf.dispose([ids, mask, labels, ...deltas]);
+    lora.dispose();
+    model.dispose();
+  });
+
+  it("the blocks pass the positions after a row's last token through the residual, value and gradient", () => {
+    // Rows of 9 and 4 tokens: the blocks skip positions 4-8 of the second row. There each layer's
+    // output is its input plus the delta (the blocks add nothing), and a loss that reads those
+    // positions (none of the model's does) gets its gradient through to every layer's delta.
+    const model = tinyModel(31);
+    const lora = LoraAdapter.init(model.config, { r: 2, alpha: 4, dropout: 0.2, targetModules: [...LINEAR_MODULES] }, 32);
+    const { ids, mask } = batchOf([randomIds(1, 9, 50, 33)[0], randomIds(1, 4, 50, 34)[0]]);
+    const deltas = [0, 1].map((l) => tf.variable(random([2, 9, 16], 35 + l, 0.3)));
+    const weights = random([2, 9, 16], 37);
+    tf.tidy(() => {
+      const { layerOutputs } = model.forward(ids, mask, { lora, deltas, training: true, returnLayerOutputs: true });
+      const skipped = (x: tf.Tensor) => x.slice([1, 4, 0], [1, 5, 16]);
+      const embedded = tf.gather(model.weights.get("model.embed_tokens.weight")!, ids);
+      expect(skipped(layerOutputs![0]).arraySync()).toEqual(skipped(embedded.add(deltas[0])).arraySync());
+      expect(skipped(layerOutputs![1]).arraySync()).toEqual(skipped(embedded.add(deltas[0]).add(deltas[1])).arraySync());
+      const { grads } = tf.variableGrads(() => {
+        const { layerOutputs: outs } = model.forward(ids, mask, { lora, deltas, training: true, returnLayerOutputs: true });
+        return outs![1].mul(weights).sum() as tf.Scalar;
+      }, deltas);
+      for (const d of deltas) expect(skipped(grads[d.name]).arraySync()).toEqual(skipped(weights).arraySync());
+    });
+    tf.dispose([ids, mask, weights, ...deltas]);
     lora.dispose();
     model.dispose();
   });
@@ -337,12 +372,13 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
     // A size whose byte count wraps 64 bits (4 x 2^62) is refused, not read past the heap.
     expect(() => loaded.addon.exp(heap, 0, 0, 2 ** 62)).toThrow(/outside the heap/);
     // The blocks take their operands as a Float64Array of a fixed length; one outside the heap is refused.
-    expect(() => loaded.addon.mlpBlock(heap, new Float64Array(32))).toThrow(/Float64Array of 33 operands/);
-    expect(() => loaded.addon.attentionBlock(heap, new Float32Array(47) as unknown as Float64Array)).toThrow(/Float64Array of 47 operands/);
+    expect(() => loaded.addon.mlpBlock(heap, new Float64Array(34))).toThrow(/Float64Array of 35 operands/);
+    expect(() => loaded.addon.attentionBlock(heap, new Float32Array(48) as unknown as Float64Array)).toThrow(/Float64Array of 48 operands/);
     // n 2, hidden 2, intermediate 2: every operand at 0 fits 16 bytes but x at 64 does not.
-    const mlp = new Float64Array(33).fill(0);
+    const mlp = new Float64Array(35).fill(0);
     mlp.set([2, 2, 2, 1e-6]);
-    for (const i of [9, 15, 21]) mlp[i] = -1; // no masks
+    for (const i of [9, 15, 21, 34]) mlp[i] = -1; // no masks, no ends
+    mlp[33] = 1;
     expect(() => loaded.addon.mlpBlock(new ArrayBuffer(16), mlp)).not.toThrow();
     mlp[4] = 64;
     expect(() => loaded.addon.mlpBlock(new ArrayBuffer(16), mlp)).toThrow(/outside the heap/);

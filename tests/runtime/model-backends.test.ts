@@ -6,7 +6,7 @@ import { LoraAdapter, type LoraConfig } from "../../services/runtime/model/lora.
 import { causalLmLoss } from "../../services/runtime/model/loss.ts";
 import { batchOf, randomIds, tinyModel } from "../helpers/tiny-model.ts";
 
-/** Logits, loss and the gradient wrt the layer-0 delta, with a LoRA adapter, on the active backend. */
+/** Logits (at real positions), loss and the gradient wrt the layer-0 delta, with a LoRA adapter, on the active backend. */
 function run(model: LlamaModel, adapter: LoraAdapter, rows: number[][]): Float32Array[] {
   return tf.tidy(() => {
     const { ids, mask } = batchOf(rows);
@@ -14,7 +14,8 @@ function run(model: LlamaModel, adapter: LoraAdapter, rows: number[][]): Float32
     const zeros = [0, 1].map(() => tf.zeros([rows.length, ids.shape[1], 16]));
     const f = (...d: tf.Tensor[]) => causalLmLoss(model.forward(ids, mask, { deltas: d, lora: adapter }).logits, labels);
     const [g0] = tf.grads(f)(zeros);
-    const logits = model.forward(ids, mask, { lora: adapter }).logits;
+    // At real positions: what a path leaves at padding is not read (the native blocks skip it).
+    const logits = model.forward(ids, mask, { lora: adapter }).logits.mul(mask.expandDims(2));
     return [logits, f(...zeros), g0].map((t) => t.dataSync() as Float32Array);
   });
 }

@@ -17,7 +17,7 @@ import * as tf from "@tensorflow/tfjs";
 import { CheckpointFormatError } from "../format-error.ts";
 import type { HostTensor, HostTensors } from "../host-tensor.ts";
 import { attentionKernel } from "../native/attention-kernel.ts";
-import { attentionBlockKernel, mlpBlockKernel, type BlockProjection } from "../native/decoder-block-kernel.ts";
+import { attentionBlockKernel, mlpBlockKernel, type BlockProjection, type RowEnds } from "../native/decoder-block-kernel.ts";
 import { nativeKernelsActive } from "../native/kernels.ts";
 import { rmsNormKernel } from "../native/rms-norm-kernel.ts";
 import { swigluKernel } from "../native/swiglu-kernel.ts";
@@ -293,6 +293,23 @@ export function embedLookup(table: tf.Tensor2D, ids: tf.Tensor2D): tf.Tensor3D {
   return lookup(table) as tf.Tensor3D;
 }
 
+/**
+ * Per row, 1 + the position of its last real token (RowEnds: the decoder blocks skip the
+ * positions after it); undefined when every row's last position is real. Read on the host:
+ * masks are inputs, never computed.
+ */
+function rowEnds(attentionMask: tf.Tensor2D): RowEnds {
+  const [b, t] = attentionMask.shape;
+  const mask = attentionMask.dataSync();
+  const ends = new Int32Array(b);
+  for (let i = 0; i < b; i++) {
+    let end = t;
+    while (end > 0 && mask[i * t + end - 1] === 0) end--;
+    ends[i] = end;
+  }
+  return ends.every((e) => e === t) ? undefined : tf.tensor1d(ends, "int32");
+}
+
 /** Additive attention bias [B, 1, T, T] of an uncached call: 0 where allowed, -1e9 for future or padded keys. */
 function attentionBias(keyMask: tf.Tensor2D): tf.Tensor4D {
   const t = keyMask.shape[1];
@@ -547,7 +564,7 @@ export class LlamaModel {
       const attentionOutputs: tf.Tensor3D[] = [];
       const layerOutputs: tf.Tensor3D[] = [];
       // A layer's two blocks as one native kernel each where nothing asks for a weight's gradient.
-      const blocks = attend.fused && this.frozen() ? { ...attend.fused, bias: attend.bias } : undefined;
+      const blocks = attend.fused && this.frozen() ? { ...attend.fused, bias: attend.bias, ends: rowEnds(attentionMask) } : undefined;
       let x = embedLookup(this.w("model.embed_tokens.weight") as tf.Tensor2D, inputIds);
       for (let l = 0; l < c.numHiddenLayers; l++) {
         if (blocks && !opts.returnAttentionOutputs) {
@@ -564,7 +581,7 @@ export class LlamaModel {
           if (opts.returnAttentionOutputs) attentionOutputs.push(out);
           x = x.add(opts.deltas ? out.add(opts.deltas[l]) : out);
         }
-        x = blocks ? this.mlpBlock(l, x, opts) : x.add(this.mlp(l, x, opts));
+        x = blocks ? this.mlpBlock(l, x, opts, blocks.ends) : x.add(this.mlp(l, x, opts));
         if (opts.returnLayerOutputs) layerOutputs.push(x);
       }
       const res: Omit<ForwardResult, "logits"> & { logits?: tf.Tensor3D } = {};
@@ -622,7 +639,13 @@ export class LlamaModel {
   }
 
   /** Layer l's attention block (its RMSNorm to o_proj) as one native kernel: A_l, or with `residual` x + A_l (+ delta). */
-  private attentionBlock(l: number, x: tf.Tensor3D, rotary: { bias: tf.Tensor4D; cos: tf.Tensor2D; sin: tf.Tensor2D }, opts: ForwardOptions, residual?: { delta?: tf.Tensor }): tf.Tensor3D {
+  private attentionBlock(
+    l: number,
+    x: tf.Tensor3D,
+    { ends, ...rotary }: { bias: tf.Tensor4D; cos: tf.Tensor2D; sin: tf.Tensor2D; ends: RowEnds },
+    opts: ForwardOptions,
+    residual?: { delta?: tf.Tensor },
+  ): tf.Tensor3D {
     const c = this.config;
     const [b, t] = x.shape;
     const input = [b, t, c.hiddenSize];
@@ -636,11 +659,11 @@ export class LlamaModel {
     const shape = { heads: c.numAttentionHeads, kvHeads: c.numKeyValueHeads, headDim: c.headDim };
     // The first layer's input is the embedding of frozen weights: no gradient needed.
     const grads = { input: l > 0, adapters: opts.adapterGradients !== false };
-    return attentionBlockKernel(x, this.w(`model.layers.${l}.input_layernorm.weight`) as tf.Tensor1D, c.rmsNormEps, projections, rotary, shape, opts.lora?.scaling ?? 1, grads, residual);
+    return attentionBlockKernel(x, this.w(`model.layers.${l}.input_layernorm.weight`) as tf.Tensor1D, c.rmsNormEps, projections, rotary, shape, opts.lora?.scaling ?? 1, grads, ends, residual);
   }
 
   /** Layer l's MLP block (its RMSNorm to down_proj) and the residual add as one native kernel: x + mlp(x). */
-  private mlpBlock(l: number, x: tf.Tensor3D, opts: ForwardOptions): tf.Tensor3D {
+  private mlpBlock(l: number, x: tf.Tensor3D, opts: ForwardOptions, ends: RowEnds): tf.Tensor3D {
     const c = this.config;
     const [b, t] = x.shape;
     const projections = [
@@ -649,7 +672,7 @@ export class LlamaModel {
       this.blockProjection(l, "down_proj", [b, t, c.intermediateSize], opts),
     ] as const;
     const grads = { input: true, adapters: opts.adapterGradients !== false };
-    return mlpBlockKernel(x, this.w(`model.layers.${l}.post_attention_layernorm.weight`) as tf.Tensor1D, c.rmsNormEps, projections, opts.lora?.scaling ?? 1, grads, true);
+    return mlpBlockKernel(x, this.w(`model.layers.${l}.post_attention_layernorm.weight`) as tf.Tensor1D, c.rmsNormEps, projections, opts.lora?.scaling ?? 1, grads, true, ends);
   }
 
   /** A projection's weight (merged, when given) and adapter for a block kernel, its dropout mask drawn for an input of `shape`. */

@@ -22,6 +22,14 @@ export interface BlockProjection {
   adapter?: { a: tf.Tensor2D; b: tf.Tensor2D; mask: tf.Tensor | null };
 }
 
+/**
+ * Per batch row, 1 + the position of its last real token (int32 [B]): the blocks skip the
+ * positions from there on (nothing reads them: attention is causal), writing x (+ delta) there
+ * with the residual and 0 without; their gradient is dy with the residual, else 0. Undefined: every
+ * position is computed.
+ */
+export type RowEnds = tf.Tensor1D | undefined;
+
 /** Which gradients the backward computes: the block's input's (x), and the adapters' A and B. */
 export interface BlockGradients {
   input: boolean;
@@ -60,10 +68,11 @@ export function attentionBlockKernel(
   shape: AttentionShape,
   scaling: number,
   grads: BlockGradients,
+  ends: RowEnds,
   residual?: { delta?: tf.Tensor },
 ): tf.Tensor3D {
   const attrs = { eps, scaling, residual: residual !== undefined, ...shape } as unknown as tf.NamedAttrMap;
-  const ops = blockOperands(x, norm, projections, grads, residual?.delta, { ...rotary });
+  const ops = blockOperands(x, norm, projections, grads, residual?.delta, { ...rotary, ...(ends && { ends }) });
   // bias and the delta are read by the forward only (the backward reads the softmax; the delta's gradient is dy).
   return runBlock(ATTENTION, ATTENTION_GRAD, ops, attrs, grads, ops.reads.filter((n) => n !== "bias" && n !== "delta"));
 }
@@ -80,8 +89,9 @@ export function mlpBlockKernel(
   scaling: number,
   grads: BlockGradients,
   residual: boolean,
+  ends: RowEnds,
 ): tf.Tensor3D {
-  const ops = blockOperands(x, norm, projections, grads, undefined, {});
+  const ops = blockOperands(x, norm, projections, grads, undefined, ends ? { ends } : {});
   return runBlock(MLP, MLP_GRAD, ops, { eps, scaling, residual }, grads, ops.reads);
 }
 
@@ -223,7 +233,7 @@ function attentionOperands(args: Args): ReturnType<BlockOperands> {
   if (delta && (!residual || delta.dtype !== "float32" || !tf.util.arraysEqual(delta.shape, [b, t, hidden]))) {
     throw new Error(`${ATTENTION}: a delta needs the residual and float32 [${b}, ${t}, ${hidden}]; got ${delta.dtype} [${delta.shape}]`);
   }
-  return { head, kept, tail: [residual ? 1 : 0, delta] };
+  return { head, kept, tail: [residual ? 1 : 0, delta, rowEnds(ATTENTION, inputs, b)] };
 }
 
 function mlpOperands(args: Args): ReturnType<BlockOperands> {
@@ -235,7 +245,14 @@ function mlpOperands(args: Args): ReturnType<BlockOperands> {
   const head = [n, hidden, f, eps, inputs.x, inputs.norm, ...projections];
   // y, the normed x, its r, gate, up, sigmoid(gate), the SwiGLU product, the x A products.
   const kept = [[b, t, hidden], [b, t, hidden], [b, t], [b, t, f], [b, t, f], [b, t, f], [b, t, f], [xaSize(inputs, 3, n)]];
-  return { head, kept, tail: [residual ? 1 : 0] };
+  return { head, kept, tail: [residual ? 1 : 0, t, rowEnds(MLP, inputs, b)] };
+}
+
+/** The ends operand (RowEnds), checked: int32 [b] (the addon checks each against t). */
+function rowEnds(kernel: string, inputs: Infos, b: number): tf.TensorInfo | undefined {
+  const { ends } = inputs;
+  if (ends && (ends.dtype !== "int32" || !tf.util.arraysEqual(ends.shape, [b]))) throw new Error(`${kernel}: expected int32 ends [${b}]; got ${ends.dtype} [${ends.shape}]`);
+  return ends;
 }
 
 type Run = (heap: ArrayBuffer, operands: Float64Array) => void;
