@@ -158,11 +158,14 @@ typedef struct {
   int64_t b, t, heads, kv, d;
 } attn_shape;
 
-/* attention.c's kernels on pointers; the backward needs t * t + d floats of buf. */
-void attention_forward(const attn_shape *s, const float *q, const float *k, const float *v, const float *bias, const float *cos, const float *sin, float *out, float *qr, float *kr,
-                       float *probs);
-void attention_backward(const attn_shape *s, const float *dy, const float *qr, const float *kr, const float *v, const float *probs, const float *cos, const float *sin, float *dq,
-                        float *dk, float *dv, float *buf);
+/*
+ * attention.c's kernels on pointers; the backward needs t * t + d floats of buf. ends: each batch
+ * row's end (its positions from there on skipped: out and dq zero there), or NULL for t.
+ */
+void attention_forward(const attn_shape *s, const int32_t *ends, const float *q, const float *k, const float *v, const float *bias, const float *cos, const float *sin, float *out,
+                       float *qr, float *kr, float *probs);
+void attention_backward(const attn_shape *s, const int32_t *ends, const float *dy, const float *qr, const float *kr, const float *v, const float *probs, const float *cos,
+                        const float *sin, float *dq, float *dk, float *dv, float *buf);
 
 napi_value cross_entropy(napi_env env, napi_callback_info info);
 napi_value cross_entropy_grad(napi_env env, napi_callback_info info);

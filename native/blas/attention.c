@@ -5,6 +5,11 @@
  * [B, T, heads * d] layout and writing the context in it (no head transposes). Composed of
  * tfjs ops this is about 15 kernels a layer forward and 25 backward. Grouped-query heads
  * share their key-value head. The products are OpenBLAS sgemm on strided operands.
+ *
+ * Causal: queries are taken QUERY_BLOCK rows at a time against the keys up to the block's last
+ * row only (a query never reads a later key; the bias masks padding and the diagonal block's
+ * later keys), and, given each row's end (block.c), not past it. A head's softmax is kept as
+ * those blocks of [rows, keys], one after another.
  */
 #include <cblas.h>
 #include <math.h>
@@ -34,43 +39,55 @@ static void rotate_all(const attn_shape *s, int64_t n, const float *x, const flo
   }
 }
 
-/* Row-wise softmax of the [T, T] scores p / root + bias in place; the exponentials over the whole block at once (one vector loop, not T short ones). */
-VECTOR_CLONES static void softmax(float *p, const float *bias, int64_t T, float root) {
-  for (int64_t i = 0; i < T; i++) {
-    float *row = p + i * T;
-    const float *br = bias + i * T;
-    for (int64_t j = 0; j < T; j++) row[j] = row[j] / root + br[j];
-    const float max = max_of(row, T);
-    for (int64_t j = 0; j < T; j++) row[j] -= max;
+/* Query rows a product takes: fewer compute less of the upper triangle but call sgemm more often. */
+#define QUERY_BLOCK 32
+
+/* Row-wise softmax of rows x n scores p / root + bias (bias rows bias_ld apart) in place; the exponentials over the whole block at once (one vector loop, not short ones). */
+VECTOR_CLONES static void softmax(float *p, const float *bias, int64_t rows, int64_t n, int64_t bias_ld, float root) {
+  for (int64_t i = 0; i < rows; i++) {
+    float *row = p + i * n;
+    const float *br = bias + i * bias_ld;
+    for (int64_t j = 0; j < n; j++) row[j] = row[j] / root + br[j];
+    const float max = max_of(row, n);
+    for (int64_t j = 0; j < n; j++) row[j] -= max;
   }
-  exp_array(p, p, T * T);
-  for (int64_t i = 0; i < T; i++) {
-    float *row = p + i * T;
-    const float sum = (float)sum_of(row, T);
-    for (int64_t j = 0; j < T; j++) row[j] /= sum;
+  exp_array(p, p, rows * n);
+  for (int64_t i = 0; i < rows; i++) {
+    float *row = p + i * n;
+    const float sum = (float)sum_of(row, n);
+    for (int64_t j = 0; j < n; j++) row[j] /= sum;
   }
 }
 
-void attention_forward(const attn_shape *s, const float *q, const float *k, const float *val, const float *bias, const float *cos, const float *sin, float *out, float *qr, float *kr,
-                       float *probs) {
+/* Batch row b's end: its positions from there on are neither queries nor keys. */
+static int64_t end_of(const attn_shape *s, const int32_t *ends, int64_t b) { return ends ? ends[b] : s->t; }
+
+void attention_forward(const attn_shape *s, const int32_t *ends, const float *q, const float *k, const float *val, const float *bias, const float *cos, const float *sin, float *out,
+                       float *qr, float *kr, float *probs) {
   rotate_all(s, s->heads, q, cos, sin, qr);
   rotate_all(s, s->kv, k, cos, sin, kr);
   const int64_t T = s->t, D = s->d, ldq = s->heads * D, ldk = s->kv * D, groups = s->heads / s->kv;
   const float root = sqrtf((float)D);
   for (int64_t b = 0; b < s->b; b++) {
+    const int64_t end = end_of(s, ends, b);
+    if (end < T) memset(out + (b * T + end) * ldq, 0, 4u * (size_t)((T - end) * ldq));
     for (int64_t h = 0; h < s->heads; h++) {
       const int64_t kh = h / groups;
       float *p = probs + (b * s->heads + h) * T * T;
       const float *qb = qr + b * T * ldq + h * D, *kb = kr + b * T * ldk + kh * D, *vb = val + b * T * ldk + kh * D;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)D, 1.0f, qb, (int)ldq, kb, (int)ldk, 0.0f, p, (int)T);
-      softmax(p, bias + b * T * T, T, root);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, p, (int)T, vb, (int)ldk, 0.0f, out + b * T * ldq + h * D, (int)ldq);
+      for (int64_t r0 = 0; r0 < end; r0 += QUERY_BLOCK) {
+        const int64_t rows = end - r0 < QUERY_BLOCK ? end - r0 : QUERY_BLOCK, keys = r0 + rows;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)keys, (int)D, 1.0f, qb + r0 * ldq, (int)ldq, kb, (int)ldk, 0.0f, p, (int)keys);
+        softmax(p, bias + (b * T + r0) * T, rows, keys, T, root);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)D, (int)keys, 1.0f, p, (int)keys, vb, (int)ldk, 0.0f, out + (b * T + r0) * ldq + h * D, (int)ldq);
+        p += rows * keys;
+      }
     }
   }
 }
 
-void attention_backward(const attn_shape *s, const float *dy, const float *qr, const float *kr, const float *val, const float *probs, const float *cos, const float *sin, float *dq,
-                        float *dk, float *dv, float *buf) {
+void attention_backward(const attn_shape *s, const int32_t *ends, const float *dy, const float *qr, const float *kr, const float *val, const float *probs, const float *cos,
+                        const float *sin, float *dq, float *dk, float *dv, float *buf) {
   const int64_t T = s->t, D = s->d, ldq = s->heads * D, ldk = s->kv * D, groups = s->heads / s->kv;
   const uint64_t kn = (uint64_t)(s->b * s->t) * (uint64_t)ldk;
   memset(dk, 0, 4u * (size_t)kn);
@@ -78,22 +95,29 @@ void attention_backward(const attn_shape *s, const float *dy, const float *qr, c
   const float root = sqrtf((float)D);
   float *ds = buf, *tmp = buf + T * T;
   for (int64_t b = 0; b < s->b; b++) {
+    const int64_t end = end_of(s, ends, b);
+    if (end < T) memset(dq + (b * T + end) * ldq, 0, 4u * (size_t)((T - end) * ldq));
     for (int64_t h = 0; h < s->heads; h++) {
       const int64_t kh = h / groups;
       const float *p = probs + (b * s->heads + h) * T * T;
       const float *dyb = dy + b * T * ldq + h * D, *qb = qr + b * T * ldq + h * D, *kb = kr + b * T * ldk + kh * D, *vb = val + b * T * ldk + kh * D;
-      /* dv += p^T dy; dp = dy v^T; ds = p * (dp - rowsum(dp * p)) / sqrt(d). */
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, p, (int)T, dyb, (int)ldq, 1.0f, dv + b * T * ldk + kh * D, (int)ldk);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, (int)D, 1.0f, dyb, (int)ldq, vb, (int)ldk, 0.0f, ds, (int)T);
-      for (int64_t i = 0; i < T; i++) {
-        float *row = ds + i * T;
-        const float *pr = p + i * T;
-        const float dot = (float)dot_of(row, pr, NULL, T);
-        for (int64_t j = 0; j < T; j++) row[j] = pr[j] * (row[j] - dot) / root;
+      float *dvb = dv + b * T * ldk + kh * D, *dkb = dk + b * T * ldk + kh * D;
+      for (int64_t r0 = 0; r0 < end; r0 += QUERY_BLOCK) {
+        const int64_t rows = end - r0 < QUERY_BLOCK ? end - r0 : QUERY_BLOCK, keys = r0 + rows;
+        /* dv += p^T dy; dp = dy v^T; ds = p * (dp - rowsum(dp * p)) / sqrt(d). */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)keys, (int)D, (int)rows, 1.0f, p, (int)keys, dyb + r0 * ldq, (int)ldq, 1.0f, dvb, (int)ldk);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)keys, (int)D, 1.0f, dyb + r0 * ldq, (int)ldq, vb, (int)ldk, 0.0f, ds, (int)keys);
+        for (int64_t i = 0; i < rows; i++) {
+          float *row = ds + i * keys;
+          const float *pr = p + i * keys;
+          const float dot = (float)dot_of(row, pr, NULL, keys);
+          for (int64_t j = 0; j < keys; j++) row[j] = pr[j] * (row[j] - dot) / root;
+        }
+        /* dq = ds k (rotated space, unrotated below); dk += ds^T q. */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)D, (int)keys, 1.0f, ds, (int)keys, kb, (int)ldk, 0.0f, dq + (b * T + r0) * ldq + h * D, (int)ldq);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)keys, (int)D, (int)rows, 1.0f, ds, (int)keys, qb + r0 * ldq, (int)ldq, 1.0f, dkb, (int)ldk);
+        p += rows * keys;
       }
-      /* dq = ds k (rotated space, unrotated below); dk += ds^T q. */
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, ds, (int)T, kb, (int)ldk, 0.0f, dq + b * T * ldq + h * D, (int)ldq);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, (int)D, (int)T, 1.0f, ds, (int)T, qb, (int)ldq, 1.0f, dk + b * T * ldk + kh * D, (int)ldk);
     }
   }
   for (int64_t i = 0; i < s->b * s->t; i++) {
@@ -138,7 +162,7 @@ napi_value attention(napi_env env, napi_callback_info info) {
   float *f = (float *)heap;
   const float *q = f + v[0] / 4, *k = f + v[1] / 4, *val = f + v[2] / 4, *bias = f + v[3] / 4, *cos = f + v[4] / 4, *sin = f + v[5] / 4;
   float *out = f + v[6] / 4, *qr = f + v[7] / 4, *kr = f + v[8] / 4, *probs = f + v[9] / 4;
-  attention_forward(&s, q, k, val, bias, cos, sin, out, qr, kr, probs);
+  attention_forward(&s, NULL, q, k, val, bias, cos, sin, out, qr, kr, probs);
   return NULL;
 }
 
@@ -172,6 +196,6 @@ napi_value attention_grad(napi_env env, napi_callback_info info) {
   float *f = (float *)heap;
   const float *dy = f + v[0] / 4, *qr = f + v[1] / 4, *kr = f + v[2] / 4, *val = f + v[3] / 4, *probs = f + v[4] / 4, *cos = f + v[5] / 4, *sin = f + v[6] / 4;
   float *dq = f + v[7] / 4, *dk = f + v[8] / 4, *dv = f + v[9] / 4;
-  attention_backward(&s, dy, qr, kr, val, probs, cos, sin, dq, dk, dv, buf);
+  attention_backward(&s, NULL, dy, qr, kr, val, probs, cos, sin, dq, dk, dv, buf);
   return NULL;
 }

@@ -280,11 +280,11 @@ napi_value attention_block(napi_env env, napi_callback_info info) {
     proj_forward(&p, k.xn, outs[i], 0, k.xa[i], m, masked);
   }
   if (r->ends) {
-    /* Attention reads every position: skipped ones' q, k and v are zeros. */
+    /* The rotation reads every position (attention only those before each row's end): skipped ones' q, k and v are zeros. */
     memset(buf, 0, 4u * (size_t)(n * (qd + kvd))), memset(k.v, 0, 4u * (size_t)(n * kvd));
     scatter_rows(r, qs, q, qd), scatter_rows(r, ks, kk, kvd), scatter_rows(r, vs, k.v, kvd);
   }
-  attention_forward(&k.s, q, kk, k.v, k.bias, k.cos, k.sin, k.ctx, k.qr, k.kr, k.probs);
+  attention_forward(&k.s, r->ends, q, kk, k.v, k.bias, k.cos, k.sin, k.ctx, k.qr, k.kr, k.probs);
   if (k.residual) residual_start(k.y, k.x, k.delta, n * h);
   else if (r->ends) memset(k.y, 0, 4u * (size_t)(n * h));
   float *y = kept_space(r, k.y, ys);
@@ -322,9 +322,9 @@ napi_value attention_block_grad(napi_env env, napi_callback_info info) {
   const proj_t o = kept_proj(&k.proj[3], r, mask_rows);
   proj_backward(&o, dy, gather_rows(r, k.ctx, ctxs, qd), k.xa[3], below ? kept_space(r, dctx, dctxs) : NULL, 0, da[3], db[3], m, tmp);
   if (!below) return NULL;
-  /* Attention reads every position's gradient: skipped ones' are zeros. */
-  if (r->ends) memset(dctx, 0, 4u * (size_t)(n * qd)), scatter_rows(r, dctxs, dctx, qd);
-  attention_backward(&k.s, dctx, k.qr, k.kr, k.v, k.probs, k.cos, k.sin, dq, dk, dv, tmp);
+  /* Attention reads the gradient before each row's end only. */
+  scatter_rows(r, dctxs, dctx, qd);
+  attention_backward(&k.s, r->ends, dctx, k.qr, k.kr, k.v, k.probs, k.cos, k.sin, dq, dk, dv, tmp);
   const float *grads[3] = {gather_rows(r, dq, dqs, qd), gather_rows(r, dk, dks, kvd), gather_rows(r, dv, dvs, kvd)};
   float *dxk = kept_space(r, dx, dxs);
   /* The normed input's gradient sums the three projections' (accumulated by the products). */

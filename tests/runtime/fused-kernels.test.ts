@@ -221,14 +221,15 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
   });
 
   it("attention and the decoder blocks: logits and the gradients of the deltas and of every adapter, with grouped heads, padding, dropout masks, adapters on some projections", async () => {
-    // 4 heads on 2 key-value heads, head size 4; rows of 20, 13, 0 and 7 tokens (right padded):
-    // 80 rows, more than any projection's sides, so without dropout the adapters are merged into
+    // 4 heads on 2 key-value heads, head size 4; rows of 70, 45, 0 and 7 tokens (right padded):
+    // 280 rows, more than any projection's sides, so without dropout the adapters are merged into
     // the weights. The blocks skip the padding after each row's last token: they compute rows
-    // 0-32 (the full first row runs on into the second) and 60-66.
-    const model = tinyModel(21);
-    const { ids, mask } = batchOf([randomIds(1, 20, 50, 22)[0], randomIds(1, 13, 50, 23)[0], [], randomIds(1, 7, 50, 29)[0]]);
+    // 0-114 (the full first row runs on into the second) and 210-216; attention takes 32 queries
+    // at a time (the second row ends inside its second block).
+    const model = tinyModel(21, { max_position_embeddings: 128 });
+    const { ids, mask } = batchOf([randomIds(1, 70, 50, 22)[0], randomIds(1, 45, 50, 23)[0], [], randomIds(1, 7, 50, 29)[0]]);
     const labels = ids.where(mask.cast("bool"), tf.fill(ids.shape, IGNORE_INDEX, "int32")) as tf.Tensor2D;
-    const deltas = [0, 1].map((l) => tf.variable(random([4, 20, 16], 24 + l, 0.3)));
+    const deltas = [0, 1].map((l) => tf.variable(random([4, 70, 16], 24 + l, 0.3)));
     // Values at padded positions are whatever a path leaves there (nothing reads them): compared at real ones.
     const real = (x: tf.Tensor) => x.mul(mask.expandDims(2)).arraySync() as NestedNumbers;
     const cases: [string, LinearModule[], number][] = [
@@ -249,7 +250,7 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
           const attention = model.forward(ids, mask, { lora, deltas, returnAttentionOutputs: true });
           const outputs = [attention.logits, ...attention.attentionOutputs!].map(real);
           // The blocks write A_l = 0 where they skip (the single kernels and tfjs compute it).
-          const skipped = attention.attentionOutputs!.map((a) => a.slice([1, 13, 0], [3, 7, 16]).abs().max().arraySync() as number);
+          const skipped = attention.attentionOutputs!.map((a) => a.slice([1, 45, 0], [3, 25, 16]).abs().max().arraySync() as number);
           return [logits, value.arraySync(), ...vars.map((v) => grads[v.name].arraySync() as NestedNumbers), ...outputs, skipped];
         });
       configureNativeKernels("off");

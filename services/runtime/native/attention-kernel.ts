@@ -28,7 +28,8 @@ export function registerAttentionKernels(addon: BlasAddon): void {
 /**
  * softmax(rope(q) rope(k)^T / sqrt(d) + bias) v per head, for q [B, T, heads * d], k and v
  * [B, T, kvHeads * d], bias [B, 1, T, T] and rotary tables cos, sin [T, d]; the context in
- * q's layout.
+ * q's layout. Causal: a query never reads a later key whatever the bias (which adds the
+ * padding), so the bias must mask them too.
  */
 export function attentionKernel(q: tf.Tensor3D, k: tf.Tensor3D, v: tf.Tensor3D, bias: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D, attrs: Attrs): tf.Tensor3D {
   const named = attrs as unknown as tf.NamedAttrMap;
