@@ -160,8 +160,10 @@ typedef struct {
 
 /*
  * attention.c's kernels on pointers; the backward needs t * t + d floats of buf. ends: each batch
- * row's end (its positions from there on skipped: out and dq zero there), or NULL for t.
+ * row's end (its positions from there on skipped: out and dq zero there), or NULL for t. probs
+ * holds attention_probs(t) floats a head: the causal blocks of queries by keys, one after another.
  */
+int64_t attention_probs(int64_t t);
 void attention_forward(const attn_shape *s, const int32_t *ends, const float *q, const float *k, const float *v, const float *bias, const float *cos, const float *sin, float *out,
                        float *qr, float *kr, float *probs);
 void attention_backward(const attn_shape *s, const int32_t *ends, const float *dy, const float *qr, const float *kr, const float *v, const float *probs, const float *cos,
@@ -176,6 +178,7 @@ napi_value lora_linear(napi_env env, napi_callback_info info);
 napi_value lora_linear_grad(napi_env env, napi_callback_info info);
 napi_value attention(napi_env env, napi_callback_info info);
 napi_value attention_grad(napi_env env, napi_callback_info info);
+napi_value attention_probs_size(napi_env env, napi_callback_info info);
 napi_value swiglu(napi_env env, napi_callback_info info);
 napi_value swiglu_grad(napi_env env, napi_callback_info info);
 napi_value attention_block(napi_env env, napi_callback_info info);

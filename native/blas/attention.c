@@ -59,6 +59,15 @@ VECTOR_CLONES static void softmax(float *p, const float *bias, int64_t rows, int
   }
 }
 
+int64_t attention_probs(int64_t t) {
+  int64_t total = 0;
+  for (int64_t r0 = 0; r0 < t; r0 += QUERY_BLOCK) {
+    const int64_t rows = t - r0 < QUERY_BLOCK ? t - r0 : QUERY_BLOCK;
+    total += rows * (r0 + rows);
+  }
+  return total;
+}
+
 /* Batch row b's end: its positions from there on are neither queries nor keys. */
 static int64_t end_of(const attn_shape *s, const int32_t *ends, int64_t b) { return ends ? ends[b] : s->t; }
 
@@ -73,7 +82,7 @@ void attention_forward(const attn_shape *s, const int32_t *ends, const float *q,
     if (end < T) memset(out + (b * T + end) * ldq, 0, 4u * (size_t)((T - end) * ldq));
     for (int64_t h = 0; h < s->heads; h++) {
       const int64_t kh = h / groups;
-      float *p = probs + (b * s->heads + h) * T * T;
+      float *p = probs + (b * s->heads + h) * attention_probs(T);
       const float *qb = qr + b * T * ldq + h * D, *kb = kr + b * T * ldk + kh * D, *vb = val + b * T * ldk + kh * D;
       for (int64_t r0 = 0; r0 < end; r0 += QUERY_BLOCK) {
         const int64_t rows = end - r0 < QUERY_BLOCK ? end - r0 : QUERY_BLOCK, keys = r0 + rows;
@@ -99,7 +108,7 @@ void attention_backward(const attn_shape *s, const int32_t *ends, const float *d
     if (end < T) memset(dq + (b * T + end) * ldq, 0, 4u * (size_t)((T - end) * ldq));
     for (int64_t h = 0; h < s->heads; h++) {
       const int64_t kh = h / groups;
-      const float *p = probs + (b * s->heads + h) * T * T;
+      const float *p = probs + (b * s->heads + h) * attention_probs(T);
       const float *dyb = dy + b * T * ldq + h * D, *qb = qr + b * T * ldq + h * D, *kb = kr + b * T * ldk + kh * D, *vb = val + b * T * ldk + kh * D;
       float *dvb = dv + b * T * ldk + kh * D, *dkb = dk + b * T * ldk + kh * D;
       for (int64_t r0 = 0; r0 < end; r0 += QUERY_BLOCK) {
@@ -141,7 +150,7 @@ static int read_shape(napi_env env, const int64_t *v, attn_shape *s) {
  * qrOffset, krOffset, probsOffset, b, t, heads, kvHeads, d): for q [B, T, heads * d], k and
  * v [B, T, kvHeads * d], bias [B, T, T] and rotary tables cos, sin [T, d], writes the
  * context out [B, T, heads * d], the rotated q and k (qr, kr) and the softmax probs
- * [B, heads, T, T] the backward pass reads.
+ * [B, heads, attentionProbs(T)] the backward pass reads.
  */
 napi_value attention(napi_env env, napi_callback_info info) {
   void *heap = NULL;
@@ -152,7 +161,7 @@ napi_value attention(napi_env env, napi_callback_info info) {
       !read_shape(env, v + 10, &s))
     return NULL;
   const uint64_t bt = (uint64_t)(s.b * s.t), qn = bt * (uint64_t)(s.heads * s.d), kn = bt * (uint64_t)(s.kv * s.d);
-  const uint64_t counts[10] = {qn, kn, kn, bt * (uint64_t)s.t, (uint64_t)(s.t * s.d), (uint64_t)(s.t * s.d), qn, qn, kn, bt * (uint64_t)(s.heads * s.t)};
+  const uint64_t counts[10] = {qn, kn, kn, bt * (uint64_t)s.t, (uint64_t)(s.t * s.d), (uint64_t)(s.t * s.d), qn, qn, kn, (uint64_t)(s.b * s.heads * attention_probs(s.t))};
   for (int i = 0; i < 10; i++) {
     if (!inside((uint64_t)v[i], counts[i], heap_bytes)) {
       napi_throw_range_error(env, NULL, "attention: an operand lies outside the heap or is misaligned");
@@ -181,7 +190,7 @@ napi_value attention_grad(napi_env env, napi_callback_info info) {
       !read_shape(env, v + 10, &s))
     return NULL;
   const uint64_t bt = (uint64_t)(s.b * s.t), qn = bt * (uint64_t)(s.heads * s.d), kn = bt * (uint64_t)(s.kv * s.d);
-  const uint64_t counts[10] = {qn, qn, kn, kn, bt * (uint64_t)(s.heads * s.t), (uint64_t)(s.t * s.d), (uint64_t)(s.t * s.d), qn, kn, kn};
+  const uint64_t counts[10] = {qn, qn, kn, kn, (uint64_t)(s.b * s.heads * attention_probs(s.t)), (uint64_t)(s.t * s.d), (uint64_t)(s.t * s.d), qn, kn, kn};
   for (int i = 0; i < 10; i++) {
     if (!inside((uint64_t)v[i], counts[i], heap_bytes)) {
       napi_throw_range_error(env, NULL, "attentionGrad: an operand lies outside the heap or is misaligned");
@@ -198,4 +207,18 @@ napi_value attention_grad(napi_env env, napi_callback_info info) {
   float *dq = f + v[7] / 4, *dk = f + v[8] / 4, *dv = f + v[9] / 4;
   attention_backward(&s, NULL, dy, qr, kr, val, probs, cos, sin, dq, dk, dv, buf);
   return NULL;
+}
+
+/* attentionProbs(t): the floats a head's softmax takes for t positions (its blocks of queries by keys). */
+napi_value attention_probs_size(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], out;
+  int32_t t = 0;
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc != 1 || napi_get_value_int32(env, argv[0], &t) != napi_ok || t < 0) {
+    napi_throw_type_error(env, NULL, "attentionProbs: a non-negative integer expected");
+    return NULL;
+  }
+  CHECK(env, napi_create_double(env, (double)attention_probs(t), &out));
+  return out;
 }

@@ -363,6 +363,7 @@ NAPI_MODULE_INIT() {
       {"loraLinearGrad", NULL, lora_linear_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"attention", NULL, attention, NULL, NULL, NULL, napi_enumerable, NULL},
       {"attentionGrad", NULL, attention_grad, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"attentionProbs", NULL, attention_probs_size, NULL, NULL, NULL, napi_enumerable, NULL},
       {"swiglu", NULL, swiglu, NULL, NULL, NULL, napi_enumerable, NULL},
       {"swigluGrad", NULL, swiglu_grad, NULL, NULL, NULL, napi_enumerable, NULL},
       {"attentionBlock", NULL, attention_block, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -198,7 +198,7 @@ static void scatter_grad(const rows_t *r, const float *kept, float *dx, const fl
  * 9 bias [b, 1, t, t], 10 cos, 11 sin [t, headDim], 12-17 q's projection (w, a, b, mask, r,
  * scaling), 18-23 k's, 24-29 v's, 30-35 o's; then what the forward writes, and the backward
  * reads: 36 y (forward) or dy (backward) [b, t, hidden], 37 the normed x, 38 its per-row r,
- * 39 v [b, t, kv], 40 rotated q, 41 rotated k, 42 softmax [b, heads, t, t], 43 the context
+ * 39 v [b, t, kv], 40 rotated q, 41 rotated k, 42 softmax [b, heads, attention_probs(t)], 43 the context
  * [b, t, q], 44 the adapters' x A products, each projection's [n, r] in turn; 45 residual (0
  * or 1), 46 the delta [b, t, hidden] added with the residual, or -1, 47 ends [b] or -1.
  */
@@ -239,7 +239,7 @@ static int attn_block_at(napi_env env, args_t *a, attn_block *k) {
   k->v = at(a, 39, n * (uint64_t)k->kvd, 0);
   k->qr = at(a, 40, n * (uint64_t)k->qd, 0);
   k->kr = at(a, 41, n * (uint64_t)k->kvd, 0);
-  k->probs = at(a, 42, n * (uint64_t)(s->heads * s->t), 0);
+  k->probs = at(a, 42, (uint64_t)(s->b * s->heads * attention_probs(s->t)), 0);
   k->ctx = at(a, 43, n * (uint64_t)k->qd, 0);
   xa_at(a, 44, k->proj, 4, k->n, k->xa);
   k->residual = size_at(a, 45);

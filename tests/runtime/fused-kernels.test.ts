@@ -303,6 +303,14 @@ describe.skipIf(!built)(`fused native kernels equal the tfjs ops they replace${b
     model.dispose();
   });
 
+  it("attention keeps its softmax as causal blocks of 32 queries by the keys up to their last: about half of [t, t]", () => {
+    if (!("addon" in loaded)) return;
+    const sizes = [0, 1, 32, 33, 70, 512].map((t) => loaded.addon.attentionProbs(t));
+    // 70: 32 x 32, 32 x 64, then 6 x 70.
+    expect(sizes).toEqual([0, 1, 1024, 1024 + 33, 1024 + 2048 + 420, 139264]);
+    expect(() => loaded.addon.attentionProbs(-1)).toThrow(/non-negative integer/);
+  });
+
   it("the blocks pass the positions after a row's last token through the residual, value and gradient", () => {
     // Rows of 9 and 4 tokens: the blocks skip positions 4-8 of the second row. There each layer's
     // output is its input plus the delta (the blocks add nothing), and a loss that reads those

@@ -59,7 +59,8 @@ function forward(addon: BlasAddon, args: Parameters<tf.KernelFunc>[0]): tf.Tenso
   const out = backend.makeOutput([...q.shape], "float32");
   const qr = backend.makeOutput([...q.shape], "float32");
   const kr = backend.makeOutput([...k.shape], "float32");
-  const probs = backend.makeOutput([b, heads, t, t], "float32");
+  // The softmax as the kernel keeps it: its causal blocks of queries by keys, about half of [t, t].
+  const probs = backend.makeOutput([b, heads, addon.attentionProbs(t)], "float32");
   const o = (x: tf.TensorInfo) => heapOffset(backend, x);
   addon.attention(heapBuffer(backend), o(q), o(k), o(v), o(bias), o(cos), o(sin), o(out), o(qr), o(kr), o(probs), b, t, heads, kvHeads, headDim);
   return [out, qr, kr, probs];

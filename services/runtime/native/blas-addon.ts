@@ -42,9 +42,11 @@ export interface BlasAddon {
   /**
    * Causal self-attention for q [b, t, heads * d], k and v [b, t, kvHeads * d], bias
    * [b, t, t] and rotary tables cos, sin [t, d]: writes the context out [b, t, heads * d],
-   * the rotated q and k (qr, kr) and the softmax probs [b, heads, t, t].
+   * the rotated q and k (qr, kr) and the softmax probs [b, heads, attentionProbs(t)].
    */
   attention(heap: ArrayBuffer, qOffset: number, kOffset: number, vOffset: number, biasOffset: number, cosOffset: number, sinOffset: number, outOffset: number, qrOffset: number, krOffset: number, probsOffset: number, b: number, t: number, heads: number, kvHeads: number, d: number): void;
+  /** The floats a head's softmax takes in attention's probs for t positions: its causal blocks of queries by keys. */
+  attentionProbs(t: number): number;
   /** attention's gradients with respect to q, k (before the rotation) and v, from dy [b, t, heads * d] and what the forward wrote. */
   attentionGrad(heap: ArrayBuffer, dyOffset: number, qrOffset: number, krOffset: number, vOffset: number, probsOffset: number, cosOffset: number, sinOffset: number, dqOffset: number, dkOffset: number, dvOffset: number, b: number, t: number, heads: number, kvHeads: number, d: number): void;
   /**

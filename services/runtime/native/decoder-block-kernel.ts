@@ -45,8 +45,8 @@ export interface AttentionShape {
 /** Registers the four kernels on the wasm backend. */
 export function registerDecoderBlockKernels(addon: BlasAddon): void {
   registerFused(ATTENTION, ATTENTION_GRAD, {
-    forward: (args) => blockForward((h, o) => addon.attentionBlock(h, o), attentionOperands, args),
-    backward: (args) => blockBackward((h, o) => addon.attentionBlockGrad(h, o), attentionOperands, 4, args),
+    forward: (args) => blockForward((h, o) => addon.attentionBlock(h, o), (a) => attentionOperands(addon, a), args),
+    backward: (args) => blockBackward((h, o) => addon.attentionBlockGrad(h, o), (a) => attentionOperands(addon, a), 4, args),
   });
   registerFused(MLP, MLP_GRAD, {
     forward: (args) => blockForward((h, o) => addon.mlpBlock(h, o), mlpOperands, args),
@@ -215,7 +215,7 @@ interface BlockAttrs {
   adapters: boolean;
 }
 
-function attentionOperands(args: Args): ReturnType<BlockOperands> {
+function attentionOperands(addon: BlasAddon, args: Args): ReturnType<BlockOperands> {
   const inputs = args.inputs as Infos;
   const { eps, scaling, heads, kvHeads, headDim, residual } = args.attrs as unknown as BlockAttrs;
   const { b, t, hidden } = inputGeometry(ATTENTION, inputs);
@@ -228,7 +228,7 @@ function attentionOperands(args: Args): ReturnType<BlockOperands> {
   const projections = projectionOperands(ATTENTION, inputs, [[hidden, qd], [hidden, kvd], [hidden, kvd], [qd, hidden]], n, scaling);
   const head = [b, t, heads, kvHeads, headDim, hidden, eps, inputs.x, inputs.norm, bias, cos, sin, ...projections];
   // y, the normed x, its r, v, rotated q and k, the softmax, the context, the x A products.
-  const kept = [[b, t, hidden], [b, t, hidden], [b, t], [b, t, kvd], [b, t, qd], [b, t, kvd], [b, heads, t, t], [b, t, qd], [xaSize(inputs, 4, n)]];
+  const kept = [[b, t, hidden], [b, t, hidden], [b, t], [b, t, kvd], [b, t, qd], [b, t, kvd], [b, heads, addon.attentionProbs(t)], [b, t, qd], [xaSize(inputs, 4, n)]];
   const { delta } = inputs;
   if (delta && (!residual || delta.dtype !== "float32" || !tf.util.arraysEqual(delta.shape, [b, t, hidden]))) {
     throw new Error(`${ATTENTION}: a delta needs the residual and float32 [${b}, ${t}, ${hidden}]; got ${delta.dtype} [${delta.shape}]`);
