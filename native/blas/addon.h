@@ -159,10 +159,12 @@ typedef struct {
 } attn_shape;
 
 /*
- * attention.c's kernels on pointers; the backward needs t * t + d floats of buf. ends: each batch
- * row's end (its positions from there on skipped: out and dq zero there), or NULL for t. probs
- * holds attention_probs(t) floats a head: the causal blocks of queries by keys, one after another.
+ * attention.c's kernels on pointers; the backward needs attention_grad_floats(t, d) floats of buf
+ * (a block of queries' scores and a head's row). ends: each batch row's end (its positions from
+ * there on skipped: out and dq zero there), or NULL for t. probs holds attention_probs(t) floats
+ * a head: the causal blocks of queries by keys, one after another.
  */
+int64_t attention_grad_floats(int64_t t, int64_t d);
 int64_t attention_probs(int64_t t);
 void attention_forward(const attn_shape *s, const int32_t *ends, const float *q, const float *k, const float *v, const float *bias, const float *cos, const float *sin, float *out,
                        float *qr, float *kr, float *probs);

@@ -59,6 +59,8 @@ VECTOR_CLONES static void softmax(float *p, const float *bias, int64_t rows, int
   }
 }
 
+int64_t attention_grad_floats(int64_t t, int64_t d) { return (t < QUERY_BLOCK ? t : QUERY_BLOCK) * t + d; }
+
 int64_t attention_probs(int64_t t) {
   int64_t total = 0;
   for (int64_t r0 = 0; r0 < t; r0 += QUERY_BLOCK) {
@@ -102,7 +104,7 @@ void attention_backward(const attn_shape *s, const int32_t *ends, const float *d
   memset(dk, 0, 4u * (size_t)kn);
   memset(dv, 0, 4u * (size_t)kn);
   const float root = sqrtf((float)D);
-  float *ds = buf, *tmp = buf + T * T;
+  float *ds = buf, *tmp = buf + attention_grad_floats(T, 0);
   for (int64_t b = 0; b < s->b; b++) {
     const int64_t end = end_of(s, ends, b);
     if (end < T) memset(dq + (b * T + end) * ldq, 0, 4u * (size_t)((T - end) * ldq));
@@ -197,7 +199,7 @@ napi_value attention_grad(napi_env env, napi_callback_info info) {
       return NULL;
     }
   }
-  float *buf = scratch((size_t)(s.t * s.t + s.d));
+  float *buf = scratch((size_t)attention_grad_floats(s.t, s.d));
   if (!buf) {
     napi_throw_error(env, NULL, "attentionGrad: out of memory");
     return NULL;

@@ -309,7 +309,7 @@ napi_value attention_block_grad(napi_env env, napi_callback_info info) {
   adapter_grads_at(&a, 49, k.proj, 4, da, db);
   if (!a.ok) return fail(env, "attentionBlockGrad: an operand lies outside the heap or is misaligned", 1), NULL;
   const int64_t widest = h > qd ? h : qd;
-  const int64_t attn_buf = k.s.t * k.s.t + k.s.d, proj_buf = m * (max_rank(k.proj, 4) + widest);
+  const int64_t attn_buf = attention_grad_floats(k.s.t, k.s.d), proj_buf = m * (max_rank(k.proj, 4) + widest);
   /* With ends, the kept rows' dy, the context (then x), its gradient (then dx), dq, dk, dv, and a mask's rows. */
   const int64_t kept = r->ends ? m * (h + 2 * widest + qd + 2 * kvd + widest) : 0;
   float *buf = scratch((size_t)(2 * n * qd + 2 * n * kvd + m * h + (attn_buf > proj_buf ? attn_buf : proj_buf) + kept));
