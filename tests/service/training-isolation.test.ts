@@ -29,7 +29,7 @@ beforeAll(async () => {
   await selectBackend("wasm", () => {});
   suite = await startSuite();
   await suite.deps.store.putObject(DATA, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
-  const long = Array.from({ length: 22 }, () => EXAMPLES.map((e) => ({ ...e, output: Array(200).fill(e.output).join(" ") }))).flat();
+  const long = Array.from({ length: 32 }, () => EXAMPLES.map((e) => ({ ...e, output: Array(200).fill(e.output).join(" ") }))).flat();
   await suite.deps.store.putObject(LONG, Buffer.from(long.map((e) => JSON.stringify(e)).join("\n")));
   const transport = createGrpcTransport({ baseUrl: suite.server.url });
   align = createClient(AlignService, transport);
@@ -128,14 +128,14 @@ describe("job admission", () => {
 
 describe("a backend abort", () => {
   it("fails only that job, typed; Embed and the next job in the same process succeed", async () => {
-    // Admission would refuse it; raised so that the job reaches the backend. 128 x 1024 tokens
-    // keep 2 GiB of attention probabilities a layer (4 heads) for the backward pass, past the
-    // wasm heap's 4 GiB over the model's two layers.
+    // Admission would refuse it; raised so that the job reaches the backend. 256 x 1024 tokens
+    // keep 2.2 GB of attention probabilities a layer (4 heads; the causal blocks, about half of
+    // [t, t]) for the backward pass, past the wasm heap's 4 GiB over the model's two layers.
     const limit = suite.deps.jobMemoryLimitMb;
     suite.deps.jobMemoryLimitMb = 1_000_000;
     let failed: Job;
     try {
-      const { job } = await align.createAlignJob({ spec: spec(LONG, { maxSteps: 2, batchSize: 128, maxSequenceLength: 1024 }) });
+      const { job } = await align.createAlignJob({ spec: spec(LONG, { maxSteps: 2, batchSize: 256, maxSequenceLength: 1024 }) });
       failed = await finished(job!.id);
     } finally {
       suite.deps.jobMemoryLimitMb = limit;
@@ -144,7 +144,7 @@ describe("a backend abort", () => {
     expect(failed.error?.code).toBe(Code.ResourceExhausted);
     const info = anyUnpack(failed.error!.details[0], ErrorInfoSchema)!;
     expect(info.reason).toBe("TRAINING_BACKEND_ABORTED");
-    expect(info.metadata).toMatchObject({ batch_size: "128", max_sequence_length: "1024", lora_rank: "4" });
+    expect(info.metadata).toMatchObject({ batch_size: "256", max_sequence_length: "1024", lora_rank: "4" });
     // A wasm trap: which one depends on where the heap ran out (with the native kernels an
     // allocation failing inside tfjs can surface as a call through a broken function table).
     expect(info.metadata.cause).toMatch(/Aborted\(|memory access out of bounds|Invalid typed array length|Array buffer allocation failed|null function or function signature mismatch/);
