@@ -112,9 +112,12 @@ export const COEFFICIENTS = {
  * (causalLmHeadLoss: no [tokens, vocab] tensor, so `vocab` is 0): peaks fell by up to 82%
  * (the 16k-vocabulary 32 x 200 job 1,540 -> 283-300 MiB); only RepNoise's harmful pass still
  * holds logits (repnoiseVocab). Least squares on that run (MMD 12.7 floats a pair), rounded up:
- * 1.17-1.46x the measured peaks in bench/results/job-memory.json (bench/README.md).
+ * 1.17-1.46x the measured peaks. The attention-score term went from 2 to 1 when attention
+ * kept only its causal blocks of the softmax (about half of [T, T]): the 16 x 512 jobs' peaks
+ * fell by 14-18% against the run before (on another machine), and with 2 the estimate reached
+ * 1.61x them (bench/results/job-memory.json, bench/README.md).
  */
-export const FUSED_COEFFICIENTS = { qkv: 2, intermediate: 5, scores: 2, vocab: 0, repnoiseVocab: 12, weightCopies: 2.2, vaccineHidden: 2, mmdPairs: 16 } as const;
+export const FUSED_COEFFICIENTS = { qkv: 2, intermediate: 5, scores: 1, vocab: 0, repnoiseVocab: 12, weightCopies: 2.2, vaccineHidden: 2, mmdPairs: 16 } as const;
 
 export function estimateJobMemory(s: JobShape): JobMemoryEstimate {
   const threads = s.threads ?? 1;
