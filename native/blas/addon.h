@@ -161,8 +161,8 @@ typedef struct {
 /*
  * attention.c's kernels on pointers; the backward needs attention_grad_floats(t, d) floats of buf
  * (a block of queries' scores and a head's row). ends: each batch row's end (its positions from
- * there on skipped: out and dq zero there), or NULL for t. probs holds attention_probs(t) floats
- * a head: the causal blocks of queries by keys, one after another.
+ * there on not read, and written only in out, dq, dk and dv: zeros), or NULL for t. probs holds
+ * attention_probs(t) floats a head: the causal blocks of queries by keys, one after another.
  */
 int64_t attention_grad_floats(int64_t t, int64_t d);
 int64_t attention_probs(int64_t t);

@@ -31,11 +31,16 @@ static void unrotate(float *g, const float *cos, const float *sin, float *tmp, i
   memcpy(g, tmp, 4u * (size_t)d);
 }
 
-/* Rotates every head of every position of x [B, T, n * d] into out. */
-static void rotate_all(const attn_shape *s, int64_t n, const float *x, const float *cos, const float *sin, float *out) {
-  for (int64_t bt = 0; bt < s->b * s->t; bt++) {
-    const int64_t p = bt % s->t;
-    for (int64_t h = 0; h < n; h++) rotate(x + (bt * n + h) * s->d, cos + p * s->d, sin + p * s->d, out + (bt * n + h) * s->d, s->d);
+/* Batch row b's end: its positions from there on are neither queries nor keys. */
+static int64_t end_of(const attn_shape *s, const int32_t *ends, int64_t b) { return ends ? ends[b] : s->t; }
+
+/* Rotates every head of x [B, T, n * d] into out at the positions before each row's end (nothing reads the others). */
+static void rotate_all(const attn_shape *s, const int32_t *ends, int64_t n, const float *x, const float *cos, const float *sin, float *out) {
+  for (int64_t b = 0; b < s->b; b++) {
+    for (int64_t p = 0, end = end_of(s, ends, b); p < end; p++) {
+      const int64_t bt = b * s->t + p;
+      for (int64_t h = 0; h < n; h++) rotate(x + (bt * n + h) * s->d, cos + p * s->d, sin + p * s->d, out + (bt * n + h) * s->d, s->d);
+    }
   }
 }
 
@@ -70,21 +75,18 @@ int64_t attention_probs(int64_t t) {
   return total;
 }
 
-/* Batch row b's end: its positions from there on are neither queries nor keys. */
-static int64_t end_of(const attn_shape *s, const int32_t *ends, int64_t b) { return ends ? ends[b] : s->t; }
-
 void attention_forward(const attn_shape *s, const int32_t *ends, const float *q, const float *k, const float *val, const float *bias, const float *cos, const float *sin, float *out,
                        float *qr, float *kr, float *probs) {
-  rotate_all(s, s->heads, q, cos, sin, qr);
-  rotate_all(s, s->kv, k, cos, sin, kr);
-  const int64_t T = s->t, D = s->d, ldq = s->heads * D, ldk = s->kv * D, groups = s->heads / s->kv;
+  rotate_all(s, ends, s->heads, q, cos, sin, qr);
+  rotate_all(s, ends, s->kv, k, cos, sin, kr);
+  const int64_t T = s->t, D = s->d, ldq = s->heads * D, ldk = s->kv * D, groups = s->heads / s->kv, head_probs = attention_probs(T);
   const float root = sqrtf((float)D);
   for (int64_t b = 0; b < s->b; b++) {
     const int64_t end = end_of(s, ends, b);
     if (end < T) memset(out + (b * T + end) * ldq, 0, 4u * (size_t)((T - end) * ldq));
     for (int64_t h = 0; h < s->heads; h++) {
       const int64_t kh = h / groups;
-      float *p = probs + (b * s->heads + h) * attention_probs(T);
+      float *p = probs + (b * s->heads + h) * head_probs;
       const float *qb = qr + b * T * ldq + h * D, *kb = kr + b * T * ldk + kh * D, *vb = val + b * T * ldk + kh * D;
       for (int64_t r0 = 0; r0 < end; r0 += QUERY_BLOCK) {
         const int64_t rows = end - r0 < QUERY_BLOCK ? end - r0 : QUERY_BLOCK, keys = r0 + rows;
@@ -99,7 +101,7 @@ void attention_forward(const attn_shape *s, const int32_t *ends, const float *q,
 
 void attention_backward(const attn_shape *s, const int32_t *ends, const float *dy, const float *qr, const float *kr, const float *val, const float *probs, const float *cos,
                         const float *sin, float *dq, float *dk, float *dv, float *buf) {
-  const int64_t T = s->t, D = s->d, ldq = s->heads * D, ldk = s->kv * D, groups = s->heads / s->kv;
+  const int64_t T = s->t, D = s->d, ldq = s->heads * D, ldk = s->kv * D, groups = s->heads / s->kv, head_probs = attention_probs(T);
   const uint64_t kn = (uint64_t)(s->b * s->t) * (uint64_t)ldk;
   memset(dk, 0, 4u * (size_t)kn);
   memset(dv, 0, 4u * (size_t)kn);
@@ -110,7 +112,7 @@ void attention_backward(const attn_shape *s, const int32_t *ends, const float *d
     if (end < T) memset(dq + (b * T + end) * ldq, 0, 4u * (size_t)((T - end) * ldq));
     for (int64_t h = 0; h < s->heads; h++) {
       const int64_t kh = h / groups;
-      const float *p = probs + (b * s->heads + h) * attention_probs(T);
+      const float *p = probs + (b * s->heads + h) * head_probs;
       const float *dyb = dy + b * T * ldq + h * D, *qb = qr + b * T * ldq + h * D, *kb = kr + b * T * ldk + kh * D, *vb = val + b * T * ldk + kh * D;
       float *dvb = dv + b * T * ldk + kh * D, *dkb = dk + b * T * ldk + kh * D;
       for (int64_t r0 = 0; r0 < end; r0 += QUERY_BLOCK) {
@@ -131,10 +133,12 @@ void attention_backward(const attn_shape *s, const int32_t *ends, const float *d
       }
     }
   }
-  for (int64_t i = 0; i < s->b * s->t; i++) {
-    const int64_t p = i % T;
-    for (int64_t h = 0; h < s->heads; h++) unrotate(dq + (i * s->heads + h) * D, cos + p * D, sin + p * D, tmp, D);
-    for (int64_t h = 0; h < s->kv; h++) unrotate(dk + (i * s->kv + h) * D, cos + p * D, sin + p * D, tmp, D);
+  for (int64_t b = 0; b < s->b; b++) {
+    for (int64_t p = 0, end = end_of(s, ends, b); p < end; p++) {
+      const int64_t i = b * T + p;
+      for (int64_t h = 0; h < s->heads; h++) unrotate(dq + (i * s->heads + h) * D, cos + p * D, sin + p * D, tmp, D);
+      for (int64_t h = 0; h < s->kv; h++) unrotate(dk + (i * s->kv + h) * D, cos + p * D, sin + p * D, tmp, D);
+    }
   }
 }
 

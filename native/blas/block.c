@@ -279,11 +279,8 @@ napi_value attention_block(napi_env env, napi_callback_info info) {
     const proj_t p = kept_proj(&k.proj[i], r, mask_rows);
     proj_forward(&p, k.xn, outs[i], 0, k.xa[i], m, masked);
   }
-  if (r->ends) {
-    /* The rotation reads every position (attention only those before each row's end): skipped ones' q, k and v are zeros. */
-    memset(buf, 0, 4u * (size_t)(n * (qd + kvd))), memset(k.v, 0, 4u * (size_t)(n * kvd));
-    scatter_rows(r, qs, q, qd), scatter_rows(r, ks, kk, kvd), scatter_rows(r, vs, k.v, kvd);
-  }
+  /* Attention reads q, k and v before each row's end only. */
+  scatter_rows(r, qs, q, qd), scatter_rows(r, ks, kk, kvd), scatter_rows(r, vs, k.v, kvd);
   attention_forward(&k.s, r->ends, q, kk, k.v, k.bias, k.cos, k.sin, k.ctx, k.qr, k.kr, k.probs);
   if (k.residual) residual_start(k.y, k.x, k.delta, n * h);
   else if (r->ends) memset(k.y, 0, 4u * (size_t)(n * h));

@@ -72,7 +72,7 @@ export function attentionBlockKernel(
   residual?: { delta?: tf.Tensor },
 ): tf.Tensor3D {
   const attrs = { eps, scaling, residual: residual !== undefined, ...shape } as unknown as tf.NamedAttrMap;
-  const ops = blockOperands(x, norm, projections, grads, residual?.delta, { ...rotary, ...(ends && { ends }) });
+  const ops = blockOperands(x, norm, projections, grads, residual?.delta, { ...rotary, ...rowEndsOperand(ends) });
   // bias and the delta are read by the forward only (the backward reads the softmax; the delta's gradient is dy).
   return runBlock(ATTENTION, ATTENTION_GRAD, ops, attrs, grads, ops.reads.filter((n) => n !== "bias" && n !== "delta"));
 }
@@ -91,9 +91,12 @@ export function mlpBlockKernel(
   residual: boolean,
   ends: RowEnds,
 ): tf.Tensor3D {
-  const ops = blockOperands(x, norm, projections, grads, undefined, ends ? { ends } : {});
+  const ops = blockOperands(x, norm, projections, grads, undefined, rowEndsOperand(ends));
   return runBlock(MLP, MLP_GRAD, ops, { eps, scaling, residual }, grads, ops.reads);
 }
+
+/** The ends as a named operand, none without. */
+const rowEndsOperand = (ends: RowEnds): Record<string, tf.Tensor> => (ends ? { ends } : {});
 
 interface Operands {
   inputs: Record<string, tf.Tensor>;
