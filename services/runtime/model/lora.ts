@@ -200,7 +200,8 @@ export class LoraAdapter {
         const w = model.weights.get(`${name}.weight`);
         if (!w) throw new Error(`mergedWeights: the model has no ${name}.weight`);
         const p = this.pairs.get(name)!;
-        return w.add(tf.matMul(p.b, p.a).mul(this.scaling)) as tf.Tensor2D;
+        // The scaling on B ([out, r]), not on the product ([out, in]): one pass less over each weight.
+        return w.add(tf.matMul(p.b.mul(this.scaling), p.a)) as tf.Tensor2D;
       }),
     );
     return new Map(names.map((name, i) => [`${name}.weight`, merged[i]]));
