@@ -8,13 +8,15 @@
  *   - dp-2t: data-parallel on two worker threads (services/runtime/train/data-parallel.ts),
  *     each with the native kernels on 1 OpenBLAS thread and half the batch,
  *   - torch-1t / torch-2t: bench/train_step_torch.py on Debian's PyTorch (same OpenBLAS core
- *     as the native kernel, so both run the same sgemm code).
+ *     as the native kernel, so both run the same sgemm code), one intra-op thread over 1 and 2
+ *     OpenBLAS threads, as native-1t and native-2t.
  * Also the sgemm rate through the addon (1024^3, 1 and 2 threads) at the start, and around
  * every step on the case's cores (PyTorch: torch.mm), model FLOPs per step, MFU against both,
  * tokens/s, peak RSS, and how long the case's threads waited for a core taken by other load
- * (each case in its own process).
+ * (each case in its own process); and Vaccine's step over SFT's with the two alternating in one
+ * process (ratioCase), ours and PyTorch's.
  * Writes bench/results/train-step.json. Run: npx tsx bench/train-step.ts
- * One case: npx tsx bench/train-step.ts --case <variant> <config> <method>
+ * One case: npx tsx bench/train-step.ts --case <variant> <config> <method>; one ratio: --ratio <variant> <config>
  */
 import { spawnSync } from "node:child_process";
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -37,16 +39,29 @@ const VARIANTS = {
 } as const;
 type Variant = keyof typeof VARIANTS;
 
-/** One case in this process: returns its measurements. */
-async function runCase(variant: Variant, configName: ConfigName, method: Method) {
-  const { native, threads, blasThreads, dataParallel } = VARIANTS[variant];
+/** The variant's backend and kernels, in this process. */
+async function selectVariant(variant: Variant) {
+  const { native, blasThreads } = VARIANTS[variant];
   const selection = await selectBackend("wasm", () => {}, { nativeKernels: native });
   const loaded = loadBlasAddon();
   if (native === "auto") {
     if (!("addon" in loaded) || !selection.nativeKernels?.active) throw new Error(`native kernels unavailable: ${selection.nativeKernels?.detail}`);
     loaded.addon.setThreads(blasThreads);
   }
-  const setup = dataParallel > 0 ? await dataParallelSetup(configName, method, dataParallel, blasThreads) : { ...trainingSetup(configName, method), close: async () => {} };
+  return { selection, loaded };
+}
+
+/** A training setup of the variant: step(i) runs step i. */
+async function variantSetup(variant: Variant, configName: ConfigName, method: Method) {
+  const { blasThreads, dataParallel } = VARIANTS[variant];
+  return dataParallel > 0 ? await dataParallelSetup(configName, method, dataParallel, blasThreads) : { ...trainingSetup(configName, method), close: async () => {} };
+}
+
+/** One case in this process: returns its measurements. */
+async function runCase(variant: Variant, configName: ConfigName, method: Method) {
+  const { threads, blasThreads, dataParallel } = VARIANTS[variant];
+  const { selection, loaded } = await selectVariant(variant);
+  const setup = await variantSetup(variant, configName, method);
   // The sgemm rate around each step on the case's cores: load on the shared machine comes and
   // goes, and paired with the step it falls on both.
   const addon = "addon" in loaded ? loaded.addon : null;
@@ -99,6 +114,37 @@ async function runCase(variant: Variant, configName: ConfigName, method: Method)
     tensorsHeldAfter: leaked,
     ...(dataParallel > 0 && { dataParallelThreads: dataParallel, threadTensorsFirstLast: threadTensors }),
     peakRssMb: process.resourceUsage().maxRSS / 1024,
+  };
+}
+
+const RATIO_ROUNDS = 20;
+const RATIO_WARMUP = 2;
+
+/**
+ * Vaccine's step time over SFT's for one variant and config: the two methods' steps alternate
+ * in one process, the first of each round changing, so load that comes and goes falls on both
+ * (the cases above each run alone, minutes apart, and their ratio moves by more than 0.1 with
+ * the machine). The same on PyTorch: bench/train_step_torch.py's `ratio`.
+ */
+async function ratioCase(variant: Variant, configName: ConfigName) {
+  const { selection } = await selectVariant(variant);
+  const setups = { sft: await variantSetup(variant, configName, "sft"), vaccine: await variantSetup(variant, configName, "vaccine") };
+  const rounds: Record<Method, number>[] = [];
+  for (let i = 0; i < RATIO_WARMUP + RATIO_ROUNDS; i++) {
+    const ms = {} as Record<Method, number>;
+    for (const method of i % 2 ? (["sft", "vaccine"] as const) : (["vaccine", "sft"] as const)) {
+      const t0 = performance.now();
+      await setups[method].step(i);
+      ms[method] = performance.now() - t0;
+    }
+    if (i >= RATIO_WARMUP) rounds.push(ms);
+  }
+  await Promise.all([setups.sft.close(), setups.vaccine.close()]);
+  const sftMs = median(rounds.map((r) => r.sft));
+  const vaccineMs = median(rounds.map((r) => r.vaccine));
+  return {
+    variant, config: configName, threads: VARIANTS[variant].threads, backend: selection.backend, rounds: rounds.length,
+    sftMs, vaccineMs, ratioOfMedians: vaccineMs / sftMs, ratioMedianOfRounds: median(rounds.map((r) => r.vaccine / r.sft)),
   };
 }
 
@@ -155,6 +201,11 @@ async function main(): Promise<void> {
     console.log(JSON.stringify(await runCase(variant, config, method)));
     return;
   }
+  if (process.argv[2] === "--ratio") {
+    const [variant, config] = process.argv.slice(3) as [Variant, ConfigName];
+    console.log(JSON.stringify(await ratioCase(variant, config)));
+    return;
+  }
   const started = { time: new Date().toISOString(), loadAverage: loadAverage() };
   const loaded = loadBlasAddon();
   const blas = "addon" in loaded ? loaded.addon.config() : loaded.error;
@@ -162,32 +213,43 @@ async function main(): Promise<void> {
   const sgemm = "addon" in loaded ? { threads1: sgemmRate(1), threads2: sgemmRate(2) } : null;
   console.log("sgemm GFLOP/s", sgemm, blas);
 
+  // One child process a case: ours (--case, --ratio) or PyTorch's (bench/train_step_torch.py).
+  const ours = (variant: Variant, args: string[]) => {
+    // After the paired sgemm on two OpenBLAS threads, OpenBLAS's second thread spins for
+    // about 0.1 s (2^28 cycles) before it sleeps, at normal priority, taking a core from the
+    // data-parallel threads (niced, as a job's are) for most of a step; a job's training
+    // runs one OpenBLAS thread, so it has no such spin. 2^4 cycles: it sleeps at once.
+    const env = VARIANTS[variant].dataParallel > 0 ? { ...process.env, OPENBLAS_THREAD_TIMEOUT: "4" } : process.env;
+    const child = spawnSync(process.execPath, ["--import", "tsx", "bench/train-step.ts", ...args], { encoding: "utf8", env });
+    if (child.status !== 0) throw new Error(`${args.join(" ")} failed:\n${child.stderr}`);
+    return JSON.parse(child.stdout.trim().split("\n").pop()!);
+  };
+  const torch = (threads: number, args: string[]) => {
+    // Debian's torch on the OpenBLAS core the addon uses (OpenBLAS 0.3.21 detects this CPU as Prescott).
+    const env = { ...process.env, OMP_NUM_THREADS: "1", OPENBLAS_NUM_THREADS: String(threads) } as NodeJS.ProcessEnv;
+    delete env.OPENBLAS_CORETYPE;
+    delete env.OPENBLAS_L2_SIZE;
+    if (coreType) env.OPENBLAS_CORETYPE = coreType;
+    const py = spawnSync("/usr/bin/python3", ["bench/train_step_torch.py", ...args, String(threads)], { encoding: "utf8", env });
+    if (py.status !== 0) return { variant: `torch-${threads}t`, args, error: py.stderr.trim().split("\n").pop() };
+    return JSON.parse(py.stdout.trim().split("\n").pop()!);
+  };
+  const variants = (Object.keys(VARIANTS) as Variant[]).filter((v) => v === "wasm-stock" || sgemm);
+  const log = <T>(x: T) => (console.log(JSON.stringify(x)), x);
+
   const cases: Record<string, unknown>[] = [];
+  const ratios: Record<string, unknown>[] = [];
   for (const config of Object.keys(CONFIGS) as ConfigName[]) {
     for (const method of METHODS) {
       const flops = stepFlops(llamaConfig(config), method);
-      for (const variant of Object.keys(VARIANTS) as Variant[]) {
-        if (variant !== "wasm-stock" && !sgemm) continue;
-        const child = spawnSync(process.execPath, ["--import", "tsx", "bench/train-step.ts", "--case", variant, config, method], { encoding: "utf8" });
-        if (child.status !== 0) throw new Error(`case ${variant} ${config} ${method} failed:\n${child.stderr}`);
-        cases.push(withRates(JSON.parse(child.stdout.trim().split("\n").pop()!), flops, sgemm));
-        console.log(JSON.stringify(cases[cases.length - 1]));
-      }
+      for (const variant of variants) cases.push(log(withRates(ours(variant, ["--case", variant, config, method]), flops, sgemm)));
       for (const threads of [1, 2]) {
-        // Debian's torch on the OpenBLAS core the addon uses (OpenBLAS 0.3.21 detects this CPU as Prescott).
-        const env = { ...process.env, OMP_NUM_THREADS: String(threads) } as NodeJS.ProcessEnv;
-        delete env.OPENBLAS_CORETYPE;
-        delete env.OPENBLAS_L2_SIZE;
-        if (coreType) env.OPENBLAS_CORETYPE = coreType;
-        const py = spawnSync("/usr/bin/python3", ["bench/train_step_torch.py", config, method, String(threads)], { encoding: "utf8", env });
-        if (py.status !== 0) {
-          cases.push({ variant: `torch-${threads}t`, config, method, error: py.stderr.trim().split("\n").pop() });
-          continue;
-        }
-        cases.push(withRates(JSON.parse(py.stdout.trim().split("\n").pop()!), flops, sgemm));
-        console.log(JSON.stringify(cases[cases.length - 1]));
+        const c = torch(threads, [config, method]);
+        cases.push(log("error" in c ? c : withRates(c, flops, sgemm)));
       }
     }
+    for (const variant of variants) ratios.push(log(ours(variant, ["--ratio", variant, config])));
+    for (const threads of [1, 2]) ratios.push(log(torch(threads, [config, "ratio"])));
   }
   mkdirSync("bench/results", { recursive: true });
   writeFileSync(
@@ -200,6 +262,7 @@ async function main(): Promise<void> {
         sgemmGflops: sgemm && { n: 1024, ...sgemm },
         load: { started, finished: { time: new Date().toISOString(), loadAverage: loadAverage() } },
         cases,
+        ratios,
       },
       null,
       2,

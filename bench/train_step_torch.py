@@ -9,10 +9,20 @@ warm-up; prints one JSON line. Around each step, a 1024^3 torch.mm on the same t
 same OpenBLAS sgemm): the sgemm rate paired with that step, so load that comes and goes on the
 shared machine falls on both.
 
-Usage: /usr/bin/python3 bench/train_step_torch.py <4x128|6x256> <sft|vaccine> <threads>
+<threads> is the cores the case uses, as OpenBLAS threads under one intra-op thread: the split
+of bench/train-step.ts's native-2t. Two intra-op threads over two OpenBLAS threads (torch's
+default here: Debian's OpenBLAS takes OMP_NUM_THREADS when OPENBLAS_NUM_THREADS is unset) ran
+3-4x slower than one thread, four spinning threads on two cores; two intra-op threads over one
+OpenBLAS thread ran as fast as one OpenBLAS thread or slower (bench/README.md).
+
+With the method `ratio`, SFT and Vaccine steps alternate on one model (the first of each round
+changing) and it prints Vaccine's step time over SFT's: each round's, so load falls on both.
+
+Usage: /usr/bin/python3 bench/train_step_torch.py <4x128|6x256> <sft|vaccine|ratio> <threads>
 """
 import json
 import math
+import os
 import resource
 import statistics
 import sys
@@ -23,6 +33,8 @@ import torch.nn.functional as F
 
 CONFIGS = {"4x128": (128, 384, 4, 4), "6x256": (256, 768, 6, 8)}
 BATCH, TOKENS, VOCAB, RANK, RHO, STEPS, WARMUP = 8, 64, 2048, 8, 2.0, 10, 2
+# The ratio mode: SFT and Vaccine steps alternating, the first of each round changing.
+RATIO_ROUNDS, RATIO_WARMUP = 20, 2
 
 
 class Lora(torch.nn.Module):
@@ -87,26 +99,11 @@ def loss_of(model, ids, deltas):
     return F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
 
 
-def main():
-    config, method, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    d, f, layers, heads = CONFIGS[config]
-    model = Model(d, f, layers, heads)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
-    times, cpu_times, losses, rates = [], [], [], []
-    a, b, c = torch.rand(1024, 1024) - 0.5, torch.rand(1024, 1024) - 0.5, torch.empty(1024, 1024)
+def training_step(model, opt, params, d, layers):
+    """One step of SFT or Vaccine on random tokens; returns its loss."""
 
-    def sgemm_ms():
-        t = time.perf_counter()
-        torch.mm(a, b, out=c)  # into the same output each time, as the addon's sgemm
-        return (time.perf_counter() - t) * 1000
-
-    for step in range(WARMUP + STEPS):
+    def step(method):
         ids = torch.randint(3, VOCAB, (BATCH, TOKENS))
-        before = sgemm_ms()
-        t0, c0 = time.perf_counter(), time.process_time()
         zeros = [torch.zeros(BATCH, TOKENS, d) for _ in range(layers)]
         if method == "vaccine":
             probes = [z.clone().requires_grad_(True) for z in zeros]
@@ -120,9 +117,39 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        return loss.item()
+
+    return step
+
+
+def main():
+    config, method, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    if os.environ.get("OPENBLAS_NUM_THREADS") != str(threads):
+        sys.exit(f"OPENBLAS_NUM_THREADS must be {threads}: OpenBLAS reads it once, at load")
+    torch.manual_seed(0)
+    d, f, layers, heads = CONFIGS[config]
+    model = Model(d, f, layers, heads)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
+    step = training_step(model, opt, params, d, layers)
+    if method == "ratio":
+        return print_ratio(config, threads, step)
+    times, cpu_times, losses, rates = [], [], [], []
+    a, b, c = torch.rand(1024, 1024) - 0.5, torch.rand(1024, 1024) - 0.5, torch.empty(1024, 1024)
+
+    def sgemm_ms():
+        t = time.perf_counter()
+        torch.mm(a, b, out=c)  # into the same output each time, as the addon's sgemm
+        return (time.perf_counter() - t) * 1000
+
+    for _ in range(WARMUP + STEPS):
+        before = sgemm_ms()
+        t0, c0 = time.perf_counter(), time.process_time()
+        losses.append(step(method))
         times.append((time.perf_counter() - t0) * 1000)
         cpu_times.append((time.process_time() - c0) * 1000)
-        losses.append(loss.item())
         rates.append(2 * 1024**3 / (min(before, sgemm_ms()) / 1000) / 1e9)
     timed = times[WARMUP:]
     print(json.dumps({
@@ -133,6 +160,30 @@ def main():
         "minMs": min(timed), "maxMs": max(timed), "firstLoss": losses[0], "lastLoss": losses[-1],
         "peakRssMb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }))
+
+
+def print_ratio(config, threads, step):
+    """Vaccine's step over SFT's, the two alternating on one model (bench/train-step.ts ratioCase)."""
+    rounds = []
+    for i in range(RATIO_WARMUP + RATIO_ROUNDS):
+        ms = {}
+        for method in (("sft", "vaccine") if i % 2 else ("vaccine", "sft")):
+            t0 = time.perf_counter()
+            step(method)
+            ms[method] = (time.perf_counter() - t0) * 1000
+        if i >= RATIO_WARMUP:
+            rounds.append(ms)
+    print(json.dumps(ratio_summary(f"torch-{threads}t", config, threads, f"pytorch {torch.__version__}", rounds)))
+
+
+def ratio_summary(variant, config, threads, backend, rounds):
+    sft, vaccine = [r["sft"] for r in rounds], [r["vaccine"] for r in rounds]
+    return {
+        "variant": variant, "config": config, "threads": threads, "backend": backend, "rounds": len(rounds),
+        "sftMs": statistics.median(sft), "vaccineMs": statistics.median(vaccine),
+        "ratioOfMedians": statistics.median(vaccine) / statistics.median(sft),
+        "ratioMedianOfRounds": statistics.median(r["vaccine"] / r["sft"] for r in rounds),
+    }
 
 
 if __name__ == "__main__":
