@@ -3,13 +3,14 @@
 // not built (a machine without a compiler or libopenblas-dev runs everything but the
 // native-vs-stock comparison, whose name says it is skipped there).
 import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { LlamaModel } from "../../services/runtime/model/llama.ts";
 import { dropoutMask, LoraAdapter, maskSeeds } from "../../services/runtime/model/lora.ts";
-import { loadBlasAddon } from "../../services/runtime/native/blas-addon.ts";
+import { coreTypeFor, coreTypeNote, loadBlasAddon } from "../../services/runtime/native/blas-addon.ts";
 import { nativeDropoutMask } from "../../services/runtime/native/dropout-kernel.ts";
 import { configureNativeKernels, nativeKernelsActive } from "../../services/runtime/native/kernels.ts";
 import { Rng } from "../../services/runtime/rng.ts";
@@ -260,6 +261,25 @@ describe("training on the wasm backend with the native kernels when built", () =
     } else {
       expect(selection.nativeKernels).toMatchObject({ active: false, detail: expect.stringMatching(/is not built/) });
     }
+  });
+
+  it("OpenBLAS's core: SkylakeX with AVX-512, Haswell with AVX2; one set in the environment is obeyed, and the start log says when this CPU's flags choose another", () => {
+    const avx512 = ["avx512f", "avx512bw", "avx512vl", "avx512dq"];
+    expect(coreTypeFor(new Set(["avx2", "fma", ...avx512]))).toBe("SkylakeX");
+    expect(coreTypeFor(new Set(["avx2", "fma", "avx512f"]))).toBe("Haswell");
+    expect(coreTypeFor(new Set(["sse3", "avx2"]))).toBeUndefined();
+    const avx2 = new Set(["avx2", "fma"]);
+    expect(coreTypeNote("Prescott", avx2)).toBe("OPENBLAS_CORETYPE=Prescott is set; this CPU's flags choose Haswell");
+    expect(coreTypeNote("haswell", avx2)).toBeUndefined();
+    expect(coreTypeNote(undefined, avx2)).toBeUndefined();
+    expect(coreTypeNote("Prescott", new Set())).toBeUndefined();
+    if (!built) return;
+    // In a process of its own: OpenBLAS reads the variable once, at load.
+    const script = `const { selectBackend } = await import(${JSON.stringify(resolve("services/runtime/backend.ts"))}); const s = await selectBackend("wasm", () => {}, { nativeKernels: "auto" }); console.log(s.nativeKernels.detail);`;
+    const detail = execFileSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { encoding: "utf8", env: { ...process.env, OPENBLAS_CORETYPE: "Prescott" } }).trim().split("\n").pop();
+    expect(detail).toMatch(/^OpenBLAS .* Prescott MAX_THREADS/);
+    const best = coreTypeFor(new Set(readFileSync("/proc/cpuinfo", "utf8").match(/^flags\s*:(.*)$/m)?.[1].trim().split(/\s+/)));
+    if (best) expect(detail).toContain(`; OPENBLAS_CORETYPE=Prescott is set; this CPU's flags choose ${best}`);
   });
 
   it("the compiled build (npm start, the deployed workers) loads the same addon", () => {

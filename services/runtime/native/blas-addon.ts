@@ -98,6 +98,8 @@ const THREAD_VARIABLES = ["OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_T
 const ADDON = join("native", "blas", "build", "Release", "vaccine_blas.node");
 
 let loaded: { addon: BlasAddon } | { error: string } | undefined;
+/** OPENBLAS_CORETYPE as the environment gave it when the addon loaded (chooseCoreType sets and removes its own). */
+let givenCoreType: string | undefined;
 
 /** The addon, loaded once per thread; or why it cannot be. */
 export function loadBlasAddon(): { addon: BlasAddon } | { error: string } {
@@ -108,6 +110,7 @@ export function loadBlasAddon(): { addon: BlasAddon } | { error: string } {
 function load(): { addon: BlasAddon } | { error: string } {
   const path = findAddon(dirname(fileURLToPath(import.meta.url)));
   if (!path) return { error: `${ADDON} is not built (npm run build:native: needs a C compiler and libopenblas-dev)` };
+  givenCoreType = process.env.OPENBLAS_CORETYPE;
   const chosen = chooseCoreType();
   try {
     const addon = createRequire(import.meta.url)(path) as BlasAddon;
@@ -144,18 +147,36 @@ function findAddon(from: string): string | undefined {
  */
 function chooseCoreType(): string | undefined {
   if (process.env.OPENBLAS_CORETYPE !== undefined) return undefined;
-  let flags: Set<string>;
-  try {
-    const line = readFileSync("/proc/cpuinfo", "utf8").match(/^flags\s*:(.*)$/m)?.[1] ?? "";
-    flags = new Set(line.trim().split(/\s+/));
-  } catch {
-    return undefined;
-  }
-  const chosen = ["avx512f", "avx512bw", "avx512vl", "avx512dq"].every((f) => flags.has(f))
-    ? "SkylakeX"
-    : ["avx2", "fma"].every((f) => flags.has(f))
-      ? "Haswell"
-      : undefined;
+  const chosen = coreTypeFor(cpuFlags());
   if (chosen) process.env.OPENBLAS_CORETYPE = chosen;
   return chosen;
+}
+
+/** The OpenBLAS core for a CPU's flags: SkylakeX with AVX-512, Haswell with AVX2 and FMA, else none (OpenBLAS's own detection). */
+export function coreTypeFor(flags: ReadonlySet<string>): string | undefined {
+  if (["avx512f", "avx512bw", "avx512vl", "avx512dq"].every((f) => flags.has(f))) return "SkylakeX";
+  if (["avx2", "fma"].every((f) => flags.has(f))) return "Haswell";
+  return undefined;
+}
+
+/** This CPU's flags (/proc/cpuinfo); empty where there is none. */
+function cpuFlags(): Set<string> {
+  try {
+    const line = readFileSync("/proc/cpuinfo", "utf8").match(/^flags\s*:(.*)$/m)?.[1] ?? "";
+    return new Set(line.trim().split(/\s+/));
+  } catch {
+    return new Set();
+  }
+}
+
+/**
+ * For the start log: an OPENBLAS_CORETYPE from the environment that is not the core this CPU's
+ * flags choose. It is obeyed (an operator may pin a core, e.g. for the same results on mixed
+ * nodes), but it can cost much: on an AVX-512 machine whose environment set Haswell, sgemm ran
+ * at 118 GFLOP/s on one core against 216 with SkylakeX (README, performance).
+ */
+export function coreTypeNote(given = givenCoreType, flags: ReadonlySet<string> = cpuFlags()): string | undefined {
+  const best = coreTypeFor(flags);
+  if (given === undefined || best === undefined || given.toLowerCase() === best.toLowerCase()) return undefined;
+  return `OPENBLAS_CORETYPE=${given} is set; this CPU's flags choose ${best}`;
 }

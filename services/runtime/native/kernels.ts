@@ -11,7 +11,7 @@
  * N) and is put back when the native path is turned off (VACCINE_NATIVE_KERNELS=off).
  */
 import * as tf from "@tensorflow/tfjs";
-import { loadBlasAddon, type BlasAddon } from "./blas-addon.ts";
+import { coreTypeNote, loadBlasAddon, type BlasAddon } from "./blas-addon.ts";
 import { registerAttentionKernels } from "./attention-kernel.ts";
 import { registerCrossEntropyKernels } from "./cross-entropy-kernel.ts";
 import { registerDecoderBlockKernels } from "./decoder-block-kernel.ts";
@@ -73,7 +73,8 @@ export function configureNativeKernels(mode: NativeKernelMode): NativeKernels {
   registerAttentionKernels(loaded.addon);
   registerDecoderBlockKernels(loaded.addon);
   registerDropoutKernel(loaded.addon);
-  return (active = { active: true, detail: loaded.addon.config(), threads: loaded.addon.threads() });
+  const note = coreTypeNote();
+  return (active = { active: true, detail: note ? `${loaded.addon.config()}; ${note}` : loaded.addon.config(), threads: loaded.addon.threads() });
 }
 
 function install(kernelName: string, make: (stock: tf.KernelConfig) => tf.KernelConfig): void {
