@@ -2,7 +2,7 @@
  * One training step (SFT and Vaccine) against PyTorch on the same machine, in the same run:
  * the four configs of issue 17 (4 layers x 128 with MLP 384 and 6 layers x 256 with MLP 768;
  * batch 8 x 64 tokens, vocab 2048, LoRA r 8 on all seven projections, AdamW with clipping),
- * median of 10 steps after 2 of warm-up, for
+ * median of 10 steps after 30 of warm-up, for
  *   - wasm-stock: the wasm backend's own kernels (VACCINE_NATIVE_KERNELS=off),
  *   - native-1t / native-2t: the OpenBLAS matmul kernel on 1 and 2 threads,
  *   - dp-2t: data-parallel on two worker threads (services/runtime/train/data-parallel.ts),
@@ -29,7 +29,10 @@ import { median } from "./stats.ts";
 import { BATCH, CONFIGS, dataParallelSetup, llamaConfig, METHODS, RANK, RHO, stepFlops, TOKENS, trainingSetup, VOCAB, type ConfigName, type Method } from "./train-setup.ts";
 
 const STEPS = 10;
-const WARMUP = 2;
+// V8 compiles the step's code for its first tens of steps, on background threads that take a core
+// from data-parallel training (4 x 128: 22.5 ms a step over steps 2-11, 14.4 over steps 62-121;
+// one thread 21.3 and 19.8): 30 steps of warm-up, so the steps timed are a long job's.
+const WARMUP = 30;
 /** threads: cores the case uses; blasThreads: OpenBLAS threads of each training thread; dataParallel: worker threads (0: this one). */
 const VARIANTS = {
   "wasm-stock": { native: "off", threads: 1, blasThreads: 1, dataParallel: 0 },
@@ -118,7 +121,7 @@ async function runCase(variant: Variant, configName: ConfigName, method: Method)
 }
 
 const RATIO_ROUNDS = 20;
-const RATIO_WARMUP = 2;
+const RATIO_WARMUP = WARMUP;
 
 /**
  * Vaccine's step time over SFT's for one variant and config: the two methods' steps alternate

@@ -4,7 +4,7 @@ Same model (RMSNorm, rotary positions, causal attention, SwiGLU MLP, untied head
 LoRA (r 8, alpha 16, all seven projections, base frozen), same batch (8 x 64 random tokens,
 every position labelled), AdamW (weight decay 0.1) with global-norm clipping at 1, Vaccine
 with rho 2 (pass 1: gradient of the loss w.r.t. a zero delta on every layer's attention
-output; pass 2: the update under the scaled perturbation). Median of 10 steps after 2 of
+output; pass 2: the update under the scaled perturbation). Median of 10 steps after 30 of
 warm-up; prints one JSON line. Around each step, a 1024^3 torch.mm on the same threads (the
 same OpenBLAS sgemm): the sgemm rate paired with that step, so load that comes and goes on the
 shared machine falls on both.
@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 CONFIGS = {"4x128": (128, 384, 4, 4), "6x256": (256, 768, 6, 8)}
-BATCH, TOKENS, VOCAB, RANK, RHO, STEPS, WARMUP = 8, 64, 2048, 8, 2.0, 10, 2
+BATCH, TOKENS, VOCAB, RANK, RHO, STEPS, WARMUP = 8, 64, 2048, 8, 2.0, 10, 30  # warm-up as bench/train-step.ts's
 # The ratio mode: SFT and Vaccine steps alternating, the first of each round changing.
-RATIO_ROUNDS, RATIO_WARMUP = 20, 2
+RATIO_ROUNDS, RATIO_WARMUP = 20, WARMUP
 
 
 class Lora(torch.nn.Module):
