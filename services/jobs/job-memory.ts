@@ -81,11 +81,6 @@ export const COEFFICIENTS = {
   /** Vaccine, per token and layer, per unit of hidden width: the zero deltas, their gradients and the perturbation kept across the two passes. */
   vaccineHidden: 3,
   /**
-   * Vaccine and T-Vaccine, per adapted projection's weight: pass 1 without LoRA dropout runs on
-   * merged weights (LoraAdapter.mergedWeights), a copy of each. Counted from the code, not fitted.
-   */
-  vaccineMergedCopies: 1,
-  /**
    * RepNoise, per (B x T)^2 element of a harmful batch (T its longest row): the three kernel
    * matrices of the MMD (distances, five bandwidths, sums) of one layer, alive together in its
    * value or its closed-form gradient (mmd2: none of them stays on the tape, so layers do not
@@ -100,8 +95,8 @@ export const COEFFICIENTS = {
  * The terms that differ with the native fused kernels (the others as COEFFICIENTS): the four
  * activation terms, and the weights, which the native products read with transpose flags
  * instead of keeping transposed copies (2.0x fitted on the 85M-parameter job); Vaccine's
- * pass 1, whose merged weights take the plain products and keep more of their activations
- * (8: the 6 x 256 Vaccine job measured 624-646 MiB, 1.05x under it); RepNoise's kernel
+ * pass 1, which then ran on merged weights and kept more of its activations (8: the 6 x 256
+ * Vaccine job measured 624-646 MiB, 1.05x under it); RepNoise's kernel
  * matrices (fitted: the b8 t200 RepNoise job measured 410 MiB). Refitted when the fused
  * loss, attention and SwiGLU stopped leaving a zero gradient per kept tensor alive until the
  * end of each backward pass (runFused): the jobs' peaks fell by 5-44% (but the 85M-parameter
@@ -154,7 +149,6 @@ function threadEstimate(s: JobShape, wholeBatch: number): JobMemoryEstimate {
   // Weights, gradients and two AdamW moments.
   const adapterBytes = loraParams * F32 * (4 + (s.method === "booster" ? k.boosterAdapterCopies : 0));
   const perturbs = s.method === "vaccine" || s.method === "t_vaccine";
-  const mergedBytes = perturbs ? k.vaccineMergedCopies * F32 * layers * targeted.reduce((n, m) => n + linearShape(c, m).reduce((a, b) => a * b, 1), 0) : 0;
   const qkv = (c.numAttentionHeads + 2 * c.numKeyValueHeads) * c.headDim;
   const perTokenLayer = k.qkv * qkv + k.intermediate * c.intermediateSize + k.rank * s.loraRank * targeted.length + (perturbs ? k.vaccineHidden * c.hiddenSize : 0);
   const vocab = k.vocab + (s.method === "repnoise" ? k.repnoiseVocab : 0);
@@ -163,6 +157,6 @@ function threadEstimate(s: JobShape, wholeBatch: number): JobMemoryEstimate {
   const mmd = s.method === "repnoise" ? k.mmdPairs * (s.batchSize * harmfulRow) * (wholeBatch * harmfulRow) : 0;
   const activationBytes = F32 * (floats + mmd);
   const runtimeBytes = k.runtimeBytes + k.datasetCharBytes * (s.datasetChars ?? 0);
-  const totalBytes = runtimeBytes + k.heapBytes + k.weightCopies * weightBytes + mergedBytes + adapterBytes + activationBytes;
+  const totalBytes = runtimeBytes + k.heapBytes + k.weightCopies * weightBytes + adapterBytes + activationBytes;
   return { totalBytes: Math.ceil(totalBytes), runtimeBytes, weightBytes, adapterBytes, activationBytes: Math.ceil(activationBytes) };
 }

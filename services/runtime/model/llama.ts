@@ -101,12 +101,6 @@ export interface ForwardOptions {
   /** Return the residual stream after each layer (before the final norm), as HF's hidden_states[1..]. */
   returnLayerOutputs?: boolean;
   lora?: LoraAdapter;
-  /**
-   * Weights used in place of the model's, by name (LoraAdapter.mergedWeights: each adapted
-   * projection with its update merged in, W + s B A). A projection found here skips its LoRA
-   * branch: one product instead of three, forward and backward.
-   */
-  weights?: ReadonlyMap<string, tf.Tensor>;
   /** Enables LoRA dropout. */
   training?: boolean;
   /**
@@ -675,12 +669,10 @@ export class LlamaModel {
     return mlpBlockKernel(x, this.w(`model.layers.${l}.post_attention_layernorm.weight`) as tf.Tensor1D, c.rmsNormEps, projections, opts.lora?.scaling ?? 1, grads, true, ends);
   }
 
-  /** A projection's weight (merged, when given) and adapter for a block kernel, its dropout mask drawn for an input of `shape`. */
+  /** A projection's weight and adapter for a block kernel, its dropout mask drawn for an input of `shape`. */
   private blockProjection(l: number, module: LinearModule, shape: number[], opts: ForwardOptions): BlockProjection {
     const name = linearName(l, module);
-    const merged = opts.weights?.get(`${name}.weight`) as tf.Tensor2D | undefined;
-    const w = merged ?? (this.w(`${name}.weight`) as tf.Tensor2D);
-    return { w, adapter: opts.lora && !merged ? opts.lora.branch(name, shape, opts.training ?? false) : undefined };
+    return { w: this.w(`${name}.weight`) as tf.Tensor2D, adapter: opts.lora?.branch(name, shape, opts.training ?? false) };
   }
 
   /** Whether no weight is trainable (adapter training or inference): no weight gradient is asked for. */
@@ -693,9 +685,8 @@ export class LlamaModel {
   private linear(l: number, module: LinearModule, x: tf.Tensor3D, opts: ForwardOptions): tf.Tensor3D {
     const [b, t, inDim] = x.shape;
     const name = linearName(l, module);
-    const merged = opts.weights?.get(`${name}.weight`) as tf.Tensor2D | undefined;
-    const w = merged ?? (this.w(`${name}.weight`) as tf.Tensor2D);
-    if (opts.lora && !merged) return opts.lora.linear(name, x, w, opts.training ?? false);
+    const w = this.w(`${name}.weight`) as tf.Tensor2D;
+    if (opts.lora) return opts.lora.linear(name, x, w, opts.training ?? false);
     return linearT(x.reshape([b * t, inDim]) as tf.Tensor2D, w).reshape([b, t, w.shape[0]]);
   }
 

@@ -186,27 +186,6 @@ export class LoraAdapter {
     return out;
   }
 
-  /**
-   * W + scaling * B A of every adapted projection of `model`, by weight name, for a forward
-   * pass that differentiates only activations (ForwardOptions.weights): the same function as
-   * the adapter's branch without dropout, with one product per projection instead of three.
-   * The caller disposes them.
-   */
-  mergedWeights(model: LlamaModel): Map<string, tf.Tensor2D> {
-    const names = [...this.pairs.keys()];
-    // tidy keeps the tensors of arrays it returns (not of Maps).
-    const merged = tf.tidy(() =>
-      names.map((name) => {
-        const w = model.weights.get(`${name}.weight`);
-        if (!w) throw new Error(`mergedWeights: the model has no ${name}.weight`);
-        const p = this.pairs.get(name)!;
-        // The scaling on B ([out, r]), not on the product ([out, in]): one pass less over each weight.
-        return w.add(tf.matMul(p.b.mul(this.scaling), p.a)) as tf.Tensor2D;
-      }),
-    );
-    return new Map(names.map((name, i) => [`${name}.weight`, merged[i]]));
-  }
-
   dispose(): void {
     for (const v of this.variables) v.dispose();
     this.pairs.clear();

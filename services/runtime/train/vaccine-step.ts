@@ -58,15 +58,13 @@ export function attentionOutputGrads(
     // [8, 100, 256] took 2.0-2.2 ms, one fill and six clones 0.4.
     const zero = tf.zeros([b, t, model.config.hiddenSize]);
     const xs = layers.map(() => zero.clone());
-    // No weight gradient here, so without dropout the adapter can be merged into the weights it
-    // adapts: one product per projection instead of three, forward and backward (the same
-    // function; products rounded differently, about 1e-6 relative in g).
-    const merged = lora && (!training || lora.config.dropout === 0) ? lora.mergedWeights(model) : undefined;
     const lossOf = (...xs: tf.Tensor[]) => {
       const deltas = Array.from({ length: model.config.numHiddenLayers }, () => zero);
       layers.forEach((l, i) => (deltas[l] = xs[i]));
-      if (training && !merged) return trainingLoss(model, lora, batch, { deltas, adapterGradients: false });
-      const { hidden } = model.states(batch.inputIds, batch.attentionMask, { ...(merged ? { weights: merged } : { lora }), deltas, returnHidden: true });
+      // The blocks skip the adapters' gradients; the adapter's branch stays (merged into the
+      // weights it was no faster here, and held a copy of each: docs/method.md).
+      if (training) return trainingLoss(model, lora, batch, { deltas, adapterGradients: false });
+      const { hidden } = model.states(batch.inputIds, batch.attentionMask, { lora, deltas, adapterGradients: false, returnHidden: true });
       return batchHeadLoss(model, hidden!, batch);
     };
     return tf.grads(lossOf)(xs) as tf.Tensor3D[];
