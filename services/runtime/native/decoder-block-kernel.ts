@@ -236,7 +236,7 @@ function attentionOperands(addon: BlasAddon, args: Args): ReturnType<BlockOperan
   if (delta && (!residual || delta.dtype !== "float32" || !tf.util.arraysEqual(delta.shape, [b, t, hidden]))) {
     throw new Error(`${ATTENTION}: a delta needs the residual and float32 [${b}, ${t}, ${hidden}]; got ${delta.dtype} [${delta.shape}]`);
   }
-  return { head, kept, tail: [residual ? 1 : 0, delta, rowEnds(ATTENTION, inputs, b)] };
+  return { head, kept, tail: [residual ? 1 : 0, delta, checkedEnds(ATTENTION, inputs, b)] };
 }
 
 function mlpOperands(args: Args): ReturnType<BlockOperands> {
@@ -248,11 +248,11 @@ function mlpOperands(args: Args): ReturnType<BlockOperands> {
   const head = [n, hidden, f, eps, inputs.x, inputs.norm, ...projections];
   // y, the normed x, its r, gate, up, sigmoid(gate), the SwiGLU product, the x A products.
   const kept = [[b, t, hidden], [b, t, hidden], [b, t], [b, t, f], [b, t, f], [b, t, f], [b, t, f], [xaSize(inputs, 3, n)]];
-  return { head, kept, tail: [residual ? 1 : 0, t, rowEnds(MLP, inputs, b)] };
+  return { head, kept, tail: [residual ? 1 : 0, t, checkedEnds(MLP, inputs, b)] };
 }
 
 /** The ends operand (RowEnds), checked: int32 [b] (the addon checks each against t). */
-function rowEnds(kernel: string, inputs: Infos, b: number): tf.TensorInfo | undefined {
+function checkedEnds(kernel: string, inputs: Infos, b: number): tf.TensorInfo | undefined {
   const { ends } = inputs;
   if (ends && (ends.dtype !== "int32" || !tf.util.arraysEqual(ends.shape, [b]))) throw new Error(`${kernel}: expected int32 ends [${b}]; got ${ends.dtype} [${ends.shape}]`);
   return ends;

@@ -61,8 +61,8 @@ export function attentionOutputGrads(
     const lossOf = (...xs: tf.Tensor[]) => {
       const deltas = Array.from({ length: model.config.numHiddenLayers }, () => zero);
       layers.forEach((l, i) => (deltas[l] = xs[i]));
-      // The blocks skip the adapters' gradients; the adapter's branch stays (merged into the
-      // weights it was no faster here, and held a copy of each: docs/method.md).
+      // The blocks skip the adapters' gradients; the adapter's branch stays (the native
+      // projections merge it themselves where that pays: docs/method.md).
       if (training) return trainingLoss(model, lora, batch, { deltas, adapterGradients: false });
       const { hidden } = model.states(batch.inputIds, batch.attentionMask, { lora, deltas, adapterGradients: false, returnHidden: true });
       return batchHeadLoss(model, hidden!, batch);
