@@ -30,7 +30,7 @@ import {
   visibleTenant,
   type Scope,
 } from "../common/ownership.ts";
-import { checkStoredBytesQuota } from "../common/quotas.ts";
+import { reserveStoredBytes } from "../common/quotas.ts";
 import { checkpointRefOf } from "../common/refs.ts";
 import { principalOf } from "../platform/principal.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
@@ -147,14 +147,19 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
             });
             // A client gone before the folder is stored leaves nothing behind.
             ctx.signal.throwIfAborted();
-            // Over the tenant's byte quota: refused before anything reaches the store.
-            if (scope) await checkStoredBytesQuota(deps, scope.tenant, received);
-            const kind = metadata.type === CheckpointType.ADAPTER ? KIND.adapter : KIND.model;
-            const ref = await importCheckpoint(deps.store, dir, { kind, parent, name: metadata.displayName }).catch((err: unknown) => {
-              throw err instanceof CheckpointFormatError ? formatInvalid(err) : toRpcError(err);
-            });
-            if (scope) await claim(deps.store, scope.tenant, "checkpoints", checkpointHex(ref), { bytes: await checkpointBytes(deps.store, ref) });
-            return { checkpoint: await describe(ref, "checkpoint", scope) };
+            // Over the tenant's byte quota: refused before anything reaches the store; held
+            // until the claim charges the bytes (quotas.ts).
+            const reservation = scope && (await reserveStoredBytes(deps, scope.tenant, received));
+            try {
+              const kind = metadata.type === CheckpointType.ADAPTER ? KIND.adapter : KIND.model;
+              const ref = await importCheckpoint(deps.store, dir, { kind, parent, name: metadata.displayName }).catch((err: unknown) => {
+                throw err instanceof CheckpointFormatError ? formatInvalid(err) : toRpcError(err);
+              });
+              if (scope) await claim(deps.store, scope.tenant, "checkpoints", checkpointHex(ref), { bytes: await checkpointBytes(deps.store, ref) });
+              return { checkpoint: await describe(ref, "checkpoint", scope) };
+            } finally {
+              await reservation?.release();
+            }
           } finally {
             await work.remove(dir);
           }

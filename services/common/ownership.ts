@@ -7,12 +7,15 @@
  *                                                             its owners: 1 LIST of a small folder
  *   store://tenants/<tenant>/<kind>/<hex>.json    Ownership  what a tenant owns: 1 LIST; its usage:
  *                                                             that LIST + 1 GET per resource owned
+ *   store://tenants/<tenant>/reservations/<id>.json  Reservation  bytes admitted for a write in
+ *                                                             progress (quotas.ts), counted in its usage
  *
  * A claim writes the tenant's marker first and the resource's second, a release removes them
  * in the other order: a crash in between leaves a tenant charged for what it cannot read,
  * never reading what it is not charged for. Tenancy is on exactly when the call has a
  * principal (VACCINE_AUTH other than none); without one every resource is visible, as before.
  */
+import { randomUUID } from "node:crypto";
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import { reflect, type ReflectMessage } from "@bufbuild/protobuf/reflect";
 import { Code } from "@connectrpc/connect";
@@ -62,7 +65,7 @@ export function visibleTenant(scope: Scope | undefined): string | undefined {
 const ownerUri = (kind: OwnedKind, hex: string, tenant: string) => `store://owners/${kind}/${hex}/${tenant}.json`;
 const ownersFolder = (kind: OwnedKind, hex: string) => `store://owners/${kind}/${hex}`;
 const tenantUri = (tenant: string, kind: OwnedKind, hex: string) => `store://tenants/${tenant}/${kind}/${hex}.json`;
-const tenantFolder = (tenant: string, kind?: OwnedKind) => `store://tenants/${tenant}${kind ? `/${kind}` : ""}`;
+const tenantFolder = (tenant: string, kind?: OwnedKind | "reservations") => `store://tenants/${tenant}${kind ? `/${kind}` : ""}`;
 
 /**
  * One tenant's ownership of one resource: the bytes it is charged, and for a dataset the name
@@ -122,21 +125,70 @@ export async function ownedBy(store: CheckpointStore, tenant: string, kind: Owne
   return new Set((await store.listObjects(folder)).map((o) => o.uri.slice(folder.length + 1, -".json".length)));
 }
 
-/** Bytes the tenant is charged for: the sum over what it owns (datasets and checkpoints). */
-export async function usageOf(store: CheckpointStore, tenant: string): Promise<number> {
+/**
+ * Bytes admitted for a write in progress: charged like an owned resource until released, or
+ * until `expires` (ISO 8601) when the process that wrote it died first.
+ */
+interface Reservation {
+  bytes: number;
+  expires: string;
+}
+
+/** One marker in the tenant's folder: what it charges now, and whether it is a lapsed reservation. */
+interface Charge {
+  uri: string;
+  bytes: number;
+  lapsed: boolean;
+}
+
+async function chargesOf(store: CheckpointStore, tenant: string, now: number): Promise<Charge[]> {
   const markers = await store.listObjects(tenantFolder(tenant));
-  const sizes = await Promise.all(
-    markers.map(async (m) => {
+  const charges = await Promise.all(
+    markers.map(async (m): Promise<Charge | undefined> => {
       try {
-        return Number((JSON.parse((await store.readObject(m.uri, { maxBytes: 4096 })).toString("utf8")) as { bytes: number }).bytes) || 0;
+        const marker = JSON.parse((await store.readObject(m.uri, { maxBytes: 4096 })).toString("utf8")) as Partial<Reservation>;
+        const lapsed = marker.expires !== undefined && !(Date.parse(marker.expires) > now);
+        return { uri: m.uri, bytes: lapsed ? 0 : Number(marker.bytes) || 0, lapsed };
       } catch (err) {
         // Released between the listing and the read.
-        if (err instanceof StoreObjectNotFoundError) return 0;
+        if (err instanceof StoreObjectNotFoundError) return undefined;
         throw err;
       }
     }),
   );
-  return sizes.reduce((a, b) => a + b, 0);
+  return charges.filter((c) => c !== undefined);
+}
+
+/** Bytes the tenant is charged for: the sum over what it owns (datasets and checkpoints) and its live reservations. */
+export async function usageOf(store: CheckpointStore, tenant: string, now = Date.now()): Promise<number> {
+  return (await chargesOf(store, tenant, now)).reduce((sum, c) => sum + c.bytes, 0);
+}
+
+/**
+ * Writes a reservation of `bytes` for `ttlMs`, then reads the tenant's usage with it counted;
+ * lapsed reservations found on the way are removed. Resolves the usage and the reservation's
+ * release (which never throws: a reservation it fails to remove lapses).
+ */
+export async function reserveAndRead(
+  store: CheckpointStore,
+  tenant: string,
+  bytes: number,
+  ttlMs: number,
+): Promise<{ usage: number; release: () => Promise<void> }> {
+  const uri = `${tenantFolder(tenant, "reservations")}/${randomUUID()}.json`;
+  const reservation: Reservation = { bytes, expires: new Date(Date.now() + ttlMs).toISOString() };
+  await store.putObject(uri, Buffer.from(JSON.stringify(reservation)));
+  // Never throws: a reservation left behind lapses.
+  const release = () => store.deleteObject(uri).catch(() => {});
+  try {
+    const charges = await chargesOf(store, tenant, Date.now());
+    // Best effort: another replica may be removing the same.
+    await Promise.all(charges.filter((c) => c.lapsed).map((c) => store.deleteObject(c.uri).catch(() => {})));
+    return { usage: charges.reduce((sum, c) => sum + c.bytes, 0), release };
+  } catch (err) {
+    await release();
+    throw err;
+  }
 }
 
 /** Bytes of a stored checkpoint (its files), what its owners are charged. */

@@ -8,7 +8,7 @@ import { Code, type ConnectError } from "@connectrpc/connect";
 import { QuotaFailureSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { rpcError } from "../platform/errors.ts";
 import type { SuiteDeps } from "./deps.ts";
-import { usageOf } from "./ownership.ts";
+import { reserveAndRead, usageOf } from "./ownership.ts";
 
 export interface Quotas {
   /** Jobs of one tenant queued, running or cancelling at once (VACCINE_QUOTA_JOBS; 0: no limit). */
@@ -33,28 +33,50 @@ export function quotaExceeded(tenant: string, limit: keyof Quotas, value: number
   ]);
 }
 
-/** Refuses a new job when the tenant already has `active` jobs at its quota. */
-export function checkJobQuota(deps: Pick<SuiteDeps, "quotas">, tenant: string, active: number): void {
-  const limit = deps.quotas?.jobs ?? 0;
-  if (limit > 0 && active >= limit) {
-    throw quotaExceeded(tenant, "jobs", limit, `tenant ${tenant} has ${active} jobs queued or running, its quota is ${limit}; wait for one to end or cancel one`);
-  }
+/** The refusal of a new job when the tenant already has `active` jobs not final, at its quota `limit`. */
+export function jobQuotaExceeded(tenant: string, limit: number, active: number): ConnectError {
+  return quotaExceeded(tenant, "jobs", limit, `tenant ${tenant} has ${active} jobs queued or running, its quota is ${limit}; wait for one to end or cancel one`);
 }
 
-/**
- * Refuses storing `adding` more bytes when the tenant would go over its byte quota; with 0,
- * refuses when it is already at or over it (a job's outputs are charged as they are written).
- */
-export async function checkStoredBytesQuota(deps: Pick<SuiteDeps, "quotas" | "store">, tenant: string, adding: number): Promise<void> {
+/** Refuses a new job when the tenant is at or over its byte quota already (a job's outputs are charged as they are written). */
+export async function checkStoredBytesQuota(deps: Pick<SuiteDeps, "quotas" | "store">, tenant: string): Promise<void> {
   const limit = deps.quotas?.storedBytes ?? 0;
   if (limit <= 0) return;
   const used = await usageOf(deps.store, tenant);
-  if (adding > 0 ? used + adding > limit : used >= limit) {
-    throw quotaExceeded(
-      tenant,
-      "storedBytes",
-      limit,
-      `tenant ${tenant} stores ${used} bytes${adding > 0 ? ` and this adds ${adding}` : ""}; its quota is ${limit} bytes. Delete datasets it no longer needs`,
-    );
+  if (used >= limit) throw storedBytesExceeded(tenant, limit, used, 0);
+}
+
+/**
+ * How long a reservation counts when its process died before releasing it. It is written once
+ * the upload is received, so it covers only the copy into the store; a copy slower than this
+ * stops being counted for concurrent admissions (docs/security.md, "Known limits").
+ */
+export const RESERVATION_TTL_MS = 60 * 60 * 1000;
+
+/**
+ * Admits storing `adding` more bytes for the tenant, or refuses when they would take it over
+ * its byte quota. The bytes are reserved in the store before the tenant's usage is read, and
+ * stay reserved until `release` (call it after the write and its claim, in a finally): of two
+ * admissions racing on any replicas, each sees the other's reservation or the other sees its
+ * own, so together they never go over the quota (at worst both are refused). Without a byte
+ * quota nothing is reserved.
+ */
+export async function reserveStoredBytes(deps: Pick<SuiteDeps, "quotas" | "store">, tenant: string, adding: number): Promise<{ release(): Promise<void> }> {
+  const limit = deps.quotas?.storedBytes ?? 0;
+  if (limit <= 0) return { release: async () => {} };
+  const { usage, release } = await reserveAndRead(deps.store, tenant, adding, RESERVATION_TTL_MS);
+  if (usage > limit) {
+    await release();
+    throw storedBytesExceeded(tenant, limit, usage - adding, adding);
   }
+  return { release };
+}
+
+function storedBytesExceeded(tenant: string, limit: number, used: number, adding: number): ConnectError {
+  return quotaExceeded(
+    tenant,
+    "storedBytes",
+    limit,
+    `tenant ${tenant} stores ${used} bytes${adding > 0 ? ` and this adds ${adding}` : ""}; its quota is ${limit} bytes. Delete datasets it no longer needs`,
+  );
 }

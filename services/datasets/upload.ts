@@ -18,7 +18,7 @@ import {
 import type { SuiteDeps } from "../common/deps.ts";
 import { dataUri, datasetFormatOf, isKnownFormat, rowFormatOf } from "../common/refs.ts";
 import { claim, ownershipOf, owns, type Scope } from "../common/ownership.ts";
-import { checkStoredBytesQuota } from "../common/quotas.ts";
+import { reserveStoredBytes } from "../common/quotas.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
 import { RequestValidator } from "../platform/validate.ts";
@@ -48,6 +48,7 @@ export async function uploadDataset(deps: SuiteDeps, spoolDir: string, requests:
   const limit = deps.uploads.maxDatasetBytes;
   const reader = new DatasetReader({ format: rowFormatOf(metadata.format) ?? "auto", encoding: ENCODINGS[metadata.encoding] });
   const spool = await Spool.create(spoolDir);
+  let reservation: { release(): Promise<void> } | undefined;
   try {
     for (let next = await messages.next(); !next.done; next = await messages.next()) {
       const content = next.value.content;
@@ -83,7 +84,8 @@ export async function uploadDataset(deps: SuiteDeps, spoolDir: string, requests:
       throw toRpcError(err, { datasetField: "chunk" });
     }
     const owned = scope ? await owns(deps.store, scope.tenant, "datasets", hex) : true;
-    if (!owned) await checkStoredBytesQuota(deps, scope!.tenant, spool.size);
+    // Held until the claim below charges the bytes (quotas.ts).
+    if (!owned) reservation = await reserveStoredBytes(deps, scope!.tenant, spool.size);
     const ownership = { bytes: spool.size, displayName: metadata.displayName, createTime: new Date().toISOString() };
     const existing = await readRecord(deps.store, hex);
     if (existing) {
@@ -108,6 +110,7 @@ export async function uploadDataset(deps: SuiteDeps, spoolDir: string, requests:
     await writeRecord(deps.store, hex, dataset);
     return dataset;
   } finally {
+    await reservation?.release();
     await spool.remove();
   }
 }

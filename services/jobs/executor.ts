@@ -55,8 +55,13 @@ export type ErrorMapper = (err: unknown) => ConnectError;
  * authentication, or an admin).
  */
 export interface JobExecutor {
-  /** Creates a QUEUED job owned by `tenant`; the caller's active span becomes the link of the job's trace. */
-  create(kind: JobKind, spec: JobSpec, tenant?: string): Promise<Job>;
+  /**
+   * Creates a QUEUED job owned by `tenant`; the caller's active span becomes the link of the
+   * job's trace. With `maxActive` > 0 the tenant's job quota is checked atomically with the
+   * creation: refused (jobQuotaExceeded) when it already has that many jobs of any kind not
+   * final (queued, running, cancelling).
+   */
+  create(kind: JobKind, spec: JobSpec, tenant?: string, maxActive?: number): Promise<Job>;
   get(kind: JobKind, id: string, tenant?: string): Promise<Job>;
   /** Jobs of a kind, newest first; the page token is opaque to clients. */
   list(kind: JobKind, pageSize: number, pageToken: string, tenant?: string): Promise<{ jobs: Job[]; nextPageToken: string }>;
@@ -67,8 +72,6 @@ export interface JobExecutor {
    * ends after the final state change.
    */
   watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence?: number, tenant?: string): AsyncIterable<JobEvent>;
-  /** The tenant's jobs of every kind that are not final (queued, running, cancelling): what its job quota counts. */
-  activeJobs(tenant: string): Promise<number>;
   /** Stops taking jobs, asks running ones to checkpoint and stop, and waits for them. */
   shutdown(): Promise<void>;
 }

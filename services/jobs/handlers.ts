@@ -3,7 +3,7 @@ import { JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
 import type { AlignSpec, FineTuneSpec } from "../../gen/vaccine/v1/training_pb.ts";
 import type { SuiteDeps } from "../common/deps.ts";
 import { scopeOf, visibleTenant } from "../common/ownership.ts";
-import { checkJobQuota, checkStoredBytesQuota } from "../common/quotas.ts";
+import { checkStoredBytesQuota } from "../common/quotas.ts";
 import { principalOf } from "../platform/principal.ts";
 import { checkPage, RequestValidator } from "../platform/validate.ts";
 import type { JobExecutor } from "./executor.ts";
@@ -28,15 +28,14 @@ export function jobHandlers(deps: SuiteDeps, executor: JobExecutor, kind: JobKin
     async create(spec: AlignSpec | FineTuneSpec, ctx: HandlerContext) {
       const scope = scopeOf(principalOf(ctx));
       await checkJobInputs(deps, stage, spec, scope);
-      if (scope) {
-        await checkStoredBytesQuota(deps, scope.tenant, 0);
-        await checkJobQuota(deps, scope.tenant, await executor.activeJobs(scope.tenant));
-      }
+      if (scope) await checkStoredBytesQuota(deps, scope.tenant);
       const tenant = scope?.tenant ?? "";
+      // The job quota is the executor's to check, atomically with the creation.
+      const maxActive = scope ? (deps.quotas?.jobs ?? 0) : 0;
       const job =
         kind === JobKind.ALIGN
-          ? await executor.create(kind, { case: "align", value: spec as AlignSpec }, tenant)
-          : await executor.create(kind, { case: "fineTune", value: spec as FineTuneSpec }, tenant);
+          ? await executor.create(kind, { case: "align", value: spec as AlignSpec }, tenant, maxActive)
+          : await executor.create(kind, { case: "fineTune", value: spec as FineTuneSpec }, tenant, maxActive);
       return { job };
     },
     get: async (req: { jobId: string }, ctx: HandlerContext) => ({ job: await executor.get(kind, byId(req), tenantOf(ctx)) }),

@@ -26,6 +26,7 @@ import { rpcError, toStatus } from "../platform/errors.ts";
 import { silentLogger, type Logger } from "../platform/log.ts";
 import { SCOPE } from "../platform/telemetry.ts";
 import { JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobExecutor, type JobSpec, type JobWork, type StopReason, visibleTo } from "./executor.ts";
+import { jobQuotaExceeded } from "../common/quotas.ts";
 import { JobRecords, type TraceLink } from "./records.ts";
 import { KIND_NAME, newJob, shuttingDown } from "./new-job.ts";
 
@@ -95,8 +96,11 @@ export class LocalExecutor implements JobExecutor {
     queueMicrotask(() => this.schedule());
   }
 
-  async create(kind: JobKind, spec: JobSpec, tenant = ""): Promise<Job> {
+  async create(kind: JobKind, spec: JobSpec, tenant = "", maxActive = 0): Promise<Job> {
     if (this.stopping) throw shuttingDown();
+    // Counted and created with no await in between: concurrent creates cannot both pass.
+    const active = maxActive > 0 ? this.activeCount(tenant) : 0;
+    if (maxActive > 0 && active >= maxActive) throw jobQuotaExceeded(tenant, maxActive, active);
     const caller = trace.getSpan(context.active())?.spanContext();
     const job = newJob(kind, spec, tenant);
     const entry: Entry = { job, link: caller && { traceId: caller.traceId, spanId: caller.spanId }, events: [], wake: new Set() };
@@ -169,7 +173,8 @@ export class LocalExecutor implements JobExecutor {
     }
   }
 
-  async activeJobs(tenant: string): Promise<number> {
+  /** The tenant's jobs of every kind not final: what its job quota counts. */
+  private activeCount(tenant: string): number {
     return [...this.entries.values()].filter((e) => e.job.tenant === tenant && !FINAL.has(e.job.state)).length;
   }
 

@@ -76,10 +76,6 @@ export class ReadOnlyExecutor implements JobExecutor {
     }
   }
 
-  async activeJobs(tenant: string): Promise<number> {
-    return this.records.loadAll().filter((r) => r.job.tenant === tenant && !FINAL.has(r.job.state)).length;
-  }
-
   async shutdown(): Promise<void> {}
 
   private record(kind: JobKind, id: string, tenant?: string) {

@@ -15,6 +15,7 @@ import { CheckpointRefSchema } from "../../gen/vaccine/v1/common_pb.ts";
 import { JobKind, JobState, type Job, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { AlignSpecSchema } from "../../gen/vaccine/v1/training_pb.ts";
 import { rpcError } from "../../services/platform/errors.ts";
+import { createdWithinJobQuota } from "../helpers/errors.ts";
 import { createLogger } from "../../services/platform/log.ts";
 import type { JobContext, JobWork } from "../../services/jobs/executor.ts";
 import { LocalExecutor } from "../../services/jobs/local-executor.ts";
@@ -74,6 +75,24 @@ describe("LocalExecutor", () => {
     expect((await ex.get(JobKind.ALIGN, a.id)).lineage.map((r) => r.uri)).toEqual(["store://checkpoints/0", "store://checkpoints/1"]);
     c.release(b.id, 2);
     await until(async () => (await ex.get(JobKind.ALIGN, b.id)).state === JobState.SUCCEEDED);
+  });
+
+  it("checks a tenant's job quota with the creation: concurrent creates never pass it; ended jobs and other tenants' do not count", async () => {
+    const c = controllable();
+    const ex = new LocalExecutor({ dir: tempDir(), work: { [JobKind.ALIGN]: c.work }, mapError });
+    const tries = await Promise.allSettled(Array.from({ length: 5 }, () => ex.create(JobKind.ALIGN, spec, "team-a", 2)));
+    const created = createdWithinJobQuota(tries, "team-a", 2);
+    expect(created).toHaveLength(2);
+    // Jobs of every kind count; another tenant's do not.
+    await expect(ex.create(JobKind.FINE_TUNE, spec, "team-a", 2)).rejects.toThrow(/quota is 2/);
+    const other = await ex.create(JobKind.ALIGN, spec, "team-b", 2);
+    // A cancelled job frees its slot.
+    await until(() => c.started.length === 1);
+    const queued = created.find((j) => j.id !== c.started[0].job.id)!;
+    expect((await ex.cancel(JobKind.ALIGN, queued.id)).state).toBe(JobState.CANCELLED);
+    const again = await ex.create(JobKind.ALIGN, spec, "team-a", 2);
+    for (const j of [again, other, c.started[0].job]) await ex.cancel(JobKind.ALIGN, j.id);
+    await ex.shutdown();
   });
 
   it("cancels a queued job at once and a running one after its step, with a Status and ErrorInfo", async () => {

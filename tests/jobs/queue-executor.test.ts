@@ -22,6 +22,7 @@ import { QueueExecutor } from "../../services/jobs/queue/queue-executor.ts";
 import { QueueWorker, type QueueWorkerOptions } from "../../services/jobs/queue/queue-worker.ts";
 import { RedisJobs } from "../../services/jobs/queue/redis-jobs.ts";
 import { rpcError } from "../../services/platform/errors.ts";
+import { createdWithinJobQuota } from "../helpers/errors.ts";
 import { startRedis, type TestRedis } from "../helpers/redis.ts";
 
 let redis: TestRedis;
@@ -330,6 +331,23 @@ describe("QueueExecutor and QueueWorker", () => {
     await new RedisJobs(conn, queueKeys(prefix)).create(job, undefined, { case: "stateChange", value: { from: JobState.UNSPECIFIED, to: JobState.QUEUED } });
     await until(async () => (await stateOf(ex, id)) === JobState.SUCCEEDED);
     expect(runs).toBe(1);
+  });
+
+  it("checks a tenant's job quota in the record's script: concurrent creates on two apis never pass it, and refused ones leave nothing queued", async () => {
+    const { api, prefix } = setup();
+    const [ex1, ex2] = [api(), api()];
+    const queue = new Queue(QUEUE_NAME, { connection: redisOptions(redis.url), prefix });
+    closers.push(() => queue.close());
+    // Created together, they all pass the check made before queueing; the script refuses the rest.
+    const tries = await Promise.allSettled(Array.from({ length: 6 }, (_, i) => (i % 2 ? ex1 : ex2).create(JobKind.ALIGN, spec, "team-a", 2)));
+    const created = createdWithinJobQuota(tries, "team-a", 2);
+    expect(created).toHaveLength(2);
+    expect((await queue.getWaiting()).map((j) => j.id).sort()).toEqual(created.map((j) => j.id).sort());
+    // Another tenant's jobs are its own; an ended job frees its slot.
+    await ex1.create(JobKind.ALIGN, spec, "team-b", 2);
+    await expect(ex2.create(JobKind.FINE_TUNE, spec, "team-a", 2)).rejects.toThrow(/quota is 2/);
+    await ex2.cancel(JobKind.ALIGN, created[0].id);
+    await ex2.create(JobKind.FINE_TUNE, spec, "team-a", 2);
   });
 
   it("answers UNAVAILABLE while Redis cannot be reached", async () => {

@@ -41,6 +41,7 @@ import { f32BitsToBf16Bits, f32BitsToF16Bits, parseSafetensors, readSafetensorsH
 import { loadCheckpoint } from "../../services/runtime/pipeline/load.ts";
 import type { CheckpointRef } from "../../services/runtime/store/store.ts";
 import { rpcFailure } from "../helpers/errors.ts";
+import { chunk, filesOf, folderMessages, meta, type Meta } from "../helpers/import-folder.ts";
 import { testDeps } from "../helpers/server.ts";
 import { compareScaled, maxAbsDiff } from "../helpers/tolerance.ts";
 import { EXAMPLES } from "../helpers/tiny-world.ts";
@@ -82,31 +83,6 @@ afterAll(async () => {
   await server?.shutdown();
   for (const dir of [cleanupRoot, workDir, ...scratch]) await rm(dir, { recursive: true, force: true });
 });
-
-/** Every file of a folder, relative paths, sorted. */
-async function filesOf(dir: string, rel = ""): Promise<string[]> {
-  const out: string[] = [];
-  for (const entry of (await readdir(join(dir, rel), { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : 1))) {
-    const path = rel ? `${rel}/${entry.name}` : entry.name;
-    if (entry.isDirectory()) out.push(...(await filesOf(dir, path)));
-    else out.push(path);
-  }
-  return out;
-}
-
-type Meta = { type: CheckpointType; base?: CheckpointRef; displayName?: string };
-const meta = (m: Meta): ImportCheckpointRequest => ({ content: { case: "metadata", value: m } }) as ImportCheckpointRequest;
-const chunk = (path: string, data: Uint8Array): ImportCheckpointRequest => ({ content: { case: "chunk", value: { path, data } } }) as ImportCheckpointRequest;
-
-/** The messages of a folder's import: metadata, then each file in chunks. */
-async function* folderMessages(dir: string, m: Meta, chunkBytes = 64 * 1024): AsyncGenerator<ImportCheckpointRequest> {
-  yield meta(m);
-  for (const path of await filesOf(dir)) {
-    const bytes = await readFile(join(dir, ...path.split("/")));
-    if (bytes.byteLength === 0) yield chunk(path, bytes);
-    for (let i = 0; i < bytes.byteLength; i += chunkBytes) yield chunk(path, bytes.subarray(i, i + chunkBytes));
-  }
-}
 
 async function importDir(dir: string, m: Meta): Promise<Checkpoint> {
   return (await checkpoints.importCheckpoint(folderMessages(dir, m))).checkpoint!;

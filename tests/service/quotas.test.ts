@@ -1,12 +1,16 @@
 // Per-tenant quotas on a real server with token authentication (docs/security.md, "Quotas"):
 // jobs queued or running, and bytes stored; each refusal is RESOURCE_EXHAUSTED with a
 // google.rpc.QuotaFailure and an ErrorInfo naming the limit, and stores nothing.
+import { fileURLToPath } from "node:url";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorInfoSchema, QuotaFailureSchema } from "../../gen/google/rpc/error_details_pb.ts";
+import { CheckpointType } from "../../gen/vaccine/v1/checkpoints_pb.ts";
 import { JobState } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { usageOf } from "../../services/common/ownership.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
+import { createdWithinJobQuota } from "../helpers/errors.ts";
+import { folderMessages } from "../helpers/import-folder.ts";
 import { alignSpec, datasetBytes, sha256, startTenantSuite, uploadAs, type TenantSuite } from "../helpers/tenants.ts";
 
 let s: TenantSuite;
@@ -87,5 +91,65 @@ describe("per-tenant quotas", () => {
     const d2 = await uploadAs(a, second);
     expect(d2.uri).toBe(d2b.uri);
     expect(await usageOf(s.deps.store, "team-a")).toBe(start + second.length);
+  });
+
+  it("concurrent creates of one tenant never pass its job quota", async () => {
+    const { a } = s.as;
+    const data = await uploadAs(a, datasetBytes("", 4));
+    s.deps.quotas = { jobs: 2, storedBytes: 0 };
+    try {
+      const tries = await Promise.allSettled(Array.from({ length: 5 }, () => a.align.createAlignJob({ spec: alignSpec(s.base, data.uri, 500) })));
+      const created = createdWithinJobQuota(tries, "team-a", 2).map((r) => r.job!);
+      expect(created).toHaveLength(2);
+      for (const job of created) await a.align.cancelAlignJob({ jobId: job.id });
+      for (const job of created) for await (const _ of a.align.watchAlignJob({ jobId: job.id }));
+    } finally {
+      s.deps.quotas = undefined;
+    }
+  }, 120_000);
+
+  it("concurrent uploads never take a tenant over its byte quota", async () => {
+    const { a } = s.as;
+    const uploads = [datasetBytes("race", 6), datasetBytes("race", 5), datasetBytes("race", 4)];
+    const start = await usageOf(s.deps.store, "team-a");
+    // Room for any one of them, not for two.
+    const limit = start + uploads[0].length;
+    s.deps.quotas = { jobs: 0, storedBytes: limit };
+    try {
+      const tries = await Promise.allSettled(uploads.map((bytes) => uploadAs(a, bytes)));
+      for (const t of tries) if (t.status === "rejected") expect(ConnectError.from(t.reason).code).toBe(Code.ResourceExhausted);
+      const stored = tries.flatMap((t) => (t.status === "fulfilled" ? [t.value.uri] : []));
+      expect(stored.length).toBeLessThanOrEqual(1);
+      expect(await usageOf(s.deps.store, "team-a")).toBeLessThanOrEqual(limit);
+      // What was refused is not stored; no reservation is left behind.
+      const refused = uploads.map((b) => `store://datasets/${sha256(b)}`).filter((uri) => !stored.includes(uri));
+      for (const uri of refused) expect(await storedDatasets()).not.toContain(uri);
+      expect(await s.deps.store.listObjects("store://tenants/team-a/reservations")).toEqual([]);
+      for (const uri of stored) await a.datasets.deleteDataset({ uri });
+    } finally {
+      s.deps.quotas = undefined;
+    }
+  });
+
+  it("refuses an import over the byte quota without storing it, and charges one that fits", async () => {
+    const { a } = s.as;
+    const folder = fileURLToPath(new URL("../fixtures/llama-f32-gqa", import.meta.url));
+    const importAs = () => a.checkpoints.importCheckpoint(folderMessages(folder, { type: CheckpointType.BASE_MODEL, displayName: "quota" }));
+    const start = await usageOf(s.deps.store, "team-a");
+    const before = await s.deps.store.list();
+    s.deps.quotas = { jobs: 0, storedBytes: start + 1000 };
+    try {
+      const refused = await quotaFailure(importAs);
+      expect(refused.info).toMatchObject({ reason: "QUOTA_EXCEEDED", metadata: { tenant: "team-a", limit: "VACCINE_QUOTA_STORED_BYTES" } });
+      expect(refused.message).toMatch(new RegExp(`stores ${start} bytes and this adds \\d+`));
+      expect(await s.deps.store.list()).toEqual(before);
+      s.deps.quotas = { jobs: 0, storedBytes: start + 100e6 };
+      await importAs();
+      const size = Number(refused.message.match(/this adds (\d+)/)![1]);
+      expect(await usageOf(s.deps.store, "team-a")).toBe(start + size);
+      expect(await s.deps.store.listObjects("store://tenants/team-a/reservations")).toEqual([]);
+    } finally {
+      s.deps.quotas = undefined;
+    }
   });
 });

@@ -13,6 +13,7 @@ import { JobSchema, JobState, type Job, type JobEvent, type JobKind } from "../.
 import { rpcError, toStatus } from "../../platform/errors.ts";
 import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
+import { jobQuotaExceeded } from "../../common/quotas.ts";
 import { JOB_METRICS, visibleTo, type JobExecutor, type JobSpec } from "../executor.ts";
 import { DEFAULT_PREFIX, QUEUE_NAME, queueKeys, redisOptions, type QueueKeys } from "./connection.ts";
 import { observeQueue } from "./metrics.ts";
@@ -71,8 +72,11 @@ export class QueueExecutor implements JobExecutor {
     }
   }
 
-  async create(kind: JobKind, spec: JobSpec, tenant = ""): Promise<Job> {
+  async create(kind: JobKind, spec: JobSpec, tenant = "", maxActive = 0): Promise<Job> {
     if (this.stopping) throw shuttingDown();
+    // Refused before anything is queued; the record's script checks again, atomically.
+    const active = maxActive > 0 ? await this.guard(() => this.jobs.active(tenant)) : 0;
+    if (maxActive > 0 && active >= maxActive) throw jobQuotaExceeded(tenant, maxActive, active);
     const caller = trace.getSpan(context.active())?.spanContext();
     const job = newJob(kind, spec, tenant);
     const attributes = { "vaccine.job.id": job.id, "vaccine.job.kind": KIND_NAME[kind], "messaging.system": "bullmq", "messaging.destination.name": QUEUE_NAME };
@@ -86,7 +90,13 @@ export class QueueExecutor implements JobExecutor {
         const add = this.queue.add(KIND_NAME[kind], data, { jobId: job.id, removeOnComplete: true, removeOnFail: 1000 });
         await this.guard(() => within(add, this.enqueueTimeoutMs));
         const link = caller && isSpanContextValid(caller) ? { traceId: caller.traceId, spanId: caller.spanId } : undefined;
-        await this.guard(() => this.jobs.create(job, link, { case: "stateChange", value: { from: JobState.UNSPECIFIED, to: JobState.QUEUED } }));
+        const created = await this.guard(() => this.jobs.create(job, link, { case: "stateChange", value: { from: JobState.UNSPECIFIED, to: JobState.QUEUED } }, maxActive));
+        if (typeof created === "object") {
+          // Another create of the tenant's took the last slot since the check above. A worker
+          // that took the queued job already finds no record and drops it.
+          await this.queue.remove(job.id).catch(() => {});
+          throw jobQuotaExceeded(tenant, maxActive, created.active);
+        }
         return clone(JobSchema, job);
       } catch (err) {
         span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
@@ -181,10 +191,6 @@ export class QueueExecutor implements JobExecutor {
       signal.removeEventListener("abort", hangUp);
       conn.disconnect();
     }
-  }
-
-  async activeJobs(tenant: string): Promise<number> {
-    return this.guard(() => this.jobs.active(tenant));
   }
 
   /** Refuses new jobs, ends open Watch streams with UNAVAILABLE (clients resume elsewhere), closes Redis. */

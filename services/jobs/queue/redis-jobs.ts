@@ -64,10 +64,35 @@ export type WriteResult =
   | { ok: false; why: "fenced" | "missing" }
   | { ok: false; why: "state"; state: JobState };
 
+// A tenant's jobs not final, counted through its active set (`set`), ids found final (or gone)
+// leaving it; `prefix` + id is a job's record key. Records are read by key names built here,
+// which a single Redis (the queue's) allows.
+const ACTIVE = `
+local FINAL_STATES = {${[...FINAL].map((s) => `["${s}"] = true`).join(", ")}}
+local function active(set, prefix)
+  local n = 0
+  for _, id in ipairs(redis.call("SMEMBERS", set)) do
+    local state = redis.call("HGET", prefix .. id, "state")
+    if state == false or FINAL_STATES[state] then redis.call("SREM", set, id) else n = n + 1 end
+  end
+  return n
+end`;
+
+// KEYS: the tenant's active set. ARGV: record key prefix.
+const COUNT_ACTIVE = `${ACTIVE}
+return active(KEYS[1], ARGV[1])`;
+
 // KEYS: record, events, index, tenant index, tenant's active set. ARGV: job JSON, state, link,
-// first event JSON, index member, tenant ("" without tenancy: only the global index), job id.
-const CREATE = `
-if redis.call("EXISTS", KEYS[1]) == 1 then return 0 end
+// first event JSON, index member, tenant ("" without tenancy: only the global index), job id,
+// record key prefix, the tenant's job quota ("0": none). Returns -1 when the id exists, the
+// tenant's active jobs when they are at the quota (nothing written), else -2.
+const CREATE = `${ACTIVE}
+if redis.call("EXISTS", KEYS[1]) == 1 then return -1 end
+local quota = tonumber(ARGV[9])
+if quota > 0 then
+  local n = active(KEYS[5], ARGV[8])
+  if n >= quota then return n end
+end
 redis.call("HSET", KEYS[1], "job", ARGV[1], "state", ARGV[2], "link", ARGV[3], "seq", 1, "owner", "", "attempt", 0, "failures", 0)
 redis.call("XADD", KEYS[2], "1-0", "e", ARGV[4])
 redis.call("ZADD", KEYS[3], 0, ARGV[5])
@@ -75,7 +100,7 @@ if ARGV[6] ~= "" then
   redis.call("ZADD", KEYS[4], 0, ARGV[5])
   redis.call("SADD", KEYS[5], ARGV[7])
 end
-return 1`;
+return -2`;
 
 // KEYS: record, events, lock. ARGV: token ("" = an api's unfenced write), job JSON, expected
 // state, new state, event JSON, cancel ("1"), cancel channel, job id, then field/value pairs.
@@ -114,6 +139,7 @@ interface Scripts {
   vaccineCreate(record: string, events: string, index: string, tenantIndex: string, active: string, ...args: string[]): Promise<number>;
   vaccineWrite(record: string, events: string, lock: string, ...args: string[]): Promise<string[]>;
   vaccineClaim(record: string, lock: string, token: string): Promise<string>;
+  vaccineActive(active: string, prefix: string): Promise<number>;
 }
 
 export class RedisJobs {
@@ -126,13 +152,18 @@ export class RedisJobs {
     redis.defineCommand("vaccineCreate", { numberOfKeys: 5, lua: CREATE });
     redis.defineCommand("vaccineWrite", { numberOfKeys: 3, lua: WRITE });
     redis.defineCommand("vaccineClaim", { numberOfKeys: 2, lua: CLAIM });
+    redis.defineCommand("vaccineActive", { numberOfKeys: 1, lua: COUNT_ACTIVE });
     this.redis = redis as Redis & Scripts;
   }
 
-  /** Records a new job with its first event (sequence 1); false when the id exists. */
-  async create(job: Job, link: TraceLink | undefined, first: JobEventInit): Promise<boolean> {
+  /**
+   * Records a new job with its first event (sequence 1): "created", "exists" when the id does,
+   * or, with `quota` > 0, the tenant's jobs not final when they are that many already (checked
+   * in the same script: concurrent creates cannot both pass).
+   */
+  async create(job: Job, link: TraceLink | undefined, first: JobEventInit, quota = 0): Promise<"created" | "exists" | { active: number }> {
     const k = this.keys;
-    const added = await this.redis.vaccineCreate(
+    const r = await this.redis.vaccineCreate(
       k.job(job.id),
       k.events(job.id),
       k.index(KIND_NAME[job.kind]),
@@ -145,8 +176,10 @@ export class RedisJobs {
       indexMember(job),
       job.tenant,
       job.id,
+      k.job(""),
+      String(quota),
     );
-    return added === 1;
+    return r === -2 ? "created" : r === -1 ? "exists" : { active: r };
   }
 
   async read(id: string): Promise<StoredJob | undefined> {
@@ -195,14 +228,7 @@ export class RedisJobs {
 
   /** The tenant's jobs not final yet; ids found final (or gone) leave the set. */
   async active(tenant: string): Promise<number> {
-    const key = this.keys.active(tenant);
-    const ids = await this.redis.smembers(key);
-    const pipeline = this.redis.pipeline();
-    for (const id of ids) pipeline.hget(this.keys.job(id), "state");
-    const states = ((await pipeline.exec()) ?? []).map(([, state]) => state as string | null);
-    const ended = ids.filter((_, i) => states[i] === null || FINAL.has(Number(states[i]) as JobState));
-    if (ended.length > 0) await this.redis.srem(key, ...ended);
-    return ids.length - ended.length;
+    return this.redis.vaccineActive(this.keys.active(tenant), this.keys.job(""));
   }
 
   /** Events after `after`, from `conn` (a blocking read needs a connection of its own). */
