@@ -81,12 +81,14 @@ export const COEFFICIENTS = {
   /** Vaccine, per token and layer, per unit of hidden width: the zero deltas, their gradients and the perturbation kept across the two passes. */
   vaccineHidden: 3,
   /**
-   * RepNoise, per (B x T)^2 element of a harmful batch (T its longest row): the three kernel
-   * matrices of the MMD (distances, five bandwidths, sums) of one layer, alive together in its
-   * value or its closed-form gradient (mmd2: none of them stays on the tape, so layers do not
-   * add up). Counted from the graph, not fitted; the fused kernels' term is fitted (below).
+   * RepNoise, per (B x T)^2 element of a harmful batch (T its longest row): the kernel matrices
+   * of the MMD of one layer, alive together while its value and closed-form gradient are taken
+   * from one set of them (mmd2Part: none stays on the tape, so layers do not add up). The same
+   * tfjs ops with either kernel set: fitted on the fused run (12.7 a pair, rounded up). It was
+   * 48, counted from the graph before value and gradient shared their matrices; the stock run
+   * after that (2026-12-07) measured the built-in 8 x 200 RepNoise job at 636 MiB, not 897.
    */
-  mmdPairs: 48,
+  mmdPairs: 16,
   /** Booster: adapter-sized tensors beyond SFT's (two more gradients and the weights saved across the shifted pass). */
   boosterAdapterCopies: 3,
 } as const;
@@ -96,8 +98,7 @@ export const COEFFICIENTS = {
  * activation terms, and the weights, which the native products read with transpose flags
  * instead of keeping transposed copies (2.0x fitted on the 85M-parameter job); Vaccine's
  * pass 1, which then ran on merged weights and kept more of its activations (8: the 6 x 256
- * Vaccine job measured 624-646 MiB, 1.05x under it); RepNoise's kernel
- * matrices (fitted: the b8 t200 RepNoise job measured 410 MiB). Refitted when the fused
+ * Vaccine job measured 624-646 MiB, 1.05x under it). Refitted when the fused
  * loss, attention and SwiGLU stopped leaving a zero gradient per kept tensor alive until the
  * end of each backward pass (runFused): the jobs' peaks fell by 5-44% (but the 85M-parameter
  * job's, mostly weights: 816-871 MiB against 807), and these terms keep the estimates above the
@@ -112,7 +113,7 @@ export const COEFFICIENTS = {
  * fell by 14-18% against the run before (on another machine), and with 2 the estimate reached
  * 1.61x them (bench/results/job-memory.json, bench/README.md).
  */
-export const FUSED_COEFFICIENTS = { qkv: 2, intermediate: 5, scores: 1, vocab: 0, repnoiseVocab: 12, weightCopies: 2.2, vaccineHidden: 2, mmdPairs: 16 } as const;
+export const FUSED_COEFFICIENTS = { qkv: 2, intermediate: 5, scores: 1, vocab: 0, repnoiseVocab: 12, weightCopies: 2.2, vaccineHidden: 2 } as const;
 
 export function estimateJobMemory(s: JobShape): JobMemoryEstimate {
   const threads = s.threads ?? 1;
