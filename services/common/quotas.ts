@@ -49,7 +49,7 @@ export async function checkStoredBytesQuota(deps: Pick<SuiteDeps, "quotas" | "st
 /**
  * How long a reservation counts when its process died before releasing it. It is written once
  * the upload is received, so it covers only the copy into the store; a copy slower than this
- * stops being counted for concurrent admissions (docs/security.md, "Known limits").
+ * stops being counted for concurrent admissions (docs/security.md, "Quotas").
  */
 export const RESERVATION_TTL_MS = 60 * 60 * 1000;
 
@@ -57,9 +57,9 @@ export const RESERVATION_TTL_MS = 60 * 60 * 1000;
  * Admits storing `adding` more bytes for the tenant, or refuses when they would take it over
  * its byte quota. The bytes are reserved in the store before the tenant's usage is read, and
  * stay reserved until `release` (call it after the write and its claim, in a finally): of two
- * admissions racing on any replicas, each sees the other's reservation or the other sees its
- * own, so together they never go over the quota (at worst both are refused). Without a byte
- * quota nothing is reserved.
+ * admissions racing on any replicas, at least one sees the other's reservation, so together
+ * they never go over the quota (at worst both are refused). Without a byte quota nothing is
+ * reserved.
  */
 export async function reserveStoredBytes(deps: Pick<SuiteDeps, "quotas" | "store">, tenant: string, adding: number): Promise<{ release(): Promise<void> }> {
   const limit = deps.quotas?.storedBytes ?? 0;

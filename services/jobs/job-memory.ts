@@ -86,7 +86,7 @@ export const COEFFICIENTS = {
    * from one set of them (mmd2Part: none stays on the tape, so layers do not add up). The same
    * tfjs ops with either kernel set: fitted on the fused run (12.7 a pair, rounded up). It was
    * 48, counted from the graph before value and gradient shared their matrices; the stock run
-   * after that (2026-12-07) measured the built-in 8 x 200 RepNoise job at 636 MiB, not 897.
+   * after that (2026-12-07) measured the built-in 8 x 200 RepNoise job at 628-637 MiB, not 897.
    */
   mmdPairs: 16,
   /** Booster: adapter-sized tensors beyond SFT's (two more gradients and the weights saved across the shifted pass). */
