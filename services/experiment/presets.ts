@@ -128,12 +128,10 @@ export const PRESETS: Record<Preset["name"], Preset> = {
   // (92% after 300 steps, bench/results/hard-task.json): SST2's 100% would hide a defence's
   // cost, and gsm8k-hard's 0-2% as surely.
   //
-  // Run time, scaled from results/quick (51 cells in 14.1 minutes, two at a time, 1.97x the
-  // cells' summed time): there a fine-tuning run of 200 steps with 4 scores and drifts took
-  // 37 s and an alignment 36 s. Here 195 fine-tunings (10 rows x 6 ratios + 5 sweep points, x 3
-  // seeds) of 300 steps with 12 scores and drifts each, about 75 s, and 36 alignments (up to 3x
-  // an SFT step for RepNoise, docs/defences.md#alignment-cost): about 2.5 hours on 2 idle
-  // cores. Finished cells are kept in results.json, so it can run in pieces.
+  // Run time: 195 fine-tunings (10 rows x 6 ratios + 5 sweep points, x 3 seeds) of 300 steps
+  // with 12 scores and drifts each, and 36 alignments: 12.3 minutes on 2 cores, two cells at a
+  // time (results/full, native kernels). Finished cells are kept in results.json, so it can
+  // run in pieces.
   full: {
     ...COMMON,
     name: "full",

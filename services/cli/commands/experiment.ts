@@ -22,8 +22,8 @@ const experiment: Command = {
     "Drives the services over gRPC: at --address (with the TLS and token options of the client\n" +
     "commands), or started in this process when it is unset.\n" +
     "Writes results.json, report.md and SVG charts to --out; a rerun skips the cells already in\n" +
-    "results.json. quick fits one sitting (the README gives its measured time); full is the whole\n" +
-    "protocol (every method and guard, six ratios, three seeds) and takes hours.",
+    "results.json. quick and full fit one sitting (the README gives their measured times); full is\n" +
+    "the whole protocol (every method and guard, six ratios, three seeds).",
   local: true,
   flags: [PRESET, OUT, PARALLEL, SUITE_ADDRESS, BASE, ...CONNECTION_FLAGS],
   async run(ctx) {
