@@ -4,12 +4,14 @@
  * and memory holds one chunk), paths are checked before anything is created, and the size
  * limits are enforced on the bytes received so far, not after the fact.
  */
+import { createHash, type Hash } from "node:crypto";
 import { type FileHandle, mkdir, open } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { Code } from "@connectrpc/connect";
 import type { ImportCheckpointRequest } from "../../gen/vaccine/v1/checkpoints_pb.ts";
 import type { UploadLimits } from "../common/deps.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
+import type { ManifestFile } from "../runtime/store/manifest.ts";
 import { validateRelativePath } from "../runtime/store/store.ts";
 
 /** The contract's bound on one chunk message. */
@@ -20,15 +22,19 @@ const MAX_NAME_BYTES = 255;
 /** Most files in one folder: real checkpoints have tens, and each file costs an inode whatever its size. */
 const MAX_FILES = 10_000;
 
-/** Writes every chunk message after the metadata into dir (which must be empty); resolves the bytes received. */
+/**
+ * Writes every chunk message after the metadata into dir (which must be empty); resolves the
+ * bytes received and each file's sha256 and size, by path (the store's manifest entries).
+ */
 export async function receiveFolder(
   messages: AsyncIterator<ImportCheckpointRequest>,
   dir: string,
   limits: Pick<UploadLimits, "maxFileBytes" | "maxCheckpointBytes">,
-): Promise<number> {
-  const finished = new Set<string>();
+): Promise<{ bytes: number; files: Record<string, ManifestFile> }> {
+  const files = new Map<string, ManifestFile>();
   const folders = new Set<string>();
-  let current: { path: string; handle: FileHandle; size: number } | undefined;
+  let current: { path: string; handle: FileHandle; size: number; hash: Hash } | undefined;
+  const finish = (file: NonNullable<typeof current>) => files.set(file.path, { sha256: file.hash.digest("hex"), size: file.size });
   let bytes = 0;
   try {
     for (let next = await messages.next(); !next.done; next = await messages.next()) {
@@ -43,14 +49,14 @@ export async function receiveFolder(
       if (current?.path !== path) {
         if (current) {
           await current.handle.close();
-          finished.add(current.path);
+          finish(current);
           current = undefined;
         }
-        if (finished.size >= MAX_FILES) throw tooLarge(`the checkpoint has more than ${MAX_FILES} files`, { limit: "max_files", limit_files: String(MAX_FILES), file: path });
-        const segments = checkPath(path, finished, folders);
+        if (files.size >= MAX_FILES) throw tooLarge(`the checkpoint has more than ${MAX_FILES} files`, { limit: "max_files", limit_files: String(MAX_FILES), file: path });
+        const segments = checkPath(path, files, folders);
         const target = join(dir, ...segments);
         await mkdir(dirname(target), { recursive: true });
-        current = { path, handle: await open(target, "wx"), size: 0 };
+        current = { path, handle: await open(target, "wx"), size: 0, hash: createHash("sha256") };
       }
       current.size += data.byteLength;
       bytes += data.byteLength;
@@ -60,14 +66,15 @@ export async function receiveFolder(
       if (bytes > limits.maxCheckpointBytes) {
         throw tooLarge(`the checkpoint is over the ${limits.maxCheckpointBytes}-byte limit on all its files`, { limit: "max_checkpoint_bytes", limit_bytes: String(limits.maxCheckpointBytes), file: path });
       }
+      current.hash.update(data);
       await current.handle.write(data);
     }
-    if (current) finished.add(current.path);
+    if (current) finish(current);
   } finally {
     await current?.handle.close();
   }
-  if (finished.size === 0) throw invalidArgument([{ field: "chunk", description: "no files were sent" }]);
-  return bytes;
+  if (files.size === 0) throw invalidArgument([{ field: "chunk", description: "no files were sent" }]);
+  return { bytes, files: Object.fromEntries(files) };
 }
 
 /**
@@ -75,7 +82,7 @@ export async function receiveFolder(
  * ".", empty segments, leading "/", backslashes, NUL or other control characters, and no
  * clash with a file or folder already received. Refusals name the path.
  */
-function checkPath(path: string, finished: Set<string>, folders: Set<string>): string[] {
+function checkPath(path: string, finished: ReadonlyMap<string, ManifestFile>, folders: Set<string>): string[] {
   const refuse = (why: string): never => {
     throw invalidArgument([{ field: "chunk.path", description: `${JSON.stringify(path)}: ${why}` }]);
   };

@@ -26,6 +26,7 @@ import {
   claim,
   isBuiltin,
   ownedBy,
+  owns,
   scopeOf,
   visibleTenant,
   type Scope,
@@ -42,7 +43,7 @@ import type { FloatDtype } from "../runtime/checkpoint/safetensors.ts";
 import { CheckpointFormatError } from "../runtime/format-error.ts";
 import { CheckpointDescriber, type CheckpointDescription } from "../runtime/pipeline/describe-checkpoint.ts";
 import { ExportPreconditionError, exportCheckpoint, type ExportedFile, type ExportFormat as Format } from "../runtime/pipeline/export-checkpoint.ts";
-import { ADAPTER_PARENT_KINDS, importCheckpoint, rootModelConfig } from "../runtime/pipeline/import-checkpoint.ts";
+import { ADAPTER_PARENT_KINDS, importCheckpoint, importedRef, rootModelConfig } from "../runtime/pipeline/import-checkpoint.ts";
 import { KIND } from "../runtime/pipeline/kinds.ts";
 import { checkpointHex, type CheckpointRef } from "../runtime/store/store.ts";
 import { receiveFolder } from "./receive-folder.ts";
@@ -140,19 +141,28 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
           const parent = metadata.type === CheckpointType.ADAPTER ? await checkBase(metadata, scope) : undefined;
           const dir = await work.create("import");
           try {
-            const received = await receiveFolder(messages, dir, deps.uploads).catch((err: unknown) => {
+            const { bytes: received, files } = await receiveFolder(messages, dir, deps.uploads).catch((err: unknown) => {
               if (err instanceof ConnectError) throw err;
               // A disk error's own message holds the server's paths.
               throw rpcError(Code.Internal, "IMPORT_WRITE_FAILED", `could not write the upload (${(err as NodeJS.ErrnoException).code ?? "error"})`);
             });
             // A client gone before the folder is stored leaves nothing behind.
             ctx.signal.throwIfAborted();
+            const options = { kind: metadata.type === CheckpointType.ADAPTER ? KIND.adapter : KIND.model, parent, name: metadata.displayName };
+            // The same folder again (a retried call): stored and checked already, and the
+            // caller's, so nothing to store or charge, even at its quota.
+            const again = importedRef(files, options);
+            const stored = await deps.store.exists(again).catch((err: unknown) => {
+              throw toRpcError(err);
+            });
+            if (stored && (!scope || (await owns(deps.store, scope.tenant, "checkpoints", checkpointHex(again))))) {
+              return { checkpoint: await describe(again, "checkpoint", scope) };
+            }
             // Over the tenant's byte quota: refused before anything reaches the store; held
             // until the claim charges the bytes (quotas.ts).
             const reservation = scope && (await reserveStoredBytes(deps, scope.tenant, received));
             try {
-              const kind = metadata.type === CheckpointType.ADAPTER ? KIND.adapter : KIND.model;
-              const ref = await importCheckpoint(deps.store, dir, { kind, parent, name: metadata.displayName }).catch((err: unknown) => {
+              const ref = await importCheckpoint(deps.store, dir, options).catch((err: unknown) => {
                 throw err instanceof CheckpointFormatError ? formatInvalid(err) : toRpcError(err);
               });
               if (scope) await claim(deps.store, scope.tenant, "checkpoints", checkpointHex(ref), { bytes: await checkpointBytes(deps.store, ref) });

@@ -131,10 +131,10 @@ describe("per-tenant quotas", () => {
     }
   });
 
-  it("refuses an import over the byte quota without storing it, and charges one that fits", async () => {
+  it("refuses an import over the byte quota without storing it, charges one that fits, and takes the same folder again at the quota", async () => {
     const { a } = s.as;
     const folder = fileURLToPath(new URL("../fixtures/llama-f32-gqa", import.meta.url));
-    const importAs = () => a.checkpoints.importCheckpoint(folderMessages(folder, { type: CheckpointType.BASE_MODEL, displayName: "quota" }));
+    const importAs = (displayName = "quota") => a.checkpoints.importCheckpoint(folderMessages(folder, { type: CheckpointType.BASE_MODEL, displayName }));
     const start = await usageOf(s.deps.store, "team-a");
     const before = await s.deps.store.list();
     s.deps.quotas = { jobs: 0, storedBytes: start + 1000 };
@@ -144,10 +144,16 @@ describe("per-tenant quotas", () => {
       expect(refused.message).toMatch(new RegExp(`stores ${start} bytes and this adds \\d+`));
       expect(await s.deps.store.list()).toEqual(before);
       s.deps.quotas = { jobs: 0, storedBytes: start + 100e6 };
-      await importAs();
+      const first = (await importAs()).checkpoint!;
       const size = Number(refused.message.match(/this adds (\d+)/)![1]);
       expect(await usageOf(s.deps.store, "team-a")).toBe(start + size);
       expect(await s.deps.store.listObjects("store://tenants/team-a/reservations")).toEqual([]);
+      // At the quota: the same folder again (a retried call) is the checkpoint it owns, charged
+      // once; under another name it would be another checkpoint, and is refused.
+      s.deps.quotas = { jobs: 0, storedBytes: start + size };
+      expect((await importAs()).checkpoint!.ref).toEqual(first.ref);
+      expect(await usageOf(s.deps.store, "team-a")).toBe(start + size);
+      await quotaFailure(() => importAs("another name"));
     } finally {
       s.deps.quotas = undefined;
     }

@@ -11,7 +11,8 @@ import { checkLlamaFolder, checkLlamaTokenizer } from "../checkpoint/llama-folde
 import { checkAdapterFits, inspectPeftFolder } from "../checkpoint/peft-folder.ts";
 import { CheckpointFormatError } from "../format-error.ts";
 import { parseLlamaConfig, type LlamaConfig } from "../model/config.ts";
-import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
+import { encodeManifest, newManifest, sha256Hex, type CheckpointManifest } from "../store/manifest.ts";
+import { checkpointRef, type CheckpointRef, type CheckpointStore } from "../store/store.ts";
 import { KIND } from "./kinds.ts";
 import { lineageOf } from "./load.ts";
 
@@ -31,18 +32,36 @@ export const ADAPTER_PARENT_KINDS: readonly string[] = [KIND.model, KIND.adapter
  * CheckpointFormatErrors naming the file; nothing is stored unless every check passes.
  */
 export async function importCheckpoint(store: CheckpointStore, dir: string, options: ImportOptions): Promise<CheckpointRef> {
-  const meta: Record<string, unknown> = {};
   if (options.kind === KIND.model) {
     const { config } = await checkLlamaFolder(dir);
     await checkLlamaTokenizer(dir, config);
   } else {
-    if (!options.parent) throw new TypeError("an adapter import needs its parent");
-    checkAdapterFits(await inspectPeftFolder(dir), options.parent.model);
-    const { uri, digest } = options.parent.ref;
+    checkAdapterFits(await inspectPeftFolder(dir), parentOf(options).model);
+  }
+  return store.put(dir, { kind: options.kind, meta: importMeta(options) });
+}
+
+/**
+ * The ref importCheckpoint gives a folder holding these files (by path, as the store's
+ * manifest lists them): a folder imported again is known before anything is checked or stored.
+ */
+export function importedRef(files: CheckpointManifest["files"], options: ImportOptions): CheckpointRef {
+  return checkpointRef(sha256Hex(encodeManifest(newManifest({ kind: options.kind, meta: importMeta(options) }, files))));
+}
+
+function importMeta(options: ImportOptions): Record<string, unknown> {
+  const meta: Record<string, unknown> = {};
+  if (options.kind === KIND.adapter) {
+    const { uri, digest } = parentOf(options).ref;
     meta.parent = { uri, digest };
   }
   if (options.name) meta.name = options.name;
-  return store.put(dir, { kind: options.kind, meta });
+  return meta;
+}
+
+function parentOf(options: ImportOptions): NonNullable<ImportOptions["parent"]> {
+  if (!options.parent) throw new TypeError("an adapter import needs its parent");
+  return options.parent;
 }
 
 /** The Llama config of the model at the root of a checkpoint's lineage: what an adapter over it must fit. */
