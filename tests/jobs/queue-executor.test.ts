@@ -100,7 +100,7 @@ describe("QueueExecutor and QueueWorker", () => {
     const a = await ex.create(JobKind.ALIGN, spec);
     expect(a.state).toBe(JobState.QUEUED);
     await until(async () => c.started.length === 1 && (await stateOf(ex, a.id)) === JobState.RUNNING);
-    // Created once a runs (see the next test for why not together).
+    // Created once a runs, so b waits behind a running job.
     const b = await ex.create(JobKind.ALIGN, spec);
     expect(await stateOf(ex, b.id)).toBe(JobState.QUEUED);
     c.release(a.id, 1);
@@ -119,8 +119,7 @@ describe("QueueExecutor and QueueWorker", () => {
     worker(c.work);
     const a = await ex1.create(JobKind.ALIGN, spec);
     await until(async () => c.started.length === 1 && (await stateOf(ex2, a.id)) === JobState.RUNNING);
-    // Created once a runs: created together, the worker can take a before its api has recorded
-    // it (the api enqueues first), put it back for 500 ms and run b first.
+    // Created once a runs, so b is cancelled while queued behind a running job.
     const b = await ex1.create(JobKind.ALIGN, spec);
     expect(await stateOf(ex2, b.id)).toBe(JobState.QUEUED);
     expect((await ex2.cancel(JobKind.ALIGN, b.id)).state).toBe(JobState.CANCELLED);
@@ -331,6 +330,33 @@ describe("QueueExecutor and QueueWorker", () => {
     await new RedisJobs(conn, queueKeys(prefix)).create(job, undefined, { case: "stateChange", value: { from: JobState.UNSPECIFIED, to: JobState.QUEUED } });
     await until(async () => (await stateOf(ex, id)) === JobState.SUCCEEDED);
     expect(runs).toBe(1);
+  });
+
+  it("keeps the queue's order when a job's record lands just after a worker took the job (it waits in place)", async () => {
+    const { worker, prefix } = setup();
+    const order: string[] = [];
+    worker(async (ctx) => {
+      order.push(ctx.job.id);
+      return { result: ref(1), lineage: [ref(1)] };
+    });
+    const queue = new Queue(QUEUE_NAME, { connection: redisOptions(redis.url), prefix });
+    const conn = new Redis(redisOptions(redis.url));
+    closers.push(async () => void (await queue.close(), await conn.quit()));
+    const jobs = new RedisJobs(conn, queueKeys(prefix));
+    const record = (id: string) =>
+      jobs.create(create(JobSchema, { id, kind: JobKind.ALIGN, state: JobState.QUEUED, createTime: timestampNow(), progress: {}, spec }), undefined, {
+        case: "stateChange",
+        value: { from: JobState.UNSPECIFIED, to: JobState.QUEUED },
+      });
+    const [first, second] = [`align-${randomUUID()}`, `align-${randomUUID()}`];
+    await queue.add("align", { id: first, trace: {} }, { jobId: first });
+    await queue.add("align", { id: second, trace: {} }, { jobId: second });
+    await record(second);
+    // The first job's api records it a moment late; the worker has taken it already.
+    await new Promise((r) => setTimeout(r, 50));
+    await record(first);
+    await until(() => order.length === 2);
+    expect(order).toEqual([first, second]);
   });
 
   it("checks a tenant's job quota in the record's script: concurrent creates on two apis never pass it, and refused ones leave nothing queued", async () => {

@@ -63,6 +63,12 @@ const RETRYABLE = new Set([Code.Unavailable, Code.Internal, Code.Unknown, Code.A
 
 /** A job queued before its record was written (the api enqueues first) waits this long for it. */
 const MISSING_RECORD_GRACE_MS = 30_000;
+/**
+ * How long a worker that took such a job waits for its record in place, keeping its turn, before
+ * it puts the job back (delayed) and takes the next: an api records a job just after queueing it.
+ */
+const RECORD_WAIT_MS = 250;
+const RECORD_POLL_MS = 10;
 
 interface Run {
   job: Job;
@@ -175,7 +181,11 @@ export class QueueWorker {
       await queued.moveToWait(token);
       throw new WaitingError();
     }
-    const claim = await this.jobs.claim(id, token);
+    let claim = await this.jobs.claim(id, token);
+    for (const start = Date.now(); claim === "missing" && Date.now() - start < RECORD_WAIT_MS; ) {
+      await new Promise((resolve) => setTimeout(resolve, RECORD_POLL_MS));
+      claim = await this.jobs.claim(id, token);
+    }
     if (claim === "missing") {
       if (Date.now() - queued.timestamp < MISSING_RECORD_GRACE_MS) {
         await queued.moveToDelayed(Date.now() + 500, token);
