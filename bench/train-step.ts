@@ -121,7 +121,6 @@ async function runCase(variant: Variant, configName: ConfigName, method: Method)
 }
 
 const RATIO_ROUNDS = 20;
-const RATIO_WARMUP = WARMUP;
 
 /**
  * Vaccine's step time over SFT's for one variant and config: the two methods' steps alternate
@@ -133,14 +132,14 @@ async function ratioCase(variant: Variant, configName: ConfigName) {
   const { selection } = await selectVariant(variant);
   const setups = { sft: await variantSetup(variant, configName, "sft"), vaccine: await variantSetup(variant, configName, "vaccine") };
   const rounds: Record<Method, number>[] = [];
-  for (let i = 0; i < RATIO_WARMUP + RATIO_ROUNDS; i++) {
+  for (let i = 0; i < WARMUP + RATIO_ROUNDS; i++) {
     const ms = {} as Record<Method, number>;
     for (const method of i % 2 ? (["sft", "vaccine"] as const) : (["vaccine", "sft"] as const)) {
       const t0 = performance.now();
       await setups[method].step(i);
       ms[method] = performance.now() - t0;
     }
-    if (i >= RATIO_WARMUP) rounds.push(ms);
+    if (i >= WARMUP) rounds.push(ms);
   }
   await Promise.all([setups.sft.close(), setups.vaccine.close()]);
   const sftMs = median(rounds.map((r) => r.sft));

@@ -97,9 +97,9 @@ export const COEFFICIENTS = {
  * The terms that differ with the native fused kernels (the others as COEFFICIENTS): the four
  * activation terms, and the weights, which the native products read with transpose flags
  * instead of keeping transposed copies (2.0x fitted on the 85M-parameter job); Vaccine's
- * pass 1, which then ran on merged weights and kept more of its activations (8: the 6 x 256
- * Vaccine job measured 624-646 MiB, 1.05x under it). Refitted when the fused
- * loss, attention and SwiGLU stopped leaving a zero gradient per kept tensor alive until the
+ * hidden-width term (8 while pass 1 ran on merged weights and kept more of its activations:
+ * the 6 x 256 Vaccine job measured 624-646 MiB then; 2 since the decoder blocks). Refitted
+ * when the fused loss, attention and SwiGLU stopped leaving a zero gradient per kept tensor alive until the
  * end of each backward pass (runFused): the jobs' peaks fell by 5-44% (but the 85M-parameter
  * job's, mostly weights: 816-871 MiB against 807), and these terms keep the estimates above the
  * measured peaks of bench/results/job-memory.json with margin (bench/README.md). Refitted again

@@ -3,14 +3,13 @@
 // not built (a machine without a compiler or libopenblas-dev runs everything but the
 // native-vs-stock comparison, whose name says it is skipped there).
 import { execFileSync } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { resolve } from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { LlamaModel } from "../../services/runtime/model/llama.ts";
 import { dropoutMask, LoraAdapter, maskSeeds } from "../../services/runtime/model/lora.ts";
-import { coreTypeFor, coreTypeNote, loadBlasAddon } from "../../services/runtime/native/blas-addon.ts";
+import { coreTypeFor, coreTypeNote, cpuFlags, loadBlasAddon } from "../../services/runtime/native/blas-addon.ts";
 import { nativeDropoutMask } from "../../services/runtime/native/dropout-kernel.ts";
 import { configureNativeKernels, nativeKernelsActive } from "../../services/runtime/native/kernels.ts";
 import { Rng } from "../../services/runtime/rng.ts";
@@ -278,7 +277,7 @@ describe("training on the wasm backend with the native kernels when built", () =
     const script = `const { selectBackend } = await import(${JSON.stringify(resolve("services/runtime/backend.ts"))}); const s = await selectBackend("wasm", () => {}, { nativeKernels: "auto" }); console.log(s.nativeKernels.detail);`;
     const detail = execFileSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { encoding: "utf8", env: { ...process.env, OPENBLAS_CORETYPE: "Prescott" } }).trim().split("\n").pop();
     expect(detail).toMatch(/^OpenBLAS .* Prescott MAX_THREADS/);
-    const best = coreTypeFor(new Set(readFileSync("/proc/cpuinfo", "utf8").match(/^flags\s*:(.*)$/m)?.[1].trim().split(/\s+/)));
+    const best = coreTypeFor(cpuFlags());
     if (best) expect(detail).toContain(`; OPENBLAS_CORETYPE=Prescott is set; this CPU's flags choose ${best}`);
   });
 

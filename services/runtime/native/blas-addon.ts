@@ -160,7 +160,7 @@ export function coreTypeFor(flags: ReadonlySet<string>): string | undefined {
 }
 
 /** This CPU's flags (/proc/cpuinfo); empty where there is none. */
-function cpuFlags(): Set<string> {
+export function cpuFlags(): Set<string> {
   try {
     const line = readFileSync("/proc/cpuinfo", "utf8").match(/^flags\s*:(.*)$/m)?.[1] ?? "";
     return new Set(line.trim().split(/\s+/));
