@@ -34,7 +34,7 @@ import torch.nn.functional as F
 CONFIGS = {"4x128": (128, 384, 4, 4), "6x256": (256, 768, 6, 8)}
 BATCH, TOKENS, VOCAB, RANK, RHO, STEPS, WARMUP = 8, 64, 2048, 8, 2.0, 10, 30  # warm-up as bench/train-step.ts's
 # The ratio mode: SFT and Vaccine steps alternating, the first of each round changing.
-RATIO_ROUNDS, RATIO_WARMUP = 20, WARMUP
+RATIO_ROUNDS = 20
 
 
 class Lora(torch.nn.Module):
@@ -165,13 +165,13 @@ def main():
 def print_ratio(config, threads, step):
     """Vaccine's step over SFT's, the two alternating on one model (bench/train-step.ts ratioCase)."""
     rounds = []
-    for i in range(RATIO_WARMUP + RATIO_ROUNDS):
+    for i in range(WARMUP + RATIO_ROUNDS):
         ms = {}
         for method in (("sft", "vaccine") if i % 2 else ("vaccine", "sft")):
             t0 = time.perf_counter()
             step(method)
             ms[method] = (time.perf_counter() - t0) * 1000
-        if i >= RATIO_WARMUP:
+        if i >= WARMUP:
             rounds.append(ms)
     print(json.dumps(ratio_summary(f"torch-{threads}t", config, threads, f"pytorch {torch.__version__}", rounds)))
 
