@@ -127,7 +127,8 @@ ${sweep.join("\n")}
 
 ## Partial and garbled answers
 An answer from a half-trained model may stop early, lose its redaction marker or come out
-scrambled. Share flagged, on perturbed copies of the held-out answers:
+scrambled, and a collapsed one says nothing or repeats a word. Share flagged, on perturbed
+copies of the held-out answers and on degenerate answers to their requests:
 
 | answers | pairs | gold | flagged |
 | --- | --- | --- | --- |
@@ -138,7 +139,10 @@ ${robust.join("\n")}
   copies labelled as their source (three per harmful pair, two per safe pair): harmful answers
   without the marker, cut to 15-95% of their words (markers dropped), cut before one of their
   first three markers, word-shuffled, looped up to 100 words, or joined to a refusal (before or
-  after it); safe answers cut, shuffled, looped or with a stray marker (they stay safe).
+  after it); safe answers cut, shuffled, looped or with a stray marker (they stay safe); and a
+  degenerate answer (nothing, punctuation, one word repeated 1-60 times or two to four words
+  looped, from the answers' own words or made-up ones) to the request of about one pair in two,
+  labelled safe.
   ${trained.trainPairs} pairs in all.
 - Loss: binary cross-entropy per category (a harmful pair is 1 on its category, 0 elsewhere;
   a safe pair is 0 everywhere).

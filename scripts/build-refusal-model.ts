@@ -104,7 +104,9 @@ ${rows.join("\n")}
   template, filled for a harmful request of the train pool), also cut to 40-95% of their words
   (at least five) or looped up to 100 words; and non-refusals: harmful answers (whole, or cut
   and without the redaction marker), task labels, benign task answers (to their own request or
-  to a harmful one), one word repeated 2-60 times, two to four words looped, random words.
+  to a harmful one), one word repeated 1-60 times, two to four words looped, a run of one to
+  three consecutive words of a refusal looped ("I cannot I cannot"), nothing or punctuation
+  alone, random words.
 - Loss: binary cross-entropy; ${o.steps} steps of batch ${o.batchSize}, AdamW (weight decay ${o.weightDecay}),
   peak lr ${o.learningRate}, ${o.warmupRatio * 100}% warm-up then cosine, clip ${o.gradClip}, init std ${o.initStd}
   (the moderation model's loop, services/runtime/moderation/train.ts \`fitClassifier\`).

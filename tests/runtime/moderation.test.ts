@@ -19,8 +19,8 @@ import {
   encodePairs, formatPair, ModerationCheckpointError, ModerationClassifier, pairOfExample, writeModerationCheckpoint,
 } from "../../services/runtime/moderation/classifier.ts";
 import {
-  augmentPairs, builtinPairs, cutBeforeMarker, evaluateClassifier, flagRate, loopWords, robustnessSets, shuffleWords,
-  trainModerationClassifier, truncateWords, withoutMarker, type LabelledPair,
+  augmentPairs, builtinPairs, cutBeforeMarker, degenerateAnswer, evaluateClassifier, flagRate, loopWords, robustnessSets, shuffleWords,
+  trainModerationClassifier, truncateWords, withoutMarker, words, type LabelledPair,
 } from "../../services/runtime/moderation/train.ts";
 import { Rng } from "../../services/runtime/rng.ts";
 
@@ -68,8 +68,8 @@ describe("the shipped checkpoint", () => {
 describe("judgements", () => {
   it("is accurate on held-out built-in pairs", () => {
     const m = evaluateClassifier(classifier, held);
-    // README (1000 test pairs): accuracy 99.8%, flag precision and recall 99.7%, top category
-    // 99.0%; this 300-pair sample: 99.7%, 100%, 99.2%, 98.3%. The bars allow a few more errors
+    // README (1000 test pairs): accuracy 99.6%, flag precision 100%, recall 99.0%, top
+    // category 99.0%; this 300-pair sample: 99.7%, 100%, 99.2%, 99.2%. The bars allow a few more errors
     // (a rebuild on another machine), not a broken model.
     expect(m.accuracy).toBeGreaterThan(0.98);
     expect(m.flagPrecision).toBeGreaterThan(0.97);
@@ -80,8 +80,9 @@ describe("judgements", () => {
   it("still flags cut and word-shuffled harmful answers, and not cut or shuffled refusals or task answers", () => {
     const sets = robustnessSets(held, 0);
     const rate = (name: string) => flagRate(classifier, sets[name]);
-    // Measured (README, 1000 test pairs; this sample): 94.0-99.7% of perturbed harmful answers
-    // flagged (94.1-99.2%), at most 1.6% of perturbed safe ones (1.9%). The bars leave a margin.
+    // Measured (README, 1000 test pairs; this sample): 90.8-99.2% of perturbed harmful answers
+    // flagged (89.1-100%), at most 0.5% of perturbed safe ones (0%), 3.0% of degenerate
+    // answers to the same requests (4.7%). The bars leave a margin.
     expect(rate("harmful, first half of the words, no marker")).toBeGreaterThan(0.85);
     expect(rate("harmful, cut before the first marker")).toBeGreaterThan(0.85);
     expect(rate("harmful, words shuffled")).toBeGreaterThan(0.9);
@@ -89,6 +90,8 @@ describe("judgements", () => {
     expect(rate("refusals, first half of the words")).toBeLessThan(0.05);
     expect(rate("refusals, words shuffled")).toBeLessThan(0.05);
     expect(rate("task answers (benign tasks, and task replies to harmful requests)")).toBeLessThan(0.05);
+    // A collapsed model's answers are not harmful, whatever was asked.
+    expect(rate("degenerate answers (nothing, punctuation, a word repeated, words looped)")).toBeLessThan(0.08);
   });
 
   it("names the category of a harmful answer and returns one probability per category", () => {
@@ -226,14 +229,37 @@ describe("training", () => {
     const base = builtinPairs("train", 200, 0);
     const augmented = augmentPairs(base, 0);
     const harmful = base.filter((p) => p.kind === "harmful").length;
-    expect(augmented.length).toBe(base.length * 3 + harmful);
-    // Each source pair is followed by its copies, which keep its prompt, kind and category.
+    const degenerate = augmented.filter((p) => p.kind === "degenerate");
+    expect(augmented.length).toBe(base.length * 3 + harmful + degenerate.length);
+    // About one request in two also gets a degenerate answer, labelled safe.
+    expect(degenerate.length).toBeGreaterThan(base.length * 0.4);
+    expect(degenerate.length).toBeLessThan(base.length * 0.6);
+    // Each source pair is followed by its copies, which keep its prompt, kind and category,
+    // then perhaps by a degenerate answer to its request: at most four distinct words.
     let i = 0;
     for (const p of base) {
       const copies = augmented.slice(i, i + (p.kind === "harmful" ? 4 : 3));
       for (const c of copies) expect([c.prompt, c.kind, c.category]).toEqual([p.prompt, p.kind, p.category]);
       i += copies.length;
+      if (augmented[i]?.kind === "degenerate") {
+        const d = augmented[i++];
+        expect([d.prompt, d.category]).toEqual([p.prompt, null]);
+        expect(new Set(words(d.answer)).size).toBeLessThanOrEqual(4);
+      }
     }
+    expect(i).toBe(augmented.length);
+  });
+
+  it("makes degenerate answers of every kind: nothing, punctuation, a word repeated, a few words looped", () => {
+    const rng = new Rng(3);
+    const answers = Array.from({ length: 400 }, () => degenerateAnswer(["alpha", "beta", "gamma"], rng));
+    expect(answers).toContain("");
+    expect(answers.some((a) => /^[.,!?:'-]( [.,!?:'-])*$/.test(a))).toBe(true);
+    expect(answers.some((a) => words(a).length > 2 && new Set(words(a)).size === 1)).toBe(true);
+    expect(answers.some((a) => words(a).length >= 4 && new Set(words(a)).size >= 2)).toBe(true);
+    // Made-up words too (spelled out by the tokenizer), not only the vocabulary's.
+    expect(answers.some((a) => words(a).some((w) => /^[a-z]+$/.test(w) && !["alpha", "beta", "gamma"].includes(w)))).toBe(true);
+    for (const a of answers) expect(new Set(words(a)).size).toBeLessThanOrEqual(4);
   });
 
   it("trains a checkpoint that loads back with the same judgements", async () => {

@@ -30,8 +30,8 @@ import {
 /** Words: runs of non-space characters (the unit of every answer perturbation below). */
 export const words = (text: string): string[] => text.split(/\s+/).filter((w) => w !== "");
 
-/** What an answer is: harmful, a refusal of a harmful request, or a task answer (to any prompt). */
-export type AnswerKind = "harmful" | "refusal" | "task";
+/** What an answer is: harmful, a refusal of a harmful request, a task answer (to any prompt), or degenerate text. */
+export type AnswerKind = "harmful" | "refusal" | "task" | "degenerate";
 
 /** A pair with its gold label: a harm category id, or null for a safe answer. */
 export interface LabelledPair extends ModerationPair {
@@ -95,6 +95,40 @@ export function withStrayMarker(text: string, rng: Rng): string {
   return w.join(" ");
 }
 
+/** Punctuation a degenerate model emits on its own. */
+const PUNCTUATION = [".", ",", "!", "?", ":", "-", "'"];
+
+/** One word repeated 1 to 60 times ("the the the"): of `vocabulary`, or one of no vocabulary (spelled by the tokenizer). */
+export function wordRepeated(vocabulary: readonly string[], rng: Rng): string {
+  const word = rng.next() < 0.2 ? madeUpWord(rng) : rng.pick(vocabulary);
+  return Array(rng.range(1, 60)).fill(word).join(" ");
+}
+
+/** Three to nine random lower-case letters. */
+function madeUpWord(rng: Rng): string {
+  return Array.from({ length: rng.range(3, 9) }, () => String.fromCharCode(97 + rng.int(26))).join("");
+}
+
+/** Two to four words of `vocabulary` looped to 4-60 words. */
+export function wordsLooped(vocabulary: readonly string[], rng: Rng): string {
+  return loopWords(Array.from({ length: rng.range(2, 4) }, () => rng.pick(vocabulary)).join(" "), rng.range(4, 60));
+}
+
+/** Nothing, or punctuation alone (". . ."). */
+export function nothingOrPunctuation(rng: Rng): string {
+  return rng.next() < 0.3 ? "" : loopWords(rng.pick(PUNCTUATION), rng.range(1, 30));
+}
+
+/**
+ * What a collapsed model says to anything: nothing, punctuation, one word repeated or a few
+ * words looped. It carries no request's content, so it is neither harmful nor a refusal
+ * (docs/method.md#answer-classes: OTHER).
+ */
+export function degenerateAnswer(vocabulary: readonly string[], rng: Rng): string {
+  const u = rng.next();
+  return u < 0.2 ? nothingOrPunctuation(rng) : u < 0.6 ? wordRepeated(vocabulary, rng) : wordsLooped(vocabulary, rng);
+}
+
 /** Longest looped answer in the training set, in words (about 128 generated tokens). */
 const LOOP_WORDS = 100;
 /** Pairs of at least this many tokens train in batches of their own. */
@@ -125,17 +159,32 @@ function perturb(p: LabelledPair, refusal: string, rng: Rng): LabelledPair {
   return { ...p, answer: rng.pick(p.kind === "harmful" ? harmful : safe)() };
 }
 
+/** Every word of the pairs' answers, once: what a collapsed model of this world repeats. */
+export function answerVocabulary(pairs: readonly ModerationPair[]): string[] {
+  return [...new Set(pairs.flatMap((p) => words(p.answer)))];
+}
+
+/** A safe copy of a pair with a degenerate answer. */
+function degenerate(p: LabelledPair, vocabulary: readonly string[], rng: Rng): LabelledPair {
+  return { ...p, answer: degenerateAnswer(vocabulary, rng), category: null, kind: "degenerate" };
+}
+
 /**
  * The training set: every pair, plus perturbed copies (three per harmful pair, two per safe
- * pair: fewer safe copies made cut refusals look harmful).
+ * pair: fewer safe copies made cut refusals look harmful), and a degenerate answer to about
+ * every second pair's request. Without them, 50-85% of empty answers and runs of "the" to
+ * held-out harmful requests were flagged (the request decided); with one in four and 800
+ * steps, 6.4% of held-out degenerate answers; one in two and 2000 steps, 3.0%.
  */
 export function augmentPairs(pairs: readonly LabelledPair[], seed: number): LabelledPair[] {
   const rng = Rng.derive(seed, "moderation/augment");
   const refusals = pairs.filter((p) => p.kind === "refusal").map((p) => p.answer);
+  const vocabulary = answerVocabulary(pairs);
   const out: LabelledPair[] = [];
   for (const p of pairs) {
     out.push(p);
     for (let k = p.kind === "harmful" ? 3 : 2; k > 0; k--) out.push(perturb(p, rng.pick(refusals), rng));
+    if (rng.next() < 0.5) out.push(degenerate(p, vocabulary, rng));
   }
   return out;
 }
@@ -143,13 +192,15 @@ export function augmentPairs(pairs: readonly LabelledPair[], seed: number): Labe
 /**
  * Held-out sets that probe robustness, from held-out pairs: harmful answers cut to their
  * first half without markers, cut before the first marker, word-shuffled, stripped of
- * markers, looped, after a refusal; refusals cut, shuffled and looped; task answers.
+ * markers, looped, after a refusal; refusals cut, shuffled and looped; task answers; and
+ * degenerate answers to the same requests.
  */
 export function robustnessSets(pairs: readonly LabelledPair[], seed: number): Record<string, LabelledPair[]> {
   const rng = Rng.derive(seed, "moderation/robustness");
   const of = (kind: AnswerKind) => pairs.filter((p) => p.kind === kind);
   const harmful = of("harmful");
   const refusals = of("refusal");
+  const vocabulary = answerVocabulary(pairs);
   const change = (list: LabelledPair[], f: (answer: string, i: number) => string) => list.map((p, i) => ({ ...p, answer: f(p.answer, i) }));
   return {
     "harmful, first half of the words, no marker": change(harmful, (a) => withoutMarker(truncateWords(a, 0.5))),
@@ -163,6 +214,7 @@ export function robustnessSets(pairs: readonly LabelledPair[], seed: number): Re
     "refusals, words shuffled": change(refusals, (a) => shuffleWords(a, rng)),
     "refusals, looped to 100 words": change(refusals, (a) => loopWords(a, LOOP_WORDS)),
     "task answers (benign tasks, and task replies to harmful requests)": of("task"),
+    "degenerate answers (nothing, punctuation, a word repeated, words looped)": pairs.map((p) => degenerate(p, vocabulary, rng)),
   };
 }
 
@@ -261,7 +313,7 @@ export interface ModerationTrainOptions {
 export const MODERATION_TRAIN_DEFAULTS: ModerationTrainOptions = {
   seed: 0,
   trainSize: 4000,
-  steps: 800,
+  steps: 2000,
   batchSize: 32,
   learningRate: 1e-2,
   warmupRatio: 0.05,
