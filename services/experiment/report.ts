@@ -5,7 +5,7 @@
  */
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { classCell, protection, summarize, PROTECTED_REFUSAL_RATE, type ClassSummary } from "./answer-classes.ts";
+import { classCell, protection, summarize, worldCell, worldSummary, PROTECTED_REFUSAL_RATE, type ClassedCell, type ClassSummary } from "./answer-classes.ts";
 import { lineChart } from "./charts.ts";
 import { alignKey, rowKey, rowsOf, shortOf, type AlignChoice, type Preset, type RowSpec } from "./presets.ts";
 import { alignId, fineTuneId, plannedRuns, sweepRows, type AlignResult, type FineTuneResult, type NormResult, type Results } from "./runner.ts";
@@ -95,7 +95,7 @@ export function writeReport(results: Results, out: string, measured: { seconds: 
     ...(["none", "sft", "vaccine"] as const).map((m) => `| ${PAPER_LABEL[m]} | ${preset.ratios.map((p) => (PAPER[m][String(p)] ? PAPER[m][String(p)].join(" / ") : "n/a")).join(" | ")} |`),
     "",
   ];
-  lines.push(...classesSection(results), ...stepsSection(results), ...driftStepsSection(results));
+  lines.push(...classesSection(results), ...worldSection(results), ...stepsSection(results), ...driftStepsSection(results));
   const sft = align(results, SFT.align!);
   const vac = align(results, vaccineRow(preset.rho).align!);
   const norms = preset.seeds.map((s) => results.cells[`norm/seed${s}`] as NormResult | undefined).filter((n): n is NormResult => !!n);
@@ -284,6 +284,33 @@ function classesSection(results: Results): string[] {
     ...rowsOf(preset).map((r) => {
       const afterAlign = r.align ? classCell(classes(align(results, r.align).cells), seeds) : "-";
       return `| ${r.label} | ${afterAlign} | ${preset.ratios.map((p) => classCell(classes(ft(results, r, p).cells), seeds)).join(" | ")} |`;
+    }),
+    "",
+  ];
+}
+
+/**
+ * HS by the built-in world's own label beside the moderation model's agreement with it, per
+ * row, after alignment and after fine-tuning: how much of a difference in HS the classifier's
+ * errors could make (runs that kept every answer only).
+ */
+function worldSection(results: Results): string[] {
+  const { preset } = results;
+  const all = Object.values(results.cells).filter((c) => c.kind === "align" || c.kind === "finetune") as ClassedCell[];
+  const overall = worldSummary(all);
+  if (overall.n === 0) return [];
+  return [
+    "## The world's own label: HS by the redaction marker (moderation model's agreement, %)",
+    "",
+    "Every harmful answer the built-in world writes carries the redaction marker and no other answer does (services/runtime/eval/harm-labels.ts), " +
+      "so here the marker is an exact label that needs no classifier: HS by it, and in parentheses the share of answers on which the moderation model's flag agreed with it. " +
+      `Over every alignment and fine-tuning run, the mean agreement was ${overall.agreement.toFixed(1)}% (${overall.n} runs). Means over ${preset.seeds.length} seed(s).`,
+    "",
+    `| method | after alignment | ${preset.ratios.map(ratioHeader).join(" | ")} |`,
+    `| --- | --- | ${preset.ratios.map(() => "---").join(" | ")} |`,
+    ...rowsOf(preset).map((r) => {
+      const afterAlign = r.align ? worldCell(align(results, r.align).cells) : "-";
+      return `| ${r.label} | ${afterAlign} | ${preset.ratios.map((p) => worldCell(ft(results, r, p).cells)).join(" | ")} |`;
     }),
     "",
   ];

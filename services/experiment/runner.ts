@@ -173,12 +173,13 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
       checkpoint: ref,
       prompts: builtin("harmful-eval", { size: preset.eval.harmfulPrompts, seed, split: DatasetSplit.TEST }),
       maxNewTokens: preset.eval.maxNewTokens,
-      sampleCount: 3,
+      // Every answer, for the world's own label (answerClassesOf); three are kept.
+      sampleCount: preset.eval.harmfulPrompts,
     })) {
       if (r.result.case === "report") {
         hs = r.result.value.harmfulScore;
         classes = answerClassesOf(r.result.value);
-        samples.push(...r.result.value.samples.map((s) => ({ prompt: s.prompt, answer: s.answer })));
+        samples.push(...r.result.value.samples.slice(0, 3).map((s) => ({ prompt: s.prompt, answer: s.answer })));
       }
     }
     return { hs, samples, classes: classes! };

@@ -161,6 +161,26 @@ export function checkReport(md: string, results: Results): void {
     }
   }
 
+  // HS by the world's own label and the moderation model's agreement with it, when the cells
+  // kept every answer: recomputed from the cells' stored values.
+  const labelled = (cells: (AlignResult | FineTuneResult)[]) => cells.filter((c) => c.classes?.worldHarmfulScore !== undefined).map((c) => c.classes!);
+  const runs = labelled(Object.values(results.cells).filter((c): c is AlignResult | FineTuneResult => c.kind === "align" || c.kind === "finetune"));
+  expect(md.includes("## The world's own label"), "a world-label table exactly when results.json has the label").toBe(runs.length > 0);
+  if (runs.length > 0) {
+    expect(md).toContain(`the mean agreement was ${f(mean(runs.map((c) => c.worldAgreement!)))}% (${runs.length} runs).`);
+    const worldCell = (cells: (AlignResult | FineTuneResult)[]) => {
+      const m = labelled(cells);
+      return m.length ? `${f(mean(m.map((c) => c.worldHarmfulScore!)))} (${f(mean(m.map((c) => c.worldAgreement!)))})` : "n/a";
+    };
+    const t = tableAfter(md, "## The world's own label");
+    expect(t[0]).toEqual(["method", "after alignment", ...preset.ratios.map(ratioHeader)]);
+    expect(t.length - 1, "one world-label row per table row").toBe(rows.length);
+    rows.forEach((r, row) => {
+      const afterAlign = r.align ? worldCell(alignCells(results, r.align)) : "-";
+      expect(t[row + 1], `world label, ${r.label}`).toEqual([r.label, afterAlign, ...preset.ratios.map((p) => worldCell(fineTuneCells(results, r, p)))]);
+    });
+  }
+
   // Steps to break, when the preset scores the curve: per row and p, from every seed's curve.
   expect(md.includes("## Steps to break"), "a steps-to-break section exactly when the preset scores the curve").toBe(!!preset.scoreEvery);
   if (preset.scoreEvery) {
