@@ -4,8 +4,8 @@
  * label, "refusal", whose sigmoid says whether an answer refuses the request. It is a model,
  * not a match on the world's refusal openings, so a refusal cut short or looped still
  * counts, and a degenerate answer made of refusal words ("cannot cannot", "I cannot I
- * cannot", "sorry sorry") does not. Trained and measured here; scripts/build-refusal-model.ts ships it as
- * models/refusal.
+ * cannot", "sorry sorry") does not. Trained and measured here;
+ * scripts/build-refusal-model.ts ships it as models/refusal.
  *
  * Data: the world's refusals (every refusal template, filled for a harmful request) as
  * positives, also cut short or looped; as negatives, what a fine-tuned or broken model says
