@@ -15,7 +15,7 @@ export type AlignChoice =
   | { method: "vaccine"; rho: number; refreshEvery?: number }
   | { method: "vaccine"; rhoRelative: number }
   | { method: "t_vaccine"; rho?: number; layers?: number }
-  | { method: "booster" }
+  | { method: "booster"; lambda?: number; alpha?: number }
   | { method: "repnoise" };
 
 /** A fine-tuning guard of FineTuneSpec.guard, named by its oneof member. */
@@ -65,6 +65,8 @@ export function alignKey(a: AlignChoice): string {
       return "rhoRelative" in a ? `vaccine-rel${a.rhoRelative}` : `vaccine-rho${a.rho}${a.refreshEvery ? `-tau${a.refreshEvery}` : ""}`;
     case "t_vaccine":
       return `t_vaccine${a.rho !== undefined ? `-rho${a.rho}` : ""}${a.layers !== undefined ? `-l${a.layers}` : ""}`;
+    case "booster":
+      return `booster${a.lambda !== undefined ? `-lambda${a.lambda}` : ""}${a.alpha !== undefined ? `-alpha${a.alpha}` : ""}`;
     default:
       return a.method;
   }

@@ -18,7 +18,7 @@ export function alignMethod(a: AlignChoice): AlignMethodInit {
     case "t_vaccine":
       return { case: "tVaccine", value: { rho: a.rho, layers: a.layers } };
     case "booster":
-      return { case: "booster", value: {} };
+      return { case: "booster", value: { lambda: a.lambda, alpha: a.alpha } };
     case "repnoise":
       return { case: "repnoise", value: {} };
   }

@@ -76,6 +76,16 @@ describe("the full preset's grid", () => {
     }
   });
 
+  it("passes a Booster row's lambda and alpha to BoosterMethod, and keeps its cells apart from the defaults'", () => {
+    const set = { method: "booster", lambda: 0.1, alpha: 0.01 } as const;
+    const spec = create(AlignSpecSchema, { method: alignMethod(set) });
+    expect(spec.method.case === "booster" && [spec.method.value.lambda, spec.method.value.alpha]).toEqual([0.1, 0.01]);
+    const defaults = create(AlignSpecSchema, { method: alignMethod({ method: "booster" }) });
+    expect(defaults.method.case === "booster" && [defaults.method.value.lambda, defaults.method.value.alpha]).toEqual([undefined, undefined]);
+    expect(rowKey({ label: "", align: set })).toBe("booster-lambda0.1-alpha0.01");
+    expect(rowKey({ label: "", align: { method: "booster" } })).toBe("booster");
+  });
+
   it("has a row for every fine-tuning guard of FineTuneSpec.guard, on SFT, built as that member", () => {
     for (const field of oneof(FineTuneSpecSchema, "guard")) {
       const row = rows.find((r) => r.guard?.guard === field.name);
