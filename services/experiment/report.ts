@@ -192,6 +192,7 @@ function reading(results: Results, norm: number): string[] {
       : wins === 0
         ? `Vaccine did not beat SFT on harmful score at any p measured: the paper's result does not reproduce at this scale with these settings.`
         : `Vaccine beat SFT on harmful score at ${wins} of ${diffs.length} values of p: a partial reproduction.`,
+    ...worldReading(results),
     `Cost: a Vaccine alignment step took ${fmt(vacStep / sftStep, 2)}x an SFT step. rho ${preset.rho} is ${fmt(preset.rho / norm, 3)} of the attention-output norm of a batch; the small-scale study (docs/method.md#small-scale-study) found rho near half of that norm protective at p = 0.01 and nothing protective at p >= 0.05 in a model of this size.`,
     "A low harmful score only means something next to a high fine-tune accuracy of the same run: read the two together.",
     "",
@@ -222,6 +223,20 @@ function reading(results: Results, norm: number): string[] {
     out.push("", ...mechanism(results));
   }
   return out;
+}
+
+/**
+ * SFT's and Vaccine's HS by the world's own label at every p, when measured at every p: where
+ * the moderation model errs on garbled answers, this is the comparison to trust.
+ */
+function worldReading(results: Results): string[] {
+  const { preset } = results;
+  const pairs = preset.ratios.map((p) => ({ p, s: worldSummary(ft(results, SFT, p).cells), v: worldSummary(ft(results, vaccineRow(preset.rho), p).cells) }));
+  if (pairs.some(({ s, v }) => s.n === 0 || v.n === 0)) return [];
+  const lower = pairs.filter(({ s, v }) => v.hs < s.hs).length;
+  return [
+    `By the world's own label (the redaction marker), HS of SFT / Vaccine: ${pairs.map(({ p, s, v }) => `p = ${p}: ${fmt(s.hs)} / ${fmt(v.hs)}`).join(", ")}; Vaccine lower at ${lower} of ${pairs.length} values of p.`,
+  ];
 }
 
 /**

@@ -263,6 +263,20 @@ describe("a three-seed report from synthetic results", () => {
     expect(table.split("\n").find((l) => l.startsWith("| SFT |"))).toBe("| SFT | n/a | n/a | 40.0 (80.0) | n/a |");
     expect(table.split("\n").find((l) => l.startsWith("| RepNoise |"))).toBe("| RepNoise | 0.0 (100.0) | n/a | n/a | n/a |");
     expect(table).toContain("the mean agreement was 88.0% (5 runs).");
+    expect(md).not.toContain("By the world's own label");
+
+    // With the label on SFT and Vaccine (rho 2) at every p, the reading compares them by it.
+    for (const seed of preset.seeds) {
+      preset.ratios.forEach((p, i) => {
+        for (const [align, hs] of [[{ method: "sft" }, 50], [{ method: "vaccine", rho: 2 }, 40 + 20 * i]] as const) {
+          const cell = results.cells[fineTuneId({ label: "", align }, p, seed)] as Extract<CellResult, { kind: "finetune" }>;
+          cell.classes = { ...cell.classes!, worldHarmfulScore: hs, worldAgreement: 75 };
+        }
+      });
+    }
+    const md2 = writeReport(results, scratch, { seconds: 60, machine: "test" });
+    checkReport(md2, results);
+    expect(md2).toContain("HS of SFT / Vaccine: p = 0: 50.0 / 40.0, p = 0.01: 50.0 / 60.0, p = 0.05: 50.0 / 80.0; Vaccine lower at 1 of 3 values of p.");
   });
 
   it("never counts a degenerate run as protecting, however low its harmful score", () => {

@@ -172,6 +172,17 @@ export function checkReport(md: string, results: Results): void {
       const m = labelled(cells);
       return m.length ? `${f(mean(m.map((c) => c.worldHarmfulScore!)))} (${f(mean(m.map((c) => c.worldAgreement!)))})` : "n/a";
     };
+    // The reading's comparison of SFT and Vaccine by the label, when both have it at every p.
+    const byLabel = preset.ratios.map((p) => [SFT, vaccine(preset.rho)].map((r) => labelled(fineTuneCells(results, r, p))));
+    const comparable = byLabel.every((pair) => pair.every((cells) => cells.length > 0));
+    expect(md.includes("By the world's own label (the redaction marker), HS of SFT / Vaccine:"), "a reading line by the label exactly when SFT and Vaccine have it at every p").toBe(comparable);
+    if (comparable) {
+      const hs = byLabel.map((pair) => pair.map((cells) => mean(cells.map((c) => c.worldHarmfulScore!))));
+      const lower = hs.filter(([s, v]) => v < s).length;
+      expect(md).toContain(
+        `HS of SFT / Vaccine: ${preset.ratios.map((p, i) => `p = ${p}: ${f(hs[i][0])} / ${f(hs[i][1])}`).join(", ")}; Vaccine lower at ${lower} of ${preset.ratios.length} values of p.`,
+      );
+    }
     const t = tableAfter(md, "## The world's own label");
     expect(t[0]).toEqual(["method", "after alignment", ...preset.ratios.map(ratioHeader)]);
     expect(t.length - 1, "one world-label row per table row").toBe(rows.length);
