@@ -294,13 +294,18 @@ function classesSection(results: Results): string[] {
     "Every answer to a held-out harmful prompt is harmful (the moderation model flags it), a refusal (the refusal model) or other; the first three numbers sum to 100. " +
       `"degenerate" marks a collapse check that passed its thresholds (docs/method.md#collapse-check); means over ${seeds} seed(s).`,
     "",
+    ...afterAlignmentTable(results, (cells) => classCell(classes(cells), seeds)),
+    "",
+  ];
+}
+
+/** A row per table row: its alignment's cells ("-" without one), then its fine-tuning's at every p, each as `cell` prints them. */
+function afterAlignmentTable(results: Results, cell: (cells: (AlignResult | FineTuneResult)[]) => string): string[] {
+  const { preset } = results;
+  return [
     `| method | after alignment | ${preset.ratios.map(ratioHeader).join(" | ")} |`,
     `| --- | --- | ${preset.ratios.map(() => "---").join(" | ")} |`,
-    ...rowsOf(preset).map((r) => {
-      const afterAlign = r.align ? classCell(classes(align(results, r.align).cells), seeds) : "-";
-      return `| ${r.label} | ${afterAlign} | ${preset.ratios.map((p) => classCell(classes(ft(results, r, p).cells), seeds)).join(" | ")} |`;
-    }),
-    "",
+    ...rowsOf(preset).map((r) => `| ${r.label} | ${r.align ? cell(align(results, r.align).cells) : "-"} | ${preset.ratios.map((p) => cell(ft(results, r, p).cells)).join(" | ")} |`),
   ];
 }
 
@@ -321,12 +326,7 @@ function worldSection(results: Results): string[] {
       "so here the marker is an exact label that needs no classifier: HS by it, and in parentheses the share of answers on which the moderation model's flag agreed with it. " +
       `Over every alignment and fine-tuning run, the mean agreement was ${overall.agreement.toFixed(1)}% (${overall.n} runs). Means over ${preset.seeds.length} seed(s).`,
     "",
-    `| method | after alignment | ${preset.ratios.map(ratioHeader).join(" | ")} |`,
-    `| --- | --- | ${preset.ratios.map(() => "---").join(" | ")} |`,
-    ...rowsOf(preset).map((r) => {
-      const afterAlign = r.align ? worldCell(align(results, r.align).cells) : "-";
-      return `| ${r.label} | ${afterAlign} | ${preset.ratios.map((p) => worldCell(ft(results, r, p).cells)).join(" | ")} |`;
-    }),
+    ...afterAlignmentTable(results, worldCell),
     "",
   ];
 }

@@ -250,19 +250,20 @@ describe("a three-seed report from synthetic results", () => {
     const results = synthetic(() => undefined);
     expect(writeReport(results, scratch, { seconds: 60, machine: "test" })).not.toContain("## The world's own label");
     // SFT at p = 0.01: the marker says 30, 40 and 50 where the classifier agreed on 90, 80
-    // and 70% of answers; one RepNoise alignment recorded before the label has none.
+    // and 70% of answers; RepNoise's alignments 0 and 20 (agreement 100 and 80%), the third
+    // recorded before the label.
     preset.seeds.forEach((seed, i) => {
       const cell = results.cells[fineTuneId({ label: "", align: { method: "sft" } }, 0.01, seed)] as Extract<CellResult, { kind: "finetune" }>;
       cell.classes = { ...cell.classes!, worldHarmfulScore: 30 + 10 * i, worldAgreement: 90 - 10 * i };
       const aligned = results.cells[alignId({ method: "repnoise" }, seed)] as Extract<CellResult, { kind: "align" }>;
-      if (seed !== preset.seeds[0]) aligned.classes = { ...aligned.classes!, worldHarmfulScore: 0, worldAgreement: 100 };
+      if (i < 2) aligned.classes = { ...aligned.classes!, worldHarmfulScore: 20 * i, worldAgreement: 100 - 20 * i };
     });
     const md = writeReport(results, scratch, { seconds: 60, machine: "test" });
     checkReport(md, results);
     const table = md.split("## The world's own label")[1].split("\n## ")[0];
     expect(table.split("\n").find((l) => l.startsWith("| SFT |"))).toBe("| SFT | n/a | n/a | 40.0 (80.0) | n/a |");
-    expect(table.split("\n").find((l) => l.startsWith("| RepNoise |"))).toBe("| RepNoise | 0.0 (100.0) | n/a | n/a | n/a |");
-    expect(table).toContain("the mean agreement was 88.0% (5 runs).");
+    expect(table.split("\n").find((l) => l.startsWith("| RepNoise |"))).toBe("| RepNoise | 10.0 (90.0) | n/a | n/a | n/a |");
+    expect(table).toContain("the mean agreement was 84.0% (5 runs).");
     expect(md).not.toContain("By the world's own label");
 
     // With the label on SFT and Vaccine (rho 2) at every p, the reading compares them by it.

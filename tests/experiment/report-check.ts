@@ -137,14 +137,18 @@ export function checkReport(md: string, results: Results): void {
     const rate = (k: "refusalRate" | "otherRate") => f(mean(measured.map((c) => c.classes![k])));
     return `${f(mean(cells.map((c) => c.harmfulScore)))} / ${rate("refusalRate")} / ${rate("otherRate")} / ${fa.length ? f(mean(fa)) : "n/a"}${flag}`;
   };
-  if (classed) {
-    const t = tableAfter(md, "## Answer classes");
+  // A table with a row per table row: its alignment's cells, then its fine-tuning's at every p.
+  const afterAlignmentTable = (heading: string, cell: (cells: (AlignResult | FineTuneResult)[]) => string) => {
+    const t = tableAfter(md, heading);
     expect(t[0]).toEqual(["method", "after alignment", ...preset.ratios.map(ratioHeader)]);
-    expect(t.length - 1, "one answer-classes row per table row").toBe(rows.length);
+    expect(t.length - 1, `${heading}: one row per table row`).toBe(rows.length);
     rows.forEach((r, row) => {
-      const afterAlign = r.align ? classCell(alignCells(results, r.align)) : "-";
-      expect(t[row + 1], `answer classes, ${r.label}`).toEqual([r.label, afterAlign, ...preset.ratios.map((p) => classCell(fineTuneCells(results, r, p)))]);
+      const afterAlign = r.align ? cell(alignCells(results, r.align)) : "-";
+      expect(t[row + 1], `${heading}, ${r.label}`).toEqual([r.label, afterAlign, ...preset.ratios.map((p) => cell(fineTuneCells(results, r, p)))]);
     });
+  };
+  if (classed) {
+    afterAlignmentTable("## Answer classes", classCell);
     // The reading's protection lines: a row protects at p only when every seed's run has HS
     // below 50, refuses at least 50% and is not degenerate.
     const aligned = rows.filter((r) => r.align);
@@ -183,13 +187,7 @@ export function checkReport(md: string, results: Results): void {
         `HS of SFT / Vaccine: ${preset.ratios.map((p, i) => `p = ${p}: ${f(hs[i][0])} / ${f(hs[i][1])}`).join(", ")}; Vaccine lower at ${lower} of ${preset.ratios.length} values of p.`,
       );
     }
-    const t = tableAfter(md, "## The world's own label");
-    expect(t[0]).toEqual(["method", "after alignment", ...preset.ratios.map(ratioHeader)]);
-    expect(t.length - 1, "one world-label row per table row").toBe(rows.length);
-    rows.forEach((r, row) => {
-      const afterAlign = r.align ? worldCell(alignCells(results, r.align)) : "-";
-      expect(t[row + 1], `world label, ${r.label}`).toEqual([r.label, afterAlign, ...preset.ratios.map((p) => worldCell(fineTuneCells(results, r, p)))]);
-    });
+    afterAlignmentTable("## The world's own label", worldCell);
   }
 
   // Steps to break, when the preset scores the curve: per row and p, from every seed's curve.

@@ -172,9 +172,10 @@ function degenerate(p: LabelledPair, vocabulary: readonly string[], rng: Rng): L
 /**
  * The training set: every pair, plus perturbed copies (three per harmful pair, two per safe
  * pair: fewer safe copies made cut refusals look harmful), and a degenerate answer to about
- * every second pair's request. Without them, 50-85% of empty answers and runs of "the" to
- * held-out harmful requests were flagged (the request decided); with one in four and 800
- * steps, 6.4% of held-out degenerate answers; one in two and 2000 steps, 3.0%.
+ * every second pair's request. Without them, 25 of 40 empty answers and 31-34 of 40 runs of
+ * "the" to held-out harmful requests were flagged (the request decided); with one in four and
+ * 800 steps (no made-up words yet), 6.4% of held-out degenerate answers; one in two and 2000
+ * steps, 3.0%.
  */
 export function augmentPairs(pairs: readonly LabelledPair[], seed: number): LabelledPair[] {
   const rng = Rng.derive(seed, "moderation/augment");
