@@ -2,6 +2,7 @@
  * The dependencies of one process from its configuration: the checkpoint store, the
  * loaded-checkpoint cache and, where a training service runs, the job executor.
  */
+import { resolve } from "node:path";
 import type { Meter, Tracer } from "@opentelemetry/api";
 import type { SuiteDeps } from "../common/deps.ts";
 import type { JobExecutor } from "../jobs/executor.ts";
@@ -40,6 +41,8 @@ export function createDeps(
         }
       : { kind: "local", root: config.storeRoot };
   const store = createStore(storeConfig);
+  // Where checkpoints go: a relative root is the working directory's, which an operator cannot see.
+  logger.info(storeConfig.kind === "s3" ? { store: "s3", bucket: storeConfig.bucket, prefix: storeConfig.prefix, cache_dir: resolve(config.cacheDir) } : { store: "local", root: resolve(storeConfig.root) }, "checkpoint store");
   const servesJobs = config.services.includes("align") || config.services.includes("finetune");
   // With a queue, api processes enqueue and workers train (queue-deps.ts); without, jobs run here.
   const trains = servesJobs && !config.queueUrl;

@@ -1,4 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 export interface ServiceProcess {
   child: ChildProcess;
@@ -10,16 +13,23 @@ export interface ServiceProcess {
 
 /**
  * Starts an entrypoint as its own Node process on port 0 and waits for its "serving" line:
- * compiled JavaScript (dist/) as deployed, or TypeScript sources through tsx.
+ * compiled JavaScript (dist/) as deployed, or TypeScript sources through tsx. Its store, job
+ * records and cache go to a temporary folder removed when it exits, unless `env` names them:
+ * the defaults (.data/ in the project) are the developer's, not the suite's.
  */
 export function startProcess(entry: string, env: Record<string, string> = {}): Promise<ServiceProcess> {
+  const scratch = mkdtempSync(join(tmpdir(), "vaccine-process-"));
+  const folders = { VACCINE_STORE_ROOT: join(scratch, "store"), VACCINE_JOBS_DIR: join(scratch, "jobs"), VACCINE_CACHE_DIR: join(scratch, "cache") };
   const child = spawn(process.execPath, entry.endsWith(".ts") ? ["--import", "tsx", entry] : [entry], {
-    env: { ...process.env, VACCINE_PORT: "0", VACCINE_HOST: "127.0.0.1", ...env },
+    env: { ...process.env, VACCINE_PORT: "0", VACCINE_HOST: "127.0.0.1", ...folders, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stderr = "";
   const exited = new Promise<{ code: number | null; signal: string | null; at: number }>((resolve) =>
-    child.once("exit", (code, signal) => resolve({ code, signal, at: Date.now() })),
+    child.once("exit", (code, signal) => {
+      rmSync(scratch, { recursive: true, force: true });
+      resolve({ code, signal, at: Date.now() });
+    }),
   );
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no "serving" line within 30 s:\n${stderr}`)), 30_000);

@@ -44,6 +44,11 @@ describe("SIGTERM", () => {
     const health = createClient(Health, createGrpcTransport({ baseUrl: `http://127.0.0.1:${proc.port}` }));
     const { statuses } = await health.list({});
     expect(Object.keys(statuses).sort()).toEqual(["", "vaccine.v1.EmbedService"]);
+    // Started without VACCINE_STORE_ROOT by the test, it logs where checkpoints go: the helper's
+    // temporary folder, not the project's .data/ (which the suite must leave alone).
+    const store = proc.log().split("\n").filter(Boolean).map((l) => JSON.parse(l)).find((l) => l.msg === "checkpoint store");
+    expect(store).toMatchObject({ store: "local" });
+    expect(store.root.startsWith(join(tmpdir(), "vaccine-process-"))).toBe(true);
     proc.child.kill("SIGTERM");
     expect((await proc.exited).code).toBe(0);
   });
