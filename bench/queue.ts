@@ -10,9 +10,7 @@
  *    to the api, idle and while one worker trains a job; p50/p95 and during/idle ratio.
  * Run: npm run build && npx tsx bench/queue.ts   Writes bench/results/queue.json.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer, connect } from "node:net";
 import os from "node:os";
 import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
@@ -22,6 +20,8 @@ import { AlignService } from "../gen/vaccine/v1/align_pb.ts";
 import { EmbedService, Pooling } from "../gen/vaccine/v1/embed_pb.ts";
 import { JobState } from "../gen/vaccine/v1/jobs_pb.ts";
 import { builtinRef } from "../services/runtime/pipeline/builtins.ts";
+import { startRedis } from "../scripts/redis-server.ts";
+import { startProcess, type ServiceProcess } from "../scripts/service-process.ts";
 import { quantile } from "./serve.ts";
 
 const JOBS = Number(process.env.JOBS ?? 4);
@@ -34,88 +34,31 @@ const r1 = (x: number) => Number(x.toFixed(1));
 const load = () => os.loadavg().map((x) => Number(x.toFixed(2)));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
+/** A process stopped by SIGTERM, waited for. */
+const stopped = (p: ServiceProcess) => async () => {
+  if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill("SIGTERM");
+  await p.exited;
+};
 
-const accepts = (port: number) =>
-  new Promise<boolean>((resolve) => {
-    const socket = connect(port, "127.0.0.1");
-    socket.once("connect", () => (socket.destroy(), resolve(true)));
-    socket.once("error", () => resolve(false));
-  });
-
-interface Proc {
-  child: ChildProcess;
-  port: number;
-  log: () => string;
-  stop: () => Promise<void>;
-}
-
-function exitOf(child: ChildProcess): Promise<void> {
-  return child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise((r) => child.once("exit", () => r()));
-}
-
-async function startRedis(dir: string): Promise<Proc> {
-  const port = await freePort();
-  const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir], { stdio: "ignore" });
-  for (let i = 0; !(await accepts(port)); i++) {
-    if (child.exitCode !== null || i > 200) throw new Error(`redis-server did not start on port ${port}`);
-    await sleep(25);
-  }
-  return { child, port, log: () => "", stop: async () => void (child.exitCode === null && process.kill(child.pid!, "SIGKILL"), await exitOf(child)) };
-}
-
-async function startServer(env: Record<string, string>): Promise<Proc> {
-  const child = spawn(process.execPath, ["dist/services/main.js"], {
-    env: { ...process.env, VACCINE_PORT: "0", VACCINE_HOST: "127.0.0.1", VACCINE_BACKEND: "wasm", ...env },
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  let err = "";
-  const port = await new Promise<number>((resolve, reject) => {
-    child.stderr!.on("data", (chunk: Buffer) => {
-      err += chunk.toString();
-      const line = err.split("\n").find((l) => l.includes('"msg":"serving"'));
-      if (line) resolve(JSON.parse(line).port);
-    });
-    child.once("exit", (code) => reject(new Error(`exited ${code} before serving:\n${err}`)));
-  });
-  return {
-    child,
-    port,
-    log: () => err,
-    stop: async () => {
-      if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, "SIGTERM");
-      await exitOf(child);
-    },
-  };
-}
+const startServer = (env: Record<string, string>) => startProcess("dist/services/main.js", { VACCINE_BACKEND: "wasm", ...env });
 
 /** Redis, one api and `workers` worker processes on one temp store; stop() ends them all by pid. */
 async function startCluster(workers: number) {
   const root = mkdtempSync(join(os.tmpdir(), "vaccine-queue-bench-"));
-  mkdirSync(join(root, "redis"));
-  const procs: Proc[] = [];
+  const stops: (() => Promise<void>)[] = [];
   const stop = async () => {
-    for (const p of procs.slice().reverse()) await p.stop();
+    for (const s of stops.slice().reverse()) await s();
     rmSync(root, { recursive: true, force: true });
   };
   try {
-    const redis = await startRedis(join(root, "redis"));
-    procs.push(redis);
-    const env = { VACCINE_QUEUE_URL: `redis://127.0.0.1:${redis.port}/0`, VACCINE_STORE_ROOT: join(root, "store") };
+    const redis = await startRedis();
+    stops.push(redis.stop);
+    const env = { VACCINE_QUEUE_URL: redis.url, VACCINE_STORE_ROOT: join(root, "store") };
     const started = await Promise.all([
       startServer({ ...env, VACCINE_ROLE: "api" }),
       ...Array.from({ length: workers }, () => startServer({ ...env, VACCINE_ROLE: "worker" })),
     ]);
-    procs.push(...started);
+    stops.push(...started.map(stopped));
     const transport = createGrpcTransport({ baseUrl: `http://127.0.0.1:${started[0].port}` });
     return { align: createClient(AlignService, transport), embed: createClient(EmbedService, transport), workers: started.slice(1), stop };
   } catch (e) {

@@ -34,8 +34,8 @@ import { tokenHash } from "../../services/platform/token-auth.ts";
 import { loadConfig, SERVICE_NAMES, VARIABLES, type Config, type ServiceName } from "../../services/suite/config.ts";
 import { TestPki } from "../helpers/certs.ts";
 import { rpcFailure } from "../helpers/errors.ts";
-import { startProcess } from "../helpers/process.ts";
-import { startRedis } from "../helpers/redis.ts";
+import { startProcess } from "../../scripts/service-process.ts";
+import { startRedis } from "../../scripts/redis-server.ts";
 import { ENGINE, hasKubectl, NAMESPACE, render, type K8sObject } from "./render.ts";
 
 const DESCS: Record<ServiceName, DescService> = {

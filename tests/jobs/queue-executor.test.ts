@@ -23,7 +23,7 @@ import { QueueWorker, type QueueWorkerOptions } from "../../services/jobs/queue/
 import { RedisJobs } from "../../services/jobs/queue/redis-jobs.ts";
 import { rpcError } from "../../services/platform/errors.ts";
 import { createdWithinJobQuota } from "../helpers/errors.ts";
-import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { startRedis, type TestRedis } from "../../scripts/redis-server.ts";
 
 let redis: TestRedis;
 beforeAll(async () => {

@@ -11,7 +11,7 @@ import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { CheckpointKind, JobState, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { LocalCheckpointStore } from "../../services/runtime/store/local-store.ts";
 import { rpcFailure } from "../helpers/errors.ts";
-import { startProcess, type ServiceProcess } from "../helpers/process.ts";
+import { startProcess, type ServiceProcess } from "../../scripts/service-process.ts";
 import { putModel } from "../helpers/tiny-store.ts";
 import { EXAMPLES, tinyTokenizer, tinyWorldModel } from "../helpers/tiny-world.ts";
 

@@ -16,8 +16,8 @@ import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { CheckpointKind, JobState, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
 import type { AlignSpecSchema } from "../../gen/vaccine/v1/training_pb.ts";
 import { LocalCheckpointStore } from "../../services/runtime/store/local-store.ts";
-import { startProcess, type ServiceProcess } from "../helpers/process.ts";
-import { startRedis, type TestRedis } from "../helpers/redis.ts";
+import { startProcess, type ServiceProcess } from "../../scripts/service-process.ts";
+import { startRedis, type TestRedis } from "../../scripts/redis-server.ts";
 import { putModel } from "../helpers/tiny-store.ts";
 import { EXAMPLES, tinyTokenizer, tinyWorldModel } from "../helpers/tiny-world.ts";
 

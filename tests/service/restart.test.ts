@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { JobState, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { LocalCheckpointStore } from "../../services/runtime/store/local-store.ts";
-import { startProcess } from "../helpers/process.ts";
+import { startProcess } from "../../scripts/service-process.ts";
 import { putModel } from "../helpers/tiny-store.ts";
 import { EXAMPLES, tinyTokenizer, tinyWorldModel } from "../helpers/tiny-world.ts";
 

@@ -7,7 +7,7 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as S } from "../../gen/grpc/health/v1/health_pb.ts";
-import { startProcess } from "../helpers/process.ts";
+import { startProcess } from "../../scripts/service-process.ts";
 
 describe("SIGTERM", () => {
   it("turns health NOT_SERVING first, ends open streams, and exits 0 within 5 s", async () => {

@@ -17,7 +17,7 @@ import { trainingWork } from "../../services/jobs/work.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { checkpointHex } from "../../services/runtime/store/store.ts";
 import { rpcFailure } from "../helpers/errors.ts";
-import { hasRedisServer, startRedis, type TestRedis } from "../helpers/redis.ts";
+import { hasRedisServer, startRedis, type TestRedis } from "../../scripts/redis-server.ts";
 import { alignSpec, datasetBytes, sha256, startTenantSuite, uploadAs, type Clients, type TenantSuite } from "../helpers/tenants.ts";
 
 /** Another tenant's resource fails exactly as a missing one: same code, reason, metadata, and message but for the name. */

@@ -1,6 +1,6 @@
 /**
- * A throwaway redis-server for tests: a free loopback port, no persistence, a temp folder,
- * stopped by its pid. Debian's redis-server must be on PATH (.ci/run installs it).
+ * A throwaway redis-server for tests and benches: a free loopback port, no persistence, a temp
+ * folder, stopped by its pid. Debian's redis-server must be on PATH (.ci/run installs it).
  */
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";

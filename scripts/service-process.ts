@@ -1,3 +1,4 @@
+// A service entrypoint as its own process, for tests and benches.
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
