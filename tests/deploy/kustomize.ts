@@ -3,7 +3,11 @@
  * uses `kubectl kustomize` when it is on PATH, and a test checks that both print the same
  * objects). It renders the subset of kustomize that deploy/k8s uses and throws on anything
  * else:
- * - resources (files and folders), components, namespace, images (newName, newTag);
+ * - resources (files and folders), components, namespace (which also renames a Namespace
+ *   object, as kustomize does), images (newName, newTag);
+ * - replacements from a file, run last: a source field (kind, optional name) copied into the
+ *   targets' fields (kind and name selected; `*` over a list's items), whole or as one part of
+ *   the target split at a delimiter (options delimiter, index);
  * - patches: strategic merge patches from a file, matched by kind and name, or by a target
  *   (kind, anchored name regex, label selector: =, ==, !=, in, notin, exists, !exists) whose
  *   kind equals the patch's; maps merge, lists named below merge by their key (`$patch: delete`
@@ -35,9 +39,15 @@ interface Kustomization {
   components?: string[];
   patches?: { path: string; target?: Target }[];
   images?: { name: string; newName?: string; newTag?: string }[];
+  replacements?: { path: string }[];
 }
 
-const FIELDS = new Set(["apiVersion", "kind", "namespace", "resources", "components", "patches", "images"]);
+interface Replacement {
+  source: { kind: string; name?: string; fieldPath: string };
+  targets: { select: { kind: string; name?: string }; fieldPaths: string[]; options?: { delimiter?: string; index?: number } }[];
+}
+
+const FIELDS = ["apiVersion", "kind", "namespace", "resources", "components", "patches", "images", "replacements"];
 const CLUSTER_SCOPED = new Set(["Namespace", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding"]);
 // Merge keys of the Kubernetes strategic merge patch for the lists the manifests patch.
 const MERGE_KEYS: Record<string, string[]> = {
@@ -65,15 +75,85 @@ function parseYaml(text: string, source: string): K8sObject[] {
 function build(dir: string, kind: Kustomization["kind"], inherited: K8sObject[]): K8sObject[] {
   const path = resolve(dir, "kustomization.yaml");
   const k = parseYaml(readFileSync(path, "utf8"), path)[0] as unknown as Kustomization;
-  const unknown = Object.keys(k).filter((f) => !FIELDS.has(f));
-  if (unknown.length > 0) throw new Error(`${path}: fields this renderer does not implement: ${unknown.join(", ")}`);
+  only(k, FIELDS, path);
   if (k.kind !== kind) throw new Error(`${path}: expected kind ${kind}, found ${k.kind}`);
   let objects = [...inherited, ...(k.resources ?? []).flatMap((r) => load(resolve(dir, r)))];
   for (const c of k.components ?? []) objects = build(resolve(dir, c), "Component", objects);
   for (const patch of k.patches ?? []) objects = applyPatch(objects, resolve(dir, patch.path), patch.target);
   for (const image of k.images ?? []) setImage(objects, image);
-  if (k.namespace) for (const o of objects) if (!CLUSTER_SCOPED.has(o.kind)) o.metadata.namespace = k.namespace;
+  if (k.namespace) {
+    for (const o of objects) {
+      if (o.kind === "Namespace") o.metadata.name = k.namespace;
+      else if (!CLUSTER_SCOPED.has(o.kind)) o.metadata.namespace = k.namespace;
+    }
+  }
+  for (const r of k.replacements ?? []) {
+    const file = resolve(dir, r.path);
+    for (const replacement of parseYaml(readFileSync(file, "utf8"), file)[0] as unknown as Replacement[]) replace(objects, replacement);
+  }
   return objects;
+}
+
+function replace(objects: K8sObject[], { source, targets, ...rest }: Replacement): void {
+  only(rest, [], "replacement");
+  only(source, ["kind", "name", "fieldPath"], "replacement source");
+  for (const t of targets) {
+    only(t, ["select", "fieldPaths", "options"], "replacement target");
+    only(t.select, ["kind", "name"], "replacement select");
+    only(t.options ?? {}, ["delimiter", "index"], "replacement options");
+  }
+  const selected = (o: K8sObject, s: { kind: string; name?: string }) => o.kind === s.kind && (s.name === undefined || o.metadata.name === s.name);
+  const sources = objects.filter((o) => selected(o, source));
+  if (sources.length !== 1) throw new Error(`replacement source ${source.kind}/${source.name ?? "*"}: ${sources.length} objects, expected 1`);
+  const [value] = fieldValues(sources[0], source.fieldPath.split("."));
+  if (typeof value !== "string") throw new Error(`replacement source ${source.fieldPath}: not a string`);
+  for (const { select, fieldPaths, options = {} } of targets) {
+    for (const o of objects.filter((x) => selected(x, select))) {
+      for (const path of fieldPaths) {
+        const parts = path.split(".");
+        const last = parts.pop()!;
+        const parents = fieldValues(o, parts);
+        if (parents.length === 0) throw new Error(`replacement target ${o.kind}/${o.metadata.name} ${path}: no such field`);
+        for (const parent of parents) {
+          // The field's holder and its keys: a map and the field, or a list and its indexes.
+          const keys = last === "*" && Array.isArray(parent) ? parent.map((_, i) => i) : isMap(parent) && last in parent ? [last] : [];
+          if (keys.length === 0) throw new Error(`replacement target ${o.kind}/${o.metadata.name} ${path}: no such field`);
+          const holder = parent as Record<string | number, unknown>;
+          for (const key of keys) holder[key] = replaced(holder[key], value, options, path);
+        }
+      }
+    }
+  }
+}
+
+function replaced(old: unknown, value: string, options: { delimiter?: string; index?: number }, path: string): string {
+  if (options.delimiter === undefined) return value;
+  const pieces = String(old).split(options.delimiter);
+  const i = options.index ?? 0;
+  if (i < 0 || i >= pieces.length) throw new Error(`replacement ${path}: part ${i} of ${pieces.length}`);
+  pieces[i] = value;
+  return pieces.join(options.delimiter);
+}
+
+/** Throws on fields of `o` outside `fields`, naming them. */
+function only(o: object, fields: readonly string[], what: string): void {
+  const unknown = Object.keys(o).filter((f) => !fields.includes(f));
+  if (unknown.length > 0) throw new Error(`${what} fields this renderer does not implement: ${unknown.join(", ")}`);
+}
+
+/** The values at a dotted path, `*` standing for every item of a list. */
+function fieldValues(root: unknown, parts: string[]): unknown[] {
+  let values = [root];
+  for (const part of parts) {
+    values = values.flatMap((v) => {
+      if (part === "*") {
+        if (!Array.isArray(v)) throw new Error(`"*" over a field that is not a list`);
+        return v;
+      }
+      return isMap(v) && part in v ? [v[part]] : [];
+    });
+  }
+  return values;
 }
 
 function load(path: string): K8sObject[] {
@@ -91,8 +171,7 @@ function applyPatch(objects: K8sObject[], path: string, target: Target | undefin
 }
 
 function matches(o: K8sObject, target: Target): boolean {
-  const unknown = Object.keys(target).filter((f) => !["kind", "name", "labelSelector"].includes(f));
-  if (unknown.length > 0) throw new Error(`patch target fields this renderer does not implement: ${unknown.join(", ")}`);
+  only(target, ["kind", "name", "labelSelector"], "patch target");
   if (target.kind && o.kind !== target.kind) return false;
   if (target.name && !new RegExp(`^(?:${target.name})$`).test(o.metadata.name)) return false;
   return selects(target.labelSelector ?? "", o.metadata.labels ?? {});

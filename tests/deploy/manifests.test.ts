@@ -194,6 +194,11 @@ function find<T extends K8sObject = K8sObject>(objects: K8sObject[], kind: strin
   return found as T;
 }
 
+// Object order is kustomize's own (by kind): renderers are compared in this order, lists
+// inside objects as they are.
+const key = (o: K8sObject) => `${o.apiVersion}/${o.kind}/${o.metadata.namespace ?? ""}/${o.metadata.name}`;
+const sorted = (objects: K8sObject[]) => [...objects].sort((a, b) => key(a).localeCompare(key(b)));
+
 function workload(objects: K8sObject[], name: WorkloadName): Workload {
   return find<Workload>(objects, "Deployment", name);
 }
@@ -562,14 +567,10 @@ describe.each(Object.keys(COMBOS))(`overlay %s (rendered by ${ENGINE})`, (combo)
 });
 
 describe("the fallback renderer (tests/deploy/kustomize.ts)", () => {
-  // Object order is kustomize's own (by kind); lists inside objects must match as they are.
-  const key = (o: K8sObject) => `${o.apiVersion}/${o.kind}/${o.metadata.namespace ?? ""}/${o.metadata.name}`;
-  const sorted = (objects: K8sObject[]) => [...objects].sort((a, b) => key(a).localeCompare(key(b)));
-
   it.skipIf(!hasKubectl()).each(Object.keys(COMBOS))("renders %s exactly as kubectl kustomize does", (combo) => {
     const [overlay, components] = COMBOS[combo];
-    const real = sorted(render(overlay, components, "kubectl"));
-    const fallback = sorted(render(overlay, components, "fallback"));
+    const real = sorted(render(overlay, components, { engine: "kubectl" }));
+    const fallback = sorted(render(overlay, components, { engine: "fallback" }));
     expect(fallback.map(key)).toEqual(real.map(key));
     for (let i = 0; i < real.length; i++) expect(fallback[i], key(real[i])).toStrictEqual(real[i]);
   });
@@ -738,10 +739,40 @@ describe("TLS and authentication (components/tls, components/cert-manager)", () 
 
   it("takes another issuer from an overlay's patch, as deploy/README.md shows", () => {
     const patch = readmeBlock("cluster-issuer.yaml");
-    const objects = render("secure", ["cert-manager"], ENGINE, [patch]);
+    const objects = render("secure", ["cert-manager"], { patches: [patch] });
     const cert = find<CertificateObject>(objects, "Certificate", "vaccine-tls");
     expect(cert.spec.issuerRef).toEqual({ group: "cert-manager.io", kind: "ClusterIssuer", name: "internal-ca" });
     expect(certificateProblems(cert)).toEqual([]);
+  });
+});
+
+describe("another namespace, as deploy/README.md shows", () => {
+  const ns = "ml-safety";
+  const replacements = readmeBlock("namespace.yaml");
+  const COMBOS_ELSEWHERE: [string, string[]][] = [
+    ["dev", ["tls", "cert-manager"]],
+    // Without cert-manager the Certificate's target is skipped.
+    ["cpu", []],
+  ];
+
+  it("moves every name that held the namespace: the Redis URL and Service, KEDA's address, the certificate", () => {
+    const objects = render("dev", ["tls", "cert-manager"], { namespace: ns, replacements });
+    expect(JSON.stringify(objects)).not.toContain(`.${NAMESPACE}.svc`);
+    expect(objects.filter((o) => o.kind === "Namespace").map((o) => o.metadata.name)).toEqual([ns]);
+    expect(objects.every((o) => o.kind === "Namespace" || o.metadata.namespace === ns)).toBe(true);
+    const { address, host } = redisAddress(servedBy(objects, "worker").config.queueUrl);
+    expect(host).toBe(`redis.${ns}.svc`);
+    expect(find(objects, "Service", "redis").metadata.namespace).toBe(ns);
+    const scaled = find<ScaledObject>(objects, "ScaledObject", "worker");
+    expect(scaled.spec.triggers.map((t) => t.metadata.address)).toEqual(scaled.spec.triggers.map(() => address));
+    const cert = find<CertificateObject>(objects, "Certificate", "vaccine-tls");
+    expect([...(cert.spec.dnsNames ?? [])].sort()).toEqual(SERVICE_NAMES.flatMap((name) => [`${name}.${ns}.svc`, `${name}.${ns}.svc.cluster.local`]).sort());
+    expect(certificateProblems(cert)).toEqual([]);
+  });
+
+  it.skipIf(!hasKubectl()).each(COMBOS_ELSEWHERE)("the fallback renderer renders %s + %j there as kubectl does", (overlay, components) => {
+    const real = sorted(render(overlay, components, { engine: "kubectl", namespace: ns, replacements }));
+    expect(sorted(render(overlay, components, { engine: "fallback", namespace: ns, replacements }))).toStrictEqual(real);
   });
 });
 

@@ -40,16 +40,27 @@ function renderDir(dir: string, engine: Engine): K8sObject[] {
 
 const cache = new Map<string, K8sObject[]>();
 
+export interface RenderOptions {
+  engine?: Engine;
+  /** Strategic merge patches (YAML texts) of a user's own overlay. */
+  patches?: string[];
+  /** The user's `namespace:` (default NAMESPACE). */
+  namespace?: string;
+  /** A replacements file (YAML text) the user's kustomization lists under `replacements:`. */
+  replacements?: string;
+}
+
 /**
- * The objects of overlays/<overlay> with components/<c> for each of `components`, and the
- * strategic merge `patches` (YAML texts) of a user's own overlay, as a fresh copy (tests may
+ * The objects of overlays/<overlay> with components/<c> for each of `components`, through a
+ * user's own kustomization when anything is added to the overlay, as a fresh copy (tests may
  * not share mutations).
  */
-export function render(overlay: string, components: string[] = [], engine: Engine = ENGINE, patches: string[] = []): K8sObject[] {
-  const id = `${engine}:${overlay}+${components.join("+")}+${patches.join("+")}`;
+export function render(overlay: string, components: string[] = [], options: RenderOptions = {}): K8sObject[] {
+  const { engine = ENGINE, patches = [], namespace = NAMESPACE, replacements } = options;
+  const id = JSON.stringify([engine, overlay, components, patches, namespace, replacements]);
   if (!cache.has(id)) {
     const overlayDir = resolve(K8S, "overlays", overlay);
-    if (components.length === 0 && patches.length === 0) {
+    if (components.length === 0 && patches.length === 0 && namespace === NAMESPACE && replacements === undefined) {
       cache.set(id, renderDir(overlayDir, engine));
     } else {
       // kustomize refuses absolute paths in resources: paths relative to the temporary folder.
@@ -57,16 +68,18 @@ export function render(overlay: string, components: string[] = [], engine: Engin
       try {
         const rel = (path: string) => relative(dir, path);
         patches.forEach((patch, i) => writeFileSync(join(dir, `patch-${i}.yaml`), patch));
+        if (replacements !== undefined) writeFileSync(join(dir, "replacements.yaml"), replacements);
         writeFileSync(
           join(dir, "kustomization.yaml"),
           [
             "apiVersion: kustomize.config.k8s.io/v1beta1",
             "kind: Kustomization",
-            `namespace: ${NAMESPACE}`,
+            `namespace: ${namespace}`,
             "resources:",
             `  - ${rel(overlayDir)}`,
             ...(components.length ? ["components:", ...components.map((c) => `  - ${rel(resolve(K8S, "components", c))}`)] : []),
             ...(patches.length ? ["patches:", ...patches.map((_, i) => `  - path: patch-${i}.yaml`)] : []),
+            ...(replacements !== undefined ? ["replacements:", "  - path: replacements.yaml"] : []),
             "",
           ].join("\n"),
         );
