@@ -170,14 +170,14 @@ export class LocalCheckpointStore implements CheckpointStore {
   }
 
   async deleteObject(uri: string): Promise<void> {
-    const real = await realpath(join(this.root, ...objectKey(uri).split("/"))).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === "ENOENT") return undefined;
-      throw err;
-    });
+    const real = await realpath(join(this.root, ...objectKey(uri).split("/"))).catch(ignoreGone);
     if (real === undefined) return;
     assertInside(this.root, real);
-    if (!(await lstat(real)).isFile()) throw new StoreObjectNotFoundError(`${uri} is not an object`);
-    await rm(real);
+    // Another caller may delete it between these steps: gone is what was asked.
+    const info = await lstat(real).catch(ignoreGone);
+    if (info === undefined) return;
+    if (!info.isFile()) throw new StoreObjectNotFoundError(`${uri} is not an object`);
+    await rm(real).catch(ignoreGone);
     await syncDir(dirname(real));
   }
 
@@ -188,7 +188,10 @@ export class LocalCheckpointStore implements CheckpointStore {
       throw new StoreObjectNotFoundError(`${uri} does not exist`);
     });
     assertInside(this.root, real);
-    const handle = await open(real, "r");
+    // Deleted since realpath (a concurrent delete): as absent as before it.
+    const handle = await open(real, "r").catch((err: NodeJS.ErrnoException) => {
+      throw err.code === "ENOENT" ? new StoreObjectNotFoundError(`${uri} does not exist`) : err;
+    });
     if (!(await handle.stat()).isFile()) {
       await handle.close();
       throw new StoreObjectNotFoundError(`${uri} is not a file`);
@@ -229,6 +232,12 @@ export class LocalCheckpointStore implements CheckpointStore {
 }
 
 /** Regular files below dir, as URIs under uriPrefix; symlinks and names no URI can hold are skipped. */
+/** undefined for ENOENT (the file went in the meantime), the error otherwise. */
+function ignoreGone(err: NodeJS.ErrnoException): undefined {
+  if (err.code === "ENOENT") return undefined;
+  throw err;
+}
+
 async function listObjectFiles(dir: string, uriPrefix: string, found: ObjectInfo[]): Promise<void> {
   for (const entry of await readdir(dir, { withFileTypes: true })) {
     const uri = uriPrefix + entry.name;
