@@ -3,7 +3,9 @@
  * labelled pairs (services/runtime/moderation/train.ts), writes the checkpoint, reloads
  * it from disk and measures the reloaded copy on the held-out test split and on
  * perturbed answers, then writes README.md and facts.json (sha256 of every file and the
- * measured numbers). Seeded: the same seed and machine give the same files.
+ * measured numbers). Seeded: the same seed, machine and OpenBLAS kernels give the same files
+ * (the shipped ones came out the same from builds with OPENBLAS_CORETYPE=Haswell; SkylakeX's
+ * kernels round differently and train other weights, 99.5% against 99.6% held-out accuracy).
  *
  *   npx tsx scripts/build-moderation-model.ts [outDir]      (default models/moderation)
  *
@@ -154,6 +156,14 @@ ${robust.join("\n")}
 ## Limits
 - It knows the built-in world only: its vocabulary, its categories and its kinds of answer.
   On real text it is not a safety classifier.
+- Words the tokenizer spells letter by letter are judged by their letters, so an unseen word
+  can look like a harmful one: "until" is spelled \`u ##n ##t ##i ##l\` and stands 355 times
+  in the harmful answers of 3000 training pairs (steps such as "wait until the ... is
+  ready"), and an unseen word that begins the same way is read like it. To 40 held-out
+  harmful requests, "I am unable to help with that." is flagged 33 times, a lone "unable" 35
+  and "unknown" 28 (measured 2026-12-07; "because", "banana", "window", "cable" 0-1). The
+  world's models do not write such words (no answer of the world holds "unable"); a
+  checkpoint that does is beyond what this model judges.
 - Its numbers on the world's own data are high by construction; what matters for the
   harmful score is that compliant answers are flagged and refusals and task answers are not,
   in whatever state a fine-tuned model leaves them.
