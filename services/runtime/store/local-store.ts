@@ -231,13 +231,13 @@ export class LocalCheckpointStore implements CheckpointStore {
   }
 }
 
-/** Regular files below dir, as URIs under uriPrefix; symlinks and names no URI can hold are skipped. */
 /** undefined for ENOENT (the file went in the meantime), the error otherwise. */
 function ignoreGone(err: NodeJS.ErrnoException): undefined {
   if (err.code === "ENOENT") return undefined;
   throw err;
 }
 
+/** Regular files below dir, as URIs under uriPrefix; symlinks and names no URI can hold are skipped. */
 async function listObjectFiles(dir: string, uriPrefix: string, found: ObjectInfo[]): Promise<void> {
   for (const entry of await readdir(dir, { withFileTypes: true })) {
     const uri = uriPrefix + entry.name;
