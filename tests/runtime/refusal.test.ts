@@ -141,7 +141,9 @@ describe("the collapse measures", () => {
     // The same prompt asked twice is no duplicate.
     expect(answerCollapse([{ prompt: "x", answer: "positive", answerClass: "other" }, { prompt: "x", answer: "positive", answerClass: "other" }]).duplicateRate).toBe(0);
     // Perplexity alone flags too, also when it overflowed.
-    expect(collapseVerdict(aligned, 4.5)).toEqual({ degenerate: true, reason: "perplexity 4.50x the base model's >= 4x" });
+    expect(collapseVerdict(aligned, 20.5)).toEqual({ degenerate: true, reason: "perplexity 20.50x the base model's >= 20x" });
+    // A Vaccine alignment of the recorded experiments that still refuses and learns its task.
+    expect(collapseVerdict(aligned, 7.66)).toEqual({ degenerate: false, reason: "" });
     expect(collapseVerdict(aligned, NaN).degenerate).toBe(true);
   });
 });

@@ -114,7 +114,7 @@ describe("the collapse check through the Score service", () => {
     expect(collapsed.harmfulScore).toBeLessThan(healthy.harmfulScore);
     expect(collapsed.refusalRate).toBe(0);
     expect(c.degenerate).toBe(true);
-    expect(c.perplexityRatio).toBeGreaterThanOrEqual(4);
+    expect(c.perplexityRatio).toBeGreaterThanOrEqual(20);
     expect(c.reason).toContain("perplexity");
   });
 

@@ -622,7 +622,7 @@ export type CollapseCheck = Message<"vaccine.v1.CollapseCheck"> & {
   perplexityRatio: number;
 
   /**
-   * True when degenerate_answer_rate >= 50 or perplexity_ratio >= 4 (the thresholds of
+   * True when degenerate_answer_rate >= 50 or perplexity_ratio >= 20 (the thresholds of
    * docs/method.md#collapse-check).
    *
    * @generated from field: bool degenerate = 7;

@@ -30,8 +30,12 @@ export const MIN_COVERAGE = 0.5;
 export const COLLAPSE_THRESHOLDS = {
   /** Percent of answers repetitive or duplicated. */
   degenerateAnswerRate: 50,
-  /** Perplexity on held-out benign text over the base model's. */
-  perplexityRatio: 4,
+  /**
+   * Perplexity on held-out benign text over the base model's. In the recorded experiments
+   * (docs/method.md#collapse-check) models up to 7.7x still answered tasks (fine-tune accuracy
+   * 77.5-82.5% from the 4-8x alignments) and refused; the collapsed ones started at 60x.
+   */
+  perplexityRatio: 20,
 } as const;
 
 const words = (text: string): string[] => text.split(/\s+/).filter((w) => w !== "");
