@@ -5,18 +5,17 @@
  * per phase p50/p90/p99 and requests/s, idle measured before and after the job.
  * Run: npm run build && npx tsx bench/embed-latency.ts   Writes bench/results/embed-latency.json.
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
-import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { AlignService } from "../gen/vaccine/v1/align_pb.ts";
 import { EmbedService, Pooling } from "../gen/vaccine/v1/embed_pb.ts";
 import { builtinRef } from "../services/runtime/pipeline/builtins.ts";
-import { quantile, serve } from "./serve.ts";
+import { startProcess } from "../scripts/service-process.ts";
+import { quantile } from "./stats.ts";
 
-const startServer = (root: string) =>
-  serve(["dist/services/main.js"], { VACCINE_PORT: "0", VACCINE_BACKEND: "wasm", VACCINE_STORE_ROOT: join(root, "store"), VACCINE_JOBS_DIR: join(root, "jobs"), VACCINE_SERVICES: "align,embed" });
+const startServer = () => startProcess("dist/services/main.js", { VACCINE_BACKEND: "wasm", VACCINE_SERVICES: "align,embed" });
 
 const REQUESTS = Number(process.env.REQUESTS ?? 200);
 const CLIENTS = [1, 8];
@@ -44,8 +43,7 @@ async function measure(embed: ReturnType<typeof createClient<typeof EmbedService
 }
 
 async function main(): Promise<void> {
-  const root = mkdtempSync(join(os.tmpdir(), "vaccine-embed-bench-"));
-  const server = await startServer(root);
+  const server = await startServer();
   try {
     const transport = createGrpcTransport({ baseUrl: `http://127.0.0.1:${server.port}` });
     const embed = createClient(EmbedService, transport);
@@ -90,7 +88,6 @@ async function main(): Promise<void> {
     writeFileSync("bench/results/embed-latency.json", JSON.stringify(result, null, 2) + "\n");
   } finally {
     await server.stop();
-    rmSync(root, { recursive: true, force: true });
   }
 }
 

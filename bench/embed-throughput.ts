@@ -21,16 +21,14 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { EmbedRequestSchema, EmbedResponseSchema, EmbedService, Pooling } from "../gen/vaccine/v1/embed_pb.ts";
 import { DEFAULT_BATCH_WINDOW } from "../services/common/call-batcher.ts";
 import { builtinRef } from "../services/runtime/pipeline/builtins.ts";
-import { quantile, serve } from "./serve.ts";
+import { startProcess } from "../scripts/service-process.ts";
+import { quantile } from "./stats.ts";
 
 const CLIENTS = 24;
 /** An Embed-only server from source, batching with `windowMs`. */
-const startServer = (root: string, windowMs: number) =>
-  serve(["--import", "tsx", "services/main.ts"], {
-    VACCINE_PORT: "0",
+const startServer = (windowMs: number) =>
+  startProcess("services/main.ts", {
     VACCINE_BACKEND: "wasm",
-    VACCINE_STORE_ROOT: join(root, "store"),
-    VACCINE_JOBS_DIR: join(root, "jobs"),
     VACCINE_SERVICES: "embed",
     VACCINE_BATCH_WINDOW_MS: String(windowMs),
     VACCINE_RATE_LIMIT_RPS: "0",
@@ -73,7 +71,7 @@ async function measure(port: number, requests: number, dir: string) {
 
 async function run(windowMs: number) {
   const root = mkdtempSync(join(os.tmpdir(), "vaccine-embed-throughput-"));
-  const server = await startServer(root, windowMs);
+  const server = await startServer(windowMs);
   try {
     await measure(server.port, 4 * CLIENTS, root); // warm-up: the checkpoint loads into the cache
     return { windowMs, loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))), ...(await measure(server.port, REQUESTS, root)) };

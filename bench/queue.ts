@@ -21,8 +21,8 @@ import { EmbedService, Pooling } from "../gen/vaccine/v1/embed_pb.ts";
 import { JobState } from "../gen/vaccine/v1/jobs_pb.ts";
 import { builtinRef } from "../services/runtime/pipeline/builtins.ts";
 import { startRedis } from "../scripts/redis-server.ts";
-import { startProcess, type ServiceProcess } from "../scripts/service-process.ts";
-import { quantile } from "./serve.ts";
+import { startProcess } from "../scripts/service-process.ts";
+import { quantile } from "./stats.ts";
 
 const JOBS = Number(process.env.JOBS ?? 4);
 const STEPS = Number(process.env.STEPS ?? 40);
@@ -33,12 +33,6 @@ const TRAINING = { batchSize: 5, maxSequenceLength: 200 };
 const r1 = (x: number) => Number(x.toFixed(1));
 const load = () => os.loadavg().map((x) => Number(x.toFixed(2)));
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** A process stopped by SIGTERM, waited for. */
-const stopped = (p: ServiceProcess) => async () => {
-  if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill("SIGTERM");
-  await p.exited;
-};
 
 const startServer = (env: Record<string, string>) => startProcess("dist/services/main.js", { VACCINE_BACKEND: "wasm", ...env });
 
@@ -58,7 +52,7 @@ async function startCluster(workers: number) {
       startServer({ ...env, VACCINE_ROLE: "api" }),
       ...Array.from({ length: workers }, () => startServer({ ...env, VACCINE_ROLE: "worker" })),
     ]);
-    stops.push(...started.map(stopped));
+    stops.push(...started.map((p) => p.stop));
     const transport = createGrpcTransport({ baseUrl: `http://127.0.0.1:${started[0].port}` });
     return { align: createClient(AlignService, transport), embed: createClient(EmbedService, transport), workers: started.slice(1), stop };
   } catch (e) {

@@ -5,27 +5,19 @@
  * RUNS cold starts each, alternating, on temp stores. Run: npm run build && npx tsx bench/startup.ts
  * Writes bench/results/startup.json.
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
-import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus as Serving } from "../gen/grpc/health/v1/health_pb.ts";
-import { serve } from "./serve.ts";
+import { startProcess } from "../scripts/service-process.ts";
 
 const RUNS = Number(process.env.RUNS ?? 7);
-const MODES = {
-  compiled: ["dist/services/main.js"],
-  tsx: ["--import", "tsx", "services/main.ts"],
-} as const;
+const MODES = { compiled: "dist/services/main.js", tsx: "services/main.ts" } as const;
 
-async function startOnce(args: readonly string[]): Promise<number> {
-  const root = mkdtempSync(join(os.tmpdir(), "vaccine-startup-"));
+async function startOnce(entry: string): Promise<number> {
   const t0 = performance.now();
-  const server = await serve(args, { VACCINE_PORT: "0", VACCINE_STORE_ROOT: join(root, "store"), VACCINE_JOBS_DIR: join(root, "jobs"), VACCINE_LOG_LEVEL: "info" }).catch((err) => {
-    rmSync(root, { recursive: true, force: true });
-    throw err;
-  });
+  const server = await startProcess(entry, { VACCINE_LOG_LEVEL: "info" });
   try {
     const port = server.port;
     const health = createClient(Health, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` }));
@@ -36,13 +28,12 @@ async function startOnce(args: readonly string[]): Promise<number> {
     }
   } finally {
     await server.stop();
-    rmSync(root, { recursive: true, force: true });
   }
 }
 
 const samples: Record<string, number[]> = { compiled: [], tsx: [] };
 for (let i = 0; i < RUNS; i++) {
-  for (const [mode, args] of Object.entries(MODES)) samples[mode].push(await startOnce(args));
+  for (const [mode, entry] of Object.entries(MODES)) samples[mode].push(await startOnce(entry));
 }
 const stats = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);

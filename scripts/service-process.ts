@@ -10,6 +10,8 @@ export interface ServiceProcess {
   /** Everything the process wrote to stderr (its JSON log). */
   log: () => string;
   exited: Promise<{ code: number | null; signal: string | null; at: number }>;
+  /** SIGTERM unless it has exited, then its exit. */
+  stop: () => Promise<void>;
 }
 
 /**
@@ -23,7 +25,8 @@ export function startProcess(entry: string, env: Record<string, string> = {}): P
   const folders = { VACCINE_STORE_ROOT: join(scratch, "store"), VACCINE_JOBS_DIR: join(scratch, "jobs"), VACCINE_CACHE_DIR: join(scratch, "cache") };
   const child = spawn(process.execPath, entry.endsWith(".ts") ? ["--import", "tsx", entry] : [entry], {
     env: { ...process.env, VACCINE_PORT: "0", VACCINE_HOST: "127.0.0.1", ...folders, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
+    // Its log is on stderr; stdout unread must not fill a pipe and stall it.
+    stdio: ["ignore", "ignore", "pipe"],
   });
   let stderr = "";
   const exited = new Promise<{ code: number | null; signal: string | null; at: number }>((resolve) =>
@@ -39,7 +42,11 @@ export function startProcess(entry: string, env: Record<string, string> = {}): P
       const line = stderr.split("\n").find((l) => l.includes('"msg":"serving"'));
       if (line) {
         clearTimeout(timer);
-        resolve({ child, port: JSON.parse(line).port, log: () => stderr, exited });
+        const stop = async () => {
+          if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+          await exited;
+        };
+        resolve({ child, port: JSON.parse(line).port, log: () => stderr, exited, stop });
       }
     });
     void exited.then(({ code }) => {

@@ -1,8 +1,8 @@
 // The process entrypoints: start, serve, and stop gracefully on SIGTERM.
 import { spawnSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { describe, expect, it } from "vitest";
@@ -49,8 +49,10 @@ describe("SIGTERM", () => {
     const store = proc.log().split("\n").filter(Boolean).map((l) => JSON.parse(l)).find((l) => l.msg === "checkpoint store");
     expect(store).toMatchObject({ store: "local" });
     expect(store.root.startsWith(join(tmpdir(), "vaccine-process-"))).toBe(true);
-    proc.child.kill("SIGTERM");
+    // The launcher's stop (what the benches call): SIGTERM, a clean exit, its folder removed.
+    await proc.stop();
     expect((await proc.exited).code).toBe(0);
+    expect(existsSync(dirname(store.root))).toBe(false);
   });
 });
 
