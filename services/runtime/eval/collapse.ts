@@ -32,8 +32,9 @@ export const COLLAPSE_THRESHOLDS = {
   degenerateAnswerRate: 50,
   /**
    * Perplexity on held-out benign text over the base model's. In the recorded experiments
-   * (docs/method.md#collapse-check) models up to 7.7x still answered tasks (fine-tune accuracy
-   * 77.5-82.5% from the 4-8x alignments) and refused; the collapsed ones started at 60x.
+   * (docs/method.md#collapse-check) models up to 7.7x still refused (the alignments) and
+   * learned their task (the full run's fine-tuned models at 4-8x: 77.5-82.5%); the collapsed
+   * ones started at 60x.
    */
   perplexityRatio: 20,
 } as const;
