@@ -182,9 +182,7 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
         },
         async listCheckpoints(req, ctx) {
           const v = new RequestValidator();
-          checkPage(v, req.pageSize, req.pageToken);
-          const after = req.pageToken ? decodeToken(req.pageToken) : undefined;
-          if (req.pageToken && !after) v.fail("page_token", "is not a token this server issued");
+          const after = checkPage(v, req.pageSize, req.pageToken, decodeToken);
           v.check();
           try {
             // Only what the caller may read, left out before paging so tokens stay exact.

@@ -6,7 +6,7 @@ import { Code } from "@connectrpc/connect";
 import { DriftPreconditionError } from "../runtime/pipeline/drift.ts";
 import { EmbedRequestError } from "../runtime/pipeline/hidden-states.ts";
 import type { LoadedCheckpoint } from "../runtime/pipeline/load.ts";
-import { rpcError } from "../platform/errors.ts";
+import { invalidArgument, rpcError } from "../platform/errors.ts";
 import type { SuiteDeps } from "./deps.ts";
 import { assertCheckpointReadable, type Scope } from "./ownership.ts";
 import { checkpointRefOf } from "./refs.ts";
@@ -15,7 +15,7 @@ import { toRpcError } from "./runtime-errors.ts";
 /** Runtime errors of a call as RPC errors; `field` names the checkpoint or dataset at fault. */
 export function mapCallError(err: unknown, field: string): never {
   if (err instanceof EmbedRequestError) {
-    throw rpcError(Code.InvalidArgument, "FIELD_INVALID", `${err.field}: ${err.message}`, { fields: err.field });
+    throw invalidArgument([{ field: err.field, description: err.message }]);
   }
   if (err instanceof DriftPreconditionError) throw rpcError(Code.FailedPrecondition, "CHECKPOINTS_INCOMPARABLE", err.message);
   throw toRpcError(err, { checkpointField: field, datasetField: field });

@@ -17,7 +17,7 @@ import {
   StorePathEscapeError,
 } from "../runtime/store/store.ts";
 import { NoTrainingTokensError, TrainingDivergedError } from "../runtime/train/loop.ts";
-import { rpcError } from "../platform/errors.ts";
+import { invalidArgument, rpcError } from "../platform/errors.ts";
 
 export interface ErrorContext {
   /** The request field a dataset came from (e.g. "spec.dataset"), for BadRequest. */
@@ -47,7 +47,9 @@ export function toRpcError(err: unknown, ctx: ErrorContext = {}): ConnectError {
     return rpcError(Code.NotFound, err.reason, err.message, fieldOf(ctx.checkpointField ?? ctx.datasetField));
   }
   if (err instanceof InvalidStoreUriError || err instanceof StorePathEscapeError) {
-    return rpcError(Code.InvalidArgument, err.reason, err.message, fieldOf(ctx.checkpointField ?? ctx.datasetField));
+    const field = ctx.checkpointField ?? ctx.datasetField;
+    // Without a field the ref was the server's own, never a client's.
+    return field ? invalidArgument([{ field, description: err.message }], err.reason, { field }) : rpcError(Code.InvalidArgument, err.reason, err.message);
   }
   if (err instanceof CheckpointIntegrityError) return rpcError(Code.DataLoss, err.reason, err.message);
   if (err instanceof StoreError) return rpcError(Code.Unavailable, err.reason, err.message);

@@ -66,9 +66,7 @@ export function datasetService(deps: SuiteDeps, options: DatasetServiceOptions =
         },
         async listDatasets(req, ctx) {
           const v = new RequestValidator();
-          checkPage(v, req.pageSize, req.pageToken);
-          const cursor = req.pageToken ? decodeToken(req.pageToken) : undefined;
-          if (req.pageToken && !cursor) v.fail("page_token", "is not a token this server issued");
+          const cursor = checkPage(v, req.pageSize, req.pageToken, decodeToken);
           v.check();
           try {
             // Another tenant's datasets are left out before paging, so tokens stay exact.

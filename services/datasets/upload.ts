@@ -7,7 +7,6 @@
 import { create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
-import { BadRequestSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import {
   type Dataset,
   DatasetEncoding,
@@ -70,13 +69,10 @@ export async function uploadDataset(deps: SuiteDeps, spoolDir: string, requests:
     const summary = reader.end();
     const hex = spool.digest();
     if (metadata.expectedSha256 && metadata.expectedSha256 !== hex) {
-      throw rpcError(
-        Code.InvalidArgument,
-        "DATASET_DIGEST_MISMATCH",
-        `the bytes received have sha256 ${hex}, not the expected ${metadata.expectedSha256}`,
-        { expected_sha256: metadata.expectedSha256, actual_sha256: hex },
-        [{ desc: BadRequestSchema, value: { fieldViolations: [{ field: "metadata.expected_sha256", description: `does not match the bytes received (sha256 ${hex})` }] } }],
-      );
+      throw invalidArgument([{ field: "metadata.expected_sha256", description: `does not match the bytes received (sha256 ${hex})` }], "DATASET_DIGEST_MISMATCH", {
+        expected_sha256: metadata.expectedSha256,
+        actual_sha256: hex,
+      });
     }
     try {
       checkRead(summary, metadata.displayName || "upload");

@@ -23,6 +23,7 @@ import {
   type JobEvent,
 } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { rpcError, toStatus } from "../platform/errors.ts";
+import { badPageToken } from "../platform/validate.ts";
 import { silentLogger, type Logger } from "../platform/log.ts";
 import { SCOPE } from "../platform/telemetry.ts";
 import { JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobExecutor, type JobSpec, type JobWork, type StopReason, visibleTo } from "./executor.ts";
@@ -124,7 +125,7 @@ export class LocalExecutor implements JobExecutor {
     if (pageToken) {
       offset = Number(Buffer.from(pageToken, "base64url").toString());
       if (!Number.isInteger(offset) || offset < 0) {
-        throw rpcError(Code.InvalidArgument, "FIELD_INVALID", "page_token: is not a token this server issued", { fields: "page_token" });
+        throw badPageToken();
       }
     }
     const size = pageSize || 50;

@@ -8,6 +8,7 @@
 import { Code, type ConnectError } from "@connectrpc/connect";
 import { JobState, type Job, type JobEvent, type JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { rpcError } from "../platform/errors.ts";
+import { badPageToken } from "../platform/validate.ts";
 import { visibleTo, type JobExecutor, type JobSpec } from "./executor.ts";
 import type { LockHolder } from "./jobs-dir-lock.ts";
 import { JobRecords } from "./records.ts";
@@ -51,7 +52,7 @@ export class ReadOnlyExecutor implements JobExecutor {
   async list(kind: JobKind, pageSize: number, pageToken: string, tenant?: string): Promise<{ jobs: Job[]; nextPageToken: string }> {
     const offset = pageToken ? Number(Buffer.from(pageToken, "base64url").toString()) : 0;
     if (!Number.isInteger(offset) || offset < 0) {
-      throw rpcError(Code.InvalidArgument, "FIELD_INVALID", "page_token: is not a token this server issued", { fields: "page_token" });
+      throw badPageToken();
     }
     const size = pageSize || 50;
     const all = this.records

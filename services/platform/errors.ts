@@ -33,16 +33,21 @@ export function rpcError(
   return new ConnectError(message, code, undefined, [info, ...extra]);
 }
 
-/** INVALID_ARGUMENT naming every bad field, with a google.rpc.BadRequest detail. */
+/**
+ * INVALID_ARGUMENT naming every bad field, with a google.rpc.BadRequest detail: every
+ * INVALID_ARGUMENT of the suite has one, so a client finds the field the same way for all.
+ */
 export function invalidArgument(
   violations: Pick<BadRequest_FieldViolation, "field" | "description">[],
+  reason: string = Reason.FIELD_INVALID,
+  metadata: Record<string, string> = {},
 ): ConnectError {
   const message = violations.map((v) => `${v.field}: ${v.description}`).join("; ");
   return rpcError(
     Code.InvalidArgument,
-    Reason.FIELD_INVALID,
+    reason,
     message,
-    { fields: violations.map((v) => v.field).join(",") },
+    { fields: violations.map((v) => v.field).join(","), ...metadata },
     [{ desc: BadRequestSchema, value: { fieldViolations: violations } }],
   );
 }

@@ -1,3 +1,4 @@
+import type { ConnectError } from "@connectrpc/connect";
 import { invalidArgument } from "./errors.ts";
 
 /** Violations listed in one error: a 16 MiB repeated field must not become a larger error. */
@@ -78,8 +79,22 @@ export class RequestValidator {
   }
 }
 
-/** page_size and page_token of the List RPCs. */
-export function checkPage(v: RequestValidator, pageSize: number, pageToken: string): void {
+const BAD_PAGE_TOKEN = { field: "page_token", description: "is not a token this server issued" };
+
+/**
+ * page_size and page_token of the List RPCs. `decode` reads the token's cursor; a token that is
+ * not base64url or does not decode is one violation. Returns the cursor, undefined when unset.
+ */
+export function checkPage<T>(v: RequestValidator, pageSize: number, pageToken: string, decode?: (token: string) => T | undefined): T | undefined {
   v.number("page_size", pageSize, { min: 0, max: 1000, integer: true });
-  if (pageToken !== "" && !/^[A-Za-z0-9_-]{1,512}$/.test(pageToken)) v.fail("page_token", "is not a token this server issued");
+  if (pageToken === "") return undefined;
+  const wellFormed = /^[A-Za-z0-9_-]{1,512}$/.test(pageToken);
+  const cursor = wellFormed ? decode?.(pageToken) : undefined;
+  if (!wellFormed || (decode && cursor === undefined)) v.fail(BAD_PAGE_TOKEN.field, BAD_PAGE_TOKEN.description);
+  return cursor;
+}
+
+/** The error of a page token found wrong past validation (by a job executor, which reads its own tokens). */
+export function badPageToken(): ConnectError {
+  return invalidArgument([BAD_PAGE_TOKEN]);
 }

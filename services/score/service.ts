@@ -14,7 +14,7 @@ import {
 import { boundsOf, checkTextLength, checkTokenCount, DEFAULT_BOUNDS, type CallBounds } from "../common/bounds.ts";
 import { moderateBatcher } from "../common/batched-calls.ts";
 import { mapCallError, withCheckpoint } from "../common/checkpoint-calls.ts";
-import { rpcError } from "../platform/errors.ts";
+import { invalidArgument, rpcError } from "../platform/errors.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
 import { assertCheckpointReadable, assertDatasetReadable, scopeOf, type Scope } from "../common/ownership.ts";
 import { checkpointRefOf, datasetSource } from "../common/refs.ts";
@@ -153,7 +153,7 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
   const examplesOf = async (scope: Scope | undefined, ref: DatasetRef | undefined, fallback: DatasetSource | undefined, field: string, limit?: number) => {
     try {
       const source = ref?.source.case ? datasetSource(ref) : fallback;
-      if (!source) throw rpcError(Code.InvalidArgument, "FIELD_INVALID", `${field}: is required`, { fields: field });
+      if (!source) throw invalidArgument([{ field, description: "is required" }]);
       await assertDatasetReadable(deps.store, scope, source);
       return (await resolveExamples(deps.store, source)).slice(0, limit);
     } catch (err) {
@@ -254,14 +254,14 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
           const examples = await examplesOf(scope, req.dataset, undefined, "dataset", req.limit);
           const task = TASKS[req.task] ?? inferTask(examples[0]);
           if (!task) {
-            throw rpcError(Code.InvalidArgument, "TASK_UNKNOWN", "task: cannot infer the task from the dataset; set task to SST2, AGNEWS or GSM8K", { fields: "task" });
+            throw invalidArgument([{ field: "task", description: "cannot infer the task from the dataset; set task to SST2, AGNEWS or GSM8K" }], "TASK_UNKNOWN");
           }
           examples.forEach((e, i) => {
             try {
               // A gold answer the task's parser cannot read would fail mid-stream; refuse it now.
               parseTaskAnswer(task, "", e.gold ?? e.output);
             } catch (err) {
-              throw rpcError(Code.InvalidArgument, "DATASET_INVALID", `dataset: example ${i + 1}: ${(err as Error).message}`, { fields: "dataset" });
+              throw invalidArgument([{ field: "dataset", description: `example ${i + 1}: ${(err as Error).message}` }], "DATASET_INVALID");
             }
           });
           const model = await checkedRef(scope, "checkpoint", req.checkpoint);

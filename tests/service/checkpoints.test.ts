@@ -533,8 +533,11 @@ describe("GetCheckpoint and ListCheckpoints", () => {
     } while (token);
     expect(paged).toEqual(all.map((c) => c.ref!.uri));
 
-    const bad = await rpcFailure(() => checkpoints.listCheckpoints({ pageToken: "bm90LWEtdG9rZW4" }));
-    expect(bad.badRequest?.fieldViolations[0].field).toBe("page_token");
+    // A token that does not decode and one that is not base64url: one violation each.
+    for (const pageToken of ["bm90LWEtdG9rZW4", "not a token"]) {
+      const bad = await rpcFailure(() => checkpoints.listCheckpoints({ pageToken }));
+      expect(bad.badRequest?.fieldViolations.map((f) => f.field)).toEqual(["page_token"]);
+    }
   });
 });
 

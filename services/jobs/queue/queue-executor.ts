@@ -11,6 +11,7 @@ import { Queue } from "bullmq";
 import { Redis } from "ioredis";
 import { JobSchema, JobState, type Job, type JobEvent, type JobKind } from "../../../gen/vaccine/v1/jobs_pb.ts";
 import { rpcError, toStatus } from "../../platform/errors.ts";
+import { badPageToken } from "../../platform/validate.ts";
 import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
 import { jobQuotaExceeded } from "../../common/quotas.ts";
@@ -115,7 +116,7 @@ export class QueueExecutor implements JobExecutor {
   async list(kind: JobKind, pageSize: number, pageToken: string, tenant?: string): Promise<{ jobs: Job[]; nextPageToken: string }> {
     const after = pageToken ? Buffer.from(pageToken, "base64url").toString() : "";
     if (pageToken && !INDEX_MEMBER.test(after)) {
-      throw rpcError(Code.InvalidArgument, "FIELD_INVALID", "page_token: is not a token this server issued", { fields: "page_token" });
+      throw badPageToken();
     }
     const page = await this.guard(() => this.jobs.page(kind, pageSize || 50, after, tenant));
     return { jobs: page.jobs, nextPageToken: page.more && page.last ? Buffer.from(page.last).toString("base64url") : "" };
