@@ -167,7 +167,7 @@ describe("LocalCheckpointStore", () => {
   it("refuses a ref whose digest disagrees with its URI", async () => {
     const ref = await store.put(await sourceFolder(), { kind: "model" });
     const wrong = { uri: ref.uri, digest: `sha256:${"0".repeat(64)}` };
-    await expect(store.get(wrong)).rejects.toThrow(CheckpointIntegrityError);
+    await expect(store.get(wrong)).rejects.toThrow(InvalidStoreUriError);
     await expect(store.get({ uri: ref.uri, digest: "md5:abc" })).rejects.toThrow(InvalidStoreUriError);
   });
 

@@ -10,6 +10,7 @@ import { S3CheckpointStore, type S3StoreOptions } from "../../services/runtime/s
 import {
   CheckpointIntegrityError,
   CheckpointNotFoundError,
+  InvalidStoreUriError,
   StoreObjectNotFoundError,
   StoreObjectTooLargeError,
   checkpointRef,
@@ -116,7 +117,7 @@ describe("S3CheckpointStore against s3rver", () => {
   it("detects a tampered manifest and a ref with the wrong digest", async () => {
     const ref = await (await freshStore()).put(await sourceFolder('{"v":4}'), { kind: "model" });
     const reader = await freshStore();
-    await expect(reader.get({ uri: ref.uri, digest: `sha256:${"1".repeat(64)}` })).rejects.toThrow(CheckpointIntegrityError);
+    await expect(reader.get({ uri: ref.uri, digest: `sha256:${"1".repeat(64)}` })).rejects.toThrow(InvalidStoreUriError);
     const key = `${PREFIX}checkpoints/${ref.uri.slice(-64)}/manifest.json`;
     await raw.send(new PutObjectCommand({ Bucket: BUCKET, Key: key, Body: "{}" }));
     await expect(reader.get(ref)).rejects.toThrow(/hashes to/);

@@ -511,6 +511,17 @@ describe("GetCheckpoint and ListCheckpoints", () => {
     expect(e.code).toBe(Code.NotFound);
   });
 
+  it("refuses a ref whose digest is not the one its uri names, as a bad request, not as damage", async () => {
+    const hex = adapter.ref!.uri.slice(-64);
+    const wrong = `sha256:${hex.replace(/^./, (c) => (c === "0" ? "1" : "0"))}`;
+    const e = await rpcFailure(() => checkpoints.getCheckpoint({ checkpoint: { uri: adapter.ref!.uri, digest: wrong } }));
+    expect(e.code).toBe(Code.InvalidArgument);
+    expect(e.badRequest?.fieldViolations).toEqual([expect.objectContaining({ field: "checkpoint.digest", description: `must be the digest its uri names, sha256:${hex}` })]);
+    // The same through a call that reads the ref in the runtime (Embed's loader).
+    const viaEmbed = await rpcFailure(() => embed.embed({ checkpoint: { uri: adapter.ref!.uri, digest: wrong }, texts: ["hi"] }));
+    expect(viaEmbed.code).toBe(Code.InvalidArgument);
+  });
+
   it("lists newest first, by type, a page at a time", async () => {
     const all = (await checkpoints.listCheckpoints({ pageSize: 1000 })).checkpoints;
     const times = all.map((c) => timestampDate(c.createTime!).getTime());

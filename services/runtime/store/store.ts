@@ -83,7 +83,7 @@ export class StoreError extends Error {
   }
 }
 
-/** Not a well-formed store URI or checkpoint ref (wrong scheme, bad name, malformed digest). */
+/** Not a well-formed store URI or checkpoint ref (wrong scheme, bad name, malformed digest, a digest its URI does not name). */
 export class InvalidStoreUriError extends StoreError {
   override readonly reason = "INVALID_STORE_URI";
 }
@@ -188,8 +188,9 @@ export function checkpointHex(ref: CheckpointRef): string {
   if (typeof ref.digest !== "string" || !/^sha256:[0-9a-f]{64}$/.test(ref.digest)) {
     throw new InvalidStoreUriError(`digest ${JSON.stringify(ref.digest)} is not "sha256:<64 lowercase hex digits>"`);
   }
+  // A ref that contradicts itself is a bad request, not damage in the store: nothing was read.
   if (ref.digest !== `sha256:${location.hex}`) {
-    throw new CheckpointIntegrityError(`digest ${ref.digest} does not match the URI ${ref.uri}`);
+    throw new InvalidStoreUriError(`digest ${ref.digest} does not match the URI ${ref.uri}`);
   }
   return location.hex;
 }
