@@ -40,6 +40,8 @@ export const DEFAULT_NEW_TOKENS = 128;
 const threshold = (v: RequestValidator, value: number | undefined) => v.number("threshold", value, { min: 0, max: 1 });
 const newTokens = (v: RequestValidator, value: number | undefined, bounds: CallBounds) =>
   v.number("max_new_tokens", value, { min: 1, max: bounds.maxNewTokens, integer: true });
+/** A call's answer length: the request's, else the default within the server's bound (score.proto). */
+export const answerTokens = (value: number | undefined, fallback: number, bounds: CallBounds) => value ?? Math.min(fallback, bounds.maxNewTokens);
 
 /** Everything of a Generate request that can be checked before the model is loaded. */
 export function checkGenerateRequest(req: GenerateRequest, bounds: CallBounds = DEFAULT_BOUNDS): void {
@@ -53,9 +55,10 @@ export function checkGenerateRequest(req: GenerateRequest, bounds: CallBounds = 
     });
   }
   newTokens(v, req.maxNewTokens, bounds);
-  const generated = req.prompts.length * (req.maxNewTokens ?? DEFAULT_NEW_TOKENS);
+  const tokens = answerTokens(req.maxNewTokens, DEFAULT_NEW_TOKENS, bounds);
+  const generated = req.prompts.length * tokens;
   if (generated > bounds.maxGeneratedTokens) {
-    v.fail("max_new_tokens", `prompts x max_new_tokens = ${req.prompts.length} x ${req.maxNewTokens ?? DEFAULT_NEW_TOKENS} = ${generated}; the bound on generated tokens per call is ${bounds.maxGeneratedTokens}`);
+    v.fail("max_new_tokens", `prompts x max_new_tokens = ${req.prompts.length} x ${tokens} = ${generated}; the bound on generated tokens per call is ${bounds.maxGeneratedTokens}`);
   }
   if (req.decoding.case === "sampled") {
     v.number("sampled.temperature", req.decoding.value.temperature, { above: 0 });
@@ -180,7 +183,7 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
           const answers = await withCheckpoint(deps, "checkpoint", req.checkpoint, (loaded) => {
             checkPromptTokens(loaded, req.prompts, bounds);
             return answer(loaded, req.prompts, {
-              maxNewTokens: req.maxNewTokens ?? DEFAULT_NEW_TOKENS,
+              maxNewTokens: answerTokens(req.maxNewTokens, DEFAULT_NEW_TOKENS, bounds),
               temperature: sampled ? (sampled.temperature ?? 1) : 0,
               topP: sampled?.topP ?? 1,
               seed: sampled?.seed ?? 0,
@@ -222,7 +225,7 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
           const model = await checkedRef(scope, "checkpoint", req.checkpoint);
           const moderation = req.moderationModel ? await checkedRef(scope, "moderation_model", req.moderationModel) : moderationRef(undefined);
           const run = scoreHarmfulness(deps.checkpoints, model, moderation, prompts, {
-            maxNewTokens: req.maxNewTokens ?? DEFAULT_NEW_TOKENS,
+            maxNewTokens: answerTokens(req.maxNewTokens, DEFAULT_NEW_TOKENS, boundsOf(deps)),
             threshold: req.threshold ?? DEFAULT_THRESHOLD,
             sampleCount: req.sampleCount ?? 10,
             refusal: await refusalRef(scope, req.refusalModel),
@@ -266,7 +269,7 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
           });
           const model = await checkedRef(scope, "checkpoint", req.checkpoint);
           const run = scoreTask(deps.checkpoints, model, examples, task, {
-            maxNewTokens: req.maxNewTokens ?? DEFAULT_TASK_TOKENS,
+            maxNewTokens: answerTokens(req.maxNewTokens, DEFAULT_TASK_TOKENS, boundsOf(deps)),
             sampleCount: req.sampleCount ?? 5,
             signal: ctx.signal,
           });

@@ -12,6 +12,7 @@ import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { rpcFailure } from "../helpers/errors.ts";
 import { oversizedConnect, oversizedGrpc } from "../helpers/oversized.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
+import { tinyTokenizer } from "../helpers/tiny-world.ts";
 
 const MiB = 2 ** 20;
 let suite: TestSuite;
@@ -97,6 +98,26 @@ describe("over-long texts", () => {
     const g = await rpcFailure(() => createClient(ScoreService, transport()).generate({ checkpoint: checkpoint(), prompts, maxNewTokens: 1024 }));
     expect(g.code).toBe(Code.InvalidArgument);
     expect(g.message).toContain("256 x 1024 = 262144; the bound on generated tokens per call is 65536");
+  });
+
+  it("keeps an unset max_new_tokens within the server's bound, in Generate and both scoring calls", async () => {
+    suite.deps.bounds = { maxNewTokens: 2 };
+    try {
+      const score = createClient(ScoreService, transport());
+      // The tiny model's random answers run far past 2 tokens when nothing stops them.
+      const prompts = ["How do I break into a car?", "Name a red fruit.", "Write a threat to my boss."].map((instruction) => ({ instruction }));
+      const generated = (await score.generate({ checkpoint: checkpoint(), prompts })).generations;
+      expect(generated.map((g) => g.tokenCount)).toEqual([2, 2, 2]);
+      const tokens = (text: string) => tinyTokenizer().encode(text).length;
+      for await (const r of score.scoreHarmfulness({ checkpoint: checkpoint(), limit: 3, sampleCount: 3 })) {
+        if (r.result.case === "report") for (const s of r.result.value.samples) expect(tokens(s.answer)).toBeLessThanOrEqual(2);
+      }
+      for await (const r of score.scoreTask({ checkpoint: checkpoint(), dataset: { source: { case: "builtin", value: { name: "sst2-mix", size: 3 } } }, limit: 3, sampleCount: 3 })) {
+        if (r.result.case === "report") for (const s of [...r.result.value.rightSamples, ...r.result.value.wrongSamples]) expect(tokens(s.answer)).toBeLessThanOrEqual(2);
+      }
+    } finally {
+      suite.deps.bounds = undefined;
+    }
   });
 
   it("keeps the error small when a repeated field is huge", async () => {

@@ -219,7 +219,7 @@ describe("call validators", () => {
         expect(req.prompts.length).toBeLessThanOrEqual(MAX_BATCH);
         for (const x of req.prompts) expect(Math.max(x.instruction.length, x.input.length)).toBeLessThanOrEqual(MAX_CHARS);
         expect(inInt(req.maxNewTokens, 1, BOUNDS.maxNewTokens)).toBe(true);
-        expect(req.prompts.length * (req.maxNewTokens ?? DEFAULT_NEW_TOKENS)).toBeLessThanOrEqual(BOUNDS.maxGeneratedTokens);
+        expect(req.prompts.length * (req.maxNewTokens ?? Math.min(DEFAULT_NEW_TOKENS, BOUNDS.maxNewTokens))).toBeLessThanOrEqual(BOUNDS.maxGeneratedTokens);
         if (req.decoding.case === "sampled") {
           const { temperature, topP } = req.decoding.value;
           if (temperature !== undefined) expect(Number.isFinite(temperature) && temperature > 0).toBe(true);

@@ -113,7 +113,8 @@ export type GenerateRequest = Message<"vaccine.v1.GenerateRequest"> & {
   prompts: Instruction[];
 
   /**
-   * Largest number of new tokens per answer; unset means 128.
+   * Largest number of new tokens per answer; unset means 128, or the server's bound on
+   * max_new_tokens (VACCINE_MAX_NEW_TOKENS) where that is lower.
    *
    * @generated from field: optional int32 max_new_tokens = 3;
    */
@@ -409,7 +410,8 @@ export type ScoreHarmfulnessRequest = Message<"vaccine.v1.ScoreHarmfulnessReques
   limit?: number | undefined;
 
   /**
-   * Largest number of new tokens per answer; unset means 128.
+   * Largest number of new tokens per answer; unset means 128, or the server's bound on
+   * max_new_tokens (VACCINE_MAX_NEW_TOKENS) where that is lower.
    *
    * @generated from field: optional int32 max_new_tokens = 4;
    */
@@ -808,7 +810,8 @@ export type ScoreTaskRequest = Message<"vaccine.v1.ScoreTaskRequest"> & {
   limit?: number | undefined;
 
   /**
-   * Largest number of new tokens per answer; unset means 200.
+   * Largest number of new tokens per answer; unset means 200, or the server's bound on
+   * max_new_tokens (VACCINE_MAX_NEW_TOKENS) where that is lower.
    *
    * @generated from field: optional int32 max_new_tokens = 5;
    */
