@@ -39,6 +39,8 @@ describe("builtin datasets", () => {
     ["sst2-mix", { size: 10, seed: 1, harmfulRatio: 1.5 }, "DATASET_INVALID", "harmfulRatio"],
     ["sst2", { size: 10, seed: 1, harmfulRatio: 0.1 }, "DATASET_INVALID", "harmfulRatio"],
     ["harmful-eval", { size: 5000, seed: 1 }, "DATASET_TOO_LARGE", "size"],
+    // floor(0.1 x 1) harmful + floor(0.9 x 1) benign: nothing.
+    ["sst2-mix", { size: 1, seed: 1, harmfulRatio: 0.1 }, "DATASET_EMPTY", "size"],
     ["toString", { size: 1, seed: 1 }, "DATASET_UNKNOWN", "name"],
   ];
   it.each(invalid)("refuses %s %j with %s on %s", (name, settings, reason, field) => {

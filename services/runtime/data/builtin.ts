@@ -128,11 +128,17 @@ export function loadBuiltin(name: string, settings: BuiltinSettings): BuiltinDat
   if (settings.harmfulRatio !== undefined && harmfulRatio > 0 && !name.endsWith("-mix")) {
     throw new DatasetError("DATASET_INVALID", `harmfulRatio applies only to "-mix" datasets, not "${name}"`, { field: "harmfulRatio" });
   }
+  let data: BuiltinData;
   try {
-    return entry.build({ split, size: settings.size, seed: settings.seed, harmfulRatio });
+    data = entry.build({ split, size: settings.size, seed: settings.seed, harmfulRatio });
   } catch (err) {
     // Generators refuse sizes their finite pools cannot supply (e.g. 672 held-out prompts).
     if (err instanceof RangeError) throw new DatasetError("DATASET_TOO_LARGE", err.message, { field: "size" });
     throw err;
   }
+  // A mix truncates both of its counts (mixture.ts), so a small size can leave nothing.
+  if ((data.kind === "examples" ? data.examples : data.texts).length === 0) {
+    throw new DatasetError("DATASET_EMPTY", `dataset "${name}" of size ${settings.size} at harmfulRatio ${harmfulRatio} has no examples: a mix takes floor(p x size) harmful and floor((1 - p) x size) benign ones; raise size`, { field: "size" });
+  }
+  return data;
 }
