@@ -7,6 +7,7 @@ import { SERVICE_NAMES } from "../../services/suite/config.ts";
 import { startServer, type RunningServer, type ServerOptions } from "../../services/platform/server.ts";
 import { silentLogger } from "../../services/platform/log.ts";
 import { SCOPE } from "../../services/platform/telemetry.ts";
+import { selectBackend } from "../../services/runtime/backend.ts";
 import { SERVICES } from "../../services/suite/services.ts";
 import { putTinyModeration } from "./tiny-moderation.ts";
 import { putModel } from "./tiny-store.ts";
@@ -21,10 +22,12 @@ export interface TestSuite {
   close(): Promise<void>;
 }
 
-/** Dependencies over a temp local store holding the tiny-world base model, and a temp jobs folder. */
+/** Dependencies over a temp local store holding the tiny-world base model, and a temp jobs folder, on the wasm backend. */
 export async function testDeps(
   options: { tracerProvider?: TracerProvider; meterProvider?: MeterProvider; maxRunningJobs?: number; maxDatasetMb?: number; maxCheckpointMb?: number; maxUploadFileMb?: number } = {},
 ) {
+  // The backend a server picks here (services/suite/run.ts, "auto" without tfjs-node), not tfjs's pure-JS default.
+  await selectBackend("wasm", () => {});
   const root = mkdtempSync(join(tmpdir(), "vaccine-suite-"));
   const deps = createDeps(
     {

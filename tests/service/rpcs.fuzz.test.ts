@@ -19,7 +19,6 @@ import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
 import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { ERROR_DOMAIN } from "../../services/platform/errors.ts";
-import { selectBackend } from "../../services/runtime/backend.ts";
 import { chunk, meta } from "../helpers/import-folder.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
 
@@ -29,8 +28,6 @@ let transport: Transport;
 let datasetUri: string;
 
 beforeAll(async () => {
-  // The backend a server runs on (tfjs's default cpu backend takes seconds per harmful score here).
-  await selectBackend("wasm", () => {});
   suite = await startSuite();
   // Accepted calls stay cheap: a few tokens of the tiny model.
   suite.deps.bounds = { maxPromptTokens: 64, maxNewTokens: 4, maxGeneratedTokens: 16, maxSteps: 1000, maxTrainingTokens: 100_000 };
