@@ -110,6 +110,40 @@ describe("Trainer", () => {
     model.dispose();
   });
 
+  it("checks the last update: finalLoss is the last batch's loss under the final weights, and a last update that overflowed throws", () => {
+    const model = tinyWorldModel(tokenizer);
+    // Three examples in batches of three: every batch is all of them, so the last batch's loss is evalLoss over them.
+    const data = EXAMPLES.slice(0, 3);
+    const run = (learningRate: number, maxSteps: number) => {
+      const adapter = lora(model);
+      const trainer = new Trainer({ model, lora: adapter, data, tokenizer, options: options({ learningRate, maxSteps, batchSize: 3, warmupRatio: 0 }), stepFn: new SftStep() });
+      const losses = [];
+      while (!trainer.done) losses.push(trainer.runStep().loss);
+      return { adapter, trainer, losses };
+    };
+    const ok = run(3e-2, 5);
+    const tensors = tf.memory().numTensors;
+    const final = ok.trainer.finalLoss();
+    expect(tf.memory().numTensors).toBe(tensors);
+    const b = collate(data, tokenizer);
+    const expected = tf.tidy(() => {
+      const [ids, mask, labels] = [b.inputIds, b.attentionMask, b.labels].map((x) => tf.tensor2d(x, [b.batch, b.seqLen], "int32")) as tf.Tensor2D[];
+      return causalLmLoss(model.forward(ids, mask, { lora: ok.adapter }).logits, labels).dataSync()[0];
+    });
+    expect(final).toBeCloseTo(expected, 5);
+    expect(final).toBeLessThan(ok.losses[0]);
+    ok.trainer.dispose();
+    ok.adapter.dispose();
+    // One step at a learning rate of 1e30: its own loss (before the update) is fine, the weights after it are not.
+    const bad = run(1e30, 1);
+    expect(Number.isFinite(bad.losses[0])).toBe(true);
+    expect(() => bad.trainer.finalLoss()).toThrow(new TrainingDivergedError(1, NaN, true));
+    expect(() => bad.trainer.finalLoss()).toThrow("training diverged: the loss after the update of step 1, the last, is NaN");
+    bad.trainer.dispose();
+    bad.adapter.dispose();
+    model.dispose();
+  });
+
   it("refuses data whose prompts all fill max_sequence_length (it would train on nothing), not data where some do", () => {
     const model = tinyWorldModel(tokenizer);
     const promptTokens = Math.min(...EXAMPLES.map((e) => collate([{ ...e, output: "" }], tokenizer).seqLen - 1));

@@ -54,6 +54,9 @@ describe("alignment then fine-tuning over gRPC", () => {
     expect(steps.every((s) => s.perturbationSeconds > 0 && s.updateSeconds > 0 && s.tokens > 0)).toBe(true);
     const written = events.flatMap((e) => (e.event.case === "checkpointWritten" ? [e.event.value.step] : []));
     expect(written).toEqual([2, 4, 6]);
+    const logs = events.flatMap((e) => (e.event.case === "log" ? [e.event.value.message] : []));
+    const final = Number(logs.find((m) => m.startsWith("loss of the last batch after the last update: "))?.split(": ")[1]);
+    expect(final).toBeLessThan(steps[0].loss);
     const aligned = (await align.getAlignJob({ jobId: job!.id })).job!;
     expect(aligned.state).toBe(JobState.SUCCEEDED);
     expect(aligned.progress).toMatchObject({ step: 6, totalSteps: 6 });
@@ -110,6 +113,18 @@ describe("alignment then fine-tuning over gRPC", () => {
     const cancelled = (await align.getAlignJob({ jobId: job!.id })).job!;
     expect(cancelled.error?.code).toBe(Code.Canceled);
     expect(cancelled.progress!.step).toBeLessThan(10);
+  });
+
+  it("fails a job whose last update overflowed, instead of storing a model that answers NaN", async () => {
+    // One step: its loss is measured before the update (finite); only the check after it sees the damage.
+    const { job } = await align.createAlignJob({
+      spec: { baseCheckpoint: suite.base, dataset: { source: { case: "uri", value: DATA } }, method: { case: "sft", value: {} }, lora, training: { ...training, maxSteps: 1, learningRate: 1e30, warmupRatio: 0 } },
+    });
+    await watchAll(align.watchAlignJob({ jobId: job!.id }));
+    const failed = (await align.getAlignJob({ jobId: job!.id })).job!;
+    expect(failed.state).toBe(JobState.FAILED);
+    expect(failed.error).toMatchObject({ code: Code.FailedPrecondition, message: expect.stringContaining("the loss after the update of step 1, the last, is NaN") });
+    expect(failed.result).toBeUndefined();
   });
 });
 

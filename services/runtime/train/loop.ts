@@ -9,7 +9,7 @@ import { collate } from "../data/collate.ts";
 import type { Example } from "../data/template.ts";
 import type { HostTensors } from "../host-tensor.ts";
 import type { LlamaModel } from "../model/llama.ts";
-import { IGNORE_INDEX } from "../model/loss.ts";
+import { causalLmHeadLoss, IGNORE_INDEX } from "../model/loss.ts";
 import { loraWeightName, type LoraAdapter } from "../model/lora.ts";
 import type { Tokenizer } from "../tokenizer.ts";
 import { AdamW, clipCoefficient } from "./adamw.ts";
@@ -55,8 +55,9 @@ export interface StepMetrics {
 /** A loss that is NaN or infinite: training has diverged and must stop, not write garbage. */
 export class TrainingDivergedError extends Error {
   readonly reason = "LOSS_NOT_FINITE";
-  constructor(readonly step: number, readonly loss: number) {
-    super(`training diverged: the loss at step ${step} is ${loss}`);
+  /** `afterUpdate`: the loss was measured after the step's update (Trainer.finalLoss), not before it. */
+  constructor(readonly step: number, readonly loss: number, afterUpdate = false) {
+    super(`training diverged: the loss ${afterUpdate ? `after the update of step ${step}, the last,` : `at step ${step}`} is ${loss}`);
   }
 }
 
@@ -130,10 +131,9 @@ export class Trainer {
     return this.step >= this.totalSteps;
   }
 
-  /** The next step's batch as collated, learning rate and dropout seed. */
-  private nextStep() {
+  /** Step `step`'s batch as collated, learning rate and dropout seed (the next step's by default). */
+  private nextStep(step = this.step) {
     const { data, tokenizer, options, stepFn } = this.init;
-    const step = this.step;
     const source = stepFn.batchSource?.(step) ?? { data, position: step, userBatches: step + 1 };
     const { indices } = batchAt(source.data.length, options.batchSize, options.seed, source.position);
     const collated = collate(indices.map((i) => source.data[i]), tokenizer, { maxLength: options.maxSequenceLength, mode: options.mode });
@@ -200,6 +200,29 @@ export class Trainer {
     }
     this.step++;
     return this.metrics(source, out, { learningRate, tokens: batch.tokens, started, perturbationMs: timings.perturbation, updateMs: timings.update });
+  }
+
+  /**
+   * The loss of the last step's batch under the final weights, without dropout. A step's loss
+   * is measured before its update, so this is the one check of the last update: a run whose
+   * last update overflowed would otherwise be stored as a result that answers NaN. Throws
+   * TrainingDivergedError when it is not finite.
+   */
+  finalLoss(): number {
+    const { model, lora } = this.init;
+    const batch = toTensors(this.nextStep(this.totalSteps - 1).collated);
+    try {
+      const loss = tf.tidy(() => {
+        const { hidden } = model.states(batch.inputIds, batch.attentionMask, { lora, returnHidden: true });
+        return causalLmHeadLoss(hidden!, model.head, batch.labels);
+      });
+      const value = loss.dataSync()[0];
+      loss.dispose();
+      if (!Number.isFinite(value)) throw new TrainingDivergedError(this.totalSteps, value, true);
+      return value;
+    } finally {
+      disposeBatch(batch);
+    }
   }
 
   /** A step's metrics (this.step already counts it). */
