@@ -20,6 +20,7 @@ import { parseLlamaConfig, type LlamaConfig } from "../runtime/model/config.ts";
 import { nativeKernelsActive } from "../runtime/native/kernels.ts";
 import { lineageOf } from "../runtime/pipeline/load.ts";
 import { trainThreads } from "../runtime/pipeline/train-adapter.ts";
+import { checkTrainingTokens } from "../runtime/train/loop.ts";
 import type { CheckpointStore } from "../runtime/store/store.ts";
 import { loadTokenizer, type Tokenizer } from "../runtime/tokenizer.ts";
 import { estimateJobMemory, type JobMemoryEstimate, type JobShape } from "./job-memory.ts";
@@ -84,6 +85,24 @@ export async function jobShapeOf(store: CheckpointStore, stage: Stage, spec: Ali
     // often well under max_sequence_length (the built-in set's: about 95 tokens).
     ...(method.kind === "repnoise" && harmful?.length && root.tokenizer && { harmfulLongest: longestRow(root, harmful, options.maxSequenceLength) }),
   };
+}
+
+/**
+ * The Trainer's refusal of data without a response token within max_sequence_length
+ * (NO_TRAINING_TOKENS), at Create rather than when the job starts, perhaps after a wait in the
+ * queue; tokenized with the root model's tokenizer, as training collates. A safety mix is left
+ * to the Trainer, which sees the alignment examples it adds.
+ */
+export async function checkTrainable(store: CheckpointStore, stage: Stage, spec: AlignSpec | FineTuneSpec, examples: Example[]): Promise<void> {
+  if (stage === "finetune" && (spec as FineTuneSpec).guard.case === "safetyMix") return;
+  const root = await rootModel(store, stage, spec);
+  // Without a tokenizer the job reports the problem itself.
+  if (!root.tokenizer) return;
+  try {
+    checkTrainingTokens(examples, root.tokenizer, trainingOf(stage, spec.training).options);
+  } catch (err) {
+    throw toRpcError(err);
+  }
 }
 
 /** Longest rows a root model's cache keeps (data sets by content and length). */

@@ -1,7 +1,8 @@
 /**
  * What a Create call checks before a job exists: the parent checkpoint exists and has a kind
  * the stage can train on (unknown: NOT_FOUND), the dataset parses (bad: INVALID_ARGUMENT with
- * file and line), the job's estimated peak memory is within the per-job limit (over:
+ * file and line) and has a response token within max_sequence_length (none:
+ * FAILED_PRECONDITION NO_TRAINING_TOKENS), the job's estimated peak memory is within the per-job limit (over:
  * RESOURCE_EXHAUSTED, admission.ts), and for fine-tuning the moderation gate passes. With
  * tenancy every input must be readable by the caller's tenant (docs/security.md): another
  * tenant's checkpoint or dataset is NOT_FOUND exactly as a missing one.
@@ -20,7 +21,7 @@ import { DEFAULT_THRESHOLD, pairOfExample } from "../runtime/moderation/classifi
 import { resolveExamples, type DatasetSource } from "../runtime/pipeline/datasets.ts";
 import { KIND } from "../runtime/pipeline/load.ts";
 import { safetyMixCount } from "../runtime/data/safety-mix.ts";
-import { admitJob, jobShapeOf } from "./admission.ts";
+import { admitJob, checkTrainable, jobShapeOf } from "./admission.ts";
 import { GUARD_DEFAULTS, guardDataset } from "./guard-spec.ts";
 import { checkLoraRank, checkTrainingSize } from "./validate.ts";
 import { harmfulDatasetOf, parentOf, type Stage } from "./spec.ts";
@@ -74,6 +75,7 @@ export async function checkJobInputs(
   checkLoraRank(v, "spec.lora", stage, spec.lora, shape.model.hiddenSize);
   checkTrainingSize(v, "spec.training", stage, spec.training, trained, boundsOf(deps));
   v.check();
+  await checkTrainable(store, stage, spec, examples);
   if (deps.jobMemoryLimitMb !== undefined) admitJob(shape, deps.jobMemoryLimitMb);
   const gate = stage === "finetune" ? (spec as FineTuneSpec).moderationGate : undefined;
   if (gate?.enabled) await screenDataset(deps, gate, examples);

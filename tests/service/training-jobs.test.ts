@@ -152,6 +152,15 @@ describe("Create validation against the store", () => {
     expect(unknown.badRequest?.fieldViolations[0].field).toBe("spec.dataset.builtin.name");
   });
 
+  it("refuses data without a response token within max_sequence_length at Create, not when the job starts", async () => {
+    const before = (await align.listAlignJobs({})).jobs.length;
+    const e = await rpcFailure(() => align.createAlignJob({ spec: { ...base(), training: { ...training, maxSequenceLength: 4 } } }));
+    expect(e.code).toBe(Code.FailedPrecondition);
+    expect(e.info).toMatchObject({ reason: "NO_TRAINING_TOKENS", metadata: { field: "spec.training.max_sequence_length", max_sequence_length: "4" } });
+    expect(e.message).toContain(`none of the ${EXAMPLES.length} examples has a response token within max_sequence_length 4`);
+    expect((await align.listAlignJobs({})).jobs.length).toBe(before);
+  });
+
   it("refuses a LoRA rank above the model's width and an epoch count that gives too many steps, naming the fields", async () => {
     // The tiny model's hidden_size is 16; the static bound on rank alone is far higher.
     const rank = await rpcFailure(() => align.createAlignJob({ spec: { ...base(), lora: { rank: 32 } } }));

@@ -108,11 +108,7 @@ export class Trainer {
     const perEpoch = batchesPerEpoch(data.length, options.batchSize);
     this.totalSteps = options.maxSteps ?? (options.epochs ?? 1) * perEpoch;
     if (!(this.totalSteps >= 1)) throw new RangeError(`training needs at least one step, got ${this.totalSteps}`);
-    // Usually settled by the first example; only data that cannot train is scanned whole.
-    const collateOptions = { maxLength: options.maxSequenceLength, mode: options.mode };
-    if (!data.some((item) => labelledTokens(collate([item], init.tokenizer, collateOptions)) > 0)) {
-      throw new NoTrainingTokensError(data.length, options.maxSequenceLength);
-    }
+    checkTrainingTokens(data, init.tokenizer, options);
     if (lora) {
       this.params = new Map();
       for (const [name, pair] of lora.pairs) {
@@ -263,6 +259,17 @@ export class Trainer {
   dispose(): void {
     this.optimizer.dispose();
     this.init.stepFn.dispose?.();
+  }
+}
+
+/**
+ * Throws NoTrainingTokensError unless some item keeps a labelled token within
+ * maxSequenceLength. Usually settled by the first item; only data that cannot train is scanned whole.
+ */
+export function checkTrainingTokens(data: readonly (Example | string)[], tokenizer: Tokenizer, options: Pick<TrainOptions, "maxSequenceLength" | "mode">): void {
+  const collateOptions = { maxLength: options.maxSequenceLength, mode: options.mode };
+  if (!data.some((item) => labelledTokens(collate([item], tokenizer, collateOptions)) > 0)) {
+    throw new NoTrainingTokensError(data.length, options.maxSequenceLength);
   }
 }
 
