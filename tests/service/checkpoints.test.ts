@@ -14,9 +14,8 @@ import * as tf from "@tensorflow/tfjs";
 import { Code, createClient } from "@connectrpc/connect";
 import { compressionGzip, createGrpcTransport } from "@connectrpc/connect-node";
 import { create, toBinary } from "@bufbuild/protobuf";
-import { anyUnpack, timestampDate } from "@bufbuild/protobuf/wkt";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import {
   type Checkpoint,
