@@ -126,7 +126,7 @@ describe("trainAdapter with a relative rho", () => {
     expect(meta.attention_norm).toBeGreaterThan(0);
     expect(meta.rho).toBe(0.15 * meta.attention_norm);
     // Logged once, before the line every run ends with.
-    expect(logs).toEqual([`rho_relative 0.15 x attention-output norm ${meta.attention_norm} of the first batch = rho ${meta.rho}`, expect.stringMatching(/^loss of the last batch after the last update: [0-9.]+$/)]);
+    expect(logs).toEqual([`rho_relative 0.15 x attention-output norm ${meta.attention_norm} of the first batch = rho ${meta.rho}`, expect.stringMatching(/^loss of the last batch after the last update, without perturbation or dropout: [0-9.]+$/)]);
 
     const abort = new AbortController();
     let state: CheckpointRef | undefined;

@@ -55,7 +55,7 @@ describe("alignment then fine-tuning over gRPC", () => {
     const written = events.flatMap((e) => (e.event.case === "checkpointWritten" ? [e.event.value.step] : []));
     expect(written).toEqual([2, 4, 6]);
     const logs = events.flatMap((e) => (e.event.case === "log" ? [e.event.value.message] : []));
-    const final = Number(logs.find((m) => m.startsWith("loss of the last batch after the last update: "))?.split(": ")[1]);
+    const final = Number(logs.find((m) => m.startsWith("loss of the last batch after the last update, without perturbation or dropout: "))?.split(": ")[1]);
     expect(final).toBeLessThan(steps[0].loss);
     const aligned = (await align.getAlignJob({ jobId: job!.id })).job!;
     expect(aligned.state).toBe(JobState.SUCCEEDED);

@@ -112,7 +112,7 @@ export async function trainAdapter(store: CheckpointStore, spec: AdapterTraining
       await new Promise((resolve) => setImmediate(resolve));
     }
     await trainer.syncFromThreads();
-    hooks.onLog?.(`loss of the last batch after the last update: ${trainer.finalLoss()}`);
+    hooks.onLog?.(`loss of the last batch after the last update, without perturbation or dropout: ${trainer.finalLoss()}`);
     const dir = await mkdtemp(join(tmpdir(), "vaccine-adapter-"));
     try {
       await writeAdapterFolder(dir, adapter, spec.parent);
