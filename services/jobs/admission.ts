@@ -90,11 +90,10 @@ export async function jobShapeOf(store: CheckpointStore, stage: Stage, spec: Ali
 /**
  * The Trainer's refusal of data without a response token within max_sequence_length
  * (NO_TRAINING_TOKENS), at Create rather than when the job starts, perhaps after a wait in the
- * queue; tokenized with the root model's tokenizer, as training collates. A safety mix is left
- * to the Trainer, which sees the alignment examples it adds.
+ * queue; `examples` as the Trainer gets them (a safety mix included), tokenized with the root
+ * model's tokenizer, as training collates.
  */
 export async function checkTrainable(store: CheckpointStore, stage: Stage, spec: AlignSpec | FineTuneSpec, examples: Example[]): Promise<void> {
-  if (stage === "finetune" && (spec as FineTuneSpec).guard.case === "safetyMix") return;
   const root = await rootModel(store, stage, spec);
   // Without a tokenizer the job reports the problem itself.
   if (!root.tokenizer) return;

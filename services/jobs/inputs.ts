@@ -20,11 +20,11 @@ import type { Example } from "../runtime/data/template.ts";
 import { DEFAULT_THRESHOLD, pairOfExample } from "../runtime/moderation/classifier.ts";
 import { resolveExamples, type DatasetSource } from "../runtime/pipeline/datasets.ts";
 import { KIND } from "../runtime/pipeline/load.ts";
-import { safetyMixCount } from "../runtime/data/safety-mix.ts";
+import { safetyMix } from "../runtime/data/safety-mix.ts";
 import { admitJob, checkTrainable, jobShapeOf } from "./admission.ts";
 import { GUARD_DEFAULTS, guardDataset } from "./guard-spec.ts";
 import { checkLoraRank, checkTrainingSize } from "./validate.ts";
-import { harmfulDatasetOf, parentOf, type Stage } from "./spec.ts";
+import { harmfulDatasetOf, parentOf, trainingOf, type Stage } from "./spec.ts";
 
 const PARENT_FIELD: Record<Stage, string> = { align: "spec.base_checkpoint", finetune: "spec.aligned_checkpoint" };
 
@@ -65,17 +65,19 @@ export async function checkJobInputs(
     }
   };
   const harmful = await readExtra(harmfulDatasetOf(spec, stage));
-  await readExtra(stage === "finetune" ? guardDataset(spec as FineTuneSpec) : undefined);
+  const guardData = await readExtra(stage === "finetune" ? guardDataset(spec as FineTuneSpec) : undefined);
   const guard = stage === "finetune" ? (spec as FineTuneSpec).guard : undefined;
-  const trained = examples.length + (guard?.case === "safetyMix" ? safetyMixCount(examples.length, guard.value.fraction ?? GUARD_DEFAULTS.safetyMix.fraction) : 0);
+  // What the Trainer will train on: a safety mix adds alignment examples to the user's.
+  const trainedData =
+    guard?.case === "safetyMix" && guardData ? safetyMix(examples, guardData, guard.value.fraction ?? GUARD_DEFAULTS.safetyMix.fraction, trainingOf(stage, spec.training).options.seed) : examples;
   const shape = await jobShapeOf(store, stage, spec, examples, harmful);
   // What only the model and the data decide: the rank against the width, the steps an
   // epoch count gives over this many examples, and the tokens they train on.
   const v = new RequestValidator();
   checkLoraRank(v, "spec.lora", stage, spec.lora, shape.model.hiddenSize);
-  checkTrainingSize(v, "spec.training", stage, spec.training, trained, boundsOf(deps));
+  checkTrainingSize(v, "spec.training", stage, spec.training, trainedData.length, boundsOf(deps));
   v.check();
-  await checkTrainable(store, stage, spec, examples);
+  await checkTrainable(store, stage, spec, trainedData);
   if (deps.jobMemoryLimitMb !== undefined) admitJob(shape, deps.jobMemoryLimitMb);
   const gate = stage === "finetune" ? (spec as FineTuneSpec).moderationGate : undefined;
   if (gate?.enabled) await screenDataset(deps, gate, examples);

@@ -161,6 +161,23 @@ describe("Create validation against the store", () => {
     expect((await align.listAlignJobs({})).jobs.length).toBe(before);
   });
 
+  it("checks the data the job trains on: a safety mix's alignment examples can make it trainable", async () => {
+    // Prompts that fill max_sequence_length 64; the refusal examples of DATA fit in it.
+    const long = "store://datasets/long-prompts.jsonl";
+    await suite.deps.store.putObject(long, Buffer.from(EXAMPLES.map((e) => JSON.stringify({ ...e, instruction: `${e.instruction} `.repeat(20) })).join("\n")));
+    const spec = (fraction: number) => ({
+      alignedCheckpoint: suite.base,
+      dataset: { source: { case: "uri" as const, value: long } },
+      lora,
+      training: { ...training, maxSteps: 1 },
+      guard: { case: "safetyMix" as const, value: { fraction, alignmentDataset: { source: { case: "uri" as const, value: DATA } } } },
+    });
+    expect((await rpcFailure(() => fineTune.createFineTuneJob({ spec: spec(0) }))).info?.reason).toBe("NO_TRAINING_TOKENS");
+    const { job } = await fineTune.createFineTuneJob({ spec: spec(0.5) });
+    await watchAll(fineTune.watchFineTuneJob({ jobId: job!.id }));
+    expect((await fineTune.getFineTuneJob({ jobId: job!.id })).job!.state).toBe(JobState.SUCCEEDED);
+  });
+
   it("refuses a LoRA rank above the model's width and an epoch count that gives too many steps, naming the fields", async () => {
     // The tiny model's hidden_size is 16; the static bound on rank alone is far higher.
     const rank = await rpcFailure(() => align.createAlignJob({ spec: { ...base(), lora: { rank: 32 } } }));
