@@ -198,7 +198,7 @@ export const VARIABLES = [
   v({ name: "VACCINE_RATE_LIMIT_RPS", key: "rateLimitRps", default: "50", description: "Calls per second per tenant, sustained (token bucket; 0: no limit); over it: RESOURCE_EXHAUSTED with RetryInfo.", parse: integer(0, 1_000_000) }),
   v({ name: "VACCINE_RATE_LIMIT_BURST", key: "rateLimitBurst", default: "100", description: "Calls a tenant may make at once after a quiet spell.", parse: integer(1, 1_000_000) }),
   v({ name: "VACCINE_MAX_PROMPT_TOKENS", key: "maxPromptTokens", default: "1024", description: "Longest Generate prompt, Moderate pair or Embed text, in tokens.", parse: integer(1, 1_048_576) }),
-  v({ name: "VACCINE_MAX_NEW_TOKENS", key: "maxNewTokens", default: "1024", description: "Largest max_new_tokens of Generate and the scoring calls.", parse: integer(1, 1_048_576) }),
+  v({ name: "VACCINE_MAX_NEW_TOKENS", key: "maxNewTokens", default: "1024", description: "Largest max_new_tokens of Generate and the scoring calls; an unset max_new_tokens takes its default (128, or 200 for ScoreTask) or this, whichever is lower.", parse: integer(1, 1_048_576) }),
   v({ name: "VACCINE_MAX_GENERATED_TOKENS", key: "maxGeneratedTokens", default: "65536", description: "Tokens one Generate call may produce: prompts x max_new_tokens.", parse: integer(1, 1_000_000_000) }),
   v({ name: "VACCINE_MAX_STEPS", key: "maxSteps", default: "1000000", description: "Training steps of one job (max_steps, or epochs over the dataset).", parse: integer(1, 1_000_000_000) }),
   v({ name: "VACCINE_MAX_TRAINING_TOKENS", key: "maxTrainingTokens", default: "1000000000", description: "Tokens one job may train on: steps x batch_size x max_sequence_length.", parse: integer(1, Number.MAX_SAFE_INTEGER) }),
