@@ -2,7 +2,8 @@
  * Admission of a training job at Create: its estimated peak memory (job-memory.ts, from the
  * root model's config.json and the spec's sizes) against the per-job limit
  * (VACCINE_JOB_MEMORY_LIMIT_MB). A job over it is refused with RESOURCE_EXHAUSTED before it
- * exists, instead of aborting the training backend later.
+ * exists, instead of aborting the training backend later. With the root model's tokenizer it
+ * also refuses data that has nothing to train on (checkTrainable).
  */
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
