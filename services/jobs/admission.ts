@@ -21,7 +21,7 @@ import { parseLlamaConfig, type LlamaConfig } from "../runtime/model/config.ts";
 import { nativeKernelsActive } from "../runtime/native/kernels.ts";
 import { lineageOf } from "../runtime/pipeline/load.ts";
 import { trainThreads } from "../runtime/pipeline/train-adapter.ts";
-import { checkTrainingTokens } from "../runtime/train/loop.ts";
+import { checkLabelledTokens } from "../runtime/train/loop.ts";
 import type { CheckpointStore } from "../runtime/store/store.ts";
 import { loadTokenizer, type Tokenizer } from "../runtime/tokenizer.ts";
 import { estimateJobMemory, type JobMemoryEstimate, type JobShape } from "./job-memory.ts";
@@ -99,7 +99,7 @@ export async function checkTrainable(store: CheckpointStore, stage: Stage, spec:
   // Without a tokenizer the job reports the problem itself.
   if (!root.tokenizer) return;
   try {
-    checkTrainingTokens(examples, root.tokenizer, trainingOf(stage, spec.training).options);
+    checkLabelledTokens(examples, root.tokenizer, trainingOf(stage, spec.training).options);
   } catch (err) {
     throw toRpcError(err);
   }

@@ -41,7 +41,7 @@ const threshold = (v: RequestValidator, value: number | undefined) => v.number("
 const newTokens = (v: RequestValidator, value: number | undefined, bounds: CallBounds) =>
   v.number("max_new_tokens", value, { min: 1, max: bounds.maxNewTokens, integer: true });
 /** A call's answer length: the request's, else the default within the server's bound (score.proto). */
-export const answerTokens = (value: number | undefined, fallback: number, bounds: CallBounds) => value ?? Math.min(fallback, bounds.maxNewTokens);
+const answerTokens = (value: number | undefined, fallback: number, bounds: CallBounds) => value ?? Math.min(fallback, bounds.maxNewTokens);
 
 /** Everything of a Generate request that can be checked before the model is loaded. */
 export function checkGenerateRequest(req: GenerateRequest, bounds: CallBounds = DEFAULT_BOUNDS): void {

@@ -108,7 +108,7 @@ export class Trainer {
     const perEpoch = batchesPerEpoch(data.length, options.batchSize);
     this.totalSteps = options.maxSteps ?? (options.epochs ?? 1) * perEpoch;
     if (!(this.totalSteps >= 1)) throw new RangeError(`training needs at least one step, got ${this.totalSteps}`);
-    checkTrainingTokens(data, init.tokenizer, options);
+    checkLabelledTokens(data, init.tokenizer, options);
     if (lora) {
       this.params = new Map();
       for (const [name, pair] of lora.pairs) {
@@ -266,7 +266,7 @@ export class Trainer {
  * Throws NoTrainingTokensError unless some item keeps a labelled token within
  * maxSequenceLength. Usually settled by the first item; only data that cannot train is scanned whole.
  */
-export function checkTrainingTokens(data: readonly (Example | string)[], tokenizer: Tokenizer, options: Pick<TrainOptions, "maxSequenceLength" | "mode">): void {
+export function checkLabelledTokens(data: readonly (Example | string)[], tokenizer: Tokenizer, options: Pick<TrainOptions, "maxSequenceLength" | "mode">): void {
   const collateOptions = { maxLength: options.maxSequenceLength, mode: options.mode };
   if (!data.some((item) => labelledTokens(collate([item], tokenizer, collateOptions)) > 0)) {
     throw new NoTrainingTokensError(data.length, options.maxSequenceLength);
