@@ -135,6 +135,18 @@ describe("LocalExecutor", () => {
     expect(resumed.map((e) => e.sequence)).toEqual(events.slice(2).map((e) => e.sequence));
   });
 
+  it("ends a watch of a running job with the job, even one resumed after more events than the job has", async () => {
+    let go!: () => void;
+    const gate = new Promise<void>((r) => (go = r));
+    const ex = new LocalExecutor({ dir: tempDir(), mapError, work: { [JobKind.ALIGN]: async () => (await gate, { result: ref(1), lineage: [ref(1)] }) } });
+    const job = await ex.create(JobKind.ALIGN, spec);
+    await until(async () => (await ex.get(JobKind.ALIGN, job.id)).state === JobState.RUNNING);
+    const ahead = collect(ex.watch(JobKind.ALIGN, job.id, new AbortController().signal, 2 ** 31 - 1));
+    go();
+    expect(await ahead).toEqual([]);
+    expect((await ex.get(JobKind.ALIGN, job.id)).state).toBe(JobState.SUCCEEDED);
+  });
+
   it("counts queued and running jobs in a gauge and finished ones by state", async () => {
     const reader = new InMemoryMetricExporter(AggregationTemporality.CUMULATIVE);
     const metricReader = new PeriodicExportingMetricReader({ exporter: reader, exportIntervalMillis: 60_000 });

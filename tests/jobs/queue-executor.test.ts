@@ -156,9 +156,13 @@ describe("QueueExecutor and QueueWorker", () => {
     setTimeout(() => cut.abort(), 300);
     expect(steps(await collect(ex2.watch(JobKind.ALIGN, job.id, cut.signal)))).toEqual([1, 2, 3]);
     const live = watchAll(ex2, job.id);
+    // A client that claims more events than the job has (a sequence from another job, or a
+    // race with the job's end) still sees the watch end with the job, as on the embedded executor.
+    const ahead = watchAll(ex1, job.id, 2 ** 31 - 1);
     await tick();
     go();
     const events = await live;
+    expect(await ahead).toEqual([]);
     expect(events.map((e) => e.sequence)).toEqual(events.map((_, i) => i + 1));
     expect(steps(events)).toEqual([1, 2, 3, 4, 5, 6]);
     expect(states(events)).toEqual(["QUEUED", "RUNNING", "SUCCEEDED"]);

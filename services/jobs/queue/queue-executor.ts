@@ -170,19 +170,22 @@ export class QueueExecutor implements JobExecutor {
     signal.addEventListener("abort", hangUp);
     stop.signal.addEventListener("abort", hangUp);
     try {
-      let last = afterSequence;
+      // Read from no later than the record's last event, so that the job's final event is
+      // seen even when the client says it has more (a larger after_sequence): the watch ends
+      // with the job, as the embedded executor's does. Only later events are sent.
+      let read = Math.min(afterSequence, first.seq);
       for (;;) {
         let events: JobEvent[];
         try {
-          events = await this.jobs.events(conn, id, last, WATCH_BLOCK_MS);
+          events = await this.jobs.events(conn, id, read, WATCH_BLOCK_MS);
         } catch (err) {
           if (signal.aborted) return;
           if (stop.signal.aborted) throw shuttingDown();
           throw unavailable(err);
         }
         for (const e of events) {
-          last = e.sequence;
-          yield e;
+          read = e.sequence;
+          if (e.sequence > afterSequence) yield e;
           if (e.event.case === "stateChange" && FINAL.has(e.event.value.to)) return;
         }
         if (signal.aborted) return;
