@@ -8,6 +8,7 @@ import { principalOf } from "../platform/principal.ts";
 import { checkPage, RequestValidator } from "../platform/validate.ts";
 import type { JobExecutor } from "./executor.ts";
 import { checkJobInputs } from "./inputs.ts";
+import { JOB_ID, jobNotFound } from "./new-job.ts";
 import { checkJobId } from "./validate.ts";
 
 /**
@@ -17,10 +18,14 @@ import { checkJobId } from "./validate.ts";
  */
 export function jobHandlers(deps: SuiteDeps, executor: JobExecutor, kind: JobKind.ALIGN | JobKind.FINE_TUNE) {
   const stage = kind === JobKind.ALIGN ? "align" : "finetune";
-  const byId = (req: { jobId: string }) => {
+  const byId = (req: { jobId: string }, more?: (v: RequestValidator) => void) => {
     const v = new RequestValidator();
     checkJobId(v, req.jobId);
+    more?.(v);
     v.check();
+    // An id this server never gives names no job; refused here, it never becomes a store or
+    // Redis key (the queue's keys are built from it: "<id>:events" would name a stream).
+    if (!JOB_ID.test(req.jobId)) throw jobNotFound(req.jobId);
     return req.jobId;
   };
   const tenantOf = (ctx: HandlerContext) => visibleTenant(scopeOf(principalOf(ctx)));
@@ -47,11 +52,8 @@ export function jobHandlers(deps: SuiteDeps, executor: JobExecutor, kind: JobKin
       return executor.list(kind, req.pageSize, req.pageToken, tenantOf(ctx));
     },
     async *watch(req: { jobId: string; afterSequence: number }, ctx: HandlerContext) {
-      const v = new RequestValidator();
-      checkJobId(v, req.jobId);
-      v.number("after_sequence", req.afterSequence, { min: 0, integer: true });
-      v.check();
-      for await (const event of executor.watch(kind, req.jobId, ctx.signal, req.afterSequence, tenantOf(ctx))) yield { event };
+      const id = byId(req, (v) => v.number("after_sequence", req.afterSequence, { min: 0, integer: true }));
+      for await (const event of executor.watch(kind, id, ctx.signal, req.afterSequence, tenantOf(ctx))) yield { event };
     },
   };
 }

@@ -29,7 +29,7 @@ import { SCOPE } from "../platform/telemetry.ts";
 import { JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobExecutor, type JobSpec, type JobWork, type StopReason, visibleTo } from "./executor.ts";
 import { jobQuotaExceeded } from "../common/quotas.ts";
 import { JobRecords, type TraceLink } from "./records.ts";
-import { KIND_NAME, newJob, shuttingDown } from "./new-job.ts";
+import { jobNotFound, KIND_NAME, newJob, shuttingDown } from "./new-job.ts";
 
 export interface LocalExecutorOptions {
   /** Folder of the durable job records and event logs. */
@@ -190,7 +190,7 @@ export class LocalExecutor implements JobExecutor {
   /** Another tenant's job is missing to the caller, exactly as an unknown id. */
   private entry(kind: JobKind, id: string, tenant?: string): Entry {
     const entry = this.entries.get(id);
-    if (!entry || entry.job.kind !== kind || !visibleTo(entry.job, tenant)) throw rpcError(Code.NotFound, "JOB_NOT_FOUND", `job "${id}" not found`, { job_id: id });
+    if (!entry || entry.job.kind !== kind || !visibleTo(entry.job, tenant)) throw jobNotFound(id);
     return entry;
   }
 

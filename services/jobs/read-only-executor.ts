@@ -11,6 +11,7 @@ import { rpcError } from "../platform/errors.ts";
 import { badPageToken } from "../platform/validate.ts";
 import { visibleTo, type JobExecutor, type JobSpec } from "./executor.ts";
 import type { LockHolder } from "./jobs-dir-lock.ts";
+import { jobNotFound } from "./new-job.ts";
 import { JobRecords } from "./records.ts";
 
 const FINAL = new Set([JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED]);
@@ -81,7 +82,7 @@ export class ReadOnlyExecutor implements JobExecutor {
 
   private record(kind: JobKind, id: string, tenant?: string) {
     const record = this.records.load(id);
-    if (!record || record.job.kind !== kind || !visibleTo(record.job, tenant)) throw rpcError(Code.NotFound, "JOB_NOT_FOUND", `job "${id}" not found`, { job_id: id });
+    if (!record || record.job.kind !== kind || !visibleTo(record.job, tenant)) throw jobNotFound(id);
     return record;
   }
 

@@ -203,7 +203,7 @@ describe("every RPC, through the server", () => {
   it("jobs: create, get, list, cancel and watch, for alignment and fine-tuning", async () => {
     const align = createClient(AlignService, transport);
     const fineTune = createClient(FineTuneService, transport);
-    const jobId = fc.oneof(fc.uuid(), fc.string({ unit: "binary" }), hostile);
+    const jobId = fc.oneof(fc.tuple(fc.constantFrom("align", "finetune"), fc.uuid()).map(([k, u]) => `${k}-${u}`), fc.uuid(), fc.string({ unit: "binary" }), hostile);
     // Parents that do not exist: an accepted spec ends at NOT_FOUND, so no job trains.
     const missing = { uri: `store://checkpoints/${"0".repeat(64)}`, digest: `sha256:${"0".repeat(64)}` };
     const dataset = mostly(

@@ -281,6 +281,12 @@ describe.skipIf(!hasRedisServer())("tenancy with the Redis queue executor", () =
     await expectHiddenLike(() => b.align.getAlignJob({ jobId: ownA[0] }), () => b.align.getAlignJob({ jobId: unknown }), names);
     await expectHiddenLike(() => b.align.cancelAlignJob({ jobId: ownA[0] }), () => b.align.cancelAlignJob({ jobId: unknown }), names);
     await expectHiddenLike(() => drain(b.align.watchAlignJob({ jobId: ownA[0] })), () => drain(b.align.watchAlignJob({ jobId: unknown })), names);
+    // Ids that name the job's other Redis keys ("<id>:events" is its event stream) are as unknown as any (were UNAVAILABLE: WRONGTYPE).
+    for (const bad of [`${ownA[0]}:events`, `${ownA[0]}:lock`]) {
+      for (const call of [() => a.align.getAlignJob({ jobId: bad }), () => a.align.cancelAlignJob({ jobId: bad }), () => drain(a.align.watchAlignJob({ jobId: bad }))]) {
+        expect(await rpcFailure(call)).toMatchObject({ code: Code.NotFound, info: { reason: "JOB_NOT_FOUND" } });
+      }
+    }
     expect((await listAllJobs(a)).map((j) => j.id)).toEqual(ownA);
     expect((await listAllJobs(b)).map((j) => j.id)).toEqual([ownB.id]);
     expect((await listAllJobs(admin)).map((j) => j.id)).toEqual([ownB.id, ...ownA]);

@@ -20,7 +20,7 @@ import { DEFAULT_PREFIX, QUEUE_NAME, queueKeys, redisOptions, type QueueKeys } f
 import { observeQueue } from "./metrics.ts";
 import { FINAL, INDEX_MEMBER, RedisJobs } from "./redis-jobs.ts";
 import { injectTrace, type TraceCarrier } from "./trace-carrier.ts";
-import { KIND_NAME, newJob, shuttingDown } from "../new-job.ts";
+import { jobNotFound, KIND_NAME, newJob, shuttingDown } from "../new-job.ts";
 
 /** What a queued BullMQ job carries: the record's id and the enqueue span's W3C context. */
 export interface QueuedJobData {
@@ -209,7 +209,7 @@ export class QueueExecutor implements JobExecutor {
   /** Another tenant's job is missing to the caller, exactly as an unknown id. */
   private async record(kind: JobKind, id: string, tenant?: string) {
     const r = await this.guard(() => this.jobs.read(id));
-    if (!r || r.job.kind !== kind || !visibleTo(r.job, tenant)) throw rpcError(Code.NotFound, "JOB_NOT_FOUND", `job "${id}" not found`, { job_id: id });
+    if (!r || r.job.kind !== kind || !visibleTo(r.job, tenant)) throw jobNotFound(id);
     return r;
   }
 
