@@ -1,10 +1,13 @@
 // Every RPC of the suite, called through the real server with random and boundary requests
-// (fast-check): each call succeeds or fails with a status a client can act on, never INTERNAL
-// or UNKNOWN, DATA_LOSS (nothing stored is damaged) or a hang; every error carries a
-// google.rpc.ErrorInfo in the suite's domain, and every INVALID_ARGUMENT a BadRequest naming
-// each bad field once (README, Calling it). The client streams get random message sequences: metadata missing, twice or late,
-// odd enum numbers, hostile paths, random bytes. Afterwards the server is still SERVING and
-// answers a plain call. (validators.property.test.ts covers the validators one by one.)
+// (fast-check): each call succeeds or fails with a status a client can act on, never
+// INTERNAL, UNKNOWN, DATA_LOSS or UNAVAILABLE (nothing here is damaged or down) or a hang;
+// every error carries a google.rpc.ErrorInfo in the suite's domain, and every
+// INVALID_ARGUMENT a BadRequest naming each bad field once (README, Calling it). The client
+// streams get random message sequences: metadata missing, twice or late, odd enum numbers,
+// hostile paths, random bytes. Afterwards the server is still SERVING and answers a plain
+// call. The job RPCs run again on a Redis queue, whose keys are built from job ids.
+// (validators.property.test.ts covers the validators one by one.)
+import { rmSync } from "node:fs";
 import { Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import fc from "fast-check";
@@ -20,7 +23,11 @@ import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { ERROR_DOMAIN } from "../../services/platform/errors.ts";
 import { chunk, meta } from "../helpers/import-folder.ts";
-import { startSuite, type TestSuite } from "../helpers/server.ts";
+import { startSuite, testDeps, type TestSuite } from "../helpers/server.ts";
+import { hasRedisServer, startRedis, type TestRedis } from "../../scripts/redis-server.ts";
+import { QueueExecutor } from "../../services/jobs/queue/queue-executor.ts";
+import { startServer, type RunningServer } from "../../services/platform/server.ts";
+import { SERVICES } from "../../services/suite/services.ts";
 
 let suite: TestSuite;
 let transport: Transport;
@@ -56,50 +63,103 @@ const mostly = <T, U>(plausible: fc.Arbitrary<T>, wild: fc.Arbitrary<U>): fc.Arb
 const pageSize = mostly(fc.integer({ min: 0, max: 5 }), int32);
 const pageToken = mostly(fc.constant(""), fc.oneof(fc.string({ unit: "binary" }), hostile, fc.base64String()));
 
-describe("every RPC, through the server", () => {
-  const results = { ok: 0, refused: 0 };
-  const codes = new Set<Code>();
-  /** Each property reached past validation and was refused, both many times, or it tested one side only. */
-  function bothSides() {
-    expect(results.ok, "accepted calls").toBeGreaterThan(5);
-    expect(results.refused, "refused calls").toBeGreaterThan(10);
-    results.ok = results.refused = 0;
-  }
+const results = { ok: 0, refused: 0 };
+const codes = new Set<Code>();
+/** Each property reached past validation and was refused, both many times, or it tested one side only. */
+function bothSides() {
+  expect(results.ok, "accepted calls").toBeGreaterThan(5);
+  expect(results.refused, "refused calls").toBeGreaterThan(10);
+  results.ok = results.refused = 0;
+}
 
-  /** Success, or an error a client can act on: a known code and the suite's ErrorInfo. Not a hang: 30 s is far beyond any call here. */
-  async function handled(call: (options: { timeoutMs: number }) => Promise<unknown>) {
-    try {
-      await call({ timeoutMs: 30_000 });
-      results.ok++;
-    } catch (err) {
-      results.refused++;
-      const ce = ConnectError.from(err);
-      codes.add(ce.code);
-      // Nothing in this store is damaged, so DATA_LOSS would be a client's mistake reported as damage.
-      expect([Code.Internal, Code.Unknown, Code.DeadlineExceeded, Code.Canceled, Code.DataLoss], `${Code[ce.code]}: ${ce.message}`).not.toContain(ce.code);
-      const info = ce.findDetails(ErrorInfoSchema)[0];
-      expect(info?.reason, `no ErrorInfo on ${Code[ce.code]}: ${ce.message}`).toMatch(/^[A-Z][A-Z0-9_]+$/);
-      expect(info?.domain).toBe(ERROR_DOMAIN);
-      if (ce.code === Code.InvalidArgument) {
-        // The fields to fix, each named once.
-        const violations = ce.findDetails(BadRequestSchema)[0]?.fieldViolations ?? [];
-        expect(violations.length, `no BadRequest on ${ce.message}`).toBeGreaterThan(0);
-        for (const f of violations) expect(f.field).not.toBe("");
-        expect(new Set(violations.map((f) => `${f.field}: ${f.description}`)).size, ce.message).toBe(violations.length);
-      }
+/** Success, or an error a client can act on: a known code and the suite's ErrorInfo. Not a hang: 30 s is far beyond any call here. */
+async function handled(call: (options: { timeoutMs: number }) => Promise<unknown>) {
+  try {
+    await call({ timeoutMs: 30_000 });
+    results.ok++;
+  } catch (err) {
+    results.refused++;
+    const ce = ConnectError.from(err);
+    codes.add(ce.code);
+    // Nothing here is damaged or down: DATA_LOSS or UNAVAILABLE would report a client's mistake
+    // as damage, or as worth retrying.
+    expect([Code.Internal, Code.Unknown, Code.DeadlineExceeded, Code.Canceled, Code.DataLoss, Code.Unavailable], `${Code[ce.code]}: ${ce.message}`).not.toContain(ce.code);
+    const info = ce.findDetails(ErrorInfoSchema)[0];
+    expect(info?.reason, `no ErrorInfo on ${Code[ce.code]}: ${ce.message}`).toMatch(/^[A-Z][A-Z0-9_]+$/);
+    expect(info?.domain).toBe(ERROR_DOMAIN);
+    if (ce.code === Code.InvalidArgument) {
+      // The fields to fix, each named once.
+      const violations = ce.findDetails(BadRequestSchema)[0]?.fieldViolations ?? [];
+      expect(violations.length, `no BadRequest on ${ce.message}`).toBeGreaterThan(0);
+      for (const f of violations) expect(f.field).not.toBe("");
+      expect(new Set(violations.map((f) => `${f.field}: ${f.description}`)).size, ce.message).toBe(violations.length);
     }
   }
+}
 
-  /** A client stream of the given messages. */
-  async function* streamOf<T>(messages: T[]) {
-    yield* messages;
-  }
+/** A client stream of the given messages. */
+async function* streamOf<T>(messages: T[]) {
+  yield* messages;
+}
 
-  /** Drains a server stream, so that errors raised mid-stream count too. */
-  async function drain(stream: AsyncIterable<unknown>) {
-    for await (const _ of stream);
-  }
+/** Drains a server stream, so that errors raised mid-stream count too. */
+async function drain(stream: AsyncIterable<unknown>) {
+  for await (const _ of stream);
+}
 
+/**
+ * The job RPCs, Create with parents that do not exist (an accepted spec ends at NOT_FOUND, so
+ * no job trains) and Get, Cancel, Watch and List on `jobIds`.
+ */
+async function jobRpcs(transport: Transport, jobIds: fc.Arbitrary<string>) {
+  const align = createClient(AlignService, transport);
+  const fineTune = createClient(FineTuneService, transport);
+  const missing = { uri: `store://checkpoints/${"0".repeat(64)}`, digest: `sha256:${"0".repeat(64)}` };
+  const dataset = mostly(
+    fc.oneof(
+      fc.record({ source: fc.record({ case: fc.constant("uri" as const), value: fc.constant(datasetUri) }) }),
+      fc.record({ source: fc.record({ case: fc.constant("builtin" as const), value: fc.record({ name: fc.constantFrom("alignment", "sst2-mix"), size: fc.constantFrom(10, 20) }) }) }),
+    ),
+    fc.oneof(
+      fc.record({ source: fc.record({ case: fc.constant("uri" as const), value: fc.oneof(fc.constant(datasetUri), hostile) }), format: enumValue }),
+      fc.record({ source: fc.record({ case: fc.constant("builtin" as const), value: fc.record({ name: fc.constantFrom("alignment", "sst2-mix", "harmful", "nope", ""), split: enumValue, size: optional(small), harmfulRatio: optional(double) }) }), format: enumValue }),
+    ),
+  );
+  const training = mostly(
+    optional(fc.record({ maxSteps: optional(fc.integer({ min: 1, max: 5 })), batchSize: optional(fc.integer({ min: 1, max: 4 })) })),
+    optional(fc.record({ maxSteps: optional(int32), batchSize: optional(int32), maxSequenceLength: optional(int32), learningRate: optional(double), checkpointEvery: optional(int32) })),
+  );
+  await fc.assert(
+    fc.asyncProperty(
+      fc.oneof(
+        fc.record({ kind: fc.constant("align" as const), dataset, training, rho: mostly(optional(fc.constantFrom(0, 0.5, 2)), optional(double)) }),
+        fc.record({ kind: fc.constant("fineTune" as const), dataset, training, fraction: mostly(optional(fc.constantFrom(0, 0.1, 1)), optional(double)) }),
+        fc.record({ kind: fc.constantFrom("get" as const, "cancel" as const, "watch" as const), fine: fc.boolean(), jobId: jobIds, afterSequence: mostly(fc.nat(3), int32) }),
+        fc.record({ kind: fc.constant("list" as const), fine: fc.boolean(), pageSize, pageToken }),
+      ),
+      async (r) => {
+        switch (r.kind) {
+          case "align":
+            return handled((o) => align.createAlignJob({ spec: { baseCheckpoint: missing, dataset: r.dataset, training: r.training, method: r.rho === undefined ? { case: "sft", value: {} } : { case: "vaccine", value: { rho: r.rho } } } }, o));
+          case "fineTune":
+            return handled((o) => fineTune.createFineTuneJob({ spec: { alignedCheckpoint: missing, dataset: r.dataset, training: r.training, guard: r.fraction === undefined ? { case: undefined } : { case: "safetyMix", value: { fraction: r.fraction } } } }, o));
+          case "get":
+            return handled((o) => (r.fine ? fineTune.getFineTuneJob({ jobId: r.jobId }, o) : align.getAlignJob({ jobId: r.jobId }, o)));
+          case "cancel":
+            return handled((o) => (r.fine ? fineTune.cancelFineTuneJob({ jobId: r.jobId }, o) : align.cancelAlignJob({ jobId: r.jobId }, o)));
+          case "watch":
+            return handled((o) => drain(r.fine ? fineTune.watchFineTuneJob({ jobId: r.jobId, afterSequence: r.afterSequence }, o) : align.watchAlignJob({ jobId: r.jobId, afterSequence: r.afterSequence }, o)));
+          case "list":
+            return handled((o) => (r.fine ? fineTune.listFineTuneJobs({ pageSize: r.pageSize, pageToken: r.pageToken }, o) : align.listAlignJobs({ pageSize: r.pageSize, pageToken: r.pageToken }, o)));
+        }
+      },
+    ),
+    { numRuns: 150 },
+  );
+  bothSides();
+}
+
+describe("every RPC, through the server", () => {
   it("datasets: upload, get, list, download and delete", async () => {
     const datasets = createClient(DatasetService, transport);
     const uri = fc.oneof(fc.constant(datasetUri), hex64.map((h) => `store://datasets/${h}`), hostile, fc.string());
@@ -200,55 +260,8 @@ describe("every RPC, through the server", () => {
     bothSides();
   });
 
-  it("jobs: create, get, list, cancel and watch, for alignment and fine-tuning", async () => {
-    const align = createClient(AlignService, transport);
-    const fineTune = createClient(FineTuneService, transport);
-    const jobId = fc.oneof(fc.tuple(fc.constantFrom("align", "finetune"), fc.uuid()).map(([k, u]) => `${k}-${u}`), fc.uuid(), fc.string({ unit: "binary" }), hostile);
-    // Parents that do not exist: an accepted spec ends at NOT_FOUND, so no job trains.
-    const missing = { uri: `store://checkpoints/${"0".repeat(64)}`, digest: `sha256:${"0".repeat(64)}` };
-    const dataset = mostly(
-      fc.oneof(
-        fc.record({ source: fc.record({ case: fc.constant("uri" as const), value: fc.constant(datasetUri) }) }),
-        fc.record({ source: fc.record({ case: fc.constant("builtin" as const), value: fc.record({ name: fc.constantFrom("alignment", "sst2-mix"), size: fc.constantFrom(10, 20) }) }) }),
-      ),
-      fc.oneof(
-        fc.record({ source: fc.record({ case: fc.constant("uri" as const), value: fc.oneof(fc.constant(datasetUri), hostile) }), format: enumValue }),
-        fc.record({ source: fc.record({ case: fc.constant("builtin" as const), value: fc.record({ name: fc.constantFrom("alignment", "sst2-mix", "harmful", "nope", ""), split: enumValue, size: optional(small), harmfulRatio: optional(double) }) }), format: enumValue }),
-      ),
-    );
-    const training = mostly(
-      optional(fc.record({ maxSteps: optional(fc.integer({ min: 1, max: 5 })), batchSize: optional(fc.integer({ min: 1, max: 4 })) })),
-      optional(fc.record({ maxSteps: optional(int32), batchSize: optional(int32), maxSequenceLength: optional(int32), learningRate: optional(double), checkpointEvery: optional(int32) })),
-    );
-    await fc.assert(
-      fc.asyncProperty(
-        fc.oneof(
-          fc.record({ kind: fc.constant("align" as const), dataset, training, rho: mostly(optional(fc.constantFrom(0, 0.5, 2)), optional(double)) }),
-          fc.record({ kind: fc.constant("fineTune" as const), dataset, training, fraction: mostly(optional(fc.constantFrom(0, 0.1, 1)), optional(double)) }),
-          fc.record({ kind: fc.constantFrom("get" as const, "cancel" as const, "watch" as const), fine: fc.boolean(), jobId, afterSequence: mostly(fc.nat(3), int32) }),
-          fc.record({ kind: fc.constant("list" as const), fine: fc.boolean(), pageSize, pageToken }),
-        ),
-        async (r) => {
-          switch (r.kind) {
-            case "align":
-              return handled((o) => align.createAlignJob({ spec: { baseCheckpoint: missing, dataset: r.dataset, training: r.training, method: r.rho === undefined ? { case: "sft", value: {} } : { case: "vaccine", value: { rho: r.rho } } } }, o));
-            case "fineTune":
-              return handled((o) => fineTune.createFineTuneJob({ spec: { alignedCheckpoint: missing, dataset: r.dataset, training: r.training, guard: r.fraction === undefined ? { case: undefined } : { case: "safetyMix", value: { fraction: r.fraction } } } }, o));
-            case "get":
-              return handled((o) => (r.fine ? fineTune.getFineTuneJob({ jobId: r.jobId }, o) : align.getAlignJob({ jobId: r.jobId }, o)));
-            case "cancel":
-              return handled((o) => (r.fine ? fineTune.cancelFineTuneJob({ jobId: r.jobId }, o) : align.cancelAlignJob({ jobId: r.jobId }, o)));
-            case "watch":
-              return handled((o) => drain(r.fine ? fineTune.watchFineTuneJob({ jobId: r.jobId, afterSequence: r.afterSequence }, o) : align.watchAlignJob({ jobId: r.jobId, afterSequence: r.afterSequence }, o)));
-            case "list":
-              return handled((o) => (r.fine ? fineTune.listFineTuneJobs({ pageSize: r.pageSize, pageToken: r.pageToken }, o) : align.listAlignJobs({ pageSize: r.pageSize, pageToken: r.pageToken }, o)));
-          }
-        },
-      ),
-      { numRuns: 150 },
-    );
-    bothSides();
-  });
+  it("jobs: create, get, list, cancel and watch, for alignment and fine-tuning", () =>
+    jobRpcs(transport, fc.oneof(fc.tuple(fc.constantFrom("align", "finetune"), fc.uuid()).map(([k, u]) => `${k}-${u}`), fc.uuid(), fc.string({ unit: "binary" }), hostile)));
 
   it("score and embed: harmful score, task accuracy and drift", async () => {
     const score = createClient(ScoreService, transport);
@@ -310,4 +323,36 @@ describe("every RPC, through the server", () => {
     expect(codes).toContain(Code.InvalidArgument);
     expect(codes).toContain(Code.NotFound);
   });
+});
+
+describe.skipIf(!hasRedisServer())("job RPCs on the Redis queue", () => {
+  let redis: TestRedis;
+  let server: RunningServer;
+  let root: string;
+  let job: string;
+  beforeAll(async () => {
+    redis = await startRedis();
+    const made = await testDeps();
+    root = made.root;
+    await made.deps.executor!.shutdown();
+    made.deps.executor = new QueueExecutor({ url: redis.url, prefix: "fuzz" });
+    server = await startServer({ services: Object.values(SERVICES).map((make) => make(made.deps)), host: "127.0.0.1", port: 0, shutdownTimeoutMs: 5000 });
+    // A real job, cancelled at once (no worker runs here), so that a Watch of it ends.
+    const align = createClient(AlignService, createGrpcTransport({ baseUrl: server.url }));
+    const spec = { baseCheckpoint: made.base, dataset: { source: { case: "builtin" as const, value: { name: "alignment", size: 10 } } }, method: { case: "sft" as const, value: {} }, training: { maxSteps: 1 } };
+    job = (await align.createAlignJob({ spec })).job!.id;
+    await align.cancelAlignJob({ jobId: job });
+  }, 60_000);
+  afterAll(async () => {
+    await server?.shutdown();
+    await redis?.stop();
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  // The queue builds Redis keys from job ids: ids made from a real one name its other keys.
+  it("jobs, with ids made from a real job's", () =>
+    jobRpcs(
+      createGrpcTransport({ baseUrl: server.url }),
+      fc.oneof(fc.constant(job), fc.constantFrom(":events", ":lock", " ", "x").map((s) => job + s), fc.constant(job.replace("align-", "finetune-")), fc.string({ unit: "binary" }), hostile),
+    ));
 });
