@@ -65,11 +65,10 @@ export function availableMemoryBytes(): number {
  * The job's shape as the estimate needs it: the root model's config and the spec's sizes
  * (defaults applied); a batch never holds more rows than the dataset has examples.
  */
-export async function jobShapeOf(store: CheckpointStore, stage: Stage, spec: AlignSpec | FineTuneSpec, examples: Example[], harmful?: Example[]): Promise<JobShape> {
+export function jobShapeOf(root: RootModel, stage: Stage, spec: AlignSpec | FineTuneSpec, examples: Example[], harmful?: Example[]): JobShape {
   const { options } = trainingOf(stage, spec.training);
   const lora = loraOf(stage, spec.lora);
   const method = methodOf(spec, stage);
-  const root = await rootModel(store, stage, spec);
   return {
     model: root.config,
     batchSize: Math.min(options.batchSize, examples.length),
@@ -94,8 +93,7 @@ export async function jobShapeOf(store: CheckpointStore, stage: Stage, spec: Ali
  * queue; `examples` as the Trainer gets them (a safety mix included), tokenized with the root
  * model's tokenizer, as training collates.
  */
-export async function checkTrainable(store: CheckpointStore, stage: Stage, spec: AlignSpec | FineTuneSpec, examples: Example[]): Promise<void> {
-  const root = await rootModel(store, stage, spec);
+export function checkTrainable(root: RootModel, stage: Stage, spec: AlignSpec | FineTuneSpec, examples: Example[]): void {
   // Without a tokenizer the job reports the problem itself.
   if (!root.tokenizer) return;
   try {
@@ -126,7 +124,7 @@ function longestRow(root: RootModel, rows: Example[], maxLength: number): number
 }
 
 /** What admission reads of a root model: its config, its tokenizer (undefined: it does not load), longest rows of data sets. */
-interface RootModel {
+export interface RootModel {
   config: LlamaConfig;
   tokenizer?: Tokenizer;
   longest: Map<string, number>;
@@ -138,7 +136,8 @@ interface RootModel {
  */
 const rootModels = new Map<string, Promise<RootModel>>();
 
-async function rootModel(store: CheckpointStore, stage: Stage, spec: AlignSpec | FineTuneSpec): Promise<RootModel> {
+/** The root model of the spec's parent (its lineage read from the store), as admission reads it. */
+export async function rootModel(store: CheckpointStore, stage: Stage, spec: AlignSpec | FineTuneSpec): Promise<RootModel> {
   const field = stage === "align" ? "spec.base_checkpoint" : "spec.aligned_checkpoint";
   try {
     const [root] = await lineageOf(store, parentOf(stage, spec));

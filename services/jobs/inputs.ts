@@ -21,7 +21,7 @@ import { DEFAULT_THRESHOLD, pairOfExample } from "../runtime/moderation/classifi
 import { resolveExamples, type DatasetSource } from "../runtime/pipeline/datasets.ts";
 import { KIND } from "../runtime/pipeline/load.ts";
 import { safetyMix } from "../runtime/data/safety-mix.ts";
-import { admitJob, checkTrainable, jobShapeOf } from "./admission.ts";
+import { admitJob, checkTrainable, jobShapeOf, rootModel } from "./admission.ts";
 import { GUARD_DEFAULTS, guardDataset } from "./guard-spec.ts";
 import { checkLoraRank, checkTrainingSize } from "./validate.ts";
 import { harmfulDatasetOf, parentOf, trainingOf, type Stage } from "./spec.ts";
@@ -70,14 +70,15 @@ export async function checkJobInputs(
   // What the Trainer will train on: a safety mix adds alignment examples to the user's.
   const trainedData =
     guard?.case === "safetyMix" && guardData ? safetyMix(examples, guardData, guard.value.fraction ?? GUARD_DEFAULTS.safetyMix.fraction, trainingOf(stage, spec.training).options.seed) : examples;
-  const shape = await jobShapeOf(store, stage, spec, examples, harmful);
+  const root = await rootModel(store, stage, spec);
+  const shape = jobShapeOf(root, stage, spec, examples, harmful);
   // What only the model and the data decide: the rank against the width, the steps an
   // epoch count gives over this many examples, and the tokens they train on.
   const v = new RequestValidator();
   checkLoraRank(v, "spec.lora", stage, spec.lora, shape.model.hiddenSize);
   checkTrainingSize(v, "spec.training", stage, spec.training, trainedData.length, boundsOf(deps));
   v.check();
-  await checkTrainable(store, stage, spec, trainedData);
+  checkTrainable(root, stage, spec, trainedData);
   if (deps.jobMemoryLimitMb !== undefined) admitJob(shape, deps.jobMemoryLimitMb);
   const gate = stage === "finetune" ? (spec as FineTuneSpec).moderationGate : undefined;
   if (gate?.enabled) await screenDataset(deps, gate, examples);

@@ -25,7 +25,7 @@ import { JobEventSchema, JobKind, JobSchema, JobState, type Job, type JobEvent }
 import type { JobEventInit } from "../executor.ts";
 import type { TraceLink } from "../records.ts";
 import type { QueueKeys } from "./connection.ts";
-import { KIND_NAME } from "../new-job.ts";
+import { JOB_ID, KIND_NAME } from "../new-job.ts";
 
 // Job errors carry google.rpc details in Any fields; JSON needs their types to spell them out.
 const json = { registry: createRegistry(file_google_rpc_error_details) };
@@ -250,7 +250,7 @@ export function indexMember(job: Job): string {
   return `${String(t.seconds).padStart(12, "0")}.${String(t.nanos).padStart(9, "0")}:${job.id}`;
 }
 
-export const INDEX_MEMBER = /^\d{12}\.\d{9}:(align|finetune)-[0-9a-f-]{36}$/;
+export const INDEX_MEMBER = new RegExp(`^\\d{12}\\.\\d{9}:${JOB_ID.source.slice(1)}`);
 
 function jobJson(job: Job): string {
   return JSON.stringify(toJson(JobSchema, job, json));
