@@ -4,7 +4,8 @@
  * deadline (cooperative work stops), and the call ends with DEADLINE_EXCEEDED even if the
  * handler ignores it. Streams are exempt: watching a job for hours is their purpose.
  */
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { Code, type Interceptor } from "@connectrpc/connect";
+import { rpcError } from "./errors.ts";
 
 /** Headers in which gRPC, gRPC-Web and Connect clients send their deadline. */
 const TIMEOUT_HEADERS = ["grpc-timeout", "connect-timeout-ms"];
@@ -13,7 +14,12 @@ export function unaryDeadline(ms: number): Interceptor {
   return (next) => async (req) => {
     if (ms <= 0 || req.stream || TIMEOUT_HEADERS.some((h) => req.header.has(h))) return next(req);
     const deadline = new AbortController();
-    const reason = new ConnectError(`the call took longer than the server's default deadline of ${ms} ms for unary calls (send a deadline to choose another)`, Code.DeadlineExceeded);
+    const reason = rpcError(
+      Code.DeadlineExceeded,
+      "DEFAULT_DEADLINE_EXCEEDED",
+      `the call took longer than the server's default deadline of ${ms} ms for unary calls (send a deadline to choose another)`,
+      { deadline_ms: String(ms) },
+    );
     let timer: NodeJS.Timeout | undefined;
     const expired = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {

@@ -42,12 +42,14 @@ export function invalidArgument(
   reason: string = Reason.FIELD_INVALID,
   metadata: Record<string, string> = {},
 ): ConnectError {
-  const message = violations.map((v) => `${v.field}: ${v.description}`).join("; ");
+  // A violation of the whole message (one that does not decode) names no field.
+  const message = violations.map((v) => (v.field ? `${v.field}: ${v.description}` : v.description)).join("; ");
+  const named = violations.flatMap((v) => (v.field ? [v.field] : [])).join(",");
   return rpcError(
     Code.InvalidArgument,
     reason,
     message,
-    { fields: violations.map((v) => v.field).join(","), ...metadata },
+    { ...(named ? { fields: named } : {}), ...metadata },
     [{ desc: BadRequestSchema, value: { fieldViolations: violations } }],
   );
 }

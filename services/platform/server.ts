@@ -6,6 +6,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import { createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { TracerProvider } from "@opentelemetry/api";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
 import { accessControl, checkPolicyCovers, type AccessOptions } from "./access.ts";
@@ -19,8 +20,9 @@ import { silentLogger, type Logger } from "./log.ts";
 import { PEER, peerOf } from "./peer.ts";
 import { rateLimit, type RateLimitOptions } from "./rate-limit.ts";
 import { registerReflection } from "./reflection.ts";
-import { serverTracing } from "./rpc-tracing.ts";
+import { serverTracing, statusName } from "./rpc-tracing.ts";
 import { createTlsServer, type TlsFiles } from "./tls.ts";
+import { withWireErrors, type OnWireError } from "./wire-errors.ts";
 
 /** One service of the suite as the platform sees it: its contract and how to route it. */
 export interface ServiceModule {
@@ -86,10 +88,15 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     );
   }
 
+  // Refused before any interceptor, so neither the audit log nor a trace has them.
+  const logWireError: OnWireError = (method, err) =>
+    logger.warn({ method: `${method.parent.typeName}/${method.name}`, outcome: statusName(err.code), reason: err.findDetails(ErrorInfoSchema)[0]?.reason, error: err.rawMessage }, "request refused before its handler");
   const handler = connectNodeAdapter({
     shutdownSignal: stopping.signal,
     // Larger messages are refused from their length prefix (or Content-Length), before being read.
     readMaxBytes: limits.maxMessageBytes,
+    // A misspelt JSON field is refused, not silently left at its default (binary has no names to check).
+    jsonOptions: { ignoreUnknownFields: false },
     interceptors: [
       serverTracing(options.tracerProvider),
       // Outside access control and the limits, so their refusals are logged too.
@@ -104,6 +111,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       for (const service of options.services) service.register(router);
       health.register(router);
       registerReflection(router, [...options.services.map((s) => s.desc), Health, ServerReflection]);
+      // The adapter serves router.handlers as they are once this returns.
+      router.handlers.splice(0, Infinity, ...router.handlers.map((h) => withWireErrors(h, limits.maxMessageBytes, logWireError)));
     },
   });
   const h2 = http2.createServer({ settings: { maxConcurrentStreams: limits.maxConcurrentStreams } }, handler);

@@ -66,6 +66,7 @@ describe("message size", () => {
   it("refuses an over-limit message from a connect client, and the next call works", async () => {
     const e = await rpcFailure(() => align().listAlignJobs({ pageSize: 1, pageToken: "x".repeat(2 << 20) }));
     expect(e.code).toBe(Code.ResourceExhausted);
+    expect(e.info).toMatchObject({ reason: "MESSAGE_TOO_LARGE", metadata: { max_bytes: "1048576" } });
     expect((await align().listAlignJobs({ pageSize: 1 })).nextPageToken).toBe("done");
   });
 });
@@ -77,6 +78,7 @@ describe("deadlines", () => {
     const e = await rpcFailure(() => align().listAlignJobs({ pageSize: 5000 }));
     expect(e.code).toBe(Code.DeadlineExceeded);
     expect(e.message).toMatch(/default deadline of 300 ms/);
+    expect(e.info).toMatchObject({ reason: "DEFAULT_DEADLINE_EXCEEDED", metadata: { deadline_ms: "300" } });
     expect(Date.now() - started).toBeLessThan(3000);
     expect(aborted).toEqual([true]);
   });

@@ -1,0 +1,113 @@
+/**
+ * connect-es refuses some requests in its protocol layer, before any interceptor runs: a
+ * message that does not decode (as INTERNAL, though the bytes are the client's), one over
+ * the size limit, an unknown compression, a malformed timeout. Such errors carry no
+ * google.rpc.ErrorInfo. `withWireErrors` wraps a route's handler and rewrites them where each
+ * protocol puts its status (gRPC trailers, gRPC-Web's trailer frame, Connect's JSON error or
+ * end-of-stream message), so that they read like every other refusal of the server.
+ */
+import type { DescMethod } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { createAsyncIterable, encodeEnvelope, type UniversalHandler, type UniversalServerResponse } from "@connectrpc/connect/protocol";
+import { codeToHttpStatus, endStreamFlag, endStreamFromJson, endStreamToJson, errorFromJsonBytes, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
+import { findTrailerError, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import { trailerFlag, trailerParse, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
+import { invalidArgument, rpcError } from "./errors.ts";
+
+export const WireReason = {
+  MESSAGE_UNDECODABLE: "MESSAGE_UNDECODABLE",
+  MESSAGE_TOO_LARGE: "MESSAGE_TOO_LARGE",
+  PROTOCOL_ERROR: "PROTOCOL_ERROR",
+} as const;
+
+/** Called once per rewritten refusal, e.g. to log it: no interceptor saw the call. */
+export type OnWireError = (method: DescMethod, error: ConnectError) => void;
+
+/** `handler`, answering its protocol-layer refusals with the server's ErrorInfo. */
+export function withWireErrors(handler: UniversalHandler, maxMessageBytes: number, onError: OnWireError = () => {}): UniversalHandler {
+  const explain = (err: ConnectError) => {
+    const explained = explainWireError(err, handler.method, maxMessageBytes);
+    if (explained) onError(handler.method, explained);
+    return explained;
+  };
+  const wrapped = async (req: Parameters<UniversalHandler>[0]) => rewrite(await handler(req), explain);
+  return Object.assign(wrapped, handler);
+}
+
+/** The server's version of a protocol-layer error; undefined for errors that already carry an ErrorInfo or that no request caused. */
+export function explainWireError(err: ConnectError, method: DescMethod, maxMessageBytes: number): ConnectError | undefined {
+  if (err.details.some((d) => ("desc" in d ? d.desc.typeName : d.type) === "google.rpc.ErrorInfo")) return undefined;
+  const message = err.rawMessage;
+  const input = method.input.typeName;
+  // protobuf-es: "premature EOF", "invalid wire type", "cannot decode field T.f from JSON: ...", "... key "k" is unknown".
+  if (message.startsWith("parse binary:") || (err.code === Code.InvalidArgument && message.startsWith("cannot decode"))) {
+    const named = message.match(/^cannot decode field ([\w.]+)\.(\w+) from JSON/) ?? message.match(/^cannot decode message ([\w.]+) from JSON: key "([^"]*)" is unknown/);
+    const field = named && named[1] === input ? named[2] : "";
+    return invalidArgument([{ field, description: `the request is not a valid ${input} (${message})` }], WireReason.MESSAGE_UNDECODABLE, { message_type: input });
+  }
+  if (err.code === Code.ResourceExhausted && message.includes("readMaxBytes")) {
+    return rpcError(Code.ResourceExhausted, WireReason.MESSAGE_TOO_LARGE, message, { max_bytes: String(maxMessageBytes) });
+  }
+  if (err.code === Code.InvalidArgument) return invalidArgument([{ field: "", description: message }], WireReason.PROTOCOL_ERROR);
+  if (err.code === Code.Unimplemented) return rpcError(err.code, WireReason.PROTOCOL_ERROR, message);
+  return undefined;
+}
+
+function rewrite(res: UniversalServerResponse, explain: (err: ConnectError) => ConnectError | undefined): UniversalServerResponse | Promise<UniversalServerResponse> {
+  const body = res.body;
+  if (!body || typeof body !== "object" || !(Symbol.asyncIterator in body)) return res;
+  const type = new Headers(res.header).get("content-type") ?? "";
+  if (type.startsWith("application/grpc-web")) {
+    return { ...res, body: mapEnvelopes(body, trailerFlag, (data) => {
+      const trailer = trailerParse(data);
+      const err = findTrailerError(trailer);
+      const explained = err && explain(err);
+      return explained && trailerSerialize(setTrailerStatus(trailer, explained));
+    }) };
+  }
+  if (type.startsWith("application/grpc")) {
+    const trailer = res.trailer instanceof Headers ? res.trailer : undefined;
+    if (!trailer) return res;
+    // The status is written into the trailer once the body has ended.
+    return { ...res, body: (async function* () {
+      yield* body;
+      const err = findTrailerError(trailer);
+      const explained = err && explain(err);
+      if (explained) setTrailerStatus(trailer, explained);
+    })() };
+  }
+  if (type.startsWith("application/connect+")) {
+    return { ...res, body: mapEnvelopes(body, endStreamFlag, (data) => {
+      const end = endStreamFromJson(data);
+      const explained = end.error && explain(end.error);
+      return explained && new TextEncoder().encode(JSON.stringify(endStreamToJson(end.metadata, explained, undefined)));
+    }) };
+  }
+  // Connect unary: an error is a small JSON body (uncompressed at this size) with an HTTP error status.
+  if (res.status === 200 || !type.startsWith("application/json")) return res;
+  return rewriteUnary(res, body, explain);
+}
+
+async function rewriteUnary(res: UniversalServerResponse, body: AsyncIterable<Uint8Array>, explain: (err: ConnectError) => ConnectError | undefined) {
+  const parts: Uint8Array[] = [];
+  for await (const part of body) parts.push(part);
+  const bytes = Buffer.concat(parts);
+  const header = new Headers(res.header);
+  const explained = header.has("content-encoding") ? undefined : explain(errorFromJsonBytes(bytes, undefined, new ConnectError("", Code.Unknown)));
+  if (!explained) return { ...res, body: createAsyncIterable([bytes]) };
+  const fixed = errorToJsonBytes(explained, undefined);
+  header.set("content-length", String(fixed.byteLength));
+  return { ...res, status: codeToHttpStatus(explained.code), header, body: createAsyncIterable([fixed]) };
+}
+
+/**
+ * The body's envelopes (one per chunk, as connect-es writes them), with the uncompressed
+ * envelope of `flag` replaced by what `replace` makes of its data, when it makes anything.
+ */
+async function* mapEnvelopes(body: AsyncIterable<Uint8Array>, flag: number, replace: (data: Uint8Array) => Uint8Array | undefined) {
+  for await (const chunk of body) {
+    const length = chunk.length >= 5 ? new DataView(chunk.buffer, chunk.byteOffset).getUint32(1) : -1;
+    const data = chunk[0] === flag && length === chunk.length - 5 ? replace(chunk.subarray(5)) : undefined;
+    yield data ? encodeEnvelope(flag, data) : chunk;
+  }
+}

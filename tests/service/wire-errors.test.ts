@@ -1,0 +1,197 @@
+// Requests refused by connect-es's protocol layer, before any interceptor: bytes that do not
+// decode, JSON that names no field of the message, an unknown compression, a malformed
+// timeout. Every RPC of the suite, over gRPC, gRPC-Web and Connect, answers them with the
+// code the client caused (INVALID_ARGUMENT, not connect's INTERNAL) and the suite's
+// ErrorInfo, logs them, and keeps serving; calls that succeed or fail in a handler pass
+// through unchanged.
+import http2 from "node:http2";
+import { create, toBinary, type DescMethod, type MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import { endStreamFlag, endStreamFromJson, errorFromJsonBytes } from "@connectrpc/connect/protocol-connect";
+import { findTrailerError } from "@connectrpc/connect/protocol-grpc";
+import { trailerFlag, trailerParse } from "@connectrpc/connect/protocol-grpc-web";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
+import { Health, HealthCheckResponse_ServingStatus as S } from "../../gen/grpc/health/v1/health_pb.ts";
+import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
+import { CheckpointService } from "../../gen/vaccine/v1/checkpoints_pb.ts";
+import { DatasetFormat } from "../../gen/vaccine/v1/common_pb.ts";
+import { DatasetService, UploadDatasetRequestSchema } from "../../gen/vaccine/v1/datasets_pb.ts";
+import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
+import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
+import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
+import { ERROR_DOMAIN, rpcError } from "../../services/platform/errors.ts";
+import { createLogger } from "../../services/platform/log.ts";
+import { explainWireError } from "../../services/platform/wire-errors.ts";
+import { errorDetails, rpcFailure } from "../helpers/errors.ts";
+import { startSuite, type TestSuite } from "../helpers/server.ts";
+
+const logged: Record<string, unknown>[] = [];
+let suite: TestSuite;
+beforeAll(async () => {
+  const logger = createLogger("warn", { write: (line: string) => void logged.push(JSON.parse(line)) });
+  suite = await startSuite({ server: { logger } });
+});
+afterAll(() => suite?.close());
+
+const METHODS = [AlignService, FineTuneService, EmbedService, ScoreService, DatasetService, CheckpointService, Health].flatMap((s) => s.methods);
+/** Field 1, length-delimited, with a length varint cut short: no message of any type decodes from it. */
+const UNDECODABLE = new Uint8Array([0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+
+const envelope = (flags: number, data: Uint8Array) => {
+  const out = new Uint8Array(5 + data.length);
+  out[0] = flags;
+  new DataView(out.buffer).setUint32(1, data.length);
+  out.set(data, 5);
+  return out;
+};
+
+function envelopes(body: Uint8Array): { flags: number; data: Uint8Array }[] {
+  const out = [];
+  for (let at = 0; at < body.length; ) {
+    const length = new DataView(body.buffer, body.byteOffset + at).getUint32(1);
+    out.push({ flags: body[at], data: body.subarray(at + 5, at + 5 + length) });
+    at += 5 + length;
+  }
+  return out;
+}
+
+/** One HTTP/2 POST as a client of the protocol would send it; the error the answer carries, decoded the way that protocol's clients decode it. */
+async function refusal(protocol: "grpc" | "grpc-web" | "connect", method: DescMethod, message: Uint8Array, headers: Record<string, string> = {}, json = false, before: Uint8Array[] = []): Promise<ConnectError | undefined> {
+  const streaming = method.methodKind !== "unary";
+  const contentType = {
+    grpc: json ? "application/grpc+json" : "application/grpc",
+    "grpc-web": json ? "application/grpc-web+json" : "application/grpc-web+proto",
+    connect: streaming ? (json ? "application/connect+json" : "application/connect+proto") : json ? "application/json" : "application/proto",
+  }[protocol];
+  const body = protocol === "connect" && !streaming ? message : Buffer.concat([...before, message].map((m) => envelope(0, m)));
+  const session = http2.connect(suite.server.url);
+  try {
+    const req = session.request({ ":method": "POST", ":path": `/${method.parent.typeName}/${method.name}`, "content-type": contentType, te: "trailers", ...headers });
+    req.end(body);
+    const [head, trailers, bytes] = await new Promise<[http2.IncomingHttpHeaders, http2.IncomingHttpHeaders, Uint8Array]>((resolve, reject) => {
+      let head: http2.IncomingHttpHeaders = {};
+      let trailers: http2.IncomingHttpHeaders = {};
+      const chunks: Buffer[] = [];
+      req.on("response", (h) => (head = h));
+      req.on("trailers", (t) => (trailers = t));
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("end", () => resolve([head, trailers, Buffer.concat(chunks)]));
+      req.on("error", reject);
+    });
+    const asHeaders = (h: http2.IncomingHttpHeaders) => new Headers(Object.entries(h).filter(([k]) => !k.startsWith(":")) as [string, string][]);
+    if (protocol === "grpc") return findTrailerError(asHeaders({ ...head, ...trailers }));
+    const frames = envelopes(bytes);
+    if (protocol === "grpc-web") return findTrailerError(trailerParse(frames.find((f) => f.flags === trailerFlag)!.data));
+    if (streaming) return endStreamFromJson(frames.find((f) => f.flags === endStreamFlag)!.data).error;
+    return Number(head[":status"]) === 200 ? undefined : errorFromJsonBytes(bytes, undefined, new ConnectError("no error body", Code.Unknown));
+  } finally {
+    session.close();
+  }
+}
+
+const serving = async () => (await createClient(Health, createGrpcTransport({ baseUrl: suite.server.url })).check({ service: "" })).status;
+
+describe("a request that does not decode", () => {
+  it.each(["grpc", "grpc-web", "connect"] as const)("is INVALID_ARGUMENT with MESSAGE_UNDECODABLE on every RPC over %s", async (protocol) => {
+    logged.length = 0;
+    for (const method of METHODS) {
+      const e = errorDetails(await refusal(protocol, method, UNDECODABLE));
+      expect(e.code, method.name).toBe(Code.InvalidArgument);
+      expect(e.message, method.name).toMatch(new RegExp(`^the request is not a valid ${method.input.typeName.replaceAll(".", "\\.")} \\(parse binary: premature EOF\\)$`));
+      expect(e.info, method.name).toMatchObject({ reason: "MESSAGE_UNDECODABLE", domain: ERROR_DOMAIN, metadata: { message_type: method.input.typeName } });
+      expect(e.badRequest?.fieldViolations.map((v) => v.field), method.name).toEqual([""]);
+    }
+    // No interceptor saw these calls: the server's log is where an operator finds them.
+    const lines = logged.filter((l) => l.msg === "request refused before its handler");
+    expect(lines.map((l) => l.method)).toEqual(METHODS.map((m) => `${m.parent.typeName}/${m.name}`));
+    expect(lines[0]).toMatchObject({ outcome: "INVALID_ARGUMENT", reason: "MESSAGE_UNDECODABLE" });
+    expect(await serving()).toBe(S.SERVING);
+  });
+
+  it("is refused the same way in the middle of an upload, after messages that decoded", async () => {
+    const upload = (content: MessageInitShape<typeof UploadDatasetRequestSchema>["content"]) => toBinary(UploadDatasetRequestSchema, create(UploadDatasetRequestSchema, { content }));
+    const before = [upload({ case: "metadata", value: { displayName: "cut", format: DatasetFormat.REFUSAL } }), upload({ case: "chunk", value: new TextEncoder().encode('{"prompt": "a", "response": "b"}\n') })];
+    for (const protocol of ["grpc", "grpc-web", "connect"] as const) {
+      const e = errorDetails(await refusal(protocol, DatasetService.method.uploadDataset, UNDECODABLE, {}, false, before));
+      expect(e, protocol).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE", metadata: { message_type: "vaccine.v1.UploadDatasetRequest" } } });
+    }
+    // Nothing of the cut uploads was kept.
+    expect((await createClient(DatasetService, createGrpcTransport({ baseUrl: suite.server.url })).listDatasets({})).datasets.filter((d) => d.displayName === "cut")).toEqual([]);
+  });
+
+  it("names the field when JSON gives it the wrong type or names no field of the message", async () => {
+    const embed = EmbedService.method.embed;
+    const wrongType = errorDetails(await refusal("connect", embed, new TextEncoder().encode('{"texts": 5}'), {}, true));
+    expect(wrongType).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE", metadata: { fields: "texts" } } });
+    expect(wrongType.badRequest?.fieldViolations[0]).toMatchObject({ field: "texts", description: expect.stringContaining("expected Array, got 5") });
+    // A misspelt field would otherwise be dropped and the call run with the default.
+    for (const protocol of ["grpc", "connect"] as const) {
+      const misspelt = errorDetails(await refusal(protocol, embed, new TextEncoder().encode('{"txets": ["a"]}'), {}, true));
+      expect(misspelt).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE", metadata: { fields: "txets" } } });
+      expect(misspelt.message).toContain('key "txets" is unknown');
+    }
+    const notJson = errorDetails(await refusal("connect", embed, new TextEncoder().encode("{texts"), {}, true));
+    expect(notJson).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE" } });
+  });
+});
+
+describe("other protocol refusals", () => {
+  it("an unknown compression is UNIMPLEMENTED with PROTOCOL_ERROR", async () => {
+    const listAlign = AlignService.method.listAlignJobs;
+    for (const [protocol, header] of [["grpc", "grpc-encoding"], ["connect", "content-encoding"]] as const) {
+      const e = errorDetails(await refusal(protocol, listAlign, new Uint8Array(), { [header]: "zstd" }));
+      expect(e.code, protocol).toBe(Code.Unimplemented);
+      expect(e.message, protocol).toMatch(/unknown compression "zstd"/);
+      expect(e.info, protocol).toMatchObject({ reason: "PROTOCOL_ERROR", domain: ERROR_DOMAIN });
+    }
+  });
+
+  it("a malformed gRPC timeout is INVALID_ARGUMENT with PROTOCOL_ERROR", async () => {
+    const e = errorDetails(await refusal("grpc", AlignService.method.listAlignJobs, new Uint8Array(), { "grpc-timeout": "soon" }));
+    expect(e).toMatchObject({ code: Code.InvalidArgument, info: { reason: "PROTOCOL_ERROR" } });
+    expect(e.badRequest?.fieldViolations[0].description).toMatch(/invalid grpc timeout value: soon/);
+  });
+
+  it("an oversized message is RESOURCE_EXHAUSTED with MESSAGE_TOO_LARGE and the limit", async () => {
+    // connect-node's client resets its own stream with ENHANCE_YOUR_CALM when more than its
+    // session memory (10 MB by default) waits unsent, as it does once the server stops reading.
+    const transport = createGrpcTransport({ baseUrl: suite.server.url, nodeOptions: { maxSessionMemory: 64 } });
+    const e = await rpcFailure(() => createClient(EmbedService, transport).embed({ texts: ["x".repeat(17 << 20)] }));
+    expect(e).toMatchObject({ code: Code.ResourceExhausted, info: { reason: "MESSAGE_TOO_LARGE", metadata: { max_bytes: String(16 << 20) } } });
+    expect(e.message).toMatch(/larger than configured readMaxBytes 16777216/);
+  });
+});
+
+describe("calls that reach their handler", () => {
+  it.each([
+    ["gRPC", createGrpcTransport],
+    ["gRPC-Web", createGrpcWebTransport],
+    ["Connect", createConnectTransport],
+  ] as const)("answer as before over %s: results, and the handler's own errors with their details", async (_name, make) => {
+    const transport = make({ baseUrl: suite.server.url, httpVersion: "2" });
+    expect((await createClient(CheckpointService, transport).getCheckpoint({ checkpoint: suite.base })).checkpoint?.ref?.digest).toBe(suite.base.digest);
+    const missing = await rpcFailure(() => createClient(DatasetService, transport).getDataset({ uri: `store://datasets/${"0".repeat(64)}` }));
+    expect(missing).toMatchObject({ code: Code.NotFound, info: { domain: ERROR_DOMAIN } });
+    const watch = async () => {
+      for await (const _ of createClient(AlignService, transport).watchAlignJob({ jobId: "nope" }));
+    };
+    expect(await rpcFailure(watch)).toMatchObject({ code: Code.NotFound, info: { reason: "JOB_NOT_FOUND" } });
+  });
+});
+
+describe("explainWireError", () => {
+  const method = EmbedService.method.embed;
+  it("leaves errors that carry an ErrorInfo, and those no request caused", () => {
+    expect(explainWireError(rpcError(Code.InvalidArgument, "FIELD_INVALID", "texts: bad"), method, 1)).toBeUndefined();
+    expect(explainWireError(new ConnectError("client went away", Code.Canceled), method, 1)).toBeUndefined();
+    expect(explainWireError(new ConnectError("internal error", Code.Internal), method, 1)).toBeUndefined();
+  });
+
+  it("names only top-level fields: a nested one is not a field of the request", () => {
+    const nested = explainWireError(new ConnectError("cannot decode field vaccine.v1.CheckpointRef.uri from JSON: expected string", Code.InvalidArgument), method, 1);
+    expect(nested?.findDetails(ErrorInfoSchema)[0]).toMatchObject({ reason: "MESSAGE_UNDECODABLE", metadata: { message_type: method.input.typeName } });
+    expect(nested?.findDetails(ErrorInfoSchema)[0].metadata.fields).toBeUndefined();
+  });
+});
