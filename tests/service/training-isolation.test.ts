@@ -131,14 +131,19 @@ describe("a backend abort", () => {
     // Admission would refuse it; raised so that the job reaches the backend. 256 x 1024 tokens
     // keep 2.2 GB of attention probabilities a layer (4 heads; the causal blocks, about half of
     // [t, t]) for the backward pass, past the wasm heap's 4 GiB over the model's two layers.
+    // On one thread: data-parallel threads (VACCINE_TRAIN_THREADS) split it below that.
     const limit = suite.deps.jobMemoryLimitMb;
+    const threads = process.env.VACCINE_TRAIN_THREADS;
     suite.deps.jobMemoryLimitMb = 1_000_000;
+    process.env.VACCINE_TRAIN_THREADS = "1";
     let failed: Job;
     try {
       const { job } = await align.createAlignJob({ spec: spec(LONG, { maxSteps: 2, batchSize: 256, maxSequenceLength: 1024 }) });
       failed = await finished(job!.id);
     } finally {
       suite.deps.jobMemoryLimitMb = limit;
+      if (threads === undefined) delete process.env.VACCINE_TRAIN_THREADS;
+      else process.env.VACCINE_TRAIN_THREADS = threads;
     }
     expect(failed.state).toBe(JobState.FAILED);
     expect(failed.error?.code).toBe(Code.ResourceExhausted);
