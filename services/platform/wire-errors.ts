@@ -41,9 +41,14 @@ export function explainWireError(err: ConnectError, method: DescMethod, maxMessa
   const input = method.input.typeName;
   // protobuf-es: "premature EOF", "invalid wire type", "cannot decode field T.f from JSON: ...", "... key "k" is unknown".
   if (message.startsWith("parse binary:") || (err.code === Code.InvalidArgument && message.startsWith("cannot decode"))) {
-    const named = message.match(/^cannot decode field ([\w.]+)\.(\w+) from JSON/) ?? message.match(/^cannot decode message ([\w.]+) from JSON: key "([^"]*)" is unknown/);
-    const field = named && named[1] === input ? named[2] : "";
-    return invalidArgument([{ field, description: `the request is not a valid ${input} (${message})` }], WireReason.MESSAGE_UNDECODABLE, { message_type: input });
+    // A top-level field is named; a nested one has no path in the message, so the whole request is.
+    const unknown = message.match(/^cannot decode message ([\w.]+) from JSON: key "([^"]*)" is unknown$/);
+    const wrong = message.match(/^cannot decode field ([\w.]+)\.(\w+) from JSON: (.*)$/s);
+    const violation =
+      unknown?.[1] === input ? { field: unknown[2], description: `is not a field of ${input}` }
+      : wrong?.[1] === input ? { field: wrong[2], description: wrong[3] }
+      : { field: "", description: `the request is not a valid ${input} (${message})` };
+    return invalidArgument([violation], WireReason.MESSAGE_UNDECODABLE, { message_type: input });
   }
   if (err.code === Code.ResourceExhausted && message.includes("readMaxBytes")) {
     return rpcError(Code.ResourceExhausted, WireReason.MESSAGE_TOO_LARGE, message, { max_bytes: String(maxMessageBytes) });

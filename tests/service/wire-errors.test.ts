@@ -125,12 +125,12 @@ describe("a request that does not decode", () => {
     const embed = EmbedService.method.embed;
     const wrongType = errorDetails(await refusal("connect", embed, new TextEncoder().encode('{"texts": 5}'), {}, true));
     expect(wrongType).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE", metadata: { fields: "texts" } } });
-    expect(wrongType.badRequest?.fieldViolations[0]).toMatchObject({ field: "texts", description: expect.stringContaining("expected Array, got 5") });
+    expect(wrongType.badRequest?.fieldViolations[0]).toMatchObject({ field: "texts", description: "expected Array, got 5" });
     // A misspelt field would otherwise be dropped and the call run with the default.
     for (const protocol of ["grpc", "connect"] as const) {
       const misspelt = errorDetails(await refusal(protocol, embed, new TextEncoder().encode('{"txets": ["a"]}'), {}, true));
       expect(misspelt).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE", metadata: { fields: "txets" } } });
-      expect(misspelt.message).toContain('key "txets" is unknown');
+      expect(misspelt.message).toBe("txets: is not a field of vaccine.v1.EmbedRequest");
     }
     const notJson = errorDetails(await refusal("connect", embed, new TextEncoder().encode("{texts"), {}, true));
     expect(notJson).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE" } });
