@@ -53,7 +53,9 @@ export function explainWireError(err: ConnectError, method: DescMethod, maxMessa
   if (err.code === Code.ResourceExhausted && message.includes("readMaxBytes")) {
     return rpcError(Code.ResourceExhausted, WireReason.MESSAGE_TOO_LARGE, message, { max_bytes: String(maxMessageBytes) });
   }
-  if (err.code === Code.InvalidArgument) return invalidArgument([{ field: "", description: message }], WireReason.PROTOCOL_ERROR);
+  // connect-es calls these INTERNAL too, though the client's bytes caused them.
+  const clientsFault = err.code === Code.Internal && /^(received compressed envelope, but do not know how to decompress|decompression failed)$/.test(message);
+  if (err.code === Code.InvalidArgument || clientsFault) return invalidArgument([{ field: "", description: message }], WireReason.PROTOCOL_ERROR);
   if (err.code === Code.Unimplemented) return rpcError(err.code, WireReason.PROTOCOL_ERROR, message);
   return undefined;
 }

@@ -5,6 +5,7 @@
 // ErrorInfo, logs them, and keeps serving; calls that succeed or fail in a handler pass
 // through unchanged.
 import http2 from "node:http2";
+import { gzipSync } from "node:zlib";
 import { create, toBinary, type DescMethod, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
@@ -58,14 +59,14 @@ function envelopes(body: Uint8Array): { flags: number; data: Uint8Array }[] {
 }
 
 /** One HTTP/2 POST as a client of the protocol would send it; the error the answer carries, decoded the way that protocol's clients decode it. */
-async function refusal(protocol: "grpc" | "grpc-web" | "connect", method: DescMethod, message: Uint8Array, headers: Record<string, string> = {}, json = false, before: Uint8Array[] = []): Promise<ConnectError | undefined> {
+async function refusal(protocol: "grpc" | "grpc-web" | "connect", method: DescMethod, message: Uint8Array, headers: Record<string, string> = {}, json = false, before: Uint8Array[] = [], flags = 0): Promise<ConnectError | undefined> {
   const streaming = method.methodKind !== "unary";
   const contentType = {
     grpc: json ? "application/grpc+json" : "application/grpc",
     "grpc-web": json ? "application/grpc-web+json" : "application/grpc-web+proto",
     connect: streaming ? (json ? "application/connect+json" : "application/connect+proto") : json ? "application/json" : "application/proto",
   }[protocol];
-  const body = protocol === "connect" && !streaming ? message : Buffer.concat([...before, message].map((m) => envelope(0, m)));
+  const body = protocol === "connect" && !streaming ? message : Buffer.concat([...before.map((m) => envelope(0, m)), envelope(flags, message)]);
   const session = http2.connect(suite.server.url);
   try {
     const req = session.request({ ":method": "POST", ":path": `/${method.parent.typeName}/${method.name}`, "content-type": contentType, te: "trailers", ...headers });
@@ -145,6 +146,21 @@ describe("other protocol refusals", () => {
       expect(e.code, protocol).toBe(Code.Unimplemented);
       expect(e.message, protocol).toMatch(/unknown compression "zstd"/);
       expect(e.info, protocol).toMatchObject({ reason: "PROTOCOL_ERROR", domain: ERROR_DOMAIN });
+    }
+  });
+
+  it("a compressed message that does not decompress is INVALID_ARGUMENT with PROTOCOL_ERROR, not connect's INTERNAL", async () => {
+    const listAlign = AlignService.method.listAlignJobs;
+    const gzip = gzipSync(Buffer.from("a message"));
+    const cases = [
+      ["compressed flag without an encoding", {}, 1, gzip, /received compressed envelope, but do not know how to decompress/],
+      ["cut-off gzip", { "grpc-encoding": "gzip" }, 1, gzip.subarray(0, gzip.length - 6), /decompression failed/],
+      ["not gzip at all", { "grpc-encoding": "gzip" }, 1, UNDECODABLE, /decompression failed/],
+    ] as const;
+    for (const [name, headers, flags, data, message] of cases) {
+      const e = errorDetails(await refusal("grpc", listAlign, data, headers, false, [], flags));
+      expect(e, name).toMatchObject({ code: Code.InvalidArgument, info: { reason: "PROTOCOL_ERROR", domain: ERROR_DOMAIN } });
+      expect(e.message, name).toMatch(message);
     }
   });
 
