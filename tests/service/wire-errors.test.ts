@@ -12,6 +12,7 @@ import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } f
 import { endStreamFlag, endStreamFromJson, errorFromJsonBytes } from "@connectrpc/connect/protocol-connect";
 import { findTrailerError } from "@connectrpc/connect/protocol-grpc";
 import { trailerFlag, trailerParse } from "@connectrpc/connect/protocol-grpc-web";
+import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { Health, HealthCheckResponse_ServingStatus as S } from "../../gen/grpc/health/v1/health_pb.ts";
@@ -108,6 +109,28 @@ describe("a request that does not decode", () => {
     const lines = logged.filter((l) => l.msg === "request refused before its handler");
     expect(lines.map((l) => l.method)).toEqual(METHODS.map((m) => `${m.parent.typeName}/${m.name}`));
     expect(lines[0]).toMatchObject({ outcome: "INVALID_ARGUMENT", reason: "MESSAGE_UNDECODABLE" });
+    expect(await serving()).toBe(S.SERVING);
+  });
+
+  it("random bytes, on a random RPC and protocol, succeed or get a code the client can act on, with the ErrorInfo", async () => {
+    const outcomes = new Map<string, number>();
+    await fc.assert(
+      // Health's Watch streams until the client leaves, when the bytes decode.
+      fc.asyncProperty(fc.constantFrom(...METHODS.filter((m) => m !== Health.method.watch)), fc.constantFrom("grpc", "grpc-web", "connect"), fc.uint8Array({ maxLength: 48 }), async (method, protocol, bytes) => {
+        const err = await refusal(protocol, method, bytes);
+        const e = err && errorDetails(err);
+        const outcome = e ? `${Code[e.code]} ${e.info?.reason}` : "OK";
+        outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+        if (!e) return;
+        expect([Code.Internal, Code.Unknown, Code.DataLoss, Code.Unavailable], `${method.name} ${outcome} ${e.message}`).not.toContain(e.code);
+        expect(e.info?.domain, `${method.name} ${e.message}`).toBe(ERROR_DOMAIN);
+      }),
+      { numRuns: 300 },
+    );
+    // Both kinds happened: bytes that decode (and reach a handler) and bytes that do not.
+    expect(outcomes.get("InvalidArgument MESSAGE_UNDECODABLE")).toBeGreaterThan(100);
+    expect(outcomes.get("OK")).toBeGreaterThan(0);
+    expect(outcomes.get("InvalidArgument FIELD_INVALID")).toBeGreaterThan(0);
     expect(await serving()).toBe(S.SERVING);
   });
 
