@@ -1,7 +1,7 @@
 /**
  * connect-es refuses some requests in its protocol layer, before any interceptor runs: a
- * message that does not decode (as INTERNAL, though the bytes are the client's), one over
- * the size limit, an unknown compression, a malformed timeout. Such errors carry no
+ * message that does not decode or decompress (as INTERNAL, though the bytes are the
+ * client's), one over the size limit, an unknown compression, a malformed timeout. Such errors carry no
  * google.rpc.ErrorInfo. `withWireErrors` wraps a route's handler and rewrites them where each
  * protocol puts its status (gRPC trailers, gRPC-Web's trailer frame, Connect's JSON error or
  * end-of-stream message), so that they read like every other refusal of the server.
