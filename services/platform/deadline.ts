@@ -5,6 +5,7 @@
  * handler ignores it. Streams are exempt: watching a job for hours is their purpose.
  */
 import { Code, type Interceptor } from "@connectrpc/connect";
+import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import { rpcError } from "./errors.ts";
 
 /** Headers in which gRPC, gRPC-Web and Connect clients send their deadline. */
@@ -33,4 +34,24 @@ export function unaryDeadline(ms: number): Interceptor {
       clearTimeout(timer);
     }
   };
+}
+
+/** setTimeout's longest delay; Node runs a timer set for longer after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+const GRPC_TIMEOUT_UNIT_MS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 1e-3, n: 1e-6 };
+
+/**
+ * connect-es arms one timer for a client's deadline, so a deadline past setTimeout's range
+ * (24.8 days: a long Watch given 30 days, say) would end the call within a millisecond.
+ * Such a deadline is cut to that range before connect-es reads it.
+ */
+export function withDeadlineInRange(handler: UniversalHandler): UniversalHandler {
+  const wrapped = (req: Parameters<UniversalHandler>[0]) => {
+    const grpc = req.header.get("grpc-timeout")?.match(/^(\d{1,8})([HMSmun])$/);
+    if (grpc && Number(grpc[1]) * GRPC_TIMEOUT_UNIT_MS[grpc[2]] > MAX_TIMER_MS) req.header.set("grpc-timeout", `${Math.floor(MAX_TIMER_MS / 1000)}S`);
+    const connect = req.header.get("connect-timeout-ms");
+    if (connect && /^\d{1,10}$/.test(connect) && Number(connect) > MAX_TIMER_MS) req.header.set("connect-timeout-ms", String(MAX_TIMER_MS));
+    return handler(req);
+  };
+  return Object.assign(wrapped, handler);
 }

@@ -12,7 +12,7 @@ import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts"
 import { accessControl, checkPolicyCovers, type AccessOptions } from "./access.ts";
 import { audit, type AuditOptions } from "./audit.ts";
 import { superviseSession } from "./connections.ts";
-import { unaryDeadline } from "./deadline.ts";
+import { unaryDeadline, withDeadlineInRange } from "./deadline.ts";
 import type { FileWatch } from "./file-watch.ts";
 import { HealthRegistry, ServingStatus } from "./health.ts";
 import { DEFAULT_LIMITS, type Limits } from "./limits.ts";
@@ -112,7 +112,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       health.register(router);
       registerReflection(router, [...options.services.map((s) => s.desc), Health, ServerReflection]);
       // The adapter serves router.handlers as they are once this returns.
-      router.handlers.splice(0, Infinity, ...router.handlers.map((h) => withWireErrors(h, limits.maxMessageBytes, logWireError)));
+      router.handlers.splice(0, Infinity, ...router.handlers.map((h) => withWireErrors(withDeadlineInRange(h), limits.maxMessageBytes, logWireError)));
     },
   });
   const h2 = http2.createServer({ settings: { maxConcurrentStreams: limits.maxConcurrentStreams } }, handler);

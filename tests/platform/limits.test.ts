@@ -7,6 +7,7 @@ import { Code, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
+import { MAX_TIMER_MS, withDeadlineInRange } from "../../services/platform/deadline.ts";
 import { startServer, type RunningServer, type ServiceModule } from "../../services/platform/server.ts";
 import { rpcFailure } from "../helpers/errors.ts";
 import { oversizedConnect, oversizedGrpc } from "../helpers/oversized.ts";
@@ -87,6 +88,27 @@ describe("deadlines", () => {
     expect((await align().listAlignJobs({ pageSize: 600 }, { timeoutMs: 5000 })).nextPageToken).toBe("done");
     const connect = createClient(AlignService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
     expect((await connect.listAlignJobs({ pageSize: 600 }, { timeoutMs: 5000 })).nextPageToken).toBe("done");
+  });
+
+  it("keeps a client's deadline past a timer's range (30 days) instead of ending the call at once", async () => {
+    const days30 = { grpc: { "grpc-timeout": "720H" }, connect: { "connect-timeout-ms": String(30 * 86_400_000) } };
+    expect((await align().listAlignJobs({ pageSize: 400 }, { headers: days30.grpc })).nextPageToken).toBe("done");
+    const connect = createClient(AlignService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
+    expect((await connect.listAlignJobs({ pageSize: 400 }, { headers: days30.connect })).nextPageToken).toBe("done");
+    // A Watch is what such deadlines are given to.
+    for await (const _ of align().watchAlignJob({ jobId: "400" }, { headers: days30.grpc })) void _;
+  });
+
+  it("cuts such a deadline to the longest a timer holds, and leaves the others as sent", async () => {
+    const seen: (string | null)[] = [];
+    const handler = withDeadlineInRange(Object.assign(async (req: { header: Headers }) => {
+      seen.push(req.header.get("grpc-timeout") ?? req.header.get("connect-timeout-ms"));
+      return { status: 200 };
+    }, { method: AlignService.method.listAlignJobs }) as never);
+    for (const header of [{ "grpc-timeout": "720H" } as Record<string, string>, { "grpc-timeout": "99999999n" }, { "grpc-timeout": "2147483S" }, { "grpc-timeout": "2147484S" }, { "grpc-timeout": "soon" }, { "connect-timeout-ms": "2592000000" }, { "connect-timeout-ms": "5000" }]) {
+      await handler({ header: new Headers(header) } as never);
+    }
+    expect(seen).toEqual(["2147483S", "99999999n", "2147483S", "2147483S", "soon", String(MAX_TIMER_MS), "5000"]);
   });
 
   it("does not apply to streams", async () => {
