@@ -1,10 +1,9 @@
 /** Request checks for the references every service takes: checkpoints and datasets. */
 import type { CheckpointRef, DatasetRef } from "../../gen/vaccine/v1/common_pb.ts";
 import type { RequestValidator } from "../platform/validate.ts";
+import { checkpointHexOf } from "../runtime/store/store.ts";
 
 const DIGEST = /^sha256:[0-9a-f]{64}$/;
-/** A stored checkpoint's URI names its digest (store.ts, checkpointRef). */
-const CHECKPOINT_URI = /^store:\/\/checkpoints\/[0-9a-f]{64}$/;
 /** Longest URI a request may name (URIs end up in errors and logs). */
 export const MAX_URI_LENGTH = 2048;
 
@@ -17,7 +16,11 @@ export function checkCheckpointRef(v: RequestValidator, field: string, ref: Chec
   v.required(`${field}.uri`, ref.uri);
   v.length(`${field}.uri`, ref.uri, MAX_URI_LENGTH);
   if (!DIGEST.test(ref.digest)) v.fail(`${field}.digest`, 'must be "sha256:" followed by 64 lowercase hex digits');
-  else if (CHECKPOINT_URI.test(ref.uri) && ref.uri.slice(-64) !== ref.digest.slice(-64)) v.fail(`${field}.digest`, `must be the digest its uri names, sha256:${ref.uri.slice(-64)}`);
+  else {
+    // A stored checkpoint's URI names its digest (store.ts, checkpointRef).
+    const named = checkpointHexOf(ref.uri);
+    if (named && `sha256:${named}` !== ref.digest) v.fail(`${field}.digest`, `must be the digest its uri names, sha256:${named}`);
+  }
 }
 
 /** A DatasetRef: a store URI or a builtin dataset with sane generator settings. */

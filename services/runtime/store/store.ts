@@ -159,6 +159,16 @@ export function objectKey(uri: string): string {
   return location.key;
 }
 
+/** The digest's hex a checkpoint URI names, or undefined for any other string. */
+export function checkpointHexOf(uri: string): string | undefined {
+  try {
+    const location = parseStoreUri(uri);
+    return location.kind === "checkpoint" ? location.hex : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Whether a URI names an object (listings skip names no URI can hold). */
 export function isObjectUri(uri: string): boolean {
   try {
