@@ -1,5 +1,6 @@
 import {
   context,
+  isSpanContextValid,
   propagation,
   SpanKind,
   SpanStatusCode,
@@ -8,8 +9,10 @@ import {
   type Span,
   type TextMapGetter,
   type TextMapSetter,
+  type Tracer,
   type TracerProvider,
 } from "@opentelemetry/api";
+import type { DescMethod } from "@bufbuild/protobuf";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { Code, ConnectError, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
 import { ATTR_ERROR_TYPE, ATTR_SERVER_ADDRESS, ATTR_SERVER_PORT } from "@opentelemetry/semantic-conventions";
@@ -87,19 +90,31 @@ async function withSpan<R extends UnaryResponse | StreamResponse>(span: Span, ct
 export function serverTracing(provider: TracerProvider = trace.getTracerProvider()): Interceptor {
   const tracer = provider.getTracer(SCOPE);
   return (next) => async (req) => {
-    const method = `${req.service.typeName}/${req.method.name}`;
-    const parent = w3c.extract(context.active(), req.header, getter);
-    const span = tracer.startSpan(
-      method,
-      {
-        kind: SpanKind.SERVER,
-        attributes: { [ATTR_RPC_SYSTEM_NAME]: rpcSystem(req.header.get("content-type")), [ATTR_RPC_METHOD]: method },
-      },
-      parent,
-    );
-    const ctx = trace.setSpan(parent, span);
+    const { span, ctx } = startServerSpan(tracer, req.method, req.header);
     return withSpan(span, ctx, () => context.with(ctx, () => next(req)));
   };
+}
+
+/**
+ * The SERVER span of a call refused before any interceptor ran (wire-errors.ts), ended with
+ * its error at once; returns its trace id (none without a tracer), for the log line.
+ */
+export function refusedCallSpan(provider: TracerProvider, method: DescMethod, header: Headers, err: ConnectError): string | undefined {
+  const { span } = startServerSpan(provider.getTracer(SCOPE), method, header);
+  endSpan(span, err);
+  const sc = span.spanContext();
+  return isSpanContextValid(sc) ? sc.traceId : undefined;
+}
+
+function startServerSpan(tracer: Tracer, desc: DescMethod, header: Headers): { span: Span; ctx: Context } {
+  const method = `${desc.parent.typeName}/${desc.name}`;
+  const parent = w3c.extract(context.active(), header, getter);
+  const span = tracer.startSpan(
+    method,
+    { kind: SpanKind.SERVER, attributes: { [ATTR_RPC_SYSTEM_NAME]: rpcSystem(header.get("content-type")), [ATTR_RPC_METHOD]: method } },
+    parent,
+  );
+  return { span, ctx: trace.setSpan(parent, span) };
 }
 
 /** One CLIENT span per RPC, with the traceparent header injected for the server. */

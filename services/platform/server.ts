@@ -5,7 +5,7 @@ import type { TLSSocket } from "node:tls";
 import type { DescService } from "@bufbuild/protobuf";
 import { createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import type { TracerProvider } from "@opentelemetry/api";
+import { trace, type TracerProvider } from "@opentelemetry/api";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
@@ -20,7 +20,7 @@ import { silentLogger, type Logger } from "./log.ts";
 import { PEER, peerOf } from "./peer.ts";
 import { rateLimit, type RateLimitOptions } from "./rate-limit.ts";
 import { registerReflection } from "./reflection.ts";
-import { serverTracing, statusName } from "./rpc-tracing.ts";
+import { refusedCallSpan, serverTracing, statusName } from "./rpc-tracing.ts";
 import { createTlsServer, type TlsFiles } from "./tls.ts";
 import { withWireErrors, type OnWireError } from "./wire-errors.ts";
 
@@ -88,9 +88,14 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     );
   }
 
-  // Refused before any interceptor, so neither the audit log nor a trace has them.
-  const logWireError: OnWireError = (method, err) =>
-    logger.warn({ method: `${method.parent.typeName}/${method.name}`, outcome: statusName(err.code), reason: err.findDetails(ErrorInfoSchema)[0]?.reason, error: err.rawMessage }, "request refused before its handler");
+  // Refused before any interceptor: not in the audit log, so logged here, and traced here.
+  const onWireError: OnWireError = (method, err, header) => {
+    const traceId = refusedCallSpan(options.tracerProvider ?? trace.getTracerProvider(), method, header, err);
+    logger.warn(
+      { method: `${method.parent.typeName}/${method.name}`, outcome: statusName(err.code), reason: err.findDetails(ErrorInfoSchema)[0]?.reason, error: err.rawMessage, trace_id: traceId },
+      "request refused before its handler",
+    );
+  };
   const handler = connectNodeAdapter({
     shutdownSignal: stopping.signal,
     // Larger messages are refused from their length prefix (or Content-Length), before being read.
@@ -112,7 +117,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       health.register(router);
       registerReflection(router, [...options.services.map((s) => s.desc), Health, ServerReflection]);
       // The adapter serves router.handlers as they are once this returns.
-      router.handlers.splice(0, Infinity, ...router.handlers.map((h) => withWireErrors(withDeadlineInRange(h), limits.maxMessageBytes, logWireError)));
+      router.handlers.splice(0, Infinity, ...router.handlers.map((h) => withWireErrors(withDeadlineInRange(h), limits.maxMessageBytes, onWireError)));
     },
   });
   const h2 = http2.createServer({ settings: { maxConcurrentStreams: limits.maxConcurrentStreams } }, handler);

@@ -20,17 +20,17 @@ export const WireReason = {
   PROTOCOL_ERROR: "PROTOCOL_ERROR",
 } as const;
 
-/** Called once per rewritten refusal, e.g. to log it: no interceptor saw the call. */
-export type OnWireError = (method: DescMethod, error: ConnectError) => void;
+/** Called once per rewritten refusal, to log and trace it: no interceptor saw the call. */
+export type OnWireError = (method: DescMethod, error: ConnectError, requestHeader: Headers) => void;
 
 /** `handler`, answering its protocol-layer refusals with the server's ErrorInfo. */
 export function withWireErrors(handler: UniversalHandler, maxMessageBytes: number, onError: OnWireError = () => {}): UniversalHandler {
-  const explain = (err: ConnectError) => {
-    const explained = explainWireError(err, handler.method, maxMessageBytes);
-    if (explained) onError(handler.method, explained);
-    return explained;
-  };
-  const wrapped = async (req: Parameters<UniversalHandler>[0]) => rewrite(await handler(req), explain);
+  const wrapped = async (req: Parameters<UniversalHandler>[0]) =>
+    rewrite(await handler(req), (err: ConnectError) => {
+      const explained = explainWireError(err, handler.method, maxMessageBytes);
+      if (explained) onError(handler.method, explained, req.header);
+      return explained;
+    });
   return Object.assign(wrapped, handler);
 }
 

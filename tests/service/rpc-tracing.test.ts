@@ -1,6 +1,7 @@
 // Server and client interceptors produce one span per RPC, joined by W3C trace context.
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+import * as grpc from "@grpc/grpc-js";
 import { SpanKind, SpanStatusCode } from "@opentelemetry/api";
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -52,6 +53,25 @@ describe("RPC spans", () => {
     expect(serverSpan.attributes["rpc.status_code"]).toBe("INVALID_ARGUMENT");
     expect(serverSpan.attributes["error.type"]).toBe("INVALID_ARGUMENT");
     expect(serverSpan.status.code).toBe(SpanStatusCode.ERROR);
+  });
+
+  it("a call refused before any handler (bytes that do not decode) still has its SERVER span, in the caller's trace", async () => {
+    exporter.reset();
+    const traceId = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const c = new grpc.Client(`127.0.0.1:${server.port}`, grpc.credentials.createInsecure());
+    const metadata = new grpc.Metadata();
+    metadata.set("traceparent", `00-${traceId}-00f067aa0ba902b7-01`);
+    const err = await new Promise<grpc.ServiceError>((resolve) =>
+      c.makeUnaryRequest("/vaccine.v1.AlignService/ListAlignJobs", (b: Buffer) => b, (b: Buffer) => b, Buffer.from([0x0a, 0xff]), metadata, (e) => resolve(e!)),
+    );
+    c.close();
+    expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
+    const serverSpan = exporter.getFinishedSpans().find((s) => s.kind === SpanKind.SERVER)!;
+    expect(serverSpan.name).toBe("vaccine.v1.AlignService/ListAlignJobs");
+    expect(serverSpan.attributes).toMatchObject({ "rpc.system.name": "grpc", "rpc.status_code": "INVALID_ARGUMENT", "error.type": "INVALID_ARGUMENT" });
+    expect(serverSpan.status.code).toBe(SpanStatusCode.ERROR);
+    expect(serverSpan.spanContext().traceId).toBe(traceId);
+    expect(serverSpan.parentSpanContext?.spanId).toBe("00f067aa0ba902b7");
   });
 
   it("a streaming call's span ends when the stream ends", async () => {
