@@ -36,6 +36,37 @@ export function unaryDeadline(ms: number): Interceptor {
   };
 }
 
+/**
+ * Ends a client stream (an upload, an import) whose next message does not come within `ms`:
+ * a client that stalls mid-upload would otherwise hold its temp file and call open for as long
+ * as its connection lives. The handler sees the error from its message stream and cleans up
+ * as for any broken upload.
+ */
+export function streamIdleTimeout(ms: number): Interceptor {
+  // Bidirectional streams (reflection) are conversations, where the client may well pause.
+  return (next) => async (req) => (ms > 0 && req.stream && req.method.methodKind === "client_streaming" ? next({ ...req, message: idleBounded(req.message, ms) }) : next(req));
+}
+
+async function* idleBounded<T>(messages: AsyncIterable<T>, ms: number): AsyncIterable<T> {
+  const it = messages[Symbol.asyncIterator]();
+  for (;;) {
+    let timer: NodeJS.Timeout | undefined;
+    const idle = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(rpcError(Code.DeadlineExceeded, "STREAM_IDLE", `no message of the request stream came within ${ms} ms of the last; the call is ended (send the next message sooner)`, { idle_ms: String(ms) })),
+        ms,
+      );
+    });
+    try {
+      const r = await Promise.race([it.next(), idle]);
+      if (r.done) return;
+      yield r.value;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
 /** setTimeout's longest delay; Node runs a timer set for longer after 1 ms. */
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 const GRPC_TIMEOUT_UNIT_MS: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 1e-3, n: 1e-6 };

@@ -7,6 +7,8 @@ export interface Limits {
   maxMessageBytes: number;
   /** Deadline of unary calls that arrive without one (0: none). */
   unaryDeadlineMs: number;
+  /** Longest wait for the next message of a client stream (an upload, an import); 0: none. */
+  streamIdleMs: number;
   /** HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: calls open at once on one connection. */
   maxConcurrentStreams: number;
   /** Interval of the server's HTTP/2 PINGs, which find dead peers (0: none). */
@@ -24,6 +26,7 @@ export const MiB = 2 ** 20;
 export const DEFAULT_LIMITS: Limits = {
   maxMessageBytes: 16 * MiB,
   unaryDeadlineMs: 300_000,
+  streamIdleMs: 120_000,
   maxConcurrentStreams: 100,
   keepaliveIntervalMs: 60_000,
   keepaliveTimeoutMs: 20_000,

@@ -12,7 +12,7 @@ import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts"
 import { accessControl, checkPolicyCovers, type AccessOptions } from "./access.ts";
 import { audit, type AuditOptions } from "./audit.ts";
 import { superviseSession } from "./connections.ts";
-import { unaryDeadline, withDeadlineInRange } from "./deadline.ts";
+import { streamIdleTimeout, unaryDeadline, withDeadlineInRange } from "./deadline.ts";
 import type { FileWatch } from "./file-watch.ts";
 import { HealthRegistry, ServingStatus } from "./health.ts";
 import { DEFAULT_LIMITS, type Limits } from "./limits.ts";
@@ -109,6 +109,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       accessControl(access),
       ...(options.rateLimit ? [rateLimit(options.rateLimit)] : []),
       unaryDeadline(limits.unaryDeadlineMs),
+      streamIdleTimeout(limits.streamIdleMs),
       ...(options.interceptors ?? []),
     ],
     contextValues: (req) => createContextValues().set(PEER, peerOf(req)),

@@ -64,6 +64,7 @@ export interface Config {
   reflectionOpen: boolean;
   maxMessageMb: number;
   unaryDeadlineMs: number;
+  streamIdleMs: number;
   maxStreamsPerConnection: number;
   keepaliveMs: number;
   keepaliveTimeoutMs: number;
@@ -191,6 +192,7 @@ export const VARIABLES = [
   v({ name: "VACCINE_REFLECTION_OPEN", key: "reflectionOpen", default: "false", description: "true: server reflection answers without credentials.", parse: bool }),
   v({ name: "VACCINE_MAX_MESSAGE_MB", key: "maxMessageMb", default: "16", description: "Largest message the server reads, in MiB; a larger one is refused unread with RESOURCE_EXHAUSTED (uploads stream 1 MiB chunks).", parse: integer(1, 4095) }),
   v({ name: "VACCINE_UNARY_DEADLINE_MS", key: "unaryDeadlineMs", default: "300000", description: "Deadline of unary calls sent without one (0: none).", parse: integer(0, 86_400_000) }),
+  v({ name: "VACCINE_STREAM_IDLE_MS", key: "streamIdleMs", default: "120000", description: "An upload or import whose next message takes longer than this is ended with DEADLINE_EXCEEDED (0: never).", parse: integer(0, 86_400_000) }),
   v({ name: "VACCINE_MAX_STREAMS_PER_CONNECTION", key: "maxStreamsPerConnection", default: "100", description: "Calls open at once on one HTTP/2 connection.", parse: integer(1, 10_000) }),
   v({ name: "VACCINE_KEEPALIVE_MS", key: "keepaliveMs", default: "60000", description: "Interval of the server's HTTP/2 keepalive pings (0: none).", parse: integer(0, 86_400_000) }),
   v({ name: "VACCINE_KEEPALIVE_TIMEOUT_MS", key: "keepaliveTimeoutMs", default: "20000", description: "A connection that does not answer a keepalive ping within this is closed.", parse: integer(1, 3_600_000) }),

@@ -47,6 +47,7 @@ export async function securityOptions(config: Config, logger: Logger): Promise<S
     limits: {
       maxMessageBytes: config.maxMessageMb * MiB,
       unaryDeadlineMs: config.unaryDeadlineMs,
+      streamIdleMs: config.streamIdleMs,
       maxConcurrentStreams: config.maxStreamsPerConnection,
       keepaliveIntervalMs: config.keepaliveMs,
       keepaliveTimeoutMs: config.keepaliveTimeoutMs,

@@ -3,10 +3,12 @@
 // pings nobody answers, and connections that never say anything.
 import http2 from "node:http2";
 import net from "node:net";
-import { Code, createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
+import { DatasetService } from "../../gen/vaccine/v1/datasets_pb.ts";
 import { MAX_TIMER_MS, withDeadlineInRange } from "../../services/platform/deadline.ts";
 import { startServer, type RunningServer, type ServiceModule } from "../../services/platform/server.ts";
 import { rpcFailure } from "../helpers/errors.ts";
@@ -38,12 +40,32 @@ const slowAlign: ServiceModule = {
   },
 };
 
+/** UploadDataset counts the messages it reads and records why its request stream broke. */
+const uploadBreaks: (string | undefined)[] = [];
+const countingUploads: ServiceModule = {
+  desc: DatasetService,
+  register(router) {
+    router.service(DatasetService, {
+      async uploadDataset(requests) {
+        let n = 0;
+        try {
+          for await (const _ of requests) n++;
+        } catch (err) {
+          uploadBreaks.push(ConnectError.from(err).findDetails(ErrorInfoSchema)[0]?.reason);
+          throw err;
+        }
+        return { dataset: { rowCount: BigInt(n) } };
+      },
+    });
+  },
+};
+
 let server: RunningServer;
 beforeAll(async () => {
   server = await startServer({
-    services: [slowAlign],
+    services: [slowAlign, countingUploads],
     shutdownTimeoutMs: 1000,
-    limits: { maxMessageBytes: 1 << 20, unaryDeadlineMs: 300, maxConcurrentStreams: 7, idleTimeoutMs: 400, keepaliveIntervalMs: 100, keepaliveTimeoutMs: 200, handshakeTimeoutMs: 300 },
+    limits: { maxMessageBytes: 1 << 20, unaryDeadlineMs: 300, streamIdleMs: 300, maxConcurrentStreams: 7, idleTimeoutMs: 400, keepaliveIntervalMs: 100, keepaliveTimeoutMs: 200, handshakeTimeoutMs: 300 },
   });
 });
 afterAll(() => server?.shutdown());
@@ -113,6 +135,37 @@ describe("deadlines", () => {
 
   it("does not apply to streams", async () => {
     for await (const _ of align().watchAlignJob({ jobId: "600" })) void _;
+  });
+});
+
+describe("client streams", () => {
+  const uploads = () => createClient(DatasetService, createGrpcTransport({ baseUrl: server.url }));
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  it("keep an upload whose messages each come within the idle limit, however long it takes in all", async () => {
+    const steady = async function* () {
+      for (let i = 0; i < 6; i++) {
+        await sleep(150);
+        yield {};
+      }
+    };
+    // 900 ms in all, three times the limit.
+    expect((await uploads().uploadDataset(steady())).dataset?.rowCount).toBe(6n);
+  });
+
+  it("end an upload whose next message does not come: DEADLINE_EXCEEDED, STREAM_IDLE, and the handler's stream breaks", async () => {
+    uploadBreaks.length = 0;
+    const stalled = new AbortController();
+    const stall = async function* () {
+      yield {};
+      await new Promise((r) => stalled.signal.addEventListener("abort", r));
+    };
+    const started = Date.now();
+    const e = await rpcFailure(() => uploads().uploadDataset(stall()));
+    stalled.abort();
+    expect(e).toMatchObject({ code: Code.DeadlineExceeded, info: { reason: "STREAM_IDLE", metadata: { idle_ms: "300" } } });
+    expect(Date.now() - started).toBeLessThan(3000);
+    expect(uploadBreaks).toEqual(["STREAM_IDLE"]);
   });
 });
 

@@ -50,6 +50,7 @@ describe("configuration", () => {
       reflectionOpen: false,
       maxMessageMb: 16,
       unaryDeadlineMs: 300000,
+      streamIdleMs: 120000,
       maxStreamsPerConnection: 100,
       keepaliveMs: 60000,
       keepaliveTimeoutMs: 20000,

@@ -20,7 +20,7 @@ describe("security options", () => {
     expect(o.access.authenticator).toBeUndefined();
     expect(o.access.policy?.roles).toEqual(["reader", "trainer", "admin"]);
     expect(o.access.reflectionOpen).toBe(false);
-    expect(o.limits).toEqual({ maxMessageBytes: 16 * 2 ** 20, unaryDeadlineMs: 300_000, maxConcurrentStreams: 100, keepaliveIntervalMs: 60_000, keepaliveTimeoutMs: 20_000, idleTimeoutMs: 300_000 });
+    expect(o.limits).toEqual({ maxMessageBytes: 16 * 2 ** 20, unaryDeadlineMs: 300_000, streamIdleMs: 120_000, maxConcurrentStreams: 100, keepaliveIntervalMs: 60_000, keepaliveTimeoutMs: 20_000, idleTimeoutMs: 300_000 });
     expect(o.rateLimit).toEqual({ perSecond: 50, burst: 100 });
     // The audit log records every call of the methods that need the trainer role.
     const mutating = SUITE_CONTRACTS.flatMap((svc) => svc.methods).filter((m) => o.audit.mutating(m)).map((m) => m.name);
