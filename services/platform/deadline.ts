@@ -1,8 +1,10 @@
 /**
- * A default deadline for unary calls that arrive without one, so a stuck call or an
- * abandoned client does not hold the server forever. The handler's signal aborts at the
- * deadline (cooperative work stops), and the call ends with DEADLINE_EXCEEDED even if the
- * handler ignores it. Streams are exempt: watching a job for hours is their purpose.
+ * Time bounds on calls. A default deadline for unary calls that arrive without one, so a
+ * stuck call or an abandoned client does not hold the server forever: the handler's signal
+ * aborts at the deadline (cooperative work stops), and the call ends with DEADLINE_EXCEEDED
+ * even if the handler ignores it. Streams are exempt: watching a job for hours is their
+ * purpose; but an upload waits for each next message only so long. And a client's own
+ * deadline is kept within what a timer can hold.
  */
 import { Code, type Interceptor } from "@connectrpc/connect";
 import type { UniversalHandler } from "@connectrpc/connect/protocol";
@@ -57,13 +59,15 @@ async function* idleBounded<T>(messages: AsyncIterable<T>, ms: number): AsyncIte
         ms,
       );
     });
+    let r: IteratorResult<T>;
     try {
-      const r = await Promise.race([it.next(), idle]);
-      if (r.done) return;
-      yield r.value;
+      r = await Promise.race([it.next(), idle]);
     } finally {
+      // Only the wait for the client counts, not the handler's work on a message.
       clearTimeout(timer);
     }
+    if (r.done) return;
+    yield r.value;
   }
 }
 

@@ -40,7 +40,10 @@ const slowAlign: ServiceModule = {
   },
 };
 
-/** UploadDataset counts the messages it reads and records why its request stream broke. */
+/**
+ * UploadDataset counts the messages it reads and records why its request stream broke; after a
+ * metadata message named "slow" it takes 500 ms over each message.
+ */
 const uploadBreaks: (string | undefined)[] = [];
 const countingUploads: ServiceModule = {
   desc: DatasetService,
@@ -48,8 +51,13 @@ const countingUploads: ServiceModule = {
     router.service(DatasetService, {
       async uploadDataset(requests) {
         let n = 0;
+        let slow = false;
         try {
-          for await (const _ of requests) n++;
+          for await (const m of requests) {
+            n++;
+            slow ||= m.content.case === "metadata" && m.content.value.displayName === "slow";
+            if (slow) await new Promise((r) => setTimeout(r, 500));
+          }
         } catch (err) {
           uploadBreaks.push(ConnectError.from(err).findDetails(ErrorInfoSchema)[0]?.reason);
           throw err;
@@ -151,6 +159,15 @@ describe("client streams", () => {
     };
     // 900 ms in all, three times the limit.
     expect((await uploads().uploadDataset(steady())).dataset?.rowCount).toBe(6n);
+  });
+
+  it("count only the wait for the client, not the handler's time over a message", async () => {
+    const quick = async function* () {
+      yield { content: { case: "metadata" as const, value: { displayName: "slow" } } };
+      yield {};
+      yield {};
+    };
+    expect((await uploads().uploadDataset(quick())).dataset?.rowCount).toBe(3n);
   });
 
   it("end an upload whose next message does not come: DEADLINE_EXCEEDED, STREAM_IDLE, and the handler's stream breaks", async () => {
