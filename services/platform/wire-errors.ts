@@ -12,6 +12,7 @@ import { createAsyncIterable, encodeEnvelope, type UniversalHandler, type Univer
 import { codeToHttpStatus, endStreamFlag, endStreamFromJson, endStreamToJson, errorFromJsonBytes, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
 import { findTrailerError, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerFlag, trailerParse, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { invalidArgument, rpcError } from "./errors.ts";
 
 export const WireReason = {
@@ -36,7 +37,7 @@ export function withWireErrors(handler: UniversalHandler, maxMessageBytes: numbe
 
 /** The server's version of a protocol-layer error; undefined for errors that already carry an ErrorInfo or that no request caused. */
 export function explainWireError(err: ConnectError, method: DescMethod, maxMessageBytes: number): ConnectError | undefined {
-  if (err.details.some((d) => ("desc" in d ? d.desc.typeName : d.type) === "google.rpc.ErrorInfo")) return undefined;
+  if (err.findDetails(ErrorInfoSchema).length > 0) return undefined;
   const message = err.rawMessage;
   const input = method.input.typeName;
   // protobuf-es: "premature EOF", "invalid wire type", "cannot decode field T.f from JSON: ...", "... key "k" is unknown".
@@ -64,12 +65,17 @@ function rewrite(res: UniversalServerResponse, explain: (err: ConnectError) => C
   const body = res.body;
   if (!body || typeof body !== "object" || !(Symbol.asyncIterator in body)) return res;
   const type = new Headers(res.header).get("content-type") ?? "";
+  // gRPC's status is in its trailer: rewritten in place, true when it was.
+  const explainTrailer = (trailer: Headers) => {
+    const err = findTrailerError(trailer);
+    const explained = err && explain(err);
+    if (explained) setTrailerStatus(trailer, explained);
+    return explained !== undefined;
+  };
   if (type.startsWith("application/grpc-web")) {
     return { ...res, body: mapEnvelopes(body, trailerFlag, (data) => {
       const trailer = trailerParse(data);
-      const err = findTrailerError(trailer);
-      const explained = err && explain(err);
-      return explained && trailerSerialize(setTrailerStatus(trailer, explained));
+      return explainTrailer(trailer) ? trailerSerialize(trailer) : undefined;
     }) };
   }
   if (type.startsWith("application/grpc")) {
@@ -78,9 +84,7 @@ function rewrite(res: UniversalServerResponse, explain: (err: ConnectError) => C
     // The status is written into the trailer once the body has ended.
     return { ...res, body: (async function* () {
       yield* body;
-      const err = findTrailerError(trailer);
-      const explained = err && explain(err);
-      if (explained) setTrailerStatus(trailer, explained);
+      explainTrailer(trailer);
     })() };
   }
   if (type.startsWith("application/connect+")) {
