@@ -1,4 +1,4 @@
-/** A local checkpoint store in a temp folder holding the tiny-world model as a base checkpoint. */
+/** A local checkpoint store holding the tiny-world model as a base checkpoint and its examples as a dataset. */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -16,6 +16,8 @@ export interface TinyStore {
   root: string;
   store: LocalCheckpointStore;
   base: CheckpointRef;
+  /** The tiny world's alignment examples (JSONL). */
+  data: string;
   cleanup(): void;
 }
 
@@ -37,11 +39,13 @@ export async function putModel(
   }
 }
 
-export async function tinyStore(seed = 0): Promise<TinyStore> {
-  const root = mkdtempSync(join(tmpdir(), "vaccine-store-"));
+/** In `root`, a new temp folder unless given (a process under test may share it). */
+export async function tinyStore(root = mkdtempSync(join(tmpdir(), "vaccine-store-"))): Promise<TinyStore> {
   const store = new LocalCheckpointStore(root);
-  const model = tinyWorldModel(tinyTokenizer(), seed);
+  const model = tinyWorldModel(tinyTokenizer());
   const base = await putModel(store, model);
   model.dispose();
-  return { root, store, base, cleanup: () => rmSync(root, { recursive: true, force: true }) };
+  const data = "store://datasets/align.jsonl";
+  await store.putObject(data, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+  return { root, store, base, data, cleanup: () => rmSync(root, { recursive: true, force: true }) };
 }

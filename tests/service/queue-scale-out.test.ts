@@ -15,11 +15,9 @@ import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../.
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { CheckpointKind, JobState, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
 import type { AlignSpecSchema } from "../../gen/vaccine/v1/training_pb.ts";
-import { LocalCheckpointStore } from "../../services/runtime/store/local-store.ts";
 import { startProcess, type ServiceProcess } from "../../scripts/service-process.ts";
 import { startRedis, type TestRedis } from "../../scripts/redis-server.ts";
-import { putModel } from "../helpers/tiny-store.ts";
-import { EXAMPLES, tinyTokenizer, tinyWorldModel } from "../helpers/tiny-world.ts";
+import { tinyStore } from "../helpers/tiny-store.ts";
 
 const root = mkdtempSync(join(tmpdir(), "vaccine-scale-out-"));
 const processes: ServiceProcess[] = [];
@@ -46,12 +44,7 @@ describe("scale-out on a Redis queue", () => {
     const t0 = Date.now();
     redis = await startRedis();
     const storeRoot = join(root, "store");
-    const store = new LocalCheckpointStore(storeRoot);
-    const model = tinyWorldModel(tinyTokenizer());
-    const base = await putModel(store, model);
-    model.dispose();
-    const data = "store://datasets/align.jsonl";
-    await store.putObject(data, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+    const { store, base, data } = await tinyStore(storeRoot);
 
     const env = { VACCINE_QUEUE_URL: redis.url, VACCINE_STORE_ROOT: storeRoot, VACCINE_JOBS_DIR: join(root, "jobs"), VACCINE_BACKEND: "wasm", VACCINE_WORKER_LOCK_MS: "3000" };
     const startWorker = () => startProcess(ENTRY, { ...env, VACCINE_ROLE: "worker" }).then((p) => (processes.push(p), p));

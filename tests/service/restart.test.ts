@@ -8,10 +8,8 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, describe, expect, it } from "vitest";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { JobState, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
-import { LocalCheckpointStore } from "../../services/runtime/store/local-store.ts";
 import { startProcess } from "../../scripts/service-process.ts";
-import { putModel } from "../helpers/tiny-store.ts";
-import { EXAMPLES, tinyTokenizer, tinyWorldModel } from "../helpers/tiny-world.ts";
+import { tinyStore } from "../helpers/tiny-store.ts";
 
 const root = mkdtempSync(join(tmpdir(), "vaccine-restart-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -19,12 +17,7 @@ const env = { VACCINE_STORE_ROOT: join(root, "store"), VACCINE_JOBS_DIR: join(ro
 
 describe("restart recovery", () => {
   it("SIGTERM finishes the step, writes a training state, exits 0; the next process resumes the job", async () => {
-    const store = new LocalCheckpointStore(env.VACCINE_STORE_ROOT);
-    const model = tinyWorldModel(tinyTokenizer());
-    const base = await putModel(store, model);
-    model.dispose();
-    const data = "store://datasets/align.jsonl";
-    await store.putObject(data, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+    const { store, base, data } = await tinyStore(env.VACCINE_STORE_ROOT);
 
     const first = await startProcess("services/main.ts", env);
     const client1 = createClient(AlignService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${first.port}` }));
