@@ -44,6 +44,7 @@ export interface Config {
   logLevel: LogLevel;
   role: (typeof ROLES)[number];
   queueUrl: string;
+  queueCluster: boolean;
   workerConcurrency: number;
   workerLockMs: number;
   jobAttempts: number;
@@ -173,6 +174,7 @@ export const VARIABLES = [
   v({ name: "VACCINE_LOG_LEVEL", key: "logLevel", default: "info", description: "debug, info, warn or error.", parse: choice(LOG_LEVELS) }),
   v({ name: "VACCINE_ROLE", key: "role", default: "all", description: "all (serve and train), api (serve and enqueue, no training) or worker (train queued jobs; health only). api and worker need VACCINE_QUEUE_URL.", parse: choice(ROLES) }),
   v({ name: "VACCINE_QUEUE_URL", key: "queueUrl", default: "", description: "Redis of the shared job queue, redis://host:port/db (empty: jobs run embedded in this process).", parse: redisUrl }),
+  v({ name: "VACCINE_QUEUE_CLUSTER", key: "queueCluster", default: "false", description: "true: VACCINE_QUEUE_URL names a node of a Redis Cluster (database 0); the queue's keys are under the hash tag {vaccine}, in one slot.", parse: bool }),
   v({ name: "VACCINE_WORKER_CONCURRENCY", key: "workerConcurrency", default: "1", description: "Queued jobs a worker trains at once (one per accelerator).", parse: integer(1, 64) }),
   v({ name: "VACCINE_WORKER_LOCK_MS", key: "workerLockMs", default: "30000", description: "A worker's lock on a job; a killed worker's job is taken over within about twice this.", parse: integer(1000, 3_600_000) }),
   v({ name: "VACCINE_JOB_ATTEMPTS", key: "jobAttempts", default: "3", description: "Runs of a queued job that may fail (errors or lost workers) before it is FAILED.", parse: integer(1, 100) }),
@@ -242,6 +244,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   }
   if (config.store === "s3" && !config.s3Bucket) problems.push("VACCINE_S3_BUCKET is required when VACCINE_STORE=s3");
   if (config.role !== undefined && config.role !== "all" && !config.queueUrl) problems.push(`VACCINE_ROLE=${config.role} needs VACCINE_QUEUE_URL (api and worker processes share jobs through it)`);
+  if (config.queueCluster && !config.queueUrl) problems.push("VACCINE_QUEUE_CLUSTER=true needs VACCINE_QUEUE_URL (a node of the cluster)");
+  if (config.queueCluster && /\/0*[1-9]\d*$/.test(String(config.queueUrl))) problems.push(`VACCINE_QUEUE_CLUSTER=true needs database 0: a Redis Cluster has no other (VACCINE_QUEUE_URL=${config.queueUrl})`);
   problems.push(...securityProblems(config as Config));
   if (problems.length > 0) throw new ConfigError(`Bad configuration:\n  ${problems.join("\n  ")}`);
   return config as Config;

@@ -13,7 +13,7 @@ import type { Logger } from "../platform/log.ts";
 import type { StoreConfig } from "../runtime/store/create-store.ts";
 import type { Config } from "./config.ts";
 
-export type QueueConfig = Partial<Pick<Config, "role" | "queueUrl" | "workerConcurrency" | "workerLockMs" | "jobAttempts">>;
+export type QueueConfig = Partial<Pick<Config, "role" | "queueUrl" | "queueCluster" | "workerConcurrency" | "workerLockMs" | "jobAttempts">>;
 
 export function queueDeps(
   config: QueueConfig,
@@ -24,12 +24,14 @@ export function queueDeps(
 ): { executor?: QueueExecutor; worker?: QueueWorker } {
   const url = config.queueUrl;
   if (!url) return {};
+  const cluster = config.queueCluster;
   const role = config.role ?? "all";
-  const executor = servesJobs && role !== "worker" ? new QueueExecutor({ url, ...telemetry, logger }) : undefined;
+  const executor = servesJobs && role !== "worker" ? new QueueExecutor({ url, cluster, ...telemetry, logger }) : undefined;
   const worker =
     role !== "api"
       ? new QueueWorker({
           url,
+          cluster,
           concurrency: config.workerConcurrency,
           lockMs: config.workerLockMs,
           maxAttempts: config.jobAttempts,

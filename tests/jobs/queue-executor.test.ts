@@ -1,6 +1,8 @@
 // The distributed executor (api QueueExecutor + QueueWorker on BullMQ) with stand-in work
-// functions, against a real redis-server: queueing, cancel from another api, watch history +
-// live + resume, list paging, bounded attempts, fencing after a takeover, shutdown hand-back.
+// functions, against a real redis-server and a real Redis Cluster of three: queueing, cancel
+// from another api, watch history + live + resume, list paging, bounded attempts, fencing after
+// a takeover, shutdown hand-back.
+import { spawnSync } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { anyUnpack, timestampNow } from "@bufbuild/protobuf/wkt";
@@ -13,44 +15,22 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { CheckpointRefSchema } from "../../gen/vaccine/v1/common_pb.ts";
 import { Queue } from "bullmq";
-import { Redis } from "ioredis";
 import { JobKind, JobSchema, JobState, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { AlignSpecSchema, FineTuneSpecSchema } from "../../gen/vaccine/v1/training_pb.ts";
 import type { JobContext, JobWork } from "../../services/jobs/executor.ts";
-import { QUEUE_NAME, queueKeys, redisOptions } from "../../services/jobs/queue/connection.ts";
+import { connectQueue, QUEUE_NAME, queueKeys } from "../../services/jobs/queue/connection.ts";
 import { QueueExecutor } from "../../services/jobs/queue/queue-executor.ts";
 import { QueueWorker, type QueueWorkerOptions } from "../../services/jobs/queue/queue-worker.ts";
 import { RedisJobs } from "../../services/jobs/queue/redis-jobs.ts";
 import { rpcError } from "../../services/platform/errors.ts";
 import { createdWithinJobQuota } from "../helpers/errors.ts";
-import { startRedis, type TestRedis } from "../../scripts/redis-server.ts";
+import { startRedis, startRedisCluster, type TestRedis } from "../../scripts/redis-server.ts";
 
-let redis: TestRedis;
-beforeAll(async () => {
-  redis = await startRedis();
-});
-afterAll(() => redis?.stop());
-
-// Each test has its own key prefix on the one server, and closes what it opened.
+// Each test has its own key prefix on the one server (or cluster), and closes what it opened.
 const closers: (() => Promise<void>)[] = [];
 afterEach(async () => {
   for (const close of closers.splice(0).reverse()) await close().catch(() => {});
 });
-function setup() {
-  const prefix = `t${randomUUID().slice(0, 8)}`;
-  const api = (o: Partial<ConstructorParameters<typeof QueueExecutor>[0]> = {}) => {
-    const ex = new QueueExecutor({ url: redis.url, prefix, ...o });
-    closers.push(() => ex.shutdown());
-    return ex;
-  };
-  const worker = (work: JobWork, o: Partial<QueueWorkerOptions> = {}) => {
-    const w = new QueueWorker({ url: redis.url, prefix, work: { [JobKind.ALIGN]: work, [JobKind.FINE_TUNE]: work }, mapError, retryDelayMs: 20, pollMs: 100, ...o });
-    closers.push(() => w.shutdown());
-    w.start();
-    return w;
-  };
-  return { api, worker, prefix };
-}
 
 const ref = (n: number) => create(CheckpointRefSchema, { uri: `store://checkpoints/${n}`, digest: "sha256:" + String(n).repeat(64).slice(0, 64) });
 const spec = { case: "align" as const, value: create(AlignSpecSchema, {}) };
@@ -91,7 +71,42 @@ const steps = (events: JobEvent[]) => events.flatMap((e) => (e.event.case === "s
 const watchAll = (ex: QueueExecutor, id: string, after = 0) => collect(ex.watch(JobKind.ALIGN, id, new AbortController().signal, after));
 const stateOf = async (ex: QueueExecutor, id: string) => (await ex.get(JobKind.ALIGN, id)).state;
 
-describe("QueueExecutor and QueueWorker", () => {
+// In the cluster every key of a prefix is in its hash tag's slot: without that, the record's
+// scripts (five keys) and BullMQ's fail with CROSSSLOT.
+describe.each([
+  { on: "one server", cluster: false },
+  { on: "a Redis Cluster of three", cluster: true },
+])("QueueExecutor and QueueWorker on $on", ({ cluster }) => {
+  let redis: TestRedis & { nodes?: TestRedis[] };
+  beforeAll(async () => {
+    redis = cluster ? await startRedisCluster() : await startRedis();
+  });
+  afterAll(() => redis?.stop());
+
+  function setup() {
+    const prefix = `t${randomUUID().slice(0, 8)}`;
+    const target = { url: redis.url, cluster };
+    const api = (o: Partial<ConstructorParameters<typeof QueueExecutor>[0]> = {}) => {
+      const ex = new QueueExecutor({ ...target, prefix, ...o });
+      closers.push(() => ex.shutdown());
+      return ex;
+    };
+    const worker = (work: JobWork, o: Partial<QueueWorkerOptions> = {}) => {
+      const w = new QueueWorker({ ...target, prefix, work: { [JobKind.ALIGN]: work, [JobKind.FINE_TUNE]: work }, mapError, retryDelayMs: 20, pollMs: 100, ...o });
+      closers.push(() => w.shutdown());
+      w.start();
+      return w;
+    };
+    const keys = queueKeys(prefix, cluster);
+    /** A client of the test's own, and BullMQ's queue on another, as an api has them. */
+    const direct = () => {
+      const [conn, queueConn] = [connectQueue(target, null), connectQueue(target, null)];
+      const queue = new Queue(QUEUE_NAME, { connection: queueConn, prefix: keys.prefix });
+      closers.push(async () => void (await queue.close(), await queueConn.quit(), await conn.quit()));
+      return { conn, queue, jobs: new RedisJobs(conn, keys) };
+    };
+    return { api, worker, keys, direct };
+  }
   it("queues jobs, runs one at a time on a worker of concurrency 1, and records results", async () => {
     const { api, worker } = setup();
     const c = controllable();
@@ -316,37 +331,32 @@ describe("QueueExecutor and QueueWorker", () => {
   });
 
   it("runs a job queued before its record was written once the record appears (the api enqueues first)", async () => {
-    const { api, worker, prefix } = setup();
+    const { api, worker, direct } = setup();
     const ex = api();
     let runs = 0;
     worker(async () => {
       runs++;
       return { result: ref(1), lineage: [ref(1)] };
     });
-    const queue = new Queue(QUEUE_NAME, { connection: redisOptions(redis.url), prefix });
-    const conn = new Redis(redisOptions(redis.url));
-    closers.push(async () => void (await queue.close(), await conn.quit()));
+    const { queue, jobs } = direct();
     const id = `align-${randomUUID()}`;
     await queue.add("align", { id, trace: {} }, { jobId: id });
     await new Promise((r) => setTimeout(r, 800));
     expect(runs).toBe(0);
     const job = create(JobSchema, { id, kind: JobKind.ALIGN, state: JobState.QUEUED, createTime: timestampNow(), progress: {}, spec });
-    await new RedisJobs(conn, queueKeys(prefix)).create(job, undefined, { case: "stateChange", value: { from: JobState.UNSPECIFIED, to: JobState.QUEUED } });
+    await jobs.create(job, undefined, { case: "stateChange", value: { from: JobState.UNSPECIFIED, to: JobState.QUEUED } });
     await until(async () => (await stateOf(ex, id)) === JobState.SUCCEEDED);
     expect(runs).toBe(1);
   });
 
   it("keeps the queue's order when a job's record lands just after a worker took the job (it waits in place)", async () => {
-    const { worker, prefix } = setup();
+    const { worker, direct } = setup();
     const order: string[] = [];
     worker(async (ctx) => {
       order.push(ctx.job.id);
       return { result: ref(1), lineage: [ref(1)] };
     });
-    const queue = new Queue(QUEUE_NAME, { connection: redisOptions(redis.url), prefix });
-    const conn = new Redis(redisOptions(redis.url));
-    closers.push(async () => void (await queue.close(), await conn.quit()));
-    const jobs = new RedisJobs(conn, queueKeys(prefix));
+    const { queue, jobs } = direct();
     const record = (id: string) =>
       jobs.create(create(JobSchema, { id, kind: JobKind.ALIGN, state: JobState.QUEUED, createTime: timestampNow(), progress: {}, spec }), undefined, {
         case: "stateChange",
@@ -364,10 +374,9 @@ describe("QueueExecutor and QueueWorker", () => {
   });
 
   it("checks a tenant's job quota in the record's script: concurrent creates on two apis never pass it, and refused ones leave nothing queued", async () => {
-    const { api, prefix } = setup();
+    const { api, direct } = setup();
     const [ex1, ex2] = [api(), api()];
-    const queue = new Queue(QUEUE_NAME, { connection: redisOptions(redis.url), prefix });
-    closers.push(() => queue.close());
+    const { queue } = direct();
     // Created together, they all pass the check made before queueing; the script refuses the rest.
     const tries = await Promise.allSettled(Array.from({ length: 6 }, (_, i) => (i % 2 ? ex1 : ex2).create(JobKind.ALIGN, spec, "team-a", 2)));
     const created = createdWithinJobQuota(tries, "team-a", 2);
@@ -381,15 +390,47 @@ describe("QueueExecutor and QueueWorker", () => {
   });
 
   it("answers UNAVAILABLE while Redis cannot be reached", async () => {
-    const down = await startRedis();
+    const down = cluster ? await startRedisCluster() : await startRedis();
     const url = down.url;
     await down.stop();
-    const ex = new QueueExecutor({ url, prefix: "down", enqueueTimeoutMs: 500 });
+    const ex = new QueueExecutor({ url, cluster, prefix: "down", enqueueTimeoutMs: 500 });
     closers.push(() => ex.shutdown());
     const t = Date.now();
     await expect(ex.get(JobKind.ALIGN, "align-00000000-0000-0000-0000-000000000000")).rejects.toMatchObject({ code: Code.Unavailable, rawMessage: expect.stringMatching(/job queue cannot be reached/) });
     await expect(ex.create(JobKind.ALIGN, spec)).rejects.toMatchObject({ code: Code.Unavailable });
     expect(Date.now() - t).toBeLessThan(3000);
+  });
+
+  it("rides out a restart of the Redis that holds the queue: calls answer UNAVAILABLE meanwhile, and the running job ends in its first run", async () => {
+    const { api, worker, keys } = setup();
+    const ex = api();
+    let runs = 0;
+    let resume!: () => void;
+    const resumed = new Promise<void>((r) => (resume = r));
+    worker(async (ctx) => {
+      runs++;
+      ctx.emit({ case: "step", value: { step: 1, totalSteps: 2 } });
+      await resumed;
+      ctx.emit({ case: "step", value: { step: 2, totalSteps: 2 } });
+      return { result: ref(2), lineage: [ref(2)] };
+    });
+    const job = await ex.create(JobKind.ALIGN, spec);
+    await until(async () => runs === 1 && (await stateOf(ex, job.id)) === JobState.RUNNING);
+    // In a cluster, the node with the queue's slot.
+    const holder = redis.nodes ? redis.nodes.find((n) => spawnSync("redis-cli", ["-p", String(n.port), "exists", keys.job(job.id)], { encoding: "utf8" }).stdout.trim() === "1")! : redis;
+    await holder.restart(async () => {
+      const t = Date.now();
+      await expect(ex.get(JobKind.ALIGN, job.id)).rejects.toMatchObject({ code: Code.Unavailable });
+      expect(Date.now() - t).toBeLessThan(3000);
+      // The job's last step and its end are written while Redis is down, and wait for it.
+      resume();
+      await new Promise((r) => setTimeout(r, 2500));
+    });
+    await until(async () => (await ex.get(JobKind.ALIGN, job.id).catch(() => undefined))?.state === JobState.SUCCEEDED, 20_000);
+    expect(runs).toBe(1);
+    const events = await watchAll(ex, job.id);
+    expect(steps(events)).toEqual([1, 2]);
+    expect(states(events)).toEqual(["QUEUED", "RUNNING", "SUCCEEDED"]);
   });
 
   it("continues the creating RPC's trace on the worker (api -> queue -> worker) and counts queue and steps", async () => {

@@ -31,6 +31,7 @@ describe("configuration", () => {
       logLevel: "info",
       role: "all",
       queueUrl: "",
+      queueCluster: false,
       workerConcurrency: 1,
       workerLockMs: 30000,
       jobAttempts: 3,
@@ -129,6 +130,15 @@ describe("configuration", () => {
       queueUrl: "redis://redis:6379/0",
       workerConcurrency: 2,
     });
+  });
+
+  it("takes a Redis Cluster's node as the queue, with database 0 only", () => {
+    expect(loadConfig({ VACCINE_QUEUE_URL: "redis://redis:6379/0" }).queueCluster).toBe(false);
+    expect(loadConfig({ VACCINE_QUEUE_URL: "rediss://node-1:6379", VACCINE_QUEUE_CLUSTER: "true" })).toMatchObject({ queueCluster: true, queueUrl: "rediss://node-1:6379" });
+    expect(() => loadConfig({ VACCINE_QUEUE_CLUSTER: "true" })).toThrow(/VACCINE_QUEUE_CLUSTER=true needs VACCINE_QUEUE_URL/);
+    expect(() => loadConfig({ VACCINE_QUEUE_URL: "redis://node-1:6379/2", VACCINE_QUEUE_CLUSTER: "true" })).toThrow(/VACCINE_QUEUE_CLUSTER=true needs database 0/);
+    expect(() => loadConfig({ VACCINE_QUEUE_URL: "redis://node-1:6379/01", VACCINE_QUEUE_CLUSTER: "true" })).toThrow(/needs database 0/);
+    expect(() => loadConfig({ VACCINE_QUEUE_URL: "redis://node-1:6379/0", VACCINE_QUEUE_CLUSTER: "yes" })).toThrow(/VACCINE_QUEUE_CLUSTER="yes" is invalid: expected true or false/);
   });
 
   it("matches the README's configuration table", () => {

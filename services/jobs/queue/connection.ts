@@ -1,13 +1,36 @@
 /**
- * Where the queue lives: the redis:// URL turned into connection options, and the names of
- * every Redis key the api and worker processes share (BullMQ's under <prefix>:queue:*,
- * the job records beside them).
+ * Where the queue lives: the redis:// URL turned into a client (of one server, or of a Redis
+ * Cluster found from one of its nodes), and the names of every Redis key the api and worker
+ * processes share (BullMQ's under <prefix>:queue:*, the job records beside them).
  */
-import type { RedisOptions } from "ioredis";
+import { Cluster, Redis, type RedisOptions } from "ioredis";
 
 /** BullMQ's queue name; its keys are <prefix>:queue:wait, :active, :<jobId>:lock, ... */
 export const QUEUE_NAME = "queue";
 export const DEFAULT_PREFIX = "vaccine";
+
+/** The queue's Redis: `url` names the server, or with `cluster` any one node of the cluster. */
+export interface QueueTarget {
+  url: string;
+  cluster?: boolean;
+}
+
+export type QueueRedis = Redis | Cluster;
+
+/**
+ * A client of the queue's Redis. `maxRetriesPerRequest` as ioredis's: a number fails a command
+ * after that many reconnection attempts, null waits out an outage. A cluster client counts its
+ * own retries: it holds commands without limit while it has no node at all (so a bounded one
+ * refuses them then), and gives up on a command after 16 redirections, about 1.6 s of a node
+ * being down (so one that waits never does).
+ */
+export function connectQueue(target: QueueTarget, maxRetriesPerRequest: number | null): QueueRedis {
+  const { host, port, db, ...node } = { ...redisOptions(target.url), maxRetriesPerRequest };
+  if (!target.cluster) return new Redis({ host, port, db, ...node });
+  if (db) throw new Error(`a Redis Cluster has only database 0, the URL names ${db}: ${target.url}`);
+  const waits = maxRetriesPerRequest === null;
+  return new Cluster([{ host, port }], { redisOptions: node, enableOfflineQueue: waits, maxRedirections: waits ? Infinity : undefined });
+}
 
 /** Connection options from redis://[user:password@]host[:port][/db] or rediss:// (TLS). */
 export function redisOptions(url: string): RedisOptions {
@@ -24,8 +47,31 @@ export function redisOptions(url: string): RedisOptions {
   };
 }
 
-/** Key names under one prefix (tests give each case its own prefix on a shared server). */
-export function queueKeys(prefix = DEFAULT_PREFIX) {
+/**
+ * Waits up to `ms` for a cluster client to reach its nodes: a bounded one refuses commands
+ * until then (connectQueue), so a new client, or one reconnecting, waits here first. One
+ * server's client queues its commands itself.
+ */
+export async function clusterReady(redis: QueueRedis, ms: number): Promise<void> {
+  if (!redis.isCluster || redis.status === "ready") return;
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      redis.off("ready", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    redis.once("ready", done);
+  });
+}
+
+/**
+ * Key names under one prefix (tests give each case its own prefix on a shared server). In a
+ * cluster the prefix must hold a hash tag, `{vaccine}` by default: a script, and BullMQ's too,
+ * may only touch keys of one slot, so every key of the queue is in the tag's slot.
+ */
+export function queueKeys(prefix = DEFAULT_PREFIX, cluster = false) {
+  if (cluster) prefix = hasHashTag(prefix) ? prefix : `{${prefix}}`;
   return {
     prefix,
     /** The job's record: a hash (see redis-jobs.ts). */
@@ -48,3 +94,9 @@ export function queueKeys(prefix = DEFAULT_PREFIX) {
 }
 
 export type QueueKeys = ReturnType<typeof queueKeys>;
+
+/** Redis Cluster's rule: a key's slot is that of the text between its first "{" and the next "}", when not empty. */
+function hasHashTag(key: string): boolean {
+  const open = key.indexOf("{");
+  return open >= 0 && key.indexOf("}", open + 1) > open + 1;
+}

@@ -8,7 +8,6 @@ import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { context, isSpanContextValid, SpanKind, SpanStatusCode, trace, type Counter, type Meter, type Tracer } from "@opentelemetry/api";
 import { Queue } from "bullmq";
-import { Redis } from "ioredis";
 import { JobSchema, JobState, type Job, type JobEvent, type JobKind } from "../../../gen/vaccine/v1/jobs_pb.ts";
 import { rpcError, toStatus } from "../../platform/errors.ts";
 import { badPageToken } from "../../platform/validate.ts";
@@ -16,7 +15,7 @@ import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
 import { jobQuotaExceeded } from "../../common/quotas.ts";
 import { JOB_METRICS, visibleTo, type JobExecutor, type JobSpec } from "../executor.ts";
-import { DEFAULT_PREFIX, QUEUE_NAME, queueKeys, redisOptions, type QueueKeys } from "./connection.ts";
+import { clusterReady, connectQueue, QUEUE_NAME, queueKeys, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
 import { observeQueue } from "./metrics.ts";
 import { FINAL, INDEX_MEMBER, RedisJobs } from "./redis-jobs.ts";
 import { injectTrace, type TraceCarrier } from "./trace-carrier.ts";
@@ -28,9 +27,7 @@ export interface QueuedJobData {
   trace: TraceCarrier;
 }
 
-export interface QueueExecutorOptions {
-  /** redis://host:port/db */
-  url: string;
+export interface QueueExecutorOptions extends QueueTarget {
   /** Key prefix (tests isolate themselves with their own). */
   prefix?: string;
   tracer?: Tracer;
@@ -42,10 +39,13 @@ export interface QueueExecutorOptions {
 
 /** A Watch waits this long per blocking read before it checks whether the job ended. */
 const WATCH_BLOCK_MS = 5000;
+/** Longest wait for a cluster's nodes before a call answers UNAVAILABLE. */
+const CLUSTER_WAIT_MS = 1000;
 
 export class QueueExecutor implements JobExecutor {
   readonly keys: QueueKeys;
-  private readonly redis: Redis;
+  private readonly target: QueueTarget;
+  private readonly redis: QueueRedis;
   private readonly jobs: RedisJobs;
   private readonly queue: Queue;
   private readonly tracer: Tracer;
@@ -56,16 +56,16 @@ export class QueueExecutor implements JobExecutor {
   private readonly enqueueTimeoutMs: number;
 
   constructor(options: QueueExecutorOptions) {
-    const connection = redisOptions(options.url);
-    this.keys = queueKeys(options.prefix ?? DEFAULT_PREFIX);
+    this.target = { url: options.url, cluster: options.cluster };
+    this.keys = queueKeys(options.prefix, options.cluster);
     this.logger = options.logger ?? silentLogger;
     this.tracer = options.tracer ?? trace.getTracer(SCOPE);
     this.enqueueTimeoutMs = options.enqueueTimeoutMs ?? 5000;
     // A request fails after a few reconnection attempts instead of hanging while Redis is down.
-    this.redis = new Redis({ ...connection, maxRetriesPerRequest: 3 });
+    this.redis = connectQueue(this.target, 3);
     this.redis.on("error", (err: Error) => this.logger.warn({ error: err.message }, "job queue connection error"));
     this.jobs = new RedisJobs(this.redis, this.keys);
-    this.queue = new Queue(QUEUE_NAME, { connection: { ...connection, maxRetriesPerRequest: 3 }, prefix: this.keys.prefix });
+    this.queue = new Queue(QUEUE_NAME, { connection: this.redis, prefix: this.keys.prefix });
     this.queue.on("error", (err: Error) => this.logger.warn({ error: err.message }, "job queue error"));
     if (options.meter) {
       this.finished = options.meter.createCounter(JOB_METRICS.finished, { description: "Jobs that reached a final state" });
@@ -162,7 +162,7 @@ export class QueueExecutor implements JobExecutor {
     const first = await this.record(kind, id, tenant);
     if (FINAL.has(first.job.state) && first.seq <= afterSequence) return;
     if (this.stopping) throw shuttingDown();
-    const conn = this.redis.duplicate({ maxRetriesPerRequest: 3 });
+    const conn = connectQueue(this.target, 3);
     conn.on("error", () => {});
     const stop = new AbortController();
     this.watchers.add(stop);
@@ -177,6 +177,7 @@ export class QueueExecutor implements JobExecutor {
       for (;;) {
         let events: JobEvent[];
         try {
+          await clusterReady(conn, CLUSTER_WAIT_MS);
           events = await this.jobs.events(conn, id, read, WATCH_BLOCK_MS);
         } catch (err) {
           if (signal.aborted) return;
@@ -216,6 +217,7 @@ export class QueueExecutor implements JobExecutor {
   /** Redis failures are UNAVAILABLE to the caller: retryable, on this or another replica. */
   private async guard<T>(fn: () => Promise<T>): Promise<T> {
     try {
+      await clusterReady(this.redis, CLUSTER_WAIT_MS);
       return await fn();
     } catch (err) {
       throw err instanceof ConnectError ? err : unavailable(err);

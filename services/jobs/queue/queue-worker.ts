@@ -21,7 +21,6 @@ import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, type ConnectError } from "@connectrpc/connect";
 import { context, isSpanContextValid, SpanKind, SpanStatusCode, trace, type Counter, type Histogram, type Meter, type Span, type Tracer } from "@opentelemetry/api";
 import { DelayedError, UnrecoverableError, WaitingError, Worker, type Job as QueuedJob } from "bullmq";
-import { Redis } from "ioredis";
 import { ErrorInfoSchema } from "../../../gen/google/rpc/error_details_pb.ts";
 import { CheckpointRefSchema } from "../../../gen/vaccine/v1/common_pb.ts";
 import { JobState, LogSeverity, type Job, type JobKind } from "../../../gen/vaccine/v1/jobs_pb.ts";
@@ -29,15 +28,14 @@ import { rpcError, toStatus } from "../../platform/errors.ts";
 import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
 import { JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobWork, type StopReason } from "../executor.ts";
-import { DEFAULT_PREFIX, QUEUE_NAME, queueKeys, redisOptions, type QueueKeys } from "./connection.ts";
+import { connectQueue, QUEUE_NAME, queueKeys, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
 import { QUEUE_METRICS, StepRate } from "./metrics.ts";
 import type { QueuedJobData } from "./queue-executor.ts";
 import { FINAL, RedisJobs, type Change } from "./redis-jobs.ts";
 import { extractTrace } from "./trace-carrier.ts";
 import { KIND_NAME } from "../new-job.ts";
 
-export interface QueueWorkerOptions {
-  url: string;
+export interface QueueWorkerOptions extends QueueTarget {
   prefix?: string;
   work: Partial<Record<JobKind, JobWork>>;
   mapError: ErrorMapper;
@@ -90,8 +88,10 @@ type Outcome = "succeeded" | "failed" | "cancelled" | "requeued" | "retried" | "
 export class QueueWorker {
   readonly keys: QueueKeys;
   readonly id: string;
-  private readonly redis: Redis;
-  private readonly subscriber: Redis;
+  private readonly redis: QueueRedis;
+  private readonly subscriber: QueueRedis;
+  /** BullMQ's, beside ours: its lock renewals do not wait behind our writes. */
+  private readonly workerRedis: QueueRedis;
   private readonly jobs: RedisJobs;
   private readonly worker: Worker<QueuedJobData>;
   private readonly running = new Map<string, Run>();
@@ -106,19 +106,18 @@ export class QueueWorker {
   private polling = false;
 
   constructor(private readonly options: QueueWorkerOptions) {
-    const connection = redisOptions(options.url);
     const lockMs = options.lockMs ?? 30_000;
-    this.keys = queueKeys(options.prefix ?? DEFAULT_PREFIX);
+    this.keys = queueKeys(options.prefix, options.cluster);
     this.id = options.id ?? `${hostname()}:${process.pid}`;
     this.tracer = options.tracer ?? trace.getTracer(SCOPE);
     this.logger = (options.logger ?? silentLogger).child({ worker: this.id });
     this.maxAttempts = options.maxAttempts ?? 3;
     this.retryDelayMs = options.retryDelayMs ?? 5000;
     // Writes wait out a Redis outage (null: no retry limit); the fence decides whether they still count.
-    this.redis = new Redis({ ...connection, maxRetriesPerRequest: null });
+    this.redis = connectQueue(options, null);
     this.redis.on("error", (err: Error) => this.logger.warn({ error: err.message }, "job queue connection error"));
     this.jobs = new RedisJobs(this.redis, this.keys);
-    this.subscriber = new Redis({ ...connection, maxRetriesPerRequest: null });
+    this.subscriber = connectQueue(options, null);
     this.subscriber.on("error", () => {});
     this.subscriber.on("message", (_channel: string, id: string) => this.cancelRequested(id));
     void this.subscriber.subscribe(this.keys.cancel).catch((err: Error) => this.logger.warn({ error: err.message }, "cancel channel unavailable; polling only"));
@@ -138,8 +137,9 @@ export class QueueWorker {
       };
     }
 
+    this.workerRedis = connectQueue(options, null);
     this.worker = new Worker<QueuedJobData>(QUEUE_NAME, (job, token) => this.process(job, token!), {
-      connection: { ...connection, maxRetriesPerRequest: null },
+      connection: this.workerRedis,
       prefix: this.keys.prefix,
       concurrency: options.concurrency ?? 1,
       lockDuration: lockMs,
@@ -170,6 +170,7 @@ export class QueueWorker {
       await closed;
       clearInterval(this.poller);
       await this.subscriber.quit().catch(() => {});
+      await this.workerRedis.quit().catch(() => {});
       await this.redis.quit().catch(() => {});
     })();
     return this.stopping;

@@ -19,12 +19,11 @@
  */
 import { create, createRegistry, fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
-import type { Redis } from "ioredis";
 import { file_google_rpc_error_details } from "../../../gen/google/rpc/error_details_pb.ts";
 import { JobEventSchema, JobKind, JobSchema, JobState, type Job, type JobEvent } from "../../../gen/vaccine/v1/jobs_pb.ts";
 import type { JobEventInit } from "../executor.ts";
 import type { TraceLink } from "../records.ts";
-import type { QueueKeys } from "./connection.ts";
+import type { QueueKeys, QueueRedis } from "./connection.ts";
 import { JOB_ID, KIND_NAME } from "../new-job.ts";
 
 // Job errors carry google.rpc details in Any fields; JSON needs their types to spell them out.
@@ -66,7 +65,8 @@ export type WriteResult =
 
 // A tenant's jobs not final, counted through its active set (`set`), ids found final (or gone)
 // leaving it; `prefix` + id is a job's record key. Records are read by key names built here,
-// which a single Redis (the queue's) allows.
+// not passed as KEYS: Redis allows that for keys of the script's slot, and in a cluster every
+// key of the queue is in its prefix's hash tag's slot (connection.ts).
 const ACTIVE = `
 local FINAL_STATES = {${[...FINAL].map((s) => `["${s}"] = true`).join(", ")}}
 local function active(set, prefix)
@@ -143,17 +143,17 @@ interface Scripts {
 }
 
 export class RedisJobs {
-  private readonly redis: Redis & Scripts;
+  private readonly redis: QueueRedis & Scripts;
 
   constructor(
-    redis: Redis,
+    redis: QueueRedis,
     readonly keys: QueueKeys,
   ) {
     redis.defineCommand("vaccineCreate", { numberOfKeys: 5, lua: CREATE });
     redis.defineCommand("vaccineWrite", { numberOfKeys: 3, lua: WRITE });
     redis.defineCommand("vaccineClaim", { numberOfKeys: 2, lua: CLAIM });
     redis.defineCommand("vaccineActive", { numberOfKeys: 1, lua: COUNT_ACTIVE });
-    this.redis = redis as Redis & Scripts;
+    this.redis = redis as QueueRedis & Scripts;
   }
 
   /**
@@ -232,7 +232,7 @@ export class RedisJobs {
   }
 
   /** Events after `after`, from `conn` (a blocking read needs a connection of its own). */
-  async events(conn: Redis, id: string, after: number, blockMs?: number): Promise<JobEvent[]> {
+  async events(conn: QueueRedis, id: string, after: number, blockMs?: number): Promise<JobEvent[]> {
     const args: (string | number)[] = ["COUNT", 1000];
     if (blockMs !== undefined) args.push("BLOCK", blockMs);
     const res = (await conn.call("XREAD", ...args, "STREAMS", this.keys.events(id), `${after}-0`)) as [string, [string, string[]][]][] | null;
