@@ -28,7 +28,7 @@ import { DatasetService } from "../../gen/vaccine/v1/datasets_pb.ts";
 import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
 import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
-import { DEFAULT_PREFIX, QUEUE_NAME, queueKeys } from "../../services/jobs/queue/connection.ts";
+import { QUEUE_NAME, queueKeys } from "../../services/jobs/queue/connection.ts";
 import { exporterNames } from "../../services/platform/telemetry.ts";
 import { tokenHash } from "../../services/platform/token-auth.ts";
 import { loadConfig, SERVICE_NAMES, VARIABLES, type Config, type ServiceName } from "../../services/suite/config.ts";
@@ -70,8 +70,12 @@ const CLOSE_MS = 10_000;
 // then a training state written to the store.
 const STEP_BUDGET_MS = 60_000;
 const STATE_WRITE_MS = 30_000;
-// BullMQ's list of the jobs being trained, beside its wait list (connection.ts names that one).
-const ACTIVE_LIST = `${DEFAULT_PREFIX}:${QUEUE_NAME}:active`;
+// BullMQ's lists the worker autoscaler reads: the waiting jobs (connection.ts names that one)
+// and the jobs being trained.
+const queueLists = (cluster: boolean) => {
+  const keys = queueKeys(undefined, cluster);
+  return [keys.wait, `${keys.prefix}:${QUEUE_NAME}:active`];
+};
 
 // Overlays and components, combined as deploy/README.md says: [overlay, components].
 const COMBOS: Record<string, [string, string[]]> = {
@@ -86,6 +90,8 @@ const COMBOS: Record<string, [string, string[]]> = {
   secure: ["secure", []],
   "secure + cert-manager": ["secure", ["cert-manager"]],
   "gpu + tls + cert-manager + prometheus": ["gpu", ["tls", "cert-manager", "prometheus"]],
+  // The queue on a Redis Cluster: KEDA's redis-cluster scaler on the hash-tagged lists.
+  "cpu + redis-cluster": ["cpu", ["redis-cluster"]],
 };
 const renderCombo = (name: string) => render(...COMBOS[name]);
 
@@ -282,7 +288,10 @@ function redisAddress(url: string): { address: string; host: string; port: numbe
 
 // The ScaledObject fields (KEDA 2.12+, keda.sh/v1alpha1) these manifests may use.
 const SCALED_OBJECT_SPEC = new Set(["scaleTargetRef", "pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount", "minReplicaCount", "maxReplicaCount", "fallback", "advanced", "triggers"]);
-const REDIS_TRIGGER_METADATA = new Set(["address", "host", "port", "addressFromEnv", "hostFromEnv", "portFromEnv", "usernameFromEnv", "passwordFromEnv", "listName", "listLength", "activationListLength", "databaseIndex", "enableTLS", "unsafeSsl"]);
+const REDIS_TRIGGER_METADATA: Record<string, Set<string>> = {
+  redis: new Set(["address", "host", "port", "addressFromEnv", "hostFromEnv", "portFromEnv", "usernameFromEnv", "passwordFromEnv", "listName", "listLength", "activationListLength", "databaseIndex", "enableTLS", "unsafeSsl"]),
+  "redis-cluster": new Set(["addresses", "hosts", "ports", "addressesFromEnv", "hostsFromEnv", "portsFromEnv", "usernameFromEnv", "passwordFromEnv", "listName", "listLength", "activationListLength", "enableTLS", "unsafeSsl"]),
+};
 
 /**
  * kubernetes-models has no KEDA schema: the ScaledObject's fields one by one. Returns problems.
@@ -306,9 +315,9 @@ function scaledObjectProblems(objects: K8sObject[], so: ScaledObject): string[] 
     if (t.name) names.add(t.name);
     for (const [key, value] of Object.entries(t.metadata ?? {})) {
       if (typeof value !== "string") fail(`trigger ${t.name}: metadata.${key} must be a string, is ${typeof value}`);
-      if (t.type === "redis" && !REDIS_TRIGGER_METADATA.has(key)) fail(`trigger ${t.name}: unknown redis metadata ${key}`);
+      if (REDIS_TRIGGER_METADATA[t.type] && !REDIS_TRIGGER_METADATA[t.type].has(key)) fail(`trigger ${t.name}: unknown ${t.type} metadata ${key}`);
     }
-    if (t.type === "redis" && !t.metadata.listName) fail(`trigger ${t.name}: no listName`);
+    if (REDIS_TRIGGER_METADATA[t.type] && !t.metadata.listName) fail(`trigger ${t.name}: no listName`);
   }
   if (names.size !== (triggers ?? []).filter((t) => t.name).length) fail("trigger names repeat");
   const modifiers = advanced?.scalingModifiers;
@@ -524,14 +533,15 @@ describe.each(Object.keys(COMBOS))(`overlay %s (rendered by ${ENGINE})`, (combo)
     expect(so.scaleTargetRef).toEqual({ apiVersion: "apps/v1", kind: "Deployment", name: "worker" });
     expect(so.minReplicaCount).toBe(0);
     expect(so.maxReplicaCount).toBeGreaterThanOrEqual(1);
-    // KEDA reads the same Redis as the processes (VACCINE_QUEUE_URL): address and database.
+    // KEDA reads the same Redis as the processes (VACCINE_QUEUE_URL): address and database, or
+    // on a cluster (VACCINE_QUEUE_CLUSTER) its redis-cluster scaler on a node of it.
     const redis = redisAddress(config.queueUrl);
-    const redisTriggers = so.triggers.filter((t) => t.type === "redis");
+    const redisTriggers = so.triggers.filter((t) => t.type === (config.queueCluster ? "redis-cluster" : "redis"));
     expect(redisTriggers.length).toBe(so.triggers.length);
-    for (const t of redisTriggers) expect(t.metadata).toMatchObject({ address: redis.address, databaseIndex: redis.db });
+    for (const t of redisTriggers) expect(t.metadata).toMatchObject(config.queueCluster ? { addresses: redis.address } : { address: redis.address, databaseIndex: redis.db });
     // BullMQ's wait list (connection.ts) scales up; its active list keeps busy workers.
     const byList = Object.fromEntries(redisTriggers.map((t) => [t.metadata.listName as string, t.name!]));
-    expect(Object.keys(byList).sort()).toEqual([queueKeys().wait, ACTIVE_LIST].sort());
+    expect(Object.keys(byList).sort()).toEqual(queueLists(config.queueCluster).sort());
     // One worker per waiting or running job, a worker training VACCINE_WORKER_CONCURRENCY at once.
     const modifiers = so.advanced?.scalingModifiers;
     expect(modifiers?.formula?.split("+").map((s) => s.trim()).sort()).toEqual(Object.values(byList).sort());
