@@ -6,11 +6,11 @@
  * the services. Health is always open (probes carry no credentials); reflection needs
  * authentication unless configured open.
  */
-import { Code, type Interceptor } from "@connectrpc/connect";
-import type { DescService } from "@bufbuild/protobuf";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import type { DescMethod, DescService } from "@bufbuild/protobuf";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
-import { AuthReason, type Authenticator } from "./authenticate.ts";
+import { AuthReason, type Authenticator, type CallCredentials } from "./authenticate.ts";
 import { rpcError } from "./errors.ts";
 import { PEER } from "./peer.ts";
 import { PRINCIPAL, type Principal } from "./principal.ts";
@@ -52,20 +52,22 @@ export function allows(policy: AccessPolicy, held: readonly string[], required: 
   return need >= 0 && held.some((r) => policy.roles.indexOf(r) >= need);
 }
 
+/** The caller of a method of `service`; undefined where no credentials are asked (health, open reflection). Throws UNAUTHENTICATED. */
+async function authenticate(options: AccessOptions, none: Principal, service: string, credentials: CallCredentials): Promise<Principal | undefined> {
+  if (service === Health.typeName) return undefined;
+  if (!options.authenticator) return none;
+  if (service === ServerReflection.typeName && options.reflectionOpen) return undefined;
+  return options.authenticator.authenticate(credentials);
+}
+
 export function accessControl(options: AccessOptions): Interceptor {
-  const { authenticator, policy } = options;
+  const { policy } = options;
   const none = anonymous(policy);
   return (next) => async (req) => {
     const service = req.service.typeName;
-    if (service === Health.typeName) return next(req);
+    const principal = await authenticate(options, none, service, { header: req.header, peer: req.contextValues.get(PEER) });
+    if (!principal) return next(req);
     const key = methodKey(req.service, req.method);
-    let principal: Principal;
-    if (!authenticator) {
-      principal = none;
-    } else {
-      if (service === ServerReflection.typeName && options.reflectionOpen) return next(req);
-      principal = await authenticator.authenticate({ header: req.header, peer: req.contextValues.get(PEER) });
-    }
     // Set before the role check, so the audit log names who was refused (the handler never runs then).
     req.contextValues.set(PRINCIPAL, principal);
     const required = policy?.methods[key];
@@ -79,5 +81,23 @@ export function accessControl(options: AccessOptions): Interceptor {
       );
     }
     return next(req);
+  };
+}
+
+/**
+ * For requests refused before any interceptor runs (wire-errors.ts): the error accessControl
+ * would have answered when the caller's credentials do not hold, so that a caller without
+ * them learns nothing of a request's form (its message type, its field names) that reflection
+ * keeps from them.
+ */
+export function authenticationFirst(options: AccessOptions): (method: DescMethod, credentials: CallCredentials) => Promise<ConnectError | undefined> {
+  const none = anonymous(options.policy);
+  return async (method, credentials) => {
+    try {
+      await authenticate(options, none, method.parent.typeName, credentials);
+      return undefined;
+    } catch (err) {
+      return ConnectError.from(err);
+    }
   };
 }

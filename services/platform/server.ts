@@ -9,7 +9,7 @@ import { trace, type TracerProvider } from "@opentelemetry/api";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
-import { accessControl, checkPolicyCovers, type AccessOptions } from "./access.ts";
+import { accessControl, authenticationFirst, checkPolicyCovers, type AccessOptions } from "./access.ts";
 import { audit, type AuditOptions } from "./audit.ts";
 import { superviseSession } from "./connections.ts";
 import { streamIdleTimeout, unaryDeadline, withDeadlineInRange } from "./deadline.ts";
@@ -22,7 +22,7 @@ import { rateLimit, type RateLimitOptions } from "./rate-limit.ts";
 import { registerReflection } from "./reflection.ts";
 import { refusedCallSpan, serverTracing, statusName } from "./rpc-tracing.ts";
 import { createTlsServer, type TlsFiles } from "./tls.ts";
-import { withWireErrors, type OnWireError } from "./wire-errors.ts";
+import { withWireErrors, type WireErrorOptions } from "./wire-errors.ts";
 
 /** One service of the suite as the platform sees it: its contract and how to route it. */
 export interface ServiceModule {
@@ -89,13 +89,14 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   }
 
   // Refused before any interceptor: not in the audit log, so logged here, and traced here.
-  const onWireError: OnWireError = (method, err, header) => {
+  const onWireError: WireErrorOptions["onError"] = (method, err, header) => {
     const traceId = refusedCallSpan(options.tracerProvider ?? trace.getTracerProvider(), method, header, err);
     logger.warn(
       { method: `${method.parent.typeName}/${method.name}`, outcome: statusName(err.code), reason: err.findDetails(ErrorInfoSchema)[0]?.reason, error: err.rawMessage, trace_id: traceId },
       "request refused before its handler",
     );
   };
+  const wireErrors: WireErrorOptions = { maxMessageBytes: limits.maxMessageBytes, onError: onWireError, authenticate: authenticationFirst(access) };
   const handler = connectNodeAdapter({
     shutdownSignal: stopping.signal,
     // Larger messages are refused from their length prefix (or Content-Length), before being read.
@@ -118,7 +119,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       health.register(router);
       registerReflection(router, [...options.services.map((s) => s.desc), Health, ServerReflection]);
       // The adapter serves router.handlers as they are once this returns.
-      router.handlers.splice(0, Infinity, ...router.handlers.map((h) => withWireErrors(withDeadlineInRange(h), limits.maxMessageBytes, onWireError)));
+      router.handlers.splice(0, Infinity, ...router.handlers.map((h) => withWireErrors(withDeadlineInRange(h), wireErrors)));
     },
   });
   const h2 = http2.createServer({ settings: { maxConcurrentStreams: limits.maxConcurrentStreams } }, handler);

@@ -4,7 +4,8 @@
  * client's), one over the size limit, an unknown compression, a malformed timeout. Such errors carry no
  * google.rpc.ErrorInfo. `withWireErrors` wraps a route's handler and rewrites them where each
  * protocol puts its status (gRPC trailers, gRPC-Web's trailer frame, Connect's JSON error or
- * end-of-stream message), so that they read like every other refusal of the server.
+ * end-of-stream message), so that they read like every other refusal of the server. A caller
+ * whose credentials do not hold gets the authentication error instead, as for any call.
  */
 import type { DescMethod } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -13,7 +14,9 @@ import { codeToHttpStatus, endStreamFlag, endStreamFromJson, endStreamToJson, er
 import { findTrailerError, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerFlag, trailerParse, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
+import type { CallCredentials } from "./authenticate.ts";
 import { invalidArgument, rpcError } from "./errors.ts";
+import { PEER } from "./peer.ts";
 
 export const WireReason = {
   MESSAGE_UNDECODABLE: "MESSAGE_UNDECODABLE",
@@ -21,16 +24,24 @@ export const WireReason = {
   PROTOCOL_ERROR: "PROTOCOL_ERROR",
 } as const;
 
-/** Called once per rewritten refusal, to log and trace it: no interceptor saw the call. */
-export type OnWireError = (method: DescMethod, error: ConnectError, requestHeader: Headers) => void;
+export interface WireErrorOptions {
+  maxMessageBytes: number;
+  /** Called once per rewritten refusal, to log and trace it: no interceptor saw the call. */
+  onError?: (method: DescMethod, error: ConnectError, requestHeader: Headers) => void;
+  /** The authentication error of a caller whose credentials do not hold, else undefined (access.ts). */
+  authenticate?: (method: DescMethod, credentials: CallCredentials) => Promise<ConnectError | undefined>;
+}
 
 /** `handler`, answering its protocol-layer refusals with the server's ErrorInfo. */
-export function withWireErrors(handler: UniversalHandler, maxMessageBytes: number, onError: OnWireError = () => {}): UniversalHandler {
+export function withWireErrors(handler: UniversalHandler, options: WireErrorOptions): UniversalHandler {
+  const { method } = handler;
   const wrapped = async (req: Parameters<UniversalHandler>[0]) =>
-    rewrite(await handler(req), (err: ConnectError) => {
-      const explained = explainWireError(err, handler.method, maxMessageBytes);
-      if (explained) onError(handler.method, explained, req.header);
-      return explained;
+    rewrite(await handler(req), async (err: ConnectError) => {
+      const explained = explainWireError(err, method, options.maxMessageBytes);
+      if (!explained) return undefined;
+      const refused = (await options.authenticate?.(method, { header: req.header, peer: req.contextValues?.get(PEER) })) ?? explained;
+      options.onError?.(method, refused, req.header);
+      return refused;
     });
   return Object.assign(wrapped, handler);
 }
@@ -61,21 +72,23 @@ export function explainWireError(err: ConnectError, method: DescMethod, maxMessa
   return undefined;
 }
 
-function rewrite(res: UniversalServerResponse, explain: (err: ConnectError) => ConnectError | undefined): UniversalServerResponse | Promise<UniversalServerResponse> {
+type Explain = (err: ConnectError) => Promise<ConnectError | undefined>;
+
+function rewrite(res: UniversalServerResponse, explain: Explain): UniversalServerResponse | Promise<UniversalServerResponse> {
   const body = res.body;
   if (!body || typeof body !== "object" || !(Symbol.asyncIterator in body)) return res;
   const type = new Headers(res.header).get("content-type") ?? "";
   // gRPC's status is in its trailer: rewritten in place, true when it was.
-  const explainTrailer = (trailer: Headers) => {
+  const explainTrailer = async (trailer: Headers) => {
     const err = findTrailerError(trailer);
-    const explained = err && explain(err);
+    const explained = err && (await explain(err));
     if (explained) setTrailerStatus(trailer, explained);
     return explained !== undefined;
   };
   if (type.startsWith("application/grpc-web")) {
-    return { ...res, body: mapEnvelopes(body, trailerFlag, (data) => {
+    return { ...res, body: mapEnvelopes(body, trailerFlag, async (data) => {
       const trailer = trailerParse(data);
-      return explainTrailer(trailer) ? trailerSerialize(trailer) : undefined;
+      return (await explainTrailer(trailer)) ? trailerSerialize(trailer) : undefined;
     }) };
   }
   if (type.startsWith("application/grpc")) {
@@ -84,13 +97,13 @@ function rewrite(res: UniversalServerResponse, explain: (err: ConnectError) => C
     // The status is written into the trailer once the body has ended.
     return { ...res, body: (async function* () {
       yield* body;
-      explainTrailer(trailer);
+      await explainTrailer(trailer);
     })() };
   }
   if (type.startsWith("application/connect+")) {
-    return { ...res, body: mapEnvelopes(body, endStreamFlag, (data) => {
+    return { ...res, body: mapEnvelopes(body, endStreamFlag, async (data) => {
       const end = endStreamFromJson(data);
-      const explained = end.error && explain(end.error);
+      const explained = end.error && (await explain(end.error));
       return explained && new TextEncoder().encode(JSON.stringify(endStreamToJson(end.metadata, explained, undefined)));
     }) };
   }
@@ -99,12 +112,12 @@ function rewrite(res: UniversalServerResponse, explain: (err: ConnectError) => C
   return rewriteUnary(res, body, explain);
 }
 
-async function rewriteUnary(res: UniversalServerResponse, body: AsyncIterable<Uint8Array>, explain: (err: ConnectError) => ConnectError | undefined) {
+async function rewriteUnary(res: UniversalServerResponse, body: AsyncIterable<Uint8Array>, explain: Explain) {
   const parts: Uint8Array[] = [];
   for await (const part of body) parts.push(part);
   const bytes = Buffer.concat(parts);
   const header = new Headers(res.header);
-  const explained = header.has("content-encoding") ? undefined : explain(errorFromJsonBytes(bytes, undefined, new ConnectError("", Code.Unknown)));
+  const explained = header.has("content-encoding") ? undefined : await explain(errorFromJsonBytes(bytes, undefined, new ConnectError("", Code.Unknown)));
   if (!explained) return { ...res, body: createAsyncIterable([bytes]) };
   const fixed = errorToJsonBytes(explained, undefined);
   header.set("content-length", String(fixed.byteLength));
@@ -115,10 +128,10 @@ async function rewriteUnary(res: UniversalServerResponse, body: AsyncIterable<Ui
  * The body's envelopes (one per chunk, as connect-es writes them), with the uncompressed
  * envelope of `flag` replaced by what `replace` makes of its data, when it makes anything.
  */
-async function* mapEnvelopes(body: AsyncIterable<Uint8Array>, flag: number, replace: (data: Uint8Array) => Uint8Array | undefined) {
+async function* mapEnvelopes(body: AsyncIterable<Uint8Array>, flag: number, replace: (data: Uint8Array) => Promise<Uint8Array | undefined>) {
   for await (const chunk of body) {
     const length = chunk.length >= 5 ? new DataView(chunk.buffer, chunk.byteOffset).getUint32(1) : -1;
-    const data = chunk[0] === flag && length === chunk.length - 5 ? replace(chunk.subarray(5)) : undefined;
+    const data = chunk[0] === flag && length === chunk.length - 5 ? await replace(chunk.subarray(5)) : undefined;
     yield data ? encodeEnvelope(flag, data) : chunk;
   }
 }

@@ -4,7 +4,10 @@
 // code the client caused (INVALID_ARGUMENT, not connect's INTERNAL) and the suite's
 // ErrorInfo, logs them, and keeps serving; calls that succeed or fail in a handler pass
 // through unchanged.
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http2 from "node:http2";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { create, toBinary, type DescMethod, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -25,7 +28,9 @@ import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { ERROR_DOMAIN, rpcError } from "../../services/platform/errors.ts";
 import { createLogger } from "../../services/platform/log.ts";
+import { tokenAuthenticator, tokenHash } from "../../services/platform/token-auth.ts";
 import { explainWireError } from "../../services/platform/wire-errors.ts";
+import { accessPolicy } from "../../services/suite/access.ts";
 import { errorDetails, rpcFailure } from "../helpers/errors.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
 
@@ -60,7 +65,17 @@ function envelopes(body: Uint8Array): { flags: number; data: Uint8Array }[] {
 }
 
 /** One HTTP/2 POST as a client of the protocol would send it; the error the answer carries, decoded the way that protocol's clients decode it. */
-async function refusal(protocol: "grpc" | "grpc-web" | "connect", method: DescMethod, message: Uint8Array, headers: Record<string, string> = {}, json = false, before: Uint8Array[] = [], flags = 0): Promise<ConnectError | undefined> {
+interface Call {
+  headers?: Record<string, string>;
+  json?: boolean;
+  /** Messages sent before this one (a client stream). */
+  before?: Uint8Array[];
+  flags?: number;
+  url?: string;
+}
+
+async function refusal(protocol: "grpc" | "grpc-web" | "connect", method: DescMethod, message: Uint8Array, call: Call = {}): Promise<ConnectError | undefined> {
+  const { headers = {}, json = false, before = [], flags = 0, url = suite.server.url } = call;
   const streaming = method.methodKind !== "unary";
   const contentType = {
     grpc: json ? "application/grpc+json" : "application/grpc",
@@ -68,7 +83,7 @@ async function refusal(protocol: "grpc" | "grpc-web" | "connect", method: DescMe
     connect: streaming ? (json ? "application/connect+json" : "application/connect+proto") : json ? "application/json" : "application/proto",
   }[protocol];
   const body = protocol === "connect" && !streaming ? message : Buffer.concat([...before.map((m) => envelope(0, m)), envelope(flags, message)]);
-  const session = http2.connect(suite.server.url);
+  const session = http2.connect(url);
   try {
     const req = session.request({ ":method": "POST", ":path": `/${method.parent.typeName}/${method.name}`, "content-type": contentType, te: "trailers", ...headers });
     req.end(body);
@@ -140,7 +155,7 @@ describe("a request that does not decode", () => {
     const upload = (content: MessageInitShape<typeof UploadDatasetRequestSchema>["content"]) => toBinary(UploadDatasetRequestSchema, create(UploadDatasetRequestSchema, { content }));
     const before = [upload({ case: "metadata", value: { displayName: "cut", format: DatasetFormat.REFUSAL } }), upload({ case: "chunk", value: new TextEncoder().encode('{"prompt": "a", "response": "b"}\n') })];
     for (const protocol of ["grpc", "grpc-web", "connect"] as const) {
-      const e = errorDetails(await refusal(protocol, DatasetService.method.uploadDataset, UNDECODABLE, {}, false, before));
+      const e = errorDetails(await refusal(protocol, DatasetService.method.uploadDataset, UNDECODABLE, { before }));
       expect(e, protocol).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE", metadata: { message_type: "vaccine.v1.UploadDatasetRequest" } } });
     }
     // Nothing of the cut uploads was kept.
@@ -149,16 +164,16 @@ describe("a request that does not decode", () => {
 
   it("names the field when JSON gives it the wrong type or names no field of the message", async () => {
     const embed = EmbedService.method.embed;
-    const wrongType = errorDetails(await refusal("connect", embed, new TextEncoder().encode('{"texts": 5}'), {}, true));
+    const wrongType = errorDetails(await refusal("connect", embed, new TextEncoder().encode('{"texts": 5}'), { json: true }));
     expect(wrongType).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE", metadata: { fields: "texts" } } });
     expect(wrongType.badRequest?.fieldViolations[0]).toMatchObject({ field: "texts", description: "expected Array, got 5" });
     // A misspelt field would otherwise be dropped and the call run with the default.
     for (const protocol of ["grpc", "connect"] as const) {
-      const misspelt = errorDetails(await refusal(protocol, embed, new TextEncoder().encode('{"txets": ["a"]}'), {}, true));
+      const misspelt = errorDetails(await refusal(protocol, embed, new TextEncoder().encode('{"txets": ["a"]}'), { json: true }));
       expect(misspelt).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE", metadata: { fields: "txets" } } });
       expect(misspelt.message).toBe("txets: is not a field of vaccine.v1.EmbedRequest");
     }
-    const notJson = errorDetails(await refusal("connect", embed, new TextEncoder().encode("{texts"), {}, true));
+    const notJson = errorDetails(await refusal("connect", embed, new TextEncoder().encode("{texts"), { json: true }));
     expect(notJson).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE" } });
   });
 });
@@ -167,7 +182,7 @@ describe("other protocol refusals", () => {
   it("an unknown compression is UNIMPLEMENTED with PROTOCOL_ERROR", async () => {
     const listAlign = AlignService.method.listAlignJobs;
     for (const [protocol, header] of [["grpc", "grpc-encoding"], ["connect", "content-encoding"]] as const) {
-      const e = errorDetails(await refusal(protocol, listAlign, new Uint8Array(), { [header]: "zstd" }));
+      const e = errorDetails(await refusal(protocol, listAlign, new Uint8Array(), { headers: { [header]: "zstd" } }));
       expect(e.code, protocol).toBe(Code.Unimplemented);
       expect(e.message, protocol).toMatch(/unknown compression "zstd"/);
       expect(e.info, protocol).toMatchObject({ reason: "PROTOCOL_ERROR", domain: ERROR_DOMAIN });
@@ -183,14 +198,14 @@ describe("other protocol refusals", () => {
       ["not gzip at all", { "grpc-encoding": "gzip" }, 1, UNDECODABLE, /decompression failed/],
     ] as const;
     for (const [name, headers, flags, data, message] of cases) {
-      const e = errorDetails(await refusal("grpc", listAlign, data, headers, false, [], flags));
+      const e = errorDetails(await refusal("grpc", listAlign, data, { headers, flags }));
       expect(e, name).toMatchObject({ code: Code.InvalidArgument, info: { reason: "PROTOCOL_ERROR", domain: ERROR_DOMAIN } });
       expect(e.message, name).toMatch(message);
     }
   });
 
   it("a malformed gRPC timeout is INVALID_ARGUMENT with PROTOCOL_ERROR", async () => {
-    const e = errorDetails(await refusal("grpc", AlignService.method.listAlignJobs, new Uint8Array(), { "grpc-timeout": "soon" }));
+    const e = errorDetails(await refusal("grpc", AlignService.method.listAlignJobs, new Uint8Array(), { headers: { "grpc-timeout": "soon" } }));
     expect(e).toMatchObject({ code: Code.InvalidArgument, info: { reason: "PROTOCOL_ERROR" } });
     expect(e.badRequest?.fieldViolations[0].description).toMatch(/invalid grpc timeout value: soon/);
   });
@@ -219,6 +234,49 @@ describe("calls that reach their handler", () => {
       for await (const _ of createClient(AlignService, transport).watchAlignJob({ jobId: "nope" }));
     };
     expect(await rpcFailure(watch)).toMatchObject({ code: Code.NotFound, info: { reason: "JOB_NOT_FOUND" } });
+  });
+});
+
+describe("with authentication on", () => {
+  // A caller without valid credentials learns no more of a request's form than reflection, which
+  // is closed to it, tells: its message type and field names stay unsaid.
+  const dir = mkdtempSync(join(tmpdir(), "vaccine-wire-auth-"));
+  const lines: Record<string, unknown>[] = [];
+  let secured: TestSuite;
+  beforeAll(async () => {
+    writeFileSync(join(dir, "tokens.json"), JSON.stringify({ [tokenHash("token-a")]: { tenant: "team-a", roles: ["reader"] } }));
+    const logger = createLogger("warn", { write: (line: string) => void lines.push(JSON.parse(line)) });
+    secured = await startSuite({ server: { logger, access: { policy: accessPolicy(), authenticator: await tokenAuthenticator(join(dir, "tokens.json"), logger) } } });
+  });
+  afterAll(async () => {
+    await secured?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("answers a caller without valid credentials UNAUTHENTICATED, one with them the decode error; health stays open", async () => {
+    const url = secured.server.url;
+    const misspelt = new TextEncoder().encode('{"txets": ["a"]}');
+    const embed = EmbedService.method.embed;
+    for (const protocol of ["grpc", "grpc-web", "connect"] as const) {
+      const none = errorDetails(await refusal(protocol, embed, UNDECODABLE, { url }));
+      expect(none, protocol).toMatchObject({ code: Code.Unauthenticated, info: { reason: "CREDENTIALS_MISSING" } });
+      const unknown = errorDetails(await refusal(protocol, embed, UNDECODABLE, { url, headers: { authorization: "Bearer token-z" } }));
+      expect(unknown, protocol).toMatchObject({ code: Code.Unauthenticated, info: { reason: "TOKEN_UNKNOWN" } });
+      const valid = errorDetails(await refusal(protocol, embed, UNDECODABLE, { url, headers: { authorization: "Bearer token-a" } }));
+      expect(valid, protocol).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE", metadata: { message_type: "vaccine.v1.EmbedRequest" } } });
+      expect(errorDetails(await refusal(protocol, Health.method.check, UNDECODABLE, { url })), protocol).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE" } });
+    }
+    for (const protocol of ["grpc", "connect"] as const) {
+      const none = errorDetails(await refusal(protocol, embed, misspelt, { url, json: true }));
+      expect(none, protocol).toMatchObject({ code: Code.Unauthenticated, info: { reason: "CREDENTIALS_MISSING" } });
+      expect(JSON.stringify(none), protocol).not.toMatch(/txets|EmbedRequest/);
+      const valid = errorDetails(await refusal(protocol, embed, misspelt, { url, json: true, headers: { authorization: "Bearer token-a" } }));
+      expect(valid.message, protocol).toBe("txets: is not a field of vaccine.v1.EmbedRequest");
+    }
+    // Each refusal is logged with what it was answered.
+    const refused = lines.filter((l) => l.msg === "request refused before its handler");
+    expect(refused).toHaveLength(16);
+    expect(refused.filter((l) => l.reason === "CREDENTIALS_MISSING")).toHaveLength(5);
   });
 });
 
