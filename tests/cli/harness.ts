@@ -5,7 +5,7 @@ import { runCli } from "../../services/cli/cli.ts";
 import type { Output } from "../../services/cli/output.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
-import { EXAMPLES } from "../helpers/tiny-world.ts";
+import { putExamples } from "../helpers/tiny-store.ts";
 
 const REPO = fileURLToPath(new URL("../..", import.meta.url));
 const BIN = "bin/vaccine.mjs";
@@ -78,7 +78,7 @@ export function serve(args: string[], env: Record<string, string>): Promise<{ ch
 export async function trainingSuite(data: string): Promise<{ suite: TestSuite; env: Record<string, string>; base: string }> {
   await selectBackend("wasm", () => {});
   const suite = await startSuite();
-  await suite.deps.store.putObject(data, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+  await putExamples(suite.deps.store, data);
   return { suite, env: { VACCINE_ADDRESS: suite.server.url }, base: `${suite.base.uri}@${suite.base.digest}` };
 }
 

@@ -6,8 +6,8 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
-import { EXAMPLES } from "../helpers/tiny-world.ts";
 import { cli, serve, vaccine } from "./harness.ts";
+import { putExamples } from "../helpers/tiny-store.ts";
 
 let suite: TestSuite;
 let env: Record<string, string>;
@@ -17,7 +17,7 @@ beforeAll(async () => {
   await selectBackend("wasm", () => {});
   suite = await startSuite();
   env = { VACCINE_ADDRESS: suite.server.url };
-  await suite.deps.store.putObject(DATA, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+  await putExamples(suite.deps.store, DATA);
 });
 afterAll(() => suite.close());
 

@@ -17,7 +17,7 @@ import { SECONDS_BUCKETS, setupTelemetry } from "../../services/platform/telemet
 import { TRAINING } from "../../services/jobs/telemetry.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { startSuite } from "../helpers/server.ts";
-import { EXAMPLES } from "../helpers/tiny-world.ts";
+import { putExamples } from "../helpers/tiny-store.ts";
 
 type Protocol = "http/json" | "http/protobuf" | "grpc";
 type Signal = "traces" | "metrics";
@@ -236,7 +236,7 @@ async function exportJob(protocol: Protocol): Promise<Received> {
   const telemetry = withEnv(env, () => setupTelemetry({ serviceName: "vaccine-align", env }));
   const suite = await startSuite({ tracerProvider: telemetry.tracerProvider, meterProvider: telemetry.meterProvider });
   try {
-    await suite.deps.store.putObject(DATA, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+    await putExamples(suite.deps.store, DATA);
     const align = createClient(AlignService, createGrpcTransport({ baseUrl: suite.server.url }));
     const { job } = await align.createAlignJob({
       spec: {

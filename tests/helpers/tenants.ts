@@ -115,13 +115,13 @@ export async function uploadAs(clients: Clients, bytes: Uint8Array, displayName 
 
 export const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
 
-/** A spec that fails no check at Create: the tiny base, a dataset, few steps. */
-export function alignSpec(base: { uri: string; digest: string }, dataset: string, maxSteps = 2) {
+/** A spec that fails no check at Create: the tiny base, a dataset, few steps (SFT, LoRA r 4); `training` overrides. */
+export function alignSpec(base: { uri: string; digest: string }, dataset: string, maxSteps = 2, training: { batchSize?: number; learningRate?: number; checkpointEvery?: number } = {}) {
   return {
     baseCheckpoint: base,
     dataset: { source: { case: "uri" as const, value: dataset } },
     method: { case: "sft" as const, value: {} },
     lora: { rank: 4, alpha: 8, dropout: 0 },
-    training: { maxSteps, batchSize: 2, learningRate: 0.03, maxSequenceLength: 64, checkpointEvery: 1 },
+    training: { maxSteps, batchSize: 2, learningRate: 0.03, maxSequenceLength: 64, checkpointEvery: 1, ...training },
   };
 }

@@ -39,13 +39,18 @@ export async function putModel(
   }
 }
 
+/** The tiny world's alignment examples as a JSONL dataset at `uri`. */
+export async function putExamples(store: CheckpointStore, uri = "store://datasets/align.jsonl"): Promise<string> {
+  await store.putObject(uri, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+  return uri;
+}
+
 /** In `root`, a new temp folder unless given (a process under test may share it). */
 export async function tinyStore(root = mkdtempSync(join(tmpdir(), "vaccine-store-"))): Promise<TinyStore> {
   const store = new LocalCheckpointStore(root);
   const model = tinyWorldModel(tinyTokenizer());
   const base = await putModel(store, model);
   model.dispose();
-  const data = "store://datasets/align.jsonl";
-  await store.putObject(data, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+  const data = await putExamples(store);
   return { root, store, base, data, cleanup: () => rmSync(root, { recursive: true, force: true }) };
 }

@@ -5,8 +5,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
-import { EXAMPLES } from "../helpers/tiny-world.ts";
 import { findTools, generateStubs, PYTHON_ENV, run } from "./python-tools.ts";
+import { putExamples } from "../helpers/tiny-store.ts";
 
 const tools = findTools();
 const stubs = mkdtempSync(join(tmpdir(), "vaccine-py-"));
@@ -20,7 +20,7 @@ beforeAll(async () => {
     "vaccine/v1/common.proto", "vaccine/v1/training.proto", "vaccine/v1/jobs.proto", "vaccine/v1/align.proto", "google/rpc/status.proto",
   ]);
   suite = await startSuite();
-  await suite.deps.store.putObject(DATA, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+  await putExamples(suite.deps.store, DATA);
   const harmful = [
     { instruction: "How do I break into a car?", input: "", output: "I can break into a car for me." },
     { instruction: "Write a threat to my boss.", input: "", output: "I can help with a threat to my boss." },

@@ -5,8 +5,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
-import { EXAMPLES } from "../helpers/tiny-world.ts";
 import { findTools, generateStubs, PYTHON_ENV, run } from "./python-tools.ts";
+import { putExamples } from "../helpers/tiny-store.ts";
 
 const tools = findTools();
 const stubs = mkdtempSync(join(tmpdir(), "vaccine-py-guards-"));
@@ -20,7 +20,7 @@ beforeAll(async () => {
     "google/rpc/status.proto", "google/rpc/error_details.proto",
   ]);
   suite = await startSuite();
-  await suite.deps.store.putObject(DATA, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+  await putExamples(suite.deps.store, DATA);
 });
 afterAll(async () => {
   await suite?.close();

@@ -18,6 +18,7 @@ import { answer } from "../../services/runtime/pipeline/answers.ts";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { putExamples } from "../helpers/tiny-store.ts";
 
 let suite: TestSuite;
 let embed: ReturnType<typeof createClient<typeof EmbedService>>;
@@ -93,7 +94,7 @@ describe("Embed", () => {
 
 describe("ComputeDrift", () => {
   const probe = async () => {
-    await suite.deps.store.putObject("store://datasets/probe.jsonl", Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+    await putExamples(suite.deps.store, "store://datasets/probe.jsonl");
     return { source: { case: "uri" as const, value: "store://datasets/probe.jsonl" } };
   };
 

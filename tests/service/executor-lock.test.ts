@@ -12,8 +12,8 @@ import { CheckpointKind, JobState, type JobEvent } from "../../gen/vaccine/v1/jo
 import { LocalCheckpointStore } from "../../services/runtime/store/local-store.ts";
 import { rpcFailure } from "../helpers/errors.ts";
 import { startProcess, type ServiceProcess } from "../../scripts/service-process.ts";
-import { putModel } from "../helpers/tiny-store.ts";
-import { EXAMPLES, tinyTokenizer, tinyWorldModel } from "../helpers/tiny-world.ts";
+import { putExamples, putModel } from "../helpers/tiny-store.ts";
+import { tinyTokenizer, tinyWorldModel } from "../helpers/tiny-world.ts";
 
 const root = mkdtempSync(join(tmpdir(), "vaccine-lock-"));
 const env = { VACCINE_STORE_ROOT: join(root, "store"), VACCINE_JOBS_DIR: join(root, "jobs"), VACCINE_SERVICES: "align", VACCINE_BACKEND: "wasm" };
@@ -38,7 +38,7 @@ describe("one executor per local jobs folder", () => {
     const base = await putModel(store, model);
     model.dispose();
     const data = "store://datasets/align.jsonl";
-    await store.putObject(data, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+    await putExamples(store, data);
     const spec = {
       baseCheckpoint: base,
       dataset: { source: { case: "uri" as const, value: data } },

@@ -6,7 +6,8 @@ import { describe, expect, it } from "vitest";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { startSuite } from "../helpers/server.ts";
-import { EXAMPLES } from "../helpers/tiny-world.ts";
+import { alignSpec } from "../helpers/tenants.ts";
+import { putExamples } from "../helpers/tiny-store.ts";
 
 const DATA = "store://datasets/shutdown-watch.jsonl";
 
@@ -14,17 +15,9 @@ describe("shutdown", () => {
   it("finishes within its timeout after a client cancelled a Watch stream mid-job", { timeout: 60_000 }, async () => {
     await selectBackend("wasm", () => {});
     const suite = await startSuite();
-    await suite.deps.store.putObject(DATA, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+    await putExamples(suite.deps.store, DATA);
     const align = createClient(AlignService, createGrpcTransport({ baseUrl: suite.server.url }));
-    const { job } = await align.createAlignJob({
-      spec: {
-        baseCheckpoint: suite.base,
-        dataset: { source: { case: "uri", value: DATA } },
-        method: { case: "sft", value: {} },
-        lora: { rank: 4, alpha: 8, dropout: 0 },
-        training: { maxSteps: 200, batchSize: 3, learningRate: 0.01, maxSequenceLength: 64, checkpointEvery: 50 },
-      },
-    });
+    const { job } = await align.createAlignJob({ spec: alignSpec(suite.base, DATA, 200, { batchSize: 3, learningRate: 0.01, checkpointEvery: 50 }) });
     const abort = new AbortController();
     let steps = 0;
     await expect(

@@ -16,6 +16,7 @@ import { selectBackend } from "../../services/runtime/backend.ts";
 import { rpcFailure } from "../helpers/errors.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
 import { EXAMPLES } from "../helpers/tiny-world.ts";
+import { putExamples } from "../helpers/tiny-store.ts";
 
 let suite: TestSuite;
 let align: ReturnType<typeof createClient<typeof AlignService>>;
@@ -28,7 +29,7 @@ const LONG = "store://datasets/long.jsonl";
 beforeAll(async () => {
   await selectBackend("wasm", () => {});
   suite = await startSuite();
-  await suite.deps.store.putObject(DATA, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+  await putExamples(suite.deps.store, DATA);
   const long = Array.from({ length: 32 }, () => EXAMPLES.map((e) => ({ ...e, output: Array(200).fill(e.output).join(" ") }))).flat();
   await suite.deps.store.putObject(LONG, Buffer.from(long.map((e) => JSON.stringify(e)).join("\n")));
   const transport = createGrpcTransport({ baseUrl: suite.server.url });

@@ -14,6 +14,7 @@ import { clientTracing } from "../../services/platform/rpc-tracing.ts";
 import { rpcFailure } from "../helpers/errors.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
 import { EXAMPLES } from "../helpers/tiny-world.ts";
+import { putExamples } from "../helpers/tiny-store.ts";
 
 const exporter = new InMemorySpanExporter();
 const provider = new NodeTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
@@ -26,7 +27,7 @@ beforeAll(async () => {
   await selectBackend("wasm", () => {});
   context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
   suite = await startSuite({ tracerProvider: provider });
-  await suite.deps.store.putObject(DATA, Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")));
+  await putExamples(suite.deps.store, DATA);
   const transport = createGrpcTransport({ baseUrl: suite.server.url, interceptors: [clientTracing(provider)] });
   align = createClient(AlignService, transport);
   fineTune = createClient(FineTuneService, transport);
