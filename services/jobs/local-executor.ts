@@ -22,14 +22,14 @@ import {
   type Job,
   type JobEvent,
 } from "../../gen/vaccine/v1/jobs_pb.ts";
-import { rpcError, toStatus } from "../platform/errors.ts";
+import { rpcError, shuttingDown, toStatus } from "../platform/errors.ts";
 import { badPageToken } from "../platform/validate.ts";
 import { silentLogger, type Logger } from "../platform/log.ts";
 import { SCOPE } from "../platform/telemetry.ts";
 import { JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobExecutor, type JobSpec, type JobWork, type StopReason, visibleTo } from "./executor.ts";
 import { jobQuotaExceeded } from "../common/quotas.ts";
 import { JobRecords, type TraceLink } from "./records.ts";
-import { jobNotFound, KIND_NAME, newJob, shuttingDown } from "./new-job.ts";
+import { jobNotFound, KIND_NAME, newJob } from "./new-job.ts";
 
 export interface LocalExecutorOptions {
   /** Folder of the durable job records and event logs. */

@@ -33,7 +33,3 @@ export function newJob(kind: JobKind, spec: JobSpec, tenant: string): Job {
     tenant,
   });
 }
-
-export function shuttingDown(): ConnectError {
-  return rpcError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "the server is shutting down; retry on another replica");
-}

@@ -18,6 +18,11 @@ export const Reason = {
 
 type Detail = { desc: DescMessage; value: MessageInitShape<DescMessage> };
 
+/** A call this process will not finish: it is stopping (the client retries elsewhere). */
+export function shuttingDown(): ConnectError {
+  return rpcError(Code.Unavailable, "SERVER_SHUTTING_DOWN", "the server is shutting down; retry on another replica");
+}
+
 /**
  * The one way to build an RPC error: a ConnectError carrying a google.rpc.ErrorInfo
  * (reason, domain, metadata) and any further details.

@@ -9,10 +9,12 @@ import { trace, type TracerProvider } from "@opentelemetry/api";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
+import { abortedCalls } from "./aborted-calls.ts";
 import { accessControl, authenticationFirst, checkPolicyCovers, type AccessOptions } from "./access.ts";
 import { audit, type AuditOptions } from "./audit.ts";
 import { superviseSession } from "./connections.ts";
 import { streamIdleTimeout, unaryDeadline, withDeadlineInRange } from "./deadline.ts";
+import { shuttingDown } from "./errors.ts";
 import type { FileWatch } from "./file-watch.ts";
 import { HealthRegistry, ServingStatus } from "./health.ts";
 import { DEFAULT_LIMITS, type Limits } from "./limits.ts";
@@ -111,6 +113,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       ...(options.rateLimit ? [rateLimit(options.rateLimit)] : []),
       unaryDeadline(limits.unaryDeadlineMs),
       streamIdleTimeout(limits.streamIdleMs),
+      abortedCalls(),
       ...(options.interceptors ?? []),
     ],
     contextValues: (req) => createContextValues().set(PEER, peerOf(req)),
@@ -199,8 +202,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     logger.info({ openSessions: sessions.size }, "shutting down");
     // 2. Hooks finish their work (background work saves its state) within the timeout.
     await withTimeout(Promise.allSettled(hooks.map((h) => h())), timeoutMs);
-    // 3. Calls still in flight are aborted through connect's shutdown signal.
-    stopping.abort();
+    // 3. Calls still in flight are aborted through connect's shutdown signal (cut streams end UNAVAILABLE).
+    stopping.abort(shuttingDown());
     certificates?.close();
     access.authenticator?.close();
     // 4. No new connections; open sessions close once their streams end, or are destroyed.

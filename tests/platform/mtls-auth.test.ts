@@ -1,17 +1,16 @@
 // Tenants from client certificates: the TLS layer verifies the chain, a mapping file names
 // which identity (URI/DNS SAN or subject CN) acts for which tenant with which roles.
 import { writeFileSync } from "node:fs";
-import http2 from "node:http2";
 import { join } from "node:path";
 import { Code } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import { findTrailerError } from "@connectrpc/connect/protocol-grpc";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { mtlsAuthenticator } from "../../services/platform/mtls-auth.ts";
 import { subjectAltNames } from "../../services/platform/peer.ts";
 import { startAccessServer, type AccessServer } from "../helpers/access-server.ts";
 import { TestPki, type KeyPair } from "../helpers/certs.ts";
 import { errorDetails, rpcFailure } from "../helpers/errors.ts";
+import { rawGrpc } from "../helpers/raw-grpc.ts";
 
 const pki = new TestPki();
 const ca = pki.ca("ca");
@@ -60,26 +59,11 @@ describe("mTLS authentication", () => {
 });
 
 describe("requests refused before any interceptor", () => {
-  /** A ListAlignJobs whose message does not decode, over gRPC from `who`'s certificate: its error. */
-  async function undecodable(who: KeyPair) {
-    const session = http2.connect(s.server.url, { ca: ca.certPem, cert: who.certPem, key: who.keyPem, servername: "localhost" });
-    try {
-      const req = session.request({ ":method": "POST", ":path": "/vaccine.v1.AlignService/ListAlignJobs", "content-type": "application/grpc", te: "trailers" });
-      // One envelope: field 1, length-delimited, its length varint cut short.
-      req.end(Buffer.from([0, 0, 0, 0, 7, 0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]));
-      const trailers = await new Promise<http2.IncomingHttpHeaders>((resolve, reject) => {
-        let all: http2.IncomingHttpHeaders = {};
-        req.on("response", (h) => (all = { ...all, ...h }));
-        req.on("trailers", (t) => (all = { ...all, ...t }));
-        req.on("end", () => resolve(all));
-        req.on("error", reject);
-        req.resume();
-      });
-      return errorDetails(findTrailerError(new Headers(Object.entries(trailers).filter(([k]) => !k.startsWith(":")) as [string, string][])));
-    } finally {
-      session.close();
-    }
-  }
+  /** A ListAlignJobs whose message does not decode (field 1, its length varint cut short), over gRPC from `who`'s certificate. */
+  const undecodable = async (who: KeyPair) =>
+    errorDetails(
+      (await rawGrpc(s.server.url, "/vaccine.v1.AlignService/ListAlignJobs", new Uint8Array([0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]), {}, { ca: ca.certPem, cert: who.certPem, key: who.keyPem, servername: "localhost" })).error,
+    );
 
   it("authenticate the certificate first: a mapped one gets the decode error, an unmapped one CERTIFICATE_UNMAPPED", async () => {
     expect(await undecodable(bob)).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE" } });

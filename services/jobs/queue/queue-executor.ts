@@ -9,7 +9,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { context, isSpanContextValid, SpanKind, SpanStatusCode, trace, type Counter, type Meter, type Tracer } from "@opentelemetry/api";
 import { Queue } from "bullmq";
 import { JobSchema, JobState, type Job, type JobEvent, type JobKind } from "../../../gen/vaccine/v1/jobs_pb.ts";
-import { rpcError, toStatus } from "../../platform/errors.ts";
+import { rpcError, shuttingDown, toStatus } from "../../platform/errors.ts";
 import { badPageToken } from "../../platform/validate.ts";
 import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
@@ -19,7 +19,7 @@ import { clusterReady, connectQueue, QUEUE_NAME, queueKeys, type QueueKeys, type
 import { observeQueue } from "./metrics.ts";
 import { FINAL, INDEX_MEMBER, RedisJobs } from "./redis-jobs.ts";
 import { injectTrace, type TraceCarrier } from "./trace-carrier.ts";
-import { jobNotFound, KIND_NAME, newJob, shuttingDown } from "../new-job.ts";
+import { jobNotFound, KIND_NAME, newJob } from "../new-job.ts";
 
 /** What a queued BullMQ job carries: the record's id and the enqueue span's W3C context. */
 export interface QueuedJobData {

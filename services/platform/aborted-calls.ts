@@ -1,0 +1,40 @@
+/**
+ * Calls ended by an abort (the client's deadline, the server's shutdown, the client's cancel)
+ * end with the abort's error, with an ErrorInfo. connect-es ends such a call with an error
+ * only when its handler throws, and then without one; a server stream whose handler returns
+ * quietly after the abort (a Watch does) it ends with OK, which a client takes for the whole
+ * stream: a Watch ends when its job does.
+ */
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
+import { rpcError } from "./errors.ts";
+
+export function abortedCalls(): Interceptor {
+  return (next) => async (req) => {
+    try {
+      const res = await next(req);
+      return res.stream ? { ...res, message: endOrCut(res.message, req.signal) } : res;
+    } catch (err) {
+      throw req.signal.aborted ? cutBy(req.signal.reason) : err;
+    }
+  };
+}
+
+async function* endOrCut<T>(messages: AsyncIterable<T>, signal: AbortSignal): AsyncIterable<T> {
+  try {
+    yield* messages;
+  } catch (err) {
+    throw signal.aborted ? cutBy(signal.reason) : err;
+  }
+  if (signal.aborted) throw cutBy(signal.reason);
+}
+
+/** The error of a call aborted for `reason`: the server's own (shutdown: UNAVAILABLE), the client's deadline, or its cancel. */
+export function cutBy(reason: unknown): ConnectError {
+  const err = ConnectError.from(reason);
+  if (err.findDetails(ErrorInfoSchema).length > 0) return err;
+  if (err.code === Code.DeadlineExceeded) {
+    return rpcError(Code.DeadlineExceeded, "DEADLINE_EXCEEDED", "the call's deadline passed before it ended (send a later one; a Watch resumes with after_sequence)");
+  }
+  return rpcError(Code.Canceled, "CANCELLED", "the call was cancelled before it ended");
+}
