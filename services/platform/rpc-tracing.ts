@@ -1,11 +1,14 @@
 import {
   context,
   isSpanContextValid,
+  metrics,
   propagation,
   SpanKind,
   SpanStatusCode,
   trace,
   type Context,
+  type Histogram,
+  type MeterProvider,
   type Span,
   type TextMapGetter,
   type TextMapSetter,
@@ -15,7 +18,7 @@ import {
 import type { DescMethod } from "@bufbuild/protobuf";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { Code, ConnectError, type Interceptor, type StreamResponse, type UnaryResponse } from "@connectrpc/connect";
-import { ATTR_ERROR_TYPE, ATTR_SERVER_ADDRESS, ATTR_SERVER_PORT } from "@opentelemetry/semantic-conventions";
+import { ATTR_ERROR_TYPE, ATTR_SERVER_ADDRESS, ATTR_SERVER_PORT, METRIC_RPC_SERVER_CALL_DURATION } from "@opentelemetry/semantic-conventions";
 import { ATTR_RPC_METHOD, ATTR_RPC_SYSTEM_NAME } from "@opentelemetry/semantic-conventions/incubating";
 import { SCOPE } from "./telemetry.ts";
 
@@ -39,21 +42,21 @@ function rpcSystem(contentType: string | null): string {
   return contentType?.startsWith("application/grpc") ? "grpc" : "connectrpc";
 }
 
-function endSpan(span: Span, err?: unknown): void {
-  if (err === undefined) {
-    span.setAttribute(ATTR_RPC_STATUS_CODE, "OK");
-  } else {
+/** Ends the span with the call's outcome; returns the outcome's attributes (status name, and error type on errors). */
+function endSpan(span: Span, err?: unknown): Record<string, string> {
+  const outcome: Record<string, string> = { [ATTR_RPC_STATUS_CODE]: "OK" };
+  if (err !== undefined) {
     const ce = ConnectError.from(err);
-    const name = statusName(ce.code);
-    span.setAttribute(ATTR_RPC_STATUS_CODE, name);
-    span.setAttribute(ATTR_ERROR_TYPE, name);
+    outcome[ATTR_RPC_STATUS_CODE] = outcome[ATTR_ERROR_TYPE] = statusName(ce.code);
     span.setStatus({ code: SpanStatusCode.ERROR, message: ce.rawMessage });
   }
+  span.setAttributes(outcome);
   span.end();
+  return outcome;
 }
 
-/** Ends the span when a response stream ends, and runs each step of it in the span's context. */
-async function* traced<T>(stream: AsyncIterable<T>, span: Span, ctx: Context): AsyncIterable<T> {
+/** Calls `end` when a response stream ends, and runs each step of it in the span's context. */
+async function* traced<T>(stream: AsyncIterable<T>, ctx: Context, end: (err?: unknown) => void): AsyncIterable<T> {
   const it = stream[Symbol.asyncIterator]();
   try {
     for (;;) {
@@ -61,60 +64,66 @@ async function* traced<T>(stream: AsyncIterable<T>, span: Span, ctx: Context): A
       if (r.done) break;
       yield r.value;
     }
-    endSpan(span);
+    end();
   } catch (err) {
-    endSpan(span, err);
+    end(err);
     throw err;
   }
 }
 
-/** Runs the call; the span ends with a unary response, or when a response stream ends. */
-async function withSpan<R extends UnaryResponse | StreamResponse>(span: Span, ctx: Context, call: () => Promise<R>): Promise<R> {
+/** Runs the call; `end` is called with a unary response, or when a response stream ends. */
+async function withSpan<R extends UnaryResponse | StreamResponse>(ctx: Context, end: (err?: unknown) => void, call: () => Promise<R>): Promise<R> {
   try {
     const res = await call();
     if (!res.stream) {
-      endSpan(span);
+      end();
       return res;
     }
-    return { ...res, message: traced(res.message, span, ctx) };
+    return { ...res, message: traced(res.message, ctx, end) };
   } catch (err) {
-    endSpan(span, err);
+    end(err);
     throw err;
   }
 }
 
+// The semantic conventions' advice for rpc.server.call.duration, in seconds.
+const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10];
+
 /**
- * One SERVER span per RPC, a child of the caller's W3C traceparent; the handler runs in its
- * context, so background work it starts can link to it.
+ * One SERVER span per RPC, a child of the caller's W3C traceparent, and its duration in
+ * rpc.server.call.duration by method and status (the span's own attributes): `interceptor`
+ * for calls that reach the interceptors (the handler runs in the span's context, so background
+ * work it starts can link to it), `refused` for calls refused before them (wire-errors.ts).
  */
-export function serverTracing(provider: TracerProvider = trace.getTracerProvider()): Interceptor {
-  const tracer = provider.getTracer(SCOPE);
-  return (next) => async (req) => {
-    const { span, ctx } = startServerSpan(tracer, req.method, req.header);
-    return withSpan(span, ctx, () => context.with(ctx, () => next(req)));
+export function serverTelemetry(tracerProvider: TracerProvider = trace.getTracerProvider(), meterProvider: MeterProvider = metrics.getMeterProvider()) {
+  const tracer = tracerProvider.getTracer(SCOPE);
+  const duration = meterProvider.getMeter(SCOPE).createHistogram(METRIC_RPC_SERVER_CALL_DURATION, {
+    unit: "s",
+    description: "Duration of RPCs served, until the last message of a stream",
+    advice: { explicitBucketBoundaries: DURATION_BUCKETS },
+  });
+  const interceptor: Interceptor = (next) => async (req) => {
+    const call = startServerCall(tracer, duration, req.method, req.header);
+    return withSpan(call.ctx, call.end, () => context.with(call.ctx, () => next(req)));
   };
+  /** Records a refused call, ended with its error at once; returns its trace id (none without a tracer), for the log line. */
+  const refused = (method: DescMethod, header: Headers, err: ConnectError): string | undefined => {
+    const call = startServerCall(tracer, duration, method, header);
+    call.end(err);
+    const sc = call.span.spanContext();
+    return isSpanContextValid(sc) ? sc.traceId : undefined;
+  };
+  return { interceptor, refused };
 }
 
-/**
- * The SERVER span of a call refused before any interceptor ran (wire-errors.ts), ended with
- * its error at once; returns its trace id (none without a tracer), for the log line.
- */
-export function refusedCallSpan(provider: TracerProvider, method: DescMethod, header: Headers, err: ConnectError): string | undefined {
-  const { span } = startServerSpan(provider.getTracer(SCOPE), method, header);
-  endSpan(span, err);
-  const sc = span.spanContext();
-  return isSpanContextValid(sc) ? sc.traceId : undefined;
-}
-
-function startServerSpan(tracer: Tracer, desc: DescMethod, header: Headers): { span: Span; ctx: Context } {
+function startServerCall(tracer: Tracer, duration: Histogram, desc: DescMethod, header: Headers) {
   const method = `${desc.parent.typeName}/${desc.name}`;
+  const attributes = { [ATTR_RPC_SYSTEM_NAME]: rpcSystem(header.get("content-type")), [ATTR_RPC_METHOD]: method };
   const parent = w3c.extract(context.active(), header, getter);
-  const span = tracer.startSpan(
-    method,
-    { kind: SpanKind.SERVER, attributes: { [ATTR_RPC_SYSTEM_NAME]: rpcSystem(header.get("content-type")), [ATTR_RPC_METHOD]: method } },
-    parent,
-  );
-  return { span, ctx: trace.setSpan(parent, span) };
+  const span = tracer.startSpan(method, { kind: SpanKind.SERVER, attributes }, parent);
+  const start = performance.now();
+  const end = (err?: unknown) => duration.record((performance.now() - start) / 1000, { ...attributes, ...endSpan(span, err) });
+  return { span, ctx: trace.setSpan(parent, span), end };
 }
 
 /** One CLIENT span per RPC, with the traceparent header injected for the server. */
@@ -136,6 +145,6 @@ export function clientTracing(provider: TracerProvider = trace.getTracerProvider
     w3c.inject(ctx, req.header, setter);
     // Keeps any other propagated fields (baggage) a global propagator carries.
     propagation.inject(ctx, req.header, setter);
-    return withSpan(span, ctx, () => next(req));
+    return withSpan(ctx, (err) => endSpan(span, err), () => next(req));
   };
 }

@@ -5,7 +5,7 @@ import type { TLSSocket } from "node:tls";
 import type { DescService } from "@bufbuild/protobuf";
 import { createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
-import { trace, type TracerProvider } from "@opentelemetry/api";
+import { type MeterProvider, type TracerProvider } from "@opentelemetry/api";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
@@ -22,7 +22,7 @@ import { silentLogger, type Logger } from "./log.ts";
 import { PEER, peerOf } from "./peer.ts";
 import { rateLimit, type RateLimitOptions } from "./rate-limit.ts";
 import { registerReflection } from "./reflection.ts";
-import { refusedCallSpan, serverTracing, statusName } from "./rpc-tracing.ts";
+import { serverTelemetry, statusName } from "./rpc-tracing.ts";
 import { createTlsServer, type TlsFiles } from "./tls.ts";
 import { withWireErrors, type WireErrorOptions } from "./wire-errors.ts";
 
@@ -38,6 +38,8 @@ export interface ServerOptions {
   port?: number;
   logger?: Logger;
   tracerProvider?: TracerProvider;
+  /** Where rpc.server.call.duration goes (default: the global meter provider). */
+  meterProvider?: MeterProvider;
   interceptors?: Interceptor[];
   /** Longest wait for shutdown hooks and open calls before sessions are destroyed. */
   shutdownTimeoutMs?: number;
@@ -90,9 +92,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     );
   }
 
+  const calls = serverTelemetry(options.tracerProvider, options.meterProvider);
   // Refused before any interceptor: not in the audit log, so logged here, and traced here.
   const onWireError: WireErrorOptions["onError"] = (method, err, header) => {
-    const traceId = refusedCallSpan(options.tracerProvider ?? trace.getTracerProvider(), method, header, err);
+    const traceId = calls.refused(method, header, err);
     logger.warn(
       { method: `${method.parent.typeName}/${method.name}`, outcome: statusName(err.code), reason: err.findDetails(ErrorInfoSchema)[0]?.reason, error: err.rawMessage, trace_id: traceId },
       "request refused before its handler",
@@ -106,7 +109,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     // A misspelt JSON field is refused, not silently left at its default (binary has no names to check).
     jsonOptions: { ignoreUnknownFields: false },
     interceptors: [
-      serverTracing(options.tracerProvider),
+      calls.interceptor,
       // Outside access control and the limits, so their refusals are logged too.
       audit(options.audit ?? { mutating: () => false }, logger),
       accessControl(access),

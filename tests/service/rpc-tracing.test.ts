@@ -1,23 +1,28 @@
 // Server and client interceptors produce one span per RPC, joined by W3C trace context.
-import { createClient } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import { SpanKind, SpanStatusCode } from "@opentelemetry/api";
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-node";
+import { AggregationTemporality, InMemoryMetricExporter, PeriodicExportingMetricReader, type DataPoint, type Histogram } from "@opentelemetry/sdk-metrics";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { clientTracing } from "../../services/platform/rpc-tracing.ts";
 import { exporterNames, setupTelemetry, type Telemetry } from "../../services/platform/telemetry.ts";
+import { rawGrpc } from "../helpers/raw-grpc.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
 
 const exporter = new InMemorySpanExporter();
+// Delta: each flush holds the calls since the last one.
+const metricExporter = new InMemoryMetricExporter(AggregationTemporality.DELTA);
+const metricReader = new PeriodicExportingMetricReader({ exporter: metricExporter, exportIntervalMillis: 3_600_000 });
 let telemetry: Telemetry;
 let suite: TestSuite;
 let server: TestSuite["server"];
 beforeAll(async () => {
-  telemetry = setupTelemetry({ serviceName: "test", env: {}, spanProcessors: [new SimpleSpanProcessor(exporter)] });
-  suite = await startSuite({ tracerProvider: telemetry.tracerProvider });
+  telemetry = setupTelemetry({ serviceName: "test", env: {}, spanProcessors: [new SimpleSpanProcessor(exporter)], metricReaders: [metricReader] });
+  suite = await startSuite({ tracerProvider: telemetry.tracerProvider, server: { meterProvider: telemetry.meterProvider } });
   server = suite.server;
 });
 afterAll(async () => {
@@ -72,6 +77,32 @@ describe("RPC spans", () => {
     expect(serverSpan.status.code).toBe(SpanStatusCode.ERROR);
     expect(serverSpan.spanContext().traceId).toBe(traceId);
     expect(serverSpan.parentSpanContext?.spanId).toBe("00f067aa0ba902b7");
+  });
+
+  it("measures each call in rpc.server.call.duration by method and status, refused calls too", async () => {
+    await metricReader.forceFlush();
+    metricExporter.reset();
+    await client(Health).check({ service: "" });
+    await expect(client(AlignService).listAlignJobs({ pageSize: -1 })).rejects.toThrow();
+    const undecodable = await rawGrpc(server.url, "/vaccine.v1.AlignService/GetAlignJob", new Uint8Array([0x0a, 0xff]));
+    expect(undecodable.error?.code).toBe(Code.InvalidArgument);
+    await metricReader.forceFlush();
+    const metric = metricExporter
+      .getMetrics()
+      .flatMap((m) => m.scopeMetrics.flatMap((s) => s.metrics))
+      .filter((m) => m.descriptor.name === "rpc.server.call.duration")
+      .at(-1)!;
+    expect(metric.descriptor.unit).toBe("s");
+    const points = metric.dataPoints as DataPoint<Histogram>[];
+    const find = (method: string) => points.find((p) => p.attributes["rpc.method"] === method)!;
+    expect(find("grpc.health.v1.Health/Check").attributes).toEqual({ "rpc.system.name": "grpc", "rpc.method": "grpc.health.v1.Health/Check", "rpc.status_code": "OK" });
+    expect(find("vaccine.v1.AlignService/ListAlignJobs").attributes).toMatchObject({ "rpc.status_code": "INVALID_ARGUMENT", "error.type": "INVALID_ARGUMENT" });
+    expect(find("vaccine.v1.AlignService/GetAlignJob").attributes).toMatchObject({ "rpc.status_code": "INVALID_ARGUMENT", "error.type": "INVALID_ARGUMENT" });
+    for (const method of ["grpc.health.v1.Health/Check", "vaccine.v1.AlignService/ListAlignJobs", "vaccine.v1.AlignService/GetAlignJob"]) {
+      expect(find(method).value.count, method).toBe(1);
+      expect(find(method).value.sum, method).toBeGreaterThan(0);
+      expect(find(method).value.sum, method).toBeLessThan(5);
+    }
   });
 
   it("a streaming call's span ends when the stream ends", async () => {
