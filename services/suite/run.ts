@@ -41,10 +41,12 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
       logger,
     );
   } catch (err) {
-    // A file the configuration names (certificate, key, CA, credentials) that cannot be used
-    // is a configuration error too: one line and exit 2, not a stack trace.
-    if (!configuredFileError(err)) throw err;
-    process.stderr.write(`cannot start: ${(err as Error).message}\n`);
+    // A file the configuration names (certificate, key, CA, credentials) that cannot be used,
+    // or an address it names that cannot be listened on, is a configuration error too: one
+    // line and exit 2, not a stack trace.
+    const message = listenProblem(err, config) ?? (configuredFileError(err) ? (err as Error).message : undefined);
+    if (!message) throw err;
+    process.stderr.write(`cannot start: ${message}\n`);
     process.exit(2);
   }
   const stop = async (signal: string) => {
@@ -55,6 +57,20 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
   };
   process.once("SIGTERM", () => void stop("SIGTERM"));
   process.once("SIGINT", () => void stop("SIGINT"));
+}
+
+/** Why the configured host or port cannot be listened on, naming the variable; undefined for other errors. */
+function listenProblem(err: unknown, config: Config): string | undefined {
+  const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
+  if (e.syscall === "getaddrinfo") return `VACCINE_HOST=${config.host} does not resolve to an address of this machine (${e.code})`;
+  if (e.syscall !== "listen") return undefined;
+  const variable = config.healthPort !== undefined && e.port === config.healthPort ? "VACCINE_HEALTH_PORT" : "VACCINE_PORT";
+  const why: Record<string, string> = {
+    EADDRINUSE: `the port is in use (another process listens there: stop it, or set ${variable})`,
+    EADDRNOTAVAIL: "the address is not one of this machine's (set VACCINE_HOST)",
+    EACCES: `ports below 1024 need privileges (set ${variable})`,
+  };
+  return `cannot listen on ${e.address}:${e.port}: ${why[e.code ?? ""] ?? e.message}`;
 }
 
 function configuredFileError(err: unknown): boolean {

@@ -80,6 +80,27 @@ describe("bad configuration", () => {
     expect(res.stderr).toMatch(/backend "tensorflow" cannot be used: @tensorflow\/tfjs-node/);
   });
 
+  it("exits 2 with one line naming the variable when the configured port or host cannot be listened on", async () => {
+    const first = await startProcess("services/main.ts");
+    try {
+      const start = (env: Record<string, string>) =>
+        spawnSync(process.execPath, ["--import", "tsx", "services/main.ts"], { env: { ...process.env, ...env }, encoding: "utf8", timeout: 30_000 });
+      for (const [env, message] of [
+        [{ VACCINE_PORT: String(first.port) }, `cannot start: cannot listen on 127.0.0.1:${first.port}: the port is in use (another process listens there: stop it, or set VACCINE_PORT)`],
+        [{ VACCINE_PORT: "0", VACCINE_HEALTH_PORT: String(first.port) }, "or set VACCINE_HEALTH_PORT)"],
+        [{ VACCINE_PORT: "0", VACCINE_HOST: "10.255.255.1" }, "the address is not one of this machine's (set VACCINE_HOST)"],
+        [{ VACCINE_PORT: "0", VACCINE_HOST: "no-such-host.invalid" }, "cannot start: VACCINE_HOST=no-such-host.invalid does not resolve to an address of this machine"],
+      ] as const) {
+        const res = start(env);
+        expect(res.status, res.stderr).toBe(2);
+        expect(res.stderr).toContain(message);
+        expect(res.stderr).not.toMatch(/\n\s+at /);
+      }
+    } finally {
+      await first.stop();
+    }
+  });
+
   it("exits 2 with one line when a configured certificate or credentials file cannot be used", () => {
     const dir = mkdtempSync(join(tmpdir(), "vaccine-badfiles-"));
     try {
