@@ -3,7 +3,9 @@
  * or against the four services started in this process when no address is given, then
  * the report of report.ts. Reruns resume from out/results.json.
  */
+import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
+import { join } from "node:path";
 import { trace, metrics } from "@opentelemetry/api";
 import { createClients, type ClientOptions } from "../client/clients.ts";
 import { loadConfig, SERVICE_NAMES } from "../suite/config.ts";
@@ -39,14 +41,19 @@ export async function experiment(options: ExperimentOptions): Promise<{ report: 
   if (!address) {
     const config = loadConfig();
     await selectBackend(config.backend, () => {});
+    // Its jobs are its own: a server running beside it keeps its jobs folder (one executor per folder).
+    const jobsDir = mkdtempSync(join(os.tmpdir(), "vaccine-experiment-jobs-"));
     const server = await startServices(
       // Its own loopback server for its own clients: plaintext, no credentials, jobs in-process.
-      { ...config, services: [...SERVICE_NAMES], host: "127.0.0.1", port: 0, tlsCert: "", tlsKey: "", tlsClientCa: "", auth: "none", healthPort: undefined, role: "all", queueUrl: "", maxRunningJobs: parallel },
+      { ...config, services: [...SERVICE_NAMES], host: "127.0.0.1", port: 0, tlsCert: "", tlsKey: "", tlsClientCa: "", auth: "none", healthPort: undefined, role: "all", queueUrl: "", maxRunningJobs: parallel, jobsDir },
       { tracer: trace.getTracer(SCOPE), meter: metrics.getMeter(SCOPE) },
       silentLogger,
     );
     address = server.url;
-    stop = () => server.shutdown();
+    stop = async () => {
+      await server.shutdown();
+      rmSync(jobsDir, { recursive: true, force: true });
+    };
   }
   try {
     const base = options.base ?? builtinRef("base");
