@@ -19,10 +19,10 @@ const experiment: Command = {
   summary: "Run non-aligned, SFT and Vaccine alignment against harmful fine-tuning and write a report.",
   synopsis: "[--preset quick|full|tiny] [--out <dir>] [--parallel <n>] [--address <url> [--tls-ca <file>] [--token-file <file>] ...] [--base <ref>]",
   details:
-    "Drives the services over gRPC: at --address (with the TLS and token options of the client\n" +
+    "Drives the services over gRPC: at --address (with the TLS and token options of the client " +
     "commands), or started in this process when it is unset.\n" +
-    "Writes results.json, report.md and SVG charts to --out; a rerun skips the cells already in\n" +
-    "results.json. quick and full fit one sitting (the README gives their measured times); full is\n" +
+    "Writes results.json, report.md and SVG charts to --out; a rerun skips the cells already in " +
+    "results.json. quick and full fit one sitting (the README gives their measured times); full is " +
     "the whole protocol (every method and guard, six ratios, three seeds).",
   local: true,
   flags: [PRESET, OUT, PARALLEL, SUITE_ADDRESS, BASE, ...CONNECTION_FLAGS],

@@ -12,10 +12,10 @@ const HOST = text("host", "<address>", "Address to listen on (default 127.0.0.1)
 
 const serve: Command = {
   summary: "Run services in this process until SIGTERM or SIGINT (then exit 0).",
-  synopsis: "[--services align,finetune,embed,score] [--port <n>] [--host <address>]",
+  synopsis: "[--services <list>] [--port <n>] [--host <address>]",
   details:
-    "Configured like `npm start` by the VACCINE_* variables (see the README); the flags override\n" +
-    "VACCINE_SERVICES, VACCINE_PORT and VACCINE_HOST. Logs (JSON lines) go to stderr, including the\n" +
+    "Configured like `npm start` by the VACCINE_* variables (see the README); the flags override " +
+    "VACCINE_SERVICES, VACCINE_PORT and VACCINE_HOST. Logs (JSON lines) go to stderr, including the " +
     'refs of the built-in checkpoints ("builtin checkpoint").',
   local: true,
   flags: [SERVICES, PORT, HOST],
