@@ -55,7 +55,7 @@ export function toRpcError(err: unknown, ctx: ErrorContext = {}): ConnectError {
   if (err instanceof StoreError) return rpcError(Code.Unavailable, err.reason, err.message);
   if (err instanceof CheckpointFormatError) return rpcError(Code.FailedPrecondition, err.reason, err.message);
   if (err instanceof TrainingDivergedError) {
-    return rpcError(Code.FailedPrecondition, err.reason, `${err.message}; lower the learning rate or raise grad_clip`, {
+    return rpcError(Code.FailedPrecondition, err.reason, `${err.message}; lower the learning rate, or grad_clip (the gradient norm each step may have)`, {
       step: String(err.step),
       loss: String(err.loss),
     });

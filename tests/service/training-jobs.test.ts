@@ -1,11 +1,13 @@
 // AlignService and FineTuneService end to end over gRPC on a real server (port 0), with the
 // tiny-world model as the base checkpoint and per-step spans read from an in-memory exporter.
+import { anyUnpack } from "@bufbuild/protobuf/wkt";
 import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { context } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { InMemorySpanExporter, NodeTracerProvider, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { JobState, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
@@ -125,6 +127,9 @@ describe("alignment then fine-tuning over gRPC", () => {
     const failed = (await align.getAlignJob({ jobId: job!.id })).job!;
     expect(failed.state).toBe(JobState.FAILED);
     expect(failed.error).toMatchObject({ code: Code.FailedPrecondition, message: expect.stringContaining("the loss after the update of step 1, the last, is NaN") });
+    // What to change: a smaller step (clipping gradients harder is one), never a looser clip.
+    expect(failed.error?.message).toMatch(/; lower the learning rate, or grad_clip \(the gradient norm each step may have\)$/);
+    expect(anyUnpack(failed.error!.details[0], ErrorInfoSchema)).toMatchObject({ reason: "LOSS_NOT_FINITE", metadata: { step: "1", loss: "NaN" } });
     expect(failed.result).toBeUndefined();
   });
 });
