@@ -76,6 +76,12 @@ export function duration(seconds: number): string {
 const time = (ts: Timestamp | undefined) => (ts ? timestampDate(ts).toISOString() : "");
 
 /** Rows as left-aligned columns; the first row is the header. */
+/** The line that says how to get the next page: the same command, with the filters and page size that were given. */
+export function nextPage(command: string, token: string, flags: Record<string, string | number | undefined> = {}): string {
+  const given = Object.entries(flags).flatMap(([name, value]) => (value === undefined ? [] : [`--${name} ${value}`]));
+  return token ? `more: vaccine ${[command, ...given, `--page-token ${token}`].join(" ")}\n` : "";
+}
+
 export function table(rows: string[][]): string {
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]))).join("  ")).join("\n") + "\n";

@@ -60,6 +60,12 @@ describe("vaccine checkpoints", () => {
     const page = JSON.parse((await cli(["checkpoints", "list", "--page-size", "1", "--json"], env)).stdout);
     expect(page.checkpoints).toHaveLength(1);
     expect(page.nextPageToken).not.toBe("");
+    // The printed next page keeps the filter and the page size: run as printed, it goes on alike.
+    const first = await cli(["checkpoints", "list", "--type", "model", "--page-size", "1"], env);
+    const more = first.stdout.match(/^more: vaccine (.*)$/m);
+    expect(more?.[1]).toMatch(/^checkpoints list --type model --page-size 1 --page-token \S+$/);
+    const second = await cli(more![1].split(" "), env);
+    expect(second.stdout.split("\n").filter((l) => /^\w/.test(l) && !l.startsWith("TYPE") && !l.startsWith("more:"))).toEqual([expect.stringMatching(/^model +/)]);
 
     const got = JSON.parse((await cli(["checkpoints", "get", `${checkpoint.ref.uri}@${checkpoint.ref.digest}`, "--json"], env)).stdout);
     expect(got.checkpoint).toEqual(checkpoint);

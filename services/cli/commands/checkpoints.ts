@@ -22,7 +22,7 @@ import { byteProgress } from "../byte-progress.ts";
 import type { Command, CommandGroup, Context } from "../command.ts";
 import { UsageError } from "../errors.ts";
 import { choice, int, parseRef, ref, text } from "../flags.ts";
-import { formatRef, table, writeJson, type Ref } from "../output.ts";
+import { formatRef, nextPage, table, writeJson, type Ref } from "../output.ts";
 
 /** Import messages carry at most this much; the contract allows 4 MiB. */
 const CHUNK_BYTES = 1024 * 1024;
@@ -138,7 +138,8 @@ const list: Command = {
     if (ctx.json) return writeJson(ctx.stdout, ListCheckpointsResponseSchema, res);
     const rows = res.checkpoints.map((c) => [typeName(c.type), c.displayName, String(c.sizeBytes), time(c), formatRef(c.ref)]);
     ctx.stdout.write(rows.length ? table([["TYPE", "NAME", "BYTES", "CREATED", "REF"], ...rows]) : "no checkpoints\n");
-    if (res.nextPageToken) ctx.stdout.write(`more: vaccine checkpoints list --page-token ${res.nextPageToken}\n`);
+    const type = Object.keys(TYPES).find((name) => TYPES[name] === f.get(TYPE));
+    ctx.stdout.write(nextPage("checkpoints list", res.nextPageToken, { type, "page-size": f.get(PAGE_SIZE) }));
   },
 };
 

@@ -18,7 +18,7 @@ import type { Command, CommandGroup, Context } from "../command.ts";
 import { UsageError } from "../errors.ts";
 import { choice, int, text } from "../flags.ts";
 import { byteProgress } from "../byte-progress.ts";
-import { table, writeJson } from "../output.ts";
+import { nextPage, table, writeJson } from "../output.ts";
 import { DATASET_FORMATS } from "../spec-flags.ts";
 
 /** Upload messages carry at most this much; the contract allows 4 MiB. */
@@ -96,7 +96,7 @@ const list: Command = {
       d.createTime ? timestampDate(d.createTime).toISOString() : "",
     ]);
     ctx.stdout.write(rows.length ? table([["URI", "NAME", "FORMAT", "ROWS", "BYTES", "CREATED"], ...rows]) : "no datasets\n");
-    if (res.nextPageToken) ctx.stdout.write(`more: vaccine datasets list --page-token ${res.nextPageToken}\n`);
+    ctx.stdout.write(nextPage("datasets list", res.nextPageToken, { "page-size": ctx.flags.get(PAGE_SIZE) }));
   },
 };
 

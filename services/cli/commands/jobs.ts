@@ -8,7 +8,7 @@ import type { Clients } from "../../client/clients.ts";
 import type { Command, CommandGroup, Context } from "../command.ts";
 import { codeName, describeError, statusError, UsageError } from "../errors.ts";
 import { choice, float, int, ref, text, toggle } from "../flags.ts";
-import { describeJob, duration, formatRef, interactive, jobTable, jsonOf, KIND_NAMES, num, stateName, writeLine } from "../output.ts";
+import { describeJob, duration, formatRef, interactive, jobTable, jsonOf, KIND_NAMES, nextPage, num, stateName, writeLine } from "../output.ts";
 import { createProgress, type Progress } from "../progress-bar.ts";
 import { ALIGN_METHOD_FLAGS, alignMethodOneof, DATASET_FLAGS, datasetRef, GUARD_FLAGS, guardOneof, LORA_FLAGS, loraConfig, MODERATION_MODEL, TRAINING_FLAGS, trainingConfig } from "../spec-flags.ts";
 
@@ -225,9 +225,7 @@ const list: Command = {
     const created = (j: Job) => (j.createTime ? timestampMs(j.createTime) : 0);
     const jobs = pages.flatMap((p) => p.jobs).sort((a, b) => created(b) - created(a));
     ctx.stdout.write(jobs.length ? jobTable(jobs) : "no jobs\n");
-    pages.forEach((p, i) => {
-      if (p.nextPageToken) ctx.stdout.write(`more: vaccine jobs list --kind ${kinds[i]} --page-token ${p.nextPageToken}\n`);
-    });
+    pages.forEach((p, i) => ctx.stdout.write(nextPage("jobs list", p.nextPageToken, { kind: kinds[i], "page-size": ctx.flags.get(PAGE_SIZE) })));
   },
 };
 
