@@ -19,6 +19,7 @@ import type { FileWatch } from "./file-watch.ts";
 import { HealthRegistry, ServingStatus } from "./health.ts";
 import { DEFAULT_LIMITS, type Limits } from "./limits.ts";
 import { silentLogger, type Logger } from "./log.ts";
+import { answerNotServed } from "./not-served.ts";
 import { PEER, peerOf } from "./peer.ts";
 import { rateLimit, type RateLimitOptions } from "./rate-limit.ts";
 import { registerReflection } from "./reflection.ts";
@@ -102,6 +103,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     );
   };
   const wireErrors: WireErrorOptions = { maxMessageBytes: limits.maxMessageBytes, onError: onWireError, authenticate: authenticationFirst(access) };
+  // What the router serves, for the answer to calls of anything else.
+  const served: DescService[] = [];
   const handler = connectNodeAdapter({
     shutdownSignal: stopping.signal,
     // Larger messages are refused from their length prefix (or Content-Length), before being read.
@@ -126,7 +129,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       registerReflection(router, [...options.services.map((s) => s.desc), Health, ServerReflection]);
       // The adapter serves router.handlers as they are once this returns.
       router.handlers.splice(0, Infinity, ...router.handlers.map((h) => withWireErrors(withDeadlineInRange(h), wireErrors)));
+      served.push(...new Set(router.handlers.map((h) => h.service)));
     },
+    fallback: answerNotServed(served),
   });
   const h2 = http2.createServer({ settings: { maxConcurrentStreams: limits.maxConcurrentStreams } }, handler);
   const h1 = http.createServer(handler);

@@ -2,6 +2,7 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { ErrorInfoSchema } from "../../../gen/google/rpc/error_details_pb.ts";
 import type { AlignSpecSchema } from "../../../gen/vaccine/v1/training_pb.ts";
 import { CheckpointKind, JobEventSchema, JobSchema, JobState, LogSeverity, type Job, type JobEvent } from "../../../gen/vaccine/v1/jobs_pb.ts";
 import type { Clients } from "../../client/clients.ts";
@@ -216,8 +217,16 @@ const list: Command = {
     const kind = ctx.flags.get(KIND);
     const pageToken = ctx.flags.get(PAGE_TOKEN) ?? "";
     if (pageToken && !kind) throw new UsageError("--page-token needs --kind (each service pages its own jobs)");
-    const kinds = kind ? [kind] : KINDS;
-    const pages = await Promise.all(kinds.map((k) => jobApi(ctx.clients(), k).list(ctx.flags.get(PAGE_SIZE) ?? 0, pageToken)));
+    const tried = kind ? [kind] : KINDS;
+    const settled = await Promise.allSettled(tried.map((k) => jobApi(ctx.clients(), k).list(ctx.flags.get(PAGE_SIZE) ?? 0, pageToken)));
+    // A process may serve one of the two services (a pod per service): list the kind it serves.
+    const failed = settled.flatMap((r, i) => (r.status === "rejected" ? [{ kind: tried[i], reason: r.reason as unknown }] : []));
+    const unserved = kind ? [] : failed.filter((f) => notServed(f.reason));
+    const fatal = failed.find((f) => !unserved.includes(f)) ?? (unserved.length === tried.length ? unserved[0] : undefined);
+    if (fatal) throw fatal.reason;
+    for (const u of unserved) ctx.stderr.write(`${u.kind} jobs: not served at this address\n`);
+    const kinds = tried.filter((k) => !unserved.some((u) => u.kind === k));
+    const pages = settled.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
     if (ctx.json) {
       writeLine(ctx.stdout, kind ? pageJson(pages[0]) : Object.fromEntries(kinds.map((k, i) => [k, pageJson(pages[i])])));
       return;
@@ -273,3 +282,8 @@ export const JOB_COMMANDS: { align: Command; finetune: Command; jobs: CommandGro
     subcommands: { list, get, cancel, watch: watchCommand },
   },
 };
+
+function notServed(err: unknown): boolean {
+  const e = ConnectError.from(err);
+  return e.code === Code.Unimplemented && e.findDetails(ErrorInfoSchema)[0]?.reason === "SERVICE_NOT_SERVED";
+}
