@@ -59,7 +59,7 @@ export function explainWireError(err: ConnectError, method: DescMethod, maxMessa
     const violation =
       unknown?.[1] === input ? { field: unknown[2], description: `is not a field of ${input}` }
       : wrong?.[1] === input ? { field: wrong[2], description: wrong[3] }
-      : { field: "", description: `the request is not a valid ${input} (${message})` };
+      : (badEnumValue(message, method) ?? { field: "", description: `the request is not a valid ${input} (${message})` });
     return invalidArgument([violation], WireReason.MESSAGE_UNDECODABLE, { message_type: input });
   }
   if (err.code === Code.ResourceExhausted && message.includes("readMaxBytes")) {
@@ -73,6 +73,18 @@ export function explainWireError(err: ConnectError, method: DescMethod, maxMessa
 }
 
 type Explain = (err: ConnectError) => Promise<ConnectError | undefined>;
+
+/**
+ * protobuf-es names the enum, not the field, of a value that is none of its names: the
+ * request's one top-level field of that enum, with the names it takes.
+ */
+function badEnumValue(message: string, method: DescMethod): { field: string; description: string } | undefined {
+  const bad = message.match(/^cannot decode enum ([\w.]+) from JSON: (.*)$/s);
+  const fields = bad ? method.input.fields.filter((f) => (f.fieldKind === "enum" || (f.fieldKind === "list" && f.listKind === "enum")) && f.enum.typeName === bad[1]) : [];
+  if (fields.length !== 1) return undefined;
+  const names = fields[0].enum!.values.map((v) => v.name).join(", ");
+  return { field: fields[0].name, description: `${bad![2]} is not a value of ${bad![1]} (one of ${names})` };
+}
 
 function rewrite(res: UniversalServerResponse, explain: Explain): UniversalServerResponse | Promise<UniversalServerResponse> {
   const body = res.body;

@@ -173,6 +173,10 @@ describe("a request that does not decode", () => {
       expect(misspelt).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE", metadata: { fields: "txets" } } });
       expect(misspelt.message).toBe("txets: is not a field of vaccine.v1.EmbedRequest");
     }
+    // protobuf-es names the enum, not the field, of a value that is none of the enum's names.
+    const badEnum = errorDetails(await refusal("connect", embed, new TextEncoder().encode('{"texts": ["a"], "pooling": "AVG"}'), { json: true }));
+    expect(badEnum).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE", metadata: { fields: "pooling" } } });
+    expect(badEnum.message).toMatch(/^pooling: "AVG" is not a value of vaccine\.v1\.Pooling \(one of POOLING_UNSPECIFIED, POOLING_MEAN, /);
     const notJson = errorDetails(await refusal("connect", embed, new TextEncoder().encode("{texts"), { json: true }));
     expect(notJson).toMatchObject({ code: Code.InvalidArgument, info: { reason: "MESSAGE_UNDECODABLE" } });
   });
