@@ -9,6 +9,7 @@ import { ADDRESS, CLIENT_FLAGS, JSON_OUTPUT, type Command, type CommandGroup, ty
 import { COMMANDS } from "./commands.ts";
 import { connectionHint, resolveConnection, TLS_CA } from "./connection.ts";
 import { describeError, UsageError } from "./errors.ts";
+import pkg from "../../package.json" with { type: "json" };
 import { FlagValues, optionOf } from "./flags.ts";
 import type { Io } from "./output.ts";
 
@@ -16,7 +17,8 @@ const EXIT = { ok: 0, failed: 1, usage: 2 } as const;
 
 const NOTES = [
   'Checkpoints are named "uri@digest" (store://checkpoints/<hex>@sha256:<hex>), as results print them;',
-  '"builtin:<name>" reads the ref from $VACCINE_BUILTIN_<NAME> (the server logs it at start).',
+  '"builtin:<name>" names a shipped checkpoint (base, moderation); $VACCINE_BUILTIN_<NAME> overrides its ref',
+  "for a server built from other files (the server logs its refs at start).",
   "Exit codes: 0 success, 1 RPC error or a watched job that did not succeed, 2 usage error.",
   'Run "vaccine <command> --help" for a command\'s options.',
 ].join("\n");
@@ -49,6 +51,7 @@ export async function runCli(argv: string[], io: Io): Promise<number> {
 export function buildProgram(io: Io): { program: CommanderCommand; outcome: Outcome } {
   const program = configure(new CommanderCommand("vaccine"), io)
     .usage("<command> [options]")
+    .version(pkg.version, "--version", "Print the version of the suite.")
     .description("Client and server of the vaccine suite (perturbation-aware alignment against harmful fine-tuning).")
     .addHelpText("after", () => `\n${clientFlagsHelp(io)}\n\n${NOTES}`);
   const outcome: Outcome = { command: program, code: EXIT.ok };

@@ -20,7 +20,7 @@ export const DATASET_FORMATS: Record<string, DatasetFormat> = {
 };
 const SPLITS: Record<string, DatasetSplit> = { train: DatasetSplit.TRAIN, test: DatasetSplit.TEST };
 
-const DATA = text("data", "<uri>", "Dataset file in the store, e.g. store://datasets/mine.jsonl.");
+const DATA = text("data", "<uri>", "Dataset in the store, store://datasets/<sha256> as `vaccine datasets upload` prints it.");
 const FORMAT = choice("format", "<format>", "Row format of --data: alpaca, beavertails, refusal, sst2, agnews, gsm8k (default: the first row's).", DATASET_FORMATS);
 const BUILTIN = text(
   "builtin",
@@ -56,7 +56,7 @@ export function datasetRef(flags: FlagValues, required: boolean): MessageInitSha
 }
 
 const RANK = int("rank", "<r>", "LoRA rank (default 8).");
-const ALPHA = float("alpha", "<a>", "LoRA alpha; the update is scaled by alpha/rank.");
+const ALPHA = float("alpha", "<a>", "LoRA alpha; the update is scaled by alpha/rank (default 4 for alignment, 1 for fine-tuning).");
 const DROPOUT = float("dropout", "<p>", "Dropout on the adapter input, in [0, 1) (default 0.1).");
 const TARGETS = text("targets", "<modules>", "Comma-separated modules to adapt, e.g. q_proj,v_proj (default all seven).");
 
@@ -76,8 +76,8 @@ export function loraConfig(flags: FlagValues): MessageInitShape<typeof LoraConfi
   });
 }
 
-const LR = float("lr", "<rate>", "Peak learning rate.");
-const EPOCHS = int("epochs", "<n>", "Passes over the dataset (ignored with --max-steps).");
+const LR = float("lr", "<rate>", "Peak learning rate (default 1e-3 for alignment, 1e-5 for fine-tuning).");
+const EPOCHS = int("epochs", "<n>", "Passes over the dataset (ignored with --max-steps; default 50 for alignment, 20 for fine-tuning).");
 const MAX_STEPS = int("max-steps", "<n>", "Total optimizer steps.");
 const BATCH_SIZE = int("batch-size", "<n>", "Examples per step (default 5).");
 const MAX_SEQ_LEN = int("max-seq-len", "<n>", "Longest tokenized example (default 200).");

@@ -2,6 +2,7 @@
 // the command table; every command's help lists each of its options and subcommands, and the
 // bash completion script completes each of them.
 import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
 import type { Command as CommanderCommand } from "commander";
 import { describe, expect, it } from "vitest";
 import { buildProgram } from "../../services/cli/cli.ts";
@@ -54,6 +55,11 @@ describe("the command tree", () => {
     // "help" shows the same help.
     expect((await cli(["help"])).stdout).toBe(help);
     expect((await cli(["help", "jobs"])).stdout).toBe((await cli(["jobs", "--help"])).stdout);
+  });
+
+  it("prints the suite's version", async () => {
+    const version = JSON.parse(readFileSync("package.json", "utf8")).version;
+    expect(await cli(["--version"])).toMatchObject({ code: 0, stdout: `${version}\n` });
   });
 });
 

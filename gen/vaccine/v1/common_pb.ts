@@ -191,7 +191,8 @@ export type TrainingConfig = Message<"vaccine.v1.TrainingConfig"> & {
   learningRate?: number | undefined;
 
   /**
-   * Passes over the dataset; ignored when max_steps is set.
+   * Passes over the dataset; ignored when max_steps is set. Unset means 50 for alignment, 20
+   * for fine-tuning (reference values).
    *
    * @generated from field: optional int32 epochs = 2;
    */

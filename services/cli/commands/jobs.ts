@@ -125,7 +125,7 @@ const BASE = ref("base", "<ref>", "Base checkpoint to align (required).");
 const align: Command = {
   summary: "Create an alignment job: a LoRA adapter over the base model, trained with SFT, Vaccine or a defence (T-Vaccine, Booster, RepNoise).",
   synopsis: "--base <ref> (--data <uri> | --builtin <name>) [options]",
-  details: 'A checkpoint <ref> is "uri@digest"; "builtin:base" reads it from $VACCINE_BUILTIN_BASE.',
+  details: 'A checkpoint <ref> is "uri@digest", or "builtin:base" for the shipped base model ($VACCINE_BUILTIN_BASE overrides its ref, for a server built from other files).',
   flags: [BASE, ...DATASET_FLAGS, ...ALIGN_METHOD_FLAGS, ...LORA_FLAGS, ...TRAINING_FLAGS, WATCH],
   async run(ctx) {
     const f = ctx.flags;
@@ -171,7 +171,7 @@ const finetune: Command = {
 };
 
 const KINDS = Object.keys(KIND_NAMES) as Kind[];
-const KIND = choice("kind", "<kind>", "align or finetune (default: whichever service has the job).", { align: "align", finetune: "finetune" } satisfies Record<Kind, Kind>);
+const KIND = choice("kind", "<kind>", "align or finetune (get, watch, cancel: default whichever service has the job; list: default both).", { align: "align", finetune: "finetune" } satisfies Record<Kind, Kind>);
 const JOB_ID = { name: "[job-id]", help: "The job, as align and finetune print it." };
 
 function jobId(ctx: Context): string {
