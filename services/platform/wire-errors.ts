@@ -63,7 +63,10 @@ export function explainWireError(err: ConnectError, method: DescMethod, maxMessa
     return invalidArgument([violation], WireReason.MESSAGE_UNDECODABLE, { message_type: input });
   }
   if (err.code === Code.ResourceExhausted && message.includes("readMaxBytes")) {
-    return rpcError(Code.ResourceExhausted, WireReason.MESSAGE_TOO_LARGE, message, { max_bytes: String(maxMessageBytes) });
+    // connect-es: "message size <n> is larger than configured readMaxBytes <max>".
+    const size = message.match(/message size (\d+)/)?.[1];
+    const said = `${size ? `the request message is ${size} bytes, more than` : "the request message is larger than"} the ${maxMessageBytes} bytes this server reads; send less per message (uploads stream chunks)`;
+    return rpcError(Code.ResourceExhausted, WireReason.MESSAGE_TOO_LARGE, said, { max_bytes: String(maxMessageBytes), ...(size ? { message_bytes: size } : {}) });
   }
   // connect-es calls these INTERNAL too, though the client's bytes caused them.
   const clientsFault = err.code === Code.Internal && /^(received compressed envelope, but do not know how to decompress|decompression failed)$/.test(message);

@@ -30,7 +30,7 @@ describe("oversized messages", () => {
   it("refuses a 300 MiB Embed request from its length prefix, having read a sliver of it", async () => {
     const r = await oversizedGrpc(suite.server.url, "/vaccine.v1.EmbedService/Embed", 300 * MiB);
     expect(r.status).toBe(Code.ResourceExhausted);
-    expect(r.message).toContain("larger than configured readMaxBytes 16777216");
+    expect(r.message).toContain(`the request message is ${300 * MiB} bytes, more than the 16777216 bytes this server reads`);
     expect(r.sent).toBeLessThan(16 * MiB);
     expect(await serving()).toBe(S.SERVING);
   });
@@ -45,7 +45,7 @@ describe("oversized messages", () => {
     );
     c.close();
     expect(err.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
-    expect(err.details).toContain("readMaxBytes");
+    expect(err.details).toContain("more than the 16777216 bytes this server reads");
     expect(await serving()).toBe(S.SERVING);
   });
 
@@ -59,7 +59,7 @@ describe("oversized messages", () => {
   it("refuses a 300 MiB Connect (HTTP/1.1) request by its Content-Length", async () => {
     const r = await oversizedConnect(suite.server.port, "/vaccine.v1.EmbedService/Embed", 300 * MiB);
     expect(r.status).toBe(429);
-    expect(r.message).toMatch(/^resource_exhausted: .*readMaxBytes 16777216/);
+    expect(r.message).toMatch(/^resource_exhausted: the request message is \d+ bytes, more than the 16777216 bytes this server reads/);
     expect(await serving()).toBe(S.SERVING);
   });
 });

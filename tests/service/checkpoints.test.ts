@@ -265,7 +265,7 @@ describe("ImportCheckpoint: refusals", () => {
   });
 
   it("an adapter folder sent as a model, a model sent as an adapter, an adapter that does not fit its base", async () => {
-    await formatInvalid(join(FIXTURES, "adapter-f32-gqa"), base, "config.json", /^missing config.json$/);
+    await formatInvalid(join(FIXTURES, "adapter-f32-gqa"), base, "config.json", /^missing config.json: the folder holds a PEFT adapter \(adapter_config.json\); import it as an adapter over its base$/);
     await formatInvalid(join(FIXTURES, "llama-f32-gqa"), { type: CheckpointType.ADAPTER, base: refOf(f32) }, "adapter_config.json", /^missing adapter_config.json$/);
     // Over the 3-layer base, layer 2 has no LoRA weights.
     await formatInvalid(join(FIXTURES, "adapter-f32-gqa"), { type: CheckpointType.ADAPTER, base: refOf(bf16) }, "adapter_model.safetensors", /missing tensor "base_model.model.model.layers.2/);

@@ -220,7 +220,8 @@ describe("other protocol refusals", () => {
     const transport = createGrpcTransport({ baseUrl: suite.server.url, nodeOptions: { maxSessionMemory: 64 } });
     const e = await rpcFailure(() => createClient(EmbedService, transport).embed({ texts: ["x".repeat(17 << 20)] }));
     expect(e).toMatchObject({ code: Code.ResourceExhausted, info: { reason: "MESSAGE_TOO_LARGE", metadata: { max_bytes: String(16 << 20) } } });
-    expect(e.message).toMatch(/larger than configured readMaxBytes 16777216/);
+    expect(e.message).toMatch(/^the request message is \d+ bytes, more than the 16777216 bytes this server reads/);
+    expect(Number(e.info?.metadata.message_bytes)).toBeGreaterThan(17 << 20);
   });
 });
 

@@ -4,12 +4,13 @@
  * store loads. An imported checkpoint carries the same manifest meta as the runtime's own
  * (a model: {name}; an adapter: {parent, name}), so it loads, trains and embeds like them.
  */
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { CONFIG_FILE } from "../checkpoint/hf-folder.ts";
 import { readJsonObject } from "../json.ts";
 import { checkLlamaFolder, checkLlamaTokenizer } from "../checkpoint/llama-folder.ts";
-import { checkAdapterFits, inspectPeftFolder } from "../checkpoint/peft-folder.ts";
-import { CheckpointFormatError } from "../format-error.ts";
+import { ADAPTER_CONFIG_FILE, checkAdapterFits, inspectPeftFolder } from "../checkpoint/peft-folder.ts";
+import { CheckpointFormatError, missingFile } from "../format-error.ts";
 import { parseLlamaConfig, type LlamaConfig } from "../model/config.ts";
 import { encodeManifest, newManifest, sha256Hex, type CheckpointManifest } from "../store/manifest.ts";
 import { checkpointRef, type CheckpointRef, type CheckpointStore } from "../store/store.ts";
@@ -33,6 +34,11 @@ export const ADAPTER_PARENT_KINDS: readonly string[] = [KIND.model, KIND.adapter
  */
 export async function importCheckpoint(store: CheckpointStore, dir: string, options: ImportOptions): Promise<CheckpointRef> {
   if (options.kind === KIND.model) {
+    if (!existsSync(join(dir, CONFIG_FILE)) && existsSync(join(dir, ADAPTER_CONFIG_FILE))) {
+      const err = missingFile(CONFIG_FILE);
+      err.message += `: the folder holds a PEFT adapter (${ADAPTER_CONFIG_FILE}); import it as an adapter over its base`;
+      throw err;
+    }
     const { config } = await checkLlamaFolder(dir);
     await checkLlamaTokenizer(dir, config);
   } else {

@@ -155,7 +155,7 @@ export function parseStoreUri(uri: string): StoreLocation {
 /** The object key of a URI, refusing checkpoint URIs (those are folders, read with get()). */
 export function objectKey(uri: string): string {
   const location = parseStoreUri(uri);
-  if (location.kind !== "object") throw new InvalidStoreUriError(`${uri} is a checkpoint; use get()`);
+  if (location.kind !== "object") throw new InvalidStoreUriError(`${uri} is a checkpoint, not a dataset or other object`);
   return location.key;
 }
 
