@@ -106,10 +106,11 @@ describe("vaccine checkpoints", () => {
   it("renders a refused import with its reason and the file at fault, and keeps no partial export", async () => {
     const run = await cli(["checkpoints", "import", join(FIXTURES, "adapter-f32-gqa")], env);
     expect(run.code).toBe(1);
-    expect(run.stderr).toMatch(/^error: INVALID_ARGUMENT: missing config\.json\n/);
+    // A PEFT folder sent as a model: the error says what it is and how to import it.
+    expect(run.stderr).toMatch(/^error: INVALID_ARGUMENT: missing config\.json: the folder holds a PEFT adapter \(adapter_config\.json\); import it as an adapter over its base\n/);
     expect(run.stderr).toContain("reason: CHECKPOINT_FORMAT_INVALID");
     expect(run.stderr).toContain("file: config.json");
-    expect(run.stderr).toMatch(/field violations:\n {4}config\.json: missing config\.json/);
+    expect(run.stderr).toMatch(/field violations:\n {4}config\.json: missing config\.json: the folder holds a PEFT adapter/);
 
     const out = join(dir, "never");
     const peftOfModel = await cli(["checkpoints", "export", base, "--format", "peft", "--out", out], env);
