@@ -27,7 +27,7 @@ const BUILTIN = text(
   "<name>",
   "Built-in generated dataset: alignment, harmful, harmful-eval, moderation, sst2, agnews, agnews-hard, gsm8k, corpus, sst2-mix, agnews-mix, agnews-hard-mix, gsm8k-mix.",
 );
-const SPLIT = choice("split", "<split>", "Split of --builtin: train or test (default train).", SPLITS);
+const SPLIT = choice("split", "<split>", "Split of --builtin: train or test (default train; score task: test, the held-out examples).", SPLITS);
 const SIZE = int("size", "<n>", "Examples drawn from --builtin (default: the dataset's size).");
 const DATA_SEED = uint("data-seed", "<n>", "Generator seed of --builtin (default 0).");
 const RATIO = float("ratio", "<p>", "Harmful fraction of a --builtin mixture, in [0, 1] (default 0.1).");
@@ -35,8 +35,8 @@ const BUILTIN_ONLY: Flag<unknown>[] = [SPLIT, SIZE, DATA_SEED, RATIO];
 
 export const DATASET_FLAGS: Flag<unknown>[] = [DATA, FORMAT, BUILTIN, ...BUILTIN_ONLY];
 
-/** The DatasetRef of --data or --builtin; undefined when neither is given and none is required. */
-export function datasetRef(flags: FlagValues, required: boolean): MessageInitShape<typeof DatasetRefSchema> | undefined {
+/** The DatasetRef of --data or --builtin (of `split` unless --split says); undefined when neither is given and none is required. */
+export function datasetRef(flags: FlagValues, required: boolean, split?: DatasetSplit): MessageInitShape<typeof DatasetRefSchema> | undefined {
   flags.exclusive(DATA, BUILTIN);
   const uri = flags.get(DATA);
   const name = flags.get(BUILTIN);
@@ -47,7 +47,7 @@ export function datasetRef(flags: FlagValues, required: boolean): MessageInitSha
   }
   if (name !== undefined) {
     if (flags.has(FORMAT)) throw new UsageError("--format applies to --data, not --builtin");
-    const builtin = { name, split: flags.get(SPLIT), size: flags.get(SIZE), seed: flags.get(DATA_SEED), harmfulRatio: flags.get(RATIO) };
+    const builtin = { name, split: flags.get(SPLIT) ?? split, size: flags.get(SIZE), seed: flags.get(DATA_SEED), harmfulRatio: flags.get(RATIO) };
     return { source: { case: "builtin", value: builtin } };
   }
   const stray = [...builtinOnly, ...(flags.has(FORMAT) ? [FORMAT] : [])];

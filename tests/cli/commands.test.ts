@@ -192,5 +192,16 @@ describe("embed and score", () => {
     const lines = jsonLines(task.stdout);
     expect(lines.slice(0, -1).every((l) => l.progress)).toBe(true);
     expect(lines.at(-1).report).toMatchObject({ total: 2 });
+
+    // Of a built-in task, the held-out split unless --split says otherwise.
+    const inputs = async (...split: string[]) => {
+      const run = await cli(["score", "task", "--checkpoint", base, "--builtin", "sst2", "--size", "3", "--max-new-tokens", "1", "--json", ...split], env);
+      const report = jsonLines(run.stdout).at(-1).report;
+      return [...(report.rightSamples ?? []), ...(report.wrongSamples ?? [])].map((x: { input: string }) => x.input).sort();
+    };
+    const unsaid = await inputs();
+    expect(unsaid).toHaveLength(3);
+    expect(unsaid).toEqual(await inputs("--split", "test"));
+    expect(unsaid).not.toEqual(await inputs("--split", "train"));
   });
 });

@@ -13,6 +13,7 @@ import {
   type TaskReport,
   type TaskSample,
 } from "../../../gen/vaccine/v1/score_pb.ts";
+import { DatasetSplit } from "../../../gen/vaccine/v1/common_pb.ts";
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
 import type { Command, CommandGroup, Context } from "../command.ts";
 import { UsageError } from "../errors.ts";
@@ -182,7 +183,8 @@ const task: Command = {
     const f = ctx.flags;
     const stream = ctx.clients().score.scoreTask({
       checkpoint: f.required(CHECKPOINT),
-      dataset: datasetRef(f, true),
+      // Accuracy on what the model may have trained on would flatter it: held-out unless asked.
+      dataset: datasetRef(f, true, DatasetSplit.TEST),
       task: f.get(TASK),
       limit: f.get(LIMIT),
       maxNewTokens: f.get(MAX_NEW_TOKENS),
