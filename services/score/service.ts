@@ -257,7 +257,7 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
           const examples = await examplesOf(scope, req.dataset, undefined, "dataset", req.limit);
           const task = TASKS[req.task] ?? inferTask(examples[0]);
           if (!task) {
-            throw invalidArgument([{ field: "task", description: "cannot infer the task from the dataset; set task to SST2, AGNEWS or GSM8K" }], "TASK_UNKNOWN");
+            throw invalidArgument([{ field: "task", description: "cannot infer the task from the dataset; set task to TASK_KIND_SST2, TASK_KIND_AGNEWS or TASK_KIND_GSM8K" }], "TASK_UNKNOWN");
           }
           examples.forEach((e, i) => {
             try {

@@ -179,6 +179,8 @@ describe("ScoreTask", () => {
     const e = await rpcFailure(() => collect(score.scoreTask({ checkpoint: suite.base, dataset: { source: { case: "uri", value: "store://datasets/plain.jsonl" } } })));
     expect(e.code).toBe(Code.InvalidArgument);
     expect(e.info?.reason).toBe("TASK_UNKNOWN");
+    // The values the contract takes, as a client spells them.
+    expect(e.message).toBe("task: cannot infer the task from the dataset; set task to TASK_KIND_SST2, TASK_KIND_AGNEWS or TASK_KIND_GSM8K");
     // Told GSM8K, an answer without a number cannot be graded: refused before any work.
     const told = await rpcFailure(() => collect(score.scoreTask({ checkpoint: suite.base, task: TaskKind.GSM8K, dataset: { source: { case: "uri", value: "store://datasets/plain.jsonl" } } })));
     expect(told.code).toBe(Code.InvalidArgument);
