@@ -47,8 +47,9 @@ async function accepts(port: number): Promise<boolean> {
   });
 }
 
-export async function startRedis(): Promise<TestRedis> {
-  return spawnRedis([]);
+/** `args`: more redis-server options, e.g. ["--requirepass", "secret"]. */
+export async function startRedis(args: string[] = []): Promise<TestRedis> {
+  return spawnRedis(args);
 }
 
 /**

@@ -1,4 +1,5 @@
 import type { Meter, Tracer } from "@opentelemetry/api";
+import { queueProblem } from "../jobs/queue/connection.ts";
 import { GrantsFileError } from "../platform/grants-file.ts";
 import { createLogger, type Logger } from "../platform/log.ts";
 import { startServer, type RunningServer } from "../platform/server.ts";
@@ -30,6 +31,11 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
     await selectBackend(config.backend, (line) => logger.info(line), { nativeKernels: config.nativeKernels });
   } catch (err) {
     process.stderr.write(`${(err as Error).message}\n`);
+    process.exit(2);
+  }
+  const queue = config.queueUrl ? await queueProblem({ url: config.queueUrl, cluster: config.queueCluster }) : undefined;
+  if (queue) {
+    process.stderr.write(`cannot start: ${queue}\n`);
     process.exit(2);
   }
   const telemetry = setupTelemetry({ serviceName: `vaccine-${config.role === "worker" ? "worker" : names.join("-")}`, global: true });

@@ -7,6 +7,7 @@ import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as S } from "../../gen/grpc/health/v1/health_pb.ts";
+import { startRedis, startRedisCluster } from "../../scripts/redis-server.ts";
 import { startProcess } from "../../scripts/service-process.ts";
 import { errorDetails } from "../helpers/errors.ts";
 
@@ -98,6 +99,33 @@ describe("bad configuration", () => {
       }
     } finally {
       await first.stop();
+    }
+  });
+
+  it("exits 2 naming the variable when the queue's Redis is a cluster it was not told of (or the reverse), or refuses its credentials", async () => {
+    const [single, locked, cluster] = await Promise.all([startRedis(), startRedis(["--requirepass", "secret"]), startRedisCluster()]);
+    try {
+      const start = (env: Record<string, string>) =>
+        spawnSync(process.execPath, ["dist/services/main.js"], { env: { ...process.env, VACCINE_PORT: "0", VACCINE_ROLE: "worker", ...env }, encoding: "utf8", timeout: 30_000 });
+      const port = (r: { url: string }) => new URL(r.url).port;
+      for (const [env, message] of [
+        [{ VACCINE_QUEUE_URL: cluster.url }, "cannot start: VACCINE_QUEUE_URL names a node of a Redis Cluster: set VACCINE_QUEUE_CLUSTER=true"],
+        [{ VACCINE_QUEUE_URL: single.url, VACCINE_QUEUE_CLUSTER: "true" }, "cannot start: VACCINE_QUEUE_CLUSTER=true, but the Redis at VACCINE_QUEUE_URL is not in cluster mode"],
+        [{ VACCINE_QUEUE_URL: `redis://:wrong@127.0.0.1:${port(locked)}/0` }, "cannot start: the Redis at VACCINE_QUEUE_URL refuses its credentials: WRONGPASS"],
+        [{ VACCINE_QUEUE_URL: locked.url }, "cannot start: the Redis at VACCINE_QUEUE_URL refuses its credentials: NOAUTH"],
+      ] as const) {
+        const res = start(env);
+        expect(res.status, res.stderr).toBe(2);
+        expect(res.stderr).toContain(message);
+        expect(res.stderr).not.toContain("secret");
+      }
+      // Right, it starts; and a Redis it cannot reach yet does not stop the start either.
+      const right = await startProcess("dist/services/main.js", { VACCINE_ROLE: "worker", VACCINE_QUEUE_URL: cluster.url, VACCINE_QUEUE_CLUSTER: "true" });
+      await right.stop();
+      const down = await startProcess("dist/services/main.js", { VACCINE_ROLE: "worker", VACCINE_QUEUE_URL: "redis://127.0.0.1:1/0" });
+      await down.stop();
+    } finally {
+      await Promise.all([single.stop(), locked.stop(), cluster.stop()]);
     }
   });
 

@@ -22,14 +22,17 @@ export type QueueRedis = Redis | Cluster;
  * after that many reconnection attempts, null waits out an outage. A cluster client counts its
  * own retries: it holds commands without limit while it has no node at all (so a bounded one
  * refuses them then), and gives up on a command after 16 redirections, about 1.6 s of a node
- * being down (so one that waits never does).
+ * being down (so one that waits never does). `onError` hears every connection error, a
+ * cluster node's too.
  */
-export function connectQueue(target: QueueTarget, maxRetriesPerRequest: number | null): QueueRedis {
+export function connectQueue(target: QueueTarget, maxRetriesPerRequest: number | null, onError: (err: Error) => void = () => {}): QueueRedis {
   const { host, port, db, ...node } = { ...redisOptions(target.url), maxRetriesPerRequest };
-  if (!target.cluster) return new Redis({ host, port, db, ...node });
+  if (!target.cluster) return new Redis({ host, port, db, ...node }).on("error", onError);
   if (db) throw new Error(`a Redis Cluster has only database 0, the URL names ${db}: ${target.url}`);
   const waits = maxRetriesPerRequest === null;
-  return new Cluster([{ host, port }], { redisOptions: node, enableOfflineQueue: waits, maxRedirections: waits ? Infinity : undefined });
+  const cluster = new Cluster([{ host, port }], { redisOptions: node, enableOfflineQueue: waits, maxRedirections: waits ? Infinity : undefined });
+  // A node's connection errors are "node error" events: without them a lost node logs nothing.
+  return cluster.on("error", onError).on("node error", (err: Error, address: string) => onError(new Error(`${address}: ${err.message}`)));
 }
 
 /** Connection options from redis://[user:password@]host[:port][/db] or rediss:// (TLS). */
@@ -45,6 +48,31 @@ export function redisOptions(url: string): RedisOptions {
     password: u.password ? decodeURIComponent(u.password) : undefined,
     tls: u.protocol === "rediss:" ? {} : undefined,
   };
+}
+
+/**
+ * What the queue's Redis says of itself at start, as a configuration error: a node of a Redis
+ * Cluster without VACCINE_QUEUE_CLUSTER (every job write would fail with CROSSSLOT), the
+ * reverse, or credentials it refuses. Undefined when all is well, and when it cannot be reached:
+ * the process starts then, and its job RPCs answer UNAVAILABLE until Redis is back.
+ */
+export async function queueProblem(target: QueueTarget, timeoutMs = 3000): Promise<string | undefined> {
+  // One server's client even for a cluster: a node answers INFO about itself.
+  const redis = new Redis({ ...redisOptions(target.url), db: 0, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: timeoutMs, enableOfflineQueue: false });
+  let refused: Error | undefined;
+  redis.on("error", (err: Error) => (refused = err));
+  try {
+    await redis.connect();
+    const clustered = /^cluster_enabled:1/m.test(await redis.info("cluster"));
+    if (clustered && !target.cluster) return "VACCINE_QUEUE_URL names a node of a Redis Cluster: set VACCINE_QUEUE_CLUSTER=true";
+    if (!clustered && target.cluster) return "VACCINE_QUEUE_CLUSTER=true, but the Redis at VACCINE_QUEUE_URL is not in cluster mode";
+    return undefined;
+  } catch {
+    const auth = refused?.message.match(/^(WRONGPASS|NOAUTH|NOPERM)\b.*$/);
+    return auth ? `the Redis at VACCINE_QUEUE_URL refuses its credentials: ${auth[0]}` : undefined;
+  } finally {
+    redis.disconnect();
+  }
 }
 
 /**
