@@ -23,6 +23,7 @@ import { QueueExecutor } from "../../services/jobs/queue/queue-executor.ts";
 import { QueueWorker, type QueueWorkerOptions } from "../../services/jobs/queue/queue-worker.ts";
 import { RedisJobs } from "../../services/jobs/queue/redis-jobs.ts";
 import { rpcError } from "../../services/platform/errors.ts";
+import { createLogger } from "../../services/platform/log.ts";
 import { createdWithinJobQuota } from "../helpers/errors.ts";
 import { startRedis, startRedisCluster, type TestRedis } from "../../scripts/redis-server.ts";
 
@@ -403,17 +404,23 @@ describe.each([
 
   it("rides out a restart of the Redis that holds the queue: calls answer UNAVAILABLE meanwhile, and the running job ends in its first run", async () => {
     const { api, worker, keys } = setup();
-    const ex = api();
+    // Each side logs the outage (a cluster's lost node included), so an operator sees it.
+    const warned = { api: [] as string[], worker: [] as string[] };
+    const logTo = (lines: string[]) => createLogger("warn", { write: (line: string) => void lines.push(JSON.parse(line).msg) });
+    const ex = api({ logger: logTo(warned.api) });
     let runs = 0;
     let resume!: () => void;
     const resumed = new Promise<void>((r) => (resume = r));
-    worker(async (ctx) => {
-      runs++;
-      ctx.emit({ case: "step", value: { step: 1, totalSteps: 2 } });
-      await resumed;
-      ctx.emit({ case: "step", value: { step: 2, totalSteps: 2 } });
-      return { result: ref(2), lineage: [ref(2)] };
-    });
+    worker(
+      async (ctx) => {
+        runs++;
+        ctx.emit({ case: "step", value: { step: 1, totalSteps: 2 } });
+        await resumed;
+        ctx.emit({ case: "step", value: { step: 2, totalSteps: 2 } });
+        return { result: ref(2), lineage: [ref(2)] };
+      },
+      { logger: logTo(warned.worker) },
+    );
     const job = await ex.create(JobKind.ALIGN, spec);
     await until(async () => runs === 1 && (await stateOf(ex, job.id)) === JobState.RUNNING);
     // In a cluster, the node with the queue's slot.
@@ -431,6 +438,8 @@ describe.each([
     const events = await watchAll(ex, job.id);
     expect(steps(events)).toEqual([1, 2]);
     expect(states(events)).toEqual(["QUEUED", "RUNNING", "SUCCEEDED"]);
+    expect(warned.api).toContain("job queue connection error");
+    expect(warned.worker).toContain("job queue connection error");
   });
 
   it("continues the creating RPC's trace on the worker (api -> queue -> worker) and counts queue and steps", async () => {

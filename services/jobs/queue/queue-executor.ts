@@ -62,8 +62,7 @@ export class QueueExecutor implements JobExecutor {
     this.tracer = options.tracer ?? trace.getTracer(SCOPE);
     this.enqueueTimeoutMs = options.enqueueTimeoutMs ?? 5000;
     // A request fails after a few reconnection attempts instead of hanging while Redis is down.
-    this.redis = connectQueue(this.target, 3);
-    this.redis.on("error", (err: Error) => this.logger.warn({ error: err.message }, "job queue connection error"));
+    this.redis = connectQueue(this.target, 3, (err) => this.logger.warn({ error: err.message }, "job queue connection error"));
     this.jobs = new RedisJobs(this.redis, this.keys);
     this.queue = new Queue(QUEUE_NAME, { connection: this.redis, prefix: this.keys.prefix });
     this.queue.on("error", (err: Error) => this.logger.warn({ error: err.message }, "job queue error"));
@@ -163,7 +162,6 @@ export class QueueExecutor implements JobExecutor {
     if (FINAL.has(first.job.state) && first.seq <= afterSequence) return;
     if (this.stopping) throw shuttingDown();
     const conn = connectQueue(this.target, 3);
-    conn.on("error", () => {});
     const stop = new AbortController();
     this.watchers.add(stop);
     const hangUp = () => conn.disconnect();

@@ -114,11 +114,9 @@ export class QueueWorker {
     this.maxAttempts = options.maxAttempts ?? 3;
     this.retryDelayMs = options.retryDelayMs ?? 5000;
     // Writes wait out a Redis outage (null: no retry limit); the fence decides whether they still count.
-    this.redis = connectQueue(options, null);
-    this.redis.on("error", (err: Error) => this.logger.warn({ error: err.message }, "job queue connection error"));
+    this.redis = connectQueue(options, null, (err) => this.logger.warn({ error: err.message }, "job queue connection error"));
     this.jobs = new RedisJobs(this.redis, this.keys);
     this.subscriber = connectQueue(options, null);
-    this.subscriber.on("error", () => {});
     this.subscriber.on("message", (_channel: string, id: string) => this.cancelRequested(id));
     void this.subscriber.subscribe(this.keys.cancel).catch((err: Error) => this.logger.warn({ error: err.message }, "cancel channel unavailable; polling only"));
     this.poller = setInterval(() => void this.pollCancels(), options.pollMs ?? 1000);
