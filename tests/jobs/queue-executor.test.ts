@@ -306,8 +306,12 @@ describe.each([
       await until(() => started, 15_000);
       await w["worker"].close(true);
     }
-    worker(async () => ({ result: ref(1), lineage: [ref(1)] }), { lockMs: 400, maxAttempts: 2 });
+    const logged: Record<string, unknown>[] = [];
+    const logger = createLogger("info", { write: (line: string) => void logged.push(JSON.parse(line)) });
+    worker(async () => ({ result: ref(1), lineage: [ref(1)] }), { lockMs: 400, maxAttempts: 2, logger });
     await until(async () => (await stateOf(ex, job.id)) === JobState.FAILED, 15_000);
+    // The worker that finds the job orphaned says so in its log, not only in the job's events.
+    expect(logged.find((l) => (l.msg as string).startsWith("took over a job whose worker was lost"))).toMatchObject({ job: job.id, failedRuns: 2, allowed: 2 });
     const failed = await ex.get(JobKind.ALIGN, job.id);
     expect(anyUnpack(failed.error!.details[0], ErrorInfoSchema)).toMatchObject({ reason: "WORKER_LOST", metadata: { attempts: "2" } });
   });
@@ -316,18 +320,30 @@ describe.each([
     const { api, worker } = setup();
     const ex = api();
     const c = controllable(7);
-    const w1 = worker(c.work);
+    const logged: Record<string, unknown>[] = [];
+    const logger = createLogger("info", { write: (line: string) => void logged.push(JSON.parse(line)) });
+    const w1 = worker(c.work, { logger, id: "w1" });
     const job = await ex.create(JobKind.ALIGN, spec);
     await until(async () => c.started.length === 1 && (await stateOf(ex, job.id)) === JobState.RUNNING);
     await w1.shutdown();
     expect(await ex.get(JobKind.ALIGN, job.id)).toMatchObject({ state: JobState.QUEUED, trainingState: { uri: "store://checkpoints/7" } });
     let resumedFrom: string | undefined;
-    worker(async (ctx) => {
-      resumedFrom = ctx.job.trainingState?.uri;
-      return { result: ref(9), lineage: [ref(9)] };
-    });
+    worker(
+      async (ctx) => {
+        resumedFrom = ctx.job.trainingState?.uri;
+        return { result: ref(9), lineage: [ref(9)] };
+      },
+      { logger, id: "w2" },
+    );
     await until(async () => (await stateOf(ex, job.id)) === JobState.SUCCEEDED);
     expect(resumedFrom).toBe("store://checkpoints/7");
+    // The workers' logs say how each run ended: handed back by w1, finished by w2.
+    await until(() => logged.filter((l) => l.msg === "job run ended").length === 2);
+    const ended = logged.filter((l) => l.msg === "job run ended").map((l) => [l.worker, l.job, l.outcome]);
+    expect(ended).toEqual([
+      ["w1", job.id, "requeued"],
+      ["w2", job.id, "succeeded"],
+    ]);
     expect(states(await watchAll(ex, job.id))).toEqual(["QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"]);
   });
 

@@ -211,6 +211,10 @@ export class QueueWorker {
         // The record says RUNNING but BullMQ handed the job to us: its last worker was lost.
         this.metrics?.takeovers.add(1, { "vaccine.job.kind": KIND_NAME[job.kind] });
         run.failures++;
+        this.logger.warn(
+          { job: job.id, failedRuns: run.failures, allowed: this.maxAttempts },
+          "took over a job whose worker was lost (killed, out of memory, or its lock expired, as in a Redis outage longer than the lock)",
+        );
         if (run.failures >= this.maxAttempts) {
           const error = rpcError(
             Code.Aborted,
@@ -261,7 +265,12 @@ export class QueueWorker {
       throw err;
     });
     span.end();
-    this.metrics?.duration.record((performance.now() - t0) / 1000, { "vaccine.job.kind": kind, "vaccine.job.outcome": outcome.outcome });
+    const seconds = (performance.now() - t0) / 1000;
+    this.metrics?.duration.record(seconds, { "vaccine.job.kind": kind, "vaccine.job.outcome": outcome.outcome });
+    // How each run ended, beside "job started": requeued is a shutdown's hand-back, lost a lost lock.
+    context.with(trace.setSpan(context.active(), span), () =>
+      this.logger.info({ job: job.id, attempt: run.attempt, outcome: outcome.outcome, step: job.progress?.step ?? 0, seconds: Math.round(seconds * 10) / 10 }, "job run ended"),
+    );
     if (outcome.after) await outcome.after();
   }
 
