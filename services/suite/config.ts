@@ -176,7 +176,7 @@ export const VARIABLES = [
   v({ name: "VACCINE_QUEUE_URL", key: "queueUrl", default: "", description: "Redis of the shared job queue, redis://host:port/db (empty: jobs run embedded in this process).", parse: redisUrl }),
   v({ name: "VACCINE_QUEUE_CLUSTER", key: "queueCluster", default: "false", description: "true: VACCINE_QUEUE_URL names a node of a Redis Cluster (database 0); the queue's keys are under the hash tag {vaccine}, in one slot.", parse: bool }),
   v({ name: "VACCINE_WORKER_CONCURRENCY", key: "workerConcurrency", default: "1", description: "Queued jobs a worker trains at once (one per accelerator).", parse: integer(1, 64) }),
-  v({ name: "VACCINE_WORKER_LOCK_MS", key: "workerLockMs", default: "30000", description: "A worker's lock on a job; a killed worker's job is taken over within about twice this.", parse: integer(1000, 3_600_000) }),
+  v({ name: "VACCINE_WORKER_LOCK_MS", key: "workerLockMs", default: "30000", description: "A worker's lock on a job; a killed worker's job is taken over within about twice this. Keep it above the time Redis may be away (a restart, a failover): a longer outage counts as a lost worker.", parse: integer(1000, 3_600_000) }),
   v({ name: "VACCINE_JOB_ATTEMPTS", key: "jobAttempts", default: "3", description: "Runs of a queued job that may fail (errors or lost workers) before it is FAILED.", parse: integer(1, 100) }),
   v({ name: "VACCINE_TLS_CERT", key: "tlsCert", default: "", description: "PEM certificate chain of the port; with VACCINE_TLS_KEY turns TLS on (empty: plaintext). Re-read when the file changes.", parse: (raw) => raw }),
   v({ name: "VACCINE_TLS_KEY", key: "tlsKey", default: "", description: "PEM private key of VACCINE_TLS_CERT.", parse: (raw) => raw }),
