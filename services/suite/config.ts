@@ -243,7 +243,8 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     }
   }
   if (config.store === "s3" && !config.s3Bucket) problems.push("VACCINE_S3_BUCKET is required when VACCINE_STORE=s3");
-  if (config.role !== undefined && config.role !== "all" && !config.queueUrl) problems.push(`VACCINE_ROLE=${config.role} needs VACCINE_QUEUE_URL (api and worker processes share jobs through it)`);
+  const badQueueUrl = problems.some((p) => p.startsWith("VACCINE_QUEUE_URL="));
+  if (config.role !== undefined && config.role !== "all" && !config.queueUrl && !badQueueUrl) problems.push(`VACCINE_ROLE=${config.role} needs VACCINE_QUEUE_URL (api and worker processes share jobs through it)`);
   if (config.queueCluster && !config.queueUrl) problems.push("VACCINE_QUEUE_CLUSTER=true needs VACCINE_QUEUE_URL (a node of the cluster)");
   if (config.queueCluster && /\/0*[1-9]\d*$/.test(String(config.queueUrl))) problems.push(`VACCINE_QUEUE_CLUSTER=true needs database 0: a Redis Cluster has no other (VACCINE_QUEUE_URL=${config.queueUrl})`);
   problems.push(...securityProblems(config as Config));

@@ -125,6 +125,8 @@ describe("configuration", () => {
     expect(() => loadConfig({ VACCINE_ROLE: "worker" })).toThrow(/VACCINE_ROLE=worker needs VACCINE_QUEUE_URL/);
     expect(() => loadConfig({ VACCINE_ROLE: "api" })).toThrow(/VACCINE_ROLE=api needs VACCINE_QUEUE_URL/);
     expect(() => loadConfig({ VACCINE_QUEUE_URL: "http://redis:6379" })).toThrow(/VACCINE_QUEUE_URL="http:\/\/redis:6379" is invalid/);
+    // A bad URL is one problem, not also a missing one.
+    expect(() => loadConfig({ VACCINE_ROLE: "api", VACCINE_QUEUE_URL: "http://redis:6379" })).toThrow(/^Bad configuration:\n {2}VACCINE_QUEUE_URL="http:\/\/redis:6379" is invalid[^\n]*$/);
     expect(loadConfig({ VACCINE_ROLE: "worker", VACCINE_QUEUE_URL: "redis://redis:6379/0", VACCINE_WORKER_CONCURRENCY: "2" })).toMatchObject({
       role: "worker",
       queueUrl: "redis://redis:6379/0",

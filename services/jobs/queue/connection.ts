@@ -30,9 +30,18 @@ export function connectQueue(target: QueueTarget, maxRetriesPerRequest: number |
   if (!target.cluster) return new Redis({ host, port, db, ...node }).on("error", onError);
   if (db) throw new Error(`a Redis Cluster has only database 0, the URL names ${db}: ${target.url}`);
   const waits = maxRetriesPerRequest === null;
-  const cluster = new Cluster([{ host, port }], { redisOptions: node, enableOfflineQueue: waits, maxRedirections: waits ? Infinity : undefined });
+  const cluster = new Cluster([{ host, port }], {
+    redisOptions: node,
+    enableOfflineQueue: waits,
+    maxRedirections: waits ? Infinity : undefined,
+    // Reconnecting as one server's client does: ioredis's default tries about ten times a second
+    // for minutes, each try an error (a log line) while the cluster is away.
+    clusterRetryStrategy: (times) => Math.min(times * 50, 2000),
+  });
   // A node's connection errors are "node error" events: without them a lost node logs nothing.
-  return cluster.on("error", onError).on("node error", (err: Error, address: string) => onError(new Error(`${address}: ${err.message}`)));
+  return cluster
+    .on("error", (err: Error) => onError(new Error(`cluster at ${host}:${port}: ${err.message}`)))
+    .on("node error", (err: Error, address: string) => onError(new Error(`${address}: ${err.message}`)));
 }
 
 /** Connection options from redis://[user:password@]host[:port][/db] or rediss:// (TLS). */
