@@ -85,7 +85,11 @@ describe("JSON Lines", () => {
   it("takes the format of the first recognised row for every row", () => {
     const r = read(`${row({ sentence: "a", label: 1 })}\n${row({ text: "b", label: 1 })}\n`);
     expect(r.format).toBe("sst2");
-    expect(r.errors).toEqual([{ line: 2, reason: 'missing field "sentence"', field: "sentence" }]);
+    // A row of another format says so, since that is why the field is missing.
+    expect(r.errors).toEqual([{ line: 2, reason: 'missing field "sentence": this row is agnews, but the file\'s rows are sst2 (the format of its first row)', field: "sentence" }]);
+    // With the format given, and for a row of the same format, the problem is the field alone.
+    expect(read(`${row({ text: "b", label: 1 })}\n`, { format: "sst2" }).errors[0].reason).toBe('missing field "sentence"');
+    expect(read(`${row({ sentence: "a", label: 1 })}\n${row({ sentence: "b" })}\n`).errors[0].reason).toBe('missing field "label"');
   });
 
   it("accepts a byte order mark at the start, however the chunks fall", () => {

@@ -81,13 +81,13 @@ describe("malformed input refuses the whole file", () => {
       [2, expect.stringMatching(/^invalid JSON/)],
       [3, 'missing field "output"'],
       [4, 'field "output" must be a string, got number'],
-      [5, 'missing field "instruction"'],
+      [5, 'missing field "instruction": this row is sst2, but the file\'s rows are alpaca (the format of its first row)'],
       [6, "row must be a JSON object, got array"],
-      [7, 'missing field "instruction"'],
-      [8, 'missing field "instruction"'],
+      [7, 'missing field "instruction": this row is agnews, but the file\'s rows are alpaca (the format of its first row)'],
+      [8, 'missing field "instruction": this row is gsm8k, but the file\'s rows are alpaca (the format of its first row)'],
       [9, 'missing field "instruction"'],
-      [10, 'missing field "instruction"'],
-      [12, 'missing field "instruction"'],
+      [10, 'missing field "instruction": this row is beavertails, but the file\'s rows are alpaca (the format of its first row)'],
+      [12, 'missing field "instruction": this row is sst2, but the file\'s rows are alpaca (the format of its first row)'],
     ]);
     expect(err.details.invalidRows).toBe(10);
     const field = refusal(() => parseDataset(Buffer.from('{"instruction": "a"}\n'), "f.jsonl"));

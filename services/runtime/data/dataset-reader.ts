@@ -137,8 +137,9 @@ export class DatasetReader {
         throw err;
       }
       const row = asRow(value);
+      const detected = this.format === undefined;
       this.format ??= detectFormat(row);
-      const example = convertRow(row, this.format);
+      const example = convertRowOf(row, this.format, !detected && (this.options.format ?? "auto") === "auto");
       this.rows++;
       this.options.onExample?.(example, line);
     } catch (err) {
@@ -150,6 +151,26 @@ export class DatasetReader {
   private fail(line: number, problem: RowProblem): void {
     this.errorTotal++;
     if (this.errors.length < this.maxErrors) this.errors.push({ line, reason: problem.message, ...(problem.field ? { field: problem.field } : {}) });
+  }
+}
+
+/**
+ * convertRow; a row missing a field of the format that an earlier row set (`inferred`) may be of
+ * another format: the problem then says which, since a file holds rows of one format.
+ */
+function convertRowOf(row: ReturnType<typeof asRow>, format: RowFormat, inferred: boolean) {
+  try {
+    return convertRow(row, format);
+  } catch (err) {
+    if (!(err instanceof RowProblem) || !inferred) throw err;
+    let own: RowFormat | undefined;
+    try {
+      own = detectFormat(row);
+    } catch {
+      throw err;
+    }
+    if (own === format) throw err;
+    throw new RowProblem(`${err.message}: this row is ${own}, but the file's rows are ${format} (the format of its first row)`, err.field);
   }
 }
 
