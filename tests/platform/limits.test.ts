@@ -5,11 +5,11 @@ import http2 from "node:http2";
 import net from "node:net";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { DatasetService } from "../../gen/vaccine/v1/datasets_pb.ts";
-import { MAX_TIMER_MS, withDeadlineInRange } from "../../services/platform/deadline.ts";
+import { MAX_TIMER_MS, streamIdleTimeout, withDeadlineInRange } from "../../services/platform/deadline.ts";
 import { startServer, type RunningServer, type ServiceModule } from "../../services/platform/server.ts";
 import { rpcFailure } from "../helpers/errors.ts";
 import { oversizedConnect, oversizedGrpc } from "../helpers/oversized.ts";
@@ -168,6 +168,30 @@ describe("client streams", () => {
       yield {};
     };
     expect((await uploads().uploadDataset(quick())).dataset?.rowCount).toBe(3n);
+  });
+
+  it("keep no idle timer while the handler works on a message (called directly, on fake timers)", async () => {
+    vi.useFakeTimers();
+    try {
+      const pending: number[] = [];
+      const messages = (async function* () {
+        yield 1;
+        yield 2;
+      })();
+      const next = async (req: { message: AsyncIterable<number> }) => {
+        for await (const _ of req.message) {
+          // The handler's turn: the wait for the client is over, so no timer is left running.
+          pending.push(vi.getTimerCount());
+          await vi.advanceTimersByTimeAsync(1000);
+        }
+        return { stream: false };
+      };
+      const req = { stream: true, method: { methodKind: "client_streaming" }, message: messages };
+      await streamIdleTimeout(300)(next as never)(req as never);
+      expect(pending).toEqual([0, 0]);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it("end an upload whose next message does not come: DEADLINE_EXCEEDED, STREAM_IDLE, and the handler's stream breaks", async () => {
