@@ -6,6 +6,7 @@ import { ErrorInfoSchema } from "../../../gen/google/rpc/error_details_pb.ts";
 import type { AlignSpecSchema } from "../../../gen/vaccine/v1/training_pb.ts";
 import { CheckpointKind, JobEventSchema, JobSchema, JobState, LogSeverity, type Job, type JobEvent } from "../../../gen/vaccine/v1/jobs_pb.ts";
 import type { Clients } from "../../client/clients.ts";
+import { NotServedReason } from "../../platform/not-served.ts";
 import type { Command, CommandGroup, Context } from "../command.ts";
 import { codeName, describeError, statusError, UsageError } from "../errors.ts";
 import { choice, float, int, ref, text, toggle } from "../flags.ts";
@@ -285,5 +286,5 @@ export const JOB_COMMANDS: { align: Command; finetune: Command; jobs: CommandGro
 
 function notServed(err: unknown): boolean {
   const e = ConnectError.from(err);
-  return e.code === Code.Unimplemented && e.findDetails(ErrorInfoSchema)[0]?.reason === "SERVICE_NOT_SERVED";
+  return e.code === Code.Unimplemented && e.findDetails(ErrorInfoSchema)[0]?.reason === NotServedReason.SERVICE_NOT_SERVED;
 }

@@ -6,7 +6,7 @@
  * parser and converted by its format: the one path for uploads and for training data.
  * Bad rows are collected with their line (where the row starts), so one pass reports them.
  */
-import { type RowFormat, RowProblem, asRow, convertRow, detectFormat } from "./row-formats.ts";
+import { type Row, type RowFormat, RowProblem, asRow, convertRow, detectFormat } from "./row-formats.ts";
 import { JsonSyntaxError, parseStrictJson } from "../strict-json.ts";
 import type { Example } from "./template.ts";
 
@@ -137,9 +137,10 @@ export class DatasetReader {
         throw err;
       }
       const row = asRow(value);
-      const detected = this.format === undefined;
+      // Set by an earlier row: neither given by the caller nor this row's own.
+      const inferred = this.format !== undefined && (this.options.format ?? "auto") === "auto";
       this.format ??= detectFormat(row);
-      const example = convertRowOf(row, this.format, !detected && (this.options.format ?? "auto") === "auto");
+      const example = convertRowOf(row, this.format, inferred);
       this.rows++;
       this.options.onExample?.(example, line);
     } catch (err) {
@@ -158,7 +159,7 @@ export class DatasetReader {
  * convertRow; a row missing a field of the format that an earlier row set (`inferred`) may be of
  * another format: the problem then says which, since a file holds rows of one format.
  */
-function convertRowOf(row: ReturnType<typeof asRow>, format: RowFormat, inferred: boolean) {
+function convertRowOf(row: Row, format: RowFormat, inferred: boolean) {
   try {
     return convertRow(row, format);
   } catch (err) {

@@ -32,7 +32,7 @@ export class RowProblem extends Error {
   }
 }
 
-type Row = Record<string, unknown>;
+export type Row = Record<string, unknown>;
 
 function typeName(v: unknown): string {
   if (v === null) return "null";
