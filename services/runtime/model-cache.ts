@@ -2,11 +2,10 @@
  * A cache of loaded models (or anything costly to load), keyed by checkpoint digest:
  * least-recently-used eviction within a byte budget, one load per key at a time.
  *
- * - An entry larger than the whole budget is loaded and returned but not kept; the cache
- *   never disposes it, so its caller owns it.
- * - get() returns a value that a later load may evict and dispose. To hold a model across
- *   awaits (a generation, an RPC), use use() or acquire(): pinned entries are never evicted,
+ * - A value is used pinned, through use() or acquire(): pinned entries are never evicted,
  *   even if that takes the cache over budget until they are released.
+ * - An entry larger than the whole budget is loaded but not kept: it is disposed when its
+ *   last user releases it.
  */
 
 export interface ModelCacheOptions<T> {
@@ -28,7 +27,7 @@ interface Entry<T> {
   value: T;
   bytes: number;
   pins: number;
-  /** cached: in the LRU; dropped: removed while pinned, disposed on last release; unkept: over budget. */
+  /** cached: in the LRU; dropped: removed while pinned; unkept: over budget. The last two are disposed on last release. */
   state: "cached" | "dropped" | "disposed" | "unkept";
 }
 
@@ -42,14 +41,9 @@ export class ModelCache<T> {
     if (!(options.budgetBytes >= 0)) throw new RangeError(`budgetBytes must be non-negative, got ${options.budgetBytes}`);
   }
 
-  /** The cached value, or load() it (once, however many callers ask at the same time). */
-  async get(key: string, bytes: number, load: () => Promise<T>): Promise<T> {
-    return (await this.obtain(key, bytes, load, false)).value;
-  }
-
-  /** Like get(), pinned until release(). */
+  /** The cached value, or load() it (once, however many callers ask at the same time), pinned until release(). */
   async acquire(key: string, bytes: number, load: () => Promise<T>): Promise<Lease<T>> {
-    const entry = await this.obtain(key, bytes, load, true);
+    const entry = await this.obtain(key, bytes, load);
     let released = false;
     return {
       value: entry.value,
@@ -97,14 +91,14 @@ export class ModelCache<T> {
     for (const entry of [...this.entries.values()]) this.evict(entry);
   }
 
-  private async obtain(key: string, bytes: number, load: () => Promise<T>, pin: boolean): Promise<Entry<T>> {
+  private async obtain(key: string, bytes: number, load: () => Promise<T>): Promise<Entry<T>> {
     if (!(Number.isFinite(bytes) && bytes >= 0)) throw new RangeError(`bytes must be a non-negative number, got ${bytes}`);
     for (;;) {
       const cached = this.entries.get(key);
       if (cached) {
         this.entries.delete(key);
         this.entries.set(key, cached);
-        if (pin) cached.pins++;
+        cached.pins++;
         return cached;
       }
       let pending = this.loading.get(key);
@@ -113,9 +107,9 @@ export class ModelCache<T> {
         this.loading.set(key, pending);
       }
       const entry = await pending;
-      // Evicted by another load before this caller resumed: load it again.
+      // Evicted by another load, or unkept and released, before this caller resumed: load it again.
       if (entry.state === "disposed") continue;
-      if (pin) entry.pins++;
+      entry.pins++;
       return entry;
     }
   }
@@ -153,7 +147,7 @@ export class ModelCache<T> {
   private unpin(entry: Entry<T>): void {
     entry.pins--;
     if (entry.pins > 0) return;
-    if (entry.state === "dropped") this.dispose(entry);
+    if (entry.state === "dropped" || entry.state === "unkept") this.dispose(entry);
     else if (entry.state === "cached") this.trim();
   }
 

@@ -155,7 +155,7 @@ export const VARIABLES = [
   v({ name: "VACCINE_S3_REGION", key: "s3Region", default: "us-east-1", description: "Region of the s3 store.", parse: nonEmpty }),
   v({ name: "VACCINE_CACHE_DIR", key: "cacheDir", default: ".data/cache", description: "Local cache of checkpoints read from the s3 store.", parse: nonEmpty }),
   v({ name: "VACCINE_JOBS_DIR", key: "jobsDir", default: ".data/jobs", description: "Durable job records (a persistent volume in a cluster).", parse: nonEmpty }),
-  v({ name: "VACCINE_MODEL_CACHE_MB", key: "modelCacheMb", default: "2048", description: "Memory for checkpoints kept loaded by Embed and Score.", parse: integer(0, 1_048_576) }),
+  v({ name: "VACCINE_MODEL_CACHE_MB", key: "modelCacheMb", default: "2048", description: "Memory for checkpoints kept loaded by Embed and Score, counted as float32 (a BF16 model takes twice its files). A larger model is loaded for each call and freed after it; 0 keeps none.", parse: integer(0, 1_048_576) }),
   v({ name: "VACCINE_BATCH_WINDOW_MS", key: "batchWindowMs", default: "2", description: "How long an Embed or Moderate call waits for concurrent calls on the same checkpoint and options, to share one forward pass with them, in ms (0: every call runs alone).", parse: integer(0, 1000) }),
   v({ name: "VACCINE_BATCH_MAX_ROWS", key: "batchMaxRows", default: "128", description: "Texts or pairs one shared forward pass may hold: a batch that reaches it runs at once, and a larger call runs alone.", parse: integer(1, 65_536) }),
   v({ name: "VACCINE_MAX_DATASET_MB", key: "maxDatasetMb", default: "1024", description: "Largest dataset an upload may send, in MiB.", parse: integer(1, 1_048_576) }),

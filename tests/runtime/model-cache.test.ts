@@ -5,6 +5,9 @@ interface Model {
   name: string;
 }
 
+/** The value, used for a moment: loaded or found, pinned, released. */
+const take = <T>(cache: ModelCache<T>, key: string, bytes: number, load: () => Promise<T>) => cache.use(key, bytes, load, (v) => v);
+
 /** A cache whose loads and disposals are recorded. */
 function harness(budgetBytes: number) {
   const loads: string[] = [];
@@ -14,7 +17,7 @@ function harness(budgetBytes: number) {
     loads.push(name);
     return { name };
   };
-  const get = (name: string, bytes: number) => cache.get(name, bytes, loader(name));
+  const get = (name: string, bytes: number) => take(cache, name, bytes, loader(name));
   return { cache, loads, disposed, loader, get };
 }
 
@@ -50,16 +53,32 @@ describe("ModelCache", () => {
     expect(loads).toEqual(["a"]);
   });
 
-  it("loads but does not keep an entry larger than the budget", async () => {
-    const { cache, loads, disposed, get } = harness(30);
+  it("loads but does not keep an entry larger than the budget, and disposes it after its last use", async () => {
+    const { cache, loads, disposed, loader, get } = harness(30);
     await get("a", 10);
-    const huge = await get("huge", 31);
-    expect(huge.name).toBe("huge");
+    const lease = await cache.acquire("huge", 31, loader("huge"));
+    const second = await cache.acquire("huge", 31, loader("huge"));
     expect(cache.has("huge")).toBe(false);
     expect(cache.keys()).toEqual(["a"]); // nothing evicted for it
+    expect(second.value).not.toBe(lease.value); // loaded again: nothing keeps it
+    lease.release();
+    expect(disposed).toEqual(["huge"]);
+    second.release();
+    expect(disposed).toEqual(["huge", "huge"]);
+    expect((await get("huge", 31)).name).toBe("huge");
+    expect(disposed).toEqual(["huge", "huge", "huge"]);
+    expect(loads).toEqual(["a", "huge", "huge", "huge"]);
+  });
+
+  it("shares one unkept load between concurrent users and disposes it once", async () => {
+    const { cache, loads, disposed, loader } = harness(30);
+    const [one, two] = await Promise.all([cache.acquire("huge", 31, loader("huge")), cache.acquire("huge", 31, loader("huge"))]);
+    expect(one.value).toBe(two.value);
+    one.release();
     expect(disposed).toEqual([]);
-    await get("huge", 31);
-    expect(loads).toEqual(["a", "huge", "huge"]);
+    two.release();
+    expect(disposed).toEqual(["huge"]);
+    expect(loads).toEqual(["huge"]);
   });
 
   it("loads once for concurrent gets of the same key", async () => {
@@ -72,7 +91,7 @@ describe("ModelCache", () => {
       await gate;
       return { name: "a" };
     };
-    const pending = [cache.get("a", 10, load), cache.get("a", 10, load), cache.get("a", 10, load)];
+    const pending = [take(cache, "a", 10, load), take(cache, "a", 10, load), take(cache, "a", 10, load)];
     finish();
     const values = await Promise.all(pending);
     expect(calls).toBe(1);
@@ -86,11 +105,11 @@ describe("ModelCache", () => {
       calls++;
       throw new Error("corrupt checkpoint");
     };
-    const results = await Promise.allSettled([cache.get("a", 10, failing), cache.get("a", 10, failing)]);
+    const results = await Promise.allSettled([take(cache, "a", 10, failing), take(cache, "a", 10, failing)]);
     expect(results.map((r) => r.status)).toEqual(["rejected", "rejected"]);
     expect(calls).toBe(1);
     expect(cache.has("a")).toBe(false);
-    expect((await cache.get("a", 10, async () => ({ name: "ok" }))).name).toBe("ok");
+    expect((await take(cache, "a", 10, async () => ({ name: "ok" }))).name).toBe("ok");
   });
 
   it("disposes on delete and clear", async () => {
@@ -120,13 +139,14 @@ describe("ModelCache", () => {
     expect(cache.keys()).toEqual(["a", "e"]);
 
     const seen = await cache.use("f", 15, loader("f"), async (m) => {
-      await get("g", 10); // over budget while f is pinned
+      await get("g", 10); // over budget while f is pinned: g goes when its use ends
       expect(disposed).not.toContain("f");
       return m.name;
     });
     expect(seen).toBe("f");
-    expect(disposed).toContain("f"); // trimmed once released: g is the most recent
-    expect(cache.usedBytes).toBeLessThanOrEqual(20);
+    expect(disposed.slice(-1)).toEqual(["g"]);
+    expect(cache.keys()).toEqual(["f"]);
+    expect(cache.usedBytes).toBe(15);
   });
 
   it("disposes an entry deleted while pinned only on release", async () => {
@@ -147,15 +167,15 @@ describe("ModelCache", () => {
       },
       onDisposeError: (err, key) => errors.push(`${key}: ${(err as Error).message}`),
     });
-    await cache.get("a", 10, async () => ({ name: "a" }));
-    await cache.get("b", 10, async () => ({ name: "b" }));
+    await take(cache, "a", 10, async () => ({ name: "a" }));
+    await take(cache, "b", 10, async () => ({ name: "b" }));
     expect(errors).toEqual(["a: dispose failed"]);
     expect(cache.keys()).toEqual(["b"]);
   });
 
   it("refuses invalid sizes", async () => {
     const cache = new ModelCache<Model>({ budgetBytes: 10 });
-    await expect(cache.get("a", -1, async () => ({ name: "a" }))).rejects.toThrow(RangeError);
+    await expect(take(cache, "a", -1, async () => ({ name: "a" }))).rejects.toThrow(RangeError);
     expect(() => new ModelCache<Model>({ budgetBytes: NaN })).toThrow(RangeError);
   });
 });

@@ -4,6 +4,7 @@
  * (least recently used first out). A call holds its checkpoint for its whole duration,
  * so eviction never disposes a model in use.
  */
+import { inspectHfFolder } from "../checkpoint/hf-folder.ts";
 import { CheckpointFormatError } from "../format-error.ts";
 import { ModelCache } from "../model-cache.ts";
 import { ModerationClassifier } from "../moderation/classifier.ts";
@@ -34,8 +35,9 @@ export class CheckpointCache {
   }
 
   /**
-   * The checkpoint's kind, and its memory: float32 weights take what their files take, so
-   * the size of every file along the lineage.
+   * The checkpoint's kind, and its memory: the root model's weights as float32 (F16 and
+   * BF16 files are widened on load, so twice their size), and the other files of the
+   * lineage as stored.
    */
   private async factsOf(ref: CheckpointRef): Promise<{ kind: string; bytes: number }> {
     const known = this.facts.get(ref.digest);
@@ -44,11 +46,19 @@ export class CheckpointCache {
     let kind = "";
     for (const r of await lineageOf(this.store, ref)) {
       const manifest = await this.store.readManifest(r);
-      for (const file of Object.values(manifest.files)) bytes += file.size;
       kind = manifest.kind;
+      if (kind === KIND.model) bytes += await float32Bytes((await this.store.get(r)).dir);
+      else for (const file of Object.values(manifest.files)) bytes += file.size;
     }
     const facts = { kind, bytes };
     this.facts.set(ref.digest, facts);
     return facts;
   }
+}
+
+/** A Hugging Face folder's weights as float32, from its headers. */
+async function float32Bytes(dir: string): Promise<number> {
+  let elements = 0;
+  for (const entry of (await inspectHfFolder(dir)).tensors.values()) elements += entry.shape.reduce((a, b) => a * b, 1);
+  return elements * 4;
 }

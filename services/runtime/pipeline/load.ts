@@ -67,15 +67,18 @@ export async function loadCheckpoint(store: CheckpointStore, ref: CheckpointRef,
     throw new CheckpointFormatError(`checkpoint ${ref.uri} is a ${manifest.kind}, not a model or an adapter`);
   }
   const parent = await loadCheckpoint(store, parentOf(manifest), { merged: true });
-  const folder = await readPeftFolder(dir);
-  const adapter = (() => {
+  let adapter: LoraAdapter;
+  try {
+    const folder = await readPeftFolder(dir);
     try {
-      return LoraAdapter.fromWeights(parent.model.config, fromPeftConfig(folder.config), pairWeights(folder.pairs));
+      adapter = LoraAdapter.fromWeights(parent.model.config, fromPeftConfig(folder.config), pairWeights(folder.pairs));
     } catch (err) {
-      parent.dispose();
       throw new CheckpointFormatError(`adapter ${ref.uri} does not fit its parent: ${(err as Error).message}`);
     }
-  })();
+  } catch (err) {
+    parent.dispose();
+    throw err;
+  }
   const lineage = [...parent.lineage, ref];
   if (!opts.merged) {
     return {
@@ -83,8 +86,11 @@ export async function loadCheckpoint(store: CheckpointStore, ref: CheckpointRef,
       dispose: () => (adapter.dispose(), parent.dispose()),
     };
   }
-  const model = mergeLora(parent.model, adapter);
-  adapter.dispose();
-  parent.dispose();
-  return { ref, manifest, model, tokenizer: parent.tokenizer, lineage, dispose: () => model.dispose() };
+  try {
+    const model = mergeLora(parent.model, adapter);
+    return { ref, manifest, model, tokenizer: parent.tokenizer, lineage, dispose: () => model.dispose() };
+  } finally {
+    adapter.dispose();
+    parent.dispose();
+  }
 }
