@@ -15,7 +15,7 @@ export function abortedCalls(): Interceptor {
       const res = await next(req);
       return res.stream ? { ...res, message: endOrCut(res.message, req.signal) } : res;
     } catch (err) {
-      throw req.signal.aborted ? cutBy(req.signal.reason) : err;
+      throw req.signal.aborted ? cutBy(req.signal.reason, err) : err;
     }
   };
 }
@@ -24,17 +24,23 @@ async function* endOrCut<T>(messages: AsyncIterable<T>, signal: AbortSignal): As
   try {
     yield* messages;
   } catch (err) {
-    throw signal.aborted ? cutBy(signal.reason) : err;
+    throw signal.aborted ? cutBy(signal.reason, err) : err;
   }
-  if (signal.aborted) throw cutBy(signal.reason);
+  if (signal.aborted) throw cutBy(signal.reason, undefined);
 }
 
-/** The error of a call aborted for `reason`: the server's own (shutdown: UNAVAILABLE), the client's deadline, or its cancel. */
-export function cutBy(reason: unknown): ConnectError {
-  const err = ConnectError.from(reason);
+/**
+ * The error of a call aborted for `reason`: the server's own (shutdown: UNAVAILABLE), the
+ * client's deadline, or its cancel. A request stream that fails (a message over the size
+ * limit) aborts its call with no reason: then the error `thrown` is the call's own, kept.
+ */
+export function cutBy(reason: unknown, thrown: unknown): ConnectError {
+  const own = thrown instanceof ConnectError && ![Code.Canceled, Code.Aborted, Code.Unknown].includes(thrown.code);
+  const err = !(reason instanceof ConnectError) && own ? thrown : ConnectError.from(reason);
   if (err.findDetails(ErrorInfoSchema).length > 0) return err;
   if (err.code === Code.DeadlineExceeded) {
     return rpcError(Code.DeadlineExceeded, "DEADLINE_EXCEEDED", "the call's deadline passed before it ended (send a later one; a Watch resumes with after_sequence)");
   }
-  return rpcError(Code.Canceled, "CANCELLED", "the call was cancelled before it ended");
+  if (err.code === Code.Canceled || err.code === Code.Aborted) return rpcError(Code.Canceled, "CANCELLED", "the call was cancelled before it ended");
+  return err;
 }

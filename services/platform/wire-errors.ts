@@ -6,6 +6,10 @@
  * protocol puts its status (gRPC trailers, gRPC-Web's trailer frame, Connect's JSON error or
  * end-of-stream message), so that they read like every other refusal of the server. A caller
  * whose credentials do not hold gets the authentication error instead, as for any call.
+ *
+ * It also writes every gRPC and gRPC-Web grpc-message as the gRPC spec encodes it: connect-es
+ * percent-encodes with encodeURIComponent, commas and semicolons too, and grpc-js decodes
+ * with decodeURI, which leaves those, so its callers read "%2C" in every message.
  */
 import type { DescMethod } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -77,6 +81,29 @@ export function explainWireError(err: ConnectError, method: DescMethod, maxMessa
 
 type Explain = (err: ConnectError) => Promise<ConnectError | undefined>;
 
+const GRPC_MESSAGE = "grpc-message";
+
+/**
+ * A percent-encoded grpc-message encoded again as PROTOCOL-HTTP2.md's Status-Message: its
+ * UTF-8 bytes, with only those outside printable ASCII, and "%", as %XX (and edge spaces,
+ * which HTTP/2 field values may not have).
+ */
+export function specPercentEncoded(encoded: string): string {
+  let text: string;
+  try {
+    text = decodeURIComponent(encoded);
+  } catch {
+    return encoded;
+  }
+  const bytes = new TextEncoder().encode(text);
+  let out = "";
+  bytes.forEach((b, i) => {
+    const plain = b >= 0x20 && b <= 0x7e && b !== 0x25 && !(b === 0x20 && (i === 0 || i === bytes.length - 1));
+    out += plain ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, "0")}`;
+  });
+  return out;
+}
+
 /**
  * protobuf-es names the enum, not the field, of a value that is none of its names: the
  * request's one top-level field of that enum, with the names it takes.
@@ -98,7 +125,9 @@ function rewrite(res: UniversalServerResponse, explain: Explain): UniversalServe
     const err = findTrailerError(trailer);
     const explained = err && (await explain(err));
     if (explained) setTrailerStatus(trailer, explained);
-    return explained !== undefined;
+    const message = trailer.get(GRPC_MESSAGE);
+    if (message !== null) trailer.set(GRPC_MESSAGE, specPercentEncoded(message));
+    return explained !== undefined || message !== trailer.get(GRPC_MESSAGE);
   };
   if (type.startsWith("application/grpc-web")) {
     return { ...res, body: mapEnvelopes(body, trailerFlag, async (data) => {

@@ -79,4 +79,13 @@ describe("grpc-js interop", () => {
     const status = fromBinary(StatusSchema, err.metadata.get("grpc-status-details-bin")[0] as Buffer);
     expect(anyUnpack(status.details[0], ErrorInfoSchema)?.reason).toBe("JOB_NOT_FOUND");
   });
+
+  it("reads an error message whole: commas, semicolons, percent signs and UTF-8", async () => {
+    // grpc-js decodes grpc-message with decodeURI, which leaves an encoded "," or ";" as it is.
+    const align = client(pkg.vaccine.v1.AlignService);
+    const id = "align-a,b; 100% café";
+    const err = await new Promise<grpc.ServiceError>((resolve) => align.GetAlignJob({ job_id: id }, (e: grpc.ServiceError | null) => resolve(e!)));
+    expect(err.code).toBe(grpc.status.NOT_FOUND);
+    expect(err.details).toBe(`job "${id}" not found`);
+  });
 });

@@ -90,7 +90,16 @@ describe("abortedCalls, called directly", () => {
 
   it("keeps an abort reason that carries its ErrorInfo", () => {
     const reason = rpcError(Code.DeadlineExceeded, "DEFAULT_DEADLINE_EXCEEDED", "the server's default");
-    expect(cutBy(reason)).toBe(reason);
-    expect(errorDetails(cutBy(new ConnectError("the operation timed out", Code.DeadlineExceeded))).info?.reason).toBe("DEADLINE_EXCEEDED");
+    expect(cutBy(reason, undefined)).toBe(reason);
+    expect(errorDetails(cutBy(new ConnectError("the operation timed out", Code.DeadlineExceeded), undefined)).info?.reason).toBe("DEADLINE_EXCEEDED");
+  });
+
+  it("keeps the call's own error when the abort gives no reason (a request stream over the size limit)", () => {
+    const bare = new DOMException("This operation was aborted", "AbortError");
+    const tooLarge = new ConnectError("message size 20971525 is larger than configured readMaxBytes 16777216", Code.ResourceExhausted);
+    expect(cutBy(bare, tooLarge)).toBe(tooLarge);
+    expect(errorDetails(cutBy(bare, new ConnectError("read aborted", Code.Canceled))).info?.reason).toBe("CANCELLED");
+    // A client's cancel (an RST_STREAM) is the reason, whatever the handler threw after it.
+    expect(cutBy(new ConnectError("stream reset", Code.Canceled), tooLarge).code).toBe(Code.Canceled);
   });
 });

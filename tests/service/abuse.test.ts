@@ -49,6 +49,22 @@ describe("oversized messages", () => {
     expect(await serving()).toBe(S.SERVING);
   });
 
+  it("refuses a 20 MiB chunk in the middle of an upload with RESOURCE_EXHAUSTED, not as a cancel", async () => {
+    const c = new grpc.Client(`127.0.0.1:${suite.server.port}`, grpc.credentials.createInsecure(), { "grpc.max_send_message_length": -1 });
+    const err = await new Promise<grpc.ServiceError | null>((resolve) => {
+      const call = c.makeClientStreamRequest("/vaccine.v1.DatasetService/UploadDataset", (b: Buffer) => b, (b: Buffer) => b, resolve);
+      call.write(Buffer.from([0x0a, 0x00])); // metadata {}
+      const chunk = Buffer.alloc(20 * MiB, 0x78);
+      const n = chunk.length; // chunk (field 2), its length as a 4-byte varint
+      call.write(Buffer.concat([Buffer.from([0x12, 0x80 | (n & 0x7f), 0x80 | ((n >> 7) & 0x7f), 0x80 | ((n >> 14) & 0x7f), n >> 21]), chunk]));
+      call.end();
+    });
+    c.close();
+    expect(err?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+    expect(err?.details).toMatch(/^the request message is \d+ bytes, more than the 16777216 bytes this server reads; send less per message/);
+    expect(await serving()).toBe(S.SERVING);
+  });
+
   it("refuses a 400 MiB page_token without reading it", async () => {
     const r = await oversizedGrpc(suite.server.url, "/vaccine.v1.AlignService/ListAlignJobs", 400 * MiB);
     expect(r.status).toBe(Code.ResourceExhausted);

@@ -29,7 +29,7 @@ import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { ERROR_DOMAIN, rpcError } from "../../services/platform/errors.ts";
 import { createLogger } from "../../services/platform/log.ts";
 import { tokenAuthenticator, tokenHash } from "../../services/platform/token-auth.ts";
-import { explainWireError } from "../../services/platform/wire-errors.ts";
+import { explainWireError, specPercentEncoded } from "../../services/platform/wire-errors.ts";
 import { accessPolicy } from "../../services/suite/access.ts";
 import { errorDetails, rpcFailure } from "../helpers/errors.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
@@ -297,5 +297,18 @@ describe("explainWireError", () => {
     const nested = explainWireError(new ConnectError("cannot decode field vaccine.v1.CheckpointRef.uri from JSON: expected string", Code.InvalidArgument), method, 1);
     expect(nested?.findDetails(ErrorInfoSchema)[0]).toMatchObject({ reason: "MESSAGE_UNDECODABLE", metadata: { message_type: method.input.typeName } });
     expect(nested?.findDetails(ErrorInfoSchema)[0].metadata.fields).toBeUndefined();
+  });
+});
+
+describe("specPercentEncoded", () => {
+  it("encodes only what gRPC's Status-Message encodes: bytes outside printable ASCII, '%', and edge spaces", () => {
+    expect(specPercentEncoded(encodeURIComponent('job "a,b; 100% café" not found'))).toBe('job "a,b; 100%25 caf%C3%A9" not found');
+    expect(specPercentEncoded(encodeURIComponent(" line one\nline two "))).toBe("%20line one%0Aline two%20");
+    expect(specPercentEncoded("already plain, as it is")).toBe("already plain, as it is");
+    expect(specPercentEncoded("%E0%A4%A")).toBe("%E0%A4%A"); // not decodable: left as sent
+  });
+
+  it("gives back what decodeURIComponent reads as the same text, for any text", () => {
+    fc.assert(fc.property(fc.string({ unit: "grapheme" }), (text) => decodeURIComponent(specPercentEncoded(encodeURIComponent(text))) === text));
   });
 });
