@@ -38,7 +38,7 @@ import { toRpcError } from "../common/runtime-errors.ts";
 import { checkCheckpointRef } from "../common/validate-refs.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
 import type { ServiceModule } from "../platform/server.ts";
-import { RequestValidator, checkPage } from "../platform/validate.ts";
+import { DEFAULT_PAGE_SIZE, RequestValidator, checkPage } from "../platform/validate.ts";
 import type { FloatDtype } from "../runtime/checkpoint/safetensors.ts";
 import { CheckpointFormatError } from "../runtime/format-error.ts";
 import { CheckpointDescriber, type CheckpointDescription } from "../runtime/pipeline/describe-checkpoint.ts";
@@ -49,7 +49,6 @@ import { checkpointHex, type CheckpointRef } from "../runtime/store/store.ts";
 import { receiveFolder } from "./receive-folder.ts";
 import { WorkDirs } from "./work-dirs.ts";
 
-const DEFAULT_PAGE_SIZE = 50;
 const MAX_DISPLAY_NAME = 256;
 /** Export chunks stay well under the 4 MiB message bound clients assume. */
 const EXPORT_CHUNK_BYTES = 1024 * 1024;

@@ -11,13 +11,12 @@ import { toRpcError } from "../common/runtime-errors.ts";
 import { principalOf } from "../platform/principal.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
 import type { ServiceModule } from "../platform/server.ts";
-import { RequestValidator, checkPage } from "../platform/validate.ts";
+import { DEFAULT_PAGE_SIZE, RequestValidator, checkPage } from "../platform/validate.ts";
 import { StoreObjectNotFoundError } from "../runtime/store/store.ts";
 import { type RecordEntry, deleteDataset, listRecords, newestFirst, ownView, readRecord } from "./records.ts";
 import { sweepSpools } from "./spool.ts";
 import { uploadDataset } from "./upload.ts";
 
-const DEFAULT_PAGE_SIZE = 50;
 /** Download chunks stay well under the 4 MiB message bound clients assume. */
 const DOWNLOAD_CHUNK_BYTES = 1024 * 1024;
 

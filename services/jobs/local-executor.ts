@@ -23,12 +23,12 @@ import {
   type JobEvent,
 } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { rpcError, shuttingDown, toStatus } from "../platform/errors.ts";
-import { badPageToken } from "../platform/validate.ts";
 import { silentLogger, type Logger } from "../platform/log.ts";
 import { SCOPE } from "../platform/telemetry.ts";
 import { JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobExecutor, type JobSpec, type JobWork, type StopReason, visibleTo } from "./executor.ts";
 import { jobQuotaExceeded } from "../common/quotas.ts";
 import { JobRecords, type TraceLink } from "./records.ts";
+import { pageOf } from "./job-pages.ts";
 import { jobNotFound, KIND_NAME, newJob } from "./new-job.ts";
 
 export interface LocalExecutorOptions {
@@ -119,23 +119,10 @@ export class LocalExecutor implements JobExecutor {
     return clone(JobSchema, this.entry(kind, id, tenant).job);
   }
 
-  /** The page token is the offset. */
   async list(kind: JobKind, pageSize: number, pageToken: string, tenant?: string): Promise<{ jobs: Job[]; nextPageToken: string }> {
-    let offset = 0;
-    if (pageToken) {
-      offset = Number(Buffer.from(pageToken, "base64url").toString());
-      if (!Number.isInteger(offset) || offset < 0) {
-        throw badPageToken();
-      }
-    }
-    const size = pageSize || 50;
-    const all = [...this.entries.values()]
-      .map((e) => e.job)
-      .filter((j) => j.kind === kind && visibleTo(j, tenant))
-      .sort((a, b) => Number(b.createTime!.seconds - a.createTime!.seconds) || b.createTime!.nanos - a.createTime!.nanos);
-    const jobs = all.slice(offset, offset + size).map((j) => clone(JobSchema, j));
-    const next = offset + size < all.length ? Buffer.from(String(offset + size)).toString("base64url") : "";
-    return { jobs, nextPageToken: next };
+    const mine = [...this.entries.values()].map((e) => e.job).filter((j) => j.kind === kind && visibleTo(j, tenant));
+    const page = pageOf(mine, kind, pageSize, pageToken);
+    return { ...page, jobs: page.jobs.map((j) => clone(JobSchema, j)) };
   }
 
   async cancel(kind: JobKind, id: string, tenant?: string): Promise<Job> {

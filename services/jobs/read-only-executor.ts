@@ -8,9 +8,9 @@
 import { Code, type ConnectError } from "@connectrpc/connect";
 import { JobState, type Job, type JobEvent, type JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { rpcError } from "../platform/errors.ts";
-import { badPageToken } from "../platform/validate.ts";
 import { visibleTo, type JobExecutor, type JobSpec } from "./executor.ts";
 import type { LockHolder } from "./jobs-dir-lock.ts";
+import { pageOf } from "./job-pages.ts";
 import { jobNotFound } from "./new-job.ts";
 import { JobRecords } from "./records.ts";
 
@@ -49,20 +49,9 @@ export class ReadOnlyExecutor implements JobExecutor {
     return this.record(kind, id, tenant).job;
   }
 
-  /** The page token is the offset, as the LocalExecutor's. */
   async list(kind: JobKind, pageSize: number, pageToken: string, tenant?: string): Promise<{ jobs: Job[]; nextPageToken: string }> {
-    const offset = pageToken ? Number(Buffer.from(pageToken, "base64url").toString()) : 0;
-    if (!Number.isInteger(offset) || offset < 0) {
-      throw badPageToken();
-    }
-    const size = pageSize || 50;
-    const all = this.records
-      .loadAll()
-      .map((r) => r.job)
-      .filter((j) => j.kind === kind && visibleTo(j, tenant))
-      .sort((a, b) => Number(b.createTime!.seconds - a.createTime!.seconds) || b.createTime!.nanos - a.createTime!.nanos);
-    const next = offset + size < all.length ? Buffer.from(String(offset + size)).toString("base64url") : "";
-    return { jobs: all.slice(offset, offset + size), nextPageToken: next };
+    const mine = this.records.loadAll().map((r) => r.job).filter((j) => j.kind === kind && visibleTo(j, tenant));
+    return pageOf(mine, kind, pageSize, pageToken);
   }
 
   async *watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence = 0, tenant?: string): AsyncGenerator<JobEvent> {

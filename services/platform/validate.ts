@@ -79,6 +79,9 @@ export class RequestValidator {
   }
 }
 
+/** What page_size 0 means in every List RPC. */
+export const DEFAULT_PAGE_SIZE = 50;
+
 const BAD_PAGE_TOKEN = { field: "page_token", description: "is not a token this server issued" };
 
 /**

@@ -217,11 +217,16 @@ describe("LocalExecutor", () => {
     }
     await ex.create(JobKind.FINE_TUNE, { case: "fineTune", value: create(AlignSpecSchema, {}) as never });
     const page1 = await ex.list(JobKind.ALIGN, 2, "");
+    // A job created between pages does not push one already shown onto the next page.
+    await tick();
+    await ex.create(JobKind.ALIGN, spec);
     const page2 = await ex.list(JobKind.ALIGN, 2, page1.nextPageToken);
     const page3 = await ex.list(JobKind.ALIGN, 2, page2.nextPageToken);
     expect([...page1.jobs, ...page2.jobs, ...page3.jobs].map((j: Job) => j.id)).toEqual([...ids].reverse());
     expect(page3.nextPageToken).toBe("");
     await expect(ex.list(JobKind.ALIGN, 2, "bm90LWEtbnVtYmVy")).rejects.toThrow(/page_token/);
+    await expect(ex.list(JobKind.ALIGN, 2, Buffer.from("2").toString("base64url"))).rejects.toThrow(/page_token/); // an offset
+    await expect(ex.list(JobKind.FINE_TUNE, 2, page1.nextPageToken)).rejects.toThrow(/page_token/); // another kind's
     await expect(ex.get(JobKind.ALIGN, "align-00000000-0000-0000-0000-000000000000")).rejects.toThrow(/not found/);
     // A fine-tuning job is not found through the alignment API.
     const ft = (await ex.list(JobKind.FINE_TUNE, 10, "")).jobs[0];

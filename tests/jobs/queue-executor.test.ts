@@ -209,6 +209,7 @@ describe.each([
     expect([...page1.jobs, ...page2.jobs, ...page3.jobs].map((j) => j.id)).toEqual([...ids].reverse());
     expect(page3.nextPageToken).toBe("");
     await expect(ex1.list(JobKind.ALIGN, 2, "bm90LWEtbnVtYmVy")).rejects.toThrow(/page_token/);
+    await expect(ex1.list(JobKind.FINE_TUNE, 2, page1.nextPageToken)).rejects.toThrow(/page_token/); // another kind's
     await expect(ex1.get(JobKind.ALIGN, "align-00000000-0000-0000-0000-000000000000")).rejects.toThrow(/not found/);
     const ft = (await ex2.list(JobKind.FINE_TUNE, 10, "")).jobs;
     expect(ft).toHaveLength(1);

@@ -10,14 +10,15 @@ import { context, isSpanContextValid, SpanKind, SpanStatusCode, trace, type Coun
 import { Queue } from "bullmq";
 import { JobSchema, JobState, type Job, type JobEvent, type JobKind } from "../../../gen/vaccine/v1/jobs_pb.ts";
 import { rpcError, shuttingDown, toStatus } from "../../platform/errors.ts";
-import { badPageToken } from "../../platform/validate.ts";
+import { DEFAULT_PAGE_SIZE } from "../../platform/validate.ts";
+import { keyOfToken, tokenOfKey } from "../job-pages.ts";
 import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
 import { jobQuotaExceeded } from "../../common/quotas.ts";
 import { JOB_METRICS, visibleTo, type JobExecutor, type JobSpec } from "../executor.ts";
 import { clusterReady, connectQueue, QUEUE_NAME, queueKeys, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
 import { observeQueue } from "./metrics.ts";
-import { FINAL, INDEX_MEMBER, RedisJobs } from "./redis-jobs.ts";
+import { FINAL, RedisJobs } from "./redis-jobs.ts";
 import { injectTrace, type TraceCarrier } from "./trace-carrier.ts";
 import { jobNotFound, KIND_NAME, newJob } from "../new-job.ts";
 
@@ -111,14 +112,10 @@ export class QueueExecutor implements JobExecutor {
     return (await this.record(kind, id, tenant)).job;
   }
 
-  /** The page token names the last job shown, so pages stay stable while jobs are created. */
   async list(kind: JobKind, pageSize: number, pageToken: string, tenant?: string): Promise<{ jobs: Job[]; nextPageToken: string }> {
-    const after = pageToken ? Buffer.from(pageToken, "base64url").toString() : "";
-    if (pageToken && !INDEX_MEMBER.test(after)) {
-      throw badPageToken();
-    }
-    const page = await this.guard(() => this.jobs.page(kind, pageSize || 50, after, tenant));
-    return { jobs: page.jobs, nextPageToken: page.more && page.last ? Buffer.from(page.last).toString("base64url") : "" };
+    const after = pageToken ? keyOfToken(kind, pageToken) : "";
+    const page = await this.guard(() => this.jobs.page(kind, pageSize || DEFAULT_PAGE_SIZE, after, tenant));
+    return { jobs: page.jobs, nextPageToken: page.more && page.last ? tokenOfKey(page.last) : "" };
   }
 
   /** A queued job is cancelled here; a running one is marked CANCELLING and its worker told. */

@@ -24,7 +24,8 @@ import { JobEventSchema, JobKind, JobSchema, JobState, type Job, type JobEvent }
 import type { JobEventInit } from "../executor.ts";
 import type { TraceLink } from "../records.ts";
 import type { QueueKeys, QueueRedis } from "./connection.ts";
-import { JOB_ID, KIND_NAME } from "../new-job.ts";
+import { listKey } from "../job-pages.ts";
+import { KIND_NAME } from "../new-job.ts";
 
 // Job errors carry google.rpc details in Any fields; JSON needs their types to spell them out.
 const json = { registry: createRegistry(file_google_rpc_error_details) };
@@ -173,7 +174,7 @@ export class RedisJobs {
       String(job.state),
       JSON.stringify(link ?? null),
       eventJson(job.id, first),
-      indexMember(job),
+      listKey(job),
       job.tenant,
       job.id,
       k.job(""),
@@ -244,13 +245,6 @@ export class RedisJobs {
   }
 }
 
-/** A List page token names the last member shown; members sort by create time, then id. */
-export function indexMember(job: Job): string {
-  const t = job.createTime!;
-  return `${String(t.seconds).padStart(12, "0")}.${String(t.nanos).padStart(9, "0")}:${job.id}`;
-}
-
-export const INDEX_MEMBER = new RegExp(`^\\d{12}\\.\\d{9}:${JOB_ID.source.slice(1)}`);
 
 function jobJson(job: Job): string {
   return JSON.stringify(toJson(JobSchema, job, json));
