@@ -24,6 +24,7 @@ import {
 } from "@opentelemetry/sdk-trace-node";
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from "@opentelemetry/semantic-conventions";
 import pkg from "../../package.json" with { type: "json" };
+import { exporterNames, metricExportInterval, otlpProtocol, prometheusAddress, type Env } from "./telemetry-env.ts";
 
 /** The instrumentation scope of every span and metric of the suite. */
 export const SCOPE = "vaccine";
@@ -38,14 +39,14 @@ export interface Telemetry {
 export interface TelemetryOptions {
   serviceName: string;
   env?: Record<string, string | undefined>;
+  /** Where a Prometheus exporter listens unless OTEL_EXPORTER_PROMETHEUS_HOST says: the services' host (default loopback). */
+  host?: string;
   /** Extra processors and readers, e.g. in-memory ones in tests. */
   spanProcessors?: SpanProcessor[];
   metricReaders?: IMetricReader[];
   /** Install as the global providers (the process entrypoint does; tests need not). */
   global?: boolean;
 }
-
-type Env = Record<string, string | undefined>;
 
 /**
  * Buckets of every histogram in seconds: the SDK's defaults (0 to 10000) are meant for
@@ -54,25 +55,10 @@ type Env = Record<string, string | undefined>;
  */
 export const SECONDS_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 
-function list(raw: string | undefined): string[] {
-  return (raw ?? "").split(",").map((s) => s.trim()).filter((s) => s && s !== "none");
-}
-
-/** Exporter names: an explicit OTEL_*_EXPORTER wins; else otlp when an endpoint is set; else nothing. */
-export function exporterNames(env: Env, signal: "TRACES" | "METRICS"): string[] {
-  const explicit = env[`OTEL_${signal}_EXPORTER`];
-  if (explicit !== undefined) return list(explicit);
-  return env.OTEL_EXPORTER_OTLP_ENDPOINT || env[`OTEL_EXPORTER_OTLP_${signal}_ENDPOINT`] ? ["otlp"] : [];
-}
-
-function otlpProtocol(env: Env, signal: "TRACES" | "METRICS"): string {
-  return env[`OTEL_EXPORTER_OTLP_${signal}_PROTOCOL`] ?? env.OTEL_EXPORTER_OTLP_PROTOCOL ?? "http/protobuf";
-}
-
 function spanExporter(name: string, env: Env): SpanExporter {
   if (name === "console") return new ConsoleSpanExporter();
   if (name !== "otlp") throw new Error(`OTEL_TRACES_EXPORTER: unsupported exporter "${name}" (otlp, console, none)`);
-  const protocol = otlpProtocol(env, "TRACES");
+  const { protocol } = otlpProtocol(env, "TRACES");
   // The exporters read their endpoint, headers and timeout from the OTEL_EXPORTER_OTLP_* variables.
   if (protocol === "grpc") return new OtlpTracesGrpc();
   if (protocol === "http/json") return new OtlpTracesHttp();
@@ -80,17 +66,12 @@ function spanExporter(name: string, env: Env): SpanExporter {
   throw new Error(`OTEL_EXPORTER_OTLP_PROTOCOL: unsupported protocol "${protocol}" (grpc, http/protobuf, http/json)`);
 }
 
-function metricReader(name: string, env: Env): IMetricReader {
-  if (name === "prometheus") {
-    return new PrometheusExporter({
-      host: env.OTEL_EXPORTER_PROMETHEUS_HOST ?? "0.0.0.0",
-      port: Number(env.OTEL_EXPORTER_PROMETHEUS_PORT ?? 9464),
-    });
-  }
-  const exportIntervalMillis = Number(env.OTEL_METRIC_EXPORT_INTERVAL ?? 60_000);
+function metricReader(name: string, env: Env, host: string): IMetricReader {
+  if (name === "prometheus") return new PrometheusExporter(prometheusAddress(env, host));
+  const exportIntervalMillis = metricExportInterval(env);
   if (name === "console") return new PeriodicExportingMetricReader({ exporter: new ConsoleMetricExporter(), exportIntervalMillis });
   if (name !== "otlp") throw new Error(`OTEL_METRICS_EXPORTER: unsupported exporter "${name}" (otlp, prometheus, console, none)`);
-  const protocol = otlpProtocol(env, "METRICS");
+  const { protocol } = otlpProtocol(env, "METRICS");
   const exporter =
     protocol === "grpc" ? new OtlpMetricsGrpc() : protocol === "http/json" ? new OtlpMetricsHttp() : protocol === "http/protobuf" ? new OtlpMetricsProto() : undefined;
   if (!exporter) throw new Error(`OTEL_EXPORTER_OTLP_PROTOCOL: unsupported protocol "${protocol}" (grpc, http/protobuf, http/json)`);
@@ -122,7 +103,7 @@ export function setupTelemetry(options: TelemetryOptions): Telemetry {
         aggregation: { type: AggregationType.EXPLICIT_BUCKET_HISTOGRAM, options: { boundaries: SECONDS_BUCKETS } },
       },
     ],
-    readers: [...exporterNames(env, "METRICS").map((name) => metricReader(name, env)), ...(options.metricReaders ?? [])],
+    readers: [...exporterNames(env, "METRICS").map((name) => metricReader(name, env, options.host ?? "127.0.0.1")), ...(options.metricReaders ?? [])],
   });
   if (options.global) {
     // Registers the W3C trace-context propagator and the async-hooks context manager too.

@@ -5,6 +5,7 @@
  */
 import { LOG_LEVELS, type LogLevel } from "../platform/log.ts";
 import { AUTH_MODES, type AuthMode } from "../platform/principal.ts";
+import { telemetryProblems } from "../platform/telemetry-env.ts";
 
 export const SERVICE_NAMES = ["align", "finetune", "embed", "score", "datasets", "checkpoints"] as const;
 export type ServiceName = (typeof SERVICE_NAMES)[number];
@@ -247,7 +248,7 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (config.role !== undefined && config.role !== "all" && !config.queueUrl && !badQueueUrl) problems.push(`VACCINE_ROLE=${config.role} needs VACCINE_QUEUE_URL (api and worker processes share jobs through it)`);
   if (config.queueCluster && !config.queueUrl) problems.push("VACCINE_QUEUE_CLUSTER=true needs VACCINE_QUEUE_URL (a node of the cluster)");
   if (config.queueCluster && /\/0*[1-9]\d*$/.test(String(config.queueUrl))) problems.push(`VACCINE_QUEUE_CLUSTER=true needs database 0: a Redis Cluster has no other (VACCINE_QUEUE_URL=${config.queueUrl})`);
-  problems.push(...securityProblems(config as Config));
+  problems.push(...securityProblems(config as Config), ...telemetryProblems(env));
   if (problems.length > 0) throw new ConfigError(`Bad configuration:\n  ${problems.join("\n  ")}`);
   return config as Config;
 }

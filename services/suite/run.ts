@@ -38,7 +38,7 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
     process.stderr.write(`cannot start: ${queue}\n`);
     process.exit(2);
   }
-  const telemetry = setupTelemetry({ serviceName: `vaccine-${config.role === "worker" ? "worker" : names.join("-")}`, global: true });
+  const telemetry = setupTelemetry({ serviceName: `vaccine-${config.role === "worker" ? "worker" : names.join("-")}`, host: config.host, global: true });
   let server: RunningServer;
   try {
     server = await startServices(

@@ -54,6 +54,10 @@ describe("vaccine as a process", () => {
   it("serves the chosen services, answers health checks, and exits 0 on SIGTERM", async () => {
     expect((await cli(["serve", "--services", "embed,nope"])).code).toBe(2);
     expect((await cli(["serve", "--port", "70000"])).code).toBe(2);
+    // A telemetry typo stops the start with one line, no stack trace and no export storm.
+    const otel = await vaccine(["serve", "--port", "0"], { OTEL_METRICS_EXPORTER: "otlp", OTEL_METRIC_EXPORT_INTERVAL: "60s", OTEL_TRACES_EXPORTER: "jaeger" });
+    expect(otel.code).toBe(2);
+    expect(otel.stderr).toBe('Bad configuration:\n  OTEL_TRACES_EXPORTER="jaeger" is invalid: expected otlp, console, none\n  OTEL_METRIC_EXPORT_INTERVAL="60s" is invalid: expected milliseconds, an integer above 0\n');
 
     const root = mkdtempSync(join(tmpdir(), "vaccine-cli-serve-"));
     try {

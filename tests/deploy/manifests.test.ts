@@ -29,7 +29,7 @@ import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
 import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { QUEUE_NAME, queueKeys } from "../../services/jobs/queue/connection.ts";
-import { exporterNames } from "../../services/platform/telemetry.ts";
+import { exporterNames, prometheusAddress } from "../../services/platform/telemetry-env.ts";
 import { tokenHash } from "../../services/platform/token-auth.ts";
 import { loadConfig, SERVICE_NAMES, VARIABLES, type Config, type ServiceName } from "../../services/suite/config.ts";
 import { TestPki } from "../helpers/certs.ts";
@@ -672,7 +672,8 @@ describe("components", () => {
       const w = workload(objects, name);
       const env = environment(objects, w);
       expect(exporterNames(env, "METRICS")).toEqual(["prometheus"]);
-      const port = Number(env.OTEL_EXPORTER_PROMETHEUS_PORT ?? 9464);
+      const { port, host } = prometheusAddress(env, loadConfig(env).host);
+      expect(host).toBe("0.0.0.0"); // reachable from Prometheus, as the services are
       expect(container(w).ports).toContainEqual({ name: "metrics", containerPort: port });
       expect(w.spec.template.metadata.annotations).toMatchObject({ "prometheus.io/scrape": "true", "prometheus.io/port": String(port) });
       // The workers have no Service: Prometheus finds their pods by the annotations.

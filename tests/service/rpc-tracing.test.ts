@@ -9,7 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { clientTracing } from "../../services/platform/rpc-tracing.ts";
-import { exporterNames, setupTelemetry, type Telemetry } from "../../services/platform/telemetry.ts";
+import { exporterNames, telemetryProblems } from "../../services/platform/telemetry-env.ts";
+import { setupTelemetry, type Telemetry } from "../../services/platform/telemetry.ts";
 import { rawGrpc } from "../helpers/raw-grpc.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
 
@@ -125,6 +126,26 @@ describe("telemetry setup", () => {
     expect(exporterNames({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "http://127.0.0.1:4318" }, "METRICS")).toEqual([]);
     expect(exporterNames({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://x", OTEL_TRACES_EXPORTER: "none" }, "TRACES")).toEqual([]);
     expect(exporterNames({ OTEL_METRICS_EXPORTER: "prometheus,otlp" }, "METRICS")).toEqual(["prometheus", "otlp"]);
+  });
+
+  it("finds every OTEL_* value the SDK would fail on or misread", () => {
+    expect(telemetryProblems({})).toEqual([]);
+    expect(telemetryProblems({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://x", OTEL_EXPORTER_OTLP_PROTOCOL: "grpc", OTEL_METRIC_EXPORT_INTERVAL: "1000" })).toEqual([]);
+    expect(telemetryProblems({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://x", OTEL_EXPORTER_OTLP_PROTOCOL: "http/proto" })).toEqual([
+      'OTEL_EXPORTER_OTLP_PROTOCOL="http/proto" is invalid: expected grpc, http/protobuf, http/json',
+    ]);
+    expect(telemetryProblems({ OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: "http://x", OTEL_EXPORTER_OTLP_METRICS_PROTOCOL: "udp", OTEL_EXPORTER_OTLP_PROTOCOL: "bad" })).toEqual([
+      'OTEL_EXPORTER_OTLP_METRICS_PROTOCOL="udp" is invalid: expected grpc, http/protobuf, http/json',
+    ]);
+    expect(telemetryProblems({ OTEL_TRACES_EXPORTER: "otlp,zipkin", OTEL_METRICS_EXPORTER: "prometheus", OTEL_EXPORTER_PROMETHEUS_PORT: "x" })).toEqual([
+      'OTEL_TRACES_EXPORTER="otlp,zipkin" is invalid: expected otlp, console, none',
+      'OTEL_EXPORTER_PROMETHEUS_PORT="x" is invalid: expected a port, 0 to 65535',
+    ]);
+    for (const interval of ["abc", "0", "-5", "1.5", "60s"]) {
+      expect(telemetryProblems({ OTEL_METRICS_EXPORTER: "console", OTEL_METRIC_EXPORT_INTERVAL: interval })).toHaveLength(1);
+    }
+    // Unused settings are not checked: no metrics exporter reads the interval.
+    expect(telemetryProblems({ OTEL_METRIC_EXPORT_INTERVAL: "abc" })).toEqual([]);
   });
 
   it("names the service, and OTEL_SERVICE_NAME overrides it", () => {
