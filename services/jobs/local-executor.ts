@@ -11,7 +11,7 @@
 import { clone, create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Counter, type Meter, type Span, type Tracer } from "@opentelemetry/api";
+import { context, ROOT_CONTEXT, SpanKind, trace, type Counter, type Meter, type Span, type Tracer } from "@opentelemetry/api";
 import { CheckpointRefSchema } from "../../gen/vaccine/v1/common_pb.ts";
 import {
   JobEventSchema,
@@ -25,6 +25,7 @@ import {
 import { rpcError, shuttingDown, toStatus } from "../platform/errors.ts";
 import { silentLogger, type Logger } from "../platform/log.ts";
 import { SCOPE } from "../platform/telemetry.ts";
+import { markRunFailed } from "./telemetry.ts";
 import { JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobExecutor, type JobSpec, type JobWork, type StopReason, visibleTo } from "./executor.ts";
 import { jobQuotaExceeded } from "../common/quotas.ts";
 import { JobRecords, type TraceLink } from "./records.ts";
@@ -282,6 +283,6 @@ function cancelledError(): ConnectError {
 }
 
 function endSpan(span: Span, error?: ConnectError): void {
-  if (error) span.setStatus({ code: SpanStatusCode.ERROR, message: error.rawMessage });
+  if (error) markRunFailed(span, error);
   span.end();
 }

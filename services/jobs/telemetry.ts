@@ -4,7 +4,9 @@
  * harmful-data passes), so an SRE can read the per-step latency of each in a trace; plus
  * histograms of step and pass latency and a counter of trained tokens.
  */
+import { Code, type ConnectError } from "@connectrpc/connect";
 import { context, SpanStatusCode, type Meter, type Span, type Tracer } from "@opentelemetry/api";
+import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import type { StepMetrics } from "../runtime/train/loop.ts";
 import type { PhaseName, PhaseRunner } from "../runtime/train/step.ts";
 
@@ -88,4 +90,14 @@ export function trainingTelemetry(tracer: Tracer, meter: Meter, attrs: { kind: s
 function failed(span: Span, err: unknown): void {
   span.recordException(err as Error);
   span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
+}
+
+/**
+ * A job run's span ended by `error`: status ERROR (what span metrics count failed runs by),
+ * and an exception event typed by its ErrorInfo reason; the SDK would type it by the
+ * ConnectError's numeric code ("9").
+ */
+export function markRunFailed(span: Span, error: ConnectError): void {
+  span.recordException({ name: error.findDetails(ErrorInfoSchema)[0]?.reason ?? Code[error.code], message: error.rawMessage });
+  span.setStatus({ code: SpanStatusCode.ERROR, message: error.rawMessage });
 }

@@ -7,7 +7,7 @@ import { randomUUID } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { anyUnpack, timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { context, trace } from "@opentelemetry/api";
+import { context, SpanStatusCode, trace } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } from "@opentelemetry/sdk-metrics";
@@ -220,13 +220,15 @@ describe.each([
     const { api, worker } = setup();
     const ex = api();
     const runs = new Map<string, number>();
+    const exporter = new InMemorySpanExporter();
+    const tracer = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }).getTracer("test");
     worker(
       async (ctx) => {
         runs.set(ctx.job.id, (runs.get(ctx.job.id) ?? 0) + 1);
         if (ctx.job.spec.case === "align") throw rpcError(Code.Unavailable, "STORE_UNAVAILABLE", "the store timed out");
         throw rpcError(Code.FailedPrecondition, "LOSS_NOT_FINITE", "the loss at step 3 is NaN");
       },
-      { maxAttempts: 3 },
+      { maxAttempts: 3, tracer },
     );
     const a = await ex.create(JobKind.ALIGN, spec);
     const f = await ex.create(JobKind.FINE_TUNE, { case: "fineTune", value: create(FineTuneSpecSchema, {}) });
@@ -239,6 +241,13 @@ describe.each([
     expect(states(await watchAll(ex, a.id))).toEqual(["QUEUED", "RUNNING", "QUEUED", "RUNNING", "QUEUED", "RUNNING", "FAILED"]);
     expect(runs.get(f.id)).toBe(1);
     expect(anyUnpack((await ex.get(JobKind.FINE_TUNE, f.id)).error!.details[0], ErrorInfoSchema)?.reason).toBe("LOSS_NOT_FINITE");
+    // Every failed run's span is an error, its exception typed by the reason: span metrics count them.
+    await until(() => exporter.getFinishedSpans().filter((s) => s.name.startsWith("job ")).length === 4);
+    for (const span of exporter.getFinishedSpans().filter((s) => s.name.startsWith("job "))) {
+      expect(span.status.code).toBe(SpanStatusCode.ERROR);
+      const type = span.events.find((e) => e.name === "exception")?.attributes?.["exception.type"];
+      expect(type).toBe(span.name === "job align" ? "STORE_UNAVAILABLE" : "LOSS_NOT_FINITE");
+    }
     // Nothing is retried afterwards.
     await new Promise((r) => setTimeout(r, 300));
     expect(runs.get(a.id)).toBe(3);

@@ -27,6 +27,7 @@ import { JobState, LogSeverity, type Job, type JobKind } from "../../../gen/vacc
 import { rpcError, toStatus } from "../../platform/errors.ts";
 import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
+import { markRunFailed } from "../telemetry.ts";
 import { JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobWork, type StopReason } from "../executor.ts";
 import { connectQueue, QUEUE_NAME, queueKeys, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
 import { QUEUE_METRICS, StepRate } from "./metrics.ts";
@@ -327,7 +328,7 @@ export class QueueWorker {
       return { outcome: "requeued", after: () => queued.moveToWait(token).then(() => Promise.reject(new WaitingError())) };
     }
     const error = this.options.mapError(failure ?? new Error("the job's work stopped without a result and without being asked to"));
-    span.recordException(error);
+    markRunFailed(span, error);
     context.with(trace.setSpan(context.active(), span), () => this.logger.warn({ job: job.id, code: Code[error.code], error: error.rawMessage }, "job run failed"));
     run.failures++;
     if (RETRYABLE.has(error.code) && run.failures < this.maxAttempts) {
