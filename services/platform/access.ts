@@ -7,7 +7,7 @@
  * authentication unless configured open.
  */
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
-import type { DescMethod, DescService } from "@bufbuild/protobuf";
+import type { DescService } from "@bufbuild/protobuf";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
 import { AuthReason, type Authenticator, type CallCredentials } from "./authenticate.ts";
@@ -85,16 +85,16 @@ export function accessControl(options: AccessOptions): Interceptor {
 }
 
 /**
- * For requests refused before any interceptor runs (wire-errors.ts): the error accessControl
- * would have answered when the caller's credentials do not hold, so that a caller without
- * them learns nothing of a request's form (its message type, its field names) that reflection
- * keeps from them.
+ * For requests refused before any interceptor runs (wire-errors.ts, not-served.ts): the error
+ * accessControl would have answered when the caller's credentials do not hold, so that a
+ * caller without them learns nothing of a request's form (its message type, its field names)
+ * or of the services and methods served, which reflection keeps from them.
  */
-export function authenticationFirst(options: AccessOptions): (method: DescMethod, credentials: CallCredentials) => Promise<ConnectError | undefined> {
+export function authenticationFirst(options: AccessOptions): (service: string, credentials: CallCredentials) => Promise<ConnectError | undefined> {
   const none = anonymous(options.policy);
-  return async (method, credentials) => {
+  return async (service, credentials) => {
     try {
-      await authenticate(options, none, method.parent.typeName, credentials);
+      await authenticate(options, none, service, credentials);
       return undefined;
     } catch (err) {
       return ConnectError.from(err);

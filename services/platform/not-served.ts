@@ -2,7 +2,8 @@
  * The answer to a call of a service or method this server does not serve. connect-es answers
  * a bare HTTP 404, which gRPC clients show as "UNIMPLEMENTED: HTTP 404"; a process may serve
  * one service only (a pod per service), so a client pointed at the wrong one is told, in its
- * protocol, UNIMPLEMENTED with an ErrorInfo naming what this server does serve.
+ * protocol, UNIMPLEMENTED with an ErrorInfo naming what this server does serve. A caller
+ * whose credentials do not hold is told that instead, as on any call.
  */
 import type { DescService } from "@bufbuild/protobuf";
 import { Code, type ConnectError } from "@connectrpc/connect";
@@ -11,7 +12,9 @@ import { encodeEnvelope } from "@connectrpc/connect/protocol";
 import { codeToHttpStatus, endStreamFlag, endStreamToJson, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
 import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerFlag, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
+import type { CallCredentials } from "./authenticate.ts";
 import { rpcError } from "./errors.ts";
+import { peerOf } from "./peer.ts";
 
 export const NotServedReason = {
   SERVICE_NOT_SERVED: "SERVICE_NOT_SERVED",
@@ -31,12 +34,20 @@ export function notServedError(path: string, services: DescService[]): ConnectEr
   return rpcError(Code.Unimplemented, NotServedReason.SERVICE_NOT_SERVED, `${service} is not served here; this server serves ${names.join(", ")}`, { service, served: names.join(",") });
 }
 
+/** The error of a caller whose credentials do not hold for `service`, else undefined (access.ts). */
+export type Authenticate = (service: string, credentials: CallCredentials) => Promise<ConnectError | undefined>;
+
 /** connect-node's `fallback`: the error of `notServedError` in the request's protocol; a plain 404 for what is no RPC. */
-export function answerNotServed(services: DescService[]): NonNullable<ConnectNodeAdapterOptions["fallback"]> {
-  return (req, res) => {
+export function answerNotServed(services: DescService[], authenticate?: Authenticate): NonNullable<ConnectNodeAdapterOptions["fallback"]> {
+  return async (req, res) => {
     const type = req.headers["content-type"] ?? "";
-    const err = req.method === "POST" ? notServedError(new URL(req.url ?? "/", "http://x").pathname, services) : undefined;
+    const path = new URL(req.url ?? "/", "http://x").pathname;
+    let err = req.method === "POST" ? notServedError(path, services) : undefined;
     req.resume();
+    if (err && authenticate) {
+      const header = new Headers(Object.entries(req.headers).filter(([k, v]) => !k.startsWith(":") && typeof v === "string") as [string, string][]);
+      err = (await authenticate(path.split("/")[1], { header, peer: peerOf(req) })) ?? err;
+    }
     const answer = (status: number, headers: Record<string, string>, body?: Uint8Array, trailers?: Headers) => {
       res.writeHead(status, headers);
       if (body) res.write(body);

@@ -131,7 +131,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       router.handlers.splice(0, Infinity, ...router.handlers.map((h) => withWireErrors(withDeadlineInRange(h), wireErrors)));
       served.push(...new Set(router.handlers.map((h) => h.service)));
     },
-    fallback: answerNotServed(served),
+    fallback: answerNotServed(served, wireErrors.authenticate),
   });
   const h2 = http2.createServer({ settings: { maxConcurrentStreams: limits.maxConcurrentStreams } }, handler);
   const h1 = http.createServer(handler);

@@ -33,7 +33,7 @@ export interface WireErrorOptions {
   /** Called once per rewritten refusal, to log and trace it: no interceptor saw the call. */
   onError?: (method: DescMethod, error: ConnectError, requestHeader: Headers) => void;
   /** The authentication error of a caller whose credentials do not hold, else undefined (access.ts). */
-  authenticate?: (method: DescMethod, credentials: CallCredentials) => Promise<ConnectError | undefined>;
+  authenticate?: (service: string, credentials: CallCredentials) => Promise<ConnectError | undefined>;
 }
 
 /** `handler`, answering its protocol-layer refusals with the server's ErrorInfo. */
@@ -43,7 +43,7 @@ export function withWireErrors(handler: UniversalHandler, options: WireErrorOpti
     rewrite(await handler(req), async (err: ConnectError) => {
       const explained = explainWireError(err, method, options.maxMessageBytes);
       if (!explained) return undefined;
-      const refused = (await options.authenticate?.(method, { header: req.header, peer: req.contextValues?.get(PEER) })) ?? explained;
+      const refused = (await options.authenticate?.(method.parent.typeName, { header: req.header, peer: req.contextValues?.get(PEER) })) ?? explained;
       options.onError?.(method, refused, req.header);
       return refused;
     });

@@ -283,6 +283,21 @@ describe("with authentication on", () => {
     expect(refused).toHaveLength(16);
     expect(refused.filter((l) => l.reason === "CREDENTIALS_MISSING")).toHaveLength(5);
   });
+
+  it("tells a caller without valid credentials nothing of the services and methods served", async () => {
+    const url = secured.server.url;
+    const unknownMethod = { ...EmbedService.method.embed, name: "Embedz" } as DescMethod;
+    const unknownService = { ...EmbedService.method.embed, parent: { ...EmbedService, typeName: "vaccine.v1.NoSuchService" } } as DescMethod;
+    for (const protocol of ["grpc", "grpc-web", "connect"] as const) {
+      for (const method of [unknownMethod, unknownService]) {
+        const none = errorDetails(await refusal(protocol, method, UNDECODABLE, { url }));
+        expect(none, protocol).toMatchObject({ code: Code.Unauthenticated, info: { reason: "CREDENTIALS_MISSING" } });
+        expect(JSON.stringify(none), protocol).not.toMatch(/CreateAlignJob|AlignService/);
+      }
+      const valid = errorDetails(await refusal(protocol, unknownMethod, UNDECODABLE, { url, headers: { authorization: "Bearer token-a" } }));
+      expect(valid, protocol).toMatchObject({ code: Code.Unimplemented, info: { reason: "METHOD_NOT_FOUND", metadata: { method: "Embedz" } } });
+    }
+  });
 });
 
 describe("explainWireError", () => {
