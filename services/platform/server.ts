@@ -19,6 +19,7 @@ import type { FileWatch } from "./file-watch.ts";
 import { HealthRegistry, ServingStatus } from "./health.ts";
 import { DEFAULT_LIMITS, type Limits } from "./limits.ts";
 import { silentLogger, type Logger } from "./log.ts";
+import { knownEnumValues } from "./enum-values.ts";
 import { answerNotServed } from "./not-served.ts";
 import { PEER, peerOf } from "./peer.ts";
 import { rateLimit, type RateLimitOptions } from "./rate-limit.ts";
@@ -120,6 +121,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       unaryDeadline(limits.unaryDeadlineMs),
       streamIdleTimeout(limits.streamIdleMs),
       abortedCalls(),
+      knownEnumValues(),
       ...(options.interceptors ?? []),
     ],
     contextValues: (req) => createContextValues().set(PEER, peerOf(req)),
