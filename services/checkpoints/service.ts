@@ -252,6 +252,8 @@ function checkMetadata(first: ImportCheckpointRequest | undefined): CheckpointIm
   } else v.fail("metadata.type", "must be CHECKPOINT_TYPE_BASE_MODEL or CHECKPOINT_TYPE_ADAPTER");
   if ([...metadata.displayName].length > MAX_DISPLAY_NAME) v.fail("metadata.display_name", `is longer than ${MAX_DISPLAY_NAME} characters`);
   if (/[\u0000-\u001f\u007f]/.test(metadata.displayName)) v.fail("metadata.display_name", "holds control characters");
+  // A client that finds the shipped base model by its name must not find an import instead.
+  if (metadata.displayName.startsWith("builtin/")) v.fail("metadata.display_name", 'begins "builtin/", which names the shipped checkpoints');
   v.check();
   return metadata;
 }

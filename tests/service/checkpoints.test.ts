@@ -333,6 +333,9 @@ describe("ImportCheckpoint: refusals", () => {
     expect(moderation.info?.reason).toBe("CHECKPOINT_KIND_INVALID");
     const baseOnModel = await rpcFailure(() => importDir(join(FIXTURES, "llama-f32-gqa"), { type: CheckpointType.BASE_MODEL, base: refOf(f32) }));
     expect(baseOnModel.badRequest?.fieldViolations[0].field).toBe("metadata.base");
+    // The shipped checkpoints' names: a client looking for builtin/base must not find an import.
+    const posing = await rpcFailure(() => importDir(join(FIXTURES, "llama-f32-gqa"), { type: CheckpointType.BASE_MODEL, displayName: "builtin/base" }));
+    expect(posing.badRequest?.fieldViolations).toEqual([expect.objectContaining({ field: "metadata.display_name", description: 'begins "builtin/", which names the shipped checkpoints' })]);
   });
 
   it("size limits while streaming: per file and per checkpoint, naming the limit, nothing kept", async () => {

@@ -327,7 +327,8 @@ export type CheckpointImportMetadata = Message<"vaccine.v1.CheckpointImportMetad
   base?: CheckpointRef | undefined;
 
   /**
-   * Name for people, at most 256 characters; empty means none.
+   * Name for people, at most 256 characters; empty means none. Names beginning "builtin/"
+   * are the shipped checkpoints' (their refs are in the server's start log) and refused here.
    *
    * @generated from field: string display_name = 3;
    */
@@ -724,7 +725,8 @@ export const CheckpointService: GenService<{
    * Imports a folder: a first message with the metadata, then the folder's files as
    * (relative path, bytes) chunks. Validated completely before it becomes visible; a bad
    * folder is INVALID_ARGUMENT with reason CHECKPOINT_FORMAT_INVALID and a field violation
-   * naming the file. Importing the same files again returns the same checkpoint.
+   * naming the file. Importing the same files again under the same display_name (and
+   * base) returns the same checkpoint; the name is part of what is stored.
    *
    * @generated from rpc vaccine.v1.CheckpointService.ImportCheckpoint
    */

@@ -53,7 +53,8 @@ export type DatasetRef = Message<"vaccine.v1.DatasetRef"> & {
    */
   source: {
     /**
-     * Store URI of a JSONL or JSON file, e.g. "store://datasets/my-task.jsonl".
+     * Store URI of an uploaded JSONL or JSON file, "store://datasets/<sha256>" as
+     * UploadDataset returned it.
      *
      * @generated from field: string uri = 1;
      */
