@@ -32,7 +32,7 @@ export function jobHandlers(deps: SuiteDeps, executor: JobExecutor, kind: JobKin
   return {
     async create(spec: AlignSpec | FineTuneSpec, ctx: HandlerContext) {
       const scope = scopeOf(principalOf(ctx));
-      await checkJobInputs(deps, stage, spec, scope);
+      await checkJobInputs(deps, stage, spec, scope, ctx.signal);
       if (scope) await checkStoredBytesQuota(deps, scope.tenant);
       const tenant = scope?.tenant ?? "";
       // The job quota is the executor's to check, atomically with the creation.

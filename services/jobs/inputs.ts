@@ -34,6 +34,7 @@ export async function checkJobInputs(
   stage: Stage,
   spec: AlignSpec | FineTuneSpec,
   scope?: Scope,
+  signal?: AbortSignal,
 ): Promise<void> {
   const { store } = deps;
   // Every input the spec names, the parent and datasets included: a job only uses what its tenant can read.
@@ -81,21 +82,22 @@ export async function checkJobInputs(
   checkTrainable(root, stage, spec, trainedData);
   if (deps.jobMemoryLimitMb !== undefined) admitJob(shape, deps.jobMemoryLimitMb);
   const gate = stage === "finetune" ? (spec as FineTuneSpec).moderationGate : undefined;
-  if (gate?.enabled) await screenDataset(deps, gate, examples);
+  if (gate?.enabled) await screenDataset(deps, gate, examples, signal);
 }
 
 /**
  * The moderation gate: the user's (prompt, answer) pairs through the moderation model; a
  * flagged fraction above the bound refuses the dataset before any training.
  */
-async function screenDataset(deps: Pick<SuiteDeps, "checkpoints" | "builtins">, gate: ModerationGate, examples: Example[]): Promise<void> {
+async function screenDataset(deps: Pick<SuiteDeps, "checkpoints" | "builtins">, gate: ModerationGate, examples: Example[], signal?: AbortSignal): Promise<void> {
   const ref = gate.moderationModel ? checkpointRefOf(gate.moderationModel) : deps.builtins.moderation;
   if (!ref) {
     throw rpcError(Code.FailedPrecondition, "MODERATION_MODEL_MISSING", "spec.moderation_gate.moderation_model: unset, and this server has no built-in moderation model");
   }
   const verdicts = await deps.checkpoints
-    .useModeration(ref, (c) => c.classify(examples.map(pairOfExample), gate.threshold ?? DEFAULT_THRESHOLD))
+    .useModeration(ref, (c) => c.classifyInTurns(examples.map(pairOfExample), gate.threshold ?? DEFAULT_THRESHOLD, signal))
     .catch((err) => {
+      if (signal?.aborted) throw err;
       throw toRpcError(err, { checkpointField: "spec.moderation_gate.moderation_model" });
     });
   const flagged = verdicts.filter((v) => v.flagged);

@@ -214,6 +214,22 @@ describe("Create validation against the store", () => {
     await watchAll(fineTune.watchFineTuneJob({ jobId: job!.id }));
   });
 
+  it("screens a large dataset in turns: the call's deadline ends it long before the whole screening would", async () => {
+    const many = Array.from({ length: 20_000 }, (_, i) => ({ ...EXAMPLES[i % EXAMPLES.length], input: `example ${i}` }));
+    const uri = "store://datasets/many.jsonl";
+    await suite.deps.store.putObject(uri, Buffer.from(many.map((e) => JSON.stringify(e)).join("\n")));
+    const spec = { alignedCheckpoint: suite.base, dataset: { source: { case: "uri" as const, value: uri } }, moderationGate: { enabled: true, threshold: 0, maxFlaggedFraction: 0.5 } };
+    let t0 = performance.now();
+    expect((await rpcFailure(() => fineTune.createFineTuneJob({ spec }))).info?.reason).toBe("TRAINING_DATA_UNSAFE");
+    const whole = performance.now() - t0;
+    t0 = performance.now();
+    const cut = await rpcFailure(() => fineTune.createFineTuneJob({ spec }, { timeoutMs: Math.round(whole / 5) }));
+    const elapsed = performance.now() - t0;
+    expect(cut.code).toBe(Code.DeadlineExceeded);
+    // Screened in one synchronous piece, no timer could fire before the end: about `whole`.
+    expect(elapsed).toBeLessThan(whole / 2);
+  });
+
   it("refuses a training-state checkpoint as a fine-tuning parent with FAILED_PRECONDITION", async () => {
     const { job } = await align.createAlignJob({ spec: { ...base(), lora, training: { ...training, maxSteps: 3, checkpointEvery: 1 } } });
     const events = await watchAll(align.watchAlignJob({ jobId: job!.id }));

@@ -255,6 +255,21 @@ export class ModerationClassifier {
     });
   }
 
+  /**
+   * classify() a chunk at a time, handing the event loop back between chunks and stopping
+   * with the signal: on a serving thread a large dataset (about 0.5 ms a pair here) must not
+   * hold every other call, health checks included, until it is done.
+   */
+  async classifyInTurns(pairs: readonly ModerationPair[], threshold = DEFAULT_THRESHOLD, signal?: AbortSignal, chunk = 256): Promise<ModerationResult[]> {
+    const out: ModerationResult[] = [];
+    for (let start = 0; start < pairs.length; start += chunk) {
+      signal?.throwIfAborted();
+      out.push(...this.classify(pairs.slice(start, start + chunk), threshold));
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    return out;
+  }
+
   /** Row-major [pairs, labels] sigmoid probabilities. */
   private probabilities(pairs: readonly ModerationPair[], batchSize: number): Float32Array {
     const n = this.labels.length;
