@@ -11,6 +11,7 @@ import { DatasetService } from "../../gen/vaccine/v1/datasets_pb.ts";
 import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
 import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
+import { clientTracing } from "../platform/rpc-tracing.ts";
 
 export interface ClientOptions {
   /** For an https:// address: PEM contents; without `ca` the system's CAs verify the server. */
@@ -39,7 +40,8 @@ export function createClients(address: string, options: ClientOptions = {}) {
   const transport = createGrpcTransport({
     baseUrl: address,
     nodeOptions: tls && { ca: tls.ca, cert: tls.cert, key: tls.key, servername: tls.serverName },
-    interceptors: token ? [bearer] : [],
+    // A CLIENT span per call, its context sent as traceparent: a no-op unless the process set up tracing.
+    interceptors: [clientTracing(), ...(token ? [bearer] : [])],
   });
   return {
     align: createClient(AlignService, transport),

@@ -11,6 +11,7 @@ import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { clientTracing } from "../../services/platform/rpc-tracing.ts";
 import { exporterNames, telemetryProblems } from "../../services/platform/telemetry-env.ts";
 import { setupTelemetry, type Telemetry } from "../../services/platform/telemetry.ts";
+import { vaccine } from "../cli/harness.ts";
 import { rawGrpc } from "../helpers/raw-grpc.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
 
@@ -115,6 +116,23 @@ describe("RPC spans", () => {
     await new Promise((r) => setTimeout(r, 100));
     const serverSpan = exporter.getFinishedSpans().find((s) => s.kind === SpanKind.SERVER);
     expect(serverSpan?.name).toBe("grpc.health.v1.Health/Watch");
+  });
+});
+
+describe("the CLI's traces", () => {
+  it("make a command one trace: its span, a CLIENT span per RPC, continued by the server", async () => {
+    exporter.reset();
+    const run = await vaccine(["jobs", "list", "--kind", "align", "--address", server.url], { OTEL_TRACES_EXPORTER: "console" });
+    expect(run.code).toBe(0);
+    // The console exporter prints each span as an object literal: its name, trace and kind.
+    const spans = [...run.stdout.matchAll(/traceId: '([0-9a-f]{32})'[\s\S]*?name: '([^']+)'[\s\S]*?kind: (\d)/g)].map((m) => ({ traceId: m[1], name: m[2], kind: Number(m[3]) }));
+    const command = spans.find((s) => s.name === "vaccine jobs");
+    const call = spans.find((s) => s.name === "vaccine.v1.AlignService/ListAlignJobs");
+    expect(call).toMatchObject({ kind: SpanKind.CLIENT, traceId: command?.traceId });
+    const served = exporter.getFinishedSpans().find((s) => s.name === "vaccine.v1.AlignService/ListAlignJobs" && s.kind === SpanKind.SERVER);
+    expect(served?.spanContext().traceId).toBe(command!.traceId);
+    // Without an exporter the CLI prints only its own output.
+    expect((await vaccine(["jobs", "list", "--kind", "align", "--address", server.url])).stdout).toBe("no jobs\n");
   });
 });
 
