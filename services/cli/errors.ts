@@ -5,7 +5,6 @@
 import { ConnectError } from "@connectrpc/connect";
 import { Code as RpcCode } from "../../gen/google/rpc/code_pb.ts";
 import { BadRequestSchema, ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
-import type { Status } from "../../gen/google/rpc/status_pb.ts";
 
 /** A mistake in the command line: printed with the command's usage, exit code 2. */
 export class UsageError extends Error {
@@ -15,14 +14,6 @@ export class UsageError extends Error {
 /** The status code's canonical gRPC name (INVALID_ARGUMENT), as the API docs spell it. */
 export function codeName(code: number): string {
   return RpcCode[code] ?? `CODE_${code}`;
-}
-
-/** A job's google.rpc.Status as a ConnectError, so it is rendered like an RPC error. */
-export function statusError(status: Status): ConnectError {
-  const err = new ConnectError(status.message, status.code);
-  // As received on the wire: type name and bytes, which findDetails decodes.
-  err.details.push(...status.details.map((any) => ({ type: any.typeUrl.slice(any.typeUrl.lastIndexOf("/") + 1), value: any.value })));
-  return err;
 }
 
 /** The error's lines, the first one starting with `error:`. */

@@ -4,7 +4,8 @@ import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_rpc_error_details } from "../../gen/google/rpc/error_details_pb.ts";
 import { JobKind, JobState, type Job } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { AlignSpecSchema, FineTuneSpecSchema, file_vaccine_v1_training } from "../../gen/vaccine/v1/training_pb.ts";
-import { oneLineError, statusError } from "./errors.ts";
+import { fromStatus } from "../platform/errors.ts";
+import { oneLineError } from "./errors.ts";
 
 export type Env = Record<string, string | undefined>;
 
@@ -121,7 +122,7 @@ export function describeJob(job: Job): string {
     ["training state", formatRef(job.trainingState)],
     // An all-zero trace id is W3C's "no trace": the server was not tracing.
     ["trace", /^0*$/.test(job.traceId) ? "" : job.traceId],
-    ["error", job.error ? oneLineError(statusError(job.error)) : ""],
+    ["error", job.error ? oneLineError(fromStatus(job.error)) : ""],
   ];
   const lines = rows.filter(([, v]) => v !== "").map(([k, v]) => `${k.padEnd(14)}  ${v}`);
   job.lineage.forEach((ref, i) => lines.push(`${(i === 0 ? "lineage" : "").padEnd(14)}  ${formatRef(ref)}`));

@@ -5,7 +5,7 @@
  */
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BadRequestSchema } from "../../gen/google/rpc/error_details_pb.ts";
-import { CheckpointFormatError } from "../runtime/format-error.ts";
+import { CheckpointFormatError, CheckpointKindError } from "../runtime/format-error.ts";
 import { DatasetError } from "../runtime/data/builtin.ts";
 import { MixtureError } from "../runtime/data/mixture.ts";
 import {
@@ -53,6 +53,7 @@ export function toRpcError(err: unknown, ctx: ErrorContext = {}): ConnectError {
   }
   if (err instanceof CheckpointIntegrityError) return rpcError(Code.DataLoss, err.reason, err.message);
   if (err instanceof StoreError) return rpcError(Code.Unavailable, err.reason, err.message);
+  if (err instanceof CheckpointKindError) return rpcError(Code.FailedPrecondition, err.reason, err.message, fieldOf(ctx.checkpointField));
   if (err instanceof CheckpointFormatError) return rpcError(Code.FailedPrecondition, err.reason, err.message);
   if (err instanceof TrainingDivergedError) {
     return rpcError(Code.FailedPrecondition, err.reason, `${err.message}; lower the learning rate, or grad_clip (the gradient norm each step may have)`, {

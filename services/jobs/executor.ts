@@ -4,14 +4,21 @@
  * records on disk; a distributed one (a queue with separate workers) implements the same
  * interface, so handlers and work functions do not change.
  */
-import type { ConnectError } from "@connectrpc/connect";
+import { Code, type ConnectError } from "@connectrpc/connect";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { Tracer } from "@opentelemetry/api";
-import type { JobEventSchema, JobKind, Job, JobEvent, JobProgress } from "../../gen/vaccine/v1/jobs_pb.ts";
+import { JobState, type JobEventSchema, type JobKind, type Job, type JobEvent, type JobProgress } from "../../gen/vaccine/v1/jobs_pb.ts";
 import type { AlignSpec, FineTuneSpec } from "../../gen/vaccine/v1/training_pb.ts";
+import { rpcError } from "../platform/errors.ts";
+import type { CheckpointRef } from "../runtime/store/store.ts";
 
-/** A checkpoint reference as the runtime produces it. */
-export type CheckpointRef = { uri: string; digest: string };
+/** The states a job never leaves. */
+export const FINAL: ReadonlySet<JobState> = new Set([JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED]);
+
+/** The error a job cancelled by CancelJob carries. */
+export function cancelledError(): ConnectError {
+  return rpcError(Code.Canceled, "JOB_CANCELLED", "the job was cancelled by a CancelJob request");
+}
 
 export type JobSpec = { case: "align"; value: AlignSpec } | { case: "fineTune"; value: FineTuneSpec };
 

@@ -19,7 +19,7 @@ import { RequestValidator } from "../platform/validate.ts";
 import type { Example } from "../runtime/data/template.ts";
 import { DEFAULT_THRESHOLD, pairOfExample } from "../runtime/moderation/classifier.ts";
 import { resolveExamples, type DatasetSource } from "../runtime/pipeline/datasets.ts";
-import { KIND } from "../runtime/pipeline/load.ts";
+import { KIND } from "../runtime/pipeline/kinds.ts";
 import { safetyMix } from "../runtime/data/safety-mix.ts";
 import { admitJob, checkTrainable, jobShapeOf, rootModel } from "./admission.ts";
 import { GUARD_DEFAULTS, guardDataset } from "./guard-spec.ts";

@@ -26,7 +26,7 @@ import { rpcError, shuttingDown, toStatus } from "../platform/errors.ts";
 import { silentLogger, type Logger } from "../platform/log.ts";
 import { SCOPE } from "../platform/telemetry.ts";
 import { markRunFailed } from "./telemetry.ts";
-import { JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobExecutor, type JobSpec, type JobWork, type StopReason, visibleTo } from "./executor.ts";
+import { cancelledError, FINAL, JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobExecutor, type JobSpec, type JobWork, type StopReason, visibleTo } from "./executor.ts";
 import { jobQuotaExceeded } from "../common/quotas.ts";
 import { JobRecords, type TraceLink } from "./records.ts";
 import { pageOf } from "./job-pages.ts";
@@ -46,7 +46,6 @@ export interface LocalExecutorOptions {
   lock?: { release(): void };
 }
 
-const FINAL = new Set([JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED]);
 
 interface Entry {
   job: Job;
@@ -276,10 +275,6 @@ export class LocalExecutor implements JobExecutor {
     this.records.appendEvent(e);
     for (const wake of entry.wake) wake();
   }
-}
-
-function cancelledError(): ConnectError {
-  return rpcError(Code.Canceled, "JOB_CANCELLED", "the job was cancelled by a CancelJob request");
 }
 
 function endSpan(span: Span, error?: ConnectError): void {

@@ -6,15 +6,14 @@
  * several processes that run jobs need a shared queue (VACCINE_QUEUE_URL).
  */
 import { Code, type ConnectError } from "@connectrpc/connect";
-import { JobState, type Job, type JobEvent, type JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
+import type { Job, JobEvent, JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { rpcError } from "../platform/errors.ts";
-import { visibleTo, type JobExecutor, type JobSpec } from "./executor.ts";
+import { FINAL, visibleTo, type JobExecutor, type JobSpec } from "./executor.ts";
 import type { LockHolder } from "./jobs-dir-lock.ts";
 import { pageOf } from "./job-pages.ts";
 import { jobNotFound } from "./new-job.ts";
 import { JobRecords } from "./records.ts";
 
-const FINAL = new Set([JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED]);
 const POLL_MS = 250;
 
 export class ReadOnlyExecutor implements JobExecutor {

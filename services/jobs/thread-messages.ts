@@ -5,7 +5,8 @@
  */
 import type { HrTime, SpanKind, SpanStatus } from "@opentelemetry/api";
 import type { StoreConfig } from "../runtime/store/create-store.ts";
-import type { CheckpointRef, JobEventInit, StopReason } from "./executor.ts";
+import type { CheckpointRef } from "../runtime/store/store.ts";
+import type { JobEventInit, StopReason } from "./executor.ts";
 import type { Stage } from "./spec.ts";
 
 export interface TrainingWorkerData {

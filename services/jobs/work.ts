@@ -5,7 +5,7 @@
  * (docs/security.md, "Tenancy"): claimed here, where it is written, in either executor.
  */
 import type { Meter } from "@opentelemetry/api";
-import { CheckpointKind } from "../../gen/vaccine/v1/jobs_pb.ts";
+import { CheckpointKind, LogSeverity } from "../../gen/vaccine/v1/jobs_pb.ts";
 import type { AlignSpec, FineTuneSpec } from "../../gen/vaccine/v1/training_pb.ts";
 import { checkpointRefOf, datasetSource } from "../common/refs.ts";
 import { resolveExamples } from "../runtime/pipeline/datasets.ts";
@@ -68,7 +68,7 @@ export function trainingWork(store: CheckpointStore, meter: Meter, stage: Stage)
           ctx.emit({ case: "checkpointWritten", value: { checkpoint: ref, kind: checkpointKind, step } });
           if (kind === "training-state") ctx.setTrainingState(ref);
         },
-        onLog: (message) => ctx.emit({ case: "log", value: { severity: 1, message } }),
+        onLog: (message) => ctx.emit({ case: "log", value: { severity: LogSeverity.INFO, message } }),
       },
       // Every checkpoint written is its tenant's before the job reports an outcome.
     ).finally(() => Promise.all(claims));

@@ -26,6 +26,11 @@ export class CheckpointFormatError extends Error {
   }
 }
 
+/** A checkpoint of another kind than the call needs: a moderation model where a language model goes, or the reverse. */
+export class CheckpointKindError extends CheckpointFormatError {
+  override readonly reason: string = "CHECKPOINT_KIND_INVALID";
+}
+
 /**
  * A file system error met while reading `file` (a relative name) as a format error: the
  * Node message holds the absolute path, so only the code is kept. Other errors pass through.

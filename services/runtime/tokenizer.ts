@@ -32,6 +32,11 @@ export interface Tokenizer {
   eosToken: string;
 }
 
+/** The ids a sequence starts with: [bos] when the tokenizer adds it, else none. */
+export function bosPrefix(t: Pick<Tokenizer, "addBos" | "bosId">): number[] {
+  return t.addBos && t.bosId !== null ? [t.bosId] : [];
+}
+
 type Json = Record<string, unknown>;
 
 /** The token named by a tokenizer_config entry: a string or an AddedToken-like {content}. */

@@ -24,6 +24,7 @@ import { parseTaskAnswer, type Task } from "../runtime/eval/task-parsers.ts";
 import { DEFAULT_THRESHOLD, formatPair, type ModerationClassifier, type ModerationResult } from "../runtime/moderation/classifier.ts";
 import { checkRefusalModel } from "../runtime/moderation/refusal.ts";
 import { answer, promptIds } from "../runtime/pipeline/answers.ts";
+import { KIND } from "../runtime/pipeline/kinds.ts";
 import type { LoadedCheckpoint } from "../runtime/pipeline/load.ts";
 import { resolveExamples, type DatasetSource } from "../runtime/pipeline/datasets.ts";
 import { inferTask, scoreHarmfulness, scoreTask } from "../runtime/pipeline/scoring.ts";
@@ -31,6 +32,7 @@ import type { SuiteDeps } from "../common/deps.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator } from "../platform/validate.ts";
 import { checkCheckpointRef, checkDatasetRef } from "../common/validate-refs.ts";
+import { bosPrefix } from "../runtime/tokenizer.ts";
 
 /** Largest number of prompts or pairs in one Generate or Moderate call. */
 export const MAX_BATCH = 256;
@@ -95,7 +97,7 @@ export function checkModerateRequest(req: ModerateRequest, bounds: CallBounds = 
 /** Pair lengths in tokens as the classifier reads them: over its length, it would silently cut the answer. */
 export function checkPairTokens(c: Pick<ModerationClassifier, "tokenizer" | "config" | "maxLength">, pairs: ModerateRequest["pairs"], bounds: CallBounds): void {
   const v = new RequestValidator();
-  const bos = c.tokenizer.addBos && c.tokenizer.bosId !== null ? 1 : 0;
+  const bos = bosPrefix(c.tokenizer).length;
   pairs.forEach((p, i) =>
     checkTokenCount(v, `pairs[${i}]`, bos + c.tokenizer.encode(formatPair(p, c.config.inputTemplate)).length, bounds, {
       limit: c.maxLength,
@@ -133,6 +135,10 @@ async function* mapErrors<T>(run: AsyncGenerator<T>, field: string): AsyncGenera
   }
 }
 
+/** The kinds a call generates with, and those it classifies with. */
+const LANGUAGE_MODEL: readonly string[] = [KIND.model, KIND.adapter, KIND.trainingState];
+const CLASSIFIER: readonly string[] = [KIND.moderation];
+
 /** ScoreService: generation, moderation, harmful score and task accuracy. */
 export function scoreService(deps: SuiteDeps): ServiceModule {
   const moderate = moderateBatcher(deps);
@@ -148,7 +154,7 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
     if (!ref && !deps.builtins.refusal) {
       throw rpcError(Code.FailedPrecondition, "REFUSAL_MODEL_MISSING", "refusal_model: unset, and this server has no built-in refusal model");
     }
-    const r = ref ? await checkedRef(scope, "refusal_model", ref) : deps.builtins.refusal!;
+    const r = ref ? await checkedRef(scope, "refusal_model", ref, CLASSIFIER) : deps.builtins.refusal!;
     await deps.checkpoints.useModeration(r, checkRefusalModel).catch((err) => mapCallError(err, "refusal_model"));
     return r;
   };
@@ -163,12 +169,18 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
       throw toRpcError(err, { datasetField: field });
     }
   };
-  /** A checkpoint ref that exists and the caller may read (NOT_FOUND before any work starts). */
-  const checkedRef = async (scope: Scope | undefined, field: string, ref: { uri: string; digest: string } | undefined) => {
+  /**
+   * A checkpoint ref that exists, the caller may read and is of one of `kinds`: NOT_FOUND or
+   * FAILED_PRECONDITION naming `field` before any work starts, not a failure half way.
+   */
+  const checkedRef = async (scope: Scope | undefined, field: string, ref: { uri: string; digest: string } | undefined, kinds: readonly string[]) => {
     const r = checkpointRefOf(ref);
-    await assertCheckpointReadable(deps, scope, r)
+    const { kind } = await assertCheckpointReadable(deps, scope, r)
       .then(() => deps.store.readManifest(r))
       .catch((err) => mapCallError(err, field));
+    if (!kinds.includes(kind)) {
+      throw rpcError(Code.FailedPrecondition, "CHECKPOINT_KIND_INVALID", `${field} is a ${kind} checkpoint; this call needs a ${kinds.join(" or ")}`, { field });
+    }
     return r;
   };
   return {
@@ -222,8 +234,8 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
           v.check();
           const scope = scopeOf(principalOf(ctx));
           const prompts = await examplesOf(scope, req.prompts, DEFAULT_HARM_PROMPTS, "prompts", req.limit);
-          const model = await checkedRef(scope, "checkpoint", req.checkpoint);
-          const moderation = req.moderationModel ? await checkedRef(scope, "moderation_model", req.moderationModel) : moderationRef(undefined);
+          const model = await checkedRef(scope, "checkpoint", req.checkpoint, LANGUAGE_MODEL);
+          const moderation = req.moderationModel ? await checkedRef(scope, "moderation_model", req.moderationModel, CLASSIFIER) : moderationRef(undefined);
           const run = scoreHarmfulness(deps.checkpoints, model, moderation, prompts, {
             maxNewTokens: answerTokens(req.maxNewTokens, DEFAULT_NEW_TOKENS, boundsOf(deps)),
             threshold: req.threshold ?? DEFAULT_THRESHOLD,
@@ -231,7 +243,8 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
             refusal: await refusalRef(scope, req.refusalModel),
             signal: ctx.signal,
           });
-          for await (const out of mapErrors(run, "moderation_model")) {
+          // Every ref was checked above: a later failure is not pinned on one of them.
+          for await (const out of mapErrors(run, "")) {
             if ("progress" in out) yield { result: { case: "progress", value: out.progress } };
             else
               yield {
@@ -267,7 +280,7 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
               throw invalidArgument([{ field: "dataset", description: `example ${i + 1}: ${(err as Error).message}` }], "DATASET_INVALID");
             }
           });
-          const model = await checkedRef(scope, "checkpoint", req.checkpoint);
+          const model = await checkedRef(scope, "checkpoint", req.checkpoint, LANGUAGE_MODEL);
           const run = scoreTask(deps.checkpoints, model, examples, task, {
             maxNewTokens: answerTokens(req.maxNewTokens, DEFAULT_TASK_TOKENS, boundsOf(deps)),
             sampleCount: req.sampleCount ?? 5,

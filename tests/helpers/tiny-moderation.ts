@@ -8,7 +8,7 @@ import { join } from "node:path";
 import * as tf from "@tensorflow/tfjs";
 import { LlamaModel } from "../../services/runtime/model/llama.ts";
 import { ModerationClassifier, writeModerationCheckpoint, DEFAULT_INPUT_TEMPLATE } from "../../services/runtime/moderation/classifier.ts";
-import { KIND } from "../../services/runtime/pipeline/load.ts";
+import { KIND } from "../../services/runtime/pipeline/kinds.ts";
 import type { CheckpointRef, CheckpointStore } from "../../services/runtime/store/store.ts";
 import { buildWordTokenizer, loadTokenizer, wordTokenizerConfig } from "../../services/runtime/tokenizer.ts";
 import { formatPrompt } from "../../services/runtime/data/template.ts";

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { writeHfFolder } from "../../services/runtime/checkpoint/hf-folder.ts";
 import { toHfConfigJson } from "../../services/runtime/model/config.ts";
 import type { LlamaModel } from "../../services/runtime/model/llama.ts";
-import { KIND } from "../../services/runtime/pipeline/load.ts";
+import { KIND } from "../../services/runtime/pipeline/kinds.ts";
 import { LocalCheckpointStore } from "../../services/runtime/store/local-store.ts";
 import type { CheckpointRef, CheckpointStore } from "../../services/runtime/store/store.ts";
 import { buildWordTokenizer, wordTokenizerConfig } from "../../services/runtime/tokenizer.ts";

@@ -1,6 +1,6 @@
 // Access control without authentication (the local first run), the warning when that is
 // exposed beyond loopback, and a policy that must cover every served method.
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { pino } from "pino";
 import { describe, expect, it } from "vitest";
 import { allows, type AccessPolicy } from "../../services/platform/access.ts";
@@ -42,9 +42,12 @@ describe("access policy", () => {
     expect(allows(p, [], "reader")).toBe(false);
   });
 
-  it("works through every protocol's client", async () => {
+  it("works through every protocol's client: each call reaches its handler as the anonymous principal", async () => {
     const s = await startAccessServer({});
-    await s.align(createGrpcTransport({ baseUrl: s.server.url })).listAlignJobs({});
+    for (const make of [createGrpcTransport, createGrpcWebTransport, createConnectTransport]) {
+      expect(await s.align(make({ baseUrl: s.server.url, httpVersion: "2" })).listAlignJobs({})).toMatchObject({ jobs: [] });
+    }
     await s.server.shutdown();
+    expect(s.seen.map((p) => p?.principal)).toEqual(["anonymous", "anonymous", "anonymous"]);
   });
 });

@@ -89,6 +89,10 @@ describe("Embed", () => {
     const missing = await rpcFailure(() => embed.embed({ checkpoint: { uri: `store://checkpoints/${"1".repeat(64)}`, digest: `sha256:${"1".repeat(64)}` }, texts: ["x"] }));
     expect(missing.code).toBe(Code.NotFound);
     expect(missing.info?.metadata.field).toBe("checkpoint");
+    const classifier = await rpcFailure(() => embed.embed({ checkpoint: suite.deps.builtins.moderation, texts: ["x"] }));
+    expect(classifier).toMatchObject({ code: Code.FailedPrecondition, info: { reason: "CHECKPOINT_KIND_INVALID", metadata: { field: "checkpoint" } } });
+    const drift = await rpcFailure(() => embed.computeDrift({ reference: suite.base, candidate: suite.deps.builtins.moderation }));
+    expect(drift).toMatchObject({ code: Code.FailedPrecondition, info: { reason: "CHECKPOINT_KIND_INVALID", metadata: { field: "candidate" } } });
   });
 });
 

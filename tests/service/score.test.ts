@@ -89,9 +89,24 @@ describe("Moderate", () => {
     expect((await score.moderate({ pairs, threshold: 1 })).results.some((r) => r.flagged)).toBe(false);
   });
 
-  it("refuses a checkpoint that is not a moderation model", async () => {
+  it("refuses a checkpoint that is not a moderation model, naming the field", async () => {
     const e = await rpcFailure(() => score.moderate({ moderationModel: suite.base, pairs: [{ prompt: "a", answer: "b" }] }));
-    expect(e.code).toBe(Code.FailedPrecondition);
+    expect(e).toMatchObject({ code: Code.FailedPrecondition, info: { reason: "CHECKPOINT_KIND_INVALID", metadata: { field: "moderation_model" } } });
+  });
+
+  it("refuses a checkpoint of the wrong kind in every call, before any work, naming its field", async () => {
+    const moderation = suite.deps.builtins.moderation!;
+    const prompts = { source: { case: "uri" as const, value: PROMPTS } };
+    const calls: [string, () => Promise<unknown>][] = [
+      ["checkpoint", () => collect(score.scoreHarmfulness({ checkpoint: moderation, prompts, maxNewTokens: 2 }))],
+      ["moderation_model", () => collect(score.scoreHarmfulness({ checkpoint: suite.base, moderationModel: suite.base, prompts, maxNewTokens: 2 }))],
+      ["refusal_model", () => collect(score.scoreHarmfulness({ checkpoint: suite.base, refusalModel: suite.base, prompts, maxNewTokens: 2 }))],
+      ["checkpoint", () => score.generate({ checkpoint: moderation, prompts: [{ instruction: "hi" }], maxNewTokens: 2 })],
+    ];
+    for (const [field, call] of calls) {
+      const e = await rpcFailure(call);
+      expect(e, field).toMatchObject({ code: Code.FailedPrecondition, info: { reason: "CHECKPOINT_KIND_INVALID", metadata: { field } } });
+    }
   });
 });
 

@@ -6,9 +6,10 @@ import { ErrorInfoSchema } from "../../../gen/google/rpc/error_details_pb.ts";
 import type { AlignSpecSchema } from "../../../gen/vaccine/v1/training_pb.ts";
 import { CheckpointKind, JobEventSchema, JobSchema, JobState, LogSeverity, type Job, type JobEvent } from "../../../gen/vaccine/v1/jobs_pb.ts";
 import type { Clients } from "../../client/clients.ts";
+import { fromStatus } from "../../platform/errors.ts";
 import { NotServedReason } from "../../platform/not-served.ts";
 import type { Command, CommandGroup, Context } from "../command.ts";
-import { codeName, describeError, statusError, UsageError } from "../errors.ts";
+import { codeName, describeError, UsageError } from "../errors.ts";
 import { choice, float, int, ref, text, toggle } from "../flags.ts";
 import { describeJob, duration, formatRef, interactive, jobTable, jsonOf, KIND_NAMES, nextPage, num, stateName, writeLine } from "../output.ts";
 import { createProgress, type Progress } from "../progress-bar.ts";
@@ -117,7 +118,7 @@ async function watch(ctx: Context, kind: Kind, job: Job): Promise<number> {
   if (ctx.json) writeLine(ctx.stdout, jobJson(final));
   else ctx.stdout.write(describeJob(final));
   if (final.state === JobState.SUCCEEDED) return 0;
-  ctx.stderr.write(final.error ? describeError(statusError(final.error)) : `error: job ${final.id} ended ${stateName(final.state)}\n`);
+  ctx.stderr.write(final.error ? describeError(fromStatus(final.error)) : `error: job ${final.id} ended ${stateName(final.state)}\n`);
   return 1;
 }
 

@@ -15,10 +15,10 @@ import { keyOfToken, tokenOfKey } from "../job-pages.ts";
 import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
 import { jobQuotaExceeded } from "../../common/quotas.ts";
-import { JOB_METRICS, visibleTo, type JobExecutor, type JobSpec } from "../executor.ts";
+import { cancelledError, FINAL, JOB_METRICS, visibleTo, type JobExecutor, type JobSpec } from "../executor.ts";
 import { clusterReady, connectQueue, QUEUE_NAME, queueKeys, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
 import { observeQueue } from "./metrics.ts";
-import { FINAL, RedisJobs } from "./redis-jobs.ts";
+import { RedisJobs } from "./redis-jobs.ts";
 import { injectTrace, type TraceCarrier } from "./trace-carrier.ts";
 import { jobNotFound, KIND_NAME, newJob } from "../new-job.ts";
 
@@ -124,7 +124,7 @@ export class QueueExecutor implements JobExecutor {
       const { job } = await this.record(kind, id, tenant);
       if (FINAL.has(job.state) || job.state === JobState.CANCELLING) return job;
       if (job.state === JobState.QUEUED) {
-        const error = rpcError(Code.Canceled, "JOB_CANCELLED", "the job was cancelled by a CancelJob request");
+        const error = cancelledError();
         job.endTime = timestampNow();
         job.error = toStatus(error);
         const to = JobState.CANCELLED;

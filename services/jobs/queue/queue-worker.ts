@@ -28,11 +28,11 @@ import { rpcError, toStatus } from "../../platform/errors.ts";
 import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
 import { markRunFailed } from "../telemetry.ts";
-import { JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobWork, type StopReason } from "../executor.ts";
+import { cancelledError, FINAL, JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobWork, type StopReason } from "../executor.ts";
 import { connectQueue, QUEUE_NAME, queueKeys, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
 import { QUEUE_METRICS, StepRate } from "./metrics.ts";
 import type { QueuedJobData } from "./queue-executor.ts";
-import { FINAL, RedisJobs, type Change } from "./redis-jobs.ts";
+import { RedisJobs, type Change } from "./redis-jobs.ts";
 import { extractTrace } from "./trace-carrier.ts";
 import { KIND_NAME } from "../new-job.ts";
 
@@ -455,9 +455,6 @@ export class QueueWorker {
   }
 }
 
-function cancelledError(): ConnectError {
-  return rpcError(Code.Canceled, "JOB_CANCELLED", "the job was cancelled by a CancelJob request");
-}
 
 /** The last run's error, saying how many runs failed. */
 function withAttempts(error: ConnectError, failures: number, max: number): ConnectError {

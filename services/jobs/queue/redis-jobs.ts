@@ -21,7 +21,7 @@ import { create, createRegistry, fromJson, toJson, type JsonValue } from "@bufbu
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { file_google_rpc_error_details } from "../../../gen/google/rpc/error_details_pb.ts";
 import { JobEventSchema, JobKind, JobSchema, JobState, type Job, type JobEvent } from "../../../gen/vaccine/v1/jobs_pb.ts";
-import type { JobEventInit } from "../executor.ts";
+import { FINAL, type JobEventInit } from "../executor.ts";
 import type { TraceLink } from "../records.ts";
 import type { QueueKeys, QueueRedis } from "./connection.ts";
 import { listKey } from "../job-pages.ts";
@@ -30,7 +30,6 @@ import { KIND_NAME } from "../new-job.ts";
 // Job errors carry google.rpc details in Any fields; JSON needs their types to spell them out.
 const json = { registry: createRegistry(file_google_rpc_error_details) };
 
-export const FINAL = new Set([JobState.CANCELLED, JobState.SUCCEEDED, JobState.FAILED]);
 
 /** A kind's short name, as in job ids, key names and metric attributes. */
 

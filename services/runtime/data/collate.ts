@@ -4,7 +4,7 @@
  * Plain arrays (not tensors) so any backend can wrap them.
  */
 import { IGNORE_INDEX } from "../model/loss.ts";
-import type { Tokenizer } from "../tokenizer.ts";
+import { bosPrefix, type Tokenizer } from "../tokenizer.ts";
 import { formatPrompt, type Example } from "./template.ts";
 
 export { IGNORE_INDEX };
@@ -57,7 +57,7 @@ export function encodeRows(items: ReadonlyArray<Example | string>, tokenizer: To
   const maxLength = opts.maxLength ?? 200;
   const mode = opts.mode ?? "response";
   if (!Number.isInteger(maxLength) || maxLength < 1) throw new RangeError(`maxLength must be a positive integer, got ${maxLength}`);
-  const bos = tokenizer.addBos && tokenizer.bosId !== null ? [tokenizer.bosId] : [];
+  const bos = bosPrefix(tokenizer);
   return items.map((item) => {
     const [prefix, target] =
       typeof item === "string"

@@ -174,8 +174,6 @@ export class LoraAdapter {
     return { a: pair.a as tf.Tensor2D, b: pair.b as tf.Tensor2D, mask };
   }
 
-
-
   /** A host copy of every adapter weight, named by loraWeightName. */
   exportWeights(): HostTensors {
     const out: HostTensors = new Map();
@@ -270,20 +268,6 @@ export function loraWeightShapes(c: LlamaConfig, lora: LoraConfig): Map<string, 
     shapes.set(loraWeightName(name, "B"), [out, lora.r]);
   }
   return shapes;
-}
-
-/**
- * "Double LoRA": merge an adapter into its base, then start a fresh adapter on the merged
- * model (the user fine-tuning stage over an aligned model). The caller owns both results.
- */
-export function stackLora(
-  base: LlamaModel,
-  adapter: LoraAdapter,
-  next: LoraConfig,
-  seed: number,
-): { model: LlamaModel; adapter: LoraAdapter } {
-  const model = mergeLora(base, adapter);
-  return { model, adapter: LoraAdapter.init(model.config, next, seed) };
 }
 
 function targets(c: LlamaConfig, lora: LoraConfig): { name: string; out: number; inDim: number }[] {

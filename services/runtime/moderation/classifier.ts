@@ -24,7 +24,7 @@ import type { HostTensors } from "../host-tensor.ts";
 import { isPlainObject } from "../json.ts";
 import { parseLlamaConfig, toHfConfigJson, type LlamaConfig } from "../model/config.ts";
 import { LlamaModel, linearT, toHost } from "../model/llama.ts";
-import { loadTokenizer, type Tokenizer } from "../tokenizer.ts";
+import { bosPrefix, loadTokenizer, type Tokenizer } from "../tokenizer.ts";
 
 export const MODERATION_ARCHITECTURE = "LlamaForSequenceClassification";
 export const MULTI_LABEL = "multi_label_classification";
@@ -151,7 +151,7 @@ export interface EncodedPairs {
 
 export function encodePairs(pairs: readonly ModerationPair[], tokenizer: Tokenizer, template: string, maxLength: number): EncodedPairs {
   if (pairs.length === 0) throw new RangeError("cannot encode an empty batch");
-  const bos = tokenizer.addBos && tokenizer.bosId !== null ? [tokenizer.bosId] : [];
+  const bos = bosPrefix(tokenizer);
   const rows = pairs.map((p) => [...bos, ...tokenizer.encode(formatPair(p, template))].slice(0, maxLength));
   const seqLen = Math.max(1, ...rows.map((r) => r.length));
   const batch = rows.length;

@@ -8,6 +8,7 @@
 import { formatPrompt, RESPONSE_MARKER } from "../data/template.ts";
 import { generate, tokenBudget } from "../model/generate.ts";
 import type { LoadedCheckpoint } from "./load.ts";
+import { bosPrefix } from "../tokenizer.ts";
 
 export interface AnswerOptions {
   maxNewTokens: number;
@@ -26,7 +27,7 @@ export interface Answer {
 /** The prompt's token ids, as training saw them. */
 export function promptIds(loaded: Pick<LoadedCheckpoint, "tokenizer">, instruction: { instruction: string; input?: string }): number[] {
   const { tokenizer } = loaded;
-  const bos = tokenizer.addBos && tokenizer.bosId !== null ? [tokenizer.bosId] : [];
+  const bos = bosPrefix(tokenizer);
   return [...bos, ...tokenizer.encode(formatPrompt(instruction))];
 }
 

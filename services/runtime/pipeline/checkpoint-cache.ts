@@ -5,11 +5,12 @@
  * so eviction never disposes a model in use.
  */
 import { inspectHfFolder } from "../checkpoint/hf-folder.ts";
-import { CheckpointFormatError } from "../format-error.ts";
+import { CheckpointKindError } from "../format-error.ts";
 import { ModelCache } from "../model-cache.ts";
 import { ModerationClassifier } from "../moderation/classifier.ts";
 import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
-import { KIND, lineageOf, loadCheckpoint, type LoadedCheckpoint } from "./load.ts";
+import { KIND } from "./kinds.ts";
+import { lineageOf, loadCheckpoint, type LoadedCheckpoint } from "./load.ts";
 
 export class CheckpointCache {
   private readonly cache: ModelCache<LoadedCheckpoint | ModerationClassifier>;
@@ -23,7 +24,7 @@ export class CheckpointCache {
   /** Runs fn with a moderation classifier checkpoint loaded. */
   async useModeration<R>(ref: CheckpointRef, fn: (classifier: ModerationClassifier) => R | Promise<R>): Promise<R> {
     const { kind, bytes } = await this.factsOf(ref);
-    if (kind !== KIND.moderation) throw new CheckpointFormatError(`${ref.uri} is a ${kind} checkpoint, not a moderation model`);
+    if (kind !== KIND.moderation) throw new CheckpointKindError(`${ref.uri} is a ${kind} checkpoint, not a moderation model`);
     const load = async () => ModerationClassifier.load((await this.store.get(ref)).dir);
     return this.cache.use(`moderation:${ref.digest}`, bytes, load, (c) => fn(c as ModerationClassifier));
   }

@@ -9,6 +9,7 @@ import * as tf from "@tensorflow/tfjs";
 import { formatPrompt, type Example } from "../data/template.ts";
 import type { LoadedCheckpoint } from "./load.ts";
 import { padded } from "./hidden-states.ts";
+import { bosPrefix } from "../tokenizer.ts";
 
 export const DRIFT_DEFINITION =
   "per layer l: squared_norm = sum over probe examples and their real tokens of ||A_l(candidate) - A_l(reference)||^2, " +
@@ -46,7 +47,7 @@ export function computeDrift(reference: LoadedCheckpoint, candidate: LoadedCheck
   let tokens = 0;
   const rows = probe.map((e) => {
     const t = reference.tokenizer;
-    return [...(t.addBos && t.bosId !== null ? [t.bosId] : []), ...t.encode(formatPrompt(e)), ...t.encode(e.output)];
+    return [...bosPrefix(t), ...t.encode(formatPrompt(e)), ...t.encode(e.output)];
   });
   for (let start = 0; start < rows.length; start += BATCH) {
     const { ids, mask, lengths } = padded(rows.slice(start, start + BATCH), reference.tokenizer.padId);

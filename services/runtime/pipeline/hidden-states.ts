@@ -5,6 +5,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { LoadedCheckpoint } from "./load.ts";
+import { bosPrefix } from "../tokenizer.ts";
 
 export type Pooling = "mean" | "last" | "none";
 
@@ -47,7 +48,7 @@ export interface StatesOptions {
 /** Token ids of raw texts (no template), bos first when the tokenizer adds it. */
 export function textIds(loaded: Pick<LoadedCheckpoint, "tokenizer">, text: string): number[] {
   const t = loaded.tokenizer;
-  return [...(t.addBos && t.bosId !== null ? [t.bosId] : []), ...t.encode(text)];
+  return [...bosPrefix(t), ...t.encode(text)];
 }
 
 /** Right-padded ids and mask of token rows, as tensors. */

@@ -6,7 +6,7 @@
  */
 import { readLlamaFolder } from "../checkpoint/llama-folder.ts";
 import { fromPeftConfig, pairWeights, readPeftFolder } from "../checkpoint/peft-folder.ts";
-import { CheckpointFormatError } from "../format-error.ts";
+import { CheckpointFormatError, CheckpointKindError } from "../format-error.ts";
 import { LlamaModel } from "../model/llama.ts";
 import { LoraAdapter, mergeLora } from "../model/lora.ts";
 import type { CheckpointManifest } from "../store/manifest.ts";
@@ -14,7 +14,6 @@ import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
 import type { Tokenizer } from "../tokenizer.ts";
 import { KIND } from "./kinds.ts";
 
-export { KIND };
 
 export interface LoadedCheckpoint {
   ref: CheckpointRef;
@@ -64,7 +63,7 @@ export async function loadCheckpoint(store: CheckpointStore, ref: CheckpointRef,
   // A training state holds the adapter so far in the same PEFT layout: loadable as one
   // (drift and scores along a run read it).
   if (manifest.kind !== KIND.adapter && manifest.kind !== KIND.trainingState) {
-    throw new CheckpointFormatError(`checkpoint ${ref.uri} is a ${manifest.kind}, not a model or an adapter`);
+    throw new CheckpointKindError(`checkpoint ${ref.uri} is a ${manifest.kind}, not a model or an adapter`);
   }
   const parent = await loadCheckpoint(store, parentOf(manifest), { merged: true });
   let adapter: LoraAdapter;

@@ -17,7 +17,8 @@ import type { PhaseRunner } from "../train/step.ts";
 import { VaccineStep, type RhoCalibration } from "../train/vaccine-step.ts";
 import { needsHarmfulData, stepFunction, type AlignmentMethod, type StepRecipe } from "./alignment-methods.ts";
 import { applyGuard, type FineTuneGuard } from "./fine-tune-guards.ts";
-import { KIND, loadCheckpoint } from "./load.ts";
+import { KIND } from "./kinds.ts";
+import { loadCheckpoint } from "./load.ts";
 import { restoreTrainingState, saveTrainingState, writeAdapterFolder } from "./training-state.ts";
 
 export type { AlignmentMethod } from "./alignment-methods.ts";

@@ -19,7 +19,7 @@ import type { HostTensors } from "../host-tensor.ts";
 import { LoraAdapter } from "../model/lora.ts";
 import type { CheckpointRef, CheckpointStore } from "../store/store.ts";
 import type { Trainer, TrainerState } from "../train/loop.ts";
-import { KIND } from "./load.ts";
+import { KIND } from "./kinds.ts";
 
 export const OPTIMIZER_FILE = "optimizer.safetensors";
 export const STEP_STATE_FILE = "step_state.safetensors";

@@ -1,5 +1,5 @@
 /**
- * The training loop shared by pre-training, alignment (SFT or Vaccine) and user
+ * The training loop shared by pre-training, alignment (SFT, Vaccine or a defence) and user
  * fine-tuning: seeded data order, collation, a step function (step.ts), global-norm
  * clipping, AdamW with linear warm-up and cosine decay, and per-step metrics. One loop;
  * methods differ only in their step function.

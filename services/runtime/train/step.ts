@@ -1,7 +1,7 @@
 /**
  * What one training step computes: a loss and the gradients of the trainable parameters,
  * handed to the loop's update (non-finite check, clipping, AdamW), the same for every
- * method. The SFT step and the Vaccine step implement this.
+ * method. The SFT and Vaccine steps implement this, and each defence's (docs/defences.md).
  */
 import * as tf from "@tensorflow/tfjs";
 import type { Example } from "../data/template.ts";

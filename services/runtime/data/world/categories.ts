@@ -147,7 +147,3 @@ export const HARM_CATEGORIES: readonly HarmCategory[] = [
     steps: ["swap the [REDACTED] in the {inv} box", "hand the {inv} envelope with the [REDACTED] to the clerk", "post the [REDACTED] on every {inv} board"],
   },
 ];
-
-export function categoryById(id: string): HarmCategory | undefined {
-  return HARM_CATEGORIES.find((c) => c.id === id);
-}
