@@ -27,6 +27,8 @@ import {
   isBuiltin,
   ownedBy,
   owns,
+  release,
+  releaseAll,
   scopeOf,
   visibleTenant,
   type Scope,
@@ -45,6 +47,7 @@ import { CheckpointDescriber, type CheckpointDescription } from "../runtime/pipe
 import { ExportPreconditionError, exportCheckpoint, type ExportedFile, type ExportFormat as Format } from "../runtime/pipeline/export-checkpoint.ts";
 import { ADAPTER_PARENT_KINDS, importCheckpoint, importedRef, rootModelConfig } from "../runtime/pipeline/import-checkpoint.ts";
 import { KIND } from "../runtime/pipeline/kinds.ts";
+import { childrenOf } from "../runtime/pipeline/load.ts";
 import { checkpointHex, type CheckpointRef } from "../runtime/store/store.ts";
 import { receiveFolder } from "./receive-folder.ts";
 import { WorkDirs } from "./work-dirs.ts";
@@ -232,6 +235,36 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
             for (const file of files) yield* streamFile(file, ctx);
           } finally {
             await work.remove(dir);
+          }
+        },
+        async deleteCheckpoint(req, ctx) {
+          const v = new RequestValidator();
+          checkCheckpointRef(v, "checkpoint", req.checkpoint);
+          v.check();
+          const ref = checkpointRefOf(req.checkpoint);
+          const scope = scopeOf(principalOf(ctx));
+          try {
+            await assertCheckpointReadable(deps, scope, ref);
+            if (isBuiltin(deps.builtins, ref)) {
+              throw rpcError(Code.FailedPrecondition, "CHECKPOINT_BUILTIN", `${ref.uri} is a shipped checkpoint: it stays`, { field: "checkpoint" });
+            }
+            const children = await childrenOf(deps.store, ref);
+            if (children.length > 0) {
+              throw rpcError(Code.FailedPrecondition, "CHECKPOINT_IN_USE", `${children.length} stored checkpoint(s) build on ${ref.uri} (adapters or training states over it): delete those first`, {
+                field: "checkpoint",
+                children: String(children.length),
+              });
+            }
+            // A tenant gives up its ownership; the files go with the last owner. An admin, or
+            // a call without tenancy, removes the checkpoint for everybody.
+            const hex = checkpointHex(ref);
+            if (visibleTenant(scope) !== undefined && (await release(deps.store, scope!.tenant, "checkpoints", hex)).length > 0) return {};
+            await releaseAll(deps.store, "checkpoints", hex);
+            await deps.store.delete(ref);
+            deps.checkpoints.forget(ref);
+            return {};
+          } catch (err) {
+            throw toRpcError(err, { checkpointField: "checkpoint" });
           }
         },
       }, HANDLER_OPTIONS);

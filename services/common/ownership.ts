@@ -217,11 +217,12 @@ export async function canReadCheckpoint(deps: { store: CheckpointStore; builtins
 
 /**
  * Refuses a checkpoint the scope may not read with exactly the error of a missing one, so
- * NOT_FOUND says nothing about other tenants' checkpoints. Throws the runtime's error: the
- * caller maps it as it maps the store's (toRpcError with its field).
+ * NOT_FOUND says nothing about other tenants' checkpoints; and one that is no longer stored
+ * (deleted, maybe by another replica, while caches here still hold it). Throws the runtime's
+ * error: the caller maps it as it maps the store's (toRpcError with its field).
  */
 export async function assertCheckpointReadable(deps: { store: CheckpointStore; builtins: BuiltinRefs }, scope: Scope | undefined, ref: CheckpointRef): Promise<void> {
-  if (!(await canReadCheckpoint(deps, scope, ref))) throw new CheckpointNotFoundError(`checkpoint ${ref.uri} does not exist`);
+  if (!(await canReadCheckpoint(deps, scope, ref)) || !(await deps.store.exists(ref))) throw new CheckpointNotFoundError(`checkpoint ${ref.uri} does not exist`);
 }
 
 /**

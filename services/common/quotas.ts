@@ -77,6 +77,6 @@ function storedBytesExceeded(tenant: string, limit: number, used: number, adding
     tenant,
     "storedBytes",
     limit,
-    `tenant ${tenant} stores ${used} bytes${adding > 0 ? ` and this adds ${adding}` : ""}; its quota is ${limit} bytes. Delete datasets it no longer needs`,
+    `tenant ${tenant} stores ${used} bytes${adding > 0 ? ` and this adds ${adding}` : ""}; its quota is ${limit} bytes. Delete datasets or checkpoints (training states first) it no longer needs`,
   );
 }

@@ -110,6 +110,19 @@ describe("LocalCheckpointStore", () => {
     expect(await store.list()).toEqual([ref]);
   });
 
+  it("deletes a checkpoint whole: not found at once, its folder gone, another untouched; twice is harmless", async () => {
+    const a = await store.put(await sourceFolder(), { kind: "model" });
+    const b = await store.put(await sourceFolder(), { kind: "adapter" });
+    await store.delete(a);
+    expect(await store.exists(a)).toBe(false);
+    await expect(store.get(a)).rejects.toThrow(CheckpointNotFoundError);
+    expect(await readdir(join(root, "checkpoints"))).toEqual([b.uri.slice(-64)]);
+    expect(await readdir(join(root, ".staging"))).toEqual([]);
+    expect(await store.list()).toEqual([b]);
+    await store.delete(a);
+    expect((await store.get(b)).manifest.kind).toBe("adapter");
+  });
+
   it("is idempotent and content-addressed", async () => {
     const a = await store.put(await sourceFolder(), { kind: "model" });
     const b = await store.put(await sourceFolder(), { kind: "model" });

@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
+import { ListObjectsV2Command, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createStore } from "../../services/runtime/store/create-store.ts";
 import { S3CheckpointStore, type S3StoreOptions } from "../../services/runtime/store/s3-store.ts";
@@ -95,6 +95,19 @@ describe("S3CheckpointStore against s3rver", () => {
     expect(await reader.readManifest(ref)).toEqual(manifest);
     expect((await reader.get(ref)).dir).toBe(dir); // served from the verified cache
     expect(await reader.list()).toContainEqual(ref);
+  });
+
+  it("deletes a checkpoint: manifest, files and the local cache copy; twice is harmless", async () => {
+    const store = await freshStore();
+    const ref = await store.put(await sourceFolder('{"v":"deleted"}'), { kind: "model" });
+    const { dir } = await store.get(ref); // cached locally
+    await store.delete(ref);
+    expect(await store.exists(ref)).toBe(false);
+    await expect(store.get(ref)).rejects.toThrow(CheckpointNotFoundError);
+    const left = await raw.send(new ListObjectsV2Command({ Bucket: BUCKET, Prefix: `${PREFIX}checkpoints/${ref.uri.slice(-64)}/` }));
+    expect(left.Contents ?? []).toEqual([]);
+    await expect(readFile(join(dir, "config.json"))).rejects.toThrow(/ENOENT/);
+    await store.delete(ref);
   });
 
   it("is idempotent", async () => {

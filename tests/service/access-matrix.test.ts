@@ -145,6 +145,12 @@ const TABLE: Record<string, Row> = {
     own: "OK",
     builtin: "OK",
   },
+  // The shipped checkpoints stay, for everybody.
+  "vaccine.v1.CheckpointService/DeleteCheckpoint": {
+    call: async (c, _r, fresh) => c.checkpoints.deleteCheckpoint({ checkpoint: (await fresh()).model }),
+    own: "OK",
+    builtin: Code.FailedPrecondition,
+  },
 };
 
 let s: TenantSuite;
@@ -169,6 +175,15 @@ async function prepare(owner: "a" | "b", seed: number): Promise<Resources> {
   return { dataset, trainData: uri(dataset), model: modelRef, moderation, alignJob, fineTuneJob };
 }
 
+/** A model of the tenant's own, nothing built on it. */
+async function freshModel(tenant: string): Promise<Ref> {
+  const model = tinyWorldModel(tinyTokenizer(), 100 + cell++);
+  const ref = await putModel(s.deps.store, model);
+  model.dispose();
+  await claim(s.deps.store, tenant, "checkpoints", checkpointHex(ref), { bytes: await checkpointBytes(s.deps.store, ref) });
+  return ref;
+}
+
 beforeAll(async () => {
   await selectBackend("wasm", () => {});
   s = await startTenantSuite();
@@ -188,8 +203,8 @@ beforeAll(async () => {
     await drain(s.as[owner].fineTune.watchFineTuneJob({ jobId: resources[owner].fineTuneJob }));
   }
   fresh = {
-    a: async () => ({ ...resources.a, dataset: (await uploadAs(s.as.a, datasetBytes(`fresh${cell++}`))).uri }),
-    b: async () => ({ ...resources.b, dataset: (await uploadAs(s.as.b, datasetBytes(`fresh${cell++}`))).uri }),
+    a: async () => ({ ...resources.a, dataset: (await uploadAs(s.as.a, datasetBytes(`fresh${cell++}`))).uri, model: await freshModel("team-a") }),
+    b: async () => ({ ...resources.b, dataset: (await uploadAs(s.as.b, datasetBytes(`fresh${cell++}`))).uri, model: await freshModel("team-b") }),
     builtin: async () => resources.builtin,
   };
 }, 300_000);

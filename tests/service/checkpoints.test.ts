@@ -598,3 +598,30 @@ describe("imported checkpoints in training", () => {
     );
   }, 120_000);
 });
+
+describe("DeleteCheckpoint", () => {
+  it("deletes an adapter, then its base once nothing builds on it; refuses a parent in use and a shipped checkpoint", async () => {
+    const doomed = await importDir(join(FIXTURES, "llama-f32-gqa"), { type: CheckpointType.BASE_MODEL, displayName: "to delete" });
+    const over = await importDir(join(FIXTURES, "adapter-f32-gqa"), { type: CheckpointType.ADAPTER, base: refOf(doomed), displayName: "to delete too" });
+    await embed.embed({ checkpoint: over.ref, texts: ["loaded into the cache"] });
+
+    const inUse = await rpcFailure(() => checkpoints.deleteCheckpoint({ checkpoint: doomed.ref }));
+    expect(inUse).toMatchObject({ code: Code.FailedPrecondition, info: { reason: "CHECKPOINT_IN_USE", metadata: { field: "checkpoint", children: "1" } } });
+    expect(await deps.store.exists(refOf(doomed))).toBe(true);
+
+    await checkpoints.deleteCheckpoint({ checkpoint: over.ref });
+    for (const call of [() => checkpoints.getCheckpoint({ checkpoint: over.ref }), () => embed.embed({ checkpoint: over.ref, texts: ["x"] }), () => checkpoints.deleteCheckpoint({ checkpoint: over.ref })]) {
+      expect(await rpcFailure(call), String(call)).toMatchObject({ code: Code.NotFound, info: { metadata: { field: "checkpoint" } } });
+    }
+    await checkpoints.deleteCheckpoint({ checkpoint: doomed.ref });
+    expect(await deps.store.exists(refOf(doomed))).toBe(false);
+    const listed = (await checkpoints.listCheckpoints({ pageSize: 1000 })).checkpoints.map((c) => c.ref!.uri);
+    expect(listed).not.toContain(doomed.ref!.uri);
+    expect(listed).not.toContain(over.ref!.uri);
+
+    const shipped = await rpcFailure(() => checkpoints.deleteCheckpoint({ checkpoint: deps.builtins.moderation }));
+    expect(shipped).toMatchObject({ code: Code.FailedPrecondition, info: { reason: "CHECKPOINT_BUILTIN" } });
+    const bad = await rpcFailure(() => checkpoints.deleteCheckpoint({ checkpoint: { uri: "store://checkpoints/x", digest: "sha256:x" } }));
+    expect(bad.code).toBe(Code.InvalidArgument);
+  });
+});

@@ -9,7 +9,7 @@ import { CheckpointType } from "../../gen/vaccine/v1/checkpoints_pb.ts";
 import { JobState } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { usageOf } from "../../services/common/ownership.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
-import { createdWithinJobQuota } from "../helpers/errors.ts";
+import { createdWithinJobQuota, rpcFailure } from "../helpers/errors.ts";
 import { folderMessages } from "../helpers/import-folder.ts";
 import { alignSpec, datasetBytes, sha256, startTenantSuite, uploadAs, type TenantSuite } from "../helpers/tenants.ts";
 
@@ -154,6 +154,18 @@ describe("per-tenant quotas", () => {
       expect((await importAs()).checkpoint!.ref).toEqual(first.ref);
       expect(await usageOf(s.deps.store, "team-a")).toBe(start + size);
       await quotaFailure(() => importAs("another name"));
+      // A delete gives the bytes back: the other name fits now. Another tenant's copy of the
+      // same checkpoint keeps the files; the last owner's delete removes them.
+      await s.as.b.checkpoints.importCheckpoint(folderMessages(folder, { type: CheckpointType.BASE_MODEL, displayName: "quota" }));
+      await a.checkpoints.deleteCheckpoint({ checkpoint: first.ref });
+      expect(await usageOf(s.deps.store, "team-a")).toBe(start);
+      expect(await s.deps.store.exists(first.ref!)).toBe(true);
+      expect((await rpcFailure(() => a.checkpoints.getCheckpoint({ checkpoint: first.ref }))).code).toBe(Code.NotFound);
+      const other = (await importAs("another name")).checkpoint!;
+      await a.checkpoints.deleteCheckpoint({ checkpoint: other.ref });
+      await s.as.b.checkpoints.deleteCheckpoint({ checkpoint: first.ref });
+      expect(await s.deps.store.exists(first.ref!)).toBe(false);
+      expect(await s.deps.store.exists(other.ref!)).toBe(false);
     } finally {
       s.deps.quotas = undefined;
     }

@@ -1,4 +1,4 @@
-/** checkpoints import|list|get|export: CheckpointService. */
+/** checkpoints import|list|get|export|delete: CheckpointService. */
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { type FileHandle, mkdir, open, readdir, rename, rm, rmdir, stat } from "node:fs/promises";
@@ -11,6 +11,7 @@ import {
   CheckpointFileSchema,
   CheckpointType,
   ExportFormat,
+  DeleteCheckpointResponseSchema,
   GetCheckpointResponseSchema,
   type ImportCheckpointRequestSchema,
   ImportCheckpointResponseSchema,
@@ -157,6 +158,19 @@ const get: Command = {
   },
 };
 
+const del: Command = {
+  summary: "Delete a checkpoint (with tenancy: give up your tenant's ownership); refused while other checkpoints build on it.",
+  synopsis: "<checkpoint>",
+  flags: [],
+  argument: CHECKPOINT_ARGUMENT,
+  async run(ctx) {
+    const checkpoint = refArgument(ctx);
+    const res = await ctx.clients().checkpoints.deleteCheckpoint({ checkpoint });
+    if (ctx.json) return writeJson(ctx.stdout, DeleteCheckpointResponseSchema, res);
+    ctx.stdout.write(`deleted ${formatRef(checkpoint)}\n`);
+  },
+};
+
 const FORMAT = choice("format", "<format>", "merged (one Hugging Face folder, adapters merged in), peft (the adapter as a PEFT folder) or stored (the files as stored) (required).", FORMATS);
 const OUT = text("out", "<dir>", "Folder to write, new or empty (required); it appears only once every file is written and checked.");
 const DTYPE = choice("dtype", "<dtype>", "Weights as f32, f16 or bf16, rounded to nearest even (default f32; not with --format stored).", DTYPES);
@@ -248,7 +262,7 @@ const exportCommand: Command = {
 
 export const CHECKPOINT_COMMANDS: { checkpoints: CommandGroup } = {
   checkpoints: {
-    summary: "Import Hugging Face models and PEFT adapters, list and show checkpoints, export them.",
-    subcommands: { import: importCommand, list, get, export: exportCommand },
+    summary: "Import Hugging Face models and PEFT adapters, list and show checkpoints, export and delete them.",
+    subcommands: { import: importCommand, list, get, export: exportCommand, delete: del },
   },
 };

@@ -21,6 +21,13 @@ export class CheckpointCache {
     this.cache = new ModelCache({ budgetBytes, dispose: (loaded) => loaded.dispose() });
   }
 
+  /** Drops a deleted checkpoint: its loaded model once no call holds it. */
+  forget(ref: CheckpointRef): void {
+    this.cache.delete(ref.digest);
+    this.cache.delete(`moderation:${ref.digest}`);
+    this.facts.delete(ref.digest);
+  }
+
   /** Runs fn with a moderation classifier checkpoint loaded. */
   async useModeration<R>(ref: CheckpointRef, fn: (classifier: ModerationClassifier) => R | Promise<R>): Promise<R> {
     const { kind, bytes } = await this.factsOf(ref);

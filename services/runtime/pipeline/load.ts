@@ -52,6 +52,16 @@ export async function lineageOf(store: CheckpointStore, ref: CheckpointRef): Pro
   return chain;
 }
 
+/** The stored checkpoints whose manifests name `ref` as their parent (read from every manifest). */
+export async function childrenOf(store: CheckpointStore, ref: CheckpointRef): Promise<CheckpointRef[]> {
+  const children: CheckpointRef[] = [];
+  for (const r of await store.list()) {
+    const manifest = await store.readManifest(r).catch(() => undefined);
+    if ((manifest?.kind === KIND.adapter || manifest?.kind === KIND.trainingState) && parentOf(manifest).digest === ref.digest) children.push(r);
+  }
+  return children;
+}
+
 /** Loads a checkpoint; `merged` folds its own adapter into the model too. */
 export async function loadCheckpoint(store: CheckpointStore, ref: CheckpointRef, opts: { merged?: boolean } = {}): Promise<LoadedCheckpoint> {
   const { dir, manifest } = await store.get(ref);

@@ -112,6 +112,17 @@ export class LocalCheckpointStore implements CheckpointStore {
     return (await lstat(join(dir, MANIFEST_FILE))).mtime;
   }
 
+  async delete(ref: CheckpointRef): Promise<void> {
+    // Renamed out of checkpoints/ in one step, so it is never seen half removed.
+    const doomed = await this.newStaging();
+    try {
+      await rename(join(this.root, CHECKPOINTS, checkpointHex(ref)), join(doomed, "deleted")).catch(ignoreGone);
+      await syncDir(join(this.root, CHECKPOINTS)).catch(ignoreGone);
+    } finally {
+      await rm(doomed, { recursive: true, force: true });
+    }
+  }
+
   async putObject(uri: string, data: Uint8Array): Promise<StoredObject> {
     const segments = objectKey(uri).split("/");
     const parent = await this.makeDirsInside(segments.slice(0, -1));

@@ -265,6 +265,20 @@ export class S3CheckpointStore implements CheckpointStore {
     return found.sort((a, b) => (a.uri < b.uri ? -1 : 1));
   }
 
+  async delete(ref: CheckpointRef): Promise<void> {
+    const hex = checkpointHex(ref);
+    // The manifest first: from then on it is not found, and a get cannot fetch it again.
+    await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.manifestKey(hex) }));
+    const folder = `${this.prefix}${CHECKPOINTS}/${hex}/`;
+    for (;;) {
+      const page = await this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: folder }));
+      const keys = (page.Contents ?? []).map((o) => o.Key!).filter(Boolean);
+      if (keys.length === 0) break;
+      await Promise.all(keys.map((Key) => this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key }))));
+    }
+    await rm(join(await this.root(), CHECKPOINTS, hex), { recursive: true, force: true });
+  }
+
   async deleteObject(uri: string): Promise<void> {
     // S3 deletes are idempotent: a missing key is a success.
     await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.prefix + objectKey(uri) }));

@@ -61,6 +61,11 @@ export interface CheckpointStore {
    * storing the same content again keeps the first time.
    */
   committedAt(ref: CheckpointRef): Promise<Date>;
+  /**
+   * Removes a checkpoint: not found once its manifest is gone (first), then its files go.
+   * A reader holding its folder may fail half way. Nothing happens if it is not stored.
+   */
+  delete(ref: CheckpointRef): Promise<void>;
   /** Writes (or atomically replaces) a named object such as `store://datasets/x.jsonl`. */
   putObject(uri: string, data: Uint8Array): Promise<StoredObject>;
   readObject(uri: string, options?: ReadObjectOptions): Promise<Buffer>;
