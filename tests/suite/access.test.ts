@@ -34,6 +34,7 @@ describe("the suite's access policy", () => {
       "vaccine.v1.CheckpointService/GetCheckpoint": "reader",
       "vaccine.v1.CheckpointService/ListCheckpoints": "reader",
       "vaccine.v1.CheckpointService/ExportCheckpoint": "reader",
+      "vaccine.v1.CheckpointService/DeleteCheckpoint": "trainer",
     });
     expect(accessPolicy().roles).toEqual(["reader", "trainer", "admin"]);
   });

@@ -24,7 +24,7 @@ describe("security options", () => {
     expect(o.rateLimit).toEqual({ perSecond: 50, burst: 100 });
     // The audit log records every call of the methods that need the trainer role.
     const mutating = SUITE_CONTRACTS.flatMap((svc) => svc.methods).filter((m) => o.audit.mutating(m)).map((m) => m.name);
-    expect(mutating.sort()).toEqual(["CancelAlignJob", "CancelFineTuneJob", "CreateAlignJob", "CreateFineTuneJob", "DeleteDataset", "ImportCheckpoint", "UploadDataset"]);
+    expect(mutating.sort()).toEqual(["CancelAlignJob", "CancelFineTuneJob", "CreateAlignJob", "CreateFineTuneJob", "DeleteCheckpoint", "DeleteDataset", "ImportCheckpoint", "UploadDataset"]);
     expect(callBounds(loadConfig({}))).toEqual({ maxPromptTokens: 1024, maxNewTokens: 1024, maxGeneratedTokens: 65_536, maxSteps: 1_000_000, maxTrainingTokens: 1_000_000_000 });
   });
 
