@@ -212,6 +212,12 @@ export class LocalExecutor implements JobExecutor {
     );
     job.traceId = span.spanContext().traceId;
     this.records.save(job, entry.link);
+    // As a queue worker logs its runs: which job, from where, and (below) how the run ended.
+    const inSpan = (fn: () => void) => context.with(trace.setSpan(ROOT_CONTEXT, span), fn);
+    const t0 = performance.now();
+    inSpan(() => this.logger.info({ job: job.id, ...(job.trainingState && { resumes_from: job.trainingState.uri }) }, "job started"));
+    const ended = (outcome: string) =>
+      inSpan(() => this.logger.info({ job: job.id, outcome, step: job.progress?.step ?? 0, seconds: Math.round((performance.now() - t0) / 100) / 10 }, "job run ended"));
     const ctx: JobContext = {
       job,
       signal: entry.abort.signal,
@@ -233,11 +239,15 @@ export class LocalExecutor implements JobExecutor {
         job.result = create(CheckpointRefSchema, done.result);
         job.lineage = done.lineage.map((r) => create(CheckpointRefSchema, r));
         this.finish(entry, JobState.SUCCEEDED);
+        ended("succeeded");
       } else if (reason === "cancel") {
         this.finish(entry, JobState.CANCELLED, cancelledError());
+        ended("cancelled");
       } else if (reason === "shutdown") {
         this.transition(entry, JobState.QUEUED);
         this.log(entry, "stopped at shutdown; resumes from its training checkpoint on the next start");
+        span.addEvent("stopped at shutdown", { "vaccine.step": job.progress?.step ?? 0 });
+        ended("requeued");
       } else {
         throw new Error("the job's work stopped without a result and without being asked to");
       }
@@ -245,8 +255,9 @@ export class LocalExecutor implements JobExecutor {
     } catch (err) {
       const error = this.options.mapError(err);
       // Logged in the job's trace, so the line leads to the failed step.
-      context.with(trace.setSpan(ROOT_CONTEXT, span), () => this.logger.warn({ job: job.id, code: Code[error.code], error: error.rawMessage }, "job failed"));
+      inSpan(() => this.logger.warn({ job: job.id, code: Code[error.code], error: error.rawMessage }, "job failed"));
       this.finish(entry, JobState.FAILED, error);
+      ended("failed");
       endSpan(span, error);
     }
   }

@@ -181,10 +181,12 @@ describe("LocalExecutor", () => {
     expect(failed.endTime).toBeDefined();
   });
 
-  it("stops a running job at shutdown and resumes it from its training checkpoint after a restart", async () => {
+  it("stops a running job at shutdown and resumes it from its training checkpoint after a restart, logging each run", async () => {
     const dir = tempDir();
     const first = controllable();
-    const ex1 = new LocalExecutor({ dir, work: { [JobKind.ALIGN]: first.work }, mapError });
+    const lines: Record<string, unknown>[] = [];
+    const logger = createLogger("info", { write: (s: string) => void lines.push(JSON.parse(s)) });
+    const ex1 = new LocalExecutor({ dir, work: { [JobKind.ALIGN]: first.work }, mapError, logger });
     const job = await ex1.create(JobKind.ALIGN, spec);
     await until(() => first.started.length === 1);
     await ex1.shutdown();
@@ -195,6 +197,7 @@ describe("LocalExecutor", () => {
     const ex2 = new LocalExecutor({
       dir,
       mapError,
+      logger,
       work: {
         [JobKind.ALIGN]: async (ctx) => {
           resumedFrom = ctx.job.trainingState?.uri;
@@ -204,6 +207,12 @@ describe("LocalExecutor", () => {
     });
     await until(async () => (await ex2.get(JobKind.ALIGN, job.id)).state === JobState.SUCCEEDED);
     expect(resumedFrom).toBe("store://checkpoints/7");
+    expect(lines.filter((l) => String(l.msg).startsWith("job ")).map((l) => [l.msg, l.outcome ?? l.resumes_from ?? null])).toEqual([
+      ["job started", null],
+      ["job run ended", "requeued"],
+      ["job started", "store://checkpoints/7"],
+      ["job run ended", "succeeded"],
+    ]);
     const events = await collect(ex2.watch(JobKind.ALIGN, job.id, new AbortController().signal));
     expect(states(events)).toEqual(["QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"]);
   });
@@ -278,7 +287,12 @@ describe("LocalExecutor", () => {
     const job = await ex.create(JobKind.ALIGN, spec);
     await until(async () => (await ex.get(JobKind.ALIGN, job.id)).state === JobState.FAILED);
     const failed = await ex.get(JobKind.ALIGN, job.id);
-    expect(lines).toEqual([expect.objectContaining({ level: "warn", msg: "job failed", job: job.id, code: "Internal", error: "Error: backend aborted", trace_id: failed.traceId })]);
-    expect(lines[0].span_id).toMatch(/^[0-9a-f]{16}$/);
+    await until(() => lines.length === 3);
+    expect(lines).toEqual([
+      expect.objectContaining({ level: "info", msg: "job started", job: job.id, trace_id: failed.traceId }),
+      expect.objectContaining({ level: "warn", msg: "job failed", job: job.id, code: "Internal", error: "Error: backend aborted", trace_id: failed.traceId }),
+      expect.objectContaining({ level: "info", msg: "job run ended", job: job.id, outcome: "failed", step: 0, trace_id: failed.traceId }),
+    ]);
+    expect(lines[1].span_id).toMatch(/^[0-9a-f]{16}$/);
   });
 });
