@@ -1,7 +1,7 @@
 // Test PKI made at run time with Debian's openssl: CAs, server and client certificates
 // (EC P-256, a day long), each as PEM files in a temp folder.
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -44,8 +44,11 @@ export class TestPki {
     return p;
   }
 
-  /** A leaf signed by `ca`: `sans` like ["DNS:localhost", "IP:127.0.0.1", "URI:spiffe://t/a"]. */
-  leaf(name: string, ca: KeyPair, options: { cn: string; sans?: string[]; usage: "serverAuth" | "clientAuth" }): KeyPair {
+  /**
+   * A leaf signed by `ca`: `sans` like ["DNS:localhost", "IP:127.0.0.1", "URI:spiffe://t/a"];
+   * `expired`: valid for a day in 2020 (openssl ca, the one command here that takes dates).
+   */
+  leaf(name: string, ca: KeyPair, options: { cn: string; sans?: string[]; usage: "serverAuth" | "clientAuth"; expired?: boolean }): KeyPair {
     const p = this.pair(name);
     const csr = join(this.dir, `${name}.csr`);
     const ext = join(this.dir, `${name}.ext`);
@@ -55,7 +58,16 @@ export class TestPki {
       ...(options.sans?.length ? [`subjectAltName=${options.sans.join(",")}`] : []),
     ].join("\n") + "\n");
     openssl(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", p.key, "-out", csr, "-subj", `/CN=${options.cn}`]);
-    openssl(["x509", "-req", "-in", csr, "-CA", ca.cert, "-CAkey", ca.key, "-set_serial", String(this.serial++), "-days", "1", "-out", p.cert, "-extfile", ext]);
+    if (options.expired) {
+      const db = join(this.dir, `${name}-ca`);
+      mkdirSync(db);
+      writeFileSync(join(db, "index.txt"), "");
+      writeFileSync(join(db, "serial"), `${String(this.serial++).padStart(2, "0")}\n`);
+      writeFileSync(join(db, "ca.cnf"), `[ca]\ndefault_ca=d\n[d]\ndatabase=${db}/index.txt\nnew_certs_dir=${db}\nserial=${db}/serial\ndefault_md=sha256\npolicy=p\n[p]\ncommonName=supplied\n`);
+      openssl(["ca", "-batch", "-config", join(db, "ca.cnf"), "-cert", ca.cert, "-keyfile", ca.key, "-in", csr, "-out", p.cert, "-extfile", ext, "-startdate", "20200101000000Z", "-enddate", "20200102000000Z"]);
+    } else {
+      openssl(["x509", "-req", "-in", csr, "-CA", ca.cert, "-CAkey", ca.key, "-set_serial", String(this.serial++), "-days", "1", "-out", p.cert, "-extfile", ext]);
+    }
     return p;
   }
 

@@ -28,6 +28,7 @@ const server1 = pki.leaf("server1", ca, { cn: "localhost", sans: ["DNS:localhost
 const server2 = pki.leaf("server2", ca, { cn: "localhost", sans: ["DNS:localhost", "IP:127.0.0.1"], usage: "serverAuth" });
 const client = pki.leaf("client", ca, { cn: "alice", sans: ["URI:spiffe://test/team-a/alice"], usage: "clientAuth" });
 const stranger = pki.leaf("stranger", otherCa, { cn: "mallory", usage: "clientAuth" });
+const expired = pki.leaf("expired", ca, { cn: "localhost", sans: ["DNS:localhost"], usage: "serverAuth", expired: true });
 
 // The layout of a Kubernetes Secret volume: tls.crt -> ..data/tls.crt, ..data -> a timestamped folder.
 const secret = join(pki.dir, "secret");
@@ -150,6 +151,23 @@ describe("TLS", () => {
     // The broken content is reported once, not at every poll.
     await new Promise((r) => setTimeout(r, 600));
     expect(lines("could not load changed credentials; keeping the current ones")).toHaveLength(1);
+  });
+
+  it("refuses an expired certificate, at start and in a rotation, and warns of one about to end", async () => {
+    // The suite's certificates last a day: the start warned of each.
+    expect(lines("TLS certificate expires soon")[0]).toMatchObject({ level: 40, days_left: 0, file: join(secret, "tls.crt") });
+    await expect(startSuite({ server: { tls: { certFile: expired.cert, keyFile: expired.key }, logger } })).rejects.toMatchObject({
+      code: "ERR_TLS_CERT_EXPIRED",
+      message: `the certificate in ${expired.cert} expired on 2020-01-02T00:00:00.000Z: every client would refuse it`,
+    });
+    const current = await servedFingerprint(plain.server.port);
+    projectSecret(expired, 4);
+    const deadline = Date.now() + 10_000;
+    const refused = () => lines("could not load changed credentials; keeping the current ones").filter((l) => String(l.error).includes("expired on"));
+    while (refused().length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(refused()).toHaveLength(1);
+    expect(await servedFingerprint(plain.server.port)).toBe(current);
+    projectSecret(server1, 5);
   });
 });
 
