@@ -420,10 +420,16 @@ describe.each([
     const down = cluster ? await startRedisCluster() : await startRedis();
     const url = down.url;
     await down.stop();
-    const ex = new QueueExecutor({ url, cluster, prefix: "down", enqueueTimeoutMs: 500 });
+    const logged: Record<string, unknown>[] = [];
+    const logger = createLogger("warn", { write: (s: string) => void logged.push(JSON.parse(s)) });
+    const ex = new QueueExecutor({ url, cluster, prefix: "down", enqueueTimeoutMs: 500, logger });
     closers.push(() => ex.shutdown());
     const t = Date.now();
-    await expect(ex.get(JobKind.ALIGN, "align-00000000-0000-0000-0000-000000000000")).rejects.toMatchObject({ code: Code.Unavailable, rawMessage: expect.stringMatching(/job queue cannot be reached/) });
+    const e = await ex.get(JobKind.ALIGN, "align-00000000-0000-0000-0000-000000000000").catch((err: ConnectError) => err);
+    expect(e).toMatchObject({ code: Code.Unavailable, rawMessage: expect.stringMatching(/^the job queue cannot be reached \(.+\); retry later$/) });
+    expect((e as ConnectError).rawMessage).not.toMatch(/maxRetriesPerRequest/);
+    // Each connection error is logged once: BullMQ's copy of it is not logged again.
+    expect(logged.filter((l) => l.msg === "job queue error" && logged.some((c) => c.msg === "job queue connection error" && String(c.error).endsWith(String(l.error))))).toEqual([]);
     await expect(ex.create(JobKind.ALIGN, spec)).rejects.toMatchObject({ code: Code.Unavailable });
     expect(Date.now() - t).toBeLessThan(3000);
   });

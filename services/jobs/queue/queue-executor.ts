@@ -63,10 +63,15 @@ export class QueueExecutor implements JobExecutor {
     this.tracer = options.tracer ?? trace.getTracer(SCOPE);
     this.enqueueTimeoutMs = options.enqueueTimeoutMs ?? 5000;
     // A request fails after a few reconnection attempts instead of hanging while Redis is down.
-    this.redis = connectQueue(this.target, 3, (err) => this.logger.warn({ error: err.message }, "job queue connection error"));
+    let connectionError = "";
+    this.redis = connectQueue(this.target, 3, (err) => {
+      connectionError = err.message;
+      this.logger.warn({ error: err.message }, "job queue connection error");
+    });
     this.jobs = new RedisJobs(this.redis, this.keys);
     this.queue = new Queue(QUEUE_NAME, { connection: this.redis, prefix: this.keys.prefix });
-    this.queue.on("error", (err: Error) => this.logger.warn({ error: err.message }, "job queue error"));
+    // BullMQ passes its connection's errors on (a cluster's without the node named): logged once, above.
+    this.queue.on("error", (err: Error) => !connectionError.endsWith(err.message) && this.logger.warn({ error: err.message }, "job queue error"));
     if (options.meter) {
       this.finished = options.meter.createCounter(JOB_METRICS.finished, { description: "Jobs that reached a final state" });
       observeQueue(options.meter, this.queue);
@@ -232,5 +237,7 @@ async function within<T>(p: Promise<T>, ms: number): Promise<T> {
 
 
 function unavailable(err: unknown): ConnectError {
-  return rpcError(Code.Unavailable, "QUEUE_UNAVAILABLE", `the job queue cannot be reached: ${(err as Error).message}`);
+  // ioredis's own words name its option ("maxRetriesPerRequest"), which is no advice for a client.
+  const why = /max retries per request/i.test((err as Error).message) ? "Redis did not answer" : (err as Error).message;
+  return rpcError(Code.Unavailable, "QUEUE_UNAVAILABLE", `the job queue cannot be reached (${why}); retry later`);
 }
