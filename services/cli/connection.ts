@@ -108,11 +108,14 @@ const UNTRUSTED = new Set([
  */
 export function connectionHint(err: ConnectError, flags: FlagValues): string {
   const code = String((err.cause as NodeJS.ErrnoException | undefined)?.code ?? "");
+  if (code === "CERT_HAS_EXPIRED") return "  hint: the server's certificate has expired: the server must renew it\n";
   if (UNTRUSTED.has(code)) {
     return `  hint: the server's certificate did not verify against ${flags.has(TLS_CA) ? `--tls-ca ${flags.get(TLS_CA)}` : "the system's CAs"}: pass the CA that signed it with --tls-ca\n`;
   }
   if (code === "ERR_TLS_CERT_ALTNAME_INVALID") {
-    return "  hint: the server's certificate does not name the host of --address: pass a name it carries with --server-name\n";
+    return flags.has(SERVER_NAME)
+      ? `  hint: the server's certificate does not name --server-name ${flags.get(SERVER_NAME)}: pass a name it carries\n`
+      : "  hint: the server's certificate does not name the host of --address: pass a name it carries with --server-name\n";
   }
   if (code === "ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED") return "  hint: the server requires a client certificate (mTLS): pass --tls-cert and --tls-key\n";
   // With TLS 1.3 a client learns that the server refused its certificate only after the

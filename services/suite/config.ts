@@ -248,6 +248,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (config.role !== undefined && config.role !== "all" && !config.queueUrl && !badQueueUrl) problems.push(`VACCINE_ROLE=${config.role} needs VACCINE_QUEUE_URL (api and worker processes share jobs through it)`);
   if (config.queueCluster && !config.queueUrl) problems.push("VACCINE_QUEUE_CLUSTER=true needs VACCINE_QUEUE_URL (a node of the cluster)");
   if (config.queueCluster && /\/0*[1-9]\d*$/.test(String(config.queueUrl))) problems.push(`VACCINE_QUEUE_CLUSTER=true needs database 0: a Redis Cluster has no other (VACCINE_QUEUE_URL=${config.queueUrl})`);
+  if (config.healthPort !== undefined && config.healthPort !== 0 && config.healthPort === config.port) {
+    problems.push(`VACCINE_HEALTH_PORT=${config.healthPort} is VACCINE_PORT too: the plaintext health port must be another`);
+  }
   problems.push(...securityProblems(config as Config), ...telemetryProblems(env));
   if (problems.length > 0) throw new ConfigError(`Bad configuration:\n  ${problems.join("\n  ")}`);
   return config as Config;

@@ -5,7 +5,10 @@
 import { randomBytes } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { connectionHint } from "../../services/cli/connection.ts";
+import type { FlagValues } from "../../services/cli/flags.ts";
 import { mtlsAuthenticator } from "../../services/platform/mtls-auth.ts";
 import { tokenAuthenticator, tokenHash } from "../../services/platform/token-auth.ts";
 import { startAccessServer, type AccessServer } from "../helpers/access-server.ts";
@@ -78,7 +81,10 @@ describe("TLS with a bearer token", () => {
     expect(wrongName.code).toBe(1);
     expect(wrongName.stderr).toMatch(/^error: INTERNAL: Hostname\/IP does not match certificate's altnames: IP: 127\.0\.0\.1/);
     expect(wrongName.stderr).toContain("pass a name it carries with --server-name");
-    for (const run of [wrongCa, wrongName]) expect(run.stdout + run.stderr).not.toContain(token);
+    // A --server-name given, but not one the certificate carries: that is the flag to fix.
+    const otherName = await cli([...LIST, ...at(tls), "--tls-ca", ca.cert, "--server-name", "elsewhere.test", "--token-file", tokenFile]);
+    expect(otherName.stderr).toContain("hint: the server's certificate does not name --server-name elsewhere.test: pass a name it carries\n");
+    for (const run of [wrongCa, wrongName, otherName]) expect(run.stdout + run.stderr).not.toContain(token);
   });
 
   it("refuses contradictory or unusable options with exit 2, naming the flag and never the token", async () => {
@@ -117,5 +123,13 @@ describe("mTLS", () => {
     expect(foreign.stderr).toMatch(/^error: (CANCELLED|INTERNAL|UNAVAILABLE): /);
     expect(foreign.stderr).toContain("hint: the server may not trust the client certificate of --tls-cert");
     expect(mtls.seen).toEqual([]);
+  });
+});
+
+describe("connectionHint", () => {
+  it("says an expired server certificate is the server's to renew, not a CA to pass", () => {
+    const expired = new ConnectError("certificate has expired", Code.Internal, undefined, undefined, Object.assign(new Error("certificate has expired"), { code: "CERT_HAS_EXPIRED" }));
+    const givenCa = { has: () => true, get: () => "ca.pem" } as unknown as FlagValues;
+    expect(connectionHint(expired, givenCa)).toBe("  hint: the server's certificate has expired: the server must renew it\n");
   });
 });

@@ -127,6 +127,8 @@ describe("configuration", () => {
     expect(() => loadConfig({ VACCINE_QUEUE_URL: "http://redis:6379" })).toThrow(/VACCINE_QUEUE_URL="http:\/\/redis:6379" is invalid/);
     // A bad URL is one problem, not also a missing one.
     expect(() => loadConfig({ VACCINE_ROLE: "api", VACCINE_QUEUE_URL: "http://redis:6379" })).toThrow(/^Bad configuration:\n {2}VACCINE_QUEUE_URL="http:\/\/redis:6379" is invalid[^\n]*$/);
+    expect(() => loadConfig({ VACCINE_PORT: "50051", VACCINE_HEALTH_PORT: "50051" })).toThrow("VACCINE_HEALTH_PORT=50051 is VACCINE_PORT too: the plaintext health port must be another");
+    expect(loadConfig({ VACCINE_PORT: "0", VACCINE_HEALTH_PORT: "0" }).healthPort).toBe(0);
     expect(loadConfig({ VACCINE_ROLE: "worker", VACCINE_QUEUE_URL: "redis://redis:6379/0", VACCINE_WORKER_CONCURRENCY: "2" })).toMatchObject({
       role: "worker",
       queueUrl: "redis://redis:6379/0",
