@@ -61,9 +61,8 @@ export const COEFFICIENTS = {
   heapBytes: 32 * MiB,
   /**
    * Weights: f32 on the heap with the transposed copies the linears' forward and backward keep,
-   * plus the file bytes read at load, which stay until the worker collects them. 4.5 until the
-   * 85M-parameter job (bench/job-memory.ts, "large") measured 1,391-1,460 MiB in four runs of
-   * 2026-12-06 against 1,935 MiB in an earlier one: 3.0 keeps it at 1.35x.
+   * plus the file bytes read at load, which stay until the worker collects them (fitted on
+   * bench/job-memory.ts's 85M-parameter job: 1.35x its measured peak).
    */
   weightCopies: 3,
   /** Per token and layer, per unit of q + k + v width (projections, rotary, head split, norms, residuals). */
@@ -83,10 +82,8 @@ export const COEFFICIENTS = {
   /**
    * RepNoise, per (B x T)^2 element of a harmful batch (T its longest row): the kernel matrices
    * of the MMD of one layer, alive together while its value and closed-form gradient are taken
-   * from one set of them (mmd2Part: none stays on the tape, so layers do not add up). The same
-   * tfjs ops with either kernel set: fitted on the fused run (12.7 a pair, rounded up). It was
-   * 48, counted from the graph before value and gradient shared their matrices; the stock run
-   * after that (2026-12-07) measured the built-in 8 x 200 RepNoise job at 628-637 MiB, not 897.
+   * from one set of them (mmd2Part: none stays on the tape, so layers do not add up); fitted
+   * on the fused run (12.7 a pair, rounded up).
    */
   mmdPairs: 16,
   /** Booster: adapter-sized tensors beyond SFT's (two more gradients and the weights saved across the shifted pass). */
@@ -94,24 +91,14 @@ export const COEFFICIENTS = {
 } as const;
 
 /**
- * The terms that differ with the native fused kernels (the others as COEFFICIENTS): the four
- * activation terms, and the weights, which the native products read with transpose flags
- * instead of keeping transposed copies (2.0x fitted on the 85M-parameter job); Vaccine's
- * hidden-width term (8 while pass 1 ran on merged weights and kept more of its activations:
- * the 6 x 256 Vaccine job measured 624-646 MiB then; 2 since the decoder blocks). Refitted
- * when the fused loss, attention and SwiGLU stopped leaving a zero gradient per kept tensor alive until the
- * end of each backward pass (runFused): the jobs' peaks fell by 5-44% (but the 85M-parameter
- * job's, mostly weights: 816-871 MiB against 807), and these terms keep the estimates above the
- * measured peaks of bench/results/job-memory.json with margin (bench/README.md). Refitted again
- * when a decoder layer's blocks became one kernel each (native/decoder-block-kernel.ts, their
- * intermediates in a scratch buffer) and training losses took the head with the loss
- * (causalLmHeadLoss: no [tokens, vocab] tensor, so `vocab` is 0): peaks fell by up to 82%
- * (the 16k-vocabulary 32 x 200 job 1,540 -> 283-300 MiB); only RepNoise's harmful pass still
- * holds logits (repnoiseVocab). Least squares on that run (MMD 12.7 floats a pair), rounded up:
- * 1.17-1.46x the measured peaks. The attention-score term went from 2 to 1 when attention
- * kept only its causal blocks of the softmax (about half of [T, T]): the 16 x 512 jobs' peaks
- * fell by 14-18% against the run before (on another machine), and with 2 the estimate reached
- * 1.61x them (bench/results/job-memory.json, bench/README.md).
+ * The terms that differ with the native fused kernels (the others as COEFFICIENTS). A decoder
+ * layer's blocks are one kernel each, their intermediates in a scratch buffer
+ * (native/decoder-block-kernel.ts); the products read the weights with transpose flags instead
+ * of keeping transposed copies; training losses take the head with the loss (causalLmHeadLoss:
+ * no [tokens, vocab] tensor, so `vocab` is 0; only RepNoise's harmful pass holds logits,
+ * `repnoiseVocab`); attention keeps only the causal blocks of its softmax (`scores` 1). Least
+ * squares on bench/results/job-memory.json, rounded up: the estimates stay 1.17-1.46x above
+ * the measured peaks. How each term came to its value: bench/README.md.
  */
 export const FUSED_COEFFICIENTS = { qkv: 2, intermediate: 5, scores: 1, vocab: 0, repnoiseVocab: 12, weightCopies: 2.2, vaccineHidden: 2 } as const;
 
