@@ -16,6 +16,7 @@ import { Code, ConnectError, type Interceptor, type StreamResponse, type UnaryRe
 import { context, isSpanContextValid, trace } from "@opentelemetry/api";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import type { Logger } from "./log.ts";
+import { REMOTE_ADDRESS } from "./peer.ts";
 import { PRINCIPAL } from "./principal.ts";
 import { statusName } from "./rpc-tracing.ts";
 
@@ -87,6 +88,7 @@ export function audit(options: AuditOptions, logger: Logger): Interceptor {
           audit: true,
           tenant: principal?.tenant,
           principal: principal?.principal,
+          remote: req.contextValues.get(REMOTE_ADDRESS),
           ...started,
           resource: Object.keys(resource).length ? resource : undefined,
           outcome: statusName(e?.code ?? 0),

@@ -17,6 +17,14 @@ export interface PeerIdentity {
 
 export const PEER = createContextKey<PeerIdentity | undefined>(undefined, { description: "TLS client certificate" });
 
+/** The address a call came from, as its connection's socket has it: for the audit log. */
+export const REMOTE_ADDRESS = createContextKey<string | undefined>(undefined, { description: "remote address" });
+
+/** The remote address of a request's connection (HTTP/1.1 or HTTP/2). */
+export function remoteAddressOf(req: IncomingMessage | Http2ServerRequest): string | undefined {
+  return ("stream" in req ? req.stream.session?.socket : req.socket)?.remoteAddress;
+}
+
 const cache = new WeakMap<object, PeerIdentity | undefined>();
 
 /** The peer of a request's connection (HTTP/1.1 or HTTP/2), or undefined without a client certificate. */

@@ -178,6 +178,8 @@ describe("the audit log", () => {
       { tenant: "team-f", principal: "flood", method: "vaccine.v1.AlignService/ListAlignJobs", outcome: "RESOURCE_EXHAUSTED", reason: "RATE_LIMITED", resource: undefined },
     ]);
     expect(audit.every((l) => l.trace_id === TRACE)).toBe(true);
+    // Who knocked, for the refusals that name no principal: the connection's address.
+    expect(audit.every((l) => l.remote === "127.0.0.1")).toBe(true);
   });
 
   it("never writes a bearer token or its hash, in any line of the log", async () => {
