@@ -14,7 +14,7 @@ import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerFlag, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
 import type { CallCredentials } from "./authenticate.ts";
 import { rpcError } from "./errors.ts";
-import { peerOf } from "./peer.ts";
+import { peerOf, remoteAddressOf } from "./peer.ts";
 
 export const NotServedReason = {
   SERVICE_NOT_SERVED: "SERVICE_NOT_SERVED",
@@ -37,8 +37,15 @@ export function notServedError(path: string, services: DescService[]): ConnectEr
 /** The error of a caller whose credentials do not hold for `service`, else undefined (access.ts). */
 export type Authenticate = (service: string, credentials: CallCredentials) => Promise<ConnectError | undefined>;
 
-/** connect-node's `fallback`: the error of `notServedError` in the request's protocol; a plain 404 for what is no RPC. */
-export function answerNotServed(services: DescService[], authenticate?: Authenticate): NonNullable<ConnectNodeAdapterOptions["fallback"]> {
+/**
+ * connect-node's `fallback`: the error of `notServedError` in the request's protocol; a plain
+ * 404 for what is no RPC. `onRefused` is told of each (no interceptor, so no audit, sees them).
+ */
+export function answerNotServed(
+  services: DescService[],
+  authenticate?: Authenticate,
+  onRefused?: (path: string, err: ConnectError, remote: string | undefined) => void,
+): NonNullable<ConnectNodeAdapterOptions["fallback"]> {
   return async (req, res) => {
     const type = req.headers["content-type"] ?? "";
     const path = new URL(req.url ?? "/", "http://x").pathname;
@@ -48,6 +55,7 @@ export function answerNotServed(services: DescService[], authenticate?: Authenti
       const header = new Headers(Object.entries(req.headers).filter(([k, v]) => !k.startsWith(":") && typeof v === "string") as [string, string][]);
       err = (await authenticate(path.split("/")[1], { header, peer: peerOf(req) })) ?? err;
     }
+    if (err) onRefused?.(path, err, remoteAddressOf(req));
     const answer = (status: number, headers: Record<string, string>, body?: Uint8Array, trailers?: Headers) => {
       res.writeHead(status, headers);
       if (body) res.write(body);

@@ -133,7 +133,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       router.handlers.splice(0, Infinity, ...router.handlers.map((h) => withWireErrors(withDeadlineInRange(h), wireErrors)));
       served.push(...new Set(router.handlers.map((h) => h.service)));
     },
-    fallback: answerNotServed(served, wireErrors.authenticate),
+    fallback: answerNotServed(served, wireErrors.authenticate, (path, err, remote) =>
+      logger.warn({ method: path.slice(1), outcome: statusName(err.code), reason: err.findDetails(ErrorInfoSchema)[0]?.reason, remote }, "request refused before its handler"),
+    ),
   });
   const h2 = http2.createServer({ settings: { maxConcurrentStreams: limits.maxConcurrentStreams } }, handler);
   const h1 = http.createServer(handler);

@@ -297,6 +297,10 @@ describe("with authentication on", () => {
       const valid = errorDetails(await refusal(protocol, unknownMethod, UNDECODABLE, { url, headers: { authorization: "Bearer token-a" } }));
       expect(valid, protocol).toMatchObject({ code: Code.Unimplemented, info: { reason: "METHOD_NOT_FOUND", metadata: { method: "Embedz" } } });
     }
+    // No interceptor (so no audit line) sees these calls: each is logged, with where it came from.
+    const probes = lines.filter((l) => l.msg === "request refused before its handler" && String(l.method).endsWith("Embedz"));
+    expect(probes.map((l) => l.outcome)).toEqual(["UNAUTHENTICATED", "UNIMPLEMENTED", "UNAUTHENTICATED", "UNIMPLEMENTED", "UNAUTHENTICATED", "UNIMPLEMENTED"]);
+    expect(probes.every((l) => l.remote === "127.0.0.1" && l.method === "vaccine.v1.EmbedService/Embedz")).toBe(true);
   });
 });
 
