@@ -18,8 +18,9 @@ export function checkFineTuneSpec(spec: FineTuneSpec | undefined, bounds: CallBo
   checkLora(v, "spec.lora", spec.lora);
   checkTraining(v, "spec.training", spec.training, bounds);
   checkGuard(v, spec.guard, spec.training, bounds);
+  // Checked whether enabled or not: a stored spec holds no value its fields cannot take.
   const gate = spec.moderationGate;
-  if (gate?.enabled) {
+  if (gate) {
     v.number("spec.moderation_gate.max_flagged_fraction", gate.maxFlaggedFraction, { min: 0, max: 1 });
     v.number("spec.moderation_gate.threshold", gate.threshold, { min: 0, max: 1 });
     checkCheckpointRef(v, "spec.moderation_gate.moderation_model", gate.moderationModel, false);

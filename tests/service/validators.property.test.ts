@@ -200,6 +200,19 @@ describe("training spec validators", () => {
     );
     bothSides();
   });
+
+  it("checks the moderation gate's fields whether it is enabled or not", () => {
+    const spec = (enabled: boolean) =>
+      create(FineTuneSpecSchema, {
+        alignedCheckpoint: { uri: "store://checkpoints/x", digest: `sha256:${"0".repeat(64)}` },
+        dataset: { source: { case: "builtin", value: { name: "sst2-mix" } } },
+        moderationGate: { enabled, threshold: 5, maxFlaggedFraction: -1 },
+      });
+    for (const enabled of [true, false]) {
+      const err = verdict(() => checkFineTuneSpec(spec(enabled), BOUNDS));
+      expect(err?.findDetails(BadRequestSchema)[0].fieldViolations.map((v) => v.field)).toEqual(["spec.moderation_gate.max_flagged_fraction", "spec.moderation_gate.threshold"]);
+    }
+  });
 });
 
 describe("call validators", () => {
