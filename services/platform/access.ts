@@ -10,7 +10,7 @@ import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import type { DescService } from "@bufbuild/protobuf";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
-import { AuthReason, type Authenticator, type CallCredentials } from "./authenticate.ts";
+import { AuthReason, type AuthenticateFirst, type Authenticator, type CallCredentials } from "./authenticate.ts";
 import { rpcError } from "./errors.ts";
 import { PEER } from "./peer.ts";
 import { PRINCIPAL, type Principal } from "./principal.ts";
@@ -90,7 +90,7 @@ export function accessControl(options: AccessOptions): Interceptor {
  * caller without them learns nothing of a request's form (its message type, its field names)
  * or of the services and methods served, which reflection keeps from them.
  */
-export function authenticationFirst(options: AccessOptions): (service: string, credentials: CallCredentials) => Promise<ConnectError | undefined> {
+export function authenticationFirst(options: AccessOptions): AuthenticateFirst {
   const none = anonymous(options.policy);
   return async (service, credentials) => {
     try {

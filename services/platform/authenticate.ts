@@ -33,6 +33,12 @@ export interface CallCredentials {
   peer?: PeerIdentity;
 }
 
+/**
+ * For calls refused before any interceptor (wire-errors.ts, not-served.ts): the error of a
+ * caller whose credentials do not hold for `service`, else undefined (access.ts makes it).
+ */
+export type AuthenticateFirst = (service: string, credentials: CallCredentials) => Promise<ConnectError | undefined>;
+
 export interface Authenticator {
   readonly mode: Exclude<AuthMode, "none">;
   /** The caller, or an UNAUTHENTICATED (or UNAVAILABLE) ConnectError. */

@@ -12,7 +12,7 @@ import { encodeEnvelope } from "@connectrpc/connect/protocol";
 import { codeToHttpStatus, endStreamFlag, endStreamToJson, errorToJsonBytes } from "@connectrpc/connect/protocol-connect";
 import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerFlag, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
-import type { CallCredentials } from "./authenticate.ts";
+import type { AuthenticateFirst } from "./authenticate.ts";
 import { rpcError } from "./errors.ts";
 import { peerOf, remoteAddressOf } from "./peer.ts";
 
@@ -34,16 +34,13 @@ export function notServedError(path: string, services: DescService[]): ConnectEr
   return rpcError(Code.Unimplemented, NotServedReason.SERVICE_NOT_SERVED, `${service} is not served here; this server serves ${names.join(", ")}`, { service, served: names.join(",") });
 }
 
-/** The error of a caller whose credentials do not hold for `service`, else undefined (access.ts). */
-export type Authenticate = (service: string, credentials: CallCredentials) => Promise<ConnectError | undefined>;
-
 /**
  * connect-node's `fallback`: the error of `notServedError` in the request's protocol; a plain
  * 404 for what is no RPC. `onRefused` is told of each (no interceptor, so no audit, sees them).
  */
 export function answerNotServed(
   services: DescService[],
-  authenticate?: Authenticate,
+  authenticate?: AuthenticateFirst,
   onRefused?: (path: string, err: ConnectError, remote: string | undefined) => void,
 ): NonNullable<ConnectNodeAdapterOptions["fallback"]> {
   return async (req, res) => {

@@ -18,7 +18,7 @@ import { codeToHttpStatus, endStreamFlag, endStreamFromJson, endStreamToJson, er
 import { findTrailerError, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerFlag, trailerParse, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
-import type { CallCredentials } from "./authenticate.ts";
+import type { AuthenticateFirst } from "./authenticate.ts";
 import { invalidArgument, rpcError } from "./errors.ts";
 import { PEER } from "./peer.ts";
 
@@ -32,8 +32,7 @@ export interface WireErrorOptions {
   maxMessageBytes: number;
   /** Called once per rewritten refusal, to log and trace it: no interceptor saw the call. */
   onError?: (method: DescMethod, error: ConnectError, requestHeader: Headers) => void;
-  /** The authentication error of a caller whose credentials do not hold, else undefined (access.ts). */
-  authenticate?: (service: string, credentials: CallCredentials) => Promise<ConnectError | undefined>;
+  authenticate?: AuthenticateFirst;
 }
 
 /** `handler`, answering its protocol-layer refusals with the server's ErrorInfo. */
