@@ -1,4 +1,4 @@
-// Batched decoding (model/generate.ts, the KvCache of model/llama.ts): prompts of different
+// Batched decoding (model/generate.ts, model/kv-cache.ts): prompts of different
 // lengths decoded together give, token for token, what decoding each alone gives; on the
 // stock wasm kernels a row's logits are even bitwise those of the row alone.
 import * as tf from "@tensorflow/tfjs";

@@ -4,7 +4,7 @@
  * batched with.
  *
  * Prompts are decoded in batches: sorted by length, right-padded for one prefill, then one
- * token per row per step, each row at its own positions (llama.ts KvCache); a row that ends
+ * token per row per step, each row at its own positions (kv-cache.ts); a row that ends
  * leaves the batch. A row's keys sit where they would if it were decoded alone, its padding
  * only trails, and the cached attention's sums do not change with trailing zeros, so its
  * logits are bitwise those of decoding it alone wherever the matrix products do not depend
