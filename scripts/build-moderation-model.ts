@@ -1,6 +1,6 @@
 /**
  * Builds the shipped moderation classifier, models/moderation: trains it on the built-in
- * labelled pairs (services/runtime/moderation/train.ts), writes the checkpoint, reloads
+ * labelled pairs (services/runtime/moderation/pairs.ts, train.ts), writes the checkpoint, reloads
  * it from disk and measures the reloaded copy on the held-out test split and on
  * perturbed answers, then writes README.md and facts.json (sha256 of every file and the
  * measured numbers). Seeded: the same seed, machine and OpenBLAS kernels give the same files
@@ -19,10 +19,9 @@ import { selectBackend } from "../services/runtime/backend.ts";
 import { writeJson } from "../services/runtime/checkpoint/hf-folder.ts";
 import { HARM_CATEGORIES } from "../services/runtime/data/world/categories.ts";
 import { DEFAULT_THRESHOLD, ModerationClassifier, writeModerationCheckpoint } from "../services/runtime/moderation/classifier.ts";
-import {
-  builtinPairs, evaluateClassifier, flagRate, MODERATION_TRAIN_DEFAULTS, robustnessSets, trainModerationClassifier,
-  type ModerationMetrics, type ModerationTrainOptions,
-} from "../services/runtime/moderation/train.ts";
+import { evaluateClassifier, flagRate, type ModerationMetrics } from "../services/runtime/moderation/evaluate.ts";
+import { builtinPairs, robustnessSets } from "../services/runtime/moderation/pairs.ts";
+import { MODERATION_TRAIN_DEFAULTS, trainModerationClassifier, type ModerationTrainOptions } from "../services/runtime/moderation/train.ts";
 
 const TEST_PAIRS = 1000;
 const THRESHOLDS = [0.3, 0.5, 0.7, 0.9];

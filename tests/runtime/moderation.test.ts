@@ -18,10 +18,11 @@ import { HARM_CATEGORIES } from "../../services/runtime/data/world/categories.ts
 import {
   encodePairs, formatPair, ModerationCheckpointError, ModerationClassifier, pairOfExample, writeModerationCheckpoint,
 } from "../../services/runtime/moderation/classifier.ts";
+import { evaluateClassifier, flagRate } from "../../services/runtime/moderation/evaluate.ts";
 import {
-  augmentPairs, builtinPairs, cutBeforeMarker, degenerateAnswer, evaluateClassifier, flagRate, loopWords, robustnessSets, shuffleWords,
-  trainModerationClassifier, truncateWords, withoutMarker, words, type LabelledPair,
-} from "../../services/runtime/moderation/train.ts";
+  augmentPairs, builtinPairs, cutBeforeMarker, degenerateAnswer, loopWords, robustnessSets, shuffleWords, truncateWords, withoutMarker, words, type LabelledPair,
+} from "../../services/runtime/moderation/pairs.ts";
+import { trainModerationClassifier } from "../../services/runtime/moderation/train.ts";
 import { Rng } from "../../services/runtime/rng.ts";
 
 const DIR = "models/moderation";

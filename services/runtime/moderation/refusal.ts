@@ -25,10 +25,8 @@ import { LlamaModel } from "../model/llama.ts";
 import { Rng } from "../rng.ts";
 import { loadTokenizer } from "../tokenizer.ts";
 import { DEFAULT_INPUT_TEMPLATE, DEFAULT_THRESHOLD, ModerationCheckpointError, ModerationClassifier, pairOfExample, type ModerationPair } from "./classifier.ts";
-import {
-  buildModerationTokenizer, classifierTrunkConfig, fitClassifier, loopWords, nothingOrPunctuation, truncateWords, withoutMarker, wordRepeated,
-  words, wordsLooped, type ModerationTrainOptions,
-} from "./train.ts";
+import { loopWords, nothingOrPunctuation, truncateWords, withoutMarker, wordRepeated, words, wordsLooped } from "./pairs.ts";
+import { buildModerationTokenizer, classifierTrunkConfig, fitClassifier, type ModerationTrainOptions } from "./train.ts";
 
 /** The one label of a refusal classifier. */
 export const REFUSAL_LABEL = "refusal";
