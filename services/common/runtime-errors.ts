@@ -6,7 +6,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BadRequestSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { CheckpointFormatError, CheckpointKindError } from "../runtime/format-error.ts";
-import { DatasetError } from "../runtime/data/builtin.ts";
+import { DatasetError } from "../runtime/data/dataset-error.ts";
 import { MixtureError } from "../runtime/data/mixture.ts";
 import {
   CheckpointIntegrityError,

@@ -1,7 +1,7 @@
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
-import { DatasetError } from "../../services/runtime/data/builtin.ts";
+import { DatasetError } from "../../services/runtime/data/dataset-error.ts";
 import { parseDataset } from "../../services/runtime/data/loaders.ts";
 
 const fixture = (name: string) => fileURLToPath(new URL(`../fixtures/data/${name}`, import.meta.url));

@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { BUILTIN_DATASETS, DatasetError, loadBuiltin } from "../../services/runtime/data/builtin.ts";
+import { BUILTIN_DATASETS, loadBuiltin } from "../../services/runtime/data/builtin.ts";
+import { DatasetError } from "../../services/runtime/data/dataset-error.ts";
 
 const examples = (name: string, s: Parameters<typeof loadBuiltin>[1]) => {
   const d = loadBuiltin(name, s);

@@ -4,7 +4,7 @@
  * of what the user sent or on a row that was silently coerced. The rows go through the
  * same DatasetReader as uploads.
  */
-import { DatasetError } from "./builtin.ts";
+import { DatasetError } from "./dataset-error.ts";
 import { DatasetReader, type ReadSummary } from "./dataset-reader.ts";
 import type { RowFormat } from "./row-formats.ts";
 import type { Example } from "./template.ts";

@@ -3,7 +3,8 @@
  * or a JSONL/JSON file in the store. Training data is read strictly: the first bad row
  * fails with its file and line, rather than training on part of what the user sent.
  */
-import { loadBuiltin, DatasetError } from "../data/builtin.ts";
+import { loadBuiltin } from "../data/builtin.ts";
+import { DatasetError } from "../data/dataset-error.ts";
 import { DEFAULT_MAX_FILE_BYTES, parseDataset } from "../data/loaders.ts";
 import type { RowFormat } from "../data/row-formats.ts";
 import type { Example } from "../data/template.ts";
