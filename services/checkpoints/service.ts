@@ -40,7 +40,7 @@ import { toRpcError } from "../common/runtime-errors.ts";
 import { checkCheckpointRef } from "../common/validate-refs.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
 import type { ServiceModule } from "../platform/server.ts";
-import { DEFAULT_PAGE_SIZE, RequestValidator, checkPage } from "../platform/validate.ts";
+import { RequestValidator, checkPage, keyToken, pageByKey, timeKey, tokenKey } from "../platform/validate.ts";
 import type { FloatDtype } from "../runtime/checkpoint/safetensors.ts";
 import { CheckpointFormatError } from "../runtime/format-error.ts";
 import { CheckpointDescriber, type CheckpointDescription } from "../runtime/pipeline/describe-checkpoint.ts";
@@ -191,23 +191,19 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
             const scope = scopeOf(principalOf(ctx));
             const tenant = visibleTenant(scope);
             const owned = tenant === undefined ? undefined : await ownedBy(deps.store, tenant, "checkpoints");
-            const entries = [];
+            const entries: { key: string; item: CheckpointRef }[] = [];
             for (const ref of await deps.store.list()) {
               if (owned && !owned.has(checkpointHex(ref)) && !isBuiltin(deps.builtins, ref)) continue;
               const { manifest, committedAt } = await describer.summary(ref);
               const type = TYPE_OF_KIND[manifest.kind];
               if (type === undefined || (req.type !== CheckpointType.UNSPECIFIED && type !== req.type)) continue;
-              entries.push({ ref, time: committedAt.getTime() });
+              // Newest first; the URI breaks ties, so a key places a page's end exactly.
+              entries.push({ key: `${timeKey(committedAt.getTime())} ${ref.uri}`, item: ref });
             }
-            // Newest first; the URI breaks ties, so (time, uri) places a page's end exactly.
-            entries.sort((a, b) => b.time - a.time || (a.ref.uri < b.ref.uri ? -1 : 1));
-            const start = after ? entries.filter((e) => e.time > after.time || (e.time === after.time && e.ref.uri <= after.uri)).length : 0;
-            const page = entries.slice(start, start + (req.pageSize || DEFAULT_PAGE_SIZE));
-            const more = start + page.length < entries.length;
-            const last = page[page.length - 1];
+            const { page, nextKey } = pageByKey(entries, req.pageSize, after);
             return {
-              checkpoints: await Promise.all(page.map((e) => describe(e.ref, "checkpoints", scope))),
-              nextPageToken: more && last ? encodeToken(last.time, last.ref.uri) : "",
+              checkpoints: await Promise.all(page.map((ref) => describe(ref, "checkpoints", scope))),
+              nextPageToken: nextKey && keyToken(nextKey),
             };
           } catch (err) {
             throw toRpcError(err);
@@ -334,15 +330,5 @@ async function* streamFile(file: ExportedFile, ctx: HandlerContext): AsyncGenera
 }
 
 /** Page tokens: the (commit time, uri) of a page's last checkpoint, base64url. */
-function encodeToken(time: number, uri: string): string {
-  return Buffer.from(JSON.stringify([time, uri])).toString("base64url");
-}
-
-function decodeToken(token: string): { time: number; uri: string } | undefined {
-  try {
-    const [time, uri] = JSON.parse(Buffer.from(token, "base64url").toString("utf8")) as unknown[];
-    return typeof time === "number" && Number.isFinite(time) && typeof uri === "string" ? { time, uri } : undefined;
-  } catch {
-    return undefined;
-  }
-}
+/** A page token's key: the commit time and uri of the last checkpoint shown. */
+const decodeToken = (token: string) => tokenKey(token, /^\d{15} store:\/\/checkpoints\/[0-9a-f]{64}$/);

@@ -75,6 +75,6 @@ export async function listRecords(store: CheckpointStore): Promise<RecordEntry[]
   return entries.sort(newestFirst);
 }
 
-export function newestFirst(a: RecordEntry, b: RecordEntry): number {
+function newestFirst(a: RecordEntry, b: RecordEntry): number {
   return b.time - a.time || (a.hex < b.hex ? 1 : a.hex > b.hex ? -1 : 0);
 }

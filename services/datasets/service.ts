@@ -11,9 +11,9 @@ import { toRpcError } from "../common/runtime-errors.ts";
 import { principalOf } from "../platform/principal.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
 import type { ServiceModule } from "../platform/server.ts";
-import { DEFAULT_PAGE_SIZE, RequestValidator, checkPage } from "../platform/validate.ts";
+import { RequestValidator, checkPage, keyToken, pageByKey, timeKey, tokenKey } from "../platform/validate.ts";
 import { StoreObjectNotFoundError } from "../runtime/store/store.ts";
-import { type RecordEntry, deleteDataset, listRecords, newestFirst, ownView, readRecord } from "./records.ts";
+import { deleteDataset, listRecords, ownView, readRecord } from "./records.ts";
 import { sweepSpools } from "./spool.ts";
 import { uploadDataset } from "./upload.ts";
 
@@ -72,20 +72,18 @@ export function datasetService(deps: SuiteDeps, options: DatasetServiceOptions =
             const tenant = visibleTenant(scopeOf(principalOf(ctx)));
             const owned = tenant === undefined ? undefined : await ownedBy(deps.store, tenant, "datasets");
             const entries = (await listRecords(deps.store)).filter((e) => !owned || owned.has(e.hex));
-            const start = cursor ? entries.findIndex((e) => newestFirst(e, cursor) > 0) : 0;
-            const page = start < 0 ? [] : entries.slice(start, start + (req.pageSize || DEFAULT_PAGE_SIZE));
+            // Newest first; the digest breaks ties, so a key places a page's end exactly.
+            const { page, nextKey } = pageByKey(entries.map((e) => ({ key: `${timeKey(e.time)} ${e.hex}`, item: e })), req.pageSize, cursor);
             const records = await Promise.all(
               page.map(async (e) => {
                 const record = await readRecord(deps.store, e.hex);
                 return record && tenant !== undefined ? ownView(record, await ownershipOf(deps.store, tenant, "datasets", e.hex)) : record;
               }),
             );
-            const last = page.at(-1);
-            const more = start >= 0 && start + page.length < entries.length;
             return {
               // A dataset deleted between the listing and the read is left out.
               datasets: records.filter((d): d is Dataset => d !== undefined),
-              nextPageToken: more && last ? encodeToken(last) : "",
+              nextPageToken: nextKey && keyToken(nextKey),
             };
           } catch (err) {
             throw toRpcError(err);
@@ -138,11 +136,5 @@ export function datasetService(deps: SuiteDeps, options: DatasetServiceOptions =
 }
 
 /** A page token: the (time, digest) of the last dataset of the previous page. */
-function encodeToken(entry: RecordEntry): string {
-  return Buffer.from(`${entry.time}.${entry.hex}`).toString("base64url");
-}
-
-function decodeToken(token: string): RecordEntry | undefined {
-  const m = /^(\d{1,16})\.([0-9a-f]{64})$/.exec(Buffer.from(token, "base64url").toString("latin1"));
-  return m ? { time: Number(m[1]), hex: m[2] } : undefined;
-}
+/** A page token's key: the record time and digest of the last dataset shown. */
+const decodeToken = (token: string) => tokenKey(token, /^\d{15} [0-9a-f]{64}$/);

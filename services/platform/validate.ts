@@ -97,6 +97,31 @@ export function checkPage<T>(v: RequestValidator, pageSize: number, pageToken: s
   return cursor;
 }
 
+/**
+ * A page of a List RPC: `items` keyed so that descending key order is the list's order
+ * (newest first), from after the item keyed `after`. A token names the last key shown (see
+ * keyToken), so pages stay exact while items are added or removed.
+ */
+export function pageByKey<T>(items: { key: string; item: T }[], pageSize: number, after: string | undefined): { page: T[]; nextKey: string } {
+  const sorted = items.filter((i) => after === undefined || i.key < after).sort((a, b) => (a.key < b.key ? 1 : a.key > b.key ? -1 : 0));
+  const shown = sorted.slice(0, pageSize || DEFAULT_PAGE_SIZE);
+  return { page: shown.map((i) => i.item), nextKey: sorted.length > shown.length ? shown.at(-1)!.key : "" };
+}
+
+/** The page token of a key: opaque to clients. */
+export function keyToken(key: string): string {
+  return Buffer.from(key).toString("base64url");
+}
+
+/** The key a page token names, if it has the form of the list's keys. */
+export function tokenKey(token: string, form: RegExp): string | undefined {
+  const key = Buffer.from(token, "base64url").toString("latin1");
+  return form.test(key) ? key : undefined;
+}
+
+/** A time in ms as a fixed-width key prefix, so keys sort by it. */
+export const timeKey = (ms: number): string => String(Math.max(0, Math.floor(ms))).padStart(15, "0");
+
 /** The error of a page token found wrong past validation (by a job executor, which reads its own tokens). */
 export function badPageToken(): ConnectError {
   return invalidArgument([BAD_PAGE_TOKEN]);

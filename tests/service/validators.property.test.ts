@@ -19,7 +19,7 @@ import { checkFineTuneSpec } from "../../services/finetune/service.ts";
 import { CHARS_PER_TOKEN_BOUND, type CallBounds } from "../../services/common/bounds.ts";
 import { checkEmbedRequest, MAX_EMBED_LAYERS, MAX_EMBED_TEXTS } from "../../services/embed/service.ts";
 import { checkLoraRank, checkTraining, checkTrainingSize, MAX_LORA_RANK } from "../../services/jobs/validate.ts";
-import { checkPage, RequestValidator } from "../../services/platform/validate.ts";
+import { checkPage, keyToken, pageByKey, RequestValidator, timeKey, tokenKey } from "../../services/platform/validate.ts";
 import { checkGenerateRequest, checkModerateRequest, DEFAULT_NEW_TOKENS, MAX_BATCH } from "../../services/score/service.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
 
@@ -290,6 +290,29 @@ describe("call validators", () => {
       { numRuns: 1000 },
     );
     bothSides();
+  });
+
+  it("pages by key show every item once, newest first, whatever is added between pages", () => {
+    const key = fc.integer({ min: 0, max: 1e6 }).map((n) => `${timeKey(n)} ${n}`);
+    fc.assert(
+      fc.property(fc.uniqueArray(key, { maxLength: 40 }), fc.integer({ min: 1, max: 7 }), fc.array(fc.uniqueArray(key, { maxLength: 3 }), { maxLength: 20 }), (first, size, added) => {
+        const items = first.map((k) => ({ key: k, item: k }));
+        const shown: string[] = [];
+        let token = "";
+        for (let i = 0; i < 100; i++) {
+          const { page, nextKey } = pageByKey(items, size, token ? tokenKey(token, /^\d{15} \d+$/) : undefined);
+          shown.push(...page);
+          if (!nextKey) break;
+          token = keyToken(nextKey);
+          for (const k of added[i] ?? []) if (!items.some((x) => x.key === k)) items.push({ key: k, item: k });
+        }
+        // Every first item once, in descending order; added ones only where they fall after the pages shown.
+        expect(new Set(shown).size).toBe(shown.length);
+        for (const k of first) expect(shown).toContain(k);
+        expect(shown).toEqual([...shown].sort().reverse());
+      }),
+      { numRuns: 500 },
+    );
   });
 });
 

@@ -10,8 +10,8 @@ import { context, isSpanContextValid, SpanKind, SpanStatusCode, trace, type Coun
 import { Queue } from "bullmq";
 import { JobSchema, JobState, type Job, type JobEvent, type JobKind } from "../../../gen/vaccine/v1/jobs_pb.ts";
 import { rpcError, shuttingDown, toStatus } from "../../platform/errors.ts";
-import { DEFAULT_PAGE_SIZE } from "../../platform/validate.ts";
-import { keyOfToken, tokenOfKey } from "../job-pages.ts";
+import { DEFAULT_PAGE_SIZE, keyToken } from "../../platform/validate.ts";
+import { keyOfToken } from "../job-pages.ts";
 import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
 import { jobQuotaExceeded } from "../../common/quotas.ts";
@@ -120,7 +120,7 @@ export class QueueExecutor implements JobExecutor {
   async list(kind: JobKind, pageSize: number, pageToken: string, tenant?: string): Promise<{ jobs: Job[]; nextPageToken: string }> {
     const after = pageToken ? keyOfToken(kind, pageToken) : "";
     const page = await this.guard(() => this.jobs.page(kind, pageSize || DEFAULT_PAGE_SIZE, after, tenant));
-    return { jobs: page.jobs, nextPageToken: page.more && page.last ? tokenOfKey(page.last) : "" };
+    return { jobs: page.jobs, nextPageToken: page.more && page.last ? keyToken(page.last) : "" };
   }
 
   /** A queued job is cancelled here; a running one is marked CANCELLING and its worker told. */
