@@ -92,6 +92,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       { host, auth: "none" },
       "AUTHENTICATION IS OFF on a non-loopback address: anyone who reaches this port can read, train on and delete every tenant's data. Set VACCINE_AUTH (token, jwt or mtls).",
     );
+  } else if (access.authenticator && access.authenticator.mode !== "mtls" && !options.tls && !isLoopback(host)) {
+    // Fine behind a TLS-terminating proxy or a mesh; otherwise every token crosses the network readable.
+    logger.warn({ host, auth: access.authenticator.mode, tls: "off" }, "bearer credentials arrive in plaintext on a non-loopback address: set VACCINE_TLS_CERT and VACCINE_TLS_KEY unless a proxy or mesh terminates TLS in front");
   }
 
   const calls = serverTelemetry(options.tracerProvider, options.meterProvider);

@@ -230,6 +230,15 @@ export class ConfigError extends Error {
   override name = "ConfigError";
 }
 
+/** VACCINE_* variables the CLI reads (the address, a token, shipped refs): not the server's. */
+const CLIENT_VARIABLES = /^VACCINE_(ADDRESS|TOKEN|BUILTIN_[A-Z]+)$/;
+
+/** VACCINE_* variables that no part of the suite reads: a misspelling (VACCINE_TLS_CRT) is otherwise silently ignored. */
+export function unknownVariables(env: Record<string, string | undefined> = process.env): string[] {
+  const known = new Set(VARIABLES.map((v) => v.name));
+  return Object.keys(env).filter((k) => k.startsWith("VACCINE_") && !known.has(k) && !CLIENT_VARIABLES.test(k)).sort();
+}
+
 /** Reads the configuration; throws one ConfigError listing every bad variable. */
 export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
   const config: Partial<Record<keyof Config, unknown>> = {};

@@ -6,7 +6,7 @@ import { startServer, type RunningServer } from "../platform/server.ts";
 import { SCOPE, setupTelemetry } from "../platform/telemetry.ts";
 import { selectBackend } from "../runtime/backend.ts";
 import { seedBuiltins } from "../runtime/pipeline/builtins.ts";
-import { loadConfig, ConfigError, type Config, type ServiceName } from "./config.ts";
+import { loadConfig, ConfigError, unknownVariables, type Config, type ServiceName } from "./config.ts";
 import { createDeps } from "./create-deps.ts";
 import { callBounds, securityOptions } from "./security.ts";
 import { SERVICES } from "./services.ts";
@@ -27,6 +27,8 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
   }
   const names = only ?? config.services;
   const logger = createLogger(config.logLevel);
+  const unknown = unknownVariables();
+  if (unknown.length > 0) logger.warn({ variables: unknown }, "unknown VACCINE_* variables are ignored: check their spelling (README, configuration)");
   try {
     await selectBackend(config.backend, (line) => logger.info(line), { nativeKernels: config.nativeKernels });
   } catch (err) {

@@ -1,9 +1,13 @@
 // Access control without authentication (the local first run), the warning when that is
 // exposed beyond loopback, and a policy that must cover every served method.
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import { pino } from "pino";
 import { describe, expect, it } from "vitest";
 import { allows, type AccessPolicy } from "../../services/platform/access.ts";
+import { tokenAuthenticator, tokenHash } from "../../services/platform/token-auth.ts";
 import { startServer } from "../../services/platform/server.ts";
 import { accessPolicy } from "../../services/suite/access.ts";
 import { standInAlign, startAccessServer } from "../helpers/access-server.ts";
@@ -23,6 +27,23 @@ describe("VACCINE_AUTH=none", () => {
     const warning = s.logs.find((l) => l.level === 40);
     expect(warning?.msg).toMatch(/AUTHENTICATION IS OFF/);
     expect(warning).toMatchObject({ host: "0.0.0.0", auth: "none" });
+  });
+
+  it("warns when bearer tokens would arrive in plaintext beyond loopback, not on loopback", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "vaccine-plain-tokens-"));
+    const file = join(dir, "tokens.json");
+    writeFileSync(file, JSON.stringify({ [tokenHash("t")]: { tenant: "a", roles: ["reader"] } }));
+    try {
+      for (const [host, warned] of [["0.0.0.0", true], ["127.0.0.1", false]] as const) {
+        const s = await startAccessServer({ host, authenticator: (logger) => tokenAuthenticator(file, logger) });
+        await s.server.shutdown();
+        const line = s.logs.find((l) => String(l.msg).startsWith("bearer credentials arrive in plaintext"));
+        expect(Boolean(line), host).toBe(warned);
+        if (warned) expect(line).toMatchObject({ level: 40, host, auth: "token", tls: "off" });
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

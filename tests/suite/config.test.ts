@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
-import { ConfigError, loadConfig, VARIABLES } from "../../services/suite/config.ts";
+import { ConfigError, loadConfig, unknownVariables, VARIABLES } from "../../services/suite/config.ts";
 
 describe("configuration", () => {
   it("has documented defaults", () => {
@@ -129,6 +129,8 @@ describe("configuration", () => {
     expect(() => loadConfig({ VACCINE_ROLE: "api", VACCINE_QUEUE_URL: "http://redis:6379" })).toThrow(/^Bad configuration:\n {2}VACCINE_QUEUE_URL="http:\/\/redis:6379" is invalid[^\n]*$/);
     expect(() => loadConfig({ VACCINE_PORT: "50051", VACCINE_HEALTH_PORT: "50051" })).toThrow("VACCINE_HEALTH_PORT=50051 is VACCINE_PORT too: the plaintext health port must be another");
     expect(loadConfig({ VACCINE_PORT: "0", VACCINE_HEALTH_PORT: "0" }).healthPort).toBe(0);
+    // A misspelt variable is reported (the process logs it at start), the CLI's own are not.
+    expect(unknownVariables({ VACCINE_TLS_CRT: "x", VACCINE_PORT: "1", VACCINE_ADDRESS: "a", VACCINE_TOKEN: "t", VACCINE_BUILTIN_BASE: "b", VACCINE_QUEUE: "q", PATH: "/bin" })).toEqual(["VACCINE_QUEUE", "VACCINE_TLS_CRT"]);
     expect(loadConfig({ VACCINE_ROLE: "worker", VACCINE_QUEUE_URL: "redis://redis:6379/0", VACCINE_WORKER_CONCURRENCY: "2" })).toMatchObject({
       role: "worker",
       queueUrl: "redis://redis:6379/0",
