@@ -31,7 +31,7 @@ import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { QUEUE_NAME, queueKeys } from "../../services/jobs/queue/connection.ts";
 import { exporterNames, prometheusAddress } from "../../services/platform/telemetry-env.ts";
 import { tokenHash } from "../../services/platform/token-auth.ts";
-import { loadConfig, SERVICE_NAMES, VARIABLES, type Config, type ServiceName } from "../../services/suite/config.ts";
+import { loadConfig, SERVICE_NAMES, unknownVariables, VARIABLES, type Config, type ServiceName } from "../../services/suite/config.ts";
 import { TestPki } from "../helpers/certs.ts";
 import { rpcFailure } from "../helpers/errors.ts";
 import { startProcess } from "../../scripts/service-process.ts";
@@ -261,7 +261,10 @@ function jobsDuty(config: Config, services: ServiceName[]) {
 
 function servedBy(objects: K8sObject[], name: WorkloadName) {
   const w = workload(objects, name);
-  const config = loadConfig(environment(objects, w));
+  const env = environment(objects, w);
+  // Every VACCINE_* variable a manifest sets is one the suite reads (no start warning).
+  expect(unknownVariables(env), name).toEqual([]);
+  const config = loadConfig(env);
   return { w, config, services: pinnedServices(container(w).command![1]) ?? config.services };
 }
 
