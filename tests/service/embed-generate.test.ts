@@ -102,6 +102,13 @@ describe("ComputeDrift", () => {
     return { source: { case: "uri" as const, value: "store://datasets/probe.jsonl" } };
   };
 
+  it("refuses two checkpoints of different shapes as CHECKPOINTS_INCOMPARABLE, naming the config field", async () => {
+    const other = await suite.deps.store.put(join(import.meta.dirname, "../fixtures/llama-f32-gqa"), { kind: "model", meta: { name: "other shape" } });
+    const e = await rpcFailure(async () => embed.computeDrift({ reference: suite.base, candidate: other, probeDataset: await probe() }));
+    expect(e).toMatchObject({ code: Code.FailedPrecondition, info: { reason: "CHECKPOINTS_INCOMPARABLE" } });
+    expect(e.message).toMatch(/^the checkpoints differ in vocab_size: \d+ \(reference\) and 512 \(candidate\)$/);
+  });
+
   it("is exactly 0 for a checkpoint against itself", async () => {
     const res = await embed.computeDrift({ reference: suite.base, candidate: suite.base, probeDataset: await probe() });
     expect(res.totalSquaredNorm).toBe(0);

@@ -94,6 +94,21 @@ describe("Moderate", () => {
     expect(e).toMatchObject({ code: Code.FailedPrecondition, info: { reason: "CHECKPOINT_KIND_INVALID", metadata: { field: "moderation_model" } } });
   });
 
+  it("says which shipped model is missing on a server without it, when the request names none", async () => {
+    const { moderation, refusal } = suite.deps.builtins;
+    try {
+      suite.deps.builtins.moderation = undefined;
+      const m = await rpcFailure(() => score.moderate({ pairs: [{ prompt: "a", answer: "b" }] }));
+      expect(m).toMatchObject({ code: Code.FailedPrecondition, info: { reason: "MODERATION_MODEL_MISSING" } });
+      suite.deps.builtins.moderation = moderation;
+      suite.deps.builtins.refusal = undefined;
+      const r = await rpcFailure(() => collect(score.scoreHarmfulness({ checkpoint: suite.base, prompts: { source: { case: "uri", value: PROMPTS } }, maxNewTokens: 2 })));
+      expect(r).toMatchObject({ code: Code.FailedPrecondition, info: { reason: "REFUSAL_MODEL_MISSING" } });
+    } finally {
+      Object.assign(suite.deps.builtins, { moderation, refusal });
+    }
+  });
+
   it("refuses a checkpoint of the wrong kind in every call, before any work, naming its field", async () => {
     const moderation = suite.deps.builtins.moderation!;
     const prompts = { source: { case: "uri" as const, value: PROMPTS } };

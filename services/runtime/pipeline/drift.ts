@@ -33,7 +33,9 @@ function assertComparable(a: LoadedCheckpoint, b: LoadedCheckpoint): void {
   const ca = a.model.config;
   const cb = b.model.config;
   for (const key of ["vocabSize", "hiddenSize", "numHiddenLayers", "numAttentionHeads", "numKeyValueHeads", "intermediateSize"] as const) {
-    if (ca[key] !== cb[key]) throw new DriftPreconditionError(`the checkpoints differ in ${key}: ${ca[key]} and ${cb[key]}`);
+    // Named as config.json names it (vocab_size), which is what a client can look at.
+    const name = key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+    if (ca[key] !== cb[key]) throw new DriftPreconditionError(`the checkpoints differ in ${name}: ${ca[key]} (reference) and ${cb[key]} (candidate)`);
   }
   const probe = "Below is an instruction that describes a task.";
   const same = a.tokenizer.vocabSize === b.tokenizer.vocabSize && a.tokenizer.encode(probe).join() === b.tokenizer.encode(probe).join();
