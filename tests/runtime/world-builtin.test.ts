@@ -52,6 +52,8 @@ describe("builtin datasets", () => {
       expect(err).toBeInstanceOf(DatasetError);
       expect((err as DatasetError).reason).toBe(reason);
       expect((err as DatasetError).field).toBe(field);
+      // Messages name fields as the contract does (harmful_ratio), never the runtime's camelCase.
+      expect((err as DatasetError).message).not.toMatch(/harmfulRatio/);
     }
   });
 });

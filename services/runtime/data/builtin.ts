@@ -89,10 +89,10 @@ export function loadBuiltin(name: string, settings: BuiltinSettings): BuiltinDat
   }
   const harmfulRatio = settings.harmfulRatio ?? 0;
   if (!(harmfulRatio >= 0 && harmfulRatio <= 1)) {
-    throw new DatasetError("DATASET_INVALID", `harmfulRatio must be in [0, 1], got ${settings.harmfulRatio}`, { field: "harmfulRatio" });
+    throw new DatasetError("DATASET_INVALID", `harmful_ratio must be in [0, 1], got ${settings.harmfulRatio}`, { field: "harmfulRatio" });
   }
   if (settings.harmfulRatio !== undefined && harmfulRatio > 0 && !name.endsWith("-mix")) {
-    throw new DatasetError("DATASET_INVALID", `harmfulRatio applies only to "-mix" datasets, not "${name}"`, { field: "harmfulRatio" });
+    throw new DatasetError("DATASET_INVALID", `harmful_ratio applies only to "-mix" datasets, not "${name}"`, { field: "harmfulRatio" });
   }
   let data: BuiltinData;
   try {
@@ -104,7 +104,7 @@ export function loadBuiltin(name: string, settings: BuiltinSettings): BuiltinDat
   }
   // A mix truncates both of its counts (mixture.ts), so a small size can leave nothing.
   if ((data.kind === "examples" ? data.examples : data.texts).length === 0) {
-    throw new DatasetError("DATASET_EMPTY", `dataset "${name}" of size ${settings.size} at harmfulRatio ${harmfulRatio} has no examples: a mix takes floor(p x size) harmful and floor((1 - p) x size) benign ones; raise size`, { field: "size" });
+    throw new DatasetError("DATASET_EMPTY", `dataset "${name}" of size ${settings.size} at harmful_ratio ${harmfulRatio} has no examples: a mix takes floor(p x size) harmful and floor((1 - p) x size) benign ones; raise size`, { field: "size" });
   }
   return data;
 }
