@@ -303,6 +303,9 @@ describe("get, list, download, delete", () => {
 
     await deps.store.putObject(dataset.uri, Buffer.from(bytes.toString().replace("Question 5", "Question 6")));
     expect(await rpcFailure(() => downloadAll(dataset.uri))).toMatchObject({ code: Code.DataLoss, info: expect.objectContaining({ reason: "DATASET_CORRUPT" }) });
+    // The record still there, the bytes gone (a store cleaned by hand): DATA_LOSS, not NOT_FOUND.
+    await deps.store.deleteObject(dataset.uri);
+    expect(await rpcFailure(() => downloadAll(dataset.uri))).toMatchObject({ code: Code.DataLoss, info: { reason: "DATASET_BYTES_MISSING", metadata: { uri: dataset.uri } } });
   });
 });
 

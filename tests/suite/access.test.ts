@@ -1,9 +1,12 @@
 // The role each of the suite's RPCs needs: listed here in full, so a new RPC or a rename
 // that changes a role shows up as a diff.
+import { Code } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
+import { scopeOf } from "../../services/common/ownership.ts";
 import { checkPolicyCovers } from "../../services/platform/access.ts";
 import { accessPolicy } from "../../services/suite/access.ts";
 import { SERVICES } from "../../services/suite/services.ts";
+import { errorDetails } from "../helpers/errors.ts";
 import { testDeps } from "../helpers/server.ts";
 
 describe("the suite's access policy", () => {
@@ -47,5 +50,20 @@ describe("the suite's access policy", () => {
       await deps.executor?.shutdown();
       (await import("node:fs")).rmSync(root, { recursive: true, force: true });
     }
+  });
+});
+
+describe("tenants as store paths", () => {
+  it("refuses a principal whose tenant is no store path segment, whatever let it through", () => {
+    for (const tenant of ["../team-b", "a/b", "", "x".repeat(200)]) {
+      let caught: unknown;
+      try {
+        scopeOf({ tenant, principal: "p", roles: ["reader"], via: "token" });
+      } catch (err) {
+        caught = err;
+      }
+      expect(errorDetails(caught), JSON.stringify(tenant)).toMatchObject({ code: Code.PermissionDenied, info: { reason: "TENANT_INVALID" } });
+    }
+    expect(scopeOf({ tenant: "team-a", principal: "p", roles: ["admin"], via: "token" })).toEqual({ tenant: "team-a", admin: true });
   });
 });
