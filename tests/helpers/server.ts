@@ -71,6 +71,11 @@ export async function startSuite(
     tracerProvider: options.tracerProvider,
     shutdownTimeoutMs: 5000,
     ...options.server,
+  }).catch(async (err: unknown) => {
+    // A start refused on purpose (a test of a bad setting) leaves no executor or temp folder behind.
+    await deps.executor?.shutdown();
+    rmSync(root, { recursive: true, force: true });
+    throw err;
   });
   server.onShutdown(() => deps.executor!.shutdown());
   return {

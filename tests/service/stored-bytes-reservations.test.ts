@@ -2,18 +2,20 @@
 // local store: under the worst interleaving of two admissions (both reserve before either reads
 // the usage) neither goes through, so together they never overshoot; a reservation counts until
 // released; one left by a dead process lapses and is removed by the next admission.
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import { claim, usageOf } from "../../services/common/ownership.ts";
 import { reserveStoredBytes, RESERVATION_TTL_MS } from "../../services/common/quotas.ts";
 import { LocalCheckpointStore } from "../../services/runtime/store/local-store.ts";
 import type { CheckpointStore } from "../../services/runtime/store/store.ts";
 
 const RESERVATIONS = "store://tenants/team-a/reservations";
-const newStore = () => new LocalCheckpointStore(mkdtempSync(join(tmpdir(), "vaccine-reservations-")));
+const roots: string[] = [];
+const newStore = () => new LocalCheckpointStore(roots[roots.push(mkdtempSync(join(tmpdir(), "vaccine-reservations-"))) - 1]);
+afterAll(() => roots.forEach((r) => rmSync(r, { recursive: true, force: true })));
 const deps = (store: CheckpointStore, storedBytes: number) => ({ store, quotas: { jobs: 0, storedBytes } });
 
 /** A store whose listings of the tenant's folder wait until `n` callers have asked: every admission has reserved before any reads. */
