@@ -10,6 +10,8 @@
 
 export interface ModelCacheOptions<T> {
   budgetBytes: number;
+  /** What a loaded value takes, in bytes (a non-negative number). */
+  sizeOf: (value: T) => number;
   /** Frees an evicted value (e.g. disposes its tensors). */
   dispose?: (value: T, key: string) => void | Promise<void>;
   /** Told about dispose failures, which never fail the get that caused the eviction. */
@@ -42,8 +44,8 @@ export class ModelCache<T> {
   }
 
   /** The cached value, or load() it (once, however many callers ask at the same time), pinned until release(). */
-  async acquire(key: string, bytes: number, load: () => Promise<T>): Promise<Lease<T>> {
-    const entry = await this.obtain(key, bytes, load);
+  async acquire(key: string, load: () => Promise<T>): Promise<Lease<T>> {
+    const entry = await this.obtain(key, load);
     let released = false;
     return {
       value: entry.value,
@@ -56,8 +58,8 @@ export class ModelCache<T> {
   }
 
   /** Runs fn with the value pinned. */
-  async use<R>(key: string, bytes: number, load: () => Promise<T>, fn: (value: T) => R | Promise<R>): Promise<R> {
-    const lease = await this.acquire(key, bytes, load);
+  async use<R>(key: string, load: () => Promise<T>, fn: (value: T) => R | Promise<R>): Promise<R> {
+    const lease = await this.acquire(key, load);
     try {
       return await fn(lease.value);
     } finally {
@@ -91,8 +93,7 @@ export class ModelCache<T> {
     for (const entry of [...this.entries.values()]) this.evict(entry);
   }
 
-  private async obtain(key: string, bytes: number, load: () => Promise<T>): Promise<Entry<T>> {
-    if (!(Number.isFinite(bytes) && bytes >= 0)) throw new RangeError(`bytes must be a non-negative number, got ${bytes}`);
+  private async obtain(key: string, load: () => Promise<T>): Promise<Entry<T>> {
     for (;;) {
       const cached = this.entries.get(key);
       if (cached) {
@@ -103,7 +104,7 @@ export class ModelCache<T> {
       }
       let pending = this.loading.get(key);
       if (!pending) {
-        pending = this.load(key, bytes, load);
+        pending = this.load(key, load);
         this.loading.set(key, pending);
       }
       const entry = await pending;
@@ -114,9 +115,15 @@ export class ModelCache<T> {
     }
   }
 
-  private async load(key: string, bytes: number, load: () => Promise<T>): Promise<Entry<T>> {
+  private async load(key: string, load: () => Promise<T>): Promise<Entry<T>> {
     try {
-      const entry: Entry<T> = { key, value: await load(), bytes, pins: 0, state: "unkept" };
+      const value = await load();
+      const bytes = this.options.sizeOf(value);
+      if (!(Number.isFinite(bytes) && bytes >= 0)) {
+        await this.options.dispose?.(value, key);
+        throw new RangeError(`sizeOf must give a non-negative number of bytes, got ${bytes}`);
+      }
+      const entry: Entry<T> = { key, value, bytes, pins: 0, state: "unkept" };
       if (bytes <= this.options.budgetBytes) {
         entry.state = "cached";
         this.entries.set(key, entry);

@@ -3,16 +3,21 @@ import { ModelCache } from "../../services/runtime/model-cache.ts";
 
 interface Model {
   name: string;
+  bytes?: number;
 }
 
+/** What the cache counts a model as: the size its load gave it. */
+const sizeOf = (m: Model) => m.bytes ?? 0;
+/** `load`, its model taking `bytes`. */
+const sized = (load: () => Promise<Model>, bytes: number) => async () => ({ ...(await load()), bytes });
 /** The value, used for a moment: loaded or found, pinned, released. */
-const take = <T>(cache: ModelCache<T>, key: string, bytes: number, load: () => Promise<T>) => cache.use(key, bytes, load, (v) => v);
+const take = (cache: ModelCache<Model>, key: string, bytes: number, load: () => Promise<Model>) => cache.use(key, sized(load, bytes), (v) => v);
 
 /** A cache whose loads and disposals are recorded. */
 function harness(budgetBytes: number) {
   const loads: string[] = [];
   const disposed: string[] = [];
-  const cache = new ModelCache<Model>({ budgetBytes, dispose: (m) => void disposed.push(m.name) });
+  const cache = new ModelCache<Model>({ budgetBytes, sizeOf, dispose: (m) => void disposed.push(m.name) });
   const loader = (name: string) => async () => {
     loads.push(name);
     return { name };
@@ -56,8 +61,8 @@ describe("ModelCache", () => {
   it("loads but does not keep an entry larger than the budget, and disposes it after its last use", async () => {
     const { cache, loads, disposed, loader, get } = harness(30);
     await get("a", 10);
-    const lease = await cache.acquire("huge", 31, loader("huge"));
-    const second = await cache.acquire("huge", 31, loader("huge"));
+    const lease = await cache.acquire("huge", sized(loader("huge"), 31));
+    const second = await cache.acquire("huge", sized(loader("huge"), 31));
     expect(cache.has("huge")).toBe(false);
     expect(cache.keys()).toEqual(["a"]); // nothing evicted for it
     expect(second.value).not.toBe(lease.value); // loaded again: nothing keeps it
@@ -72,7 +77,7 @@ describe("ModelCache", () => {
 
   it("shares one unkept load between concurrent users and disposes it once", async () => {
     const { cache, loads, disposed, loader } = harness(30);
-    const [one, two] = await Promise.all([cache.acquire("huge", 31, loader("huge")), cache.acquire("huge", 31, loader("huge"))]);
+    const [one, two] = await Promise.all([cache.acquire("huge", sized(loader("huge"), 31)), cache.acquire("huge", sized(loader("huge"), 31))]);
     expect(one.value).toBe(two.value);
     one.release();
     expect(disposed).toEqual([]);
@@ -82,7 +87,7 @@ describe("ModelCache", () => {
   });
 
   it("loads once for concurrent gets of the same key", async () => {
-    const cache = new ModelCache<Model>({ budgetBytes: 100 });
+    const cache = new ModelCache<Model>({ budgetBytes: 100, sizeOf });
     let calls = 0;
     let finish!: () => void;
     const gate = new Promise<void>((resolve) => (finish = resolve));
@@ -99,7 +104,7 @@ describe("ModelCache", () => {
   });
 
   it("shares a load failure with every waiter and retries afterwards", async () => {
-    const cache = new ModelCache<Model>({ budgetBytes: 100 });
+    const cache = new ModelCache<Model>({ budgetBytes: 100, sizeOf });
     let calls = 0;
     const failing = async (): Promise<Model> => {
       calls++;
@@ -125,7 +130,7 @@ describe("ModelCache", () => {
 
   it("never evicts a pinned entry and trims once it is released", async () => {
     const { cache, disposed, loader, get } = harness(20);
-    const lease = await cache.acquire("a", 10, loader("a"));
+    const lease = await cache.acquire("a", sized(loader("a"), 10));
     await get("b", 10);
     await get("c", 10); // evicts b: a is pinned
     expect(disposed).toEqual(["b"]);
@@ -138,7 +143,7 @@ describe("ModelCache", () => {
     lease.release(); // a second release is harmless
     expect(cache.keys()).toEqual(["a", "e"]);
 
-    const seen = await cache.use("f", 15, loader("f"), async (m) => {
+    const seen = await cache.use("f", sized(loader("f"), 15), async (m) => {
       await get("g", 10); // over budget while f is pinned: g goes when its use ends
       expect(disposed).not.toContain("f");
       return m.name;
@@ -151,7 +156,7 @@ describe("ModelCache", () => {
 
   it("disposes an entry deleted while pinned only on release", async () => {
     const { cache, disposed, loader } = harness(100);
-    const lease = await cache.acquire("a", 10, loader("a"));
+    const lease = await cache.acquire("a", sized(loader("a"), 10));
     cache.delete("a");
     expect(disposed).toEqual([]);
     lease.release();
@@ -162,6 +167,7 @@ describe("ModelCache", () => {
     const errors: string[] = [];
     const cache = new ModelCache<Model>({
       budgetBytes: 10,
+      sizeOf,
       dispose: () => {
         throw new Error("dispose failed");
       },
@@ -174,8 +180,8 @@ describe("ModelCache", () => {
   });
 
   it("refuses invalid sizes", async () => {
-    const cache = new ModelCache<Model>({ budgetBytes: 10 });
+    const cache = new ModelCache<Model>({ budgetBytes: 10, sizeOf });
     await expect(take(cache, "a", -1, async () => ({ name: "a" }))).rejects.toThrow(RangeError);
-    expect(() => new ModelCache<Model>({ budgetBytes: NaN })).toThrow(RangeError);
+    expect(() => new ModelCache<Model>({ budgetBytes: NaN, sizeOf })).toThrow(RangeError);
   });
 });
