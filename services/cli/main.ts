@@ -9,10 +9,11 @@ const argv = process.argv.slice(2);
 const io = { stdout: process.stdout, stderr: process.stderr, env: process.env };
 const env = { ...process.env, OTEL_METRICS_EXPORTER: "none" };
 const command = argv.find((a) => !a.startsWith("-"));
+const problems = telemetryProblems(env);
 if (command === "serve" || exporterNames(env, "TRACES").length === 0) {
   process.exitCode = await runCli(argv, io);
-} else if (telemetryProblems(env).length > 0) {
-  process.stderr.write(`error: ${telemetryProblems(env).join("; ")}\n`);
+} else if (problems.length > 0) {
+  process.stderr.write(`error: ${problems.join("; ")}\n`);
   process.exitCode = 2;
 } else {
   const { SCOPE, setupTelemetry } = await import("../platform/telemetry.ts");

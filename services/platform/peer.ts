@@ -22,14 +22,19 @@ export const REMOTE_ADDRESS = createContextKey<string | undefined>(undefined, { 
 
 /** The remote address of a request's connection (HTTP/1.1 or HTTP/2). */
 export function remoteAddressOf(req: IncomingMessage | Http2ServerRequest): string | undefined {
-  return ("stream" in req ? req.stream.session?.socket : req.socket)?.remoteAddress;
+  return socketOf(req)?.remoteAddress;
+}
+
+/** The connection's socket: HTTP/2's session's, or HTTP/1.1's own. */
+function socketOf(req: IncomingMessage | Http2ServerRequest) {
+  return "stream" in req ? req.stream.session?.socket : req.socket;
 }
 
 const cache = new WeakMap<object, PeerIdentity | undefined>();
 
 /** The peer of a request's connection (HTTP/1.1 or HTTP/2), or undefined without a client certificate. */
 export function peerOf(req: IncomingMessage | Http2ServerRequest): PeerIdentity | undefined {
-  const socket = ("stream" in req ? req.stream.session?.socket : req.socket) as TLSSocket | undefined;
+  const socket = socketOf(req) as TLSSocket | undefined;
   if (!socket || !("encrypted" in socket) || !socket.encrypted) return undefined;
   if (cache.has(socket)) return cache.get(socket);
   const cert = socket.getPeerCertificate();
