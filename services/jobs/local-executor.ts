@@ -283,6 +283,7 @@ export class LocalExecutor implements JobExecutor {
   private emit(entry: Entry, event: JobEventInit): void {
     const e = create(JobEventSchema, { jobId: entry.job.id, sequence: entry.events.length + 1, time: timestampNow(), event });
     entry.events.push(e);
+    entry.job.lastSequence = e.sequence;
     this.records.appendEvent(e);
     for (const wake of entry.wake) wake();
   }

@@ -73,6 +73,9 @@ export class JobRecords {
     } catch {
       // No events file yet: the process stopped between creating the record and its first event.
     }
-    return { job: fromJson(JobSchema, raw.job, options), link: raw.link, events };
+    // The record is saved before its state change's event is appended: the events count.
+    const job = fromJson(JobSchema, raw.job, options);
+    job.lastSequence = events.length;
+    return { job, link: raw.link, events };
   }
 }

@@ -101,8 +101,9 @@ describe("LocalExecutor", () => {
     const a = await ex.create(JobKind.ALIGN, spec);
     const b = await ex.create(JobKind.ALIGN, spec);
     await until(() => c.started.length === 1);
-    expect((await ex.cancel(JobKind.ALIGN, b.id)).state).toBe(JobState.CANCELLED);
-    expect((await ex.cancel(JobKind.ALIGN, a.id)).state).toBe(JobState.CANCELLING);
+    // Each answer carries the sequence of the event its change wrote.
+    expect(await ex.cancel(JobKind.ALIGN, b.id)).toMatchObject({ state: JobState.CANCELLED, lastSequence: 2 });
+    expect(await ex.cancel(JobKind.ALIGN, a.id)).toMatchObject({ state: JobState.CANCELLING, lastSequence: 3 });
     const events = await collect(ex.watch(JobKind.ALIGN, a.id, new AbortController().signal));
     expect(states(events)).toEqual(["QUEUED", "RUNNING", "CANCELLING", "CANCELLED"]);
     const job = await ex.get(JobKind.ALIGN, a.id);
@@ -133,6 +134,34 @@ describe("LocalExecutor", () => {
     // Resumed after the second event: the rest only.
     const resumed = await collect(ex.watch(JobKind.ALIGN, job.id, new AbortController().signal, 2));
     expect(resumed.map((e) => e.sequence)).toEqual(events.slice(2).map((e) => e.sequence));
+  });
+
+  it("answers each job with its last event's sequence: a watch after it gets only what happens next, also after a restart", async () => {
+    const dir = tempDir();
+    let go!: () => void;
+    const gate = new Promise<void>((r) => (go = r));
+    const work: JobWork = async (ctx) => {
+      ctx.emit({ case: "step", value: { step: 1, totalSteps: 2, loss: 1 } });
+      await gate;
+      ctx.emit({ case: "step", value: { step: 2, totalSteps: 2, loss: 0.5 } });
+      return { result: ref(2), lineage: [ref(2)] };
+    };
+    const ex = new LocalExecutor({ dir, mapError, work: { [JobKind.ALIGN]: work } });
+    const job = await ex.create(JobKind.ALIGN, spec);
+    expect(job.lastSequence).toBe(1);
+    await until(async () => (await ex.get(JobKind.ALIGN, job.id)).lastSequence === 3);
+    const read = await ex.get(JobKind.ALIGN, job.id);
+    const next = collect(ex.watch(JobKind.ALIGN, job.id, new AbortController().signal, read.lastSequence));
+    go();
+    const all = await collect(ex.watch(JobKind.ALIGN, job.id, new AbortController().signal));
+    expect(all.map((e) => e.event.case)).toEqual(["stateChange", "stateChange", "step", "step", "stateChange"]);
+    expect(await next).toEqual(all.slice(3));
+    expect((await ex.list(JobKind.ALIGN, 10, "")).jobs.map((j) => j.lastSequence)).toEqual([5]);
+    // From the records on disk: the record is saved before its change's event, so the events count.
+    await ex.shutdown();
+    const again = new LocalExecutor({ dir, mapError, work: { [JobKind.ALIGN]: work } });
+    expect((await again.get(JobKind.ALIGN, job.id)).lastSequence).toBe(5);
+    await again.shutdown();
   });
 
   it("ends a watch of a running job with the job, even one resumed after more events than the job has", async () => {

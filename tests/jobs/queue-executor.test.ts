@@ -138,8 +138,10 @@ describe.each([
     // Created once a runs, so b is cancelled while queued behind a running job.
     const b = await ex1.create(JobKind.ALIGN, spec);
     expect(await stateOf(ex2, b.id)).toBe(JobState.QUEUED);
-    expect((await ex2.cancel(JobKind.ALIGN, b.id)).state).toBe(JobState.CANCELLED);
-    expect((await ex2.cancel(JobKind.ALIGN, a.id)).state).toBe(JobState.CANCELLING);
+    // Each answer carries the sequence of the event its change wrote: b's QUEUED, CANCELLED;
+    // a's QUEUED, RUNNING, CANCELLING.
+    expect(await ex2.cancel(JobKind.ALIGN, b.id)).toMatchObject({ state: JobState.CANCELLED, lastSequence: 2 });
+    expect(await ex2.cancel(JobKind.ALIGN, a.id)).toMatchObject({ state: JobState.CANCELLING, lastSequence: 3 });
     const events = await watchAll(ex1, a.id);
     expect(states(events)).toEqual(["QUEUED", "RUNNING", "CANCELLING", "CANCELLED"]);
     const job = await ex1.get(JobKind.ALIGN, a.id);
@@ -166,12 +168,18 @@ describe.each([
       return { result: ref(6), lineage: [ref(6)] };
     });
     const job = await ex1.create(JobKind.ALIGN, spec);
+    expect(job.lastSequence).toBe(1);
     // Steps 1-3 come as history (a watch cut short sees them), 4-6 live.
     await until(() => emitted);
     const cut = new AbortController();
     setTimeout(() => cut.abort(), 300);
     expect(steps(await collect(ex2.watch(JobKind.ALIGN, job.id, cut.signal)))).toEqual([1, 2, 3]);
     const live = watchAll(ex2, job.id);
+    // A client that reads the job and then watches after its last_sequence gets only what
+    // happens next: QUEUED, RUNNING and steps 1-3 were read with the job.
+    const read = await ex2.get(JobKind.ALIGN, job.id);
+    expect(read.lastSequence).toBe(5);
+    const next = watchAll(ex1, job.id, read.lastSequence);
     // A client that claims more events than the job has (a sequence from another job, or a
     // race with the job's end) still sees the watch end with the job, as on the embedded executor.
     const ahead = watchAll(ex1, job.id, 2 ** 31 - 1);
@@ -182,6 +190,9 @@ describe.each([
     expect(events.map((e) => e.sequence)).toEqual(events.map((_, i) => i + 1));
     expect(steps(events)).toEqual([1, 2, 3, 4, 5, 6]);
     expect(states(events)).toEqual(["QUEUED", "RUNNING", "SUCCEEDED"]);
+    expect(await next).toEqual(events.slice(5));
+    expect((await ex1.get(JobKind.ALIGN, job.id)).lastSequence).toBe(events.length);
+    expect((await ex2.list(JobKind.ALIGN, 10, "")).jobs.map((j) => j.lastSequence)).toEqual([events.length]);
     // Resumed after the fourth event: exactly the rest, same numbers.
     const resumed = await watchAll(ex1, job.id, 4);
     expect(resumed.map((e) => e.sequence)).toEqual(events.slice(4).map((e) => e.sequence));

@@ -212,7 +212,8 @@ export type WatchFineTuneJobRequest = Message<"vaccine.v1.WatchFineTuneJobReques
   jobId: string;
 
   /**
-   * Resume a watch: only events with a greater sequence number are sent (0: the whole history).
+   * Only events with a greater sequence number are sent: 0 for the whole history, the last
+   * event seen to resume a watch, or a Job's last_sequence for what happens after it was read.
    *
    * @generated from field: int32 after_sequence = 2;
    */

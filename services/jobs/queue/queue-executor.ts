@@ -103,6 +103,7 @@ export class QueueExecutor implements JobExecutor {
           await this.queue.remove(job.id).catch(() => {});
           throw jobQuotaExceeded(tenant, maxActive, created.active);
         }
+        job.lastSequence = 1; // the record's first event, written with it
         return clone(JobSchema, job);
       } catch (err) {
         span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
@@ -138,6 +139,7 @@ export class QueueExecutor implements JobExecutor {
         );
         if (r.ok) {
           job.state = to;
+          job.lastSequence = r.sequence;
           this.finished?.add(1, { "vaccine.job.kind": KIND_NAME[kind], "vaccine.job.state": "cancelled" });
           // A worker that takes it anyway finds the record final and drops it.
           await this.queue.remove(id).catch(() => 0);
@@ -148,6 +150,7 @@ export class QueueExecutor implements JobExecutor {
         const r = await this.guard(() => this.jobs.write(id, { from: job.state, to, event: { case: "stateChange", value: { from: job.state, to } }, cancel: true }));
         if (r.ok) {
           job.state = to;
+          job.lastSequence = r.sequence;
           return job;
         }
       }

@@ -256,6 +256,7 @@ function eventJson(jobId: string, event: JobEventInit): string {
 function parse(h: Record<string, string>): StoredJob {
   const job = fromJson(JobSchema, JSON.parse(h.job) as JsonValue, json);
   job.state = Number(h.state) as JobState;
+  job.lastSequence = Number(h.seq ?? 0);
   const link = JSON.parse(h.link ?? "null") as TraceLink | null;
   return {
     job,
