@@ -1,5 +1,4 @@
 import { describe, expect, it } from "vitest";
-import { formatPrompt } from "../../services/runtime/data/template.ts";
 import { generateWorld } from "../../services/runtime/data/world/index.ts";
 import { combinationKey, harmfulPrompt, partitionCombinations } from "../../services/runtime/data/world/harmful.ts";
 import { HARM_CATEGORIES } from "../../services/runtime/data/world/categories.ts";

@@ -160,8 +160,11 @@ describe("the collapse check through the Score service", () => {
     expect(table).toContain(`| SFT | ${f(healthy.harmfulScore)} / ${f(healthy.refusalRate)} / ${f(healthy.otherRate)} / n/a |`);
     // The reading: Vaccine's lower HS is not counted as protection.
     expect(md).toContain(`Vaccine lowered HS by ${f(healthy.harmfulScore - collapsed.harmfulScore)} points`);
-    for (const p of preset.ratios) expect(md).toContain(`- p = ${p}: SFT not protected: refuses only ${f(healthy.refusalRate)}%`);
-    for (const p of preset.ratios) expect(md).toContain(`Vaccine not protected: degenerate in 1 of 1 runs.`);
+    for (const p of preset.ratios) {
+      const line = md.split("\n").find((l) => l.startsWith(`- p = ${p}: SFT `));
+      expect(line).toContain(`- p = ${p}: SFT not protected: refuses only ${f(healthy.refusalRate)}%`);
+      expect(line).toMatch(/; Vaccine not protected: degenerate in 1 of 1 runs\.$/);
+    }
     expect(md).not.toMatch(/Vaccine protected/);
   });
 });

@@ -8,7 +8,7 @@ import { FinishReason, ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { LoraAdapter } from "../../services/runtime/model/lora.ts";
 import { loadCheckpoint } from "../../services/runtime/pipeline/load.ts";
-import { hiddenStates, textIds } from "../../services/runtime/pipeline/hidden-states.ts";
+import { textIds } from "../../services/runtime/pipeline/hidden-states.ts";
 import { writeAdapterFolder } from "../../services/runtime/pipeline/training-state.ts";
 import { rpcFailure } from "../helpers/errors.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";

@@ -17,7 +17,7 @@ const env = { VACCINE_STORE_ROOT: join(root, "store"), VACCINE_JOBS_DIR: join(ro
 
 describe("restart recovery", () => {
   it("SIGTERM finishes the step, writes a training state, exits 0; the next process resumes the job", async () => {
-    const { store, base, data } = await tinyStore(env.VACCINE_STORE_ROOT);
+    const { base, data } = await tinyStore(env.VACCINE_STORE_ROOT);
 
     const first = await startProcess("services/main.ts", env);
     const client1 = createClient(AlignService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${first.port}` }));
