@@ -354,6 +354,27 @@ describe("ImportCheckpoint: refusals", () => {
     }
   });
 
+  it("a disk error while writing the upload: INTERNAL IMPORT_WRITE_FAILED with the error's code and no server path, nothing kept", async () => {
+    const before = await storeRefs();
+    const failure = await rpcFailure(() => checkpoints.importCheckpoint((async function* () {
+      yield meta(base);
+      yield chunk("config.json", Buffer.from("{}"));
+      // The import's temp folder becomes a file: the next file cannot be created in it.
+      let entries: string[] = [];
+      while ((entries = await workEntries()).length === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+      const folder = join(workDir, entries[0]);
+      await rm(folder, { recursive: true, force: true });
+      await writeFile(folder, "");
+      yield chunk("tokenizer.json", Buffer.from("{}"));
+    })()));
+    expect(failure.code).toBe(Code.Internal);
+    expect(failure.info?.reason).toBe("IMPORT_WRITE_FAILED");
+    expect(failure.message).toMatch(/could not write the upload \((EEXIST|ENOTDIR)\)$/);
+    expect(failure.message).not.toContain(workDir);
+    expect(await workEntries()).toEqual([]);
+    expect(await storeRefs()).toEqual(before);
+  });
+
   it("a client that cancels half way leaves the store unchanged and no temp files", async () => {
     const before = await storeRefs();
     const abort = new AbortController();
