@@ -1,11 +1,15 @@
 import { describe, expect, it } from "vitest";
-import { collate, IGNORE_INDEX } from "../../services/runtime/data/collate.ts";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { collate, exampleIds, IGNORE_INDEX } from "../../services/runtime/data/collate.ts";
 import { formatPrompt } from "../../services/runtime/data/template.ts";
-import type { Tokenizer } from "../../services/runtime/tokenizer.ts";
+import { loadTokenizer, type Tokenizer } from "../../services/runtime/tokenizer.ts";
+
+const FIXTURES = fileURLToPath(new URL("../fixtures/", import.meta.url));
 
 /**
- * A toy tokenizer with hand-checkable ids: the prompt (whatever its text) encodes to a
- * fixed run of ids from the table below; any other text to one id per character (a=10...).
+ * A toy tokenizer with hand-checkable ids: a text starting with a prompt of the table below
+ * encodes it to that run of ids; the rest of a text is one id per character (a=10...).
  */
 const PROMPTS = new Map<string, number[]>([
   [formatPrompt({ instruction: "p" }), [7, 8]],
@@ -13,7 +17,10 @@ const PROMPTS = new Map<string, number[]>([
 ]);
 function toy(addBos: boolean): Tokenizer {
   return {
-    encode: (text) => PROMPTS.get(text) ?? [...text].map((c) => c.charCodeAt(0) - 87),
+    encode: (text) => {
+      const prompt = [...PROMPTS.keys()].find((p) => text.startsWith(p));
+      return [...(prompt ? PROMPTS.get(prompt)! : []), ...[...text.slice(prompt?.length ?? 0)].map((c) => c.charCodeAt(0) - 87)];
+    },
     decode: () => "",
     bosId: 1,
     eosId: 2,
@@ -62,6 +69,21 @@ describe("collate", () => {
     expect([...b.inputIds]).toEqual([1, 7, 7, 7, 1, 7, 8, 10]);
     expect([...b.labels]).toEqual([X, X, X, X, X, X, X, 10]);
     expect([b.truncated, b.unsupervised]).toEqual([2, 1]); // the second row loses its eos
+  });
+
+  it("tokenizes prompt and output as one text and labels from the prompt's own length, as the reference", () => {
+    // The fixtures' Llama-2-style tokenizer marks a word's start with "▁": tokenized alone, an
+    // answer would start with a space token that the joined text does not have.
+    const t = loadTokenizer(join(FIXTURES, "llama-f32-gqa"));
+    const example = { instruction: "Is the cat happy?", input: "", output: "positive" };
+    const prompt = t.encode(formatPrompt(example));
+    const joined = t.encode(formatPrompt(example) + example.output);
+    expect(joined.slice(0, prompt.length)).toEqual(prompt);
+    expect(joined.slice(prompt.length)).not.toEqual(t.encode(example.output));
+    const b = collate([example], t);
+    expect([...b.inputIds]).toEqual([t.bosId, ...joined, t.eosId]);
+    expect([...b.labels]).toEqual([t.bosId, ...joined, t.eosId].map((id, i) => (i <= prompt.length ? X : id)));
+    expect(exampleIds(t, example)).toEqual({ ids: [t.bosId, ...joined], promptLength: prompt.length + 1 });
   });
 
   it("defaults to maxLength 200 and rejects bad input", () => {

@@ -1,6 +1,6 @@
 /**
  * Turns examples into padded id matrices for causal-LM training, as the reference does:
- * sequence = [bos] + prompt + output + eos, right padding, loss on response tokens only.
+ * sequence = [bos] + tokens(prompt + output) + eos, right padding, loss on response tokens only.
  * Plain arrays (not tensors) so any backend can wrap them.
  */
 import { IGNORE_INDEX } from "../model/loss.ts";
@@ -43,6 +43,18 @@ export interface EncodedRow {
 }
 
 /**
+ * An example's ids as the reference makes them (docs/method.md#data-template): the prompt and
+ * the output tokenized as one text, after bos; the first `promptLength` ids (bos and as many as
+ * the prompt alone has) are the prompt's. Tokenized apart, a tokenizer that marks a word's start
+ * (SentencePiece's "▁", as Llama's) would begin every answer with a space the reference's lacks.
+ */
+export function exampleIds(tokenizer: Tokenizer, example: Example): { ids: number[]; promptLength: number } {
+  const bos = bosPrefix(tokenizer);
+  const prompt = formatPrompt(example);
+  return { ids: [...bos, ...tokenizer.encode(prompt + example.output)], promptLength: bos.length + tokenizer.encode(prompt).length };
+}
+
+/**
  * Collates a batch. Truncation cuts from the right at maxLength, so a long output loses
  * its tail and its eos. When the prompt alone reaches maxLength the row is kept (so
  * batch rows still match the examples) with every label IGNORE_INDEX: it contributes
@@ -59,12 +71,9 @@ export function encodeRows(items: ReadonlyArray<Example | string>, tokenizer: To
   if (!Number.isInteger(maxLength) || maxLength < 1) throw new RangeError(`maxLength must be a positive integer, got ${maxLength}`);
   const bos = bosPrefix(tokenizer);
   return items.map((item) => {
-    const [prefix, target] =
-      typeof item === "string"
-        ? [bos, [...tokenizer.encode(item), tokenizer.eosId]]
-        : [[...bos, ...tokenizer.encode(formatPrompt(item))], [...tokenizer.encode(item.output), tokenizer.eosId]];
-    const supervisedFrom = typeof item === "string" || mode === "all" ? 0 : prefix.length;
-    const ids = [...prefix, ...target];
+    const { ids: text, promptLength } = typeof item === "string" ? { ids: [...bos, ...tokenizer.encode(item)], promptLength: 0 } : exampleIds(tokenizer, item);
+    const supervisedFrom = mode === "all" ? 0 : promptLength;
+    const ids = [...text, tokenizer.eosId];
     const truncated = ids.length > maxLength;
     return { ids: truncated ? ids.slice(0, maxLength) : ids, supervisedFrom, truncated };
   });

@@ -6,10 +6,10 @@
  * norms) and its square root (the paper's L2 norm); totals are sums over layers.
  */
 import * as tf from "@tensorflow/tfjs";
-import { formatPrompt, type Example } from "../data/template.ts";
+import { exampleIds } from "../data/collate.ts";
+import type { Example } from "../data/template.ts";
 import type { LoadedCheckpoint } from "./load.ts";
 import { padded } from "./hidden-states.ts";
-import { bosPrefix } from "../tokenizer.ts";
 
 export const DRIFT_DEFINITION =
   "per layer l: squared_norm = sum over probe examples and their real tokens of ||A_l(candidate) - A_l(reference)||^2, " +
@@ -47,10 +47,8 @@ export function computeDrift(reference: LoadedCheckpoint, candidate: LoadedCheck
   const layers = reference.model.config.numHiddenLayers;
   const squared = new Float64Array(layers);
   let tokens = 0;
-  const rows = probe.map((e) => {
-    const t = reference.tokenizer;
-    return [...bosPrefix(t), ...t.encode(formatPrompt(e)), ...t.encode(e.output)];
-  });
+  // The examples as training sees them, without eos.
+  const rows = probe.map((e) => exampleIds(reference.tokenizer, e).ids);
   for (let start = 0; start < rows.length; start += BATCH) {
     const { ids, mask, lengths } = padded(rows.slice(start, start + BATCH), reference.tokenizer.padId);
     tokens += lengths.reduce((s, n) => s + n, 0);
