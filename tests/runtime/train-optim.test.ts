@@ -31,10 +31,38 @@ describe("AdamW", () => {
     const got = Array.from(p.dataSync());
     got.forEach((x, i) => expect(x).toBeCloseTo(w[i], 6));
     const state = opt.exportState();
-    expect([...state.keys()]).toEqual(["w.exp_avg", "w.exp_avg_sq"]);
+    expect([...state.keys()]).toEqual(["w.exp_avg", "w.exp_avg_sq", "w.step"]);
+    expect(state.get("w.step")).toEqual({ data: Float32Array.of(3), shape: [] });
     Array.from(state.get("w.exp_avg")!.data).forEach((x, i) => expect(x).toBeCloseTo(m[i], 7));
     opt.dispose();
     p.dispose();
+  });
+
+  it("counts steps per parameter, as PyTorch: one first updated at step 21 is bias-corrected as at its first step", () => {
+    // T-Vaccine trains only the layers drawn: "b" is frozen (no gradient) for 20 steps.
+    const [a, b] = [tf.variable(tf.tensor1d([0])), tf.variable(tf.tensor1d([0]))];
+    const opt = new AdamW(new Map([["a", a], ["b", b]]), { weightDecay: 0 });
+    const g = tf.tensor1d([1]);
+    for (let k = 0; k < 20; k++) opt.apply(new Map([["a", g]]), 0.1);
+    expect(b.dataSync()[0]).toBe(0);
+    opt.apply(new Map([["a", g], ["b", g]]), 0.1);
+    // First update with g = 1: m / bc1 = 1, sqrt(v / bc2) = 1, so a step of lr (minus eps).
+    expect(b.dataSync()[0]).toBeCloseTo(-0.1, 6);
+    const state = opt.exportState();
+    expect([state.get("a.step")!.data[0], state.get("b.step")!.data[0]]).toEqual([21, 1]);
+
+    // Resumed, the counts come back; a state written before they were kept gives each the training step.
+    const [a2, b2] = [tf.variable(tf.tensor1d([0])), tf.variable(tf.tensor1d([0]))];
+    const again = new AdamW(new Map([["a", a2], ["b", b2]]), { weightDecay: 0 });
+    again.importState(state, 21);
+    expect(again.exportState().get("b.step")!.data[0]).toBe(1);
+    const old = new Map([...state].filter(([k]) => !k.endsWith(".step")));
+    again.importState(old, 21);
+    expect(again.exportState().get("b.step")!.data[0]).toBe(21);
+    expect(() => again.importState(new Map([...state, ["b.step", { data: Float32Array.of(22), shape: [] }]]), 21)).toThrow(/b\.step is 22/);
+    tf.dispose([a, b, g, a2, b2]);
+    opt.dispose();
+    again.dispose();
   });
 
   it("exempts parameters the decay predicate excludes", () => {

@@ -1,6 +1,6 @@
 /**
  * The resumable training-state checkpoint: the adapter so far (a PEFT folder), the AdamW
- * moments (optimizer.safetensors, "<param>.exp_avg" / ".exp_avg_sq"), the step function's
+ * state (optimizer.safetensors, "<param>.exp_avg" / ".exp_avg_sq" / ".step"), the step function's
  * own tensors (step_state.safetensors: Vaccine's reused perturbation and the attention-output
  * norm a relative rho was resolved with, "vaccine.attention_norm"; Lisa's weights at the
  * last switch and its position, "lisa.anchor.<param>" and "lisa.position") and
