@@ -36,6 +36,7 @@ import {
 import { reserveStoredBytes } from "../common/quotas.ts";
 import { checkpointRefOf } from "../common/refs.ts";
 import { principalOf } from "../platform/principal.ts";
+import { callCancelled, callCancelledError } from "../platform/aborted-calls.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
 import { checkCheckpointRef } from "../common/validate-refs.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
@@ -148,8 +149,6 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
               // A disk error's own message holds the server's paths.
               throw rpcError(Code.Internal, "IMPORT_WRITE_FAILED", `could not write the upload (${(err as NodeJS.ErrnoException).code ?? "error"})`);
             });
-            // A client gone before the folder is stored leaves nothing behind.
-            ctx.signal.throwIfAborted();
             const options = { kind: metadata.type === CheckpointType.ADAPTER ? KIND.adapter : KIND.model, parent, name: metadata.displayName };
             // The same folder again (a retried call): stored and checked already, and the
             // caller's, so nothing to store or charge, even at its quota.
@@ -164,6 +163,8 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
             // until the claim charges the bytes (quotas.ts).
             const reservation = scope && (await reserveStoredBytes(deps, scope.tenant, received));
             try {
+              // A client gone before the folder is stored leaves nothing behind.
+              if (callCancelled(ctx)) throw callCancelledError();
               const ref = await importCheckpoint(deps.store, dir, options).catch((err: unknown) => {
                 throw err instanceof CheckpointFormatError ? formatInvalid(err) : toRpcError(err);
               });

@@ -19,6 +19,7 @@ import { dataUri, datasetFormatOf, isKnownFormat, rowFormatOf } from "../common/
 import { claim, ownershipOf, owns, type Scope } from "../common/ownership.ts";
 import { reserveStoredBytes } from "../common/quotas.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
+import { callCancelledError } from "../platform/aborted-calls.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
 import { RequestValidator } from "../platform/validate.ts";
 import { DatasetReader, type DatasetEncoding as Encoding } from "../runtime/data/dataset-reader.ts";
@@ -38,9 +39,16 @@ const ENCODINGS: Record<DatasetEncoding, Encoding | "auto"> = {
 
 /**
  * With tenancy (`scope`) the dataset is claimed for the caller's tenant, after its byte
- * quota is checked: a refused upload stores nothing.
+ * quota is checked: a refused upload stores nothing. `cancelled` is asked just before
+ * anything is stored or claimed: a call cancelled by then stores nothing either.
  */
-export async function uploadDataset(deps: SuiteDeps, spoolDir: string, requests: AsyncIterable<UploadDatasetRequest>, scope?: Scope): Promise<Dataset> {
+export async function uploadDataset(
+  deps: SuiteDeps,
+  spoolDir: string,
+  requests: AsyncIterable<UploadDatasetRequest>,
+  scope: Scope | undefined,
+  cancelled: () => boolean,
+): Promise<Dataset> {
   const messages = requests[Symbol.asyncIterator]();
   const first = await messages.next();
   const metadata = checkMetadata(first.done ? undefined : first.value);
@@ -84,6 +92,7 @@ export async function uploadDataset(deps: SuiteDeps, spoolDir: string, requests:
     if (!owned) reservation = await reserveStoredBytes(deps, scope!.tenant, spool.size);
     const ownership = { bytes: spool.size, displayName: metadata.displayName, createTime: new Date().toISOString() };
     const existing = await readRecord(deps.store, hex);
+    if (cancelled()) throw callCancelledError();
     if (existing) {
       if (owned) return scope ? ownView(existing, await ownershipOf(deps.store, scope.tenant, "datasets", hex)) : existing;
       // Stored already by another tenant: this one owns it too, under its own name.

@@ -5,9 +5,10 @@
  * quietly after the abort (a Watch does) it ends with OK, which a client takes for the whole
  * stream: a Watch ends when its job does.
  */
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext, type Interceptor } from "@connectrpc/connect";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { rpcError } from "./errors.ts";
+import { REQUEST_RESET } from "./peer.ts";
 
 export function abortedCalls(): Interceptor {
   return (next) => async (req) => {
@@ -43,4 +44,16 @@ export function cutBy(reason: unknown, thrown: unknown): ConnectError {
   }
   if (err.code === Code.Canceled || err.code === Code.Aborted) return rpcError(Code.Canceled, "CANCELLED", "the call was cancelled before it ended");
   return err;
+}
+
+/**
+ * Whether the client has cancelled the call: its signal, or a reset of its stream that the
+ * signal does not show yet (connect aborts it only once the stream closes).
+ */
+export function callCancelled(ctx: HandlerContext): boolean {
+  return ctx.signal.aborted || ctx.values.get(REQUEST_RESET)();
+}
+
+export function callCancelledError(): ConnectError {
+  return rpcError(Code.Canceled, "CANCELLED", "the client cancelled the call before it ended");
 }

@@ -20,6 +20,16 @@ export const PEER = createContextKey<PeerIdentity | undefined>(undefined, { desc
 /** The address a call came from, as its connection's socket has it: for the audit log. */
 export const REMOTE_ADDRESS = createContextKey<string | undefined>(undefined, { description: "remote address" });
 
+/**
+ * Whether the client reset the request (HTTP/2 RST_STREAM, or an HTTP/1.1 connection closed)
+ * before the response: a check of the request's state now, for the request-stream handlers.
+ */
+export const REQUEST_RESET = createContextKey<() => boolean>(() => false, { description: "request reset by the client" });
+
+export function requestReset(req: IncomingMessage | Http2ServerRequest): () => boolean {
+  return "stream" in req ? () => req.stream.aborted : () => req.destroyed && !req.complete;
+}
+
 /** The remote address of a request's connection (HTTP/1.1 or HTTP/2). */
 export function remoteAddressOf(req: IncomingMessage | Http2ServerRequest): string | undefined {
   return socketOf(req)?.remoteAddress;

@@ -6,6 +6,7 @@
  */
 import { createHash } from "node:crypto";
 import http2 from "node:http2";
+import { statSync } from "node:fs";
 import { cp, mkdtemp, readdir, readFile, rm, unlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -390,6 +391,30 @@ describe("ImportCheckpoint: refusals", () => {
     })(), { signal: abort.signal });
     await expect(call).rejects.toMatchObject({ code: Code.Canceled });
     // The server learns of the cancel asynchronously: its temp folder goes once it has.
+    for (let i = 0; i < 100 && (await workEntries()).length > 0; i++) await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(await workEntries()).toEqual([]);
+    expect(await storeRefs()).toEqual(before);
+  });
+
+  it("a client that cancels after its whole folder, before the server stores it, leaves the store unchanged", async () => {
+    // A Node client's cancel ends the request stream, then resets it: the folder arrives whole.
+    const before = await storeRefs();
+    const abort = new AbortController();
+    const all: ImportCheckpointRequest[] = [];
+    // A name of its own: the same files under the name of an earlier import are stored already.
+    for await (const m of folderMessages(join(FIXTURES, "llama-f32-gqa"), { ...base, displayName: "cancelled whole" })) all.push(m);
+    const bytes = all.reduce((n, m) => n + (m.content.case === "chunk" ? m.content.value.data.byteLength : 0), 0);
+    const written = async () => {
+      const [folder] = await workEntries();
+      return folder ? (await readdir(join(workDir, folder), { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).reduce((n, e) => n + statSync(join(e.parentPath, e.name)).size, 0) : 0;
+    };
+    const call = checkpoints.importCheckpoint((async function* () {
+      yield* all;
+      while ((await written()) < bytes) await new Promise((resolve) => setTimeout(resolve, 5));
+      abort.abort();
+      await new Promise(() => {});
+    })(), { signal: abort.signal });
+    await expect(call).rejects.toMatchObject({ code: Code.Canceled });
     for (let i = 0; i < 100 && (await workEntries()).length > 0; i++) await new Promise((resolve) => setTimeout(resolve, 20));
     expect(await workEntries()).toEqual([]);
     expect(await storeRefs()).toEqual(before);

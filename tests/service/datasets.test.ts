@@ -3,7 +3,7 @@
 // training job on an uploaded dataset.
 import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -21,12 +21,14 @@ import {
 } from "../../gen/vaccine/v1/datasets_pb.ts";
 import { JobState } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { datasetService } from "../../services/datasets/service.ts";
+import { uploadDataset } from "../../services/datasets/upload.ts";
 import { startServer, type RunningServer } from "../../services/platform/server.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import type { ProcessDeps } from "../../services/suite/create-deps.ts";
 import { SERVICES } from "../../services/suite/services.ts";
 import { rpcFailure } from "../helpers/errors.ts";
 import { testDeps } from "../helpers/server.ts";
+
 import { EXAMPLES } from "../helpers/tiny-world.ts";
 
 const LIMIT = 1024 * 1024;
@@ -232,6 +234,45 @@ describe("limits and interruptions", () => {
     await vi.waitFor(() => expect(spooled()).toEqual([]));
     expect(await stored()).toEqual(before);
     expect((await datasets.listDatasets({ pageSize: 1000 })).datasets.map((d) => d.displayName)).not.toContain("cancelled");
+  });
+
+  it("leaves nothing when the client cancels after whole rows", async () => {
+    // Every chunk ends on a row, so what arrived is a valid dataset. A Node client's cancel
+    // ends the request stream (END_STREAM) and resets it just after, so the server reads a
+    // complete upload: only the reset, seen before the bytes are stored, tells it the call is over.
+    const before = await stored();
+    const rows = (from: number) => jsonl(Array.from({ length: 20 }, (_, i) => ({ instruction: `whole row ${from + i}`, output: "ok" })));
+    const total = [0, 1, 2, 3, 4].reduce((n, i) => n + rows(20 * i).length, 0);
+    const abort = new AbortController();
+    async function* rowsThenCancel(): AsyncGenerator<UploadDatasetRequest> {
+      yield metadataMessage({ displayName: "reset" });
+      for (let i = 0; i < 5; i++) yield chunkMessage(rows(20 * i));
+      // Cancel once the server has read every chunk into its spool.
+      await vi.waitFor(() => expect(spooled().map((f) => statSync(join(spoolDir, f)).size)).toEqual([total]));
+      abort.abort();
+      await new Promise(() => {});
+    }
+    const e = await rpcFailure(() => datasets.uploadDataset(rowsThenCancel(), { signal: abort.signal }));
+    expect(e.code).toBe(Code.Canceled);
+    await vi.waitFor(() => expect(spooled()).toEqual([]));
+    expect(await stored()).toEqual(before);
+    expect((await datasets.listDatasets({ pageSize: 1000 })).datasets.map((d) => d.displayName)).not.toContain("reset");
+  });
+
+  it("stores nothing when the call is cancelled after its last message, before the bytes are stored", async () => {
+    // The check itself, called directly: a cancel seen before storing stores nothing.
+    const before = await stored();
+    async function* whole(): AsyncGenerator<UploadDatasetRequest> {
+      yield metadataMessage({ displayName: "late cancel" });
+      yield chunkMessage(jsonl([{ instruction: "late", output: "ok" }]));
+    }
+    const e = await rpcFailure(() => uploadDataset(deps, spoolDir, whole(), undefined, () => true));
+    expect(e.code).toBe(Code.Canceled);
+    expect(e.info?.reason).toBe("CANCELLED");
+    expect(spooled()).toEqual([]);
+    expect(await stored()).toEqual(before);
+    // The same upload not cancelled is stored.
+    expect((await uploadDataset(deps, spoolDir, whole(), undefined, () => false)).displayName).toBe("late cancel");
   });
 
   it("sweeps the temp files of a crashed process at start, and hides bytes stored without a record", async () => {
