@@ -54,6 +54,8 @@ interface Entry {
   wake: Set<() => void>;
   abort?: AbortController;
   done?: Promise<void>;
+  /** A write of its record or events failed: the next write replaces both whole. */
+  unsaved?: boolean;
 }
 
 export class LocalExecutor implements JobExecutor {
@@ -84,14 +86,21 @@ export class LocalExecutor implements JobExecutor {
       });
     }
     // Records from an earlier process: unfinished ones are queued again, oldest first.
-    const loaded = this.records.loadAll().sort((a, b) => Number(a.job.createTime!.seconds - b.job.createTime!.seconds));
-    for (const { job, link, events } of loaded) {
-      this.entries.set(job.id, { job, link, events, wake: new Set() });
-      if (!FINAL.has(job.state)) {
-        const entry = this.entries.get(job.id)!;
+    const unreadable = (id: string, err: Error) =>
+      this.logger.error({ job: id, dir: options.dir, err: err.message }, "job record unreadable: left out (its files stay in the jobs folder)");
+    const loaded = this.records.loadAll(unreadable).sort((a, b) => Number(a.job.createTime!.seconds - b.job.createTime!.seconds));
+    for (const { job, link, events, torn } of loaded) {
+      const entry: Entry = { job, link, events, wake: new Set(), unsaved: torn };
+      this.entries.set(job.id, entry);
+      if (job.state === JobState.CANCELLING) {
+        // Cancelled while it ran: the process stopped before the step ended, so it ends now.
+        this.finish(entry, JobState.CANCELLED, cancelledError());
+      } else if (!FINAL.has(job.state)) {
         if (job.state !== JobState.QUEUED) this.transition(entry, JobState.QUEUED);
         this.log(entry, job.trainingState ? `resuming from ${job.trainingState.uri} after a restart` : "queued again after a restart");
         this.queue.push(job.id);
+      } else if (torn) {
+        this.save(entry);
       }
     }
     queueMicrotask(() => this.schedule());
@@ -105,8 +114,13 @@ export class LocalExecutor implements JobExecutor {
     const caller = trace.getSpan(context.active())?.spanContext();
     const job = newJob(kind, spec, tenant);
     const entry: Entry = { job, link: caller && { traceId: caller.traceId, spanId: caller.spanId }, events: [], wake: new Set() };
+    // Written before it is known: a job whose record cannot be written is refused, not kept in memory only.
+    try {
+      this.records.save(job, entry.link);
+    } catch (err) {
+      throw recordWriteFailed(err);
+    }
     this.entries.set(job.id, entry);
-    this.records.save(job, entry.link);
     this.emit(entry, { case: "stateChange", value: { from: JobState.UNSPECIFIED, to: JobState.QUEUED } });
     this.queue.push(job.id);
     // Scheduled after this call returns, so the caller sees the job as created: QUEUED.
@@ -211,7 +225,7 @@ export class LocalExecutor implements JobExecutor {
       ROOT_CONTEXT,
     );
     job.traceId = span.spanContext().traceId;
-    this.records.save(job, entry.link);
+    this.save(entry);
     // As a queue worker logs its runs: which job, from where, and (below) how the run ended.
     const inSpan = (fn: () => void) => context.with(trace.setSpan(ROOT_CONTEXT, span), fn);
     const t0 = performance.now();
@@ -228,7 +242,7 @@ export class LocalExecutor implements JobExecutor {
       },
       setTrainingState: (ref) => {
         job.trainingState = create(CheckpointRefSchema, ref);
-        this.records.save(job, entry.link);
+        this.save(entry);
       },
     };
     try {
@@ -272,7 +286,7 @@ export class LocalExecutor implements JobExecutor {
   private transition(entry: Entry, to: JobState, error?: ConnectError): void {
     const from = entry.job.state;
     entry.job.state = to;
-    this.records.save(entry.job, entry.link);
+    this.save(entry);
     this.emit(entry, { case: "stateChange", value: { from, to, error: error && toStatus(error) } });
   }
 
@@ -284,12 +298,43 @@ export class LocalExecutor implements JobExecutor {
     const e = create(JobEventSchema, { jobId: entry.job.id, sequence: entry.events.length + 1, time: timestampNow(), event });
     entry.events.push(e);
     entry.job.lastSequence = e.sequence;
-    this.records.appendEvent(e);
+    this.write(entry, () => (entry.unsaved ? this.saveWhole(entry) : this.records.appendEvent(e)));
     for (const wake of entry.wake) wake();
+  }
+
+  private save(entry: Entry): void {
+    this.write(entry, () => (entry.unsaved ? this.saveWhole(entry) : this.records.save(entry.job, entry.link)));
+  }
+
+  private saveWhole(entry: Entry): void {
+    this.records.save(entry.job, entry.link);
+    this.records.rewriteEvents(entry.job.id, entry.events);
+  }
+
+  /**
+   * A write of a job's files. One that fails (a full disk) does not stop the job or the
+   * process: the job goes on in memory, the failure is logged once, and the next write that
+   * succeeds replaces the record and the events file whole.
+   */
+  private write(entry: Entry, fn: () => void): void {
+    try {
+      fn();
+      if (entry.unsaved) this.logger.info({ job: entry.job.id }, "job record written again");
+      entry.unsaved = false;
+    } catch (err) {
+      if (!entry.unsaved) this.logger.error({ job: entry.job.id, dir: this.options.dir, code: (err as NodeJS.ErrnoException).code, err: (err as Error).message }, "could not write the job's record; it is kept in memory and written again with its next change");
+      entry.unsaved = true;
+    }
   }
 }
 
 function endSpan(span: Span, error?: ConnectError): void {
   if (error) markRunFailed(span, error);
   span.end();
+}
+
+/** Create's answer when the jobs folder cannot take the new job's record: a full disk is RESOURCE_EXHAUSTED. */
+function recordWriteFailed(err: unknown): ConnectError {
+  const code = (err as NodeJS.ErrnoException).code ?? "error";
+  return rpcError(code === "ENOSPC" ? Code.ResourceExhausted : Code.Internal, "JOB_RECORD_WRITE_FAILED", `could not write the job's record in the jobs folder (${code}); no job was created`, { code });
 }

@@ -2,9 +2,10 @@
  * Durable job records: one JSON file per job (the Job message in proto JSON, plus the
  * trace link of the RPC that created it) and one JSONL file of its events, in a folder
  * beside the checkpoint store. Records are replaced atomically (temp + rename), so a
- * crash leaves either the old or the new record, never half of one.
+ * crash leaves either the old or the new record, never half of one; an events file whose
+ * append was cut (a crash, a full disk) is written again whole (rewriteEvents).
  */
-import { appendFileSync, mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { appendFileSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createRegistry, fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
 import { file_google_rpc_error_details } from "../../gen/google/rpc/error_details_pb.ts";
@@ -20,6 +21,8 @@ export interface JobRecord {
   job: Job;
   link?: TraceLink;
   events: JobEvent[];
+  /** The events file held a line that is not an event (an append cut short): `events` are those before it. */
+  torn: boolean;
 }
 
 // Job errors carry google.rpc details in Any fields; JSON needs their types to spell them out.
@@ -34,20 +37,33 @@ export class JobRecords {
   }
 
   save(job: Job, link?: TraceLink): void {
-    const path = join(this.dir, `${job.id}.json`);
-    const tmp = `${path}.tmp-${process.pid}`;
-    writeFileSync(tmp, JSON.stringify({ job: toJson(JobSchema, job, options), link }));
-    renameSync(tmp, path);
+    replaceFile(join(this.dir, `${job.id}.json`), JSON.stringify({ job: toJson(JobSchema, job, options), link }));
   }
 
   appendEvent(event: JobEvent): void {
-    appendFileSync(join(this.dir, `${event.jobId}.events.jsonl`), JSON.stringify(toJson(JobEventSchema, event, options)) + "\n");
+    appendFileSync(join(this.dir, `${event.jobId}.events.jsonl`), eventLine(event));
   }
 
-  /** Every record on disk; a torn last event line (a crash mid-append) is dropped. */
-  loadAll(): JobRecord[] {
+  /** Replaces a job's events file with these events, atomically: after an append failed or was torn. */
+  rewriteEvents(id: string, events: readonly JobEvent[]): void {
+    replaceFile(join(this.dir, `${id}.events.jsonl`), events.map(eventLine).join(""));
+  }
+
+  /**
+   * Every record on disk that can be read; a torn last event line (a crash mid-append) is
+   * dropped. A record that cannot be read is left out and given to `unreadable`, so that one
+   * damaged file does not keep every other job from being served.
+   */
+  loadAll(unreadable: (id: string, err: Error) => void = () => {}): JobRecord[] {
     const ids = readdirSync(this.dir).flatMap((name) => (name.endsWith(".json") && ID.test(name.slice(0, -5)) ? [name.slice(0, -5)] : []));
-    return ids.flatMap((id) => this.load(id) ?? []);
+    return ids.flatMap((id) => {
+      try {
+        return this.load(id) ?? [];
+      } catch (err) {
+        unreadable(id, err as Error);
+        return [];
+      }
+    });
   }
 
   /** One job's record and events as they are on disk now, or undefined for an unknown id. */
@@ -61,21 +77,42 @@ export class JobRecords {
       throw err;
     }
     const events: JobEvent[] = [];
+    let torn = false;
     try {
-      for (const line of readFileSync(join(this.dir, `${id}.events.jsonl`), "utf8").split("\n")) {
+      const text = readFileSync(join(this.dir, `${id}.events.jsonl`), "utf8");
+      for (const line of text.split("\n")) {
         if (!line) continue;
         try {
           events.push(fromJson(JobEventSchema, JSON.parse(line), options));
         } catch {
+          torn = true;
           break;
         }
       }
+      // A last line without its newline: the next append would be joined to it.
+      torn ||= text !== "" && !text.endsWith("\n");
     } catch {
       // No events file yet: the process stopped between creating the record and its first event.
     }
     // The record is saved before its state change's event is appended: the events count.
     const job = fromJson(JobSchema, raw.job, options);
     job.lastSequence = events.length;
-    return { job, link: raw.link, events };
+    return { job, link: raw.link, events, torn };
+  }
+}
+
+function eventLine(event: JobEvent): string {
+  return JSON.stringify(toJson(JobEventSchema, event, options)) + "\n";
+}
+
+/** Writes a temp file beside `path` and renames it over; a failed write leaves no temp file. */
+function replaceFile(path: string, content: string): void {
+  const tmp = `${path}.tmp-${process.pid}`;
+  try {
+    writeFileSync(tmp, content);
+    renameSync(tmp, path);
+  } catch (err) {
+    rmSync(tmp, { force: true });
+    throw err;
   }
 }

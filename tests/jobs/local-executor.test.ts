@@ -1,5 +1,5 @@
 // The embedded job executor with stand-in work functions: queueing, cancellation, watch, restart.
-import { mkdtempSync, rmSync } from "node:fs";
+import { appendFileSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { create } from "@bufbuild/protobuf";
@@ -19,6 +19,7 @@ import { createdWithinJobQuota } from "../helpers/errors.ts";
 import { createLogger } from "../../services/platform/log.ts";
 import type { JobContext, JobWork } from "../../services/jobs/executor.ts";
 import { LocalExecutor } from "../../services/jobs/local-executor.ts";
+import { JobRecords } from "../../services/jobs/records.ts";
 
 const dirs: string[] = [];
 afterEach(() => dirs.splice(0).forEach((d) => rmSync(d, { recursive: true, force: true })));
@@ -244,6 +245,72 @@ describe("LocalExecutor", () => {
     ]);
     const events = await collect(ex2.watch(JobKind.ALIGN, job.id, new AbortController().signal));
     expect(states(events)).toEqual(["QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"]);
+  });
+
+  it("a jobs folder that cannot be written: Create is refused and keeps nothing; a running job goes on and its files are written whole again later", async () => {
+    const root = tempDir();
+    const dir = join(root, "jobs");
+    const lines: Record<string, unknown>[] = [];
+    const logger = createLogger("info", { write: (s: string) => void lines.push(JSON.parse(s)) });
+    const c = controllable();
+    const ex = new LocalExecutor({ dir, work: { [JobKind.ALIGN]: c.work }, mapError, logger });
+    const job = await ex.create(JobKind.ALIGN, spec);
+    await until(() => c.started.length === 1);
+    // The folder becomes a file: every write fails (as on a full disk, as root too).
+    renameSync(dir, join(root, "away"));
+    writeFileSync(dir, "");
+    const refused = await ex.create(JobKind.ALIGN, spec).then(() => undefined, (err: ConnectError) => err);
+    expect(refused?.code).toBe(Code.Internal);
+    expect(refused!.findDetails(ErrorInfoSchema)[0]?.reason).toBe("JOB_RECORD_WRITE_FAILED");
+    expect((await ex.list(JobKind.ALIGN, 10, "")).jobs.map((j) => j.id)).toEqual([job.id]);
+    for (let step = 1; step <= 3; step++) c.started[0].emit({ case: "step", value: { step, totalSteps: 4, loss: 1 / step } });
+    expect(lines.filter((l) => l.msg === "could not write the job's record; it is kept in memory and written again with its next change")).toHaveLength(1);
+    // The folder is back: the next change writes the record and every event.
+    rmSync(dir);
+    renameSync(join(root, "away"), dir);
+    c.started[0].emit({ case: "step", value: { step: 4, totalSteps: 4, loss: 0.2 } });
+    c.release(job.id);
+    await until(async () => (await ex.get(JobKind.ALIGN, job.id)).state === JobState.SUCCEEDED);
+    const live = await collect(ex.watch(JobKind.ALIGN, job.id, new AbortController().signal));
+    await ex.shutdown();
+    const again = new LocalExecutor({ dir, mapError, work: {} });
+    const reread = await collect(again.watch(JobKind.ALIGN, job.id, new AbortController().signal));
+    expect(reread).toEqual(live);
+    expect(reread.filter((e) => e.event.case === "step")).toHaveLength(4);
+    expect((await again.get(JobKind.ALIGN, job.id)).state).toBe(JobState.SUCCEEDED);
+    expect(readdirSync(dir).filter((f) => f.includes(".tmp-"))).toEqual([]);
+    await again.shutdown();
+  });
+
+  it("starts past a damaged record (logged and left out), mends a torn events file, and ends a job cancelled mid-step as CANCELLED", async () => {
+    const dir = tempDir();
+    const c = controllable();
+    const ex = new LocalExecutor({ dir, work: { [JobKind.ALIGN]: c.work }, mapError });
+    const [damaged, torn, cancelling] = [await ex.create(JobKind.ALIGN, spec), await ex.create(JobKind.ALIGN, spec), await ex.create(JobKind.ALIGN, spec)];
+    await until(() => c.started.length === 1);
+    await ex.shutdown();
+    // As a process killed at these moments leaves them: half a record, half an event line, a cancel not yet acted on.
+    writeFileSync(join(dir, `${damaged.id}.json`), readFileSync(join(dir, `${damaged.id}.json`), "utf8").slice(0, 100));
+    appendFileSync(join(dir, `${torn.id}.events.jsonl`), '{"jobId":"' + torn.id);
+    const record = JSON.parse(readFileSync(join(dir, `${cancelling.id}.json`), "utf8"));
+    writeFileSync(join(dir, `${cancelling.id}.json`), JSON.stringify({ ...record, job: { ...record.job, state: "JOB_STATE_CANCELLING" } }));
+
+    const lines: Record<string, unknown>[] = [];
+    const logger = createLogger("info", { write: (s: string) => void lines.push(JSON.parse(s)) });
+    const second = controllable();
+    const ex2 = new LocalExecutor({ dir, work: { [JobKind.ALIGN]: second.work }, mapError, logger });
+    expect(lines.find((l) => l.msg === "job record unreadable: left out (its files stay in the jobs folder)")).toMatchObject({ job: damaged.id });
+    await expect(ex2.get(JobKind.ALIGN, damaged.id)).rejects.toMatchObject({ code: Code.NotFound });
+    expect((await ex2.get(JobKind.ALIGN, cancelling.id)).state).toBe(JobState.CANCELLED);
+    // The torn line is gone from the file, so the events appended since (it ran, then was
+    // stopped at shutdown) are read back.
+    expect(readFileSync(join(dir, `${torn.id}.events.jsonl`), "utf8")).not.toContain('{"jobId":"' + torn.id + "\n");
+    await until(() => second.started.length >= 1);
+    await ex2.shutdown();
+    const records = new JobRecords(dir);
+    expect(records.load(torn.id)).toMatchObject({ torn: false });
+    expect(states(records.load(torn.id)!.events)).toEqual(["QUEUED", "RUNNING", "QUEUED"]);
+    expect(states(records.load(cancelling.id)!.events).at(-1)).toBe("CANCELLED");
   });
 
   it("lists newest first in pages, and answers NOT_FOUND and bad tokens clearly", async () => {
