@@ -13,6 +13,9 @@ import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { clientTracing } from "../platform/rpc-tracing.ts";
 
+/** The HTTP/2 session memory (MB) the clients allow: a few messages of the server's largest. */
+const MAX_SESSION_MEMORY_MB = 128;
+
 export interface ClientOptions {
   /** For an https:// address: PEM contents; without `ca` the system's CAs verify the server. */
   tls?: {
@@ -39,7 +42,10 @@ export function createClients(address: string, options: ClientOptions = {}) {
   };
   const transport = createGrpcTransport({
     baseUrl: address,
-    nodeOptions: tls && { ca: tls.ca, cert: tls.cert, key: tls.key, servername: tls.serverName },
+    // Node counts a message queued to send against the session's memory, 10 MB by default, and
+    // past it fails the call and every later one on the connection with ENHANCE_YOUR_CALM: room
+    // for messages up to the server's limit (16 MiB by default) and an answer past it.
+    nodeOptions: { maxSessionMemory: MAX_SESSION_MEMORY_MB, ...(tls && { ca: tls.ca, cert: tls.cert, key: tls.key, servername: tls.serverName }) },
     // A CLIENT span per call, its context sent as traceparent: a no-op unless the process set up tracing.
     interceptors: [clientTracing(), ...(token ? [bearer] : [])],
   });

@@ -11,6 +11,7 @@ import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { DatasetService } from "../../gen/vaccine/v1/datasets_pb.ts";
 import { MAX_TIMER_MS, streamIdleTimeout, withDeadlineInRange } from "../../services/platform/deadline.ts";
 import { startServer, type RunningServer, type ServiceModule } from "../../services/platform/server.ts";
+import { createClients } from "../../services/client/clients.ts";
 import { rpcFailure } from "../helpers/errors.ts";
 import { oversizedConnect, oversizedGrpc } from "../helpers/oversized.ts";
 
@@ -92,6 +93,16 @@ describe("message size", () => {
     const r = await oversizedConnect(server.port, "/vaccine.v1.AlignService/ListAlignJobs", 300 << 20);
     expect(r.status).toBe(429);
     expect(r.message).toMatch(/^resource_exhausted: the request message is \d+ bytes, more than the 1048576 bytes this server reads/);
+  });
+
+  it("answers the suite's own clients MESSAGE_TOO_LARGE past Node's 10 MB session memory, and the connection stays usable", async () => {
+    // A connect-node transport with Node's defaults fails such a call itself, ENHANCE_YOUR_CALM,
+    // and every later call on its connection.
+    const { align: client } = createClients(server.url);
+    const e = await rpcFailure(() => client.listAlignJobs({ pageSize: 1, pageToken: "x".repeat(17 << 20) }));
+    expect(e.code).toBe(Code.ResourceExhausted);
+    expect(e.info?.reason).toBe("MESSAGE_TOO_LARGE");
+    expect((await client.listAlignJobs({ pageSize: 1 })).nextPageToken).toBe("done");
   });
 
   it("refuses an over-limit message from a connect client, and the next call works", async () => {
