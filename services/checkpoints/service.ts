@@ -36,7 +36,7 @@ import {
 import { reserveStoredBytes } from "../common/quotas.ts";
 import { checkpointRefOf } from "../common/refs.ts";
 import { principalOf } from "../platform/principal.ts";
-import { callCancelled, callCancelledError } from "../platform/aborted-calls.ts";
+import { callCancelled, callCancelledError, untilAborted } from "../platform/aborted-calls.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
 import { checkCheckpointRef } from "../common/validate-refs.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
@@ -137,7 +137,7 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
     register(router) {
       router.service(CheckpointService, {
         async importCheckpoint(requests, ctx) {
-          const messages = requests[Symbol.asyncIterator]();
+          const messages = untilAborted(requests, ctx.signal);
           const first = await messages.next();
           const metadata = checkMetadata(first.done ? undefined : first.value);
           const scope = scopeOf(principalOf(ctx));

@@ -9,7 +9,7 @@ import { ownedBy, ownershipOf, release, releaseAll, scopeOf, visibleTenant, type
 import { dataUri, datasetHex } from "../common/refs.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
 import { principalOf } from "../platform/principal.ts";
-import { callCancelled } from "../platform/aborted-calls.ts";
+import { callCancelled, untilAborted } from "../platform/aborted-calls.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator, checkPage, keyToken, pageByKey, timeKey, tokenKey } from "../platform/validate.ts";
@@ -52,7 +52,7 @@ export function datasetService(deps: SuiteDeps, options: DatasetServiceOptions =
       router.service(DatasetService, {
         async uploadDataset(requests, ctx) {
           try {
-            return { dataset: await uploadDataset(deps, spoolDir, requests, scopeOf(principalOf(ctx)), () => callCancelled(ctx)) };
+            return { dataset: await uploadDataset(deps, spoolDir, untilAborted(requests, ctx.signal), scopeOf(principalOf(ctx)), () => callCancelled(ctx)) };
           } catch (err) {
             throw toRpcError(err);
           }

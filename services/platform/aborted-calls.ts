@@ -57,3 +57,26 @@ export function callCancelled(ctx: HandlerContext): boolean {
 export function callCancelledError(): ConnectError {
   return rpcError(Code.Canceled, "CANCELLED", "the client cancelled the call before it ended");
 }
+
+/**
+ * A request stream that ends, with the abort's reason, when the call is aborted while the
+ * handler waits for its next message: connect's request stream does not, so an upload whose
+ * client paused held a shutdown to its timeout and then ended CANCELLED, not UNAVAILABLE.
+ */
+export async function* untilAborted<T>(messages: AsyncIterable<T>, signal: AbortSignal): AsyncGenerator<T> {
+  const it = messages[Symbol.asyncIterator]();
+  let onAbort = () => {};
+  const aborted = new Promise<never>((_, reject) => (onAbort = () => reject(signal.reason)));
+  aborted.catch(() => {});
+  signal.addEventListener("abort", onAbort, { once: true });
+  try {
+    for (;;) {
+      signal.throwIfAborted();
+      const next = await Promise.race([it.next(), aborted]);
+      if (next.done) return;
+      yield next.value;
+    }
+  } finally {
+    signal.removeEventListener("abort", onAbort);
+  }
+}
