@@ -3,6 +3,7 @@
  * of a process that is gone (a crash) are swept when a service starts, while the ones a
  * process still holds are never taken.
  */
+import { readFileSync } from "node:fs";
 import { readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 
@@ -20,13 +21,27 @@ export async function sweepStale(dir: string, pattern: RegExp, held: ReadonlySet
   }
 }
 
-/** Whether a process of this host with this pid exists. */
+/**
+ * Whether a process of this host with this pid runs. A zombie does not: a process killed
+ * (kill -9) stays one until its parent reaps it, and a restart right after must not take it
+ * for the holder of what it held.
+ */
 export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     // EPERM: the process exists but belongs to someone else.
-    return (err as NodeJS.ErrnoException).code === "EPERM";
+    if ((err as NodeJS.ErrnoException).code !== "EPERM") return false;
+  }
+  return !zombie(pid);
+}
+
+/** Linux's state letter in /proc/<pid>/stat, after the parenthesised name; elsewhere never a zombie. */
+function zombie(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) === "Z";
+  } catch {
+    return false;
   }
 }

@@ -1,10 +1,10 @@
 // The embedded executor's lock on its jobs folder: exclusive, released at shutdown, and taken
 // over when its holder is gone.
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import os, { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { LOCK_FILE, lockJobsDir, STALE_MS } from "../../services/jobs/jobs-dir-lock.ts";
 
 const dirs: string[] = [];
@@ -38,6 +38,23 @@ describe("lockJobsDir", () => {
     const attempt = lockJobsDir(dir);
     expect("lock" in attempt).toBe(true);
     if ("lock" in attempt) attempt.lock.release();
+  });
+
+  it("takes over a lock whose process was killed but not yet reaped (a zombie), as after kill -9 and a restart at once", async () => {
+    // sh starts a short child, then becomes a long sleep that never reaps it: the child stays a zombie.
+    const parent = spawn("sh", ["-c", "sleep 0.1 & echo $!; exec sleep 30"], { stdio: ["ignore", "pipe", "ignore"] });
+    try {
+      const zombie = Number(await new Promise<string>((resolve) => parent.stdout.once("data", (d) => resolve(String(d)))));
+      await vi.waitFor(() => expect(readFileSync(`/proc/${zombie}/stat`, "utf8")).toMatch(/\) Z /), { timeout: 5_000 });
+      expect(() => process.kill(zombie, 0)).not.toThrow();
+      const dir = tempDir();
+      writeHolder(dir, { pid: zombie, host: os.hostname(), since: "2020-01-01T00:00:00Z" });
+      const attempt = lockJobsDir(dir);
+      expect("lock" in attempt).toBe(true);
+      if ("lock" in attempt) attempt.lock.release();
+    } finally {
+      parent.kill();
+    }
   });
 
   it("respects a fresh lock of another host and takes over one nobody touched for STALE_MS", () => {
