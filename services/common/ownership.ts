@@ -32,7 +32,8 @@ import {
   type CheckpointRef,
   type CheckpointStore,
 } from "../runtime/store/store.ts";
-import { checkpointRefOf, datasetHex, datasetSource } from "./refs.ts";
+import { datasetHex } from "../runtime/pipeline/datasets.ts";
+import { checkpointRefOf, datasetSource } from "./refs.ts";
 import { toRpcError } from "./runtime-errors.ts";
 
 export type OwnedKind = "datasets" | "checkpoints";

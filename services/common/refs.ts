@@ -33,17 +33,6 @@ export function datasetFormatOf(format: RowFormat): DatasetFormat {
   return Number(Object.entries(FORMATS).find(([, f]) => f === format)![0]) as DatasetFormat;
 }
 
-const DATA = "store://datasets";
-const HEX = /^[0-9a-f]{64}$/;
-
-/** Where an uploaded dataset's bytes are: `store://datasets/<hex sha256>` (datasets/records.ts). */
-export const dataUri = (hex: string) => `${DATA}/${hex}`;
-
-/** The hex digest a dataset URI names, or undefined when it is not one. */
-export function datasetHex(uri: string): string | undefined {
-  const hex = uri.startsWith(`${DATA}/`) ? uri.slice(DATA.length + 1) : "";
-  return HEX.test(hex) ? hex : undefined;
-}
 
 export function checkpointRefOf(ref: { uri: string; digest: string } | undefined): CheckpointRef {
   return { uri: ref?.uri ?? "", digest: ref?.digest ?? "" };

@@ -8,6 +8,7 @@ import { BadRequestSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { CheckpointFormatError, CheckpointKindError } from "../runtime/format-error.ts";
 import { DatasetError } from "../runtime/data/dataset-error.ts";
 import { MixtureError } from "../runtime/data/mixture.ts";
+import { DatasetCorruptError } from "../runtime/pipeline/datasets.ts";
 import {
   CheckpointIntegrityError,
   CheckpointNotFoundError,
@@ -43,6 +44,7 @@ export function toRpcError(err: unknown, ctx: ErrorContext = {}): ConnectError {
       : [{ field, description: err.message }];
     return rpcError(Code.InvalidArgument, reason, err.message, metadata, [{ desc: BadRequestSchema, value: { fieldViolations } }]);
   }
+  if (err instanceof DatasetCorruptError) return rpcError(Code.DataLoss, err.reason, err.message, { uri: err.uri });
   if (err instanceof CheckpointNotFoundError || err instanceof StoreObjectNotFoundError) {
     return rpcError(Code.NotFound, err.reason, err.message, fieldOf(ctx.checkpointField ?? ctx.datasetField));
   }

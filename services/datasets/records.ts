@@ -9,7 +9,7 @@ import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { type Dataset, DatasetSchema } from "../../gen/vaccine/v1/datasets_pb.ts";
 import type { Ownership } from "../common/ownership.ts";
-import { dataUri } from "../common/refs.ts";
+import { dataUri } from "../runtime/pipeline/datasets.ts";
 import { rpcError } from "../platform/errors.ts";
 import { StoreObjectNotFoundError, type CheckpointStore } from "../runtime/store/store.ts";
 

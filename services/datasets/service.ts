@@ -6,7 +6,7 @@ import { Code } from "@connectrpc/connect";
 import { type Dataset, DatasetService } from "../../gen/vaccine/v1/datasets_pb.ts";
 import type { SuiteDeps } from "../common/deps.ts";
 import { ownedBy, ownershipOf, release, releaseAll, scopeOf, visibleTenant, type Scope } from "../common/ownership.ts";
-import { dataUri, datasetHex } from "../common/refs.ts";
+import { dataUri, DatasetCorruptError, datasetHex } from "../runtime/pipeline/datasets.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
 import { principalOf } from "../platform/principal.ts";
 import { callCancelled, untilAborted } from "../platform/aborted-calls.ts";
@@ -114,7 +114,7 @@ export function datasetService(deps: SuiteDeps, options: DatasetServiceOptions =
             }
           }
           if (`sha256:${hash.digest("hex")}` !== dataset.digest || BigInt(size) !== dataset.sizeBytes) {
-            throw rpcError(Code.DataLoss, "DATASET_CORRUPT", `the stored bytes of ${req.uri} do not match its digest`, { uri: req.uri });
+            throw toRpcError(new DatasetCorruptError(req.uri));
           }
         },
         async deleteDataset(req, ctx) {

@@ -15,7 +15,8 @@ import {
   type UploadDatasetRequest,
 } from "../../gen/vaccine/v1/datasets_pb.ts";
 import type { SuiteDeps } from "../common/deps.ts";
-import { dataUri, datasetFormatOf, isKnownFormat, rowFormatOf } from "../common/refs.ts";
+import { datasetFormatOf, isKnownFormat, rowFormatOf } from "../common/refs.ts";
+import { dataUri } from "../runtime/pipeline/datasets.ts";
 import { claim, ownershipOf, owns, type Scope } from "../common/ownership.ts";
 import { reserveStoredBytes } from "../common/quotas.ts";
 import { toRpcError } from "../common/runtime-errors.ts";

@@ -351,22 +351,31 @@ describe("get, list, download, delete", () => {
 });
 
 describe("training on an uploaded dataset", () => {
+  /** Three SFT steps of the tiny model on an uploaded dataset. */
+  const sftOn = (dataset: Dataset) => ({
+    baseCheckpoint: base,
+    dataset: { source: { case: "uri" as const, value: dataset.uri }, format: dataset.format },
+    method: { case: "sft" as const, value: {} },
+    lora: { rank: 4, alpha: 8, dropout: 0 },
+    training: { maxSteps: 3, batchSize: 3, learningRate: 0.03, maxSequenceLength: 64 },
+  });
+
   it("aligns the tiny model on the dataset's uri", async () => {
     const dataset = await upload(jsonl(EXAMPLES), { displayName: "train" });
-    const { job } = await align.createAlignJob({
-      spec: {
-        baseCheckpoint: base,
-        dataset: { source: { case: "uri", value: dataset.uri }, format: dataset.format },
-        method: { case: "sft", value: {} },
-        lora: { rank: 4, alpha: 8, dropout: 0 },
-        training: { maxSteps: 3, batchSize: 3, learningRate: 0.03, maxSequenceLength: 64 },
-      },
-    });
+    const { job } = await align.createAlignJob({ spec: sftOn(dataset) });
     for await (const _ of align.watchAlignJob({ jobId: job!.id })) {
       // Drained until the job ends.
     }
     const done = (await align.getAlignJob({ jobId: job!.id })).job!;
     expect(done.state).toBe(JobState.SUCCEEDED);
     expect(done.progress).toMatchObject({ step: 3, totalSteps: 3 });
+  });
+
+  it("does not train on a dataset whose stored bytes no longer match its digest: DATA_LOSS, as a download", async () => {
+    const bytes = jsonl(EXAMPLES.map((e) => ({ ...e, instruction: `${e.instruction} (damaged copy)` })));
+    const dataset = await upload(bytes, { displayName: "damaged" });
+    await deps.store.putObject(dataset.uri, Buffer.from(bytes.toString().replace("damaged copy", "damaged cops")));
+    const e = await rpcFailure(() => align.createAlignJob({ spec: sftOn(dataset) }));
+    expect(e).toMatchObject({ code: Code.DataLoss, info: { reason: "DATASET_CORRUPT", metadata: { uri: dataset.uri } } });
   });
 });

@@ -3,6 +3,7 @@
  * or a JSONL/JSON file in the store. Training data is read strictly: the first bad row
  * fails with its file and line, rather than training on part of what the user sent.
  */
+import { createHash } from "node:crypto";
 import { loadBuiltin } from "../data/builtin.ts";
 import { DatasetError } from "../data/dataset-error.ts";
 import { DEFAULT_MAX_FILE_BYTES, parseDataset } from "../data/loaders.ts";
@@ -41,7 +42,32 @@ export function defaultBuiltinSize(name: string, split: "train" | "test" = "trai
   }
 }
 
-/** Instruction examples of a dataset; a plain-text builtin (the corpus) is refused here. */
+const DATA = "store://datasets";
+const HEX = /^[0-9a-f]{64}$/;
+
+/** Where an uploaded dataset's bytes are: `store://datasets/<hex sha256>` (services/datasets/records.ts). */
+export const dataUri = (hex: string) => `${DATA}/${hex}`;
+
+/** The hex digest a dataset URI names, or undefined when it is not one. */
+export function datasetHex(uri: string): string | undefined {
+  const hex = uri.startsWith(`${DATA}/`) ? uri.slice(DATA.length + 1) : "";
+  return HEX.test(hex) ? hex : undefined;
+}
+
+/** The stored bytes of a dataset named by its digest are not those bytes: the store is damaged. */
+export class DatasetCorruptError extends Error {
+  readonly reason = "DATASET_CORRUPT";
+  constructor(readonly uri: string) {
+    super(`the stored bytes of ${uri} do not match its digest`);
+    this.name = "DatasetCorruptError";
+  }
+}
+
+/**
+ * Instruction examples of a dataset; a plain-text builtin (the corpus) is refused here. An
+ * uploaded dataset's bytes are checked against the digest its uri names, as a download checks
+ * them: a damaged store fails the job, it does not train on other data.
+ */
 export async function resolveExamples(store: CheckpointStore, source: DatasetSource): Promise<Example[]> {
   if ("builtin" in source) {
     const b = source.builtin;
@@ -63,5 +89,7 @@ export async function resolveExamples(store: CheckpointStore, source: DatasetSou
     if (err instanceof StoreObjectTooLargeError) throw new DatasetError("DATASET_TOO_LARGE", err.message, { file: source.uri });
     throw err;
   }
+  const hex = datasetHex(source.uri);
+  if (hex !== undefined && createHash("sha256").update(bytes).digest("hex") !== hex) throw new DatasetCorruptError(source.uri);
   return parseDataset(bytes, source.uri, { format: source.format });
 }
