@@ -69,6 +69,12 @@ export function toRpcError(err: unknown, ctx: ErrorContext = {}): ConnectError {
       max_sequence_length: String(err.maxSequenceLength),
     });
   }
+  // A full disk or quota (the store, the jobs folder, temp files) is the operator's to free, not
+  // a bug; its message would name the server's paths.
+  const errno = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (errno === "ENOSPC" || errno === "EDQUOT") {
+    return rpcError(Code.ResourceExhausted, "STORAGE_FULL", `the server's disk is full (${errno}); nothing was stored: retry once space is freed`, { errno });
+  }
   return rpcError(Code.Internal, "INTERNAL", err instanceof Error ? err.message : String(err));
 }
 
