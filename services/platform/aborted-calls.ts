@@ -34,6 +34,9 @@ async function* endOrCut<T>(messages: AsyncIterable<T>, signal: AbortSignal): As
  * The error of a call aborted for `reason`: the server's own (shutdown: UNAVAILABLE), the
  * client's deadline, or its cancel. A request stream that fails (a message over the size
  * limit) aborts its call with no reason: then the error `thrown` is the call's own, kept.
+ * Any other reason is the client's reset of the stream, CANCELLED whatever its HTTP/2 code
+ * (connect names INTERNAL_ERROR, a Node client's reset at its deadline, INTERNAL): the
+ * server did not fail, and its error counts must not say so.
  */
 export function cutBy(reason: unknown, thrown: unknown): ConnectError {
   const own = thrown instanceof ConnectError && ![Code.Canceled, Code.Aborted, Code.Unknown].includes(thrown.code);
@@ -42,8 +45,9 @@ export function cutBy(reason: unknown, thrown: unknown): ConnectError {
   if (err.code === Code.DeadlineExceeded) {
     return rpcError(Code.DeadlineExceeded, "DEADLINE_EXCEEDED", "the call's deadline passed before it ended (send a later one; a Watch resumes with after_sequence)");
   }
+  if (err === thrown) return err;
   if (err.code === Code.Canceled || err.code === Code.Aborted) return rpcError(Code.Canceled, "CANCELLED", "the call was cancelled before it ended");
-  return err;
+  return rpcError(Code.Canceled, "CANCELLED", `the client reset the call before it ended (${err.rawMessage})`);
 }
 
 /**

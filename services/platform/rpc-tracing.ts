@@ -33,9 +33,10 @@ const getter: TextMapGetter<Headers> = {
 };
 const setter: TextMapSetter<Headers> = { set: (h, key, value) => h.set(key, value) };
 
-/** "INVALID_ARGUMENT" for Code.InvalidArgument: gRPC's own spelling. */
+/** "INVALID_ARGUMENT" for Code.InvalidArgument: gRPC's own spelling (connect's Canceled is gRPC's CANCELLED). */
 export function statusName(code: Code | 0): string {
-  return code === 0 ? "OK" : Code[code].replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
+  if (code === 0) return "OK";
+  return code === Code.Canceled ? "CANCELLED" : Code[code].replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
 }
 
 function rpcSystem(contentType: string | null): string {

@@ -3,7 +3,7 @@ import http2 from "node:http2";
 import net, { type AddressInfo } from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { DescService } from "@bufbuild/protobuf";
-import { createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import { Code, createContextValues, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import type { MeterProvider, TracerProvider } from "@opentelemetry/api";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
@@ -101,6 +101,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   // Refused before any interceptor: not in the audit log, so logged here, and traced here.
   const onWireError: WireErrorOptions["onError"] = (method, err, header) => {
     const traceId = calls.refused(method, header, err);
+    // A call its client cut (cancel, deadline) before sending its message was not refused.
+    if (err.code === Code.Canceled || err.code === Code.DeadlineExceeded) return;
     logger.warn(
       { method: `${method.parent.typeName}/${method.name}`, outcome: statusName(err.code), reason: err.findDetails(ErrorInfoSchema)[0]?.reason, error: err.rawMessage, trace_id: traceId },
       "request refused before its handler",

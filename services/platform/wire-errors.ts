@@ -20,7 +20,8 @@ import { trailerFlag, trailerParse, trailerSerialize } from "@connectrpc/connect
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import type { AuthenticateFirst } from "./authenticate.ts";
 import { invalidArgument, rpcError } from "./errors.ts";
-import { PEER } from "./peer.ts";
+import { callCancelledError, cutBy } from "./aborted-calls.ts";
+import { PEER, REQUEST_RESET } from "./peer.ts";
 
 export const WireReason = {
   MESSAGE_UNDECODABLE: "MESSAGE_UNDECODABLE",
@@ -40,6 +41,13 @@ export function withWireErrors(handler: UniversalHandler, options: WireErrorOpti
   const { method } = handler;
   const wrapped = async (req: Parameters<UniversalHandler>[0]) =>
     rewrite(await handler(req), async (err: ConnectError) => {
+      // Answered past the protocol layer (the interceptors traced and counted it).
+      if (err.findDetails(ErrorInfoSchema).length > 0) return undefined;
+      if (await cutByClient(req, err)) {
+        const cut = req.signal.aborted ? cutBy(req.signal.reason, undefined) : callCancelledError();
+        options.onError?.(method, cut, req.header);
+        return cut;
+      }
       const explained = explainWireError(err, method, options.maxMessageBytes);
       if (!explained) return undefined;
       const refused = (await options.authenticate?.(method.parent.typeName, { header: req.header, peer: req.contextValues?.get(PEER) })) ?? explained;
@@ -48,6 +56,23 @@ export function withWireErrors(handler: UniversalHandler, options: WireErrorOpti
     });
   return Object.assign(wrapped, handler);
 }
+
+/**
+ * Whether the client cancelled the call (or its deadline passed) rather than sent a bad
+ * request. A Node client's cancel ends its request stream and resets it just after: a unary
+ * request that ends without its message is given a moment for that reset to arrive, so a
+ * cancel is not counted as the client's protocol error.
+ */
+async function cutByClient(req: Parameters<UniversalHandler>[0], err: ConnectError): Promise<boolean> {
+  const reset = req.contextValues?.get(REQUEST_RESET) ?? (() => false);
+  if (req.signal.aborted || reset()) return true;
+  if (!err.rawMessage.startsWith("protocol error: missing input message")) return false;
+  await new Promise((resolve) => setTimeout(resolve, RESET_GRACE_MS));
+  return req.signal.aborted || reset();
+}
+
+/** How long a request that ended without its message waits for the client's reset (see cutByClient). */
+const RESET_GRACE_MS = 50;
 
 /** The server's version of a protocol-layer error; undefined for errors that already carry an ErrorInfo or that no request caused. */
 export function explainWireError(err: ConnectError, method: DescMethod, maxMessageBytes: number): ConnectError | undefined {

@@ -5,7 +5,7 @@ import * as grpc from "@grpc/grpc-js";
 import { SpanKind, SpanStatusCode } from "@opentelemetry/api";
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-node";
 import { AggregationTemporality, InMemoryMetricExporter, PeriodicExportingMetricReader, type DataPoint, type Histogram } from "@opentelemetry/sdk-metrics";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { clientTracing } from "../../services/platform/rpc-tracing.ts";
@@ -13,6 +13,7 @@ import { exporterNames, telemetryProblems } from "../../services/platform/teleme
 import { setupTelemetry, type Telemetry } from "../../services/platform/telemetry.ts";
 import { vaccine } from "../cli/harness.ts";
 import { rawGrpc } from "../helpers/raw-grpc.ts";
+import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
 
 const exporter = new InMemorySpanExporter();
@@ -51,6 +52,18 @@ describe("RPC spans", () => {
     expect(clientSpan.attributes).toMatchObject({ "server.address": "127.0.0.1", "server.port": server.port });
     expect(serverSpan.spanContext().traceId).toBe(clientSpan.spanContext().traceId);
     expect(serverSpan.parentSpanContext?.spanId).toBe(clientSpan.spanContext().spanId);
+  });
+
+  it("a call its client cuts before sending its message counts as CANCELLED or DEADLINE_EXCEEDED, not as the client's protocol error", async () => {
+    // A Node client's deadline of 1 ms ends the request stream without its message, then resets it.
+    exporter.reset();
+    const embed = createClient(EmbedService, createGrpcTransport({ baseUrl: server.url }));
+    const outcomes = await Promise.allSettled(Array.from({ length: 20 }, () => embed.embed({ checkpoint: suite.base, texts: ["a b"], layers: [0] }, { timeoutMs: 1 })));
+    expect(outcomes.every((o) => o.status === "rejected")).toBe(true);
+    const embeds = () => exporter.getFinishedSpans().filter((s) => s.kind === SpanKind.SERVER && s.name === "vaccine.v1.EmbedService/Embed");
+    await vi.waitFor(() => expect(embeds()).toHaveLength(20));
+    const statuses = new Set(embeds().map((s) => s.attributes["rpc.status_code"]));
+    expect([...statuses].filter((s) => s !== "CANCELLED" && s !== "DEADLINE_EXCEEDED")).toEqual([]);
   });
 
   it("a failed call records the status name and an error status", async () => {
