@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import http from "node:http";
 import http2 from "node:http2";
 import net, { type AddressInfo } from "node:net";
@@ -83,6 +84,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const limits: Limits = { ...DEFAULT_LIMITS, ...options.limits };
   const health = new HealthRegistry(options.services.map((s) => s.desc.typeName));
   const stopping = new AbortController();
+  // connect links every call in flight to it: more than 10 at once is normal, not a leak.
+  setMaxListeners(0, stopping.signal);
   const hooks: (() => Promise<void>)[] = [];
   const access = options.access ?? {};
   if (access.policy) checkPolicyCovers(access.policy, options.services.map((s) => s.desc));

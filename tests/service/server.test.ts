@@ -35,6 +35,23 @@ describe("one port, three protocols", () => {
   });
 });
 
+describe("many calls at once", () => {
+  it("emit no process warning (connect links each call in flight to the server's shutdown signal)", async () => {
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => warnings.push(w);
+    process.on("warning", onWarning);
+    try {
+      const health = createClient(Health, grpc());
+      await Promise.all(Array.from({ length: 40 }, () => health.check({ service: "" })));
+      // Warnings are emitted on the next tick.
+      await new Promise((resolve) => setImmediate(resolve));
+    } finally {
+      process.off("warning", onWarning);
+    }
+    expect(warnings.map((w) => w.name)).not.toContain("MaxListenersExceededWarning");
+  });
+});
+
 describe("grpc.health.v1", () => {
   it("Check knows each service and the server, and NOT_FOUND otherwise", async () => {
     const health = createClient(Health, grpc());
