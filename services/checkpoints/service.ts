@@ -49,7 +49,7 @@ import { ExportPreconditionError, exportCheckpoint, type ExportedFile, type Expo
 import { ADAPTER_PARENT_KINDS, importCheckpoint, importedRef, rootModelConfig } from "../runtime/pipeline/import-checkpoint.ts";
 import { KIND } from "../runtime/pipeline/kinds.ts";
 import { childrenOf } from "../runtime/pipeline/load.ts";
-import { checkpointHex, type CheckpointRef } from "../runtime/store/store.ts";
+import { checkpointHex, CheckpointIntegrityError, type CheckpointRef } from "../runtime/store/store.ts";
 import { receiveFolder } from "./receive-folder.ts";
 import { WorkDirs } from "./work-dirs.ts";
 
@@ -115,6 +115,14 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
     } catch (err) {
       throw toRpcError(err, { checkpointField: field });
     }
+  }
+
+  /** One damaged checkpoint must not hide every other from a list: left out and logged (Get answers DATA_LOSS). */
+  function leftOut(ref: CheckpointRef, err: unknown): undefined {
+    const damaged = err instanceof CheckpointIntegrityError || (err instanceof ConnectError && err.code === Code.DataLoss);
+    if (!damaged) throw err;
+    deps.logger.error({ checkpoint: ref.uri, err: (err as Error).message }, "damaged checkpoint left out of a list");
+    return undefined;
   }
 
   /** The adapter's base: it must exist and be a model or an adapter; its root model's config is what the adapter must fit. */
@@ -195,15 +203,18 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
             const entries: { key: string; item: CheckpointRef }[] = [];
             for (const ref of await deps.store.list()) {
               if (owned && !owned.has(checkpointHex(ref)) && !isBuiltin(deps.builtins, ref)) continue;
-              const { manifest, committedAt } = await describer.summary(ref);
+              const summary = await describer.summary(ref).catch((err: unknown) => leftOut(ref, err));
+              if (!summary) continue;
+              const { manifest, committedAt } = summary;
               const type = TYPE_OF_KIND[manifest.kind];
               if (type === undefined || (req.type !== CheckpointType.UNSPECIFIED && type !== req.type)) continue;
               // Newest first; the URI breaks ties, so a key places a page's end exactly.
               entries.push({ key: `${timeKey(committedAt.getTime())} ${ref.uri}`, item: ref });
             }
             const { page, nextKey } = pageByKey(entries, req.pageSize, after);
+            const described = await Promise.all(page.map((ref) => describe(ref, "checkpoints", scope).catch((err: unknown) => leftOut(ref, err))));
             return {
-              checkpoints: await Promise.all(page.map((ref) => describe(ref, "checkpoints", scope))),
+              checkpoints: described.filter((c): c is Checkpoint => c !== undefined),
               nextPageToken: nextKey && keyToken(nextKey),
             };
           } catch (err) {

@@ -2,7 +2,7 @@ import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { type Dataset, DatasetService } from "../../gen/vaccine/v1/datasets_pb.ts";
 import type { SuiteDeps } from "../common/deps.ts";
 import { ownedBy, ownershipOf, release, releaseAll, scopeOf, visibleTenant, type Scope } from "../common/ownership.ts";
@@ -77,12 +77,17 @@ export function datasetService(deps: SuiteDeps, options: DatasetServiceOptions =
             const { page, nextKey } = pageByKey(entries.map((e) => ({ key: `${timeKey(e.time)} ${e.hex}`, item: e })), req.pageSize, cursor);
             const records = await Promise.all(
               page.map(async (e) => {
-                const record = await readRecord(deps.store, e.hex);
+                const record = await readRecord(deps.store, e.hex).catch((err: unknown) => {
+                  // One damaged record must not hide every dataset: left out here, DATA_LOSS on Get.
+                  if (!(err instanceof ConnectError && err.code === Code.DataLoss)) throw err;
+                  deps.logger.error({ uri: dataUri(e.hex), err: err.rawMessage }, "damaged dataset record left out of a list");
+                  return undefined;
+                });
                 return record && tenant !== undefined ? ownView(record, await ownershipOf(deps.store, tenant, "datasets", e.hex)) : record;
               }),
             );
             return {
-              // A dataset deleted between the listing and the read is left out.
+              // A dataset deleted between the listing and the read, or damaged, is left out.
               datasets: records.filter((d): d is Dataset => d !== undefined),
               nextPageToken: nextKey && keyToken(nextKey),
             };

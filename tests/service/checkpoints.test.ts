@@ -9,7 +9,7 @@ import http2 from "node:http2";
 import { statSync } from "node:fs";
 import { cp, mkdtemp, readdir, readFile, rm, unlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as tf from "@tensorflow/tfjs";
 import { Code, createClient } from "@connectrpc/connect";
@@ -370,7 +370,7 @@ describe("ImportCheckpoint: refusals", () => {
     })()));
     expect(failure.code).toBe(Code.Internal);
     expect(failure.info?.reason).toBe("IMPORT_WRITE_FAILED");
-    expect(failure.message).toMatch(/could not write the upload \((EEXIST|ENOTDIR)\)$/);
+    expect(failure.message).toMatch(/could not write the upload \((EEXIST|ENOTDIR|ENOENT)\)$/);
     expect(failure.message).not.toContain(workDir);
     expect(await workEntries()).toEqual([]);
     expect(await storeRefs()).toEqual(before);
@@ -643,6 +643,19 @@ describe("imported checkpoints in training", () => {
       e.layers.forEach((l, k) => expect(maxAbsDiff(l.vectors!.values, want.embeddings[i].layers[k].vectors!.values)).toBeLessThanOrEqual(1e-4)),
     );
   }, 120_000);
+});
+
+describe("a damaged checkpoint in the store", () => {
+  it("is left out of lists, which still show every other, and is DATA_LOSS on Get", async () => {
+    const damaged = await importDir(await copy("llama-f32-gqa"), { type: CheckpointType.BASE_MODEL, displayName: "to be damaged" });
+    const manifest = join(cleanupRoot, "store", "checkpoints", damaged.ref!.digest.replace("sha256:", ""), "manifest.json");
+    await writeFile(manifest, (await readFile(manifest, "utf8")).replace("to be damaged", "to be damagee"));
+    const listed = (await checkpoints.listCheckpoints({ pageSize: 1000 })).checkpoints.map((c) => c.ref!.uri);
+    expect(listed).not.toContain(damaged.ref!.uri);
+    expect(listed).toContain(f32.ref!.uri);
+    expect((await rpcFailure(() => checkpoints.getCheckpoint({ checkpoint: refOf(damaged) }))).code).toBe(Code.DataLoss);
+    await rm(dirname(manifest), { recursive: true, force: true });
+  });
 });
 
 describe("DeleteCheckpoint", () => {

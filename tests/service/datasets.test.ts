@@ -333,6 +333,18 @@ describe("get, list, download, delete", () => {
     expect(await stored()).not.toContain(uploaded[1].uri);
   });
 
+  it("leaves a dataset whose record is damaged out of lists, which still show every other; Get is DATA_LOSS", async () => {
+    const good = await upload(jsonl([{ instruction: "kept", output: "ok" }]), { displayName: "kept" });
+    const damaged = await upload(jsonl([{ instruction: "damaged", output: "ok" }]), { displayName: "damaged record" });
+    const hex = damaged.uri.slice("store://datasets/".length);
+    await deps.store.putObject(`store://dataset-records/${hex}.json`, Buffer.from("{ not json"));
+    const listed = (await datasets.listDatasets({ pageSize: 1000 })).datasets.map((d) => d.uri);
+    expect(listed).toContain(good.uri);
+    expect(listed).not.toContain(damaged.uri);
+    expect((await rpcFailure(() => datasets.getDataset({ uri: damaged.uri }))).info?.reason).toBe("DATASET_RECORD_CORRUPT");
+    await deps.store.deleteObject(`store://dataset-records/${hex}.json`);
+  });
+
   it("downloads byte for byte, in chunks, and notices bytes changed in the store", async () => {
     const bytes = jsonl(Array.from({ length: 3000 }, (_, i) => ({ instruction: `Question ${i} é 😀`, output: "answer ".repeat(30) })));
     expect(bytes.length).toBeGreaterThan(LIMIT / 2);
