@@ -24,6 +24,7 @@ import type { Command, CommandGroup, Context } from "../command.ts";
 import { UsageError } from "../errors.ts";
 import { choice, int, parseRef, ref, text } from "../flags.ts";
 import { formatRef, nextPage, table, writeJson, type Ref } from "../output.ts";
+import { removedOnInterrupt } from "../partial-output.ts";
 
 /** Import messages carry at most this much; the contract allows 4 MiB. */
 const CHUNK_BYTES = 1024 * 1024;
@@ -210,6 +211,7 @@ const exportCommand: Command = {
     await mkdir(part, { recursive: true });
     const written: { path: string; sizeBytes: bigint; sha256: string }[] = [];
     let current: Incoming | undefined;
+    const interruptible = removedOnInterrupt(part);
     try {
       for await (const m of ctx.clients().checkpoints.exportCheckpoint({ checkpoint, format, dtype: ctx.flags.get(DTYPE) })) {
         if (current?.path !== m.path) {
@@ -250,6 +252,8 @@ const exportCommand: Command = {
       current?.progress.end();
       await rm(part, { recursive: true, force: true });
       throw err;
+    } finally {
+      interruptible();
     }
     if (ctx.json) {
       for (const file of written) writeJson(ctx.stdout, CheckpointFileSchema, create(CheckpointFileSchema, file));

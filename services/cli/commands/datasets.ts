@@ -20,6 +20,7 @@ import { choice, int, text } from "../flags.ts";
 import { byteProgress } from "../byte-progress.ts";
 import { nextPage, table, writeJson } from "../output.ts";
 import { DATASET_FORMATS } from "../spec-flags.ts";
+import { removedOnInterrupt } from "../partial-output.ts";
 
 /** Upload messages carry at most this much; the contract allows 4 MiB. */
 const CHUNK_BYTES = 1024 * 1024;
@@ -136,6 +137,7 @@ const download: Command = {
     const progress = byteProgress(ctx, "download", Number(dataset.sizeBytes));
     // Beside the target, so the rename that publishes it stays on one file system.
     const part = `${out}.part`;
+    const interruptible = removedOnInterrupt(part);
     try {
       const chunks = async function* () {
         for await (const { chunk } of ctx.clients().datasets.downloadDataset({ uri })) {
@@ -149,6 +151,7 @@ const download: Command = {
       await rm(part, { force: true });
       throw err;
     } finally {
+      interruptible();
       progress.end();
     }
     if (ctx.json) return writeJson(ctx.stdout, GetDatasetResponseSchema, got);
