@@ -221,7 +221,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     health.setAll(ServingStatus.NOT_SERVING);
     logger.info({ openSessions: sessions.size }, "shutting down");
     // 2. Hooks finish their work (background work saves its state) within the timeout.
-    await withTimeout(Promise.allSettled(hooks.map((h) => h())), timeoutMs);
+    if (!(await withTimeout(Promise.allSettled(hooks.map((h) => h())), timeoutMs))) {
+      // A running job could not write its training state in time: it resumes from its last one.
+      logger.warn({ timeout_ms: timeoutMs }, "background work (a running job) did not finish within the shutdown timeout; it is abandoned and resumes from its last saved state");
+    }
     // 3. Calls still in flight are aborted through connect's shutdown signal (cut streams end UNAVAILABLE).
     stopping.abort(shuttingDown());
     certificates?.close();

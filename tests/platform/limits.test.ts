@@ -12,6 +12,7 @@ import { DatasetService } from "../../gen/vaccine/v1/datasets_pb.ts";
 import { MAX_TIMER_MS, streamIdleTimeout, withDeadlineInRange } from "../../services/platform/deadline.ts";
 import { startServer, type RunningServer, type ServiceModule } from "../../services/platform/server.ts";
 import { createClients } from "../../services/client/clients.ts";
+import { createLogger } from "../../services/platform/log.ts";
 import { rpcFailure } from "../helpers/errors.ts";
 import { oversizedConnect, oversizedGrpc } from "../helpers/oversized.ts";
 
@@ -280,5 +281,17 @@ describe("connections", () => {
     await new Promise((r) => socket.once("close", r));
     expect(Date.now() - started).toBeGreaterThanOrEqual(250);
     expect(Date.now() - started).toBeLessThan(3000);
+  });
+});
+
+describe("shutdown timeout", () => {
+  it("says so when background work (a running job) did not finish within it", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const logger = createLogger("info", { write: (s: string) => void lines.push(JSON.parse(s)) });
+    const own = await startServer({ services: [slowAlign], shutdownTimeoutMs: 100, logger });
+    own.onShutdown(() => new Promise(() => {})); // never done
+    await own.shutdown();
+    expect(lines.find((l) => l.level === "warn" && String(l.msg).startsWith("background work"))).toMatchObject({ timeout_ms: 100 });
+    expect(lines.at(-1)?.msg).toBe("stopped");
   });
 });
