@@ -7,7 +7,7 @@
 import { randomUUID } from "node:crypto";
 import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { sweepStale } from "../common/stale-temp.ts";
+import { sweepStale } from "../runtime/stale-temp.ts";
 
 /** Folders in use in this process, whichever WorkDirs made them (several services may share a root). */
 const held = new Set<string>();

@@ -6,7 +6,7 @@
 import { createHash, randomUUID } from "node:crypto";
 import { type FileHandle, mkdir, open, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { sweepStale } from "../common/stale-temp.ts";
+import { sweepStale } from "../runtime/stale-temp.ts";
 
 /** Paths of the spools this process has open. */
 const held = new Set<string>();

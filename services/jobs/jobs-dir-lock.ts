@@ -8,7 +8,7 @@
 import { closeSync, mkdirSync, openSync, readFileSync, statSync, unlinkSync, utimesSync, writeSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
-import { processAlive } from "../common/stale-temp.ts";
+import { processAlive } from "../runtime/stale-temp.ts";
 
 export const LOCK_FILE = "executor.lock";
 export const HEARTBEAT_MS = 5_000;

@@ -14,6 +14,7 @@ import { createStore, type StoreConfig } from "../runtime/store/create-store.ts"
 import type { Config } from "./config.ts";
 import { embeddedExecutor } from "./embedded-executor.ts";
 import { queueDeps, type QueueConfig } from "./queue-deps.ts";
+import { LocalCheckpointStore } from "../runtime/store/local-store.ts";
 
 export interface ProcessDeps extends SuiteDeps {
   /** Present when align or finetune is served. */
@@ -41,6 +42,8 @@ export function createDeps(
         }
       : { kind: "local", root: config.storeRoot };
   const store = createStore(storeConfig);
+  // Writes a crashed process of this host left half done.
+  if (store instanceof LocalCheckpointStore) void store.sweepStaging().catch((err: unknown) => logger.warn({ err, root: store.root }, "could not sweep the store's staging folders"));
   // Where checkpoints go: a relative root is the working directory's, which an operator cannot see.
   logger.info(storeConfig.kind === "s3" ? { store: "s3", bucket: storeConfig.bucket, prefix: storeConfig.prefix, cache_dir: resolve(config.cacheDir) } : { store: "local", root: resolve(storeConfig.root) }, "checkpoint store");
   const servesJobs = config.services.includes("align") || config.services.includes("finetune");

@@ -1,6 +1,7 @@
+import { spawnSync } from "node:child_process";
 import * as fs from "node:fs/promises";
-import { mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it, vi } from "vitest";
 import { LocalCheckpointStore } from "../../services/runtime/store/local-store.ts";
@@ -51,3 +52,22 @@ describe("LocalCheckpointStore under an injected fs failure", () => {
     expect(await readdir(join(store.root, ".staging"))).toEqual([]);
   });
 });
+
+describe("LocalCheckpointStore after a crash", () => {
+  it("sweeps the staging folders of this host's processes that are gone, not a live one's nor another host's", async () => {
+    const root = await mkdtemp(join(tmpdir(), "vaccine-staging-"));
+    dirs.push(root);
+    const store = new LocalCheckpointStore(root);
+    // A stored object, which the sweep must leave alone.
+    await store.putObject("store://datasets/x", Buffer.from("x"));
+    const gone = spawnSync(process.execPath, ["-e", ""]).pid!;
+    const host = hostname().replace(/[^A-Za-z0-9.-]/g, "_");
+    const staging = join(root, ".staging");
+    const names = { crashed: `a.${gone}@${host}`, live: `b.${process.ppid}@${host}`, foreign: `c.${gone}@not-${host}` };
+    for (const name of Object.values(names)) await mkdir(join(staging, name, "files"), { recursive: true });
+    await new LocalCheckpointStore(root).sweepStaging();
+    expect((await readdir(staging)).sort()).toEqual([names.live, names.foreign].sort());
+    expect(await store.readObject("store://datasets/x")).toEqual(Buffer.from("x"));
+  });
+});
+

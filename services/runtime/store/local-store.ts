@@ -3,11 +3,13 @@
  *   <root>/checkpoints/<hex>/manifest.json   the commit marker and digest source
  *   <root>/checkpoints/<hex>/files/...       the checkpoint folder
  *   <root>/<namespace>/<name>                named objects (datasets)
- *   <root>/.staging/<random>/                writes in progress (never addressable)
+ *   <root>/.staging/<random>.<pid>@<host>/   writes in progress (never addressable); those of a
+ *                                            process of this host that is gone are swept at start
  * A checkpoint is built complete under .staging and renamed into checkpoints/ in one step,
  * so an interrupted put leaves nothing visible.
  */
 import { randomUUID } from "node:crypto";
+import os from "node:os";
 import { createReadStream, mkdirSync, realpathSync } from "node:fs";
 import { type FileHandle, lstat, mkdir, open, readFile, readdir, realpath, rename, rm, stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
@@ -41,9 +43,14 @@ import {
   objectFolderKey,
   objectKey,
 } from "./store.ts";
+import { sweepStale } from "../stale-temp.ts";
 
 const STAGING = ".staging";
 const FILES = "files";
+// Staging folders are named after their host and process: a crash's are this host's to sweep,
+// never those of a process on another host sharing the store.
+const HOST = os.hostname().replace(/[^A-Za-z0-9.-]/g, "_");
+const OURS = new RegExp(`\\.(\\d+)@${HOST.replace(/\./g, "\\.")}$`);
 
 export class LocalCheckpointStore implements CheckpointStore {
   /** The real path of the root: containment checks compare real paths. */
@@ -222,8 +229,16 @@ export class LocalCheckpointStore implements CheckpointStore {
     return { dir, manifest: decodeManifest(await readFile(manifestPath), hex) };
   }
 
+  /**
+   * Removes the staging folders of this host's processes that are gone (a crash mid-write).
+   * Once per process, at its start: a worker thread's store shares the process's pid.
+   */
+  async sweepStaging(): Promise<void> {
+    await sweepStale(join(this.root, STAGING), OURS, new Set());
+  }
+
   private async newStaging(): Promise<string> {
-    const dir = join(this.root, STAGING, randomUUID());
+    const dir = join(this.root, STAGING, `${randomUUID()}.${process.pid}@${HOST}`);
     await mkdir(dir, { recursive: true });
     return dir;
   }
