@@ -43,12 +43,15 @@ export function withWireErrors(handler: UniversalHandler, options: WireErrorOpti
     rewrite(await handler(req), async (err: ConnectError) => {
       // Answered past the protocol layer (the interceptors traced and counted it).
       if (err.findDetails(ErrorInfoSchema).length > 0) return undefined;
-      if (await cutByClient(req, err)) {
+      const explained = explainWireError(err, method, options.maxMessageBytes);
+      // What the client sent is at fault whatever came after (a message too large, or not
+      // decodable); a protocol error or an unexplained one may be the client's cut instead.
+      const sent = explained && explained.findDetails(ErrorInfoSchema)[0]?.reason !== WireReason.PROTOCOL_ERROR;
+      if (!sent && (await cutByClient(req, err))) {
         const cut = req.signal.aborted ? cutBy(req.signal.reason, undefined) : callCancelledError();
         options.onError?.(method, cut, req.header);
         return cut;
       }
-      const explained = explainWireError(err, method, options.maxMessageBytes);
       if (!explained) return undefined;
       const refused = (await options.authenticate?.(method.parent.typeName, { header: req.header, peer: req.contextValues?.get(PEER) })) ?? explained;
       options.onError?.(method, refused, req.header);
