@@ -46,7 +46,7 @@ export function cutBy(reason: unknown, thrown: unknown): ConnectError {
     return rpcError(Code.DeadlineExceeded, "DEADLINE_EXCEEDED", "the call's deadline passed before it ended (send a later one; a Watch resumes with after_sequence)");
   }
   if (err === thrown) return err;
-  if (err.code === Code.Canceled || err.code === Code.Aborted) return rpcError(Code.Canceled, "CANCELLED", "the call was cancelled before it ended");
+  if (err.code === Code.Canceled || err.code === Code.Aborted) return callCancelledError();
   return rpcError(Code.Canceled, "CANCELLED", `the client reset the call before it ended (${err.rawMessage})`);
 }
 
