@@ -83,5 +83,17 @@ describe("one executor per local jobs folder", () => {
       expect((await clientB.getAlignJob({ jobId: ids[i] })).job!.state).toBe(JobState.SUCCEEDED);
     }
     expect((await clientB.listAlignJobs({})).jobs.map((j) => j.id).sort()).toEqual([...ids].sort());
+
+    // A stops: B takes the lock over (it asks every 5 s) and runs jobs from then on.
+    a.child.kill("SIGTERM");
+    expect((await a.exited).code).toBe(0);
+    let created: string | undefined;
+    for (const until = Date.now() + 20_000; !created && Date.now() < until; await new Promise((r) => setTimeout(r, 250))) {
+      created = await clientB.createAlignJob({ spec }).then((r) => r.job!.id, () => undefined);
+    }
+    expect(created).toBeDefined();
+    expect(b.log()).toContain("took over the jobs folder's lock: this process runs its jobs now");
+    const states = (await events(clientB, created!)).flatMap((e) => (e.event.case === "stateChange" ? [e.event.value.to] : []));
+    expect(states).toEqual([JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED]);
   });
 });
