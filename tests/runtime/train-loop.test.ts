@@ -6,6 +6,7 @@ import { collate } from "../../services/runtime/data/collate.ts";
 import type { LlamaModel } from "../../services/runtime/model/llama.ts";
 import { causalLmLoss } from "../../services/runtime/model/loss.ts";
 import { LoraAdapter } from "../../services/runtime/model/lora.ts";
+import { batchAt } from "../../services/runtime/train/batches.ts";
 import { NoTrainingTokensError, Trainer, TrainingDivergedError, type TrainOptions } from "../../services/runtime/train/loop.ts";
 import { SftStep, type StepFunction } from "../../services/runtime/train/step.ts";
 import { VaccineStep } from "../../services/runtime/train/vaccine-step.ts";
@@ -50,6 +51,27 @@ describe("Trainer", () => {
     const after = evalLoss(model);
     expect(after).toBeLessThan(before * 0.2);
     trainer.dispose();
+    model.dispose();
+  });
+
+  it("tokenizes each example once however many epochs it trains (the batches stay as collated)", () => {
+    const model = tinyWorldModel(tokenizer);
+    const adapter = lora(model);
+    const encoded: string[] = [];
+    const counting = { ...tokenizer, encode: (text: string) => (encoded.push(text), tokenizer.encode(text)) };
+    const trainer = new Trainer({ model, lora: adapter, data: EXAMPLES, tokenizer: counting, options: options({ maxSteps: 4 * Math.ceil(EXAMPLES.length / 3) }), stepFn: new SftStep() });
+    const atStart = encoded.length; // the constructor's check that some example trains
+    const steps = 3 * Math.ceil(EXAMPLES.length / 3); // three epochs
+    const step = (trainer as unknown as { nextStep(step: number): { collated: ReturnType<typeof collate> } }).nextStep.bind(trainer);
+    for (let s = 0; s < steps; s++) {
+      // The batch each step would have collated from its examples.
+      const { indices } = batchAt(EXAMPLES.length, 3, 7, s);
+      expect(step(s).collated).toEqual(collate(indices.map((i) => EXAMPLES[i]), tokenizer, { maxLength: 64 }));
+    }
+    // Each example once: its prompt with its answer, and its prompt alone (the label mask).
+    expect(encoded.length - atStart).toBe(2 * EXAMPLES.length);
+    trainer.dispose();
+    adapter.dispose();
     model.dispose();
   });
 

@@ -5,7 +5,7 @@
  * methods differ only in their step function.
  */
 import * as tf from "@tensorflow/tfjs";
-import { collate } from "../data/collate.ts";
+import { collate, encodeRows, padRows, type EncodedRow } from "../data/collate.ts";
 import type { Example } from "../data/template.ts";
 import type { HostTensors } from "../host-tensor.ts";
 import type { LlamaModel } from "../model/llama.ts";
@@ -101,6 +101,12 @@ export class Trainer {
    * hold what they held at the last syncFromThreads.
    */
   dataParallel?: DataParallelTrainer;
+  /**
+   * The rows of each dataset the steps read (the training data; Lisa's alignment data too),
+   * tokenized the first time a batch holds them: a later epoch tokenizes nothing, as the
+   * reference's tokenized dataset does not.
+   */
+  private readonly rows = new Map<BatchSource["data"], EncodedRow[]>();
 
   constructor(private readonly init: TrainerInit) {
     const { model, lora, data, options } = init;
@@ -132,7 +138,10 @@ export class Trainer {
     const { data, tokenizer, options, stepFn } = this.init;
     const source = stepFn.batchSource?.(step) ?? { data, position: step, userBatches: step + 1 };
     const { indices } = batchAt(source.data.length, options.batchSize, options.seed, source.position);
-    const collated = collate(indices.map((i) => source.data[i]), tokenizer, { maxLength: options.maxSequenceLength, mode: options.mode });
+    let rows = this.rows.get(source.data);
+    if (!rows) this.rows.set(source.data, (rows = []));
+    for (const i of indices) rows[i] ??= encodeRows([source.data[i]], tokenizer, { maxLength: options.maxSequenceLength, mode: options.mode })[0];
+    const collated = padRows(indices.map((i) => rows[i]), tokenizer.padId);
     const learningRate = learningRateAt(step, this.totalSteps, options.learningRate, options.warmupRatio);
     const dropoutSeed = (Math.imul(options.seed >>> 0, 0x85ebca6b) ^ (step + 1)) >>> 0;
     return { step, source, collated, learningRate, dropoutSeed };
