@@ -81,6 +81,12 @@ export interface JobExecutor {
   watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence?: number, tenant?: string): AsyncIterable<JobEvent>;
   /** Stops taking jobs, asks running ones to checkpoint and stop, and waits for them. */
   shutdown(): Promise<void>;
+  /**
+   * Tells `listener` whether this executor can take new jobs, at once and on every change:
+   * not while its queue cannot be reached, nor while another process holds the jobs folder.
+   * Returns what stops the telling. Absent: always.
+   */
+  watchAvailability?(listener: (available: boolean) => void): () => void;
 }
 
 /** Whether a job is visible to a call limited to `tenant` (undefined: every job). */

@@ -57,6 +57,7 @@ export function embeddedExecutor(
 class TakeoverExecutor implements JobExecutor {
   private current: JobExecutor;
   private readonly timer: NodeJS.Timeout;
+  private readonly listeners = new Set<(available: boolean) => void>();
 
   constructor(readOnly: ReadOnlyExecutor, retryMs: number, takeOver: () => JobExecutor | undefined) {
     this.current = readOnly;
@@ -65,8 +66,16 @@ class TakeoverExecutor implements JobExecutor {
       if (!local) return;
       clearInterval(this.timer);
       this.current = local;
+      for (const listener of this.listeners) listener(true);
     }, retryMs);
     this.timer.unref();
+  }
+
+  /** Unavailable (Create refused) until the lock is taken over. */
+  watchAvailability(listener: (available: boolean) => void): () => void {
+    this.listeners.add(listener);
+    listener(!(this.current instanceof ReadOnlyExecutor));
+    return () => this.listeners.delete(listener);
   }
 
   create(...args: Parameters<JobExecutor["create"]>) {

@@ -2,6 +2,7 @@ import type { Meter, Tracer } from "@opentelemetry/api";
 import { queueProblem } from "../jobs/queue/connection.ts";
 import { GrantsFileError } from "../platform/grants-file.ts";
 import { createLogger, type Logger } from "../platform/log.ts";
+import { ServingStatus } from "../platform/health.ts";
 import { startServer, type RunningServer } from "../platform/server.ts";
 import { SCOPE, setupTelemetry } from "../platform/telemetry.ts";
 import { selectBackend } from "../runtime/backend.ts";
@@ -9,7 +10,7 @@ import { seedBuiltins } from "../runtime/pipeline/builtins.ts";
 import { loadConfig, ConfigError, unknownVariables, type Config, type ServiceName } from "./config.ts";
 import { createDeps } from "./create-deps.ts";
 import { callBounds, securityOptions } from "./security.ts";
-import { SERVICES } from "./services.ts";
+import { JOB_SERVICES, SERVICES } from "./services.ts";
 
 /**
  * A service process: configuration from the environment, telemetry, the server, and a
@@ -103,15 +104,30 @@ export async function startServices(config: Config, telemetry: { tracer: Tracer;
   } catch (err) {
     logger.warn({ error: (err as Error).message }, "could not put the built-in checkpoints into the store");
   }
+  // A worker serves health only (for probes); it trains what the api processes enqueue.
+  const served = config.role === "worker" ? [] : config.services;
+  const modules = served.map((n) => SERVICES[n](deps));
   const server = await startServer({
-    // A worker serves health only (for probes); it trains what the api processes enqueue.
-    services: config.role === "worker" ? [] : config.services.map((n) => SERVICES[n](deps)),
+    services: modules,
     host: config.host,
     port: config.port,
     logger,
     shutdownTimeoutMs: config.shutdownTimeoutMs,
     ...(await securityOptions(config, logger)),
   });
+  // A job service is NOT_SERVING while its executor takes no jobs (Redis away, the jobs folder
+  // held by another process), so a readiness probe sends its calls elsewhere; the server's
+  // own status ("") stays SERVING, as the other services still answer.
+  const jobServices = modules.filter((_, i) => JOB_SERVICES.has(served[i])).map((m) => m.desc.typeName);
+  let told = false;
+  const unwatch = jobServices.length
+    ? deps.executor?.watchAvailability?.((up) => {
+        for (const name of jobServices) server.health.set(name, up ? ServingStatus.SERVING : ServingStatus.NOT_SERVING);
+        if (told || !up) logger[up ? "info" : "warn"]({ services: jobServices }, up ? "job services SERVING again: the executor takes jobs" : "job services NOT_SERVING: the executor takes no jobs");
+        told = true;
+      })
+    : undefined;
+  if (unwatch) server.onShutdown(async () => unwatch());
   // Running jobs finish their step and write a training state before connections close.
   if (deps.executor) server.onShutdown(() => deps.executor!.shutdown());
   if (deps.jobWorker) {

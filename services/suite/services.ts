@@ -19,6 +19,9 @@ export const SERVICES: Record<ServiceName, (deps: ProcessDeps) => ServiceModule>
   checkpoints: checkpointService,
 };
 
+/** The services whose calls go to the job executor: their health follows its availability. */
+export const JOB_SERVICES: ReadonlySet<ServiceName> = new Set(["align", "finetune"]);
+
 function executorOf(deps: ProcessDeps): JobExecutor {
   if (!deps.executor) throw new Error("job services need an executor: include align or finetune in the process's services");
   return deps.executor;

@@ -433,8 +433,11 @@ describe.each([
     await down.stop();
     const logged: Record<string, unknown>[] = [];
     const logger = createLogger("warn", { write: (s: string) => void logged.push(JSON.parse(s)) });
-    const ex = new QueueExecutor({ url, cluster, prefix: "down", enqueueTimeoutMs: 500, logger });
+    const ex = new QueueExecutor({ url, cluster, prefix: "down", enqueueTimeoutMs: 500, logger, availabilityProbeMs: 200 });
     closers.push(() => ex.shutdown());
+    const availability: boolean[] = [];
+    const unwatch = ex.watchAvailability((up) => availability.push(up));
+    closers.push(async () => unwatch());
     const t = Date.now();
     const e = await ex.get(JobKind.ALIGN, "align-00000000-0000-0000-0000-000000000000").catch((err: ConnectError) => err);
     expect(e).toMatchObject({ code: Code.Unavailable, rawMessage: expect.stringMatching(/^the job queue cannot be reached \(.+\); retry later$/) });
@@ -443,6 +446,8 @@ describe.each([
     expect(logged.filter((l) => l.msg === "job queue error" && logged.some((c) => c.msg === "job queue connection error" && String(c.error).endsWith(String(l.error))))).toEqual([]);
     await expect(ex.create(JobKind.ALIGN, spec)).rejects.toMatchObject({ code: Code.Unavailable });
     expect(Date.now() - t).toBeLessThan(3000);
+    await until(() => availability.length > 0);
+    expect(availability).toEqual([false]);
   });
 
   it("rides out a restart of the Redis that holds the queue: calls answer UNAVAILABLE meanwhile, and the running job ends in its first run", async () => {
@@ -450,7 +455,13 @@ describe.each([
     // Each side logs the outage (a cluster's lost node included), so an operator sees it.
     const warned = { api: [] as string[], worker: [] as string[] };
     const logTo = (lines: string[]) => createLogger("warn", { write: (line: string) => void lines.push(JSON.parse(line).msg) });
-    const ex = api({ logger: logTo(warned.api) });
+    const ex = api({ logger: logTo(warned.api), availabilityProbeMs: 200 });
+    // What the job services' health follows: available, unavailable while down, available again.
+    const availability: boolean[] = [];
+    const unwatch = ex.watchAvailability((up) => availability.push(up));
+    closers.push(async () => unwatch());
+    await until(() => availability.length === 1);
+    expect(availability).toEqual([true]);
     let runs = 0;
     let resume!: () => void;
     const resumed = new Promise<void>((r) => (resume = r));
@@ -472,10 +483,13 @@ describe.each([
       const t = Date.now();
       await expect(ex.get(JobKind.ALIGN, job.id)).rejects.toMatchObject({ code: Code.Unavailable });
       expect(Date.now() - t).toBeLessThan(3000);
+      await until(() => availability.at(-1) === false, 3000);
       // The job's last step and its end are written while Redis is down, and wait for it.
       resume();
       await new Promise((r) => setTimeout(r, 2500));
     });
+    await until(() => availability.at(-1) === true, 20_000);
+    expect(availability).toEqual([true, false, true]);
     await until(async () => (await ex.get(JobKind.ALIGN, job.id).catch(() => undefined))?.state === JobState.SUCCEEDED, 20_000);
     expect(runs).toBe(1);
     const events = await watchAll(ex, job.id);

@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, describe, expect, it } from "vitest";
+import { Health, HealthCheckResponse_ServingStatus as ServingStatus } from "../../gen/grpc/health/v1/health_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { CheckpointKind, JobState, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { LocalCheckpointStore } from "../../services/runtime/store/local-store.ts";
@@ -25,6 +26,8 @@ afterAll(async () => {
 });
 
 const clientOf = (p: ServiceProcess) => createClient(AlignService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${p.port}` }));
+const healthOf = (p: ServiceProcess) => createClient(Health, createGrpcTransport({ baseUrl: `http://127.0.0.1:${p.port}` }));
+const statusOf = async (p: ServiceProcess, service: string) => (await healthOf(p).check({ service })).status;
 async function events(client: ReturnType<typeof clientOf>, jobId: string): Promise<JobEvent[]> {
   const out: JobEvent[] = [];
   for await (const { event } of client.watchAlignJob({ jobId })) out.push(event!);
@@ -68,6 +71,10 @@ describe("one executor per local jobs folder", () => {
     const refused = await rpcFailure(() => clientB.createAlignJob({ spec }));
     expect(refused.code).toBe(Code.FailedPrecondition);
     expect(refused.info).toMatchObject({ reason: "JOB_EXECUTOR_LOCKED", metadata: { holder_pid: String(a.child.pid) } });
+    // A readiness probe of AlignService sends calls to A; the server itself is up.
+    expect(await statusOf(b, AlignService.typeName)).toBe(ServingStatus.NOT_SERVING);
+    expect(await statusOf(b, "")).toBe(ServingStatus.SERVING);
+    expect(await statusOf(a, AlignService.typeName)).toBe(ServingStatus.SERVING);
 
     // B reads the jobs A runs, live, to the end; A's and B's views agree.
     const [seenOnB, ...seenOnA] = await Promise.all([events(clientB, ids[1]), ...ids.map((id) => events(clientA, id))]);
@@ -93,6 +100,7 @@ describe("one executor per local jobs folder", () => {
     }
     expect(created).toBeDefined();
     expect(b.log()).toContain("took over the jobs folder's lock: this process runs its jobs now");
+    expect(await statusOf(b, AlignService.typeName)).toBe(ServingStatus.SERVING);
     const states = (await events(clientB, created!)).flatMap((e) => (e.event.case === "stateChange" ? [e.event.value.to] : []));
     expect(states).toEqual([JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED]);
   });

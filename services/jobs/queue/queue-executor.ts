@@ -36,6 +36,8 @@ export interface QueueExecutorOptions extends QueueTarget {
   logger?: Logger;
   /** Longest wait for BullMQ to take a new job (it waits for a connection without limit). */
   enqueueTimeoutMs?: number;
+  /** How often watchAvailability asks Redis (default 2 s; each ask waits at most half of it). */
+  availabilityProbeMs?: number;
 }
 
 /** A Watch waits this long per blocking read before it checks whether the job ended. */
@@ -55,6 +57,7 @@ export class QueueExecutor implements JobExecutor {
   private readonly watchers = new Set<AbortController>();
   private stopping = false;
   private readonly enqueueTimeoutMs: number;
+  private readonly probeMs: number;
 
   constructor(options: QueueExecutorOptions) {
     this.target = { url: options.url, cluster: options.cluster };
@@ -62,6 +65,7 @@ export class QueueExecutor implements JobExecutor {
     this.logger = options.logger ?? silentLogger;
     this.tracer = options.tracer ?? trace.getTracer(SCOPE);
     this.enqueueTimeoutMs = options.enqueueTimeoutMs ?? 5000;
+    this.probeMs = options.availabilityProbeMs ?? 2000;
     // A request fails after a few reconnection attempts instead of hanging while Redis is down.
     let connectionError = "";
     this.redis = connectQueue(this.target, 3, (err) => {
@@ -210,6 +214,39 @@ export class QueueExecutor implements JobExecutor {
     await this.redis.quit().catch(() => {});
   }
 
+  /**
+   * Asks the node that holds the queue's keys (in a cluster, the slot's: the client's own
+   * status stays ready while one node is down) every probeMs, and tells changes.
+   */
+  watchAvailability(listener: (available: boolean) => void): () => void {
+    let last: boolean | undefined;
+    let stopped = false;
+    let asking = false;
+    const probe = async () => {
+      if (asking) return;
+      asking = true;
+      // A cluster's client refuses commands until it has found its nodes, as in guard().
+      const up = await clusterReady(this.redis, CLUSTER_WAIT_MS)
+        .then(() => within(this.redis.exists(this.keys.wait), this.probeMs / 2))
+        .then(
+          () => true,
+          () => false,
+        );
+      asking = false;
+      // A probe that was under way when the watch stopped (shutdown) tells nothing.
+      if (stopped || up === last) return;
+      last = up;
+      listener(up);
+    };
+    void probe();
+    const timer = setInterval(() => void probe(), this.probeMs);
+    timer.unref();
+    return () => {
+      stopped = true;
+      clearInterval(timer);
+    };
+  }
+
   /** Another tenant's job is missing to the caller, exactly as an unknown id. */
   private async record(kind: JobKind, id: string, tenant?: string) {
     const r = await this.guard(() => this.jobs.read(id));
@@ -237,7 +274,6 @@ async function within<T>(p: Promise<T>, ms: number): Promise<T> {
     clearTimeout(timer);
   }
 }
-
 
 function unavailable(err: unknown): ConnectError {
   // ioredis's own words name its option ("maxRetriesPerRequest"), which is no advice for a client.
