@@ -7,6 +7,7 @@ import type { Meter, Tracer } from "@opentelemetry/api";
 import type { Logger } from "../platform/log.ts";
 import type { CallBounds } from "./bounds.ts";
 import type { BatchWindow } from "./call-batcher.ts";
+import type { CallSlots } from "./call-slots.ts";
 import type { Quotas } from "./quotas.ts";
 import type { BuiltinRefs } from "../runtime/pipeline/builtins.ts";
 import type { CheckpointCache } from "../runtime/pipeline/checkpoint-cache.ts";
@@ -34,6 +35,8 @@ export interface SuiteDeps {
   bounds?: Partial<CallBounds>;
   /** How Embed and Moderate calls are batched (call-batcher.ts); unset: DEFAULT_BATCH_WINDOW. */
   batching?: BatchWindow;
+  /** Score calls that decode at once (VACCINE_SCORE_CONCURRENCY); unset: a bound of DEFAULT_SCORE_CONCURRENCY per Score service. */
+  scoreSlots?: CallSlots;
   tracer: Tracer;
   meter: Meter;
   logger: Logger;

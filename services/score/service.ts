@@ -13,6 +13,7 @@ import {
 } from "../../gen/vaccine/v1/score_pb.ts";
 import { boundsOf, checkTextLength, checkTokenCount, DEFAULT_BOUNDS, type CallBounds } from "../common/bounds.ts";
 import { moderateBatcher } from "../common/batched-calls.ts";
+import { CallSlots, DEFAULT_SCORE_CONCURRENCY } from "../common/call-slots.ts";
 import { mapCallError, withCheckpoint } from "../common/checkpoint-calls.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
@@ -142,6 +143,8 @@ const CLASSIFIER: readonly string[] = [KIND.moderation];
 /** ScoreService: generation, moderation, harmful score and task accuracy. */
 export function scoreService(deps: SuiteDeps): ServiceModule {
   const moderate = moderateBatcher(deps);
+  // Decoding calls take turns (call-slots.ts); Moderate is batched instead.
+  const slots = deps.scoreSlots ?? new CallSlots(DEFAULT_SCORE_CONCURRENCY);
   const moderationRef = (ref: { uri: string; digest: string } | undefined) => {
     if (ref) return checkpointRefOf(ref);
     if (!deps.builtins.moderation) {
@@ -192,17 +195,21 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
           checkGenerateRequest(req, bounds);
           const sampled = req.decoding.case === "sampled" ? req.decoding.value : undefined;
           const scope = scopeOf(principalOf(ctx));
-          const answers = await withCheckpoint(deps, "checkpoint", req.checkpoint, (loaded) => {
-            checkPromptTokens(loaded, req.prompts, bounds);
-            return answer(loaded, req.prompts, {
-              maxNewTokens: answerTokens(req.maxNewTokens, DEFAULT_NEW_TOKENS, bounds),
-              temperature: sampled ? (sampled.temperature ?? 1) : 0,
-              topP: sampled?.topP ?? 1,
-              seed: sampled?.seed ?? 0,
-              // Between tokens: a deadline or cancel stops the decoding, not just the response.
-              signal: ctx.signal,
-            });
-          }, scope);
+          const answers = await slots.run(
+            () =>
+              withCheckpoint(deps, "checkpoint", req.checkpoint, (loaded) => {
+                checkPromptTokens(loaded, req.prompts, bounds);
+                return answer(loaded, req.prompts, {
+                  maxNewTokens: answerTokens(req.maxNewTokens, DEFAULT_NEW_TOKENS, bounds),
+                  temperature: sampled ? (sampled.temperature ?? 1) : 0,
+                  topP: sampled?.topP ?? 1,
+                  seed: sampled?.seed ?? 0,
+                  // Between tokens: a deadline or cancel stops the decoding, not just the response.
+                  signal: ctx.signal,
+                });
+              }, scope),
+            ctx.signal,
+          );
           return create(GenerateResponseSchema, {
             generations: answers.map((a) => ({
               text: a.text,
@@ -236,13 +243,14 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
           const prompts = await examplesOf(scope, req.prompts, DEFAULT_HARM_PROMPTS, "prompts", req.limit);
           const model = await checkedRef(scope, "checkpoint", req.checkpoint, LANGUAGE_MODEL);
           const moderation = req.moderationModel ? await checkedRef(scope, "moderation_model", req.moderationModel, CLASSIFIER) : moderationRef(undefined);
-          const run = scoreHarmfulness(deps.checkpoints, model, moderation, prompts, {
+          const options = {
             maxNewTokens: answerTokens(req.maxNewTokens, DEFAULT_NEW_TOKENS, boundsOf(deps)),
             threshold: req.threshold ?? DEFAULT_THRESHOLD,
             sampleCount: req.sampleCount ?? 10,
             refusal: await refusalRef(scope, req.refusalModel),
             signal: ctx.signal,
-          });
+          };
+          const run = slots.stream(() => scoreHarmfulness(deps.checkpoints, model, moderation, prompts, options), ctx.signal);
           // Every ref was checked above: a later failure is not pinned on one of them.
           for await (const out of mapErrors(run, "")) {
             if ("progress" in out) yield { result: { case: "progress", value: out.progress } };
@@ -281,11 +289,12 @@ export function scoreService(deps: SuiteDeps): ServiceModule {
             }
           });
           const model = await checkedRef(scope, "checkpoint", req.checkpoint, LANGUAGE_MODEL);
-          const run = scoreTask(deps.checkpoints, model, examples, task, {
+          const options = {
             maxNewTokens: answerTokens(req.maxNewTokens, DEFAULT_TASK_TOKENS, boundsOf(deps)),
             sampleCount: req.sampleCount ?? 5,
             signal: ctx.signal,
-          });
+          };
+          const run = slots.stream(() => scoreTask(deps.checkpoints, model, examples, task, options), ctx.signal);
           for await (const out of mapErrors(run, "checkpoint")) {
             if ("progress" in out) yield { result: { case: "progress", value: out.progress } };
             else yield { result: { case: "report", value: { ...out.report, rightSamples: out.report.right, wrongSamples: out.report.wrong } } };

@@ -1,4 +1,5 @@
 import type { Meter, Tracer } from "@opentelemetry/api";
+import { CallSlots } from "../common/call-slots.ts";
 import { queueProblem } from "../jobs/queue/connection.ts";
 import { GrantsFileError } from "../platform/grants-file.ts";
 import { createLogger, type Logger } from "../platform/log.ts";
@@ -96,6 +97,7 @@ export async function startServices(config: Config, telemetry: { tracer: Tracer;
   const deps = createDeps(config, telemetry, logger);
   deps.bounds = callBounds(config);
   deps.batching = { windowMs: config.batchWindowMs, maxRows: config.batchMaxRows };
+  deps.scoreSlots = new CallSlots(config.scoreConcurrency);
   // A store that cannot be reached at start must not stop the process: the shipped
   // checkpoints are then missing until the next start (requests naming them get NOT_FOUND).
   try {

@@ -2,10 +2,11 @@
 import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
-import { SpanKind, SpanStatusCode } from "@opentelemetry/api";
+import { context, SpanKind, SpanStatusCode } from "@opentelemetry/api";
+import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-node";
 import { AggregationTemporality, InMemoryMetricExporter, PeriodicExportingMetricReader, type DataPoint, type Histogram } from "@opentelemetry/sdk-metrics";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, onTestFinished, vi } from "vitest";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { clientTracing } from "../../services/platform/rpc-tracing.ts";
@@ -14,6 +15,7 @@ import { setupTelemetry, type Telemetry } from "../../services/platform/telemetr
 import { vaccine } from "../cli/harness.ts";
 import { rawGrpc } from "../helpers/raw-grpc.ts";
 import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
+import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
 
 const exporter = new InMemorySpanExporter();
@@ -37,6 +39,30 @@ const client = <T extends typeof Health | typeof AlignService>(svc: T) =>
   createClient(svc, createGrpcTransport({ baseUrl: server.url, interceptors: [clientTracing(telemetry.tracerProvider)] }));
 
 describe("RPC spans", () => {
+  it("a Score call that waited for a decoding slot says so on its span: how long, behind how many", async () => {
+    // The handler's span is the active one where a process registers its telemetry globally.
+    context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+    onTestFinished(() => void context.disable());
+    const slots = suite.deps.scoreSlots!;
+    let release!: () => void;
+    const done = new Promise<void>((r) => (release = r));
+    const holds = Array.from({ length: slots.limit }, () => slots.run(() => done));
+    exporter.reset();
+    const call = createClient(ScoreService, createGrpcTransport({ baseUrl: server.url })).generate({ checkpoint: suite.base, prompts: [{ instruction: "Say hi" }], maxNewTokens: 2 });
+    while (slots.queued === 0) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, 50));
+    release();
+    await Promise.all([...holds, call]);
+    const span = exporter.getFinishedSpans().find((s) => s.name === "vaccine.v1.ScoreService/Generate")!;
+    const waited = span.events.find((e) => e.name === "waited for a slot");
+    expect(waited?.attributes).toMatchObject({ "vaccine.slots.limit": slots.limit, "vaccine.slots.ahead": 0 });
+    expect(waited?.attributes?.["vaccine.slots.wait_ms"]).toBeGreaterThanOrEqual(40);
+    // A call that found a free slot has no such event.
+    exporter.reset();
+    await createClient(ScoreService, createGrpcTransport({ baseUrl: server.url })).generate({ checkpoint: suite.base, prompts: [{ instruction: "Say hi" }], maxNewTokens: 2 });
+    expect(exporter.getFinishedSpans().find((s) => s.name === "vaccine.v1.ScoreService/Generate")!.events).toEqual([]);
+  });
+
   it("a successful call gives a CLIENT span and its SERVER child with RPC attributes", async () => {
     exporter.reset();
     await client(Health).check({ service: "" });

@@ -220,3 +220,36 @@ describe("ScoreTask", () => {
     expect(graded.at(-1)!.result.case).toBe("report");
   });
 });
+
+describe("decoding calls take turns (VACCINE_SCORE_CONCURRENCY)", () => {
+  it("waits for a free slot; a deadline or a cancel while waiting ends that call alone", async () => {
+    const slots = suite.deps.scoreSlots!;
+    // Every slot taken, as by long decodings.
+    const holds = Array.from({ length: slots.limit }, () => {
+      let release!: () => void;
+      const done = new Promise<void>((r) => (release = r));
+      return { release, ran: slots.run(() => done) };
+    });
+    let answered = false;
+    const waiting = score.generate({ checkpoint: suite.base, prompts: [{ instruction: "Name a red fruit." }], maxNewTokens: 3 }).then((r) => ((answered = true), r));
+    expect(await eventually(() => slots.queued === 1)).toBe(true);
+
+    const late = await rpcFailure(() => score.generate({ checkpoint: suite.base, prompts: [{ instruction: "Say hi" }], maxNewTokens: 3 }, { timeoutMs: 300 }));
+    expect(late.code).toBe(Code.DeadlineExceeded);
+    const cancel = new AbortController();
+    const stream = collect(score.scoreTask({ checkpoint: suite.base, dataset: { source: { case: "uri", value: TASK } }, maxNewTokens: 2 }, { signal: cancel.signal }));
+    expect(await eventually(() => slots.queued === 2)).toBe(true);
+    cancel.abort();
+    await expect(stream).rejects.toMatchObject({ code: Code.Canceled });
+    // Both left the line; the first is still waiting, not decoding.
+    expect(await eventually(() => slots.queued === 1)).toBe(true);
+    expect(answered).toBe(false);
+
+    for (const h of holds) h.release();
+    await Promise.all(holds.map((h) => h.ran));
+    const res = await waiting;
+    expect(res.generations).toHaveLength(1);
+    expect(res.generations[0].tokenCount).toBeGreaterThan(0);
+    expect(slots.queued).toBe(0);
+  });
+});
