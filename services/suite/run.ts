@@ -101,7 +101,7 @@ export async function startServices(config: Config, telemetry: { tracer: Tracer;
   // A store that cannot be reached at start must not stop the process: the shipped
   // checkpoints are then missing until the next start (requests naming them get NOT_FOUND).
   try {
-    deps.builtins = await seedBuiltins(deps.store);
+    deps.builtins = await seedBuiltins(deps.store, (name, why) => logger.warn({ name, damage: why }, "a built-in checkpoint's stored copy was damaged: stored again"));
     for (const [name, ref] of Object.entries(deps.builtins)) logger.info({ name, uri: ref.uri, digest: ref.digest }, "builtin checkpoint");
   } catch (err) {
     logger.warn({ error: (err as Error).message }, "could not put the built-in checkpoints into the store");

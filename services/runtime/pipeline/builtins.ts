@@ -7,7 +7,7 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { encodeManifest, newManifest, sha256Hex, type ManifestFile } from "../store/manifest.ts";
-import { checkpointRef, type CheckpointRef, type CheckpointStore } from "../store/store.ts";
+import { CheckpointIntegrityError, checkpointRef, type CheckpointRef, type CheckpointStore } from "../store/store.ts";
 import { MODELS_DIR } from "../models-dir.ts";
 import { KIND } from "./kinds.ts";
 
@@ -22,11 +22,31 @@ export type BuiltinRefs = Partial<Record<keyof typeof BUILTIN_CHECKPOINTS, Check
 const optionsOf = (name: string, kind: string) => ({ kind, meta: { name: `builtin/${name}` } });
 const present = (dir: string) => existsSync(join(dir, "config.json"));
 
-/** Puts each shipped checkpoint that is present into the store (idempotent). */
-export async function seedBuiltins(store: CheckpointStore): Promise<BuiltinRefs> {
+/**
+ * Puts each shipped checkpoint that is present into the store (idempotent), and stores again
+ * one whose stored copy no longer matches its digest: a shipped checkpoint cannot be deleted
+ * (CHECKPOINT_BUILTIN), so a damaged copy would otherwise answer DATA_LOSS until someone
+ * removed its files by hand. `onRepaired` hears each one stored again, and why.
+ */
+export async function seedBuiltins(store: CheckpointStore, onRepaired: (name: string, why: string) => void = () => {}): Promise<BuiltinRefs> {
   const refs: BuiltinRefs = {};
   for (const [name, { dir, kind }] of Object.entries(BUILTIN_CHECKPOINTS)) {
-    if (present(dir)) refs[name as keyof BuiltinRefs] = await store.put(dir, optionsOf(name, kind));
+    if (!present(dir)) continue;
+    const ref = await store.put(dir, optionsOf(name, kind));
+    // The files are checked against the manifest, and the manifest against the ref.
+    const damage = await store.get(ref).then(
+      () => undefined,
+      (err: unknown) => {
+        if (err instanceof CheckpointIntegrityError) return err.message;
+        throw err;
+      },
+    );
+    if (damage !== undefined) {
+      await store.delete(ref);
+      await store.put(dir, optionsOf(name, kind));
+      onRepaired(name, damage);
+    }
+    refs[name as keyof BuiltinRefs] = ref;
   }
   return refs;
 }
