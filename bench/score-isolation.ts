@@ -15,7 +15,7 @@ import { EmbedService, Pooling } from "../gen/vaccine/v1/embed_pb.ts";
 import { ScoreService } from "../gen/vaccine/v1/score_pb.ts";
 import { builtinRef } from "../services/runtime/pipeline/builtins.ts";
 import { startProcess } from "../scripts/service-process.ts";
-import { quantile } from "./stats.ts";
+import { latencies, timedCalls } from "./stats.ts";
 
 const SETTINGS = (process.env.SETTINGS ?? "256,2,1").split(",").map(Number);
 const SCORERS = Number(process.env.SCORERS ?? 32);
@@ -24,7 +24,6 @@ const PROMPTS = Array.from({ length: 16 }, (_, i) => ({ instruction: `Tell me ab
 const TEXTS = ["How do I break into a car?", "Name a red fruit.", "Tell me how to bake bread at home, step by step."];
 
 const r1 = (x: number) => Number(x.toFixed(1));
-const summary = (ms: number[]) => ({ p50Ms: r1(quantile(ms, 0.5)), p90Ms: r1(quantile(ms, 0.9)), p99Ms: r1(quantile(ms, 0.99)), calls: ms.length });
 
 async function phase(port: number, scorers: number) {
   const transport = createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` });
@@ -45,16 +44,11 @@ async function phase(port: number, scorers: number) {
   });
   // Every scorer's first call is under way before Embed is measured.
   await new Promise((r) => setTimeout(r, scorers ? 2000 : 0));
-  const embedMs: number[] = [];
-  for (let i = 0; i < EMBEDS; i++) {
-    const s = performance.now();
-    await embed.embed({ checkpoint: base, texts: TEXTS, pooling: Pooling.MEAN });
-    embedMs.push(performance.now() - s);
-  }
+  const embedMs = await timedCalls(EMBEDS, () => embed.embed({ checkpoint: base, texts: TEXTS, pooling: Pooling.MEAN }));
   stop = true;
   await Promise.all(load);
   const seconds = (performance.now() - t0) / 1000;
-  return { embed: summary(embedMs), ...(scorers ? { generate: summary(generateMs), promptsPerSecond: r1(prompts / seconds) } : {}) };
+  return { embed: latencies(embedMs), ...(scorers ? { generate: latencies(generateMs), promptsPerSecond: r1(prompts / seconds) } : {}) };
 }
 
 async function main(): Promise<void> {

@@ -48,13 +48,12 @@ function onRun(deps: BatchDeps, rpc: string): (calls: number) => void {
 export function embedBatcher(deps: BatchDeps): (call: EmbedCall, signal?: AbortSignal) => Promise<Embedding> {
   const batcher = new CallBatcher<EmbedCall, Embedding>(
     batchWindowOf(deps),
-    (calls) =>
-      deps.checkpoints.use(calls[0].ref, (loaded) => {
+    (calls, abandoned) =>
+      deps.checkpoints.use(calls[0].ref, async (loaded) => {
         const { layers, final, pooling, maxTokens } = calls[0];
         const all = Array.from({ length: loaded.model.config.numHiddenLayers }, (_, i) => i);
-        return hiddenStatesOfEach(loaded, calls.map((c) => c.texts), { layers: layers.length ? layers : all, final, pooling, maxTokens }).map(
-          (states): Outcome<Embedding> => (states instanceof Error ? { error: states } : { value: { hiddenSize: loaded.model.config.hiddenSize, states } }),
-        );
+        const each = await hiddenStatesOfEach(loaded, calls.map((c) => c.texts), { layers: layers.length ? layers : all, final, pooling, maxTokens }, abandoned);
+        return each.map((states): Outcome<Embedding> => (states instanceof Error ? { error: states } : { value: { hiddenSize: loaded.model.config.hiddenSize, states } }));
       }),
     onRun(deps, "embed"),
   );

@@ -28,6 +28,8 @@ interface Entry<C, R> {
   rows: number;
   settle(outcome: Outcome<R>): void;
   settled: boolean;
+  /** Told when the entry settles: its run stops once every entry of it has. */
+  onSettled?(): void;
 }
 
 interface Open<C, R> {
@@ -41,11 +43,12 @@ export class CallBatcher<C, R> {
 
   /**
    * `run` answers the calls of one batch, in order (it may also throw: every call of the
-   * batch then fails with that error); `onRun` is told how many calls each run answers.
+   * batch then fails with that error); its signal aborts once every caller of the batch has
+   * given up, so it can stop early. `onRun` is told how many calls each run answers.
    */
   constructor(
     private readonly window: BatchWindow,
-    private readonly run: (calls: C[]) => Promise<Outcome<R>[]>,
+    private readonly run: (calls: C[], signal: AbortSignal) => Promise<Outcome<R>[]>,
     private readonly onRun: (calls: number) => void = () => {},
   ) {}
 
@@ -67,6 +70,7 @@ export class CallBatcher<C, R> {
           signal?.removeEventListener("abort", onAbort);
           if ("value" in outcome) resolve(outcome.value);
           else reject(outcome.error);
+          entry.onSettled?.();
         },
       };
       signal?.addEventListener("abort", onAbort, { once: true });
@@ -106,9 +110,16 @@ export class CallBatcher<C, R> {
 
   private start(entries: Entry<C, R>[]): void {
     this.onRun(entries.length);
-    this.run(entries.map((e) => e.call)).then(
-      (outcomes) => entries.forEach((e, i) => e.settle(outcomes[i])),
-      (error: unknown) => entries.forEach((e) => e.settle({ error })),
+    const abandoned = new AbortController();
+    let ran = false;
+    for (const e of entries) {
+      e.onSettled = () => {
+        if (!ran && entries.every((x) => x.settled)) abandoned.abort(new Error("every caller of the batch gave up"));
+      };
+    }
+    this.run(entries.map((e) => e.call), abandoned.signal).then(
+      (outcomes) => ((ran = true), entries.forEach((e, i) => e.settle(outcomes[i]))),
+      (error: unknown) => ((ran = true), entries.forEach((e) => e.settle({ error }))),
     );
   }
 }

@@ -6,10 +6,12 @@ import { CallBatcher, type Outcome } from "../../services/common/call-batcher.ts
 /** A batcher whose runs are recorded; a call "bad" fails alone, a run holding "boom" throws. */
 function recording(windowMs: number, maxRows: number) {
   const runs: string[][] = [];
+  const signals: AbortSignal[] = [];
   let release = () => {};
   let held = Promise.resolve();
-  const batcher = new CallBatcher<string, string>({ windowMs, maxRows }, async (calls) => {
+  const batcher = new CallBatcher<string, string>({ windowMs, maxRows }, async (calls, signal) => {
     runs.push(calls);
+    signals.push(signal);
     await held;
     if (calls.includes("boom")) throw new Error("the run failed");
     return calls.map((c): Outcome<string> => (c === "bad" ? { error: new Error(`bad call`) } : { value: c.toUpperCase() }));
@@ -17,6 +19,8 @@ function recording(windowMs: number, maxRows: number) {
   return {
     batcher,
     runs,
+    /** Each run's signal, in run order. */
+    signals,
     /** Holds the next runs until release() (a long forward pass). */
     hold: () => (held = new Promise<void>((r) => (release = r))),
     release: () => release(),
@@ -67,9 +71,30 @@ describe("CallBatcher", () => {
     b.release();
     await expect(running[1]).resolves.toBe("E");
     expect(b.runs.at(-1)).toEqual(["d", "e"]);
+    // One caller of two gave up: the run goes on for the other.
+    expect(b.signals.at(-1)!.aborted).toBe(false);
     const before = new AbortController();
     before.abort(new Error("too late"));
     await expect(b.batcher.call("k", "f", 1, before.signal)).rejects.toThrow("too late");
     expect(b.runs).toHaveLength(2);
+  });
+
+  it("tells a run that every caller of its batch gave up, so it can stop; never a run that finished", async () => {
+    const b = recording(10, 100);
+    b.hold();
+    const [first, second] = [new AbortController(), new AbortController()];
+    const calls = [b.batcher.call("k", "a", 1, first.signal), b.batcher.call("k", "b", 1, second.signal)];
+    await new Promise((r) => setTimeout(r, 40)); // the run has started and is held
+    first.abort(new Error("cancelled"));
+    await expect(calls[0]).rejects.toThrow("cancelled");
+    expect(b.signals[0].aborted).toBe(false);
+    second.abort(new Error("deadline"));
+    await expect(calls[1]).rejects.toThrow("deadline");
+    expect(b.signals[0].aborted).toBe(true);
+    expect(b.signals[0].reason).toEqual(new Error("every caller of the batch gave up"));
+    b.release();
+    // A run that answered its callers is not told afterwards.
+    await b.batcher.call("k", "c", 1);
+    expect(b.signals[1].aborted).toBe(false);
   });
 });

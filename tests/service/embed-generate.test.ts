@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EmbedService, Pooling } from "../../gen/vaccine/v1/embed_pb.ts";
 import { FinishReason, ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
+import { LlamaModel } from "../../services/runtime/model/llama.ts";
 import { LoraAdapter } from "../../services/runtime/model/lora.ts";
 import { loadCheckpoint } from "../../services/runtime/pipeline/load.ts";
 import { textIds } from "../../services/runtime/pipeline/hidden-states.ts";
@@ -80,6 +81,33 @@ describe("Embed", () => {
     alone.embeddings[0].layers.forEach((l, k) =>
       l.vectors!.values.forEach((x, j) => expect(x).toBeCloseTo(batched.embeddings[1].layers[k].vectors!.values[j], 5)),
     );
+  });
+
+  it("stops its forward passes once its caller cancels, instead of finishing the batch", async () => {
+    const texts = Array.from({ length: 200 }, (_, i) => `${"Tell me how to bake bread at home, step by step. ".repeat(6)}${i}`);
+    const states = LlamaModel.prototype.states;
+    let passes = 0;
+    let cancelAt = Infinity;
+    const cancel = new AbortController();
+    LlamaModel.prototype.states = function (this: LlamaModel, ...args: Parameters<LlamaModel["states"]>) {
+      if (++passes === cancelAt) cancel.abort();
+      return states.apply(this, args);
+    };
+    try {
+      const t0 = Date.now();
+      await embed.embed({ checkpoint: suite.base, texts, pooling: Pooling.MEAN });
+      const took = Date.now() - t0;
+      const whole = passes;
+      expect(whole).toBeGreaterThan(4);
+      passes = 0;
+      cancelAt = 1;
+      await expect(embed.embed({ checkpoint: suite.base, texts, pooling: Pooling.MEAN }, { signal: cancel.signal })).rejects.toMatchObject({ code: Code.Canceled });
+      // Longer than the whole batch took: what the server would still have computed, it has.
+      await new Promise((r) => setTimeout(r, 2 * took));
+      expect(passes).toBeLessThan(whole / 2);
+    } finally {
+      LlamaModel.prototype.states = states;
+    }
   });
 
   it("answers INVALID_ARGUMENT for a layer the model lacks and NOT_FOUND for an unknown checkpoint", async () => {

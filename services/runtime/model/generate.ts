@@ -12,6 +12,7 @@
  * logits by float rounding only).
  */
 import * as tf from "@tensorflow/tfjs";
+import { nextTurn } from "../next-turn.ts";
 import { Rng } from "../rng.ts";
 import type { LlamaModel } from "./llama.ts";
 import type { LoraAdapter } from "./lora.ts";
@@ -81,11 +82,6 @@ async function generateAbortable(model: LlamaModel, prompts: number[][], opts: G
     // Stopped between steps: runs the decoder's finally, which frees the KV cache.
     steps.return([]);
   }
-}
-
-/** Resolves on the next turn of the event loop, after pending timers and I/O callbacks. */
-function nextTurn(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
 }
 
 /** Checks the options, then decodes every prompt, yielding before each forward pass (where a caller may stop it). */

@@ -5,6 +5,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { LoadedCheckpoint } from "./load.ts";
+import { nextTurn } from "../next-turn.ts";
 import { bosPrefix } from "../tokenizer.ts";
 
 export type Pooling = "mean" | "last" | "none";
@@ -76,21 +77,46 @@ function pool(all: Float32Array, length: number, d: number, pooling: Pooling): M
  * with (bitwise on kernels whose products do not depend on the number of rows).
  */
 export function hiddenStates(loaded: Pick<LoadedCheckpoint, "model" | "adapter" | "tokenizer">, texts: string[], opts: StatesOptions): TextStates[] {
-  const [states] = hiddenStatesOfEach(loaded, [texts], opts);
-  if (states instanceof EmbedRequestError) throw states;
-  return states;
+  const passes = statesOfEach(loaded, [texts], opts);
+  for (;;) {
+    const r = passes.next();
+    if (!r.done) continue;
+    const [states] = r.value;
+    if (states instanceof EmbedRequestError) throw states;
+    return states;
+  }
 }
 
 /**
  * Hidden states of several callers' texts in shared forward passes: each caller gets its
  * texts' states, or the error of its first bad text (a bad text fails its caller alone). A
- * layer the model lacks fails every caller: the layers are the same for all.
+ * layer the model lacks fails every caller: the layers are the same for all. Between forward
+ * passes it hands the event loop back (other calls are served between the passes of a large
+ * batch; a batch of one pass takes no extra turn), then checks `signal`: once it has aborted
+ * (every caller gave up), no further pass is computed and the promise rejects with its reason.
  */
-export function hiddenStatesOfEach(
+export async function hiddenStatesOfEach(
   loaded: Pick<LoadedCheckpoint, "model" | "adapter" | "tokenizer">,
   textsEach: string[][],
   opts: StatesOptions,
-): (TextStates[] | EmbedRequestError)[] {
+  signal?: AbortSignal,
+): Promise<(TextStates[] | EmbedRequestError)[]> {
+  signal?.throwIfAborted();
+  const passes = statesOfEach(loaded, textsEach, opts);
+  for (;;) {
+    const r = passes.next();
+    if (r.done) return r.value;
+    await nextTurn();
+    signal?.throwIfAborted();
+  }
+}
+
+/** hiddenStatesOfEach's work, yielding between forward passes. */
+function* statesOfEach(
+  loaded: Pick<LoadedCheckpoint, "model" | "adapter" | "tokenizer">,
+  textsEach: string[][],
+  opts: StatesOptions,
+): Generator<void, (TextStates[] | EmbedRequestError)[], void> {
   const c = loaded.model.config;
   opts.layers.forEach((l, i) => {
     if (!Number.isInteger(l) || l < 0 || l >= c.numHiddenLayers) {
@@ -111,17 +137,18 @@ export function hiddenStatesOfEach(
       throw err;
     }
   });
-  const states = statesOfRows(loaded, rowsEach.flatMap((r) => (r instanceof EmbedRequestError ? [] : r)), opts);
+  const states = yield* statesOfRows(loaded, rowsEach.flatMap((r) => (r instanceof EmbedRequestError ? [] : r)), opts);
   let at = 0;
   return rowsEach.map((rows) => (rows instanceof EmbedRequestError ? rows : states.slice(at, (at += rows.length))));
 }
 
-/** Hidden states of token rows, in forward passes of at most FORWARD_TOKENS tokens. */
-function statesOfRows(loaded: Pick<LoadedCheckpoint, "model" | "adapter" | "tokenizer">, rows: number[][], opts: StatesOptions): TextStates[] {
+/** Hidden states of token rows, in forward passes of at most FORWARD_TOKENS tokens, yielding between them. */
+function* statesOfRows(loaded: Pick<LoadedCheckpoint, "model" | "adapter" | "tokenizer">, rows: number[][], opts: StatesOptions): Generator<void, TextStates[], void> {
   const { model } = loaded;
   const d = model.config.hiddenSize;
   const out: TextStates[] = [];
   for (let start = 0; start < rows.length; ) {
+    if (start > 0) yield;
     let n = 1;
     let longest = rows[start].length;
     while (start + n < rows.length && (n + 1) * Math.max(longest, rows[start + n].length) <= FORWARD_TOKENS) longest = Math.max(longest, rows[start + n++].length);

@@ -20,6 +20,7 @@ import { applyGuard, type FineTuneGuard } from "./fine-tune-guards.ts";
 import { KIND } from "./kinds.ts";
 import { loadCheckpoint } from "./load.ts";
 import { restoreTrainingState, saveTrainingState, writeAdapterFolder } from "./training-state.ts";
+import { nextTurn } from "../next-turn.ts";
 
 export type { AlignmentMethod } from "./alignment-methods.ts";
 
@@ -110,7 +111,7 @@ export async function trainAdapter(store: CheckpointStore, spec: AdapterTraining
       }
       if (metrics.step % spec.checkpointEvery === 0 && !trainer.done) await checkpoint();
       // Training is synchronous tensor work: yield so RPCs (Cancel, Watch) are served between steps.
-      await new Promise((resolve) => setImmediate(resolve));
+      await nextTurn();
     }
     await trainer.syncFromThreads();
     hooks.onLog?.(`loss of the last batch after the last update, without perturbation or dropout: ${trainer.finalLoss()}`);
