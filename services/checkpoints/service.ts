@@ -231,6 +231,10 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
           v.check();
           const ref = checkpointRefOf(req.checkpoint);
           const dir = await work.create("export");
+          // A client that goes away can leave this generator suspended at a yield, where its
+          // finally never runs: the folder (a whole merged model) goes with the call instead.
+          const onAbort = () => void work.remove(dir);
+          ctx.signal.addEventListener("abort", onAbort, { once: true });
           try {
             let files: ExportedFile[];
             try {
@@ -242,6 +246,7 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
             }
             for (const file of files) yield* streamFile(file, ctx);
           } finally {
+            ctx.signal.removeEventListener("abort", onAbort);
             await work.remove(dir);
           }
         },

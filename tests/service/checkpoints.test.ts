@@ -418,6 +418,20 @@ describe("ExportCheckpoint", () => {
   const exportOf = (c: Checkpoint, format: ExportFormat, dtype = TensorDtype.UNSPECIFIED) =>
     exported(checkpoints.exportCheckpoint({ checkpoint: c.ref, format, dtype }));
 
+  it("removes its temp folder when the client goes away mid-stream", async () => {
+    for (let i = 0; i < 5; i++) {
+      const cancel = new AbortController();
+      const stream = checkpoints.exportCheckpoint({ checkpoint: f32.ref, format: ExportFormat.MERGED, dtype: TensorDtype.F32 }, { signal: cancel.signal });
+      const reading = stream[Symbol.asyncIterator]();
+      await reading.next();
+      expect(await workEntries()).toHaveLength(1);
+      cancel.abort();
+      await reading.next().catch(() => undefined);
+      for (const end = Date.now() + 5000; (await workEntries()).length > 0 && Date.now() < end; ) await new Promise((r) => setTimeout(r, 20));
+      expect(await workEntries(), `export ${i}`).toEqual([]);
+    }
+  });
+
   it("PEFT_ADAPTER, imported again over the same base, is the same checkpoint", async () => {
     const files = await exportOf(adapter, ExportFormat.PEFT_ADAPTER);
     expect([...files.keys()]).toEqual(["adapter_config.json", "adapter_model.safetensors"]);
