@@ -261,18 +261,29 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
             if (isBuiltin(deps.builtins, ref)) {
               throw rpcError(Code.FailedPrecondition, "CHECKPOINT_BUILTIN", `${ref.uri} is a shipped checkpoint: it stays`, { field: "checkpoint" });
             }
-            const children = await childrenOf(deps.store, ref);
-            if (children.length > 0) {
-              throw rpcError(Code.FailedPrecondition, "CHECKPOINT_IN_USE", `${children.length} stored checkpoint(s) build on ${ref.uri} (adapters or training states over it): delete those first`, {
-                field: "checkpoint",
-                children: String(children.length),
-              });
-            }
-            // A tenant gives up its ownership; the files go with the last owner. An admin, or
-            // a call without tenancy, removes the checkpoint for everybody.
             const hex = checkpointHex(ref);
-            if (visibleTenant(scope) !== undefined && (await release(deps.store, scope!.tenant, "checkpoints", hex)).length > 0) return {};
-            await releaseAll(deps.store, "checkpoints", hex);
+            const inUse = (children: number) =>
+              rpcError(Code.FailedPrecondition, "CHECKPOINT_IN_USE", `${children} stored checkpoint(s) build on ${ref.uri} (adapters or training states over it): delete those first`, {
+                field: "checkpoint",
+                children: String(children),
+              });
+            const tenant = visibleTenant(scope);
+            if (tenant !== undefined) {
+              // A tenant gives up its ownership once its own checkpoints over this one are gone.
+              // What other tenants built on it is never counted to it, nor stops it (that would
+              // tell it they exist): those keep the files, as the other owners do.
+              const children = await childrenOf(deps.store, ref);
+              const owned = await ownedBy(deps.store, tenant, "checkpoints");
+              const own = children.filter((c) => owned.has(checkpointHex(c))).length;
+              if (own > 0) throw inUse(own);
+              const owners = await release(deps.store, tenant, "checkpoints", hex);
+              if (owners.length > 0 || children.length > 0) return {};
+            } else {
+              // An admin, or a call without tenancy, removes the checkpoint for everybody.
+              const children = await childrenOf(deps.store, ref);
+              if (children.length > 0) throw inUse(children.length);
+              await releaseAll(deps.store, "checkpoints", hex);
+            }
             await deps.store.delete(ref);
             deps.checkpoints.forget(ref);
             return {};

@@ -6,7 +6,8 @@
 import { randomUUID } from "node:crypto";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ExportFormat } from "../../gen/vaccine/v1/checkpoints_pb.ts";
+import { join } from "node:path";
+import { CheckpointType, ExportFormat } from "../../gen/vaccine/v1/checkpoints_pb.ts";
 import type { Dataset } from "../../gen/vaccine/v1/datasets_pb.ts";
 import { JobKind, JobState, type Job } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { claim, ownersOf, release, usageOf } from "../../services/common/ownership.ts";
@@ -17,6 +18,7 @@ import { trainingWork } from "../../services/jobs/work.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { checkpointHex } from "../../services/runtime/store/store.ts";
 import { rpcFailure } from "../helpers/errors.ts";
+import { folderMessages, type Meta } from "../helpers/import-folder.ts";
 import { hasRedisServer, startRedis, type TestRedis } from "../../scripts/redis-server.ts";
 import { alignSpec, datasetBytes, sha256, startTenantSuite, uploadAs, type Clients, type TenantSuite } from "../helpers/tenants.ts";
 
@@ -33,6 +35,7 @@ async function expectHiddenLike(hidden: () => Promise<unknown>, missing: () => P
   });
 }
 
+const FIXTURES = join(import.meta.dirname, "../fixtures");
 const MISSING_DATASET = `store://datasets/${"0".repeat(64)}`;
 const MISSING_CHECKPOINT = { uri: `store://checkpoints/${"0".repeat(64)}`, digest: `sha256:${"0".repeat(64)}` };
 
@@ -237,6 +240,34 @@ describe("tenancy with the embedded executor", () => {
     expect(left).not.toContain(fromA.uri);
     expect(await ownersOf(s.deps.store, "datasets", sha256(bytes))).toEqual([]);
     await expectHiddenLike(() => admin.datasets.getDataset({ uri: fromA.uri }), () => admin.datasets.getDataset({ uri: MISSING_DATASET }), [fromA.uri, MISSING_DATASET]);
+  });
+
+  it("a delete of a shared checkpoint never counts, nor waits for, what another tenant built on it", async () => {
+    const importAs = (c: Clients, dir: string, m: Meta) => c.checkpoints.importCheckpoint(folderMessages(join(FIXTURES, dir), m));
+    const model = { type: CheckpointType.BASE_MODEL, displayName: "shared model" };
+    const fromA = (await importAs(a, "llama-f32-gqa", model)).checkpoint!.ref!;
+    expect((await importAs(b, "llama-f32-gqa", model)).checkpoint!.ref).toEqual(fromA);
+    const adapterOfB = (await importAs(b, "adapter-f32-gqa", { type: CheckpointType.ADAPTER, base: fromA, displayName: "b's adapter" })).checkpoint!.ref!;
+    // B's own adapter over the model stops B's delete, counted to B.
+    const refused = await rpcFailure(() => b.checkpoints.deleteCheckpoint({ checkpoint: fromA }));
+    expect(refused).toMatchObject({ code: Code.FailedPrecondition, info: { reason: "CHECKPOINT_IN_USE", metadata: { children: "1" } } });
+    // A's delete goes through: A learns nothing of B's adapter, and no longer owns the model.
+    await a.checkpoints.deleteCheckpoint({ checkpoint: fromA });
+    expect(await ownersOf(s.deps.store, "checkpoints", checkpointHex(fromA))).toEqual(["team-b"]);
+    await expectHiddenLike(() => a.checkpoints.getCheckpoint({ checkpoint: fromA }), () => a.checkpoints.getCheckpoint({ checkpoint: MISSING_CHECKPOINT }), [fromA.uri, MISSING_CHECKPOINT.uri]);
+    // A owns it again and B's ownership is gone, its adapter kept (a state the rule above no
+    // longer lets B reach, but an older store may hold): A is the last owner, and its delete
+    // releases it without a word of the adapter, whose files stay for B.
+    await importAs(a, "llama-f32-gqa", model);
+    await release(s.deps.store, "team-b", "checkpoints", checkpointHex(fromA));
+    await a.checkpoints.deleteCheckpoint({ checkpoint: fromA });
+    expect(await ownersOf(s.deps.store, "checkpoints", checkpointHex(fromA))).toEqual([]);
+    expect(await s.deps.store.exists(fromA)).toBe(true);
+    expect((await b.embed.embed({ checkpoint: adapterOfB, texts: ["hello"] })).embeddings).toHaveLength(1);
+    // B's adapter gone, an admin's delete of the model removes the files.
+    await b.checkpoints.deleteCheckpoint({ checkpoint: adapterOfB });
+    await admin.checkpoints.deleteCheckpoint({ checkpoint: fromA });
+    expect(await s.deps.store.exists(fromA)).toBe(false);
   });
 
   it("built-in checkpoints are readable by every tenant and no RPC deletes them", async () => {

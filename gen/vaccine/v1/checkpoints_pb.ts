@@ -807,7 +807,9 @@ export const CheckpointService: GenService<{
    * bytes its quota counts); the files go with the last owner, or at once for an admin.
    * FAILED_PRECONDITION for a shipped checkpoint (CHECKPOINT_BUILTIN) and for one another
    * stored checkpoint builds on (CHECKPOINT_IN_USE: an adapter's or a training state's
-   * parent; delete those first). A job queued with it as its parent fails when it starts.
+   * parent; delete those first): with tenancy only the caller's own count, and the files
+   * stay while another tenant's build on them. A job queued with it as its parent fails
+   * when it starts.
    *
    * @generated from rpc vaccine.v1.CheckpointService.DeleteCheckpoint
    */
