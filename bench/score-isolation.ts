@@ -1,7 +1,7 @@
 /**
  * What concurrent Score calls cost the other calls of a process: Embed latency (1 client,
  * sequential) idle and while SCORERS clients each call Generate again and again (16 prompts x
- * 64 new tokens on the shipped base model), per VACCINE_SCORE_CONCURRENCY (the bound on
+ * 64 new tokens on the shipped base model), per VACCINE_INFERENCE_CONCURRENCY (the bound on
  * decoding calls at once; 256 stands for no bound). Also Generate's own latency and the
  * prompts decoded per second, which one serving thread bounds whatever the setting.
  * The compiled server (dist/) alone in its process, as deployed.
@@ -54,7 +54,7 @@ async function phase(port: number, scorers: number) {
 async function main(): Promise<void> {
   const runs: Record<string, unknown> = {};
   for (const limit of SETTINGS) {
-    const server = await startProcess("dist/services/main.js", { VACCINE_BACKEND: "wasm", VACCINE_SERVICES: "score,embed", VACCINE_SCORE_CONCURRENCY: String(limit), VACCINE_RATE_LIMIT_RPS: "0" });
+    const server = await startProcess("dist/services/main.js", { VACCINE_BACKEND: "wasm", VACCINE_SERVICES: "score,embed", VACCINE_INFERENCE_CONCURRENCY: String(limit), VACCINE_RATE_LIMIT_RPS: "0" });
     try {
       await phase(server.port, 1); // warm-up: the model loads, V8 compiles the decoding
       runs[limit] = { idle: await phase(server.port, 0), whileScoring: await phase(server.port, SCORERS) };

@@ -35,8 +35,8 @@ export interface SuiteDeps {
   bounds?: Partial<CallBounds>;
   /** How Embed and Moderate calls are batched (call-batcher.ts); unset: DEFAULT_BATCH_WINDOW. */
   batching?: BatchWindow;
-  /** Score calls that decode at once (VACCINE_SCORE_CONCURRENCY); unset: a bound of DEFAULT_SCORE_CONCURRENCY per Score service. */
-  scoreSlots?: CallSlots;
+  /** Long inference calls at once (VACCINE_INFERENCE_CONCURRENCY, call-slots.ts); unset: a bound of DEFAULT_INFERENCE_CONCURRENCY per service. */
+  inferenceSlots?: CallSlots;
   tracer: Tracer;
   meter: Meter;
   logger: Logger;

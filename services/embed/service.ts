@@ -19,6 +19,7 @@ import { checkCheckpointRef, checkDatasetRef } from "../common/validate-refs.ts"
 import { resolveExamples } from "../runtime/pipeline/datasets.ts";
 import { computeDrift, DRIFT_DEFINITION } from "../runtime/pipeline/drift.ts";
 import type { Pooling as RuntimePooling } from "../runtime/pipeline/hidden-states.ts";
+import { CallSlots, DEFAULT_INFERENCE_CONCURRENCY } from "../common/call-slots.ts";
 
 /** Largest number of texts in one Embed call. */
 export const MAX_EMBED_TEXTS = 256;
@@ -48,6 +49,8 @@ export function checkEmbedRequest(req: EmbedRequest, bounds: CallBounds = DEFAUL
 /** EmbedService: hidden states and harmful embedding drift. */
 export function embedService(deps: SuiteDeps): ServiceModule {
   const embed = embedBatcher(deps);
+  // ComputeDrift runs many forward passes: it takes turns with Score's decoding (call-slots.ts).
+  const slots = deps.inferenceSlots ?? new CallSlots(DEFAULT_INFERENCE_CONCURRENCY);
   return {
     desc: EmbedService,
     register(router) {
@@ -87,9 +90,13 @@ export function embedService(deps: SuiteDeps): ServiceModule {
             const source = req.probeDataset?.source.case ? datasetSource(req.probeDataset) : DEFAULT_PROBE;
             await assertDatasetReadable(deps.store, scope, source);
             const probe = (await resolveExamples(deps.store, source)).slice(0, req.probeSize ?? 100);
-            const result = await withCheckpoint(deps, "reference", req.reference, (reference) =>
-              withCheckpoint(deps, "candidate", req.candidate, (candidate) => computeDrift(reference, candidate, probe), scope),
-              scope,
+            const result = await slots.run(
+              () =>
+                withCheckpoint(deps, "reference", req.reference, (reference) =>
+                  withCheckpoint(deps, "candidate", req.candidate, (candidate) => computeDrift(reference, candidate, probe, ctx.signal), scope),
+                  scope,
+                ),
+              ctx.signal,
             );
             return create(ComputeDriftResponseSchema, { ...result, definition: DRIFT_DEFINITION });
           } catch (err) {

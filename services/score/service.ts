@@ -13,7 +13,7 @@ import {
 } from "../../gen/vaccine/v1/score_pb.ts";
 import { boundsOf, checkTextLength, checkTokenCount, DEFAULT_BOUNDS, type CallBounds } from "../common/bounds.ts";
 import { moderateBatcher } from "../common/batched-calls.ts";
-import { CallSlots, DEFAULT_SCORE_CONCURRENCY } from "../common/call-slots.ts";
+import { CallSlots, DEFAULT_INFERENCE_CONCURRENCY } from "../common/call-slots.ts";
 import { mapCallError, withCheckpoint } from "../common/checkpoint-calls.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
@@ -144,7 +144,7 @@ const CLASSIFIER: readonly string[] = [KIND.moderation];
 export function scoreService(deps: SuiteDeps): ServiceModule {
   const moderate = moderateBatcher(deps);
   // Decoding calls take turns (call-slots.ts); Moderate is batched instead.
-  const slots = deps.scoreSlots ?? new CallSlots(DEFAULT_SCORE_CONCURRENCY);
+  const slots = deps.inferenceSlots ?? new CallSlots(DEFAULT_INFERENCE_CONCURRENCY);
   const moderationRef = (ref: { uri: string; digest: string } | undefined) => {
     if (ref) return checkpointRefOf(ref);
     if (!deps.builtins.moderation) {

@@ -3,7 +3,7 @@
  * with its default and its check, so a bad value fails at start with a message that names
  * the variable, and the README's configuration table can be checked against this list.
  */
-import { DEFAULT_SCORE_CONCURRENCY } from "../common/call-slots.ts";
+import { DEFAULT_INFERENCE_CONCURRENCY } from "../common/call-slots.ts";
 import { LOG_LEVELS, type LogLevel } from "../platform/log.ts";
 import { AUTH_MODES, type AuthMode } from "../platform/principal.ts";
 import { telemetryProblems } from "../platform/telemetry-env.ts";
@@ -40,7 +40,7 @@ export interface Config {
   batchWindowMs: number;
   batchMaxRows: number;
   /** Score calls that decode at once (common/call-slots.ts). */
-  scoreConcurrency: number;
+  inferenceConcurrency: number;
   maxDatasetMb: number;
   maxCheckpointMb: number;
   maxUploadFileMb: number;
@@ -162,7 +162,7 @@ export const VARIABLES = [
   v({ name: "VACCINE_MODEL_CACHE_MB", key: "modelCacheMb", default: "2048", description: "Memory for checkpoints kept loaded by Embed and Score, counted as float32 (a BF16 model takes twice its files). A larger model is loaded for each call and freed after it; 0 keeps none.", parse: integer(0, 1_048_576) }),
   v({ name: "VACCINE_BATCH_WINDOW_MS", key: "batchWindowMs", default: "2", description: "How long an Embed or Moderate call waits for concurrent calls on the same checkpoint and options, to share one forward pass with them, in ms (0: every call runs alone).", parse: integer(0, 1000) }),
   v({ name: "VACCINE_BATCH_MAX_ROWS", key: "batchMaxRows", default: "128", description: "Texts or pairs one shared forward pass may hold: a batch that reaches it runs at once, and a larger call runs alone.", parse: integer(1, 65_536) }),
-  v({ name: "VACCINE_SCORE_CONCURRENCY", key: "scoreConcurrency", default: String(DEFAULT_SCORE_CONCURRENCY), description: "Score calls that decode (Generate, ScoreHarmfulness, ScoreTask) at once per process; the others wait their turn, within their deadline. Decoding shares the serving thread: each call decoding at once delays every other call (Embed's too) by one decoding step per turn of it.", parse: integer(1, 256) }),
+  v({ name: "VACCINE_INFERENCE_CONCURRENCY", key: "inferenceConcurrency", default: String(DEFAULT_INFERENCE_CONCURRENCY), description: "Long inference calls (Generate, ScoreHarmfulness, ScoreTask, ComputeDrift) run at once per process; the others wait their turn, within their deadline. They share the serving thread: each one running delays every other call (Embed's too) by one decoding step or forward pass per turn of it.", parse: integer(1, 256) }),
   v({ name: "VACCINE_MAX_DATASET_MB", key: "maxDatasetMb", default: "1024", description: "Largest dataset an upload may send, in MiB.", parse: integer(1, 1_048_576) }),
   v({ name: "VACCINE_MAX_CHECKPOINT_MB", key: "maxCheckpointMb", default: "65536", description: "Largest checkpoint folder an import may send, in MiB (all files).", parse: integer(1, 16_777_216) }),
   v({ name: "VACCINE_MAX_UPLOAD_FILE_MB", key: "maxUploadFileMb", default: "32768", description: "Largest single file of a checkpoint import, in MiB.", parse: integer(1, 16_777_216) }),

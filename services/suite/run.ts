@@ -97,7 +97,7 @@ export async function startServices(config: Config, telemetry: { tracer: Tracer;
   const deps = createDeps(config, telemetry, logger);
   deps.bounds = callBounds(config);
   deps.batching = { windowMs: config.batchWindowMs, maxRows: config.batchMaxRows };
-  deps.scoreSlots = new CallSlots(config.scoreConcurrency);
+  deps.inferenceSlots = new CallSlots(config.inferenceConcurrency);
   // A store that cannot be reached at start must not stop the process: the shipped
   // checkpoints are then missing until the next start (requests naming them get NOT_FOUND).
   try {

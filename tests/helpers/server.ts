@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { metrics, trace, type MeterProvider, type TracerProvider } from "@opentelemetry/api";
-import { CallSlots, DEFAULT_SCORE_CONCURRENCY } from "../../services/common/call-slots.ts";
+import { CallSlots, DEFAULT_INFERENCE_CONCURRENCY } from "../../services/common/call-slots.ts";
 import { createDeps, type ProcessDeps } from "../../services/suite/create-deps.ts";
 import { SERVICE_NAMES } from "../../services/suite/config.ts";
 import { startServer, type RunningServer, type ServerOptions } from "../../services/platform/server.ts";
@@ -58,7 +58,7 @@ export async function testDeps(
   model.dispose();
   deps.builtins = { base, moderation: await putTinyModeration(deps.store), refusal: await putTinyModeration(deps.store, undefined, ["refusal"]) };
   // As services/suite/run.ts does, where a test can hold the slots.
-  deps.scoreSlots = new CallSlots(DEFAULT_SCORE_CONCURRENCY);
+  deps.inferenceSlots = new CallSlots(DEFAULT_INFERENCE_CONCURRENCY);
   return { deps, base, root };
 }
 

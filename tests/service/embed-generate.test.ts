@@ -137,6 +137,26 @@ describe("ComputeDrift", () => {
     expect(e.message).toMatch(/^the checkpoints differ in vocab_size: \d+ \(reference\) and 512 \(candidate\)$/);
   });
 
+  it("takes turns with the other long calls, and serves other calls between its batches", async () => {
+    const slots = suite.deps.inferenceSlots!;
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const holds = Array.from({ length: slots.limit }, () => slots.run(() => held));
+    const waiting = embed.computeDrift({ reference: suite.base, candidate: perturbed, probeDataset: await probe() });
+    for (const end = Date.now() + 5000; slots.queued === 0 && Date.now() < end; ) await new Promise((r) => setTimeout(r, 10));
+    expect(slots.queued).toBe(1);
+    release();
+    await Promise.all(holds);
+    expect((await waiting).probeSize).toBe(EXAMPLES.length);
+    // A large probe: an Embed sent while it runs is answered before it ends.
+    const done: string[] = [];
+    const large = embed.computeDrift({ reference: suite.base, candidate: perturbed, probeDataset: { source: { case: "builtin", value: { name: "alignment", size: 2000 } } }, probeSize: 2000 }).then(() => done.push("drift"));
+    await new Promise((r) => setTimeout(r, 100));
+    await embed.embed({ checkpoint: suite.base, texts: ["Name a red fruit."] }).then(() => done.push("embed"));
+    await large;
+    expect(done).toEqual(["embed", "drift"]);
+  });
+
   it("is exactly 0 for a checkpoint against itself", async () => {
     const res = await embed.computeDrift({ reference: suite.base, candidate: suite.base, probeDataset: await probe() });
     expect(res.totalSquaredNorm).toBe(0);

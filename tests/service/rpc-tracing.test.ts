@@ -43,7 +43,7 @@ describe("RPC spans", () => {
     // The handler's span is the active one where a process registers its telemetry globally.
     context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
     onTestFinished(() => void context.disable());
-    const slots = suite.deps.scoreSlots!;
+    const slots = suite.deps.inferenceSlots!;
     let release!: () => void;
     const done = new Promise<void>((r) => (release = r));
     const holds = Array.from({ length: slots.limit }, () => slots.run(() => done));

@@ -221,9 +221,9 @@ describe("ScoreTask", () => {
   });
 });
 
-describe("decoding calls take turns (VACCINE_SCORE_CONCURRENCY)", () => {
+describe("decoding calls take turns (VACCINE_INFERENCE_CONCURRENCY)", () => {
   it("waits for a free slot; a deadline or a cancel while waiting ends that call alone", async () => {
-    const slots = suite.deps.scoreSlots!;
+    const slots = suite.deps.inferenceSlots!;
     // Every slot taken, as by long decodings.
     const holds = Array.from({ length: slots.limit }, () => {
       let release!: () => void;

@@ -24,7 +24,7 @@ describe("configuration", () => {
       modelCacheMb: 2048,
       batchWindowMs: 2,
       batchMaxRows: 128,
-      scoreConcurrency: 2,
+      inferenceConcurrency: 2,
       maxDatasetMb: 1024,
       maxCheckpointMb: 65536,
       maxUploadFileMb: 32768,

@@ -10,6 +10,7 @@ import { exampleIds } from "../data/collate.ts";
 import type { Example } from "../data/template.ts";
 import type { LoadedCheckpoint } from "./load.ts";
 import { padded } from "./hidden-states.ts";
+import { nextTurn } from "../next-turn.ts";
 
 export const DRIFT_DEFINITION =
   "per layer l: squared_norm = sum over probe examples and their real tokens of ||A_l(candidate) - A_l(reference)||^2, " +
@@ -42,7 +43,12 @@ function assertComparable(a: LoadedCheckpoint, b: LoadedCheckpoint): void {
   if (!same) throw new DriftPreconditionError("the checkpoints do not share a tokenizer");
 }
 
-export function computeDrift(reference: LoadedCheckpoint, candidate: LoadedCheckpoint, probe: Example[]): DriftResult {
+/**
+ * Between batches it hands the event loop back (a large probe took 17 s of the serving thread
+ * at once, health checks included), then checks `signal`: once it has aborted, no further
+ * batch is computed and the promise rejects with its reason.
+ */
+export async function computeDrift(reference: LoadedCheckpoint, candidate: LoadedCheckpoint, probe: Example[], signal?: AbortSignal): Promise<DriftResult> {
   assertComparable(reference, candidate);
   const layers = reference.model.config.numHiddenLayers;
   const squared = new Float64Array(layers);
@@ -50,6 +56,8 @@ export function computeDrift(reference: LoadedCheckpoint, candidate: LoadedCheck
   // The examples as training sees them, without eos.
   const rows = probe.map((e) => exampleIds(reference.tokenizer, e).ids);
   for (let start = 0; start < rows.length; start += BATCH) {
+    if (start > 0) await nextTurn();
+    signal?.throwIfAborted();
     const { ids, mask, lengths } = padded(rows.slice(start, start + BATCH), reference.tokenizer.padId);
     tokens += lengths.reduce((s, n) => s + n, 0);
     const perLayer = tf.tidy(() => {
