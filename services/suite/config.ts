@@ -4,6 +4,7 @@
  * the variable, and the README's configuration table can be checked against this list.
  */
 import { DEFAULT_INFERENCE_CONCURRENCY } from "../common/call-slots.ts";
+import { DEFAULT_MAX_WATCHES } from "../jobs/queue/watch-limit.ts";
 import { LOG_LEVELS, type LogLevel } from "../platform/log.ts";
 import { AUTH_MODES, type AuthMode } from "../platform/principal.ts";
 import { telemetryProblems } from "../platform/telemetry-env.ts";
@@ -49,6 +50,7 @@ export interface Config {
   role: (typeof ROLES)[number];
   queueUrl: string;
   queueCluster: boolean;
+  maxWatches: number;
   workerConcurrency: number;
   workerLockMs: number;
   jobAttempts: number;
@@ -180,6 +182,7 @@ export const VARIABLES = [
   v({ name: "VACCINE_ROLE", key: "role", default: "all", description: "all (serve and train), api (serve and enqueue, no training) or worker (train queued jobs; health only). api and worker need VACCINE_QUEUE_URL.", parse: choice(ROLES) }),
   v({ name: "VACCINE_QUEUE_URL", key: "queueUrl", default: "", description: "Redis of the shared job queue, redis://host:port/db (empty: jobs run embedded in this process).", parse: redisUrl }),
   v({ name: "VACCINE_QUEUE_CLUSTER", key: "queueCluster", default: "false", description: "true: VACCINE_QUEUE_URL names a node of a Redis Cluster (database 0); the queue's keys are under the hash tag {vaccine}, in one slot.", parse: bool }),
+  v({ name: "VACCINE_MAX_WATCHES", key: "maxWatches", default: String(DEFAULT_MAX_WATCHES), description: "With a queue: Watch streams an api process serves at once, each holding a Redis connection of its own; over it a Watch is refused with RESOURCE_EXHAUSTED (WATCH_LIMIT). Keep replicas x this well under the Redis maxclients.", parse: integer(1, 100_000) }),
   v({ name: "VACCINE_WORKER_CONCURRENCY", key: "workerConcurrency", default: "1", description: "Queued jobs a worker trains at once (one per accelerator).", parse: integer(1, 64) }),
   v({ name: "VACCINE_WORKER_LOCK_MS", key: "workerLockMs", default: "30000", description: "A worker's lock on a job; a killed worker's job is taken over within about twice this. Keep it above the time Redis may be away (a restart, a failover): a longer outage counts as a lost worker.", parse: integer(1000, 3_600_000) }),
   v({ name: "VACCINE_JOB_ATTEMPTS", key: "jobAttempts", default: "3", description: "Runs of a queued job that may fail (errors or lost workers) before it is FAILED.", parse: integer(1, 100) }),

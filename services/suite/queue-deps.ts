@@ -13,7 +13,7 @@ import type { Logger } from "../platform/log.ts";
 import type { StoreConfig } from "../runtime/store/create-store.ts";
 import type { Config } from "./config.ts";
 
-export type QueueConfig = Partial<Pick<Config, "role" | "queueUrl" | "queueCluster" | "workerConcurrency" | "workerLockMs" | "jobAttempts">>;
+export type QueueConfig = Partial<Pick<Config, "role" | "queueUrl" | "queueCluster" | "maxWatches" | "workerConcurrency" | "workerLockMs" | "jobAttempts">>;
 
 export function queueDeps(
   config: QueueConfig,
@@ -26,7 +26,7 @@ export function queueDeps(
   if (!url) return {};
   const cluster = config.queueCluster;
   const role = config.role ?? "all";
-  const executor = servesJobs && role !== "worker" ? new QueueExecutor({ url, cluster, ...telemetry, logger }) : undefined;
+  const executor = servesJobs && role !== "worker" ? new QueueExecutor({ url, cluster, maxWatches: config.maxWatches, ...telemetry, logger }) : undefined;
   const worker =
     role !== "api"
       ? new QueueWorker({

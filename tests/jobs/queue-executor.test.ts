@@ -128,6 +128,27 @@ describe.each([
     expect(states(await watchAll(ex, b.id))).toEqual(["QUEUED", "RUNNING", "SUCCEEDED"]);
   });
 
+  it("serves at most maxWatches Watch streams at once, each on a Redis connection of its own", async () => {
+    const { api } = setup();
+    const ex = api({ maxWatches: 2 });
+    const job = await ex.create(JobKind.ALIGN, spec); // queued: no worker here, so its Watches stay open
+    const cuts = [new AbortController(), new AbortController()];
+    const open = cuts.map((c) => ex.watch(JobKind.ALIGN, job.id, c.signal)[Symbol.asyncIterator]());
+    // The first event of each: both streams are open.
+    for (const w of open) expect((await w.next()).value?.sequence).toBe(1);
+    const refused = await ex.watch(JobKind.ALIGN, job.id, new AbortController().signal)[Symbol.asyncIterator]().next().catch((e: ConnectError) => e);
+    expect(refused).toMatchObject({ code: Code.ResourceExhausted, rawMessage: expect.stringContaining("VACCINE_MAX_WATCHES") });
+    // One ends: a Watch is served again.
+    cuts[0].abort();
+    await open[0].return?.(undefined);
+    const last = new AbortController();
+    const again = ex.watch(JobKind.ALIGN, job.id, last.signal)[Symbol.asyncIterator]();
+    expect((await again.next()).value?.sequence).toBe(1);
+    cuts[1].abort();
+    last.abort();
+    await Promise.all([open[1].return?.(undefined), again.return?.(undefined)]);
+  });
+
   it("cancels from another api: a queued job at once, a running one after its step", async () => {
     const { api, worker } = setup();
     const c = controllable();

@@ -33,6 +33,7 @@ describe("configuration", () => {
       role: "all",
       queueUrl: "",
       queueCluster: false,
+      maxWatches: 500,
       workerConcurrency: 1,
       workerLockMs: 30000,
       jobAttempts: 3,

@@ -18,6 +18,7 @@ import { jobQuotaExceeded } from "../../common/quotas.ts";
 import { cancelledError, FINAL, JOB_METRICS, visibleTo, type JobExecutor, type JobSpec } from "../executor.ts";
 import { clusterReady, connectQueue, QUEUE_NAME, queueKeys, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
 import { observeQueue } from "./metrics.ts";
+import { DEFAULT_MAX_WATCHES } from "./watch-limit.ts";
 import { RedisJobs } from "./redis-jobs.ts";
 import { injectTrace, type TraceCarrier } from "./trace-carrier.ts";
 import { jobNotFound, KIND_NAME, newJob } from "../new-job.ts";
@@ -38,7 +39,10 @@ export interface QueueExecutorOptions extends QueueTarget {
   enqueueTimeoutMs?: number;
   /** How often watchAvailability asks Redis (default 2 s; each ask waits at most half of it). */
   availabilityProbeMs?: number;
+  /** Watch streams served at once (DEFAULT_MAX_WATCHES): each holds a Redis connection of its own. */
+  maxWatches?: number;
 }
+
 
 /** A Watch waits this long per blocking read before it checks whether the job ended. */
 const WATCH_BLOCK_MS = 5000;
@@ -58,6 +62,7 @@ export class QueueExecutor implements JobExecutor {
   private stopping = false;
   private readonly enqueueTimeoutMs: number;
   private readonly probeMs: number;
+  private readonly maxWatches: number;
 
   constructor(options: QueueExecutorOptions) {
     this.target = { url: options.url, cluster: options.cluster };
@@ -66,6 +71,7 @@ export class QueueExecutor implements JobExecutor {
     this.tracer = options.tracer ?? trace.getTracer(SCOPE);
     this.enqueueTimeoutMs = options.enqueueTimeoutMs ?? 5000;
     this.probeMs = options.availabilityProbeMs ?? 2000;
+    this.maxWatches = options.maxWatches ?? DEFAULT_MAX_WATCHES;
     // A request fails after a few reconnection attempts instead of hanging while Redis is down.
     let connectionError = "";
     this.redis = connectQueue(this.target, 3, (err) => {
@@ -170,6 +176,13 @@ export class QueueExecutor implements JobExecutor {
     const first = await this.record(kind, id, tenant);
     if (FINAL.has(first.job.state) && first.seq <= afterSequence) return;
     if (this.stopping) throw shuttingDown();
+    // Each Watch blocks on a connection of its own: unbounded, a caller's streams could take
+    // every connection the Redis allows (maxclients), and with them every replica's jobs.
+    if (this.watchers.size >= this.maxWatches) {
+      throw rpcError(Code.ResourceExhausted, "WATCH_LIMIT", `this server serves ${this.maxWatches} Watch streams already (VACCINE_MAX_WATCHES); retry later, or Get the job`, {
+        limit: String(this.maxWatches),
+      });
+    }
     const conn = connectQueue(this.target, 3);
     const stop = new AbortController();
     this.watchers.add(stop);
