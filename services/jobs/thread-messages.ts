@@ -16,6 +16,8 @@ export interface TrainingWorkerData {
   store: StoreConfig;
   /** VACCINE_BACKEND's choice, as the starting thread resolved it. */
   backend: string;
+  /** The byte quota of the job's tenant when it started (0: none), see work.ts. */
+  storedBytesQuota: number;
 }
 
 /** A finished span of the worker; parentId undefined means a child of the job's span. */

@@ -29,6 +29,8 @@ export interface ThreadedWorkOptions {
   backend?: string;
   /** V8 heap limits of the worker (wasm memory lies outside them). */
   resourceLimits?: ResourceLimits;
+  /** The per-tenant byte quota (VACCINE_QUOTA_STORED_BYTES; 0 or unset: none), read as each job starts. */
+  storedBytesQuota?: () => number;
 }
 
 /** The work function of a stage, each job in a fresh worker thread. */
@@ -42,6 +44,7 @@ export function threadedWork(stage: Stage, options: ThreadedWorkOptions): JobWor
         job: toBinary(JobSchema, ctx.job),
         store: options.store,
         backend: options.backend ?? activeBackend() ?? process.env.VACCINE_BACKEND ?? "auto",
+        storedBytesQuota: options.storedBytesQuota?.() ?? 0,
       };
       const worker = startWorker(import.meta.url, "./training-worker", { workerData: data, resourceLimits: options.resourceLimits });
       let settled = false;

@@ -44,7 +44,7 @@ async function main(): Promise<void> {
       progress: (progress) => post({ t: "progress", progress }),
       setTrainingState: (ref) => post({ t: "trainingState", ref: { uri: ref.uri, digest: ref.digest } }),
     };
-    const outcome = await trainingWork(store, forwardingMeter(post), data.stage)(ctx);
+    const outcome = await trainingWork(store, forwardingMeter(post), data.stage, data.storedBytesQuota)(ctx);
     post({ t: "done", outcome });
   } catch (err) {
     post({

@@ -12,14 +12,14 @@ import { resolveExamples } from "../runtime/pipeline/datasets.ts";
 import { lineageOf } from "../runtime/pipeline/load.ts";
 import { trainAdapter } from "../runtime/pipeline/train-adapter.ts";
 import { checkpointHex, type CheckpointRef, type CheckpointStore } from "../runtime/store/store.ts";
-import { checkpointBytes, claim } from "../common/ownership.ts";
+import { checkpointBytes, claim, usageOf } from "../common/ownership.ts";
 import type { JobWork } from "./executor.ts";
 import { harmfulDatasetOf, loraOf, methodOf, parentOf, trainingOf, type Stage } from "./spec.ts";
 import { guardOf } from "./guard-spec.ts";
 import { trainingTelemetry } from "./telemetry.ts";
 
 /** The work function for one stage. */
-export function trainingWork(store: CheckpointStore, meter: Meter, stage: Stage): JobWork {
+export function trainingWork(store: CheckpointStore, meter: Meter, stage: Stage, storedBytesQuota = 0): JobWork {
   return async (ctx) => {
     const spec = ctx.job.spec.value as AlignSpec | FineTuneSpec;
     const method = methodOf(spec, stage);
@@ -34,6 +34,22 @@ export function trainingWork(store: CheckpointStore, meter: Meter, stage: Stage)
     const claims: Promise<void>[] = [];
     const own = (ref: CheckpointRef) => {
       if (ctx.job.tenant) claims.push(checkpointBytes(store, ref).then((bytes) => claim(store, ctx.job.tenant, "checkpoints", checkpointHex(ref), { bytes })));
+    };
+    // Outputs are charged as they are written, so a job can take its tenant past the byte
+    // quota; at or over it, it writes no more periodic training states (each a full adapter
+    // and optimizer state), so its usage cannot grow without bound. Said once in its events.
+    let overQuotaSaid = false;
+    const keepTrainingState = async (step: number) => {
+      if (!ctx.job.tenant || storedBytesQuota <= 0) return true;
+      await Promise.all(claims);
+      const used = await usageOf(store, ctx.job.tenant);
+      if (used < storedBytesQuota) return true;
+      if (!overQuotaSaid) {
+        overQuotaSaid = true;
+        const message = `tenant ${ctx.job.tenant} stores ${used} bytes, at or over its quota of ${storedBytesQuota} (VACCINE_QUOTA_STORED_BYTES): no training state from step ${step} while it is; the job goes on, and resumes from its last one if it stops`;
+        ctx.emit({ case: "log", value: { severity: LogSeverity.WARNING, message } });
+      }
+      return false;
     };
     const result = await trainAdapter(
       store,
@@ -69,6 +85,7 @@ export function trainingWork(store: CheckpointStore, meter: Meter, stage: Stage)
           if (kind === "training-state") ctx.setTrainingState(ref);
         },
         onLog: (message) => ctx.emit({ case: "log", value: { severity: LogSeverity.INFO, message } }),
+        keepTrainingState,
       },
       // Every checkpoint written is its tenant's before the job reports an outcome.
     ).finally(() => Promise.all(claims));

@@ -49,14 +49,18 @@ export function createDeps(
   const servesJobs = config.services.includes("align") || config.services.includes("finetune");
   // With a queue, api processes enqueue and workers train (queue-deps.ts); without, jobs run here.
   const trains = servesJobs && !config.queueUrl;
-  const executor = trains ? embeddedExecutor(config, storeConfig, telemetry, logger) : undefined;
+  // Per-tenant quotas apply only to authenticated calls (docs/security.md, "Quotas").
+  const quotas = { jobs: config.quotaJobs ?? 0, storedBytes: config.quotaStoredBytes ?? 0 };
+  // Read as each job starts, from the deps once they exist (a test may change their quotas).
+  let deps: ProcessDeps | undefined;
+  const storedBytesQuota = () => (deps ? deps.quotas?.storedBytes : quotas.storedBytes) ?? 0;
+  const executor = trains ? embeddedExecutor(config, storeConfig, telemetry, logger, storedBytesQuota) : undefined;
   const checkpoints = new CheckpointCache(store, config.modelCacheMb * 2 ** 20);
   const MiB = 2 ** 20;
   const uploads = { maxDatasetBytes: config.maxDatasetMb * MiB, maxCheckpointBytes: config.maxCheckpointMb * MiB, maxFileBytes: config.maxUploadFileMb * MiB };
-  const queue = queueDeps(config, servesJobs, storeConfig, telemetry, logger);
+  const queue = queueDeps(config, servesJobs, storeConfig, telemetry, logger, storedBytesQuota);
   const jobLimit = servesJobs ? jobMemoryLimitMb(config.jobMemoryLimitMb, config.queueUrl ? (config.workerConcurrency ?? 1) : config.maxRunningJobs) : undefined;
   if (jobLimit !== undefined) logger.info({ job_memory_limit_mb: jobLimit }, "job admission limit");
-  // Per-tenant quotas apply only to authenticated calls (docs/security.md, "Quotas").
-  const quotas = { jobs: config.quotaJobs ?? 0, storedBytes: config.quotaStoredBytes ?? 0 };
-  return { store, checkpoints, builtins: {}, executor: executor ?? queue.executor, jobWorker: queue.worker, uploads, jobMemoryLimitMb: jobLimit, quotas, ...telemetry, logger };
+  deps = { store, checkpoints, builtins: {}, executor: executor ?? queue.executor, jobWorker: queue.worker, uploads, jobMemoryLimitMb: jobLimit, quotas, ...telemetry, logger };
+  return deps;
 }

@@ -21,6 +21,7 @@ export function embeddedExecutor(
   store: StoreConfig,
   telemetry: { tracer: Tracer; meter: Meter },
   logger: Logger,
+  storedBytesQuota: () => number,
 ): JobExecutor {
   const local = (lock: JobsDirLock) =>
     new LocalExecutor({
@@ -32,8 +33,8 @@ export function embeddedExecutor(
       mapError: (err) => toRpcError(err),
       lock,
       work: {
-        [JobKind.ALIGN]: threadedWork("align", { store, meter: telemetry.meter }),
-        [JobKind.FINE_TUNE]: threadedWork("finetune", { store, meter: telemetry.meter }),
+        [JobKind.ALIGN]: threadedWork("align", { store, meter: telemetry.meter, storedBytesQuota }),
+        [JobKind.FINE_TUNE]: threadedWork("finetune", { store, meter: telemetry.meter, storedBytesQuota }),
       },
     });
   const attempt = lockJobsDir(config.jobsDir);

@@ -21,6 +21,7 @@ export function queueDeps(
   store: StoreConfig,
   telemetry: { tracer: Tracer; meter: Meter },
   logger: Logger,
+  storedBytesQuota: () => number,
 ): { executor?: QueueExecutor; worker?: QueueWorker } {
   const url = config.queueUrl;
   if (!url) return {};
@@ -40,8 +41,8 @@ export function queueDeps(
           mapError: (err) => toRpcError(err),
           // In a worker thread each: the event loop that renews the job's lock never trains.
           work: {
-            [JobKind.ALIGN]: threadedWork("align", { store, meter: telemetry.meter }),
-            [JobKind.FINE_TUNE]: threadedWork("finetune", { store, meter: telemetry.meter }),
+            [JobKind.ALIGN]: threadedWork("align", { store, meter: telemetry.meter, storedBytesQuota }),
+            [JobKind.FINE_TUNE]: threadedWork("finetune", { store, meter: telemetry.meter, storedBytesQuota }),
           },
         })
       : undefined;

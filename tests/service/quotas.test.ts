@@ -6,8 +6,9 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorInfoSchema, QuotaFailureSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { CheckpointType } from "../../gen/vaccine/v1/checkpoints_pb.ts";
-import { JobState } from "../../gen/vaccine/v1/jobs_pb.ts";
-import { usageOf } from "../../services/common/ownership.ts";
+import { CheckpointKind, JobState, LogSeverity, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
+import { checkpointRefOf } from "../../services/common/refs.ts";
+import { checkpointBytes, usageOf } from "../../services/common/ownership.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { createdWithinJobQuota, rpcFailure } from "../helpers/errors.ts";
 import { folderMessages } from "../helpers/import-folder.ts";
@@ -91,6 +92,36 @@ describe("per-tenant quotas", () => {
     const d2 = await uploadAs(a, second);
     expect(d2.uri).toBe(d2b.uri);
     expect(await usageOf(s.deps.store, "team-a")).toBe(start + second.length);
+  });
+
+  it("a job at or over the byte quota writes no more periodic training states, says so once, and finishes", async () => {
+    const { a } = s.as;
+    s.deps.quotas = { jobs: 0, storedBytes: 0 };
+    // Two datasets: the same run again would write the same states, stored and charged once.
+    const [data, other] = [await uploadAs(a, datasetBytes("states", 6)), await uploadAs(a, datasetBytes("states", 5))];
+    const statesOf = (events: JobEvent[]) => events.filter((e) => e.event.case === "checkpointWritten" && e.event.value.kind === CheckpointKind.TRAINING_STATE);
+    const run = async (dataset: string) => {
+      const { job } = await a.align.createAlignJob({ spec: alignSpec(s.base, dataset, 6) });
+      const events: JobEvent[] = [];
+      for await (const r of a.align.watchAlignJob({ jobId: job!.id })) events.push(r.event!);
+      return events;
+    };
+    // Without a byte quota: a training state at each of steps 1-5 (the result at 6).
+    const free = await run(data.uri);
+    expect(statesOf(free)).toHaveLength(5);
+    const first = statesOf(free)[0].event;
+    const oneState = first.case === "checkpointWritten" ? await checkpointBytes(s.deps.store, checkpointRefOf(first.value.checkpoint)) : 0;
+    expect(oneState).toBeGreaterThan(0);
+    // With room for half a state more: the first state takes the tenant over, and the job
+    // goes on without the rest.
+    s.deps.quotas = { jobs: 0, storedBytes: (await usageOf(s.deps.store, "team-a")) + Math.floor(oneState / 2) };
+    const bounded = await run(other.uri);
+    expect(bounded.at(-1)?.event).toMatchObject({ case: "stateChange", value: { to: JobState.SUCCEEDED } });
+    expect(statesOf(bounded)).toHaveLength(1);
+    const warnings = bounded.filter((e) => e.event.case === "log" && e.event.value.severity === LogSeverity.WARNING);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0].event.value).toMatchObject({ message: expect.stringContaining("no training state from step 2") });
+    s.deps.quotas = { jobs: 0, storedBytes: 0 };
   });
 
   it("concurrent creates of one tenant never pass its job quota", async () => {

@@ -52,6 +52,8 @@ export interface TrainingRunHooks {
   onStep?: (metrics: StepMetrics) => void;
   onCheckpoint?: (ref: CheckpointRef, kind: "training-state" | "result", step: number) => void;
   onLog?: (message: string) => void;
+  /** Asked before each periodic training state: false skips that one, and the run goes on. */
+  keepTrainingState?: (step: number) => Promise<boolean>;
 }
 
 /** Trains the adapter; resolves its checkpoint, or undefined when stopped by the signal. */
@@ -109,7 +111,7 @@ export async function trainAdapter(store: CheckpointStore, spec: AdapterTraining
         calibrationLogged = true;
         hooks.onLog?.(`rho_relative ${c.rhoRelative} x attention-output norm ${c.attentionNorm} of the first batch = rho ${c.rho}`);
       }
-      if (metrics.step % spec.checkpointEvery === 0 && !trainer.done) await checkpoint();
+      if (metrics.step % spec.checkpointEvery === 0 && !trainer.done && (await (hooks.keepTrainingState?.(metrics.step) ?? true))) await checkpoint();
       // Training is synchronous tensor work: yield so RPCs (Cancel, Watch) are served between steps.
       await nextTurn();
     }
