@@ -520,6 +520,35 @@ describe.each([
     expect(warned.worker).toContain("job queue connection error");
   });
 
+  it.skipIf(cluster)("keeps a running job's lock through an outage of 65% of the lock: the job ends in its first run", async () => {
+    const { api, worker } = setup();
+    const ex = api();
+    let runs = 0;
+    let resume!: () => void;
+    const resumed = new Promise<void>((r) => (resume = r));
+    worker(
+      async (ctx) => {
+        runs++;
+        ctx.emit({ case: "step", value: { step: 1, totalSteps: 2 } });
+        await resumed;
+        ctx.emit({ case: "step", value: { step: 2, totalSteps: 2 } });
+        return { result: ref(2), lineage: [ref(2)] };
+      },
+      { lockMs: 4000 },
+    );
+    const job = await ex.create(JobKind.ALIGN, spec);
+    await until(async () => runs === 1 && (await stateOf(ex, job.id)) === JobState.RUNNING);
+    // Redis goes 1.25 s into the run: renewed every 400 ms, the lock has at least 3.6 s left;
+    // renewed every 1.33 s, as before, it had not been renewed yet and had 2.75 s left, less
+    // than the outage with the restart and the client's reconnection.
+    await new Promise((r) => setTimeout(r, 1250));
+    await redis.restart(() => new Promise((r) => setTimeout(r, 2600)));
+    resume();
+    await until(async () => (await ex.get(JobKind.ALIGN, job.id).catch(() => undefined))?.state === JobState.SUCCEEDED, 20_000);
+    expect(runs).toBe(1);
+    expect(states(await watchAll(ex, job.id))).toEqual(["QUEUED", "RUNNING", "SUCCEEDED"]);
+  });
+
   it("continues the creating RPC's trace on the worker (api -> queue -> worker) and counts queue and steps", async () => {
     context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
     const exporter = new InMemorySpanExporter();

@@ -142,9 +142,11 @@ export class QueueWorker {
       prefix: this.keys.prefix,
       concurrency: options.concurrency ?? 1,
       lockDuration: lockMs,
-      // Renewed every sixth to third of the lock, so a busy event loop keeps most of the lock as margin;
-      // a lost worker's job is back in the queue within about twice the lock.
-      lockRenewTime: lockMs / 3,
+      // BullMQ renews a lock every lockRenewTime, and a Redis outage stops renewals: the lock
+      // then lasts what was left of it, so renewing every tenth keeps at least 90% of it for an
+      // outage (every third lost a run to a 27 s outage under a 30 s lock). A lost worker's job
+      // is back in the queue within about twice the lock.
+      lockRenewTime: lockMs / 10,
       stalledInterval: lockMs / 2,
       // Our own count of lost runs (at claim) fails the job with a reason first; this is a backstop.
       maxStalledCount: this.maxAttempts,
