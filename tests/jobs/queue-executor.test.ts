@@ -53,6 +53,24 @@ function controllable(stateOnStop = 7) {
   return { work, started, release: (id: string, n = 1) => releases.get(id)!(n) };
 }
 
+/** Work of two steps that waits after the first until resume(), counting its runs. */
+function heldRun() {
+  let resume!: () => void;
+  const resumed = new Promise<void>((r) => (resume = r));
+  const held = {
+    runs: 0,
+    resume: () => resume(),
+    work: (async (ctx) => {
+      held.runs++;
+      ctx.emit({ case: "step", value: { step: 1, totalSteps: 2 } });
+      await resumed;
+      ctx.emit({ case: "step", value: { step: 2, totalSteps: 2 } });
+      return { result: ref(2), lineage: [ref(2)] };
+    }) as JobWork,
+  };
+  return held;
+}
+
 const tick = () => new Promise((r) => setTimeout(r, 10));
 async function until(cond: () => boolean | Promise<boolean>, ms = 10_000) {
   const end = Date.now() + ms;
@@ -483,21 +501,10 @@ describe.each([
     closers.push(async () => unwatch());
     await until(() => availability.length === 1);
     expect(availability).toEqual([true]);
-    let runs = 0;
-    let resume!: () => void;
-    const resumed = new Promise<void>((r) => (resume = r));
-    worker(
-      async (ctx) => {
-        runs++;
-        ctx.emit({ case: "step", value: { step: 1, totalSteps: 2 } });
-        await resumed;
-        ctx.emit({ case: "step", value: { step: 2, totalSteps: 2 } });
-        return { result: ref(2), lineage: [ref(2)] };
-      },
-      { logger: logTo(warned.worker) },
-    );
+    const held = heldRun();
+    worker(held.work, { logger: logTo(warned.worker) });
     const job = await ex.create(JobKind.ALIGN, spec);
-    await until(async () => runs === 1 && (await stateOf(ex, job.id)) === JobState.RUNNING);
+    await until(async () => held.runs === 1 && (await stateOf(ex, job.id)) === JobState.RUNNING);
     // In a cluster, the node with the queue's slot.
     const holder = redis.nodes ? redis.nodes.find((n) => spawnSync("redis-cli", ["-p", String(n.port), "exists", keys.job(job.id)], { encoding: "utf8" }).stdout.trim() === "1")! : redis;
     await holder.restart(async () => {
@@ -506,13 +513,13 @@ describe.each([
       expect(Date.now() - t).toBeLessThan(3000);
       await until(() => availability.at(-1) === false, 3000);
       // The job's last step and its end are written while Redis is down, and wait for it.
-      resume();
+      held.resume();
       await new Promise((r) => setTimeout(r, 2500));
     });
     await until(() => availability.at(-1) === true, 20_000);
     expect(availability).toEqual([true, false, true]);
     await until(async () => (await ex.get(JobKind.ALIGN, job.id).catch(() => undefined))?.state === JobState.SUCCEEDED, 20_000);
-    expect(runs).toBe(1);
+    expect(held.runs).toBe(1);
     const events = await watchAll(ex, job.id);
     expect(steps(events)).toEqual([1, 2]);
     expect(states(events)).toEqual(["QUEUED", "RUNNING", "SUCCEEDED"]);
@@ -523,29 +530,18 @@ describe.each([
   it.skipIf(cluster)("keeps a running job's lock through an outage of 65% of the lock: the job ends in its first run", async () => {
     const { api, worker } = setup();
     const ex = api();
-    let runs = 0;
-    let resume!: () => void;
-    const resumed = new Promise<void>((r) => (resume = r));
-    worker(
-      async (ctx) => {
-        runs++;
-        ctx.emit({ case: "step", value: { step: 1, totalSteps: 2 } });
-        await resumed;
-        ctx.emit({ case: "step", value: { step: 2, totalSteps: 2 } });
-        return { result: ref(2), lineage: [ref(2)] };
-      },
-      { lockMs: 4000 },
-    );
+    const held = heldRun();
+    worker(held.work, { lockMs: 4000 });
     const job = await ex.create(JobKind.ALIGN, spec);
-    await until(async () => runs === 1 && (await stateOf(ex, job.id)) === JobState.RUNNING);
+    await until(async () => held.runs === 1 && (await stateOf(ex, job.id)) === JobState.RUNNING);
     // Redis goes 1.25 s into the run: renewed every 400 ms, the lock has at least 3.6 s left;
     // renewed every 1.33 s, as before, it had not been renewed yet and had 2.75 s left, less
     // than the outage with the restart and the client's reconnection.
     await new Promise((r) => setTimeout(r, 1250));
     await redis.restart(() => new Promise((r) => setTimeout(r, 2600)));
-    resume();
+    held.resume();
     await until(async () => (await ex.get(JobKind.ALIGN, job.id).catch(() => undefined))?.state === JobState.SUCCEEDED, 20_000);
-    expect(runs).toBe(1);
+    expect(held.runs).toBe(1);
     expect(states(await watchAll(ex, job.id))).toEqual(["QUEUED", "RUNNING", "SUCCEEDED"]);
   });
 
