@@ -368,12 +368,20 @@ describe.each([
     }
     const logged: Record<string, unknown>[] = [];
     const logger = createLogger("info", { write: (line: string) => void logged.push(JSON.parse(line)) });
-    worker(async () => ({ result: ref(1), lineage: [ref(1)] }), { lockMs: 400, maxAttempts: 2, logger });
+    const exporter = new InMemorySpanExporter();
+    const tracer = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }).getTracer("test");
+    worker(async () => ({ result: ref(1), lineage: [ref(1)] }), { lockMs: 400, maxAttempts: 2, logger, tracer });
     await until(async () => (await stateOf(ex, job.id)) === JobState.FAILED, 15_000);
     // The worker that finds the job orphaned says so in its log, not only in the job's events.
     expect(logged.find((l) => (l.msg as string).startsWith("took over a job whose worker was lost"))).toMatchObject({ job: job.id, failedRuns: 2, allowed: 2 });
     const failed = await ex.get(JobKind.ALIGN, job.id);
     expect(anyUnpack(failed.error!.details[0], ErrorInfoSchema)).toMatchObject({ reason: "WORKER_LOST", metadata: { attempts: "2" } });
+    // And the failure, as any job's: a log line with the reason, and a job span in ERROR.
+    await until(() => logged.some((l) => l.msg === "job failed"));
+    expect(logged.find((l) => l.msg === "job failed")).toMatchObject({ job: job.id, code: "Aborted", error: expect.stringContaining("worker was lost 2 times") });
+    const span = exporter.getFinishedSpans().find((x) => x.name === "job align")!;
+    expect(span.status.code).toBe(SpanStatusCode.ERROR);
+    expect(span.events.find((e) => e.name === "exception")?.attributes).toMatchObject({ "exception.type": "WORKER_LOST" });
   });
 
   it("at worker shutdown hands a running job back to the queue; another worker resumes it", async () => {
@@ -403,6 +411,11 @@ describe.each([
     expect(ended).toEqual([
       ["w1", job.id, "requeued"],
       ["w2", job.id, "succeeded"],
+    ]);
+    // And where each run started from: w2 names the training state it resumes.
+    expect(logged.filter((l) => l.msg === "job started").map((l) => [l.worker, l.resumes_from])).toEqual([
+      ["w1", undefined],
+      ["w2", "store://checkpoints/7"],
     ]);
     expect(states(await watchAll(ex, job.id))).toEqual(["QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCEEDED"]);
   });

@@ -226,6 +226,11 @@ export class QueueWorker {
             { attempts: String(run.failures) },
           );
           if (!(await this.finish(run, JobState.FAILED, error))) return this.afterLost(run);
+          // In the job's trace and the log as any failed run is: a job span with the reason.
+          const span = this.jobSpan(queued, job);
+          markRunFailed(span, error);
+          context.with(trace.setSpan(context.active(), span), () => this.logger.warn({ job: job.id, code: Code[error.code], error: error.rawMessage }, "job failed"));
+          span.end();
           throw new UnrecoverableError(error.rawMessage);
         }
         const from = job.trainingState ? `resumes from ${job.trainingState.uri}` : "starts again";
@@ -239,12 +244,12 @@ export class QueueWorker {
     }
   }
 
-  private async train(queued: QueuedJob<QueuedJobData>, run: Run): Promise<void> {
-    const { job } = run;
+  /** A run's span: a CONSUMER child of the enqueue span, in the trace of the RPC that created the job. */
+  private jobSpan(queued: QueuedJob<QueuedJobData>, job: Job): Span {
     const kind = KIND_NAME[job.kind];
     const parent = extractTrace(queued.data.trace);
     const enqueued = trace.getSpanContext(parent);
-    const span = this.tracer.startSpan(
+    return this.tracer.startSpan(
       `job ${kind}`,
       {
         kind: SpanKind.CONSUMER,
@@ -253,6 +258,12 @@ export class QueueWorker {
       },
       parent,
     );
+  }
+
+  private async train(queued: QueuedJob<QueuedJobData>, run: Run): Promise<void> {
+    const { job } = run;
+    const kind = KIND_NAME[job.kind];
+    const span = this.jobSpan(queued, job);
     if (isSpanContextValid(span.spanContext())) job.traceId = span.spanContext().traceId;
     job.startTime ??= timestampNow();
     if (!(await this.transition(run, JobState.QUEUED, JobState.RUNNING))) {
@@ -261,7 +272,9 @@ export class QueueWorker {
       return this.afterLost(run);
     }
     // Which worker runs which job, in the job's trace: what an operator greps for after a kill.
-    context.with(trace.setSpan(context.active(), span), () => this.logger.info({ job: job.id, attempt: run.attempt }, "job started"));
+    context.with(trace.setSpan(context.active(), span), () =>
+      this.logger.info({ job: job.id, attempt: run.attempt, ...(job.trainingState && { resumes_from: job.trainingState.uri }) }, "job started"),
+    );
     const t0 = performance.now();
     const outcome = await this.runWork(queued, run, span).catch((err: unknown) => {
       span.setStatus({ code: SpanStatusCode.ERROR, message: (err as Error).message });
