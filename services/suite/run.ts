@@ -11,6 +11,7 @@ import { seedBuiltins } from "../runtime/pipeline/builtins.ts";
 import { loadConfig, ConfigError, unknownVariables, type Config, type ServiceName } from "./config.ts";
 import { createDeps } from "./create-deps.ts";
 import { callBounds, securityOptions } from "./security.ts";
+import { checkFolder, StartError } from "./start-error.ts";
 import { JOB_SERVICES, SERVICES } from "./services.ts";
 
 /**
@@ -54,7 +55,7 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
     // A file the configuration names (certificate, key, CA, credentials) that cannot be used,
     // or an address it names that cannot be listened on, is a configuration error too: one
     // line and exit 2, not a stack trace.
-    const message = listenProblem(err, config) ?? (configuredFileError(err) ? (err as Error).message : undefined);
+    const message = err instanceof StartError ? err.message : (listenProblem(err, config) ?? (configuredFileError(err) ? (err as Error).message : undefined));
     if (!message) throw err;
     process.stderr.write(`cannot start: ${message}\n`);
     process.exit(2);
@@ -94,6 +95,9 @@ function configuredFileError(err: unknown): boolean {
  * process and an in-process experiment both start.
  */
 export async function startServices(config: Config, telemetry: { tracer: Tracer; meter: Meter }, logger: Logger): Promise<RunningServer> {
+  // The folders it writes, named by their variables if they cannot be used.
+  checkFolder(config.store === "local" ? "VACCINE_STORE_ROOT" : "VACCINE_CACHE_DIR", config.store === "local" ? config.storeRoot : config.cacheDir);
+  if (!config.queueUrl && config.services.some((n) => JOB_SERVICES.has(n))) checkFolder("VACCINE_JOBS_DIR", config.jobsDir);
   const deps = createDeps(config, telemetry, logger);
   deps.bounds = callBounds(config);
   deps.batching = { windowMs: config.batchWindowMs, maxRows: config.batchMaxRows };

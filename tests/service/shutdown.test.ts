@@ -129,22 +129,32 @@ describe("bad configuration", () => {
     }
   });
 
-  it("exits 2 with one line when a configured certificate or credentials file cannot be used", () => {
+  it("exits 2 with one line naming the variable when a configured file or folder cannot be used", () => {
     const dir = mkdtempSync(join(tmpdir(), "vaccine-badfiles-"));
     try {
       const tokens = join(dir, "tokens.json");
       writeFileSync(tokens, '{"not-a-hash": 1}');
-      for (const env of [
-        { VACCINE_TLS_CERT: join(dir, "missing.crt"), VACCINE_TLS_KEY: join(dir, "missing.key") },
-        { VACCINE_AUTH: "token", VACCINE_AUTH_TOKENS_FILE: tokens },
-      ]) {
+      const yaml = join(dir, "tokens.yaml");
+      writeFileSync(yaml, "garbage: [");
+      const file = join(dir, "a-file");
+      writeFileSync(file, "");
+      // Each names the variable of what cannot be used.
+      for (const [env, variable] of [
+        [{ VACCINE_TLS_CERT: join(dir, "missing.crt"), VACCINE_TLS_KEY: join(dir, "missing.key") }, "VACCINE_TLS_CERT"],
+        [{ VACCINE_AUTH: "token", VACCINE_AUTH_TOKENS_FILE: tokens }, "VACCINE_AUTH_TOKENS_FILE"],
+        [{ VACCINE_AUTH: "token", VACCINE_AUTH_TOKENS_FILE: yaml }, "VACCINE_AUTH_TOKENS_FILE"],
+        [{ VACCINE_JOBS_DIR: join(file, "jobs") }, "VACCINE_JOBS_DIR"],
+        [{ VACCINE_STORE_ROOT: join(file, "store") }, "VACCINE_STORE_ROOT"],
+        // Node's recursive mkdir never returns there.
+        [{ VACCINE_STORE_ROOT: "/proc/no-such-folder" }, "VACCINE_STORE_ROOT"],
+      ] as const) {
         const res = spawnSync(process.execPath, ["--import", "tsx", "services/main.ts"], {
           env: { ...process.env, VACCINE_PORT: "0", VACCINE_STORE_ROOT: join(dir, "store"), VACCINE_JOBS_DIR: join(dir, "jobs"), ...env },
           encoding: "utf8",
           timeout: 30_000,
         });
         expect(res.status, res.stderr).toBe(2);
-        expect(res.stderr).toMatch(/^cannot start: /m);
+        expect(res.stderr).toMatch(new RegExp(`^cannot start: ${variable}=`, "m"));
         expect(res.stderr).not.toMatch(/\n\s+at /);
       }
     } finally {
