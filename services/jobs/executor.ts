@@ -83,10 +83,10 @@ export interface JobExecutor {
   shutdown(): Promise<void>;
   /**
    * Tells `listener` whether this executor can take new jobs, at once and on every change:
-   * not while its queue cannot be reached, nor while another process holds the jobs folder.
-   * Returns what stops the telling. Absent: always.
+   * not while its queue cannot be reached, nor while another process holds the jobs folder
+   * (`why` says which). Returns what stops the telling. Absent: always.
    */
-  watchAvailability?(listener: (available: boolean) => void): () => void;
+  watchAvailability?(listener: (available: boolean, why?: string) => void): () => void;
 }
 
 /** Whether a job is visible to a call limited to `tenant` (undefined: every job). */

@@ -58,7 +58,7 @@ export function embeddedExecutor(
 class TakeoverExecutor implements JobExecutor {
   private current: JobExecutor;
   private readonly timer: NodeJS.Timeout;
-  private readonly listeners = new Set<(available: boolean) => void>();
+  private readonly listeners = new Set<(available: boolean, why?: string) => void>();
 
   constructor(readOnly: ReadOnlyExecutor, retryMs: number, takeOver: () => JobExecutor | undefined) {
     this.current = readOnly;
@@ -73,9 +73,10 @@ class TakeoverExecutor implements JobExecutor {
   }
 
   /** Unavailable (Create refused) until the lock is taken over. */
-  watchAvailability(listener: (available: boolean) => void): () => void {
+  watchAvailability(listener: (available: boolean, why?: string) => void): () => void {
     this.listeners.add(listener);
-    listener(!(this.current instanceof ReadOnlyExecutor));
+    if (this.current instanceof ReadOnlyExecutor) listener(false, `another process holds the jobs folder ${this.current.dir}`);
+    else listener(true);
     return () => this.listeners.delete(listener);
   }
 

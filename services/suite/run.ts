@@ -127,9 +127,9 @@ export async function startServices(config: Config, telemetry: { tracer: Tracer;
   const jobServices = modules.filter((_, i) => JOB_SERVICES.has(served[i])).map((m) => m.desc.typeName);
   let told = false;
   const unwatch = jobServices.length
-    ? deps.executor?.watchAvailability?.((up) => {
+    ? deps.executor?.watchAvailability?.((up, why) => {
         for (const name of jobServices) server.health.set(name, up ? ServingStatus.SERVING : ServingStatus.NOT_SERVING);
-        if (told || !up) logger[up ? "info" : "warn"]({ services: jobServices }, up ? "job services SERVING again: the executor takes jobs" : "job services NOT_SERVING: the executor takes no jobs");
+        if (told || !up) logger[up ? "info" : "warn"]({ services: jobServices }, up ? "job services SERVING again: the executor takes jobs" : `job services NOT_SERVING: the executor takes no jobs (${why})`);
         told = true;
       })
     : undefined;

@@ -75,6 +75,7 @@ describe("one executor per local jobs folder", () => {
     expect(await statusOf(b, AlignService.typeName)).toBe(ServingStatus.NOT_SERVING);
     expect(await statusOf(b, "")).toBe(ServingStatus.SERVING);
     expect(await statusOf(a, AlignService.typeName)).toBe(ServingStatus.SERVING);
+    expect(b.log()).toContain(`job services NOT_SERVING: the executor takes no jobs (another process holds the jobs folder ${env.VACCINE_JOBS_DIR})`);
 
     // B reads the jobs A runs, live, to the end; A's and B's views agree.
     const [seenOnB, ...seenOnA] = await Promise.all([events(clientB, ids[1]), ...ids.map((id) => events(clientA, id))]);

@@ -53,7 +53,7 @@ describe("health of an api process on a Redis queue", () => {
     await until(all("SERVING"));
     const said = api.log().split("\n").filter((l) => l.includes("job services")).map((l) => JSON.parse(l));
     expect(said.map((l) => [l.level, l.msg])).toEqual([
-      ["warn", "job services NOT_SERVING: the executor takes no jobs"],
+      ["warn", `job services NOT_SERVING: the executor takes no jobs (the queue's Redis at 127.0.0.1:${redis!.port} does not answer)`],
       ["info", "job services SERVING again: the executor takes jobs"],
     ]);
     expect(said[0].services).toEqual([AlignService.typeName, FineTuneService.typeName]);

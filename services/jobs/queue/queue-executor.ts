@@ -16,7 +16,7 @@ import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
 import { jobQuotaExceeded } from "../../common/quotas.ts";
 import { cancelledError, FINAL, JOB_METRICS, visibleTo, type JobExecutor, type JobSpec } from "../executor.ts";
-import { clusterReady, connectQueue, QUEUE_NAME, queueKeys, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
+import { clusterReady, connectQueue, QUEUE_NAME, queueKeys, redisOptions, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
 import { observeQueue } from "./metrics.ts";
 import { DEFAULT_MAX_WATCHES } from "./watch-limit.ts";
 import { RedisJobs } from "./redis-jobs.ts";
@@ -231,7 +231,7 @@ export class QueueExecutor implements JobExecutor {
    * Asks the node that holds the queue's keys (in a cluster, the slot's: the client's own
    * status stays ready while one node is down) every probeMs, and tells changes.
    */
-  watchAvailability(listener: (available: boolean) => void): () => void {
+  watchAvailability(listener: (available: boolean, why?: string) => void): () => void {
     let last: boolean | undefined;
     let stopped = false;
     let asking = false;
@@ -249,7 +249,8 @@ export class QueueExecutor implements JobExecutor {
       // A probe that was under way when the watch stopped (shutdown) tells nothing.
       if (stopped || up === last) return;
       last = up;
-      listener(up);
+      const { host, port } = redisOptions(this.target.url);
+      listener(up, up ? undefined : `the queue's Redis at ${host}:${port} does not answer`);
     };
     void probe();
     const timer = setInterval(() => void probe(), this.probeMs);
