@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { silentLogger } from "../../services/platform/log.ts";
 import { tokenHash } from "../../services/platform/token-auth.ts";
+import { TestPki } from "../helpers/certs.ts";
 import { SUITE_CONTRACTS } from "../../services/suite/access.ts";
 import { loadConfig } from "../../services/suite/config.ts";
 import { callBounds, securityOptions } from "../../services/suite/security.ts";
@@ -31,17 +32,29 @@ describe("security options", () => {
   it("turns on TLS, mTLS and token authentication from the variables", async () => {
     const tokens = join(dir, "tokens.json");
     writeFileSync(tokens, JSON.stringify({ [tokenHash("t")]: { tenant: "a", roles: ["reader"] } }));
-    const o = await securityOptions(
-      loadConfig({ VACCINE_TLS_CERT: "c.pem", VACCINE_TLS_KEY: "k.pem", VACCINE_TLS_CLIENT_CA: "ca.pem", VACCINE_AUTH: "token", VACCINE_AUTH_TOKENS_FILE: tokens, VACCINE_HEALTH_PORT: "8081" }),
-      silentLogger,
-    );
-    expect(o.tls).toEqual({ certFile: "c.pem", keyFile: "k.pem", clientCaFile: "ca.pem" });
-    expect(o.healthPort).toBe(8081);
-    expect(o.access.authenticator?.mode).toBe("token");
-    o.access.authenticator?.close();
+    const pki = new TestPki();
+    try {
+      const ca = pki.ca("ca");
+      const server = pki.leaf("server", ca, { cn: "localhost", usage: "serverAuth" });
+      const o = await securityOptions(
+        loadConfig({ VACCINE_TLS_CERT: server.cert, VACCINE_TLS_KEY: server.key, VACCINE_TLS_CLIENT_CA: ca.cert, VACCINE_AUTH: "token", VACCINE_AUTH_TOKENS_FILE: tokens, VACCINE_HEALTH_PORT: "8081" }),
+        silentLogger,
+      );
+      expect(o.tls).toEqual({ certFile: server.cert, keyFile: server.key, clientCaFile: ca.cert });
+      expect(o.healthPort).toBe(8081);
+      expect(o.access.authenticator?.mode).toBe("token");
+      o.access.authenticator?.close();
+      // A key that is not the certificate's is refused, naming both variables.
+      const other = pki.leaf("other", ca, { cn: "localhost", usage: "serverAuth" });
+      await expect(securityOptions(loadConfig({ VACCINE_TLS_CERT: server.cert, VACCINE_TLS_KEY: other.key }), silentLogger)).rejects.toThrow(/^VACCINE_TLS_CERT and VACCINE_TLS_KEY=/);
+    } finally {
+      pki.close();
+    }
   });
 
-  it("fails the start on a missing tokens file", async () => {
-    await expect(securityOptions(loadConfig({ VACCINE_AUTH: "token", VACCINE_AUTH_TOKENS_FILE: join(dir, "missing.json") }), silentLogger)).rejects.toThrow(/ENOENT/);
+  it("fails the start on a missing file, naming its variable", async () => {
+    const missing = join(dir, "missing.json");
+    await expect(securityOptions(loadConfig({ VACCINE_AUTH: "token", VACCINE_AUTH_TOKENS_FILE: missing }), silentLogger)).rejects.toThrow(`VACCINE_AUTH_TOKENS_FILE=${missing}: does not exist`);
+    await expect(securityOptions(loadConfig({ VACCINE_TLS_CERT: missing, VACCINE_TLS_KEY: missing }), silentLogger)).rejects.toThrow(`VACCINE_TLS_CERT=${missing}: does not exist`);
   });
 });
