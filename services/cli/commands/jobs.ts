@@ -13,6 +13,7 @@ import { codeName, describeError, UsageError } from "../errors.ts";
 import { choice, float, int, ref, text, toggle } from "../flags.ts";
 import { describeJob, duration, formatRef, interactive, jobTable, jsonOf, KIND_NAMES, nextPage, num, stateName, writeLine } from "../output.ts";
 import { createProgress, type Progress } from "../progress-bar.ts";
+import { resumedWatch } from "../resumed-watch.ts";
 import { ALIGN_METHOD_FLAGS, alignMethodOneof, DATASET_FLAGS, datasetRef, GUARD_FLAGS, guardOneof, LORA_FLAGS, loraConfig, MODERATION_MODEL, TRAINING_FLAGS, trainingConfig } from "../spec-flags.ts";
 
 type Kind = keyof typeof KIND_NAMES;
@@ -22,7 +23,7 @@ interface JobApi {
   get(jobId: string): Promise<{ job?: Job }>;
   cancel(jobId: string): Promise<{ job?: Job }>;
   list(pageSize: number, pageToken: string): Promise<{ jobs: Job[]; nextPageToken: string }>;
-  watch(jobId: string): AsyncIterable<{ event?: JobEvent }>;
+  watch(jobId: string, afterSequence: number): AsyncIterable<{ event?: JobEvent }>;
 }
 
 function jobApi(clients: Clients, kind: Kind): JobApi {
@@ -32,7 +33,7 @@ function jobApi(clients: Clients, kind: Kind): JobApi {
       get: (jobId) => c.getAlignJob({ jobId }),
       cancel: (jobId) => c.cancelAlignJob({ jobId }),
       list: (pageSize, pageToken) => c.listAlignJobs({ pageSize, pageToken }),
-      watch: (jobId) => c.watchAlignJob({ jobId }),
+      watch: (jobId, afterSequence) => c.watchAlignJob({ jobId, afterSequence }),
     };
   }
   const c = clients.fineTune;
@@ -40,7 +41,7 @@ function jobApi(clients: Clients, kind: Kind): JobApi {
     get: (jobId) => c.getFineTuneJob({ jobId }),
     cancel: (jobId) => c.cancelFineTuneJob({ jobId }),
     list: (pageSize, pageToken) => c.listFineTuneJobs({ pageSize, pageToken }),
-    watch: (jobId) => c.watchFineTuneJob({ jobId }),
+    watch: (jobId, afterSequence) => c.watchFineTuneJob({ jobId, afterSequence }),
   };
 }
 
@@ -52,7 +53,7 @@ const pageJson = (page: { jobs: Job[]; nextPageToken: string }) => ({
   ...(page.nextPageToken ? { nextPageToken: page.nextPageToken } : {}),
 });
 
-const WATCH = toggle("watch", "Follow the job until it ends (exit 1 unless it SUCCEEDED).");
+const WATCH = toggle("watch", "Follow the job until it ends (exit 1 unless it SUCCEEDED); a stream the server cuts is resumed.");
 
 // Recent steps weigh more in the ETA, so it follows speed changes (e.g. the tau refresh).
 const EMA = 0.3;
@@ -102,14 +103,19 @@ async function created(ctx: Context, kind: Kind, job: Job): Promise<number> {
 /** Streams the job's events (progress, or JSON lines), then prints the final job. */
 async function watch(ctx: Context, kind: Kind, job: Job): Promise<number> {
   const api = jobApi(ctx.clients(), kind);
+  // A stream cut by the server (a restart, Redis away) is resumed where it stopped: the job goes on.
+  const events = () =>
+    resumedWatch((after) => api.watch(job.id, after), {
+      onPause: (why, seconds) => ctx.stderr.write(`watch interrupted (${why}); resuming in ${seconds} s\n`),
+    });
   if (ctx.json) {
-    for await (const { event } of api.watch(job.id)) writeLine(ctx.stdout, event ? { event: jsonOf(JobEventSchema, event) } : {});
+    for await (const event of events()) writeLine(ctx.stdout, { event: jsonOf(JobEventSchema, event) });
   } else {
     const progress = createProgress(ctx.stdout, interactive(ctx));
     const perturbation = job.spec.case === "align" && (job.spec.value.method.case === "vaccine" || job.spec.value.method.case === "tVaccine");
     const feed = jobProgress(progress, { perturbation });
     try {
-      for await (const { event } of api.watch(job.id)) if (event) feed(event);
+      for await (const event of events()) feed(event);
     } finally {
       progress.end();
     }
