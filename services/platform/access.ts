@@ -12,7 +12,7 @@ import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
 import { AuthReason, type AuthenticateFirst, type Authenticator, type CallCredentials } from "./authenticate.ts";
 import { rpcError } from "./errors.ts";
-import { PEER } from "./peer.ts";
+import { AUTHORIZATION_FIELDS, PEER } from "./peer.ts";
 import { PRINCIPAL, type Principal } from "./principal.ts";
 
 export interface AccessPolicy {
@@ -65,7 +65,7 @@ export function accessControl(options: AccessOptions): Interceptor {
   const none = anonymous(policy);
   return (next) => async (req) => {
     const service = req.service.typeName;
-    const principal = await authenticate(options, none, service, { header: req.header, peer: req.contextValues.get(PEER) });
+    const principal = await authenticate(options, none, service, { header: req.header, peer: req.contextValues.get(PEER), authorizationFields: req.contextValues.get(AUTHORIZATION_FIELDS) });
     if (!principal) return next(req);
     const key = methodKey(req.service, req.method);
     // Set before the role check, so the audit log names who was refused (the handler never runs then).

@@ -31,6 +31,8 @@ export const AuthReason = {
 export interface CallCredentials {
   header: Headers;
   peer?: PeerIdentity;
+  /** Authorization fields the request carried (peer.ts); the Headers keep only the first. */
+  authorizationFields?: number;
 }
 
 /**
@@ -52,12 +54,14 @@ export function unauthenticated(reason: string, message: string, metadata: Recor
 }
 
 /** The token of "Authorization: Bearer <token>"; the token itself never goes into an error. */
-export function bearerToken(header: Headers): string {
+export function bearerToken({ header, authorizationFields = 1 }: CallCredentials): string {
+  if (authorizationFields > 1) throw unauthenticated(AuthReason.CREDENTIALS_MALFORMED, `the request has ${authorizationFields} authorization headers; send one "Bearer <token>"`);
   const value = header.get("authorization");
   if (value === null || value.trim() === "") {
     throw unauthenticated(AuthReason.CREDENTIALS_MISSING, 'this server needs credentials: send "authorization: Bearer <token>"');
   }
-  // Headers joins repeated fields with ", ": two credentials are refused, not guessed between.
+  // Two credentials are refused, not guessed between: in one field (a client that joined
+  // them with ", "), or in two (counted by the server, whose Headers keep only the first).
   const m = /^Bearer +([A-Za-z0-9\-._~+/]+=*)$/i.exec(value.trim());
   if (!m) throw unauthenticated(AuthReason.CREDENTIALS_MALFORMED, 'the authorization header must be one "Bearer <token>"');
   return m[1];

@@ -61,8 +61,8 @@ export async function jwtAuthenticator(options: JwtOptions, logger?: Logger): Pr
   };
   return {
     mode: "jwt",
-    async authenticate({ header }) {
-      const token = bearerToken(header);
+    async authenticate(credentials) {
+      const token = bearerToken(credentials);
       let payload: JWTPayload;
       try {
         ({ payload } = await jwtVerify(token, keys, {

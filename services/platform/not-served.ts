@@ -14,7 +14,7 @@ import { setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { trailerFlag, trailerSerialize } from "@connectrpc/connect/protocol-grpc-web";
 import type { AuthenticateFirst } from "./authenticate.ts";
 import { rpcError } from "./errors.ts";
-import { peerOf, remoteAddressOf } from "./peer.ts";
+import { authorizationFields, peerOf, remoteAddressOf } from "./peer.ts";
 
 export const NotServedReason = {
   SERVICE_NOT_SERVED: "SERVICE_NOT_SERVED",
@@ -50,7 +50,7 @@ export function answerNotServed(
     req.resume();
     if (err && authenticate) {
       const header = new Headers(Object.entries(req.headers).filter(([k, v]) => !k.startsWith(":") && typeof v === "string") as [string, string][]);
-      err = (await authenticate(path.split("/")[1], { header, peer: peerOf(req) })) ?? err;
+      err = (await authenticate(path.split("/")[1], { header, peer: peerOf(req), authorizationFields: authorizationFields(req) })) ?? err;
     }
     if (err) onRefused?.(path, err, remoteAddressOf(req));
     const answer = (status: number, headers: Record<string, string>, body?: Uint8Array, trailers?: Headers) => {

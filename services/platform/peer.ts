@@ -30,6 +30,18 @@ export function requestReset(req: IncomingMessage | Http2ServerRequest): () => b
   return "stream" in req ? () => req.stream.aborted : () => req.destroyed && !req.complete;
 }
 
+/**
+ * How many Authorization fields the request carried: Node keeps the first and drops the others
+ * (HTTP/1.1 and HTTP/2 alike), so two credentials would be taken as the first, unseen.
+ */
+export const AUTHORIZATION_FIELDS = createContextKey<number>(0, { description: "authorization header fields" });
+
+export function authorizationFields(req: IncomingMessage | Http2ServerRequest): number {
+  let n = 0;
+  for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i].toLowerCase() === "authorization") n++;
+  return n;
+}
+
 /** The remote address of a request's connection (HTTP/1.1 or HTTP/2). */
 export function remoteAddressOf(req: IncomingMessage | Http2ServerRequest): string | undefined {
   return socketOf(req)?.remoteAddress;

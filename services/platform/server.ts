@@ -22,7 +22,7 @@ import { DEFAULT_LIMITS, type Limits } from "./limits.ts";
 import { silentLogger, type Logger } from "./log.ts";
 import { knownEnumValues } from "./enum-values.ts";
 import { answerNotServed } from "./not-served.ts";
-import { PEER, peerOf, REMOTE_ADDRESS, remoteAddressOf, REQUEST_RESET, requestReset } from "./peer.ts";
+import { AUTHORIZATION_FIELDS, authorizationFields, PEER, peerOf, REMOTE_ADDRESS, remoteAddressOf, REQUEST_RESET, requestReset } from "./peer.ts";
 import { rateLimit, type RateLimitOptions } from "./rate-limit.ts";
 import { registerReflection } from "./reflection.ts";
 import { serverTelemetry, statusName } from "./rpc-tracing.ts";
@@ -132,7 +132,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       knownEnumValues(),
       ...(options.interceptors ?? []),
     ],
-    contextValues: (req) => createContextValues().set(PEER, peerOf(req)).set(REMOTE_ADDRESS, remoteAddressOf(req)).set(REQUEST_RESET, requestReset(req)),
+    contextValues: (req) => createContextValues().set(PEER, peerOf(req)).set(REMOTE_ADDRESS, remoteAddressOf(req)).set(REQUEST_RESET, requestReset(req)).set(AUTHORIZATION_FIELDS, authorizationFields(req)),
     routes: (router) => {
       for (const service of options.services) service.register(router);
       health.register(router);

@@ -28,8 +28,8 @@ export async function tokenAuthenticator(file: string, logger?: Logger, watch: {
   }, { ...watch, logger, what: "tokens file" });
   return {
     mode: "token",
-    async authenticate({ header }): Promise<Principal> {
-      const hash = tokenHash(bearerToken(header));
+    async authenticate(credentials): Promise<Principal> {
+      const hash = tokenHash(bearerToken(credentials));
       const grant = grants.get(hash);
       if (!grant) throw unauthenticated(AuthReason.TOKEN_UNKNOWN, "the bearer token is not granted by this server");
       // An unnamed entry is named by a prefix of its hash: it identifies the entry in logs and reveals nothing usable.

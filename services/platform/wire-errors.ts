@@ -21,7 +21,7 @@ import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import type { AuthenticateFirst } from "./authenticate.ts";
 import { invalidArgument, rpcError } from "./errors.ts";
 import { callCancelledError, cutBy } from "./aborted-calls.ts";
-import { PEER, REQUEST_RESET } from "./peer.ts";
+import { AUTHORIZATION_FIELDS, PEER, REQUEST_RESET } from "./peer.ts";
 
 export const WireReason = {
   MESSAGE_UNDECODABLE: "MESSAGE_UNDECODABLE",
@@ -53,7 +53,7 @@ export function withWireErrors(handler: UniversalHandler, options: WireErrorOpti
         return cut;
       }
       if (!explained) return undefined;
-      const refused = (await options.authenticate?.(method.parent.typeName, { header: req.header, peer: req.contextValues?.get(PEER) })) ?? explained;
+      const refused = (await options.authenticate?.(method.parent.typeName, { header: req.header, peer: req.contextValues?.get(PEER), authorizationFields: req.contextValues?.get(AUTHORIZATION_FIELDS) })) ?? explained;
       options.onError?.(method, refused, req.header);
       return refused;
     });

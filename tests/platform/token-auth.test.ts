@@ -1,6 +1,8 @@
 // Bearer tokens from a tokens file: principals reach the handlers, roles decide, health is
 // open, reflection needs credentials unless opened, the file reloads on change, and no token
 // is ever written to the logs.
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -67,6 +69,28 @@ describe("token authentication", () => {
     expect(e.code).toBe(Code.Unauthenticated);
     expect(e.info?.reason).toBe(reason);
     expect(e.info?.domain).toBe("vaccine.v1");
+  });
+
+  it.each([["HTTP/1.1", "--http1.1"], ["HTTP/2", "--http2-prior-knowledge"]])("refuses two authorization headers over %s, not the first of them", async (_, flag) => {
+    // Node keeps only the first of repeated Authorization fields; connect clients cannot send two.
+    const { stdout } = await promisify(execFile)("curl", [
+      "-s",
+      flag,
+      "-w",
+      "\n%{http_code}",
+      "-H",
+      "content-type: application/json",
+      "-H",
+      `authorization: Bearer ${trainer}`,
+      "-H",
+      `authorization: Bearer ${reader}`,
+      "-d",
+      "{}",
+      `${s.server.url}/vaccine.v1.AlignService/ListAlignJobs`,
+    ]);
+    const [body, status] = [stdout.slice(0, stdout.lastIndexOf("\n")), stdout.slice(stdout.lastIndexOf("\n") + 1)];
+    expect(status).toBe("401");
+    expect(JSON.parse(body)).toMatchObject({ code: "unauthenticated", message: 'the request has 2 authorization headers; send one "Bearer <token>"' });
   });
 
   it("hands the principal to the handler: tenant, principal, roles", async () => {
