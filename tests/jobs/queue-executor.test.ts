@@ -479,6 +479,18 @@ describe.each([
     await ex2.create(JobKind.FINE_TUNE, spec, "team-a", 2);
   });
 
+  it("stops an idle worker at once while Redis cannot be reached", async () => {
+    const down = cluster ? await startRedisCluster() : await startRedis();
+    await down.stop();
+    const w = new QueueWorker({ url: down.url, cluster, prefix: "down", work: { [JobKind.ALIGN]: async () => undefined, [JobKind.FINE_TUNE]: async () => undefined }, mapError });
+    w.start();
+    await new Promise((r) => setTimeout(r, 500));
+    const t = Date.now();
+    // It used to wait for Redis, holding a pod's stop to its shutdown timeout (90 s in the manifests).
+    await w.shutdown();
+    expect(Date.now() - t).toBeLessThan(5000);
+  });
+
   it("answers UNAVAILABLE while Redis cannot be reached", async () => {
     const down = cluster ? await startRedisCluster() : await startRedis();
     const url = down.url;
