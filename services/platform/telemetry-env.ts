@@ -49,6 +49,11 @@ export function telemetryProblems(env: Env): string[] {
     const { protocol, variable } = otlpProtocol(env, signal);
     if (names.includes("otlp") && !PROTOCOLS.includes(protocol)) problems.push(`${variable}="${protocol}" is invalid: expected ${PROTOCOLS.join(", ")}`);
   }
+  // An endpoint that is no http(s) URL exported nothing, and said nothing.
+  for (const variable of ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"]) {
+    const value = env[variable];
+    if (value && !/^https?:$/.test(URL.parse(value)?.protocol ?? "")) problems.push(`${variable}="${value}" is invalid: expected an http:// or https:// URL`);
+  }
   const metrics = exporterNames(env, "METRICS");
   const interval = metricExportInterval(env);
   if (metrics.some((n) => n !== "prometheus") && !(Number.isInteger(interval) && interval > 0)) {

@@ -5,7 +5,7 @@ import { GrantsFileError } from "../platform/grants-file.ts";
 import { createLogger, type Logger } from "../platform/log.ts";
 import { ServingStatus } from "../platform/health.ts";
 import { startServer, type RunningServer } from "../platform/server.ts";
-import { SCOPE, setupTelemetry } from "../platform/telemetry.ts";
+import { reportTelemetry, SCOPE, setupTelemetry } from "../platform/telemetry.ts";
 import { selectBackend } from "../runtime/backend.ts";
 import { seedBuiltins } from "../runtime/pipeline/builtins.ts";
 import { loadConfig, ConfigError, unknownVariables, type Config, type ServiceName } from "./config.ts";
@@ -44,6 +44,7 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
     process.exit(2);
   }
   const telemetry = setupTelemetry({ serviceName: `vaccine-${config.role === "worker" ? "worker" : names.join("-")}`, host: config.host, global: true });
+  reportTelemetry(logger);
   let server: RunningServer;
   try {
     server = await startServices(
