@@ -60,16 +60,32 @@ async function authenticate(options: AccessOptions, none: Principal, service: st
   return options.authenticator.authenticate(credentials);
 }
 
-export function accessControl(options: AccessOptions): Interceptor {
+/**
+ * Authentication: the caller becomes the call's principal (PRINCIPAL), or the call is refused
+ * UNAUTHENTICATED. Health and open reflection ask for no credentials and get no principal.
+ */
+export function authentication(options: AccessOptions): Interceptor {
+  const none = anonymous(options.policy);
+  return (next) => async (req) => {
+    const principal = await authenticate(options, none, req.service.typeName, { header: req.header, peer: req.contextValues.get(PEER), authorizationFields: req.contextValues.get(AUTHORIZATION_FIELDS) });
+    // Set before the role check, so the audit log names who was refused (the handler never runs then).
+    if (principal) req.contextValues.set(PRINCIPAL, principal);
+    return next(req);
+  };
+}
+
+/**
+ * Authorization: the principal's roles must allow the method (PERMISSION_DENIED otherwise).
+ * Placed after the rate limit, so that refused calls count against their tenant's rate too:
+ * uncounted, a reader could write audit lines as fast as it could call.
+ */
+export function authorization(options: AccessOptions): Interceptor {
   const { policy } = options;
-  const none = anonymous(policy);
   return (next) => async (req) => {
     const service = req.service.typeName;
-    const principal = await authenticate(options, none, service, { header: req.header, peer: req.contextValues.get(PEER), authorizationFields: req.contextValues.get(AUTHORIZATION_FIELDS) });
+    const principal = req.contextValues.get(PRINCIPAL);
     if (!principal) return next(req);
     const key = methodKey(req.service, req.method);
-    // Set before the role check, so the audit log names who was refused (the handler never runs then).
-    req.contextValues.set(PRINCIPAL, principal);
     const required = policy?.methods[key];
     // Reflection only needs an authenticated caller.
     if (policy && service !== ServerReflection.typeName && (required === undefined || !allows(policy, principal.roles, required))) {

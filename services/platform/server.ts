@@ -11,7 +11,7 @@ import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { Health } from "../../gen/grpc/health/v1/health_pb.ts";
 import { ServerReflection } from "../../gen/grpc/reflection/v1/reflection_pb.ts";
 import { abortedCalls } from "./aborted-calls.ts";
-import { accessControl, authenticationFirst, checkPolicyCovers, type AccessOptions } from "./access.ts";
+import { authentication, authenticationFirst, authorization, checkPolicyCovers, type AccessOptions } from "./access.ts";
 import { audit, type AuditOptions } from "./audit.ts";
 import { superviseSession } from "./connections.ts";
 import { streamIdleTimeout, unaryDeadline, withDeadlineInRange } from "./deadline.ts";
@@ -124,8 +124,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       calls.interceptor,
       // Outside access control and the limits, so their refusals are logged too.
       audit(options.audit ?? { mutating: () => false }, logger),
-      accessControl(access),
+      authentication(access),
       ...(options.rateLimit ? [rateLimit(options.rateLimit)] : []),
+      authorization(access),
       unaryDeadline(limits.unaryDeadlineMs),
       streamIdleTimeout(limits.streamIdleMs),
       abortedCalls(),

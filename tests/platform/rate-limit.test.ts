@@ -78,4 +78,15 @@ describe("rate limit", () => {
     await new Promise((r) => setTimeout(r, delayMs + 20));
     await s.align().listAlignJobs({}, bearer("token-a"));
   });
+
+  it("counts calls refused for a missing role too: a reader cannot write audit lines as fast as it calls", async () => {
+    const codes: Code[] = [];
+    for (let i = 0; i < 10 && !codes.includes(Code.ResourceExhausted); i++) {
+      codes.push(await s.align().createAlignJob({}, bearer("token-b")).then(() => Code.OK, (e: unknown) => ConnectError.from(e).code));
+    }
+    // The burst's calls are refused for the role; then the tenant is over its rate.
+    expect(codes.at(-1)).toBe(Code.ResourceExhausted);
+    expect(codes.slice(0, -1).every((c) => c === Code.PermissionDenied)).toBe(true);
+    expect(codes.length).toBeLessThanOrEqual(5);
+  });
 });
