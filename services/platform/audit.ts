@@ -35,8 +35,11 @@ const REFUSALS = new Set<Code>([Code.Unauthenticated, Code.PermissionDenied, Cod
 /** Field names that identify a resource; trace ids have a field of their own in the line. */
 const IDENTIFIER = /^(?:id|uri|digest)$|_(?:id|uri|digest)$/;
 const NOT_RESOURCE = /^(?:trace|span)_id$/;
-/** Fields below the message: a.b.uri is three deep. */
-const MAX_DEPTH = 3;
+/**
+ * Fields below the message: a.b.uri is three deep. A method's or guard's dataset is four or
+ * five deep (spec.booster.harmful_dataset.uri), and was left out at three.
+ */
+const MAX_DEPTH = 5;
 const MAX_IDENTIFIERS = 16;
 const MAX_CHARS = 256;
 

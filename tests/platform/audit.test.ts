@@ -125,6 +125,18 @@ describe("the audit log", () => {
     // Not a resource: the request's other fields, the response's trace id.
     expect(Object.keys(audit[0].resource as object)).toHaveLength(3);
     expect(raw.join("")).not.toContain("SECRET-BODY");
+    // A method's own dataset, four fields deep, is named too.
+    raw.length = 0;
+    await align().createAlignJob(
+      {
+        spec: {
+          baseCheckpoint: { uri: "store://checkpoints/base", digest: "sha256:aa" },
+          method: { case: "booster", value: { harmfulDataset: { source: { case: "uri", value: "store://datasets/harm" } } } },
+        },
+      },
+      as(trainer),
+    );
+    expect(auditLines()[0].resource).toMatchObject({ "spec.booster.harmful_dataset.uri": "store://datasets/harm" });
   });
 
   it("names a streamed request by its first message and the response, never by its chunks", async () => {
