@@ -1,15 +1,16 @@
 import { trace } from "@opentelemetry/api";
 
-/**
- * A bound on how many long inference calls (Score's decoding, Embed's drift) run at once in
- * a process; the others wait in arrival order. Decoding is synchronous work on the serving thread that hands the
- * event loop back between tokens: every call decoding at once adds a step to each turn of the
- * loop, so 32 of them made every other call (an Embed) wait 32 steps per turn. One thread
- * decodes no faster for running calls side by side, so the bound costs no throughput.
- */
 /** The bound unless VACCINE_INFERENCE_CONCURRENCY says otherwise (config.ts). */
 export const DEFAULT_INFERENCE_CONCURRENCY = 2;
 
+/**
+ * A bound on how many long inference calls (Score's decoding, Embed's drift) run at once in
+ * a process; the others wait in arrival order. Decoding is synchronous work on the serving
+ * thread that hands the event loop back between tokens: every call decoding at once adds a
+ * step to each turn of the loop, so 32 of them made every other call (an Embed) wait 32 steps
+ * per turn. One thread decodes no faster for running calls side by side, so the bound costs
+ * no throughput.
+ */
 export class CallSlots {
   private running = 0;
   private readonly waiting: { start(): void; onAbort(): void }[] = [];

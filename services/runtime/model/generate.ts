@@ -12,7 +12,7 @@
  * logits by float rounding only).
  */
 import * as tf from "@tensorflow/tfjs";
-import { nextTurn } from "../next-turn.ts";
+import { runSteps, runStepsServed } from "../next-turn.ts";
 import { Rng } from "../rng.ts";
 import type { LlamaModel } from "./llama.ts";
 import type { LoraAdapter } from "./lora.ts";
@@ -61,27 +61,8 @@ export function generate(model: LlamaModel, prompts: number[][], opts: GenerateO
  */
 export function generate(model: LlamaModel, prompts: number[][], opts: AbortableGenerateOptions): Promise<number[][]>;
 export function generate(model: LlamaModel, prompts: number[][], opts: GenerateOptions & { signal?: AbortSignal }): number[][] | Promise<number[][]> {
-  if (opts.signal) return generateAbortable(model, prompts, opts, opts.signal);
-  const steps = decode(model, prompts, opts);
-  for (;;) {
-    const r = steps.next();
-    if (r.done) return r.value;
-  }
-}
-
-async function generateAbortable(model: LlamaModel, prompts: number[][], opts: GenerateOptions, signal: AbortSignal): Promise<number[][]> {
-  const steps = decode(model, prompts, opts);
-  try {
-    for (;;) {
-      await nextTurn();
-      signal.throwIfAborted();
-      const r = steps.next();
-      if (r.done) return r.value;
-    }
-  } finally {
-    // Stopped between steps: runs the decoder's finally, which frees the KV cache.
-    steps.return([]);
-  }
+  // Stopped between steps, the decoder's finally frees the KV cache.
+  return opts.signal ? runStepsServed(decode(model, prompts, opts), opts.signal) : runSteps(decode(model, prompts, opts));
 }
 
 /** Checks the options, then decodes every prompt, yielding before each forward pass (where a caller may stop it). */

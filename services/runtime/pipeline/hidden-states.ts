@@ -5,7 +5,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { LoadedCheckpoint } from "./load.ts";
-import { nextTurn } from "../next-turn.ts";
+import { runSteps, runStepsServed } from "../next-turn.ts";
 import { bosPrefix } from "../tokenizer.ts";
 
 export type Pooling = "mean" | "last" | "none";
@@ -77,14 +77,9 @@ function pool(all: Float32Array, length: number, d: number, pooling: Pooling): M
  * with (bitwise on kernels whose products do not depend on the number of rows).
  */
 export function hiddenStates(loaded: Pick<LoadedCheckpoint, "model" | "adapter" | "tokenizer">, texts: string[], opts: StatesOptions): TextStates[] {
-  const passes = statesOfEach(loaded, [texts], opts);
-  for (;;) {
-    const r = passes.next();
-    if (!r.done) continue;
-    const [states] = r.value;
-    if (states instanceof EmbedRequestError) throw states;
-    return states;
-  }
+  const [states] = runSteps(statesOfEach(loaded, [texts], opts));
+  if (states instanceof EmbedRequestError) throw states;
+  return states;
 }
 
 /**
@@ -95,20 +90,13 @@ export function hiddenStates(loaded: Pick<LoadedCheckpoint, "model" | "adapter" 
  * batch; a batch of one pass takes no extra turn), then checks `signal`: once it has aborted
  * (every caller gave up), no further pass is computed and the promise rejects with its reason.
  */
-export async function hiddenStatesOfEach(
+export function hiddenStatesOfEach(
   loaded: Pick<LoadedCheckpoint, "model" | "adapter" | "tokenizer">,
   textsEach: string[][],
   opts: StatesOptions,
   signal?: AbortSignal,
 ): Promise<(TextStates[] | EmbedRequestError)[]> {
-  signal?.throwIfAborted();
-  const passes = statesOfEach(loaded, textsEach, opts);
-  for (;;) {
-    const r = passes.next();
-    if (r.done) return r.value;
-    await nextTurn();
-    signal?.throwIfAborted();
-  }
+  return runStepsServed(statesOfEach(loaded, textsEach, opts), signal);
 }
 
 /** hiddenStatesOfEach's work, yielding between forward passes. */
