@@ -15,9 +15,10 @@ import type { Config } from "./config.ts";
 import { embeddedExecutor } from "./embedded-executor.ts";
 import { queueDeps, type QueueConfig } from "./queue-deps.ts";
 import { LocalCheckpointStore } from "../runtime/store/local-store.ts";
+import { JOB_SERVICES } from "./services.ts";
 
 export interface ProcessDeps extends SuiteDeps {
-  /** Present when align or finetune is served. */
+  /** Present when a job service (JOB_SERVICES) is served. */
   executor?: JobExecutor;
   /** Present where queued jobs are trained (VACCINE_QUEUE_URL with VACCINE_ROLE all or worker). */
   jobWorker?: QueueWorker;
@@ -46,7 +47,7 @@ export function createDeps(
   if (store instanceof LocalCheckpointStore) void store.sweepStaging().catch((err: unknown) => logger.warn({ err, root: store.root }, "could not sweep the store's staging folders"));
   // Where checkpoints go: a relative root is the working directory's, which an operator cannot see.
   logger.info(storeConfig.kind === "s3" ? { store: "s3", bucket: storeConfig.bucket, prefix: storeConfig.prefix, cache_dir: resolve(config.cacheDir) } : { store: "local", root: resolve(storeConfig.root) }, "checkpoint store");
-  const servesJobs = config.services.includes("align") || config.services.includes("finetune");
+  const servesJobs = config.services.some((n) => JOB_SERVICES.has(n));
   // With a queue, api processes enqueue and workers train (queue-deps.ts); without, jobs run here.
   const trains = servesJobs && !config.queueUrl;
   // Per-tenant quotas apply only to authenticated calls (docs/security.md, "Quotas").
