@@ -65,6 +65,7 @@ export interface Config {
   authIssuer: string;
   authAudience: string;
   authClockSkewS: number;
+  authMaxLifetimeS: number;
   authTenantClaim: string;
   authRolesClaim: string;
   authMtlsMap: string;
@@ -196,6 +197,7 @@ export const VARIABLES = [
   v({ name: "VACCINE_AUTH_ISSUER", key: "authIssuer", default: "", description: "With jwt: the required iss claim.", parse: (raw) => raw }),
   v({ name: "VACCINE_AUTH_AUDIENCE", key: "authAudience", default: "", description: "With jwt: the required aud claim.", parse: (raw) => raw }),
   v({ name: "VACCINE_AUTH_CLOCK_SKEW_S", key: "authClockSkewS", default: "60", description: "With jwt: clock difference tolerated on exp and nbf, in seconds.", parse: integer(0, 600) }),
+  v({ name: "VACCINE_AUTH_MAX_LIFETIME_S", key: "authMaxLifetimeS", default: "86400", description: "With jwt: the longest lifetime a token may have, in seconds: one whose exp lies further ahead (beyond the clock skew), or further after its iat, is refused.", parse: integer(1, 31_536_000) }),
   v({ name: "VACCINE_AUTH_TENANT_CLAIM", key: "authTenantClaim", default: "tenant", description: "With jwt: the claim naming the tenant.", parse: nonEmpty }),
   v({ name: "VACCINE_AUTH_ROLES_CLAIM", key: "authRolesClaim", default: "roles", description: "With jwt: the claim listing the roles (a list, or a space-separated string).", parse: nonEmpty }),
   v({ name: "VACCINE_AUTH_MTLS_MAP", key: "authMtlsMap", default: "", description: "With mtls: JSON or YAML mapping certificate identities (CN=, DNS:, URI:, email:) to {tenant, roles, principal}; reloaded on change.", parse: (raw) => raw }),

@@ -47,6 +47,7 @@ describe("configuration", () => {
       authIssuer: "",
       authAudience: "",
       authClockSkewS: 60,
+      authMaxLifetimeS: 86400,
       authTenantClaim: "tenant",
       authRolesClaim: "roles",
       authMtlsMap: "",
@@ -111,6 +112,13 @@ describe("configuration", () => {
     expect(msg).toContain('VACCINE_PORT="80a"');
     expect(msg).toContain('VACCINE_BACKEND="tpu" is invalid: expected one of auto, tensorflow-gpu, tensorflow, wasm, cpu');
     expect(msg).toContain('VACCINE_LOG_LEVEL="loud"');
+  });
+
+  it("takes the longest JWT lifetime as a positive number of seconds", () => {
+    expect(loadConfig({ VACCINE_AUTH_MAX_LIFETIME_S: "3600" }).authMaxLifetimeS).toBe(3600);
+    for (const bad of ["0", "-60", "1.5", "1h", "", "31536001"]) {
+      expect(() => loadConfig({ VACCINE_AUTH_MAX_LIFETIME_S: bad })).toThrow(`VACCINE_AUTH_MAX_LIFETIME_S="${bad}" is invalid: expected an integer from 1 to 31536000`);
+    }
   });
 
   it("takes the job memory limit as auto or a number of MiB", () => {
