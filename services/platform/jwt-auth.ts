@@ -1,8 +1,9 @@
 /**
  * Bearer JWTs from an identity provider, verified with `jose` against its JWKS (a file,
  * reloaded on change, or an https URL, cached and refetched for unknown key ids): signature
- * with an asymmetric algorithm, issuer, audience, expiry (required) and not-before with a
- * bounded clock skew. The tenant and roles come from configured claims.
+ * with an asymmetric algorithm, issuer, audience, expiry (required, and at most a maximum
+ * lifetime away) and not-before with a bounded clock skew. The tenant and roles come from
+ * configured claims.
  */
 import { readFileSync } from "node:fs";
 import { Code } from "@connectrpc/connect";
@@ -22,6 +23,8 @@ export interface JwtOptions {
   issuer: string;
   audience: string;
   clockSkewSeconds: number;
+  /** The longest lifetime accepted: exp at most this (plus the skew) after now, and after iat when there is one. */
+  maxLifetimeSeconds: number;
   tenantClaim: string;
   rolesClaim: string;
   /** Replaces fetch for the JWKS URL (tests trust their own CA through it). */
@@ -75,10 +78,21 @@ export async function jwtAuthenticator(options: JwtOptions, logger?: Logger): Pr
       } catch (err) {
         throw verifyError(err);
       }
+      checkLifetime(payload, options);
       return { ...claimsOf(payload), via: "jwt" };
     },
     close: () => close(),
   };
+}
+
+/** A token minted to live for years would let a leaked one be used for years: its exp is bounded. */
+function checkLifetime(payload: JWTPayload, { maxLifetimeSeconds: max, clockSkewSeconds: skew }: JwtOptions) {
+  // jwtVerify has required exp, and checked that it and iat (when present) are numbers.
+  const exp = payload.exp as number;
+  const ahead = exp - Math.floor(Date.now() / 1000);
+  const refuse = (why: string) => unauthenticated(AuthReason.TOKEN_INVALID, `the token's "exp" claim is not accepted: ${why}`, { claim: "exp" });
+  if (ahead > max + skew) throw refuse(`it lies ${ahead} s ahead, more than the longest lifetime accepted (${max} s) plus the clock skew (${skew} s)`);
+  if (payload.iat !== undefined && exp - payload.iat > max) throw refuse(`it lies ${exp - payload.iat} s after "iat", more than the longest lifetime accepted (${max} s)`);
 }
 
 function verifyError(err: unknown) {

@@ -34,6 +34,7 @@ export async function authenticatorOf(config: Config, logger: Logger): Promise<A
             issuer: config.authIssuer,
             audience: config.authAudience,
             clockSkewSeconds: config.authClockSkewS,
+            maxLifetimeSeconds: config.authMaxLifetimeS,
             tenantClaim: config.authTenantClaim,
             rolesClaim: config.authRolesClaim,
           },

@@ -41,7 +41,7 @@ beforeAll(async () => {
     server: {
       tls,
       access: {
-        authenticator: await jwtAuthenticator({ jwks, issuer: "https://idp.test/", audience: "vaccine", clockSkewSeconds: 5, tenantClaim: "tenant", rolesClaim: "roles" }),
+        authenticator: await jwtAuthenticator({ jwks, issuer: "https://idp.test/", audience: "vaccine", clockSkewSeconds: 5, maxLifetimeSeconds: 86_400, tenantClaim: "tenant", rolesClaim: "roles" }),
         policy: accessPolicy(),
       },
     },

@@ -1,5 +1,5 @@
 // Bearer JWTs verified with jose against a JWKS file (reloaded on change) or an https URL:
-// expiry with clock skew, issuer, audience, signature, algorithm, tenant and roles claims.
+// expiry with clock skew, lifetime bound, issuer, audience, signature, algorithm, tenant and roles claims.
 import { mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import https from "node:https";
 import type { AddressInfo } from "node:net";
@@ -35,18 +35,19 @@ async function writeJwks(keys: Key[]) {
 }
 
 const now = () => Math.floor(Date.now() / 1000);
-function sign(k: Key, claims: JWTPayload = {}, options: { exp?: number | null; iss?: string; aud?: string; sub?: string } = {}) {
+function sign(k: Key, claims: JWTPayload = {}, options: { exp?: number | null; iat?: number | null; iss?: string; aud?: string; sub?: string } = {}) {
   const jwt = new SignJWT({ tenant: "team-a", roles: ["trainer"], ...claims })
     .setProtectedHeader({ alg: "ES256", kid: k.kid })
     .setIssuer(options.iss ?? ISSUER)
     .setAudience(options.aud ?? AUDIENCE)
-    .setSubject(options.sub ?? "alice")
-    .setIssuedAt();
+    .setSubject(options.sub ?? "alice");
+  if (options.iat !== null) jwt.setIssuedAt(options.iat ?? now());
   if (options.exp !== null) jwt.setExpirationTime(options.exp ?? now() + 300);
   return jwt.sign(k.privateKey);
 }
 
-const base: Omit<JwtOptions, "jwks"> = { issuer: ISSUER, audience: AUDIENCE, clockSkewSeconds: 60, tenantClaim: "tenant", rolesClaim: "roles" };
+const DAY = 86_400;
+const base: Omit<JwtOptions, "jwks"> = { issuer: ISSUER, audience: AUDIENCE, clockSkewSeconds: 60, maxLifetimeSeconds: DAY, tenantClaim: "tenant", rolesClaim: "roles" };
 let k1: Key;
 let k2: Key;
 let s: AccessServer;
@@ -99,6 +100,42 @@ describe("JWT authentication with a JWKS file", () => {
     expect(e.code).toBe(Code.Unauthenticated);
     expect(e.info?.reason).toBe("TOKEN_INVALID");
     expect(e.info?.metadata.claim).toBe(claim);
+  });
+
+  it("bounds the lifetime: exp at most the maximum (plus the skew) ahead, and after iat", async () => {
+    const tenYears = now() + 10 * 365 * DAY;
+    for (const token of [
+      sign(k1, {}, { exp: tenYears, iat: null }),
+      sign(k1, {}, { exp: tenYears }),
+      sign(k1, {}, { exp: now() + DAY + 120, iat: null }),
+      // An issuer minting long-lived tokens: refused while exp is near.
+      sign(k1, {}, { exp: now() + 300, iat: now() - 2 * DAY }),
+    ]) {
+      const e = await refusal(token);
+      expect(e.code).toBe(Code.Unauthenticated);
+      expect(e.info?.reason).toBe("TOKEN_INVALID");
+      expect(e.info?.metadata.claim).toBe("exp");
+      expect(e.message).toMatch(/"exp" claim is not accepted: .*longest lifetime accepted \(86400 s\)/);
+    }
+    const at = now();
+    for (const token of [sign(k1, {}, { exp: at + DAY, iat: at }), sign(k1, {}, { exp: now() + DAY + 30, iat: null }), sign(k1, {}, { exp: now() + 300, iat: now() - DAY + 600 })]) {
+      await s.align().listAlignJobs({}, bearer(await token));
+    }
+  });
+
+  it("takes the maximum lifetime from its options", async () => {
+    const short = await jwtAuthenticator({ ...base, jwks: jwksFile, maxLifetimeSeconds: 60 });
+    const long = await jwtAuthenticator({ ...base, jwks: jwksFile });
+    const credentials = { header: new Headers({ authorization: `Bearer ${await sign(k1, {}, { exp: now() + 300 })}` }) };
+    try {
+      expect((await long.authenticate(credentials)).tenant).toBe("team-a");
+      const e = await rpcFailure(() => short.authenticate(credentials));
+      expect(e.info?.reason).toBe("TOKEN_INVALID");
+      expect(e.message).toContain("(60 s)");
+    } finally {
+      short.close();
+      long.close();
+    }
   });
 
   it("refuses a token signed by a key the JWKS does not hold, a symmetric one, garbage, and one without a tenant", async () => {

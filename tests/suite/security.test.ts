@@ -2,10 +2,12 @@
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { exportJWK, generateKeyPair, SignJWT } from "jose";
 import { afterAll, describe, expect, it } from "vitest";
 import { silentLogger } from "../../services/platform/log.ts";
 import { tokenHash } from "../../services/platform/token-auth.ts";
 import { TestPki } from "../helpers/certs.ts";
+import { rpcFailure } from "../helpers/errors.ts";
 import { SUITE_CONTRACTS } from "../../services/suite/access.ts";
 import { loadConfig } from "../../services/suite/config.ts";
 import { callBounds, securityOptions } from "../../services/suite/security.ts";
@@ -49,6 +51,24 @@ describe("security options", () => {
       await expect(securityOptions(loadConfig({ VACCINE_TLS_CERT: server.cert, VACCINE_TLS_KEY: other.key }), silentLogger)).rejects.toThrow(/^VACCINE_TLS_CERT and VACCINE_TLS_KEY=/);
     } finally {
       pki.close();
+    }
+  });
+
+  it("turns on JWT authentication, bounding the lifetime by VACCINE_AUTH_MAX_LIFETIME_S", async () => {
+    const { privateKey, publicKey } = await generateKeyPair("ES256", { extractable: true });
+    const jwks = join(dir, "jwks.json");
+    writeFileSync(jwks, JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: "k", alg: "ES256" }] }));
+    const token = await new SignJWT({ tenant: "a", roles: ["reader"] }).setProtectedHeader({ alg: "ES256", kid: "k" }).setIssuer("i").setAudience("a").setExpirationTime("2h").sign(privateKey);
+    const credentials = { header: new Headers({ authorization: `Bearer ${token}` }) };
+    const authenticator = async (env: Record<string, string>) =>
+      (await securityOptions(loadConfig({ VACCINE_AUTH: "jwt", VACCINE_AUTH_JWKS: jwks, VACCINE_AUTH_ISSUER: "i", VACCINE_AUTH_AUDIENCE: "a", ...env }), silentLogger)).access.authenticator!;
+    const [byDefault, hourly] = [await authenticator({}), await authenticator({ VACCINE_AUTH_MAX_LIFETIME_S: "3600" })];
+    try {
+      expect((await byDefault.authenticate(credentials)).tenant).toBe("a");
+      expect((await rpcFailure(() => hourly.authenticate(credentials))).info?.metadata.claim).toBe("exp");
+    } finally {
+      byDefault.close();
+      hourly.close();
     }
   });
 
