@@ -78,7 +78,7 @@ export async function trainAdapter(store: CheckpointStore, spec: AdapterTraining
   const plan = { parent: spec.parent, method: spec.method, lora: spec.lora, training: spec.training, examples: spec.data.length, ...(spec.harmful && { harmfulExamples: spec.harmful.length }), ...(guarded.plan && { guard: guarded.plan }) };
   const checkpoint = async () => {
     await trainer.syncFromThreads();
-    const ref = await saveTrainingState(store, trainer, adapter, spec.parent, plan);
+    const ref = await saveTrainingState(store, trainer, adapter, spec.parent, plan, spec.meta);
     hooks.onCheckpoint?.(ref, "training-state", trainer.step);
     return ref;
   };

@@ -32,13 +32,14 @@ export async function writeAdapterFolder(dir: string, adapter: LoraAdapter, pare
   await writeFile(join(dir, ADAPTER_WEIGHTS_FILE), writeSafetensors(toPeftTensors(adapter.exportWeights())));
 }
 
-/** Stores a training state and returns its ref. `plan` identifies the run (method, settings). */
+/** Stores a training state and returns its ref. `plan` identifies the run (method, settings); `meta` goes into its manifest as the result's does (the job). */
 export async function saveTrainingState(
   store: CheckpointStore,
   trainer: Trainer,
   adapter: LoraAdapter,
   parent: CheckpointRef,
   plan: Record<string, unknown>,
+  meta: Record<string, unknown> = {},
 ): Promise<CheckpointRef> {
   const dir = await mkdtemp(join(tmpdir(), "vaccine-state-"));
   try {
@@ -47,7 +48,7 @@ export async function saveTrainingState(
     await writeFile(join(dir, OPTIMIZER_FILE), writeSafetensors(state.optimizer));
     await writeFile(join(dir, STEP_STATE_FILE), writeSafetensors(state.stepState));
     await writeJson(join(dir, TRAINER_STATE_FILE), { global_step: state.step, total_steps: trainer.totalSteps, plan });
-    return await store.put(dir, { kind: KIND.trainingState, meta: { parent, step: state.step, plan } });
+    return await store.put(dir, { kind: KIND.trainingState, meta: { ...meta, parent, step: state.step, plan } });
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
