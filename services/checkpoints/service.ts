@@ -39,6 +39,7 @@ import { principalOf } from "../platform/principal.ts";
 import { callCancelled, callCancelledError, untilAborted } from "../platform/aborted-calls.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
 import { checkCheckpointRef } from "../common/validate-refs.ts";
+import { assertNoJobUses } from "../common/jobs-using.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator, checkPage, keyToken, pageByKey, timeKey, tokenKey } from "../platform/validate.ts";
@@ -262,6 +263,7 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
               throw rpcError(Code.FailedPrecondition, "CHECKPOINT_BUILTIN", `${ref.uri} is a shipped checkpoint: it stays`, { field: "checkpoint" });
             }
             const hex = checkpointHex(ref);
+            await assertNoJobUses(deps, scope, "checkpoints", hex, ref.uri, "checkpoint");
             const inUse = (children: number) =>
               rpcError(Code.FailedPrecondition, "CHECKPOINT_IN_USE", `${children} stored checkpoint(s) build on ${ref.uri} (adapters or training states over it): delete those first`, {
                 field: "checkpoint",

@@ -1,9 +1,11 @@
 /**
  * What every vaccine service handler shares in one process: the checkpoint store, the
- * loaded-checkpoint cache, the shipped checkpoints' refs, telemetry and the logger. The job
- * executor is not here: only Align and FineTune take it (see suite/services.ts).
+ * loaded-checkpoint cache, the shipped checkpoints' refs, telemetry and the logger. Of the job
+ * executor only its unfinished jobs are here, for deletes; Align and FineTune take the whole
+ * executor (see suite/services.ts).
  */
 import type { Meter, Tracer } from "@opentelemetry/api";
+import type { Job } from "../../gen/vaccine/v1/jobs_pb.ts";
 import type { Logger } from "../platform/log.ts";
 import type { CallBounds } from "./bounds.ts";
 import type { BatchWindow } from "./call-batcher.ts";
@@ -17,6 +19,12 @@ export interface UploadLimits {
   maxDatasetBytes: number;
   maxCheckpointBytes: number;
   maxFileBytes: number;
+}
+
+/** The part of the job executor (jobs/executor.ts) deletes need, declared here since common sits below jobs. */
+export interface UnfinishedJobs {
+  /** Jobs not final of `tenant` (undefined: every tenant's). */
+  unfinished(tenant?: string): Promise<Job[]>;
 }
 
 export interface SuiteDeps {
@@ -37,6 +45,8 @@ export interface SuiteDeps {
   batching?: BatchWindow;
   /** Long inference calls at once (VACCINE_INFERENCE_CONCURRENCY, call-slots.ts); unset: a bound of DEFAULT_INFERENCE_CONCURRENCY per service. */
   inferenceSlots?: CallSlots;
+  /** Where this process serves the job services: deletes refuse what an unfinished job uses (jobs-using.ts). Unset: not checked. */
+  executor?: UnfinishedJobs;
   tracer: Tracer;
   meter: Meter;
   logger: Logger;

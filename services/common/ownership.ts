@@ -17,9 +17,9 @@
  */
 import { randomUUID } from "node:crypto";
 import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
-import { reflect, type ReflectMessage } from "@bufbuild/protobuf/reflect";
+import { reflect } from "@bufbuild/protobuf/reflect";
 import { Code } from "@connectrpc/connect";
-import { CheckpointRefSchema, DatasetRefSchema, type CheckpointRef as CheckpointRefMessage, type DatasetRef } from "../../gen/vaccine/v1/common_pb.ts";
+import { CheckpointRefSchema, type CheckpointRef as CheckpointRefMessage, type DatasetRef } from "../../gen/vaccine/v1/common_pb.ts";
 import { TENANT_PATTERN } from "../platform/grants-file.ts";
 import { rpcError } from "../platform/errors.ts";
 import type { Principal } from "../platform/principal.ts";
@@ -33,7 +33,7 @@ import {
   type CheckpointStore,
 } from "../runtime/store/store.ts";
 import { datasetHex } from "../runtime/pipeline/datasets.ts";
-import { checkpointRefOf, datasetSource } from "./refs.ts";
+import { checkpointRefOf, datasetSource, refsIn } from "./refs.ts";
 import { toRpcError } from "./runtime-errors.ts";
 
 export type OwnedKind = "datasets" | "checkpoints";
@@ -257,27 +257,6 @@ export async function assertRefsReadable<Desc extends DescMessage>(
       else await assertDatasetReadable(deps.store, scope, datasetSource(ref as DatasetRef));
     } catch (err) {
       throw toRpcError(err, { checkpointField: path, datasetField: path });
-    }
-  }
-}
-
-function* refsIn(m: ReflectMessage, prefix: string): Generator<{ path: string; ref: CheckpointRefMessage | DatasetRef }> {
-  const isRef = (typeName: string) => typeName === CheckpointRefSchema.typeName || typeName === DatasetRefSchema.typeName;
-  for (const f of m.fields) {
-    if (!m.isSet(f)) continue;
-    const path = `${prefix}.${f.name}`;
-    if (f.fieldKind === "message") {
-      const v = m.get(f);
-      if (isRef(f.message.typeName)) yield { path, ref: v.message as CheckpointRefMessage | DatasetRef };
-      else yield* refsIn(v, path);
-    } else if (f.fieldKind === "list" && f.listKind === "message") {
-      let i = 0;
-      for (const v of m.get(f)) {
-        const item = v as ReflectMessage;
-        if (isRef(f.message.typeName)) yield { path: `${path}[${i}]`, ref: item.message as CheckpointRefMessage | DatasetRef };
-        else yield* refsIn(item, `${path}[${i}]`);
-        i++;
-      }
     }
   }
 }

@@ -2,8 +2,9 @@
  * References from the contracts to the runtime: a CheckpointRef or DatasetRef message
  * as the runtime's plain types. Embed, Score and the training jobs all take them.
  */
-import type { DatasetRef } from "../../gen/vaccine/v1/common_pb.ts";
-import { DatasetFormat, DatasetSplit } from "../../gen/vaccine/v1/common_pb.ts";
+import type { ReflectMessage } from "@bufbuild/protobuf/reflect";
+import type { CheckpointRef as CheckpointRefMessage, DatasetRef } from "../../gen/vaccine/v1/common_pb.ts";
+import { CheckpointRefSchema, DatasetFormat, DatasetRefSchema, DatasetSplit } from "../../gen/vaccine/v1/common_pb.ts";
 import type { RowFormat } from "../runtime/data/row-formats.ts";
 import type { DatasetSource } from "../runtime/pipeline/datasets.ts";
 import type { CheckpointRef } from "../runtime/store/store.ts";
@@ -51,4 +52,26 @@ export function datasetSource(ref: DatasetRef | undefined): DatasetSource {
       harmfulRatio: b?.harmfulRatio,
     },
   };
+}
+
+/** Every CheckpointRef and DatasetRef set in a message, at any depth, with its field path below `prefix`. */
+export function* refsIn(m: ReflectMessage, prefix: string): Generator<{ path: string; ref: CheckpointRefMessage | DatasetRef }> {
+  const isRef = (typeName: string) => typeName === CheckpointRefSchema.typeName || typeName === DatasetRefSchema.typeName;
+  for (const f of m.fields) {
+    if (!m.isSet(f)) continue;
+    const path = `${prefix}.${f.name}`;
+    if (f.fieldKind === "message") {
+      const v = m.get(f);
+      if (isRef(f.message.typeName)) yield { path, ref: v.message as CheckpointRefMessage | DatasetRef };
+      else yield* refsIn(v, path);
+    } else if (f.fieldKind === "list" && f.listKind === "message") {
+      let i = 0;
+      for (const v of m.get(f)) {
+        const item = v as ReflectMessage;
+        if (isRef(f.message.typeName)) yield { path: `${path}[${i}]`, ref: item.message as CheckpointRefMessage | DatasetRef };
+        else yield* refsIn(item, `${path}[${i}]`);
+        i++;
+      }
+    }
+  }
 }

@@ -8,6 +8,7 @@ import type { SuiteDeps } from "../common/deps.ts";
 import { ownedBy, ownershipOf, release, releaseAll, scopeOf, visibleTenant, type Scope } from "../common/ownership.ts";
 import { dataUri, DatasetCorruptError, datasetHex } from "../runtime/pipeline/datasets.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
+import { assertNoJobUses } from "../common/jobs-using.ts";
 import { principalOf } from "../platform/principal.ts";
 import { callCancelled, untilAborted } from "../platform/aborted-calls.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
@@ -126,6 +127,7 @@ export function datasetService(deps: SuiteDeps, options: DatasetServiceOptions =
           try {
             const scope = scopeOf(principalOf(ctx));
             const { hex } = await existing(req.uri, scope);
+            await assertNoJobUses(deps, scope, "datasets", hex, req.uri, "uri");
             // A tenant gives up its ownership; the bytes go with the last owner. An admin, or
             // a call without tenancy, removes the dataset for everybody.
             if (visibleTenant(scope) !== undefined && (await release(deps.store, scope!.tenant, "datasets", hex)).length > 0) return {};

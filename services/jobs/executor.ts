@@ -72,6 +72,11 @@ export interface JobExecutor {
   get(kind: JobKind, id: string, tenant?: string): Promise<Job>;
   /** Jobs of a kind, newest first; the page token is opaque to clients. */
   list(kind: JobKind, pageSize: number, pageToken: string, tenant?: string): Promise<{ jobs: Job[]; nextPageToken: string }>;
+  /**
+   * Jobs of every kind not final yet (queued, running, cancelling) owned by `tenant`
+   * (undefined: every tenant's): what a delete checks its checkpoint or dataset against.
+   */
+  unfinished(tenant?: string): Promise<Job[]>;
   /** Cancels a queued job at once, a running one after its current step; final jobs are returned as they are. */
   cancel(kind: JobKind, id: string, tenant?: string): Promise<Job>;
   /**

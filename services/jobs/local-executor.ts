@@ -139,6 +139,10 @@ export class LocalExecutor implements JobExecutor {
     return { ...page, jobs: page.jobs.map((j) => clone(JobSchema, j)) };
   }
 
+  async unfinished(tenant?: string): Promise<Job[]> {
+    return [...this.entries.values()].map((e) => e.job).filter((j) => !FINAL.has(j.state) && visibleTo(j, tenant)).map((j) => clone(JobSchema, j));
+  }
+
   async cancel(kind: JobKind, id: string, tenant?: string): Promise<Job> {
     const entry = this.entry(kind, id, tenant);
     const { job } = entry;

@@ -53,6 +53,10 @@ export class ReadOnlyExecutor implements JobExecutor {
     return pageOf(mine, kind, pageSize, pageToken);
   }
 
+  async unfinished(tenant?: string): Promise<Job[]> {
+    return this.records.loadAll().map((r) => r.job).filter((j) => !FINAL.has(j.state) && visibleTo(j, tenant));
+  }
+
   async *watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence = 0, tenant?: string): AsyncGenerator<JobEvent> {
     let sent = afterSequence;
     // The record turns final just before its last event is appended: one more read gets it.

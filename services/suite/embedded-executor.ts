@@ -89,6 +89,9 @@ class TakeoverExecutor implements JobExecutor {
   list(...args: Parameters<JobExecutor["list"]>) {
     return this.current.list(...args);
   }
+  unfinished(...args: Parameters<JobExecutor["unfinished"]>) {
+    return this.current.unfinished(...args);
+  }
   cancel(...args: Parameters<JobExecutor["cancel"]>) {
     return this.current.cancel(...args);
   }

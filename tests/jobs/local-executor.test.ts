@@ -17,8 +17,9 @@ import { AlignSpecSchema } from "../../gen/vaccine/v1/training_pb.ts";
 import { rpcError } from "../../services/platform/errors.ts";
 import { createdWithinJobQuota } from "../helpers/errors.ts";
 import { createLogger } from "../../services/platform/log.ts";
-import type { JobContext, JobWork } from "../../services/jobs/executor.ts";
+import type { JobContext, JobExecutor, JobWork } from "../../services/jobs/executor.ts";
 import { LocalExecutor } from "../../services/jobs/local-executor.ts";
+import { ReadOnlyExecutor } from "../../services/jobs/read-only-executor.ts";
 import { JobRecords } from "../../services/jobs/records.ts";
 
 const dirs: string[] = [];
@@ -93,6 +94,29 @@ describe("LocalExecutor", () => {
     expect((await ex.cancel(JobKind.ALIGN, queued.id)).state).toBe(JobState.CANCELLED);
     const again = await ex.create(JobKind.ALIGN, spec, "team-a", 2);
     for (const j of [again, other, c.started[0].job]) await ex.cancel(JobKind.ALIGN, j.id);
+    await ex.shutdown();
+  });
+
+  it("answers the unfinished jobs of every kind, of one tenant or all, without ended ones; a read-only executor reads the same from disk", async () => {
+    const c = controllable();
+    const dir = tempDir();
+    const ex = new LocalExecutor({ dir, work: { [JobKind.ALIGN]: c.work, [JobKind.FINE_TUNE]: c.work }, mapError });
+    const a = await ex.create(JobKind.ALIGN, spec, "team-a");
+    const b = await ex.create(JobKind.FINE_TUNE, spec, "team-b");
+    const cancelled = await ex.create(JobKind.ALIGN, spec, "team-a");
+    await until(() => c.started.length === 1);
+    await ex.cancel(JobKind.ALIGN, cancelled.id);
+    const ids = async (x: JobExecutor, tenant?: string) => (await x.unfinished(tenant)).map((j) => j.id).sort();
+    expect(await ids(ex)).toEqual([a.id, b.id].sort());
+    expect(await ids(ex, "team-a")).toEqual([a.id]);
+    const readOnly = new ReadOnlyExecutor(dir, { pid: 1, host: "elsewhere", since: "" });
+    expect(await ids(readOnly)).toEqual([a.id, b.id].sort());
+    expect(await ids(readOnly, "team-b")).toEqual([b.id]);
+    c.release(a.id);
+    await until(async () => (await ex.get(JobKind.ALIGN, a.id)).state === JobState.SUCCEEDED);
+    expect(await ids(ex)).toEqual([b.id]);
+    expect(await ids(readOnly)).toEqual([b.id]);
+    await ex.cancel(JobKind.FINE_TUNE, b.id);
     await ex.shutdown();
   });
 

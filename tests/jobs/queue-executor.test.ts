@@ -479,6 +479,28 @@ describe.each([
     await ex2.create(JobKind.FINE_TUNE, spec, "team-a", 2);
   });
 
+  it("answers every api the unfinished jobs of every kind, of one tenant or all; ended ones leave the set", async () => {
+    const { api, worker, direct, keys } = setup();
+    const c = controllable();
+    const [ex1, ex2] = [api(), api()];
+    worker(c.work);
+    const running = await ex1.create(JobKind.ALIGN, spec, "team-a");
+    await until(async () => c.started.length === 1 && (await stateOf(ex2, running.id)) === JobState.RUNNING);
+    const queued = await ex1.create(JobKind.FINE_TUNE, spec);
+    const cancelled = await ex1.create(JobKind.ALIGN, spec, "team-a");
+    await ex2.cancel(JobKind.ALIGN, cancelled.id);
+    const ids = async (tenant?: string) => (await ex2.unfinished(tenant)).map((j) => j.id).sort();
+    expect(await ids()).toEqual([running.id, queued.id].sort());
+    expect(await ids("team-a")).toEqual([running.id]);
+    expect(await ids("")).toEqual([queued.id]);
+    const { conn } = direct();
+    expect((await conn.smembers(keys.unfinished)).sort()).toEqual([running.id, queued.id].sort());
+    c.release(running.id);
+    await until(async () => (await stateOf(ex1, running.id)) === JobState.SUCCEEDED);
+    expect(await ids()).toEqual([queued.id]);
+    expect(await ids("team-a")).toEqual([]);
+  });
+
   it("stops an idle worker at once while Redis cannot be reached", async () => {
     const down = cluster ? await startRedisCluster() : await startRedis();
     await down.stop();

@@ -808,8 +808,10 @@ export const CheckpointService: GenService<{
    * FAILED_PRECONDITION for a shipped checkpoint (CHECKPOINT_BUILTIN) and for one another
    * stored checkpoint builds on (CHECKPOINT_IN_USE: an adapter's or a training state's
    * parent; delete those first): with tenancy only the caller's own count, and the files
-   * stay while another tenant's build on them. A job queued with it as its parent fails
-   * when it starts.
+   * stay while another tenant's build on them. Also FAILED_PRECONDITION CHECKPOINT_IN_USE,
+   * naming the job (ErrorInfo job_id, job_field), while a job not yet final uses it: as its
+   * parent or the training state it resumes from (with tenancy, the caller's own jobs), where
+   * the process serves AlignService or FineTuneService.
    *
    * @generated from rpc vaccine.v1.CheckpointService.DeleteCheckpoint
    */

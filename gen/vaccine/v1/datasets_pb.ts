@@ -447,7 +447,10 @@ export const DatasetService: GenService<{
     output: typeof DownloadDatasetResponseSchema;
   },
   /**
-   * Deletes a dataset; jobs that already read it are not affected.
+   * Deletes a dataset; jobs that already read it are not affected. FAILED_PRECONDITION
+   * DATASET_IN_USE, naming the job (ErrorInfo job_id, job_field), while a job not yet final
+   * names it among its data (with tenancy, the caller's own jobs), where the process serves
+   * AlignService or FineTuneService.
    *
    * @generated from rpc vaccine.v1.DatasetService.DeleteDataset
    */

@@ -121,6 +121,8 @@ export function queueKeys(prefix = DEFAULT_PREFIX, cluster = false) {
     tenantIndex: (kind: string, tenant: string) => `${prefix}:index:${kind}:${tenant}`,
     /** Ids of a tenant's jobs that may not be final yet: what its job quota counts (pruned as they end). */
     active: (tenant: string) => `${prefix}:active:${tenant}`,
+    /** Ids of every job that may not be final yet: what deletes check their inputs against (pruned as they end). */
+    unfinished: `${prefix}:unfinished`,
     /** BullMQ's lock of a taken job; its value is the taking worker's token. */
     lock: (id: string) => `${prefix}:${QUEUE_NAME}:${id}:lock`,
     /** Pub/sub channel of cancel requests (the message is the job id). */

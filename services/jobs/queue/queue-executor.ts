@@ -134,6 +134,10 @@ export class QueueExecutor implements JobExecutor {
     return { jobs: page.jobs, nextPageToken: page.more && page.last ? keyToken(page.last) : "" };
   }
 
+  async unfinished(tenant?: string): Promise<Job[]> {
+    return this.guard(() => this.jobs.unfinished(tenant));
+  }
+
   /** A queued job is cancelled here; a running one is marked CANCELLING and its worker told. */
   async cancel(kind: JobKind, id: string, tenant?: string): Promise<Job> {
     for (;;) {

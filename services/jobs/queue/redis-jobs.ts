@@ -9,6 +9,7 @@
  *   <prefix>:index:<kind>      sorted set of "<create time>:<id>" for List, newest first
  *   <prefix>:index:<kind>:<tenant>  the same for one tenant's jobs (List with tenancy)
  *   <prefix>:active:<tenant>   set of the tenant's job ids not yet seen final (its job quota)
+ *   <prefix>:unfinished        set of every job id not yet seen final (what deletes check)
  *
  * Every change is one Lua script, so a state change and its event land together, sequence
  * numbers come from one counter (XADD refuses an id that is not above the last: no
@@ -82,7 +83,7 @@ end`;
 const COUNT_ACTIVE = `${ACTIVE}
 return active(KEYS[1], ARGV[1])`;
 
-// KEYS: record, events, index, tenant index, tenant's active set. ARGV: job JSON, state, link,
+// KEYS: record, events, index, tenant index, tenant's active set, unfinished set. ARGV: job JSON, state, link,
 // first event JSON, index member, tenant ("" without tenancy: only the global index), job id,
 // record key prefix, the tenant's job quota ("0": none). Returns -1 when the id exists, the
 // tenant's active jobs when they are at the quota (nothing written), else -2.
@@ -96,6 +97,7 @@ end
 redis.call("HSET", KEYS[1], "job", ARGV[1], "state", ARGV[2], "link", ARGV[3], "seq", 1, "owner", "", "attempt", 0, "failures", 0)
 redis.call("XADD", KEYS[2], "1-0", "e", ARGV[4])
 redis.call("ZADD", KEYS[3], 0, ARGV[5])
+redis.call("SADD", KEYS[6], ARGV[7])
 if ARGV[6] ~= "" then
   redis.call("ZADD", KEYS[4], 0, ARGV[5])
   redis.call("SADD", KEYS[5], ARGV[7])
@@ -136,7 +138,7 @@ redis.call("HINCRBY", KEYS[1], "attempt", 1)
 return "ok"`;
 
 interface Scripts {
-  vaccineCreate(record: string, events: string, index: string, tenantIndex: string, active: string, ...args: string[]): Promise<number>;
+  vaccineCreate(record: string, events: string, index: string, tenantIndex: string, active: string, unfinished: string, ...args: string[]): Promise<number>;
   vaccineWrite(record: string, events: string, lock: string, ...args: string[]): Promise<string[]>;
   vaccineClaim(record: string, lock: string, token: string): Promise<string>;
   vaccineActive(active: string, prefix: string): Promise<number>;
@@ -149,7 +151,7 @@ export class RedisJobs {
     redis: QueueRedis,
     readonly keys: QueueKeys,
   ) {
-    redis.defineCommand("vaccineCreate", { numberOfKeys: 5, lua: CREATE });
+    redis.defineCommand("vaccineCreate", { numberOfKeys: 6, lua: CREATE });
     redis.defineCommand("vaccineWrite", { numberOfKeys: 3, lua: WRITE });
     redis.defineCommand("vaccineClaim", { numberOfKeys: 2, lua: CLAIM });
     redis.defineCommand("vaccineActive", { numberOfKeys: 1, lua: COUNT_ACTIVE });
@@ -169,6 +171,7 @@ export class RedisJobs {
       k.index(KIND_NAME[job.kind]),
       k.tenantIndex(KIND_NAME[job.kind], job.tenant),
       k.active(job.tenant),
+      k.unfinished,
       jobJson(job),
       String(job.state),
       JSON.stringify(link ?? null),
@@ -229,6 +232,21 @@ export class RedisJobs {
   /** The tenant's jobs not final yet; ids found final (or gone) leave the set. */
   async active(tenant: string): Promise<number> {
     return this.redis.vaccineActive(this.keys.active(tenant), this.keys.job(""));
+  }
+
+  /**
+   * Jobs not final of `tenant` (undefined: every tenant's), read through the unfinished set;
+   * ids found final (or gone) leave it. A final state is never left, so removing one is safe.
+   */
+  async unfinished(tenant?: string): Promise<Job[]> {
+    const ids = await this.redis.smembers(this.keys.unfinished);
+    const pipeline = this.redis.pipeline();
+    for (const id of ids) pipeline.hgetall(this.keys.job(id));
+    const rows = ((await pipeline.exec()) ?? []).map(([, h]) => h as Record<string, string>);
+    const jobs = rows.map((h) => (h.job ? parse(h).job : undefined));
+    const ended = ids.filter((_, i) => !jobs[i] || FINAL.has(jobs[i].state));
+    if (ended.length > 0) await this.redis.srem(this.keys.unfinished, ...ended);
+    return jobs.filter((j): j is Job => j !== undefined && !FINAL.has(j.state) && (tenant === undefined || j.tenant === tenant));
   }
 
   /** Events after `after`, from `conn` (a blocking read needs a connection of its own). */
