@@ -11,7 +11,7 @@
 import { clone, create } from "@bufbuild/protobuf";
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { context, ROOT_CONTEXT, SpanKind, trace, type Counter, type Meter, type Span, type Tracer } from "@opentelemetry/api";
+import { context, isSpanContextValid, ROOT_CONTEXT, SpanKind, trace, type Counter, type Meter, type Span, type Tracer } from "@opentelemetry/api";
 import { CheckpointRefSchema } from "../../gen/vaccine/v1/common_pb.ts";
 import {
   JobEventSchema,
@@ -50,6 +50,7 @@ export interface LocalExecutorOptions {
 interface Entry {
   job: Job;
   link?: TraceLink;
+  firstRun?: TraceLink;
   events: JobEvent[];
   wake: Set<() => void>;
   abort?: AbortController;
@@ -89,8 +90,8 @@ export class LocalExecutor implements JobExecutor {
     const unreadable = (id: string, err: Error) =>
       this.logger.error({ job: id, dir: options.dir, err: err.message }, "job record unreadable: left out (its files stay in the jobs folder)");
     const loaded = this.records.loadAll(unreadable).sort((a, b) => Number(a.job.createTime!.seconds - b.job.createTime!.seconds));
-    for (const { job, link, events, torn } of loaded) {
-      const entry: Entry = { job, link, events, wake: new Set(), unsaved: torn };
+    for (const { job, link, firstRun, events, torn } of loaded) {
+      const entry: Entry = { job, link, firstRun, events, wake: new Set(), unsaved: torn };
       this.entries.set(job.id, entry);
       if (job.state === JobState.CANCELLING) {
         // Cancelled while it ran: the process stopped before the step ended, so it ends now.
@@ -218,17 +219,21 @@ export class LocalExecutor implements JobExecutor {
     job.startTime ??= timestampNow();
     this.transition(entry, JobState.RUNNING);
     // The job's trace is its own (a job outlives the RPC that created it), linked to that RPC.
+    // A run after a restart is a child of the first run's span, so trace_id finds every run.
+    const first = entry.firstRun;
     const span = this.tracer.startSpan(
       `job ${KIND_NAME[job.kind]}`,
       {
         kind: SpanKind.INTERNAL,
-        root: true,
+        root: !first,
         attributes: { "vaccine.job.id": job.id, "vaccine.job.kind": KIND_NAME[job.kind] },
         links: entry.link ? [{ context: { traceId: entry.link.traceId, spanId: entry.link.spanId, traceFlags: 1, isRemote: true } }] : [],
       },
-      ROOT_CONTEXT,
+      first ? trace.setSpanContext(ROOT_CONTEXT, { ...first, traceFlags: 1, isRemote: true }) : ROOT_CONTEXT,
     );
-    job.traceId = span.spanContext().traceId;
+    const { traceId, spanId } = span.spanContext();
+    if (!first && isSpanContextValid(span.spanContext())) entry.firstRun = { traceId, spanId };
+    job.traceId = traceId;
     this.save(entry);
     // As a queue worker logs its runs: which job, from where, and (below) how the run ended.
     const inSpan = (fn: () => void) => context.with(trace.setSpan(ROOT_CONTEXT, span), fn);
@@ -307,11 +312,11 @@ export class LocalExecutor implements JobExecutor {
   }
 
   private save(entry: Entry): void {
-    this.write(entry, () => (entry.unsaved ? this.saveWhole(entry) : this.records.save(entry.job, entry.link)));
+    this.write(entry, () => (entry.unsaved ? this.saveWhole(entry) : this.records.save(entry.job, entry.link, entry.firstRun)));
   }
 
   private saveWhole(entry: Entry): void {
-    this.records.save(entry.job, entry.link);
+    this.records.save(entry.job, entry.link, entry.firstRun);
     this.records.rewriteEvents(entry.job.id, entry.events);
   }
 

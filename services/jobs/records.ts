@@ -1,6 +1,6 @@
 /**
  * Durable job records: one JSON file per job (the Job message in proto JSON, plus the
- * trace link of the RPC that created it) and one JSONL file of its events, in a folder
+ * trace link of the RPC that created it and the span of its first run) and one JSONL file of its events, in a folder
  * beside the checkpoint store. Records are replaced atomically (temp + rename), so a
  * crash leaves either the old or the new record, never half of one; an events file whose
  * append was cut (a crash, a full disk) is written again whole (rewriteEvents).
@@ -20,6 +20,8 @@ export interface TraceLink {
 export interface JobRecord {
   job: Job;
   link?: TraceLink;
+  /** The span of the job's first run: a run after a restart continues its trace. */
+  firstRun?: TraceLink;
   events: JobEvent[];
   /** The events file held a line that is not an event (an append cut short): `events` are those before it. */
   torn: boolean;
@@ -36,8 +38,8 @@ export class JobRecords {
     mkdirSync(dir, { recursive: true });
   }
 
-  save(job: Job, link?: TraceLink): void {
-    replaceFile(join(this.dir, `${job.id}.json`), JSON.stringify({ job: toJson(JobSchema, job, options), link }));
+  save(job: Job, link?: TraceLink, firstRun?: TraceLink): void {
+    replaceFile(join(this.dir, `${job.id}.json`), JSON.stringify({ job: toJson(JobSchema, job, options), link, firstRun }));
   }
 
   appendEvent(event: JobEvent): void {
@@ -69,7 +71,7 @@ export class JobRecords {
   /** One job's record and events as they are on disk now, or undefined for an unknown id. */
   load(id: string): JobRecord | undefined {
     if (!ID.test(id)) return undefined;
-    let raw: { job: JsonValue; link?: TraceLink };
+    let raw: { job: JsonValue; link?: TraceLink; firstRun?: TraceLink };
     try {
       raw = JSON.parse(readFileSync(join(this.dir, `${id}.json`), "utf8"));
     } catch (err) {
@@ -97,7 +99,7 @@ export class JobRecords {
     // The record is saved before its state change's event is appended: the events count.
     const job = fromJson(JobSchema, raw.job, options);
     job.lastSequence = events.length;
-    return { job, link: raw.link, events, torn };
+    return { job, link: raw.link, firstRun: raw.firstRun, events, torn };
   }
 }
 

@@ -393,6 +393,24 @@ describe("LocalExecutor", () => {
     expect(stepParent).toBe(jobSpan.spanContext().traceId);
   });
 
+  it("continues a job's trace after a restart: the next run's span is a child of the first run's, and trace_id stays", async () => {
+    context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+    const exporter = new InMemorySpanExporter();
+    const tracer = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }).getTracer("test");
+    const dir = tempDir();
+    const first = controllable();
+    const ex1 = new LocalExecutor({ dir, tracer, mapError, work: { [JobKind.ALIGN]: first.work } });
+    const job = await ex1.create(JobKind.ALIGN, spec);
+    await until(() => first.started.length === 1);
+    await ex1.shutdown();
+    const ex2 = new LocalExecutor({ dir, tracer, mapError, work: { [JobKind.ALIGN]: async () => ({ result: ref(9), lineage: [ref(9)] }) } });
+    await until(async () => (await ex2.get(JobKind.ALIGN, job.id)).state === JobState.SUCCEEDED);
+    const [run1, run2] = exporter.getFinishedSpans().filter((s) => s.name === "job align");
+    expect(run2.spanContext().traceId).toBe(run1.spanContext().traceId);
+    expect(run2.parentSpanContext?.spanId).toBe(run1.spanContext().spanId);
+    expect((await ex2.get(JobKind.ALIGN, job.id)).traceId).toBe(run1.spanContext().traceId);
+  });
+
   it("logs a failed job as a pino line carrying the job's trace_id", async () => {
     context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
     const tracer = new BasicTracerProvider().getTracer("test");
