@@ -1,8 +1,8 @@
 /**
  * What every vaccine service handler shares in one process: the checkpoint store, the
- * loaded-checkpoint cache, the shipped checkpoints' refs, telemetry and the logger. Of the job
- * executor only its unfinished jobs are here, for deletes; Align and FineTune take the whole
- * executor (see suite/services.ts).
+ * loaded-checkpoint cache, the shipped checkpoints' refs, telemetry and the logger. Of the jobs
+ * only the unfinished ones are here, for deletes; Align and FineTune take the job executor
+ * (see suite/services.ts).
  */
 import type { Meter, Tracer } from "@opentelemetry/api";
 import type { Job } from "../../gen/vaccine/v1/jobs_pb.ts";
@@ -45,8 +45,8 @@ export interface SuiteDeps {
   batching?: BatchWindow;
   /** Long inference calls at once (VACCINE_INFERENCE_CONCURRENCY, call-slots.ts); unset: a bound of DEFAULT_INFERENCE_CONCURRENCY per service. */
   inferenceSlots?: CallSlots;
-  /** Where this process serves the job services: deletes refuse what an unfinished job uses (jobs-using.ts). Unset: not checked. */
-  executor?: UnfinishedJobs;
+  /** The unfinished jobs, whose inputs deletes refuse (jobs-using.ts): the executor's, or read where it keeps them (jobs/jobs-view.ts). Unset: not checked. */
+  jobs?: UnfinishedJobs;
   tracer: Tracer;
   meter: Meter;
   logger: Logger;

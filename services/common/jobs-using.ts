@@ -20,11 +20,11 @@ const REASON: Record<OwnedKind, string> = { checkpoints: "CHECKPOINT_IN_USE", da
 
 /**
  * FAILED_PRECONDITION when one of the caller's unfinished jobs uses the stored checkpoint or
- * dataset `hex`; nothing where this process does not serve the job services.
+ * dataset `hex`.
  */
-export async function assertNoJobUses(deps: Pick<SuiteDeps, "executor">, scope: Scope | undefined, kind: OwnedKind, hex: string, uri: string, field: string): Promise<void> {
-  if (!deps.executor) return;
-  for (const job of await deps.executor.unfinished(visibleTenant(scope))) {
+export async function assertNoJobUses(deps: Pick<SuiteDeps, "jobs">, scope: Scope | undefined, kind: OwnedKind, hex: string, uri: string, field: string): Promise<void> {
+  if (!deps.jobs) return;
+  for (const job of await deps.jobs.unfinished(visibleTenant(scope))) {
     for (const { path, ref } of refsIn(reflect(JobSchema, job), "")) {
       if (hexOf(kind, ref) === hex) throw inUse(kind, uri, job, specField(path), field);
     }

@@ -99,6 +99,11 @@ export function visibleTo(job: Job, tenant: string | undefined): boolean {
   return tenant === undefined || job.tenant === tenant;
 }
 
+/** The jobs not final of `tenant` (undefined: every tenant's). */
+export function unfinishedOf(jobs: Job[], tenant: string | undefined): Job[] {
+  return jobs.filter((j) => !FINAL.has(j.state) && visibleTo(j, tenant));
+}
+
 /** Metric names of the executors, for the runbook and its alerts. */
 export const JOB_METRICS = {
   /** Gauge: jobs by vaccine.job.kind and vaccine.job.state (queued, running). */

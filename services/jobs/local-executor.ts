@@ -26,7 +26,7 @@ import { rpcError, shuttingDown, toStatus } from "../platform/errors.ts";
 import { silentLogger, type Logger } from "../platform/log.ts";
 import { SCOPE } from "../platform/telemetry.ts";
 import { markRunFailed } from "./telemetry.ts";
-import { cancelledError, FINAL, JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobExecutor, type JobSpec, type JobWork, type StopReason, visibleTo } from "./executor.ts";
+import { cancelledError, FINAL, JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobExecutor, type JobSpec, type JobWork, type StopReason, unfinishedOf, visibleTo } from "./executor.ts";
 import { jobQuotaExceeded } from "../common/quotas.ts";
 import { JobRecords, type TraceLink } from "./records.ts";
 import { pageOf } from "./job-pages.ts";
@@ -141,7 +141,7 @@ export class LocalExecutor implements JobExecutor {
   }
 
   async unfinished(tenant?: string): Promise<Job[]> {
-    return [...this.entries.values()].map((e) => e.job).filter((j) => !FINAL.has(j.state) && visibleTo(j, tenant)).map((j) => clone(JobSchema, j));
+    return unfinishedOf([...this.entries.values()].map((e) => e.job), tenant).map((j) => clone(JobSchema, j));
   }
 
   async cancel(kind: JobKind, id: string, tenant?: string): Promise<Job> {

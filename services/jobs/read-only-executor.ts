@@ -8,7 +8,7 @@
 import { Code, type ConnectError } from "@connectrpc/connect";
 import type { Job, JobEvent, JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { rpcError } from "../platform/errors.ts";
-import { FINAL, visibleTo, type JobExecutor, type JobSpec } from "./executor.ts";
+import { FINAL, unfinishedOf, visibleTo, type JobExecutor, type JobSpec } from "./executor.ts";
 import type { LockHolder } from "./jobs-dir-lock.ts";
 import { pageOf } from "./job-pages.ts";
 import { jobNotFound } from "./new-job.ts";
@@ -54,7 +54,7 @@ export class ReadOnlyExecutor implements JobExecutor {
   }
 
   async unfinished(tenant?: string): Promise<Job[]> {
-    return this.records.loadAll().map((r) => r.job).filter((j) => !FINAL.has(j.state) && visibleTo(j, tenant));
+    return unfinishedOf(this.records.loadAll().map((r) => r.job), tenant);
   }
 
   async *watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence = 0, tenant?: string): AsyncGenerator<JobEvent> {

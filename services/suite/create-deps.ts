@@ -7,6 +7,7 @@ import type { Meter, Tracer } from "@opentelemetry/api";
 import type { SuiteDeps } from "../common/deps.ts";
 import type { JobExecutor } from "../jobs/executor.ts";
 import type { QueueWorker } from "../jobs/queue/queue-worker.ts";
+import { folderJobsView, queueJobsView, type JobsView } from "../jobs/jobs-view.ts";
 import { jobMemoryLimitMb } from "../jobs/admission.ts";
 import type { Logger } from "../platform/log.ts";
 import { CheckpointCache } from "../runtime/pipeline/checkpoint-cache.ts";
@@ -20,6 +21,8 @@ import { JOB_SERVICES } from "./services.ts";
 export interface ProcessDeps extends SuiteDeps {
   /** Present when a job service (JOB_SERVICES) is served. */
   executor?: JobExecutor;
+  /** Present where deletes are served without the job services: to stop at shutdown. */
+  jobsView?: JobsView;
   /** Present where queued jobs are trained (VACCINE_QUEUE_URL with VACCINE_ROLE all or worker). */
   jobWorker?: QueueWorker;
 }
@@ -62,6 +65,11 @@ export function createDeps(
   const queue = queueDeps(config, servesJobs, storeConfig, telemetry, logger, storedBytesQuota);
   const jobLimit = servesJobs ? jobMemoryLimitMb(config.jobMemoryLimitMb, config.queueUrl ? (config.workerConcurrency ?? 1) : config.maxRunningJobs) : undefined;
   if (jobLimit !== undefined) logger.info({ job_memory_limit_mb: jobLimit }, "job admission limit");
-  deps = { store, checkpoints, builtins: {}, executor: executor ?? queue.executor, jobWorker: queue.worker, uploads, jobMemoryLimitMb: jobLimit, quotas, ...telemetry, logger };
+  // Deletes refuse what an unfinished job uses: a process without the job services (a
+  // deployment per service) reads the jobs where their executor keeps them.
+  const servesDeletes = config.services.some((n) => n === "checkpoints" || n === "datasets");
+  const jobsView = servesDeletes && !servesJobs ? (config.queueUrl ? queueJobsView({ url: config.queueUrl, cluster: config.queueCluster }) : folderJobsView(config.jobsDir)) : undefined;
+  const jobExecutor = executor ?? queue.executor;
+  deps = { store, checkpoints, builtins: {}, executor: jobExecutor, jobs: jobExecutor ?? jobsView, jobsView, jobWorker: queue.worker, uploads, jobMemoryLimitMb: jobLimit, quotas, ...telemetry, logger };
   return deps;
 }

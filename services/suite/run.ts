@@ -137,6 +137,7 @@ export async function startServices(config: Config, telemetry: { tracer: Tracer;
   if (unwatch) server.onShutdown(async () => unwatch());
   // Running jobs finish their step and write a training state before connections close.
   if (deps.executor) server.onShutdown(() => deps.executor!.shutdown());
+  if (deps.jobsView) server.onShutdown(() => deps.jobsView!.shutdown());
   if (deps.jobWorker) {
     server.onShutdown(() => deps.jobWorker!.shutdown());
     deps.jobWorker.start();

@@ -103,7 +103,7 @@ describe("assertNoJobUses", () => {
     spec: { case: "align", value: { baseCheckpoint: parent, method: { case: "booster", value: { harmfulDataset: { source: { case: "uri", value: harmful } } } } } },
   });
   const asked: (string | undefined)[] = [];
-  const deps = { executor: { unfinished: async (tenant?: string) => (asked.push(tenant), [job]) } };
+  const deps = { jobs: { unfinished: async (tenant?: string) => (asked.push(tenant), [job]) } };
 
   it("finds a checkpoint as a job's training state and a dataset a method names, each with its field", async () => {
     expect(await rpcFailure(() => assertNoJobUses(deps, undefined, "checkpoints", "b".repeat(64), state.uri, "checkpoint"))).toMatchObject({
@@ -120,7 +120,7 @@ describe("assertNoJobUses", () => {
     await assertNoJobUses(deps, undefined, "checkpoints", "c".repeat(64), other.uri, "checkpoint");
   });
 
-  it("asks for the caller's tenant's jobs, every tenant's for an admin or without tenancy, and nothing without an executor", async () => {
+  it("asks for the caller's tenant's jobs, every tenant's for an admin or without tenancy, and nothing without a view of the jobs", async () => {
     asked.length = 0;
     const hex = "c".repeat(64);
     await assertNoJobUses(deps, { tenant: "t2", admin: false }, "checkpoints", hex, other.uri, "checkpoint");

@@ -449,8 +449,7 @@ export const DatasetService: GenService<{
   /**
    * Deletes a dataset; jobs that already read it are not affected. FAILED_PRECONDITION
    * DATASET_IN_USE, naming the job (ErrorInfo job_id, job_field), while a job not yet final
-   * names it among its data (with tenancy, the caller's own jobs), where the process serves
-   * AlignService or FineTuneService.
+   * names it among its data (with tenancy, the caller's own jobs).
    *
    * @generated from rpc vaccine.v1.DatasetService.DeleteDataset
    */

@@ -293,7 +293,8 @@ async function within<T>(p: Promise<T>, ms: number): Promise<T> {
   }
 }
 
-function unavailable(err: unknown): ConnectError {
+/** A Redis failure as the caller sees it: retryable, on this or another replica. */
+export function unavailable(err: unknown): ConnectError {
   // ioredis's own words name its option ("maxRetriesPerRequest"), which is no advice for a client.
   const why = /max retries per request/i.test((err as Error).message) ? "Redis did not answer" : (err as Error).message;
   return rpcError(Code.Unavailable, "QUEUE_UNAVAILABLE", `the job queue cannot be reached (${why}); retry later`);

@@ -22,7 +22,7 @@ import { create, createRegistry, fromJson, toJson, type JsonValue } from "@bufbu
 import { timestampNow } from "@bufbuild/protobuf/wkt";
 import { file_google_rpc_error_details } from "../../../gen/google/rpc/error_details_pb.ts";
 import { JobEventSchema, JobKind, JobSchema, JobState, type Job, type JobEvent } from "../../../gen/vaccine/v1/jobs_pb.ts";
-import { FINAL, type JobEventInit } from "../executor.ts";
+import { FINAL, unfinishedOf, type JobEventInit } from "../executor.ts";
 import type { TraceLink } from "../records.ts";
 import type { QueueKeys, QueueRedis } from "./connection.ts";
 import { listKey } from "../job-pages.ts";
@@ -246,7 +246,7 @@ export class RedisJobs {
     const jobs = rows.map((h) => (h.job ? parse(h).job : undefined));
     const ended = ids.filter((_, i) => !jobs[i] || FINAL.has(jobs[i].state));
     if (ended.length > 0) await this.redis.srem(this.keys.unfinished, ...ended);
-    return jobs.filter((j): j is Job => j !== undefined && !FINAL.has(j.state) && (tenant === undefined || j.tenant === tenant));
+    return unfinishedOf(jobs.filter((j) => j !== undefined), tenant);
   }
 
   /** Events after `after`, from `conn` (a blocking read needs a connection of its own). */
