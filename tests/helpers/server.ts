@@ -23,6 +23,27 @@ export interface TestSuite {
   close(): Promise<void>;
 }
 
+/** createDeps's configuration of a process over a local store and a jobs folder in `root`, serving every service unless `overrides` say otherwise. */
+export function testConfig(root: string, overrides: Partial<Parameters<typeof createDeps>[0]> = {}): Parameters<typeof createDeps>[0] {
+  return {
+    store: "local",
+    storeRoot: join(root, "store"),
+    s3Bucket: "",
+    s3Prefix: "",
+    s3Endpoint: "",
+    s3Region: "us-east-1",
+    cacheDir: join(root, "cache"),
+    jobsDir: join(root, "jobs"),
+    maxRunningJobs: 1,
+    modelCacheMb: 256,
+    maxDatasetMb: 64,
+    maxCheckpointMb: 256,
+    maxUploadFileMb: 128,
+    services: [...SERVICE_NAMES],
+    ...overrides,
+  };
+}
+
 /** Dependencies over a temp local store holding the tiny-world base model, and a temp jobs folder, on the wasm backend. */
 export async function testDeps(
   options: { tracerProvider?: TracerProvider; meterProvider?: MeterProvider; maxRunningJobs?: number; maxDatasetMb?: number; maxCheckpointMb?: number; maxUploadFileMb?: number } = {},
@@ -31,22 +52,7 @@ export async function testDeps(
   await selectBackend("wasm", () => {});
   const root = mkdtempSync(join(tmpdir(), "vaccine-suite-"));
   const deps = createDeps(
-    {
-      store: "local",
-      storeRoot: join(root, "store"),
-      s3Bucket: "",
-      s3Prefix: "",
-      s3Endpoint: "",
-      s3Region: "us-east-1",
-      cacheDir: join(root, "cache"),
-      jobsDir: join(root, "jobs"),
-      maxRunningJobs: options.maxRunningJobs ?? 1,
-      modelCacheMb: 256,
-      maxDatasetMb: options.maxDatasetMb ?? 64,
-      maxCheckpointMb: options.maxCheckpointMb ?? 256,
-      maxUploadFileMb: options.maxUploadFileMb ?? 128,
-      services: [...SERVICE_NAMES],
-    },
+    testConfig(root, { maxRunningJobs: options.maxRunningJobs ?? 1, maxDatasetMb: options.maxDatasetMb ?? 64, maxCheckpointMb: options.maxCheckpointMb ?? 256, maxUploadFileMb: options.maxUploadFileMb ?? 128 }),
     {
       tracer: (options.tracerProvider ?? trace.getTracerProvider()).getTracer(SCOPE),
       meter: (options.meterProvider ?? metrics.getMeterProvider()).getMeter(SCOPE),

@@ -17,6 +17,8 @@ import { rpcError } from "../../services/platform/errors.ts";
 import { silentLogger } from "../../services/platform/log.ts";
 import { createDeps } from "../../services/suite/create-deps.ts";
 import { startRedis } from "../../scripts/redis-server.ts";
+import type { ServiceName } from "../../services/suite/config.ts";
+import { testConfig } from "../helpers/server.ts";
 
 const root = mkdtempSync(join(tmpdir(), "vaccine-jobs-view-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -62,24 +64,7 @@ describe("the queue's view", () => {
 });
 
 describe("createDeps", () => {
-  const config = (services: string[], queueUrl = "") =>
-    ({
-      store: "local",
-      storeRoot: join(root, "store"),
-      s3Bucket: "",
-      s3Prefix: "",
-      s3Endpoint: "",
-      s3Region: "us-east-1",
-      cacheDir: join(root, "cache"),
-      jobsDir: join(root, "deps-jobs"),
-      maxRunningJobs: 1,
-      modelCacheMb: 16,
-      maxDatasetMb: 1,
-      maxCheckpointMb: 1,
-      maxUploadFileMb: 1,
-      services,
-      queueUrl,
-    }) as Parameters<typeof createDeps>[0];
+  const config = (services: ServiceName[], queueUrl = "") => testConfig(root, { jobsDir: join(root, "deps-jobs"), services, queueUrl });
   const telemetry = { tracer: trace.getTracer("t"), meter: metrics.getMeter("t") };
 
   it("gives deletes the executor where the job services run, a view of the jobs where only deletes do, and nothing elsewhere", async () => {
