@@ -25,11 +25,13 @@ const MAX_FILES = 10_000;
 /**
  * Writes every chunk message after the metadata into dir (which must be empty); resolves the
  * bytes received and each file's sha256 and size, by path (the store's manifest entries).
+ * `admitted` is told the bytes received so far after each chunk, and throws to stop (a quota).
  */
 export async function receiveFolder(
   messages: AsyncIterator<ImportCheckpointRequest>,
   dir: string,
   limits: Pick<UploadLimits, "maxFileBytes" | "maxCheckpointBytes">,
+  admitted: (bytes: number) => Promise<void> = async () => {},
 ): Promise<{ bytes: number; files: Record<string, ManifestFile> }> {
   const files = new Map<string, ManifestFile>();
   const folders = new Set<string>();
@@ -66,6 +68,7 @@ export async function receiveFolder(
       if (bytes > limits.maxCheckpointBytes) {
         throw tooLarge(`the checkpoint is over the ${limits.maxCheckpointBytes}-byte limit on all its files`, { limit: "max_checkpoint_bytes", limit_bytes: String(limits.maxCheckpointBytes), file: path });
       }
+      await admitted(bytes);
       current.hash.update(data);
       await current.handle.write(data);
     }

@@ -33,7 +33,7 @@ import {
   visibleTenant,
   type Scope,
 } from "../common/ownership.ts";
-import { reserveStoredBytes } from "../common/quotas.ts";
+import { reserveStoredBytes, streamedBytesCheck } from "../common/quotas.ts";
 import { checkpointRefOf } from "../common/refs.ts";
 import { principalOf } from "../platform/principal.ts";
 import { callCancelled, callCancelledError, untilAborted } from "../platform/aborted-calls.ts";
@@ -153,7 +153,8 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
           const parent = metadata.type === CheckpointType.ADAPTER ? await checkBase(metadata, scope) : undefined;
           const dir = await work.create("import");
           try {
-            const { bytes: received, files } = await receiveFolder(messages, dir, deps.uploads).catch((err: unknown) => {
+            const admitted = await streamedBytesCheck(deps, scope?.tenant, "checkpoints");
+            const { bytes: received, files } = await receiveFolder(messages, dir, deps.uploads, admitted).catch((err: unknown) => {
               if (err instanceof ConnectError) throw err;
               // A disk error's own message holds the server's paths.
               throw rpcError(Code.Internal, "IMPORT_WRITE_FAILED", `could not write the upload (${(err as NodeJS.ErrnoException).code ?? "error"})`);

@@ -160,6 +160,13 @@ async function chargesOf(store: CheckpointStore, tenant: string, now: number): P
   return charges.filter((c) => c !== undefined);
 }
 
+/** What the tenant is charged for (usageOf), and the bytes of the largest resource of `kind` it owns (0 for none). */
+export async function usageAndLargest(store: CheckpointStore, tenant: string, kind: OwnedKind): Promise<{ used: number; largest: number }> {
+  const charges = await chargesOf(store, tenant, Date.now());
+  const folder = `${tenantFolder(tenant, kind)}/`;
+  return { used: charges.reduce((sum, c) => sum + c.bytes, 0), largest: Math.max(0, ...charges.filter((c) => c.uri.startsWith(folder)).map((c) => c.bytes)) };
+}
+
 /** Bytes the tenant is charged for: the sum over what it owns (datasets and checkpoints) and its live reservations. */
 export async function usageOf(store: CheckpointStore, tenant: string, now = Date.now()): Promise<number> {
   return (await chargesOf(store, tenant, now)).reduce((sum, c) => sum + c.bytes, 0);

@@ -7,8 +7,9 @@
 import { Code, type ConnectError } from "@connectrpc/connect";
 import { QuotaFailureSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { rpcError } from "../platform/errors.ts";
+import { toRpcError } from "./runtime-errors.ts";
 import type { SuiteDeps } from "./deps.ts";
-import { reserveAndRead, usageOf } from "./ownership.ts";
+import { reserveAndRead, usageAndLargest, usageOf, type OwnedKind } from "./ownership.ts";
 
 export interface Quotas {
   /** Jobs of one tenant queued, running or cancelling at once (VACCINE_QUOTA_JOBS; 0: no limit). */
@@ -70,6 +71,43 @@ export async function reserveStoredBytes(deps: Pick<SuiteDeps, "quotas" | "store
     throw storedBytesExceeded(tenant, limit, usage - adding, adding);
   }
   return { release };
+}
+
+/**
+ * Checks the bytes an upload or import of `tenant` has streamed so far against its byte quota,
+ * so one that cannot be stored is cut short rather than received whole: it can end stored only
+ * if it fits the room left under the quota, or is what the tenant owns already (a retried call,
+ * accepted at the quota too), so no larger than its largest owned resource of `kind`. The usage
+ * is read again once before refusing, so a delete made meanwhile counts. reserveStoredBytes
+ * still decides at the end; this only stops early what it would refuse. Without tenancy or a
+ * byte quota it checks nothing.
+ */
+export async function streamedBytesCheck(deps: Pick<SuiteDeps, "quotas" | "store">, tenant: string | undefined, kind: OwnedKind): Promise<(bytes: number) => Promise<void>> {
+  const limit = deps.quotas?.storedBytes ?? 0;
+  if (tenant === undefined || limit <= 0) return async () => {};
+  const read = async () => {
+    // As RPC errors: the caller may be reading a stream whose own failures it maps otherwise.
+    const { used, largest } = await usageAndLargest(deps.store, tenant, kind).catch((err: unknown) => {
+      throw toRpcError(err);
+    });
+    return { used, largest, bound: Math.max(limit - used, largest) };
+  };
+  let now = await read();
+  let reread = false;
+  return async (bytes) => {
+    if (bytes <= now.bound) return;
+    if (!reread) {
+      reread = true;
+      now = await read();
+      if (bytes <= now.bound) return;
+    }
+    throw quotaExceeded(
+      tenant,
+      "storedBytes",
+      limit,
+      `tenant ${tenant} stores ${now.used} bytes; its quota is ${limit} bytes. This upload has sent ${bytes}, more than the ${Math.max(0, limit - now.used)} left and than anything of its kind the tenant stores already (${now.largest}, a retried upload's most): it was stopped there. Delete datasets or checkpoints (training states first) it no longer needs`,
+    );
+  };
 }
 
 function storedBytesExceeded(tenant: string, limit: number, used: number, adding: number): ConnectError {

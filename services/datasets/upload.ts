@@ -18,7 +18,7 @@ import type { SuiteDeps } from "../common/deps.ts";
 import { datasetFormatOf, isKnownFormat, rowFormatOf } from "../common/refs.ts";
 import { dataUri } from "../runtime/pipeline/datasets.ts";
 import { claim, ownershipOf, owns, type Scope } from "../common/ownership.ts";
-import { reserveStoredBytes } from "../common/quotas.ts";
+import { reserveStoredBytes, streamedBytesCheck } from "../common/quotas.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
 import { callCancelledError } from "../platform/aborted-calls.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
@@ -55,6 +55,7 @@ export async function uploadDataset(
   const metadata = checkMetadata(first.done ? undefined : first.value);
   const limit = deps.uploads.maxDatasetBytes;
   const reader = new DatasetReader({ format: rowFormatOf(metadata.format) ?? "auto", encoding: ENCODINGS[metadata.encoding] });
+  const admitted = await streamedBytesCheck(deps, scope?.tenant, "datasets");
   const spool = await Spool.create(spoolDir);
   let reservation: { release(): Promise<void> } | undefined;
   try {
@@ -71,6 +72,7 @@ export async function uploadDataset(
       if (spool.size > limit) {
         throw rpcError(Code.ResourceExhausted, "DATASET_TOO_LARGE", `the upload is over the ${limit}-byte dataset limit`, { limit_bytes: String(limit) });
       }
+      await admitted(spool.size);
       reader.push(chunk);
       // Once a row is bad nothing will be stored: keep validating, stop writing.
       if (reader.errorCount === 0) await spool.write(chunk);

@@ -1,17 +1,22 @@
 // Per-tenant quotas on a real server with token authentication (docs/security.md, "Quotas"):
 // jobs queued or running, and bytes stored; each refusal is RESOURCE_EXHAUSTED with a
 // google.rpc.QuotaFailure and an ErrorInfo naming the limit, and stores nothing.
+import { stat } from "node:fs/promises";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ErrorInfoSchema, QuotaFailureSchema } from "../../gen/google/rpc/error_details_pb.ts";
-import { CheckpointType } from "../../gen/vaccine/v1/checkpoints_pb.ts";
+import { CheckpointType, type ImportCheckpointRequest } from "../../gen/vaccine/v1/checkpoints_pb.ts";
+import { UploadDatasetRequestSchema } from "../../gen/vaccine/v1/datasets_pb.ts";
 import { CheckpointKind, JobState, LogSeverity, type JobEvent } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { checkpointRefOf } from "../../services/common/refs.ts";
-import { checkpointBytes, usageOf } from "../../services/common/ownership.ts";
+import { checkpointBytes, usageAndLargest, usageOf } from "../../services/common/ownership.ts";
 import { selectBackend } from "../../services/runtime/backend.ts";
 import { createdWithinJobQuota, rpcFailure } from "../helpers/errors.ts";
-import { folderMessages } from "../helpers/import-folder.ts";
+import { EXAMPLES } from "../helpers/tiny-world.ts";
+import { filesOf, folderMessages } from "../helpers/import-folder.ts";
 import { alignSpec, datasetBytes, sha256, startTenantSuite, uploadAs, type TenantSuite } from "../helpers/tenants.ts";
 
 let s: TenantSuite;
@@ -162,21 +167,57 @@ describe("per-tenant quotas", () => {
     }
   });
 
+  it("stops an upload the byte quota will refuse as it arrives, and takes a retried upload at the quota", async () => {
+    const { b } = s.as;
+    const owned = await uploadAs(b, datasetBytes("retried"));
+    s.deps.quotas = { jobs: 0, storedBytes: await usageOf(s.deps.store, "team-b") };
+    try {
+      // 4 MB of rows of 1 KB, new to B, which is at its quota: nothing of it can be stored.
+      const row = Buffer.from(JSON.stringify({ ...EXAMPLES[0], output: "x".repeat(1000) }) + "\n");
+      const chunks = 4000;
+      let read = 0;
+      async function* rows() {
+        yield create(UploadDatasetRequestSchema, { content: { case: "metadata", value: {} } });
+        for (let i = 0; i < chunks; i++) yield (read++, create(UploadDatasetRequestSchema, { content: { case: "chunk", value: row } }));
+      }
+      const refused = await quotaFailure(() => b.datasets.uploadDataset(rows()));
+      expect(refused.info).toMatchObject({ reason: "QUOTA_EXCEEDED", metadata: { tenant: "team-b", limit: "VACCINE_QUOTA_STORED_BYTES" } });
+      expect(refused.message).toMatch(/This upload has sent \d+, more than the 0 left and than anything of its kind the tenant stores already \(\d+, a retried upload's most\): it was stopped there/);
+      // The client's stream runs ahead of the server by HTTP/2's window, not by the whole upload.
+      expect(read).toBeLessThan(chunks / 4);
+      expect((await uploadAs(b, datasetBytes("retried"))).uri).toBe(owned.uri);
+      await b.datasets.deleteDataset({ uri: owned.uri });
+    } finally {
+      s.deps.quotas = undefined;
+    }
+  });
+
   it("refuses an import over the byte quota without storing it, charges one that fits, and takes the same folder again at the quota", async () => {
     const { a } = s.as;
     const folder = fileURLToPath(new URL("../fixtures/llama-f32-gqa", import.meta.url));
-    const importAs = (displayName = "quota") => a.checkpoints.importCheckpoint(folderMessages(folder, { type: CheckpointType.BASE_MODEL, displayName }));
+    // Counts the messages the server read.
+    let read = 0;
+    async function* counted(messages: AsyncIterable<ImportCheckpointRequest>) {
+      for await (const m of messages) yield (read++, m);
+    }
+    const importAs = (displayName = "quota", chunkBytes?: number) =>
+      a.checkpoints.importCheckpoint(counted(folderMessages(folder, { type: CheckpointType.BASE_MODEL, displayName }, chunkBytes)));
+    const files = await filesOf(folder);
+    const size = (await Promise.all(files.map(async (f) => (await stat(join(folder, f))).size))).reduce((x, y) => x + y, 0);
     const start = await usageOf(s.deps.store, "team-a");
+    const { largest } = await usageAndLargest(s.deps.store, "team-a", "checkpoints");
     const before = await s.deps.store.list();
     s.deps.quotas = { jobs: 0, storedBytes: start + 1000 };
     try {
-      const refused = await quotaFailure(importAs);
+      // Larger than the room left and than every checkpoint A owns: stopped as it arrives.
+      expect(size).toBeGreaterThan(largest + 1000);
+      const refused = await quotaFailure(() => importAs("quota", 1000));
       expect(refused.info).toMatchObject({ reason: "QUOTA_EXCEEDED", metadata: { tenant: "team-a", limit: "VACCINE_QUOTA_STORED_BYTES" } });
-      expect(refused.message).toMatch(new RegExp(`stores ${start} bytes and this adds \\d+`));
+      expect(refused.message).toContain(`stores ${start} bytes; its quota is ${start + 1000} bytes. This upload has sent`);
+      expect(read).toBeLessThan(size / 1000 / 2);
       expect(await s.deps.store.list()).toEqual(before);
       s.deps.quotas = { jobs: 0, storedBytes: start + 100e6 };
       const first = (await importAs()).checkpoint!;
-      const size = Number(refused.message.match(/this adds (\d+)/)![1]);
       expect(await usageOf(s.deps.store, "team-a")).toBe(start + size);
       expect(await s.deps.store.listObjects("store://tenants/team-a/reservations")).toEqual([]);
       // At the quota: the same folder again (a retried call) is the checkpoint it owns, charged
