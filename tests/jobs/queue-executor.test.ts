@@ -146,7 +146,39 @@ describe.each([
     expect(states(await watchAll(ex, b.id))).toEqual(["QUEUED", "RUNNING", "SUCCEEDED"]);
   });
 
-  it("serves at most maxWatches Watch streams at once, each on a Redis connection of its own", async () => {
+  it("serves every Watch's live events on one Redis connection, each from its own sequence, and events of several jobs apart", async () => {
+    const { api, worker, direct } = setup();
+    const { conn } = direct();
+    const c = controllable();
+    const ex = api();
+    worker(c.work);
+    const clients = async () => Number(((await conn.info("clients")).match(/connected_clients:(\d+)/) ?? [])[1]);
+    const jobs = [await ex.create(JobKind.ALIGN, spec), await ex.create(JobKind.ALIGN, spec)];
+    await until(() => c.started.length === 1);
+    const [running, queued] = jobs[0].id === c.started[0].job.id ? jobs : [jobs[1], jobs[0]];
+    await until(async () => (await stateOf(ex, running.id)) === JobState.RUNNING);
+    const before = await clients();
+    // 20 Watches of the running job from the start, 10 after its first two events, 10 of the queued job.
+    const cuts = Array.from({ length: 40 }, () => new AbortController());
+    const watchOf = (i: number) => (i < 20 ? ex.watch(JobKind.ALIGN, running.id, cuts[i].signal) : i < 30 ? ex.watch(JobKind.ALIGN, running.id, cuts[i].signal, 2) : ex.watch(JobKind.ALIGN, queued.id, cuts[i].signal));
+    const streams = cuts.map((_, i) => watchOf(i)[Symbol.asyncIterator]());
+    const firsts = await Promise.all(streams.slice(0, 20).map(async (w) => [(await w.next()).value!.sequence, (await w.next()).value!.sequence]));
+    expect(firsts).toEqual(Array(20).fill([1, 2]));
+    expect(await Promise.all(streams.slice(30).map(async (w) => (await w.next()).value!.sequence))).toEqual(Array(10).fill(1));
+    // Live: the running job's step reaches its 30 Watches; the queued job's Watches get its cancel.
+    const next = streams.map((w) => w.next());
+    c.started[0].emit({ case: "step", value: { step: 1, totalSteps: 2 } });
+    for (const r of await Promise.all(next.slice(0, 30))) expect(r.value).toMatchObject({ sequence: 3, event: { case: "step" } });
+    await ex.cancel(JobKind.ALIGN, queued.id);
+    for (const r of await Promise.all(next.slice(30))) expect(r.value).toMatchObject({ sequence: 2, event: { case: "stateChange", value: { to: JobState.CANCELLED } } });
+    // The blocking reader is the one connection the Watches added.
+    expect(await clients()).toBeLessThanOrEqual(before + 1);
+    for (const cut of cuts) cut.abort();
+    await Promise.all(streams.map((w) => w.return?.(undefined)));
+    await ex.cancel(JobKind.ALIGN, running.id);
+  });
+
+  it("serves at most maxWatches Watch streams at once", async () => {
     const { api } = setup();
     const ex = api({ maxWatches: 2 });
     const job = await ex.create(JobKind.ALIGN, spec); // queued: no worker here, so its Watches stay open

@@ -33,7 +33,7 @@ describe("configuration", () => {
       role: "all",
       queueUrl: "",
       queueCluster: false,
-      maxWatches: 500,
+      maxWatches: 2000,
       workerConcurrency: 1,
       workerLockMs: 30000,
       jobAttempts: 3,

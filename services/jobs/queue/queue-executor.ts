@@ -19,6 +19,7 @@ import { cancelledError, FINAL, JOB_METRICS, visibleTo, type JobExecutor, type J
 import { clusterReady, connectQueue, QUEUE_NAME, queueKeys, redisOptions, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
 import { observeQueue } from "./metrics.ts";
 import { DEFAULT_MAX_WATCHES } from "./watch-limit.ts";
+import { EventStreams } from "./event-streams.ts";
 import { RedisJobs } from "./redis-jobs.ts";
 import { injectTrace, type TraceCarrier } from "./trace-carrier.ts";
 import { jobNotFound, KIND_NAME, newJob } from "../new-job.ts";
@@ -39,13 +40,10 @@ export interface QueueExecutorOptions extends QueueTarget {
   enqueueTimeoutMs?: number;
   /** How often watchAvailability asks Redis (default 2 s; each ask waits at most half of it). */
   availabilityProbeMs?: number;
-  /** Watch streams served at once (DEFAULT_MAX_WATCHES): each holds a Redis connection of its own. */
+  /** Watch streams served at once (DEFAULT_MAX_WATCHES); they share one Redis connection. */
   maxWatches?: number;
 }
 
-
-/** A Watch waits this long per blocking read before it checks whether the job ended. */
-const WATCH_BLOCK_MS = 5000;
 /** Longest wait for a cluster's nodes before a call answers UNAVAILABLE. */
 const CLUSTER_WAIT_MS = 1000;
 
@@ -54,6 +52,7 @@ export class QueueExecutor implements JobExecutor {
   private readonly target: QueueTarget;
   private readonly redis: QueueRedis;
   private readonly jobs: RedisJobs;
+  private readonly streams: EventStreams;
   private readonly queue: Queue;
   private readonly tracer: Tracer;
   private readonly logger: Logger;
@@ -79,6 +78,7 @@ export class QueueExecutor implements JobExecutor {
       this.logger.warn({ error: err.message }, "job queue connection error");
     });
     this.jobs = new RedisJobs(this.redis, this.keys);
+    this.streams = new EventStreams(this.target, this.jobs, this.redis);
     this.queue = new Queue(QUEUE_NAME, { connection: this.redis, prefix: this.keys.prefix });
     // BullMQ passes its connection's errors on (a cluster's without the node named): logged once, above.
     this.queue.on("error", (err: Error) => !connectionError.endsWith(err.message) && this.logger.warn({ error: err.message }, "job queue error"));
@@ -174,52 +174,39 @@ export class QueueExecutor implements JobExecutor {
 
   /**
    * History then live events, from the job's stream. `afterSequence` resumes a watch: only
-   * later events are sent. Each Watch blocks on a Redis connection of its own.
+   * later events are sent. Live events of every Watch come from one blocking connection
+   * (event-streams.ts).
    */
   async *watch(kind: JobKind, id: string, signal: AbortSignal, afterSequence = 0, tenant?: string): AsyncGenerator<JobEvent> {
     const first = await this.record(kind, id, tenant);
     if (FINAL.has(first.job.state) && first.seq <= afterSequence) return;
     if (this.stopping) throw shuttingDown();
-    // Each Watch blocks on a connection of its own: unbounded, a caller's streams could take
-    // every connection the Redis allows (maxclients), and with them every replica's jobs.
+    // Each Watch holds its events in memory until its client reads them: bounded per process.
     if (this.watchers.size >= this.maxWatches) {
       throw rpcError(Code.ResourceExhausted, "WATCH_LIMIT", `this server serves ${this.maxWatches} Watch streams already (VACCINE_MAX_WATCHES); retry later, or Get the job`, {
         limit: String(this.maxWatches),
       });
     }
-    const conn = connectQueue(this.target, 3);
     const stop = new AbortController();
     this.watchers.add(stop);
-    const hangUp = () => conn.disconnect();
-    signal.addEventListener("abort", hangUp);
-    stop.signal.addEventListener("abort", hangUp);
     try {
       // Read from no later than the record's last event, so that the job's final event is
       // seen even when the client says it has more (a larger after_sequence): the watch ends
       // with the job, as the embedded executor's does. Only later events are sent.
-      let read = Math.min(afterSequence, first.seq);
-      for (;;) {
-        let events: JobEvent[];
-        try {
-          await clusterReady(conn, CLUSTER_WAIT_MS);
-          events = await this.jobs.events(conn, id, read, WATCH_BLOCK_MS);
-        } catch (err) {
-          if (signal.aborted) return;
-          if (stop.signal.aborted) throw shuttingDown();
-          throw unavailable(err);
-        }
+      for await (const events of this.streams.events(id, Math.min(afterSequence, first.seq), AbortSignal.any([signal, stop.signal]))) {
         for (const e of events) {
-          read = e.sequence;
           if (e.sequence > afterSequence) yield e;
           if (e.event.case === "stateChange" && FINAL.has(e.event.value.to)) return;
         }
-        if (signal.aborted) return;
       }
+    } catch (err) {
+      if (signal.aborted) return;
+      if (stop.signal.aborted) throw shuttingDown();
+      throw unavailable(err);
     } finally {
       this.watchers.delete(stop);
-      signal.removeEventListener("abort", hangUp);
-      conn.disconnect();
     }
+    if (stop.signal.aborted && !signal.aborted) throw shuttingDown();
   }
 
   /** Refuses new jobs, ends open Watch streams with UNAVAILABLE (clients resume elsewhere), closes Redis. */
@@ -227,6 +214,7 @@ export class QueueExecutor implements JobExecutor {
     if (this.stopping) return;
     this.stopping = true;
     for (const w of this.watchers) w.abort();
+    this.streams.close();
     await this.queue.close().catch(() => {});
     await this.redis.quit().catch(() => {});
   }

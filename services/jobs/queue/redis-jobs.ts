@@ -249,16 +249,33 @@ export class RedisJobs {
     return unfinishedOf(jobs.filter((j) => j !== undefined), tenant);
   }
 
-  /** Events after `after`, from `conn` (a blocking read needs a connection of its own). */
-  async events(conn: QueueRedis, id: string, after: number, blockMs?: number): Promise<JobEvent[]> {
+  /** A job's events after `after`, from `conn`. */
+  async events(conn: QueueRedis, id: string, after: number): Promise<JobEvent[]> {
+    return (await this.eventsOf(conn, new Map([[id, after]]))).get(id) ?? [];
+  }
+
+  /**
+   * Events of several jobs, each after its own sequence, in one read: up to 1000 a job.
+   * With `blockMs`, waits that long for one (a blocking read needs a connection of its own).
+   */
+  async eventsOf(conn: QueueRedis, after: ReadonlyMap<string, number>, blockMs?: number): Promise<Map<string, JobEvent[]>> {
+    const ids = [...after.keys()];
     const args: (string | number)[] = ["COUNT", 1000];
     if (blockMs !== undefined) args.push("BLOCK", blockMs);
-    const res = (await conn.call("XREAD", ...args, "STREAMS", this.keys.events(id), `${after}-0`)) as [string, [string, string[]][]][] | null;
-    return (res?.[0]?.[1] ?? []).map(([entryId, fields]) => {
-      const e = fromJson(JobEventSchema, JSON.parse(fields[fields.indexOf("e") + 1]) as JsonValue, json);
-      e.sequence = Number(entryId.split("-")[0]);
-      return e;
-    });
+    const res = (await conn.call("XREAD", ...args, "STREAMS", ...ids.map((id) => this.keys.events(id)), ...ids.map((id) => `${after.get(id)}-0`))) as
+      | [string, [string, string[]][]][]
+      | null;
+    const idOf = new Map(ids.map((id) => [this.keys.events(id), id]));
+    return new Map(
+      (res ?? []).map(([key, entries]) => [
+        idOf.get(key)!,
+        entries.map(([entryId, fields]) => {
+          const e = fromJson(JobEventSchema, JSON.parse(fields[fields.indexOf("e") + 1]) as JsonValue, json);
+          e.sequence = Number(entryId.split("-")[0]);
+          return e;
+        }),
+      ]),
+    );
   }
 }
 

@@ -1,6 +1,7 @@
 /**
  * Watch streams one api process serves at once in queue mode unless VACCINE_MAX_WATCHES says
- * otherwise: each holds a Redis connection of its own (queue-executor.ts). Apart from the
- * executor so the configuration can name it without loading the Redis clients.
+ * otherwise: each is a key of the one blocking read of their events (event-streams.ts) and
+ * holds its unread events in memory. Apart from the executor so the configuration can name it
+ * without loading the Redis clients.
  */
-export const DEFAULT_MAX_WATCHES = 500;
+export const DEFAULT_MAX_WATCHES = 2000;
