@@ -37,3 +37,29 @@ export function createLogger(level: LogLevel = "info", destination?: Destination
 
 /** For tests and embedding: drops everything. */
 export const silentLogger: Logger = pino({ level: "silent" });
+
+/**
+ * Warnings that repeat while something stays wrong (a Redis or a collector away): each key is
+ * logged the first time, then at most once every `everyMs`, with `suppressed`, how many of it
+ * were left out since its last line. One line per failed retry buried the rest of the log.
+ */
+export class LimitedWarnings {
+  private readonly said = new Map<string, { at: number; suppressed: number }>();
+
+  constructor(
+    private readonly logger: Logger,
+    private readonly everyMs = 60_000,
+  ) {}
+
+  /** `key` (default: the message) is what counts as the same warning. */
+  warn(fields: Record<string, unknown>, msg: string, key = msg): void {
+    const now = Date.now();
+    const last = this.said.get(key);
+    if (last && now - last.at < this.everyMs) {
+      last.suppressed++;
+      return;
+    }
+    this.logger.warn({ ...fields, ...(last?.suppressed && { suppressed: last.suppressed }) }, msg);
+    this.said.set(key, { at: now, suppressed: 0 });
+  }
+}

@@ -24,7 +24,7 @@ import {
 } from "@opentelemetry/sdk-trace-node";
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from "@opentelemetry/semantic-conventions";
 import pkg from "../../package.json" with { type: "json" };
-import type { Logger } from "./log.ts";
+import { LimitedWarnings, type Logger } from "./log.ts";
 import { exporterNames, metricExportInterval, otlpProtocol, prometheusAddress, type Env } from "./telemetry-env.ts";
 
 /** The instrumentation scope of every span and metric of the suite. */
@@ -127,20 +127,17 @@ export function setupTelemetry(options: TelemetryOptions): Telemetry {
 /**
  * Where the process's telemetry goes, said once at start, and OpenTelemetry's own warnings and
  * errors (an export that fails: the collector away) in the log, each kind at most once every
- * `everyMs`: an export that failed used to say nothing, and an empty dashboard told nothing.
+ * `everyMs` (LimitedWarnings): an export that failed used to say nothing, and an empty dashboard
+ * told nothing.
  */
 export function reportTelemetry(logger: Logger, env: Env = process.env, everyMs = 60_000): void {
   const otlp = env.OTEL_EXPORTER_OTLP_ENDPOINT;
   logger.info({ traces: exporterNames(env, "TRACES"), metrics: exporterNames(env, "METRICS"), ...(otlp && { otlp_endpoint: otlp }) }, "telemetry exporters");
-  const said = new Map<string, number>();
+  const warnings = new LimitedWarnings(logger, everyMs);
   const say = (message: string, ...args: unknown[]) => {
-    // Keyed by the start of the message: a failure's own text may follow it.
-    const key = message.slice(0, 60);
-    const now = Date.now();
-    if ((said.get(key) ?? -Infinity) + everyMs > now) return;
-    said.set(key, now);
     const detail = args.map((a) => (a instanceof Error ? a.message : typeof a === "string" ? a : JSON.stringify(a))).join(" ");
-    logger.warn({ detail: detail.slice(0, 500) }, `telemetry: ${message}`);
+    // Keyed by the start of the message: a failure's own text may follow it.
+    warnings.warn({ detail: detail.slice(0, 500) }, `telemetry: ${message}`, message.slice(0, 60));
   };
   const quiet = () => {};
   diag.setLogger({ error: say, warn: say, info: quiet, debug: quiet, verbose: quiet }, DiagLogLevel.WARN);

@@ -1,8 +1,9 @@
-// The pino logger: JSON lines with level names, levels filtered, and the active trace's ids.
+// The pino logger: JSON lines with level names, levels filtered, and the active trace's ids;
+// a warning that repeats logged at most once an interval, with how many were left out.
 import { context, trace, TraceFlags } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createLogger } from "../../services/platform/log.ts";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { createLogger, LimitedWarnings } from "../../services/platform/log.ts";
 
 const manager = new AsyncLocalStorageContextManager();
 beforeAll(() => context.setGlobalContextManager(manager.enable()));
@@ -46,5 +47,32 @@ describe("createLogger", () => {
     logger.info("outside");
     expect(lines[0]).toMatchObject({ msg: "inside", trace_id: "0af7651916cd43dd8448eb211c80319c", span_id: "b7ad6b7169203331" });
     expect(lines[1]).not.toHaveProperty("trace_id");
+  });
+});
+
+describe("LimitedWarnings", () => {
+  it("logs a warning the first time, then at most once an interval with the count left out, each key on its own", () => {
+    vi.useFakeTimers({ toFake: ["Date"] });
+    try {
+      const { logger, lines } = capture();
+      const warnings = new LimitedWarnings(logger, 1000);
+      const down = (error: string) => warnings.warn({ error }, "down", `down ${error}`);
+      for (let i = 0; i < 5; i++) {
+        down("refused");
+        vi.advanceTimersByTime(300);
+      }
+      down("reset");
+      warnings.warn({}, "other");
+      expect(lines.map((l) => [l.msg, l.error, l.suppressed])).toEqual([
+        ["down", "refused", undefined],
+        // 1.2 s after the first: the three between were left out.
+        ["down", "refused", 3],
+        ["down", "reset", undefined],
+        ["other", undefined, undefined],
+      ]);
+      expect(lines.every((l) => l.level === "warn")).toBe(true);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
