@@ -38,7 +38,7 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
     process.stderr.write(`${(err as Error).message}\n`);
     process.exit(2);
   }
-  const queue = config.queueUrl ? await queueProblem({ url: config.queueUrl, cluster: config.queueCluster }) : undefined;
+  const queue = config.queueUrl ? await queueProblem({ url: config.queueUrl, cluster: config.queueCluster }, logger) : undefined;
   if (queue) {
     process.stderr.write(`cannot start: ${queue}\n`);
     process.exit(2);

@@ -1,8 +1,10 @@
-// The queue's Redis client and key names: a cluster's keys share one hash tag, and a client of
-// a Redis that cannot be reached retries (and reports) at one server's pace, not ten times a
-// second for minutes.
+// The queue's Redis client and key names: a cluster's keys share one hash tag, a client of a
+// Redis that cannot be reached retries (and reports) at one server's pace, not ten times a
+// second for minutes, and the start says what the Redis would lose in a restart.
 import { describe, expect, it } from "vitest";
-import { connectQueue, queueKeys } from "../../services/jobs/queue/connection.ts";
+import { connectQueue, queueKeys, queueProblem } from "../../services/jobs/queue/connection.ts";
+import { createLogger } from "../../services/platform/log.ts";
+import { startRedis } from "../../scripts/redis-server.ts";
 
 describe("queue connection", () => {
   it("puts every key of a cluster's queue under the prefix's hash tag, and leaves one server's alone", () => {
@@ -31,5 +33,22 @@ describe("queue connection", () => {
     expect(errors.length).toBeGreaterThan(0);
     expect(errors.length).toBeLessThan(35);
     expect(errors.every((e) => e.includes("127.0.0.1:1"))).toBe(true);
+  });
+
+  it.each([
+    { redis: ["--appendonly", "yes"], said: [] },
+    { redis: ["--save", "60 1"], said: [["info", "the queue's Redis keeps snapshots only: a restart loses the jobs written since the last one (appendonly yes keeps them)", "60 1"]] },
+    // A managed Redis often renames CONFIG away: the start goes on without that check.
+    { redis: ["--rename-command", "CONFIG", ""], said: [["debug", "the queue's Redis refuses CONFIG GET: whether it keeps its data across a restart is not checked", undefined]] },
+  ])("says at start what a restart of its Redis loses ($redis)", async ({ redis: args, said }) => {
+    const redis = await startRedis(args);
+    try {
+      const lines: Record<string, unknown>[] = [];
+      const problem = await queueProblem({ url: redis.url }, createLogger("debug", { write: (s: string) => void lines.push(JSON.parse(s)) }));
+      expect(problem).toBeUndefined();
+      expect(lines.map((l) => [l.level, l.msg, l.save])).toEqual(said);
+    } finally {
+      await redis.stop();
+    }
   });
 });

@@ -4,6 +4,7 @@
  * processes share (BullMQ's under <prefix>:queue:*, the job records beside them).
  */
 import { Cluster, Redis, type RedisOptions } from "ioredis";
+import type { Logger } from "../../platform/log.ts";
 
 /** BullMQ's queue name; its keys are <prefix>:queue:wait, :active, :<jobId>:lock, ... */
 export const QUEUE_NAME = "queue";
@@ -60,21 +61,34 @@ export function redisOptions(url: string): RedisOptions {
 }
 
 /**
+ * BullMQ's options for every Queue and Worker. BullMQ's own check of the server at connect
+ * writes a plain-text line (console.warn) into the JSON log when the eviction policy is not
+ * noeviction, and BullMQ takes no logger: the check is off, and queueProblem makes it, logged as
+ * JSON, once a process. Without the server's version BullMQ assumes the oldest it runs on (5.0)
+ * and rounds its blocking waits up to whole seconds: a job delayed for half a second (put back
+ * until its record is written) is taken after one; retries, whole seconds, are not changed.
+ */
+export const BULLMQ_OPTIONS = { skipVersionCheck: true };
+
+/**
  * What the queue's Redis says of itself at start, as a configuration error: a node of a Redis
  * Cluster without VACCINE_QUEUE_CLUSTER (every job write would fail with CROSSSLOT), the
  * reverse, or credentials it refuses. Undefined when all is well, and when it cannot be reached:
- * the process starts then, and its job RPCs answer UNAVAILABLE until Redis is back.
+ * the process starts then, and its job RPCs answer UNAVAILABLE until Redis is back. What it
+ * would lose (queueRisks) is logged.
  */
-export async function queueProblem(target: QueueTarget, timeoutMs = 3000): Promise<string | undefined> {
+export async function queueProblem(target: QueueTarget, logger: Logger, timeoutMs = 3000): Promise<string | undefined> {
   // One server's client even for a cluster: a node answers INFO about itself.
   const redis = new Redis({ ...redisOptions(target.url), db: 0, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null, connectTimeout: timeoutMs, enableOfflineQueue: false });
   let refused: Error | undefined;
   redis.on("error", (err: Error) => (refused = err));
   try {
     await redis.connect();
-    const clustered = /^cluster_enabled:1/m.test(await redis.info("cluster"));
+    const info = await redis.info();
+    const clustered = /^cluster_enabled:1/m.test(info);
     if (clustered && !target.cluster) return "VACCINE_QUEUE_URL names a node of a Redis Cluster: set VACCINE_QUEUE_CLUSTER=true";
     if (!clustered && target.cluster) return "VACCINE_QUEUE_CLUSTER=true, but the Redis at VACCINE_QUEUE_URL is not in cluster mode";
+    await queueRisks(redis, info, logger);
     return undefined;
   } catch {
     const auth = refused?.message.match(/^(WRONGPASS|NOAUTH|NOPERM)\b.*$/);
@@ -82,6 +96,31 @@ export async function queueProblem(target: QueueTarget, timeoutMs = 3000): Promi
   } finally {
     redis.disconnect();
   }
+}
+
+/**
+ * Warnings of what the queue's Redis (in a cluster, the node the URL names) would lose. An
+ * evicting policy drops keys at its memory limit, a job's lock or record among them. With neither
+ * an append-only file nor snapshots a restart loses every queued job and record; with snapshots
+ * only, those written since the last one, a note. The policy and the append-only file are in
+ * INFO, which every Redis answers; snapshots only in CONFIG, which a managed Redis may refuse
+ * (renamed): that check is then left out, and said at debug.
+ */
+async function queueRisks(redis: Redis, info: string, logger: Logger): Promise<void> {
+  const policy = info.match(/^maxmemory_policy:(\S+)/m)?.[1];
+  if (policy && policy !== "noeviction") {
+    logger.warn({ maxmemory_policy: policy }, "the queue's Redis evicts keys at its memory limit, a job's lock or record among them: set maxmemory-policy noeviction");
+  }
+  if (/^aof_enabled:1/m.test(info)) return;
+  let save: string;
+  try {
+    save = String(((await redis.config("GET", "save")) as string[])[1] ?? "");
+  } catch (err) {
+    logger.debug({ error: (err as Error).message }, "the queue's Redis refuses CONFIG GET: whether it keeps its data across a restart is not checked");
+    return;
+  }
+  if (save) logger.info({ appendonly: "no", save }, "the queue's Redis keeps snapshots only: a restart loses the jobs written since the last one (appendonly yes keeps them)");
+  else logger.warn({ appendonly: "no", save }, "the queue's Redis keeps nothing across a restart: a restart loses every queued job and job record; set appendonly yes");
 }
 
 /**

@@ -16,7 +16,7 @@ import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
 import { jobQuotaExceeded } from "../../common/quotas.ts";
 import { cancelledError, FINAL, JOB_METRICS, visibleTo, type JobExecutor, type JobSpec } from "../executor.ts";
-import { clusterReady, connectQueue, QUEUE_NAME, queueKeys, redisOptions, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
+import { BULLMQ_OPTIONS, clusterReady, connectQueue, QUEUE_NAME, queueKeys, redisOptions, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
 import { observeQueue } from "./metrics.ts";
 import { DEFAULT_MAX_WATCHES } from "./watch-limit.ts";
 import { EventStreams } from "./event-streams.ts";
@@ -79,7 +79,7 @@ export class QueueExecutor implements JobExecutor {
     });
     this.jobs = new RedisJobs(this.redis, this.keys);
     this.streams = new EventStreams(this.target, this.jobs, this.redis);
-    this.queue = new Queue(QUEUE_NAME, { connection: this.redis, prefix: this.keys.prefix });
+    this.queue = new Queue(QUEUE_NAME, { connection: this.redis, prefix: this.keys.prefix, ...BULLMQ_OPTIONS });
     // BullMQ passes its connection's errors on (a cluster's without the node named): logged once, above.
     this.queue.on("error", (err: Error) => !connectionError.endsWith(err.message) && this.logger.warn({ error: err.message }, "job queue error"));
     if (options.meter) {

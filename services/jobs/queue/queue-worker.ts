@@ -29,7 +29,7 @@ import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
 import { markRunFailed } from "../telemetry.ts";
 import { cancelledError, FINAL, JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobWork, type StopReason } from "../executor.ts";
-import { connectQueue, QUEUE_NAME, queueKeys, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
+import { BULLMQ_OPTIONS, connectQueue, QUEUE_NAME, queueKeys, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
 import { QUEUE_METRICS, StepRate } from "./metrics.ts";
 import type { QueuedJobData } from "./queue-executor.ts";
 import { RedisJobs, type Change } from "./redis-jobs.ts";
@@ -155,6 +155,7 @@ export class QueueWorker {
       maxStalledCount: this.maxAttempts,
       // Jobs are taken once the process is ready (start()), not while it is still starting.
       autorun: false,
+      ...BULLMQ_OPTIONS,
     });
     this.worker.on("error", (err: Error) => this.logger.warn({ error: err.message }, "job worker error"));
     // Renewal refused: the lock is gone (another worker may own the job): stop writing and stop training.
