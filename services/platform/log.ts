@@ -62,4 +62,11 @@ export class LimitedWarnings {
     this.logger.warn({ ...fields, ...(last?.suppressed && { suppressed: last.suppressed }) }, msg);
     this.said.set(key, { at: now, suppressed: 0 });
   }
+
+  /** Forgets every key, so that the next warning is logged at once; returns how many were left out since their last line. */
+  reset(): number {
+    const suppressed = [...this.said.values()].reduce((n, s) => n + s.suppressed, 0);
+    this.said.clear();
+    return suppressed;
+  }
 }

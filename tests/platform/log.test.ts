@@ -71,6 +71,12 @@ describe("LimitedWarnings", () => {
         ["other", undefined, undefined],
       ]);
       expect(lines.every((l) => l.level === "warn")).toBe(true);
+      // Once the trouble is over: how many were left out, and the next is logged at once.
+      down("refused");
+      expect(warnings.reset()).toBe(1);
+      down("refused");
+      expect(lines.at(-1)).toMatchObject({ msg: "down", error: "refused" });
+      expect(lines).toHaveLength(5);
     } finally {
       vi.useRealTimers();
     }

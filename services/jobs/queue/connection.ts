@@ -24,11 +24,11 @@ export type QueueRedis = Redis | Cluster;
  * own retries: it holds commands without limit while it has no node at all (so a bounded one
  * refuses them then), and gives up on a command after 16 redirections, about 1.6 s of a node
  * being down (so one that waits never does). `onError` hears every connection error, a
- * cluster node's too.
+ * cluster node's too, and `onReady` every connection made ready, a cluster node's too.
  */
-export function connectQueue(target: QueueTarget, maxRetriesPerRequest: number | null, onError: (err: Error) => void = () => {}): QueueRedis {
+export function connectQueue(target: QueueTarget, maxRetriesPerRequest: number | null, onError: (err: Error) => void = () => {}, onReady: () => void = () => {}): QueueRedis {
   const { host, port, db, ...node } = { ...redisOptions(target.url), maxRetriesPerRequest };
-  if (!target.cluster) return new Redis({ host, port, db, ...node }).on("error", onError);
+  if (!target.cluster) return new Redis({ host, port, db, ...node }).on("error", onError).on("ready", onReady);
   if (db) throw new Error(`a Redis Cluster has only database 0, the URL names ${db}: ${target.url}`);
   const waits = maxRetriesPerRequest === null;
   const cluster = new Cluster([{ host, port }], {
@@ -40,9 +40,20 @@ export function connectQueue(target: QueueTarget, maxRetriesPerRequest: number |
     clusterRetryStrategy: (times) => Math.min(times * 50, 2000),
   });
   // A node's connection errors are "node error" events: without them a lost node logs nothing.
+  // The cluster stays ready while one node is lost: its return is a new connection to it made
+  // ready (a connection to another node, made meanwhile, is no return).
+  const lost = new Set<string>();
   return cluster
     .on("error", (err: Error) => onError(new Error(`cluster at ${host}:${port}: ${err.message}`)))
-    .on("node error", (err: Error, address: string) => onError(new Error(`${address}: ${err.message}`)));
+    .on("node error", (err: Error, address: string) => {
+      lost.add(address);
+      onError(new Error(`${address}: ${err.message}`));
+    })
+    .on("ready", () => {
+      lost.clear();
+      onReady();
+    })
+    .on("+node", (conn: Redis) => conn.on("ready", () => lost.delete(`${conn.options.host}:${conn.options.port}`) && onReady()));
 }
 
 /** Connection options from redis://[user:password@]host[:port][/db] or rediss:// (TLS). */

@@ -18,6 +18,7 @@ import { jobQuotaExceeded } from "../../common/quotas.ts";
 import { cancelledError, FINAL, JOB_METRICS, visibleTo, type JobExecutor, type JobSpec } from "../executor.ts";
 import { BULLMQ_OPTIONS, clusterReady, connectQueue, QUEUE_NAME, queueKeys, redisOptions, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
 import { observeQueue } from "./metrics.ts";
+import { OutageLog } from "./outage-log.ts";
 import { DEFAULT_MAX_WATCHES } from "./watch-limit.ts";
 import { EventStreams } from "./event-streams.ts";
 import { RedisJobs } from "./redis-jobs.ts";
@@ -71,17 +72,13 @@ export class QueueExecutor implements JobExecutor {
     this.enqueueTimeoutMs = options.enqueueTimeoutMs ?? 5000;
     this.probeMs = options.availabilityProbeMs ?? 2000;
     this.maxWatches = options.maxWatches ?? DEFAULT_MAX_WATCHES;
+    const outage = new OutageLog(this.logger);
     // A request fails after a few reconnection attempts instead of hanging while Redis is down.
-    let connectionError = "";
-    this.redis = connectQueue(this.target, 3, (err) => {
-      connectionError = err.message;
-      this.logger.warn({ error: err.message }, "job queue connection error");
-    });
+    this.redis = connectQueue(this.target, 3, outage.connectionError, outage.ready);
     this.jobs = new RedisJobs(this.redis, this.keys);
     this.streams = new EventStreams(this.target, this.jobs, this.redis);
     this.queue = new Queue(QUEUE_NAME, { connection: this.redis, prefix: this.keys.prefix, ...BULLMQ_OPTIONS });
-    // BullMQ passes its connection's errors on (a cluster's without the node named): logged once, above.
-    this.queue.on("error", (err: Error) => !connectionError.endsWith(err.message) && this.logger.warn({ error: err.message }, "job queue error"));
+    this.queue.on("error", outage.bullmqError("job queue error"));
     if (options.meter) {
       this.finished = options.meter.createCounter(JOB_METRICS.finished, { description: "Jobs that reached a final state" });
       observeQueue(options.meter, this.queue);

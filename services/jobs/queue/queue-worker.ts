@@ -31,6 +31,7 @@ import { markRunFailed } from "../telemetry.ts";
 import { cancelledError, FINAL, JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobWork, type StopReason } from "../executor.ts";
 import { BULLMQ_OPTIONS, connectQueue, QUEUE_NAME, queueKeys, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
 import { QUEUE_METRICS, StepRate } from "./metrics.ts";
+import { OutageLog } from "./outage-log.ts";
 import type { QueuedJobData } from "./queue-executor.ts";
 import { RedisJobs, type Change } from "./redis-jobs.ts";
 import { extractTrace } from "./trace-carrier.ts";
@@ -118,7 +119,8 @@ export class QueueWorker {
     this.maxAttempts = options.maxAttempts ?? 3;
     this.retryDelayMs = options.retryDelayMs ?? 5000;
     // Writes wait out a Redis outage (null: no retry limit); the fence decides whether they still count.
-    this.redis = connectQueue(options, null, (err) => this.logger.warn({ error: err.message }, "job queue connection error"));
+    const outage = new OutageLog(this.logger);
+    this.redis = connectQueue(options, null, outage.connectionError, outage.ready);
     this.jobs = new RedisJobs(this.redis, this.keys);
     this.subscriber = connectQueue(options, null);
     this.subscriber.on("message", (_channel: string, id: string) => this.cancelRequested(id));
@@ -157,7 +159,7 @@ export class QueueWorker {
       autorun: false,
       ...BULLMQ_OPTIONS,
     });
-    this.worker.on("error", (err: Error) => this.logger.warn({ error: err.message }, "job worker error"));
+    this.worker.on("error", outage.bullmqError("job worker error"));
     // Renewal refused: the lock is gone (another worker may own the job): stop writing and stop training.
     this.worker.on("lockRenewalFailed", (ids: string[]) => ids.forEach((id) => this.running.get(id) && this.lose(this.running.get(id)!)));
   }
