@@ -1,6 +1,6 @@
 import type { Meter, Tracer } from "@opentelemetry/api";
 import { CallSlots } from "../common/call-slots.ts";
-import { queueProblem } from "../jobs/queue/connection.ts";
+import { queueProblem, quietBullmqChecks } from "../jobs/queue/connection.ts";
 import { GrantsFileError } from "../platform/grants-file.ts";
 import { createLogger, type Logger } from "../platform/log.ts";
 import { ServingStatus } from "../platform/health.ts";
@@ -38,6 +38,7 @@ export async function runServices(only?: ServiceName[]): Promise<void> {
     process.stderr.write(`${(err as Error).message}\n`);
     process.exit(2);
   }
+  if (config.queueUrl) quietBullmqChecks();
   const queue = config.queueUrl ? await queueProblem({ url: config.queueUrl, cluster: config.queueCluster }, logger) : undefined;
   if (queue) {
     process.stderr.write(`cannot start: ${queue}\n`);

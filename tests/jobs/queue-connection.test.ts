@@ -2,7 +2,8 @@
 // Redis that cannot be reached retries (and reports) at one server's pace, not ten times a
 // second for minutes, and the start says what the Redis would lose in a restart.
 import { describe, expect, it } from "vitest";
-import { connectQueue, queueKeys, queueProblem } from "../../services/jobs/queue/connection.ts";
+import type { Redis } from "ioredis";
+import { connectQueue, queueKeys, queueProblem, queueRisks, quietBullmqChecks } from "../../services/jobs/queue/connection.ts";
 import { createLogger } from "../../services/platform/log.ts";
 import { startRedis } from "../../scripts/redis-server.ts";
 
@@ -49,6 +50,30 @@ describe("queue connection", () => {
       expect(lines.map((l) => [l.level, l.msg, l.save])).toEqual(said);
     } finally {
       await redis.stop();
+    }
+  });
+
+  it("warns of a Redis older than 6.2, which BullMQ's own check would have said in plain text", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const logger = createLogger("debug", { write: (s: string) => void lines.push(JSON.parse(s)) });
+    const persistent = { config: async () => ["save", "60 1"] } as unknown as Pick<Redis, "config">;
+    for (const version of ["6.0.16", "6.2.0", "7.0.15"]) await queueRisks(persistent, `redis_version:${version}\naof_enabled:1\n`, logger);
+    expect(lines.map((l) => [l.level, l.redis_version])).toEqual([["warn", "6.0"]]);
+  });
+
+  it("keeps BullMQ's plain-text server checks off the console, and every other warning on it", () => {
+    const original = console.warn;
+    const written: unknown[][] = [];
+    console.warn = (...args: unknown[]) => void written.push(args);
+    try {
+      quietBullmqChecks();
+      quietBullmqChecks();
+      console.warn('IMPORTANT! Eviction policy is allkeys-lru. It should be "noeviction"');
+      console.warn("It is highly recommended to use a minimum Redis version of 6.2.0\n             Current: 6.0.16");
+      console.warn("something else", 1);
+      expect(written).toEqual([["something else", 1]]);
+    } finally {
+      console.warn = original;
     }
   });
 });

@@ -71,15 +71,25 @@ export function redisOptions(url: string): RedisOptions {
   };
 }
 
+/** What BullMQ's check of the server at connect writes with console.warn: queueProblem says the same as JSON. */
+const BULLMQ_CHECKS = [/^IMPORTANT! Eviction policy is /, /^It is highly recommended to use a minimum Redis version/];
+
 /**
- * BullMQ's options for every Queue and Worker. BullMQ's own check of the server at connect
- * writes a plain-text line (console.warn) into the JSON log when the eviction policy is not
- * noeviction, and BullMQ takes no logger: the check is off, and queueProblem makes it, logged as
- * JSON, once a process. Without the server's version BullMQ assumes the oldest it runs on (5.0)
- * and rounds its blocking waits up to whole seconds: a job delayed for half a second (put back
- * until its record is written) is taken after one; retries, whole seconds, are not changed.
+ * Keeps BullMQ's server checks out of the process's JSON log. BullMQ takes no logger and
+ * writes them with console.warn, as plain text, on each of its connections; queueProblem logs
+ * the same once a process, as JSON. Only those lines are left out: any other console.warn is
+ * written as before. The check itself stays on, since without the server's version BullMQ
+ * assumes Redis 5.0 and rounds its blocking waits up to whole seconds.
  */
-export const BULLMQ_OPTIONS = { skipVersionCheck: true };
+export function quietBullmqChecks(): void {
+  const warn = console.warn;
+  if ((warn as { quiet?: boolean }).quiet) return;
+  const quiet = (...args: unknown[]) => {
+    if (typeof args[0] === "string" && BULLMQ_CHECKS.some((p) => p.test(args[0] as string))) return;
+    warn(...args);
+  };
+  console.warn = Object.assign(quiet, { quiet: true });
+}
 
 /**
  * What the queue's Redis says of itself at start, as a configuration error: a node of a Redis
@@ -110,14 +120,19 @@ export async function queueProblem(target: QueueTarget, logger: Logger, timeoutM
 }
 
 /**
- * Warnings of what the queue's Redis (in a cluster, the node the URL names) would lose. An
+ * Warnings of what the queue's Redis (in a cluster, the node the URL names) would lose, and of
+ * a version older than the README asks (BullMQ's own check of it is kept out of the log). An
  * evicting policy drops keys at its memory limit, a job's lock or record among them. With neither
  * an append-only file nor snapshots a restart loses every queued job and record; with snapshots
  * only, those written since the last one, a note. The policy and the append-only file are in
  * INFO, which every Redis answers; snapshots only in CONFIG, which a managed Redis may refuse
  * (renamed): that check is then left out, and said at debug.
  */
-async function queueRisks(redis: Redis, info: string, logger: Logger): Promise<void> {
+export async function queueRisks(redis: Pick<Redis, "config">, info: string, logger: Logger): Promise<void> {
+  const version = info.match(/^redis_version:(\d+)\.(\d+)/m);
+  if (version && Number(version[1]) * 100 + Number(version[2]) < 602) {
+    logger.warn({ redis_version: `${version[1]}.${version[2]}` }, "the queue's Redis is older than 6.2, the oldest this suite is tested against");
+  }
   const policy = info.match(/^maxmemory_policy:(\S+)/m)?.[1];
   if (policy && policy !== "noeviction") {
     logger.warn({ maxmemory_policy: policy }, "the queue's Redis evicts keys at its memory limit, a job's lock or record among them: set maxmemory-policy noeviction");

@@ -16,7 +16,7 @@ import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
 import { jobQuotaExceeded } from "../../common/quotas.ts";
 import { cancelledError, FINAL, JOB_METRICS, visibleTo, type JobExecutor, type JobSpec } from "../executor.ts";
-import { BULLMQ_OPTIONS, clusterReady, connectQueue, QUEUE_NAME, queueKeys, redisOptions, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
+import { clusterReady, connectQueue, QUEUE_NAME, queueKeys, redisOptions, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
 import { observeQueue } from "./metrics.ts";
 import { OutageLog } from "./outage-log.ts";
 import { DEFAULT_MAX_WATCHES } from "./watch-limit.ts";
@@ -77,7 +77,7 @@ export class QueueExecutor implements JobExecutor {
     this.redis = connectQueue(this.target, 3, outage.connectionError, outage.ready);
     this.jobs = new RedisJobs(this.redis, this.keys);
     this.streams = new EventStreams(this.target, this.jobs, this.redis);
-    this.queue = new Queue(QUEUE_NAME, { connection: this.redis, prefix: this.keys.prefix, ...BULLMQ_OPTIONS });
+    this.queue = new Queue(QUEUE_NAME, { connection: this.redis, prefix: this.keys.prefix });
     this.queue.on("error", outage.bullmqError("job queue error"));
     if (options.meter) {
       this.finished = options.meter.createCounter(JOB_METRICS.finished, { description: "Jobs that reached a final state" });

@@ -29,7 +29,7 @@ import { silentLogger, type Logger } from "../../platform/log.ts";
 import { SCOPE } from "../../platform/telemetry.ts";
 import { markRunFailed } from "../telemetry.ts";
 import { cancelledError, FINAL, JOB_METRICS, type ErrorMapper, type JobContext, type JobEventInit, type JobWork, type StopReason } from "../executor.ts";
-import { BULLMQ_OPTIONS, connectQueue, QUEUE_NAME, queueKeys, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
+import { connectQueue, QUEUE_NAME, queueKeys, type QueueKeys, type QueueRedis, type QueueTarget } from "./connection.ts";
 import { QUEUE_METRICS, StepRate } from "./metrics.ts";
 import { OutageLog } from "./outage-log.ts";
 import type { QueuedJobData } from "./queue-executor.ts";
@@ -157,7 +157,6 @@ export class QueueWorker {
       maxStalledCount: this.maxAttempts,
       // Jobs are taken once the process is ready (start()), not while it is still starting.
       autorun: false,
-      ...BULLMQ_OPTIONS,
     });
     this.worker.on("error", outage.bullmqError("job worker error"));
     // Renewal refused: the lock is gone (another worker may own the job): stop writing and stop training.
