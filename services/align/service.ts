@@ -31,7 +31,7 @@ export function alignService(deps: SuiteDeps, executor: JobExecutor): ServiceMod
       router.service(AlignService, {
         async createAlignJob(req, ctx) {
           checkAlignSpec(req.spec, boundsOf(deps));
-          return jobs.create(req.spec, ctx);
+          return jobs.create(req.spec, req.requestId, ctx);
         },
         getAlignJob: jobs.get,
         listAlignJobs: jobs.list,

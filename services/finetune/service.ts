@@ -37,7 +37,7 @@ export function fineTuneService(deps: SuiteDeps, executor: JobExecutor): Service
       router.service(FineTuneService, {
         async createFineTuneJob(req, ctx) {
           checkFineTuneSpec(req.spec, boundsOf(deps));
-          return jobs.create(req.spec, ctx);
+          return jobs.create(req.spec, req.requestId, ctx);
         },
         getFineTuneJob: jobs.get,
         listFineTuneJobs: jobs.list,

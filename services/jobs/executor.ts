@@ -66,9 +66,10 @@ export interface JobExecutor {
    * Creates a QUEUED job owned by `tenant`; the caller's active span becomes the link of the
    * job's trace. With `maxActive` > 0 the tenant's job quota is checked atomically with the
    * creation: refused (jobQuotaExceeded) when it already has that many jobs of any kind not
-   * final (queued, running, cancelling).
+   * final (queued, running, cancelling). With `requestId` the job's id is jobIdFor's: when
+   * that job exists already it is returned as it is (sameRequest), not made again.
    */
-  create(kind: JobKind, spec: JobSpec, tenant?: string, maxActive?: number): Promise<Job>;
+  create(kind: JobKind, spec: JobSpec, tenant?: string, maxActive?: number, requestId?: string): Promise<Job>;
   get(kind: JobKind, id: string, tenant?: string): Promise<Job>;
   /** Jobs of a kind, newest first; the page token is opaque to clients. */
   list(kind: JobKind, pageSize: number, pageToken: string, tenant?: string): Promise<{ jobs: Job[]; nextPageToken: string }>;

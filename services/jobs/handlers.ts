@@ -1,4 +1,4 @@
-import type { HandlerContext } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext } from "@connectrpc/connect";
 import { JobKind } from "../../gen/vaccine/v1/jobs_pb.ts";
 import type { AlignSpec, FineTuneSpec } from "../../gen/vaccine/v1/training_pb.ts";
 import type { SuiteDeps } from "../common/deps.ts";
@@ -6,9 +6,13 @@ import { scopeOf, visibleTenant } from "../common/ownership.ts";
 import { checkStoredBytesQuota } from "../common/quotas.ts";
 import { principalOf } from "../platform/principal.ts";
 import { checkPage, RequestValidator } from "../platform/validate.ts";
-import type { JobExecutor } from "./executor.ts";
+import type { JobExecutor, JobSpec } from "./executor.ts";
 import { checkJobInputs } from "./inputs.ts";
-import { JOB_ID, jobNotFound } from "./new-job.ts";
+import { JOB_ID, jobIdFor, jobNotFound, sameRequest } from "./new-job.ts";
+
+/** A Create's request_id (align.proto): short, and safe in logs and ids. */
+const MAX_REQUEST_ID = 64;
+const REQUEST_ID = /^[A-Za-z0-9._~-]+$/;
 import { checkJobId } from "./validate.ts";
 
 /**
@@ -30,18 +34,27 @@ export function jobHandlers(deps: SuiteDeps, executor: JobExecutor, kind: JobKin
   };
   const tenantOf = (ctx: HandlerContext) => visibleTenant(scopeOf(principalOf(ctx)));
   return {
-    async create(spec: AlignSpec | FineTuneSpec, ctx: HandlerContext) {
+    async create(spec: AlignSpec | FineTuneSpec, requestId: string, ctx: HandlerContext) {
+      const v = new RequestValidator();
+      v.length("request_id", requestId, MAX_REQUEST_ID);
+      if (requestId && !REQUEST_ID.test(requestId)) v.fail("request_id", "must be characters of [A-Za-z0-9._~-]");
+      v.check();
       const scope = scopeOf(principalOf(ctx));
+      const tenant = scope?.tenant ?? "";
+      const jobSpec: JobSpec = kind === JobKind.ALIGN ? { case: "align", value: spec as AlignSpec } : { case: "fineTune", value: spec as FineTuneSpec };
+      // A retry gets its job before anything is checked again: its inputs may have changed
+      // since (a dataset deleted after the job read it), or its tenant reached a quota.
+      if (requestId) {
+        const prior = await executor.get(kind, jobIdFor(kind, tenant, requestId), tenant).catch((err: unknown) => {
+          if (ConnectError.from(err).code !== Code.NotFound) throw err;
+        });
+        if (prior) return { job: sameRequest(prior, jobSpec) };
+      }
       await checkJobInputs(deps, stage, spec, scope, ctx.signal);
       if (scope) await checkStoredBytesQuota(deps, scope.tenant);
-      const tenant = scope?.tenant ?? "";
       // The job quota is the executor's to check, atomically with the creation.
       const maxActive = scope ? (deps.quotas?.jobs ?? 0) : 0;
-      const job =
-        kind === JobKind.ALIGN
-          ? await executor.create(kind, { case: "align", value: spec as AlignSpec }, tenant, maxActive)
-          : await executor.create(kind, { case: "fineTune", value: spec as FineTuneSpec }, tenant, maxActive);
-      return { job };
+      return { job: await executor.create(kind, jobSpec, tenant, maxActive, requestId) };
     },
     get: async (req: { jobId: string }, ctx: HandlerContext) => ({ job: await executor.get(kind, byId(req), tenantOf(ctx)) }),
     cancel: async (req: { jobId: string }, ctx: HandlerContext) => ({ job: await executor.cancel(kind, byId(req), tenantOf(ctx)) }),

@@ -30,7 +30,7 @@ import { cancelledError, FINAL, JOB_METRICS, type ErrorMapper, type JobContext, 
 import { jobQuotaExceeded } from "../common/quotas.ts";
 import { JobRecords, type TraceLink } from "./records.ts";
 import { pageOf } from "./job-pages.ts";
-import { jobNotFound, KIND_NAME, newJob } from "./new-job.ts";
+import { jobNotFound, KIND_NAME, newJob, sameRequest } from "./new-job.ts";
 
 export interface LocalExecutorOptions {
   /** Folder of the durable job records and event logs. */
@@ -107,13 +107,15 @@ export class LocalExecutor implements JobExecutor {
     queueMicrotask(() => this.schedule());
   }
 
-  async create(kind: JobKind, spec: JobSpec, tenant = "", maxActive = 0): Promise<Job> {
+  async create(kind: JobKind, spec: JobSpec, tenant = "", maxActive = 0, requestId = ""): Promise<Job> {
+    const job = newJob(kind, spec, tenant, requestId);
+    const prior = this.entries.get(job.id);
+    if (prior) return clone(JobSchema, sameRequest(prior.job, spec));
     if (this.stopping) throw shuttingDown();
     // Counted and created with no await in between: concurrent creates cannot both pass.
     const active = maxActive > 0 ? this.activeCount(tenant) : 0;
     if (maxActive > 0 && active >= maxActive) throw jobQuotaExceeded(tenant, maxActive, active);
     const caller = trace.getSpan(context.active())?.spanContext();
-    const job = newJob(kind, spec, tenant);
     const entry: Entry = { job, link: caller && { traceId: caller.traceId, spanId: caller.spanId }, events: [], wake: new Set() };
     // Written before it is known: a job whose record cannot be written is refused, not kept in memory only.
     try {

@@ -120,6 +120,25 @@ describe("LocalExecutor", () => {
     await ex.shutdown();
   });
 
+  it("makes one job of creates with one request_id, run once; the same id with another spec is ALREADY_EXISTS", async () => {
+    const c = controllable();
+    const ex = new LocalExecutor({ dir: tempDir(), work: { [JobKind.ALIGN]: c.work }, mapError });
+    const jobs = await Promise.all([1, 2, 3].map(() => ex.create(JobKind.ALIGN, spec, "team-a", 0, "r1")));
+    const [id] = new Set(jobs.map((j) => j.id));
+    expect(jobs.every((j) => j.id === id && j.requestId === "r1")).toBe(true);
+    await until(() => c.started.length === 1);
+    c.release(id);
+    await until(async () => (await ex.get(JobKind.ALIGN, id)).state === JobState.SUCCEEDED);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(c.started).toHaveLength(1);
+    expect(states(await collect(ex.watch(JobKind.ALIGN, id, new AbortController().signal)))).toEqual(["QUEUED", "RUNNING", "SUCCEEDED"]);
+    const other = { case: "align" as const, value: create(AlignSpecSchema, { lora: { rank: 2 } }) };
+    await expect(ex.create(JobKind.ALIGN, other, "team-a", 0, "r1")).rejects.toMatchObject({ code: Code.AlreadyExists });
+    // Another tenant's request_id is its own.
+    expect((await ex.create(JobKind.ALIGN, other, "team-b", 0, "r1")).id).not.toBe(id);
+    await ex.shutdown();
+  });
+
   it("cancels a queued job at once and a running one after its step, with a Status and ErrorInfo", async () => {
     const c = controllable();
     const ex = new LocalExecutor({ dir: tempDir(), work: { [JobKind.ALIGN]: c.work }, mapError });

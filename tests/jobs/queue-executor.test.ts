@@ -21,6 +21,7 @@ import type { JobContext, JobWork } from "../../services/jobs/executor.ts";
 import { connectQueue, QUEUE_NAME, queueKeys } from "../../services/jobs/queue/connection.ts";
 import { QueueExecutor } from "../../services/jobs/queue/queue-executor.ts";
 import { QueueWorker, type QueueWorkerOptions } from "../../services/jobs/queue/queue-worker.ts";
+import { jobIdFor } from "../../services/jobs/new-job.ts";
 import { RedisJobs } from "../../services/jobs/queue/redis-jobs.ts";
 import { rpcError } from "../../services/platform/errors.ts";
 import { createLogger } from "../../services/platform/log.ts";
@@ -531,6 +532,21 @@ describe.each([
     await until(async () => (await stateOf(ex1, running.id)) === JobState.SUCCEEDED);
     expect(await ids()).toEqual([queued.id]);
     expect(await ids("team-a")).toEqual([]);
+  });
+
+  it("makes one job of concurrent creates with one request_id on two apis, queued once; a tenant's id is its own", async () => {
+    const { api, direct } = setup();
+    const [ex1, ex2] = [api(), api()];
+    const { queue } = direct();
+    const tries = await Promise.all(Array.from({ length: 6 }, (_, i) => (i % 2 ? ex1 : ex2).create(JobKind.ALIGN, spec, "team-a", 0, "r1")));
+    const ids = new Set(tries.map((j) => j.id));
+    expect(ids).toEqual(new Set([jobIdFor(JobKind.ALIGN, "team-a", "r1")]));
+    expect((await queue.getWaiting()).map((j) => j.id)).toEqual([...ids]);
+    const other = await ex1.create(JobKind.ALIGN, spec, "team-b", 0, "r1");
+    expect(ids.has(other.id)).toBe(false);
+    // A retry at the job quota is the job it made, not a refusal.
+    expect((await ex2.create(JobKind.ALIGN, spec, "team-a", 1, "r1")).id).toBe([...ids][0]);
+    await expect(ex2.create(JobKind.ALIGN, { case: "align", value: create(AlignSpecSchema, { lora: { rank: 2 } }) }, "team-a", 0, "r1")).rejects.toMatchObject({ code: Code.AlreadyExists });
   });
 
   it("stops an idle worker at once while Redis cannot be reached", async () => {

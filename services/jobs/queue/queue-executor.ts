@@ -23,7 +23,7 @@ import { DEFAULT_MAX_WATCHES } from "./watch-limit.ts";
 import { EventStreams } from "./event-streams.ts";
 import { RedisJobs } from "./redis-jobs.ts";
 import { injectTrace, type TraceCarrier } from "./trace-carrier.ts";
-import { jobNotFound, KIND_NAME, newJob } from "../new-job.ts";
+import { jobNotFound, KIND_NAME, newJob, sameRequest } from "../new-job.ts";
 
 /** What a queued BullMQ job carries: the record's id and the enqueue span's W3C context. */
 export interface QueuedJobData {
@@ -85,13 +85,16 @@ export class QueueExecutor implements JobExecutor {
     }
   }
 
-  async create(kind: JobKind, spec: JobSpec, tenant = "", maxActive = 0): Promise<Job> {
+  async create(kind: JobKind, spec: JobSpec, tenant = "", maxActive = 0, requestId = ""): Promise<Job> {
+    const job = newJob(kind, spec, tenant, requestId);
+    // A retried Create: the job it made, not another (nor a quota refusal for it).
+    const prior = requestId ? await this.guard(() => this.jobs.read(job.id)) : undefined;
+    if (prior) return sameRequest(prior.job, spec);
     if (this.stopping) throw shuttingDown();
     // Refused before anything is queued; the record's script checks again, atomically.
     const active = maxActive > 0 ? await this.guard(() => this.jobs.active(tenant)) : 0;
     if (maxActive > 0 && active >= maxActive) throw jobQuotaExceeded(tenant, maxActive, active);
     const caller = trace.getSpan(context.active())?.spanContext();
-    const job = newJob(kind, spec, tenant);
     const attributes = { "vaccine.job.id": job.id, "vaccine.job.kind": KIND_NAME[kind], "messaging.system": "bullmq", "messaging.destination.name": QUEUE_NAME };
     return this.tracer.startActiveSpan(`enqueue ${KIND_NAME[kind]}`, { kind: SpanKind.PRODUCER, attributes }, async (span) => {
       try {
@@ -110,6 +113,9 @@ export class QueueExecutor implements JobExecutor {
           await this.queue.remove(job.id).catch(() => {});
           throw jobQuotaExceeded(tenant, maxActive, created.active);
         }
+        // The same request_id's Create on another replica recorded it first: BullMQ kept one
+        // queued job for the id, and this call answers with that job.
+        if (created === "exists") return sameRequest((await this.record(kind, job.id, tenant)).job, spec);
         job.lastSequence = 1; // the record's first event, written with it
         return clone(JobSchema, job);
       } catch (err) {
