@@ -7,8 +7,12 @@ import {
   HealthListResponseSchema,
 } from "../../gen/grpc/health/v1/health_pb.ts";
 import { rpcError } from "./errors.ts";
+import { echo } from "./validate.ts";
 
 export { ServingStatus };
+
+/** Longest service name an unknown-service error carries in its ErrorInfo (real ones are under 60). */
+const MAX_SERVICE_NAME = 256;
 
 /**
  * grpc.health.v1 on connect-node: Check, Watch and List over a status per service name,
@@ -42,7 +46,8 @@ export class HealthRegistry {
       check: (req) => {
         const status = this.statuses.get(req.service);
         if (status === undefined) {
-          throw rpcError(Code.NotFound, "SERVICE_UNKNOWN", `unknown service "${req.service}"`, { service: req.service });
+          // The name is the client's: quoted bounded, as every error quotes a request's value.
+          throw rpcError(Code.NotFound, "SERVICE_UNKNOWN", `unknown service ${echo(req.service)}`, { service: req.service.slice(0, MAX_SERVICE_NAME) });
         }
         return create(HealthCheckResponseSchema, { status });
       },

@@ -59,7 +59,11 @@ describe("grpc.health.v1", () => {
       expect((await health.check({ service: name })).status).toBe(S.SERVING);
     }
     const e = await rpcFailure(() => health.check({ service: "nope.Service" }));
-    expect(e.code).toBe(Code.NotFound);
+    expect(e).toMatchObject({ code: Code.NotFound, message: 'unknown service "nope.Service"', info: { reason: "SERVICE_UNKNOWN", metadata: { service: "nope.Service" } } });
+    // A huge name is NOT_FOUND too, quoted bounded: echoed whole it broke the client's header limit.
+    const huge = await rpcFailure(() => health.check({ service: "x".repeat(100_000) }));
+    expect(huge).toMatchObject({ code: Code.NotFound, message: `unknown service "${"x".repeat(64)}"... (100000 characters)` });
+    expect(huge.info.metadata.service).toHaveLength(256);
   });
 
   it("List returns every status", async () => {
