@@ -50,15 +50,15 @@ export function embedBatcher(deps: BatchDeps): (call: EmbedCall, signal?: AbortS
     batchWindowOf(deps),
     (calls, abandoned) =>
       deps.checkpoints.use(calls[0].ref, async (loaded) => {
-        const { layers, final, pooling, maxTokens } = calls[0];
+        const { layers, final, pooling, maxTokens, maxValues } = calls[0];
         const all = Array.from({ length: loaded.model.config.numHiddenLayers }, (_, i) => i);
-        const each = await hiddenStatesOfEach(loaded, calls.map((c) => c.texts), { layers: layers.length ? layers : all, final, pooling, maxTokens }, abandoned);
+        const each = await hiddenStatesOfEach(loaded, calls.map((c) => c.texts), { layers: layers.length ? layers : all, final, pooling, maxTokens, maxValues }, abandoned);
         return each.map((states): Outcome<Embedding> => (states instanceof Error ? { error: states } : { value: { hiddenSize: loaded.model.config.hiddenSize, states } }));
       }),
     onRun(deps, "embed"),
   );
   return (call, signal) =>
-    batcher.call(JSON.stringify([call.ref.digest, call.layers, call.final, call.pooling, call.maxTokens]), call, call.texts.length, signal);
+    batcher.call(JSON.stringify([call.ref.digest, call.layers, call.final, call.pooling, call.maxTokens, call.maxValues]), call, call.texts.length, signal);
 }
 
 /** Moderate calls, batched: each call's results. */

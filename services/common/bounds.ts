@@ -13,6 +13,8 @@ export interface CallBounds {
   maxNewTokens: number;
   /** Tokens one Generate call may produce in all: prompts x max_new_tokens. */
   maxGeneratedTokens: number;
+  /** Values one Embed response may hold: vectors (texts, or their tokens unpooled) x layers x hidden size. */
+  maxEmbedValues: number;
   /** Optimizer steps of one training job (max_steps, or epochs over the dataset). */
   maxSteps: number;
   /** Tokens one training job may process: steps x batch_size x max_sequence_length. */
@@ -23,6 +25,7 @@ export const DEFAULT_BOUNDS: CallBounds = {
   maxPromptTokens: 1024,
   maxNewTokens: 1024,
   maxGeneratedTokens: 65_536,
+  maxEmbedValues: 4_194_304,
   maxSteps: 1_000_000,
   maxTrainingTokens: 1_000_000_000,
 };

@@ -64,7 +64,7 @@ export function embedService(deps: SuiteDeps): ServiceModule {
             await assertCheckpointReadable(deps, scope, ref);
             // Shares forward passes with concurrent calls on the same checkpoint and options.
             const { hiddenSize, states } = await embed(
-              { ref, texts: req.texts, layers: req.layers, final: req.includeFinalHidden, pooling: POOLING[req.pooling], maxTokens: bounds.maxPromptTokens },
+              { ref, texts: req.texts, layers: req.layers, final: req.includeFinalHidden, pooling: POOLING[req.pooling], maxTokens: bounds.maxPromptTokens, maxValues: bounds.maxEmbedValues },
               ctx.signal,
             );
             return create(EmbedResponseSchema, {

@@ -82,6 +82,7 @@ export interface Config {
   maxPromptTokens: number;
   maxNewTokens: number;
   maxGeneratedTokens: number;
+  maxEmbedValues: number;
   maxSteps: number;
   maxTrainingTokens: number;
   quotaJobs: number;
@@ -214,6 +215,7 @@ export const VARIABLES = [
   v({ name: "VACCINE_MAX_PROMPT_TOKENS", key: "maxPromptTokens", default: "1024", description: "Longest Generate prompt, Moderate pair or Embed text, in tokens.", parse: integer(1, 1_048_576) }),
   v({ name: "VACCINE_MAX_NEW_TOKENS", key: "maxNewTokens", default: "1024", description: "Largest max_new_tokens of Generate and the scoring calls; an unset max_new_tokens takes its default (128, or 200 for ScoreTask) or this, whichever is lower.", parse: integer(1, 1_048_576) }),
   v({ name: "VACCINE_MAX_GENERATED_TOKENS", key: "maxGeneratedTokens", default: "65536", description: "Tokens one Generate call may produce: prompts x max_new_tokens.", parse: integer(1, 1_000_000_000) }),
+  v({ name: "VACCINE_MAX_EMBED_VALUES", key: "maxEmbedValues", default: "4194304", description: "Numbers one Embed response may hold: vectors (one a text, or a token with pooling NONE) x layers x hidden size; the default is 16 MiB of float32.", parse: integer(1, 1_000_000_000) }),
   v({ name: "VACCINE_MAX_STEPS", key: "maxSteps", default: "1000000", description: "Training steps of one job (max_steps, or epochs over the dataset), checked at Create: jobs accepted before a lower bound keep theirs, resumes included.", parse: integer(1, 1_000_000_000) }),
   v({ name: "VACCINE_MAX_TRAINING_TOKENS", key: "maxTrainingTokens", default: "1000000000", description: "Tokens one job may train on: steps x batch_size x max_sequence_length.", parse: integer(1, Number.MAX_SAFE_INTEGER) }),
   v({ name: "VACCINE_QUOTA_JOBS", key: "quotaJobs", default: "8", description: "With authentication: jobs one tenant may have queued or running at once (0: no limit); over it Create is RESOURCE_EXHAUSTED with QuotaFailure.", parse: integer(0, 1_000_000) }),

@@ -74,6 +74,7 @@ export function callBounds(config: Config): CallBounds {
     maxPromptTokens: config.maxPromptTokens,
     maxNewTokens: config.maxNewTokens,
     maxGeneratedTokens: config.maxGeneratedTokens,
+    maxEmbedValues: config.maxEmbedValues,
     maxSteps: config.maxSteps,
     maxTrainingTokens: config.maxTrainingTokens,
   };

@@ -7,7 +7,7 @@ import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as S } from "../../gen/grpc/health/v1/health_pb.ts";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
-import { EmbedService } from "../../gen/vaccine/v1/embed_pb.ts";
+import { EmbedService, Pooling } from "../../gen/vaccine/v1/embed_pb.ts";
 import { ScoreService } from "../../gen/vaccine/v1/score_pb.ts";
 import { rpcFailure } from "../helpers/errors.ts";
 import { oversizedConnect, oversizedGrpc } from "../helpers/oversized.ts";
@@ -114,6 +114,23 @@ describe("over-long texts", () => {
     const g = await rpcFailure(() => createClient(ScoreService, transport()).generate({ checkpoint: checkpoint(), prompts, maxNewTokens: 1024 }));
     expect(g.code).toBe(Code.InvalidArgument);
     expect(g.message).toContain("256 x 1024 = 262144; the bound on generated tokens per call is 65536");
+  });
+
+  it("bounds the numbers one Embed response may hold, before any forward pass, and counts tokens only when unpooled", async () => {
+    const embed = createClient(EmbedService, transport());
+    const hidden = (await embed.embed({ checkpoint: checkpoint(), texts: ["hi"], layers: [0] })).hiddenSize;
+    const texts = Array.from({ length: 8 }, () => "the cat sat down on the mat");
+    const tokens = (await embed.embed({ checkpoint: checkpoint(), texts: texts.slice(0, 1), layers: [0], pooling: Pooling.NONE })).embeddings[0].tokenCount;
+    // Pooled: 8 vectors x 2 layers fit; unpooled, 8 x tokens do not.
+    suite.deps.bounds = { maxEmbedValues: 8 * 2 * hidden };
+    try {
+      expect((await embed.embed({ checkpoint: checkpoint(), texts, layers: [0], includeFinalHidden: true })).embeddings).toHaveLength(8);
+      const e = await rpcFailure(() => embed.embed({ checkpoint: checkpoint(), texts, layers: [0], includeFinalHidden: true, pooling: Pooling.NONE }));
+      expect(e).toMatchObject({ code: Code.InvalidArgument, badRequest: { fieldViolations: [{ field: "texts" }] } });
+      expect(e.message).toContain(`the response would hold ${8 * tokens} vectors x 2 layers x ${hidden} = ${8 * tokens * 2 * hidden} numbers, more than the ${8 * 2 * hidden} one call may return`);
+    } finally {
+      suite.deps.bounds = undefined;
+    }
   });
 
   it("keeps an unset max_new_tokens within the server's bound, in Generate and both scoring calls", async () => {

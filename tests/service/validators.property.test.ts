@@ -24,7 +24,7 @@ import { checkGenerateRequest, checkModerateRequest, DEFAULT_NEW_TOKENS, MAX_BAT
 import { startSuite, type TestSuite } from "../helpers/server.ts";
 
 /** Small bounds, so that random values land on both sides of every one of them. */
-const BOUNDS: CallBounds = { maxPromptTokens: 4, maxNewTokens: 8, maxGeneratedTokens: 32, maxSteps: 1000, maxTrainingTokens: 100_000 };
+const BOUNDS: CallBounds = { maxPromptTokens: 4, maxNewTokens: 8, maxGeneratedTokens: 32, maxEmbedValues: 1000, maxSteps: 1000, maxTrainingTokens: 100_000 };
 const MAX_CHARS = BOUNDS.maxPromptTokens * CHARS_PER_TOKEN_BOUND;
 
 // Numbers as a client can send them: int32 edges, the bounds and their neighbours, any double.

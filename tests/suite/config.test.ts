@@ -64,6 +64,7 @@ describe("configuration", () => {
       maxPromptTokens: 1024,
       maxNewTokens: 1024,
       maxGeneratedTokens: 65536,
+      maxEmbedValues: 4194304,
       maxSteps: 1000000,
       maxTrainingTokens: 1000000000,
       quotaJobs: 8,

@@ -28,7 +28,7 @@ describe("security options", () => {
     // The audit log records every call of the methods that need the trainer role.
     const mutating = SUITE_CONTRACTS.flatMap((svc) => svc.methods).filter((m) => o.audit.mutating(m)).map((m) => m.name);
     expect(mutating.sort()).toEqual(["CancelAlignJob", "CancelFineTuneJob", "CreateAlignJob", "CreateFineTuneJob", "DeleteCheckpoint", "DeleteDataset", "ImportCheckpoint", "UploadDataset"]);
-    expect(callBounds(loadConfig({}))).toEqual({ maxPromptTokens: 1024, maxNewTokens: 1024, maxGeneratedTokens: 65_536, maxSteps: 1_000_000, maxTrainingTokens: 1_000_000_000 });
+    expect(callBounds(loadConfig({}))).toEqual({ maxPromptTokens: 1024, maxNewTokens: 1024, maxGeneratedTokens: 65_536, maxEmbedValues: 4_194_304, maxSteps: 1_000_000, maxTrainingTokens: 1_000_000_000 });
   });
 
   it("turns on TLS, mTLS and token authentication from the variables", async () => {

@@ -28,7 +28,7 @@ export type EmbedRequest = Message<"vaccine.v1.EmbedRequest"> & {
   checkpoint?: CheckpointRef | undefined;
 
   /**
-   * Texts to embed, tokenized as they are (no template is applied).
+   * Texts to embed, tokenized as they are (no template is applied). 1 to 256 of them.
    *
    * @generated from field: repeated string texts = 2;
    */
@@ -364,6 +364,9 @@ export const PoolingSchema: GenEnum<Pooling> = /*@__PURE__*/
 export const EmbedService: GenService<{
   /**
    * Returns the requested layers' attention outputs and the final hidden state for each text.
+   * The response is bounded (VACCINE_MAX_EMBED_VALUES, 4,194,304 numbers by default): one
+   * that would hold more (vectors x layers x hidden size, a vector per token with
+   * POOLING_NONE) is INVALID_ARGUMENT on `texts` before any forward pass.
    *
    * @generated from rpc vaccine.v1.EmbedService.Embed
    */

@@ -44,6 +44,8 @@ export interface StatesOptions {
   pooling: Pooling;
   /** Longest text in tokens (and never more than the model's positions). */
   maxTokens: number;
+  /** Most numbers one caller's states may hold (its response's size); unset: no bound. */
+  maxValues?: number;
 }
 
 /** Token ids of raw texts (no template), bos first when the tokenizer adds it. */
@@ -112,14 +114,24 @@ function* statesOfEach(
     }
   });
   const limit = Math.min(opts.maxTokens, c.maxPositionEmbeddings);
+  const perVector = (opts.layers.length + (opts.final ? 1 : 0)) * c.hiddenSize;
   const rowsEach = textsEach.map((texts) => {
     try {
-      return texts.map((text, i) => {
+      const rows = texts.map((text, i) => {
         const ids = textIds(loaded, text);
         if (ids.length === 0) throw new EmbedRequestError(`texts[${i}]`, "encodes to no tokens");
         if (ids.length > limit) throw new EmbedRequestError(`texts[${i}]`, `is ${ids.length} tokens long; the limit is ${limit}`);
         return ids;
       });
+      // Checked before any pass: unpooled, a few texts of a wide model are gigabytes.
+      const vectors = opts.pooling === "none" ? rows.reduce((n, r) => n + r.length, 0) : rows.length;
+      if (opts.maxValues !== undefined && vectors * perVector > opts.maxValues) {
+        throw new EmbedRequestError(
+          "texts",
+          `the response would hold ${vectors} vectors x ${perVector / c.hiddenSize} layers x ${c.hiddenSize} = ${vectors * perVector} numbers, more than the ${opts.maxValues} one call may return: send fewer texts or layers, or pool them (MEAN or LAST_TOKEN)`,
+        );
+      }
+      return rows;
     } catch (err) {
       if (err instanceof EmbedRequestError) return err;
       throw err;
