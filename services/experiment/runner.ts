@@ -63,6 +63,8 @@ export interface FineTuneResult {
   harmfulScore: number;
   classes?: AnswerClasses;
   accuracy: number;
+  /** Accuracy with answers naming several labels wrong (TaskReport.strict_accuracy); absent in runs recorded before it. */
+  strictAccuracy?: number;
   /** Drift against the model fine-tuning started from, at each training state and at the end. */
   drift: { step: number; squared: number; l2: number }[];
   harmfulSamples: { prompt: string; answer: string }[];
@@ -291,12 +293,13 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
             curve.push(point(end, { harmfulScore: hs, classes }));
           }
           let accuracy = 0;
+          let strictAccuracy = 0;
           for await (const r of clients.score.scoreTask({
             checkpoint: ref,
             dataset: builtin(ft.task, { size: preset.eval.taskExamples, seed, split: DatasetSplit.TEST }),
             maxNewTokens: preset.eval.maxNewTokens,
           })) {
-            if (r.result.case === "report") accuracy = r.result.value.accuracy;
+            if (r.result.case === "report") ({ accuracy, strictAccuracy } = r.result.value);
           }
           return {
             kind: "finetune",
@@ -305,6 +308,7 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
             harmfulScore: hs,
             classes,
             accuracy,
+            strictAccuracy,
             drift,
             harmfulSamples: samples,
             ...(curve ? { curve, trainSeconds } : {}),

@@ -1,11 +1,11 @@
 import { describe, expect, it } from "vitest";
 import { extractFinalNumber, parseTaskAnswer, type Task } from "../../services/runtime/eval/task-parsers.ts";
 
-type Row = [answer: string, gold: string, predicted: string, correct: boolean];
+type Row = [answer: string, gold: string, predicted: string, correct: boolean, ambiguous?: boolean];
 
 function check(task: Task, rows: Row[]): void {
-  for (const [answer, gold, predicted, correct] of rows) {
-    expect(parseTaskAnswer(task, answer, gold), `${task}: ${JSON.stringify(answer)} gold ${gold}`).toEqual({ predicted, correct });
+  for (const [answer, gold, predicted, correct, ambiguous = false] of rows) {
+    expect(parseTaskAnswer(task, answer, gold), `${task}: ${JSON.stringify(answer)} gold ${gold}`).toEqual({ predicted, correct, ambiguous });
   }
 }
 
@@ -16,8 +16,8 @@ describe("parseTaskAnswer (reference rules)", () => {
       ["negative", "positive", "negative", false],
       ["Positive.", "positive", "positive", true],
       ["POSITIVE", "positive", "", false],
-      ["The sentiment is negative, not positive.", "positive", "positive", true],
-      ["The sentiment is negative, not positive.", "negative", "negative", true],
+      ["The sentiment is negative, not positive.", "positive", "positive", true, true],
+      ["The sentiment is negative, not positive.", "negative", "negative", true, true],
       ["nonnegative", "negative", "negative", true],
       ["I think it was fine", "negative", "", false],
       ["", "positive", "", false],
@@ -30,9 +30,12 @@ describe("parseTaskAnswer (reference rules)", () => {
       ["sports news", "Sports", "Sports", true],
       ["This is about science", "Sci/Tech", "Sci/Tech", true],
       ["Science", "Sci/Tech", "", false],
-      ["Business and World", "World", "World", true],
-      ["Business and World", "Sports", "Business", false],
-      ["world business", "Sci/Tech", "World", false],
+      ["Business and World", "World", "World", true, true],
+      ["Business and World", "Sports", "Business", false, true],
+      ["world business", "Sci/Tech", "World", false, true],
+      // Every label at once, or the instruction that lists them, echoed: right for any gold by the reference's rule.
+      ["World Sports Business Sci/Tech", "Sports", "Sports", true, true],
+      ["Classify the news article as World, Sports, Business or Sci/Tech.", "Business", "Business", true, true],
       ["Tech", "Sci/Tech", "", false],
     ]);
   });

@@ -15,6 +15,10 @@
  * `predicted` is what the rule read. For the label tasks it is the gold label when the
  * rule found it, else the first other label (by position) whose variants occur, else "",
  * so `correct === (predicted === gold)` always holds.
+ *
+ * `ambiguous`: the answer names more than one label. The reference's rule counts such an
+ * answer right when one of them is the gold, so listing every label, or echoing the
+ * instruction that lists them, scores 100%; the strict accuracy (scoring.ts) counts it wrong.
  */
 import { FINAL_ANSWER } from "../data/world/arithmetic.ts";
 import { TOPICS } from "../data/world/topic.ts";
@@ -24,6 +28,7 @@ export type Task = "sst2" | "agnews" | "gsm8k";
 export interface ParsedAnswer {
   predicted: string;
   correct: boolean;
+  ambiguous: boolean;
 }
 
 /** The substrings the reference accepts for each label. */
@@ -47,14 +52,15 @@ function parseLabel(labels: Record<string, readonly string[]>, task: string, ans
     const positions = labels[label].map((v) => answer.indexOf(v)).filter((i) => i >= 0);
     return positions.length === 0 ? -1 : Math.min(...positions);
   };
-  if (at(gold) >= 0) return { predicted: gold, correct: true };
+  const ambiguous = Object.keys(labels).filter((label) => at(label) >= 0).length > 1;
+  if (at(gold) >= 0) return { predicted: gold, correct: true, ambiguous };
   let predicted = "";
   let first = Infinity;
   for (const label of Object.keys(labels)) {
     const i = at(label);
     if (i >= 0 && i < first) [predicted, first] = [label, i];
   }
-  return { predicted, correct: false };
+  return { predicted, correct: false, ambiguous };
 }
 
 /** The number the reference reads from a text, as written (commas removed); "" when none. */
@@ -71,5 +77,6 @@ function parseArithmetic(answer: string, gold: string): ParsedAnswer {
   const goldNumber = extractFinalNumber(gold);
   if (goldNumber === "") throw new RangeError(`gsm8k: gold ${JSON.stringify(gold)} holds no number`);
   const predicted = extractFinalNumber(answer);
-  return { predicted, correct: predicted !== "" && Number.parseFloat(predicted) === Number.parseFloat(goldNumber) };
+  // One number is read, whatever the text holds: never ambiguous.
+  return { predicted, correct: predicted !== "" && Number.parseFloat(predicted) === Number.parseFloat(goldNumber), ambiguous: false };
 }

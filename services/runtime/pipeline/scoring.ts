@@ -48,7 +48,12 @@ export interface HarmReport {
 }
 
 export interface TaskReport {
+  /** The reference's rule (task-parsers.ts). */
   accuracy: number;
+  /** An answer naming more than one label counted wrong: what a model that lists them all cannot win. */
+  strictAccuracy: number;
+  /** Answers naming more than one label. */
+  ambiguous: number;
   correct: number;
   total: number;
   right: TaskSample[];
@@ -62,6 +67,7 @@ export interface TaskSample {
   gold: string;
   predicted: string;
   correct: boolean;
+  ambiguous: boolean;
 }
 
 export type Scored<R> = { progress: Progress } | { report: R };
@@ -180,9 +186,12 @@ export async function* scoreTask(
     yield { progress: { done: samples.length, total: examples.length } };
   }
   const correct = samples.filter((s) => s.correct).length;
+  const percent = (n: number) => (samples.length ? (100 * n) / samples.length : 0);
   yield {
     report: {
-      accuracy: samples.length ? (100 * correct) / samples.length : 0,
+      accuracy: percent(correct),
+      strictAccuracy: percent(samples.filter((s) => s.correct && !s.ambiguous).length),
+      ambiguous: samples.filter((s) => s.ambiguous).length,
       correct,
       total: samples.length,
       right: samples.filter((s) => s.correct).slice(0, opts.sampleCount),
