@@ -132,7 +132,7 @@ export function guardOneof(flags: FlagValues): MessageInitShape<typeof FineTuneS
 }
 
 const METHODS = { sft: "sft", vaccine: "vaccine", "t-vaccine": "t-vaccine", booster: "booster", repnoise: "repnoise" } as const;
-const METHOD = choice("method", "<method>", "sft, vaccine, t-vaccine, booster or repnoise (default vaccine; docs/defences.md).", METHODS);
+const METHOD = choice("method", "<method>", "sft, vaccine, t-vaccine, booster or repnoise (default vaccine here; the API's default, with no method set, is sft; docs/defences.md).", METHODS);
 const RHO = float("rho", "<rho>", "vaccine, t-vaccine: bound on the perturbation norm (default 2 for vaccine, 3 for t-vaccine; 0 is SFT).");
 const RHO_RELATIVE = float("rho-relative", "<f>", "vaccine: rho as a fraction in [0, 1] of the attention-output norm of the first alignment batch, instead of --rho.");
 const TAU = int("tau", "<n>", "vaccine: recompute the perturbation every n steps (default 1).");
