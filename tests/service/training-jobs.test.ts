@@ -60,6 +60,10 @@ describe("alignment then fine-tuning over gRPC", () => {
     const logs = events.flatMap((e) => (e.event.case === "log" ? [e.event.value.message] : []));
     const final = Number(logs.find((m) => m.startsWith("loss of the last batch after the last update, without perturbation or dropout: "))?.split(": ")[1]);
     expect(final).toBeLessThan(steps[0].loss);
+    // Every setting the job trains with, the unset ones at their defaults (weight decay 0.1, clip 1.0, seed 0).
+    const settings = JSON.parse(logs.find((m) => m.startsWith("settings: "))!.slice("settings: ".length));
+    expect(settings).toMatchObject({ lora: { r: 4, alpha: 8, dropout: 0 }, training: { learningRate: 0.03, batchSize: 3, weightDecay: 0.1, gradClip: 1, seed: 0 }, steps: 6 });
+    expect(settings.method).toMatchObject({ rho: 0.5 });
     const aligned = (await align.getAlignJob({ jobId: job!.id })).job!;
     expect(aligned.state).toBe(JobState.SUCCEEDED);
     expect(aligned.progress).toMatchObject({ step: 6, totalSteps: 6 });

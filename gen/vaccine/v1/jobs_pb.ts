@@ -90,7 +90,9 @@ export type Job = Message<"vaccine.v1.Job"> & {
   error?: Status | undefined;
 
   /**
-   * The request that created the job, with defaults resolved.
+   * The request that created the job, as it was sent: unset fields stay unset here. The
+   * job's "settings: {...}" log event, at the start of each run, gives every setting it
+   * trains with, defaults resolved (docs/method.md#defaults).
    *
    * @generated from oneof vaccine.v1.Job.spec
    */

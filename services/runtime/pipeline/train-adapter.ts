@@ -82,6 +82,8 @@ export async function trainAdapter(store: CheckpointStore, spec: AdapterTraining
     hooks.onCheckpoint?.(ref, "training-state", trainer.step);
     return ref;
   };
+  // What the job trains with, every default resolved: a client that left fields unset reads them here.
+  hooks.onLog?.(`settings: ${JSON.stringify({ method: spec.method, lora: spec.lora, training: spec.training, steps: trainer.totalSteps, examples: plan.examples, ...(plan.guard && { guard: plan.guard }) })}`);
   try {
     if (hooks.resumeFrom) {
       const step = await restoreTrainingState(store, hooks.resumeFrom, trainer, adapter, plan);
