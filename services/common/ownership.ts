@@ -242,7 +242,7 @@ export async function assertDatasetReadable(store: CheckpointStore, scope: Scope
   const tenant = visibleTenant(scope);
   if (tenant === undefined || !("uri" in source)) return;
   const hex = datasetHex(source.uri);
-  if (hex === undefined || !(await owns(store, tenant, "datasets", hex))) throw new StoreObjectNotFoundError(`${source.uri} does not exist`);
+  if (hex === undefined || !(await owns(store, tenant, "datasets", hex))) throw new StoreObjectNotFoundError(source.uri);
 }
 
 /**

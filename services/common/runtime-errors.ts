@@ -8,7 +8,7 @@ import { BadRequestSchema } from "../../gen/google/rpc/error_details_pb.ts";
 import { CheckpointFormatError, CheckpointKindError } from "../runtime/format-error.ts";
 import { DatasetError } from "../runtime/data/dataset-error.ts";
 import { MixtureError } from "../runtime/data/mixture.ts";
-import { DatasetCorruptError } from "../runtime/pipeline/datasets.ts";
+import { DatasetCorruptError, isDatasetUri } from "../runtime/pipeline/datasets.ts";
 import {
   CheckpointIntegrityError,
   CheckpointNotFoundError,
@@ -45,6 +45,10 @@ export function toRpcError(err: unknown, ctx: ErrorContext = {}): ConnectError {
     return rpcError(Code.InvalidArgument, reason, err.message, metadata, [{ desc: BadRequestSchema, value: { fieldViolations } }]);
   }
   if (err instanceof DatasetCorruptError) return rpcError(Code.DataLoss, err.reason, err.message, { uri: err.uri });
+  // A stored dataset a request names is DATASET_NOT_FOUND, as DatasetService says of one.
+  if (err instanceof StoreObjectNotFoundError && isDatasetUri(err.uri)) {
+    return rpcError(Code.NotFound, "DATASET_NOT_FOUND", `dataset ${err.message}`, { ...fieldOf(ctx.datasetField ?? ctx.checkpointField), uri: err.uri });
+  }
   if (err instanceof CheckpointNotFoundError || err instanceof StoreObjectNotFoundError) {
     return rpcError(Code.NotFound, err.reason, err.message, fieldOf(ctx.checkpointField ?? ctx.datasetField));
   }

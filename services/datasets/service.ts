@@ -43,7 +43,7 @@ export function datasetService(deps: SuiteDeps, options: DatasetServiceOptions =
     const tenant = visibleTenant(scope);
     const ownership = tenant === undefined ? undefined : await ownershipOf(deps.store, tenant, "datasets", hex);
     const dataset = tenant === undefined || ownership ? await readRecord(deps.store, hex) : undefined;
-    if (!dataset) throw rpcError(Code.NotFound, "DATASET_NOT_FOUND", `dataset ${uri} does not exist`, { uri });
+    if (!dataset) throw rpcError(Code.NotFound, "DATASET_NOT_FOUND", `dataset ${uri} does not exist`, { field: "uri", uri });
     return { hex, dataset: ownView(dataset, ownership) };
   }
 

@@ -323,7 +323,8 @@ describe("get, list, download, delete", () => {
     expect((await datasets.getDataset({ uri: uploaded[1].uri })).dataset).toEqual(uploaded[1]);
     expect((await rpcFailure(() => datasets.getDataset({ uri: "store://datasets/../x" }))).badRequest?.fieldViolations[0].field).toBe("uri");
     const unknown = await rpcFailure(() => datasets.getDataset({ uri: `store://datasets/${"0".repeat(64)}` }));
-    expect(unknown).toMatchObject({ code: Code.NotFound, info: expect.objectContaining({ reason: "DATASET_NOT_FOUND" }) });
+    // The same reason and metadata keys as a job spec's missing dataset (field, uri).
+    expect(unknown).toMatchObject({ code: Code.NotFound, info: { reason: "DATASET_NOT_FOUND", metadata: { field: "uri", uri: `store://datasets/${"0".repeat(64)}` } } });
 
     await datasets.deleteDataset({ uri: uploaded[1].uri });
     expect((await rpcFailure(() => datasets.getDataset({ uri: uploaded[1].uri }))).code).toBe(Code.NotFound);

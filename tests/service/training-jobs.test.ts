@@ -156,7 +156,12 @@ describe("Create validation against the store", () => {
     expect(e.info).toMatchObject({ reason: "DATASET_INVALID", metadata: { file: "store://datasets/bad.jsonl", line: "2" } });
     expect(e.message).toContain("store://datasets/bad.jsonl:2");
     const missing = await rpcFailure(() => align.createAlignJob({ spec: { ...base(), dataset: { source: { case: "uri", value: "store://datasets/none.jsonl" } } } }));
-    expect(missing.code).toBe(Code.NotFound);
+    // Named as DatasetService names a missing dataset.
+    expect(missing).toMatchObject({
+      code: Code.NotFound,
+      message: "dataset store://datasets/none.jsonl does not exist",
+      info: { reason: "DATASET_NOT_FOUND", metadata: { field: "spec.dataset", uri: "store://datasets/none.jsonl" } },
+    });
     const unknown = await rpcFailure(() => align.createAlignJob({ spec: { ...base(), dataset: { source: { case: "builtin", value: { name: "nope" } } } } }));
     expect(unknown.info?.reason).toBe("DATASET_UNKNOWN");
     expect(unknown.badRequest?.fieldViolations[0].field).toBe("spec.dataset.builtin.name");

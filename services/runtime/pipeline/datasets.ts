@@ -43,6 +43,9 @@ export function defaultBuiltinSize(name: string, split: "train" | "test" = "trai
 }
 
 const DATA = "store://datasets";
+
+/** Whether a store URI names a dataset (stored by digest, or written under a name by a test or an operator). */
+export const isDatasetUri = (uri: string): boolean => uri.startsWith(`${DATA}/`);
 const HEX = /^[0-9a-f]{64}$/;
 
 /** Where an uploaded dataset's bytes are: `store://datasets/<hex sha256>` (services/datasets/records.ts). */

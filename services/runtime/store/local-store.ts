@@ -194,7 +194,7 @@ export class LocalCheckpointStore implements CheckpointStore {
     // Another caller may delete it between these steps: gone is what was asked.
     const info = await lstat(real).catch(ignoreGone);
     if (info === undefined) return;
-    if (!info.isFile()) throw new StoreObjectNotFoundError(`${uri} is not an object`);
+    if (!info.isFile()) throw new StoreObjectNotFoundError(uri, "is not an object");
     await rm(real).catch(ignoreGone);
     await syncDir(dirname(real));
   }
@@ -203,16 +203,16 @@ export class LocalCheckpointStore implements CheckpointStore {
   private async openObject(uri: string): Promise<FileHandle> {
     const path = join(this.root, ...objectKey(uri).split("/"));
     const real = await realpath(path).catch(() => {
-      throw new StoreObjectNotFoundError(`${uri} does not exist`);
+      throw new StoreObjectNotFoundError(uri);
     });
     assertInside(this.root, real);
     // Deleted since realpath (a concurrent delete): as absent as before it.
     const handle = await open(real, "r").catch((err: NodeJS.ErrnoException) => {
-      throw err.code === "ENOENT" ? new StoreObjectNotFoundError(`${uri} does not exist`) : err;
+      throw err.code === "ENOENT" ? new StoreObjectNotFoundError(uri) : err;
     });
     if (!(await handle.stat()).isFile()) {
       await handle.close();
-      throw new StoreObjectNotFoundError(`${uri} is not a file`);
+      throw new StoreObjectNotFoundError(uri, "is not a file");
     }
     return handle;
   }

@@ -221,7 +221,7 @@ export class S3CheckpointStore implements CheckpointStore {
   async readObject(uri: string, options: ReadObjectOptions = {}): Promise<Buffer> {
     const limit = options.maxBytes ?? DEFAULT_MAX_OBJECT_BYTES;
     const body = await this.getBody(this.prefix + objectKey(uri), () => {
-      throw new StoreObjectNotFoundError(`${uri} does not exist`);
+      throw new StoreObjectNotFoundError(uri);
     });
     return readAll(body, limit, () => new StoreObjectTooLargeError(`${uri} is over the ${limit}-byte limit`));
   }
@@ -245,7 +245,7 @@ export class S3CheckpointStore implements CheckpointStore {
 
   async readObjectStream(uri: string): Promise<Readable> {
     return this.getBody(this.prefix + objectKey(uri), () => {
-      throw new StoreObjectNotFoundError(`${uri} does not exist`);
+      throw new StoreObjectNotFoundError(uri);
     });
   }
 

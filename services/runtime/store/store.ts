@@ -114,6 +114,12 @@ export class InvalidCheckpointSourceError extends StoreError {
 
 export class StoreObjectNotFoundError extends StoreError {
   override readonly reason = "STORE_OBJECT_NOT_FOUND";
+  constructor(
+    readonly uri: string,
+    what = "does not exist",
+  ) {
+    super(`${uri} ${what}`);
+  }
 }
 
 export class StoreObjectTooLargeError extends StoreError {
