@@ -13,6 +13,7 @@ import type { UploadLimits } from "../common/deps.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
 import type { ManifestFile } from "../runtime/store/manifest.ts";
 import { validateRelativePath } from "../runtime/store/store.ts";
+import { notAChunk } from "../platform/validate.ts";
 
 /** The contract's bound on one chunk message. */
 const MAX_CHUNK_BYTES = 4 * 1024 * 1024;
@@ -42,7 +43,7 @@ export async function receiveFolder(
     for (let next = await messages.next(); !next.done; next = await messages.next()) {
       const content = next.value.content;
       if (content.case !== "chunk") {
-        throw invalidArgument([{ field: "metadata", description: "comes once, in the first message; every later message is a chunk" }]);
+        throw notAChunk(content.case);
       }
       const { path, data } = content.value;
       if (data.byteLength > MAX_CHUNK_BYTES) {

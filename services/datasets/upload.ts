@@ -22,7 +22,7 @@ import { reserveStoredBytes, streamedBytesCheck } from "../common/quotas.ts";
 import { toRpcError } from "../common/runtime-errors.ts";
 import { callCancelledError } from "../platform/aborted-calls.ts";
 import { invalidArgument, rpcError } from "../platform/errors.ts";
-import { RequestValidator } from "../platform/validate.ts";
+import { notAChunk, RequestValidator } from "../platform/validate.ts";
 import { DatasetReader, type DatasetEncoding as Encoding } from "../runtime/data/dataset-reader.ts";
 import { checkRead } from "../runtime/data/loaders.ts";
 import { ownView, readRecord, writeRecord } from "./records.ts";
@@ -62,7 +62,7 @@ export async function uploadDataset(
     for (let next = await messages.next(); !next.done; next = await messages.next()) {
       const content = next.value.content;
       if (content.case !== "chunk") {
-        throw invalidArgument([{ field: "metadata", description: "comes once, in the first message; every later message is a chunk" }]);
+        throw notAChunk(content.case);
       }
       const chunk = content.value;
       if (chunk.byteLength > MAX_CHUNK_BYTES) {

@@ -17,7 +17,7 @@ export const FINAL: ReadonlySet<JobState> = new Set([JobState.CANCELLED, JobStat
 
 /** The error a job cancelled by CancelJob carries. */
 export function cancelledError(): ConnectError {
-  return rpcError(Code.Canceled, "JOB_CANCELLED", "the job was cancelled by a CancelJob request");
+  return rpcError(Code.Canceled, "JOB_CANCELLED", "the job was cancelled by a CancelAlignJob or CancelFineTuneJob call");
 }
 
 export type JobSpec = { case: "align"; value: AlignSpec } | { case: "fineTune"; value: FineTuneSpec };

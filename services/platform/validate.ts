@@ -126,3 +126,10 @@ export const timeKey = (ms: number): string => String(Math.max(0, Math.floor(ms)
 export function badPageToken(): ConnectError {
   return invalidArgument([BAD_PAGE_TOKEN]);
 }
+
+/** A streamed upload's message after the first that is not a chunk: a second metadata, or one with nothing set. */
+export function notAChunk(content: string | undefined): ConnectError {
+  return content === "metadata"
+    ? invalidArgument([{ field: "metadata", description: "comes once, in the first message; every later message is a chunk" }])
+    : invalidArgument([{ field: "content", description: "is not set: every message after the first is a chunk" }]);
+}

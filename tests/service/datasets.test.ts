@@ -145,6 +145,12 @@ describe("uploads", () => {
       yield metadataMessage({});
     };
     expect((await rpcFailure(() => datasets.uploadDataset(twice()))).badRequest?.fieldViolations[0].field).toBe("metadata");
+    // A later message with nothing set is named as such, not as a second metadata.
+    const empty = async function* () {
+      yield* messages(jsonl(EXAMPLES));
+      yield create(UploadDatasetRequestSchema, {});
+    };
+    expect((await rpcFailure(() => datasets.uploadDataset(empty()))).badRequest?.fieldViolations[0]).toMatchObject({ field: "content", description: "is not set: every message after the first is a chunk" });
     const bad = await rpcFailure(() => upload(jsonl(EXAMPLES), { displayName: "x".repeat(257), expectedSha256: "ABC", format: 99 as DatasetFormat }));
     expect(bad.badRequest?.fieldViolations.map((v) => v.field)).toEqual(["metadata.display_name", "metadata.format", "metadata.expected_sha256"]);
   });
