@@ -4,6 +4,7 @@ import type { AlignSpec, FineTuneSpec } from "../../gen/vaccine/v1/training_pb.t
 import type { SuiteDeps } from "../common/deps.ts";
 import { scopeOf, visibleTenant } from "../common/ownership.ts";
 import { checkStoredBytesQuota } from "../common/quotas.ts";
+import { rpcError } from "../platform/errors.ts";
 import { principalOf } from "../platform/principal.ts";
 import { checkPage, RequestValidator } from "../platform/validate.ts";
 import type { JobExecutor, JobSpec } from "./executor.ts";
@@ -66,6 +67,16 @@ export function jobHandlers(deps: SuiteDeps, executor: JobExecutor, kind: JobKin
     },
     async *watch(req: { jobId: string; afterSequence: number }, ctx: HandlerContext) {
       const id = byId(req, (v) => v.number("after_sequence", req.afterSequence, { min: 0, integer: true }));
+      if (req.afterSequence > 0) {
+        // Events only ever add up: a sequence at or under the last one now stays valid.
+        const { lastSequence } = await executor.get(kind, id, tenantOf(ctx));
+        if (req.afterSequence > lastSequence) {
+          throw rpcError(Code.OutOfRange, "SEQUENCE_AHEAD", `after_sequence ${req.afterSequence} is past the job's last event (${lastSequence}): resume from the last event this client received`, {
+            field: "after_sequence",
+            last_sequence: String(lastSequence),
+          });
+        }
+      }
       for await (const event of executor.watch(kind, id, ctx.signal, req.afterSequence, tenantOf(ctx))) yield { event };
     },
   };

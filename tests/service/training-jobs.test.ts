@@ -106,6 +106,17 @@ describe("alignment then fine-tuning over gRPC", () => {
     }
   });
 
+  it("resumes a Watch from the last event seen, and refuses one past the job's last event", async () => {
+    const { job } = await align.createAlignJob({ spec: { baseCheckpoint: suite.base, dataset: { source: { case: "uri", value: DATA } }, method: { case: "sft", value: {} }, lora, training: { ...training, maxSteps: 2 } } });
+    const all = await watchAll(align.watchAlignJob({ jobId: job!.id }));
+    const last = (await align.getAlignJob({ jobId: job!.id })).job!.lastSequence;
+    expect(last).toBe(all.length);
+    expect((await watchAll(align.watchAlignJob({ jobId: job!.id, afterSequence: last - 1 }))).map((e) => e.sequence)).toEqual([last]);
+    expect(await watchAll(align.watchAlignJob({ jobId: job!.id, afterSequence: last }))).toEqual([]);
+    const ahead = await rpcFailure(() => watchAll(align.watchAlignJob({ jobId: job!.id, afterSequence: last + 1 })));
+    expect(ahead).toMatchObject({ code: Code.OutOfRange, info: { reason: "SEQUENCE_AHEAD", metadata: { field: "after_sequence", last_sequence: String(last) } } });
+  });
+
   it("cancels a running job: CANCELLING, then CANCELLED with a google.rpc.Status", async () => {
     const { job } = await align.createAlignJob({
       spec: { baseCheckpoint: suite.base, dataset: { source: { case: "uri", value: DATA } }, method: { case: "sft", value: {} }, lora, training: { ...training, maxSteps: 500 } },
