@@ -60,7 +60,8 @@ export function checkGenerateRequest(req: GenerateRequest, bounds: CallBounds = 
   newTokens(v, req.maxNewTokens, bounds);
   const tokens = answerTokens(req.maxNewTokens, DEFAULT_NEW_TOKENS, bounds);
   const generated = req.prompts.length * tokens;
-  if (generated > bounds.maxGeneratedTokens) {
+  // A max_new_tokens over its own bound is one violation, not also the product's.
+  if (tokens <= bounds.maxNewTokens && generated > bounds.maxGeneratedTokens) {
     v.fail("max_new_tokens", `prompts x max_new_tokens = ${req.prompts.length} x ${tokens} = ${generated}; the bound on generated tokens per call is ${bounds.maxGeneratedTokens}`);
   }
   if (req.decoding.case === "sampled") {

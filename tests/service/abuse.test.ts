@@ -114,6 +114,9 @@ describe("over-long texts", () => {
     const g = await rpcFailure(() => createClient(ScoreService, transport()).generate({ checkpoint: checkpoint(), prompts, maxNewTokens: 1024 }));
     expect(g.code).toBe(Code.InvalidArgument);
     expect(g.message).toContain("256 x 1024 = 262144; the bound on generated tokens per call is 65536");
+    // Over its own bound, max_new_tokens is named once.
+    const over = await rpcFailure(() => createClient(ScoreService, transport()).generate({ checkpoint: checkpoint(), prompts, maxNewTokens: 1_000_000 }));
+    expect(over.badRequest?.fieldViolations).toEqual([expect.objectContaining({ field: "max_new_tokens", description: "must be <= 1024, got 1000000" })]);
   });
 
   it("bounds the numbers one Embed response may hold, before any forward pass, and counts tokens only when unpooled", async () => {
