@@ -36,6 +36,18 @@ describe("align --method", () => {
     }
   });
 
+  it("gives the job the first run made when run again with its --request-id", async () => {
+    const run = () => cli(["align", "--base", base, ...TRAIN, "--method", "sft", "--request-id", "cli-retry-1", "--json"], env);
+    const [first, again] = [await run(), await run()];
+    expect([first.code, again.code]).toEqual([0, 0]);
+    const [a, b] = [jsonLines(first.stdout)[0].job, jsonLines(again.stdout)[0].job];
+    expect(a.requestId).toBe("cli-retry-1");
+    expect(b.id).toBe(a.id);
+    const other = await cli(["align", "--base", base, ...TRAIN, "--method", "vaccine", "--request-id", "cli-retry-1"], env);
+    expect(other.code).toBe(1);
+    expect(other.stderr).toMatch(/ALREADY_EXISTS[\s\S]*REQUEST_ID_REUSED/);
+  });
+
   it("runs a job of each method, each flag in its spec field", async () => {
     const runs: [string[], string, unknown][] = [
       [

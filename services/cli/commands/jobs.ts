@@ -129,12 +129,13 @@ async function watch(ctx: Context, kind: Kind, job: Job): Promise<number> {
 }
 
 const BASE = ref("base", "<ref>", "Base checkpoint to align (required).");
+const REQUEST_ID = text("request-id", "<id>", "Run the command again with the same id to get the job the first run made, not a second one (a retry after a lost answer); 64 characters of [A-Za-z0-9._~-].");
 
 const align: Command = {
   summary: "Create an alignment job: a LoRA adapter over the base model, trained with SFT, Vaccine or a defence (T-Vaccine, Booster, RepNoise).",
   synopsis: "--base <ref> (--data <uri> | --builtin <name>) [options]",
   details: 'A checkpoint <ref> is "uri@digest", or "builtin:base" for the shipped base model ($VACCINE_BUILTIN_BASE overrides its ref, for a server built from other files).',
-  flags: [BASE, ...DATASET_FLAGS, ...ALIGN_METHOD_FLAGS, ...LORA_FLAGS, ...TRAINING_FLAGS, WATCH],
+  flags: [BASE, ...DATASET_FLAGS, ...ALIGN_METHOD_FLAGS, ...LORA_FLAGS, ...TRAINING_FLAGS, REQUEST_ID, WATCH],
   async run(ctx) {
     const f = ctx.flags;
     const spec: MessageInitShape<typeof AlignSpecSchema> = {
@@ -144,7 +145,7 @@ const align: Command = {
       lora: loraConfig(f),
       training: trainingConfig(f),
     };
-    const { job } = await ctx.clients().align.createAlignJob({ spec });
+    const { job } = await ctx.clients().align.createAlignJob({ spec, requestId: f.get(REQUEST_ID) });
     return created(ctx, "align", job!);
   },
 };
@@ -158,7 +159,7 @@ const finetune: Command = {
   summary: "Create a fine-tuning job: a user adapter on top of an aligned checkpoint.",
   synopsis: "--aligned <ref> (--data <uri> | --builtin <name>) [options]",
   details: 'A checkpoint <ref> is "uri@digest", as align prints its result.',
-  flags: [ALIGNED, ...DATASET_FLAGS, ...LORA_FLAGS, ...TRAINING_FLAGS, GATE, MAX_FLAGGED, GATE_THRESHOLD, MODERATION_MODEL, ...GUARD_FLAGS, WATCH],
+  flags: [ALIGNED, ...DATASET_FLAGS, ...LORA_FLAGS, ...TRAINING_FLAGS, GATE, MAX_FLAGGED, GATE_THRESHOLD, MODERATION_MODEL, ...GUARD_FLAGS, REQUEST_ID, WATCH],
   async run(ctx) {
     const f = ctx.flags;
     const gateFlags = [MAX_FLAGGED, GATE_THRESHOLD, MODERATION_MODEL].filter((flag) => f.has(flag));
@@ -173,7 +174,7 @@ const finetune: Command = {
         : undefined,
       guard: guardOneof(f),
     };
-    const { job } = await ctx.clients().fineTune.createFineTuneJob({ spec });
+    const { job } = await ctx.clients().fineTune.createFineTuneJob({ spec, requestId: f.get(REQUEST_ID) });
     return created(ctx, "finetune", job!);
   },
 };
