@@ -265,11 +265,14 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
             }
             const hex = checkpointHex(ref);
             await assertNoJobUses(deps, scope, "checkpoints", hex, ref.uri, "checkpoint");
-            const inUse = (children: number) =>
-              rpcError(Code.FailedPrecondition, "CHECKPOINT_IN_USE", `${children} stored checkpoint(s) build on ${ref.uri} (adapters or training states over it): delete those first`, {
-                field: "checkpoint",
-                children: String(children),
-              });
+            // Names the first of them, so a client knows what to delete first.
+            const inUse = (children: CheckpointRef[]) =>
+              rpcError(
+                Code.FailedPrecondition,
+                "CHECKPOINT_IN_USE",
+                `${children.length} stored checkpoint(s) build on ${ref.uri} (adapters or training states over it), ${children[0].uri} first: delete those first`,
+                { field: "checkpoint", children: String(children.length), child_uri: children[0].uri, child_digest: children[0].digest },
+              );
             const tenant = visibleTenant(scope);
             if (tenant !== undefined) {
               // A tenant gives up its ownership once its own checkpoints over this one are gone.
@@ -277,14 +280,14 @@ export function checkpointService(deps: SuiteDeps, options: CheckpointServiceOpt
               // tell it they exist): those keep the files, as the other owners do.
               const children = await childrenOf(deps.store, ref);
               const owned = await ownedBy(deps.store, tenant, "checkpoints");
-              const own = children.filter((c) => owned.has(checkpointHex(c))).length;
-              if (own > 0) throw inUse(own);
+              const own = children.filter((c) => owned.has(checkpointHex(c)));
+              if (own.length > 0) throw inUse(own);
               const owners = await release(deps.store, tenant, "checkpoints", hex);
               if (owners.length > 0 || children.length > 0) return {};
             } else {
               // An admin, or a call without tenancy, removes the checkpoint for everybody.
               const children = await childrenOf(deps.store, ref);
-              if (children.length > 0) throw inUse(children.length);
+              if (children.length > 0) throw inUse(children);
               await releaseAll(deps.store, "checkpoints", hex);
             }
             await deps.store.delete(ref);

@@ -124,7 +124,7 @@ describe("vaccine checkpoints", () => {
     const adapter = refLine((await cli(["checkpoints", "import", join(FIXTURES, "adapter-f32-gqa"), "--adapter-of", model, "--name", "short-lived adapter"], env)).stdout)!;
     const refused = await cli(["checkpoints", "delete", model], env);
     expect(refused.code).toBe(1);
-    expect(refused.stderr).toMatch(/^error: FAILED_PRECONDITION: 1 stored checkpoint\(s\) build on store:\/\/checkpoints\/\w+ \(adapters or training states over it\): delete those first\n {2}reason: CHECKPOINT_IN_USE/);
+    expect(refused.stderr).toMatch(/^error: FAILED_PRECONDITION: 1 stored checkpoint\(s\) build on store:\/\/checkpoints\/\w+ \(adapters or training states over it\), store:\/\/checkpoints\/\w+ first: delete those first\n {2}reason: CHECKPOINT_IN_USE/);
     expect(await cli(["checkpoints", "delete", adapter], env)).toMatchObject({ code: 0, stdout: `deleted ${adapter}\n` });
     expect(await cli(["checkpoints", "delete", model, "--json"], env)).toMatchObject({ code: 0, stdout: "{}\n" });
     expect((await cli(["checkpoints", "get", model], env)).stderr).toMatch(/^error: NOT_FOUND: /);

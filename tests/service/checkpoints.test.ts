@@ -672,7 +672,10 @@ describe("DeleteCheckpoint", () => {
     await embed.embed({ checkpoint: over.ref, texts: ["loaded into the cache"] });
 
     const inUse = await rpcFailure(() => checkpoints.deleteCheckpoint({ checkpoint: doomed.ref }));
-    expect(inUse).toMatchObject({ code: Code.FailedPrecondition, info: { reason: "CHECKPOINT_IN_USE", metadata: { field: "checkpoint", children: "1" } } });
+    expect(inUse).toMatchObject({
+      code: Code.FailedPrecondition,
+      info: { reason: "CHECKPOINT_IN_USE", metadata: { field: "checkpoint", children: "1", child_uri: over.ref!.uri, child_digest: over.ref!.digest } },
+    });
     expect(await deps.store.exists(refOf(doomed))).toBe(true);
 
     await checkpoints.deleteCheckpoint({ checkpoint: over.ref });
