@@ -810,7 +810,8 @@ export const CheckpointService: GenService<{
    * parent; delete those first): with tenancy only the caller's own count, and the files
    * stay while another tenant's build on them. Also FAILED_PRECONDITION CHECKPOINT_IN_USE,
    * naming the job (ErrorInfo job_id, job_field), while a job not yet final uses it: as its
-   * parent or the training state it resumes from (with tenancy, the caller's own jobs).
+   * parent or the training state it resumes from (with tenancy, the caller's own jobs). A
+   * delete retried after its answer was lost finds nothing: NOT_FOUND means it is done.
    *
    * @generated from rpc vaccine.v1.CheckpointService.DeleteCheckpoint
    */

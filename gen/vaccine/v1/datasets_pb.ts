@@ -449,7 +449,8 @@ export const DatasetService: GenService<{
   /**
    * Deletes a dataset; jobs that already read it are not affected. FAILED_PRECONDITION
    * DATASET_IN_USE, naming the job (ErrorInfo job_id, job_field), while a job not yet final
-   * names it among its data (with tenancy, the caller's own jobs).
+   * names it among its data (with tenancy, the caller's own jobs). A delete retried after
+   * its answer was lost finds nothing: NOT_FOUND means it is done.
    *
    * @generated from rpc vaccine.v1.DatasetService.DeleteDataset
    */
