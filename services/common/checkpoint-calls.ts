@@ -14,9 +14,7 @@ import { toRpcError } from "./runtime-errors.ts";
 
 /** Runtime errors of a call as RPC errors; `field` names the checkpoint or dataset at fault. */
 export function mapCallError(err: unknown, field: string): never {
-  if (err instanceof EmbedRequestError) {
-    throw invalidArgument([{ field: err.field, description: err.message }]);
-  }
+  if (err instanceof EmbedRequestError) throw invalidArgument(err.violations);
   if (err instanceof DriftPreconditionError) throw rpcError(Code.FailedPrecondition, "CHECKPOINTS_INCOMPARABLE", err.message);
   throw toRpcError(err, { checkpointField: field, datasetField: field });
 }

@@ -114,6 +114,10 @@ describe("Embed", () => {
     const layer = await rpcFailure(() => embed.embed({ checkpoint: suite.base, texts: ["x"], layers: [7] }));
     expect(layer.code).toBe(Code.InvalidArgument);
     expect(layer.message).toContain("layers[0]");
+    // Every bad text and layer in one answer, not the first one found.
+    const long = "a ".repeat(400);
+    const all = await rpcFailure(() => embed.embed({ checkpoint: suite.base, texts: [long, "x", long], layers: [0, 7] }));
+    expect(all.badRequest?.fieldViolations.map((v) => v.field)).toEqual(["layers[1]", "texts[0]", "texts[2]"]);
     const missing = await rpcFailure(() => embed.embed({ checkpoint: { uri: `store://checkpoints/${"1".repeat(64)}`, digest: `sha256:${"1".repeat(64)}` }, texts: ["x"] }));
     expect(missing.code).toBe(Code.NotFound);
     expect(missing.info?.metadata.field).toBe("checkpoint");

@@ -23,10 +23,10 @@ export interface TextStates {
   layers: { layer: number; vectors: Matrix }[];
 }
 
-/** A text too long for the model, or a layer it does not have. */
+/** Texts too long for the model, layers it does not have, or too large a response: every one of a call's, by field. */
 export class EmbedRequestError extends Error {
-  constructor(readonly field: string, message: string) {
-    super(message);
+  constructor(readonly violations: { field: string; description: string }[]) {
+    super(violations.map((v) => `${v.field}: ${v.description}`).join("; "));
   }
 }
 
@@ -108,34 +108,29 @@ function* statesOfEach(
   opts: StatesOptions,
 ): Generator<void, (TextStates[] | EmbedRequestError)[], void> {
   const c = loaded.model.config;
-  opts.layers.forEach((l, i) => {
-    if (!Number.isInteger(l) || l < 0 || l >= c.numHiddenLayers) {
-      throw new EmbedRequestError(`layers[${i}]`, `layer ${l} does not exist: the model has layers 0 to ${c.numHiddenLayers - 1}`);
-    }
-  });
+  // The layers are every caller's: each fails with them, beside its own texts' violations.
+  const badLayers = opts.layers.flatMap((l, i) =>
+    Number.isInteger(l) && l >= 0 && l < c.numHiddenLayers ? [] : [{ field: `layers[${i}]`, description: `layer ${l} does not exist: the model has layers 0 to ${c.numHiddenLayers - 1}` }],
+  );
   const limit = Math.min(opts.maxTokens, c.maxPositionEmbeddings);
   const perVector = (opts.layers.length + (opts.final ? 1 : 0)) * c.hiddenSize;
   const rowsEach = textsEach.map((texts) => {
-    try {
-      const rows = texts.map((text, i) => {
-        const ids = textIds(loaded, text);
-        if (ids.length === 0) throw new EmbedRequestError(`texts[${i}]`, "encodes to no tokens");
-        if (ids.length > limit) throw new EmbedRequestError(`texts[${i}]`, `is ${ids.length} tokens long; the limit is ${limit}`);
-        return ids;
+    const violations = [...badLayers];
+    const rows = texts.map((text, i) => {
+      const ids = textIds(loaded, text);
+      if (ids.length === 0) violations.push({ field: `texts[${i}]`, description: "encodes to no tokens" });
+      else if (ids.length > limit) violations.push({ field: `texts[${i}]`, description: `is ${ids.length} tokens long; the limit is ${limit}` });
+      return ids;
+    });
+    // Checked before any pass: unpooled, a few texts of a wide model are gigabytes.
+    const vectors = opts.pooling === "none" ? rows.reduce((n, r) => n + r.length, 0) : rows.length;
+    if (opts.maxValues !== undefined && vectors * perVector > opts.maxValues) {
+      violations.push({
+        field: "texts",
+        description: `the response would hold ${vectors} vectors x ${perVector / c.hiddenSize} layers x ${c.hiddenSize} = ${vectors * perVector} numbers, more than the ${opts.maxValues} one call may return: send fewer texts or layers, or pool them (MEAN or LAST_TOKEN)`,
       });
-      // Checked before any pass: unpooled, a few texts of a wide model are gigabytes.
-      const vectors = opts.pooling === "none" ? rows.reduce((n, r) => n + r.length, 0) : rows.length;
-      if (opts.maxValues !== undefined && vectors * perVector > opts.maxValues) {
-        throw new EmbedRequestError(
-          "texts",
-          `the response would hold ${vectors} vectors x ${perVector / c.hiddenSize} layers x ${c.hiddenSize} = ${vectors * perVector} numbers, more than the ${opts.maxValues} one call may return: send fewer texts or layers, or pool them (MEAN or LAST_TOKEN)`,
-        );
-      }
-      return rows;
-    } catch (err) {
-      if (err instanceof EmbedRequestError) return err;
-      throw err;
     }
+    return violations.length > 0 ? new EmbedRequestError(violations) : rows;
   });
   const states = yield* statesOfRows(loaded, rowsEach.flatMap((r) => (r instanceof EmbedRequestError ? [] : r)), opts);
   let at = 0;
