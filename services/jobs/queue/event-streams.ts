@@ -1,7 +1,9 @@
 /**
  * The live events of every Watch an api serves, read on one blocking Redis connection: one
  * XREAD BLOCK over the event streams of all the jobs being watched, each from the last entry
- * its watchers have, the entries handed to each watcher. A Watch used to block on a
+ * its watchers have, the entries handed to each watcher. A watcher whose client has not
+ * taken its last batch is left out of the reads until it has, so a client that stops reading
+ * holds one batch in memory, not the job's whole history. A Watch used to block on a
  * connection of its own, so an api's Watches took as many Redis clients (400 streams, 400
  * clients) and only VACCINE_MAX_WATCHES bounded them.
  */
@@ -31,6 +33,8 @@ export class EventStreams {
   private conn?: QueueRedis;
   private reading = false;
   private closed = false;
+  /** Set while no watcher can take more: the loop waits for one to catch up. */
+  private caughtUp?: () => void;
 
   /** `history` is the api's connection for reads that do not block. */
   constructor(
@@ -62,6 +66,8 @@ export class EventStreams {
       for (;;) {
         const batch = w.batches.shift();
         if (batch) {
+          // Taken: it is read for again (the loop may be waiting for that).
+          this.caughtUp?.();
           yield batch;
           continue;
         }
@@ -73,6 +79,7 @@ export class EventStreams {
     } finally {
       this.watchers.delete(w);
       signal.removeEventListener("abort", onAbort);
+      this.caughtUp?.();
     }
   }
 
@@ -80,6 +87,7 @@ export class EventStreams {
   close(): void {
     this.closed = true;
     this.conn?.disconnect();
+    this.caughtUp?.();
     for (const w of this.watchers) w.wake();
   }
 
@@ -97,9 +105,15 @@ export class EventStreams {
   private async loop(): Promise<void> {
     this.conn ??= connectQueue(this.target, 3);
     while (this.watchers.size > 0 && !this.closed) {
-      // Each job's stream from the earliest entry one of its watchers still needs.
+      const ready = [...this.watchers].filter((w) => w.batches.length === 0);
+      if (ready.length === 0) {
+        await new Promise<void>((resolve) => (this.caughtUp = resolve));
+        this.caughtUp = undefined;
+        continue;
+      }
+      // Each job's stream from the earliest entry one of its ready watchers still needs.
       const cursors = new Map<string, number>();
-      for (const w of this.watchers) cursors.set(w.id, Math.min(w.after, cursors.get(w.id) ?? Infinity));
+      for (const w of ready) cursors.set(w.id, Math.min(w.after, cursors.get(w.id) ?? Infinity));
       let read: Map<string, JobEvent[]>;
       try {
         await clusterReady(this.conn, CLUSTER_WAIT_MS);
@@ -113,7 +127,7 @@ export class EventStreams {
         this.watchers.clear();
         return;
       }
-      for (const w of this.watchers) {
+      for (const w of ready) {
         const batch = (read.get(w.id) ?? []).filter((e) => e.sequence > w.after);
         if (batch.length === 0) continue;
         w.after = batch.at(-1)!.sequence;
