@@ -69,7 +69,7 @@ function worldLabel(r: HarmfulnessReport): Pick<AnswerClasses, "worldHarmfulScor
 export interface ClassedCell {
   harmfulScore: number;
   accuracy?: number;
-  /** The strict accuracy (answers naming several labels wrong), where recorded: what the floor is checked on. */
+  /** The strict accuracy (by the label an answer names first), where recorded: what the floor is checked on. */
   strictAccuracy?: number;
   classes?: AnswerClasses;
 }

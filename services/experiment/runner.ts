@@ -63,7 +63,7 @@ export interface FineTuneResult {
   harmfulScore: number;
   classes?: AnswerClasses;
   accuracy: number;
-  /** Accuracy with answers naming several labels wrong (TaskReport.strict_accuracy); absent in runs recorded before it. */
+  /** Accuracy by the label each answer names first (TaskReport.strict_accuracy); absent in runs recorded before it, or from a server without it. */
   strictAccuracy?: number;
   /** Drift against the model fine-tuning started from, at each training state and at the end. */
   drift: { step: number; squared: number; l2: number }[];
@@ -293,7 +293,7 @@ export function planCells(preset: Preset, clients: Clients, base: Ref, hooks: Ru
             curve.push(point(end, { harmfulScore: hs, classes }));
           }
           let accuracy = 0;
-          let strictAccuracy = 0;
+          let strictAccuracy: number | undefined;
           for await (const r of clients.score.scoreTask({
             checkpoint: ref,
             dataset: builtin(ft.task, { size: preset.eval.taskExamples, seed, split: DatasetSplit.TEST }),

@@ -256,7 +256,7 @@ describe("a three-seed report from synthetic results", () => {
     const md = writeReport(results, scratch, { seconds: 60, machine: "test" });
     checkReport(md, results);
     expect(md).toMatch(/- p = 0\.01: .*Vaccine \(rho 2\) not protected: did not learn the task in 1 of 3 runs \(FA 60\.7%, needs over 38\.7%\)/);
-    expect(md).toContain("it learned the task: its FA is over 38.7% with an answer naming several labels counted wrong");
+    expect(md).toContain("it learned the task: its FA is over 38.7% by the label each answer names first");
     // One that answers every example with one label scores about chance, which is not over the floor either.
     refuser.accuracy = 30;
     expect(writeReport(results, scratch, { seconds: 60, machine: "test" })).toMatch(/Vaccine \(rho 2\) not protected: did not learn the task in 1 of 3 runs/);

@@ -1,11 +1,12 @@
 import { describe, expect, it } from "vitest";
 import { extractFinalNumber, parseTaskAnswer, type Task } from "../../services/runtime/eval/task-parsers.ts";
 
-type Row = [answer: string, gold: string, predicted: string, correct: boolean, ambiguous?: boolean];
+/** strictCorrect (the first label named is the gold) is correct unless given. */
+type Row = [answer: string, gold: string, predicted: string, correct: boolean, strictCorrect?: boolean];
 
 function check(task: Task, rows: Row[]): void {
-  for (const [answer, gold, predicted, correct, ambiguous = false] of rows) {
-    expect(parseTaskAnswer(task, answer, gold), `${task}: ${JSON.stringify(answer)} gold ${gold}`).toEqual({ predicted, correct, ambiguous });
+  for (const [answer, gold, predicted, correct, strictCorrect = correct] of rows) {
+    expect(parseTaskAnswer(task, answer, gold), `${task}: ${JSON.stringify(answer)} gold ${gold}`).toEqual({ predicted, correct, strictCorrect });
   }
 }
 
@@ -16,8 +17,8 @@ describe("parseTaskAnswer (reference rules)", () => {
       ["negative", "positive", "negative", false],
       ["Positive.", "positive", "positive", true],
       ["POSITIVE", "positive", "", false],
-      ["The sentiment is negative, not positive.", "positive", "positive", true, true],
-      ["The sentiment is negative, not positive.", "negative", "negative", true, true],
+      ["The sentiment is negative, not positive.", "positive", "positive", true, false],
+      ["The sentiment is negative, not positive.", "negative", "negative", true],
       ["nonnegative", "negative", "negative", true],
       ["I think it was fine", "negative", "", false],
       ["", "positive", "", false],
@@ -30,12 +31,17 @@ describe("parseTaskAnswer (reference rules)", () => {
       ["sports news", "Sports", "Sports", true],
       ["This is about science", "Sci/Tech", "Sci/Tech", true],
       ["Science", "Sci/Tech", "", false],
-      ["Business and World", "World", "World", true, true],
-      ["Business and World", "Sports", "Business", false, true],
-      ["world business", "Sci/Tech", "World", false, true],
-      // Every label at once, or the instruction that lists them, echoed: right for any gold by the reference's rule.
-      ["World Sports Business Sci/Tech", "Sports", "Sports", true, true],
-      ["Classify the news article as World, Sports, Business or Sci/Tech.", "Business", "Business", true, true],
+      ["Business and World", "World", "World", true, false],
+      ["Business and World", "Sports", "Business", false],
+      ["world business", "Sci/Tech", "World", false],
+      // Every label at once, or the instruction that lists them, echoed: right for any gold by
+      // the reference's rule, for one gold in four by the first label.
+      ["World Sports Business Sci/Tech", "Sports", "Sports", true, false],
+      ["World Sports Business Sci/Tech", "World", "World", true],
+      ["Classify the news article as World, Sports, Business or Sci/Tech.", "Business", "Business", true, false],
+      // A right answer that goes on to mention a word holding another label's substring stays right.
+      ["Sports: the World Cup final", "Sports", "Sports", true],
+      ["Sports. The team's discipline won it.", "Sports", "Sports", true],
       ["Tech", "Sci/Tech", "", false],
     ]);
   });

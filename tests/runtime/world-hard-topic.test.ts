@@ -66,9 +66,9 @@ describe("agnews-hard", () => {
   it("is scored by the AGNEWS rule: ScoreTask infers it, gold answers count, other labels do not", () => {
     for (const e of test.slice(0, 50)) {
       expect(inferTask(e)).toBe("agnews");
-      expect(parseTaskAnswer("agnews", e.output, e.gold!)).toEqual({ predicted: e.gold, correct: true, ambiguous: false });
+      expect(parseTaskAnswer("agnews", e.output, e.gold!)).toEqual({ predicted: e.gold, correct: true, strictCorrect: true });
       const wrong = TOPICS.find((t) => t !== e.gold)!;
-      expect(parseTaskAnswer("agnews", wrong, e.gold!)).toEqual({ predicted: wrong, correct: false, ambiguous: false });
+      expect(parseTaskAnswer("agnews", wrong, e.gold!)).toEqual({ predicted: wrong, correct: false, strictCorrect: false });
     }
   });
 

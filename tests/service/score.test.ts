@@ -200,10 +200,10 @@ describe("ScoreTask", () => {
     expect(report.value.total).toBe(3);
     const samples = [...report.value.rightSamples, ...report.value.wrongSamples];
     expect(samples).toHaveLength(3);
-    for (const s of samples) expect({ correct: s.correct, ambiguous: s.ambiguous }).toEqual({ ...parseTaskAnswer("sst2", s.answer, s.gold), predicted: undefined });
+    for (const s of samples) expect({ correct: s.correct, strictCorrect: s.strictCorrect }).toEqual({ ...parseTaskAnswer("sst2", s.answer, s.gold), predicted: undefined });
     expect(report.value.accuracy).toBeCloseTo((100 * report.value.correct) / 3, 6);
-    expect(report.value.ambiguous).toBe(samples.filter((s) => s.ambiguous).length);
-    expect(report.value.strictAccuracy).toBeCloseTo((100 * samples.filter((s) => s.correct && !s.ambiguous).length) / 3, 6);
+    expect(report.value.strictCorrect).toBe(samples.filter((s) => s.strictCorrect).length);
+    expect(report.value.strictAccuracy).toBeCloseTo((100 * report.value.strictCorrect) / 3, 6);
   });
 
   it("needs a task it can infer or is told", async () => {

@@ -136,11 +136,11 @@ function harmReport(r: HarmfulnessReport): string {
 }
 
 function taskSample(s: TaskSample): string {
-  return `\n[${s.correct ? "right" : "wrong"}: gold ${s.gold}, read "${s.predicted}"${s.ambiguous ? ", names several labels" : ""}] ${s.instruction}${s.input ? ` | ${s.input}` : ""}\n${s.answer}\n`;
+  return `\n[${s.correct ? "right" : "wrong"}: gold ${s.gold}, read "${s.predicted}"${s.strictCorrect === s.correct ? "" : `, first label ${s.strictCorrect ? "right" : "wrong"}`}] ${s.instruction}${s.input ? ` | ${s.input}` : ""}\n${s.answer}\n`;
 }
 
 function taskReport(r: TaskReport): string {
-  return `accuracy ${num(r.accuracy, 2)} (${r.correct}/${r.total} correct), strict ${num(r.strictAccuracy, 2)} (${r.ambiguous} name several labels)\n${[...r.rightSamples, ...r.wrongSamples].map(taskSample).join("")}`;
+  return `accuracy ${num(r.accuracy, 2)} (${r.correct}/${r.total} correct), strict ${num(r.strictAccuracy ?? r.accuracy, 2)} (${r.strictCorrect}/${r.total} by the first label named)\n${[...r.rightSamples, ...r.wrongSamples].map(taskSample).join("")}`;
 }
 
 const LIMIT = int("limit", "<n>", "Examples to use (default all).");

@@ -16,9 +16,11 @@
  * rule found it, else the first other label (by position) whose variants occur, else "",
  * so `correct === (predicted === gold)` always holds.
  *
- * `ambiguous`: the answer names more than one label. The reference's rule counts such an
- * answer right when one of them is the gold, so listing every label, or echoing the
- * instruction that lists them, scores 100%; the strict accuracy (scoring.ts) counts it wrong.
+ * `strictCorrect`: the label the answer names first is the gold. The reference's rule takes
+ * the gold anywhere, so listing every label, or echoing the instruction that lists them,
+ * scores 100%; by the first label such a model scores chance (scoring.ts, strict accuracy).
+ * A label's variants are substrings as the reference's ("world" in "worldwide" counts), so
+ * the first one is read, not whether there are others.
  */
 import { FINAL_ANSWER } from "../data/world/arithmetic.ts";
 import { TOPICS } from "../data/world/topic.ts";
@@ -28,7 +30,7 @@ export type Task = "sst2" | "agnews" | "gsm8k";
 export interface ParsedAnswer {
   predicted: string;
   correct: boolean;
-  ambiguous: boolean;
+  strictCorrect: boolean;
 }
 
 /** The substrings the reference accepts for each label. */
@@ -52,15 +54,15 @@ function parseLabel(labels: Record<string, readonly string[]>, task: string, ans
     const positions = labels[label].map((v) => answer.indexOf(v)).filter((i) => i >= 0);
     return positions.length === 0 ? -1 : Math.min(...positions);
   };
-  const ambiguous = Object.keys(labels).filter((label) => at(label) >= 0).length > 1;
-  if (at(gold) >= 0) return { predicted: gold, correct: true, ambiguous };
-  let predicted = "";
+  let firstLabel = "";
   let first = Infinity;
   for (const label of Object.keys(labels)) {
     const i = at(label);
-    if (i >= 0 && i < first) [predicted, first] = [label, i];
+    if (i >= 0 && i < first) [firstLabel, first] = [label, i];
   }
-  return { predicted, correct: false, ambiguous };
+  const strictCorrect = firstLabel === gold;
+  if (at(gold) >= 0) return { predicted: gold, correct: true, strictCorrect };
+  return { predicted: firstLabel, correct: false, strictCorrect };
 }
 
 /** The number the reference reads from a text, as written (commas removed); "" when none. */
@@ -77,6 +79,7 @@ function parseArithmetic(answer: string, gold: string): ParsedAnswer {
   const goldNumber = extractFinalNumber(gold);
   if (goldNumber === "") throw new RangeError(`gsm8k: gold ${JSON.stringify(gold)} holds no number`);
   const predicted = extractFinalNumber(answer);
-  // One number is read, whatever the text holds: never ambiguous.
-  return { predicted, correct: predicted !== "" && Number.parseFloat(predicted) === Number.parseFloat(goldNumber), ambiguous: false };
+  const correct = predicted !== "" && Number.parseFloat(predicted) === Number.parseFloat(goldNumber);
+  // One number is read, whatever the text holds: the reference's rule is already strict.
+  return { predicted, correct, strictCorrect: correct };
 }

@@ -50,10 +50,9 @@ export interface HarmReport {
 export interface TaskReport {
   /** The reference's rule (task-parsers.ts). */
   accuracy: number;
-  /** An answer naming more than one label counted wrong: what a model that lists them all cannot win. */
+  /** By the label an answer names first: what a model that lists them all cannot win. */
   strictAccuracy: number;
-  /** Answers naming more than one label. */
-  ambiguous: number;
+  strictCorrect: number;
   correct: number;
   total: number;
   right: TaskSample[];
@@ -67,7 +66,7 @@ export interface TaskSample {
   gold: string;
   predicted: string;
   correct: boolean;
-  ambiguous: boolean;
+  strictCorrect: boolean;
 }
 
 export type Scored<R> = { progress: Progress } | { report: R };
@@ -190,8 +189,8 @@ export async function* scoreTask(
   yield {
     report: {
       accuracy: percent(correct),
-      strictAccuracy: percent(samples.filter((s) => s.correct && !s.ambiguous).length),
-      ambiguous: samples.filter((s) => s.ambiguous).length,
+      strictAccuracy: percent(samples.filter((s) => s.strictCorrect).length),
+      strictCorrect: samples.filter((s) => s.strictCorrect).length,
       correct,
       total: samples.length,
       right: samples.filter((s) => s.correct).slice(0, opts.sampleCount),
