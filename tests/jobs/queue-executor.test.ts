@@ -547,8 +547,16 @@ describe.each([
     expect((await queue.getWaiting()).map((j) => j.id)).toEqual([...ids]);
     const other = await ex1.create(JobKind.ALIGN, spec, "team-b", 0, "r1");
     expect(ids.has(other.id)).toBe(false);
-    // A retry at the job quota is the job it made, not a refusal.
+    // A retry at the job quota is the job it made, not a refusal, sequential or concurrent
+    // (the concurrent one's count could see the job its twin just recorded).
     expect((await ex2.create(JobKind.ALIGN, spec, "team-a", 1, "r1")).id).toBe([...ids][0]);
+    for (let round = 0; round < 60; round++) {
+      const id = `race-${round}`;
+      // The second a few ms later: it may read before the first records, and count after.
+      const late = new Promise<void>((r) => setTimeout(r, round % 5)).then(() => ex2.create(JobKind.ALIGN, spec, `t${round}`, 1, id));
+      const pair = await Promise.all([ex1.create(JobKind.ALIGN, spec, `t${round}`, 1, id), late]);
+      expect(pair[0].id).toBe(pair[1].id);
+    }
     await expect(ex2.create(JobKind.ALIGN, { case: "align", value: create(AlignSpecSchema, { lora: { rank: 2 } }) }, "team-a", 0, "r1")).rejects.toMatchObject({ code: Code.AlreadyExists });
   });
 

@@ -91,8 +91,10 @@ export class QueueExecutor implements JobExecutor {
     const prior = requestId ? await this.guard(() => this.jobs.read(job.id)) : undefined;
     if (prior) return sameRequest(prior.job, spec);
     if (this.stopping) throw shuttingDown();
-    // Refused before anything is queued; the record's script checks again, atomically.
-    const active = maxActive > 0 ? await this.guard(() => this.jobs.active(tenant)) : 0;
+    // Refused before anything is queued; the record's script checks again, atomically. Not
+    // with a request_id: a concurrent Create of it may record the job between the read above
+    // and this count, which would count it against its own retry; the script checks it first.
+    const active = maxActive > 0 && !requestId ? await this.guard(() => this.jobs.active(tenant)) : 0;
     if (maxActive > 0 && active >= maxActive) throw jobQuotaExceeded(tenant, maxActive, active);
     const caller = trace.getSpan(context.active())?.spanContext();
     const attributes = { "vaccine.job.id": job.id, "vaccine.job.kind": KIND_NAME[kind], "messaging.system": "bullmq", "messaging.destination.name": QUEUE_NAME };
@@ -103,16 +105,22 @@ export class QueueExecutor implements JobExecutor {
         const data: QueuedJobData = { id: job.id, trace: injectTrace() };
         // Queued before it is recorded: a worker that finds no record yet waits for it,
         // and a job whose api died in between (never answered) is dropped, not stranded.
-        const add = this.queue.add(KIND_NAME[kind], data, { jobId: job.id, removeOnComplete: true, removeOnFail: 1000 });
-        await this.guard(() => within(add, this.enqueueTimeoutMs));
+        const enqueue = () => within(this.queue.add(KIND_NAME[kind], data, { jobId: job.id, removeOnComplete: true, removeOnFail: 1000 }), this.enqueueTimeoutMs);
+        await this.guard(enqueue);
         const link = caller && isSpanContextValid(caller) ? { traceId: caller.traceId, spanId: caller.spanId } : undefined;
         const created = await this.guard(() => this.jobs.create(job, link, { case: "stateChange", value: { from: JobState.UNSPECIFIED, to: JobState.QUEUED } }, maxActive));
         if (typeof created === "object") {
+          // A Create of the same request_id recorded the job meanwhile: that is this one's answer.
+          const recorded = requestId ? await this.guard(() => this.jobs.read(job.id)) : undefined;
+          if (recorded) return sameRequest(recorded.job, spec);
           // Another create of the tenant's took the last slot since the check above. A worker
           // that took the queued job already finds no record and drops it.
           await this.queue.remove(job.id).catch(() => {});
           throw jobQuotaExceeded(tenant, maxActive, created.active);
         }
+        // A refused Create of the same request_id may have removed the queued job it shares
+        // with this one: queued again (BullMQ adds nothing while it is there).
+        if (requestId) await this.guard(enqueue);
         // The same request_id's Create on another replica recorded it first: BullMQ kept one
         // queued job for the id, and this call answers with that job.
         if (created === "exists") return sameRequest((await this.record(kind, job.id, tenant)).job, spec);
