@@ -9,7 +9,8 @@
  *   <prefix>:index:<kind>      sorted set of "<create time>:<id>" for List, newest first
  *   <prefix>:index:<kind>:<tenant>  the same for one tenant's jobs (List with tenancy)
  *   <prefix>:active:<tenant>   set of the tenant's job ids not yet seen final (its job quota)
- *   <prefix>:unfinished        set of every job id not yet seen final (what deletes check)
+ *   <prefix>:unfinished        set of every job id not final (what deletes check); a job
+ *                              leaves it when a write makes it final
  *
  * Every change is one Lua script, so a state change and its event land together, sequence
  * numbers come from one counter (XADD refuses an id that is not above the last: no
@@ -68,8 +69,10 @@ export type WriteResult =
 // leaving it; `prefix` + id is a job's record key. Records are read by key names built here,
 // not passed as KEYS: Redis allows that for keys of the script's slot, and in a cluster every
 // key of the queue is in its prefix's hash tag's slot (connection.ts).
+const FINAL_STATES = `local FINAL_STATES = {${[...FINAL].map((s) => `["${s}"] = true`).join(", ")}}`;
+
 const ACTIVE = `
-local FINAL_STATES = {${[...FINAL].map((s) => `["${s}"] = true`).join(", ")}}
+${FINAL_STATES}
 local function active(set, prefix)
   local n = 0
   for _, id in ipairs(redis.call("SMEMBERS", set)) do
@@ -104,9 +107,11 @@ if ARGV[6] ~= "" then
 end
 return -2`;
 
-// KEYS: record, events, lock. ARGV: token ("" = an api's unfenced write), job JSON, expected
-// state, new state, event JSON, cancel ("1"), cancel channel, job id, then field/value pairs.
+// KEYS: record, events, lock, unfinished set. ARGV: token ("" = an api's unfenced write), job
+// JSON, expected state, new state, event JSON, cancel ("1"), cancel channel, job id, then
+// field/value pairs. A job that turns final leaves the unfinished set.
 const WRITE = `
+${FINAL_STATES}
 if redis.call("EXISTS", KEYS[1]) == 0 then return {"missing"} end
 if ARGV[1] ~= "" then
   if redis.call("GET", KEYS[3]) ~= ARGV[1] or redis.call("HGET", KEYS[1], "owner") ~= ARGV[1] then return {"fenced"} end
@@ -115,6 +120,7 @@ if ARGV[3] ~= "" then
   local current = redis.call("HGET", KEYS[1], "state")
   if current ~= ARGV[3] then return {"state", current} end
   redis.call("HSET", KEYS[1], "state", ARGV[4])
+  if FINAL_STATES[ARGV[4]] then redis.call("SREM", KEYS[4], ARGV[8]) end
 end
 if ARGV[2] ~= "" then redis.call("HSET", KEYS[1], "job", ARGV[2]) end
 for i = 9, #ARGV, 2 do redis.call("HSET", KEYS[1], ARGV[i], ARGV[i + 1]) end
@@ -139,7 +145,7 @@ return "ok"`;
 
 interface Scripts {
   vaccineCreate(record: string, events: string, index: string, tenantIndex: string, active: string, unfinished: string, ...args: string[]): Promise<number>;
-  vaccineWrite(record: string, events: string, lock: string, ...args: string[]): Promise<string[]>;
+  vaccineWrite(record: string, events: string, lock: string, unfinished: string, ...args: string[]): Promise<string[]>;
   vaccineClaim(record: string, lock: string, token: string): Promise<string>;
   vaccineActive(active: string, prefix: string): Promise<number>;
 }
@@ -152,7 +158,7 @@ export class RedisJobs {
     readonly keys: QueueKeys,
   ) {
     redis.defineCommand("vaccineCreate", { numberOfKeys: 6, lua: CREATE });
-    redis.defineCommand("vaccineWrite", { numberOfKeys: 3, lua: WRITE });
+    redis.defineCommand("vaccineWrite", { numberOfKeys: 4, lua: WRITE });
     redis.defineCommand("vaccineClaim", { numberOfKeys: 2, lua: CLAIM });
     redis.defineCommand("vaccineActive", { numberOfKeys: 1, lua: COUNT_ACTIVE });
     this.redis = redis as QueueRedis & Scripts;
@@ -203,6 +209,7 @@ export class RedisJobs {
       k.job(id),
       k.events(id),
       k.lock(id),
+      k.unfinished,
       token ?? "",
       change.job ? jobJson(change.job) : "",
       change.from !== undefined ? String(change.from) : "",
