@@ -11,8 +11,7 @@ import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator } from "../platform/validate.ts";
 import { checkAlignMethod } from "./method-checks.ts";
 
-export function checkAlignSpec(spec: AlignSpec | undefined, bounds: CallBounds = DEFAULT_BOUNDS): asserts spec is AlignSpec {
-  const v = new RequestValidator();
+export function checkAlignSpec(spec: AlignSpec | undefined, bounds: CallBounds = DEFAULT_BOUNDS, v = new RequestValidator()): asserts spec is AlignSpec {
   if (!spec) return v.fail("spec", "is required").check();
   checkCheckpointRef(v, "spec.base_checkpoint", spec.baseCheckpoint);
   checkDatasetRef(v, "spec.dataset", spec.dataset);
@@ -30,8 +29,7 @@ export function alignService(deps: SuiteDeps, executor: JobExecutor): ServiceMod
     register(router) {
       router.service(AlignService, {
         async createAlignJob(req, ctx) {
-          checkAlignSpec(req.spec, boundsOf(deps));
-          return jobs.create(req.spec, req.requestId, ctx);
+          return jobs.create(req.spec, req.requestId, ctx, (v) => checkAlignSpec(req.spec, boundsOf(deps), v));
         },
         getAlignJob: jobs.get,
         listAlignJobs: jobs.list,

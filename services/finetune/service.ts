@@ -10,8 +10,7 @@ import { checkGuard, checkLora, checkTraining } from "../jobs/validate.ts";
 import type { ServiceModule } from "../platform/server.ts";
 import { RequestValidator } from "../platform/validate.ts";
 
-export function checkFineTuneSpec(spec: FineTuneSpec | undefined, bounds: CallBounds = DEFAULT_BOUNDS): asserts spec is FineTuneSpec {
-  const v = new RequestValidator();
+export function checkFineTuneSpec(spec: FineTuneSpec | undefined, bounds: CallBounds = DEFAULT_BOUNDS, v = new RequestValidator()): asserts spec is FineTuneSpec {
   if (!spec) return v.fail("spec", "is required").check();
   checkCheckpointRef(v, "spec.aligned_checkpoint", spec.alignedCheckpoint);
   checkDatasetRef(v, "spec.dataset", spec.dataset);
@@ -36,8 +35,7 @@ export function fineTuneService(deps: SuiteDeps, executor: JobExecutor): Service
     register(router) {
       router.service(FineTuneService, {
         async createFineTuneJob(req, ctx) {
-          checkFineTuneSpec(req.spec, boundsOf(deps));
-          return jobs.create(req.spec, req.requestId, ctx);
+          return jobs.create(req.spec, req.requestId, ctx, (v) => checkFineTuneSpec(req.spec, boundsOf(deps), v));
         },
         getFineTuneJob: jobs.get,
         listFineTuneJobs: jobs.list,

@@ -35,23 +35,26 @@ export function jobHandlers(deps: SuiteDeps, executor: JobExecutor, kind: JobKin
   };
   const tenantOf = (ctx: HandlerContext) => visibleTenant(scopeOf(principalOf(ctx)));
   return {
-    async create(spec: AlignSpec | FineTuneSpec, requestId: string, ctx: HandlerContext) {
-      const v = new RequestValidator();
-      v.length("request_id", requestId, MAX_REQUEST_ID);
-      if (requestId && !REQUEST_ID.test(requestId)) v.fail("request_id", "must be characters of [A-Za-z0-9._~-]");
-      v.check();
+    /** `checkSpec` validates the spec into the validator it is given, then checks it (throws). */
+    async create(spec: AlignSpec | FineTuneSpec | undefined, requestId: string, ctx: HandlerContext, checkSpec: (v: RequestValidator) => void) {
+      if (requestId.length > MAX_REQUEST_ID || (requestId !== "" && !REQUEST_ID.test(requestId))) {
+        // Named with whatever else the request gets wrong, in one answer.
+        checkSpec(new RequestValidator().fail("request_id", `must be 1 to ${MAX_REQUEST_ID} characters of [A-Za-z0-9._~-]`));
+      }
       const scope = scopeOf(principalOf(ctx));
       const tenant = scope?.tenant ?? "";
       const jobSpec: JobSpec = kind === JobKind.ALIGN ? { case: "align", value: spec as AlignSpec } : { case: "fineTune", value: spec as FineTuneSpec };
-      // A retry gets its job before anything is checked again: its inputs may have changed
-      // since (a dataset deleted after the job read it), or its tenant reached a quota.
-      if (requestId) {
+      // A retry gets its job before anything is checked again, its spec included: its inputs
+      // may have changed since (a dataset deleted after the job read it), its tenant reached a
+      // quota, or a bound been lowered (VACCINE_MAX_STEPS).
+      if (requestId && spec) {
         const prior = await executor.get(kind, jobIdFor(kind, tenant, requestId), tenant).catch((err: unknown) => {
           if (ConnectError.from(err).code !== Code.NotFound) throw err;
         });
         if (prior) return { job: sameRequest(prior, jobSpec) };
       }
-      await checkJobInputs(deps, stage, spec, scope, ctx.signal);
+      checkSpec(new RequestValidator());
+      await checkJobInputs(deps, stage, spec!, scope, ctx.signal);
       if (scope) await checkStoredBytesQuota(deps, scope.tenant);
       // The job quota is the executor's to check, atomically with the creation.
       const maxActive = scope ? (deps.quotas?.jobs ?? 0) : 0;

@@ -53,6 +53,9 @@ describe("Create with a request_id", () => {
       const bad = await rpcFailure(() => fineTune.createFineTuneJob({ spec: { alignedCheckpoint: suite.base, dataset: { source: { case: "uri", value: data } } }, requestId }));
       expect(bad, requestId).toMatchObject({ code: Code.InvalidArgument, badRequest: { fieldViolations: [{ field: "request_id" }] } });
     }
+    // With what else the request gets wrong, in one answer.
+    const both = await rpcFailure(() => align.createAlignJob({ spec: { ...spec(1), lora: { rank: 0 } }, requestId: "has space" }));
+    expect(both.badRequest?.fieldViolations.map((v) => v.field)).toEqual(["request_id", "spec.lora.rank"]);
     await align.cancelAlignJob({ jobId: first.id });
   });
 
@@ -64,10 +67,16 @@ describe("Create with a request_id", () => {
     expect(tries[0].job!.requestId).toBe("run-7");
     expect((await align.listAlignJobs({ pageSize: 100 })).jobs.filter((j) => j.requestId === "run-7")).toHaveLength(1);
     for await (const _ of align.watchAlignJob({ jobId: id }));
-    // Its inputs are not checked again: the dataset it read may be gone by the retry.
+    // Its inputs are not checked again: the dataset it read may be gone by the retry, and the
+    // server's bounds lowered below its spec.
     await datasets.deleteDataset({ uri: data });
-    const again = (await align.createAlignJob({ spec: spec(2), requestId: "run-7" })).job!;
-    expect(again).toMatchObject({ id, state: JobState.SUCCEEDED });
+    suite.deps.bounds = { maxSteps: 1 };
+    try {
+      const again = (await align.createAlignJob({ spec: spec(2), requestId: "run-7" })).job!;
+      expect(again).toMatchObject({ id, state: JobState.SUCCEEDED });
+    } finally {
+      suite.deps.bounds = undefined;
+    }
     // Kinds are apart: the same request_id on FineTuneService is another job's.
     expect(jobIdFor(JobKind.FINE_TUNE, "", "run-7")).not.toBe(id);
   }, 60_000);
