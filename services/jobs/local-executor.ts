@@ -231,10 +231,11 @@ export class LocalExecutor implements JobExecutor {
         attributes: { "vaccine.job.id": job.id, "vaccine.job.kind": KIND_NAME[job.kind] },
         links: entry.link ? [{ context: { traceId: entry.link.traceId, spanId: entry.link.spanId, traceFlags: 1, isRemote: true } }] : [],
       },
-      first ? trace.setSpanContext(ROOT_CONTEXT, { ...first, traceFlags: 1, isRemote: true }) : ROOT_CONTEXT,
+      first ? trace.setSpanContext(ROOT_CONTEXT, { traceFlags: 1, ...first, isRemote: true }) : ROOT_CONTEXT,
     );
-    const { traceId, spanId } = span.spanContext();
-    if (!first && isSpanContextValid(span.spanContext())) entry.firstRun = { traceId, spanId };
+    const { traceId, spanId, traceFlags } = span.spanContext();
+    // Its sampling decision too: a later run is recorded only when the first was.
+    if (!first && isSpanContextValid(span.spanContext())) entry.firstRun = { traceId, spanId, traceFlags };
     job.traceId = traceId;
     this.save(entry);
     // As a queue worker logs its runs: which job, from where, and (below) how the run ended.

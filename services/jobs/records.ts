@@ -15,6 +15,8 @@ import { JobEventSchema, JobSchema, type Job, type JobEvent } from "../../gen/va
 export interface TraceLink {
   traceId: string;
   spanId: string;
+  /** W3C trace flags (sampled or not); unset: sampled. */
+  traceFlags?: number;
 }
 
 export interface JobRecord {

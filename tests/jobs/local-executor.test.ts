@@ -6,7 +6,7 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { context, trace } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
-import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
+import { AlwaysOffSampler, BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base";
 import { AggregationTemporality, InMemoryMetricExporter, MeterProvider, PeriodicExportingMetricReader } from "@opentelemetry/sdk-metrics";
 import { afterEach, describe, expect, it } from "vitest";
 import { ErrorInfoSchema } from "../../gen/google/rpc/error_details_pb.ts";
@@ -428,6 +428,23 @@ describe("LocalExecutor", () => {
     expect(run2.spanContext().traceId).toBe(run1.spanContext().traceId);
     expect(run2.parentSpanContext?.spanId).toBe(run1.spanContext().spanId);
     expect((await ex2.get(JobKind.ALIGN, job.id)).traceId).toBe(run1.spanContext().traceId);
+  });
+
+  it("keeps the first run's sampling decision: a job not sampled stays unsampled after a restart", async () => {
+    context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+    const exporter = new InMemorySpanExporter();
+    const dir = tempDir();
+    const first = controllable();
+    const unsampled = new BasicTracerProvider({ sampler: new AlwaysOffSampler(), spanProcessors: [new SimpleSpanProcessor(exporter)] }).getTracer("test");
+    const ex1 = new LocalExecutor({ dir, tracer: unsampled, mapError, work: { [JobKind.ALIGN]: first.work } });
+    const job = await ex1.create(JobKind.ALIGN, spec);
+    await until(() => first.started.length === 1);
+    await ex1.shutdown();
+    // The next process samples what its parent says (the SDK's default, parent-based).
+    const tracer = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] }).getTracer("test");
+    const ex2 = new LocalExecutor({ dir, tracer, mapError, work: { [JobKind.ALIGN]: async () => ({ result: ref(9), lineage: [ref(9)] }) } });
+    await until(async () => (await ex2.get(JobKind.ALIGN, job.id)).state === JobState.SUCCEEDED);
+    expect(exporter.getFinishedSpans().filter((s) => s.name === "job align")).toEqual([]);
   });
 
   it("logs a failed job as a pino line carrying the job's trace_id", async () => {

@@ -226,8 +226,9 @@ export type WatchAlignJobRequest = Message<"vaccine.v1.WatchAlignJobRequest"> & 
   /**
    * Only events with a greater sequence number are sent: 0 for the whole history, the last
    * event seen to resume a watch, or a Job's last_sequence for what happens after it was read.
-   * One past the job's last event is OUT_OF_RANGE (SEQUENCE_AHEAD, with last_sequence): no
-   * client has seen it, and a watch from there would wait for events it already missed.
+   * An after_sequence greater than the job's last event is OUT_OF_RANGE (SEQUENCE_AHEAD, with
+   * last_sequence): no client has seen such an event, and a watch from there would wait for
+   * events it already missed.
    *
    * @generated from field: int32 after_sequence = 2;
    */

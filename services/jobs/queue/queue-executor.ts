@@ -201,9 +201,9 @@ export class QueueExecutor implements JobExecutor {
     const stop = new AbortController();
     this.watchers.add(stop);
     try {
-      // Read from no later than the record's last event, so that the job's final event is
-      // seen even when the client says it has more (a larger after_sequence): the watch ends
-      // with the job, as the embedded executor's does. Only later events are sent.
+      // Read from no later than the record's last event, so that the job's final event stays
+      // in reach whatever a caller asks (the handler refuses an after_sequence past it): the
+      // watch ends with the job, as the embedded executor's does. Only later events are sent.
       for await (const events of this.streams.events(id, Math.min(afterSequence, first.seq), AbortSignal.any([signal, stop.signal]))) {
         for (const e of events) {
           if (e.sequence > afterSequence) yield e;
