@@ -536,6 +536,10 @@ describe.each([
     await until(async () => (await stateOf(ex1, running.id)) === JobState.SUCCEEDED);
     expect(await conn.smembers(keys.unfinished)).toEqual([queued.id]);
     expect(await ids()).toEqual([queued.id]);
+    // A queue from before the set: its jobs not final are found once, from their records.
+    await conn.del(keys.unfinished, keys.unfinishedFilled);
+    expect(await ids()).toEqual([queued.id]);
+    expect(await conn.exists(keys.unfinishedFilled)).toBe(1);
     expect(await ids("team-a")).toEqual([]);
   });
 

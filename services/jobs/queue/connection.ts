@@ -188,6 +188,8 @@ export function queueKeys(prefix = DEFAULT_PREFIX, cluster = false) {
     active: (tenant: string) => `${prefix}:active:${tenant}`,
     /** Ids of every job that may not be final yet: what deletes check their inputs against (pruned as they end). */
     unfinished: `${prefix}:unfinished`,
+    /** Set once the jobs recorded before the unfinished set existed were added to it. */
+    unfinishedFilled: `${prefix}:unfinished:filled`,
     /** BullMQ's lock of a taken job; its value is the taking worker's token. */
     lock: (id: string) => `${prefix}:${QUEUE_NAME}:${id}:lock`,
     /** Pub/sub channel of cancel requests (the message is the job id). */

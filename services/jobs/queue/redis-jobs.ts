@@ -246,6 +246,7 @@ export class RedisJobs {
    * ids found final (or gone) leave it. A final state is never left, so removing one is safe.
    */
   async unfinished(tenant?: string): Promise<Job[]> {
+    if (!(await this.redis.exists(this.keys.unfinishedFilled))) await this.fillUnfinished();
     const ids = await this.redis.smembers(this.keys.unfinished);
     const pipeline = this.redis.pipeline();
     for (const id of ids) pipeline.hgetall(this.keys.job(id));
@@ -254,6 +255,23 @@ export class RedisJobs {
     const ended = ids.filter((_, i) => !jobs[i] || FINAL.has(jobs[i].state));
     if (ended.length > 0) await this.redis.srem(this.keys.unfinished, ...ended);
     return unfinishedOf(jobs.filter((j) => j !== undefined), tenant);
+  }
+
+  /**
+   * Adds the jobs not final that were recorded before the unfinished set existed (a queue
+   * upgraded in place), once per queue: every record's state is read.
+   */
+  private async fillUnfinished(): Promise<void> {
+    for (const kind of Object.values(KIND_NAME)) {
+      const members = await this.redis.zrange(this.keys.index(kind), 0, -1);
+      const ids = members.map((m) => m.slice(m.indexOf(":") + 1));
+      const pipeline = this.redis.pipeline();
+      for (const id of ids) pipeline.hget(this.keys.job(id), "state");
+      const states = ((await pipeline.exec()) ?? []).map(([, s]) => s as string | null);
+      const open = ids.filter((_, i) => states[i] !== null && !FINAL.has(Number(states[i]) as JobState));
+      if (open.length > 0) await this.redis.sadd(this.keys.unfinished, ...open);
+    }
+    await this.redis.set(this.keys.unfinishedFilled, "1");
   }
 
   /** A job's events after `after`, from `conn`. */
