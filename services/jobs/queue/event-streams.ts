@@ -1,11 +1,13 @@
 /**
  * The live events of every Watch an api serves, read on one blocking Redis connection: one
  * XREAD BLOCK over the event streams of all the jobs being watched, each from the last entry
- * its watchers have, the entries handed to each watcher. A watcher whose client has not
- * taken its last batch is left out of the reads until it has, so a client that stops reading
- * holds one batch in memory, not the job's whole history. A Watch used to block on a
- * connection of its own, so an api's Watches took as many Redis clients (400 streams, 400
- * clients) and only VACCINE_MAX_WATCHES bounded them.
+ * read for its watchers, the entries handed to each watcher. A watcher holds at most one
+ * batch: while its client has not taken it, what is read for it is dropped, and its client,
+ * once it takes the batch, reads what it missed apart (non-blocking, from the last event it
+ * was given). So a client that stops reading holds one batch in memory, not the job's whole
+ * history, and every watcher stays in the blocking read, so none waits for a read it is not
+ * in. A Watch used to block on a connection of its own, so an api's Watches took as many
+ * Redis clients (400 streams, 400 clients) and only VACCINE_MAX_WATCHES bounded them.
  */
 import type { JobEvent } from "../../../gen/vaccine/v1/jobs_pb.ts";
 import { clusterReady, connectQueue, type QueueRedis, type QueueTarget } from "./connection.ts";
@@ -21,9 +23,11 @@ const CLUSTER_WAIT_MS = 1000;
 
 interface Watcher {
   id: string;
-  /** The last sequence handed to it. */
-  after: number;
-  batches: JobEvent[][];
+  /** The last sequence handed to it (its batch included). */
+  given: number;
+  /** The last sequence read for it; beyond `given` while it held a batch and entries were dropped. */
+  read: number;
+  batch?: JobEvent[];
   error?: unknown;
   wake(): void;
 }
@@ -33,14 +37,13 @@ export class EventStreams {
   private conn?: QueueRedis;
   private reading = false;
   private closed = false;
-  /** Set while no watcher can take more: the loop waits for one to catch up. */
-  private caughtUp?: () => void;
 
   /** `history` is the api's connection for reads that do not block. */
   constructor(
     private readonly target: QueueTarget,
     private readonly jobs: RedisJobs,
     private readonly history: QueueRedis,
+    private readonly blockMs = BLOCK_MS,
   ) {}
 
   /**
@@ -54,7 +57,7 @@ export class EventStreams {
       yield stored;
     }
     if (signal.aborted || this.closed) return;
-    const w: Watcher = { id, after, batches: [], wake: () => {} };
+    const w: Watcher = { id, given: after, read: after, wake: () => {} };
     let wait!: Promise<void>;
     const arm = () => (wait = new Promise((resolve) => (w.wake = resolve)));
     arm();
@@ -64,22 +67,30 @@ export class EventStreams {
     this.read();
     try {
       for (;;) {
-        const batch = w.batches.shift();
-        if (batch) {
-          // Taken: it is read for again (the loop may be waiting for that).
-          this.caughtUp?.();
+        if (w.batch) {
+          const batch = w.batch;
+          w.batch = undefined;
           yield batch;
           continue;
         }
         if (w.error !== undefined) throw w.error;
         if (signal.aborted) return;
+        if (w.read > w.given) {
+          // Dropped while its batch waited: read apart, up to 1000 at a time.
+          const missed = await this.jobs.events(this.history, id, w.given);
+          if (missed.length > 0) {
+            w.given = missed.at(-1)!.sequence;
+            w.read = Math.max(w.read, w.given);
+            yield missed;
+          }
+          continue;
+        }
         await wait;
         arm();
       }
     } finally {
       this.watchers.delete(w);
       signal.removeEventListener("abort", onAbort);
-      this.caughtUp?.();
     }
   }
 
@@ -87,7 +98,6 @@ export class EventStreams {
   close(): void {
     this.closed = true;
     this.conn?.disconnect();
-    this.caughtUp?.();
     for (const w of this.watchers) w.wake();
   }
 
@@ -105,19 +115,13 @@ export class EventStreams {
   private async loop(): Promise<void> {
     this.conn ??= connectQueue(this.target, 3);
     while (this.watchers.size > 0 && !this.closed) {
-      const ready = [...this.watchers].filter((w) => w.batches.length === 0);
-      if (ready.length === 0) {
-        await new Promise<void>((resolve) => (this.caughtUp = resolve));
-        this.caughtUp = undefined;
-        continue;
-      }
-      // Each job's stream from the earliest entry one of its ready watchers still needs.
+      // Each job's stream from the earliest entry read for one of its watchers.
       const cursors = new Map<string, number>();
-      for (const w of ready) cursors.set(w.id, Math.min(w.after, cursors.get(w.id) ?? Infinity));
+      for (const w of this.watchers) cursors.set(w.id, Math.min(w.read, cursors.get(w.id) ?? Infinity));
       let read: Map<string, JobEvent[]>;
       try {
         await clusterReady(this.conn, CLUSTER_WAIT_MS);
-        read = await this.jobs.eventsOf(this.conn, cursors, BLOCK_MS);
+        read = await this.jobs.eventsOf(this.conn, cursors, this.blockMs);
       } catch (err) {
         // Every watcher fails as one read does: each Watch ends UNAVAILABLE, and clients resume.
         for (const w of this.watchers) {
@@ -127,11 +131,14 @@ export class EventStreams {
         this.watchers.clear();
         return;
       }
-      for (const w of ready) {
-        const batch = (read.get(w.id) ?? []).filter((e) => e.sequence > w.after);
-        if (batch.length === 0) continue;
-        w.after = batch.at(-1)!.sequence;
-        w.batches.push(batch);
+      for (const w of this.watchers) {
+        const entries = (read.get(w.id) ?? []).filter((e) => e.sequence > w.read);
+        if (entries.length === 0) continue;
+        w.read = entries.at(-1)!.sequence;
+        // Its client has not taken the last batch, or is reading what was dropped: dropped too.
+        if (w.batch || w.given < entries[0].sequence - 1) continue;
+        w.batch = entries;
+        w.given = w.read;
         w.wake();
       }
     }
