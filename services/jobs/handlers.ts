@@ -10,11 +10,11 @@ import { checkPage, RequestValidator } from "../platform/validate.ts";
 import type { JobExecutor, JobSpec } from "./executor.ts";
 import { checkJobInputs } from "./inputs.ts";
 import { JOB_ID, jobIdFor, jobNotFound, sameRequest } from "./new-job.ts";
+import { checkJobId } from "./validate.ts";
 
 /** A Create's request_id (align.proto): short, and safe in logs and ids. */
 const MAX_REQUEST_ID = 64;
 const REQUEST_ID = /^[A-Za-z0-9._~-]+$/;
-import { checkJobId } from "./validate.ts";
 
 /**
  * The job RPCs behave the same for every job kind; AlignService and FineTuneService route

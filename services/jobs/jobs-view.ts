@@ -23,7 +23,7 @@ export function queueJobsView(target: QueueTarget & { prefix?: string }): JobsVi
   return {
     async unfinished(tenant) {
       try {
-        await clusterReady(redis, 5000);
+        await clusterReady(redis);
         return await jobs.unfinished(tenant);
       } catch (err) {
         throw unavailable(err);

@@ -149,12 +149,15 @@ export async function queueRisks(redis: Pick<Redis, "config">, info: string, log
   else logger.warn({ appendonly: "no", save }, "the queue's Redis keeps nothing across a restart: a restart loses every queued job and job record; set appendonly yes");
 }
 
+/** Longest wait for a cluster's nodes before a call answers UNAVAILABLE. */
+const CLUSTER_WAIT_MS = 1000;
+
 /**
  * Waits up to `ms` for a cluster client to reach its nodes: a bounded one refuses commands
  * until then (connectQueue), so a new client, or one reconnecting, waits here first. One
  * server's client queues its commands itself.
  */
-export async function clusterReady(redis: QueueRedis, ms: number): Promise<void> {
+export async function clusterReady(redis: QueueRedis, ms = CLUSTER_WAIT_MS): Promise<void> {
   if (!redis.isCluster || redis.status === "ready") return;
   await new Promise<void>((resolve) => {
     const done = () => {

@@ -18,8 +18,6 @@ import type { RedisJobs } from "./redis-jobs.ts";
  * once (read apart) and joins the next read, so its first live event waits at most this.
  */
 const BLOCK_MS = 500;
-/** How long a read waits for a cluster that is finding its nodes again. */
-const CLUSTER_WAIT_MS = 1000;
 
 interface Watcher {
   id: string;
@@ -120,7 +118,7 @@ export class EventStreams {
       for (const w of this.watchers) cursors.set(w.id, Math.min(w.read, cursors.get(w.id) ?? Infinity));
       let read: Map<string, JobEvent[]>;
       try {
-        await clusterReady(this.conn, CLUSTER_WAIT_MS);
+        await clusterReady(this.conn);
         read = await this.jobs.eventsOf(this.conn, cursors, this.blockMs);
       } catch (err) {
         // Every watcher fails as one read does: each Watch ends UNAVAILABLE, and clients resume.

@@ -45,9 +45,6 @@ export interface QueueExecutorOptions extends QueueTarget {
   maxWatches?: number;
 }
 
-/** Longest wait for a cluster's nodes before a call answers UNAVAILABLE. */
-const CLUSTER_WAIT_MS = 1000;
-
 export class QueueExecutor implements JobExecutor {
   readonly keys: QueueKeys;
   private readonly target: QueueTarget;
@@ -242,7 +239,7 @@ export class QueueExecutor implements JobExecutor {
       if (asking) return;
       asking = true;
       // A cluster's client refuses commands until it has found its nodes, as in guard().
-      const up = await clusterReady(this.redis, CLUSTER_WAIT_MS)
+      const up = await clusterReady(this.redis)
         .then(() => within(this.redis.exists(this.keys.wait), this.probeMs / 2))
         .then(
           () => true,
@@ -274,7 +271,7 @@ export class QueueExecutor implements JobExecutor {
   /** Redis failures are UNAVAILABLE to the caller: retryable, on this or another replica. */
   private async guard<T>(fn: () => Promise<T>): Promise<T> {
     try {
-      await clusterReady(this.redis, CLUSTER_WAIT_MS);
+      await clusterReady(this.redis);
       return await fn();
     } catch (err) {
       throw err instanceof ConnectError ? err : unavailable(err);
