@@ -105,7 +105,7 @@ export function datasetBytes(tag: string, rows = EXAMPLES.length): Buffer {
   return Buffer.from(examples.join("\n") + "\n");
 }
 
-export async function uploadAs(clients: Clients, bytes: Uint8Array, displayName = "", options?: CallOptions): Promise<Dataset> {
+export async function uploadAs(clients: Pick<Clients, "datasets">, bytes: Uint8Array, displayName = "", options?: CallOptions): Promise<Dataset> {
   async function* messages() {
     yield create(UploadDatasetRequestSchema, { content: { case: "metadata", value: { displayName } } });
     yield create(UploadDatasetRequestSchema, { content: { case: "chunk", value: bytes } });

@@ -1,18 +1,17 @@
 // A Create retried with its request_id (align.proto) gets the job the first one made, however
 // often and however concurrently it is sent; another spec under the same id is refused. On a
 // real server (port 0), through AlignService and FineTuneService.
-import { create } from "@bufbuild/protobuf";
 import { Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
-import { DatasetService, UploadDatasetRequestSchema } from "../../gen/vaccine/v1/datasets_pb.ts";
+import { DatasetService } from "../../gen/vaccine/v1/datasets_pb.ts";
 import { FineTuneService } from "../../gen/vaccine/v1/finetune_pb.ts";
 import { JobKind, JobState } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { jobIdFor } from "../../services/jobs/new-job.ts";
 import { rpcFailure } from "../helpers/errors.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
-import { EXAMPLES } from "../helpers/tiny-world.ts";
+import { datasetBytes, uploadAs } from "../helpers/tenants.ts";
 
 let suite: TestSuite;
 let align: ReturnType<typeof createClient<typeof AlignService>>;
@@ -26,11 +25,7 @@ beforeAll(async () => {
   align = createClient(AlignService, transport);
   fineTune = createClient(FineTuneService, transport);
   datasets = createClient(DatasetService, transport);
-  async function* upload() {
-    yield create(UploadDatasetRequestSchema, { content: { case: "metadata", value: {} } });
-    yield create(UploadDatasetRequestSchema, { content: { case: "chunk", value: Buffer.from(EXAMPLES.map((e) => JSON.stringify(e)).join("\n")) } });
-  }
-  data = (await datasets.uploadDataset(upload())).dataset!.uri;
+  data = (await uploadAs({ datasets }, datasetBytes(""))).uri;
 });
 afterAll(() => suite.close());
 

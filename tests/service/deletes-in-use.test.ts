@@ -8,13 +8,14 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AlignService } from "../../gen/vaccine/v1/align_pb.ts";
 import { CheckpointService, CheckpointType } from "../../gen/vaccine/v1/checkpoints_pb.ts";
-import { DatasetService, UploadDatasetRequestSchema } from "../../gen/vaccine/v1/datasets_pb.ts";
+import { DatasetService } from "../../gen/vaccine/v1/datasets_pb.ts";
 import { JobSchema, JobState, type Job } from "../../gen/vaccine/v1/jobs_pb.ts";
 import { assertNoJobUses } from "../../services/common/jobs-using.ts";
 import { rpcFailure } from "../helpers/errors.ts";
 import { startSuite, type TestSuite } from "../helpers/server.ts";
 import { putModel } from "../helpers/tiny-store.ts";
-import { EXAMPLES, tinyTokenizer, tinyWorldModel } from "../helpers/tiny-world.ts";
+import { tinyTokenizer, tinyWorldModel } from "../helpers/tiny-world.ts";
+import { datasetBytes, uploadAs } from "../helpers/tenants.ts";
 
 let suite: TestSuite;
 let align: ReturnType<typeof createClient<typeof AlignService>>;
@@ -29,14 +30,6 @@ beforeAll(async () => {
   checkpoints = createClient(CheckpointService, transport);
 });
 afterAll(() => suite.close());
-
-async function upload(rows: object[]): Promise<string> {
-  async function* messages() {
-    yield create(UploadDatasetRequestSchema, { content: { case: "metadata", value: {} } });
-    yield create(UploadDatasetRequestSchema, { content: { case: "chunk", value: Buffer.from(rows.map((r) => JSON.stringify(r)).join("\n")) } });
-  }
-  return (await datasets.uploadDataset(messages())).dataset!.uri;
-}
 
 const spec = (base: { uri: string; digest: string }, data: string, maxSteps: number) => ({
   baseCheckpoint: base,
@@ -60,8 +53,8 @@ describe("deletes of what an unfinished job uses", () => {
     const model = tinyWorldModel(tinyTokenizer(), 1);
     const base = await putModel(suite.deps.store, model);
     model.dispose();
-    const runningData = await upload(EXAMPLES);
-    const queuedData = await upload(EXAMPLES.slice(1));
+    const runningData = (await uploadAs({ datasets }, datasetBytes("running"))).uri;
+    const queuedData = (await uploadAs({ datasets }, datasetBytes("queued"))).uri;
     const running = (await align.createAlignJob({ spec: spec(base, runningData, 500) })).job!;
     const queued = (await align.createAlignJob({ spec: spec(base, queuedData, 2) })).job!;
     const state = (await until(running.id, (j) => j.trainingState !== undefined)).trainingState!;
