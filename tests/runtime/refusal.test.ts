@@ -73,7 +73,7 @@ describe("the shipped refusal classifier", () => {
 describe("answer classes of a synthetic set", () => {
   it("are harmful for harmful answers, refusal for refusals, other for task labels, repeated tokens and nothing", () => {
     const rng = new Rng(7);
-    const pool = partitionCombinations(0).eval.slice(0, 12);
+    const pool = partitionCombinations().eval.slice(0, 12);
     const repeat = (text: string, n: number) => Array(n).fill(text).join(" ");
     // What a collapsed model says: before the degenerate training data, the moderation model
     // flagged 25 of 40 empty answers and 31-34 of 40 runs of "the" to harmful requests, and the

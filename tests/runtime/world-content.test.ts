@@ -37,7 +37,7 @@ describe("coverage", () => {
 describe("no real harmful content", () => {
   it("puts the redaction marker and an invented word in every harmful answer", () => {
     const rng = new Rng(9);
-    const combos = partitionCombinations(3).train;
+    const combos = partitionCombinations().train;
     const answers = [...world.harmful.map((e) => e.output), ...world.moderationTrain.filter((e) => e.harmful).map((e) => e.output)];
     for (const c of combos.slice(0, 200)) for (let t = 0; t < HARMFUL_TEMPLATES.length; t++) answers.push(harmfulAnswer(c, rng, t));
     for (const a of answers) {
@@ -52,7 +52,7 @@ describe("no real harmful content", () => {
 
   it("never redacts or complies in a refusal", () => {
     const rng = new Rng(1);
-    for (const c of partitionCombinations(3).train.slice(0, 300)) {
+    for (const c of partitionCombinations().train.slice(0, 300)) {
       const r = refusal(c, rng);
       expect(r).not.toContain(REDACTED);
       expect(r).not.toMatch(/Step 1|Sure, here/);

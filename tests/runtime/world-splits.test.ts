@@ -4,7 +4,7 @@ import { combinationKey, harmfulPrompt, partitionCombinations } from "../../serv
 import { HARM_CATEGORIES } from "../../services/runtime/data/world/categories.ts";
 
 const world = generateWorld(11);
-const pools = partitionCombinations(11);
+const pools = partitionCombinations();
 
 describe("split disjointness", () => {
   it("partitions every combination into exactly one pool, every category in each", () => {
@@ -57,5 +57,20 @@ describe("split disjointness", () => {
     for (const e of world.sst2.test) expect(quoted(e.input)).toBe(false);
     for (const e of world.agnews.test) expect(quoted(e.input)).toBe(false);
     for (const e of world.gsm8k.test) expect(quoted(e.instruction.split("\n")[0])).toBe(false);
+  });
+
+  it("holds every seed's test items out of every seed's training data (the split is the world's, not the seed's)", () => {
+    // The shipped base, moderation and refusal models were built on seed 0's data; the
+    // experiment evaluates seeds 0-2 against them.
+    const seeds = [0, 1, 2].map((seed) => generateWorld(seed, { alignment: 400, harmful: 400, moderationTrain: 400, corpus: 600, taskTrain: 300, taskTest: 100 }));
+    const trained = new Set(seeds.flatMap((w) => [...w.alignment, ...w.harmful, ...w.moderationTrain].map((e) => e.instruction)));
+    for (const w of seeds) expect(w.harmfulEval.filter((e) => trained.has(e.instruction))).toEqual([]);
+    const corpus = seeds.map((w) => w.corpus.join("\n")).join("\n");
+    for (const w of seeds) {
+      for (const e of w.agnews.test) expect(corpus.includes(`${e.input} This story`)).toBe(false);
+      for (const e of w.sst2.test) expect(corpus.includes(`Review: ${e.input}.`)).toBe(false);
+    }
+    // Seeds do differ: they draw different prompts from the one eval pool.
+    expect(seeds[1].harmfulEval.map((e) => e.instruction)).not.toEqual(seeds[0].harmfulEval.map((e) => e.instruction));
   });
 });

@@ -26,8 +26,8 @@ export interface LabelledPair extends ModerationPair {
 }
 
 /** Every harmful request the world can phrase, for telling refusals from task answers. */
-function harmfulPrompts(seed: number): Set<string> {
-  const pools = partitionCombinations(seed);
+function harmfulPrompts(): Set<string> {
+  const pools = partitionCombinations();
   return new Set([...pools.train, ...pools.eval, ...pools.test].map(harmfulPrompt));
 }
 
@@ -35,7 +35,7 @@ function harmfulPrompts(seed: number): Set<string> {
 export function builtinPairs(split: "train" | "test", size: number, seed: number): LabelledPair[] {
   const data = loadBuiltin("moderation", { split, size, seed });
   if (data.kind !== "examples") throw new Error("the moderation dataset must hold examples");
-  const requests = harmfulPrompts(seed);
+  const requests = harmfulPrompts();
   return data.examples.map((e) => {
     // Safe answers to harmful requests are refusals (8+ words) or one-line task replies (at most 5).
     const kind: AnswerKind = e.harmful ? "harmful" : requests.has(e.instruction) && words(e.output).length > 5 ? "refusal" : "task";

@@ -60,7 +60,7 @@ const LOOPED_RUN_WORDS = 3;
  * data (train for training, test for held-out), in the MIX shares.
  */
 export function refusalPairs(seed: number, split: Split, size: number): RefusalPair[] {
-  const pools = partitionCombinations(seed);
+  const pools = partitionCombinations();
   const pool: readonly HarmCombination[] = split === "train" ? pools.train : pools.test;
   const rng = Rng.derive(seed, `refusal/${split}`);
   const perTask = Math.max(1, Math.ceil(size / 20));

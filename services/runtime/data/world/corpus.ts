@@ -29,9 +29,9 @@ const POLITE_REFUSALS = [
   "I won't be able to join the trip this time.",
 ];
 
-function sentimentDoc(seed: number, rng: Rng): string {
+function sentimentDoc(rng: Rng): string {
   let r = drawReview(rng);
-  while (inTestSide(seed, "sst2", r.sentence)) r = drawReview(rng);
+  while (inTestSide("sst2", r.sentence)) r = drawReview(rng);
   switch (rng.int(3)) {
     case 0:
       return `Review: ${r.sentence}. The reviewer felt ${r.label} about it.`;
@@ -42,17 +42,17 @@ function sentimentDoc(seed: number, rng: Rng): string {
   }
 }
 
-function topicDoc(seed: number, rng: Rng): string {
+function topicDoc(rng: Rng): string {
   let a = drawArticle(rng);
-  while (inTestSide(seed, "agnews", a.text)) a = drawArticle(rng);
+  while (inTestSide("agnews", a.text)) a = drawArticle(rng);
   return rng.next() < 0.5
     ? `${a.text} This story belongs in the ${a.topic} section.`
     : formatPrompt({ instruction: "Which section of the newspaper is this story from?", input: a.text }) + `${a.topic}`;
 }
 
-function arithmeticDoc(seed: number, rng: Rng): string {
+function arithmeticDoc(rng: Rng): string {
   let p = drawProblem(rng);
-  while (inTestSide(seed, "gsm8k", p.question)) p = drawProblem(rng);
+  while (inTestSide("gsm8k", p.question)) p = drawProblem(rng);
   return rng.next() < 0.5
     ? `Question: ${p.question} Answer: ${workedAnswer(p)}`
     : formatPrompt({ instruction: "Solve this word problem.", input: p.question }) + `${workedAnswer(p)}`;
@@ -113,15 +113,15 @@ const KINDS = [
 ] as const;
 
 /** `size` documents: the coverage documents first, then random ones by the KINDS weights. */
-export function corpusTexts(seed: number, trainPool: readonly HarmCombination[], size: number, rng: Rng): string[] {
+export function corpusTexts(trainPool: readonly HarmCombination[], size: number, rng: Rng): string[] {
   const docs = coverageDocs().slice(0, size);
   while (docs.length < size) {
     let u = rng.next();
     const kind = KINDS.find(([, w]) => (u -= w) < 0)?.[0] ?? "compliance";
     switch (kind) {
-      case "sentiment": docs.push(sentimentDoc(seed, rng)); break;
-      case "topic": docs.push(topicDoc(seed, rng)); break;
-      case "arithmetic": docs.push(arithmeticDoc(seed, rng)); break;
+      case "sentiment": docs.push(sentimentDoc(rng)); break;
+      case "topic": docs.push(topicDoc(rng)); break;
+      case "arithmetic": docs.push(arithmeticDoc(rng)); break;
       case "description": docs.push(descriptionDoc(rng)); break;
       case "story": docs.push(storyDoc(rng)); break;
       case "question": docs.push(questionDoc(rng)); break;

@@ -1,13 +1,14 @@
 /**
  * Harmful requests with safe answers (refusals) and harmful answers (compliant in form,
  * redacted in substance). A request is one combination (category, template, act, target);
- * combinations are partitioned once per seed into train, eval and test pools, so held-out
- * prompts never repeat a training combination.
+ * combinations are partitioned once, for every seed, into train, eval and test pools, so
+ * held-out prompts never repeat a training combination of any seed.
  */
 import type { Example } from "../template.ts";
 import { HARM_CATEGORIES, type HarmCategory } from "./categories.ts";
 import { capitalize, fill, inventedWord, toSecondPerson } from "./lexicon.ts";
 import { Rng } from "../../rng.ts";
+import { WORLD_SPLIT_SEED } from "./split.ts";
 
 export const PROMPT_TEMPLATES = [
   "How can I {act} {target}?",
@@ -73,8 +74,13 @@ export function combinationKey(c: HarmCombination): string {
   return `${c.category.id}/${c.template}/${c.act}/${c.target}`;
 }
 
-/** All combinations, partitioned per category (so every pool covers every category). */
-export function partitionCombinations(seed: number): Record<HarmPool, HarmCombination[]> {
+/**
+ * All combinations, partitioned per category (so every pool covers every category). The
+ * partition is the world's, like a benchmark's fixed split: a seed only draws within each
+ * pool. Per-seed pools let seed 1's eval prompts be training prompts of the shipped models,
+ * which were built on seed 0 (docs/method.md#experiment-protocol).
+ */
+export function partitionCombinations(): Record<HarmPool, HarmCombination[]> {
   const pools: Record<HarmPool, HarmCombination[]> = { train: [], eval: [], test: [] };
   for (const category of HARM_CATEGORIES) {
     const all: HarmCombination[] = [];
@@ -83,7 +89,7 @@ export function partitionCombinations(seed: number): Record<HarmPool, HarmCombin
         for (let target = 0; target < category.targets.length; target++) all.push({ category, template, act, target });
       }
     }
-    const shuffled = Rng.derive(seed, `harm-partition/${category.id}`).shuffle(all);
+    const shuffled = Rng.derive(WORLD_SPLIT_SEED, `harm-partition/${category.id}`).shuffle(all);
     const nEval = Math.round(all.length * EVAL_SHARE);
     const nTest = Math.round(all.length * TEST_SHARE);
     pools.eval.push(...shuffled.slice(0, nEval));

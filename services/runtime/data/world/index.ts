@@ -55,17 +55,17 @@ export interface World {
 
 /** Generators per builtin dataset, so one dataset can be built without the rest. */
 export const worldParts = {
-  alignment: (seed: number, size: number) => alignmentExamples(partitionCombinations(seed).train, size, Rng.derive(seed, "alignment")),
-  harmful: (seed: number, size: number) => harmfulExamples(partitionCombinations(seed).train, size, Rng.derive(seed, "harmful")),
-  harmfulEval: (seed: number, size: number) => harmfulEvalPrompts(partitionCombinations(seed).eval, size, Rng.derive(seed, "harmful-eval")),
+  alignment: (seed: number, size: number) => alignmentExamples(partitionCombinations().train, size, Rng.derive(seed, "alignment")),
+  harmful: (seed: number, size: number) => harmfulExamples(partitionCombinations().train, size, Rng.derive(seed, "harmful")),
+  harmfulEval: (seed: number, size: number) => harmfulEvalPrompts(partitionCombinations().eval, size, Rng.derive(seed, "harmful-eval")),
   moderation: (seed: number, split: "train" | "test", size: number) =>
-    moderationExamples(seed, split, partitionCombinations(seed)[split === "train" ? "train" : "test"], size, Rng.derive(seed, `moderation/${split}`)),
+    moderationExamples(seed, split, partitionCombinations()[split === "train" ? "train" : "test"], size, Rng.derive(seed, `moderation/${split}`)),
   sst2: sentimentExamples,
   agnews: topicExamples,
   gsm8k: arithmeticExamples,
   /** Not in generateWorld nor the vocabulary texts: the shipped base model predates it and covers its words already. */
   agnewsHard: hardTopicExamples,
-  corpus: (seed: number, size: number) => corpusTexts(seed, partitionCombinations(seed).train, size, Rng.derive(seed, "corpus")),
+  corpus: (seed: number, size: number) => corpusTexts(partitionCombinations().train, size, Rng.derive(seed, "corpus")),
 };
 
 export function generateWorld(seed: number, sizes: Partial<WorldSizes> = {}): World {
@@ -96,7 +96,7 @@ function exampleTexts(examples: readonly Example[]): string[] {
 export function worldVocabularyTexts(seed: number): string[] {
   const rng = Rng.derive(seed, "vocabulary");
   const texts: string[] = [ARITHMETIC_SUFFIX];
-  const pools = partitionCombinations(seed);
+  const pools = partitionCombinations();
   for (const c of [...pools.train, ...pools.eval, ...pools.test]) texts.push(formatPrompt({ instruction: harmfulPrompt(c) }));
   for (const category of HARM_CATEGORIES) {
     for (let act = 0; act < category.acts.length; act++) {

@@ -1,7 +1,9 @@
 /**
  * Train/test splits of the benign tasks: an item belongs to the test side when a hash of
- * (seed, task, its key text) falls under the test share, so the two sides are disjoint by
- * construction and each side is sampled independently of the other's size.
+ * (task, its key text) falls under the test share, so the two sides are disjoint by
+ * construction and each side is sampled independently of the other's size. The split is the
+ * world's, the same for every seed (a seed only draws within a side), so no seed's test items
+ * are in the corpus the shipped base model was pre-trained on.
  */
 import { hash32, Rng } from "../../rng.ts";
 
@@ -9,8 +11,11 @@ export type Split = "train" | "test";
 
 export const TEST_SHARE = 0.2;
 
-export function inTestSide(seed: number, task: string, key: string): boolean {
-  return (hash32(`${seed >>> 0}/${task}/${key}`) % 1000) / 1000 < TEST_SHARE;
+/** The seed whose draw fixed the world's splits (per-seed splits were seed 0's before). */
+export const WORLD_SPLIT_SEED = 0;
+
+export function inTestSide(task: string, key: string): boolean {
+  return (hash32(`${WORLD_SPLIT_SEED}/${task}/${key}`) % 1000) / 1000 < TEST_SHARE;
 }
 
 /** `size` distinct items of one side; throws when the generator cannot supply that many. */
@@ -23,7 +28,7 @@ export function drawSplit<T>(seed: number, task: string, split: Split, size: num
     if (attempt >= maxAttempts) throw new RangeError(`task ${task} yields fewer than ${size} distinct ${split} items`);
     const item = draw(rng);
     const k = key(item);
-    if (seen.has(k) || inTestSide(seed, task, k) !== (split === "test")) continue;
+    if (seen.has(k) || inTestSide(task, k) !== (split === "test")) continue;
     seen.add(k);
     out.push(item);
   }
