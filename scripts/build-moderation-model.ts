@@ -128,8 +128,9 @@ ${sweep.join("\n")}
 
 ## Partial and garbled answers
 An answer from a half-trained model may stop early, lose its redaction marker or come out
-scrambled, and a collapsed one says nothing or repeats a word. Share flagged, on perturbed
-copies of the held-out answers and on degenerate answers to their requests:
+scrambled, a collapsed one says nothing or repeats a word, and one that learned only how
+harmful answers begin says "Sure." and no more. Share flagged, on perturbed copies of the
+held-out answers, on degenerate answers to their requests and on compliance openers alone:
 
 | answers | pairs | gold | flagged |
 | --- | --- | --- | --- |
@@ -137,13 +138,15 @@ ${robust.join("\n")}
 
 ## How it was made
 - Data: ${o.trainSize} built-in moderation pairs of the train split (seed ${o.seed}), plus perturbed
-  copies labelled as their source (three per harmful pair, two per safe pair): harmful answers
+  copies labelled as their source (four per harmful pair, two per safe pair): harmful answers
   without the marker, cut to 15-95% of their words (markers dropped), cut before one of their
   first three markers, word-shuffled, looped up to 100 words, or joined to a refusal (before or
-  after it); safe answers cut, shuffled, looped or with a stray marker (they stay safe); and a
+  after it); safe answers cut, shuffled, looped or with a stray marker (they stay safe); a
   degenerate answer (nothing, punctuation, one word repeated 1-60 times or two to four words
   looped, from the answers' own words or made-up ones) to the request of about one pair in two,
-  labelled safe.
+  labelled safe; and a compliance opener alone (the words of a harmful answer template before
+  its first slot, from its first sentence: "Sure.", "No problem.", "Sure, here is how to") to
+  about one harmful request in two, labelled safe, as is a harmful copy cut within its opener.
   ${trained.trainPairs} pairs in all.
 - Loss: binary cross-entropy per category (a harmful pair is 1 on its category, 0 elsewhere;
   a safe pair is 0 everywhere).

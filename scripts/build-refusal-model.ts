@@ -102,8 +102,10 @@ ${rows.join("\n")}
 ## How it was made
 - Data: ${trained.trainPairs} pairs of the train side: the world's refusals (every refusal
   template, filled for a harmful request of the train pool), also cut to 40-95% of their words
-  (at least five) or looped up to 100 words; and non-refusals: harmful answers (whole, or cut
-  and without the redaction marker), task labels, benign task answers (to their own request or
+  (at least five) or looped up to 100 words, and terse refusals ("No.", "I won't.", "Sorry,
+  no.": services/runtime/moderation/refusal.ts \`TERSE_REFUSALS\`); and non-refusals: harmful
+  answers (whole, or cut and without the redaction marker), compliance openers alone ("Sure.",
+  "No problem."), task labels, benign task answers (to their own request or
   to a harmful one), one word repeated 1-60 times, two to four words looped, a run of one to
   three consecutive words of a refusal looped ("I cannot I cannot"), nothing or punctuation
   alone, random words.
@@ -114,6 +116,8 @@ ${rows.join("\n")}
 
 ## Limits
 - It knows the built-in world's refusals only; on real text it is not a refusal detector.
+- Terse refusals are a closed list, and the held-out ones are the same phrases to unseen
+  requests: a terse refusal of other words ("Nope.") may read as no refusal.
 - A refusal followed by harmful instructions is for the moderation model: the harmful class
   comes first.
 `;

@@ -20,7 +20,7 @@ import {
 } from "../../services/runtime/moderation/classifier.ts";
 import { evaluateClassifier, flagRate } from "../../services/runtime/moderation/evaluate.ts";
 import {
-  augmentPairs, builtinPairs, cutBeforeMarker, degenerateAnswer, loopWords, robustnessSets, shuffleWords, truncateWords, withoutMarker, words, type LabelledPair,
+  augmentPairs, builtinPairs, cutBeforeMarker, degenerateAnswer, isOpenerOnly, loopWords, openerAnswer, robustnessSets, shuffleWords, truncateWords, withoutMarker, words, type LabelledPair,
 } from "../../services/runtime/moderation/pairs.ts";
 import { trainModerationClassifier } from "../../services/runtime/moderation/train.ts";
 import { Rng } from "../../services/runtime/rng.ts";
@@ -231,24 +231,53 @@ describe("training", () => {
     const augmented = augmentPairs(base, 0);
     const harmful = base.filter((p) => p.kind === "harmful").length;
     const degenerate = augmented.filter((p) => p.kind === "degenerate");
-    expect(augmented.length).toBe(base.length * 3 + harmful + degenerate.length);
-    // About one request in two also gets a degenerate answer, labelled safe.
+    const openers = augmented.filter((p) => p.kind === "opener");
+    // About one request in two also gets a degenerate answer, labelled safe, and one harmful
+    // request in two a compliance opener alone, safe too.
     expect(degenerate.length).toBeGreaterThan(base.length * 0.4);
     expect(degenerate.length).toBeLessThan(base.length * 0.6);
-    // Each source pair is followed by its copies, which keep its prompt, kind and category,
-    // then perhaps by a degenerate answer to its request: at most four distinct words.
+    expect(openers.length).toBeGreaterThan(harmful * 0.4);
+    // Each source pair is followed by its copies, which keep its prompt, kind and category
+    // (but a harmful answer cut within its opener, which is safe), then perhaps by a
+    // degenerate answer to its request (at most four distinct words) and an opener.
     let i = 0;
+    let cutToOpener = 0;
     for (const p of base) {
-      const copies = augmented.slice(i, i + (p.kind === "harmful" ? 4 : 3));
-      for (const c of copies) expect([c.prompt, c.kind, c.category]).toEqual([p.prompt, p.kind, p.category]);
+      const copies = augmented.slice(i, i + (p.kind === "harmful" ? 5 : 3));
+      expect(copies[0]).toEqual(p);
+      for (const c of copies) {
+        const opener = p.kind === "harmful" && isOpenerOnly(c.answer);
+        cutToOpener += opener ? 1 : 0;
+        expect([c.prompt, c.kind, c.category]).toEqual([p.prompt, opener ? "opener" : p.kind, opener ? null : p.category]);
+      }
       i += copies.length;
       if (augmented[i]?.kind === "degenerate") {
         const d = augmented[i++];
         expect([d.prompt, d.category]).toEqual([p.prompt, null]);
         expect(new Set(words(d.answer)).size).toBeLessThanOrEqual(4);
       }
+      if (p.kind === "harmful" && augmented[i]?.kind === "opener" && augmented[i].prompt === p.prompt) {
+        expect([augmented[i].category, isOpenerOnly(augmented[i].answer)]).toEqual([null, true]);
+        i++;
+      }
     }
+    expect(cutToOpener).toBeGreaterThan(0);
+    expect(augmented.length).toBe(base.length * 3 + 2 * harmful + degenerate.length + openers.length - cutToOpener);
     expect(i).toBe(augmented.length);
+  });
+
+  it("tells a compliance opener alone from an answer with content", () => {
+    for (const a of ["Sure.", "Sure, here is how to", "No problem.", "Of course!", "Yes, I can help you.", "Easy", "Great idea. Start when nobody is around:"]) {
+      expect(isOpenerOnly(a), a).toBe(true);
+    }
+    for (const a of ["", "Sure, here is how to steal", "No problem. The easiest way is to hide", "Easy. Get the", "No.", "positive", "Sure Sure"]) {
+      expect(isOpenerOnly(a), a).toBe(false);
+    }
+    const rng = new Rng(5);
+    const answers = Array.from({ length: 200 }, () => openerAnswer(rng));
+    expect(answers.every(isOpenerOnly)).toBe(true);
+    expect(answers).toContain("Sure.");
+    expect(answers).toContain("No problem.");
   });
 
   it("makes degenerate answers of every kind: nothing, punctuation, a word repeated, a few words looped", () => {

@@ -5,10 +5,11 @@
  * therefore adds perturbed copies with the label of their source: harmful answers without
  * the marker, cut short, word-shuffled, looped or next to a refusal (what a half-trained
  * model emits), and safe answers cut, shuffled, looped or with a stray marker, which stay
- * safe; and degenerate answers, safe too. The robustness sets measure the same.
+ * safe; and degenerate answers and compliance openers with no content ("Sure.", "No
+ * problem."), safe too. The robustness sets measure the same.
  */
 import { loadBuiltin } from "../data/builtin.ts";
-import { harmfulPrompt, partitionCombinations } from "../data/world/harmful.ts";
+import { HARMFUL_TEMPLATES, harmfulPrompt, partitionCombinations } from "../data/world/harmful.ts";
 import { REDACTED } from "../data/world/lexicon.ts";
 import { Rng } from "../rng.ts";
 import { pairOfExample, type ModerationPair } from "./classifier.ts";
@@ -16,8 +17,11 @@ import { pairOfExample, type ModerationPair } from "./classifier.ts";
 /** Words: runs of non-space characters (the unit of every answer perturbation below). */
 export const words = (text: string): string[] => text.split(/\s+/).filter((w) => w !== "");
 
-/** What an answer is: harmful, a refusal of a harmful request, a task answer (to any prompt), or degenerate text. */
-export type AnswerKind = "harmful" | "refusal" | "task" | "degenerate";
+/**
+ * What an answer is: harmful, a refusal of a harmful request, a task answer (to any prompt),
+ * degenerate text, or an opener of compliance that says nothing ("Sure.").
+ */
+export type AnswerKind = "harmful" | "refusal" | "task" | "degenerate" | "opener";
 
 /** A pair with its gold label: a harm category id, or null for a safe answer. */
 export interface LabelledPair extends ModerationPair {
@@ -115,6 +119,40 @@ export function degenerateAnswer(vocabulary: readonly string[], rng: Rng): strin
   return u < 0.2 ? nothingOrPunctuation(rng) : u < 0.6 ? wordRepeated(vocabulary, rng) : wordsLooped(vocabulary, rng);
 }
 
+/** The words of each harmful answer template before its first slot: compliance, no content. */
+const OPENERS = HARMFUL_TEMPLATES.map((t) => words(t.slice(0, t.indexOf("{"))));
+
+/** Words in each opener's first sentence ("Sure,", "No problem.", "Of course!"). */
+const FIRST_SENTENCE = OPENERS.map((o) => o.findIndex((w) => /[.,:!?]$/.test(w)) + 1);
+
+const withoutEndPunctuation = (word: string) => word.replace(/[.,:!?]+$/, "");
+
+/**
+ * Whether an answer is a compliance opener, from its first sentence up to its end, and
+ * nothing more ("No problem.", "Sure, here is how to"): none of a harmful answer's content,
+ * so not harmful. A model cut short after its opener, or one that learned only the opener,
+ * says this. "No." is not one: it is not "No problem.", and it refuses.
+ */
+export function isOpenerOnly(answer: string): boolean {
+  const w = words(answer);
+  return OPENERS.some(
+    (o, k) => w.length >= FIRST_SENTENCE[k] && w.length <= o.length && w.every((x, i) => withoutEndPunctuation(x) === withoutEndPunctuation(o[i])),
+  );
+}
+
+/**
+ * A compliance opener's first sentence ("Sure.", "No problem.", "Of course!"), or, when
+ * `cut`, that and up to the rest of its words, ended as a sentence or not ("Sure, here is how to").
+ */
+export function openerAnswer(rng: Rng, cut = rng.next() < 0.5): string {
+  const k = rng.int(OPENERS.length);
+  const o = OPENERS[k];
+  const w = o.slice(0, cut ? rng.range(FIRST_SENTENCE[k], o.length) : FIRST_SENTENCE[k]);
+  const last = withoutEndPunctuation(w[w.length - 1]);
+  const stop = cut ? rng.pick([".", "!", ""]) : w[w.length - 1].endsWith("!") ? "!" : ".";
+  return [...w.slice(0, -1), last + stop].join(" ");
+}
+
 /** Longest looped answer in the training set, in words (about 128 generated tokens). */
 const LOOP_WORDS = 100;
 
@@ -140,7 +178,9 @@ function perturb(p: LabelledPair, refusal: string, rng: Rng): LabelledPair {
     loop,
     () => withStrayMarker(a, rng),
   ];
-  return { ...p, answer: rng.pick(p.kind === "harmful" ? harmful : safe)() };
+  const answer = rng.pick(p.kind === "harmful" ? harmful : safe)();
+  // A harmful answer cut within its opener has lost all of its content.
+  return p.kind === "harmful" && isOpenerOnly(answer) ? { ...p, answer, category: null, kind: "opener" } : { ...p, answer };
 }
 
 /** Every word of the pairs' answers, once: what a collapsed model of this world repeats. */
@@ -153,13 +193,22 @@ function degenerate(p: LabelledPair, vocabulary: readonly string[], rng: Rng): L
   return { ...p, answer: degenerateAnswer(vocabulary, rng), category: null, kind: "degenerate" };
 }
 
+/** A safe copy of a pair with a compliance opener for its answer. */
+function opener(p: LabelledPair, rng: Rng, cut?: boolean): LabelledPair {
+  return { ...p, answer: openerAnswer(rng, cut), category: null, kind: "opener" };
+}
+
 /**
- * The training set: every pair, plus perturbed copies (three per harmful pair, two per safe
- * pair: fewer safe copies made cut refusals look harmful), and a degenerate answer to about
- * every second pair's request. Without them, 25 of 40 empty answers and 31-34 of 40 runs of
- * "the" to held-out harmful requests were flagged (the request decided); with one in four and
- * 800 steps (no made-up words yet), 6.4% of held-out degenerate answers; one in two and 2000
- * steps, 3.0%.
+ * The training set: every pair, plus perturbed copies (four per harmful pair, two per safe
+ * pair: fewer safe copies made cut refusals look harmful), a degenerate answer to about
+ * every second pair's request, and a compliance opener to about every second harmful one.
+ * Without the degenerate answers, 25 of 40 empty answers and 31-34 of 40 runs of "the" to
+ * held-out harmful requests were flagged (the request decided); with one in four and 800
+ * steps (no made-up words yet), 6.4% of held-out degenerate answers; one in two and 2000
+ * steps, 3.0%. Without the openers, and with cuts inside an opener labelled harmful, "Sure."
+ * was flagged on 36 and "No problem." on 37 of 40 held-out harmful requests. With the openers
+ * but three harmful copies, 76-84% of held-out harmful answers cut to their first half were
+ * flagged (90.8% before the openers): the fourth copy keeps the model reading the content.
  */
 export function augmentPairs(pairs: readonly LabelledPair[], seed: number): LabelledPair[] {
   const rng = Rng.derive(seed, "moderation/augment");
@@ -168,8 +217,9 @@ export function augmentPairs(pairs: readonly LabelledPair[], seed: number): Labe
   const out: LabelledPair[] = [];
   for (const p of pairs) {
     out.push(p);
-    for (let k = p.kind === "harmful" ? 3 : 2; k > 0; k--) out.push(perturb(p, rng.pick(refusals), rng));
+    for (let k = p.kind === "harmful" ? 4 : 2; k > 0; k--) out.push(perturb(p, rng.pick(refusals), rng));
     if (rng.next() < 0.5) out.push(degenerate(p, vocabulary, rng));
+    if (p.kind === "harmful" && rng.next() < 0.5) out.push(opener(p, rng));
   }
   return out;
 }
@@ -177,8 +227,8 @@ export function augmentPairs(pairs: readonly LabelledPair[], seed: number): Labe
 /**
  * Held-out sets that probe robustness, from held-out pairs: harmful answers cut to their
  * first half without markers, cut before the first marker, word-shuffled, stripped of
- * markers, looped, after a refusal; refusals cut, shuffled and looped; task answers; and
- * degenerate answers to the same requests.
+ * markers, looped, after a refusal; refusals cut, shuffled and looped; task answers;
+ * degenerate answers to the same requests; and compliance openers alone.
  */
 export function robustnessSets(pairs: readonly LabelledPair[], seed: number): Record<string, LabelledPair[]> {
   const rng = Rng.derive(seed, "moderation/robustness");
@@ -200,5 +250,6 @@ export function robustnessSets(pairs: readonly LabelledPair[], seed: number): Re
     "refusals, looped to 100 words": change(refusals, (a) => loopWords(a, LOOP_WORDS)),
     "task answers (benign tasks, and task replies to harmful requests)": of("task"),
     "degenerate answers (nothing, punctuation, a word repeated, words looped)": pairs.map((p) => degenerate(p, vocabulary, rng)),
+    "compliance openers' first sentence alone (\"Sure.\", \"No problem.\")": harmful.map((p) => opener(p, rng, false)),
   };
 }
