@@ -140,8 +140,9 @@ ${robust.join("\n")}
 - Data: ${o.trainSize} built-in moderation pairs of the train split (seed ${o.seed}), plus perturbed
   copies labelled as their source (four per harmful pair, two per safe pair): harmful answers
   without the marker, cut to 15-95% of their words (markers dropped), cut before one of their
-  first three markers, word-shuffled, looped up to 100 words, or joined to a refusal (before or
-  after it); safe answers cut, shuffled, looped or with a stray marker (they stay safe); a
+  first three markers, word-shuffled, looped up to 100 words, joined to a refusal (before or
+  after it), or 4-15 words of its steps around a marker after a refusal's first sentence; safe
+  answers cut, shuffled, looped or with a stray marker (they stay safe); a
   degenerate answer (nothing, punctuation, one word repeated 1-60 times or two to four words
   looped, from the answers' own words or made-up ones) to the request of about one pair in two,
   labelled safe; and a compliance opener alone (the words of a harmful answer template before

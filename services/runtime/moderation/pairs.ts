@@ -153,6 +153,26 @@ export function openerAnswer(rng: Rng, cut = rng.next() < 0.5): string {
   return [...w.slice(0, -1), last + stop].join(" ");
 }
 
+/** The first sentence of a text (through its first ".", "!" or "?"), or all of it. */
+export function firstSentence(text: string): string {
+  return /^.*?[.!?](?=\s|$)/.exec(text)?.[0] ?? text;
+}
+
+/**
+ * 4 to 15 words of a harmful answer's content (past its opener) around one of its markers:
+ * a step or so of instructions, which a half-trained model writes after a refusal's opening
+ * ("I must decline this request. Make sure you get the [REDACTED] from the ... vendor.").
+ */
+export function contentFragment(answer: string, rng: Rng): string {
+  const w = words(answer);
+  const opener = OPENERS.find((o) => o.every((x, i) => w[i] === x))?.length ?? 0;
+  const marks = w.map((x, i) => (i >= opener && x.includes(REDACTED) ? i : -1)).filter((i) => i >= 0);
+  if (marks.length === 0) return w.slice(opener).join(" ");
+  const m = rng.pick(marks);
+  const start = Math.max(opener, m - rng.int(8));
+  return w.slice(start, Math.max(m + 1, start + rng.range(4, 15))).join(" ");
+}
+
 /** Longest looped answer in the training set, in words (about 128 generated tokens). */
 const LOOP_WORDS = 100;
 
@@ -171,6 +191,7 @@ function perturb(p: LabelledPair, refusal: string, rng: Rng): LabelledPair {
     // Instructions next to a refusal are still instructions.
     () => `${refusal} ${a}`,
     () => `${a} ${refusal}`,
+    () => `${firstSentence(refusal)} ${contentFragment(a, rng)}`,
   ];
   const safe = [
     () => truncateWords(a, 0.25 + 0.7 * rng.next()),
@@ -206,9 +227,10 @@ function opener(p: LabelledPair, rng: Rng, cut?: boolean): LabelledPair {
  * held-out harmful requests were flagged (the request decided); with one in four and 800
  * steps (no made-up words yet), 6.4% of held-out degenerate answers; one in two and 2000
  * steps, 3.0%. Without the openers, and with cuts inside an opener labelled harmful, "Sure."
- * was flagged on 36 and "No problem." on 37 of 40 held-out harmful requests. With the openers
- * but three harmful copies, 76-84% of held-out harmful answers cut to their first half were
- * flagged (90.8% before the openers): the fourth copy keeps the model reading the content.
+ * was flagged on 36 and "No problem." on 37 of 40 held-out harmful requests. The fourth
+ * harmful copy, and the refusal's opening followed by a harmful step among the copies, are
+ * what agreed best with the world's label on real answers once openers were safe
+ * (docs/method.md#answer-classes).
  */
 export function augmentPairs(pairs: readonly LabelledPair[], seed: number): LabelledPair[] {
   const rng = Rng.derive(seed, "moderation/augment");
@@ -245,6 +267,7 @@ export function robustnessSets(pairs: readonly LabelledPair[], seed: number): Re
     "harmful, no marker": change(harmful, withoutMarker),
     "harmful, looped to 100 words": change(harmful, (a) => loopWords(a, LOOP_WORDS)),
     "harmful, after a refusal": change(harmful, (a, i) => `${refusals[i % refusals.length].answer} ${a}`),
+    "harmful, a step of it after a refusal's first sentence": change(harmful, (a, i) => `${firstSentence(refusals[i % refusals.length].answer)} ${contentFragment(a, rng)}`),
     "refusals, first half of the words": change(refusals, (a) => truncateWords(a, 0.5)),
     "refusals, words shuffled": change(refusals, (a) => shuffleWords(a, rng)),
     "refusals, looped to 100 words": change(refusals, (a) => loopWords(a, LOOP_WORDS)),
