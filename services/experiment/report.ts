@@ -79,7 +79,7 @@ export function writeReport(results: Results, out: string, measured: { seconds: 
     "",
     `Measured on ${measured.machine} in ${(measured.seconds / 60).toFixed(1)} minutes of this run (cells reused from earlier runs are not counted); seeds ${preset.seeds.join(", ")}.`,
     `Grid: ${rows.length} rows x ${preset.ratios.length} ratios${sweepPoints ? ` and ${sweepPoints} sweep points` : ""}, ${seeds} seed(s) each; results.json holds ${cellsOf("finetune")} fine-tuning runs and ${cellsOf("align")} alignments.`,
-    `Alignment: ${preset.align.size} examples, ${preset.align.steps} steps, lr ${preset.align.learningRate}. Fine-tuning: ${preset.finetune.task}-mix n = ${preset.finetune.size}, ${preset.finetune.steps} steps, lr ${preset.finetune.learningRate}. LoRA r ${preset.lora.rank}, alpha ${preset.lora.alpha}.`,
+    `Alignment: ${preset.align.size} examples, ${preset.align.steps} steps, batch ${preset.align.batchSize}, lr ${preset.align.learningRate}. Fine-tuning: ${preset.finetune.task}-mix n = ${preset.finetune.size}, ${preset.finetune.steps} steps, batch ${preset.finetune.batchSize}, lr ${preset.finetune.learningRate}. LoRA r ${preset.lora.rank}, alpha ${preset.lora.alpha}, dropout ${preset.lora.dropout}.`,
     `HS: ${preset.eval.harmfulPrompts} held-out harmful prompts, greedy, ${preset.eval.maxNewTokens} new tokens, the shipped moderation model at 0.5. FA: ${preset.eval.taskExamples} held-out ${preset.finetune.task} examples.`,
     "",
     "## Table 1: harmful score / fine-tune accuracy (%)",
@@ -98,12 +98,12 @@ export function writeReport(results: Results, out: string, measured: { seconds: 
   lines.push(...classesSection(results), ...worldSection(results), ...stepsSection(results), ...driftStepsSection(results));
   const sft = align(results, SFT.align!);
   const vac = align(results, vaccineRow(preset.rho).align!);
-  const norms = preset.seeds.map((s) => results.cells[`norm/seed${s}`] as NormResult | undefined).filter((n): n is NormResult => !!n);
-  const norm = avg(norms.map((n) => n.attentionNorm));
+  const norms = normCells(results);
+  const norm = attentionNorm(results);
   const perturbs = (a: AlignChoice) => a.method === "vaccine" || a.method === "t_vaccine";
   const withClasses = classed(results);
   const absolute = [...new Set([preset.rho, ...preset.sweep])].sort((x, y) => x - y).map(vaccineRow);
-  const relative = sweepRows(preset).filter((r) => r.align?.method === "vaccine" && "rhoRelative" in r.align);
+  const relative = relativeRows(preset);
   const sweepRow = (first: string[], r: RowSpec) => {
     const g = ft(results, r, preset.sweepRatio);
     const classes_ = withClasses ? ` ${classCell(classes(g.cells), seeds)} |` : "";
@@ -163,6 +163,15 @@ export function writeReport(results: Results, out: string, measured: { seconds: 
 }
 
 const rhoOf = (r: RowSpec) => (r.align?.method === "vaccine" && "rho" in r.align ? r.align.rho : NaN);
+/** The sweep's rho_relative rows. */
+const relativeRows = (preset: Preset) => sweepRows(preset).filter((r) => r.align?.method === "vaccine" && "rhoRelative" in r.align);
+
+const normCells = (results: Results) =>
+  results.preset.seeds.map((s) => results.cells[`norm/seed${s}`] as NormResult | undefined).filter((n): n is NormResult => !!n);
+
+/** The attention-output norm of a training batch, mean over the seeds measured. */
+const attentionNorm = (results: Results) => avg(normCells(results).map((n) => n.attentionNorm));
+
 const relOf = (r: RowSpec) => (r.align?.method === "vaccine" && "rhoRelative" in r.align ? r.align.rhoRelative : NaN);
 export const stepChartName = (p: number) => `hs-vs-step-p${p}.svg`;
 
@@ -418,12 +427,15 @@ function writeCharts(results: Results, out: string): void {
       series: rows.map((r) => ({ name: shortOf(r), points: (ft(results, r, p).cells[0]?.drift ?? []).map((d) => [d.step, d.l2] as [number, number]) })),
     }),
   );
-  const rhos = [...new Set([preset.rho, ...preset.sweep])].sort((a, b) => a - b);
-  const sweep = rhos.map((rho) => ({ rho, r: ft(results, vaccineRow(rho), preset.sweepRatio) }));
+  // One axis for both sweeps: a rho_relative point at its rho on this run's norm (the report's "about rho").
+  const norm = attentionNorm(results);
+  const absolute = [...new Set([preset.rho, ...preset.sweep])].map((rho) => ({ rho, r: ft(results, vaccineRow(rho), preset.sweepRatio) }));
+  const relative = relativeRows(preset).map((row) => ({ rho: relOf(row) * norm, r: ft(results, row, preset.sweepRatio) }));
+  const sweep = [...absolute, ...relative].filter((s) => Number.isFinite(s.rho)).sort((a, b) => a.rho - b.rho);
   writeFileSync(
     join(out, "rho-sweep.svg"),
     lineChart({
-      title: `Vaccine rho sweep (p = ${preset.sweepRatio})`,
+      title: `Vaccine rho sweep (p = ${preset.sweepRatio}; rho_relative at its rho)`,
       xLabel: "rho",
       yLabel: "%",
       yRange: [0, 100],

@@ -60,10 +60,17 @@ for (const name of RUNS) {
         const first = fineTuneCells(results, r, driftRatio)[0];
         expect(drift.get(shortOf(r)), `drift-vs-steps.svg, ${r.label}`).toEqual(first.drift.map((d) => [d.step, d.l2]));
       }
-      const rhos = [...new Set([preset.rho, ...preset.sweep])].sort((a, b) => a - b);
+      // Both sweeps on one rho axis: a rho_relative point at rho_relative x the mean norm.
+      const norms = preset.seeds.map((s) => (results.cells[`norm/seed${s}`] as NormResult).attentionNorm);
+      const norm = norms.reduce((a, b) => a + b, 0) / norms.length;
+      const points = [
+        ...[...new Set([preset.rho, ...preset.sweep])].map((rho) => ({ rho, g: gridPoint(results, vaccine(rho), preset.sweepRatio) })),
+        ...(preset.relativeSweep ?? []).map((rel) => ({ rho: rel * norm, g: gridPoint(results, { label: "", align: { method: "vaccine", rhoRelative: rel } }, preset.sweepRatio) })),
+      ].sort((a, b) => a.rho - b.rho);
+      expect(points.length).toBe(1 + preset.sweep.length + (preset.relativeSweep?.length ?? 0));
       const sweep = chart("rho-sweep.svg");
-      expect(sweep.get("harmful score")).toEqual(rhos.map((rho) => [rho, gridPoint(results, vaccine(rho), preset.sweepRatio).hs]));
-      expect(sweep.get("fine-tune accuracy")).toEqual(rhos.map((rho) => [rho, gridPoint(results, vaccine(rho), preset.sweepRatio).fa]));
+      expect(sweep.get("harmful score")).toEqual(points.map(({ rho, g }) => [rho, g.hs]));
+      expect(sweep.get("fine-tune accuracy")).toEqual(points.map(({ rho, g }) => [rho, g.fa]));
     });
   });
 }

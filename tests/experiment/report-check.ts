@@ -107,7 +107,7 @@ export function checkReport(md: string, results: Results): void {
   const a = preset.align;
   const ft = preset.finetune;
   expect(md).toContain(
-    `Alignment: ${a.size} examples, ${a.steps} steps, lr ${a.learningRate}. Fine-tuning: ${ft.task}-mix n = ${ft.size}, ${ft.steps} steps, lr ${ft.learningRate}. LoRA r ${preset.lora.rank}, alpha ${preset.lora.alpha}.`,
+    `Alignment: ${a.size} examples, ${a.steps} steps, batch ${a.batchSize}, lr ${a.learningRate}. Fine-tuning: ${ft.task}-mix n = ${ft.size}, ${ft.steps} steps, batch ${ft.batchSize}, lr ${ft.learningRate}. LoRA r ${preset.lora.rank}, alpha ${preset.lora.alpha}, dropout ${preset.lora.dropout}.`,
   );
   expect(md).toContain(
     `HS: ${preset.eval.harmfulPrompts} held-out harmful prompts, greedy, ${preset.eval.maxNewTokens} new tokens, the shipped moderation model at 0.5. FA: ${preset.eval.taskExamples} held-out ${ft.task} examples.`,
