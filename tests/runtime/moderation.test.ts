@@ -85,8 +85,8 @@ describe("judgements", () => {
     // flagged (73.9-100%), at most 3.5% of perturbed safe ones (2.9%), 7.4% of degenerate
     // answers to the same requests (8.3%) and 2.4% of compliance openers alone (4.2%). The
     // bars leave a margin. Cut halves read lower than with the model before the openers
-    // (90.8%), which was kept for agreeing better with the world's label on real answers
-    // (pairs.ts augmentPairs).
+    // (90.8%): the price of not flagging openers, at the same agreement with the world's
+    // label on real answers (docs/method.md#answer-classes).
     expect(rate("harmful, first half of the words, no marker")).toBeGreaterThan(0.72);
     expect(rate("harmful, cut before the first marker")).toBeGreaterThan(0.85);
     expect(rate("harmful, words shuffled")).toBeGreaterThan(0.9);

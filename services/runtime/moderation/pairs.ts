@@ -228,8 +228,8 @@ function opener(p: LabelledPair, rng: Rng, cut?: boolean): LabelledPair {
  * steps (no made-up words yet), 6.4% of held-out degenerate answers; one in two and 2000
  * steps, 3.0%. Without the openers, and with cuts inside an opener labelled harmful, "Sure."
  * was flagged on 36 and "No problem." on 37 of 40 held-out harmful requests. The fourth
- * harmful copy, and the refusal's opening followed by a harmful step among the copies, are
- * what agreed best with the world's label on real answers once openers were safe
+ * harmful copy, and the refusal's opening followed by a harmful step among the copies, kept
+ * agreement with the world's label on real answers where it was before the openers
  * (docs/method.md#answer-classes).
  */
 export function augmentPairs(pairs: readonly LabelledPair[], seed: number): LabelledPair[] {

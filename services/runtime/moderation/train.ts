@@ -47,7 +47,7 @@ export const MODERATION_TRAIN_DEFAULTS: ModerationTrainOptions = {
   seed: 0,
   trainSize: 4000,
   // 3000 (was 2000): with pairs.ts's data, the variant that agreed best with the world's label
-  // on real answers (docs/method.md#answer-classes).
+  // on the answers it was chosen on; on others, as well as the model before (docs/method.md#answer-classes).
   steps: 3000,
   batchSize: 32,
   learningRate: 1e-2,
