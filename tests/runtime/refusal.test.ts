@@ -91,8 +91,8 @@ describe("answer classes of a synthetic set", () => {
     const classes = set.map((_, i) => answerClass(flags[i].flagged, refusals[i]));
     const isDegenerate = set.map((s) => degenerate.includes(s.answer) && s.expected === "other");
     expect(classes.filter((_, i) => !isDegenerate[i])).toEqual(set.filter((_, i) => !isDegenerate[i]).map((s) => s.expected));
-    // Of the 96 degenerate answers none is a refusal, and at most two are flagged (one is,
-    // measured): the moderation model flags 3.0% of its held-out degenerate set.
+    // Of the 96 degenerate answers none is a refusal, and at most two are flagged (none is,
+    // measured): the moderation model flags 7.4% of its held-out degenerate set.
     const degenerateClasses = classes.filter((_, i) => isDegenerate[i]);
     expect(degenerateClasses).toHaveLength(96);
     expect(degenerateClasses).not.toContain("refusal");
