@@ -99,7 +99,10 @@ export interface ForwardOptions {
   returnAttentionOutputs?: boolean;
   /** Return the final hidden states (after the final norm). */
   returnHidden?: boolean;
-  /** Return the residual stream after each layer (before the final norm), as HF's hidden_states[1..]. */
+  /**
+   * Return the residual stream after each layer, before the final norm: HF's hidden_states[1..L-1]
+   * and, for the last layer, its hidden_states[L] without the final norm (HF applies it there).
+   */
   returnLayerOutputs?: boolean;
   lora?: LoraAdapter;
   /** Enables LoRA dropout. */
