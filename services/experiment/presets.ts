@@ -102,7 +102,7 @@ export const PRESETS: Record<Preset["name"], Preset> = {
     relativeSweep: [0.05],
     scoreEvery: 2,
   },
-  // The protocol at the size of one sitting (3.3 minutes on 2 cores, two cells at a time,
+  // The protocol at the size of one sitting (1.3-3.3 minutes on 2 cores, two cells at a time,
   // results/quick): the paper's three rows with the study's protective rho 2 (about 14% of the
   // attention-output norm), three seeds, p = 0, 0.01 and 0.05, harmfulness every 50 of 200
   // fine-tuning steps, and rho_relative at a quarter and twice that fraction at p = 0.01. The
@@ -131,7 +131,7 @@ export const PRESETS: Record<Preset["name"], Preset> = {
   // cost, and gsm8k-hard's 0-2% as surely.
   //
   // Run time: 195 fine-tunings (10 rows x 6 ratios + 5 sweep points, x 3 seeds) of 300 steps
-  // with 12 scores and drifts each, and 36 alignments: 18.6 minutes on 2 cores, two cells at a
+  // with 12 scores and drifts each, and 36 alignments: 11.8-18.6 minutes on 2 cores, two cells at a
   // time (results/full, native kernels). Finished cells are kept in results.json, so it can
   // run in pieces.
   full: {
