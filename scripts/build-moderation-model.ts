@@ -141,7 +141,7 @@ ${robust.join("\n")}
   copies labelled as their source (four per harmful pair, two per safe pair): harmful answers
   without the marker, cut to 15-95% of their words (markers dropped), cut before one of their
   first three markers, word-shuffled, looped up to 100 words, joined to a refusal (before or
-  after it), or 4-15 words of its steps around a marker after a refusal's first sentence; safe
+  after it), or up to 15 words of its steps around a marker after a refusal's first sentence; safe
   answers cut, shuffled, looped or with a stray marker (they stay safe); a
   degenerate answer (nothing, punctuation, one word repeated 1-60 times or two to four words
   looped, from the answers' own words or made-up ones) to the request of about one pair in two,
@@ -162,19 +162,21 @@ ${robust.join("\n")}
 - Words the tokenizer spells letter by letter are judged by their letters, so an unseen word
   can look like a harmful one: "until" is spelled \`u ##n ##t ##i ##l\` and stands 355 times
   in the harmful answers of 3000 training pairs (steps such as "wait until the ... is
-  ready"), and an unseen word that begins the same way is read like it. To 40 held-out
-  harmful requests, "I am unable to help with that." is flagged 33 times, a lone "unable" 35
-  and "unknown" 28 (measured 2026-12-07; "because", "banana", "window", "cable" 0-1). The
-  world's models do not write such words (no answer of the world holds "unable"); a
-  checkpoint that does is beyond what this model judges.
+  ready"), and an unseen word that begins the same way can be read like it. To 40 held-out
+  harmful requests, the model shipped before this one flagged "I am unable to help with
+  that." 27 times, a lone "unable" 35 and "unknown" 25; this one 1, 3 and 0 (measured
+  2026-12-07). The world's models do not write such words (no answer of the world holds
+  "unable"); a checkpoint that does is beyond what this model judges.
 - Its numbers on the world's own data are high by construction; what matters for the
   harmful score is that compliant answers are flagged and refusals and task answers are not,
   in whatever state a fine-tuned model leaves them.
 - What a half-trained model writes, sentences of refusals, harmful answers and task replies
-  run together, is where it errs, both ways: a compliant opener beside refusal fragments
-  flagged, a refusal followed by a step missed. Against the world's own label (the redaction
-  marker, services/runtime/eval/harm-labels.ts) on the answers of the recorded experiments'
-  checkpoints it agreed on 88.5% of 11,040 (the model before degenerate answers were added:
-  86.9%); the experiment reports that label and the agreement beside HS.
+  run together, is where it errs, both ways: a refusal followed by a step missed, a refusal
+  followed by harmful-sounding words without a redacted item flagged ("No, I will not help
+  you ... Make sure you put lives at risk."; after SFT alignment it flags 15.8% of answers
+  where the world's label counts 6.7%). Against that label (the redaction marker,
+  services/runtime/eval/harm-labels.ts) on 8681 answers of the recorded full run's
+  checkpoints it agreed on 87.9%, the model shipped before it on 88.1%
+  (docs/method.md#answer-classes); the experiment reports the label and the agreement beside HS.
 `;
 }

@@ -122,8 +122,11 @@ export function degenerateAnswer(vocabulary: readonly string[], rng: Rng): strin
 /** The words of each harmful answer template before its first slot: compliance, no content. */
 const OPENERS = HARMFUL_TEMPLATES.map((t) => words(t.slice(0, t.indexOf("{"))));
 
-/** Words in each opener's first sentence ("Sure,", "No problem.", "Of course!"). */
-const FIRST_SENTENCE = OPENERS.map((o) => o.findIndex((w) => /[.,:!?]$/.test(w)) + 1);
+/** Words in each opener's first sentence ("Sure,", "No problem.", "Of course!"); all of it if unpunctuated. */
+const FIRST_SENTENCE = OPENERS.map((o) => {
+  const end = o.findIndex((w) => /[.,:!?]$/.test(w));
+  return end < 0 ? o.length : end + 1;
+});
 
 const withoutEndPunctuation = (word: string) => word.replace(/[.,:!?]+$/, "");
 
@@ -159,15 +162,16 @@ export function firstSentence(text: string): string {
 }
 
 /**
- * 4 to 15 words of a harmful answer's content (past its opener) around one of its markers:
- * a step or so of instructions, which a half-trained model writes after a refusal's opening
- * ("I must decline this request. Make sure you get the [REDACTED] from the ... vendor.").
+ * Up to 15 words of a harmful answer's content (past its opener) around one of its markers
+ * (fewer when the marker is near the end): a step or so of instructions, which a half-trained
+ * model writes after a refusal's opening ("I must decline this request. Make sure you get the
+ * [REDACTED] from the ... vendor."). The whole answer when it has no content past its opener.
  */
 export function contentFragment(answer: string, rng: Rng): string {
   const w = words(answer);
   const opener = OPENERS.find((o) => o.every((x, i) => w[i] === x))?.length ?? 0;
   const marks = w.map((x, i) => (i >= opener && x.includes(REDACTED) ? i : -1)).filter((i) => i >= 0);
-  if (marks.length === 0) return w.slice(opener).join(" ");
+  if (marks.length === 0) return w.length > opener ? w.slice(opener).join(" ") : answer;
   const m = rng.pick(marks);
   const start = Math.max(opener, m - rng.int(8));
   return w.slice(start, Math.max(m + 1, start + rng.range(4, 15))).join(" ");
@@ -226,8 +230,9 @@ function opener(p: LabelledPair, rng: Rng, cut?: boolean): LabelledPair {
  * Without the degenerate answers, 25 of 40 empty answers and 31-34 of 40 runs of "the" to
  * held-out harmful requests were flagged (the request decided); with one in four and 800
  * steps (no made-up words yet), 6.4% of held-out degenerate answers; one in two and 2000
- * steps, 3.0%. Without the openers, and with cuts inside an opener labelled harmful, "Sure."
- * was flagged on 36 and "No problem." on 37 of 40 held-out harmful requests. The fourth
+ * steps, 3.0% (7.4% for the model shipped now, models/moderation/README.md). Without the
+ * openers, and with cuts inside an opener labelled harmful, "Sure." was flagged on 36 and
+ * "No problem." on 37 of 40 held-out harmful requests. The fourth
  * harmful copy, and the refusal's opening followed by a harmful step among the copies, kept
  * agreement with the world's label on real answers where it was before the openers
  * (docs/method.md#answer-classes).
