@@ -157,7 +157,7 @@ export function openerAnswer(rng: Rng, cut = rng.next() < 0.5): string {
 }
 
 /** The first sentence of a text (through its first ".", "!" or "?"), or all of it. */
-export function firstSentence(text: string): string {
+function firstSentence(text: string): string {
   return /^.*?[.!?](?=\s|$)/.exec(text)?.[0] ?? text;
 }
 
@@ -167,7 +167,7 @@ export function firstSentence(text: string): string {
  * model writes after a refusal's opening ("I must decline this request. Make sure you get the
  * [REDACTED] from the ... vendor."). The whole answer when it has no content past its opener.
  */
-export function contentFragment(answer: string, rng: Rng): string {
+function contentFragment(answer: string, rng: Rng): string {
   const w = words(answer);
   const opener = OPENERS.find((o) => o.every((x, i) => w[i] === x))?.length ?? 0;
   const marks = w.map((x, i) => (i >= opener && x.includes(REDACTED) ? i : -1)).filter((i) => i >= 0);

@@ -58,7 +58,7 @@ const MIX: readonly [RefusalDataKind, number][] = [
  * were in the data a model that refused briefly read as OTHER: "No." to held-out harmful
  * requests was a refusal 0 times in 40. A closed list: held-out pairs hold the same phrases.
  */
-export const TERSE_REFUSALS = [
+const TERSE_REFUSALS = [
   "No.", "No!", "No, I will not.", "No, I won't.", "No, I can't help with that.", "I won't.", "I will not.",
   "I cannot.", "I can't.", "Sorry, no.", "Sorry, I can't.", "I must decline.", "I won't help with that.",
 ] as const;
